@@ -7,5 +7,13 @@
 //!
 //! # Layout
 //! - [`salesforce`]: the org model, REST, OAuth, SOQL, accounting, faults, admin.
+//! - [`server`]: the accept loop (plain or TLS) shared by both emulators.
+//! - [`clock`]: the controllable clock.
 
+// Handlers return early with a ready HTTP response as their error; those paths are cold and
+// boxing them would only add noise.
+#![allow(clippy::result_large_err)]
+
+pub mod clock;
 pub mod salesforce;
+pub mod server;
