@@ -625,6 +625,7 @@ impl Db {
             )]);
         }
         self.check_rules_and_unique(&obj, &rec)?;
+        self.remember(&obj.name, &id);
         let table = self.table_mut(&obj.name.to_ascii_lowercase());
         index(table, &obj, &rec);
         table.records.insert(id.clone(), rec);
