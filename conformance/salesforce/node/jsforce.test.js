@@ -45,6 +45,7 @@ const dump = (sobject) => admin('GET', `records/${sobject}`);
 const usage = () => admin('GET', 'usage');
 const expireSessions = () => admin('POST', 'sessions/expire');
 const setLimits = (limits) => admin('PUT', 'limits', limits);
+const setClock = (change) => admin('PUT', 'clock', change);
 
 function newConnection() {
   return new jsforce.Connection({
@@ -163,6 +164,18 @@ describe('oauth', () => {
     assert.equal(res.access_token, token);
     assert.equal(res.instance_url, BASE);
   });
+
+  test(
+    'identity() reads the identity URL from the token response',
+    { todo: 'emulator gap (router in mod.rs, not ours to change): GET /id/{orgId}/{userId} is not served, so identity() gets 404 NOT_FOUND' },
+    async () => {
+      const conn = await loggedIn();
+      const id = await conn.identity();
+      assert.equal(id.user_id, conn.userInfo.id);
+      assert.equal(id.organization_id, conn.userInfo.organizationId);
+      assert.equal(id.username, USERNAME);
+    },
+  );
 
   test('a 401 on an expired token without any way to refresh maps to INVALID_SESSION_ID', async () => {
     const first = await loggedIn();
@@ -332,6 +345,32 @@ describe('sobjects', () => {
     assert.equal(err.data.length, 2);
     assert.equal(typeof err.data[0], 'string');
     assert.match(err.data[0], new RegExp(`^/services/data/v${VERSION}/sobjects/Account/001`));
+  });
+
+  test('updated() and deleted() over a window of whole minutes', async () => {
+    const now = new Date(Math.floor(Date.now() / 1000) * 1000);
+    await setClock({ now: now.toISOString() });
+    const Account = conn.sobject('Account');
+    const kept = await Account.create({ Name: 'Replicated' });
+    const gone = await Account.create({ Name: 'Deleted' });
+    await Account.destroy(gone.id);
+    await setClock({ advanceSeconds: 120 });
+    const start = new Date(now.getTime() - 3600_000);
+    const end = new Date(now.getTime() + 300_000);
+    const updated = await Account.updated(start, end);
+    assert.ok(updated.ids.includes(kept.id));
+    assert.ok(!updated.ids.includes(gone.id));
+    const deleted = await Account.deleted(start, end);
+    assert.deepEqual(deleted.deletedRecords.map((d) => d.id), [gone.id]);
+    assert.match(deleted.latestDateCovered, /:00\.000\+0000$/);
+  });
+
+  test('updating a deleted record is ENTITY_IS_DELETED', async () => {
+    const Account = conn.sobject('Account');
+    const rec = await Account.create({ Name: 'Soon gone' });
+    await Account.destroy(rec.id);
+    const err = await rejects(Account.update({ Id: rec.id, Name: 'late' }));
+    assert.equal(err.errorCode, 'ENTITY_IS_DELETED');
   });
 
   test('errors carry the errorCode as their name', async () => {
