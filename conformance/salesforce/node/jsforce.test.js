@@ -46,6 +46,7 @@ const usage = () => admin('GET', 'usage');
 const expireSessions = () => admin('POST', 'sessions/expire');
 const setLimits = (limits) => admin('PUT', 'limits', limits);
 const setClock = (change) => admin('PUT', 'clock', change);
+const setFaults = (faults) => admin('PUT', 'faults', faults);
 
 function newConnection() {
   return new jsforce.Connection({
@@ -535,5 +536,45 @@ describe('composite and limits', () => {
     }
     const g = await conn.describeGlobal();
     assert.ok(g.sobjects.length > 0);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Fault injection as jsforce sees it (reset clears faults before every test)
+// ---------------------------------------------------------------------------------------------
+
+describe('faults', () => {
+  let conn;
+  before(async () => {
+    conn = await loggedIn();
+  });
+
+  test('a 503 on a POST is not retried and surfaces as SERVER_UNAVAILABLE', async () => {
+    await setFaults({ serverUnavailable: 1.0 });
+    const err = await rejects(conn.sobject('Account').create({ Name: 'x' }));
+    assert.equal(err.errorCode, 'SERVER_UNAVAILABLE');
+  });
+
+  test('jsforce retries a GET through intermittent 503s', async () => {
+    // Deterministic from the seed: some attempts fail, jsforce's own retry (500 ms, 1 s, ...) gets through.
+    await setFaults({ seed: 3, serverUnavailable: 0.4 });
+    for (let i = 0; i < 3; i++) {
+      const d = await conn.describe('Account');
+      assert.equal(d.name, 'Account');
+    }
+  });
+
+  test('a dropped connection surfaces as a network error', async () => {
+    // The emulator closes the socket without a response; undici reports "other side closed",
+    // which jsforce does not retry (it retries ECONNRESET and the like).
+    await setFaults({ dropConnection: 1.0 });
+    const err = await rejects(conn.describe('Account'));
+    assert.equal(err.cause?.code, 'UND_ERR_SOCKET');
+  });
+
+  test('UNABLE_TO_LOCK_ROW per record in collections', async () => {
+    await setFaults({ unableToLockRow: 1.0 });
+    const res = await conn.sobject('Account').create([{ Name: 'a' }, { Name: 'b' }]);
+    assert.deepEqual(res.map((r) => r.errors[0].statusCode), ['UNABLE_TO_LOCK_ROW', 'UNABLE_TO_LOCK_ROW']);
   });
 });

@@ -121,6 +121,9 @@ class Admin:
     def set_limits(self, limits):
         return self._ok(self.s.put(f"{self.base}/__emulator/limits", json=limits))
 
+    def set_faults(self, faults):
+        return self._ok(self.s.put(f"{self.base}/__emulator/faults", json=faults))
+
     def set_clock(self, change):
         return self._ok(self.s.put(f"{self.base}/__emulator/clock", json=change))
 

@@ -591,3 +591,35 @@ def test_request_limit_exceeded(sf, admin):
     finally:
         admin.set_limits({"DailyApiRequests": {"Max": 100000, "Remaining": 100000}})
     assert sf.Account.describe()["name"] == "Account"
+
+
+# --------------------------------------------------------------------------------------------
+# Fault injection as the client sees it (reset clears faults before every test)
+# --------------------------------------------------------------------------------------------
+
+
+def test_server_unavailable_is_a_general_error(sf, admin):
+    admin.set_faults({"serverUnavailable": 1.0})
+    with pytest.raises(SalesforceGeneralError) as e:
+        sf.describe()
+    assert e.value.status == 503
+    assert error_codes(e.value) == ["SERVER_UNAVAILABLE"]
+
+
+def test_unable_to_lock_row(sf, admin):
+    admin.set_faults({"unableToLockRow": 1.0})
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.Account.create({"Name": "Locked"})
+    assert error_codes(e.value) == ["UNABLE_TO_LOCK_ROW"]
+    res = sf.restful("composite/sobjects", method="POST",
+                     json={"records": [{"attributes": {"type": "Account"}, "Name": "L"}]})
+    assert res[0]["success"] is False
+    assert res[0]["errors"][0]["statusCode"] == "UNABLE_TO_LOCK_ROW"
+
+
+def test_dropped_connection_surfaces_as_connection_error(sf, admin):
+    import requests
+
+    admin.set_faults({"dropConnection": 1.0})
+    with pytest.raises(requests.exceptions.ConnectionError):
+        sf.describe()
