@@ -464,6 +464,27 @@ describe('query', () => {
     assert.equal(n, 1);
   });
 
+  test('SOQL built by jsforce: $like, $in, $gte with a date literal, sort, limit, skip', async () => {
+    const Account = conn.sobject('Account');
+    const made = await Account.create(['Alpha', 'Beta', 'Gamma', 'Delta'].map((n, i) => ({ Name: `Builder ${n}`, Pendo_Active_Days__c: i })));
+    const ids = made.map((r) => r.id);
+    const rows = await Account.find(
+      { Name: { $like: 'Builder %' }, CreatedDate: { $gte: jsforce.SfDate.LAST_N_DAYS(3) }, Pendo_Active_Days__c: { $gt: 0 } },
+      ['Id', 'Name'],
+    )
+      .sort('-Name')
+      .limit(2)
+      .skip(1)
+      .execute();
+    assert.deepEqual(rows.map((r) => r.Name), ['Builder Delta', 'Builder Beta']);
+    const byIds = await Account.find({ Id: { $in: ids.slice(0, 2) } }, 'Id').execute();
+    assert.equal(byIds.length, 2);
+    const nested = await Account.find({ $or: [{ Name: 'Builder Alpha' }, { $and: [{ Name: { $like: '%amma' } }, { Pendo_Active_Days__c: 2 }] }] }, ['Name']).sort('Name');
+    assert.deepEqual(nested.map((r) => r.Name), ['Builder Alpha', 'Builder Gamma']);
+    const none = await Account.find({ Name: null, Pendo_Active_Days__c: { $ne: null } }, 'Id');
+    assert.deepEqual(none, []);
+  });
+
   test('query errors map to errorCode names', async () => {
     assert.equal((await rejects(conn.query('SELECT Nope__c FROM Account'))).errorCode, 'INVALID_FIELD');
     assert.equal((await rejects(conn.query('SELECT Id FROM Nope__c'))).errorCode, 'INVALID_TYPE');

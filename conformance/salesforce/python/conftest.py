@@ -50,15 +50,29 @@ def jwt_key_path():
     return _required_env("SF_JWT_KEY")
 
 
+REQUEST_TIMEOUT = 60
+
+
+class TimeoutAdapter(HTTPAdapter):
+    """Gives every request a timeout, so a hung emulator fails a test instead of the whole run."""
+
+    def send(self, request, **kwargs):
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = REQUEST_TIMEOUT
+        return super().send(request, **kwargs)
+
+
 def make_session(cert_path):
     """A plain requests.Session that trusts the emulator's certificate and ignores the environment."""
     s = requests.Session()
     s.trust_env = False
     s.verify = cert_path
+    s.mount("https://", TimeoutAdapter())
+    s.mount("http://", TimeoutAdapter())
     return s
 
 
-class EmulatorRedirectAdapter(HTTPAdapter):
+class EmulatorRedirectAdapter(TimeoutAdapter):
     """Transport adapter (requests' documented extension point) that sends requests for
     ``https://*.salesforce.com`` to the emulator instead. simple-salesforce hard-codes its login
     URLs as ``https://{domain}.salesforce.com/...``; nothing in the client is changed, only where
@@ -85,7 +99,6 @@ def login_session(base_url, cert_path):
     """A session whose ``*.salesforce.com`` traffic lands on the emulator; returns (session, adapter)."""
     s = make_session(cert_path)
     adapter = EmulatorRedirectAdapter(base_url)
-    s.mount("https://", HTTPAdapter())
     # Longest prefix wins in requests: every salesforce.com login host goes through the adapter.
     for host in ("login", "test", "usagesync-emulator.my"):
         s.mount(f"https://{host}.salesforce.com", adapter)

@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from simple_salesforce import Salesforce
+from simple_salesforce import Salesforce, format_soql
 from simple_salesforce.exceptions import (
     SalesforceAuthenticationFailed,
     SalesforceExpiredSession,
@@ -349,6 +349,24 @@ def test_query_parent_relationship_and_count(sf):
     assert count["totalSize"] == 1 and count["records"] == []
 
 
+def test_format_soql_literals(sf):
+    # simple-salesforce's own escaping: quotes, backslashes, lists (IN), datetimes, booleans.
+    tricky = "O'Brien \\ Sons"
+    a = sf.Account.create({"Name": tricky, "Pendo_Active_Days__c": 3})["id"]
+    b = sf.Account.create({"Name": "Plain", "Pendo_Active_Days__c": 7})["id"]
+    res = sf.query(format_soql("SELECT Id, Name FROM Account WHERE Name = {}", tricky))
+    assert [r["Id"] for r in res["records"]] == [a]
+    assert res["records"][0]["Name"] == tricky
+    res = sf.query(format_soql("SELECT Id FROM Account WHERE Id IN {} ORDER BY Name DESC", [a, b]))
+    assert [r["Id"] for r in res["records"]] == [b, a]  # "Plain" sorts after "O'Brien"
+    since = datetime.now(timezone.utc) - timedelta(hours=1)
+    res = sf.query(format_soql("SELECT Id FROM Account WHERE CreatedDate > {} AND Pendo_Active_Days__c >= {}",
+                               since, 5))
+    assert [r["Id"] for r in res["records"]] == [b]
+    res = sf.query(format_soql("SELECT Id FROM Account WHERE IsDeleted = {} AND Name LIKE {}", False, "Pl%"))
+    assert [r["Id"] for r in res["records"]] == [b]
+
+
 def test_query_errors(sf):
     with pytest.raises(SalesforceMalformedRequest) as e:
         sf.query("SELECT Nope__c FROM Account")
@@ -479,9 +497,9 @@ def test_usage_counts_match_what_the_client_sent(sf, admin):
         {"method": "GET", "url": f"/services/data/v{VERSION}/sobjects/Account/{acc}", "referenceId": "r1"},
         {"method": "GET", "url": f"/services/data/v{VERSION}/sobjects/Account/{acc}", "referenceId": "r2"},
     ]})  # composite: one call however many subrequests
-    sf.limits()  # rest
     with pytest.raises(SalesforceResourceNotFound):
         sf.Account.get("001000000000000AAA")  # rest, an error still counts
+    sf.limits()  # rest; last, so sf.api_usage reflects the whole sequence
     after = admin.usage()
 
     def delta(kind):
