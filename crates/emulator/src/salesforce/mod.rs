@@ -3,4 +3,5 @@
 
 pub mod ids;
 pub mod schema;
+pub mod soql;
 pub mod store;
