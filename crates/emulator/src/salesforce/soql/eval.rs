@@ -3,7 +3,9 @@
 //! renders only the rows that are returned.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
@@ -12,12 +14,42 @@ use super::lexer::{CmpOp, LikeTok};
 use super::plan::{Class, FieldRef, Hop, Leaf, Like, OutItem, OutNode, PCond, Plan, Test};
 use crate::salesforce::store::{Db, Record};
 
+/// Per-query state: the store and the parents already looked up. Many rows share a parent (an
+/// owner, an account), and a store lookup normalises the ID and allocates, so each distinct
+/// parent is fetched once per query.
+struct Ctx<'a> {
+    db: &'a Db,
+    parents: RefCell<HashMap<&'a str, Option<(&'a str, &'a Record)>>>,
+}
+
+impl<'a> Ctx<'a> {
+    /// The parent a lookup points at, with its object name.
+    fn follow(&self, rec: &'a Record, hop: &Hop) -> Option<(&'a str, &'a Record)> {
+        let (field, target) = match hop {
+            Hop::Fixed { field, target, .. } => (field, Some(target)),
+            Hop::Poly { field, .. } => (field, None),
+        };
+        let id = rec.get(field).as_str()?;
+        let found = *self
+            .parents
+            .borrow_mut()
+            .entry(id)
+            .or_insert_with(|| self.db.get_any(id).map(|(o, r)| (o.name.as_str(), r)));
+        match (found, target) {
+            (Some((object, _)), Some(target)) if object != target => None,
+            _ => found,
+        }
+    }
+}
+
 pub fn run(plan: &Plan, db: &Db, all_rows: bool, version: &str) -> QueryOutput {
     let version = version.trim_start_matches('v');
     let limit = plan.limit.unwrap_or(usize::MAX);
+    let cx = Ctx { db, parents: RefCell::new(HashMap::new()) };
+    let cx = &cx;
     let matching = candidates(plan, db, all_rows)
         .filter(|r| all_rows || !r.deleted)
-        .filter(|r| plan.filter.as_ref().is_none_or(|c| eval(c, r, db)));
+        .filter(|r| plan.filter.as_ref().is_none_or(|c| eval(c, r, cx)));
     if plan.count_only {
         let n = matching.skip(plan.offset).take(limit).count();
         return QueryOutput { total_size: n, records: Vec::new() };
@@ -26,14 +58,27 @@ pub fn run(plan: &Plan, db: &Db, all_rows: bool, version: &str) -> QueryOutput {
         // Unsorted: stop scanning as soon as LIMIT rows are found.
         matching.skip(plan.offset).take(limit).collect()
     } else {
-        let mut keyed: Vec<(Vec<Key>, &Record)> = matching
-            .map(|r| (plan.order.iter().map(|o| sort_key(&o.field, &value(&o.field, r, db))).collect(), r))
+        let mut keyed: Vec<(Vec<Key>, usize, &Record)> = matching
+            .enumerate()
+            .map(|(seq, r)| (plan.order.iter().map(|o| sort_key(&o.field, &value(&o.field, r, cx))).collect(), seq, r))
             .collect();
-        // Stable, so ties keep creation order.
-        keyed.sort_by(|(a, _), (b, _)| compare_rows(plan, a, b));
-        keyed.into_iter().skip(plan.offset).take(limit).map(|(_, r)| r).collect()
+        // Ties fall back to scan order, which makes the order total (so an unstable sort and a
+        // partial selection give exactly what a stable sort would).
+        let cmp = |a: &(Vec<Key>, usize, &Record), b: &(Vec<Key>, usize, &Record)| {
+            compare_rows(plan, &a.0, &b.0).then(a.1.cmp(&b.1))
+        };
+        let wanted = plan.offset.saturating_add(limit);
+        if wanted == 0 {
+            keyed.clear();
+        } else if wanted < keyed.len() {
+            // ORDER BY ... LIMIT n only needs the first n rows in order, not a full sort.
+            keyed.select_nth_unstable_by(wanted - 1, cmp);
+            keyed.truncate(wanted);
+        }
+        keyed.sort_unstable_by(cmp);
+        keyed.into_iter().skip(plan.offset).take(limit).map(|(_, _, r)| r).collect()
     };
-    let records: Vec<Value> = rows.iter().map(|r| render(&plan.out, &plan.object, r, db, version)).collect();
+    let records: Vec<Value> = rows.iter().map(|r| render(&plan.out, &plan.object, r, cx, version)).collect();
     QueryOutput { total_size: records.len(), records }
 }
 
@@ -77,25 +122,11 @@ fn pinned_ids(plan: &Plan, db: &Db, all_rows: bool) -> Option<Vec<String>> {
     None
 }
 
-/// The parent a lookup points at, with its object name.
-fn follow<'a>(db: &'a Db, rec: &'a Record, hop: &'a Hop) -> Option<(&'a str, &'a Record)> {
-    match hop {
-        Hop::Fixed { field, target, .. } => {
-            let id = rec.get(field).as_str()?;
-            db.get(target, id).map(|r| (target.as_str(), r))
-        }
-        Hop::Poly { field, .. } => {
-            let id = rec.get(field).as_str()?;
-            db.get_any(id).map(|(o, r)| (o.name.as_str(), r))
-        }
-    }
-}
-
-fn value<'a>(f: &'a FieldRef, rec: &'a Record, db: &'a Db) -> Cow<'a, Value> {
+fn value<'a>(f: &FieldRef, rec: &'a Record, cx: &Ctx<'a>) -> Cow<'a, Value> {
     let mut cur = rec;
     let mut object = "";
     for hop in &f.hops {
-        match follow(db, cur, hop) {
+        match cx.follow(cur, hop) {
             Some((o, r)) => {
                 object = o;
                 cur = r;
@@ -109,12 +140,12 @@ fn value<'a>(f: &'a FieldRef, rec: &'a Record, db: &'a Db) -> Cow<'a, Value> {
     }
 }
 
-fn eval(c: &PCond, rec: &Record, db: &Db) -> bool {
+fn eval<'a>(c: &PCond, rec: &'a Record, cx: &Ctx<'a>) -> bool {
     match c {
-        PCond::And(items) => items.iter().all(|i| eval(i, rec, db)),
-        PCond::Or(items) => items.iter().any(|i| eval(i, rec, db)),
-        PCond::Not(inner) => !eval(inner, rec, db),
-        PCond::Test(f, t) => test(t, &value(f, rec, db)),
+        PCond::And(items) => items.iter().all(|i| eval(i, rec, cx)),
+        PCond::Or(items) => items.iter().any(|i| eval(i, rec, cx)),
+        PCond::Not(inner) => !eval(inner, rec, cx),
+        PCond::Test(f, t) => test(t, &value(f, rec, cx)),
     }
 }
 
@@ -326,7 +357,7 @@ fn compare_rows(plan: &Plan, a: &[Key], b: &[Key]) -> Ordering {
     Ordering::Equal
 }
 
-fn render(node: &OutNode, object: &str, rec: &Record, db: &Db, version: &str) -> Value {
+fn render<'a>(node: &OutNode, object: &str, rec: &'a Record, cx: &Ctx<'a>, version: &str) -> Value {
     let mut m = Map::new();
     m.insert(
         "attributes".into(),
@@ -341,7 +372,7 @@ fn render(node: &OutNode, object: &str, rec: &Record, db: &Db, version: &str) ->
                 m.insert(key.clone(), Value::String(object.to_string()));
             }
             OutItem::Rel { key, hop, node } => {
-                let v = follow(db, rec, hop).map_or(Value::Null, |(o, r)| render(node, o, r, db, version));
+                let v = cx.follow(rec, hop).map_or(Value::Null, |(o, r)| render(node, o, r, cx, version));
                 m.insert(key.clone(), v);
             }
         }

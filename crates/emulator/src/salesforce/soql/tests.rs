@@ -813,6 +813,55 @@ proptest! {
     }
 
     #[test]
+    fn limited_order_matches_a_full_stable_sort(
+        rows in prop::collection::vec((prop::option::of(0i64..4), prop::option::of(0usize..3)), 0..40),
+        limit in 0usize..45,
+        offset in 0usize..45,
+        desc in any::<bool>(),
+    ) {
+        let mut db = Db::new();
+        let c = at("2024-05-01T00:00:00Z");
+        let industries = ["Banking", "Retail", "Media"];
+        for (i, (emp, ind)) in rows.iter().enumerate() {
+            let mut b = json!({"Name": format!("n{i:02}")});
+            if let Some(e) = emp {
+                b["NumberOfEmployees"] = json!(e);
+            }
+            if let Some(k) = ind {
+                b["Industry"] = json!(industries[*k]);
+            }
+            db.create("Account", &body(b), &c).unwrap();
+        }
+        let dir = if desc { "DESC" } else { "ASC" };
+        let order = format!("ORDER BY NumberOfEmployees {dir}, Industry NULLS LAST");
+        let all = names(&db, &format!("SELECT Name FROM Account {order}"));
+        // The full ordering, computed independently.
+        let mut expected: Vec<(Option<i64>, Option<usize>, usize)> =
+            rows.iter().enumerate().map(|(i, (e, k))| (*e, *k, i)).collect();
+        expected.sort_by(|a, b| {
+            let first = match (a.0, b.0) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => if desc { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Less },
+                (Some(_), None) => if desc { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater },
+                (Some(x), Some(y)) => if desc { y.cmp(&x) } else { x.cmp(&y) },
+            };
+            let name = |k: Option<usize>| k.map(|k| industries[k]);
+            let second = match (name(a.1), name(b.1)) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (Some(x), Some(y)) => x.cmp(y),
+            };
+            first.then(second)
+        });
+        let expected: Vec<String> = expected.iter().map(|(_, _, i)| format!("n{i:02}")).collect();
+        prop_assert_eq!(&all, &expected);
+        let page = names(&db, &format!("SELECT Name FROM Account {order} LIMIT {limit} OFFSET {offset}"));
+        let want: Vec<String> = expected.iter().skip(offset).take(limit).cloned().collect();
+        prop_assert_eq!(page, want);
+    }
+
+    #[test]
     fn escaped_literals_round_trip(target in tricky_text(), decoy_char in any::<char>()) {
         let mut db = Db::new();
         let c = at("2024-05-01T00:00:00Z");
