@@ -182,7 +182,7 @@ node_suite() {
   local url=$EMU_URL
   echo "== jsforce against $url (node $("$node" --version))"
   SF_EMULATOR_HTTP_URL=$url SF_JWT_KEY=$JWT_KEY \
-    run_suite "$HERE" "$node" --test --test-timeout=120000 --test-reporter=spec --test-reporter-destination=stdout \
+    run_suite "$HERE" "$node" --test --test-force-exit --test-reporter=spec --test-reporter-destination=stdout \
     --test-reporter=tap --test-reporter-destination="$WORK/node.tap" node/jsforce.test.js
   local rc=$?
   local p f t

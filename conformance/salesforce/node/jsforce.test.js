@@ -5,7 +5,7 @@
 // here is an emulator bug. Only loopback traffic: the base URL is checked before anything runs.
 'use strict';
 
-const { test, describe, before, beforeEach } = require('node:test');
+const { test: nodeTest, describe, before, beforeEach } = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
@@ -19,6 +19,16 @@ const USERNAME = 'integration@usagesync.test';
 const PASSWORD = 'emulator-password';
 const VERSION = '60.0';
 
+// Every test gets its own time limit, so one request to a hung emulator fails that test (and the
+// hang detection below fails the rest at once) instead of stalling the whole file.
+const TEST_TIMEOUT_MS = 60_000;
+function test(name, options, fn) {
+  if (typeof options === 'function') {
+    return nodeTest(name, { timeout: TEST_TIMEOUT_MS }, options);
+  }
+  return nodeTest(name, { timeout: TEST_TIMEOUT_MS, ...options }, fn);
+}
+
 if (!/^http:\/\/(127\.0\.0\.1|localhost|\[::1\]):\d+$/.test(BASE)) {
   throw new Error(`SF_EMULATOR_HTTP_URL must be a loopback http URL (got '${BASE}'): run through run.sh`);
 }
@@ -27,12 +37,28 @@ if (!/^http:\/\/(127\.0\.0\.1|localhost|\[::1\]):\d+$/.test(BASE)) {
 // The emulator's admin API (never counted as API usage).
 // ---------------------------------------------------------------------------------------------
 
+// Set once an admin call times out: the emulator has stopped answering (a deadlock, say), and
+// every later test fails at once in beforeEach instead of waiting out its own timeout.
+let emulatorHung = null;
+
 async function admin(method, path, body) {
-  const res = await fetch(`${BASE}/__emulator/${path}`, {
-    method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
+  if (emulatorHung) {
+    throw new Error(`the emulator stopped answering earlier (${emulatorHung}); not running this test`);
+  }
+  let res;
+  try {
+    res = await fetch(`${BASE}/__emulator/${path}`, {
+      method,
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(30_000),
+    });
+  } catch (err) {
+    if (err.name === 'TimeoutError') {
+      emulatorHung = `${method} /__emulator/${path} timed out after 30 s`;
+    }
+    throw err;
+  }
   const text = await res.text();
   if (res.status >= 300) {
     throw new Error(`admin ${method} ${path} failed: ${res.status} ${text.slice(0, 500)}`);
@@ -56,8 +82,22 @@ function newConnection() {
 }
 
 async function loggedIn() {
+  if (emulatorHung) {
+    throw new Error(`the emulator stopped answering earlier (${emulatorHung}); not logging in`);
+  }
   const conn = newConnection();
-  await conn.login(USERNAME, PASSWORD);
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => {
+      emulatorHung = 'login timed out after 30 s';
+      reject(new Error(emulatorHung));
+    }, 30_000);
+  });
+  try {
+    await Promise.race([conn.login(USERNAME, PASSWORD), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
   return conn;
 }
 
@@ -87,7 +127,7 @@ function signJwt(claims) {
 
 beforeEach(async () => {
   await reset();
-});
+}, { timeout: TEST_TIMEOUT_MS });
 
 // ---------------------------------------------------------------------------------------------
 // OAuth
@@ -196,7 +236,7 @@ describe('sobjects', () => {
   let conn;
   before(async () => {
     conn = await loggedIn();
-  });
+  }, { timeout: TEST_TIMEOUT_MS });
 
   test('describeGlobal and describe', async () => {
     const g = await conn.describeGlobal();
@@ -404,7 +444,7 @@ describe('query', () => {
   let conn;
   before(async () => {
     conn = await loggedIn();
-  });
+  }, { timeout: TEST_TIMEOUT_MS });
 
   async function seedAccounts(n, tag) {
     await seed('Account', Array.from({ length: n }, (_, i) => ({ Name: `${tag} ${String(i).padStart(5, '0')}` })));
@@ -500,7 +540,7 @@ describe('composite and limits', () => {
   let conn;
   before(async () => {
     conn = await loggedIn();
-  });
+  }, { timeout: TEST_TIMEOUT_MS });
 
   test('requestPost composite with references', async () => {
     const v = `/services/data/v${VERSION}`;
@@ -568,7 +608,7 @@ describe('faults', () => {
   let conn;
   before(async () => {
     conn = await loggedIn();
-  });
+  }, { timeout: TEST_TIMEOUT_MS });
 
   test('a 503 on a POST is not retried and surfaces as SERVER_UNAVAILABLE', async () => {
     await setFaults({ serverUnavailable: 1.0 });

@@ -53,13 +53,22 @@ def jwt_key_path():
 REQUEST_TIMEOUT = 60
 
 
+# Set once a request to the emulator times out: it has stopped answering (a deadlock, say), so
+# every later test would only wait out its own timeout. The next test then ends the session.
+EMULATOR_HUNG = []
+
+
 class TimeoutAdapter(HTTPAdapter):
     """Gives every request a timeout, so a hung emulator fails a test instead of the whole run."""
 
     def send(self, request, **kwargs):
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = REQUEST_TIMEOUT
-        return super().send(request, **kwargs)
+        try:
+            return super().send(request, **kwargs)
+        except requests.exceptions.Timeout:
+            EMULATOR_HUNG.append(f"{request.method} {request.url}")
+            raise
 
 
 def make_session(cert_path):
@@ -152,6 +161,9 @@ def admin(base_url, cert_path):
 @pytest.fixture(autouse=True)
 def fresh_org(admin):
     """Every test starts from a fresh org with zeroed usage (sessions survive a reset)."""
+    if EMULATOR_HUNG:
+        pytest.exit(f"the emulator stopped answering ({EMULATOR_HUNG[0]} timed out after "
+                    f"{REQUEST_TIMEOUT}s); the remaining tests were not run", returncode=1)
     admin.reset()
     yield
 
