@@ -84,15 +84,11 @@ impl Identity {
         let mut segments = url.trim_end_matches('/').rsplit('/');
         let user = segments.next().unwrap_or_default();
         let org = segments.next().unwrap_or_default();
-        let org_id = SalesforceId::parse(org)
-            .map_err(|e| format!("identity URL {url:?} has no org ID segment: {e}"))?;
-        let user_id = SalesforceId::parse(user)
-            .map_err(|e| format!("identity URL {url:?} has no user ID segment: {e}"))?;
-        Ok(Self {
-            url: url.to_owned(),
-            org_id,
-            user_id,
-        })
+        let org_id =
+            SalesforceId::parse(org).map_err(|e| format!("identity URL {url:?} has no org ID segment: {e}"))?;
+        let user_id =
+            SalesforceId::parse(user).map_err(|e| format!("identity URL {url:?} has no user ID segment: {e}"))?;
+        Ok(Self { url: url.to_owned(), org_id, user_id })
     }
 }
 
@@ -149,23 +145,17 @@ impl AccessToken {
     /// # Errors
     /// A description of the first missing or malformed field.
     pub fn from_response_body(body: &[u8]) -> std::result::Result<Self, String> {
-        let wire: WireToken =
-            serde_json::from_slice(body).map_err(|e| format!("not a token response: {e}"))?;
+        let wire: WireToken = serde_json::from_slice(body).map_err(|e| format!("not a token response: {e}"))?;
         let instance_url = Url::parse(&wire.instance_url)
             .map_err(|e| format!("instance_url {:?} is not a URL: {e}", wire.instance_url))?;
         if !matches!(instance_url.scheme(), "http" | "https") {
-            return Err(format!(
-                "instance_url {:?} is not http(s)",
-                wire.instance_url
-            ));
+            return Err(format!("instance_url {:?} is not http(s)", wire.instance_url));
         }
         let identity = Identity::parse(&wire.id)?;
         let issued_at = match wire.issued_at {
             None => None,
             Some(raw) => {
-                let millis: i64 = raw
-                    .parse()
-                    .map_err(|_| format!("issued_at {raw:?} is not epoch milliseconds"))?;
+                let millis: i64 = raw.parse().map_err(|_| format!("issued_at {raw:?} is not epoch milliseconds"))?;
                 Some(
                     DateTime::<Utc>::from_timestamp_millis(millis)
                         .ok_or_else(|| format!("issued_at {raw:?} is out of range"))?,
@@ -209,9 +199,7 @@ impl StaticToken {
     /// Wraps a token.
     #[must_use]
     pub fn new(token: AccessToken) -> Self {
-        Self {
-            token: Mutex::new(Some(token)),
-        }
+        Self { token: Mutex::new(Some(token)) }
     }
 }
 
@@ -265,33 +253,21 @@ enum Grant {
 impl fmt::Debug for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Jwt {
-                client_id,
-                username,
-                audience,
-                ..
-            } => f
+            Self::Jwt { client_id, username, audience, .. } => f
                 .debug_struct("JwtBearer")
                 .field("client_id", client_id)
                 .field("username", username)
                 .field("audience", audience)
                 .finish_non_exhaustive(),
-            Self::ClientCredentials {
-                client_id, auth, ..
-            } => f
+            Self::ClientCredentials { client_id, auth, .. } => f
                 .debug_struct("ClientCredentials")
                 .field("client_id", client_id)
                 .field("auth", auth)
                 .finish_non_exhaustive(),
-            Self::RefreshToken { client_id, .. } => f
-                .debug_struct("RefreshToken")
-                .field("client_id", client_id)
-                .finish_non_exhaustive(),
-            Self::Password {
-                client_id,
-                username,
-                ..
-            } => f
+            Self::RefreshToken { client_id, .. } => {
+                f.debug_struct("RefreshToken").field("client_id", client_id).finish_non_exhaustive()
+            }
+            Self::Password { client_id, username, .. } => f
                 .debug_struct("Password")
                 .field("client_id", client_id)
                 .field("username", username)
@@ -321,15 +297,11 @@ impl OAuth {
     pub const JWT_LIFETIME: Duration = Duration::from_secs(180);
 
     fn token_url(login_url: &str) -> Result<Url> {
-        let base = Url::parse(login_url)
-            .map_err(|e| Error::InvalidInput(format!("login URL {login_url:?}: {e}")))?;
+        let base = Url::parse(login_url).map_err(|e| Error::InvalidInput(format!("login URL {login_url:?}: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") {
-            return Err(Error::InvalidInput(format!(
-                "login URL {login_url:?} must be http or https"
-            )));
+            return Err(Error::InvalidInput(format!("login URL {login_url:?} must be http or https")));
         }
-        base.join("/services/oauth2/token")
-            .map_err(|e| Error::InvalidInput(format!("login URL {login_url:?}: {e}")))
+        base.join("/services/oauth2/token").map_err(|e| Error::InvalidInput(format!("login URL {login_url:?}: {e}")))
     }
 
     /// JWT bearer flow: an RS256 assertion with `iss` = client id, `sub` = username,
@@ -379,11 +351,7 @@ impl OAuth {
     ) -> Result<Self> {
         Ok(Self {
             token_url: Self::token_url(login_url)?,
-            grant: Grant::ClientCredentials {
-                client_id: client_id.into(),
-                client_secret: client_secret.into(),
-                auth,
-            },
+            grant: Grant::ClientCredentials { client_id: client_id.into(), client_secret: client_secret.into(), auth },
         })
     }
 
@@ -443,12 +411,8 @@ impl OAuth {
         lifetime: Duration,
     ) -> std::result::Result<String, AuthError> {
         let lifetime = chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::minutes(3));
-        let claims = JwtClaims {
-            iss: client_id,
-            sub: username,
-            aud: audience,
-            exp: (Utc::now() + lifetime).timestamp(),
-        };
+        let claims =
+            JwtClaims { iss: client_id, sub: username, aud: audience, exp: (Utc::now() + lifetime).timestamp() };
         // Salesforce documents the header as exactly {"alg":"RS256"}.
         let mut header = Header::new(Algorithm::RS256);
         header.typ = None;
@@ -457,41 +421,21 @@ impl OAuth {
 
     async fn request(&self, http: &reqwest::Client) -> std::result::Result<AccessToken, AuthError> {
         let url = self.token_url.to_string();
-        let builder = http
-            .post(self.token_url.clone())
-            .header(reqwest::header::ACCEPT, "application/json");
+        let builder = http.post(self.token_url.clone()).header(reqwest::header::ACCEPT, "application/json");
         let builder = match &self.grant {
-            Grant::Jwt {
-                client_id,
-                username,
-                audience,
-                key,
-                lifetime,
-            } => {
+            Grant::Jwt { client_id, username, audience, key, lifetime } => {
                 let assertion = Self::jwt_assertion(client_id, username, audience, key, *lifetime)?;
                 builder.form(&[("grant_type", JWT_GRANT_TYPE), ("assertion", &assertion)])
             }
-            Grant::ClientCredentials {
-                client_id,
-                client_secret,
-                auth: ClientAuth::Form,
-            } => builder.form(&[
+            Grant::ClientCredentials { client_id, client_secret, auth: ClientAuth::Form } => builder.form(&[
                 ("grant_type", "client_credentials"),
                 ("client_id", client_id),
                 ("client_secret", client_secret.expose()),
             ]),
-            Grant::ClientCredentials {
-                client_id,
-                client_secret,
-                auth: ClientAuth::Basic,
-            } => builder
+            Grant::ClientCredentials { client_id, client_secret, auth: ClientAuth::Basic } => builder
                 .basic_auth(client_id, Some(client_secret.expose()))
                 .form(&[("grant_type", "client_credentials")]),
-            Grant::RefreshToken {
-                client_id,
-                client_secret,
-                refresh_token,
-            } => {
+            Grant::RefreshToken { client_id, client_secret, refresh_token } => {
                 let refresh = refresh_token.read().clone();
                 let mut form = vec![
                     ("grant_type", "refresh_token"),
@@ -503,12 +447,7 @@ impl OAuth {
                 }
                 builder.form(&form)
             }
-            Grant::Password {
-                client_id,
-                client_secret,
-                username,
-                password,
-            } => builder.form(&[
+            Grant::Password { client_id, client_secret, username, password } => builder.form(&[
                 ("grant_type", "password"),
                 ("client_id", client_id),
                 ("client_secret", client_secret.expose()),
@@ -517,22 +456,11 @@ impl OAuth {
             ]),
         };
 
-        let mut response = builder
-            .send()
-            .await
-            .map_err(|source| AuthError::Transport {
-                url: url.clone(),
-                source,
-            })?;
+        let mut response = builder.send().await.map_err(|source| AuthError::Transport { url: url.clone(), source })?;
         let status = response.status();
         let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|source| AuthError::Transport {
-                url: url.clone(),
-                source,
-            })?
+        while let Some(chunk) =
+            response.chunk().await.map_err(|source| AuthError::Transport { url: url.clone(), source })?
         {
             if body.len() + chunk.len() > MAX_TOKEN_RESPONSE_BYTES {
                 return Err(AuthError::InvalidResponse {
@@ -544,11 +472,9 @@ impl OAuth {
         }
 
         if status == StatusCode::OK {
-            let token = AccessToken::from_response_body(&body)
-                .map_err(|reason| AuthError::InvalidResponse { url, reason })?;
-            if let (Grant::RefreshToken { refresh_token, .. }, Some(rotated)) =
-                (&self.grant, &token.refresh_token)
-            {
+            let token =
+                AccessToken::from_response_body(&body).map_err(|reason| AuthError::InvalidResponse { url, reason })?;
+            if let (Grant::RefreshToken { refresh_token, .. }, Some(rotated)) = (&self.grant, &token.refresh_token) {
                 *refresh_token.write() = rotated.clone();
             }
             tracing::debug!(
@@ -560,17 +486,8 @@ impl OAuth {
             return Ok(token);
         }
         match serde_json::from_slice::<WireTokenError>(&body) {
-            Ok(e) => Err(AuthError::Rejected {
-                url,
-                status,
-                error: e.error,
-                description: e.error_description,
-            }),
-            Err(_) => Err(AuthError::Unexpected {
-                url,
-                status,
-                snippet: snippet(&body),
-            }),
+            Ok(e) => Err(AuthError::Rejected { url, status, error: e.error, description: e.error_description }),
+            Err(_) => Err(AuthError::Unexpected { url, status, snippet: snippet(&body) }),
         }
     }
 }
@@ -595,18 +512,11 @@ pub(crate) struct TokenCache {
 
 impl TokenCache {
     pub(crate) fn new(source: Arc<dyn TokenSource>) -> Self {
-        Self {
-            source,
-            current: RwLock::new(None),
-            fetching: tokio::sync::Mutex::new(()),
-        }
+        Self { source, current: RwLock::new(None), fetching: tokio::sync::Mutex::new(()) }
     }
 
     /// The cached token, fetching one if none is cached.
-    pub(crate) async fn get(
-        &self,
-        http: &reqwest::Client,
-    ) -> std::result::Result<Arc<AccessToken>, AuthError> {
+    pub(crate) async fn get(&self, http: &reqwest::Client) -> std::result::Result<Arc<AccessToken>, AuthError> {
         if let Some(token) = self.cached() {
             return Ok(token);
         }
@@ -668,18 +578,10 @@ mod tests {
 
     #[test]
     fn token_url_from_login_url() {
-        let o =
-            OAuth::client_credentials("http://127.0.0.1:4000", "id", "secret", ClientAuth::Basic)
-                .unwrap();
-        assert_eq!(
-            o.token_endpoint().as_str(),
-            "http://127.0.0.1:4000/services/oauth2/token"
-        );
+        let o = OAuth::client_credentials("http://127.0.0.1:4000", "id", "secret", ClientAuth::Basic).unwrap();
+        assert_eq!(o.token_endpoint().as_str(), "http://127.0.0.1:4000/services/oauth2/token");
         let o = OAuth::password("https://login.salesforce.com/", "id", "s", "u", "p").unwrap();
-        assert_eq!(
-            o.token_endpoint().as_str(),
-            "https://login.salesforce.com/services/oauth2/token"
-        );
+        assert_eq!(o.token_endpoint().as_str(), "https://login.salesforce.com/services/oauth2/token");
         assert!(OAuth::password("ftp://x", "id", "s", "u", "p").is_err());
         assert!(!format!("{o:?}").contains("\"p\""));
     }
@@ -688,14 +590,7 @@ mod tests {
     fn jwt_assertion_has_documented_claims() {
         let pem = include_bytes!("../tests/fixtures/jwt_test_key.pem");
         let o = OAuth::jwt_bearer("http://127.0.0.1:4000/", "cid", "user@x.test", pem).unwrap();
-        let Grant::Jwt {
-            client_id,
-            username,
-            audience,
-            key,
-            lifetime,
-        } = &o.grant
-        else {
+        let Grant::Jwt { client_id, username, audience, key, lifetime } = &o.grant else {
             panic!("not a JWT grant");
         };
         assert_eq!(audience, "http://127.0.0.1:4000");

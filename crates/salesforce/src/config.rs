@@ -123,10 +123,7 @@ impl RetryPolicy {
     /// A policy that never retries (token refresh on 401 still happens once).
     #[must_use]
     pub fn none() -> Self {
-        Self {
-            max_attempts: 1,
-            ..Self::default()
-        }
+        Self { max_attempts: 1, ..Self::default() }
     }
 
     /// The un-jittered delay before retry number `retry` (1-based).
@@ -198,10 +195,7 @@ impl ClientConfig {
     /// the batch size is outside 200–2,000, or max attempts is zero.
     pub fn validate(&self) -> Result<()> {
         let name_ok = !self.client_name.is_empty()
-            && self
-                .client_name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            && self.client_name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
         if !name_ok {
             return Err(Error::InvalidInput(format!(
                 "client name {:?} must be non-empty ASCII letters, digits, '_', '-' or '.'",
@@ -211,14 +205,10 @@ impl ClientConfig {
         if let Some(size) = self.query_batch_size
             && !(200..=2000).contains(&size)
         {
-            return Err(Error::InvalidInput(format!(
-                "query batch size {size} is outside Salesforce's 200..=2000"
-            )));
+            return Err(Error::InvalidInput(format!("query batch size {size} is outside Salesforce's 200..=2000")));
         }
         if self.retry.max_attempts == 0 {
-            return Err(Error::InvalidInput(
-                "retry.max_attempts must be at least 1".into(),
-            ));
+            return Err(Error::InvalidInput("retry.max_attempts must be at least 1".into()));
         }
         Ok(())
     }
@@ -285,15 +275,9 @@ mod tests {
     #[test]
     fn config_validation() {
         assert!(ClientConfig::default().validate().is_ok());
-        let bad_name = ClientConfig {
-            client_name: "a, b".into(),
-            ..ClientConfig::default()
-        };
+        let bad_name = ClientConfig { client_name: "a, b".into(), ..ClientConfig::default() };
         assert!(bad_name.validate().is_err());
-        let bad_batch = ClientConfig {
-            query_batch_size: Some(100),
-            ..ClientConfig::default()
-        };
+        let bad_batch = ClientConfig { query_batch_size: Some(100), ..ClientConfig::default() };
         assert!(bad_batch.validate().is_err());
     }
 }

@@ -176,19 +176,13 @@ pub(crate) fn classify(status: Option<u16>, code: Option<&ErrorCode>, message: &
         Some(ErrorCode::RequestLimitExceeded) => {
             // "ConcurrentPerOrgLongTxn Limit exceeded." clears as soon as long requests finish;
             // "TotalRequests Limit exceeded." is the rolling daily allocation.
-            return if message.contains("Concurrent") {
-                RetryClass::Backoff
-            } else {
-                RetryClass::NotNow
-            };
+            return if message.contains("Concurrent") { RetryClass::Backoff } else { RetryClass::NotNow };
         }
         Some(ErrorCode::UnableToLockRow | ErrorCode::ServerUnavailable) => {
             return RetryClass::Backoff;
         }
         // Triggers surface lock contention wrapped in this code.
-        Some(ErrorCode::CannotInsertUpdateActivateEntity)
-            if message.contains("UNABLE_TO_LOCK_ROW") =>
-        {
+        Some(ErrorCode::CannotInsertUpdateActivateEntity) if message.contains("UNABLE_TO_LOCK_ROW") => {
             return RetryClass::Backoff;
         }
         _ => {}
@@ -217,12 +211,7 @@ pub struct RequestContext {
 
 impl RequestContext {
     pub(crate) fn new(method: Method, path: impl Into<String>) -> Self {
-        Self {
-            method,
-            path: path.into(),
-            object: None,
-            record: None,
-        }
+        Self { method, path: path.into(), object: None, record: None }
     }
 
     pub(crate) fn object(mut self, object: &str) -> Self {
@@ -302,12 +291,7 @@ impl DuplicateResult {
         self.match_results
             .iter()
             .flat_map(|m| &m.match_records)
-            .filter_map(|r| {
-                r.record
-                    .get("Id")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned)
-            })
+            .filter_map(|r| r.record.get("Id").and_then(|v| v.as_str()).map(str::to_owned))
             .collect()
     }
 }
@@ -409,11 +393,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub(crate) fn from_details(
-        status: StatusCode,
-        mut details: Vec<ErrorDetail>,
-        context: RequestContext,
-    ) -> Self {
+    pub(crate) fn from_details(status: StatusCode, mut details: Vec<ErrorDetail>, context: RequestContext) -> Self {
         let first = if details.is_empty() {
             ErrorDetail {
                 error_code: ErrorCode::Other(String::new()),
@@ -438,23 +418,13 @@ impl ApiError {
     /// Whether, and how, retrying can help.
     #[must_use]
     pub fn retry_class(&self) -> RetryClass {
-        classify(
-            Some(self.status.as_u16()),
-            Some(&self.error_code),
-            &self.message,
-        )
+        classify(Some(self.status.as_u16()), Some(&self.error_code), &self.message)
     }
 }
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Salesforce answered {} {}: {:?}",
-            self.status.as_u16(),
-            self.error_code,
-            self.message
-        )?;
+        write!(f, "Salesforce answered {} {}: {:?}", self.status.as_u16(), self.error_code, self.message)?;
         if !self.fields.is_empty() {
             write!(f, " (fields: {})", self.fields.join(", "))?;
         }
@@ -594,9 +564,7 @@ impl AuthError {
             Self::Transport { .. } => RetryClass::Backoff,
             // A token endpoint that is down is transient; anything else it says is not about
             // an expired session, so never RefreshAuth here.
-            Self::Unexpected { status, .. }
-                if *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() =>
-            {
+            Self::Unexpected { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => {
                 RetryClass::Backoff
             }
             _ => RetryClass::Permanent,
@@ -761,17 +729,10 @@ impl Error {
         match self {
             Self::Api(e) => !not_committed_status(e.status, Some(&e.error_code)),
             Self::UnexpectedResponse { status, .. } => !not_committed_status(*status, None),
-            Self::Transport {
-                may_have_reached_server,
-                ..
-            } => *may_have_reached_server,
+            Self::Transport { may_have_reached_server, .. } => *may_have_reached_server,
             Self::Decode { .. } | Self::Protocol { .. } | Self::BodyTooLarge { .. } => true,
             Self::Partial { .. } => true,
-            Self::MultipleMatches { .. }
-            | Self::Auth(_)
-            | Self::InvalidInput(_)
-            | Self::Id(_)
-            | Self::Soql(_) => false,
+            Self::MultipleMatches { .. } | Self::Auth(_) | Self::InvalidInput(_) | Self::Id(_) | Self::Soql(_) => false,
         }
     }
 
@@ -782,18 +743,13 @@ impl Error {
     /// session (rejected before any processing) qualify.
     pub(crate) fn safe_to_resend_create(&self) -> bool {
         match self {
-            Self::Transport {
-                may_have_reached_server,
-                ..
-            } => !may_have_reached_server,
+            Self::Transport { may_have_reached_server, .. } => !may_have_reached_server,
             Self::Auth(_) => true,
             Self::Api(e) => {
                 e.status == StatusCode::SERVICE_UNAVAILABLE
                     || matches!(
                         e.error_code,
-                        ErrorCode::UnableToLockRow
-                            | ErrorCode::ServerUnavailable
-                            | ErrorCode::InvalidSessionId
+                        ErrorCode::UnableToLockRow | ErrorCode::ServerUnavailable | ErrorCode::InvalidSessionId
                     )
             }
             Self::UnexpectedResponse { status, .. } => *status == StatusCode::SERVICE_UNAVAILABLE,
@@ -805,18 +761,12 @@ impl Error {
 fn not_committed_status(status: StatusCode, code: Option<&ErrorCode>) -> bool {
     status.is_client_error()
         || status == StatusCode::SERVICE_UNAVAILABLE
-        || matches!(
-            code,
-            Some(ErrorCode::UnableToLockRow | ErrorCode::ServerUnavailable)
-        )
+        || matches!(code, Some(ErrorCode::UnableToLockRow | ErrorCode::ServerUnavailable))
 }
 
 /// The first [`SNIPPET_CHARS`] characters of a body, for error messages.
 pub(crate) fn snippet(body: &[u8]) -> String {
-    String::from_utf8_lossy(body)
-        .chars()
-        .take(SNIPPET_CHARS)
-        .collect()
+    String::from_utf8_lossy(body).chars().take(SNIPPET_CHARS).collect()
 }
 
 #[cfg(test)]
@@ -836,26 +786,17 @@ mod tests {
         assert_eq!(e.fields, vec!["Name"]);
         assert_eq!(e.retry_class(), RetryClass::Permanent);
         let text = e.to_string();
-        assert!(
-            text.contains("REQUIRED_FIELD_MISSING") && text.contains("Contact"),
-            "{text}"
-        );
+        assert!(text.contains("REQUIRED_FIELD_MISSING") && text.contains("Contact"), "{text}");
     }
 
     #[test]
     fn decodes_multiple_errors_and_missing_fields() {
-        let body = br#"[{"message":"a","errorCode":"INVALID_FIELD"},{"message":"b","errorCode":"SOMETHING_NEW","fields":[]}]"#;
-        let e = ApiError::from_details(
-            StatusCode::BAD_REQUEST,
-            decode_error_array(body).unwrap(),
-            ctx(),
-        );
+        let body =
+            br#"[{"message":"a","errorCode":"INVALID_FIELD"},{"message":"b","errorCode":"SOMETHING_NEW","fields":[]}]"#;
+        let e = ApiError::from_details(StatusCode::BAD_REQUEST, decode_error_array(body).unwrap(), ctx());
         assert_eq!(e.error_code, ErrorCode::InvalidField);
         assert!(e.fields.is_empty());
-        assert_eq!(
-            e.others[0].error_code,
-            ErrorCode::Other("SOMETHING_NEW".into())
-        );
+        assert_eq!(e.others[0].error_code, ErrorCode::Other("SOMETHING_NEW".into()));
         assert_eq!(e.others[0].error_code.as_str(), "SOMETHING_NEW");
     }
 
@@ -877,10 +818,7 @@ mod tests {
         assert_eq!(dup.matched_ids(), vec!["0038M0000016Wv8QAE"]);
         let correct = DUPLICATE_BODY.replace("duplicateResut", "duplicateResult");
         let details = decode_error_array(correct.as_bytes()).unwrap();
-        assert_eq!(
-            details[0].duplicate_result.as_ref().unwrap().duplicate_rule,
-            "Standard_Contact_Duplicate_Rule"
-        );
+        assert_eq!(details[0].duplicate_result.as_ref().unwrap().duplicate_rule, "Standard_Contact_Duplicate_Rule");
     }
 
     #[test]
@@ -903,60 +841,26 @@ mod tests {
     fn classification_table() {
         use RetryClass::*;
         let cases: &[(Option<u16>, Option<&str>, &str, RetryClass)] = &[
-            (
-                Some(401),
-                Some("INVALID_SESSION_ID"),
-                "Session expired or invalid",
-                RefreshAuth,
-            ),
+            (Some(401), Some("INVALID_SESSION_ID"), "Session expired or invalid", RefreshAuth),
             (Some(401), None, "", RefreshAuth),
             (Some(401), Some("INVALID_AUTH_HEADER"), "", Permanent),
-            (
-                Some(403),
-                Some("REQUEST_LIMIT_EXCEEDED"),
-                "TotalRequests Limit exceeded.",
-                NotNow,
-            ),
-            (
-                Some(403),
-                Some("REQUEST_LIMIT_EXCEEDED"),
-                "ConcurrentPerOrgLongTxn Limit exceeded.",
-                Backoff,
-            ),
-            (
-                Some(400),
-                Some("UNABLE_TO_LOCK_ROW"),
-                "unable to obtain exclusive access",
-                Backoff,
-            ),
+            (Some(403), Some("REQUEST_LIMIT_EXCEEDED"), "TotalRequests Limit exceeded.", NotNow),
+            (Some(403), Some("REQUEST_LIMIT_EXCEEDED"), "ConcurrentPerOrgLongTxn Limit exceeded.", Backoff),
+            (Some(400), Some("UNABLE_TO_LOCK_ROW"), "unable to obtain exclusive access", Backoff),
             (Some(503), Some("SERVER_UNAVAILABLE"), "", Backoff),
             (Some(503), None, "", Backoff),
             (Some(500), Some("UNKNOWN_EXCEPTION"), "", Backoff),
             (Some(429), None, "", Backoff),
             (Some(420), None, "", Backoff),
-            (
-                Some(400),
-                Some("CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY"),
-                "trigger: UNABLE_TO_LOCK_ROW, ...",
-                Backoff,
-            ),
-            (
-                Some(400),
-                Some("CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY"),
-                "Apex CPU time limit exceeded",
-                Permanent,
-            ),
+            (Some(400), Some("CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY"), "trigger: UNABLE_TO_LOCK_ROW, ...", Backoff),
+            (Some(400), Some("CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY"), "Apex CPU time limit exceeded", Permanent),
             (Some(400), Some("DUPLICATE_VALUE"), "", Permanent),
             (Some(404), Some("NOT_FOUND"), "", Permanent),
             (Some(400), Some("STRING_TOO_LONG"), "", Permanent),
         ];
         for (status, code, msg, want) in cases {
             let code = code.map(ErrorCode::parse);
-            assert_eq!(
-                classify(*status, code.as_ref(), msg),
-                *want,
-                "{status:?} {code:?} {msg}"
-            );
+            assert_eq!(classify(*status, code.as_ref(), msg), *want, "{status:?} {code:?} {msg}");
         }
     }
 
@@ -976,9 +880,7 @@ mod tests {
         };
         assert!(api(StatusCode::SERVICE_UNAVAILABLE, "SERVER_UNAVAILABLE").safe_to_resend_create());
         assert!(api(StatusCode::BAD_REQUEST, "UNABLE_TO_LOCK_ROW").safe_to_resend_create());
-        assert!(
-            !api(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN_EXCEPTION").safe_to_resend_create()
-        );
+        assert!(!api(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN_EXCEPTION").safe_to_resend_create());
         assert!(api(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN_EXCEPTION").may_have_committed());
         assert!(!api(StatusCode::BAD_REQUEST, "REQUIRED_FIELD_MISSING").may_have_committed());
     }

@@ -59,16 +59,10 @@ impl SalesforceId {
     pub fn parse(value: &str) -> Result<Self, IdError> {
         let len = value.chars().count();
         if len != 15 && len != 18 {
-            return Err(IdError::Length {
-                value: value.to_owned(),
-                len,
-            });
+            return Err(IdError::Length { value: value.to_owned(), len });
         }
         if let Some(ch) = value.chars().find(|c| !c.is_ascii_alphanumeric()) {
-            return Err(IdError::InvalidChar {
-                value: value.to_owned(),
-                ch,
-            });
+            return Err(IdError::InvalidChar { value: value.to_owned(), ch });
         }
         // Both checks above guarantee ASCII, so byte slicing below is on char boundaries.
         let (short, suffix) = value.split_at(15);
@@ -123,9 +117,7 @@ pub fn checksum(id15: &str) -> [u8; 3] {
     for (chunk_index, slot) in out.iter_mut().enumerate() {
         let mut mask = 0usize;
         for bit in 0..5 {
-            let upper = bytes
-                .get(chunk_index * 5 + bit)
-                .is_some_and(u8::is_ascii_uppercase);
+            let upper = bytes.get(chunk_index * 5 + bit).is_some_and(u8::is_ascii_uppercase);
             if upper {
                 mask |= 1 << bit;
             }
@@ -222,36 +214,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_checksum_length_and_chars() {
-        assert!(matches!(
-            SalesforceId::parse("001R00000064wdtIAB"),
-            Err(IdError::Checksum { .. })
-        ));
+        assert!(matches!(SalesforceId::parse("001R00000064wdtIAB"), Err(IdError::Checksum { .. })));
         // Lower-cased suffix is not what the API emits; treat it as corruption.
-        assert!(matches!(
-            SalesforceId::parse("001R00000064wdtiaa"),
-            Err(IdError::Checksum { .. })
-        ));
-        assert!(matches!(
-            SalesforceId::parse("001R00000064wd"),
-            Err(IdError::Length { len: 14, .. })
-        ));
-        assert!(matches!(
-            SalesforceId::parse("001R00000064wd'"),
-            Err(IdError::InvalidChar { ch: '\'', .. })
-        ));
-        assert!(matches!(
-            SalesforceId::parse("001R00000064wdé"),
-            Err(IdError::InvalidChar { ch: 'é', .. })
-        ));
+        assert!(matches!(SalesforceId::parse("001R00000064wdtiaa"), Err(IdError::Checksum { .. })));
+        assert!(matches!(SalesforceId::parse("001R00000064wd"), Err(IdError::Length { len: 14, .. })));
+        assert!(matches!(SalesforceId::parse("001R00000064wd'"), Err(IdError::InvalidChar { ch: '\'', .. })));
+        assert!(matches!(SalesforceId::parse("001R00000064wdé"), Err(IdError::InvalidChar { ch: 'é', .. })));
     }
 
     #[test]
     fn serde_round_trip_validates() {
         let id: SalesforceId = serde_json::from_str("\"001R00000064wdt\"").unwrap();
-        assert_eq!(
-            serde_json::to_string(&id).unwrap(),
-            "\"001R00000064wdtIAA\""
-        );
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"001R00000064wdtIAA\"");
         assert!(serde_json::from_str::<SalesforceId>("\"nope\"").is_err());
         assert_eq!(id.key_prefix(), "001");
     }

@@ -48,18 +48,16 @@ use std::sync::Arc;
 pub use auth::{AccessToken, ClientAuth, Identity, OAuth, Secret, StaticToken, TokenSource};
 pub use config::{ApiVersion, ClientConfig, RetryPolicy};
 pub use error::{
-    ApiError, AuthError, DuplicateResult, Error, ErrorCode, ErrorDetail, RecordError, RecordRef,
-    RequestContext, Result, RetryClass,
+    ApiError, AuthError, DuplicateResult, Error, ErrorCode, ErrorDetail, RecordError, RecordRef, RequestContext,
+    Result, RetryClass,
 };
 pub use ids::{IdError, SalesforceId};
 pub use limits::{ApiUsage, Limit, LimitInfo, OrgLimits, PerAppUsage, UsageSnapshot, UsageTracker};
 pub use rest::collections::{COLLECTIONS_MAX_RECORDS, RETRIEVE_MAX_IDS, SaveResult};
-pub use rest::composite::{
-    COMPOSITE_MAX_SUBREQUESTS, CompositeRequest, CompositeSubrequest, CompositeSubresponse,
-};
+pub use rest::composite::{COMPOSITE_MAX_SUBREQUESTS, CompositeRequest, CompositeSubrequest, CompositeSubresponse};
 pub use rest::describe::{
-    DeletedRecord, DeletedRecords, FieldDescribe, GlobalDescribe, SObjectDescribe, SObjectSummary,
-    UpdatedRecords, VersionInfo,
+    DeletedRecord, DeletedRecords, FieldDescribe, GlobalDescribe, SObjectDescribe, SObjectSummary, UpdatedRecords,
+    VersionInfo,
 };
 pub use rest::query::{QueryOptions, QueryPage};
 pub use rest::sobjects::{CreateResult, UpsertOutcome};

@@ -82,16 +82,10 @@ pub fn parse_limit_info(value: &str) -> Option<LimitInfo> {
                 let app_name = app.and_then(|t| {
                     let inner = t.trim().strip_suffix(')')?;
                     let (k, v) = inner.split_once('=')?;
-                    k.trim()
-                        .eq_ignore_ascii_case("appName")
-                        .then(|| v.trim().to_owned())
+                    k.trim().eq_ignore_ascii_case("appName").then(|| v.trim().to_owned())
                 });
                 if let Some((used, max)) = parse_ratio(ratio) {
-                    info.per_app = Some(PerAppUsage {
-                        used,
-                        max,
-                        app_name,
-                    });
+                    info.per_app = Some(PerAppUsage { used, max, app_name });
                 }
             }
             _ => {}
@@ -147,16 +141,10 @@ impl UsageTracker {
     pub fn record_header(&self, value: &str) {
         match parse_limit_info(value) {
             Some(info) => {
-                *self.latest.write() = Some(UsageSnapshot {
-                    info,
-                    observed_at: SystemTime::now(),
-                });
+                *self.latest.write() = Some(UsageSnapshot { info, observed_at: SystemTime::now() });
             }
             None => {
-                tracing::debug!(
-                    header = value,
-                    "Ignored an unparseable Sforce-Limit-Info header."
-                );
+                tracing::debug!(header = value, "Ignored an unparseable Sforce-Limit-Info header.");
             }
         }
     }
@@ -239,8 +227,7 @@ impl OrgLimits {
     /// `DailyBulkApiBatches` (v49+; `DailyBulkApiRequests` before).
     #[must_use]
     pub fn daily_bulk_api_batches(&self) -> Option<&Limit> {
-        self.get("DailyBulkApiBatches")
-            .or_else(|| self.get("DailyBulkApiRequests"))
+        self.get("DailyBulkApiBatches").or_else(|| self.get("DailyBulkApiRequests"))
     }
 
     /// `DailyBulkV2QueryJobs`.
@@ -259,8 +246,7 @@ impl Client {
         let path = format!("{}/limits", self.config().api_version.data_root());
         let ctx = RequestContext::new(Method::GET, &path);
         let request = ApiRequest::new(Method::GET, Target::Path(path), ctx);
-        let map: serde_json::Map<String, serde_json::Value> =
-            self.transport().send_json(request).await?;
+        let map: serde_json::Map<String, serde_json::Value> = self.transport().send_json(request).await?;
         Ok(OrgLimits::from_map(map))
     }
 
@@ -278,13 +264,7 @@ mod tests {
     #[test]
     fn parses_documented_header_shapes() {
         let i = parse_limit_info("api-usage=18/5000").unwrap();
-        assert_eq!(
-            i.api_usage,
-            Some(ApiUsage {
-                used: 18,
-                max: 5000
-            })
-        );
+        assert_eq!(i.api_usage, Some(ApiUsage { used: 18, max: 5000 }));
         assert_eq!(i.per_app, None);
 
         for v in [
@@ -328,10 +308,7 @@ mod tests {
         let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(body).unwrap();
         let l = OrgLimits::from_map(map);
         let daily = l.daily_api_requests().unwrap();
-        assert_eq!(
-            (daily.max, daily.remaining, daily.used()),
-            (15000, 14998, 2)
-        );
+        assert_eq!((daily.max, daily.remaining, daily.used()), (15000, 14998, 2));
         assert!(daily.extra.contains_key("Sample App"));
         assert_eq!(l.daily_bulk_v2_query_jobs().unwrap().max, 10000);
         assert!(l.other.contains_key("SomethingNew"));

@@ -15,9 +15,7 @@ pub(crate) fn check_object(object: &str) -> Result<()> {
     if soql::is_valid_name(object) {
         Ok(())
     } else {
-        Err(Error::InvalidInput(format!(
-            "{object:?} is not a valid sObject API name"
-        )))
+        Err(Error::InvalidInput(format!("{object:?} is not a valid sObject API name")))
     }
 }
 
@@ -26,9 +24,7 @@ pub(crate) fn check_field(field: &str) -> Result<()> {
     if soql::is_valid_name(field) {
         Ok(())
     } else {
-        Err(Error::InvalidInput(format!(
-            "{field:?} is not a valid field API name"
-        )))
+        Err(Error::InvalidInput(format!("{field:?} is not a valid field API name")))
     }
 }
 
@@ -38,11 +34,7 @@ pub(crate) fn to_object<T: serde::Serialize + ?Sized>(
 ) -> Result<serde_json::Map<String, serde_json::Value>> {
     match serde_json::to_value(record) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
-        Ok(other) => Err(Error::InvalidInput(format!(
-            "a record must serialise to a JSON object, not {other}"
-        ))),
-        Err(e) => Err(Error::InvalidInput(format!(
-            "record is not serialisable: {e}"
-        ))),
+        Ok(other) => Err(Error::InvalidInput(format!("a record must serialise to a JSON object, not {other}"))),
+        Err(e) => Err(Error::InvalidInput(format!("record is not serialisable: {e}"))),
     }
 }

@@ -83,8 +83,7 @@ pub fn escape_like(value: &str) -> String {
 
 fn is_simple_ident(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic()) && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Whether `s` is a valid object or field API name (`Account`, `Pendo_Id__c`); no dots.
@@ -104,11 +103,7 @@ pub fn is_valid_field_path(s: &str) -> bool {
 /// # Errors
 /// [`SoqlError::InvalidIdentifier`] when it is not a dotted identifier.
 pub fn field(s: &str) -> Result<&str, SoqlError> {
-    if is_valid_field_path(s) {
-        Ok(s)
-    } else {
-        Err(SoqlError::InvalidIdentifier(s.to_owned()))
-    }
+    if is_valid_field_path(s) { Ok(s) } else { Err(SoqlError::InvalidIdentifier(s.to_owned())) }
 }
 
 /// Checks an object name (no dots), returning it unchanged.
@@ -116,11 +111,7 @@ pub fn field(s: &str) -> Result<&str, SoqlError> {
 /// # Errors
 /// [`SoqlError::InvalidIdentifier`] when it is not an identifier.
 pub fn object(s: &str) -> Result<&str, SoqlError> {
-    if is_valid_name(s) {
-        Ok(s)
-    } else {
-        Err(SoqlError::InvalidIdentifier(s.to_owned()))
-    }
+    if is_valid_name(s) { Ok(s) } else { Err(SoqlError::InvalidIdentifier(s.to_owned())) }
 }
 
 /// Relative date literals (`TODAY`, `LAST_N_DAYS:30`…).
@@ -310,11 +301,7 @@ pub enum Condition {
 
 impl Condition {
     fn compare(field: &str, op: Op, value: impl Into<Literal>) -> Self {
-        Self::Compare {
-            field: field.to_owned(),
-            op,
-            value: value.into(),
-        }
+        Self::Compare { field: field.to_owned(), op, value: value.into() }
     }
 
     /// `field = value` (`= null` for `None`).
@@ -352,11 +339,7 @@ impl Condition {
         I: IntoIterator<Item = V>,
         V: Into<Literal>,
     {
-        Self::In {
-            field: field.to_owned(),
-            negated: false,
-            values: values.into_iter().map(Into::into).collect(),
-        }
+        Self::In { field: field.to_owned(), negated: false, values: values.into_iter().map(Into::into).collect() }
     }
     /// `field NOT IN (…)`
     pub fn not_in<I, V>(field: &str, values: I) -> Self
@@ -364,19 +347,12 @@ impl Condition {
         I: IntoIterator<Item = V>,
         V: Into<Literal>,
     {
-        Self::In {
-            field: field.to_owned(),
-            negated: true,
-            values: values.into_iter().map(Into::into).collect(),
-        }
+        Self::In { field: field.to_owned(), negated: true, values: values.into_iter().map(Into::into).collect() }
     }
     /// `field LIKE pattern`, with `%`/`_` in `pattern` acting as wildcards.
     #[must_use]
     pub fn like(field: &str, pattern: &str) -> Self {
-        Self::Like {
-            field: field.to_owned(),
-            pattern: pattern.to_owned(),
-        }
+        Self::Like { field: field.to_owned(), pattern: pattern.to_owned() }
     }
     /// `field LIKE '%text%'`, matching `text` literally.
     #[must_use]
@@ -389,10 +365,7 @@ impl Condition {
         Self::like_raw(field, format!("{}%", escape_like_wildcards(text)))
     }
     fn like_raw(field: &str, pattern: String) -> Self {
-        Self::Like {
-            field: field.to_owned(),
-            pattern,
-        }
+        Self::Like { field: field.to_owned(), pattern }
     }
     /// `(self AND other)`
     #[must_use]
@@ -434,25 +407,14 @@ impl Condition {
 
     fn render_into(&self, out: &mut String) -> Result<(), SoqlError> {
         match self {
-            Self::Compare {
-                field: f,
-                op,
-                value,
-            } => {
+            Self::Compare { field: f, op, value } => {
                 let _ = write!(out, "{} {} {}", field(f)?, op.as_str(), value.render()?);
             }
-            Self::In {
-                field: f,
-                negated,
-                values,
-            } => {
+            Self::In { field: f, negated, values } => {
                 if values.is_empty() {
                     return Err(SoqlError::EmptyInList(f.clone()));
                 }
-                let rendered = values
-                    .iter()
-                    .map(Literal::render)
-                    .collect::<Result<Vec<_>, _>>()?;
+                let rendered = values.iter().map(Literal::render).collect::<Result<Vec<_>, _>>()?;
                 let kw = if *negated { "NOT IN" } else { "IN" };
                 let _ = write!(out, "{} {kw} ({})", field(f)?, rendered.join(", "));
             }
@@ -466,11 +428,7 @@ impl Condition {
                 if items.is_empty() {
                     return Err(SoqlError::EmptyGroup);
                 }
-                let joiner = if matches!(self, Self::And(_)) {
-                    " AND "
-                } else {
-                    " OR "
-                };
+                let joiner = if matches!(self, Self::And(_)) { " AND " } else { " OR " };
                 out.push('(');
                 for (i, c) in items.iter().enumerate() {
                     if i > 0 {
@@ -604,11 +562,7 @@ impl SoqlQuery {
         if self.fields.is_empty() {
             return Err(SoqlError::NoFields);
         }
-        let fields = self
-            .fields
-            .iter()
-            .map(|f| field(f))
-            .collect::<Result<Vec<_>, _>>()?;
+        let fields = self.fields.iter().map(|f| field(f)).collect::<Result<Vec<_>, _>>()?;
         let mut out = format!("SELECT {} FROM {}", fields.join(", "), object(&self.from)?);
         if let Some(filter) = &self.filter {
             out.push_str(" WHERE ");
@@ -700,13 +654,9 @@ mod tests {
             .filter(Condition::eq("Name", "O'Brien & Co"))
             .filter(Condition::gt(
                 "SystemModstamp",
-                DateTime::parse_from_rfc3339("2024-01-01T00:00:00.750Z")
-                    .unwrap()
-                    .with_timezone(&Utc),
+                DateTime::parse_from_rfc3339("2024-01-01T00:00:00.750Z").unwrap().with_timezone(&Utc),
             ))
-            .filter(
-                Condition::in_list("Type", ["Customer", "Partner"]).or(Condition::is_null("Type")),
-            )
+            .filter(Condition::in_list("Type", ["Customer", "Partner"]).or(Condition::is_null("Type")))
             .order_by("Name", Order::Asc)
             .limit(10)
             .build()
@@ -726,33 +676,17 @@ mod tests {
         assert_eq!(Literal::from(true).render().unwrap(), "true");
         assert_eq!(Literal::from(-3i32).render().unwrap(), "-3");
         assert_eq!(Literal::from(1.5f64).render().unwrap(), "1.5");
-        assert_eq!(
-            Literal::from(1e21f64).render().unwrap(),
-            "1000000000000000000000"
-        );
+        assert_eq!(Literal::from(1e21f64).render().unwrap(), "1000000000000000000000");
         assert!(Literal::from(f64::NAN).render().is_err());
         assert_eq!(Literal::from(None::<&str>).render().unwrap(), "null");
-        assert_eq!(
-            Literal::from(DateLiteral::LastNDays(30)).render().unwrap(),
-            "LAST_N_DAYS:30"
-        );
+        assert_eq!(Literal::from(DateLiteral::LastNDays(30)).render().unwrap(), "LAST_N_DAYS:30");
         let id = SalesforceId::parse("001R00000064wdt").unwrap();
         assert_eq!(Literal::from(&id).render().unwrap(), "'001R00000064wdtIAA'");
     }
 
     #[test]
     fn rejects_bad_identifiers() {
-        for bad in [
-            "",
-            "1Name",
-            "Name; DELETE",
-            "Name__c'",
-            "a..b",
-            ".a",
-            "a.",
-            "Na me",
-            "Námé",
-        ] {
+        for bad in ["", "1Name", "Name; DELETE", "Name__c'", "a..b", ".a", "a.", "Na me", "Námé"] {
             assert!(!is_valid_field_path(bad), "{bad:?}");
             let q = SoqlQuery::select([bad], "Account").build();
             assert!(matches!(q, Err(SoqlError::InvalidIdentifier(_))), "{bad:?}");
@@ -761,33 +695,16 @@ mod tests {
         assert!(!is_valid_name("Account.Owner"));
         assert!(SoqlQuery::select(["Id"], "Account x").build().is_err());
         assert!(Condition::eq("Id = '1' OR Id", 1).render().is_err());
-        assert!(
-            Condition::in_list("Id", Vec::<&str>::new())
-                .render()
-                .is_err()
-        );
-        assert!(
-            SoqlQuery::select(Vec::<String>::new(), "Account")
-                .build()
-                .is_err()
-        );
+        assert!(Condition::in_list("Id", Vec::<&str>::new()).render().is_err());
+        assert!(SoqlQuery::select(Vec::<String>::new(), "Account").build().is_err());
     }
 
     #[test]
     fn like_patterns() {
-        assert_eq!(
-            Condition::contains("Name", "50%_a'\\").render().unwrap(),
-            "Name LIKE '%50\\%\\_a\\'\\\\%'"
-        );
-        assert_eq!(
-            Condition::like("Name", "Acme%").render().unwrap(),
-            "Name LIKE 'Acme%'"
-        );
+        assert_eq!(Condition::contains("Name", "50%_a'\\").render().unwrap(), "Name LIKE '%50\\%\\_a\\'\\\\%'");
+        assert_eq!(Condition::like("Name", "Acme%").render().unwrap(), "Name LIKE 'Acme%'");
         // A lone trailing backslash must not escape the closing quote.
-        assert_eq!(
-            Condition::like("Name", "x\\").render().unwrap(),
-            "Name LIKE 'x\\\\'"
-        );
+        assert_eq!(Condition::like("Name", "x\\").render().unwrap(), "Name LIKE 'x\\\\'");
     }
 
     proptest! {

@@ -32,9 +32,7 @@ use serde::de::DeserializeOwned;
 
 use crate::auth::{AccessToken, TokenCache, TokenSource};
 use crate::config::ClientConfig;
-use crate::error::{
-    ApiError, Error, RequestContext, Result, RetryClass, decode_error_array, snippet,
-};
+use crate::error::{ApiError, Error, RequestContext, Result, RetryClass, decode_error_array, snippet};
 use crate::limits::{LIMIT_INFO_HEADER, UsageTracker};
 
 /// Header carrying our client name into Salesforce logs and CDC `changeOrigin`.
@@ -131,11 +129,7 @@ struct Failure {
 
 impl Failure {
     fn new(error: Error) -> Self {
-        Self {
-            error,
-            token: None,
-            retry_after: None,
-        }
+        Self { error, token: None, retry_after: None }
     }
 }
 
@@ -168,13 +162,7 @@ impl Transport {
                 .build()
                 .map_err(|e| Error::InvalidInput(format!("HTTP client: {e}")))?,
         };
-        Ok(Self {
-            http,
-            tokens: TokenCache::new(source),
-            config,
-            usage: UsageTracker::default(),
-            call_options,
-        })
+        Ok(Self { http, tokens: TokenCache::new(source), config, usage: UsageTracker::default(), call_options })
     }
 
     pub(crate) fn config(&self) -> &ClientConfig {
@@ -237,9 +225,7 @@ impl Transport {
                 return Err(failure.error);
             }
             let policy = &self.config.retry;
-            let delay = failure
-                .retry_after
-                .map_or_else(|| policy.delay(attempt), |d| d.min(policy.max_backoff));
+            let delay = failure.retry_after.map_or_else(|| policy.delay(attempt), |d| d.min(policy.max_backoff));
             tracing::warn!(
                 call = %request.context,
                 error = %failure.error,
@@ -254,16 +240,8 @@ impl Transport {
 
     async fn attempt(&self, request: &ApiRequest) -> std::result::Result<RawResponse, Failure> {
         let context = &request.context;
-        let token = self
-            .tokens
-            .get(&self.http)
-            .await
-            .map_err(|e| Failure::new(Error::Auth(e)))?;
-        let with_token = |error: Error| Failure {
-            error,
-            token: Some(Arc::clone(&token)),
-            retry_after: None,
-        };
+        let token = self.tokens.get(&self.http).await.map_err(|e| Failure::new(Error::Auth(e)))?;
+        let with_token = |error: Error| Failure { error, token: Some(Arc::clone(&token)), retry_after: None };
 
         let Target::Path(path) = &request.target;
         let base = token.instance_url.as_str().trim_end_matches('/');
@@ -283,9 +261,7 @@ impl Transport {
             builder = builder.query(&request.query);
         }
         if let Some(body) = &request.body {
-            builder = builder
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.clone());
+            builder = builder.header(CONTENT_TYPE, "application/json").body(body.clone());
         }
 
         let started = Instant::now();
@@ -297,11 +273,7 @@ impl Transport {
             })
         })?;
         let status = response.status();
-        if let Some(value) = response
-            .headers()
-            .get(LIMIT_INFO_HEADER)
-            .and_then(|v| v.to_str().ok())
-        {
+        if let Some(value) = response.headers().get(LIMIT_INFO_HEADER).and_then(|v| v.to_str().ok()) {
             self.usage.record_header(value);
         }
         let retry_after = response
@@ -318,11 +290,7 @@ impl Transport {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > limit {
-                        return Err(with_token(Error::BodyTooLarge {
-                            context: context.clone(),
-                            limit,
-                            status,
-                        }));
+                        return Err(with_token(Error::BodyTooLarge { context: context.clone(), limit, status }));
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -345,25 +313,13 @@ impl Transport {
         );
 
         if status.as_u16() < 400 {
-            return Ok(RawResponse {
-                status,
-                headers,
-                body: Bytes::from(body),
-            });
+            return Ok(RawResponse { status, headers, body: Bytes::from(body) });
         }
         let error = match decode_error_array(&body) {
             Some(details) => Error::from(ApiError::from_details(status, details, context.clone())),
-            None => Error::UnexpectedResponse {
-                context: context.clone(),
-                status,
-                snippet: snippet(&body),
-            },
+            None => Error::UnexpectedResponse { context: context.clone(), status, snippet: snippet(&body) },
         };
-        Err(Failure {
-            error,
-            token: Some(token),
-            retry_after,
-        })
+        Err(Failure { error, token: Some(token), retry_after })
     }
 }
 
@@ -382,8 +338,7 @@ pub(crate) fn decode_json<T: DeserializeOwned>(context: &RequestContext, body: &
 /// Salesforce may read a value ending in `.json`/`.xml`-like suffixes as a format extension.
 pub(crate) fn encode_segment(segment: &str) -> String {
     use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-    const SEGMENT: &percent_encoding::AsciiSet =
-        &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
+    const SEGMENT: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
     utf8_percent_encode(segment, SEGMENT).to_string()
 }
 

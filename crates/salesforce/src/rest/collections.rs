@@ -54,12 +54,7 @@ impl SaveResult {
 
 impl Client {
     /// Runs `call` once per chunk of `chunk` records and concatenates the results.
-    async fn in_chunks<F, Fut>(
-        &self,
-        total: usize,
-        chunk: usize,
-        mut call: F,
-    ) -> Result<Vec<SaveResult>>
+    async fn in_chunks<F, Fut>(&self, total: usize, chunk: usize, mut call: F) -> Result<Vec<SaveResult>>
     where
         F: FnMut(Range<usize>) -> Fut,
         Fut: Future<Output = Result<Vec<SaveResult>>>,
@@ -72,11 +67,7 @@ impl Client {
                 Ok(results) => out.extend(results),
                 Err(source) if out.is_empty() => return Err(source),
                 Err(source) => {
-                    return Err(Error::Partial {
-                        completed: out,
-                        failed_offset: offset,
-                        source: Box::new(source),
-                    });
+                    return Err(Error::Partial { completed: out, failed_offset: offset, source: Box::new(source) });
                 }
             }
             offset = end;
@@ -85,11 +76,7 @@ impl Client {
     }
 
     /// Sends one chunk and checks that there is exactly one result per record.
-    async fn collection_call(
-        &self,
-        request: ApiRequest,
-        expected: usize,
-    ) -> Result<Vec<SaveResult>> {
+    async fn collection_call(&self, request: ApiRequest, expected: usize) -> Result<Vec<SaveResult>> {
         let context = request.context().clone();
         let results: Vec<SaveResult> = self.transport().send_json(request).await?;
         if results.len() != expected {
@@ -115,17 +102,13 @@ impl Client {
         all_or_none: bool,
     ) -> Result<Vec<SaveResult>> {
         check_object(object)?;
-        let records = records
-            .iter()
-            .map(|r| with_type(to_object(r)?, object))
-            .collect::<Result<Vec<_>>>()?;
+        let records = records.iter().map(|r| with_type(to_object(r)?, object)).collect::<Result<Vec<_>>>()?;
         let path = self.data_path("composite/sobjects");
         self.in_chunks(records.len(), COLLECTIONS_MAX_RECORDS, |range| {
             let ctx = batch_context(Method::POST, &path, Some(object), &range);
             let body = json!({"allOrNone": all_or_none, "records": &records[range.clone()]});
             let len = range.len();
-            let request =
-                ApiRequest::new(Method::POST, Target::Path(path.clone()), ctx).json(&body);
+            let request = ApiRequest::new(Method::POST, Target::Path(path.clone()), ctx).json(&body);
             async move { self.collection_call(request?, len).await }
         })
         .await
@@ -156,8 +139,7 @@ impl Client {
             let ctx = batch_context(Method::PATCH, &path, Some(object), &range);
             let body = json!({"allOrNone": all_or_none, "records": &records[range.clone()]});
             let len = range.len();
-            let request =
-                ApiRequest::new(Method::PATCH, Target::Path(path.clone()), ctx).json(&body);
+            let request = ApiRequest::new(Method::PATCH, Target::Path(path.clone()), ctx).json(&body);
             async move { self.collection_call(request?, len).await }
         })
         .await
@@ -189,13 +171,9 @@ impl Client {
             .enumerate()
             .map(|(i, r)| {
                 let map = to_object(r)?;
-                let has_value = map
-                    .iter()
-                    .any(|(k, v)| k.eq_ignore_ascii_case(field) && !v.is_null());
+                let has_value = map.iter().any(|(k, v)| k.eq_ignore_ascii_case(field) && !v.is_null());
                 if !has_value {
-                    return Err(Error::InvalidInput(format!(
-                        "record {i} has no value for external ID field {field}"
-                    )));
+                    return Err(Error::InvalidInput(format!("record {i} has no value for external ID field {field}")));
                 }
                 with_type(map, object)
             })
@@ -205,8 +183,7 @@ impl Client {
             let ctx = batch_context(Method::PATCH, &path, Some(object), &range);
             let body = json!({"allOrNone": all_or_none, "records": &records[range.clone()]});
             let len = range.len();
-            let request =
-                ApiRequest::new(Method::PATCH, Target::Path(path.clone()), ctx).json(&body);
+            let request = ApiRequest::new(Method::PATCH, Target::Path(path.clone()), ctx).json(&body);
             async move { self.collection_call(request?, len).await }
         })
         .await
@@ -216,19 +193,11 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::create_many`].
-    pub async fn delete_many(
-        &self,
-        ids: &[SalesforceId],
-        all_or_none: bool,
-    ) -> Result<Vec<SaveResult>> {
+    pub async fn delete_many(&self, ids: &[SalesforceId], all_or_none: bool) -> Result<Vec<SaveResult>> {
         let path = self.data_path("composite/sobjects");
         self.in_chunks(ids.len(), COLLECTIONS_MAX_RECORDS, |range| {
             let ctx = batch_context(Method::DELETE, &path, None, &range);
-            let joined = ids[range.clone()]
-                .iter()
-                .map(SalesforceId::as_str)
-                .collect::<Vec<_>>()
-                .join(",");
+            let joined = ids[range.clone()].iter().map(SalesforceId::as_str).collect::<Vec<_>>().join(",");
             let request = ApiRequest::new(Method::DELETE, Target::Path(path.clone()), ctx)
                 .query("ids", joined)
                 .query("allOrNone", all_or_none.to_string());
@@ -253,9 +222,7 @@ impl Client {
     ) -> Result<Vec<Option<T>>> {
         check_object(object)?;
         if fields.is_empty() {
-            return Err(Error::InvalidInput(
-                "retrieve_many needs at least one field".into(),
-            ));
+            return Err(Error::InvalidInput("retrieve_many needs at least one field".into()));
         }
         for f in fields {
             check_field(f)?;
@@ -272,11 +239,7 @@ impl Client {
             if records.len() != chunk.len() {
                 return Err(Error::Protocol {
                     context: ctx,
-                    reason: format!(
-                        "asked for {} IDs, got {} entries",
-                        chunk.len(),
-                        records.len()
-                    ),
+                    reason: format!("asked for {} IDs, got {} entries", chunk.len(), records.len()),
                 });
             }
             out.extend(records);
@@ -291,16 +254,8 @@ fn with_type(mut map: Map<String, Value>, object: &str) -> Result<Map<String, Va
     Ok(map)
 }
 
-fn batch_context(
-    method: Method,
-    path: &str,
-    object: Option<&str>,
-    range: &Range<usize>,
-) -> RequestContext {
-    let ctx = RequestContext::new(method, path).record(RecordRef::Batch {
-        offset: range.start,
-        len: range.len(),
-    });
+fn batch_context(method: Method, path: &str, object: Option<&str>, range: &Range<usize>) -> RequestContext {
+    let ctx = RequestContext::new(method, path).record(RecordRef::Batch { offset: range.start, len: range.len() });
     match object {
         Some(o) => ctx.object(o),
         None => ctx,
@@ -319,10 +274,7 @@ mod tests {
         let r: Vec<SaveResult> = serde_json::from_str(body).unwrap();
         assert!(r[0].success && r[0].id.is_some());
         assert!(r[1].id.is_none());
-        assert_eq!(
-            r[1].first_error().unwrap().status_code,
-            crate::ErrorCode::RequiredFieldMissing
-        );
+        assert_eq!(r[1].first_error().unwrap().status_code, crate::ErrorCode::RequiredFieldMissing);
         assert_eq!(r[2].created, Some(true));
         assert!(r[2].first_error().unwrap().retry_class().is_retryable());
     }

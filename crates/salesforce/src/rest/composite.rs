@@ -56,34 +56,20 @@ pub struct CompositeRequest {
 
 /// Whether `s` is a whole `@{ref.path}` reference, which must stay unencoded in URLs.
 fn is_reference(s: &str) -> bool {
-    s.strip_prefix("@{")
-        .and_then(|r| r.strip_suffix('}'))
-        .is_some_and(|inner| {
-            !inner.is_empty()
-                && inner
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'))
-        })
+    s.strip_prefix("@{").and_then(|r| r.strip_suffix('}')).is_some_and(|inner| {
+        !inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'))
+    })
 }
 
 fn segment(s: &str) -> String {
-    if is_reference(s) {
-        s.to_owned()
-    } else {
-        encode_segment(s)
-    }
+    if is_reference(s) { s.to_owned() } else { encode_segment(s) }
 }
 
 impl CompositeRequest {
     /// An empty request for API `version`.
     #[must_use]
     pub fn new(version: ApiVersion, all_or_none: bool) -> Self {
-        Self {
-            all_or_none,
-            collate_subrequests: None,
-            subrequests: Vec::new(),
-            version,
-        }
+        Self { all_or_none, collate_subrequests: None, subrequests: Vec::new(), version }
     }
 
     fn push(&mut self, method: Method, rest: &str, reference_id: &str, body: Option<Value>) {
@@ -102,12 +88,7 @@ impl CompositeRequest {
     /// [`Error::InvalidInput`] for a bad object name.
     pub fn create(&mut self, reference_id: &str, object: &str, body: Value) -> Result<&mut Self> {
         check_object(object)?;
-        self.push(
-            Method::POST,
-            &format!("sobjects/{object}"),
-            reference_id,
-            Some(body),
-        );
+        self.push(Method::POST, &format!("sobjects/{object}"), reference_id, Some(body));
         Ok(self)
     }
 
@@ -115,13 +96,7 @@ impl CompositeRequest {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a bad object name.
-    pub fn update(
-        &mut self,
-        reference_id: &str,
-        object: &str,
-        id: &str,
-        body: Value,
-    ) -> Result<&mut Self> {
+    pub fn update(&mut self, reference_id: &str, object: &str, id: &str, body: Value) -> Result<&mut Self> {
         check_object(object)?;
         let rest = format!("sobjects/{object}/{}", segment(id));
         self.push(Method::PATCH, &rest, reference_id, Some(body));
@@ -151,13 +126,7 @@ impl CompositeRequest {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for bad names.
-    pub fn get(
-        &mut self,
-        reference_id: &str,
-        object: &str,
-        id: &str,
-        fields: Option<&[&str]>,
-    ) -> Result<&mut Self> {
+    pub fn get(&mut self, reference_id: &str, object: &str, id: &str, fields: Option<&[&str]>) -> Result<&mut Self> {
         check_object(object)?;
         let mut rest = format!("sobjects/{object}/{}", segment(id));
         if let Some(fields) = fields {
@@ -197,9 +166,7 @@ impl CompositeRequest {
 
     /// Whether any subrequest inserts (so re-sending could duplicate records).
     fn has_creates(&self) -> bool {
-        self.subrequests
-            .iter()
-            .any(|s| s.method.eq_ignore_ascii_case("POST"))
+        self.subrequests.iter().any(|s| s.method.eq_ignore_ascii_case("POST"))
     }
 
     /// Checks the documented request rules before spending an API call.
@@ -224,9 +191,7 @@ impl CompositeRequest {
                 )));
             }
             if !seen.insert(r.as_str()) {
-                return Err(Error::InvalidInput(format!(
-                    "referenceId {r:?} is used twice"
-                )));
+                return Err(Error::InvalidInput(format!("referenceId {r:?} is used twice")));
             }
             if !s.url.starts_with("/services/data/v") {
                 return Err(Error::InvalidInput(format!(
@@ -235,13 +200,9 @@ impl CompositeRequest {
                 )));
             }
             if let Some(h) = s.http_headers.as_ref().and_then(|h| {
-                h.keys().find(|k| {
-                    FORBIDDEN_SUBREQUEST_HEADERS.contains(&k.to_ascii_lowercase().as_str())
-                })
+                h.keys().find(|k| FORBIDDEN_SUBREQUEST_HEADERS.contains(&k.to_ascii_lowercase().as_str()))
             }) {
-                return Err(Error::InvalidInput(format!(
-                    "subrequest {r:?} may not set header {h}"
-                )));
+                return Err(Error::InvalidInput(format!("subrequest {r:?} may not set header {h}")));
             }
         }
         Ok(())
@@ -278,10 +239,7 @@ impl CompositeSubresponse {
         if self.is_success() {
             return Vec::new();
         }
-        serde_json::to_vec(&self.body)
-            .ok()
-            .and_then(|b| decode_error_array(&b))
-            .unwrap_or_default()
+        serde_json::to_vec(&self.body).ok().and_then(|b| decode_error_array(&b)).unwrap_or_default()
     }
 
     /// The failure as an [`ApiError`], if the subrequest failed with an error array.
@@ -360,18 +318,10 @@ mod tests {
     #[test]
     fn builds_documented_request_shape() {
         let mut r = CompositeRequest::new(ApiVersion::new(60), true);
-        r.create("newAcct", "Account", json!({"Name": "Acme"}))
-            .unwrap();
-        r.create(
-            "c1",
-            "Contact",
-            json!({"LastName": "X", "AccountId": "@{newAcct.id}"}),
-        )
-        .unwrap();
-        r.update("u1", "Account", "@{newAcct.id}", json!({"Website": "a.b"}))
-            .unwrap();
-        r.upsert("u2", "Account", "Ext__c", "a@b.inc", json!({}))
-            .unwrap();
+        r.create("newAcct", "Account", json!({"Name": "Acme"})).unwrap();
+        r.create("c1", "Contact", json!({"LastName": "X", "AccountId": "@{newAcct.id}"})).unwrap();
+        r.update("u1", "Account", "@{newAcct.id}", json!({"Website": "a.b"})).unwrap();
+        r.upsert("u2", "Account", "Ext__c", "a@b.inc", json!({})).unwrap();
         r.query("q", "SELECT Id FROM Account WHERE Name = 'A B'");
         r.validate().unwrap();
         let v = serde_json::to_value(&r).unwrap();
@@ -380,20 +330,9 @@ mod tests {
         let subs = v["compositeRequest"].as_array().unwrap();
         assert_eq!(subs[0]["url"], "/services/data/v60.0/sobjects/Account");
         assert_eq!(subs[0]["referenceId"], "newAcct");
-        assert_eq!(
-            subs[2]["url"],
-            "/services/data/v60.0/sobjects/Account/@{newAcct.id}"
-        );
-        assert_eq!(
-            subs[3]["url"],
-            "/services/data/v60.0/sobjects/Account/Ext__c/a%40b%2Einc"
-        );
-        assert!(
-            subs[4]["url"]
-                .as_str()
-                .unwrap()
-                .starts_with("/services/data/v60.0/query?q=SELECT%20Id")
-        );
+        assert_eq!(subs[2]["url"], "/services/data/v60.0/sobjects/Account/@{newAcct.id}");
+        assert_eq!(subs[3]["url"], "/services/data/v60.0/sobjects/Account/Ext__c/a%40b%2Einc");
+        assert!(subs[4]["url"].as_str().unwrap().starts_with("/services/data/v60.0/query?q=SELECT%20Id"));
         assert!(subs[4].get("body").is_none());
         assert!(r.has_creates());
     }
@@ -403,8 +342,7 @@ mod tests {
         let mut r = CompositeRequest::new(ApiVersion::new(60), false);
         assert!(r.validate().is_err());
         for i in 0..26 {
-            r.delete(&format!("d{i}"), "Account", "001R00000064wdtIAA")
-                .unwrap();
+            r.delete(&format!("d{i}"), "Account", "001R00000064wdtIAA").unwrap();
         }
         assert!(r.validate().is_err());
         r.subrequests.truncate(2);
@@ -414,8 +352,7 @@ mod tests {
         r.subrequests[1].reference_id = "_bad".into();
         assert!(r.validate().is_err());
         r.subrequests[1].reference_id = "ok".into();
-        r.subrequests[1].http_headers =
-            Some(BTreeMap::from([("Authorization".into(), "x".into())]));
+        r.subrequests[1].http_headers = Some(BTreeMap::from([("Authorization".into(), "x".into())]));
         assert!(r.validate().is_err());
     }
 
@@ -427,18 +364,10 @@ mod tests {
         let w: WireCompositeResponse = serde_json::from_str(body).unwrap();
         let r = &w.composite_response;
         assert!(r[0].is_success());
-        assert_eq!(
-            r[0].http_headers["Location"],
-            "/services/data/v60.0/sobjects/Account/001R00000064wdtIAA"
-        );
+        assert_eq!(r[0].http_headers["Location"], "/services/data/v60.0/sobjects/Account/001R00000064wdtIAA");
         assert!(r[0].errors().is_empty());
-        assert_eq!(
-            r[1].errors()[0].error_code,
-            crate::ErrorCode::ProcessingHalted
-        );
-        let e = r[1]
-            .api_error(RequestContext::new(Method::POST, "/composite"))
-            .unwrap();
+        assert_eq!(r[1].errors()[0].error_code, crate::ErrorCode::ProcessingHalted);
+        let e = r[1].api_error(RequestContext::new(Method::POST, "/composite")).unwrap();
         assert_eq!(e.status.as_u16(), 400);
     }
 }

@@ -108,9 +108,7 @@ impl GlobalDescribe {
     /// An object by API name, case-insensitively.
     #[must_use]
     pub fn sobject(&self, name: &str) -> Option<&SObjectSummary> {
-        self.sobjects
-            .iter()
-            .find(|s| s.name.eq_ignore_ascii_case(name))
+        self.sobjects.iter().find(|s| s.name.eq_ignore_ascii_case(name))
     }
 }
 
@@ -196,9 +194,7 @@ impl SObjectDescribe {
     /// A field by API name, case-insensitively.
     #[must_use]
     pub fn field(&self, name: &str) -> Option<&FieldDescribe> {
-        self.fields
-            .iter()
-            .find(|f| f.name.eq_ignore_ascii_case(name))
+        self.fields.iter().find(|f| f.name.eq_ignore_ascii_case(name))
     }
 
     /// Fields marked as external IDs.
@@ -298,10 +294,7 @@ impl Client {
         let ctx = RequestContext::new(Method::GET, &path).object(object);
         let request = ApiRequest::new(Method::GET, Target::Path(path), ctx);
         let describe: Arc<SObjectDescribe> = Arc::new(self.transport().send_json(request).await?);
-        self.describe_cache()
-            .objects
-            .write()
-            .insert(key, Arc::clone(&describe));
+        self.describe_cache().objects.write().insert(key, Arc::clone(&describe));
         Ok(describe)
     }
 
@@ -316,12 +309,7 @@ impl Client {
     ///
     /// # Errors
     /// Any request failure, e.g. `EXCEEDED_ID_LIMIT`.
-    pub async fn get_updated(
-        &self,
-        object: &str,
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-    ) -> Result<UpdatedRecords> {
+    pub async fn get_updated(&self, object: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> Result<UpdatedRecords> {
         check_object(object)?;
         let path = self.data_path(&format!("sobjects/{object}/updated/"));
         let ctx = RequestContext::new(Method::GET, &path).object(object);
@@ -336,12 +324,7 @@ impl Client {
     ///
     /// # Errors
     /// Any request failure.
-    pub async fn get_deleted(
-        &self,
-        object: &str,
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-    ) -> Result<DeletedRecords> {
+    pub async fn get_deleted(&self, object: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> Result<DeletedRecords> {
         check_object(object)?;
         let path = self.data_path(&format!("sobjects/{object}/deleted/"));
         let ctx = RequestContext::new(Method::GET, &path).object(object);
@@ -362,10 +345,7 @@ mod tests {
             r#"{"ids":["a00D0000008pQR5IAM"],"latestDateCovered":"2013-05-08T21:20:00.000+0000"}"#,
         )
         .unwrap();
-        assert_eq!(
-            u.latest_date_covered.to_rfc3339(),
-            "2013-05-08T21:20:00+00:00"
-        );
+        assert_eq!(u.latest_date_covered.to_rfc3339(), "2013-05-08T21:20:00+00:00");
         let d: DeletedRecords = serde_json::from_str(
             r#"{"deletedRecords":[{"id":"a00D0000008pQRAIA2","deletedDate":"2013-05-07T22:07:19.000+0000"}],"earliestDateAvailable":"2013-05-03T15:57:00.000+0000","latestDateCovered":"2013-05-08T21:20:00.000+0000"}"#,
         )
@@ -374,10 +354,7 @@ mod tests {
         assert!(sf_datetime::parse("2024-05-01T10:00:00Z").is_ok());
         assert!(sf_datetime::parse("2024-05-01T10:00:00.000+00:00").is_ok());
         assert!(sf_datetime::parse("yesterday").is_err());
-        assert_eq!(
-            sf_datetime::format(&u.latest_date_covered),
-            "2013-05-08T21:20:00.000+0000"
-        );
+        assert_eq!(sf_datetime::format(&u.latest_date_covered), "2013-05-08T21:20:00.000+0000");
     }
 
     #[test]
@@ -386,10 +363,7 @@ mod tests {
             r#"{"encoding":"UTF-8","maxBatchSize":200,"sobjects":[{"name":"Account","label":"Account","keyPrefix":"001","custom":false,"createable":true,"urls":{"sobject":"/x"}}]}"#,
         )
         .unwrap();
-        assert_eq!(
-            g.sobject("account").unwrap().key_prefix.as_deref(),
-            Some("001")
-        );
+        assert_eq!(g.sobject("account").unwrap().key_prefix.as_deref(), Some("001"));
         assert!(g.sobjects[0].extra.contains_key("urls"));
         let d: SObjectDescribe = serde_json::from_str(
             r#"{"name":"Account","fields":[{"name":"Pendo_Id__c","type":"string","length":80,"externalId":true,"picklistValues":[]}]}"#,

@@ -34,11 +34,7 @@ pub struct QueryPage<T> {
     /// True on the last page.
     pub done: bool,
     /// Path of the next page, present only when `done` is false.
-    #[serde(
-        rename = "nextRecordsUrl",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "nextRecordsUrl", default, skip_serializing_if = "Option::is_none")]
     pub next_records_url: Option<String>,
     /// This page's rows.
     pub records: Vec<T>,
@@ -55,11 +51,7 @@ impl Client {
         let mut request = match cursor {
             Cursor::Finished => return Ok(None),
             Cursor::First(soql) => {
-                let resource = if options.include_deleted {
-                    "queryAll"
-                } else {
-                    "query"
-                };
+                let resource = if options.include_deleted { "queryAll" } else { "query" };
                 let path = self.data_path(resource);
                 let ctx = RequestContext::new(Method::GET, &path);
                 ApiRequest::new(Method::GET, Target::Path(path), ctx).query("q", soql.clone())
@@ -120,10 +112,7 @@ impl Client {
     }
 
     /// Rows of a SOQL query, fetched page by page as the stream is consumed.
-    pub fn query<T>(
-        &self,
-        soql: impl Into<String>,
-    ) -> impl Stream<Item = Result<T>> + Send + 'static
+    pub fn query<T>(&self, soql: impl Into<String>) -> impl Stream<Item = Result<T>> + Send + 'static
     where
         T: DeserializeOwned + Send + 'static,
     {
@@ -131,20 +120,11 @@ impl Client {
     }
 
     /// Rows of a `queryAll` (deleted and archived rows included).
-    pub fn query_all<T>(
-        &self,
-        soql: impl Into<String>,
-    ) -> impl Stream<Item = Result<T>> + Send + 'static
+    pub fn query_all<T>(&self, soql: impl Into<String>) -> impl Stream<Item = Result<T>> + Send + 'static
     where
         T: DeserializeOwned + Send + 'static,
     {
-        self.query_with(
-            soql,
-            QueryOptions {
-                include_deleted: true,
-                ..QueryOptions::default()
-            },
-        )
+        self.query_with(soql, QueryOptions { include_deleted: true, ..QueryOptions::default() })
     }
 
     /// Rows of a query with explicit [`QueryOptions`].
@@ -156,9 +136,7 @@ impl Client {
     where
         T: DeserializeOwned + Send + 'static,
     {
-        self.query_pages(soql, options)
-            .map_ok(|page| stream::iter(page.records.into_iter().map(Ok)))
-            .try_flatten()
+        self.query_pages(soql, options).map_ok(|page| stream::iter(page.records.into_iter().map(Ok))).try_flatten()
     }
 
     /// Collects every row of a query into memory.
@@ -176,11 +154,7 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::query_collect`].
-    pub async fn query_first_page<T>(
-        &self,
-        soql: impl Into<String>,
-        options: QueryOptions,
-    ) -> Result<QueryPage<T>>
+    pub async fn query_first_page<T>(&self, soql: impl Into<String>, options: QueryOptions) -> Result<QueryPage<T>>
     where
         T: DeserializeOwned + Send + 'static,
     {

@@ -58,11 +58,7 @@ impl Client {
     /// # Errors
     /// [`Error::Api`] with e.g. `REQUIRED_FIELD_MISSING`, `INVALID_FIELD`, `MALFORMED_ID`,
     /// `DUPLICATE_VALUE`, `STRING_TOO_LONG`; transport and auth errors.
-    pub async fn create<T: Serialize + ?Sized>(
-        &self,
-        object: &str,
-        record: &T,
-    ) -> Result<CreateResult> {
+    pub async fn create<T: Serialize + ?Sized>(&self, object: &str, record: &T) -> Result<CreateResult> {
         check_object(object)?;
         let mut body = to_object(record)?;
         body.remove("attributes");
@@ -85,13 +81,8 @@ impl Client {
     ) -> Result<T> {
         check_object(object)?;
         let path = self.sobject_path(object, &[id.as_str()]);
-        let ctx = RequestContext::new(Method::GET, &path)
-            .object(object)
-            .record(RecordRef::Id(id.to_string()));
-        let request = with_fields(
-            ApiRequest::new(Method::GET, Target::Path(path), ctx),
-            fields,
-        )?;
+        let ctx = RequestContext::new(Method::GET, &path).object(object).record(RecordRef::Id(id.to_string()));
+        let request = with_fields(ApiRequest::new(Method::GET, Target::Path(path), ctx), fields)?;
         self.transport().send_json(request).await
     }
 
@@ -113,14 +104,8 @@ impl Client {
         let path = self.sobject_path(object, &[field, value]);
         let ctx = RequestContext::new(Method::GET, &path)
             .object(object)
-            .record(RecordRef::ExternalId {
-                field: field.to_owned(),
-                value: value.to_owned(),
-            });
-        let request = with_fields(
-            ApiRequest::new(Method::GET, Target::Path(path), ctx.clone()),
-            fields,
-        )?;
+            .record(RecordRef::ExternalId { field: field.to_owned(), value: value.to_owned() });
+        let request = with_fields(ApiRequest::new(Method::GET, Target::Path(path), ctx.clone()), fields)?;
         let response = self.transport().send(request).await?;
         if response.status == StatusCode::MULTIPLE_CHOICES {
             return Err(multiple_matches(ctx, &response));
@@ -133,19 +118,12 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Api`] e.g. `NOT_FOUND`, `INVALID_FIELD`, `STRING_TOO_LONG`, `UNABLE_TO_LOCK_ROW`.
-    pub async fn update<T: Serialize + ?Sized>(
-        &self,
-        object: &str,
-        id: &SalesforceId,
-        fields: &T,
-    ) -> Result<()> {
+    pub async fn update<T: Serialize + ?Sized>(&self, object: &str, id: &SalesforceId, fields: &T) -> Result<()> {
         check_object(object)?;
         let mut body = to_object(fields)?;
         strip_keys(&mut body, &["Id", "attributes"]);
         let path = self.sobject_path(object, &[id.as_str()]);
-        let ctx = RequestContext::new(Method::PATCH, &path)
-            .object(object)
-            .record(RecordRef::Id(id.to_string()));
+        let ctx = RequestContext::new(Method::PATCH, &path).object(object).record(RecordRef::Id(id.to_string()));
         let request = ApiRequest::new(Method::PATCH, Target::Path(path), ctx).json(&body)?;
         self.transport().send(request).await?;
         Ok(())
@@ -162,9 +140,7 @@ impl Client {
     pub async fn delete(&self, object: &str, id: &SalesforceId) -> Result<()> {
         check_object(object)?;
         let path = self.sobject_path(object, &[id.as_str()]);
-        let ctx = RequestContext::new(Method::DELETE, &path)
-            .object(object)
-            .record(RecordRef::Id(id.to_string()));
+        let ctx = RequestContext::new(Method::DELETE, &path).object(object).record(RecordRef::Id(id.to_string()));
         let request = ApiRequest::new(Method::DELETE, Target::Path(path), ctx);
         self.transport().send(request).await?;
         Ok(())
@@ -196,19 +172,12 @@ impl Client {
         let path = self.sobject_path(object, &[field, value]);
         let ctx = RequestContext::new(Method::PATCH, &path)
             .object(object)
-            .record(RecordRef::ExternalId {
-                field: field.to_owned(),
-                value: value.to_owned(),
-            });
-        let request =
-            ApiRequest::new(Method::PATCH, Target::Path(path), ctx.clone()).json(&body)?;
+            .record(RecordRef::ExternalId { field: field.to_owned(), value: value.to_owned() });
+        let request = ApiRequest::new(Method::PATCH, Target::Path(path), ctx.clone()).json(&body)?;
         let response = self.transport().send(request).await?;
         match response.status {
             StatusCode::MULTIPLE_CHOICES => Err(multiple_matches(ctx, &response)),
-            StatusCode::NO_CONTENT => Ok(UpsertOutcome {
-                id: None,
-                created: false,
-            }),
+            StatusCode::NO_CONTENT => Ok(UpsertOutcome { id: None, created: false }),
             status => {
                 let wire: WireUpsert = decode_json(&ctx, &response.body)?;
                 Ok(UpsertOutcome {
@@ -242,11 +211,7 @@ fn strip_keys(body: &mut serde_json::Map<String, serde_json::Value>, keys: &[&st
 fn multiple_matches(context: RequestContext, response: &RawResponse) -> Error {
     match serde_json::from_slice::<Vec<String>>(&response.body) {
         Ok(urls) => Error::MultipleMatches { context, urls },
-        Err(source) => Error::Decode {
-            context,
-            source,
-            snippet: crate::error::snippet(&response.body),
-        },
+        Err(source) => Error::Decode { context, source, snippet: crate::error::snippet(&response.body) },
     }
 }
 
@@ -256,11 +221,10 @@ mod tests {
 
     #[test]
     fn strips_external_id_case_insensitively() {
-        let mut m =
-            serde_json::json!({"pendo_id__c": "x", "ID": "1", "Name": "A", "attributes": {}})
-                .as_object()
-                .cloned()
-                .unwrap();
+        let mut m = serde_json::json!({"pendo_id__c": "x", "ID": "1", "Name": "A", "attributes": {}})
+            .as_object()
+            .cloned()
+            .unwrap();
         strip_keys(&mut m, &["Pendo_Id__c", "Id", "attributes"]);
         assert_eq!(m.keys().collect::<Vec<_>>(), vec!["Name"]);
     }
@@ -268,13 +232,10 @@ mod tests {
     #[test]
     fn decodes_create_and_upsert_bodies() {
         let c: CreateResult =
-            serde_json::from_str(r#"{"id":"001D000000Kv3g5IAB","success":true,"errors":[]}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"id":"001D000000Kv3g5IAB","success":true,"errors":[]}"#).unwrap();
         assert_eq!(c.id.as_str(), "001D000000Kv3g5IAB");
-        let u: WireUpsert = serde_json::from_str(
-            r#"{"id":"001D000000Kv3g5IAB","success":true,"errors":[],"created":false}"#,
-        )
-        .unwrap();
+        let u: WireUpsert =
+            serde_json::from_str(r#"{"id":"001D000000Kv3g5IAB","success":true,"errors":[],"created":false}"#).unwrap();
         assert_eq!(u.created, Some(false));
     }
 }
