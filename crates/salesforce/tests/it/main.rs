@@ -11,6 +11,8 @@ mod composite;
 mod describe;
 mod faults;
 mod limits;
+mod mock;
 mod query;
 mod sobjects;
 mod support;
+mod wire;
