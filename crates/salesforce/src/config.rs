@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 pub struct ApiVersion(u16);
 
 impl ApiVersion {
-    /// Spring '26's predecessor-but-two; new enough for every resource this crate uses
-    /// (Collections upsert needs v46+, `created` on upsert v46+).
+    /// v62.0 (Winter '25): new enough for every resource this crate uses (Collections upsert
+    /// and `created` on upsert need v46+) and well inside Salesforce's three-year support.
     pub const DEFAULT: Self = Self(62);
 
     /// Oldest version still served (21.0–30.0 are retired and answer 410).

@@ -154,3 +154,18 @@ impl Client {
         format!("{}/{}", self.api_version().data_root(), rest)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn shared_types_cross_threads() {
+        // Clients are cloned into worker tasks and errors are sent back across them.
+        assert_send_sync::<Client>();
+        assert_send_sync::<Error>();
+        assert_send_sync::<SalesforceId>();
+    }
+}

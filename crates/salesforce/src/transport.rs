@@ -114,8 +114,6 @@ impl ApiRequest {
 #[derive(Debug, Clone)]
 pub(crate) struct RawResponse {
     pub(crate) status: StatusCode,
-    #[allow(dead_code)]
-    pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
 }
 
@@ -282,7 +280,6 @@ impl Transport {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let headers = response.headers().clone();
 
         let limit = self.config.max_response_bytes;
         let mut body = Vec::new();
@@ -313,7 +310,7 @@ impl Transport {
         );
 
         if status.as_u16() < 400 {
-            return Ok(RawResponse { status, headers, body: Bytes::from(body) });
+            return Ok(RawResponse { status, body: Bytes::from(body) });
         }
         let error = match decode_error_array(&body) {
             Some(details) => Error::from(ApiError::from_details(status, details, context.clone())),
