@@ -89,6 +89,10 @@ error_codes! {
     FieldCustomValidationException => "FIELD_CUSTOM_VALIDATION_EXCEPTION",
     /// A field integrity rule failed.
     FieldIntegrityException => "FIELD_INTEGRITY_EXCEPTION",
+    /// A field that cannot be set on this operation (e.g. `Id` on create).
+    InvalidFieldForInsertUpdate => "INVALID_FIELD_FOR_INSERT_UPDATE",
+    /// A value outside a restricted picklist.
+    InvalidOrNullForRestrictedPicklist => "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
     /// Unknown sObject type.
     InvalidType => "INVALID_TYPE",
     /// Body is not valid JSON or has the wrong shape.

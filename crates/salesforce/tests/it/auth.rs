@@ -154,3 +154,40 @@ async fn a_static_token_cannot_be_refreshed() {
     let err = client.limits().await.unwrap_err();
     assert!(matches!(err, Error::Auth(AuthError::CannotRefresh)), "{err:?}");
 }
+
+/// Hands out its first token forever, so a refresh after expiry yields the same stale token.
+#[derive(Debug)]
+struct Sticky {
+    inner: OAuth,
+    first: parking_lot::Mutex<Option<salesforce::AccessToken>>,
+}
+
+impl salesforce::TokenSource for Sticky {
+    fn fetch_token<'a>(
+        &'a self,
+        http: &'a reqwest::Client,
+    ) -> futures_util::future::BoxFuture<'a, Result<salesforce::AccessToken, AuthError>> {
+        Box::pin(async move {
+            if let Some(t) = self.first.lock().clone() {
+                return Ok(t);
+            }
+            let t = self.inner.fetch_token(http).await?;
+            *self.first.lock() = Some(t.clone());
+            Ok(t)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_that_does_not_help_surfaces_the_documented_401() {
+    let org = Org::start().await;
+    let client = org.client_from(Sticky { inner: org.password_flow(), first: Default::default() });
+    client.limits().await.unwrap();
+    org.expire_sessions().await;
+    let err = client.limits().await.unwrap_err();
+    let e = api(&err);
+    assert_eq!(e.status.as_u16(), 401);
+    assert_eq!(e.error_code, salesforce::ErrorCode::InvalidSessionId);
+    assert_eq!(e.message, "Session expired or invalid");
+    assert_eq!(err.retry_class(), RetryClass::RefreshAuth);
+}
