@@ -3,6 +3,10 @@
 //!
 //! Results come back in input order. `allOrNone` is honoured per chunk only: Salesforce cannot
 //! roll back a chunk that already committed, so atomicity never spans more than 200 records.
+//!
+//! Per-record failures, lock contention included, are returned in the results and not retried
+//! here: only the caller knows which records to re-send (just the failed ones), and re-sending a
+//! whole chunk would repeat the creates that succeeded.
 
 use std::future::Future;
 use std::ops::Range;
