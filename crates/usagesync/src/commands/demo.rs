@@ -32,7 +32,7 @@ struct AccountRow {
 fn engagement(i: usize, day: usize) -> (f64, f64) {
     let visitors = ((i * 7919 + 13) % 97) as f64;
     // A tenth of the accounts change between the two days.
-    let drift = if day > 0 && i % 10 == 0 { 5.0 } else { 0.0 };
+    let drift = if day > 0 && i.is_multiple_of(10) { 5.0 } else { 0.0 };
     let score = ((visitors * 1.3 + (i % 17) as f64) % 100.0 + drift).min(100.0);
     (visitors, (score * 10.0).round() / 10.0)
 }
