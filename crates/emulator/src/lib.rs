@@ -1,1 +1,2 @@
 //! emulator
+pub mod pendo;
