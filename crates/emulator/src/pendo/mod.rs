@@ -15,16 +15,20 @@
 //! - [`admin`]: `/__emulator/` reset, seed, dumps, clock, faults, usage, webhooks.
 //! - [`generate`]: deterministic data for N accounts and the matching Salesforce records.
 //! - [`clock`], [`faults`], [`usage`]: the controllable clock, failures, call accounting.
+//! - [`bench`]: generator and query benchmarks for the `bench` command.
 
 pub mod admin;
 pub mod aggregation;
 pub mod auth;
+pub mod bench;
 pub mod clock;
 pub mod entities;
 pub mod faults;
 pub mod generate;
 pub mod metadata;
 pub mod store;
+#[cfg(test)]
+mod tests;
 pub mod usage;
 pub mod val;
 pub mod webhooks;

@@ -8,8 +8,10 @@
 //! - [`source`]: sources and timeSeries windows.
 //! - [`row`]: lazy rows over the columnar event tables.
 //! - [`ops`]: compilation and execution of the operators.
+//! - [`fast`]: the columnar group-by used when every input is an event rollup.
 
 pub mod expr;
+pub mod fast;
 pub mod ops;
 pub mod row;
 pub mod source;

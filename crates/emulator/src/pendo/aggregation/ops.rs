@@ -510,7 +510,18 @@ fn apply(
             rows
         }
         Stage::Identified { path, anonymous } => {
+            let visitor_col = path.rest.is_empty() && path.col == expr::Col::VisitorId;
             rows.retain(|r| {
+                // Event rows: read the visitor id in place instead of cloning it out.
+                if visitor_col && let Row::Ev(kind, i) = r {
+                    let t = ctx.store.table(*kind);
+                    let known = t
+                        .visitor
+                        .get(*i as usize)
+                        .and_then(|&v| ctx.store.visitors.get(v as usize))
+                        .is_some_and(|v| !is_anonymous(&v.id));
+                    return known != *anonymous;
+                }
                 let known = match r.get(ctx, path) {
                     Val::Str(s) => !is_anonymous(&s),
                     Val::Int(_) | Val::Float(_) => true,
@@ -520,7 +531,10 @@ fn apply(
             });
             rows
         }
-        Stage::Group { keys, fields } => group(ctx, &rows, keys, fields),
+        Stage::Group { keys, fields } => match super::fast::group(ctx, &rows, keys, fields) {
+            Some(out) => out,
+            None => group(ctx, &rows, keys, fields),
+        },
         Stage::Reduce(fields) => {
             let mut g = group(ctx, &rows, &[], fields);
             if g.is_empty() {
