@@ -1,0 +1,112 @@
+//! SOQL over REST: `/query` and `/queryAll` (with or without a trailing slash), paging through
+//! `nextRecordsUrl` locators (`01g…-2000`) that both `/query/` and `/queryAll/` serve, and the
+//! `Sforce-Query-Options: batchSize=N` header (200 to 2,000, default 2,000).
+
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::response::Resp;
+use super::rest::{CallCtx, DataRequest};
+use super::soql;
+use super::state::{Cursor, SfState};
+use super::store::Db;
+
+const DEFAULT_BATCH: usize = 2000;
+const MIN_BATCH: usize = 200;
+/// Locators outlive their query by this long, like Salesforce's 15-minute inactivity rule.
+const CURSOR_TTL_MINUTES: i64 = 15;
+/// Open cursors kept at most; the oldest go first.
+const MAX_CURSORS: usize = 1000;
+
+fn batch_size(req: &DataRequest<'_>) -> usize {
+    req.headers
+        .get("sforce-query-options")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split([',', ';']).find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                k.trim().eq_ignore_ascii_case("batchSize").then(|| v.trim().parse::<usize>().ok()).flatten()
+            })
+        })
+        .map_or(DEFAULT_BATCH, |n| n.clamp(MIN_BATCH, DEFAULT_BATCH))
+}
+
+pub fn handle(st: &SfState, ctx: &CallCtx, db: &mut Db, req: &DataRequest<'_>, all: bool, rest: &[&str]) -> Resp {
+    if req.method != Method::GET {
+        return Resp::method_not_allowed(&req.method, "GET,HEAD");
+    }
+    match rest {
+        [] => run(st, ctx, db, req, all),
+        [locator] => next_page(st, ctx, locator),
+        _ => Resp::not_found(),
+    }
+}
+
+fn run(st: &SfState, ctx: &CallCtx, db: &Db, req: &DataRequest<'_>, all: bool) -> Resp {
+    let Some(q) = req.param("q") else {
+        return Resp::error(StatusCode::BAD_REQUEST, "MALFORMED_QUERY", "A query string has to be specified");
+    };
+    let parsed = match soql::parse(q) {
+        Ok(p) => p,
+        Err(e) => return Resp::error(StatusCode::BAD_REQUEST, e.code, e.message),
+    };
+    let output = match soql::execute(&parsed, db, all, &ctx.version, ctx.now.date_naive(), ctx.now) {
+        Ok(o) => o,
+        Err(e) => return Resp::error(StatusCode::BAD_REQUEST, e.code, e.message),
+    };
+    let batch = batch_size(req);
+    let total = output.total_size;
+    let rows = Arc::new(output.records);
+    page(st, ctx, rows, total, 0, batch, None)
+}
+
+fn page(st: &SfState, ctx: &CallCtx, rows: Arc<Vec<Value>>, total: usize, offset: usize, batch: usize, cursor_id: Option<&str>) -> Resp {
+    let end = (offset + batch).min(rows.len());
+    let records: Vec<Value> = rows.get(offset..end).map(<[Value]>::to_vec).unwrap_or_default();
+    if end >= rows.len() {
+        return Resp::ok(json!({"totalSize": total, "done": true, "records": records}));
+    }
+    // A cursor stays valid until it expires, so a client may re-read a page after a failure.
+    let id = match cursor_id {
+        Some(id) => id.to_string(),
+        None => {
+            let id = st.db.lock().ids.next_id("01g");
+            remember(st, ctx, &id, Arc::clone(&rows), total, batch);
+            id
+        }
+    };
+    Resp::ok(json!({
+        "totalSize": total,
+        "done": false,
+        "nextRecordsUrl": format!("/services/data/v{}/query/{id}-{end}", ctx.version),
+        "records": records,
+    }))
+}
+
+fn remember(st: &SfState, ctx: &CallCtx, id: &str, rows: Arc<Vec<Value>>, total: usize, batch: usize) {
+    let mut cursors = st.cursors.lock();
+    cursors.retain(|_, c| ctx.now - c.created < chrono::Duration::minutes(CURSOR_TTL_MINUTES));
+    if cursors.len() >= MAX_CURSORS
+        && let Some(oldest) = cursors.iter().min_by_key(|(_, c)| c.created).map(|(k, _)| k.clone())
+    {
+        cursors.remove(&oldest);
+    }
+    cursors.insert(id.to_string(), Cursor { rows, total_size: total, batch, created: ctx.now });
+}
+
+fn next_page(st: &SfState, ctx: &CallCtx, locator: &str) -> Resp {
+    let invalid = || Resp::error(StatusCode::BAD_REQUEST, "INVALID_QUERY_LOCATOR", "invalid query locator");
+    let Some((id, offset)) = locator.rsplit_once('-') else { return invalid() };
+    let Ok(offset) = offset.parse::<usize>() else { return invalid() };
+    let cursor = {
+        let cursors = st.cursors.lock();
+        cursors.get(id).map(|c| (Arc::clone(&c.rows), c.total_size, c.batch))
+    };
+    let Some((rows, total, batch)) = cursor else { return invalid() };
+    if offset > rows.len() {
+        return invalid();
+    }
+    page(st, ctx, rows, total, offset, batch, Some(id))
+}

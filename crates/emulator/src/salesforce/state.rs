@@ -1,0 +1,125 @@
+//! The emulator's shared state and configuration: the org's data behind one lock, sessions,
+//! accounting, faults, the clock and query cursors.
+//!
+//! One `Mutex<Db>` serialises all data access. Every operation is in-memory and short, and one
+//! lock is what lets a Composite `allOrNone` request run all its subrequests and roll them back
+//! atomically, as Salesforce runs them in one transaction.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use chrono::{DateTime, Duration, Utc};
+use parking_lot::Mutex;
+
+use super::accounting::Accounting;
+use super::faults::Faults;
+use super::store::Db;
+use crate::clock::Clock;
+
+/// The default Connected App's public key for the JWT bearer flow (test-only key pair, see
+/// `testdata/jwt/README.md`).
+pub const DEV_JWT_PUBLIC_KEY: &str = include_str!("../../../../testdata/jwt/emulator-dev.pub.pem");
+
+/// How the emulated org is set up. Defaults are the documented emulator credentials.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub client_id: String,
+    pub client_secret: String,
+    pub username: String,
+    pub password: String,
+    /// PEM public key that verifies JWT bearer assertions (RS256).
+    pub jwt_public_key_pem: String,
+    /// Oldest and newest API versions served, e.g. 31.0 and 66.0.
+    pub min_version: f64,
+    pub max_version: f64,
+    pub daily_api_requests: u64,
+    /// Sessions expire after this long without use (Salesforce's default is 2 hours).
+    pub session_ttl: Duration,
+    /// Largest request body accepted by the REST API.
+    pub max_body_bytes: usize,
+    /// Whether the username-password flow also hands out a refresh token.
+    pub password_flow_refresh_token: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            client_id: "usagesync-emulator".into(),
+            client_secret: "emulator-secret".into(),
+            username: super::store::INTEGRATION_USERNAME.into(),
+            password: "emulator-password".into(),
+            jwt_public_key_pem: DEV_JWT_PUBLIC_KEY.into(),
+            min_version: 31.0,
+            max_version: 66.0,
+            daily_api_requests: 100_000,
+            session_ttl: Duration::hours(2),
+            max_body_bytes: 50 * 1024 * 1024,
+            password_flow_refresh_token: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user_id: String,
+    pub last_used: DateTime<Utc>,
+}
+
+/// A query's remaining rows, served page by page through `nextRecordsUrl`.
+#[derive(Debug)]
+pub struct Cursor {
+    pub rows: Arc<Vec<serde_json::Value>>,
+    pub total_size: usize,
+    pub batch: usize,
+    pub created: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+pub struct Inner {
+    pub config: Config,
+    pub db: Mutex<Db>,
+    pub sessions: Mutex<HashMap<String, Session>>,
+    pub refresh_tokens: Mutex<HashMap<String, String>>,
+    pub accounting: Mutex<Accounting>,
+    pub faults: Mutex<Faults>,
+    pub clock: Clock,
+    pub cursors: Mutex<HashMap<String, Cursor>>,
+    base_url: OnceLock<String>,
+}
+
+/// Cheap to clone; handlers share one org.
+#[derive(Debug, Clone)]
+pub struct SfState(pub Arc<Inner>);
+
+impl std::ops::Deref for SfState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl SfState {
+    pub fn new(config: Config) -> Self {
+        let daily = config.daily_api_requests;
+        SfState(Arc::new(Inner {
+            config,
+            db: Mutex::new(Db::new()),
+            sessions: Mutex::new(HashMap::new()),
+            refresh_tokens: Mutex::new(HashMap::new()),
+            accounting: Mutex::new(Accounting::new(daily)),
+            faults: Mutex::new(Faults::default()),
+            clock: Clock::default(),
+            cursors: Mutex::new(HashMap::new()),
+            base_url: OnceLock::new(),
+        }))
+    }
+
+    /// Records the URL the server listens on; it becomes the `instance_url` of every token.
+    pub fn set_base_url(&self, url: String) {
+        let _ = self.base_url.set(url);
+    }
+
+    pub fn base_url(&self) -> &str {
+        self.base_url.get().map(String::as_str).unwrap_or("http://127.0.0.1")
+    }
+}

@@ -1,0 +1,64 @@
+//! Command-line arguments.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "usagesync", version, about = "Pendo and Salesforce, in sync.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the local Salesforce emulator until SIGINT or SIGTERM.
+    Emulate(EmulateArgs),
+    /// Run the demo end to end against embedded emulators (no network beyond 127.0.0.1).
+    Demo(DemoArgs),
+    /// Measure throughput and print a table.
+    Bench {
+        #[command(subcommand)]
+        target: BenchTarget,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EmulateArgs {
+    /// Address for the Salesforce emulator; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub salesforce_addr: SocketAddr,
+    /// Serve https with a freshly generated self-signed certificate.
+    #[arg(long)]
+    pub tls: bool,
+    /// Write the self-signed certificate's PEM here (to trust it in clients).
+    #[arg(long, requires = "tls")]
+    pub cert_out: Option<std::path::PathBuf>,
+    /// The org's daily API allocation (`DailyApiRequests`).
+    #[arg(long, default_value_t = 100_000)]
+    pub daily_api_requests: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Number of Accounts to sync in the demo.
+    #[arg(long, default_value_t = 500)]
+    pub accounts: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchTarget {
+    /// Requests/s for single upserts and records/s for Collections against the emulator.
+    Emulator {
+        /// Single upserts to send.
+        #[arg(long, default_value_t = 20_000)]
+        upserts: usize,
+        /// Records to send through 200-record Collections upserts.
+        #[arg(long, default_value_t = 200_000)]
+        collection_records: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+}

@@ -1,0 +1,34 @@
+//! `usagesync emulate`: serves the emulators on local addresses and prints one line per
+//! emulator, `<name> <base URL>`, once it listens, so scripts can read the URL from stdout.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use emulator::salesforce::{self, Config};
+use emulator::server::Tls;
+use tokio::net::TcpListener;
+
+use crate::cli::EmulateArgs;
+
+pub async fn run(args: EmulateArgs) -> Result<()> {
+    let listener = TcpListener::bind(args.salesforce_addr)
+        .await
+        .with_context(|| format!("Failed to bind the Salesforce emulator to {}", args.salesforce_addr))?;
+    let addr = listener.local_addr().context("Failed to read the bound address")?;
+    let tls =
+        if args.tls { Some(Tls::self_signed().context("Failed to make a self-signed certificate")?) } else { None };
+    if let (Some(tls), Some(path)) = (&tls, &args.cert_out) {
+        std::fs::write(path, &tls.cert_pem)
+            .with_context(|| format!("Failed to write the certificate to {}", path.display()))?;
+    }
+    let config = Config { daily_api_requests: args.daily_api_requests, ..Config::default() };
+    let state = salesforce::SfState::new(config);
+    let url = salesforce::base_url(addr, tls.is_some());
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "salesforce {url}").context("Failed to write to stdout")?;
+        out.flush().context("Failed to flush stdout")?;
+    }
+    salesforce::serve(listener, state, tls, super::shutdown_signal()).await;
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! One module per command.
+
+mod emulate;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Emulate(args) => emulate::run(args).await,
+        Command::Demo(_) => anyhow::bail!("demo is not available yet"),
+        Command::Bench { .. } => anyhow::bail!("bench is not available yet"),
+    }
+}
+
+/// Resolves when the process receives SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
