@@ -21,14 +21,36 @@ pub async fn run(args: EmulateArgs) -> Result<()> {
         std::fs::write(path, &tls.cert_pem)
             .with_context(|| format!("Failed to write the certificate to {}", path.display()))?;
     }
+    let gen_config = emulator::pendo::GenConfig {
+        seed: args.seed,
+        accounts: usize::try_from(args.accounts).context("--accounts is too large")?,
+        days: args.days,
+        ..emulator::pendo::GenConfig::default()
+    };
+    let pendo_listener = TcpListener::bind(args.pendo_addr)
+        .await
+        .with_context(|| format!("Failed to bind the Pendo emulator to {}", args.pendo_addr))?;
+    let pendo_addr = pendo_listener.local_addr().context("Failed to read the bound Pendo address")?;
+    let pendo_state = tokio::task::spawn_blocking(move || {
+        emulator::pendo::PendoState::generated(emulator::pendo::PendoConfig::default(), &gen_config)
+    })
+    .await
+    .context("Failed to generate the Pendo data")?;
     let config = Config { daily_api_requests: args.daily_api_requests, ..Config::default() };
     let state = salesforce::SfState::new(config);
     let url = salesforce::base_url(addr, tls.is_some());
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "salesforce {url}").context("Failed to write to stdout")?;
+        writeln!(out, "pendo http://{pendo_addr}").context("Failed to write to stdout")?;
         out.flush().context("Failed to flush stdout")?;
     }
+    let (stop_pendo, stopped) = tokio::sync::oneshot::channel::<()>();
+    let pendo = tokio::spawn(emulator::pendo::serve(pendo_listener, pendo_state, async move {
+        let _ = stopped.await;
+    }));
     salesforce::serve(listener, state, tls, super::shutdown_signal()).await;
+    let _ = stop_pendo.send(());
+    pendo.await.context("The Pendo emulator task failed")?.context("The Pendo emulator failed")?;
     Ok(())
 }
