@@ -36,17 +36,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let accounts = num(&flags, "accounts", 6_000usize);
             let days = num(&flags, "days", 30u32);
             let runs = num(&flags, "runs", 5usize);
-            let report = tokio::task::spawn_blocking(move || {
-                emulator::pendo::bench::run(seed, accounts, days, runs)
-            })
-            .await??;
+            let report =
+                tokio::task::spawn_blocking(move || emulator::pendo::bench::run(seed, accounts, days, runs)).await??;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         _ => {
-            let addr = flags
-                .get("addr")
-                .cloned()
-                .unwrap_or_else(|| "127.0.0.1:0".into());
+            let addr = flags.get("addr").cloned().unwrap_or_else(|| "127.0.0.1:0".into());
             let gc = GenConfig {
                 seed,
                 accounts: num(&flags, "accounts", 50usize),

@@ -92,9 +92,7 @@ struct SeedBody {
 }
 
 fn s<'a>(v: &'a J, k: &str) -> ApiResult<&'a str> {
-    v.get(k)
-        .and_then(J::as_str)
-        .ok_or_else(|| ApiError::bad_request(format!("{k} (string) is required in {v}")))
+    v.get(k).and_then(J::as_str).ok_or_else(|| ApiError::bad_request(format!("{k} (string) is required in {v}")))
 }
 
 fn merge_metadata(base: &mut Val, md: Option<&J>) {
@@ -115,19 +113,11 @@ fn catalog(v: &J, kind: &str) -> ApiResult<Item> {
     let mut doc = v.clone();
     if let Some(o) = doc.as_object_mut() {
         o.entry("kind").or_insert(json!(kind));
-        o.entry("appId")
-            .or_insert(json!(super::store::DEFAULT_APP_ID));
+        o.entry("appId").or_insert(json!(super::store::DEFAULT_APP_ID));
         o.entry("lastUpdatedAt").or_insert(json!(0));
     }
-    let app_id = doc
-        .get("appId")
-        .and_then(J::as_i64)
-        .unwrap_or(super::store::DEFAULT_APP_ID);
-    Ok(Item {
-        id: Arc::from(id),
-        app_id,
-        doc: Val::from(&doc),
-    })
+    let app_id = doc.get("appId").and_then(J::as_i64).unwrap_or(super::store::DEFAULT_APP_ID);
+    Ok(Item { id: Arc::from(id), app_id, doc: Val::from(&doc) })
 }
 
 fn upsert_item(list: &mut Vec<Item>, item: Item) {
@@ -140,19 +130,13 @@ fn upsert_item(list: &mut Vec<Item>, item: Item) {
 fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
     for a in &body.accounts {
         let id = s(a, "accountId").or_else(|_| s(a, "id"))?;
-        let mut acc = store
-            .account(id)
-            .cloned()
-            .unwrap_or_else(|| super::metadata::new_account(id, now));
+        let mut acc = store.account(id).cloned().unwrap_or_else(|| super::metadata::new_account(id, now));
         merge_metadata(&mut acc.metadata, a.get("metadata"));
         store.upsert_account(acc);
     }
     for v in &body.visitors {
         let id = s(v, "visitorId").or_else(|_| s(v, "id"))?;
-        let mut vis = store
-            .visitor(id)
-            .cloned()
-            .unwrap_or_else(|| super::metadata::new_visitor(id, now));
+        let mut vis = store.visitor(id).cloned().unwrap_or_else(|| super::metadata::new_visitor(id, now));
         if let Some(acc) = v.get("accountId").and_then(J::as_str) {
             if store.account(acc).is_none() {
                 store.upsert_account(super::metadata::new_account(acc, now));
@@ -187,12 +171,7 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
         let ids = |key: &str| -> Vec<Arc<str>> {
             g.get(key)
                 .and_then(J::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.get("id").and_then(J::as_str))
-                        .map(Arc::from)
-                        .collect()
-                })
+                .map(|a| a.iter().filter_map(|x| x.get("id").and_then(J::as_str)).map(Arc::from).collect())
                 .unwrap_or_default()
         };
         let guide = super::store::Guide {
@@ -210,21 +189,14 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
     let idx = |store: &Store, v: &J| -> ApiResult<(u32, u32)> {
         let vid = s(v, "visitorId")?;
         let aid = s(v, "accountId")?;
-        let vi = *store
-            .visitor_index
-            .get(vid)
-            .ok_or_else(|| ApiError::bad_request(format!("unknown visitor {vid}")))?;
-        let ai = *store
-            .account_index
-            .get(aid)
-            .ok_or_else(|| ApiError::bad_request(format!("unknown account {aid}")))?;
+        let vi =
+            *store.visitor_index.get(vid).ok_or_else(|| ApiError::bad_request(format!("unknown visitor {vid}")))?;
+        let ai =
+            *store.account_index.get(aid).ok_or_else(|| ApiError::bad_request(format!("unknown account {aid}")))?;
         Ok((vi, ai))
     };
-    let time = |v: &J| {
-        v.get("time")
-            .and_then(J::as_i64)
-            .ok_or_else(|| ApiError::bad_request("time (epoch ms) is required"))
-    };
+    let time =
+        |v: &J| v.get("time").and_then(J::as_i64).ok_or_else(|| ApiError::bad_request("time (epoch ms) is required"));
     for e in &body.events {
         let kind = match e.get("kind").and_then(J::as_str).unwrap_or("page") {
             "page" => EventKind::Page,
@@ -233,16 +205,11 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
             k => return Err(ApiError::bad_request(format!("unknown event kind {k}"))),
         };
         let item_id = s(e, "id")?;
-        let item = store
-            .item_index(kind, item_id)
-            .ok_or_else(|| ApiError::bad_request(format!("unknown item {item_id}")))?;
+        let item =
+            store.item_index(kind, item_id).ok_or_else(|| ApiError::bad_request(format!("unknown item {item_id}")))?;
         let (vi, ai) = idx(store, e)?;
         let hour = time(e)?.div_euclid(super::store::HOUR_MS) * super::store::HOUR_MS;
-        let n = |k: &str| {
-            e.get(k)
-                .and_then(J::as_u64)
-                .map_or(0, |x| u32::try_from(x).unwrap_or(u32::MAX))
-        };
+        let n = |k: &str| e.get(k).and_then(J::as_u64).map_or(0, |x| u32::try_from(x).unwrap_or(u32::MAX));
         let table = match kind {
             EventKind::Page => &mut store.page_rows,
             EventKind::Feature => &mut store.feature_rows,
@@ -252,13 +219,11 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
     }
     for e in &body.guide_events {
         let gid = s(e, "guideId")?;
-        let g = store
-            .guide_index(gid)
-            .ok_or_else(|| ApiError::bad_request(format!("unknown guide {gid}")))?;
+        let g = store.guide_index(gid).ok_or_else(|| ApiError::bad_request(format!("unknown guide {gid}")))?;
         let (vi, ai) = idx(store, e)?;
         let ty = e.get("type").and_then(J::as_str).unwrap_or("guideSeen");
-        let kind = GuideEventType::parse(ty)
-            .ok_or_else(|| ApiError::bad_request(format!("unknown guide event type {ty}")))?;
+        let kind =
+            GuideEventType::parse(ty).ok_or_else(|| ApiError::bad_request(format!("unknown guide event type {ty}")))?;
         let gd = &store.guides[g as usize];
         let pos = |list: &[Arc<str>], key: &str| -> u32 {
             e.get(key)
@@ -268,11 +233,7 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
         };
         let step = pos(&gd.step_ids, "guideStepId");
         let poll = pos(&gd.poll_ids, "pollId");
-        let channel = if e.get("channel").and_then(J::as_str) == Some("email") {
-            "email"
-        } else {
-            "web"
-        };
+        let channel = if e.get("channel").and_then(J::as_str) == Some("email") { "email" } else { "web" };
         let ev = GuideEvent {
             ts: time(e)?,
             visitor: vi,
@@ -293,14 +254,8 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
             .and_then(J::as_array)
             .map(|a| a.iter().filter_map(J::as_str).map(str::to_string).collect())
             .unwrap_or_default();
-        let name = sg
-            .get("name")
-            .and_then(J::as_str)
-            .unwrap_or(&id)
-            .to_string();
-        store
-            .segments
-            .insert(id.clone(), Segment { id, name, visitors });
+        let name = sg.get("name").and_then(J::as_str).unwrap_or(&id).to_string();
+        store.segments.insert(id.clone(), Segment { id, name, visitors });
     }
     store.sort_events();
     Ok(json!({
@@ -323,36 +278,22 @@ async fn seed(State(state): State<PendoState>, body: Bytes) -> ApiResult<Json<J>
 }
 
 fn dump<'a>(items: impl Iterator<Item = (&'a str, &'a Val)>, key: &str) -> Json<J> {
-    Json(J::Array(
-        items
-            .map(|(id, md)| json!({ key: id, "metadata": md.to_json() }))
-            .collect(),
-    ))
+    Json(J::Array(items.map(|(id, md)| json!({ key: id, "metadata": md.to_json() })).collect()))
 }
 
 async fn accounts(State(state): State<PendoState>) -> Json<J> {
     let store = state.inner.store.read();
-    dump(
-        store.accounts.iter().map(|a| (&*a.id, &a.metadata)),
-        "accountId",
-    )
+    dump(store.accounts.iter().map(|a| (&*a.id, &a.metadata)), "accountId")
 }
 
 async fn visitors(State(state): State<PendoState>) -> Json<J> {
     let store = state.inner.store.read();
-    dump(
-        store.visitors.iter().map(|v| (&*v.id, &v.metadata)),
-        "visitorId",
-    )
+    dump(store.visitors.iter().map(|v| (&*v.id, &v.metadata)), "visitorId")
 }
 
 async fn stats(State(state): State<PendoState>) -> Json<J> {
     let store = state.inner.store.read();
-    let polls = store
-        .guide_events
-        .iter()
-        .filter(|e| e.kind == GuideEventType::PollResponse)
-        .count();
+    let polls = store.guide_events.iter().filter(|e| e.kind == GuideEventType::PollResponse).count();
     Json(json!({
         "accounts": store.accounts.len(),
         "visitors": store.visitors.len(),
@@ -435,9 +376,7 @@ async fn put_config(State(state): State<PendoState>, body: Bytes) -> ApiResult<J
     Ok(Json(c))
 }
 
-async fn salesforce_org(
-    State(state): State<PendoState>,
-) -> ApiResult<Json<super::generate::SalesforceOrg>> {
+async fn salesforce_org(State(state): State<PendoState>) -> ApiResult<Json<super::generate::SalesforceOrg>> {
     let st = state.clone();
     let org = tokio::task::spawn_blocking(move || st.salesforce_org())
         .await

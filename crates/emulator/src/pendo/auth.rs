@@ -23,10 +23,7 @@ pub struct Caller {
 }
 
 fn strip_region(key: &str) -> &str {
-    REGION_SUFFIXES
-        .iter()
-        .find_map(|s| key.strip_suffix(s))
-        .unwrap_or(key)
+    REGION_SUFFIXES.iter().find_map(|s| key.strip_suffix(s)).unwrap_or(key)
 }
 
 /// Looks the presented key up, ignoring a region suffix on either side.
@@ -36,10 +33,7 @@ pub fn authenticate(state: &PendoState, presented: &str) -> Option<Caller> {
     cfg.integration_keys
         .iter()
         .find(|k| strip_region(&k.key) == presented)
-        .map(|k| Caller {
-            key: k.key.clone(),
-            write: k.write,
-        })
+        .map(|k| Caller { key: k.key.clone(), write: k.write })
 }
 
 fn endpoint_of(req: &Request) -> String {
@@ -62,40 +56,24 @@ pub async fn guard(State(state): State<PendoState>, mut req: Request, next: Next
                 tokio::time::sleep(delay).await;
             }
         }
-        Decision::Fail {
-            status,
-            body,
-            delay,
-        } => {
+        Decision::Fail { status, body, delay } => {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let body = body
-                .unwrap_or_else(|| format!("{}\n", status.canonical_reason().unwrap_or("error")));
-            return (
-                status,
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                body,
-            )
-                .into_response();
+            let body = body.unwrap_or_else(|| format!("{}\n", status.canonical_reason().unwrap_or("error")));
+            return (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response();
         }
         Decision::Throttle { .. } => {}
     }
 
-    let presented = req
-        .headers()
-        .get(KEY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let presented = req.headers().get(KEY_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
     let Some(caller) = presented.as_deref().and_then(|k| authenticate(&state, k)) else {
         return super::ApiError::forbidden("invalid integration key").into_response();
     };
 
     let endpoint = endpoint_of(&req);
-    if let Some(Decision::Throttle { retry_after_secs }) =
-        state.inner.faults.check_throttle(&caller.key, &endpoint)
-    {
+    if let Some(Decision::Throttle { retry_after_secs }) = state.inner.faults.check_throttle(&caller.key, &endpoint) {
         // hyper writes the canonical reason phrase "Too Many Requests" for 429 on HTTP/1.1,
         // which is what tap-pendo matches on.
         let mut r = (
@@ -105,8 +83,7 @@ pub async fn guard(State(state): State<PendoState>, mut req: Request, next: Next
         )
             .into_response();
         if let Some(secs) = retry_after_secs {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         return r;
     }
@@ -116,11 +93,7 @@ pub async fn guard(State(state): State<PendoState>, mut req: Request, next: Next
 
 /// Outer layer: counts every API call by endpoint and status, and renders API errors in the
 /// configured format. Admin calls are not counted: they are not part of the emulated service.
-pub async fn account_and_format(
-    State(state): State<PendoState>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub async fn account_and_format(State(state): State<PendoState>, req: Request, next: Next) -> Response {
     let endpoint = endpoint_of(&req);
     let counted = !req.uri().path().starts_with("/__emulator");
     let mut resp = next.run(req).await;
@@ -135,10 +108,7 @@ pub async fn account_and_format(
             let body = serde_json::json!({"error": msg, "status": status.as_u16()}).to_string();
             let mut r = Response::new(Body::from(body));
             *r.status_mut() = status;
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json; charset=utf-8"),
-            );
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
             for (k, v) in resp.headers() {
                 if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
                     r.headers_mut().insert(k.clone(), v.clone());

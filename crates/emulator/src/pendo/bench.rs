@@ -72,13 +72,7 @@ fn time_query(
 /// A message if one of the benchmark pipelines is rejected (a bug).
 pub fn run(seed: u64, accounts: usize, days: u32, runs: usize) -> Result<BenchReport, String> {
     let anchor = generate::local_midnight(super::clock::Clock::wall_ms(), 0);
-    let gc = GenConfig {
-        seed,
-        accounts,
-        days,
-        anchor_day_ms: Some(anchor),
-        ..GenConfig::default()
-    };
+    let gc = GenConfig { seed, accounts, days, anchor_day_ms: Some(anchor), ..GenConfig::default() };
     let t = Instant::now();
     let g = generate::generate(&gc);
     let generate_s = t.elapsed().as_secs_f64();
@@ -98,50 +92,26 @@ pub fn run(seed: u64, accounts: usize, days: u32, runs: usize) -> Result<BenchRe
             "activeVisitors": {"count": "visitorId"}, "activeDays": {"count": "day"}}}},
         {"sort": ["accountId"]}
     ]);
-    queries.push(time_query(
-        &store,
-        "30-day engagement group-by (events)",
-        &engagement,
-        anchor,
-        runs,
-    )?);
+    queries.push(time_query(&store, "30-day engagement group-by (events)", &engagement, anchor, runs)?);
     let adoption = json!([
         {"source": {"featureEvents": null, "timeSeries": ts}},
         {"identified": "visitorId"},
         {"group": {"group": ["accountId", "featureId"], "fields": {"clicks": {"sum": "numEvents"}, "users": {"count": "visitorId"}}}}
     ]);
-    queries.push(time_query(
-        &store,
-        "30-day feature adoption group-by",
-        &adoption,
-        anchor,
-        runs,
-    )?);
+    queries.push(time_query(&store, "30-day feature adoption group-by", &adoption, anchor, runs)?);
     let filter_count = json!([
         {"source": {"events": null, "timeSeries": ts}},
         {"filter": "numEvents >= 10 && day >= 0"},
         {"count": null}
     ]);
-    queries.push(time_query(
-        &store,
-        "30-day filter + count",
-        &filter_count,
-        anchor,
-        runs,
-    )?);
+    queries.push(time_query(&store, "30-day filter + count", &filter_count, anchor, runs)?);
     let page = json!([
         {"source": {"events": null, "timeSeries": {"period": "dayRange", "first": first, "last": "now()"}}},
         {"sort": ["day"]},
         {"filter": format!("day>={first}")},
         {"limit": 100_000}
     ]);
-    queries.push(time_query(
-        &store,
-        "tap-pendo style page (sort+filter+limit 100k)",
-        &page,
-        anchor,
-        runs,
-    )?);
+    queries.push(time_query(&store, "tap-pendo style page (sort+filter+limit 100k)", &page, anchor, runs)?);
     let secs = generate_s.max(1e-9);
     Ok(BenchReport {
         accounts,

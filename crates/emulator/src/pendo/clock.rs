@@ -32,10 +32,7 @@ pub struct ClockUpdate {
 
 impl Clock {
     pub fn wall_ms() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
     }
 
     pub fn now_ms(&self) -> i64 {
@@ -76,20 +73,11 @@ mod tests {
     #[test]
     fn freeze_and_advance() {
         let c = Clock::default();
-        c.update(&ClockUpdate {
-            now: Some(1_000),
-            ..Default::default()
-        });
+        c.update(&ClockUpdate { now: Some(1_000), ..Default::default() });
         assert_eq!(c.now_ms(), 1_000);
-        c.update(&ClockUpdate {
-            advance_ms: Some(500),
-            ..Default::default()
-        });
+        c.update(&ClockUpdate { advance_ms: Some(500), ..Default::default() });
         assert_eq!(c.now_ms(), 1_500);
-        c.update(&ClockUpdate {
-            real: true,
-            ..Default::default()
-        });
+        c.update(&ClockUpdate { real: true, ..Default::default() });
         assert!(c.now_ms() > 1_000_000);
     }
 }

@@ -24,10 +24,7 @@ pub fn routes() -> Router<PendoState> {
         .route("/api/v1/visitor/{id}", get(visitor))
         .route("/api/v1/visitor/{id}/history", get(history))
         .route("/api/v1/account/{id}", get(account))
-        .route(
-            "/api/v1/token/verify",
-            get(|| async { Json(serde_json::json!({"valid": true})) }),
-        )
+        .route("/api/v1/token/verify", get(|| async { Json(serde_json::json!({"valid": true})) }))
 }
 
 #[derive(Clone, Copy)]
@@ -48,11 +45,7 @@ fn docs(store: &Store, kind: Kind) -> Vec<(&str, i64, &Val)> {
         Kind::Page => items(&store.pages),
         Kind::TrackType => items(&store.track_types),
         Kind::Report => items(&store.reports),
-        Kind::Guide => store
-            .guides
-            .iter()
-            .map(|g| (&*g.id, g.app_id, &g.doc))
-            .collect(),
+        Kind::Guide => store.guides.iter().map(|g| (&*g.id, g.app_id, &g.doc)).collect(),
     }
 }
 
@@ -64,11 +57,9 @@ async fn list(
     let store = state.inner.store.read();
     let all = docs(&store, kind);
     let app_filter: Option<i64> = match q.get("appId") {
-        Some(a) if !q.contains_key("expand") => Some(
-            a.trim()
-                .parse()
-                .map_err(|_| ApiError::bad_request(format!("invalid appId {a:?}")))?,
-        ),
+        Some(a) if !q.contains_key("expand") => {
+            Some(a.trim().parse().map_err(|_| ApiError::bad_request(format!("invalid appId {a:?}")))?)
+        }
         _ => None,
     };
     let out: Vec<&Val> = match q.get("id").filter(|s| !s.is_empty()) {
@@ -83,26 +74,16 @@ async fn list(
             }
             found
         }
-        None => all
-            .iter()
-            .filter(|(_, app, _)| app_filter.is_none_or(|a| a == *app))
-            .map(|(_, _, d)| *d)
-            .collect(),
+        None => all.iter().filter(|(_, app, _)| app_filter.is_none_or(|a| a == *app)).map(|(_, _, d)| *d).collect(),
     };
     Ok(Json(out).into_response())
 }
 
-async fn report_results(
-    State(state): State<PendoState>,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
+async fn report_results(State(state): State<PendoState>, Path(id): Path<String>) -> ApiResult<Response> {
     let pipeline = {
         let store = state.inner.store.read();
-        let report = store
-            .reports
-            .iter()
-            .find(|r| *r.id == *id)
-            .ok_or_else(|| ApiError::not_found("report not found"))?;
+        let report =
+            store.reports.iter().find(|r| *r.id == *id).ok_or_else(|| ApiError::not_found("report not found"))?;
         report.doc.path("aggregation.pipeline").to_json()
     };
     let body = serde_json::json!({"response": {"mimeType": "application/json"}, "request": {"pipeline": pipeline}});
@@ -120,10 +101,7 @@ fn resolve_id<'a, T>(raw: &str, lookup: impl Fn(&str) -> Option<&'a T>) -> Optio
             base64::engine::general_purpose::STANDARD,
         ];
         engines.iter().find_map(|e| {
-            e.decode(raw.as_bytes())
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| lookup(&s))
+            e.decode(raw.as_bytes()).ok().and_then(|b| String::from_utf8(b).ok()).and_then(|s| lookup(&s))
         })
     })
 }
@@ -132,10 +110,7 @@ pub fn visitor_doc(store: &Store, v: &super::store::Visitor) -> Val {
     let mut o = Obj::new();
     o.insert("id".into(), Val::Str(v.id.clone()));
     let ids = v.metadata.path("auto.accountids").clone();
-    o.insert(
-        "accountIds".into(),
-        if ids.is_null() { Val::arr(vec![]) } else { ids },
-    );
+    o.insert("accountIds".into(), if ids.is_null() { Val::arr(vec![]) } else { ids });
     o.insert("metadata".into(), v.metadata.clone());
     let _ = store;
     Val::obj(o)
@@ -143,15 +118,13 @@ pub fn visitor_doc(store: &Store, v: &super::store::Visitor) -> Val {
 
 async fn visitor(State(state): State<PendoState>, Path(id): Path<String>) -> ApiResult<Json<Val>> {
     let store = state.inner.store.read();
-    let v = resolve_id(&id, |k| store.visitor(k))
-        .ok_or_else(|| ApiError::not_found("visitor not found"))?;
+    let v = resolve_id(&id, |k| store.visitor(k)).ok_or_else(|| ApiError::not_found("visitor not found"))?;
     Ok(Json(visitor_doc(&store, v)))
 }
 
 async fn account(State(state): State<PendoState>, Path(id): Path<String>) -> ApiResult<Json<Val>> {
     let store = state.inner.store.read();
-    let a = resolve_id(&id, |k| store.account(k))
-        .ok_or_else(|| ApiError::not_found("account not found"))?;
+    let a = resolve_id(&id, |k| store.account(k)).ok_or_else(|| ApiError::not_found("account not found"))?;
     let mut o = Obj::new();
     o.insert("id".into(), Val::Str(a.id.clone()));
     o.insert("metadata".into(), a.metadata.clone());
@@ -193,8 +166,7 @@ async fn history(
         .parse()
         .map_err(|_| ApiError::bad_request("starttime must be epoch milliseconds"))?;
     let store = state.inner.store.read();
-    let v = resolve_id(&id, |k| store.visitor(k))
-        .ok_or_else(|| ApiError::not_found("visitor not found"))?;
+    let v = resolve_id(&id, |k| store.visitor(k)).ok_or_else(|| ApiError::not_found("visitor not found"))?;
     let vidx = store.visitor_index.get(&v.id).copied().unwrap_or(u32::MAX);
     let end = start.saturating_add(DAY_MS);
     let mut items: Vec<(i64, Val)> = Vec::new();
@@ -208,36 +180,17 @@ async fn history(
             let mut o = Obj::new();
             let ts = t.ts[i];
             let duration = i64::from(t.minutes[i]) * 60_000;
-            o.insert(
-                "type".into(),
-                Val::str(if kind == EventKind::Page {
-                    "page"
-                } else {
-                    "feature"
-                }),
-            );
+            o.insert("type".into(), Val::str(if kind == EventKind::Page { "page" } else { "feature" }));
             o.insert("ts".into(), Val::Int(ts));
             o.insert("lastTs".into(), Val::Int(ts + duration));
             o.insert("duration".into(), Val::Int(duration));
             o.insert("parsedUserAgent".into(), parsed_ua(&v.user_agent));
-            let uri = item
-                .map(|it| it.doc.path("rules").at(0).field("designerHint").clone())
-                .unwrap_or_default();
+            let uri = item.map(|it| it.doc.path("rules").at(0).field("designerHint").clone()).unwrap_or_default();
             o.insert("untaggedUrl".into(), Val::Null);
             o.insert("uri".into(), uri);
-            let id_key = if kind == EventKind::Page {
-                "pageId"
-            } else {
-                "featureId"
-            };
-            o.insert(
-                id_key.into(),
-                item.map(|it| Val::Str(it.id.clone())).unwrap_or_default(),
-            );
-            o.insert(
-                "appId".into(),
-                Val::Int(item.map_or(super::store::DEFAULT_APP_ID, |it| it.app_id)),
-            );
+            let id_key = if kind == EventKind::Page { "pageId" } else { "featureId" };
+            o.insert(id_key.into(), item.map(|it| Val::Str(it.id.clone())).unwrap_or_default());
+            o.insert("appId".into(), Val::Int(item.map_or(super::store::DEFAULT_APP_ID, |it| it.app_id)));
             items.push((ts, Val::obj(o)));
         }
     }
@@ -258,10 +211,7 @@ async fn history(
         o.insert("guideId".into(), Val::Str(g.id.clone()));
         o.insert(
             "guideStepId".into(),
-            g.step_ids
-                .get(e.step as usize)
-                .map(|s| Val::Str(s.clone()))
-                .unwrap_or_default(),
+            g.step_ids.get(e.step as usize).map(|s| Val::Str(s.clone())).unwrap_or_default(),
         );
         o.insert("appId".into(), Val::Int(g.app_id));
         items.push((e.ts, Val::obj(o)));

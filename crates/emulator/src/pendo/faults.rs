@@ -65,25 +65,14 @@ pub struct Faults {
 
 /// What the fault layer decided for one request.
 pub enum Decision {
-    Pass {
-        delay: Duration,
-    },
-    Fail {
-        status: u16,
-        body: Option<String>,
-        delay: Duration,
-    },
-    Throttle {
-        retry_after_secs: Option<u64>,
-    },
+    Pass { delay: Duration },
+    Fail { status: u16, body: Option<String>, delay: Duration },
+    Throttle { retry_after_secs: Option<u64> },
 }
 
 impl Faults {
     pub fn new(config: FaultConfig) -> Self {
-        Faults {
-            config: Mutex::new(config),
-            buckets: Mutex::default(),
-        }
+        Faults { config: Mutex::new(config), buckets: Mutex::default() }
     }
 
     pub fn config(&self) -> FaultConfig {
@@ -100,19 +89,14 @@ impl Faults {
         let mut cfg = self.config.lock();
         let mut hit = None;
         for (i, r) in cfg.rules.iter().enumerate() {
-            let method_ok = r
-                .method
-                .as_deref()
-                .is_none_or(|m| m.eq_ignore_ascii_case(method));
+            let method_ok = r.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method));
             if method_ok && path.starts_with(&r.path_prefix) && r.times != Some(0) {
                 hit = Some(i);
                 break;
             }
         }
         let Some(i) = hit else {
-            return Decision::Pass {
-                delay: Duration::ZERO,
-            };
+            return Decision::Pass { delay: Duration::ZERO };
         };
         let rule = &mut cfg.rules[i];
         if let Some(t) = rule.times.as_mut() {
@@ -122,11 +106,7 @@ impl Faults {
         let decision = if rule.status == 0 {
             Decision::Pass { delay }
         } else {
-            Decision::Fail {
-                status: rule.status,
-                body: rule.body.clone(),
-                delay,
-            }
+            Decision::Fail { status: rule.status, body: rule.body.clone(), delay }
         };
         cfg.rules.retain(|r| r.times != Some(0));
         decision
@@ -141,9 +121,7 @@ impl Faults {
         let burst = limit.burst.unwrap_or(limit.per_second).max(1.0);
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
-        let (tokens, at) = buckets
-            .entry((key.to_string(), endpoint.to_string()))
-            .or_insert((burst, now));
+        let (tokens, at) = buckets.entry((key.to_string(), endpoint.to_string())).or_insert((burst, now));
         let refill = now.duration_since(*at).as_secs_f64() * limit.per_second;
         *tokens = (*tokens + refill).min(burst);
         *at = now;
@@ -151,9 +129,7 @@ impl Faults {
             *tokens -= 1.0;
             None
         } else {
-            Some(Decision::Throttle {
-                retry_after_secs: limit.retry_after_secs,
-            })
+            Some(Decision::Throttle { retry_after_secs: limit.retry_after_secs })
         }
     }
 }
@@ -176,26 +152,16 @@ mod tests {
             rate_limit: None,
         });
         for _ in 0..2 {
-            assert!(matches!(
-                f.check_rules("POST", "/api/v1/aggregation"),
-                Decision::Fail { status: 503, .. }
-            ));
+            assert!(matches!(f.check_rules("POST", "/api/v1/aggregation"), Decision::Fail { status: 503, .. }));
         }
-        assert!(matches!(
-            f.check_rules("POST", "/api/v1/aggregation"),
-            Decision::Pass { .. }
-        ));
+        assert!(matches!(f.check_rules("POST", "/api/v1/aggregation"), Decision::Pass { .. }));
     }
 
     #[test]
     fn throttle_after_burst() {
         let f = Faults::new(FaultConfig {
             rules: vec![],
-            rate_limit: Some(RateLimit {
-                per_second: 0.001,
-                burst: Some(2.0),
-                retry_after_secs: None,
-            }),
+            rate_limit: Some(RateLimit { per_second: 0.001, burst: Some(2.0), retry_after_secs: None }),
         });
         assert!(f.check_throttle("k", "e").is_none());
         assert!(f.check_throttle("k", "e").is_none());

@@ -18,8 +18,8 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::store::{
-    Account, DAY_MS, DEFAULT_APP_ID, EventKind, GuideEvent, GuideEventType, HOUR_MS, Item,
-    MetaKind, NONE_U32, Segment, Store, Visitor, base_schema,
+    Account, DAY_MS, DEFAULT_APP_ID, EventKind, GuideEvent, GuideEventType, HOUR_MS, Item, MetaKind, NONE_U32, Segment,
+    Store, Visitor, base_schema,
 };
 use super::val::{Obj, Val};
 
@@ -39,14 +39,7 @@ pub struct GenConfig {
 
 impl Default for GenConfig {
     fn default() -> Self {
-        GenConfig {
-            seed: 1,
-            accounts: 50,
-            days: 60,
-            anchor_day_ms: None,
-            timezone_offset_minutes: 0,
-            activity: 1.0,
-        }
+        GenConfig { seed: 1, accounts: 50, days: 60, anchor_day_ms: None, timezone_offset_minutes: 0, activity: 1.0 }
     }
 }
 
@@ -115,8 +108,8 @@ const NAME_A: &[&str] = &[
     "Ember",
 ];
 const NAME_B: &[&str] = &[
-    "wind", "stone", "field", "bridge", "light", "point", "wave", "peak", "works", "path", "gate",
-    "line", "forge", "crest", "spring", "rock",
+    "wind", "stone", "field", "bridge", "light", "point", "wave", "peak", "works", "path", "gate", "line", "forge",
+    "crest", "spring", "rock",
 ];
 const NAME_C: &[&str] = &[
     "Labs",
@@ -134,37 +127,23 @@ const NAME_C: &[&str] = &[
 ];
 const TLDS: &[&str] = &["com", "com", "com", "io", "co", "net"];
 const FIRST: &[&str] = &[
-    "Ava", "Ben", "Chloe", "Daniel", "Emma", "Felix", "Grace", "Hugo", "Isla", "Jack", "Kira",
-    "Liam", "Maya", "Noah", "Olivia", "Priya", "Quinn", "Ravi", "Sofia", "Tom", "Uma", "Victor",
-    "Wen", "Xavier", "Yara", "Zoe", "Amir", "Bea", "Carlos", "Dana", "Elif", "Femi",
+    "Ava", "Ben", "Chloe", "Daniel", "Emma", "Felix", "Grace", "Hugo", "Isla", "Jack", "Kira", "Liam", "Maya", "Noah",
+    "Olivia", "Priya", "Quinn", "Ravi", "Sofia", "Tom", "Uma", "Victor", "Wen", "Xavier", "Yara", "Zoe", "Amir", "Bea",
+    "Carlos", "Dana", "Elif", "Femi",
 ];
 const LAST: &[&str] = &[
-    "Adams", "Baker", "Chen", "Diaz", "Evans", "Fischer", "Garcia", "Hughes", "Ito", "Jensen",
-    "Khan", "Lopez", "Martin", "Nguyen", "Okafor", "Patel", "Quinn", "Rossi", "Smith", "Tanaka",
-    "Ueda", "Varga", "Walsh", "Xu", "Young", "Zimmer", "Novak", "Silva",
+    "Adams", "Baker", "Chen", "Diaz", "Evans", "Fischer", "Garcia", "Hughes", "Ito", "Jensen", "Khan", "Lopez",
+    "Martin", "Nguyen", "Okafor", "Patel", "Quinn", "Rossi", "Smith", "Tanaka", "Ueda", "Varga", "Walsh", "Xu",
+    "Young", "Zimmer", "Novak", "Silva",
 ];
-pub const FREE_MAIL: &[&str] = &[
-    "gmail.com",
-    "yahoo.com",
-    "outlook.com",
-    "hotmail.com",
-    "icloud.com",
-];
+pub const FREE_MAIL: &[&str] = &["gmail.com", "yahoo.com", "outlook.com", "hotmail.com", "icloud.com"];
 const ROLES: &[&str] = &["admin", "user", "user", "user", "viewer", "manager"];
 const PLANS: &[&str] = &["starter", "growth", "enterprise"];
-const NPS_REASONS_GOOD: &[&str] = &[
-    "Keep up the great work!",
-    "Saves my team hours every week.",
-    "Reporting is excellent.",
-    "",
-];
+const NPS_REASONS_GOOD: &[&str] =
+    &["Keep up the great work!", "Saves my team hours every week.", "Reporting is excellent.", ""];
 const NPS_REASONS_MID: &[&str] = &["Does the job.", "Some features are hard to find.", ""];
-const NPS_REASONS_BAD: &[&str] = &[
-    "Too slow lately.",
-    "Exports keep failing.",
-    "We are moving to another tool.",
-    "Support took days to answer.",
-];
+const NPS_REASONS_BAD: &[&str] =
+    &["Too slow lately.", "Exports keep failing.", "We are moving to another tool.", "Support took days to answer."];
 
 /// (name, premium, core event)
 const FEATURES: &[(&str, bool, bool)] = &[
@@ -201,13 +180,8 @@ const PAGES: &[(&str, &str)] = &[
     ("Automation", "/automation"),
     ("Help Center", "/help"),
 ];
-const TRACK_TYPES: &[&str] = &[
-    "Signed Up",
-    "Report Exported",
-    "Invoice Paid",
-    "Integration Connected",
-    "Plan Upgraded",
-];
+const TRACK_TYPES: &[&str] =
+    &["Signed Up", "Report Exported", "Invoice Paid", "Integration Connected", "Plan Upgraded"];
 
 /// Creator shown on catalogue items, as the real `createdByUser` objects look.
 fn pendo_user() -> Val {
@@ -224,9 +198,7 @@ fn pendo_user() -> Val {
 /// Stable pseudo-random ids in Pendo's style (22-ish chars of base64url).
 fn pendo_id(rng: &mut StdRng) -> String {
     const ALPHA: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    (0..22)
-        .map(|_| ALPHA[rng.random_range(0..ALPHA.len())] as char)
-        .collect()
+    (0..22).map(|_| ALPHA[rng.random_range(0..ALPHA.len())] as char).collect()
 }
 
 fn splitmix(mut x: u64) -> u64 {
@@ -237,9 +209,7 @@ fn splitmix(mut x: u64) -> u64 {
 }
 
 fn stream_rng(seed: u64, stream: u64, index: u64) -> StdRng {
-    StdRng::seed_from_u64(splitmix(
-        splitmix(seed ^ stream.wrapping_mul(0xA24B_AED4_963E_E407)) ^ index,
-    ))
+    StdRng::seed_from_u64(splitmix(splitmix(seed ^ stream.wrapping_mul(0xA24B_AED4_963E_E407)) ^ index))
 }
 
 const STREAM_CATALOG: u64 = 1;
@@ -371,17 +341,9 @@ pub fn account_profile(gc: &GenConfig, i: usize) -> AccountProfile {
         let first = FIRST[rng.random_range(0..FIRST.len())];
         let last = LAST[rng.random_range(0..LAST.len())];
         let free_mail = rng.random_bool(0.07);
-        let local = format!(
-            "{}.{}{}",
-            first.to_ascii_lowercase(),
-            last.to_ascii_lowercase(),
-            v
-        );
+        let local = format!("{}.{}{}", first.to_ascii_lowercase(), last.to_ascii_lowercase(), v);
         let email = if free_mail {
-            format!(
-                "{local}@{}",
-                FREE_MAIL[rng.random_range(0..FREE_MAIL.len())]
-            )
+            format!("{local}@{}", FREE_MAIL[rng.random_range(0..FREE_MAIL.len())])
         } else {
             format!("{local}@{domain}")
         };
@@ -392,11 +354,7 @@ pub fn account_profile(gc: &GenConfig, i: usize) -> AccountProfile {
         };
         visitors.push(VisitorProfile {
             // Many Pendo installs use the e-mail as visitor id; others an opaque id. Mix both.
-            id: if v % 3 == 0 {
-                email.clone()
-            } else {
-                format!("{id}-u{v}")
-            },
+            id: if v % 3 == 0 { email.clone() } else { format!("{id}-u{v}") },
             first,
             last,
             email,
@@ -536,11 +494,7 @@ pub fn salesforce_org(gc: &GenConfig) -> SalesforceOrg {
         let mut rng = stream_rng(gc.seed, STREAM_ORG, u as u64);
         let first = FIRST[rng.random_range(0..FIRST.len())];
         let last = LAST[rng.random_range(0..LAST.len())];
-        let title = if u % 3 == 2 {
-            "Customer Success Manager"
-        } else {
-            "Account Executive"
-        };
+        let title = if u % 3 == 2 { "Customer Success Manager" } else { "Account Executive" };
         users.push(json!({
             "Id": sf_user_id(u),
             "FirstName": first,
@@ -654,16 +608,10 @@ fn catalog_item(kind: &str, id: String, name: &str, created: i64, updated: i64, 
     o.insert("lastUpdatedAt".into(), Val::Int(updated));
     o.insert("createdByUser".into(), pendo_user());
     o.insert("lastUpdatedByUser".into(), pendo_user());
-    o.insert(
-        "rootVersionId".into(),
-        o.get("id").cloned().unwrap_or_default(),
-    );
+    o.insert("rootVersionId".into(), o.get("id").cloned().unwrap_or_default());
     o.insert(
         "stableVersionId".into(),
-        Val::from(format!(
-            "{}-stable",
-            o.get("id").map(|v| v.to_string()).unwrap_or_default()
-        )),
+        Val::from(format!("{}-stable", o.get("id").map(|v| v.to_string()).unwrap_or_default())),
     );
     o.insert("dirty".into(), Val::Bool(false));
     o.extend(extra);
@@ -697,14 +645,7 @@ fn build_catalog(store: &mut Store, seed: u64, anchor: i64) {
         store.pages.push(Item {
             id: Arc::from(id.as_str()),
             app_id: DEFAULT_APP_ID,
-            doc: catalog_item(
-                "Page",
-                id,
-                name,
-                created,
-                created + rng.random_range(1..300) * DAY_MS / 10,
-                extra,
-            ),
+            doc: catalog_item("Page", id, name, created, created + rng.random_range(1..300) * DAY_MS / 10, extra),
         });
     }
     for (k, (name, premium, core)) in FEATURES.iter().enumerate() {
@@ -712,43 +653,19 @@ fn build_catalog(store: &mut Store, seed: u64, anchor: i64) {
         let created = t0 + k as i64 * HOUR_MS * 5;
         let mut extra = Obj::new();
         extra.insert("pageId".into(), Val::str(&page_ids[k % page_ids.len()]));
-        extra.insert(
-            "elementPathRules".into(),
-            Val::arr(vec![Val::from(format!("#{}", slug(name)))]),
-        );
+        extra.insert("elementPathRules".into(), Val::arr(vec![Val::from(format!("#{}", slug(name)))]));
         extra.insert("isCoreEvent".into(), Val::Bool(*core));
         extra.insert("appWide".into(), Val::Bool(false));
-        let (gid, gname) = if *premium {
-            ("grp-premium", "Premium")
-        } else {
-            ("grp-core", "Core")
-        };
+        let (gid, gname) = if *premium { ("grp-premium", "Premium") } else { ("grp-core", "Core") };
         extra.insert(
             "group".into(),
-            Val::obj(Obj::from_iter([
-                ("id".to_string(), Val::str(gid)),
-                ("name".to_string(), Val::str(gname)),
-            ])),
+            Val::obj(Obj::from_iter([("id".to_string(), Val::str(gid)), ("name".to_string(), Val::str(gname))])),
         );
-        extra.insert(
-            "color".into(),
-            Val::str(if *premium {
-                ".groupColor02"
-            } else {
-                ".groupColor01"
-            }),
-        );
+        extra.insert("color".into(), Val::str(if *premium { ".groupColor02" } else { ".groupColor01" }));
         store.features.push(Item {
             id: Arc::from(id.as_str()),
             app_id: DEFAULT_APP_ID,
-            doc: catalog_item(
-                "Feature",
-                id,
-                name,
-                created,
-                created + rng.random_range(1..300) * DAY_MS / 10,
-                extra,
-            ),
+            doc: catalog_item("Feature", id, name, created, created + rng.random_range(1..300) * DAY_MS / 10, extra),
         });
     }
     for (k, name) in TRACK_TYPES.iter().enumerate() {
@@ -784,20 +701,13 @@ fn build_catalog(store: &mut Store, seed: u64, anchor: i64) {
                 let mut s = Obj::new();
                 s.insert("id".into(), Val::str(sid));
                 s.insert("guideId".into(), Val::str(&id));
-                s.insert(
-                    "type".into(),
-                    Val::str(if polls.is_empty() { "lightbox" } else { "poll" }),
-                );
+                s.insert("type".into(), Val::str(if polls.is_empty() { "lightbox" } else { "poll" }));
                 s.insert("pageId".into(), Val::str(&page_ids[r % page_ids.len()]));
                 s.insert("rank".into(), Val::Int(r as i64 * 5_000_000));
                 s.insert("advanceMethod".into(), Val::str("button"));
                 s.insert("lastUpdatedAt".into(), Val::Int(updated));
                 s.insert("resetAt".into(), Val::Int(0));
-                let pids: Vec<Val> = if r == 0 {
-                    poll_ids.iter().map(|p| Val::str(p)).collect()
-                } else {
-                    vec![]
-                };
+                let pids: Vec<Val> = if r == 0 { poll_ids.iter().map(|p| Val::str(p)).collect() } else { vec![] };
                 s.insert("pollIds".into(), Val::arr(pids));
                 Val::obj(s)
             })
@@ -821,11 +731,7 @@ fn build_catalog(store: &mut Store, seed: u64, anchor: i64) {
                     attrs.insert("rightLabel".into(), Val::str("Very likely"));
                 }
                 p.insert("attributes".into(), Val::obj(attrs));
-                let numeric: Vec<Val> = if *ty == "NPSRating" {
-                    (0..=10).map(Val::Int).collect()
-                } else {
-                    vec![]
-                };
+                let numeric: Vec<Val> = if *ty == "NPSRating" { (0..=10).map(Val::Int).collect() } else { vec![] };
                 p.insert("numericResponses".into(), Val::arr(numeric));
                 p.insert("resetAt".into(), Val::Int(0));
                 Val::obj(p)
@@ -833,10 +739,7 @@ fn build_catalog(store: &mut Store, seed: u64, anchor: i64) {
             .collect();
         let mut extra = Obj::new();
         extra.insert("state".into(), Val::str("public"));
-        extra.insert(
-            "launchMethod".into(),
-            Val::str(if k == 1 { "auto" } else { "api" }),
-        );
+        extra.insert("launchMethod".into(), Val::str(if k == 1 { "auto" } else { "api" }));
         extra.insert("isMultiStep".into(), Val::Bool(*steps > 1));
         extra.insert("isTraining".into(), Val::Bool(false));
         extra.insert("publishedAt".into(), Val::Int(created + DAY_MS));
@@ -844,18 +747,8 @@ fn build_catalog(store: &mut Store, seed: u64, anchor: i64) {
         extra.insert("resetAt".into(), Val::Int(0));
         extra.insert("expiresAfter".into(), Val::Int(0));
         let mut attrs = Obj::new();
-        attrs.insert(
-            "type".into(),
-            Val::str(if polls.is_empty() {
-                "building-block"
-            } else {
-                "poll"
-            }),
-        );
-        attrs.insert(
-            "device".into(),
-            Val::obj(Obj::from_iter([("type".to_string(), Val::str("desktop"))])),
-        );
+        attrs.insert("type".into(), Val::str(if polls.is_empty() { "building-block" } else { "poll" }));
+        attrs.insert("device".into(), Val::obj(Obj::from_iter([("type".to_string(), Val::str("desktop"))])));
         attrs.insert("priority".into(), Val::Int(k as i64));
         extra.insert("attributes".into(), Val::obj(attrs));
         extra.insert(
@@ -865,10 +758,7 @@ fn build_catalog(store: &mut Store, seed: u64, anchor: i64) {
                     "source".to_string(),
                     Val::obj(Obj::from_iter([("visitors".to_string(), Val::Null)])),
                 )])),
-                Val::obj(Obj::from_iter([(
-                    "identified".to_string(),
-                    Val::str("visitorId"),
-                )])),
+                Val::obj(Obj::from_iter([("identified".to_string(), Val::str("visitorId"))])),
             ]),
         );
         extra.insert("steps".into(), Val::arr(step_vals));
@@ -881,33 +771,21 @@ fn build_catalog(store: &mut Store, seed: u64, anchor: i64) {
             poll_ids: poll_ids.iter().map(|s| Arc::from(s.as_str())).collect(),
         });
     }
-    for (k, name) in ["Active accounts (30 days)", "Feature adoption by account"]
-        .iter()
-        .enumerate()
-    {
+    for (k, name) in ["Active accounts (30 days)", "Feature adoption by account"].iter().enumerate() {
         let id = pendo_id(&mut rng);
         let created = t0 + k as i64 * DAY_MS;
         let mut extra = Obj::new();
-        extra.insert(
-            "type".into(),
-            Val::str(if k == 0 { "Account" } else { "Visitor" }),
-        );
+        extra.insert("type".into(), Val::str(if k == 0 { "Account" } else { "Visitor" }));
         extra.insert("shared".into(), Val::Bool(true));
         extra.insert("scope".into(), Val::str("global"));
-        extra.insert(
-            "level".into(),
-            Val::str(if k == 0 { "account" } else { "visitor" }),
-        );
+        extra.insert("level".into(), Val::str(if k == 0 { "account" } else { "visitor" }));
         extra.insert(
             "aggregation".into(),
             Val::obj(Obj::from_iter([(
                 "pipeline".to_string(),
                 Val::arr(vec![Val::obj(Obj::from_iter([(
                     "source".to_string(),
-                    Val::obj(Obj::from_iter([(
-                        (if k == 0 { "accounts" } else { "visitors" }).to_string(),
-                        Val::Null,
-                    )])),
+                    Val::obj(Obj::from_iter([((if k == 0 { "accounts" } else { "visitors" }).to_string(), Val::Null)])),
                 )]))]),
             )])),
         );
@@ -925,18 +803,8 @@ pub fn generate(gc: &GenConfig) -> Generated {
     let anchor = gc.anchor_day_ms.unwrap_or(0);
     let mut store = empty_store();
     build_catalog(&mut store, gc.seed, anchor);
-    let premium_features: Vec<u32> = FEATURES
-        .iter()
-        .enumerate()
-        .filter(|f| f.1.1)
-        .map(|f| f.0 as u32)
-        .collect();
-    let basic_features: Vec<u32> = FEATURES
-        .iter()
-        .enumerate()
-        .filter(|f| !f.1.1)
-        .map(|f| f.0 as u32)
-        .collect();
+    let premium_features: Vec<u32> = FEATURES.iter().enumerate().filter(|f| f.1.1).map(|f| f.0 as u32).collect();
+    let basic_features: Vec<u32> = FEATURES.iter().enumerate().filter(|f| !f.1.1).map(|f| f.0 as u32).collect();
     let n_pages = PAGES.len() as u32;
     let n_tracks = TRACK_TYPES.len() as u32;
     let days = gc.days.max(1);
@@ -960,8 +828,7 @@ pub fn generate(gc: &GenConfig) -> Generated {
                 let day_start = anchor - i64::from(days_ago) * DAY_MS;
                 let f = trend_factor(p.trend, days_ago, p.drop_day, days);
                 let weekend = (day_start / DAY_MS + 4).rem_euclid(7) >= 5;
-                let p_active = (v.activity * f * gc.activity * if weekend { 0.2 } else { 1.0 })
-                    .clamp(0.0, 1.0);
+                let p_active = (v.activity * f * gc.activity * if weekend { 0.2 } else { 1.0 }).clamp(0.0, 1.0);
                 if !rng.random_bool(p_active) {
                     continue;
                 }
@@ -1007,14 +874,7 @@ pub fn generate(gc: &GenConfig) -> Generated {
                     );
                 }
                 if rng.random_bool(0.08) {
-                    store.track_rows.push(
-                        hour,
-                        visitor_idx,
-                        account_idx,
-                        rng.random_range(0..n_tracks),
-                        1,
-                        0,
-                    );
+                    store.track_rows.push(hour, visitor_idx, account_idx, rng.random_range(0..n_tracks), 1, 0);
                 }
             }
             let guide_rng_roll: f64 = rng.random_range(0.0..1.0);
@@ -1037,8 +897,7 @@ pub fn generate(gc: &GenConfig) -> Generated {
                 first_seen = t;
                 last_seen = t;
             } else {
-                first_seen =
-                    first_seen.min(anchor - i64::from(v.joined_days_ago) * DAY_MS + 9 * HOUR_MS);
+                first_seen = first_seen.min(anchor - i64::from(v.joined_days_ago) * DAY_MS + 9 * HOUR_MS);
             }
             acc_first = acc_first.min(first_seen);
             acc_last = acc_last.max(last_seen);
@@ -1057,11 +916,7 @@ pub fn generate(gc: &GenConfig) -> Generated {
     store.sort_events();
     store.segments.insert(
         "seg-enterprise-users".into(),
-        Segment {
-            id: "seg-enterprise-users".into(),
-            name: "Enterprise users".into(),
-            visitors: enterprise_visitors,
-        },
+        Segment { id: "seg-enterprise-users".into(), name: "Enterprise users".into(), visitors: enterprise_visitors },
     );
     let stats = GenStats {
         accounts: store.accounts.len(),
@@ -1087,66 +942,24 @@ fn add_guide_events(
     roll: f64,
     rng: &mut StdRng,
 ) {
-    let ev = |ts: i64,
-              guide: u32,
-              step: u32,
-              kind: GuideEventType,
-              poll: u32,
-              response: Val,
-              channel: &'static str| GuideEvent {
-        ts,
-        visitor,
-        account,
-        guide,
-        step,
-        kind,
-        poll,
-        response,
-        channel,
+    let ev = |ts: i64, guide: u32, step: u32, kind: GuideEventType, poll: u32, response: Val, channel: &'static str| {
+        GuideEvent { ts, visitor, account, guide, step, kind, poll, response, channel }
     };
     // Welcome tour (guide 0): shown on first visit; 60% finish all 4 steps, others drop off.
     if let Some(g) = store.guides.first() {
         let mut t = first_seen + 120_000;
         let steps = g.step_ids.len() as u32;
-        let reach = if roll < 0.6 {
-            steps
-        } else {
-            rng.random_range(1..steps.max(2))
-        };
+        let reach = if roll < 0.6 { steps } else { rng.random_range(1..steps.max(2)) };
         for s in 0..reach {
-            out.push(ev(
-                t,
-                0,
-                s,
-                GuideEventType::GuideSeen,
-                NONE_U32,
-                Val::Null,
-                "web",
-            ));
+            out.push(ev(t, 0, s, GuideEventType::GuideSeen, NONE_U32, Val::Null, "web"));
             t += rng.random_range(5_000..60_000);
             if s + 1 < reach || reach == steps {
-                out.push(ev(
-                    t,
-                    0,
-                    s,
-                    GuideEventType::GuideAdvanced,
-                    NONE_U32,
-                    Val::Null,
-                    "web",
-                ));
+                out.push(ev(t, 0, s, GuideEventType::GuideAdvanced, NONE_U32, Val::Null, "web"));
                 t += 1_000;
             }
         }
         if reach < steps {
-            out.push(ev(
-                t,
-                0,
-                reach.saturating_sub(1),
-                GuideEventType::GuideDismissed,
-                NONE_U32,
-                Val::Null,
-                "web",
-            ));
+            out.push(ev(t, 0, reach.saturating_sub(1), GuideEventType::GuideDismissed, NONE_U32, Val::Null, "web"));
         }
     }
     // NPS (guide 1): about a third of active visitors answer once, mood following the trend.
@@ -1158,9 +971,7 @@ fn add_guide_events(
             Trend::Declining | Trend::SharpDrop => 5.0,
             Trend::Churned => 3.5,
         };
-        let rating = (base + rng.random_range(-3.0..3.0f64))
-            .round()
-            .clamp(0.0, 10.0) as i64;
+        let rating = (base + rng.random_range(-3.0..3.0f64)).round().clamp(0.0, 10.0) as i64;
         let reasons = if rating >= 9 {
             NPS_REASONS_GOOD
         } else if rating >= 7 {
@@ -1170,94 +981,28 @@ fn add_guide_events(
         };
         let reason = reasons[rng.random_range(0..reasons.len())];
         let channel = if rng.random_bool(0.2) { "email" } else { "web" };
-        out.push(ev(
-            t - 2_000,
-            1,
-            0,
-            GuideEventType::GuideSeen,
-            NONE_U32,
-            Val::Null,
-            channel,
-        ));
-        out.push(ev(
-            t,
-            1,
-            0,
-            GuideEventType::PollResponse,
-            0,
-            Val::Int(rating),
-            channel,
-        ));
-        out.push(ev(
-            t + 50,
-            1,
-            0,
-            GuideEventType::PollResponse,
-            1,
-            Val::str(reason),
-            channel,
-        ));
-        out.push(ev(
-            t + 1_000,
-            1,
-            1,
-            GuideEventType::GuideAdvanced,
-            NONE_U32,
-            Val::Null,
-            channel,
-        ));
+        out.push(ev(t - 2_000, 1, 0, GuideEventType::GuideSeen, NONE_U32, Val::Null, channel));
+        out.push(ev(t, 1, 0, GuideEventType::PollResponse, 0, Val::Int(rating), channel));
+        out.push(ev(t + 50, 1, 0, GuideEventType::PollResponse, 1, Val::str(reason), channel));
+        out.push(ev(t + 1_000, 1, 1, GuideEventType::GuideAdvanced, NONE_U32, Val::Null, channel));
     }
     // Yes/no poll (guide 2).
     if rng.random_bool(0.15) && last_seen > first_seen {
         let t = rng.random_range(first_seen..=last_seen);
-        out.push(ev(
-            t,
-            2,
-            0,
-            GuideEventType::GuideSeen,
-            NONE_U32,
-            Val::Null,
-            "web",
-        ));
+        out.push(ev(t, 2, 0, GuideEventType::GuideSeen, NONE_U32, Val::Null, "web"));
         let answer = if rng.random_bool(0.7) { "yes" } else { "no" };
-        out.push(ev(
-            t + 3_000,
-            2,
-            0,
-            GuideEventType::PollResponse,
-            0,
-            Val::str(answer),
-            "web",
-        ));
+        out.push(ev(t + 3_000, 2, 0, GuideEventType::PollResponse, 0, Val::str(answer), "web"));
     }
     // Announcement (guide 3): seen by a fifth, mostly dismissed.
     if rng.random_bool(0.2) {
         let t = last_seen - 30_000;
-        out.push(ev(
-            t,
-            3,
-            0,
-            GuideEventType::GuideSeen,
-            NONE_U32,
-            Val::Null,
-            "web",
-        ));
-        let kind = if rng.random_bool(0.7) {
-            GuideEventType::GuideDismissed
-        } else {
-            GuideEventType::GuideAdvanced
-        };
+        out.push(ev(t, 3, 0, GuideEventType::GuideSeen, NONE_U32, Val::Null, "web"));
+        let kind = if rng.random_bool(0.7) { GuideEventType::GuideDismissed } else { GuideEventType::GuideAdvanced };
         out.push(ev(t + 4_000, 3, 0, kind, NONE_U32, Val::Null, "web"));
     }
 }
 
-fn build_visitor(
-    p: &AccountProfile,
-    v: &VisitorProfile,
-    first: i64,
-    last: i64,
-    rng: &mut StdRng,
-) -> Visitor {
+fn build_visitor(p: &AccountProfile, v: &VisitorProfile, first: i64, last: i64, rng: &mut StdRng) -> Visitor {
     let mut auto = Obj::new();
     auto.insert("id".into(), Val::str(&v.id));
     auto.insert("accountid".into(), Val::str(&p.id));
@@ -1265,23 +1010,16 @@ fn build_visitor(
     auto.insert("firstvisit".into(), Val::Int(first));
     auto.insert("lastvisit".into(), Val::Int(last));
     auto.insert("lastupdated".into(), Val::Int(last + 1_000));
-    auto.insert(
-        "idhash".into(),
-        Val::Int((splitmix(v.id.len() as u64 ^ first as u64) % 4_294_967_296) as i64),
-    );
+    auto.insert("idhash".into(), Val::Int((splitmix(v.id.len() as u64 ^ first as u64) % 4_294_967_296) as i64));
     let mut agent = Obj::new();
     if !v.anonymous {
         agent.insert("email".into(), Val::str(&v.email));
-        agent.insert(
-            "full_name".into(),
-            Val::from(format!("{} {}", v.first, v.last)),
-        );
+        agent.insert("full_name".into(), Val::from(format!("{} {}", v.first, v.last)));
         agent.insert("role".into(), Val::str(v.role));
     }
     let mut custom = Obj::new();
     if !v.anonymous {
-        let dept =
-            ["Engineering", "Finance", "Operations", "Sales", "Marketing"][rng.random_range(0..5)];
+        let dept = ["Engineering", "Finance", "Operations", "Sales", "Marketing"][rng.random_range(0..5)];
         custom.insert("department".into(), Val::str(dept));
     }
     let mut pendo = Obj::new();
@@ -1291,11 +1029,7 @@ fn build_visitor(
     md.insert("agent".into(), Val::obj(agent));
     md.insert("custom".into(), Val::obj(custom));
     md.insert("pendo".into(), Val::obj(pendo));
-    let ip = format!(
-        "203.0.{}.{}",
-        rng.random_range(0..255),
-        rng.random_range(1..255)
-    );
+    let ip = format!("203.0.{}.{}", rng.random_range(0..255), rng.random_range(1..255));
     let ua = [
         "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
         "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
@@ -1313,52 +1047,30 @@ fn build_visitor(
 
 fn build_account(gc: &GenConfig, p: &AccountProfile, first: i64, last: i64) -> Account {
     let anchor = gc.anchor_day_ms.unwrap_or(0);
-    let (first, last) = if first == i64::MAX {
-        (anchor, anchor)
-    } else {
-        (first, last)
-    };
+    let (first, last) = if first == i64::MAX { (anchor, anchor) } else { (first, last) };
     let mut auto = Obj::new();
     auto.insert("id".into(), Val::str(&p.id));
     auto.insert("firstvisit".into(), Val::Int(first));
     auto.insert("lastvisit".into(), Val::Int(last));
     // Offset by the index so paging by lastupdated sees mostly distinct values, as in real data.
-    auto.insert(
-        "lastupdated".into(),
-        Val::Int(last + 2_000 + p.index as i64),
-    );
-    auto.insert(
-        "idhash".into(),
-        Val::Int((splitmix(p.index as u64) % 4_294_967_296) as i64),
-    );
+    auto.insert("lastupdated".into(), Val::Int(last + 2_000 + p.index as i64));
+    auto.insert("idhash".into(), Val::Int((splitmix(p.index as u64) % 4_294_967_296) as i64));
     let mut agent = Obj::new();
     agent.insert("name".into(), Val::str(&p.name));
-    agent.insert(
-        "website".into(),
-        Val::from(format!("https://www.{}", p.domain)),
-    );
+    agent.insert("website".into(), Val::from(format!("https://www.{}", p.domain)));
     let mut custom = Obj::new();
     if p.has_sfdc_id_in_pendo {
         custom.insert("sfdcaccountid".into(), Val::from(sf_account_id(p.index)));
     }
-    custom.insert(
-        "plan".into(),
-        Val::str(if p.trial { "trial" } else { p.plan }),
-    );
+    custom.insert("plan".into(), Val::str(if p.trial { "trial" } else { p.plan }));
     custom.insert("arr".into(), Val::Float(p.arr as f64));
     custom.insert("trial".into(), Val::Bool(p.trial));
-    custom.insert(
-        "renewaldate".into(),
-        Val::Int(anchor + i64::from((p.index as u32 * 37) % 365 + 1) * DAY_MS),
-    );
+    custom.insert("renewaldate".into(), Val::Int(anchor + i64::from((p.index as u32 * 37) % 365 + 1) * DAY_MS));
     let mut md = Obj::new();
     md.insert("auto".into(), Val::obj(auto));
     md.insert("agent".into(), Val::obj(agent));
     md.insert("custom".into(), Val::obj(custom));
-    Account {
-        id: Arc::from(p.id.as_str()),
-        metadata: Val::obj(md),
-    }
+    Account { id: Arc::from(p.id.as_str()), metadata: Val::obj(md) }
 }
 
 /// The kind of events a rollup table holds, for callers that iterate all three.
@@ -1370,13 +1082,7 @@ mod tests {
     use super::*;
 
     fn cfg(accounts: usize) -> GenConfig {
-        GenConfig {
-            seed: 42,
-            accounts,
-            days: 30,
-            anchor_day_ms: Some(1_767_225_600_000),
-            ..Default::default()
-        }
+        GenConfig { seed: 42, accounts, days: 30, anchor_day_ms: Some(1_767_225_600_000), ..Default::default() }
     }
 
     #[test]
@@ -1397,10 +1103,7 @@ mod tests {
         assert_eq!(a.store.page_rows.ts, b.store.page_rows.ts);
         assert_eq!(a.store.visitors.len(), b.store.visitors.len());
         assert_eq!(salesforce_org(&cfg(20)), salesforce_org(&cfg(20)));
-        let c = generate(&GenConfig {
-            seed: 43,
-            ..cfg(20)
-        });
+        let c = generate(&GenConfig { seed: 43, ..cfg(20) });
         assert_ne!(a.store.page_rows.ts, c.store.page_rows.ts);
     }
 
@@ -1422,70 +1125,37 @@ mod tests {
         assert!(profiles.iter().any(|p| !p.in_salesforce));
         assert!(profiles.iter().any(|p| p.sf_duplicate));
         assert!(profiles.iter().any(|p| p.shared_domain));
-        assert!(
-            profiles
-                .iter()
-                .flat_map(|p| &p.visitors)
-                .any(|v| v.free_mail)
-        );
+        assert!(profiles.iter().flat_map(|p| &p.visitors).any(|v| v.free_mail));
         // Website domains match the visitors' e-mail domains.
         for p in profiles.iter().filter(|p| p.in_salesforce) {
-            let acc = accounts
-                .iter()
-                .find(|a| a["Id"] == sf_account_id(p.index))
-                .unwrap();
+            let acc = accounts.iter().find(|a| a["Id"] == sf_account_id(p.index)).unwrap();
             assert!(acc["Website"].as_str().unwrap().contains(&p.domain));
             for v in p.visitors.iter().filter(|v| !v.free_mail && !v.anonymous) {
                 assert!(v.email.ends_with(&format!("@{}", p.domain)));
             }
         }
-        for (sobject, prefix) in [
-            ("Account", "001"),
-            ("Contact", "003"),
-            ("User", "005"),
-            ("Opportunity", "006"),
-        ] {
+        for (sobject, prefix) in [("Account", "001"), ("Contact", "003"), ("User", "005"), ("Opportunity", "006")] {
             for r in &org[sobject] {
                 let id = r["Id"].as_str().unwrap();
                 assert!(id.starts_with(prefix) && id.len() == 18, "{id}");
                 assert_eq!(sf_checksum(&id[..15]), id);
             }
         }
-        let user_ids: std::collections::HashSet<_> =
-            org["User"].iter().map(|u| u["Id"].clone()).collect();
+        let user_ids: std::collections::HashSet<_> = org["User"].iter().map(|u| u["Id"].clone()).collect();
         assert!(accounts.iter().all(|a| user_ids.contains(&a["OwnerId"])));
         assert!(org["Opportunity"].iter().all(|o| o["Type"] == "Trial"));
         assert!(!org["Opportunity"].is_empty());
-        assert!(
-            accounts
-                .iter()
-                .any(|a| a.get("Pendo_Account_Id__c").is_some())
-        );
+        assert!(accounts.iter().any(|a| a.get("Pendo_Account_Id__c").is_some()));
     }
 
     #[test]
     fn pendo_side_has_the_matching_metadata() {
         let g = cfg(100);
         let gc = generate(&g);
-        let with_sfdc = gc
-            .store
-            .accounts
-            .iter()
-            .filter(|a| !a.metadata.path("custom.sfdcaccountid").is_null())
-            .count();
+        let with_sfdc = gc.store.accounts.iter().filter(|a| !a.metadata.path("custom.sfdcaccountid").is_null()).count();
         assert!(with_sfdc > 10, "{with_sfdc}");
         assert!(gc.store.page_rows.ts.windows(2).all(|w| w[0] <= w[1]));
-        assert!(
-            gc.store
-                .guide_events
-                .iter()
-                .any(|e| e.kind == GuideEventType::PollResponse)
-        );
-        assert!(
-            gc.store
-                .visitors
-                .iter()
-                .any(|v| v.id.starts_with("_PENDO_T_"))
-        );
+        assert!(gc.store.guide_events.iter().any(|e| e.kind == GuideEventType::PollResponse));
+        assert!(gc.store.visitors.iter().any(|v| v.id.starts_with("_PENDO_T_")));
     }
 }

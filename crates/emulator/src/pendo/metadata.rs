@@ -22,19 +22,10 @@ use super::{ApiError, ApiResult, PendoState, UnknownFieldPolicy};
 pub fn routes() -> Router<PendoState> {
     Router::new()
         .route("/api/v1/metadata/schema/{kind}", get(schema))
-        .route(
-            "/api/v1/metadata/schema/{kind}/{group}",
-            post(create_fields),
-        )
-        .route(
-            "/api/v1/metadata/schema/{kind}/{group}/{field}",
-            axum::routing::delete(delete_field),
-        )
+        .route("/api/v1/metadata/schema/{kind}/{group}", post(create_fields))
+        .route("/api/v1/metadata/schema/{kind}/{group}/{field}", axum::routing::delete(delete_field))
         .route("/api/v1/metadata/{kind}/{group}/value", post(bulk_set))
-        .route(
-            "/api/v1/metadata/{kind}/{group}/value/{id}/{field}",
-            get(get_value).put(put_value),
-        )
+        .route("/api/v1/metadata/{kind}/{group}/value/{id}/{field}", get(get_value).put(put_value))
 }
 
 fn kind_of(s: &str) -> ApiResult<MetaKind> {
@@ -42,13 +33,7 @@ fn kind_of(s: &str) -> ApiResult<MetaKind> {
 }
 
 fn require_write(caller: &Caller) -> ApiResult<()> {
-    if caller.write {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "integration key does not allow write access",
-        ))
-    }
+    if caller.write { Ok(()) } else { Err(ApiError::forbidden("integration key does not allow write access")) }
 }
 
 /// Unknown kinds answer `{}` rather than an error: Estuary probes `/metadata/schema/AccountMetadata`
@@ -60,10 +45,7 @@ async fn schema(State(state): State<PendoState>, Path(kind): Path<String>) -> Js
     };
     let mut out = serde_json::Map::new();
     for (group, fields) in store.schema(kind) {
-        let g: serde_json::Map<String, J> = fields
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_json()))
-            .collect();
+        let g: serde_json::Map<String, J> = fields.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
         out.insert(group.clone(), J::Object(g));
     }
     Json(J::Object(out))
@@ -85,9 +67,7 @@ fn stored_type(t: &str) -> Option<&'static str> {
 
 fn valid_field_name(n: &str) -> bool {
     let mut chars = n.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -99,37 +79,24 @@ async fn create_fields(
 ) -> ApiResult<Json<J>> {
     require_write(&caller)?;
     let kind = kind_of(&kind)?;
-    let fields: Vec<J> = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!("body must be a list of field definitions: {e}"))
-    })?;
+    let fields: Vec<J> = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("body must be a list of field definitions: {e}")))?;
     let mut parsed = Vec::new();
     for f in &fields {
-        let name = f
-            .get("name")
-            .and_then(J::as_str)
-            .ok_or_else(|| ApiError::bad_request("field definition needs name"))?;
+        let name =
+            f.get("name").and_then(J::as_str).ok_or_else(|| ApiError::bad_request("field definition needs name"))?;
         let name = name.to_ascii_lowercase();
         if !valid_field_name(&name) {
-            return Err(ApiError::bad_request(format!(
-                "invalid field name {name:?}"
-            )));
+            return Err(ApiError::bad_request(format!("invalid field name {name:?}")));
         }
         let ty = f.get("type").and_then(J::as_str).unwrap_or("string");
-        let ty = stored_type(ty)
-            .ok_or_else(|| ApiError::bad_request(format!("invalid field type {ty:?}")))?;
-        let display = f
-            .get("displayname")
-            .or_else(|| f.get("displayName"))
-            .and_then(J::as_str)
-            .unwrap_or(&name)
-            .to_string();
+        let ty = stored_type(ty).ok_or_else(|| ApiError::bad_request(format!("invalid field type {ty:?}")))?;
+        let display =
+            f.get("displayname").or_else(|| f.get("displayName")).and_then(J::as_str).unwrap_or(&name).to_string();
         parsed.push((name, ty, display));
     }
     let mut store = state.inner.store.write();
-    let g = store
-        .schema_mut(kind)
-        .entry(group.to_ascii_lowercase())
-        .or_default();
+    let g = store.schema_mut(kind).entry(group.to_ascii_lowercase()).or_default();
     for (name, ty, display) in parsed {
         g.insert(name, field_descriptor(ty, &display));
     }
@@ -145,10 +112,8 @@ async fn delete_field(
     require_write(&caller)?;
     let kind = kind_of(&kind)?;
     let mut store = state.inner.store.write();
-    let removed = store
-        .schema_mut(kind)
-        .get_mut(&group.to_ascii_lowercase())
-        .and_then(|g| g.remove(&field.to_ascii_lowercase()));
+    let removed =
+        store.schema_mut(kind).get_mut(&group.to_ascii_lowercase()).and_then(|g| g.remove(&field.to_ascii_lowercase()));
     match removed {
         Some(_) => Ok(StatusCode::OK),
         None => Err(ApiError::not_found("no such field")),
@@ -184,13 +149,7 @@ enum Outcome {
 }
 
 /// Finds (or creates) the entity's metadata object.
-fn metadata_slot<'a>(
-    store: &'a mut Store,
-    kind: MetaKind,
-    id: &str,
-    create: bool,
-    now: i64,
-) -> Option<&'a mut Val> {
+fn metadata_slot<'a>(store: &'a mut Store, kind: MetaKind, id: &str, create: bool, now: i64) -> Option<&'a mut Val> {
     match kind {
         MetaKind::Visitor => {
             if store.visitor(id).is_none() {
@@ -229,13 +188,7 @@ pub fn new_visitor(id: &str, now: i64) -> Visitor {
     md.insert("auto".into(), Val::obj(auto_group(id, now)));
     md.insert("agent".into(), Val::obj(Obj::new()));
     md.insert("custom".into(), Val::obj(Obj::new()));
-    md.insert(
-        "pendo".into(),
-        Val::obj(Obj::from_iter([(
-            "donotprocess".to_string(),
-            Val::Bool(false),
-        )])),
-    );
+    md.insert("pendo".into(), Val::obj(Obj::from_iter([("donotprocess".to_string(), Val::Bool(false))])));
     Visitor {
         id: Arc::from(id),
         metadata: Val::obj(md),
@@ -251,10 +204,7 @@ pub fn new_account(id: &str, now: i64) -> Account {
     md.insert("auto".into(), Val::obj(auto_group(id, now)));
     md.insert("agent".into(), Val::obj(Obj::new()));
     md.insert("custom".into(), Val::obj(Obj::new()));
-    Account {
-        id: Arc::from(id),
-        metadata: Val::obj(md),
-    }
+    Account { id: Arc::from(id), metadata: Val::obj(md) }
 }
 
 /// Writes `values` into `metadata.<group>` and bumps `auto.lastupdated`.
@@ -280,15 +230,11 @@ async fn bulk_set(
     require_write(&caller)?;
     let kind = kind_of(&kind)?;
     let group = group.to_ascii_lowercase();
-    let create = q
-        .get("create")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let create = q.get("create").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let items: Vec<J> = match serde_json::from_slice::<J>(&body) {
         Ok(J::Array(a)) => a,
         Ok(_) => {
-            return Err(ApiError::bad_request(
-                "body must be a JSON array of {id, values} objects",
-            ));
+            return Err(ApiError::bad_request("body must be a JSON array of {id, values} objects"));
         }
         Err(e) => return Err(ApiError::bad_request(format!("invalid JSON body: {e}"))),
     };
@@ -307,11 +253,7 @@ async fn bulk_set(
             Outcome::Updated => updated += 1,
             Outcome::Failed => failed += 1,
             Outcome::Missing => {
-                let id = item
-                    .get(id_key(kind))
-                    .or_else(|| item.get("visitorId"))
-                    .cloned()
-                    .unwrap_or(J::Null);
+                let id = item.get(id_key(kind)).or_else(|| item.get("visitorId")).cloned().unwrap_or(J::Null);
                 missing.push(id);
             }
         }
@@ -344,14 +286,8 @@ fn set_one(
 ) -> Outcome {
     // Accounts may be addressed with visitorId too: one production client does, and its stub
     // accepts it.
-    let id = item
-        .get(id_key(kind))
-        .or_else(|| item.get("visitorId"))
-        .and_then(J::as_str);
-    let (Some(id), Some(values)) = (
-        id.filter(|s| !s.is_empty()),
-        item.get("values").and_then(J::as_object),
-    ) else {
+    let id = item.get(id_key(kind)).or_else(|| item.get("visitorId")).and_then(J::as_str);
+    let (Some(id), Some(values)) = (id.filter(|s| !s.is_empty()), item.get("values").and_then(J::as_object)) else {
         return Outcome::Failed;
     };
     let mut accepted = Vec::with_capacity(values.len());
@@ -386,8 +322,7 @@ fn set_one(
     if !new_fields.is_empty() {
         let g = store.schema_mut(kind).entry(group.to_string()).or_default();
         for (k, ty) in new_fields {
-            g.entry(k.clone())
-                .or_insert_with(|| field_descriptor(ty, &k));
+            g.entry(k.clone()).or_insert_with(|| field_descriptor(ty, &k));
         }
     }
     Outcome::Updated
@@ -404,11 +339,7 @@ async fn get_value(
         MetaKind::Account => store.account(&id).map(|a| &a.metadata),
     }
     .ok_or_else(|| ApiError::not_found(format!("{} not found", id_key(kind))))?;
-    Ok(Json(
-        md.field(&group.to_ascii_lowercase())
-            .field(&field.to_ascii_lowercase())
-            .to_json(),
-    ))
+    Ok(Json(md.field(&group.to_ascii_lowercase()).field(&field.to_ascii_lowercase()).to_json()))
 }
 
 async fn put_value(
@@ -426,24 +357,12 @@ async fn put_value(
     let now = state.now_ms();
     let mut store = state.inner.store.write();
     // The do-not-process and guide opt-out flags live in the built-in `pendo` group.
-    let policy = if group == "pendo" {
-        UnknownFieldPolicy::Create
-    } else {
-        policy
-    };
-    match set_one(
-        &mut store,
-        kind,
-        &group.to_ascii_lowercase(),
-        &item,
-        false,
-        policy,
-        now,
-    ) {
+    let policy = if group == "pendo" { UnknownFieldPolicy::Create } else { policy };
+    match set_one(&mut store, kind, &group.to_ascii_lowercase(), &item, false, policy, now) {
         Outcome::Updated => Ok(StatusCode::OK.into_response()),
         Outcome::Missing => Err(ApiError::not_found(format!("{} not found", id_key(kind)))),
-        Outcome::Failed => Err(ApiError::bad_request(format!(
-            "cannot set {group}.{field}: unknown field or wrong type"
-        ))),
+        Outcome::Failed => {
+            Err(ApiError::bad_request(format!("cannot set {group}.{field}: unknown field or wrong type")))
+        }
     }
 }

@@ -107,14 +107,8 @@ impl Default for PendoConfig {
     fn default() -> Self {
         PendoConfig {
             integration_keys: vec![
-                IntegrationKey {
-                    key: DEFAULT_INTEGRATION_KEY.into(),
-                    write: true,
-                },
-                IntegrationKey {
-                    key: DEFAULT_READONLY_KEY.into(),
-                    write: false,
-                },
+                IntegrationKey { key: DEFAULT_INTEGRATION_KEY.into(), write: true },
+                IntegrationKey { key: DEFAULT_READONLY_KEY.into(), write: false },
             ],
             timezone_offset_minutes: 0,
             error_format: ErrorFormat::Text,
@@ -221,32 +215,19 @@ pub fn router(state: PendoState) -> Router {
         .merge(entities::routes())
         .merge(aggregation::routes())
         .merge(metadata::routes())
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::guard,
-        ));
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard));
     Router::new()
         .merge(api)
         .nest("/__emulator", admin::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::account_and_format,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::account_and_format))
         .with_state(state)
 }
 
 /// The real service's answer to unknown paths: `404 page not found\n`, text/plain, 19 bytes.
 pub async fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; charset=utf-8",
-        )],
-        "404 page not found\n",
-    )
+    (StatusCode::NOT_FOUND, [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], "404 page not found\n")
         .into_response()
 }
 
@@ -259,9 +240,7 @@ pub async fn serve(
     state: PendoState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
 /// A running emulator on loopback, for tests and the CLI. Dropping it stops the server.
@@ -305,13 +284,7 @@ pub async fn start(addr: &str, state: PendoState) -> std::io::Result<Running> {
     let task = tokio::spawn(serve(listener, state.clone(), async move {
         let _ = rx.await;
     }));
-    Ok(Running {
-        addr: local,
-        base_url: format!("http://{local}"),
-        state,
-        stop: Some(tx),
-        task: Some(task),
-    })
+    Ok(Running { addr: local, base_url: format!("http://{local}"), state, stop: Some(tx), task: Some(task) })
 }
 
 /// Convenience for tests: an emulator with generated data on `127.0.0.1:0`.
@@ -333,10 +306,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-        }
+        ApiError { status, message: message.into() }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
@@ -360,10 +330,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (
             self.status,
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "text/plain; charset=utf-8",
-            )],
+            [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             format!("{}\n", self.message),
         )
             .into_response();

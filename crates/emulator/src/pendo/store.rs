@@ -82,15 +82,7 @@ impl EventTable {
         self.ts.is_empty()
     }
 
-    pub fn push(
-        &mut self,
-        ts: i64,
-        visitor: u32,
-        account: u32,
-        item: u32,
-        events: u32,
-        minutes: u32,
-    ) {
+    pub fn push(&mut self, ts: i64, visitor: u32, account: u32, item: u32, events: u32, minutes: u32) {
         self.ts.push(ts);
         self.visitor.push(visitor);
         self.account.push(account);
@@ -229,29 +221,19 @@ impl Store {
     }
 
     pub fn item_index(&self, kind: EventKind, id: &str) -> Option<u32> {
-        self.items(kind)
-            .iter()
-            .position(|i| &*i.id == id)
-            .map(|p| p as u32)
+        self.items(kind).iter().position(|i| &*i.id == id).map(|p| p as u32)
     }
 
     pub fn guide_index(&self, id: &str) -> Option<u32> {
-        self.guides
-            .iter()
-            .position(|g| &*g.id == id)
-            .map(|p| p as u32)
+        self.guides.iter().position(|g| &*g.id == id).map(|p| p as u32)
     }
 
     pub fn visitor(&self, id: &str) -> Option<&Visitor> {
-        self.visitor_index
-            .get(id)
-            .and_then(|&i| self.visitors.get(i as usize))
+        self.visitor_index.get(id).and_then(|&i| self.visitors.get(i as usize))
     }
 
     pub fn account(&self, id: &str) -> Option<&Account> {
-        self.account_index
-            .get(id)
-            .and_then(|&i| self.accounts.get(i as usize))
+        self.account_index.get(id).and_then(|&i| self.accounts.get(i as usize))
     }
 
     /// Adds a visitor, or returns the existing index.
@@ -367,11 +349,9 @@ pub fn base_schema(kind: MetaKind, custom: &[(&str, &str, &str)]) -> SchemaGroup
         ],
     };
     let agent: &[(&str, &str, &str)] = match kind {
-        MetaKind::Visitor => &[
-            ("email", "string", "Email"),
-            ("full_name", "string", "Full Name"),
-            ("role", "string", "Role"),
-        ],
+        MetaKind::Visitor => {
+            &[("email", "string", "Email"), ("full_name", "string", "Full Name"), ("role", "string", "Role")]
+        }
         MetaKind::Account => &[("name", "string", "Name"), ("website", "string", "Website")],
     };
     for (group, fields) in [("auto", auto), ("agent", agent), ("custom", custom)] {
@@ -381,9 +361,6 @@ pub fn base_schema(kind: MetaKind, custom: &[(&str, &str, &str)]) -> SchemaGroup
         }
     }
     let pendo = g.entry("pendo".into()).or_default();
-    pendo.insert(
-        "donotprocess".into(),
-        field_descriptor("boolean", "Do Not Process"),
-    );
+    pendo.insert("donotprocess".into(), field_descriptor("boolean", "Do Not Process"));
     g
 }

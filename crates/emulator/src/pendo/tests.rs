@@ -11,18 +11,11 @@ use super::*;
 const KEY: &str = DEFAULT_INTEGRATION_KEY;
 
 fn gen_config() -> GenConfig {
-    GenConfig {
-        seed: 7,
-        accounts: 40,
-        days: 20,
-        ..GenConfig::default()
-    }
+    GenConfig { seed: 7, accounts: 40, days: 20, ..GenConfig::default() }
 }
 
 async fn start_default() -> Running {
-    start_for_tests(PendoConfig::default(), &gen_config())
-        .await
-        .unwrap()
+    start_for_tests(PendoConfig::default(), &gen_config()).await.unwrap()
 }
 
 async fn agg(base: &str, pipeline: J) -> (u16, J) {
@@ -35,10 +28,7 @@ async fn agg(base: &str, pipeline: J) -> (u16, J) {
         .unwrap();
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(J::String(text)),
-    )
+    (status, serde_json::from_str(&text).unwrap_or(J::String(text)))
 }
 
 async fn get(base: &str, path: &str, key: Option<&str>) -> reqwest::Response {
@@ -54,45 +44,13 @@ async fn unknown_routes_and_auth() {
     let e = start_default().await;
     let r = get(&e.base_url, "/api/v1/nothing", Some(KEY)).await;
     assert_eq!(r.status(), 404);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"404 page not found\n");
-    assert_eq!(
-        get(&e.base_url, "/api/v1/visitor", Some(KEY))
-            .await
-            .status(),
-        404
-    );
-    assert_eq!(
-        get(&e.base_url, "/api/v1/feature", None).await.status(),
-        403
-    );
-    assert_eq!(
-        get(&e.base_url, "/api/v1/feature", Some("wrong"))
-            .await
-            .status(),
-        403
-    );
-    assert_eq!(
-        get(
-            &e.base_url,
-            "/api/v1/feature",
-            Some("emulator-integration-key.eu")
-        )
-        .await
-        .status(),
-        200
-    );
-    assert_eq!(
-        get(&e.base_url, "/api/v1/aggregation", Some(KEY))
-            .await
-            .status(),
-        400
-    );
+    assert_eq!(get(&e.base_url, "/api/v1/visitor", Some(KEY)).await.status(), 404);
+    assert_eq!(get(&e.base_url, "/api/v1/feature", None).await.status(), 403);
+    assert_eq!(get(&e.base_url, "/api/v1/feature", Some("wrong")).await.status(), 403);
+    assert_eq!(get(&e.base_url, "/api/v1/feature", Some("emulator-integration-key.eu")).await.status(), 200);
+    assert_eq!(get(&e.base_url, "/api/v1/aggregation", Some(KEY)).await.status(), 400);
     let usage = e.state.usage();
     assert!(usage.by_status.get(&403).copied().unwrap_or(0) >= 2);
 }
@@ -102,30 +60,23 @@ async fn throttle_sends_the_reason_phrase() {
     let cfg = PendoConfig {
         faults: faults::FaultConfig {
             rules: vec![],
-            rate_limit: Some(faults::RateLimit {
-                per_second: 0.01,
-                burst: Some(1.0),
-                retry_after_secs: Some(2),
-            }),
+            rate_limit: Some(faults::RateLimit { per_second: 0.01, burst: Some(1.0), retry_after_secs: Some(2) }),
         },
         ..PendoConfig::default()
     };
     let e = start_for_tests(cfg, &gen_config()).await.unwrap();
-    assert_eq!(
-        get(&e.base_url, "/api/v1/page", Some(KEY)).await.status(),
-        200
-    );
+    assert_eq!(get(&e.base_url, "/api/v1/page", Some(KEY)).await.status(), 200);
     // Raw HTTP/1.1 so the reason phrase itself is checked, as tap-pendo does.
     let mut s = tokio::net::TcpStream::connect(e.addr).await.unwrap();
-    s.write_all(format!("GET /api/v1/page HTTP/1.1\r\nHost: x\r\nx-pendo-integration-key: {KEY}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET /api/v1/page HTTP/1.1\r\nHost: x\r\nx-pendo-integration-key: {KEY}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
-    assert!(
-        out.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
-        "{out}"
-    );
+    assert!(out.starts_with("HTTP/1.1 429 Too Many Requests\r\n"), "{out}");
     assert!(out.to_ascii_lowercase().contains("retry-after: 2"));
 }
 
@@ -138,122 +89,45 @@ async fn injected_faults_expire() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        get(&e.base_url, "/api/v1/feature", Some(KEY))
-            .await
-            .status(),
-        503
-    );
-    assert_eq!(
-        get(&e.base_url, "/api/v1/feature", Some(KEY))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(get(&e.base_url, "/api/v1/feature", Some(KEY)).await.status(), 503);
+    assert_eq!(get(&e.base_url, "/api/v1/feature", Some(KEY)).await.status(), 200);
 }
 
 #[tokio::test]
 async fn entity_reads() {
     let e = start_default().await;
-    let features: J = get(&e.base_url, "/api/v1/feature?expand=*", Some(KEY))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let features: J = get(&e.base_url, "/api/v1/feature?expand=*", Some(KEY)).await.json().await.unwrap();
     let list = features.as_array().unwrap();
     assert!(list.len() > 10);
     assert_eq!(list[0]["kind"], "Feature");
-    let guides: J = get(&e.base_url, "/api/v1/guide", Some(KEY))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let nps = guides
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["polls"].as_array().is_some_and(|p| p.len() == 2))
-        .unwrap();
+    let guides: J = get(&e.base_url, "/api/v1/guide", Some(KEY)).await.json().await.unwrap();
+    let nps = guides.as_array().unwrap().iter().find(|g| g["polls"].as_array().is_some_and(|p| p.len() == 2)).unwrap();
     let id = nps["id"].as_str().unwrap();
-    let one: J = get(&e.base_url, &format!("/api/v1/guide?id={id}"), Some(KEY))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let one: J = get(&e.base_url, &format!("/api/v1/guide?id={id}"), Some(KEY)).await.json().await.unwrap();
     assert_eq!(one.as_array().unwrap().len(), 1);
-    assert_eq!(
-        get(
-            &e.base_url,
-            &format!("/api/v1/guide?id={id},nope"),
-            Some(KEY)
-        )
-        .await
-        .status(),
-        404
-    );
-    let (visitor_id, account_id) = e
-        .state
-        .with_store_read(|s| (s.visitors[0].id.to_string(), s.accounts[0].id.to_string()));
-    let v: J = get(
-        &e.base_url,
-        &format!("/api/v1/visitor/{visitor_id}"),
-        Some(KEY),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    assert_eq!(get(&e.base_url, &format!("/api/v1/guide?id={id},nope"), Some(KEY)).await.status(), 404);
+    let (visitor_id, account_id) =
+        e.state.with_store_read(|s| (s.visitors[0].id.to_string(), s.accounts[0].id.to_string()));
+    let v: J = get(&e.base_url, &format!("/api/v1/visitor/{visitor_id}"), Some(KEY)).await.json().await.unwrap();
     assert_eq!(v["id"], visitor_id.as_str());
     assert_eq!(v["accountIds"][0], account_id.as_str());
-    let a: J = get(
-        &e.base_url,
-        &format!("/api/v1/account/{account_id}"),
-        Some(KEY),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let a: J = get(&e.base_url, &format!("/api/v1/account/{account_id}"), Some(KEY)).await.json().await.unwrap();
     assert!(a["metadata"]["auto"]["lastupdated"].is_i64());
-    assert_eq!(
-        get(&e.base_url, "/api/v1/account/nope", Some(KEY))
-            .await
-            .status(),
-        404
-    );
-    let schema: J = get(&e.base_url, "/api/v1/metadata/schema/account", Some(KEY))
-        .await
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(get(&e.base_url, "/api/v1/account/nope", Some(KEY)).await.status(), 404);
+    let schema: J = get(&e.base_url, "/api/v1/metadata/schema/account", Some(KEY)).await.json().await.unwrap();
     assert_eq!(schema["custom"]["sfdcaccountid"]["Type"], "string");
-    let odd: J = get(
-        &e.base_url,
-        "/api/v1/metadata/schema/AccountMetadata",
-        Some(KEY),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let odd: J = get(&e.base_url, "/api/v1/metadata/schema/AccountMetadata", Some(KEY)).await.json().await.unwrap();
     assert_eq!(odd, json!({}));
     // History: one day of a visitor that was active.
     let (vid, day) = e.state.with_store_read(|s| {
         let t = &s.page_rows;
-        (
-            s.visitors[t.visitor[0] as usize].id.to_string(),
-            generate::local_midnight(t.ts[0], 0),
-        )
+        (s.visitors[t.visitor[0] as usize].id.to_string(), generate::local_midnight(t.ts[0], 0))
     });
-    let h: J = get(
-        &e.base_url,
-        &format!("/api/v1/visitor/{vid}/history?starttime={day}"),
-        Some(KEY),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let h: J = get(&e.base_url, &format!("/api/v1/visitor/{vid}/history?starttime={day}"), Some(KEY))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert!(!h.as_array().unwrap().is_empty());
     assert!(h[0]["ts"].as_i64().unwrap() >= day);
 }
@@ -266,10 +140,7 @@ async fn tap_pendo_paging_patterns() {
     let mut seen = Vec::new();
     let mut last = String::new();
     loop {
-        let filter = format!(
-            "visitorId>\"{}\"",
-            last.replace('\\', "\\\\").replace('"', "\\\"")
-        );
+        let filter = format!("visitorId>\"{}\"", last.replace('\\', "\\\\").replace('"', "\\\""));
         let (st, out) = agg(base, json!([{"source": {"visitors": {"identified": true}}}, {"sort": ["visitorId"]}, {"filter": filter}, {"limit": 25}])).await;
         assert_eq!(st, 200, "{out}");
         let rows = out["results"].as_array().unwrap().clone();
@@ -282,12 +153,7 @@ async fn tap_pendo_paging_patterns() {
         }
         last = seen.last().cloned().unwrap();
     }
-    let identified = e.state.with_store_read(|s| {
-        s.visitors
-            .iter()
-            .filter(|v| !store::is_anonymous(&v.id))
-            .count()
-    });
+    let identified = e.state.with_store_read(|s| s.visitors.iter().filter(|v| !store::is_anonymous(&v.id)).count());
     assert_eq!(seen.len(), identified);
     let (_, c) = agg(base, json!([{"source": {"visitors": {"identified": true}}}, {"sort": ["visitorId"]}, {"filter": "visitorId>\"\""}, {"limit": 100000}, {"count": null}])).await;
     assert_eq!(c["results"][0]["count"], identified);
@@ -306,10 +172,7 @@ async fn tap_pendo_paging_patterns() {
     let out: J = r.json().await.unwrap();
     let rows = out["results"].as_array().unwrap();
     assert_eq!(rows.len(), 40);
-    let ts: Vec<i64> = rows
-        .iter()
-        .map(|r| r["metadata"]["auto"]["lastupdated"].as_i64().unwrap())
-        .collect();
+    let ts: Vec<i64> = rows.iter().map(|r| r["metadata"]["auto"]["lastupdated"].as_i64().unwrap()).collect();
     assert!(ts.windows(2).all(|w| w[0] <= w[1]));
 
     // Events with tap's body: every row carries `day`.
@@ -318,20 +181,11 @@ async fn tap_pendo_paging_patterns() {
     assert_eq!(st, 200);
     let rows = out["results"].as_array().unwrap();
     assert!(!rows.is_empty());
-    assert!(
-        rows.iter()
-            .all(|r| r["day"].is_i64() && r["numEvents"].is_i64() && r["pageId"].is_string())
-    );
+    assert!(rows.iter().all(|r| r["day"].is_i64() && r["numEvents"].is_i64() && r["pageId"].is_string()));
     // Poll events keyed on browserTime.
     let (st, out) = agg(base, json!([{"source": {"pollEvents": {"appId": "expandAppIds(\"*\")"}, "timeSeries": {"period": "dayRange", "first": 1, "last": "now()"}}}, {"sort": ["browserTime"]}, {"filter": "browserTime>=1"}, {"limit": 100000}])).await;
     assert_eq!(st, 200);
-    assert!(
-        out["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["browserTime"].is_i64() && r["pollId"].is_string())
-    );
+    assert!(out["results"].as_array().unwrap().iter().all(|r| r["browserTime"].is_i64() && r["pollId"].is_string()));
 }
 
 #[tokio::test]
@@ -339,20 +193,21 @@ async fn operators_and_errors() {
     let e = start_default().await;
     let base = &e.base_url;
     let ts = json!({"period": "dayRange", "first": "now()", "count": -20});
-    let (st, out) = agg(base, json!([
-        {"source": {"events": null, "timeSeries": ts}},
-        {"identified": "visitorId"},
-        {"group": {"group": ["accountId", "visitorId"], "fields": [{"n": {"count": null}}]}},
-        {"group": {"group": ["accountId"], "fields": {"visitors": {"count": "visitorId"}, "rows": {"sum": "n"}}}},
-        {"sort": ["-visitors", "accountId"]}, {"limit": 3}
-    ])).await;
+    let (st, out) = agg(
+        base,
+        json!([
+            {"source": {"events": null, "timeSeries": ts}},
+            {"identified": "visitorId"},
+            {"group": {"group": ["accountId", "visitorId"], "fields": [{"n": {"count": null}}]}},
+            {"group": {"group": ["accountId"], "fields": {"visitors": {"count": "visitorId"}, "rows": {"sum": "n"}}}},
+            {"sort": ["-visitors", "accountId"]}, {"limit": 3}
+        ]),
+    )
+    .await;
     assert_eq!(st, 200, "{out}");
     let rows = out["results"].as_array().unwrap();
     assert!(rows.len() <= 3 && !rows.is_empty());
-    assert!(
-        rows.windows(2)
-            .all(|w| w[0]["visitors"].as_i64() >= w[1]["visitors"].as_i64())
-    );
+    assert!(rows.windows(2).all(|w| w[0]["visitors"].as_i64() >= w[1]["visitors"].as_i64()));
     // eval, select, unwind, bulkExpand, reduce, merge.
     let (st, out) = agg(
         base,
@@ -400,7 +255,11 @@ async fn operators_and_errors() {
     ])).await;
     assert_eq!(st, 200, "{out}");
     assert!(out["results"][0]["count"].as_i64().unwrap() > 0);
-    let (st, out) = agg(base, json!([{"source": {"visitors": null}}, {"segment": {"id": "seg-enterprise-users"}}, {"count": null}])).await;
+    let (st, out) = agg(
+        base,
+        json!([{"source": {"visitors": null}}, {"segment": {"id": "seg-enterprise-users"}}, {"count": null}]),
+    )
+    .await;
     assert_eq!(st, 200, "{out}");
     // Errors: 400 with a message, never a panic.
     for bad in [
@@ -445,13 +304,7 @@ async fn metadata_writes_are_visible_and_counted() {
     let e = start_default().await;
     let base = &e.base_url;
     let c = reqwest::Client::new();
-    let ids: Vec<String> = e.state.with_store_read(|s| {
-        s.accounts
-            .iter()
-            .take(2)
-            .map(|a| a.id.to_string())
-            .collect()
-    });
+    let ids: Vec<String> = e.state.with_store_read(|s| s.accounts.iter().take(2).map(|a| a.id.to_string()).collect());
     let body = json!([
         {"accountId": ids[0], "values": {"sfdcaccountid": "001Dn0000000001AAA", "arr": 125000}},
         {"accountId": ids[1], "values": {"arr": "not a number"}},
@@ -467,30 +320,14 @@ async fn metadata_writes_are_visible_and_counted() {
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        r,
-        json!({"total": 3, "updated": 1, "failed": 1, "missing": ["does-not-exist"]})
-    );
-    let (_, out) = agg(
-        base,
-        json!([{"source": {"accounts": null}}, {"filter": format!("accountId == \"{}\"", ids[0])}]),
-    )
-    .await;
-    assert_eq!(
-        out["results"][0]["metadata"]["custom"]["sfdcaccountid"],
-        "001Dn0000000001AAA"
-    );
-    assert!(
-        out["results"][0]["metadata"]["auto"]["lastupdated"]
-            .as_i64()
-            .unwrap()
-            >= e.state.now_ms() - 60_000
-    );
+    assert_eq!(r, json!({"total": 3, "updated": 1, "failed": 1, "missing": ["does-not-exist"]}));
+    let (_, out) =
+        agg(base, json!([{"source": {"accounts": null}}, {"filter": format!("accountId == \"{}\"", ids[0])}])).await;
+    assert_eq!(out["results"][0]["metadata"]["custom"]["sfdcaccountid"], "001Dn0000000001AAA");
+    assert!(out["results"][0]["metadata"]["auto"]["lastupdated"].as_i64().unwrap() >= e.state.now_ms() - 60_000);
     // create=true creates the missing account.
     let r: J = c
-        .post(format!(
-            "{base}/api/v1/metadata/account/custom/value?create=true"
-        ))
+        .post(format!("{base}/api/v1/metadata/account/custom/value?create=true"))
         .header("x-pendo-integration-key", KEY)
         .json(&json!([{"accountId": "brand-new", "values": {"plan": "pro"}}]))
         .send()
@@ -503,24 +340,10 @@ async fn metadata_writes_are_visible_and_counted() {
     // Single value GET/PUT; read-only key is refused.
     let url = format!("{base}/api/v1/metadata/account/custom/value/brand-new/plan");
     assert_eq!(
-        c.put(&url)
-            .header("x-pendo-integration-key", KEY)
-            .body("\"enterprise\"")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        c.put(&url).header("x-pendo-integration-key", KEY).body("\"enterprise\"").send().await.unwrap().status(),
         200
     );
-    let v: J = c
-        .get(&url)
-        .header("x-pendo-integration-key", KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: J = c.get(&url).header("x-pendo-integration-key", KEY).send().await.unwrap().json().await.unwrap();
     assert_eq!(v, json!("enterprise"));
     assert_eq!(
         c.put(&url)
@@ -562,27 +385,18 @@ async fn webhooks_are_signed_retried_and_recorded() {
     let h = hits.clone();
     let app = axum::Router::new().route(
         "/hook",
-        post(
-            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                let h = h.clone();
-                async move {
-                    let mut l = h.lock();
-                    l.push((
-                        headers
-                            .get("x-pendo-signature")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_string),
-                        body.to_vec(),
-                    ));
-                    // Fail the first delivery to exercise retries.
-                    if l.len() == 1 {
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE
-                    } else {
-                        axum::http::StatusCode::OK
-                    }
-                }
-            },
-        ),
+        post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let h = h.clone();
+            async move {
+                let mut l = h.lock();
+                l.push((
+                    headers.get("x-pendo-signature").and_then(|v| v.to_str().ok()).map(str::to_string),
+                    body.to_vec(),
+                ));
+                // Fail the first delivery to exercise retries.
+                if l.len() == 1 { axum::http::StatusCode::SERVICE_UNAVAILABLE } else { axum::http::StatusCode::OK }
+            }
+        }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -597,18 +411,19 @@ async fn webhooks_are_signed_retried_and_recorded() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let (vid, aid) = e
+    let (vid, aid) = e.state.with_store_read(|s| (s.visitors[0].id.to_string(), s.accounts[0].id.to_string()));
+    let polls_before = e
         .state
-        .with_store_read(|s| (s.visitors[0].id.to_string(), s.accounts[0].id.to_string()));
-    let polls_before = e.state.with_store_read(|s| {
-        s.guide_events
-            .iter()
-            .filter(|g| g.kind == store::GuideEventType::PollResponse)
-            .count()
-    });
-    let r: J = c.post(format!("{}/__emulator/webhooks/fire", e.base_url))
+        .with_store_read(|s| s.guide_events.iter().filter(|g| g.kind == store::GuideEventType::PollResponse).count());
+    let r: J = c
+        .post(format!("{}/__emulator/webhooks/fire", e.base_url))
         .json(&json!({"event": "npsSubmitted", "visitorId": vid, "accountId": aid, "rating": 3, "reason": "slow"}))
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let uid = r["uniqueId"].as_str().unwrap().to_string();
     assert_eq!(uid.len(), 40);
     for _ in 0..100 {
@@ -620,62 +435,29 @@ async fn webhooks_are_signed_retried_and_recorded() {
     let l = hits.lock().clone();
     assert_eq!(l.len(), 2);
     let (sig, body) = &l[1];
-    assert_eq!(
-        sig.as_deref(),
-        Some(webhooks::sign("s3cret", body).as_str())
-    );
+    assert_eq!(sig.as_deref(), Some(webhooks::sign("s3cret", body).as_str()));
     let payload: J = serde_json::from_slice(body).unwrap();
     assert_eq!(payload["event"], "npsSubmitted");
     assert_eq!(payload["properties"]["nps"]["rating"], 3);
     assert_eq!(payload["uniqueId"], uid.as_str());
     // The answer is also visible to polling.
-    let polls_after = e.state.with_store_read(|s| {
-        s.guide_events
-            .iter()
-            .filter(|g| g.kind == store::GuideEventType::PollResponse)
-            .count()
-    });
+    let polls_after = e
+        .state
+        .with_store_read(|s| s.guide_events.iter().filter(|g| g.kind == store::GuideEventType::PollResponse).count());
     assert_eq!(polls_after, polls_before + 2);
-    let d: J = c
-        .get(format!("{}/__emulator/webhooks", e.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: J = c.get(format!("{}/__emulator/webhooks", e.base_url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(d["deliveries"][0]["delivered"], true);
     assert_eq!(d["deliveries"][0]["attempts"], 2);
 }
 
 #[tokio::test]
 async fn admin_seed_reset_and_org() {
-    let e = start_for_tests(
-        PendoConfig::default(),
-        &GenConfig {
-            accounts: 5,
-            ..gen_config()
-        },
-    )
-    .await
-    .unwrap();
+    let e = start_for_tests(PendoConfig::default(), &GenConfig { accounts: 5, ..gen_config() }).await.unwrap();
     let c = reqwest::Client::new();
     let base = &e.base_url;
-    let r = c
-        .post(format!("{base}/__emulator/reset"))
-        .body("")
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(format!("{base}/__emulator/reset")).body("").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let org: J = c
-        .get(format!("{base}/__emulator/salesforce-org"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let org: J = c.get(format!("{base}/__emulator/salesforce-org")).send().await.unwrap().json().await.unwrap();
     assert!(org["Account"].as_array().unwrap().len() >= 4);
     let seed = json!({
         "accounts": [{"accountId": "acme", "metadata": {"agent": {"name": "Acme"}}}],
@@ -683,12 +465,7 @@ async fn admin_seed_reset_and_org() {
         "features": [{"id": "featX", "name": "X"}],
         "events": [{"kind": "feature", "id": "featX", "visitorId": "ann@acme.com", "accountId": "acme", "time": e.state.now_ms() - 3_600_000, "numEvents": 4}]
     });
-    let r = c
-        .post(format!("{base}/__emulator/seed"))
-        .json(&seed)
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(format!("{base}/__emulator/seed")).json(&seed).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let (_, out) = agg(base, json!([{"source": {"featureEvents": {"featureId": "featX"}, "timeSeries": {"period": "hourRange", "first": "now()", "count": -3}}}])).await;
     assert_eq!(out["results"][0]["numEvents"], 4);
@@ -700,21 +477,8 @@ async fn admin_seed_reset_and_org() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
-    let accounts: J = c
-        .get(format!("{base}/__emulator/accounts"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        accounts
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a["accountId"] == "acme")
-    );
+    let accounts: J = c.get(format!("{base}/__emulator/accounts")).send().await.unwrap().json().await.unwrap();
+    assert!(accounts.as_array().unwrap().iter().any(|a| a["accountId"] == "acme"));
     let r: J = c
         .put(format!("{base}/__emulator/clock"))
         .json(&json!({"now": 1_700_000_000_000i64}))
@@ -729,10 +493,7 @@ async fn admin_seed_reset_and_org() {
 
 #[test]
 fn fast_group_matches_general_group() {
-    let g = generate::generate(&GenConfig {
-        anchor_day_ms: Some(1_767_225_600_000),
-        ..gen_config()
-    });
+    let g = generate::generate(&GenConfig { anchor_day_ms: Some(1_767_225_600_000), ..gen_config() });
     let store = g.store;
     let pipeline = |extra: J| {
         json!([
@@ -744,10 +505,8 @@ fn fast_group_matches_general_group() {
     };
     let now = 1_767_225_600_000;
     // The `eval` turns rows into documents, which forces the general path.
-    let (_, fast, _, _) =
-        aggregation::execute(&store, &pipeline(json!({"cat": null})), now, 0, true).unwrap();
-    let (_, slow, _, _) =
-        aggregation::execute(&store, &pipeline(json!({"eval": {"z": "1"}})), now, 0, true).unwrap();
+    let (_, fast, _, _) = aggregation::execute(&store, &pipeline(json!({"cat": null})), now, 0, true).unwrap();
+    let (_, slow, _, _) = aggregation::execute(&store, &pipeline(json!({"eval": {"z": "1"}})), now, 0, true).unwrap();
     let ctx = aggregation::row::Ctx {
         store: &store,
         period: aggregation::row::Period::Day,
@@ -756,14 +515,8 @@ fn fast_group_matches_general_group() {
         app_ids: vec![],
         count_distinct: true,
     };
-    let a: Vec<J> = fast
-        .iter()
-        .map(|r| val::Val::Obj(r.materialize(&ctx)).to_json())
-        .collect();
-    let b: Vec<J> = slow
-        .iter()
-        .map(|r| val::Val::Obj(r.materialize(&ctx)).to_json())
-        .collect();
+    let a: Vec<J> = fast.iter().map(|r| val::Val::Obj(r.materialize(&ctx)).to_json()).collect();
+    let b: Vec<J> = slow.iter().map(|r| val::Val::Obj(r.materialize(&ctx)).to_json()).collect();
     assert!(!a.is_empty());
     assert_eq!(a, b);
 }

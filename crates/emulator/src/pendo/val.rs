@@ -91,10 +91,7 @@ impl Val {
         match self {
             Val::Arr(a) => {
                 let idx = if i < 0 { a.len() as i64 + i } else { i };
-                usize::try_from(idx)
-                    .ok()
-                    .and_then(|i| a.get(i))
-                    .unwrap_or(&NULL)
+                usize::try_from(idx).ok().and_then(|i| a.get(i)).unwrap_or(&NULL)
             }
             _ => &NULL,
         }
@@ -113,9 +110,7 @@ impl Val {
                 obj.insert(dotted.to_string(), value);
             }
             Some((head, rest)) => {
-                let entry = obj
-                    .entry(head.to_string())
-                    .or_insert_with(|| Val::obj(Obj::new()));
+                let entry = obj.entry(head.to_string()).or_insert_with(|| Val::obj(Obj::new()));
                 if !matches!(entry, Val::Obj(_)) {
                     *entry = Val::obj(Obj::new());
                 }
@@ -180,13 +175,9 @@ impl Val {
             (Val::Int(a), Val::Int(b)) => a == b,
             (Val::Str(a), Val::Str(b)) => a == b,
             (a, b) if a.as_f64().is_some() && b.as_f64().is_some() => a.as_f64() == b.as_f64(),
-            (Val::Arr(a), Val::Arr(b)) => {
-                a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.loose_eq(y))
-            }
+            (Val::Arr(a), Val::Arr(b)) => a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.loose_eq(y)),
             (Val::Obj(a), Val::Obj(b)) => {
-                a.len() == b.len()
-                    && a.iter()
-                        .all(|(k, v)| b.get(k).is_some_and(|w| v.loose_eq(w)))
+                a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.loose_eq(w)))
             }
             _ => false,
         }
@@ -197,14 +188,12 @@ impl Val {
             Val::Null => serde_json::Value::Null,
             Val::Bool(b) => serde_json::Value::Bool(*b),
             Val::Int(i) => serde_json::Value::from(*i),
-            Val::Float(f) => serde_json::Number::from_f64(*f)
-                .map(serde_json::Value::Number)
-                .unwrap_or(serde_json::Value::Null),
+            Val::Float(f) => {
+                serde_json::Number::from_f64(*f).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null)
+            }
             Val::Str(s) => serde_json::Value::String(s.to_string()),
             Val::Arr(a) => serde_json::Value::Array(a.iter().map(Val::to_json).collect()),
-            Val::Obj(o) => {
-                serde_json::Value::Object(o.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
-            }
+            Val::Obj(o) => serde_json::Value::Object(o.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
         }
     }
 }
@@ -220,9 +209,7 @@ impl From<&serde_json::Value> for Val {
             },
             serde_json::Value::String(s) => Val::str(s),
             serde_json::Value::Array(a) => Val::arr(a.iter().map(Val::from).collect()),
-            serde_json::Value::Object(o) => {
-                Val::obj(o.iter().map(|(k, v)| (k.clone(), Val::from(v))).collect())
-            }
+            serde_json::Value::Object(o) => Val::obj(o.iter().map(|(k, v)| (k.clone(), Val::from(v))).collect()),
         }
     }
 }
@@ -316,11 +303,7 @@ impl Hash for HKey {
                 }
                 Val::Float(f) => {
                     2u8.hash(state);
-                    if f.fract() == 0.0 && f.abs() < 9.0e18 {
-                        (*f as i64).hash(state)
-                    } else {
-                        f.to_bits().hash(state)
-                    }
+                    if f.fract() == 0.0 && f.abs() < 9.0e18 { (*f as i64).hash(state) } else { f.to_bits().hash(state) }
                 }
                 Val::Str(s) => {
                     3u8.hash(state);

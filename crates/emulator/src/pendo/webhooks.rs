@@ -179,9 +179,7 @@ fn guide_props(store: &Store, g: usize) -> J {
 }
 
 fn nps_guide(store: &Store) -> Option<usize> {
-    store.guides.iter().position(|g| {
-        g.doc.field("polls").at(0).path("attributes.type").as_str() == Some("NPSRating")
-    })
+    store.guides.iter().position(|g| g.doc.field("polls").at(0).path("attributes.type").as_str() == Some("NPSRating"))
 }
 
 fn ensure_entities(store: &mut Store, visitor: &str, account: &str, now: i64) -> (u32, u32) {
@@ -193,25 +191,13 @@ fn ensure_entities(store: &mut Store, visitor: &str, account: &str, now: i64) ->
         if let super::val::Val::Obj(o) = &mut v.metadata {
             let o = Arc::make_mut(o);
             super::val::Val::set_path(o, "auto.accountid", super::val::Val::str(account));
-            super::val::Val::set_path(
-                o,
-                "auto.accountids",
-                super::val::Val::arr(vec![super::val::Val::str(account)]),
-            );
+            super::val::Val::set_path(o, "auto.accountids", super::val::Val::arr(vec![super::val::Val::str(account)]));
         }
         store.upsert_visitor(v);
     }
     (
-        store
-            .visitor_index
-            .get(visitor)
-            .copied()
-            .unwrap_or(NONE_U32),
-        store
-            .account_index
-            .get(account)
-            .copied()
-            .unwrap_or(NONE_U32),
+        store.visitor_index.get(visitor).copied().unwrap_or(NONE_U32),
+        store.account_index.get(account).copied().unwrap_or(NONE_U32),
     )
 }
 
@@ -223,10 +209,7 @@ pub fn fire(state: &PendoState, req: FireRequest) -> ApiResult<J> {
     let event = canonical_event(&req.event)
         .ok_or_else(|| ApiError::bad_request(format!("unknown webhook event {:?}", req.event)))?;
     let config = state.inner.webhooks.config().ok_or_else(|| {
-        ApiError::new(
-            axum::http::StatusCode::CONFLICT,
-            "no webhook target configured (PUT /__emulator/webhooks)",
-        )
+        ApiError::new(axum::http::StatusCode::CONFLICT, "no webhook target configured (PUT /__emulator/webhooks)")
     })?;
     let now = req.time.unwrap_or_else(|| state.now_ms());
     let visitor = req.visitor_id.clone().unwrap_or_default();
@@ -247,35 +230,19 @@ pub fn fire(state: &PendoState, req: FireRequest) -> ApiResult<J> {
             if store.account(&account).is_none() {
                 store.upsert_account(super::metadata::new_account(&account, now));
             }
-            (
-                NONE_U32,
-                store
-                    .account_index
-                    .get(account.as_str())
-                    .copied()
-                    .unwrap_or(NONE_U32),
-            )
+            (NONE_U32, store.account_index.get(account.as_str()).copied().unwrap_or(NONE_U32))
         };
-        let channel: &'static str = if req.source.as_deref() == Some("email") {
-            "email"
-        } else {
-            "web"
-        };
+        let channel: &'static str = if req.source.as_deref() == Some("email") { "email" } else { "web" };
         let guide = match &req.guide_id {
-            Some(g) => Some(
-                store
-                    .guide_index(g)
-                    .ok_or_else(|| ApiError::bad_request(format!("unknown guide {g}")))?
-                    as usize,
-            ),
+            Some(g) => {
+                Some(store.guide_index(g).ok_or_else(|| ApiError::bad_request(format!("unknown guide {g}")))? as usize)
+            }
             None => match event {
                 "npsSubmitted" | "npsDisplayed" => nps_guide(&store),
                 "pollSubmitted" | "pollDisplayed" => store.guides.iter().position(|g| {
                     !g.poll_ids.is_empty()
                         && Some(g.id.as_ref())
-                            != nps_guide(&store)
-                                .and_then(|n| store.guides.get(n))
-                                .map(|x| x.id.as_ref())
+                            != nps_guide(&store).and_then(|n| store.guides.get(n)).map(|x| x.id.as_ref())
                 }),
                 "guideDisplayed" => (!store.guides.is_empty()).then_some(0),
                 _ => None,
@@ -284,10 +251,7 @@ pub fn fire(state: &PendoState, req: FireRequest) -> ApiResult<J> {
         if let Some(g) = guide {
             let gd = &store.guides[g];
             properties.insert("guideId".into(), json!(gd.id.as_ref()));
-            properties.insert(
-                "guideStepId".into(),
-                json!(gd.step_ids.first().map(|s| s.as_ref())),
-            );
+            properties.insert("guideStepId".into(), json!(gd.step_ids.first().map(|s| s.as_ref())));
             properties.insert("language".into(), json!("en-US"));
             properties.insert("guideProperties".into(), guide_props(&store, g));
         }
@@ -308,40 +272,31 @@ pub fn fire(state: &PendoState, req: FireRequest) -> ApiResult<J> {
         };
         match event {
             "npsSubmitted" => {
-                let rating = req
-                    .rating
-                    .ok_or_else(|| ApiError::bad_request("rating is required for npsSubmitted"))?;
+                let rating = req.rating.ok_or_else(|| ApiError::bad_request("rating is required for npsSubmitted"))?;
                 if !(0..=10).contains(&rating) {
                     return Err(ApiError::bad_request("rating must be 0..=10"));
                 }
                 let reason = req.reason.clone().unwrap_or_default();
-                properties.insert(
-                    "nps".into(),
-                    json!({"rating": rating, "reason": reason, "source": channel}),
-                );
+                properties.insert("nps".into(), json!({"rating": rating, "reason": reason, "source": channel}));
                 push(&mut store, 0, super::val::Val::Int(rating), now);
                 push(&mut store, 1, super::val::Val::from(reason), now + 50);
             }
             "pollSubmitted" => {
-                let response = req.response.clone().ok_or_else(|| {
-                    ApiError::bad_request("response is required for pollSubmitted")
-                })?;
+                let response = req
+                    .response
+                    .clone()
+                    .ok_or_else(|| ApiError::bad_request("response is required for pollSubmitted"))?;
                 let poll_idx = match (&req.poll_id, guide) {
                     (Some(p), Some(g)) => store.guides[g]
                         .poll_ids
                         .iter()
                         .position(|x| **x == **p)
-                        .ok_or_else(|| {
-                        ApiError::bad_request(format!("unknown poll {p}"))
-                    })? as u32,
+                        .ok_or_else(|| ApiError::bad_request(format!("unknown poll {p}")))?
+                        as u32,
                     _ => 0,
                 };
-                let poll_id = guide.and_then(|g| {
-                    store.guides[g]
-                        .poll_ids
-                        .get(poll_idx as usize)
-                        .map(|p| p.to_string())
-                });
+                let poll_id =
+                    guide.and_then(|g| store.guides[g].poll_ids.get(poll_idx as usize).map(|p| p.to_string()));
                 properties.insert("pollId".into(), json!(poll_id));
                 properties.insert("pollResponse".into(), response.clone());
                 push(&mut store, poll_idx, super::val::Val::from(&response), now);
@@ -350,12 +305,7 @@ pub fn fire(state: &PendoState, req: FireRequest) -> ApiResult<J> {
         }
         store.sort_events();
     }
-    if !config.events.is_empty()
-        && !config
-            .events
-            .iter()
-            .any(|e| canonical_event(e) == Some(event))
-    {
+    if !config.events.is_empty() && !config.events.iter().any(|e| canonical_event(e) == Some(event)) {
         return Ok(json!({"delivered": false, "reason": "event not subscribed"}));
     }
     let unique_id = req.unique_id.clone().unwrap_or_else(|| {
@@ -381,35 +331,16 @@ pub fn fire(state: &PendoState, req: FireRequest) -> ApiResult<J> {
     }
     let body = serde_json::to_vec(&payload).map_err(|e| ApiError::bad_request(e.to_string()))?;
     for _ in 0..req.repeat.unwrap_or(1).clamp(1, 20) {
-        spawn_delivery(
-            state.clone(),
-            config.clone(),
-            event.to_string(),
-            unique_id.clone(),
-            body.clone(),
-        );
+        spawn_delivery(state.clone(), config.clone(), event.to_string(), unique_id.clone(), body.clone());
     }
     Ok(json!({"uniqueId": unique_id, "payload": payload}))
 }
 
-fn spawn_delivery(
-    state: PendoState,
-    config: WebhookConfig,
-    event: String,
-    unique_id: String,
-    body: Vec<u8>,
-) {
+fn spawn_delivery(state: PendoState, config: WebhookConfig, event: String, unique_id: String, body: Vec<u8>) {
     let log = state.inner.webhooks.log.clone();
     let idx = {
         let mut l = log.lock();
-        l.push(Delivery {
-            unique_id,
-            event,
-            attempts: 0,
-            last_status: None,
-            delivered: false,
-            error: None,
-        });
+        l.push(Delivery { unique_id, event, attempts: 0, last_status: None, delivered: false, error: None });
         l.len() - 1
     };
     tokio::spawn(async move {
@@ -433,9 +364,7 @@ fn spawn_delivery(
                 return;
             }
             if attempt < attempts {
-                let backoff = config
-                    .backoff_ms
-                    .saturating_mul(1u64 << (attempt - 1).min(10));
+                let backoff = config.backoff_ms.saturating_mul(1u64 << (attempt - 1).min(10));
                 tokio::time::sleep(Duration::from_millis(backoff)).await;
             }
         }
@@ -460,30 +389,18 @@ async fn post_once(config: &WebhookConfig, body: &[u8]) -> Result<u16, String> {
         body.len()
     );
     if let Some(secret) = &config.secret {
-        head.push_str(&format!(
-            "{}: {}{}\r\n",
-            config.signature_header,
-            config.signature_prefix,
-            sign(secret, body)
-        ));
+        head.push_str(&format!("{}: {}{}\r\n", config.signature_header, config.signature_prefix, sign(secret, body)));
     }
     head.push_str("\r\n");
     let timeout = Duration::from_millis(config.timeout_ms.max(1));
     let fut = async {
-        let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        s.write_all(head.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
+        let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("connect: {e}"))?;
+        s.write_all(head.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
         s.write_all(body).await.map_err(|e| format!("write: {e}"))?;
         let mut buf = vec![0u8; 1024];
         let mut got = 0;
         while got < buf.len() {
-            let n = s
-                .read(&mut buf[got..])
-                .await
-                .map_err(|e| format!("read: {e}"))?;
+            let n = s.read(&mut buf[got..]).await.map_err(|e| format!("read: {e}"))?;
             if n == 0 {
                 break;
             }
@@ -497,17 +414,10 @@ async fn post_once(config: &WebhookConfig, body: &[u8]) -> Result<u16, String> {
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| {
-                format!(
-                    "malformed response status line {:?}",
-                    line.lines().next().unwrap_or("")
-                )
-            })?;
+            .ok_or_else(|| format!("malformed response status line {:?}", line.lines().next().unwrap_or("")))?;
         Ok(status)
     };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| "timed out".to_string())?
+    tokio::time::timeout(timeout, fut).await.map_err(|_| "timed out".to_string())?
 }
 
 #[cfg(test)]

@@ -118,10 +118,7 @@ impl Path {
     pub fn parse(s: &str) -> Result<Path, ParseError> {
         match parse(s)? {
             Expr::Path(p) => Ok(p),
-            _ => Err(ParseError {
-                pos: 0,
-                msg: format!("expected a field path, got {s:?}"),
-            }),
+            _ => Err(ParseError { pos: 0, msg: format!("expected a field path, got {s:?}") }),
         }
     }
 
@@ -249,10 +246,7 @@ fn lex(src: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
     let b = src.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
-    let err = |pos: usize, msg: &str| ParseError {
-        pos,
-        msg: msg.to_string(),
-    };
+    let err = |pos: usize, msg: &str| ParseError { pos, msg: msg.to_string() };
     while i < b.len() {
         let c = b[i];
         let start = i;
@@ -328,9 +322,7 @@ fn lex(src: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
                 i += end + 2;
             }
             b'0'..=b'9' | b'.' => {
-                while i < b.len()
-                    && (b[i].is_ascii_digit() || b[i] == b'.' || b[i] == b'e' || b[i] == b'E')
-                {
+                while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.' || b[i] == b'e' || b[i] == b'E') {
                     if (b[i] == b'e' || b[i] == b'E') && matches!(b.get(i + 1), Some(b'-' | b'+')) {
                         i += 1;
                     }
@@ -351,8 +343,7 @@ fn lex(src: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
                 }
             }
             c if c.is_ascii_alphabetic() || c == b'_' || c == b'$' => {
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$')
-                {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$') {
                     i += 1;
                 }
                 out.push((start, Tok::Ident(src[start..i].to_string())));
@@ -415,18 +406,10 @@ const MAX_DEPTH: usize = 200;
 
 pub fn parse(src: &str) -> Result<Expr, ParseError> {
     let toks = lex(src)?;
-    let mut p = Parser {
-        toks,
-        pos: 0,
-        end: src.len(),
-        depth: 0,
-    };
+    let mut p = Parser { toks, pos: 0, end: src.len(), depth: 0 };
     let e = p.expr(0)?;
     if let Some((at, t)) = p.toks.get(p.pos) {
-        return Err(ParseError {
-            pos: *at,
-            msg: format!("unexpected {t:?} after expression"),
-        });
+        return Err(ParseError { pos: *at, msg: format!("unexpected {t:?} after expression") });
     }
     Ok(e)
 }
@@ -459,10 +442,7 @@ impl Parser {
         self.toks.get(self.pos).map_or(self.end, |(p, _)| *p)
     }
     fn err<T>(&self, msg: impl Into<String>) -> Result<T, ParseError> {
-        Err(ParseError {
-            pos: self.at(),
-            msg: msg.into(),
-        })
+        Err(ParseError { pos: self.at(), msg: msg.into() })
     }
     fn next(&mut self) -> Option<Tok> {
         let t = self.toks.get(self.pos).map(|(_, t)| t.clone());
@@ -560,10 +540,7 @@ impl Parser {
                         self.pos += 1;
                     }
                     if args.len() < min || args.len() > max {
-                        return self.err(format!(
-                            "{name}() takes {min}..={max} arguments, got {}",
-                            args.len()
-                        ));
+                        return self.err(format!("{name}() takes {min}..={max} arguments, got {}", args.len()));
                     }
                     return Ok(Expr::Call(func, args));
                 }
@@ -573,11 +550,7 @@ impl Parser {
                     "null" => return Ok(Expr::Lit(Val::Null)),
                     _ => {}
                 }
-                let mut path = Path {
-                    col: Col::of(&name),
-                    head: name,
-                    rest: Vec::new(),
-                };
+                let mut path = Path { col: Col::of(&name), head: name, rest: Vec::new() };
                 loop {
                     match self.peek() {
                         Some(Tok::Dot) => {
@@ -725,11 +698,7 @@ fn arith(op: BinOp, a: Val, b: Val) -> Val {
         BinOp::Rem if y != 0.0 => x % y,
         _ => return Val::Null,
     };
-    if r.is_finite() {
-        Val::Float(r)
-    } else {
-        Val::Null
-    }
+    if r.is_finite() { Val::Float(r) } else { Val::Null }
 }
 
 fn fnv(s: &str) -> i64 {
@@ -765,11 +734,7 @@ fn date_add(env: &Env, t: i64, n: i64, unit: &str) -> Val {
         "day" => 86_400_000,
         "week" => 7 * 86_400_000,
         "month" | "year" => {
-            let months = if unit == "year" {
-                n.saturating_mul(12)
-            } else {
-                n
-            };
+            let months = if unit == "year" { n.saturating_mul(12) } else { n };
             let Some(local) = chrono::DateTime::from_timestamp_millis(t + env.tz_ms) else {
                 return Val::Null;
             };
@@ -782,15 +747,11 @@ fn date_add(env: &Env, t: i64, n: i64, unit: &str) -> Val {
             } else {
                 naive.checked_sub_months(chrono::Months::new(months32.unsigned_abs()))
             };
-            return shifted.map_or(Val::Null, |d| {
-                Val::Int(d.and_utc().timestamp_millis() - env.tz_ms)
-            });
+            return shifted.map_or(Val::Null, |d| Val::Int(d.and_utc().timestamp_millis() - env.tz_ms));
         }
         _ => return Val::Null,
     };
-    n.checked_mul(step)
-        .and_then(|d| t.checked_add(d))
-        .map_or(Val::Null, Val::Int)
+    n.checked_mul(step).and_then(|d| t.checked_add(d)).map_or(Val::Null, Val::Int)
 }
 
 pub fn eval(e: &Expr, row: &dyn Fields, env: &Env) -> Val {
@@ -836,15 +797,8 @@ pub fn eval(e: &Expr, row: &dyn Fields, env: &Env) -> Val {
                     _ => Val::Null,
                 },
                 Func::Date => {
-                    let n: Vec<Option<i64>> = (0..6)
-                        .map(|i| {
-                            if i < args.len() {
-                                arg(i).as_i64()
-                            } else {
-                                Some(0)
-                            }
-                        })
-                        .collect();
+                    let n: Vec<Option<i64>> =
+                        (0..6).map(|i| if i < args.len() { arg(i).as_i64() } else { Some(0) }).collect();
                     match n.as_slice() {
                         [Some(y), Some(m), Some(d), Some(h), Some(mi), Some(s)] => {
                             local_date_ms(env, *y, *m, *d, *h, *mi, *s)
@@ -857,9 +811,7 @@ pub fn eval(e: &Expr, row: &dyn Fields, env: &Env) -> Val {
                     _ => Val::Null,
                 },
                 Func::StartOfDay => match arg(0).as_i64() {
-                    Some(t) => {
-                        Val::Int((t + env.tz_ms).div_euclid(86_400_000) * 86_400_000 - env.tz_ms)
-                    }
+                    Some(t) => Val::Int((t + env.tz_ms).div_euclid(86_400_000) * 86_400_000 - env.tz_ms),
                     None => Val::Null,
                 },
                 Func::If => {
@@ -931,11 +883,7 @@ mod tests {
 
     fn ev(src: &str, row: serde_json::Value) -> Val {
         let e = parse(src).unwrap_or_else(|e| panic!("{src}: {e}"));
-        let env = Env {
-            now: 1_000_000,
-            tz_ms: 0,
-            app_ids: &[-323232],
-        };
+        let env = Env { now: 1_000_000, tz_ms: 0, app_ids: &[-323232] };
         eval(&e, &M(Val::from(&row)), &env)
     }
 
@@ -957,22 +905,10 @@ mod tests {
     fn now_arithmetic() {
         let v = ev("now() - 30 * 1000 * 60 *60 * 24", serde_json::json!({}));
         assert_eq!(v.as_i64(), Some(1_000_000 - 2_592_000_000));
-        assert_eq!(
-            ev("expandAppIds(\"*\")", serde_json::json!({})).to_json(),
-            serde_json::json!([-323232])
-        );
-        assert_eq!(
-            ev("expandAppIds(`*`)", serde_json::json!({})).to_json(),
-            serde_json::json!([-323232])
-        );
-        assert_eq!(
-            ev("date(2024, 1, 2)", serde_json::json!({})).as_i64(),
-            Some(1_704_153_600_000)
-        );
-        assert_eq!(
-            ev("dateAdd(0, 2, \"days\")", serde_json::json!({})).as_i64(),
-            Some(172_800_000)
-        );
+        assert_eq!(ev("expandAppIds(\"*\")", serde_json::json!({})).to_json(), serde_json::json!([-323232]));
+        assert_eq!(ev("expandAppIds(`*`)", serde_json::json!({})).to_json(), serde_json::json!([-323232]));
+        assert_eq!(ev("date(2024, 1, 2)", serde_json::json!({})).as_i64(), Some(1_704_153_600_000));
+        assert_eq!(ev("dateAdd(0, 2, \"days\")", serde_json::json!({})).as_i64(), Some(172_800_000));
     }
 
     #[test]

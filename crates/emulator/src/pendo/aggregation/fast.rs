@@ -50,10 +50,7 @@ impl Code {
         match self {
             Code::Visitor => i64::from(t.visitor[i]),
             Code::Account => i64::from(t.account[i]),
-            Code::App => store
-                .items(kind)
-                .get(t.item[i] as usize)
-                .map_or(0, |x| x.app_id),
+            Code::App => store.items(kind).get(t.item[i] as usize).map_or(0, |x| x.app_id),
             Code::Time => match ctx.period {
                 Period::Day => ctx.day_of(t.ts[i]),
                 Period::Hour => t.ts[i],
@@ -67,18 +64,9 @@ impl Code {
     fn decode(self, store: &Store, kind: EventKind, c: i64) -> Val {
         let idx = usize::try_from(c).unwrap_or(usize::MAX);
         match self {
-            Code::Visitor => store
-                .visitors
-                .get(idx)
-                .map_or(Val::Null, |v| Val::Str(v.id.clone())),
-            Code::Account => store
-                .accounts
-                .get(idx)
-                .map_or(Val::Null, |a| Val::Str(a.id.clone())),
-            Code::Item => store
-                .items(kind)
-                .get(idx)
-                .map_or(Val::Null, |x| Val::Str(x.id.clone())),
+            Code::Visitor => store.visitors.get(idx).map_or(Val::Null, |v| Val::Str(v.id.clone())),
+            Code::Account => store.accounts.get(idx).map_or(Val::Null, |a| Val::Str(a.id.clone())),
+            Code::Item => store.items(kind).get(idx).map_or(Val::Null, |x| Val::Str(x.id.clone())),
             _ => Val::Int(c),
         }
     }
@@ -103,31 +91,17 @@ fn simple_col(e: &Expr) -> Option<Col> {
 }
 
 /// Returns `None` when the fast path does not apply.
-pub fn group(
-    ctx: &Ctx,
-    rows: &[Row],
-    keys: &[(String, super::expr::Path)],
-    fields: &[AggField],
-) -> Option<Vec<Row>> {
+pub fn group(ctx: &Ctx, rows: &[Row], keys: &[(String, super::expr::Path)], fields: &[AggField]) -> Option<Vec<Row>> {
     let kind = match rows.first() {
         Some(Row::Ev(k, _)) => *k,
         _ => return None,
     };
-    if !rows
-        .iter()
-        .all(|r| matches!(r, Row::Ev(k, _) if *k == kind))
-    {
+    if !rows.iter().all(|r| matches!(r, Row::Ev(k, _) if *k == kind)) {
         return None;
     }
     let key_codes: Vec<Code> = keys
         .iter()
-        .map(|(_, p)| {
-            if p.rest.is_empty() {
-                Code::of(p.col, kind, ctx.period)
-            } else {
-                None
-            }
-        })
+        .map(|(_, p)| if p.rest.is_empty() { Code::of(p.col, kind, ctx.period) } else { None })
         .collect::<Option<_>>()?;
     // (aggregator, column code or None for row counts)
     let mut specs: Vec<(Agg, Option<Code>)> = Vec::with_capacity(fields.len());
@@ -239,9 +213,7 @@ pub fn group(
                 let v = match acc {
                     Acc::Sum(s) => Val::Int(s),
                     Acc::Count(n) => Val::Int(n as i64),
-                    Acc::First(x) | Acc::Last(x) | Acc::Min(x) | Acc::Max(x) => {
-                        x.map_or(Val::Null, dec)
-                    }
+                    Acc::First(x) | Acc::Last(x) | Acc::Min(x) | Acc::Max(x) => x.map_or(Val::Null, dec),
                     Acc::Avg(s, n) => {
                         if n == 0 {
                             Val::Null

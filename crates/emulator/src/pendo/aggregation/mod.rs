@@ -30,9 +30,8 @@ use super::{ApiError, ApiResult, PendoState};
 pub fn routes() -> Router<PendoState> {
     Router::new().route(
         "/api/v1/aggregation",
-        post(handle).get(|| async {
-            ApiError::bad_request("aggregation requires POST with a JSON body").into_response()
-        }),
+        post(handle)
+            .get(|| async { ApiError::bad_request("aggregation requires POST with a JSON body").into_response() }),
     )
 }
 
@@ -42,11 +41,7 @@ async fn handle(State(state): State<PendoState>, body: Bytes) -> Response {
         Err(e) => return ApiError::bad_request(format!("invalid JSON body: {e}")).into_response(),
     };
     match run_bytes(&state, parsed).await {
-        Ok(bytes) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-            Body::from(bytes),
-        )
+        Ok(bytes) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json; charset=utf-8")], Body::from(bytes))
             .into_response(),
         Err(e) => e.into_response(),
     }
@@ -62,14 +57,9 @@ struct Query {
 }
 
 fn envelope(state: &PendoState, body: J) -> ApiResult<Query> {
-    let request = body
-        .get("request")
-        .filter(|r| r.is_object())
-        .ok_or_else(|| {
-            ApiError::unprocessable(
-                "body must be {\"response\": {...}, \"request\": {\"pipeline\": [...]}}",
-            )
-        })?;
+    let request = body.get("request").filter(|r| r.is_object()).ok_or_else(|| {
+        ApiError::unprocessable("body must be {\"response\": {...}, \"request\": {\"pipeline\": [...]}}")
+    })?;
     let pipeline = request
         .get("pipeline")
         .filter(|p| p.is_array())
@@ -98,12 +88,7 @@ pub fn execute(
     count_distinct: bool,
 ) -> Result<(Option<i64>, Vec<row::Row>, row::Period, u64), String> {
     let app_ids: Vec<i64> = store.apps.iter().map(|(id, _)| *id).collect();
-    let opts = ops::Opts {
-        now,
-        tz_ms,
-        app_ids: &app_ids,
-        count_distinct,
-    };
+    let opts = ops::Opts { now, tz_ms, app_ids: &app_ids, count_distinct };
     let compiled = ops::compile(pipeline, &opts)?;
     let out = ops::run(&compiled, store, &opts)?;
     Ok((out.start_time, out.rows, out.period, out.scanned))
@@ -112,8 +97,7 @@ pub fn execute(
 fn run_sync(state: &PendoState, q: &Query) -> ApiResult<Vec<u8>> {
     let store = state.inner.store.read();
     let (start, rows, period, scanned) =
-        execute(&store, &q.pipeline, q.now, q.tz_ms, q.count_distinct)
-            .map_err(ApiError::bad_request)?;
+        execute(&store, &q.pipeline, q.now, q.tz_ms, q.count_distinct).map_err(ApiError::bad_request)?;
     state.inner.usage.add_rows_scanned(scanned);
     if rows.len() > q.max_rows {
         return Err(ApiError::bad_request(format!(
@@ -123,34 +107,16 @@ fn run_sync(state: &PendoState, q: &Query) -> ApiResult<Vec<u8>> {
         )));
     }
     let app_ids: Vec<i64> = store.apps.iter().map(|(id, _)| *id).collect();
-    let ctx = row::Ctx {
-        store: &store,
-        period,
-        tz_ms: q.tz_ms,
-        now: q.now,
-        app_ids,
-        count_distinct: q.count_distinct,
-    };
-    let results: Vec<super::val::Val> = rows
-        .iter()
-        .map(|r| super::val::Val::Obj(r.materialize(&ctx)))
-        .collect();
+    let ctx = row::Ctx { store: &store, period, tz_ms: q.tz_ms, now: q.now, app_ids, count_distinct: q.count_distinct };
+    let results: Vec<super::val::Val> = rows.iter().map(|r| super::val::Val::Obj(r.materialize(&ctx))).collect();
     #[derive(serde::Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Resp<'a> {
         start_time: i64,
         results: &'a [super::val::Val],
     }
-    serde_json::to_vec(&Resp {
-        start_time: start.unwrap_or(q.now),
-        results: &results,
-    })
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding results: {e}"),
-        )
-    })
+    serde_json::to_vec(&Resp { start_time: start.unwrap_or(q.now), results: &results })
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding results: {e}")))
 }
 
 async fn run_bytes(state: &PendoState, body: J) -> ApiResult<Vec<u8>> {
@@ -158,12 +124,7 @@ async fn run_bytes(state: &PendoState, body: J) -> ApiResult<Vec<u8>> {
     let st = state.clone();
     tokio::task::spawn_blocking(move || run_sync(&st, &q))
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("query task failed: {e}"),
-            )
-        })?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("query task failed: {e}")))?
 }
 
 /// Runs an aggregation body and returns the parsed response (used by report results).
@@ -172,10 +133,6 @@ async fn run_bytes(state: &PendoState, body: J) -> ApiResult<Vec<u8>> {
 /// The same errors the HTTP endpoint answers with.
 pub async fn run_json(state: &PendoState, body: &J) -> ApiResult<J> {
     let bytes = run_bytes(state, body.clone()).await?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("decoding results: {e}"),
-        )
-    })
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("decoding results: {e}")))
 }

@@ -54,31 +54,14 @@ pub enum Stage {
     Eval(Vec<(String, Expr)>),
     Sort(Vec<(Path, bool)>),
     Limit(usize),
-    Identified {
-        path: Path,
-        anonymous: bool,
-    },
-    Group {
-        keys: Vec<(String, Path)>,
-        fields: Vec<AggField>,
-    },
+    Identified { path: Path, anonymous: bool },
+    Group { keys: Vec<(String, Path)>, fields: Vec<AggField> },
     Reduce(Vec<AggField>),
     Count,
-    Unwind {
-        field: Path,
-        keep_empty: bool,
-        index: Option<String>,
-    },
-    Merge {
-        fields: Vec<Path>,
-        mappings: Vec<(String, Path)>,
-        pipeline: Box<Pipeline>,
-    },
+    Unwind { field: Path, keep_empty: bool, index: Option<String> },
+    Merge { fields: Vec<Path>, mappings: Vec<(String, Path)>, pipeline: Box<Pipeline> },
     BulkExpand(Vec<(String, MetaKind, Expr)>),
-    Join {
-        fields: Vec<Path>,
-        width: Option<usize>,
-    },
+    Join { fields: Vec<Path>, width: Option<usize> },
     Segment(String),
     Fork(Vec<Vec<Stage>>),
     Cat,
@@ -105,44 +88,30 @@ pub struct Opts<'a> {
 
 impl Opts<'_> {
     fn env(&self) -> Env<'_> {
-        Env {
-            now: self.now,
-            tz_ms: self.tz_ms,
-            app_ids: self.app_ids,
-        }
+        Env { now: self.now, tz_ms: self.tz_ms, app_ids: self.app_ids }
     }
 }
 
 fn single_key(stage: &J) -> Result<(&str, &J), String> {
-    let o = stage
-        .as_object()
-        .ok_or_else(|| format!("pipeline stage must be an object, got {stage}"))?;
+    let o = stage.as_object().ok_or_else(|| format!("pipeline stage must be an object, got {stage}"))?;
     let mut it = o.iter();
     let (k, v) = it.next().ok_or("empty pipeline stage")?;
     if let Some((k2, _)) = it.next() {
-        return Err(format!(
-            "pipeline stage has more than one operator ({k}, {k2})"
-        ));
+        return Err(format!("pipeline stage has more than one operator ({k}, {k2})"));
     }
     Ok((k.as_str(), v))
 }
 
 fn expr_of(v: &J, what: &str) -> Result<Expr, String> {
     match v {
-        J::String(s) => {
-            expr::parse(s).map_err(|e| format!("{what}: invalid expression {s:?}: {e}"))
-        }
+        J::String(s) => expr::parse(s).map_err(|e| format!("{what}: invalid expression {s:?}: {e}")),
         J::Number(_) | J::Bool(_) | J::Null => Ok(Expr::Lit(Val::from(v))),
-        other => Err(format!(
-            "{what}: expected an expression string, got {other}"
-        )),
+        other => Err(format!("{what}: expected an expression string, got {other}")),
     }
 }
 
 fn path_of(v: &J, what: &str) -> Result<Path, String> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| format!("{what}: expected a field name, got {v}"))?;
+    let s = v.as_str().ok_or_else(|| format!("{what}: expected a field name, got {v}"))?;
     Path::parse(s).map_err(|e| format!("{what}: invalid field {s:?}: {e}"))
 }
 
@@ -150,29 +119,19 @@ fn paths_of(v: &J, what: &str) -> Result<Vec<Path>, String> {
     match v {
         J::Array(a) => a.iter().map(|x| path_of(x, what)).collect(),
         J::String(_) => Ok(vec![path_of(v, what)?]),
-        other => Err(format!(
-            "{what}: expected a list of field names, got {other}"
-        )),
+        other => Err(format!("{what}: expected a list of field names, got {other}")),
     }
 }
 
 fn assignments(v: &J, what: &str) -> Result<Vec<(String, Expr)>, String> {
-    let o = v
-        .as_object()
-        .ok_or_else(|| format!("{what} expects an object of name: expression"))?;
-    o.iter()
-        .map(|(k, e)| Ok((k.clone(), expr_of(e, &format!("{what}.{k}"))?)))
-        .collect()
+    let o = v.as_object().ok_or_else(|| format!("{what} expects an object of name: expression"))?;
+    o.iter().map(|(k, e)| Ok((k.clone(), expr_of(e, &format!("{what}.{k}"))?))).collect()
 }
 
 fn agg_field(out: &str, spec: &J) -> Result<AggField, String> {
-    let o = spec
-        .as_object()
-        .ok_or_else(|| format!("field {out}: expected {{\"<aggregator>\": <field>}}"))?;
+    let o = spec.as_object().ok_or_else(|| format!("field {out}: expected {{\"<aggregator>\": <field>}}"))?;
     let mut it = o.iter();
-    let (name, arg) = it
-        .next()
-        .ok_or_else(|| format!("field {out}: no aggregator"))?;
+    let (name, arg) = it.next().ok_or_else(|| format!("field {out}: no aggregator"))?;
     if it.next().is_some() {
         return Err(format!("field {out}: more than one aggregator"));
     }
@@ -187,11 +146,7 @@ fn agg_field(out: &str, spec: &J) -> Result<AggField, String> {
         J::String(s) if s == "*" && agg == Agg::Count => None,
         v => Some(expr_of(v, &format!("field {out}"))?),
     };
-    Ok(AggField {
-        out: out.to_string(),
-        agg,
-        arg,
-    })
+    Ok(AggField { out: out.to_string(), agg, arg })
 }
 
 /// Both forms: `{"out": {"sum": "f"}}` and `[{"out": {"sum": "f"}}, ...]`.
@@ -201,9 +156,7 @@ fn agg_fields(v: &J) -> Result<Vec<AggField>, String> {
         J::Array(a) => {
             let mut out = Vec::new();
             for item in a {
-                let o = item
-                    .as_object()
-                    .ok_or("group fields list must hold objects")?;
+                let o = item.as_object().ok_or("group fields list must hold objects")?;
                 for (k, s) in o {
                     out.push(agg_field(k, s)?);
                 }
@@ -233,17 +186,12 @@ fn stage(op: &str, v: &J, opts: &Opts) -> Result<Stage, String> {
                     Some(n) => (true, n),
                     None => (false, s.strip_prefix('+').unwrap_or(s)),
                 };
-                out.push((
-                    Path::parse(name).map_err(|e| format!("sort: invalid field {s:?}: {e}"))?,
-                    desc,
-                ));
+                out.push((Path::parse(name).map_err(|e| format!("sort: invalid field {s:?}: {e}"))?, desc));
             }
             Stage::Sort(out)
         }
         "limit" => {
-            let n = v
-                .as_u64()
-                .ok_or_else(|| format!("limit must be a non-negative integer, got {v}"))?;
+            let n = v.as_u64().ok_or_else(|| format!("limit must be a non-negative integer, got {v}"))?;
             Stage::Limit(usize::try_from(n).unwrap_or(usize::MAX))
         }
         "identified" => {
@@ -252,24 +200,15 @@ fn stage(op: &str, v: &J, opts: &Opts) -> Result<Stage, String> {
                 Some(n) => (true, n),
                 None => (false, s),
             };
-            Stage::Identified {
-                path: Path::parse(name).map_err(|e| format!("identified: {e}"))?,
-                anonymous,
-            }
+            Stage::Identified { path: Path::parse(name).map_err(|e| format!("identified: {e}"))?, anonymous }
         }
         "group" => {
             let o = v.as_object().ok_or("group expects an object")?;
             let keys = match o.get("group") {
                 None | Some(J::Null) => Vec::new(),
-                Some(g) => paths_of(g, "group.group")?
-                    .into_iter()
-                    .map(|p| (p.dotted(), p))
-                    .collect(),
+                Some(g) => paths_of(g, "group.group")?.into_iter().map(|p| (p.dotted(), p)).collect(),
             };
-            Stage::Group {
-                keys,
-                fields: agg_fields(o.get("fields").unwrap_or(&J::Null))?,
-            }
+            Stage::Group { keys, fields: agg_fields(o.get("fields").unwrap_or(&J::Null))? }
         }
         "reduce" => Stage::Reduce(agg_fields(v)?),
         "count" => Stage::Count,
@@ -293,22 +232,15 @@ fn stage(op: &str, v: &J, opts: &Opts) -> Result<Stage, String> {
                 Some(_) => return Err("merge.mappings must be an object".into()),
             };
             let pipeline = compile(o.get("pipeline").ok_or("merge needs pipeline")?, opts)?;
-            Stage::Merge {
-                fields,
-                mappings,
-                pipeline: Box::new(pipeline),
-            }
+            Stage::Merge { fields, mappings, pipeline: Box::new(pipeline) }
         }
         "bulkExpand" => {
             let o = v.as_object().ok_or("bulkExpand expects an object")?;
             let mut out = Vec::new();
             for (name, spec) in o {
-                let s = spec
-                    .as_object()
-                    .ok_or("bulkExpand entries look like {\"account\": \"accountId\"}")?;
+                let s = spec.as_object().ok_or("bulkExpand entries look like {\"account\": \"accountId\"}")?;
                 let (kind, key) = s.iter().next().ok_or("empty bulkExpand entry")?;
-                let kind = MetaKind::parse(kind)
-                    .ok_or_else(|| format!("bulkExpand: unknown kind {kind:?}"))?;
+                let kind = MetaKind::parse(kind).ok_or_else(|| format!("bulkExpand: unknown kind {kind:?}"))?;
                 out.push((name.clone(), kind, expr_of(key, "bulkExpand")?));
             }
             Stage::BulkExpand(out)
@@ -321,19 +253,14 @@ fn stage(op: &str, v: &J, opts: &Opts) -> Result<Stage, String> {
             }
         }
         "segment" => {
-            let id = v
-                .get("id")
-                .and_then(J::as_str)
-                .ok_or("segment expects {\"id\": \"...\"}")?;
+            let id = v.get("id").and_then(J::as_str).ok_or("segment expects {\"id\": \"...\"}")?;
             Stage::Segment(id.to_string())
         }
         "fork" => {
             let branches = v.as_array().ok_or("fork expects a list of pipelines")?;
             let mut out = Vec::new();
             for b in branches {
-                let a = b
-                    .as_array()
-                    .ok_or("fork branches must be lists of stages")?;
+                let a = b.as_array().ok_or("fork branches must be lists of stages")?;
                 let mut stages = Vec::new();
                 for s in a {
                     let (op, v) = single_key(s)?;
@@ -358,22 +285,13 @@ pub fn compile(v: &J, opts: &Opts) -> Result<Pipeline, String> {
         "source" => Start::Source(source::parse_source(val, &opts.env())?),
         "spawn" => {
             let subs = val.as_array().ok_or("spawn expects a list of pipelines")?;
-            Start::Spawn(
-                subs.iter()
-                    .map(|s| compile(s, opts))
-                    .collect::<Result<_, _>>()?,
-            )
+            Start::Spawn(subs.iter().map(|s| compile(s, opts)).collect::<Result<_, _>>()?)
         }
         other => {
-            return Err(format!(
-                "pipeline must start with source or spawn, not {other:?}"
-            ));
+            return Err(format!("pipeline must start with source or spawn, not {other:?}"));
         }
     };
-    let stages = rest
-        .iter()
-        .map(|s| single_key(s).and_then(|(op, v)| stage(op, v, opts)))
-        .collect::<Result<_, _>>()?;
+    let stages = rest.iter().map(|s| single_key(s).and_then(|(op, v)| stage(op, v, opts))).collect::<Result<_, _>>()?;
     Ok(Pipeline { start, stages })
 }
 
@@ -392,12 +310,7 @@ pub fn run(p: &Pipeline, store: &Store, opts: &Opts) -> Result<Output, String> {
             let (rows, n) = source::rows(store, src);
             scanned += n;
             let w = src.window;
-            (
-                rows,
-                w.map_or(Period::Day, |w| w.period),
-                w.map(|w| w.start),
-                None,
-            )
+            (rows, w.map_or(Period::Day, |w| w.period), w.map(|w| w.start), None)
         }
         Start::Spawn(subs) => {
             let mut streams = Vec::new();
@@ -405,12 +318,7 @@ pub fn run(p: &Pipeline, store: &Store, opts: &Opts) -> Result<Output, String> {
                 let out = run(s, store, opts)?;
                 scanned += out.scanned;
                 let ctx = ctx_for(store, out.period, opts);
-                streams.push(
-                    out.rows
-                        .iter()
-                        .map(|r| Row::Doc(r.materialize(&ctx)))
-                        .collect::<Vec<_>>(),
-                );
+                streams.push(out.rows.iter().map(|r| Row::Doc(r.materialize(&ctx))).collect::<Vec<_>>());
             }
             (Vec::new(), Period::Day, None, Some(streams))
         }
@@ -418,9 +326,7 @@ pub fn run(p: &Pipeline, store: &Store, opts: &Opts) -> Result<Output, String> {
     let ctx = ctx_for(store, period, opts);
     for st in &p.stages {
         if let Stage::Join { fields, width } = st {
-            let s = streams
-                .take()
-                .unwrap_or_else(|| vec![std::mem::take(&mut rows)]);
+            let s = streams.take().unwrap_or_else(|| vec![std::mem::take(&mut rows)]);
             rows = join(&ctx, s, fields, *width);
             continue;
         }
@@ -432,12 +338,7 @@ pub fn run(p: &Pipeline, store: &Store, opts: &Opts) -> Result<Output, String> {
     if let Some(s) = streams.take() {
         rows = s.into_iter().flatten().collect();
     }
-    Ok(Output {
-        rows,
-        period,
-        start_time,
-        scanned,
-    })
+    Ok(Output { rows, period, start_time, scanned })
 }
 
 fn ctx_for<'a>(store: &'a Store, period: Period, opts: &Opts) -> Ctx<'a> {
@@ -455,13 +356,7 @@ fn ev(ctx: &Ctx, e: &Expr, row: &Row) -> Val {
     expr::eval(e, &RowRef { row, ctx }, &ctx.env())
 }
 
-fn apply(
-    ctx: &Ctx,
-    st: &Stage,
-    mut rows: Vec<Row>,
-    opts: &Opts,
-    scanned: &mut u64,
-) -> Result<Vec<Row>, String> {
+fn apply(ctx: &Ctx, st: &Stage, mut rows: Vec<Row>, opts: &Opts, scanned: &mut u64) -> Result<Vec<Row>, String> {
     Ok(match st {
         Stage::Filter(e) => {
             let env = ctx.env();
@@ -490,10 +385,8 @@ fn apply(
             })
             .collect(),
         Stage::Sort(keys) => {
-            let mut keyed: Vec<(Vec<Val>, Row)> = rows
-                .into_iter()
-                .map(|r| (keys.iter().map(|(p, _)| r.get(ctx, p)).collect(), r))
-                .collect();
+            let mut keyed: Vec<(Vec<Val>, Row)> =
+                rows.into_iter().map(|r| (keys.iter().map(|(p, _)| r.get(ctx, p)).collect(), r)).collect();
             keyed.sort_by(|(a, _), (b, _)| {
                 for ((x, y), (_, desc)) in a.iter().zip(b.iter()).zip(keys.iter()) {
                     let o = x.cmp_total(y);
@@ -547,11 +440,7 @@ fn apply(
             o.insert("count".into(), Val::Int(rows.len() as i64));
             vec![Row::Doc(Arc::new(o))]
         }
-        Stage::Unwind {
-            field,
-            keep_empty,
-            index,
-        } => {
+        Stage::Unwind { field, keep_empty, index } => {
             let mut out = Vec::with_capacity(rows.len());
             let name = field.dotted();
             for r in &rows {
@@ -579,11 +468,7 @@ fn apply(
             }
             out
         }
-        Stage::Merge {
-            fields,
-            mappings,
-            pipeline,
-        } => {
+        Stage::Merge { fields, mappings, pipeline } => {
             let sub = run(pipeline, ctx.store, opts)?;
             *scanned += sub.scanned;
             let sub_ctx = ctx_for(ctx.store, sub.period, opts);
@@ -630,21 +515,9 @@ fn apply(
             })
             .collect(),
         Stage::Segment(id) => {
-            let seg = ctx
-                .store
-                .segments
-                .get(id)
-                .ok_or_else(|| format!("unknown segment {id:?}"))?;
-            let p = Path {
-                head: "visitorId".into(),
-                col: expr::Col::VisitorId,
-                rest: vec![],
-            };
-            rows.retain(|r| {
-                r.get(ctx, &p)
-                    .as_str()
-                    .is_some_and(|v| seg.visitors.contains(v))
-            });
+            let seg = ctx.store.segments.get(id).ok_or_else(|| format!("unknown segment {id:?}"))?;
+            let p = Path { head: "visitorId".into(), col: expr::Col::VisitorId, rest: vec![] };
+            rows.retain(|r| r.get(ctx, &p).as_str().is_some_and(|v| seg.visitors.contains(v)));
             rows
         }
         Stage::Fork(branches) => {
@@ -664,11 +537,7 @@ fn apply(
 }
 
 enum AggState {
-    Sum {
-        int: i64,
-        float: f64,
-        is_float: bool,
-    },
+    Sum { int: i64, float: f64, is_float: bool },
     Count(u64),
     Distinct(FxSet<HKey>),
     First(Option<Val>),
@@ -681,11 +550,7 @@ enum AggState {
 impl AggState {
     fn new(f: &AggField, distinct: bool) -> AggState {
         match f.agg {
-            Agg::Sum => AggState::Sum {
-                int: 0,
-                float: 0.0,
-                is_float: false,
-            },
+            Agg::Sum => AggState::Sum { int: 0, float: 0.0, is_float: false },
             Agg::Count if distinct && f.arg.is_some() => AggState::Distinct(FxSet::default()),
             Agg::Count => AggState::Count(0),
             Agg::First => AggState::First(None),
@@ -699,11 +564,7 @@ impl AggState {
 
     fn add(&mut self, v: Val, counted_row: bool) {
         match self {
-            AggState::Sum {
-                int,
-                float,
-                is_float,
-            } => match v {
+            AggState::Sum { int, float, is_float } => match v {
                 Val::Int(i) if !*is_float => match int.checked_add(i) {
                     Some(s) => *int = s,
                     None => {
@@ -746,11 +607,7 @@ impl AggState {
                     None => true,
                     Some(cur) => {
                         let o = v.cmp_total(cur);
-                        if *max {
-                            o == std::cmp::Ordering::Greater
-                        } else {
-                            o == std::cmp::Ordering::Less
-                        }
+                        if *max { o == std::cmp::Ordering::Greater } else { o == std::cmp::Ordering::Less }
                     }
                 };
                 if replace {
@@ -768,11 +625,7 @@ impl AggState {
 
     fn finish(self) -> Val {
         match self {
-            AggState::Sum {
-                int,
-                float,
-                is_float,
-            } => {
+            AggState::Sum { int, float, is_float } => {
                 if is_float {
                     Val::Float(float)
                 } else {
@@ -820,13 +673,7 @@ fn group(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggField]) 
             None => {
                 let i = groups.len();
                 index.insert(buf.clone(), i);
-                groups.push((
-                    buf.clone(),
-                    fields
-                        .iter()
-                        .map(|f| AggState::new(f, ctx.count_distinct))
-                        .collect(),
-                ));
+                groups.push((buf.clone(), fields.iter().map(|f| AggState::new(f, ctx.count_distinct)).collect()));
                 i
             }
         };
@@ -882,9 +729,5 @@ fn join(ctx: &Ctx, streams: Vec<Vec<Row>>, fields: &[Path], width: Option<usize>
         }
     }
     let need = width.unwrap_or(n_streams).min(n_streams.max(1));
-    merged
-        .into_iter()
-        .filter(|(_, seen)| seen.len() >= need)
-        .map(|(o, _)| Row::Doc(Arc::new(o)))
-        .collect()
+    merged.into_iter().filter(|(_, seen)| seen.len() >= need).map(|(o, _)| Row::Doc(Arc::new(o))).collect()
 }

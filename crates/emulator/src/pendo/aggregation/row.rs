@@ -41,11 +41,7 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     pub fn env(&self) -> Env<'_> {
-        Env {
-            now: self.now,
-            tz_ms: self.tz_ms,
-            app_ids: &self.app_ids,
-        }
+        Env { now: self.now, tz_ms: self.tz_ms, app_ids: &self.app_ids }
     }
 
     pub fn day_of(&self, ts: i64) -> i64 {
@@ -66,11 +62,7 @@ impl Fields for RowRef<'_, '_> {
             Row::Ev(kind, i) => ev_col(self.ctx, *kind, *i as usize, path.col, &path.head),
             Row::Guide(view, i) => guide_col(self.ctx, *view, *i as usize, path.col),
         };
-        if path.rest.is_empty() {
-            head
-        } else {
-            path.walk(head)
-        }
+        if path.rest.is_empty() { head } else { path.walk(head) }
     }
 }
 
@@ -87,37 +79,28 @@ impl Row {
                 let cols: &[(&str, Col)] = match kind {
                     EventKind::Page => &[("pageId", Col::PageId)],
                     EventKind::Feature => &[("featureId", Col::FeatureId)],
-                    EventKind::Track => &[
-                        ("trackTypeId", Col::TrackTypeId),
-                        ("properties", Col::Properties),
-                    ],
+                    EventKind::Track => &[("trackTypeId", Col::TrackTypeId), ("properties", Col::Properties)],
                 };
                 let time: (&str, Col) = match ctx.period {
                     Period::Day => ("day", Col::Day),
                     Period::Hour => ("hour", Col::Hour),
                 };
                 let mut o = Obj::with_capacity(14);
-                for (name, col) in [
-                    ("visitorId", Col::VisitorId),
-                    ("accountId", Col::AccountId),
-                    ("appId", Col::AppId),
-                    time,
-                ]
-                .iter()
-                .chain(cols)
-                .chain(&[
-                    ("numEvents", Col::NumEvents),
-                    ("numMinutes", Col::NumMinutes),
-                    ("remoteIp", Col::RemoteIp),
-                    ("server", Col::Server),
-                    ("userAgent", Col::UserAgent),
-                    ("lastTime", Col::LastTime),
-                    ("parameters", Col::Parameters),
-                ]) {
-                    o.insert(
-                        (*name).to_string(),
-                        ev_col(ctx, *kind, *i as usize, *col, name),
-                    );
+                for (name, col) in
+                    [("visitorId", Col::VisitorId), ("accountId", Col::AccountId), ("appId", Col::AppId), time]
+                        .iter()
+                        .chain(cols)
+                        .chain(&[
+                            ("numEvents", Col::NumEvents),
+                            ("numMinutes", Col::NumMinutes),
+                            ("remoteIp", Col::RemoteIp),
+                            ("server", Col::Server),
+                            ("userAgent", Col::UserAgent),
+                            ("lastTime", Col::LastTime),
+                            ("parameters", Col::Parameters),
+                        ])
+                {
+                    o.insert((*name).to_string(), ev_col(ctx, *kind, *i as usize, *col, name));
                 }
                 Arc::new(o)
             }
@@ -149,10 +132,7 @@ impl Row {
                     if *view == GuideView::Poll && matches!(col, Col::GuideStepId | Col::Url) {
                         continue;
                     }
-                    o.insert(
-                        (*name).to_string(),
-                        guide_col(ctx, *view, *i as usize, *col),
-                    );
+                    o.insert((*name).to_string(), guide_col(ctx, *view, *i as usize, *col));
                 }
                 Arc::new(o)
             }
@@ -163,36 +143,23 @@ impl Row {
 fn ev_col(ctx: &Ctx, kind: EventKind, i: usize, col: Col, name: &str) -> Val {
     let s = ctx.store;
     let t = s.table(kind);
-    let (Some(&ts), Some(&v), Some(&a), Some(&item)) = (
-        t.ts.get(i),
-        t.visitor.get(i),
-        t.account.get(i),
-        t.item.get(i),
-    ) else {
+    let (Some(&ts), Some(&v), Some(&a), Some(&item)) = (t.ts.get(i), t.visitor.get(i), t.account.get(i), t.item.get(i))
+    else {
         return Val::Null;
     };
     let visitor = || s.visitors.get(v as usize);
     let item_doc = || s.items(kind).get(item as usize);
     match col {
         Col::VisitorId => visitor().map_or(Val::Null, |x| Val::Str(x.id.clone())),
-        Col::AccountId => s
-            .accounts
-            .get(a as usize)
-            .map_or(Val::Null, |x| Val::Str(x.id.clone())),
+        Col::AccountId => s.accounts.get(a as usize).map_or(Val::Null, |x| Val::Str(x.id.clone())),
         Col::AppId => item_doc().map_or(Val::Null, |x| Val::Int(x.app_id)),
         Col::Day if ctx.period == Period::Day => Val::Int(ctx.day_of(ts)),
         Col::Hour if ctx.period == Period::Hour => Val::Int(ts),
         Col::NumEvents => Val::Int(i64::from(t.events[i])),
         Col::NumMinutes => Val::Int(i64::from(t.minutes[i])),
-        Col::PageId if kind == EventKind::Page => {
-            item_doc().map_or(Val::Null, |x| Val::Str(x.id.clone()))
-        }
-        Col::FeatureId if kind == EventKind::Feature => {
-            item_doc().map_or(Val::Null, |x| Val::Str(x.id.clone()))
-        }
-        Col::TrackTypeId if kind == EventKind::Track => {
-            item_doc().map_or(Val::Null, |x| Val::Str(x.id.clone()))
-        }
+        Col::PageId if kind == EventKind::Page => item_doc().map_or(Val::Null, |x| Val::Str(x.id.clone())),
+        Col::FeatureId if kind == EventKind::Feature => item_doc().map_or(Val::Null, |x| Val::Str(x.id.clone())),
+        Col::TrackTypeId if kind == EventKind::Track => item_doc().map_or(Val::Null, |x| Val::Str(x.id.clone())),
         Col::Properties if kind == EventKind::Track => Val::obj(Obj::new()),
         Col::RemoteIp => visitor().map_or(Val::Null, |x| Val::Str(x.remote_ip.clone())),
         Col::Server => visitor().map_or(Val::Null, |x| Val::Str(x.server.clone())),
@@ -214,33 +181,17 @@ fn guide_col(ctx: &Ctx, view: GuideView, i: usize, col: Col) -> Val {
     let guide = || s.guides.get(e.guide as usize);
     match col {
         Col::VisitorId => visitor().map_or(Val::Null, |x| Val::Str(x.id.clone())),
-        Col::AccountId => s
-            .accounts
-            .get(e.account as usize)
-            .map_or(Val::Null, |x| Val::Str(x.id.clone())),
-        Col::AccountIds => s
-            .accounts
-            .get(e.account as usize)
-            .map_or(Val::arr(vec![]), |x| Val::arr(vec![Val::Str(x.id.clone())])),
+        Col::AccountId => s.accounts.get(e.account as usize).map_or(Val::Null, |x| Val::Str(x.id.clone())),
+        Col::AccountIds => {
+            s.accounts.get(e.account as usize).map_or(Val::arr(vec![]), |x| Val::arr(vec![Val::Str(x.id.clone())]))
+        }
         Col::AppId => guide().map_or(Val::Null, |g| Val::Int(g.app_id)),
         Col::GuideId => guide().map_or(Val::Null, |g| Val::Str(g.id.clone())),
         Col::GuideStepId => guide()
-            .and_then(|g| {
-                if e.step == NONE_U32 {
-                    None
-                } else {
-                    g.step_ids.get(e.step as usize)
-                }
-            })
+            .and_then(|g| if e.step == NONE_U32 { None } else { g.step_ids.get(e.step as usize) })
             .map_or(Val::Null, |x| Val::Str(x.clone())),
         Col::PollId => guide()
-            .and_then(|g| {
-                if e.poll == NONE_U32 {
-                    None
-                } else {
-                    g.poll_ids.get(e.poll as usize)
-                }
-            })
+            .and_then(|g| if e.poll == NONE_U32 { None } else { g.poll_ids.get(e.poll as usize) })
             .map_or(Val::Null, |x| Val::Str(x.clone())),
         Col::PollResponse => e.response.clone(),
         Col::Type => match view {
@@ -256,9 +207,7 @@ fn guide_col(ctx: &Ctx, view: GuideView, i: usize, col: Col) -> Val {
         Col::Latitude | Col::Longitude => Val::Float(0.0),
         Col::LoadTime => Val::Int(0),
         Col::RemoteIp => visitor().map_or(Val::Null, |x| Val::Str(x.remote_ip.clone())),
-        Col::ServerName | Col::Server => {
-            visitor().map_or(Val::Null, |x| Val::Str(x.server.clone()))
-        }
+        Col::ServerName | Col::Server => visitor().map_or(Val::Null, |x| Val::Str(x.server.clone())),
         Col::UserAgent => visitor().map_or(Val::Null, |x| Val::Str(x.user_agent.clone())),
         _ => Val::Null,
     }

@@ -6,44 +6,26 @@ use std::sync::Arc;
 
 use serde_json::Value as J;
 
-use super::super::store::{
-    DAY_MS, EventKind, GuideEventType, HOUR_MS, NONE_U32, Store, is_anonymous,
-};
+use super::super::store::{DAY_MS, EventKind, GuideEventType, HOUR_MS, NONE_U32, Store, is_anonymous};
 use super::super::val::{Obj, Val};
 use super::expr::{self, Env, NoFields};
 use super::row::{GuideView, Period, Row};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceKind {
-    Visitors {
-        identified: bool,
-    },
+    Visitors { identified: bool },
     Accounts,
     Features,
     Pages,
     Guides,
     TrackTypes,
     Events,
-    FeatureEvents {
-        id: Option<String>,
-    },
-    PageEvents {
-        id: Option<String>,
-    },
-    TrackEvents {
-        id: Option<String>,
-    },
-    GuideEvents {
-        guide: Option<String>,
-    },
-    PollEvents {
-        guide: Option<String>,
-        poll: Option<String>,
-    },
-    PollsSeenEver {
-        guide: String,
-        poll: String,
-    },
+    FeatureEvents { id: Option<String> },
+    PageEvents { id: Option<String> },
+    TrackEvents { id: Option<String> },
+    GuideEvents { guide: Option<String> },
+    PollEvents { guide: Option<String>, poll: Option<String> },
+    PollsSeenEver { guide: String, poll: String },
 }
 
 impl SourceKind {
@@ -81,9 +63,7 @@ fn str_param(params: &J, key: &str) -> Result<Option<String>, String> {
         None | Some(J::Null) => Ok(None),
         Some(J::String(s)) => Ok(Some(s.clone())),
         Some(J::Number(n)) => Ok(Some(n.to_string())),
-        Some(other) => Err(format!(
-            "source parameter {key} must be a string, got {other}"
-        )),
+        Some(other) => Err(format!("source parameter {key} must be a string, got {other}")),
     }
 }
 
@@ -152,9 +132,7 @@ fn time_value(v: &J, env: &Env, what: &str) -> Result<i64, String> {
                 .map(|f| f as i64)
                 .ok_or_else(|| format!("timeSeries.{what} expression {s:?} is not a time"))
         }
-        other => Err(format!(
-            "timeSeries.{what} must be a number or expression, got {other}"
-        )),
+        other => Err(format!("timeSeries.{what} must be a number or expression, got {other}")),
     }
 }
 
@@ -172,9 +150,7 @@ pub fn parse_time_series(ts: &J, env: &Env) -> Result<Window, String> {
         Some("dayRange") => Period::Day,
         Some("hourRange") => Period::Hour,
         Some(p) => {
-            return Err(format!(
-                "unsupported timeSeries period {p:?} (supported: dayRange, hourRange)"
-            ));
+            return Err(format!("unsupported timeSeries period {p:?} (supported: dayRange, hourRange)"));
         }
         None => return Err("timeSeries.period is required".into()),
     };
@@ -182,11 +158,7 @@ pub fn parse_time_series(ts: &J, env: &Env) -> Result<Window, String> {
         Period::Day => DAY_MS,
         Period::Hour => HOUR_MS,
     };
-    let first = time_value(
-        obj.get("first").ok_or("timeSeries.first is required")?,
-        env,
-        "first",
-    )?;
+    let first = time_value(obj.get("first").ok_or("timeSeries.first is required")?, env, "first")?;
     let start = period_start(period, first, env.tz_ms);
     match (obj.get("count"), obj.get("last")) {
         (Some(c), _) if !c.is_null() => {
@@ -194,32 +166,18 @@ pub fn parse_time_series(ts: &J, env: &Env) -> Result<Window, String> {
             if n == 0 {
                 return Err("timeSeries.count must not be 0".into());
             }
-            let span = n
-                .checked_mul(len)
-                .ok_or("timeSeries.count is out of range")?;
+            let span = n.checked_mul(len).ok_or("timeSeries.count is out of range")?;
             Ok(if n > 0 {
-                Window {
-                    period,
-                    start,
-                    end: start.saturating_add(span),
-                }
+                Window { period, start, end: start.saturating_add(span) }
             } else {
-                Window {
-                    period,
-                    start: start.saturating_add(span),
-                    end: start,
-                }
+                Window { period, start: start.saturating_add(span), end: start }
             })
         }
         (_, Some(l)) if !l.is_null() => {
             let last = time_value(l, env, "last")?;
             // `last`'s own period is included: Estuary scans a single bucket with first == last.
             let end = period_start(period, last, env.tz_ms).saturating_add(len);
-            Ok(Window {
-                period,
-                start,
-                end: end.max(start),
-            })
+            Ok(Window { period, start, end: end.max(start) })
         }
         _ => Err("timeSeries needs count or last".into()),
     }
@@ -231,45 +189,29 @@ pub fn parse_source(v: &J, env: &Env) -> Result<Source, String> {
     let mut names = obj.keys().filter(|k| *k != "timeSeries");
     let name = names.next().ok_or("source names no data source")?.clone();
     if let Some(extra) = names.next() {
-        return Err(format!(
-            "source names more than one data source ({name}, {extra})"
-        ));
+        return Err(format!("source names more than one data source ({name}, {extra})"));
     }
     let params = obj.get(&name).cloned().unwrap_or(J::Null);
     if !(params.is_null() || params.is_object()) {
-        return Err(format!(
-            "parameters of source {name} must be an object or null"
-        ));
+        return Err(format!("parameters of source {name} must be an object or null"));
     }
     let kind = match name.as_str() {
-        "visitors" => SourceKind::Visitors {
-            identified: params
-                .get("identified")
-                .and_then(J::as_bool)
-                .unwrap_or(false),
-        },
+        "visitors" => {
+            SourceKind::Visitors { identified: params.get("identified").and_then(J::as_bool).unwrap_or(false) }
+        }
         "accounts" => SourceKind::Accounts,
         "features" => SourceKind::Features,
         "pages" => SourceKind::Pages,
         "guides" => SourceKind::Guides,
         "trackTypes" => SourceKind::TrackTypes,
         "events" => SourceKind::Events,
-        "featureEvents" => SourceKind::FeatureEvents {
-            id: str_param(&params, "featureId")?,
-        },
-        "pageEvents" => SourceKind::PageEvents {
-            id: str_param(&params, "pageId")?,
-        },
-        "trackEvents" => SourceKind::TrackEvents {
-            id: str_param(&params, "trackTypeId")?,
-        },
-        "guideEvents" => SourceKind::GuideEvents {
-            guide: str_param(&params, "guideId")?,
-        },
-        "pollEvents" => SourceKind::PollEvents {
-            guide: str_param(&params, "guideId")?,
-            poll: str_param(&params, "pollId")?,
-        },
+        "featureEvents" => SourceKind::FeatureEvents { id: str_param(&params, "featureId")? },
+        "pageEvents" => SourceKind::PageEvents { id: str_param(&params, "pageId")? },
+        "trackEvents" => SourceKind::TrackEvents { id: str_param(&params, "trackTypeId")? },
+        "guideEvents" => SourceKind::GuideEvents { guide: str_param(&params, "guideId")? },
+        "pollEvents" => {
+            SourceKind::PollEvents { guide: str_param(&params, "guideId")?, poll: str_param(&params, "pollId")? }
+        }
         "pollsSeenEver" => SourceKind::PollsSeenEver {
             guide: str_param(&params, "guideId")?.ok_or("pollsSeenEver needs guideId")?,
             poll: str_param(&params, "pollId")?.ok_or("pollsSeenEver needs pollId")?,
@@ -277,15 +219,9 @@ pub fn parse_source(v: &J, env: &Env) -> Result<Source, String> {
         other => return Err(format!("unknown source {other:?}")),
     };
     let apps = parse_apps(params.get("appId"), env)?;
-    let ts = obj
-        .get("timeSeries")
-        .or_else(|| params.get("timeSeries"))
-        .filter(|t| !t.is_null());
+    let ts = obj.get("timeSeries").or_else(|| params.get("timeSeries")).filter(|t| !t.is_null());
     let window = if kind.needs_window() {
-        Some(parse_time_series(
-            ts.ok_or_else(|| format!("source {name} requires timeSeries"))?,
-            env,
-        )?)
+        Some(parse_time_series(ts.ok_or_else(|| format!("source {name} requires timeSeries"))?, env)?)
     } else {
         None
     };
@@ -305,13 +241,7 @@ fn doc_rows<'a>(docs: impl Iterator<Item = (&'a Val, i64)>, apps: &Option<Vec<i6
         .collect()
 }
 
-fn event_rows(
-    store: &Store,
-    kind: EventKind,
-    w: Window,
-    id: Option<&str>,
-    apps: &Option<Vec<i64>>,
-) -> Vec<Row> {
+fn event_rows(store: &Store, kind: EventKind, w: Window, id: Option<&str>, apps: &Option<Vec<i64>>) -> Vec<Row> {
     let t = store.table(kind);
     let range = t.range(w.start, w.end);
     let items = store.items(kind);
@@ -322,24 +252,14 @@ fn event_rows(
         },
         None => None,
     };
-    let all_apps = apps
-        .as_ref()
-        .is_none_or(|a| items.iter().all(|it| a.contains(&it.app_id)));
-    let mut out = Vec::with_capacity(if only.is_some() {
-        range.len() / 8
-    } else {
-        range.len()
-    });
+    let all_apps = apps.as_ref().is_none_or(|a| items.iter().all(|it| a.contains(&it.app_id)));
+    let mut out = Vec::with_capacity(if only.is_some() { range.len() / 8 } else { range.len() });
     for i in range {
         let item = t.item[i];
         if only.is_some_and(|o| o != item) {
             continue;
         }
-        if !all_apps
-            && !items
-                .get(item as usize)
-                .is_some_and(|it| app_ok(apps, it.app_id))
-        {
+        if !all_apps && !items.get(item as usize).is_some_and(|it| app_ok(apps, it.app_id)) {
             continue;
         }
         out.push(Row::Ev(kind, i as u32));
@@ -350,11 +270,7 @@ fn event_rows(
 /// Produces the source's rows, plus how many stored rows were looked at.
 pub fn rows(store: &Store, src: &Source) -> (Vec<Row>, u64) {
     let apps = &src.apps;
-    let w = src.window.unwrap_or(Window {
-        period: Period::Day,
-        start: i64::MIN,
-        end: i64::MAX,
-    });
+    let w = src.window.unwrap_or(Window { period: Period::Day, start: i64::MIN, end: i64::MAX });
     let guide_range = || {
         let lo = store.guide_events.partition_point(|e| e.ts < w.start);
         let hi = store.guide_events.partition_point(|e| e.ts < w.end);
@@ -384,18 +300,12 @@ pub fn rows(store: &Store, src: &Source) -> (Vec<Row>, u64) {
             .collect(),
         SourceKind::Features => doc_rows(store.features.iter().map(|i| (&i.doc, i.app_id)), apps),
         SourceKind::Pages => doc_rows(store.pages.iter().map(|i| (&i.doc, i.app_id)), apps),
-        SourceKind::TrackTypes => {
-            doc_rows(store.track_types.iter().map(|i| (&i.doc, i.app_id)), apps)
-        }
+        SourceKind::TrackTypes => doc_rows(store.track_types.iter().map(|i| (&i.doc, i.app_id)), apps),
         SourceKind::Guides => doc_rows(store.guides.iter().map(|g| (&g.doc, g.app_id)), apps),
         SourceKind::Events => event_rows(store, EventKind::Page, w, None, apps),
         SourceKind::PageEvents { id } => event_rows(store, EventKind::Page, w, id.as_deref(), apps),
-        SourceKind::FeatureEvents { id } => {
-            event_rows(store, EventKind::Feature, w, id.as_deref(), apps)
-        }
-        SourceKind::TrackEvents { id } => {
-            event_rows(store, EventKind::Track, w, id.as_deref(), apps)
-        }
+        SourceKind::FeatureEvents { id } => event_rows(store, EventKind::Feature, w, id.as_deref(), apps),
+        SourceKind::TrackEvents { id } => event_rows(store, EventKind::Track, w, id.as_deref(), apps),
         SourceKind::GuideEvents { guide } => {
             let g = match guide {
                 Some(g) => match store.guide_index(g) {
@@ -408,10 +318,7 @@ pub fn rows(store: &Store, src: &Source) -> (Vec<Row>, u64) {
                 .filter(|&i| {
                     let e = &store.guide_events[i];
                     g.is_none_or(|g| g == e.guide)
-                        && store
-                            .guides
-                            .get(e.guide as usize)
-                            .is_some_and(|gd| app_ok(apps, gd.app_id))
+                        && store.guides.get(e.guide as usize).is_some_and(|gd| app_ok(apps, gd.app_id))
                 })
                 .map(|i| Row::Guide(GuideView::Guide, i as u32))
                 .collect()
@@ -434,8 +341,7 @@ pub fn rows(store: &Store, src: &Source) -> (Vec<Row>, u64) {
                         return false;
                     };
                     let poll_ok = poll.as_deref().is_none_or(|p| {
-                        e.poll != NONE_U32
-                            && gd.poll_ids.get(e.poll as usize).is_some_and(|x| &**x == p)
+                        e.poll != NONE_U32 && gd.poll_ids.get(e.poll as usize).is_some_and(|x| &**x == p)
                     });
                     poll_ok && app_ok(apps, gd.app_id)
                 })
@@ -446,11 +352,7 @@ pub fn rows(store: &Store, src: &Source) -> (Vec<Row>, u64) {
             let Some(g) = store.guide_index(guide) else {
                 return (Vec::new(), 0);
             };
-            let Some(p) = store.guides[g as usize]
-                .poll_ids
-                .iter()
-                .position(|x| &**x == poll.as_str())
-            else {
+            let Some(p) = store.guides[g as usize].poll_ids.iter().position(|x| &**x == poll.as_str()) else {
                 return (Vec::new(), 0);
             };
             // Latest answer per visitor, in first-answer order.
@@ -465,14 +367,8 @@ pub fn rows(store: &Store, src: &Source) -> (Vec<Row>, u64) {
                 .map(|&i| {
                     let e = &store.guide_events[i];
                     let mut o = Obj::new();
-                    let vid = store
-                        .visitors
-                        .get(e.visitor as usize)
-                        .map_or(Val::Null, |v| Val::Str(v.id.clone()));
-                    let aid = store
-                        .accounts
-                        .get(e.account as usize)
-                        .map_or(Val::Null, |a| Val::Str(a.id.clone()));
+                    let vid = store.visitors.get(e.visitor as usize).map_or(Val::Null, |v| Val::Str(v.id.clone()));
+                    let aid = store.accounts.get(e.account as usize).map_or(Val::Null, |a| Val::Str(a.id.clone()));
                     o.insert("visitorId".into(), vid);
                     o.insert("accountId".into(), aid);
                     o.insert("response".into(), e.response.clone());
@@ -492,20 +388,13 @@ mod tests {
     use super::*;
 
     fn env() -> Env<'static> {
-        Env {
-            now: 1_700_000_000_000,
-            tz_ms: 0,
-            app_ids: &[-323232],
-        }
+        Env { now: 1_700_000_000_000, tz_ms: 0, app_ids: &[-323232] }
     }
 
     #[test]
     fn count_negative_is_the_periods_before() {
-        let w = parse_time_series(
-            &serde_json::json!({"period":"dayRange","first":"now()","count":-1}),
-            &env(),
-        )
-        .unwrap();
+        let w =
+            parse_time_series(&serde_json::json!({"period":"dayRange","first":"now()","count":-1}), &env()).unwrap();
         let today = period_start(Period::Day, 1_700_000_000_000, 0);
         assert_eq!((w.start, w.end), (today - DAY_MS, today));
     }
@@ -522,35 +411,19 @@ mod tests {
 
     #[test]
     fn timezone_rounds_days_locally() {
-        let e = Env {
-            now: 0,
-            tz_ms: -4 * HOUR_MS,
-            app_ids: &[],
-        };
+        let e = Env { now: 0, tz_ms: -4 * HOUR_MS, app_ids: &[] };
         // 2018-10-20T12:00Z is the 20th in US Eastern; its midnight is 04:00Z.
-        let w = parse_time_series(
-            &serde_json::json!({"period":"dayRange","first":1_540_036_800_000i64,"count":1}),
-            &e,
-        )
-        .unwrap();
+        let w = parse_time_series(&serde_json::json!({"period":"dayRange","first":1_540_036_800_000i64,"count":1}), &e)
+            .unwrap();
         assert_eq!(w.start, 1_540_008_000_000);
     }
 
     #[test]
     fn app_ids_in_all_forms() {
         let e = env();
-        assert_eq!(
-            parse_apps(Some(&serde_json::json!(-323232)), &e).unwrap(),
-            Some(vec![-323232])
-        );
-        assert_eq!(
-            parse_apps(Some(&serde_json::json!(["1", "2"])), &e).unwrap(),
-            Some(vec![1, 2])
-        );
-        assert_eq!(
-            parse_apps(Some(&serde_json::json!("expandAppIds(\"*\")")), &e).unwrap(),
-            Some(vec![-323232])
-        );
+        assert_eq!(parse_apps(Some(&serde_json::json!(-323232)), &e).unwrap(), Some(vec![-323232]));
+        assert_eq!(parse_apps(Some(&serde_json::json!(["1", "2"])), &e).unwrap(), Some(vec![1, 2]));
+        assert_eq!(parse_apps(Some(&serde_json::json!("expandAppIds(\"*\")")), &e).unwrap(), Some(vec![-323232]));
         assert!(parse_apps(Some(&serde_json::json!("bogus(")), &e).is_err());
     }
 
@@ -561,11 +434,7 @@ mod tests {
         assert!(parse_source(&serde_json::json!({"events": null}), &e).is_err());
         assert!(parse_source(&serde_json::json!({}), &e).is_err());
         assert!(
-            parse_source(
-                &serde_json::json!({"accounts": {"appId": 1, "timeSeries": {"period": "x"}}}),
-                &e
-            )
-            .is_ok()
+            parse_source(&serde_json::json!({"accounts": {"appId": 1, "timeSeries": {"period": "x"}}}), &e).is_ok()
         );
     }
 }
