@@ -131,7 +131,7 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
     for a in &body.accounts {
         let id = s(a, "accountId").or_else(|_| s(a, "id"))?;
         let mut acc = store.account(id).cloned().unwrap_or_else(|| super::metadata::new_account(id, now));
-        merge_metadata(&mut acc.metadata, a.get("metadata"));
+        merge_metadata(acc.metadata_mut(), a.get("metadata"));
         store.upsert_account(acc);
     }
     for v in &body.visitors {
@@ -141,13 +141,13 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
             if store.account(acc).is_none() {
                 store.upsert_account(super::metadata::new_account(acc, now));
             }
-            if let Val::Obj(o) = &mut vis.metadata {
+            if let Val::Obj(o) = vis.metadata_mut() {
                 let o = Arc::make_mut(o);
                 Val::set_path(o, "auto.accountid", Val::str(acc));
                 Val::set_path(o, "auto.accountids", Val::arr(vec![Val::str(acc)]));
             }
         }
-        merge_metadata(&mut vis.metadata, v.get("metadata"));
+        merge_metadata(vis.metadata_mut(), v.get("metadata"));
         store.upsert_visitor(vis);
     }
     for f in &body.features {
@@ -277,18 +277,18 @@ async fn seed(State(state): State<PendoState>, body: Bytes) -> ApiResult<Json<J>
     Ok(Json(out))
 }
 
-fn dump<'a>(items: impl Iterator<Item = (&'a str, &'a Val)>, key: &str) -> Json<J> {
+fn dump<'a>(items: impl Iterator<Item = (&'a str, Val)>, key: &str) -> Json<J> {
     Json(J::Array(items.map(|(id, md)| json!({ key: id, "metadata": md.to_json() })).collect()))
 }
 
 async fn accounts(State(state): State<PendoState>) -> Json<J> {
     let store = state.inner.store.read();
-    dump(store.accounts.iter().map(|a| (&*a.id, &a.metadata)), "accountId")
+    dump(store.accounts.iter().map(|a| (&*a.id, a.metadata())), "accountId")
 }
 
 async fn visitors(State(state): State<PendoState>) -> Json<J> {
     let store = state.inner.store.read();
-    dump(store.visitors.iter().map(|v| (&*v.id, &v.metadata)), "visitorId")
+    dump(store.visitors.iter().map(|v| (&*v.id, v.metadata())), "visitorId")
 }
 
 async fn stats(State(state): State<PendoState>) -> Json<J> {

@@ -66,18 +66,18 @@ fn time_query(
 }
 
 /// Generates `accounts` accounts over `days` days, then times typical sync-engine queries over
-/// the last 30 days.
+/// the last 30 days. `with_org` also times building the matching Salesforce org.
 ///
 /// # Errors
 /// A message if one of the benchmark pipelines is rejected (a bug).
-pub fn run(seed: u64, accounts: usize, days: u32, runs: usize) -> Result<BenchReport, String> {
+pub fn run(seed: u64, accounts: usize, days: u32, runs: usize, with_org: bool) -> Result<BenchReport, String> {
     let anchor = generate::local_midnight(super::clock::Clock::wall_ms(), 0);
     let gc = GenConfig { seed, accounts, days, anchor_day_ms: Some(anchor), ..GenConfig::default() };
     let t = Instant::now();
     let g = generate::generate(&gc);
     let generate_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let org = generate::salesforce_org(&gc);
+    let org = if with_org { generate::salesforce_org(&gc) } else { Default::default() };
     let org_ms = t.elapsed().as_secs_f64() * 1e3;
     let store = g.store;
     let event_rows = store.event_row_count();

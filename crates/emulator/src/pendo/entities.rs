@@ -109,9 +109,10 @@ fn resolve_id<'a, T>(raw: &str, lookup: impl Fn(&str) -> Option<&'a T>) -> Optio
 pub fn visitor_doc(store: &Store, v: &super::store::Visitor) -> Val {
     let mut o = Obj::new();
     o.insert("id".into(), Val::Str(v.id.clone()));
-    let ids = v.metadata.path("auto.accountids").clone();
+    let md = v.metadata();
+    let ids = md.path("auto.accountids").clone();
     o.insert("accountIds".into(), if ids.is_null() { Val::arr(vec![]) } else { ids });
-    o.insert("metadata".into(), v.metadata.clone());
+    o.insert("metadata".into(), md);
     let _ = store;
     Val::obj(o)
 }
@@ -127,7 +128,7 @@ async fn account(State(state): State<PendoState>, Path(id): Path<String>) -> Api
     let a = resolve_id(&id, |k| store.account(k)).ok_or_else(|| ApiError::not_found("account not found"))?;
     let mut o = Obj::new();
     o.insert("id".into(), Val::Str(a.id.clone()));
-    o.insert("metadata".into(), a.metadata.clone());
+    o.insert("metadata".into(), a.metadata());
     Ok(Json(Val::obj(o)))
 }
 

@@ -18,8 +18,8 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::store::{
-    Account, DAY_MS, DEFAULT_APP_ID, EventKind, GuideEvent, GuideEventType, HOUR_MS, Item, MetaKind, NONE_U32, Segment,
-    Store, Visitor, base_schema,
+    Account, Compact, CompactAccount, CompactVisitor, DAY_MS, DEFAULT_APP_ID, EventKind, GuideEvent, GuideEventType,
+    HOUR_MS, Item, Meta, MetaKind, NONE_U32, Segment, Store, Visitor, base_schema,
 };
 use super::val::{Obj, Val};
 
@@ -810,6 +810,7 @@ pub fn generate(gc: &GenConfig) -> Generated {
     let days = gc.days.max(1);
     let mut enterprise_visitors = std::collections::HashSet::new();
     let mut guide_events: Vec<GuideEvent> = Vec::new();
+    let shared = Shared::new();
 
     // Rows are generated per account, then sorted once at the end.
     for i in 0..gc.accounts {
@@ -906,10 +907,11 @@ pub fn generate(gc: &GenConfig) -> Generated {
                 enterprise_visitors.insert(v.id.clone());
             }
         }
+        let account_id: Arc<str> = Arc::from(p.id.as_str());
         for (v, (first_seen, last_seen)) in p.visitors.iter().zip(visitor_meta) {
-            store.upsert_visitor(build_visitor(&p, v, first_seen, last_seen, &mut rng));
+            store.upsert_visitor(build_visitor(&p, &account_id, v, first_seen, last_seen, &mut rng, &shared));
         }
-        store.upsert_account(build_account(gc, &p, acc_first, acc_last));
+        store.upsert_account(build_account(gc, &p, &account_id, acc_first, acc_last));
     }
     guide_events.sort_by_key(|e| e.ts);
     store.guide_events = guide_events;
@@ -1002,75 +1004,87 @@ fn add_guide_events(
     }
 }
 
-fn build_visitor(p: &AccountProfile, v: &VisitorProfile, first: i64, last: i64, rng: &mut StdRng) -> Visitor {
-    let mut auto = Obj::new();
-    auto.insert("id".into(), Val::str(&v.id));
-    auto.insert("accountid".into(), Val::str(&p.id));
-    auto.insert("accountids".into(), Val::arr(vec![Val::str(&p.id)]));
-    auto.insert("firstvisit".into(), Val::Int(first));
-    auto.insert("lastvisit".into(), Val::Int(last));
-    auto.insert("lastupdated".into(), Val::Int(last + 1_000));
-    auto.insert("idhash".into(), Val::Int((splitmix(v.id.len() as u64 ^ first as u64) % 4_294_967_296) as i64));
-    let mut agent = Obj::new();
-    if !v.anonymous {
-        agent.insert("email".into(), Val::str(&v.email));
-        agent.insert("full_name".into(), Val::from(format!("{} {}", v.first, v.last)));
-        agent.insert("role".into(), Val::str(v.role));
-    }
-    let mut custom = Obj::new();
-    if !v.anonymous {
-        let dept = ["Engineering", "Finance", "Operations", "Sales", "Marketing"][rng.random_range(0..5)];
-        custom.insert("department".into(), Val::str(dept));
-    }
-    let mut pendo = Obj::new();
-    pendo.insert("donotprocess".into(), Val::Bool(false));
-    let mut md = Obj::new();
-    md.insert("auto".into(), Val::obj(auto));
-    md.insert("agent".into(), Val::obj(agent));
-    md.insert("custom".into(), Val::obj(custom));
-    md.insert("pendo".into(), Val::obj(pendo));
-    let ip = format!("203.0.{}.{}", rng.random_range(0..255), rng.random_range(1..255));
-    let ua = [
-        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
-        "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
-        "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
-    ][rng.random_range(0..3)];
-    Visitor {
-        id: Arc::from(v.id.as_str()),
-        metadata: Val::obj(md),
-        remote_ip: Arc::from(ip.as_str()),
-        user_agent: Arc::from(ua),
-        server: Arc::from("app.emulator.example"),
-        country: Arc::from(["US", "GB", "DE", "FR", "CA"][rng.random_range(0..5)]),
+/// Strings many visitors share, allocated once per generation.
+struct Shared {
+    user_agents: [Arc<str>; 3],
+    server: Arc<str>,
+    countries: [Arc<str>; 5],
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            user_agents: [
+                Arc::from(
+                    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
+                ),
+                Arc::from(
+                    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
+                ),
+                Arc::from("Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"),
+            ],
+            server: Arc::from("app.emulator.example"),
+            countries: ["US", "GB", "DE", "FR", "CA"].map(Arc::from),
+        }
     }
 }
 
-fn build_account(gc: &GenConfig, p: &AccountProfile, first: i64, last: i64) -> Account {
+const DEPARTMENTS: [&str; 5] = ["Engineering", "Finance", "Operations", "Sales", "Marketing"];
+
+fn build_visitor(
+    p: &AccountProfile,
+    account: &Arc<str>,
+    v: &VisitorProfile,
+    first: i64,
+    last: i64,
+    rng: &mut StdRng,
+    shared: &Shared,
+) -> Visitor {
+    let department = if v.anonymous { "" } else { DEPARTMENTS[rng.random_range(0..5)] };
+    let ip = format!("203.0.{}.{}", rng.random_range(0..255), rng.random_range(1..255));
+    let ua = shared.user_agents[rng.random_range(0..3)].clone();
+    let country = shared.countries[rng.random_range(0..5)].clone();
+    let _ = p;
+    Visitor {
+        id: Arc::from(v.id.as_str()),
+        meta: Meta::compact(Compact::Visitor(Box::new(CompactVisitor {
+            account: account.clone(),
+            email: v.email.as_str().into(),
+            full_name: format!("{} {}", v.first, v.last).into(),
+            role: v.role,
+            department,
+            anonymous: v.anonymous,
+            first,
+            last,
+            idhash: (splitmix(v.id.len() as u64 ^ first as u64) % 4_294_967_296) as i64,
+        }))),
+        remote_ip: Arc::from(ip.as_str()),
+        user_agent: ua,
+        server: shared.server.clone(),
+        country,
+    }
+}
+
+fn build_account(gc: &GenConfig, p: &AccountProfile, account: &Arc<str>, first: i64, last: i64) -> Account {
     let anchor = gc.anchor_day_ms.unwrap_or(0);
     let (first, last) = if first == i64::MAX { (anchor, anchor) } else { (first, last) };
-    let mut auto = Obj::new();
-    auto.insert("id".into(), Val::str(&p.id));
-    auto.insert("firstvisit".into(), Val::Int(first));
-    auto.insert("lastvisit".into(), Val::Int(last));
-    // Offset by the index so paging by lastupdated sees mostly distinct values, as in real data.
-    auto.insert("lastupdated".into(), Val::Int(last + 2_000 + p.index as i64));
-    auto.insert("idhash".into(), Val::Int((splitmix(p.index as u64) % 4_294_967_296) as i64));
-    let mut agent = Obj::new();
-    agent.insert("name".into(), Val::str(&p.name));
-    agent.insert("website".into(), Val::from(format!("https://www.{}", p.domain)));
-    let mut custom = Obj::new();
-    if p.has_sfdc_id_in_pendo {
-        custom.insert("sfdcaccountid".into(), Val::from(sf_account_id(p.index)));
+    Account {
+        id: account.clone(),
+        meta: Meta::compact(Compact::Account(Box::new(CompactAccount {
+            name: p.name.as_str().into(),
+            website: format!("https://www.{}", p.domain).into(),
+            sfdc_id: p.has_sfdc_id_in_pendo.then(|| sf_account_id(p.index).into()),
+            plan: if p.trial { "trial" } else { p.plan },
+            arr: p.arr as f64,
+            trial: p.trial,
+            renewal: anchor + i64::from((p.index as u32 * 37) % 365 + 1) * DAY_MS,
+            first,
+            last,
+            // Offset by the index so paging by lastupdated sees mostly distinct values, as in real data.
+            lastupdated: last + 2_000 + p.index as i64,
+            idhash: (splitmix(p.index as u64) % 4_294_967_296) as i64,
+        }))),
     }
-    custom.insert("plan".into(), Val::str(if p.trial { "trial" } else { p.plan }));
-    custom.insert("arr".into(), Val::Float(p.arr as f64));
-    custom.insert("trial".into(), Val::Bool(p.trial));
-    custom.insert("renewaldate".into(), Val::Int(anchor + i64::from((p.index as u32 * 37) % 365 + 1) * DAY_MS));
-    let mut md = Obj::new();
-    md.insert("auto".into(), Val::obj(auto));
-    md.insert("agent".into(), Val::obj(agent));
-    md.insert("custom".into(), Val::obj(custom));
-    Account { id: Arc::from(p.id.as_str()), metadata: Val::obj(md) }
 }
 
 /// The kind of events a rollup table holds, for callers that iterate all three.
@@ -1152,7 +1166,8 @@ mod tests {
     fn pendo_side_has_the_matching_metadata() {
         let g = cfg(100);
         let gc = generate(&g);
-        let with_sfdc = gc.store.accounts.iter().filter(|a| !a.metadata.path("custom.sfdcaccountid").is_null()).count();
+        let with_sfdc =
+            gc.store.accounts.iter().filter(|a| !a.metadata().path("custom.sfdcaccountid").is_null()).count();
         assert!(with_sfdc > 10, "{with_sfdc}");
         assert!(gc.store.page_rows.ts.windows(2).all(|w| w[0] <= w[1]));
         assert!(gc.store.guide_events.iter().any(|e| e.kind == GuideEventType::PollResponse));

@@ -15,7 +15,7 @@ use axum::{Extension, Json, Router};
 use serde_json::Value as J;
 
 use super::auth::Caller;
-use super::store::{Account, MetaKind, Store, Visitor, field_descriptor};
+use super::store::{Account, Meta, MetaKind, Store, Visitor, field_descriptor};
 use super::val::{Obj, Val};
 use super::{ApiError, ApiResult, PendoState, UnknownFieldPolicy};
 
@@ -159,7 +159,7 @@ fn metadata_slot<'a>(store: &'a mut Store, kind: MetaKind, id: &str, create: boo
                 store.upsert_visitor(new_visitor(id, now));
             }
             let i = *store.visitor_index.get(id)? as usize;
-            store.visitors.get_mut(i).map(|v| &mut v.metadata)
+            store.visitors.get_mut(i).map(|v| v.metadata_mut())
         }
         MetaKind::Account => {
             if store.account(id).is_none() {
@@ -169,7 +169,7 @@ fn metadata_slot<'a>(store: &'a mut Store, kind: MetaKind, id: &str, create: boo
                 store.upsert_account(new_account(id, now));
             }
             let i = *store.account_index.get(id)? as usize;
-            store.accounts.get_mut(i).map(|a| &mut a.metadata)
+            store.accounts.get_mut(i).map(|a| a.metadata_mut())
         }
     }
 }
@@ -191,7 +191,7 @@ pub fn new_visitor(id: &str, now: i64) -> Visitor {
     md.insert("pendo".into(), Val::obj(Obj::from_iter([("donotprocess".to_string(), Val::Bool(false))])));
     Visitor {
         id: Arc::from(id),
-        metadata: Val::obj(md),
+        meta: Meta::full(Val::obj(md)),
         remote_ip: Arc::from("198.51.100.1"),
         user_agent: Arc::from("Mozilla/5.0"),
         server: Arc::from("app.emulator.example"),
@@ -204,7 +204,7 @@ pub fn new_account(id: &str, now: i64) -> Account {
     md.insert("auto".into(), Val::obj(auto_group(id, now)));
     md.insert("agent".into(), Val::obj(Obj::new()));
     md.insert("custom".into(), Val::obj(Obj::new()));
-    Account { id: Arc::from(id), metadata: Val::obj(md) }
+    Account { id: Arc::from(id), meta: Meta::full(Val::obj(md)) }
 }
 
 /// Writes `values` into `metadata.<group>` and bumps `auto.lastupdated`.
@@ -335,8 +335,8 @@ async fn get_value(
     let kind = kind_of(&kind)?;
     let store = state.inner.store.read();
     let md = match kind {
-        MetaKind::Visitor => store.visitor(&id).map(|v| &v.metadata),
-        MetaKind::Account => store.account(&id).map(|a| &a.metadata),
+        MetaKind::Visitor => store.visitor(&id).map(|v| v.metadata()),
+        MetaKind::Account => store.account(&id).map(|a| a.metadata()),
     }
     .ok_or_else(|| ApiError::not_found(format!("{} not found", id_key(kind))))?;
     Ok(Json(md.field(&group.to_ascii_lowercase()).field(&field.to_ascii_lowercase()).to_json()))

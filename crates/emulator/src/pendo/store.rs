@@ -23,8 +23,8 @@ pub fn is_anonymous(id: &str) -> bool {
 #[derive(Clone, Debug)]
 pub struct Visitor {
     pub id: Arc<str>,
-    /// `{auto, agent, custom, pendo, ...}`, exactly as the API returns it.
-    pub metadata: Val,
+    /// `{auto, agent, custom, pendo, ...}`, exactly as the API returns it (see [`Meta`]).
+    pub meta: Meta,
     pub remote_ip: Arc<str>,
     pub user_agent: Arc<str>,
     pub server: Arc<str>,
@@ -34,7 +34,158 @@ pub struct Visitor {
 #[derive(Clone, Debug)]
 pub struct Account {
     pub id: Arc<str>,
-    pub metadata: Val,
+    pub meta: Meta,
+}
+
+/// Metadata as stored. Generated entities keep a compact form (a few dozen bytes instead of
+/// kilobytes of maps) and build the document when read, so a million accounts with their
+/// visitors fit in memory; the first write turns it into the full document.
+#[derive(Clone, Debug)]
+pub struct Meta {
+    full: Option<Val>,
+    compact: Compact,
+}
+
+#[derive(Clone, Debug)]
+pub enum Compact {
+    None,
+    Visitor(Box<CompactVisitor>),
+    Account(Box<CompactAccount>),
+}
+
+#[derive(Clone, Debug)]
+pub struct CompactVisitor {
+    pub account: Arc<str>,
+    pub email: Box<str>,
+    pub full_name: Box<str>,
+    pub role: &'static str,
+    pub department: &'static str,
+    pub anonymous: bool,
+    pub first: i64,
+    pub last: i64,
+    pub idhash: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct CompactAccount {
+    pub name: Box<str>,
+    pub website: Box<str>,
+    pub sfdc_id: Option<Box<str>>,
+    pub plan: &'static str,
+    pub arr: f64,
+    pub trial: bool,
+    pub renewal: i64,
+    pub first: i64,
+    pub last: i64,
+    pub lastupdated: i64,
+    pub idhash: i64,
+}
+
+fn group(pairs: Vec<(&str, Val)>) -> Val {
+    Val::obj(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+impl Meta {
+    pub fn full(v: Val) -> Self {
+        Meta { full: Some(v), compact: Compact::None }
+    }
+
+    pub fn compact(c: Compact) -> Self {
+        Meta { full: None, compact: c }
+    }
+
+    /// The metadata document of entity `id`.
+    pub fn build(&self, id: &str) -> Val {
+        if let Some(v) = &self.full {
+            return v.clone();
+        }
+        self.compact.build(id)
+    }
+
+    /// The full document, converting a compact form first.
+    pub fn full_mut(&mut self, id: &str) -> &mut Val {
+        if self.full.is_none() {
+            self.full = Some(self.compact.build(id));
+            self.compact = Compact::None;
+        }
+        self.full.get_or_insert_with(|| Val::obj(Obj::new()))
+    }
+}
+
+impl Compact {
+    fn build(&self, id: &str) -> Val {
+        match self {
+            Compact::None => Val::obj(Obj::new()),
+            Compact::Visitor(c) => {
+                let auto = group(vec![
+                    ("id", Val::str(id)),
+                    ("accountid", Val::Str(c.account.clone())),
+                    ("accountids", Val::arr(vec![Val::Str(c.account.clone())])),
+                    ("firstvisit", Val::Int(c.first)),
+                    ("lastvisit", Val::Int(c.last)),
+                    ("lastupdated", Val::Int(c.last + 1_000)),
+                    ("idhash", Val::Int(c.idhash)),
+                ]);
+                let (agent, custom) = if c.anonymous {
+                    (group(vec![]), group(vec![]))
+                } else {
+                    (
+                        group(vec![
+                            ("email", Val::str(&c.email)),
+                            ("full_name", Val::str(&c.full_name)),
+                            ("role", Val::str(c.role)),
+                        ]),
+                        group(vec![("department", Val::str(c.department))]),
+                    )
+                };
+                group(vec![
+                    ("auto", auto),
+                    ("agent", agent),
+                    ("custom", custom),
+                    ("pendo", group(vec![("donotprocess", Val::Bool(false))])),
+                ])
+            }
+            Compact::Account(c) => {
+                let auto = group(vec![
+                    ("id", Val::str(id)),
+                    ("firstvisit", Val::Int(c.first)),
+                    ("lastvisit", Val::Int(c.last)),
+                    ("lastupdated", Val::Int(c.lastupdated)),
+                    ("idhash", Val::Int(c.idhash)),
+                ]);
+                let agent = group(vec![("name", Val::str(&c.name)), ("website", Val::str(&c.website))]);
+                let mut custom = Vec::with_capacity(5);
+                if let Some(s) = &c.sfdc_id {
+                    custom.push(("sfdcaccountid", Val::str(s)));
+                }
+                custom.push(("plan", Val::str(c.plan)));
+                custom.push(("arr", Val::Float(c.arr)));
+                custom.push(("trial", Val::Bool(c.trial)));
+                custom.push(("renewaldate", Val::Int(c.renewal)));
+                group(vec![("auto", auto), ("agent", agent), ("custom", group(custom))])
+            }
+        }
+    }
+}
+
+impl Visitor {
+    pub fn metadata(&self) -> Val {
+        self.meta.build(&self.id)
+    }
+    pub fn metadata_mut(&mut self) -> &mut Val {
+        let id = self.id.clone();
+        self.meta.full_mut(&id)
+    }
+}
+
+impl Account {
+    pub fn metadata(&self) -> Val {
+        self.meta.build(&self.id)
+    }
+    pub fn metadata_mut(&mut self) -> &mut Val {
+        let id = self.id.clone();
+        self.meta.full_mut(&id)
+    }
 }
 
 /// A feature, page, track type or report: the full JSON document plus what queries index on.
@@ -291,8 +442,8 @@ impl Store {
             + self.feature_rows.bytes()
             + self.track_rows.bytes()
             + self.guide_events.len() * std::mem::size_of::<GuideEvent>()
-            + self.visitors.len() * 600
-            + self.accounts.len() * 400
+            + self.visitors.len() * 260
+            + self.accounts.len() * 220
     }
 }
 

@@ -188,7 +188,7 @@ fn ensure_entities(store: &mut Store, visitor: &str, account: &str, now: i64) ->
     }
     if store.visitor(visitor).is_none() {
         let mut v = super::metadata::new_visitor(visitor, now);
-        if let super::val::Val::Obj(o) = &mut v.metadata {
+        if let super::val::Val::Obj(o) = v.metadata_mut() {
             let o = Arc::make_mut(o);
             super::val::Val::set_path(o, "auto.accountid", super::val::Val::str(account));
             super::val::Val::set_path(o, "auto.accountids", super::val::Val::arr(vec![super::val::Val::str(account)]));

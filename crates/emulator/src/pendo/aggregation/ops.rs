@@ -506,8 +506,8 @@ fn apply(ctx: &Ctx, st: &Stage, mut rows: Vec<Row>, opts: &Opts, scanned: &mut u
                 for (name, kind, key) in specs {
                     let id = ev(ctx, key, r);
                     let md = id.as_str().and_then(|id| match kind {
-                        MetaKind::Account => ctx.store.account(id).map(|a| a.metadata.clone()),
-                        MetaKind::Visitor => ctx.store.visitor(id).map(|v| v.metadata.clone()),
+                        MetaKind::Account => ctx.store.account(id).map(|a| a.metadata()),
+                        MetaKind::Visitor => ctx.store.visitor(id).map(|v| v.metadata()),
                     });
                     Val::set_path(&mut o, name, md.unwrap_or(Val::Null));
                 }

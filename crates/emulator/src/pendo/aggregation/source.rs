@@ -284,7 +284,7 @@ pub fn rows(store: &Store, src: &Source) -> (Vec<Row>, u64) {
             .map(|v| {
                 let mut o = Obj::with_capacity(2);
                 o.insert("visitorId".into(), Val::Str(v.id.clone()));
-                o.insert("metadata".into(), v.metadata.clone());
+                o.insert("metadata".into(), v.metadata());
                 Row::Doc(Arc::new(o))
             })
             .collect(),
@@ -294,7 +294,7 @@ pub fn rows(store: &Store, src: &Source) -> (Vec<Row>, u64) {
             .map(|a| {
                 let mut o = Obj::with_capacity(2);
                 o.insert("accountId".into(), Val::Str(a.id.clone()));
-                o.insert("metadata".into(), a.metadata.clone());
+                o.insert("metadata".into(), a.metadata());
                 Row::Doc(Arc::new(o))
             })
             .collect(),
