@@ -4,8 +4,14 @@
 # record counts must equal what the emulator holds. Only the tap's base-URL constant is pointed
 # at the emulator (run_tap.py). Exits non-zero on any failure.
 #
+# Then, when a Python 3.9 or 3.10 is available (airbyte-cdk 0.80 needs one), the unmodified
+# Airbyte Pendo source runs check, discover and read against the same emulator.
+#
 # Environment: CARGO_TARGET_DIR (shared build dir, optional), TAP_PENDO_VENV (virtualenv to
-# create or reuse; default target/tap-pendo-venv), PYTHON (default python3).
+# create or reuse; default target/tap-pendo-venv), PYTHON (default python3), AIRBYTE_PYTHON
+# (a Python 3.9/3.10 for the Airbyte source; searched for when unset), REQUIRE_AIRBYTE=1 (fail
+# instead of skipping when no such Python exists), AIRBYTE_VENV (default
+# target/airbyte-pendo-venv).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -65,3 +71,40 @@ JSON
 # day) runs across page boundaries.
 run_pass "single page" ""
 run_pass "paged" ', "record_limit": "100"'
+
+find_airbyte_python() {
+  if [ -n "${AIRBYTE_PYTHON:-}" ]; then echo "$AIRBYTE_PYTHON"; return; fi
+  for candidate in python3.10 python3.9 "$HOME"/.pyenv/versions/3.10.*/bin/python3.10 "$HOME"/.pyenv/versions/3.9.*/bin/python3.9; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(0 if sys.version_info[:2] in ((3, 9), (3, 10)) else 1)' 2>/dev/null; then
+      echo "$candidate"; return
+    fi
+  done
+}
+
+airbyte_python="$(find_airbyte_python || true)"
+if [ -z "$airbyte_python" ]; then
+  if [ -n "${REQUIRE_AIRBYTE:-}" ]; then echo "no Python 3.9/3.10 for the Airbyte source" >&2; exit 1; fi
+  echo "[airbyte] SKIPPED: airbyte-cdk 0.80 needs Python 3.9 or 3.10 and none was found"
+  exit 0
+fi
+abvenv="${AIRBYTE_VENV:-$target/airbyte-pendo-venv}"
+if [ ! -x "$abvenv/bin/source-pendo" ]; then
+  echo "[airbyte] Installing airbyte-source-pendo into $abvenv"
+  "$airbyte_python" -m venv "$abvenv"
+  "$abvenv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements-airbyte.txt"
+fi
+echo "{\"api_key\": \"$key\"}" >"$work/ab_config.json"
+echo '{"api_key": "not-a-key"}' >"$work/ab_bad.json"
+ab() { "$abvenv/bin/python" "$here/run_airbyte.py" "$base" "$@"; }
+echo "[airbyte] check, discover, read"
+ab check --config "$work/ab_config.json" >"$work/ab_check.jsonl" 2>"$work/ab.log" || true
+ab check --config "$work/ab_bad.json" >"$work/ab_check_bad.jsonl" 2>>"$work/ab.log" || true
+ab discover --config "$work/ab_config.json" >"$work/ab_discover.jsonl" 2>>"$work/ab.log" || { tail -n 30 "$work/ab.log" >&2; exit 1; }
+"$abvenv/bin/python" - "$work/ab_discover.jsonl" "$work/ab_catalog.json" <<'PY'
+import json, sys
+catalog = next(json.loads(l)["catalog"] for l in open(sys.argv[1]) if l.startswith("{") and json.loads(l).get("type") == "CATALOG")
+configured = {"streams": [{"stream": s, "sync_mode": "full_refresh", "destination_sync_mode": "overwrite"} for s in catalog["streams"]]}
+json.dump(configured, open(sys.argv[2], "w"))
+PY
+ab read --config "$work/ab_config.json" --catalog "$work/ab_catalog.json" >"$work/ab_read.jsonl" 2>>"$work/ab.log" || { tail -n 30 "$work/ab.log" >&2; exit 1; }
+"$abvenv/bin/python" "$here/check_airbyte.py" "$base" "$key" "$work/ab_check.jsonl" "$work/ab_check_bad.jsonl" "$work/ab_discover.jsonl" "$work/ab_read.jsonl"
