@@ -15,10 +15,12 @@ pub mod composite;
 pub mod faults;
 pub mod ids;
 pub mod oauth;
+pub mod query;
 pub mod response;
 pub mod rest;
 pub mod schema;
 pub mod sobjects;
+pub mod soql;
 pub mod state;
 pub mod store;
 

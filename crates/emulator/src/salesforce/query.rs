@@ -62,7 +62,15 @@ fn run(st: &SfState, ctx: &CallCtx, db: &Db, req: &DataRequest<'_>, all: bool) -
     page(st, ctx, rows, total, 0, batch, None)
 }
 
-fn page(st: &SfState, ctx: &CallCtx, rows: Arc<Vec<Value>>, total: usize, offset: usize, batch: usize, cursor_id: Option<&str>) -> Resp {
+fn page(
+    st: &SfState,
+    ctx: &CallCtx,
+    rows: Arc<Vec<Value>>,
+    total: usize,
+    offset: usize,
+    batch: usize,
+    cursor_id: Option<&str>,
+) -> Resp {
     let end = (offset + batch).min(rows.len());
     let records: Vec<Value> = rows.get(offset..end).map(<[Value]>::to_vec).unwrap_or_default();
     if end >= rows.len() {

@@ -13,7 +13,7 @@ use super::accounting::CallKind;
 use super::response::Resp;
 use super::state::SfState;
 use super::store::{Db, WriteCtx};
-use super::{collections, composite, oauth, sobjects};
+use super::{collections, composite, oauth, query, sobjects};
 use crate::server::DropConnection;
 
 /// Who is calling, at which API version: what every handler needs besides the data.
@@ -222,7 +222,8 @@ pub fn dispatch(st: &SfState, ctx: &CallCtx, db: &mut Db, req: &DataRequest<'_>)
         ["sobjects", ..] => sobjects::handle(st, ctx, db, req, &seg[1..]),
         ["composite", "sobjects", ..] => collections::handle(st, ctx, db, req, &seg[2..]),
         ["composite"] => composite::handle(st, ctx, db, req),
-        ["query", ..] | ["queryAll", ..] => Resp::not_found(), // SOQL_PENDING
+        ["query", rest @ ..] => query::handle(st, ctx, db, req, false, rest),
+        ["queryAll", rest @ ..] => query::handle(st, ctx, db, req, true, rest),
         _ => Resp::not_found(),
     }
 }

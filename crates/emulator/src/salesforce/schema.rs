@@ -2,6 +2,8 @@
 //! and unique flags, and relationships. Describe responses, write validation and SOQL all read
 //! from here, so an admin-added custom field behaves like a built-in one everywhere.
 
+use std::sync::Arc;
+
 use indexmap::IndexMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -254,6 +256,9 @@ pub struct ObjectDef {
     pub custom: bool,
     /// Keyed by lower-cased API name because Salesforce resolves field names case-insensitively.
     fields: IndexMap<String, FieldDef>,
+    /// Canonical name → position in `fields`: most callers spell names canonically, and this
+    /// spares them lower-casing (an allocation) on every lookup of a hot write path.
+    exact: std::collections::HashMap<String, usize>,
     /// Lower-cased relationship name → lower-cased field name.
     relationships: IndexMap<String, String>,
     /// Whether the API may create records of this type (User is read-only here).
@@ -269,6 +274,7 @@ impl ObjectDef {
             key_prefix: key_prefix.to_string(),
             custom: name.ends_with("__c"),
             fields: IndexMap::new(),
+            exact: std::collections::HashMap::new(),
             relationships: IndexMap::new(),
             createable: true,
         };
@@ -291,10 +297,17 @@ impl ObjectDef {
         if let Some(rel) = &field.relationship_name {
             self.relationships.insert(rel.to_ascii_lowercase(), field.name.to_ascii_lowercase());
         }
-        self.fields.insert(field.name.to_ascii_lowercase(), field);
+        let (index, old) = self.fields.insert_full(field.name.to_ascii_lowercase(), field.clone());
+        if let Some(old) = old {
+            self.exact.remove(&old.name);
+        }
+        self.exact.insert(field.name, index);
     }
 
     pub fn field(&self, name: &str) -> Option<&FieldDef> {
+        if let Some(i) = self.exact.get(name) {
+            return self.fields.get_index(*i).map(|(_, f)| f);
+        }
         self.fields.get(&name.to_ascii_lowercase())
     }
 
@@ -339,33 +352,34 @@ impl ObjectDef {
     }
 }
 
-/// Every object of the org, keyed by lower-cased name.
+/// Every object of the org, keyed by lower-cased name. Objects sit behind `Arc` so a write can
+/// hold its object's definition while it mutates the data, without copying the definition.
 #[derive(Debug, Clone)]
 pub struct Schema {
-    objects: IndexMap<String, ObjectDef>,
+    objects: IndexMap<String, Arc<ObjectDef>>,
 }
 
 impl Schema {
-    pub fn object(&self, name: &str) -> Option<&ObjectDef> {
+    pub fn object(&self, name: &str) -> Option<&Arc<ObjectDef>> {
         self.objects.get(&name.to_ascii_lowercase())
     }
 
     pub fn object_mut(&mut self, name: &str) -> Option<&mut ObjectDef> {
-        self.objects.get_mut(&name.to_ascii_lowercase())
+        self.objects.get_mut(&name.to_ascii_lowercase()).map(Arc::make_mut)
     }
 
     pub fn objects(&self) -> impl Iterator<Item = &ObjectDef> {
-        self.objects.values()
+        self.objects.values().map(|o| &**o)
     }
 
     /// The object an ID belongs to, by its key prefix.
-    pub fn object_for_id(&self, id: &str) -> Option<&ObjectDef> {
+    pub fn object_for_id(&self, id: &str) -> Option<&Arc<ObjectDef>> {
         let prefix = super::ids::key_prefix(id);
         self.objects.values().find(|o| o.key_prefix == prefix)
     }
 
     fn insert(&mut self, obj: ObjectDef) {
-        self.objects.insert(obj.name.to_ascii_lowercase(), obj);
+        self.objects.insert(obj.name.to_ascii_lowercase(), Arc::new(obj));
     }
 
     /// The standard objects usagesync works with, plus the custom fields its templates need.

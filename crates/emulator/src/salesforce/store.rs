@@ -184,7 +184,7 @@ fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
 #[derive(Debug, Default, Clone)]
 struct Table {
     records: IndexMap<String, Record>,
-    /// Lower-cased unique/external-ID field name → normalised value → record IDs holding it.
+    /// Unique/external-ID field name → normalised value → record IDs holding it.
     /// External IDs that are not unique may map to several records (an upsert then answers 300).
     index: HashMap<String, HashMap<String, Vec<String>>>,
 }
@@ -246,17 +246,26 @@ impl Db {
             user.fields.insert(k.to_string(), v);
         }
         user.modstamp = Some(epoch);
-        db.table_mut("user").records.insert(INTEGRATION_USER_ID.to_string(), user);
+        db.table_mut("User").records.insert(INTEGRATION_USER_ID.to_string(), user);
         db
     }
 
-    fn table_mut(&mut self, object_lower: &str) -> &mut Table {
-        self.tables.entry(object_lower.to_string()).or_default()
+    /// The table of an object, by its canonical name.
+    fn table_mut(&mut self, object: &str) -> &mut Table {
+        self.tables.entry(object.to_string()).or_default()
+    }
+
+    /// The table of an object named in any case.
+    fn table(&self, object: &str) -> Option<&Table> {
+        match self.tables.get(object) {
+            Some(t) => Some(t),
+            None => self.tables.get(&self.schema.object(object)?.name),
+        }
     }
 
     /// Records of one object in creation order, deleted ones included.
     pub fn records<'a>(&'a self, object: &str) -> Box<dyn Iterator<Item = &'a Record> + 'a> {
-        match self.tables.get(&object.to_ascii_lowercase()) {
+        match self.table(object) {
             Some(t) => Box::new(t.records.values()),
             None => Box::new(std::iter::empty()),
         }
@@ -264,21 +273,21 @@ impl Db {
 
     /// Number of records of one object (deleted ones included).
     pub fn count(&self, object: &str) -> usize {
-        self.tables.get(&object.to_ascii_lowercase()).map_or(0, |t| t.records.len())
+        self.table(object).map_or(0, |t| t.records.len())
     }
 
     /// A record by ID, whatever its object (the key prefix tells), deleted ones included.
     pub fn get_any(&self, id: &str) -> Option<(&ObjectDef, &Record)> {
         let id = ids::normalize(id)?;
         let obj = self.schema.object_for_id(&id)?;
-        let rec = self.tables.get(&obj.name.to_ascii_lowercase())?.records.get(&id)?;
+        let rec = self.tables.get(&obj.name)?.records.get(&id)?;
         Some((obj, rec))
     }
 
     /// A record of the given object by ID (15 or 18 characters), deleted ones included.
     pub fn get(&self, object: &str, id: &str) -> Option<&Record> {
         let id = ids::normalize(id)?;
-        self.tables.get(&object.to_ascii_lowercase())?.records.get(&id)
+        self.table(object)?.records.get(&id)
     }
 
     /// Live records whose external-ID (or unique) field equals `value`.
@@ -301,8 +310,8 @@ impl Db {
         let key = index_key(f, &Value::String(value.to_string()));
         Ok(self
             .tables
-            .get(&obj.name.to_ascii_lowercase())
-            .and_then(|t| t.index.get(&f.name.to_ascii_lowercase()))
+            .get(&obj.name)
+            .and_then(|t| t.index.get(&f.name))
             .and_then(|idx| idx.get(&key))
             .cloned()
             .unwrap_or_default())
@@ -313,7 +322,7 @@ impl Db {
         if obj.field(&rule.condition.field).is_none() {
             return Err(format!("No such column '{}' on sobject of type {}", rule.condition.field, obj.name));
         }
-        let key = obj.name.to_ascii_lowercase();
+        let key = obj.name.clone();
         self.rules.entry(key).or_default().push(rule);
         Ok(())
     }
@@ -335,11 +344,10 @@ impl Db {
             return;
         };
         for undo in journal.into_iter().rev() {
-            let obj_lower = undo.object.to_ascii_lowercase();
-            let Some(obj) = self.schema.object(&obj_lower).cloned() else {
+            let Some(obj) = self.schema.object(&undo.object).cloned() else {
                 continue;
             };
-            let table = self.table_mut(&obj_lower);
+            let table = self.table_mut(&obj.name);
             if let Some(current) = table.records.get(&undo.id).cloned() {
                 unindex(table, &obj, &current);
             }
@@ -361,7 +369,7 @@ impl Db {
         if self.journal.is_none() {
             return;
         }
-        let before = self.tables.get(&object.to_ascii_lowercase()).and_then(|t| t.records.get(id)).cloned();
+        let before = self.table(object).and_then(|t| t.records.get(id)).cloned();
         if let Some(j) = self.journal.as_mut() {
             j.push(Undo { object: object.to_string(), id: id.to_string(), before });
         }
@@ -413,7 +421,7 @@ impl Db {
         self.finish_write(&obj, &mut rec, ctx, true);
         self.check_rules_and_unique(&obj, &rec)?;
         self.remember(&obj.name, &id);
-        let table = self.table_mut(&obj.name.to_ascii_lowercase());
+        let table = self.table_mut(&obj.name);
         index(table, &obj, &rec);
         table.records.insert(id.clone(), rec);
         Ok(id)
@@ -433,7 +441,7 @@ impl Db {
         let obj = self.schema.object(object).cloned().ok_or_else(|| vec![DmlError::invalid_type(object)])?;
         let id = self.resolve_target(&obj, id)?;
         let values = self.coerce_body(&obj, body, false)?;
-        let table_key = obj.name.to_ascii_lowercase();
+        let table_key = obj.name.clone();
         let Some(current) = self.tables.get(&table_key).and_then(|t| t.records.get(&id)).cloned() else {
             return Err(vec![DmlError::not_found()]);
         };
@@ -528,7 +536,7 @@ impl Db {
         let obj = self.schema.object(object).cloned().ok_or_else(|| DmlError::invalid_type(object))?;
         let id = self.resolve_target(&obj, id).map_err(|mut e| e.remove(0))?;
         self.remember(&obj.name, &id);
-        let table = self.table_mut(&obj.name.to_ascii_lowercase());
+        let table = self.table_mut(&obj.name);
         let Some(current) = table.records.get(&id).cloned() else {
             return Err(DmlError::not_found());
         };
@@ -626,7 +634,7 @@ impl Db {
         }
         self.check_rules_and_unique(&obj, &rec)?;
         self.remember(&obj.name, &id);
-        let table = self.table_mut(&obj.name.to_ascii_lowercase());
+        let table = self.table_mut(&obj.name);
         index(table, &obj, &rec);
         table.records.insert(id.clone(), rec);
         Ok(id)
@@ -645,7 +653,7 @@ impl Db {
                 vec!["Id".into()],
             )]
         })?;
-        match self.tables.get(&obj.name.to_ascii_lowercase()).and_then(|t| t.records.get(&norm)) {
+        match self.tables.get(&obj.name).and_then(|t| t.records.get(&norm)) {
             None => Err(vec![DmlError::not_found()]),
             Some(r) if r.deleted => Err(vec![DmlError::entity_deleted()]),
             Some(_) => Ok(norm),
@@ -679,13 +687,13 @@ impl Db {
 
     fn check_rules_and_unique(&self, obj: &ObjectDef, rec: &Record) -> Result<(), Vec<DmlError>> {
         let mut errors = Vec::new();
-        for rule in self.rules.get(&obj.name.to_ascii_lowercase()).into_iter().flatten() {
+        for rule in self.rules.get(&obj.name).into_iter().flatten() {
             if rule.condition.holds(rec, obj) {
                 let fields = rule.error_field.iter().cloned().collect();
                 errors.push(DmlError::new("FIELD_CUSTOM_VALIDATION_EXCEPTION", rule.error_message.clone(), fields));
             }
         }
-        if let Some(table) = self.tables.get(&obj.name.to_ascii_lowercase()) {
+        if let Some(table) = self.tables.get(&obj.name) {
             for f in obj.fields().filter(|f| f.unique) {
                 let v = rec.get(&f.name);
                 if v.is_null() {
@@ -694,7 +702,7 @@ impl Db {
                 let key = index_key(f, v);
                 if let Some(other) = table
                     .index
-                    .get(&f.name.to_ascii_lowercase())
+                    .get(&f.name)
                     .and_then(|idx| idx.get(&key))
                     .and_then(|ids| ids.iter().find(|i| i.as_str() != rec.id()))
                 {
@@ -967,7 +975,7 @@ fn index(table: &mut Table, obj: &ObjectDef, rec: &Record) {
         if v.is_null() {
             continue;
         }
-        let ids = table.index.entry(f.name.to_ascii_lowercase()).or_default().entry(index_key(f, v)).or_default();
+        let ids = table.index.entry(f.name.clone()).or_default().entry(index_key(f, v)).or_default();
         if !ids.iter().any(|i| i == rec.id()) {
             ids.push(rec.id().to_string());
         }
@@ -980,7 +988,7 @@ fn unindex(table: &mut Table, obj: &ObjectDef, rec: &Record) {
         if v.is_null() {
             continue;
         }
-        if let Some(idx) = table.index.get_mut(&f.name.to_ascii_lowercase()) {
+        if let Some(idx) = table.index.get_mut(&f.name) {
             let key = index_key(f, v);
             if let Some(ids) = idx.get_mut(&key) {
                 ids.retain(|i| i != rec.id());

@@ -1,16 +1,19 @@
 //! One module per command.
 
+mod bench;
 mod emulate;
 
 use anyhow::Result;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{BenchTarget, Cli, Command};
 
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Emulate(args) => emulate::run(args).await,
         Command::Demo(_) => anyhow::bail!("demo is not available yet"),
-        Command::Bench { .. } => anyhow::bail!("bench is not available yet"),
+        Command::Bench { target: BenchTarget::Emulator { upserts, collection_records, concurrency } } => {
+            bench::emulator(upserts, collection_records, concurrency).await
+        }
     }
 }
 

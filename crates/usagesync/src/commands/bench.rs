@@ -1,0 +1,147 @@
+//! `usagesync bench emulator`: how fast the Salesforce emulator answers, so we know it is never
+//! the bottleneck of a usagesync benchmark. It starts the emulator in-process on 127.0.0.1,
+//! drives it over real HTTP with plain requests (not usagesync's client, whose own cost would
+//! blur the figure) and prints a table.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use emulator::salesforce::{self, Config};
+use futures_util::stream::{self, StreamExt};
+use serde_json::{Value, json};
+
+pub struct Row {
+    pub name: &'static str,
+    pub requests: usize,
+    pub records: usize,
+    pub seconds: f64,
+    pub api_calls: u64,
+}
+
+pub async fn emulator(upserts: usize, collection_records: usize, concurrency: usize) -> Result<()> {
+    if concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    let config = Config { daily_api_requests: 100_000_000, ..Config::default() };
+    let emu = salesforce::spawn(config, false).await.context("Failed to start the emulator")?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .context("Failed to build an HTTP client")?;
+    let token = token(&http, &emu.base_url).await?;
+    let base = Arc::new(format!("{}/services/data/v62.0", emu.base_url));
+
+    let mut rows = Vec::new();
+    let calls_before = api_used(&http, &emu.base_url).await?;
+    let started = Instant::now();
+    let failures = stream::iter(0..upserts)
+        .map(|i| {
+            let http = http.clone();
+            let token = token.clone();
+            let base = Arc::clone(&base);
+            async move {
+                let url = format!("{base}/sobjects/Account/Pendo_Account_Id__c/bench-{i}");
+                let body = json!({"Name": format!("Bench {i}"), "Pendo_Engagement_Score__c": (i % 100) as f64});
+                match http.patch(url).bearer_auth(token).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => 0usize,
+                    _ => 1,
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .fold(0usize, |acc, f| async move { acc + f })
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    if failures > 0 {
+        bail!("{failures} single upserts failed");
+    }
+    let calls_after = api_used(&http, &emu.base_url).await?;
+    rows.push(Row {
+        name: "single upsert (PATCH by external ID)",
+        requests: upserts,
+        records: upserts,
+        seconds,
+        api_calls: calls_after - calls_before,
+    });
+
+    let batches = collection_records.div_ceil(200);
+    let started = Instant::now();
+    let failures = stream::iter(0..batches)
+        .map(|b| {
+            let http = http.clone();
+            let token = token.clone();
+            let base = Arc::clone(&base);
+            async move {
+                let start = b * 200;
+                let end = (start + 200).min(collection_records);
+                let records: Vec<Value> = (start..end)
+                    .map(|i| json!({"attributes": {"type": "Account"}, "Pendo_Account_Id__c": format!("coll-{i}"), "Name": format!("Coll {i}"), "Pendo_Events__c": i as f64}))
+                    .collect();
+                let url = format!("{base}/composite/sobjects/Account/Pendo_Account_Id__c");
+                match http.patch(url).bearer_auth(token).json(&json!({"allOrNone": false, "records": records})).send().await {
+                    Ok(r) if r.status().is_success() => 0usize,
+                    _ => 1,
+                }
+            }
+        })
+        .buffer_unordered(concurrency.min(8))
+        .fold(0usize, |acc, f| async move { acc + f })
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    if failures > 0 {
+        bail!("{failures} collection requests failed");
+    }
+    let calls_final = api_used(&http, &emu.base_url).await?;
+    rows.push(Row {
+        name: "Collections upsert (200 per request)",
+        requests: batches,
+        records: collection_records,
+        seconds,
+        api_calls: calls_final - calls_after,
+    });
+    print_table(&rows);
+    Ok(())
+}
+
+pub fn print_table(rows: &[Row]) {
+    println!(
+        "{:<38} {:>9} {:>9} {:>8} {:>11} {:>11} {:>9}",
+        "operation", "requests", "records", "seconds", "requests/s", "records/s", "API calls"
+    );
+    for r in rows {
+        let secs = r.seconds.max(1e-9);
+        println!(
+            "{:<38} {:>9} {:>9} {:>8.2} {:>11.0} {:>11.0} {:>9}",
+            r.name,
+            r.requests,
+            r.records,
+            r.seconds,
+            r.requests as f64 / secs,
+            r.records as f64 / secs,
+            r.api_calls
+        );
+    }
+}
+
+async fn token(http: &reqwest::Client, base: &str) -> Result<String> {
+    let v: Value = http
+        .post(format!("{base}/services/oauth2/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "usagesync-emulator"),
+            ("client_secret", "emulator-secret"),
+        ])
+        .send()
+        .await
+        .context("Failed to reach the emulator's token endpoint")?
+        .json()
+        .await
+        .context("Failed to read the token response")?;
+    v["access_token"].as_str().map(str::to_string).context("The token response had no access_token")
+}
+
+async fn api_used(http: &reqwest::Client, base: &str) -> Result<u64> {
+    let v: Value = http.get(format!("{base}/__emulator/usage")).send().await?.json().await?;
+    v["dailyApiRequests"]["Used"].as_u64().context("usage had no dailyApiRequests.Used")
+}
