@@ -208,7 +208,7 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
         let item =
             store.item_index(kind, item_id).ok_or_else(|| ApiError::bad_request(format!("unknown item {item_id}")))?;
         let (vi, ai) = idx(store, e)?;
-        let hour = time(e)?.div_euclid(super::store::HOUR_MS) * super::store::HOUR_MS;
+        let hour = time(e)?.div_euclid(super::store::HOUR_MS).saturating_mul(super::store::HOUR_MS);
         let n = |k: &str| e.get(k).and_then(J::as_u64).map_or(0, |x| u32::try_from(x).unwrap_or(u32::MAX));
         let table = match kind {
             EventKind::Page => &mut store.page_rows,

@@ -183,7 +183,7 @@ async fn history(
             let duration = i64::from(t.minutes[i]) * 60_000;
             o.insert("type".into(), Val::str(if kind == EventKind::Page { "page" } else { "feature" }));
             o.insert("ts".into(), Val::Int(ts));
-            o.insert("lastTs".into(), Val::Int(ts + duration));
+            o.insert("lastTs".into(), Val::Int(ts.saturating_add(duration)));
             o.insert("duration".into(), Val::Int(duration));
             o.insert("parsedUserAgent".into(), parsed_ua(&v.user_agent));
             let uri = item.map(|it| it.doc.path("rules").at(0).field("designerHint").clone()).unwrap_or_default();

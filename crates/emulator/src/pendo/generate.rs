@@ -66,7 +66,7 @@ pub type SalesforceOrg = BTreeMap<String, Vec<serde_json::Value>>;
 
 pub fn local_midnight(ms: i64, tz_minutes: i32) -> i64 {
     let off = i64::from(tz_minutes) * 60_000;
-    (ms + off).div_euclid(DAY_MS) * DAY_MS - off
+    ms.saturating_add(off).div_euclid(DAY_MS).saturating_mul(DAY_MS).saturating_sub(off)
 }
 
 // ---------------------------------------------------------------------------------------------

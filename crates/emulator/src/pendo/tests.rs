@@ -520,3 +520,52 @@ fn fast_group_matches_general_group() {
     assert!(!a.is_empty());
     assert_eq!(a, b);
 }
+
+#[tokio::test]
+async fn extreme_inputs_answer_instead_of_panicking() {
+    let e = start_for_tests(PendoConfig::default(), &GenConfig { accounts: 3, ..gen_config() }).await.unwrap();
+    let c = reqwest::Client::new();
+    let base = &e.base_url;
+    let seed = json!({
+        "accounts": [{"accountId": "a"}],
+        "visitors": [{"visitorId": "v", "accountId": "a"}],
+        "features": [{"id": "f"}],
+        "events": [{"kind": "feature", "id": "f", "visitorId": "v", "accountId": "a", "time": i64::MAX, "numEvents": u64::MAX},
+                   {"kind": "feature", "id": "f", "visitorId": "v", "accountId": "a", "time": i64::MIN}]
+    });
+    assert_eq!(c.post(format!("{base}/__emulator/seed")).json(&seed).send().await.unwrap().status(), 200);
+    for ts in [
+        json!({"period": "dayRange", "first": i64::MIN, "last": i64::MAX}),
+        json!({"period": "hourRange", "first": i64::MAX, "count": i64::MAX}),
+        json!({"period": "dayRange", "first": "now() * now()", "count": -5}),
+    ] {
+        let (st, out) = agg(base, json!([{"source": {"featureEvents": null, "timeSeries": ts}}, {"eval": {"x": "lastTime + 1"}}, {"group": {"group": ["day", "hour"], "fields": {"n": {"sum": "numEvents"}}}}])).await;
+        assert!(st == 200 || st == 400, "{st} {out}");
+    }
+    let r = c
+        .get(format!("{base}/api/v1/visitor/v/history?starttime={}", i64::MAX - 1))
+        .header("x-pendo-integration-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    c.put(format!("{base}/__emulator/webhooks"))
+        .json(&json!({"url": "http://127.0.0.1:9/x", "maxAttempts": 1}))
+        .send()
+        .await
+        .unwrap();
+    let r = c
+        .post(format!("{base}/__emulator/webhooks/fire"))
+        .json(&json!({"event": "npsSubmitted", "visitorId": "v", "accountId": "a", "rating": 5, "time": i64::MAX}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    c.put(format!("{base}/__emulator/clock")).json(&json!({"now": i64::MAX})).send().await.unwrap();
+    let (st, _) = agg(
+        base,
+        json!([{"source": {"events": null, "timeSeries": {"period": "dayRange", "first": "now()", "count": 3}}}]),
+    )
+    .await;
+    assert!(st == 200 || st == 400);
+}

@@ -279,7 +279,7 @@ pub fn fire(state: &PendoState, req: FireRequest) -> ApiResult<J> {
                 let reason = req.reason.clone().unwrap_or_default();
                 properties.insert("nps".into(), json!({"rating": rating, "reason": reason, "source": channel}));
                 push(&mut store, 0, super::val::Val::Int(rating), now);
-                push(&mut store, 1, super::val::Val::from(reason), now + 50);
+                push(&mut store, 1, super::val::Val::from(reason), now.saturating_add(50));
             }
             "pollSubmitted" => {
                 let response = req

@@ -720,8 +720,10 @@ fn local_date_ms(env: &Env, y: i64, m: i64, d: i64, h: i64, mi: i64, s: i64) -> 
     let Some(dt) = date.and_hms_opt(0, 0, 0) else {
         return Val::Null;
     };
-    let ms = dt.and_utc().timestamp_millis() - env.tz_ms + h * 3_600_000 + mi * 60_000 + s * 1_000;
-    Val::Int(ms)
+    let ms = h.checked_mul(3_600_000).zip(mi.checked_mul(60_000)).zip(s.checked_mul(1_000)).and_then(|((h, mi), s)| {
+        dt.and_utc().timestamp_millis().checked_sub(env.tz_ms)?.checked_add(h)?.checked_add(mi)?.checked_add(s)
+    });
+    ms.map_or(Val::Null, Val::Int)
 }
 
 fn date_add(env: &Env, t: i64, n: i64, unit: &str) -> Val {
@@ -747,7 +749,7 @@ fn date_add(env: &Env, t: i64, n: i64, unit: &str) -> Val {
             } else {
                 naive.checked_sub_months(chrono::Months::new(months32.unsigned_abs()))
             };
-            return shifted.map_or(Val::Null, |d| Val::Int(d.and_utc().timestamp_millis() - env.tz_ms));
+            return shifted.map_or(Val::Null, |d| Val::Int(d.and_utc().timestamp_millis().saturating_sub(env.tz_ms)));
         }
         _ => return Val::Null,
     };
@@ -811,7 +813,12 @@ pub fn eval(e: &Expr, row: &dyn Fields, env: &Env) -> Val {
                     _ => Val::Null,
                 },
                 Func::StartOfDay => match arg(0).as_i64() {
-                    Some(t) => Val::Int((t + env.tz_ms).div_euclid(86_400_000) * 86_400_000 - env.tz_ms),
+                    Some(t) => Val::Int(
+                        t.saturating_add(env.tz_ms)
+                            .div_euclid(86_400_000)
+                            .saturating_mul(86_400_000)
+                            .saturating_sub(env.tz_ms),
+                    ),
                     None => Val::Null,
                 },
                 Func::If => {
@@ -909,6 +916,9 @@ mod tests {
         assert_eq!(ev("expandAppIds(`*`)", serde_json::json!({})).to_json(), serde_json::json!([-323232]));
         assert_eq!(ev("date(2024, 1, 2)", serde_json::json!({})).as_i64(), Some(1_704_153_600_000));
         assert_eq!(ev("dateAdd(0, 2, \"days\")", serde_json::json!({})).as_i64(), Some(172_800_000));
+        assert!(ev("date(2024, 1, 1, 9223372036854775807)", serde_json::json!({})).is_null());
+        assert!(ev("dateAdd(9223372036854775807, 1, \"months\")", serde_json::json!({})).is_null());
+        let _ = ev("startOfDay(9223372036854775807)", serde_json::json!({}));
     }
 
     #[test]

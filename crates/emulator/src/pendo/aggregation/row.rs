@@ -45,7 +45,7 @@ impl Ctx<'_> {
     }
 
     pub fn day_of(&self, ts: i64) -> i64 {
-        (ts + self.tz_ms).div_euclid(86_400_000) * 86_400_000 - self.tz_ms
+        ts.saturating_add(self.tz_ms).div_euclid(86_400_000).saturating_mul(86_400_000).saturating_sub(self.tz_ms)
     }
 }
 
@@ -164,7 +164,7 @@ fn ev_col(ctx: &Ctx, kind: EventKind, i: usize, col: Col, name: &str) -> Val {
         Col::RemoteIp => visitor().map_or(Val::Null, |x| Val::Str(x.remote_ip.clone())),
         Col::Server => visitor().map_or(Val::Null, |x| Val::Str(x.server.clone())),
         Col::UserAgent => visitor().map_or(Val::Null, |x| Val::Str(x.user_agent.clone())),
-        Col::LastTime => Val::Int(ts + i64::from(t.minutes[i].min(59)) * 60_000),
+        Col::LastTime => Val::Int(ts.saturating_add(i64::from(t.minutes[i].min(59)) * 60_000)),
         _ => {
             let _ = name;
             Val::Null
@@ -200,7 +200,7 @@ fn guide_col(ctx: &Ctx, view: GuideView, i: usize, col: Col) -> Val {
         },
         Col::BrowserTime | Col::GuideTimestamp => Val::Int(e.ts),
         Col::Day if ctx.period == Period::Day => Val::Int(ctx.day_of(e.ts)),
-        Col::Hour if ctx.period == Period::Hour => Val::Int(e.ts.div_euclid(3_600_000) * 3_600_000),
+        Col::Hour if ctx.period == Period::Hour => Val::Int(e.ts.div_euclid(3_600_000).saturating_mul(3_600_000)),
         Col::Url => Val::str("https://app.emulator.example/home"),
         Col::Country => visitor().map_or(Val::Null, |x| Val::Str(x.country.clone())),
         Col::Region => Val::str(""),

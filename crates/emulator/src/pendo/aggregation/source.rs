@@ -141,7 +141,8 @@ pub fn period_start(period: Period, t: i64, tz_ms: i64) -> i64 {
         Period::Day => DAY_MS,
         Period::Hour => HOUR_MS,
     };
-    (t + tz_ms).div_euclid(p) * p - tz_ms
+    // Saturating: `first`/`last` come straight from the request.
+    t.saturating_add(tz_ms).div_euclid(p).saturating_mul(p).saturating_sub(tz_ms)
 }
 
 pub fn parse_time_series(ts: &J, env: &Env) -> Result<Window, String> {
@@ -416,6 +417,24 @@ mod tests {
         let w = parse_time_series(&serde_json::json!({"period":"dayRange","first":1_540_036_800_000i64,"count":1}), &e)
             .unwrap();
         assert_eq!(w.start, 1_540_008_000_000);
+    }
+
+    #[test]
+    fn extreme_times_do_not_overflow() {
+        for first in [i64::MAX, i64::MIN, 0] {
+            for span in [
+                serde_json::json!({"count": i64::MAX}),
+                serde_json::json!({"count": i64::MIN}),
+                serde_json::json!({"last": i64::MIN}),
+                serde_json::json!({"last": "now() * 1000000000000"}),
+            ] {
+                let mut ts = serde_json::json!({"period": "hourRange", "first": first});
+                for (k, v) in span.as_object().unwrap() {
+                    ts[k] = v.clone();
+                }
+                let _ = parse_time_series(&ts, &env());
+            }
+        }
     }
 
     #[test]
