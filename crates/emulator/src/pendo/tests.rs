@@ -569,3 +569,25 @@ async fn extreme_inputs_answer_instead_of_panicking() {
     .await;
     assert!(st == 200 || st == 400);
 }
+
+/// The generated org must load into the Salesforce emulator through its admin API, so that the
+/// two emulators describe one world.
+#[tokio::test]
+async fn generated_org_seeds_the_salesforce_emulator() {
+    let gc = GenConfig { accounts: 200, ..gen_config() };
+    let pendo = start_for_tests(PendoConfig::default(), &gc).await.unwrap();
+    let sf = crate::salesforce::spawn(crate::salesforce::Config::default(), false).await.unwrap();
+    let c = reqwest::Client::new();
+    let org: J = c.get(format!("{}/__emulator/salesforce-org", pendo.base_url)).send().await.unwrap().json().await.unwrap();
+    for sobject in ["User", "Account", "Contact", "Opportunity"] {
+        let records = &org[sobject];
+        assert!(!records.as_array().unwrap().is_empty(), "{sobject}");
+        let r = c.post(format!("{}/__emulator/records/{sobject}", sf.base_url)).json(records).send().await.unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert!(status.is_success(), "{sobject}: {status} {body}");
+    }
+    let accounts: J = c.get(format!("{}/__emulator/records/Account", sf.base_url)).send().await.unwrap().json().await.unwrap();
+    let n = accounts.as_array().map_or(0, Vec::len);
+    assert_eq!(n, org["Account"].as_array().unwrap().len());
+}
