@@ -50,6 +50,10 @@ pub struct EmulateArgs {
     /// Days of generated Pendo event history.
     #[arg(long, default_value_t = 60)]
     pub days: u32,
+    /// Also load the matching Salesforce records (Users, Accounts, Contacts, trial
+    /// Opportunities) generated from the same seed into the Salesforce emulator.
+    #[arg(long)]
+    pub seed_salesforce: bool,
 }
 
 #[derive(Debug, clap::Args)]

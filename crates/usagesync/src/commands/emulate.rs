@@ -38,6 +38,9 @@ pub async fn run(args: EmulateArgs) -> Result<()> {
     .context("Failed to generate the Pendo data")?;
     let config = Config { daily_api_requests: args.daily_api_requests, ..Config::default() };
     let state = salesforce::SfState::new(config);
+    if args.seed_salesforce {
+        seed_matching_org(&state, &pendo_state)?;
+    }
     let url = salesforce::base_url(addr, tls.is_some());
     {
         let mut out = std::io::stdout().lock();
@@ -52,5 +55,27 @@ pub async fn run(args: EmulateArgs) -> Result<()> {
     salesforce::serve(listener, state, tls, super::shutdown_signal()).await;
     let _ = stop_pendo.send(());
     pendo.await.context("The Pendo emulator task failed")?.context("The Pendo emulator failed")?;
+    Ok(())
+}
+
+/// Loads the Salesforce records that match the generated Pendo data (same seed: Accounts whose
+/// websites match the visitors' e-mail domains, Contacts, owners, open trial Opportunities), so
+/// both emulators describe one world. All or nothing, parents before children.
+fn seed_matching_org(sf: &salesforce::SfState, pendo: &emulator::pendo::PendoState) -> Result<()> {
+    let org = pendo.salesforce_org();
+    let ctx =
+        salesforce::store::WriteCtx { user_id: salesforce::store::INTEGRATION_USER_ID.into(), now: sf.clock.now() };
+    let mut db = sf.db.lock();
+    db.begin();
+    for sobject in ["User", "Account", "Contact", "Opportunity"] {
+        for record in org.get(sobject).into_iter().flatten() {
+            let Some(fields) = record.as_object() else { continue };
+            if let Err(errors) = db.seed(sobject, fields, &ctx) {
+                db.rollback();
+                anyhow::bail!("Failed to seed the generated {sobject} {}: {errors:?}", record["Id"]);
+            }
+        }
+    }
+    db.commit();
     Ok(())
 }
