@@ -578,7 +578,8 @@ async fn generated_org_seeds_the_salesforce_emulator() {
     let pendo = start_for_tests(PendoConfig::default(), &gc).await.unwrap();
     let sf = crate::salesforce::spawn(crate::salesforce::Config::default(), false).await.unwrap();
     let c = reqwest::Client::new();
-    let org: J = c.get(format!("{}/__emulator/salesforce-org", pendo.base_url)).send().await.unwrap().json().await.unwrap();
+    let org: J =
+        c.get(format!("{}/__emulator/salesforce-org", pendo.base_url)).send().await.unwrap().json().await.unwrap();
     for sobject in ["User", "Account", "Contact", "Opportunity"] {
         let records = &org[sobject];
         assert!(!records.as_array().unwrap().is_empty(), "{sobject}");
@@ -587,7 +588,107 @@ async fn generated_org_seeds_the_salesforce_emulator() {
         let body = r.text().await.unwrap();
         assert!(status.is_success(), "{sobject}: {status} {body}");
     }
-    let accounts: J = c.get(format!("{}/__emulator/records/Account", sf.base_url)).send().await.unwrap().json().await.unwrap();
+    let accounts: J =
+        c.get(format!("{}/__emulator/records/Account", sf.base_url)).send().await.unwrap().json().await.unwrap();
     let n = accounts.as_array().map_or(0, Vec::len);
     assert_eq!(n, org["Account"].as_array().unwrap().len());
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn stage() -> impl Strategy<Value = J> {
+        let exprs = prop::sample::select(vec![
+            "visitorId > \"\"",
+            "day >= 0",
+            "numEvents * 2 > 3 || !isNull(pageId)",
+            "a.b[0].c == `x`",
+            "\"unterminated",
+            "1 / 0",
+            "len(metadata)",
+            "now() - now()",
+            "((((",
+            "visitorId == null",
+            "-",
+            "date(1,2)",
+            "x[-1]",
+            "9999999999999999999999",
+        ]);
+        let fields = prop::sample::select(vec![
+            "visitorId",
+            "accountId",
+            "day",
+            "numEvents",
+            "metadata.auto.id",
+            "x",
+            "polls[0].id",
+            "",
+            "a..b",
+        ]);
+        let aggs = prop::sample::select(vec!["sum", "count", "first", "last", "list", "min", "max", "avg", "median"]);
+        prop_oneof![
+            exprs.clone().prop_map(|e| json!({"filter": e})),
+            (fields.clone(), exprs.clone()).prop_map(|(f, e)| json!({"eval": {f: e}})),
+            (fields.clone(), exprs).prop_map(|(f, e)| json!({"select": {f: e}})),
+            fields.clone().prop_map(|f| json!({"sort": [f, format!("-{f}")]})),
+            any::<i64>().prop_map(|n| json!({"limit": n})),
+            fields.clone().prop_map(|f| json!({"identified": f})),
+            (fields.clone(), fields.clone(), aggs.clone())
+                .prop_map(|(k, f, a)| json!({"group": {"group": [k], "fields": {"out": {a: f}}}})),
+            (fields.clone(), aggs).prop_map(|(f, a)| json!({"reduce": [{"out": {a: f}}]})),
+            Just(json!({"count": null})),
+            (fields.clone(), any::<bool>()).prop_map(|(f, k)| json!({"unwind": {"field": f, "keepEmpty": k}})),
+            fields.clone().prop_map(|f| json!({"bulkExpand": {"account": {"account": f}}})),
+            fields
+                .clone()
+                .prop_map(|f| json!({"merge": {"fields": [f], "pipeline": [{"source": {"accounts": null}}]}})),
+            Just(json!({"segment": {"id": "seg-enterprise-users"}})),
+            Just(json!({"cat": null})),
+            Just(json!({"join": {"fields": ["visitorId"]}})),
+            Just(json!({"fork": [[{"count": null}], [{"limit": 1}]]})),
+            Just(json!({"nope": 1})),
+            Just(json!([1, 2])),
+            Just(json!({})),
+        ]
+    }
+
+    fn source() -> impl Strategy<Value = J> {
+        let ts = prop_oneof![
+            Just(json!({"period": "dayRange", "first": "now()", "count": -5})),
+            Just(json!({"period": "hourRange", "first": 0, "last": "now()"})),
+            any::<i64>().prop_map(|n| json!({"period": "dayRange", "first": n, "count": n})),
+            Just(json!({"period": "dayRange"})),
+            Just(json!(null)),
+        ];
+        let names = prop::sample::select(vec![
+            "visitors",
+            "accounts",
+            "features",
+            "pages",
+            "guides",
+            "trackTypes",
+            "events",
+            "featureEvents",
+            "pageEvents",
+            "trackEvents",
+            "guideEvents",
+            "pollEvents",
+            "pollsSeenEver",
+            "bogus",
+        ]);
+        (names, ts).prop_map(|(n, ts)| json!({"source": {n: null, "timeSeries": ts}}))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, .. ProptestConfig::default() })]
+        #[test]
+        fn random_pipelines_never_panic(src in source(), stages in prop::collection::vec(stage(), 0..6)) {
+            static STORE: std::sync::OnceLock<Store> = std::sync::OnceLock::new();
+            let store = STORE.get_or_init(|| generate::generate(&GenConfig { accounts: 5, anchor_day_ms: Some(1_767_225_600_000), ..gen_config() }).store);
+            let mut p = vec![src];
+            p.extend(stages);
+            let _ = aggregation::execute(store, &J::Array(p), 1_767_225_600_000, 0, true);
+        }
+    }
 }

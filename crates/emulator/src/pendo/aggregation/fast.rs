@@ -141,7 +141,6 @@ pub fn group(ctx: &Ctx, rows: &[Row], keys: &[(String, super::expr::Path)], fiel
                 let g = group_keys.len() as u32;
                 index.insert(buf.clone(), g);
                 group_keys.push(buf.clone());
-                // (Two copies: the map owns one, the output order the other.)
                 accs.push(
                     specs
                         .iter()
