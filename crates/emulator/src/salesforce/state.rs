@@ -84,6 +84,7 @@ pub struct Inner {
     pub faults: Mutex<Faults>,
     pub clock: Clock,
     pub cursors: Mutex<HashMap<String, Cursor>>,
+    pub locator_ids: super::ids::IdGenerator,
     base_url: OnceLock<String>,
 }
 
@@ -110,6 +111,7 @@ impl SfState {
             faults: Mutex::new(Faults::default()),
             clock: Clock::default(),
             cursors: Mutex::new(HashMap::new()),
+            locator_ids: super::ids::IdGenerator::new(),
             base_url: OnceLock::new(),
         }))
     }

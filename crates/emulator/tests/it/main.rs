@@ -10,4 +10,5 @@ mod support;
 mod collections;
 mod composite;
 mod oauth;
+mod query;
 mod rest;
