@@ -16,9 +16,6 @@ struct Row {
 }
 
 #[tokio::test]
-#[ignore = "emulator bug (main @ 6f472e7): a result needing a nextRecordsUrl deadlocks, because \
-            query::page takes st.db.lock() to mint the 01g locator while rest::handle already \
-            holds it; paging is covered against the scripted server in wire.rs meanwhile"]
 async fn pages_follow_next_records_url_one_call_each() {
     let org = Org::start().await;
     let records: Vec<Value> = (0..450).map(|i| json!({"Name": format!("Q{i:03}")})).collect();
