@@ -38,7 +38,21 @@ struct JwtClaims {
     iss: Option<String>,
     sub: Option<String>,
     aud: Option<Value>,
-    exp: Option<i64>,
+    /// A NumericDate. RFC 7519 makes it a JSON number, but Salesforce also accepts a numeric
+    /// string, which is what simple-salesforce sends (`'exp': f'{ts:.0f}'`).
+    exp: Option<Value>,
+}
+
+/// Seconds since the epoch from a JWT NumericDate given as a number or a numeric string.
+fn numeric_date(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => {
+            let s = s.trim();
+            s.parse::<i64>().ok().or_else(|| s.parse::<f64>().ok().filter(|f| f.is_finite()).map(|f| f as i64))
+        }
+        _ => None,
+    }
 }
 
 /// `POST /services/oauth2/token`.
@@ -187,7 +201,7 @@ fn verify_jwt(st: &SfState, assertion: &str, now: i64) -> Result<String, Respons
         return Err(token_error("invalid_grant", "audience is invalid"));
     }
     // Salesforce allows a few minutes of clock skew.
-    match claims.exp {
+    match claims.exp.as_ref().and_then(numeric_date) {
         Some(exp) if exp + 180 >= now => {}
         _ => return Err(token_error("invalid_grant", "expired authorization code")),
     }
@@ -333,4 +347,45 @@ pub async fn revoke(State(st): State<SfState>, Form(form): Form<HashMap<String, 
     };
     let removed = st.sessions.lock().remove(token).is_some() | st.refresh_tokens.lock().remove(token).is_some();
     if removed { StatusCode::OK.into_response() } else { token_error("invalid_token", "invalid token") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::salesforce::state::Config;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    const DEV_KEY: &str = include_str!("../../../../testdata/jwt/emulator-dev.key");
+
+    fn assertion(claims: Value) -> String {
+        let key = EncodingKey::from_rsa_pem(DEV_KEY.as_bytes()).unwrap();
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap()
+    }
+
+    fn claims(exp: Value) -> Value {
+        json!({"iss": "usagesync-emulator", "sub": "integration@usagesync.test",
+               "aud": "https://login.salesforce.com", "exp": exp})
+    }
+
+    #[test]
+    fn jwt_exp_may_be_a_number_or_a_numeric_string() {
+        let st = SfState::new(Config::default());
+        let now = st.clock.now().timestamp();
+        // simple-salesforce sends exp as a string: {"exp": "1700000180"}.
+        assert!(verify_jwt(&st, &assertion(claims(json!((now + 180).to_string()))), now).is_ok());
+        assert!(verify_jwt(&st, &assertion(claims(json!(now + 180))), now).is_ok());
+        // Still checked: a string exp in the past is refused, and so is garbage.
+        assert!(verify_jwt(&st, &assertion(claims(json!((now - 3600).to_string()))), now).is_err());
+        assert!(verify_jwt(&st, &assertion(claims(json!("soon"))), now).is_err());
+    }
+
+    #[test]
+    fn numeric_dates() {
+        assert_eq!(numeric_date(&json!(5)), Some(5));
+        assert_eq!(numeric_date(&json!(5.9)), Some(5));
+        assert_eq!(numeric_date(&json!(" 42 ")), Some(42));
+        assert_eq!(numeric_date(&json!("1.7e9")), Some(1_700_000_000));
+        assert_eq!(numeric_date(&json!(null)), None);
+        assert_eq!(numeric_date(&json!("NaN")), None);
+    }
 }
