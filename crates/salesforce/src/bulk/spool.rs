@@ -34,61 +34,59 @@ pub(crate) struct SpoolFile {
     pub(crate) fingerprints: Fingerprints,
 }
 
-/// Row fingerprint → input positions (several when rows repeat; handed out in order).
+/// Row fingerprint → input position, kept compact (12 bytes a row plus the table's slack):
+/// this is the only per-row state of a job, and a job is capped by size, so memory is bounded
+/// by the job size and not by the input. Repeated rows (same cells) queue up in `repeats` and
+/// are handed out in input order.
 #[derive(Debug, Default)]
 pub(crate) struct Fingerprints {
-    map: HashMap<u64, Slot>,
-}
-
-#[derive(Debug)]
-enum Slot {
-    One(u64),
-    Many(std::collections::VecDeque<u64>),
+    /// Input position of the job's first row; positions are stored relative to it.
+    base: u64,
+    first: HashMap<u64, u32>,
+    repeats: HashMap<u64, std::collections::VecDeque<u32>>,
 }
 
 impl Fingerprints {
+    fn with_base(base: u64) -> Self {
+        Self { base, ..Self::default() }
+    }
+
     fn insert(&mut self, hash: u64, index: u64) {
-        match self.map.remove(&hash) {
-            None => {
-                self.map.insert(hash, Slot::One(index));
-            }
-            Some(Slot::One(first)) => {
-                self.map.insert(hash, Slot::Many([first, index].into()));
-            }
-            Some(Slot::Many(mut q)) => {
-                q.push_back(index);
-                self.map.insert(hash, Slot::Many(q));
-            }
+        let rel = u32::try_from(index - self.base).unwrap_or(u32::MAX);
+        if let std::collections::hash_map::Entry::Vacant(e) = self.first.entry(hash) {
+            e.insert(rel);
+        } else {
+            self.repeats.entry(hash).or_default().push_back(rel);
         }
     }
 
     /// The input position of a result row with this fingerprint, each position once.
     pub(crate) fn take(&mut self, hash: u64) -> Option<u64> {
-        match self.map.get_mut(&hash)? {
-            Slot::One(i) => {
-                let i = *i;
-                self.map.remove(&hash);
-                Some(i)
-            }
-            Slot::Many(q) => {
-                let i = q.pop_front();
-                if q.is_empty() {
-                    self.map.remove(&hash);
+        let rel = match self.first.remove(&hash) {
+            Some(rel) => {
+                if let Some(q) = self.repeats.get_mut(&hash)
+                    && let Some(next) = q.pop_front()
+                {
+                    self.first.insert(hash, next);
+                    if q.is_empty() {
+                        self.repeats.remove(&hash);
+                    }
                 }
-                i
+                rel
             }
-        }
+            None => return None,
+        };
+        Some(self.base + u64::from(rel))
     }
 
     /// Input positions never matched by a result, in order.
     pub(crate) fn remaining(self) -> Vec<u64> {
+        let base = self.base;
         let mut out: Vec<u64> = self
-            .map
+            .first
             .into_values()
-            .flat_map(|s| match s {
-                Slot::One(i) => vec![i],
-                Slot::Many(q) => q.into(),
-            })
+            .chain(self.repeats.into_values().flatten())
+            .map(|rel| base + u64::from(rel))
             .collect();
         out.sort_unstable();
         out
@@ -181,7 +179,7 @@ impl Spooler {
         let mut out = std::io::BufWriter::with_capacity(256 * 1024, file.as_file_mut());
         let mut bytes: u64 = 0;
         let mut rows: u64 = 0;
-        let mut fingerprints = Fingerprints::default();
+        let mut fingerprints = Fingerprints::with_base(self.next_index);
         let mut first_index = self.next_index;
         let mut header_written = false;
         loop {
@@ -288,4 +286,47 @@ fn flatten(prefix: &str, map: Map<String, Value>, out: &mut Vec<(String, Value)>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_rows_match_once_each_in_order() {
+        let mut f = Fingerprints::with_base(100);
+        for (hash, index) in [(1, 100), (2, 101), (1, 102), (1, 103)] {
+            f.insert(hash, index);
+        }
+        assert_eq!(f.take(1), Some(100));
+        assert_eq!(f.take(1), Some(102));
+        assert_eq!(f.take(3), None);
+        assert_eq!(f.remaining(), vec![101, 103]);
+    }
+
+    #[test]
+    fn rows_are_flattened_and_encoded() {
+        let mut s = Spooler::new(None, ColumnDelimiter::Comma, LineEnding::Lf, 1_000);
+        let rows = vec![
+            serde_json::json!({"Name": "a,b", "Account": {"Ext__c": "x"}, "N": 1.5, "B": true, "Z": null}),
+            serde_json::json!({"Name": "c"}),
+        ];
+        let spool = s.fill(&mut rows.into_iter()).unwrap().unwrap();
+        let text = std::fs::read_to_string(spool.file.path()).unwrap();
+        assert_eq!(text, "Name,Account.Ext__c,N,B,Z\n\"a,b\",x,1.5,true,#N/A\nc,,,,\n");
+        assert_eq!(spool.rows, 2);
+    }
+
+    #[test]
+    fn files_split_before_the_limit() {
+        let mut s = Spooler::new(None, ColumnDelimiter::Comma, LineEnding::Lf, 20);
+        let mut rows = (0..5).map(|i| serde_json::json!({"Name": format!("row{i}")}));
+        let mut sizes = Vec::new();
+        while let Some(f) = s.fill(&mut rows).unwrap() {
+            assert!(std::fs::metadata(f.file.path()).unwrap().len() <= 20);
+            sizes.push((f.first_index, f.rows));
+        }
+        // "Name\n" and three 5-byte rows make exactly 20 bytes.
+        assert_eq!(sizes, vec![(0, 3), (3, 2)]);
+    }
 }
