@@ -65,6 +65,21 @@ pub struct DemoArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchTarget {
+    /// The Pendo emulator's data generator and aggregation engine over a 30-day window.
+    Pendo {
+        /// Accounts to generate.
+        #[arg(long, default_value_t = 11_200)]
+        accounts: usize,
+        /// Days of event history.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Runs per query (best and median are reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Seed of the generated world.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Requests/s for single upserts and records/s for Collections against the emulator.
     Emulator {
         /// Single upserts to send.

@@ -43,6 +43,7 @@ pub fn router(state: SfState) -> Router {
         .route("/services/oauth2/token", post(oauth::token))
         .route("/services/oauth2/userinfo", get(oauth::userinfo).post(oauth::userinfo))
         .route("/services/oauth2/revoke", post(oauth::revoke))
+        .route("/id/{org}/{user}", get(oauth::identity).post(oauth::identity))
         .route("/services/data", any(rest::handle))
         .route("/services/data/", any(rest::handle))
         .route("/services/data/{*rest}", any(rest::handle))

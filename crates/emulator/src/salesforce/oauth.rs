@@ -38,7 +38,21 @@ struct JwtClaims {
     iss: Option<String>,
     sub: Option<String>,
     aud: Option<Value>,
-    exp: Option<i64>,
+    /// A NumericDate. RFC 7519 makes it a JSON number, but Salesforce also accepts a numeric
+    /// string, which is what simple-salesforce sends (`'exp': f'{ts:.0f}'`).
+    exp: Option<Value>,
+}
+
+/// Seconds since the epoch from a JWT NumericDate given as a number or a numeric string.
+fn numeric_date(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => {
+            let s = s.trim();
+            s.parse::<i64>().ok().or_else(|| s.parse::<f64>().ok().filter(|f| f.is_finite()).map(|f| f as i64))
+        }
+        _ => None,
+    }
 }
 
 /// `POST /services/oauth2/token`.
@@ -126,7 +140,7 @@ pub async fn token(
     let token = new_token();
     st.sessions.lock().insert(token.clone(), Session { user_id: user_id.clone(), last_used: now });
     let issued_at = now.timestamp_millis().to_string();
-    let id_url = format!("{}/id/{ORG_ID}/{user_id}", st.base_url());
+    let id_url = identity_url(&st, &user_id);
     let mut mac = match Hmac::<Sha256>::new_from_slice(cfg.client_secret.as_bytes()) {
         Ok(m) => m,
         Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -187,7 +201,7 @@ fn verify_jwt(st: &SfState, assertion: &str, now: i64) -> Result<String, Respons
         return Err(token_error("invalid_grant", "audience is invalid"));
     }
     // Salesforce allows a few minutes of clock skew.
-    match claims.exp {
+    match claims.exp.as_ref().and_then(numeric_date) {
         Some(exp) if exp + 180 >= now => {}
         _ => return Err(token_error("invalid_grant", "expired authorization code")),
     }
@@ -229,6 +243,63 @@ pub fn authenticate(st: &SfState, headers: &HeaderMap) -> Option<Session> {
 
 pub fn invalid_session() -> Resp {
     Resp::error(StatusCode::UNAUTHORIZED, "INVALID_SESSION_ID", "Session expired or invalid")
+}
+
+/// The identity URL of a user: the token response's `id`, which clients split to learn the org
+/// and user IDs, and which answers the identity document.
+pub fn identity_url(st: &SfState, user_id: &str) -> String {
+    format!("{}/id/{ORG_ID}/{user_id}", st.base_url())
+}
+
+/// `GET /id/{orgId}/{userId}`: the identity document of the token's user.
+pub async fn identity(
+    State(st): State<SfState>,
+    axum::extract::Path((org, user)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(session) = authenticate(&st, &headers) else {
+        return (StatusCode::FORBIDDEN, "Bad_OAuth_Token").into_response();
+    };
+    if org != ORG_ID || user != session.user_id {
+        // Salesforce only shows a user's identity to that user's own tokens.
+        return (StatusCode::FORBIDDEN, "Bad_Id").into_response();
+    }
+    st.accounting.lock().note(CallKind::Auth);
+    let db = st.db.lock();
+    let rec = db.get("User", &session.user_id);
+    let field = |f: &str| rec.map(|u| u.get(f).clone()).unwrap_or(Value::Null);
+    let base = st.base_url();
+    let url = |path: &str| format!("{base}{path}");
+    axum::Json(json!({
+        "id": identity_url(&st, &session.user_id),
+        "asserted_user": true,
+        "user_id": session.user_id,
+        "organization_id": ORG_ID,
+        "username": field("Username"),
+        "nick_name": field("Alias"),
+        "display_name": field("Name"),
+        "email": field("Email"),
+        "email_verified": true,
+        "first_name": field("FirstName"),
+        "last_name": field("LastName"),
+        "timezone": "America/Los_Angeles",
+        "active": true,
+        "user_type": "STANDARD",
+        "language": "en_US",
+        "locale": "en_US",
+        "utcOffset": -28_800_000,
+        "last_modified_date": field("LastModifiedDate"),
+        "is_app_installed": true,
+        "urls": {
+            "rest": url("/services/data/v{version}/"),
+            "sobjects": url("/services/data/v{version}/sobjects/"),
+            "query": url("/services/data/v{version}/query/"),
+            "limits": url("/services/data/v{version}/limits/"),
+            "profile": url(&format!("/{}", session.user_id)),
+            "custom_domain": base,
+        },
+    }))
+    .into_response()
 }
 
 /// `GET /services/oauth2/userinfo`.
@@ -276,4 +347,45 @@ pub async fn revoke(State(st): State<SfState>, Form(form): Form<HashMap<String, 
     };
     let removed = st.sessions.lock().remove(token).is_some() | st.refresh_tokens.lock().remove(token).is_some();
     if removed { StatusCode::OK.into_response() } else { token_error("invalid_token", "invalid token") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::salesforce::state::Config;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    const DEV_KEY: &str = include_str!("../../../../testdata/jwt/emulator-dev.key");
+
+    fn assertion(claims: Value) -> String {
+        let key = EncodingKey::from_rsa_pem(DEV_KEY.as_bytes()).unwrap();
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap()
+    }
+
+    fn claims(exp: Value) -> Value {
+        json!({"iss": "usagesync-emulator", "sub": "integration@usagesync.test",
+               "aud": "https://login.salesforce.com", "exp": exp})
+    }
+
+    #[test]
+    fn jwt_exp_may_be_a_number_or_a_numeric_string() {
+        let st = SfState::new(Config::default());
+        let now = st.clock.now().timestamp();
+        // simple-salesforce sends exp as a string: {"exp": "1700000180"}.
+        assert!(verify_jwt(&st, &assertion(claims(json!((now + 180).to_string()))), now).is_ok());
+        assert!(verify_jwt(&st, &assertion(claims(json!(now + 180))), now).is_ok());
+        // Still checked: a string exp in the past is refused, and so is garbage.
+        assert!(verify_jwt(&st, &assertion(claims(json!((now - 3600).to_string()))), now).is_err());
+        assert!(verify_jwt(&st, &assertion(claims(json!("soon"))), now).is_err());
+    }
+
+    #[test]
+    fn numeric_dates() {
+        assert_eq!(numeric_date(&json!(5)), Some(5));
+        assert_eq!(numeric_date(&json!(5.9)), Some(5));
+        assert_eq!(numeric_date(&json!(" 42 ")), Some(42));
+        assert_eq!(numeric_date(&json!("1.7e9")), Some(1_700_000_000));
+        assert_eq!(numeric_date(&json!(null)), None);
+        assert_eq!(numeric_date(&json!("NaN")), None);
+    }
 }

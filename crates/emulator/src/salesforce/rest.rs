@@ -119,7 +119,8 @@ fn parse_version(st: &SfState, raw: &str) -> Option<(String, f64)> {
         return None;
     }
     let n: f64 = num.parse().ok()?;
-    (n >= st.config.min_version && n <= st.config.max_version).then(|| (num.to_string(), n))
+    // Versions from 7.0 exist; the caller answers 410 for retired ones.
+    (n >= 7.0 && n <= st.config.max_version).then(|| (num.to_string(), n))
 }
 
 /// What kind of call a path is, for accounting.
@@ -146,6 +147,15 @@ pub async fn handle(State(st): State<SfState>, req: Request) -> Response {
     let Some((version, version_num)) = parse_version(&st, raw_version) else {
         return Resp::not_found().into_response();
     };
+    if version_num < st.config.min_version {
+        // Retired versions answer 410 GONE (the body's wording is not documented).
+        return Resp::error(
+            StatusCode::GONE,
+            "UNSUPPORTED_API_VERSION",
+            format!("API version {version} has been retired and is no longer supported."),
+        )
+        .into_response();
+    }
     let Some(session) = oauth::authenticate(&st, &parts.headers) else {
         return oauth::invalid_session().into_response();
     };
@@ -213,10 +223,17 @@ pub async fn handle(State(st): State<SfState>, req: Request) -> Response {
 /// Routes one data-API request to the area that owns it. Synchronous and under the caller's
 /// lock, so Composite can run subrequests in one transaction.
 pub fn dispatch(st: &SfState, ctx: &CallCtx, db: &mut Db, req: &DataRequest<'_>) -> Resp {
+    if ctx.version_num < st.config.min_version {
+        return Resp::error(
+            StatusCode::GONE,
+            "UNSUPPORTED_API_VERSION",
+            format!("API version {} has been retired and is no longer supported.", ctx.version),
+        );
+    }
     let seg: Vec<&str> = req.segments.iter().map(String::as_str).collect();
     match seg.as_slice() {
         [] => match req.method {
-            Method::GET => resources(ctx),
+            Method::GET => resources(st, ctx),
             _ => Resp::method_not_allowed(&req.method, "GET"),
         },
         ["limits"] => match req.method {
@@ -234,16 +251,13 @@ pub fn dispatch(st: &SfState, ctx: &CallCtx, db: &mut Db, req: &DataRequest<'_>)
     }
 }
 
-fn resources(ctx: &CallCtx) -> Resp {
+fn resources(st: &SfState, ctx: &CallCtx) -> Resp {
     let base = format!("/services/data/v{}", ctx.version);
     let mut m = Map::new();
     for r in ["sobjects", "query", "queryAll", "limits", "composite", "jobs/ingest", "jobs/query"] {
-        let key = match r {
-            "jobs/ingest" => "jobs/ingest".to_string(),
-            _ => r.to_string(),
-        };
-        m.insert(key, json!(format!("{base}/{r}")));
+        m.insert(r.to_string(), json!(format!("{base}/{r}")));
     }
+    m.insert("identity".into(), json!(oauth::identity_url(st, &ctx.user_id)));
     Resp::ok(Value::Object(m))
 }
 

@@ -300,6 +300,14 @@ pub struct RowOutcome {
     pub input: Vec<(String, String)>,
 }
 
+impl RowOutcome {
+    /// The echoed input value of `column`.
+    #[must_use]
+    pub fn input_value(&self, column: &str) -> Option<&str> {
+        self.input.iter().find(|(c, _)| c == column).map(|(_, v)| v.as_str())
+    }
+}
+
 /// A finished ingest: the jobs it took and counts of outcomes.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IngestSummary {

@@ -74,7 +74,7 @@ async fn upsert_reports_every_row_in_input_order() {
     }
     assert!(o[2].id.is_none());
     assert!(matches!(&o[3].status, RowStatus::Failed(e) if e.status_code == ErrorCode::StringTooLong));
-    assert_eq!(o[2].input[0], ("Pendo_Account_Id__c".to_string(), "k-3".to_string()));
+    assert_eq!(o[2].input_value("Pendo_Account_Id__c"), Some("k-3"));
 
     let stored = org.dump("Account").await;
     let k2 = stored.iter().find(|r| r["Pendo_Account_Id__c"] == "k-2").unwrap();
@@ -228,7 +228,8 @@ async fn lock_contention_is_a_retryable_row_failure() {
     assert_eq!(report.summary.failed as usize, locked.len());
     // Re-sending just the failed rows (the engine's job) succeeds once the contention clears.
     org.clear_faults().await;
-    let retry = locked.iter().map(|o| json!({"Pendo_Account_Id__c": o.input[0].1, "Name": "L"}));
+    let retry =
+        locked.iter().map(|o| json!({"Pendo_Account_Id__c": o.input_value("Pendo_Account_Id__c"), "Name": "L"}));
     let again = client.bulk_ingest(&upsert(), retry).await.unwrap();
     assert_eq!(again.summary.failed, 0);
     assert_eq!(org.dump("Account").await.len(), 300);

@@ -16,7 +16,6 @@ struct Row {
 }
 
 #[tokio::test]
-#[ignore = "the emulator does not serve SOQL yet (main @ 89c181d answers 404); un-ignore after merging it"]
 async fn pages_follow_next_records_url_one_call_each() {
     let org = Org::start().await;
     let records: Vec<Value> = (0..450).map(|i| json!({"Name": format!("Q{i:03}")})).collect();
@@ -46,7 +45,6 @@ async fn pages_follow_next_records_url_one_call_each() {
 }
 
 #[tokio::test]
-#[ignore = "the emulator does not serve SOQL yet (main @ 89c181d answers 404); un-ignore after merging it"]
 async fn query_all_includes_deleted_rows() {
     let org = Org::start().await;
     let client = org.client();
@@ -61,7 +59,6 @@ async fn query_all_includes_deleted_rows() {
 }
 
 #[tokio::test]
-#[ignore = "the emulator does not serve SOQL yet (main @ 89c181d answers 404); un-ignore after merging it"]
 async fn hostile_literals_match_exactly_one_record() {
     let org = Org::start().await;
     let hostile = ["O'Brien", "' OR Name != '", "back\\slash", "tail\\", "quote\"s", "new\nline\ttab", "50% _off"];
@@ -85,7 +82,6 @@ async fn hostile_literals_match_exactly_one_record() {
 }
 
 #[tokio::test]
-#[ignore = "the emulator does not serve SOQL yet (main @ 89c181d answers 404); un-ignore after merging it"]
 async fn query_errors_are_typed() {
     let org = Org::start().await;
     let client = org.client();

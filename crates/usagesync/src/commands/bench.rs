@@ -240,3 +240,44 @@ async fn api_used(http: &reqwest::Client, base: &str) -> Result<u64> {
     let v: Value = http.get(format!("{base}/__emulator/usage")).send().await?.json().await?;
     v["dailyApiRequests"]["Used"].as_u64().context("usage had no dailyApiRequests.Used")
 }
+
+/// Peak resident memory of this process, from `/proc/self/status` (Linux).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+pub async fn pendo(seed: u64, accounts: usize, days: u32, runs: usize) -> Result<()> {
+    if accounts == 0 || days == 0 {
+        bail!("--accounts and --days must be at least 1");
+    }
+    let report = tokio::task::spawn_blocking(move || emulator::pendo::bench::run(seed, accounts, days, runs, true))
+        .await
+        .context("The benchmark task failed")?
+        .map_err(|e| anyhow::anyhow!("The benchmark failed: {e}"))?;
+    println!(
+        "generated {} accounts, {} visitors, {} event rows, {} guide events over {} days",
+        report.accounts, report.visitors, report.event_rows, report.guide_events, report.days
+    );
+    println!("{:<44} {:>12}", "generator", "value");
+    println!("{:<44} {:>12.0}", "generation time (ms)", report.generate_ms);
+    println!("{:<44} {:>12.0}", "accounts/s", report.accounts_per_sec);
+    println!("{:<44} {:>12.0}", "event rows/s", report.event_rows_per_sec);
+    println!("{:<44} {:>12.0}", "matching Salesforce org (ms)", report.salesforce_org_ms);
+    println!("{:<44} {:>12}", "matching Salesforce records", report.salesforce_records);
+    println!("{:<44} {:>12.0}", "store size (MiB, estimated)", report.approx_store_bytes as f64 / 1_048_576.0);
+    if let Some(rss) = peak_rss_mib() {
+        println!("{:<44} {:>12.0}", "peak RSS (MiB)", rss);
+    }
+    println!();
+    println!(
+        "{:<44} {:>12} {:>9} {:>9} {:>10}",
+        "30-day aggregation", "rows scanned", "rows out", "best ms", "median ms"
+    );
+    for q in &report.queries {
+        println!("{:<44} {:>12} {:>9} {:>9.1} {:>10.1}", q.name, q.rows_scanned, q.rows_out, q.best_ms, q.median_ms);
+    }
+    Ok(())
+}

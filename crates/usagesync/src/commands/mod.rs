@@ -15,6 +15,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench { target: BenchTarget::Emulator { upserts, collection_records, concurrency } } => {
             bench::emulator(upserts, collection_records, concurrency).await
         }
+        Command::Bench { target: BenchTarget::Pendo { accounts, days, runs, seed } } => {
+            bench::pendo(seed, accounts, days, runs).await
+        }
         Command::Bench { target: BenchTarget::Bulk { records, salesforce_url } } => {
             bench::bulk(records, salesforce_url).await
         }
