@@ -659,6 +659,19 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// A Bulk API 2.0 job ended `Failed` or `Aborted` as a whole (its `errorMessage`).
+    #[error("Bulk job {job_id} ended {state}: {message}")]
+    BulkJob {
+        /// The job's ID.
+        job_id: String,
+        /// `Failed` or `Aborted`.
+        state: String,
+        /// The job's `errorMessage`, e.g. `InvalidBatch : Field name not found : X`.
+        message: String,
+    },
+    /// Reading or writing a local spool file (Bulk CSV) failed.
+    #[error("Bulk spool file: {0}")]
+    Spool(#[source] std::io::Error),
     /// The caller passed something Salesforce would reject (bad name, too many subrequests…).
     #[error("Invalid input: {0}")]
     InvalidInput(String),
@@ -686,10 +699,21 @@ impl Error {
             Self::Transport { .. } => RetryClass::Backoff,
             Self::UnexpectedResponse { status, .. } => classify(Some(status.as_u16()), None, ""),
             Self::Partial { source, .. } => source.retry_class(),
+            Self::BulkJob { message, .. } => {
+                // Internal failures clear on a new job; a spent daily allocation does not.
+                if message.starts_with("InternalServerError") {
+                    RetryClass::Backoff
+                } else if message.starts_with("ExceededQuota") {
+                    RetryClass::NotNow
+                } else {
+                    RetryClass::Permanent
+                }
+            }
             Self::MultipleMatches { .. }
             | Self::Decode { .. }
             | Self::Protocol { .. }
             | Self::BodyTooLarge { .. }
+            | Self::Spool(_)
             | Self::InvalidInput(_)
             | Self::Id(_)
             | Self::Soql(_) => RetryClass::Permanent,
@@ -735,7 +759,8 @@ impl Error {
             Self::UnexpectedResponse { status, .. } => !not_committed_status(*status, None),
             Self::Transport { may_have_reached_server, .. } => *may_have_reached_server,
             Self::Decode { .. } | Self::Protocol { .. } | Self::BodyTooLarge { .. } => true,
-            Self::Partial { .. } => true,
+            Self::Partial { .. } | Self::BulkJob { .. } => true,
+            Self::Spool(_) => false,
             Self::MultipleMatches { .. } | Self::Auth(_) | Self::InvalidInput(_) | Self::Id(_) | Self::Soql(_) => false,
         }
     }

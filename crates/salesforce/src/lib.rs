@@ -1,6 +1,7 @@
 //! Typed async Salesforce client for usagesync: OAuth token flows, sObject CRUD and upsert,
 //! sObject Collections with automatic 200-record chunking, Composite, SOQL queries as streams,
-//! describe, getUpdated/getDeleted, limits and live API-usage tracking.
+//! Bulk API 2.0 ingest and query jobs, describe, getUpdated/getDeleted, limits and live
+//! API-usage tracking.
 //!
 //! Written from Salesforce's documented behaviour; it shares no code with the emulator it is
 //! tested against, so that the two can disagree and the disagreement shows.
@@ -30,11 +31,14 @@
 //! - `rest::composite` — `/composite` with up to 25 subrequests.
 //! - `rest::query` — SOQL query/queryAll as a `Stream`, following `nextRecordsUrl`.
 //! - `rest::describe` — versions, global and per-object describe (cached), getUpdated/getDeleted.
+//! - `bulk` — Bulk API 2.0: records streamed as CSV into ingest jobs with per-row outcomes,
+//!   query jobs as streams of typed rows.
 //! - `soql` — injection-proof SOQL builder and literal escaping.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
+pub mod bulk;
 pub mod config;
 pub mod error;
 pub mod ids;
@@ -46,6 +50,10 @@ mod transport;
 use std::sync::Arc;
 
 pub use auth::{AccessToken, ClientAuth, Identity, OAuth, Secret, StaticToken, TokenSource};
+pub use bulk::{
+    BulkQueryOptions, ColumnDelimiter, IngestOptions, IngestReport, IngestSummary, JobInfo, JobState, LineEnding,
+    Operation as BulkOperation, PollPolicy, RowOutcome, RowStatus,
+};
 pub use config::{ApiVersion, ClientConfig, RetryPolicy};
 pub use error::{
     ApiError, AuthError, DuplicateResult, Error, ErrorCode, ErrorDetail, RecordError, RecordRef, RequestContext,

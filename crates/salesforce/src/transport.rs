@@ -14,6 +14,10 @@
 //!    without consuming an attempt; a `Backoff` error sleeps (exponential, jittered, honouring
 //!    a capped `Retry-After`) and retries until the policy's attempts run out.
 //!
+//! Bulk API 2.0 uses the same path with two variations: a request body streamed from a file
+//! (the job's CSV, re-opened for each attempt) with its own content type, and a success body
+//! handed back unread as a stream (CSV results that may be far larger than any JSON body).
+//!
 //! Non-idempotent requests (creates: `POST` that inserts) are retried only when the failure
 //! proves nothing was written: the connection never opened, Salesforce answered 503 /
 //! `SERVER_UNAVAILABLE` (the request was refused before processing), or `UNABLE_TO_LOCK_ROW`
@@ -53,6 +57,10 @@ pub(crate) struct ApiRequest {
     query: Vec<(String, String)>,
     headers: HeaderMap,
     body: Option<Bytes>,
+    /// A body streamed from this file instead of `body` (Bulk job uploads).
+    file_body: Option<std::path::PathBuf>,
+    /// Content type of `body` / `file_body`; JSON when unset.
+    content_type: Option<HeaderValue>,
     idempotent: bool,
     authenticated: bool,
     context: RequestContext,
@@ -68,6 +76,8 @@ impl ApiRequest {
             query: Vec::new(),
             headers: HeaderMap::new(),
             body: None,
+            file_body: None,
+            content_type: None,
             idempotent,
             authenticated: true,
             context,
@@ -90,6 +100,14 @@ impl ApiRequest {
             .map_err(|e| Error::InvalidInput(format!("request body is not serialisable: {e}")))?;
         self.body = Some(Bytes::from(bytes));
         Ok(self)
+    }
+
+    /// Streams the file at `path` as the body, with the given content type. Each attempt
+    /// re-opens the file, so the file must stay until the call returns.
+    pub(crate) fn file_body(mut self, path: std::path::PathBuf, content_type: HeaderValue) -> Self {
+        self.file_body = Some(path);
+        self.content_type = Some(content_type);
+        self
     }
 
     /// Declares whether re-sending after an unknown outcome is harmless (reads, updates,
@@ -115,6 +133,13 @@ impl ApiRequest {
 pub(crate) struct RawResponse {
     pub(crate) status: StatusCode,
     pub(crate) body: Bytes,
+}
+
+/// What an attempt hands back: the body read, or (for [`Transport::send_streaming`]) the
+/// response itself with its body still to read.
+enum Received {
+    Full(RawResponse),
+    Streaming(reqwest::Response),
 }
 
 /// A failed attempt, with what the retry loop needs to decide.
@@ -188,12 +213,34 @@ impl Transport {
 
     /// Sends `request` with auth, retries and classification; returns any status below 400.
     pub(crate) async fn send(&self, request: ApiRequest) -> Result<RawResponse> {
+        match self.send_inner(request, false).await? {
+            Received::Full(response) => Ok(response),
+            Received::Streaming(response) => Err(Error::Protocol {
+                context: RequestContext::new(Method::GET, response.url().path()),
+                reason: "a buffered call came back unread".into(),
+            }),
+        }
+    }
+
+    /// As [`Transport::send`], but a success response comes back with its body unread, for
+    /// the caller to stream (error bodies are still read and classified here).
+    pub(crate) async fn send_streaming(&self, request: ApiRequest) -> Result<reqwest::Response> {
+        let context = request.context.clone();
+        match self.send_inner(request, true).await? {
+            Received::Streaming(response) => Ok(response),
+            Received::Full(_) => {
+                Err(Error::Protocol { context, reason: "a streamed call came back already read".into() })
+            }
+        }
+    }
+
+    async fn send_inner(&self, request: ApiRequest, streaming: bool) -> Result<Received> {
         let max_attempts = self.config.retry.max_attempts.max(1);
         let mut attempt: u32 = 0;
         let mut refreshed = false;
         loop {
             attempt += 1;
-            let failure = match self.attempt(&request).await {
+            let failure = match self.attempt(&request, streaming).await {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
@@ -236,7 +283,7 @@ impl Transport {
         }
     }
 
-    async fn attempt(&self, request: &ApiRequest) -> std::result::Result<RawResponse, Failure> {
+    async fn attempt(&self, request: &ApiRequest, streaming: bool) -> std::result::Result<Received, Failure> {
         let context = &request.context;
         let token = self.tokens.get(&self.http).await.map_err(|e| Failure::new(Error::Auth(e)))?;
         let with_token = |error: Error| Failure { error, token: Some(Arc::clone(&token)), retry_after: None };
@@ -258,8 +305,21 @@ impl Transport {
         if !request.query.is_empty() {
             builder = builder.query(&request.query);
         }
+        let content_type = request.content_type.clone().unwrap_or(HeaderValue::from_static("application/json"));
         if let Some(body) = &request.body {
-            builder = builder.header(CONTENT_TYPE, "application/json").body(body.clone());
+            builder = builder.header(CONTENT_TYPE, content_type).body(body.clone());
+        } else if let Some(path) = &request.file_body {
+            let file = tokio::fs::File::open(path).await.map_err(|e| {
+                with_token(Error::InvalidInput(format!(
+                    "cannot read the body of {context} from {}: {e}",
+                    path.display()
+                )))
+            })?;
+            let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+            builder = builder
+                .header(CONTENT_TYPE, content_type)
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(reqwest::Body::wrap_stream(file_chunks(file)));
         }
 
         let started = Instant::now();
@@ -281,6 +341,9 @@ impl Transport {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
 
+        if streaming && status.as_u16() < 400 {
+            return Ok(Received::Streaming(response));
+        }
         let limit = self.config.max_response_bytes;
         let mut body = Vec::new();
         loop {
@@ -310,7 +373,7 @@ impl Transport {
         );
 
         if status.as_u16() < 400 {
-            return Ok(RawResponse { status, body: Bytes::from(body) });
+            return Ok(Received::Full(RawResponse { status, body: Bytes::from(body) }));
         }
         let error = match decode_error_array(&body) {
             Some(details) => Error::from(ApiError::from_details(status, details, context.clone())),
@@ -318,6 +381,20 @@ impl Transport {
         };
         Err(Failure { error, token: Some(token), retry_after })
     }
+}
+
+/// A file as a stream of 64 KiB chunks, for a request body that is never all in memory.
+fn file_chunks(file: tokio::fs::File) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    use tokio::io::AsyncReadExt;
+    futures_util::stream::try_unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        Ok(Some((Bytes::from(buf), file)))
+    })
 }
 
 /// Decodes a success body, keeping the start of the body in the error for diagnosis.

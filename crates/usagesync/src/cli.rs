@@ -92,4 +92,14 @@ pub enum BenchTarget {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// Records/s, API calls and the client's peak memory for an upsert through Bulk API 2.0.
+    Bulk {
+        /// Records to upsert.
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+        /// Use an emulator already running at this base URL (e.g. from `usagesync emulate`)
+        /// instead of one in this process, so the peak RSS is the client's alone.
+        #[arg(long)]
+        salesforce_url: Option<String>,
+    },
 }

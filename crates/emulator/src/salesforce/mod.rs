@@ -5,11 +5,12 @@
 //! - [`ids`], [`schema`], [`store`]: the org model and the DML rules every write path shares.
 //! - [`oauth`]: the token endpoint, userinfo, revoke, the bearer check.
 //! - [`rest`]: the entry for `/services/data/`; it authenticates, counts and dispatches to
-//!   [`sobjects`], [`collections`], [`composite`] and [`query`] (over [`soql`]).
+//!   [`sobjects`], [`collections`], [`composite`], [`query`] (over [`soql`]) and [`bulk`].
 //! - [`accounting`], [`faults`], [`admin`]: what tests control and observe.
 
 pub mod accounting;
 pub mod admin;
+pub mod bulk;
 pub mod collections;
 pub mod composite;
 pub mod faults;

@@ -13,7 +13,7 @@ use super::accounting::CallKind;
 use super::response::Resp;
 use super::state::SfState;
 use super::store::{Db, WriteCtx};
-use super::{collections, composite, oauth, query, sobjects};
+use super::{bulk, collections, composite, oauth, query, sobjects};
 use crate::server::DropConnection;
 
 /// Who is calling, at which API version: what every handler needs besides the data.
@@ -188,13 +188,18 @@ pub async fn handle(State(st): State<SfState>, req: Request) -> Response {
         }
         acc.limit_info(now)
     };
-    let body = match to_bytes(Body::new(body), st.config.max_body_bytes).await {
+    let max_body = if bulk::is_upload(&parts.method, &segments) {
+        st.config.max_bulk_upload_bytes
+    } else {
+        st.config.max_body_bytes
+    };
+    let body = match to_bytes(Body::new(body), max_body).await {
         Ok(b) => b,
         Err(_) => {
             return Resp::error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "REQUEST_ENTITY_TOO_LARGE",
-                format!("Request body is larger than the maximum of {} bytes", st.config.max_body_bytes),
+                format!("Request body is larger than the maximum of {max_body} bytes"),
             )
             .with_header("Sforce-Limit-Info", limit_info)
             .into_response();
@@ -241,6 +246,7 @@ pub fn dispatch(st: &SfState, ctx: &CallCtx, db: &mut Db, req: &DataRequest<'_>)
         ["composite"] => composite::handle(st, ctx, db, req),
         ["query", rest @ ..] => query::handle(st, ctx, db, req, false, rest),
         ["queryAll", rest @ ..] => query::handle(st, ctx, db, req, true, rest),
+        ["jobs", rest @ ..] => bulk::handle(st, ctx, db, req, rest),
         _ => Resp::not_found(),
     }
 }

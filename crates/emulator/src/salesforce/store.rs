@@ -527,6 +527,19 @@ impl Db {
         Ok(())
     }
 
+    /// Deletes a record for good (Bulk API `hardDelete`): it skips the recycle bin, so
+    /// queryAll and getDeleted no longer see it.
+    ///
+    /// # Errors
+    /// As [`Db::delete`].
+    pub fn hard_delete(&mut self, object: &str, id: &str, ctx: &WriteCtx) -> Result<(), DmlError> {
+        self.delete(object, id, ctx)?;
+        if let (Some(obj), Some(id)) = (self.schema.object(object).cloned(), ids::normalize(id)) {
+            self.table_mut(&obj.name).records.shift_remove(&id);
+        }
+        Ok(())
+    }
+
     /// Inserts a record as given (admin seeding): system fields are filled in when absent, but
     /// the usual validation still applies so seeded worlds are ones the API could have made.
     ///

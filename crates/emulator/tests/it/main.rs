@@ -7,6 +7,7 @@
 
 mod support;
 
+mod bulk;
 mod collections;
 mod composite;
 mod oauth;

@@ -18,6 +18,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench { target: BenchTarget::Pendo { accounts, days, runs, seed } } => {
             bench::pendo(seed, accounts, days, runs).await
         }
+        Command::Bench { target: BenchTarget::Bulk { records, salesforce_url } } => {
+            bench::bulk(records, salesforce_url).await
+        }
     }
 }
 
