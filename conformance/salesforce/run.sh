@@ -182,8 +182,9 @@ node_suite() {
   local url=$EMU_URL
   echo "== jsforce against $url (node $("$node" --version))"
   SF_EMULATOR_HTTP_URL=$url SF_JWT_KEY=$JWT_KEY \
-    run_suite "$HERE" "$node" --test --test-force-exit --test-reporter=spec --test-reporter-destination=stdout \
-    --test-reporter=tap --test-reporter-destination="$WORK/node.tap" node/jsforce.test.js
+    run_suite "$HERE" "$node" --test --test-force-exit --test-timeout=300000 --test-reporter=spec \
+    --test-reporter-destination=stdout --test-reporter=tap --test-reporter-destination="$WORK/node.tap" \
+    node/jsforce.test.js node/bulk2_jsforce.test.js
   local rc=$?
   local p f t
   p=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$WORK/node.tap" 2>/dev/null | tail -n 1)

@@ -206,17 +206,13 @@ describe('oauth', () => {
     assert.equal(res.instance_url, BASE);
   });
 
-  test(
-    'identity() reads the identity URL from the token response',
-    { todo: 'emulator gap (router in mod.rs, not ours to change): GET /id/{orgId}/{userId} is not served, so identity() gets 404 NOT_FOUND' },
-    async () => {
-      const conn = await loggedIn();
-      const id = await conn.identity();
-      assert.equal(id.user_id, conn.userInfo.id);
-      assert.equal(id.organization_id, conn.userInfo.organizationId);
-      assert.equal(id.username, USERNAME);
-    },
-  );
+  test('identity() reads the identity URL from the token response', async () => {
+    const conn = await loggedIn();
+    const id = await conn.identity();
+    assert.equal(id.user_id, conn.userInfo.id);
+    assert.equal(id.organization_id, conn.userInfo.organizationId);
+    assert.equal(id.username, USERNAME);
+  });
 
   test('a 401 on an expired token without any way to refresh maps to INVALID_SESSION_ID', async () => {
     const first = await loggedIn();

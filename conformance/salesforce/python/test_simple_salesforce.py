@@ -565,8 +565,6 @@ def test_json_parser_error(sf):
     assert error_codes(e.value) == ["JSON_PARSER_ERROR"]
 
 
-@pytest.mark.xfail(strict=True, reason="emulator gap (rest.rs, not ours to change): versions 21.0-30.0 are "
-                   "retired and answer 410 GONE on Salesforce; the emulator answers 404 NOT_FOUND")
 def test_retired_api_version_answers_410(base_url, cert_path, token):
     old = Salesforce(instance_url=base_url, session_id=token["access_token"], version="30.0",
                      session=make_session(cert_path))

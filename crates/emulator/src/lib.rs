@@ -15,5 +15,6 @@
 #![allow(clippy::result_large_err)]
 
 pub mod clock;
+pub mod pendo;
 pub mod salesforce;
 pub mod server;

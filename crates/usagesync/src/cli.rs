@@ -13,7 +13,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the local Salesforce emulator until SIGINT or SIGTERM.
+    /// Serve the local Salesforce and Pendo emulators until SIGINT or SIGTERM.
     Emulate(EmulateArgs),
     /// Run the demo end to end against embedded emulators (no network beyond 127.0.0.1).
     Demo(DemoArgs),
@@ -38,6 +38,22 @@ pub struct EmulateArgs {
     /// The org's daily API allocation (`DailyApiRequests`).
     #[arg(long, default_value_t = 100_000)]
     pub daily_api_requests: u64,
+    /// Address for the Pendo emulator; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub pendo_addr: SocketAddr,
+    /// Pendo accounts to generate (1 to 1,000,000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub accounts: u64,
+    /// Seed of the generated Pendo data (same seed, same world).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Days of generated Pendo event history.
+    #[arg(long, default_value_t = 60)]
+    pub days: u32,
+    /// Also load the matching Salesforce records (Users, Accounts, Contacts, trial
+    /// Opportunities) generated from the same seed into the Salesforce emulator.
+    #[arg(long)]
+    pub seed_salesforce: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,6 +65,21 @@ pub struct DemoArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchTarget {
+    /// The Pendo emulator's data generator and aggregation engine over a 30-day window.
+    Pendo {
+        /// Accounts to generate.
+        #[arg(long, default_value_t = 11_200)]
+        accounts: usize,
+        /// Days of event history.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Runs per query (best and median are reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Seed of the generated world.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Requests/s for single upserts and records/s for Collections against the emulator.
     Emulator {
         /// Single upserts to send.
@@ -60,5 +91,15 @@ pub enum BenchTarget {
         /// Requests in flight at once.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+    },
+    /// Records/s, API calls and the client's peak memory for an upsert through Bulk API 2.0.
+    Bulk {
+        /// Records to upsert.
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+        /// Use an emulator already running at this base URL (e.g. from `usagesync emulate`)
+        /// instead of one in this process, so the peak RSS is the client's alone.
+        #[arg(long)]
+        salesforce_url: Option<String>,
     },
 }

@@ -101,6 +101,7 @@ impl Accounting {
             "total": self.total,
             "byKind": self.by_kind,
             "dailyApiRequests": {"Max": self.daily_max, "Remaining": self.daily_max.saturating_sub(used), "Used": used},
+            "bulk": {"batches": self.bulk_batches_used, "queryJobs": self.bulk_query_jobs_used, "records": self.bulk_records_used},
         })
     }
 
@@ -114,6 +115,9 @@ impl Accounting {
             "DailyAsyncApexExecutions": entry(250_000, 0),
             "DailyBulkApiBatches": entry(self.bulk_batches_max, self.bulk_batches_used),
             "DailyBulkApiRequests": entry(self.bulk_batches_max, self.bulk_batches_used),
+            // Not a name Salesforce's /limits uses: the emulator's view of the documented
+            // 150,000,000 records per rolling 24 hours that Bulk ingest jobs may load.
+            "DailyBulkV2IngestRecords": entry(self.bulk_records_max, self.bulk_records_used),
             "DailyBulkV2QueryFileStorageMB": entry(976_562, 0),
             "DailyBulkV2QueryJobs": entry(self.bulk_query_jobs_max, self.bulk_query_jobs_used),
             "DailyStreamingApiEvents": entry(10_000, 0),

@@ -33,6 +33,7 @@ pub async fn reset(State(st): State<SfState>) -> Response {
     st.accounting.lock().reset();
     st.faults.lock().set(FaultConfig::default());
     st.cursors.lock().clear();
+    st.bulk.lock().clear();
     let _ = st.clock.apply(&ClockChange { now: None, advance_seconds: None, live: true });
     Json(json!({"reset": true})).into_response()
 }

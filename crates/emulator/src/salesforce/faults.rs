@@ -27,6 +27,16 @@ pub struct FaultConfig {
     pub latency_ms: u64,
     #[serde(default)]
     pub latency_share: f64,
+    /// Bulk ingest jobs that fail as a whole (after their first internal batch) with an
+    /// `InternalServerError` errorMessage.
+    #[serde(default)]
+    pub bulk_job_failure: f64,
+    /// Bulk ingest rows that fail with `UNABLE_TO_LOCK_ROW` in failedResults.
+    #[serde(default)]
+    pub bulk_unable_to_lock_row: f64,
+    /// Delay, in milliseconds, before each internal batch of a Bulk ingest job.
+    #[serde(default)]
+    pub bulk_processing_delay_ms: u64,
 }
 
 impl FaultConfig {
@@ -38,6 +48,8 @@ impl FaultConfig {
             ("serverUnavailable", self.server_unavailable),
             ("dropConnection", self.drop_connection),
             ("latencyShare", self.latency_share),
+            ("bulkJobFailure", self.bulk_job_failure),
+            ("bulkUnableToLockRow", self.bulk_unable_to_lock_row),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{name} must be between 0 and 1, got {v}"));
@@ -45,6 +57,9 @@ impl FaultConfig {
         }
         if self.latency_ms > 60_000 {
             return Err("latencyMs must be at most 60000".into());
+        }
+        if self.bulk_processing_delay_ms > 600_000 {
+            return Err("bulkProcessingDelayMs must be at most 600000".into());
         }
         Ok(())
     }
@@ -88,6 +103,18 @@ impl Faults {
             server_unavailable: self.draw(c.server_unavailable),
             latency_ms: if self.draw(c.latency_share) { c.latency_ms } else { 0 },
         }
+    }
+
+    /// Whether a Bulk ingest job fails as a whole; drawn once per job.
+    pub fn bulk_job_fails(&mut self) -> bool {
+        let share = self.config.bulk_job_failure;
+        self.draw(share)
+    }
+
+    /// Whether one Bulk ingest row hits lock contention.
+    pub fn bulk_lock_row(&mut self) -> bool {
+        let share = self.config.bulk_unable_to_lock_row;
+        self.draw(share)
     }
 
     /// Whether one write (a request, or one record of a Collections request) hits lock contention.

@@ -5,11 +5,12 @@
 //! - [`ids`], [`schema`], [`store`]: the org model and the DML rules every write path shares.
 //! - [`oauth`]: the token endpoint, userinfo, revoke, the bearer check.
 //! - [`rest`]: the entry for `/services/data/`; it authenticates, counts and dispatches to
-//!   [`sobjects`], [`collections`], [`composite`] and [`query`] (over [`soql`]).
+//!   [`sobjects`], [`collections`], [`composite`], [`query`] (over [`soql`]) and [`bulk`].
 //! - [`accounting`], [`faults`], [`admin`]: what tests control and observe.
 
 pub mod accounting;
 pub mod admin;
+pub mod bulk;
 pub mod collections;
 pub mod composite;
 pub mod faults;
@@ -42,6 +43,7 @@ pub fn router(state: SfState) -> Router {
         .route("/services/oauth2/token", post(oauth::token))
         .route("/services/oauth2/userinfo", get(oauth::userinfo).post(oauth::userinfo))
         .route("/services/oauth2/revoke", post(oauth::revoke))
+        .route("/id/{org}/{user}", get(oauth::identity).post(oauth::identity))
         .route("/services/data", any(rest::handle))
         .route("/services/data/", any(rest::handle))
         .route("/services/data/{*rest}", any(rest::handle))

@@ -140,7 +140,7 @@ pub async fn token(
     let token = new_token();
     st.sessions.lock().insert(token.clone(), Session { user_id: user_id.clone(), last_used: now });
     let issued_at = now.timestamp_millis().to_string();
-    let id_url = format!("{}/id/{ORG_ID}/{user_id}", st.base_url());
+    let id_url = identity_url(&st, &user_id);
     let mut mac = match Hmac::<Sha256>::new_from_slice(cfg.client_secret.as_bytes()) {
         Ok(m) => m,
         Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -243,6 +243,63 @@ pub fn authenticate(st: &SfState, headers: &HeaderMap) -> Option<Session> {
 
 pub fn invalid_session() -> Resp {
     Resp::error(StatusCode::UNAUTHORIZED, "INVALID_SESSION_ID", "Session expired or invalid")
+}
+
+/// The identity URL of a user: the token response's `id`, which clients split to learn the org
+/// and user IDs, and which answers the identity document.
+pub fn identity_url(st: &SfState, user_id: &str) -> String {
+    format!("{}/id/{ORG_ID}/{user_id}", st.base_url())
+}
+
+/// `GET /id/{orgId}/{userId}`: the identity document of the token's user.
+pub async fn identity(
+    State(st): State<SfState>,
+    axum::extract::Path((org, user)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(session) = authenticate(&st, &headers) else {
+        return (StatusCode::FORBIDDEN, "Bad_OAuth_Token").into_response();
+    };
+    if org != ORG_ID || user != session.user_id {
+        // Salesforce only shows a user's identity to that user's own tokens.
+        return (StatusCode::FORBIDDEN, "Bad_Id").into_response();
+    }
+    st.accounting.lock().note(CallKind::Auth);
+    let db = st.db.lock();
+    let rec = db.get("User", &session.user_id);
+    let field = |f: &str| rec.map(|u| u.get(f).clone()).unwrap_or(Value::Null);
+    let base = st.base_url();
+    let url = |path: &str| format!("{base}{path}");
+    axum::Json(json!({
+        "id": identity_url(&st, &session.user_id),
+        "asserted_user": true,
+        "user_id": session.user_id,
+        "organization_id": ORG_ID,
+        "username": field("Username"),
+        "nick_name": field("Alias"),
+        "display_name": field("Name"),
+        "email": field("Email"),
+        "email_verified": true,
+        "first_name": field("FirstName"),
+        "last_name": field("LastName"),
+        "timezone": "America/Los_Angeles",
+        "active": true,
+        "user_type": "STANDARD",
+        "language": "en_US",
+        "locale": "en_US",
+        "utcOffset": -28_800_000,
+        "last_modified_date": field("LastModifiedDate"),
+        "is_app_installed": true,
+        "urls": {
+            "rest": url("/services/data/v{version}/"),
+            "sobjects": url("/services/data/v{version}/sobjects/"),
+            "query": url("/services/data/v{version}/query/"),
+            "limits": url("/services/data/v{version}/limits/"),
+            "profile": url(&format!("/{}", session.user_id)),
+            "custom_domain": base,
+        },
+    }))
+    .into_response()
 }
 
 /// `GET /services/oauth2/userinfo`.

@@ -80,7 +80,8 @@ fn page(
     let id = match cursor_id {
         Some(id) => id.to_string(),
         None => {
-            let id = st.db.lock().ids.next_id("01g");
+            // Not the org's generator: that one sits behind the data lock this call runs under.
+            let id = st.locator_ids.next_id("01g");
             remember(st, ctx, &id, Arc::clone(&rows), total, batch);
             id
         }

@@ -13,7 +13,7 @@ use super::accounting::CallKind;
 use super::response::Resp;
 use super::state::SfState;
 use super::store::{Db, WriteCtx};
-use super::{collections, composite, oauth, query, sobjects};
+use super::{bulk, collections, composite, oauth, query, sobjects};
 use crate::server::DropConnection;
 
 /// Who is calling, at which API version: what every handler needs besides the data.
@@ -119,7 +119,8 @@ fn parse_version(st: &SfState, raw: &str) -> Option<(String, f64)> {
         return None;
     }
     let n: f64 = num.parse().ok()?;
-    (n >= st.config.min_version && n <= st.config.max_version).then(|| (num.to_string(), n))
+    // Versions from 7.0 exist; the caller answers 410 for retired ones.
+    (n >= 7.0 && n <= st.config.max_version).then(|| (num.to_string(), n))
 }
 
 /// What kind of call a path is, for accounting.
@@ -146,6 +147,15 @@ pub async fn handle(State(st): State<SfState>, req: Request) -> Response {
     let Some((version, version_num)) = parse_version(&st, raw_version) else {
         return Resp::not_found().into_response();
     };
+    if version_num < st.config.min_version {
+        // Retired versions answer 410 GONE (the body's wording is not documented).
+        return Resp::error(
+            StatusCode::GONE,
+            "UNSUPPORTED_API_VERSION",
+            format!("API version {version} has been retired and is no longer supported."),
+        )
+        .into_response();
+    }
     let Some(session) = oauth::authenticate(&st, &parts.headers) else {
         return oauth::invalid_session().into_response();
     };
@@ -178,13 +188,18 @@ pub async fn handle(State(st): State<SfState>, req: Request) -> Response {
         }
         acc.limit_info(now)
     };
-    let body = match to_bytes(Body::new(body), st.config.max_body_bytes).await {
+    let max_body = if bulk::is_upload(&parts.method, &segments) {
+        st.config.max_bulk_upload_bytes
+    } else {
+        st.config.max_body_bytes
+    };
+    let body = match to_bytes(Body::new(body), max_body).await {
         Ok(b) => b,
         Err(_) => {
             return Resp::error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "REQUEST_ENTITY_TOO_LARGE",
-                format!("Request body is larger than the maximum of {} bytes", st.config.max_body_bytes),
+                format!("Request body is larger than the maximum of {max_body} bytes"),
             )
             .with_header("Sforce-Limit-Info", limit_info)
             .into_response();
@@ -208,10 +223,17 @@ pub async fn handle(State(st): State<SfState>, req: Request) -> Response {
 /// Routes one data-API request to the area that owns it. Synchronous and under the caller's
 /// lock, so Composite can run subrequests in one transaction.
 pub fn dispatch(st: &SfState, ctx: &CallCtx, db: &mut Db, req: &DataRequest<'_>) -> Resp {
+    if ctx.version_num < st.config.min_version {
+        return Resp::error(
+            StatusCode::GONE,
+            "UNSUPPORTED_API_VERSION",
+            format!("API version {} has been retired and is no longer supported.", ctx.version),
+        );
+    }
     let seg: Vec<&str> = req.segments.iter().map(String::as_str).collect();
     match seg.as_slice() {
         [] => match req.method {
-            Method::GET => resources(ctx),
+            Method::GET => resources(st, ctx),
             _ => Resp::method_not_allowed(&req.method, "GET"),
         },
         ["limits"] => match req.method {
@@ -224,20 +246,18 @@ pub fn dispatch(st: &SfState, ctx: &CallCtx, db: &mut Db, req: &DataRequest<'_>)
         ["composite"] => composite::handle(st, ctx, db, req),
         ["query", rest @ ..] => query::handle(st, ctx, db, req, false, rest),
         ["queryAll", rest @ ..] => query::handle(st, ctx, db, req, true, rest),
+        ["jobs", rest @ ..] => bulk::handle(st, ctx, db, req, rest),
         _ => Resp::not_found(),
     }
 }
 
-fn resources(ctx: &CallCtx) -> Resp {
+fn resources(st: &SfState, ctx: &CallCtx) -> Resp {
     let base = format!("/services/data/v{}", ctx.version);
     let mut m = Map::new();
     for r in ["sobjects", "query", "queryAll", "limits", "composite", "jobs/ingest", "jobs/query"] {
-        let key = match r {
-            "jobs/ingest" => "jobs/ingest".to_string(),
-            _ => r.to_string(),
-        };
-        m.insert(key, json!(format!("{base}/{r}")));
+        m.insert(r.to_string(), json!(format!("{base}/{r}")));
     }
+    m.insert("identity".into(), json!(oauth::identity_url(st, &ctx.user_id)));
     Resp::ok(Value::Object(m))
 }
 

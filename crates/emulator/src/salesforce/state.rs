@@ -37,6 +37,8 @@ pub struct Config {
     pub session_ttl: Duration,
     /// Largest request body accepted by the REST API.
     pub max_body_bytes: usize,
+    /// Largest Bulk API 2.0 job upload (`PUT .../batches`).
+    pub max_bulk_upload_bytes: usize,
     /// Whether the username-password flow also hands out a refresh token.
     pub password_flow_refresh_token: bool,
 }
@@ -54,6 +56,7 @@ impl Default for Config {
             daily_api_requests: 100_000,
             session_ttl: Duration::hours(2),
             max_body_bytes: 50 * 1024 * 1024,
+            max_bulk_upload_bytes: super::bulk::MAX_UPLOAD_BYTES,
             password_flow_refresh_token: true,
         }
     }
@@ -84,6 +87,9 @@ pub struct Inner {
     pub faults: Mutex<Faults>,
     pub clock: Clock,
     pub cursors: Mutex<HashMap<String, Cursor>>,
+    pub locator_ids: super::ids::IdGenerator,
+    /// Bulk API 2.0 jobs. Lock order: `db` before `bulk`, never the other way.
+    pub bulk: Mutex<super::bulk::Jobs>,
     base_url: OnceLock<String>,
 }
 
@@ -110,6 +116,8 @@ impl SfState {
             faults: Mutex::new(Faults::default()),
             clock: Clock::default(),
             cursors: Mutex::new(HashMap::new()),
+            locator_ids: super::ids::IdGenerator::new(),
+            bulk: Mutex::new(super::bulk::Jobs::default()),
             base_url: OnceLock::new(),
         }))
     }

@@ -391,27 +391,8 @@ impl Db {
             )]);
         }
         let values = self.coerce_body(&obj, body, true)?;
-        let mut rec = Record::default();
-        for f in obj.fields() {
-            if let Some(d) = &f.default {
-                rec.fields.insert(f.name.clone(), d.clone());
-            }
-        }
-        if obj.field("OwnerId").is_some() {
-            rec.fields.insert("OwnerId".into(), json!(ctx.user_id));
-        }
-        for (k, v) in values {
-            rec.fields.insert(k, v);
-        }
-        let missing: Vec<String> =
-            obj.fields().filter(|f| f.required && rec.get(&f.name).is_null()).map(|f| f.name.clone()).collect();
-        if !missing.is_empty() {
-            return Err(vec![DmlError::new(
-                "REQUIRED_FIELD_MISSING",
-                format!("Required fields are missing: [{}]", missing.join(", ")),
-                missing,
-            )]);
-        }
+        let mut rec = new_record(&obj, values, ctx);
+        check_required(&obj, &rec)?;
         let id = self.ids.next_id(&obj.key_prefix);
         rec.fields.shift_insert(0, "Id".into(), json!(id));
         if obj.name == "Case" {
@@ -419,12 +400,7 @@ impl Db {
             rec.fields.insert("CaseNumber".into(), json!(format!("{:08}", self.case_number)));
         }
         self.finish_write(&obj, &mut rec, ctx, true);
-        self.check_rules_and_unique(&obj, &rec)?;
-        self.remember(&obj.name, &id);
-        let table = self.table_mut(&obj.name);
-        index(table, &obj, &rec);
-        table.records.insert(id.clone(), rec);
-        Ok(id)
+        self.insert_new(&obj, id, rec)
     }
 
     /// Updates the given fields of a live record.
@@ -551,6 +527,19 @@ impl Db {
         Ok(())
     }
 
+    /// Deletes a record for good (Bulk API `hardDelete`): it skips the recycle bin, so
+    /// queryAll and getDeleted no longer see it.
+    ///
+    /// # Errors
+    /// As [`Db::delete`].
+    pub fn hard_delete(&mut self, object: &str, id: &str, ctx: &WriteCtx) -> Result<(), DmlError> {
+        self.delete(object, id, ctx)?;
+        if let (Some(obj), Some(id)) = (self.schema.object(object).cloned(), ids::normalize(id)) {
+            self.table_mut(&obj.name).records.shift_remove(&id);
+        }
+        Ok(())
+    }
+
     /// Inserts a record as given (admin seeding): system fields are filled in when absent, but
     /// the usual validation still applies so seeded worlds are ones the API could have made.
     ///
@@ -590,18 +579,7 @@ impl Db {
             }
         };
         let values = self.coerce_body_with(&obj, &body, true, true)?;
-        let mut rec = Record::default();
-        for f in obj.fields() {
-            if let Some(d) = &f.default {
-                rec.fields.insert(f.name.clone(), d.clone());
-            }
-        }
-        if obj.field("OwnerId").is_some() {
-            rec.fields.insert("OwnerId".into(), json!(ctx.user_id));
-        }
-        for (k, v) in values {
-            rec.fields.insert(k, v);
-        }
+        let mut rec = new_record(&obj, values, ctx);
         let id = match id {
             Some(id) => {
                 self.ids.observe(&id);
@@ -623,19 +601,16 @@ impl Db {
                 }
             }
         }
-        let missing: Vec<String> =
-            obj.fields().filter(|f| f.required && rec.get(&f.name).is_null()).map(|f| f.name.clone()).collect();
-        if !missing.is_empty() {
-            return Err(vec![DmlError::new(
-                "REQUIRED_FIELD_MISSING",
-                format!("Required fields are missing: [{}]", missing.join(", ")),
-                missing,
-            )]);
-        }
-        self.check_rules_and_unique(&obj, &rec)?;
+        check_required(&obj, &rec)?;
+        self.insert_new(&obj, id, rec)
+    }
+
+    /// Stores a record that does not exist yet, after the checks that need the whole org.
+    fn insert_new(&mut self, obj: &ObjectDef, id: String, rec: Record) -> Result<String, Vec<DmlError>> {
+        self.check_rules_and_unique(obj, &rec)?;
         self.remember(&obj.name, &id);
         let table = self.table_mut(&obj.name);
-        index(table, &obj, &rec);
+        index(table, obj, &rec);
         table.records.insert(id.clone(), rec);
         Ok(id)
     }
@@ -959,6 +934,36 @@ impl Default for Db {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A new record's fields before system fields: picklist and other defaults, the running user as
+/// owner, then the request's values.
+fn new_record(obj: &ObjectDef, values: Vec<(String, Value)>, ctx: &WriteCtx) -> Record {
+    let mut rec = Record::default();
+    for f in obj.fields() {
+        if let Some(d) = &f.default {
+            rec.fields.insert(f.name.clone(), d.clone());
+        }
+    }
+    if obj.field("OwnerId").is_some() {
+        rec.fields.insert("OwnerId".into(), json!(ctx.user_id));
+    }
+    rec.fields.extend(values);
+    rec
+}
+
+/// REQUIRED_FIELD_MISSING naming every required field the record lacks.
+fn check_required(obj: &ObjectDef, rec: &Record) -> Result<(), Vec<DmlError>> {
+    let missing: Vec<String> =
+        obj.fields().filter(|f| f.required && rec.get(&f.name).is_null()).map(|f| f.name.clone()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(vec![DmlError::new(
+        "REQUIRED_FIELD_MISSING",
+        format!("Required fields are missing: [{}]", missing.join(", ")),
+        missing,
+    )])
 }
 
 fn index_key(f: &FieldDef, v: &Value) -> String {

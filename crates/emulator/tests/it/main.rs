@@ -7,7 +7,9 @@
 
 mod support;
 
+mod bulk;
 mod collections;
 mod composite;
 mod oauth;
+mod query;
 mod rest;

@@ -280,3 +280,38 @@ async fn seeding_is_all_or_nothing() {
     let new_id = org.create("Account", account("New")).await;
     assert_ne!(new_id, id);
 }
+
+#[tokio::test]
+async fn retired_versions_answer_410_and_unknown_ones_404() {
+    let org = Org::start().await;
+    let get = |v: &'static str| {
+        let org = &org;
+        async move {
+            org.http
+                .get(format!("{}/services/data/{v}/limits", org.emu.base_url))
+                .bearer_auth(&org.token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(get("v30.0").await, 410);
+    assert_eq!(get("v20.0").await, 410);
+    assert_eq!(get("v99.0").await, 404);
+    assert_eq!(get("vfoo").await, 404);
+    assert_eq!(get("v60.0").await, 200);
+}
+
+#[tokio::test]
+async fn identity_url_answers_the_identity_document() {
+    let org = Org::start().await;
+    let (_, resources) = org.json(Method::GET, "", None).await;
+    let id_url = resources["identity"].as_str().unwrap().to_string();
+    let v: Value = org.http.get(&id_url).bearer_auth(&org.token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["id"], json!(id_url));
+    assert_eq!(v["username"], json!("integration@usagesync.test"));
+    let status = org.http.get(&id_url).bearer_auth("nope").send().await.unwrap().status().as_u16();
+    assert_eq!(status, 403);
+}

@@ -21,14 +21,61 @@ pub async fn run(args: EmulateArgs) -> Result<()> {
         std::fs::write(path, &tls.cert_pem)
             .with_context(|| format!("Failed to write the certificate to {}", path.display()))?;
     }
+    let gen_config = emulator::pendo::GenConfig {
+        seed: args.seed,
+        accounts: usize::try_from(args.accounts).context("--accounts is too large")?,
+        days: args.days,
+        ..emulator::pendo::GenConfig::default()
+    };
+    let pendo_listener = TcpListener::bind(args.pendo_addr)
+        .await
+        .with_context(|| format!("Failed to bind the Pendo emulator to {}", args.pendo_addr))?;
+    let pendo_addr = pendo_listener.local_addr().context("Failed to read the bound Pendo address")?;
+    let pendo_state = tokio::task::spawn_blocking(move || {
+        emulator::pendo::PendoState::generated(emulator::pendo::PendoConfig::default(), &gen_config)
+    })
+    .await
+    .context("Failed to generate the Pendo data")?;
     let config = Config { daily_api_requests: args.daily_api_requests, ..Config::default() };
     let state = salesforce::SfState::new(config);
+    if args.seed_salesforce {
+        seed_matching_org(&state, &pendo_state)?;
+    }
     let url = salesforce::base_url(addr, tls.is_some());
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "salesforce {url}").context("Failed to write to stdout")?;
+        writeln!(out, "pendo http://{pendo_addr}").context("Failed to write to stdout")?;
         out.flush().context("Failed to flush stdout")?;
     }
+    let (stop_pendo, stopped) = tokio::sync::oneshot::channel::<()>();
+    let pendo = tokio::spawn(emulator::pendo::serve(pendo_listener, pendo_state, async move {
+        let _ = stopped.await;
+    }));
     salesforce::serve(listener, state, tls, super::shutdown_signal()).await;
+    let _ = stop_pendo.send(());
+    pendo.await.context("The Pendo emulator task failed")?.context("The Pendo emulator failed")?;
+    Ok(())
+}
+
+/// Loads the Salesforce records that match the generated Pendo data (same seed: Accounts whose
+/// websites match the visitors' e-mail domains, Contacts, owners, open trial Opportunities), so
+/// both emulators describe one world. All or nothing, parents before children.
+fn seed_matching_org(sf: &salesforce::SfState, pendo: &emulator::pendo::PendoState) -> Result<()> {
+    let org = pendo.salesforce_org();
+    let ctx =
+        salesforce::store::WriteCtx { user_id: salesforce::store::INTEGRATION_USER_ID.into(), now: sf.clock.now() };
+    let mut db = sf.db.lock();
+    db.begin();
+    for sobject in ["User", "Account", "Contact", "Opportunity"] {
+        for record in org.get(sobject).into_iter().flatten() {
+            let Some(fields) = record.as_object() else { continue };
+            if let Err(errors) = db.seed(sobject, fields, &ctx) {
+                db.rollback();
+                anyhow::bail!("Failed to seed the generated {sobject} {}: {errors:?}", record["Id"]);
+            }
+        }
+    }
+    db.commit();
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! One module per command.
 
 mod bench;
+mod demo;
 mod emulate;
 
 use anyhow::Result;
@@ -10,9 +11,15 @@ use crate::cli::{BenchTarget, Cli, Command};
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Emulate(args) => emulate::run(args).await,
-        Command::Demo(_) => anyhow::bail!("demo is not available yet"),
+        Command::Demo(args) => demo::run(args).await,
         Command::Bench { target: BenchTarget::Emulator { upserts, collection_records, concurrency } } => {
             bench::emulator(upserts, collection_records, concurrency).await
+        }
+        Command::Bench { target: BenchTarget::Pendo { accounts, days, runs, seed } } => {
+            bench::pendo(seed, accounts, days, runs).await
+        }
+        Command::Bench { target: BenchTarget::Bulk { records, salesforce_url } } => {
+            bench::bulk(records, salesforce_url).await
         }
     }
 }

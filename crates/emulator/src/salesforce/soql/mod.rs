@@ -36,6 +36,15 @@ impl Query {
         &self.ast.object
     }
 
+    /// The SELECT list as written (`Name`, `Account.Name`), or `None` for `COUNT()`: the
+    /// columns of a Bulk API query result, in order.
+    pub fn select_paths(&self) -> Option<Vec<String>> {
+        match &self.ast.select {
+            ast::Select::Count => None,
+            ast::Select::Fields(paths) => Some(paths.iter().map(ast::Path::text).collect()),
+        }
+    }
+
     /// Whether this is a `SELECT COUNT()` query, whose answer has a size but no records.
     pub fn is_count(&self) -> bool {
         self.ast.select == ast::Select::Count

@@ -1,0 +1,166 @@
+//! The single request path. Order per attempt: build the request (key header, JSON content
+//! type, timeout) → send → read the body under the size cap → classify the status → on 429 wait
+//! for `Retry-After` (capped) or the backoff, on 408/5xx and transport errors wait for the
+//! backoff → retry up to the policy's attempt limit. Non-retryable answers return at once.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use tracing::debug;
+
+use crate::config::ClientConfig;
+use crate::error::{Error, Result};
+
+pub const KEY_HEADER: &str = "x-pendo-integration-key";
+
+#[derive(Clone, Debug)]
+pub(crate) struct Transport {
+    http: reqwest::Client,
+    pub(crate) config: ClientConfig,
+}
+
+/// A request body and its content type.
+pub(crate) enum Body {
+    None,
+    Json(Vec<u8>),
+}
+
+fn snippet(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]);
+    s.trim().to_string()
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+impl Transport {
+    pub(crate) fn new(config: ClientConfig) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .user_agent(config.user_agent.clone())
+            .build()
+            .map_err(|e| Error::Config(format!("building the HTTP client: {e}")))?;
+        Ok(Transport { http, config })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{}", self.config.base_url.as_str().trim_end_matches('/'), path)
+    }
+
+    async fn read_capped(&self, endpoint: &str, mut resp: reqwest::Response) -> std::result::Result<Vec<u8>, Error> {
+        let limit = self.config.max_response_bytes;
+        if resp.content_length().is_some_and(|n| n as usize > limit) {
+            return Err(Error::TooLarge { endpoint: endpoint.to_string(), limit });
+        }
+        let mut out = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => {
+                    if out.len() + c.len() > limit {
+                        return Err(Error::TooLarge { endpoint: endpoint.to_string(), limit });
+                    }
+                    out.extend_from_slice(&c);
+                }
+                Ok(None) => return Ok(out),
+                Err(e) => return Err(Error::Transport { endpoint: endpoint.to_string(), attempts: 1, source: e }),
+            }
+        }
+    }
+
+    /// Sends one logical request, retrying as the policy allows. Returns the 2xx body.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Body,
+    ) -> Result<Vec<u8>> {
+        let endpoint = format!("{method} {path}");
+        let policy = &self.config.retry;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut req = self
+                .http
+                .request(method.clone(), self.url(path))
+                .header(KEY_HEADER, self.config.integration_key.expose())
+                .header(reqwest::header::CONTENT_TYPE, "application/json");
+            if !query.is_empty() {
+                req = req.query(query);
+            }
+            if let Body::Json(b) = &body {
+                req = req.body(b.clone());
+            }
+            let last = attempt >= policy.max_attempts.max(1);
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    if last {
+                        return Err(Error::Transport { endpoint, attempts: attempt, source: e });
+                    }
+                    let wait = policy.backoff(attempt);
+                    debug!(%endpoint, attempt, ?wait, error = %e, "Transport error; retrying.");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            };
+            let status = resp.status();
+            if status.is_success() {
+                return match self.read_capped(&endpoint, resp).await {
+                    Err(Error::Transport { source, .. }) if !last => {
+                        debug!(%endpoint, attempt, error = %source, "Body read failed; retrying.");
+                        tokio::time::sleep(policy.backoff(attempt)).await;
+                        continue;
+                    }
+                    other => other,
+                };
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let ra = retry_after(&resp);
+                if last {
+                    return Err(Error::Throttled { endpoint, attempts: attempt, retry_after: ra });
+                }
+                let wait = ra.map_or_else(|| policy.backoff(attempt), |d| d.min(policy.max_retry_after));
+                debug!(%endpoint, attempt, ?wait, "Throttled; waiting.");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let bytes = self.read_capped(&endpoint, resp).await.unwrap_or_default();
+            let message = snippet(&bytes);
+            if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
+                if last {
+                    return Err(Error::Server { endpoint, status: status.as_u16(), attempts: attempt, message });
+                }
+                let wait = policy.backoff(attempt);
+                debug!(%endpoint, attempt, status = status.as_u16(), ?wait, "Server error; retrying.");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            return Err(match status {
+                StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => Error::Forbidden { endpoint, message },
+                StatusCode::NOT_FOUND => Error::NotFound { endpoint },
+                _ => Error::Rejected { endpoint, status: status.as_u16(), message },
+            });
+        }
+    }
+
+    pub(crate) async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Body,
+    ) -> Result<T> {
+        let endpoint = format!("{method} {path}");
+        let bytes = self.send(method, path, query, body).await?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::Decode { endpoint, snippet: snippet(&bytes), source })
+    }
+}
+
+/// Percent-encodes one path segment (ids may hold `@`, `/`, spaces).
+pub(crate) fn segment(s: &str) -> String {
+    const SET: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'@');
+    percent_encoding::utf8_percent_encode(s, SET).to_string()
+}

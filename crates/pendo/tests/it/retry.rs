@@ -1,0 +1,74 @@
+use std::time::Instant;
+
+use emulator::pendo::PendoConfig;
+use emulator::pendo::faults::{FaultConfig, FaultRule, RateLimit};
+use pendo::{Apps, Error, Pipeline, Source};
+use serde_json::json;
+
+use crate::{client, emulator, emulator_with};
+
+#[tokio::test]
+async fn retries_5xx_then_succeeds() {
+    let e = emulator().await;
+    reqwest::Client::new()
+        .put(format!("{}/__emulator/faults", e.base_url))
+        .json(&json!({"rules": [{"pathPrefix": "/api/v1/aggregation", "status": 503, "times": 2}]}))
+        .send()
+        .await
+        .unwrap();
+    let c = client(&e);
+    let r = c.aggregate(&Pipeline::from_source(Source::Accounts { apps: Apps::Default }).count()).await.unwrap();
+    assert_eq!(r.results[0]["count"], 30);
+    let usage = e.state.usage();
+    assert_eq!(usage.by_status.get(&503), Some(&2));
+}
+
+#[tokio::test]
+async fn gives_up_after_the_attempt_limit() {
+    let e = emulator().await;
+    reqwest::Client::new()
+        .put(format!("{}/__emulator/faults", e.base_url))
+        .json(&json!({"rules": [{"pathPrefix": "/api/v1/feature", "status": 502}]}))
+        .send()
+        .await
+        .unwrap();
+    let err = client(&e).features(&[]).await.unwrap_err();
+    assert!(matches!(err, Error::Server { status: 502, attempts: 4, .. }), "{err}");
+    assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn honours_retry_after_on_429() {
+    let cfg = PendoConfig {
+        faults: FaultConfig {
+            rules: vec![],
+            rate_limit: Some(RateLimit { per_second: 1.0, burst: Some(1.0), retry_after_secs: Some(1) }),
+        },
+        ..PendoConfig::default()
+    };
+    let e = emulator_with(cfg).await;
+    let c = client(&e);
+    let t = Instant::now();
+    c.pages(&[]).await.unwrap();
+    c.pages(&[]).await.unwrap();
+    // The second call was throttled once and waited for Retry-After before succeeding.
+    assert!(t.elapsed().as_millis() >= 900);
+    assert!(e.state.usage().throttled >= 1);
+    let _ = FaultRule { method: None, path_prefix: String::new(), status: 0, body: None, times: None, delay_ms: 0 };
+}
+
+#[tokio::test]
+async fn persistent_throttling_is_reported() {
+    let cfg = PendoConfig {
+        faults: FaultConfig {
+            rules: vec![],
+            rate_limit: Some(RateLimit { per_second: 0.0001, burst: Some(1.0), retry_after_secs: None }),
+        },
+        ..PendoConfig::default()
+    };
+    let e = emulator_with(cfg).await;
+    let c = client(&e);
+    c.pages(&[]).await.unwrap();
+    let err = c.pages(&[]).await.unwrap_err();
+    assert!(matches!(err, Error::Throttled { attempts: 4, .. }), "{err}");
+}
