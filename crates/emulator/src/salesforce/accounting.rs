@@ -22,63 +22,119 @@ pub enum CallKind {
     Bulk,
 }
 
+/// A count over the rolling 24 hours ending now, kept in hourly buckets, against a maximum:
+/// how Salesforce meters daily API requests, Bulk batches, Bulk records and Bulk query jobs.
+#[derive(Debug, Clone)]
+pub struct RollingWindow {
+    /// (epoch hour, count) pairs, oldest first; the last 24 hours make the window.
+    buckets: VecDeque<(i64, u64)>,
+    /// Usage set through `PUT limits` (as if other integrations had spent it).
+    preset: u64,
+    pub max: u64,
+}
+
+impl RollingWindow {
+    pub fn new(max: u64) -> Self {
+        RollingWindow { buckets: VecDeque::new(), preset: 0, max }
+    }
+
+    fn prune(&mut self, now: DateTime<Utc>) {
+        let hour = now.timestamp().div_euclid(3600);
+        while self.buckets.front().is_some_and(|(h, _)| *h <= hour - 24) {
+            self.buckets.pop_front();
+        }
+    }
+
+    pub fn used(&mut self, now: DateTime<Utc>) -> u64 {
+        self.prune(now);
+        self.preset + self.buckets.iter().map(|(_, n)| n).sum::<u64>()
+    }
+
+    pub fn remaining(&mut self, now: DateTime<Utc>) -> u64 {
+        self.max.saturating_sub(self.used(now))
+    }
+
+    /// Whether the window is spent.
+    pub fn exhausted(&mut self, now: DateTime<Utc>) -> bool {
+        self.used(now) >= self.max
+    }
+
+    /// Counts `n` now, whatever the remainder (a batch already running finishes).
+    pub fn add(&mut self, n: u64, now: DateTime<Utc>) {
+        let hour = now.timestamp().div_euclid(3600);
+        match self.buckets.back_mut() {
+            Some((h, c)) if *h == hour => *c += n,
+            _ => self.buckets.push_back((hour, n)),
+        }
+    }
+
+    /// Counts one unit unless the window is spent.
+    pub fn try_take(&mut self, now: DateTime<Utc>) -> bool {
+        if self.exhausted(now) {
+            return false;
+        }
+        self.add(1, now);
+        true
+    }
+
+    /// `/limits` form: `{"Max", "Remaining"}`.
+    pub fn entry(&mut self, now: DateTime<Utc>) -> Value {
+        json!({"Max": self.max, "Remaining": self.remaining(now)})
+    }
+
+    /// Applies a `PUT limits` value: a new maximum and/or the remainder to pretend.
+    fn set(&mut self, value: &LimitValue, name: &str) -> Result<(), String> {
+        if let Some(max) = value.max {
+            if max == 0 {
+                return Err(format!("{name}.Max must be at least 1"));
+            }
+            self.max = max;
+        }
+        if let Some(remaining) = value.remaining {
+            if remaining > self.max {
+                return Err(format!("{name}.Remaining {remaining} exceeds Max {}", self.max));
+            }
+            // Our own buckets are cleared so the figure is exact.
+            self.buckets.clear();
+            self.preset = self.max - remaining;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 pub struct Accounting {
-    /// Calls per hour bucket (epoch hour), the last 24 of which make the rolling window.
-    window: VecDeque<(i64, u64)>,
-    pub daily_max: u64,
-    /// Extra usage set through `PUT limits` (as if other integrations had spent it).
-    preset: u64,
+    pub api_requests: RollingWindow,
     by_kind: BTreeMap<CallKind, u64>,
     total: u64,
-    pub bulk_batches_max: u64,
-    pub bulk_batches_used: u64,
-    pub bulk_query_jobs_max: u64,
-    pub bulk_query_jobs_used: u64,
-    pub bulk_records_max: u64,
-    pub bulk_records_used: u64,
+    /// Bulk ingest batches of up to 10,000 records (shared by Bulk 1.0 and 2.0).
+    pub bulk_batches: RollingWindow,
+    pub bulk_query_jobs: RollingWindow,
+    pub bulk_records: RollingWindow,
 }
 
 impl Accounting {
     pub fn new(daily_max: u64) -> Self {
         Accounting {
-            window: VecDeque::new(),
-            daily_max,
-            preset: 0,
+            api_requests: RollingWindow::new(daily_max),
             by_kind: BTreeMap::new(),
             total: 0,
-            bulk_batches_max: 15_000,
-            bulk_batches_used: 0,
-            bulk_query_jobs_max: 10_000,
-            bulk_query_jobs_used: 0,
-            bulk_records_max: 150_000_000,
-            bulk_records_used: 0,
-        }
-    }
-
-    fn prune(&mut self, now: DateTime<Utc>) {
-        let hour = now.timestamp().div_euclid(3600);
-        while self.window.front().is_some_and(|(h, _)| *h <= hour - 24) {
-            self.window.pop_front();
+            bulk_batches: RollingWindow::new(15_000),
+            bulk_query_jobs: RollingWindow::new(10_000),
+            bulk_records: RollingWindow::new(150_000_000),
         }
     }
 
     /// Calls counted in the rolling 24 hours ending now.
     pub fn used(&mut self, now: DateTime<Utc>) -> u64 {
-        self.prune(now);
-        self.preset + self.window.iter().map(|(_, n)| n).sum::<u64>()
+        self.api_requests.used(now)
     }
 
     /// Counts one call that consumes the daily allocation. Returns false (and counts nothing
     /// against the allocation) when it is already spent.
     pub fn try_consume(&mut self, kind: CallKind, now: DateTime<Utc>) -> bool {
-        if self.used(now) >= self.daily_max {
+        if !self.api_requests.try_take(now) {
             return false;
-        }
-        let hour = now.timestamp().div_euclid(3600);
-        match self.window.back_mut() {
-            Some((h, n)) if *h == hour => *n += 1,
-            _ => self.window.push_back((hour, 1)),
         }
         self.note(kind);
         true
@@ -92,7 +148,7 @@ impl Accounting {
 
     /// The `Sforce-Limit-Info` header value.
     pub fn limit_info(&mut self, now: DateTime<Utc>) -> String {
-        format!("api-usage={}/{}", self.used(now), self.daily_max)
+        format!("api-usage={}/{}", self.used(now), self.api_requests.max)
     }
 
     pub fn usage_json(&mut self, now: DateTime<Utc>) -> Value {
@@ -100,26 +156,25 @@ impl Accounting {
         json!({
             "total": self.total,
             "byKind": self.by_kind,
-            "dailyApiRequests": {"Max": self.daily_max, "Remaining": self.daily_max.saturating_sub(used), "Used": used},
-            "bulk": {"batches": self.bulk_batches_used, "queryJobs": self.bulk_query_jobs_used, "records": self.bulk_records_used},
+            "dailyApiRequests": {"Max": self.api_requests.max, "Remaining": self.api_requests.max.saturating_sub(used), "Used": used},
+            "bulk": {"batches": self.bulk_batches.used(now), "queryJobs": self.bulk_query_jobs.used(now), "records": self.bulk_records.used(now)},
         })
     }
 
     pub fn limits_json(&mut self, now: DateTime<Utc>) -> Value {
-        let used = self.used(now);
         let entry = |max: u64, used: u64| json!({"Max": max, "Remaining": max.saturating_sub(used)});
         json!({
             "ConcurrentAsyncGetReportInstances": entry(200, 0),
             "ConcurrentSyncReportRuns": entry(20, 0),
-            "DailyApiRequests": entry(self.daily_max, used),
+            "DailyApiRequests": self.api_requests.entry(now),
             "DailyAsyncApexExecutions": entry(250_000, 0),
-            "DailyBulkApiBatches": entry(self.bulk_batches_max, self.bulk_batches_used),
-            "DailyBulkApiRequests": entry(self.bulk_batches_max, self.bulk_batches_used),
+            "DailyBulkApiBatches": self.bulk_batches.entry(now),
+            "DailyBulkApiRequests": self.bulk_batches.entry(now),
             // Not a name Salesforce's /limits uses: the emulator's view of the documented
             // 150,000,000 records per rolling 24 hours that Bulk ingest jobs may load.
-            "DailyBulkV2IngestRecords": entry(self.bulk_records_max, self.bulk_records_used),
+            "DailyBulkV2IngestRecords": self.bulk_records.entry(now),
             "DailyBulkV2QueryFileStorageMB": entry(976_562, 0),
-            "DailyBulkV2QueryJobs": entry(self.bulk_query_jobs_max, self.bulk_query_jobs_used),
+            "DailyBulkV2QueryJobs": self.bulk_query_jobs.entry(now),
             "DailyStreamingApiEvents": entry(10_000, 0),
             "DataStorageMB": entry(5, 0),
             "FileStorageMB": entry(20, 0),
@@ -131,45 +186,23 @@ impl Accounting {
 
     /// Clears usage counters (admin reset); the configured maximum stays.
     pub fn reset(&mut self) {
-        let max = self.daily_max;
+        let max = self.api_requests.max;
         *self = Accounting::new(max);
     }
 
-    /// Applies `PUT /__emulator/limits`.
-    pub fn apply(&mut self, change: &LimitsChange, now: DateTime<Utc>) -> Result<(), String> {
-        if let Some(d) = &change.daily_api_requests {
-            if let Some(max) = d.max {
-                if max == 0 {
-                    return Err("DailyApiRequests.Max must be at least 1".into());
-                }
-                self.daily_max = max;
-            }
-            if let Some(remaining) = d.remaining {
-                if remaining > self.daily_max {
-                    return Err(format!("DailyApiRequests.Remaining {remaining} exceeds Max {}", self.daily_max));
-                }
-                // Usage others spent; our own window is cleared so the figure is exact.
-                self.window.clear();
-                self.preset = self.daily_max - remaining;
-            }
+    /// Applies `PUT /__emulator/limits`, all or nothing.
+    pub fn apply(&mut self, change: &LimitsChange, _now: DateTime<Utc>) -> Result<(), String> {
+        let mut next = (self.api_requests.clone(), self.bulk_batches.clone(), self.bulk_query_jobs.clone());
+        if let Some(v) = &change.daily_api_requests {
+            next.0.set(v, "DailyApiRequests")?;
         }
-        if let Some(d) = &change.daily_bulk_api_batches {
-            if let Some(max) = d.max {
-                self.bulk_batches_max = max;
-            }
-            if let Some(rem) = d.remaining {
-                self.bulk_batches_used = self.bulk_batches_max.saturating_sub(rem);
-            }
+        if let Some(v) = &change.daily_bulk_api_batches {
+            next.1.set(v, "DailyBulkApiBatches")?;
         }
-        if let Some(d) = &change.daily_bulk_v2_query_jobs {
-            if let Some(max) = d.max {
-                self.bulk_query_jobs_max = max;
-            }
-            if let Some(rem) = d.remaining {
-                self.bulk_query_jobs_used = self.bulk_query_jobs_max.saturating_sub(rem);
-            }
+        if let Some(v) = &change.daily_bulk_v2_query_jobs {
+            next.2.set(v, "DailyBulkV2QueryJobs")?;
         }
-        self.prune(now);
+        (self.api_requests, self.bulk_batches, self.bulk_query_jobs) = next;
         Ok(())
     }
 }
@@ -210,6 +243,31 @@ mod tests {
         assert_eq!(a.limit_info(t0 + Duration::hours(2)), "api-usage=2/2");
         // The first call leaves the window 24 hours after its hour.
         assert!(a.try_consume(CallKind::Rest, t0 + Duration::hours(24)));
+    }
+
+    #[test]
+    fn bulk_counters_roll_too() {
+        let mut a = Accounting::new(100);
+        let t0: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        a.bulk_batches.max = 2;
+        assert!(a.bulk_batches.try_take(t0));
+        assert!(a.bulk_batches.try_take(t0));
+        assert!(!a.bulk_batches.try_take(t0 + Duration::hours(23)));
+        assert!(a.bulk_batches.try_take(t0 + Duration::hours(24)));
+        assert_eq!(a.limits_json(t0 + Duration::hours(24))["DailyBulkApiBatches"]["Remaining"], json!(1));
+    }
+
+    #[test]
+    fn bad_limit_changes_change_nothing() {
+        let mut a = Accounting::new(100);
+        let now = Utc::now();
+        let change = LimitsChange {
+            daily_api_requests: Some(LimitValue { max: Some(50), remaining: None }),
+            daily_bulk_api_batches: Some(LimitValue { max: Some(5), remaining: Some(9) }),
+            daily_bulk_v2_query_jobs: None,
+        };
+        assert!(a.apply(&change, now).is_err());
+        assert_eq!(a.api_requests.max, 100);
     }
 
     #[test]

@@ -230,8 +230,9 @@ fn create(st: &SfState, ctx: &CallCtx, db: &Db, req: &DataRequest<'_>) -> Resp {
         None
     };
     {
-        let acc = st.accounting.lock();
-        if acc.bulk_batches_used >= acc.bulk_batches_max {
+        let now = st.clock.now();
+        let mut acc = st.accounting.lock();
+        if acc.bulk_batches.exhausted(now) {
             return error(StatusCode::BAD_REQUEST, "EXCEEDED_QUOTA", "ExceededQuota : ApiBatchItems Limit exceeded.");
         }
     }

@@ -160,8 +160,9 @@ async fn run(st: SfState, id: String) {
             return;
         }
         {
+            let now = st.clock.now();
             let mut acc = st.accounting.lock();
-            if acc.bulk_batches_used >= acc.bulk_batches_max {
+            if acc.bulk_batches.exhausted(now) {
                 drop(acc);
                 finish(
                     &st,
@@ -172,8 +173,8 @@ async fn run(st: SfState, id: String) {
                 );
                 return;
             }
-            acc.bulk_batches_used += 1;
-            acc.bulk_records_used += chunk.len() as u64;
+            acc.bulk_batches.add(1, now);
+            acc.bulk_records.add(chunk.len() as u64, now);
         }
         let chunk_started = Instant::now();
         let out = apply_chunk(&st, &snapshot, &columns, header.len(), &chunk);

@@ -154,15 +154,15 @@ fn create(st: &SfState, ctx: &CallCtx, db: &Db, req: &DataRequest<'_>) -> Resp {
     };
     let object = db.schema.object(parsed.object()).map_or_else(|| parsed.object().to_string(), |o| o.name.clone());
     {
+        let now = st.clock.now();
         let mut acc = st.accounting.lock();
-        if acc.bulk_query_jobs_used >= acc.bulk_query_jobs_max {
+        if !acc.bulk_query_jobs.try_take(now) {
             return error(
                 StatusCode::BAD_REQUEST,
                 "EXCEEDED_QUOTA",
                 "ExceededQuota : DailyBulkV2QueryJobs Limit exceeded.",
             );
         }
-        acc.bulk_query_jobs_used += 1;
     }
     let mut jobs = st.bulk.lock();
     jobs.prune();
