@@ -159,6 +159,10 @@ pub async fn handle(State(st): State<SfState>, req: Request) -> Response {
     let Some(session) = oauth::authenticate(&st, &parts.headers) else {
         return oauth::invalid_session().into_response();
     };
+    let Some(_in_flight) = st.enter_request() else {
+        return Resp::error(StatusCode::FORBIDDEN, "REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded.")
+            .into_response();
+    };
     let decision = st.faults.lock().decide();
     if decision.latency_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(decision.latency_ms)).await;

@@ -41,6 +41,11 @@ pub struct Config {
     pub max_bulk_upload_bytes: usize,
     /// Whether the username-password flow also hands out a refresh token.
     pub password_flow_refresh_token: bool,
+    /// Requests running at least this long count as long-running; Salesforce refuses new
+    /// requests with `ConcurrentPerOrgLongTxn Limit exceeded.` while `max_long_running` of them
+    /// are in flight (25 in production orgs, 5 in Developer Edition; 20 s threshold).
+    pub long_running_after: std::time::Duration,
+    pub max_long_running: usize,
 }
 
 impl Default for Config {
@@ -58,6 +63,8 @@ impl Default for Config {
             max_body_bytes: 50 * 1024 * 1024,
             max_bulk_upload_bytes: super::bulk::MAX_UPLOAD_BYTES,
             password_flow_refresh_token: true,
+            long_running_after: std::time::Duration::from_secs(20),
+            max_long_running: 25,
         }
     }
 }
@@ -90,6 +97,9 @@ pub struct Inner {
     pub locator_ids: super::ids::IdGenerator,
     /// Bulk API 2.0 jobs. Lock order: `db` before `bulk`, never the other way.
     pub bulk: Mutex<super::bulk::Jobs>,
+    /// Start times of the data-API requests in flight, for the long-running concurrency limit.
+    pub in_flight: Mutex<HashMap<u64, std::time::Instant>>,
+    pub next_request: std::sync::atomic::AtomicU64,
     base_url: OnceLock<String>,
 }
 
@@ -118,6 +128,8 @@ impl SfState {
             cursors: Mutex::new(HashMap::new()),
             locator_ids: super::ids::IdGenerator::new(),
             bulk: Mutex::new(super::bulk::Jobs::default()),
+            in_flight: Mutex::new(HashMap::new()),
+            next_request: std::sync::atomic::AtomicU64::new(0),
             base_url: OnceLock::new(),
         }))
     }
@@ -127,7 +139,33 @@ impl SfState {
         let _ = self.base_url.set(url);
     }
 
+    /// Registers a request as in flight, unless `max_long_running` requests have already run
+    /// past the long-running threshold. The guard unregisters it when dropped.
+    pub fn enter_request(&self) -> Option<InFlight> {
+        let mut map = self.in_flight.lock();
+        let long = map.values().filter(|t| t.elapsed() >= self.config.long_running_after).count();
+        if long >= self.config.max_long_running {
+            return None;
+        }
+        let id = self.next_request.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        map.insert(id, std::time::Instant::now());
+        Some(InFlight { state: self.clone(), id })
+    }
+
     pub fn base_url(&self) -> &str {
         self.base_url.get().map(String::as_str).unwrap_or("http://127.0.0.1")
+    }
+}
+
+/// A data-API request in flight; dropping it ends the request's count.
+#[derive(Debug)]
+pub struct InFlight {
+    state: SfState,
+    id: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.in_flight.lock().remove(&self.id);
     }
 }

@@ -315,3 +315,28 @@ async fn identity_url_answers_the_identity_document() {
     let status = org.http.get(&id_url).bearer_auth("nope").send().await.unwrap().status().as_u16();
     assert_eq!(status, 403);
 }
+
+#[tokio::test]
+async fn long_running_requests_hit_the_concurrency_limit() {
+    let config =
+        Config { long_running_after: std::time::Duration::from_millis(100), max_long_running: 2, ..Config::default() };
+    let org = Org::with(config).await;
+    org.admin(Method::PUT, "faults", json!({"latencyMs": 1500, "latencyShare": 1.0})).await;
+    let slow = |org: &Org| org.http.get(org.url("limits")).bearer_auth(&org.token).send();
+    let (a, b) = (slow(&org), slow(&org));
+    let held = tokio::spawn(async move {
+        let (a, b) = tokio::join!(a, b);
+        (a.map(|r| r.status().as_u16()), b.map(|r| r.status().as_u16()))
+    });
+    // Let both become long-running, then a third request is refused at once.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    org.admin(Method::PUT, "faults", json!({})).await;
+    let (s, v) = org.json(Method::GET, "limits", None).await;
+    assert_eq!((s, code(&v)), (403, "REQUEST_LIMIT_EXCEEDED"));
+    assert_eq!(v[0]["message"], json!("ConcurrentPerOrgLongTxn Limit exceeded."));
+    let (a, b) = held.await.unwrap();
+    assert_eq!((a.unwrap(), b.unwrap()), (200, 200));
+    // Once they finish, requests are served again.
+    let (s, _) = org.json(Method::GET, "limits", None).await;
+    assert_eq!(s, 200);
+}
