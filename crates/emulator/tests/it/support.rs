@@ -19,7 +19,8 @@ impl Org {
 
     pub async fn with(config: Config) -> Org {
         let emu = salesforce::spawn(config, false).await.expect("emulator starts");
-        let http = Client::new();
+        // A deadlocked emulator must fail a test quickly, not hang the suite until CI gives up.
+        let http = Client::builder().timeout(std::time::Duration::from_secs(60)).build().expect("client");
         let token = password_token(&http, &emu.base_url).await;
         Org { emu, http, token }
     }
