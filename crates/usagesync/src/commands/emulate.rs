@@ -61,7 +61,7 @@ pub async fn run(args: EmulateArgs) -> Result<()> {
 /// Loads the Salesforce records that match the generated Pendo data (same seed: Accounts whose
 /// websites match the visitors' e-mail domains, Contacts, owners, open trial Opportunities), so
 /// both emulators describe one world. All or nothing, parents before children.
-fn seed_matching_org(sf: &salesforce::SfState, pendo: &emulator::pendo::PendoState) -> Result<()> {
+pub(crate) fn seed_matching_org(sf: &salesforce::SfState, pendo: &emulator::pendo::PendoState) -> Result<()> {
     let org = pendo.salesforce_org();
     let ctx =
         salesforce::store::WriteCtx { user_id: salesforce::store::INTEGRATION_USER_ID.into(), now: sf.clock.now() };
