@@ -107,15 +107,7 @@ impl Client {
     ) -> Result<Vec<SaveResult>> {
         check_object(object)?;
         let records = records.iter().map(|r| with_type(to_object(r)?, object)).collect::<Result<Vec<_>>>()?;
-        let path = self.data_path("composite/sobjects");
-        self.in_chunks(records.len(), COLLECTIONS_MAX_RECORDS, |range| {
-            let ctx = batch_context(Method::POST, &path, Some(object), &range);
-            let body = json!({"allOrNone": all_or_none, "records": &records[range.clone()]});
-            let len = range.len();
-            let request = ApiRequest::new(Method::POST, Target::Path(path.clone()), ctx).json(&body);
-            async move { self.collection_call(request?, len).await }
-        })
-        .await
+        self.write_in_chunks(Method::POST, "composite/sobjects", object, &records, all_or_none).await
     }
 
     /// `PATCH /composite/sobjects`: updates `(id, fields)` pairs of type `object`, 200 per call.
@@ -138,15 +130,7 @@ impl Client {
                 with_type(map, object)
             })
             .collect::<Result<Vec<_>>>()?;
-        let path = self.data_path("composite/sobjects");
-        self.in_chunks(records.len(), COLLECTIONS_MAX_RECORDS, |range| {
-            let ctx = batch_context(Method::PATCH, &path, Some(object), &range);
-            let body = json!({"allOrNone": all_or_none, "records": &records[range.clone()]});
-            let len = range.len();
-            let request = ApiRequest::new(Method::PATCH, Target::Path(path.clone()), ctx).json(&body);
-            async move { self.collection_call(request?, len).await }
-        })
-        .await
+        self.write_in_chunks(Method::PATCH, "composite/sobjects", object, &records, all_or_none).await
     }
 
     /// `PATCH /composite/sobjects/{object}/{field}`: upserts `records` on external ID `field`
@@ -182,12 +166,31 @@ impl Client {
                 with_type(map, object)
             })
             .collect::<Result<Vec<_>>>()?;
-        let path = self.data_path(&format!("composite/sobjects/{object}/{field}"));
+        self.write_in_chunks(
+            Method::PATCH,
+            &format!("composite/sobjects/{object}/{field}"),
+            object,
+            &records,
+            all_or_none,
+        )
+        .await
+    }
+
+    /// Sends prepared records to a Collections write resource, 200 per call, results in order.
+    async fn write_in_chunks(
+        &self,
+        method: Method,
+        resource: &str,
+        object: &str,
+        records: &[serde_json::Map<String, Value>],
+        all_or_none: bool,
+    ) -> Result<Vec<SaveResult>> {
+        let path = self.data_path(resource);
         self.in_chunks(records.len(), COLLECTIONS_MAX_RECORDS, |range| {
-            let ctx = batch_context(Method::PATCH, &path, Some(object), &range);
+            let ctx = batch_context(method.clone(), &path, Some(object), &range);
             let body = json!({"allOrNone": all_or_none, "records": &records[range.clone()]});
             let len = range.len();
-            let request = ApiRequest::new(Method::PATCH, Target::Path(path.clone()), ctx).json(&body);
+            let request = ApiRequest::new(method.clone(), Target::Path(path.clone()), ctx).json(&body);
             async move { self.collection_call(request?, len).await }
         })
         .await
