@@ -1,0 +1,294 @@
+//! Matching: which Salesforce Account a Pendo account is. An ordered rule chain per workflow,
+//! tried in turn; the first rule that finds exactly one candidate decides, a rule that finds two
+//! or more stops the chain with [`Outcome::Ambiguous`] (never written, reported with its
+//! candidates for a person to settle), and an account no rule places is [`Outcome::Unmatched`].
+//!
+//! A second guard runs across accounts: two Pendo accounts must not both write onto one
+//! Salesforce Account, or each run would overwrite the other's figures. The stronger rule keeps
+//! the Account; equals are all reported as ambiguous. Pins made by a person beat every rule.
+
+pub mod domain;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+pub use domain::FreeMail;
+
+/// One rule of the chain, in the order the workflow lists them.
+#[derive(Debug, Clone)]
+pub enum Rule {
+    /// A Salesforce Account Id held in a Pendo account metadata field.
+    PendoMetadata { group: String, field: String },
+    /// An Account field (an external ID) holding the Pendo account id.
+    ExternalId { field: String },
+    /// The account's dominant visitor e-mail domain against the Account's website domain.
+    EmailDomain { min_share: f64, free_mail: FreeMail },
+}
+
+impl Rule {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Rule::PendoMetadata { .. } => "pendo_metadata",
+            Rule::ExternalId { .. } => "external_id",
+            Rule::EmailDomain { .. } => "email_domain",
+        }
+    }
+}
+
+/// What matching needs to know of a Pendo account.
+pub trait PendoSide {
+    fn pendo_id(&self) -> &str;
+    /// A metadata value, `group.field`.
+    fn metadata(&self, group: &str, field: &str) -> Option<&str>;
+    /// E-mail domains of the account's visitors with how many visitors use each, and the number
+    /// of visitors that have an e-mail at all.
+    fn email_domains(&self) -> (&[(String, u32)], u32);
+}
+
+/// The Salesforce side, indexed once per run.
+#[derive(Debug, Default)]
+pub struct Accounts {
+    ids: Vec<String>,
+    by_id15: HashMap<String, usize>,
+    by_external: HashMap<String, Vec<usize>>,
+    by_domain: HashMap<String, Vec<usize>>,
+}
+
+/// One Account as read from Salesforce.
+#[derive(Debug, Clone, Default)]
+pub struct AccountRow {
+    pub id: String,
+    pub external_id: Option<String>,
+    pub website: Option<String>,
+}
+
+impl Accounts {
+    pub fn new(rows: impl IntoIterator<Item = AccountRow>) -> Self {
+        let mut accounts = Accounts::default();
+        for row in rows {
+            let i = accounts.ids.len();
+            if let Some(id15) = row.id.get(..15) {
+                accounts.by_id15.insert(id15.to_owned(), i);
+            }
+            // External IDs are case-insensitive in Salesforce unless marked otherwise; the
+            // case-insensitive comparison can only turn a miss into an ambiguity, never a wrong write.
+            if let Some(ext) = row.external_id.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
+                accounts.by_external.entry(ext.to_lowercase()).or_default().push(i);
+            }
+            if let Some(d) = row.website.as_deref().and_then(domain::website_domain) {
+                accounts.by_domain.entry(d).or_default().push(i);
+            }
+            accounts.ids.push(row.id);
+        }
+        accounts
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The Account's 18-character Id, whichever form (15 or 18) `id` is in.
+    pub fn find(&self, id: &str) -> Option<&str> {
+        let id = id.trim();
+        if id.len() != 15 && id.len() != 18 {
+            return None;
+        }
+        let &i = self.by_id15.get(id.get(..15)?)?;
+        let found = self.ids[i].as_str();
+        // An 18-character Id must agree with ours in its checksum too.
+        (id.len() == 15 || found.eq_ignore_ascii_case(id)).then_some(found)
+    }
+
+    fn by_external(&self, pendo_id: &str) -> Vec<&str> {
+        self.by_external.get(&pendo_id.trim().to_lowercase()).map_or_else(Vec::new, |v| self.names(v))
+    }
+
+    /// Accounts whose website domain `email_domain` belongs to, walking up its parent domains
+    /// (`eu.acme.com` → `acme.com`), nearest first.
+    fn by_email_domain(&self, email_domain: &str) -> Vec<&str> {
+        let mut d = email_domain;
+        loop {
+            if let Some(v) = self.by_domain.get(d) {
+                return self.names(v);
+            }
+            match d.split_once('.') {
+                Some((_, parent)) if parent.contains('.') => d = parent,
+                _ => return Vec::new(),
+            }
+        }
+    }
+
+    fn names(&self, idx: &[usize]) -> Vec<&str> {
+        let mut v: Vec<&str> = idx.iter().map(|&i| self.ids[i].as_str()).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+/// The verdict for one Pendo account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    Matched { salesforce_id: String, rule: String },
+    Ambiguous { rule: String, candidates: Vec<String>, reason: String },
+    Unmatched { reason: String },
+}
+
+impl Outcome {
+    pub fn salesforce_id(&self) -> Option<&str> {
+        match self {
+            Outcome::Matched { salesforce_id, .. } => Some(salesforce_id),
+            _ => None,
+        }
+    }
+}
+
+/// Runs the chain for every account, applies pins, then settles Accounts claimed twice.
+/// `pins` maps Pendo account id → the Salesforce Account a person chose.
+pub fn match_all<P: PendoSide>(
+    rules: &[Rule],
+    pendo: &[P],
+    accounts: &Accounts,
+    pins: &HashMap<String, String>,
+) -> BTreeMap<String, Outcome> {
+    let mut out: BTreeMap<String, (Outcome, usize)> = BTreeMap::new();
+    for p in pendo {
+        let verdict = match pins.get(p.pendo_id()) {
+            Some(pinned) => match accounts.find(pinned) {
+                Some(id) => (Outcome::Matched { salesforce_id: id.to_owned(), rule: "pinned".into() }, 0),
+                None => (
+                    Outcome::Unmatched { reason: format!("pinned to {pinned}, which is not an Account in Salesforce") },
+                    usize::MAX,
+                ),
+            },
+            // Pins rank 0; rules rank from 1 in chain order.
+            None => match_one(rules, p, accounts),
+        };
+        out.insert(p.pendo_id().to_owned(), verdict);
+    }
+    settle_shared_accounts(&mut out);
+    out.into_iter().map(|(k, (o, _))| (k, o)).collect()
+}
+
+fn match_one<P: PendoSide>(rules: &[Rule], p: &P, accounts: &Accounts) -> (Outcome, usize) {
+    let mut tried = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let candidates: Vec<&str> = match rule {
+            Rule::PendoMetadata { group, field } => match p.metadata(group, field).map(str::trim) {
+                None | Some("") => {
+                    tried.push(format!("no {group}.{field} in Pendo"));
+                    continue;
+                }
+                Some(id) => match accounts.find(id) {
+                    Some(found) => vec![found],
+                    None => {
+                        tried.push(format!("{group}.{field} = {id:?} is not an Account in Salesforce"));
+                        continue;
+                    }
+                },
+            },
+            Rule::ExternalId { field } => {
+                let c = accounts.by_external(p.pendo_id());
+                if c.is_empty() {
+                    tried.push(format!("no Account has {field} = {:?}", p.pendo_id()));
+                }
+                c
+            }
+            Rule::EmailDomain { min_share, free_mail } => match dominant_domain(p, *min_share, free_mail) {
+                Err(why) => {
+                    tried.push(why);
+                    continue;
+                }
+                Ok(d) => {
+                    let c = accounts.by_email_domain(d);
+                    if c.is_empty() {
+                        tried.push(format!("no Account website matches {d}"));
+                    }
+                    c
+                }
+            },
+        };
+        match candidates.len() {
+            0 => {}
+            1 => {
+                return (Outcome::Matched { salesforce_id: candidates[0].to_owned(), rule: rule.name().into() }, i + 1);
+            }
+            n => {
+                return (
+                    Outcome::Ambiguous {
+                        rule: rule.name().into(),
+                        candidates: candidates.into_iter().map(str::to_owned).collect(),
+                        reason: format!("{n} Accounts fit rule {}", rule.name()),
+                    },
+                    i + 1,
+                );
+            }
+        }
+    }
+    let reason = if tried.is_empty() { "no matching rules configured".to_owned() } else { tried.join("; ") };
+    (Outcome::Unmatched { reason }, usize::MAX)
+}
+
+/// The domain most of the account's visitors use, when it is not free mail and holds at least
+/// `min_share` of the visitors that have an e-mail. Free-mail visitors still count in the
+/// denominator: an account that is mostly Gmail users has no trustworthy company domain.
+fn dominant_domain<'p, P: PendoSide>(p: &'p P, min_share: f64, free_mail: &FreeMail) -> Result<&'p str, String> {
+    let (domains, with_email) = p.email_domains();
+    let best =
+        domains.iter().filter(|(d, _)| !free_mail.contains(d)).max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)));
+    let Some((domain, n)) = best else {
+        return Err(if with_email == 0 {
+            "no visitor has an e-mail address".to_owned()
+        } else {
+            "visitors use only free-mail domains".to_owned()
+        });
+    };
+    let share = f64::from(*n) / f64::from(with_email.max(1));
+    if share < min_share {
+        return Err(format!("{domain} holds {:.0}% of visitors, below {:.0}%", share * 100.0, min_share * 100.0));
+    }
+    // Two company domains with the same count: neither is dominant.
+    if domains.iter().filter(|(d, c)| c == n && d != domain && !free_mail.contains(d)).count() > 0 {
+        return Err(format!("no single dominant e-mail domain ({domain} ties with another)"));
+    }
+    Ok(domain)
+}
+
+fn settle_shared_accounts(out: &mut BTreeMap<String, (Outcome, usize)>) {
+    let mut claims: HashMap<String, Vec<(String, usize)>> = HashMap::new();
+    for (pendo_id, (o, rank)) in out.iter() {
+        if let Outcome::Matched { salesforce_id, .. } = o {
+            claims.entry(salesforce_id.clone()).or_default().push((pendo_id.clone(), *rank));
+        }
+    }
+    for (sf_id, mut claimants) in claims.into_iter().filter(|(_, c)| c.len() > 1) {
+        claimants.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        let best = claimants[0].1;
+        let tied = claimants.iter().filter(|c| c.1 == best).count();
+        let names: Vec<&str> = claimants.iter().map(|c| c.0.as_str()).collect();
+        // The winner keeps the Account only when it alone has the strongest rule.
+        let skip = usize::from(tied == 1);
+        for (pendo_id, _) in claimants.iter().skip(skip) {
+            if let Some((o, _)) = out.get_mut(pendo_id) {
+                let rule = match o {
+                    Outcome::Matched { rule, .. } => rule.clone(),
+                    _ => continue,
+                };
+                *o = Outcome::Ambiguous {
+                    rule,
+                    candidates: vec![sf_id.clone()],
+                    reason: format!("Account {sf_id} is claimed by several Pendo accounts: {}", names.join(", ")),
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
