@@ -1,0 +1,266 @@
+//! Delivery: sends a plan's changes to Salesforce and sorts every record into written, failed
+//! (with Salesforce's code and message) or deferred.
+//!
+//! Two levels of retry. Request-level retries (backoff with jitter, token refresh) live in the
+//! Salesforce client. Record-level retries live here: when a Collections call or a Bulk job
+//! comes back with some records refused for a transient reason (`UNABLE_TO_LOCK_ROW`, a
+//! rolled-back all-or-none batch, rows a failed job never processed), only those records are
+//! sent again, after a jittered pause. A request refused because the org's daily allocation is
+//! spent defers the records it carried and everything after them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use salesforce::{BulkOperation, IngestOptions, RowStatus};
+use salesforce::{RetryClass, SalesforceId};
+use serde_json::{Map, Value};
+
+use crate::change::Change;
+use crate::plan::{COLLECTION_SIZE, WritePath};
+
+/// A record Salesforce refused for good (or that kept failing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failed {
+    pub change: Change,
+    pub code: String,
+    pub message: String,
+    pub fields: Vec<String>,
+}
+
+/// Where every record of a delivery ended up, and what it cost.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    pub written: Vec<Change>,
+    pub failed: Vec<Failed>,
+    pub deferred: Vec<Change>,
+    /// Requests sent, by kind (`collections`, `single`, `bulk_job`, `retry`).
+    pub requests: BTreeMap<&'static str, u64>,
+}
+
+/// Record-level retries.
+#[derive(Debug, Clone)]
+pub struct RecordRetry {
+    /// Rounds after the first send.
+    pub rounds: u32,
+    /// Pause before the first round; doubled each round, with up to 50% jitter.
+    pub pause: Duration,
+}
+
+impl Default for RecordRetry {
+    fn default() -> Self {
+        RecordRetry { rounds: 3, pause: Duration::from_millis(500) }
+    }
+}
+
+/// Sends `changes` to `object` records by `path`. `progress` is told how many records have
+/// been settled so far.
+pub async fn deliver(
+    client: &salesforce::Client,
+    object: &str,
+    path: WritePath,
+    changes: Vec<Change>,
+    retry: &RecordRetry,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Delivery {
+    let mut out = Delivery::default();
+    let mut pending = match path {
+        WritePath::Bulk => bulk(client, object, changes, &mut out).await,
+        WritePath::Single | WritePath::Collections => collections(client, object, changes, &mut out, progress).await,
+    };
+    progress(out.written.len() + out.failed.len() + out.deferred.len());
+    for round in 0..retry.rounds {
+        if pending.is_empty() {
+            break;
+        }
+        let factor = 2u32.saturating_pow(round);
+        let pause = retry.pause.saturating_mul(factor);
+        let jitter = f64::from(rand::random_range(0..=500u32)) / 1000.0;
+        tokio::time::sleep(pause.mul_f64(1.0 + jitter)).await;
+        let before = out.requests.values().sum::<u64>();
+        let again = pending.into_iter().map(|(c, _)| c).collect();
+        pending = collections(client, object, again, &mut out, progress).await;
+        let sent = out.requests.values().sum::<u64>() - before;
+        // Count retries apart so a run's report shows what contention cost.
+        if let Some(n) = out.requests.get_mut("collections") {
+            *n -= sent.min(*n);
+        }
+        *out.requests.entry("retry").or_default() += sent;
+    }
+    // Whatever still fails transiently is kept as a failure, so replay can send it later.
+    out.failed.extend(pending.into_iter().map(|(change, f)| Failed { change, ..f }));
+    progress(out.written.len() + out.failed.len() + out.deferred.len());
+    out
+}
+
+/// Records refused for a transient reason, with that reason.
+type Pending = Vec<(Change, Failed)>;
+
+fn payload(change: &Change) -> Map<String, Value> {
+    change.fields.iter().cloned().collect()
+}
+
+fn parse_id(change: &Change) -> Result<SalesforceId, Box<Failed>> {
+    SalesforceId::parse(&change.salesforce_id).map_err(|e| {
+        Box::new(Failed {
+            change: change.clone(),
+            code: "INVALID_ID".into(),
+            message: format!("{:?} is not a Salesforce Id: {e}", change.salesforce_id),
+            fields: vec!["Id".into()],
+        })
+    })
+}
+
+/// A request-level failure: which records it takes down, and how.
+fn request_failed(err: &salesforce::Error, batch: Vec<Change>, out: &mut Delivery) -> bool {
+    if err.retry_class() == RetryClass::NotNow {
+        out.deferred.extend(batch);
+        return true;
+    }
+    let code = err.error_code().map_or_else(|| "REQUEST_FAILED".to_owned(), |c| c.as_str().to_owned());
+    let message = err.to_string();
+    out.failed.extend(batch.into_iter().map(|change| Failed {
+        fields: change.fields.iter().map(|(f, _)| f.clone()).collect(),
+        change,
+        code: code.clone(),
+        message: message.clone(),
+    }));
+    false
+}
+
+async fn collections(
+    client: &salesforce::Client,
+    object: &str,
+    changes: Vec<Change>,
+    out: &mut Delivery,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Pending {
+    let mut pending = Pending::new();
+    let mut rest = changes.into_iter().peekable();
+    while rest.peek().is_some() {
+        let batch: Vec<Change> = rest.by_ref().take(COLLECTION_SIZE).collect();
+        let mut ok = Vec::with_capacity(batch.len());
+        for change in batch {
+            match parse_id(&change) {
+                Ok(id) => ok.push((change, id)),
+                Err(f) => out.failed.push(*f),
+            }
+        }
+        if ok.is_empty() {
+            continue;
+        }
+        let result = if ok.len() == 1 {
+            *out.requests.entry("single").or_default() += 1;
+            let (change, id) = &ok[0];
+            client.update(object, id, &payload(change)).await.map(|()| None)
+        } else {
+            *out.requests.entry("collections").or_default() += 1;
+            let records: Vec<(SalesforceId, Map<String, Value>)> =
+                ok.iter().map(|(c, id)| (id.clone(), payload(c))).collect();
+            client.update_many(object, &records, false).await.map(Some)
+        };
+        let batch: Vec<Change> = ok.into_iter().map(|(c, _)| c).collect();
+        match result {
+            Ok(None) => out.written.extend(batch),
+            Ok(Some(results)) if results.len() == batch.len() => {
+                for (change, r) in batch.into_iter().zip(results) {
+                    match r.first_error() {
+                        None if r.success => out.written.push(change),
+                        error => sort_refusal(change, error, &mut pending, out),
+                    }
+                }
+            }
+            Ok(Some(results)) => {
+                let message = format!("Salesforce returned {} results for {} records", results.len(), batch.len());
+                out.failed.extend(batch.into_iter().map(|change| Failed {
+                    change,
+                    code: "RESULT_MISMATCH".into(),
+                    message: message.clone(),
+                    fields: vec![],
+                }));
+            }
+            Err(salesforce::Error::Api(api)) if api.retry_class() != RetryClass::NotNow => {
+                // A single PATCH refused: the error is the record's, so it is sorted like a
+                // Collections record error (lock contention retried, the rest kept).
+                if let Some(change) = batch.into_iter().next() {
+                    let e = salesforce::RecordError {
+                        status_code: api.error_code.clone(),
+                        message: api.message.clone(),
+                        fields: api.fields.clone(),
+                        duplicate_result: None,
+                    };
+                    sort_refusal(change, Some(&e), &mut pending, out);
+                }
+            }
+            Err(e) => {
+                if request_failed(&e, batch, out) {
+                    out.deferred.extend(rest);
+                    break;
+                }
+            }
+        }
+        progress(out.written.len() + out.failed.len() + out.deferred.len());
+    }
+    pending
+}
+
+fn sort_refusal(change: Change, error: Option<&salesforce::RecordError>, pending: &mut Pending, out: &mut Delivery) {
+    let (code, message, fields, retry) = match error {
+        Some(e) => (e.status_code.as_str().to_owned(), e.message.clone(), e.fields.clone(), e.retry_class()),
+        None => ("UNKNOWN".to_owned(), "refused without an error".to_owned(), vec![], RetryClass::Permanent),
+    };
+    let failed = Failed { change: change.clone(), code, message, fields };
+    if retry.is_retryable() { pending.push((change, failed)) } else { out.failed.push(failed) }
+}
+
+async fn bulk(client: &salesforce::Client, object: &str, changes: Vec<Change>, out: &mut Delivery) -> Pending {
+    let mut pending = Pending::new();
+    let mut columns: Vec<String> = vec!["Id".into()];
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &changes {
+        for (f, _) in &c.fields {
+            if seen.insert(f.as_str()) {
+                columns.push(f.clone());
+            }
+        }
+    }
+    let options = IngestOptions { columns: Some(columns), ..IngestOptions::new(object, BulkOperation::Update) };
+    let rows = changes.iter().map(|c| {
+        let mut row = payload(c);
+        row.insert("Id".into(), Value::String(c.salesforce_id.clone()));
+        row
+    });
+    *out.requests.entry("bulk_job").or_default() += 1;
+    let report = match client.bulk_ingest(&options, rows).await {
+        Ok(report) => report,
+        Err(e) => {
+            request_failed(&e, changes, out);
+            return pending;
+        }
+    };
+    let mut settled = vec![false; changes.len()];
+    let mut by_index: Vec<Option<(RowStatus, Option<SalesforceId>)>> = vec![None; changes.len()];
+    for o in report.outcomes {
+        if let Some(i) = o.index.and_then(|i| usize::try_from(i).ok()).filter(|&i| i < changes.len()) {
+            by_index[i] = Some((o.status, o.id));
+        }
+    }
+    for (i, (change, outcome)) in changes.into_iter().zip(by_index).enumerate() {
+        settled[i] = true;
+        match outcome {
+            Some((RowStatus::Success { .. }, _)) => out.written.push(change),
+            Some((RowStatus::Failed(e), _)) => sort_refusal(change, Some(&e), &mut pending, out),
+            // Never processed, or no result came back for the row: safe to send again.
+            Some((RowStatus::Unprocessed, _)) | None => {
+                let failed = Failed {
+                    change: change.clone(),
+                    code: "UNPROCESSED".into(),
+                    message: "the Bulk job ended before processing this row".into(),
+                    fields: vec![],
+                };
+                pending.push((change, failed));
+            }
+        }
+    }
+    debug_assert!(settled.iter().all(|s| *s));
+    pending
+}
