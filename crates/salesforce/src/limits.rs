@@ -255,6 +255,14 @@ impl Client {
     pub fn api_usage(&self) -> Option<UsageSnapshot> {
         self.transport().usage().latest()
     }
+
+    /// Authenticated requests this client (and its clones) got an answer to, retries included:
+    /// what this process has spent of the org's allocation, which the org-wide figures above
+    /// cannot tell apart from other integrations' calls.
+    #[must_use]
+    pub fn requests_sent(&self) -> u64 {
+        self.transport().requests_sent()
+    }
 }
 
 #[cfg(test)]

@@ -164,6 +164,9 @@ pub(crate) struct Transport {
     config: ClientConfig,
     usage: UsageTracker,
     call_options: HeaderValue,
+    /// Authenticated requests answered, retries included: Salesforce counts each against the
+    /// daily allocation, so callers take deltas of this to know what a step cost.
+    sent: std::sync::atomic::AtomicU64,
 }
 
 impl Transport {
@@ -185,7 +188,14 @@ impl Transport {
                 .build()
                 .map_err(|e| Error::InvalidInput(format!("HTTP client: {e}")))?,
         };
-        Ok(Self { http, tokens: TokenCache::new(source), config, usage: UsageTracker::default(), call_options })
+        Ok(Self {
+            http,
+            tokens: TokenCache::new(source),
+            config,
+            usage: UsageTracker::default(),
+            call_options,
+            sent: Default::default(),
+        })
     }
 
     pub(crate) fn config(&self) -> &ClientConfig {
@@ -194,6 +204,10 @@ impl Transport {
 
     pub(crate) fn usage(&self) -> &UsageTracker {
         &self.usage
+    }
+
+    pub(crate) fn requests_sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) async fn token(&self) -> Result<Arc<AccessToken>> {
@@ -331,6 +345,9 @@ impl Transport {
             })
         })?;
         let status = response.status();
+        if request.authenticated {
+            self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(value) = response.headers().get(LIMIT_INFO_HEADER).and_then(|v| v.to_str().ok()) {
             self.usage.record_header(value);
         }

@@ -23,6 +23,21 @@ async fn limits_are_typed_and_usage_is_tracked() {
 }
 
 #[tokio::test]
+async fn requests_sent_matches_what_the_org_counted() {
+    let org = Org::start().await;
+    let client = org.client();
+    assert_eq!(client.requests_sent(), 0);
+    let before = client.limits().await.unwrap().daily_api_requests().unwrap().used();
+    let records: Vec<_> = (0..450).map(|i| json!({"Name": format!("Sent {i}")})).collect();
+    client.create_many("Account", &records, false).await.unwrap();
+    let after = client.limits().await.unwrap().daily_api_requests().unwrap().used();
+    // The token request is not an API call; /limits twice and 3 Collections calls are.
+    assert_eq!(client.requests_sent(), 5);
+    assert_eq!(after - before, 4, "the org counts the first /limits before answering");
+    assert_eq!(client.clone().requests_sent(), 5, "clones share the counter");
+}
+
+#[tokio::test]
 async fn daily_limit_exhaustion_is_not_retried() {
     let org = Org::start().await;
     let client = org.client_with(salesforce::ApiVersion::DEFAULT, 5);
