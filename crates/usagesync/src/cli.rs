@@ -1,12 +1,19 @@
 //! Command-line arguments.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "usagesync", version, about = "Pendo and Salesforce, in sync.")]
 pub struct Cli {
+    /// The config file.
+    #[arg(long, short, global = true, env = "USAGESYNC_CONFIG", default_value = "usagesync.yaml")]
+    pub config: PathBuf,
+    /// Machine-readable output (JSON on stdout) where a command has a result to report.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -17,6 +24,68 @@ pub enum Command {
     Emulate(EmulateArgs),
     /// Run the demo end to end against embedded emulators (no network beyond 127.0.0.1).
     Demo(DemoArgs),
+    /// Write an annotated starter config.
+    Init {
+        /// Where to write it (default: the --config path).
+        path: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check the config and report every error at once (file, line, key).
+    Validate {
+        /// Also check that every referenced secret (env var or file) can be read.
+        #[arg(long)]
+        secrets: bool,
+    },
+    /// Run one workflow now.
+    Sync {
+        /// The workflow's name in the config.
+        workflow: String,
+        /// Plan only: print what would be written and what it would cost; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List recent runs, or show one.
+    Runs {
+        /// Show this run (its id, or a unique prefix of it) with the records it touched.
+        id: Option<String>,
+        /// Only this workflow's runs.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// How many runs (or records of a run) to list.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Only records whose Pendo key or Salesforce Id contains this text (with an id).
+        #[arg(long)]
+        search: Option<String>,
+    },
+    /// List records Salesforce refused, grouped by error code.
+    Failures {
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only this Salesforce error code.
+        #[arg(long)]
+        code: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Send kept failures again.
+    Replay {
+        /// Every open failure (of --workflow, if given).
+        #[arg(long, conflicts_with_all = ["code", "ids"])]
+        all: bool,
+        /// Every open failure with this error code.
+        #[arg(long)]
+        code: Option<String>,
+        /// These failures (ids as `usagesync failures` lists them).
+        #[arg(conflicts_with = "code")]
+        ids: Vec<i64>,
+        #[arg(long)]
+        workflow: Option<String>,
+        #[arg(long, default_value_t = 10_000)]
+        limit: u32,
+    },
     /// Measure throughput and print a table.
     Bench {
         #[command(subcommand)]
@@ -58,8 +127,8 @@ pub struct EmulateArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Number of Accounts to sync in the demo.
-    #[arg(long, default_value_t = 500)]
+    /// Number of Pendo accounts in the generated world.
+    #[arg(long, default_value_t = 2_000)]
     pub accounts: usize,
 }
 

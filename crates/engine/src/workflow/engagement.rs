@@ -1,0 +1,481 @@
+//! The engagement-scores template: per Pendo account, engagement over a window, written onto the
+//! matching Salesforce Account, only the fields that changed, by the cheapest path the budget
+//! allows.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, accounts, budget};
+use crate::change::{self, Change, Desired};
+use crate::config::{EngagementConfig, MatchRule, Metric, Workflow};
+use crate::deliver::{self, RecordRetry};
+use crate::extract::{AccountFacts, AccountUsage, CoreFeatures, Extractor, Window};
+use crate::matching::{self, Accounts, FreeMail, Outcome, PendoSide, Rule};
+use crate::metrics;
+use crate::plan::{self, Allowance, CostModel};
+use crate::store::{
+    Action, FieldChange, FingerprintPut, IdMapEntry, MatchStatus, NewFailure, NewRun, RecordOutcome, RunFinish,
+    RunId, RunState,
+};
+
+const OBJECT: &str = "Account";
+/// What a full Account read may cost: a Bulk query's create, polls and result page, or a few
+/// REST pages.
+const READ_ESTIMATE: u64 = 5;
+
+impl PendoSide for AccountFacts {
+    fn pendo_id(&self) -> &str {
+        &self.account_id
+    }
+
+    fn metadata(&self, group: &str, field: &str) -> Option<&str> {
+        self.metadata.get(&format!("{group}.{field}")).map(String::as_str)
+    }
+
+    fn email_domains(&self) -> (&[(String, u32)], u32) {
+        (&self.email_domains, self.visitors_with_email)
+    }
+}
+
+pub(crate) fn rules(config: &EngagementConfig) -> Vec<Rule> {
+    config
+        .matching
+        .iter()
+        .map(|r| match r {
+            MatchRule::PendoMetadata { group, field } => {
+                Rule::PendoMetadata { group: group.name().to_owned(), field: field.clone() }
+            }
+            MatchRule::ExternalId { field } => Rule::ExternalId { field: field.clone() },
+            MatchRule::EmailDomain { min_share, extra_free_mail, .. } => {
+                Rule::EmailDomain { min_share: *min_share, free_mail: FreeMail::with_extra(extra_free_mail) }
+            }
+        })
+        .collect()
+}
+
+/// The fingerprint scope of a workflow's Account fields.
+pub fn scope(workflow: &str) -> String {
+    format!("{workflow}:{OBJECT}")
+}
+
+pub(crate) async fn run(
+    ctx: &Context,
+    workflow: &Workflow,
+    config: &EngagementConfig,
+    options: &RunOptions,
+) -> Result<RunReport, RunError> {
+    let now = Utc::now();
+    let run_id = if options.dry_run {
+        None
+    } else {
+        let new = NewRun {
+            workflow: workflow.name.clone(),
+            template: workflow.template.kind().name().to_owned(),
+            dry_run: false,
+            started_at: now,
+            trigger: options.trigger.clone(),
+        };
+        Some(ctx.store.start_run(&new).await?)
+    };
+    let result = body(ctx, workflow, config, options, now, run_id).await;
+    if let Some(id) = run_id {
+        let finish = match &result {
+            Ok(report) => RunFinish {
+                state: state_of(report),
+                finished_at: Utc::now(),
+                stats: serde_json::to_value(report).unwrap_or(Value::Null),
+                error: None,
+            },
+            Err(e) => RunFinish {
+                state: if matches!(e, RunError::OverBudget { .. }) { RunState::Deferred } else { RunState::Failed },
+                finished_at: Utc::now(),
+                stats: Value::Null,
+                error: Some(e.to_string()),
+            },
+        };
+        ctx.store.finish_run(id, &finish).await?;
+    }
+    result
+}
+
+fn state_of(report: &RunReport) -> RunState {
+    if report.failed > 0 {
+        RunState::Partial
+    } else if report.deferred > 0 {
+        RunState::Deferred
+    } else {
+        RunState::Succeeded
+    }
+}
+
+pub(crate) fn state_name(state: RunState) -> &'static str {
+    match state {
+        RunState::Running => "running",
+        RunState::Succeeded => "succeeded",
+        RunState::Partial => "partial",
+        RunState::Failed => "failed",
+        RunState::Deferred => "deferred",
+        RunState::Cancelled => "cancelled",
+    }
+}
+
+async fn body(
+    ctx: &Context,
+    workflow: &Workflow,
+    config: &EngagementConfig,
+    options: &RunOptions,
+    now: DateTime<Utc>,
+    run_id: Option<RunId>,
+) -> Result<RunReport, RunError> {
+    let progress = options.progress.as_deref();
+    let step = |name: &str, total: Option<u64>| {
+        if let Some(p) = progress {
+            p.step(name, total);
+        }
+    };
+    let mut meter = Meter::new(&ctx.salesforce);
+    let day = now.date_naive();
+
+    step("Reading the API budget", None);
+    let mut budget = budget::today(ctx, now).await?;
+    meter.step("budget", Some("read_limits"));
+
+    step("Reading usage from Pendo", None);
+    let extractor = Extractor::new(&ctx.pendo);
+    let window = Window { end: now, days: workflow.window_days };
+    let core = if config.core_features.is_empty() {
+        CoreFeatures::MarkedCore
+    } else {
+        CoreFeatures::Ids(config.core_features.clone())
+    };
+    let usage = extractor.engagement(&window, &core).await?;
+    let metadata_fields: Vec<(String, String)> = config
+        .matching
+        .iter()
+        .filter_map(|r| match r {
+            MatchRule::PendoMetadata { group, field } => Some((group.name().to_owned(), field.clone())),
+            _ => None,
+        })
+        .collect();
+    let facts = extractor.account_facts(&metadata_fields).await?;
+    let pendo_calls = u64::from(extractor.stats().pendo_calls);
+    meter.step("extract", None);
+
+    step("Matching accounts", None);
+    let outcomes = match_accounts(ctx, workflow, config, &facts, &usage, now, options.dry_run, &mut budget).await?;
+    meter.step("match", Some("read_accounts"));
+
+    step("Detecting changes", None);
+    let written = ctx.store.fingerprints(&scope(&workflow.name)).await?;
+    let usage_by_id: HashMap<&str, &AccountUsage> = usage.iter().map(|u| (u.account_id.as_str(), u)).collect();
+    let stamp: Vec<(String, Value)> =
+        config.fields.get(Metric::UpdatedAt).map(|f| vec![(f.to_owned(), metrics::timestamp(now))]).unwrap_or_default();
+    let mut changes: Vec<Change> = Vec::new();
+    let (mut matched, mut unmatched, mut ambiguous, mut unchanged) = (0, 0, 0, 0);
+    let mut skipped_outcomes = Vec::new();
+    for (pendo_id, outcome) in &outcomes {
+        match outcome {
+            Outcome::Matched { salesforce_id, .. } => {
+                matched += 1;
+                // An account matched but silent in the window has zero engagement, and
+                // Salesforce should say so rather than keep last month's figures.
+                let zero = AccountUsage::idle(pendo_id);
+                let u = usage_by_id.get(pendo_id.as_str()).copied().unwrap_or(&zero);
+                let desired = Desired {
+                    key: pendo_id.clone(),
+                    salesforce_id: salesforce_id.clone(),
+                    fields: metrics::field_values(&config.fields, &config.score, u),
+                };
+                match change::diff(&written, &desired, &stamp) {
+                    Some(c) => changes.push(c),
+                    None => unchanged += 1,
+                }
+            }
+            Outcome::Ambiguous { candidates, reason, .. } => {
+                ambiguous += 1;
+                skipped_outcomes.push(RecordOutcome {
+                    object: OBJECT.into(),
+                    key: pendo_id.clone(),
+                    salesforce_id: None,
+                    action: Action::Skipped,
+                    changes: vec![],
+                    error_code: Some("AMBIGUOUS_MATCH".into()),
+                    message: Some(format!("{reason}; candidates: {}", candidates.join(", "))),
+                });
+            }
+            Outcome::Unmatched { .. } => unmatched += 1,
+        }
+    }
+    drop(written);
+    let mut fields_changed: BTreeMap<String, usize> = BTreeMap::new();
+    for c in &changes {
+        for (f, _) in &c.fields {
+            *fields_changed.entry(f.clone()).or_default() += 1;
+        }
+    }
+    meter.step("diff", None);
+
+    let reads_spent: u64 = meter.calls.values().sum();
+    let allowance = Allowance { calls: budget.available.saturating_sub(reads_spent) };
+    let plan = plan::plan(changes.len(), workflow.max_latency, allowance, &CostModel::default());
+    let samples = changes
+        .iter()
+        .take(10)
+        .map(|c| Sample { pendo_account: c.key.clone(), salesforce_id: c.salesforce_id.clone(), fields: c.fields.clone() })
+        .collect();
+    let mut report = RunReport {
+        run_id,
+        workflow: workflow.name.clone(),
+        dry_run: options.dry_run,
+        state: "planned".into(),
+        pendo_accounts: outcomes.len(),
+        matched,
+        unmatched,
+        ambiguous,
+        unchanged,
+        changed: changes.len(),
+        fields_changed,
+        written: 0,
+        failed: 0,
+        deferred: plan.deferred,
+        plan: plan.clone(),
+        api_calls: BTreeMap::new(),
+        pendo_calls,
+        budget: budget.clone(),
+        timings: Vec::new(),
+        samples,
+        failures: Vec::new(),
+    };
+    if options.dry_run {
+        report.budget.this_run = meter.calls.values().sum();
+        report.api_calls = meter.calls;
+        report.timings = meter.timings;
+        return Ok(report);
+    }
+    let Some(run_id) = run_id else { return Ok(report) };
+
+    let deferred: Vec<Change> = changes.split_off(plan.send.min(changes.len()));
+    let reserved = plan.write_calls;
+    let reserved_ok = reserved == 0 || ctx.store.reserve_budget(day, &workflow.name, reserved, budget.cap, now).await?;
+    let (delivery, deferred) = if reserved_ok && !changes.is_empty() {
+        step("Writing to Salesforce", Some(changes.len() as u64));
+        let advance = |n: usize| {
+            if let Some(p) = progress {
+                p.advance_to(n as u64);
+            }
+        };
+        let d =
+            deliver::deliver(&ctx.salesforce, OBJECT, plan.path, changes, &RecordRetry::default(), &advance).await;
+        (d, deferred)
+    } else {
+        // Another worker took the budget between planning and now: defer everything.
+        let mut all = changes;
+        all.extend(deferred);
+        (deliver::Delivery::default(), all)
+    };
+    meter.step("deliver", Some(plan.path.as_str()));
+    let spent_here: u64 = meter.calls.values().sum();
+    if reserved_ok && reserved > 0 {
+        ctx.store.settle_budget(day, &workflow.name, reserved, spent_here - reads_spent, now).await?;
+    }
+    // Reads were spent whatever happened; they go on the ledger too.
+    if reads_spent > 0 {
+        ctx.store.settle_budget(day, &workflow.name, 0, reads_spent, now).await?;
+    }
+
+    step("Recording the run", None);
+    record(ctx, &workflow.name, run_id, &delivery, &deferred, skipped_outcomes, now).await?;
+    meter.step("record", None);
+    if let Some(p) = progress {
+        p.done();
+    }
+
+    report.written = delivery.written.len();
+    report.failed = delivery.failed.len();
+    report.deferred = deferred.len();
+    report.failures = delivery
+        .failed
+        .iter()
+        .take(10)
+        .map(|f| FailureSample { salesforce_id: f.change.salesforce_id.clone(), code: f.code.clone(), message: f.message.clone() })
+        .collect();
+    report.budget.this_run = meter.calls.values().sum();
+    report.api_calls = meter.calls;
+    report.timings = meter.timings;
+    report.state = state_name(state_of(&report)).into();
+    Ok(report)
+}
+
+/// Matches every Pendo account, reading Salesforce only when the cached matches are not enough.
+#[allow(clippy::too_many_arguments)]
+async fn match_accounts(
+    ctx: &Context,
+    workflow: &Workflow,
+    config: &EngagementConfig,
+    facts: &[AccountFacts],
+    usage: &[AccountUsage],
+    now: DateTime<Utc>,
+    dry_run: bool,
+    budget: &mut budget::BudgetReport,
+) -> Result<BTreeMap<String, Outcome>, RunError> {
+    let cached = ctx.store.id_map(&workflow.name).await?;
+    let recheck = chrono::Duration::from_std(config.recheck_matches_after).unwrap_or(chrono::Duration::days(7));
+    let cached: HashMap<&str, &IdMapEntry> = cached.iter().map(|e| (e.pendo_id.as_str(), e)).collect();
+    let mut ids: HashSet<&str> = facts.iter().map(|f| f.account_id.as_str()).collect();
+    ids.extend(usage.iter().map(|u| u.account_id.as_str()));
+    let fresh = |id: &str| cached.get(id).is_some_and(|e| e.pinned || now - e.checked_at < recheck);
+    if ids.iter().all(|id| fresh(id)) {
+        return Ok(ids
+            .into_iter()
+            .filter_map(|id| cached.get(id).map(|e| (id.to_owned(), outcome_of(e))))
+            .collect());
+    }
+    if budget.available < READ_ESTIMATE {
+        return Err(RunError::OverBudget { needed: READ_ESTIMATE, left: budget.available });
+    }
+    let external = config.matching.iter().find_map(|r| match r {
+        MatchRule::ExternalId { field } => Some(field.as_str()),
+        _ => None,
+    });
+    let website = config.matching.iter().find_map(|r| match r {
+        MatchRule::EmailDomain { website_field, .. } => Some(website_field.as_str()),
+        _ => None,
+    });
+    let rows = accounts::read(&ctx.salesforce, external, website)
+        .await
+        .map_err(|source| RunError::Salesforce { what: "Accounts", source })?;
+    let accounts = Accounts::new(rows);
+    let pins: HashMap<String, String> = cached
+        .values()
+        .filter(|e| e.pinned)
+        .filter_map(|e| Some((e.pendo_id.clone(), e.salesforce_id.clone()?)))
+        .collect();
+    // Accounts with usage but no facts (no visitors with metadata) still get the id rules.
+    let mut all_facts: Vec<AccountFacts> = facts.to_vec();
+    let known: HashSet<&str> = facts.iter().map(|f| f.account_id.as_str()).collect();
+    all_facts.extend(usage.iter().filter(|u| !known.contains(u.account_id.as_str())).map(|u| AccountFacts {
+        account_id: u.account_id.clone(),
+        ..Default::default()
+    }));
+    let outcomes = matching::match_all(&rules(config), &all_facts, &accounts, &pins);
+    if !dry_run {
+        let entries: Vec<IdMapEntry> = outcomes
+            .iter()
+            .map(|(id, o)| entry_of(&workflow.name, id, o, pins.contains_key(id), now))
+            .collect();
+        ctx.store.put_id_map(&entries).await?;
+    }
+    Ok(outcomes)
+}
+
+fn outcome_of(e: &IdMapEntry) -> Outcome {
+    let rule = e.rule.clone().unwrap_or_default();
+    match (&e.status, &e.salesforce_id) {
+        (MatchStatus::Matched, Some(id)) => Outcome::Matched { salesforce_id: id.clone(), rule },
+        (MatchStatus::Ambiguous, _) => {
+            Outcome::Ambiguous { rule, candidates: e.candidates.clone(), reason: "cached: ambiguous".into() }
+        }
+        _ => Outcome::Unmatched { reason: "cached: unmatched".into() },
+    }
+}
+
+fn entry_of(workflow: &str, pendo_id: &str, o: &Outcome, pinned: bool, now: DateTime<Utc>) -> IdMapEntry {
+    let (status, salesforce_id, rule, candidates) = match o {
+        Outcome::Matched { salesforce_id, rule } => {
+            (MatchStatus::Matched, Some(salesforce_id.clone()), Some(rule.clone()), vec![])
+        }
+        Outcome::Ambiguous { rule, candidates, reason } => {
+            (MatchStatus::Ambiguous, None, Some(format!("{rule}: {reason}")), candidates.clone())
+        }
+        Outcome::Unmatched { reason } => (MatchStatus::Unmatched, None, Some(reason.clone()), vec![]),
+    };
+    IdMapEntry {
+        workflow: workflow.to_owned(),
+        pendo_id: pendo_id.to_owned(),
+        status,
+        salesforce_id,
+        rule,
+        candidates,
+        pinned,
+        checked_at: now,
+    }
+}
+
+/// Keeps what happened: outcomes and fingerprints in one transaction, then the failures.
+async fn record(
+    ctx: &Context,
+    workflow: &str,
+    run_id: RunId,
+    delivery: &deliver::Delivery,
+    deferred: &[Change],
+    mut outcomes: Vec<RecordOutcome>,
+    now: DateTime<Utc>,
+) -> Result<(), RunError> {
+    let scope = scope(workflow);
+    let changes_of = |c: &Change| -> Vec<FieldChange> {
+        c.fields.iter().map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() }).collect()
+    };
+    let mut prints = Vec::new();
+    for c in &delivery.written {
+        outcomes.push(RecordOutcome {
+            object: OBJECT.into(),
+            key: c.key.clone(),
+            salesforce_id: Some(c.salesforce_id.clone()),
+            action: Action::Updated,
+            changes: changes_of(c),
+            error_code: None,
+            message: None,
+        });
+        prints.extend(c.prints.iter().map(|(field, p)| FingerprintPut {
+            scope: scope.clone(),
+            key: c.salesforce_id.clone(),
+            field: field.clone(),
+            fingerprint: *p,
+            written_at: now,
+        }));
+    }
+    for f in &delivery.failed {
+        outcomes.push(RecordOutcome {
+            object: OBJECT.into(),
+            key: f.change.key.clone(),
+            salesforce_id: Some(f.change.salesforce_id.clone()),
+            action: Action::Failed,
+            changes: changes_of(&f.change),
+            error_code: Some(f.code.clone()),
+            message: Some(f.message.clone()),
+        });
+    }
+    for c in deferred {
+        outcomes.push(RecordOutcome {
+            object: OBJECT.into(),
+            key: c.key.clone(),
+            salesforce_id: Some(c.salesforce_id.clone()),
+            action: Action::Deferred,
+            changes: changes_of(c),
+            error_code: None,
+            message: Some("over the API budget: sent in a later run".into()),
+        });
+    }
+    ctx.store.record_outcomes(run_id, &outcomes, &prints).await?;
+    let failures: Vec<NewFailure> = delivery
+        .failed
+        .iter()
+        .map(|f| NewFailure {
+            workflow: workflow.to_owned(),
+            run: run_id,
+            object: OBJECT.into(),
+            key: f.change.key.clone(),
+            salesforce_id: Some(f.change.salesforce_id.clone()),
+            payload: Value::Object(f.change.fields.iter().cloned().collect()),
+            error_code: f.code.clone(),
+            message: f.message.clone(),
+            fields: f.fields.clone(),
+        })
+        .collect();
+    if !failures.is_empty() {
+        ctx.store.add_failures(&failures).await?;
+    }
+    Ok(())
+}

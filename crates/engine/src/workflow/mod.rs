@@ -1,0 +1,183 @@
+//! Workflows: what a run does, step by step, and what it leaves behind in the store.
+//!
+//! A run is trigger → budget → extract (Pendo) → match → map → diff → plan → deliver →
+//! record. Each step's time and Salesforce calls are measured and kept with the run, so the
+//! console and `usagesync runs` can show where a run spent its time and its API budget.
+//!
+//! # Layout
+//! - [`engagement`]: the engagement-scores template.
+//! - `budget`: today's allowance from `/limits` and the persisted ledger.
+//! - `accounts`: reading Accounts for matching (REST pages or a Bulk query, whichever is cheaper).
+
+mod accounts;
+mod budget;
+pub mod engagement;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::plan::Plan;
+use crate::store::{RunId, Store};
+
+pub use budget::BudgetReport;
+
+/// What every run needs: clients, the store and the loaded config.
+#[derive(Clone)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub salesforce: salesforce::Client,
+    pub pendo: pendo::Client,
+    pub store: Arc<dyn Store>,
+}
+
+/// How to run.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Plan and report, write nothing to Salesforce or the store's sync state.
+    pub dry_run: bool,
+    /// `cli`, `schedule`, `demo`, `replay`.
+    pub trigger: String,
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+/// Progress of the long steps, for bars in a terminal (or nothing).
+pub trait Progress: Send + Sync {
+    fn step(&self, name: &str, total: Option<u64>);
+    fn advance_to(&self, done: u64);
+    fn done(&self);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("workflow {0:?} is not in the config")]
+    UnknownWorkflow(String),
+    #[error("workflow {name:?} uses template {template}, which `sync` cannot run yet")]
+    UnsupportedTemplate { name: String, template: &'static str },
+    #[error("reading Salesforce {what} failed: {source}")]
+    Salesforce {
+        what: &'static str,
+        #[source]
+        source: salesforce::Error,
+    },
+    #[error("reading Pendo failed: {0}")]
+    Pendo(#[from] crate::extract::ExtractError),
+    #[error("state store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error(
+        "the API budget is spent: {needed} calls needed to read, {left} left of today's share; nothing was read or written"
+    )]
+    OverBudget { needed: u64, left: u64 },
+}
+
+/// What a run did, as `usagesync sync` prints it and `--json` emits it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub run_id: Option<RunId>,
+    pub workflow: String,
+    pub dry_run: bool,
+    pub state: String,
+    pub pendo_accounts: usize,
+    pub matched: usize,
+    pub unmatched: usize,
+    pub ambiguous: usize,
+    /// Matched accounts whose Salesforce values are already current.
+    pub unchanged: usize,
+    /// Records with at least one changed field.
+    pub changed: usize,
+    /// Field API name → records where it changed.
+    pub fields_changed: BTreeMap<String, usize>,
+    pub written: usize,
+    pub failed: usize,
+    pub deferred: usize,
+    pub plan: Plan,
+    /// Salesforce API calls by kind, as counted by the client (requests answered).
+    pub api_calls: BTreeMap<String, u64>,
+    pub pendo_calls: u64,
+    pub budget: BudgetReport,
+    /// Step → seconds.
+    pub timings: Vec<(String, f64)>,
+    /// Up to ten records written (or to be written, in a dry run) with their new values.
+    pub samples: Vec<Sample>,
+    /// Up to ten failures with Salesforce's code and message.
+    pub failures: Vec<FailureSample>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub pendo_account: String,
+    pub salesforce_id: String,
+    pub fields: Vec<(String, serde_json::Value)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureSample {
+    pub salesforce_id: String,
+    pub code: String,
+    pub message: String,
+}
+
+impl RunReport {
+    pub fn total_api_calls(&self) -> u64 {
+        self.api_calls.values().sum()
+    }
+
+    /// Salesforce calls that wrote (everything but reads).
+    pub fn write_calls(&self) -> u64 {
+        self.api_calls.iter().filter(|(k, _)| !k.starts_with("read")).map(|(_, v)| v).sum()
+    }
+}
+
+/// Runs workflow `name` once.
+///
+/// # Errors
+/// [`RunError`] when the run could not happen at all; per-record failures are in the report.
+pub async fn run(ctx: &Context, name: &str, options: &RunOptions) -> Result<RunReport, RunError> {
+    let workflow = ctx.config.workflows.get(name).ok_or_else(|| RunError::UnknownWorkflow(name.to_owned()))?;
+    match &workflow.template {
+        crate::config::Template::EngagementScores(template) => {
+            engagement::run(ctx, workflow, template, options).await
+        }
+    }
+}
+
+/// Times steps and prices them in Salesforce calls.
+pub(crate) struct Meter<'a> {
+    client: &'a salesforce::Client,
+    started: std::time::Instant,
+    calls_at_start: u64,
+    pub timings: Vec<(String, f64)>,
+    pub calls: BTreeMap<String, u64>,
+}
+
+impl<'a> Meter<'a> {
+    pub fn new(client: &'a salesforce::Client) -> Self {
+        Meter {
+            client,
+            started: std::time::Instant::now(),
+            calls_at_start: client.requests_sent(),
+            timings: Vec::new(),
+            calls: BTreeMap::new(),
+        }
+    }
+
+    /// Closes the current step: its time, and the calls it made under `kind`.
+    pub fn step(&mut self, name: &str, kind: Option<&str>) {
+        let now = std::time::Instant::now();
+        self.timings.push((name.to_owned(), round3(now.duration_since(self.started))));
+        self.started = now;
+        let sent = self.client.requests_sent();
+        let calls = sent.saturating_sub(self.calls_at_start);
+        self.calls_at_start = sent;
+        if calls > 0 {
+            *self.calls.entry(kind.unwrap_or(name).to_owned()).or_default() += calls;
+        }
+    }
+}
+
+fn round3(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}

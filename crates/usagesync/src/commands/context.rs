@@ -1,0 +1,58 @@
+//! Loading what every engine command needs: the config (with every error reported), the state
+//! store and the two clients. Secrets are read from the process environment here and nowhere
+//! else in the binary.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use engine::config::{Config, StoreKind};
+use engine::workflow::Context;
+
+/// Exit code for a config that does not load.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// A config that did not load: its errors, already formatted for a person.
+#[derive(Debug)]
+pub struct ConfigInvalid(pub String);
+
+impl std::fmt::Display for ConfigInvalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigInvalid {}
+
+pub fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+pub fn load_config(path: &Path) -> Result<Config> {
+    engine::config::load(path).map_err(|errors| anyhow::Error::new(ConfigInvalid(errors.to_string())))
+}
+
+/// The store location with its password (kept apart in the config so the URL can be shown).
+pub fn store_location(config: &Config, env: engine::connect::Env<'_>) -> Result<String> {
+    let store = &config.store;
+    let Some(password) = &store.password else { return Ok(store.url.clone()) };
+    let password = password.resolve(env).map_err(|e| anyhow::anyhow!("store.password: {}", e.message))?;
+    if store.kind != StoreKind::Postgres {
+        return Ok(store.url.clone());
+    }
+    let mut url = url::Url::parse(&store.url).context("store.url is not a URL")?;
+    url.set_password(Some(password.expose())).map_err(|()| anyhow::anyhow!("store.url cannot take a password"))?;
+    Ok(url.to_string())
+}
+
+pub async fn open_store(config: &Config, env: engine::connect::Env<'_>) -> Result<Arc<dyn engine::store::Store>> {
+    let location = store_location(config, env)?;
+    engine::store::open(&location).await.with_context(|| format!("Failed to open the state store {}", config.store.url))
+}
+
+pub async fn build(config: Config, env: engine::connect::Env<'_>) -> Result<Context> {
+    let store = open_store(&config, env).await?;
+    let salesforce = engine::connect::salesforce_client(&config, env)?;
+    let pendo = engine::connect::pendo_client(&config, env)?;
+    Ok(Context { config: Arc::new(config), salesforce, pendo, store })
+}

@@ -1,0 +1,190 @@
+//! `usagesync runs`, `failures` and `replay`: the run history and the records Salesforce
+//! refused, read from the state store, and sending those records again.
+
+use anyhow::{Result, bail};
+use engine::store::{FailureFilter, FailureSelector, FailureStatus, OutcomeFilter, Run};
+
+use super::context;
+use super::table::{self, thousands};
+
+pub async fn runs(
+    config_path: &std::path::Path,
+    id: Option<&str>,
+    workflow: Option<&str>,
+    limit: u32,
+    search: Option<String>,
+    json: bool,
+) -> Result<u8> {
+    let config = context::load_config(config_path)?;
+    let store = context::open_store(&config, &context::env_var).await?;
+    let Some(id) = id else {
+        let runs = store.list_runs(workflow, limit).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&runs)?);
+            return Ok(0);
+        }
+        let rows: Vec<Vec<String>> = runs.iter().map(run_row).collect();
+        table::print(&["run", "workflow", "trigger", "state", "started", "written", "failed", "API calls"], &rows);
+        return Ok(0);
+    };
+    let candidates: Vec<Run> =
+        store.list_runs(workflow, 10_000).await?.into_iter().filter(|r| r.id.to_string().starts_with(id)).collect();
+    let run = match candidates.as_slice() {
+        [one] => one.clone(),
+        [] => bail!("no run id starts with {id:?}"),
+        more => bail!("{} runs start with {id:?}: give more of the id", more.len()),
+    };
+    let outcomes = store.run_outcomes(run.id, &OutcomeFilter { search, action: None, limit, offset: 0 }).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"run": run, "records": outcomes}))?);
+        return Ok(0);
+    }
+    table::print(&["run", "workflow", "trigger", "state", "started", "written", "failed", "API calls"], &[run_row(&run)]);
+    if let Some(e) = &run.error {
+        println!("error: {e}");
+    }
+    println!();
+    let mut rows = Vec::new();
+    for o in &outcomes {
+        let changes: Vec<String> = o
+            .changes
+            .iter()
+            .map(|c| match &c.before {
+                Some(b) => format!("{}: {b} → {}", c.field, c.after),
+                None => format!("{} = {}", c.field, c.after),
+            })
+            .collect();
+        let detail = match (&o.error_code, &o.message) {
+            (Some(code), Some(m)) => format!("{code}: {m}"),
+            (None, Some(m)) => m.clone(),
+            _ => changes.join("; "),
+        };
+        rows.push(vec![
+            o.key.clone(),
+            o.salesforce_id.clone().unwrap_or_default(),
+            format!("{:?}", o.action).to_lowercase(),
+            detail,
+        ]);
+    }
+    table::print(&["Pendo account", "Salesforce Id", "action", "fields / reason"], &rows);
+    Ok(0)
+}
+
+fn run_row(r: &Run) -> Vec<String> {
+    let stat = |k: &str| r.stats.get(k).and_then(serde_json::Value::as_u64).map(thousands).unwrap_or_default();
+    let calls = r
+        .stats
+        .get("api_calls")
+        .and_then(|v| v.as_object())
+        .map(|m| thousands(m.values().filter_map(serde_json::Value::as_u64).sum()))
+        .unwrap_or_default();
+    vec![
+        r.id.to_string(),
+        r.workflow.clone(),
+        r.trigger.clone(),
+        format!("{:?}", r.state).to_lowercase(),
+        r.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        stat("written"),
+        stat("failed"),
+        calls,
+    ]
+}
+
+pub async fn failures(
+    config_path: &std::path::Path,
+    workflow: Option<String>,
+    code: Option<String>,
+    limit: u32,
+    json: bool,
+) -> Result<u8> {
+    let config = context::load_config(config_path)?;
+    let store = context::open_store(&config, &context::env_var).await?;
+    let list = store
+        .list_failures(&FailureFilter {
+            workflow: workflow.clone(),
+            status: Some(FailureStatus::Open),
+            error_code: code,
+            limit,
+        })
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(0);
+    }
+    let groups = store.failure_groups(workflow.as_deref()).await?;
+    if groups.is_empty() {
+        println!("No open failures.");
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|(code, message, n)| vec![code.clone(), thousands(*n), message.clone(), hint(code).to_owned()])
+        .collect();
+    table::print(&["error code", "records", "Salesforce said", "what to do"], &rows);
+    println!();
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|f| {
+            vec![
+                f.id.to_string(),
+                f.workflow.clone(),
+                f.key.clone(),
+                f.salesforce_id.clone().unwrap_or_default(),
+                f.error_code.clone(),
+                f.attempts.to_string(),
+            ]
+        })
+        .collect();
+    table::print(&["id", "workflow", "Pendo account", "Salesforce Id", "error code", "attempts"], &rows);
+    println!("Send again with `usagesync replay --all`, `--code CODE` or by id.");
+    Ok(0)
+}
+
+/// A remediation hint per Salesforce error code: what a person would do about it.
+pub fn hint(code: &str) -> &'static str {
+    match code {
+        "FIELD_CUSTOM_VALIDATION_EXCEPTION" => "a validation rule refused the value: adjust the rule or the mapping",
+        "INVALID_FIELD" | "INVALID_FIELD_FOR_INSERT_UPDATE" => {
+            "the field is missing or read-only for the integration user: check field-level security"
+        }
+        "INSUFFICIENT_ACCESS_OR_READONLY" | "INSUFFICIENT_ACCESS_ON_CROSS_REFERENCE_ENTITY" => {
+            "the integration user cannot edit this record: check sharing and profile"
+        }
+        "ENTITY_IS_DELETED" | "NOT_FOUND" | "INVALID_CROSS_REFERENCE_KEY" | "INVALID_ID" => {
+            "the Account is gone: re-match it (its cached match is re-checked on the next run)"
+        }
+        "UNABLE_TO_LOCK_ROW" | "UNPROCESSED" => "lock contention or an interrupted job: replay",
+        "STRING_TOO_LONG" | "NUMBER_OUTSIDE_VALID_RANGE" => "the value does not fit the field: widen the field",
+        "REQUEST_LIMIT_EXCEEDED" => "the org's daily API allocation was spent: replay after it frees up",
+        _ => "read Salesforce's message, fix the cause, then replay",
+    }
+}
+
+pub async fn replay(
+    config_path: &std::path::Path,
+    all: bool,
+    code: Option<String>,
+    ids: Vec<i64>,
+    workflow: Option<String>,
+    limit: u32,
+    json: bool,
+) -> Result<u8> {
+    let selector = match (all, code, ids.is_empty()) {
+        (_, Some(code), _) => FailureSelector::Code(code),
+        (_, None, false) => FailureSelector::Ids(ids),
+        (true, None, true) => FailureSelector::All { workflow },
+        (false, None, true) => bail!("say what to replay: --all, --code CODE, or failure ids"),
+    };
+    let config = context::load_config(config_path)?;
+    let ctx = context::build(config, &context::env_var).await?;
+    let report = engine::workflow::replay::replay(&ctx, &selector, limit).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "Replayed {} failures: {} written, {} failed again ({} Salesforce calls).",
+            report.claimed, report.resolved, report.failed_again, report.api_calls
+        );
+    }
+    Ok(if report.failed_again > 0 { super::sync::EXIT_FAILURES } else { 0 })
+}

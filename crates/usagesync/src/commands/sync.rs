@@ -1,0 +1,110 @@
+//! `usagesync sync NAME [--dry-run]`: one run of one workflow, with a summary table (or the
+//! report as JSON) and an exit code a scheduler can act on.
+
+use anyhow::Result;
+use engine::workflow::{RunOptions, RunReport};
+
+use super::table::{self, thousands};
+use super::{context, progress};
+
+/// Exit codes: 0 everything written (or nothing to write), 3 some records failed (kept for
+/// replay), 4 some work deferred by the budget.
+pub const EXIT_FAILURES: u8 = 3;
+pub const EXIT_DEFERRED: u8 = 4;
+
+pub async fn run(config_path: &std::path::Path, workflow: &str, dry_run: bool, json: bool) -> Result<u8> {
+    let config = context::load_config(config_path)?;
+    let ctx = context::build(config, &context::env_var).await?;
+    let options =
+        RunOptions { dry_run, trigger: "cli".into(), progress: progress::Bars::for_terminal(json) };
+    let report = engine::workflow::run(&ctx, workflow, &options).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(exit_code(&report))
+}
+
+pub fn exit_code(report: &RunReport) -> u8 {
+    if report.dry_run {
+        0
+    } else if report.failed > 0 {
+        EXIT_FAILURES
+    } else if report.deferred > 0 {
+        EXIT_DEFERRED
+    } else {
+        0
+    }
+}
+
+pub fn print_report(r: &RunReport) {
+    let n = |x: usize| thousands(x as u64);
+    if r.dry_run {
+        println!("Plan for workflow {} (dry run: nothing written)", r.workflow);
+    } else {
+        let id = r.run_id.map(|id| id.to_string()).unwrap_or_default();
+        println!("Run {id} of workflow {}: {}", r.workflow, r.state);
+    }
+    println!();
+    let mut rows = vec![
+        vec!["Pendo accounts".into(), n(r.pendo_accounts)],
+        vec!["matched".into(), n(r.matched)],
+        vec!["unmatched (not written)".into(), n(r.unmatched)],
+        vec!["ambiguous (not written)".into(), n(r.ambiguous)],
+        vec!["unchanged".into(), n(r.unchanged)],
+        vec![if r.dry_run { "to update" } else { "changed" }.into(), n(r.changed)],
+    ];
+    if !r.dry_run {
+        rows.push(vec!["written".into(), n(r.written)]);
+        rows.push(vec!["failed".into(), n(r.failed)]);
+    }
+    rows.push(vec!["deferred (over budget)".into(), n(r.deferred)]);
+    table::print(&["records", "count"], &rows);
+    if !r.fields_changed.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = r.fields_changed.iter().map(|(f, c)| vec![f.clone(), n(*c)]).collect();
+        table::print(&["field", "records changed"], &rows);
+    }
+    println!();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    if r.dry_run {
+        for (kind, calls) in &r.api_calls {
+            rows.push(vec![kind.clone(), thousands(*calls)]);
+        }
+        rows.push(vec![format!("write ({}, planned)", r.plan.path.as_str()), thousands(r.plan.write_calls)]);
+    } else {
+        for (kind, calls) in &r.api_calls {
+            rows.push(vec![kind.clone(), thousands(*calls)]);
+        }
+    }
+    rows.push(vec!["one call per record would be".into(), thousands(r.plan.calls_one_by_one)]);
+    table::print(&["Salesforce API calls", "calls"], &rows);
+    println!();
+    let b = &r.budget;
+    let left = if r.dry_run { b.available.saturating_sub(r.plan.write_calls) } else { b.left_after() };
+    println!(
+        "Budget: {} of {} daily calls ({:.0}% share of {}); spent today before this run {}, this run {}, left {}.",
+        thousands(b.cap),
+        thousands(b.org_max),
+        b.daily_share * 100.0,
+        thousands(b.org_max),
+        thousands(b.spent_before),
+        thousands(if r.dry_run { b.this_run + r.plan.write_calls } else { b.this_run }),
+        thousands(left),
+    );
+    println!("Pendo calls: {}. Time: {}.", r.pendo_calls, timings(r));
+    if !r.failures.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> =
+            r.failures.iter().map(|f| vec![f.salesforce_id.clone(), f.code.clone(), f.message.clone()]).collect();
+        table::print(&["Account", "error", "message"], &rows);
+        println!("See them all with `usagesync failures`; send them again with `usagesync replay --all`.");
+    }
+}
+
+fn timings(r: &RunReport) -> String {
+    let total: f64 = r.timings.iter().map(|(_, s)| s).sum();
+    let steps: Vec<String> = r.timings.iter().map(|(n, s)| format!("{n} {s:.2}s")).collect();
+    format!("{total:.2}s ({})", steps.join(", "))
+}
