@@ -201,6 +201,7 @@ fn syntax_and_type_errors_are_located() {
     let errors = load_err(&text);
     assert_eq!(errors.errors[0].line, Some(line_of(&text, "window_days:")));
     assert_eq!(errors.errors[0].key, "workflows.engagement.window_days", "{errors}");
+    assert_eq!(errors.errors[0].message, "expected a whole number, 0 or more");
 
     let errors = load_err("connections:\n  salesforce: [unclosed\nstore: {}\n");
     assert!(errors.errors[0].line.is_some(), "{errors}");

@@ -58,9 +58,22 @@ pub(super) fn parse_error(error: &serde_saphyr::Error, locations: &Locations) ->
         serde_saphyr::Error::SerdeUnknownField { field, expected, .. } => {
             format!("unknown key `{field}`; expected one of: {}", expected.join(", "))
         }
-        other => first_line(&other.to_string()),
+        other => plain_message(&first_line(&other.to_string())),
     };
     ConfigError { line, column, key, message }
+}
+
+/// Says what was expected in the words the docs use, not Rust type names.
+fn plain_message(message: &str) -> String {
+    let expected = match message {
+        "invalid u32" | "invalid u64" => "a whole number, 0 or more",
+        "invalid f64" | "invalid f32" => "a number",
+        "invalid bool" => "true or false",
+        "expected mapping start" => "a map of `key: value` lines",
+        "expected sequence start" => "a list",
+        _ => return message.to_owned(),
+    };
+    format!("expected {expected}")
 }
 
 /// The deserializer's message without its own location suffix (we print our own).
