@@ -3,8 +3,10 @@
 //! Loading never stops at the first problem: the deserializer reads a wire form in
 //! which nearly every key is optional (`wire.rs`), then `validate.rs` checks every
 //! key and every cross-key rule and collects all problems, each located by key path
-//! through an index of the YAML text (`locate.rs`). Only a syntax error, a value of
-//! the wrong type or an unknown key stops the parse early. Secrets are references
+//! through an index of the YAML text (`locate.rs`). An unknown key or a value of the
+//! wrong type makes the deserializer stop, so the loader reports it, blanks that entry
+//! out of the text (lines kept) and reads again; only a YAML syntax error ends the
+//! reading early. Secrets are references
 //! (`{env: NAME}` / `{file: PATH}`) and are not read at load time (`secret.rs`).
 
 mod duration;
@@ -362,14 +364,60 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// # Errors
 /// Every problem found, each with line, column and key.
 pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
-    let locations = locate::Locations::index(text);
-    let file: wire::ConfigFile = match serde_saphyr::from_str(text) {
-        Ok(file) => file,
-        Err(error) => {
-            return Err(ConfigErrors::single(origin, validate::parse_error(&error, &locations)));
+    let original = locate::Locations::index(text);
+    let mut text = text.to_owned();
+    let mut locations = locate::Locations::index(&text);
+    let mut rejected: Vec<ConfigError> = Vec::new();
+    // Each round either parses or blanks out one rejected entry; the cap only guards
+    // against an entry that cannot be blanked away.
+    for _ in 0..MAX_PARSE_ROUNDS {
+        let error = match serde_saphyr::from_str::<wire::ConfigFile>(&text) {
+            Ok(file) => {
+                let keys: Vec<String> = rejected.iter().map(|e| e.key.clone()).collect();
+                let result = validate::build(&file, &original, &keys);
+                return finish(origin, rejected, result);
+            }
+            Err(error) => validate::parse_error(&error, &locations),
+        };
+        // Read on past an unknown key or a wrongly typed value; a syntax error ends it.
+        let next =
+            if locations.is_complete() && !error.key.is_empty() { locations.blank(&text, &error.key) } else { None };
+        rejected.push(error);
+        match next {
+            Some(blanked) => {
+                text = blanked;
+                locations = locate::Locations::index(&text);
+            }
+            None => break,
         }
-    };
-    validate::build(&file, &locations).map_err(|errors| ConfigErrors { origin: origin.to_owned(), errors })
+    }
+    finish(origin, rejected, Err(Vec::new()))
+}
+
+/// Bounds the read-on-after-an-error loop in [`load_str`].
+const MAX_PARSE_ROUNDS: usize = 100;
+
+fn finish(
+    origin: &str,
+    mut rejected: Vec<ConfigError>,
+    result: Result<Config, Vec<ConfigError>>,
+) -> Result<Config, ConfigErrors> {
+    match result {
+        Ok(config) if rejected.is_empty() => return Ok(config),
+        Ok(_) => {}
+        Err(errors) => {
+            // A problem inside an entry already rejected by the parser is not news.
+            let covered = |key: &str| rejected.iter().any(|r| validate::is_within(key, &r.key));
+            let fresh: Vec<_> = errors.into_iter().filter(|e| !covered(&e.key)).collect();
+            rejected.extend(fresh);
+        }
+    }
+    if rejected.is_empty() {
+        // Not expected: every failed check records an error. Never report success.
+        rejected.push(ConfigError::unlocated("", "the config is incomplete"));
+    }
+    rejected.sort_by_key(|e| (e.line.unwrap_or(usize::MAX), e.column.unwrap_or(0)));
+    Err(ConfigErrors { origin: origin.to_owned(), errors: rejected })
 }
 
 impl Config {

@@ -196,6 +196,40 @@ fn unknown_key_is_rejected_with_line_and_expected_keys() {
 }
 
 #[test]
+fn reading_goes_on_past_unknown_keys_and_wrong_types() {
+    let text = example_with("    window_days: 30", "    window_days: thirty\n    windw: 3")
+        .replacen("  min_remaining: 5000", "  min_remaining: 5000\n  colour: red", 1)
+        .replacen("minutes: { weight: 0.1, target: 600 }", "minutes: { weight: 0.1, target: 600, cap: 3 }", 1)
+        .replacen("  url: sqlite://usagesync.db", "  url: sqlite://usagesync.db\n  pool:\n    size: 3\n    idle: 2", 1)
+        .replacen("daily_share: 0.25", "daily_share: 1.5", 1)
+        .replacen("timezone: UTC", "timezone: Mars/Olympus", 1);
+    let errors = load_err(&text);
+    let expect = [
+        ("store.pool", "  pool:", "unknown key `pool`"),
+        ("budget.daily_share", "daily_share:", "at most 1"),
+        ("budget.colour", "colour:", "unknown key `colour`; expected one of: daily_share, min_remaining"),
+        ("workflows.engagement.timezone", "timezone:", "Mars/Olympus"),
+        ("workflows.engagement.window_days", "window_days:", "expected a whole number"),
+        ("workflows.engagement.windw", "windw:", "unknown key `windw`"),
+        ("workflows.engagement.score.minutes.cap", "minutes: {", "unknown key `cap`"),
+    ];
+    let got: Vec<_> = errors.errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(got, expect.map(|(key, _, _)| key), "{errors}");
+    for ((_, needle, message), error) in expect.iter().zip(&errors.errors) {
+        assert_eq!(error.line, Some(line_of(&text, needle)), "{error}");
+        assert!(error.message.contains(message), "{error}");
+    }
+}
+
+#[test]
+fn a_null_value_is_a_missing_key() {
+    let text = example_with("    schedule: \"0 6 * * *\"", "    schedule:");
+    let errors = load_err(&text);
+    assert_eq!(errors.errors.len(), 1, "{errors}");
+    assert_eq!(errors.errors[0].key, "workflows.engagement.schedule");
+}
+
+#[test]
 fn syntax_and_type_errors_are_located() {
     let text = example_with("    window_days: 30", "    window_days: thirty");
     let errors = load_err(&text);

@@ -19,6 +19,7 @@ use super::{
 /// Collects errors, locating each by its key path.
 struct Errors<'a> {
     locations: &'a Locations,
+    rejected: &'a [String],
     list: Vec<ConfigError>,
 }
 
@@ -34,7 +35,9 @@ impl Errors<'_> {
     }
 
     fn required<'v, T>(&mut self, value: &'v Option<T>, key: &str) -> Option<&'v T> {
-        if value.is_none() {
+        // A key blanked out after the parser rejected it is absent here; that error
+        // is already reported.
+        if value.is_none() && !covered(self.rejected, key) {
             let (parent, leaf) = key.rsplit_once('.').unwrap_or(("", key));
             let place = if parent.is_empty() { "the top level".to_owned() } else { format!("`{parent}`") };
             self.push(key, format!("missing: `{leaf}` is required under {place}"));
@@ -49,9 +52,11 @@ pub(super) fn parse_error(error: &serde_saphyr::Error, locations: &Locations) ->
     let line = location.map(|l| l.line() as usize).filter(|l| *l > 0);
     let column = location.map(|l| l.column() as usize).filter(|c| *c > 0);
     let key = match (line, column) {
-        (Some(line), Some(column)) => {
-            locations.path_at(line, column).or_else(|| locations.path_on_line(line)).unwrap_or_default().to_owned()
-        }
+        (Some(line), Some(column)) => locations
+            .path_at(line, column)
+            .or_else(|| locations.path_for_value(line, column))
+            .unwrap_or_default()
+            .to_owned(),
         _ => String::new(),
     };
     let message = match error.without_snippet() {
@@ -85,8 +90,22 @@ fn first_line(text: &str) -> String {
     }
 }
 
-pub(super) fn build(file: &wire::ConfigFile, locations: &Locations) -> Result<Config, Vec<ConfigError>> {
-    let mut errors = Errors { locations, list: Vec::new() };
+/// Whether `key` is `parent` or lies inside it.
+pub(super) fn is_within(key: &str, parent: &str) -> bool {
+    key.strip_prefix(parent).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+}
+
+fn covered(rejected: &[String], key: &str) -> bool {
+    rejected.iter().any(|r| is_within(key, r))
+}
+
+/// `rejected`: keys of entries the parser rejected and the loader blanked out.
+pub(super) fn build(
+    file: &wire::ConfigFile,
+    locations: &Locations,
+    rejected: &[String],
+) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Errors { locations, rejected, list: Vec::new() };
     let connections = errors.required(&file.connections, "connections").and_then(|c| connections(c, &mut errors));
     let store = errors.required(&file.store, "store").and_then(|s| store(s, &mut errors));
     let budget = errors.required(&file.budget, "budget").and_then(|b| budget(b, &mut errors));
@@ -105,10 +124,8 @@ pub(super) fn build(file: &wire::ConfigFile, locations: &Locations) -> Result<Co
     if let (true, Some(connections), Some(store), Some(budget)) = (list.is_empty(), connections, store, budget) {
         return Ok(Config { connections, store, budget, workflows });
     }
-    if list.is_empty() {
-        // Unreachable in practice: every `None` above pushed an error.
-        list.push(ConfigError::unlocated("", "the config is incomplete"));
-    }
+    // An empty list here means every missing piece was blanked out after a parse
+    // error, which the caller reports.
     list.sort_by_key(|e| (e.line.unwrap_or(usize::MAX), e.column.unwrap_or(0)));
     Err(list)
 }
