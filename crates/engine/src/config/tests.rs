@@ -283,6 +283,23 @@ fn http_is_only_allowed_on_loopback_and_passwords_stay_out_of_store_urls() {
 }
 
 #[test]
+fn store_may_be_a_plain_url() {
+    let text = example_with("store:\n  url: sqlite://usagesync.db", "store: sqlite://state/usagesync.db");
+    let config = load_ok(&text);
+    assert_eq!(config.store.url, "sqlite://state/usagesync.db");
+    assert_eq!(config.store.kind, StoreKind::Sqlite);
+
+    let text = example_with("store:\n  url: sqlite://usagesync.db", "store: mysql://x@y/z");
+    let e = &load_err(&text).errors[0];
+    assert_eq!((e.key.as_str(), e.line), ("store.url", Some(line_of(&text, "store: mysql"))));
+
+    let text = example_with("  url: sqlite://usagesync.db", "  url: sqlite://usagesync.db\n  pasword: x");
+    let e = &load_err(&text).errors[0];
+    assert_eq!((e.key.as_str(), e.line), ("store.pasword", Some(line_of(&text, "pasword"))));
+    assert!(e.message.contains("expected one of: url, password"), "{e}");
+}
+
+#[test]
 fn keys_of_another_flow_are_rejected() {
     let text = example_with(
         "      client_id: usagesync-emulator",

@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConfigFile {
     pub connections: Option<Connections>,
+    #[serde(default, deserialize_with = "store")]
     pub store: Option<Store>,
     pub budget: Option<Budget>,
     pub workflows: Option<IndexMap<String, Workflow>>,
@@ -64,12 +65,49 @@ pub(crate) struct Pendo {
     pub integration_key: Option<Secret>,
 }
 
+/// `store: URL` is short for `store: {url: URL}`.
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Store {
     pub url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
+}
+
+/// Reads `store` as a plain URL string or as the map; the map goes through the derived
+/// impl over the same map access, so its keys keep their line numbers.
+pub(crate) fn store<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Store>, D::Error> {
+    struct StoreVisitor;
+
+    impl<'de> Visitor<'de> for StoreVisitor {
+        type Value = Option<Store>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a database URL or a map with `url` (and `password`)")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+
+        fn visit_str<E: de::Error>(self, url: &str) -> Result<Self::Value, E> {
+            Ok(Some(Store { url: Some(url.to_owned()), password: None }))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            Store::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+
+    deserializer.deserialize_option(StoreVisitor)
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
