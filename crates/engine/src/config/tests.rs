@@ -283,6 +283,34 @@ fn http_is_only_allowed_on_loopback_and_passwords_stay_out_of_store_urls() {
 }
 
 #[test]
+fn schedules_time_zones_and_field_names() {
+    // croner keeps the pattern, with nicknames and day names normalised.
+    for (schedule, kept) in [
+        ("*/15 * * * *", "*/15 * * * *"),
+        ("0 0 6 * * *", "0 0 6 * * *"),
+        ("@daily", "0 0 * * *"),
+        ("0 6 * * MON-FRI", "0 6 * * 1-5"),
+    ] {
+        let text = example_with("\"0 6 * * *\"", &format!("\"{schedule}\""));
+        assert_eq!(load_ok(&text).workflows["engagement"].schedule.as_str(), kept);
+    }
+    for schedule in ["0 25 * * *", "every day", "0 6 * *"] {
+        let text = example_with("\"0 6 * * *\"", &format!("\"{schedule}\""));
+        assert_eq!(load_err(&text).errors[0].key, "workflows.engagement.schedule", "{schedule}");
+    }
+    let text = example_with("timezone: UTC", "timezone: Europe/Paris");
+    assert_eq!(load_ok(&text).workflows["engagement"].timezone, chrono_tz::Europe::Paris);
+    for field in ["ns__Score__c", "Score", "Pendo_Score__c"] {
+        let text = example_with("score: Pendo_Engagement_Score__c", &format!("score: {field}"));
+        load_ok(&text);
+    }
+    for field in ["1Score__c", "Score__x", "Pendo__Score", "Score___c", "Score_", "Sc-ore__c"] {
+        let text = example_with("score: Pendo_Engagement_Score__c", &format!("score: {field}"));
+        assert_eq!(load_err(&text).errors[0].key, "workflows.engagement.fields.score", "{field}");
+    }
+}
+
+#[test]
 fn store_may_be_a_plain_url() {
     let text = example_with("store:\n  url: sqlite://usagesync.db", "store: sqlite://state/usagesync.db");
     let config = load_ok(&text);
@@ -384,7 +412,9 @@ proptest::proptest! {
 
     #[test]
     fn arbitrary_text_never_panics(text in "\\PC*") {
-        let _ = load_str(&text, "fuzz.yaml");
+        if let Err(errors) = load_str(&text, "fuzz.yaml") {
+            proptest::prop_assert!(!errors.errors.is_empty());
+        }
     }
 
     #[test]
@@ -398,6 +428,9 @@ proptest::proptest! {
         let mut at = cut.min(text.len());
         while !text.is_char_boundary(at) { at -= 1; }
         text.insert_str(at, &insert);
-        let _ = load_str(&text, "fuzz.yaml");
+        // A failed load always says why.
+        if let Err(errors) = load_str(&text, "fuzz.yaml") {
+            proptest::prop_assert!(!errors.errors.is_empty());
+        }
     }
 }

@@ -596,7 +596,7 @@ fn salesforce_field(name: &str, key: &str, errors: &mut Errors) -> Option<String
     let shape = name.starts_with(|c: char| c.is_ascii_alphabetic())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.ends_with('_');
-    let custom_ok = !name.contains("__") || name.ends_with("__c");
+    let custom_ok = (!name.contains("__") || name.ends_with("__c")) && !name.contains("___");
     let body = name.strip_suffix("__c").unwrap_or(name);
     let single_underscores = !body.split("__").any(str::is_empty) && body.split("__").count() <= 2;
     if shape && custom_ok && single_underscores {
