@@ -2,12 +2,14 @@
 //! write path within the API budget, deliver to Salesforce and remember what they did.
 //!
 //! # Layout
+//! - [`config`]: the YAML config, typed and validated, every error with file, line and key.
 //! - [`matching`]: the rule chain from a Pendo account to a Salesforce Account.
 //! - [`change`]: fingerprints of written values; only changed fields are sent.
 //! - [`plan`]: the cost model and write-path choice within the budget.
 //! - [`deliver`]: sending the changes, record-level retries, failures and deferrals.
 
 pub mod change;
+pub mod config;
 pub mod deliver;
 pub mod matching;
 pub mod plan;

@@ -1,0 +1,507 @@
+//! The engine's configuration: one YAML file read into typed, validated values.
+//!
+//! Loading never stops at the first problem: the deserializer reads a wire form in
+//! which nearly every key is optional (`wire.rs`), then `validate.rs` checks every
+//! key and every cross-key rule and collects all problems, each located by key path
+//! through an index of the YAML text (`locate.rs`). An unknown key or a value of the
+//! wrong type makes the deserializer stop, so the loader reports it, blanks that entry
+//! out of the text (lines kept) and reads again; only a YAML syntax error ends the
+//! reading early. Secrets are references
+//! (`{env: NAME}` / `{file: PATH}`) and are not read at load time (`secret.rs`).
+
+mod duration;
+mod error;
+mod locate;
+mod secret;
+mod validate;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use url::Url;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use secret::{Secret, SecretString};
+
+/// The annotated example config, also the starter written by `usagesync init`.
+pub const STARTER: &str = include_str!("../../../../examples/usagesync.yaml");
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub connections: Connections,
+    pub store: StoreConfig,
+    pub budget: Budget,
+    /// In file order.
+    pub workflows: IndexMap<String, Workflow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Connections {
+    pub salesforce: SalesforceConnection,
+    pub pendo: PendoConnection,
+}
+
+/// Default Salesforce REST API version.
+pub const DEFAULT_API_VERSION: &str = "62.0";
+
+#[derive(Debug, Clone)]
+pub struct SalesforceConnection {
+    /// Token endpoint host (a real login host or the emulator's URL).
+    pub login_url: Url,
+    /// `NN.0`, default [`DEFAULT_API_VERSION`].
+    pub api_version: String,
+    pub auth: SalesforceAuth,
+}
+
+/// The OAuth flow and its credentials (`flow:` in the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SalesforceAuth {
+    ClientCredentials {
+        client_id: String,
+        client_secret: Secret,
+    },
+    JwtBearer {
+        client_id: String,
+        username: String,
+        /// PEM private key.
+        private_key: Secret,
+    },
+    RefreshToken {
+        client_id: String,
+        refresh_token: Secret,
+        client_secret: Option<Secret>,
+    },
+    Password {
+        client_id: String,
+        username: String,
+        password: Secret,
+        client_secret: Secret,
+    },
+}
+
+impl SalesforceAuth {
+    /// The `flow:` value.
+    pub fn flow(&self) -> &'static str {
+        match self {
+            SalesforceAuth::ClientCredentials { .. } => "client_credentials",
+            SalesforceAuth::JwtBearer { .. } => "jwt_bearer",
+            SalesforceAuth::RefreshToken { .. } => "refresh_token",
+            SalesforceAuth::Password { .. } => "password",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PendoConnection {
+    /// `None`: the client derives the host from the integration key's region.
+    pub base_url: Option<Url>,
+    pub integration_key: Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    /// `sqlite://…` or `postgres://user@host/db`, never with a password in it.
+    pub url: String,
+    /// The Postgres password, kept out of the URL so the URL can be shown.
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    /// Share of the org's `DailyApiRequests` usagesync may spend per UTC day, in (0, 1].
+    pub daily_share: f64,
+    /// Never leave fewer than this many org calls remaining.
+    pub min_remaining: u64,
+}
+
+/// Default for [`Budget::min_remaining`].
+pub const DEFAULT_MIN_REMAINING: u64 = 0;
+/// Default for [`Workflow::max_latency`].
+pub const DEFAULT_MAX_LATENCY: Duration = Duration::from_secs(3_600);
+/// Default for [`EngagementConfig::recheck_matches_after`].
+pub const DEFAULT_RECHECK_MATCHES_AFTER: Duration = Duration::from_secs(7 * 86_400);
+/// Default for [`MatchRule::EmailDomain`]'s `website_field`.
+pub const DEFAULT_WEBSITE_FIELD: &str = "Website";
+/// Default for [`MatchRule::EmailDomain`]'s `min_share`.
+pub const DEFAULT_MIN_SHARE: f64 = 0.5;
+/// Allowed range of [`Workflow::window_days`].
+pub const WINDOW_DAYS: std::ops::RangeInclusive<u32> = 1..=180;
+
+/// One named workflow: the settings every template shares, and the template with its
+/// own settings.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    /// The key under `workflows:`, `[a-z0-9-]+`.
+    pub name: String,
+    pub enabled: bool,
+    pub schedule: croner::Cron,
+    pub timezone: chrono_tz::Tz,
+    pub window_days: u32,
+    /// How long a run may take to land its writes; the planner picks Bulk only when
+    /// this leaves room for it.
+    pub max_latency: Duration,
+    pub template: Template,
+}
+
+/// The template names known to this build. Adding a template: a variant here and in
+/// [`Template`], its keys in the wire form, and its builder in `validate.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TemplateKind {
+    EngagementScores,
+}
+
+impl TemplateKind {
+    pub const ALL: &'static [TemplateKind] = &[TemplateKind::EngagementScores];
+
+    /// The `template:` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            TemplateKind::EngagementScores => "engagement-scores",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|kind| kind.name() == name)
+    }
+}
+
+/// A workflow's template with its template-specific configuration.
+#[derive(Debug, Clone)]
+pub enum Template {
+    EngagementScores(EngagementConfig),
+}
+
+impl Template {
+    pub fn kind(&self) -> TemplateKind {
+        match self {
+            Template::EngagementScores(_) => TemplateKind::EngagementScores,
+        }
+    }
+}
+
+/// engagement-scores: per Pendo account usage figures and a score onto the matching
+/// Salesforce Account.
+#[derive(Debug, Clone)]
+pub struct EngagementConfig {
+    /// Tried in order; at least one.
+    pub matching: Vec<MatchRule>,
+    pub recheck_matches_after: Duration,
+    /// Pendo feature ids counted for adoption; empty: the features marked core in Pendo.
+    pub core_features: Vec<String>,
+    pub score: ScoreConfig,
+    pub fields: FieldMap,
+}
+
+/// A Pendo metadata group (`metadata.<group>.<field>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataGroup {
+    Agent,
+    Custom,
+    Salesforce,
+    Hubspot,
+    Auto,
+}
+
+impl MetadataGroup {
+    pub const ALL: &'static [MetadataGroup] = &[
+        MetadataGroup::Agent,
+        MetadataGroup::Custom,
+        MetadataGroup::Salesforce,
+        MetadataGroup::Hubspot,
+        MetadataGroup::Auto,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MetadataGroup::Agent => "agent",
+            MetadataGroup::Custom => "custom",
+            MetadataGroup::Salesforce => "salesforce",
+            MetadataGroup::Hubspot => "hubspot",
+            MetadataGroup::Auto => "auto",
+        }
+    }
+}
+
+/// One rule of the matching chain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MatchRule {
+    /// A Salesforce Account Id held in Pendo account metadata.
+    PendoMetadata { group: MetadataGroup, field: String },
+    /// An Account external-ID field holding the Pendo account id.
+    ExternalId { field: String },
+    /// The account visitors' dominant email domain against the Account's website.
+    EmailDomain {
+        website_field: String,
+        /// The dominant domain's minimum share of visitors with an email, (0, 1].
+        min_share: f64,
+        /// Added to the built-in free-mail list.
+        extra_free_mail: Vec<String>,
+    },
+}
+
+/// The engagement metrics, in the order the file lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    ActiveVisitors,
+    ActiveDays,
+    Events,
+    Minutes,
+    FeatureAdoption,
+    GuideCompletion,
+    LastActive,
+    Score,
+    UpdatedAt,
+}
+
+impl Metric {
+    pub fn key(self) -> &'static str {
+        match self {
+            Metric::ActiveVisitors => "active_visitors",
+            Metric::ActiveDays => "active_days",
+            Metric::Events => "events",
+            Metric::Minutes => "minutes",
+            Metric::FeatureAdoption => "feature_adoption",
+            Metric::GuideCompletion => "guide_completion",
+            Metric::LastActive => "last_active",
+            Metric::Score => "score",
+            Metric::UpdatedAt => "updated_at",
+        }
+    }
+}
+
+/// One score term: `weight * min(metric / target, 1)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Term {
+    pub weight: f64,
+    pub target: f64,
+}
+
+/// The score's terms; an omitted metric does not count (weight 0). Weights are
+/// non-negative with a positive sum, targets positive (ratios at most 1).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScoreConfig {
+    pub active_visitors: Option<Term>,
+    pub active_days: Option<Term>,
+    pub minutes: Option<Term>,
+    pub events: Option<Term>,
+    pub feature_adoption: Option<Term>,
+    pub guide_completion: Option<Term>,
+}
+
+impl ScoreConfig {
+    /// The configured terms with their metric.
+    pub fn terms(&self) -> impl Iterator<Item = (Metric, Term)> + '_ {
+        [
+            (Metric::ActiveVisitors, self.active_visitors),
+            (Metric::ActiveDays, self.active_days),
+            (Metric::Minutes, self.minutes),
+            (Metric::Events, self.events),
+            (Metric::FeatureAdoption, self.feature_adoption),
+            (Metric::GuideCompletion, self.guide_completion),
+        ]
+        .into_iter()
+        .filter_map(|(metric, term)| term.map(|term| (metric, term)))
+    }
+}
+
+/// Metric → Salesforce Account field API name. Omitted metrics are not written; no
+/// two metrics share a field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldMap {
+    fields: Vec<(Metric, String)>,
+}
+
+impl FieldMap {
+    pub fn iter(&self) -> impl Iterator<Item = (Metric, &str)> + '_ {
+        self.fields.iter().map(|(metric, field)| (*metric, field.as_str()))
+    }
+
+    pub fn get(&self, metric: Metric) -> Option<&str> {
+        self.iter().find(|(m, _)| *m == metric).map(|(_, field)| field)
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+}
+
+/// Reads and validates a config file. Relative `{file: PATH}` secrets are taken from
+/// the config file's directory.
+///
+/// # Errors
+/// Every problem found, each with line, column and key; an unreadable file is one error.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigErrors::single(&origin, ConfigError::unlocated("", format!("cannot read the config file: {error}")))
+    })?;
+    let mut config = load_str(&text, &origin)?;
+    if let Some(dir) = path.parent() {
+        config.rebase_secret_files(dir);
+    }
+    Ok(config)
+}
+
+/// Validates config text; `origin` names it in messages (usually the file name).
+///
+/// # Errors
+/// Every problem found, each with line, column and key.
+pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
+    let original = locate::Locations::index(text);
+    let mut text = text.to_owned();
+    let mut locations = locate::Locations::index(&text);
+    let mut rejected: Vec<ConfigError> = Vec::new();
+    // Each round either parses or blanks out one rejected entry; the cap only guards
+    // against an entry that cannot be blanked away.
+    for _ in 0..MAX_PARSE_ROUNDS {
+        let error = match serde_saphyr::from_str::<wire::ConfigFile>(&text) {
+            Ok(file) => {
+                let keys: Vec<String> = rejected.iter().map(|e| e.key.clone()).collect();
+                let result = validate::build(&file, &original, &keys);
+                return finish(origin, rejected, result);
+            }
+            Err(error) => validate::parse_error(&error, &locations),
+        };
+        // Read on past an unknown key or a wrongly typed value; a syntax error ends it.
+        let next =
+            if locations.is_complete() && !error.key.is_empty() { locations.blank(&text, &error.key) } else { None };
+        rejected.push(error);
+        match next {
+            Some(blanked) => {
+                text = blanked;
+                locations = locate::Locations::index(&text);
+            }
+            None => break,
+        }
+    }
+    finish(origin, rejected, Err(Vec::new()))
+}
+
+/// Bounds the read-on-after-an-error loop in [`load_str`].
+const MAX_PARSE_ROUNDS: usize = 100;
+
+fn finish(
+    origin: &str,
+    mut rejected: Vec<ConfigError>,
+    result: Result<Config, Vec<ConfigError>>,
+) -> Result<Config, ConfigErrors> {
+    match result {
+        Ok(config) if rejected.is_empty() => return Ok(config),
+        Ok(_) => {}
+        Err(errors) => {
+            // A problem inside an entry already rejected by the parser is not news.
+            let covered = |key: &str| rejected.iter().any(|r| validate::is_within(key, &r.key));
+            let fresh: Vec<_> = errors.into_iter().filter(|e| !covered(&e.key)).collect();
+            rejected.extend(fresh);
+        }
+    }
+    if rejected.is_empty() {
+        // Not expected: every failed check records an error. Never report success.
+        rejected.push(ConfigError::unlocated("", "the config is incomplete"));
+    }
+    rejected.sort_by_key(|e| (e.line.unwrap_or(usize::MAX), e.column.unwrap_or(0)));
+    Err(ConfigErrors { origin: origin.to_owned(), errors: rejected })
+}
+
+impl Config {
+    /// Every secret the config references, with its key path.
+    pub fn secrets(&self) -> Vec<(String, &Secret)> {
+        let mut out = Vec::new();
+        let auth_key = |name: &str| format!("connections.salesforce.auth.{name}");
+        match &self.connections.salesforce.auth {
+            SalesforceAuth::ClientCredentials { client_secret, .. } => {
+                out.push((auth_key("client_secret"), client_secret));
+            }
+            SalesforceAuth::JwtBearer { private_key, .. } => {
+                out.push((auth_key("private_key"), private_key));
+            }
+            SalesforceAuth::RefreshToken { refresh_token, client_secret, .. } => {
+                out.push((auth_key("refresh_token"), refresh_token));
+                if let Some(secret) = client_secret {
+                    out.push((auth_key("client_secret"), secret));
+                }
+            }
+            SalesforceAuth::Password { password, client_secret, .. } => {
+                out.push((auth_key("password"), password));
+                out.push((auth_key("client_secret"), client_secret));
+            }
+        }
+        out.push(("connections.pendo.integration_key".to_owned(), &self.connections.pendo.integration_key));
+        if let Some(password) = &self.store.password {
+            out.push(("store.password".to_owned(), password));
+        }
+        out
+    }
+
+    /// Resolves every secret and reports each one that cannot be read (values are
+    /// read and dropped; nothing is kept).
+    ///
+    /// # Errors
+    /// One entry per missing or unreadable secret, keyed by its config path.
+    pub fn check_secrets(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigErrors> {
+        let errors: Vec<ConfigError> = self
+            .secrets()
+            .into_iter()
+            .filter_map(|(key, secret)| {
+                secret.resolve(env).err().map(|mut error| {
+                    error.key = key;
+                    error
+                })
+            })
+            .collect();
+        if errors.is_empty() { Ok(()) } else { Err(ConfigErrors { origin: String::new(), errors }) }
+    }
+
+    /// The loaded config as YAML, defaults filled in, secrets shown only as their
+    /// `{env: …}` / `{file: …}` reference.
+    pub fn redacted_yaml(&self) -> String {
+        let file = validate::to_wire(self);
+        // The wire form holds only strings, numbers and maps, which always serialize.
+        serde_saphyr::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
+    }
+
+    fn rebase_secret_files(&mut self, dir: &Path) {
+        let rebase = |secret: &mut Secret| {
+            if let Secret::File(path) = secret
+                && path.is_relative()
+            {
+                *path = dir.join(&*path);
+            }
+        };
+        match &mut self.connections.salesforce.auth {
+            SalesforceAuth::ClientCredentials { client_secret, .. } => rebase(client_secret),
+            SalesforceAuth::JwtBearer { private_key, .. } => rebase(private_key),
+            SalesforceAuth::RefreshToken { refresh_token, client_secret, .. } => {
+                rebase(refresh_token);
+                if let Some(secret) = client_secret {
+                    rebase(secret);
+                }
+            }
+            SalesforceAuth::Password { password, client_secret, .. } => {
+                rebase(password);
+                rebase(client_secret);
+            }
+        }
+        rebase(&mut self.connections.pendo.integration_key);
+        if let Some(password) = &mut self.store.password {
+            rebase(password);
+        }
+    }
+}
