@@ -161,6 +161,16 @@ pub enum BenchTarget {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// The engagement workflow end to end: first, no-change and 1%-change runs, against the
+    /// emulators in a child process, with the one-call-per-account script for comparison.
+    Engagement {
+        /// Account counts to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [10_000usize, 100_000])]
+        accounts: Vec<usize>,
+        /// Days of generated history.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
     /// Records/s, API calls and the client's peak memory for an upsert through Bulk API 2.0.
     Bulk {
         /// Records to upsert.

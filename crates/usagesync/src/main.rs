@@ -28,7 +28,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(commands::run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) if e.is::<commands::ConfigInvalid>() => {
+            eprintln!("{e}");
+            std::process::ExitCode::from(commands::EXIT_CONFIG)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

@@ -122,6 +122,12 @@ pub async fn validation_rule(State(st): State<SfState>, Path(object): Path<Strin
     }
 }
 
+/// `DELETE /__emulator/validation-rules/{sobject}`: removes the object's rules.
+pub async fn clear_validation_rules(State(st): State<SfState>, Path(object): Path<String>) -> Response {
+    let removed = st.db.lock().clear_rules(&object);
+    Json(json!({"removed": removed})).into_response()
+}
+
 /// `GET /__emulator/usage`: API calls by kind and the daily allocation.
 pub async fn usage(State(st): State<SfState>) -> Response {
     let now = st.clock.now();

@@ -327,6 +327,12 @@ impl Db {
         Ok(())
     }
 
+    /// Drops every validation rule of `object`; returns how many there were.
+    pub fn clear_rules(&mut self, object: &str) -> usize {
+        let key = self.schema.object(object).map_or_else(|| object.to_owned(), |o| o.name.clone());
+        self.rules.remove(&key).map_or(0, |r| r.len())
+    }
+
     // ---- journal --------------------------------------------------------------------------
 
     /// Starts recording undo information for every write until [`Db::commit`] or [`Db::rollback`].

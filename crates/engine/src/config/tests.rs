@@ -55,7 +55,7 @@ fn the_example_loads_with_its_values() {
     assert_eq!(w.max_latency, Duration::from_secs(3600));
     let Template::EngagementScores(e) = &w.template;
     assert_eq!(e.matching.len(), 3);
-    assert_eq!(e.matching[0], MatchRule::PendoMetadata { group: MetadataGroup::Agent, field: "sfdcaccountid".into() });
+    assert_eq!(e.matching[0], MatchRule::PendoMetadata { group: MetadataGroup::Custom, field: "sfdcaccountid".into() });
     assert_eq!(
         e.matching[2],
         MatchRule::EmailDomain {

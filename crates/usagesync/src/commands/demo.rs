@@ -1,43 +1,29 @@
 //! `usagesync demo`: the main job end to end on embedded defaults. It starts both emulators on
-//! 127.0.0.1 with one generated world (Pendo usage and the matching Salesforce org), reads each
-//! Pendo account's 30-day usage with an aggregation, and writes it onto the matching Salesforce
-//! Accounts the way the engine will: read what is there, send only what changed, in 200-record
-//! Collections upserts, and report the API calls it cost. A second run shows nothing is rewritten.
-//!
-//! Matching here uses one rule, the `Pendo_Account_Id__c` external ID; the full rule chain
-//! (Pendo metadata, website domains, ambiguity) is the engine's (issue 5).
+//! 127.0.0.1 with one generated world (Pendo usage and the matching Salesforce org), runs the
+//! engagement workflow with a config like the shipped example, shows what it wrote and what it
+//! cost, then runs it again to show that nothing is rewritten.
 
-use std::collections::HashMap;
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Context as _, Result, bail};
 use emulator::pendo::{GenConfig, PendoConfig, PendoState};
-use emulator::salesforce::{self as sf_emulator, Config};
-use futures_util::TryStreamExt;
-use salesforce::{ClientAuth, ClientConfig, OAuth};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use emulator::salesforce::{self as sf_emulator, Config as SfConfig};
+use engine::workflow::{Context, RunOptions, RunReport};
 
+use super::table::{self, thousands};
+use super::{progress, sync};
 use crate::cli::DemoArgs;
 
-#[derive(Debug, Deserialize)]
-struct AccountRow {
-    #[serde(rename = "Pendo_Account_Id__c")]
-    pendo_id: Option<String>,
-    #[serde(rename = "Pendo_Events__c")]
-    events: Option<f64>,
-    #[serde(rename = "Pendo_Minutes__c")]
-    minutes: Option<f64>,
+const DEMO_CONFIG: &str = include_str!("demo.yaml");
+
+/// The demo's secrets: the emulators' well-known credentials, never the process environment.
+fn demo_env(name: &str) -> Option<String> {
+    match name {
+        "DEMO_SF_CLIENT_SECRET" => Some("emulator-secret".into()),
+        "DEMO_PENDO_INTEGRATION_KEY" => Some("emulator-integration-key".into()),
+        _ => None,
+    }
 }
 
-#[derive(Debug, Deserialize)]
-struct Usage {
-    #[serde(rename = "accountId")]
-    account_id: String,
-    events: f64,
-    minutes: f64,
-}
-
-pub async fn run(args: DemoArgs) -> Result<()> {
+pub async fn run(args: DemoArgs, json: bool) -> Result<u8> {
     if args.accounts == 0 {
         bail!("--accounts must be at least 1");
     }
@@ -45,90 +31,118 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let pendo_state = tokio::task::spawn_blocking(move || PendoState::generated(PendoConfig::default(), &gen_config))
         .await
         .context("Failed to generate the demo world")?;
-    let sf = sf_emulator::spawn(Config::default(), false).await.context("Failed to start the Salesforce emulator")?;
+    let sf = sf_emulator::spawn(SfConfig::default(), false).await.context("Failed to start the Salesforce emulator")?;
     super::emulate::seed_matching_org(&sf.state, &pendo_state)?;
     let pendo_emu =
         emulator::pendo::start("127.0.0.1:0", pendo_state).await.context("Failed to start the Pendo emulator")?;
-    println!("Salesforce emulator: {}", sf.base_url);
-    println!("Pendo emulator:      {}", pendo_emu.base_url);
-
-    let pendo = pendo::Client::new(
-        pendo::ClientConfig::new(&pendo_emu.base_url, "emulator-integration-key")
-            .context("Failed to configure Pendo")?,
-    )
-    .context("Failed to build the Pendo client")?;
-    let auth = OAuth::client_credentials(&sf.base_url, "usagesync-emulator", "emulator-secret", ClientAuth::Form)
-        .context("Failed to configure OAuth")?;
-    let client =
-        salesforce::Client::new(ClientConfig::default(), auth).context("Failed to build the Salesforce client")?;
-
-    println!();
-    println!(
-        "{:<5} {:>14} {:>9} {:>8} {:>11} {:>9}",
-        "run", "Pendo accounts", "matched", "written", "SF API calls", "failures"
-    );
-    for run in 1..=2 {
-        let used_before = api_used(&client).await?;
-        let body = json!({
-            "response": {"mimeType": "application/json"},
-            "request": {"pipeline": [
-                {"source": {"events": null, "timeSeries": {"period": "dayRange", "first": "now()", "count": -30}}},
-                {"group": {"group": ["accountId"], "fields": [{"events": {"sum": "numEvents"}}, {"minutes": {"sum": "numMinutes"}}]}},
-            ]},
-        });
-        let usage: Vec<Usage> = pendo
-            .aggregate_raw(&body)
-            .await
-            .context("Failed to read usage from Pendo")?
-            .rows()
-            .context("Failed to decode Pendo's usage rows")?;
-        let current: Vec<AccountRow> = client
-            .query("SELECT Pendo_Account_Id__c, Pendo_Events__c, Pendo_Minutes__c FROM Account WHERE Pendo_Account_Id__c != null")
-            .try_collect()
-            .await
-            .context("Failed to read the Accounts' current values")?;
-        let current: HashMap<String, (Option<f64>, Option<f64>)> =
-            current.into_iter().filter_map(|r| Some((r.pendo_id?, (r.events, r.minutes)))).collect();
-        let matched: Vec<&Usage> = usage.iter().filter(|u| current.contains_key(&u.account_id)).collect();
-        let changes: Vec<Value> = matched
-            .iter()
-            .filter(|u| current.get(&u.account_id) != Some(&(Some(u.events), Some(u.minutes))))
-            .map(|u| json!({"Pendo_Account_Id__c": u.account_id, "Pendo_Events__c": u.events, "Pendo_Minutes__c": u.minutes}))
-            .collect();
-        let results = if changes.is_empty() {
-            Vec::new()
-        } else {
-            client
-                .upsert_many("Account", "Pendo_Account_Id__c", &changes, false)
-                .await
-                .context("Failed to write usage")?
-        };
-        let failures = results.iter().filter(|r| !r.success).count();
-        // The /limits read that measures the cost counts too; leave it out.
-        let cost = api_used(&client).await?.saturating_sub(used_before).saturating_sub(1);
-        println!(
-            "{:<5} {:>14} {:>9} {:>8} {:>11} {:>9}",
-            run,
-            usage.len(),
-            matched.len(),
-            changes.len() - failures,
-            cost,
-            failures
-        );
-        if failures > 0 {
-            bail!("{failures} Accounts were not written");
-        }
-        if run == 2 && !changes.is_empty() {
-            bail!("the second run rewrote {} unchanged Accounts", changes.len());
-        }
+    let dir = tempfile::tempdir().context("Failed to make a directory for the demo's state store")?;
+    let store_url = format!("sqlite://{}", dir.path().join("usagesync-demo.db").display());
+    let text = DEMO_CONFIG
+        .replace("{salesforce_url}", &sf.base_url)
+        .replace("{pendo_url}", &pendo_emu.base_url)
+        .replace("{store_url}", &store_url);
+    let config = engine::config::load_str(&text, "demo.yaml").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ctx: Context = super::context::build(config, &demo_env).await?;
+    if !json {
+        println!("Salesforce emulator: {}", sf.base_url);
+        println!("Pendo emulator:      {}", pendo_emu.base_url);
+        println!("Generated {} Pendo accounts with 30 days of usage, and the matching Salesforce org.", args.accounts);
     }
-    println!();
-    println!("Run 2 wrote nothing: every matched Account already carried its current usage.");
+
+    let mut reports: Vec<RunReport> = Vec::new();
+    for run in 1..=2 {
+        let options = RunOptions { dry_run: false, trigger: "demo".into(), progress: progress::Bars::for_terminal(json) };
+        let report = engine::workflow::run(&ctx, "engagement", &options).await?;
+        if !json {
+            println!();
+            println!("=== Run {run} ===");
+            sync::print_report(&report);
+            if run == 1 {
+                print_samples(&ctx, &report).await?;
+            }
+        }
+        reports.push(report);
+    }
+    let (first, second) = (&reports[0], &reports[1]);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"runs": reports}))?);
+    } else {
+        println!();
+        table::print(
+            &["run", "written", "failed", "SF API calls", "one call per account"],
+            &reports
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    vec![
+                        (i + 1).to_string(),
+                        thousands(r.written as u64),
+                        thousands(r.failed as u64),
+                        thousands(r.total_api_calls()),
+                        thousands(r.matched as u64),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        );
+        println!();
+        println!(
+            "Run 2 sent no writes: all {} matched Accounts already carried their current engagement.",
+            thousands(second.matched as u64)
+        );
+    }
     pendo_emu.shutdown().await;
-    Ok(())
+    if first.written == 0 || first.failed > 0 {
+        bail!("run 1 wrote {} Accounts with {} failures; the demo expects every match written", first.written, first.failed);
+    }
+    if second.written > 0 || second.write_calls() > 0 {
+        bail!("run 2 rewrote {} unchanged Accounts", second.written);
+    }
+    Ok(0)
 }
 
-async fn api_used(client: &salesforce::Client) -> Result<i64> {
-    let limits = client.limits().await.context("Failed to read /limits")?;
-    Ok(limits.daily_api_requests().map(|l| l.max - l.remaining).unwrap_or(0))
+/// Reads a few written Accounts back from Salesforce, to show the values landed.
+async fn print_samples(ctx: &Context, report: &RunReport) -> Result<()> {
+    let ids: Vec<String> = report.samples.iter().take(5).map(|s| s.salesforce_id.clone()).collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let soql = salesforce::SoqlQuery::select(
+        [
+            "Id",
+            "Name",
+            "Pendo_Active_Visitors__c",
+            "Pendo_Active_Days__c",
+            "Pendo_Feature_Adoption__c",
+            "Pendo_Engagement_Score__c",
+        ],
+        "Account",
+    )
+    .filter(salesforce::Condition::in_list("Id", ids.iter().map(String::as_str)))
+    .build()?;
+    let rows: Vec<serde_json::Map<String, serde_json::Value>> =
+        ctx.salesforce.query_collect(soql).await.context("Failed to read the written Accounts back")?;
+    let cell = |m: &serde_json::Map<String, serde_json::Value>, f: &str| match m.get(f) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => String::new(),
+        Some(v) => v.to_string(),
+    };
+    println!();
+    println!("A few Accounts as Salesforce now holds them:");
+    table::print(
+        &["Account", "Name", "active visitors", "active days", "feature adoption %", "score"],
+        &rows
+            .iter()
+            .map(|m| {
+                vec![
+                    cell(m, "Id"),
+                    cell(m, "Name"),
+                    cell(m, "Pendo_Active_Visitors__c"),
+                    cell(m, "Pendo_Active_Days__c"),
+                    cell(m, "Pendo_Feature_Adoption__c"),
+                    cell(m, "Pendo_Engagement_Score__c"),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    Ok(())
 }

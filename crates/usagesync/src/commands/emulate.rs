@@ -62,20 +62,5 @@ pub async fn run(args: EmulateArgs) -> Result<()> {
 /// websites match the visitors' e-mail domains, Contacts, owners, open trial Opportunities), so
 /// both emulators describe one world. All or nothing, parents before children.
 pub(crate) fn seed_matching_org(sf: &salesforce::SfState, pendo: &emulator::pendo::PendoState) -> Result<()> {
-    let org = pendo.salesforce_org();
-    let ctx =
-        salesforce::store::WriteCtx { user_id: salesforce::store::INTEGRATION_USER_ID.into(), now: sf.clock.now() };
-    let mut db = sf.db.lock();
-    db.begin();
-    for sobject in ["User", "Account", "Contact", "Opportunity"] {
-        for record in org.get(sobject).into_iter().flatten() {
-            let Some(fields) = record.as_object() else { continue };
-            if let Err(errors) = db.seed(sobject, fields, &ctx) {
-                db.rollback();
-                anyhow::bail!("Failed to seed the generated {sobject} {}: {errors:?}", record["Id"]);
-            }
-        }
-    }
-    db.commit();
-    Ok(())
+    emulator::seed_matching_org(sf, pendo).map(|_| ()).map_err(|e| anyhow::anyhow!(e))
 }

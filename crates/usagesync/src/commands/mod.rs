@@ -1,25 +1,51 @@
 //! One module per command.
 
 mod bench;
+mod bench_engagement;
+mod context;
 mod demo;
 mod emulate;
+mod history;
+mod progress;
+mod setup;
+mod sync;
+mod table;
 
 use anyhow::Result;
 
 use crate::cli::{BenchTarget, Cli, Command};
 
-pub async fn run(cli: Cli) -> Result<()> {
+pub use context::{ConfigInvalid, EXIT_CONFIG};
+
+/// Runs a command; the number is the process exit code (see the README's table).
+pub async fn run(cli: Cli) -> Result<u8> {
+    let config = cli.config.as_path();
+    let json = cli.json;
+    let ok = |r: Result<()>| r.map(|()| 0);
     match cli.command {
-        Command::Emulate(args) => emulate::run(args).await,
-        Command::Demo(args) => demo::run(args).await,
+        Command::Emulate(args) => ok(emulate::run(args).await),
+        Command::Demo(args) => demo::run(args, json).await,
+        Command::Init { path, force } => setup::init(path.as_deref().unwrap_or(config), force),
+        Command::Validate { secrets } => setup::validate(config, secrets, json),
+        Command::Sync { workflow, dry_run } => sync::run(config, &workflow, dry_run, json).await,
+        Command::Runs { id, workflow, limit, search } => {
+            history::runs(config, id.as_deref(), workflow.as_deref(), limit, search, json).await
+        }
+        Command::Failures { workflow, code, limit } => history::failures(config, workflow, code, limit, json).await,
+        Command::Replay { all, code, ids, workflow, limit } => {
+            history::replay(config, all, code, ids, workflow, limit, json).await
+        }
         Command::Bench { target: BenchTarget::Emulator { upserts, collection_records, concurrency } } => {
-            bench::emulator(upserts, collection_records, concurrency).await
+            ok(bench::emulator(upserts, collection_records, concurrency).await)
         }
         Command::Bench { target: BenchTarget::Pendo { accounts, days, runs, seed } } => {
-            bench::pendo(seed, accounts, days, runs).await
+            ok(bench::pendo(seed, accounts, days, runs).await)
+        }
+        Command::Bench { target: BenchTarget::Engagement { accounts, days } } => {
+            ok(bench_engagement::engagement(&accounts, days).await)
         }
         Command::Bench { target: BenchTarget::Bulk { records, salesforce_url } } => {
-            bench::bulk(records, salesforce_url).await
+            ok(bench::bulk(records, salesforce_url).await)
         }
     }
 }

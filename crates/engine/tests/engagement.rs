@@ -1,0 +1,302 @@
+//! The engagement workflow end to end against both emulators on 127.0.0.1: the right values
+//! reach the right Accounts, a repeat writes nothing, a 1% change writes 1%, ambiguous and
+//! free-mail accounts are never written, hostile e-mails stay harmless, refused records are kept
+//! and replayed, and work over budget is deferred to the next run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use emulator::pendo::generate::{AccountProfile, account_profile, sf_account_id};
+use emulator::pendo::{GenConfig, PendoConfig, PendoState};
+use engine::store::{FailureFilter, FailureSelector, FailureStatus};
+use engine::workflow::{Context, RunOptions, RunReport};
+use serde_json::{Value, json};
+
+const CONFIG: &str = r#"
+connections:
+  salesforce:
+    login_url: "{sf}"
+    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
+  pendo:
+    base_url: "{pendo}"
+    integration_key: { env: PENDO_KEY }
+store: "{store}"
+budget: { daily_share: {share} }
+workflows:
+  engagement:
+    template: engagement-scores
+    schedule: "0 6 * * *"
+    window_days: 30
+    max_latency: 1m
+    matching:
+      - { rule: pendo_metadata, group: custom, field: sfdcaccountid }
+      - { rule: external_id, field: Pendo_Account_Id__c }
+      - { rule: email_domain, website_field: Website }
+    score:
+      active_visitors: { weight: 0.5, target: 10 }
+      active_days: { weight: 0.5, target: 20 }
+    fields:
+      active_visitors: Pendo_Active_Visitors__c
+      active_days: Pendo_Active_Days__c
+      events: Pendo_Events__c
+      minutes: Pendo_Minutes__c
+      feature_adoption: Pendo_Feature_Adoption__c
+      guide_completion: Pendo_Guide_Completion__c
+      last_active: Pendo_Last_Active__c
+      score: Pendo_Engagement_Score__c
+      updated_at: Pendo_Engagement_Updated__c
+"#;
+
+struct World {
+    gc: GenConfig,
+    sf: emulator::salesforce::Running,
+    pendo_url: String,
+    ctx: Context,
+    http: reqwest::Client,
+    _pendo: emulator::pendo::Running,
+    _dir: tempfile::TempDir,
+}
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "SF_SECRET" => Some("emulator-secret".into()),
+        "PENDO_KEY" => Some("emulator-integration-key".into()),
+        _ => None,
+    }
+}
+
+async fn world(accounts: usize, share: f64) -> World {
+    let gc = GenConfig { seed: 7, accounts, days: 30, ..GenConfig::default() };
+    let state = PendoState::generated(PendoConfig::default(), &gc);
+    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
+    emulator::seed_matching_org(&sf.state, &state).unwrap();
+    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("state.db").display());
+    let text = CONFIG
+        .replace("{sf}", &sf.base_url)
+        .replace("{pendo}", &pendo.base_url)
+        .replace("{store}", &store)
+        .replace("{share}", &share.to_string());
+    let config = engine::config::load_str(&text, "test.yaml").unwrap();
+    let ctx = Context {
+        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
+        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
+        store: engine::store::open(&store).await.unwrap(),
+        config: Arc::new(config),
+    };
+    World { gc, pendo_url: pendo.base_url.clone(), sf, ctx, http: reqwest::Client::new(), _pendo: pendo, _dir: dir }
+}
+
+impl World {
+    async fn run(&self, dry_run: bool) -> RunReport {
+        let options = RunOptions { dry_run, trigger: "test".into(), progress: None };
+        engine::workflow::run(&self.ctx, "engagement", &options).await.unwrap()
+    }
+
+    /// Every Account as the emulator holds it, by Id.
+    async fn accounts(&self) -> HashMap<String, Value> {
+        let url = format!("{}/__emulator/records/Account", self.sf.base_url);
+        let rows: Vec<Value> = self.http.get(url).send().await.unwrap().json().await.unwrap();
+        rows.into_iter().map(|r| (r["Id"].as_str().unwrap().to_owned(), r)).collect()
+    }
+
+    async fn sf_admin(&self, method: reqwest::Method, path: &str, body: Value) {
+        let url = format!("{}/__emulator/{path}", self.sf.base_url);
+        let r = self.http.request(method, url).json(&body).send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.text().await.unwrap());
+    }
+
+    async fn pendo_seed(&self, body: Value) {
+        let url = format!("{}/__emulator/seed", self.pendo_url);
+        let r = self.http.post(url).json(&body).send().await.unwrap();
+        assert!(r.status().is_success(), "seed: {}", r.text().await.unwrap());
+    }
+
+    fn profiles(&self) -> Vec<AccountProfile> {
+        (0..self.gc.accounts).map(|i| account_profile(&self.gc, i)).collect()
+    }
+}
+
+fn written(account: &Value) -> bool {
+    !account["Pendo_Engagement_Updated__c"].is_null()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_run_writes_the_right_accounts_and_a_second_run_writes_nothing() {
+    let w = world(300, 1.0).await;
+    let first = w.run(false).await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    assert!(first.ambiguous > 0 && first.unmatched > 0, "the world holds hard cases: {first:?}");
+    assert_eq!(first.written, first.matched, "every matched account is new, so every one is written");
+    assert_eq!(first.write_calls(), first.written.div_ceil(200) as u64, "Collections: 200 records a call");
+
+    let accounts = w.accounts().await;
+    let usage = engine::extract::Extractor::new(&w.ctx.pendo)
+        .engagement(
+            &engine::extract::Window { end: chrono::Utc::now(), days: 30 },
+            &engine::extract::CoreFeatures::MarkedCore,
+        )
+        .await
+        .unwrap();
+    let usage: HashMap<&str, &engine::extract::AccountUsage> =
+        usage.iter().map(|u| (u.account_id.as_str(), u)).collect();
+    let mut checked = 0;
+    for p in w.profiles() {
+        let id = sf_account_id(p.index);
+        let by_id_rule = p.in_salesforce && (p.has_sfdc_id_in_pendo || p.has_pendo_id_in_sf);
+        if by_id_rule {
+            // Matched by an id: the values are this account's own.
+            let a = &accounts[&id];
+            let u = usage.get(p.id.as_str());
+            let events = u.map_or(0, |u| u.events);
+            assert_eq!(a["Pendo_Events__c"].as_f64(), Some(events as f64), "{} → {id}", p.id);
+            assert_eq!(a["Pendo_Active_Visitors__c"].as_f64(), Some(u.map_or(0, |u| u.active_visitors) as f64));
+            checked += 1;
+        } else if p.in_salesforce && p.sf_duplicate {
+            // Only the website could match, and two Accounts share it: neither is written.
+            assert!(!written(&accounts[&id]), "ambiguous {} was written", p.id);
+        } else if !p.in_salesforce {
+            continue;
+        }
+    }
+    assert!(checked > 50, "checked {checked}");
+    // Nothing was written onto an Account that no Pendo account claims.
+    let claimed = accounts.values().filter(|a| written(a)).count();
+    assert_eq!(claimed, first.written);
+
+    let usage_before = w.accounts().await;
+    let second = w.run(false).await;
+    assert_eq!((second.written, second.changed, second.write_calls()), (0, 0, 0), "{second:?}");
+    assert_eq!(second.api_calls.keys().collect::<Vec<_>>(), vec!["read_limits"], "cached matches: no Account read");
+    assert_eq!(w.accounts().await, usage_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_percent_change_writes_one_percent() {
+    let w = world(400, 1.0).await;
+    let first = w.run(false).await;
+    assert_eq!(first.failed, 0);
+    // New events for 4 accounts matched by id (1%).
+    // Yesterday: the window is whole days and leaves out the day in progress.
+    let now = chrono::Utc::now().timestamp_millis() - 25 * 3_600_000;
+    let movers: Vec<AccountProfile> = w
+        .profiles()
+        .into_iter()
+        .filter(|p| p.in_salesforce && p.has_pendo_id_in_sf && !p.visitors.is_empty())
+        .take(4)
+        .collect();
+    let page = w.ctx.pendo.pages(&[]).await.unwrap().into_iter().next().unwrap().id;
+    let events: Vec<Value> = movers
+        .iter()
+        .map(|p| {
+            json!({"kind": "page", "id": page, "visitorId": p.visitors[0].id, "accountId": p.id,
+                   "time": now, "numEvents": 1234, "numMinutes": 56})
+        })
+        .collect();
+    w.pendo_seed(json!({"events": events})).await;
+    let second = w.run(false).await;
+    assert_eq!(second.written, 4, "{second:?}");
+    assert_eq!(second.write_calls(), 1);
+    let accounts = w.accounts().await;
+    for p in &movers {
+        assert!(accounts[&sf_account_id(p.index)]["Pendo_Events__c"].as_f64().unwrap() >= 1234.0);
+    }
+    assert!(second.fields_changed.contains_key("Pendo_Events__c"));
+    assert!(!second.fields_changed.contains_key("Pendo_Guide_Completion__c"), "unchanged fields are not sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_emails_neither_break_nor_widen_matching() {
+    let w = world(60, 1.0).await;
+    // Yesterday: the window is whole days and leaves out the day in progress.
+    let now = chrono::Utc::now().timestamp_millis() - 25 * 3_600_000;
+    let victim = w.profiles().into_iter().find(|p| p.in_salesforce && !p.sf_duplicate).unwrap();
+    let hostile = [
+        format!("x@{}' OR Name != '", victim.domain),
+        format!("a\\@{}", victim.domain),
+        "'; DELETE FROM Account; --@evil.example".to_owned(),
+        "robert@example.com) OR (Id != null".to_owned(),
+        "SELECT Id FROM Account@select.from".to_owned(),
+        "\"quoted\"@\\\\.example".to_owned(),
+    ];
+    let visitors: Vec<Value> = hostile
+        .iter()
+        .enumerate()
+        .map(|(i, e)| json!({"visitorId": format!("hostile-{i}"), "metadata": {"agent": {"email": e}}, "accountIds": ["hostile-co"]}))
+        .collect();
+    let events: Vec<Value> = (0..hostile.len())
+        .map(|i| json!({"kind": "page", "id": "p1", "visitorId": format!("hostile-{i}"), "accountId": "hostile-co", "time": now, "numEvents": 3, "numMinutes": 1}))
+        .collect();
+    w.pendo_seed(json!({"accounts": [{"accountId": "hostile-co", "metadata": {"custom": {"sfdcaccountid": "' OR Id != null OR Id = '"}}}], "visitors": visitors, "events": events})).await;
+    let before = w.accounts().await;
+    let report = w.run(false).await;
+    assert_eq!(report.failed, 0);
+    let after = w.accounts().await;
+    assert_eq!(after.len(), before.len());
+    let entry = w.ctx.store.id_map("engagement").await.unwrap().into_iter().find(|e| e.pendo_id == "hostile-co").unwrap();
+    assert_eq!(entry.salesforce_id, None, "hostile-co must not match anything: {entry:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_plans_and_changes_nothing() {
+    let w = world(120, 1.0).await;
+    let before = w.accounts().await;
+    let plan = w.run(true).await;
+    assert!(plan.changed > 0 && plan.plan.write_calls >= 1);
+    assert_eq!(plan.written, 0);
+    assert_eq!(w.accounts().await, before);
+    assert!(w.ctx.store.list_runs(None, 10).await.unwrap().is_empty());
+    let real = w.run(false).await;
+    assert_eq!(real.written, plan.changed, "the plan said what the run then did");
+    assert_eq!(real.write_calls(), plan.plan.write_calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_records_are_kept_and_replay_sends_them() {
+    let w = world(150, 1.0).await;
+    // Refuse any score above 30: a cause a person can fix.
+    w.sf_admin(
+        reqwest::Method::POST,
+        "validation-rules/Account",
+        json!({"name": "Score_Cap", "errorMessage": "Score too high", "errorField": "Pendo_Engagement_Score__c",
+               "condition": {"field": "Pendo_Engagement_Score__c", "operator": "greaterThan", "value": 30}}),
+    )
+    .await;
+    let first = w.run(false).await;
+    assert!(first.failed > 0 && first.written > 0, "{first:?}");
+    let open = w
+        .ctx
+        .store
+        .list_failures(&FailureFilter { workflow: None, status: Some(FailureStatus::Open), error_code: None, limit: 1000 })
+        .await
+        .unwrap();
+    assert_eq!(open.len(), first.failed);
+    assert!(open.iter().all(|f| f.error_code == "FIELD_CUSTOM_VALIDATION_EXCEPTION" && f.message == "Score too high"));
+
+    w.sf_admin(reqwest::Method::DELETE, "validation-rules/Account", json!({})).await;
+    let replay = engine::workflow::replay::replay(&w.ctx, &FailureSelector::All { workflow: None }, 1000).await.unwrap();
+    assert_eq!((replay.resolved, replay.failed_again), (first.failed, 0));
+    let accounts = w.accounts().await;
+    for f in &open {
+        assert!(written(&accounts[f.salesforce_id.as_ref().unwrap()]));
+    }
+    let next = w.run(false).await;
+    assert_eq!((next.written, next.write_calls()), (0, 0), "replayed values are remembered: {next:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_over_budget_is_deferred_to_the_next_run() {
+    let w = world(500, 1.0).await;
+    // 12 calls a day: after /limits and the Account read, room for a few Collections calls only.
+    w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"Max": 12, "Remaining": 12}})).await;
+    let first = w.run(false).await;
+    assert!(first.deferred > 0 && first.written > 0, "{first:?}");
+    assert_eq!(first.failed, 0);
+    assert!(first.total_api_calls() <= 12);
+    w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"Max": 100000, "Remaining": 100000}})).await;
+    let second = w.run(false).await;
+    assert_eq!(second.written, first.deferred, "the deferred records go next, none is lost");
+    let third = w.run(false).await;
+    assert_eq!(third.written, 0);
+}
