@@ -5,6 +5,9 @@
 //! The engine codes against the [`Store`] trait only; [`open`] picks SQLite (the default: a file
 //! path, `sqlite://path` or `sqlite::memory:`) or PostgreSQL (`postgres://…`) from the location
 //! and runs the embedded migrations. Both backends pass the same conformance suite (`suite.rs`).
+//!
+//! Timestamps are kept with microsecond precision on both backends. Where a method takes `now`,
+//! the engine's clock (which tests control) decides leases and ledger times, not the database's.
 
 mod postgres;
 mod sqlite;
@@ -310,6 +313,7 @@ pub struct OutcomeFilter {
     /// Case-insensitive substring of the key or the Salesforce id.
     pub search: Option<String>,
     pub action: Option<Action>,
+    /// Maximum rows; 0 means no limit.
     pub limit: u32,
     pub offset: u32,
 }
@@ -326,7 +330,7 @@ pub trait RunStore {
         fingerprints: &[FingerprintPut],
     ) -> StoreFuture<'_, ()>;
     fn finish_run(&self, run: RunId, finish: &RunFinish) -> StoreFuture<'_, ()>;
-    /// Newest first.
+    /// Newest first; `limit` 0 means no limit.
     fn list_runs(&self, workflow: Option<&str>, limit: u32) -> StoreFuture<'_, Vec<Run>>;
     fn get_run(&self, id: RunId) -> StoreFuture<'_, Option<Run>>;
     /// Outcomes in the order they were recorded.
@@ -443,6 +447,7 @@ pub struct FailureFilter {
     pub workflow: Option<String>,
     pub status: Option<FailureStatus>,
     pub error_code: Option<String>,
+    /// Maximum rows; 0 means no limit.
     pub limit: u32,
 }
 
@@ -462,7 +467,7 @@ pub trait FailureStore {
     fn list_failures(&self, filter: &FailureFilter) -> StoreFuture<'_, Vec<Failure>>;
     /// Open failures grouped by error code: (code, a sample message, count), largest first.
     fn failure_groups(&self, workflow: Option<&str>) -> StoreFuture<'_, Vec<(String, String, u64)>>;
-    /// Atomically moves up to `limit` Open (or Replaying with an expired lease) failures to
+    /// Atomically moves up to `limit` (a plain count: 0 claims nothing) Open (or Replaying with an expired lease) failures to
     /// Replaying, leased to `worker` until `now + lease`. Concurrent claimers never share a row.
     fn claim_failures(
         &self,

@@ -34,6 +34,11 @@ pub struct PostgresStore {
     pool: PgPool,
 }
 
+/// Listing limits use 0 for "no limit"; PostgreSQL spells that as LIMIT NULL.
+fn list_limit(limit: u32) -> Option<i64> {
+    (limit != 0).then(|| i64::from(limit))
+}
+
 fn get<'r, T>(row: &'r PgRow, col: &'static str) -> Result<T, StoreError>
 where
     T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
@@ -295,7 +300,7 @@ impl RunStore for PostgresStore {
                  ORDER BY started_at DESC, id DESC LIMIT $2",
             )
             .bind(workflow)
-            .bind(i64::from(limit))
+            .bind(list_limit(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(query_err("list runs"))?;
@@ -317,7 +322,7 @@ impl RunStore for PostgresStore {
     fn run_outcomes(&self, run: RunId, filter: &OutcomeFilter) -> StoreFuture<'_, Vec<RecordOutcome>> {
         let search = search_term(filter);
         let action = filter.action.map(Action::as_str);
-        let (limit, offset) = (i64::from(filter.limit), i64::from(filter.offset));
+        let (limit, offset) = (list_limit(filter.limit), i64::from(filter.offset));
         Box::pin(async move {
             // strpos() on text the engine lowercased needs no LIKE escaping: `%`, `_` and `\`
             // in a search are plain characters.
@@ -628,7 +633,7 @@ impl FailureStore for PostgresStore {
                 .bind(filter.workflow)
                 .bind(filter.status.map(FailureStatus::as_str))
                 .bind(filter.error_code)
-                .bind(i64::from(filter.limit))
+                .bind(list_limit(filter.limit))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(query_err("list failures"))?;

@@ -48,6 +48,11 @@ fn opt_from_micros(what: &'static str, v: Option<i64>) -> Result<Option<DateTime
     v.map(|v| from_micros(what, v)).transpose()
 }
 
+/// Listing limits use 0 for "no limit"; SQLite spells that as a negative LIMIT.
+fn list_limit(limit: u32) -> i64 {
+    if limit == 0 { -1 } else { i64::from(limit) }
+}
+
 fn get<'r, T>(row: &'r SqliteRow, col: &'static str) -> Result<T, StoreError>
 where
     T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
@@ -278,7 +283,7 @@ impl RunStore for SqliteStore {
                  ORDER BY started_at DESC, id DESC LIMIT $2",
             )
             .bind(workflow)
-            .bind(i64::from(limit))
+            .bind(list_limit(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(query_err("list runs"))?;
@@ -300,7 +305,7 @@ impl RunStore for SqliteStore {
     fn run_outcomes(&self, run: RunId, filter: &OutcomeFilter) -> StoreFuture<'_, Vec<RecordOutcome>> {
         let search = search_term(filter);
         let action = filter.action.map(Action::as_str);
-        let (limit, offset) = (i64::from(filter.limit), i64::from(filter.offset));
+        let (limit, offset) = (list_limit(filter.limit), i64::from(filter.offset));
         Box::pin(async move {
             // instr() on text the engine lowercased needs no LIKE escaping: `%`, `_` and `\`
             // in a search are plain characters.
@@ -606,7 +611,7 @@ impl FailureStore for SqliteStore {
                 .bind(filter.workflow)
                 .bind(filter.status.map(FailureStatus::as_str))
                 .bind(filter.error_code)
-                .bind(i64::from(filter.limit))
+                .bind(list_limit(filter.limit))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(query_err("list failures"))?;

@@ -30,7 +30,24 @@ where
 
 async fn with_postgres<F, Fut>(test: F)
 where
-    F: FnOnce(Arc<dyn Store>) -> Fut,
+    F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    with_postgres_schema(|url, schema| async move {
+        let store = open_postgres_schema(&url, &schema).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL test database unavailable (set USAGESYNC_SKIP_POSTGRES=1 to skip): {e}")
+        });
+        assert_eq!(store.backend(), Backend::Postgres);
+        test(store).await;
+    })
+    .await;
+}
+
+/// Runs `test` with a fresh schema name on the test server and drops the schema afterwards,
+/// also when the test panics.
+async fn with_postgres_schema<F, Fut>(test: F)
+where
+    F: FnOnce(String, String) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     if std::env::var("USAGESYNC_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
@@ -39,12 +56,8 @@ where
     }
     let url = std::env::var("USAGESYNC_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
     let schema = format!("usagesync_test_{}", uuid::Uuid::now_v7().simple());
-    let store = open_postgres_schema(&url, &schema).await.unwrap_or_else(|e| {
-        panic!("PostgreSQL test database unavailable (set USAGESYNC_SKIP_POSTGRES=1 to skip): {e}")
-    });
-    assert_eq!(store.backend(), Backend::Postgres);
     // Run the body as its own task so a failing assertion still lets us drop the schema.
-    let outcome = tokio::spawn(test(store)).await;
+    let outcome = tokio::spawn(test(url.clone(), schema.clone())).await;
     let dropped = drop_postgres_schema(&url, &schema).await;
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
@@ -165,6 +178,7 @@ async fn runs_lifecycle(store: Arc<dyn Store>) {
     let ids: Vec<RunId> = store.list_runs(Some("wf-a"), 10).await.unwrap().iter().map(|r| r.id).collect();
     assert_eq!(ids, vec![c, a]);
     assert_eq!(store.list_runs(None, 1).await.unwrap().len(), 1);
+    assert_eq!(store.list_runs(None, 0).await.unwrap().len(), 3, "0 means no limit");
 
     assert_eq!(store.get_run(RunId::new()).await.unwrap(), None);
     let err = store
@@ -191,6 +205,7 @@ async fn outcomes_filters_and_counts(store: Arc<dyn Store>) {
     store.record_outcomes(other, &[outcome("acme-1", None, Action::Updated)], &[]).await.unwrap();
 
     assert_eq!(store.run_outcomes(run, &all(100)).await.unwrap(), outcomes, "insertion order");
+    assert_eq!(store.run_outcomes(run, &OutcomeFilter::default()).await.unwrap(), outcomes, "limit 0 means no limit");
 
     let search = |s: &str| OutcomeFilter { search: Some(s.into()), limit: 100, ..Default::default() };
     let keys = |v: Vec<RecordOutcome>| v.into_iter().map(|o| o.key).collect::<Vec<_>>();
@@ -450,8 +465,8 @@ async fn failures_add_list_group(store: Arc<dyn Store>) {
     again.payload = json!({"Usage__c": 6});
     store.add_failures(&[again.clone(), again.clone()]).await.unwrap();
 
-    let listed = store.list_failures(&FailureFilter { limit: 100, ..Default::default() }).await.unwrap();
-    assert_eq!(listed.len(), 3);
+    let listed = store.list_failures(&FailureFilter::default()).await.unwrap();
+    assert_eq!(listed.len(), 3, "limit 0 means no limit");
     let k1 = &listed[0];
     assert_eq!(k1.key, "k1");
     assert_eq!(k1.attempts, 3);
@@ -761,4 +776,50 @@ async fn unknown_enum_text_is_reported_as_corrupt() {
     let err = store.get_run(run).await.expect_err("unknown state");
     assert!(matches!(err, StoreError::Corrupt { what: "run state", .. }), "{err:?}");
     assert!(err.to_string().contains("exploded"), "{err}");
+}
+
+/// Two stores on one database stand in for two processes: each has its own connections.
+async fn reserve_from_two_stores(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let d = day();
+    let cap = 300;
+    let tasks: Vec<_> = [a.clone(), b, a.clone(), a.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(i, store)| {
+            tokio::spawn(async move {
+                let mut granted = 0u64;
+                for _ in 0..20 {
+                    if store.reserve_budget(d, &format!("wf-{i}"), 11, cap, t(1, 0)).await.unwrap() {
+                        granted += 11;
+                    }
+                }
+                granted
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    assert_eq!(total, cap / 11 * 11);
+    assert_eq!(a.budget_day(d).await.unwrap().reserved, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_cap_holds_across_stores_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let a = open(path.to_str().unwrap()).await.unwrap();
+    let b = open(path.to_str().unwrap()).await.unwrap();
+    reserve_from_two_stores(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_cap_holds_across_stores_postgres() {
+    with_postgres_schema(|url, schema| async move {
+        let a = open_postgres_schema(&url, &schema).await.unwrap();
+        let b = open_postgres_schema(&url, &schema).await.unwrap();
+        reserve_from_two_stores(a, b).await;
+    })
+    .await;
 }
