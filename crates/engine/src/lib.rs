@@ -7,9 +7,11 @@
 //! - [`change`]: fingerprints of written values; only changed fields are sent.
 //! - [`plan`]: the cost model and write-path choice within the budget.
 //! - [`deliver`]: sending the changes, record-level retries, failures and deferrals.
+//! - [`store`]: the state store (SQLite or PostgreSQL): runs, matches, fingerprints, failures, budget.
 
 pub mod change;
 pub mod config;
 pub mod deliver;
 pub mod matching;
 pub mod plan;
+pub mod store;

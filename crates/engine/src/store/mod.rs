@@ -1,0 +1,737 @@
+//! The engine's durable state: run history and per-record outcomes, incremental cursors, the
+//! Pendo→Salesforce id map, write fingerprints, replayable failures, the daily API budget ledger
+//! and idempotency keys for creates.
+//!
+//! The engine codes against the [`Store`] trait only; [`open`] picks SQLite (the default: a file
+//! path, `sqlite://path` or `sqlite::memory:`) or PostgreSQL (`postgres://…`) from the location
+//! and runs the embedded migrations. Both backends pass the same conformance suite (`suite.rs`).
+//!
+//! Timestamps are kept with microsecond precision on both backends. Where a method takes `now`,
+//! the engine's clock (which tests control) decides leases and ledger times, not the database's.
+
+mod postgres;
+mod sqlite;
+#[cfg(test)]
+mod suite;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// The boxed future every store method returns, so that the traits stay dyn-compatible.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Which database a [`Store`] keeps its state in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        })
+    }
+}
+
+/// Everything that can go wrong in the store, with what a person needs to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state store at {location}: {source}")]
+    Open {
+        /// The location as given, with any password replaced by `***`.
+        location: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "cannot bring the {backend} state store schema up to date (was it written by a newer usagesync?): {source}"
+    )]
+    Migrate {
+        backend: Backend,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("state store operation `{operation}` failed: {source}")]
+    Query {
+        operation: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("the state store holds a value this usagesync cannot read ({what}): {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("invalid argument to the state store ({what}): {detail}")]
+    Invalid { what: &'static str, detail: String },
+}
+
+pub(crate) fn query_err(operation: &'static str) -> impl Fn(sqlx::Error) -> StoreError + Copy + Send {
+    move |source| StoreError::Query { operation, source }
+}
+
+/// Opens (creating if needed) the store at `location` and migrates it to the current schema.
+///
+/// `postgres://…` and `postgresql://…` select PostgreSQL; `sqlite::memory:`, `sqlite://path`,
+/// `sqlite:path` or a bare file path select SQLite (the file is created if missing).
+pub async fn open(location: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::open(location, None).await?))
+    } else {
+        Ok(Arc::new(SqliteStore::open(location).await?))
+    }
+}
+
+/// Opens a PostgreSQL store whose tables live in `schema` (created if missing), so tests in
+/// several crates can each get an isolated database without creating one.
+#[doc(hidden)]
+pub async fn open_postgres_schema(url: &str, schema: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(PostgresStore::open(url, Some(schema)).await?))
+}
+
+/// Drops a schema created by [`open_postgres_schema`] and everything in it.
+#[doc(hidden)]
+pub async fn drop_postgres_schema(url: &str, schema: &str) -> Result<(), StoreError> {
+    postgres::drop_schema(url, schema).await
+}
+
+/// Replaces the password in a connection URL (`scheme://user:password@host/…` or a
+/// `password=` query parameter) by `***`, so locations can be shown in errors and logs.
+pub fn redact_location(location: &str) -> String {
+    let mut out = location.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..].find(['/', '?']).map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                let pw_start = rest_start + colon + 1;
+                out.replace_range(pw_start..rest_start + at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (base, query) = out.split_at(q + 1);
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out = format!("{base}{}", redacted.join("&"));
+    }
+    out
+}
+
+/// The whole store: one object per backend implements every part.
+pub trait Store:
+    RunStore + CursorStore + IdMapStore + FingerprintStore + FailureStore + BudgetStore + IdempotencyStore + Send + Sync
+{
+    fn backend(&self) -> Backend;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs and outcomes
+
+/// Identifies one run; a UUIDv7 so ids sort by start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub Uuid);
+
+impl RunId {
+    pub fn new() -> Self {
+        RunId(Uuid::now_v7())
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for RunId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(RunId)
+    }
+}
+
+/// Declares a fieldless enum stored as snake_case text, with exhaustive text conversions, so
+/// an unknown value in a row surfaces as [`StoreError::Corrupt`] rather than a panic.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident, $what:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            pub(crate) fn parse(text: &str) -> Result<Self, StoreError> {
+                match text {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(StoreError::Corrupt {
+                        what: $what,
+                        detail: format!("unknown value {other:?}"),
+                    }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// What happened to one record in a run.
+    Action, "outcome action" {
+        Created => "created",
+        Updated => "updated",
+        Unchanged => "unchanged",
+        Skipped => "skipped",
+        Deferred => "deferred",
+        Failed => "failed",
+    }
+);
+
+text_enum!(
+    /// Where a run is in its life; every run starts `Running`.
+    RunState, "run state" {
+        Running => "running",
+        Succeeded => "succeeded",
+        Partial => "partial",
+        Failed => "failed",
+        Deferred => "deferred",
+        Cancelled => "cancelled",
+    }
+);
+
+text_enum!(
+    /// How a Pendo account matched Salesforce records.
+    MatchStatus, "id map status" {
+        Matched => "matched",
+        Ambiguous => "ambiguous",
+        Unmatched => "unmatched",
+    }
+);
+
+text_enum!(
+    /// Where a recorded failure is in its replay life.
+    FailureStatus, "failure status" {
+        Open => "open",
+        Replaying => "replaying",
+        Resolved => "resolved",
+        Abandoned => "abandoned",
+    }
+);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewRun {
+    pub workflow: String,
+    pub template: String,
+    pub dry_run: bool,
+    pub started_at: DateTime<Utc>,
+    /// "cli", "schedule", "replay" or "demo".
+    pub trigger: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldChange {
+    pub field: String,
+    pub before: Option<serde_json::Value>,
+    pub after: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordOutcome {
+    /// The Salesforce object, e.g. "Account".
+    pub object: String,
+    /// The source key, e.g. the Pendo account id.
+    pub key: String,
+    pub salesforce_id: Option<String>,
+    pub action: Action,
+    pub changes: Vec<FieldChange>,
+    pub error_code: Option<String>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunFinish {
+    pub state: RunState,
+    pub finished_at: DateTime<Utc>,
+    /// Counts, API calls by kind, timings.
+    pub stats: serde_json::Value,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: RunId,
+    pub workflow: String,
+    pub template: String,
+    pub dry_run: bool,
+    pub trigger: String,
+    pub state: RunState,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub stats: serde_json::Value,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct OutcomeFilter {
+    /// Case-insensitive substring of the key or the Salesforce id.
+    pub search: Option<String>,
+    pub action: Option<Action>,
+    /// Maximum rows; 0 means no limit.
+    pub limit: u32,
+    pub offset: u32,
+}
+
+pub trait RunStore {
+    /// Records a new run in state `Running` and returns its id.
+    fn start_run(&self, run: &NewRun) -> StoreFuture<'_, RunId>;
+    /// In one transaction, appends `outcomes` to the run and upserts `fingerprints`, so a write
+    /// is only considered done once the store has both.
+    fn record_outcomes(
+        &self,
+        run: RunId,
+        outcomes: &[RecordOutcome],
+        fingerprints: &[FingerprintPut],
+    ) -> StoreFuture<'_, ()>;
+    fn finish_run(&self, run: RunId, finish: &RunFinish) -> StoreFuture<'_, ()>;
+    /// Newest first; `limit` 0 means no limit.
+    fn list_runs(&self, workflow: Option<&str>, limit: u32) -> StoreFuture<'_, Vec<Run>>;
+    fn get_run(&self, id: RunId) -> StoreFuture<'_, Option<Run>>;
+    /// Outcomes in the order they were recorded.
+    fn run_outcomes(&self, run: RunId, filter: &OutcomeFilter) -> StoreFuture<'_, Vec<RecordOutcome>>;
+    /// Only actions that occur are present.
+    fn outcome_counts(&self, run: RunId) -> StoreFuture<'_, BTreeMap<Action, u64>>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cursors
+
+pub trait CursorStore {
+    fn cursor(&self, workflow: &str, name: &str) -> StoreFuture<'_, Option<String>>;
+    /// Compare-and-set: stores `new` only if the current value is `expected` (`None` = no
+    /// cursor yet). Returns false, changing nothing, for a stale writer.
+    fn advance_cursor(&self, workflow: &str, name: &str, expected: Option<&str>, new: &str) -> StoreFuture<'_, bool>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Id map
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdMapEntry {
+    pub workflow: String,
+    pub pendo_id: String,
+    pub status: MatchStatus,
+    pub salesforce_id: Option<String>,
+    /// The match rule that decided, or "pinned".
+    pub rule: Option<String>,
+    pub candidates: Vec<String>,
+    /// Set by a person; automatic matching never overwrites a pinned entry.
+    pub pinned: bool,
+    pub checked_at: DateTime<Utc>,
+}
+
+pub trait IdMapStore {
+    fn id_map(&self, workflow: &str) -> StoreFuture<'_, Vec<IdMapEntry>>;
+    /// Upserts; an existing pinned entry is only replaced by an incoming pinned entry.
+    fn put_id_map(&self, entries: &[IdMapEntry]) -> StoreFuture<'_, ()>;
+    fn pin_match(&self, workflow: &str, pendo_id: &str, salesforce_id: &str) -> StoreFuture<'_, ()>;
+    fn unpin_match(&self, workflow: &str, pendo_id: &str) -> StoreFuture<'_, ()>;
+    /// Ambiguous and Unmatched entries, for a person to review.
+    fn id_map_review(&self, workflow: Option<&str>) -> StoreFuture<'_, Vec<IdMapEntry>>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fingerprints
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FingerprintPut {
+    /// e.g. "engagement:Account".
+    pub scope: String,
+    /// The Salesforce id.
+    pub key: String,
+    pub field: String,
+    pub fingerprint: u64,
+    pub written_at: DateTime<Utc>,
+}
+
+pub trait FingerprintStore {
+    /// Every fingerprint of a scope, keyed by (key, field).
+    fn fingerprints(&self, scope: &str) -> StoreFuture<'_, HashMap<(String, String), u64>>;
+    fn put_fingerprints(&self, puts: &[FingerprintPut]) -> StoreFuture<'_, ()>;
+    fn forget_fingerprints(&self, scope: &str, key: &str) -> StoreFuture<'_, ()>;
+}
+
+/// Fingerprints are u64 hashes kept in a signed 64-bit column: a bit-for-bit reinterpretation.
+pub(crate) fn fp_to_db(fp: u64) -> i64 {
+    i64::from_ne_bytes(fp.to_ne_bytes())
+}
+
+pub(crate) fn fp_from_db(v: i64) -> u64 {
+    u64::from_ne_bytes(v.to_ne_bytes())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failures
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewFailure {
+    pub workflow: String,
+    pub run: RunId,
+    pub object: String,
+    pub key: String,
+    pub salesforce_id: Option<String>,
+    /// What was to be sent, so the write can be replayed.
+    pub payload: serde_json::Value,
+    pub error_code: String,
+    pub message: String,
+    pub fields: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub id: i64,
+    pub workflow: String,
+    pub run: RunId,
+    pub object: String,
+    pub key: String,
+    pub salesforce_id: Option<String>,
+    pub payload: serde_json::Value,
+    pub error_code: String,
+    pub message: String,
+    pub fields: Vec<String>,
+    pub status: FailureStatus,
+    pub attempts: u32,
+    pub first_failed_at: DateTime<Utc>,
+    pub last_failed_at: DateTime<Utc>,
+    pub leased_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FailureFilter {
+    pub workflow: Option<String>,
+    pub status: Option<FailureStatus>,
+    pub error_code: Option<String>,
+    /// Maximum rows; 0 means no limit.
+    pub limit: u32,
+}
+
+/// Which failures a replay claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureSelector {
+    All { workflow: Option<String> },
+    Ids(Vec<i64>),
+    Code(String),
+}
+
+pub trait FailureStore {
+    /// A new failure for a (workflow, object, key) that already has an Open failure replaces its
+    /// payload and error and bumps its attempts instead of adding a row.
+    fn add_failures(&self, failures: &[NewFailure]) -> StoreFuture<'_, ()>;
+    /// Oldest first.
+    fn list_failures(&self, filter: &FailureFilter) -> StoreFuture<'_, Vec<Failure>>;
+    /// Open failures grouped by error code: (code, a sample message, count), largest first.
+    fn failure_groups(&self, workflow: Option<&str>) -> StoreFuture<'_, Vec<(String, String, u64)>>;
+    /// Atomically moves up to `limit` (a plain count: 0 claims nothing) Open (or Replaying with an expired lease) failures to
+    /// Replaying, leased to `worker` until `now + lease`. Concurrent claimers never share a row.
+    fn claim_failures(
+        &self,
+        selector: &FailureSelector,
+        worker: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<Failure>>;
+    fn resolve_failure(&self, id: i64, now: DateTime<Utc>) -> StoreFuture<'_, ()>;
+    /// Back to Open with attempts + 1 and the new error.
+    fn fail_again(&self, id: i64, error_code: &str, message: &str, now: DateTime<Utc>) -> StoreFuture<'_, ()>;
+}
+
+pub(crate) fn lease_until(now: DateTime<Utc>, lease: Duration) -> Result<DateTime<Utc>, StoreError> {
+    chrono::Duration::from_std(lease).ok().and_then(|d| now.checked_add_signed(d)).ok_or_else(|| StoreError::Invalid {
+        what: "failure lease",
+        detail: format!("{lease:?} after {now} is out of range"),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Budget
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetDay {
+    pub day: NaiveDate,
+    /// Calls reserved by running work and not yet settled, all workflows.
+    pub reserved: u64,
+    /// Calls made, all workflows.
+    pub spent: u64,
+    /// Calls made, per workflow.
+    pub by_workflow: BTreeMap<String, u64>,
+    pub org_used: Option<u64>,
+    pub org_max: Option<u64>,
+    pub observed_at: Option<DateTime<Utc>>,
+}
+
+pub trait BudgetStore {
+    /// Reserves `calls` for `workflow` if reserved + spent (all workflows, that UTC day) + calls
+    /// stays within `cap`; returns whether it did. Safe across processes.
+    fn reserve_budget(
+        &self,
+        day: NaiveDate,
+        workflow: &str,
+        calls: u64,
+        cap: u64,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'_, bool>;
+    /// Releases `reserved` and records `spent` calls (as a timestamped ledger entry).
+    fn settle_budget(
+        &self,
+        day: NaiveDate,
+        workflow: &str,
+        reserved: u64,
+        spent: u64,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'_, ()>;
+    /// The org's DailyApiRequests as last read from /limits; the latest observation wins.
+    fn observe_org_usage(&self, day: NaiveDate, used: u64, max: u64, now: DateTime<Utc>) -> StoreFuture<'_, ()>;
+    fn budget_day(&self, day: NaiveDate) -> StoreFuture<'_, BudgetDay>;
+    /// (UTC hour of the ledger entry, calls), hours without calls omitted, ascending.
+    fn spent_per_hour(&self, day: NaiveDate) -> StoreFuture<'_, Vec<(u32, u64)>>;
+}
+
+pub(crate) fn to_db_count(what: &'static str, v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v)
+        .map_err(|_| StoreError::Invalid { what, detail: format!("{v} does not fit in a signed 64-bit column") })
+}
+
+pub(crate) fn from_db_count(what: &'static str, v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt { what, detail: format!("negative count {v}") })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CreateState {
+    /// No create was known for this key; it is now recorded as Pending by this caller.
+    New,
+    /// Another attempt started at `since` and has not committed: its outcome is unknown.
+    Pending {
+        since: DateTime<Utc>,
+    },
+    Committed {
+        salesforce_id: String,
+    },
+}
+
+pub trait IdempotencyStore {
+    fn begin_create(&self, key: &str, workflow: &str, now: DateTime<Utc>) -> StoreFuture<'_, CreateState>;
+    fn commit_create(&self, key: &str, salesforce_id: &str, now: DateTime<Utc>) -> StoreFuture<'_, ()>;
+    /// Forgets a Pending create (the record was not created); a Committed one stays.
+    fn abandon_create(&self, key: &str) -> StoreFuture<'_, ()>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared row helpers
+
+pub(crate) fn json_text<T: Serialize>(what: &'static str, v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Invalid { what, detail: e.to_string() })
+}
+
+pub(crate) fn from_json_text<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt { what, detail: e.to_string() })
+}
+
+/// Lowercases for case-insensitive search in Rust, because SQLite's lower() folds ASCII only.
+pub(crate) fn fold(s: &str) -> String {
+    s.to_lowercase()
+}
+
+/// Keeps the last of several items with the same key: one multi-row upsert may not touch the
+/// same row twice on PostgreSQL, and the last write is the one the caller meant.
+pub(crate) fn last_per_key<'a, T, K: std::hash::Hash + Eq>(items: &'a [T], key: impl Fn(&'a T) -> K) -> Vec<&'a T> {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    let mut out: Vec<&T> = items.iter().rev().filter(|i| seen.insert(key(i))).collect();
+    out.reverse();
+    out
+}
+
+/// An outcome flattened to its column values, prepared before any database work.
+pub(crate) struct OutcomeRow {
+    pub object: String,
+    pub key: String,
+    pub key_lc: String,
+    pub salesforce_id: Option<String>,
+    pub action: &'static str,
+    pub changes: String,
+    pub error_code: Option<String>,
+    pub message: Option<String>,
+}
+
+pub(crate) fn outcome_rows(outcomes: &[RecordOutcome]) -> Result<Vec<OutcomeRow>, StoreError> {
+    outcomes
+        .iter()
+        .map(|o| {
+            Ok(OutcomeRow {
+                object: o.object.clone(),
+                key: o.key.clone(),
+                key_lc: fold(&o.key),
+                salesforce_id: o.salesforce_id.clone(),
+                action: o.action.as_str(),
+                changes: json_text("outcome changes", &o.changes)?,
+                error_code: o.error_code.clone(),
+                message: o.message.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The search term as stored-side text compares it: folded, or None for no search.
+pub(crate) fn search_term(filter: &OutcomeFilter) -> Option<String> {
+    filter.search.as_deref().filter(|s| !s.is_empty()).map(fold)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Timing helpers for `usagesync bench`.
+pub mod bench {
+    use std::time::{Duration, Instant};
+
+    use chrono::Utc;
+
+    use super::{Action, FieldChange, FingerprintPut, NewRun, RecordOutcome, Store, StoreError};
+
+    /// Fields per record, as in the engagement workflow.
+    const FIELDS: usize = 9;
+
+    /// Puts `n` fingerprints (n/9 records × 9 fields) into a fresh scope, then loads the scope.
+    /// Returns (put, load) wall time.
+    pub async fn fingerprints(store: &dyn Store, n: usize) -> Result<(Duration, Duration), StoreError> {
+        let scope = format!("bench:{}", uuid::Uuid::now_v7().simple());
+        let now = Utc::now();
+        let puts: Vec<FingerprintPut> = (0..n)
+            .map(|i| FingerprintPut {
+                scope: scope.clone(),
+                key: format!("001{:015}", i / FIELDS),
+                field: format!("Usage_Field_{}__c", i % FIELDS),
+                fingerprint: (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                written_at: now,
+            })
+            .collect();
+        let started = Instant::now();
+        store.put_fingerprints(&puts).await?;
+        let put = started.elapsed();
+        let started = Instant::now();
+        let loaded = store.fingerprints(&scope).await?;
+        let load = started.elapsed();
+        if loaded.len() != n {
+            return Err(StoreError::Corrupt {
+                what: "bench fingerprints",
+                detail: format!("put {n}, loaded {}", loaded.len()),
+            });
+        }
+        Ok((put, load))
+    }
+
+    /// Records `n` outcomes (each with two field changes) in one run, then reads them back.
+    /// Returns (record, read) wall time.
+    pub async fn outcomes(store: &dyn Store, n: usize) -> Result<(Duration, Duration), StoreError> {
+        let run = store
+            .start_run(&NewRun {
+                workflow: "bench".into(),
+                template: "bench".into(),
+                dry_run: false,
+                started_at: Utc::now(),
+                trigger: "cli".into(),
+            })
+            .await?;
+        let outcomes: Vec<RecordOutcome> = (0..n)
+            .map(|i| RecordOutcome {
+                object: "Account".into(),
+                key: format!("pendo-account-{i}"),
+                salesforce_id: Some(format!("001{i:015}")),
+                action: Action::Updated,
+                changes: vec![
+                    FieldChange {
+                        field: "Usage_Events_30d__c".into(),
+                        before: Some(serde_json::json!(i)),
+                        after: serde_json::json!(i + 1),
+                    },
+                    FieldChange {
+                        field: "Usage_Last_Seen__c".into(),
+                        before: None,
+                        after: serde_json::json!("2026-11-27"),
+                    },
+                ],
+                error_code: None,
+                message: None,
+            })
+            .collect();
+        let started = Instant::now();
+        store.record_outcomes(run, &outcomes, &[]).await?;
+        let record = started.elapsed();
+        let started = Instant::now();
+        let limit = u32::try_from(n).unwrap_or(u32::MAX);
+        let read = store.run_outcomes(run, &super::OutcomeFilter { limit, ..Default::default() }).await?;
+        let read_time = started.elapsed();
+        if read.len() != n {
+            return Err(StoreError::Corrupt {
+                what: "bench outcomes",
+                detail: format!("recorded {n}, read {}", read.len()),
+            });
+        }
+        Ok((record, read_time))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_location;
+
+    #[test]
+    fn redacts_passwords_in_urls() {
+        assert_eq!(
+            redact_location("postgres://app:s3cr@t@db.local:5432/x?sslmode=disable"),
+            "postgres://app:***@db.local:5432/x?sslmode=disable"
+        );
+        assert_eq!(
+            redact_location("postgres://app@127.0.0.1/x?password=hunter2&application_name=u"),
+            "postgres://app@127.0.0.1/x?password=***&application_name=u"
+        );
+        assert_eq!(redact_location("/var/lib/usagesync/state.db"), "/var/lib/usagesync/state.db");
+    }
+}

@@ -1,0 +1,1022 @@
+//! The SQLite backend (the default): one file in WAL mode, or an in-memory database for tests
+//! and demos. Timestamps are stored as INTEGER microseconds since the epoch so comparisons
+//! (lease expiry) are numeric. Every transaction that writes starts with `BEGIN IMMEDIATE`:
+//! a deferred transaction that reads and then writes can fail with SQLITE_BUSY when another
+//! connection wrote in between, and the busy timeout does not help in that case.
+
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use futures_util::TryStreamExt;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use uuid::Uuid;
+
+use super::{
+    Action, Backend, BudgetDay, BudgetStore, CreateState, CursorStore, Failure, FailureFilter, FailureSelector,
+    FailureStatus, FailureStore, FingerprintPut, FingerprintStore, IdMapEntry, IdMapStore, IdempotencyStore,
+    MatchStatus, NewFailure, NewRun, OutcomeFilter, RecordOutcome, Run, RunFinish, RunId, RunState, RunStore, Store,
+    StoreError, StoreFuture, fp_from_db, fp_to_db, from_db_count, from_json_text, json_text, last_per_key, lease_until,
+    outcome_rows, query_err, redact_location, search_term, to_db_count,
+};
+
+/// SQLite allows 32,766 bound parameters per statement; stay well below it.
+const MAX_PARAMS: usize = 30_000;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The state store in an SQLite database.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(what: &'static str, v: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(v)
+        .ok_or_else(|| StoreError::Corrupt { what, detail: format!("timestamp {v} µs is out of range") })
+}
+
+fn opt_from_micros(what: &'static str, v: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    v.map(|v| from_micros(what, v)).transpose()
+}
+
+/// Listing limits use 0 for "no limit"; SQLite spells that as a negative LIMIT.
+fn list_limit(limit: u32) -> i64 {
+    if limit == 0 { -1 } else { i64::from(limit) }
+}
+
+fn get<'r, T>(row: &'r SqliteRow, col: &'static str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(col).map_err(|e| StoreError::Corrupt { what: col, detail: e.to_string() })
+}
+
+impl SqliteStore {
+    /// Opens `location` (`sqlite::memory:`, `sqlite://path`, `sqlite:path` or a path), creating
+    /// the file if missing, and migrates it.
+    pub async fn open(location: &str) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open { location: redact_location(location), source };
+        let memory = matches!(location, "sqlite::memory:" | ":memory:" | "sqlite://:memory:");
+        let options = if memory {
+            SqliteConnectOptions::from_str("sqlite::memory:").map_err(open_err)?
+        } else {
+            let path =
+                location.strip_prefix("sqlite://").or_else(|| location.strip_prefix("sqlite:")).unwrap_or(location);
+            SqliteConnectOptions::new().filename(path)
+        };
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        // An in-memory database lives and dies with its one connection, so the pool must hold
+        // exactly one and never retire it.
+        let pool_options = if memory {
+            SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(4)
+        };
+        let pool =
+            pool_options.acquire_timeout(Duration::from_secs(30)).connect_with(options).await.map_err(open_err)?;
+        MIGRATOR.run(&pool).await.map_err(|source| StoreError::Migrate { backend: Backend::Sqlite, source })?;
+        Ok(SqliteStore { pool })
+    }
+
+    async fn begin_write(&self, operation: &'static str) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(query_err(operation))
+    }
+}
+
+fn run_from_row(row: &SqliteRow) -> Result<Run, StoreError> {
+    Ok(Run {
+        id: RunId(get::<Uuid>(row, "id")?),
+        workflow: get(row, "workflow")?,
+        template: get(row, "template")?,
+        dry_run: get(row, "dry_run")?,
+        trigger: get(row, "trigger")?,
+        state: RunState::parse(&get::<String>(row, "state")?)?,
+        started_at: from_micros("run started_at", get(row, "started_at")?)?,
+        finished_at: opt_from_micros("run finished_at", get(row, "finished_at")?)?,
+        stats: from_json_text("run stats", &get::<String>(row, "stats")?)?,
+        error: get(row, "error")?,
+    })
+}
+
+fn id_map_from_row(row: &SqliteRow) -> Result<IdMapEntry, StoreError> {
+    Ok(IdMapEntry {
+        workflow: get(row, "workflow")?,
+        pendo_id: get(row, "pendo_id")?,
+        status: MatchStatus::parse(&get::<String>(row, "status")?)?,
+        salesforce_id: get(row, "salesforce_id")?,
+        rule: get(row, "rule")?,
+        candidates: from_json_text("id map candidates", &get::<String>(row, "candidates")?)?,
+        pinned: get(row, "pinned")?,
+        checked_at: from_micros("id map checked_at", get(row, "checked_at")?)?,
+    })
+}
+
+fn failure_from_row(row: &SqliteRow) -> Result<Failure, StoreError> {
+    let attempts: i64 = get(row, "attempts")?;
+    Ok(Failure {
+        id: get(row, "id")?,
+        workflow: get(row, "workflow")?,
+        run: RunId(get::<Uuid>(row, "run_id")?),
+        object: get(row, "object")?,
+        key: get(row, "key")?,
+        salesforce_id: get(row, "salesforce_id")?,
+        payload: from_json_text("failure payload", &get::<String>(row, "payload")?)?,
+        error_code: get(row, "error_code")?,
+        message: get(row, "message")?,
+        fields: from_json_text("failure fields", &get::<String>(row, "fields")?)?,
+        status: FailureStatus::parse(&get::<String>(row, "status")?)?,
+        attempts: u32::try_from(attempts)
+            .map_err(|_| StoreError::Corrupt { what: "failure attempts", detail: format!("{attempts}") })?,
+        first_failed_at: from_micros("failure first_failed_at", get(row, "first_failed_at")?)?,
+        last_failed_at: from_micros("failure last_failed_at", get(row, "last_failed_at")?)?,
+        leased_until: opt_from_micros("failure leased_until", get(row, "leased_until")?)?,
+    })
+}
+
+const FAILURE_COLUMNS: &str = "id, workflow, run_id, object, key, salesforce_id, payload, \
+     error_code, message, fields, status, attempts, first_failed_at, last_failed_at, leased_until";
+
+struct FpRow {
+    scope: String,
+    key: String,
+    field: String,
+    fingerprint: i64,
+    written_at: i64,
+}
+
+fn fp_rows(puts: &[FingerprintPut]) -> Vec<FpRow> {
+    puts.iter()
+        .map(|p| FpRow {
+            scope: p.scope.clone(),
+            key: p.key.clone(),
+            field: p.field.clone(),
+            fingerprint: fp_to_db(p.fingerprint),
+            written_at: micros(p.written_at),
+        })
+        .collect()
+}
+
+async fn upsert_fingerprints(conn: &mut sqlx::SqliteConnection, rows: &[FpRow]) -> Result<(), StoreError> {
+    for chunk in rows.chunks(MAX_PARAMS / 5) {
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("INSERT INTO fingerprints (scope, key, field, fingerprint, written_at) ");
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(r.scope.as_str())
+                .push_bind(r.key.as_str())
+                .push_bind(r.field.as_str())
+                .push_bind(r.fingerprint)
+                .push_bind(r.written_at);
+        });
+        qb.push(
+            " ON CONFLICT (scope, key, field) DO UPDATE SET fingerprint = excluded.fingerprint, \
+             written_at = excluded.written_at",
+        );
+        qb.build().execute(&mut *conn).await.map_err(query_err("put fingerprints"))?;
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+}
+
+impl RunStore for SqliteStore {
+    fn start_run(&self, run: &NewRun) -> StoreFuture<'_, RunId> {
+        let run = run.clone();
+        Box::pin(async move {
+            let id = RunId::new();
+            sqlx::query(
+                "INSERT INTO runs (id, workflow, template, dry_run, trigger, state, started_at, stats) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, '{}')",
+            )
+            .bind(id.0)
+            .bind(run.workflow)
+            .bind(run.template)
+            .bind(run.dry_run)
+            .bind(run.trigger)
+            .bind(RunState::Running.as_str())
+            .bind(micros(run.started_at))
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("start run"))?;
+            Ok(id)
+        })
+    }
+
+    fn record_outcomes(
+        &self,
+        run: RunId,
+        outcomes: &[RecordOutcome],
+        fingerprints: &[FingerprintPut],
+    ) -> StoreFuture<'_, ()> {
+        let rows = outcome_rows(outcomes);
+        let fps = fp_rows(fingerprints);
+        Box::pin(async move {
+            let rows = rows?;
+            let mut tx = self.begin_write("record outcomes").await?;
+            for chunk in rows.chunks(MAX_PARAMS / 9) {
+                let mut qb = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO outcomes (run_id, object, key, key_lc, salesforce_id, action, \
+                     changes, error_code, message) ",
+                );
+                qb.push_values(chunk, |mut b, r| {
+                    b.push_bind(run.0)
+                        .push_bind(r.object.as_str())
+                        .push_bind(r.key.as_str())
+                        .push_bind(r.key_lc.as_str())
+                        .push_bind(r.salesforce_id.as_deref())
+                        .push_bind(r.action)
+                        .push_bind(r.changes.as_str())
+                        .push_bind(r.error_code.as_deref())
+                        .push_bind(r.message.as_deref());
+                });
+                qb.build().execute(&mut *tx).await.map_err(query_err("record outcomes"))?;
+            }
+            upsert_fingerprints(&mut tx, &fps).await?;
+            tx.commit().await.map_err(query_err("record outcomes"))?;
+            Ok(())
+        })
+    }
+
+    fn finish_run(&self, run: RunId, finish: &RunFinish) -> StoreFuture<'_, ()> {
+        let finish = finish.clone();
+        Box::pin(async move {
+            let stats = json_text("run stats", &finish.stats)?;
+            let done =
+                sqlx::query("UPDATE runs SET state = $1, finished_at = $2, stats = $3, error = $4 WHERE id = $5")
+                    .bind(finish.state.as_str())
+                    .bind(micros(finish.finished_at))
+                    .bind(stats)
+                    .bind(finish.error)
+                    .bind(run.0)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(query_err("finish run"))?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::Invalid { what: "finish run", detail: format!("no run with id {run}") });
+            }
+            Ok(())
+        })
+    }
+
+    fn list_runs(&self, workflow: Option<&str>, limit: u32) -> StoreFuture<'_, Vec<Run>> {
+        let workflow = workflow.map(str::to_owned);
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT * FROM runs WHERE ($1 IS NULL OR workflow = $1) \
+                 ORDER BY started_at DESC, id DESC LIMIT $2",
+            )
+            .bind(workflow)
+            .bind(list_limit(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("list runs"))?;
+            rows.iter().map(run_from_row).collect()
+        })
+    }
+
+    fn get_run(&self, id: RunId) -> StoreFuture<'_, Option<Run>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT * FROM runs WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_err("get run"))?;
+            row.as_ref().map(run_from_row).transpose()
+        })
+    }
+
+    fn run_outcomes(&self, run: RunId, filter: &OutcomeFilter) -> StoreFuture<'_, Vec<RecordOutcome>> {
+        let search = search_term(filter);
+        let action = filter.action.map(Action::as_str);
+        let (limit, offset) = (list_limit(filter.limit), i64::from(filter.offset));
+        Box::pin(async move {
+            // instr() on text the engine lowercased needs no LIKE escaping: `%`, `_` and `\`
+            // in a search are plain characters.
+            let rows = sqlx::query(
+                "SELECT object, key, salesforce_id, action, changes, error_code, message \
+                 FROM outcomes WHERE run_id = $1 \
+                 AND ($2 IS NULL OR instr(key_lc, $2) > 0 \
+                      OR instr(lower(coalesce(salesforce_id, '')), $2) > 0) \
+                 AND ($3 IS NULL OR action = $3) \
+                 ORDER BY id LIMIT $4 OFFSET $5",
+            )
+            .bind(run.0)
+            .bind(search)
+            .bind(action)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("list run outcomes"))?;
+            rows.iter()
+                .map(|row| {
+                    Ok(RecordOutcome {
+                        object: get(row, "object")?,
+                        key: get(row, "key")?,
+                        salesforce_id: get(row, "salesforce_id")?,
+                        action: Action::parse(&get::<String>(row, "action")?)?,
+                        changes: from_json_text("outcome changes", &get::<String>(row, "changes")?)?,
+                        error_code: get(row, "error_code")?,
+                        message: get(row, "message")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn outcome_counts(&self, run: RunId) -> StoreFuture<'_, BTreeMap<Action, u64>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT action, count(*) AS n FROM outcomes WHERE run_id = $1 GROUP BY action")
+                .bind(run.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_err("count run outcomes"))?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        Action::parse(&get::<String>(row, "action")?)?,
+                        from_db_count("outcome count", get(row, "n")?)?,
+                    ))
+                })
+                .collect()
+        })
+    }
+}
+
+impl CursorStore for SqliteStore {
+    fn cursor(&self, workflow: &str, name: &str) -> StoreFuture<'_, Option<String>> {
+        let (workflow, name) = (workflow.to_owned(), name.to_owned());
+        Box::pin(async move {
+            sqlx::query_scalar("SELECT value FROM cursors WHERE workflow = $1 AND name = $2")
+                .bind(workflow)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_err("read cursor"))
+        })
+    }
+
+    fn advance_cursor(&self, workflow: &str, name: &str, expected: Option<&str>, new: &str) -> StoreFuture<'_, bool> {
+        let (workflow, name) = (workflow.to_owned(), name.to_owned());
+        let (expected, new) = (expected.map(str::to_owned), new.to_owned());
+        Box::pin(async move {
+            let now = micros(Utc::now());
+            let done = match expected {
+                None => {
+                    sqlx::query(
+                        "INSERT INTO cursors (workflow, name, value, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (workflow, name) DO NOTHING",
+                    )
+                    .bind(workflow)
+                    .bind(name)
+                    .bind(new)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await
+                }
+                Some(expected) => {
+                    sqlx::query(
+                        "UPDATE cursors SET value = $1, updated_at = $2 \
+                     WHERE workflow = $3 AND name = $4 AND value = $5",
+                    )
+                    .bind(new)
+                    .bind(now)
+                    .bind(workflow)
+                    .bind(name)
+                    .bind(expected)
+                    .execute(&self.pool)
+                    .await
+                }
+            }
+            .map_err(query_err("advance cursor"))?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+}
+
+impl IdMapStore for SqliteStore {
+    fn id_map(&self, workflow: &str) -> StoreFuture<'_, Vec<IdMapEntry>> {
+        let workflow = workflow.to_owned();
+        Box::pin(async move {
+            sqlx::query("SELECT * FROM id_map WHERE workflow = $1 ORDER BY pendo_id")
+                .bind(workflow)
+                .fetch(&self.pool)
+                .map_err(query_err("read id map"))
+                .and_then(|row| async move { id_map_from_row(&row) })
+                .try_collect()
+                .await
+        })
+    }
+
+    fn put_id_map(&self, entries: &[IdMapEntry]) -> StoreFuture<'_, ()> {
+        let rows: Result<Vec<_>, StoreError> = last_per_key(entries, |e| (&e.workflow, &e.pendo_id))
+            .into_iter()
+            .map(|e| Ok((e.clone(), json_text("id map candidates", &e.candidates)?)))
+            .collect();
+        Box::pin(async move {
+            let rows = rows?;
+            let mut tx = self.begin_write("put id map").await?;
+            for chunk in rows.chunks(MAX_PARAMS / 8) {
+                let mut qb = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO id_map (workflow, pendo_id, status, salesforce_id, rule, \
+                     candidates, pinned, checked_at) ",
+                );
+                qb.push_values(chunk, |mut b, (e, candidates)| {
+                    b.push_bind(e.workflow.as_str())
+                        .push_bind(e.pendo_id.as_str())
+                        .push_bind(e.status.as_str())
+                        .push_bind(e.salesforce_id.as_deref())
+                        .push_bind(e.rule.as_deref())
+                        .push_bind(candidates.as_str())
+                        .push_bind(e.pinned)
+                        .push_bind(micros(e.checked_at));
+                });
+                // A person's pin outranks automatic matching; only another pin replaces it.
+                qb.push(
+                    " ON CONFLICT (workflow, pendo_id) DO UPDATE SET status = excluded.status, \
+                     salesforce_id = excluded.salesforce_id, rule = excluded.rule, \
+                     candidates = excluded.candidates, pinned = excluded.pinned, \
+                     checked_at = excluded.checked_at \
+                     WHERE NOT id_map.pinned OR excluded.pinned",
+                );
+                qb.build().execute(&mut *tx).await.map_err(query_err("put id map"))?;
+            }
+            tx.commit().await.map_err(query_err("put id map"))?;
+            Ok(())
+        })
+    }
+
+    fn pin_match(&self, workflow: &str, pendo_id: &str, salesforce_id: &str) -> StoreFuture<'_, ()> {
+        let (workflow, pendo_id, salesforce_id) = (workflow.to_owned(), pendo_id.to_owned(), salesforce_id.to_owned());
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO id_map (workflow, pendo_id, status, salesforce_id, rule, candidates, \
+                 pinned, checked_at) VALUES ($1, $2, $3, $4, 'pinned', '[]', TRUE, $5) \
+                 ON CONFLICT (workflow, pendo_id) DO UPDATE SET status = excluded.status, \
+                 salesforce_id = excluded.salesforce_id, rule = excluded.rule, \
+                 pinned = TRUE, checked_at = excluded.checked_at",
+            )
+            .bind(workflow)
+            .bind(pendo_id)
+            .bind(MatchStatus::Matched.as_str())
+            .bind(salesforce_id)
+            .bind(micros(Utc::now()))
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("pin match"))?;
+            Ok(())
+        })
+    }
+
+    fn unpin_match(&self, workflow: &str, pendo_id: &str) -> StoreFuture<'_, ()> {
+        let (workflow, pendo_id) = (workflow.to_owned(), pendo_id.to_owned());
+        Box::pin(async move {
+            sqlx::query("UPDATE id_map SET pinned = FALSE WHERE workflow = $1 AND pendo_id = $2")
+                .bind(workflow)
+                .bind(pendo_id)
+                .execute(&self.pool)
+                .await
+                .map_err(query_err("unpin match"))?;
+            Ok(())
+        })
+    }
+
+    fn id_map_review(&self, workflow: Option<&str>) -> StoreFuture<'_, Vec<IdMapEntry>> {
+        let workflow = workflow.map(str::to_owned);
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT * FROM id_map WHERE status IN ('ambiguous', 'unmatched') \
+                 AND ($1 IS NULL OR workflow = $1) ORDER BY workflow, pendo_id",
+            )
+            .bind(workflow)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("review id map"))?;
+            rows.iter().map(id_map_from_row).collect()
+        })
+    }
+}
+
+impl FingerprintStore for SqliteStore {
+    fn fingerprints(&self, scope: &str) -> StoreFuture<'_, HashMap<(String, String), u64>> {
+        let scope = scope.to_owned();
+        Box::pin(async move {
+            let mut out = HashMap::new();
+            let mut rows = sqlx::query("SELECT key, field, fingerprint FROM fingerprints WHERE scope = $1")
+                .bind(scope)
+                .fetch(&self.pool);
+            while let Some(row) = rows.try_next().await.map_err(query_err("load fingerprints"))? {
+                let key: String = get(&row, "key")?;
+                let field: String = get(&row, "field")?;
+                out.insert((key, field), fp_from_db(get(&row, "fingerprint")?));
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_fingerprints(&self, puts: &[FingerprintPut]) -> StoreFuture<'_, ()> {
+        let rows = fp_rows(puts);
+        Box::pin(async move {
+            let mut tx = self.begin_write("put fingerprints").await?;
+            upsert_fingerprints(&mut tx, &rows).await?;
+            tx.commit().await.map_err(query_err("put fingerprints"))?;
+            Ok(())
+        })
+    }
+
+    fn forget_fingerprints(&self, scope: &str, key: &str) -> StoreFuture<'_, ()> {
+        let (scope, key) = (scope.to_owned(), key.to_owned());
+        Box::pin(async move {
+            sqlx::query("DELETE FROM fingerprints WHERE scope = $1 AND key = $2")
+                .bind(scope)
+                .bind(key)
+                .execute(&self.pool)
+                .await
+                .map_err(query_err("forget fingerprints"))?;
+            Ok(())
+        })
+    }
+}
+
+impl FailureStore for SqliteStore {
+    fn add_failures(&self, failures: &[NewFailure]) -> StoreFuture<'_, ()> {
+        let rows: Result<Vec<_>, StoreError> = failures
+            .iter()
+            .map(|f| {
+                Ok((f.clone(), json_text("failure payload", &f.payload)?, json_text("failure fields", &f.fields)?))
+            })
+            .collect();
+        Box::pin(async move {
+            let rows = rows?;
+            let now = micros(Utc::now());
+            let mut tx = self.begin_write("add failures").await?;
+            // One statement per failure: a batch may name the same record twice, and each
+            // repeat must bump the attempts of the row the first one opened.
+            for (f, payload, fields) in &rows {
+                sqlx::query(
+                    "INSERT INTO failures (workflow, run_id, object, key, salesforce_id, payload, \
+                     error_code, message, fields, status, attempts, first_failed_at, last_failed_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'open', 1, $10, $10) \
+                     ON CONFLICT (workflow, object, key) WHERE status = 'open' DO UPDATE SET \
+                     run_id = excluded.run_id, salesforce_id = excluded.salesforce_id, \
+                     payload = excluded.payload, error_code = excluded.error_code, \
+                     message = excluded.message, fields = excluded.fields, \
+                     attempts = failures.attempts + 1, last_failed_at = excluded.last_failed_at",
+                )
+                .bind(f.workflow.as_str())
+                .bind(f.run.0)
+                .bind(f.object.as_str())
+                .bind(f.key.as_str())
+                .bind(f.salesforce_id.as_deref())
+                .bind(payload.as_str())
+                .bind(f.error_code.as_str())
+                .bind(f.message.as_str())
+                .bind(fields.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("add failures"))?;
+            }
+            tx.commit().await.map_err(query_err("add failures"))?;
+            Ok(())
+        })
+    }
+
+    fn list_failures(&self, filter: &FailureFilter) -> StoreFuture<'_, Vec<Failure>> {
+        let filter = filter.clone();
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {FAILURE_COLUMNS} FROM failures WHERE ($1 IS NULL OR workflow = $1) \
+                 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR error_code = $3) \
+                 ORDER BY id LIMIT $4"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(filter.workflow)
+                .bind(filter.status.map(FailureStatus::as_str))
+                .bind(filter.error_code)
+                .bind(list_limit(filter.limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_err("list failures"))?;
+            rows.iter().map(failure_from_row).collect()
+        })
+    }
+
+    fn failure_groups(&self, workflow: Option<&str>) -> StoreFuture<'_, Vec<(String, String, u64)>> {
+        let workflow = workflow.map(str::to_owned);
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT error_code, min(message) AS sample, count(*) AS n FROM failures \
+                 WHERE status = 'open' AND ($1 IS NULL OR workflow = $1) \
+                 GROUP BY error_code ORDER BY n DESC, error_code",
+            )
+            .bind(workflow)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("group failures"))?;
+            rows.iter()
+                .map(|row| {
+                    Ok((get(row, "error_code")?, get(row, "sample")?, from_db_count("failure count", get(row, "n")?)?))
+                })
+                .collect()
+        })
+    }
+
+    fn claim_failures(
+        &self,
+        selector: &FailureSelector,
+        worker: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<Failure>> {
+        let selector = selector.clone();
+        let worker = worker.to_owned();
+        Box::pin(async move {
+            let until = micros(lease_until(now, lease)?);
+            let (condition, arg) = match &selector {
+                FailureSelector::All { workflow } => ("($4 IS NULL OR workflow = $4)", workflow.clone()),
+                FailureSelector::Ids(ids) => {
+                    ("id IN (SELECT value FROM json_each($4))", Some(json_text("failure ids", ids)?))
+                }
+                FailureSelector::Code(code) => ("error_code = $4", Some(code.clone())),
+            };
+            let sql = format!(
+                "UPDATE failures SET status = 'replaying', leased_until = $1, leased_by = $2 \
+                 WHERE id IN (SELECT id FROM failures \
+                   WHERE (status = 'open' OR (status = 'replaying' AND leased_until <= $3)) \
+                   AND {condition} ORDER BY id LIMIT $5) \
+                 RETURNING {FAILURE_COLUMNS}"
+            );
+            // BEGIN IMMEDIATE takes the write lock before selecting, so a second claimer waits
+            // and then sees the rows this one moved to Replaying.
+            let mut tx = self.begin_write("claim failures").await?;
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(until)
+                .bind(worker)
+                .bind(micros(now))
+                .bind(arg)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(query_err("claim failures"))?;
+            tx.commit().await.map_err(query_err("claim failures"))?;
+            let mut claimed = rows.iter().map(failure_from_row).collect::<Result<Vec<_>, _>>()?;
+            claimed.sort_by_key(|f| f.id);
+            Ok(claimed)
+        })
+    }
+
+    fn resolve_failure(&self, id: i64, now: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE failures SET status = 'resolved', leased_until = NULL, leased_by = NULL, \
+                 resolved_at = $2 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(micros(now))
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("resolve failure"))?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::Invalid {
+                    what: "resolve failure",
+                    detail: format!("no failure with id {id}"),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn fail_again(&self, id: i64, error_code: &str, message: &str, now: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        let (error_code, message) = (error_code.to_owned(), message.to_owned());
+        Box::pin(async move {
+            let now = micros(now);
+            let mut tx = self.begin_write("fail again").await?;
+            // A newer failure of the same record may have opened while this one was replaying;
+            // fold this one into it so the record keeps a single open failure.
+            let merged = sqlx::query(
+                "UPDATE failures SET attempts = attempts + 1 + \
+                   (SELECT attempts FROM failures WHERE id = $1), \
+                 error_code = $2, message = $3, last_failed_at = $4 \
+                 WHERE status = 'open' AND id <> $1 AND (workflow, object, key) = \
+                   (SELECT workflow, object, key FROM failures WHERE id = $1)",
+            )
+            .bind(id)
+            .bind(error_code.as_str())
+            .bind(message.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("fail again"))?;
+            let done = if merged.rows_affected() > 0 {
+                sqlx::query("DELETE FROM failures WHERE id = $1").bind(id).execute(&mut *tx).await
+            } else {
+                sqlx::query(
+                    "UPDATE failures SET status = 'open', attempts = attempts + 1, error_code = $2, \
+                     message = $3, last_failed_at = $4, leased_until = NULL, leased_by = NULL \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(error_code.as_str())
+                .bind(message.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+            }
+            .map_err(query_err("fail again"))?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::Invalid { what: "fail again", detail: format!("no failure with id {id}") });
+            }
+            tx.commit().await.map_err(query_err("fail again"))?;
+            Ok(())
+        })
+    }
+}
+
+impl BudgetStore for SqliteStore {
+    fn reserve_budget(
+        &self,
+        day: NaiveDate,
+        workflow: &str,
+        calls: u64,
+        cap: u64,
+        _now: DateTime<Utc>,
+    ) -> StoreFuture<'_, bool> {
+        let workflow = workflow.to_owned();
+        Box::pin(async move {
+            let calls = to_db_count("reserved calls", calls)?;
+            let cap = to_db_count("budget cap", cap)?;
+            let mut tx = self.begin_write("reserve budget").await?;
+            sqlx::query(
+                "INSERT INTO budget_days (day, reserved, spent) VALUES ($1, 0, 0) \
+                 ON CONFLICT (day) DO NOTHING",
+            )
+            .bind(day)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("reserve budget"))?;
+            let granted = sqlx::query(
+                "UPDATE budget_days SET reserved = reserved + $2 \
+                 WHERE day = $1 AND reserved + spent + $2 <= $3",
+            )
+            .bind(day)
+            .bind(calls)
+            .bind(cap)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("reserve budget"))?
+            .rows_affected()
+                == 1;
+            if granted {
+                sqlx::query(
+                    "INSERT INTO budget_workflows (day, workflow, reserved, spent) \
+                     VALUES ($1, $2, $3, 0) ON CONFLICT (day, workflow) \
+                     DO UPDATE SET reserved = budget_workflows.reserved + excluded.reserved",
+                )
+                .bind(day)
+                .bind(workflow)
+                .bind(calls)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("reserve budget"))?;
+            }
+            tx.commit().await.map_err(query_err("reserve budget"))?;
+            Ok(granted)
+        })
+    }
+
+    fn settle_budget(
+        &self,
+        day: NaiveDate,
+        workflow: &str,
+        reserved: u64,
+        spent: u64,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'_, ()> {
+        let workflow = workflow.to_owned();
+        Box::pin(async move {
+            let reserved = to_db_count("settled reservation", reserved)?;
+            let spent = to_db_count("spent calls", spent)?;
+            let mut tx = self.begin_write("settle budget").await?;
+            // Releasing more than is reserved (a double settle) clamps at zero rather than
+            // inventing negative reservations.
+            sqlx::query(
+                "INSERT INTO budget_days (day, reserved, spent) VALUES ($1, 0, $3) \
+                 ON CONFLICT (day) DO UPDATE SET \
+                 reserved = CASE WHEN budget_days.reserved > $2 THEN budget_days.reserved - $2 ELSE 0 END, \
+                 spent = budget_days.spent + $3",
+            )
+            .bind(day)
+            .bind(reserved)
+            .bind(spent)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("settle budget"))?;
+            sqlx::query(
+                "INSERT INTO budget_workflows (day, workflow, reserved, spent) VALUES ($1, $2, 0, $4) \
+                 ON CONFLICT (day, workflow) DO UPDATE SET \
+                 reserved = CASE WHEN budget_workflows.reserved > $3 \
+                   THEN budget_workflows.reserved - $3 ELSE 0 END, \
+                 spent = budget_workflows.spent + $4",
+            )
+            .bind(day)
+            .bind(workflow.as_str())
+            .bind(reserved)
+            .bind(spent)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("settle budget"))?;
+            if spent > 0 {
+                sqlx::query("INSERT INTO budget_spend (day, workflow, calls, at) VALUES ($1, $2, $3, $4)")
+                    .bind(day)
+                    .bind(workflow.as_str())
+                    .bind(spent)
+                    .bind(micros(now))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_err("settle budget"))?;
+            }
+            tx.commit().await.map_err(query_err("settle budget"))?;
+            Ok(())
+        })
+    }
+
+    fn observe_org_usage(&self, day: NaiveDate, used: u64, max: u64, now: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            // Observations can arrive out of order from several workers; keep the newest.
+            sqlx::query(
+                "INSERT INTO budget_org (day, used, max, observed_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (day) DO UPDATE SET used = excluded.used, max = excluded.max, \
+                 observed_at = excluded.observed_at WHERE excluded.observed_at >= budget_org.observed_at",
+            )
+            .bind(day)
+            .bind(to_db_count("org API usage", used)?)
+            .bind(to_db_count("org API maximum", max)?)
+            .bind(micros(now))
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("observe org usage"))?;
+            Ok(())
+        })
+    }
+
+    fn budget_day(&self, day: NaiveDate) -> StoreFuture<'_, BudgetDay> {
+        Box::pin(async move {
+            let totals = sqlx::query("SELECT reserved, spent FROM budget_days WHERE day = $1")
+                .bind(day)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_err("read budget"))?;
+            let (reserved, spent) = match &totals {
+                Some(row) => (
+                    from_db_count("budget reserved", get(row, "reserved")?)?,
+                    from_db_count("budget spent", get(row, "spent")?)?,
+                ),
+                None => (0, 0),
+            };
+            let by_workflow = sqlx::query("SELECT workflow, spent FROM budget_workflows WHERE day = $1 AND spent > 0")
+                .bind(day)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_err("read budget"))?
+                .iter()
+                .map(|row| Ok((get(row, "workflow")?, from_db_count("budget spent", get(row, "spent")?)?)))
+                .collect::<Result<BTreeMap<String, u64>, StoreError>>()?;
+            let org = sqlx::query("SELECT used, max, observed_at FROM budget_org WHERE day = $1")
+                .bind(day)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_err("read budget"))?;
+            let (org_used, org_max, observed_at) = match &org {
+                Some(row) => (
+                    Some(from_db_count("org API usage", get(row, "used")?)?),
+                    Some(from_db_count("org API maximum", get(row, "max")?)?),
+                    Some(from_micros("org usage observed_at", get(row, "observed_at")?)?),
+                ),
+                None => (None, None, None),
+            };
+            Ok(BudgetDay { day, reserved, spent, by_workflow, org_used, org_max, observed_at })
+        })
+    }
+
+    fn spent_per_hour(&self, day: NaiveDate) -> StoreFuture<'_, Vec<(u32, u64)>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT (at / 3600000000) % 24 AS hour, sum(calls) AS calls FROM budget_spend \
+                 WHERE day = $1 GROUP BY hour ORDER BY hour",
+            )
+            .bind(day)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("read spend per hour"))?;
+            rows.iter()
+                .map(|row| {
+                    let hour: i64 = get(row, "hour")?;
+                    Ok((
+                        u32::try_from(hour)
+                            .map_err(|_| StoreError::Corrupt { what: "spend hour", detail: format!("{hour}") })?,
+                        from_db_count("spent calls", get(row, "calls")?)?,
+                    ))
+                })
+                .collect()
+        })
+    }
+}
+
+impl IdempotencyStore for SqliteStore {
+    fn begin_create(&self, key: &str, workflow: &str, now: DateTime<Utc>) -> StoreFuture<'_, CreateState> {
+        let (key, workflow) = (key.to_owned(), workflow.to_owned());
+        Box::pin(async move {
+            let mut tx = self.begin_write("begin create").await?;
+            let inserted = sqlx::query(
+                "INSERT INTO idempotency (key, workflow, state, created_at, updated_at) \
+                 VALUES ($1, $2, 'pending', $3, $3) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(key.as_str())
+            .bind(workflow)
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("begin create"))?
+            .rows_affected()
+                == 1;
+            let state = if inserted {
+                CreateState::New
+            } else {
+                let row = sqlx::query("SELECT state, salesforce_id, created_at FROM idempotency WHERE key = $1")
+                    .bind(key.as_str())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(query_err("begin create"))?;
+                let state: String = get(&row, "state")?;
+                match (state.as_str(), get::<Option<String>>(&row, "salesforce_id")?) {
+                    ("committed", Some(salesforce_id)) => CreateState::Committed { salesforce_id },
+                    ("pending", _) => {
+                        CreateState::Pending { since: from_micros("create started_at", get(&row, "created_at")?)? }
+                    }
+                    (other, _) => {
+                        return Err(StoreError::Corrupt {
+                            what: "idempotency state",
+                            detail: format!("{other:?} for key {key:?}"),
+                        });
+                    }
+                }
+            };
+            tx.commit().await.map_err(query_err("begin create"))?;
+            Ok(state)
+        })
+    }
+
+    fn commit_create(&self, key: &str, salesforce_id: &str, now: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        let (key, salesforce_id) = (key.to_owned(), salesforce_id.to_owned());
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE idempotency SET state = 'committed', salesforce_id = $2, updated_at = $3 \
+                 WHERE key = $1",
+            )
+            .bind(key.as_str())
+            .bind(salesforce_id)
+            .bind(micros(now))
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("commit create"))?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::Invalid {
+                    what: "commit create",
+                    detail: format!("no create was begun for key {key:?}"),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn abandon_create(&self, key: &str) -> StoreFuture<'_, ()> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            sqlx::query("DELETE FROM idempotency WHERE key = $1 AND state = 'pending'")
+                .bind(key)
+                .execute(&self.pool)
+                .await
+                .map_err(query_err("abandon create"))?;
+            Ok(())
+        })
+    }
+}

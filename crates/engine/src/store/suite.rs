@@ -1,0 +1,825 @@
+//! The store conformance suite: every check is written once against `Arc<dyn Store>` and the
+//! `conformance!` macro runs it on SQLite (a fresh temp file) and on PostgreSQL (a fresh schema
+//! in `USAGESYNC_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
+//! `USAGESYNC_SKIP_POSTGRES=1` skips the PostgreSQL variants; otherwise an unreachable server
+//! fails them, so CI cannot pass without having exercised PostgreSQL.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use serde_json::json;
+
+use super::*;
+
+const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+async fn with_sqlite<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("state.db");
+    let store = open(path.to_str().expect("utf-8 temp path")).await.expect("open SQLite store");
+    assert_eq!(store.backend(), Backend::Sqlite);
+    test(store).await;
+}
+
+async fn with_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    with_postgres_schema(|url, schema| async move {
+        let store = open_postgres_schema(&url, &schema).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL test database unavailable (set USAGESYNC_SKIP_POSTGRES=1 to skip): {e}")
+        });
+        assert_eq!(store.backend(), Backend::Postgres);
+        test(store).await;
+    })
+    .await;
+}
+
+/// Runs `test` with a fresh schema name on the test server and drops the schema afterwards,
+/// also when the test panics.
+async fn with_postgres_schema<F, Fut>(test: F)
+where
+    F: FnOnce(String, String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    if std::env::var("USAGESYNC_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
+        eprintln!("USAGESYNC_SKIP_POSTGRES=1: PostgreSQL variant skipped");
+        return;
+    }
+    let url = std::env::var("USAGESYNC_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
+    let schema = format!("usagesync_test_{}", uuid::Uuid::now_v7().simple());
+    // Run the body as its own task so a failing assertion still lets us drop the schema.
+    let outcome = tokio::spawn(test(url.clone(), schema.clone())).await;
+    let dropped = drop_postgres_schema(&url, &schema).await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    dropped.expect("drop test schema");
+}
+
+macro_rules! conformance {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::with_sqlite(super::$name).await
+                }
+            )+
+        }
+        mod postgres_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::with_postgres(super::$name).await
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    runs_lifecycle,
+    outcomes_filters_and_counts,
+    outcomes_and_fingerprints_commit_together,
+    outcomes_100k_batch,
+    cursors_compare_and_set,
+    id_map_pin_rule_and_review,
+    id_map_100k,
+    fingerprints_roundtrip,
+    fingerprints_900k,
+    failures_add_list_group,
+    failures_claim_lease_resolve_retry,
+    failures_concurrent_claimers,
+    budget_ledger,
+    budget_concurrent_reservations_respect_cap,
+    idempotent_creates,
+);
+
+fn t(h: u32, m: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 27, h, m, 0).single().expect("valid time")
+}
+
+fn day() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 11, 27).expect("valid day")
+}
+
+fn new_run(workflow: &str, started_at: DateTime<Utc>) -> NewRun {
+    NewRun {
+        workflow: workflow.into(),
+        template: "engagement".into(),
+        dry_run: false,
+        started_at,
+        trigger: "cli".into(),
+    }
+}
+
+fn outcome(key: &str, sf: Option<&str>, action: Action) -> RecordOutcome {
+    RecordOutcome {
+        object: "Account".into(),
+        key: key.into(),
+        salesforce_id: sf.map(Into::into),
+        action,
+        changes: vec![FieldChange {
+            field: "Usage__c".into(),
+            before: Some(json!(1)),
+            after: json!({"n": 2, "s": "it's \"q\" \\ ü"}),
+        }],
+        error_code: (action == Action::Failed).then(|| "FIELD_INTEGRITY_EXCEPTION".into()),
+        message: (action == Action::Failed).then(|| "bad value".into()),
+    }
+}
+
+fn all(limit: u32) -> OutcomeFilter {
+    OutcomeFilter { limit, ..Default::default() }
+}
+
+async fn runs_lifecycle(store: Arc<dyn Store>) {
+    let a = store.start_run(&new_run("wf-a", t(1, 0))).await.unwrap();
+    let b = store.start_run(&new_run("wf-b", t(2, 0))).await.unwrap();
+    let c = store.start_run(&new_run("wf-a", t(3, 0))).await.unwrap();
+
+    let run = store.get_run(a).await.unwrap().expect("run a exists");
+    assert_eq!(run.state, RunState::Running);
+    assert_eq!(run.workflow, "wf-a");
+    assert_eq!(run.started_at, t(1, 0));
+    assert_eq!(run.finished_at, None);
+    assert_eq!(run.stats, json!({}));
+
+    let stats = json!({"created": 3, "api_calls": {"collections": 2}, "elapsed_ms": 1234});
+    store
+        .finish_run(
+            a,
+            &RunFinish {
+                state: RunState::Partial,
+                finished_at: t(1, 5),
+                stats: stats.clone(),
+                error: Some("2 records failed".into()),
+            },
+        )
+        .await
+        .unwrap();
+    let run = store.get_run(a).await.unwrap().expect("run a exists");
+    assert_eq!(run.state, RunState::Partial);
+    assert_eq!(run.finished_at, Some(t(1, 5)));
+    assert_eq!(run.stats, stats);
+    assert_eq!(run.error.as_deref(), Some("2 records failed"));
+
+    let ids: Vec<RunId> = store.list_runs(None, 10).await.unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![c, b, a], "newest first");
+    let ids: Vec<RunId> = store.list_runs(Some("wf-a"), 10).await.unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![c, a]);
+    assert_eq!(store.list_runs(None, 1).await.unwrap().len(), 1);
+    assert_eq!(store.list_runs(None, 0).await.unwrap().len(), 3, "0 means no limit");
+
+    assert_eq!(store.get_run(RunId::new()).await.unwrap(), None);
+    let err = store
+        .finish_run(
+            RunId::new(),
+            &RunFinish { state: RunState::Succeeded, finished_at: t(4, 0), stats: json!({}), error: None },
+        )
+        .await;
+    assert!(matches!(err, Err(StoreError::Invalid { .. })), "{err:?}");
+}
+
+async fn outcomes_filters_and_counts(store: Arc<dyn Store>) {
+    let run = store.start_run(&new_run("wf", t(1, 0))).await.unwrap();
+    let other = store.start_run(&new_run("wf", t(1, 1))).await.unwrap();
+    let outcomes = vec![
+        outcome("acme-1", Some("001AAA000000001"), Action::Updated),
+        outcome("100%_off", Some("001AAA000000002"), Action::Created),
+        outcome("100x off", None, Action::Skipped),
+        outcome("back\\slash 'quoted' \"dq\"", Some("001BBB000000003"), Action::Failed),
+        outcome("ÄÖÜ Großhandel", None, Action::Unchanged),
+        outcome("日本-株式会社", None, Action::Deferred),
+    ];
+    store.record_outcomes(run, &outcomes, &[]).await.unwrap();
+    store.record_outcomes(other, &[outcome("acme-1", None, Action::Updated)], &[]).await.unwrap();
+
+    assert_eq!(store.run_outcomes(run, &all(100)).await.unwrap(), outcomes, "insertion order");
+    assert_eq!(store.run_outcomes(run, &OutcomeFilter::default()).await.unwrap(), outcomes, "limit 0 means no limit");
+
+    let search = |s: &str| OutcomeFilter { search: Some(s.into()), limit: 100, ..Default::default() };
+    let keys = |v: Vec<RecordOutcome>| v.into_iter().map(|o| o.key).collect::<Vec<_>>();
+    assert_eq!(keys(store.run_outcomes(run, &search("ACME")).await.unwrap()), ["acme-1"]);
+    // `%` and `_` are literal characters, not wildcards.
+    assert_eq!(keys(store.run_outcomes(run, &search("0%_")).await.unwrap()), ["100%_off"]);
+    assert_eq!(keys(store.run_outcomes(run, &search("%")).await.unwrap()), ["100%_off"]);
+    assert_eq!(keys(store.run_outcomes(run, &search("_")).await.unwrap()), ["100%_off"]);
+    assert_eq!(keys(store.run_outcomes(run, &search("k\\s")).await.unwrap()), ["back\\slash 'quoted' \"dq\""]);
+    assert_eq!(keys(store.run_outcomes(run, &search("'QUOTED' \"")).await.unwrap()), ["back\\slash 'quoted' \"dq\""]);
+    // Unicode case folding, not just ASCII.
+    assert_eq!(
+        keys(store.run_outcomes(run, &search("äöü gross")).await.unwrap()),
+        Vec::<String>::new(),
+        "ß is not ss: substring, not collation"
+    );
+    assert_eq!(keys(store.run_outcomes(run, &search("äöü groß")).await.unwrap()), ["ÄÖÜ Großhandel"]);
+    assert_eq!(keys(store.run_outcomes(run, &search("株式")).await.unwrap()), ["日本-株式会社"]);
+    // The Salesforce id is searched too, case-insensitively.
+    assert_eq!(keys(store.run_outcomes(run, &search("001bbb")).await.unwrap()), ["back\\slash 'quoted' \"dq\""]);
+    assert_eq!(keys(store.run_outcomes(run, &search("001aaa")).await.unwrap()).len(), 2);
+    assert!(store.run_outcomes(run, &search("nothing")).await.unwrap().is_empty());
+
+    let by_action = OutcomeFilter { action: Some(Action::Failed), limit: 100, ..Default::default() };
+    let failed = store.run_outcomes(run, &by_action).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].error_code.as_deref(), Some("FIELD_INTEGRITY_EXCEPTION"));
+
+    let page = OutcomeFilter { limit: 2, offset: 2, ..Default::default() };
+    assert_eq!(keys(store.run_outcomes(run, &page).await.unwrap()), ["100x off", outcomes[3].key.as_str()]);
+
+    let counts = store.outcome_counts(run).await.unwrap();
+    let expected: BTreeMap<Action, u64> = Action::ALL.iter().map(|a| (*a, 1)).collect();
+    assert_eq!(counts, expected);
+    assert_eq!(store.outcome_counts(other).await.unwrap(), BTreeMap::from([(Action::Updated, 1)]));
+    assert!(store.outcome_counts(RunId::new()).await.unwrap().is_empty());
+}
+
+async fn outcomes_and_fingerprints_commit_together(store: Arc<dyn Store>) {
+    let run = store.start_run(&new_run("wf", t(1, 0))).await.unwrap();
+    let fp = |key: &str, v: u64| FingerprintPut {
+        scope: "engagement:Account".into(),
+        key: key.into(),
+        field: "Usage__c".into(),
+        fingerprint: v,
+        written_at: t(1, 0),
+    };
+    store.record_outcomes(run, &[outcome("a", Some("001A"), Action::Updated)], &[fp("001A", 7)]).await.unwrap();
+    let fps = store.fingerprints("engagement:Account").await.unwrap();
+    assert_eq!(fps.get(&("001A".into(), "Usage__c".into())), Some(&7));
+
+    // Outcomes for a run that does not exist violate the foreign key: the fingerprints written
+    // in the same call must roll back with them.
+    let err = store
+        .record_outcomes(RunId::new(), &[outcome("b", Some("001B"), Action::Updated)], &[fp("001B", 8), fp("001A", 9)])
+        .await;
+    assert!(matches!(err, Err(StoreError::Query { .. })), "{err:?}");
+    let fps = store.fingerprints("engagement:Account").await.unwrap();
+    assert_eq!(fps.len(), 1);
+    assert_eq!(fps.get(&("001A".into(), "Usage__c".into())), Some(&7));
+}
+
+async fn outcomes_100k_batch(store: Arc<dyn Store>) {
+    let n = 100_000;
+    let (record, read) = bench::outcomes(store.as_ref(), n).await.unwrap();
+    eprintln!("{:?}: {n} outcomes recorded in {record:?}, read in {read:?}", store.backend());
+    let runs = store.list_runs(Some("bench"), 1).await.unwrap();
+    let counts = store.outcome_counts(runs[0].id).await.unwrap();
+    assert_eq!(counts, BTreeMap::from([(Action::Updated, n as u64)]));
+    let found = store
+        .run_outcomes(
+            runs[0].id,
+            &OutcomeFilter { search: Some("PENDO-ACCOUNT-99999".into()), limit: 10, ..Default::default() },
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].salesforce_id.as_deref(), Some("001000000000099999"));
+    assert!(record < Duration::from_secs(60), "recording {n} outcomes took {record:?}");
+}
+
+async fn cursors_compare_and_set(store: Arc<dyn Store>) {
+    assert_eq!(store.cursor("wf", "events").await.unwrap(), None);
+    assert!(!store.advance_cursor("wf", "events", Some("x"), "y").await.unwrap());
+    assert_eq!(store.cursor("wf", "events").await.unwrap(), None);
+    assert!(store.advance_cursor("wf", "events", None, "2026-11-01").await.unwrap());
+    assert!(!store.advance_cursor("wf", "events", None, "2026-11-02").await.unwrap(), "a second first writer is stale");
+    assert!(
+        !store.advance_cursor("wf", "events", Some("2026-10-01"), "2026-11-03").await.unwrap(),
+        "a writer that read an old value is stale"
+    );
+    assert_eq!(store.cursor("wf", "events").await.unwrap().as_deref(), Some("2026-11-01"));
+    assert!(store.advance_cursor("wf", "events", Some("2026-11-01"), "2026-11-02").await.unwrap());
+    assert_eq!(store.cursor("wf", "events").await.unwrap().as_deref(), Some("2026-11-02"));
+    // Cursors are per workflow and name.
+    assert_eq!(store.cursor("wf", "accounts").await.unwrap(), None);
+    assert_eq!(store.cursor("other", "events").await.unwrap(), None);
+    let odd = "it's a \"cursor\" \\ with % and _ ✓";
+    assert!(store.advance_cursor("wf", odd, None, odd).await.unwrap());
+    assert_eq!(store.cursor("wf", odd).await.unwrap().as_deref(), Some(odd));
+}
+
+fn entry(workflow: &str, pendo_id: &str, status: MatchStatus, sf: Option<&str>) -> IdMapEntry {
+    IdMapEntry {
+        workflow: workflow.into(),
+        pendo_id: pendo_id.into(),
+        status,
+        salesforce_id: sf.map(Into::into),
+        rule: Some("domain".into()),
+        candidates: match status {
+            MatchStatus::Ambiguous => vec!["001X".into(), "001Y".into()],
+            _ => vec![],
+        },
+        pinned: false,
+        checked_at: t(1, 0),
+    }
+}
+
+async fn id_map_pin_rule_and_review(store: Arc<dyn Store>) {
+    let entries = vec![
+        entry("wf", "p1", MatchStatus::Matched, Some("001A")),
+        entry("wf", "p2", MatchStatus::Ambiguous, None),
+        entry("wf", "p3", MatchStatus::Unmatched, None),
+        entry("wf", "p'4\\%", MatchStatus::Matched, Some("001D")),
+        entry("other", "p1", MatchStatus::Unmatched, None),
+    ];
+    store.put_id_map(&entries).await.unwrap();
+    let map = store.id_map("wf").await.unwrap();
+    assert_eq!(map.len(), 4);
+    assert!(map.contains(&entries[1]), "candidates round-trip");
+
+    let review: Vec<(String, String)> =
+        store.id_map_review(None).await.unwrap().into_iter().map(|e| (e.workflow, e.pendo_id)).collect();
+    assert_eq!(review, [("other".into(), "p1".into()), ("wf".into(), "p2".into()), ("wf".into(), "p3".into())]);
+    assert_eq!(store.id_map_review(Some("wf")).await.unwrap().len(), 2);
+
+    // A person pins p2; automatic matching must not undo it.
+    store.pin_match("wf", "p2", "001PIN").await.unwrap();
+    let later = IdMapEntry { checked_at: t(2, 0), ..entry("wf", "p2", MatchStatus::Unmatched, None) };
+    store.put_id_map(&[later.clone(), entry("wf", "p1", MatchStatus::Matched, Some("001A2"))]).await.unwrap();
+    let map: HashMap<String, IdMapEntry> =
+        store.id_map("wf").await.unwrap().into_iter().map(|e| (e.pendo_id.clone(), e)).collect();
+    assert_eq!(map["p2"].status, MatchStatus::Matched);
+    assert_eq!(map["p2"].salesforce_id.as_deref(), Some("001PIN"));
+    assert!(map["p2"].pinned);
+    assert_eq!(map["p1"].salesforce_id.as_deref(), Some("001A2"), "unpinned entries update");
+    assert_eq!(store.id_map_review(Some("wf")).await.unwrap().len(), 1);
+
+    // An incoming pinned entry does replace a pin.
+    let repin = IdMapEntry { pinned: true, ..entry("wf", "p2", MatchStatus::Matched, Some("001NEW")) };
+    store.put_id_map(std::slice::from_ref(&repin)).await.unwrap();
+    let map = store.id_map("wf").await.unwrap();
+    assert!(map.contains(&repin));
+
+    // Pinning a never-seen account creates the entry.
+    store.pin_match("wf", "p9", "001NINE").await.unwrap();
+    // After unpinning, automatic matching takes over again.
+    store.unpin_match("wf", "p2").await.unwrap();
+    store.put_id_map(std::slice::from_ref(&later)).await.unwrap();
+    let map: HashMap<String, IdMapEntry> =
+        store.id_map("wf").await.unwrap().into_iter().map(|e| (e.pendo_id.clone(), e)).collect();
+    assert_eq!(map["p2"], later);
+    assert_eq!(map["p9"].salesforce_id.as_deref(), Some("001NINE"));
+    assert!(map["p9"].pinned);
+    assert_eq!(map["p'4\\%"].salesforce_id.as_deref(), Some("001D"));
+}
+
+async fn id_map_100k(store: Arc<dyn Store>) {
+    let n = 100_000;
+    let entries: Vec<IdMapEntry> = (0..n)
+        .map(|i| entry("big", &format!("pendo-{i:06}"), MatchStatus::Matched, Some(&format!("001{i:015}"))))
+        .collect();
+    let started = Instant::now();
+    store.put_id_map(&entries).await.unwrap();
+    let put = started.elapsed();
+    let started = Instant::now();
+    let loaded = store.id_map("big").await.unwrap();
+    let load = started.elapsed();
+    eprintln!("{:?}: {n} id map entries put in {put:?}, loaded in {load:?}", store.backend());
+    assert_eq!(loaded.len(), n);
+    assert_eq!(loaded[n - 1], entries[n - 1]);
+}
+
+async fn fingerprints_roundtrip(store: Arc<dyn Store>) {
+    let put = |scope: &str, key: &str, field: &str, fp: u64| FingerprintPut {
+        scope: scope.into(),
+        key: key.into(),
+        field: field.into(),
+        fingerprint: fp,
+        written_at: t(1, 0),
+    };
+    store
+        .put_fingerprints(&[
+            put("s", "001A", "F1", 1),
+            put("s", "001A", "F2", u64::MAX),
+            put("s", "001B", "F1", 1 << 63),
+            put("s", "001B", "F1", (1 << 63) + 5), // same row twice in one batch: last wins
+            put("s", "it's \\ %_ ü", "F1", 42),
+            put("t", "001A", "F1", 3),
+        ])
+        .await
+        .unwrap();
+    let fps = store.fingerprints("s").await.unwrap();
+    let expected: HashMap<(String, String), u64> = [
+        (("001A".into(), "F1".into()), 1),
+        (("001A".into(), "F2".into()), u64::MAX),
+        (("001B".into(), "F1".into()), (1 << 63) + 5),
+        (("it's \\ %_ ü".into(), "F1".into()), 42),
+    ]
+    .into();
+    assert_eq!(fps, expected);
+
+    store.put_fingerprints(&[put("s", "001A", "F1", 10)]).await.unwrap();
+    store.forget_fingerprints("s", "001B").await.unwrap();
+    let fps = store.fingerprints("s").await.unwrap();
+    assert_eq!(fps.len(), 3);
+    assert_eq!(fps[&("001A".to_owned(), "F1".to_owned())], 10);
+    assert!(!fps.contains_key(&("001B".to_owned(), "F1".to_owned())));
+    assert_eq!(store.fingerprints("t").await.unwrap().len(), 1, "scopes are separate");
+    assert!(store.fingerprints("none").await.unwrap().is_empty());
+}
+
+async fn fingerprints_900k(store: Arc<dyn Store>) {
+    let n = 900_000;
+    let (put, load) = bench::fingerprints(store.as_ref(), n).await.unwrap();
+    eprintln!("{:?}: {n} fingerprints put in {put:?}, loaded in {load:?}", store.backend());
+    assert!(load < Duration::from_secs(60), "loading {n} fingerprints took {load:?}");
+}
+
+fn failure(key: &str, code: &str, run: RunId) -> NewFailure {
+    NewFailure {
+        workflow: "wf".into(),
+        run,
+        object: "Account".into(),
+        key: key.into(),
+        salesforce_id: Some(format!("001{key}")),
+        payload: json!({"Usage__c": 5, "Note__c": "it's \"x\""}),
+        error_code: code.into(),
+        message: format!("{code} on {key}"),
+        fields: vec!["Usage__c".into()],
+    }
+}
+
+async fn failures_add_list_group(store: Arc<dyn Store>) {
+    let run = RunId::new();
+    store
+        .add_failures(&[
+            failure("k1", "FIELD_INTEGRITY_EXCEPTION", run),
+            failure("k2", "FIELD_INTEGRITY_EXCEPTION", run),
+            failure("k3", "INVALID_CROSS_REFERENCE_KEY", run),
+        ])
+        .await
+        .unwrap();
+    // k1 fails again (also twice within one batch): still one open row, attempts bumped,
+    // payload and error replaced.
+    let mut again = failure("k1", "STRING_TOO_LONG", run);
+    again.payload = json!({"Usage__c": 6});
+    store.add_failures(&[again.clone(), again.clone()]).await.unwrap();
+
+    let listed = store.list_failures(&FailureFilter::default()).await.unwrap();
+    assert_eq!(listed.len(), 3, "limit 0 means no limit");
+    let k1 = &listed[0];
+    assert_eq!(k1.key, "k1");
+    assert_eq!(k1.attempts, 3);
+    assert_eq!(k1.error_code, "STRING_TOO_LONG");
+    assert_eq!(k1.payload, json!({"Usage__c": 6}));
+    assert_eq!(k1.status, FailureStatus::Open);
+    assert_eq!(k1.fields, vec!["Usage__c".to_owned()]);
+    assert_eq!(k1.leased_until, None);
+    assert!(k1.last_failed_at >= k1.first_failed_at);
+    assert_eq!(listed[1].payload, failure("k2", "", run).payload);
+
+    let by_code = store
+        .list_failures(&FailureFilter {
+            error_code: Some("FIELD_INTEGRITY_EXCEPTION".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_code.iter().map(|f| f.key.as_str()).collect::<Vec<_>>(), ["k2"]);
+    let none = store
+        .list_failures(&FailureFilter { workflow: Some("other".into()), limit: 100, ..Default::default() })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert_eq!(
+        store
+            .list_failures(&FailureFilter { status: Some(FailureStatus::Open), limit: 2, ..Default::default() })
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let groups = store.failure_groups(None).await.unwrap();
+    assert_eq!(
+        groups,
+        vec![
+            ("FIELD_INTEGRITY_EXCEPTION".into(), "FIELD_INTEGRITY_EXCEPTION on k2".into(), 1),
+            ("INVALID_CROSS_REFERENCE_KEY".into(), "INVALID_CROSS_REFERENCE_KEY on k3".into(), 1),
+            ("STRING_TOO_LONG".into(), "STRING_TOO_LONG on k1".into(), 1),
+        ]
+    );
+    store.resolve_failure(listed[1].id, t(3, 0)).await.unwrap();
+    let groups = store.failure_groups(Some("wf")).await.unwrap();
+    assert_eq!(groups.len(), 2, "resolved failures leave the groups");
+    assert!(store.failure_groups(Some("other")).await.unwrap().is_empty());
+}
+
+async fn failures_claim_lease_resolve_retry(store: Arc<dyn Store>) {
+    let run = RunId::new();
+    store.add_failures(&[failure("k1", "A", run), failure("k2", "A", run), failure("k3", "B", run)]).await.unwrap();
+    let ids: Vec<i64> = store
+        .list_failures(&FailureFilter { limit: 10, ..Default::default() })
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.id)
+        .collect();
+    let lease = Duration::from_secs(600);
+
+    let by_code = store.claim_failures(&FailureSelector::Code("B".into()), "w1", lease, t(1, 0), 10).await.unwrap();
+    assert_eq!(by_code.len(), 1);
+    assert_eq!(by_code[0].key, "k3");
+    assert_eq!(by_code[0].status, FailureStatus::Replaying);
+    assert_eq!(by_code[0].leased_until, Some(t(1, 10)));
+
+    let by_id =
+        store.claim_failures(&FailureSelector::Ids(vec![ids[1], ids[2]]), "w1", lease, t(1, 0), 10).await.unwrap();
+    assert_eq!(by_id.iter().map(|f| f.id).collect::<Vec<_>>(), [ids[1]], "k3 is leased");
+
+    let rest = store
+        .claim_failures(&FailureSelector::All { workflow: Some("wf".into()) }, "w2", lease, t(1, 5), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.iter().map(|f| f.id).collect::<Vec<_>>(), [ids[0]]);
+    assert!(
+        store
+            .claim_failures(&FailureSelector::All { workflow: None }, "w2", lease, t(1, 9), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "every lease is live"
+    );
+
+    // A worker died: its leases (until 1:10) expire and another worker reclaims them.
+    let reclaimed =
+        store.claim_failures(&FailureSelector::All { workflow: None }, "w3", lease, t(1, 10), 2).await.unwrap();
+    assert_eq!(reclaimed.iter().map(|f| f.id).collect::<Vec<_>>(), [ids[1], ids[2]], "limit 2");
+    assert!(reclaimed.iter().all(|f| f.leased_until == Some(t(1, 20))));
+
+    store.resolve_failure(ids[1], t(1, 11)).await.unwrap();
+    store.fail_again(ids[2], "C", "still broken", t(1, 12)).await.unwrap();
+    let all = store.list_failures(&FailureFilter { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(all[1].status, FailureStatus::Resolved);
+    assert_eq!(all[1].leased_until, None);
+    assert_eq!(all[2].status, FailureStatus::Open);
+    assert_eq!(all[2].attempts, 2);
+    assert_eq!(all[2].error_code, "C");
+    assert_eq!(all[2].message, "still broken");
+    assert_eq!(all[2].last_failed_at, t(1, 12));
+    assert_eq!(all[2].leased_until, None);
+
+    // While k1 is replaying, the next run fails it again: a new open failure appears. When the
+    // replay fails too, the two fold into one open failure.
+    store.add_failures(&[failure("k1", "D", run)]).await.unwrap();
+    store.fail_again(ids[0], "E", "replay failed", t(1, 13)).await.unwrap();
+    let k1: Vec<Failure> = store
+        .list_failures(&FailureFilter { limit: 10, ..Default::default() })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.key == "k1")
+        .collect();
+    assert_eq!(k1.len(), 1, "{k1:?}");
+    assert_eq!(k1[0].status, FailureStatus::Open);
+    assert_eq!(k1[0].attempts, 3);
+    assert_eq!(k1[0].error_code, "E");
+
+    assert!(store.resolve_failure(999_999, t(2, 0)).await.is_err());
+    assert!(store.fail_again(999_999, "X", "x", t(2, 0)).await.is_err());
+}
+
+async fn failures_concurrent_claimers(store: Arc<dyn Store>) {
+    let run = RunId::new();
+    let n = 300;
+    let failures: Vec<NewFailure> = (0..n).map(|i| failure(&format!("k{i}"), "A", run)).collect();
+    store.add_failures(&failures).await.unwrap();
+    let claimer = |worker: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = store
+                    .claim_failures(
+                        &FailureSelector::All { workflow: None },
+                        worker,
+                        Duration::from_secs(600),
+                        t(1, 0),
+                        7,
+                    )
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.into_iter().map(|f| f.id));
+            }
+        })
+    };
+    let (a, b) = (claimer("w1"), claimer("w2"));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let sa: BTreeSet<i64> = a.iter().copied().collect();
+    let sb: BTreeSet<i64> = b.iter().copied().collect();
+    assert_eq!(sa.len(), a.len(), "no row twice to one claimer");
+    assert!(sa.is_disjoint(&sb), "no row to both claimers");
+    assert_eq!(sa.len() + sb.len(), n, "every row claimed");
+}
+
+async fn budget_ledger(store: Arc<dyn Store>) {
+    let d = day();
+    assert!(store.reserve_budget(d, "wf-a", 600, 1000, t(1, 0)).await.unwrap());
+    assert!(store.reserve_budget(d, "wf-b", 400, 1000, t(1, 0)).await.unwrap());
+    assert!(!store.reserve_budget(d, "wf-b", 1, 1000, t(1, 0)).await.unwrap(), "cap reached");
+    // Settling releases the reservation and records what was really spent.
+    store.settle_budget(d, "wf-a", 600, 250, t(1, 30)).await.unwrap();
+    store.settle_budget(d, "wf-a", 0, 50, t(3, 15)).await.unwrap();
+    assert!(store.reserve_budget(d, "wf-b", 300, 1000, t(2, 0)).await.unwrap());
+    assert!(!store.reserve_budget(d, "wf-b", 1, 1000, t(2, 0)).await.unwrap());
+    store.settle_budget(d, "wf-b", 700, 100, t(3, 45)).await.unwrap();
+    // Over-release clamps at zero.
+    store.settle_budget(d, "wf-b", 5, 0, t(4, 0)).await.unwrap();
+    store.observe_org_usage(d, 12_000, 100_000, t(3, 0)).await.unwrap();
+    store.observe_org_usage(d, 15_000, 100_000, t(4, 0)).await.unwrap();
+    store.observe_org_usage(d, 11_000, 100_000, t(2, 0)).await.unwrap(); // stale, ignored
+
+    let b = store.budget_day(d).await.unwrap();
+    assert_eq!(
+        b,
+        BudgetDay {
+            day: d,
+            reserved: 0,
+            spent: 400,
+            by_workflow: BTreeMap::from([("wf-a".into(), 300), ("wf-b".into(), 100)]),
+            org_used: Some(15_000),
+            org_max: Some(100_000),
+            observed_at: Some(t(4, 0)),
+        }
+    );
+    assert_eq!(store.spent_per_hour(d).await.unwrap(), vec![(1, 250), (3, 150)]);
+
+    let other = d.succ_opt().expect("next day");
+    assert!(store.reserve_budget(other, "wf-a", 1000, 1000, t(23, 0)).await.unwrap(), "days are separate");
+    let empty = store.budget_day(d.pred_opt().expect("previous day")).await.unwrap();
+    assert_eq!((empty.reserved, empty.spent, empty.org_used), (0, 0, None));
+    assert!(store.spent_per_hour(other).await.unwrap().is_empty());
+    assert!(store.reserve_budget(d, "wf", u64::MAX, u64::MAX, t(1, 0)).await.is_err());
+}
+
+async fn budget_concurrent_reservations_respect_cap(store: Arc<dyn Store>) {
+    let d = day();
+    let cap = 500;
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let workflow = format!("wf-{}", i % 3);
+                let mut granted = 0u64;
+                for _ in 0..15 {
+                    if store.reserve_budget(d, &workflow, 7, cap, t(1, 0)).await.unwrap() {
+                        granted += 7;
+                    }
+                }
+                granted
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    let b = store.budget_day(d).await.unwrap();
+    assert_eq!(b.reserved, total, "the ledger agrees with what was granted");
+    assert!(total <= cap, "{total} reserved over a cap of {cap}");
+    assert_eq!(total, cap / 7 * 7, "and no grant was refused while there was room");
+}
+
+async fn idempotent_creates(store: Arc<dyn Store>) {
+    let key = "wf:Task:pendo-1:2026-11-27 'q' \\ ü";
+    assert_eq!(store.begin_create(key, "wf", t(1, 0)).await.unwrap(), CreateState::New);
+    assert_eq!(store.begin_create(key, "wf", t(1, 5)).await.unwrap(), CreateState::Pending { since: t(1, 0) });
+    store.commit_create(key, "00T000000000001", t(1, 6)).await.unwrap();
+    assert_eq!(
+        store.begin_create(key, "wf", t(2, 0)).await.unwrap(),
+        CreateState::Committed { salesforce_id: "00T000000000001".into() }
+    );
+    store.abandon_create(key).await.unwrap();
+    assert!(
+        matches!(store.begin_create(key, "wf", t(2, 0)).await.unwrap(), CreateState::Committed { .. }),
+        "a committed create is never forgotten"
+    );
+
+    assert_eq!(store.begin_create("k2", "wf", t(1, 0)).await.unwrap(), CreateState::New);
+    store.abandon_create("k2").await.unwrap();
+    assert_eq!(store.begin_create("k2", "wf", t(1, 1)).await.unwrap(), CreateState::New);
+    assert!(store.commit_create("never-begun", "001", t(1, 0)).await.is_err());
+
+    // Concurrent beginners: exactly one gets New.
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.begin_create("race", "wf", t(1, 0)).await.unwrap() })
+        })
+        .collect();
+    let mut news = 0;
+    for task in tasks {
+        if task.await.unwrap() == CreateState::New {
+            news += 1;
+        }
+    }
+    assert_eq!(news, 1);
+}
+
+#[tokio::test]
+async fn opens_memory_and_url_forms() {
+    let store = open("sqlite::memory:").await.unwrap();
+    assert_eq!(store.backend(), Backend::Sqlite);
+    let run = store.start_run(&new_run("wf", t(1, 0))).await.unwrap();
+    assert!(store.get_run(run).await.unwrap().is_some(), "one in-memory database across calls");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested.db");
+    let url = format!("sqlite://{}", path.display());
+    let store = open(&url).await.unwrap();
+    store.start_run(&new_run("wf", t(1, 0))).await.unwrap();
+    drop(store);
+    // Reopening migrates nothing new and keeps the data.
+    let store = open(path.to_str().unwrap()).await.unwrap();
+    assert_eq!(store.list_runs(None, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn open_errors_name_the_location_without_the_password() {
+    let missing = "/nonexistent-dir-usagesync/state.db";
+    let err = open(missing).await.err().expect("cannot create a file in a missing directory");
+    assert!(matches!(err, StoreError::Open { .. }));
+    assert!(err.to_string().contains(missing), "{err}");
+
+    // Port 1 on localhost refuses connections.
+    let err = open("postgres://app:hunter2@127.0.0.1:1/x").await.err().expect("nothing listens on port 1");
+    let text = err.to_string();
+    assert!(text.contains("postgres://app:***@127.0.0.1:1/x"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test]
+async fn unknown_enum_text_is_reported_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = open(path.to_str().unwrap()).await.unwrap();
+    let run = store.start_run(&new_run("wf", t(1, 0))).await.unwrap();
+    drop(store);
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    sqlx::query("UPDATE runs SET state = 'exploded'").execute(&pool).await.unwrap();
+    pool.close().await;
+    let store = open(path.to_str().unwrap()).await.unwrap();
+    let err = store.get_run(run).await.expect_err("unknown state");
+    assert!(matches!(err, StoreError::Corrupt { what: "run state", .. }), "{err:?}");
+    assert!(err.to_string().contains("exploded"), "{err}");
+}
+
+/// Two stores on one database stand in for two processes: each has its own connections.
+async fn reserve_from_two_stores(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let d = day();
+    let cap = 300;
+    let tasks: Vec<_> = [a.clone(), b, a.clone(), a.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(i, store)| {
+            tokio::spawn(async move {
+                let mut granted = 0u64;
+                for _ in 0..20 {
+                    if store.reserve_budget(d, &format!("wf-{i}"), 11, cap, t(1, 0)).await.unwrap() {
+                        granted += 11;
+                    }
+                }
+                granted
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    assert_eq!(total, cap / 11 * 11);
+    assert_eq!(a.budget_day(d).await.unwrap().reserved, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_cap_holds_across_stores_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let a = open(path.to_str().unwrap()).await.unwrap();
+    let b = open(path.to_str().unwrap()).await.unwrap();
+    reserve_from_two_stores(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_cap_holds_across_stores_postgres() {
+    with_postgres_schema(|url, schema| async move {
+        let a = open_postgres_schema(&url, &schema).await.unwrap();
+        let b = open_postgres_schema(&url, &schema).await.unwrap();
+        reserve_from_two_stores(a, b).await;
+    })
+    .await;
+}
