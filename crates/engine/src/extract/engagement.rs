@@ -8,9 +8,7 @@ use chrono::{DateTime, Utc};
 use pendo::{Agg, Apps, Expr, Pipeline, Source, Span, Time, TimeSeries};
 use serde_json::Value;
 
-use super::{
-    AccountUsage, CoreFeatures, ExtractError, Extractor, Result, bad_row, count, maybe_filter, text,
-};
+use super::{AccountUsage, CoreFeatures, ExtractError, Extractor, Result, bad_row, count, maybe_filter, text};
 
 const MAX_WINDOW_DAYS: u32 = 3650;
 
@@ -166,14 +164,17 @@ impl Extractor<'_> {
             // Two rows per account (seen, completed): a page may end between them.
             true,
             |cond| {
-                maybe_filter(Pipeline::events(Source::GuideEvents { guide_id: None, apps: Apps::All }, ts.clone()), cond)
-                    .identified("visitorId")
-                    .filter(relevant.clone())
-                    .group(&["accountId", "visitorId", "guideId", "type"], &[])
-                    // Rows are distinct (visitor, guide) pairs now; summing ones counts them
-                    // whatever Pendo's `count` means.
-                    .eval(vec![("one", Expr::lit(1i64))])
-                    .group(&["accountId", "type"], &[("pairs", Agg::Sum("one".into()))])
+                maybe_filter(
+                    Pipeline::events(Source::GuideEvents { guide_id: None, apps: Apps::All }, ts.clone()),
+                    cond,
+                )
+                .identified("visitorId")
+                .filter(relevant.clone())
+                .group(&["accountId", "visitorId", "guideId", "type"], &[])
+                // Rows are distinct (visitor, guide) pairs now; summing ones counts them
+                // whatever Pendo's `count` means.
+                .eval(vec![("one", Expr::lit(1i64))])
+                .group(&["accountId", "type"], &[("pairs", Agg::Sum("one".into()))])
             },
             |row| {
                 let pairs = count(row, "pairs");

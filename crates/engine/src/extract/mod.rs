@@ -226,9 +226,10 @@ fn text<'v>(row: &'v Value, field: &str) -> Option<&'v str> {
 /// A count or sum: Pendo may send sums as floats; missing, negative or non-numbers are 0.
 fn count(row: &Value, field: &str) -> u64 {
     match row.get(field) {
-        Some(Value::Number(n)) => {
-            n.as_u64().or_else(|| n.as_f64().filter(|f| f.is_finite() && *f > 0.0).map(|f| f.round() as u64)).unwrap_or(0)
-        }
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite() && *f > 0.0).map(|f| f.round() as u64))
+            .unwrap_or(0),
         _ => 0,
     }
 }
