@@ -330,3 +330,50 @@ async fn a_failing_query_is_named() {
     assert!(!err.is_retryable());
     emu.shutdown().await;
 }
+
+/// Peak resident set size of this process in bytes (Linux), 0 elsewhere.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Measurement, not a check: `EXTRACT_BENCH_URL=http://127.0.0.1:PORT cargo test --release -p
+/// engine --test extract -- --ignored --nocapture bench` against `cargo run --release -p pendo
+/// --example pendo_emulator -- serve --accounts N --days 30` in another process, so the peak RSS
+/// printed is the extraction's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; needs an emulator URL in EXTRACT_BENCH_URL"]
+async fn bench_extraction() {
+    let Ok(url) = std::env::var("EXTRACT_BENCH_URL") else { return };
+    let pendo = pendo::Client::new(pendo::ClientConfig::new(&url, "emulator-integration-key").unwrap()).unwrap();
+    let rss_before = peak_rss_bytes();
+    let x = Extractor::new(&pendo);
+    let end = Utc::now();
+    let t = std::time::Instant::now();
+    let usage = x.engagement(&Window { end, days: 30 }, &CoreFeatures::MarkedCore).await.unwrap();
+    let t_usage = t.elapsed();
+    let after_usage = x.stats();
+    let t = std::time::Instant::now();
+    let fields = [("custom".to_string(), "sfdcaccountid".to_string())];
+    let facts = x.account_facts(&fields).await.unwrap();
+    let t_facts = t.elapsed();
+    let all = x.stats();
+    println!(
+        "engagement: {} accounts, {:.2?}, {} calls, {} rows | facts: {} accounts, {:.2?}, {} calls, {} rows | \
+         peak RSS before {} MB, after {} MB",
+        usage.len(),
+        t_usage,
+        after_usage.pendo_calls,
+        after_usage.rows,
+        facts.len(),
+        t_facts,
+        all.pendo_calls - after_usage.pendo_calls,
+        all.rows - after_usage.rows,
+        rss_before / 1_000_000,
+        peak_rss_bytes() / 1_000_000,
+    );
+}
