@@ -351,7 +351,8 @@ async fn bench_extraction() {
     let Ok(url) = std::env::var("EXTRACT_BENCH_URL") else { return };
     let pendo = pendo::Client::new(pendo::ClientConfig::new(&url, "emulator-integration-key").unwrap()).unwrap();
     let rss_before = peak_rss_bytes();
-    let x = Extractor::new(&pendo);
+    let page_rows = std::env::var("EXTRACT_BENCH_PAGE_ROWS").ok().and_then(|v| v.parse().ok());
+    let x = Extractor::new(&pendo).with_page_rows(page_rows.unwrap_or(engine::extract::DEFAULT_PAGE_ROWS));
     let end = Utc::now();
     let t = std::time::Instant::now();
     let usage = x.engagement(&Window { end, days: 30 }, &CoreFeatures::MarkedCore).await.unwrap();

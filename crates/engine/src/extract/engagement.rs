@@ -39,13 +39,16 @@ fn any_of<'a>(field: &str, values: impl IntoIterator<Item = &'a str>) -> Option<
     values.into_iter().map(|v| Expr::field(field).eq(v)).reduce(Expr::or)
 }
 
-fn entry<'m>(accs: &'m mut BTreeMap<String, Acc>, query: &'static str, row: &Value) -> Result<&'m mut Acc> {
-    let id = text(row, "accountId").ok_or_else(|| bad_row(query, "accountId", row))?;
+/// The account a grouped row belongs to. Events Pendo could not attribute to an account come
+/// back grouped under a null or empty id; they belong to no CRM record, so they are skipped
+/// rather than failing the run.
+fn entry<'m>(accs: &'m mut BTreeMap<String, Acc>, row: &Value) -> Option<&'m mut Acc> {
+    let id = text(row, "accountId").filter(|id| !id.is_empty())?;
     // Avoids allocating the key for accounts already present (nearly all after the first query).
     if !accs.contains_key(id) {
         accs.insert(id.to_string(), Acc::default());
     }
-    accs.get_mut(id).ok_or_else(|| bad_row(query, "accountId", row))
+    accs.get_mut(id)
 }
 
 impl Extractor<'_> {
@@ -69,8 +72,9 @@ impl Extractor<'_> {
                 ])
             },
             |row| {
-                let acc = entry(&mut accs, ACCOUNTS, row)?;
-                acc.last_visit = row.get("lastvisit").and_then(Value::as_i64).filter(|t| *t > 0);
+                if let Some(acc) = entry(&mut accs, row) {
+                    acc.last_visit = row.get("lastvisit").and_then(Value::as_i64).filter(|t| *t > 0);
+                }
                 Ok(())
             },
         )
@@ -99,10 +103,11 @@ impl Extractor<'_> {
                     )
             },
             |row| {
-                let acc = entry(&mut accs, DAYS, row)?;
-                acc.days = count(row, "days");
-                acc.events = count(row, "events");
-                acc.minutes = count(row, "minutes");
+                if let Some(acc) = entry(&mut accs, row) {
+                    acc.days = count(row, "days");
+                    acc.events = count(row, "events");
+                    acc.minutes = count(row, "minutes");
+                }
                 Ok(())
             },
         )
@@ -120,7 +125,9 @@ impl Extractor<'_> {
                     .group(&["accountId"], &[("visitors", Agg::Count(Some("visitorId".into())))])
             },
             |row| {
-                entry(&mut accs, VISITORS, row)?.visitors = count(row, "visitors");
+                if let Some(acc) = entry(&mut accs, row) {
+                    acc.visitors = count(row, "visitors");
+                }
                 Ok(())
             },
         )
@@ -144,7 +151,9 @@ impl Extractor<'_> {
                 },
                 |row| {
                     let used = u32::try_from(count(row, "features")).unwrap_or(u32::MAX);
-                    entry(&mut accs, FEATURES, row)?.core = used;
+                    if let Some(acc) = entry(&mut accs, row) {
+                        acc.core = used;
+                    }
                     Ok(())
                 },
             )
@@ -179,11 +188,12 @@ impl Extractor<'_> {
             |row| {
                 let pairs = count(row, "pairs");
                 let kind = text(row, "type").map(str::to_owned);
-                let acc = entry(&mut accs, GUIDES, row)?;
-                match kind.as_deref() {
-                    Some("guideSeen") => acc.seen = pairs,
-                    Some("guideAdvanced") => acc.completed = pairs,
-                    _ => {}
+                if let Some(acc) = entry(&mut accs, row) {
+                    match kind.as_deref() {
+                        Some("guideSeen") => acc.seen = pairs,
+                        Some("guideAdvanced") => acc.completed = pairs,
+                        _ => {}
+                    }
                 }
                 Ok(())
             },
@@ -242,5 +252,35 @@ impl Extractor<'_> {
                     .map(str::to_owned)
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn rows_without_an_account_are_skipped() {
+        let mut accs = BTreeMap::new();
+        assert!(entry(&mut accs, &json!({"accountId": null, "events": 3})).is_none());
+        assert!(entry(&mut accs, &json!({"accountId": "", "events": 3})).is_none());
+        assert!(entry(&mut accs, &json!({"events": 3})).is_none());
+        assert!(entry(&mut accs, &json!({"accountId": "a"})).is_some());
+        assert_eq!(accs.keys().collect::<Vec<_>>(), vec!["a"]);
+    }
+
+    #[test]
+    fn window_bounds_and_any_of() {
+        let end = DateTime::<Utc>::from_timestamp_millis(1_767_225_600_000).unwrap_or_default();
+        assert!(time_series(&super::super::Window { end, days: 0 }).is_err());
+        assert!(time_series(&super::super::Window { end, days: 3651 }).is_err());
+        assert!(time_series(&super::super::Window { end, days: 30 }).is_ok());
+        assert_eq!(any_of("f", std::iter::empty()), None);
+        assert_eq!(
+            any_of("f", ["a", "b\"\""]).and_then(|e| e.build().ok()).as_deref(),
+            Some(r#"((f == "a") || (f == "b\"\""))"#)
+        );
     }
 }
