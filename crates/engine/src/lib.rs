@@ -3,15 +3,23 @@
 //!
 //! # Layout
 //! - [`config`]: the YAML config, typed and validated, every error with file, line and key.
+//! - [`connect`]: the Salesforce and Pendo clients a config describes.
+//! - [`extract`]: per-account engagement and matching facts from Pendo aggregations.
 //! - [`matching`]: the rule chain from a Pendo account to a Salesforce Account.
+//! - [`metrics`]: engagement figures as field values, and the score.
 //! - [`change`]: fingerprints of written values; only changed fields are sent.
 //! - [`plan`]: the cost model and write-path choice within the budget.
 //! - [`deliver`]: sending the changes, record-level retries, failures and deferrals.
 //! - [`store`]: the state store (SQLite or PostgreSQL): runs, matches, fingerprints, failures, budget.
+//! - [`workflow`]: runs, step by step, and replay.
 
 pub mod change;
 pub mod config;
+pub mod connect;
 pub mod deliver;
+pub mod extract;
 pub mod matching;
+pub mod metrics;
 pub mod plan;
 pub mod store;
+pub mod workflow;

@@ -1,0 +1,286 @@
+//! The engagement queries: the account list, event totals by day, active visitors, core feature
+//! use and guide completion, each grouped by Pendo to one or two rows per account and folded into
+//! one small record per account.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use pendo::{Agg, Apps, Expr, Pipeline, Source, Span, Time, TimeSeries};
+use serde_json::Value;
+
+use super::{AccountUsage, CoreFeatures, ExtractError, Extractor, Result, bad_row, count, maybe_filter, text};
+
+const MAX_WINDOW_DAYS: u32 = 3650;
+
+/// Per-account figures while pages arrive; the id is the map key.
+#[derive(Default)]
+struct Acc {
+    visitors: u64,
+    days: u64,
+    events: u64,
+    minutes: u64,
+    core: u32,
+    seen: u64,
+    completed: u64,
+    last_visit: Option<i64>,
+}
+
+fn time_series(window: &super::Window) -> Result<TimeSeries> {
+    if window.days == 0 || window.days > MAX_WINDOW_DAYS {
+        return Err(ExtractError::InvalidWindow(window.days));
+    }
+    // `first` rounds down to its day's start in the subscription timezone and a negative count
+    // takes the days before it: exactly "whole days before the day containing `end`".
+    Ok(TimeSeries::days(Time::Millis(window.end.timestamp_millis()), Span::Count(-i64::from(window.days))))
+}
+
+/// `field == a || field == b || ...`; `None` for an empty set.
+fn any_of<'a>(field: &str, values: impl IntoIterator<Item = &'a str>) -> Option<Expr> {
+    values.into_iter().map(|v| Expr::field(field).eq(v)).reduce(Expr::or)
+}
+
+/// The account a grouped row belongs to. Events Pendo could not attribute to an account come
+/// back grouped under a null or empty id; they belong to no CRM record, so they are skipped
+/// rather than failing the run.
+fn entry<'m>(accs: &'m mut BTreeMap<String, Acc>, row: &Value) -> Option<&'m mut Acc> {
+    let id = text(row, "accountId").filter(|id| !id.is_empty())?;
+    // Avoids allocating the key for accounts already present (nearly all after the first query).
+    if !accs.contains_key(id) {
+        accs.insert(id.to_string(), Acc::default());
+    }
+    accs.get_mut(id)
+}
+
+impl Extractor<'_> {
+    /// Per-account engagement over `window`; see [`super::engagement`].
+    ///
+    /// # Errors
+    /// As [`super::engagement`].
+    pub async fn engagement(&self, window: &super::Window, core: &CoreFeatures) -> Result<Vec<AccountUsage>> {
+        let ts = time_series(window)?;
+        let mut accs: BTreeMap<String, Acc> = BTreeMap::new();
+
+        const ACCOUNTS: &str = "accounts";
+        self.paged(
+            ACCOUNTS,
+            &["accountId"],
+            false,
+            |cond| {
+                maybe_filter(Pipeline::from_source(Source::Accounts { apps: Apps::Default }), cond).select(vec![
+                    ("accountId", Expr::field("accountId")),
+                    ("lastvisit", Expr::field("metadata.auto.lastvisit")),
+                ])
+            },
+            |row| {
+                if let Some(acc) = entry(&mut accs, row) {
+                    acc.last_visit = row.get("lastvisit").and_then(Value::as_i64).filter(|t| *t > 0);
+                }
+                Ok(())
+            },
+        )
+        .await?;
+
+        const DAYS: &str = "event totals by day";
+        self.paged(
+            DAYS,
+            &["accountId"],
+            false,
+            |cond| {
+                maybe_filter(Pipeline::events(Source::Events { apps: Apps::All }, ts.clone()), cond)
+                    .group(
+                        &["accountId", "day"],
+                        &[("events", Agg::Sum("numEvents".into())), ("minutes", Agg::Sum("numMinutes".into()))],
+                    )
+                    // `day` is unique within each account's rows here, so distinct and non-null
+                    // counting agree.
+                    .group(
+                        &["accountId"],
+                        &[
+                            ("days", Agg::Count(Some("day".into()))),
+                            ("events", Agg::Sum("events".into())),
+                            ("minutes", Agg::Sum("minutes".into())),
+                        ],
+                    )
+            },
+            |row| {
+                if let Some(acc) = entry(&mut accs, row) {
+                    acc.days = count(row, "days");
+                    acc.events = count(row, "events");
+                    acc.minutes = count(row, "minutes");
+                }
+                Ok(())
+            },
+        )
+        .await?;
+
+        const VISITORS: &str = "active visitors";
+        self.paged(
+            VISITORS,
+            &["accountId"],
+            false,
+            |cond| {
+                maybe_filter(Pipeline::events(Source::Events { apps: Apps::All }, ts.clone()), cond)
+                    .identified("visitorId")
+                    .group(&["accountId", "visitorId"], &[])
+                    .group(&["accountId"], &[("visitors", Agg::Count(Some("visitorId".into())))])
+            },
+            |row| {
+                if let Some(acc) = entry(&mut accs, row) {
+                    acc.visitors = count(row, "visitors");
+                }
+                Ok(())
+            },
+        )
+        .await?;
+
+        let core_ids = self.core_feature_ids(core).await?;
+        if let Some(is_core) = any_of("featureId", core_ids.iter().map(String::as_str)) {
+            const FEATURES: &str = "core features used";
+            self.paged(
+                FEATURES,
+                &["accountId"],
+                false,
+                |cond| {
+                    maybe_filter(
+                        Pipeline::events(Source::FeatureEvents { feature_id: None, apps: Apps::All }, ts.clone()),
+                        cond,
+                    )
+                    .filter(is_core.clone())
+                    .group(&["accountId", "featureId"], &[])
+                    .group(&["accountId"], &[("features", Agg::Count(Some("featureId".into())))])
+                },
+                |row| {
+                    let used = u32::try_from(count(row, "features")).unwrap_or(u32::MAX);
+                    if let Some(acc) = entry(&mut accs, row) {
+                        acc.core = used;
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+
+        let last_steps = self.last_guide_steps().await?;
+        const GUIDES: &str = "guides seen and completed";
+        let seen = Expr::field("type").eq("guideSeen");
+        let relevant = match any_of("guideStepId", last_steps.iter().map(String::as_str)) {
+            Some(last) => seen.or(Expr::field("type").eq("guideAdvanced").and(last)),
+            None => seen,
+        };
+        self.paged(
+            GUIDES,
+            &["accountId", "type"],
+            // Two rows per account (seen, completed): a page may end between them.
+            true,
+            |cond| {
+                maybe_filter(
+                    Pipeline::events(Source::GuideEvents { guide_id: None, apps: Apps::All }, ts.clone()),
+                    cond,
+                )
+                .identified("visitorId")
+                .filter(relevant.clone())
+                .group(&["accountId", "visitorId", "guideId", "type"], &[])
+                // Rows are distinct (visitor, guide) pairs now; summing ones counts them
+                // whatever Pendo's `count` means.
+                .eval(vec![("one", Expr::lit(1i64))])
+                .group(&["accountId", "type"], &[("pairs", Agg::Sum("one".into()))])
+            },
+            |row| {
+                let pairs = count(row, "pairs");
+                let kind = text(row, "type").map(str::to_owned);
+                if let Some(acc) = entry(&mut accs, row) {
+                    match kind.as_deref() {
+                        Some("guideSeen") => acc.seen = pairs,
+                        Some("guideAdvanced") => acc.completed = pairs,
+                        _ => {}
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await?;
+
+        let total = u32::try_from(core_ids.len()).unwrap_or(u32::MAX);
+        Ok(accs
+            .into_iter()
+            .map(|(account_id, a)| AccountUsage {
+                account_id,
+                active_visitors: a.visitors,
+                active_days: a.days,
+                events: a.events,
+                minutes: a.minutes,
+                core_features_used: a.core.min(total),
+                core_features_total: total,
+                guides_seen: a.seen,
+                guides_completed: a.completed,
+                last_active: a.last_visit.and_then(DateTime::<Utc>::from_timestamp_millis),
+            })
+            .collect())
+    }
+
+    /// The core feature ids, deduplicated.
+    async fn core_feature_ids(&self, core: &CoreFeatures) -> Result<BTreeSet<String>> {
+        match core {
+            CoreFeatures::Ids(ids) => Ok(ids.iter().cloned().collect()),
+            CoreFeatures::MarkedCore => {
+                const QUERY: &str = "core feature catalogue";
+                let p = Pipeline::from_source(Source::Features { apps: Apps::All })
+                    .filter(Expr::field("isCoreEvent").eq(true))
+                    .select(vec![("id", Expr::field("id"))]);
+                let rows = self.once(QUERY, &p).await?;
+                rows.iter().map(|r| text(r, "id").map(str::to_owned).ok_or_else(|| bad_row(QUERY, "id", r))).collect()
+            }
+        }
+    }
+
+    /// Each guide's last step id (the highest `rank`; the last listed on a tie or without ranks).
+    async fn last_guide_steps(&self) -> Result<Vec<String>> {
+        const QUERY: &str = "guide catalogue";
+        let p = Pipeline::from_source(Source::Guides { apps: Apps::All })
+            .select(vec![("id", Expr::field("id")), ("steps", Expr::field("steps"))]);
+        let rows = self.once(QUERY, &p).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|g| {
+                let steps = g.get("steps")?.as_array()?;
+                let rank = |s: &Value| s.get("rank").and_then(Value::as_f64).unwrap_or(f64::NEG_INFINITY);
+                steps
+                    .iter()
+                    .enumerate()
+                    .max_by(|(i, a), (j, b)| rank(a).total_cmp(&rank(b)).then(i.cmp(j)))
+                    .and_then(|(_, s)| text(s, "id"))
+                    .map(str::to_owned)
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn rows_without_an_account_are_skipped() {
+        let mut accs = BTreeMap::new();
+        assert!(entry(&mut accs, &json!({"accountId": null, "events": 3})).is_none());
+        assert!(entry(&mut accs, &json!({"accountId": "", "events": 3})).is_none());
+        assert!(entry(&mut accs, &json!({"events": 3})).is_none());
+        assert!(entry(&mut accs, &json!({"accountId": "a"})).is_some());
+        assert_eq!(accs.keys().collect::<Vec<_>>(), vec!["a"]);
+    }
+
+    #[test]
+    fn window_bounds_and_any_of() {
+        let end = DateTime::<Utc>::from_timestamp_millis(1_767_225_600_000).unwrap_or_default();
+        assert!(time_series(&super::super::Window { end, days: 0 }).is_err());
+        assert!(time_series(&super::super::Window { end, days: 3651 }).is_err());
+        assert!(time_series(&super::super::Window { end, days: 30 }).is_ok());
+        assert_eq!(any_of("f", std::iter::empty()), None);
+        assert_eq!(
+            any_of("f", ["a", "b\"\""]).and_then(|e| e.build().ok()).as_deref(),
+            Some(r#"((f == "a") || (f == "b\"\""))"#)
+        );
+    }
+}

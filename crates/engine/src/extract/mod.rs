@@ -1,0 +1,266 @@
+//! Pendo extraction: per-account engagement over a window ([`engagement`]) and the facts matching
+//! needs ([`account_facts`]), each as a handful of keyset-paged aggregations whose pages are
+//! folded into small per-account records as they arrive.
+//!
+//! # Layout
+//! - this module: the public types, the error, and the paging loop every query goes through.
+//! - `engagement`: the engagement queries and their folding.
+//! - `facts`: account metadata and visitor e-mail domains.
+//! - [`domain`]: e-mail domain normalisation.
+//!
+//! # Choices the engine relies on
+//! - The window is whole days in the subscription's timezone: the `days` days before the day that
+//!   contains `end` (Pendo's `dayRange` with `first = end, count = -days`). `end` itself is
+//!   exclusive and the day it falls in is left out, because that day is still incomplete.
+//! - Every account Pendo knows (the `accounts` source) gets an [`AccountUsage`], with zeros when
+//!   nothing happened in the window, so the engine can write 0 over a stale value.
+//! - Counts never depend on whether Pendo's `count` aggregator counts distinct or non-null values:
+//!   each one counts a field that is already unique within its group, or sums ones.
+
+mod engagement;
+mod facts;
+
+pub mod domain;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use pendo::{Expr, Pipeline, SortKey};
+use serde_json::Value;
+
+/// Rows per aggregation page. Estuary's production connector caps pages at 50,000 rows because
+/// larger Pendo answers time out; grouped rows are small, so this is also a memory bound.
+pub const DEFAULT_PAGE_ROWS: u64 = 50_000;
+
+/// A reporting window: `days` whole days ending before the day that contains `end`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Exclusive; the engine passes the run time.
+    pub end: DateTime<Utc>,
+    pub days: u32,
+}
+
+/// One Pendo account's engagement over a window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AccountUsage {
+    pub account_id: String,
+    /// Distinct identified visitors with events in the window (anonymous ones are not people the
+    /// CRM can act on).
+    pub active_visitors: u64,
+    /// Distinct days with any event, anonymous visitors' included.
+    pub active_days: u64,
+    pub events: u64,
+    pub minutes: u64,
+    /// Distinct core features used in the window, by anyone on the account.
+    pub core_features_used: u32,
+    /// The same for every account: how many core features there are.
+    pub core_features_total: u32,
+    /// Distinct (visitor, guide) pairs with a `guideSeen` in the window.
+    pub guides_seen: u64,
+    /// Distinct (visitor, guide) pairs with a `guideAdvanced` on the guide's last step (highest
+    /// rank) in the window. A dismissal is not a completion.
+    pub guides_completed: u64,
+    /// Pendo's own last visit of the account (`metadata.auto.lastvisit`), not bounded by the
+    /// window, so an account idle for longer than the window still shows when it was last used.
+    pub last_active: Option<DateTime<Utc>>,
+}
+
+impl AccountUsage {
+    /// Share of core features used, 0 when there are none.
+    pub fn feature_adoption(&self) -> f64 {
+        ratio(u64::from(self.core_features_used), u64::from(self.core_features_total))
+    }
+
+    /// Share of seen guides completed, 0 when none were seen. Capped at 1: a guide seen just
+    /// before the window and finished inside it counts as completed but not as seen.
+    pub fn guide_completion(&self) -> f64 {
+        ratio(self.guides_completed, self.guides_seen)
+    }
+}
+
+fn ratio(n: u64, d: u64) -> f64 {
+    if d == 0 { 0.0 } else { (n as f64 / d as f64).clamp(0.0, 1.0) }
+}
+
+/// What matching needs to know about one Pendo account.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountFacts {
+    pub account_id: String,
+    /// `"group.field"` → value as text, only the fields asked for and only those with a value.
+    pub metadata: BTreeMap<String, String>,
+    /// Lowercase domain → visitors of the account with an e-mail there, most first (ties by
+    /// domain, so the order is stable).
+    pub email_domains: Vec<(String, u32)>,
+    /// Visitors of the account whose e-mail has a usable domain (see [`domain::email_domain`]).
+    pub visitors_with_email: u32,
+}
+
+/// Which features count as core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CoreFeatures {
+    Ids(Vec<String>),
+    /// Every feature Pendo flags `isCoreEvent`.
+    MarkedCore,
+}
+
+/// What an extraction cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExtractStats {
+    /// Aggregation requests sent (each page is one).
+    pub pendo_calls: u32,
+    /// Result rows received.
+    pub rows: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("Pendo query {query:?} failed: {source}")]
+    Pendo {
+        query: &'static str,
+        #[source]
+        source: pendo::Error,
+    },
+    #[error("Pendo query {query:?} returned a row without a text {field:?}: {snippet}")]
+    BadRow { query: &'static str, field: &'static str, snippet: String },
+    #[error("Pendo query {query:?} stopped advancing at {key:?}: more than a page of rows share that key")]
+    Stuck { query: &'static str, key: String },
+    #[error("metadata field {group:?}.{field:?} is not a valid Pendo field name")]
+    InvalidField { group: String, field: String },
+    #[error("the window must cover 1 to 3650 days, got {0}")]
+    InvalidWindow(u32),
+}
+
+impl ExtractError {
+    /// Whether running the same extraction later may succeed (Pendo throttled or failed).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ExtractError::Pendo { source, .. } if source.is_retryable())
+    }
+}
+
+pub type Result<T, E = ExtractError> = std::result::Result<T, E>;
+
+/// Runs extractions with one client and counts what they cost.
+#[derive(Debug)]
+pub struct Extractor<'c> {
+    client: &'c pendo::Client,
+    page_rows: u64,
+    calls: AtomicU32,
+    rows: AtomicU64,
+}
+
+impl<'c> Extractor<'c> {
+    pub fn new(client: &'c pendo::Client) -> Self {
+        Extractor { client, page_rows: DEFAULT_PAGE_ROWS, calls: AtomicU32::new(0), rows: AtomicU64::new(0) }
+    }
+
+    /// Rows per page (at least 2, so a page can always move past the previous key).
+    pub fn with_page_rows(mut self, rows: u64) -> Self {
+        self.page_rows = rows.max(2);
+        self
+    }
+
+    /// Calls and rows so far, over every extraction this extractor ran.
+    pub fn stats(&self) -> ExtractStats {
+        ExtractStats { pendo_calls: self.calls.load(Ordering::Relaxed), rows: self.rows.load(Ordering::Relaxed) }
+    }
+
+    /// One unpaged aggregation, for catalogues (features, guides) that are small by nature.
+    async fn once(&self, query: &'static str, p: &Pipeline) -> Result<Vec<Value>> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let resp = self.client.aggregate(p).await.map_err(|source| ExtractError::Pendo { query, source })?;
+        self.rows.fetch_add(resp.results.len() as u64, Ordering::Relaxed);
+        Ok(resp.results)
+    }
+
+    /// Pages through a query in `sort` order and hands each row to `fold`.
+    ///
+    /// `build` gets the keyset condition on `sort[0]` and must apply it right after the source,
+    /// so Pendo filters raw rows before grouping them. With `overlap`, the next page starts *at*
+    /// the last key rather than after it: for grouped results with several rows per key, where a
+    /// page may end between them; `fold` must then tolerate seeing a row twice.
+    async fn paged(
+        &self,
+        query: &'static str,
+        sort: &[&'static str],
+        overlap: bool,
+        build: impl Fn(Option<Expr>) -> Pipeline,
+        mut fold: impl FnMut(&Value) -> Result<()>,
+    ) -> Result<()> {
+        let key = sort.first().copied().unwrap_or("accountId");
+        let sort_keys: Vec<SortKey> = sort.iter().map(|k| SortKey::asc(k)).collect();
+        let mut last: Option<String> = None;
+        loop {
+            let cond = last.as_deref().map(|l| if overlap { Expr::field(key).ge(l) } else { Expr::field(key).gt(l) });
+            let p = build(cond).sort(&sort_keys).limit(self.page_rows);
+            let page = self.once(query, &p).await?;
+            for row in &page {
+                fold(row)?;
+            }
+            if (page.len() as u64) < self.page_rows {
+                return Ok(());
+            }
+            let Some(row) = page.last() else { return Ok(()) };
+            let next = text(row, key).ok_or_else(|| bad_row(query, key_name(key), row))?;
+            if overlap && last.as_deref() == Some(next) {
+                return Err(ExtractError::Stuck { query, key: next.to_string() });
+            }
+            last = Some(next.to_string());
+        }
+    }
+}
+
+fn key_name(key: &str) -> &'static str {
+    if key == "visitorId" { "visitorId" } else { "accountId" }
+}
+
+fn bad_row(query: &'static str, field: &'static str, row: &Value) -> ExtractError {
+    ExtractError::BadRow { query, field, snippet: row.to_string().chars().take(200).collect() }
+}
+
+/// A text field of a result row.
+fn text<'v>(row: &'v Value, field: &str) -> Option<&'v str> {
+    row.get(field).and_then(Value::as_str)
+}
+
+/// A count or sum: Pendo may send sums as floats; missing, negative or non-numbers are 0.
+fn count(row: &Value, field: &str) -> u64 {
+    match row.get(field) {
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite() && *f > 0.0).map(|f| f.round() as u64))
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Applies `cond` if there is one.
+fn maybe_filter(p: Pipeline, cond: Option<Expr>) -> Pipeline {
+    match cond {
+        Some(c) => p.filter(c),
+        None => p,
+    }
+}
+
+/// Per-account engagement over `window`.
+///
+/// # Errors
+/// [`ExtractError::Pendo`] naming the query that failed; [`ExtractError::InvalidWindow`].
+pub async fn engagement(
+    client: &pendo::Client,
+    window: &Window,
+    core: &CoreFeatures,
+) -> Result<Vec<AccountUsage>, ExtractError> {
+    Extractor::new(client).engagement(window, core).await
+}
+
+/// Matching facts for every Pendo account.
+///
+/// # Errors
+/// [`ExtractError::Pendo`] naming the query that failed; [`ExtractError::InvalidField`].
+pub async fn account_facts(
+    client: &pendo::Client,
+    metadata_fields: &[(String, String)],
+) -> Result<Vec<AccountFacts>, ExtractError> {
+    Extractor::new(client).account_facts(metadata_fields).await
+}

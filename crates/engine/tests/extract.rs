@@ -1,0 +1,380 @@
+//! The extraction against the Pendo emulator on 127.0.0.1: every figure is checked against a
+//! computation straight from the emulator's stored data (not through the query engine), across
+//! page boundaries, at the window's edges, and with hostile visitor e-mails seeded in.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use chrono::{DateTime, Utc};
+use emulator::pendo::store::{DAY_MS, GuideEventType, Store, is_anonymous};
+use emulator::pendo::{GenConfig, PendoConfig, PendoState, Running};
+use engine::extract::domain::email_domain;
+use engine::extract::{AccountFacts, AccountUsage, CoreFeatures, ExtractError, Extractor, Window};
+use serde_json::{Value, json};
+
+/// 2026-01-01T00:00Z: a fixed "today" so the data and the window never drift.
+const ANCHOR: i64 = 1_767_225_600_000;
+const DAYS: u32 = 30;
+
+async fn start(accounts: usize) -> Running {
+    let gc = GenConfig { seed: 11, accounts, days: DAYS, anchor_day_ms: Some(ANCHOR), ..GenConfig::default() };
+    emulator::pendo::start("127.0.0.1:0", PendoState::generated(PendoConfig::default(), &gc)).await.unwrap()
+}
+
+fn client(emu: &Running) -> pendo::Client {
+    let mut cfg = pendo::ClientConfig::new(&emu.base_url, "emulator-integration-key").unwrap();
+    cfg.retry.max_attempts = 1;
+    pendo::Client::new(cfg).unwrap()
+}
+
+/// Mid-morning of the anchor day: the window is the 30 whole days before it.
+fn window() -> Window {
+    Window { end: DateTime::<Utc>::from_timestamp_millis(ANCHOR + 9 * 3_600_000).unwrap(), days: DAYS }
+}
+
+async fn seed(emu: &Running, body: Value) {
+    let resp =
+        reqwest::Client::new().post(format!("{}/__emulator/seed", emu.base_url)).json(&body).send().await.unwrap();
+    let status = resp.status();
+    assert!(status.is_success(), "seed failed: {status} {}", resp.text().await.unwrap_or_default());
+}
+
+/// Engagement computed from the store's tables, the way the definitions read.
+fn expected_usage(store: &Store, from: i64, to: i64, core: &BTreeSet<u32>) -> BTreeMap<String, AccountUsage> {
+    let mut out: BTreeMap<String, AccountUsage> = BTreeMap::new();
+    for a in &store.accounts {
+        let md = a.metadata();
+        let last = md.path("auto.lastvisit").as_i64();
+        out.insert(
+            a.id.to_string(),
+            AccountUsage {
+                account_id: a.id.to_string(),
+                core_features_total: core.len() as u32,
+                last_active: last.and_then(DateTime::<Utc>::from_timestamp_millis),
+                ..AccountUsage::default()
+            },
+        );
+    }
+    let account = |i: u32| store.accounts[i as usize].id.to_string();
+    let t = &store.page_rows;
+    let mut days: BTreeMap<u32, HashSet<i64>> = BTreeMap::new();
+    let mut visitors: BTreeMap<u32, HashSet<u32>> = BTreeMap::new();
+    for i in t.range(from, to) {
+        let u = out.get_mut(&account(t.account[i])).unwrap();
+        u.events += u64::from(t.events[i]);
+        u.minutes += u64::from(t.minutes[i]);
+        days.entry(t.account[i]).or_default().insert(t.ts[i].div_euclid(DAY_MS));
+        if !is_anonymous(&store.visitors[t.visitor[i] as usize].id) {
+            visitors.entry(t.account[i]).or_default().insert(t.visitor[i]);
+        }
+    }
+    for (a, d) in days {
+        out.get_mut(&account(a)).unwrap().active_days = d.len() as u64;
+    }
+    for (a, v) in visitors {
+        out.get_mut(&account(a)).unwrap().active_visitors = v.len() as u64;
+    }
+    let f = &store.feature_rows;
+    let mut features: BTreeMap<u32, HashSet<u32>> = BTreeMap::new();
+    for i in f.range(from, to) {
+        if core.contains(&f.item[i]) {
+            features.entry(f.account[i]).or_default().insert(f.item[i]);
+        }
+    }
+    for (a, s) in features {
+        out.get_mut(&account(a)).unwrap().core_features_used = s.len() as u32;
+    }
+    let mut seen: BTreeMap<u32, HashSet<(u32, u32)>> = BTreeMap::new();
+    let mut done: BTreeMap<u32, HashSet<(u32, u32)>> = BTreeMap::new();
+    for e in store.guide_events.iter().filter(|e| e.ts >= from && e.ts < to) {
+        if is_anonymous(&store.visitors[e.visitor as usize].id) {
+            continue;
+        }
+        let last_step = store.guides[e.guide as usize].step_ids.len() as u32 - 1;
+        match e.kind {
+            GuideEventType::GuideSeen => {
+                seen.entry(e.account).or_default().insert((e.visitor, e.guide));
+            }
+            GuideEventType::GuideAdvanced if e.step == last_step => {
+                done.entry(e.account).or_default().insert((e.visitor, e.guide));
+            }
+            _ => {}
+        }
+    }
+    for (a, s) in seen {
+        out.get_mut(&account(a)).unwrap().guides_seen = s.len() as u64;
+    }
+    for (a, s) in done {
+        out.get_mut(&account(a)).unwrap().guides_completed = s.len() as u64;
+    }
+    out
+}
+
+fn core_items(store: &Store) -> BTreeSet<u32> {
+    store
+        .features
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.doc.path("isCoreEvent").to_json() == json!(true))
+        .map(|(i, _)| i as u32)
+        .collect()
+}
+
+fn by_id(v: Vec<AccountUsage>) -> BTreeMap<String, AccountUsage> {
+    v.into_iter().map(|u| (u.account_id.clone(), u)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engagement_matches_the_stored_data_across_pages() {
+    let emu = start(40).await;
+    let pendo = client(&emu);
+    let from = ANCHOR - i64::from(DAYS) * DAY_MS;
+    let expected = emu.state.with_store_read(|s| expected_usage(s, from, ANCHOR, &core_items(s)));
+    assert!(expected.values().filter(|u| u.events > 0).count() > 20);
+    assert!(expected.values().any(|u| u.guides_completed > 0 && u.guides_completed < u.guides_seen));
+
+    // Small pages: every query crosses several page edges, the guide query mid-account.
+    let small = Extractor::new(&pendo).with_page_rows(7);
+    let got = small.engagement(&window(), &CoreFeatures::MarkedCore).await.unwrap();
+    assert_eq!(by_id(got.clone()), expected);
+    let stats = small.stats();
+    assert!(stats.pendo_calls > 20, "{stats:?}");
+
+    // Default pages: the same answer in one page per query plus the two catalogues.
+    let big = Extractor::new(&pendo);
+    let got_big = big.engagement(&window(), &CoreFeatures::MarkedCore).await.unwrap();
+    assert_eq!(got_big, got);
+    assert_eq!(big.stats().pendo_calls, 7);
+
+    // Explicit ids give the same as the flags that name them; a subset gives fewer.
+    let core_ids: Vec<String> =
+        emu.state.with_store_read(|s| core_items(s).iter().map(|&i| s.features[i as usize].id.to_string()).collect());
+    let by_ids = engine::extract::engagement(&pendo, &window(), &CoreFeatures::Ids(core_ids.clone())).await.unwrap();
+    assert_eq!(by_ids, got);
+    let one =
+        engine::extract::engagement(&pendo, &window(), &CoreFeatures::Ids(vec![core_ids[0].clone()])).await.unwrap();
+    assert!(one.iter().all(|u| u.core_features_total == 1 && u.core_features_used <= 1));
+    assert!(one.iter().any(|u| u.core_features_used == 1));
+    for u in &got {
+        assert!((0.0..=1.0).contains(&u.feature_adoption()));
+        assert!((0.0..=1.0).contains(&u.guide_completion()));
+    }
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_edges_and_idle_accounts() {
+    let emu = start(5).await;
+    let pendo = client(&emu);
+    let (page_id, feature_id) =
+        emu.state.with_store_read(|s| (s.pages[0].id.to_string(), s.features[0].id.to_string()));
+    let from = ANCHOR - i64::from(DAYS) * DAY_MS;
+    seed(
+        &emu,
+        json!({
+            "accounts": [{"accountId": "edge-acct"}, {"accountId": "idle-acct"}],
+            "visitors": [
+                {"visitorId": "edge-1", "accountId": "edge-acct", "metadata": {"agent": {"email": "e@edge.example"}}},
+                {"visitorId": "idle-1", "accountId": "idle-acct", "metadata": {"agent": {"email": "i@idle.example"}}},
+            ],
+            "events": [
+                // One hour before the window: excluded.
+                {"kind": "page", "id": page_id, "visitorId": "edge-1", "accountId": "edge-acct", "time": from - 3_600_000, "numEvents": 1000, "numMinutes": 100},
+                // The first hour of the window and the last hour of it: included.
+                {"kind": "page", "id": page_id, "visitorId": "edge-1", "accountId": "edge-acct", "time": from, "numEvents": 3, "numMinutes": 2},
+                {"kind": "page", "id": page_id, "visitorId": "edge-1", "accountId": "edge-acct", "time": ANCHOR - 3_600_000, "numEvents": 4, "numMinutes": 1},
+                // The day containing `end`: excluded (still incomplete).
+                {"kind": "page", "id": page_id, "visitorId": "edge-1", "accountId": "edge-acct", "time": ANCHOR, "numEvents": 500, "numMinutes": 50},
+                {"kind": "feature", "id": feature_id, "visitorId": "edge-1", "accountId": "edge-acct", "time": ANCHOR + 3_600_000, "numEvents": 1},
+            ],
+        }),
+    )
+    .await;
+    let got = by_id(engine::extract::engagement(&pendo, &window(), &CoreFeatures::MarkedCore).await.unwrap());
+    let edge = &got["edge-acct"];
+    assert_eq!((edge.events, edge.minutes, edge.active_days, edge.active_visitors), (7, 3, 2, 1));
+    assert_eq!(edge.core_features_used, 0, "the feature event after the window is not counted");
+    // An account with visitors but nothing in the window is reported, with zeros.
+    let idle = &got["idle-acct"];
+    assert_eq!((idle.events, idle.minutes, idle.active_days, idle.active_visitors, idle.guides_seen), (0, 0, 0, 0, 0));
+    assert_eq!((idle.feature_adoption(), idle.guide_completion()), (0.0, 0.0));
+    assert!(idle.core_features_total > 0);
+
+    let err = engine::extract::engagement(&pendo, &Window { days: 0, ..window() }, &CoreFeatures::MarkedCore)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ExtractError::InvalidWindow(0)));
+    emu.shutdown().await;
+}
+
+/// Facts computed from the stored visitors and accounts.
+fn expected_facts(store: &Store, fields: &[(&str, &str)]) -> BTreeMap<String, AccountFacts> {
+    let mut out: BTreeMap<String, AccountFacts> = BTreeMap::new();
+    for a in &store.accounts {
+        let md = a.metadata();
+        let mut metadata = BTreeMap::new();
+        for (g, f) in fields {
+            match md.path(&format!("{g}.{f}")).to_json() {
+                Value::Null => {}
+                Value::String(s) => {
+                    metadata.insert(format!("{g}.{f}"), s);
+                }
+                v => {
+                    metadata.insert(format!("{g}.{f}"), v.to_string());
+                }
+            }
+        }
+        out.insert(a.id.to_string(), AccountFacts { account_id: a.id.to_string(), metadata, ..Default::default() });
+    }
+    let mut counts: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+    for v in store.visitors.iter().filter(|v| !is_anonymous(&v.id)) {
+        let md = v.metadata();
+        let Some(domain) = md.path("agent.email").as_str().and_then(email_domain) else { continue };
+        let mut ids: Vec<String> = md
+            .path("auto.accountids")
+            .to_json()
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            let f =
+                out.entry(id.clone()).or_insert_with(|| AccountFacts { account_id: id.clone(), ..Default::default() });
+            f.visitors_with_email += 1;
+            *counts.entry(id).or_default().entry(domain.clone()).or_default() += 1;
+        }
+    }
+    for (id, c) in counts {
+        let mut d: Vec<(String, u32)> = c.into_iter().collect();
+        d.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        if let Some(f) = out.get_mut(&id) {
+            f.email_domains = d;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facts_survive_hostile_emails_and_count_every_account() {
+    let emu = start(30).await;
+    let pendo = client(&emu);
+    let hostile = [
+        "  MIXED.Case@Shared.Example.COM.  ",
+        "\"quoted@evil.example\"@shared.example.com",
+        "back\\slash@bad\\host.com",
+        "no-at-sign.example.com",
+        "two@@shared.example.com",
+        "trailing@shared.example.com...",
+        "space@shared example.com",
+        "nodot@localhost",
+        "unicode@BÜCHER.example",
+        "",
+        "\u{202e}rtl@shared.example.com\u{0}",
+    ];
+    let visitors: Vec<Value> = hostile
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            json!({"visitorId": format!("hostile-{i}"), "accountId": "hostile-acct",
+                   "metadata": {"agent": {"email": e}}})
+        })
+        .chain([json!({
+            // One visitor of two accounts counts for both.
+            "visitorId": "shared-visitor", "accountId": "hostile-acct",
+            "metadata": {"agent": {"email": "both@shared.example.com"},
+                         "auto": {"accountids": ["hostile-acct", "other-acct"]}},
+        })])
+        .collect();
+    seed(&emu, json!({"accounts": [{"accountId": "hostile-acct"}, {"accountId": "other-acct"}], "visitors": visitors}))
+        .await;
+
+    let fields = [("custom", "sfdcaccountid"), ("custom", "arr"), ("agent", "website"), ("custom", "nothere")];
+    let owned: Vec<(String, String)> = fields.iter().map(|(g, f)| ((*g).to_string(), (*f).to_string())).collect();
+    let expected = emu.state.with_store_read(|s| expected_facts(s, &fields));
+    let small = Extractor::new(&pendo).with_page_rows(9);
+    let got: BTreeMap<String, AccountFacts> =
+        small.account_facts(&owned).await.unwrap().into_iter().map(|f| (f.account_id.clone(), f)).collect();
+    assert_eq!(got, expected);
+    assert!(small.stats().pendo_calls > 10);
+
+    let h = &got["hostile-acct"];
+    assert_eq!(
+        h.email_domains,
+        vec![("shared.example.com".to_string(), 5), ("bücher.example".to_string(), 1)],
+        "{h:?}"
+    );
+    assert_eq!(h.visitors_with_email, 6);
+    assert_eq!(got["other-acct"].email_domains, vec![("shared.example.com".to_string(), 1)]);
+    assert!(got.values().any(|f| f.metadata.contains_key("custom.sfdcaccountid")));
+    assert!(got.values().all(|f| !f.metadata.contains_key("custom.nothere")));
+    assert!(got.values().filter(|f| f.visitors_with_email > 0).count() >= 30);
+
+    let same = engine::extract::account_facts(&pendo, &owned).await.unwrap();
+    assert_eq!(same.into_iter().map(|f| (f.account_id.clone(), f)).collect::<BTreeMap<_, _>>(), got);
+
+    let bad = engine::extract::account_facts(&pendo, &[("custom".into(), "a\"b".into())]).await.unwrap_err();
+    assert!(matches!(bad, ExtractError::InvalidField { .. }), "{bad}");
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_query_is_named() {
+    let emu = start(3).await;
+    let mut cfg = pendo::ClientConfig::new(&emu.base_url, "wrong-key").unwrap();
+    cfg.retry.max_attempts = 1;
+    let pendo = pendo::Client::new(cfg).unwrap();
+    let err = engine::extract::engagement(&pendo, &window(), &CoreFeatures::MarkedCore).await.unwrap_err();
+    assert!(matches!(err, ExtractError::Pendo { query: "accounts", .. }), "{err}");
+    assert!(!err.is_retryable());
+    emu.shutdown().await;
+}
+
+/// Peak resident set size of this process in bytes (Linux), 0 elsewhere.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Measurement, not a check: `EXTRACT_BENCH_URL=http://127.0.0.1:PORT cargo test --release -p
+/// engine --test extract -- --ignored --nocapture bench` against `cargo run --release -p pendo
+/// --example pendo_emulator -- serve --accounts N --days 30` in another process, so the peak RSS
+/// printed is the extraction's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; needs an emulator URL in EXTRACT_BENCH_URL"]
+async fn bench_extraction() {
+    let Ok(url) = std::env::var("EXTRACT_BENCH_URL") else { return };
+    let pendo = pendo::Client::new(pendo::ClientConfig::new(&url, "emulator-integration-key").unwrap()).unwrap();
+    let rss_before = peak_rss_bytes();
+    let page_rows = std::env::var("EXTRACT_BENCH_PAGE_ROWS").ok().and_then(|v| v.parse().ok());
+    let x = Extractor::new(&pendo).with_page_rows(page_rows.unwrap_or(engine::extract::DEFAULT_PAGE_ROWS));
+    let end = Utc::now();
+    let t = std::time::Instant::now();
+    let usage = x.engagement(&Window { end, days: 30 }, &CoreFeatures::MarkedCore).await.unwrap();
+    let t_usage = t.elapsed();
+    let after_usage = x.stats();
+    let t = std::time::Instant::now();
+    let fields = [("custom".to_string(), "sfdcaccountid".to_string())];
+    let facts = x.account_facts(&fields).await.unwrap();
+    let t_facts = t.elapsed();
+    let all = x.stats();
+    println!(
+        "engagement: {} accounts, {:.2?}, {} calls, {} rows | facts: {} accounts, {:.2?}, {} calls, {} rows | \
+         peak RSS before {} MB, after {} MB",
+        usage.len(),
+        t_usage,
+        after_usage.pendo_calls,
+        after_usage.rows,
+        facts.len(),
+        t_facts,
+        all.pendo_calls - after_usage.pendo_calls,
+        all.rows - after_usage.rows,
+        rss_before / 1_000_000,
+        peak_rss_bytes() / 1_000_000,
+    );
+}
