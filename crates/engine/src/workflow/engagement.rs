@@ -181,7 +181,7 @@ async fn body(
                 matched += 1;
                 // An account matched but silent in the window has zero engagement, and
                 // Salesforce should say so rather than keep last month's figures.
-                let zero = AccountUsage::idle(pendo_id);
+                let zero = AccountUsage { account_id: pendo_id.clone(), ..Default::default() };
                 let u = usage_by_id.get(pendo_id.as_str()).copied().unwrap_or(&zero);
                 let desired = Desired {
                     key: pendo_id.clone(),

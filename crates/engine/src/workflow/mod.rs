@@ -6,12 +6,14 @@
 //!
 //! # Layout
 //! - [`engagement`]: the engagement-scores template.
+//! - [`replay`]: sending kept failures again.
 //! - `budget`: today's allowance from `/limits` and the persisted ledger.
 //! - `accounts`: reading Accounts for matching (REST pages or a Bulk query, whichever is cheaper).
 
 mod accounts;
 mod budget;
 pub mod engagement;
+pub mod replay;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
