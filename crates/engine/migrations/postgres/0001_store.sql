@@ -29,7 +29,10 @@ CREATE TABLE outcomes (
     error_code    text,
     message       text
 );
+-- Counts per action.
 CREATE INDEX outcomes_by_run ON outcomes (run_id, action);
+-- Pages of one run in recording order without sorting the whole run.
+CREATE INDEX outcomes_in_order ON outcomes (run_id, id);
 
 CREATE TABLE cursors (
     workflow   text NOT NULL,

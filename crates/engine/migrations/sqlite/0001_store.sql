@@ -29,7 +29,10 @@ CREATE TABLE outcomes (
     error_code    TEXT,
     message       TEXT
 );
+-- Counts per action.
 CREATE INDEX outcomes_by_run ON outcomes (run_id, action);
+-- Pages of one run in recording order: SQLite appends the rowid (id) to every index.
+CREATE INDEX outcomes_in_order ON outcomes (run_id);
 
 CREATE TABLE cursors (
     workflow   TEXT NOT NULL,

@@ -275,13 +275,17 @@ async fn outcomes_100k_batch(store: Arc<dyn Store>) {
     let runs = store.list_runs(Some("bench"), 1).await.unwrap();
     let counts = store.outcome_counts(runs[0].id).await.unwrap();
     assert_eq!(counts, BTreeMap::from([(Action::Updated, n as u64)]));
-    let found = store
-        .run_outcomes(
-            runs[0].id,
-            &OutcomeFilter { search: Some("PENDO-ACCOUNT-99999".into()), limit: 10, ..Default::default() },
-        )
-        .await
-        .unwrap();
+    let started = Instant::now();
+    let page = OutcomeFilter { limit: 50, offset: 50, ..Default::default() };
+    let second_page = store.run_outcomes(runs[0].id, &page).await.unwrap();
+    let page_time = started.elapsed();
+    assert_eq!(second_page.len(), 50);
+    assert_eq!(second_page[0].key, "pendo-account-50");
+    let started = Instant::now();
+    let search = OutcomeFilter { search: Some("PENDO-ACCOUNT-99999".into()), limit: 10, ..Default::default() };
+    let found = store.run_outcomes(runs[0].id, &search).await.unwrap();
+    let search_time = started.elapsed();
+    eprintln!("{:?}: page 2 of {n} outcomes in {page_time:?}, search in {search_time:?}", store.backend());
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].salesforce_id.as_deref(), Some("001000000000099999"));
     assert!(record < Duration::from_secs(60), "recording {n} outcomes took {record:?}");
