@@ -28,7 +28,8 @@ pub mod server;
 /// The emulator's validation errors for the first record it refused (nothing is kept then).
 pub fn seed_matching_org(sf: &salesforce::SfState, pendo: &pendo::PendoState) -> Result<usize, String> {
     let org = pendo.salesforce_org();
-    let ctx = salesforce::store::WriteCtx { user_id: salesforce::store::INTEGRATION_USER_ID.into(), now: sf.clock.now() };
+    let ctx =
+        salesforce::store::WriteCtx { user_id: salesforce::store::INTEGRATION_USER_ID.into(), now: sf.clock.now() };
     let mut db = sf.db.lock();
     db.begin();
     let mut loaded = 0;

@@ -50,7 +50,10 @@ pub fn router(state: SfState) -> Router {
         .route("/__emulator/reset", post(admin::reset))
         .route("/__emulator/records/{sobject}", post(admin::seed).get(admin::dump))
         .route("/__emulator/fields/{sobject}", post(admin::fields))
-        .route("/__emulator/validation-rules/{sobject}", post(admin::validation_rule).delete(admin::clear_validation_rules))
+        .route(
+            "/__emulator/validation-rules/{sobject}",
+            post(admin::validation_rule).delete(admin::clear_validation_rules),
+        )
         .route("/__emulator/usage", get(admin::usage))
         .route("/__emulator/limits", put(admin::limits))
         .route("/__emulator/faults", put(admin::faults))

@@ -9,6 +9,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use salesforce::{BulkQueryOptions, QueryOptions};
 use serde_json::{Map, Value};
 
+use super::RunError;
 use crate::matching::AccountRow;
 
 /// REST pages worth reading before Bulk is cheaper (Bulk: create, ~2 polls, 1 result page).
@@ -19,16 +20,21 @@ pub(crate) async fn read(
     client: &salesforce::Client,
     external_field: Option<&str>,
     website_field: Option<&str>,
-) -> Result<Vec<AccountRow>, salesforce::Error> {
+    max_calls: u64,
+) -> Result<Vec<AccountRow>, RunError> {
+    let sf = |source| RunError::Salesforce { what: "Accounts", source };
+    if max_calls == 0 {
+        return Err(RunError::OverBudget { needed: 1, left: 0 });
+    }
     let mut fields = vec!["Id"];
     fields.extend(external_field);
     fields.extend(website_field.filter(|w| Some(*w) != external_field));
     let soql = salesforce::SoqlQuery::select(fields.iter().copied(), "Account")
         .build()
-        .map_err(|e| salesforce::Error::InvalidInput(e.to_string()))?;
+        .map_err(|e| sf(salesforce::Error::InvalidInput(e.to_string())))?;
     let options = QueryOptions { batch_size: Some(PAGE as u16), include_deleted: false };
     let mut pages = Box::pin(client.query_pages::<Map<String, Value>>(soql.clone(), options));
-    let Some(first) = pages.next().await.transpose()? else { return Ok(Vec::new()) };
+    let Some(first) = pages.next().await.transpose().map_err(sf)? else { return Ok(Vec::new()) };
     let row = |m: &Map<String, Value>| -> AccountRow {
         let text = |f: Option<&str>| f.and_then(|f| m.get(f)).and_then(Value::as_str).map(str::to_owned);
         AccountRow {
@@ -37,10 +43,14 @@ pub(crate) async fn read(
             website: text(website_field),
         }
     };
-    let remaining_pages = first.total_size.div_ceil(PAGE).saturating_sub(1);
-    if first.done || remaining_pages <= BULK_QUERY_CALLS {
+    let remaining_pages = if first.done { 0 } else { first.total_size.div_ceil(PAGE).saturating_sub(1) };
+    let needed = remaining_pages.min(BULK_QUERY_CALLS);
+    if needed > max_calls - 1 {
+        return Err(RunError::OverBudget { needed: needed + 1, left: max_calls });
+    }
+    if remaining_pages <= BULK_QUERY_CALLS {
         let mut rows: Vec<AccountRow> = first.records.iter().map(row).collect();
-        while let Some(page) = pages.next().await.transpose()? {
+        while let Some(page) = pages.next().await.transpose().map_err(sf)? {
             rows.extend(page.records.iter().map(row));
         }
         return Ok(rows);
@@ -51,8 +61,13 @@ pub(crate) async fn read(
         .bulk_query::<HashMap<String, String>>(soql, options)
         .map_ok(|m| {
             let text = |f: Option<&str>| f.and_then(|f| m.get(f)).filter(|v| !v.is_empty()).cloned();
-            AccountRow { id: text(Some("Id")).unwrap_or_default(), external_id: text(external_field), website: text(website_field) }
+            AccountRow {
+                id: text(Some("Id")).unwrap_or_default(),
+                external_id: text(external_field),
+                website: text(website_field),
+            }
         })
         .try_collect()
         .await
+        .map_err(sf)
 }

@@ -31,8 +31,7 @@ impl BudgetReport {
 
 /// Reads `/limits` (one call) and the ledger.
 pub(crate) async fn today(ctx: &Context, now: DateTime<Utc>) -> Result<BudgetReport, RunError> {
-    let limits =
-        ctx.salesforce.limits().await.map_err(|source| RunError::Salesforce { what: "org limits", source })?;
+    let limits = ctx.salesforce.limits().await.map_err(|source| RunError::Salesforce { what: "org limits", source })?;
     let (max, remaining) = limits
         .daily_api_requests()
         .map_or((0, 0), |l| (u64::try_from(l.max).unwrap_or(0), u64::try_from(l.remaining).unwrap_or(0)));

@@ -16,14 +16,11 @@ use crate::matching::{self, Accounts, FreeMail, Outcome, PendoSide, Rule};
 use crate::metrics;
 use crate::plan::{self, Allowance, CostModel};
 use crate::store::{
-    Action, FieldChange, FingerprintPut, IdMapEntry, MatchStatus, NewFailure, NewRun, RecordOutcome, RunFinish,
-    RunId, RunState,
+    Action, FieldChange, FingerprintPut, IdMapEntry, MatchStatus, NewFailure, NewRun, RecordOutcome, RunFinish, RunId,
+    RunState,
 };
 
 const OBJECT: &str = "Account";
-/// What a full Account read may cost: a Bulk query's create, polls and result page, or a few
-/// REST pages.
-const READ_ESTIMATE: u64 = 5;
 
 impl PendoSide for AccountFacts {
     fn pendo_id(&self) -> &str {
@@ -139,8 +136,9 @@ async fn body(
     let day = now.date_naive();
 
     step("Reading the API budget", None);
-    let mut budget = budget::today(ctx, now).await?;
+    let budget = budget::today(ctx, now).await?;
     meter.step("budget", Some("read_limits"));
+    let limits_calls: u64 = meter.calls.values().sum();
 
     step("Reading usage from Pendo", None);
     let extractor = Extractor::new(&ctx.pendo);
@@ -164,7 +162,7 @@ async fn body(
     meter.step("extract", None);
 
     step("Matching accounts", None);
-    let outcomes = match_accounts(ctx, workflow, config, &facts, &usage, now, options.dry_run, &mut budget).await?;
+    let outcomes = match_accounts(ctx, workflow, config, &facts, &usage, now, options.dry_run, &budget).await?;
     meter.step("match", Some("read_accounts"));
 
     step("Detecting changes", None);
@@ -218,12 +216,17 @@ async fn body(
     meter.step("diff", None);
 
     let reads_spent: u64 = meter.calls.values().sum();
-    let allowance = Allowance { calls: budget.available.saturating_sub(reads_spent) };
+    // `available` was measured after the /limits read, so only later reads come off it.
+    let allowance = Allowance { calls: budget.available.saturating_sub(reads_spent.saturating_sub(limits_calls)) };
     let plan = plan::plan(changes.len(), workflow.max_latency, allowance, &CostModel::default());
     let samples = changes
         .iter()
         .take(10)
-        .map(|c| Sample { pendo_account: c.key.clone(), salesforce_id: c.salesforce_id.clone(), fields: c.fields.clone() })
+        .map(|c| Sample {
+            pendo_account: c.key.clone(),
+            salesforce_id: c.salesforce_id.clone(),
+            fields: c.fields.clone(),
+        })
         .collect();
     let mut report = RunReport {
         run_id,
@@ -266,8 +269,7 @@ async fn body(
                 p.advance_to(n as u64);
             }
         };
-        let d =
-            deliver::deliver(&ctx.salesforce, OBJECT, plan.path, changes, &RecordRetry::default(), &advance).await;
+        let d = deliver::deliver(&ctx.salesforce, OBJECT, plan.path, changes, &RecordRetry::default(), &advance).await;
         (d, deferred)
     } else {
         // Another worker took the budget between planning and now: defer everything.
@@ -299,7 +301,11 @@ async fn body(
         .failed
         .iter()
         .take(10)
-        .map(|f| FailureSample { salesforce_id: f.change.salesforce_id.clone(), code: f.code.clone(), message: f.message.clone() })
+        .map(|f| FailureSample {
+            salesforce_id: f.change.salesforce_id.clone(),
+            code: f.code.clone(),
+            message: f.message.clone(),
+        })
         .collect();
     report.budget.this_run = meter.calls.values().sum();
     report.api_calls = meter.calls;
@@ -318,7 +324,7 @@ async fn match_accounts(
     usage: &[AccountUsage],
     now: DateTime<Utc>,
     dry_run: bool,
-    budget: &mut budget::BudgetReport,
+    budget: &budget::BudgetReport,
 ) -> Result<BTreeMap<String, Outcome>, RunError> {
     let cached = ctx.store.id_map(&workflow.name).await?;
     let recheck = chrono::Duration::from_std(config.recheck_matches_after).unwrap_or(chrono::Duration::days(7));
@@ -327,13 +333,7 @@ async fn match_accounts(
     ids.extend(usage.iter().map(|u| u.account_id.as_str()));
     let fresh = |id: &str| cached.get(id).is_some_and(|e| e.pinned || now - e.checked_at < recheck);
     if ids.iter().all(|id| fresh(id)) {
-        return Ok(ids
-            .into_iter()
-            .filter_map(|id| cached.get(id).map(|e| (id.to_owned(), outcome_of(e))))
-            .collect());
-    }
-    if budget.available < READ_ESTIMATE {
-        return Err(RunError::OverBudget { needed: READ_ESTIMATE, left: budget.available });
+        return Ok(ids.into_iter().filter_map(|id| cached.get(id).map(|e| (id.to_owned(), outcome_of(e)))).collect());
     }
     let external = config.matching.iter().find_map(|r| match r {
         MatchRule::ExternalId { field } => Some(field.as_str()),
@@ -343,9 +343,7 @@ async fn match_accounts(
         MatchRule::EmailDomain { website_field, .. } => Some(website_field.as_str()),
         _ => None,
     });
-    let rows = accounts::read(&ctx.salesforce, external, website)
-        .await
-        .map_err(|source| RunError::Salesforce { what: "Accounts", source })?;
+    let rows = accounts::read(&ctx.salesforce, external, website, budget.available).await?;
     let accounts = Accounts::new(rows);
     let pins: HashMap<String, String> = cached
         .values()
@@ -355,16 +353,16 @@ async fn match_accounts(
     // Accounts with usage but no facts (no visitors with metadata) still get the id rules.
     let mut all_facts: Vec<AccountFacts> = facts.to_vec();
     let known: HashSet<&str> = facts.iter().map(|f| f.account_id.as_str()).collect();
-    all_facts.extend(usage.iter().filter(|u| !known.contains(u.account_id.as_str())).map(|u| AccountFacts {
-        account_id: u.account_id.clone(),
-        ..Default::default()
-    }));
+    all_facts.extend(
+        usage
+            .iter()
+            .filter(|u| !known.contains(u.account_id.as_str()))
+            .map(|u| AccountFacts { account_id: u.account_id.clone(), ..Default::default() }),
+    );
     let outcomes = matching::match_all(&rules(config), &all_facts, &accounts, &pins);
     if !dry_run {
-        let entries: Vec<IdMapEntry> = outcomes
-            .iter()
-            .map(|(id, o)| entry_of(&workflow.name, id, o, pins.contains_key(id), now))
-            .collect();
+        let entries: Vec<IdMapEntry> =
+            outcomes.iter().map(|(id, o)| entry_of(&workflow.name, id, o, pins.contains_key(id), now)).collect();
         ctx.store.put_id_map(&entries).await?;
     }
     Ok(outcomes)

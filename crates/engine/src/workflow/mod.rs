@@ -140,9 +140,7 @@ impl RunReport {
 pub async fn run(ctx: &Context, name: &str, options: &RunOptions) -> Result<RunReport, RunError> {
     let workflow = ctx.config.workflows.get(name).ok_or_else(|| RunError::UnknownWorkflow(name.to_owned()))?;
     match &workflow.template {
-        crate::config::Template::EngagementScores(template) => {
-            engagement::run(ctx, workflow, template, options).await
-        }
+        crate::config::Template::EngagementScores(template) => engagement::run(ctx, workflow, template, options).await,
     }
 }
 

@@ -93,9 +93,12 @@ pub async fn replay(ctx: &Context, selector: &FailureSelector, limit: u32) -> Re
                 written_at: now,
             }));
         }
-        for f in d.failed.iter().map(|f| (&f.change, &f.code, &f.message)).chain(
-            d.deferred.iter().map(|c| (c, &DEFERRED_CODE.0, &DEFERRED_CODE.1)),
-        ) {
+        for f in d
+            .failed
+            .iter()
+            .map(|f| (&f.change, &f.code, &f.message))
+            .chain(d.deferred.iter().map(|c| (c, &DEFERRED_CODE.0, &DEFERRED_CODE.1)))
+        {
             let (change, code, message) = f;
             if let Some(&id) = ids.get(&change.salesforce_id) {
                 ctx.store.fail_again(id, code, message, now).await?;

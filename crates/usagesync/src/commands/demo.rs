@@ -51,7 +51,8 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<u8> {
 
     let mut reports: Vec<RunReport> = Vec::new();
     for run in 1..=2 {
-        let options = RunOptions { dry_run: false, trigger: "demo".into(), progress: progress::Bars::for_terminal(json) };
+        let options =
+            RunOptions { dry_run: false, trigger: "demo".into(), progress: progress::Bars::for_terminal(json) };
         let report = engine::workflow::run(&ctx, "engagement", &options).await?;
         if !json {
             println!();
@@ -92,7 +93,11 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<u8> {
     }
     pendo_emu.shutdown().await;
     if first.written == 0 || first.failed > 0 {
-        bail!("run 1 wrote {} Accounts with {} failures; the demo expects every match written", first.written, first.failed);
+        bail!(
+            "run 1 wrote {} Accounts with {} failures; the demo expects every match written",
+            first.written,
+            first.failed
+        );
     }
     if second.written > 0 || second.write_calls() > 0 {
         bail!("run 2 rewrote {} unchanged Accounts", second.written);

@@ -39,7 +39,10 @@ pub async fn runs(
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"run": run, "records": outcomes}))?);
         return Ok(0);
     }
-    table::print(&["run", "workflow", "trigger", "state", "started", "written", "failed", "API calls"], &[run_row(&run)]);
+    table::print(
+        &["run", "workflow", "trigger", "state", "started", "written", "failed", "API calls"],
+        &[run_row(&run)],
+    );
     if let Some(e) = &run.error {
         println!("error: {e}");
     }

@@ -24,7 +24,9 @@ pub fn validate(path: &Path, secrets: bool, json: bool) -> Result<u8> {
                 let list: Vec<_> = errors
                     .errors
                     .iter()
-                    .map(|e| serde_json::json!({"line": e.line, "column": e.column, "key": e.key, "message": e.message}))
+                    .map(
+                        |e| serde_json::json!({"line": e.line, "column": e.column, "key": e.key, "message": e.message}),
+                    )
                     .collect();
                 println!("{}", serde_json::json!({"valid": false, "file": errors.origin, "errors": list}));
             } else {

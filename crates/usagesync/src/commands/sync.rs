@@ -15,8 +15,7 @@ pub const EXIT_DEFERRED: u8 = 4;
 pub async fn run(config_path: &std::path::Path, workflow: &str, dry_run: bool, json: bool) -> Result<u8> {
     let config = context::load_config(config_path)?;
     let ctx = context::build(config, &context::env_var).await?;
-    let options =
-        RunOptions { dry_run, trigger: "cli".into(), progress: progress::Bars::for_terminal(json) };
+    let options = RunOptions { dry_run, trigger: "cli".into(), progress: progress::Bars::for_terminal(json) };
     let report = engine::workflow::run(&ctx, workflow, &options).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -15,9 +15,8 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     }
     let numeric: Vec<bool> = (0..cols)
         .map(|i| {
-            rows.iter().all(|r| {
-                r.get(i).is_none_or(|c| c.chars().all(|ch| ch.is_ascii_digit() || ",.%-/ ".contains(ch)))
-            })
+            rows.iter()
+                .all(|r| r.get(i).is_none_or(|c| c.chars().all(|ch| ch.is_ascii_digit() || ",.%-/ ".contains(ch))))
         })
         .collect();
     let line = |cells: Vec<&str>| -> String {
@@ -53,7 +52,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
