@@ -77,7 +77,9 @@ pub fn print_report(r: &RunReport) {
             rows.push(vec![kind.clone(), thousands(*calls)]);
         }
     }
-    rows.push(vec!["one call per record would be".into(), thousands(r.plan.calls_one_by_one)]);
+    if r.plan.calls_one_by_one > 0 {
+        rows.push(vec!["(one call per changed record would be)".into(), thousands(r.plan.calls_one_by_one)]);
+    }
     table::print(&["Salesforce API calls", "calls"], &rows);
     println!();
     let b = &r.budget;

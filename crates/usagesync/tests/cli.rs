@@ -1,0 +1,171 @@
+//! The real binary, end to end: `init`, `validate`, `sync` (dry run and real), `runs`,
+//! `failures` and `replay` against `usagesync emulate` running in a child process on ports
+//! picked by the OS, with the exit codes a scheduler relies on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_usagesync"));
+    c.env_remove("USAGESYNC_CONFIG");
+    c
+}
+
+struct Emulators {
+    child: Child,
+    salesforce: String,
+    pendo: String,
+}
+
+impl Drop for Emulators {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn emulators(accounts: u32) -> Emulators {
+    let mut child = bin()
+        .args(["emulate", "--seed-salesforce", "--days", "30", "--accounts", &accounts.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let salesforce = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
+    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    Emulators { child, salesforce, pendo }
+}
+
+/// The shipped example, pointed at these emulators and a store in `dir`.
+fn config(dir: &Path, emu: &Emulators) -> PathBuf {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml"))
+        .unwrap()
+        .replace("http://127.0.0.1:8443", &emu.salesforce)
+        .replace("http://127.0.0.1:8444", &emu.pendo)
+        .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.join("state.db").display()));
+    let path = dir.join("usagesync.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(config: &Path, args: &[&str]) -> Output {
+    bin()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("SF_CLIENT_SECRET", "emulator-secret")
+        .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn init_writes_a_starter_that_validates_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usagesync.yaml");
+    let o = bin().arg("init").arg(&path).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = bin().arg("init").arg(&path).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("already exists"), "{}", text(&o));
+    let o = bin().arg("--config").arg(&path).arg("validate").output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("is valid: 1 workflow(s): engagement"), "{}", text(&o));
+    // Without the env vars its secrets name, --secrets says which are missing.
+    let o = bin()
+        .arg("--config")
+        .arg(&path)
+        .args(["validate", "--secrets"])
+        .env_remove("SF_CLIENT_SECRET")
+        .env_remove("PENDO_INTEGRATION_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("SF_CLIENT_SECRET") && text(&o).contains("PENDO_INTEGRATION_KEY"), "{}", text(&o));
+}
+
+#[test]
+fn validate_reports_every_error_with_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    let starter = bin().arg("init").arg(&path).output().unwrap();
+    assert!(starter.status.success());
+    let broken = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("daily_share: 0.25", "daily_share: 3")
+        .replace("window_days: 30", "window_days: 0")
+        .replace("schedule: \"0 6 * * *\"", "schedule: \"every morning\"");
+    std::fs::write(&path, &broken).unwrap();
+    let line_of = |needle: &str| broken.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let o = bin().arg("--config").arg(&path).arg("validate").output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let out = text(&o);
+    for (needle, key) in [
+        ("daily_share: 3", "budget.daily_share"),
+        ("window_days: 0", "workflows.engagement.window_days"),
+        ("every morning", "workflows.engagement.schedule"),
+    ] {
+        let want = format!("bad.yaml:{}:", line_of(needle));
+        assert!(out.lines().any(|l| l.contains(&want) && l.contains(key)), "no {want} … {key} in:\n{out}");
+    }
+    let o = bin().arg("--config").arg(&path).args(["validate", "--json"]).output().unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 3, "{v}");
+    // A config that does not load stops `sync` with the same exit code and changes nothing.
+    let o = bin().arg("--config").arg(&path).args(["sync", "engagement"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!dir.path().join("usagesync.db").exists());
+}
+
+#[test]
+fn sync_plans_writes_then_rests_and_history_shows_it() {
+    let emu = emulators(120);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &emu);
+
+    let o = run(&cfg, &["sync", "engagement", "--dry-run", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let plan: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(plan["dry_run"], true);
+    let to_write = plan["changed"].as_u64().unwrap();
+    assert!(to_write > 50, "{plan}");
+    assert_eq!(plan["plan"]["path"], "collections");
+
+    let o = run(&cfg, &["sync", "engagement"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("succeeded"), "{}", text(&o));
+
+    let o = run(&cfg, &["sync", "engagement", "--json"]);
+    let again: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((again["written"].as_u64(), again["changed"].as_u64()), (Some(0), Some(0)), "{again}");
+
+    let o = run(&cfg, &["runs", "--json"]);
+    let runs: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(runs.len(), 2, "the dry run is not a run");
+    let first = runs.iter().find(|r| r["stats"]["written"].as_u64() == Some(to_write)).unwrap();
+    let id = first["id"].as_str().unwrap();
+    let key = plan["samples"][0]["pendo_account"].as_str().unwrap();
+    let o = run(&cfg, &["runs", &id[..13], "--search", key]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(key) && text(&o).contains("Pendo_Engagement_Score__c"), "{}", text(&o));
+
+    let o = run(&cfg, &["failures"]);
+    assert!(text(&o).contains("No open failures."), "{}", text(&o));
+    let o = run(&cfg, &["replay"]);
+    assert_eq!(o.status.code(), Some(1), "replay needs a selection: {}", text(&o));
+
+    let o = run(&cfg, &["sync", "no-such-workflow"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("no-such-workflow"), "{}", text(&o));
+}
