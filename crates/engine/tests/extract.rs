@@ -319,6 +319,17 @@ async fn facts_survive_hostile_emails_and_count_every_account() {
     emu.shutdown().await;
 }
 
+/// The engine runs extractions on spawned tasks: the futures must be `Send`.
+#[test]
+fn extraction_futures_are_send() {
+    fn send<T: Send>(_: T) {}
+    let pendo = pendo::Client::new(pendo::ClientConfig::new("http://127.0.0.1:9", "k").unwrap()).unwrap();
+    let x = Extractor::new(&pendo);
+    send(x.engagement(&window(), &CoreFeatures::MarkedCore));
+    send(x.account_facts(&[]));
+    send(engine::extract::engagement(&pendo, &window(), &CoreFeatures::MarkedCore));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_query_is_named() {
     let emu = start(3).await;
@@ -326,8 +337,12 @@ async fn a_failing_query_is_named() {
     cfg.retry.max_attempts = 1;
     let pendo = pendo::Client::new(cfg).unwrap();
     let err = engine::extract::engagement(&pendo, &window(), &CoreFeatures::MarkedCore).await.unwrap_err();
-    assert!(matches!(err, ExtractError::Pendo { query: "accounts", .. }), "{err}");
+    let ExtractError::Pendo { query, source } = &err else { panic!("{err}") };
+    assert_eq!(source.status(), Some(403));
+    assert!(err.to_string().contains(query), "{err}");
     assert!(!err.is_retryable());
+    let err = engine::extract::account_facts(&pendo, &[]).await.unwrap_err();
+    assert!(matches!(err, ExtractError::Pendo { .. }), "{err}");
     emu.shutdown().await;
 }
 

@@ -3,6 +3,7 @@
 //! nothing per visitor outlives its page.
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
 
 use pendo::aggregation::expr::valid_path;
 use pendo::{Apps, Expr, Pipeline, Source};
@@ -70,10 +71,13 @@ impl Extractor<'_> {
             }
             selected.push((format!("m{i}"), path, format!("{group}.{field}")));
         }
-        let mut accs: BTreeMap<String, Acc> = BTreeMap::new();
+        // Both queries run side by side and fold into one map; the lock is taken per row and
+        // never held across a request.
+        let accs: Mutex<BTreeMap<String, Acc>> = Mutex::new(BTreeMap::new());
+        let lock = || accs.lock().unwrap_or_else(PoisonError::into_inner);
 
         const ACCOUNTS: &str = "account metadata";
-        self.paged(
+        let accounts = self.paged(
             ACCOUNTS,
             &["accountId"],
             false,
@@ -84,7 +88,8 @@ impl Extractor<'_> {
             },
             |row| {
                 let id = text(row, "accountId").ok_or_else(|| bad_row(ACCOUNTS, "accountId", row))?;
-                let acc = entry(&mut accs, id);
+                let mut map = lock();
+                let acc = entry(&mut map, id);
                 for (out, _, name) in &selected {
                     if let Some(v) = row.get(out.as_str()).and_then(as_text) {
                         acc.metadata.insert(name.clone(), v);
@@ -92,11 +97,10 @@ impl Extractor<'_> {
                 }
                 Ok(())
             },
-        )
-        .await?;
+        );
 
         const VISITORS: &str = "visitor e-mails";
-        self.paged(
+        let visitors = self.paged(
             VISITORS,
             &["visitorId"],
             false,
@@ -112,8 +116,9 @@ impl Extractor<'_> {
                 let Some(domain) = text(row, "email").and_then(email_domain) else {
                     return Ok(());
                 };
+                let mut map = lock();
                 for id in accounts_of(row) {
-                    let acc = entry(&mut accs, id);
+                    let acc = entry(&mut map, id);
                     acc.with_email = acc.with_email.saturating_add(1);
                     match acc.domains.iter_mut().find(|(d, _)| **d == *domain) {
                         Some((_, n)) => *n = n.saturating_add(1),
@@ -122,10 +127,12 @@ impl Extractor<'_> {
                 }
                 Ok(())
             },
-        )
-        .await?;
+        );
+        tokio::try_join!(accounts, visitors)?;
 
         Ok(accs
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
             .into_iter()
             .map(|(account_id, a)| {
                 let mut email_domains: Vec<(String, u32)> =
