@@ -60,10 +60,11 @@ impl Extractor<'_> {
     pub async fn engagement(&self, window: &super::Window, core: &CoreFeatures) -> Result<Vec<AccountUsage>> {
         let ts = time_series(window)?;
         // The catalogues first (one small call each): the feature and guide queries need them.
-        let (core_ids, last_steps) = tokio::try_join!(self.core_feature_ids(core), self.last_guide_steps())?;
-        // The five queries are independent and each costs Pendo a scan of the window, so they
-        // run side by side; folding is synchronous and short, so one lock around the map is
-        // never held across a request.
+        let core_ids = self.core_feature_ids(core).await?;
+        let last_steps = self.last_guide_steps().await?;
+        // The five queries are independent, so they may run side by side (see
+        // `with_parallel_queries`); folding is synchronous and short, so the one lock around the
+        // map is never held across a request.
         let accs: Mutex<BTreeMap<String, Acc>> = Mutex::new(BTreeMap::new());
         let with = |row: &Value, f: &dyn Fn(&mut Acc)| {
             let mut map = accs.lock().unwrap_or_else(PoisonError::into_inner);
@@ -195,7 +196,15 @@ impl Extractor<'_> {
             },
         );
 
-        tokio::try_join!(accounts, days, visitors, features, guides)?;
+        if self.parallel {
+            tokio::try_join!(accounts, days, visitors, features, guides)?;
+        } else {
+            accounts.await?;
+            days.await?;
+            visitors.await?;
+            features.await?;
+            guides.await?;
+        }
 
         let total = u32::try_from(core_ids.len()).unwrap_or(u32::MAX);
         Ok(accs

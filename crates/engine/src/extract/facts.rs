@@ -71,8 +71,8 @@ impl Extractor<'_> {
             }
             selected.push((format!("m{i}"), path, format!("{group}.{field}")));
         }
-        // Both queries run side by side and fold into one map; the lock is taken per row and
-        // never held across a request.
+        // Both queries fold into one map, possibly side by side (see `with_parallel_queries`);
+        // the lock is taken per row and never held across a request.
         let accs: Mutex<BTreeMap<String, Acc>> = Mutex::new(BTreeMap::new());
         let lock = || accs.lock().unwrap_or_else(PoisonError::into_inner);
 
@@ -128,7 +128,12 @@ impl Extractor<'_> {
                 Ok(())
             },
         );
-        tokio::try_join!(accounts, visitors)?;
+        if self.parallel {
+            tokio::try_join!(accounts, visitors)?;
+        } else {
+            accounts.await?;
+            visitors.await?;
+        }
 
         Ok(accs
             .into_inner()

@@ -147,18 +147,33 @@ pub type Result<T, E = ExtractError> = std::result::Result<T, E>;
 pub struct Extractor<'c> {
     client: &'c pendo::Client,
     page_rows: u64,
+    parallel: bool,
     calls: AtomicU32,
     rows: AtomicU64,
 }
 
 impl<'c> Extractor<'c> {
     pub fn new(client: &'c pendo::Client) -> Self {
-        Extractor { client, page_rows: DEFAULT_PAGE_ROWS, calls: AtomicU32::new(0), rows: AtomicU64::new(0) }
+        Extractor {
+            client,
+            page_rows: DEFAULT_PAGE_ROWS,
+            parallel: false,
+            calls: AtomicU32::new(0),
+            rows: AtomicU64::new(0),
+        }
     }
 
     /// Rows per page (at least 2, so a page can always move past the previous key).
     pub fn with_page_rows(mut self, rows: u64) -> Self {
         self.page_rows = rows.max(2);
+        self
+    }
+
+    /// Whether an extraction's independent queries run side by side (default: one at a time).
+    /// Side by side shortens the run when Pendo has capacity to spare; one at a time is gentler
+    /// on the subscription's shared aggregation capacity and on a small emulator.
+    pub fn with_parallel_queries(mut self, parallel: bool) -> Self {
+        self.parallel = parallel;
         self
     }
 
