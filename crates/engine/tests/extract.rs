@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use chrono::{DateTime, Utc};
 use emulator::pendo::store::{DAY_MS, GuideEventType, Store, is_anonymous};
 use emulator::pendo::{GenConfig, PendoConfig, PendoState, Running};
-use engine::extract::domain::email_domain;
 use engine::extract::{AccountFacts, AccountUsage, CoreFeatures, ExtractError, Extractor, Window};
+use engine::matching::domain::email_domain;
 use serde_json::{Value, json};
 
 /// 2026-01-01T00:00Z: a fixed "today" so the data and the window never drift.
@@ -146,6 +146,9 @@ async fn engagement_matches_the_stored_data_across_pages() {
     let got_big = big.engagement(&window(), &CoreFeatures::MarkedCore).await.unwrap();
     assert_eq!(got_big, got);
     assert_eq!(big.stats().pendo_calls, 7);
+    let parallel = Extractor::new(&pendo).with_page_rows(7).with_parallel_queries(true);
+    assert_eq!(parallel.engagement(&window(), &CoreFeatures::MarkedCore).await.unwrap(), got);
+    assert_eq!(parallel.stats(), small.stats());
 
     // Explicit ids give the same as the flags that name them; a subset gives fewer.
     let core_ids: Vec<String> =
@@ -311,12 +314,26 @@ async fn facts_survive_hostile_emails_and_count_every_account() {
     assert!(got.values().all(|f| !f.metadata.contains_key("custom.nothere")));
     assert!(got.values().filter(|f| f.visitors_with_email > 0).count() >= 30);
 
+    let parallel = Extractor::new(&pendo).with_page_rows(9).with_parallel_queries(true);
+    let in_parallel = parallel.account_facts(&owned).await.unwrap();
+    assert_eq!(in_parallel.into_iter().map(|f| (f.account_id.clone(), f)).collect::<BTreeMap<_, _>>(), got);
     let same = engine::extract::account_facts(&pendo, &owned).await.unwrap();
     assert_eq!(same.into_iter().map(|f| (f.account_id.clone(), f)).collect::<BTreeMap<_, _>>(), got);
 
     let bad = engine::extract::account_facts(&pendo, &[("custom".into(), "a\"b".into())]).await.unwrap_err();
     assert!(matches!(bad, ExtractError::InvalidField { .. }), "{bad}");
     emu.shutdown().await;
+}
+
+/// The engine runs extractions on spawned tasks: the futures must be `Send`.
+#[test]
+fn extraction_futures_are_send() {
+    fn send<T: Send>(_: T) {}
+    let pendo = pendo::Client::new(pendo::ClientConfig::new("http://127.0.0.1:9", "k").unwrap()).unwrap();
+    let x = Extractor::new(&pendo);
+    send(x.engagement(&window(), &CoreFeatures::MarkedCore));
+    send(x.account_facts(&[]));
+    send(engine::extract::engagement(&pendo, &window(), &CoreFeatures::MarkedCore));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,8 +343,12 @@ async fn a_failing_query_is_named() {
     cfg.retry.max_attempts = 1;
     let pendo = pendo::Client::new(cfg).unwrap();
     let err = engine::extract::engagement(&pendo, &window(), &CoreFeatures::MarkedCore).await.unwrap_err();
-    assert!(matches!(err, ExtractError::Pendo { query: "accounts", .. }), "{err}");
+    let ExtractError::Pendo { query, source } = &err else { panic!("{err}") };
+    assert_eq!(source.status(), Some(403));
+    assert!(err.to_string().contains(query), "{err}");
     assert!(!err.is_retryable());
+    let err = engine::extract::account_facts(&pendo, &[]).await.unwrap_err();
+    assert!(matches!(err, ExtractError::Pendo { .. }), "{err}");
     emu.shutdown().await;
 }
 
@@ -352,7 +373,9 @@ async fn bench_extraction() {
     let pendo = pendo::Client::new(pendo::ClientConfig::new(&url, "emulator-integration-key").unwrap()).unwrap();
     let rss_before = peak_rss_bytes();
     let page_rows = std::env::var("EXTRACT_BENCH_PAGE_ROWS").ok().and_then(|v| v.parse().ok());
-    let x = Extractor::new(&pendo).with_page_rows(page_rows.unwrap_or(engine::extract::DEFAULT_PAGE_ROWS));
+    let x = Extractor::new(&pendo)
+        .with_page_rows(page_rows.unwrap_or(engine::extract::DEFAULT_PAGE_ROWS))
+        .with_parallel_queries(std::env::var("EXTRACT_BENCH_PARALLEL").is_ok_and(|v| v == "1"));
     let end = Utc::now();
     let t = std::time::Instant::now();
     let usage = x.engagement(&Window { end, days: 30 }, &CoreFeatures::MarkedCore).await.unwrap();

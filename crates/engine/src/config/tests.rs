@@ -134,7 +134,7 @@ fn template_keys_are_checked_too() {
         .replacen("minutes: { weight: 0.1, target: 600 }", "minutes: { weight: 0.1, target: 0 }", 1)
         .replacen("field: Pendo_Account_Id__c", "field: Pendo Account", 1)
         .replacen("min_share: 0.5", "min_share: 0", 1)
-        .replacen("group: agent", "group: agents", 1)
+        .replacen("group: custom", "group: agents", 1)
         .replacen("feature_adoption: { weight: 0.2, target: 1.0 }", "feature_adoption: { weight: 0.2, target: 2 }", 1)
         .replacen("extra_free_mail: [corp-mail.example]", "extra_free_mail: [Corp Mail]", 1);
     let errors = load_err(&text);

@@ -3,6 +3,7 @@
 //! one small record per account.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use pendo::{Agg, Apps, Expr, Pipeline, Source, Span, Time, TimeSeries};
@@ -58,10 +59,23 @@ impl Extractor<'_> {
     /// As [`super::engagement`].
     pub async fn engagement(&self, window: &super::Window, core: &CoreFeatures) -> Result<Vec<AccountUsage>> {
         let ts = time_series(window)?;
-        let mut accs: BTreeMap<String, Acc> = BTreeMap::new();
+        // The catalogues first (one small call each): the feature and guide queries need them.
+        let core_ids = self.core_feature_ids(core).await?;
+        let last_steps = self.last_guide_steps().await?;
+        // The five queries are independent, so they may run side by side (see
+        // `with_parallel_queries`); folding is synchronous and short, so the one lock around the
+        // map is never held across a request.
+        let accs: Mutex<BTreeMap<String, Acc>> = Mutex::new(BTreeMap::new());
+        let with = |row: &Value, f: &dyn Fn(&mut Acc)| {
+            let mut map = accs.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(acc) = entry(&mut map, row) {
+                f(acc);
+            }
+            Ok(())
+        };
 
         const ACCOUNTS: &str = "accounts";
-        self.paged(
+        let accounts = self.paged(
             ACCOUNTS,
             &["accountId"],
             false,
@@ -72,16 +86,13 @@ impl Extractor<'_> {
                 ])
             },
             |row| {
-                if let Some(acc) = entry(&mut accs, row) {
-                    acc.last_visit = row.get("lastvisit").and_then(Value::as_i64).filter(|t| *t > 0);
-                }
-                Ok(())
+                let last = row.get("lastvisit").and_then(Value::as_i64).filter(|t| *t > 0);
+                with(row, &|acc| acc.last_visit = last)
             },
-        )
-        .await?;
+        );
 
         const DAYS: &str = "event totals by day";
-        self.paged(
+        let days = self.paged(
             DAYS,
             &["accountId"],
             false,
@@ -103,18 +114,13 @@ impl Extractor<'_> {
                     )
             },
             |row| {
-                if let Some(acc) = entry(&mut accs, row) {
-                    acc.days = count(row, "days");
-                    acc.events = count(row, "events");
-                    acc.minutes = count(row, "minutes");
-                }
-                Ok(())
+                let (d, e, m) = (count(row, "days"), count(row, "events"), count(row, "minutes"));
+                with(row, &|acc| (acc.days, acc.events, acc.minutes) = (d, e, m))
             },
-        )
-        .await?;
+        );
 
         const VISITORS: &str = "active visitors";
-        self.paged(
+        let visitors = self.paged(
             VISITORS,
             &["accountId"],
             false,
@@ -125,17 +131,16 @@ impl Extractor<'_> {
                     .group(&["accountId"], &[("visitors", Agg::Count(Some("visitorId".into())))])
             },
             |row| {
-                if let Some(acc) = entry(&mut accs, row) {
-                    acc.visitors = count(row, "visitors");
-                }
-                Ok(())
+                let n = count(row, "visitors");
+                with(row, &|acc| acc.visitors = n)
             },
-        )
-        .await?;
+        );
 
-        let core_ids = self.core_feature_ids(core).await?;
-        if let Some(is_core) = any_of("featureId", core_ids.iter().map(String::as_str)) {
-            const FEATURES: &str = "core features used";
+        const FEATURES: &str = "core features used";
+        let is_core = any_of("featureId", core_ids.iter().map(String::as_str));
+        let features = async {
+            // No core features: nothing to ask Pendo.
+            let Some(is_core) = &is_core else { return Ok(()) };
             self.paged(
                 FEATURES,
                 &["accountId"],
@@ -151,23 +156,19 @@ impl Extractor<'_> {
                 },
                 |row| {
                     let used = u32::try_from(count(row, "features")).unwrap_or(u32::MAX);
-                    if let Some(acc) = entry(&mut accs, row) {
-                        acc.core = used;
-                    }
-                    Ok(())
+                    with(row, &|acc| acc.core = used)
                 },
             )
-            .await?;
-        }
+            .await
+        };
 
-        let last_steps = self.last_guide_steps().await?;
         const GUIDES: &str = "guides seen and completed";
         let seen = Expr::field("type").eq("guideSeen");
         let relevant = match any_of("guideStepId", last_steps.iter().map(String::as_str)) {
             Some(last) => seen.or(Expr::field("type").eq("guideAdvanced").and(last)),
             None => seen,
         };
-        self.paged(
+        let guides = self.paged(
             GUIDES,
             &["accountId", "type"],
             // Two rows per account (seen, completed): a page may end between them.
@@ -187,21 +188,28 @@ impl Extractor<'_> {
             },
             |row| {
                 let pairs = count(row, "pairs");
-                let kind = text(row, "type").map(str::to_owned);
-                if let Some(acc) = entry(&mut accs, row) {
-                    match kind.as_deref() {
-                        Some("guideSeen") => acc.seen = pairs,
-                        Some("guideAdvanced") => acc.completed = pairs,
-                        _ => {}
-                    }
+                match text(row, "type") {
+                    Some("guideSeen") => with(row, &|acc| acc.seen = pairs),
+                    Some("guideAdvanced") => with(row, &|acc| acc.completed = pairs),
+                    _ => Ok(()),
                 }
-                Ok(())
             },
-        )
-        .await?;
+        );
+
+        if self.parallel {
+            tokio::try_join!(accounts, days, visitors, features, guides)?;
+        } else {
+            accounts.await?;
+            days.await?;
+            visitors.await?;
+            features.await?;
+            guides.await?;
+        }
 
         let total = u32::try_from(core_ids.len()).unwrap_or(u32::MAX);
         Ok(accs
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
             .into_iter()
             .map(|(account_id, a)| AccountUsage {
                 account_id,

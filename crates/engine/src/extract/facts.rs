@@ -3,13 +3,14 @@
 //! nothing per visitor outlives its page.
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
 
 use pendo::aggregation::expr::valid_path;
 use pendo::{Apps, Expr, Pipeline, Source};
 use serde_json::Value;
 
-use super::domain::email_domain;
 use super::{AccountFacts, ExtractError, Extractor, Result, bad_row, maybe_filter, text};
+use crate::matching::domain::email_domain;
 
 #[derive(Default)]
 struct Acc {
@@ -70,10 +71,13 @@ impl Extractor<'_> {
             }
             selected.push((format!("m{i}"), path, format!("{group}.{field}")));
         }
-        let mut accs: BTreeMap<String, Acc> = BTreeMap::new();
+        // Both queries fold into one map, possibly side by side (see `with_parallel_queries`);
+        // the lock is taken per row and never held across a request.
+        let accs: Mutex<BTreeMap<String, Acc>> = Mutex::new(BTreeMap::new());
+        let lock = || accs.lock().unwrap_or_else(PoisonError::into_inner);
 
         const ACCOUNTS: &str = "account metadata";
-        self.paged(
+        let accounts = self.paged(
             ACCOUNTS,
             &["accountId"],
             false,
@@ -84,7 +88,8 @@ impl Extractor<'_> {
             },
             |row| {
                 let id = text(row, "accountId").ok_or_else(|| bad_row(ACCOUNTS, "accountId", row))?;
-                let acc = entry(&mut accs, id);
+                let mut map = lock();
+                let acc = entry(&mut map, id);
                 for (out, _, name) in &selected {
                     if let Some(v) = row.get(out.as_str()).and_then(as_text) {
                         acc.metadata.insert(name.clone(), v);
@@ -92,11 +97,10 @@ impl Extractor<'_> {
                 }
                 Ok(())
             },
-        )
-        .await?;
+        );
 
         const VISITORS: &str = "visitor e-mails";
-        self.paged(
+        let visitors = self.paged(
             VISITORS,
             &["visitorId"],
             false,
@@ -112,8 +116,9 @@ impl Extractor<'_> {
                 let Some(domain) = text(row, "email").and_then(email_domain) else {
                     return Ok(());
                 };
+                let mut map = lock();
                 for id in accounts_of(row) {
-                    let acc = entry(&mut accs, id);
+                    let acc = entry(&mut map, id);
                     acc.with_email = acc.with_email.saturating_add(1);
                     match acc.domains.iter_mut().find(|(d, _)| **d == *domain) {
                         Some((_, n)) => *n = n.saturating_add(1),
@@ -122,10 +127,17 @@ impl Extractor<'_> {
                 }
                 Ok(())
             },
-        )
-        .await?;
+        );
+        if self.parallel {
+            tokio::try_join!(accounts, visitors)?;
+        } else {
+            accounts.await?;
+            visitors.await?;
+        }
 
         Ok(accs
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
             .into_iter()
             .map(|(account_id, a)| {
                 let mut email_domains: Vec<(String, u32)> =

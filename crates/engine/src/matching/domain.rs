@@ -110,16 +110,32 @@ pub fn website_domain(website: &str) -> Option<String> {
     Some(host.strip_prefix("www.").map(str::to_owned).filter(|h| h.contains('.')).unwrap_or(host))
 }
 
-/// Lowercase, no trailing dot, at least one dot, only characters a host name can hold.
+/// Longest host name DNS allows (RFC 1035), and longest label.
+const MAX_DOMAIN_LEN: usize = 253;
+const MAX_LABEL_LEN: usize = 63;
+
+/// A plausible lowercase host name or nothing: no trailing dot, at least one dot, and only
+/// what a host name can hold (no whitespace, quotes, backslashes, empty or over-long labels,
+/// labels starting or ending with `-`). A wrong domain would match the wrong Account, which is
+/// worse than no domain.
 fn normalise_host(host: &str) -> Option<String> {
-    let host = host.trim().trim_end_matches('.').to_lowercase();
-    let valid = !host.is_empty()
-        && host.len() <= 253
-        && host.contains('.')
-        && !host.starts_with('.')
-        && !host.contains("..")
-        && host.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '.');
-    valid.then_some(host)
+    let lower = host.trim().to_lowercase();
+    let domain = lower.trim_end_matches('.');
+    if domain.is_empty() || domain.len() > MAX_DOMAIN_LEN || !domain.contains('.') {
+        return None;
+    }
+    let labels_ok = domain.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= MAX_LABEL_LEN
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            // Internationalised names are kept as typed (Unicode letters): Salesforce websites
+            // hold them that way too.
+            && label.chars().all(|c| c == '-' || c.is_alphanumeric())
+    });
+    // Some characters' lowercase form lowercases again differently; such a name cannot be
+    // compared reliably, so it is refused rather than guessed at.
+    (labels_ok && domain.to_lowercase() == domain).then(|| domain.to_owned())
 }
 
 /// True when a visitor's e-mail domain belongs to the company whose website is `site`: the same
@@ -171,6 +187,38 @@ mod tests {
     }
 
     #[test]
+    fn ordinary_and_messy_addresses() {
+        assert_eq!(email_domain("ava.adams0@northwind12.com").as_deref(), Some("northwind12.com"));
+        assert_eq!(email_domain("  Ava@NorthWind.IO  ").as_deref(), Some("northwind.io"));
+        assert_eq!(email_domain("a@b.example.com.").as_deref(), Some("b.example.com"));
+        assert_eq!(email_domain("a@b.com..").as_deref(), Some("b.com"));
+        assert_eq!(email_domain("\"a@evil.com\"@good.co").as_deref(), Some("good.co"));
+        assert_eq!(email_domain("x@BÜCHER.de").as_deref(), Some("bücher.de"));
+    }
+
+    #[test]
+    fn hostile_values_give_nothing() {
+        for bad in [
+            "",
+            "   ",
+            "a@.",
+            "a@b .com",
+            "a@b\t.com",
+            "a@\"b.com\"",
+            "a@.b.com",
+            "a@-b.com",
+            "a@b-.com",
+            "a@b.com>",
+            "a@b,c.com",
+            "a@b.com\u{0}",
+            "a@b.com\u{202e}",
+        ] {
+            assert_eq!(email_domain(bad), None, "{bad:?}");
+        }
+        assert_eq!(email_domain(&format!("a@{}.com", "x".repeat(64))), None);
+    }
+
+    #[test]
     fn free_mail_covers_subdomains_and_extras() {
         let free = FreeMail::with_extra(["Corp-Mail.example"]);
         assert!(free.contains("gmail.com"));
@@ -193,9 +241,21 @@ mod tests {
         fn email_domains_are_always_plausible(s in "\\PC{0,40}") {
             if let Some(d) = email_domain(&s) {
                 prop_assert!(d.contains('.'));
-                prop_assert!(!d.contains('@') && !d.contains(' ') && !d.contains('\''));
+                prop_assert!(!d.contains('@') && !d.contains('\'') && !d.contains('"') && !d.contains('\\'));
+                prop_assert!(!d.ends_with('.') && !d.chars().any(char::is_whitespace));
                 prop_assert_eq!(d.to_lowercase(), d.clone());
             }
+        }
+
+        #[test]
+        fn a_domain_survives_case_space_and_trailing_dots(
+            local in "[a-zA-Z0-9._%+\"@-]{0,12}",
+            host in "[a-zA-Z0-9]{1,10}(\\.[a-zA-Z0-9]{1,8}){1,3}",
+            pad in "[ \t]{0,3}",
+            dots in "\\.{0,2}",
+        ) {
+            let email = format!("{pad}{local}@{host}{dots}{pad}");
+            prop_assert_eq!(email_domain(&email), Some(host.to_ascii_lowercase()));
         }
 
         #[test]
