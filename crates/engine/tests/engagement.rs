@@ -232,12 +232,35 @@ async fn hostile_emails_neither_break_nor_widen_matching() {
     let events: Vec<Value> = (0..hostile.len())
         .map(|i| json!({"kind": "page", "id": page, "visitorId": format!("hostile-{i}"), "accountId": "hostile-co", "time": now, "numEvents": 3, "numMinutes": 1}))
         .collect();
-    w.pendo_seed(json!({"accounts": [{"accountId": "hostile-co", "metadata": {"custom": {"sfdcaccountid": "' OR Id != null OR Id = '"}}}], "visitors": visitors, "events": events})).await;
+    // An account id full of quotes, backslashes and SOQL that an Account carries as its
+    // external ID: it must reach exactly that Account, intact.
+    let odd = "q'uote\"back\\slash' OR Name != 'x";
+    let mut events = events;
+    events.push(json!({"kind": "page", "id": page, "visitorId": "hostile-0", "accountId": odd, "time": now, "numEvents": 41, "numMinutes": 2}));
+    w.pendo_seed(json!({
+        "accounts": [
+            {"accountId": "hostile-co", "metadata": {"custom": {"sfdcaccountid": "' OR Id != null OR Id = '"}}},
+            {"accountId": odd, "metadata": {}},
+        ],
+        "visitors": visitors,
+        "events": events,
+    }))
+    .await;
+    let odd_sf = emulator::pendo::generate::sf_id("001", 999_999);
+    w.sf_admin(
+        reqwest::Method::POST,
+        "records/Account",
+        json!([{"Id": odd_sf, "Name": "Odd Co", "Pendo_Account_Id__c": odd}]),
+    )
+    .await;
     let before = w.accounts().await;
     let report = w.run(false).await;
     assert_eq!(report.failed, 0);
     let after = w.accounts().await;
     assert_eq!(after.len(), before.len());
+    assert_eq!(after[&odd_sf]["Pendo_Events__c"].as_f64(), Some(41.0), "{:?}", after[&odd_sf]);
+    let changed: Vec<&String> = after.keys().filter(|k| after[*k] != before[*k]).collect();
+    assert_eq!(changed.len(), report.written, "only the matched Accounts changed");
     let entry =
         w.ctx.store.id_map("engagement").await.unwrap().into_iter().find(|e| e.pendo_id == "hostile-co").unwrap();
     assert_eq!(entry.salesforce_id, None, "hostile-co must not match anything: {entry:?}");
@@ -294,6 +317,30 @@ async fn refused_records_are_kept_and_replay_sends_them() {
     }
     let next = w.run(false).await;
     assert_eq!((next.written, next.write_calls()), (0, 0), "replayed values are remembered: {next:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_run_that_writes_a_failed_record_settles_its_failure() {
+    let w = world(80, 1.0).await;
+    w.sf_admin(
+        reqwest::Method::POST,
+        "validation-rules/Account",
+        json!({"name": "No_Events", "errorMessage": "Events are read-only", "errorField": "Pendo_Events__c",
+               "condition": {"field": "Pendo_Events__c", "operator": "notNull"}}),
+    )
+    .await;
+    let first = w.run(false).await;
+    assert_eq!((first.written, first.failed), (0, first.matched), "{first:?}");
+    w.sf_admin(reqwest::Method::DELETE, "validation-rules/Account", json!({})).await;
+    let second = w.run(false).await;
+    assert_eq!(second.written, first.failed, "nothing was remembered as written, so all go again");
+    let open = w
+        .ctx
+        .store
+        .list_failures(&FailureFilter { workflow: None, status: Some(FailureStatus::Open), error_code: None, limit: 0 })
+        .await
+        .unwrap();
+    assert!(open.is_empty(), "{} failures still open", open.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,8 +16,8 @@ use crate::matching::{self, Accounts, FreeMail, Outcome, PendoSide, Rule};
 use crate::metrics;
 use crate::plan::{self, Allowance, CostModel};
 use crate::store::{
-    Action, FieldChange, FingerprintPut, IdMapEntry, MatchStatus, NewFailure, NewRun, RecordOutcome, RunFinish, RunId,
-    RunState,
+    Action, FailureFilter, FailureStatus, FieldChange, FingerprintPut, IdMapEntry, MatchStatus, NewFailure, NewRun,
+    RecordOutcome, RunFinish, RunId, RunState,
 };
 
 const OBJECT: &str = "Account";
@@ -457,6 +457,22 @@ async fn record(
         });
     }
     ctx.store.record_outcomes(run_id, &outcomes, &prints).await?;
+    // A record written now settles any failure still open for it from an earlier run.
+    let open = ctx
+        .store
+        .list_failures(&FailureFilter {
+            workflow: Some(workflow.to_owned()),
+            status: Some(FailureStatus::Open),
+            error_code: None,
+            limit: 0,
+        })
+        .await?;
+    if !open.is_empty() {
+        let written: HashSet<&str> = delivery.written.iter().map(|c| c.key.as_str()).collect();
+        for f in open.iter().filter(|f| f.object == OBJECT && written.contains(f.key.as_str())) {
+            ctx.store.resolve_failure(f.id, now).await?;
+        }
+    }
     let failures: Vec<NewFailure> = delivery
         .failed
         .iter()
