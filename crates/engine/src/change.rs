@@ -7,8 +7,6 @@
 //! far, so the same value always gives the same text (and the same fingerprint across releases,
 //! which `DefaultHasher` does not promise).
 
-use std::collections::HashMap;
-
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -51,8 +49,8 @@ impl Change {
     }
 }
 
-/// Fingerprints last written, keyed by (Salesforce record id, field).
-pub type Written = HashMap<(String, String), u64>;
+/// Fingerprints last written, by (Salesforce record id, field).
+pub type Written = crate::store::Fingerprints;
 
 /// The changed fields of `desired`, or `None` when Salesforce already holds every value.
 /// `always` names fields that ride along only when something else changed (a "last updated"
@@ -66,9 +64,7 @@ pub fn diff(written: &Written, desired: &Desired, always: &[(String, Value)]) ->
     };
     for (field, value) in &desired.fields {
         let print = fingerprint(value);
-        // A lookup by borrowed pair would need a custom key type; the clone is cheap next to the
-        // SHA-256 above and runs once per mapped field.
-        if written.get(&(desired.salesforce_id.clone(), field.clone())) != Some(&print) {
+        if written.get(&desired.salesforce_id, field) != Some(print) {
             change.fields.push((field.clone(), value.clone()));
             change.prints.push((field.clone(), print));
         }
@@ -98,14 +94,14 @@ mod tests {
 
     fn remember(written: &mut Written, change: &Change) {
         for (f, p) in &change.prints {
-            written.insert((change.salesforce_id.clone(), f.clone()), *p);
+            written.insert(&change.salesforce_id, f, *p);
         }
     }
 
     #[test]
     fn only_changed_fields_are_sent_and_a_repeat_sends_nothing() {
         let stamp = [("Updated__c".to_owned(), json!("2026-11-27T00:00:00Z"))];
-        let mut written = Written::new();
+        let mut written = Written::default();
         let first = diff(&written, &desired(10, 50.5), &stamp).unwrap();
         assert_eq!(first.fields.len(), 3);
         remember(&mut written, &first);

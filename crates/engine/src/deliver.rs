@@ -230,27 +230,28 @@ async fn bulk(client: &salesforce::Client, object: &str, changes: Vec<Change>, o
         row
     });
     *out.requests.entry("bulk_job").or_default() += 1;
-    let report = match client.bulk_ingest(&options, rows).await {
-        Ok(report) => report,
-        Err(e) => {
-            request_failed(&e, changes, out);
-            return pending;
-        }
-    };
-    let mut settled = vec![false; changes.len()];
-    let mut by_index: Vec<Option<(RowStatus, Option<SalesforceId>)>> = vec![None; changes.len()];
-    for o in report.outcomes {
-        if let Some(i) = o.index.and_then(|i| usize::try_from(i).ok()).filter(|&i| i < changes.len()) {
-            by_index[i] = Some((o.status, o.id));
-        }
+    // Only each row's status is kept: the echoed input columns of 100,000 result rows would
+    // cost more memory than the whole run needs otherwise.
+    let mut by_index: Vec<Option<RowStatus>> = vec![None; changes.len()];
+    let result = client
+        .bulk_ingest_with(&options, rows, |o| {
+            if let Some(slot) = o.index.and_then(|i| usize::try_from(i).ok()).and_then(|i| by_index.get_mut(i)) {
+                *slot = Some(o.status);
+            }
+        })
+        .await;
+    if let Err(e) = result {
+        request_failed(&e, changes, out);
+        return pending;
     }
+    let mut settled = vec![false; changes.len()];
     for (i, (change, outcome)) in changes.into_iter().zip(by_index).enumerate() {
         settled[i] = true;
         match outcome {
-            Some((RowStatus::Success { .. }, _)) => out.written.push(change),
-            Some((RowStatus::Failed(e), _)) => sort_refusal(change, Some(&e), &mut pending, out),
+            Some(RowStatus::Success { .. }) => out.written.push(change),
+            Some(RowStatus::Failed(e)) => sort_refusal(change, Some(&e), &mut pending, out),
             // Never processed, or no result came back for the row: safe to send again.
-            Some((RowStatus::Unprocessed, _)) | None => {
+            Some(RowStatus::Unprocessed) | None => {
                 let failed = Failed {
                     change: change.clone(),
                     code: "UNPROCESSED".into(),

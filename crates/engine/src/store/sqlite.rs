@@ -4,7 +4,7 @@
 //! a deferred transaction that reads and then writes can fail with SQLITE_BUSY when another
 //! connection wrote in between, and the busy timeout does not help in that case.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -18,10 +18,10 @@ use uuid::Uuid;
 
 use super::{
     Action, Backend, BudgetDay, BudgetStore, CreateState, CursorStore, Failure, FailureFilter, FailureSelector,
-    FailureStatus, FailureStore, FingerprintPut, FingerprintStore, IdMapEntry, IdMapStore, IdempotencyStore,
-    MatchStatus, NewFailure, NewRun, OutcomeFilter, RecordOutcome, Run, RunFinish, RunId, RunState, RunStore, Store,
-    StoreError, StoreFuture, fp_from_db, fp_to_db, from_db_count, from_json_text, json_text, last_per_key, lease_until,
-    outcome_rows, query_err, redact_location, search_term, to_db_count,
+    FailureStatus, FailureStore, FingerprintPut, FingerprintStore, Fingerprints, IdMapEntry, IdMapStore,
+    IdempotencyStore, MatchStatus, NewFailure, NewRun, OutcomeFilter, RecordOutcome, Run, RunFinish, RunId, RunState,
+    RunStore, Store, StoreError, StoreFuture, fp_from_db, fp_to_db, from_db_count, from_json_text, json_text,
+    last_per_key, lease_until, outcome_rows, query_err, redact_location, search_term, to_db_count,
 };
 
 /// SQLite allows 32,766 bound parameters per statement; stay well below it.
@@ -515,17 +515,17 @@ impl IdMapStore for SqliteStore {
 }
 
 impl FingerprintStore for SqliteStore {
-    fn fingerprints(&self, scope: &str) -> StoreFuture<'_, HashMap<(String, String), u64>> {
+    fn fingerprints(&self, scope: &str) -> StoreFuture<'_, Fingerprints> {
         let scope = scope.to_owned();
         Box::pin(async move {
-            let mut out = HashMap::new();
+            let mut out = Fingerprints::default();
             let mut rows = sqlx::query("SELECT key, field, fingerprint FROM fingerprints WHERE scope = $1")
                 .bind(scope)
                 .fetch(&self.pool);
             while let Some(row) = rows.try_next().await.map_err(query_err("load fingerprints"))? {
-                let key: String = get(&row, "key")?;
-                let field: String = get(&row, "field")?;
-                out.insert((key, field), fp_from_db(get(&row, "fingerprint")?));
+                let key: &str = get(&row, "key")?;
+                let field: &str = get(&row, "field")?;
+                out.insert(key, field, fp_from_db(get(&row, "fingerprint")?));
             }
             Ok(out)
         })

@@ -255,7 +255,7 @@ async fn outcomes_and_fingerprints_commit_together(store: Arc<dyn Store>) {
     };
     store.record_outcomes(run, &[outcome("a", Some("001A"), Action::Updated)], &[fp("001A", 7)]).await.unwrap();
     let fps = store.fingerprints("engagement:Account").await.unwrap();
-    assert_eq!(fps.get(&("001A".into(), "Usage__c".into())), Some(&7));
+    assert_eq!(fps.get("001A", "Usage__c"), Some(7));
 
     // Outcomes for a run that does not exist violate the foreign key: the fingerprints written
     // in the same call must roll back with them.
@@ -265,7 +265,7 @@ async fn outcomes_and_fingerprints_commit_together(store: Arc<dyn Store>) {
     assert!(matches!(err, Err(StoreError::Query { .. })), "{err:?}");
     let fps = store.fingerprints("engagement:Account").await.unwrap();
     assert_eq!(fps.len(), 1);
-    assert_eq!(fps.get(&("001A".into(), "Usage__c".into())), Some(&7));
+    assert_eq!(fps.get("001A", "Usage__c"), Some(7));
 }
 
 async fn outcomes_100k_batch(store: Arc<dyn Store>) {
@@ -413,21 +413,19 @@ async fn fingerprints_roundtrip(store: Arc<dyn Store>) {
         .await
         .unwrap();
     let fps = store.fingerprints("s").await.unwrap();
-    let expected: HashMap<(String, String), u64> = [
-        (("001A".into(), "F1".into()), 1),
-        (("001A".into(), "F2".into()), u64::MAX),
-        (("001B".into(), "F1".into()), (1 << 63) + 5),
-        (("it's \\ %_ ü".into(), "F1".into()), 42),
-    ]
-    .into();
-    assert_eq!(fps, expected);
+    assert_eq!(fps.len(), 4);
+    assert_eq!(fps.get("001A", "F1"), Some(1));
+    assert_eq!(fps.get("001A", "F2"), Some(u64::MAX));
+    assert_eq!(fps.get("001B", "F1"), Some((1 << 63) + 5));
+    assert_eq!(fps.get("it's \\ %_ ü", "F1"), Some(42));
+    assert_eq!(fps.get("001B", "F2"), None);
 
     store.put_fingerprints(&[put("s", "001A", "F1", 10)]).await.unwrap();
     store.forget_fingerprints("s", "001B").await.unwrap();
     let fps = store.fingerprints("s").await.unwrap();
     assert_eq!(fps.len(), 3);
-    assert_eq!(fps[&("001A".to_owned(), "F1".to_owned())], 10);
-    assert!(!fps.contains_key(&("001B".to_owned(), "F1".to_owned())));
+    assert_eq!(fps.get("001A", "F1"), Some(10));
+    assert_eq!(fps.get("001B", "F1"), None);
     assert_eq!(store.fingerprints("t").await.unwrap().len(), 1, "scopes are separate");
     assert!(store.fingerprints("none").await.unwrap().is_empty());
 }
@@ -435,8 +433,8 @@ async fn fingerprints_roundtrip(store: Arc<dyn Store>) {
 async fn fingerprints_900k(store: Arc<dyn Store>) {
     let n = 900_000;
     let (put, load) = bench::fingerprints(store.as_ref(), n).await.unwrap();
+    // Timings are printed for the record, never asserted: tests do not judge speed.
     eprintln!("{:?}: {n} fingerprints put in {put:?}, loaded in {load:?}", store.backend());
-    assert!(load < Duration::from_secs(60), "loading {n} fingerprints took {load:?}");
 }
 
 fn failure(key: &str, code: &str, run: RunId) -> NewFailure {

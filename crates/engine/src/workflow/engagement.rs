@@ -287,13 +287,6 @@ async fn body(
         ctx.store.settle_budget(day, &workflow.name, 0, reads_spent, now).await?;
     }
 
-    step("Recording the run", None);
-    record(ctx, &workflow.name, run_id, &delivery, &deferred, skipped_outcomes, now).await?;
-    meter.step("record", None);
-    if let Some(p) = progress {
-        p.done();
-    }
-
     report.written = delivery.written.len();
     report.failed = delivery.failed.len();
     report.deferred = deferred.len();
@@ -307,6 +300,12 @@ async fn body(
             message: f.message.clone(),
         })
         .collect();
+    step("Recording the run", None);
+    record(ctx, &workflow.name, run_id, delivery, &deferred, skipped_outcomes, now).await?;
+    meter.step("record", None);
+    if let Some(p) = progress {
+        p.done();
+    }
     report.budget.this_run = meter.calls.values().sum();
     report.api_calls = meter.calls;
     report.timings = meter.timings;
@@ -401,12 +400,17 @@ fn entry_of(workflow: &str, pendo_id: &str, o: &Outcome, pinned: bool, now: Date
     }
 }
 
-/// Keeps what happened: outcomes and fingerprints in one transaction, then the failures.
+/// Records written per store transaction: each chunk's outcomes and fingerprints commit
+/// together, and memory holds one chunk's rows at a time rather than the whole run's.
+const RECORD_CHUNK: usize = 5_000;
+
+/// Keeps what happened: outcomes and fingerprints in transactions of [`RECORD_CHUNK`] records
+/// (a record counts as written only once its fingerprints are stored), then the failures.
 async fn record(
     ctx: &Context,
     workflow: &str,
     run_id: RunId,
-    delivery: &deliver::Delivery,
+    delivery: deliver::Delivery,
     deferred: &[Change],
     mut outcomes: Vec<RecordOutcome>,
     now: DateTime<Utc>,
@@ -415,26 +419,33 @@ async fn record(
     let changes_of = |c: &Change| -> Vec<FieldChange> {
         c.fields.iter().map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() }).collect()
     };
-    let mut prints = Vec::new();
-    for c in &delivery.written {
-        outcomes.push(RecordOutcome {
-            object: OBJECT.into(),
-            key: c.key.clone(),
-            salesforce_id: Some(c.salesforce_id.clone()),
-            action: Action::Updated,
-            changes: changes_of(c),
-            error_code: None,
-            message: None,
-        });
-        prints.extend(c.prints.iter().map(|(field, p)| FingerprintPut {
-            scope: scope.clone(),
-            key: c.salesforce_id.clone(),
-            field: field.clone(),
-            fingerprint: *p,
-            written_at: now,
-        }));
+    let deliver::Delivery { written, failed, .. } = delivery;
+    let written_keys: HashSet<String> = written.iter().map(|c| c.key.clone()).collect();
+    let mut written = written.into_iter().peekable();
+    while written.peek().is_some() {
+        let mut chunk_outcomes = Vec::with_capacity(RECORD_CHUNK);
+        let mut prints = Vec::new();
+        for c in written.by_ref().take(RECORD_CHUNK) {
+            prints.extend(c.prints.iter().map(|(field, p)| FingerprintPut {
+                scope: scope.clone(),
+                key: c.salesforce_id.clone(),
+                field: field.clone(),
+                fingerprint: *p,
+                written_at: now,
+            }));
+            chunk_outcomes.push(RecordOutcome {
+                object: OBJECT.into(),
+                changes: changes_of(&c),
+                key: c.key,
+                salesforce_id: Some(c.salesforce_id),
+                action: Action::Updated,
+                error_code: None,
+                message: None,
+            });
+        }
+        ctx.store.record_outcomes(run_id, &chunk_outcomes, &prints).await?;
     }
-    for f in &delivery.failed {
+    for f in &failed {
         outcomes.push(RecordOutcome {
             object: OBJECT.into(),
             key: f.change.key.clone(),
@@ -456,7 +467,9 @@ async fn record(
             message: Some("over the API budget: sent in a later run".into()),
         });
     }
-    ctx.store.record_outcomes(run_id, &outcomes, &prints).await?;
+    for chunk in outcomes.chunks(RECORD_CHUNK) {
+        ctx.store.record_outcomes(run_id, chunk, &[]).await?;
+    }
     // A record written now settles any failure still open for it from an earlier run.
     let open = ctx
         .store
@@ -468,13 +481,11 @@ async fn record(
         })
         .await?;
     if !open.is_empty() {
-        let written: HashSet<&str> = delivery.written.iter().map(|c| c.key.as_str()).collect();
-        for f in open.iter().filter(|f| f.object == OBJECT && written.contains(f.key.as_str())) {
+        for f in open.iter().filter(|f| f.object == OBJECT && written_keys.contains(&f.key)) {
             ctx.store.resolve_failure(f.id, now).await?;
         }
     }
-    let failures: Vec<NewFailure> = delivery
-        .failed
+    let failures: Vec<NewFailure> = failed
         .iter()
         .map(|f| NewFailure {
             workflow: workflow.to_owned(),
