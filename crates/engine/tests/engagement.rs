@@ -69,23 +69,31 @@ fn env(name: &str) -> Option<String> {
 }
 
 async fn world(accounts: usize, share: f64) -> World {
+    world_with_store(accounts, share, None).await
+}
+
+/// A world whose state store is `store` (an opened store) or a fresh SQLite file.
+async fn world_with_store(accounts: usize, share: f64, store: Option<Arc<dyn engine::store::Store>>) -> World {
     let gc = GenConfig { seed: 7, accounts, days: 30, ..GenConfig::default() };
     let state = PendoState::generated(PendoConfig::default(), &gc);
     let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
     emulator::seed_matching_org(&sf.state, &state).unwrap();
     let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = format!("sqlite://{}", dir.path().join("state.db").display());
+    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
     let text = CONFIG
         .replace("{sf}", &sf.base_url)
         .replace("{pendo}", &pendo.base_url)
-        .replace("{store}", &store)
+        .replace("{store}", &sqlite)
         .replace("{share}", &share.to_string());
     let config = engine::config::load_str(&text, "test.yaml").unwrap();
     let ctx = Context {
         salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
         pendo: engine::connect::pendo_client(&config, &env).unwrap(),
-        store: engine::store::open(&store).await.unwrap(),
+        store: match store {
+            Some(s) => s,
+            None => engine::store::open(&sqlite).await.unwrap(),
+        },
         config: Arc::new(config),
     };
     World { gc, pendo_url: pendo.base_url.clone(), sf, ctx, http: reqwest::Client::new(), _pendo: pendo, _dir: dir }
@@ -357,4 +365,30 @@ async fn work_over_budget_is_deferred_to_the_next_run() {
     assert_eq!(second.written, first.deferred, "the deferred records go next, none is lost");
     let third = w.run(false).await;
     assert_eq!(third.written, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workflow_runs_the_same_on_postgres() {
+    if std::env::var("USAGESYNC_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
+        eprintln!("USAGESYNC_SKIP_POSTGRES=1: skipped");
+        return;
+    }
+    let url = std::env::var("USAGESYNC_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let schema = format!("usagesync_e2e_{}", uuid_suffix());
+    let store = engine::store::open_postgres_schema(&url, &schema)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL unavailable (USAGESYNC_SKIP_POSTGRES=1 skips): {e}"));
+    let w = world_with_store(150, 1.0, Some(store)).await;
+    let first = w.run(false).await;
+    let second = w.run(false).await;
+    let runs = w.ctx.store.list_runs(Some("engagement"), 10).await.unwrap();
+    engine::store::drop_postgres_schema(&url, &schema).await.unwrap();
+    assert!(first.written > 100 && first.failed == 0, "{first:?}");
+    assert_eq!((second.written, second.write_calls()), (0, 0));
+    assert_eq!(runs.len(), 2);
+}
+
+fn uuid_suffix() -> String {
+    format!("{:x}{:x}", std::process::id(), chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default())
 }
