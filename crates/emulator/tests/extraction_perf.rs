@@ -15,8 +15,19 @@ fn extraction_timing() {
     let gc = GenConfig { seed: 1, accounts, days: 30, anchor_day_ms: Some(anchor), ..Default::default() };
     let t = std::time::Instant::now();
     let store = emulator::pendo::generate::generate(&gc).store;
-    println!("generated {accounts} accounts in {:.1?}", t.elapsed());
-    let fast = extraction(&store, anchor, 100_000, true).unwrap();
+    println!(
+        "generated {accounts} accounts in {:.1?}: {} visitors, {} page rows, {} feature rows, {} guide events",
+        t.elapsed(),
+        store.visitors.len(),
+        store.page_rows.len(),
+        store.feature_rows.len(),
+        store.guide_events.len()
+    );
+    let repeat: usize = std::env::var("EXTRACT_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let mut fast = extraction(&store, anchor, 100_000, true).unwrap();
+    for _ in 1..repeat {
+        fast = extraction(&store, anchor, 100_000, true).unwrap();
+    }
     let mut total = 0.0;
     for (t, _) in &fast {
         total += t.total_ms;

@@ -150,8 +150,22 @@ pub fn results(
     now: i64,
     optimize: bool,
 ) -> Result<Vec<serde_json::Value>, String> {
+    results_with(store, pipeline, now, true, optimize).map(|(rows, _)| rows)
+}
+
+/// [`results`] with a choice of `count` semantics, plus the rows scanned.
+///
+/// # Errors
+/// A message if the pipeline is rejected.
+pub fn results_with(
+    store: &super::Store,
+    pipeline: &serde_json::Value,
+    now: i64,
+    count_distinct: bool,
+    optimize: bool,
+) -> Result<(Vec<serde_json::Value>, u64), String> {
     let app_ids: Vec<i64> = store.apps.iter().map(|(id, _)| *id).collect();
-    let opts = super::aggregation::ops::Opts { now, tz_ms: 0, app_ids: &app_ids, count_distinct: true, optimize };
+    let opts = super::aggregation::ops::Opts { now, tz_ms: 0, app_ids: &app_ids, count_distinct, optimize };
     let compiled = super::aggregation::ops::compile(pipeline, &opts)?;
     let out = super::aggregation::ops::run(&compiled, store, &opts)?;
     let ctx = super::aggregation::row::Ctx {
@@ -160,9 +174,9 @@ pub fn results(
         tz_ms: 0,
         now,
         app_ids: app_ids.clone(),
-        count_distinct: true,
+        count_distinct,
     };
-    Ok(out.rows.iter().map(|r| super::val::Val::Obj(r.materialize(&ctx)).to_json()).collect())
+    Ok((out.rows.iter().map(|r| super::val::Val::Obj(r.materialize(&ctx)).to_json()).collect(), out.scanned))
 }
 
 /// The pipelines the engine's extraction sends (engagement, then facts), as

@@ -154,6 +154,69 @@ fn simple_col(e: &Expr) -> Option<Col> {
 const MAX_KEYS: usize = 6;
 type Key = [i64; MAX_KEYS];
 
+/// Finds a group by its key codes: a direct table over the keys' value ranges when those are
+/// small (account index by day, say), else a hash map. Group numbers are handed out in
+/// first-seen order either way.
+enum Index {
+    Dense { slots: Vec<u32>, lo: Key, step: Key, mult: Key, n: usize },
+    Hash(FxMap<Key, u32>),
+}
+
+impl Index {
+    /// Dense when the product of the ranges is at most about twice `rows` (and bounded), so the
+    /// table costs no more than the rows already do.
+    fn new(codes: &[Code], period: Period, lo: &Key, hi: &Key, day_aligned: &[bool; MAX_KEYS], rows: usize) -> Index {
+        let limit = (rows.max(1 << 16) * 2).min(1 << 27);
+        let mut step: Key = [1; MAX_KEYS];
+        let mut mult: Key = [0; MAX_KEYS];
+        let mut total: usize = 1;
+        for (k, c) in codes.iter().enumerate().rev() {
+            if lo[k] > hi[k] {
+                // No rows: nothing will be looked up.
+                return Index::Hash(FxMap::default());
+            }
+            if *c == Code::Time && period == Period::Day && day_aligned[k] {
+                step[k] = super::super::store::DAY_MS;
+            }
+            let Some(range) = hi[k]
+                .checked_sub(lo[k])
+                .map(|d| d / step[k])
+                .and_then(|d| usize::try_from(d).ok())
+                .and_then(|d| d.checked_add(1))
+            else {
+                return Index::Hash(FxMap::default());
+            };
+            mult[k] = total as i64;
+            total = match total.checked_mul(range) {
+                Some(t) if t <= limit => t,
+                _ => return Index::Hash(FxMap::default()),
+            };
+        }
+        Index::Dense { slots: vec![u32::MAX; total], lo: *lo, step, mult, n: codes.len() }
+    }
+
+    /// The group of `key`, giving it number `next` if it is new.
+    #[inline]
+    fn get_or_insert(&mut self, key: Key, next: u32) -> u32 {
+        match self {
+            Index::Dense { slots, lo, step, mult, n } => {
+                let mut slot = 0i64;
+                for k in 0..*n {
+                    let d = key[k] - lo[k];
+                    // Only day keys have a step; a division per key would cost more than the rest.
+                    slot += if step[k] == 1 { d } else { d / step[k] } * mult[k];
+                }
+                let s = &mut slots[slot as usize];
+                if *s == u32::MAX {
+                    *s = next;
+                }
+                *s
+            }
+            Index::Hash(m) => *m.entry(key).or_insert(next),
+        }
+    }
+}
+
 /// A columnar group-by's result before decoding: each group's key codes and accumulators
 /// (flattened, `key_codes.len()` and `specs.len()` per group), in first-seen order.
 struct Grouped {
@@ -163,6 +226,10 @@ struct Grouped {
     keys: Vec<i64>,
     accs: Vec<Acc>,
     groups: usize,
+    /// Each key's smallest and largest code.
+    lo: Key,
+    hi: Key,
+    day_aligned: [bool; MAX_KEYS],
 }
 
 /// Returns `None` when the fast path does not apply.
@@ -239,13 +306,30 @@ fn group_codes(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggFi
         Src::Guide => ctx.store.guide_events.len(),
     };
     let (nk, nf) = (key_codes.len(), specs.len());
-    let mut index: FxMap<Key, u32> = FxMap::default();
     let mut group_keys: Vec<i64> = Vec::new();
     let mut accs: Vec<Acc> = Vec::new();
     // One set per distinct-count field across all groups: far fewer allocations than a set per
     // group when there are tens of thousands of groups.
     let mut distinct: Vec<FxSet<(u32, i64)>> = specs.iter().map(|_| FxSet::default()).collect();
     let canon = Canon::new(ctx.store, src);
+    let row_index = |r: &Row| match r {
+        Row::Ev(_, i) | Row::Guide(_, i) => Some(*i as usize).filter(|&i| i < len),
+        _ => None,
+    };
+    // The keys' value ranges, to see whether a direct table can index the groups.
+    // Days are a day apart, unless saturation at the ends of time broke that.
+    let (mut lo, mut hi): (Key, Key) = ([i64::MAX; MAX_KEYS], [i64::MIN; MAX_KEYS]);
+    let mut day_aligned = [true; MAX_KEYS];
+    let day_rem = ctx.day_of(0).rem_euclid(super::super::store::DAY_MS);
+    for i in rows.iter().filter_map(row_index) {
+        for (k, &c) in key_codes.iter().enumerate() {
+            let v = canon.of(c, c.read(ctx, src, i));
+            lo[k] = lo[k].min(v);
+            hi[k] = hi[k].max(v);
+            day_aligned[k] &= v.rem_euclid(super::super::store::DAY_MS) == day_rem;
+        }
+    }
+    let mut index = Index::new(&key_codes, ctx.period, &lo, &hi, &day_aligned, rows.len());
     let mut n_groups: u32 = 0;
     for r in rows {
         let i = match r {
@@ -259,7 +343,7 @@ fn group_codes(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggFi
         for (slot, &c) in key.iter_mut().zip(&key_codes) {
             *slot = canon.of(c, c.read(ctx, src, i));
         }
-        let g = *index.entry(key).or_insert(n_groups);
+        let g = index.get_or_insert(key, n_groups);
         if g == n_groups {
             n_groups += 1;
             group_keys.extend_from_slice(&key[..nk]);
@@ -317,7 +401,7 @@ fn group_codes(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggFi
             }
         }
     }
-    Some(Grouped { src, key_codes, specs, keys: group_keys, accs, groups: n_groups as usize })
+    Some(Grouped { src, key_codes, specs, keys: group_keys, accs, groups: n_groups as usize, lo, hi, day_aligned })
 }
 
 /// Where a second group reads one of its aggregated fields from the first group's result.
@@ -436,7 +520,19 @@ pub fn group_of_group(
     }
     // Distinct counts of key codes, one set per field across all groups.
     let mut distinct: Vec<FxSet<(u32, i64)>> = feeds.iter().map(|_| FxSet::default()).collect();
-    let mut index: FxMap<Key, u32> = FxMap::default();
+    let pick = |a: &Key| {
+        let mut k: Key = [0; MAX_KEYS];
+        for (slot, &ki) in k.iter_mut().zip(&k2) {
+            *slot = a[ki];
+        }
+        k
+    };
+    let codes2: Vec<Code> = k2.iter().map(|&ki| g.key_codes[ki]).collect();
+    let mut aligned2 = [true; MAX_KEYS];
+    for (slot, &ki) in aligned2.iter_mut().zip(&k2) {
+        *slot = g.day_aligned[ki];
+    }
+    let mut index = Index::new(&codes2, ctx.period, &pick(&g.lo), &pick(&g.hi), &aligned2, g.groups);
     let mut out_keys: Vec<Key> = Vec::new();
     let mut states: Vec<St> = Vec::new();
     let n2 = fields2.len();
@@ -448,7 +544,7 @@ pub fn group_of_group(
             *slot = key[ki];
         }
         let next = out_keys.len() as u32;
-        let g2 = *index.entry(k).or_insert(next);
+        let g2 = index.get_or_insert(k, next);
         if g2 == next {
             out_keys.push(k);
             states.extend(fields2.iter().zip(&feeds).map(|(f, feed)| match (f.agg, feed) {

@@ -59,7 +59,8 @@ pub fn plan<'p>(src: &Source, stages: &'p [Stage], store: &Store) -> Plan<'p> {
         _ => None,
     };
     if let Some((id, unique)) = id
-        && let Some((at, desc, limit)) = ordered_by_id(rest, id, unique)
+        // A filter left in place drops rows before the sort, so the scan may not stop early.
+        && let Some((at, desc, limit)) = ordered_by_id(rest, id, unique, out.is_empty())
     {
         scan.order = Some(desc);
         scan.limit = limit;
@@ -112,10 +113,14 @@ fn bound(e: &Expr, cols: &[Col]) -> Option<Bound> {
 /// Whether `stages` sort on the source's id before anything that depends on row order: the
 /// sort's index, direction, and the limit the scan may take when only one-to-one stages come
 /// before the sort and a limit right after it.
-fn ordered_by_id(stages: &[Stage], id: &str, unique: bool) -> Option<(usize, bool, Option<usize>)> {
+fn ordered_by_id(
+    stages: &[Stage],
+    id: &str,
+    unique: bool,
+    mut one_to_one: bool,
+) -> Option<(usize, bool, Option<usize>)> {
     // Names the id goes by at this point (a select may rename or copy it).
     let mut names: Vec<String> = vec![id.to_string()];
-    let mut one_to_one = true;
     let plain = |n: &str| !n.is_empty() && !n.contains(['.', '[', ']']);
     let clobbers = |assigned: &str, name: &str| {
         assigned == name || assigned.strip_prefix(name).is_some_and(|r| r.starts_with(['.', '[']))
