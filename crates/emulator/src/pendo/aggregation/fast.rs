@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::super::store::{EventKind, GuideEventType, Store};
+use super::super::store::{DAY_MS, EventKind, GuideEventType, Store};
 use super::super::val::{FxMap, FxSet, Obj, Val};
 use super::expr::{Col, Expr, Path};
 use super::ops::{Agg, AggField, AggState};
@@ -89,7 +89,7 @@ impl Code {
                     Code::Account => i64::from(t.account[i]),
                     Code::App => store.items(kind).get(t.item[i] as usize).map_or(0, |x| x.app_id),
                     Code::Time => match ctx.period {
-                        Period::Day => ctx.day_of(t.ts[i]),
+                        Period::Day => day_index(ctx, t.ts[i]),
                         Period::Hour => t.ts[i],
                     },
                     Code::Events => i64::from(t.events[i]),
@@ -104,7 +104,7 @@ impl Code {
                     Code::Visitor => i64::from(e.visitor),
                     Code::Account => i64::from(e.account),
                     Code::Time => match ctx.period {
-                        Period::Day => ctx.day_of(e.ts),
+                        Period::Day => day_index(ctx, e.ts),
                         Period::Hour => e.ts.div_euclid(3_600_000).saturating_mul(3_600_000),
                     },
                     Code::Guide => i64::from(e.guide),
@@ -115,7 +115,17 @@ impl Code {
         }
     }
 
-    fn decode(self, store: &Store, src: Src, c: i64) -> Val {
+    /// A numeric code's value: days are coded by number and valued by their start.
+    #[inline]
+    fn num(self, ctx: &Ctx, c: i64) -> i64 {
+        match (self, ctx.period) {
+            (Code::Time, Period::Day) => day_start(ctx, c),
+            _ => c,
+        }
+    }
+
+    fn decode(self, ctx: &Ctx, src: Src, c: i64) -> Val {
+        let store = ctx.store;
         let idx = usize::try_from(c).unwrap_or(usize::MAX);
         match self {
             Code::Visitor => store.visitors.get(idx).map_or(Val::Null, |v| Val::Str(v.id.clone())),
@@ -126,10 +136,27 @@ impl Code {
             },
             Code::Guide => store.guides.get(idx).map_or(Val::Null, |g| Val::Str(g.id.clone())),
             Code::GuideType => GUIDE_TYPES.get(idx).map_or(Val::Null, |k| Val::str(k.as_str())),
-            _ => Val::Int(c),
+            _ => Val::Int(self.num(ctx, c)),
         }
     }
 }
+
+/// The number of the day `ts` falls in, the first half of [`Ctx::day_of`]: grouping on day
+/// numbers needs no division by a day's length per row.
+#[inline]
+fn day_index(ctx: &Ctx, ts: i64) -> i64 {
+    ts.saturating_add(ctx.tz_ms).div_euclid(DAY_MS)
+}
+
+/// The second half of [`Ctx::day_of`], so `day_start(day_index(t)) == day_of(t)`.
+#[inline]
+fn day_start(ctx: &Ctx, day: i64) -> i64 {
+    day.saturating_mul(DAY_MS).saturating_sub(ctx.tz_ms)
+}
+
+/// Day numbers this far from the epoch start days that do not saturate, so distinct numbers are
+/// distinct days; rows beyond take the general path.
+const MAX_DAY_INDEX: i64 = i64::MAX / DAY_MS - 2;
 
 enum Acc {
     Sum(i64),
@@ -158,59 +185,66 @@ type Key = [i64; MAX_KEYS];
 /// small (account index by day, say), else a hash map. Group numbers are handed out in
 /// first-seen order either way.
 enum Index {
-    Dense { slots: Vec<u32>, lo: Key, step: Key, mult: Key, n: usize },
+    Dense { slots: Vec<u32>, lo: Key, mult: Key, n: usize },
+    Packed { map: FxMap<u128, u32>, lo: Key, shift: [u32; MAX_KEYS], n: usize },
     Hash(FxMap<Key, u32>),
 }
 
 impl Index {
     /// Dense when the product of the ranges is at most about twice `rows` (and bounded), so the
-    /// table costs no more than the rows already do.
-    fn new(codes: &[Code], period: Period, lo: &Key, hi: &Key, day_aligned: &[bool; MAX_KEYS], rows: usize) -> Index {
+    /// table costs no more than the rows already do; else hashed on the keys packed into 128 bits
+    /// when their ranges fit; else hashed on the keys as they are.
+    fn new(n: usize, lo: &Key, hi: &Key, rows: usize) -> Index {
         let limit = (rows.max(1 << 16) * 2).min(1 << 27);
-        let mut step: Key = [1; MAX_KEYS];
         let mut mult: Key = [0; MAX_KEYS];
-        let mut total: usize = 1;
-        for (k, c) in codes.iter().enumerate().rev() {
+        let mut shift = [0u32; MAX_KEYS];
+        let mut total: Option<usize> = Some(1);
+        let mut bits: u32 = 0;
+        for k in (0..n).rev() {
             if lo[k] > hi[k] {
                 // No rows: nothing will be looked up.
                 return Index::Hash(FxMap::default());
             }
-            if *c == Code::Time && period == Period::Day && day_aligned[k] {
-                step[k] = super::super::store::DAY_MS;
-            }
-            let Some(range) = hi[k]
-                .checked_sub(lo[k])
-                .map(|d| d / step[k])
-                .and_then(|d| usize::try_from(d).ok())
-                .and_then(|d| d.checked_add(1))
-            else {
+            let Some(span) = hi[k].checked_sub(lo[k]).and_then(|d| u64::try_from(d).ok()) else {
                 return Index::Hash(FxMap::default());
             };
-            mult[k] = total as i64;
-            total = match total.checked_mul(range) {
-                Some(t) if t <= limit => t,
-                _ => return Index::Hash(FxMap::default()),
+            let range = usize::try_from(span).ok().and_then(|d| d.checked_add(1));
+            mult[k] = total.map_or(0, |t| t as i64);
+            total = match (total, range) {
+                (Some(t), Some(r)) => t.checked_mul(r).filter(|&t| t <= limit),
+                _ => None,
             };
+            shift[k] = bits;
+            bits += 64 - span.leading_zeros();
         }
-        Index::Dense { slots: vec![u32::MAX; total], lo: *lo, step, mult, n: codes.len() }
+        match total {
+            Some(total) => Index::Dense { slots: vec![u32::MAX; total], lo: *lo, mult, n },
+            None if bits <= 128 => Index::Packed { map: FxMap::default(), lo: *lo, shift, n },
+            None => Index::Hash(FxMap::default()),
+        }
     }
 
     /// The group of `key`, giving it number `next` if it is new.
     #[inline]
     fn get_or_insert(&mut self, key: Key, next: u32) -> u32 {
         match self {
-            Index::Dense { slots, lo, step, mult, n } => {
+            Index::Dense { slots, lo, mult, n } => {
                 let mut slot = 0i64;
                 for k in 0..*n {
-                    let d = key[k] - lo[k];
-                    // Only day keys have a step; a division per key would cost more than the rest.
-                    slot += if step[k] == 1 { d } else { d / step[k] } * mult[k];
+                    slot += (key[k] - lo[k]) * mult[k];
                 }
                 let s = &mut slots[slot as usize];
                 if *s == u32::MAX {
                     *s = next;
                 }
                 *s
+            }
+            Index::Packed { map, lo, shift, n } => {
+                let mut packed = 0u128;
+                for k in 0..*n {
+                    packed |= u128::from((key[k] - lo[k]) as u64) << shift[k];
+                }
+                *map.entry(packed).or_insert(next)
             }
             Index::Hash(m) => *m.entry(key).or_insert(next),
         }
@@ -229,22 +263,20 @@ struct Grouped {
     /// Each key's smallest and largest code.
     lo: Key,
     hi: Key,
-    day_aligned: [bool; MAX_KEYS],
 }
 
 /// Returns `None` when the fast path does not apply.
 pub fn group(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggField]) -> Option<Vec<Row>> {
     let g = group_codes(ctx, rows, keys, fields)?;
-    let store = ctx.store;
     let (nk, nf) = (g.key_codes.len(), g.specs.len());
     let out = (0..g.groups)
         .map(|gi| {
             let mut o = Obj::with_capacity(keys.len() + fields.len());
             for (((name, _), c), &k) in keys.iter().zip(&g.key_codes).zip(&g.keys[gi * nk..gi * nk + nk]) {
-                Val::set_path(&mut o, name, c.decode(store, g.src, k));
+                Val::set_path(&mut o, name, c.decode(ctx, g.src, k));
             }
             for ((f, (_, code)), acc) in fields.iter().zip(&g.specs).zip(&g.accs[gi * nf..gi * nf + nf]) {
-                o.insert(f.out.clone(), finish(acc, *code, store, g.src));
+                o.insert(f.out.clone(), finish(acc, *code, ctx, g.src));
             }
             Row::Doc(Arc::new(o))
         })
@@ -253,8 +285,8 @@ pub fn group(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggFiel
 }
 
 /// The value a finished accumulator puts in its group's row.
-fn finish(acc: &Acc, code: Option<Code>, store: &Store, src: Src) -> Val {
-    let dec = |c: i64| code.map_or(Val::Int(c), |code| code.decode(store, src, c));
+fn finish(acc: &Acc, code: Option<Code>, ctx: &Ctx, src: Src) -> Val {
+    let dec = |c: i64| code.map_or(Val::Int(c), |code| code.decode(ctx, src, c));
     match acc {
         Acc::Sum(s) => Val::Int(*s),
         Acc::Count(n) => Val::Int(*n as i64),
@@ -267,6 +299,14 @@ fn finish(acc: &Acc, code: Option<Code>, store: &Store, src: Src) -> Val {
             }
         }
         Acc::List(l) => Val::arr(l.iter().map(|&c| dec(c)).collect()),
+    }
+}
+
+/// The time of row `i`.
+fn read_ts(ctx: &Ctx, src: Src, i: usize) -> i64 {
+    match src {
+        Src::Ev(kind) => ctx.store.table(kind).ts[i],
+        Src::Guide => ctx.store.guide_events[i].ts,
     }
 }
 
@@ -317,19 +357,28 @@ fn group_codes(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggFi
         _ => None,
     };
     // The keys' value ranges, to see whether a direct table can index the groups.
-    // Days are a day apart, unless saturation at the ends of time broke that.
     let (mut lo, mut hi): (Key, Key) = ([i64::MAX; MAX_KEYS], [i64::MIN; MAX_KEYS]);
-    let mut day_aligned = [true; MAX_KEYS];
-    let day_rem = ctx.day_of(0).rem_euclid(super::super::store::DAY_MS);
     for i in rows.iter().filter_map(row_index) {
         for (k, &c) in key_codes.iter().enumerate() {
             let v = canon.of(c, c.read(ctx, src, i));
             lo[k] = lo[k].min(v);
             hi[k] = hi[k].max(v);
-            day_aligned[k] &= v.rem_euclid(super::super::store::DAY_MS) == day_rem;
         }
     }
-    let mut index = Index::new(&key_codes, ctx.period, &lo, &hi, &day_aligned, rows.len());
+    // Day numbers group and count as days only while no two name one saturated day.
+    let days_ok = |c: &Code, k: usize| {
+        *c != Code::Time || ctx.period != Period::Day || (lo[k] >= -MAX_DAY_INDEX && hi[k] <= MAX_DAY_INDEX)
+    };
+    if !key_codes.iter().enumerate().all(|(k, c)| days_ok(c, k)) {
+        return None;
+    }
+    if specs.iter().any(|(a, c)| *a == Agg::Count && *c == Some(Code::Time) && ctx.period == Period::Day) {
+        let far = rows.iter().filter_map(row_index).any(|i| day_index(ctx, read_ts(ctx, src, i)).abs() > MAX_DAY_INDEX);
+        if far {
+            return None;
+        }
+    }
+    let mut index = Index::new(key_codes.len(), &lo, &hi, rows.len());
     let mut n_groups: u32 = 0;
     for r in rows {
         let i = match r {
@@ -361,8 +410,9 @@ fn group_codes(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggFi
         let group_accs = &mut accs[g as usize * nf..g as usize * nf + nf];
         for (fi, ((agg, code), acc)) in specs.iter().zip(group_accs.iter_mut()).enumerate() {
             let v = code.map(|c| canon.of(c, c.read(ctx, src, i)));
+            let value = |v: i64| code.map_or(v, |c| c.num(ctx, v));
             match acc {
-                Acc::Sum(s) => *s = s.saturating_add(v.unwrap_or(0)),
+                Acc::Sum(s) => *s = s.saturating_add(v.map_or(0, value)),
                 // Counting a field counts its non-null values, as the general path does.
                 Acc::Count(n) => match (v, code) {
                     (Some(v), Some(c)) if Canon::null(*c, v) => {}
@@ -393,7 +443,7 @@ fn group_codes(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggFi
                 }
                 Acc::Avg(s, n) => {
                     if let Some(v) = v {
-                        *s = s.saturating_add(v);
+                        *s = s.saturating_add(value(v));
                         *n += 1;
                     }
                 }
@@ -401,7 +451,7 @@ fn group_codes(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggFi
             }
         }
     }
-    Some(Grouped { src, key_codes, specs, keys: group_keys, accs, groups: n_groups as usize, lo, hi, day_aligned })
+    Some(Grouped { src, key_codes, specs, keys: group_keys, accs, groups: n_groups as usize, lo, hi })
 }
 
 /// Where a second group reads one of its aggregated fields from the first group's result.
@@ -509,7 +559,6 @@ pub fn group_of_group(
         })
         .collect::<Option<_>>()?;
     let g = group_codes(ctx, rows, keys1, fields1)?;
-    let store = ctx.store;
     let (nk, nf) = (g.key_codes.len(), g.specs.len());
 
     /// A second-level accumulator: counts of first-level key codes stay on codes; the rest go
@@ -527,12 +576,7 @@ pub fn group_of_group(
         }
         k
     };
-    let codes2: Vec<Code> = k2.iter().map(|&ki| g.key_codes[ki]).collect();
-    let mut aligned2 = [true; MAX_KEYS];
-    for (slot, &ki) in aligned2.iter_mut().zip(&k2) {
-        *slot = g.day_aligned[ki];
-    }
-    let mut index = Index::new(&codes2, ctx.period, &pick(&g.lo), &pick(&g.hi), &aligned2, g.groups);
+    let mut index = Index::new(k2.len(), &pick(&g.lo), &pick(&g.hi), g.groups);
     let mut out_keys: Vec<Key> = Vec::new();
     let mut states: Vec<St> = Vec::new();
     let n2 = fields2.len();
@@ -566,8 +610,8 @@ pub fn group_of_group(
                 }
                 (St::Count(_), _) => {}
                 (St::General(a), Feed::Rows) => a.add(Val::Null, true),
-                (St::General(a), Feed::Key(ki)) => a.add(g.key_codes[*ki].decode(store, g.src, key[*ki]), false),
-                (St::General(a), Feed::Field(j)) => a.add(finish(&accs[*j], g.specs[*j].1, store, g.src), false),
+                (St::General(a), Feed::Key(ki)) => a.add(g.key_codes[*ki].decode(ctx, g.src, key[*ki]), false),
+                (St::General(a), Feed::Field(j)) => a.add(finish(&accs[*j], g.specs[*j].1, ctx, g.src), false),
                 (St::General(a), Feed::Const(v)) => a.add(v.clone(), false),
             }
         }
@@ -578,7 +622,7 @@ pub fn group_of_group(
         .map(|key| {
             let mut o = Obj::with_capacity(keys2.len() + fields2.len());
             for (((name, _), &ki), &c) in keys2.iter().zip(&k2).zip(&key) {
-                Val::set_path(&mut o, name, g.key_codes[ki].decode(store, g.src, c));
+                Val::set_path(&mut o, name, g.key_codes[ki].decode(ctx, g.src, c));
             }
             for (f, st) in fields2.iter().zip(states.by_ref().take(n2)) {
                 let v = match st {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::super::store::{EventKind, GuideEvent, Meta, NONE_U32, Store};
+use super::super::store::{EventKind, GuideEvent, GuideEventType, Meta, NONE_U32, Store};
 use super::super::val::{Obj, Val};
 use super::expr::{Col, Env, Fields, Path, Seg};
 
@@ -235,6 +235,29 @@ fn ev_col(ctx: &Ctx, kind: EventKind, i: usize, col: Col, name: &str) -> Val {
     }
 }
 
+/// A guide event type as a value: shared strings, as filters read `type` on every row.
+fn type_name(kind: GuideEventType) -> Val {
+    static NAMES: std::sync::OnceLock<[Arc<str>; 5]> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        [
+            GuideEventType::GuideSeen,
+            GuideEventType::GuideAdvanced,
+            GuideEventType::GuideDismissed,
+            GuideEventType::GuideActivity,
+            GuideEventType::PollResponse,
+        ]
+        .map(|k| Arc::from(k.as_str()))
+    });
+    let i = match kind {
+        GuideEventType::GuideSeen => 0,
+        GuideEventType::GuideAdvanced => 1,
+        GuideEventType::GuideDismissed => 2,
+        GuideEventType::GuideActivity => 3,
+        GuideEventType::PollResponse => 4,
+    };
+    Val::Str(names[i].clone())
+}
+
 fn guide_col(ctx: &Ctx, view: GuideView, i: usize, col: Col) -> Val {
     let s = ctx.store;
     let Some(e): Option<&GuideEvent> = s.guide_events.get(i) else {
@@ -258,7 +281,7 @@ fn guide_col(ctx: &Ctx, view: GuideView, i: usize, col: Col) -> Val {
             .map_or(Val::Null, |x| Val::Str(x.clone())),
         Col::PollResponse => e.response.clone(),
         Col::Type => match view {
-            GuideView::Guide => Val::str(e.kind.as_str()),
+            GuideView::Guide => type_name(e.kind),
             GuideView::Poll => Val::str(e.channel),
         },
         Col::BrowserTime | Col::GuideTimestamp => Val::Int(e.ts),
