@@ -128,3 +128,216 @@ pub fn run(seed: u64, accounts: usize, days: u32, runs: usize, with_org: bool) -
         queries,
     })
 }
+
+/// One query of the engine's extraction, paged as the engine pages it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PagedTiming {
+    pub name: String,
+    pub pages: usize,
+    pub rows: usize,
+    pub total_ms: f64,
+    pub slowest_page_ms: f64,
+}
+
+/// The result documents of a query, as the HTTP endpoint would encode them.
+///
+/// # Errors
+/// A message if the pipeline is rejected.
+pub fn results(
+    store: &super::Store,
+    pipeline: &serde_json::Value,
+    now: i64,
+    optimize: bool,
+) -> Result<Vec<serde_json::Value>, String> {
+    results_with(store, pipeline, now, true, optimize).map(|(rows, _)| rows)
+}
+
+/// [`results`] with a choice of `count` semantics, plus the rows scanned.
+///
+/// # Errors
+/// A message if the pipeline is rejected.
+pub fn results_with(
+    store: &super::Store,
+    pipeline: &serde_json::Value,
+    now: i64,
+    count_distinct: bool,
+    optimize: bool,
+) -> Result<(Vec<serde_json::Value>, u64), String> {
+    let app_ids: Vec<i64> = store.apps.iter().map(|(id, _)| *id).collect();
+    let opts = super::aggregation::ops::Opts { now, tz_ms: 0, app_ids: &app_ids, count_distinct, optimize };
+    let compiled = super::aggregation::ops::compile(pipeline, &opts)?;
+    let out = super::aggregation::ops::run(&compiled, store, &opts)?;
+    let ctx = super::aggregation::row::Ctx {
+        store,
+        period: out.period,
+        tz_ms: 0,
+        now,
+        app_ids: app_ids.clone(),
+        count_distinct,
+    };
+    Ok((out.rows.iter().map(|r| super::val::Val::Obj(r.materialize(&ctx)).to_json()).collect(), out.scanned))
+}
+
+/// The pipelines the engine's extraction sends (engagement, then facts), as
+/// `(name, key, overlap, stages after the keyset filter)` plus the source stage.
+fn extraction_queries(
+    end_ms: i64,
+    core: &[String],
+    last_steps: &[String],
+) -> Vec<(String, &'static str, bool, Vec<serde_json::Value>)> {
+    let ts = json!({"period": "dayRange", "first": end_ms, "count": -30});
+    let all = json!({"appId": "expandAppIds(\"*\")"});
+    let any = |field: &str, vals: &[String]| {
+        vals.iter()
+            .map(|v| format!("({field} == {})", serde_json::Value::from(v.as_str())))
+            .collect::<Vec<_>>()
+            .join(" || ")
+    };
+    let relevant = if last_steps.is_empty() {
+        "(type == \"guideSeen\")".to_string()
+    } else {
+        format!("((type == \"guideSeen\") || ((type == \"guideAdvanced\") && ({})))", any("guideStepId", last_steps))
+    };
+    let mut q = vec![
+        (
+            "accounts".to_string(),
+            "accountId",
+            false,
+            vec![
+                json!({"source": {"accounts": null}}),
+                json!({"select": {"accountId": "accountId", "lastvisit": "metadata.auto.lastvisit"}}),
+            ],
+        ),
+        (
+            "event totals by day".to_string(),
+            "accountId",
+            false,
+            vec![
+                json!({"source": {"events": all, "timeSeries": ts}}),
+                json!({"group": {"group": ["accountId", "day"], "fields": {"events": {"sum": "numEvents"}, "minutes": {"sum": "numMinutes"}}}}),
+                json!({"group": {"group": ["accountId"], "fields": {"days": {"count": "day"}, "events": {"sum": "events"}, "minutes": {"sum": "minutes"}}}}),
+            ],
+        ),
+        (
+            "active visitors".to_string(),
+            "accountId",
+            false,
+            vec![
+                json!({"source": {"events": all, "timeSeries": ts}}),
+                json!({"identified": "visitorId"}),
+                json!({"group": {"group": ["accountId", "visitorId"], "fields": {}}}),
+                json!({"group": {"group": ["accountId"], "fields": {"visitors": {"count": "visitorId"}}}}),
+            ],
+        ),
+    ];
+    if !core.is_empty() {
+        q.push((
+            "core features used".to_string(),
+            "accountId",
+            false,
+            vec![
+                json!({"source": {"featureEvents": all, "timeSeries": ts}}),
+                json!({"filter": any("featureId", core)}),
+                json!({"group": {"group": ["accountId", "featureId"], "fields": {}}}),
+                json!({"group": {"group": ["accountId"], "fields": {"features": {"count": "featureId"}}}}),
+            ],
+        ));
+    }
+    q.push((
+        "guides seen and completed".to_string(),
+        "accountId",
+        true,
+        vec![
+            json!({"source": {"guideEvents": all, "timeSeries": ts}}),
+            json!({"identified": "visitorId"}),
+            json!({"filter": relevant}),
+            json!({"group": {"group": ["accountId", "visitorId", "guideId", "type"], "fields": {}}}),
+            json!({"eval": {"one": 1}}),
+            json!({"group": {"group": ["accountId", "type"], "fields": {"pairs": {"sum": "one"}}}}),
+        ],
+    ));
+    q.push((
+        "account metadata".to_string(),
+        "accountId",
+        false,
+        vec![
+            json!({"source": {"accounts": null}}),
+            json!({"select": {"accountId": "accountId", "m0": "metadata.custom.sfdcaccountid"}}),
+        ],
+    ));
+    q.push((
+        "visitor e-mails".to_string(),
+        "visitorId",
+        false,
+        vec![
+            json!({"source": {"visitors": {"identified": true}}}),
+            json!({"select": {"visitorId": "visitorId", "accountId": "metadata.auto.accountid",
+                "accountIds": "metadata.auto.accountids", "email": "metadata.agent.email"}}),
+        ],
+    ));
+    q
+}
+
+/// Runs the engine's extraction queries against `store`, keyset-paged with `page_rows` rows per
+/// page exactly as the engine pages them, and returns every query's rows and timing. With
+/// `optimize` off, the plain operator-by-operator path answers (what the fast paths must match).
+///
+/// # Errors
+/// A message if a pipeline is rejected or a page does not advance.
+pub fn extraction(
+    store: &super::Store,
+    end_ms: i64,
+    page_rows: usize,
+    optimize: bool,
+) -> Result<Vec<(PagedTiming, Vec<serde_json::Value>)>, String> {
+    let core: Vec<String> = store
+        .features
+        .iter()
+        .filter(|f| matches!(f.doc.field("isCoreEvent"), super::val::Val::Bool(true)))
+        .map(|f| f.id.to_string())
+        .collect();
+    let last_steps: Vec<String> =
+        store.guides.iter().filter_map(|g| g.step_ids.last().map(|s| s.to_string())).collect();
+    let only = std::env::var("EXTRACT_ONLY").ok();
+    let mut out = Vec::new();
+    for (name, key, overlap, stages) in extraction_queries(end_ms, &core, &last_steps) {
+        if only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
+        let sort: Vec<&str> = if name.starts_with("guides") { vec![key, "type"] } else { vec![key] };
+        let mut last: Option<String> = None;
+        let mut all_rows = Vec::new();
+        let (mut pages, mut total, mut slowest) = (0, 0.0f64, 0.0f64);
+        loop {
+            let mut p = vec![stages[0].clone()];
+            if let Some(l) = &last {
+                let op = if overlap { ">=" } else { ">" };
+                p.push(json!({"filter": format!("({key} {op} {})", serde_json::Value::from(l.as_str()))}));
+            }
+            p.extend(stages[1..].iter().cloned());
+            p.push(json!({"sort": sort}));
+            p.push(json!({"limit": page_rows}));
+            let t = Instant::now();
+            let page = results(store, &serde_json::Value::Array(p), end_ms, optimize)?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            pages += 1;
+            total += ms;
+            slowest = slowest.max(ms);
+            let full = page.len() >= page_rows;
+            let next = page.last().and_then(|r| r.get(key)).and_then(|v| v.as_str()).map(str::to_string);
+            all_rows.extend(page);
+            if !full {
+                break;
+            }
+            let Some(next) = next else { break };
+            if overlap && last.as_deref() == Some(next.as_str()) {
+                return Err(format!("{name}: stuck at {next}"));
+            }
+            last = Some(next);
+        }
+        let rows = all_rows.len();
+        out.push((PagedTiming { name, pages, rows, total_ms: total, slowest_page_ms: slowest }, all_rows));
+    }
+    Ok(out)
+}

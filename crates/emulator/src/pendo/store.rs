@@ -102,6 +102,14 @@ impl Meta {
         self.compact.build(id)
     }
 
+    /// `build(id)` walked down `group.field`, without building the rest of the document.
+    pub fn field(&self, id: &str, group: &str, field: &str) -> Val {
+        match &self.full {
+            Some(v) => v.field(group).field(field).clone(),
+            None => self.compact.field(id, group, field),
+        }
+    }
+
     /// The full document, converting a compact form first.
     pub fn full_mut(&mut self, id: &str) -> &mut Val {
         if self.full.is_none() {
@@ -113,6 +121,43 @@ impl Meta {
 }
 
 impl Compact {
+    /// One field of [`Compact::build`]'s document; `Null` where the document has none.
+    fn field(&self, id: &str, group: &str, field: &str) -> Val {
+        match self {
+            Compact::None => Val::Null,
+            Compact::Visitor(c) => match (group, field) {
+                ("auto", "id") => Val::str(id),
+                ("auto", "accountid") => Val::Str(c.account.clone()),
+                ("auto", "accountids") => Val::arr(vec![Val::Str(c.account.clone())]),
+                ("auto", "firstvisit") => Val::Int(c.first),
+                ("auto", "lastvisit") => Val::Int(c.last),
+                ("auto", "lastupdated") => Val::Int(c.last + 1_000),
+                ("auto", "idhash") => Val::Int(c.idhash),
+                ("agent", "email") if !c.anonymous => Val::str(&c.email),
+                ("agent", "full_name") if !c.anonymous => Val::str(&c.full_name),
+                ("agent", "role") if !c.anonymous => Val::str(c.role),
+                ("custom", "department") if !c.anonymous => Val::str(c.department),
+                ("pendo", "donotprocess") => Val::Bool(false),
+                _ => Val::Null,
+            },
+            Compact::Account(c) => match (group, field) {
+                ("auto", "id") => Val::str(id),
+                ("auto", "firstvisit") => Val::Int(c.first),
+                ("auto", "lastvisit") => Val::Int(c.last),
+                ("auto", "lastupdated") => Val::Int(c.lastupdated),
+                ("auto", "idhash") => Val::Int(c.idhash),
+                ("agent", "name") => Val::str(&c.name),
+                ("agent", "website") => Val::str(&c.website),
+                ("custom", "sfdcaccountid") => c.sfdc_id.as_deref().map_or(Val::Null, Val::str),
+                ("custom", "plan") => Val::str(c.plan),
+                ("custom", "arr") => Val::Float(c.arr),
+                ("custom", "trial") => Val::Bool(c.trial),
+                ("custom", "renewaldate") => Val::Int(c.renewal),
+                _ => Val::Null,
+            },
+        }
+    }
+
     fn build(&self, id: &str) -> Val {
         match self {
             Compact::None => Val::obj(Obj::new()),

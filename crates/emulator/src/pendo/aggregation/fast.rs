@@ -1,18 +1,29 @@
-//! Columnar group-by: when every row is an event rollup and every key and aggregated field is a
-//! plain column, rows are grouped on integer codes read straight from the columns (visitor,
-//! account and item indexes, day, counts) and decoded to values once per group. This is what
-//! keeps a 30-day group-by over a million rows well under a second; any other shape falls back
-//! to the general path in `ops`.
+//! Columnar group-by: when every row is an event rollup (or every row a guide event) and every
+//! key and aggregated field is a plain column, rows are grouped on integer codes read straight
+//! from the columns (visitor, account, item and guide indexes, day, counts, event type) and
+//! decoded to values once per group. This is what keeps a 30-day group-by over millions of rows
+//! within a second or two; any other shape falls back to the general path in `ops`.
+//!
+//! A group of a group's result ([`group_of_group`]) is computed on the first group's codes, so
+//! the millions of intermediate rows (one per account and day, say) are never built.
 
 use std::sync::Arc;
 
-use super::super::store::{EventKind, EventTable, Store};
+use super::super::store::{DAY_MS, EventKind, GuideEventType, Store};
 use super::super::val::{FxMap, FxSet, Obj, Val};
-use super::expr::{Col, Expr};
-use super::ops::{Agg, AggField};
-use super::row::{Ctx, Period, Row};
+use super::expr::{Col, Expr, Path};
+use super::ops::{Agg, AggField, AggState};
+use super::row::{Ctx, GuideView, Period, Row};
 
-/// A column readable as an integer code on rollup rows of one kind.
+/// Which table the rows index.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Src {
+    Ev(EventKind),
+    /// `guideEvents` rows (poll rows present `type` differently and take the general path).
+    Guide,
+}
+
+/// A column readable as an integer code.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Code {
     Visitor,
@@ -22,55 +33,130 @@ enum Code {
     Events,
     Minutes,
     Item,
+    Guide,
+    GuideType,
 }
 
+const GUIDE_TYPES: [GuideEventType; 5] = [
+    GuideEventType::GuideSeen,
+    GuideEventType::GuideAdvanced,
+    GuideEventType::GuideDismissed,
+    GuideEventType::GuideActivity,
+    GuideEventType::PollResponse,
+];
+
 impl Code {
-    fn of(col: Col, kind: EventKind, period: Period) -> Option<Code> {
-        Some(match col {
-            Col::VisitorId => Code::Visitor,
-            Col::AccountId => Code::Account,
-            Col::AppId => Code::App,
-            Col::Day if period == Period::Day => Code::Time,
-            Col::Hour if period == Period::Hour => Code::Time,
-            Col::NumEvents => Code::Events,
-            Col::NumMinutes => Code::Minutes,
-            Col::PageId if kind == EventKind::Page => Code::Item,
-            Col::FeatureId if kind == EventKind::Feature => Code::Item,
-            Col::TrackTypeId if kind == EventKind::Track => Code::Item,
-            _ => return None,
-        })
+    fn of(col: Col, src: Src, period: Period) -> Option<Code> {
+        match src {
+            Src::Ev(kind) => Some(match col {
+                Col::VisitorId => Code::Visitor,
+                Col::AccountId => Code::Account,
+                Col::AppId => Code::App,
+                Col::Day if period == Period::Day => Code::Time,
+                Col::Hour if period == Period::Hour => Code::Time,
+                Col::NumEvents => Code::Events,
+                Col::NumMinutes => Code::Minutes,
+                Col::PageId if kind == EventKind::Page => Code::Item,
+                Col::FeatureId if kind == EventKind::Feature => Code::Item,
+                Col::TrackTypeId if kind == EventKind::Track => Code::Item,
+                _ => return None,
+            }),
+            Src::Guide => Some(match col {
+                Col::VisitorId => Code::Visitor,
+                Col::AccountId => Code::Account,
+                Col::Day if period == Period::Day => Code::Time,
+                Col::Hour if period == Period::Hour => Code::Time,
+                Col::GuideId => Code::Guide,
+                Col::Type => Code::GuideType,
+                _ => return None,
+            }),
+        }
     }
 
     fn numeric(self) -> bool {
         matches!(self, Code::Time | Code::Events | Code::Minutes | Code::App)
     }
 
+    /// The code of row `i`, which the caller has checked is within the table.
     #[inline]
-    fn read(self, ctx: &Ctx, t: &EventTable, store: &Store, kind: EventKind, i: usize) -> i64 {
-        match self {
-            Code::Visitor => i64::from(t.visitor[i]),
-            Code::Account => i64::from(t.account[i]),
-            Code::App => store.items(kind).get(t.item[i] as usize).map_or(0, |x| x.app_id),
-            Code::Time => match ctx.period {
-                Period::Day => ctx.day_of(t.ts[i]),
-                Period::Hour => t.ts[i],
-            },
-            Code::Events => i64::from(t.events[i]),
-            Code::Minutes => i64::from(t.minutes[i]),
-            Code::Item => i64::from(t.item[i]),
+    fn read(self, ctx: &Ctx, src: Src, i: usize) -> i64 {
+        let store = ctx.store;
+        match src {
+            Src::Ev(kind) => {
+                let t = store.table(kind);
+                match self {
+                    Code::Visitor => i64::from(t.visitor[i]),
+                    Code::Account => i64::from(t.account[i]),
+                    Code::App => store.items(kind).get(t.item[i] as usize).map_or(0, |x| x.app_id),
+                    Code::Time => match ctx.period {
+                        Period::Day => day_index(ctx, t.ts[i]),
+                        Period::Hour => t.ts[i],
+                    },
+                    Code::Events => i64::from(t.events[i]),
+                    Code::Minutes => i64::from(t.minutes[i]),
+                    Code::Item => i64::from(t.item[i]),
+                    Code::Guide | Code::GuideType => 0,
+                }
+            }
+            Src::Guide => {
+                let e = &store.guide_events[i];
+                match self {
+                    Code::Visitor => i64::from(e.visitor),
+                    Code::Account => i64::from(e.account),
+                    Code::Time => match ctx.period {
+                        Period::Day => day_index(ctx, e.ts),
+                        Period::Hour => e.ts.div_euclid(3_600_000).saturating_mul(3_600_000),
+                    },
+                    Code::Guide => i64::from(e.guide),
+                    Code::GuideType => GUIDE_TYPES.iter().position(|k| *k == e.kind).unwrap_or(0) as i64,
+                    Code::App | Code::Events | Code::Minutes | Code::Item => 0,
+                }
+            }
         }
     }
 
-    fn decode(self, store: &Store, kind: EventKind, c: i64) -> Val {
+    /// A numeric code's value: days are coded by number and valued by their start.
+    #[inline]
+    fn num(self, ctx: &Ctx, c: i64) -> i64 {
+        match (self, ctx.period) {
+            (Code::Time, Period::Day) => day_start(ctx, c),
+            _ => c,
+        }
+    }
+
+    fn decode(self, ctx: &Ctx, src: Src, c: i64) -> Val {
+        let store = ctx.store;
         let idx = usize::try_from(c).unwrap_or(usize::MAX);
         match self {
             Code::Visitor => store.visitors.get(idx).map_or(Val::Null, |v| Val::Str(v.id.clone())),
             Code::Account => store.accounts.get(idx).map_or(Val::Null, |a| Val::Str(a.id.clone())),
-            Code::Item => store.items(kind).get(idx).map_or(Val::Null, |x| Val::Str(x.id.clone())),
-            _ => Val::Int(c),
+            Code::Item => match src {
+                Src::Ev(kind) => store.items(kind).get(idx).map_or(Val::Null, |x| Val::Str(x.id.clone())),
+                Src::Guide => Val::Null,
+            },
+            Code::Guide => store.guides.get(idx).map_or(Val::Null, |g| Val::Str(g.id.clone())),
+            Code::GuideType => GUIDE_TYPES.get(idx).map_or(Val::Null, |k| Val::str(k.as_str())),
+            _ => Val::Int(self.num(ctx, c)),
         }
     }
 }
+
+/// The number of the day `ts` falls in, the first half of [`Ctx::day_of`]: grouping on day
+/// numbers needs no division by a day's length per row.
+#[inline]
+fn day_index(ctx: &Ctx, ts: i64) -> i64 {
+    ts.saturating_add(ctx.tz_ms).div_euclid(DAY_MS)
+}
+
+/// The second half of [`Ctx::day_of`], so `day_start(day_index(t)) == day_of(t)`.
+#[inline]
+fn day_start(ctx: &Ctx, day: i64) -> i64 {
+    day.saturating_mul(DAY_MS).saturating_sub(ctx.tz_ms)
+}
+
+/// Day numbers this far from the epoch start days that do not saturate, so distinct numbers are
+/// distinct days; rows beyond take the general path.
+const MAX_DAY_INDEX: i64 = i64::MAX / DAY_MS - 2;
 
 enum Acc {
     Sum(i64),
@@ -90,25 +176,164 @@ fn simple_col(e: &Expr) -> Option<Col> {
     }
 }
 
+/// Group keys are at most this many columns (wider groups take the general path), held inline so
+/// that a new group costs no allocation.
+const MAX_KEYS: usize = 6;
+type Key = [i64; MAX_KEYS];
+
+/// Finds a group by its key codes: a direct table over the keys' value ranges when those are
+/// small (account index by day, say), else a hash map. Group numbers are handed out in
+/// first-seen order either way.
+enum Index {
+    Dense { slots: Vec<u32>, lo: Key, mult: Key, n: usize },
+    Packed { map: FxMap<u128, u32>, lo: Key, shift: [u32; MAX_KEYS], n: usize },
+    Hash(FxMap<Key, u32>),
+}
+
+impl Index {
+    /// Dense when the product of the ranges is at most about twice `rows` (and bounded), so the
+    /// table costs no more than the rows already do; else hashed on the keys packed into 128 bits
+    /// when their ranges fit; else hashed on the keys as they are.
+    fn new(n: usize, lo: &Key, hi: &Key, rows: usize) -> Index {
+        let limit = (rows.max(1 << 16) * 2).min(1 << 27);
+        let mut mult: Key = [0; MAX_KEYS];
+        let mut shift = [0u32; MAX_KEYS];
+        let mut total: Option<usize> = Some(1);
+        let mut bits: u32 = 0;
+        for k in (0..n).rev() {
+            if lo[k] > hi[k] {
+                // No rows: nothing will be looked up.
+                return Index::Hash(FxMap::default());
+            }
+            let Some(span) = hi[k].checked_sub(lo[k]).and_then(|d| u64::try_from(d).ok()) else {
+                return Index::Hash(FxMap::default());
+            };
+            let range = usize::try_from(span).ok().and_then(|d| d.checked_add(1));
+            mult[k] = total.map_or(0, |t| t as i64);
+            total = match (total, range) {
+                (Some(t), Some(r)) => t.checked_mul(r).filter(|&t| t <= limit),
+                _ => None,
+            };
+            shift[k] = bits;
+            bits += 64 - span.leading_zeros();
+        }
+        match total {
+            Some(total) => Index::Dense { slots: vec![u32::MAX; total], lo: *lo, mult, n },
+            None if bits <= 128 => Index::Packed { map: FxMap::default(), lo: *lo, shift, n },
+            None => Index::Hash(FxMap::default()),
+        }
+    }
+
+    /// The group of `key`, giving it number `next` if it is new.
+    #[inline]
+    fn get_or_insert(&mut self, key: Key, next: u32) -> u32 {
+        match self {
+            Index::Dense { slots, lo, mult, n } => {
+                let mut slot = 0i64;
+                for k in 0..*n {
+                    slot += (key[k] - lo[k]) * mult[k];
+                }
+                let s = &mut slots[slot as usize];
+                if *s == u32::MAX {
+                    *s = next;
+                }
+                *s
+            }
+            Index::Packed { map, lo, shift, n } => {
+                let mut packed = 0u128;
+                for k in 0..*n {
+                    packed |= u128::from((key[k] - lo[k]) as u64) << shift[k];
+                }
+                *map.entry(packed).or_insert(next)
+            }
+            Index::Hash(m) => *m.entry(key).or_insert(next),
+        }
+    }
+}
+
+/// A columnar group-by's result before decoding: each group's key codes and accumulators
+/// (flattened, `key_codes.len()` and `specs.len()` per group), in first-seen order.
+struct Grouped {
+    src: Src,
+    key_codes: Vec<Code>,
+    specs: Vec<(Agg, Option<Code>)>,
+    keys: Vec<i64>,
+    accs: Vec<Acc>,
+    groups: usize,
+    /// Each key's smallest and largest code.
+    lo: Key,
+    hi: Key,
+}
+
 /// Returns `None` when the fast path does not apply.
-pub fn group(ctx: &Ctx, rows: &[Row], keys: &[(String, super::expr::Path)], fields: &[AggField]) -> Option<Vec<Row>> {
-    let kind = match rows.first() {
-        Some(Row::Ev(k, _)) => *k,
+pub fn group(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggField]) -> Option<Vec<Row>> {
+    let g = group_codes(ctx, rows, keys, fields)?;
+    let (nk, nf) = (g.key_codes.len(), g.specs.len());
+    let out = (0..g.groups)
+        .map(|gi| {
+            let mut o = Obj::with_capacity(keys.len() + fields.len());
+            for (((name, _), c), &k) in keys.iter().zip(&g.key_codes).zip(&g.keys[gi * nk..gi * nk + nk]) {
+                Val::set_path(&mut o, name, c.decode(ctx, g.src, k));
+            }
+            for ((f, (_, code)), acc) in fields.iter().zip(&g.specs).zip(&g.accs[gi * nf..gi * nf + nf]) {
+                o.insert(f.out.clone(), finish(acc, *code, ctx, g.src));
+            }
+            Row::Doc(Arc::new(o))
+        })
+        .collect();
+    Some(out)
+}
+
+/// The value a finished accumulator puts in its group's row.
+fn finish(acc: &Acc, code: Option<Code>, ctx: &Ctx, src: Src) -> Val {
+    let dec = |c: i64| code.map_or(Val::Int(c), |code| code.decode(ctx, src, c));
+    match acc {
+        Acc::Sum(s) => Val::Int(*s),
+        Acc::Count(n) => Val::Int(*n as i64),
+        Acc::First(x) | Acc::Last(x) | Acc::Min(x) | Acc::Max(x) => x.map_or(Val::Null, dec),
+        Acc::Avg(s, n) => {
+            if *n == 0 {
+                Val::Null
+            } else {
+                Val::Float(*s as f64 / *n as f64)
+            }
+        }
+        Acc::List(l) => Val::arr(l.iter().map(|&c| dec(c)).collect()),
+    }
+}
+
+/// The time of row `i`.
+fn read_ts(ctx: &Ctx, src: Src, i: usize) -> i64 {
+    match src {
+        Src::Ev(kind) => ctx.store.table(kind).ts[i],
+        Src::Guide => ctx.store.guide_events[i].ts,
+    }
+}
+
+fn group_codes(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggField]) -> Option<Grouped> {
+    let src = match rows.first() {
+        Some(Row::Ev(k, _)) => Src::Ev(*k),
+        Some(Row::Guide(GuideView::Guide, _)) => Src::Guide,
         _ => return None,
     };
-    if !rows.iter().all(|r| matches!(r, Row::Ev(k, _) if *k == kind)) {
+    let same = |r: &Row| match (r, src) {
+        (Row::Ev(k, _), Src::Ev(kind)) => *k == kind,
+        (Row::Guide(GuideView::Guide, _), Src::Guide) => true,
+        _ => false,
+    };
+    if keys.len() > MAX_KEYS || !rows.iter().all(same) {
         return None;
     }
     let key_codes: Vec<Code> = keys
         .iter()
-        .map(|(_, p)| if p.rest.is_empty() { Code::of(p.col, kind, ctx.period) } else { None })
+        .map(|(_, p)| if p.rest.is_empty() { Code::of(p.col, src, ctx.period) } else { None })
         .collect::<Option<_>>()?;
     // (aggregator, column code or None for row counts)
     let mut specs: Vec<(Agg, Option<Code>)> = Vec::with_capacity(fields.len());
     for f in fields {
         let code = match &f.arg {
             None => None,
-            Some(e) => Some(Code::of(simple_col(e)?, kind, ctx.period)?),
+            Some(e) => Some(Code::of(simple_col(e)?, src, ctx.period)?),
         };
         let numeric_needed = matches!(f.agg, Agg::Sum | Agg::Avg | Agg::Min | Agg::Max);
         if numeric_needed && !code.is_some_and(Code::numeric) {
@@ -116,56 +341,82 @@ pub fn group(ctx: &Ctx, rows: &[Row], keys: &[(String, super::expr::Path)], fiel
         }
         specs.push((f.agg, code));
     }
-    let store = ctx.store;
-    let t = store.table(kind);
-    let mut index: FxMap<Vec<i64>, u32> = FxMap::default();
-    let mut group_keys: Vec<Vec<i64>> = Vec::new();
-    let mut accs: Vec<Vec<Acc>> = Vec::new();
+    let len = match src {
+        Src::Ev(kind) => ctx.store.table(kind).len(),
+        Src::Guide => ctx.store.guide_events.len(),
+    };
+    let (nk, nf) = (key_codes.len(), specs.len());
+    let mut group_keys: Vec<i64> = Vec::new();
+    let mut accs: Vec<Acc> = Vec::new();
     // One set per distinct-count field across all groups: far fewer allocations than a set per
     // group when there are tens of thousands of groups.
     let mut distinct: Vec<FxSet<(u32, i64)>> = specs.iter().map(|_| FxSet::default()).collect();
-    let mut buf: Vec<i64> = Vec::with_capacity(key_codes.len());
+    let canon = Canon::new(ctx.store, src);
+    let row_index = |r: &Row| match r {
+        Row::Ev(_, i) | Row::Guide(_, i) => Some(*i as usize).filter(|&i| i < len),
+        _ => None,
+    };
+    // The keys' value ranges, to see whether a direct table can index the groups.
+    let (mut lo, mut hi): (Key, Key) = ([i64::MAX; MAX_KEYS], [i64::MIN; MAX_KEYS]);
+    for i in rows.iter().filter_map(row_index) {
+        for (k, &c) in key_codes.iter().enumerate() {
+            let v = canon.of(c, c.read(ctx, src, i));
+            lo[k] = lo[k].min(v);
+            hi[k] = hi[k].max(v);
+        }
+    }
+    // Day numbers group and count as days only while no two name one saturated day.
+    let days_ok = |c: &Code, k: usize| {
+        *c != Code::Time || ctx.period != Period::Day || (lo[k] >= -MAX_DAY_INDEX && hi[k] <= MAX_DAY_INDEX)
+    };
+    if !key_codes.iter().enumerate().all(|(k, c)| days_ok(c, k)) {
+        return None;
+    }
+    if specs.iter().any(|(a, c)| *a == Agg::Count && *c == Some(Code::Time) && ctx.period == Period::Day) {
+        let far = rows.iter().filter_map(row_index).any(|i| day_index(ctx, read_ts(ctx, src, i)).abs() > MAX_DAY_INDEX);
+        if far {
+            return None;
+        }
+    }
+    let mut index = Index::new(key_codes.len(), &lo, &hi, rows.len());
+    let mut n_groups: u32 = 0;
     for r in rows {
-        let Row::Ev(_, i) = r else { continue };
-        let i = *i as usize;
-        if i >= t.len() {
+        let i = match r {
+            Row::Ev(_, i) | Row::Guide(_, i) => *i as usize,
+            _ => continue,
+        };
+        if i >= len {
             continue;
         }
-        buf.clear();
-        for c in &key_codes {
-            buf.push(c.read(ctx, t, store, kind, i));
+        let mut key: Key = [0; MAX_KEYS];
+        for (slot, &c) in key.iter_mut().zip(&key_codes) {
+            *slot = canon.of(c, c.read(ctx, src, i));
         }
-        let g = match index.get(buf.as_slice()) {
-            Some(&g) => g,
-            None => {
-                let g = group_keys.len() as u32;
-                index.insert(buf.clone(), g);
-                group_keys.push(buf.clone());
-                accs.push(
-                    specs
-                        .iter()
-                        .map(|(a, _)| match a {
-                            Agg::Sum => Acc::Sum(0),
-                            Agg::Count => Acc::Count(0),
-                            Agg::First => Acc::First(None),
-                            Agg::Last => Acc::Last(None),
-                            Agg::Min => Acc::Min(None),
-                            Agg::Max => Acc::Max(None),
-                            Agg::Avg => Acc::Avg(0, 0),
-                            Agg::List => Acc::List(Vec::new()),
-                        })
-                        .collect(),
-                );
-                g
-            }
-        };
-        let group_accs = &mut accs[g as usize];
+        let g = index.get_or_insert(key, n_groups);
+        if g == n_groups {
+            n_groups += 1;
+            group_keys.extend_from_slice(&key[..nk]);
+            accs.extend(specs.iter().map(|(a, _)| match a {
+                Agg::Sum => Acc::Sum(0),
+                Agg::Count => Acc::Count(0),
+                Agg::First => Acc::First(None),
+                Agg::Last => Acc::Last(None),
+                Agg::Min => Acc::Min(None),
+                Agg::Max => Acc::Max(None),
+                Agg::Avg => Acc::Avg(0, 0),
+                Agg::List => Acc::List(Vec::new()),
+            }));
+        }
+        let group_accs = &mut accs[g as usize * nf..g as usize * nf + nf];
         for (fi, ((agg, code), acc)) in specs.iter().zip(group_accs.iter_mut()).enumerate() {
-            let v = code.map(|c| c.read(ctx, t, store, kind, i));
+            let v = code.map(|c| canon.of(c, c.read(ctx, src, i)));
+            let value = |v: i64| code.map_or(v, |c| c.num(ctx, v));
             match acc {
-                Acc::Sum(s) => *s = s.saturating_add(v.unwrap_or(0)),
-                Acc::Count(n) => match (v, ctx.count_distinct && *agg == Agg::Count) {
-                    (Some(v), true) => {
+                Acc::Sum(s) => *s = s.saturating_add(v.map_or(0, value)),
+                // Counting a field counts its non-null values, as the general path does.
+                Acc::Count(n) => match (v, code) {
+                    (Some(v), Some(c)) if Canon::null(*c, v) => {}
+                    (Some(v), _) if ctx.count_distinct && *agg == Agg::Count => {
                         if distinct[fi].insert((g, v)) {
                             *n += 1;
                         }
@@ -192,7 +443,7 @@ pub fn group(ctx: &Ctx, rows: &[Row], keys: &[(String, super::expr::Path)], fiel
                 }
                 Acc::Avg(s, n) => {
                     if let Some(v) = v {
-                        *s = s.saturating_add(v);
+                        *s = s.saturating_add(value(v));
                         *n += 1;
                     }
                 }
@@ -200,28 +451,183 @@ pub fn group(ctx: &Ctx, rows: &[Row], keys: &[(String, super::expr::Path)], fiel
             }
         }
     }
-    let out = group_keys
-        .into_iter()
-        .zip(accs)
-        .map(|(key, accs)| {
-            let mut o = Obj::with_capacity(keys.len() + fields.len());
-            for (((name, _), c), k) in keys.iter().zip(&key_codes).zip(key) {
-                Val::set_path(&mut o, name, c.decode(store, kind, k));
-            }
-            for ((f, (_, code)), acc) in fields.iter().zip(&specs).zip(accs) {
-                let dec = |c: i64| code.map_or(Val::Int(c), |code| code.decode(store, kind, c));
-                let v = match acc {
-                    Acc::Sum(s) => Val::Int(s),
-                    Acc::Count(n) => Val::Int(n as i64),
-                    Acc::First(x) | Acc::Last(x) | Acc::Min(x) | Acc::Max(x) => x.map_or(Val::Null, dec),
-                    Acc::Avg(s, n) => {
-                        if n == 0 {
-                            Val::Null
-                        } else {
-                            Val::Float(s as f64 / n as f64)
-                        }
+    Some(Grouped { src, key_codes, specs, keys: group_keys, accs, groups: n_groups as usize, lo, hi })
+}
+
+/// Where a second group reads one of its aggregated fields from the first group's result.
+#[derive(Clone)]
+enum Feed {
+    /// Counts rows (`{"count": null}`).
+    Rows,
+    /// One of the first group's keys.
+    Key(usize),
+    /// One of the first group's aggregated fields.
+    Field(usize),
+    /// A constant an `eval` between the groups set.
+    Const(Val),
+}
+
+/// Codes that decode to equal values get one code, so grouping and counting on codes agree with
+/// doing it on the decoded values: every missing entity, item or guide is `-1`, and an item or
+/// guide id listed twice takes its first index. Visitor and account ids are unique by
+/// construction (the store only upserts them by id).
+struct Canon {
+    visitors: usize,
+    accounts: usize,
+    items: Vec<i64>,
+}
+
+impl Canon {
+    fn new(store: &Store, src: Src) -> Canon {
+        let ids: Vec<&str> = match src {
+            Src::Ev(kind) => store.items(kind).iter().map(|x| &*x.id).collect(),
+            Src::Guide => store.guides.iter().map(|g| &*g.id).collect(),
+        };
+        let mut first: FxMap<&str, i64> = FxMap::default();
+        let items = ids.iter().enumerate().map(|(i, id)| *first.entry(id).or_insert(i as i64)).collect();
+        Canon { visitors: store.visitors.len(), accounts: store.accounts.len(), items }
+    }
+
+    #[inline]
+    fn of(&self, code: Code, c: i64) -> i64 {
+        let within = |n: usize| usize::try_from(c).is_ok_and(|i| i < n);
+        match code {
+            Code::Visitor if !within(self.visitors) => -1,
+            Code::Account if !within(self.accounts) => -1,
+            Code::Item | Code::Guide => usize::try_from(c).ok().and_then(|i| self.items.get(i)).copied().unwrap_or(-1),
+            _ => c,
+        }
+    }
+
+    /// Whether a canonical code decodes to null.
+    #[inline]
+    fn null(code: Code, canon: i64) -> bool {
+        matches!(code, Code::Visitor | Code::Account | Code::Item | Code::Guide) && canon < 0
+    }
+}
+
+/// A group whose input is another group's result (possibly with `eval`s of constants in
+/// between), computed on the first group's codes without building its rows: the rows, in the
+/// order, the general path gives for those stages. Applies when the first group takes the
+/// columnar path and the second groups on the first's keys and aggregates its keys, its fields,
+/// the constants or rows; `None` otherwise.
+pub fn group_of_group(
+    ctx: &Ctx,
+    rows: &[Row],
+    (keys1, fields1): (&[(String, Path)], &[AggField]),
+    consts: &[(String, Expr)],
+    (keys2, fields2): (&[(String, Path)], &[AggField]),
+) -> Option<Vec<Row>> {
+    // The first group's rows hold each key, field and constant under its own plain name.
+    let plain = |n: &str| !n.is_empty() && !n.contains(['.', '[', ']']);
+    let mut names: Vec<&str> =
+        keys1.iter().map(|(n, _)| n.as_str()).chain(fields1.iter().map(|f| f.out.as_str())).collect();
+    let width = names.len();
+    if !names.iter().all(|n| plain(n)) {
+        return None;
+    }
+    names.sort_unstable();
+    names.dedup();
+    if names.len() != width {
+        return None;
+    }
+    // The last `eval` of a name wins, as it overwrites the earlier ones.
+    let mut constants: Vec<(&str, Val)> = Vec::new();
+    for (n, e) in consts {
+        let Expr::Lit(v) = e else { return None };
+        if !plain(n) || names.contains(&n.as_str()) {
+            return None;
+        }
+        constants.retain(|(c, _)| *c != n.as_str());
+        constants.push((n.as_str(), v.clone()));
+    }
+    let key_of = |p: &Path| if p.rest.is_empty() { keys1.iter().position(|(n, _)| *n == p.head) } else { None };
+    let field_of = |p: &Path| if p.rest.is_empty() { fields1.iter().position(|f| f.out == p.head) } else { None };
+    let const_of = |p: &Path| {
+        if p.rest.is_empty() { constants.iter().find(|(n, _)| *n == p.head).map(|(_, v)| v.clone()) } else { None }
+    };
+    let k2: Vec<usize> = keys2.iter().map(|(_, p)| key_of(p)).collect::<Option<_>>()?;
+    let feeds: Vec<Feed> = fields2
+        .iter()
+        .map(|f| match &f.arg {
+            None => Some(Feed::Rows),
+            Some(Expr::Path(p)) => key_of(p)
+                .map(Feed::Key)
+                .or_else(|| field_of(p).map(Feed::Field))
+                .or_else(|| const_of(p).map(Feed::Const)),
+            Some(_) => None,
+        })
+        .collect::<Option<_>>()?;
+    let g = group_codes(ctx, rows, keys1, fields1)?;
+    let (nk, nf) = (g.key_codes.len(), g.specs.len());
+
+    /// A second-level accumulator: counts of first-level key codes stay on codes; the rest go
+    /// through the general path's aggregator on decoded values.
+    enum St {
+        Count(u64),
+        General(AggState),
+    }
+    // Distinct counts of key codes, one set per field across all groups.
+    let mut distinct: Vec<FxSet<(u32, i64)>> = feeds.iter().map(|_| FxSet::default()).collect();
+    let pick = |a: &Key| {
+        let mut k: Key = [0; MAX_KEYS];
+        for (slot, &ki) in k.iter_mut().zip(&k2) {
+            *slot = a[ki];
+        }
+        k
+    };
+    let mut index = Index::new(k2.len(), &pick(&g.lo), &pick(&g.hi), g.groups);
+    let mut out_keys: Vec<Key> = Vec::new();
+    let mut states: Vec<St> = Vec::new();
+    let n2 = fields2.len();
+    for gi in 0..g.groups {
+        let key = &g.keys[gi * nk..gi * nk + nk];
+        let accs = &g.accs[gi * nf..gi * nf + nf];
+        let mut k: Key = [0; MAX_KEYS];
+        for (slot, &ki) in k.iter_mut().zip(&k2) {
+            *slot = key[ki];
+        }
+        let next = out_keys.len() as u32;
+        let g2 = index.get_or_insert(k, next);
+        if g2 == next {
+            out_keys.push(k);
+            states.extend(fields2.iter().zip(&feeds).map(|(f, feed)| match (f.agg, feed) {
+                (Agg::Count, Feed::Key(_)) => St::Count(0),
+                _ => St::General(AggState::new(f, ctx.count_distinct)),
+            }));
+        }
+        let sts = &mut states[g2 as usize * n2..g2 as usize * n2 + n2];
+        for (fi, (feed, st)) in feeds.iter().zip(sts.iter_mut()).enumerate() {
+            match (st, feed) {
+                (St::Count(n), Feed::Key(ki)) => {
+                    let c = key[*ki];
+                    if Canon::null(g.key_codes[*ki], c) {
+                        continue;
                     }
-                    Acc::List(l) => Val::arr(l.into_iter().map(dec).collect()),
+                    if !ctx.count_distinct || distinct[fi].insert((g2, c)) {
+                        *n += 1;
+                    }
+                }
+                (St::Count(_), _) => {}
+                (St::General(a), Feed::Rows) => a.add(Val::Null, true),
+                (St::General(a), Feed::Key(ki)) => a.add(g.key_codes[*ki].decode(ctx, g.src, key[*ki]), false),
+                (St::General(a), Feed::Field(j)) => a.add(finish(&accs[*j], g.specs[*j].1, ctx, g.src), false),
+                (St::General(a), Feed::Const(v)) => a.add(v.clone(), false),
+            }
+        }
+    }
+    let mut states = states.into_iter();
+    let out = out_keys
+        .into_iter()
+        .map(|key| {
+            let mut o = Obj::with_capacity(keys2.len() + fields2.len());
+            for (((name, _), &ki), &c) in keys2.iter().zip(&k2).zip(&key) {
+                Val::set_path(&mut o, name, g.key_codes[ki].decode(ctx, g.src, c));
+            }
+            for (f, st) in fields2.iter().zip(states.by_ref().take(n2)) {
+                let v = match st {
+                    St::Count(n) => Val::Int(n as i64),
+                    St::General(a) => a.finish(),
                 };
                 o.insert(f.out.clone(), v);
             }

@@ -8,11 +8,14 @@
 //! - [`source`]: sources and timeSeries windows.
 //! - [`row`]: lazy rows over the columnar event tables.
 //! - [`ops`]: compilation and execution of the operators.
-//! - [`fast`]: the columnar group-by used when every input is an event rollup.
+//! - [`plan`]: moves keyset filters, id sorts and limits into the source scan.
+//! - [`fast`]: the columnar group-by used when every input is an event rollup, and a group of
+//!   its result without building the intermediate rows.
 
 pub mod expr;
 pub mod fast;
 pub mod ops;
+pub mod plan;
 pub mod row;
 pub mod source;
 
@@ -88,7 +91,7 @@ pub fn execute(
     count_distinct: bool,
 ) -> Result<(Option<i64>, Vec<row::Row>, row::Period, u64), String> {
     let app_ids: Vec<i64> = store.apps.iter().map(|(id, _)| *id).collect();
-    let opts = ops::Opts { now, tz_ms, app_ids: &app_ids, count_distinct };
+    let opts = ops::Opts { now, tz_ms, app_ids: &app_ids, count_distinct, optimize: true };
     let compiled = ops::compile(pipeline, &opts)?;
     let out = ops::run(&compiled, store, &opts)?;
     Ok((out.start_time, out.rows, out.period, out.scanned))

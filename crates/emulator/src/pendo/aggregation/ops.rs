@@ -1,6 +1,7 @@
 //! Pipeline operators: the whole pipeline is compiled (and rejected with a message) before any
 //! row is touched, then executed stage by stage over `Vec<Row>`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde_json::Value as J;
@@ -8,6 +9,7 @@ use serde_json::Value as J;
 use super::super::store::{MetaKind, Store, is_anonymous};
 use super::super::val::{FxMap, FxSet, HKey, Obj, Val};
 use super::expr::{self, Env, Expr, Path};
+use super::plan;
 use super::row::{Ctx, Period, Row, RowRef};
 use super::source::{self, Source};
 
@@ -84,6 +86,9 @@ pub struct Opts<'a> {
     pub tz_ms: i64,
     pub app_ids: &'a [i64],
     pub count_distinct: bool,
+    /// Whether the planner may use its fast paths (keyset pushdown, fused group-of-group, ...).
+    /// Off only in tests that check a fast path against the plain operator-by-operator answer.
+    pub optimize: bool,
 }
 
 impl Opts<'_> {
@@ -305,9 +310,13 @@ pub struct Output {
 
 pub fn run(p: &Pipeline, store: &Store, opts: &Opts) -> Result<Output, String> {
     let mut scanned = 0u64;
+    let mut stages: Cow<[Stage]> = Cow::Borrowed(&p.stages);
     let (mut rows, period, start_time, mut streams) = match &p.start {
         Start::Source(src) => {
-            let (rows, n) = source::rows(store, src);
+            let planned =
+                if opts.optimize { plan::plan(src, &p.stages, store) } else { plan::Plan::as_written(&p.stages) };
+            stages = planned.stages;
+            let (rows, n) = source::rows(store, src, &planned.scan);
             scanned += n;
             let w = src.window;
             (rows, w.map_or(Period::Day, |w| w.period), w.map(|w| w.start), None)
@@ -324,7 +333,19 @@ pub fn run(p: &Pipeline, store: &Store, opts: &Opts) -> Result<Output, String> {
         }
     };
     let ctx = ctx_for(store, period, opts);
-    for st in &p.stages {
+    let mut i = 0;
+    while let Some(st) = stages.get(i) {
+        i += 1;
+        if opts.optimize
+            && streams.is_none()
+            && let Stage::Group { keys, fields } = st
+            && let Some((consts, second, used)) = group_after(&stages[i..])
+            && let Some(out) = super::fast::group_of_group(&ctx, &rows, (keys, fields), &consts, second)
+        {
+            rows = out;
+            i += used;
+            continue;
+        }
         if let Stage::Join { fields, width } = st {
             let s = streams.take().unwrap_or_else(|| vec![std::mem::take(&mut rows)]);
             rows = join(&ctx, s, fields, *width);
@@ -339,6 +360,23 @@ pub fn run(p: &Pipeline, store: &Store, opts: &Opts) -> Result<Output, String> {
         rows = s.into_iter().flatten().collect();
     }
     Ok(Output { rows, period, start_time, scanned })
+}
+
+/// A group right after a group, past `eval`s of constants only: the constants, the second
+/// group's keys and fields, and how many stages that is.
+#[allow(clippy::type_complexity)]
+fn group_after(stages: &[Stage]) -> Option<(Vec<(String, Expr)>, (&[(String, Path)], &[AggField]), usize)> {
+    let mut consts = Vec::new();
+    for (n, st) in stages.iter().enumerate() {
+        match st {
+            Stage::Eval(fields) if fields.iter().all(|(_, e)| matches!(e, Expr::Lit(_))) => {
+                consts.extend(fields.iter().cloned())
+            }
+            Stage::Group { keys, fields } => return Some((consts, (keys.as_slice(), fields.as_slice()), n + 1)),
+            _ => return None,
+        }
+    }
+    None
 }
 
 fn ctx_for<'a>(store: &'a Store, period: Period, opts: &Opts) -> Ctx<'a> {
@@ -536,7 +574,7 @@ fn apply(ctx: &Ctx, st: &Stage, mut rows: Vec<Row>, opts: &Opts, scanned: &mut u
     })
 }
 
-enum AggState {
+pub(super) enum AggState {
     Sum { int: i64, float: f64, is_float: bool },
     Count(u64),
     Distinct(FxSet<HKey>),
@@ -548,7 +586,7 @@ enum AggState {
 }
 
 impl AggState {
-    fn new(f: &AggField, distinct: bool) -> AggState {
+    pub(super) fn new(f: &AggField, distinct: bool) -> AggState {
         match f.agg {
             Agg::Sum => AggState::Sum { int: 0, float: 0.0, is_float: false },
             Agg::Count if distinct && f.arg.is_some() => AggState::Distinct(FxSet::default()),
@@ -562,7 +600,7 @@ impl AggState {
         }
     }
 
-    fn add(&mut self, v: Val, counted_row: bool) {
+    pub(super) fn add(&mut self, v: Val, counted_row: bool) {
         match self {
             AggState::Sum { int, float, is_float } => match v {
                 Val::Int(i) if !*is_float => match int.checked_add(i) {
@@ -623,7 +661,7 @@ impl AggState {
         }
     }
 
-    fn finish(self) -> Val {
+    pub(super) fn finish(self) -> Val {
         match self {
             AggState::Sum { int, float, is_float } => {
                 if is_float {
@@ -649,7 +687,7 @@ impl AggState {
     }
 }
 
-fn empty_aggs(fields: &[AggField]) -> Obj {
+pub(super) fn empty_aggs(fields: &[AggField]) -> Obj {
     let mut o = Obj::new();
     for f in fields {
         o.insert(f.out.clone(), AggState::new(f, true).finish());
@@ -657,7 +695,7 @@ fn empty_aggs(fields: &[AggField]) -> Obj {
     o
 }
 
-fn group(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggField]) -> Vec<Row> {
+pub(super) fn group(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggField]) -> Vec<Row> {
     let mut index: FxMap<Vec<HKey>, usize> = FxMap::default();
     let mut groups: Vec<(Vec<HKey>, Vec<AggState>)> = Vec::new();
     let mut buf: Vec<HKey> = Vec::with_capacity(keys.len());

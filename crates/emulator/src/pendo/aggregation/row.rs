@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use super::super::store::{EventKind, GuideEvent, NONE_U32, Store};
+use super::super::store::{EventKind, GuideEvent, GuideEventType, Meta, NONE_U32, Store};
 use super::super::val::{Obj, Val};
-use super::expr::{Col, Env, Fields, Path};
+use super::expr::{Col, Env, Fields, Path, Seg};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Period {
@@ -22,10 +22,20 @@ pub enum GuideView {
     Poll,
 }
 
+/// Which entity table an entity row points into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntityKind {
+    Visitor,
+    Account,
+}
+
 #[derive(Clone, Debug)]
 pub enum Row {
     Ev(EventKind, u32),
     Guide(GuideView, u32),
+    /// A `visitors`/`accounts` source row, `{visitorId|accountId, metadata}`: metadata is built
+    /// only for the fields read, or whole when the row is materialized.
+    Entity(EntityKind, u32),
     Doc(Arc<Obj>),
 }
 
@@ -61,6 +71,7 @@ impl Fields for RowRef<'_, '_> {
             Row::Doc(o) => o.get(&path.head).cloned().unwrap_or(Val::Null),
             Row::Ev(kind, i) => ev_col(self.ctx, *kind, *i as usize, path.col, &path.head),
             Row::Guide(view, i) => guide_col(self.ctx, *view, *i as usize, path.col),
+            Row::Entity(kind, i) => return entity_get(self.ctx.store, *kind, *i as usize, path),
         };
         if path.rest.is_empty() { head } else { path.walk(head) }
     }
@@ -75,6 +86,19 @@ impl Row {
     pub fn materialize(&self, ctx: &Ctx) -> Arc<Obj> {
         match self {
             Row::Doc(o) => o.clone(),
+            Row::Entity(kind, i) => {
+                let (name, id, meta) = entity(ctx.store, *kind, *i as usize);
+                let mut o = Obj::with_capacity(2);
+                o.insert(name.into(), id.map_or(Val::Null, |id| Val::Str(id.clone())));
+                o.insert(
+                    "metadata".into(),
+                    match (id, meta) {
+                        (Some(id), Some(m)) => m.build(id),
+                        _ => Val::obj(Obj::new()),
+                    },
+                );
+                Arc::new(o)
+            }
             Row::Ev(kind, i) => {
                 let cols: &[(&str, Col)] = match kind {
                     EventKind::Page => &[("pageId", Col::PageId)],
@@ -140,6 +164,45 @@ impl Row {
     }
 }
 
+/// The id field's name, the id and the metadata of an entity row.
+fn entity(store: &Store, kind: EntityKind, i: usize) -> (&'static str, Option<&Arc<str>>, Option<&Meta>) {
+    match kind {
+        EntityKind::Visitor => {
+            ("visitorId", store.visitors.get(i).map(|v| &v.id), store.visitors.get(i).map(|v| &v.meta))
+        }
+        EntityKind::Account => {
+            ("accountId", store.accounts.get(i).map(|a| &a.id), store.accounts.get(i).map(|a| &a.meta))
+        }
+    }
+}
+
+/// A path read on an entity row, equal to reading it on the materialized row: `metadata.g.f`
+/// reads one compact field instead of building the document.
+fn entity_get(store: &Store, kind: EntityKind, i: usize, path: &Path) -> Val {
+    let (name, id, meta) = entity(store, kind, i);
+    let (Some(id), Some(meta)) = (id, meta) else {
+        // What the materialized row holds for an index that is not there.
+        return match path.head.as_str() {
+            "metadata" => path.walk(Val::obj(Obj::new())),
+            _ => Val::Null,
+        };
+    };
+    if path.head == name {
+        let v = Val::Str(id.clone());
+        return if path.rest.is_empty() { v } else { path.walk(v) };
+    }
+    if path.head != "metadata" {
+        return Val::Null;
+    }
+    match path.rest.as_slice() {
+        [Seg::Key(g), Seg::Key(f), more @ ..] => {
+            let v = meta.field(id, g, f);
+            if more.is_empty() { v } else { Path { head: String::new(), col: Col::Other, rest: more.to_vec() }.walk(v) }
+        }
+        _ => path.walk(meta.build(id)),
+    }
+}
+
 fn ev_col(ctx: &Ctx, kind: EventKind, i: usize, col: Col, name: &str) -> Val {
     let s = ctx.store;
     let t = s.table(kind);
@@ -172,6 +235,29 @@ fn ev_col(ctx: &Ctx, kind: EventKind, i: usize, col: Col, name: &str) -> Val {
     }
 }
 
+/// A guide event type as a value: shared strings, as filters read `type` on every row.
+fn type_name(kind: GuideEventType) -> Val {
+    static NAMES: std::sync::OnceLock<[Arc<str>; 5]> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        [
+            GuideEventType::GuideSeen,
+            GuideEventType::GuideAdvanced,
+            GuideEventType::GuideDismissed,
+            GuideEventType::GuideActivity,
+            GuideEventType::PollResponse,
+        ]
+        .map(|k| Arc::from(k.as_str()))
+    });
+    let i = match kind {
+        GuideEventType::GuideSeen => 0,
+        GuideEventType::GuideAdvanced => 1,
+        GuideEventType::GuideDismissed => 2,
+        GuideEventType::GuideActivity => 3,
+        GuideEventType::PollResponse => 4,
+    };
+    Val::Str(names[i].clone())
+}
+
 fn guide_col(ctx: &Ctx, view: GuideView, i: usize, col: Col) -> Val {
     let s = ctx.store;
     let Some(e): Option<&GuideEvent> = s.guide_events.get(i) else {
@@ -195,7 +281,7 @@ fn guide_col(ctx: &Ctx, view: GuideView, i: usize, col: Col) -> Val {
             .map_or(Val::Null, |x| Val::Str(x.clone())),
         Col::PollResponse => e.response.clone(),
         Col::Type => match view {
-            GuideView::Guide => Val::str(e.kind.as_str()),
+            GuideView::Guide => type_name(e.kind),
             GuideView::Poll => Val::str(e.channel),
         },
         Col::BrowserTime | Col::GuideTimestamp => Val::Int(e.ts),

@@ -8,8 +8,8 @@ use serde_json::Value as J;
 
 use super::super::store::{DAY_MS, EventKind, GuideEventType, HOUR_MS, NONE_U32, Store, is_anonymous};
 use super::super::val::{Obj, Val};
-use super::expr::{self, Env, NoFields};
-use super::row::{GuideView, Period, Row};
+use super::expr::{self, BinOp, Col, Env, NoFields};
+use super::row::{EntityKind, GuideView, Period, Row};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceKind {
@@ -242,19 +242,27 @@ fn doc_rows<'a>(docs: impl Iterator<Item = (&'a Val, i64)>, apps: &Option<Vec<i6
         .collect()
 }
 
-fn event_rows(store: &Store, kind: EventKind, w: Window, id: Option<&str>, apps: &Option<Vec<i64>>) -> Vec<Row> {
+fn event_rows(
+    store: &Store,
+    kind: EventKind,
+    w: Window,
+    id: Option<&str>,
+    apps: &Option<Vec<i64>>,
+    keys: &KeyPass,
+) -> (Vec<Row>, u64) {
     let t = store.table(kind);
     let range = t.range(w.start, w.end);
     let items = store.items(kind);
     let only = match id {
         Some(id) => match store.item_index(kind, id) {
             Some(i) => Some(i),
-            None => return Vec::new(),
+            None => return (Vec::new(), 0),
         },
         None => None,
     };
     let all_apps = apps.as_ref().is_none_or(|a| items.iter().all(|it| a.contains(&it.app_id)));
-    let mut out = Vec::with_capacity(if only.is_some() { range.len() / 8 } else { range.len() });
+    let mut out = Vec::with_capacity(if only.is_some() || !keys.is_empty() { range.len() / 8 } else { range.len() });
+    let mut scanned = 0u64;
     for i in range {
         let item = t.item[i];
         if only.is_some_and(|o| o != item) {
@@ -263,13 +271,139 @@ fn event_rows(store: &Store, kind: EventKind, w: Window, id: Option<&str>, apps:
         if !all_apps && !items.get(item as usize).is_some_and(|it| app_ok(apps, it.app_id)) {
             continue;
         }
+        scanned += 1;
+        if !keys.admits(t.visitor[i], t.account[i]) {
+            continue;
+        }
         out.push(Row::Ev(kind, i as u32));
     }
-    out
+    (out, scanned)
 }
 
-/// Produces the source's rows, plus how many stored rows were looked at.
-pub fn rows(store: &Store, src: &Source) -> (Vec<Row>, u64) {
+/// A condition on a row's visitor or account id that the planner moved into the scan: `id op
+/// value` with the expression language's string comparison (byte order; a missing id never
+/// matches).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bound {
+    pub col: Col,
+    pub op: BinOp,
+    pub value: Arc<str>,
+}
+
+impl Bound {
+    fn holds(&self, id: &str) -> bool {
+        let v: &str = &self.value;
+        match self.op {
+            BinOp::Eq => id == v,
+            BinOp::Lt => id < v,
+            BinOp::Le => id <= v,
+            BinOp::Gt => id > v,
+            BinOp::Ge => id >= v,
+            _ => false,
+        }
+    }
+}
+
+/// What the planner pushed into a source scan (see `plan`). The default scans as written.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scan {
+    /// Conditions every emitted row meets.
+    pub bounds: Vec<Bound>,
+    /// Entity sources (`visitors`, `accounts`): emit in id order, descending when `true`,
+    /// instead of insertion order.
+    pub order: Option<bool>,
+    /// Entity sources with `order`: emit at most this many rows (the first in that order).
+    pub limit: Option<usize>,
+}
+
+/// Which visitor and account indexes the bounds admit, computed once per scan so that event rows
+/// test an index instead of comparing strings.
+struct KeyPass {
+    visitors: Option<Vec<bool>>,
+    accounts: Option<Vec<bool>>,
+}
+
+impl KeyPass {
+    fn new(store: &Store, bounds: &[Bound]) -> KeyPass {
+        let pass = |col: Col, ids: &mut dyn Iterator<Item = &str>| {
+            let b: Vec<&Bound> = bounds.iter().filter(|b| b.col == col).collect();
+            if b.is_empty() {
+                return None;
+            }
+            Some(ids.map(|id| b.iter().all(|b| b.holds(id))).collect())
+        };
+        KeyPass {
+            visitors: pass(Col::VisitorId, &mut store.visitors.iter().map(|v| &*v.id)),
+            accounts: pass(Col::AccountId, &mut store.accounts.iter().map(|a| &*a.id)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.visitors.is_none() && self.accounts.is_none()
+    }
+
+    /// Out-of-range indexes read as a missing id, which no bound admits.
+    #[inline]
+    fn admits(&self, visitor: u32, account: u32) -> bool {
+        let ok = |p: &Option<Vec<bool>>, i: u32| p.as_ref().is_none_or(|p| p.get(i as usize).copied().unwrap_or(false));
+        ok(&self.visitors, visitor) && ok(&self.accounts, account)
+    }
+}
+
+/// The id columns a source's rows can be bounded on, for the planner.
+pub fn key_cols(kind: &SourceKind) -> &'static [Col] {
+    match kind {
+        SourceKind::Visitors { .. } => &[Col::VisitorId],
+        SourceKind::Accounts => &[Col::AccountId],
+        SourceKind::Events
+        | SourceKind::FeatureEvents { .. }
+        | SourceKind::PageEvents { .. }
+        | SourceKind::TrackEvents { .. }
+        | SourceKind::GuideEvents { .. }
+        | SourceKind::PollEvents { .. } => &[Col::VisitorId, Col::AccountId],
+        _ => &[],
+    }
+}
+
+/// Entity indexes admitted by `admit` and the bounds, in insertion order or, with `scan.order`,
+/// in id order cut to `scan.limit`; plus how many `admit` let through (rows scanned).
+fn entity_indexes<'s>(
+    ids: impl Iterator<Item = &'s str>,
+    col: Col,
+    admit: impl Fn(&str) -> bool,
+    scan: &Scan,
+) -> (Vec<(u32, &'s str)>, u64) {
+    let bounds: Vec<&Bound> = scan.bounds.iter().filter(|b| b.col == col).collect();
+    let mut scanned = 0u64;
+    let mut out: Vec<(u32, &str)> = ids
+        .enumerate()
+        .filter(|(_, id)| admit(id))
+        .inspect(|_| scanned += 1)
+        .filter(|(_, id)| bounds.iter().all(|b| b.holds(id)))
+        .map(|(i, id)| (i as u32, id))
+        .collect();
+    if let Some(desc) = scan.order {
+        // Ties keep insertion order either way, as the stable sort this replaces does.
+        let cmp = |a: &(u32, &str), b: &(u32, &str)| {
+            let o = if desc { b.1.cmp(a.1) } else { a.1.cmp(b.1) };
+            o.then(a.0.cmp(&b.0))
+        };
+        if let Some(n) = scan.limit.filter(|&n| n < out.len()) {
+            if n == 0 {
+                out.clear();
+            } else {
+                out.select_nth_unstable_by(n - 1, cmp);
+                out.truncate(n);
+            }
+        }
+        out.sort_unstable_by(cmp);
+    }
+    (out, scanned)
+}
+
+/// Produces the source's rows, plus how many stored rows were looked at (as if nothing had been
+/// pushed into the scan: the count models what the query costs Pendo).
+pub fn rows(store: &Store, src: &Source, scan: &Scan) -> (Vec<Row>, u64) {
     let apps = &src.apps;
     let w = src.window.unwrap_or(Window { period: Period::Day, start: i64::MIN, end: i64::MAX });
     let guide_range = || {
@@ -277,36 +411,31 @@ pub fn rows(store: &Store, src: &Source) -> (Vec<Row>, u64) {
         let hi = store.guide_events.partition_point(|e| e.ts < w.end);
         lo..hi.max(lo)
     };
+    let keys = KeyPass::new(store, &scan.bounds);
     let out = match &src.kind {
-        SourceKind::Visitors { identified } => store
-            .visitors
-            .iter()
-            .filter(|v| !identified || !is_anonymous(&v.id))
-            .map(|v| {
-                let mut o = Obj::with_capacity(2);
-                o.insert("visitorId".into(), Val::Str(v.id.clone()));
-                o.insert("metadata".into(), v.metadata());
-                Row::Doc(Arc::new(o))
-            })
-            .collect(),
-        SourceKind::Accounts => store
-            .accounts
-            .iter()
-            .map(|a| {
-                let mut o = Obj::with_capacity(2);
-                o.insert("accountId".into(), Val::Str(a.id.clone()));
-                o.insert("metadata".into(), a.metadata());
-                Row::Doc(Arc::new(o))
-            })
-            .collect(),
+        SourceKind::Visitors { identified } => {
+            let admit = |id: &str| !identified || !is_anonymous(id);
+            let ids = store.visitors.iter().map(|v| &*v.id);
+            let (idx, scanned) = entity_indexes(ids, Col::VisitorId, admit, scan);
+            let rows = idx.iter().map(|&(i, _)| Row::Entity(EntityKind::Visitor, i)).collect();
+            return (rows, scanned);
+        }
+        SourceKind::Accounts => {
+            let ids = store.accounts.iter().map(|a| &*a.id);
+            let (idx, scanned) = entity_indexes(ids, Col::AccountId, |_| true, scan);
+            let rows = idx.iter().map(|&(i, _)| Row::Entity(EntityKind::Account, i)).collect();
+            return (rows, scanned);
+        }
         SourceKind::Features => doc_rows(store.features.iter().map(|i| (&i.doc, i.app_id)), apps),
         SourceKind::Pages => doc_rows(store.pages.iter().map(|i| (&i.doc, i.app_id)), apps),
         SourceKind::TrackTypes => doc_rows(store.track_types.iter().map(|i| (&i.doc, i.app_id)), apps),
         SourceKind::Guides => doc_rows(store.guides.iter().map(|g| (&g.doc, g.app_id)), apps),
-        SourceKind::Events => event_rows(store, EventKind::Page, w, None, apps),
-        SourceKind::PageEvents { id } => event_rows(store, EventKind::Page, w, id.as_deref(), apps),
-        SourceKind::FeatureEvents { id } => event_rows(store, EventKind::Feature, w, id.as_deref(), apps),
-        SourceKind::TrackEvents { id } => event_rows(store, EventKind::Track, w, id.as_deref(), apps),
+        SourceKind::Events => return event_rows(store, EventKind::Page, w, None, apps, &keys),
+        SourceKind::PageEvents { id } => return event_rows(store, EventKind::Page, w, id.as_deref(), apps, &keys),
+        SourceKind::FeatureEvents { id } => {
+            return event_rows(store, EventKind::Feature, w, id.as_deref(), apps, &keys);
+        }
+        SourceKind::TrackEvents { id } => return event_rows(store, EventKind::Track, w, id.as_deref(), apps, &keys),
         SourceKind::GuideEvents { guide } => {
             let g = match guide {
                 Some(g) => match store.guide_index(g) {
@@ -379,7 +508,14 @@ pub fn rows(store: &Store, src: &Source) -> (Vec<Row>, u64) {
                 .collect()
         }
     };
+    let mut out: Vec<Row> = out;
     let scanned = out.len() as u64;
+    if !keys.is_empty() {
+        out.retain(|r| match r {
+            Row::Guide(_, i) => store.guide_events.get(*i as usize).is_some_and(|e| keys.admits(e.visitor, e.account)),
+            _ => true,
+        });
+    }
     (out, scanned)
 }
 
