@@ -124,6 +124,10 @@ pub async fn engagement(sizes: &[usize], days: u32) -> Result<()> {
                 kinds.join(", "),
             ]);
         }
+        for m in &measured {
+            let steps: Vec<String> = m.report.timings.iter().map(|(n, t)| format!("{n} {t:.1}s")).collect();
+            notes.push(format!("{} accounts, {}: {}", thousands(accounts as u64), m.label, steps.join(", ")));
+        }
         let first = &measured[0].report;
         notes.push(format!(
             "{} accounts: the one-call-per-account script took {} calls and {:.1}s to write the {} matched accounts; \
