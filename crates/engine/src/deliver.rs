@@ -212,6 +212,12 @@ fn sort_refusal(change: Change, error: Option<&salesforce::RecordError>, pending
     if retry.is_retryable() { pending.push((change, failed)) } else { out.failed.push(failed) }
 }
 
+fn bulk_row(c: &Change) -> Map<String, Value> {
+    let mut row = payload(c);
+    row.insert("Id".into(), Value::String(c.salesforce_id.clone()));
+    row
+}
+
 async fn bulk(client: &salesforce::Client, object: &str, changes: Vec<Change>, out: &mut Delivery) -> Pending {
     let mut pending = Pending::new();
     let mut columns: Vec<String> = vec!["Id".into()];
@@ -224,11 +230,9 @@ async fn bulk(client: &salesforce::Client, object: &str, changes: Vec<Change>, o
         }
     }
     let options = IngestOptions { columns: Some(columns), ..IngestOptions::new(object, BulkOperation::Update) };
-    let rows = changes.iter().map(|c| {
-        let mut row = payload(c);
-        row.insert("Id".into(), Value::String(c.salesforce_id.clone()));
-        row
-    });
+    // A fn item, not a closure: a closure here makes the future's Send check fail on
+    // higher-ranked lifetimes, and the daemon spawns runs on other threads.
+    let rows = changes.iter().map(bulk_row as fn(&Change) -> Map<String, Value>);
     *out.requests.entry("bulk_job").or_default() += 1;
     // Only each row's status is kept: the echoed input columns of 100,000 result rows would
     // cost more memory than the whole run needs otherwise.

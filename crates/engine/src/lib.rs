@@ -10,6 +10,7 @@
 //! - [`change`]: fingerprints of written values; only changed fields are sent.
 //! - [`plan`]: the cost model and write-path choice within the budget.
 //! - [`deliver`]: sending the changes, record-level retries, failures and deferrals.
+//! - [`scheduler`]: when each workflow runs next, claimed through the store (one worker per slot).
 //! - [`store`]: the state store (SQLite or PostgreSQL): runs, matches, fingerprints, failures, budget.
 //! - [`workflow`]: runs, step by step, and replay.
 
@@ -21,5 +22,6 @@ pub mod extract;
 pub mod matching;
 pub mod metrics;
 pub mod plan;
+pub mod scheduler;
 pub mod store;
 pub mod workflow;

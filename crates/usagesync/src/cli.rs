@@ -38,6 +38,15 @@ pub enum Command {
         #[arg(long)]
         secrets: bool,
     },
+    /// The daemon: run every enabled workflow on its schedule and serve /healthz until SIGTERM.
+    Run {
+        /// Address for /healthz; port 0 picks a free port. Binds to 127.0.0.1 unless told otherwise.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// On SIGTERM, how long runs in flight may take to finish before they are abandoned.
+        #[arg(long, default_value_t = 60)]
+        grace_seconds: u64,
+    },
     /// Run one workflow now.
     Sync {
         /// The workflow's name in the config.

@@ -87,7 +87,7 @@ impl Client {
     where
         I: IntoIterator<Item = T>,
         T: Serialize,
-        F: FnMut(RowOutcome),
+        F: FnMut(RowOutcome) + Send,
     {
         check_object(&options.object)?;
         if options.max_job_bytes == 0 || options.max_job_bytes > super::BULK_MAX_UPLOAD_BYTES {
@@ -132,7 +132,7 @@ impl Client {
         mut on_outcome: F,
     ) -> Result<IngestSummary>
     where
-        F: FnMut(RowOutcome),
+        F: FnMut(RowOutcome) + Send,
     {
         let info = self.wait_for_job(job_id, false, poll, 0).await?;
         let mut summary = IngestSummary::default();
@@ -176,7 +176,7 @@ impl Client {
         info: &JobInfo,
         mut fingerprints: Option<Fingerprints>,
         summary: &mut IngestSummary,
-        on_outcome: &mut dyn FnMut(RowOutcome),
+        on_outcome: &mut (dyn FnMut(RowOutcome) + Send),
     ) -> Result<()> {
         let processed = info.number_records_processed;
         let failed = info.number_records_failed;
@@ -265,7 +265,7 @@ fn report_rows(
     info: &JobInfo,
     mut fingerprints: Option<&mut Fingerprints>,
     summary: &mut IngestSummary,
-    on_outcome: &mut dyn FnMut(RowOutcome),
+    on_outcome: &mut (dyn FnMut(RowOutcome) + Send),
 ) -> Result<()> {
     let mut rows = reader.byte_records();
     let header: Vec<String> = match rows.next() {

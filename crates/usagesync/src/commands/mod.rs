@@ -3,6 +3,7 @@
 mod bench;
 mod bench_engagement;
 mod context;
+mod daemon;
 mod demo;
 mod emulate;
 mod history;
@@ -27,6 +28,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Demo(args) => demo::run(args, json).await,
         Command::Init { path, force } => setup::init(path.as_deref().unwrap_or(config), force),
         Command::Validate { secrets } => setup::validate(config, secrets, json),
+        Command::Run { listen, grace_seconds } => {
+            daemon::run(config, listen, std::time::Duration::from_secs(grace_seconds)).await
+        }
         Command::Sync { workflow, dry_run } => sync::run(config, &workflow, dry_run, json).await,
         Command::Runs { id, workflow, limit, search } => {
             history::runs(config, id.as_deref(), workflow.as_deref(), limit, search, json).await

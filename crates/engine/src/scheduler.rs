@@ -1,0 +1,130 @@
+//! When each workflow runs next, decided through the store so that several workers sharing one
+//! store fire each schedule once: the next fire time lives in the workflow's `schedule` cursor,
+//! and a worker that finds it due claims the run by moving the cursor on with a compare-and-set.
+//! The loser of that race sees the cursor already moved and does nothing.
+//!
+//! Missed fire times (the daemon was down) collapse into one catch-up run: a sync brings
+//! everything current, so running it once per missed slot would only spend API calls.
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
+use crate::store::{Store, StoreError};
+
+/// The cursor holding a workflow's next fire time (RFC 3339).
+pub const CURSOR: &str = "schedule";
+
+/// The first fire time strictly after `after`, computed in the workflow's time zone so that
+/// "06:00" stays 06:00 local across daylight-saving changes.
+pub fn next_after(cron: &croner::Cron, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let local = after.with_timezone(&tz);
+    cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// What [`claim`] decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// This worker runs the workflow now (for the fire time given).
+    Run { due: DateTime<Utc>, next: Option<DateTime<Utc>> },
+    /// Not due yet (or another worker took it); check again at `next`.
+    Wait { next: Option<DateTime<Utc>> },
+}
+
+/// Claims the workflow's run if it is due at `now`. A workflow seen for the first time is
+/// scheduled from now on, without a run.
+///
+/// # Errors
+/// The store's.
+pub async fn claim(
+    store: &dyn Store,
+    workflow: &str,
+    cron: &croner::Cron,
+    tz: Tz,
+    now: DateTime<Utc>,
+) -> Result<Claim, StoreError> {
+    let stored = store.cursor(workflow, CURSOR).await?;
+    let parsed = stored.as_deref().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc));
+    let Some(due) = parsed else {
+        // First sight, or a cursor nobody can read: start the schedule from now.
+        let next = next_after(cron, tz, now);
+        if let Some(n) = next {
+            store.advance_cursor(workflow, CURSOR, stored.as_deref(), &n.to_rfc3339()).await?;
+        }
+        return Ok(Claim::Wait { next });
+    };
+    if due > now {
+        return Ok(Claim::Wait { next: Some(due) });
+    }
+    let next = next_after(cron, tz, now);
+    let new = next.map_or_else(String::new, |n| n.to_rfc3339());
+    if store.advance_cursor(workflow, CURSOR, stored.as_deref(), &new).await? {
+        Ok(Claim::Run { due, next })
+    } else {
+        let moved = store.cursor(workflow, CURSOR).await?;
+        Ok(Claim::Wait {
+            next: moved.as_deref().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn cron(s: &str) -> croner::Cron {
+        croner::Cron::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn local_time_survives_daylight_saving() {
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        // The night clocks go forward (2026-03-29): 06:00 local is 04:00 UTC after, 05:00 before.
+        let before = Utc.with_ymd_and_hms(2026, 3, 28, 6, 0, 0).unwrap();
+        let n = next_after(&cron("0 6 * * *"), berlin, before).unwrap();
+        assert_eq!(n, Utc.with_ymd_and_hms(2026, 3, 29, 4, 0, 0).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_due_schedule_is_claimed_once_and_missed_slots_collapse() {
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        let every_minute = cron("* * * * *");
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 27, 10, 0, 30).unwrap();
+        let first = claim(store.as_ref(), "w", &every_minute, Tz::UTC, t0).await.unwrap();
+        let next = Utc.with_ymd_and_hms(2026, 11, 27, 10, 1, 0).unwrap();
+        assert_eq!(first, Claim::Wait { next: Some(next) }, "first sight schedules, never runs");
+        // Down for an hour: one run, then the next slot after now.
+        let later = Utc.with_ymd_and_hms(2026, 11, 27, 11, 0, 10).unwrap();
+        let run = claim(store.as_ref(), "w", &every_minute, Tz::UTC, later).await.unwrap();
+        assert_eq!(run, Claim::Run { due: next, next: Some(Utc.with_ymd_and_hms(2026, 11, 27, 11, 1, 0).unwrap()) });
+        // A second worker at the same moment loses the race.
+        let again = claim(store.as_ref(), "w", &every_minute, Tz::UTC, later).await.unwrap();
+        assert!(matches!(again, Claim::Wait { .. }), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn concurrent_workers_fire_each_slot_once() {
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        let c = cron("* * * * *");
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 27, 10, 0, 30).unwrap();
+        claim(store.as_ref(), "w", &c, Tz::UTC, t0).await.unwrap();
+        let due = Utc.with_ymd_and_hms(2026, 11, 27, 10, 1, 5).unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let store = std::sync::Arc::clone(&store);
+                let c = c.clone();
+                tokio::spawn(async move { claim(store.as_ref(), "w", &c, Tz::UTC, due).await.unwrap() })
+            })
+            .collect();
+        let mut runs = 0;
+        for t in tasks {
+            if matches!(t.await.unwrap(), Claim::Run { .. }) {
+                runs += 1;
+            }
+        }
+        assert_eq!(runs, 1);
+    }
+}

@@ -1,0 +1,163 @@
+//! `usagesync run`: the daemon. It runs every enabled workflow on its cron schedule (in the
+//! workflow's time zone), at most one run per workflow at a time and one worker per fire time
+//! across processes sharing a store (the scheduler claims through the store), and serves
+//! `/healthz`. On SIGINT or SIGTERM it stops starting runs, lets the runs in flight finish within
+//! the grace period, and exits; a run still going after that is abandoned safely: nothing it had
+//! not recorded counts as written, so the next run sends it again.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use axum::Router;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use engine::scheduler::{self, Claim};
+use engine::workflow::{Context, RunOptions};
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use super::context;
+
+/// What `/healthz` says of each workflow.
+#[derive(Debug, Clone, Default, Serialize)]
+struct WorkflowStatus {
+    schedule: String,
+    timezone: String,
+    running: bool,
+    next_run: Option<DateTime<Utc>>,
+    last_run: Option<String>,
+    last_state: Option<String>,
+    last_finished: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+}
+
+type Status = Arc<Mutex<BTreeMap<String, WorkflowStatus>>>;
+
+pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Duration) -> Result<u8> {
+    let config = context::load_config(config_path)?;
+    let ctx = context::build(config, &context::env_var).await?;
+    let status: Status = Arc::new(Mutex::new(
+        ctx.config
+            .workflows
+            .iter()
+            .filter(|(_, w)| w.enabled)
+            .map(|(name, w)| {
+                let s = WorkflowStatus {
+                    schedule: w.schedule.pattern.to_string(),
+                    timezone: w.timezone.name().to_owned(),
+                    ..Default::default()
+                };
+                (name.clone(), s)
+            })
+            .collect(),
+    ));
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("Failed to listen on {listen}"))?;
+    let addr = listener.local_addr().context("Failed to read the bound address")?;
+    let app = Router::new().route("/healthz", get(healthz)).with_state(Arc::clone(&status));
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stopped.await;
+            })
+            .await
+    });
+    println!("usagesync daemon listening on http://{addr} ({} workflows)", status.lock().len());
+
+    let mut runs: JoinSet<()> = JoinSet::new();
+    let shutdown = super::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = tick.tick() => {
+                schedule_due(&ctx, &status, &mut runs).await;
+                while runs.try_join_next().is_some() {}
+            }
+        }
+    }
+    let in_flight = runs.len();
+    if in_flight > 0 {
+        eprintln!("Stopping: waiting up to {}s for {in_flight} run(s) in flight.", grace.as_secs());
+    }
+    let finished = tokio::time::timeout(grace, async { while runs.join_next().await.is_some() {} }).await;
+    let code = if finished.is_err() {
+        eprintln!(
+            "Stopping: {} run(s) abandoned after the grace period; their unrecorded writes go again next run.",
+            runs.len()
+        );
+        runs.abort_all();
+        1
+    } else {
+        0
+    };
+    let _ = stop_server.send(());
+    let _ = server.await;
+    eprintln!("Stopped.");
+    Ok(code)
+}
+
+/// Starts a run of every workflow whose schedule this worker claims now.
+async fn schedule_due(ctx: &Context, status: &Status, runs: &mut JoinSet<()>) {
+    let now = Utc::now();
+    for (name, workflow) in ctx.config.workflows.iter().filter(|(_, w)| w.enabled) {
+        if status.lock().get(name).is_some_and(|s| s.running) {
+            continue;
+        }
+        let claim = scheduler::claim(ctx.store.as_ref(), name, &workflow.schedule, workflow.timezone, now).await;
+        let (due, next) = match claim {
+            Ok(Claim::Run { due, next }) => (Some(due), next),
+            Ok(Claim::Wait { next }) => (None, next),
+            Err(e) => {
+                tracing::error!(workflow = %name, error = %e, "Failed to read the schedule");
+                continue;
+            }
+        };
+        {
+            let mut s = status.lock();
+            if let Some(s) = s.get_mut(name) {
+                s.next_run = next;
+                s.running = due.is_some();
+            }
+        }
+        let Some(due) = due else { continue };
+        tracing::info!(workflow = %name, due = %due, "Starting a scheduled run");
+        let ctx = ctx.clone();
+        let status = Arc::clone(status);
+        let name = name.clone();
+        runs.spawn(async move {
+            let options = RunOptions { dry_run: false, trigger: "schedule".into(), progress: None };
+            let result = engine::workflow::run(&ctx, &name, &options).await;
+            let mut all = status.lock();
+            let Some(s) = all.get_mut(&name) else { return };
+            s.running = false;
+            s.last_finished = Some(Utc::now());
+            match result {
+                Ok(report) => {
+                    tracing::info!(workflow = %name, state = %report.state, written = report.written,
+                        failed = report.failed, api_calls = report.total_api_calls(), "Run finished");
+                    s.last_run = report.run_id.map(|id| id.to_string());
+                    s.last_state = Some(report.state);
+                    s.last_error = None;
+                }
+                Err(e) => {
+                    tracing::error!(workflow = %name, error = %e, "Run failed");
+                    s.last_state = Some("failed".into());
+                    s.last_error = Some(e.to_string());
+                }
+            }
+        });
+    }
+}
+
+async fn healthz(axum::extract::State(status): axum::extract::State<Status>) -> axum::Json<serde_json::Value> {
+    let workflows = status.lock().clone();
+    axum::Json(serde_json::json!({"status": "ok", "workflows": workflows}))
+}

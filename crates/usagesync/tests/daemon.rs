@@ -1,0 +1,103 @@
+//! The daemon, as a process: schedules fire, `/healthz` reports them, and SIGTERM lets the run
+//! in flight finish and record itself before the process exits 0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A plain HTTP/1.1 GET, parsed as JSON (`null` when anything fails: the caller retries).
+fn get_json(base: &str, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else { return serde_json::Value::Null };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return serde_json::Value::Null;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_default()
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_usagesync"));
+    c.env_remove("USAGESYNC_CONFIG");
+    c
+}
+
+#[test]
+fn schedules_fire_and_sigterm_loses_nothing() {
+    let mut emu = bin()
+        .args(["emulate", "--seed-salesforce", "--days", "30", "--accounts", "80"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(emu.stdout.take().unwrap()).lines();
+    let sf = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
+    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("usagesync.yaml");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml"))
+        .unwrap()
+        .replace("http://127.0.0.1:8443", &sf)
+        .replace("http://127.0.0.1:8444", &pendo)
+        .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.path().join("state.db").display()))
+        // Every two seconds (croner takes an optional seconds field).
+        .replace("schedule: \"0 6 * * *\"", "schedule: \"*/2 * * * * *\"");
+    std::fs::write(&cfg, text).unwrap();
+
+    let mut daemon = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "--listen", "127.0.0.1:0", "--grace-seconds", "30"])
+        .env("SF_CLIENT_SECRET", "emulator-secret")
+        .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(daemon.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+
+    // Wait (up to 60 s) until /healthz reports a finished scheduled run.
+    let started = Instant::now();
+    let health = loop {
+        let body = get_json(&url, "/healthz");
+        if body["workflows"]["engagement"]["last_state"].is_string() {
+            break body;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no run finished: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["workflows"]["engagement"]["last_state"], "succeeded", "{health}");
+    assert!(health["workflows"]["engagement"]["next_run"].is_string());
+
+    // SIGTERM, probably mid-run: the daemon waits for it and exits 0.
+    let pid = daemon.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = daemon.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Every run the daemon started is finished in the store: none left running.
+    let runs = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["runs", "--json"])
+        .env("SF_CLIENT_SECRET", "emulator-secret")
+        .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
+        .output()
+        .unwrap();
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&runs.stdout).unwrap();
+    assert!(!runs.is_empty());
+    assert!(runs.iter().all(|r| r["state"] != "running" && r["trigger"] == "schedule"), "{runs:?}");
+    let written: u64 = runs.iter().filter_map(|r| r["stats"]["written"].as_u64()).sum();
+    assert!(written > 50, "the first scheduled run wrote the world: {runs:?}");
+    let _ = emu.kill();
+    let _ = emu.wait();
+}
