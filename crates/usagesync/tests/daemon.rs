@@ -9,17 +9,29 @@ use std::time::{Duration, Instant};
 
 /// A plain HTTP/1.1 GET, parsed as JSON (`null` when anything fails: the caller retries).
 fn get_json(base: &str, path: &str) -> serde_json::Value {
+    serde_json::from_str(&get(base, path)).unwrap_or_default()
+}
+
+/// A plain HTTP/1.1 GET's body ("" when anything fails).
+fn get(base: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let host = base.trim_start_matches("http://");
-    let Ok(mut stream) = std::net::TcpStream::connect(host) else { return serde_json::Value::Null };
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else { return String::new() };
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).is_err() {
-        return serde_json::Value::Null;
+        return String::new();
     }
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    serde_json::from_str(body).unwrap_or_default()
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+}
+
+/// `name{labels} value` lines of a Prometheus text page, by series.
+fn series(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?))))
+        .collect()
 }
 
 fn bin() -> Command {
@@ -77,6 +89,7 @@ fn schedules_fire_and_sigterm_loses_nothing() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["workflows"]["engagement"]["last_state"], "succeeded", "{health}");
     assert!(health["workflows"]["engagement"]["next_run"].is_string());
+    let metrics = series(&get(&url, "/metrics"));
 
     // SIGTERM, probably mid-run: the daemon waits for it and exits 0.
     let pid = daemon.id().to_string();
@@ -98,6 +111,18 @@ fn schedules_fire_and_sigterm_loses_nothing() {
     assert!(runs.iter().all(|r| r["state"] != "running" && r["trigger"] == "schedule"), "{runs:?}");
     let written: u64 = runs.iter().filter_map(|r| r["stats"]["written"].as_u64()).sum();
     assert!(written > 50, "the first scheduled run wrote the world: {runs:?}");
+    // The scrape came after the first run; later runs write nothing, so the counters agree with
+    // the store's own records of the runs.
+    assert_eq!(metrics.get("usagesync_records_written_total{workflow=\"engagement\"}"), Some(&(written as f64)));
+    let first = runs.iter().find(|r| r["stats"]["written"].as_u64() > Some(0)).unwrap();
+    for (kind, n) in first["stats"]["api_calls"].as_object().unwrap() {
+        if kind != "read_limits" {
+            let key = format!("usagesync_api_calls_total{{workflow=\"engagement\",kind=\"{kind}\"}}");
+            assert_eq!(metrics.get(&key), Some(&n.as_f64().unwrap()), "{key}");
+        }
+    }
+    assert!(metrics.contains_key("usagesync_api_budget_remaining"), "{metrics:?}");
+    assert!(metrics.keys().any(|k| k.starts_with("usagesync_run_duration_seconds_bucket")));
     let _ = emu.kill();
     let _ = emu.wait();
 }

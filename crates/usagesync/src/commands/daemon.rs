@@ -1,7 +1,7 @@
 //! `usagesync run`: the daemon. It runs every enabled workflow on its cron schedule (in the
 //! workflow's time zone), at most one run per workflow at a time and one worker per fire time
 //! across processes sharing a store (the scheduler claims through the store), and serves
-//! `/healthz`. On SIGINT or SIGTERM it stops starting runs, lets the runs in flight finish within
+//! `/healthz` and `/metrics`. On SIGINT or SIGTERM it stops starting runs, lets the runs in flight finish within
 //! the grace period, and exits; a run still going after that is abandoned safely: nothing it had
 //! not recorded counts as written, so the next run sends it again.
 
@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use engine::scheduler::{self, Claim};
@@ -58,7 +61,10 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("Failed to listen on {listen}"))?;
     let addr = listener.local_addr().context("Failed to read the bound address")?;
-    let app = Router::new().route("/healthz", get(healthz)).with_state(Arc::clone(&status));
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(AppState { status: Arc::clone(&status), ctx: ctx.clone() });
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -157,7 +163,21 @@ async fn schedule_due(ctx: &Context, status: &Status, runs: &mut JoinSet<()>) {
     }
 }
 
-async fn healthz(axum::extract::State(status): axum::extract::State<Status>) -> axum::Json<serde_json::Value> {
-    let workflows = status.lock().clone();
+#[derive(Clone)]
+struct AppState {
+    status: Status,
+    ctx: Context,
+}
+
+async fn healthz(State(app): State<AppState>) -> axum::Json<serde_json::Value> {
+    let workflows = app.status.lock().clone();
     axum::Json(serde_json::json!({"status": "ok", "workflows": workflows}))
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let running: Vec<String> = app.status.lock().iter().filter(|(_, s)| s.running).map(|(n, _)| n.clone()).collect();
+    match super::metrics::render(&app.ctx, &running).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("state store unavailable: {e}\n")).into_response(),
+    }
 }

@@ -7,6 +7,7 @@ mod daemon;
 mod demo;
 mod emulate;
 mod history;
+mod metrics;
 mod progress;
 mod setup;
 mod sync;
