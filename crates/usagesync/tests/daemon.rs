@@ -12,6 +12,29 @@ fn get_json(base: &str, path: &str) -> serde_json::Value {
     serde_json::from_str(&get(base, path)).unwrap_or_default()
 }
 
+/// A plain HTTP/1.1 POST: (status, body).
+fn post(base: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    // A refused huge body may be cut off mid-write: the answer is what counts.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
 /// A plain HTTP/1.1 GET's body ("" when anything fails).
 fn get(base: &str, path: &str) -> String {
     use std::io::{Read, Write};
@@ -125,4 +148,67 @@ fn schedules_fire_and_sigterm_loses_nothing() {
     assert!(metrics.keys().any(|k| k.starts_with("usagesync_run_duration_seconds_bucket")));
     let _ = emu.kill();
     let _ = emu.wait();
+}
+
+#[test]
+fn webhooks_are_verified_stored_once_and_bad_ones_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("usagesync.yaml");
+    // No run fires in this test (06:00 daily, first sight only schedules), so the connections
+    // are never called.
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml"))
+        .unwrap()
+        .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.path().join("state.db").display()))
+        + "webhooks:\n  secret: { env: HOOK_SECRET }\n  max_body_bytes: 65536\n";
+    std::fs::write(&cfg, text).unwrap();
+    let mut daemon = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .env("SF_CLIENT_SECRET", "x")
+        .env("PENDO_INTEGRATION_KEY", "x")
+        .env("HOOK_SECRET", "hook-secret")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(daemon.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+
+    let event = serde_json::json!({
+        "event": "npsSubmitted", "visitorId": "v'1\\", "accountId": "acme", "timestamp": 1_764_000_000,
+        "uniqueId": "0123456789abcdef0123456789abcdef01234567",
+        "properties": {"nps": {"rating": 4, "reason": "slow \"exports\""}}
+    });
+    let body = serde_json::to_vec(&event).unwrap();
+    let sign = |b: &[u8]| pendo::webhook::sign(b"hook-secret", b);
+    let good = sign(&body);
+
+    let (status, reply) = post(&url, "/webhooks/pendo", &[("X-Pendo-Signature", &good)], &body);
+    assert_eq!(status, 202, "{reply}");
+    let (status, reply) = post(&url, "/webhooks/pendo", &[("X-Pendo-Signature", &good)], &body);
+    assert_eq!(status, 200, "a replayed uniqueId is a no-op: {reply}");
+    assert!(reply.contains("duplicate"));
+
+    let mut other = event.clone();
+    other["uniqueId"] = "ffffffffffffffffffffffffffffffffffffffff".into();
+    let other = serde_json::to_vec(&other).unwrap();
+    let (status, reply) = post(&url, "/webhooks/pendo", &[("X-Pendo-Signature", &good)], &other);
+    assert_eq!(status, 401, "a signature of another body: {reply}");
+    assert!(reply.contains("does not match"));
+    let (status, _) = post(&url, "/webhooks/pendo", &[], &other);
+    assert_eq!(status, 401, "no signature");
+    let malformed = b"{\"event\": \"npsSubmitted\", \"uniqueId\": ";
+    let (status, reply) = post(&url, "/webhooks/pendo", &[("X-Pendo-Signature", &sign(malformed))], malformed);
+    assert_eq!(status, 400, "{reply}");
+    let huge = vec![b' '; 200_000];
+    let (status, _) = post(&url, "/webhooks/pendo", &[("X-Pendo-Signature", &sign(&huge))], &huge);
+    assert_eq!(status, 413);
+
+    let metrics = series(&get(&url, "/metrics"));
+    assert_eq!(metrics.get("usagesync_webhook_events_received_total"), Some(&1.0), "only the good event is kept");
+    assert_eq!(metrics.get("usagesync_webhook_queue_depth"), Some(&1.0));
+
+    assert!(Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap().success());
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
 }

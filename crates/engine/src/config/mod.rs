@@ -37,6 +37,7 @@ pub struct Config {
     pub connections: Connections,
     pub store: StoreConfig,
     pub budget: Budget,
+    pub webhooks: Webhooks,
     /// In file order.
     pub workflows: IndexMap<String, Workflow>,
 }
@@ -126,6 +127,32 @@ pub struct Budget {
     /// Never leave fewer than this many org calls remaining.
     pub min_remaining: u64,
 }
+
+/// The webhook receiver (`usagesync run`). Optional; without a secret, deliveries are taken
+/// unsigned (still de-duplicated on `uniqueId`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhooks {
+    /// HMAC-SHA256 key for the signature header.
+    pub secret: Option<Secret>,
+    pub signature_header: String,
+    /// Bigger bodies are refused with 413 before they are read whole.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Webhooks {
+    fn default() -> Self {
+        Webhooks {
+            secret: None,
+            signature_header: DEFAULT_SIGNATURE_HEADER.to_owned(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// Pendo documents no signature header; this is ours, and the emulator's default.
+pub const DEFAULT_SIGNATURE_HEADER: &str = "X-Pendo-Signature";
+/// Default for [`Webhooks::max_body_bytes`]: 1 MiB, far above any Pendo event.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1_048_576;
 
 /// Default for [`Budget::min_remaining`].
 pub const DEFAULT_MIN_REMAINING: u64 = 0;
@@ -444,6 +471,9 @@ impl Config {
             }
         }
         out.push(("connections.pendo.integration_key".to_owned(), &self.connections.pendo.integration_key));
+        if let Some(secret) = &self.webhooks.secret {
+            out.push(("webhooks.secret".to_owned(), secret));
+        }
         if let Some(password) = &self.store.password {
             out.push(("store.password".to_owned(), password));
         }
@@ -500,6 +530,9 @@ impl Config {
             }
         }
         rebase(&mut self.connections.pendo.integration_key);
+        if let Some(secret) = &mut self.webhooks.secret {
+            rebase(secret);
+        }
         if let Some(password) = &mut self.store.password {
             rebase(password);
         }

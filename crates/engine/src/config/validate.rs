@@ -10,10 +10,11 @@ use url::Url;
 
 use super::locate::Locations;
 use super::{
-    Budget, Config, ConfigError, Connections, DEFAULT_API_VERSION, DEFAULT_MAX_LATENCY, DEFAULT_MIN_REMAINING,
-    DEFAULT_MIN_SHARE, DEFAULT_RECHECK_MATCHES_AFTER, DEFAULT_WEBSITE_FIELD, EngagementConfig, FieldMap, MatchRule,
-    MetadataGroup, Metric, PendoConnection, SalesforceAuth, SalesforceConnection, ScoreConfig, Secret, StoreConfig,
-    StoreKind, Template, TemplateKind, Term, WINDOW_DAYS, Workflow, duration, wire,
+    Budget, Config, ConfigError, Connections, DEFAULT_API_VERSION, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_LATENCY,
+    DEFAULT_MIN_REMAINING, DEFAULT_MIN_SHARE, DEFAULT_RECHECK_MATCHES_AFTER, DEFAULT_SIGNATURE_HEADER,
+    DEFAULT_WEBSITE_FIELD, EngagementConfig, FieldMap, MatchRule, MetadataGroup, Metric, PendoConnection,
+    SalesforceAuth, SalesforceConnection, ScoreConfig, Secret, StoreConfig, StoreKind, Template, TemplateKind, Term,
+    WINDOW_DAYS, Webhooks, Workflow, duration, wire,
 };
 
 /// Collects errors, locating each by its key path.
@@ -109,6 +110,7 @@ pub(super) fn build(
     let connections = errors.required(&file.connections, "connections").and_then(|c| connections(c, &mut errors));
     let store = errors.required(&file.store, "store").and_then(|s| store(s, &mut errors));
     let budget = errors.required(&file.budget, "budget").and_then(|b| budget(b, &mut errors));
+    let webhooks = webhooks(file.webhooks.as_ref(), &mut errors);
     let mut workflows = IndexMap::new();
     if let Some(list) = errors.required(&file.workflows, "workflows") {
         if list.is_empty() {
@@ -121,8 +123,10 @@ pub(super) fn build(
         }
     }
     let mut list = errors.list;
-    if let (true, Some(connections), Some(store), Some(budget)) = (list.is_empty(), connections, store, budget) {
-        return Ok(Config { connections, store, budget, workflows });
+    if let (true, Some(connections), Some(store), Some(budget), Some(webhooks)) =
+        (list.is_empty(), connections, store, budget, webhooks)
+    {
+        return Ok(Config { connections, store, budget, webhooks, workflows });
     }
     // An empty list here means every missing piece was blanked out after a parse
     // error, which the caller reports.
@@ -367,6 +371,25 @@ fn budget(b: &wire::Budget, errors: &mut Errors) -> Option<Budget> {
         return None;
     }
     Some(Budget { daily_share, min_remaining: b.min_remaining.unwrap_or(DEFAULT_MIN_REMAINING) })
+}
+
+fn webhooks(w: Option<&wire::Webhooks>, errors: &mut Errors) -> Option<Webhooks> {
+    let Some(w) = w else { return Some(Webhooks::default()) };
+    let secret = match &w.secret {
+        Some(s) => Some(secret(s, "webhooks.secret", errors)?),
+        None => None,
+    };
+    let signature_header = w.signature_header.clone().unwrap_or_else(|| DEFAULT_SIGNATURE_HEADER.to_owned());
+    if signature_header.is_empty() || !signature_header.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        errors.push("webhooks.signature_header", format!("`{signature_header}` is not an HTTP header name"));
+        return None;
+    }
+    let max_body_bytes = w.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if !(1_024..=64 * 1_048_576).contains(&max_body_bytes) {
+        errors.push("webhooks.max_body_bytes", format!("must be between 1024 and 67108864 (got {max_body_bytes})"));
+        return None;
+    }
+    Some(Webhooks { secret, signature_header, max_body_bytes })
 }
 
 fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workflow> {
@@ -790,6 +813,11 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
         budget: Some(wire::Budget {
             daily_share: Some(config.budget.daily_share),
             min_remaining: Some(config.budget.min_remaining),
+        }),
+        webhooks: Some(wire::Webhooks {
+            secret: config.webhooks.secret.as_ref().map(secret),
+            signature_header: Some(config.webhooks.signature_header.clone()),
+            max_body_bytes: Some(config.webhooks.max_body_bytes),
         }),
         workflows: Some(workflows),
     }

@@ -139,9 +139,52 @@ pub fn redact_location(location: &str) -> String {
 
 /// The whole store: one object per backend implements every part.
 pub trait Store:
-    RunStore + CursorStore + IdMapStore + FingerprintStore + FailureStore + BudgetStore + IdempotencyStore + Send + Sync
+    RunStore
+    + CursorStore
+    + IdMapStore
+    + FingerprintStore
+    + FailureStore
+    + BudgetStore
+    + IdempotencyStore
+    + InboxStore
+    + Send
+    + Sync
 {
     fn backend(&self) -> Backend;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhook inbox
+
+/// One received webhook event, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboxEvent {
+    /// The sender's de-duplication id (Pendo's `uniqueId`).
+    pub unique_id: String,
+    /// `pendo`.
+    pub source: String,
+    /// The event type (`npsSubmitted`, `guideSeen`, …).
+    pub kind: String,
+    pub received_at: DateTime<Utc>,
+    pub body: serde_json::Value,
+}
+
+/// Counts for metrics and the console.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct InboxCounts {
+    pub received: u64,
+    pub pending: u64,
+}
+
+/// Webhook events are stored here before the sender gets its 2xx, so an event acknowledged is
+/// an event kept; a repeat delivery of the same `unique_id` is recognised and stored once.
+pub trait InboxStore {
+    /// Stores the event; false when an event with its `unique_id` is already there.
+    fn put_event(&self, event: &InboxEvent) -> StoreFuture<'_, bool>;
+    /// Unprocessed events, oldest first.
+    fn pending_events(&self, limit: u32) -> StoreFuture<'_, Vec<InboxEvent>>;
+    fn mark_processed(&self, unique_ids: &[String], now: DateTime<Utc>) -> StoreFuture<'_, ()>;
+    fn inbox_counts(&self) -> StoreFuture<'_, InboxCounts>;
 }
 
 // ---------------------------------------------------------------------------------------------

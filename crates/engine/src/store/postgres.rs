@@ -17,9 +17,10 @@ use uuid::Uuid;
 use super::{
     Action, Backend, BudgetDay, BudgetStore, CreateState, CursorStore, Failure, FailureFilter, FailureSelector,
     FailureStatus, FailureStore, FingerprintPut, FingerprintStore, Fingerprints, IdMapEntry, IdMapStore,
-    IdempotencyStore, MatchStatus, NewFailure, NewRun, OutcomeFilter, RecordOutcome, Run, RunFinish, RunId, RunState,
-    RunStore, Store, StoreError, StoreFuture, fp_from_db, fp_to_db, from_db_count, from_json_text, json_text,
-    last_per_key, lease_until, outcome_rows, query_err, redact_location, search_term, to_db_count,
+    IdempotencyStore, InboxCounts, InboxEvent, InboxStore, MatchStatus, NewFailure, NewRun, OutcomeFilter,
+    RecordOutcome, Run, RunFinish, RunId, RunState, RunStore, Store, StoreError, StoreFuture, fp_from_db, fp_to_db,
+    from_db_count, from_json_text, json_text, last_per_key, lease_until, outcome_rows, query_err, redact_location,
+    search_term, to_db_count,
 };
 
 /// Rows per UNNEST statement: large enough to amortise round trips, small enough to keep each
@@ -373,6 +374,78 @@ impl RunStore for PostgresStore {
                     ))
                 })
                 .collect()
+        })
+    }
+}
+
+impl InboxStore for PostgresStore {
+    fn put_event(&self, event: &InboxEvent) -> StoreFuture<'_, bool> {
+        let e = event.clone();
+        Box::pin(async move {
+            let done = sqlx::query(
+                "INSERT INTO inbox (unique_id, source, kind, received_at, body) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (unique_id) DO NOTHING",
+            )
+            .bind(e.unique_id)
+            .bind(e.source)
+            .bind(e.kind)
+            .bind(e.received_at)
+            .bind(e.body)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("store webhook event"))?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn pending_events(&self, limit: u32) -> StoreFuture<'_, Vec<InboxEvent>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT unique_id, source, kind, received_at, body FROM inbox WHERE processed_at IS NULL \
+                 ORDER BY received_at, unique_id LIMIT $1",
+            )
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("read webhook events"))?;
+            rows.iter()
+                .map(|row| {
+                    Ok(InboxEvent {
+                        unique_id: get(row, "unique_id")?,
+                        source: get(row, "source")?,
+                        kind: get(row, "kind")?,
+                        received_at: get(row, "received_at")?,
+                        body: get(row, "body")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn mark_processed(&self, unique_ids: &[String], now: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        let ids = unique_ids.to_vec();
+        Box::pin(async move {
+            sqlx::query("UPDATE inbox SET processed_at = $1 WHERE unique_id = ANY($2) AND processed_at IS NULL")
+                .bind(now)
+                .bind(ids)
+                .execute(&self.pool)
+                .await
+                .map_err(query_err("mark webhook events processed"))?;
+            Ok(())
+        })
+    }
+
+    fn inbox_counts(&self) -> StoreFuture<'_, InboxCounts> {
+        Box::pin(async move {
+            let (received, pending): (i64, i64) =
+                sqlx::query_as("SELECT COUNT(*), COUNT(*) FILTER (WHERE processed_at IS NULL) FROM inbox")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(query_err("count webhook events"))?;
+            Ok(InboxCounts {
+                received: from_db_count("inbox count", received)?,
+                pending: from_db_count("inbox pending", pending)?,
+            })
         })
     }
 }

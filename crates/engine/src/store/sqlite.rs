@@ -19,9 +19,10 @@ use uuid::Uuid;
 use super::{
     Action, Backend, BudgetDay, BudgetStore, CreateState, CursorStore, Failure, FailureFilter, FailureSelector,
     FailureStatus, FailureStore, FingerprintPut, FingerprintStore, Fingerprints, IdMapEntry, IdMapStore,
-    IdempotencyStore, MatchStatus, NewFailure, NewRun, OutcomeFilter, RecordOutcome, Run, RunFinish, RunId, RunState,
-    RunStore, Store, StoreError, StoreFuture, fp_from_db, fp_to_db, from_db_count, from_json_text, json_text,
-    last_per_key, lease_until, outcome_rows, query_err, redact_location, search_term, to_db_count,
+    IdempotencyStore, InboxCounts, InboxEvent, InboxStore, MatchStatus, NewFailure, NewRun, OutcomeFilter,
+    RecordOutcome, Run, RunFinish, RunId, RunState, RunStore, Store, StoreError, StoreFuture, fp_from_db, fp_to_db,
+    from_db_count, from_json_text, json_text, last_per_key, lease_until, outcome_rows, query_err, redact_location,
+    search_term, to_db_count,
 };
 
 /// SQLite allows 32,766 bound parameters per statement; stay well below it.
@@ -356,6 +357,84 @@ impl RunStore for SqliteStore {
                     ))
                 })
                 .collect()
+        })
+    }
+}
+
+impl InboxStore for SqliteStore {
+    fn put_event(&self, event: &InboxEvent) -> StoreFuture<'_, bool> {
+        let e = event.clone();
+        Box::pin(async move {
+            let done = sqlx::query(
+                "INSERT INTO inbox (unique_id, source, kind, received_at, body) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (unique_id) DO NOTHING",
+            )
+            .bind(e.unique_id)
+            .bind(e.source)
+            .bind(e.kind)
+            .bind(micros(e.received_at))
+            .bind(e.body.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("store webhook event"))?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn pending_events(&self, limit: u32) -> StoreFuture<'_, Vec<InboxEvent>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT unique_id, source, kind, received_at, body FROM inbox WHERE processed_at IS NULL \
+                 ORDER BY received_at, unique_id LIMIT $1",
+            )
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("read webhook events"))?;
+            rows.iter()
+                .map(|row| {
+                    let body: String = get(row, "body")?;
+                    Ok(InboxEvent {
+                        unique_id: get(row, "unique_id")?,
+                        source: get(row, "source")?,
+                        kind: get(row, "kind")?,
+                        received_at: from_micros("inbox.received_at", get(row, "received_at")?)?,
+                        body: serde_json::from_str(&body)
+                            .map_err(|e| StoreError::Corrupt { what: "inbox.body", detail: e.to_string() })?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn mark_processed(&self, unique_ids: &[String], now: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        let ids = unique_ids.to_vec();
+        Box::pin(async move {
+            let mut tx = self.begin_write("mark webhook events processed").await?;
+            for id in ids {
+                sqlx::query("UPDATE inbox SET processed_at = $1 WHERE unique_id = $2 AND processed_at IS NULL")
+                    .bind(micros(now))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_err("mark webhook events processed"))?;
+            }
+            tx.commit().await.map_err(query_err("mark webhook events processed"))
+        })
+    }
+
+    fn inbox_counts(&self) -> StoreFuture<'_, InboxCounts> {
+        Box::pin(async move {
+            let (received, pending): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN processed_at IS NULL THEN 1 ELSE 0 END), 0) FROM inbox",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_err("count webhook events"))?;
+            Ok(InboxCounts {
+                received: from_db_count("inbox count", received)?,
+                pending: from_db_count("inbox pending", pending)?,
+            })
         })
     }
 }

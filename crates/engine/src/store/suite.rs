@@ -102,7 +102,28 @@ conformance!(
     budget_ledger,
     budget_concurrent_reservations_respect_cap,
     idempotent_creates,
+    inbox_dedupes_and_drains,
 );
+
+async fn inbox_dedupes_and_drains(store: Arc<dyn Store>) {
+    let event = |id: &str, at: DateTime<Utc>| InboxEvent {
+        unique_id: id.into(),
+        source: "pendo".into(),
+        kind: "npsSubmitted".into(),
+        received_at: at,
+        body: serde_json::json!({"uniqueId": id, "properties": {"nps": {"rating": 3, "reason": "it's \\ \"slow\""}}}),
+    };
+    assert!(store.put_event(&event("b", t(1, 1))).await.unwrap());
+    assert!(store.put_event(&event("a", t(1, 0))).await.unwrap());
+    assert!(!store.put_event(&event("a", t(2, 0))).await.unwrap(), "a repeat delivery is stored once");
+    let pending = store.pending_events(10).await.unwrap();
+    assert_eq!(pending.iter().map(|e| e.unique_id.as_str()).collect::<Vec<_>>(), ["a", "b"], "oldest first");
+    assert_eq!(pending[0], event("a", t(1, 0)), "the first delivery is the one kept, body intact");
+    assert_eq!(store.inbox_counts().await.unwrap(), InboxCounts { received: 2, pending: 2 });
+    store.mark_processed(&["a".into(), "nope".into()], t(3, 0)).await.unwrap();
+    assert_eq!(store.pending_events(10).await.unwrap().len(), 1);
+    assert_eq!(store.inbox_counts().await.unwrap(), InboxCounts { received: 2, pending: 1 });
+}
 
 fn t(h: u32, m: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 27, h, m, 0).single().expect("valid time")

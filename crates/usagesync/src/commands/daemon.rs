@@ -1,7 +1,7 @@
 //! `usagesync run`: the daemon. It runs every enabled workflow on its cron schedule (in the
 //! workflow's time zone), at most one run per workflow at a time and one worker per fire time
 //! across processes sharing a store (the scheduler claims through the store), and serves
-//! `/healthz` and `/metrics`. On SIGINT or SIGTERM it stops starting runs, lets the runs in flight finish within
+//! `/healthz`, `/metrics` and the Pendo webhook receiver (`POST /webhooks/pendo`). On SIGINT or SIGTERM it stops starting runs, lets the runs in flight finish within
 //! the grace period, and exits; a run still going after that is abandoned safely: nothing it had
 //! not recorded counts as written, so the next run sends it again.
 
@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use engine::scheduler::{self, Claim};
 use engine::workflow::{Context, RunOptions};
@@ -61,10 +62,22 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("Failed to listen on {listen}"))?;
     let addr = listener.local_addr().context("Failed to read the bound address")?;
+    let secret = match &ctx.config.webhooks.secret {
+        Some(s) => Some(Arc::new(
+            s.resolve(&context::env_var)
+                .map_err(|e| anyhow::anyhow!("webhooks.secret: {}", e.message))?
+                .expose()
+                .as_bytes()
+                .to_vec(),
+        )),
+        None => None,
+    };
+    let limit = usize::try_from(ctx.config.webhooks.max_body_bytes).unwrap_or(usize::MAX);
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(AppState { status: Arc::clone(&status), ctx: ctx.clone() });
+        .route("/webhooks/pendo", post(webhook).layer(DefaultBodyLimit::max(limit)))
+        .with_state(AppState { status: Arc::clone(&status), ctx: ctx.clone(), secret });
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -167,6 +180,52 @@ async fn schedule_due(ctx: &Context, status: &Status, runs: &mut JoinSet<()>) {
 struct AppState {
     status: Status,
     ctx: Context,
+    /// The webhook HMAC key, resolved once at start; never logged.
+    secret: Option<Arc<Vec<u8>>>,
+}
+
+fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
+    (status, axum::Json(serde_json::json!({"error": reason.into()}))).into_response()
+}
+
+/// `POST /webhooks/pendo`: verify, parse, store, then answer. Only a stored event gets a 2xx,
+/// so Pendo's retries cover every failure before that; a repeat of a stored `uniqueId` is a
+/// 200 no-op. Bodies over `webhooks.max_body_bytes` get 413 before they are read whole.
+async fn webhook(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let config = &app.ctx.config.webhooks;
+    if let Some(secret) = &app.secret {
+        let Some(signature) = headers.get(config.signature_header.as_str()).and_then(|v| v.to_str().ok()) else {
+            return refuse(StatusCode::UNAUTHORIZED, format!("missing {} header", config.signature_header));
+        };
+        if !pendo::webhook::verify_signature(secret, &body, signature) {
+            return refuse(StatusCode::UNAUTHORIZED, format!("{} does not match the body", config.signature_header));
+        }
+    }
+    let event = match pendo::webhook::WebhookEvent::parse(&body) {
+        Ok(e) => e,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("not a Pendo webhook event: {e}")),
+    };
+    if event.unique_id.trim().is_empty() || event.unique_id.len() > 200 {
+        return refuse(StatusCode::BAD_REQUEST, "uniqueId must be present and at most 200 characters");
+    }
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return refuse(StatusCode::BAD_REQUEST, "the body is not JSON");
+    };
+    let stored = engine::store::InboxEvent {
+        unique_id: event.unique_id.clone(),
+        source: "pendo".into(),
+        kind: event.event.clone(),
+        received_at: Utc::now(),
+        body: json,
+    };
+    match app.ctx.store.put_event(&stored).await {
+        Ok(true) => (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"stored": event.unique_id}))).into_response(),
+        Ok(false) => (StatusCode::OK, axum::Json(serde_json::json!({"duplicate": event.unique_id}))).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "Failed to store a webhook event");
+            refuse(StatusCode::SERVICE_UNAVAILABLE, "the event could not be stored; send it again")
+        }
+    }
 }
 
 async fn healthz(State(app): State<AppState>) -> axum::Json<serde_json::Value> {

@@ -102,6 +102,21 @@ pub async fn render(ctx: &Context, running: &[String]) -> Result<String, engine:
         let _ = writeln!(out, "usagesync_run_duration_seconds_count{{workflow=\"{}\"}} {}", label(w), ds.len());
     }
 
+    let inbox = ctx.store.inbox_counts().await?;
+    header(
+        &mut out,
+        "usagesync_webhook_events_received_total",
+        "counter",
+        "Webhook events stored (repeats not counted).",
+    );
+    let _ = writeln!(out, "usagesync_webhook_events_received_total {}", inbox.received);
+    header(&mut out, "usagesync_webhook_queue_depth", "gauge", "Stored webhook events not processed yet.");
+    let _ = writeln!(out, "usagesync_webhook_queue_depth {}", inbox.pending);
+    let oldest = ctx.store.pending_events(1).await?.into_iter().next();
+    header(&mut out, "usagesync_webhook_lag_seconds", "gauge", "Age of the oldest unprocessed webhook event.");
+    let lag = oldest.map_or(0.0, |e| (Utc::now() - e.received_at).num_milliseconds().max(0) as f64 / 1000.0);
+    let _ = writeln!(out, "usagesync_webhook_lag_seconds {lag}");
+
     header(&mut out, "usagesync_workflow_running", "gauge", "1 while this process runs the workflow.");
     for name in ctx.config.workflows.keys() {
         let on = u8::from(running.iter().any(|r| r == name));
