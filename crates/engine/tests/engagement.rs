@@ -392,3 +392,18 @@ async fn the_workflow_runs_the_same_on_postgres() {
 fn uuid_suffix() -> String {
     format!("{:x}{:x}", std::process::id(), chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_ambiguous_account_is_written_by_the_next_run() {
+    let w = world(300, 1.0).await;
+    let first = w.run(false).await;
+    let sample = first.ambiguous_samples.iter().find(|a| a.candidates.len() == 2).unwrap().clone();
+    let chosen = sample.candidates[1].clone();
+    assert!(!written(&w.accounts().await[&chosen]), "ambiguous: not written yet");
+    w.ctx.store.pin_match("engagement", &sample.pendo_account, &chosen).await.unwrap();
+    let second = w.run(false).await;
+    assert_eq!((second.written, second.ambiguous), (1, first.ambiguous - 1), "{second:?}");
+    assert!(written(&w.accounts().await[&chosen]));
+    assert!(!written(&w.accounts().await[&sample.candidates[0]]), "the other candidate stays untouched");
+    assert_eq!(w.run(false).await.written, 0);
+}

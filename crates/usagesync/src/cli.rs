@@ -79,6 +79,16 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Settle a match by hand: this Pendo account is this Salesforce Account (wins over every
+    /// rule, used from the next run on), or with --unpin, back to the rules.
+    Pin {
+        workflow: String,
+        pendo_account: String,
+        /// The Account's Id (15 or 18 characters).
+        salesforce_id: Option<String>,
+        #[arg(long, conflicts_with = "salesforce_id")]
+        unpin: bool,
+    },
     /// Send kept failures again.
     Replay {
         /// Every open failure (of --workflow, if given).

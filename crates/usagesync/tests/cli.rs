@@ -165,6 +165,18 @@ fn sync_plans_writes_then_rests_and_history_shows_it() {
     let o = run(&cfg, &["replay"]);
     assert_eq!(o.status.code(), Some(1), "replay needs a selection: {}", text(&o));
 
+    // Settle an ambiguous account by hand; the next run writes it.
+    let ambiguous = &plan["ambiguous_samples"][0];
+    let pendo_id = ambiguous["pendo_account"].as_str().unwrap();
+    let candidate = ambiguous["candidates"][0].as_str().unwrap();
+    let o = run(&cfg, &["pin", "engagement", pendo_id, "003000000000001"]);
+    assert_eq!(o.status.code(), Some(1), "only an Account Id can be pinned: {}", text(&o));
+    let o = run(&cfg, &["pin", "engagement", pendo_id, candidate]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&cfg, &["sync", "engagement", "--json"]);
+    let pinned: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(pinned["written"].as_u64(), Some(1), "{pinned}");
+
     let o = run(&cfg, &["sync", "no-such-workflow"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("no-such-workflow"), "{}", text(&o));

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, accounts, budget};
+use super::{
+    AmbiguousSample, Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, accounts, budget,
+};
 use crate::change::{self, Change, Desired};
 use crate::config::{EngagementConfig, MatchRule, Metric, Workflow};
 use crate::deliver::{self, RecordRetry};
@@ -173,6 +175,7 @@ async fn body(
     let mut changes: Vec<Change> = Vec::new();
     let (mut matched, mut unmatched, mut ambiguous, mut unchanged) = (0, 0, 0, 0);
     let mut skipped_outcomes = Vec::new();
+    let mut ambiguous_samples = Vec::new();
     for (pendo_id, outcome) in &outcomes {
         match outcome {
             Outcome::Matched { salesforce_id, .. } => {
@@ -193,6 +196,13 @@ async fn body(
             }
             Outcome::Ambiguous { candidates, reason, .. } => {
                 ambiguous += 1;
+                if ambiguous_samples.len() < 10 {
+                    ambiguous_samples.push(AmbiguousSample {
+                        pendo_account: pendo_id.clone(),
+                        candidates: candidates.clone(),
+                        reason: reason.clone(),
+                    });
+                }
                 skipped_outcomes.push(RecordOutcome {
                     object: OBJECT.into(),
                     key: pendo_id.clone(),
@@ -250,6 +260,7 @@ async fn body(
         timings: Vec::new(),
         samples,
         failures: Vec::new(),
+        ambiguous_samples,
     };
     if options.dry_run {
         report.budget.this_run = meter.calls.values().sum();
@@ -331,7 +342,15 @@ async fn match_accounts(
     let mut ids: HashSet<&str> = facts.iter().map(|f| f.account_id.as_str()).collect();
     ids.extend(usage.iter().map(|u| u.account_id.as_str()));
     let fresh = |id: &str| cached.get(id).is_some_and(|e| e.pinned || now - e.checked_at < recheck);
-    if ids.iter().all(|id| fresh(id)) {
+    // Two cached matches onto one Account (a person pinned one of them since the last read)
+    // need the full settlement, which only a fresh read applies.
+    let mut claimed = HashSet::new();
+    let shared = cached
+        .values()
+        .filter(|e| e.status == MatchStatus::Matched)
+        .filter_map(|e| e.salesforce_id.as_deref())
+        .any(|sf| !claimed.insert(sf));
+    if !shared && ids.iter().all(|id| fresh(id)) {
         return Ok(ids.into_iter().filter_map(|id| cached.get(id).map(|e| (id.to_owned(), outcome_of(e)))).collect());
     }
     let external = config.matching.iter().find_map(|r| match r {

@@ -106,6 +106,15 @@ pub struct RunReport {
     pub samples: Vec<Sample>,
     /// Up to ten failures with Salesforce's code and message.
     pub failures: Vec<FailureSample>,
+    /// Up to ten ambiguous accounts with their candidates, for a person to settle.
+    pub ambiguous_samples: Vec<AmbiguousSample>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AmbiguousSample {
+    pub pendo_account: String,
+    pub candidates: Vec<String>,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

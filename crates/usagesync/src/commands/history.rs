@@ -191,3 +191,30 @@ pub async fn replay(
     }
     Ok(if report.failed_again > 0 { super::sync::EXIT_FAILURES } else { 0 })
 }
+
+pub async fn pin(
+    config_path: &std::path::Path,
+    workflow: &str,
+    pendo_account: &str,
+    salesforce_id: Option<&str>,
+    unpin: bool,
+) -> Result<u8> {
+    let config = context::load_config(config_path)?;
+    if !config.workflows.contains_key(workflow) {
+        bail!("workflow {workflow:?} is not in the config");
+    }
+    let store = context::open_store(&config, &context::env_var).await?;
+    if unpin {
+        store.unpin_match(workflow, pendo_account).await?;
+        println!("{pendo_account} is matched by the rules again from the next run on.");
+        return Ok(0);
+    }
+    let Some(id) = salesforce_id else { bail!("give the Salesforce Account Id to pin, or --unpin") };
+    let id = salesforce::SalesforceId::parse(id).map_err(|e| anyhow::anyhow!("{id:?} is not a Salesforce Id: {e}"))?;
+    if id.key_prefix() != "001" {
+        bail!("{id} is not an Account Id (Accounts start with 001)");
+    }
+    store.pin_match(workflow, pendo_account, id.as_str()).await?;
+    println!("{pendo_account} is pinned to Account {id}; the next run writes it there.");
+    Ok(0)
+}

@@ -37,6 +37,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
             history::runs(config, id.as_deref(), workflow.as_deref(), limit, search, json).await
         }
         Command::Failures { workflow, code, limit } => history::failures(config, workflow, code, limit, json).await,
+        Command::Pin { workflow, pendo_account, salesforce_id, unpin } => {
+            history::pin(config, &workflow, &pendo_account, salesforce_id.as_deref(), unpin).await
+        }
         Command::Replay { all, code, ids, workflow, limit } => {
             history::replay(config, all, code, ids, workflow, limit, json).await
         }

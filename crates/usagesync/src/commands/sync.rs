@@ -83,7 +83,8 @@ pub fn print_report(r: &RunReport) {
     table::print(&["Salesforce API calls", "calls"], &rows);
     println!();
     let b = &r.budget;
-    let left = if r.dry_run { b.available.saturating_sub(r.plan.write_calls) } else { b.left_after() };
+    let this_run = if r.dry_run { b.this_run + r.plan.write_calls } else { b.this_run };
+    let left = b.cap.saturating_sub(b.spent_before + this_run);
     println!(
         "Budget: {} of {} daily calls ({:.0}% share of {}); spent today before this run {}, this run {}, left {}.",
         thousands(b.cap),
@@ -91,10 +92,20 @@ pub fn print_report(r: &RunReport) {
         b.daily_share * 100.0,
         thousands(b.org_max),
         thousands(b.spent_before),
-        thousands(if r.dry_run { b.this_run + r.plan.write_calls } else { b.this_run }),
+        thousands(this_run),
         thousands(left),
     );
     println!("Pendo calls: {}. Time: {}.", r.pendo_calls, timings(r));
+    if !r.ambiguous_samples.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = r
+            .ambiguous_samples
+            .iter()
+            .map(|a| vec![a.pendo_account.clone(), a.candidates.join(", "), a.reason.clone()])
+            .collect();
+        table::print(&["ambiguous Pendo account", "candidate Accounts", "why"], &rows);
+        println!("Ambiguous accounts are never written; pin the right Account to settle one.");
+    }
     if !r.failures.is_empty() {
         println!();
         let rows: Vec<Vec<String>> =
