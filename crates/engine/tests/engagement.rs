@@ -214,6 +214,13 @@ async fn a_one_percent_change_writes_one_percent() {
         assert!(accounts[&sf_account_id(p.index)]["Pendo_Events__c"].as_f64().unwrap() >= 1234.0);
     }
     assert!(second.fields_changed.contains_key("Pendo_Events__c"));
+    // The run's history shows each change as before → after.
+    let id = sf_account_id(movers[0].index);
+    let filter = engine::store::OutcomeFilter { search: Some(id.clone()), action: None, limit: 10, offset: 0 };
+    let outcomes = w.ctx.store.run_outcomes(second.run_id.unwrap(), &filter).await.unwrap();
+    let events = outcomes[0].changes.iter().find(|c| c.field == "Pendo_Events__c").unwrap();
+    let (before, after) = (events.before.as_ref().unwrap().as_f64().unwrap(), events.after.as_f64().unwrap());
+    assert_eq!(after, before + 1234.0, "{events:?}");
     assert!(!second.fields_changed.contains_key("Pendo_Guide_Completion__c"), "unchanged fields are not sent");
 }
 

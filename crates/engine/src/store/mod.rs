@@ -431,6 +431,8 @@ pub struct FingerprintPut {
     pub field: String,
     pub fingerprint: u64,
     pub written_at: DateTime<Utc>,
+    /// The value written, kept so the next change can show what it replaced.
+    pub value: Option<serde_json::Value>,
 }
 
 pub trait FingerprintStore {
@@ -438,6 +440,12 @@ pub trait FingerprintStore {
     fn fingerprints(&self, scope: &str) -> StoreFuture<'_, Fingerprints>;
     fn put_fingerprints(&self, puts: &[FingerprintPut]) -> StoreFuture<'_, ()>;
     fn forget_fingerprints(&self, scope: &str, key: &str) -> StoreFuture<'_, ()>;
+    /// The values last written for `keys`, by key: (field, value) pairs.
+    fn written_values(
+        &self,
+        scope: &str,
+        keys: &[String],
+    ) -> StoreFuture<'_, HashMap<String, Vec<(String, serde_json::Value)>>>;
 }
 
 /// The fingerprints of one scope by (key, field), held compactly: a scope has few distinct
@@ -741,6 +749,7 @@ pub mod bench {
         let now = Utc::now();
         let puts: Vec<FingerprintPut> = (0..n)
             .map(|i| FingerprintPut {
+                value: None,
                 scope: scope.clone(),
                 key: format!("001{:015}", i / FIELDS),
                 field: format!("Usage_Field_{}__c", i % FIELDS),

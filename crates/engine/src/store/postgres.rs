@@ -3,7 +3,7 @@
 //! rather than multi-row VALUES; failure claims use `FOR UPDATE SKIP LOCKED` so concurrent
 //! replayers never block on, or share, a row.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -173,17 +173,20 @@ async fn upsert_fingerprints(conn: &mut PgConnection, puts: &[&FingerprintPut]) 
         let fields: Vec<&str> = chunk.iter().map(|p| p.field.as_str()).collect();
         let fps: Vec<i64> = chunk.iter().map(|p| fp_to_db(p.fingerprint)).collect();
         let ats: Vec<DateTime<Utc>> = chunk.iter().map(|p| p.written_at).collect();
+        let values: Vec<Option<String>> =
+            chunk.iter().map(|p| p.value.as_ref().map(serde_json::Value::to_string)).collect();
         sqlx::query(
-            "INSERT INTO fingerprints (scope, key, field, fingerprint, written_at) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[]) \
+            "INSERT INTO fingerprints (scope, key, field, fingerprint, written_at, value) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[], $6::text[]) \
              ON CONFLICT (scope, key, field) DO UPDATE SET fingerprint = excluded.fingerprint, \
-             written_at = excluded.written_at",
+             written_at = excluded.written_at, value = excluded.value",
         )
         .bind(scopes)
         .bind(keys)
         .bind(fields)
         .bind(fps)
         .bind(ats)
+        .bind(values)
         .execute(&mut *conn)
         .await
         .map_err(query_err("put fingerprints"))?;
@@ -637,6 +640,35 @@ impl FingerprintStore for PostgresStore {
             upsert_fingerprints(&mut tx, &refs).await?;
             tx.commit().await.map_err(query_err("put fingerprints"))?;
             Ok(())
+        })
+    }
+
+    fn written_values(
+        &self,
+        scope: &str,
+        keys: &[String],
+    ) -> StoreFuture<'_, HashMap<String, Vec<(String, serde_json::Value)>>> {
+        let (scope, keys) = (scope.to_owned(), keys.to_vec());
+        Box::pin(async move {
+            let mut out: HashMap<String, Vec<(String, serde_json::Value)>> = HashMap::new();
+            for chunk in keys.chunks(BATCH) {
+                let rows = sqlx::query(
+                    "SELECT key, field, value FROM fingerprints \
+                     WHERE scope = $1 AND value IS NOT NULL AND key = ANY($2)",
+                )
+                .bind(scope.as_str())
+                .bind(chunk)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_err("read written values"))?;
+                for row in &rows {
+                    let text: String = get(row, "value")?;
+                    let value = serde_json::from_str(&text)
+                        .map_err(|e| StoreError::Corrupt { what: "fingerprints.value", detail: e.to_string() })?;
+                    out.entry(get(row, "key")?).or_default().push((get(row, "field")?, value));
+                }
+            }
+            Ok(out)
         })
     }
 

@@ -4,7 +4,7 @@
 //! a deferred transaction that reads and then writes can fail with SQLITE_BUSY when another
 //! connection wrote in between, and the busy timeout does not help in that case.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -157,6 +157,7 @@ struct FpRow {
     field: String,
     fingerprint: i64,
     written_at: i64,
+    value: Option<String>,
 }
 
 fn fp_rows(puts: &[FingerprintPut]) -> Vec<FpRow> {
@@ -167,24 +168,27 @@ fn fp_rows(puts: &[FingerprintPut]) -> Vec<FpRow> {
             field: p.field.clone(),
             fingerprint: fp_to_db(p.fingerprint),
             written_at: micros(p.written_at),
+            value: p.value.as_ref().map(serde_json::Value::to_string),
         })
         .collect()
 }
 
 async fn upsert_fingerprints(conn: &mut sqlx::SqliteConnection, rows: &[FpRow]) -> Result<(), StoreError> {
-    for chunk in rows.chunks(MAX_PARAMS / 5) {
-        let mut qb =
-            QueryBuilder::<Sqlite>::new("INSERT INTO fingerprints (scope, key, field, fingerprint, written_at) ");
+    for chunk in rows.chunks(MAX_PARAMS / 6) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO fingerprints (scope, key, field, fingerprint, written_at, value) ",
+        );
         qb.push_values(chunk, |mut b, r| {
             b.push_bind(r.scope.as_str())
                 .push_bind(r.key.as_str())
                 .push_bind(r.field.as_str())
                 .push_bind(r.fingerprint)
-                .push_bind(r.written_at);
+                .push_bind(r.written_at)
+                .push_bind(r.value.as_deref());
         });
         qb.push(
             " ON CONFLICT (scope, key, field) DO UPDATE SET fingerprint = excluded.fingerprint, \
-             written_at = excluded.written_at",
+             written_at = excluded.written_at, value = excluded.value",
         );
         qb.build().execute(&mut *conn).await.map_err(query_err("put fingerprints"))?;
     }
@@ -617,6 +621,34 @@ impl FingerprintStore for SqliteStore {
             upsert_fingerprints(&mut tx, &rows).await?;
             tx.commit().await.map_err(query_err("put fingerprints"))?;
             Ok(())
+        })
+    }
+
+    fn written_values(
+        &self,
+        scope: &str,
+        keys: &[String],
+    ) -> StoreFuture<'_, HashMap<String, Vec<(String, serde_json::Value)>>> {
+        let (scope, keys) = (scope.to_owned(), keys.to_vec());
+        Box::pin(async move {
+            let mut out: HashMap<String, Vec<(String, serde_json::Value)>> = HashMap::new();
+            for chunk in keys.chunks(MAX_PARAMS - 1) {
+                let mut qb = QueryBuilder::<Sqlite>::new("SELECT key, field, value FROM fingerprints WHERE scope = ");
+                qb.push_bind(scope.as_str()).push(" AND value IS NOT NULL AND key IN (");
+                let mut list = qb.separated(", ");
+                for k in chunk {
+                    list.push_bind(k.as_str());
+                }
+                qb.push(")");
+                let rows = qb.build().fetch_all(&self.pool).await.map_err(query_err("read written values"))?;
+                for row in &rows {
+                    let text: String = get(row, "value")?;
+                    let value = serde_json::from_str(&text)
+                        .map_err(|e| StoreError::Corrupt { what: "fingerprints.value", detail: e.to_string() })?;
+                    out.entry(get(row, "key")?).or_default().push((get(row, "field")?, value));
+                }
+            }
+            Ok(out)
         })
     }
 

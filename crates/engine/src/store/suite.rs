@@ -268,6 +268,7 @@ async fn outcomes_filters_and_counts(store: Arc<dyn Store>) {
 async fn outcomes_and_fingerprints_commit_together(store: Arc<dyn Store>) {
     let run = store.start_run(&new_run("wf", t(1, 0))).await.unwrap();
     let fp = |key: &str, v: u64| FingerprintPut {
+        value: None,
         scope: "engagement:Account".into(),
         key: key.into(),
         field: "Usage__c".into(),
@@ -416,6 +417,7 @@ async fn id_map_100k(store: Arc<dyn Store>) {
 
 async fn fingerprints_roundtrip(store: Arc<dyn Store>) {
     let put = |scope: &str, key: &str, field: &str, fp: u64| FingerprintPut {
+        value: Some(serde_json::json!({"fp": fp.to_string(), "text": "it's \\ \"v\""})),
         scope: scope.into(),
         key: key.into(),
         field: field.into(),
@@ -440,6 +442,13 @@ async fn fingerprints_roundtrip(store: Arc<dyn Store>) {
     assert_eq!(fps.get("001B", "F1"), Some((1 << 63) + 5));
     assert_eq!(fps.get("it's \\ %_ ü", "F1"), Some(42));
     assert_eq!(fps.get("001B", "F2"), None);
+    let values = store.written_values("s", &["001A".into(), "001B".into(), "nope".into()]).await.unwrap();
+    let mut a = values["001A"].clone();
+    a.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(a[0], ("F1".to_owned(), serde_json::json!({"fp": "1", "text": "it's \\ \"v\""})));
+    assert_eq!(a[1].0, "F2");
+    assert_eq!(values["001B"][0].1["fp"], ((1u64 << 63) + 5).to_string(), "the last write of a batch wins");
+    assert!(!values.contains_key("nope"));
 
     store.put_fingerprints(&[put("s", "001A", "F1", 10)]).await.unwrap();
     store.forget_fingerprints("s", "001B").await.unwrap();

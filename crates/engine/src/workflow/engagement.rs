@@ -444,17 +444,31 @@ async fn record(
     while written.peek().is_some() {
         let mut chunk_outcomes = Vec::with_capacity(RECORD_CHUNK);
         let mut prints = Vec::new();
-        for c in written.by_ref().take(RECORD_CHUNK) {
+        let chunk: Vec<Change> = written.by_ref().take(RECORD_CHUNK).collect();
+        let keys: Vec<String> = chunk.iter().map(|c| c.salesforce_id.clone()).collect();
+        let mut before = ctx.store.written_values(&scope, &keys).await?;
+        for c in chunk {
+            let old = before.remove(&c.salesforce_id).unwrap_or_default();
+            let changes = c
+                .fields
+                .iter()
+                .map(|(f, v)| FieldChange {
+                    field: f.clone(),
+                    before: old.iter().find(|(of, _)| of == f).map(|(_, ov)| ov.clone()),
+                    after: v.clone(),
+                })
+                .collect();
             prints.extend(c.prints.iter().map(|(field, p)| FingerprintPut {
                 scope: scope.clone(),
                 key: c.salesforce_id.clone(),
                 field: field.clone(),
                 fingerprint: *p,
                 written_at: now,
+                value: c.fields.iter().find(|(f, _)| f == field).map(|(_, v)| v.clone()),
             }));
             chunk_outcomes.push(RecordOutcome {
                 object: OBJECT.into(),
-                changes: changes_of(&c),
+                changes,
                 key: c.key,
                 salesforce_id: Some(c.salesforce_id),
                 action: Action::Updated,

@@ -91,6 +91,7 @@ pub async fn replay(ctx: &Context, selector: &FailureSelector, limit: u32) -> Re
                 field: field.clone(),
                 fingerprint: *p,
                 written_at: now,
+                value: c.fields.iter().find(|(f, _)| f == field).map(|(_, v)| v.clone()),
             }));
         }
         for f in d
