@@ -13,15 +13,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("USAGESYNC_LOG")
-                // sqlx warns about any statement over a second; loading a big scope's
-                // fingerprints takes that long by design, so only its errors are shown.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // sqlx warns about any statement over a second; loading a big scope's fingerprints takes
+    // that long by design, so only its errors are shown.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("USAGESYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // One JSON object per line for log shippers; readable lines otherwise.
+    if std::env::var("USAGESYNC_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -90,6 +90,8 @@ fn schedules_fire_and_sigterm_loses_nothing() {
         .arg("--config")
         .arg(&cfg)
         .args(["run", "--listen", "127.0.0.1:0", "--grace-seconds", "30"])
+        .env("USAGESYNC_LOG", "info")
+        .env("USAGESYNC_LOG_FORMAT", "json")
         .env("SF_CLIENT_SECRET", "emulator-secret")
         .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
         .stdout(Stdio::piped())
@@ -118,7 +120,17 @@ fn schedules_fire_and_sigterm_loses_nothing() {
     let pid = daemon.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let out = daemon.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{logs}");
+    // Structured logs: one JSON object per event line, and no secret anywhere.
+    let finished: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == "Run finished")
+        .collect();
+    assert!(!finished.is_empty(), "{logs}");
+    assert_eq!(finished[0]["fields"]["workflow"], "engagement");
+    assert!(!logs.contains("emulator-secret") && !logs.contains("emulator-integration-key"));
 
     // Every run the daemon started is finished in the store: none left running.
     let runs = bin()
