@@ -248,9 +248,7 @@ async fn bulk(client: &salesforce::Client, object: &str, changes: Vec<Change>, o
         request_failed(&e, changes, out);
         return pending;
     }
-    let mut settled = vec![false; changes.len()];
-    for (i, (change, outcome)) in changes.into_iter().zip(by_index).enumerate() {
-        settled[i] = true;
+    for (change, outcome) in changes.into_iter().zip(by_index) {
         match outcome {
             Some(RowStatus::Success { .. }) => out.written.push(change),
             Some(RowStatus::Failed(e)) => sort_refusal(change, Some(&e), &mut pending, out),
@@ -266,6 +264,5 @@ async fn bulk(client: &salesforce::Client, object: &str, changes: Vec<Change>, o
             }
         }
     }
-    debug_assert!(settled.iter().all(|s| *s));
     pending
 }

@@ -109,17 +109,6 @@ fn state_of(report: &RunReport) -> RunState {
     }
 }
 
-pub(crate) fn state_name(state: RunState) -> &'static str {
-    match state {
-        RunState::Running => "running",
-        RunState::Succeeded => "succeeded",
-        RunState::Partial => "partial",
-        RunState::Failed => "failed",
-        RunState::Deferred => "deferred",
-        RunState::Cancelled => "cancelled",
-    }
-}
-
 async fn body(
     ctx: &Context,
     workflow: &Workflow,
@@ -320,7 +309,7 @@ async fn body(
     report.budget.this_run = meter.calls.values().sum();
     report.api_calls = meter.calls;
     report.timings = meter.timings;
-    report.state = state_name(state_of(&report)).into();
+    report.state = state_of(&report).as_str().into();
     Ok(report)
 }
 

@@ -29,7 +29,8 @@ pub struct ReplayReport {
 const LEASE: Duration = Duration::from_secs(600);
 
 pub async fn replay(ctx: &Context, selector: &FailureSelector, limit: u32) -> Result<ReplayReport, RunError> {
-    let worker = format!("{}:{}", std::process::id(), uuid_like());
+    // Unique per replay, so a lease names who holds it.
+    let worker = format!("replay:{}", crate::store::RunId::new());
     let claimed = ctx.store.claim_failures(selector, &worker, LEASE, Utc::now(), limit).await?;
     let mut report = ReplayReport { claimed: claimed.len(), ..Default::default() };
     let mut by_workflow: BTreeMap<String, Vec<_>> = BTreeMap::new();
@@ -66,6 +67,10 @@ pub async fn replay(ctx: &Context, selector: &FailureSelector, limit: u32) -> Re
         let now = Utc::now();
         let scope = engagement::scope(&workflow);
         let mut outcomes = Vec::new();
+        let (deferred_code, deferred_message) = (
+            "REQUEST_LIMIT_EXCEEDED".to_owned(),
+            "the org's daily API allocation is spent; replay again later".to_owned(),
+        );
         let mut prints = Vec::new();
         for c in &d.written {
             if let Some(&id) = ids.get(&c.salesforce_id) {
@@ -98,7 +103,7 @@ pub async fn replay(ctx: &Context, selector: &FailureSelector, limit: u32) -> Re
             .failed
             .iter()
             .map(|f| (&f.change, &f.code, &f.message))
-            .chain(d.deferred.iter().map(|c| (c, &DEFERRED_CODE.0, &DEFERRED_CODE.1)))
+            .chain(d.deferred.iter().map(|c| (c, &deferred_code, &deferred_message)))
         {
             let (change, code, message) = f;
             if let Some(&id) = ids.get(&change.salesforce_id) {
@@ -127,12 +132,4 @@ pub async fn replay(ctx: &Context, selector: &FailureSelector, limit: u32) -> Re
         report.runs.insert(workflow, run.to_string());
     }
     Ok(report)
-}
-
-static DEFERRED_CODE: std::sync::LazyLock<(String, String)> = std::sync::LazyLock::new(|| {
-    ("REQUEST_LIMIT_EXCEEDED".to_owned(), "the org's daily API allocation is spent; replay again later".to_owned())
-});
-
-fn uuid_like() -> String {
-    format!("{:x}", rand::random::<u64>())
 }

@@ -16,16 +16,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::table::{self, thousands};
 
-const CONFIG: &str = include_str!("demo.yaml");
-
-fn env(name: &str) -> Option<String> {
-    match name {
-        "DEMO_SF_CLIENT_SECRET" => Some("emulator-secret".into()),
-        "DEMO_PENDO_INTEGRATION_KEY" => Some("emulator-integration-key".into()),
-        _ => None,
-    }
-}
-
 /// Peak resident memory of this process since the last reset, in MiB (Linux).
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -91,12 +81,12 @@ pub async fn engagement(sizes: &[usize], days: u32) -> Result<()> {
         eprintln!("  ready in {:.1}s", started.elapsed().as_secs_f64());
         let dir = tempfile::tempdir().context("Failed to make a temporary directory")?;
         let store = format!("sqlite://{}", dir.path().join("bench.db").display());
-        let text = CONFIG
+        let text = super::demo::DEMO_CONFIG
             .replace("{salesforce_url}", &child.salesforce)
             .replace("{pendo_url}", &child.pendo)
             .replace("{store_url}", &store);
         let config = engine::config::load_str(&text, "bench.yaml").map_err(|e| anyhow::anyhow!("{e}"))?;
-        let ctx = super::context::build(config, &env).await?;
+        let ctx = super::context::build(config, &super::demo::demo_env).await?;
 
         let mut measured = Vec::new();
         for label in ["first run", "no change", "1% changed"] {

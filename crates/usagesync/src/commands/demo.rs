@@ -12,10 +12,10 @@ use super::table::{self, thousands};
 use super::{progress, sync};
 use crate::cli::DemoArgs;
 
-const DEMO_CONFIG: &str = include_str!("demo.yaml");
+pub(super) const DEMO_CONFIG: &str = include_str!("demo.yaml");
 
 /// The demo's secrets: the emulators' well-known credentials, never the process environment.
-fn demo_env(name: &str) -> Option<String> {
+pub(super) fn demo_env(name: &str) -> Option<String> {
     match name {
         "DEMO_SF_CLIENT_SECRET" => Some("emulator-secret".into()),
         "DEMO_PENDO_INTEGRATION_KEY" => Some("emulator-integration-key".into()),

@@ -65,7 +65,7 @@ pub async fn runs(
         rows.push(vec![
             o.key.clone(),
             o.salesforce_id.clone().unwrap_or_default(),
-            format!("{:?}", o.action).to_lowercase(),
+            o.action.as_str().to_owned(),
             detail,
         ]);
     }
@@ -85,7 +85,7 @@ fn run_row(r: &Run) -> Vec<String> {
         r.id.to_string(),
         r.workflow.clone(),
         r.trigger.clone(),
-        format!("{:?}", r.state).to_lowercase(),
+        r.state.as_str().to_owned(),
         r.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
         stat("written"),
         stat("failed"),

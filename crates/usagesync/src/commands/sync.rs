@@ -66,16 +66,10 @@ pub fn print_report(r: &RunReport) {
         table::print(&["field", "records changed"], &rows);
     }
     println!();
-    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut rows: Vec<Vec<String>> =
+        r.api_calls.iter().map(|(kind, calls)| vec![kind.clone(), thousands(*calls)]).collect();
     if r.dry_run {
-        for (kind, calls) in &r.api_calls {
-            rows.push(vec![kind.clone(), thousands(*calls)]);
-        }
         rows.push(vec![format!("write ({}, planned)", r.plan.path.as_str()), thousands(r.plan.write_calls)]);
-    } else {
-        for (kind, calls) in &r.api_calls {
-            rows.push(vec![kind.clone(), thousands(*calls)]);
-        }
     }
     if r.plan.calls_one_by_one > 0 {
         rows.push(vec!["(one call per changed record would be)".into(), thousands(r.plan.calls_one_by_one)]);
