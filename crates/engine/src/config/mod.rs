@@ -9,6 +9,7 @@
 //! reading early. Secrets are references
 //! (`{env: NAME}` / `{file: PATH}`) and are not read at load time (`secret.rs`).
 
+mod console;
 mod duration;
 mod error;
 mod locate;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use url::Url;
 
+pub use console::{Console, DEFAULT_SESSION_HOURS};
 pub use error::{ConfigError, ConfigErrors};
 pub use secret::{Secret, SecretString};
 
@@ -38,6 +40,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub budget: Budget,
     pub webhooks: Webhooks,
+    /// The web console; `None` serves none.
+    pub console: Option<Console>,
     /// In file order.
     pub workflows: IndexMap<String, Workflow>,
 }
@@ -477,6 +481,9 @@ impl Config {
         if let Some(password) = &self.store.password {
             out.push(("store.password".to_owned(), password));
         }
+        if let Some(console) = &self.console {
+            out.push(("console.token".to_owned(), &console.token));
+        }
         out
     }
 
@@ -535,6 +542,9 @@ impl Config {
         }
         if let Some(password) = &mut self.store.password {
             rebase(password);
+        }
+        if let Some(console) = &mut self.console {
+            rebase(&mut console.token);
         }
     }
 }

@@ -18,14 +18,14 @@ use super::{
 };
 
 /// Collects errors, locating each by its key path.
-struct Errors<'a> {
+pub(super) struct Errors<'a> {
     locations: &'a Locations,
     rejected: &'a [String],
     list: Vec<ConfigError>,
 }
 
 impl Errors<'_> {
-    fn push(&mut self, key: &str, message: impl Into<String>) {
+    pub(super) fn push(&mut self, key: &str, message: impl Into<String>) {
         let pos = self.locations.find(key);
         self.list.push(ConfigError {
             line: pos.map(|p| p.line),
@@ -35,7 +35,7 @@ impl Errors<'_> {
         });
     }
 
-    fn required<'v, T>(&mut self, value: &'v Option<T>, key: &str) -> Option<&'v T> {
+    pub(super) fn required<'v, T>(&mut self, value: &'v Option<T>, key: &str) -> Option<&'v T> {
         // A key blanked out after the parser rejected it is absent here; that error
         // is already reported.
         if value.is_none() && !covered(self.rejected, key) {
@@ -111,6 +111,7 @@ pub(super) fn build(
     let store = errors.required(&file.store, "store").and_then(|s| store(s, &mut errors));
     let budget = errors.required(&file.budget, "budget").and_then(|b| budget(b, &mut errors));
     let webhooks = webhooks(file.webhooks.as_ref(), &mut errors);
+    let console = super::console::build(file.console.as_ref(), &mut errors);
     let mut workflows = IndexMap::new();
     if let Some(list) = errors.required(&file.workflows, "workflows") {
         if list.is_empty() {
@@ -123,10 +124,10 @@ pub(super) fn build(
         }
     }
     let mut list = errors.list;
-    if let (true, Some(connections), Some(store), Some(budget), Some(webhooks)) =
-        (list.is_empty(), connections, store, budget, webhooks)
+    if let (true, Some(connections), Some(store), Some(budget), Some(webhooks), Some(console)) =
+        (list.is_empty(), connections, store, budget, webhooks, console)
     {
-        return Ok(Config { connections, store, budget, webhooks, workflows });
+        return Ok(Config { connections, store, budget, webhooks, console, workflows });
     }
     // An empty list here means every missing piece was blanked out after a parse
     // error, which the caller reports.
@@ -276,7 +277,7 @@ fn non_empty(text: &str, key: &str, errors: &mut Errors) -> Option<String> {
     }
 }
 
-fn secret(s: &wire::Secret, key: &str, errors: &mut Errors) -> Option<Secret> {
+pub(super) fn secret(s: &wire::Secret, key: &str, errors: &mut Errors) -> Option<Secret> {
     match s {
         wire::Secret::Env(name) => {
             let valid = !name.is_empty()
@@ -819,6 +820,7 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
             signature_header: Some(config.webhooks.signature_header.clone()),
             max_body_bytes: Some(config.webhooks.max_body_bytes),
         }),
+        console: config.console.as_ref().map(|c| super::console::to_wire(c, secret)),
         workflows: Some(workflows),
     }
 }

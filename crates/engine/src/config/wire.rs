@@ -22,6 +22,8 @@ pub(crate) struct ConfigFile {
     pub budget: Option<Budget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhooks: Option<Webhooks>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<super::console::Wire>,
     pub workflows: Option<IndexMap<String, Workflow>>,
 }
 
