@@ -1,7 +1,8 @@
 //! `usagesync run`: the daemon. It runs every enabled workflow on its cron schedule (in the
 //! workflow's time zone), at most one run per workflow at a time and one worker per fire time
 //! across processes sharing a store (the scheduler claims through the store), and serves
-//! `/healthz`, `/metrics` and the Pendo webhook receiver (`POST /webhooks/pendo`). On SIGINT or SIGTERM it stops starting runs, lets the runs in flight finish within
+//! `/healthz`, `/metrics`, the Pendo webhook receiver (`POST /webhooks/pendo`) and, with a
+//! `console:` section, the web console (`/console/`, see `crate::console`). On SIGINT or SIGTERM it stops starting runs, lets the runs in flight finish within
 //! the grace period, and exits; a run still going after that is abandoned safely: nothing it had
 //! not recorded counts as written, so the next run sends it again.
 
@@ -73,11 +74,13 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
         None => None,
     };
     let limit = usize::try_from(ctx.config.webhooks.max_body_bytes).unwrap_or(usize::MAX);
+    let mut console = crate::console::mount(&ctx, &context::env_var).await?;
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/webhooks/pendo", post(webhook).layer(DefaultBodyLimit::max(limit)))
-        .with_state(AppState { status: Arc::clone(&status), ctx: ctx.clone(), secret });
+        .with_state(AppState { status: Arc::clone(&status), ctx: ctx.clone(), secret })
+        .merge(console.router());
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -119,6 +122,7 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
     };
     let _ = stop_server.send(());
     let _ = server.await;
+    console.stop().await;
     eprintln!("Stopped.");
     Ok(code)
 }

@@ -6,7 +6,7 @@ mod context;
 mod daemon;
 mod demo;
 mod emulate;
-mod history;
+pub(crate) mod history;
 mod metrics;
 mod progress;
 mod setup;

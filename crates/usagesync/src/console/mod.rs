@@ -1,0 +1,108 @@
+//! The web console the daemon serves: server-rendered pages over the state store (overview,
+//! a run, failures, matching review, API budget, config) and the few actions an operator takes
+//! (replay failures, pin a match). It owns access (login, sessions, CSRF and Origin checks) and
+//! its own listener when `console.listen` asks for one; pages live one module each.
+//!
+//! Every page reads the store on request, so it shows every worker sharing the store, and
+//! nothing here keeps state of its own beyond the login sessions.
+
+mod auth;
+mod budget;
+mod config;
+mod failures;
+mod html;
+mod matching;
+mod overview;
+mod run;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use axum::Router;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use engine::workflow::Context;
+use http::StatusCode;
+
+/// What every console handler gets.
+#[derive(Clone)]
+pub(crate) struct ConsoleState {
+    pub ctx: Context,
+    pub auth: Arc<auth::Auth>,
+}
+
+/// The console, ready to serve: either routes for the daemon's own router, or a server of its
+/// own on `console.listen`.
+pub struct Mounted {
+    shared: Option<Router>,
+    own: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>)>,
+}
+
+impl Mounted {
+    /// Routes to merge into the daemon's router (none when the console listens on its own).
+    pub fn router(&mut self) -> Router {
+        self.shared.take().unwrap_or_default()
+    }
+
+    /// Stops the console's own server, if it has one.
+    pub async fn stop(self) {
+        if let Some((stop, server)) = self.own {
+            let _ = stop.send(());
+            let _ = server.await;
+        }
+    }
+}
+
+/// Builds the console from `console:` (nothing without that section); resolves the token once.
+pub async fn mount(ctx: &Context, env: engine::connect::Env<'_>) -> Result<Mounted> {
+    let Some(console) = &ctx.config.console else { return Ok(Mounted { shared: None, own: None }) };
+    let token = console.token.resolve(env).map_err(|e| anyhow::anyhow!("console.token: {}", e.message))?;
+    let state = ConsoleState { ctx: ctx.clone(), auth: Arc::new(auth::Auth::new(token, console.session_hours)) };
+    let routes = router(state);
+    let Some(listen) = console.listen else { return Ok(Mounted { shared: Some(routes), own: None }) };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("Failed to listen on {listen} (console.listen)"))?;
+    let addr: SocketAddr = listener.local_addr().context("Failed to read the console's bound address")?;
+    eprintln!("usagesync console on http://{addr}/console/");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, routes)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Ok(Mounted { shared: None, own: Some((stop, server)) })
+}
+
+fn router(state: ConsoleState) -> Router {
+    Router::new()
+        .route("/console", get(|| async { axum::response::Redirect::to("/console/") }))
+        .route("/console/", get(overview::page))
+        .route("/console/login", get(auth::login_page).post(auth::login))
+        .route("/console/logout", post(auth::logout))
+        .route("/console/runs/{id}", get(run::page))
+        .route("/console/failures", get(failures::page))
+        .route("/console/failures/replay", post(failures::replay))
+        .route("/console/matching", get(matching::page))
+        .route("/console/matching/pin", post(matching::pin))
+        .route("/console/budget", get(budget::page))
+        .route("/console/config", get(config::page))
+        .layer(axum::middleware::map_response(auth::security_headers))
+        .with_state(state)
+}
+
+/// A store (or engine) error as a page: the operator sees what failed, never a secret (store
+/// errors carry redacted locations only).
+fn unavailable(what: &str, e: &dyn std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "Console: {what} failed");
+    let body = html::layout(
+        "Unavailable",
+        "",
+        None,
+        &format!("<p class=\"error\">{} failed: {}</p>", html::esc(what), html::esc(&e.to_string())),
+    );
+    (StatusCode::SERVICE_UNAVAILABLE, axum::response::Html(body)).into_response()
+}
