@@ -153,7 +153,10 @@ fn chart(hours: &[(u32, u64)], cap: Option<u64>, hour_now: u32, forecast: f64) -
         }
     }
     let total: u64 = per_hour.iter().sum();
-    let max = [cap.unwrap_or(0) as f64, total as f64, forecast, 1.0].into_iter().fold(0.0, f64::max) * 1.08;
+    let data_max = [total as f64, forecast, 1.0].into_iter().fold(0.0, f64::max);
+    // A share far above the day's use would flatten every bar: it is then named, not drawn.
+    let cap_drawn = cap.filter(|c| *c as f64 <= data_max * 5.0);
+    let max = [cap_drawn.unwrap_or(0) as f64, data_max].into_iter().fold(0.0, f64::max) * 1.08;
     let x = |hour: f64| left + plot_w * hour / 24.0;
     let y = |v: f64| top + plot_h - plot_h * v / max;
     let mut svg = format!(
@@ -214,7 +217,18 @@ fn chart(hours: &[(u32, u64)], cap: Option<u64>, hour_now: u32, forecast: f64) -
         x(24.0),
         y(forecast)
     );
-    if let Some(c) = cap {
+    if let (Some(c), None) = (cap, cap_drawn) {
+        let _ = write!(
+            svg,
+            "<text data-test=\"cap\" x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\" fill=\"#b42318\">\
+             ↑ share: {} (above the chart; {:.1}% used)</text>",
+            w - 14.0,
+            top + 10.0,
+            html::num(c),
+            total as f64 * 100.0 / c.max(1) as f64
+        );
+    }
+    if let Some(c) = cap_drawn {
         let _ = write!(
             svg,
             "<line data-test=\"cap\" x1=\"{left}\" x2=\"{:.1}\" y1=\"{yc:.1}\" y2=\"{yc:.1}\" stroke=\"#b42318\" stroke-width=\"1.5\" stroke-dasharray=\"8 5\"/>\
@@ -236,7 +250,9 @@ mod tests {
     fn chart_draws_one_bar_per_busy_hour_and_the_cap() {
         let svg = super::chart(&[(3, 40), (7, 5)], Some(1_000), 9, 120.0);
         assert_eq!(svg.matches("data-test=\"bar\"").count(), 2);
-        assert!(svg.contains("share: 1,000"));
+        assert!(svg.contains("share: 1,000") && svg.contains("above the chart"), "{svg}");
+        let near = super::chart(&[(3, 40)], Some(100), 9, 60.0);
+        assert!(near.contains("<line data-test=\"cap\"") && near.contains("share: 100"), "{near}");
         assert!(svg.contains("03:00 UTC: 40 calls"));
     }
 }

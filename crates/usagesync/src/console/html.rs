@@ -55,7 +55,8 @@ th{background:#eef1f5;font-weight:600}td.n{text-align:right;font-variant-numeric
 button{cursor:pointer;padding:3px 10px}form.inline{display:inline}.notice{background:#ecfdf3;border:1px solid #abefc6;padding:8px 12px}\
 .bar{background:#7aa7e0;height:10px;display:inline-block}.old{color:#b42318;text-decoration:line-through}.new{color:#17803d}\
 .login{margin:30px 0}.cards{display:flex;gap:12px;flex-wrap:wrap}.card{background:#fff;border:1px solid #dde2e8;padding:10px 14px;min-width:150px}\
-.card b{display:block;font-size:20px}";
+.card b{display:block;font-size:20px}.cols{display:flex;gap:28px;flex-wrap:wrap;align-items:flex-start}\
+table[data-test=facts] thead{display:none}";
 
 /// The page frame: navigation (with the logout form when there is a session), title, body.
 pub fn layout(title: &str, active: &str, csrf: Option<&str>, body: &str) -> String {
@@ -100,7 +101,8 @@ pub fn action_button(action: &str, csrf: Option<&str>, fields: &[(&str, &str)], 
 }
 
 pub fn time(t: &DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+    // Non-breaking, so a time never wraps inside a table cell.
+    t.format("%Y-%m-%d&nbsp;%H:%M:%S&nbsp;UTC").to_string()
 }
 
 pub fn opt_time(t: Option<&DateTime<Utc>>) -> String {

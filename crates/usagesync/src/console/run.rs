@@ -82,7 +82,8 @@ async fn render(st: &ConsoleState, id: RunId, params: &Params) -> Result<Option<
             n.map_or_else(|| "—".to_owned(), html::num)
         );
     }
-    body.push_str("</div><h2>Run</h2>");
+    // Facts, steps and calls side by side, so the records start on the first screen.
+    body.push_str("</div><div class=\"cols\"><div><h2>Run</h2>");
     // Every other number the run recorded (accounts read, matched, …), whatever the template.
     if let Some(stats) = run.stats.as_object() {
         for (k, v) in stats {
@@ -92,6 +93,7 @@ async fn render(st: &ConsoleState, id: RunId, params: &Params) -> Result<Option<
         }
     }
     body.push_str(&html::table(&["", ""], &facts, "facts"));
+    body.push_str("</div><div>");
 
     let timings: Vec<(String, f64)> = run
         .stats
@@ -123,10 +125,12 @@ async fn render(st: &ConsoleState, id: RunId, params: &Params) -> Result<Option<
     }
     let counts = store.outcome_counts(id).await?;
     let rows: Vec<Vec<String>> = counts.iter().map(|(a, n)| vec![html::esc(a.as_str()), html::num(*n)]).collect();
-    body.push_str("<h2>Records</h2>");
+    body.push_str("</div><div>");
     if !rows.is_empty() {
+        body.push_str("<h2>Records by action</h2>");
         body.push_str(&html::table(&["action", "records"], &rows, "counts"));
     }
+    body.push_str("</div></div><h2>Records</h2>");
 
     let action = Action::ALL.iter().copied().find(|a| a.as_str() == params.action);
     let mut options = String::from("<option value=\"\">any action</option>");
