@@ -69,9 +69,20 @@ pub async fn render(ctx: &Context, running: &[String]) -> Result<String, engine:
         let _ = writeln!(out, "usagesync_api_calls_total{{workflow=\"{}\",kind=\"{}\"}} {n}", label(w), label(kind));
     }
 
-    header(&mut out, "usagesync_open_failures", "gauge", "Failures waiting for replay, by Salesforce error code.");
-    for (code, _, n) in ctx.store.failure_groups(None).await? {
-        let _ = writeln!(out, "usagesync_open_failures{{code=\"{}\"}} {n}", label(&code));
+    header(
+        &mut out,
+        "usagesync_open_failures",
+        "gauge",
+        "Failures waiting for replay, by workflow and Salesforce error code.",
+    );
+    // Workflows in the config and any that ran before and left failures behind.
+    let names: std::collections::BTreeSet<&str> =
+        ctx.config.workflows.keys().map(String::as_str).chain(by_state.keys().map(|(w, _)| *w)).collect();
+    for name in names {
+        for (code, _, n) in ctx.store.failure_groups(Some(name)).await? {
+            let _ =
+                writeln!(out, "usagesync_open_failures{{workflow=\"{}\",code=\"{}\"}} {n}", label(name), label(&code));
+        }
     }
 
     let day = ctx.store.budget_day(Utc::now().date_naive()).await?;
