@@ -18,14 +18,14 @@ use super::{
 };
 
 /// Collects errors, locating each by its key path.
-struct Errors<'a> {
+pub(super) struct Errors<'a> {
     locations: &'a Locations,
     rejected: &'a [String],
     list: Vec<ConfigError>,
 }
 
 impl Errors<'_> {
-    fn push(&mut self, key: &str, message: impl Into<String>) {
+    pub(super) fn push(&mut self, key: &str, message: impl Into<String>) {
         let pos = self.locations.find(key);
         self.list.push(ConfigError {
             line: pos.map(|p| p.line),
@@ -35,7 +35,7 @@ impl Errors<'_> {
         });
     }
 
-    fn required<'v, T>(&mut self, value: &'v Option<T>, key: &str) -> Option<&'v T> {
+    pub(super) fn required<'v, T>(&mut self, value: &'v Option<T>, key: &str) -> Option<&'v T> {
         // A key blanked out after the parser rejected it is absent here; that error
         // is already reported.
         if value.is_none() && !covered(self.rejected, key) {
@@ -121,6 +121,8 @@ pub(super) fn build(
                 workflows.insert(name.clone(), workflow);
             }
         }
+        let names: Vec<&str> = list.keys().map(String::as_str).collect();
+        super::ownership::check(&workflows, &names, &mut errors);
     }
     let mut list = errors.list;
     if let (true, Some(connections), Some(store), Some(budget), Some(webhooks)) =
@@ -441,8 +443,14 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
             bounded_duration(text, &k("max_latency"), Duration::from_secs(60), Duration::from_secs(7 * 86_400), errors)
         }
     };
-    let template = match kind? {
+    let kind = kind?;
+    super::ownership::foreign_keys(&key, kind, w, errors);
+    let template = match kind {
         TemplateKind::EngagementScores => engagement(&key, w, errors).map(Template::EngagementScores),
+        TemplateKind::NewUsersToContacts => super::new_users::build(&key, w, errors).map(Template::NewUsersToContacts),
+        TemplateKind::AccountAttributesToPendo => {
+            super::attributes::build(&key, w, errors).map(Template::AccountAttributesToPendo)
+        }
     };
     Some(Workflow {
         name: name.to_owned(),
@@ -455,7 +463,13 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
     })
 }
 
-fn bounded_duration(text: &str, key: &str, min: Duration, max: Duration, errors: &mut Errors) -> Option<Duration> {
+pub(super) fn bounded_duration(
+    text: &str,
+    key: &str,
+    min: Duration,
+    max: Duration,
+    errors: &mut Errors,
+) -> Option<Duration> {
     match duration::parse(text) {
         Ok(d) if d >= min && d <= max => Some(d),
         Ok(_) => {
@@ -474,18 +488,7 @@ fn bounded_duration(text: &str, key: &str, min: Duration, max: Duration, errors:
 
 fn engagement(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<EngagementConfig> {
     let k = |leaf: &str| format!("{key}.{leaf}");
-    let matching = errors.required(&w.matching, &k("matching")).and_then(|rules| {
-        if rules.is_empty() {
-            errors.push(&k("matching"), "give at least one matching rule");
-            return None;
-        }
-        let built: Vec<_> = rules
-            .iter()
-            .enumerate()
-            .map(|(i, rule)| match_rule(&format!("{key}.matching[{i}]"), rule, errors))
-            .collect();
-        built.into_iter().collect::<Option<Vec<_>>>()
-    });
+    let matching = match_rules(key, w, errors);
     let recheck_matches_after = match &w.recheck_matches_after {
         None => Some(DEFAULT_RECHECK_MATCHES_AFTER),
         Some(text) => bounded_duration(
@@ -514,6 +517,20 @@ fn engagement(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Enga
         core_features,
         score: score?,
         fields: fields?,
+    })
+}
+
+/// The `matching` list, required and not empty.
+pub(super) fn match_rules(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Vec<MatchRule>> {
+    let k = format!("{key}.matching");
+    errors.required(&w.matching, &k).and_then(|rules| {
+        if rules.is_empty() {
+            errors.push(&k, "give at least one matching rule");
+            return None;
+        }
+        let built: Vec<_> =
+            rules.iter().enumerate().map(|(i, rule)| match_rule(&format!("{k}[{i}]"), rule, errors)).collect();
+        built.into_iter().collect::<Option<Vec<_>>>()
     })
 }
 
@@ -615,7 +632,7 @@ fn match_rule(key: &str, r: &wire::MatchRule, errors: &mut Errors) -> Option<Mat
 
 /// A Salesforce field API name: a letter, then letters, digits and single
 /// underscores; a name with `__` must be a custom field (`__c`), possibly namespaced.
-fn salesforce_field(name: &str, key: &str, errors: &mut Errors) -> Option<String> {
+pub(super) fn salesforce_field(name: &str, key: &str, errors: &mut Errors) -> Option<String> {
     let shape = name.starts_with(|c: char| c.is_ascii_alphabetic())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.ends_with('_');
@@ -790,6 +807,8 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
                         updated_at: g(Metric::UpdatedAt),
                     });
                 }
+                Template::NewUsersToContacts(n) => super::new_users::to_wire(n, &mut out),
+                Template::AccountAttributesToPendo(a) => super::attributes::to_wire(a, &mut out),
             }
             (name.clone(), out)
         })
@@ -823,7 +842,7 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
     }
 }
 
-fn rule_to_wire(rule: &MatchRule) -> wire::MatchRule {
+pub(super) fn rule_to_wire(rule: &MatchRule) -> wire::MatchRule {
     match rule {
         MatchRule::PendoMetadata { group, field } => wire::MatchRule {
             rule: Some("pendo_metadata".to_owned()),
