@@ -358,10 +358,10 @@ mod tests {
         assert_eq!(convert(AttributeType::Number, &json!("12.5")), Some(json!(12.5)));
         assert_eq!(convert(AttributeType::Number, &json!("twelve")), None);
         assert_eq!(convert(AttributeType::Boolean, &json!("TRUE")), Some(json!(true)));
-        assert_eq!(convert(AttributeType::Time, &json!("2027-03-01")), Some(json!(1_803_945_600_000_i64)));
+        assert_eq!(convert(AttributeType::Time, &json!("2027-03-01")), Some(json!(1_803_859_200_000_i64)));
         assert_eq!(
             convert(AttributeType::Time, &json!("2027-03-01T00:00:00.000+0000")),
-            Some(json!(1_803_945_600_000_i64))
+            Some(json!(1_803_859_200_000_i64))
         );
         assert_eq!(convert(AttributeType::Time, &Value::Null), Some(Value::Null));
     }
