@@ -193,7 +193,8 @@ impl World {
             .find_map(|e| {
                 let sf = e.salesforce_id.clone()?;
                 let website = accounts.get(&sf)?["Website"].as_str()?.to_owned();
-                let domain = website.trim_start_matches("https://www.").trim_start_matches("http://").trim_end_matches('/');
+                let domain =
+                    website.trim_start_matches("https://www.").trim_start_matches("http://").trim_end_matches('/');
                 Some((e.pendo_id.clone(), sf, domain.to_owned()))
             })
             .unwrap()
@@ -232,11 +233,8 @@ async fn new_visitors_become_contacts_once_and_only_real_changes_follow() {
     no_duplicates(&after);
     // Visitors of accounts that match no Account are skipped, not created.
     let outcomes = w.outcomes(&first).await;
-    let updated: Vec<&str> = outcomes
-        .iter()
-        .filter(|o| o.action == Action::Updated)
-        .filter_map(|o| o.salesforce_id.as_deref())
-        .collect();
+    let updated: Vec<&str> =
+        outcomes.iter().filter(|o| o.action == Action::Updated).filter_map(|o| o.salesforce_id.as_deref()).collect();
     let shouting = after
         .values()
         .flatten()
@@ -245,7 +243,10 @@ async fn new_visitors_become_contacts_once_and_only_real_changes_follow() {
         .expect("a seeded Contact with an upper-case e-mail is found by a new visitor");
     assert!(shouting["Pendo_Visitor_Id__c"].is_string(), "an upper-case e-mail is the same person: {shouting}");
     let unmatched = outcomes.iter().filter(|o| o.error_code.as_deref() == Some("UNMATCHED_ACCOUNT")).count();
-    assert_eq!(unmatched as u64, first.unmatched as u64 - outcomes.iter().filter(|o| o.object == "Lead").count() as u64);
+    assert_eq!(
+        unmatched as u64,
+        first.unmatched as u64 - outcomes.iter().filter(|o| o.object == "Lead").count() as u64
+    );
     assert!(w.records("Lead").await.is_empty());
     let contacts_after_first = w.records("Contact").await.len();
 
@@ -303,7 +304,13 @@ async fn two_runs_at_once_create_no_duplicate_contact() {
     no_duplicates(&w.contacts_by_email().await);
     let created = |c: &BTreeMap<Action, u64>| c.get(&Action::Created).copied().unwrap_or(0);
     let (ca, cb) = (created(&w.counts(&a).await), created(&w.counts(&b).await));
-    eprintln!("concurrent: a {:?} deferred {}, b {:?} deferred {}", w.counts(&a).await, a.deferred, w.counts(&b).await, b.deferred);
+    eprintln!(
+        "concurrent: a {:?} deferred {}, b {:?} deferred {}",
+        w.counts(&a).await,
+        a.deferred,
+        w.counts(&b).await,
+        b.deferred
+    );
     assert!(ca + cb > 0);
     // Whatever one run deferred (the other was creating it) the next run settles, creating nothing.
     let contacts = w.records("Contact").await.len();
@@ -401,7 +408,10 @@ async fn account_fields_reach_pendo_once_then_only_real_changes_and_own_writes_a
     assert_eq!(fourth.written, 0, "{:?}", fourth.samples);
     let outcomes = w.outcomes(&fourth).await;
     assert!(
-        outcomes.iter().any(|o| o.salesforce_id.as_deref() == Some(target.as_str()) && o.error_code.as_deref() == Some("OWN_CHANGE")),
+        outcomes
+            .iter()
+            .any(|o| o.salesforce_id.as_deref() == Some(target.as_str())
+                && o.error_code.as_deref() == Some("OWN_CHANGE")),
         "{outcomes:?}"
     );
 }
