@@ -142,7 +142,9 @@ async fn body(
     let mut fields: Vec<&str> = vec!["Id", "SystemModstamp", "LastModifiedById"];
     fields.extend(config.pendo_account.field.as_deref());
     fields.extend(config.attributes.iter().map(|a| a.salesforce.as_str()));
-    fields.dedup();
+    // SOQL refuses a field selected twice (say `Id` also sent to Pendo), in any spelling.
+    let mut seen = std::collections::HashSet::new();
+    fields.retain(|f| seen.insert(f.to_ascii_lowercase()));
     let mut query = SoqlQuery::select(fields.iter().copied(), OBJECT).order_by("SystemModstamp", Order::Asc);
     if let Some(since) = since {
         query = query.filter(Condition::ge("SystemModstamp", since));
