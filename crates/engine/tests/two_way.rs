@@ -89,6 +89,11 @@ fn env(name: &str) -> Option<String> {
 }
 
 async fn world(accounts: usize, unmatched: &str) -> World {
+    world_with_store(accounts, unmatched, None).await
+}
+
+/// A world whose state store is `store` (an opened store) or a fresh SQLite file.
+async fn world_with_store(accounts: usize, unmatched: &str, store: Option<Arc<dyn engine::store::Store>>) -> World {
     let gc = GenConfig { seed: 11, accounts, days: 30, ..GenConfig::default() };
     let state = PendoState::generated(PendoConfig::default(), &gc);
     let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
@@ -105,7 +110,10 @@ async fn world(accounts: usize, unmatched: &str) -> World {
     let ctx = Context {
         salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
         pendo: engine::connect::pendo_client(&config, &env).unwrap(),
-        store: engine::store::open(&sqlite).await.unwrap(),
+        store: match store {
+            Some(s) => s,
+            None => engine::store::open(&sqlite).await.unwrap(),
+        },
         config: Arc::new(config),
     };
     let fields: Vec<pendo::metadata::FieldSpec> =
@@ -447,4 +455,47 @@ async fn both_directions_back_to_back_converge_to_zero_writes() {
     // recognised as usagesync's own changes, not echoed.
     let own = w.outcomes(&attribute_runs[1]).await;
     assert!(own.iter().any(|o| o.error_code.as_deref() == Some("OWN_CHANGE")), "{own:?}");
+}
+
+/// Two workers, each with its own Salesforce client and its own connection to one PostgreSQL
+/// store, run the workflow at the same moment, twice over: every person gets one Contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_sharing_postgres_create_no_duplicate_contact() {
+    if std::env::var("USAGESYNC_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
+        eprintln!("USAGESYNC_SKIP_POSTGRES=1: skipped");
+        return;
+    }
+    let url =
+        std::env::var("USAGESYNC_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let schema = format!("usagesync_two_way_{}", std::process::id());
+    let open = || async {
+        engine::store::open_postgres_schema(&url, &schema)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL unavailable (USAGESYNC_SKIP_POSTGRES=1 skips): {e}"))
+    };
+    let w = world_with_store(40, "skip", Some(open().await)).await;
+    let other = Context {
+        salesforce: engine::connect::salesforce_client(&w.ctx.config, &env).unwrap(),
+        pendo: engine::connect::pendo_client(&w.ctx.config, &env).unwrap(),
+        store: open().await,
+        config: w.ctx.config.clone(),
+    };
+    let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None };
+    let mut created = 0;
+    for _ in 0..2 {
+        let (a, b) = tokio::join!(
+            engine::workflow::run(&w.ctx, "new-users", &options),
+            engine::workflow::run(&other, "new-users", &options)
+        );
+        for r in [a.unwrap(), b.unwrap()] {
+            assert_eq!(r.failed, 0, "{:?}", r.failures);
+            created += w.counts(&r).await.get(&Action::Created).copied().unwrap_or(0);
+        }
+    }
+    let by_email = w.contacts_by_email().await;
+    let leftover = w.run("new-users").await;
+    engine::store::drop_postgres_schema(&url, &schema).await.unwrap();
+    no_duplicates(&by_email);
+    assert!(created > 0);
+    assert_eq!(leftover.written, 0, "{:?}", leftover.samples);
 }
