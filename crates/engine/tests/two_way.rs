@@ -69,6 +69,7 @@ workflows:
       - { salesforce: Renewal_Date__c, pendo: sfrenewaldate, type: time }
       - { salesforce: Contract_Stage__c, pendo: sfcontractstage }
       - { salesforce: Owner.Name, pendo: sfownername }
+      - { salesforce: Id, pendo: sfdcaccountid }
 "#;
 
 struct World {
@@ -408,6 +409,11 @@ async fn account_fields_reach_pendo_once_then_only_real_changes_and_own_writes_a
     assert_eq!(third.written, 1, "{:?}", third.samples);
     assert_eq!(third.fields_changed, BTreeMap::from([("custom.sfplantier".to_owned(), 1)]));
     assert_eq!(w.pendo_accounts().await[&target_pendo]["custom"]["sfplantier"], json!("Enterprise"));
+    // A value cleared in Salesforce is cleared in Pendo (empty values never written stay unsent).
+    w.person_edits(&target, json!({"Contract_Stage__c": null}));
+    let cleared = w.run("attributes").await;
+    assert_eq!(cleared.fields_changed, BTreeMap::from([("custom.sfcontractstage".to_owned(), 1)]));
+    assert_eq!(w.pendo_accounts().await[&target_pendo]["custom"]["sfcontractstage"], Value::Null);
 
     // usagesync's own write to an Account (engagement fields, as the integration user) is ignored.
     let id = salesforce::SalesforceId::parse(&target).unwrap();
@@ -465,8 +471,8 @@ async fn two_workers_sharing_postgres_create_no_duplicate_contact() {
         eprintln!("USAGESYNC_SKIP_POSTGRES=1: skipped");
         return;
     }
-    let url =
-        std::env::var("USAGESYNC_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let url = std::env::var("USAGESYNC_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let schema = format!("usagesync_two_way_{}", std::process::id());
     let open = || async {
         engine::store::open_postgres_schema(&url, &schema)

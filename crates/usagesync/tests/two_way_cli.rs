@@ -61,7 +61,8 @@ fn sync_runs_new_users_and_attributes_to_pendo_and_a_repeat_writes_nothing() {
     let _emu = Emulators(child);
 
     let dir = tempfile::tempdir().unwrap();
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml")).unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml")).unwrap();
     // The emulated subscription has a `plan` account field, not the example's `sf…` fields.
     let start = example.find("    attributes:").unwrap();
     let text = format!("{}    attributes:\n      - {{ salesforce: Type, pendo: plan }}\n", &example[..start])

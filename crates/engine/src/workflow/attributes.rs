@@ -208,7 +208,10 @@ async fn body(
             }
         }
         for pendo_id in pendo_ids {
-            let desired = Desired { key: pendo_id.clone(), salesforce_id: pendo_id.clone(), fields: values.clone() };
+            // An empty value never written before has nothing to clear in Pendo.
+            let fields: Vec<(String, Value)> =
+                values.iter().filter(|(f, v)| !v.is_null() || written.get(&pendo_id, f).is_some()).cloned().collect();
+            let desired = Desired { key: pendo_id.clone(), salesforce_id: pendo_id.clone(), fields };
             match change::diff(&written, &desired, &[]) {
                 Some(c) => changes.push((c, id.clone(), own)),
                 None if own => {
