@@ -63,9 +63,7 @@ fn sync_runs_new_users_and_attributes_to_pendo_and_a_repeat_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml")).unwrap();
-    // The emulated subscription has a `plan` account field, not the example's `sf…` fields.
-    let start = example.find("    attributes:").unwrap();
-    let text = format!("{}    attributes:\n      - {{ salesforce: Type, pendo: plan }}\n", &example[..start])
+    let text = example
         .replace("http://127.0.0.1:8443", &sf)
         .replace("http://127.0.0.1:8444", &pendo)
         .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.path().join("state.db").display()))
@@ -81,8 +79,33 @@ fn sync_runs_new_users_and_attributes_to_pendo_and_a_repeat_writes_nothing() {
     let again = report(&run(&cfg, &["sync", "new-users", "--json"]));
     assert_eq!((again["written"].as_u64(), again["failed"].as_u64()), (Some(0), Some(0)), "{again}");
 
+    // Someone sets a plan tier on two Accounts that carry a Pendo account id.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let http = reqwest::Client::new();
+        let accounts: Vec<Value> =
+            http.get(format!("{sf}/__emulator/records/Account")).send().await.unwrap().json().await.unwrap();
+        let token: Value = http
+            .post(format!("{sf}/services/oauth2/token"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", "usagesync-emulator"),
+                ("client_secret", "emulator-secret"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let bearer = token["access_token"].as_str().unwrap();
+        for a in accounts.iter().filter(|a| a["Pendo_Account_Id__c"].is_string()).take(2) {
+            let url = format!("{sf}/services/data/v62.0/sobjects/Account/{}", a["Id"].as_str().unwrap());
+            let r = http.patch(url).bearer_auth(bearer).json(&serde_json::json!({"Plan_Tier__c": "Growth"})).send();
+            assert!(r.await.unwrap().status().is_success());
+        }
+    });
     let first = report(&run(&cfg, &["sync", "attributes-to-pendo", "--json"]));
-    assert!(first["written"].as_u64().unwrap() > 0, "{first}");
+    assert_eq!(first["written"], 2, "only Accounts with a value to send: {first}");
     assert_eq!(first["failed"], 0, "{first}");
     let again = report(&run(&cfg, &["sync", "attributes-to-pendo", "--json"]));
     assert_eq!((again["written"].as_u64(), again["failed"].as_u64()), (Some(0), Some(0)), "{again}");

@@ -32,12 +32,12 @@ fn the_example_holds_both_templates_with_their_values() {
     assert_eq!(a.group, MetadataGroup::Custom);
     assert_eq!(a.pendo_account.field.as_deref(), Some("Pendo_Account_Id__c"));
     assert_eq!(a.pendo_account.id_map_of.as_deref(), Some("engagement"));
-    assert_eq!(a.attributes.len(), 4);
+    assert_eq!(a.attributes.len(), 3);
     assert_eq!(
         a.attributes[1],
-        Attribute { salesforce: "Renewal_Date__c".into(), pendo: "sfrenewaldate".into(), kind: AttributeType::Time }
+        Attribute { salesforce: "Renewal_Date__c".into(), pendo: "renewaldate".into(), kind: AttributeType::Time }
     );
-    assert_eq!(a.attributes[3].salesforce, "Owner.Name");
+    assert_eq!(a.attributes[2].salesforce, "CSM__r.Name");
     // The display form loads back to the same workflows.
     let again = load_str(&config.redacted_yaml(), "shown.yaml").unwrap_or_else(|e| panic!("{e}"));
     let Template::AccountAttributesToPendo(b) = &again.workflows["attributes-to-pendo"].template else { panic!() };
@@ -50,7 +50,7 @@ fn the_example_holds_both_templates_with_their_values() {
 fn a_field_sent_back_the_other_way_is_refused_with_its_line() {
     // engagement-scores writes the score into Salesforce; reading it back into Pendo is a loop.
     let text = STARTER.replace(
-        "      - { salesforce: Contract_Stage__c, pendo: sfcontractstage }",
+        "      - { salesforce: CSM__r.Name, pendo: csm }",
         "      - { salesforce: pendo_engagement_score__c, pendo: sfscore }",
     );
     let errors = load_err(&text);
@@ -77,7 +77,7 @@ fn keys_of_other_templates_and_bad_values_are_reported() {
     let text = STARTER
         .replace("    unmatched_account: skip ", "    score: {}\n    unmatched_account: maybe ")
         .replace("    pendo_group: custom ", "    pendo_group: auto ")
-        .replace("pendo: sfrenewaldate, type: time", "pendo: sfrenewaldate, type: date");
+        .replace("pendo: renewaldate, type: time", "pendo: renewaldate, type: date");
     let errors = load_err(&text);
     let keys: Vec<&str> = errors.errors.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(
