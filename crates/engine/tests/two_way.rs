@@ -437,6 +437,7 @@ async fn both_directions_back_to_back_converge_to_zero_writes() {
     let target = target["Id"].as_str().unwrap().to_owned();
     let mut per_round = Vec::new();
     let mut attribute_runs = Vec::new();
+    let mut calls = Vec::new();
     for round in 0..10 {
         if round == 4 {
             // A person moves one Account to another plan mid-way: one write, then quiet again.
@@ -449,9 +450,11 @@ async fn both_directions_back_to_back_converge_to_zero_writes() {
             assert_eq!(r.failed, 0, "round {round} {}: {:?}", r.workflow, r.failures);
         }
         per_round.push((e.written, a.written, n.written));
+        calls.push((e.total_api_calls(), a.total_api_calls(), n.total_api_calls(), a.pendo_calls));
         attribute_runs.push(a);
     }
-    eprintln!("per round (engagement, attributes, new-users): {per_round:?}");
+    eprintln!("per round (engagement, attributes, new-users): writes {per_round:?}");
+    eprintln!("Salesforce calls (engagement, attributes, new-users) and Pendo write calls: {calls:?}");
     let totals: Vec<usize> = per_round.iter().map(|(e, a, n)| e + a + n).collect();
     assert!(totals[0] > 0, "{per_round:?}");
     assert_eq!(per_round[4], (0, 1, 0), "the person's change goes to Pendo once: {per_round:?}");
