@@ -508,3 +508,43 @@ async fn two_workers_sharing_postgres_create_no_duplicate_contact() {
     assert!(created > 0);
     assert_eq!(leftover.written, 0, "{:?}", leftover.samples);
 }
+
+/// A create claimed by a worker that is still running is deferred, and read again next run
+/// (the cursor waits for it); a claim left by a worker that died long ago is taken over, after
+/// looking once more whether that worker created the Contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_in_flight_defer_and_abandoned_claims_are_taken_over() {
+    let w = world(30, "skip").await;
+    w.run("new-users").await;
+    let (pendo_account, sf_account, domain) = w.matched_account().await;
+    let now = Utc::now();
+    let ms = now.timestamp_millis();
+    let busy = format!("busy@{domain}");
+    let gone = format!("gone@{domain}");
+    // Another worker is creating `busy` right now; one that crashed an hour ago claimed `gone`.
+    let store = &w.ctx.store;
+    store.begin_create(&format!("contact-email:{busy}"), "new-users", now).await.unwrap();
+    store.begin_create(&format!("contact-email:{gone}"), "new-users", now - chrono::Duration::hours(1)).await.unwrap();
+    w.pendo_seed(json!({"visitors": [
+        visitor("v-busy", &pendo_account, &busy, "Busy Bee", ms - 8_000, ms - 8_000),
+        visitor("v-gone", &pendo_account, &gone, "Gone Away", ms - 7_000, ms - 7_000),
+    ]}))
+    .await;
+    let first = w.run("new-users").await;
+    assert_eq!((first.written, first.deferred, first.failed), (1, 1, 0), "{:?}", first.samples);
+    let by_email = w.contacts_by_email().await;
+    assert!(!by_email.contains_key(&busy), "never created while another worker holds the claim");
+    assert_eq!(by_email[&gone].len(), 1);
+    assert_eq!(by_email[&gone][0]["AccountId"], json!(sf_account));
+    let cursor = store.cursor("new-users", engine::workflow::new_users::CURSOR).await.unwrap();
+    assert_eq!(cursor, Some((ms - 8_000).to_string()), "the cursor waits at the deferred visitor");
+
+    // The other worker gave up without creating: the next run creates `busy`, once.
+    store.abandon_create(&format!("contact-email:{busy}")).await.unwrap();
+    let second = w.run("new-users").await;
+    assert_eq!((second.written, second.deferred, second.failed), (1, 0, 0), "{:?}", second.samples);
+    let third = w.run("new-users").await;
+    assert_eq!((third.written, third.deferred), (0, 0), "{:?}", third.samples);
+    let by_email = w.contacts_by_email().await;
+    assert_eq!((by_email[&busy].len(), by_email[&gone].len()), (1, 1));
+}
