@@ -10,15 +10,20 @@
 //! (`{env: NAME}` / `{file: PATH}`) and are not read at load time (`secret.rs`).
 
 mod console;
+mod attributes;
 mod duration;
 mod error;
 mod locate;
+mod new_users;
+mod ownership;
 mod secret;
 mod validate;
 mod wire;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_two_way;
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,7 +32,9 @@ use indexmap::IndexMap;
 use url::Url;
 
 pub use console::{Console, DEFAULT_SESSION_HOURS};
+pub use attributes::{Attribute, AttributeType, AttributesConfig, DEFAULT_ATTRIBUTES_OVERLAP, PendoAccountSource};
 pub use error::{ConfigError, ConfigErrors};
+pub use new_users::{ContactFields, DEFAULT_NEW_USERS_OVERLAP, NewUsersConfig, UnmatchedAccount};
 pub use secret::{Secret, SecretString};
 
 /// The annotated example config, also the starter written by `usagesync init`.
@@ -192,15 +199,20 @@ pub struct Workflow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TemplateKind {
     EngagementScores,
+    NewUsersToContacts,
+    AccountAttributesToPendo,
 }
 
 impl TemplateKind {
-    pub const ALL: &'static [TemplateKind] = &[TemplateKind::EngagementScores];
+    pub const ALL: &'static [TemplateKind] =
+        &[TemplateKind::EngagementScores, TemplateKind::NewUsersToContacts, TemplateKind::AccountAttributesToPendo];
 
     /// The `template:` value.
     pub fn name(self) -> &'static str {
         match self {
             TemplateKind::EngagementScores => "engagement-scores",
+            TemplateKind::NewUsersToContacts => "new-users-to-contacts",
+            TemplateKind::AccountAttributesToPendo => "account-attributes-to-pendo",
         }
     }
 
@@ -213,12 +225,16 @@ impl TemplateKind {
 #[derive(Debug, Clone)]
 pub enum Template {
     EngagementScores(EngagementConfig),
+    NewUsersToContacts(NewUsersConfig),
+    AccountAttributesToPendo(AttributesConfig),
 }
 
 impl Template {
     pub fn kind(&self) -> TemplateKind {
         match self {
             Template::EngagementScores(_) => TemplateKind::EngagementScores,
+            Template::NewUsersToContacts(_) => TemplateKind::NewUsersToContacts,
+            Template::AccountAttributesToPendo(_) => TemplateKind::AccountAttributesToPendo,
         }
     }
 }

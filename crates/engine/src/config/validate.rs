@@ -122,6 +122,8 @@ pub(super) fn build(
                 workflows.insert(name.clone(), workflow);
             }
         }
+        let names: Vec<&str> = list.keys().map(String::as_str).collect();
+        super::ownership::check(&workflows, &names, &mut errors);
     }
     let mut list = errors.list;
     if let (true, Some(connections), Some(store), Some(budget), Some(webhooks), Some(console)) =
@@ -442,8 +444,14 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
             bounded_duration(text, &k("max_latency"), Duration::from_secs(60), Duration::from_secs(7 * 86_400), errors)
         }
     };
-    let template = match kind? {
+    let kind = kind?;
+    super::ownership::foreign_keys(&key, kind, w, errors);
+    let template = match kind {
         TemplateKind::EngagementScores => engagement(&key, w, errors).map(Template::EngagementScores),
+        TemplateKind::NewUsersToContacts => super::new_users::build(&key, w, errors).map(Template::NewUsersToContacts),
+        TemplateKind::AccountAttributesToPendo => {
+            super::attributes::build(&key, w, errors).map(Template::AccountAttributesToPendo)
+        }
     };
     Some(Workflow {
         name: name.to_owned(),
@@ -456,7 +464,13 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
     })
 }
 
-fn bounded_duration(text: &str, key: &str, min: Duration, max: Duration, errors: &mut Errors) -> Option<Duration> {
+pub(super) fn bounded_duration(
+    text: &str,
+    key: &str,
+    min: Duration,
+    max: Duration,
+    errors: &mut Errors,
+) -> Option<Duration> {
     match duration::parse(text) {
         Ok(d) if d >= min && d <= max => Some(d),
         Ok(_) => {
@@ -475,18 +489,7 @@ fn bounded_duration(text: &str, key: &str, min: Duration, max: Duration, errors:
 
 fn engagement(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<EngagementConfig> {
     let k = |leaf: &str| format!("{key}.{leaf}");
-    let matching = errors.required(&w.matching, &k("matching")).and_then(|rules| {
-        if rules.is_empty() {
-            errors.push(&k("matching"), "give at least one matching rule");
-            return None;
-        }
-        let built: Vec<_> = rules
-            .iter()
-            .enumerate()
-            .map(|(i, rule)| match_rule(&format!("{key}.matching[{i}]"), rule, errors))
-            .collect();
-        built.into_iter().collect::<Option<Vec<_>>>()
-    });
+    let matching = match_rules(key, w, errors);
     let recheck_matches_after = match &w.recheck_matches_after {
         None => Some(DEFAULT_RECHECK_MATCHES_AFTER),
         Some(text) => bounded_duration(
@@ -515,6 +518,20 @@ fn engagement(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Enga
         core_features,
         score: score?,
         fields: fields?,
+    })
+}
+
+/// The `matching` list, required and not empty.
+pub(super) fn match_rules(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Vec<MatchRule>> {
+    let k = format!("{key}.matching");
+    errors.required(&w.matching, &k).and_then(|rules| {
+        if rules.is_empty() {
+            errors.push(&k, "give at least one matching rule");
+            return None;
+        }
+        let built: Vec<_> =
+            rules.iter().enumerate().map(|(i, rule)| match_rule(&format!("{k}[{i}]"), rule, errors)).collect();
+        built.into_iter().collect::<Option<Vec<_>>>()
     })
 }
 
@@ -616,7 +633,7 @@ fn match_rule(key: &str, r: &wire::MatchRule, errors: &mut Errors) -> Option<Mat
 
 /// A Salesforce field API name: a letter, then letters, digits and single
 /// underscores; a name with `__` must be a custom field (`__c`), possibly namespaced.
-fn salesforce_field(name: &str, key: &str, errors: &mut Errors) -> Option<String> {
+pub(super) fn salesforce_field(name: &str, key: &str, errors: &mut Errors) -> Option<String> {
     let shape = name.starts_with(|c: char| c.is_ascii_alphabetic())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.ends_with('_');
@@ -791,6 +808,8 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
                         updated_at: g(Metric::UpdatedAt),
                     });
                 }
+                Template::NewUsersToContacts(n) => super::new_users::to_wire(n, &mut out),
+                Template::AccountAttributesToPendo(a) => super::attributes::to_wire(a, &mut out),
             }
             (name.clone(), out)
         })
@@ -825,7 +844,7 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
     }
 }
 
-fn rule_to_wire(rule: &MatchRule) -> wire::MatchRule {
+pub(super) fn rule_to_wire(rule: &MatchRule) -> wire::MatchRule {
     match rule {
         MatchRule::PendoMetadata { group, field } => wire::MatchRule {
             rule: Some("pendo_metadata".to_owned()),

@@ -154,6 +154,27 @@ pub(crate) struct Workflow {
     pub score: Option<Score>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fields: Option<Fields>,
+    // new-users-to-contacts and account-attributes-to-pendo
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<String>,
+    // new-users-to-contacts
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact_fields: Option<super::new_users::WireContactFields>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strip_plus_addressing: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unmatched_account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lead_source: Option<String>,
+    // account-attributes-to-pendo
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pendo_account: Option<super::attributes::WirePendoAccount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pendo_group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integration_user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Vec<super::attributes::WireAttribute>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

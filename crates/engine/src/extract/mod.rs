@@ -6,6 +6,7 @@
 //! - this module: the public types, the error, and the paging loop every query goes through.
 //! - `engagement`: the engagement queries and their folding.
 //! - `facts`: account metadata and visitor e-mail domains.
+//! - `visitors`: visitors first seen since a point in time (new-users-to-contacts).
 //!
 //! # Choices the engine relies on
 //! - The window is whole days in the subscription's timezone: the `days` days before the day that
@@ -18,6 +19,7 @@
 
 mod engagement;
 mod facts;
+mod visitors;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -25,6 +27,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 use pendo::{Expr, Pipeline, SortKey};
 use serde_json::Value;
+
+pub use visitors::NewVisitor;
 
 /// Rows per aggregation page: tap-pendo's default limit. Every page costs Pendo a scan of the whole
 /// window (keyset filters cannot skip work), so fewer, larger pages are cheaper in calls and time;

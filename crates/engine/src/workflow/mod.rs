@@ -6,13 +6,17 @@
 //!
 //! # Layout
 //! - [`engagement`]: the engagement-scores template.
+//! - [`new_users`]: the new-users-to-contacts template.
+//! - [`attributes`]: the account-attributes-to-pendo template (Salesforce → Pendo).
 //! - [`replay`]: sending kept failures again.
 //! - `budget`: today's allowance from `/limits` and the persisted ledger.
 //! - `accounts`: reading Accounts for matching (REST pages or a Bulk query, whichever is cheaper).
 
 mod accounts;
+pub mod attributes;
 mod budget;
 pub mod engagement;
+pub mod new_users;
 pub mod replay;
 
 use std::collections::BTreeMap;
@@ -150,6 +154,10 @@ pub async fn run(ctx: &Context, name: &str, options: &RunOptions) -> Result<RunR
     let workflow = ctx.config.workflows.get(name).ok_or_else(|| RunError::UnknownWorkflow(name.to_owned()))?;
     match &workflow.template {
         crate::config::Template::EngagementScores(template) => engagement::run(ctx, workflow, template, options).await,
+        crate::config::Template::NewUsersToContacts(template) => new_users::run(ctx, workflow, template, options).await,
+        crate::config::Template::AccountAttributesToPendo(template) => {
+            attributes::run(ctx, workflow, template, options).await
+        }
     }
 }
 

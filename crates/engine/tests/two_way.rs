@@ -1,0 +1,550 @@
+//! The two-way workflows end to end against both emulators on 127.0.0.1: new Pendo visitors
+//! become Contacts once (never twice, not even from two runs at once), only real changes are
+//! written, unmatched accounts become Leads or are skipped as configured; Salesforce Account
+//! fields reach Pendo account metadata once and then only when a person changes them; and the
+//! two directions run back to back settle to zero writes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::Utc;
+use emulator::pendo::{GenConfig, PendoConfig, PendoState};
+use emulator::salesforce::store::{INTEGRATION_USER_ID, WriteCtx};
+use engine::store::Action;
+use engine::workflow::new_users::normalise_email;
+use engine::workflow::{Context, RunOptions, RunReport};
+use serde_json::{Map, Value, json};
+
+const HEAD: &str = r#"
+connections:
+  salesforce:
+    login_url: "{sf}"
+    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
+  pendo:
+    base_url: "{pendo}"
+    integration_key: { env: PENDO_KEY }
+store: "{store}"
+budget: { daily_share: 1.0 }
+workflows:
+  engagement:
+    template: engagement-scores
+    schedule: "0 6 * * *"
+    window_days: 30
+    max_latency: 1m
+    matching:
+      - { rule: pendo_metadata, group: custom, field: sfdcaccountid }
+      - { rule: external_id, field: Pendo_Account_Id__c }
+      - { rule: email_domain, website_field: Website }
+    score:
+      active_visitors: { weight: 0.5, target: 10 }
+      active_days: { weight: 0.5, target: 20 }
+    fields:
+      active_visitors: Pendo_Active_Visitors__c
+      active_days: Pendo_Active_Days__c
+      events: Pendo_Events__c
+      score: Pendo_Engagement_Score__c
+      last_active: Pendo_Last_Active__c
+      updated_at: Pendo_Engagement_Updated__c
+  new-users:
+    template: new-users-to-contacts
+    schedule: "*/15 * * * *"
+    window_days: 40
+    matching:
+      - { rule: pendo_metadata, group: custom, field: sfdcaccountid }
+      - { rule: external_id, field: Pendo_Account_Id__c }
+      - { rule: email_domain, website_field: Website }
+    contact_fields:
+      visitor_id: Pendo_Visitor_Id__c
+      last_visit: Pendo_Last_Active__c
+    unmatched_account: {unmatched}
+  attributes:
+    template: account-attributes-to-pendo
+    schedule: "*/30 * * * *"
+    window_days: 30
+    pendo_account: { field: Pendo_Account_Id__c, id_map_of: engagement }
+    attributes:
+      - { salesforce: Plan_Tier__c, pendo: sfplantier }
+      - { salesforce: Renewal_Date__c, pendo: sfrenewaldate, type: time }
+      - { salesforce: Contract_Stage__c, pendo: sfcontractstage }
+      - { salesforce: Owner.Name, pendo: sfownername }
+      - { salesforce: Id, pendo: sfdcaccountid }
+"#;
+
+struct World {
+    sf: emulator::salesforce::Running,
+    pendo_url: String,
+    ctx: Context,
+    http: reqwest::Client,
+    _pendo: emulator::pendo::Running,
+    _dir: tempfile::TempDir,
+}
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "SF_SECRET" => Some("emulator-secret".into()),
+        "PENDO_KEY" => Some("emulator-integration-key".into()),
+        _ => None,
+    }
+}
+
+async fn world(accounts: usize, unmatched: &str) -> World {
+    world_with_store(accounts, unmatched, None).await
+}
+
+/// A world whose state store is `store` (an opened store) or a fresh SQLite file.
+async fn world_with_store(accounts: usize, unmatched: &str, store: Option<Arc<dyn engine::store::Store>>) -> World {
+    let gc = GenConfig { seed: 11, accounts, days: 30, ..GenConfig::default() };
+    let state = PendoState::generated(PendoConfig::default(), &gc);
+    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
+    emulator::seed_matching_org(&sf.state, &state).unwrap();
+    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
+    let text = HEAD
+        .replace("{sf}", &sf.base_url)
+        .replace("{pendo}", &pendo.base_url)
+        .replace("{store}", &sqlite)
+        .replace("{unmatched}", unmatched);
+    let config = engine::config::load_str(&text, "test.yaml").unwrap();
+    let ctx = Context {
+        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
+        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
+        store: match store {
+            Some(s) => s,
+            None => engine::store::open(&sqlite).await.unwrap(),
+        },
+        config: Arc::new(config),
+    };
+    let fields: Vec<pendo::metadata::FieldSpec> =
+        [("sfplantier", "string"), ("sfrenewaldate", "time"), ("sfcontractstage", "string"), ("sfownername", "string")]
+            .into_iter()
+            .map(|(name, t)| pendo::metadata::FieldSpec {
+                name: name.into(),
+                displayname: name.into(),
+                field_type: t.into(),
+            })
+            .collect();
+    ctx.pendo.create_fields(pendo::Kind::Account, "custom", &fields).await.unwrap();
+    World { pendo_url: pendo.base_url.clone(), sf, ctx, http: reqwest::Client::new(), _pendo: pendo, _dir: dir }
+}
+
+impl World {
+    async fn run(&self, name: &str) -> RunReport {
+        let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None };
+        engine::workflow::run(&self.ctx, name, &options).await.unwrap()
+    }
+
+    async fn records(&self, object: &str) -> Vec<Value> {
+        let url = format!("{}/__emulator/records/{object}", self.sf.base_url);
+        let rows: Vec<Value> = self.http.get(url).send().await.unwrap().json().await.unwrap();
+        rows.into_iter().filter(|r| r["IsDeleted"] != json!(true)).collect()
+    }
+
+    /// Contacts by normalised e-mail.
+    async fn contacts_by_email(&self) -> HashMap<String, Vec<Value>> {
+        let mut out: HashMap<String, Vec<Value>> = HashMap::new();
+        for c in self.records("Contact").await {
+            if let Some(e) = c["Email"].as_str().and_then(|e| normalise_email(e, false)) {
+                out.entry(e).or_default().push(c);
+            }
+        }
+        out
+    }
+
+    async fn pendo_seed(&self, body: Value) {
+        let url = format!("{}/__emulator/seed", self.pendo_url);
+        let r = self.http.post(url).json(&body).send().await.unwrap();
+        assert!(r.status().is_success(), "seed: {}", r.text().await.unwrap());
+    }
+
+    /// Pendo account metadata by account id.
+    async fn pendo_accounts(&self) -> HashMap<String, Value> {
+        let url = format!("{}/__emulator/accounts", self.pendo_url);
+        let v: Value = self.http.get(url).send().await.unwrap().json().await.unwrap();
+        let list = v.as_array().cloned().or_else(|| v["accounts"].as_array().cloned()).unwrap();
+        list.into_iter()
+            .map(|a| {
+                let id = a["accountId"].as_str().or_else(|| a["id"].as_str()).unwrap().to_owned();
+                (id, a["metadata"].clone())
+            })
+            .collect()
+    }
+
+    /// Edits an Account as a person (not the integration user) would in the UI.
+    fn person_edits(&self, account: &str, fields: Value) {
+        let person = {
+            let db = self.sf.state.db.lock();
+            db.records("User").map(|u| u.id().to_owned()).find(|id| id != INTEGRATION_USER_ID).unwrap()
+        };
+        let ctx = WriteCtx { user_id: person, now: self.sf.state.clock.now() };
+        let map: Map<String, Value> = fields.as_object().unwrap().clone();
+        self.sf.state.db.lock().update("Account", account, &map, &ctx).unwrap();
+    }
+
+    async fn outcomes(&self, report: &RunReport) -> Vec<engine::store::RecordOutcome> {
+        let filter = engine::store::OutcomeFilter::default();
+        self.ctx.store.run_outcomes(report.run_id.unwrap(), &filter).await.unwrap()
+    }
+
+    async fn counts(&self, report: &RunReport) -> BTreeMap<Action, u64> {
+        self.ctx.store.outcome_counts(report.run_id.unwrap()).await.unwrap()
+    }
+
+    /// A Pendo account the new-users workflow matched, with its Account and that Account's website domain.
+    async fn matched_account(&self) -> (String, String, String) {
+        let map = self.ctx.store.id_map("new-users").await.unwrap();
+        let accounts: HashMap<String, Value> =
+            self.records("Account").await.into_iter().map(|a| (a["Id"].as_str().unwrap().to_owned(), a)).collect();
+        map.iter()
+            .filter(|e| e.status == engine::store::MatchStatus::Matched)
+            .find_map(|e| {
+                let sf = e.salesforce_id.clone()?;
+                let website = accounts.get(&sf)?["Website"].as_str()?.to_owned();
+                let domain =
+                    website.trim_start_matches("https://www.").trim_start_matches("http://").trim_end_matches('/');
+                Some((e.pendo_id.clone(), sf, domain.to_owned()))
+            })
+            .unwrap()
+    }
+}
+
+fn visitor(id: &str, account: &str, email: &str, name: &str, first_ms: i64, last_ms: i64) -> Value {
+    json!({
+        "visitorId": id,
+        "accountId": account,
+        "metadata": {
+            "auto": { "firstvisit": first_ms, "lastvisit": last_ms },
+            "agent": { "email": email, "full_name": name }
+        }
+    })
+}
+
+fn no_duplicates(by_email: &HashMap<String, Vec<Value>>) {
+    let dups: Vec<(&String, usize)> = by_email.iter().filter(|(_, v)| v.len() > 1).map(|(e, v)| (e, v.len())).collect();
+    assert!(dups.is_empty(), "duplicate Contacts: {dups:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_visitors_become_contacts_once_and_only_real_changes_follow() {
+    let w = world(40, "skip").await;
+    let before = w.contacts_by_email().await;
+    no_duplicates(&before);
+
+    let first = w.run("new-users").await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    let counts = w.counts(&first).await;
+    assert!(counts.get(&Action::Created).copied().unwrap_or(0) > 0, "{counts:?}");
+    // Seeded Contacts (some with upper-case e-mails) are found, not created again: they get the visitor id.
+    assert!(counts.get(&Action::Updated).copied().unwrap_or(0) > 0, "{counts:?}");
+    let after = w.contacts_by_email().await;
+    no_duplicates(&after);
+    // Visitors of accounts that match no Account are skipped, not created.
+    let outcomes = w.outcomes(&first).await;
+    let updated: Vec<&str> =
+        outcomes.iter().filter(|o| o.action == Action::Updated).filter_map(|o| o.salesforce_id.as_deref()).collect();
+    let shouting = after
+        .values()
+        .flatten()
+        .filter(|c| c["Email"].as_str().is_some_and(|e| e.chars().any(|ch| ch.is_ascii_uppercase())))
+        .find(|c| updated.contains(&c["Id"].as_str().unwrap_or_default()))
+        .expect("a seeded Contact with an upper-case e-mail is found by a new visitor");
+    assert!(shouting["Pendo_Visitor_Id__c"].is_string(), "an upper-case e-mail is the same person: {shouting}");
+    let unmatched = outcomes.iter().filter(|o| o.error_code.as_deref() == Some("UNMATCHED_ACCOUNT")).count();
+    assert_eq!(
+        unmatched as u64,
+        first.unmatched as u64 - outcomes.iter().filter(|o| o.object == "Lead").count() as u64
+    );
+    assert!(w.records("Lead").await.is_empty());
+    let contacts_after_first = w.records("Contact").await.len();
+
+    // A repeat writes nothing and creates nothing.
+    let second = w.run("new-users").await;
+    assert_eq!((second.written, second.failed), (0, 0), "{:?}", second.samples);
+    assert_eq!(w.records("Contact").await.len(), contacts_after_first);
+
+    // The same person twice in one batch (case and spaces differ), plus someone new.
+    let (pendo_account, sf_account, domain) = w.matched_account().await;
+    let now = Utc::now().timestamp_millis();
+    let email = format!("Grace.Hopper@{domain}");
+    w.pendo_seed(json!({"visitors": [
+        visitor("v-grace-1", &pendo_account, &format!("  {email} "), "Grace Brewster Hopper", now - 60_000, now - 60_000),
+        visitor("v-grace-2", &pendo_account, &email.to_lowercase(), "Grace Hopper", now - 30_000, now - 30_000),
+        visitor("v-alan", &pendo_account, &format!("alan@{domain}"), "Alan Turing", now - 20_000, now - 20_000),
+    ]}))
+    .await;
+    let third = w.run("new-users").await;
+    assert_eq!((third.written, third.failed), (2, 0), "{:?} {:?}", third.samples, third.failures);
+    let outcomes = w.outcomes(&third).await;
+    let dup = outcomes.iter().find(|o| o.error_code.as_deref() == Some("DUPLICATE_IN_BATCH")).unwrap();
+    assert_eq!(dup.key, "v-grace-2", "the earliest first visit wins");
+    let by_email = w.contacts_by_email().await;
+    no_duplicates(&by_email);
+    let grace = &by_email[&email.to_lowercase()][0];
+    assert_eq!(grace["Pendo_Visitor_Id__c"], json!("v-grace-1"));
+    assert_eq!(grace["AccountId"], json!(sf_account));
+    assert_eq!((grace["FirstName"].as_str(), grace["LastName"].as_str()), (Some("Grace Brewster"), Some("Hopper")));
+    assert!(grace["Pendo_Last_Active__c"].is_string());
+
+    // Only a real change is written: Grace visits again (still inside the overlap).
+    w.pendo_seed(json!({"visitors": [
+        visitor("v-grace-1", &pendo_account, &email, "Grace Brewster Hopper", now - 60_000, now - 5_000),
+    ]}))
+    .await;
+    let fourth = w.run("new-users").await;
+    assert_eq!(fourth.written, 1, "{:?}", fourth.samples);
+    assert_eq!(fourth.fields_changed, BTreeMap::from([("Contact.Pendo_Last_Active__c".to_owned(), 1)]));
+    let fifth = w.run("new-users").await;
+    assert_eq!(fifth.written, 0, "{:?}", fifth.samples);
+    assert_eq!(w.contacts_by_email().await[&email.to_lowercase()].len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_at_once_create_no_duplicate_contact() {
+    let w = world(40, "skip").await;
+    let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None };
+    let (a, b) = tokio::join!(
+        engine::workflow::run(&w.ctx, "new-users", &options),
+        engine::workflow::run(&w.ctx, "new-users", &options)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.failed, b.failed), (0, 0), "{:?} {:?}", a.failures, b.failures);
+    no_duplicates(&w.contacts_by_email().await);
+    let created = |c: &BTreeMap<Action, u64>| c.get(&Action::Created).copied().unwrap_or(0);
+    let (ca, cb) = (created(&w.counts(&a).await), created(&w.counts(&b).await));
+    eprintln!(
+        "concurrent: a {:?} deferred {}, b {:?} deferred {}",
+        w.counts(&a).await,
+        a.deferred,
+        w.counts(&b).await,
+        b.deferred
+    );
+    assert!(ca + cb > 0);
+    // Whatever one run deferred (the other was creating it) the next run settles, creating nothing.
+    let contacts = w.records("Contact").await.len();
+    let next = w.run("new-users").await;
+    assert_eq!(created(&w.counts(&next).await), 0);
+    assert_eq!(next.failed, 0, "{:?}", next.failures);
+    assert_eq!(w.records("Contact").await.len(), contacts);
+    no_duplicates(&w.contacts_by_email().await);
+    // The same people from another visitor id each, in two runs at once: still one Contact each.
+    let (pendo_account, _, domain) = w.matched_account().await;
+    let now = Utc::now().timestamp_millis();
+    let people: Vec<Value> = (0..30)
+        .flat_map(|i| {
+            let email = format!("twin{i}@{domain}");
+            [
+                visitor(&format!("twin-a-{i}"), &pendo_account, &email, "Twin A", now - 50_000, now - 50_000),
+                visitor(&format!("twin-b-{i}"), &pendo_account, &email.to_uppercase(), "Twin B", now - 40_000, now),
+            ]
+        })
+        .collect();
+    w.pendo_seed(json!({ "visitors": people })).await;
+    let (a, b) = tokio::join!(
+        engine::workflow::run(&w.ctx, "new-users", &options),
+        engine::workflow::run(&w.ctx, "new-users", &options)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.failed, b.failed), (0, 0), "{:?} {:?}", a.failures, b.failures);
+    w.run("new-users").await;
+    let by_email = w.contacts_by_email().await;
+    no_duplicates(&by_email);
+    for i in 0..30 {
+        assert_eq!(by_email[&format!("twin{i}@{domain}")].len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmatched_accounts_become_leads_when_configured_and_only_once() {
+    let w = world(30, "lead").await;
+    let now = Utc::now().timestamp_millis();
+    w.pendo_seed(json!({
+        "accounts": [{ "accountId": "acct-nowhere", "metadata": { "agent": { "name": "Nowhere Industries" } } }],
+        "visitors": [visitor("v-nobody", "acct-nowhere", "nobody@nowhere-industries.example", "No Body", now - 9_000, now)],
+    }))
+    .await;
+    let first = w.run("new-users").await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    let leads = w.records("Lead").await;
+    let nobody: Vec<&Value> = leads.iter().filter(|l| l["Pendo_Visitor_Id__c"] == json!("v-nobody")).collect();
+    assert_eq!(nobody.len(), 1, "{leads:?}");
+    assert_eq!(nobody[0]["Company"], json!("Nowhere Industries"));
+    assert_eq!(nobody[0]["Email"], json!("nobody@nowhere-industries.example"));
+    assert!(!w.contacts_by_email().await.contains_key("nobody@nowhere-industries.example"));
+    let lead_count = leads.len();
+    let second = w.run("new-users").await;
+    assert_eq!((second.written, second.failed), (0, 0), "{:?}", second.samples);
+    assert_eq!(w.records("Lead").await.len(), lead_count);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_fields_reach_pendo_once_then_only_real_changes_and_own_writes_are_ignored() {
+    let w = world(30, "skip").await;
+    let accounts = w.records("Account").await;
+    let with_pendo: Vec<&Value> = accounts.iter().filter(|a| a["Pendo_Account_Id__c"].is_string()).collect();
+    assert!(with_pendo.len() >= 3);
+    let target = with_pendo[0]["Id"].as_str().unwrap().to_owned();
+    let target_pendo = with_pendo[0]["Pendo_Account_Id__c"].as_str().unwrap().to_owned();
+    w.person_edits(
+        &target,
+        json!({"Plan_Tier__c": "Growth", "Renewal_Date__c": "2027-03-01", "Contract_Stage__c": "Active"}),
+    );
+
+    let first = w.run("attributes").await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    assert_eq!(first.written, with_pendo.len(), "every Account with a Pendo id, once");
+    let md = &w.pendo_accounts().await[&target_pendo];
+    assert_eq!(md["custom"]["sfplantier"], json!("Growth"));
+    assert_eq!(md["custom"]["sfrenewaldate"], json!(1_803_859_200_000_i64));
+    assert_eq!(md["custom"]["sfcontractstage"], json!("Active"));
+    assert!(md["custom"]["sfownername"].as_str().is_some_and(|s| !s.is_empty()), "{md}");
+
+    let second = w.run("attributes").await;
+    assert_eq!((second.written, second.failed), (0, 0), "{:?}", second.samples);
+
+    // A person's change goes through, only that field.
+    w.person_edits(&target, json!({"Plan_Tier__c": "Enterprise"}));
+    let third = w.run("attributes").await;
+    assert_eq!(third.written, 1, "{:?}", third.samples);
+    assert_eq!(third.fields_changed, BTreeMap::from([("custom.sfplantier".to_owned(), 1)]));
+    assert_eq!(w.pendo_accounts().await[&target_pendo]["custom"]["sfplantier"], json!("Enterprise"));
+    // A value cleared in Salesforce is cleared in Pendo (empty values never written stay unsent).
+    w.person_edits(&target, json!({"Contract_Stage__c": null}));
+    let cleared = w.run("attributes").await;
+    assert_eq!(cleared.fields_changed, BTreeMap::from([("custom.sfcontractstage".to_owned(), 1)]));
+    assert_eq!(w.pendo_accounts().await[&target_pendo]["custom"]["sfcontractstage"], Value::Null);
+
+    // usagesync's own write to an Account (engagement fields, as the integration user) is ignored.
+    let id = salesforce::SalesforceId::parse(&target).unwrap();
+    w.ctx.salesforce.update("Account", &id, &json!({"Pendo_Engagement_Score__c": 42.0})).await.unwrap();
+    let fourth = w.run("attributes").await;
+    assert_eq!(fourth.written, 0, "{:?}", fourth.samples);
+    let outcomes = w.outcomes(&fourth).await;
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o.salesforce_id.as_deref() == Some(target.as_str())
+                && o.error_code.as_deref() == Some("OWN_CHANGE")),
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_back_to_back_converge_to_zero_writes() {
+    let w = world(40, "skip").await;
+    let target = w.records("Account").await.into_iter().find(|a| a["Pendo_Account_Id__c"].is_string()).unwrap();
+    let target = target["Id"].as_str().unwrap().to_owned();
+    let mut per_round = Vec::new();
+    let mut attribute_runs = Vec::new();
+    let mut calls = Vec::new();
+    for round in 0..10 {
+        if round == 4 {
+            // A person moves one Account to another plan mid-way: one write, then quiet again.
+            w.person_edits(&target, json!({"Plan_Tier__c": "Starter"}));
+        }
+        let e = w.run("engagement").await;
+        let a = w.run("attributes").await;
+        let n = w.run("new-users").await;
+        for r in [&e, &a, &n] {
+            assert_eq!(r.failed, 0, "round {round} {}: {:?}", r.workflow, r.failures);
+        }
+        per_round.push((e.written, a.written, n.written));
+        calls.push((e.total_api_calls(), a.total_api_calls(), n.total_api_calls(), a.pendo_calls));
+        attribute_runs.push(a);
+    }
+    eprintln!("per round (engagement, attributes, new-users): writes {per_round:?}");
+    eprintln!("Salesforce calls (engagement, attributes, new-users) and Pendo write calls: {calls:?}");
+    let totals: Vec<usize> = per_round.iter().map(|(e, a, n)| e + a + n).collect();
+    assert!(totals[0] > 0, "{per_round:?}");
+    assert_eq!(per_round[4], (0, 1, 0), "the person's change goes to Pendo once: {per_round:?}");
+    assert_eq!(&totals[5..], &[0, 0, 0, 0, 0], "{per_round:?}");
+    assert_eq!(&totals[1..4], &[0, 0, 0], "{per_round:?}");
+    // Round 2 re-read the Accounts engagement-scores had just written (as the integration user):
+    // recognised as usagesync's own changes, not echoed.
+    let own = w.outcomes(&attribute_runs[1]).await;
+    assert!(own.iter().any(|o| o.error_code.as_deref() == Some("OWN_CHANGE")), "{own:?}");
+}
+
+/// Two workers, each with its own Salesforce client and its own connection to one PostgreSQL
+/// store, run the workflow at the same moment, twice over: every person gets one Contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_sharing_postgres_create_no_duplicate_contact() {
+    if std::env::var("USAGESYNC_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
+        eprintln!("USAGESYNC_SKIP_POSTGRES=1: skipped");
+        return;
+    }
+    let url = std::env::var("USAGESYNC_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let schema = format!("usagesync_two_way_{}", std::process::id());
+    let open = || async {
+        engine::store::open_postgres_schema(&url, &schema)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL unavailable (USAGESYNC_SKIP_POSTGRES=1 skips): {e}"))
+    };
+    let w = world_with_store(40, "skip", Some(open().await)).await;
+    let other = Context {
+        salesforce: engine::connect::salesforce_client(&w.ctx.config, &env).unwrap(),
+        pendo: engine::connect::pendo_client(&w.ctx.config, &env).unwrap(),
+        store: open().await,
+        config: w.ctx.config.clone(),
+    };
+    let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None };
+    let mut created = 0;
+    for _ in 0..2 {
+        let (a, b) = tokio::join!(
+            engine::workflow::run(&w.ctx, "new-users", &options),
+            engine::workflow::run(&other, "new-users", &options)
+        );
+        for r in [a.unwrap(), b.unwrap()] {
+            assert_eq!(r.failed, 0, "{:?}", r.failures);
+            created += w.counts(&r).await.get(&Action::Created).copied().unwrap_or(0);
+        }
+    }
+    let by_email = w.contacts_by_email().await;
+    let leftover = w.run("new-users").await;
+    engine::store::drop_postgres_schema(&url, &schema).await.unwrap();
+    no_duplicates(&by_email);
+    assert!(created > 0);
+    assert_eq!(leftover.written, 0, "{:?}", leftover.samples);
+}
+
+/// A create claimed by a worker that is still running is deferred, and read again next run
+/// (the cursor waits for it); a claim left by a worker that died long ago is taken over, after
+/// looking once more whether that worker created the Contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_in_flight_defer_and_abandoned_claims_are_taken_over() {
+    let w = world(30, "skip").await;
+    w.run("new-users").await;
+    let (pendo_account, sf_account, domain) = w.matched_account().await;
+    let now = Utc::now();
+    let ms = now.timestamp_millis();
+    let busy = format!("busy@{domain}");
+    let gone = format!("gone@{domain}");
+    // Another worker is creating `busy` right now; one that crashed an hour ago claimed `gone`.
+    let store = &w.ctx.store;
+    store.begin_create(&format!("contact-email:{busy}"), "new-users", now).await.unwrap();
+    store.begin_create(&format!("contact-email:{gone}"), "new-users", now - chrono::Duration::hours(1)).await.unwrap();
+    w.pendo_seed(json!({"visitors": [
+        visitor("v-busy", &pendo_account, &busy, "Busy Bee", ms - 8_000, ms - 8_000),
+        visitor("v-gone", &pendo_account, &gone, "Gone Away", ms - 7_000, ms - 7_000),
+    ]}))
+    .await;
+    let first = w.run("new-users").await;
+    assert_eq!((first.written, first.deferred, first.failed), (1, 1, 0), "{:?}", first.samples);
+    let by_email = w.contacts_by_email().await;
+    assert!(!by_email.contains_key(&busy), "never created while another worker holds the claim");
+    assert_eq!(by_email[&gone].len(), 1);
+    assert_eq!(by_email[&gone][0]["AccountId"], json!(sf_account));
+    let cursor = store.cursor("new-users", engine::workflow::new_users::CURSOR).await.unwrap();
+    assert_eq!(cursor, Some((ms - 8_000).to_string()), "the cursor waits at the deferred visitor");
+
+    // The other worker gave up without creating: the next run creates `busy`, once.
+    store.abandon_create(&format!("contact-email:{busy}")).await.unwrap();
+    let second = w.run("new-users").await;
+    assert_eq!((second.written, second.deferred, second.failed), (1, 0, 0), "{:?}", second.samples);
+    let third = w.run("new-users").await;
+    assert_eq!((third.written, third.deferred), (0, 0), "{:?}", third.samples);
+    let by_email = w.contacts_by_email().await;
+    assert_eq!((by_email[&busy].len(), by_email[&gone].len()), (1, 1));
+}
