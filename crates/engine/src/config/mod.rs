@@ -9,8 +9,8 @@
 //! reading early. Secrets are references
 //! (`{env: NAME}` / `{file: PATH}`) and are not read at load time (`secret.rs`).
 
-mod console;
 mod attributes;
+mod console;
 mod duration;
 mod error;
 mod locate;
@@ -31,8 +31,8 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use url::Url;
 
-pub use console::{Console, DEFAULT_SESSION_HOURS};
 pub use attributes::{Attribute, AttributeType, AttributesConfig, DEFAULT_ATTRIBUTES_OVERLAP, PendoAccountSource};
+pub use console::{Console, DEFAULT_SESSION_HOURS};
 pub use error::{ConfigError, ConfigErrors};
 pub use new_users::{ContactFields, DEFAULT_NEW_USERS_OVERLAP, NewUsersConfig, UnmatchedAccount};
 pub use secret::{Secret, SecretString};
