@@ -12,6 +12,7 @@
 mod duration;
 mod error;
 mod locate;
+mod nps;
 mod secret;
 mod validate;
 mod wire;
@@ -26,6 +27,7 @@ use indexmap::IndexMap;
 use url::Url;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use nps::{ContactMatch, FollowUpObject, HealthScoreConfig, NpsConfig, OwnerSource};
 pub use secret::{Secret, SecretString};
 
 /// The annotated example config, also the starter written by `usagesync init`.
@@ -188,15 +190,17 @@ pub struct Workflow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TemplateKind {
     EngagementScores,
+    NpsRealtime,
 }
 
 impl TemplateKind {
-    pub const ALL: &'static [TemplateKind] = &[TemplateKind::EngagementScores];
+    pub const ALL: &'static [TemplateKind] = &[TemplateKind::EngagementScores, TemplateKind::NpsRealtime];
 
     /// The `template:` value.
     pub fn name(self) -> &'static str {
         match self {
             TemplateKind::EngagementScores => "engagement-scores",
+            TemplateKind::NpsRealtime => "nps-realtime",
         }
     }
 
@@ -209,12 +213,14 @@ impl TemplateKind {
 #[derive(Debug, Clone)]
 pub enum Template {
     EngagementScores(EngagementConfig),
+    NpsRealtime(NpsConfig),
 }
 
 impl Template {
     pub fn kind(&self) -> TemplateKind {
         match self {
             Template::EngagementScores(_) => TemplateKind::EngagementScores,
+            Template::NpsRealtime(_) => TemplateKind::NpsRealtime,
         }
     }
 }

@@ -53,7 +53,7 @@ fn the_example_loads_with_its_values() {
     assert_eq!(w.timezone, chrono_tz::UTC);
     assert_eq!(w.window_days, 30);
     assert_eq!(w.max_latency, Duration::from_secs(3600));
-    let Template::EngagementScores(e) = &w.template;
+    let Template::EngagementScores(e) = &w.template else { panic!("engagement is engagement-scores") };
     assert_eq!(e.matching.len(), 3);
     assert_eq!(e.matching[0], MatchRule::PendoMetadata { group: MetadataGroup::Custom, field: "sfdcaccountid".into() });
     assert_eq!(
@@ -164,7 +164,7 @@ fn zero_weights_and_missing_keys_are_reported() {
         .replace("weight: 0.2", "weight: 0")
         .replace("weight: 0.1", "weight: 0")
         .lines()
-        .filter(|l| !l.starts_with("    schedule:") && !l.starts_with("      client_id:"))
+        .filter(|l| !l.starts_with("    schedule: \"0 6") && !l.starts_with("      client_id:"))
         .collect::<Vec<_>>()
         .join("\n");
     let errors = load_err(&text);

@@ -18,14 +18,14 @@ use super::{
 };
 
 /// Collects errors, locating each by its key path.
-struct Errors<'a> {
+pub(super) struct Errors<'a> {
     locations: &'a Locations,
     rejected: &'a [String],
     list: Vec<ConfigError>,
 }
 
 impl Errors<'_> {
-    fn push(&mut self, key: &str, message: impl Into<String>) {
+    pub(super) fn push(&mut self, key: &str, message: impl Into<String>) {
         let pos = self.locations.find(key);
         self.list.push(ConfigError {
             line: pos.map(|p| p.line),
@@ -35,7 +35,7 @@ impl Errors<'_> {
         });
     }
 
-    fn required<'v, T>(&mut self, value: &'v Option<T>, key: &str) -> Option<&'v T> {
+    pub(super) fn required<'v, T>(&mut self, value: &'v Option<T>, key: &str) -> Option<&'v T> {
         // A key blanked out after the parser rejected it is absent here; that error
         // is already reported.
         if value.is_none() && !covered(self.rejected, key) {
@@ -442,7 +442,11 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
         }
     };
     let template = match kind? {
-        TemplateKind::EngagementScores => engagement(&key, w, errors).map(Template::EngagementScores),
+        TemplateKind::EngagementScores => {
+            super::nps::reject_own_keys(&key, "engagement-scores", w, errors);
+            engagement(&key, w, errors).map(Template::EngagementScores)
+        }
+        TemplateKind::NpsRealtime => super::nps::build(&key, w, errors).map(Template::NpsRealtime),
     };
     Some(Workflow {
         name: name.to_owned(),
@@ -615,7 +619,7 @@ fn match_rule(key: &str, r: &wire::MatchRule, errors: &mut Errors) -> Option<Mat
 
 /// A Salesforce field API name: a letter, then letters, digits and single
 /// underscores; a name with `__` must be a custom field (`__c`), possibly namespaced.
-fn salesforce_field(name: &str, key: &str, errors: &mut Errors) -> Option<String> {
+pub(super) fn salesforce_field(name: &str, key: &str, errors: &mut Errors) -> Option<String> {
     let shape = name.starts_with(|c: char| c.is_ascii_alphabetic())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.ends_with('_');
@@ -790,6 +794,7 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
                         updated_at: g(Metric::UpdatedAt),
                     });
                 }
+                Template::NpsRealtime(n) => super::nps::to_wire(n, &mut out),
             }
             (name.clone(), out)
         })

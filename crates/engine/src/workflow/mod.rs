@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`engagement`]: the engagement-scores template.
+//! - [`nps`]: the nps-realtime template (inbox consumer and pollEvents reconciliation).
 //! - [`replay`]: sending kept failures again.
 //! - `budget`: today's allowance from `/limits` and the persisted ledger.
 //! - `accounts`: reading Accounts for matching (REST pages or a Bulk query, whichever is cheaper).
@@ -13,6 +14,7 @@
 mod accounts;
 mod budget;
 pub mod engagement;
+pub mod nps;
 pub mod replay;
 
 use std::collections::BTreeMap;
@@ -150,6 +152,7 @@ pub async fn run(ctx: &Context, name: &str, options: &RunOptions) -> Result<RunR
     let workflow = ctx.config.workflows.get(name).ok_or_else(|| RunError::UnknownWorkflow(name.to_owned()))?;
     match &workflow.template {
         crate::config::Template::EngagementScores(template) => engagement::run(ctx, workflow, template, options).await,
+        crate::config::Template::NpsRealtime(template) => nps::run(ctx, workflow, template, options).await,
     }
 }
 
