@@ -459,7 +459,7 @@ mod tests {
     fn minimal() -> String {
         let cut = STARTER.find("  nps:").expect("the example has an nps workflow");
         format!(
-            "{}  nps:\n    template: nps-realtime\n    schedule: \"*/15 * * * *\"\n    window_days: 30\n",
+            "{}  nps:\n    template: nps-realtime\n    schedule: \"*/15 * * * *\"\n    window_days: 7\n",
             &STARTER[..cut]
         )
     }

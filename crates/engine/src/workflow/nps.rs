@@ -5,8 +5,8 @@
 //!
 //! Exactly-once comes from three keys, not from luck: an inbox event is marked processed only
 //! after Salesforce accepted its writes (or its failure is kept in the failure store); every
-//! response has a key `nps:<visitor>:<seconds>` shared by its webhook and its poll rows, stored
-//! in the inbox as a processed alias so reconciliation skips what the webhook delivered; and the
+//! response has a key `nps:<seconds>:<visitor>` shared by its webhook and its poll rows, kept in
+//! the idempotency ledger once handled so reconciliation skips what the webhook delivered; and the
 //! follow-up is upserted on that key, so processing a response twice (after a crash between the
 //! Salesforce write and the inbox update) changes one record, never creates a second. A Contact
 //! whose date field already holds the response's time (or a later one) is not written again.
@@ -24,7 +24,9 @@ use tokio::sync::{Notify, watch};
 
 use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::config::{ContactMatch, FollowUpObject, NpsConfig, OwnerSource, Template, Workflow};
-use crate::store::{Action, FieldChange, InboxEvent, NewFailure, NewRun, RecordOutcome, RunFinish, RunId, RunState};
+use crate::store::{
+    Action, CreateState, FieldChange, InboxEvent, NewFailure, NewRun, RecordOutcome, RunFinish, RunId, RunState,
+};
 
 /// Events taken from the inbox per batch: keeps each SOQL `IN` list and Collections call small.
 pub const MAX_BATCH: u32 = 100;
@@ -46,8 +48,6 @@ static PROCESSING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 struct Response {
     key: String,
     inbox_ids: Vec<String>,
-    /// Whether one of its inbox events is a webhook delivery (needs an alias stored).
-    from_webhook: bool,
     visitor_id: String,
     rating: i64,
     comment: String,
@@ -116,7 +116,6 @@ fn parse_event(event: &InboxEvent) -> Option<Response> {
     Some(Response {
         key: response_key(&visitor_id, parsed.timestamp),
         inbox_ids: vec![event.unique_id.clone()],
-        from_webhook: event.unique_id != response_key(&visitor_id, parsed.timestamp),
         visitor_id,
         rating: nps.rating,
         comment: nps.reason.clone(),
@@ -171,7 +170,13 @@ pub async fn consume(ctx: Context, wake: Arc<Notify>, mut stop: watch::Receiver<
             return;
         }
         loop {
-            let result = drain_once(&ctx, &workflow, &config, &emails, "webhook", None, Some(&mut stop)).await;
+            // A stop drops the batch in flight: nothing of it is marked processed, and writing
+            // it again at the next start is harmless (see the module notes).
+            let mut stopped = stop.clone();
+            let result = tokio::select! {
+                r = drain_once(&ctx, &workflow, &config, &emails, "webhook", None, Some(&mut stop)) => r,
+                _ = stopped.changed() => return,
+            };
             match result {
                 Ok(Some(report)) => {
                     backoff = Duration::ZERO;
@@ -256,7 +261,6 @@ pub async fn process(
             Some(r) => match by_key.get_mut(&r.key) {
                 Some(existing) => {
                     existing.inbox_ids.extend(r.inbox_ids);
-                    existing.from_webhook |= r.from_webhook;
                 }
                 None => {
                     by_key.insert(r.key.clone(), r);
@@ -339,18 +343,11 @@ pub async fn process(
     if calls > 0 {
         ctx.store.settle_budget(now.date_naive(), &workflow.name, 0, calls, Utc::now()).await?;
     }
-    // Aliases first: once the webhook's event is processed, reconciliation must already see it.
-    for r in responses.iter().filter(|r| r.from_webhook) {
-        let alias = InboxEvent {
-            unique_id: r.key.clone(),
-            source: "alias".into(),
-            kind: "npsAlias".into(),
-            received_at: now,
-            body: json!({"of": r.inbox_ids}),
-        };
-        if ctx.store.put_event(&alias).await? {
-            done.push(r.key.clone());
-        }
+    // Handled responses go into the idempotency ledger before their events are marked
+    // processed, so reconciliation never feeds back what the webhook already delivered.
+    for r in &responses {
+        ctx.store.begin_create(&r.key, &workflow.name, now).await?;
+        ctx.store.commit_create(&r.key, "handled", Utc::now()).await?;
     }
     ctx.store.mark_processed(&done, Utc::now()).await?;
     if let (Some(id), true) = (run_id, own_run) {
@@ -901,14 +898,21 @@ pub async fn reconcile(ctx: &Context, workflow: &Workflow, config: &NpsConfig) -
             "uniqueId": key,
             "properties": {"guideId": guide.id, "nps": {"rating": rating, "reason": reason.unwrap_or_default()}},
         });
+        // The ledger knows every response already written; a begin here is only a look.
+        let state = ctx.store.begin_create(&key, &workflow.name, Utc::now()).await?;
+        if matches!(state, CreateState::Committed { .. }) {
+            continue;
+        }
         let event = InboxEvent {
-            unique_id: key,
+            unique_id: key.clone(),
             source: "pendo-poll".into(),
             kind: EVENT.into(),
             received_at: Utc::now(),
             body,
         };
-        if ctx.store.put_event(&event).await? {
+        let stored = ctx.store.put_event(&event).await;
+        ctx.store.abandon_create(&key).await?;
+        if stored? {
             added += 1;
         }
     }
