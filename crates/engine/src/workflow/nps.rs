@@ -613,20 +613,20 @@ async fn write(
         );
         let rows: Vec<Value> = ctx.salesforce.query_collect(soql).await.map_err(sf_err("account NPS"))?;
         meter.step("read_accounts", Some("read"));
-        let mut per_account: BTreeMap<String, (Vec<f64>, Option<f64>, Option<f64>)> = BTreeMap::new();
+        let mut per_account: BTreeMap<String, AccountNps> = BTreeMap::new();
         for row in &rows {
             let Some(account) = str_field(row, "AccountId") else { continue };
             let entry = per_account.entry(account.to_owned()).or_default();
             if let Some(score) = row.get(&contact_cfg.score_field).and_then(Value::as_f64) {
-                entry.0.push(score);
+                entry.scores.push(score);
             }
             let parent = row.get("Account");
-            entry.1 = parent.and_then(|a| a.get(&health.engagement_field)).and_then(Value::as_f64);
-            entry.2 = parent.and_then(|a| a.get(&health.field)).and_then(Value::as_f64);
+            entry.engagement = parent.and_then(|a| a.get(&health.engagement_field)).and_then(Value::as_f64);
+            entry.current = parent.and_then(|a| a.get(&health.field)).and_then(Value::as_f64);
         }
         let mut account_updates: Vec<(salesforce::SalesforceId, Value)> = Vec::new();
         let mut account_changes: Vec<(String, Option<f64>, f64)> = Vec::new();
-        for (account, (scores, engagement, current)) in &per_account {
+        for (account, AccountNps { scores, engagement, current }) in &per_account {
             let Some(score) = health_score(config, health, scores, *engagement) else { continue };
             if current.is_some_and(|c| (c - score).abs() < 0.05) {
                 continue;
@@ -788,6 +788,14 @@ fn record_failure(
         });
     }
     failures.push((object.to_owned(), r.key.clone(), payload, code, message));
+}
+
+/// An Account's Contacts' NPS answers, its engagement and its current health score.
+#[derive(Default)]
+struct AccountNps {
+    scores: Vec<f64>,
+    engagement: Option<f64>,
+    current: Option<f64>,
 }
 
 fn response_json(r: &Response) -> Value {
