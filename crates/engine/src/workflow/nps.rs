@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
@@ -38,6 +39,8 @@ const RECONCILE_OVERLAP_MS: i64 = 10 * 60 * 1000;
 /// Without a cursor, reconciliation starts this far back.
 const RECONCILE_FIRST_LOOKBACK_MS: i64 = 60 * 60 * 1000;
 const CURSOR: &str = "poll_events";
+/// Pendo visitor look-ups in flight at once.
+const PENDO_CONCURRENCY: usize = 16;
 const EVENT: &str = "npsSubmitted";
 
 /// Serializes inbox processing within the process (the consumer and a scheduled or CLI run).
@@ -406,28 +409,36 @@ async fn write(
     let mut email_of: HashMap<String, String> = HashMap::new();
     if let Some((group, field)) = &email_rule {
         let visitors: HashSet<&str> = responses.iter().map(|r| r.visitor_id.as_str()).collect();
-        for visitor in visitors {
-            let email = match emails.get(visitor) {
-                Some(cached) => cached,
-                None => {
-                    let read = match ctx.pendo.visitor(visitor).await {
-                        Ok(v) => pendo::entities::metadata_value(&v.metadata, group.name(), field)
+        let unknown: Vec<String> =
+            visitors.iter().filter(|v| emails.get(v).is_none()).map(|v| (*v).to_owned()).collect();
+        // Looked up side by side: one at a time, a batch of new visitors would outlast its window.
+        let looked_up: Vec<(String, Result<Option<String>, pendo::Error>)> = futures_util::stream::iter(unknown)
+            .map(|visitor: String| {
+                let client = ctx.pendo.clone();
+                let (group, field) = (group.name(), field.clone());
+                async move {
+                    let read = match client.visitor(&visitor).await {
+                        Ok(v) => Ok(pendo::entities::metadata_value(&v.metadata, group, &field)
                             .and_then(Value::as_str)
                             .map(|e| e.trim().to_ascii_lowercase())
-                            .filter(|e| e.contains('@')),
-                        Err(pendo::Error::NotFound { .. }) => None,
-                        Err(e) => {
-                            return Err(RunError::Pendo(crate::extract::ExtractError::Pendo {
-                                query: "visitor",
-                                source: e,
-                            }));
-                        }
+                            .filter(|e| e.contains('@'))),
+                        Err(pendo::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(e),
                     };
-                    emails.put(visitor.to_owned(), read.clone());
-                    read
+                    (visitor, read)
                 }
-            };
-            if let Some(email) = email {
+            })
+            .buffer_unordered(PENDO_CONCURRENCY)
+            .collect()
+            .await;
+        for (visitor, read) in looked_up {
+            match read {
+                Ok(email) => emails.put(visitor, email),
+                Err(source) => return Err(RunError::Pendo(crate::extract::ExtractError::Pendo { query: "visitor", source })),
+            }
+        }
+        for visitor in visitors {
+            if let Some(Some(email)) = emails.get(visitor) {
                 email_of.insert(visitor.to_owned(), email);
             }
         }
