@@ -1,7 +1,9 @@
 //! `usagesync run`: the daemon. It runs every enabled workflow on its cron schedule (in the
 //! workflow's time zone), at most one run per workflow at a time and one worker per fire time
 //! across processes sharing a store (the scheduler claims through the store), and serves
-//! `/healthz`, `/metrics` and the Pendo webhook receiver (`POST /webhooks/pendo`). On SIGINT or SIGTERM it stops starting runs, lets the runs in flight finish within
+//! `/healthz`, `/metrics` and the Pendo webhook receiver (`POST /webhooks/pendo`); a stored
+//! webhook wakes the nps-realtime inbox consumer (`engine::workflow::nps::consume`), which runs
+//! beside the schedules. On SIGINT or SIGTERM it stops starting runs, lets the runs in flight finish within
 //! the grace period, and exits; a run still going after that is abandoned safely: nothing it had
 //! not recorded counts as written, so the next run sends it again.
 
