@@ -434,7 +434,9 @@ async fn write(
         for (visitor, read) in looked_up {
             match read {
                 Ok(email) => emails.put(visitor, email),
-                Err(source) => return Err(RunError::Pendo(crate::extract::ExtractError::Pendo { query: "visitor", source })),
+                Err(source) => {
+                    return Err(RunError::Pendo(crate::extract::ExtractError::Pendo { query: "visitor", source }));
+                }
             }
         }
         for visitor in visitors {
