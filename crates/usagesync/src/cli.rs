@@ -190,6 +190,19 @@ pub enum BenchTarget {
         #[arg(long, default_value_t = 30)]
         days: u32,
     },
+    /// nps-realtime latency: NPS webhooks at a steady rate into the daemon, p50/p95/p99 from
+    /// the webhook to the Contact updated in the Salesforce emulator.
+    Nps {
+        /// Webhooks per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Seconds to keep posting.
+        #[arg(long, default_value_t = 30)]
+        seconds: u32,
+        /// The workflow's batching window.
+        #[arg(long, default_value_t = 250)]
+        window_ms: u64,
+    },
     /// Records/s, API calls and the client's peak memory for an upsert through Bulk API 2.0.
     Bulk {
         /// Records to upsert.

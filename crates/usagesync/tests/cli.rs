@@ -80,7 +80,11 @@ fn init_writes_a_starter_that_validates_and_refuses_to_overwrite() {
     assert!(text(&o).contains("already exists"), "{}", text(&o));
     let o = bin().arg("--config").arg(&path).arg("validate").output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("is valid: 3 workflow(s): engagement, new-users, attributes-to-pendo"), "{}", text(&o));
+    assert!(
+        text(&o).contains("is valid: 4 workflow(s): engagement, new-users, attributes-to-pendo, nps"),
+        "{}",
+        text(&o)
+    );
     // Without the env vars its secrets name, --secrets says which are missing.
     let o = bin()
         .arg("--config")

@@ -15,6 +15,7 @@ mod duration;
 mod error;
 mod locate;
 mod new_users;
+mod nps;
 mod ownership;
 mod secret;
 mod validate;
@@ -35,6 +36,7 @@ pub use attributes::{Attribute, AttributeType, AttributesConfig, DEFAULT_ATTRIBU
 pub use console::{Console, DEFAULT_SESSION_HOURS};
 pub use error::{ConfigError, ConfigErrors};
 pub use new_users::{ContactFields, DEFAULT_NEW_USERS_OVERLAP, NewUsersConfig, UnmatchedAccount};
+pub use nps::{ContactMatch, FollowUpObject, HealthScoreConfig, NpsConfig, OwnerSource};
 pub use secret::{Secret, SecretString};
 
 /// The annotated example config, also the starter written by `usagesync init`.
@@ -201,11 +203,16 @@ pub enum TemplateKind {
     EngagementScores,
     NewUsersToContacts,
     AccountAttributesToPendo,
+    NpsRealtime,
 }
 
 impl TemplateKind {
-    pub const ALL: &'static [TemplateKind] =
-        &[TemplateKind::EngagementScores, TemplateKind::NewUsersToContacts, TemplateKind::AccountAttributesToPendo];
+    pub const ALL: &'static [TemplateKind] = &[
+        TemplateKind::EngagementScores,
+        TemplateKind::NewUsersToContacts,
+        TemplateKind::AccountAttributesToPendo,
+        TemplateKind::NpsRealtime,
+    ];
 
     /// The `template:` value.
     pub fn name(self) -> &'static str {
@@ -213,6 +220,7 @@ impl TemplateKind {
             TemplateKind::EngagementScores => "engagement-scores",
             TemplateKind::NewUsersToContacts => "new-users-to-contacts",
             TemplateKind::AccountAttributesToPendo => "account-attributes-to-pendo",
+            TemplateKind::NpsRealtime => "nps-realtime",
         }
     }
 
@@ -227,6 +235,7 @@ pub enum Template {
     EngagementScores(EngagementConfig),
     NewUsersToContacts(NewUsersConfig),
     AccountAttributesToPendo(AttributesConfig),
+    NpsRealtime(NpsConfig),
 }
 
 impl Template {
@@ -235,6 +244,7 @@ impl Template {
             Template::EngagementScores(_) => TemplateKind::EngagementScores,
             Template::NewUsersToContacts(_) => TemplateKind::NewUsersToContacts,
             Template::AccountAttributesToPendo(_) => TemplateKind::AccountAttributesToPendo,
+            Template::NpsRealtime(_) => TemplateKind::NpsRealtime,
         }
     }
 }

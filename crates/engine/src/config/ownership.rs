@@ -91,6 +91,21 @@ fn flows(name: &str, template: &Template) -> Flows {
                 .collect();
             Flows { direction: Direction::ToSalesforce, reads, writes }
         }
+        Template::NpsRealtime(n) => {
+            let c = &n.contact;
+            let mut writes = vec![
+                (FieldRef::salesforce("Contact", &c.score_field), key("contact.score_field")),
+                (FieldRef::salesforce("Contact", &c.comment_field), key("contact.comment_field")),
+                (FieldRef::salesforce("Contact", &c.date_field), key("contact.date_field")),
+            ];
+            let mut reads = Vec::new();
+            if let Some(h) = &n.health_score {
+                writes.push((FieldRef::salesforce("Account", &h.field), key("health_score.field")));
+                reads
+                    .push((FieldRef::salesforce("Account", &h.engagement_field), key("health_score.engagement_field")));
+            }
+            Flows { direction: Direction::ToSalesforce, reads, writes }
+        }
         Template::AccountAttributesToPendo(a) => Flows {
             direction: Direction::ToPendo,
             reads: a
@@ -170,8 +185,10 @@ pub(super) fn check(workflows: &IndexMap<String, Workflow>, names: &[&str], erro
 }
 
 /// The template-specific keys and the templates that use each.
-fn template_keys(w: &wire::Workflow) -> [(&'static str, bool, &'static [TemplateKind]); 14] {
-    use TemplateKind::{AccountAttributesToPendo as Attr, EngagementScores as Eng, NewUsersToContacts as New};
+fn template_keys(w: &wire::Workflow) -> [(&'static str, bool, &'static [TemplateKind]); 20] {
+    use TemplateKind::{
+        AccountAttributesToPendo as Attr, EngagementScores as Eng, NewUsersToContacts as New, NpsRealtime as Nps,
+    };
     [
         ("matching", w.matching.is_some(), &[Eng, New]),
         ("recheck_matches_after", w.recheck_matches_after.is_some(), &[Eng, New]),
@@ -187,6 +204,12 @@ fn template_keys(w: &wire::Workflow) -> [(&'static str, bool, &'static [Template
         ("pendo_group", w.pendo_group.is_some(), &[Attr]),
         ("integration_user", w.integration_user.is_some(), &[Attr]),
         ("attributes", w.attributes.is_some(), &[Attr]),
+        ("batch_window_ms", w.batch_window_ms.is_some(), &[Nps]),
+        ("detractors", w.detractors.is_some(), &[Nps]),
+        ("contact", w.contact.is_some(), &[Nps]),
+        ("health_score", w.health_score.is_some(), &[Nps]),
+        ("follow_up", w.follow_up.is_some(), &[Nps]),
+        ("nps_guide_id", w.nps_guide_id.is_some(), &[Nps]),
     ]
 }
 

@@ -452,6 +452,7 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
         TemplateKind::AccountAttributesToPendo => {
             super::attributes::build(&key, w, errors).map(Template::AccountAttributesToPendo)
         }
+        TemplateKind::NpsRealtime => super::nps::build(&key, w, errors).map(Template::NpsRealtime),
     };
     Some(Workflow {
         name: name.to_owned(),
@@ -810,6 +811,7 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
                 }
                 Template::NewUsersToContacts(n) => super::new_users::to_wire(n, &mut out),
                 Template::AccountAttributesToPendo(a) => super::attributes::to_wire(a, &mut out),
+                Template::NpsRealtime(n) => super::nps::to_wire(n, &mut out),
             }
             (name.clone(), out)
         })

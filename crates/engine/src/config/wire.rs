@@ -175,6 +175,19 @@ pub(crate) struct Workflow {
     pub integration_user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attributes: Option<Vec<super::attributes::WireAttribute>>,
+    // nps-realtime (shapes in nps.rs)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_window_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detractors: Option<super::nps::DetractorsWire>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact: Option<super::nps::ContactWire>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_score: Option<super::nps::HealthScoreWire>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub follow_up: Option<super::nps::FollowUpWire>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nps_guide_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -8,6 +8,7 @@
 //! - [`engagement`]: the engagement-scores template.
 //! - [`new_users`]: the new-users-to-contacts template.
 //! - [`attributes`]: the account-attributes-to-pendo template (Salesforce → Pendo).
+//! - [`nps`]: the nps-realtime template (inbox consumer and pollEvents reconciliation).
 //! - [`replay`]: sending kept failures again.
 //! - `budget`: today's allowance from `/limits` and the persisted ledger.
 //! - `accounts`: reading Accounts for matching (REST pages or a Bulk query, whichever is cheaper).
@@ -17,6 +18,7 @@ pub mod attributes;
 mod budget;
 pub mod engagement;
 pub mod new_users;
+pub mod nps;
 pub mod replay;
 
 use std::collections::BTreeMap;
@@ -158,6 +160,7 @@ pub async fn run(ctx: &Context, name: &str, options: &RunOptions) -> Result<RunR
         crate::config::Template::AccountAttributesToPendo(template) => {
             attributes::run(ctx, workflow, template, options).await
         }
+        crate::config::Template::NpsRealtime(template) => nps::run(ctx, workflow, template, options).await,
     }
 }
 

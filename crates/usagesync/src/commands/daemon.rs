@@ -2,7 +2,9 @@
 //! workflow's time zone), at most one run per workflow at a time and one worker per fire time
 //! across processes sharing a store (the scheduler claims through the store), and serves
 //! `/healthz`, `/metrics`, the Pendo webhook receiver (`POST /webhooks/pendo`) and, with a
-//! `console:` section, the web console (`/console/`, see `crate::console`). On SIGINT or SIGTERM it stops starting runs, lets the runs in flight finish within
+//! `console:` section, the web console (`/console/`, see `crate::console`); a stored
+//! webhook wakes the nps-realtime inbox consumer (`engine::workflow::nps::consume`), which runs
+//! beside the schedules. On SIGINT or SIGTERM it stops starting runs, lets the runs in flight finish within
 //! the grace period, and exits; a run still going after that is abandoned safely: nothing it had
 //! not recorded counts as written, so the next run sends it again.
 
@@ -75,11 +77,15 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
     };
     let limit = usize::try_from(ctx.config.webhooks.max_body_bytes).unwrap_or(usize::MAX);
     let mut console = crate::console::mount(&ctx, &context::env_var).await?;
+    // nps-realtime writes the inbox continuously; a stored webhook wakes it.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let (stop_consumer, consumer_stop) = tokio::sync::watch::channel(false);
+    let consumer = tokio::spawn(engine::workflow::nps::consume(ctx.clone(), Arc::clone(&wake), consumer_stop));
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/webhooks/pendo", post(webhook).layer(DefaultBodyLimit::max(limit)))
-        .with_state(AppState { status: Arc::clone(&status), ctx: ctx.clone(), secret })
+        .with_state(AppState { status: Arc::clone(&status), ctx: ctx.clone(), secret, wake: Arc::clone(&wake) })
         .merge(console.router());
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -105,11 +111,16 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
             }
         }
     }
+    let _ = stop_consumer.send(true);
     let in_flight = runs.len();
     if in_flight > 0 {
         eprintln!("Stopping: waiting up to {}s for {in_flight} run(s) in flight.", grace.as_secs());
     }
-    let finished = tokio::time::timeout(grace, async { while runs.join_next().await.is_some() {} }).await;
+    let finished = tokio::time::timeout(grace, async {
+        while runs.join_next().await.is_some() {}
+        let _ = consumer.await;
+    })
+    .await;
     let code = if finished.is_err() {
         eprintln!(
             "Stopping: {} run(s) abandoned after the grace period; their unrecorded writes go again next run.",
@@ -186,6 +197,7 @@ struct AppState {
     ctx: Context,
     /// The webhook HMAC key, resolved once at start; never logged.
     secret: Option<Arc<Vec<u8>>>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -223,7 +235,10 @@ async fn webhook(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
         body: json,
     };
     match app.ctx.store.put_event(&stored).await {
-        Ok(true) => (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"stored": event.unique_id}))).into_response(),
+        Ok(true) => {
+            app.wake.notify_one();
+            (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"stored": event.unique_id}))).into_response()
+        }
         Ok(false) => (StatusCode::OK, axum::Json(serde_json::json!({"duplicate": event.unique_id}))).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "Failed to store a webhook event");

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_engagement;
+mod bench_nps;
 mod context;
 mod daemon;
 mod demo;
@@ -51,6 +52,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Bench { target: BenchTarget::Engagement { accounts, days } } => {
             ok(bench_engagement::engagement(&accounts, days).await)
+        }
+        Command::Bench { target: BenchTarget::Nps { rate, seconds, window_ms } } => {
+            ok(bench_nps::nps(rate, seconds, window_ms).await)
         }
         Command::Bench { target: BenchTarget::Bulk { records, salesforce_url } } => {
             ok(bench::bulk(records, salesforce_url).await)

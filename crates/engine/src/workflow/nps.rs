@@ -1,0 +1,1082 @@
+//! The nps-realtime template: NPS responses from the webhook inbox onto Contacts within the
+//! batching window, the Account health score recomputed, detractors routed to a follow-up Task
+//! or Case; and reconciliation, which polls Pendo `pollEvents` since a cursor and feeds the
+//! responses whose webhook never arrived into the same inbox.
+//!
+//! Exactly-once comes from three keys, not from luck: an inbox event is marked processed only
+//! after Salesforce accepted its writes (or its failure is kept in the failure store); every
+//! response has a key `nps:<seconds>:<visitor>` shared by its webhook and its poll rows, kept in
+//! the idempotency ledger once handled so reconciliation skips what the webhook delivered; and the
+//! follow-up is upserted on that key, so processing a response twice (after a crash between the
+//! Salesforce write and the inbox update) changes one record, never creates a second. A Contact
+//! whose date field already holds the response's time (or a later one) is not written again.
+//!
+//! One process consumes a store's inbox: [`consume`] and scheduled runs serialize on a lock.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, watch};
+
+use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample};
+use crate::config::{ContactMatch, FollowUpObject, NpsConfig, OwnerSource, Template, Workflow};
+use crate::store::{
+    Action, CreateState, FieldChange, InboxEvent, NewFailure, NewRun, RecordOutcome, RunFinish, RunId, RunState,
+};
+
+/// Events taken from the inbox per batch: keeps each SOQL `IN` list and Collections call small.
+pub const MAX_BATCH: u32 = 100;
+/// How often the consumer looks at the inbox without being woken (events stored by another
+/// process, or left pending by a failed batch).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Reconciliation re-reads this much before its cursor: poll rows can land late.
+const RECONCILE_OVERLAP_MS: i64 = 10 * 60 * 1000;
+/// Without a cursor, reconciliation starts this far back.
+const RECONCILE_FIRST_LOOKBACK_MS: i64 = 60 * 60 * 1000;
+const CURSOR: &str = "poll_events";
+/// Pendo visitor look-ups in flight at once.
+const PENDO_CONCURRENCY: usize = 16;
+const EVENT: &str = "npsSubmitted";
+
+/// Serializes inbox processing within the process (the consumer and a scheduled or CLI run).
+static PROCESSING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One NPS answer, from a webhook or from poll rows.
+#[derive(Debug, Clone)]
+struct Response {
+    key: String,
+    inbox_ids: Vec<String>,
+    visitor_id: String,
+    rating: i64,
+    comment: String,
+    time: DateTime<Utc>,
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct BatchReport {
+    pub events: usize,
+    pub responses: usize,
+    pub contacts_updated: usize,
+    pub unchanged: usize,
+    pub unmatched: usize,
+    pub ambiguous: usize,
+    pub accounts_updated: usize,
+    pub follow_ups: usize,
+    pub failed: usize,
+    pub ignored: usize,
+    pub api_calls: BTreeMap<String, u64>,
+    #[serde(skip)]
+    samples: Vec<Sample>,
+    #[serde(skip)]
+    failures: Vec<FailureSample>,
+}
+
+impl BatchReport {
+    fn add(&mut self, other: BatchReport) {
+        self.events += other.events;
+        self.responses += other.responses;
+        self.contacts_updated += other.contacts_updated;
+        self.unchanged += other.unchanged;
+        self.unmatched += other.unmatched;
+        self.ambiguous += other.ambiguous;
+        self.accounts_updated += other.accounts_updated;
+        self.follow_ups += other.follow_ups;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+        for (k, v) in other.api_calls {
+            *self.api_calls.entry(k).or_default() += v;
+        }
+        self.samples.extend(other.samples.into_iter().take(10usize.saturating_sub(self.samples.len())));
+        self.failures.extend(other.failures.into_iter().take(10usize.saturating_sub(self.failures.len())));
+    }
+}
+
+/// The response key: the same for a webhook and the poll rows of one answer.
+fn response_key(visitor: &str, time_secs: i64) -> String {
+    let key = format!("nps:{time_secs}:{visitor}");
+    if key.len() <= 200 {
+        return key;
+    }
+    let digest = Sha256::digest(visitor.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("nps:{time_secs}:sha256:{hex}")
+}
+
+fn parse_event(event: &InboxEvent) -> Option<Response> {
+    let parsed: pendo::webhook::WebhookEvent = serde_json::from_value(event.body.clone()).ok()?;
+    let nps = parsed.properties.nps.as_ref()?;
+    let visitor_id = parsed.visitor_id.clone().filter(|v| !v.trim().is_empty())?;
+    if !(0..=10).contains(&nps.rating) {
+        return None;
+    }
+    let time = DateTime::from_timestamp(parsed.timestamp, 0)?;
+    Some(Response {
+        key: response_key(&visitor_id, parsed.timestamp),
+        inbox_ids: vec![event.unique_id.clone()],
+        visitor_id,
+        rating: nps.rating,
+        comment: nps.reason.clone(),
+        time,
+    })
+}
+
+/// The enabled nps-realtime workflow, if the config has one (the first wins).
+pub fn inbox_workflow(ctx: &Context) -> Option<(&Workflow, &NpsConfig)> {
+    ctx.config.workflows.values().filter(|w| w.enabled).find_map(|w| match &w.template {
+        Template::NpsRealtime(c) => Some((w, c)),
+        _ => None,
+    })
+}
+
+/// Visitor id → email (lower-cased), as read from Pendo; kept for the consumer's life so a
+/// visitor answering again costs no Pendo call.
+#[derive(Default)]
+pub struct VisitorEmails(std::sync::Mutex<HashMap<String, Option<String>>>);
+
+impl VisitorEmails {
+    fn get(&self, visitor: &str) -> Option<Option<String>> {
+        self.0.lock().ok().and_then(|m| m.get(visitor).cloned())
+    }
+
+    fn put(&self, visitor: String, email: Option<String>) {
+        if let Ok(mut m) = self.0.lock() {
+            // Bounded: a cache, not a copy of Pendo.
+            if m.len() > 50_000 {
+                m.clear();
+            }
+            m.insert(visitor, email);
+        }
+    }
+}
+
+/// Runs until `stop` turns true: waits for `wake` (a stored webhook) or the idle poll, lets the
+/// batching window fill, then writes what is pending. A batch that fails leaves its events
+/// pending for the next attempt. Returns at once when no nps-realtime workflow is enabled.
+pub async fn consume(ctx: Context, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    let Some((workflow, config)) = inbox_workflow(&ctx) else { return };
+    let (workflow, config) = (workflow.clone(), config.clone());
+    let emails = VisitorEmails::default();
+    let mut backoff = Duration::ZERO;
+    loop {
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(IDLE_POLL + backoff) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        loop {
+            // A stop drops the batch in flight: nothing of it is marked processed, and writing
+            // it again at the next start is harmless (see the module notes).
+            let mut stopped = stop.clone();
+            let result = tokio::select! {
+                r = drain_once(&ctx, &workflow, &config, &emails, "webhook", None, Some(&mut stop)) => r,
+                _ = stopped.changed() => return,
+            };
+            match result {
+                Ok(Some(report)) => {
+                    backoff = Duration::ZERO;
+                    tracing::info!(workflow = %workflow.name, events = report.events, contacts = report.contacts_updated,
+                        follow_ups = report.follow_ups, failed = report.failed, "NPS batch written");
+                    if report.events < MAX_BATCH as usize || *stop.borrow() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                    tracing::error!(workflow = %workflow.name, error = %e, retry_in = ?backoff,
+                        "NPS batch failed; its events stay pending");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Takes one batch of pending events and processes it. With `stop` (the consumer), first lets
+/// the batching window fill; a stop during the window leaves the batch pending for the next
+/// start. `None` when nothing was pending (or it stopped).
+async fn drain_once(
+    ctx: &Context,
+    workflow: &Workflow,
+    config: &NpsConfig,
+    emails: &VisitorEmails,
+    trigger: &str,
+    run: Option<RunId>,
+    stop: Option<&mut watch::Receiver<bool>>,
+) -> Result<Option<BatchReport>, RunError> {
+    let _guard = PROCESSING.lock().await;
+    let mut events = ctx.store.pending_events(MAX_BATCH).await?;
+    let Some(oldest) = events.first().map(|e| e.received_at) else { return Ok(None) };
+    if let Some(stop) = stop {
+        let age = (Utc::now() - oldest).to_std().unwrap_or(Duration::ZERO);
+        if let Some(left) = config.batch_window.checked_sub(age)
+            && !left.is_zero()
+        {
+            tokio::select! {
+                () = tokio::time::sleep(left) => {}
+                _ = stop.changed() => return Ok(None),
+            }
+            events = ctx.store.pending_events(MAX_BATCH).await?;
+        }
+    }
+    process(ctx, workflow, config, emails, events, trigger, run).await.map(Some)
+}
+
+/// Writes one batch of inbox events to Salesforce, records the outcome (a run of its own
+/// unless `run` is given) and marks the events processed.
+///
+/// # Errors
+/// A request-level failure (Salesforce or Pendo unreachable, the store): nothing is marked
+/// processed, so the whole batch goes again; what Salesforce already took is written again
+/// harmlessly.
+pub async fn process(
+    ctx: &Context,
+    workflow: &Workflow,
+    config: &NpsConfig,
+    emails: &VisitorEmails,
+    events: Vec<InboxEvent>,
+    trigger: &str,
+    run: Option<RunId>,
+) -> Result<BatchReport, RunError> {
+    let now = Utc::now();
+    let mut report = BatchReport { events: events.len(), ..BatchReport::default() };
+    let mut done: Vec<String> = Vec::new();
+    let mut by_key: BTreeMap<String, Response> = BTreeMap::new();
+    let mut outcomes: Vec<RecordOutcome> = Vec::new();
+    let mut failures: Vec<(String, String, Value, String, String)> = Vec::new();
+    for event in &events {
+        if event.kind != EVENT {
+            // Only nps-realtime reads the inbox; other events have no consumer to wait for.
+            report.ignored += 1;
+            done.push(event.unique_id.clone());
+            continue;
+        }
+        match parse_event(event) {
+            Some(r) => match by_key.get_mut(&r.key) {
+                Some(existing) => {
+                    existing.inbox_ids.extend(r.inbox_ids);
+                }
+                None => {
+                    by_key.insert(r.key.clone(), r);
+                }
+            },
+            None => {
+                report.failed += 1;
+                failures.push((
+                    "Contact".into(),
+                    event.unique_id.clone(),
+                    event.body.clone(),
+                    "INVALID_EVENT".into(),
+                    "an npsSubmitted event without a visitorId, a timestamp or a rating 0..10".into(),
+                ));
+                done.push(event.unique_id.clone());
+            }
+        }
+    }
+    let responses: Vec<Response> = by_key.into_values().collect();
+    report.responses = responses.len();
+    let mut meter = Meter::new(&ctx.salesforce);
+    let run_id = match run {
+        Some(id) => Some(id),
+        None if !responses.is_empty() || !failures.is_empty() => Some(
+            ctx.store
+                .start_run(&NewRun {
+                    workflow: workflow.name.clone(),
+                    template: "nps-realtime".into(),
+                    dry_run: false,
+                    started_at: now,
+                    trigger: trigger.to_owned(),
+                })
+                .await?,
+        ),
+        None => None,
+    };
+    let own_run = run.is_none();
+
+    let result = write(ctx, config, emails, &responses, &mut report, &mut outcomes, &mut failures, &mut meter).await;
+    if let Err(e) = result {
+        if let (Some(id), true) = (run_id, own_run) {
+            let finish = RunFinish {
+                state: RunState::Failed,
+                finished_at: Utc::now(),
+                stats: Value::Null,
+                error: Some(e.to_string()),
+            };
+            ctx.store.finish_run(id, &finish).await?;
+        }
+        return Err(e);
+    }
+    report.api_calls = meter.calls.clone();
+
+    for r in &responses {
+        done.extend(r.inbox_ids.iter().cloned());
+    }
+    if let Some(id) = run_id {
+        if !outcomes.is_empty() {
+            ctx.store.record_outcomes(id, &outcomes, &[]).await?;
+        }
+        if !failures.is_empty() {
+            let list: Vec<NewFailure> = failures
+                .iter()
+                .map(|(object, key, payload, code, message)| NewFailure {
+                    workflow: workflow.name.clone(),
+                    run: id,
+                    object: object.clone(),
+                    key: key.clone(),
+                    salesforce_id: None,
+                    payload: payload.clone(),
+                    error_code: code.clone(),
+                    message: message.clone(),
+                    fields: Vec::new(),
+                })
+                .collect();
+            ctx.store.add_failures(&list).await?;
+        }
+    }
+    let calls: u64 = report.api_calls.values().sum();
+    if calls > 0 {
+        ctx.store.settle_budget(now.date_naive(), &workflow.name, 0, calls, Utc::now()).await?;
+    }
+    // Handled responses go into the idempotency ledger before their events are marked
+    // processed, so reconciliation never feeds back what the webhook already delivered.
+    for r in &responses {
+        ctx.store.begin_create(&r.key, &workflow.name, now).await?;
+        ctx.store.commit_create(&r.key, "handled", Utc::now()).await?;
+    }
+    ctx.store.mark_processed(&done, Utc::now()).await?;
+    if let (Some(id), true) = (run_id, own_run) {
+        let state = if report.failed == 0 { RunState::Succeeded } else { RunState::Partial };
+        let stats = serde_json::to_value(&report).unwrap_or(Value::Null);
+        ctx.store.finish_run(id, &RunFinish { state, finished_at: Utc::now(), stats, error: None }).await?;
+    }
+    Ok(report)
+}
+
+fn sf_err(what: &'static str) -> impl FnOnce(salesforce::Error) -> RunError {
+    move |source| RunError::Salesforce { what, source }
+}
+
+fn str_field<'a>(row: &'a Value, field: &str) -> Option<&'a str> {
+    row.get(field).and_then(Value::as_str)
+}
+
+fn parse_sf_datetime(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z")
+        .or_else(|_| DateTime::parse_from_rfc3339(text))
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
+}
+
+fn sf_datetime(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+fn in_list<'a>(values: impl IntoIterator<Item = &'a String>) -> String {
+    values.into_iter().map(|v| salesforce::soql::quote(v)).collect::<Vec<_>>().join(", ")
+}
+
+/// The Salesforce part of a batch: find Contacts, write them, recompute health, upsert
+/// follow-ups. Per-record problems land in `outcomes`/`failures`; request-level ones are errors.
+#[allow(clippy::too_many_arguments)]
+async fn write(
+    ctx: &Context,
+    config: &NpsConfig,
+    emails: &VisitorEmails,
+    responses: &[Response],
+    report: &mut BatchReport,
+    outcomes: &mut Vec<RecordOutcome>,
+    failures: &mut Vec<(String, String, Value, String, String)>,
+    meter: &mut Meter<'_>,
+) -> Result<(), RunError> {
+    if responses.is_empty() {
+        return Ok(());
+    }
+    let contact_cfg = &config.contact;
+    // Visitor emails, from Pendo, when a rule needs them.
+    let email_rule = contact_cfg.match_by.iter().find_map(|m| match m {
+        ContactMatch::Email { group, field } => Some((*group, field.clone())),
+        ContactMatch::VisitorIdField(_) => None,
+    });
+    let mut email_of: HashMap<String, String> = HashMap::new();
+    if let Some((group, field)) = &email_rule {
+        let visitors: HashSet<&str> = responses.iter().map(|r| r.visitor_id.as_str()).collect();
+        let unknown: Vec<String> =
+            visitors.iter().filter(|v| emails.get(v).is_none()).map(|v| (*v).to_owned()).collect();
+        // Looked up side by side: one at a time, a batch of new visitors would outlast its window.
+        let looked_up: Vec<(String, Result<Option<String>, pendo::Error>)> = futures_util::stream::iter(unknown)
+            .map(|visitor: String| {
+                let client = ctx.pendo.clone();
+                let (group, field) = (group.name(), field.clone());
+                async move {
+                    let read = match client.visitor(&visitor).await {
+                        Ok(v) => Ok(pendo::entities::metadata_value(&v.metadata, group, &field)
+                            .and_then(Value::as_str)
+                            .map(|e| e.trim().to_ascii_lowercase())
+                            .filter(|e| e.contains('@'))),
+                        Err(pendo::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(e),
+                    };
+                    (visitor, read)
+                }
+            })
+            .buffer_unordered(PENDO_CONCURRENCY)
+            .collect()
+            .await;
+        for (visitor, read) in looked_up {
+            match read {
+                Ok(email) => emails.put(visitor, email),
+                Err(source) => {
+                    return Err(RunError::Pendo(crate::extract::ExtractError::Pendo { query: "visitor", source }));
+                }
+            }
+        }
+        for visitor in visitors {
+            if let Some(Some(email)) = emails.get(visitor) {
+                email_of.insert(visitor.to_owned(), email);
+            }
+        }
+    }
+    meter.step("pendo_visitors", None);
+
+    // Contacts by visitor id and by email, in one query.
+    let id_field = contact_cfg.match_by.iter().find_map(|m| match m {
+        ContactMatch::VisitorIdField(f) => Some(f.clone()),
+        ContactMatch::Email { .. } => None,
+    });
+    let mut select: Vec<String> =
+        ["Id", "Email", "AccountId", "OwnerId", "Account.OwnerId"].iter().map(|s| (*s).to_owned()).collect();
+    select.push(contact_cfg.date_field.clone());
+    if let Some(f) = &id_field {
+        select.push(f.clone());
+    }
+    let mut conditions = Vec::new();
+    if let Some(f) = &id_field {
+        let ids: HashSet<&String> = responses.iter().map(|r| &r.visitor_id).collect();
+        conditions.push(format!("{f} IN ({})", in_list(ids)));
+    }
+    if !email_of.is_empty() {
+        let set: HashSet<&String> = email_of.values().collect();
+        conditions.push(format!("Email IN ({})", in_list(set)));
+    }
+    let rows: Vec<Value> = if conditions.is_empty() {
+        Vec::new()
+    } else {
+        let soql = format!("SELECT {} FROM Contact WHERE {}", select.join(", "), conditions.join(" OR "));
+        ctx.salesforce.query_collect(soql).await.map_err(sf_err("Contacts"))?
+    };
+    meter.step("read_contacts", Some("read"));
+
+    // Match each response: the first rule that finds exactly one Contact wins.
+    let mut matched: Vec<(&Response, &Value)> = Vec::new();
+    for r in responses {
+        let mut found: Option<&Value> = None;
+        let mut ambiguous: Vec<String> = Vec::new();
+        for rule in &contact_cfg.match_by {
+            let hits: Vec<&Value> = match rule {
+                ContactMatch::VisitorIdField(f) => {
+                    rows.iter().filter(|row| str_field(row, f) == Some(r.visitor_id.as_str())).collect()
+                }
+                ContactMatch::Email { .. } => match email_of.get(&r.visitor_id) {
+                    Some(email) => rows
+                        .iter()
+                        .filter(|row| str_field(row, "Email").is_some_and(|e| e.trim().eq_ignore_ascii_case(email)))
+                        .collect(),
+                    None => Vec::new(),
+                },
+            };
+            match hits.len() {
+                0 => {}
+                1 => {
+                    found = hits.first().copied();
+                    break;
+                }
+                _ => {
+                    ambiguous = hits.iter().filter_map(|h| str_field(h, "Id").map(str::to_owned)).collect();
+                    break;
+                }
+            }
+        }
+        match found {
+            Some(row) => matched.push((r, row)),
+            None if !ambiguous.is_empty() => {
+                report.ambiguous += 1;
+                report.failed += 1;
+                let message = format!("visitor {} matches several Contacts: {}", r.visitor_id, ambiguous.join(", "));
+                failures.push(("Contact".into(), r.key.clone(), response_json(r), "AMBIGUOUS_CONTACT".into(), message));
+            }
+            None => {
+                report.unmatched += 1;
+                outcomes.push(RecordOutcome {
+                    object: "Contact".into(),
+                    key: r.key.clone(),
+                    salesforce_id: None,
+                    action: Action::Skipped,
+                    changes: Vec::new(),
+                    error_code: None,
+                    message: Some(format!("no Contact found for visitor {}", r.visitor_id)),
+                });
+            }
+        }
+    }
+
+    // The latest response per Contact, unless the Contact already holds it or a newer one.
+    let mut latest: BTreeMap<String, (&Response, &Value)> = BTreeMap::new();
+    for (r, row) in &matched {
+        let Some(id) = str_field(row, "Id") else { continue };
+        let newer = latest.get(id).is_none_or(|(prev, _)| prev.time < r.time);
+        if newer {
+            latest.insert(id.to_owned(), (r, row));
+        }
+    }
+    let mut updates: Vec<(salesforce::SalesforceId, Value)> = Vec::new();
+    let mut update_meta: Vec<(&Response, &Value)> = Vec::new();
+    for (id, (r, row)) in &latest {
+        let current = str_field(row, &contact_cfg.date_field).and_then(parse_sf_datetime);
+        if current.is_some_and(|c| c >= r.time) {
+            report.unchanged += 1;
+            outcomes.push(RecordOutcome {
+                object: "Contact".into(),
+                key: r.key.clone(),
+                salesforce_id: Some(id.clone()),
+                action: Action::Unchanged,
+                changes: Vec::new(),
+                error_code: None,
+                message: None,
+            });
+            continue;
+        }
+        let Ok(sfid) = salesforce::SalesforceId::parse(id) else { continue };
+        let mut fields = serde_json::Map::new();
+        fields.insert(contact_cfg.score_field.clone(), json!(r.rating));
+        fields.insert(contact_cfg.comment_field.clone(), json!(r.comment));
+        fields.insert(contact_cfg.date_field.clone(), json!(sf_datetime(r.time)));
+        updates.push((sfid, Value::Object(fields)));
+        update_meta.push((r, row));
+    }
+    let mut written_accounts: HashSet<String> = HashSet::new();
+    let mut failed_contacts: HashSet<String> = HashSet::new();
+    if !updates.is_empty() {
+        let results = ctx.salesforce.update_many("Contact", &updates, false).await.map_err(sf_err("Contact update"))?;
+        for ((result, (sfid, fields)), (r, row)) in results.iter().zip(&updates).zip(&update_meta) {
+            let id = sfid.to_string();
+            if result.success {
+                report.contacts_updated += 1;
+                if let Some(a) = str_field(row, "AccountId") {
+                    written_accounts.insert(a.to_owned());
+                }
+                let changes: Vec<FieldChange> = fields
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| FieldChange {
+                                field: k.clone(),
+                                before: row.get(k).cloned(),
+                                after: v.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if report.samples.len() < 10 {
+                    report.samples.push(Sample {
+                        pendo_account: r.visitor_id.clone(),
+                        salesforce_id: id.clone(),
+                        fields: changes.iter().map(|c| (c.field.clone(), c.after.clone())).collect(),
+                    });
+                }
+                outcomes.push(RecordOutcome {
+                    object: "Contact".into(),
+                    key: r.key.clone(),
+                    salesforce_id: Some(id),
+                    action: Action::Updated,
+                    changes,
+                    error_code: None,
+                    message: None,
+                });
+            } else {
+                let (code, message) = result
+                    .first_error()
+                    .map(|e| (e.status_code.to_string(), e.message.clone()))
+                    .unwrap_or_else(|| ("UNKNOWN".into(), "Salesforce refused the record".into()));
+                report.failed += 1;
+                failed_contacts.insert(id.clone());
+                record_failure(report, outcomes, failures, "Contact", r, Some(id), fields.clone(), code, message);
+            }
+        }
+    }
+    meter.step("write_contacts", Some("write"));
+
+    if let Some(health) = &config.health_score
+        && !written_accounts.is_empty()
+    {
+        let soql = format!(
+            "SELECT AccountId, {score}, Account.{field}, Account.{eng} FROM Contact WHERE AccountId IN ({ids})",
+            score = contact_cfg.score_field,
+            field = health.field,
+            eng = health.engagement_field,
+            ids = in_list(&written_accounts),
+        );
+        let rows: Vec<Value> = ctx.salesforce.query_collect(soql).await.map_err(sf_err("account NPS"))?;
+        meter.step("read_accounts", Some("read"));
+        let mut per_account: BTreeMap<String, AccountNps> = BTreeMap::new();
+        for row in &rows {
+            let Some(account) = str_field(row, "AccountId") else { continue };
+            let entry = per_account.entry(account.to_owned()).or_default();
+            if let Some(score) = row.get(&contact_cfg.score_field).and_then(Value::as_f64) {
+                entry.scores.push(score);
+            }
+            let parent = row.get("Account");
+            entry.engagement = parent.and_then(|a| a.get(&health.engagement_field)).and_then(Value::as_f64);
+            entry.current = parent.and_then(|a| a.get(&health.field)).and_then(Value::as_f64);
+        }
+        let mut account_updates: Vec<(salesforce::SalesforceId, Value)> = Vec::new();
+        let mut account_changes: Vec<(String, Option<f64>, f64)> = Vec::new();
+        for (account, AccountNps { scores, engagement, current }) in &per_account {
+            let Some(score) = health_score(config, health, scores, *engagement) else { continue };
+            if current.is_some_and(|c| (c - score).abs() < 0.05) {
+                continue;
+            }
+            let Ok(id) = salesforce::SalesforceId::parse(account) else { continue };
+            account_updates.push((id, json!({ health.field.clone(): score })));
+            account_changes.push((account.clone(), *current, score));
+        }
+        if !account_updates.is_empty() {
+            let results = ctx
+                .salesforce
+                .update_many("Account", &account_updates, false)
+                .await
+                .map_err(sf_err("Account health score"))?;
+            for (result, (account, before, after)) in results.iter().zip(&account_changes) {
+                if result.success {
+                    report.accounts_updated += 1;
+                    outcomes.push(RecordOutcome {
+                        object: "Account".into(),
+                        key: account.clone(),
+                        salesforce_id: Some(account.clone()),
+                        action: Action::Updated,
+                        changes: vec![FieldChange {
+                            field: health.field.clone(),
+                            before: before.map(|b| json!(b)),
+                            after: json!(after),
+                        }],
+                        error_code: None,
+                        message: None,
+                    });
+                } else {
+                    let (code, message) = result
+                        .first_error()
+                        .map(|e| (e.status_code.to_string(), e.message.clone()))
+                        .unwrap_or_else(|| ("UNKNOWN".into(), "Salesforce refused the record".into()));
+                    report.failed += 1;
+                    failures.push((
+                        "Account".into(),
+                        account.clone(),
+                        json!({ health.field.clone(): after }),
+                        code.clone(),
+                        message.clone(),
+                    ));
+                    report.failures.push(FailureSample { salesforce_id: account.clone(), code, message });
+                }
+            }
+            meter.step("write_accounts", Some("write"));
+        }
+    }
+
+    if let Some(follow) = &config.follow_up {
+        let mut records: Vec<Value> = Vec::new();
+        let mut meta: Vec<&Response> = Vec::new();
+        for (r, row) in &matched {
+            let Some(contact_id) = str_field(row, "Id") else { continue };
+            if !config.is_detractor(r.rating) || failed_contacts.contains(contact_id) {
+                continue;
+            }
+            let owner = match follow.owner {
+                OwnerSource::Account => row.get("Account").and_then(|a| str_field(a, "OwnerId")),
+                OwnerSource::Contact => str_field(row, "OwnerId"),
+            }
+            .or_else(|| str_field(row, "OwnerId"));
+            let account = str_field(row, "AccountId");
+            let subject = format!("{} ({}/10)", follow.subject, r.rating);
+            let description = if r.comment.trim().is_empty() {
+                format!("NPS {} on {}; no comment.", r.rating, r.time.format("%Y-%m-%d %H:%M UTC"))
+            } else {
+                format!("NPS {} on {}: {}", r.rating, r.time.format("%Y-%m-%d %H:%M UTC"), r.comment)
+            };
+            let mut rec = serde_json::Map::new();
+            rec.insert("Subject".into(), json!(subject));
+            rec.insert("Description".into(), json!(description));
+            rec.insert("Priority".into(), json!(follow.priority));
+            rec.insert(follow.key_field.clone(), json!(r.key));
+            if let Some(o) = owner {
+                rec.insert("OwnerId".into(), json!(o));
+            }
+            match follow.object {
+                FollowUpObject::Task => {
+                    let due = r.time.date_naive() + chrono::Days::new(u64::from(follow.due_in_days));
+                    rec.insert("ActivityDate".into(), json!(due.format("%Y-%m-%d").to_string()));
+                    rec.insert("WhoId".into(), json!(contact_id));
+                    if let Some(a) = account {
+                        rec.insert("WhatId".into(), json!(a));
+                    }
+                }
+                FollowUpObject::Case => {
+                    rec.insert("Origin".into(), json!("Web"));
+                    rec.insert("ContactId".into(), json!(contact_id));
+                    if let Some(a) = account {
+                        rec.insert("AccountId".into(), json!(a));
+                    }
+                }
+            }
+            records.push(Value::Object(rec));
+            meta.push(r);
+        }
+        if !records.is_empty() {
+            let object = follow.object.name();
+            let results = ctx
+                .salesforce
+                .upsert_many(object, &follow.key_field, &records, false)
+                .await
+                .map_err(sf_err("follow-up upsert"))?;
+            for ((result, record), r) in results.iter().zip(&records).zip(&meta) {
+                if result.success {
+                    report.follow_ups += 1;
+                    outcomes.push(RecordOutcome {
+                        object: object.to_owned(),
+                        key: r.key.clone(),
+                        salesforce_id: result.id.as_ref().map(ToString::to_string),
+                        action: if result.created == Some(true) { Action::Created } else { Action::Updated },
+                        changes: Vec::new(),
+                        error_code: None,
+                        message: None,
+                    });
+                } else {
+                    let (code, message) = result
+                        .first_error()
+                        .map(|e| (e.status_code.to_string(), e.message.clone()))
+                        .unwrap_or_else(|| ("UNKNOWN".into(), "Salesforce refused the record".into()));
+                    report.failed += 1;
+                    record_failure(report, outcomes, failures, object, r, None, record.clone(), code, message);
+                }
+            }
+            meter.step("write_follow_ups", Some("write"));
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_failure(
+    report: &mut BatchReport,
+    outcomes: &mut Vec<RecordOutcome>,
+    failures: &mut Vec<(String, String, Value, String, String)>,
+    object: &str,
+    r: &Response,
+    id: Option<String>,
+    payload: Value,
+    code: String,
+    message: String,
+) {
+    outcomes.push(RecordOutcome {
+        object: object.to_owned(),
+        key: r.key.clone(),
+        salesforce_id: id.clone(),
+        action: Action::Failed,
+        changes: Vec::new(),
+        error_code: Some(code.clone()),
+        message: Some(message.clone()),
+    });
+    if report.failures.len() < 10 {
+        report.failures.push(FailureSample {
+            salesforce_id: id.unwrap_or_default(),
+            code: code.clone(),
+            message: message.clone(),
+        });
+    }
+    failures.push((object.to_owned(), r.key.clone(), payload, code, message));
+}
+
+/// An Account's Contacts' NPS answers, its engagement and its current health score.
+#[derive(Default)]
+struct AccountNps {
+    scores: Vec<f64>,
+    engagement: Option<f64>,
+    current: Option<f64>,
+}
+
+fn response_json(r: &Response) -> Value {
+    json!({"visitorId": r.visitor_id, "rating": r.rating, "comment": r.comment, "time": sf_datetime(r.time)})
+}
+
+/// The health score, 0..100 with one decimal, or `None` when the account has no NPS answer.
+fn health_score(
+    config: &NpsConfig,
+    health: &crate::config::HealthScoreConfig,
+    scores: &[f64],
+    engagement: Option<f64>,
+) -> Option<f64> {
+    if scores.is_empty() {
+        return None;
+    }
+    let n = scores.len() as f64;
+    let promoters = scores.iter().filter(|s| **s >= 9.0).count() as f64;
+    let detractors = scores.iter().filter(|s| config.is_detractor(s.round() as i64)).count() as f64;
+    let nps = 100.0 * (promoters - detractors) / n;
+    let nps_part = (nps + 100.0) / 2.0;
+    let (sum, weights) = match engagement {
+        Some(e) if health.engagement_weight > 0.0 => (
+            health.nps_weight * nps_part + health.engagement_weight * e.clamp(0.0, 100.0),
+            health.nps_weight + health.engagement_weight,
+        ),
+        _ => (health.nps_weight * nps_part, health.nps_weight),
+    };
+    Some(((sum / weights) * 10.0).round() / 10.0)
+}
+
+/// Polls Pendo `pollEvents` for the NPS guide since the cursor and stores each response not
+/// already known (by its key) in the inbox. Returns how many it added.
+///
+/// # Errors
+/// Pendo or the store failing; the cursor then stays where it was.
+pub async fn reconcile(ctx: &Context, workflow: &Workflow, config: &NpsConfig) -> Result<usize, RunError> {
+    let pendo_err =
+        |e: pendo::Error| RunError::Pendo(crate::extract::ExtractError::Pendo { query: "pollEvents", source: e });
+    let guides = match &config.guide_id {
+        Some(id) => ctx.pendo.guides(&[id.as_str()]).await.map_err(pendo_err)?,
+        None => ctx.pendo.guides(&[]).await.map_err(pendo_err)?,
+    };
+    let guide = match &config.guide_id {
+        Some(id) => guides.iter().find(|g| &g.id == id),
+        None => guides.iter().find(|g| g.polls.first().and_then(pendo::entities::Poll::poll_type) == Some("NPSRating")),
+    };
+    let Some(guide) = guide else {
+        tracing::warn!(workflow = %workflow.name, "No NPS guide found in Pendo; nothing to reconcile");
+        return Ok(0);
+    };
+    let rating_poll = guide.polls.iter().find(|p| p.poll_type() == Some("NPSRating")).map(|p| p.id.clone());
+    let reason_poll = guide.polls.iter().find(|p| p.poll_type() == Some("NPSReason")).map(|p| p.id.clone());
+    let Some(rating_poll) = rating_poll else { return Ok(0) };
+
+    let cursor = ctx.store.cursor(&workflow.name, CURSOR).await?;
+    let now_ms = Utc::now().timestamp_millis();
+    let since = cursor
+        .as_deref()
+        .and_then(|c| c.parse::<i64>().ok())
+        .map_or(now_ms - RECONCILE_FIRST_LOOKBACK_MS, |c| c - RECONCILE_OVERLAP_MS);
+    let body = json!({
+        "response": {"mimeType": "application/json"},
+        "request": {"requestId": "usagesync-nps-reconcile", "pipeline": [
+            {"source": {"pollEvents": {"guideId": guide.id, "appId": "expandAppIds(\"*\")"},
+                        "timeSeries": {"period": "dayRange", "first": since, "last": "now()"}}},
+            {"filter": format!("browserTime >= {since}")},
+            {"sort": ["browserTime"]},
+            {"limit": 100_000}
+        ]}
+    });
+    let rows = ctx.pendo.aggregate_raw(&body).await.map_err(pendo_err)?.results;
+    let mut max_seen = cursor.as_deref().and_then(|c| c.parse::<i64>().ok()).unwrap_or(since);
+    // Reasons follow their rating within a minute; pair each with the visitor's latest rating.
+    let mut ratings: Vec<(String, i64, i64, Option<String>)> = Vec::new();
+    for row in &rows {
+        let (Some(visitor), Some(time), Some(poll)) =
+            (str_field(row, "visitorId"), row.get("browserTime").and_then(Value::as_i64), str_field(row, "pollId"))
+        else {
+            continue;
+        };
+        max_seen = max_seen.max(time);
+        if poll == rating_poll {
+            let Some(rating) = row.get("pollResponse").and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()))
+            else {
+                continue;
+            };
+            ratings.push((visitor.to_owned(), time, rating, None));
+        } else if Some(poll) == reason_poll.as_deref() {
+            let text = row.get("pollResponse").and_then(Value::as_str).unwrap_or_default().to_owned();
+            if let Some(r) = ratings
+                .iter_mut()
+                .rev()
+                .find(|(v, t, _, reason)| v == visitor && *t <= time && time - *t <= 60_000 && reason.is_none())
+            {
+                r.3 = Some(text);
+            }
+        }
+    }
+    let mut added = 0;
+    for (visitor, time, rating, reason) in ratings {
+        let secs = time.div_euclid(1000);
+        let key = response_key(&visitor, secs);
+        let body = json!({
+            "event": EVENT,
+            "visitorId": visitor,
+            "timestamp": secs,
+            "uniqueId": key,
+            "properties": {"guideId": guide.id, "nps": {"rating": rating, "reason": reason.unwrap_or_default()}},
+        });
+        // The ledger knows every response already written; a begin here is only a look.
+        let state = ctx.store.begin_create(&key, &workflow.name, Utc::now()).await?;
+        if matches!(state, CreateState::Committed { .. }) {
+            continue;
+        }
+        let event = InboxEvent {
+            unique_id: key.clone(),
+            source: "pendo-poll".into(),
+            kind: EVENT.into(),
+            received_at: Utc::now(),
+            body,
+        };
+        let stored = ctx.store.put_event(&event).await;
+        ctx.store.abandon_create(&key).await?;
+        if stored? {
+            added += 1;
+        }
+    }
+    let new_cursor = max_seen.to_string();
+    if cursor.as_deref() != Some(new_cursor.as_str()) {
+        ctx.store.advance_cursor(&workflow.name, CURSOR, cursor.as_deref(), &new_cursor).await?;
+    }
+    Ok(added)
+}
+
+/// A scheduled or CLI run: reconcile, then write everything pending, as one recorded run.
+///
+/// # Errors
+/// As [`process`] and [`reconcile`].
+pub async fn run(
+    ctx: &Context,
+    workflow: &Workflow,
+    config: &NpsConfig,
+    options: &RunOptions,
+) -> Result<RunReport, RunError> {
+    let started = std::time::Instant::now();
+    let mut report = RunReport {
+        run_id: None,
+        workflow: workflow.name.clone(),
+        dry_run: options.dry_run,
+        state: RunState::Succeeded.as_str().to_owned(),
+        pendo_accounts: 0,
+        matched: 0,
+        unmatched: 0,
+        ambiguous: 0,
+        unchanged: 0,
+        changed: 0,
+        fields_changed: BTreeMap::new(),
+        written: 0,
+        failed: 0,
+        deferred: 0,
+        plan: crate::plan::Plan {
+            path: crate::plan::WritePath::Collections,
+            send: 0,
+            deferred: 0,
+            write_calls: 0,
+            calls_one_by_one: 0,
+        },
+        api_calls: BTreeMap::new(),
+        pendo_calls: 0,
+        budget: super::BudgetReport::default(),
+        timings: Vec::new(),
+        samples: Vec::new(),
+        failures: Vec::new(),
+        ambiguous_samples: Vec::new(),
+    };
+    if options.dry_run {
+        let counts = ctx.store.inbox_counts().await?;
+        report.deferred = usize::try_from(counts.pending).unwrap_or(usize::MAX);
+        report.state = "dry_run".into();
+        return Ok(report);
+    }
+    let run_id = ctx
+        .store
+        .start_run(&NewRun {
+            workflow: workflow.name.clone(),
+            template: "nps-realtime".into(),
+            dry_run: false,
+            started_at: Utc::now(),
+            trigger: options.trigger.clone(),
+        })
+        .await?;
+    report.run_id = Some(run_id);
+    let emails = VisitorEmails::default();
+    let result = async {
+        let added = reconcile(ctx, workflow, config).await?;
+        let reconciled_at = started.elapsed().as_secs_f64();
+        let mut total = BatchReport::default();
+        while let Some(batch) = drain_once(ctx, workflow, config, &emails, &options.trigger, Some(run_id), None).await?
+        {
+            let full = batch.events >= MAX_BATCH as usize;
+            total.add(batch);
+            if !full {
+                break;
+            }
+        }
+        Ok::<_, RunError>((added, reconciled_at, total))
+    }
+    .await;
+    let finish = match &result {
+        Ok((added, reconciled_at, total)) => {
+            report.matched = total.contacts_updated + total.unchanged;
+            report.unmatched = total.unmatched;
+            report.ambiguous = total.ambiguous;
+            report.unchanged = total.unchanged;
+            report.changed = total.contacts_updated;
+            report.written = total.contacts_updated + total.accounts_updated + total.follow_ups;
+            report.failed = total.failed;
+            report.api_calls = total.api_calls.clone();
+            report.samples = total.samples.clone();
+            report.failures = total.failures.clone();
+            report.timings = vec![
+                ("reconcile".into(), *reconciled_at),
+                ("write".into(), started.elapsed().as_secs_f64() - reconciled_at),
+            ];
+            if total.failed > 0 {
+                report.state = RunState::Partial.as_str().into();
+            }
+            let mut stats = serde_json::to_value(total).unwrap_or(Value::Null);
+            if let Some(o) = stats.as_object_mut() {
+                o.insert("reconciled".into(), json!(added));
+            }
+            RunFinish {
+                state: if report.failed > 0 { RunState::Partial } else { RunState::Succeeded },
+                finished_at: Utc::now(),
+                stats,
+                error: None,
+            }
+        }
+        Err(e) => RunFinish {
+            state: RunState::Failed,
+            finished_at: Utc::now(),
+            stats: Value::Null,
+            error: Some(e.to_string()),
+        },
+    };
+    ctx.store.finish_run(run_id, &finish).await?;
+    result.map(|_| report)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn response_keys_agree_between_webhook_and_poll_and_stay_short() {
+        assert_eq!(response_key("v1", 1_700_000_000), "nps:1700000000:v1");
+        let long = "x".repeat(500);
+        let key = response_key(&long, 1);
+        assert!(key.len() <= 200 && key.starts_with("nps:1:sha256:"), "{key}");
+        assert_eq!(key, response_key(&long, 1));
+    }
+
+    #[test]
+    fn sf_datetimes_round_trip() {
+        let t = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        assert_eq!(parse_sf_datetime(&sf_datetime(t)), Some(t));
+        assert_eq!(parse_sf_datetime("2023-11-14T22:13:20.000+0000"), Some(t));
+    }
+}
