@@ -415,7 +415,7 @@ mod tests {
         };
         match &config.workflows["nps"].template {
             Template::NpsRealtime(c) => c.clone(),
-            Template::EngagementScores(_) => panic!("nps is nps-realtime"),
+            other => panic!("nps is nps-realtime, got {:?}", other.kind()),
         }
     }
 
