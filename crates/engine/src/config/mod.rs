@@ -9,6 +9,7 @@
 //! reading early. Secrets are references
 //! (`{env: NAME}` / `{file: PATH}`) and are not read at load time (`secret.rs`).
 
+mod alert;
 mod duration;
 mod error;
 mod locate;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use url::Url;
 
+pub use alert::DropAlertConfig;
 pub use error::{ConfigError, ConfigErrors};
 pub use secret::{Secret, SecretString};
 
@@ -188,15 +190,17 @@ pub struct Workflow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TemplateKind {
     EngagementScores,
+    EngagementDropAlert,
 }
 
 impl TemplateKind {
-    pub const ALL: &'static [TemplateKind] = &[TemplateKind::EngagementScores];
+    pub const ALL: &'static [TemplateKind] = &[TemplateKind::EngagementScores, TemplateKind::EngagementDropAlert];
 
     /// The `template:` value.
     pub fn name(self) -> &'static str {
         match self {
             TemplateKind::EngagementScores => "engagement-scores",
+            TemplateKind::EngagementDropAlert => "engagement-drop-alert",
         }
     }
 
@@ -209,12 +213,14 @@ impl TemplateKind {
 #[derive(Debug, Clone)]
 pub enum Template {
     EngagementScores(EngagementConfig),
+    EngagementDropAlert(DropAlertConfig),
 }
 
 impl Template {
     pub fn kind(&self) -> TemplateKind {
         match self {
             Template::EngagementScores(_) => TemplateKind::EngagementScores,
+            Template::EngagementDropAlert(_) => TemplateKind::EngagementDropAlert,
         }
     }
 }

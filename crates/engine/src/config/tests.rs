@@ -53,7 +53,7 @@ fn the_example_loads_with_its_values() {
     assert_eq!(w.timezone, chrono_tz::UTC);
     assert_eq!(w.window_days, 30);
     assert_eq!(w.max_latency, Duration::from_secs(3600));
-    let Template::EngagementScores(e) = &w.template;
+    let Template::EngagementScores(e) = &w.template else { panic!("not engagement-scores") };
     assert_eq!(e.matching.len(), 3);
     assert_eq!(e.matching[0], MatchRule::PendoMetadata { group: MetadataGroup::Custom, field: "sfdcaccountid".into() });
     assert_eq!(

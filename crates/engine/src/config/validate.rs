@@ -18,14 +18,14 @@ use super::{
 };
 
 /// Collects errors, locating each by its key path.
-struct Errors<'a> {
+pub(super) struct Errors<'a> {
     locations: &'a Locations,
     rejected: &'a [String],
     list: Vec<ConfigError>,
 }
 
 impl Errors<'_> {
-    fn push(&mut self, key: &str, message: impl Into<String>) {
+    pub(super) fn push(&mut self, key: &str, message: impl Into<String>) {
         let pos = self.locations.find(key);
         self.list.push(ConfigError {
             line: pos.map(|p| p.line),
@@ -35,7 +35,7 @@ impl Errors<'_> {
         });
     }
 
-    fn required<'v, T>(&mut self, value: &'v Option<T>, key: &str) -> Option<&'v T> {
+    pub(super) fn required<'v, T>(&mut self, value: &'v Option<T>, key: &str) -> Option<&'v T> {
         // A key blanked out after the parser rejected it is absent here; that error
         // is already reported.
         if value.is_none() && !covered(self.rejected, key) {
@@ -443,6 +443,7 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
     };
     let template = match kind? {
         TemplateKind::EngagementScores => engagement(&key, w, errors).map(Template::EngagementScores),
+        TemplateKind::EngagementDropAlert => super::alert::build(&key, w, errors).map(Template::EngagementDropAlert),
     };
     Some(Workflow {
         name: name.to_owned(),
@@ -455,7 +456,13 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
     })
 }
 
-fn bounded_duration(text: &str, key: &str, min: Duration, max: Duration, errors: &mut Errors) -> Option<Duration> {
+pub(super) fn bounded_duration(
+    text: &str,
+    key: &str,
+    min: Duration,
+    max: Duration,
+    errors: &mut Errors,
+) -> Option<Duration> {
     match duration::parse(text) {
         Ok(d) if d >= min && d <= max => Some(d),
         Ok(_) => {
@@ -473,6 +480,17 @@ fn bounded_duration(text: &str, key: &str, min: Duration, max: Duration, errors:
 }
 
 fn engagement(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<EngagementConfig> {
+    account_side(key, w, errors, true)
+}
+
+/// The keys that find and score accounts (matching, score…); `fields` is required only by
+/// templates that write engagement fields.
+pub(super) fn account_side(
+    key: &str,
+    w: &wire::Workflow,
+    errors: &mut Errors,
+    fields_required: bool,
+) -> Option<EngagementConfig> {
     let k = |leaf: &str| format!("{key}.{leaf}");
     let matching = errors.required(&w.matching, &k("matching")).and_then(|rules| {
         if rules.is_empty() {
@@ -507,7 +525,17 @@ fn engagement(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Enga
         }
     }
     let score = errors.required(&w.score, &k("score")).and_then(|s| score(&k("score"), s, errors));
-    let fields = errors.required(&w.fields, &k("fields")).and_then(|f| fields(&k("fields"), f, errors));
+    if fields_required && w.alert.is_some() {
+        errors.push(&k("alert"), "not used by template engagement-scores");
+    }
+    let fields = if fields_required {
+        errors.required(&w.fields, &k("fields")).and_then(|f| fields(&k("fields"), f, errors))
+    } else {
+        if w.fields.is_some() {
+            errors.push(&k("fields"), "not used by this template");
+        }
+        Some(FieldMap::default())
+    };
     Some(EngagementConfig {
         matching: matching?,
         recheck_matches_after: recheck_matches_after?,
@@ -615,7 +643,7 @@ fn match_rule(key: &str, r: &wire::MatchRule, errors: &mut Errors) -> Option<Mat
 
 /// A Salesforce field API name: a letter, then letters, digits and single
 /// underscores; a name with `__` must be a custom field (`__c`), possibly namespaced.
-fn salesforce_field(name: &str, key: &str, errors: &mut Errors) -> Option<String> {
+pub(super) fn salesforce_field(name: &str, key: &str, errors: &mut Errors) -> Option<String> {
     let shape = name.starts_with(|c: char| c.is_ascii_alphabetic())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.ends_with('_');
@@ -761,36 +789,37 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
                 max_latency: Some(duration::format(w.max_latency)),
                 ..wire::Workflow::default()
             };
-            match &w.template {
-                Template::EngagementScores(e) => {
-                    out.matching = Some(e.matching.iter().map(rule_to_wire).collect());
-                    out.recheck_matches_after = Some(duration::format(e.recheck_matches_after));
-                    out.core_features = Some(e.core_features.clone());
-                    let t = |term: Option<Term>| {
-                        term.map(|t| wire::Term { weight: Some(t.weight), target: Some(t.target) })
-                    };
-                    out.score = Some(wire::Score {
-                        active_visitors: t(e.score.active_visitors),
-                        active_days: t(e.score.active_days),
-                        minutes: t(e.score.minutes),
-                        events: t(e.score.events),
-                        feature_adoption: t(e.score.feature_adoption),
-                        guide_completion: t(e.score.guide_completion),
-                    });
-                    let g = |m: Metric| e.fields.get(m).map(str::to_owned);
-                    out.fields = Some(wire::Fields {
-                        active_visitors: g(Metric::ActiveVisitors),
-                        active_days: g(Metric::ActiveDays),
-                        events: g(Metric::Events),
-                        minutes: g(Metric::Minutes),
-                        feature_adoption: g(Metric::FeatureAdoption),
-                        guide_completion: g(Metric::GuideCompletion),
-                        last_active: g(Metric::LastActive),
-                        score: g(Metric::Score),
-                        updated_at: g(Metric::UpdatedAt),
-                    });
+            let e = match &w.template {
+                Template::EngagementScores(e) => e,
+                Template::EngagementDropAlert(a) => {
+                    out.alert = Some(super::alert::to_wire(a));
+                    &a.accounts
                 }
-            }
+            };
+            out.matching = Some(e.matching.iter().map(rule_to_wire).collect());
+            out.recheck_matches_after = Some(duration::format(e.recheck_matches_after));
+            out.core_features = Some(e.core_features.clone());
+            let t = |term: Option<Term>| term.map(|t| wire::Term { weight: Some(t.weight), target: Some(t.target) });
+            out.score = Some(wire::Score {
+                active_visitors: t(e.score.active_visitors),
+                active_days: t(e.score.active_days),
+                minutes: t(e.score.minutes),
+                events: t(e.score.events),
+                feature_adoption: t(e.score.feature_adoption),
+                guide_completion: t(e.score.guide_completion),
+            });
+            let g = |m: Metric| e.fields.get(m).map(str::to_owned);
+            out.fields = (!e.fields.is_empty()).then(|| wire::Fields {
+                active_visitors: g(Metric::ActiveVisitors),
+                active_days: g(Metric::ActiveDays),
+                events: g(Metric::Events),
+                minutes: g(Metric::Minutes),
+                feature_adoption: g(Metric::FeatureAdoption),
+                guide_completion: g(Metric::GuideCompletion),
+                last_active: g(Metric::LastActive),
+                score: g(Metric::Score),
+                updated_at: g(Metric::UpdatedAt),
+            });
             (name.clone(), out)
         })
         .collect();
@@ -823,7 +852,7 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
     }
 }
 
-fn rule_to_wire(rule: &MatchRule) -> wire::MatchRule {
+pub(super) fn rule_to_wire(rule: &MatchRule) -> wire::MatchRule {
     match rule {
         MatchRule::PendoMetadata { group, field } => wire::MatchRule {
             rule: Some("pendo_metadata".to_owned()),

@@ -152,6 +152,9 @@ pub(crate) struct Workflow {
     pub score: Option<Score>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fields: Option<Fields>,
+    // engagement-drop-alert
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert: Option<super::alert::AlertWire>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

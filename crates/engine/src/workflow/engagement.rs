@@ -315,7 +315,7 @@ async fn body(
 
 /// Matches every Pendo account, reading Salesforce only when the cached matches are not enough.
 #[allow(clippy::too_many_arguments)]
-async fn match_accounts(
+pub(super) async fn match_accounts(
     ctx: &Context,
     workflow: &Workflow,
     config: &EngagementConfig,

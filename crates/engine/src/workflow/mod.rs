@@ -6,12 +6,16 @@
 //!
 //! # Layout
 //! - [`engagement`]: the engagement-scores template.
+//! - [`drop_alert`]: the engagement-drop-alert template.
+//! - [`create`]: creating records exactly once (deterministic keys, store before and after).
 //! - [`replay`]: sending kept failures again.
 //! - `budget`: today's allowance from `/limits` and the persisted ledger.
 //! - `accounts`: reading Accounts for matching (REST pages or a Bulk query, whichever is cheaper).
 
 mod accounts;
 mod budget;
+pub mod create;
+pub mod drop_alert;
 pub mod engagement;
 pub mod replay;
 
@@ -150,6 +154,9 @@ pub async fn run(ctx: &Context, name: &str, options: &RunOptions) -> Result<RunR
     let workflow = ctx.config.workflows.get(name).ok_or_else(|| RunError::UnknownWorkflow(name.to_owned()))?;
     match &workflow.template {
         crate::config::Template::EngagementScores(template) => engagement::run(ctx, workflow, template, options).await,
+        crate::config::Template::EngagementDropAlert(template) => {
+            drop_alert::run(ctx, workflow, template, options).await
+        }
     }
 }
 
