@@ -1,0 +1,253 @@
+//! The record-creating workflows end to end against both emulators on 127.0.0.1: the right
+//! accounts get one alert each, a re-run creates nothing, an interrupted create (the record made,
+//! the local commit lost) is settled without a duplicate, an episode re-arms only after
+//! recovery, and the alert goes to the configured CSM when there is one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::Utc;
+use emulator::pendo::generate::{Trend, account_profile, sf_account_id};
+use emulator::pendo::{GenConfig, PendoConfig, PendoState};
+use engine::store::{Action, CreateState, FingerprintPut, OutcomeFilter};
+use engine::workflow::drop_alert::{Episode, alert_key, episode_scope};
+use engine::workflow::{Context, RunOptions, RunReport};
+use serde_json::{Value, json};
+
+const CONFIG: &str = r#"
+connections:
+  salesforce:
+    login_url: "{sf}"
+    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
+  pendo:
+    base_url: "{pendo}"
+    integration_key: { env: PENDO_KEY }
+store: "{store}"
+budget: { daily_share: 1.0 }
+workflows:
+  churn-alerts:
+    template: engagement-drop-alert
+    schedule: "0 7 * * *"
+    window_days: 7
+    matching:
+      - { rule: pendo_metadata, group: custom, field: sfdcaccountid }
+      - { rule: external_id, field: Pendo_Account_Id__c }
+      - { rule: email_domain, website_field: Website }
+    score:
+      active_visitors: { weight: 0.5, target: 5 }
+      active_days: { weight: 0.5, target: 5 }
+    alert:
+      drop_share: 0.5
+      hysteresis: 10
+      owner_field: CSM__c
+      create_case: {case}
+"#;
+
+struct World {
+    gc: GenConfig,
+    sf: emulator::salesforce::Running,
+    ctx: Context,
+    http: reqwest::Client,
+    _pendo: emulator::pendo::Running,
+    _dir: tempfile::TempDir,
+}
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "SF_SECRET" => Some("emulator-secret".into()),
+        "PENDO_KEY" => Some("emulator-integration-key".into()),
+        _ => None,
+    }
+}
+
+async fn world(accounts: usize, case: bool) -> World {
+    let gc = GenConfig { seed: 11, accounts, days: 30, ..GenConfig::default() };
+    let state = PendoState::generated(PendoConfig::default(), &gc);
+    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
+    emulator::seed_matching_org(&sf.state, &state).unwrap();
+    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
+    let text = CONFIG
+        .replace("{sf}", &sf.base_url)
+        .replace("{pendo}", &pendo.base_url)
+        .replace("{store}", &sqlite)
+        .replace("{case}", &case.to_string());
+    let config = engine::config::load_str(&text, "test.yaml").unwrap();
+    let ctx = Context {
+        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
+        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
+        store: engine::store::open(&sqlite).await.unwrap(),
+        config: Arc::new(config),
+    };
+    World { gc, sf, ctx, http: reqwest::Client::new(), _pendo: pendo, _dir: dir }
+}
+
+impl World {
+    async fn run(&self, dry_run: bool) -> RunReport {
+        let options = RunOptions { dry_run, trigger: "test".into(), progress: None };
+        engine::workflow::run(&self.ctx, "churn-alerts", &options).await.unwrap()
+    }
+
+    async fn records(&self, object: &str) -> Vec<Value> {
+        let url = format!("{}/__emulator/records/{object}", self.sf.base_url);
+        self.http.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Usagesync_Key__c → how many records hold it.
+    async fn keys(&self, object: &str) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for r in self.records(object).await {
+            if let Some(k) = r["Usagesync_Key__c"].as_str() {
+                *out.entry(k.to_owned()).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    async fn episodes(&self, pendo_ids: &[String]) -> HashMap<String, Episode> {
+        let stored = self.ctx.store.written_values(&episode_scope("churn-alerts"), pendo_ids).await.unwrap();
+        stored
+            .into_iter()
+            .map(|(k, fields)| (k, serde_json::from_value(fields.into_iter().next().unwrap().1).unwrap()))
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_accounts_get_one_high_priority_alert_and_a_rerun_creates_nothing() {
+    let w = world(300, false).await;
+
+    let dry = w.run(true).await;
+    assert!(dry.changed > 0, "the world has dropping accounts: {dry:?}");
+    assert!(w.keys("Task").await.is_empty(), "a dry run creates nothing");
+    let sample = &dry.samples[0];
+    let fields: HashMap<_, _> = sample.fields.iter().cloned().collect();
+    assert_eq!(fields["Priority"], json!("High"));
+    assert!(fields["Description"].as_str().unwrap().to_lowercase().contains("score fell"), "{fields:?}");
+
+    let first = w.run(false).await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    assert_eq!(first.written, dry.changed);
+    let tasks = w.records("Task").await;
+    assert_eq!(tasks.len(), first.written);
+    let accounts: HashMap<String, Value> =
+        w.records("Account").await.into_iter().map(|a| (a["Id"].as_str().unwrap().to_owned(), a)).collect();
+    for t in &tasks {
+        assert_eq!(t["Priority"], "High");
+        let account = &accounts[t["WhatId"].as_str().unwrap()];
+        assert_eq!(t["OwnerId"], account["OwnerId"], "no CSM set: the account owner gets it");
+        assert!(t["Description"].as_str().unwrap().contains("active visitors"), "evidence: {t}");
+    }
+    // Alerts land on accounts whose usage really fell; steady or growing ones stay quiet.
+    let trends: HashMap<String, Trend> =
+        (0..w.gc.accounts).map(|i| (sf_account_id(i), account_profile(&w.gc, i).trend)).collect();
+    let alerted: Vec<Trend> = tasks.iter().filter_map(|t| trends.get(t["WhatId"].as_str().unwrap()).copied()).collect();
+    assert!(alerted.iter().any(|t| matches!(t, Trend::SharpDrop | Trend::Churned)), "{alerted:?}");
+    let falling = alerted.iter().filter(|t| matches!(t, Trend::SharpDrop | Trend::Churned | Trend::Declining)).count();
+    assert!(falling * 2 > alerted.len(), "most alerts are falling accounts: {alerted:?}");
+
+    let second = w.run(false).await;
+    assert_eq!(second.written, 0);
+    assert_eq!(second.failed, 0);
+    assert_eq!(w.records("Task").await.len(), tasks.len(), "a re-run creates nothing new");
+    let outcomes = w.ctx.store.run_outcomes(second.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
+    let still_open = outcomes.iter().filter(|o| o.action == Action::Unchanged).count();
+    assert_eq!(still_open, tasks.len(), "each open episode is recorded as a decision");
+    assert!(outcomes.iter().all(|o| o.message.as_deref().unwrap_or("").contains("still open")));
+
+    let runs = w.ctx.store.list_runs(Some("churn-alerts"), 0).await.unwrap();
+    assert_eq!(runs.len(), 2, "dry runs leave no run behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_interrupted_before_the_local_commit_is_settled_without_a_duplicate() {
+    let w = world(200, true).await;
+    let dry = w.run(true).await;
+    let victim = dry.samples[0].clone();
+    // What a crash right after the call leaves: the key pending in the store, the Task in
+    // Salesforce with that key.
+    let key = alert_key("churn-alerts", &victim.pendo_account, 1, "Task");
+    let now = Utc::now();
+    assert_eq!(w.ctx.store.begin_create(&key, "churn-alerts", now).await.unwrap(), CreateState::New);
+    let mut body: serde_json::Map<String, Value> = victim.fields.iter().cloned().collect();
+    body.insert("Subject".into(), json!("made before the crash"));
+    let made = w.ctx.salesforce.upsert("Task", "Usagesync_Key__c", &key, &body).await.unwrap();
+    assert!(made.created);
+
+    let run = w.run(false).await;
+    assert_eq!(run.failed, 0, "{:?}", run.failures);
+    let keys = w.keys("Task").await;
+    assert_eq!(keys.get(&key), Some(&1));
+    assert!(keys.values().all(|n| *n == 1));
+    assert_eq!(keys.len(), run.written, "one Task per alert");
+    assert_eq!(w.keys("Case").await.len(), run.written, "one Case per alert");
+    let task = w.records("Task").await.into_iter().find(|t| t["Usagesync_Key__c"] == json!(key)).unwrap();
+    assert_eq!(task["Subject"], "made before the crash", "the found record is kept, not overwritten");
+    assert_eq!(
+        w.ctx.store.begin_create(&key, "churn-alerts", now).await.unwrap(),
+        CreateState::Committed { salesforce_id: made.id.unwrap().to_string() }
+    );
+    let again = w.run(false).await;
+    assert_eq!(again.written, 0);
+    assert_eq!(w.keys("Task").await.len(), keys.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_episode_rearms_after_recovery_and_alerts_go_to_the_csm() {
+    let w = world(200, false).await;
+    let dry = w.run(true).await;
+    let (first, second) = (dry.samples[0].clone(), dry.samples[1].clone());
+    // A CSM on one account: the alert goes to them.
+    let users = w.records("User").await;
+    let owner =
+        w.records("Account").await.into_iter().find(|a| a["Id"] == json!(first.salesforce_id)).unwrap()["OwnerId"]
+            .clone();
+    let csm = users.iter().map(|u| u["Id"].clone()).find(|id| *id != owner).unwrap();
+    let csm = csm.as_str().unwrap().to_owned();
+    let account_id = salesforce::SalesforceId::parse(&first.salesforce_id).unwrap();
+    w.ctx.salesforce.update("Account", &account_id, &json!({ "CSM__c": csm })).await.unwrap();
+
+    w.run(false).await;
+    let tasks = w.records("Task").await;
+    let to_csm = tasks.iter().find(|t| t["WhatId"] == json!(first.salesforce_id)).unwrap();
+    assert_eq!(to_csm["OwnerId"], json!(csm));
+
+    // The second account recovers: its re-arm level is met at the next run.
+    let ids = vec![second.pendo_account.clone()];
+    let mut episode = w.episodes(&ids).await.remove(&second.pendo_account).unwrap();
+    assert!(episode.open);
+    assert_eq!(episode.count, 1);
+    episode.rearm_at = 0.0;
+    let value = serde_json::to_value(&episode).unwrap();
+    w.ctx
+        .store
+        .put_fingerprints(&[FingerprintPut {
+            scope: episode_scope("churn-alerts"),
+            key: second.pendo_account.clone(),
+            field: "episode".into(),
+            fingerprint: 1,
+            written_at: Utc::now(),
+            value: Some(value),
+        }])
+        .await
+        .unwrap();
+    let recovered = w.run(false).await;
+    assert_eq!(recovered.written, 0);
+    let outcomes = w.ctx.store.run_outcomes(recovered.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o.key == second.pendo_account && o.message.as_deref().unwrap().starts_with("recovered"))
+    );
+    assert!(!w.episodes(&ids).await[&second.pendo_account].open);
+
+    // Still below its old level, so with the episode closed it alerts again: episode 2.
+    let rearmed = w.run(false).await;
+    assert_eq!(rearmed.written, 1, "{rearmed:?}");
+    let keys = w.keys("Task").await;
+    assert!(keys.contains_key(&alert_key("churn-alerts", &second.pendo_account, 2, "Task")));
+    assert_eq!(keys.len(), tasks.len() + 1);
+}
