@@ -251,3 +251,154 @@ async fn an_episode_rearms_after_recovery_and_alerts_go_to_the_csm() {
     assert!(keys.contains_key(&alert_key("churn-alerts", &second.pendo_account, 2, "Task")));
     assert_eq!(keys.len(), tasks.len() + 1);
 }
+
+const EXPANSION: &str = r#"
+connections:
+  salesforce:
+    login_url: "{sf}"
+    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
+  pendo:
+    base_url: "{pendo}"
+    integration_key: { env: PENDO_KEY }
+store: "{store}"
+budget: { daily_share: 1.0 }
+workflows:
+  expansion:
+    template: expansion-opportunity
+    schedule: "0 8 * * 1"
+    window_days: 30
+    matching:
+      - { rule: pendo_metadata, group: custom, field: sfdcaccountid }
+      - { rule: external_id, field: Pendo_Account_Id__c }
+      - { rule: email_domain, website_field: Website }
+    expansion:
+      milestones:
+        - { name: premium, feature_visitors: { features: [{premium}], min_visitors: 2 } }
+        - { name: heavy-use, sustained_usage: { min_daily_events: 40, days: 10 } }
+        - { name: seats, seat_share: { seats_field: Contracted_Seats__c, min_share: 0.8 } }
+      opportunity:
+        name: "{account} - {milestone} expansion"
+        type: "Existing Customer - Upgrade"
+        stage: Prospecting
+        close_in_days: 45
+        amount_base: 1000
+        amount_per_active_visitor: 50
+"#;
+
+async fn expansion_world(accounts: usize) -> World {
+    let gc = GenConfig { seed: 5, accounts, days: 30, ..GenConfig::default() };
+    let state = PendoState::generated(PendoConfig::default(), &gc);
+    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
+    emulator::seed_matching_org(&sf.state, &state).unwrap();
+    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
+    let http = reqwest::Client::new();
+    let features: Vec<Value> = http
+        .get(format!("{}/api/v1/feature", pendo.base_url))
+        .header("x-pendo-integration-key", "emulator-integration-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let premium: Vec<String> = features
+        .iter()
+        .filter(|f| f["group"]["id"] == "grp-premium")
+        .map(|f| format!("\"{}\"", f["id"].as_str().unwrap()))
+        .collect();
+    assert!(!premium.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
+    let text = EXPANSION
+        .replace("{sf}", &sf.base_url)
+        .replace("{pendo}", &pendo.base_url)
+        .replace("{store}", &sqlite)
+        .replace("{premium}", &premium.join(", "));
+    let config = engine::config::load_str(&text, "test.yaml").unwrap();
+    let ctx = Context {
+        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
+        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
+        store: engine::store::open(&sqlite).await.unwrap(),
+        config: Arc::new(config),
+    };
+    World { gc, sf, ctx, http, _pendo: pendo, _dir: dir }
+}
+
+async fn run_expansion(w: &World, dry_run: bool) -> RunReport {
+    let options = RunOptions { dry_run, trigger: "test".into(), progress: None };
+    engine::workflow::run(&w.ctx, "expansion", &options).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expansion_opportunities_appear_once_per_account_and_milestone_and_respect_peoples_own() {
+    let w = expansion_world(200).await;
+    let dry = run_expansion(&w, true).await;
+    assert!(dry.changed >= 3, "the world has expanding accounts: {dry:?}");
+    assert!(w.records("Opportunity").await.iter().all(|o| o["Type"] == "Trial"), "a dry run creates nothing");
+
+    // A seat-heavy account: one contracted seat, so anyone active crosses 80%.
+    let seat_account = dry.samples[0].salesforce_id.clone();
+    let id = salesforce::SalesforceId::parse(&seat_account).unwrap();
+    w.ctx.salesforce.update("Account", &id, &json!({ "Contracted_Seats__c": 1 })).await.unwrap();
+    // A person already opened the expansion for the second crossing.
+    let taken = dry.samples[1].clone();
+    let taken_fields: HashMap<_, _> = taken.fields.iter().cloned().collect();
+    let milestone = taken_fields["Expansion_Milestone__c"].clone();
+    let by_hand = w
+        .ctx
+        .salesforce
+        .create(
+            "Opportunity",
+            &json!({
+                "Name": "Upsell agreed on the phone",
+                "StageName": "Qualification",
+                "CloseDate": "2027-01-31",
+                "AccountId": taken.salesforce_id,
+                "Expansion_Milestone__c": milestone,
+            }),
+        )
+        .await
+        .unwrap();
+
+    let first = run_expansion(&w, false).await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    assert!(first.written > 0);
+    let opps: Vec<Value> =
+        w.records("Opportunity").await.into_iter().filter(|o| !o["Usagesync_Key__c"].is_null()).collect();
+    assert_eq!(opps.len(), first.written);
+    let mut per_pair: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for o in w.records("Opportunity").await.iter().filter(|o| o["Type"] != "Trial") {
+        let pair =
+            (o["AccountId"].as_str().unwrap().to_owned(), o["Expansion_Milestone__c"].as_str().unwrap().to_owned());
+        *per_pair.entry(pair).or_default() += 1;
+    }
+    assert!(per_pair.values().all(|n| *n == 1), "one open expansion per account and milestone: {per_pair:?}");
+    assert!(per_pair.contains_key(&(seat_account.clone(), "seats".to_owned())), "the seat milestone fired");
+    let accounts: HashMap<String, Value> =
+        w.records("Account").await.into_iter().map(|a| (a["Id"].as_str().unwrap().to_owned(), a)).collect();
+    for o in &opps {
+        assert_eq!(o["StageName"], "Prospecting");
+        assert_eq!(o["Type"], "Existing Customer - Upgrade");
+        assert_eq!(o["OwnerId"], accounts[o["AccountId"].as_str().unwrap()]["OwnerId"]);
+        assert!(o["Amount"].as_f64().unwrap() >= 1000.0);
+        assert!(o["Name"].as_str().unwrap().ends_with(" expansion"));
+    }
+    let tasks = w.records("Task").await;
+    assert_eq!(tasks.len(), opps.len(), "a Task per Opportunity");
+    let opp_ids: std::collections::HashSet<&str> = opps.iter().map(|o| o["Id"].as_str().unwrap()).collect();
+    assert!(tasks.iter().all(|t| opp_ids.contains(t["WhatId"].as_str().unwrap())));
+    let outcomes = w.ctx.store.run_outcomes(first.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
+    let respected = outcomes
+        .iter()
+        .find(|o| o.action == Action::Skipped && o.salesforce_id.as_deref() == Some(by_hand.id.as_str()))
+        .expect("the person's Opportunity is recorded as the reason to skip");
+    assert!(respected.message.as_deref().unwrap().contains("already exists"));
+
+    let second = run_expansion(&w, false).await;
+    assert_eq!(second.written, 0, "{second:?}");
+    assert_eq!(second.failed, 0);
+    let again: Vec<Value> =
+        w.records("Opportunity").await.into_iter().filter(|o| !o["Usagesync_Key__c"].is_null()).collect();
+    assert_eq!(again.len(), opps.len(), "a re-run creates nothing");
+    assert_eq!(w.records("Task").await.len(), tasks.len());
+}

@@ -12,6 +12,7 @@
 mod alert;
 mod duration;
 mod error;
+mod expansion;
 mod locate;
 mod secret;
 mod validate;
@@ -28,6 +29,7 @@ use url::Url;
 
 pub use alert::DropAlertConfig;
 pub use error::{ConfigError, ConfigErrors};
+pub use expansion::{ExpansionConfig, Milestone, MilestoneKind, OpportunityTemplate};
 pub use secret::{Secret, SecretString};
 
 /// The annotated example config, also the starter written by `usagesync init`.
@@ -191,16 +193,19 @@ pub struct Workflow {
 pub enum TemplateKind {
     EngagementScores,
     EngagementDropAlert,
+    ExpansionOpportunity,
 }
 
 impl TemplateKind {
-    pub const ALL: &'static [TemplateKind] = &[TemplateKind::EngagementScores, TemplateKind::EngagementDropAlert];
+    pub const ALL: &'static [TemplateKind] =
+        &[TemplateKind::EngagementScores, TemplateKind::EngagementDropAlert, TemplateKind::ExpansionOpportunity];
 
     /// The `template:` value.
     pub fn name(self) -> &'static str {
         match self {
             TemplateKind::EngagementScores => "engagement-scores",
             TemplateKind::EngagementDropAlert => "engagement-drop-alert",
+            TemplateKind::ExpansionOpportunity => "expansion-opportunity",
         }
     }
 
@@ -214,6 +219,7 @@ impl TemplateKind {
 pub enum Template {
     EngagementScores(EngagementConfig),
     EngagementDropAlert(DropAlertConfig),
+    ExpansionOpportunity(ExpansionConfig),
 }
 
 impl Template {
@@ -221,6 +227,7 @@ impl Template {
         match self {
             Template::EngagementScores(_) => TemplateKind::EngagementScores,
             Template::EngagementDropAlert(_) => TemplateKind::EngagementDropAlert,
+            Template::ExpansionOpportunity(_) => TemplateKind::ExpansionOpportunity,
         }
     }
 }

@@ -444,6 +444,9 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
     let template = match kind? {
         TemplateKind::EngagementScores => engagement(&key, w, errors).map(Template::EngagementScores),
         TemplateKind::EngagementDropAlert => super::alert::build(&key, w, errors).map(Template::EngagementDropAlert),
+        TemplateKind::ExpansionOpportunity => {
+            super::expansion::build(&key, w, errors).map(Template::ExpansionOpportunity)
+        }
     };
     Some(Workflow {
         name: name.to_owned(),
@@ -524,9 +527,17 @@ pub(super) fn account_side(
             errors.push(&fk, format!("feature `{feature}` is listed twice"));
         }
     }
-    let score = errors.required(&w.score, &k("score")).and_then(|s| score(&k("score"), s, errors));
+    // expansion-opportunity reads no score.
+    let score = if w.expansion.is_some() && w.score.is_none() {
+        Some(ScoreConfig::default())
+    } else {
+        errors.required(&w.score, &k("score")).and_then(|s| score(&k("score"), s, errors))
+    };
     if fields_required && w.alert.is_some() {
         errors.push(&k("alert"), "not used by template engagement-scores");
+    }
+    if fields_required && w.expansion.is_some() {
+        errors.push(&k("expansion"), "not used by template engagement-scores");
     }
     let fields = if fields_required {
         errors.required(&w.fields, &k("fields")).and_then(|f| fields(&k("fields"), f, errors))
@@ -795,12 +806,16 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
                     out.alert = Some(super::alert::to_wire(a));
                     &a.accounts
                 }
+                Template::ExpansionOpportunity(x) => {
+                    out.expansion = Some(super::expansion::to_wire(x));
+                    &x.accounts
+                }
             };
             out.matching = Some(e.matching.iter().map(rule_to_wire).collect());
             out.recheck_matches_after = Some(duration::format(e.recheck_matches_after));
             out.core_features = Some(e.core_features.clone());
             let t = |term: Option<Term>| term.map(|t| wire::Term { weight: Some(t.weight), target: Some(t.target) });
-            out.score = Some(wire::Score {
+            out.score = e.score.terms().next().is_some().then(|| wire::Score {
                 active_visitors: t(e.score.active_visitors),
                 active_days: t(e.score.active_days),
                 minutes: t(e.score.minutes),

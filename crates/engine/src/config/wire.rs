@@ -155,6 +155,9 @@ pub(crate) struct Workflow {
     // engagement-drop-alert
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alert: Option<super::alert::AlertWire>,
+    // expansion-opportunity
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expansion: Option<super::expansion::ExpansionWire>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`engagement`]: the engagement-scores template.
 //! - [`drop_alert`]: the engagement-drop-alert template.
+//! - [`expansion`]: the expansion-opportunity template.
 //! - [`create`]: creating records exactly once (deterministic keys, store before and after).
 //! - [`replay`]: sending kept failures again.
 //! - `budget`: today's allowance from `/limits` and the persisted ledger.
@@ -17,6 +18,7 @@ mod budget;
 pub mod create;
 pub mod drop_alert;
 pub mod engagement;
+pub mod expansion;
 pub mod replay;
 
 use std::collections::BTreeMap;
@@ -156,6 +158,9 @@ pub async fn run(ctx: &Context, name: &str, options: &RunOptions) -> Result<RunR
         crate::config::Template::EngagementScores(template) => engagement::run(ctx, workflow, template, options).await,
         crate::config::Template::EngagementDropAlert(template) => {
             drop_alert::run(ctx, workflow, template, options).await
+        }
+        crate::config::Template::ExpansionOpportunity(template) => {
+            expansion::run(ctx, workflow, template, options).await
         }
     }
 }
