@@ -402,3 +402,115 @@ async fn expansion_opportunities_appear_once_per_account_and_milestone_and_respe
     assert_eq!(again.len(), opps.len(), "a re-run creates nothing");
     assert_eq!(w.records("Task").await.len(), tasks.len());
 }
+
+const TRIAL: &str = r#"
+connections:
+  salesforce:
+    login_url: "{sf}"
+    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
+  pendo:
+    base_url: "{pendo}"
+    integration_key: { env: PENDO_KEY }
+store: "{store}"
+budget: { daily_share: 1.0 }
+workflows:
+  trials:
+    template: trial-usage
+    schedule: "0 * * * *"
+    window_days: 30
+    matching:
+      - { rule: pendo_metadata, group: custom, field: sfdcaccountid }
+      - { rule: external_id, field: Pendo_Account_Id__c }
+      - { rule: email_domain, website_field: Website }
+    trial:
+      select: "Type = 'Trial' OR Is_POC__c = true"
+      fields:
+        active_users: Trial_Active_Users__c
+        features_explored: Trial_Features_Explored__c
+        guides_completed: Trial_Guides_Completed__c
+        last_active: Trial_Last_Active__c
+      stages:
+        - { metric: active_users, at_least: 1, stage: Qualification }
+        - { metric: features_explored, at_least: 2, stage: Needs Analysis }
+"#;
+
+const ORDER: &[&str] = &["Prospecting", "Qualification", "Needs Analysis", "Value Proposition"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trial_usage_lands_on_trial_opportunities_and_stages_only_move_forward() {
+    let gc = GenConfig { seed: 3, accounts: 300, days: 30, ..GenConfig::default() };
+    let state = PendoState::generated(PendoConfig::default(), &gc);
+    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
+    emulator::seed_matching_org(&sf.state, &state).unwrap();
+    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
+    let text = TRIAL.replace("{sf}", &sf.base_url).replace("{pendo}", &pendo.base_url).replace("{store}", &sqlite);
+    let config = engine::config::load_str(&text, "test.yaml").unwrap();
+    let ctx = Context {
+        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
+        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
+        store: engine::store::open(&sqlite).await.unwrap(),
+        config: Arc::new(config),
+    };
+    let w = World { gc, sf, ctx, http: reqwest::Client::new(), _pendo: pendo, _dir: dir };
+    let run = |dry_run: bool| {
+        let ctx = w.ctx.clone();
+        async move {
+            let options = RunOptions { dry_run, trigger: "test".into(), progress: None };
+            engine::workflow::run(&ctx, "trials", &options).await.unwrap()
+        }
+    };
+    let before: HashMap<String, Value> =
+        w.records("Opportunity").await.into_iter().map(|o| (o["Id"].as_str().unwrap().to_owned(), o)).collect();
+    assert!(before.len() >= 5, "the world has trials");
+    // A proof of concept on a customer account, flagged rather than typed.
+    let poc_account = w.records("Account").await.into_iter().find(|a| a["Type"] == "Customer").unwrap();
+    let poc = w
+        .ctx
+        .salesforce
+        .create(
+            "Opportunity",
+            &json!({
+                "Name": "POC", "StageName": "Prospecting", "CloseDate": "2027-02-01", "Type": "New Customer",
+                "Is_POC__c": true, "AccountId": poc_account["Id"],
+            }),
+        )
+        .await
+        .unwrap();
+
+    let first = run(false).await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    assert!(first.written > 0);
+    let after: HashMap<String, Value> =
+        w.records("Opportunity").await.into_iter().map(|o| (o["Id"].as_str().unwrap().to_owned(), o)).collect();
+    let mut advanced = None;
+    for (id, o) in &after {
+        let old = before.get(id).map_or("Prospecting", |b| b["StageName"].as_str().unwrap());
+        let new = o["StageName"].as_str().unwrap();
+        let pos = |s: &str| ORDER.iter().position(|x| *x == s).unwrap();
+        assert!(pos(new) >= pos(old), "{id}: {old} → {new} went backwards");
+        if pos(new) > pos(old) {
+            assert!(o["Trial_Active_Users__c"].as_f64().unwrap() >= 1.0, "advanced for a reason: {o}");
+            advanced = Some(id.clone());
+        }
+    }
+    let written = after.values().filter(|o| !o["Trial_Active_Users__c"].is_null()).count();
+    assert_eq!(written, first.written, "every matched trial got its usage");
+    assert!(!after[poc.id.as_str()]["Trial_Active_Users__c"].is_null(), "the POC flag selects it too");
+    let advanced = advanced.expect("some trial advanced");
+
+    // A person moves one back: usagesync leaves it there from now on.
+    let id = salesforce::SalesforceId::parse(&advanced).unwrap();
+    w.ctx.salesforce.update("Opportunity", &id, &json!({ "StageName": "Prospecting" })).await.unwrap();
+    let second = run(false).await;
+    assert_eq!(second.failed, 0);
+    let o = w.records("Opportunity").await.into_iter().find(|o| o["Id"] == json!(advanced)).unwrap();
+    assert_eq!(o["StageName"], "Prospecting", "never past a stage a person set");
+    let outcomes = w.ctx.store.run_outcomes(second.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
+    assert!(outcomes.iter().any(|x| x.salesforce_id.as_deref() == Some(advanced.as_str())
+        && x.message.as_deref().unwrap_or("").contains("a person moved the stage")));
+    assert_eq!(second.written, 0, "nothing else changed: {second:?}");
+    let third = run(false).await;
+    assert_eq!(third.written, 0);
+}

@@ -61,6 +61,9 @@ pub(crate) struct AlertWire {
 pub(super) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<DropAlertConfig> {
     let accounts = account_side(key, w, errors, false);
     let ak = format!("{key}.alert");
+    if w.trial.is_some() {
+        errors.push(&format!("{key}.trial"), "not used by template engagement-drop-alert");
+    }
     if w.expansion.is_some() {
         errors.push(&format!("{key}.expansion"), "not used by template engagement-drop-alert");
     }

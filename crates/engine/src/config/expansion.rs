@@ -133,6 +133,9 @@ pub(crate) struct OpportunityWire {
 pub(super) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<ExpansionConfig> {
     let accounts = account_side(key, w, errors, false);
     let ek = format!("{key}.expansion");
+    if w.trial.is_some() {
+        errors.push(&format!("{key}.trial"), "not used by template expansion-opportunity");
+    }
     if w.alert.is_some() {
         errors.push(&format!("{key}.alert"), "not used by template expansion-opportunity");
     }

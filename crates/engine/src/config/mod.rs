@@ -20,6 +20,7 @@ mod wire;
 
 #[cfg(test)]
 mod tests;
+mod trial;
 
 use std::path::Path;
 use std::time::Duration;
@@ -31,6 +32,7 @@ pub use alert::DropAlertConfig;
 pub use error::{ConfigError, ConfigErrors};
 pub use expansion::{ExpansionConfig, Milestone, MilestoneKind, OpportunityTemplate};
 pub use secret::{Secret, SecretString};
+pub use trial::{StageRule, TrialConfig, TrialFields, TrialMetric};
 
 /// The annotated example config, also the starter written by `usagesync init`.
 pub const STARTER: &str = include_str!("../../../../examples/usagesync.yaml");
@@ -194,11 +196,16 @@ pub enum TemplateKind {
     EngagementScores,
     EngagementDropAlert,
     ExpansionOpportunity,
+    TrialUsage,
 }
 
 impl TemplateKind {
-    pub const ALL: &'static [TemplateKind] =
-        &[TemplateKind::EngagementScores, TemplateKind::EngagementDropAlert, TemplateKind::ExpansionOpportunity];
+    pub const ALL: &'static [TemplateKind] = &[
+        TemplateKind::EngagementScores,
+        TemplateKind::EngagementDropAlert,
+        TemplateKind::ExpansionOpportunity,
+        TemplateKind::TrialUsage,
+    ];
 
     /// The `template:` value.
     pub fn name(self) -> &'static str {
@@ -206,6 +213,7 @@ impl TemplateKind {
             TemplateKind::EngagementScores => "engagement-scores",
             TemplateKind::EngagementDropAlert => "engagement-drop-alert",
             TemplateKind::ExpansionOpportunity => "expansion-opportunity",
+            TemplateKind::TrialUsage => "trial-usage",
         }
     }
 
@@ -220,6 +228,7 @@ pub enum Template {
     EngagementScores(EngagementConfig),
     EngagementDropAlert(DropAlertConfig),
     ExpansionOpportunity(ExpansionConfig),
+    TrialUsage(TrialConfig),
 }
 
 impl Template {
@@ -228,6 +237,7 @@ impl Template {
             Template::EngagementScores(_) => TemplateKind::EngagementScores,
             Template::EngagementDropAlert(_) => TemplateKind::EngagementDropAlert,
             Template::ExpansionOpportunity(_) => TemplateKind::ExpansionOpportunity,
+            Template::TrialUsage(_) => TemplateKind::TrialUsage,
         }
     }
 }

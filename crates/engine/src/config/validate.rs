@@ -447,6 +447,7 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
         TemplateKind::ExpansionOpportunity => {
             super::expansion::build(&key, w, errors).map(Template::ExpansionOpportunity)
         }
+        TemplateKind::TrialUsage => super::trial::build(&key, w, errors).map(Template::TrialUsage),
     };
     Some(Workflow {
         name: name.to_owned(),
@@ -527,8 +528,8 @@ pub(super) fn account_side(
             errors.push(&fk, format!("feature `{feature}` is listed twice"));
         }
     }
-    // expansion-opportunity reads no score.
-    let score = if w.expansion.is_some() && w.score.is_none() {
+    // expansion-opportunity and trial-usage read no score.
+    let score = if (w.expansion.is_some() || w.trial.is_some()) && w.score.is_none() {
         Some(ScoreConfig::default())
     } else {
         errors.required(&w.score, &k("score")).and_then(|s| score(&k("score"), s, errors))
@@ -538,6 +539,9 @@ pub(super) fn account_side(
     }
     if fields_required && w.expansion.is_some() {
         errors.push(&k("expansion"), "not used by template engagement-scores");
+    }
+    if fields_required && w.trial.is_some() {
+        errors.push(&k("trial"), "not used by template engagement-scores");
     }
     let fields = if fields_required {
         errors.required(&w.fields, &k("fields")).and_then(|f| fields(&k("fields"), f, errors))
@@ -809,6 +813,10 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
                 Template::ExpansionOpportunity(x) => {
                     out.expansion = Some(super::expansion::to_wire(x));
                     &x.accounts
+                }
+                Template::TrialUsage(t) => {
+                    out.trial = Some(super::trial::to_wire(t));
+                    &t.accounts
                 }
             };
             out.matching = Some(e.matching.iter().map(rule_to_wire).collect());

@@ -158,6 +158,9 @@ pub(crate) struct Workflow {
     // expansion-opportunity
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expansion: Option<super::expansion::ExpansionWire>,
+    // trial-usage
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trial: Option<super::trial::TrialWire>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -8,6 +8,7 @@
 //! - [`engagement`]: the engagement-scores template.
 //! - [`drop_alert`]: the engagement-drop-alert template.
 //! - [`expansion`]: the expansion-opportunity template.
+//! - [`trial`]: the trial-usage template.
 //! - [`create`]: creating records exactly once (deterministic keys, store before and after).
 //! - [`replay`]: sending kept failures again.
 //! - `budget`: today's allowance from `/limits` and the persisted ledger.
@@ -20,6 +21,7 @@ pub mod drop_alert;
 pub mod engagement;
 pub mod expansion;
 pub mod replay;
+pub mod trial;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -162,6 +164,7 @@ pub async fn run(ctx: &Context, name: &str, options: &RunOptions) -> Result<RunR
         crate::config::Template::ExpansionOpportunity(template) => {
             expansion::run(ctx, workflow, template, options).await
         }
+        crate::config::Template::TrialUsage(template) => trial::run(ctx, workflow, template, options).await,
     }
 }
 

@@ -1,0 +1,207 @@
+//! The trial-usage template's settings: which open Opportunities are trials, which Opportunity
+//! fields take the trial's usage, and the milestone → stage map that advances StageName.
+//!
+//! Accounts are matched with the same keys engagement-scores uses (`matching`, `core_features`
+//! — the features counted as explored); this template's own keys live under `trial:`.
+
+use serde::{Deserialize, Serialize};
+
+use super::validate::{Errors, account_side, salesforce_field};
+use super::{EngagementConfig, wire};
+
+pub const DEFAULT_SELECT: &str = "Type = 'Trial' OR Is_POC__c = true";
+/// The standard Opportunity stages, in order of progress.
+pub const DEFAULT_STAGE_ORDER: &[&str] = &[
+    "Prospecting",
+    "Qualification",
+    "Needs Analysis",
+    "Value Proposition",
+    "Id. Decision Makers",
+    "Perception Analysis",
+    "Proposal/Price Quote",
+    "Negotiation/Review",
+];
+
+/// trial-usage: usage onto trial Opportunities, and StageName advanced by milestones.
+#[derive(Debug, Clone)]
+pub struct TrialConfig {
+    /// Matching; `core_features` are the features counted as explored.
+    pub accounts: EngagementConfig,
+    /// SOQL condition selecting trial Opportunities among the open ones.
+    pub select: String,
+    pub fields: TrialFields,
+    /// In the order the map is checked; the furthest reached stage wins.
+    pub stages: Vec<StageRule>,
+    /// Stages in order of progress; StageName only ever moves forward along it, and a stage not
+    /// in it is never changed.
+    pub stage_order: Vec<String>,
+}
+
+/// Opportunity field per trial figure; each optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrialFields {
+    pub active_users: Option<String>,
+    pub features_explored: Option<String>,
+    pub guides_completed: Option<String>,
+    pub last_active: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrialMetric {
+    ActiveUsers,
+    FeaturesExplored,
+    GuidesCompleted,
+}
+
+impl TrialMetric {
+    pub const ALL: &'static [TrialMetric] =
+        &[TrialMetric::ActiveUsers, TrialMetric::FeaturesExplored, TrialMetric::GuidesCompleted];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            TrialMetric::ActiveUsers => "active_users",
+            TrialMetric::FeaturesExplored => "features_explored",
+            TrialMetric::GuidesCompleted => "guides_completed",
+        }
+    }
+}
+
+/// When `metric` reaches `at_least`, the Opportunity belongs at least in `stage`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageRule {
+    pub metric: TrialMetric,
+    pub at_least: u64,
+    pub stage: String,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TrialWire {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub select: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<TrialFieldsWire>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<Vec<StageRuleWire>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage_order: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TrialFieldsWire {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_users: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features_explored: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guides_completed: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_active: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StageRuleWire {
+    pub metric: Option<String>,
+    pub at_least: Option<u64>,
+    pub stage: Option<String>,
+}
+
+pub(super) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<TrialConfig> {
+    let accounts = account_side(key, w, errors, false);
+    let tk = format!("{key}.trial");
+    for (other, present) in [("alert", w.alert.is_some()), ("expansion", w.expansion.is_some())] {
+        if present {
+            errors.push(&format!("{key}.{other}"), "not used by template trial-usage");
+        }
+    }
+    let t = errors.required(&w.trial, &tk)?;
+    let k = |leaf: &str| format!("{tk}.{leaf}");
+    let mut ok = true;
+    let select = t.select.clone().unwrap_or_else(|| DEFAULT_SELECT.to_owned());
+    if select.trim().is_empty() {
+        ok = false;
+        errors.push(&k("select"), "must not be empty");
+    }
+    let default_fields = TrialFieldsWire::default();
+    let f = t.fields.as_ref().unwrap_or(&default_fields);
+    let mut field = |v: &Option<String>, leaf: &str| -> Option<String> {
+        let name = v.as_ref()?;
+        let checked = salesforce_field(name, &format!("{tk}.fields.{leaf}"), errors);
+        if checked.is_none() {
+            ok = false;
+        }
+        checked
+    };
+    let fields = TrialFields {
+        active_users: field(&f.active_users, "active_users"),
+        features_explored: field(&f.features_explored, "features_explored"),
+        guides_completed: field(&f.guides_completed, "guides_completed"),
+        last_active: field(&f.last_active, "last_active"),
+    };
+    let stage_order: Vec<String> =
+        t.stage_order.clone().unwrap_or_else(|| DEFAULT_STAGE_ORDER.iter().map(|s| (*s).to_owned()).collect());
+    if stage_order.is_empty() {
+        ok = false;
+        errors.push(&k("stage_order"), "give the stages in order of progress");
+    }
+    let mut stages = Vec::new();
+    for (i, r) in t.stages.iter().flatten().enumerate() {
+        let rk = |leaf: &str| format!("{tk}.stages[{i}].{leaf}");
+        let metric = errors.required(&r.metric, &rk("metric")).and_then(|m| {
+            let found = TrialMetric::ALL.iter().copied().find(|x| x.key() == m);
+            if found.is_none() {
+                errors.push(
+                    &rk("metric"),
+                    format!("unknown metric `{m}`; expected one of: active_users, features_explored, guides_completed"),
+                );
+            }
+            found
+        });
+        let at_least = errors.required(&r.at_least, &rk("at_least")).copied();
+        let stage = errors.required(&r.stage, &rk("stage")).and_then(|s| {
+            if stage_order.contains(s) {
+                Some(s.clone())
+            } else {
+                errors.push(&rk("stage"), format!("`{s}` is not in `stage_order`"));
+                None
+            }
+        });
+        match (metric, at_least, stage) {
+            (Some(metric), Some(at_least), Some(stage)) => stages.push(StageRule { metric, at_least, stage }),
+            _ => ok = false,
+        }
+    }
+    if fields == TrialFields::default() && stages.is_empty() {
+        ok = false;
+        errors.push(
+            &tk,
+            "map at least one field under `fields` or one rule under `stages`: the workflow would write nothing",
+        );
+    }
+    Some(TrialConfig { accounts: accounts?, select, fields, stages, stage_order }).filter(|_| ok)
+}
+
+pub(super) fn to_wire(c: &TrialConfig) -> TrialWire {
+    TrialWire {
+        select: Some(c.select.clone()),
+        fields: Some(TrialFieldsWire {
+            active_users: c.fields.active_users.clone(),
+            features_explored: c.fields.features_explored.clone(),
+            guides_completed: c.fields.guides_completed.clone(),
+            last_active: c.fields.last_active.clone(),
+        }),
+        stages: Some(
+            c.stages
+                .iter()
+                .map(|r| StageRuleWire {
+                    metric: Some(r.metric.key().to_owned()),
+                    at_least: Some(r.at_least),
+                    stage: Some(r.stage.clone()),
+                })
+                .collect(),
+        ),
+        stage_order: Some(c.stage_order.clone()),
+    }
+}
