@@ -205,3 +205,54 @@ pub(super) fn to_wire(c: &TrialConfig) -> TrialWire {
         stage_order: Some(c.stage_order.clone()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{STARTER, Template, load_str};
+
+    fn errors_of(text: &str) -> Vec<(String, String)> {
+        match load_str(text, "t.yaml") {
+            Ok(_) => panic!("expected errors"),
+            Err(e) => e.errors.into_iter().map(|e| (e.key, e.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn the_example_record_creating_workflows_load_with_their_defaults() {
+        let config = load_str(STARTER, "example.yaml").unwrap();
+        let Template::EngagementDropAlert(a) = &config.workflows["churn-alerts"].template else { panic!() };
+        assert_eq!((a.below, a.drop_share, a.owner_field.as_deref()), (Some(20.0), Some(0.5), Some("CSM__c")));
+        let Template::ExpansionOpportunity(x) = &config.workflows["expansion"].template else { panic!() };
+        assert_eq!(x.milestones.len(), 3);
+        assert_eq!(x.existing, "Expansion_Milestone__c = '{milestone}'");
+        let Template::TrialUsage(t) = &config.workflows["trials"].template else { panic!() };
+        assert_eq!(t.stages.len(), 2);
+        assert_eq!(t.stage_order[0], "Prospecting");
+        // What `config show` prints loads back to the same thing.
+        let again = load_str(&config.redacted_yaml(), "shown.yaml").unwrap();
+        assert_eq!(again.workflows.len(), config.workflows.len());
+    }
+
+    #[test]
+    fn bad_values_are_reported_with_their_keys() {
+        let text = STARTER
+            .replace("drop_share: 0.5 ", "drop_share: 1.5 ")
+            .replace(
+                "min_visitors: 5 }",
+                "min_visitors: 5 }\n          seat_share: { seats_field: X__c, min_share: 1 }",
+            )
+            .replace("stage: Needs Analysis }", "stage: Closed Won }");
+        let errors = errors_of(&text);
+        let keys: Vec<&str> = errors.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(keys.contains(&"workflows.churn-alerts.alert.drop_share"), "{errors:?}");
+        assert!(keys.contains(&"workflows.expansion.expansion.milestones[0]"), "{errors:?}");
+        assert!(keys.contains(&"workflows.trials.trial.stages[1].stage"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_key_of_another_template_is_an_error() {
+        let text = STARTER.replace("    trial:\n", "    alert: { below: 10 }\n    trial:\n");
+        let errors = errors_of(&text);
+        assert!(errors.iter().any(|(k, m)| k == "workflows.trials.alert" && m.contains("not used")), "{errors:?}");
+    }
+}
