@@ -429,6 +429,8 @@ workflows:
         features_explored: Trial_Features_Explored__c
         guides_completed: Trial_Guides_Completed__c
         last_active: Trial_Last_Active__c
+        drop_off_step: Trial_Drop_Off_Step__c
+      onboarding_guide: "{guide}"
       stages:
         - { metric: active_users, at_least: 1, stage: Qualification }
         - { metric: features_explored, at_least: 2, stage: Needs Analysis }
@@ -445,7 +447,21 @@ async fn trial_usage_lands_on_trial_opportunities_and_stages_only_move_forward()
     let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
-    let text = TRIAL.replace("{sf}", &sf.base_url).replace("{pendo}", &pendo.base_url).replace("{store}", &sqlite);
+    let guides: Vec<Value> = reqwest::Client::new()
+        .get(format!("{}/api/v1/guide", pendo.base_url))
+        .header("x-pendo-integration-key", "emulator-integration-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tour = guides.iter().find(|g| g["name"] == "Welcome Tour").unwrap()["id"].as_str().unwrap().to_owned();
+    let text = TRIAL
+        .replace("{sf}", &sf.base_url)
+        .replace("{pendo}", &pendo.base_url)
+        .replace("{store}", &sqlite)
+        .replace("{guide}", &tour);
     let config = engine::config::load_str(&text, "test.yaml").unwrap();
     let ctx = Context {
         salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
@@ -499,6 +515,11 @@ async fn trial_usage_lands_on_trial_opportunities_and_stages_only_move_forward()
     assert_eq!(written, first.written, "every matched trial got its usage");
     assert!(!after[poc.id.as_str()]["Trial_Active_Users__c"].is_null(), "the POC flag selects it too");
     let advanced = advanced.expect("some trial advanced");
+    let drop_offs: Vec<&str> = after.values().filter_map(|o| o["Trial_Drop_Off_Step__c"].as_str()).collect();
+    assert!(!drop_offs.is_empty(), "some trial visitors left the welcome tour");
+    for d in &drop_offs {
+        assert!(["step 1 of 4", "step 2 of 4", "step 3 of 4"].contains(d), "{d}");
+    }
 
     // A person moves one back: usagesync leaves it there from now on.
     let id = salesforce::SalesforceId::parse(&advanced).unwrap();

@@ -35,6 +35,8 @@ pub struct TrialConfig {
     /// Stages in order of progress; StageName only ever moves forward along it, and a stage not
     /// in it is never changed.
     pub stage_order: Vec<String>,
+    /// The Pendo guide whose steps `drop_off_step` reports; required with that field.
+    pub onboarding_guide: Option<String>,
 }
 
 /// Opportunity field per trial figure; each optional.
@@ -44,6 +46,8 @@ pub struct TrialFields {
     pub features_explored: Option<String>,
     pub guides_completed: Option<String>,
     pub last_active: Option<String>,
+    /// "step K of N" of `onboarding_guide` where the account's visitors most often gave up.
+    pub drop_off_step: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +89,8 @@ pub(crate) struct TrialWire {
     pub stages: Option<Vec<StageRuleWire>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stage_order: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub onboarding_guide: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -98,6 +104,8 @@ pub(crate) struct TrialFieldsWire {
     pub guides_completed: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_active: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drop_off_step: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -139,7 +147,23 @@ pub(super) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Optio
         features_explored: field(&f.features_explored, "features_explored"),
         guides_completed: field(&f.guides_completed, "guides_completed"),
         last_active: field(&f.last_active, "last_active"),
+        drop_off_step: field(&f.drop_off_step, "drop_off_step"),
     };
+    let onboarding_guide = match &t.onboarding_guide {
+        Some(g) if g.trim().is_empty() => {
+            ok = false;
+            errors.push(&k("onboarding_guide"), "must not be empty");
+            None
+        }
+        other => other.clone(),
+    };
+    if fields.drop_off_step.is_some() && onboarding_guide.is_none() {
+        ok = false;
+        errors.push(
+            &k("onboarding_guide"),
+            "required with `fields.drop_off_step`: the Pendo guide id whose steps it reports",
+        );
+    }
     let stage_order: Vec<String> =
         t.stage_order.clone().unwrap_or_else(|| DEFAULT_STAGE_ORDER.iter().map(|s| (*s).to_owned()).collect());
     if stage_order.is_empty() {
@@ -180,7 +204,7 @@ pub(super) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Optio
             "map at least one field under `fields` or one rule under `stages`: the workflow would write nothing",
         );
     }
-    Some(TrialConfig { accounts: accounts?, select, fields, stages, stage_order }).filter(|_| ok)
+    Some(TrialConfig { accounts: accounts?, select, fields, stages, stage_order, onboarding_guide }).filter(|_| ok)
 }
 
 pub(super) fn to_wire(c: &TrialConfig) -> TrialWire {
@@ -191,6 +215,7 @@ pub(super) fn to_wire(c: &TrialConfig) -> TrialWire {
             features_explored: c.fields.features_explored.clone(),
             guides_completed: c.fields.guides_completed.clone(),
             last_active: c.fields.last_active.clone(),
+            drop_off_step: c.fields.drop_off_step.clone(),
         }),
         stages: Some(
             c.stages
@@ -203,6 +228,7 @@ pub(super) fn to_wire(c: &TrialConfig) -> TrialWire {
                 .collect(),
         ),
         stage_order: Some(c.stage_order.clone()),
+        onboarding_guide: c.onboarding_guide.clone(),
     }
 }
 

@@ -1,5 +1,6 @@
-//! The queries behind expansion milestones: visitors per account who used given (premium)
-//! features, and events per account per day (for "usage above a threshold for D days").
+//! The queries behind expansion milestones and trial drop-off: visitors per account who used
+//! given (premium) features, events per account per day (for "usage above a threshold for D
+//! days"), and the onboarding-guide step where an account's visitors most often gave up.
 
 use std::collections::BTreeMap;
 
@@ -70,6 +71,71 @@ impl Extractor<'_> {
         )
         .await?;
         Ok(out)
+    }
+}
+
+impl Extractor<'_> {
+    /// Account → the step of `guide` its visitors dismissed most often in `window`, as
+    /// "step K of N" (K by the step's rank), ties to the earlier step. Accounts nobody
+    /// dismissed the guide on are absent.
+    ///
+    /// # Errors
+    /// As [`super::engagement`].
+    pub async fn drop_off_steps(&self, window: &super::Window, guide: &str) -> Result<BTreeMap<String, String>> {
+        let ts = time_series(window)?;
+        let catalogue = self
+            .once(
+                "onboarding guide steps",
+                &Pipeline::from_source(Source::Guides { apps: Apps::All })
+                    .filter(pendo::Expr::field("id").eq(guide))
+                    .select(vec![("steps", pendo::Expr::field("steps"))]),
+            )
+            .await?;
+        let mut steps: Vec<(f64, String)> = catalogue
+            .iter()
+            .filter_map(|g| g.get("steps")?.as_array().cloned())
+            .flatten()
+            .filter_map(|s| {
+                let rank = s.get("rank").and_then(Value::as_f64).unwrap_or(f64::MAX);
+                Some((rank, text(&s, "id")?.to_owned()))
+            })
+            .collect();
+        steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let position: BTreeMap<&str, usize> = steps.iter().enumerate().map(|(i, (_, id))| (id.as_str(), i)).collect();
+        let mut counts: BTreeMap<String, BTreeMap<usize, u64>> = BTreeMap::new();
+        let dismissed = pendo::Expr::field("guideId").eq(guide).and(pendo::Expr::field("type").eq("guideDismissed"));
+        self.paged(
+            "onboarding guide dismissals",
+            &["accountId"],
+            // Several steps per account: a page may end between them.
+            true,
+            |cond| {
+                maybe_filter(
+                    Pipeline::events(Source::GuideEvents { guide_id: None, apps: Apps::All }, ts.clone()),
+                    cond,
+                )
+                .filter(dismissed.clone())
+                .eval(vec![("one", pendo::Expr::lit(1i64))])
+                .group(&["accountId", "guideStepId"], &[("n", Agg::Sum("one".into()))])
+            },
+            |row: &Value| {
+                let account = text(row, "accountId").filter(|id| !id.is_empty());
+                let step = text(row, "guideStepId").and_then(|s| position.get(s));
+                if let (Some(account), Some(step)) = (account, step) {
+                    counts.entry(account.to_owned()).or_default().insert(*step, count(row, "n"));
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        let n = steps.len();
+        Ok(counts
+            .into_iter()
+            .filter_map(|(account, by_step)| {
+                let (step, _) = by_step.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))?;
+                Some((account, format!("step {} of {n}", step + 1)))
+            })
+            .collect())
     }
 }
 

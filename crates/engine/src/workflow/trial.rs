@@ -117,7 +117,12 @@ async fn body(
     } else {
         CoreFeatures::Ids(config.accounts.core_features.clone())
     };
-    let usage = extractor.engagement(&Window { end: now, days: workflow.window_days }, &core).await?;
+    let window = Window { end: now, days: workflow.window_days };
+    let usage = extractor.engagement(&window, &core).await?;
+    let drop_offs = match (&config.fields.drop_off_step, &config.onboarding_guide) {
+        (Some(_), Some(guide)) => extractor.drop_off_steps(&window, guide).await?,
+        _ => BTreeMap::new(),
+    };
     let metadata_fields: Vec<(String, String)> = config
         .accounts
         .matching
@@ -182,6 +187,7 @@ async fn body(
             (&f.features_explored, json!(u.core_features_used)),
             (&f.guides_completed, json!(u.guides_completed)),
             (&f.last_active, u.last_active.map_or(Value::Null, crate::metrics::timestamp)),
+            (&f.drop_off_step, drop_offs.get(pendo_id).map_or(Value::Null, |s| json!(s))),
         ] {
             if let Some(field) = field {
                 fields.push((field.clone(), value));
@@ -379,6 +385,7 @@ mod tests {
             },
             select: "Type = 'Trial'".into(),
             fields: TrialFields::default(),
+            onboarding_guide: None,
             stages: vec![
                 StageRule { metric: TrialMetric::ActiveUsers, at_least: 2, stage: "Qualification".into() },
                 StageRule { metric: TrialMetric::FeaturesExplored, at_least: 3, stage: "Needs Analysis".into() },
