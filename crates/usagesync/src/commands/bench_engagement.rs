@@ -32,13 +32,13 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-struct Child {
-    process: tokio::process::Child,
-    salesforce: String,
-    pendo: String,
+pub(super) struct Child {
+    pub(super) process: tokio::process::Child,
+    pub(super) salesforce: String,
+    pub(super) pendo: String,
 }
 
-async fn start_emulators(accounts: usize, days: u32) -> Result<Child> {
+pub(super) async fn start_emulators(accounts: usize, days: u32) -> Result<Child> {
     let exe = std::env::current_exe().context("Failed to find this executable")?;
     let mut process = tokio::process::Command::new(exe)
         .args(["emulate", "--seed-salesforce", "--daily-api-requests", "10000000"])
