@@ -114,6 +114,150 @@ pub async fn create_once(
     }
 }
 
+/// Records per Collections upsert call (the documented maximum).
+const BATCH: usize = 200;
+
+/// Creates many records of one object and key field the same way as [`create_once`], 200 per
+/// Collections upsert call on the key field (itself idempotent on Salesforce's side). Pending
+/// keys from an interrupted run are first looked up with one SOQL query per 200 keys. Results
+/// come back in input order.
+///
+/// # Errors
+/// Only store failures; Salesforce refusals come back per record.
+pub async fn create_many(
+    client: &salesforce::Client,
+    store: &dyn Store,
+    workflow: &str,
+    records: &[NewRecord],
+    now: DateTime<Utc>,
+) -> Result<Vec<Created>, RunError> {
+    let mut out: Vec<Option<Created>> = vec![None; records.len()];
+    let mut pending = Vec::new();
+    let mut send = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        match store.begin_create(&r.key, workflow, now).await? {
+            CreateState::Committed { salesforce_id } => out[i] = Some(Created::Existing { id: salesforce_id }),
+            CreateState::Pending { .. } => pending.push(i),
+            CreateState::New => send.push(i),
+        }
+    }
+    for chunk in pending.chunks(BATCH) {
+        match find_many(client, records, chunk).await {
+            Ok(found) => {
+                for &i in chunk {
+                    match found.get(&records[i].key) {
+                        Some(id) => {
+                            store.commit_create(&records[i].key, id, now).await?;
+                            out[i] = Some(Created::Existing { id: id.clone() });
+                        }
+                        None => send.push(i),
+                    }
+                }
+            }
+            Err(e) => {
+                for &i in chunk {
+                    out[i] = Some(Created::Unknown { message: format!("looking up a pending create: {e}") });
+                }
+            }
+        }
+    }
+    send.sort_unstable();
+    // One object and key field per call.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for i in send {
+        let same = |g: &Vec<usize>| {
+            g.first().is_some_and(|&j| {
+                records[j].object == records[i].object && records[j].key_field == records[i].key_field
+            })
+        };
+        match groups.iter_mut().find(|g| same(g)) {
+            Some(g) => g.push(i),
+            None => groups.push(vec![i]),
+        }
+    }
+    for group in groups {
+        for chunk in group.chunks(BATCH) {
+            let first = &records[chunk[0]];
+            let bodies: Vec<Map<String, Value>> = chunk
+                .iter()
+                .map(|&i| {
+                    let mut body = records[i].fields.clone();
+                    body.insert(records[i].key_field.clone(), Value::String(records[i].key.clone()));
+                    body
+                })
+                .collect();
+            let result = client.upsert_many(&first.object, &first.key_field, &bodies, false).await;
+            crash_point();
+            match result {
+                Ok(results) => {
+                    for (&i, r) in chunk.iter().zip(results) {
+                        let key = &records[i].key;
+                        out[i] = Some(match (r.success, r.id) {
+                            (true, Some(id)) => {
+                                let id = id.to_string();
+                                store.commit_create(key, &id, now).await?;
+                                if r.created == Some(false) { Created::Existing { id } } else { Created::New { id } }
+                            }
+                            (true, None) => Created::Unknown { message: "saved without an id".into() },
+                            (false, _) => {
+                                store.abandon_create(key).await?;
+                                let (code, message) = r
+                                    .errors
+                                    .first()
+                                    .map(|e| (e.status_code.as_str().to_owned(), e.message.clone()))
+                                    .unwrap_or_else(|| ("UNKNOWN".into(), "refused without an error".into()));
+                                Created::Refused { code, message }
+                            }
+                        });
+                    }
+                }
+                Err(e) if e.may_have_committed() => {
+                    for &i in chunk {
+                        out[i] = Some(Created::Unknown { message: e.to_string() });
+                    }
+                }
+                Err(e) => {
+                    let (code, message) = match e.as_api() {
+                        Some(api) => (api.error_code.as_str().to_owned(), api.message.clone()),
+                        None => ("REQUEST_FAILED".to_owned(), e.to_string()),
+                    };
+                    for &i in chunk {
+                        store.abandon_create(&records[i].key).await?;
+                        out[i] = Some(Created::Refused { code: code.clone(), message: message.clone() });
+                    }
+                }
+            }
+        }
+    }
+    Ok(out.into_iter().map(|c| c.unwrap_or_else(|| Created::Unknown { message: "not attempted".into() })).collect())
+}
+
+/// Key → id of the records among `which` that exist, by one query per object.
+async fn find_many(
+    client: &salesforce::Client,
+    records: &[NewRecord],
+    which: &[usize],
+) -> Result<std::collections::HashMap<String, String>, salesforce::Error> {
+    let mut found = std::collections::HashMap::new();
+    let mut by_object: std::collections::BTreeMap<(&str, &str), Vec<&str>> = std::collections::BTreeMap::new();
+    for &i in which {
+        by_object.entry((&records[i].object, &records[i].key_field)).or_default().push(&records[i].key);
+    }
+    for ((object, field), keys) in by_object {
+        salesforce::soql::object(object)?;
+        salesforce::soql::field(field)?;
+        let list = keys.iter().map(|k| salesforce::soql::quote(k)).collect::<Vec<_>>().join(", ");
+        let rows: Vec<Value> =
+            client.query_collect(format!("SELECT Id, {field} FROM {object} WHERE {field} IN ({list})")).await?;
+        for r in rows {
+            if let (Some(id), Some(key)) = (r.get("Id").and_then(Value::as_str), r.get(field).and_then(Value::as_str)) {
+                found.insert(key.to_owned(), id.to_owned());
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// The id of the record holding `record.key`, if there is one.
 async fn find(client: &salesforce::Client, record: &NewRecord) -> Result<Option<String>, salesforce::Error> {
     let found: Result<Value, _> =

@@ -148,6 +148,9 @@ pub(crate) async fn finish(
     Ok(())
 }
 
+/// One record of an alert: object, key, fields, and what happened to it.
+type Made<'a> = (&'a str, String, Map<String, Value>, Created);
+
 /// An alert this run decided on, before it is sent.
 struct Pending {
     pendo_id: String,
@@ -277,10 +280,11 @@ async fn body(
     }
     meter.step("read_owners", Some("read_accounts"));
 
-    let per_alert = if config.create_case { 2 } else { 1 };
+    // Creates go 200 to a Collections call, one batch per object.
+    let objects_per_alert: u64 = if config.create_case { 2 } else { 1 };
     let reads_spent: u64 = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
     let allowance = budget.available.saturating_sub(reads_spent);
-    let fits = usize::try_from(allowance / per_alert).unwrap_or(usize::MAX);
+    let fits = usize::try_from((allowance / objects_per_alert).saturating_mul(200)).unwrap_or(usize::MAX);
     let send = alerts.len().min(fits);
     let samples: Vec<Sample> = alerts
         .iter()
@@ -337,37 +341,45 @@ async fn body(
 
     let mut outcomes_out = Vec::new();
     let mut puts = Vec::new();
-    for (i, a) in alerts.iter().enumerate() {
-        if i >= send {
-            outcomes_out.push(decision(
-                &a.pendo_id,
-                &a.account_id,
-                Action::Deferred,
-                format!("over the API budget: alert sent in a later run; {}", a.reason),
-            ));
-            report.deferred = alerts.len() - send;
-            continue;
+    for a in &alerts[send..] {
+        outcomes_out.push(decision(
+            &a.pendo_id,
+            &a.account_id,
+            Action::Deferred,
+            format!("over the API budget: alert sent in a later run; {}", a.reason),
+        ));
+    }
+    let sending = &alerts[..send];
+    let objects: &[&str] = if config.create_case { &["Case", "Task"] } else { &["Task"] };
+    // Per alert: (object, key, fields, what happened), one batch of creates per object.
+    let mut results: Vec<Vec<Made<'_>>> = vec![Vec::new(); sending.len()];
+    for &object in objects {
+        let records: Vec<NewRecord> = sending
+            .iter()
+            .map(|a| {
+                let (owner, name) = owners.get(&a.account_id).cloned().unwrap_or_default();
+                let fields = if object == "Case" {
+                    case_fields(config, a, &owner, &name)
+                } else {
+                    task_fields(config, a, &owner, &name, now)
+                };
+                NewRecord {
+                    object: object.to_owned(),
+                    key: alert_key(&workflow.name, &a.pendo_id, a.number, object),
+                    key_field: config.key_field.clone(),
+                    fields,
+                }
+            })
+            .collect();
+        let created = create::create_many(&ctx.salesforce, ctx.store.as_ref(), &workflow.name, &records, now).await?;
+        for (i, (r, c)) in records.into_iter().zip(created).enumerate() {
+            results[i].push((object, r.key, r.fields, c));
         }
-        let (owner, name) = owners.get(&a.account_id).cloned().unwrap_or_default();
+    }
+    for (a, made) in sending.iter().zip(results) {
         let mut records = Vec::new();
         let mut failed = None;
-        let mut specs = Vec::new();
-        if config.create_case {
-            specs.push(("Case", case_fields(config, a, &owner, &name)));
-        }
-        specs.push(("Task", task_fields(config, a, &owner, &name, now)));
-        for (object, fields) in specs {
-            let key = alert_key(&workflow.name, &a.pendo_id, a.number, object);
-            let record = NewRecord {
-                object: object.to_owned(),
-                key: key.clone(),
-                key_field: config.key_field.clone(),
-                fields: fields.clone(),
-            };
-            let created =
-                create::create_once(&ctx.salesforce, ctx.store.as_ref(), &workflow.name, &record, now).await?;
-            let changes: Vec<FieldChange> =
-                fields.iter().map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() }).collect();
+        for (object, key, fields, created) in made {
             match created {
                 Created::New { id } | Created::Existing { id } => {
                     outcomes_out.push(RecordOutcome {
@@ -375,20 +387,17 @@ async fn body(
                         key: a.pendo_id.clone(),
                         salesforce_id: Some(id.clone()),
                         action: Action::Created,
-                        changes,
+                        changes: fields
+                            .iter()
+                            .map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() })
+                            .collect(),
                         error_code: None,
                         message: Some(format!("episode {}: {}; key {key}", a.number, a.reason)),
                     });
                     records.push(id);
                 }
-                Created::Refused { code, message } => {
-                    failed = Some((object, code, message));
-                    break;
-                }
-                Created::Unknown { message } => {
-                    failed = Some((object, "OUTCOME_UNKNOWN".to_owned(), message));
-                    break;
-                }
+                Created::Refused { code, message } => failed = Some((object, code, message)),
+                Created::Unknown { message } => failed = Some((object, "OUTCOME_UNKNOWN".to_owned(), message)),
             }
         }
         match failed {
@@ -398,7 +407,8 @@ async fn body(
                 puts.push(episode_put(&scope, &a.pendo_id, &open, now));
             }
             Some((object, code, message)) => {
-                // The episode stays closed, so the next run decides again and retries the same key.
+                // The episode stays closed, so the next run decides again and retries the same
+                // keys; records already made are found by their keys.
                 report.failed += 1;
                 if report.failures.len() < 10 {
                     report.failures.push(FailureSample {

@@ -231,10 +231,11 @@ async fn body(
             None => to_create.push(c),
         }
     }
-    let per = if config.task { 2 } else { 1 };
+    // Creates go 200 to a Collections call: one batch of Opportunities, one of Tasks.
+    let per: u64 = if config.task { 2 } else { 1 };
     let reads: u64 = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
     let allowance = budget.available.saturating_sub(reads);
-    let send = to_create.len().min(usize::try_from(allowance / per).unwrap_or(usize::MAX));
+    let send = to_create.len().min(usize::try_from((allowance / per).saturating_mul(200)).unwrap_or(usize::MAX));
     let records_for = |c: &Crossing| -> (Map<String, Value>, Map<String, Value>) {
         let row = rows.get(&c.account_id);
         let name = row.map_or(c.pendo_id.as_str(), |r| r.name.as_str());
@@ -289,82 +290,103 @@ async fn body(
 
     let mut outs = Vec::new();
     let mut puts = Vec::new();
-    for (i, c) in to_create.iter().enumerate() {
-        if i >= send {
-            outs.push(RecordOutcome {
+    for c in &to_create[send..] {
+        outs.push(RecordOutcome {
+            object: "Opportunity".into(),
+            key: c.pendo_id.clone(),
+            salesforce_id: Some(c.account_id.clone()),
+            action: Action::Deferred,
+            changes: vec![],
+            error_code: None,
+            message: Some(format!("over the API budget: created in a later run; milestone {}", c.milestone)),
+        });
+    }
+    let sending = &to_create[..send];
+    let numbers: Vec<u64> = sending
+        .iter()
+        .map(|c| counts.get(&format!("{}:{}", c.pendo_id, c.milestone)).copied().unwrap_or(0) + 1)
+        .collect();
+    let mut tasks: Vec<Map<String, Value>> = Vec::new();
+    let opps: Vec<NewRecord> = sending
+        .iter()
+        .zip(&numbers)
+        .map(|(c, n)| {
+            let (opp, task) = records_for(c);
+            tasks.push(task);
+            NewRecord {
                 object: "Opportunity".into(),
-                key: c.pendo_id.clone(),
-                salesforce_id: Some(c.account_id.clone()),
-                action: Action::Deferred,
-                changes: vec![],
-                error_code: None,
-                message: Some(format!("over the API budget: created in a later run; milestone {}", c.milestone)),
-            });
-            continue;
+                key: opportunity_key(&workflow.name, &c.pendo_id, &c.milestone, *n, "Opportunity"),
+                key_field: config.key_field.clone(),
+                fields: opp,
+            }
+        })
+        .collect();
+    let made = create::create_many(&ctx.salesforce, ctx.store.as_ref(), &workflow.name, &opps, now).await?;
+    // Tasks only for the Opportunities that exist, each on its Opportunity.
+    let mut task_records = Vec::new();
+    let mut task_of = HashMap::new();
+    if config.task {
+        for (i, m) in made.iter().enumerate() {
+            if let Some(id) = m.id() {
+                let mut fields = std::mem::take(&mut tasks[i]);
+                fields.insert("WhatId".into(), json!(id));
+                task_of.insert(i, task_records.len());
+                task_records.push(NewRecord {
+                    object: "Task".into(),
+                    key: opportunity_key(
+                        &workflow.name,
+                        &sending[i].pendo_id,
+                        &sending[i].milestone,
+                        numbers[i],
+                        "Task",
+                    ),
+                    key_field: config.key_field.clone(),
+                    fields,
+                });
+            }
         }
-        let count_key = format!("{}:{}", c.pendo_id, c.milestone);
-        let number = counts.get(&count_key).copied().unwrap_or(0) + 1;
-        let (opp, mut task) = records_for(c);
+    }
+    let made_tasks =
+        create::create_many(&ctx.salesforce, ctx.store.as_ref(), &workflow.name, &task_records, now).await?;
+    for (i, c) in sending.iter().enumerate() {
+        let mut steps = vec![(&opps[i], &made[i])];
+        if let Some(&t) = task_of.get(&i) {
+            steps.push((&task_records[t], &made_tasks[t]));
+        }
         let mut failed = None;
-        let mut opp_id = None;
-        let mut specs = vec![("Opportunity", opp)];
-        if config.task {
-            specs.push(("Task", Map::new()));
-        }
-        for (object, fields) in specs {
-            let fields = if object == "Task" {
-                if let Some(id) = &opp_id {
-                    task.insert("WhatId".into(), json!(id));
-                }
-                std::mem::take(&mut task)
-            } else {
-                fields
-            };
-            let key = opportunity_key(&workflow.name, &c.pendo_id, &c.milestone, number, object);
-            let record =
-                NewRecord { object: object.into(), key: key.clone(), key_field: config.key_field.clone(), fields };
-            let created =
-                create::create_once(&ctx.salesforce, ctx.store.as_ref(), &workflow.name, &record, now).await?;
+        for (record, created) in steps {
             match created {
-                Created::New { id } | Created::Existing { id } => {
-                    if object == "Opportunity" {
-                        opp_id = Some(id.clone());
-                    }
-                    outs.push(RecordOutcome {
-                        object: object.into(),
-                        key: c.pendo_id.clone(),
-                        salesforce_id: Some(id),
-                        action: Action::Created,
-                        changes: record
-                            .fields
-                            .iter()
-                            .map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() })
-                            .collect(),
-                        error_code: None,
-                        message: Some(format!("milestone {} crossed: {}; key {key}", c.milestone, c.evidence)),
-                    });
-                }
+                Created::New { id } | Created::Existing { id } => outs.push(RecordOutcome {
+                    object: record.object.clone(),
+                    key: c.pendo_id.clone(),
+                    salesforce_id: Some(id.clone()),
+                    action: Action::Created,
+                    changes: record
+                        .fields
+                        .iter()
+                        .map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() })
+                        .collect(),
+                    error_code: None,
+                    message: Some(format!("milestone {} crossed: {}; key {}", c.milestone, c.evidence, record.key)),
+                }),
                 Created::Refused { code, message } => {
-                    failed = Some((object, code, message));
-                    break;
+                    failed = Some((record.object.clone(), code.clone(), message.clone()))
                 }
                 Created::Unknown { message } => {
-                    failed = Some((object, "OUTCOME_UNKNOWN".to_owned(), message));
-                    break;
+                    failed = Some((record.object.clone(), "OUTCOME_UNKNOWN".to_owned(), message.clone()));
                 }
             }
         }
         match failed {
             None => {
                 report.written += 1;
-                let value = json!(number);
                 puts.push(FingerprintPut {
                     scope: scope.clone(),
-                    key: count_key,
+                    key: format!("{}:{}", c.pendo_id, c.milestone),
                     field: "count".into(),
-                    fingerprint: number,
+                    fingerprint: numbers[i],
                     written_at: now,
-                    value: Some(value),
+                    value: Some(json!(numbers[i])),
                 });
             }
             Some((object, code, message)) => {
@@ -377,7 +399,7 @@ async fn body(
                     });
                 }
                 outs.push(RecordOutcome {
-                    object: object.into(),
+                    object,
                     key: c.pendo_id.clone(),
                     salesforce_id: Some(c.account_id.clone()),
                     action: Action::Failed,
