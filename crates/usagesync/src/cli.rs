@@ -203,6 +203,16 @@ pub enum BenchTarget {
         #[arg(long, default_value_t = 250)]
         window_ms: u64,
     },
+    /// The record-creating workflows (drop alerts, expansion, trials): a first run and a re-run
+    /// of each against the emulators in a child process.
+    Creates {
+        /// Account counts to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [10_000usize, 100_000])]
+        accounts: Vec<usize>,
+        /// Days of generated history.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
     /// Records/s, API calls and the client's peak memory for an upsert through Bulk API 2.0.
     Bulk {
         /// Records to upsert.

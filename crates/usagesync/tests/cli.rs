@@ -81,7 +81,9 @@ fn init_writes_a_starter_that_validates_and_refuses_to_overwrite() {
     let o = bin().arg("--config").arg(&path).arg("validate").output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        text(&o).contains("is valid: 4 workflow(s): engagement, new-users, attributes-to-pendo, nps"),
+        text(&o).contains(
+            "is valid: 7 workflow(s): engagement, new-users, attributes-to-pendo, nps, churn-alerts, expansion, trials"
+        ),
         "{}",
         text(&o)
     );

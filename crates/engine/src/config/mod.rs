@@ -9,15 +9,18 @@
 //! reading early. Secrets are references
 //! (`{env: NAME}` / `{file: PATH}`) and are not read at load time (`secret.rs`).
 
+mod alert;
 mod attributes;
 mod console;
 mod duration;
 mod error;
+mod expansion;
 mod locate;
 mod new_users;
 mod nps;
 mod ownership;
 mod secret;
+mod trial;
 mod validate;
 mod wire;
 
@@ -32,12 +35,15 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use url::Url;
 
+pub use alert::DropAlertConfig;
 pub use attributes::{Attribute, AttributeType, AttributesConfig, DEFAULT_ATTRIBUTES_OVERLAP, PendoAccountSource};
 pub use console::{Console, DEFAULT_SESSION_HOURS};
 pub use error::{ConfigError, ConfigErrors};
+pub use expansion::{ExpansionConfig, Milestone, MilestoneKind, OpportunityTemplate};
 pub use new_users::{ContactFields, DEFAULT_NEW_USERS_OVERLAP, NewUsersConfig, UnmatchedAccount};
 pub use nps::{ContactMatch, FollowUpObject, HealthScoreConfig, NpsConfig, OwnerSource};
 pub use secret::{Secret, SecretString};
+pub use trial::{StageRule, TrialConfig, TrialFields, TrialMetric};
 
 /// The annotated example config, also the starter written by `usagesync init`.
 pub const STARTER: &str = include_str!("../../../../examples/usagesync.yaml");
@@ -204,6 +210,9 @@ pub enum TemplateKind {
     NewUsersToContacts,
     AccountAttributesToPendo,
     NpsRealtime,
+    EngagementDropAlert,
+    ExpansionOpportunity,
+    TrialUsage,
 }
 
 impl TemplateKind {
@@ -212,6 +221,9 @@ impl TemplateKind {
         TemplateKind::NewUsersToContacts,
         TemplateKind::AccountAttributesToPendo,
         TemplateKind::NpsRealtime,
+        TemplateKind::EngagementDropAlert,
+        TemplateKind::ExpansionOpportunity,
+        TemplateKind::TrialUsage,
     ];
 
     /// The `template:` value.
@@ -221,6 +233,9 @@ impl TemplateKind {
             TemplateKind::NewUsersToContacts => "new-users-to-contacts",
             TemplateKind::AccountAttributesToPendo => "account-attributes-to-pendo",
             TemplateKind::NpsRealtime => "nps-realtime",
+            TemplateKind::EngagementDropAlert => "engagement-drop-alert",
+            TemplateKind::ExpansionOpportunity => "expansion-opportunity",
+            TemplateKind::TrialUsage => "trial-usage",
         }
     }
 
@@ -236,6 +251,9 @@ pub enum Template {
     NewUsersToContacts(NewUsersConfig),
     AccountAttributesToPendo(AttributesConfig),
     NpsRealtime(NpsConfig),
+    EngagementDropAlert(DropAlertConfig),
+    ExpansionOpportunity(ExpansionConfig),
+    TrialUsage(TrialConfig),
 }
 
 impl Template {
@@ -245,6 +263,9 @@ impl Template {
             Template::NewUsersToContacts(_) => TemplateKind::NewUsersToContacts,
             Template::AccountAttributesToPendo(_) => TemplateKind::AccountAttributesToPendo,
             Template::NpsRealtime(_) => TemplateKind::NpsRealtime,
+            Template::EngagementDropAlert(_) => TemplateKind::EngagementDropAlert,
+            Template::ExpansionOpportunity(_) => TemplateKind::ExpansionOpportunity,
+            Template::TrialUsage(_) => TemplateKind::TrialUsage,
         }
     }
 }

@@ -91,6 +91,27 @@ fn flows(name: &str, template: &Template) -> Flows {
                 .collect();
             Flows { direction: Direction::ToSalesforce, reads, writes }
         }
+        // Their Tasks, Cases and Opportunities are records they create, each under its own key;
+        // no field of an existing record is theirs.
+        Template::EngagementDropAlert(_) | Template::ExpansionOpportunity(_) => {
+            Flows { direction: Direction::ToSalesforce, reads: vec![], writes: vec![] }
+        }
+        Template::TrialUsage(t) => {
+            let f = &t.fields;
+            let writes = [
+                (&f.active_users, "active_users"),
+                (&f.features_explored, "features_explored"),
+                (&f.guides_completed, "guides_completed"),
+                (&f.last_active, "last_active"),
+                (&f.drop_off_step, "drop_off_step"),
+            ]
+            .into_iter()
+            .filter_map(|(field, leaf)| {
+                field.as_ref().map(|f| (FieldRef::salesforce("Opportunity", f), key(&format!("trial.fields.{leaf}"))))
+            })
+            .collect();
+            Flows { direction: Direction::ToSalesforce, reads: vec![], writes }
+        }
         Template::NpsRealtime(n) => {
             let c = &n.contact;
             let mut writes = vec![
@@ -185,16 +206,17 @@ pub(super) fn check(workflows: &IndexMap<String, Workflow>, names: &[&str], erro
 }
 
 /// The template-specific keys and the templates that use each.
-fn template_keys(w: &wire::Workflow) -> [(&'static str, bool, &'static [TemplateKind]); 20] {
+fn template_keys(w: &wire::Workflow) -> [(&'static str, bool, &'static [TemplateKind]); 23] {
     use TemplateKind::{
-        AccountAttributesToPendo as Attr, EngagementScores as Eng, NewUsersToContacts as New, NpsRealtime as Nps,
+        AccountAttributesToPendo as Attr, EngagementDropAlert as Alert, EngagementScores as Eng,
+        ExpansionOpportunity as Exp, NewUsersToContacts as New, NpsRealtime as Nps, TrialUsage as Trial,
     };
     [
-        ("matching", w.matching.is_some(), &[Eng, New]),
-        ("recheck_matches_after", w.recheck_matches_after.is_some(), &[Eng, New]),
-        ("core_features", w.core_features.is_some(), &[Eng]),
-        ("score", w.score.is_some(), &[Eng]),
-        ("fields", w.fields.is_some(), &[Eng]),
+        ("matching", w.matching.is_some(), &[Eng, New, Alert, Exp, Trial]),
+        ("recheck_matches_after", w.recheck_matches_after.is_some(), &[Eng, New, Alert, Exp, Trial]),
+        ("core_features", w.core_features.is_some(), &[Eng, Alert, Exp, Trial]),
+        ("score", w.score.is_some(), &[Eng, Alert, Exp, Trial]),
+        ("fields", w.fields.is_some(), &[Eng, Alert, Exp, Trial]),
         ("overlap", w.overlap.is_some(), &[New, Attr]),
         ("contact_fields", w.contact_fields.is_some(), &[New]),
         ("strip_plus_addressing", w.strip_plus_addressing.is_some(), &[New]),
@@ -210,6 +232,9 @@ fn template_keys(w: &wire::Workflow) -> [(&'static str, bool, &'static [Template
         ("health_score", w.health_score.is_some(), &[Nps]),
         ("follow_up", w.follow_up.is_some(), &[Nps]),
         ("nps_guide_id", w.nps_guide_id.is_some(), &[Nps]),
+        ("alert", w.alert.is_some(), &[Alert]),
+        ("expansion", w.expansion.is_some(), &[Exp]),
+        ("trial", w.trial.is_some(), &[Trial]),
     ]
 }
 

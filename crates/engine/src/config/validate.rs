@@ -453,6 +453,11 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
             super::attributes::build(&key, w, errors).map(Template::AccountAttributesToPendo)
         }
         TemplateKind::NpsRealtime => super::nps::build(&key, w, errors).map(Template::NpsRealtime),
+        TemplateKind::EngagementDropAlert => super::alert::build(&key, w, errors).map(Template::EngagementDropAlert),
+        TemplateKind::ExpansionOpportunity => {
+            super::expansion::build(&key, w, errors).map(Template::ExpansionOpportunity)
+        }
+        TemplateKind::TrialUsage => super::trial::build(&key, w, errors).map(Template::TrialUsage),
     };
     Some(Workflow {
         name: name.to_owned(),
@@ -489,6 +494,17 @@ pub(super) fn bounded_duration(
 }
 
 fn engagement(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<EngagementConfig> {
+    account_side(key, w, errors, true)
+}
+
+/// The keys that find and score accounts (matching, score…); `fields` is required only by
+/// templates that write engagement fields.
+pub(super) fn account_side(
+    key: &str,
+    w: &wire::Workflow,
+    errors: &mut Errors,
+    fields_required: bool,
+) -> Option<EngagementConfig> {
     let k = |leaf: &str| format!("{key}.{leaf}");
     let matching = match_rules(key, w, errors);
     let recheck_matches_after = match &w.recheck_matches_after {
@@ -511,8 +527,29 @@ fn engagement(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Enga
             errors.push(&fk, format!("feature `{feature}` is listed twice"));
         }
     }
-    let score = errors.required(&w.score, &k("score")).and_then(|s| score(&k("score"), s, errors));
-    let fields = errors.required(&w.fields, &k("fields")).and_then(|f| fields(&k("fields"), f, errors));
+    // expansion-opportunity and trial-usage read no score.
+    let score = if (w.expansion.is_some() || w.trial.is_some()) && w.score.is_none() {
+        Some(ScoreConfig::default())
+    } else {
+        errors.required(&w.score, &k("score")).and_then(|s| score(&k("score"), s, errors))
+    };
+    if fields_required && w.alert.is_some() {
+        errors.push(&k("alert"), "not used by template engagement-scores");
+    }
+    if fields_required && w.expansion.is_some() {
+        errors.push(&k("expansion"), "not used by template engagement-scores");
+    }
+    if fields_required && w.trial.is_some() {
+        errors.push(&k("trial"), "not used by template engagement-scores");
+    }
+    let fields = if fields_required {
+        errors.required(&w.fields, &k("fields")).and_then(|f| fields(&k("fields"), f, errors))
+    } else {
+        if w.fields.is_some() {
+            errors.push(&k("fields"), "not used by this template");
+        }
+        Some(FieldMap::default())
+    };
     Some(EngagementConfig {
         matching: matching?,
         recheck_matches_after: recheck_matches_after?,
@@ -780,38 +817,59 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
                 max_latency: Some(duration::format(w.max_latency)),
                 ..wire::Workflow::default()
             };
-            match &w.template {
-                Template::EngagementScores(e) => {
-                    out.matching = Some(e.matching.iter().map(rule_to_wire).collect());
-                    out.recheck_matches_after = Some(duration::format(e.recheck_matches_after));
-                    out.core_features = Some(e.core_features.clone());
-                    let t = |term: Option<Term>| {
-                        term.map(|t| wire::Term { weight: Some(t.weight), target: Some(t.target) })
-                    };
-                    out.score = Some(wire::Score {
-                        active_visitors: t(e.score.active_visitors),
-                        active_days: t(e.score.active_days),
-                        minutes: t(e.score.minutes),
-                        events: t(e.score.events),
-                        feature_adoption: t(e.score.feature_adoption),
-                        guide_completion: t(e.score.guide_completion),
-                    });
-                    let g = |m: Metric| e.fields.get(m).map(str::to_owned);
-                    out.fields = Some(wire::Fields {
-                        active_visitors: g(Metric::ActiveVisitors),
-                        active_days: g(Metric::ActiveDays),
-                        events: g(Metric::Events),
-                        minutes: g(Metric::Minutes),
-                        feature_adoption: g(Metric::FeatureAdoption),
-                        guide_completion: g(Metric::GuideCompletion),
-                        last_active: g(Metric::LastActive),
-                        score: g(Metric::Score),
-                        updated_at: g(Metric::UpdatedAt),
-                    });
+            let e = match &w.template {
+                Template::EngagementScores(e) => Some(e),
+                Template::EngagementDropAlert(a) => {
+                    out.alert = Some(super::alert::to_wire(a));
+                    Some(&a.accounts)
                 }
-                Template::NewUsersToContacts(n) => super::new_users::to_wire(n, &mut out),
-                Template::AccountAttributesToPendo(a) => super::attributes::to_wire(a, &mut out),
-                Template::NpsRealtime(n) => super::nps::to_wire(n, &mut out),
+                Template::ExpansionOpportunity(x) => {
+                    out.expansion = Some(super::expansion::to_wire(x));
+                    Some(&x.accounts)
+                }
+                Template::TrialUsage(t) => {
+                    out.trial = Some(super::trial::to_wire(t));
+                    Some(&t.accounts)
+                }
+                Template::NewUsersToContacts(n) => {
+                    super::new_users::to_wire(n, &mut out);
+                    None
+                }
+                Template::AccountAttributesToPendo(a) => {
+                    super::attributes::to_wire(a, &mut out);
+                    None
+                }
+                Template::NpsRealtime(n) => {
+                    super::nps::to_wire(n, &mut out);
+                    None
+                }
+            };
+            if let Some(e) = e {
+                out.matching = Some(e.matching.iter().map(rule_to_wire).collect());
+                out.recheck_matches_after = Some(duration::format(e.recheck_matches_after));
+                out.core_features = Some(e.core_features.clone());
+                let t =
+                    |term: Option<Term>| term.map(|t| wire::Term { weight: Some(t.weight), target: Some(t.target) });
+                out.score = e.score.terms().next().is_some().then(|| wire::Score {
+                    active_visitors: t(e.score.active_visitors),
+                    active_days: t(e.score.active_days),
+                    minutes: t(e.score.minutes),
+                    events: t(e.score.events),
+                    feature_adoption: t(e.score.feature_adoption),
+                    guide_completion: t(e.score.guide_completion),
+                });
+                let g = |m: Metric| e.fields.get(m).map(str::to_owned);
+                out.fields = (!e.fields.is_empty()).then(|| wire::Fields {
+                    active_visitors: g(Metric::ActiveVisitors),
+                    active_days: g(Metric::ActiveDays),
+                    events: g(Metric::Events),
+                    minutes: g(Metric::Minutes),
+                    feature_adoption: g(Metric::FeatureAdoption),
+                    guide_completion: g(Metric::GuideCompletion),
+                    last_active: g(Metric::LastActive),
+                    score: g(Metric::Score),
+                    updated_at: g(Metric::UpdatedAt),
+                });
             }
             (name.clone(), out)
         })

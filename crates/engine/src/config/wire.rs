@@ -188,6 +188,15 @@ pub(crate) struct Workflow {
     pub follow_up: Option<super::nps::FollowUpWire>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nps_guide_id: Option<String>,
+    // engagement-drop-alert
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert: Option<super::alert::AlertWire>,
+    // expansion-opportunity
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expansion: Option<super::expansion::ExpansionWire>,
+    // trial-usage
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trial: Option<super::trial::TrialWire>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -26,7 +26,7 @@ struct Acc {
     last_visit: Option<i64>,
 }
 
-fn time_series(window: &super::Window) -> Result<TimeSeries> {
+pub(super) fn time_series(window: &super::Window) -> Result<TimeSeries> {
     if window.days == 0 || window.days > MAX_WINDOW_DAYS {
         return Err(ExtractError::InvalidWindow(window.days));
     }
@@ -36,7 +36,7 @@ fn time_series(window: &super::Window) -> Result<TimeSeries> {
 }
 
 /// `field == a || field == b || ...`; `None` for an empty set.
-fn any_of<'a>(field: &str, values: impl IntoIterator<Item = &'a str>) -> Option<Expr> {
+pub(super) fn any_of<'a>(field: &str, values: impl IntoIterator<Item = &'a str>) -> Option<Expr> {
     values.into_iter().map(|v| Expr::field(field).eq(v)).reduce(Expr::or)
 }
 

@@ -18,6 +18,7 @@
 //!   each one counts a field that is already unique within its group, or sums ones.
 
 mod engagement;
+pub mod expansion;
 mod facts;
 mod visitors;
 

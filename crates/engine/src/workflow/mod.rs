@@ -9,6 +9,10 @@
 //! - [`new_users`]: the new-users-to-contacts template.
 //! - [`attributes`]: the account-attributes-to-pendo template (Salesforce → Pendo).
 //! - [`nps`]: the nps-realtime template (inbox consumer and pollEvents reconciliation).
+//! - [`drop_alert`]: the engagement-drop-alert template.
+//! - [`expansion`]: the expansion-opportunity template.
+//! - [`trial`]: the trial-usage template.
+//! - [`create`]: creating records exactly once (deterministic keys, store before and after).
 //! - [`replay`]: sending kept failures again.
 //! - `budget`: today's allowance from `/limits` and the persisted ledger.
 //! - `accounts`: reading Accounts for matching (REST pages or a Bulk query, whichever is cheaper).
@@ -16,10 +20,14 @@
 mod accounts;
 pub mod attributes;
 mod budget;
+pub mod create;
+pub mod drop_alert;
 pub mod engagement;
+pub mod expansion;
 pub mod new_users;
 pub mod nps;
 pub mod replay;
+pub mod trial;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -161,6 +169,13 @@ pub async fn run(ctx: &Context, name: &str, options: &RunOptions) -> Result<RunR
             attributes::run(ctx, workflow, template, options).await
         }
         crate::config::Template::NpsRealtime(template) => nps::run(ctx, workflow, template, options).await,
+        crate::config::Template::EngagementDropAlert(template) => {
+            drop_alert::run(ctx, workflow, template, options).await
+        }
+        crate::config::Template::ExpansionOpportunity(template) => {
+            expansion::run(ctx, workflow, template, options).await
+        }
+        crate::config::Template::TrialUsage(template) => trial::run(ctx, workflow, template, options).await,
     }
 }
 

@@ -1,0 +1,626 @@
+//! The engagement-drop-alert template: an account whose engagement score falls below a threshold,
+//! or by a configured share against the previous window, gets one high-priority Task (and
+//! optionally a Case) per episode, for the account owner or the user in a configured lookup.
+//!
+//! # Episodes
+//! An account's episode state lives in the store, in the fingerprint table under the scope
+//! `{workflow}:episodes` (key: the Pendo account, value: [`Episode`] as JSON), so it commits in
+//! the same transaction as the run's outcomes. An episode opens when the score drops and the
+//! alert exists in Salesforce; while it is open nothing new is created; it closes (re-arms) only
+//! when the score is back at or above the level fixed when it opened: the alert level plus the
+//! hysteresis band.
+//!
+//! The alert's key is `usagesync:{workflow}:drop:{account}:{episode number}`. The episode is
+//! stored only after its records exist, and the number comes from the stored count, so a crash
+//! anywhere re-runs with the same key and [`super::create`] finds what was already made.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::create::{self, Created, NewRecord};
+use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, budget, engagement};
+use crate::config::{DropAlertConfig, MetadataGroup, Workflow};
+use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
+use crate::matching::Outcome;
+use crate::metrics;
+use crate::store::{Action, FieldChange, FingerprintPut, NewRun, RecordOutcome, RunFinish, RunId, RunState};
+
+/// One account's alert state, kept in the store between runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Episode {
+    /// Episodes opened so far; the open one, if any, is this number.
+    pub count: u64,
+    pub open: bool,
+    /// The score the account must reach again to close the open episode.
+    pub rearm_at: f64,
+    pub opened_at: Option<DateTime<Utc>>,
+    /// The records the open episode created.
+    pub records: Vec<String>,
+}
+
+/// What the scores say about one account this run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Healthy and not in an episode: nothing to do or record.
+    Quiet,
+    /// Dropped: open episode `number` and alert, for `reason`.
+    Alert { number: u64, reason: String, rearm_at: f64 },
+    /// Still in the open episode: no new alert.
+    StillOpen { number: u64 },
+    /// Back above the re-arm level: the episode closes.
+    Recovered { number: u64 },
+}
+
+/// The pure decision: `score` and `previous` (0–100) against the config and the stored episode.
+pub fn decide(config: &DropAlertConfig, episode: &Episode, score: f64, previous: f64) -> Decision {
+    if episode.open {
+        return if score >= episode.rearm_at {
+            Decision::Recovered { number: episode.count }
+        } else {
+            Decision::StillOpen { number: episode.count }
+        };
+    }
+    let below = config.below.filter(|b| score < *b);
+    let fell = config.drop_share.filter(|d| previous > 0.0 && (previous - score) / previous >= *d);
+    if below.is_none() && fell.is_none() {
+        return Decision::Quiet;
+    }
+    let mut reasons = Vec::new();
+    if let Some(b) = below {
+        reasons.push(format!("score {score} is below the alert threshold {b}"));
+    }
+    if let Some(d) = fell {
+        reasons.push(format!(
+            "score fell {:.0}% from {previous} to {score} (alert at a {:.0}% drop)",
+            100.0 * (previous - score) / previous,
+            100.0 * d
+        ));
+    }
+    // Recovery means clearing both alert conditions with room to spare.
+    let level = config.below.unwrap_or(0.0).max(config.drop_share.map_or(0.0, |d| previous * (1.0 - d)));
+    Decision::Alert {
+        number: episode.count + 1,
+        reason: reasons.join("; "),
+        rearm_at: ((level + config.hysteresis) * 10.0).round().min(1000.0) / 10.0,
+    }
+}
+
+/// The fingerprint scope holding the episodes of `workflow`.
+pub fn episode_scope(workflow: &str) -> String {
+    format!("{workflow}:episodes")
+}
+
+pub(crate) async fn run(
+    ctx: &Context,
+    workflow: &Workflow,
+    config: &DropAlertConfig,
+    options: &RunOptions,
+) -> Result<RunReport, RunError> {
+    let now = Utc::now();
+    let run_id = if options.dry_run {
+        None
+    } else {
+        let new = NewRun {
+            workflow: workflow.name.clone(),
+            template: workflow.template.kind().name().to_owned(),
+            dry_run: false,
+            started_at: now,
+            trigger: options.trigger.clone(),
+        };
+        Some(ctx.store.start_run(&new).await?)
+    };
+    let result = body(ctx, workflow, config, options, now, run_id).await;
+    finish(ctx, run_id, &result).await?;
+    result
+}
+
+/// Closes the run record with the report or the error (shared by the record-creating templates).
+pub(crate) async fn finish(
+    ctx: &Context,
+    run_id: Option<RunId>,
+    result: &Result<RunReport, RunError>,
+) -> Result<(), RunError> {
+    let Some(id) = run_id else { return Ok(()) };
+    let finish = match result {
+        Ok(report) => RunFinish {
+            state: if report.failed > 0 {
+                RunState::Partial
+            } else if report.deferred > 0 {
+                RunState::Deferred
+            } else {
+                RunState::Succeeded
+            },
+            finished_at: Utc::now(),
+            stats: serde_json::to_value(report).unwrap_or(Value::Null),
+            error: None,
+        },
+        Err(e) => RunFinish {
+            state: if matches!(e, RunError::OverBudget { .. }) { RunState::Deferred } else { RunState::Failed },
+            finished_at: Utc::now(),
+            stats: Value::Null,
+            error: Some(e.to_string()),
+        },
+    };
+    ctx.store.finish_run(id, &finish).await?;
+    Ok(())
+}
+
+/// One record of an alert: object, key, fields, and what happened to it.
+type Made<'a> = (&'a str, String, Map<String, Value>, Created);
+
+/// An alert this run decided on, before it is sent.
+struct Pending {
+    pendo_id: String,
+    account_id: String,
+    number: u64,
+    reason: String,
+    rearm_at: f64,
+    evidence: String,
+}
+
+async fn body(
+    ctx: &Context,
+    workflow: &Workflow,
+    config: &DropAlertConfig,
+    options: &RunOptions,
+    now: DateTime<Utc>,
+    run_id: Option<RunId>,
+) -> Result<RunReport, RunError> {
+    let mut meter = Meter::new(&ctx.salesforce);
+    let budget = budget::today(ctx, now).await?;
+    meter.step("budget", Some("read_limits"));
+    let limits_calls: u64 = meter.calls.values().sum();
+
+    let extractor = Extractor::new(&ctx.pendo);
+    let days = workflow.window_days;
+    let core = if config.accounts.core_features.is_empty() {
+        CoreFeatures::MarkedCore
+    } else {
+        CoreFeatures::Ids(config.accounts.core_features.clone())
+    };
+    let current = extractor.engagement(&Window { end: now, days }, &core).await?;
+    let previous_end = now - Duration::days(i64::from(days));
+    let previous = extractor.engagement(&Window { end: previous_end, days }, &core).await?;
+    let metadata_fields: Vec<(String, String)> = config
+        .accounts
+        .matching
+        .iter()
+        .filter_map(|r| match r {
+            crate::config::MatchRule::PendoMetadata { group, field } => {
+                Some((MetadataGroup::name(*group).to_owned(), field.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let facts = extractor.account_facts(&metadata_fields).await?;
+    let pendo_calls = u64::from(extractor.stats().pendo_calls);
+    meter.step("extract", None);
+
+    let outcomes =
+        engagement::match_accounts(ctx, workflow, &config.accounts, &facts, &current, now, options.dry_run, &budget)
+            .await?;
+    meter.step("match", Some("read_accounts"));
+
+    let scope = episode_scope(&workflow.name);
+    let matched: Vec<(String, String)> = outcomes
+        .iter()
+        .filter_map(|(p, o)| match o {
+            Outcome::Matched { salesforce_id, .. } => Some((p.clone(), salesforce_id.clone())),
+            _ => None,
+        })
+        .collect();
+    let keys: Vec<String> = matched.iter().map(|(p, _)| p.clone()).collect();
+    let stored = ctx.store.written_values(&scope, &keys).await?;
+    let episodes: HashMap<String, Episode> = stored
+        .into_iter()
+        .filter_map(|(k, fields)| {
+            let v = fields.into_iter().find(|(f, _)| f == "episode")?.1;
+            Some((k, serde_json::from_value(v).ok()?))
+        })
+        .collect();
+    let by_id = |list: &[AccountUsage]| -> HashMap<String, AccountUsage> {
+        list.iter().map(|u| (u.account_id.clone(), u.clone())).collect()
+    };
+    let (current, previous) = (by_id(&current), by_id(&previous));
+    let mut alerts = Vec::new();
+    let mut decisions = Vec::new();
+    let mut episode_puts = Vec::new();
+    for (pendo_id, account_id) in &matched {
+        let zero = AccountUsage { account_id: pendo_id.clone(), ..Default::default() };
+        let now_u = current.get(pendo_id).unwrap_or(&zero);
+        let prev_u = previous.get(pendo_id).unwrap_or(&zero);
+        let score = metrics::score(&config.accounts.score, now_u);
+        let prev_score = metrics::score(&config.accounts.score, prev_u);
+        let episode = episodes.get(pendo_id).cloned().unwrap_or_default();
+        let evidence = evidence(pendo_id, prev_u, now_u, prev_score, score, days, previous_end, now);
+        match decide(config, &episode, score, prev_score) {
+            Decision::Quiet => {}
+            Decision::Alert { number, reason, rearm_at } => alerts.push(Pending {
+                pendo_id: pendo_id.clone(),
+                account_id: account_id.clone(),
+                number,
+                reason,
+                rearm_at,
+                evidence,
+            }),
+            Decision::StillOpen { number } => decisions.push(decision(
+                pendo_id,
+                account_id,
+                Action::Unchanged,
+                format!(
+                    "episode {number} still open (score {score}, re-arms at {}): no new alert; {evidence}",
+                    episode.rearm_at
+                ),
+            )),
+            Decision::Recovered { number } => {
+                decisions.push(decision(
+                    pendo_id,
+                    account_id,
+                    Action::Skipped,
+                    format!(
+                        "recovered: score {score} is at or above {}; episode {number} closed, alerts re-armed; {evidence}",
+                        episode.rearm_at
+                    ),
+                ));
+                let closed = Episode { open: false, records: Vec::new(), ..episode };
+                episode_puts.push(episode_put(&scope, pendo_id, &closed, now));
+            }
+        }
+    }
+    meter.step("decide", None);
+
+    // Owners and names, only for the accounts that alert.
+    let mut owners: HashMap<String, (String, String)> = HashMap::new();
+    if !alerts.is_empty() {
+        let ids: Vec<&str> = alerts.iter().map(|a| a.account_id.as_str()).collect();
+        owners = read_owners(ctx, config, &ids).await?;
+    }
+    meter.step("read_owners", Some("read_accounts"));
+
+    // Creates go 200 to a Collections call, one batch per object.
+    let objects_per_alert: u64 = if config.create_case { 2 } else { 1 };
+    let reads_spent: u64 = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
+    let allowance = budget.available.saturating_sub(reads_spent);
+    let fits = usize::try_from((allowance / objects_per_alert).saturating_mul(200)).unwrap_or(usize::MAX);
+    let send = alerts.len().min(fits);
+    let samples: Vec<Sample> = alerts
+        .iter()
+        .take(10)
+        .map(|a| {
+            let (owner, name) = owners.get(&a.account_id).cloned().unwrap_or_default();
+            let task = task_fields(config, a, &owner, &name, now);
+            Sample {
+                pendo_account: a.pendo_id.clone(),
+                salesforce_id: a.account_id.clone(),
+                fields: task.into_iter().collect(),
+            }
+        })
+        .collect();
+    let mut report = RunReport {
+        run_id,
+        workflow: workflow.name.clone(),
+        dry_run: options.dry_run,
+        state: "planned".into(),
+        pendo_accounts: outcomes.len(),
+        matched: matched.len(),
+        unmatched: outcomes.values().filter(|o| matches!(o, Outcome::Unmatched { .. })).count(),
+        ambiguous: outcomes.values().filter(|o| matches!(o, Outcome::Ambiguous { .. })).count(),
+        unchanged: matched.len() - alerts.len(),
+        changed: alerts.len(),
+        fields_changed: BTreeMap::from([("Task".to_owned(), alerts.len())]),
+        written: 0,
+        failed: 0,
+        deferred: alerts.len() - send,
+        plan: crate::plan::plan(
+            0,
+            workflow.max_latency,
+            crate::plan::Allowance { calls: allowance },
+            &Default::default(),
+        ),
+        api_calls: BTreeMap::new(),
+        pendo_calls,
+        budget: budget.clone(),
+        timings: Vec::new(),
+        samples,
+        failures: Vec::new(),
+        ambiguous_samples: Vec::new(),
+    };
+    if config.create_case {
+        report.fields_changed.insert("Case".to_owned(), alerts.len());
+    }
+    let Some(run_id) = run_id else {
+        report.budget.this_run = meter.calls.values().sum();
+        report.api_calls = meter.calls;
+        report.timings = meter.timings;
+        return Ok(report);
+    };
+    ctx.store.record_outcomes(run_id, &decisions, &episode_puts).await?;
+
+    let mut outcomes_out = Vec::new();
+    let mut puts = Vec::new();
+    for a in &alerts[send..] {
+        outcomes_out.push(decision(
+            &a.pendo_id,
+            &a.account_id,
+            Action::Deferred,
+            format!("over the API budget: alert sent in a later run; {}", a.reason),
+        ));
+    }
+    let sending = &alerts[..send];
+    let objects: &[&str] = if config.create_case { &["Case", "Task"] } else { &["Task"] };
+    // Per alert: (object, key, fields, what happened), one batch of creates per object.
+    let mut results: Vec<Vec<Made<'_>>> = vec![Vec::new(); sending.len()];
+    for &object in objects {
+        let records: Vec<NewRecord> = sending
+            .iter()
+            .map(|a| {
+                let (owner, name) = owners.get(&a.account_id).cloned().unwrap_or_default();
+                let fields = if object == "Case" {
+                    case_fields(config, a, &owner, &name)
+                } else {
+                    task_fields(config, a, &owner, &name, now)
+                };
+                NewRecord {
+                    object: object.to_owned(),
+                    key: alert_key(&workflow.name, &a.pendo_id, a.number, object),
+                    key_field: config.key_field.clone(),
+                    fields,
+                }
+            })
+            .collect();
+        let created = create::create_many(&ctx.salesforce, ctx.store.as_ref(), &workflow.name, &records, now).await?;
+        for (i, (r, c)) in records.into_iter().zip(created).enumerate() {
+            results[i].push((object, r.key, r.fields, c));
+        }
+    }
+    for (a, made) in sending.iter().zip(results) {
+        let mut records = Vec::new();
+        let mut failed = None;
+        for (object, key, fields, created) in made {
+            match created {
+                Created::New { id } | Created::Existing { id } => {
+                    outcomes_out.push(RecordOutcome {
+                        object: object.to_owned(),
+                        key: a.pendo_id.clone(),
+                        salesforce_id: Some(id.clone()),
+                        action: Action::Created,
+                        changes: fields
+                            .iter()
+                            .map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() })
+                            .collect(),
+                        error_code: None,
+                        message: Some(format!("episode {}: {}; key {key}", a.number, a.reason)),
+                    });
+                    records.push(id);
+                }
+                Created::Refused { code, message } => failed = Some((object, code, message)),
+                Created::Unknown { message } => failed = Some((object, "OUTCOME_UNKNOWN".to_owned(), message)),
+            }
+        }
+        match failed {
+            None => {
+                report.written += 1;
+                let open = Episode { count: a.number, open: true, rearm_at: a.rearm_at, opened_at: Some(now), records };
+                puts.push(episode_put(&scope, &a.pendo_id, &open, now));
+            }
+            Some((object, code, message)) => {
+                // The episode stays closed, so the next run decides again and retries the same
+                // keys; records already made are found by their keys.
+                report.failed += 1;
+                if report.failures.len() < 10 {
+                    report.failures.push(FailureSample {
+                        salesforce_id: a.account_id.clone(),
+                        code: code.clone(),
+                        message: message.clone(),
+                    });
+                }
+                outcomes_out.push(RecordOutcome {
+                    object: object.to_owned(),
+                    key: a.pendo_id.clone(),
+                    salesforce_id: Some(a.account_id.clone()),
+                    action: Action::Failed,
+                    changes: vec![],
+                    error_code: Some(code),
+                    message: Some(format!("{message}; retried next run; {}", a.reason)),
+                });
+            }
+        }
+    }
+    ctx.store.record_outcomes(run_id, &outcomes_out, &puts).await?;
+    meter.step("create", Some("create"));
+    let spent: u64 = meter.calls.values().sum();
+    if spent > 0 {
+        ctx.store.settle_budget(now.date_naive(), &workflow.name, 0, spent, now).await?;
+    }
+    report.budget.this_run = spent;
+    report.api_calls = meter.calls;
+    report.timings = meter.timings;
+    report.state = if report.failed > 0 {
+        RunState::Partial
+    } else if report.deferred > 0 {
+        RunState::Deferred
+    } else {
+        RunState::Succeeded
+    }
+    .as_str()
+    .into();
+    Ok(report)
+}
+
+/// The key of one alert record: stable for the account's episode, distinct per object.
+pub fn alert_key(workflow: &str, pendo_id: &str, episode: u64, object: &str) -> String {
+    let kind = if object == "Case" { "drop-case" } else { "drop" };
+    create::key(&["usagesync", workflow, kind, pendo_id, &episode.to_string()])
+}
+
+fn decision(pendo_id: &str, account_id: &str, action: Action, message: String) -> RecordOutcome {
+    RecordOutcome {
+        object: "Account".into(),
+        key: pendo_id.to_owned(),
+        salesforce_id: Some(account_id.to_owned()),
+        action,
+        changes: vec![],
+        error_code: None,
+        message: Some(message),
+    }
+}
+
+fn episode_put(scope: &str, pendo_id: &str, e: &Episode, now: DateTime<Utc>) -> FingerprintPut {
+    let value = serde_json::to_value(e).unwrap_or(Value::Null);
+    FingerprintPut {
+        scope: scope.to_owned(),
+        key: pendo_id.to_owned(),
+        field: "episode".into(),
+        fingerprint: crate::change::fingerprint(&value),
+        written_at: now,
+        value: Some(value),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn evidence(
+    pendo_id: &str,
+    prev: &AccountUsage,
+    cur: &AccountUsage,
+    prev_score: f64,
+    score: f64,
+    days: u32,
+    previous_end: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> String {
+    format!(
+        "Pendo account {pendo_id}: engagement score {prev_score} → {score} ({days}-day windows ending {} and {}); \
+         active visitors {} → {}, active days {} → {}, events {} → {}, minutes {} → {}",
+        previous_end.date_naive(),
+        end.date_naive(),
+        prev.active_visitors,
+        cur.active_visitors,
+        prev.active_days,
+        cur.active_days,
+        prev.events,
+        cur.events,
+        prev.minutes,
+        cur.minutes,
+    )
+}
+
+fn task_fields(
+    config: &DropAlertConfig,
+    a: &Pending,
+    owner: &str,
+    name: &str,
+    now: DateTime<Utc>,
+) -> Map<String, Value> {
+    let due = (now + Duration::days(i64::from(config.due_in_days))).date_naive();
+    let mut m = Map::new();
+    m.insert("Subject".into(), json!(format!("Engagement drop: {}", if name.is_empty() { &a.pendo_id } else { name })));
+    m.insert("Priority".into(), json!("High"));
+    m.insert("Status".into(), json!("Not Started"));
+    m.insert("WhatId".into(), json!(a.account_id));
+    m.insert("ActivityDate".into(), json!(due.to_string()));
+    m.insert("Description".into(), json!(format!("{}.\n\nEvidence: {}.", capitalised(&a.reason), a.evidence)));
+    if !owner.is_empty() {
+        m.insert("OwnerId".into(), json!(owner));
+    }
+    m
+}
+
+fn case_fields(_: &DropAlertConfig, a: &Pending, owner: &str, name: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("Subject".into(), json!(format!("Engagement drop: {}", if name.is_empty() { &a.pendo_id } else { name })));
+    m.insert("Priority".into(), json!("High"));
+    m.insert("AccountId".into(), json!(a.account_id));
+    m.insert("Description".into(), json!(format!("{}.\n\nEvidence: {}.", capitalised(&a.reason), a.evidence)));
+    if !owner.is_empty() {
+        m.insert("OwnerId".into(), json!(owner));
+    }
+    m
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
+/// Account id → (the alert's owner, the Account's name): the configured lookup when it is set
+/// on the Account, else the Account owner.
+async fn read_owners(
+    ctx: &Context,
+    config: &DropAlertConfig,
+    ids: &[&str],
+) -> Result<HashMap<String, (String, String)>, RunError> {
+    let mut out = HashMap::new();
+    let extra = config.owner_field.as_deref().map(|f| format!(", {f}")).unwrap_or_default();
+    for chunk in ids.chunks(300) {
+        let list = chunk.iter().map(|id| salesforce::soql::quote(id)).collect::<Vec<_>>().join(", ");
+        let soql = format!("SELECT Id, Name, OwnerId{extra} FROM Account WHERE Id IN ({list})");
+        let rows: Vec<Value> = ctx
+            .salesforce
+            .query_collect(soql)
+            .await
+            .map_err(|source| RunError::Salesforce { what: "alert owners", source })?;
+        for r in rows {
+            let text = |f: &str| r.get(f).and_then(Value::as_str).unwrap_or_default().to_owned();
+            let lookup = config.owner_field.as_deref().map(text).unwrap_or_default();
+            let owner = if lookup.is_empty() { text("OwnerId") } else { lookup };
+            out.insert(text("Id"), (owner, text("Name")));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(below: Option<f64>, drop_share: Option<f64>) -> DropAlertConfig {
+        DropAlertConfig {
+            accounts: crate::config::EngagementConfig {
+                matching: vec![],
+                recheck_matches_after: std::time::Duration::from_secs(3600),
+                core_features: vec![],
+                score: Default::default(),
+                fields: Default::default(),
+            },
+            below,
+            drop_share,
+            hysteresis: 10.0,
+            owner_field: None,
+            key_field: "Usagesync_Key__c".into(),
+            create_case: false,
+            due_in_days: 3,
+        }
+    }
+
+    #[test]
+    fn an_episode_alerts_once_and_rearms_only_above_the_band() {
+        let c = config(Some(30.0), Some(0.5));
+        let mut e = Episode::default();
+        assert_eq!(decide(&c, &e, 60.0, 65.0), Decision::Quiet);
+        let Decision::Alert { number, rearm_at, reason } = decide(&c, &e, 20.0, 70.0) else { panic!() };
+        assert_eq!(number, 1);
+        assert!(reason.contains("below") && reason.contains("fell"), "{reason}");
+        // max(30, 70 × 0.5) + 10
+        assert_eq!(rearm_at, 45.0);
+        e = Episode { count: 1, open: true, rearm_at, ..Episode::default() };
+        assert_eq!(decide(&c, &e, 25.0, 20.0), Decision::StillOpen { number: 1 });
+        // Above the threshold but inside the band: still open.
+        assert_eq!(decide(&c, &e, 40.0, 25.0), Decision::StillOpen { number: 1 });
+        assert_eq!(decide(&c, &e, 45.0, 40.0), Decision::Recovered { number: 1 });
+        e.open = false;
+        let Decision::Alert { number, .. } = decide(&c, &e, 10.0, 45.0) else { panic!() };
+        assert_eq!(number, 2);
+    }
+
+    #[test]
+    fn relative_drop_alone_alerts_and_no_previous_usage_does_not() {
+        let c = config(None, Some(0.4));
+        let e = Episode::default();
+        assert!(matches!(decide(&c, &e, 50.0, 90.0), Decision::Alert { .. }));
+        assert_eq!(decide(&c, &e, 60.0, 90.0), Decision::Quiet);
+        assert_eq!(decide(&c, &e, 0.0, 0.0), Decision::Quiet);
+    }
+}

@@ -1,0 +1,428 @@
+//! The trial-usage template: trial usage from Pendo onto open trial Opportunities (selected by a
+//! configurable SOQL condition), only the fields that changed, and StageName advanced along a
+//! milestone → stage map.
+//!
+//! # Stages
+//! StageName only moves forward along `stage_order`, and only from a stage in it. When a person
+//! changed StageName after usagesync last set it, the person has taken over: usagesync no longer
+//! moves it (the decision is recorded with the stages). The value usagesync last wrote is kept
+//! with its fingerprint (scope `{workflow}:Opportunity`), as engagement-scores keeps Account values.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use super::drop_alert::finish;
+use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, budget, engagement};
+use crate::change::{self, Change, Desired};
+use crate::config::{MatchRule, TrialConfig, TrialMetric, Workflow};
+use crate::deliver::{self, RecordRetry};
+use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
+use crate::matching::Outcome;
+use crate::plan::WritePath;
+use crate::store::{Action, FieldChange, FingerprintPut, NewRun, RecordOutcome, RunId, RunState};
+
+const OBJECT: &str = "Opportunity";
+const STAGE: &str = "StageName";
+
+/// The fingerprint scope of a workflow's Opportunity fields.
+pub fn scope(workflow: &str) -> String {
+    format!("{workflow}:{OBJECT}")
+}
+
+pub(crate) async fn run(
+    ctx: &Context,
+    workflow: &Workflow,
+    config: &TrialConfig,
+    options: &RunOptions,
+) -> Result<RunReport, RunError> {
+    let now = Utc::now();
+    let run_id = if options.dry_run {
+        None
+    } else {
+        let new = NewRun {
+            workflow: workflow.name.clone(),
+            template: workflow.template.kind().name().to_owned(),
+            dry_run: false,
+            started_at: now,
+            trigger: options.trigger.clone(),
+        };
+        Some(ctx.store.start_run(&new).await?)
+    };
+    let result = body(ctx, workflow, config, options, now, run_id).await;
+    finish(ctx, run_id, &result).await?;
+    result
+}
+
+/// What StageName should become, if anything, and why not otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StageMove {
+    Advance { from: String, to: String, because: String },
+    Stay { why: String },
+}
+
+/// The stage decision for one Opportunity (pure, so the rules are testable on their own).
+pub fn stage_move(
+    config: &TrialConfig,
+    current: &str,
+    last_written: Option<&str>,
+    figures: &[(TrialMetric, u64)],
+) -> StageMove {
+    let pos = |s: &str| config.stage_order.iter().position(|x| x == s);
+    let Some(at) = pos(current) else {
+        return StageMove::Stay { why: format!("stage `{current}` is not in stage_order: left to people") };
+    };
+    if let Some(written) = last_written
+        && written != current
+    {
+        return StageMove::Stay {
+            why: format!("a person moved the stage from `{written}` (set by usagesync) to `{current}`: left to them"),
+        };
+    }
+    let value = |m: TrialMetric| figures.iter().find(|(x, _)| *x == m).map_or(0, |(_, v)| *v);
+    let best = config
+        .stages
+        .iter()
+        .filter(|r| value(r.metric) >= r.at_least)
+        .filter_map(|r| Some((pos(&r.stage)?, r)))
+        .max_by_key(|(p, _)| *p);
+    match best {
+        Some((p, r)) if p > at => StageMove::Advance {
+            from: current.to_owned(),
+            to: r.stage.clone(),
+            because: format!("{} reached {} (rule: at least {})", r.metric.key(), value(r.metric), r.at_least),
+        },
+        Some((_, r)) => StageMove::Stay { why: format!("already at or past `{}`: never moved backwards", r.stage) },
+        None => StageMove::Stay { why: "no stage milestone reached".into() },
+    }
+}
+
+async fn body(
+    ctx: &Context,
+    workflow: &Workflow,
+    config: &TrialConfig,
+    options: &RunOptions,
+    now: DateTime<Utc>,
+    run_id: Option<RunId>,
+) -> Result<RunReport, RunError> {
+    let mut meter = Meter::new(&ctx.salesforce);
+    let budget = budget::today(ctx, now).await?;
+    meter.step("budget", Some("read_limits"));
+    let limits_calls: u64 = meter.calls.values().sum();
+
+    let extractor = Extractor::new(&ctx.pendo);
+    let core = if config.accounts.core_features.is_empty() {
+        CoreFeatures::MarkedCore
+    } else {
+        CoreFeatures::Ids(config.accounts.core_features.clone())
+    };
+    let window = Window { end: now, days: workflow.window_days };
+    let usage = extractor.engagement(&window, &core).await?;
+    let drop_offs = match (&config.fields.drop_off_step, &config.onboarding_guide) {
+        (Some(_), Some(guide)) => extractor.drop_off_steps(&window, guide).await?,
+        _ => BTreeMap::new(),
+    };
+    let metadata_fields: Vec<(String, String)> = config
+        .accounts
+        .matching
+        .iter()
+        .filter_map(|r| match r {
+            MatchRule::PendoMetadata { group, field } => Some((group.name().to_owned(), field.clone())),
+            _ => None,
+        })
+        .collect();
+    let facts = extractor.account_facts(&metadata_fields).await?;
+    let pendo_calls = u64::from(extractor.stats().pendo_calls);
+    meter.step("extract", None);
+
+    let outcomes =
+        engagement::match_accounts(ctx, workflow, &config.accounts, &facts, &usage, now, options.dry_run, &budget)
+            .await?;
+    meter.step("match", Some("read_accounts"));
+    let pendo_of: HashMap<String, String> = outcomes
+        .iter()
+        .filter_map(|(p, o)| match o {
+            Outcome::Matched { salesforce_id, .. } => Some((salesforce_id.clone(), p.clone())),
+            _ => None,
+        })
+        .collect();
+    let usage: HashMap<&str, &AccountUsage> = usage.iter().map(|u| (u.account_id.as_str(), u)).collect();
+
+    let soql =
+        format!("SELECT Id, AccountId, StageName FROM Opportunity WHERE IsClosed = false AND ({})", config.select);
+    let opps: Vec<Value> = ctx
+        .salesforce
+        .query_collect(soql)
+        .await
+        .map_err(|source| RunError::Salesforce { what: "trial Opportunities", source })?;
+    meter.step("read_opportunities", Some("read_opportunities"));
+
+    let scope = scope(&workflow.name);
+    let written = ctx.store.fingerprints(&scope).await?;
+    let ids: Vec<String> = opps.iter().filter_map(|o| o["Id"].as_str().map(str::to_owned)).collect();
+    let last_values = ctx.store.written_values(&scope, &ids).await?;
+    let mut changes = Vec::new();
+    let mut decisions = Vec::new();
+    let (mut matched, mut unmatched, mut unchanged) = (0, 0, 0);
+    let mut stage_from: HashMap<String, String> = HashMap::new();
+    for o in &opps {
+        let (Some(id), Some(account)) = (o["Id"].as_str(), o["AccountId"].as_str()) else { continue };
+        let Some(pendo_id) = pendo_of.get(account) else {
+            unmatched += 1;
+            continue;
+        };
+        matched += 1;
+        let zero = AccountUsage { account_id: pendo_id.clone(), ..Default::default() };
+        let u = usage.get(pendo_id.as_str()).copied().unwrap_or(&zero);
+        let figures = [
+            (TrialMetric::ActiveUsers, u.active_visitors),
+            (TrialMetric::FeaturesExplored, u64::from(u.core_features_used)),
+            (TrialMetric::GuidesCompleted, u.guides_completed),
+        ];
+        let mut fields: Vec<(String, Value)> = Vec::new();
+        let f = &config.fields;
+        for (field, value) in [
+            (&f.active_users, json!(u.active_visitors)),
+            (&f.features_explored, json!(u.core_features_used)),
+            (&f.guides_completed, json!(u.guides_completed)),
+            (&f.last_active, u.last_active.map_or(Value::Null, crate::metrics::timestamp)),
+            (&f.drop_off_step, drop_offs.get(pendo_id).map_or(Value::Null, |s| json!(s))),
+        ] {
+            if let Some(field) = field {
+                fields.push((field.clone(), value));
+            }
+        }
+        let current = o["StageName"].as_str().unwrap_or_default();
+        let last_stage =
+            last_values.get(id).and_then(|v| v.iter().find(|(f, _)| f == STAGE)).and_then(|(_, v)| v.as_str());
+        if !config.stages.is_empty() {
+            match stage_move(config, current, last_stage, &figures) {
+                StageMove::Advance { from, to, because } => {
+                    fields.push((STAGE.to_owned(), json!(to)));
+                    stage_from.insert(id.to_owned(), format!("{from} → {to}: {because}"));
+                }
+                StageMove::Stay { why } if why.starts_with("a person") => decisions.push(RecordOutcome {
+                    object: OBJECT.into(),
+                    key: pendo_id.clone(),
+                    salesforce_id: Some(id.to_owned()),
+                    action: Action::Skipped,
+                    changes: vec![],
+                    error_code: None,
+                    message: Some(format!("StageName not changed: {why}")),
+                }),
+                StageMove::Stay { .. } => {}
+            }
+        }
+        let desired = Desired { key: pendo_id.clone(), salesforce_id: id.to_owned(), fields };
+        match change::diff(&written, &desired, &[]) {
+            Some(c) => changes.push(c),
+            None => unchanged += 1,
+        }
+    }
+    drop(written);
+    meter.step("diff", None);
+
+    let mut fields_changed: BTreeMap<String, usize> = BTreeMap::new();
+    for c in &changes {
+        for (f, _) in &c.fields {
+            *fields_changed.entry(f.clone()).or_default() += 1;
+        }
+    }
+    let reads: u64 = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
+    let allowance = crate::plan::Allowance { calls: budget.available.saturating_sub(reads) };
+    let plan = crate::plan::plan(changes.len(), workflow.max_latency, allowance, &Default::default());
+    let mut report = RunReport {
+        run_id,
+        workflow: workflow.name.clone(),
+        dry_run: options.dry_run,
+        state: "planned".into(),
+        pendo_accounts: outcomes.len(),
+        matched,
+        unmatched,
+        ambiguous: 0,
+        unchanged,
+        changed: changes.len(),
+        fields_changed,
+        written: 0,
+        failed: 0,
+        deferred: plan.deferred,
+        plan: plan.clone(),
+        api_calls: BTreeMap::new(),
+        pendo_calls,
+        budget: budget.clone(),
+        timings: Vec::new(),
+        samples: changes
+            .iter()
+            .take(10)
+            .map(|c| Sample {
+                pendo_account: c.key.clone(),
+                salesforce_id: c.salesforce_id.clone(),
+                fields: c.fields.clone(),
+            })
+            .collect(),
+        failures: Vec::new(),
+        ambiguous_samples: Vec::new(),
+    };
+    let Some(run_id) = run_id else {
+        report.budget.this_run = meter.calls.values().sum();
+        report.api_calls = meter.calls;
+        report.timings = meter.timings;
+        return Ok(report);
+    };
+    ctx.store.record_outcomes(run_id, &decisions, &[]).await?;
+
+    let deferred: Vec<Change> = changes.split_off(plan.send.min(changes.len()));
+    // Few trial Opportunities: Bulk is never worth its fixed cost here.
+    let path = if changes.len() == 1 { WritePath::Single } else { WritePath::Collections };
+    let delivery = if changes.is_empty() {
+        deliver::Delivery::default()
+    } else {
+        deliver::deliver(&ctx.salesforce, OBJECT, path, changes, &RecordRetry::default(), &|_| {}).await
+    };
+    meter.step("deliver", Some(path.as_str()));
+
+    let mut outs = Vec::new();
+    let mut prints = Vec::new();
+    for c in &delivery.written {
+        let before = last_values.get(&c.salesforce_id);
+        outs.push(RecordOutcome {
+            object: OBJECT.into(),
+            key: c.key.clone(),
+            salesforce_id: Some(c.salesforce_id.clone()),
+            action: Action::Updated,
+            changes: c
+                .fields
+                .iter()
+                .map(|(f, v)| FieldChange {
+                    field: f.clone(),
+                    before: before.and_then(|b| b.iter().find(|(bf, _)| bf == f)).map(|(_, bv)| bv.clone()),
+                    after: v.clone(),
+                })
+                .collect(),
+            error_code: None,
+            message: stage_from.get(&c.salesforce_id).map(|m| format!("stage {m}")),
+        });
+        prints.extend(c.prints.iter().map(|(field, p)| FingerprintPut {
+            scope: scope.clone(),
+            key: c.salesforce_id.clone(),
+            field: field.clone(),
+            fingerprint: *p,
+            written_at: now,
+            value: c.fields.iter().find(|(f, _)| f == field).map(|(_, v)| v.clone()),
+        }));
+    }
+    // Failures are not kept for `usagesync replay` (which replays Account updates): their
+    // fingerprints are not stored, so the next run sends them again.
+    for f in &delivery.failed {
+        outs.push(RecordOutcome {
+            object: OBJECT.into(),
+            key: f.change.key.clone(),
+            salesforce_id: Some(f.change.salesforce_id.clone()),
+            action: Action::Failed,
+            changes: vec![],
+            error_code: Some(f.code.clone()),
+            message: Some(format!("{}; sent again next run", f.message)),
+        });
+    }
+    for c in &deferred {
+        outs.push(RecordOutcome {
+            object: OBJECT.into(),
+            key: c.key.clone(),
+            salesforce_id: Some(c.salesforce_id.clone()),
+            action: Action::Deferred,
+            changes: vec![],
+            error_code: None,
+            message: Some("over the API budget: sent in a later run".into()),
+        });
+    }
+    ctx.store.record_outcomes(run_id, &outs, &prints).await?;
+    let spent: u64 = meter.calls.values().sum();
+    if spent > 0 {
+        ctx.store.settle_budget(now.date_naive(), &workflow.name, 0, spent, now).await?;
+    }
+    report.written = delivery.written.len();
+    report.failed = delivery.failed.len();
+    report.deferred = deferred.len();
+    report.failures = delivery
+        .failed
+        .iter()
+        .take(10)
+        .map(|f| FailureSample {
+            salesforce_id: f.change.salesforce_id.clone(),
+            code: f.code.clone(),
+            message: f.message.clone(),
+        })
+        .collect();
+    report.budget.this_run = spent;
+    report.api_calls = meter.calls;
+    report.timings = meter.timings;
+    report.state = if report.failed > 0 {
+        RunState::Partial
+    } else if report.deferred > 0 {
+        RunState::Deferred
+    } else {
+        RunState::Succeeded
+    }
+    .as_str()
+    .into();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{StageRule, TrialFields};
+
+    fn config() -> TrialConfig {
+        TrialConfig {
+            accounts: crate::config::EngagementConfig {
+                matching: vec![],
+                recheck_matches_after: std::time::Duration::from_secs(3600),
+                core_features: vec![],
+                score: Default::default(),
+                fields: Default::default(),
+            },
+            select: "Type = 'Trial'".into(),
+            fields: TrialFields::default(),
+            onboarding_guide: None,
+            stages: vec![
+                StageRule { metric: TrialMetric::ActiveUsers, at_least: 2, stage: "Qualification".into() },
+                StageRule { metric: TrialMetric::FeaturesExplored, at_least: 3, stage: "Needs Analysis".into() },
+            ],
+            stage_order: ["Prospecting", "Qualification", "Needs Analysis", "Value Proposition"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn stages_only_move_forward_and_never_over_a_person() {
+        let c = config();
+        let fig = |users, features| [(TrialMetric::ActiveUsers, users), (TrialMetric::FeaturesExplored, features)];
+        assert!(matches!(
+            stage_move(&c, "Prospecting", None, &fig(5, 4)),
+            StageMove::Advance { ref to, .. } if to == "Needs Analysis"
+        ));
+        assert!(matches!(
+            stage_move(&c, "Prospecting", None, &fig(5, 0)),
+            StageMove::Advance { ref to, .. } if to == "Qualification"
+        ));
+        // Never backwards.
+        assert!(matches!(stage_move(&c, "Value Proposition", None, &fig(5, 4)), StageMove::Stay { .. }));
+        assert!(matches!(stage_move(&c, "Prospecting", None, &fig(1, 0)), StageMove::Stay { .. }));
+        // A person moved it back after usagesync set it: left alone.
+        let StageMove::Stay { why } = stage_move(&c, "Prospecting", Some("Qualification"), &fig(5, 4)) else {
+            panic!()
+        };
+        assert!(why.starts_with("a person"), "{why}");
+        // Stages outside the order (closed ones, custom ones) are never touched.
+        assert!(matches!(stage_move(&c, "Closed Won", None, &fig(9, 9)), StageMove::Stay { .. }));
+        // Still where usagesync left it: it may move on.
+        assert!(matches!(
+            stage_move(&c, "Qualification", Some("Qualification"), &fig(5, 4)),
+            StageMove::Advance { ref to, .. } if to == "Needs Analysis"
+        ));
+    }
+}

@@ -1,0 +1,539 @@
+//! The record-creating workflows end to end against both emulators on 127.0.0.1: the right
+//! accounts get one alert each, a re-run creates nothing, an interrupted create (the record made,
+//! the local commit lost) is settled without a duplicate, an episode re-arms only after
+//! recovery, and the alert goes to the configured CSM when there is one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::Utc;
+use emulator::pendo::generate::{Trend, account_profile, sf_account_id};
+use emulator::pendo::{GenConfig, PendoConfig, PendoState};
+use engine::store::{Action, CreateState, FingerprintPut, OutcomeFilter};
+use engine::workflow::drop_alert::{Episode, alert_key, episode_scope};
+use engine::workflow::{Context, RunOptions, RunReport};
+use serde_json::{Value, json};
+
+const CONFIG: &str = r#"
+connections:
+  salesforce:
+    login_url: "{sf}"
+    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
+  pendo:
+    base_url: "{pendo}"
+    integration_key: { env: PENDO_KEY }
+store: "{store}"
+budget: { daily_share: 1.0 }
+workflows:
+  churn-alerts:
+    template: engagement-drop-alert
+    schedule: "0 7 * * *"
+    window_days: 7
+    matching:
+      - { rule: pendo_metadata, group: custom, field: sfdcaccountid }
+      - { rule: external_id, field: Pendo_Account_Id__c }
+      - { rule: email_domain, website_field: Website }
+    score:
+      active_visitors: { weight: 0.5, target: 5 }
+      active_days: { weight: 0.5, target: 5 }
+    alert:
+      drop_share: 0.5
+      hysteresis: 10
+      owner_field: CSM__c
+      create_case: {case}
+"#;
+
+struct World {
+    gc: GenConfig,
+    sf: emulator::salesforce::Running,
+    ctx: Context,
+    http: reqwest::Client,
+    _pendo: emulator::pendo::Running,
+    _dir: tempfile::TempDir,
+}
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "SF_SECRET" => Some("emulator-secret".into()),
+        "PENDO_KEY" => Some("emulator-integration-key".into()),
+        _ => None,
+    }
+}
+
+async fn world(accounts: usize, case: bool) -> World {
+    let gc = GenConfig { seed: 11, accounts, days: 30, ..GenConfig::default() };
+    let state = PendoState::generated(PendoConfig::default(), &gc);
+    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
+    emulator::seed_matching_org(&sf.state, &state).unwrap();
+    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
+    let text = CONFIG
+        .replace("{sf}", &sf.base_url)
+        .replace("{pendo}", &pendo.base_url)
+        .replace("{store}", &sqlite)
+        .replace("{case}", &case.to_string());
+    let config = engine::config::load_str(&text, "test.yaml").unwrap();
+    let ctx = Context {
+        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
+        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
+        store: engine::store::open(&sqlite).await.unwrap(),
+        config: Arc::new(config),
+    };
+    World { gc, sf, ctx, http: reqwest::Client::new(), _pendo: pendo, _dir: dir }
+}
+
+impl World {
+    async fn run(&self, dry_run: bool) -> RunReport {
+        let options = RunOptions { dry_run, trigger: "test".into(), progress: None };
+        engine::workflow::run(&self.ctx, "churn-alerts", &options).await.unwrap()
+    }
+
+    async fn records(&self, object: &str) -> Vec<Value> {
+        let url = format!("{}/__emulator/records/{object}", self.sf.base_url);
+        self.http.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Usagesync_Key__c → how many records hold it.
+    async fn keys(&self, object: &str) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for r in self.records(object).await {
+            if let Some(k) = r["Usagesync_Key__c"].as_str() {
+                *out.entry(k.to_owned()).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    async fn episodes(&self, pendo_ids: &[String]) -> HashMap<String, Episode> {
+        let stored = self.ctx.store.written_values(&episode_scope("churn-alerts"), pendo_ids).await.unwrap();
+        stored
+            .into_iter()
+            .map(|(k, fields)| (k, serde_json::from_value(fields.into_iter().next().unwrap().1).unwrap()))
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_accounts_get_one_high_priority_alert_and_a_rerun_creates_nothing() {
+    let w = world(300, false).await;
+
+    let dry = w.run(true).await;
+    assert!(dry.changed > 0, "the world has dropping accounts: {dry:?}");
+    assert!(w.keys("Task").await.is_empty(), "a dry run creates nothing");
+    let sample = &dry.samples[0];
+    let fields: HashMap<_, _> = sample.fields.iter().cloned().collect();
+    assert_eq!(fields["Priority"], json!("High"));
+    assert!(fields["Description"].as_str().unwrap().to_lowercase().contains("score fell"), "{fields:?}");
+
+    let first = w.run(false).await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    assert_eq!(first.written, dry.changed);
+    let tasks = w.records("Task").await;
+    assert_eq!(tasks.len(), first.written);
+    // Creates go 200 to a Collections call.
+    assert_eq!(first.api_calls["create"], (first.written as u64).div_ceil(200), "{:?}", first.api_calls);
+    let accounts: HashMap<String, Value> =
+        w.records("Account").await.into_iter().map(|a| (a["Id"].as_str().unwrap().to_owned(), a)).collect();
+    for t in &tasks {
+        assert_eq!(t["Priority"], "High");
+        let account = &accounts[t["WhatId"].as_str().unwrap()];
+        assert_eq!(t["OwnerId"], account["OwnerId"], "no CSM set: the account owner gets it");
+        assert!(t["Description"].as_str().unwrap().contains("active visitors"), "evidence: {t}");
+    }
+    // Alerts land on accounts whose usage really fell; steady or growing ones stay quiet.
+    let trends: HashMap<String, Trend> =
+        (0..w.gc.accounts).map(|i| (sf_account_id(i), account_profile(&w.gc, i).trend)).collect();
+    let alerted: Vec<Trend> = tasks.iter().filter_map(|t| trends.get(t["WhatId"].as_str().unwrap()).copied()).collect();
+    assert!(alerted.iter().any(|t| matches!(t, Trend::SharpDrop | Trend::Churned)), "{alerted:?}");
+    let falling = alerted.iter().filter(|t| matches!(t, Trend::SharpDrop | Trend::Churned | Trend::Declining)).count();
+    assert!(falling * 2 > alerted.len(), "most alerts are falling accounts: {alerted:?}");
+
+    let second = w.run(false).await;
+    assert_eq!(second.written, 0);
+    assert_eq!(second.failed, 0);
+    assert_eq!(w.records("Task").await.len(), tasks.len(), "a re-run creates nothing new");
+    let outcomes = w.ctx.store.run_outcomes(second.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
+    let still_open = outcomes.iter().filter(|o| o.action == Action::Unchanged).count();
+    assert_eq!(still_open, tasks.len(), "each open episode is recorded as a decision");
+    assert!(outcomes.iter().all(|o| o.message.as_deref().unwrap_or("").contains("still open")));
+
+    let runs = w.ctx.store.list_runs(Some("churn-alerts"), 0).await.unwrap();
+    assert_eq!(runs.len(), 2, "dry runs leave no run behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_interrupted_before_the_local_commit_is_settled_without_a_duplicate() {
+    let w = world(200, true).await;
+    let dry = w.run(true).await;
+    let victim = dry.samples[0].clone();
+    // What a crash right after the call leaves: the key pending in the store, the Task in
+    // Salesforce with that key.
+    let key = alert_key("churn-alerts", &victim.pendo_account, 1, "Task");
+    let now = Utc::now();
+    assert_eq!(w.ctx.store.begin_create(&key, "churn-alerts", now).await.unwrap(), CreateState::New);
+    let mut body: serde_json::Map<String, Value> = victim.fields.iter().cloned().collect();
+    body.insert("Subject".into(), json!("made before the crash"));
+    let made = w.ctx.salesforce.upsert("Task", "Usagesync_Key__c", &key, &body).await.unwrap();
+    assert!(made.created);
+
+    let run = w.run(false).await;
+    assert_eq!(run.failed, 0, "{:?}", run.failures);
+    let keys = w.keys("Task").await;
+    assert_eq!(keys.get(&key), Some(&1));
+    assert!(keys.values().all(|n| *n == 1));
+    assert_eq!(keys.len(), run.written, "one Task per alert");
+    assert_eq!(w.keys("Case").await.len(), run.written, "one Case per alert");
+    let task = w.records("Task").await.into_iter().find(|t| t["Usagesync_Key__c"] == json!(key)).unwrap();
+    assert_eq!(task["Subject"], "made before the crash", "the found record is kept, not overwritten");
+    assert_eq!(
+        w.ctx.store.begin_create(&key, "churn-alerts", now).await.unwrap(),
+        CreateState::Committed { salesforce_id: made.id.unwrap().to_string() }
+    );
+    let again = w.run(false).await;
+    assert_eq!(again.written, 0);
+    assert_eq!(w.keys("Task").await.len(), keys.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_episode_rearms_after_recovery_and_alerts_go_to_the_csm() {
+    let w = world(200, false).await;
+    let dry = w.run(true).await;
+    let (first, second) = (dry.samples[0].clone(), dry.samples[1].clone());
+    // A CSM on one account: the alert goes to them.
+    let users = w.records("User").await;
+    let owner =
+        w.records("Account").await.into_iter().find(|a| a["Id"] == json!(first.salesforce_id)).unwrap()["OwnerId"]
+            .clone();
+    let csm = users.iter().map(|u| u["Id"].clone()).find(|id| *id != owner).unwrap();
+    let csm = csm.as_str().unwrap().to_owned();
+    let account_id = salesforce::SalesforceId::parse(&first.salesforce_id).unwrap();
+    w.ctx.salesforce.update("Account", &account_id, &json!({ "CSM__c": csm })).await.unwrap();
+
+    w.run(false).await;
+    let tasks = w.records("Task").await;
+    let to_csm = tasks.iter().find(|t| t["WhatId"] == json!(first.salesforce_id)).unwrap();
+    assert_eq!(to_csm["OwnerId"], json!(csm));
+
+    // The second account recovers: its re-arm level is met at the next run.
+    let ids = vec![second.pendo_account.clone()];
+    let mut episode = w.episodes(&ids).await.remove(&second.pendo_account).unwrap();
+    assert!(episode.open);
+    assert_eq!(episode.count, 1);
+    episode.rearm_at = 0.0;
+    let value = serde_json::to_value(&episode).unwrap();
+    w.ctx
+        .store
+        .put_fingerprints(&[FingerprintPut {
+            scope: episode_scope("churn-alerts"),
+            key: second.pendo_account.clone(),
+            field: "episode".into(),
+            fingerprint: 1,
+            written_at: Utc::now(),
+            value: Some(value),
+        }])
+        .await
+        .unwrap();
+    let recovered = w.run(false).await;
+    assert_eq!(recovered.written, 0);
+    let outcomes = w.ctx.store.run_outcomes(recovered.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o.key == second.pendo_account && o.message.as_deref().unwrap().starts_with("recovered"))
+    );
+    assert!(!w.episodes(&ids).await[&second.pendo_account].open);
+
+    // Still below its old level, so with the episode closed it alerts again: episode 2.
+    let rearmed = w.run(false).await;
+    assert_eq!(rearmed.written, 1, "{rearmed:?}");
+    let keys = w.keys("Task").await;
+    assert!(keys.contains_key(&alert_key("churn-alerts", &second.pendo_account, 2, "Task")));
+    assert_eq!(keys.len(), tasks.len() + 1);
+}
+
+const EXPANSION: &str = r#"
+connections:
+  salesforce:
+    login_url: "{sf}"
+    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
+  pendo:
+    base_url: "{pendo}"
+    integration_key: { env: PENDO_KEY }
+store: "{store}"
+budget: { daily_share: 1.0 }
+workflows:
+  expansion:
+    template: expansion-opportunity
+    schedule: "0 8 * * 1"
+    window_days: 30
+    matching:
+      - { rule: pendo_metadata, group: custom, field: sfdcaccountid }
+      - { rule: external_id, field: Pendo_Account_Id__c }
+      - { rule: email_domain, website_field: Website }
+    expansion:
+      milestones:
+        - { name: premium, feature_visitors: { features: [{premium}], min_visitors: 2 } }
+        - { name: heavy-use, sustained_usage: { min_daily_events: 40, days: 10 } }
+        - { name: seats, seat_share: { seats_field: Contracted_Seats__c, min_share: 0.8 } }
+      opportunity:
+        name: "{account} - {milestone} expansion"
+        type: "Existing Customer - Upgrade"
+        stage: Prospecting
+        close_in_days: 45
+        amount_base: 1000
+        amount_per_active_visitor: 50
+"#;
+
+async fn expansion_world(accounts: usize) -> World {
+    let gc = GenConfig { seed: 5, accounts, days: 30, ..GenConfig::default() };
+    let state = PendoState::generated(PendoConfig::default(), &gc);
+    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
+    emulator::seed_matching_org(&sf.state, &state).unwrap();
+    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
+    let http = reqwest::Client::new();
+    let features: Vec<Value> = http
+        .get(format!("{}/api/v1/feature", pendo.base_url))
+        .header("x-pendo-integration-key", "emulator-integration-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let premium: Vec<String> = features
+        .iter()
+        .filter(|f| f["group"]["id"] == "grp-premium")
+        .map(|f| format!("\"{}\"", f["id"].as_str().unwrap()))
+        .collect();
+    assert!(!premium.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
+    let text = EXPANSION
+        .replace("{sf}", &sf.base_url)
+        .replace("{pendo}", &pendo.base_url)
+        .replace("{store}", &sqlite)
+        .replace("{premium}", &premium.join(", "));
+    let config = engine::config::load_str(&text, "test.yaml").unwrap();
+    let ctx = Context {
+        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
+        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
+        store: engine::store::open(&sqlite).await.unwrap(),
+        config: Arc::new(config),
+    };
+    World { gc, sf, ctx, http, _pendo: pendo, _dir: dir }
+}
+
+async fn run_expansion(w: &World, dry_run: bool) -> RunReport {
+    let options = RunOptions { dry_run, trigger: "test".into(), progress: None };
+    engine::workflow::run(&w.ctx, "expansion", &options).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expansion_opportunities_appear_once_per_account_and_milestone_and_respect_peoples_own() {
+    let w = expansion_world(200).await;
+    let dry = run_expansion(&w, true).await;
+    assert!(dry.changed >= 3, "the world has expanding accounts: {dry:?}");
+    assert!(w.records("Opportunity").await.iter().all(|o| o["Type"] == "Trial"), "a dry run creates nothing");
+
+    // A seat-heavy account: one contracted seat, so anyone active crosses 80%.
+    let seat_account = dry.samples[0].salesforce_id.clone();
+    let id = salesforce::SalesforceId::parse(&seat_account).unwrap();
+    w.ctx.salesforce.update("Account", &id, &json!({ "Contracted_Seats__c": 1 })).await.unwrap();
+    // A person already opened the expansion for the second crossing.
+    let taken = dry.samples[1].clone();
+    let taken_fields: HashMap<_, _> = taken.fields.iter().cloned().collect();
+    let milestone = taken_fields["Expansion_Milestone__c"].clone();
+    let by_hand = w
+        .ctx
+        .salesforce
+        .create(
+            "Opportunity",
+            &json!({
+                "Name": "Upsell agreed on the phone",
+                "StageName": "Qualification",
+                "CloseDate": "2027-01-31",
+                "AccountId": taken.salesforce_id,
+                "Expansion_Milestone__c": milestone,
+            }),
+        )
+        .await
+        .unwrap();
+
+    let first = run_expansion(&w, false).await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    assert!(first.written > 0);
+    let opps: Vec<Value> =
+        w.records("Opportunity").await.into_iter().filter(|o| !o["Usagesync_Key__c"].is_null()).collect();
+    assert_eq!(opps.len(), first.written);
+    let mut per_pair: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for o in w.records("Opportunity").await.iter().filter(|o| o["Type"] != "Trial") {
+        let pair =
+            (o["AccountId"].as_str().unwrap().to_owned(), o["Expansion_Milestone__c"].as_str().unwrap().to_owned());
+        *per_pair.entry(pair).or_default() += 1;
+    }
+    assert!(per_pair.values().all(|n| *n == 1), "one open expansion per account and milestone: {per_pair:?}");
+    assert!(per_pair.contains_key(&(seat_account.clone(), "seats".to_owned())), "the seat milestone fired");
+    let accounts: HashMap<String, Value> =
+        w.records("Account").await.into_iter().map(|a| (a["Id"].as_str().unwrap().to_owned(), a)).collect();
+    for o in &opps {
+        assert_eq!(o["StageName"], "Prospecting");
+        assert_eq!(o["Type"], "Existing Customer - Upgrade");
+        assert_eq!(o["OwnerId"], accounts[o["AccountId"].as_str().unwrap()]["OwnerId"]);
+        assert!(o["Amount"].as_f64().unwrap() >= 1000.0);
+        assert!(o["Name"].as_str().unwrap().ends_with(" expansion"));
+    }
+    let tasks = w.records("Task").await;
+    assert_eq!(tasks.len(), opps.len(), "a Task per Opportunity");
+    let opp_ids: std::collections::HashSet<&str> = opps.iter().map(|o| o["Id"].as_str().unwrap()).collect();
+    assert!(tasks.iter().all(|t| opp_ids.contains(t["WhatId"].as_str().unwrap())));
+    let outcomes = w.ctx.store.run_outcomes(first.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
+    let respected = outcomes
+        .iter()
+        .find(|o| o.action == Action::Skipped && o.salesforce_id.as_deref() == Some(by_hand.id.as_str()))
+        .expect("the person's Opportunity is recorded as the reason to skip");
+    assert!(respected.message.as_deref().unwrap().contains("already exists"));
+
+    let second = run_expansion(&w, false).await;
+    assert_eq!(second.written, 0, "{second:?}");
+    assert_eq!(second.failed, 0);
+    let again: Vec<Value> =
+        w.records("Opportunity").await.into_iter().filter(|o| !o["Usagesync_Key__c"].is_null()).collect();
+    assert_eq!(again.len(), opps.len(), "a re-run creates nothing");
+    assert_eq!(w.records("Task").await.len(), tasks.len());
+}
+
+const TRIAL: &str = r#"
+connections:
+  salesforce:
+    login_url: "{sf}"
+    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
+  pendo:
+    base_url: "{pendo}"
+    integration_key: { env: PENDO_KEY }
+store: "{store}"
+budget: { daily_share: 1.0 }
+workflows:
+  trials:
+    template: trial-usage
+    schedule: "0 * * * *"
+    window_days: 30
+    matching:
+      - { rule: pendo_metadata, group: custom, field: sfdcaccountid }
+      - { rule: external_id, field: Pendo_Account_Id__c }
+      - { rule: email_domain, website_field: Website }
+    trial:
+      select: "Type = 'Trial' OR Is_POC__c = true"
+      fields:
+        active_users: Trial_Active_Users__c
+        features_explored: Trial_Features_Explored__c
+        guides_completed: Trial_Guides_Completed__c
+        last_active: Trial_Last_Active__c
+        drop_off_step: Trial_Drop_Off_Step__c
+      onboarding_guide: "{guide}"
+      stages:
+        - { metric: active_users, at_least: 1, stage: Qualification }
+        - { metric: features_explored, at_least: 2, stage: Needs Analysis }
+"#;
+
+const ORDER: &[&str] = &["Prospecting", "Qualification", "Needs Analysis", "Value Proposition"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trial_usage_lands_on_trial_opportunities_and_stages_only_move_forward() {
+    let gc = GenConfig { seed: 3, accounts: 300, days: 30, ..GenConfig::default() };
+    let state = PendoState::generated(PendoConfig::default(), &gc);
+    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
+    emulator::seed_matching_org(&sf.state, &state).unwrap();
+    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
+    let guides: Vec<Value> = reqwest::Client::new()
+        .get(format!("{}/api/v1/guide", pendo.base_url))
+        .header("x-pendo-integration-key", "emulator-integration-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tour = guides.iter().find(|g| g["name"] == "Welcome Tour").unwrap()["id"].as_str().unwrap().to_owned();
+    let text = TRIAL
+        .replace("{sf}", &sf.base_url)
+        .replace("{pendo}", &pendo.base_url)
+        .replace("{store}", &sqlite)
+        .replace("{guide}", &tour);
+    let config = engine::config::load_str(&text, "test.yaml").unwrap();
+    let ctx = Context {
+        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
+        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
+        store: engine::store::open(&sqlite).await.unwrap(),
+        config: Arc::new(config),
+    };
+    let w = World { gc, sf, ctx, http: reqwest::Client::new(), _pendo: pendo, _dir: dir };
+    let run = |dry_run: bool| {
+        let ctx = w.ctx.clone();
+        async move {
+            let options = RunOptions { dry_run, trigger: "test".into(), progress: None };
+            engine::workflow::run(&ctx, "trials", &options).await.unwrap()
+        }
+    };
+    let before: HashMap<String, Value> =
+        w.records("Opportunity").await.into_iter().map(|o| (o["Id"].as_str().unwrap().to_owned(), o)).collect();
+    assert!(before.len() >= 5, "the world has trials");
+    // A proof of concept on a customer account, flagged rather than typed.
+    let poc_account = w.records("Account").await.into_iter().find(|a| a["Type"] == "Customer").unwrap();
+    let poc = w
+        .ctx
+        .salesforce
+        .create(
+            "Opportunity",
+            &json!({
+                "Name": "POC", "StageName": "Prospecting", "CloseDate": "2027-02-01", "Type": "New Customer",
+                "Is_POC__c": true, "AccountId": poc_account["Id"],
+            }),
+        )
+        .await
+        .unwrap();
+
+    let first = run(false).await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    assert!(first.written > 0);
+    let after: HashMap<String, Value> =
+        w.records("Opportunity").await.into_iter().map(|o| (o["Id"].as_str().unwrap().to_owned(), o)).collect();
+    let mut advanced = None;
+    for (id, o) in &after {
+        let old = before.get(id).map_or("Prospecting", |b| b["StageName"].as_str().unwrap());
+        let new = o["StageName"].as_str().unwrap();
+        let pos = |s: &str| ORDER.iter().position(|x| *x == s).unwrap();
+        assert!(pos(new) >= pos(old), "{id}: {old} → {new} went backwards");
+        if pos(new) > pos(old) {
+            assert!(o["Trial_Active_Users__c"].as_f64().unwrap() >= 1.0, "advanced for a reason: {o}");
+            advanced = Some(id.clone());
+        }
+    }
+    let written = after.values().filter(|o| !o["Trial_Active_Users__c"].is_null()).count();
+    assert_eq!(written, first.written, "every matched trial got its usage");
+    assert!(!after[poc.id.as_str()]["Trial_Active_Users__c"].is_null(), "the POC flag selects it too");
+    let advanced = advanced.expect("some trial advanced");
+    let drop_offs: Vec<&str> = after.values().filter_map(|o| o["Trial_Drop_Off_Step__c"].as_str()).collect();
+    assert!(!drop_offs.is_empty(), "some trial visitors left the welcome tour");
+    for d in &drop_offs {
+        assert!(["step 1 of 4", "step 2 of 4", "step 3 of 4"].contains(d), "{d}");
+    }
+
+    // A person moves one back: usagesync leaves it there from now on.
+    let id = salesforce::SalesforceId::parse(&advanced).unwrap();
+    w.ctx.salesforce.update("Opportunity", &id, &json!({ "StageName": "Prospecting" })).await.unwrap();
+    let second = run(false).await;
+    assert_eq!(second.failed, 0);
+    let o = w.records("Opportunity").await.into_iter().find(|o| o["Id"] == json!(advanced)).unwrap();
+    assert_eq!(o["StageName"], "Prospecting", "never past a stage a person set");
+    let outcomes = w.ctx.store.run_outcomes(second.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
+    assert!(outcomes.iter().any(|x| x.salesforce_id.as_deref() == Some(advanced.as_str())
+        && x.message.as_deref().unwrap_or("").contains("a person moved the stage")));
+    assert_eq!(second.written, 0, "nothing else changed: {second:?}");
+    let third = run(false).await;
+    assert_eq!(third.written, 0);
+}

@@ -1,0 +1,111 @@
+//! `usagesync bench creates`: the record-creating workflows (engagement-drop-alert,
+//! expansion-opportunity, trial-usage) against the emulators in a child process: a first run and
+//! a re-run of each, with their time, Salesforce calls and records created or written.
+
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use engine::workflow::RunOptions;
+use serde_json::Value;
+
+use super::bench_engagement::start_emulators;
+use super::table::{self, thousands};
+
+const WORKFLOWS: &str = r#"
+  churn-alerts:
+    template: engagement-drop-alert
+    schedule: "0 7 * * *"
+    window_days: 7
+    matching:
+      - { rule: pendo_metadata, group: custom, field: sfdcaccountid }
+      - { rule: external_id, field: Pendo_Account_Id__c }
+      - { rule: email_domain, website_field: Website }
+    score:
+      active_visitors: { weight: 0.5, target: 5 }
+      active_days: { weight: 0.5, target: 5 }
+    alert: { below: 20, drop_share: 0.5, owner_field: CSM__c }
+  expansion:
+    template: expansion-opportunity
+    schedule: "0 8 * * 1"
+    window_days: 30
+    matching:
+      - { rule: pendo_metadata, group: custom, field: sfdcaccountid }
+      - { rule: external_id, field: Pendo_Account_Id__c }
+      - { rule: email_domain, website_field: Website }
+    expansion:
+      milestones:
+        - { name: premium, feature_visitors: { features: [{premium}], min_visitors: 3 } }
+        - { name: heavy-use, sustained_usage: { min_daily_events: 100, days: 10 } }
+  trials:
+    template: trial-usage
+    schedule: "0 * * * *"
+    window_days: 30
+    matching:
+      - { rule: pendo_metadata, group: custom, field: sfdcaccountid }
+      - { rule: external_id, field: Pendo_Account_Id__c }
+      - { rule: email_domain, website_field: Website }
+    trial:
+      fields:
+        active_users: Trial_Active_Users__c
+        features_explored: Trial_Features_Explored__c
+        guides_completed: Trial_Guides_Completed__c
+        last_active: Trial_Last_Active__c
+      stages:
+        - { metric: active_users, at_least: 2, stage: Qualification }
+"#;
+
+pub async fn creates(sizes: &[usize], days: u32) -> Result<()> {
+    let mut rows = Vec::new();
+    for &accounts in sizes {
+        eprintln!("Generating {accounts} accounts × {days} days in the emulator process…");
+        let mut child = start_emulators(accounts, days).await?;
+        let dir = tempfile::tempdir().context("Failed to make a temporary directory")?;
+        let store = format!("sqlite://{}", dir.path().join("bench.db").display());
+        let features: Vec<Value> = reqwest::Client::new()
+            .get(format!("{}/api/v1/feature", child.pendo))
+            .header("x-pendo-integration-key", "emulator-integration-key")
+            .send()
+            .await
+            .context("Failed to list Pendo features")?
+            .json()
+            .await
+            .context("Failed to read Pendo features")?;
+        let premium: Vec<String> = features
+            .iter()
+            .filter(|f| f["group"]["id"] == "grp-premium")
+            .filter_map(|f| f["id"].as_str().map(|id| format!("\"{id}\"")))
+            .collect();
+        let head = super::demo::DEMO_CONFIG.split("\nworkflows:").next().unwrap_or_default();
+        let text = format!("{head}\nworkflows:{}", WORKFLOWS.replace("{premium}", &premium.join(", ")))
+            .replace("{salesforce_url}", &child.salesforce)
+            .replace("{pendo_url}", &child.pendo)
+            .replace("{store_url}", &store)
+            .replace("daily_share: 0.25", "daily_share: 1.0");
+        let config = engine::config::load_str(&text, "bench.yaml").map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ctx = super::context::build(config, &super::demo::demo_env).await?;
+        for workflow in ["churn-alerts", "expansion", "trials"] {
+            for label in ["first run", "re-run"] {
+                let t = Instant::now();
+                let options = RunOptions { dry_run: false, trigger: "bench".into(), progress: None };
+                let r = engine::workflow::run(&ctx, workflow, &options).await?;
+                let kinds: Vec<String> = r.api_calls.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                rows.push(vec![
+                    thousands(accounts as u64),
+                    workflow.to_owned(),
+                    label.to_owned(),
+                    format!("{:.1}", t.elapsed().as_secs_f64()),
+                    thousands(r.changed as u64),
+                    thousands(r.written as u64),
+                    thousands(r.total_api_calls()),
+                    kinds.join(", "),
+                ]);
+            }
+        }
+        child.process.kill().await.ok();
+    }
+    table::print(
+        &["accounts", "workflow", "run", "seconds", "decided", "created/written", "SF calls", "calls by kind"],
+        &rows,
+    );
+    Ok(())
+}
