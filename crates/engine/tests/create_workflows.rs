@@ -50,7 +50,7 @@ struct World {
     sf: emulator::salesforce::Running,
     ctx: Context,
     http: reqwest::Client,
-    _pendo: emulator::pendo::Running,
+    pendo: emulator::pendo::Running,
     _dir: tempfile::TempDir,
 }
 
@@ -82,7 +82,7 @@ async fn world(accounts: usize, case: bool) -> World {
         store: engine::store::open(&sqlite).await.unwrap(),
         config: Arc::new(config),
     };
-    World { gc, sf, ctx, http: reqwest::Client::new(), _pendo: pendo, _dir: dir }
+    World { gc, sf, ctx, http: reqwest::Client::new(), pendo, _dir: dir }
 }
 
 impl World {
@@ -254,6 +254,49 @@ async fn an_episode_rearms_after_recovery_and_alerts_go_to_the_csm() {
     assert_eq!(keys.len(), tasks.len() + 1);
 }
 
+/// Recovery read from Pendo itself, not from an edited episode: fresh usage seeded into the
+/// emulator lifts the account's score over its re-arm level, the next run closes the episode
+/// without creating anything, and the run after that stays quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_usage_recovering_closes_the_episode_without_a_new_alert() {
+    let w = world(200, false).await;
+    let first = w.run(false).await;
+    assert!(first.written > 0, "{first:?}");
+    let account = first.samples[0].pendo_account.clone();
+    let ids = vec![account.clone()];
+    assert!(w.episodes(&ids).await[&account].open);
+    let tasks = w.records("Task").await.len();
+
+    // Five new visitors of that account, active on each of the last six days.
+    let now = Utc::now().timestamp_millis();
+    let day = 86_400_000_i64;
+    let visitors: Vec<Value> =
+        (0..5).map(|v| json!({ "visitorId": format!("{account}-back-{v}"), "accountId": account })).collect();
+    let events: Vec<Value> = (0..5)
+        .flat_map(|v| {
+            let account = account.clone();
+            (1..=6).map(move |d| {
+                json!({ "kind": "page", "id": "recovery-page", "visitorId": format!("{account}-back-{v}"),
+                        "accountId": account, "time": now - d * day, "numEvents": 40, "numMinutes": 20 })
+            })
+        })
+        .collect();
+    let body =
+        json!({ "pages": [{ "id": "recovery-page", "name": "Recovery" }], "visitors": visitors, "events": events });
+    let seeded = w.http.post(format!("{}/__emulator/seed", w.pendo.base_url)).json(&body).send().await.unwrap();
+    assert!(seeded.status().is_success(), "{}", seeded.text().await.unwrap());
+
+    let recovered = w.run(false).await;
+    assert_eq!(recovered.written, 0, "recovery creates nothing: {recovered:?}");
+    let outcomes = w.ctx.store.run_outcomes(recovered.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
+    let decision = outcomes.iter().find(|o| o.key == account).expect("a decision for the recovered account");
+    assert!(decision.message.as_deref().unwrap_or("").starts_with("recovered"), "{decision:?}");
+    assert!(!w.episodes(&ids).await[&account].open, "the episode is closed");
+    let quiet = w.run(false).await;
+    assert_eq!(quiet.written, 0, "a healthy account is not alerted: {quiet:?}");
+    assert_eq!(w.records("Task").await.len(), tasks);
+}
+
 const EXPANSION: &str = r#"
 connections:
   salesforce:
@@ -323,7 +366,7 @@ async fn expansion_world(accounts: usize) -> World {
         store: engine::store::open(&sqlite).await.unwrap(),
         config: Arc::new(config),
     };
-    World { gc, sf, ctx, http, _pendo: pendo, _dir: dir }
+    World { gc, sf, ctx, http, pendo, _dir: dir }
 }
 
 async fn run_expansion(w: &World, dry_run: bool) -> RunReport {
@@ -471,7 +514,7 @@ async fn trial_usage_lands_on_trial_opportunities_and_stages_only_move_forward()
         store: engine::store::open(&sqlite).await.unwrap(),
         config: Arc::new(config),
     };
-    let w = World { gc, sf, ctx, http: reqwest::Client::new(), _pendo: pendo, _dir: dir };
+    let w = World { gc, sf, ctx, http: reqwest::Client::new(), pendo, _dir: dir };
     let run = |dry_run: bool| {
         let ctx = w.ctx.clone();
         async move {
