@@ -224,3 +224,83 @@ fn webhooks_are_verified_stored_once_and_bad_ones_change_nothing() {
     assert!(Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap().success());
     assert_eq!(daemon.wait().unwrap().code(), Some(0));
 }
+
+/// A run still going when the grace period ends is aborted and marked `cancelled` in the store
+/// (not left `running` forever), and the daemon exits 1 to say so.
+#[test]
+fn a_run_abandoned_after_the_grace_period_is_recorded_as_cancelled() {
+    let mut emu = bin()
+        .args(["emulate", "--seed-salesforce", "--days", "30", "--accounts", "40"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(emu.stdout.take().unwrap()).lines();
+    let sf = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
+    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    // Every Salesforce answer takes 3 s: a run cannot finish inside a zero grace period.
+    let faults = br#"{"latencyMs":3000,"latencyShare":1.0}"#;
+    let host = sf.trim_start_matches("http://");
+    let (status, body) = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(host).unwrap();
+        let head = format!(
+            "PUT /__emulator/faults HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            faults.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(faults).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status: u16 = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, response)
+    };
+    assert_eq!(status, 200, "{body}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("usagesync.yaml");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml"))
+        .unwrap()
+        .replace("http://127.0.0.1:8443", &sf)
+        .replace("http://127.0.0.1:8444", &pendo)
+        .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.path().join("state.db").display()))
+        .replace("schedule: \"0 6 * * *\"", "schedule: \"*/2 * * * * *\"");
+    std::fs::write(&cfg, text).unwrap();
+    let with_env = |c: &mut Command| {
+        c.env("SF_CLIENT_SECRET", "emulator-secret").env("PENDO_INTEGRATION_KEY", "emulator-integration-key");
+    };
+    let runs = || -> Vec<serde_json::Value> {
+        let mut c = bin();
+        c.arg("--config").arg(&cfg).args(["runs", "--json"]);
+        with_env(&mut c);
+        serde_json::from_slice(&c.output().unwrap().stdout).unwrap_or_default()
+    };
+
+    let mut c = bin();
+    c.arg("--config").arg(&cfg).args(["run", "--listen", "127.0.0.1:0", "--grace-seconds", "0"]);
+    with_env(&mut c);
+    let mut daemon = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let _ = BufReader::new(daemon.stdout.take().unwrap()).lines().next();
+
+    // Wait (up to 60 s) for the scheduled run to be recorded as started, then stop the daemon.
+    let started = Instant::now();
+    loop {
+        if runs().iter().any(|r| r["workflow"] == "engagement" && r["state"] == "running") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no run started: {:?}", runs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = daemon.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = daemon.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{logs}");
+
+    let after = runs();
+    assert!(after.iter().all(|r| r["state"] != "running"), "{after:?}");
+    let cancelled: Vec<_> = after.iter().filter(|r| r["state"] == "cancelled").collect();
+    assert!(!cancelled.is_empty(), "{after:?}");
+    assert!(cancelled[0]["error"].as_str().unwrap().contains("abandoned"), "{:?}", cancelled[0]);
+    let _ = emu.kill();
+}

@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use engine::scheduler::{self, Claim};
+use engine::store::{RunFinish, RunState};
 use engine::workflow::{Context, RunOptions};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -35,6 +36,9 @@ struct WorkflowStatus {
     schedule: String,
     timezone: String,
     running: bool,
+    /// When this worker started the run in flight: runs it abandons at shutdown are the ones
+    /// of this workflow still `running` in the store that began since.
+    running_since: Option<DateTime<Utc>>,
     next_run: Option<DateTime<Utc>>,
     last_run: Option<String>,
     last_state: Option<String>,
@@ -127,6 +131,7 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
             runs.len()
         );
         runs.abort_all();
+        cancel_abandoned(&ctx, &status).await;
         1
     } else {
         0
@@ -136,6 +141,38 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
     console.stop().await;
     eprintln!("Stopped.");
     Ok(code)
+}
+
+/// Marks the runs aborted after the grace period `cancelled` in the store, so history and the
+/// console do not show them running forever. What they had not recorded was never counted as
+/// written, so the next run sends it again.
+async fn cancel_abandoned(ctx: &Context, status: &Status) {
+    let in_flight: Vec<(String, DateTime<Utc>)> = status
+        .lock()
+        .iter()
+        .filter_map(|(name, s)| s.running_since.filter(|_| s.running).map(|since| (name.clone(), since)))
+        .collect();
+    for (name, since) in in_flight {
+        let runs = match ctx.store.list_runs(Some(&name), 20).await {
+            Ok(runs) => runs,
+            Err(e) => {
+                tracing::error!(workflow = %name, error = %e, "Failed to read runs to cancel");
+                continue;
+            }
+        };
+        for run in runs.into_iter().filter(|r| r.state == RunState::Running && r.started_at >= since) {
+            let finish = RunFinish {
+                state: RunState::Cancelled,
+                finished_at: Utc::now(),
+                stats: run.stats.clone(),
+                error: Some("abandoned at shutdown after the grace period; unrecorded writes go again next run".into()),
+            };
+            match ctx.store.finish_run(run.id, &finish).await {
+                Ok(()) => tracing::warn!(workflow = %name, run = %run.id, "Run cancelled at shutdown"),
+                Err(e) => tracing::error!(workflow = %name, run = %run.id, error = %e, "Failed to cancel a run"),
+            }
+        }
+    }
 }
 
 /// Starts a run of every workflow whose schedule this worker claims now.
@@ -159,6 +196,7 @@ async fn schedule_due(ctx: &Context, status: &Status, runs: &mut JoinSet<()>) {
             if let Some(s) = s.get_mut(name) {
                 s.next_run = next;
                 s.running = due.is_some();
+                s.running_since = due.map(|_| now);
             }
         }
         let Some(due) = due else { continue };
@@ -172,6 +210,7 @@ async fn schedule_due(ctx: &Context, status: &Status, runs: &mut JoinSet<()>) {
             let mut all = status.lock();
             let Some(s) = all.get_mut(&name) else { return };
             s.running = false;
+            s.running_since = None;
             s.last_finished = Some(Utc::now());
             match result {
                 Ok(report) => {
