@@ -303,4 +303,5 @@ fn a_run_abandoned_after_the_grace_period_is_recorded_as_cancelled() {
     assert!(!cancelled.is_empty(), "{after:?}");
     assert!(cancelled[0]["error"].as_str().unwrap().contains("abandoned"), "{:?}", cancelled[0]);
     let _ = emu.kill();
+    let _ = emu.wait();
 }
