@@ -15,11 +15,12 @@ use chrono::{DateTime, NaiveDate, Utc};
 use salesforce::{Condition, Order, SoqlQuery};
 use serde_json::{Map, Value, json};
 
-use super::new_users::{empty_report, finish_of, state_of};
+use super::new_users::empty_report;
+use super::state_of;
 use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, budget};
 use crate::change::{self, Change, Desired};
 use crate::config::{AttributeType, AttributesConfig, Workflow};
-use crate::store::{Action, FieldChange, FingerprintPut, MatchStatus, NewRun, RecordOutcome, RunId};
+use crate::store::{Action, FieldChange, FingerprintPut, MatchStatus, RecordOutcome, RunId};
 
 /// The cursor's name: the newest `SystemModstamp` handled, RFC 3339.
 pub const CURSOR: &str = "system_modstamp";
@@ -36,24 +37,7 @@ pub(crate) async fn run(
     config: &AttributesConfig,
     options: &RunOptions,
 ) -> Result<RunReport, RunError> {
-    let now = Utc::now();
-    let run_id = if options.dry_run {
-        None
-    } else {
-        let new = NewRun {
-            workflow: workflow.name.clone(),
-            template: workflow.template.kind().name().to_owned(),
-            dry_run: false,
-            started_at: now,
-            trigger: options.trigger.clone(),
-        };
-        Some(ctx.store.start_run(&new).await?)
-    };
-    let result = body(ctx, workflow, config, options, now, run_id).await;
-    if let Some(id) = run_id {
-        ctx.store.finish_run(id, &finish_of(&result)).await?;
-    }
-    result
+    super::recorded(ctx, workflow, options, |now, run_id| body(ctx, workflow, config, options, now, run_id)).await
 }
 
 /// A value at `path` (`Plan_Tier__c`, `Owner.Name`) of a query row; relationship paths walk the

@@ -26,7 +26,7 @@ use crate::config::{DropAlertConfig, MetadataGroup, Workflow};
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
 use crate::matching::Outcome;
 use crate::metrics;
-use crate::store::{Action, FieldChange, FingerprintPut, NewRun, RecordOutcome, RunFinish, RunId, RunState};
+use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome, RunId, RunState};
 
 /// One account's alert state, kept in the store between runs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -99,53 +99,7 @@ pub(crate) async fn run(
     config: &DropAlertConfig,
     options: &RunOptions,
 ) -> Result<RunReport, RunError> {
-    let now = Utc::now();
-    let run_id = if options.dry_run {
-        None
-    } else {
-        let new = NewRun {
-            workflow: workflow.name.clone(),
-            template: workflow.template.kind().name().to_owned(),
-            dry_run: false,
-            started_at: now,
-            trigger: options.trigger.clone(),
-        };
-        Some(ctx.store.start_run(&new).await?)
-    };
-    let result = body(ctx, workflow, config, options, now, run_id).await;
-    finish(ctx, run_id, &result).await?;
-    result
-}
-
-/// Closes the run record with the report or the error (shared by the record-creating templates).
-pub(crate) async fn finish(
-    ctx: &Context,
-    run_id: Option<RunId>,
-    result: &Result<RunReport, RunError>,
-) -> Result<(), RunError> {
-    let Some(id) = run_id else { return Ok(()) };
-    let finish = match result {
-        Ok(report) => RunFinish {
-            state: if report.failed > 0 {
-                RunState::Partial
-            } else if report.deferred > 0 {
-                RunState::Deferred
-            } else {
-                RunState::Succeeded
-            },
-            finished_at: Utc::now(),
-            stats: serde_json::to_value(report).unwrap_or(Value::Null),
-            error: None,
-        },
-        Err(e) => RunFinish {
-            state: if matches!(e, RunError::OverBudget { .. }) { RunState::Deferred } else { RunState::Failed },
-            finished_at: Utc::now(),
-            stats: Value::Null,
-            error: Some(e.to_string()),
-        },
-    };
-    ctx.store.finish_run(id, &finish).await?;
-    Ok(())
+    super::recorded(ctx, workflow, options, |now, run_id| body(ctx, workflow, config, options, now, run_id)).await
 }
 
 /// One record of an alert: object, key, fields, and what happened to it.

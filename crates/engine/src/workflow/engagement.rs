@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::state_of;
 use super::{
     AmbiguousSample, Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, accounts, budget,
 };
@@ -18,8 +19,8 @@ use crate::matching::{self, Accounts, FreeMail, Outcome, PendoSide, Rule};
 use crate::metrics;
 use crate::plan::{self, Allowance, CostModel};
 use crate::store::{
-    Action, FailureFilter, FailureStatus, FieldChange, FingerprintPut, IdMapEntry, MatchStatus, NewFailure, NewRun,
-    RecordOutcome, RunFinish, RunId, RunState,
+    Action, FailureFilter, FailureStatus, FieldChange, FingerprintPut, IdMapEntry, MatchStatus, NewFailure,
+    RecordOutcome, RunId,
 };
 
 const OBJECT: &str = "Account";
@@ -65,48 +66,7 @@ pub(crate) async fn run(
     config: &EngagementConfig,
     options: &RunOptions,
 ) -> Result<RunReport, RunError> {
-    let now = Utc::now();
-    let run_id = if options.dry_run {
-        None
-    } else {
-        let new = NewRun {
-            workflow: workflow.name.clone(),
-            template: workflow.template.kind().name().to_owned(),
-            dry_run: false,
-            started_at: now,
-            trigger: options.trigger.clone(),
-        };
-        Some(ctx.store.start_run(&new).await?)
-    };
-    let result = body(ctx, workflow, config, options, now, run_id).await;
-    if let Some(id) = run_id {
-        let finish = match &result {
-            Ok(report) => RunFinish {
-                state: state_of(report),
-                finished_at: Utc::now(),
-                stats: serde_json::to_value(report).unwrap_or(Value::Null),
-                error: None,
-            },
-            Err(e) => RunFinish {
-                state: if matches!(e, RunError::OverBudget { .. }) { RunState::Deferred } else { RunState::Failed },
-                finished_at: Utc::now(),
-                stats: Value::Null,
-                error: Some(e.to_string()),
-            },
-        };
-        ctx.store.finish_run(id, &finish).await?;
-    }
-    result
-}
-
-fn state_of(report: &RunReport) -> RunState {
-    if report.failed > 0 {
-        RunState::Partial
-    } else if report.deferred > 0 {
-        RunState::Deferred
-    } else {
-        RunState::Succeeded
-    }
+    super::recorded(ctx, workflow, options, |now, run_id| body(ctx, workflow, config, options, now, run_id)).await
 }
 
 async fn body(

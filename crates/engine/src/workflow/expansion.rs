@@ -15,13 +15,12 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value, json};
 
 use super::create::{self, Created, NewRecord};
-use super::drop_alert::finish;
 use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, budget, engagement};
 use crate::config::{ExpansionConfig, MatchRule, Milestone, MilestoneKind, Workflow};
 use crate::extract::expansion::longest_run;
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
 use crate::matching::Outcome;
-use crate::store::{Action, FieldChange, FingerprintPut, NewRun, RecordOutcome, RunId, RunState};
+use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome, RunId, RunState};
 
 pub(crate) async fn run(
     ctx: &Context,
@@ -29,22 +28,7 @@ pub(crate) async fn run(
     config: &ExpansionConfig,
     options: &RunOptions,
 ) -> Result<RunReport, RunError> {
-    let now = Utc::now();
-    let run_id = if options.dry_run {
-        None
-    } else {
-        let new = NewRun {
-            workflow: workflow.name.clone(),
-            template: workflow.template.kind().name().to_owned(),
-            dry_run: false,
-            started_at: now,
-            trigger: options.trigger.clone(),
-        };
-        Some(ctx.store.start_run(&new).await?)
-    };
-    let result = body(ctx, workflow, config, options, now, run_id).await;
-    finish(ctx, run_id, &result).await?;
-    result
+    super::recorded(ctx, workflow, options, |now, run_id| body(ctx, workflow, config, options, now, run_id)).await
 }
 
 /// The fingerprint scope holding the per-(account, milestone) creation counts.

@@ -179,6 +179,69 @@ pub async fn run(ctx: &Context, name: &str, options: &RunOptions) -> Result<RunR
     }
 }
 
+/// A run's record in the store around its body: started unless it is a dry run, then closed
+/// with the report's state and figures, or with the error (a spent budget is `deferred`,
+/// anything else `failed`). Every template runs through here, so history reads the same for all.
+pub(crate) async fn recorded<F, Fut>(
+    ctx: &Context,
+    workflow: &crate::config::Workflow,
+    options: &RunOptions,
+    body: F,
+) -> Result<RunReport, RunError>
+where
+    F: FnOnce(chrono::DateTime<chrono::Utc>, Option<RunId>) -> Fut,
+    Fut: std::future::Future<Output = Result<RunReport, RunError>>,
+{
+    let now = chrono::Utc::now();
+    let run_id = if options.dry_run {
+        None
+    } else {
+        let new = crate::store::NewRun {
+            workflow: workflow.name.clone(),
+            template: workflow.template.kind().name().to_owned(),
+            dry_run: false,
+            started_at: now,
+            trigger: options.trigger.clone(),
+        };
+        Some(ctx.store.start_run(&new).await?)
+    };
+    let result = body(now, run_id).await;
+    if let Some(id) = run_id {
+        ctx.store.finish_run(id, &finish_of(&result)).await?;
+    }
+    result
+}
+
+pub(crate) fn finish_of(result: &Result<RunReport, RunError>) -> crate::store::RunFinish {
+    use crate::store::{RunFinish, RunState};
+    match result {
+        Ok(report) => RunFinish {
+            state: state_of(report),
+            finished_at: chrono::Utc::now(),
+            stats: serde_json::to_value(report).unwrap_or(serde_json::Value::Null),
+            error: None,
+        },
+        Err(e) => RunFinish {
+            state: if matches!(e, RunError::OverBudget { .. }) { RunState::Deferred } else { RunState::Failed },
+            finished_at: chrono::Utc::now(),
+            stats: serde_json::Value::Null,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+/// Partial when Salesforce refused records, deferred when the budget held some back.
+pub(crate) fn state_of(report: &RunReport) -> crate::store::RunState {
+    use crate::store::RunState;
+    if report.failed > 0 {
+        RunState::Partial
+    } else if report.deferred > 0 {
+        RunState::Deferred
+    } else {
+        RunState::Succeeded
+    }
+}
+
 /// Times steps and prices them in Salesforce calls.
 pub(crate) struct Meter<'a> {
     client: &'a salesforce::Client,

@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use salesforce::{Condition, SoqlQuery};
 use serde_json::{Map, Value, json};
 
+use super::state_of;
 use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, budget, engagement};
 use crate::change::fingerprint;
 use crate::config::{EngagementConfig, MatchRule, NewUsersConfig, UnmatchedAccount, Workflow};
@@ -26,9 +27,7 @@ use crate::deliver::{self, RecordRetry};
 use crate::extract::{AccountFacts, Extractor, NewVisitor};
 use crate::matching::Outcome;
 use crate::plan::{COLLECTION_SIZE, Plan, WritePath};
-use crate::store::{
-    Action, CreateState, FieldChange, FingerprintPut, NewRun, RecordOutcome, RunFinish, RunId, RunState,
-};
+use crate::store::{Action, CreateState, FieldChange, FingerprintPut, RecordOutcome, RunId};
 
 /// The cursor's name in the CursorStore: epoch milliseconds of the newest first visit handled.
 pub const CURSOR: &str = "first_visit";
@@ -93,51 +92,7 @@ pub(crate) async fn run(
     config: &NewUsersConfig,
     options: &RunOptions,
 ) -> Result<RunReport, RunError> {
-    let now = Utc::now();
-    let run_id = if options.dry_run {
-        None
-    } else {
-        let new = NewRun {
-            workflow: workflow.name.clone(),
-            template: workflow.template.kind().name().to_owned(),
-            dry_run: false,
-            started_at: now,
-            trigger: options.trigger.clone(),
-        };
-        Some(ctx.store.start_run(&new).await?)
-    };
-    let result = body(ctx, workflow, config, options, now, run_id).await;
-    if let Some(id) = run_id {
-        ctx.store.finish_run(id, &finish_of(&result)).await?;
-    }
-    result
-}
-
-pub(super) fn finish_of(result: &Result<RunReport, RunError>) -> RunFinish {
-    match result {
-        Ok(report) => RunFinish {
-            state: state_of(report),
-            finished_at: Utc::now(),
-            stats: serde_json::to_value(report).unwrap_or(Value::Null),
-            error: None,
-        },
-        Err(e) => RunFinish {
-            state: if matches!(e, RunError::OverBudget { .. }) { RunState::Deferred } else { RunState::Failed },
-            finished_at: Utc::now(),
-            stats: Value::Null,
-            error: Some(e.to_string()),
-        },
-    }
-}
-
-pub(super) fn state_of(report: &RunReport) -> RunState {
-    if report.failed > 0 {
-        RunState::Partial
-    } else if report.deferred > 0 {
-        RunState::Deferred
-    } else {
-        RunState::Succeeded
-    }
+    super::recorded(ctx, workflow, options, |now, run_id| body(ctx, workflow, config, options, now, run_id)).await
 }
 
 pub(super) fn empty_report(

@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::drop_alert::finish;
 use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, budget, engagement};
 use crate::change::{self, Change, Desired};
 use crate::config::{MatchRule, TrialConfig, TrialMetric, Workflow};
@@ -21,7 +20,7 @@ use crate::deliver::{self, RecordRetry};
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
 use crate::matching::Outcome;
 use crate::plan::WritePath;
-use crate::store::{Action, FieldChange, FingerprintPut, NewRun, RecordOutcome, RunId, RunState};
+use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome, RunId, RunState};
 
 const OBJECT: &str = "Opportunity";
 const STAGE: &str = "StageName";
@@ -37,22 +36,7 @@ pub(crate) async fn run(
     config: &TrialConfig,
     options: &RunOptions,
 ) -> Result<RunReport, RunError> {
-    let now = Utc::now();
-    let run_id = if options.dry_run {
-        None
-    } else {
-        let new = NewRun {
-            workflow: workflow.name.clone(),
-            template: workflow.template.kind().name().to_owned(),
-            dry_run: false,
-            started_at: now,
-            trigger: options.trigger.clone(),
-        };
-        Some(ctx.store.start_run(&new).await?)
-    };
-    let result = body(ctx, workflow, config, options, now, run_id).await;
-    finish(ctx, run_id, &result).await?;
-    result
+    super::recorded(ctx, workflow, options, |now, run_id| body(ctx, workflow, config, options, now, run_id)).await
 }
 
 /// What StageName should become, if anything, and why not otherwise.
