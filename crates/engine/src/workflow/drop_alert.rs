@@ -26,7 +26,7 @@ use crate::config::{DropAlertConfig, MetadataGroup, Workflow};
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
 use crate::matching::Outcome;
 use crate::metrics;
-use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome, RunId, RunState};
+use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome, RunId};
 
 /// One account's alert state, kept in the store between runs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -385,22 +385,7 @@ async fn body(
     }
     ctx.store.record_outcomes(run_id, &outcomes_out, &puts).await?;
     meter.step("create", Some("create"));
-    let spent: u64 = meter.calls.values().sum();
-    if spent > 0 {
-        ctx.store.settle_budget(now.date_naive(), &workflow.name, 0, spent, now).await?;
-    }
-    report.budget.this_run = spent;
-    report.api_calls = meter.calls;
-    report.timings = meter.timings;
-    report.state = if report.failed > 0 {
-        RunState::Partial
-    } else if report.deferred > 0 {
-        RunState::Deferred
-    } else {
-        RunState::Succeeded
-    }
-    .as_str()
-    .into();
+    super::settle(ctx, &workflow.name, now, meter, &mut report).await?;
     Ok(report)
 }
 

@@ -20,7 +20,7 @@ use crate::config::{ExpansionConfig, MatchRule, Milestone, MilestoneKind, Workfl
 use crate::extract::expansion::longest_run;
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
 use crate::matching::Outcome;
-use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome, RunId, RunState};
+use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome, RunId};
 
 pub(crate) async fn run(
     ctx: &Context,
@@ -396,22 +396,7 @@ async fn body(
     }
     ctx.store.record_outcomes(run_id, &outs, &puts).await?;
     meter.step("create", Some("create"));
-    let spent: u64 = meter.calls.values().sum();
-    if spent > 0 {
-        ctx.store.settle_budget(now.date_naive(), &workflow.name, 0, spent, now).await?;
-    }
-    report.budget.this_run = spent;
-    report.api_calls = meter.calls;
-    report.timings = meter.timings;
-    report.state = if report.failed > 0 {
-        RunState::Partial
-    } else if report.deferred > 0 {
-        RunState::Deferred
-    } else {
-        RunState::Succeeded
-    }
-    .as_str()
-    .into();
+    super::settle(ctx, &workflow.name, now, meter, &mut report).await?;
     Ok(report)
 }
 

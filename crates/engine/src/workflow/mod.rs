@@ -230,6 +230,26 @@ pub(crate) fn finish_of(result: &Result<RunReport, RunError>) -> crate::store::R
     }
 }
 
+/// Closes a run's figures: its Salesforce calls settled against today's budget, the calls by
+/// kind and step timings onto the report, and the state its counts give.
+pub(crate) async fn settle(
+    ctx: &Context,
+    workflow: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    meter: Meter<'_>,
+    report: &mut RunReport,
+) -> Result<(), RunError> {
+    let spent: u64 = meter.calls.values().sum();
+    if spent > 0 {
+        ctx.store.settle_budget(now.date_naive(), workflow, 0, spent, now).await?;
+    }
+    report.budget.this_run = spent;
+    report.api_calls = meter.calls;
+    report.timings = meter.timings;
+    report.state = state_of(report).as_str().into();
+    Ok(())
+}
+
 /// Partial when Salesforce refused records, deferred when the budget held some back.
 pub(crate) fn state_of(report: &RunReport) -> crate::store::RunState {
     use crate::store::RunState;

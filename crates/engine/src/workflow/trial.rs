@@ -20,7 +20,7 @@ use crate::deliver::{self, RecordRetry};
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
 use crate::matching::Outcome;
 use crate::plan::WritePath;
-use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome, RunId, RunState};
+use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome, RunId};
 
 const OBJECT: &str = "Opportunity";
 const STAGE: &str = "StageName";
@@ -321,10 +321,6 @@ async fn body(
         });
     }
     ctx.store.record_outcomes(run_id, &outs, &prints).await?;
-    let spent: u64 = meter.calls.values().sum();
-    if spent > 0 {
-        ctx.store.settle_budget(now.date_naive(), &workflow.name, 0, spent, now).await?;
-    }
     report.written = delivery.written.len();
     report.failed = delivery.failed.len();
     report.deferred = deferred.len();
@@ -338,18 +334,7 @@ async fn body(
             message: f.message.clone(),
         })
         .collect();
-    report.budget.this_run = spent;
-    report.api_calls = meter.calls;
-    report.timings = meter.timings;
-    report.state = if report.failed > 0 {
-        RunState::Partial
-    } else if report.deferred > 0 {
-        RunState::Deferred
-    } else {
-        RunState::Succeeded
-    }
-    .as_str()
-    .into();
+    super::settle(ctx, &workflow.name, now, meter, &mut report).await?;
     Ok(report)
 }
 
