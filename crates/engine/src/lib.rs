@@ -12,6 +12,7 @@
 //! - [`deliver`]: sending the changes, record-level retries, failures and deferrals.
 //! - [`scheduler`]: when each workflow runs next, claimed through the store (one worker per slot).
 //! - [`store`]: the state store (SQLite or PostgreSQL): runs, matches, fingerprints, failures, budget.
+//! - [`testhook`]: named points where tests make the process die (the chaos tests).
 //! - [`workflow`]: runs, step by step, and replay.
 
 pub mod change;
@@ -24,4 +25,5 @@ pub mod metrics;
 pub mod plan;
 pub mod scheduler;
 pub mod store;
+pub mod testhook;
 pub mod workflow;

@@ -1,35 +1,34 @@
-//! Creating Salesforce records exactly once: the machinery every record-creating workflow
-//! (drop alerts, expansion opportunities) goes through.
+//! The create stage: every record a batch template makes in Salesforce (drop alerts, expansion
+//! Opportunities and their Tasks) goes through here, so its guarantees are written once.
 //!
-//! Every record carries a deterministic key (workflow, account, episode or milestone) in a
-//! configured external-ID field such as `Usagesync_Key__c`. A create is:
-//!
-//! 1. `begin_create(key)` in the state store: a key already committed is done, no call;
-//! 2. an upsert by that external ID (`PATCH /sobjects/{object}/{field}/{key}`), which Salesforce
-//!    itself makes idempotent: a repeated request finds the record the first one made;
-//! 3. `commit_create(key, id)`.
-//!
-//! A crash between 2 and 3 leaves the key Pending. The next run does not trust the pending
-//! create to have failed or succeeded: it looks the key up (`GET …/{field}/{key}`) and commits
-//! the record it finds, or creates it when there is none. The look-up, not a blind upsert, is
-//! used there so that a record a person has since edited (a Task marked done) is not overwritten.
-//!
-//! For tests, `USAGESYNC_TEST_CRASH_AFTER_CREATE=N` aborts the process right after the Nth
-//! create call of the process returned, before the local commit: the window this module exists
-//! to close.
+//! - **Exactly once.** Every record carries a deterministic key (see [`key`]) in an external-ID
+//!   field such as `Usagesync_Key__c`. The key is claimed in the store (`begin_create`), the
+//!   record upserted on that field (Salesforce itself makes a repeated upsert find the record
+//!   the first one made), then the key is committed with the record's Id.
+//! - **Never clobbering.** A key the store has not committed (a new key, a create interrupted
+//!   between the call and the commit, or a store that was lost or moved to another backend) is
+//!   first looked up in Salesforce, one SOQL query per 200 keys. A record found is adopted as it
+//!   is: a Task a person has since marked Completed stays Completed.
+//! - **Groups.** Records that belong together (an Opportunity and its Task) are a [`Group`]: a
+//!   later record may take an earlier one's Id (`WhatId`). A group is complete, or it is
+//!   reported failed or deferred and the template keeps its episode or count unchanged, so the
+//!   next run derives the same keys, adopts what exists and makes only what is missing.
+//! - **One budget.** The calls a batch needs are reserved in the shared ledger before anything
+//!   is sent; what does not fit is deferred, and a spent allocation met mid-run defers the rest
+//!   (exit 4) instead of reporting refused records.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
+use salesforce::RetryClass;
 use serde_json::{Map, Value};
 
-use super::RunError;
-use crate::store::{CreateState, Store};
+use super::{BudgetReport, Context, FailureSample, Meter, RunError, RunReport};
+use crate::store::{Action, CreateState, FieldChange, RecordOutcome};
+use crate::testhook;
 
-/// Environment variable naming the create call after which the process aborts (tests only).
-pub const CRASH_AFTER_CREATE_ENV: &str = "USAGESYNC_TEST_CRASH_AFTER_CREATE";
-
-static CREATES_SENT: AtomicU64 = AtomicU64::new(0);
+/// Records per SOQL key look-up and per Collections upsert call (the documented maximum).
+const BATCH: usize = 200;
 
 /// One record to create.
 #[derive(Debug, Clone)]
@@ -39,6 +38,27 @@ pub struct NewRecord {
     pub key: String,
     pub key_field: String,
     pub fields: Map<String, Value>,
+    /// A field that takes the Id of an earlier record of the same group.
+    pub link: Option<Link>,
+}
+
+/// `field` is set to the Id of record `to` of the group before the record is sent.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub field: String,
+    pub to: usize,
+}
+
+/// Records that belong together, made in order, and what history says about them.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// The Pendo account the group is about (the key of its history rows).
+    pub subject: String,
+    /// The Salesforce Account, for failure samples.
+    pub account_id: String,
+    /// Why the group is made, shown in history.
+    pub note: String,
+    pub records: Vec<NewRecord>,
 }
 
 /// What happened to one create.
@@ -46,13 +66,17 @@ pub struct NewRecord {
 pub enum Created {
     /// Made by this call.
     New { id: String },
-    /// Already there: committed earlier, or found by its key after an interrupted create.
+    /// Already there: committed earlier, or found by its key and adopted unchanged.
     Existing { id: String },
     /// Salesforce refused it; nothing was created.
     Refused { code: String, message: String },
-    /// The outcome is unknown (the request may have reached Salesforce); the key stays pending
-    /// and the next run settles it by looking the key up.
+    /// The outcome is unknown (the request may have reached Salesforce); the next run looks the
+    /// key up before creating.
     Unknown { message: String },
+    /// Not sent: the API budget is spent; the next run sends it.
+    Deferred { message: String },
+    /// Not sent because an earlier record of its group is not there.
+    Waiting,
 }
 
 impl Created {
@@ -64,88 +88,155 @@ impl Created {
     }
 }
 
-/// Creates `record` unless its key was created before (see the module docs).
-///
-/// # Errors
-/// Only store failures; Salesforce refusals come back as [`Created::Refused`].
-pub async fn create_once(
-    client: &salesforce::Client,
-    store: &dyn Store,
-    workflow: &str,
-    record: &NewRecord,
-    now: DateTime<Utc>,
-) -> Result<Created, RunError> {
-    match store.begin_create(&record.key, workflow, now).await? {
-        CreateState::Committed { salesforce_id } => return Ok(Created::Existing { id: salesforce_id }),
-        CreateState::Pending { .. } => match find(client, record).await {
-            Ok(Some(id)) => {
-                store.commit_create(&record.key, &id, now).await?;
-                return Ok(Created::Existing { id });
-            }
-            Ok(None) => {}
-            Err(e) => return Ok(Created::Unknown { message: format!("looking up a pending create: {e}") }),
-        },
-        CreateState::New => {}
+/// The records of a group, in its order.
+#[derive(Debug, Clone)]
+pub struct GroupResult {
+    pub made: Vec<Created>,
+}
+
+impl GroupResult {
+    /// Every record exists.
+    pub fn complete(&self) -> bool {
+        self.made.iter().all(|c| c.id().is_some())
     }
-    let mut body = record.fields.clone();
-    body.remove(&record.key_field);
-    let result = client.upsert(&record.object, &record.key_field, &record.key, &body).await;
-    crash_point();
-    match result {
-        Ok(outcome) => match outcome.id {
-            Some(id) => {
-                let id = id.to_string();
-                store.commit_create(&record.key, &id, now).await?;
-                Ok(if outcome.created { Created::New { id } } else { Created::Existing { id } })
-            }
-            // An update answered without a body (API v45 and older): the record exists, and
-            // the next run's look-up finds its id.
-            None => Ok(Created::Unknown { message: "the upsert answered without an id".into() }),
-        },
-        Err(e) if e.may_have_committed() => Ok(Created::Unknown { message: e.to_string() }),
-        Err(e) => {
-            store.abandon_create(&record.key).await?;
-            let (code, message) = match e.as_api() {
-                Some(api) => (api.error_code.as_str().to_owned(), api.message.clone()),
-                None => ("REQUEST_FAILED".to_owned(), e.to_string()),
-            };
-            Ok(Created::Refused { code, message })
-        }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.made.iter().filter_map(|c| c.id().map(str::to_owned)).collect()
     }
 }
 
-/// Records per Collections upsert call (the documented maximum).
-const BATCH: usize = 200;
+/// Salesforce calls that making the first `n` groups can take at most: per record position and
+/// object, one key look-up and one upsert per 200 records.
+pub fn calls_for(groups: &[Group], n: usize) -> u64 {
+    let mut per: BTreeMap<(usize, &str), u64> = BTreeMap::new();
+    for g in &groups[..n.min(groups.len())] {
+        for (p, r) in g.records.iter().enumerate() {
+            *per.entry((p, r.object.as_str())).or_default() += 1;
+        }
+    }
+    per.values().map(|n| 2 * n.div_ceil(BATCH as u64)).sum()
+}
 
-/// Creates many records of one object and key field the same way as [`create_once`], 200 per
-/// Collections upsert call on the key field (itself idempotent on Salesforce's side). Pending
-/// keys from an interrupted run are first looked up with one SOQL query per 200 keys. Results
-/// come back in input order.
+/// How many of `groups`, in order, fit in `allowance` calls.
+pub fn fitting(groups: &[Group], allowance: u64) -> usize {
+    // calls_for grows with n, so the largest n that fits is found by bisection.
+    let (mut lo, mut hi) = (0, groups.len());
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if calls_for(groups, mid) <= allowance { lo = mid } else { hi = mid - 1 }
+    }
+    lo
+}
+
+/// Makes `groups` within `allowance` calls: what fits is reserved in the shared ledger, sent
+/// and settled there; the rest is deferred. Results come back in input order.
 ///
 /// # Errors
-/// Only store failures; Salesforce refusals come back per record.
-pub async fn create_many(
-    client: &salesforce::Client,
-    store: &dyn Store,
+/// Only store failures; Salesforce refusals and deferrals come back per record.
+pub(crate) async fn deliver(
+    ctx: &Context,
+    workflow: &str,
+    groups: &[Group],
+    allowance: u64,
+    budget: &BudgetReport,
+    meter: &mut Meter<'_>,
+    now: DateTime<Utc>,
+) -> Result<Vec<GroupResult>, RunError> {
+    let mut results: Vec<GroupResult> =
+        groups.iter().map(|g| GroupResult { made: vec![Created::Waiting; g.records.len()] }).collect();
+    let send = fitting(groups, allowance);
+    let reserve = calls_for(groups, send);
+    let day = now.date_naive();
+    let reserved = reserve > 0 && ctx.store.reserve_budget(day, workflow, reserve, budget.cap, now).await?;
+    let send = if reserved { send } else { 0 };
+    for r in &mut results[send..] {
+        r.made.fill(Created::Deferred { message: "over the API budget: made in a later run".into() });
+    }
+    testhook::crash_point("plan");
+    if send == 0 {
+        return Ok(results);
+    }
+    let before = ctx.salesforce.requests_sent();
+    let outcome = send_groups(ctx, workflow, &groups[..send], &mut results[..send], now).await;
+    let spent = ctx.salesforce.requests_sent().saturating_sub(before);
+    ctx.store.settle_budget(day, workflow, reserve, spent, now).await?;
+    meter.step("create", Some("create"));
+    meter.settled += spent;
+    outcome?;
+    Ok(results)
+}
+
+async fn send_groups(
+    ctx: &Context,
+    workflow: &str,
+    groups: &[Group],
+    results: &mut [GroupResult],
+    now: DateTime<Utc>,
+) -> Result<(), RunError> {
+    let longest = groups.iter().map(|g| g.records.len()).max().unwrap_or(0);
+    let mut stopped: Option<String> = None;
+    for position in 0..longest {
+        if position > 0 {
+            testhook::crash_point("group");
+        }
+        let mut which = Vec::new();
+        let mut records = Vec::new();
+        for (g, group) in groups.iter().enumerate() {
+            let Some(record) = group.records.get(position) else { continue };
+            if results[g].made[..position].iter().any(|c| c.id().is_none()) {
+                continue;
+            }
+            if let Some(message) = &stopped {
+                results[g].made[position] = Created::Deferred { message: message.clone() };
+                continue;
+            }
+            let mut record = record.clone();
+            if let Some(link) = &record.link
+                && let Some(id) = results[g].made.get(link.to).and_then(Created::id)
+            {
+                record.fields.insert(link.field.clone(), Value::String(id.to_owned()));
+            }
+            which.push(g);
+            records.push(record);
+        }
+        let made = create_many(ctx, workflow, &records, now, &mut stopped).await?;
+        for (g, c) in which.into_iter().zip(made) {
+            results[g].made[position] = c;
+        }
+    }
+    Ok(())
+}
+
+/// Makes `records` (see the module docs), in input order. A spent allocation sets `stopped` and
+/// defers everything not yet sent.
+async fn create_many(
+    ctx: &Context,
     workflow: &str,
     records: &[NewRecord],
     now: DateTime<Utc>,
+    stopped: &mut Option<String>,
 ) -> Result<Vec<Created>, RunError> {
+    let store = ctx.store.as_ref();
     let mut out: Vec<Option<Created>> = vec![None; records.len()];
-    let mut pending = Vec::new();
-    let mut send = Vec::new();
+    let mut unknown_keys = Vec::new();
     for (i, r) in records.iter().enumerate() {
         match store.begin_create(&r.key, workflow, now).await? {
             CreateState::Committed { salesforce_id } => out[i] = Some(Created::Existing { id: salesforce_id }),
-            CreateState::Pending { .. } => pending.push(i),
-            CreateState::New => send.push(i),
+            CreateState::Pending { .. } | CreateState::New => unknown_keys.push(i),
         }
     }
-    for chunk in pending.chunks(BATCH) {
-        match find_many(client, records, chunk).await {
+    let mut send = Vec::new();
+    for (object, chunk) in by_object(records, &unknown_keys) {
+        if let Some(message) = stopped.as_ref() {
+            for i in chunk {
+                out[i] = Some(Created::Deferred { message: message.clone() });
+            }
+            continue;
+        }
+        match find_many(&ctx.salesforce, object, records, &chunk).await {
             Ok(found) => {
-                for &i in chunk {
-                    match found.get(&records[i].key) {
+                for i in chunk {
+                    match found.get(&records[i].key.to_lowercase()) {
                         Some(id) => {
                             store.commit_create(&records[i].key, id, now).await?;
                             out[i] = Some(Created::Existing { id: id.clone() });
@@ -155,157 +246,308 @@ pub async fn create_many(
                 }
             }
             Err(e) => {
-                for &i in chunk {
-                    out[i] = Some(Created::Unknown { message: format!("looking up a pending create: {e}") });
+                let failed = request_failed(&e, "looking the keys up before creating", stopped);
+                for i in chunk {
+                    out[i] = Some(failed.clone());
                 }
             }
         }
     }
     send.sort_unstable();
-    // One object and key field per call.
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    for i in send {
-        let same = |g: &Vec<usize>| {
-            g.first().is_some_and(|&j| {
-                records[j].object == records[i].object && records[j].key_field == records[i].key_field
-            })
-        };
-        match groups.iter_mut().find(|g| same(g)) {
-            Some(g) => g.push(i),
-            None => groups.push(vec![i]),
+    for (object, chunk) in by_object(records, &send) {
+        if let Some(message) = stopped.as_ref() {
+            for &i in &chunk {
+                store.abandon_create(&records[i].key).await?;
+                out[i] = Some(Created::Deferred { message: message.clone() });
+            }
+            continue;
         }
-    }
-    for group in groups {
-        for chunk in group.chunks(BATCH) {
-            let first = &records[chunk[0]];
-            let bodies: Vec<Map<String, Value>> = chunk
-                .iter()
-                .map(|&i| {
-                    let mut body = records[i].fields.clone();
-                    body.insert(records[i].key_field.clone(), Value::String(records[i].key.clone()));
-                    body
-                })
-                .collect();
-            let result = client.upsert_many(&first.object, &first.key_field, &bodies, false).await;
-            crash_point();
-            match result {
-                Ok(results) => {
-                    for (&i, r) in chunk.iter().zip(results) {
-                        let key = &records[i].key;
-                        out[i] = Some(match (r.success, r.id) {
-                            (true, Some(id)) => {
-                                let id = id.to_string();
-                                store.commit_create(key, &id, now).await?;
-                                if r.created == Some(false) { Created::Existing { id } } else { Created::New { id } }
-                            }
-                            (true, None) => Created::Unknown { message: "saved without an id".into() },
-                            (false, _) => {
-                                store.abandon_create(key).await?;
-                                let (code, message) = r
-                                    .errors
-                                    .first()
-                                    .map(|e| (e.status_code.as_str().to_owned(), e.message.clone()))
-                                    .unwrap_or_else(|| ("UNKNOWN".into(), "refused without an error".into()));
-                                Created::Refused { code, message }
-                            }
-                        });
-                    }
+        let key_field = &records[chunk[0]].key_field;
+        let bodies: Vec<Map<String, Value>> = chunk
+            .iter()
+            .map(|&i| {
+                let mut body = records[i].fields.clone();
+                body.insert(records[i].key_field.clone(), Value::String(records[i].key.clone()));
+                body
+            })
+            .collect();
+        let result = ctx.salesforce.upsert_many(object, key_field, &bodies, false).await;
+        testhook::crash_point("create");
+        match result {
+            Ok(results) => {
+                for (&i, r) in chunk.iter().zip(results) {
+                    let key = &records[i].key;
+                    out[i] = Some(match (r.success, r.id) {
+                        (true, Some(id)) => {
+                            let id = id.to_string();
+                            store.commit_create(key, &id, now).await?;
+                            if r.created == Some(false) { Created::Existing { id } } else { Created::New { id } }
+                        }
+                        (true, None) => Created::Unknown { message: "saved without an id".into() },
+                        (false, _) => {
+                            store.abandon_create(key).await?;
+                            let (code, message) = r
+                                .errors
+                                .first()
+                                .map(|e| (e.status_code.as_str().to_owned(), e.message.clone()))
+                                .unwrap_or_else(|| ("UNKNOWN".into(), "refused without an error".into()));
+                            Created::Refused { code, message }
+                        }
+                    });
                 }
-                Err(e) if e.may_have_committed() => {
-                    for &i in chunk {
-                        out[i] = Some(Created::Unknown { message: e.to_string() });
-                    }
-                }
-                Err(e) => {
-                    let (code, message) = match e.as_api() {
-                        Some(api) => (api.error_code.as_str().to_owned(), api.message.clone()),
-                        None => ("REQUEST_FAILED".to_owned(), e.to_string()),
-                    };
-                    for &i in chunk {
+            }
+            Err(e) => {
+                let failed = request_failed(&e, "creating", stopped);
+                for &i in &chunk {
+                    if !matches!(failed, Created::Unknown { .. }) {
                         store.abandon_create(&records[i].key).await?;
-                        out[i] = Some(Created::Refused { code: code.clone(), message: message.clone() });
                     }
+                    out[i] = Some(failed.clone());
                 }
             }
         }
     }
-    Ok(out.into_iter().map(|c| c.unwrap_or_else(|| Created::Unknown { message: "not attempted".into() })).collect())
+    Ok(out.into_iter().map(|c| c.unwrap_or(Created::Waiting)).collect())
 }
 
-/// Key → id of the records among `which` that exist, by one query per object.
+/// What a request-level failure means for the records it carried; a spent allocation also
+/// stops everything after it.
+fn request_failed(e: &salesforce::Error, doing: &str, stopped: &mut Option<String>) -> Created {
+    if e.retry_class() == RetryClass::NotNow {
+        let message = format!("the API allocation is spent ({e}): made in a later run");
+        *stopped = Some(message.clone());
+        return Created::Deferred { message };
+    }
+    if e.may_have_committed() {
+        return Created::Unknown { message: format!("{doing}: {e}") };
+    }
+    let (code, message) = match e.as_api() {
+        Some(api) => (api.error_code.as_str().to_owned(), api.message.clone()),
+        None => ("REQUEST_FAILED".to_owned(), format!("{doing}: {e}")),
+    };
+    Created::Refused { code, message }
+}
+
+/// `which` split into chunks of at most [`BATCH`] of one object and key field, in order.
+fn by_object<'a>(records: &'a [NewRecord], which: &[usize]) -> Vec<(&'a str, Vec<usize>)> {
+    let mut groups: Vec<(&str, &str, Vec<usize>)> = Vec::new();
+    for &i in which {
+        let r = &records[i];
+        match groups.iter_mut().find(|(o, f, _)| *o == r.object && *f == r.key_field) {
+            Some((_, _, list)) => list.push(i),
+            None => groups.push((&r.object, &r.key_field, vec![i])),
+        }
+    }
+    groups
+        .into_iter()
+        .flat_map(|(object, _, list)| list.chunks(BATCH).map(|c| (object, c.to_vec())).collect::<Vec<_>>())
+        .collect()
+}
+
+/// Lower-cased key → Id of the records among `which` (one object and key field) that exist.
+/// Keys compare case-insensitively, as Salesforce compares external IDs.
 async fn find_many(
     client: &salesforce::Client,
+    object: &str,
     records: &[NewRecord],
     which: &[usize],
-) -> Result<std::collections::HashMap<String, String>, salesforce::Error> {
-    let mut found = std::collections::HashMap::new();
-    let mut by_object: std::collections::BTreeMap<(&str, &str), Vec<&str>> = std::collections::BTreeMap::new();
-    for &i in which {
-        by_object.entry((&records[i].object, &records[i].key_field)).or_default().push(&records[i].key);
-    }
-    for ((object, field), keys) in by_object {
-        salesforce::soql::object(object)?;
-        salesforce::soql::field(field)?;
-        let list = keys.iter().map(|k| salesforce::soql::quote(k)).collect::<Vec<_>>().join(", ");
-        let rows: Vec<Value> =
-            client.query_collect(format!("SELECT Id, {field} FROM {object} WHERE {field} IN ({list})")).await?;
-        for r in rows {
-            if let (Some(id), Some(key)) = (r.get("Id").and_then(Value::as_str), r.get(field).and_then(Value::as_str)) {
-                found.insert(key.to_owned(), id.to_owned());
-            }
+) -> Result<HashMap<String, String>, salesforce::Error> {
+    let field = &records[which[0]].key_field;
+    salesforce::soql::object(object)?;
+    salesforce::soql::field(field)?;
+    let list = which.iter().map(|&i| salesforce::soql::quote(&records[i].key)).collect::<Vec<_>>().join(", ");
+    let rows: Vec<Value> =
+        client.query_collect(format!("SELECT Id, {field} FROM {object} WHERE {field} IN ({list})")).await?;
+    let mut found = HashMap::new();
+    for r in rows {
+        if let (Some(id), Some(key)) = (r.get("Id").and_then(Value::as_str), r.get(field).and_then(Value::as_str)) {
+            found.insert(key.to_lowercase(), id.to_owned());
         }
     }
     Ok(found)
 }
 
-/// The id of the record holding `record.key`, if there is one.
-async fn find(client: &salesforce::Client, record: &NewRecord) -> Result<Option<String>, salesforce::Error> {
-    let found: Result<Value, _> =
-        client.get_by_external_id(&record.object, &record.key_field, &record.key, Some(&["Id"])).await;
-    match found {
-        Ok(v) => Ok(v.get("Id").and_then(Value::as_str).map(str::to_owned)),
-        Err(e) if e.error_code() == Some(&salesforce::ErrorCode::NotFound) => Ok(None),
-        Err(e) => Err(e),
+/// History rows for `groups` and the run's counts: a complete group is written, one with a
+/// spent budget deferred, any other failed (with the first refusal's code).
+pub(crate) fn history(groups: &[Group], results: &[GroupResult], report: &mut RunReport) -> Vec<RecordOutcome> {
+    let mut out = Vec::new();
+    for (g, r) in groups.iter().zip(results) {
+        for (record, made) in g.records.iter().zip(&r.made) {
+            if let Some(id) = made.id() {
+                let how = if matches!(made, Created::Existing { .. }) { "already there, adopted unchanged" } else { "made" };
+                out.push(RecordOutcome {
+                    object: record.object.clone(),
+                    key: g.subject.clone(),
+                    salesforce_id: Some(id.to_owned()),
+                    action: Action::Created,
+                    changes: record
+                        .fields
+                        .iter()
+                        .map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() })
+                        .collect(),
+                    error_code: None,
+                    message: Some(format!("{}; key {} ({how})", g.note, record.key)),
+                });
+            }
+        }
+        if r.complete() {
+            report.written += 1;
+            continue;
+        }
+        let unmade = g.records.iter().zip(&r.made).find(|(_, c)| c.id().is_none() && **c != Created::Waiting);
+        let Some((record, made)) = unmade else { continue };
+        let (action, code, message) = match made {
+            Created::Deferred { message } => (Action::Deferred, None, message.clone()),
+            Created::Refused { code, message } => (Action::Failed, Some(code.clone()), message.clone()),
+            Created::Unknown { message } => (Action::Failed, Some("OUTCOME_UNKNOWN".to_owned()), message.clone()),
+            Created::New { .. } | Created::Existing { .. } | Created::Waiting => continue,
+        };
+        match &code {
+            None => report.deferred += 1,
+            Some(code) => {
+                report.failed += 1;
+                if report.failures.len() < 10 {
+                    report.failures.push(FailureSample {
+                        salesforce_id: g.account_id.clone(),
+                        code: code.clone(),
+                        message: message.clone(),
+                    });
+                }
+            }
+        }
+        let then = if code.is_some() { "retried next run" } else { "sent next run" };
+        out.push(RecordOutcome {
+            object: record.object.clone(),
+            key: g.subject.clone(),
+            salesforce_id: Some(g.account_id.clone()),
+            action,
+            changes: vec![],
+            error_code: code,
+            message: Some(format!("{message}; {then}; {}", g.note)),
+        });
     }
+    out
 }
 
-fn crash_point() {
-    let n = CREATES_SENT.fetch_add(1, Ordering::SeqCst) + 1;
-    if let Ok(at) = std::env::var(CRASH_AFTER_CREATE_ENV)
-        && at.trim().parse::<u64>().is_ok_and(|at| at == n)
-    {
-        eprintln!("{CRASH_AFTER_CREATE_ENV}={at}: aborting after create call {n}, before the local commit");
-        std::process::abort();
-    }
+/// Characters of a key's readable part: what an external-ID value and a URL segment take
+/// without surprises.
+fn readable(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
 }
 
-/// A key made of parts, each kept to characters an external-ID value and a URL segment take
-/// without surprises; the whole stays under the 255 characters of a text external ID.
+/// A key for the record identified by `parts`: a readable part (the parts with every other
+/// character as `_`, cut to fit) and a hash of the exact parts. Two different part lists give
+/// two keys that differ even case-insensitively, as Salesforce compares external IDs (`acme co`
+/// and `acme_co`, `CaseTest` and `casetest` are different accounts).
 pub fn key(parts: &[&str]) -> String {
-    let clean = |p: &str| -> String {
-        p.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
-    };
-    let joined = parts.iter().map(|p| clean(p)).collect::<Vec<_>>().join(":");
-    if joined.len() <= 255 {
-        joined
-    } else {
-        // Long Pendo ids: keep a readable prefix and make the rest unique by a hash.
-        let digest = crate::change::fingerprint(&Value::String(joined.clone()));
-        format!("{}#{digest:016x}", &joined[..230])
-    }
+    let clean = |p: &str| -> String { p.chars().map(|c| if readable(c) { c } else { '_' }).collect() };
+    let mut readable_part = parts.iter().map(|p| clean(p)).collect::<Vec<_>>().join(":");
+    readable_part.truncate(200);
+    // Length-prefixed, so ["a:b"] and ["a", "b"] hash differently.
+    let exact: String = parts.iter().map(|p| format!("{}:{p}", p.len())).collect();
+    let digest = crate::change::fingerprint(&Value::String(exact));
+    format!("{readable_part}~{digest:016x}")
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
-    fn keys_are_stable_and_safe() {
-        assert_eq!(key(&["drop", "acme co/1", "3"]), "drop:acme_co_1:3");
+    fn keys_are_stable_readable_and_bounded() {
+        let k = key(&["drop", "acme co/1", "3"]);
+        assert!(k.starts_with("drop:acme_co_1:3~"), "{k}");
+        assert_eq!(k, key(&["drop", "acme co/1", "3"]));
         let long = "x".repeat(400);
         let k = key(&["drop", &long]);
         assert!(k.len() <= 255);
-        assert_eq!(k, key(&["drop", &long]));
-        assert_ne!(k, key(&["drop", &"y".repeat(400)]));
+        assert_ne!(k, key(&["drop", &"x".repeat(399)]));
+    }
+
+    #[test]
+    fn accounts_whose_ids_clean_or_fold_alike_get_different_keys() {
+        let keys: Vec<String> =
+            ["acme co", "acme_co", "acme/co", "CaseTest", "casetest"].iter().map(|a| key(&["t", a, "1"])).collect();
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert!(!a.eq_ignore_ascii_case(b), "{a} vs {b}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn different_parts_never_share_a_key(a in proptest::collection::vec(".{0,12}", 1..4),
+                                             b in proptest::collection::vec(".{0,12}", 1..4)) {
+            prop_assume!(a != b);
+            let ka = key(&a.iter().map(String::as_str).collect::<Vec<_>>());
+            let kb = key(&b.iter().map(String::as_str).collect::<Vec<_>>());
+            prop_assert!(!ka.eq_ignore_ascii_case(&kb), "{} vs {}", ka, kb);
+            prop_assert!(ka.len() <= 255);
+        }
+    }
+
+    fn group(objects: &[&str]) -> Group {
+        Group {
+            subject: "p".into(),
+            account_id: "001".into(),
+            note: String::new(),
+            records: objects
+                .iter()
+                .map(|o| NewRecord {
+                    object: (*o).into(),
+                    key: "k".into(),
+                    key_field: "K__c".into(),
+                    fields: Map::new(),
+                    link: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_budget_counts_a_look_up_and_an_upsert_per_200_records_of_each_object() {
+        let groups: Vec<Group> = (0..401).map(|_| group(&["Opportunity", "Task"])).collect();
+        assert_eq!(calls_for(&groups, 0), 0);
+        assert_eq!(calls_for(&groups, 1), 4);
+        assert_eq!(calls_for(&groups, 200), 4);
+        assert_eq!(calls_for(&groups, 201), 8);
+        assert_eq!(calls_for(&groups, 401), 12);
+        assert_eq!(fitting(&groups, 3), 0);
+        assert_eq!(fitting(&groups, 4), 200);
+        assert_eq!(fitting(&groups, 11), 400);
+        assert_eq!(fitting(&groups, 1000), 401);
+    }
+
+    #[test]
+    fn history_reports_a_group_by_its_first_missing_record() {
+        let groups = vec![group(&["Opportunity", "Task"]); 3];
+        let results = vec![
+            GroupResult { made: vec![Created::New { id: "006a".into() }, Created::Existing { id: "00Ta".into() }] },
+            GroupResult {
+                made: vec![
+                    Created::Existing { id: "006b".into() },
+                    Created::Refused { code: "FIELD_INTEGRITY_EXCEPTION".into(), message: "bad".into() },
+                ],
+            },
+            GroupResult { made: vec![Created::Deferred { message: "spent".into() }, Created::Waiting] },
+        ];
+        let mut report = super::super::tests::empty_report();
+        let rows = history(&groups, &results, &mut report);
+        assert_eq!((report.written, report.failed, report.deferred), (1, 1, 1));
+        let actions: Vec<(String, Action)> = rows.iter().map(|r| (r.object.clone(), r.action)).collect();
+        assert_eq!(
+            actions,
+            vec![
+                ("Opportunity".into(), Action::Created),
+                ("Task".into(), Action::Created),
+                ("Opportunity".into(), Action::Created),
+                ("Task".into(), Action::Failed),
+                ("Opportunity".into(), Action::Deferred),
+            ]
+        );
+        assert_eq!(report.failures[0].code, "FIELD_INTEGRITY_EXCEPTION");
     }
 }

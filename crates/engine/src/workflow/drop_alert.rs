@@ -20,13 +20,13 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::create::{self, Created, NewRecord};
-use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, budget, engagement};
+use super::create::{self, Group, NewRecord};
+use super::{Context, Meter, RunError, RunOptions, RunReport, Sample, budget, engagement};
 use crate::config::{DropAlertConfig, MetadataGroup, Workflow};
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
 use crate::matching::Outcome;
 use crate::metrics;
-use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome, RunId};
+use crate::store::{Action, FingerprintPut, RecordOutcome, RunId};
 
 /// One account's alert state, kept in the store between runs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -101,9 +101,6 @@ pub(crate) async fn run(
 ) -> Result<RunReport, RunError> {
     super::recorded(ctx, workflow, options, |now, run_id| body(ctx, workflow, config, options, now, run_id)).await
 }
-
-/// One record of an alert: object, key, fields, and what happened to it.
-type Made<'a> = (&'a str, String, Map<String, Value>, Created);
 
 /// An alert this run decided on, before it is sent.
 struct Pending {
@@ -233,55 +230,61 @@ async fn body(
         owners = read_owners(ctx, config, &ids).await?;
     }
     meter.step("read_owners", Some("read_accounts"));
+    crate::testhook::crash_point("gather");
 
-    // Creates go 200 to a Collections call, one batch per object.
-    let objects_per_alert: u64 = if config.create_case { 2 } else { 1 };
-    let reads_spent: u64 = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
-    let allowance = budget.available.saturating_sub(reads_spent);
-    let fits = usize::try_from((allowance / objects_per_alert).saturating_mul(200)).unwrap_or(usize::MAX);
-    let send = alerts.len().min(fits);
-    let samples: Vec<Sample> = alerts
+    // One group per alert: the Case (when configured) and the Task, made together or completed
+    // by the next run under the same keys.
+    let groups: Vec<Group> = alerts
         .iter()
-        .take(10)
         .map(|a| {
             let (owner, name) = owners.get(&a.account_id).cloned().unwrap_or_default();
-            let task = task_fields(config, a, &owner, &name, now);
-            Sample {
-                pendo_account: a.pendo_id.clone(),
-                salesforce_id: a.account_id.clone(),
-                fields: task.into_iter().collect(),
+            let record = |object: &str, fields| NewRecord {
+                object: object.to_owned(),
+                key: alert_key(&workflow.name, &a.pendo_id, a.number, object),
+                key_field: config.key_field.clone(),
+                fields,
+                link: None,
+            };
+            let mut records = Vec::new();
+            if config.create_case {
+                records.push(record("Case", case_fields(config, a, &owner, &name)));
+            }
+            records.push(record("Task", task_fields(config, a, &owner, &name, now)));
+            Group {
+                subject: a.pendo_id.clone(),
+                account_id: a.account_id.clone(),
+                note: format!("episode {}: {}", a.number, a.reason),
+                records,
             }
         })
         .collect();
-    let mut report = RunReport {
-        run_id,
-        workflow: workflow.name.clone(),
-        dry_run: options.dry_run,
-        state: "planned".into(),
-        pendo_accounts: outcomes.len(),
-        matched: matched.len(),
-        unmatched: outcomes.values().filter(|o| matches!(o, Outcome::Unmatched { .. })).count(),
-        ambiguous: outcomes.values().filter(|o| matches!(o, Outcome::Ambiguous { .. })).count(),
-        unchanged: matched.len() - alerts.len(),
-        changed: alerts.len(),
-        fields_changed: BTreeMap::from([("Task".to_owned(), alerts.len())]),
-        written: 0,
-        failed: 0,
-        deferred: alerts.len() - send,
-        plan: crate::plan::plan(
-            0,
-            workflow.max_latency,
-            crate::plan::Allowance { calls: allowance },
-            &Default::default(),
-        ),
-        api_calls: BTreeMap::new(),
-        pendo_calls,
-        budget: budget.clone(),
-        timings: Vec::new(),
-        samples,
-        failures: Vec::new(),
-        ambiguous_samples: Vec::new(),
-    };
+    let reads_spent: u64 = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
+    let allowance = budget.available.saturating_sub(reads_spent);
+    let send = create::fitting(&groups, allowance);
+    let samples: Vec<Sample> = groups
+        .iter()
+        .take(10)
+        .filter_map(|g| {
+            Some(Sample {
+                pendo_account: g.subject.clone(),
+                salesforce_id: g.account_id.clone(),
+                fields: g.records.last()?.fields.clone().into_iter().collect(),
+            })
+        })
+        .collect();
+    let mut report = RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone());
+    report.pendo_accounts = outcomes.len();
+    report.matched = matched.len();
+    report.unmatched = outcomes.values().filter(|o| matches!(o, Outcome::Unmatched { .. })).count();
+    report.ambiguous = outcomes.values().filter(|o| matches!(o, Outcome::Ambiguous { .. })).count();
+    report.unchanged = matched.len() - alerts.len();
+    report.changed = alerts.len();
+    report.fields_changed = BTreeMap::from([("Task".to_owned(), alerts.len())]);
+    report.deferred = alerts.len() - send;
+    report.plan =
+        crate::plan::plan(0, workflow.max_latency, crate::plan::Allowance { calls: allowance }, &Default::default());
+    report.pendo_calls = pendo_calls;
+    report.samples = samples;
     if config.create_case {
         report.fields_changed.insert("Case".to_owned(), alerts.len());
     }
@@ -293,98 +296,24 @@ async fn body(
     };
     ctx.store.record_outcomes(run_id, &decisions, &episode_puts).await?;
 
-    let mut outcomes_out = Vec::new();
-    let mut puts = Vec::new();
-    for a in &alerts[send..] {
-        outcomes_out.push(decision(
-            &a.pendo_id,
-            &a.account_id,
-            Action::Deferred,
-            format!("over the API budget: alert sent in a later run; {}", a.reason),
-        ));
-    }
-    let sending = &alerts[..send];
-    let objects: &[&str] = if config.create_case { &["Case", "Task"] } else { &["Task"] };
-    // Per alert: (object, key, fields, what happened), one batch of creates per object.
-    let mut results: Vec<Vec<Made<'_>>> = vec![Vec::new(); sending.len()];
-    for &object in objects {
-        let records: Vec<NewRecord> = sending
-            .iter()
-            .map(|a| {
-                let (owner, name) = owners.get(&a.account_id).cloned().unwrap_or_default();
-                let fields = if object == "Case" {
-                    case_fields(config, a, &owner, &name)
-                } else {
-                    task_fields(config, a, &owner, &name, now)
-                };
-                NewRecord {
-                    object: object.to_owned(),
-                    key: alert_key(&workflow.name, &a.pendo_id, a.number, object),
-                    key_field: config.key_field.clone(),
-                    fields,
-                }
-            })
-            .collect();
-        let created = create::create_many(&ctx.salesforce, ctx.store.as_ref(), &workflow.name, &records, now).await?;
-        for (i, (r, c)) in records.into_iter().zip(created).enumerate() {
-            results[i].push((object, r.key, r.fields, c));
-        }
-    }
-    for (a, made) in sending.iter().zip(results) {
-        let mut records = Vec::new();
-        let mut failed = None;
-        for (object, key, fields, created) in made {
-            match created {
-                Created::New { id } | Created::Existing { id } => {
-                    outcomes_out.push(RecordOutcome {
-                        object: object.to_owned(),
-                        key: a.pendo_id.clone(),
-                        salesforce_id: Some(id.clone()),
-                        action: Action::Created,
-                        changes: fields
-                            .iter()
-                            .map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() })
-                            .collect(),
-                        error_code: None,
-                        message: Some(format!("episode {}: {}; key {key}", a.number, a.reason)),
-                    });
-                    records.push(id);
-                }
-                Created::Refused { code, message } => failed = Some((object, code, message)),
-                Created::Unknown { message } => failed = Some((object, "OUTCOME_UNKNOWN".to_owned(), message)),
-            }
-        }
-        match failed {
-            None => {
-                report.written += 1;
-                let open = Episode { count: a.number, open: true, rearm_at: a.rearm_at, opened_at: Some(now), records };
-                puts.push(episode_put(&scope, &a.pendo_id, &open, now));
-            }
-            Some((object, code, message)) => {
-                // The episode stays closed, so the next run decides again and retries the same
-                // keys; records already made are found by their keys.
-                report.failed += 1;
-                if report.failures.len() < 10 {
-                    report.failures.push(FailureSample {
-                        salesforce_id: a.account_id.clone(),
-                        code: code.clone(),
-                        message: message.clone(),
-                    });
-                }
-                outcomes_out.push(RecordOutcome {
-                    object: object.to_owned(),
-                    key: a.pendo_id.clone(),
-                    salesforce_id: Some(a.account_id.clone()),
-                    action: Action::Failed,
-                    changes: vec![],
-                    error_code: Some(code),
-                    message: Some(format!("{message}; retried next run; {}", a.reason)),
-                });
-            }
-        }
-    }
+    let results = create::deliver(ctx, &workflow.name, &groups, allowance, &budget, &mut meter, now).await?;
+    report.deferred = 0;
+    let outcomes_out = create::history(&groups, &results, &mut report);
+    // An episode opens only once all its records exist; until then the next run decides again
+    // and completes the group under the same keys.
+    let puts: Vec<FingerprintPut> = alerts
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.complete())
+        .map(|(a, r)| {
+            let open =
+                Episode { count: a.number, open: true, rearm_at: a.rearm_at, opened_at: Some(now), records: r.ids() };
+            episode_put(&scope, &a.pendo_id, &open, now)
+        })
+        .collect();
+    crate::testhook::crash_point("record");
     ctx.store.record_outcomes(run_id, &outcomes_out, &puts).await?;
-    meter.step("create", Some("create"));
+    meter.step("record", None);
     super::settle(ctx, &workflow.name, now, meter, &mut report).await?;
     Ok(report)
 }

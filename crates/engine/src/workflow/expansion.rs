@@ -14,13 +14,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value, json};
 
-use super::create::{self, Created, NewRecord};
-use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, budget, engagement};
+use super::create::{self, Group, Link, NewRecord};
+use super::{Context, Meter, RunError, RunOptions, RunReport, Sample, budget, engagement};
 use crate::config::{ExpansionConfig, MatchRule, Milestone, MilestoneKind, Workflow};
 use crate::extract::expansion::longest_run;
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
 use crate::matching::Outcome;
-use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome, RunId};
+use crate::store::{Action, FingerprintPut, RecordOutcome, RunId};
 
 pub(crate) async fn run(
     ctx: &Context,
@@ -175,16 +175,18 @@ async fn body(
     }
     meter.step("milestones", Some("read_accounts"));
 
-    // Open expansion Opportunities already there, whoever made them.
-    let mut open: HashMap<(String, String), String> = HashMap::new();
+    // Open expansion Opportunities already there, whoever made them (with their keys, so that
+    // one this workflow made for the next number, whose group is not complete, is recognised).
+    let mut open: HashMap<(String, String), Vec<(String, String)>> = HashMap::new();
     for m in &config.milestones {
         let accounts: Vec<&str> =
             crossings.iter().filter(|c| c.milestone == m.name).map(|c| c.account_id.as_str()).collect();
-        for (account, opp) in open_opportunities(ctx, config, &m.name, &accounts).await? {
-            open.insert((account, m.name.clone()), opp);
+        for (account, opp, key) in open_opportunities(ctx, config, &m.name, &accounts).await? {
+            open.entry((account, m.name.clone())).or_default().push((opp, key));
         }
     }
     meter.step("existing", Some("read_opportunities"));
+    crate::testhook::crash_point("gather");
 
     let scope = count_scope(&workflow.name);
     let count_keys: Vec<String> = crossings.iter().map(|c| format!("{}:{}", c.pendo_id, c.milestone)).collect();
@@ -199,8 +201,12 @@ async fn body(
     let mut decisions = Vec::new();
     let mut to_create = Vec::new();
     for c in crossings {
-        match open.get(&(c.account_id.clone(), c.milestone.clone())) {
-            Some(opp) => decisions.push(RecordOutcome {
+        let number = counts.get(&format!("{}:{}", c.pendo_id, c.milestone)).copied().unwrap_or(0) + 1;
+        let ours = opportunity_key(&workflow.name, &c.pendo_id, &c.milestone, number, "Opportunity");
+        let found = open.get(&(c.account_id.clone(), c.milestone.clone())).map(Vec::as_slice).unwrap_or_default();
+        match found.iter().find(|(_, key)| !key.eq_ignore_ascii_case(&ours)) {
+            // Someone's open Opportunity (or one of ours already counted): never a second one.
+            Some((opp, _)) => decisions.push(RecordOutcome {
                 object: "Opportunity".into(),
                 key: c.pendo_id.clone(),
                 salesforce_id: Some(opp.clone()),
@@ -212,58 +218,62 @@ async fn body(
                     c.milestone, c.evidence
                 )),
             }),
-            None => to_create.push(c),
+            // None open, or only the one this number made before its group was complete: the
+            // group is made (or completed: the Opportunity adopted, the Task made).
+            None => to_create.push((c, number)),
         }
     }
-    // Creates go 200 to a Collections call: one batch of Opportunities, one of Tasks.
-    let per: u64 = if config.task { 2 } else { 1 };
-    let reads: u64 = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
-    let allowance = budget.available.saturating_sub(reads);
-    let send = to_create.len().min(usize::try_from((allowance / per).saturating_mul(200)).unwrap_or(usize::MAX));
-    let records_for = |c: &Crossing| -> (Map<String, Value>, Map<String, Value>) {
-        let row = rows.get(&c.account_id);
-        let name = row.map_or(c.pendo_id.as_str(), |r| r.name.as_str());
-        let owner = row.map(|r| r.owner.clone()).unwrap_or_default();
-        (opportunity_fields(config, c, name, &owner, now), task_fields(c, name, &owner, now))
-    };
-    let samples: Vec<Sample> = to_create
+    let groups: Vec<Group> = to_create
         .iter()
-        .take(10)
-        .map(|c| Sample {
-            pendo_account: c.pendo_id.clone(),
-            salesforce_id: c.account_id.clone(),
-            fields: records_for(c).0.into_iter().collect(),
+        .map(|(c, number)| {
+            let row = rows.get(&c.account_id);
+            let name = row.map_or(c.pendo_id.as_str(), |r| r.name.as_str());
+            let owner = row.map(|r| r.owner.clone()).unwrap_or_default();
+            let record = |object: &str, fields, link| NewRecord {
+                object: object.to_owned(),
+                key: opportunity_key(&workflow.name, &c.pendo_id, &c.milestone, *number, object),
+                key_field: config.key_field.clone(),
+                fields,
+                link,
+            };
+            let mut records = vec![record("Opportunity", opportunity_fields(config, c, name, &owner, now), None)];
+            if config.task {
+                let link = Link { field: "WhatId".into(), to: 0 };
+                records.push(record("Task", task_fields(c, name, &owner, now), Some(link)));
+            }
+            Group {
+                subject: c.pendo_id.clone(),
+                account_id: c.account_id.clone(),
+                note: format!("milestone {} crossed: {}", c.milestone, c.evidence),
+                records,
+            }
         })
         .collect();
-    let mut report = RunReport {
-        run_id,
-        workflow: workflow.name.clone(),
-        dry_run: options.dry_run,
-        state: "planned".into(),
-        pendo_accounts: outcomes.len(),
-        matched: matched.len(),
-        unmatched: outcomes.values().filter(|o| matches!(o, Outcome::Unmatched { .. })).count(),
-        ambiguous: outcomes.values().filter(|o| matches!(o, Outcome::Ambiguous { .. })).count(),
-        unchanged: decisions.len(),
-        changed: to_create.len(),
-        fields_changed: BTreeMap::from([("Opportunity".to_owned(), to_create.len())]),
-        written: 0,
-        failed: 0,
-        deferred: to_create.len() - send,
-        plan: crate::plan::plan(
-            0,
-            workflow.max_latency,
-            crate::plan::Allowance { calls: allowance },
-            &Default::default(),
-        ),
-        api_calls: BTreeMap::new(),
-        pendo_calls,
-        budget: budget.clone(),
-        timings: Vec::new(),
-        samples,
-        failures: Vec::new(),
-        ambiguous_samples: Vec::new(),
-    };
+    let reads: u64 = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
+    let allowance = budget.available.saturating_sub(reads);
+    let send = create::fitting(&groups, allowance);
+    let samples: Vec<Sample> = groups
+        .iter()
+        .take(10)
+        .map(|g| Sample {
+            pendo_account: g.subject.clone(),
+            salesforce_id: g.account_id.clone(),
+            fields: g.records[0].fields.clone().into_iter().collect(),
+        })
+        .collect();
+    let mut report = RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone());
+    report.pendo_accounts = outcomes.len();
+    report.matched = matched.len();
+    report.unmatched = outcomes.values().filter(|o| matches!(o, Outcome::Unmatched { .. })).count();
+    report.ambiguous = outcomes.values().filter(|o| matches!(o, Outcome::Ambiguous { .. })).count();
+    report.unchanged = decisions.len();
+    report.changed = groups.len();
+    report.fields_changed = BTreeMap::from([("Opportunity".to_owned(), groups.len())]);
+    report.deferred = groups.len() - send;
+    report.plan =
+        crate::plan::plan(0, workflow.max_latency, crate::plan::Allowance { calls: allowance }, &Default::default());
+    report.pendo_calls = pendo_calls;
+    report.samples = samples;
     let Some(run_id) = run_id else {
         report.budget.this_run = meter.calls.values().sum();
         report.api_calls = meter.calls;
@@ -272,130 +282,27 @@ async fn body(
     };
     ctx.store.record_outcomes(run_id, &decisions, &[]).await?;
 
-    let mut outs = Vec::new();
-    let mut puts = Vec::new();
-    for c in &to_create[send..] {
-        outs.push(RecordOutcome {
-            object: "Opportunity".into(),
-            key: c.pendo_id.clone(),
-            salesforce_id: Some(c.account_id.clone()),
-            action: Action::Deferred,
-            changes: vec![],
-            error_code: None,
-            message: Some(format!("over the API budget: created in a later run; milestone {}", c.milestone)),
-        });
-    }
-    let sending = &to_create[..send];
-    let numbers: Vec<u64> = sending
+    let results = create::deliver(ctx, &workflow.name, &groups, allowance, &budget, &mut meter, now).await?;
+    report.deferred = 0;
+    let outs = create::history(&groups, &results, &mut report);
+    // The count moves on only once the whole group exists, so an interrupted group is completed
+    // under the same keys by the next run.
+    let puts: Vec<FingerprintPut> = to_create
         .iter()
-        .map(|c| counts.get(&format!("{}:{}", c.pendo_id, c.milestone)).copied().unwrap_or(0) + 1)
-        .collect();
-    let mut tasks: Vec<Map<String, Value>> = Vec::new();
-    let opps: Vec<NewRecord> = sending
-        .iter()
-        .zip(&numbers)
-        .map(|(c, n)| {
-            let (opp, task) = records_for(c);
-            tasks.push(task);
-            NewRecord {
-                object: "Opportunity".into(),
-                key: opportunity_key(&workflow.name, &c.pendo_id, &c.milestone, *n, "Opportunity"),
-                key_field: config.key_field.clone(),
-                fields: opp,
-            }
+        .zip(&results)
+        .filter(|(_, r)| r.complete())
+        .map(|((c, number), _)| FingerprintPut {
+            scope: scope.clone(),
+            key: format!("{}:{}", c.pendo_id, c.milestone),
+            field: "count".into(),
+            fingerprint: *number,
+            written_at: now,
+            value: Some(json!(number)),
         })
         .collect();
-    let made = create::create_many(&ctx.salesforce, ctx.store.as_ref(), &workflow.name, &opps, now).await?;
-    // Tasks only for the Opportunities that exist, each on its Opportunity.
-    let mut task_records = Vec::new();
-    let mut task_of = HashMap::new();
-    if config.task {
-        for (i, m) in made.iter().enumerate() {
-            if let Some(id) = m.id() {
-                let mut fields = std::mem::take(&mut tasks[i]);
-                fields.insert("WhatId".into(), json!(id));
-                task_of.insert(i, task_records.len());
-                task_records.push(NewRecord {
-                    object: "Task".into(),
-                    key: opportunity_key(
-                        &workflow.name,
-                        &sending[i].pendo_id,
-                        &sending[i].milestone,
-                        numbers[i],
-                        "Task",
-                    ),
-                    key_field: config.key_field.clone(),
-                    fields,
-                });
-            }
-        }
-    }
-    let made_tasks =
-        create::create_many(&ctx.salesforce, ctx.store.as_ref(), &workflow.name, &task_records, now).await?;
-    for (i, c) in sending.iter().enumerate() {
-        let mut steps = vec![(&opps[i], &made[i])];
-        if let Some(&t) = task_of.get(&i) {
-            steps.push((&task_records[t], &made_tasks[t]));
-        }
-        let mut failed = None;
-        for (record, created) in steps {
-            match created {
-                Created::New { id } | Created::Existing { id } => outs.push(RecordOutcome {
-                    object: record.object.clone(),
-                    key: c.pendo_id.clone(),
-                    salesforce_id: Some(id.clone()),
-                    action: Action::Created,
-                    changes: record
-                        .fields
-                        .iter()
-                        .map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() })
-                        .collect(),
-                    error_code: None,
-                    message: Some(format!("milestone {} crossed: {}; key {}", c.milestone, c.evidence, record.key)),
-                }),
-                Created::Refused { code, message } => {
-                    failed = Some((record.object.clone(), code.clone(), message.clone()))
-                }
-                Created::Unknown { message } => {
-                    failed = Some((record.object.clone(), "OUTCOME_UNKNOWN".to_owned(), message.clone()));
-                }
-            }
-        }
-        match failed {
-            None => {
-                report.written += 1;
-                puts.push(FingerprintPut {
-                    scope: scope.clone(),
-                    key: format!("{}:{}", c.pendo_id, c.milestone),
-                    field: "count".into(),
-                    fingerprint: numbers[i],
-                    written_at: now,
-                    value: Some(json!(numbers[i])),
-                });
-            }
-            Some((object, code, message)) => {
-                report.failed += 1;
-                if report.failures.len() < 10 {
-                    report.failures.push(FailureSample {
-                        salesforce_id: c.account_id.clone(),
-                        code: code.clone(),
-                        message: message.clone(),
-                    });
-                }
-                outs.push(RecordOutcome {
-                    object,
-                    key: c.pendo_id.clone(),
-                    salesforce_id: Some(c.account_id.clone()),
-                    action: Action::Failed,
-                    changes: vec![],
-                    error_code: Some(code),
-                    message: Some(format!("{message}; retried next run; milestone {}", c.milestone)),
-                });
-            }
-        }
-    }
+    crate::testhook::crash_point("record");
     ctx.store.record_outcomes(run_id, &outs, &puts).await?;
-    meter.step("create", Some("create"));
+    meter.step("record", None);
     super::settle(ctx, &workflow.name, now, meter, &mut report).await?;
     Ok(report)
 }
@@ -503,19 +410,22 @@ async fn read_accounts(ctx: &Context, extra: &[&str], ids: &[&str]) -> Result<Ha
     Ok(out)
 }
 
-/// Account id → an open Opportunity of it meeting the `existing` rule for `milestone`.
+/// (Account id, Opportunity id, its key) of the open Opportunities meeting the `existing` rule
+/// for `milestone`.
 async fn open_opportunities(
     ctx: &Context,
     config: &ExpansionConfig,
     milestone: &str,
     accounts: &[&str],
-) -> Result<Vec<(String, String)>, RunError> {
+) -> Result<Vec<(String, String, String)>, RunError> {
     let mut out = Vec::new();
     let rule = config.existing.replace("{milestone}", &salesforce::soql::escape_str(milestone));
+    let key_field = salesforce::soql::field(&config.key_field)
+        .map_err(|e| RunError::Salesforce { what: "open expansion Opportunities", source: e.into() })?;
     for chunk in accounts.chunks(300) {
         let list = chunk.iter().map(|id| salesforce::soql::quote(id)).collect::<Vec<_>>().join(", ");
         let soql = format!(
-            "SELECT Id, AccountId FROM Opportunity WHERE IsClosed = false AND AccountId IN ({list}) AND ({rule})"
+            "SELECT Id, AccountId, {key_field} FROM Opportunity WHERE IsClosed = false AND AccountId IN ({list}) AND ({rule})"
         );
         let rows: Vec<Value> = ctx
             .salesforce
@@ -525,7 +435,7 @@ async fn open_opportunities(
         for r in rows {
             let text = |f: &str| r.get(f).and_then(Value::as_str).map(str::to_owned);
             if let (Some(account), Some(id)) = (text("AccountId"), text("Id")) {
-                out.push((account, id));
+                out.push((account, id, text(key_field).unwrap_or_default()));
             }
         }
     }

@@ -12,7 +12,7 @@
 //! - [`drop_alert`]: the engagement-drop-alert template.
 //! - [`expansion`]: the expansion-opportunity template.
 //! - [`trial`]: the trial-usage template.
-//! - [`create`]: creating records exactly once (deterministic keys, store before and after).
+//! - [`create`]: the create stage: groups of records made exactly once, never clobbering, within the budget.
 //! - [`replay`]: sending kept failures again.
 //! - `budget`: today's allowance from `/limits` and the persisted ledger.
 //! - `accounts`: reading Accounts for matching (REST pages or a Bulk query, whichever is cheaper).
@@ -146,6 +146,40 @@ pub struct FailureSample {
 }
 
 impl RunReport {
+    /// A report with nothing counted yet, for a template to fill.
+    pub fn new(workflow: &str, dry_run: bool, run_id: Option<RunId>, budget: BudgetReport) -> Self {
+        RunReport {
+            run_id,
+            workflow: workflow.to_owned(),
+            dry_run,
+            state: "planned".into(),
+            pendo_accounts: 0,
+            matched: 0,
+            unmatched: 0,
+            ambiguous: 0,
+            unchanged: 0,
+            changed: 0,
+            fields_changed: BTreeMap::new(),
+            written: 0,
+            failed: 0,
+            deferred: 0,
+            plan: Plan {
+                path: crate::plan::WritePath::Collections,
+                send: 0,
+                deferred: 0,
+                write_calls: 0,
+                calls_one_by_one: 0,
+            },
+            api_calls: BTreeMap::new(),
+            pendo_calls: 0,
+            budget,
+            timings: Vec::new(),
+            samples: Vec::new(),
+            failures: Vec::new(),
+            ambiguous_samples: Vec::new(),
+        }
+    }
+
     pub fn total_api_calls(&self) -> u64 {
         self.api_calls.values().sum()
     }
@@ -240,8 +274,10 @@ pub(crate) async fn settle(
     report: &mut RunReport,
 ) -> Result<(), RunError> {
     let spent: u64 = meter.calls.values().sum();
-    if spent > 0 {
-        ctx.store.settle_budget(now.date_naive(), workflow, 0, spent, now).await?;
+    // Calls a stage reserved and settled itself are on the ledger already.
+    let unsettled = spent.saturating_sub(meter.settled);
+    if unsettled > 0 {
+        ctx.store.settle_budget(now.date_naive(), workflow, 0, unsettled, now).await?;
     }
     report.budget.this_run = spent;
     report.api_calls = meter.calls;
@@ -269,6 +305,8 @@ pub(crate) struct Meter<'a> {
     calls_at_start: u64,
     pub timings: Vec<(String, f64)>,
     pub calls: BTreeMap<String, u64>,
+    /// Calls already settled on the budget ledger by the stage that made them.
+    pub settled: u64,
 }
 
 impl<'a> Meter<'a> {
@@ -279,6 +317,7 @@ impl<'a> Meter<'a> {
             calls_at_start: client.requests_sent(),
             timings: Vec::new(),
             calls: BTreeMap::new(),
+            settled: 0,
         }
     }
 
@@ -298,4 +337,11 @@ impl<'a> Meter<'a> {
 
 fn round3(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    pub(crate) fn empty_report() -> super::RunReport {
+        super::RunReport::new("test", false, None, super::BudgetReport::default())
+    }
 }
