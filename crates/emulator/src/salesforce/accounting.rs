@@ -31,11 +31,13 @@ pub struct RollingWindow {
     /// Usage set through `PUT limits` (as if other integrations had spent it).
     preset: u64,
     pub max: u64,
+    /// Units still to be taken before other integrations spend the rest (`SpentAfter`).
+    spent_after: Option<u64>,
 }
 
 impl RollingWindow {
     pub fn new(max: u64) -> Self {
-        RollingWindow { buckets: VecDeque::new(), preset: 0, max }
+        RollingWindow { buckets: VecDeque::new(), preset: 0, max, spent_after: None }
     }
 
     fn prune(&mut self, now: DateTime<Utc>) {
@@ -74,6 +76,15 @@ impl RollingWindow {
             return false;
         }
         self.add(1, now);
+        match self.spent_after {
+            Some(n) if n <= 1 => {
+                // Another integration takes whatever is left, all at once.
+                self.preset = self.max;
+                self.spent_after = None;
+            }
+            Some(n) => self.spent_after = Some(n - 1),
+            None => {}
+        }
         true
     }
 
@@ -97,6 +108,14 @@ impl RollingWindow {
             // Our own buckets are cleared so the figure is exact.
             self.buckets.clear();
             self.preset = self.max - remaining;
+        }
+        if let Some(n) = value.spent_after {
+            if n == 0 {
+                return Err(format!("{name}.SpentAfter must be at least 1"));
+            }
+            self.spent_after = Some(n);
+        } else if value.max.is_some() || value.remaining.is_some() {
+            self.spent_after = None;
         }
         Ok(())
     }
@@ -226,6 +245,10 @@ pub struct LimitValue {
     pub max: Option<u64>,
     #[serde(rename = "Remaining", default)]
     pub remaining: Option<u64>,
+    /// Not Salesforce's: after this many more counted calls, other integrations spend what is
+    /// left of the allocation, so a client meets `REQUEST_LIMIT_EXCEEDED` mid-run.
+    #[serde(rename = "SpentAfter", default)]
+    pub spent_after: Option<u64>,
 }
 
 #[cfg(test)]
@@ -262,8 +285,8 @@ mod tests {
         let mut a = Accounting::new(100);
         let now = Utc::now();
         let change = LimitsChange {
-            daily_api_requests: Some(LimitValue { max: Some(50), remaining: None }),
-            daily_bulk_api_batches: Some(LimitValue { max: Some(5), remaining: Some(9) }),
+            daily_api_requests: Some(LimitValue { max: Some(50), remaining: None, spent_after: None }),
+            daily_bulk_api_batches: Some(LimitValue { max: Some(5), remaining: Some(9), spent_after: None }),
             daily_bulk_v2_query_jobs: None,
         };
         assert!(a.apply(&change, now).is_err());
@@ -275,12 +298,35 @@ mod tests {
         let mut a = Accounting::new(100);
         let now = Utc::now();
         let change = LimitsChange {
-            daily_api_requests: Some(LimitValue { max: Some(50), remaining: Some(1) }),
+            daily_api_requests: Some(LimitValue { max: Some(50), remaining: Some(1), spent_after: None }),
             daily_bulk_api_batches: None,
             daily_bulk_v2_query_jobs: None,
         };
         a.apply(&change, now).unwrap();
         assert!(a.try_consume(CallKind::Rest, now));
         assert!(!a.try_consume(CallKind::Rest, now));
+    }
+
+    #[test]
+    fn the_allocation_is_spent_by_others_after_the_given_calls() {
+        let mut a = Accounting::new(100);
+        let now = Utc::now();
+        let change = LimitsChange {
+            daily_api_requests: Some(LimitValue { max: None, remaining: None, spent_after: Some(2) }),
+            daily_bulk_api_batches: None,
+            daily_bulk_v2_query_jobs: None,
+        };
+        a.apply(&change, now).unwrap();
+        assert!(a.try_consume(CallKind::Rest, now));
+        assert!(a.try_consume(CallKind::Rest, now));
+        assert!(!a.try_consume(CallKind::Rest, now), "spent after two calls");
+        assert_eq!(a.api_requests.remaining(now), 0);
+        let reset = LimitsChange {
+            daily_api_requests: Some(LimitValue { max: None, remaining: Some(100), spent_after: None }),
+            daily_bulk_api_batches: None,
+            daily_bulk_v2_query_jobs: None,
+        };
+        a.apply(&reset, now).unwrap();
+        assert!(a.try_consume(CallKind::Rest, now));
     }
 }
