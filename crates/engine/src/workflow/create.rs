@@ -374,7 +374,8 @@ pub(crate) fn history(groups: &[Group], results: &[GroupResult], report: &mut Ru
     for (g, r) in groups.iter().zip(results) {
         for (record, made) in g.records.iter().zip(&r.made) {
             if let Some(id) = made.id() {
-                let how = if matches!(made, Created::Existing { .. }) { "already there, adopted unchanged" } else { "made" };
+                let how =
+                    if matches!(made, Created::Existing { .. }) { "already there, adopted unchanged" } else { "made" };
                 out.push(RecordOutcome {
                     object: record.object.clone(),
                     key: g.subject.clone(),
