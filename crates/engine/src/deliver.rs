@@ -158,6 +158,7 @@ async fn collections(
                 ok.iter().map(|(c, id)| (id.clone(), payload(c))).collect();
             client.update_many(object, &records, false).await.map(Some)
         };
+        crate::testhook::crash_point("deliver");
         let batch: Vec<Change> = ok.into_iter().map(|(c, _)| c).collect();
         match result {
             Ok(None) => out.written.extend(batch),
@@ -244,6 +245,7 @@ async fn bulk(client: &salesforce::Client, object: &str, changes: Vec<Change>, o
             }
         })
         .await;
+    crate::testhook::crash_point("deliver");
     if let Err(e) = result {
         request_failed(&e, changes, out);
         return pending;

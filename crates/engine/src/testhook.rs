@@ -4,7 +4,8 @@
 //! `USAGESYNC_TEST_CRASH_AT=NAME` aborts the process the first time it passes point `NAME`;
 //! `NAME:N` on the Nth time. Points: `gather` (Pendo and Salesforce read, nothing decided),
 //! `plan` (decided and budgeted, nothing sent), `create` (a create call answered, its keys not
-//! yet committed in the store), `group` (the first records of each group made, the rest not),
+//! yet committed in the store), `deliver` (an update call or Bulk job answered, nothing of it
+//! recorded), `group` (the first records of each group made, the rest not),
 //! `record` (everything sent, the run's outcomes not yet recorded). The variable is read once.
 
 use std::sync::OnceLock;

@@ -7,13 +7,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::state_of;
 use super::{
     AmbiguousSample, Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, accounts, budget,
 };
 use crate::change::{self, Change, Desired};
 use crate::config::{EngagementConfig, MatchRule, Metric, Workflow};
-use crate::deliver::{self, RecordRetry};
+use crate::deliver;
 use crate::extract::{AccountFacts, AccountUsage, CoreFeatures, Extractor, Window};
 use crate::matching::{self, Accounts, FreeMail, Outcome, PendoSide, Rule};
 use crate::metrics;
@@ -84,7 +83,6 @@ async fn body(
         }
     };
     let mut meter = Meter::new(&ctx.salesforce);
-    let day = now.date_naive();
 
     step("Reading the API budget", None);
     let budget = budget::today(ctx, now).await?;
@@ -173,6 +171,7 @@ async fn body(
         }
     }
     meter.step("diff", None);
+    crate::testhook::crash_point("gather");
 
     let reads_spent: u64 = meter.calls.values().sum();
     // `available` was measured after the /limits read, so only later reads come off it.
@@ -219,33 +218,14 @@ async fn body(
     }
     let Some(run_id) = run_id else { return Ok(report) };
 
-    let deferred: Vec<Change> = changes.split_off(plan.send.min(changes.len()));
-    let reserved = plan.write_calls;
-    let reserved_ok = reserved == 0 || ctx.store.reserve_budget(day, &workflow.name, reserved, budget.cap, now).await?;
-    let (delivery, deferred) = if reserved_ok && !changes.is_empty() {
-        step("Writing to Salesforce", Some(changes.len() as u64));
-        let advance = |n: usize| {
-            if let Some(p) = progress {
-                p.advance_to(n as u64);
-            }
-        };
-        let d = deliver::deliver(&ctx.salesforce, OBJECT, plan.path, changes, &RecordRetry::default(), &advance).await;
-        (d, deferred)
-    } else {
-        // Another worker took the budget between planning and now: defer everything.
-        let mut all = changes;
-        all.extend(deferred);
-        (deliver::Delivery::default(), all)
+    step("Writing to Salesforce", Some(changes.len().min(plan.send) as u64));
+    let advance = |n: usize| {
+        if let Some(p) = progress {
+            p.advance_to(n as u64);
+        }
     };
-    meter.step("deliver", Some(plan.path.as_str()));
-    let spent_here: u64 = meter.calls.values().sum();
-    if reserved_ok && reserved > 0 {
-        ctx.store.settle_budget(day, &workflow.name, reserved, spent_here - reads_spent, now).await?;
-    }
-    // Reads were spent whatever happened; they go on the ledger too.
-    if reads_spent > 0 {
-        ctx.store.settle_budget(day, &workflow.name, 0, reads_spent, now).await?;
-    }
+    let super::update::Updated { delivery, deferred } =
+        super::update::deliver(ctx, &workflow.name, OBJECT, &plan, changes, &budget, &mut meter, now, &advance).await?;
 
     report.written = delivery.written.len();
     report.failed = delivery.failed.len();
@@ -266,10 +246,7 @@ async fn body(
     if let Some(p) = progress {
         p.done();
     }
-    report.budget.this_run = meter.calls.values().sum();
-    report.api_calls = meter.calls;
-    report.timings = meter.timings;
-    report.state = state_of(&report).as_str().into();
+    super::settle(ctx, &workflow.name, now, meter, &mut report).await?;
     Ok(report)
 }
 

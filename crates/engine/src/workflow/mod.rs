@@ -13,6 +13,7 @@
 //! - [`expansion`]: the expansion-opportunity template.
 //! - [`trial`]: the trial-usage template.
 //! - [`create`]: the create stage: groups of records made exactly once, never clobbering, within the budget.
+//! - `update`: the update stage: changed fields onto existing records within the reserved budget.
 //! - [`replay`]: sending kept failures again.
 //! - `budget`: today's allowance from `/limits` and the persisted ledger.
 //! - `accounts`: reading Accounts for matching (REST pages or a Bulk query, whichever is cheaper).
@@ -28,6 +29,7 @@ pub mod new_users;
 pub mod nps;
 pub mod replay;
 pub mod trial;
+mod update;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -87,6 +89,19 @@ pub enum RunError {
         "the API budget is spent: {needed} calls needed to read, {left} left of today's share; nothing was read or written"
     )]
     OverBudget { needed: u64, left: u64 },
+}
+
+impl RunError {
+    /// The run could not start or go on because the API allocation is spent (usagesync's
+    /// share, or the org's own 403 `REQUEST_LIMIT_EXCEEDED` met mid-run): nothing is lost,
+    /// the next run does the work. Reported as deferred (exit 4), never as failed.
+    pub fn is_deferral(&self) -> bool {
+        match self {
+            RunError::OverBudget { .. } => true,
+            RunError::Salesforce { source, .. } => source.retry_class() == salesforce::RetryClass::NotNow,
+            _ => false,
+        }
+    }
 }
 
 /// What a run did, as `usagesync sync` prints it and `--json` emits it.
@@ -256,7 +271,7 @@ pub(crate) fn finish_of(result: &Result<RunReport, RunError>) -> crate::store::R
             error: None,
         },
         Err(e) => RunFinish {
-            state: if matches!(e, RunError::OverBudget { .. }) { RunState::Deferred } else { RunState::Failed },
+            state: if e.is_deferral() { RunState::Deferred } else { RunState::Failed },
             finished_at: chrono::Utc::now(),
             stats: serde_json::Value::Null,
             error: Some(e.to_string()),

@@ -265,6 +265,7 @@ async fn body(
         by_email(ctx, "Lead", &["Id", "Email", f.visitor_id.as_str()], &lead_emails, config.strip_plus_addressing)
             .await?;
     meter.step("lookup", Some("read_contacts"));
+    crate::testhook::crash_point("gather");
 
     // Decide each person's write.
     let mut writes: Vec<Pending> = Vec::new();
@@ -418,6 +419,7 @@ async fn body(
     let reserved_ok = write_calls == 0
         || (write_calls <= available
             && ctx.store.reserve_budget(day, &workflow.name, write_calls, budget.cap, now).await?);
+    crate::testhook::crash_point("plan");
     if !reserved_ok {
         let hold = min_first_visit(&writes);
         report.deferred = writes.len();
@@ -516,6 +518,7 @@ async fn body(
         send_updates(ctx, object, list, &mut written, &mut failed, &mut deferred).await;
     }
     meter.step("deliver", Some("collections"));
+    crate::testhook::crash_point("record");
     let spent_here: u64 = meter.calls.values().sum::<u64>() - limits_calls;
     settle(ctx, day, &workflow.name, write_calls, spent_here, now).await?;
 
@@ -807,7 +810,9 @@ async fn send_creates<'v>(
     while rest.peek().is_some() {
         let batch: Vec<Pending> = rest.by_ref().take(COLLECTION_SIZE).collect();
         let records: Vec<Map<String, Value>> = batch.iter().map(|w| w.fields.iter().cloned().collect()).collect();
-        match ctx.salesforce.upsert_many(object, key_field, &records, false).await {
+        let result = ctx.salesforce.upsert_many(object, key_field, &records, false).await;
+        crate::testhook::crash_point("create");
+        match result {
             Ok(results) if results.len() == batch.len() => {
                 for (w, r) in batch.into_iter().zip(results) {
                     match (r.success, r.id.as_ref()) {

@@ -14,9 +14,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, budget, engagement};
-use crate::change::{self, Change, Desired};
+use crate::change::{self, Desired};
 use crate::config::{MatchRule, TrialConfig, TrialMetric, Workflow};
-use crate::deliver::{self, RecordRetry};
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
 use crate::matching::Outcome;
 use crate::plan::WritePath;
@@ -206,6 +205,7 @@ async fn body(
     }
     drop(written);
     meter.step("diff", None);
+    crate::testhook::crash_point("gather");
 
     let mut fields_changed: BTreeMap<String, usize> = BTreeMap::new();
     for c in &changes {
@@ -256,15 +256,11 @@ async fn body(
     };
     ctx.store.record_outcomes(run_id, &decisions, &[]).await?;
 
-    let deferred: Vec<Change> = changes.split_off(plan.send.min(changes.len()));
     // Few trial Opportunities: Bulk is never worth its fixed cost here.
-    let path = if changes.len() == 1 { WritePath::Single } else { WritePath::Collections };
-    let delivery = if changes.is_empty() {
-        deliver::Delivery::default()
-    } else {
-        deliver::deliver(&ctx.salesforce, OBJECT, path, changes, &RecordRetry::default(), &|_| {}).await
-    };
-    meter.step("deliver", Some(path.as_str()));
+    let path = if plan.send.min(changes.len()) == 1 { WritePath::Single } else { WritePath::Collections };
+    let plan = crate::plan::Plan { path, ..plan };
+    let super::update::Updated { delivery, deferred } =
+        super::update::deliver(ctx, &workflow.name, OBJECT, &plan, changes, &budget, &mut meter, now, &|_| {}).await?;
 
     let mut outs = Vec::new();
     let mut prints = Vec::new();

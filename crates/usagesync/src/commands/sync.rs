@@ -16,7 +16,19 @@ pub async fn run(config_path: &std::path::Path, workflow: &str, dry_run: bool, j
     let config = context::load_config(config_path)?;
     let ctx = context::build(config, &context::env_var).await?;
     let options = RunOptions { dry_run, trigger: "cli".into(), progress: progress::Bars::for_terminal(json) };
-    let report = engine::workflow::run(&ctx, workflow, &options).await?;
+    let report = match engine::workflow::run(&ctx, workflow, &options).await {
+        Ok(report) => report,
+        // A spent allocation defers the whole run: nothing lost, the next run does it.
+        Err(e) if e.is_deferral() => {
+            if json {
+                println!("{}", serde_json::json!({"workflow": workflow, "state": "deferred", "error": e.to_string()}));
+            } else {
+                eprintln!("deferred: {e}");
+            }
+            return Ok(EXIT_DEFERRED);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
