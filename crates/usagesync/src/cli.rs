@@ -203,6 +203,21 @@ pub enum BenchTarget {
         #[arg(long, default_value_t = 250)]
         window_ms: u64,
     },
+    /// The chaos harness: each template killed at every pipeline point under 10% faults, its
+    /// store lost after a person's edit, its allocation spent mid-run, and compared record by
+    /// record with a clean reference run on the same world. Exits 1 if any guarantee broke.
+    Chaos {
+        /// Pendo accounts in each generated world.
+        #[arg(long, default_value_t = 10_000)]
+        accounts: usize,
+        /// Kills per template, at its points in turn.
+        #[arg(long, default_value_t = 30)]
+        kills: usize,
+        /// Only these workflows of the harness (engagement, new-users, trials, chaos-alerts,
+        /// chaos-expansion), comma-separated; all by default.
+        #[arg(long, value_delimiter = ',')]
+        workflows: Vec<String>,
+    },
     /// The record-creating workflows (drop alerts, expansion, trials): a first run and a re-run
     /// of each against the emulators in a child process.
     Creates {

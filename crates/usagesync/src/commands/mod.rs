@@ -1,6 +1,7 @@
 //! One module per command.
 
 mod bench;
+mod bench_chaos;
 mod bench_creates;
 mod bench_engagement;
 mod bench_nps;
@@ -56,6 +57,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Bench { target: BenchTarget::Nps { rate, seconds, window_ms } } => {
             ok(bench_nps::nps(rate, seconds, window_ms).await)
+        }
+        Command::Bench { target: BenchTarget::Chaos { accounts, kills, workflows } } => {
+            bench_chaos::chaos(accounts, kills, &workflows, json).await
         }
         Command::Bench { target: BenchTarget::Creates { accounts, days } } => {
             ok(bench_creates::creates(&accounts, days).await)
