@@ -132,7 +132,7 @@ async fn world_with_store(accounts: usize, unmatched: &str, store: Option<Arc<dy
 
 impl World {
     async fn run(&self, name: &str) -> RunReport {
-        let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None };
+        let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None, ..Default::default() };
         engine::workflow::run(&self.ctx, name, &options).await.unwrap()
     }
 
@@ -303,7 +303,7 @@ async fn new_visitors_become_contacts_once_and_only_real_changes_follow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runs_at_once_create_no_duplicate_contact() {
     let w = world(40, "skip").await;
-    let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None };
+    let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None, ..Default::default() };
     let (a, b) = tokio::join!(
         engine::workflow::run(&w.ctx, "new-users", &options),
         engine::workflow::run(&w.ctx, "new-users", &options)
@@ -489,7 +489,7 @@ async fn two_workers_sharing_postgres_create_no_duplicate_contact() {
         store: open().await,
         config: w.ctx.config.clone(),
     };
-    let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None };
+    let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None, ..Default::default() };
     let mut created = 0;
     for _ in 0..2 {
         let (a, b) = tokio::join!(
