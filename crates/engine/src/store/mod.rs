@@ -367,7 +367,7 @@ pub enum RunClaim {
     /// The run is recorded `Running` under a lease held by the caller.
     Started { id: RunId, abandoned: Vec<Run> },
     /// Another run of the workflow holds a live lease; nothing was recorded for this one.
-    Busy { holder: Run, abandoned: Vec<Run> },
+    Busy { holder: Box<Run>, abandoned: Vec<Run> },
 }
 
 /// The text an abandoned run keeps as its error: when its lease lapsed and what that means.

@@ -389,7 +389,7 @@ impl RunStore for PostgresStore {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(query_err("claim run"))?;
-                RunClaim::Busy { holder: run_from_row(&row)?, abandoned }
+                RunClaim::Busy { holder: Box::new(run_from_row(&row)?), abandoned }
             };
             tx.commit().await.map_err(query_err("claim run"))?;
             Ok(claim)
