@@ -61,7 +61,9 @@ fn run(config: &Path, args: &[&str], crash_after: Option<u32>) -> Output {
         .arg(config)
         .args(args)
         .env("SF_CLIENT_SECRET", "emulator-secret")
-        .env("PENDO_INTEGRATION_KEY", "emulator-integration-key");
+        .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
+        // The crashed run holds its workflow until its lease lapses: keep that short.
+        .env("USAGESYNC_TEST_RUN_LEASE_MS", "500");
     if let Some(n) = crash_after {
         c.env("USAGESYNC_TEST_CRASH_AFTER_CREATE", n.to_string());
     }
@@ -103,8 +105,13 @@ fn a_process_killed_between_the_create_and_the_commit_leaves_no_duplicate() {
     let after_crash = task_keys(&emu);
     assert_eq!(after_crash.len() as u64, alerts.min(200), "the batch was made before the crash: {after_crash:?}");
 
+    // Until the dead run's lease lapses it holds the workflow; then the rerun marks it abandoned.
+    std::thread::sleep(std::time::Duration::from_millis(700));
     let rerun = run(&config, &["sync", "churn-alerts", "--json"], None);
     assert!(rerun.status.success(), "{}", text(&rerun));
+    let history = run(&config, &["runs", "--json", "--workflow", "churn-alerts"], None);
+    let history: Value = serde_json::from_slice(&history.stdout).unwrap();
+    assert_eq!(history[1]["state"], "abandoned", "the crashed run is not left running: {history}");
     let report: Value = serde_json::from_slice(&rerun.stdout).unwrap();
     assert_eq!(report["failed"], 0, "{report}");
     assert_eq!(report["written"].as_u64(), Some(alerts), "{report}");
