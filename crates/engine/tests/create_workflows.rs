@@ -87,7 +87,7 @@ async fn world(accounts: usize, case: bool) -> World {
 
 impl World {
     async fn run(&self, dry_run: bool) -> RunReport {
-        let options = RunOptions { dry_run, trigger: "test".into(), progress: None };
+        let options = RunOptions { dry_run, trigger: "test".into(), progress: None, ..Default::default() };
         engine::workflow::run(&self.ctx, "churn-alerts", &options).await.unwrap()
     }
 
@@ -371,7 +371,7 @@ async fn expansion_world(accounts: usize) -> World {
 }
 
 async fn run_expansion(w: &World, dry_run: bool) -> RunReport {
-    let options = RunOptions { dry_run, trigger: "test".into(), progress: None };
+    let options = RunOptions { dry_run, trigger: "test".into(), progress: None, ..Default::default() };
     engine::workflow::run(&w.ctx, "expansion", &options).await.unwrap()
 }
 
@@ -519,7 +519,7 @@ async fn trial_usage_lands_on_trial_opportunities_and_stages_only_move_forward()
     let run = |dry_run: bool| {
         let ctx = w.ctx.clone();
         async move {
-            let options = RunOptions { dry_run, trigger: "test".into(), progress: None };
+            let options = RunOptions { dry_run, trigger: "test".into(), progress: None, ..Default::default() };
             engine::workflow::run(&ctx, "trials", &options).await.unwrap()
         }
     };

@@ -101,7 +101,7 @@ async fn world_with_store(accounts: usize, share: f64, store: Option<Arc<dyn eng
 
 impl World {
     async fn run(&self, dry_run: bool) -> RunReport {
-        let options = RunOptions { dry_run, trigger: "test".into(), progress: None };
+        let options = RunOptions { dry_run, trigger: "test".into(), progress: None, ..Default::default() };
         engine::workflow::run(&self.ctx, "engagement", &options).await.unwrap()
     }
 

@@ -132,7 +132,7 @@ async fn world_with_store(accounts: usize, unmatched: &str, store: Option<Arc<dy
 
 impl World {
     async fn run(&self, name: &str) -> RunReport {
-        let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None };
+        let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None, ..Default::default() };
         engine::workflow::run(&self.ctx, name, &options).await.unwrap()
     }
 
@@ -300,26 +300,40 @@ async fn new_visitors_become_contacts_once_and_only_real_changes_follow() {
     assert_eq!(w.contacts_by_email().await[&email.to_lowercase()].len(), 1);
 }
 
+/// Of two runs of one workflow started together, one runs and the other is refused as busy,
+/// naming the run that holds the workflow.
+fn exactly_one_runs(
+    a: Result<engine::workflow::RunReport, engine::workflow::RunError>,
+    b: Result<engine::workflow::RunReport, engine::workflow::RunError>,
+) -> engine::workflow::RunReport {
+    match (a, b) {
+        (Ok(ran), Err(engine::workflow::RunError::Busy { run_id, .. }))
+        | (Err(engine::workflow::RunError::Busy { run_id, .. }), Ok(ran)) => {
+            assert_eq!(Some(run_id), ran.run_id, "the refusal names the run that holds the workflow");
+            ran
+        }
+        (a, b) => panic!(
+            "expected exactly one run and one refused as busy: {:?} / {:?}",
+            a.map(|r| r.run_id),
+            b.map(|r| r.run_id)
+        ),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runs_at_once_create_no_duplicate_contact() {
     let w = world(40, "skip").await;
-    let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None };
+    let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None, ..Default::default() };
     let (a, b) = tokio::join!(
         engine::workflow::run(&w.ctx, "new-users", &options),
         engine::workflow::run(&w.ctx, "new-users", &options)
     );
-    let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!((a.failed, b.failed), (0, 0), "{:?} {:?}", a.failures, b.failures);
+    // One run per workflow at a time: the second is refused while the first holds the lease.
+    let a = exactly_one_runs(a, b);
+    assert_eq!(a.failed, 0, "{:?}", a.failures);
     no_duplicates(&w.contacts_by_email().await);
     let created = |c: &BTreeMap<Action, u64>| c.get(&Action::Created).copied().unwrap_or(0);
-    let (ca, cb) = (created(&w.counts(&a).await), created(&w.counts(&b).await));
-    eprintln!(
-        "concurrent: a {:?} deferred {}, b {:?} deferred {}",
-        w.counts(&a).await,
-        a.deferred,
-        w.counts(&b).await,
-        b.deferred
-    );
+    let (ca, cb) = (created(&w.counts(&a).await), 0);
     assert!(ca + cb > 0);
     // Whatever one run deferred (the other was creating it) the next run settles, creating nothing.
     let contacts = w.records("Contact").await.len();
@@ -345,8 +359,8 @@ async fn two_runs_at_once_create_no_duplicate_contact() {
         engine::workflow::run(&w.ctx, "new-users", &options),
         engine::workflow::run(&w.ctx, "new-users", &options)
     );
-    let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!((a.failed, b.failed), (0, 0), "{:?} {:?}", a.failures, b.failures);
+    let a = exactly_one_runs(a, b);
+    assert_eq!(a.failed, 0, "{:?}", a.failures);
     w.run("new-users").await;
     let by_email = w.contacts_by_email().await;
     no_duplicates(&by_email);
@@ -489,17 +503,16 @@ async fn two_workers_sharing_postgres_create_no_duplicate_contact() {
         store: open().await,
         config: w.ctx.config.clone(),
     };
-    let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None };
+    let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None, ..Default::default() };
     let mut created = 0;
     for _ in 0..2 {
         let (a, b) = tokio::join!(
             engine::workflow::run(&w.ctx, "new-users", &options),
             engine::workflow::run(&other, "new-users", &options)
         );
-        for r in [a.unwrap(), b.unwrap()] {
-            assert_eq!(r.failed, 0, "{:?}", r.failures);
-            created += w.counts(&r).await.get(&Action::Created).copied().unwrap_or(0);
-        }
+        let r = exactly_one_runs(a, b);
+        assert_eq!(r.failed, 0, "{:?}", r.failures);
+        created += w.counts(&r).await.get(&Action::Created).copied().unwrap_or(0);
     }
     let by_email = w.contacts_by_email().await;
     let leftover = w.run("new-users").await;
@@ -509,9 +522,10 @@ async fn two_workers_sharing_postgres_create_no_duplicate_contact() {
     assert_eq!(leftover.written, 0, "{:?}", leftover.samples);
 }
 
-/// A create claimed by a worker that is still running is deferred, and read again next run
-/// (the cursor waits for it); a claim left by a worker that died long ago is taken over, after
-/// looking once more whether that worker created the Contact.
+/// A create claimed while this run is going (by a worker that stalled past its run lease and
+/// still writes) is deferred, and read again next run (the cursor waits for it); a claim left by
+/// a run that is no longer live, a second or an hour ago, is taken over at once, after looking
+/// once more whether that run created the Contact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_in_flight_defer_and_abandoned_claims_are_taken_over() {
     let w = world(30, "skip").await;
@@ -521,20 +535,31 @@ async fn claims_in_flight_defer_and_abandoned_claims_are_taken_over() {
     let ms = now.timestamp_millis();
     let busy = format!("busy@{domain}");
     let gone = format!("gone@{domain}");
-    // Another worker is creating `busy` right now; one that crashed an hour ago claimed `gone`.
+    let died = format!("died@{domain}");
+    // A stalled worker claims `busy` while the run below is going; a run that crashed an hour
+    // ago claimed `gone`, and one killed a second ago claimed `died`.
     let store = &w.ctx.store;
-    store.begin_create(&format!("contact-email:{busy}"), "new-users", now).await.unwrap();
+    store
+        .begin_create(&format!("contact-email:{busy}"), "new-users", now + chrono::Duration::minutes(1))
+        .await
+        .unwrap();
     store.begin_create(&format!("contact-email:{gone}"), "new-users", now - chrono::Duration::hours(1)).await.unwrap();
+    store
+        .begin_create(&format!("contact-email:{died}"), "new-users", now - chrono::Duration::seconds(1))
+        .await
+        .unwrap();
     w.pendo_seed(json!({"visitors": [
         visitor("v-busy", &pendo_account, &busy, "Busy Bee", ms - 8_000, ms - 8_000),
         visitor("v-gone", &pendo_account, &gone, "Gone Away", ms - 7_000, ms - 7_000),
+        visitor("v-died", &pendo_account, &died, "Just Died", ms - 6_000, ms - 6_000),
     ]}))
     .await;
     let first = w.run("new-users").await;
-    assert_eq!((first.written, first.deferred, first.failed), (1, 1, 0), "{:?}", first.samples);
+    assert_eq!((first.written, first.deferred, first.failed), (2, 1, 0), "{:?}", first.samples);
     let by_email = w.contacts_by_email().await;
     assert!(!by_email.contains_key(&busy), "never created while another worker holds the claim");
     assert_eq!(by_email[&gone].len(), 1);
+    assert_eq!(by_email[&died].len(), 1, "a dead run's claim does not wait out PENDING_LEASE");
     assert_eq!(by_email[&gone][0]["AccountId"], json!(sf_account));
     let cursor = store.cursor("new-users", engine::workflow::new_users::CURSOR).await.unwrap();
     assert_eq!(cursor, Some((ms - 8_000).to_string()), "the cursor waits at the deferred visitor");

@@ -268,7 +268,9 @@ text_enum!(
 );
 
 text_enum!(
-    /// Where a run is in its life; every run starts `Running`.
+    /// Where a run is in its life; every run starts `Running`. `Abandoned`: its worker stopped
+    /// renewing the run's lease (the process died or lost the store) and the lease expired;
+    /// what it had not recorded is sent again by the next run.
     RunState, "run state" {
         Running => "running",
         Succeeded => "succeeded",
@@ -276,6 +278,7 @@ text_enum!(
         Failed => "failed",
         Deferred => "deferred",
         Cancelled => "cancelled",
+        Abandoned => "abandoned",
     }
 );
 
@@ -349,6 +352,55 @@ pub struct Run {
     pub finished_at: Option<DateTime<Utc>>,
     pub stats: serde_json::Value,
     pub error: Option<String>,
+    /// The process holding (or last holding) the run's lease, `host:pid`; None for runs
+    /// started without a lease (dry runs, replays, the nps consumer, older versions).
+    pub holder: Option<String>,
+    /// When the holder last renewed the lease.
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    /// The lease lapses then unless renewed; a `Running` run past it is abandoned.
+    pub lease_until: Option<DateTime<Utc>>,
+}
+
+/// What [`RunStore::claim_run`] did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RunClaim {
+    /// The run is recorded `Running` under a lease held by the caller.
+    Started { id: RunId, abandoned: Vec<Run> },
+    /// Another run of the workflow holds a live lease; nothing was recorded for this one.
+    Busy { holder: Box<Run>, abandoned: Vec<Run> },
+}
+
+/// The text an abandoned run keeps as its error: when its lease lapsed and what that means.
+pub(crate) fn abandoned_error(holder: Option<&str>, lease_until: DateTime<Utc>) -> String {
+    let consequence = "the run did not finish; nothing it had not recorded counts as written, so the next run \
+                       sends it again";
+    match holder {
+        Some(holder) => format!(
+            "abandoned: its worker {holder} stopped renewing the run's lease, which expired at {} (the process \
+             died or lost the state store); {consequence}",
+            lease_until.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+        None => {
+            format!("abandoned: the run was started before the store kept run leases and never finished; {consequence}")
+        }
+    }
+}
+
+/// What a finish appends to an abandoned run's error, so history keeps both facts: it was
+/// given up for dead, and then it did finish.
+pub(crate) fn finished_after_abandoned(finish: &RunFinish) -> String {
+    match &finish.error {
+        Some(e) => format!(
+            " | its worker was still alive and finished it at {} as {}: {e}",
+            finish.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            finish.state
+        ),
+        None => format!(
+            " | its worker was still alive and finished it at {} as {}",
+            finish.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            finish.state
+        ),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -372,7 +424,21 @@ pub trait RunStore {
         outcomes: &[RecordOutcome],
         fingerprints: &[FingerprintPut],
     ) -> StoreFuture<'_, ()>;
+    /// Closes a run. A run already marked `Abandoned` (its lease lapsed while its worker was
+    /// in fact alive) takes the finish's state and figures, and its error keeps the abandonment
+    /// text followed by how it finished: history never drops either fact.
     fn finish_run(&self, run: RunId, finish: &RunFinish) -> StoreFuture<'_, ()>;
+    /// In one transaction: marks every `Running` run whose lease expired before `now`
+    /// `Abandoned` (any workflow), then records `run` as `Running` under a lease held by
+    /// `holder` until `now + lease` — unless another run of the workflow holds a live lease, in
+    /// which case nothing is recorded and that run is returned. Atomic across processes: of
+    /// concurrent claims for one workflow, exactly one starts.
+    fn claim_run(&self, run: &NewRun, holder: &str, lease: Duration, now: DateTime<Utc>) -> StoreFuture<'_, RunClaim>;
+    /// Extends the lease of a `Running` run held by `holder` to `now + lease`; false (changing
+    /// nothing) when the run is no longer running under that holder (abandoned or finished).
+    fn renew_run_lease(&self, run: RunId, holder: &str, lease: Duration, now: DateTime<Utc>) -> StoreFuture<'_, bool>;
+    /// Marks every `Running` run whose lease expired before `now` `Abandoned`; returns them.
+    fn sweep_expired_runs(&self, now: DateTime<Utc>) -> StoreFuture<'_, Vec<Run>>;
     /// Newest first; `limit` 0 means no limit.
     fn list_runs(&self, workflow: Option<&str>, limit: u32) -> StoreFuture<'_, Vec<Run>>;
     fn get_run(&self, id: RunId) -> StoreFuture<'_, Option<Run>>;
@@ -587,10 +653,10 @@ pub trait FailureStore {
 }
 
 pub(crate) fn lease_until(now: DateTime<Utc>, lease: Duration) -> Result<DateTime<Utc>, StoreError> {
-    chrono::Duration::from_std(lease).ok().and_then(|d| now.checked_add_signed(d)).ok_or_else(|| StoreError::Invalid {
-        what: "failure lease",
-        detail: format!("{lease:?} after {now} is out of range"),
-    })
+    chrono::Duration::from_std(lease)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .ok_or_else(|| StoreError::Invalid { what: "lease", detail: format!("{lease:?} after {now} is out of range") })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,9 +20,9 @@ use super::{
     Action, Backend, BudgetDay, BudgetStore, CreateState, CursorStore, Failure, FailureFilter, FailureSelector,
     FailureStatus, FailureStore, FingerprintPut, FingerprintStore, Fingerprints, IdMapEntry, IdMapStore,
     IdempotencyStore, InboxCounts, InboxEvent, InboxStore, MatchStatus, NewFailure, NewRun, OutcomeFilter,
-    RecordOutcome, Run, RunFinish, RunId, RunState, RunStore, Store, StoreError, StoreFuture, fp_from_db, fp_to_db,
-    from_db_count, from_json_text, json_text, last_per_key, lease_until, outcome_rows, query_err, redact_location,
-    search_term, to_db_count,
+    RecordOutcome, Run, RunClaim, RunFinish, RunId, RunState, RunStore, Store, StoreError, StoreFuture,
+    abandoned_error, finished_after_abandoned, fp_from_db, fp_to_db, from_db_count, from_json_text, json_text,
+    last_per_key, lease_until, outcome_rows, query_err, redact_location, search_term, to_db_count,
 };
 
 /// SQLite allows 32,766 bound parameters per statement; stay well below it.
@@ -110,7 +110,41 @@ fn run_from_row(row: &SqliteRow) -> Result<Run, StoreError> {
         finished_at: opt_from_micros("run finished_at", get(row, "finished_at")?)?,
         stats: from_json_text("run stats", &get::<String>(row, "stats")?)?,
         error: get(row, "error")?,
+        holder: get(row, "holder")?,
+        heartbeat_at: opt_from_micros("run heartbeat_at", get(row, "heartbeat_at")?)?,
+        lease_until: opt_from_micros("run lease_until", get(row, "lease_until")?)?,
     })
+}
+
+/// Marks the running runs whose lease expired before `now` abandoned, inside the caller's
+/// write transaction, and returns them as they now read.
+async fn sweep_expired(conn: &mut sqlx::SqliteConnection, now: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM runs WHERE state = $1 AND lease_until < $2 ORDER BY id")
+        .bind(RunState::Running.as_str())
+        .bind(micros(now))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(query_err("sweep expired runs"))?;
+    let mut abandoned = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut run = run_from_row(row)?;
+        let Some(until) = run.lease_until else { continue };
+        let error = abandoned_error(run.holder.as_deref(), until);
+        sqlx::query("UPDATE runs SET state = $1, finished_at = $2, error = $3 WHERE id = $4 AND state = $5")
+            .bind(RunState::Abandoned.as_str())
+            .bind(micros(now))
+            .bind(&error)
+            .bind(run.id.0)
+            .bind(RunState::Running.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err("sweep expired runs"))?;
+        run.state = RunState::Abandoned;
+        run.finished_at = Some(now);
+        run.error = Some(error);
+        abandoned.push(run);
+    }
+    Ok(abandoned)
 }
 
 fn id_map_from_row(row: &SqliteRow) -> Result<IdMapEntry, StoreError> {
@@ -263,20 +297,106 @@ impl RunStore for SqliteStore {
         let finish = finish.clone();
         Box::pin(async move {
             let stats = json_text("run stats", &finish.stats)?;
-            let done =
-                sqlx::query("UPDATE runs SET state = $1, finished_at = $2, stats = $3, error = $4 WHERE id = $5")
-                    .bind(finish.state.as_str())
-                    .bind(micros(finish.finished_at))
-                    .bind(stats)
-                    .bind(finish.error)
-                    .bind(run.0)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(query_err("finish run"))?;
+            let after_abandoned = finished_after_abandoned(&finish);
+            // One statement, so a concurrent sweep either precedes it (and the abandonment text
+            // is kept) or follows it (and finds the run no longer running).
+            let done = sqlx::query(
+                "UPDATE runs SET state = $1, finished_at = $2, stats = $3, \
+                 error = CASE WHEN state = $6 THEN coalesce(error, '') || $7 ELSE $4 END WHERE id = $5",
+            )
+            .bind(finish.state.as_str())
+            .bind(micros(finish.finished_at))
+            .bind(stats)
+            .bind(finish.error)
+            .bind(run.0)
+            .bind(RunState::Abandoned.as_str())
+            .bind(after_abandoned)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("finish run"))?;
             if done.rows_affected() == 0 {
                 return Err(StoreError::Invalid { what: "finish run", detail: format!("no run with id {run}") });
             }
             Ok(())
+        })
+    }
+
+    fn claim_run(&self, run: &NewRun, holder: &str, lease: Duration, now: DateTime<Utc>) -> StoreFuture<'_, RunClaim> {
+        let run = run.clone();
+        let holder = holder.to_owned();
+        Box::pin(async move {
+            let until = micros(lease_until(now, lease)?);
+            // BEGIN IMMEDIATE takes the write lock first, so sweep, check and insert see no
+            // other writer; the partial unique index backs this up for any other path.
+            let mut tx = self.begin_write("claim run").await?;
+            let abandoned = sweep_expired(&mut tx, now).await?;
+            let id = RunId::new();
+            let inserted = sqlx::query(
+                "INSERT INTO runs (id, workflow, template, dry_run, trigger, state, started_at, stats, \
+                 holder, heartbeat_at, lease_until) VALUES ($1, $2, $3, $4, $5, $6, $7, '{}', $8, $9, $10) \
+                 ON CONFLICT (workflow) WHERE state = 'running' AND holder IS NOT NULL DO NOTHING",
+            )
+            .bind(id.0)
+            .bind(&run.workflow)
+            .bind(&run.template)
+            .bind(run.dry_run)
+            .bind(&run.trigger)
+            .bind(RunState::Running.as_str())
+            .bind(micros(run.started_at))
+            .bind(&holder)
+            .bind(micros(now))
+            .bind(until)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("claim run"))?
+            .rows_affected()
+                == 1;
+            let claim = if inserted {
+                RunClaim::Started { id, abandoned }
+            } else {
+                let row =
+                    sqlx::query("SELECT * FROM runs WHERE workflow = $1 AND state = $2 AND holder IS NOT NULL LIMIT 1")
+                        .bind(&run.workflow)
+                        .bind(RunState::Running.as_str())
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(query_err("claim run"))?;
+                RunClaim::Busy { holder: Box::new(run_from_row(&row)?), abandoned }
+            };
+            tx.commit().await.map_err(query_err("claim run"))?;
+            Ok(claim)
+        })
+    }
+
+    fn renew_run_lease(&self, run: RunId, holder: &str, lease: Duration, now: DateTime<Utc>) -> StoreFuture<'_, bool> {
+        let holder = holder.to_owned();
+        Box::pin(async move {
+            let until = micros(lease_until(now, lease)?);
+            // Renewing a lapsed lease nobody has swept yet is safe: a claim sweeps before it
+            // inserts, so no other run of the workflow can have started meanwhile.
+            let renewed = sqlx::query(
+                "UPDATE runs SET heartbeat_at = $1, lease_until = $2 WHERE id = $3 AND state = $4 AND holder = $5",
+            )
+            .bind(micros(now))
+            .bind(until)
+            .bind(run.0)
+            .bind(RunState::Running.as_str())
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("renew run lease"))?
+            .rows_affected()
+                == 1;
+            Ok(renewed)
+        })
+    }
+
+    fn sweep_expired_runs(&self, now: DateTime<Utc>) -> StoreFuture<'_, Vec<Run>> {
+        Box::pin(async move {
+            let mut tx = self.begin_write("sweep expired runs").await?;
+            let abandoned = sweep_expired(&mut tx, now).await?;
+            tx.commit().await.map_err(query_err("sweep expired runs"))?;
+            Ok(abandoned)
         })
     }
 

@@ -103,7 +103,175 @@ conformance!(
     budget_concurrent_reservations_respect_cap,
     idempotent_creates,
     inbox_dedupes_and_drains,
+    run_claims_conflict_per_workflow,
+    run_claim_marks_expired_lease_abandoned,
+    run_sweep_marks_only_expired_leases,
+    run_heartbeat_renews_the_lease,
+    run_finish_after_abandoned_keeps_both_facts,
+    run_concurrent_claims_start_exactly_one,
 );
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn secs(at: DateTime<Utc>, s: i64) -> DateTime<Utc> {
+    at + chrono::Duration::seconds(s)
+}
+
+async fn claim(store: &Arc<dyn Store>, workflow: &str, holder: &str, now: DateTime<Utc>) -> RunClaim {
+    store.claim_run(&new_run(workflow, now), holder, LEASE, now).await.unwrap()
+}
+
+fn started(claim: RunClaim) -> (RunId, Vec<Run>) {
+    match claim {
+        RunClaim::Started { id, abandoned } => (id, abandoned),
+        RunClaim::Busy { holder, .. } => panic!("expected the claim to start, but {holder:?} holds the workflow"),
+    }
+}
+
+async fn run_claims_conflict_per_workflow(store: Arc<dyn Store>) {
+    let (a, abandoned) = started(claim(&store, "wf", "host-1:10", t(1, 0)).await);
+    assert!(abandoned.is_empty());
+    let run = store.get_run(a).await.unwrap().expect("claimed run exists");
+    assert_eq!(run.state, RunState::Running);
+    assert_eq!(run.holder.as_deref(), Some("host-1:10"));
+    assert_eq!(run.heartbeat_at, Some(t(1, 0)));
+    assert_eq!(run.lease_until, Some(t(1, 1)));
+
+    match claim(&store, "wf", "host-2:20", secs(t(1, 0), 30)).await {
+        RunClaim::Busy { holder, abandoned } => {
+            assert_eq!(holder.id, a, "the busy answer names the live run");
+            assert_eq!(holder.holder.as_deref(), Some("host-1:10"));
+            assert!(abandoned.is_empty());
+        }
+        other => panic!("a second claim within the lease must be refused: {other:?}"),
+    }
+    assert_eq!(store.list_runs(Some("wf"), 0).await.unwrap().len(), 1, "a refused claim records nothing");
+
+    // Other workflows, and runs without a lease (replays, the nps consumer), are independent.
+    started(claim(&store, "other", "host-2:20", secs(t(1, 0), 30)).await);
+    store.start_run(&new_run("wf", secs(t(1, 0), 31))).await.unwrap();
+
+    let done = RunFinish { state: RunState::Succeeded, finished_at: secs(t(1, 0), 40), stats: json!({}), error: None };
+    store.finish_run(a, &done).await.unwrap();
+    let (b, _) = started(claim(&store, "wf", "host-2:20", secs(t(1, 0), 41)).await);
+    assert_ne!(a, b, "a finished run frees its workflow at once");
+    assert_eq!(store.get_run(a).await.unwrap().expect("run a").state, RunState::Succeeded);
+}
+
+async fn run_claim_marks_expired_lease_abandoned(store: Arc<dyn Store>) {
+    let (dead, _) = started(claim(&store, "wf", "host-1:10", t(1, 0)).await);
+    // Within the lease the holder is presumed alive.
+    assert!(matches!(claim(&store, "wf", "host-2:20", secs(t(1, 0), 59)).await, RunClaim::Busy { .. }));
+    // Past it, the next claim of any workflow marks it abandoned; the same workflow starts.
+    let (next, abandoned) = started(claim(&store, "wf", "host-2:20", t(1, 2)).await);
+    assert_eq!(abandoned.iter().map(|r| r.id).collect::<Vec<_>>(), vec![dead]);
+    let run = store.get_run(dead).await.unwrap().expect("dead run");
+    assert_eq!(run.state, RunState::Abandoned);
+    assert_eq!(run.finished_at, Some(t(1, 2)));
+    let error = run.error.expect("an abandoned run says why");
+    assert!(error.contains("host-1:10") && error.contains("expired at 2026-11-27 01:01:00 UTC"), "{error}");
+    assert!(error.contains("next run sends it again"), "{error}");
+    assert_eq!(abandoned[0], store.get_run(dead).await.unwrap().expect("dead run"), "returned as stored");
+    assert_eq!(store.get_run(next).await.unwrap().expect("next run").state, RunState::Running);
+
+    // A claim of another workflow sweeps too.
+    let (other, abandoned) = started(claim(&store, "wf-b", "host-1:11", t(2, 0)).await);
+    assert_eq!(abandoned.iter().map(|r| r.id).collect::<Vec<_>>(), vec![next]);
+    let (_, abandoned) = started(claim(&store, "wf-c", "host-1:12", t(3, 0)).await);
+    assert_eq!(abandoned.iter().map(|r| r.id).collect::<Vec<_>>(), vec![other]);
+}
+
+async fn run_sweep_marks_only_expired_leases(store: Arc<dyn Store>) {
+    let (a, _) = started(claim(&store, "wf-a", "host-1:10", t(1, 0)).await);
+    let (b, _) = started(claim(&store, "wf-b", "host-1:10", secs(t(1, 0), 30)).await);
+    let unleased = store.start_run(&new_run("wf-c", t(1, 0))).await.unwrap();
+    let (finished, _) = started(claim(&store, "wf-d", "host-1:10", t(1, 0)).await);
+    let done = RunFinish { state: RunState::Partial, finished_at: secs(t(1, 0), 5), stats: json!({}), error: None };
+    store.finish_run(finished, &done).await.unwrap();
+
+    assert!(store.sweep_expired_runs(secs(t(1, 0), 60)).await.unwrap().is_empty(), "a lease is live up to its end");
+    let swept = store.sweep_expired_runs(secs(t(1, 0), 61)).await.unwrap();
+    assert_eq!(swept.iter().map(|r| r.id).collect::<Vec<_>>(), vec![a]);
+    assert!(swept.iter().all(|r| r.state == RunState::Abandoned));
+    assert_eq!(store.get_run(b).await.unwrap().expect("b").state, RunState::Running);
+    let swept = store.sweep_expired_runs(t(5, 0)).await.unwrap();
+    assert_eq!(swept.iter().map(|r| r.id).collect::<Vec<_>>(), vec![b], "a swept run is not swept twice");
+    assert!(store.sweep_expired_runs(t(6, 0)).await.unwrap().is_empty());
+    assert_eq!(store.get_run(unleased).await.unwrap().expect("unleased").state, RunState::Running);
+    let run = store.get_run(finished).await.unwrap().expect("finished");
+    assert_eq!((run.state, run.error), (RunState::Partial, None), "finished runs are left alone");
+}
+
+async fn run_heartbeat_renews_the_lease(store: Arc<dyn Store>) {
+    let (a, _) = started(claim(&store, "wf", "host-1:10", t(1, 0)).await);
+    assert!(store.renew_run_lease(a, "host-1:10", LEASE, secs(t(1, 0), 50)).await.unwrap());
+    let run = store.get_run(a).await.unwrap().expect("a");
+    assert_eq!(run.heartbeat_at, Some(secs(t(1, 0), 50)));
+    assert_eq!(run.lease_until, Some(secs(t(1, 1), 50)));
+    // Past the first lease but within the renewed one: still busy, nothing swept.
+    match claim(&store, "wf", "host-2:20", secs(t(1, 1), 30)).await {
+        RunClaim::Busy { holder, abandoned } => {
+            assert_eq!(holder.id, a);
+            assert!(abandoned.is_empty(), "a renewed lease is not expired");
+        }
+        other => panic!("the renewed lease must hold: {other:?}"),
+    }
+    assert!(!store.renew_run_lease(a, "host-2:20", LEASE, secs(t(1, 1), 31)).await.unwrap(), "only the holder renews");
+    assert!(!store.renew_run_lease(RunId::new(), "host-1:10", LEASE, t(1, 2)).await.unwrap());
+    store.sweep_expired_runs(t(1, 5)).await.unwrap();
+    assert!(
+        !store.renew_run_lease(a, "host-1:10", LEASE, t(1, 6)).await.unwrap(),
+        "an abandoned run's lease cannot be renewed back"
+    );
+    assert_eq!(store.get_run(a).await.unwrap().expect("a").state, RunState::Abandoned);
+}
+
+async fn run_finish_after_abandoned_keeps_both_facts(store: Arc<dyn Store>) {
+    let (a, _) = started(claim(&store, "wf", "host-1:10", t(1, 0)).await);
+    store.sweep_expired_runs(t(1, 5)).await.unwrap();
+    let stats = json!({"written": 7});
+    let done = RunFinish { state: RunState::Succeeded, finished_at: t(1, 6), stats: stats.clone(), error: None };
+    store.finish_run(a, &done).await.unwrap();
+    let run = store.get_run(a).await.unwrap().expect("a");
+    assert_eq!(run.state, RunState::Succeeded, "the real outcome is recorded");
+    assert_eq!(run.stats, stats);
+    let error = run.error.expect("the abandonment is kept");
+    assert!(error.starts_with("abandoned: its worker host-1:10"), "{error}");
+    assert!(error.contains("finished it at 2026-11-27 01:06:00 UTC as succeeded"), "{error}");
+
+    // A run never abandoned keeps its own error only.
+    let (b, _) = started(claim(&store, "wf", "host-1:10", t(2, 0)).await);
+    let failed =
+        RunFinish { state: RunState::Failed, finished_at: t(2, 1), stats: json!(null), error: Some("boom".into()) };
+    store.finish_run(b, &failed).await.unwrap();
+    assert_eq!(store.get_run(b).await.unwrap().expect("b").error.as_deref(), Some("boom"));
+}
+
+async fn run_concurrent_claims_start_exactly_one(store: Arc<dyn Store>) {
+    for round in 0..5u32 {
+        let workflow = format!("wf-{round}");
+        let claims: Vec<_> = (0..8)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                let workflow = workflow.clone();
+                tokio::spawn(async move { claim(&store, &workflow, &format!("host:{i}"), t(1, round)).await })
+            })
+            .collect();
+        let mut started_ids = Vec::new();
+        let mut busy_on = BTreeSet::new();
+        for c in claims {
+            match c.await.unwrap() {
+                RunClaim::Started { id, .. } => started_ids.push(id),
+                RunClaim::Busy { holder, .. } => {
+                    busy_on.insert(holder.id);
+                }
+            }
+        }
+        assert_eq!(started_ids.len(), 1, "round {round}: exactly one of 8 concurrent claims starts");
+        assert_eq!(busy_on, BTreeSet::from([started_ids[0]]), "every refused claim names the winner");
+        assert_eq!(store.list_runs(Some(&workflow), 0).await.unwrap().len(), 1);
+    }
+}
 
 async fn inbox_dedupes_and_drains(store: Arc<dyn Store>) {
     let event = |id: &str, at: DateTime<Utc>| InboxEvent {

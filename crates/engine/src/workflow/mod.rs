@@ -25,6 +25,7 @@ pub mod create;
 pub mod drop_alert;
 pub mod engagement;
 pub mod expansion;
+mod lease;
 pub mod new_users;
 pub mod nps;
 pub mod replay;
@@ -42,6 +43,7 @@ use crate::plan::Plan;
 use crate::store::{RunId, Store};
 
 pub use budget::BudgetReport;
+pub use lease::{RunLease, holder as lease_holder};
 
 /// What every run needs: clients, the store and the loaded config.
 #[derive(Clone)]
@@ -60,6 +62,8 @@ pub struct RunOptions {
     /// `cli`, `schedule`, `demo`, `replay`.
     pub trigger: String,
     pub progress: Option<Arc<dyn Progress>>,
+    /// The lease a non-dry run holds in the store while it executes; tests shorten it.
+    pub lease: RunLease,
 }
 
 /// Progress of the long steps, for bars in a terminal (or nothing).
@@ -89,6 +93,18 @@ pub enum RunError {
         "the API budget is spent: {needed} calls needed to read, {left} left of today's share; nothing was read or written"
     )]
     OverBudget { needed: u64, left: u64 },
+    #[error(
+        "workflow {workflow:?} is already running: run {run_id}, started at {since} by {holder}, holds its lease{}; \
+         this run did not start (a worker that dies gives the workflow up when its lease lapses)",
+        until.map(|u| format!(" until {u} unless renewed")).unwrap_or_default()
+    )]
+    Busy {
+        workflow: String,
+        run_id: RunId,
+        holder: String,
+        since: chrono::DateTime<chrono::Utc>,
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
 }
 
 impl RunError {
@@ -228,9 +244,11 @@ pub async fn run(ctx: &Context, name: &str, options: &RunOptions) -> Result<RunR
     }
 }
 
-/// A run's record in the store around its body: started unless it is a dry run, then closed
-/// with the report's state and figures, or with the error (a spent budget is `deferred`,
-/// anything else `failed`). Every template runs through here, so history reads the same for all.
+/// A run's record in the store around its body: claimed under a lease unless it is a dry run
+/// (refused with [`RunError::Busy`] while another run of the workflow holds a live lease), the
+/// lease renewed while the body executes, then closed with the report's state and figures, or
+/// with the error (a spent budget is `deferred`, anything else `failed`). Every template runs
+/// through here, so history reads the same for all.
 pub(crate) async fn recorded<F, Fut>(
     ctx: &Context,
     workflow: &crate::config::Workflow,
@@ -241,7 +259,9 @@ where
     F: FnOnce(chrono::DateTime<chrono::Utc>, Option<RunId>) -> Fut,
     Fut: std::future::Future<Output = Result<RunReport, RunError>>,
 {
+    use crate::store::RunClaim;
     let now = chrono::Utc::now();
+    let mut heartbeat = None;
     let run_id = if options.dry_run {
         None
     } else {
@@ -252,13 +272,50 @@ where
             started_at: now,
             trigger: options.trigger.clone(),
         };
-        Some(ctx.store.start_run(&new).await?)
+        let holder = lease::holder();
+        let mut claim = ctx.store.claim_run(&new, &holder, options.lease.duration, now).await?;
+        if let RunClaim::Busy { holder: busy, .. } = &claim
+            && lease::expire_if_dead(ctx.store.as_ref(), busy, now).await?
+        {
+            tracing::info!(workflow = %workflow.name, run = %busy.id, "The run holding the workflow belonged to a process that is gone; taking over");
+            claim = ctx.store.claim_run(&new, &holder, options.lease.duration, now).await?;
+        }
+        match claim {
+            RunClaim::Started { id, abandoned } => {
+                log_abandoned(&abandoned);
+                heartbeat = Some(lease::Heartbeat::start(Arc::clone(&ctx.store), id, holder, options.lease));
+                Some(id)
+            }
+            RunClaim::Busy { holder, abandoned } => {
+                log_abandoned(&abandoned);
+                return Err(RunError::Busy {
+                    workflow: workflow.name.clone(),
+                    run_id: holder.id,
+                    holder: holder.holder.unwrap_or_default(),
+                    since: holder.started_at,
+                    until: holder.lease_until,
+                });
+            }
+        }
     };
     let result = body(now, run_id).await;
+    let lost = heartbeat.map(lease::Heartbeat::stop).unwrap_or(false);
     if let Some(id) = run_id {
+        if lost {
+            // The store keeps both facts (abandoned, then finished): see `finish_run`.
+            tracing::warn!(workflow = %workflow.name, run = %id, "The run finished after losing its lease");
+        }
         ctx.store.finish_run(id, &finish_of(&result)).await?;
     }
     result
+}
+
+/// Says which runs a claim found dead and marked abandoned.
+fn log_abandoned(runs: &[crate::store::Run]) {
+    for run in runs {
+        tracing::warn!(workflow = %run.workflow, run = %run.id, holder = run.holder.as_deref().unwrap_or("-"),
+            lease_until = ?run.lease_until, "Marked a run abandoned: its lease expired");
+    }
 }
 
 pub(crate) fn finish_of(result: &Result<RunReport, RunError>) -> crate::store::RunFinish {

@@ -441,6 +441,15 @@ async fn body(
     }
 
     // Claim every create under its e-mail, so a second worker cannot create the same person.
+    // A claim made before this run started, while no other run of the workflow is live (the
+    // run lease makes this run the only one), was left by a run that died or stalled: it is
+    // taken over at once, after the e-mail look-up below, instead of after PENDING_LEASE.
+    let others_live = ctx
+        .store
+        .list_runs(Some(&workflow.name), 20)
+        .await?
+        .iter()
+        .any(|r| r.state == crate::store::RunState::Running && Some(r.id) != Some(run_id));
     let mut deferred: Vec<Pending> = Vec::new();
     let mut stale: Vec<Pending> = Vec::new();
     let mut ready: Vec<Pending> = Vec::new();
@@ -461,7 +470,9 @@ async fn body(
                 w.salesforce_id = Some(salesforce_id);
                 ready.push(w);
             }
-            CreateState::Pending { since } if now - since < PENDING_LEASE => deferred.push(w),
+            CreateState::Pending { since } if now - since < PENDING_LEASE && (others_live || since >= now) => {
+                deferred.push(w)
+            }
             CreateState::Pending { .. } => {
                 w.claim = Some(key);
                 stale.push(w);

@@ -125,7 +125,12 @@ fn cases() -> Vec<Case> {
                 fields: &["AccountId", "Email", "FirstName", "LastName", "Pendo_Last_Active__c"],
             },
             points: &["gather", "plan", "create:1", "record"],
-            edit: Some(Edit { object: "Contact", made_by: "Pendo_Visitor_Id__c", field: "Title", value: "Head of Ops" }),
+            edit: Some(Edit {
+                object: "Contact",
+                made_by: "Pendo_Visitor_Id__c",
+                field: "Title",
+                value: "Head of Ops",
+            }),
         },
         Case {
             workflow: "trials",
@@ -177,6 +182,10 @@ pub struct Row {
     pub differing: usize,
     /// People's edits changed back after the store was lost.
     pub clobbered: usize,
+    /// Runs history still shows `running` once everything finished (killed runs must be
+    /// `abandoned`), and how many were marked abandoned.
+    pub left_running: usize,
+    pub abandoned: usize,
     /// The exit code of the run whose allocation was spent mid-way (4: deferred).
     pub spent_exit: Option<i32>,
     /// Problems in words; empty when every guarantee held.
@@ -186,7 +195,8 @@ pub struct Row {
 /// Runs the harness over the templates named in `only` (all when empty) with `kills` kills
 /// each; exit 0 when every guarantee held, 1 otherwise.
 pub async fn chaos(accounts: usize, kills: usize, only: &[String], json: bool) -> Result<u8> {
-    let cases: Vec<Case> = cases().into_iter().filter(|c| only.is_empty() || only.iter().any(|o| o == c.workflow)).collect();
+    let cases: Vec<Case> =
+        cases().into_iter().filter(|c| only.is_empty() || only.iter().any(|o| o == c.workflow)).collect();
     if cases.is_empty() {
         let names: Vec<&str> = self::cases().iter().map(|c| c.workflow).collect();
         bail!("no such workflow in the chaos harness; it has {}", names.join(", "));
@@ -214,6 +224,7 @@ pub async fn chaos(accounts: usize, kills: usize, only: &[String], json: bool) -
                     r.missing.to_string(),
                     (r.extra + r.differing).to_string(),
                     r.clobbered.to_string(),
+                    format!("{}/{}", r.left_running, r.abandoned),
                     r.spent_exit.map_or("-".into(), |c| c.to_string()),
                     if r.problems.is_empty() { "ok".into() } else { r.problems.join("; ") },
                 ]
@@ -229,6 +240,7 @@ pub async fn chaos(accounts: usize, kills: usize, only: &[String], json: bool) -
                 "missing",
                 "extra/differing",
                 "edits undone",
+                "running/abandoned",
                 "spent → exit",
                 "verdict",
             ],
@@ -255,7 +267,9 @@ async fn run_case(case: &Case, accounts: usize, kills: usize) -> Result<Row> {
 
     // Killed at the points in turn, under transient faults, then run to completion.
     let world = World::new(accounts).await?;
-    world.admin("faults", json!({"seed": 7, "unableToLockRow": 0.1, "serverUnavailable": 0.1, "dropConnection": 0.1})).await?;
+    world
+        .admin("faults", json!({"seed": 7, "unableToLockRow": 0.1, "serverUnavailable": 0.1, "dropConnection": 0.1}))
+        .await?;
     for k in 0..kills {
         let point = case.points[k % case.points.len()];
         let (code, out) = world.sync(workflow, Some(point)).await?;
@@ -286,6 +300,15 @@ async fn run_case(case: &Case, accounts: usize, kills: usize) -> Result<Row> {
         row.problems.push(format!("the run after the faults still had work or failed (exit {code:?}): {out}"));
     }
     compare(&reference, &world.snapshot(&case.what).await?, "after kills and faults", &mut row);
+    let runs = world.runs().await?;
+    row.left_running = runs.iter().filter(|r| r["state"] == "running").count();
+    row.abandoned = runs.iter().filter(|r| r["state"] == "abandoned").count();
+    if row.left_running > 0 {
+        row.problems.push(format!("{} runs left running in history", row.left_running));
+    }
+    if row.abandoned < row.died_at.len() {
+        row.problems.push(format!("{} killed runs, {} marked abandoned", row.died_at.len(), row.abandoned));
+    }
 
     // A person edits what usagesync made; the store is lost; the next run must adopt what it
     // finds and change back nothing a person did.
@@ -398,6 +421,23 @@ impl World {
             Value::String(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
         });
         Ok((out.status.code(), report))
+    }
+
+    /// Every run in the world's history, as `usagesync runs --json` lists them.
+    async fn runs(&self) -> Result<Vec<Value>> {
+        let exe = std::env::current_exe().context("Failed to find this executable")?;
+        let out = tokio::process::Command::new(exe)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--json", "runs", "--limit", "0"])
+            .env("SF_CLIENT_SECRET", "emulator-secret")
+            .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
+            .env_remove("USAGESYNC_CONFIG")
+            .output()
+            .await
+            .context("Failed to run usagesync runs")?;
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("usagesync runs printed no JSON: {}", String::from_utf8_lossy(&out.stderr)))
     }
 
     async fn admin(&self, path: &str, body: Value) -> Result<()> {

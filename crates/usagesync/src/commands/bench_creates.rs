@@ -86,7 +86,8 @@ pub async fn creates(sizes: &[usize], days: u32) -> Result<()> {
         for workflow in ["churn-alerts", "expansion", "trials"] {
             for label in ["first run", "re-run"] {
                 let t = Instant::now();
-                let options = RunOptions { dry_run: false, trigger: "bench".into(), progress: None };
+                let options =
+                    RunOptions { dry_run: false, trigger: "bench".into(), progress: None, ..Default::default() };
                 let r = engine::workflow::run(&ctx, workflow, &options).await?;
                 let kinds: Vec<String> = r.api_calls.iter().map(|(k, v)| format!("{k} {v}")).collect();
                 rows.push(vec![

@@ -95,7 +95,7 @@ pub async fn engagement(sizes: &[usize], days: u32) -> Result<()> {
             }
             reset_peak_rss();
             let t = Instant::now();
-            let options = RunOptions { dry_run: false, trigger: "bench".into(), progress: None };
+            let options = RunOptions { dry_run: false, trigger: "bench".into(), progress: None, ..Default::default() };
             let report = engine::workflow::run(&ctx, "engagement", &options).await?;
             measured.push(Measured { label, seconds: t.elapsed().as_secs_f64(), peak_mib: peak_rss_mib(), report });
         }

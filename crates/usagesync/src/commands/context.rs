@@ -28,6 +28,20 @@ pub fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// Shortens run leases in the binary's own tests, which kill a run and must not wait a minute
+/// for its lease to lapse. Read in debug builds only, so a release binary cannot be tripped by it.
+pub const TEST_RUN_LEASE_ENV: &str = "USAGESYNC_TEST_RUN_LEASE_MS";
+
+/// The lease a run holds in the store: [`engine::workflow::RunLease::DEFAULT`], except in a
+/// debug build with [`TEST_RUN_LEASE_ENV`] set.
+pub fn run_lease() -> engine::workflow::RunLease {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var(TEST_RUN_LEASE_ENV).ok().and_then(|v| v.parse::<u64>().ok()).filter(|ms| *ms > 0) {
+        return engine::workflow::RunLease::lasting(std::time::Duration::from_millis(ms));
+    }
+    engine::workflow::RunLease::DEFAULT
+}
+
 pub fn load_config(path: &Path) -> Result<Config> {
     engine::config::load(path).map_err(|errors| anyhow::Error::new(ConfigInvalid(errors.to_string())))
 }

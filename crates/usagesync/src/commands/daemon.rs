@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use engine::scheduler::{self, Claim};
 use engine::store::{RunFinish, RunState};
-use engine::workflow::{Context, RunOptions};
+use engine::workflow::{Context, RunError, RunOptions};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -106,6 +106,10 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Runs of dead workers are marked abandoned by the next claim anyway; sweeping here too
+    // keeps history and the console honest while no run starts for a while.
+    let mut sweep = tokio::time::interval(context::run_lease().heartbeat);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -113,6 +117,7 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
                 schedule_due(&ctx, &status, &mut runs).await;
                 while runs.try_join_next().is_some() {}
             }
+            _ = sweep.tick() => sweep_abandoned(&ctx).await,
         }
     }
     let _ = stop_consumer.send(true);
@@ -175,6 +180,19 @@ async fn cancel_abandoned(ctx: &Context, status: &Status) {
     }
 }
 
+/// Marks the runs whose lease lapsed (their worker died) abandoned.
+async fn sweep_abandoned(ctx: &Context) {
+    match ctx.store.sweep_expired_runs(Utc::now()).await {
+        Ok(runs) => {
+            for run in runs {
+                tracing::warn!(workflow = %run.workflow, run = %run.id, holder = run.holder.as_deref().unwrap_or("-"),
+                    "Marked a run abandoned: its lease expired");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "Failed to sweep runs with expired leases"),
+    }
+}
+
 /// Starts a run of every workflow whose schedule this worker claims now.
 async fn schedule_due(ctx: &Context, status: &Status, runs: &mut JoinSet<()>) {
     let now = Utc::now();
@@ -205,7 +223,8 @@ async fn schedule_due(ctx: &Context, status: &Status, runs: &mut JoinSet<()>) {
         let status = Arc::clone(status);
         let name = name.clone();
         runs.spawn(async move {
-            let options = RunOptions { dry_run: false, trigger: "schedule".into(), progress: None };
+            let options =
+                RunOptions { dry_run: false, trigger: "schedule".into(), progress: None, lease: context::run_lease() };
             let result = engine::workflow::run(&ctx, &name, &options).await;
             let mut all = status.lock();
             let Some(s) = all.get_mut(&name) else { return };
@@ -219,6 +238,12 @@ async fn schedule_due(ctx: &Context, status: &Status, runs: &mut JoinSet<()>) {
                     s.last_run = report.run_id.map(|id| id.to_string());
                     s.last_state = Some(report.state);
                     s.last_error = None;
+                }
+                // Another worker sharing the store runs this workflow: this slot is its, not
+                // a failure, and the last run's state stays what it was.
+                Err(RunError::Busy { run_id, holder, .. }) => {
+                    tracing::info!(workflow = %name, run = %run_id, holder = %holder,
+                        "Skipped a scheduled run: another worker is running this workflow");
                 }
                 Err(e) => {
                     tracing::error!(workflow = %name, error = %e, "Run failed");

@@ -51,8 +51,12 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<u8> {
 
     let mut reports: Vec<RunReport> = Vec::new();
     for run in 1..=2 {
-        let options =
-            RunOptions { dry_run: false, trigger: "demo".into(), progress: progress::Bars::for_terminal(json) };
+        let options = RunOptions {
+            dry_run: false,
+            trigger: "demo".into(),
+            progress: progress::Bars::for_terminal(json),
+            ..Default::default()
+        };
         let report = engine::workflow::run(&ctx, "engagement", &options).await?;
         if !json {
             println!();

@@ -43,6 +43,10 @@ pub async fn runs(
         &["run", "workflow", "trigger", "state", "started", "written", "failed", "API calls"],
         &[run_row(&run)],
     );
+    if let Some(holder) = &run.holder {
+        let at = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
+        println!("worker: {holder} (last heartbeat {}, lease until {})", at(run.heartbeat_at), at(run.lease_until));
+    }
     if let Some(e) = &run.error {
         println!("error: {e}");
     }

@@ -8,14 +8,20 @@ use super::table::{self, thousands};
 use super::{context, progress};
 
 /// Exit codes: 0 everything written (or nothing to write), 3 some records failed (kept for
-/// replay), 4 some work deferred by the budget.
+/// replay), 4 some work deferred by the budget. A run refused because another run of the
+/// workflow holds its lease ([`engine::workflow::RunError::Busy`]) is an error: exit 1.
 pub const EXIT_FAILURES: u8 = 3;
 pub const EXIT_DEFERRED: u8 = 4;
 
 pub async fn run(config_path: &std::path::Path, workflow: &str, dry_run: bool, json: bool) -> Result<u8> {
     let config = context::load_config(config_path)?;
     let ctx = context::build(config, &context::env_var).await?;
-    let options = RunOptions { dry_run, trigger: "cli".into(), progress: progress::Bars::for_terminal(json) };
+    let options = RunOptions {
+        dry_run,
+        trigger: "cli".into(),
+        progress: progress::Bars::for_terminal(json),
+        lease: context::run_lease(),
+    };
     let report = match engine::workflow::run(&ctx, workflow, &options).await {
         Ok(report) => report,
         // A spent allocation defers the whole run: nothing lost, the next run does it.

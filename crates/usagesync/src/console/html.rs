@@ -50,7 +50,7 @@ header .brand{font-weight:700;color:#fff;margin-right:12px}header form{margin-le
 main{padding:18px 24px;max-width:1400px}h1{font-size:20px;margin:4px 0 14px}h2{font-size:16px;margin:22px 0 8px}\
 table{border-collapse:collapse;background:#fff;margin-bottom:10px}th,td{border:1px solid #dde2e8;padding:4px 8px;text-align:left;vertical-align:top}\
 th{background:#eef1f5;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}\
-.succeeded{color:#17803d}.failed,.error{color:#b42318}.partial,.deferred{color:#b54708}.running{color:#175cd3}\
+.succeeded{color:#17803d}.failed,.error{color:#b42318}.partial,.deferred,.abandoned,.cancelled{color:#b54708}.running{color:#175cd3}\
 .muted{color:#667085}code,pre{font-family:ui-monospace,monospace;font-size:13px}pre{background:#fff;border:1px solid #dde2e8;padding:10px;overflow:auto}\
 button{cursor:pointer;padding:3px 10px}form.inline{display:inline}.notice{background:#ecfdf3;border:1px solid #abefc6;padding:8px 12px}\
 .bar{background:#7aa7e0;height:10px;display:inline-block}.old{color:#b42318;text-decoration:line-through}.new{color:#17803d}\

@@ -66,6 +66,13 @@ async fn render(st: &ConsoleState, id: RunId, params: &Params) -> Result<Option<
         vec!["finished".into(), html::opt_time(run.finished_at.as_ref())],
         vec!["took".into(), finished.unwrap_or_else(|| "—".into())],
     ];
+    // Who held the run's lease tells a person which worker ran it, and for a running run how
+    // fresh its heartbeat is; runs without a lease (dry runs, replays) have none to show.
+    if let Some(holder) = &run.holder {
+        facts.push(vec!["worker".into(), html::esc(holder)]);
+        facts.push(vec!["last heartbeat".into(), html::opt_time(run.heartbeat_at.as_ref())]);
+        facts.push(vec!["lease until".into(), html::opt_time(run.lease_until.as_ref())]);
+    }
     if let Some(e) = &run.error {
         facts.push(vec!["error".into(), format!("<span class=\"error\">{}</span>", html::esc(e))]);
     }
