@@ -163,6 +163,14 @@ impl Quarantine {
         self.objects.contains(&object) || self.fields.contains(&(object, field.to_ascii_lowercase()))
     }
 
+    /// Whether any problem (a read one included) is about `field` of `object`: a template that
+    /// reads it leaves it out of its query rather than have the whole query refused.
+    pub fn concerns(&self, object: &str, field: &str) -> bool {
+        self.problems.iter().any(|p| {
+            p.object.eq_ignore_ascii_case(object) && p.field.as_deref().is_none_or(|f| f.eq_ignore_ascii_case(field))
+        })
+    }
+
     /// Takes the quarantined fields out of a record about to be sent to `object`; returns the
     /// names removed.
     pub fn strip(&self, object: &str, fields: &mut Map<String, Value>) -> Vec<String> {

@@ -281,6 +281,7 @@ async fn body(
         samples,
         failures: Vec::new(),
         ambiguous_samples: Vec::new(),
+        preflight: Default::default(),
     };
     if config.create_case {
         report.fields_changed.insert("Case".to_owned(), alerts.len());

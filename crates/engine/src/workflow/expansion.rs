@@ -263,6 +263,7 @@ async fn body(
         samples,
         failures: Vec::new(),
         ambiguous_samples: Vec::new(),
+        preflight: Default::default(),
     };
     let Some(run_id) = run_id else {
         report.budget.this_run = meter.calls.values().sum();

@@ -206,6 +206,18 @@ async fn body(
     }
     drop(written);
     meter.step("diff", None);
+    let quarantine = engagement::preflight(ctx, workflow, &changes, options.dry_run).await?;
+    meter.step("preflight", Some("preflight"));
+    let (mut changes, held) = deliver::hold_back(&quarantine, OBJECT, &[], changes);
+    decisions.extend(held.iter().map(|h| RecordOutcome {
+        object: OBJECT.into(),
+        key: h.change.key.clone(),
+        salesforce_id: Some(h.change.salesforce_id.clone()),
+        action: Action::Skipped,
+        changes: vec![],
+        error_code: Some("QUARANTINED".into()),
+        message: Some(h.reason.clone()),
+    }));
 
     let mut fields_changed: BTreeMap<String, usize> = BTreeMap::new();
     for c in &changes {
@@ -247,6 +259,7 @@ async fn body(
             .collect(),
         failures: Vec::new(),
         ambiguous_samples: Vec::new(),
+        preflight: super::PreflightReport { problems: quarantine.problems().to_vec(), records_held_back: held.len() },
     };
     let Some(run_id) = run_id else {
         report.budget.this_run = meter.calls.values().sum();
