@@ -231,3 +231,31 @@ fn every_example_workflow_names_what_it_uses() {
     assert!(trial.iter().any(|r| r.field == "StageName" && r.expect == Expect::Value("Qualification".into())));
     assert_eq!(objects(&trial), ["Account", "Opportunity"]);
 }
+
+#[test]
+fn delivery_holds_back_quarantined_fields_and_records_left_with_only_a_stamp() {
+    use crate::change::Change;
+    use crate::deliver::hold_back;
+    let text = STARTER.replace("minutes: Pendo_Minutes__c", "minutes: Pendo_Minuts__c");
+    let q = Quarantine::new(problems(&text, "engagement", &account(|_| {})));
+    let change = |key: &str, fields: &[&str]| Change {
+        key: key.into(),
+        salesforce_id: format!("001{key}"),
+        fields: fields.iter().map(|f| ((*f).to_owned(), json!(1))).collect(),
+        prints: fields.iter().map(|f| ((*f).to_owned(), 7)).collect(),
+    };
+    let stamp = "Pendo_Engagement_Updated__c";
+    let changes =
+        vec![change("a", &["Pendo_Minuts__c", "Pendo_Events__c", stamp]), change("b", &["Pendo_Minuts__c", stamp])];
+    let (send, held) = hold_back(&q, "Account", &[stamp], changes);
+    assert_eq!(send.len(), 1);
+    assert_eq!(send[0].field_set(), ["Pendo_Engagement_Updated__c", "Pendo_Events__c"]);
+    let printed: Vec<&str> = send[0].prints.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(printed, ["Pendo_Events__c", stamp], "no fingerprint for what was not sent");
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].change.key, "b");
+    assert!(held[0].reason.contains("did you mean Pendo_Minutes__c"), "{}", held[0].reason);
+    // Nothing quarantined: the changes go as they are.
+    let (send, held) = hold_back(&Quarantine::default(), "Account", &[], vec![change("c", &["Pendo_Minuts__c"])]);
+    assert_eq!((send.len(), held.len()), (1, 0));
+}
