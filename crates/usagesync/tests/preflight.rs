@@ -47,8 +47,9 @@ fn accounts(sf: &str) -> Vec<Value> {
     })
 }
 
-#[test]
-fn a_misspelt_field_fails_validate_remote_and_is_quarantined_by_a_run() {
+/// Emulators with a seeded org, and the shipped example pointed at them and a store in `dir`;
+/// returns the Salesforce URL and the example's text.
+fn world(dir: &Path) -> (Emulators, String, String) {
     let mut child = bin()
         .args(["emulate", "--seed-salesforce", "--days", "30", "--accounts", "60"])
         .stdout(Stdio::piped())
@@ -58,15 +59,19 @@ fn a_misspelt_field_fails_validate_remote_and_is_quarantined_by_a_run() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let sf = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
     let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
-    let _emu = Emulators(child);
-
-    let dir = tempfile::tempdir().unwrap();
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml")).unwrap();
-    let good = example
+    let text = example
         .replace("http://127.0.0.1:8443", &sf)
         .replace("http://127.0.0.1:8444", &pendo)
-        .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.path().join("state.db").display()));
+        .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.join("state.db").display()));
+    (Emulators(child), sf, text)
+}
+
+#[test]
+fn a_misspelt_field_fails_validate_remote_and_is_quarantined_by_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_emu, sf, good) = world(dir.path());
     let cfg = dir.path().join("usagesync.yaml");
 
     // The shipped example fits the emulator's org: nothing to report.
@@ -123,4 +128,28 @@ fn a_misspelt_field_fails_validate_remote_and_is_quarantined_by_a_run() {
     let fixed: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(fixed["state"], "succeeded", "{fixed}");
     assert!(accounts(&sf).iter().any(|a| a["Pendo_Minutes__c"].is_number()));
+}
+
+#[test]
+fn an_attribute_the_org_lacks_is_left_out_of_the_read_instead_of_failing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_emu, _sf, good) = world(dir.path());
+    let cfg = dir.path().join("usagesync.yaml");
+    // A Number attribute on a date field, and a field that does not exist.
+    let bad = good
+        .replace("{ salesforce: Plan_Tier__c, pendo: plan }", "{ salesforce: Plan_Tierr__c, pendo: plan }")
+        .replace("pendo: renewaldate, type: time }", "pendo: renewaldate, type: number }");
+    std::fs::write(&cfg, &bad).unwrap();
+    let o = run(&cfg, &["sync", "attributes-to-pendo", "--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["state"], "partial", "{report}");
+    let problems: Vec<(&str, Option<&str>)> = report["preflight"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["field"].as_str().unwrap(), p["did_you_mean"].as_str()))
+        .collect();
+    assert_eq!(problems, [("Plan_Tierr__c", Some("Plan_Tier__c")), ("Renewal_Date__c", None)], "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
 }
