@@ -7,6 +7,10 @@
 //! rolled-back all-or-none batch, rows a failed job never processed), only those records are
 //! sent again, after a jittered pause. A request refused because the org's daily allocation is
 //! spent defers the records it carried and everything after them.
+//!
+//! Before any of that, [`hold_back`] takes the fields preflight quarantined out of each change,
+//! so a field the org does not have (or will not take) is never sent and the rest of the record
+//! still is.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,6 +21,44 @@ use serde_json::{Map, Value};
 
 use crate::change::Change;
 use crate::plan::{COLLECTION_SIZE, WritePath};
+use crate::preflight::Quarantine;
+
+/// A record with nothing left to send once its quarantined fields were taken out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldBack {
+    pub change: Change,
+    /// Why its fields are held back (the preflight problems, with file:line).
+    pub reason: String,
+}
+
+/// Takes the fields `quarantine` holds for `object` out of every change (and their
+/// fingerprints, so the next run sends them again once the problem is fixed). A change left
+/// with nothing but `riders` (fields sent only alongside a real change, such as an updated-at
+/// stamp) is not sent at all and comes back as held back.
+pub fn hold_back(
+    quarantine: &Quarantine,
+    object: &str,
+    riders: &[&str],
+    changes: Vec<Change>,
+) -> (Vec<Change>, Vec<HeldBack>) {
+    if quarantine.is_empty() {
+        return (changes, Vec::new());
+    }
+    let mut send = Vec::with_capacity(changes.len());
+    let mut held = Vec::new();
+    for mut change in changes {
+        let original = change.clone();
+        change.fields.retain(|(f, _)| !quarantine.holds(object, f));
+        change.prints.retain(|(f, _)| !quarantine.holds(object, f));
+        if change.fields.iter().any(|(f, _)| !riders.contains(&f.as_str())) {
+            send.push(change);
+            continue;
+        }
+        let reasons: Vec<String> = original.fields.iter().filter_map(|(f, _)| quarantine.reason(object, f)).collect();
+        held.push(HeldBack { change: original, reason: format!("quarantined by preflight: {}", reasons.join("; ")) });
+    }
+    (send, held)
+}
 
 /// A record Salesforce refused for good (or that kept failing).
 #[derive(Debug, Clone, PartialEq)]

@@ -8,6 +8,8 @@
 //! - [`matching`]: the rule chain from a Pendo account to a Salesforce Account.
 //! - [`metrics`]: engagement figures as field values, and the score.
 //! - [`change`]: fingerprints of written values; only changed fields are sent.
+//! - [`preflight`]: the config's Salesforce objects and fields checked against the org's
+//!   describe; fields with a problem are quarantined (never sent) rather than failing the run.
 //! - [`plan`]: the cost model and write-path choice within the budget.
 //! - [`deliver`]: sending the changes, record-level retries, failures and deferrals.
 //! - [`scheduler`]: when each workflow runs next, claimed through the store (one worker per slot).
@@ -23,6 +25,7 @@ pub mod extract;
 pub mod matching;
 pub mod metrics;
 pub mod plan;
+pub mod preflight;
 pub mod scheduler;
 pub mod store;
 pub mod testhook;

@@ -361,12 +361,14 @@ async fn a_later_run_that_writes_a_failed_record_settles_its_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_over_budget_is_deferred_to_the_next_run() {
     let w = world(500, 1.0).await;
-    // 4 calls a day: after /limits and the Account read, room for two Collections calls only.
-    w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"Max": 4, "Remaining": 4}})).await;
+    // 5 calls a day: after /limits, preflight's describe of Account and the Account read, room
+    // for two Collections calls only.
+    w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"Max": 5, "Remaining": 5}})).await;
     let first = w.run(false).await;
     assert!(first.deferred > 0 && first.written > 0, "{first:?}");
     assert_eq!(first.failed, 0);
-    assert_eq!((first.written, first.total_api_calls()), (400, 4), "{first:?}");
+    assert_eq!((first.written, first.total_api_calls()), (400, 5), "{first:?}");
+    assert_eq!(first.api_calls.get("preflight"), Some(&1), "{first:?}");
     w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"Max": 100000, "Remaining": 100000}})).await;
     let second = w.run(false).await;
     assert_eq!(second.written, first.deferred, "the deferred records go next, none is lost");

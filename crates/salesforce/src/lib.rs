@@ -64,8 +64,8 @@ pub use limits::{ApiUsage, Limit, LimitInfo, OrgLimits, PerAppUsage, UsageSnapsh
 pub use rest::collections::{COLLECTIONS_MAX_RECORDS, RETRIEVE_MAX_IDS, SaveResult};
 pub use rest::composite::{COMPOSITE_MAX_SUBREQUESTS, CompositeRequest, CompositeSubrequest, CompositeSubresponse};
 pub use rest::describe::{
-    DeletedRecord, DeletedRecords, FieldDescribe, GlobalDescribe, SObjectDescribe, SObjectSummary, UpdatedRecords,
-    VersionInfo,
+    DeletedRecord, DeletedRecords, FieldDescribe, GlobalDescribe, PicklistValue, SObjectDescribe, SObjectSummary,
+    UpdatedRecords, VersionInfo,
 };
 pub use rest::query::{QueryOptions, QueryPage};
 pub use rest::sobjects::{CreateResult, UpsertOutcome};

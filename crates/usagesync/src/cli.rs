@@ -37,6 +37,10 @@ pub enum Command {
         /// Also check that every referenced secret (env var or file) can be read.
         #[arg(long)]
         secrets: bool,
+        /// Also connect to Salesforce and check every enabled workflow's objects and fields
+        /// against the org's describe (one call per object; nothing is written). Implies --secrets.
+        #[arg(long)]
+        remote: bool,
     },
     /// The daemon: run every enabled workflow on its schedule and serve /healthz until SIGTERM.
     Run {

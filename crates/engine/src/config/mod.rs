@@ -30,6 +30,7 @@ mod tests;
 mod tests_two_way;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -59,6 +60,16 @@ pub struct Config {
     pub console: Option<Console>,
     /// In file order.
     pub workflows: IndexMap<String, Workflow>,
+    /// Where the config came from, kept so checks made after loading (preflight against the
+    /// org) can name the line of the key they are about.
+    pub(crate) source: Arc<Source>,
+}
+
+/// The loaded file's name and key index.
+#[derive(Debug, Default)]
+pub(crate) struct Source {
+    origin: String,
+    locations: locate::Locations,
 }
 
 #[derive(Debug, Clone)]
@@ -453,7 +464,9 @@ pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
             Ok(file) => {
                 let keys: Vec<String> = rejected.iter().map(|e| e.key.clone()).collect();
                 let result = validate::build(&file, &original, &keys);
-                return finish(origin, rejected, result);
+                let mut config = finish(origin, rejected, result)?;
+                config.source = Arc::new(Source { origin: origin.to_owned(), locations: original });
+                return Ok(config);
             }
             Err(error) => validate::parse_error(&error, &locations),
         };
@@ -499,6 +512,17 @@ fn finish(
 }
 
 impl Config {
+    /// The file name the config was loaded under (as given to [`load`] or [`load_str`]).
+    pub fn origin(&self) -> &str {
+        &self.source.origin
+    }
+
+    /// Line and column of a dotted key path (`workflows.engagement.fields.minutes`), or of its
+    /// nearest ancestor present in the file when the key was left to its default.
+    pub fn position(&self, key: &str) -> Option<(usize, usize)> {
+        self.source.locations.find(key).map(|p| (p.line, p.column))
+    }
+
     /// Every secret the config references, with its key path.
     pub fn secrets(&self) -> Vec<(String, &Secret)> {
         let mut out = Vec::new();

@@ -129,7 +129,7 @@ pub(super) fn build(
     if let (true, Some(connections), Some(store), Some(budget), Some(webhooks), Some(console)) =
         (list.is_empty(), connections, store, budget, webhooks, console)
     {
-        return Ok(Config { connections, store, budget, webhooks, console, workflows });
+        return Ok(Config { connections, store, budget, webhooks, console, workflows, source: Default::default() });
     }
     // An empty list here means every missing piece was blanked out after a parse
     // error, which the caller reports.

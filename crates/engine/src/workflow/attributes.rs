@@ -19,7 +19,7 @@ use super::new_users::empty_report;
 use super::state_of;
 use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, budget};
 use crate::change::{self, Change, Desired};
-use crate::config::{AttributeType, AttributesConfig, Workflow};
+use crate::config::{Attribute, AttributeType, AttributesConfig, Workflow};
 use crate::store::{Action, FieldChange, FingerprintPut, MatchStatus, RecordOutcome, RunId};
 
 /// The cursor's name: the newest `SystemModstamp` handled, RFC 3339.
@@ -113,6 +113,14 @@ async fn body(
     if budget.available == 0 {
         return Err(RunError::OverBudget { needed: 1, left: 0 });
     }
+    let quarantine = crate::preflight::run(&ctx.salesforce, &ctx.config, workflow).await?;
+    meter.step("preflight", Some("preflight"));
+    report.preflight.problems = quarantine.problems().to_vec();
+    // A field the org does not have would make Salesforce refuse the whole query: it is left
+    // out (and its Pendo field left alone) rather than sent as empty.
+    let usable = |field: &str| !quarantine.concerns(OBJECT, field);
+    let attributes: Vec<&Attribute> = config.attributes.iter().filter(|a| usable(&a.salesforce)).collect();
+    let pendo_account_field = config.pendo_account.field.as_deref().filter(|f| usable(f));
     let integration_user = match &config.integration_user {
         Some(id) => id.clone(),
         None => ctx.salesforce.identity().await.map_err(sf("the token's user"))?.user_id.as_str().to_owned(),
@@ -124,8 +132,8 @@ async fn body(
         .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
         .map(|c| c.with_timezone(&Utc) - chrono::Duration::from_std(config.overlap).unwrap_or_default());
     let mut fields: Vec<&str> = vec!["Id", "SystemModstamp", "LastModifiedById"];
-    fields.extend(config.pendo_account.field.as_deref());
-    fields.extend(config.attributes.iter().map(|a| a.salesforce.as_str()));
+    fields.extend(pendo_account_field);
+    fields.extend(attributes.iter().map(|a| a.salesforce.as_str()));
     // SOQL refuses a field selected twice (say `Id` also sent to Pendo), in any spelling.
     let mut seen = std::collections::HashSet::new();
     fields.retain(|f| seen.insert(f.to_ascii_lowercase()));
@@ -161,7 +169,7 @@ async fn body(
             newest = newest.max(Some(stamp));
         }
         let mut pendo_ids: Vec<String> = Vec::new();
-        if let Some(f) = &config.pendo_account.field
+        if let Some(f) = pendo_account_field
             && let Some(p) = at_path(row, f).as_str().map(str::trim).filter(|p| !p.is_empty())
         {
             pendo_ids.push(p.to_owned());
@@ -176,7 +184,7 @@ async fn body(
         report.matched += 1;
         let own = at_path(row, "LastModifiedById").as_str().is_some_and(|u| same_user(u, &integration_user));
         let mut values = Vec::new();
-        for a in &config.attributes {
+        for a in &attributes {
             let raw = at_path(row, &a.salesforce);
             match convert(a.kind, raw) {
                 Some(v) => values.push((a.pendo.clone(), v)),

@@ -17,6 +17,7 @@ use crate::extract::{AccountFacts, AccountUsage, CoreFeatures, Extractor, Window
 use crate::matching::{self, Accounts, FreeMail, Outcome, PendoSide, Rule};
 use crate::metrics;
 use crate::plan::{self, Allowance, CostModel};
+use crate::preflight::Quarantine;
 use crate::store::{
     Action, FailureFilter, FailureStatus, FieldChange, FingerprintPut, IdMapEntry, MatchStatus, NewFailure,
     RecordOutcome, RunId,
@@ -164,13 +165,28 @@ async fn body(
         }
     }
     drop(written);
+    meter.step("diff", None);
+
+    step("Checking the config against Salesforce", None);
+    let quarantine = preflight(ctx, workflow, &changes, options.dry_run).await?;
+    meter.step("preflight", Some("preflight"));
+    let riders: Vec<&str> = stamp.iter().map(|(f, _)| f.as_str()).collect();
+    let (changes, held) = deliver::hold_back(&quarantine, OBJECT, &riders, changes);
+    skipped_outcomes.extend(held.iter().map(|h| RecordOutcome {
+        object: OBJECT.into(),
+        key: h.change.key.clone(),
+        salesforce_id: Some(h.change.salesforce_id.clone()),
+        action: Action::Skipped,
+        changes: vec![],
+        error_code: Some("QUARANTINED".into()),
+        message: Some(h.reason.clone()),
+    }));
     let mut fields_changed: BTreeMap<String, usize> = BTreeMap::new();
     for c in &changes {
         for (f, _) in &c.fields {
             *fields_changed.entry(f.clone()).or_default() += 1;
         }
     }
-    meter.step("diff", None);
     crate::testhook::crash_point("gather");
 
     let reads_spent: u64 = meter.calls.values().sum();
@@ -209,6 +225,7 @@ async fn body(
         samples,
         failures: Vec::new(),
         ambiguous_samples,
+        preflight: super::PreflightReport { problems: quarantine.problems().to_vec(), records_held_back: held.len() },
     };
     if options.dry_run {
         report.budget.this_run = meter.calls.values().sum();
@@ -248,6 +265,20 @@ async fn body(
     }
     super::settle(ctx, &workflow.name, now, meter, &mut report).await?;
     Ok(report)
+}
+
+/// Preflight for a run that has something to send (or a plan, which shows its problems): a
+/// run with nothing to write spends no describe on it.
+pub(crate) async fn preflight(
+    ctx: &Context,
+    workflow: &Workflow,
+    changes: &[Change],
+    dry_run: bool,
+) -> Result<Quarantine, RunError> {
+    if changes.is_empty() && !dry_run {
+        return Ok(Quarantine::default());
+    }
+    Ok(crate::preflight::run(&ctx.salesforce, &ctx.config, workflow).await?)
 }
 
 /// Matches every Pendo account, reading Salesforce only when the cached matches are not enough.

@@ -42,6 +42,7 @@ use crate::config::Config;
 use crate::plan::Plan;
 use crate::store::{RunId, Store};
 
+pub use crate::preflight::Problem as PreflightProblem;
 pub use budget::BudgetReport;
 pub use lease::{RunLease, holder as lease_holder};
 
@@ -89,6 +90,8 @@ pub enum RunError {
     Pendo(#[from] crate::extract::ExtractError),
     #[error("state store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
     #[error(
         "the API budget is spent: {needed} calls needed to read, {left} left of today's share; nothing was read or written"
     )]
@@ -114,7 +117,10 @@ impl RunError {
     pub fn is_deferral(&self) -> bool {
         match self {
             RunError::OverBudget { .. } => true,
-            RunError::Salesforce { source, .. } => source.retry_class() == salesforce::RetryClass::NotNow,
+            RunError::Salesforce { source, .. }
+            | RunError::Preflight(crate::preflight::PreflightError::Describe { source, .. }) => {
+                source.retry_class() == salesforce::RetryClass::NotNow
+            }
             _ => false,
         }
     }
@@ -153,6 +159,23 @@ pub struct RunReport {
     pub failures: Vec<FailureSample>,
     /// Up to ten ambiguous accounts with their candidates, for a person to settle.
     pub ambiguous_samples: Vec<AmbiguousSample>,
+    /// What preflight found wrong with the config against the org, and what it held back.
+    pub preflight: PreflightReport,
+}
+
+/// Preflight's part of a run: every problem (a written field with a problem is quarantined:
+/// never sent, while the rest of each record is), and the records that had nothing else to send.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PreflightReport {
+    pub problems: Vec<PreflightProblem>,
+    /// Records not sent at all: every field they would have changed is quarantined.
+    pub records_held_back: usize,
+}
+
+impl PreflightReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -208,6 +231,7 @@ impl RunReport {
             samples: Vec::new(),
             failures: Vec::new(),
             ambiguous_samples: Vec::new(),
+            preflight: PreflightReport::default(),
         }
     }
 
@@ -215,9 +239,9 @@ impl RunReport {
         self.api_calls.values().sum()
     }
 
-    /// Salesforce calls that wrote (everything but reads).
+    /// Salesforce calls that wrote (everything but reads and preflight's describes).
     pub fn write_calls(&self) -> u64 {
-        self.api_calls.iter().filter(|(k, _)| !k.starts_with("read")).map(|(_, v)| v).sum()
+        self.api_calls.iter().filter(|(k, _)| !k.starts_with("read") && *k != "preflight").map(|(_, v)| v).sum()
     }
 }
 
@@ -227,6 +251,33 @@ impl RunReport {
 /// [`RunError`] when the run could not happen at all; per-record failures are in the report.
 pub async fn run(ctx: &Context, name: &str, options: &RunOptions) -> Result<RunReport, RunError> {
     let workflow = ctx.config.workflows.get(name).ok_or_else(|| RunError::UnknownWorkflow(name.to_owned()))?;
+    let mut report = run_template(ctx, workflow, options).await?;
+    if options.dry_run && !checks_itself(workflow.template.kind()) {
+        // These templates do not run preflight themselves yet; a plan still shows its problems.
+        let before = ctx.salesforce.requests_sent();
+        let quarantine = crate::preflight::run(&ctx.salesforce, &ctx.config, workflow).await?;
+        let calls = ctx.salesforce.requests_sent().saturating_sub(before);
+        if calls > 0 {
+            *report.api_calls.entry("preflight".into()).or_default() += calls;
+            report.budget.this_run += calls;
+        }
+        report.preflight.problems = quarantine.problems().to_vec();
+    }
+    Ok(report)
+}
+
+/// Templates whose runs check the config against the org (and quarantine what fails) in their
+/// own body, where the calls are metered with the rest of the run.
+fn checks_itself(kind: crate::config::TemplateKind) -> bool {
+    use crate::config::TemplateKind;
+    matches!(kind, TemplateKind::EngagementScores | TemplateKind::TrialUsage | TemplateKind::AccountAttributesToPendo)
+}
+
+async fn run_template(
+    ctx: &Context,
+    workflow: &crate::config::Workflow,
+    options: &RunOptions,
+) -> Result<RunReport, RunError> {
     match &workflow.template {
         crate::config::Template::EngagementScores(template) => engagement::run(ctx, workflow, template, options).await,
         crate::config::Template::NewUsersToContacts(template) => new_users::run(ctx, workflow, template, options).await,
@@ -358,10 +409,12 @@ pub(crate) async fn settle(
     Ok(())
 }
 
-/// Partial when Salesforce refused records, deferred when the budget held some back.
+/// Partial when Salesforce refused records or preflight quarantined configured fields (so a
+/// field that is never written is never reported as success), deferred when the budget held
+/// some back.
 pub(crate) fn state_of(report: &RunReport) -> crate::store::RunState {
     use crate::store::RunState;
-    if report.failed > 0 {
+    if report.failed > 0 || !report.preflight.is_clean() {
         RunState::Partial
     } else if report.deferred > 0 {
         RunState::Deferred

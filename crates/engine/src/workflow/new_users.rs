@@ -124,6 +124,7 @@ pub(super) fn empty_report(
         samples: Vec::new(),
         failures: Vec::new(),
         ambiguous_samples: Vec::new(),
+        preflight: Default::default(),
     }
 }
 

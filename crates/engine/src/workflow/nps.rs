@@ -984,6 +984,7 @@ pub async fn run(
         samples: Vec::new(),
         failures: Vec::new(),
         ambiguous_samples: Vec::new(),
+        preflight: Default::default(),
     };
     if options.dry_run {
         let counts = ctx.store.inbox_counts().await?;

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, budget, engagement};
 use crate::change::{self, Desired};
 use crate::config::{MatchRule, TrialConfig, TrialMetric, Workflow};
+use crate::deliver;
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
 use crate::matching::Outcome;
 use crate::plan::WritePath;
@@ -205,6 +206,18 @@ async fn body(
     }
     drop(written);
     meter.step("diff", None);
+    let quarantine = engagement::preflight(ctx, workflow, &changes, options.dry_run).await?;
+    meter.step("preflight", Some("preflight"));
+    let (changes, held) = deliver::hold_back(&quarantine, OBJECT, &[], changes);
+    decisions.extend(held.iter().map(|h| RecordOutcome {
+        object: OBJECT.into(),
+        key: h.change.key.clone(),
+        salesforce_id: Some(h.change.salesforce_id.clone()),
+        action: Action::Skipped,
+        changes: vec![],
+        error_code: Some("QUARANTINED".into()),
+        message: Some(h.reason.clone()),
+    }));
     crate::testhook::crash_point("gather");
 
     let mut fields_changed: BTreeMap<String, usize> = BTreeMap::new();
@@ -247,6 +260,7 @@ async fn body(
             .collect(),
         failures: Vec::new(),
         ambiguous_samples: Vec::new(),
+        preflight: super::PreflightReport { problems: quarantine.problems().to_vec(), records_held_back: held.len() },
     };
     let Some(run_id) = run_id else {
         report.budget.this_run = meter.calls.values().sum();

@@ -154,9 +154,36 @@ pub struct FieldDescribe {
     /// Relationship name for lookups.
     #[serde(default)]
     pub relationship_name: Option<String>,
-    /// Everything else (picklist values, precision…).
+    /// Can identify a record in an upsert or a lookup by value (Id, external IDs, some
+    /// standard fields such as `Name` on some objects).
+    #[serde(default)]
+    pub id_lookup: bool,
+    /// The values of a picklist (empty for other types).
+    #[serde(default)]
+    pub picklist_values: Vec<PicklistValue>,
+    /// A restricted picklist refuses values outside its list.
+    #[serde(default)]
+    pub restricted_picklist: bool,
+    /// Everything else (precision, scale…).
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One entry of a field's `picklistValues`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PicklistValue {
+    /// The API value, as written.
+    pub value: String,
+    /// Label shown to people.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Inactive values stay on old records but cannot be set.
+    #[serde(default)]
+    pub active: bool,
+    /// The value a create gets when it sets none.
+    #[serde(default)]
+    pub default_value: bool,
 }
 
 /// `GET /sobjects/{object}/describe`.
@@ -290,6 +317,17 @@ impl Client {
         if let Some(cached) = self.describe_cache().objects.read().get(&key).cloned() {
             return Ok(cached);
         }
+        self.describe_fresh(object).await
+    }
+
+    /// `GET /sobjects/{object}/describe` sent even when a describe is cached (the cache is
+    /// refreshed): for checks that must see a schema change made since the client started.
+    ///
+    /// # Errors
+    /// [`crate::Error::Api`] `NOT_FOUND` for an unknown object; any request failure.
+    pub async fn describe_fresh(&self, object: &str) -> Result<Arc<SObjectDescribe>> {
+        check_object(object)?;
+        let key = object.to_ascii_lowercase();
         let path = self.data_path(&format!("sobjects/{object}/describe"));
         let ctx = RequestContext::new(Method::GET, &path).object(object);
         let request = ApiRequest::new(Method::GET, Target::Path(path), ctx);
@@ -371,5 +409,13 @@ mod tests {
         .unwrap();
         assert_eq!(d.external_id_fields().count(), 1);
         assert_eq!(d.field("pendo_id__c").unwrap().length, 80);
+        let d: SObjectDescribe = serde_json::from_str(
+            r#"{"name":"Task","fields":[{"name":"Priority","type":"picklist","idLookup":false,"restrictedPicklist":true,"picklistValues":[{"active":true,"defaultValue":false,"label":"High","validFor":null,"value":"High"},{"active":false,"defaultValue":true,"label":null,"validFor":null,"value":"Normal"}]}]}"#,
+        )
+        .unwrap();
+        let priority = d.field("priority").unwrap();
+        assert!(priority.restricted_picklist);
+        let values: Vec<(&str, bool)> = priority.picklist_values.iter().map(|v| (v.value.as_str(), v.active)).collect();
+        assert_eq!(values, [("High", true), ("Normal", false)]);
     }
 }

@@ -31,7 +31,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Emulate(args) => ok(emulate::run(args).await),
         Command::Demo(args) => demo::run(args, json).await,
         Command::Init { path, force } => setup::init(path.as_deref().unwrap_or(config), force),
-        Command::Validate { secrets } => setup::validate(config, secrets, json),
+        Command::Validate { secrets, remote } => setup::validate(config, secrets || remote, remote, json).await,
         Command::Run { listen, grace_seconds } => {
             daemon::run(config, listen, std::time::Duration::from_secs(grace_seconds)).await
         }

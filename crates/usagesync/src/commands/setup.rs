@@ -1,5 +1,5 @@
 //! `usagesync init` and `usagesync validate`: a starter config, and a check that reports every
-//! problem of a config at once.
+//! problem of a config at once (with `--remote`, also every problem the org's describe shows).
 
 use std::path::Path;
 
@@ -16,7 +16,7 @@ pub fn init(path: &Path, force: bool) -> Result<u8> {
     Ok(0)
 }
 
-pub fn validate(path: &Path, secrets: bool, json: bool) -> Result<u8> {
+pub async fn validate(path: &Path, secrets: bool, remote: bool, json: bool) -> Result<u8> {
     let config = match engine::config::load(path) {
         Ok(config) => config,
         Err(errors) => {
@@ -48,6 +48,9 @@ pub fn validate(path: &Path, secrets: bool, json: bool) -> Result<u8> {
         }
         return Ok(EXIT_CONFIG);
     }
+    if remote {
+        return validate_remote(path, &config, json).await;
+    }
     if json {
         let names: Vec<&String> = config.workflows.keys().collect();
         println!("{}", serde_json::json!({"valid": true, "file": path.display().to_string(), "workflows": names}));
@@ -58,4 +61,34 @@ pub fn validate(path: &Path, secrets: bool, json: bool) -> Result<u8> {
         });
     }
     Ok(0)
+}
+
+/// Preflight of every enabled workflow against the org: connects, describes each object the
+/// config names once, writes nothing.
+async fn validate_remote(path: &Path, config: &engine::config::Config, json: bool) -> Result<u8> {
+    let client = engine::connect::salesforce_client(config, &context::env_var)?;
+    let problems = engine::preflight::run_all(&client, config).await?;
+    let calls = client.requests_sent();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "valid": problems.is_empty(),
+                "file": path.display().to_string(),
+                "problems": problems,
+                "describe_calls": calls,
+            })
+        );
+    } else if problems.is_empty() {
+        println!(
+            "{} is valid, and the org has every object and field it names ({calls} describe call(s)).",
+            path.display()
+        );
+    } else {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        eprintln!("{} problem(s) against the org in {}.", problems.len(), path.display());
+    }
+    Ok(if problems.is_empty() { 0 } else { EXIT_CONFIG })
 }

@@ -8,8 +8,9 @@ use super::table::{self, thousands};
 use super::{context, progress};
 
 /// Exit codes: 0 everything written (or nothing to write), 3 some records failed (kept for
-/// replay), 4 some work deferred by the budget. A run refused because another run of the
-/// workflow holds its lease ([`engine::workflow::RunError::Busy`]) is an error: exit 1.
+/// replay) or preflight quarantined configured fields, 4 some work deferred by the budget. A
+/// run refused because another run of the workflow holds its lease
+/// ([`engine::workflow::RunError::Busy`]) is an error: exit 1.
 pub const EXIT_FAILURES: u8 = 3;
 pub const EXIT_DEFERRED: u8 = 4;
 
@@ -46,7 +47,7 @@ pub async fn run(config_path: &std::path::Path, workflow: &str, dry_run: bool, j
 pub fn exit_code(report: &RunReport) -> u8 {
     if report.dry_run {
         0
-    } else if report.failed > 0 {
+    } else if report.failed > 0 || !report.preflight.is_clean() {
         EXIT_FAILURES
     } else if report.deferred > 0 {
         EXIT_DEFERRED
@@ -125,6 +126,25 @@ pub fn print_report(r: &RunReport) {
         table::print(&["Account", "error", "message"], &rows);
         println!("See them all with `usagesync failures`; send them again with `usagesync replay --all`.");
     }
+    print_preflight(r);
+}
+
+fn print_preflight(r: &RunReport) {
+    let p = &r.preflight;
+    if p.is_clean() {
+        return;
+    }
+    println!();
+    println!("Preflight: {} problem(s) with the config against the org:", p.problems.len());
+    for problem in &p.problems {
+        println!("  {problem}");
+    }
+    let what = if r.dry_run { "would be" } else { "were" };
+    println!(
+        "Fields with a problem {what} quarantined: never sent, while the rest of each record is; {} record(s) {what} left with nothing to send.",
+        thousands(p.records_held_back as u64)
+    );
+    println!("Fix the config (or the org), then check with `usagesync validate --remote`.");
 }
 
 fn timings(r: &RunReport) -> String {

@@ -1,0 +1,155 @@
+//! Preflight end to end: the real binary against `usagesync emulate` in a child process. A
+//! misspelt Account field fails `validate --remote` (exit 2, file:line, did you mean), and a real
+//! sync quarantines that field while writing the others (exit 3, state partial).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_usagesync"));
+    c.env_remove("USAGESYNC_CONFIG");
+    c
+}
+
+struct Emulators(Child);
+
+impl Drop for Emulators {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(config: &Path, args: &[&str]) -> Output {
+    bin()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("SF_CLIENT_SECRET", "emulator-secret")
+        .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn accounts(sf: &str) -> Vec<Value> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url = format!("{sf}/__emulator/records/Account");
+        reqwest::get(url).await.unwrap().json().await.unwrap()
+    })
+}
+
+/// Emulators with a seeded org, and the shipped example pointed at them and a store in `dir`;
+/// returns the Salesforce URL and the example's text.
+fn world(dir: &Path) -> (Emulators, String, String) {
+    let mut child = bin()
+        .args(["emulate", "--seed-salesforce", "--days", "30", "--accounts", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let sf = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
+    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml")).unwrap();
+    let text = example
+        .replace("http://127.0.0.1:8443", &sf)
+        .replace("http://127.0.0.1:8444", &pendo)
+        .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.join("state.db").display()));
+    (Emulators(child), sf, text)
+}
+
+#[test]
+fn a_misspelt_field_fails_validate_remote_and_is_quarantined_by_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_emu, sf, good) = world(dir.path());
+    let cfg = dir.path().join("usagesync.yaml");
+
+    // The shipped example fits the emulator's org: nothing to report.
+    std::fs::write(&cfg, &good).unwrap();
+    let o = run(&cfg, &["validate", "--remote"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    let bad = good.replace("minutes: Pendo_Minutes__c", "minutes: Pendo_Minuts__c");
+    std::fs::write(&cfg, &bad).unwrap();
+    let line = bad.lines().position(|l| l.contains("Pendo_Minuts__c")).unwrap() + 1;
+    let o = run(&cfg, &["validate", "--remote"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains(&format!("{}:{line}:", cfg.display())), "{out}");
+    assert!(out.contains("Pendo_Minuts__c") && out.contains("did you mean Pendo_Minutes__c?"), "{out}");
+    assert!(out.contains("1 problem(s)"), "only the misspelt field: {out}");
+    let o = run(&cfg, &["validate", "--remote", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let checked: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(checked["valid"], false, "{checked}");
+    assert_eq!(checked["problems"][0]["line"], line, "{checked}");
+    assert_eq!(checked["problems"][0]["did_you_mean"], "Pendo_Minutes__c", "{checked}");
+    assert!(!accounts(&sf).iter().any(|a| a["Pendo_Engagement_Score__c"].is_number()), "validate wrote nothing");
+
+    let o = run(&cfg, &["sync", "engagement", "--dry-run"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("did you mean Pendo_Minutes__c?"), "{}", text(&o));
+
+    let o = run(&cfg, &["sync", "engagement", "--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["state"], "partial", "{report}");
+    assert_eq!(report["failed"], 0, "nothing refused, the field was never sent: {report}");
+    assert_eq!(report["preflight"]["problems"][0]["field"], "Pendo_Minuts__c", "{report}");
+    assert_eq!(report["api_calls"]["preflight"], 1, "one describe of Account: {report}");
+    let written = report["written"].as_u64().unwrap();
+    assert!(written > 10, "{report}");
+    let records = accounts(&sf);
+    let scored = records.iter().filter(|a| a["Pendo_Engagement_Score__c"].is_number()).count();
+    assert_eq!(scored as u64, written, "the other fields are written");
+    assert!(records.iter().any(|a| a["Pendo_Active_Days__c"].is_number()));
+    assert!(records.iter().all(|a| a["Pendo_Minutes__c"].is_null() && a.get("Pendo_Minuts__c").is_none()));
+
+    // Until the config is fixed, the field stays held back and every run says so.
+    let o = run(&cfg, &["sync", "engagement"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("partial") && out.contains("quarantined") && out.contains("Pendo_Minuts__c"), "{out}");
+
+    // Fixed, the next run sends the minutes it held back and succeeds.
+    std::fs::write(&cfg, &good).unwrap();
+    let o = run(&cfg, &["sync", "engagement", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let fixed: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(fixed["state"], "succeeded", "{fixed}");
+    assert!(accounts(&sf).iter().any(|a| a["Pendo_Minutes__c"].is_number()));
+}
+
+#[test]
+fn an_attribute_the_org_lacks_is_left_out_of_the_read_instead_of_failing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_emu, _sf, good) = world(dir.path());
+    let cfg = dir.path().join("usagesync.yaml");
+    // A Number attribute on a date field, and a field that does not exist.
+    let bad = good
+        .replace("{ salesforce: Plan_Tier__c, pendo: plan }", "{ salesforce: Plan_Tierr__c, pendo: plan }")
+        .replace("pendo: renewaldate, type: time }", "pendo: renewaldate, type: number }");
+    std::fs::write(&cfg, &bad).unwrap();
+    let o = run(&cfg, &["sync", "attributes-to-pendo", "--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["state"], "partial", "{report}");
+    let problems: Vec<(&str, Option<&str>)> = report["preflight"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["field"].as_str().unwrap(), p["did_you_mean"].as_str()))
+        .collect();
+    assert_eq!(problems, [("Plan_Tierr__c", Some("Plan_Tier__c")), ("Renewal_Date__c", None)], "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+}
