@@ -132,6 +132,9 @@ pub struct Quarantine {
     fields: HashSet<(String, String)>,
     /// Objects missing altogether: nothing of theirs is sent.
     objects: HashSet<String>,
+    /// (object, field), lower case: external-ID keys the org keeps unique, so a create can
+    /// insert and let Salesforce refuse a key that exists, instead of looking every key up.
+    unique_keys: HashSet<(String, String)>,
 }
 
 impl Quarantine {
@@ -146,7 +149,12 @@ impl Quarantine {
                 None => objects.insert(p.object.to_ascii_lowercase()),
             };
         }
-        Quarantine { problems, fields, objects }
+        Quarantine { problems, fields, objects, unique_keys: HashSet::new() }
+    }
+
+    /// Whether `field` of `object` is an external-ID key the org keeps unique.
+    pub fn unique_key(&self, object: &str, field: &str) -> bool {
+        self.unique_keys.contains(&(object.to_ascii_lowercase(), field.to_ascii_lowercase()))
     }
 
     pub fn problems(&self) -> &[Problem] {
@@ -544,7 +552,18 @@ pub async fn run(
     let reqs = requirements(workflow);
     let mut describes = Describes::new();
     describe(client, &objects(&reqs), &mut describes).await?;
-    Ok(Quarantine::new(check(config, &workflow.name, &reqs, &describes)))
+    let mut quarantine = Quarantine::new(check(config, &workflow.name, &reqs, &describes));
+    for r in reqs.iter().filter(|r| r.usage == Use::Key) {
+        let object = r.object.to_ascii_lowercase();
+        let field = describes
+            .get(&object)
+            .and_then(Option::as_deref)
+            .and_then(|d| d.fields.iter().find(|f| f.name.eq_ignore_ascii_case(&r.field)));
+        if field.is_some_and(|f| f.unique && f.external_id) {
+            quarantine.unique_keys.insert((object, r.field.to_ascii_lowercase()));
+        }
+    }
+    Ok(quarantine)
 }
 
 /// Preflight for every enabled workflow, each object described once for all of them.

@@ -43,6 +43,7 @@ workflows:
       hysteresis: 10
       owner_field: CSM__c
       create_case: {case}
+      key_field: {key_field}
 "#;
 
 struct World {
@@ -63,6 +64,11 @@ fn env(name: &str) -> Option<String> {
 }
 
 async fn world(accounts: usize, case: bool) -> World {
+    world_with(accounts, case, "Usagesync_Key__c").await
+}
+
+/// A world whose alerts carry their key in `key_field`.
+async fn world_with(accounts: usize, case: bool, key_field: &str) -> World {
     let gc = GenConfig { seed: 11, accounts, days: 30, ..GenConfig::default() };
     let state = PendoState::generated(PendoConfig::default(), &gc);
     let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
@@ -74,7 +80,8 @@ async fn world(accounts: usize, case: bool) -> World {
         .replace("{sf}", &sf.base_url)
         .replace("{pendo}", &pendo.base_url)
         .replace("{store}", &sqlite)
-        .replace("{case}", &case.to_string());
+        .replace("{case}", &case.to_string())
+        .replace("{key_field}", key_field);
     let config = engine::config::load_str(&text, "test.yaml").unwrap();
     let ctx = Context {
         salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
@@ -133,9 +140,11 @@ async fn dropped_accounts_get_one_high_priority_alert_and_a_rerun_creates_nothin
     assert_eq!(first.written, dry.changed);
     let tasks = w.records("Task").await;
     assert_eq!(tasks.len(), first.written);
-    // Keys go 200 to a look-up query (a store that lost them must not clobber what exists), then
-    // creates 200 to a Collections call.
-    assert_eq!(first.api_calls["create"], 2 * (first.written as u64).div_ceil(200), "{:?}", first.api_calls);
+    // The org keeps the key field unique, so creates are inserted 200 to a Collections call
+    // (Salesforce refuses a key that exists: nothing is clobbered, nothing looked up first),
+    // after one describe per object the workflow names.
+    assert_eq!(first.api_calls["create"], (first.written as u64).div_ceil(200), "{:?}", first.api_calls);
+    assert_eq!(first.api_calls["preflight"], 2, "Task and Account described: {:?}", first.api_calls);
     let accounts: HashMap<String, Value> =
         w.records("Account").await.into_iter().map(|a| (a["Id"].as_str().unwrap().to_owned(), a)).collect();
     for t in &tasks {
@@ -580,4 +589,38 @@ async fn trial_usage_lands_on_trial_opportunities_and_stages_only_move_forward()
     assert_eq!(second.written, 0, "nothing else changed: {second:?}");
     let third = run(false).await;
     assert_eq!(third.written, 0);
+}
+
+/// Where the org does not keep the key field unique, Salesforce cannot refuse a key that
+/// exists, so every key the store has not committed is looked up before anything is made: a
+/// lost store adopts what is there, and a Task a person completed stays completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_field_the_org_does_not_keep_unique_is_looked_up_before_creating() {
+    let w = world_with(200, false, "Alert_Key__c").await;
+    let field = json!({"name": "Alert_Key__c", "type": "string", "externalId": true, "unique": false, "length": 255});
+    let url = format!("{}/__emulator/fields/Task", w.sf.base_url);
+    w.http.post(url).json(&field).send().await.unwrap().error_for_status().unwrap();
+
+    let first = w.run(false).await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    assert!(first.written > 0);
+    assert_eq!(first.api_calls["create"], 2 * (first.written as u64).div_ceil(200), "{:?}", first.api_calls);
+    let made: Vec<Value> = w.records("Task").await.into_iter().filter(|t| t["Alert_Key__c"].is_string()).collect();
+    assert_eq!(made.len(), first.written);
+    let done = salesforce::SalesforceId::parse(made[0]["Id"].as_str().unwrap()).unwrap();
+    w.ctx.salesforce.update("Task", &done, &json!({"Status": "Completed"})).await.unwrap();
+
+    // The store is lost: the next run starts from an empty one.
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = Context {
+        store: engine::store::open(&format!("sqlite://{}", dir.path().join("new.db").display())).await.unwrap(),
+        ..w.ctx.clone()
+    };
+    let options = RunOptions { trigger: "test".into(), ..Default::default() };
+    let again = engine::workflow::run(&fresh, "churn-alerts", &options).await.unwrap();
+    assert_eq!((again.written, again.failed), (first.written, 0), "every alert adopted: {:?}", again.failures);
+    let tasks: Vec<Value> = w.records("Task").await.into_iter().filter(|t| t["Alert_Key__c"].is_string()).collect();
+    assert_eq!(tasks.len(), made.len(), "nothing made twice");
+    let kept = tasks.iter().find(|t| t["Id"] == made[0]["Id"]).unwrap();
+    assert_eq!(kept["Status"], "Completed", "a person's edit stays: {kept}");
 }

@@ -5,10 +5,17 @@
 //!   field such as `Usagesync_Key__c`. The key is claimed in the store (`begin_create`), the
 //!   record upserted on that field (Salesforce itself makes a repeated upsert find the record
 //!   the first one made), then the key is committed with the record's Id.
-//! - **Never clobbering.** A key the store has not committed (a new key, a create interrupted
-//!   between the call and the commit, or a store that was lost or moved to another backend) is
-//!   first looked up in Salesforce, one SOQL query per 200 keys. A record found is adopted as it
-//!   is: a Task a person has since marked Completed stays Completed.
+//! - **Never clobbering.** A record that already holds a key the store has not committed (a
+//!   create interrupted between the call and the commit, or a store that was lost or moved to
+//!   another backend) is adopted as it is: a Task a person has since marked Completed stays
+//!   Completed. Where the org keeps the key field unique (preflight reads it from the describe),
+//!   records are inserted and Salesforce itself refuses a key that exists (`DUPLICATE_VALUE`):
+//!   only those keys are then looked up, so the usual run costs one call per 200 records. Where
+//!   it does not, every key the store has not committed is looked up first, one SOQL query per
+//!   200, and only the ones not found are upserted.
+//! - **Preflight.** The objects and fields are checked against the org's describe first; a
+//!   field with a problem is left out of every record, and a group whose object or key field
+//!   has one is held back (skipped, with the reason), so the run ends `partial`.
 //! - **Groups.** Records that belong together (an Opportunity and its Task) are a [`Group`]: a
 //!   later record may take an earlier one's Id (`WhatId`). A group is complete, or it is
 //!   reported failed or deferred and the template keeps its episode or count unchanged, so the
@@ -20,10 +27,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use salesforce::RetryClass;
+use salesforce::{ErrorCode, RetryClass};
 use serde_json::{Map, Value};
 
 use super::{BudgetReport, Context, FailureSample, Meter, RunError, RunReport};
+use crate::config::Workflow;
+use crate::preflight::{self, Quarantine};
 use crate::store::{Action, CreateState, FieldChange, RecordOutcome};
 use crate::testhook;
 
@@ -77,6 +86,8 @@ pub enum Created {
     Deferred { message: String },
     /// Not sent because an earlier record of its group is not there.
     Waiting,
+    /// Not sent: preflight found its object or key field wrong in the org.
+    Held { reason: String },
 }
 
 impl Created {
@@ -105,64 +116,113 @@ impl GroupResult {
     }
 }
 
-/// Salesforce calls that making the first `n` groups can take at most: per record position and
-/// object, one key look-up and one upsert per 200 records.
-pub fn calls_for(groups: &[Group], n: usize) -> u64 {
-    let mut per: BTreeMap<(usize, &str), u64> = BTreeMap::new();
+/// Salesforce calls that making the first `n` groups takes: per record position and object,
+/// one call per 200 records where the key is unique (`unique(object, key field)`), and one key
+/// look-up and one upsert per 200 where it is not. (Keys found to exist on insert cost one more
+/// look-up per 200: a rare case, settled on the ledger as spent.)
+pub fn calls_for(groups: &[Group], n: usize, unique: &dyn Fn(&str, &str) -> bool) -> u64 {
+    let mut per: BTreeMap<(usize, &str, &str), u64> = BTreeMap::new();
     for g in &groups[..n.min(groups.len())] {
         for (p, r) in g.records.iter().enumerate() {
-            *per.entry((p, r.object.as_str())).or_default() += 1;
+            *per.entry((p, r.object.as_str(), r.key_field.as_str())).or_default() += 1;
         }
     }
-    per.values().map(|n| 2 * n.div_ceil(BATCH as u64)).sum()
+    per.iter().map(|((_, o, f), n)| if unique(o, f) { 1 } else { 2 } * n.div_ceil(BATCH as u64)).sum()
 }
 
 /// How many of `groups`, in order, fit in `allowance` calls.
-pub fn fitting(groups: &[Group], allowance: u64) -> usize {
+pub fn fitting(groups: &[Group], allowance: u64, unique: &dyn Fn(&str, &str) -> bool) -> usize {
     // calls_for grows with n, so the largest n that fits is found by bisection.
     let (mut lo, mut hi) = (0, groups.len());
     while lo < hi {
         let mid = (lo + hi).div_ceil(2);
-        if calls_for(groups, mid) <= allowance { lo = mid } else { hi = mid - 1 }
+        if calls_for(groups, mid, unique) <= allowance { lo = mid } else { hi = mid - 1 }
     }
     lo
 }
 
-/// Makes `groups` within `allowance` calls: what fits is reserved in the shared ledger, sent
-/// and settled there; the rest is deferred. Results come back in input order.
+/// The planning estimate before preflight has said which keys are unique: the dearer path.
+pub fn not_unique(_: &str, _: &str) -> bool {
+    false
+}
+
+/// Makes `groups` within `allowance` calls: preflight first (fields with problems left out,
+/// groups it cannot make held back), then what fits is reserved in the shared ledger, sent and
+/// settled there; the rest is deferred. Results come back in input order; the preflight's
+/// problems go into `report`.
 ///
 /// # Errors
-/// Only store failures; Salesforce refusals and deferrals come back per record.
+/// Store failures, and a describe that failed; Salesforce refusals and deferrals come back per
+/// record.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn deliver(
     ctx: &Context,
-    workflow: &str,
+    workflow: &Workflow,
     groups: &[Group],
     allowance: u64,
     budget: &BudgetReport,
     meter: &mut Meter<'_>,
+    report: &mut RunReport,
     now: DateTime<Utc>,
 ) -> Result<Vec<GroupResult>, RunError> {
     let mut results: Vec<GroupResult> =
         groups.iter().map(|g| GroupResult { made: vec![Created::Waiting; g.records.len()] }).collect();
-    let send = fitting(groups, allowance);
-    let reserve = calls_for(groups, send);
+    if groups.is_empty() {
+        return Ok(results);
+    }
+    let before = ctx.salesforce.requests_sent();
+    let quarantine = preflight::run(&ctx.salesforce, &ctx.config, workflow).await?;
+    meter.step("preflight", Some("preflight"));
+    let allowance = allowance.saturating_sub(ctx.salesforce.requests_sent().saturating_sub(before));
+    report.preflight.problems = quarantine.problems().to_vec();
+    // Held groups stay in place (so results keep input order) but are neither counted nor sent.
+    let mut sendable: Vec<usize> = Vec::new();
+    let mut cleaned: Vec<Group> = Vec::new();
+    for (g, group) in groups.iter().enumerate() {
+        let held = group.records.iter().find_map(|r| {
+            quarantine.holds(&r.object, &r.key_field).then(|| {
+                quarantine.reason(&r.object, &r.key_field).unwrap_or_else(|| format!("{} cannot be made", r.object))
+            })
+        });
+        match held {
+            Some(reason) => {
+                results[g].made.fill(Created::Held { reason });
+                report.preflight.records_held_back += 1;
+            }
+            None => {
+                let mut group = group.clone();
+                for r in &mut group.records {
+                    quarantine.strip(&r.object, &mut r.fields);
+                }
+                sendable.push(g);
+                cleaned.push(group);
+            }
+        }
+    }
+    let unique = |o: &str, f: &str| quarantine.unique_key(o, f);
+    let send = fitting(&cleaned, allowance, &unique);
+    let reserve = calls_for(&cleaned, send, &unique);
     let day = now.date_naive();
-    let reserved = reserve > 0 && ctx.store.reserve_budget(day, workflow, reserve, budget.cap, now).await?;
+    let reserved = reserve > 0 && ctx.store.reserve_budget(day, &workflow.name, reserve, budget.cap, now).await?;
     let send = if reserved { send } else { 0 };
-    for r in &mut results[send..] {
-        r.made.fill(Created::Deferred { message: "over the API budget: made in a later run".into() });
+    for &g in &sendable[send..] {
+        results[g].made.fill(Created::Deferred { message: "over the API budget: made in a later run".into() });
     }
     testhook::crash_point("plan");
     if send == 0 {
         return Ok(results);
     }
     let before = ctx.salesforce.requests_sent();
-    let outcome = send_groups(ctx, workflow, &groups[..send], &mut results[..send], now).await;
+    let mut sent: Vec<GroupResult> = sendable[..send].iter().map(|&g| results[g].clone()).collect();
+    let outcome = send_groups(ctx, &workflow.name, &cleaned[..send], &mut sent, &quarantine, now).await;
     let spent = ctx.salesforce.requests_sent().saturating_sub(before);
-    ctx.store.settle_budget(day, workflow, reserve, spent, now).await?;
+    ctx.store.settle_budget(day, &workflow.name, reserve, spent, now).await?;
     meter.step("create", Some("create"));
     meter.settled += spent;
     outcome?;
+    for (&g, r) in sendable.iter().zip(sent) {
+        results[g] = r;
+    }
     Ok(results)
 }
 
@@ -171,6 +231,7 @@ async fn send_groups(
     workflow: &str,
     groups: &[Group],
     results: &mut [GroupResult],
+    quarantine: &Quarantine,
     now: DateTime<Utc>,
 ) -> Result<(), RunError> {
     let longest = groups.iter().map(|g| g.records.len()).max().unwrap_or(0);
@@ -199,7 +260,7 @@ async fn send_groups(
             which.push(g);
             records.push(record);
         }
-        let made = create_many(ctx, workflow, &records, now, &mut stopped).await?;
+        let made = create_many(ctx, workflow, &records, quarantine, now, &mut stopped).await?;
         for (g, c) in which.into_iter().zip(made) {
             results[g].made[position] = c;
         }
@@ -213,20 +274,115 @@ async fn create_many(
     ctx: &Context,
     workflow: &str,
     records: &[NewRecord],
+    quarantine: &Quarantine,
     now: DateTime<Utc>,
     stopped: &mut Option<String>,
 ) -> Result<Vec<Created>, RunError> {
     let store = ctx.store.as_ref();
+    let unique = |r: &NewRecord| quarantine.unique_key(&r.object, &r.key_field);
     let mut out: Vec<Option<Created>> = vec![None; records.len()];
-    let mut unknown_keys = Vec::new();
+    let (mut look_up, mut insert) = (Vec::new(), Vec::new());
     for (i, r) in records.iter().enumerate() {
         match store.begin_create(&r.key, workflow, now).await? {
             CreateState::Committed { salesforce_id } => out[i] = Some(Created::Existing { id: salesforce_id }),
-            CreateState::Pending { .. } | CreateState::New => unknown_keys.push(i),
+            // A new key on a unique field: Salesforce refuses it if it exists after all.
+            CreateState::New if unique(r) => insert.push(i),
+            CreateState::Pending { .. } | CreateState::New => look_up.push(i),
         }
     }
-    let mut send = Vec::new();
-    for (object, chunk) in by_object(records, &unknown_keys) {
+    let not_found = adopt(ctx, records, &look_up, now, stopped, &mut out).await?;
+    let mut upsert = Vec::new();
+    for i in not_found {
+        if unique(&records[i]) { insert.push(i) } else { upsert.push(i) }
+    }
+    insert.sort_unstable();
+    let mut duplicates = Vec::new();
+    for (insert, list) in [(true, insert), (false, upsert)] {
+        for (object, chunk) in by_object(records, &list) {
+            if let Some(message) = stopped.as_ref() {
+                for &i in &chunk {
+                    store.abandon_create(&records[i].key).await?;
+                    out[i] = Some(Created::Deferred { message: message.clone() });
+                }
+                continue;
+            }
+            let key_field = &records[chunk[0]].key_field;
+            let bodies: Vec<Map<String, Value>> = chunk
+                .iter()
+                .map(|&i| {
+                    let mut body = records[i].fields.clone();
+                    body.insert(records[i].key_field.clone(), Value::String(records[i].key.clone()));
+                    body
+                })
+                .collect();
+            let result = if insert {
+                ctx.salesforce.create_many(object, &bodies, false).await
+            } else {
+                ctx.salesforce.upsert_many(object, key_field, &bodies, false).await
+            };
+            testhook::crash_point("create");
+            let results = match result {
+                Ok(results) => results,
+                Err(e) => {
+                    let failed = request_failed(&e, "creating", stopped);
+                    for &i in &chunk {
+                        if !matches!(failed, Created::Unknown { .. }) {
+                            store.abandon_create(&records[i].key).await?;
+                        }
+                        out[i] = Some(failed.clone());
+                    }
+                    continue;
+                }
+            };
+            for (&i, r) in chunk.iter().zip(results) {
+                let key = &records[i].key;
+                let error = r.errors.first();
+                out[i] = Some(match (r.success, r.id) {
+                    (true, Some(id)) => {
+                        let id = id.to_string();
+                        store.commit_create(key, &id, now).await?;
+                        if r.created == Some(false) { Created::Existing { id } } else { Created::New { id } }
+                    }
+                    (true, None) => Created::Unknown { message: "saved without an id".into() },
+                    // Someone's record already holds the key: found and adopted below.
+                    (false, _) if insert && error.is_some_and(|e| e.status_code == ErrorCode::DuplicateValue) => {
+                        duplicates.push(i);
+                        continue;
+                    }
+                    (false, _) => {
+                        store.abandon_create(key).await?;
+                        let (code, message) = error
+                            .map(|e| (e.status_code.as_str().to_owned(), e.message.clone()))
+                            .unwrap_or_else(|| ("UNKNOWN".into(), "refused without an error".into()));
+                        Created::Refused { code, message }
+                    }
+                });
+            }
+        }
+    }
+    // A duplicate not found by its key is a clash on some other unique field: refused.
+    for i in adopt(ctx, records, &duplicates, now, stopped, &mut out).await? {
+        store.abandon_create(&records[i].key).await?;
+        out[i] = Some(Created::Refused {
+            code: "DUPLICATE_VALUE".into(),
+            message: "Salesforce refused the record as a duplicate, and no record holds its key".into(),
+        });
+    }
+    Ok(out.into_iter().map(|c| c.unwrap_or(Created::Waiting)).collect())
+}
+
+/// Looks the keys of `which` up, 200 per query, and adopts the records found (committed in the
+/// store, nothing written to them); returns those not found.
+async fn adopt(
+    ctx: &Context,
+    records: &[NewRecord],
+    which: &[usize],
+    now: DateTime<Utc>,
+    stopped: &mut Option<String>,
+    out: &mut [Option<Created>],
+) -> Result<Vec<usize>, RunError> {
+    let mut not_found = Vec::new();
+    for (object, chunk) in by_object(records, which) {
         if let Some(message) = stopped.as_ref() {
             for i in chunk {
                 out[i] = Some(Created::Deferred { message: message.clone() });
@@ -238,10 +394,10 @@ async fn create_many(
                 for i in chunk {
                     match found.get(&records[i].key.to_lowercase()) {
                         Some(id) => {
-                            store.commit_create(&records[i].key, id, now).await?;
+                            ctx.store.commit_create(&records[i].key, id, now).await?;
                             out[i] = Some(Created::Existing { id: id.clone() });
                         }
-                        None => send.push(i),
+                        None => not_found.push(i),
                     }
                 }
             }
@@ -253,61 +409,7 @@ async fn create_many(
             }
         }
     }
-    send.sort_unstable();
-    for (object, chunk) in by_object(records, &send) {
-        if let Some(message) = stopped.as_ref() {
-            for &i in &chunk {
-                store.abandon_create(&records[i].key).await?;
-                out[i] = Some(Created::Deferred { message: message.clone() });
-            }
-            continue;
-        }
-        let key_field = &records[chunk[0]].key_field;
-        let bodies: Vec<Map<String, Value>> = chunk
-            .iter()
-            .map(|&i| {
-                let mut body = records[i].fields.clone();
-                body.insert(records[i].key_field.clone(), Value::String(records[i].key.clone()));
-                body
-            })
-            .collect();
-        let result = ctx.salesforce.upsert_many(object, key_field, &bodies, false).await;
-        testhook::crash_point("create");
-        match result {
-            Ok(results) => {
-                for (&i, r) in chunk.iter().zip(results) {
-                    let key = &records[i].key;
-                    out[i] = Some(match (r.success, r.id) {
-                        (true, Some(id)) => {
-                            let id = id.to_string();
-                            store.commit_create(key, &id, now).await?;
-                            if r.created == Some(false) { Created::Existing { id } } else { Created::New { id } }
-                        }
-                        (true, None) => Created::Unknown { message: "saved without an id".into() },
-                        (false, _) => {
-                            store.abandon_create(key).await?;
-                            let (code, message) = r
-                                .errors
-                                .first()
-                                .map(|e| (e.status_code.as_str().to_owned(), e.message.clone()))
-                                .unwrap_or_else(|| ("UNKNOWN".into(), "refused without an error".into()));
-                            Created::Refused { code, message }
-                        }
-                    });
-                }
-            }
-            Err(e) => {
-                let failed = request_failed(&e, "creating", stopped);
-                for &i in &chunk {
-                    if !matches!(failed, Created::Unknown { .. }) {
-                        store.abandon_create(&records[i].key).await?;
-                    }
-                    out[i] = Some(failed.clone());
-                }
-            }
-        }
-    }
-    Ok(out.into_iter().map(|c| c.unwrap_or(Created::Waiting)).collect())
+    Ok(not_found)
 }
 
 /// What a request-level failure means for the records it carried; a spent allocation also
@@ -398,6 +500,18 @@ pub(crate) fn history(groups: &[Group], results: &[GroupResult], report: &mut Ru
         let unmade = g.records.iter().zip(&r.made).find(|(_, c)| c.id().is_none() && **c != Created::Waiting);
         let Some((record, made)) = unmade else { continue };
         let (action, code, message) = match made {
+            Created::Held { reason } => {
+                out.push(RecordOutcome {
+                    object: record.object.clone(),
+                    key: g.subject.clone(),
+                    salesforce_id: Some(g.account_id.clone()),
+                    action: Action::Skipped,
+                    changes: vec![],
+                    error_code: Some("QUARANTINED".into()),
+                    message: Some(format!("held back by preflight: {reason}; {}", g.note)),
+                });
+                continue;
+            }
             Created::Deferred { message } => (Action::Deferred, None, message.clone()),
             Created::Refused { code, message } => (Action::Failed, Some(code.clone()), message.clone()),
             Created::Unknown { message } => (Action::Failed, Some("OUTCOME_UNKNOWN".to_owned()), message.clone()),
@@ -509,17 +623,23 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_counts_a_look_up_and_an_upsert_per_200_records_of_each_object() {
+    fn the_budget_counts_one_insert_or_a_look_up_and_an_upsert_per_200_records_of_each_object() {
         let groups: Vec<Group> = (0..401).map(|_| group(&["Opportunity", "Task"])).collect();
-        assert_eq!(calls_for(&groups, 0), 0);
-        assert_eq!(calls_for(&groups, 1), 4);
-        assert_eq!(calls_for(&groups, 200), 4);
-        assert_eq!(calls_for(&groups, 201), 8);
-        assert_eq!(calls_for(&groups, 401), 12);
-        assert_eq!(fitting(&groups, 3), 0);
-        assert_eq!(fitting(&groups, 4), 200);
-        assert_eq!(fitting(&groups, 11), 400);
-        assert_eq!(fitting(&groups, 1000), 401);
+        let dear = not_unique;
+        assert_eq!(calls_for(&groups, 0, &dear), 0);
+        assert_eq!(calls_for(&groups, 1, &dear), 4);
+        assert_eq!(calls_for(&groups, 200, &dear), 4);
+        assert_eq!(calls_for(&groups, 201, &dear), 8);
+        assert_eq!(calls_for(&groups, 401, &dear), 12);
+        assert_eq!(fitting(&groups, 3, &dear), 0);
+        assert_eq!(fitting(&groups, 4, &dear), 200);
+        assert_eq!(fitting(&groups, 11, &dear), 400);
+        assert_eq!(fitting(&groups, 1000, &dear), 401);
+        // Unique Task keys: Tasks are inserted, one call per 200; Opportunities still looked up.
+        let tasks_unique = |o: &str, _: &str| o == "Task";
+        assert_eq!(calls_for(&groups, 200, &tasks_unique), 3);
+        assert_eq!(calls_for(&groups, 401, &tasks_unique), 9);
+        assert_eq!(fitting(&groups, 3, &tasks_unique), 200);
     }
 
     #[test]

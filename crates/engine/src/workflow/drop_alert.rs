@@ -260,7 +260,7 @@ async fn body(
         .collect();
     let reads_spent: u64 = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
     let allowance = budget.available.saturating_sub(reads_spent);
-    let send = create::fitting(&groups, allowance);
+    let send = create::fitting(&groups, allowance, &create::not_unique);
     let samples: Vec<Sample> = groups
         .iter()
         .take(10)
@@ -296,7 +296,7 @@ async fn body(
     };
     ctx.store.record_outcomes(run_id, &decisions, &episode_puts).await?;
 
-    let results = create::deliver(ctx, &workflow.name, &groups, allowance, &budget, &mut meter, now).await?;
+    let results = create::deliver(ctx, workflow, &groups, allowance, &budget, &mut meter, &mut report, now).await?;
     report.deferred = 0;
     let outcomes_out = create::history(&groups, &results, &mut report);
     // An episode opens only once all its records exist; until then the next run decides again

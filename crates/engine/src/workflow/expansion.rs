@@ -251,7 +251,7 @@ async fn body(
         .collect();
     let reads: u64 = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
     let allowance = budget.available.saturating_sub(reads);
-    let send = create::fitting(&groups, allowance);
+    let send = create::fitting(&groups, allowance, &create::not_unique);
     let samples: Vec<Sample> = groups
         .iter()
         .take(10)
@@ -282,7 +282,7 @@ async fn body(
     };
     ctx.store.record_outcomes(run_id, &decisions, &[]).await?;
 
-    let results = create::deliver(ctx, &workflow.name, &groups, allowance, &budget, &mut meter, now).await?;
+    let results = create::deliver(ctx, workflow, &groups, allowance, &budget, &mut meter, &mut report, now).await?;
     report.deferred = 0;
     let outs = create::history(&groups, &results, &mut report);
     // The count moves on only once the whole group exists, so an interrupted group is completed
