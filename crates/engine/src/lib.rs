@@ -2,10 +2,12 @@
 //! write path within the API budget, deliver to Salesforce and remember what they did.
 //!
 //! # Layout
+//! - [`budget`]: today's API allowance: the configured share, less what every worker spent.
 //! - [`config`]: the YAML config, typed and validated, every error with file, line and key.
 //! - [`connect`]: the Salesforce and Pendo clients a config describes.
 //! - [`extract`]: per-account engagement and matching facts from Pendo aggregations.
-//! - [`matching`]: the rule chain from a Pendo account to a Salesforce Account.
+//! - [`matching`]: the rule chain from a Pendo account to a Salesforce Account, and the matching
+//!   stage (the ID-map cache, reading Accounts).
 //! - [`metrics`]: engagement figures as field values, and the score.
 //! - [`change`]: fingerprints of written values; only changed fields are sent.
 //! - [`preflight`]: the config's Salesforce objects and fields checked against the org's
@@ -17,6 +19,7 @@
 //! - [`testhook`]: named points where tests make the process die (the chaos tests).
 //! - [`workflow`]: runs, step by step, and replay.
 
+pub mod budget;
 pub mod change;
 pub mod config;
 pub mod connect;

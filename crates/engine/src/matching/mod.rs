@@ -7,12 +7,16 @@
 //! Salesforce Account, or each run would overwrite the other's figures. The stronger rule keeps
 //! the Account; equals are all reported as ambiguous. Pins made by a person beat every rule.
 
+pub(crate) mod accounts;
+mod cache;
 pub mod domain;
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use cache::match_accounts;
+pub use cache::rules;
 pub use domain::FreeMail;
 
 /// One rule of the chain, in the order the workflow lists them.

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::new_users::empty_report;
 use super::state_of;
-use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, budget};
+use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::change::{self, Change, Desired};
 use crate::config::{Attribute, AttributeType, AttributesConfig, Workflow};
 use crate::store::{Action, FieldChange, FingerprintPut, MatchStatus, RecordOutcome, RunId};
@@ -107,7 +107,7 @@ async fn body(
 ) -> Result<RunReport, RunError> {
     let sf = |what: &'static str| move |source| RunError::Salesforce { what, source };
     let mut meter = Meter::new(&ctx.salesforce);
-    let budget = budget::today(ctx, now).await?;
+    let budget = crate::budget::today(ctx, now).await?;
     meter.step("budget", Some("read_limits"));
     let mut report = empty_report(&workflow.name, run_id, options.dry_run, budget.clone());
     if budget.available == 0 {

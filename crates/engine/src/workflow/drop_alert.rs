@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::create::{self, Group, NewRecord};
-use super::{Context, Meter, RunError, RunOptions, RunReport, Sample, budget, engagement};
+use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::config::{DropAlertConfig, MetadataGroup, Workflow};
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
 use crate::matching::Outcome;
@@ -121,7 +121,7 @@ async fn body(
     run_id: Option<RunId>,
 ) -> Result<RunReport, RunError> {
     let mut meter = Meter::new(&ctx.salesforce);
-    let budget = budget::today(ctx, now).await?;
+    let budget = crate::budget::today(ctx, now).await?;
     meter.step("budget", Some("read_limits"));
     let limits_calls: u64 = meter.calls.values().sum();
 
@@ -150,9 +150,17 @@ async fn body(
     let pendo_calls = u64::from(extractor.stats().pendo_calls);
     meter.step("extract", None);
 
-    let outcomes =
-        engagement::match_accounts(ctx, workflow, &config.accounts, &facts, &current, now, options.dry_run, &budget)
-            .await?;
+    let outcomes = crate::matching::match_accounts(
+        ctx,
+        workflow,
+        &config.accounts,
+        &facts,
+        &current,
+        now,
+        options.dry_run,
+        &budget,
+    )
+    .await?;
     meter.step("match", Some("read_accounts"));
 
     let scope = episode_scope(&workflow.name);

@@ -15,7 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value, json};
 
 use super::create::{self, Group, Link, NewRecord};
-use super::{Context, Meter, RunError, RunOptions, RunReport, Sample, budget, engagement};
+use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::config::{ExpansionConfig, MatchRule, Milestone, MilestoneKind, Workflow};
 use crate::extract::expansion::longest_run;
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
@@ -66,7 +66,7 @@ async fn body(
     run_id: Option<RunId>,
 ) -> Result<RunReport, RunError> {
     let mut meter = Meter::new(&ctx.salesforce);
-    let budget = budget::today(ctx, now).await?;
+    let budget = crate::budget::today(ctx, now).await?;
     meter.step("budget", Some("read_limits"));
     let limits_calls: u64 = meter.calls.values().sum();
 
@@ -106,7 +106,7 @@ async fn body(
     meter.step("extract", None);
 
     let outcomes =
-        engagement::match_accounts(ctx, workflow, &config.accounts, &facts, &usage, now, options.dry_run, &budget)
+        crate::matching::match_accounts(ctx, workflow, &config.accounts, &facts, &usage, now, options.dry_run, &budget)
             .await?;
     meter.step("match", Some("read_accounts"));
     let matched: Vec<(String, String)> = outcomes

@@ -15,12 +15,8 @@
 //! - [`create`]: the create stage: groups of records made exactly once, never clobbering, within the budget.
 //! - `update`: the update stage: changed fields onto existing records within the reserved budget.
 //! - [`replay`]: sending kept failures again.
-//! - `budget`: today's allowance from `/limits` and the persisted ledger.
-//! - `accounts`: reading Accounts for matching (REST pages or a Bulk query, whichever is cheaper).
 
-mod accounts;
 pub mod attributes;
-mod budget;
 pub mod create;
 pub mod drop_alert;
 pub mod engagement;
@@ -42,8 +38,8 @@ use crate::config::Config;
 use crate::plan::Plan;
 use crate::store::{RunId, Store};
 
+pub use crate::budget::BudgetReport;
 pub use crate::preflight::Problem as PreflightProblem;
-pub use budget::BudgetReport;
 pub use lease::{RunLease, holder as lease_holder};
 
 /// What every run needs: clients, the store and the loaded config.

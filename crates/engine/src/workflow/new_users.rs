@@ -20,7 +20,7 @@ use salesforce::{Condition, SoqlQuery};
 use serde_json::{Map, Value, json};
 
 use super::state_of;
-use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, budget, engagement};
+use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::change::fingerprint;
 use crate::config::{EngagementConfig, MatchRule, NewUsersConfig, UnmatchedAccount, Workflow};
 use crate::deliver::{self, RecordRetry};
@@ -99,7 +99,7 @@ pub(super) fn empty_report(
     workflow: &str,
     run_id: Option<RunId>,
     dry_run: bool,
-    budget: budget::BudgetReport,
+    budget: crate::budget::BudgetReport,
 ) -> RunReport {
     RunReport {
         run_id,
@@ -153,7 +153,7 @@ async fn body(
     run_id: Option<RunId>,
 ) -> Result<RunReport, RunError> {
     let mut meter = Meter::new(&ctx.salesforce);
-    let budget = budget::today(ctx, now).await?;
+    let budget = crate::budget::today(ctx, now).await?;
     meter.step("budget", Some("read_limits"));
     let limits_calls: u64 = meter.calls.values().sum();
     let mut report = empty_report(&workflow.name, run_id, options.dry_run, budget.clone());
@@ -195,7 +195,7 @@ async fn body(
         fields: Default::default(),
     };
     let outcomes =
-        engagement::match_accounts(ctx, workflow, &matcher, &facts, &[], now, options.dry_run, &budget).await?;
+        crate::matching::match_accounts(ctx, workflow, &matcher, &facts, &[], now, options.dry_run, &budget).await?;
     meter.step("match", Some("read_accounts"));
     let account_names: HashMap<&str, &str> = facts
         .iter()

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, budget, engagement};
+use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, engagement};
 use crate::change::{self, Desired};
 use crate::config::{MatchRule, TrialConfig, TrialMetric, Workflow};
 use crate::deliver;
@@ -91,7 +91,7 @@ async fn body(
     run_id: Option<RunId>,
 ) -> Result<RunReport, RunError> {
     let mut meter = Meter::new(&ctx.salesforce);
-    let budget = budget::today(ctx, now).await?;
+    let budget = crate::budget::today(ctx, now).await?;
     meter.step("budget", Some("read_limits"));
     let limits_calls: u64 = meter.calls.values().sum();
 
@@ -121,7 +121,7 @@ async fn body(
     meter.step("extract", None);
 
     let outcomes =
-        engagement::match_accounts(ctx, workflow, &config.accounts, &facts, &usage, now, options.dry_run, &budget)
+        crate::matching::match_accounts(ctx, workflow, &config.accounts, &facts, &usage, now, options.dry_run, &budget)
             .await?;
     meter.step("match", Some("read_accounts"));
     let pendo_of: HashMap<String, String> = outcomes

@@ -9,8 +9,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use salesforce::{BulkQueryOptions, QueryOptions};
 use serde_json::{Map, Value};
 
-use super::RunError;
 use crate::matching::AccountRow;
+use crate::workflow::RunError;
 
 /// REST pages worth reading before Bulk is cheaper (Bulk: create, ~2 polls, 1 result page).
 const BULK_QUERY_CALLS: u64 = 4;

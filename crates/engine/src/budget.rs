@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Context, RunError};
+use crate::workflow::{Context, RunError};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BudgetReport {

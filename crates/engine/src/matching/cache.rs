@@ -1,0 +1,128 @@
+//! The matching stage: which Salesforce Account each Pendo account is, for every template that
+//! writes onto Accounts. Cached matches (the ID map in the store) are used while fresh and
+//! pinned ones always; otherwise the Accounts are read (REST pages or a Bulk query, see
+//! [`super::accounts`]) and the rule chain runs, and the results go back into the ID map
+//! (except on a dry run).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+
+use super::{Accounts, FreeMail, Outcome, Rule, accounts};
+use crate::budget::BudgetReport;
+use crate::config::{EngagementConfig, MatchRule, Workflow};
+use crate::extract::{AccountFacts, AccountUsage};
+use crate::store::{IdMapEntry, MatchStatus};
+use crate::workflow::{Context, RunError};
+
+/// The rule chain a workflow's `matching:` section describes.
+pub fn rules(config: &EngagementConfig) -> Vec<Rule> {
+    config
+        .matching
+        .iter()
+        .map(|r| match r {
+            MatchRule::PendoMetadata { group, field } => {
+                Rule::PendoMetadata { group: group.name().to_owned(), field: field.clone() }
+            }
+            MatchRule::ExternalId { field } => Rule::ExternalId { field: field.clone() },
+            MatchRule::EmailDomain { min_share, extra_free_mail, .. } => {
+                Rule::EmailDomain { min_share: *min_share, free_mail: FreeMail::with_extra(extra_free_mail) }
+            }
+        })
+        .collect()
+}
+
+/// Matches every Pendo account, reading Salesforce only when the cached matches are not enough.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn match_accounts(
+    ctx: &Context,
+    workflow: &Workflow,
+    config: &EngagementConfig,
+    facts: &[AccountFacts],
+    usage: &[AccountUsage],
+    now: DateTime<Utc>,
+    dry_run: bool,
+    budget: &BudgetReport,
+) -> Result<BTreeMap<String, Outcome>, RunError> {
+    let cached = ctx.store.id_map(&workflow.name).await?;
+    let recheck = chrono::Duration::from_std(config.recheck_matches_after).unwrap_or(chrono::Duration::days(7));
+    let cached: HashMap<&str, &IdMapEntry> = cached.iter().map(|e| (e.pendo_id.as_str(), e)).collect();
+    let mut ids: HashSet<&str> = facts.iter().map(|f| f.account_id.as_str()).collect();
+    ids.extend(usage.iter().map(|u| u.account_id.as_str()));
+    let fresh = |id: &str| cached.get(id).is_some_and(|e| e.pinned || now - e.checked_at < recheck);
+    // Two cached matches onto one Account (a person pinned one of them since the last read)
+    // need the full settlement, which only a fresh read applies.
+    let mut claimed = HashSet::new();
+    let shared = cached
+        .values()
+        .filter(|e| e.status == MatchStatus::Matched)
+        .filter_map(|e| e.salesforce_id.as_deref())
+        .any(|sf| !claimed.insert(sf));
+    if !shared && ids.iter().all(|id| fresh(id)) {
+        return Ok(ids.into_iter().filter_map(|id| cached.get(id).map(|e| (id.to_owned(), outcome_of(e)))).collect());
+    }
+    let external = config.matching.iter().find_map(|r| match r {
+        MatchRule::ExternalId { field } => Some(field.as_str()),
+        _ => None,
+    });
+    let website = config.matching.iter().find_map(|r| match r {
+        MatchRule::EmailDomain { website_field, .. } => Some(website_field.as_str()),
+        _ => None,
+    });
+    let rows = accounts::read(&ctx.salesforce, external, website, budget.available).await?;
+    let accounts = Accounts::new(rows);
+    let pins: HashMap<String, String> = cached
+        .values()
+        .filter(|e| e.pinned)
+        .filter_map(|e| Some((e.pendo_id.clone(), e.salesforce_id.clone()?)))
+        .collect();
+    // Accounts with usage but no facts (no visitors with metadata) still get the id rules.
+    let mut all_facts: Vec<AccountFacts> = facts.to_vec();
+    let known: HashSet<&str> = facts.iter().map(|f| f.account_id.as_str()).collect();
+    all_facts.extend(
+        usage
+            .iter()
+            .filter(|u| !known.contains(u.account_id.as_str()))
+            .map(|u| AccountFacts { account_id: u.account_id.clone(), ..Default::default() }),
+    );
+    let outcomes = super::match_all(&rules(config), &all_facts, &accounts, &pins);
+    if !dry_run {
+        let entries: Vec<IdMapEntry> =
+            outcomes.iter().map(|(id, o)| entry_of(&workflow.name, id, o, pins.contains_key(id), now)).collect();
+        ctx.store.put_id_map(&entries).await?;
+    }
+    Ok(outcomes)
+}
+
+fn outcome_of(e: &IdMapEntry) -> Outcome {
+    let rule = e.rule.clone().unwrap_or_default();
+    match (&e.status, &e.salesforce_id) {
+        (MatchStatus::Matched, Some(id)) => Outcome::Matched { salesforce_id: id.clone(), rule },
+        (MatchStatus::Ambiguous, _) => {
+            Outcome::Ambiguous { rule, candidates: e.candidates.clone(), reason: "cached: ambiguous".into() }
+        }
+        _ => Outcome::Unmatched { reason: "cached: unmatched".into() },
+    }
+}
+
+fn entry_of(workflow: &str, pendo_id: &str, o: &Outcome, pinned: bool, now: DateTime<Utc>) -> IdMapEntry {
+    let (status, salesforce_id, rule, candidates) = match o {
+        Outcome::Matched { salesforce_id, rule } => {
+            (MatchStatus::Matched, Some(salesforce_id.clone()), Some(rule.clone()), vec![])
+        }
+        Outcome::Ambiguous { rule, candidates, reason } => {
+            (MatchStatus::Ambiguous, None, Some(format!("{rule}: {reason}")), candidates.clone())
+        }
+        Outcome::Unmatched { reason } => (MatchStatus::Unmatched, None, Some(reason.clone()), vec![]),
+    };
+    IdMapEntry {
+        workflow: workflow.to_owned(),
+        pendo_id: pendo_id.to_owned(),
+        status,
+        salesforce_id,
+        rule,
+        candidates,
+        pinned,
+        checked_at: now,
+    }
+}
