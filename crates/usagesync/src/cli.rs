@@ -221,6 +221,13 @@ pub enum BenchTarget {
         /// chaos-expansion), comma-separated; all by default.
         #[arg(long, value_delimiter = ',')]
         workflows: Vec<String>,
+        /// Also run several workers at once on one PostgreSQL store (a schema of its own,
+        /// dropped after), e.g. postgres://postgres@127.0.0.1:5432/test.
+        #[arg(long)]
+        postgres: Option<String>,
+        /// Workers started together in each round of the PostgreSQL phase.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=8))]
+        workers: u64,
     },
     /// The record-creating workflows (drop alerts, expansion, trials): a first run and a re-run
     /// of each against the emulators in a child process.

@@ -12,8 +12,28 @@ use std::process::Command;
 use serde_json::Value;
 
 fn chaos(workflow: &str, must_die_at: &[&str]) {
+    chaos_with(workflow, must_die_at, &[]);
+}
+
+/// The same, plus three workers at once on one PostgreSQL store (`USAGESYNC_TEST_POSTGRES_URL`,
+/// default the local test database; `USAGESYNC_SKIP_POSTGRES=1` skips it).
+fn chaos_on_postgres(workflow: &str, must_die_at: &[&str]) {
+    if std::env::var("USAGESYNC_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
+        eprintln!("USAGESYNC_SKIP_POSTGRES=1: skipped");
+        return;
+    }
+    let url = std::env::var("USAGESYNC_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let row = chaos_with(workflow, must_die_at, &["--postgres", &url, "--workers", "3"]);
+    assert!(row["worker_rounds"].as_u64().unwrap() >= 2, "{row}");
+    assert!(row["busy"].as_u64().unwrap() > 0, "the workers met: {row}");
+    assert_eq!(row["overlapping"], 0, "{row}");
+}
+
+fn chaos_with(workflow: &str, must_die_at: &[&str], extra: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_usagesync"))
         .args(["--json", "bench", "chaos", "--accounts", "300", "--kills", "6", "--workflows", workflow])
+        .args(extra)
         .env_remove("USAGESYNC_CONFIG")
         .output()
         .unwrap();
@@ -33,6 +53,7 @@ fn chaos(workflow: &str, must_die_at: &[&str]) {
         assert!(died.contains(point), "{workflow} was killed at {point}: {died:?}");
     }
     assert!(out.status.success(), "{text}");
+    row.clone()
 }
 
 const CREATE_POINTS: &[&str] = &["gather", "plan", "create:1", "group"];
@@ -60,4 +81,14 @@ fn new_contacts_survive_kills_faults_a_lost_store_and_a_spent_allocation() {
 #[test]
 fn trial_usage_survives_kills_faults_a_lost_store_and_a_spent_allocation() {
     chaos("trials", &["gather", "plan", "deliver:1"]);
+}
+
+#[test]
+fn drop_alerts_with_three_workers_on_one_postgres_store() {
+    chaos_on_postgres("chaos-alerts", CREATE_POINTS);
+}
+
+#[test]
+fn engagement_scores_with_three_workers_on_one_postgres_store() {
+    chaos_on_postgres("engagement", &["gather", "plan", "deliver:1", "record"]);
 }

@@ -188,13 +188,25 @@ pub struct Row {
     pub abandoned: usize,
     /// The exit code of the run whose allocation was spent mid-way (4: deferred).
     pub spent_exit: Option<i32>,
+    /// With a PostgreSQL store: rounds of workers started together, runs refused because
+    /// another held the workflow, and runs whose lifetimes overlapped (must be 0).
+    pub worker_rounds: usize,
+    pub busy: usize,
+    pub overlapping: usize,
     /// Problems in words; empty when every guarantee held.
     pub problems: Vec<String>,
 }
 
 /// Runs the harness over the templates named in `only` (all when empty) with `kills` kills
 /// each; exit 0 when every guarantee held, 1 otherwise.
-pub async fn chaos(accounts: usize, kills: usize, only: &[String], json: bool) -> Result<u8> {
+pub async fn chaos(
+    accounts: usize,
+    kills: usize,
+    only: &[String],
+    postgres: Option<&str>,
+    workers: usize,
+    json: bool,
+) -> Result<u8> {
     let cases: Vec<Case> =
         cases().into_iter().filter(|c| only.is_empty() || only.iter().any(|o| o == c.workflow)).collect();
     if cases.is_empty() {
@@ -206,7 +218,14 @@ pub async fn chaos(accounts: usize, kills: usize, only: &[String], json: bool) -
         if !json {
             eprintln!("{}: reference world, then {kills} kills under faults at {accounts} accounts…", case.workflow);
         }
-        rows.push(run_case(case, accounts, kills).await?);
+        let mut row = run_case(case, accounts, kills).await?;
+        if let Some(url) = postgres {
+            if !json {
+                eprintln!("{}: {workers} workers at once on one PostgreSQL store…", case.workflow);
+            }
+            workers_phase(case, accounts, kills, url, workers, &mut row).await?;
+        }
+        rows.push(row);
     }
     let clean = rows.iter().all(|r| r.problems.is_empty());
     if json {
@@ -225,6 +244,7 @@ pub async fn chaos(accounts: usize, kills: usize, only: &[String], json: bool) -
                     (r.extra + r.differing).to_string(),
                     r.clobbered.to_string(),
                     format!("{}/{}", r.left_running, r.abandoned),
+                    if r.worker_rounds == 0 { "-".into() } else { format!("{}/{}", r.busy, r.overlapping) },
                     r.spent_exit.map_or("-".into(), |c| c.to_string()),
                     if r.problems.is_empty() { "ok".into() } else { r.problems.join("; ") },
                 ]
@@ -241,6 +261,7 @@ pub async fn chaos(accounts: usize, kills: usize, only: &[String], json: bool) -
                 "extra/differing",
                 "edits undone",
                 "running/abandoned",
+                "busy/overlapping",
                 "spent → exit",
                 "verdict",
             ],
@@ -355,6 +376,100 @@ async fn run_case(case: &Case, accounts: usize, kills: usize) -> Result<Row> {
     Ok(row)
 }
 
+/// Several workers on one PostgreSQL store: each round starts `workers` syncs of the workflow
+/// at once (all but the last with a kill point), under faults; then runs to completion. The
+/// lease must let exactly one run at a time, and the end state must equal the reference.
+async fn workers_phase(
+    case: &Case,
+    accounts: usize,
+    kills: usize,
+    url: &str,
+    workers: usize,
+    row: &mut Row,
+) -> Result<()> {
+    let workflow = case.workflow;
+    let schema = format!("chaos_{:016x}", rand::random::<u64>());
+    // Created and migrated once here, so the workers do not race to migrate it.
+    drop(engine::store::open_postgres_schema(url, &schema).await?);
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let store = format!("{url}{separator}options=-c%20search_path%3D{schema}");
+    let result = async {
+        let clean = World::new(accounts).await?;
+        let (code, out) = clean.sync(workflow, None).await?;
+        if code != Some(0) {
+            bail!("the reference run of {workflow} exited {code:?}: {out}");
+        }
+        let reference = clean.snapshot(&case.what).await?;
+        drop(clean);
+        let world = World::with_store(accounts, Some(&store)).await?;
+        world
+            .admin(
+                "faults",
+                json!({"seed": 11, "unableToLockRow": 0.1, "serverUnavailable": 0.1, "dropConnection": 0.1}),
+            )
+            .await?;
+        let rounds = kills.div_ceil(workers.saturating_sub(1).max(1)).max(2);
+        let mut k = 0;
+        for _ in 0..rounds {
+            row.worker_rounds += 1;
+            let mut runs = Vec::new();
+            for w in 0..workers {
+                let point = (w + 1 < workers).then(|| {
+                    k += 1;
+                    case.points[(k - 1) % case.points.len()]
+                });
+                runs.push(world.sync(workflow, point));
+            }
+            for result in futures_util::future::join_all(runs).await {
+                let (code, out) = result?;
+                if code == Some(1) && out.to_string().contains("is already running") {
+                    row.busy += 1;
+                }
+            }
+        }
+        for _ in 0..12 {
+            let (code, _) = world.sync(workflow, None).await?;
+            if code == Some(0) {
+                break;
+            }
+        }
+        world.admin("faults", json!({})).await?;
+        let (code, out) = world.sync(workflow, None).await?;
+        if code != Some(0) || out["written"].as_u64().unwrap_or(0) != 0 {
+            row.problems.push(format!("workers: the last run still had work or failed (exit {code:?}): {out}"));
+        }
+        compare(&reference, &world.snapshot(&case.what).await?, "with several workers", row);
+        let runs = world.runs().await?;
+        let running = runs.iter().filter(|r| r["state"] == "running").count();
+        if running > 0 {
+            row.problems.push(format!("workers: {running} runs left running"));
+        }
+        row.overlapping = overlapping(&runs);
+        if row.overlapping > 0 {
+            row.problems.push(format!("workers: {} runs overlapped another live run", row.overlapping));
+        }
+        if row.busy == 0 {
+            row.problems.push("workers: no run was ever refused, so they never met".into());
+        }
+        Ok(())
+    }
+    .await;
+    engine::store::drop_postgres_schema(url, &schema).await?;
+    result
+}
+
+/// Runs (not abandoned ones, whose process is gone) that started before the previous one ended.
+fn overlapping(runs: &[Value]) -> usize {
+    let time = |v: &Value| v.as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let mut spans: Vec<_> = runs
+        .iter()
+        .filter(|r| r["state"] != "abandoned" && r["dry_run"] != true)
+        .filter_map(|r| Some((time(&r["started_at"])?, time(&r["finished_at"])?)))
+        .collect();
+    spans.sort();
+    spans.windows(2).filter(|w| w[1].0 < w[0].1).count()
+}
+
 fn compare(reference: &Snapshot, got: &Snapshot, when: &str, row: &mut Row) {
     let duplicates = got.values().filter(|v| v.len() > 1).count();
     let missing = reference.keys().filter(|k| !got.contains_key(*k)).count();
@@ -387,9 +502,14 @@ struct World {
 
 impl World {
     async fn new(accounts: usize) -> Result<World> {
+        World::with_store(accounts, None).await
+    }
+
+    /// A world whose state store is `store` (a SQLite file in its directory when `None`).
+    async fn with_store(accounts: usize, store: Option<&str>) -> Result<World> {
         let emulators = start_emulators(accounts, 30).await?;
         let dir = tempfile::tempdir().context("Failed to make a temporary directory")?;
-        let store = format!("sqlite://{}", dir.path().join("state.db").display());
+        let store = store.map_or_else(|| format!("sqlite://{}", dir.path().join("state.db").display()), str::to_owned);
         let example = EXAMPLE
             .replace("http://127.0.0.1:8443", &emulators.salesforce)
             .replace("http://127.0.0.1:8444", &emulators.pendo)

@@ -58,8 +58,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Bench { target: BenchTarget::Nps { rate, seconds, window_ms } } => {
             ok(bench_nps::nps(rate, seconds, window_ms).await)
         }
-        Command::Bench { target: BenchTarget::Chaos { accounts, kills, workflows } } => {
-            bench_chaos::chaos(accounts, kills, &workflows, json).await
+        Command::Bench { target: BenchTarget::Chaos { accounts, kills, workflows, postgres, workers } } => {
+            let workers = usize::try_from(workers).unwrap_or(2);
+            bench_chaos::chaos(accounts, kills, &workflows, postgres.as_deref(), workers, json).await
         }
         Command::Bench { target: BenchTarget::Creates { accounts, days } } => {
             ok(bench_creates::creates(&accounts, days).await)
