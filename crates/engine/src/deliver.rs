@@ -31,6 +31,21 @@ pub struct HeldBack {
     pub reason: String,
 }
 
+impl HeldBack {
+    /// The record's history row: skipped, with the preflight problem as the reason.
+    pub fn outcome(&self, object: &str) -> crate::store::RecordOutcome {
+        crate::store::RecordOutcome {
+            object: object.into(),
+            key: self.change.key.clone(),
+            salesforce_id: Some(self.change.salesforce_id.clone()),
+            action: crate::store::Action::Skipped,
+            changes: vec![],
+            error_code: Some("QUARANTINED".into()),
+            message: Some(self.reason.clone()),
+        }
+    }
+}
+
 /// Takes the fields `quarantine` holds for `object` out of every change (and their
 /// fingerprints, so the next run sends them again once the problem is fixed). A change left
 /// with nothing but `riders` (fields sent only alongside a real change, such as an updated-at

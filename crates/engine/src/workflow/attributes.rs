@@ -15,7 +15,6 @@ use chrono::{DateTime, NaiveDate, Utc};
 use salesforce::{Condition, Order, SoqlQuery};
 use serde_json::{Map, Value, json};
 
-use super::new_users::empty_report;
 use super::state_of;
 use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::change::{self, Change, Desired};
@@ -109,7 +108,7 @@ async fn body(
     let mut meter = Meter::new(&ctx.salesforce);
     let budget = crate::budget::today(ctx, now).await?;
     meter.step("budget", Some("read_limits"));
-    let mut report = empty_report(&workflow.name, run_id, options.dry_run, budget.clone());
+    let mut report = RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone());
     if budget.available == 0 {
         return Err(RunError::OverBudget { needed: 1, left: 0 });
     }

@@ -281,10 +281,7 @@ async fn body(
         })
         .collect();
     let mut report = RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone());
-    report.pendo_accounts = outcomes.len();
-    report.matched = matched.len();
-    report.unmatched = outcomes.values().filter(|o| matches!(o, Outcome::Unmatched { .. })).count();
-    report.ambiguous = outcomes.values().filter(|o| matches!(o, Outcome::Ambiguous { .. })).count();
+    report.count_matches(&outcomes);
     report.unchanged = matched.len() - alerts.len();
     report.changed = alerts.len();
     report.fields_changed = BTreeMap::from([("Task".to_owned(), alerts.len())]);
@@ -296,12 +293,7 @@ async fn body(
     if config.create_case {
         report.fields_changed.insert("Case".to_owned(), alerts.len());
     }
-    let Some(run_id) = run_id else {
-        report.budget.this_run = meter.calls.values().sum();
-        report.api_calls = meter.calls;
-        report.timings = meter.timings;
-        return Ok(report);
-    };
+    let Some(run_id) = run_id else { return Ok(report.planned(meter)) };
     ctx.store.record_outcomes(run_id, &decisions, &episode_puts).await?;
 
     let results = create::deliver(ctx, workflow, &groups, allowance, &budget, &mut meter, &mut report, now).await?;

@@ -154,15 +154,7 @@ async fn body(
     meter.step("preflight", Some("preflight"));
     let riders: Vec<&str> = stamp.iter().map(|(f, _)| f.as_str()).collect();
     let (changes, held) = deliver::hold_back(&quarantine, OBJECT, &riders, changes);
-    skipped_outcomes.extend(held.iter().map(|h| RecordOutcome {
-        object: OBJECT.into(),
-        key: h.change.key.clone(),
-        salesforce_id: Some(h.change.salesforce_id.clone()),
-        action: Action::Skipped,
-        changes: vec![],
-        error_code: Some("QUARANTINED".into()),
-        message: Some(h.reason.clone()),
-    }));
+    skipped_outcomes.extend(held.iter().map(|h| h.outcome(OBJECT)));
     let mut fields_changed: BTreeMap<String, usize> = BTreeMap::new();
     for c in &changes {
         for (f, _) in &c.fields {
@@ -185,10 +177,6 @@ async fn body(
         })
         .collect();
     let mut report = RunReport {
-        run_id,
-        workflow: workflow.name.clone(),
-        dry_run: options.dry_run,
-        state: "planned".into(),
         pendo_accounts: outcomes.len(),
         matched,
         unmatched,
@@ -196,24 +184,16 @@ async fn body(
         unchanged,
         changed: changes.len(),
         fields_changed,
-        written: 0,
-        failed: 0,
         deferred: plan.deferred,
         plan: plan.clone(),
-        api_calls: BTreeMap::new(),
         pendo_calls,
-        budget: budget.clone(),
-        timings: Vec::new(),
         samples,
-        failures: Vec::new(),
         ambiguous_samples,
         preflight: super::PreflightReport { problems: quarantine.problems().to_vec(), records_held_back: held.len() },
+        ..RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone())
     };
     if options.dry_run {
-        report.budget.this_run = meter.calls.values().sum();
-        report.api_calls = meter.calls;
-        report.timings = meter.timings;
-        return Ok(report);
+        return Ok(report.planned(meter));
     }
     let Some(run_id) = run_id else { return Ok(report) };
 

@@ -262,10 +262,7 @@ async fn body(
         })
         .collect();
     let mut report = RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone());
-    report.pendo_accounts = outcomes.len();
-    report.matched = matched.len();
-    report.unmatched = outcomes.values().filter(|o| matches!(o, Outcome::Unmatched { .. })).count();
-    report.ambiguous = outcomes.values().filter(|o| matches!(o, Outcome::Ambiguous { .. })).count();
+    report.count_matches(&outcomes);
     report.unchanged = decisions.len();
     report.changed = groups.len();
     report.fields_changed = BTreeMap::from([("Opportunity".to_owned(), groups.len())]);
@@ -274,12 +271,7 @@ async fn body(
         crate::plan::plan(0, workflow.max_latency, crate::plan::Allowance { calls: allowance }, &Default::default());
     report.pendo_calls = pendo_calls;
     report.samples = samples;
-    let Some(run_id) = run_id else {
-        report.budget.this_run = meter.calls.values().sum();
-        report.api_calls = meter.calls;
-        report.timings = meter.timings;
-        return Ok(report);
-    };
+    let Some(run_id) = run_id else { return Ok(report.planned(meter)) };
     ctx.store.record_outcomes(run_id, &decisions, &[]).await?;
 
     let results = create::deliver(ctx, workflow, &groups, allowance, &budget, &mut meter, &mut report, now).await?;

@@ -231,6 +231,23 @@ impl RunReport {
         }
     }
 
+    /// The matching stage's counts: Pendo accounts seen, matched, unmatched and ambiguous.
+    pub(crate) fn count_matches(&mut self, outcomes: &BTreeMap<String, crate::matching::Outcome>) {
+        use crate::matching::Outcome;
+        self.pendo_accounts = outcomes.len();
+        self.matched = outcomes.values().filter(|o| matches!(o, Outcome::Matched { .. })).count();
+        self.unmatched = outcomes.values().filter(|o| matches!(o, Outcome::Unmatched { .. })).count();
+        self.ambiguous = outcomes.values().filter(|o| matches!(o, Outcome::Ambiguous { .. })).count();
+    }
+
+    /// The report of a run that stops at its plan (a dry run): its reads' calls and timings.
+    pub(crate) fn planned(mut self, meter: Meter<'_>) -> RunReport {
+        self.budget.this_run = meter.calls.values().sum();
+        self.api_calls = meter.calls;
+        self.timings = meter.timings;
+        self
+    }
+
     pub fn total_api_calls(&self) -> u64 {
         self.api_calls.values().sum()
     }

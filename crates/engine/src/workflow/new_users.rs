@@ -95,39 +95,6 @@ pub(crate) async fn run(
     super::recorded(ctx, workflow, options, |now, run_id| body(ctx, workflow, config, options, now, run_id)).await
 }
 
-pub(super) fn empty_report(
-    workflow: &str,
-    run_id: Option<RunId>,
-    dry_run: bool,
-    budget: crate::budget::BudgetReport,
-) -> RunReport {
-    RunReport {
-        run_id,
-        workflow: workflow.to_owned(),
-        dry_run,
-        state: "planned".into(),
-        pendo_accounts: 0,
-        matched: 0,
-        unmatched: 0,
-        ambiguous: 0,
-        unchanged: 0,
-        changed: 0,
-        fields_changed: BTreeMap::new(),
-        written: 0,
-        failed: 0,
-        deferred: 0,
-        plan: Plan { path: WritePath::Collections, send: 0, deferred: 0, write_calls: 0, calls_one_by_one: 0 },
-        api_calls: BTreeMap::new(),
-        pendo_calls: 0,
-        budget,
-        timings: Vec::new(),
-        samples: Vec::new(),
-        failures: Vec::new(),
-        ambiguous_samples: Vec::new(),
-        preflight: Default::default(),
-    }
-}
-
 fn sf_err(what: &'static str) -> impl Fn(salesforce::Error) -> RunError {
     move |source| RunError::Salesforce { what, source }
 }
@@ -156,7 +123,7 @@ async fn body(
     let budget = crate::budget::today(ctx, now).await?;
     meter.step("budget", Some("read_limits"));
     let limits_calls: u64 = meter.calls.values().sum();
-    let mut report = empty_report(&workflow.name, run_id, options.dry_run, budget.clone());
+    let mut report = RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone());
 
     // The cursor: first visits at or after it are new. A first run looks back `window_days`.
     let stored = ctx.store.cursor(&workflow.name, CURSOR).await?;

@@ -955,37 +955,8 @@ pub async fn run(
     options: &RunOptions,
 ) -> Result<RunReport, RunError> {
     let started = std::time::Instant::now();
-    let mut report = RunReport {
-        run_id: None,
-        workflow: workflow.name.clone(),
-        dry_run: options.dry_run,
-        state: RunState::Succeeded.as_str().to_owned(),
-        pendo_accounts: 0,
-        matched: 0,
-        unmatched: 0,
-        ambiguous: 0,
-        unchanged: 0,
-        changed: 0,
-        fields_changed: BTreeMap::new(),
-        written: 0,
-        failed: 0,
-        deferred: 0,
-        plan: crate::plan::Plan {
-            path: crate::plan::WritePath::Collections,
-            send: 0,
-            deferred: 0,
-            write_calls: 0,
-            calls_one_by_one: 0,
-        },
-        api_calls: BTreeMap::new(),
-        pendo_calls: 0,
-        budget: super::BudgetReport::default(),
-        timings: Vec::new(),
-        samples: Vec::new(),
-        failures: Vec::new(),
-        ambiguous_samples: Vec::new(),
-        preflight: Default::default(),
-    };
+    let mut report = RunReport::new(&workflow.name, options.dry_run, None, super::BudgetReport::default());
+    report.state = RunState::Succeeded.as_str().to_owned();
     if options.dry_run {
         let counts = ctx.store.inbox_counts().await?;
         report.deferred = usize::try_from(counts.pending).unwrap_or(usize::MAX);

@@ -209,15 +209,7 @@ async fn body(
     let quarantine = engagement::preflight(ctx, workflow, &changes, options.dry_run).await?;
     meter.step("preflight", Some("preflight"));
     let (changes, held) = deliver::hold_back(&quarantine, OBJECT, &[], changes);
-    decisions.extend(held.iter().map(|h| RecordOutcome {
-        object: OBJECT.into(),
-        key: h.change.key.clone(),
-        salesforce_id: Some(h.change.salesforce_id.clone()),
-        action: Action::Skipped,
-        changes: vec![],
-        error_code: Some("QUARANTINED".into()),
-        message: Some(h.reason.clone()),
-    }));
+    decisions.extend(held.iter().map(|h| h.outcome(OBJECT)));
     crate::testhook::crash_point("gather");
 
     let mut fields_changed: BTreeMap<String, usize> = BTreeMap::new();
@@ -230,25 +222,15 @@ async fn body(
     let allowance = crate::plan::Allowance { calls: budget.available.saturating_sub(reads) };
     let plan = crate::plan::plan(changes.len(), workflow.max_latency, allowance, &Default::default());
     let mut report = RunReport {
-        run_id,
-        workflow: workflow.name.clone(),
-        dry_run: options.dry_run,
-        state: "planned".into(),
         pendo_accounts: outcomes.len(),
         matched,
         unmatched,
-        ambiguous: 0,
         unchanged,
         changed: changes.len(),
         fields_changed,
-        written: 0,
-        failed: 0,
         deferred: plan.deferred,
         plan: plan.clone(),
-        api_calls: BTreeMap::new(),
         pendo_calls,
-        budget: budget.clone(),
-        timings: Vec::new(),
         samples: changes
             .iter()
             .take(10)
@@ -258,16 +240,10 @@ async fn body(
                 fields: c.fields.clone(),
             })
             .collect(),
-        failures: Vec::new(),
-        ambiguous_samples: Vec::new(),
         preflight: super::PreflightReport { problems: quarantine.problems().to_vec(), records_held_back: held.len() },
+        ..RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone())
     };
-    let Some(run_id) = run_id else {
-        report.budget.this_run = meter.calls.values().sum();
-        report.api_calls = meter.calls;
-        report.timings = meter.timings;
-        return Ok(report);
-    };
+    let Some(run_id) = run_id else { return Ok(report.planned(meter)) };
     ctx.store.record_outcomes(run_id, &decisions, &[]).await?;
 
     // Few trial Opportunities: Bulk is never worth its fixed cost here.
