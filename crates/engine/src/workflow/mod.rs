@@ -323,7 +323,6 @@ where
     F: FnOnce(chrono::DateTime<chrono::Utc>, Option<RunId>) -> Fut,
     Fut: std::future::Future<Output = Result<RunReport, RunError>>,
 {
-    use crate::store::RunClaim;
     let now = chrono::Utc::now();
     let mut heartbeat = None;
     let run_id = if options.dry_run {
@@ -336,31 +335,9 @@ where
             started_at: now,
             trigger: options.trigger.clone(),
         };
-        let holder = lease::holder();
-        let mut claim = ctx.store.claim_run(&new, &holder, options.lease.duration, now).await?;
-        if let RunClaim::Busy { holder: busy, .. } = &claim
-            && lease::expire_if_dead(ctx.store.as_ref(), busy, now).await?
-        {
-            tracing::info!(workflow = %workflow.name, run = %busy.id, "The run holding the workflow belonged to a process that is gone; taking over");
-            claim = ctx.store.claim_run(&new, &holder, options.lease.duration, now).await?;
-        }
-        match claim {
-            RunClaim::Started { id, abandoned } => {
-                log_abandoned(&abandoned);
-                heartbeat = Some(lease::Heartbeat::start(Arc::clone(&ctx.store), id, holder, options.lease));
-                Some(id)
-            }
-            RunClaim::Busy { holder, abandoned } => {
-                log_abandoned(&abandoned);
-                return Err(RunError::Busy {
-                    workflow: workflow.name.clone(),
-                    run_id: holder.id,
-                    holder: holder.holder.unwrap_or_default(),
-                    since: holder.started_at,
-                    until: holder.lease_until,
-                });
-            }
-        }
+        let (id, beat) = claim(ctx, &new, options.lease).await?;
+        heartbeat = Some(beat);
+        Some(id)
     };
     let result = body(now, run_id).await;
     let lost = heartbeat.map(lease::Heartbeat::stop).unwrap_or(false);
@@ -372,6 +349,45 @@ where
         ctx.store.finish_run(id, &finish_of(&result)).await?;
     }
     result
+}
+
+/// Claims a run of `new.workflow` under a lease renewed in the background: the only live run
+/// of the workflow across every process sharing the store. A holder that is a vanished process
+/// of this host is taken over at once.
+///
+/// # Errors
+/// [`RunError::Busy`] while another run holds a live lease; store failures.
+pub(crate) async fn claim(
+    ctx: &Context,
+    new: &crate::store::NewRun,
+    run_lease: lease::RunLease,
+) -> Result<(RunId, lease::Heartbeat), RunError> {
+    use crate::store::RunClaim;
+    let now = new.started_at;
+    let holder = lease::holder();
+    let mut claim = ctx.store.claim_run(new, &holder, run_lease.duration, now).await?;
+    if let RunClaim::Busy { holder: busy, .. } = &claim
+        && lease::expire_if_dead(ctx.store.as_ref(), busy, now).await?
+    {
+        tracing::info!(workflow = %new.workflow, run = %busy.id, "The run holding the workflow belonged to a process that is gone; taking over");
+        claim = ctx.store.claim_run(new, &holder, run_lease.duration, now).await?;
+    }
+    match claim {
+        RunClaim::Started { id, abandoned } => {
+            log_abandoned(&abandoned);
+            Ok((id, lease::Heartbeat::start(Arc::clone(&ctx.store), id, holder, run_lease)))
+        }
+        RunClaim::Busy { holder, abandoned } => {
+            log_abandoned(&abandoned);
+            Err(RunError::Busy {
+                workflow: new.workflow.clone(),
+                run_id: holder.id,
+                holder: holder.holder.unwrap_or_default(),
+                since: holder.started_at,
+                until: holder.lease_until,
+            })
+        }
+    }
 }
 
 /// Says which runs a claim found dead and marked abandoned.

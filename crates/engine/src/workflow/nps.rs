@@ -190,6 +190,14 @@ pub async fn consume(ctx: Context, wake: Arc<Notify>, mut stop: watch::Receiver<
                     }
                 }
                 Ok(None) => break,
+                // Another worker (or the scheduled run) is writing answers: they stay pending
+                // and whoever holds the workflow, or this consumer shortly, writes them.
+                Err(RunError::Busy { run_id, holder, .. }) => {
+                    backoff = Duration::from_secs(1);
+                    tracing::info!(workflow = %workflow.name, run = %run_id, holder = %holder,
+                        "NPS batch left pending: another run holds the workflow");
+                    break;
+                }
                 Err(e) => {
                     backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
                     tracing::error!(workflow = %workflow.name, error = %e, retry_in = ?backoff,
@@ -285,25 +293,33 @@ pub async fn process(
     let responses: Vec<Response> = by_key.into_values().collect();
     report.responses = responses.len();
     let mut meter = Meter::new(&ctx.salesforce);
+    // A batch of its own is a run like any other: it holds the workflow's lease (so it never
+    // overlaps a scheduled run or another worker's batch, and is marked abandoned if its
+    // process dies); while another run holds it, the batch stays pending (RunError::Busy).
+    let mut heartbeat = None;
     let run_id = match run {
         Some(id) => Some(id),
-        None if !responses.is_empty() || !failures.is_empty() => Some(
-            ctx.store
-                .start_run(&NewRun {
-                    workflow: workflow.name.clone(),
-                    template: "nps-realtime".into(),
-                    dry_run: false,
-                    started_at: now,
-                    trigger: trigger.to_owned(),
-                })
-                .await?,
-        ),
+        None if !responses.is_empty() || !failures.is_empty() => {
+            let new = NewRun {
+                workflow: workflow.name.clone(),
+                template: "nps-realtime".into(),
+                dry_run: false,
+                started_at: now,
+                trigger: trigger.to_owned(),
+            };
+            let (id, beat) = super::claim(ctx, &new, super::lease::RunLease::DEFAULT).await?;
+            heartbeat = Some(beat);
+            Some(id)
+        }
         None => None,
     };
     let own_run = run.is_none();
 
     let result = write(ctx, config, emails, &responses, &mut report, &mut outcomes, &mut failures, &mut meter).await;
     if let Err(e) = result {
+        if let Some(beat) = heartbeat.take() {
+            beat.stop();
+        }
         if let (Some(id), true) = (run_id, own_run) {
             let finish = RunFinish {
                 state: RunState::Failed,
@@ -353,6 +369,9 @@ pub async fn process(
         ctx.store.commit_create(&r.key, "handled", Utc::now()).await?;
     }
     ctx.store.mark_processed(&done, Utc::now()).await?;
+    if let Some(beat) = heartbeat.take() {
+        beat.stop();
+    }
     if let (Some(id), true) = (run_id, own_run) {
         let state = if report.failed == 0 { RunState::Succeeded } else { RunState::Partial };
         let stats = serde_json::to_value(&report).unwrap_or(Value::Null);
@@ -954,81 +973,46 @@ pub async fn run(
     config: &NpsConfig,
     options: &RunOptions,
 ) -> Result<RunReport, RunError> {
-    let started = std::time::Instant::now();
-    let mut report = RunReport::new(&workflow.name, options.dry_run, None, super::BudgetReport::default());
-    report.state = RunState::Succeeded.as_str().to_owned();
     if options.dry_run {
+        let mut report = RunReport::new(&workflow.name, true, None, super::BudgetReport::default());
         let counts = ctx.store.inbox_counts().await?;
         report.deferred = usize::try_from(counts.pending).unwrap_or(usize::MAX);
         report.state = "dry_run".into();
         return Ok(report);
     }
-    let run_id = ctx
-        .store
-        .start_run(&NewRun {
-            workflow: workflow.name.clone(),
-            template: "nps-realtime".into(),
-            dry_run: false,
-            started_at: Utc::now(),
-            trigger: options.trigger.clone(),
-        })
-        .await?;
-    report.run_id = Some(run_id);
-    let emails = VisitorEmails::default();
-    let result = async {
+    super::recorded(ctx, workflow, options, |_, run_id| async move {
+        let started = std::time::Instant::now();
+        let mut report = RunReport::new(&workflow.name, false, run_id, super::BudgetReport::default());
+        let emails = VisitorEmails::default();
         let added = reconcile(ctx, workflow, config).await?;
         let reconciled_at = started.elapsed().as_secs_f64();
         let mut total = BatchReport::default();
-        while let Some(batch) = drain_once(ctx, workflow, config, &emails, &options.trigger, Some(run_id), None).await?
-        {
+        while let Some(batch) = drain_once(ctx, workflow, config, &emails, &options.trigger, run_id, None).await? {
             let full = batch.events >= MAX_BATCH as usize;
             total.add(batch);
             if !full {
                 break;
             }
         }
-        Ok::<_, RunError>((added, reconciled_at, total))
-    }
-    .await;
-    let finish = match &result {
-        Ok((added, reconciled_at, total)) => {
-            report.matched = total.contacts_updated + total.unchanged;
-            report.unmatched = total.unmatched;
-            report.ambiguous = total.ambiguous;
-            report.unchanged = total.unchanged;
-            report.changed = total.contacts_updated;
-            report.written = total.contacts_updated + total.accounts_updated + total.follow_ups;
-            report.failed = total.failed;
-            report.api_calls = total.api_calls.clone();
-            report.samples = total.samples.clone();
-            report.failures = total.failures.clone();
-            report.timings = vec![
-                ("reconcile".into(), *reconciled_at),
-                ("write".into(), started.elapsed().as_secs_f64() - reconciled_at),
-            ];
-            if total.failed > 0 {
-                report.state = RunState::Partial.as_str().into();
-            }
-            let mut stats = serde_json::to_value(total).unwrap_or(Value::Null);
-            if let Some(o) = stats.as_object_mut() {
-                o.insert("reconciled".into(), json!(added));
-            }
-            RunFinish {
-                state: if report.failed > 0 { RunState::Partial } else { RunState::Succeeded },
-                finished_at: Utc::now(),
-                stats,
-                error: None,
-            }
-        }
-        Err(e) => RunFinish {
-            state: RunState::Failed,
-            finished_at: Utc::now(),
-            stats: Value::Null,
-            error: Some(e.to_string()),
-        },
-    };
-    ctx.store.finish_run(run_id, &finish).await?;
-    result.map(|_| report)
+        tracing::info!(workflow = %workflow.name, reconciled = added, "NPS run: pollEvents reconciled");
+        report.matched = total.contacts_updated + total.unchanged;
+        report.unmatched = total.unmatched;
+        report.ambiguous = total.ambiguous;
+        report.unchanged = total.unchanged;
+        report.changed = total.contacts_updated;
+        report.written = total.contacts_updated + total.accounts_updated + total.follow_ups;
+        report.failed = total.failed;
+        report.api_calls = total.api_calls.clone();
+        report.samples = total.samples.clone();
+        report.failures = total.failures.clone();
+        report.timings = vec![
+            ("reconcile".into(), reconciled_at),
+            ("write".into(), started.elapsed().as_secs_f64() - reconciled_at),
+        ];
+        report.state = super::state_of(&report).as_str().into();
+        Ok(report)
+    })
+    .await
 }
 
 #[cfg(test)]
