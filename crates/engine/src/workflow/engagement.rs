@@ -226,6 +226,7 @@ async fn body(
         failures: Vec::new(),
         ambiguous_samples,
         preflight: super::PreflightReport { problems: quarantine.problems().to_vec(), records_held_back: held.len() },
+        verify: Default::default(),
     };
     if options.dry_run {
         report.budget.this_run = meter.calls.values().sum();
@@ -241,8 +242,10 @@ async fn body(
             p.advance_to(n as u64);
         }
     };
-    let super::update::Updated { delivery, deferred } =
-        super::update::deliver(ctx, &workflow.name, OBJECT, &plan, changes, &budget, &mut meter, now, &advance).await?;
+    let super::update::Updated { delivery, deferred, verify } =
+        super::update::deliver(ctx, &workflow.name, OBJECT, &plan, changes, &budget, &mut meter, now, &advance, run_id)
+            .await?;
+    report.verify = verify;
 
     report.written = delivery.written.len();
     report.failed = delivery.failed.len();

@@ -125,6 +125,7 @@ pub(super) fn empty_report(
         failures: Vec::new(),
         ambiguous_samples: Vec::new(),
         preflight: Default::default(),
+        verify: Default::default(),
     }
 }
 

@@ -985,6 +985,7 @@ pub async fn run(
         failures: Vec::new(),
         ambiguous_samples: Vec::new(),
         preflight: Default::default(),
+        verify: Default::default(),
     };
     if options.dry_run {
         let counts = ctx.store.inbox_counts().await?;
