@@ -3,8 +3,10 @@
 //!
 //! This module owns the read-back and its verdict. After a write stage has delivered, it picks
 //! a deterministic sample of the records written to one object (all of them on request), reads
-//! them with one SOQL query per 200 Ids (`SELECT Id, <fields>, LastModifiedById,
-//! LastModifiedDate … WHERE Id IN (…)`: the cheapest read there is for known Ids), and compares
+//! them by the cheaper of two reads: one SOQL query per 200 Ids (`SELECT Id, <fields>,
+//! LastModifiedById, LastModifiedDate … WHERE Id IN (…)`), or, when a run wrote most of an
+//! object (`all: true` over a large run), the whole object's query pages of up to 2,000 rows
+//! each (the first page says how many there are; its rows are used either way). It compares
 //! each field with the value sent, normalised the way Salesforce returns values (numbers at the
 //! field's scale, dates as `YYYY-MM-DD`, date-times to the second in UTC, checkbox null as
 //! false, an empty string as null). A value that differs is drift: a trigger, a workflow rule,
@@ -140,57 +142,54 @@ pub(crate) async fn verify(
     // it (its reads are settled on the ledger only when the run closes).
     let used: u64 = meter.calls.iter().filter(|(k, _)| k.as_str() != "read_limits").map(|(_, n)| n).sum();
     let room = budget.available.saturating_sub(used);
-    let needed = picked.len().div_ceil(BATCH) as u64;
-    if room < needed {
+    if room < max_calls(picked.len()) {
         if room == 0 {
             report.note = Some("not verified: this run's share of the API budget is spent".into());
             return Ok(report);
         }
-        let fits = usize::try_from(room).unwrap_or(usize::MAX).saturating_mul(BATCH);
+        let mut fits = usize::try_from(room).unwrap_or(usize::MAX).saturating_mul(BATCH);
+        while max_calls(fits) > room {
+            fits -= BATCH;
+        }
         report.note =
             Some(format!("{} of {} records read back: the API budget had room for {room} queries", fits, picked.len()));
         picked = sample(written, fits, &run.to_string());
     }
     let day = now.date_naive();
-    let reserve = picked.len().div_ceil(BATCH) as u64;
+    let reserve = max_calls(picked.len());
     if !ctx.store.reserve_budget(day, workflow, reserve, budget.cap, now).await? {
         report.note = Some("not verified: the API budget has no room for the read-back".into());
         return Ok(report);
     }
     let before = ctx.salesforce.requests_sent();
     let describe = ctx.salesforce.describe_cached(object);
+    let records: Vec<&Written> = picked.iter().map(|&i| &written[i]).collect();
+    let (read, failure) = read(&ctx.salesforce, object, &records).await;
     let mut outcomes = Vec::new();
-    for chunk in picked.chunks(BATCH) {
-        let records: Vec<&Written> = chunk.iter().map(|&i| &written[i]).collect();
-        match read_back(&ctx.salesforce, object, &records).await {
-            Ok(rows) => {
-                report.checked += records.len();
-                for record in records {
-                    let found = rows.get(&canonical(&record.salesforce_id));
-                    let drifts = compare(object, record, found, describe.as_deref());
-                    if found.is_none() {
-                        report.records_gone += 1;
-                    }
-                    if let Some(row) = outcome(object, record, &drifts, found.is_none()) {
-                        outcomes.push(row);
-                    }
-                    for d in drifts {
-                        report.add(d);
-                    }
-                }
-            }
-            Err(e) => {
-                let why = if e.retry_class() == RetryClass::NotNow {
-                    format!("the API allocation is spent ({e})")
-                } else {
-                    format!("reading {object} back failed ({e})")
-                };
-                tracing::warn!(workflow, object, error = %e, "Verification skipped");
-                let unchecked = picked.len() - report.checked;
-                report.note = Some(format!("not verified: {why}; {unchecked} records unchecked"));
-                break;
-            }
+    for (record, found) in records.iter().zip(&read) {
+        // `None`: not read (the read failed first); `Some(None)`: read, and not there.
+        let Some(found) = found else { continue };
+        report.checked += 1;
+        let drifts = compare(object, record, found.as_ref(), describe.as_deref());
+        if found.is_none() {
+            report.records_gone += 1;
         }
+        if let Some(row) = outcome(object, record, &drifts, found.is_none()) {
+            outcomes.push(row);
+        }
+        for d in drifts {
+            report.add(d);
+        }
+    }
+    if let Some(e) = failure {
+        let why = if e.retry_class() == RetryClass::NotNow {
+            format!("the API allocation is spent ({e})")
+        } else {
+            format!("reading {object} back failed ({e})")
+        };
+        tracing::warn!(workflow, object, error = %e, "Verification cut short");
+        let unchecked = picked.len() - report.checked;
+        report.note = Some(format!("not verified: {why}; {unchecked} records unchecked"));
     }
     let spent = ctx.salesforce.requests_sent().saturating_sub(before);
     ctx.store.settle_budget(day, workflow, reserve, spent, now).await?;
@@ -225,12 +224,99 @@ fn canonical(id: &str) -> String {
     salesforce::SalesforceId::parse(id).map_or_else(|_| id.to_owned(), |i| i.as_str().to_owned())
 }
 
-/// One query for up to [`BATCH`] records: canonical Id → row.
-async fn read_back(
+/// The row of each record (`Some(None)`: not there) by the cheaper read: one `Id IN` query per
+/// [`BATCH`] records, or, when that takes more calls than paging through the whole object, the
+/// object's pages (what the first page's `totalSize` tells). A failure stops the read: the
+/// records not read yet come back `None`, with the error.
+async fn read(
     client: &salesforce::Client,
     object: &str,
     records: &[&Written],
-) -> Result<HashMap<String, Value>, salesforce::Error> {
+) -> (Vec<Option<Option<Value>>>, Option<salesforce::Error>) {
+    let mut out: Vec<Option<Option<Value>>> = vec![None; records.len()];
+    let select = match select(object, records) {
+        Ok(s) => s,
+        Err(e) => return (out, Some(e)),
+    };
+    let mut rows: HashMap<String, Value> = HashMap::new();
+    let by_ids = records.len().div_ceil(BATCH);
+    if by_ids >= SCAN_FROM {
+        match scan(client, &select, by_ids, &mut rows).await {
+            Ok(true) => {
+                for (slot, r) in out.iter_mut().zip(records) {
+                    *slot = Some(rows.remove(&canonical(&r.salesforce_id)));
+                }
+                return (out, None);
+            }
+            Ok(false) => {}
+            Err(e) => return (out, Some(e)),
+        }
+    }
+    // Records the first page of a scan brought need no query of their own.
+    let mut rest = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        match rows.remove(&canonical(&r.salesforce_id)) {
+            Some(row) => out[i] = Some(Some(row)),
+            None => rest.push(i),
+        }
+    }
+    for chunk in rest.chunks(BATCH) {
+        let ids: Vec<String> = chunk.iter().map(|&i| salesforce::soql::quote(&records[i].salesforce_id)).collect();
+        let soql = format!("{select} WHERE Id IN ({})", ids.join(", "));
+        match client.query_collect::<Value>(soql).await {
+            Ok(found) => {
+                let mut found = by_id(found);
+                for &i in chunk {
+                    out[i] = Some(found.remove(&canonical(&records[i].salesforce_id)));
+                }
+            }
+            Err(e) => return (out, Some(e)),
+        }
+    }
+    (out, None)
+}
+
+/// `Id IN` queries from which paging through the whole object may be cheaper.
+const SCAN_FROM: usize = 3;
+
+/// The most calls reading back `n` records takes: a query per [`BATCH`], and the first page of
+/// a scan when one is tried first.
+pub fn max_calls(n: usize) -> u64 {
+    let queries = n.div_ceil(BATCH);
+    (queries + usize::from(queries >= SCAN_FROM)) as u64
+}
+
+/// Reads the first page of every record of the object into `rows`; goes on through the other
+/// pages (and answers true) only when all the pages take no more calls than `by_ids` queries.
+async fn scan(
+    client: &salesforce::Client,
+    select: &str,
+    by_ids: usize,
+    rows: &mut HashMap<String, Value>,
+) -> Result<bool, salesforce::Error> {
+    use futures_util::StreamExt;
+    let pages = client.query_pages::<Value>(select.to_owned(), salesforce::QueryOptions::default());
+    let mut pages = std::pin::pin!(pages);
+    let Some(first) = pages.next().await.transpose()? else { return Ok(false) };
+    let per_page = first.records.len().max(1) as u64;
+    let total_pages = usize::try_from(first.total_size.div_ceil(per_page)).unwrap_or(usize::MAX);
+    let done = first.done;
+    rows.extend(by_id(first.records));
+    if done {
+        return Ok(true);
+    }
+    if total_pages > by_ids {
+        return Ok(false);
+    }
+    while let Some(page) = pages.next().await {
+        rows.extend(by_id(page?.records));
+    }
+    Ok(true)
+}
+
+/// `SELECT Id, <every field sent to any of records>, LastModifiedById, LastModifiedDate FROM
+/// object`, names checked.
+fn select(object: &str, records: &[&Written]) -> Result<String, salesforce::Error> {
     salesforce::soql::object(object)?;
     let mut fields: Vec<&str> = Vec::new();
     for (f, _) in records.iter().flat_map(|r| &r.fields) {
@@ -239,19 +325,20 @@ async fn read_back(
             fields.push(salesforce::soql::field(f)?);
         }
     }
-    let mut select = vec!["Id"];
-    select.extend(fields);
-    select.extend(["LastModifiedById", "LastModifiedDate"]);
-    let ids: Vec<String> = records.iter().map(|r| salesforce::soql::quote(&r.salesforce_id)).collect();
-    let soql = format!("SELECT {} FROM {object} WHERE Id IN ({})", select.join(", "), ids.join(", "));
-    let rows: Vec<Value> = client.query_collect(soql).await?;
-    Ok(rows
-        .into_iter()
+    let mut list = vec!["Id"];
+    list.extend(fields);
+    list.extend(["LastModifiedById", "LastModifiedDate"]);
+    Ok(format!("SELECT {} FROM {object}", list.join(", ")))
+}
+
+/// Rows by canonical Id.
+fn by_id(rows: Vec<Value>) -> HashMap<String, Value> {
+    rows.into_iter()
         .filter_map(|row| {
             let id = canonical(row.get("Id")?.as_str()?);
             Some((id, row))
         })
-        .collect())
+        .collect()
 }
 
 /// The drifted values of one record: each field whose value now is not the one sent, or the
@@ -552,6 +639,16 @@ mod tests {
         assert_eq!(sample(&written, 5000, "x").len(), 1000, "all when the sample covers them");
         assert!(sample(&written, 0, "x").is_empty());
         assert!(sample(&[], 200, "x").is_empty());
+    }
+
+    #[test]
+    fn the_budget_is_a_query_per_200_and_a_first_page_when_a_scan_may_be_cheaper() {
+        assert_eq!(max_calls(0), 0);
+        assert_eq!(max_calls(1), 1);
+        assert_eq!(max_calls(200), 1);
+        assert_eq!(max_calls(400), 2);
+        assert_eq!(max_calls(401), 4, "three queries, or a scan whose first page is read first");
+        assert_eq!(max_calls(9014), 47);
     }
 
     #[test]
