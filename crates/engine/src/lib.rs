@@ -14,6 +14,7 @@
 //!   describe; fields with a problem are quarantined (never sent) rather than failing the run.
 //! - [`plan`]: the cost model and write-path choice within the budget.
 //! - [`deliver`]: sending the changes, record-level retries, failures and deferrals.
+//! - [`verify`]: what a run wrote, read back: drift a trigger, a rule or a person made since.
 //! - [`scheduler`]: when each workflow runs next, claimed through the store (one worker per slot).
 //! - [`store`]: the state store (SQLite or PostgreSQL): runs, matches, fingerprints, failures, budget.
 //! - [`testhook`]: named points where tests make the process die (the chaos tests).
@@ -32,4 +33,5 @@ pub mod preflight;
 pub mod scheduler;
 pub mod store;
 pub mod testhook;
+pub mod verify;
 pub mod workflow;

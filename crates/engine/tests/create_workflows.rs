@@ -624,3 +624,37 @@ async fn a_key_field_the_org_does_not_keep_unique_is_looked_up_before_creating()
     let kept = tasks.iter().find(|t| t["Id"] == made[0]["Id"]).unwrap();
     assert_eq!(kept["Status"], "Completed", "a person's edit stays: {kept}");
 }
+
+/// The records a run makes are read back: every field usagesync set on create reads as sent
+/// (dates, lookups, the key), except what an admin's field update changed in the same save,
+/// which is reported as drift and kept in history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_records_are_read_back_and_a_rules_change_is_reported_as_drift() {
+    let w = world(200, false).await;
+    let rule = json!({"name": "NoHighFromIntegrations", "when": {"field": "Priority", "operator": "equals", "value": "High"},
+                      "field": "Priority", "value": "Normal"});
+    let url = format!("{}/__emulator/field-updates/Task", w.sf.base_url);
+    w.http.post(url).json(&rule).send().await.unwrap().error_for_status().unwrap();
+
+    let first = w.run(false).await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    assert!(first.written > 0 && first.written <= 200, "{first:?}");
+    assert_eq!(first.state, "succeeded", "drift does not fail the run");
+    assert_eq!(first.api_calls["verify"], 1, "one query for up to 200 Tasks: {:?}", first.api_calls);
+    let v = &first.verify;
+    assert_eq!((v.checked, v.sampled_from), (first.written, first.written), "{v:?}");
+    assert_eq!(v.values_changed, first.written, "only Priority changed, on every Task: {:?}", v.drift);
+    for d in &v.drift {
+        assert_eq!((d.object.as_str(), d.field.as_str()), ("Task", "Priority"));
+        assert_eq!((&d.sent, &d.now), (&json!("High"), &json!("Normal")));
+        assert_eq!(d.last_modified_by.as_deref(), Some(emulator::salesforce::store::INTEGRATION_USER_ID));
+    }
+    let drifted = OutcomeFilter { action: Some(Action::Drifted), limit: 1000, ..Default::default() };
+    let rows = w.ctx.store.run_outcomes(first.run_id.unwrap(), &drifted).await.unwrap();
+    assert_eq!(rows.len(), first.written);
+
+    // A re-run makes nothing and so reads nothing back.
+    let second = w.run(false).await;
+    assert_eq!((second.written, second.verify.checked), (0, 0));
+    assert_eq!(second.api_calls.get("verify"), None);
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use emulator::pendo::generate::{AccountProfile, account_profile, sf_account_id};
 use emulator::pendo::{GenConfig, PendoConfig, PendoState};
-use engine::store::{FailureFilter, FailureSelector, FailureStatus};
+use engine::store::{Action, FailureFilter, FailureSelector, FailureStatus, OutcomeFilter};
 use engine::workflow::{Context, RunOptions, RunReport};
 use serde_json::{Value, json};
 
@@ -74,6 +74,11 @@ async fn world(accounts: usize, share: f64) -> World {
 
 /// A world whose state store is `store` (an opened store) or a fresh SQLite file.
 async fn world_with_store(accounts: usize, share: f64, store: Option<Arc<dyn engine::store::Store>>) -> World {
+    world_full(accounts, share, store, "").await
+}
+
+/// A world whose config has the top-level keys `extra` too.
+async fn world_full(accounts: usize, share: f64, store: Option<Arc<dyn engine::store::Store>>, extra: &str) -> World {
     let gc = GenConfig { seed: 7, accounts, days: 30, ..GenConfig::default() };
     let state = PendoState::generated(PendoConfig::default(), &gc);
     let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
@@ -85,7 +90,8 @@ async fn world_with_store(accounts: usize, share: f64, store: Option<Arc<dyn eng
         .replace("{sf}", &sf.base_url)
         .replace("{pendo}", &pendo.base_url)
         .replace("{store}", &sqlite)
-        .replace("{share}", &share.to_string());
+        .replace("{share}", &share.to_string())
+        .replacen("workflows:\n", &format!("{extra}workflows:\n"), 1);
     let config = engine::config::load_str(&text, "test.yaml").unwrap();
     let ctx = Context {
         salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
@@ -415,4 +421,149 @@ async fn a_pinned_ambiguous_account_is_written_by_the_next_run() {
     assert!(written(&w.accounts().await[&chosen]));
     assert!(!written(&w.accounts().await[&sample.candidates[0]]), "the other candidate stays untouched");
     assert_eq!(w.run(false).await.written, 0);
+}
+
+/// Records whose values a workflow field update changed in the same save are read back and
+/// reported as drift, by field, value and modifier, for one query; nothing is reported when
+/// nothing changed, and nothing is written back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_changed_after_writing_are_read_back_and_reported_as_drift() {
+    let w = world(150, 1.0).await;
+    let first = w.run(false).await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    assert!(first.written > 0 && first.written <= 200, "{first:?}");
+    let v = &first.verify;
+    assert_eq!((v.checked, v.sampled_from, v.values_changed), (first.written, first.written, 0), "{v:?}");
+    assert!(v.drift.is_empty() && v.note.is_none(), "{v:?}");
+    assert_eq!(first.api_calls.get("verify"), Some(&1), "one query for up to 200: {:?}", first.api_calls);
+    assert_eq!(first.write_calls(), 1, "the read-back is not a write");
+    let drifted = OutcomeFilter { action: Some(Action::Drifted), limit: 1000, ..Default::default() };
+    assert!(w.ctx.store.run_outcomes(first.run_id.unwrap(), &drifted).await.unwrap().is_empty());
+
+    // An admin adds a workflow rule: minutes are cleared on every save that sets them.
+    let rule = json!({"name": "ClearMinutes", "when": {"field": "Pendo_Minutes__c", "operator": "greaterThan", "value": 0},
+                      "field": "Pendo_Minutes__c", "value": 0});
+    w.sf_admin(reqwest::Method::POST, "field-updates/Account", rule).await;
+    let quiet = w.run(false).await;
+    assert_eq!((quiet.written, quiet.verify.checked), (0, 0), "nothing written, nothing read back: {quiet:?}");
+    assert_eq!(quiet.api_calls.get("verify"), None);
+
+    // Four accounts get new usage, so their minutes are written, and the rule clears them.
+    let now = chrono::Utc::now().timestamp_millis() - 25 * 3_600_000;
+    let movers: Vec<AccountProfile> = w
+        .profiles()
+        .into_iter()
+        .filter(|p| p.in_salesforce && p.has_pendo_id_in_sf && !p.visitors.is_empty())
+        .take(4)
+        .collect();
+    let page = w.ctx.pendo.pages(&[]).await.unwrap().into_iter().next().unwrap().id;
+    let events: Vec<Value> = movers
+        .iter()
+        .map(|p| {
+            json!({"kind": "page", "id": page, "visitorId": p.visitors[0].id, "accountId": p.id,
+                   "time": now, "numEvents": 10, "numMinutes": 56})
+        })
+        .collect();
+    w.pendo_seed(json!({"events": events})).await;
+    let third = w.run(false).await;
+    assert_eq!((third.written, third.failed), (4, 0), "{third:?}");
+    assert_eq!(third.state, "succeeded", "drift does not fail the run");
+    assert_eq!(third.api_calls.get("verify"), Some(&1), "{:?}", third.api_calls);
+    let v = &third.verify;
+    assert_eq!((v.checked, v.sampled_from, v.values_changed, v.records_gone), (4, 4, 4, 0), "{v:?}");
+    let own = v.own_user.clone().expect("the integration user is known from the token");
+    assert_eq!(own, emulator::salesforce::store::INTEGRATION_USER_ID);
+    assert_eq!(v.changed_by.get(&own), Some(&4), "a rule runs in the writer's save: {v:?}");
+    let run = third.run_id.unwrap();
+    let updated = OutcomeFilter { action: Some(Action::Updated), limit: 1000, ..Default::default() };
+    let sent: HashMap<String, Value> = w
+        .ctx
+        .store
+        .run_outcomes(run, &updated)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|o| {
+            let minutes = o.changes.iter().find(|c| c.field == "Pendo_Minutes__c")?.after.clone();
+            Some((o.salesforce_id?, minutes))
+        })
+        .collect();
+    let ids: Vec<String> = movers.iter().map(|p| sf_account_id(p.index)).collect();
+    for d in &v.drift {
+        assert!(ids.contains(&d.salesforce_id), "{d:?}");
+        assert_eq!((d.object.as_str(), d.field.as_str()), ("Account", "Pendo_Minutes__c"));
+        assert_eq!(d.sent, sent[&d.salesforce_id], "the value sent, as history has it");
+        assert!(d.sent.as_f64().unwrap() >= 56.0, "{d:?}");
+        assert_eq!(d.now.as_f64(), Some(0.0));
+        assert_eq!(d.last_modified_by.as_deref(), Some(own.as_str()));
+        assert!(d.last_modified_at.is_some());
+    }
+    let rows = w.ctx.store.run_outcomes(run, &drifted).await.unwrap();
+    assert_eq!(rows.len(), 4, "every drifted record is in history: {rows:?}");
+    for r in &rows {
+        assert_eq!(r.error_code.as_deref(), Some("DRIFT"));
+        assert_eq!(r.changes.len(), 1);
+        assert_eq!(r.changes[0].before.as_ref(), sent.get(r.salesforce_id.as_deref().unwrap()));
+        assert_eq!(r.changes[0].after.as_f64(), Some(0.0));
+    }
+    // Nothing is written back over the rule: the next run sends nothing.
+    let after = w.run(false).await;
+    assert_eq!((after.written, after.verify.values_changed), (0, 0), "{after:?}");
+    let accounts = w.accounts().await;
+    for id in &ids {
+        assert_eq!(accounts[id]["Pendo_Minutes__c"].as_f64(), Some(0.0));
+    }
+}
+
+/// `verify: {sample: 0}` reads nothing back; the default reads one query's worth of a larger
+/// run; `all: true` reads everything, one query per 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_back_costs_what_the_setting_says() {
+    let off = world_full(150, 1.0, None, "verify: { sample: 0 }\n").await;
+    let r = off.run(false).await;
+    assert!(r.written > 0);
+    assert_eq!(r.api_calls.get("verify"), None, "{:?}", r.api_calls);
+    assert_eq!((r.verify.checked, r.verify.sampled_from), (0, r.written));
+
+    let default = world(700, 1.0).await;
+    let r = default.run(false).await;
+    assert!(r.written > 200, "{r:?}");
+    assert_eq!(r.api_calls.get("verify"), Some(&1), "{:?}", r.api_calls);
+    assert_eq!((r.verify.checked, r.verify.sampled_from, r.verify.values_changed), (200, r.written, 0));
+
+    // Reading every Account a page of 2,000 at a time is cheaper than a query per 200 written.
+    let all = world_full(700, 1.0, None, "verify: { all: true }\n").await;
+    let r = all.run(false).await;
+    assert!(r.written.div_ceil(200) >= 3, "{r:?}");
+    let accounts = all.accounts().await.values().filter(|a| a["IsDeleted"] != json!(true)).count();
+    assert!(accounts <= 2000);
+    assert_eq!(r.api_calls.get("verify"), Some(&1), "one page holds them all: {:?}", r.api_calls);
+    assert_eq!((r.verify.checked, r.verify.values_changed, r.verify.records_gone), (r.written, 0, 0));
+
+    // In a larger org the pages would cost more than the Id queries: the first page's rows are
+    // used and the scan goes no further (the emulator pages in insertion order, so the matched
+    // Accounts seeded first are all on it).
+    let big = world_full(700, 1.0, None, "verify: { all: true }\n").await;
+    let others: Vec<Value> = (0..10_000).map(|i| json!({"Name": format!("Unrelated {i}")})).collect();
+    big.sf_admin(reqwest::Method::POST, "records/Account", Value::Array(others)).await;
+    let r = big.run(false).await;
+    assert_eq!(r.api_calls.get("verify"), Some(&1), "{:?}", r.api_calls);
+    assert_eq!((r.verify.checked, r.verify.values_changed, r.verify.records_gone), (r.written, 0, 0));
+}
+
+/// The org's allocation spent between the write and the read-back: the run keeps what it
+/// wrote, says it could not verify, and does not fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_allocation_skips_the_read_back_with_a_note() {
+    let w = world(150, 1.0).await;
+    // /limits, the Account read, preflight's describe and the one Collections call go through;
+    // other integrations take the rest of the day before the read-back.
+    w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"SpentAfter": 4}})).await;
+    let r = w.run(false).await;
+    assert_eq!((r.failed, r.deferred), (0, 0), "{r:?}");
+    assert!(r.written > 0);
+    assert_eq!(r.state, "succeeded", "{r:?}");
+    assert_eq!((r.verify.checked, r.verify.sampled_from), (0, r.written));
+    let note = r.verify.note.as_deref().unwrap_or_default();
+    assert!(note.contains("allocation is spent") && note.contains("REQUEST_LIMIT_EXCEEDED"), "{note}");
 }

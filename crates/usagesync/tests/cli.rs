@@ -151,6 +151,8 @@ fn sync_plans_writes_then_rests_and_history_shows_it() {
     let o = run(&cfg, &["sync", "engagement"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("succeeded"), "{}", text(&o));
+    let verified = format!("Verified {to_write} of {to_write} written: every value is as usagesync wrote it.");
+    assert!(text(&o).contains(&verified), "the read-back is reported: {}", text(&o));
 
     let o = run(&cfg, &["sync", "engagement", "--json"]);
     let again: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -160,6 +162,8 @@ fn sync_plans_writes_then_rests_and_history_shows_it() {
     let runs: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(runs.len(), 2, "the dry run is not a run");
     let first = runs.iter().find(|r| r["stats"]["written"].as_u64() == Some(to_write)).unwrap();
+    assert_eq!(first["stats"]["verify"]["checked"].as_u64(), Some(to_write), "{first}");
+    assert_eq!(first["stats"]["api_calls"]["verify"].as_u64(), Some(1), "{first}");
     let id = first["id"].as_str().unwrap();
     let key = plan["samples"][0]["pendo_account"].as_str().unwrap();
     let o = run(&cfg, &["runs", &id[..13], "--search", key]);

@@ -1,5 +1,5 @@
 //! Admin endpoints under `/__emulator/`: reset the org, seed and dump records, add custom fields
-//! and validation rules, read API usage, and set limits, faults and the clock. They are not part
+//! validation rules and field updates, read API usage, and set limits, faults and the clock. They are not part
 //! of Salesforce's API and are never counted as API calls.
 
 use axum::Json;
@@ -15,7 +15,7 @@ use super::faults::FaultConfig;
 use super::schema::CustomFieldSpec;
 use super::sobjects::record_json;
 use super::state::SfState;
-use super::store::{DmlError, ValidationRule, WriteCtx};
+use super::store::{DmlError, FieldUpdate, ValidationRule, WriteCtx};
 use crate::clock::ClockChange;
 
 fn bad(message: impl Into<String>) -> Response {
@@ -125,6 +125,24 @@ pub async fn validation_rule(State(st): State<SfState>, Path(object): Path<Strin
 /// `DELETE /__emulator/validation-rules/{sobject}`: removes the object's rules.
 pub async fn clear_validation_rules(State(st): State<SfState>, Path(object): Path<String>) -> Response {
     let removed = st.db.lock().clear_rules(&object);
+    Json(json!({"removed": removed})).into_response()
+}
+
+/// `POST /__emulator/field-updates/{sobject}`: a workflow field update (or before-save flow).
+pub async fn field_update(State(st): State<SfState>, Path(object): Path<String>, body: Bytes) -> Response {
+    let update: FieldUpdate = match parse(&body) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match st.db.lock().add_field_update(&object, update) {
+        Ok(()) => Json(json!({"added": true})).into_response(),
+        Err(e) => bad(e),
+    }
+}
+
+/// `DELETE /__emulator/field-updates/{sobject}`: removes the object's field updates.
+pub async fn clear_field_updates(State(st): State<SfState>, Path(object): Path<String>) -> Response {
+    let removed = st.db.lock().clear_field_updates(&object);
     Json(json!({"removed": removed})).into_response()
 }
 

@@ -54,6 +54,7 @@ pub fn router(state: SfState) -> Router {
             "/__emulator/validation-rules/{sobject}",
             post(admin::validation_rule).delete(admin::clear_validation_rules),
         )
+        .route("/__emulator/field-updates/{sobject}", post(admin::field_update).delete(admin::clear_field_updates))
         .route("/__emulator/usage", get(admin::usage))
         .route("/__emulator/limits", put(admin::limits))
         .route("/__emulator/faults", put(admin::faults))

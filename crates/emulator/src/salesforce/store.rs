@@ -125,6 +125,21 @@ pub struct ValidationRule {
     pub condition: RuleCondition,
 }
 
+/// A field update installed through the admin API, as a workflow rule's field update or a
+/// before-save flow makes one: when `when` holds for the record being saved (on every save
+/// without one), `field` is set to `value` within the same save. The save stays the writer's,
+/// so `LastModifiedById` is the user whose write set it off, as in Salesforce.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FieldUpdate {
+    pub name: String,
+    #[serde(default)]
+    pub when: Option<RuleCondition>,
+    pub field: String,
+    #[serde(default)]
+    pub value: Value,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleCondition {
@@ -205,6 +220,7 @@ pub struct Db {
     pub ids: IdGenerator,
     journal: Option<Vec<Undo>>,
     rules: HashMap<String, Vec<ValidationRule>>,
+    field_updates: HashMap<String, Vec<FieldUpdate>>,
     case_number: u64,
 }
 
@@ -222,6 +238,7 @@ impl Db {
             ids: IdGenerator::new(),
             journal: None,
             rules: HashMap::new(),
+            field_updates: HashMap::new(),
             case_number: 0,
         };
         db.ids.observe(INTEGRATION_USER_ID);
@@ -331,6 +348,33 @@ impl Db {
     pub fn clear_rules(&mut self, object: &str) -> usize {
         let key = self.schema.object(object).map_or_else(|| object.to_owned(), |o| o.name.clone());
         self.rules.remove(&key).map_or(0, |r| r.len())
+    }
+
+    /// Installs a field update; its field and value are checked as a save would check them.
+    pub fn add_field_update(&mut self, object: &str, mut update: FieldUpdate) -> Result<(), String> {
+        let obj = self.schema.object(object).ok_or_else(|| format!("sObject type '{object}' is not supported."))?;
+        if let Some(c) = &update.when
+            && obj.field(&c.field).is_none()
+        {
+            return Err(format!("No such column '{}' on sobject of type {}", c.field, obj.name));
+        }
+        let f = obj
+            .field(&update.field)
+            .ok_or_else(|| format!("No such column '{}' on sobject of type {}", update.field, obj.name))?;
+        if f.system || f.field_type == FieldType::Id {
+            return Err(format!("{} is set by Salesforce itself and cannot take a field update", f.name));
+        }
+        update.value = self.coerce_value(f, &update.value).map_err(|e| e.message)?;
+        update.field = f.name.clone();
+        let key = obj.name.clone();
+        self.field_updates.entry(key).or_default().push(update);
+        Ok(())
+    }
+
+    /// Drops every field update of `object`; returns how many there were.
+    pub fn clear_field_updates(&mut self, object: &str) -> usize {
+        let key = self.schema.object(object).map_or_else(|| object.to_owned(), |o| o.name.clone());
+        self.field_updates.remove(&key).map_or(0, |r| r.len())
     }
 
     // ---- journal --------------------------------------------------------------------------
@@ -642,6 +686,11 @@ impl Db {
     }
 
     fn finish_write(&self, obj: &ObjectDef, rec: &mut Record, ctx: &WriteCtx, created: bool) {
+        for update in self.field_updates.get(&obj.name).into_iter().flatten() {
+            if update.when.as_ref().is_none_or(|c| c.holds(rec, obj)) {
+                rec.fields.insert(update.field.clone(), update.value.clone());
+            }
+        }
         let now = json!(format_datetime(ctx.now));
         if created {
             rec.fields.insert("IsDeleted".into(), json!(false));

@@ -166,6 +166,47 @@ async fn validation_rules_answer_custom_validation_exception() {
 }
 
 #[tokio::test]
+async fn field_updates_change_the_saved_value_in_the_writers_save() {
+    let org = Org::start().await;
+    let (s, _) = org
+        .admin(
+            Method::POST,
+            "field-updates/Account",
+            json!({"name": "CapEmployees", "when": {"field": "NumberOfEmployees", "operator": "greaterThan", "value": 100},
+                   "field": "NumberOfEmployees", "value": 100}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) =
+        org.json(Method::POST, "sobjects/Account", Some(json!({"Name": "big", "NumberOfEmployees": 500}))).await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let (_, rec) = org.json(Method::GET, &format!("sobjects/Account/{id}"), None).await;
+    assert_eq!(rec["NumberOfEmployees"], json!(100), "the update applies on create");
+    assert_eq!(rec["LastModifiedById"], rec["CreatedById"], "the save stays the writer's");
+    org.json(Method::PATCH, &format!("sobjects/Account/{id}"), Some(json!({"NumberOfEmployees": 50}))).await;
+    let (_, rec) = org.json(Method::GET, &format!("sobjects/Account/{id}"), None).await;
+    assert_eq!(rec["NumberOfEmployees"], json!(50), "not when the condition does not hold");
+    // A field the object lacks, or a value its type refuses, is turned away.
+    let (s, _) =
+        org.admin(Method::POST, "field-updates/Account", json!({"name": "x", "field": "Nope__c", "value": 1})).await;
+    assert_eq!(s, 400);
+    let (s, _) = org
+        .admin(
+            Method::POST,
+            "field-updates/Account",
+            json!({"name": "x", "field": "NumberOfEmployees", "value": "many"}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (_, v) = org.admin(Method::DELETE, "field-updates/Account", Value::Null).await;
+    assert_eq!(v["removed"], json!(1));
+    org.json(Method::PATCH, &format!("sobjects/Account/{id}"), Some(json!({"NumberOfEmployees": 500}))).await;
+    let (_, rec) = org.json(Method::GET, &format!("sobjects/Account/{id}"), None).await;
+    assert_eq!(rec["NumberOfEmployees"], json!(500));
+}
+
+#[tokio::test]
 async fn daily_limit_is_enforced_and_reported() {
     let org = Org::start().await;
     org.admin(Method::PUT, "limits", json!({"DailyApiRequests": {"Max": 10, "Remaining": 2}})).await;

@@ -55,6 +55,8 @@ pub struct Config {
     pub connections: Connections,
     pub store: StoreConfig,
     pub budget: Budget,
+    /// How runs read back what they wrote; a workflow may set its own.
+    pub verify: Verify,
     pub webhooks: Webhooks,
     /// The web console; `None` serves none.
     pub console: Option<Console>,
@@ -158,6 +160,34 @@ pub struct Budget {
     pub min_remaining: u64,
 }
 
+/// How much of what a run wrote it reads back afterwards, to report values something else
+/// changed since (a trigger, a workflow rule, a person, another integration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// No read-back.
+    Off,
+    /// Up to this many records, chosen deterministically: one SOQL query per 200.
+    Sample(usize),
+    /// Every record written: one SOQL query per 200 of them.
+    All,
+}
+
+/// Default sample: what one read-back query holds.
+pub const DEFAULT_VERIFY_SAMPLE: usize = 200;
+
+impl Default for Verify {
+    fn default() -> Self {
+        Verify::Sample(DEFAULT_VERIFY_SAMPLE)
+    }
+}
+
+impl Config {
+    /// The `verify:` setting that applies to `workflow`: its own, else the top-level one.
+    pub fn verify_for(&self, workflow: &str) -> Verify {
+        self.workflows.get(workflow).and_then(|w| w.verify).unwrap_or(self.verify)
+    }
+}
+
 /// The webhook receiver (`usagesync run`). Optional; without a secret, deliveries are taken
 /// unsigned (still de-duplicated on `uniqueId`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +240,8 @@ pub struct Workflow {
     /// How long a run may take to land its writes; the planner picks Bulk only when
     /// this leaves room for it.
     pub max_latency: Duration,
+    /// This workflow's own `verify:`; `None` takes the top-level one.
+    pub verify: Option<Verify>,
     pub template: Template,
 }
 

@@ -440,3 +440,30 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn verify_is_top_level_or_per_workflow_and_one_of_sample_or_all() {
+    let config = load_ok(STARTER);
+    assert_eq!(config.verify, Verify::Sample(200));
+    assert_eq!(config.verify_for("engagement"), Verify::Sample(200));
+    let without = STARTER.replacen("verify:", "# verify:", 1).replacen("  sample: 200", "#", 1);
+    assert_eq!(load_ok(&without).verify, Verify::Sample(DEFAULT_VERIFY_SAMPLE), "the default is one query");
+    let off = example_with("  sample: 200", "  sample: 0");
+    assert_eq!(load_ok(&off).verify_for("engagement"), Verify::Off);
+    let own = example_with("    # verify: { all: true }", "    verify: { all: true }");
+    let config = load_ok(&own);
+    assert_eq!((config.verify, config.verify_for("engagement")), (Verify::Sample(200), Verify::All));
+    // What `usagesync config` writes back reads the same.
+    let again = load_ok(&config.redacted_yaml());
+    assert_eq!((again.verify, again.verify_for("engagement")), (Verify::Sample(200), Verify::All));
+
+    let both = example_with("    # verify: { all: true }", "    verify: { all: true, sample: 10 }");
+    let errors = load_err(&both);
+    assert_eq!(errors.errors.len(), 1, "{errors}");
+    assert_eq!(errors.errors[0].key, "workflows.engagement.verify.all");
+    assert!(errors.errors[0].message.contains("not both"), "{errors}");
+    let unknown = example_with("  sample: 200", "  sample: 200\n  every: 3");
+    let errors = load_err(&unknown);
+    assert_eq!(errors.errors[0].key, "verify.every", "{errors}");
+    assert!(errors.errors[0].message.contains("expected one of: sample, all"), "{errors}");
+}

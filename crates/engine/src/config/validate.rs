@@ -14,7 +14,7 @@ use super::{
     DEFAULT_MIN_REMAINING, DEFAULT_MIN_SHARE, DEFAULT_RECHECK_MATCHES_AFTER, DEFAULT_SIGNATURE_HEADER,
     DEFAULT_WEBSITE_FIELD, EngagementConfig, FieldMap, MatchRule, MetadataGroup, Metric, PendoConnection,
     SalesforceAuth, SalesforceConnection, ScoreConfig, Secret, StoreConfig, StoreKind, Template, TemplateKind, Term,
-    WINDOW_DAYS, Webhooks, Workflow, duration, wire,
+    Verify, WINDOW_DAYS, Webhooks, Workflow, duration, wire,
 };
 
 /// Collects errors, locating each by its key path.
@@ -110,6 +110,10 @@ pub(super) fn build(
     let connections = errors.required(&file.connections, "connections").and_then(|c| connections(c, &mut errors));
     let store = errors.required(&file.store, "store").and_then(|s| store(s, &mut errors));
     let budget = errors.required(&file.budget, "budget").and_then(|b| budget(b, &mut errors));
+    let verify = match &file.verify {
+        Some(v) => verify(v, "verify", &mut errors),
+        None => Some(Verify::default()),
+    };
     let webhooks = webhooks(file.webhooks.as_ref(), &mut errors);
     let console = super::console::build(file.console.as_ref(), &mut errors);
     let mut workflows = IndexMap::new();
@@ -126,10 +130,19 @@ pub(super) fn build(
         super::ownership::check(&workflows, &names, &mut errors);
     }
     let mut list = errors.list;
-    if let (true, Some(connections), Some(store), Some(budget), Some(webhooks), Some(console)) =
-        (list.is_empty(), connections, store, budget, webhooks, console)
+    if let (true, Some(connections), Some(store), Some(budget), Some(verify), Some(webhooks), Some(console)) =
+        (list.is_empty(), connections, store, budget, verify, webhooks, console)
     {
-        return Ok(Config { connections, store, budget, webhooks, console, workflows, source: Default::default() });
+        return Ok(Config {
+            connections,
+            store,
+            budget,
+            verify,
+            webhooks,
+            console,
+            workflows,
+            source: Default::default(),
+        });
     }
     // An empty list here means every missing piece was blanked out after a parse
     // error, which the caller reports.
@@ -376,6 +389,26 @@ fn budget(b: &wire::Budget, errors: &mut Errors) -> Option<Budget> {
     Some(Budget { daily_share, min_remaining: b.min_remaining.unwrap_or(DEFAULT_MIN_REMAINING) })
 }
 
+/// `sample: N` (0 turns the read-back off) or `all: true`, not both.
+fn verify(v: &wire::Verify, key: &str, errors: &mut Errors) -> Option<Verify> {
+    match (v.sample, v.all) {
+        (Some(_), Some(true)) => {
+            errors.push(&format!("{key}.all"), "give either `sample` or `all: true`, not both");
+            None
+        }
+        (_, Some(true)) => Some(Verify::All),
+        (Some(0), _) => Some(Verify::Off),
+        (Some(n), _) => match usize::try_from(n) {
+            Ok(n) => Some(Verify::Sample(n)),
+            Err(_) => {
+                errors.push(&format!("{key}.sample"), format!("{n} is too large; use `all: true` to read everything"));
+                None
+            }
+        },
+        (None, _) => Some(Verify::default()),
+    }
+}
+
 fn webhooks(w: Option<&wire::Webhooks>, errors: &mut Errors) -> Option<Webhooks> {
     let Some(w) = w else { return Some(Webhooks::default()) };
     let secret = match &w.secret {
@@ -444,6 +477,8 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
             bounded_duration(text, &k("max_latency"), Duration::from_secs(60), Duration::from_secs(7 * 86_400), errors)
         }
     };
+    // Outer None: not set; inner None: set wrongly (reported).
+    let verify = w.verify.as_ref().map(|v| verify(v, &k("verify"), errors));
     let kind = kind?;
     super::ownership::foreign_keys(&key, kind, w, errors);
     let template = match kind {
@@ -466,6 +501,10 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
         timezone: timezone?,
         window_days: window_days?,
         max_latency: max_latency?,
+        verify: match verify {
+            Some(v) => Some(v?),
+            None => None,
+        },
         template: template?,
     })
 }
@@ -815,6 +854,7 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
                 timezone: Some(w.timezone.name().to_owned()),
                 window_days: Some(w.window_days),
                 max_latency: Some(duration::format(w.max_latency)),
+                verify: w.verify.map(verify_to_wire),
                 ..wire::Workflow::default()
             };
             let e = match &w.template {
@@ -894,6 +934,7 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
             daily_share: Some(config.budget.daily_share),
             min_remaining: Some(config.budget.min_remaining),
         }),
+        verify: Some(verify_to_wire(config.verify)),
         webhooks: Some(wire::Webhooks {
             secret: config.webhooks.secret.as_ref().map(secret),
             signature_header: Some(config.webhooks.signature_header.clone()),
@@ -901,6 +942,14 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
         }),
         console: config.console.as_ref().map(|c| super::console::to_wire(c, secret)),
         workflows: Some(workflows),
+    }
+}
+
+fn verify_to_wire(v: Verify) -> wire::Verify {
+    match v {
+        Verify::Off => wire::Verify { sample: Some(0), all: None },
+        Verify::Sample(n) => wire::Verify { sample: Some(n as u64), all: None },
+        Verify::All => wire::Verify { sample: None, all: Some(true) },
     }
 }
 

@@ -21,6 +21,8 @@ pub(crate) struct ConfigFile {
     pub store: Option<Store>,
     pub budget: Option<Budget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhooks: Option<Webhooks>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<super::console::Wire>,
@@ -132,6 +134,16 @@ pub(crate) struct Budget {
     pub min_remaining: Option<u64>,
 }
 
+/// `verify:` at the top level or in a workflow.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Verify {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+}
+
 /// One workflow: the keys every template shares, then each template's own keys.
 /// A key that belongs to another template is reported by the validator.
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -143,6 +155,8 @@ pub(crate) struct Workflow {
     pub timezone: Option<String>,
     pub window_days: Option<u32>,
     pub max_latency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
     // engagement-scores
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matching: Option<Vec<MatchRule>>,

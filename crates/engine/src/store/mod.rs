@@ -264,6 +264,8 @@ text_enum!(
         Skipped => "skipped",
         Deferred => "deferred",
         Failed => "failed",
+        // Written, then found changed (or deleted) by someone else when read back.
+        Drifted => "drifted",
     }
 );
 

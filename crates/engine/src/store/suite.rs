@@ -389,6 +389,7 @@ async fn outcomes_filters_and_counts(store: Arc<dyn Store>) {
         outcome("back\\slash 'quoted' \"dq\"", Some("001BBB000000003"), Action::Failed),
         outcome("ÄÖÜ Großhandel", None, Action::Unchanged),
         outcome("日本-株式会社", None, Action::Deferred),
+        outcome("drift-1", Some("001CCC000000004"), Action::Drifted),
     ];
     store.record_outcomes(run, &outcomes, &[]).await.unwrap();
     store.record_outcomes(other, &[outcome("acme-1", None, Action::Updated)], &[]).await.unwrap();

@@ -23,6 +23,8 @@
 //! - **One budget.** The calls a batch needs are reserved in the shared ledger before anything
 //!   is sent; what does not fit is deferred, and a spent allocation met mid-run defers the rest
 //!   (exit 4) instead of reporting refused records.
+//! - **Verified.** The records made are read back afterwards ([`crate::verify`]): a value a
+//!   trigger, a rule or a person changed since is reported as drift.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -35,6 +37,7 @@ use crate::config::Workflow;
 use crate::preflight::{self, Quarantine};
 use crate::store::{Action, CreateState, FieldChange, RecordOutcome};
 use crate::testhook;
+use crate::verify::{self, VerifyReport, Written};
 
 /// Records per SOQL key look-up and per Collections upsert call (the documented maximum).
 const BATCH: usize = 200;
@@ -223,7 +226,48 @@ pub(crate) async fn deliver(
     for (&g, r) in sendable.iter().zip(sent) {
         results[g] = r;
     }
+    if let Some(run) = report.run_id {
+        report.verify =
+            verify_made(ctx, workflow, &cleaned[..send], &sendable, &results, budget, meter, run, now).await?;
+    }
     Ok(results)
+}
+
+/// Reads back the records this run made (not those adopted: usagesync set nothing on them),
+/// per object, comparing the fields it set on create: its own, the key and the group link.
+#[allow(clippy::too_many_arguments)]
+async fn verify_made(
+    ctx: &Context,
+    workflow: &Workflow,
+    groups: &[Group],
+    sendable: &[usize],
+    results: &[GroupResult],
+    budget: &BudgetReport,
+    meter: &mut Meter<'_>,
+    run: crate::store::RunId,
+    now: DateTime<Utc>,
+) -> Result<VerifyReport, RunError> {
+    let mut by_object: BTreeMap<&str, Vec<Written>> = BTreeMap::new();
+    for (group, &g) in groups.iter().zip(sendable) {
+        let made = &results[g].made;
+        for (record, created) in group.records.iter().zip(made) {
+            let Created::New { id } = created else { continue };
+            let mut fields: Vec<(String, Value)> = record.fields.iter().map(|(f, v)| (f.clone(), v.clone())).collect();
+            fields.push((record.key_field.clone(), Value::String(record.key.clone())));
+            if let Some(link) = &record.link
+                && let Some(to) = made.get(link.to).and_then(Created::id)
+            {
+                fields.push((link.field.clone(), Value::String(to.to_owned())));
+            }
+            let written = Written { key: group.subject.clone(), salesforce_id: id.clone(), fields };
+            by_object.entry(record.object.as_str()).or_default().push(written);
+        }
+    }
+    let mut report = VerifyReport::default();
+    for (object, written) in by_object {
+        report.merge(verify::verify(ctx, &workflow.name, object, &written, budget, meter, run, now).await?);
+    }
+    Ok(report)
 }
 
 async fn send_groups(

@@ -203,8 +203,10 @@ async fn body(
             p.advance_to(n as u64);
         }
     };
-    let super::update::Updated { delivery, deferred } =
-        super::update::deliver(ctx, &workflow.name, OBJECT, &plan, changes, &budget, &mut meter, now, &advance).await?;
+    let super::update::Updated { delivery, deferred, verify } =
+        super::update::deliver(ctx, &workflow.name, OBJECT, &plan, changes, &budget, &mut meter, now, &advance, run_id)
+            .await?;
+    report.verify = verify;
 
     report.written = delivery.written.len();
     report.failed = delivery.failed.len();

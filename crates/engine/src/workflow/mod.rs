@@ -13,7 +13,8 @@
 //! - [`expansion`]: the expansion-opportunity template.
 //! - [`trial`]: the trial-usage template.
 //! - [`create`]: the create stage: groups of records made exactly once, never clobbering, within the budget.
-//! - `update`: the update stage: changed fields onto existing records within the reserved budget.
+//! - `update`: the update stage: changed fields onto existing records within the reserved budget,
+//!   then read back ([`crate::verify`]).
 //! - [`replay`]: sending kept failures again.
 
 pub mod attributes;
@@ -157,6 +158,8 @@ pub struct RunReport {
     pub ambiguous_samples: Vec<AmbiguousSample>,
     /// What preflight found wrong with the config against the org, and what it held back.
     pub preflight: PreflightReport,
+    /// What the read-back after writing found: values changed since by someone else.
+    pub verify: crate::verify::VerifyReport,
 }
 
 /// Preflight's part of a run: every problem (a written field with a problem is quarantined:
@@ -228,6 +231,7 @@ impl RunReport {
             failures: Vec::new(),
             ambiguous_samples: Vec::new(),
             preflight: PreflightReport::default(),
+            verify: crate::verify::VerifyReport::default(),
         }
     }
 
@@ -252,9 +256,14 @@ impl RunReport {
         self.api_calls.values().sum()
     }
 
-    /// Salesforce calls that wrote (everything but reads and preflight's describes).
+    /// Salesforce calls that wrote (everything but reads, preflight's describes and the
+    /// read-back).
     pub fn write_calls(&self) -> u64 {
-        self.api_calls.iter().filter(|(k, _)| !k.starts_with("read") && *k != "preflight").map(|(_, v)| v).sum()
+        self.api_calls
+            .iter()
+            .filter(|(k, _)| !k.starts_with("read") && !["preflight", "verify"].contains(&k.as_str()))
+            .map(|(_, v)| v)
+            .sum()
     }
 }
 

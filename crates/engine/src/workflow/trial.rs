@@ -249,8 +249,10 @@ async fn body(
     // Few trial Opportunities: Bulk is never worth its fixed cost here.
     let path = if plan.send.min(changes.len()) == 1 { WritePath::Single } else { WritePath::Collections };
     let plan = crate::plan::Plan { path, ..plan };
-    let super::update::Updated { delivery, deferred } =
-        super::update::deliver(ctx, &workflow.name, OBJECT, &plan, changes, &budget, &mut meter, now, &|_| {}).await?;
+    let super::update::Updated { delivery, deferred, verify } =
+        super::update::deliver(ctx, &workflow.name, OBJECT, &plan, changes, &budget, &mut meter, now, &|_| {}, run_id)
+            .await?;
+    report.verify = verify;
 
     let mut outs = Vec::new();
     let mut prints = Vec::new();

@@ -3,7 +3,8 @@
 //! ledger first (another worker may have taken the day's share since planning: then all of it
 //! is deferred), delivered by the planned path, and settled with the calls really made. A
 //! spent allocation met mid-delivery defers the rest, and those records are counted and
-//! reported as deferred, so the run never says it succeeded while records wait.
+//! reported as deferred, so the run never says it succeeded while records wait. What was
+//! written is then read back ([`crate::verify`]) and drift reported.
 
 use chrono::{DateTime, Utc};
 
@@ -11,13 +12,17 @@ use super::{BudgetReport, Context, Meter, RunError};
 use crate::change::Change;
 use crate::deliver::{self, Delivery, RecordRetry};
 use crate::plan::Plan;
+use crate::store::RunId;
 use crate::testhook;
+use crate::verify::{self, VerifyReport, Written};
 
 /// What the stage did: the delivery, and every record not sent (over the plan, the budget
 /// taken by another worker, or the allocation spent mid-run).
 pub(crate) struct Updated {
     pub delivery: Delivery,
     pub deferred: Vec<Change>,
+    /// The read-back of what was written.
+    pub verify: VerifyReport,
 }
 
 /// Sends `changes` to `object` records as `plan` says (its first `plan.send`, by `plan.path`).
@@ -35,6 +40,7 @@ pub(crate) async fn deliver(
     meter: &mut Meter<'_>,
     now: DateTime<Utc>,
     progress: &(dyn Fn(usize) + Sync),
+    run: RunId,
 ) -> Result<Updated, RunError> {
     let mut deferred = changes.split_off(plan.send.min(changes.len()));
     let day = now.date_naive();
@@ -44,7 +50,7 @@ pub(crate) async fn deliver(
     testhook::crash_point("plan");
     if !reserved {
         changes.append(&mut deferred);
-        return Ok(Updated { delivery: Delivery::default(), deferred: changes });
+        return Ok(Updated { delivery: Delivery::default(), deferred: changes, verify: VerifyReport::default() });
     }
     let before = ctx.salesforce.requests_sent();
     let mut delivery =
@@ -55,5 +61,11 @@ pub(crate) async fn deliver(
     meter.settled += spent;
     deferred.append(&mut delivery.deferred);
     testhook::crash_point("record");
-    Ok(Updated { delivery, deferred })
+    let written: Vec<Written> = delivery
+        .written
+        .iter()
+        .map(|c| Written { key: c.key.clone(), salesforce_id: c.salesforce_id.clone(), fields: c.fields.clone() })
+        .collect();
+    let verify = verify::verify(ctx, workflow, object, &written, budget, meter, run, now).await?;
+    Ok(Updated { delivery, deferred, verify })
 }

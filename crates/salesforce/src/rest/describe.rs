@@ -336,6 +336,13 @@ impl Client {
         Ok(describe)
     }
 
+    /// The describe of `object` if one is cached, without a request: for callers that may only
+    /// use what an earlier step (such as a preflight check) already paid for.
+    #[must_use]
+    pub fn describe_cached(&self, object: &str) -> Option<Arc<SObjectDescribe>> {
+        self.describe_cache().objects.read().get(&object.to_ascii_lowercase()).cloned()
+    }
+
     /// Forgets cached describes (after a schema change).
     pub fn clear_describe_cache(&self) {
         *self.describe_cache().global.write() = None;

@@ -62,6 +62,8 @@ pub async fn runs(
             })
             .collect();
         let detail = match (&o.error_code, &o.message) {
+            // Drift rows carry both: why, and each field as sent → as now.
+            (Some(code), Some(m)) if !changes.is_empty() => format!("{code}: {m}; {}", changes.join("; ")),
             (Some(code), Some(m)) => format!("{code}: {m}"),
             (None, Some(m)) => m.clone(),
             _ => changes.join("; "),

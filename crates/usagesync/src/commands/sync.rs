@@ -127,6 +127,76 @@ pub fn print_report(r: &RunReport) {
         println!("See them all with `usagesync failures`; send them again with `usagesync replay --all`.");
     }
     print_preflight(r);
+    print_verify(r);
+}
+
+/// Drifted values shown in the summary; all are in the run's history.
+const DRIFT_SHOWN: usize = 5;
+
+/// The read-back after writing: how much was checked and what someone else changed since.
+fn print_verify(r: &RunReport) {
+    let v = &r.verify;
+    if r.dry_run || v.sampled_from == 0 {
+        return;
+    }
+    println!();
+    if v.checked == 0 {
+        match &v.note {
+            Some(note) => println!("Verify: {note}."),
+            None => println!("Verify: off (verify: sample: 0); nothing read back."),
+        }
+        return;
+    }
+    let head = format!("Verified {} of {} written", thousands(v.checked as u64), thousands(v.sampled_from as u64));
+    if v.values_changed == 0 {
+        println!("{head}: every value is as usagesync wrote it.");
+    } else {
+        let who: Vec<String> = v
+            .changed_by
+            .iter()
+            .map(|(user, n)| {
+                let own = if v.own_user.as_deref() == Some(user.as_str()) {
+                    ", usagesync's own user: automation on its save or an integration sharing the user"
+                } else {
+                    ""
+                };
+                format!("{user} ({}{own})", thousands(*n as u64))
+            })
+            .collect();
+        let users = if v.changed_by.len() == 1 { "1 user".to_owned() } else { format!("{} users", v.changed_by.len()) };
+        let gone = if v.records_gone > 0 {
+            format!(" ({} records deleted)", thousands(v.records_gone as u64))
+        } else {
+            String::new()
+        };
+        println!(
+            "{head}: {} values changed since{gone}, by {users}: {}.",
+            thousands(v.values_changed as u64),
+            who.join(", ")
+        );
+        let rows: Vec<Vec<String>> = v
+            .drift
+            .iter()
+            .take(DRIFT_SHOWN)
+            .map(|d| {
+                vec![
+                    d.object.clone(),
+                    d.salesforce_id.clone(),
+                    d.field.clone(),
+                    d.sent.to_string(),
+                    d.now.to_string(),
+                    d.last_modified_by.clone().unwrap_or_else(|| "-".into()),
+                    d.last_modified_at.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        table::print(&["object", "record", "field", "sent", "now", "changed by", "at"], &rows);
+        let id = r.run_id.map(|id| id.to_string()).unwrap_or_default();
+        println!("Every one is in the run's history as `drifted`: `usagesync runs {id}`. Nothing was written back.");
+    }
+    if let Some(note) = &v.note {
+        println!("Verify: {note}.");
+    }
 }
 
 fn print_preflight(r: &RunReport) {
