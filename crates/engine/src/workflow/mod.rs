@@ -14,7 +14,8 @@
 //! - [`trial`]: the trial-usage template.
 //! - [`create`]: the create stage: groups of records made exactly once, never clobbering, within the budget.
 //! - `update`: the update stage: changed fields onto existing records within the reserved budget.
-//! - [`replay`]: sending kept failures again.
+//! - `ledger`: the failure ledger every template settles its refused and written records in.
+//! - [`replay`]: running failed records' workflows again, re-deriving what they send.
 //! - `budget`: today's allowance from `/limits` and the persisted ledger.
 //! - `accounts`: reading Accounts for matching (REST pages or a Bulk query, whichever is cheaper).
 
@@ -26,6 +27,7 @@ pub mod drop_alert;
 pub mod engagement;
 pub mod expansion;
 mod lease;
+mod ledger;
 pub mod new_users;
 pub mod nps;
 pub mod replay;

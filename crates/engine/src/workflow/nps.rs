@@ -25,9 +25,7 @@ use tokio::sync::{Notify, watch};
 
 use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::config::{ContactMatch, FollowUpObject, NpsConfig, OwnerSource, Template, Workflow};
-use crate::store::{
-    Action, CreateState, FieldChange, InboxEvent, NewFailure, NewRun, RecordOutcome, RunFinish, RunId, RunState,
-};
+use crate::store::{Action, CreateState, FieldChange, InboxEvent, NewRun, RecordOutcome, RunFinish, RunId, RunState};
 
 /// Events taken from the inbox per batch: keeps each SOQL `IN` list and Collections call small.
 pub const MAX_BATCH: u32 = 100;
@@ -324,23 +322,22 @@ pub async fn process(
         if !outcomes.is_empty() {
             ctx.store.record_outcomes(id, &outcomes, &[]).await?;
         }
-        if !failures.is_empty() {
-            let list: Vec<NewFailure> = failures
-                .iter()
-                .map(|(object, key, payload, code, message)| NewFailure {
-                    workflow: workflow.name.clone(),
-                    run: id,
-                    object: object.clone(),
-                    key: key.clone(),
-                    salesforce_id: None,
-                    payload: payload.clone(),
-                    error_code: code.clone(),
-                    message: message.clone(),
-                    fields: Vec::new(),
-                })
-                .collect();
-            ctx.store.add_failures(&list).await?;
+        let mut ledger = super::ledger::Ledger::default();
+        for o in outcomes.iter().filter(|o| matches!(o.action, Action::Created | Action::Updated)) {
+            ledger.written(&o.object, &o.key);
         }
+        for (object, key, payload, code, message) in &failures {
+            ledger.refused(super::ledger::Refusal {
+                object: object.clone(),
+                key: key.clone(),
+                salesforce_id: None,
+                payload: payload.clone(),
+                code: code.clone(),
+                message: message.clone(),
+                fields: payload.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default(),
+            });
+        }
+        ledger.settle(ctx, &workflow.name, id, now).await?;
     }
     let calls: u64 = report.api_calls.values().sum();
     if calls > 0 {
