@@ -236,7 +236,7 @@ macro_rules! text_enum {
                 match self { $($name::$variant => $text),+ }
             }
 
-            pub(crate) fn parse(text: &str) -> Result<Self, StoreError> {
+            pub fn parse(text: &str) -> Result<Self, StoreError> {
                 match text {
                     $($text => Ok($name::$variant),)+
                     other => Err(StoreError::Corrupt {
