@@ -334,7 +334,11 @@ pub async fn process(
                 payload: payload.clone(),
                 code: code.clone(),
                 message: message.clone(),
-                fields: payload.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default(),
+                fields: payload
+                    .get("sent")
+                    .and_then(Value::as_object)
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default(),
             });
         }
         ledger.settle(ctx, &workflow.name, id, now).await?;
@@ -797,7 +801,40 @@ fn record_failure(
             message: message.clone(),
         });
     }
+    // The answer itself rides along: a replay queues it again and derives what to send from
+    // the config of that day, since the inbox event is marked processed and never read again.
+    let payload = json!({"sent": payload, "response": response_event(r)});
     failures.push((object.to_owned(), r.key.clone(), payload, code, message));
+}
+
+/// The answer `r` as the webhook event that carries it.
+fn response_event(r: &Response) -> Value {
+    json!({
+        "event": EVENT,
+        "visitorId": r.visitor_id,
+        "timestamp": r.time.timestamp(),
+        "uniqueId": r.key,
+        "properties": {"nps": {"rating": r.rating, "reason": r.comment}},
+    })
+}
+
+/// Queues again the answers of `failures` that kept one (see `record_failure`), under fresh
+/// inbox ids, so the next drain writes them from the current config and data; the response
+/// key is the same, so the ledger settles their failures. Returns how many were queued.
+pub(crate) async fn requeue(ctx: &Context, failures: &[crate::store::Failure]) -> Result<usize, RunError> {
+    let mut queued = 0;
+    for f in failures {
+        let Some(event) = f.payload.get("response").filter(|e| e.is_object()) else { continue };
+        let mut body = event.clone();
+        let unique_id = format!("{}:replay:{}:{}", f.key, f.id, f.attempts);
+        body["uniqueId"] = json!(unique_id);
+        let event =
+            InboxEvent { unique_id, source: "replay".into(), kind: EVENT.into(), received_at: Utc::now(), body };
+        if ctx.store.put_event(&event).await? {
+            queued += 1;
+        }
+    }
+    Ok(queued)
 }
 
 /// An Account's Contacts' NPS answers, its engagement and its current health score.

@@ -3,7 +3,10 @@
 //! current config and the current data, never the stale body kept with the failure.
 //!
 //! A refused record was not remembered as written (no fingerprints, no closed episode or
-//! count, the cursor held at it), so its workflow's next run derives and sends it by itself.
+//! count, the cursor held at it), so its workflow's next run derives and sends it by itself;
+//! nps-realtime's answers, read from inbox events already marked processed, are queued again
+//! first. No template targets single records, so the run is the whole workflow (it writes only
+//! what changed), and the report says so.
 //! A replay is that run (trigger `replay`, with the run lease and everything a scheduled run
 //! does), then settles the claimed failures: resolved where the run wrote the record, open again
 //! with the run's error where it was refused again or not written. Claims are leased, so two
@@ -16,6 +19,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::{Context, RunError, RunOptions};
+use crate::config::Template;
 use crate::store::{Failure, FailureFilter, FailureSelector, FailureStatus};
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -48,6 +52,10 @@ pub async fn replay(ctx: &Context, selector: &FailureSelector, limit: u32) -> Re
         by_workflow.entry(f.workflow.clone()).or_default().push(f);
     }
     for (workflow, failures) in by_workflow {
+        // nps-realtime derives its writes from inbox events, marked processed once handled:
+        // its answers are queued again for the run to drain.
+        let nps = ctx.config.workflows.get(&workflow).is_some_and(|w| matches!(w.template, Template::NpsRealtime(_)));
+        let requeued = if nps { super::nps::requeue(ctx, &failures).await? } else { 0 };
         let options = RunOptions { trigger: "replay".into(), ..Default::default() };
         let run = match super::run(ctx, &workflow, &options).await {
             Ok(run) => run,
@@ -66,10 +74,11 @@ pub async fn replay(ctx: &Context, selector: &FailureSelector, limit: u32) -> Re
         if let Some(id) = run.run_id {
             report.runs.insert(workflow.clone(), id.to_string());
         }
+        let requeued = if nps { format!("{requeued} answers queued again; ") } else { String::new() };
         report.notes.insert(
             workflow.clone(),
             format!(
-                "ran the whole workflow from the current config and data: {} written, {} failed, {} deferred",
+                "{requeued}ran the whole workflow from the current config and data: {} written, {} failed, {} deferred",
                 run.written, run.failed, run.deferred
             ),
         );
