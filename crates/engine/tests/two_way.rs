@@ -621,3 +621,59 @@ async fn a_refused_contact_holds_the_cursor_and_replay_creates_it_once_the_cause
     let next = w.run("new-users").await;
     assert_eq!((next.written, next.failed), (0, 0), "{:?}", next.samples);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pendo_refusal_holds_the_attributes_cursor_until_it_is_dismissed() {
+    use engine::store::{FailureFilter, FailureSelector, FailureStatus};
+    use engine::workflow::attributes::CURSOR;
+    let w = world(40, "skip").await;
+    let first = w.run("attributes").await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    let with_pendo: Vec<Value> =
+        w.records("Account").await.into_iter().filter(|a| a["Pendo_Account_Id__c"].is_string()).collect();
+    let (ghost, later) = (with_pendo[0]["Id"].as_str().unwrap(), with_pendo[1]["Id"].as_str().unwrap());
+    w.person_edits(ghost, json!({"Pendo_Account_Id__c": "no-such-pendo-account", "Plan_Tier__c": "Growth"}));
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    w.person_edits(later, json!({"Plan_Tier__c": "Enterprise"}));
+    let stamp = |id: &str, rows: &[Value]| {
+        let row = rows.iter().find(|a| a["Id"] == json!(id)).unwrap();
+        salesforce::rest::describe::sf_datetime::parse(row["SystemModstamp"].as_str().unwrap()).unwrap()
+    };
+    let rows = w.records("Account").await;
+    assert!(stamp(ghost, &rows) < stamp(later, &rows));
+
+    let second = w.run("attributes").await;
+    assert_eq!((second.written, second.failed), (1, 1), "{:?}", second.failures);
+    let open = w
+        .ctx
+        .store
+        .list_failures(&FailureFilter { status: Some(FailureStatus::Open), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!((open[0].key.as_str(), open[0].error_code.as_str()), ("no-such-pendo-account", "PENDO_ACCOUNT_MISSING"));
+    assert_eq!(open[0].payload["sfplantier"], json!("Growth"));
+    let cursor = |c: Option<String>| chrono::DateTime::parse_from_rfc3339(&c.unwrap()).unwrap().with_timezone(&Utc);
+    let held = cursor(w.ctx.store.cursor("attributes", CURSOR).await.unwrap());
+    assert_eq!(held, stamp(ghost, &rows), "the cursor stays at the refused Account");
+
+    // A person decides it needs nothing: the same refusal stays dismissed and the cursor moves on.
+    let dismissed = w
+        .ctx
+        .store
+        .dismiss_failures(&FailureSelector::Ids(vec![open[0].id]), "test account", Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(dismissed.len(), 1);
+    let third = w.run("attributes").await;
+    assert_eq!((third.written, third.failed), (0, 1), "{:?}", third.failures);
+    let moved = cursor(w.ctx.store.cursor("attributes", CURSOR).await.unwrap());
+    assert!(moved >= stamp(later, &rows), "{moved} {held}");
+    let still_open = w
+        .ctx
+        .store
+        .list_failures(&FailureFilter { status: Some(FailureStatus::Open), ..Default::default() })
+        .await
+        .unwrap();
+    assert!(still_open.is_empty(), "{still_open:?}");
+}
