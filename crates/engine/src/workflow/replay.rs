@@ -63,7 +63,9 @@ pub async fn replay(ctx: &Context, selector: &FailureSelector, limit: u32) -> Re
                 // Nothing was re-derived: the failures go back to open as they were, with why.
                 let why = format!("replay could not run the workflow: {e}");
                 for f in &failures {
-                    ctx.store.fail_again(f.id, &f.error_code, &format!("{}; {why}", f.message), Utc::now()).await?;
+                    // Salesforce's or Pendo's own words stay first; only the latest reason follows.
+                    let own = f.message.split("; replay could not run the workflow").next().unwrap_or(&f.message);
+                    ctx.store.fail_again(f.id, &f.error_code, &format!("{own}; {why}"), Utc::now()).await?;
                 }
                 report.failed_again += failures.len();
                 report.notes.insert(workflow, why);
