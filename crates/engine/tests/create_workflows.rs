@@ -11,7 +11,9 @@ use std::sync::Arc;
 use chrono::Utc;
 use emulator::pendo::generate::{Trend, account_profile, sf_account_id};
 use emulator::pendo::{GenConfig, PendoConfig, PendoState};
-use engine::store::{Action, CreateState, FingerprintPut, OutcomeFilter};
+use engine::store::{
+    Action, CreateState, FailureFilter, FailureSelector, FailureStatus, FingerprintPut, OutcomeFilter,
+};
 use engine::workflow::drop_alert::{Episode, alert_key, episode_scope};
 use engine::workflow::{Context, RunOptions, RunReport};
 use serde_json::{Value, json};
@@ -657,4 +659,102 @@ async fn created_records_are_read_back_and_a_rules_change_is_reported_as_drift()
     let second = w.run(false).await;
     assert_eq!((second.written, second.verify.checked), (0, 0));
     assert_eq!(second.api_calls.get("verify"), None);
+}
+
+/// `w`'s context with its config edited by a person (the store and clients stay the same).
+fn edited(w: &World, from: &str, to: &str) -> Context {
+    let text = CONFIG
+        .replace("{sf}", &w.sf.base_url)
+        .replace("{pendo}", &w.pendo.base_url)
+        .replace("{store}", "sqlite://unused.db")
+        .replace("{case}", "false")
+        .replace("{key_field}", "Usagesync_Key__c")
+        .replace(from, to);
+    let config = engine::config::load_str(&text, "test.yaml").unwrap();
+    Context { config: Arc::new(config), ..w.ctx.clone() }
+}
+
+async fn failures(w: &World, status: FailureStatus) -> Vec<engine::store::Failure> {
+    let filter = FailureFilter { workflow: Some("churn-alerts".into()), status: Some(status), ..Default::default() };
+    w.ctx.store.list_failures(&filter).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_alert_is_kept_and_replay_makes_it_from_the_current_config() {
+    let w = world(200, false).await;
+    // Salesforce refuses every alert Task: a validation rule a person will remove.
+    let rule = json!({"name": "No_High", "errorMessage": "High priority is reserved", "errorField": "Priority",
+                      "condition": {"field": "Priority", "operator": "equals", "value": "High"}});
+    let url = format!("{}/__emulator/validation-rules/Task", w.sf.base_url);
+    assert!(w.http.post(&url).json(&rule).send().await.unwrap().status().is_success());
+
+    let due = |days: i64| (Utc::now() + chrono::Duration::days(days)).date_naive().to_string();
+    // The run's own clock decides the date: either side of it, should the run straddle midnight.
+    let before = due(3);
+    let first = w.run(false).await;
+    let due_3 = [before, due(3)];
+    assert!(first.failed > 2 && first.written == 0, "{first:?}");
+    assert!(w.keys("Task").await.is_empty());
+    let open = failures(&w, FailureStatus::Open).await;
+    assert_eq!(open.len(), first.failed, "one failure per refused record: {open:?}");
+    for f in &open {
+        assert_eq!((f.object.as_str(), f.error_code.as_str()), ("Task", "FIELD_CUSTOM_VALIDATION_EXCEPTION"));
+        assert!(f.message.starts_with("High priority is reserved"), "{f:?}");
+        assert!(f.salesforce_id.as_deref().is_some_and(|id| id.starts_with("001")), "the Account: {f:?}");
+        assert!(due_3.iter().any(|d| f.payload["ActivityDate"] == json!(d)), "what was sent: {f:?}");
+        assert!(f.fields.iter().any(|x| x == "Priority"));
+    }
+
+    // The cause still there: the next run updates the same failures rather than adding rows.
+    let again = w.run(false).await;
+    assert_eq!(again.failed, first.failed);
+    let still = failures(&w, FailureStatus::Open).await;
+    assert_eq!(still.iter().map(|f| f.id).collect::<Vec<_>>(), open.iter().map(|f| f.id).collect::<Vec<_>>());
+    assert!(still.iter().all(|f| f.attempts == 2), "{still:?}");
+
+    // A person dismisses one: it is not replayed and no longer counts as open.
+    let gone = open[0].id;
+    let dismissed = w
+        .ctx
+        .store
+        .dismiss_failures(&FailureSelector::Ids(vec![gone]), "account in legal hold", Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(dismissed, vec![gone]);
+    let groups = w.ctx.store.failure_groups(Some("churn-alerts")).await.unwrap();
+    assert_eq!(groups.iter().map(|(_, _, n)| n).sum::<u64>(), (open.len() - 1) as u64);
+    let none = engine::workflow::replay::replay(&w.ctx, &FailureSelector::Ids(vec![gone]), 1000).await.unwrap();
+    assert_eq!((none.claimed, none.runs.len()), (0, 0), "{none:?}");
+
+    // The cause fixed, and the config changed since: alerts are due in 30 days now. Replay
+    // derives what it sends from that config, not from the body kept with the failure.
+    assert!(w.http.delete(&url).send().await.unwrap().status().is_success());
+    let ctx = edited(&w, "key_field: Usagesync_Key__c", "key_field: Usagesync_Key__c\n      due_in_days: 30");
+    let before = due(30);
+    let replay = engine::workflow::replay::replay(&ctx, &FailureSelector::All { workflow: None }, 1000).await.unwrap();
+    let due_30 = [before, due(30)];
+    assert_eq!(
+        (replay.claimed, replay.resolved, replay.failed_again),
+        (open.len() - 1, open.len() - 1, 0),
+        "{replay:?}"
+    );
+    let tasks = w.records("Task").await;
+    assert_eq!(tasks.len(), open.len(), "the whole workflow ran, the dismissed account's alert with it");
+    assert!(
+        tasks.iter().all(|t| due_30.iter().any(|d| t["ActivityDate"] == json!(d))),
+        "sent with the new config: {tasks:?}"
+    );
+    assert!(failures(&w, FailureStatus::Open).await.is_empty());
+    let resolved = failures(&w, FailureStatus::Resolved).await;
+    assert_eq!(resolved.len(), open.len() - 1);
+    let kept = failures(&w, FailureStatus::Dismissed).await;
+    assert_eq!((kept.len(), kept[0].reason.as_deref()), (1, Some("account in legal hold")));
+
+    // The replay is a run of its own in history, and the next run has nothing left to make.
+    let runs = w.ctx.store.list_runs(Some("churn-alerts"), 0).await.unwrap();
+    let replayed = runs.iter().find(|r| r.trigger == "replay").expect("a replay run");
+    assert_eq!(Some(replayed.id.to_string()), replay.runs.get("churn-alerts").cloned());
+    let next = w.run(false).await;
+    assert_eq!((next.written, next.failed), (0, 0), "{next:?}");
+    assert_eq!(w.records("Task").await.len(), tasks.len());
 }

@@ -573,3 +573,106 @@ async fn claims_in_flight_defer_and_abandoned_claims_are_taken_over() {
     let by_email = w.contacts_by_email().await;
     assert_eq!((by_email[&busy].len(), by_email[&gone].len()), (1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_contact_holds_the_cursor_and_replay_creates_it_once_the_cause_is_fixed() {
+    use engine::store::{FailureFilter, FailureSelector, FailureStatus};
+    let w = world(40, "skip").await;
+    w.run("new-users").await;
+    let (pendo_account, sf_account, domain) = w.matched_account().await;
+    let settled = w.ctx.store.cursor("new-users", engine::workflow::new_users::CURSOR).await.unwrap();
+    // Ada is new since the last run, Bob a second newer still.
+    let ada_first = settled.and_then(|c| c.parse::<i64>().ok()).unwrap() + 1;
+    let bob_first = ada_first + 1_000;
+    w.pendo_seed(json!({"visitors": [
+        visitor("v-ada", &pendo_account, &format!("ada@{domain}"), "Ada Lovelace", ada_first, bob_first),
+        visitor("v-bob", &pendo_account, &format!("bob@{domain}"), "Bob Noyce", bob_first, bob_first),
+    ]}))
+    .await;
+    let rule = json!({"name": "No_Lovelace", "errorMessage": "Reserved name", "errorField": "LastName",
+                      "condition": {"field": "LastName", "operator": "equals", "value": "Lovelace"}});
+    let url = format!("{}/__emulator/validation-rules/Contact", w.sf.base_url);
+    assert!(w.http.post(&url).json(&rule).send().await.unwrap().status().is_success());
+
+    let first = w.run("new-users").await;
+    assert_eq!(first.failed, 1, "{:?}", first.failures);
+    let open = w
+        .ctx
+        .store
+        .list_failures(&FailureFilter { status: Some(FailureStatus::Open), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!((open[0].workflow.as_str(), open[0].object.as_str()), ("new-users", "Contact"));
+    assert_eq!((open[0].key.as_str(), open[0].error_code.as_str()), ("v-ada", "FIELD_CUSTOM_VALIDATION_EXCEPTION"));
+    assert_eq!(open[0].payload["AccountId"], json!(sf_account));
+    // The cursor stays at the refused visitor, not at Bob who came after her.
+    let cursor = w.ctx.store.cursor("new-users", engine::workflow::new_users::CURSOR).await.unwrap();
+    assert_eq!(cursor, Some(ada_first.to_string()));
+
+    assert!(w.http.delete(&url).send().await.unwrap().status().is_success());
+    let replay = engine::workflow::replay::replay(&w.ctx, &FailureSelector::Ids(vec![open[0].id]), 10).await.unwrap();
+    assert_eq!((replay.claimed, replay.resolved, replay.failed_again), (1, 1, 0), "{replay:?}");
+    let ada = &w.contacts_by_email().await[&format!("ada@{domain}")];
+    assert_eq!((ada.len(), ada[0]["Pendo_Visitor_Id__c"].as_str()), (1, Some("v-ada")));
+    let cursor = w.ctx.store.cursor("new-users", engine::workflow::new_users::CURSOR).await.unwrap();
+    assert!(cursor.and_then(|c| c.parse::<i64>().ok()).is_some_and(|c| c > ada_first), "the cursor moves on");
+    let next = w.run("new-users").await;
+    assert_eq!((next.written, next.failed), (0, 0), "{:?}", next.samples);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pendo_refusal_holds_the_attributes_cursor_until_it_is_dismissed() {
+    use engine::store::{FailureFilter, FailureSelector, FailureStatus};
+    use engine::workflow::attributes::CURSOR;
+    let w = world(40, "skip").await;
+    let first = w.run("attributes").await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    let with_pendo: Vec<Value> =
+        w.records("Account").await.into_iter().filter(|a| a["Pendo_Account_Id__c"].is_string()).collect();
+    let (ghost, later) = (with_pendo[0]["Id"].as_str().unwrap(), with_pendo[1]["Id"].as_str().unwrap());
+    w.person_edits(ghost, json!({"Pendo_Account_Id__c": "no-such-pendo-account", "Plan_Tier__c": "Growth"}));
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    w.person_edits(later, json!({"Plan_Tier__c": "Enterprise"}));
+    let stamp = |id: &str, rows: &[Value]| {
+        let row = rows.iter().find(|a| a["Id"] == json!(id)).unwrap();
+        salesforce::rest::describe::sf_datetime::parse(row["SystemModstamp"].as_str().unwrap()).unwrap()
+    };
+    let rows = w.records("Account").await;
+    assert!(stamp(ghost, &rows) < stamp(later, &rows));
+
+    let second = w.run("attributes").await;
+    assert_eq!((second.written, second.failed), (1, 1), "{:?}", second.failures);
+    let open = w
+        .ctx
+        .store
+        .list_failures(&FailureFilter { status: Some(FailureStatus::Open), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!((open[0].key.as_str(), open[0].error_code.as_str()), ("no-such-pendo-account", "PENDO_ACCOUNT_MISSING"));
+    assert_eq!(open[0].payload["sfplantier"], json!("Growth"));
+    let cursor = |c: Option<String>| chrono::DateTime::parse_from_rfc3339(&c.unwrap()).unwrap().with_timezone(&Utc);
+    let held = cursor(w.ctx.store.cursor("attributes", CURSOR).await.unwrap());
+    assert_eq!(held, stamp(ghost, &rows), "the cursor stays at the refused Account");
+
+    // A person decides it needs nothing: the same refusal stays dismissed and the cursor moves on.
+    let dismissed = w
+        .ctx
+        .store
+        .dismiss_failures(&FailureSelector::Ids(vec![open[0].id]), "test account", Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(dismissed.len(), 1);
+    let third = w.run("attributes").await;
+    assert_eq!((third.written, third.failed), (0, 1), "{:?}", third.failures);
+    let moved = cursor(w.ctx.store.cursor("attributes", CURSOR).await.unwrap());
+    assert!(moved >= stamp(later, &rows), "{moved} {held}");
+    let still_open = w
+        .ctx
+        .store
+        .list_failures(&FailureFilter { status: Some(FailureStatus::Open), ..Default::default() })
+        .await
+        .unwrap();
+    assert!(still_open.is_empty(), "{still_open:?}");
+}

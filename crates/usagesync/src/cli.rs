@@ -73,13 +73,18 @@ pub enum Command {
         #[arg(long)]
         search: Option<String>,
     },
-    /// List records Salesforce refused, grouped by error code.
+    /// List records Salesforce or Pendo refused, grouped by error code; or dismiss some.
     Failures {
+        #[command(subcommand)]
+        action: Option<FailuresAction>,
         #[arg(long)]
         workflow: Option<String>,
-        /// Only this Salesforce error code.
+        /// Only this Salesforce or Pendo error code.
         #[arg(long)]
         code: Option<String>,
+        /// Which failures to list: open (the default), replaying, resolved, dismissed or abandoned.
+        #[arg(long, default_value = "open", value_parser = failure_status)]
+        status: engine::store::FailureStatus,
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
@@ -93,7 +98,8 @@ pub enum Command {
         #[arg(long, conflicts_with = "salesforce_id")]
         unpin: bool,
     },
-    /// Send kept failures again.
+    /// Try kept failures again: runs their workflows now, so what is sent is derived from the
+    /// current config and data; resolves the failures whose records that run wrote.
     Replay {
         /// Every open failure (of --workflow, if given).
         #[arg(long, conflicts_with_all = ["code", "ids"])]
@@ -104,8 +110,10 @@ pub enum Command {
         /// These failures (ids as `usagesync failures` lists them).
         #[arg(conflicts_with = "code")]
         ids: Vec<i64>,
+        /// Only this workflow's failures (with --all).
         #[arg(long)]
         workflow: Option<String>,
+        /// At most this many failures.
         #[arg(long, default_value_t = 10_000)]
         limit: u32,
     },
@@ -249,4 +257,25 @@ pub enum BenchTarget {
         #[arg(long)]
         salesforce_url: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FailuresAction {
+    /// Close failures without replaying them, keeping the reason: they no longer count as open
+    /// (metrics, console, exit hints), and the same refusal of the record recurring stays closed.
+    Dismiss {
+        /// These failures (ids as `usagesync failures` lists them).
+        #[arg(required_unless_present = "code", conflicts_with = "code")]
+        ids: Vec<i64>,
+        /// Every open failure with this error code.
+        #[arg(long)]
+        code: Option<String>,
+        /// Why, kept with each failure (`failures --status dismissed` shows it).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+fn failure_status(text: &str) -> Result<engine::store::FailureStatus, String> {
+    engine::store::FailureStatus::parse(text).map_err(|e| e.to_string())
 }

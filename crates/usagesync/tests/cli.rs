@@ -191,3 +191,55 @@ fn sync_plans_writes_then_rests_and_history_shows_it() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("no-such-workflow"), "{}", text(&o));
 }
+
+#[test]
+fn failures_dismiss_closes_them_with_a_reason_and_replay_leaves_them() {
+    let emu = emulators(60);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &emu);
+    // Every Account write refused: a cause a person decides to live with.
+    let rule = serde_json::json!({"name": "No_Events", "errorMessage": "Events are read-only",
+        "errorField": "Pendo_Events__c", "condition": {"field": "Pendo_Events__c", "operator": "notNull"}});
+    let url = format!("{}/__emulator/validation-rules/Account", emu.salesforce);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let status =
+        runtime.block_on(async { reqwest::Client::new().post(url).json(&rule).send().await.unwrap().status() });
+    assert!(status.is_success());
+
+    let o = run(&cfg, &["sync", "engagement"]);
+    assert_eq!(o.status.code(), Some(3), "refused records exit 3: {}", text(&o));
+    let o = run(&cfg, &["failures", "--json", "--limit", "0"]);
+    let open: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(open.len() > 1, "{}", text(&o));
+    let first = open[0]["id"].as_i64().unwrap().to_string();
+
+    let o = run(&cfg, &["failures", "dismiss", &first]);
+    assert_eq!(o.status.code(), Some(2), "a dismissal needs a reason: {}", text(&o));
+    let o = run(&cfg, &["failures", "dismiss", &first, "--reason", "account being merged"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("Dismissed 1 failure."), "{}", text(&o));
+    let o = run(&cfg, &["failures", "dismiss", &first, "--reason", "again"]);
+    assert_eq!(o.status.code(), Some(1), "a closed failure is not dismissed twice: {}", text(&o));
+    let o =
+        run(&cfg, &["failures", "dismiss", "--code", "FIELD_CUSTOM_VALIDATION_EXCEPTION", "--reason", "known rule"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(&format!("Dismissed {} failures.", open.len() - 1)), "{}", text(&o));
+
+    let o = run(&cfg, &["failures"]);
+    assert!(text(&o).contains("No open failures."), "{}", text(&o));
+    let o = run(&cfg, &["failures", "--status", "dismissed", "--json", "--limit", "0"]);
+    let dismissed: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(dismissed.len(), open.len());
+    assert_eq!(dismissed[0]["reason"], "account being merged");
+    assert_eq!(dismissed[1]["reason"], "known rule");
+    let o = run(&cfg, &["replay", "--all", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let replay: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(replay["claimed"], 0, "dismissed failures are not replayed: {replay}");
+
+    // The same refusal recurring stays dismissed.
+    let o = run(&cfg, &["sync", "engagement"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let o = run(&cfg, &["failures"]);
+    assert!(text(&o).contains("No open failures."), "{}", text(&o));
+}

@@ -172,6 +172,60 @@ fn the_console_needs_the_token_and_its_actions_need_the_session_csrf_token_and_o
 }
 
 #[test]
+fn a_failure_is_dismissed_from_the_console_with_a_reason_and_only_with_the_csrf_token() {
+    use engine::store::{FailureFilter, FailureStatus, NewFailure, RunId};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url, _stderr) = daemon(dir.path(), "console:\n  token: { env: CONSOLE_TOKEN }\n");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let location = format!("sqlite://{}", dir.path().join("state.db").display());
+    let store = runtime.block_on(engine::store::open(&location)).unwrap();
+    let refused = NewFailure {
+        workflow: "engagement".into(),
+        run: RunId::new(),
+        object: "Account".into(),
+        key: "acme".into(),
+        salesforce_id: Some("001Dn0000000003IAA".into()),
+        payload: serde_json::json!({"Pendo_Events__c": 5}),
+        error_code: "FIELD_CUSTOM_VALIDATION_EXCEPTION".into(),
+        message: "Events are read-only".into(),
+        fields: vec!["Pendo_Events__c".into()],
+    };
+    runtime.block_on(store.add_failures(&[refused])).unwrap();
+    let list = |status| {
+        let filter = FailureFilter { status: Some(status), ..Default::default() };
+        runtime.block_on(store.list_failures(&filter)).unwrap()
+    };
+    let id = list(FailureStatus::Open)[0].id.to_string();
+
+    let origin = url.clone();
+    let ok = request(&url, "POST", "/console/login", &[("Origin", &origin)], &format!("token={TOKEN}"));
+    let cookie = ok.header("set-cookie").unwrap().split(';').next().unwrap().to_owned();
+    let page = request(&url, "GET", "/console/failures", &[("Cookie", &cookie)], "");
+    assert!(page.body.contains(&format!("data-test=\"dismiss-{id}\"")), "{}", page.body);
+    let csrf = csrf_of(&page.body);
+    let dismiss = |token: &str, reason: &str| {
+        let body = format!("csrf={token}&scope=id&id={id}&reason={reason}");
+        request(&url, "POST", "/console/failures/dismiss", &[("Cookie", &cookie), ("Origin", &origin)], &body)
+    };
+    assert_eq!(dismiss("", "known").status, 403, "no CSRF token");
+    assert_eq!(dismiss(&"0".repeat(64), "known").status, 403, "another session's token");
+    assert_eq!(dismiss(&csrf, "").status, 303);
+    assert_eq!(list(FailureStatus::Open).len(), 1, "refused: no reason given, and no token before");
+
+    let done = dismiss(&csrf, "account+being+merged");
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert!(done.header("location").is_some_and(|l| l.contains("Dismissed")), "{}", done.head);
+    assert!(list(FailureStatus::Open).is_empty());
+    let dismissed = list(FailureStatus::Dismissed);
+    assert_eq!(dismissed[0].reason.as_deref(), Some("account being merged"));
+    let page = request(&url, "GET", "/console/failures", &[("Cookie", &cookie)], "");
+    assert!(page.body.contains("No open failures."), "{}", page.body);
+
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
 fn with_a_listen_address_the_console_has_a_listener_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, url, mut stderr) =

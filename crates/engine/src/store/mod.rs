@@ -236,7 +236,7 @@ macro_rules! text_enum {
                 match self { $($name::$variant => $text),+ }
             }
 
-            pub(crate) fn parse(text: &str) -> Result<Self, StoreError> {
+            pub fn parse(text: &str) -> Result<Self, StoreError> {
                 match text {
                     $($text => Ok($name::$variant),)+
                     other => Err(StoreError::Corrupt {
@@ -300,6 +300,7 @@ text_enum!(
         Replaying => "replaying",
         Resolved => "resolved",
         Abandoned => "abandoned",
+        Dismissed => "dismissed",
     }
 );
 
@@ -612,6 +613,8 @@ pub struct Failure {
     pub first_failed_at: DateTime<Utc>,
     pub last_failed_at: DateTime<Utc>,
     pub leased_until: Option<DateTime<Utc>>,
+    /// Why a person dismissed it (status Dismissed).
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -633,7 +636,9 @@ pub enum FailureSelector {
 
 pub trait FailureStore {
     /// A new failure for a (workflow, object, key) that already has an Open failure replaces its
-    /// payload and error and bumps its attempts instead of adding a row.
+    /// payload and error and bumps its attempts instead of adding a row. One that a person
+    /// dismissed with the same error code stays dismissed (its attempts and time move on): the
+    /// dismissal covers the same refusal recurring; a different code opens a new failure.
     fn add_failures(&self, failures: &[NewFailure]) -> StoreFuture<'_, ()>;
     /// Oldest first.
     fn list_failures(&self, filter: &FailureFilter) -> StoreFuture<'_, Vec<Failure>>;
@@ -652,6 +657,14 @@ pub trait FailureStore {
     fn resolve_failure(&self, id: i64, now: DateTime<Utc>) -> StoreFuture<'_, ()>;
     /// Back to Open with attempts + 1 and the new error.
     fn fail_again(&self, id: i64, error_code: &str, message: &str, now: DateTime<Utc>) -> StoreFuture<'_, ()>;
+    /// Closes the selected Open failures as Dismissed with a person's `reason`; returns their
+    /// ids. Failures being replayed under a live lease are left alone.
+    fn dismiss_failures(
+        &self,
+        selector: &FailureSelector,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'_, Vec<i64>>;
 }
 
 pub(crate) fn lease_until(now: DateTime<Utc>, lease: Duration) -> Result<DateTime<Utc>, StoreError> {

@@ -203,11 +203,19 @@ fn failure_from_row(row: &PgRow) -> Result<Failure, StoreError> {
         first_failed_at: get(row, "first_failed_at")?,
         last_failed_at: get(row, "last_failed_at")?,
         leased_until: get(row, "leased_until")?,
+        reason: get(row, "reason")?,
     })
 }
 
 const FAILURE_COLUMNS: &str = "id, workflow, run_id, object, key, salesforce_id, payload, \
-     error_code, message, fields, status, attempts, first_failed_at, last_failed_at, leased_until";
+     error_code, message, fields, status, attempts, first_failed_at, last_failed_at, leased_until, reason";
+
+/// The refusal a person dismissed, recurring: the dismissed row takes the attempt and stays
+/// dismissed, unless the record has a live failure already (which then takes it).
+const DISMISSED_AGAIN: &str = "UPDATE failures SET attempts = attempts + 1, last_failed_at = $6, run_id = $5 \
+     WHERE workflow = $1 AND object = $2 AND key = $3 AND error_code = $4 AND status = 'dismissed' \
+     AND NOT EXISTS (SELECT 1 FROM failures l WHERE l.workflow = $1 AND l.object = $2 AND l.key = $3 \
+       AND l.status IN ('open', 'replaying'))";
 
 async fn upsert_fingerprints(conn: &mut PgConnection, puts: &[&FingerprintPut]) -> Result<(), StoreError> {
     for chunk in puts.chunks(BATCH) {
@@ -829,6 +837,19 @@ impl FailureStore for PostgresStore {
             // One statement per failure: a batch may name the same record twice, and each
             // repeat must bump the attempts of the row the first one opened.
             for (f, fields) in &rows {
+                let still_dismissed = sqlx::query(DISMISSED_AGAIN)
+                    .bind(f.workflow.as_str())
+                    .bind(f.object.as_str())
+                    .bind(f.key.as_str())
+                    .bind(f.error_code.as_str())
+                    .bind(f.run.0)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_err("add failures"))?;
+                if still_dismissed.rows_affected() > 0 {
+                    continue;
+                }
                 sqlx::query(
                     "INSERT INTO failures (workflow, run_id, object, key, salesforce_id, payload, \
                      error_code, message, fields, status, attempts, first_failed_at, last_failed_at) \
@@ -1006,6 +1027,37 @@ impl FailureStore for PostgresStore {
             .map_err(query_err("fail again"))?;
             tx.commit().await.map_err(query_err("fail again"))?;
             Ok(())
+        })
+    }
+
+    fn dismiss_failures(
+        &self,
+        selector: &FailureSelector,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'_, Vec<i64>> {
+        let selector = selector.clone();
+        let reason = reason.to_owned();
+        Box::pin(async move {
+            let condition = match &selector {
+                FailureSelector::All { .. } => "($3::text IS NULL OR workflow = $3)",
+                FailureSelector::Ids(_) => "id = ANY($3)",
+                FailureSelector::Code(_) => "error_code = $3",
+            };
+            let sql = format!(
+                "UPDATE failures SET status = 'dismissed', reason = $1, resolved_at = $2, \
+                 leased_until = NULL, leased_by = NULL WHERE status = 'open' AND {condition} RETURNING id"
+            );
+            let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(reason).bind(now);
+            let query = match selector {
+                FailureSelector::All { workflow } => query.bind(workflow),
+                FailureSelector::Ids(ids) => query.bind(ids),
+                FailureSelector::Code(code) => query.bind(code),
+            };
+            let rows = query.fetch_all(&self.pool).await.map_err(query_err("dismiss failures"))?;
+            let mut ids = rows.iter().map(|r| get::<i64>(r, "id")).collect::<Result<Vec<_>, _>>()?;
+            ids.sort_unstable();
+            Ok(ids)
         })
     }
 }

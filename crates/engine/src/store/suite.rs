@@ -99,6 +99,7 @@ conformance!(
     failures_add_list_group,
     failures_claim_lease_resolve_retry,
     failures_concurrent_claimers,
+    failures_dismissed_with_a_reason,
     budget_ledger,
     budget_concurrent_reservations_respect_cap,
     idempotent_creates,
@@ -789,6 +790,57 @@ async fn failures_claim_lease_resolve_retry(store: Arc<dyn Store>) {
 
     assert!(store.resolve_failure(999_999, t(2, 0)).await.is_err());
     assert!(store.fail_again(999_999, "X", "x", t(2, 0)).await.is_err());
+}
+
+async fn failures_dismissed_with_a_reason(store: Arc<dyn Store>) {
+    let run = RunId::new();
+    store
+        .add_failures(&[
+            failure("k1", "A", run),
+            failure("k2", "A", run),
+            failure("k3", "B", run),
+            failure("k4", "B", run),
+        ])
+        .await
+        .unwrap();
+    let ids: Vec<i64> =
+        store.list_failures(&FailureFilter::default()).await.unwrap().into_iter().map(|f| f.id).collect();
+    // k4 is being replayed: a dismissal passes over it.
+    let claimed = store.claim_failures(&FailureSelector::Ids(vec![ids[3]]), "w", LEASE, t(1, 0), 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+
+    let by_id =
+        store.dismiss_failures(&FailureSelector::Ids(vec![ids[0]]), "account being merged", t(1, 1)).await.unwrap();
+    assert_eq!(by_id, vec![ids[0]]);
+    let by_code = store.dismiss_failures(&FailureSelector::Code("B".into()), "known", t(1, 2)).await.unwrap();
+    assert_eq!(by_code, vec![ids[2]], "the replaying one is left alone");
+    assert!(store.dismiss_failures(&FailureSelector::Ids(vec![ids[0]]), "again", t(1, 3)).await.unwrap().is_empty());
+
+    let dismissed = store
+        .list_failures(&FailureFilter { status: Some(FailureStatus::Dismissed), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(dismissed.iter().map(|f| f.id).collect::<Vec<_>>(), vec![ids[0], ids[2]]);
+    assert_eq!(dismissed[0].reason.as_deref(), Some("account being merged"));
+    let groups = store.failure_groups(None).await.unwrap();
+    assert_eq!(groups, vec![("A".to_owned(), "A on k2".to_owned(), 1)], "dismissed ones are not open");
+    // Dismissed rows are never claimed for replay.
+    let all = store.claim_failures(&FailureSelector::All { workflow: None }, "w2", LEASE, t(1, 0), 10).await.unwrap();
+    assert_eq!(all.iter().map(|f| f.id).collect::<Vec<_>>(), vec![ids[1]]);
+
+    // The same refusal recurring stays dismissed (one row, attempts move on); another code opens
+    // a new failure, and a dismissal never blocks a later one of that code.
+    store.add_failures(&[failure("k1", "A", run)]).await.unwrap();
+    let k1 = |all: &[crate::store::Failure]| all.iter().filter(|f| f.key == "k1").cloned().collect::<Vec<_>>();
+    let now = store.list_failures(&FailureFilter::default()).await.unwrap();
+    assert_eq!(k1(&now).len(), 1);
+    assert_eq!((k1(&now)[0].status, k1(&now)[0].attempts), (FailureStatus::Dismissed, 2));
+    store.add_failures(&[failure("k1", "C", run)]).await.unwrap();
+    store.add_failures(&[failure("k1", "A", run)]).await.unwrap();
+    let now = store.list_failures(&FailureFilter::default()).await.unwrap();
+    let open: Vec<_> = k1(&now).into_iter().filter(|f| f.status == FailureStatus::Open).collect();
+    assert_eq!(open.len(), 1, "one open failure per record: {now:?}");
+    assert_eq!((open[0].error_code.as_str(), open[0].attempts), ("A", 2));
 }
 
 async fn failures_concurrent_claimers(store: Arc<dyn Store>) {

@@ -160,12 +160,14 @@ async fn body(
     let mut changes: Vec<(Change, String, bool)> = Vec::new();
     let mut outcomes: Vec<RecordOutcome> = Vec::new();
     let mut newest: Option<DateTime<Utc>> = None;
+    let mut stamps: HashMap<String, DateTime<Utc>> = HashMap::new();
     for row in &rows {
         let id = at_path(row, "Id").as_str().unwrap_or_default().to_owned();
         if let Some(stamp) =
             at_path(row, "SystemModstamp").as_str().and_then(|s| salesforce::rest::describe::sf_datetime::parse(s).ok())
         {
             newest = newest.max(Some(stamp));
+            stamps.insert(id.clone(), stamp);
         }
         let mut pendo_ids: Vec<String> = Vec::new();
         if let Some(f) = pendo_account_field
@@ -269,6 +271,8 @@ async fn body(
     let outcome_of: HashMap<&str, pendo::metadata::Outcome> =
         bulk.outcomes.iter().map(|(id, o)| (id.as_str(), *o)).collect();
     let mut prints = Vec::new();
+    let mut ledger = super::ledger::Ledger::default();
+    let mut refused: Vec<(&str, &str)> = Vec::new();
     for (c, sf_id, _) in &changes {
         let o = outcome_of.get(c.key.as_str()).copied();
         let changes_of =
@@ -276,6 +280,7 @@ async fn body(
         match o {
             Some(pendo::metadata::Outcome::Updated) => {
                 report.written += 1;
+                ledger.written(OBJECT, &c.key);
                 prints.extend(c.prints.iter().map(|(field, p)| FingerprintPut {
                     scope: scope(&workflow.name),
                     key: c.key.clone(),
@@ -312,6 +317,16 @@ async fn body(
                         message: message.clone(),
                     });
                 }
+                refused.push((&c.key, sf_id));
+                ledger.refused(super::ledger::Refusal {
+                    object: OBJECT.into(),
+                    key: c.key.clone(),
+                    salesforce_id: Some(sf_id.clone()),
+                    payload: Value::Object(c.fields.iter().cloned().collect()),
+                    code: code.into(),
+                    message: message.clone(),
+                    fields: c.fields.iter().map(|(f, _)| f.clone()).collect(),
+                });
                 outcomes.push(RecordOutcome {
                     object: OBJECT.into(),
                     key: c.key.clone(),
@@ -330,7 +345,15 @@ async fn body(
     for chunk in outcomes.chunks(5_000) {
         ctx.store.record_outcomes(run_id, chunk, &[]).await?;
     }
-    if let Some(newest) = newest {
+    // The cursor stays at the oldest Account whose values Pendo refused, so the next run (or a
+    // replay) reads it again and sends what it holds then; one a person dismissed lets it pass.
+    let dismissed = ledger.settle(ctx, &workflow.name, run_id, now).await?;
+    let hold = refused
+        .iter()
+        .filter(|(key, _)| !dismissed.contains(&(OBJECT.to_owned(), (*key).to_owned())))
+        .filter_map(|(_, sf)| stamps.get(*sf).copied())
+        .min();
+    if let Some(newest) = hold.or(newest) {
         let next = newest.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         if stored.as_deref() != Some(next.as_str()) {
             ctx.store.advance_cursor(&workflow.name, CURSOR, stored.as_deref(), &next).await?;

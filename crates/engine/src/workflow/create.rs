@@ -588,6 +588,36 @@ pub(crate) fn history(groups: &[Group], results: &[GroupResult], report: &mut Ru
     out
 }
 
+/// The ledger of `groups`: every record made (by its key), and every record Salesforce refused
+/// or whose outcome is unknown. A deferred, held or waiting record is no failure: the next run
+/// sends it, since its episode or count is stored only once the group is complete.
+pub(crate) fn ledger(groups: &[Group], results: &[GroupResult]) -> super::ledger::Ledger {
+    let mut ledger = super::ledger::Ledger::default();
+    for (g, r) in groups.iter().zip(results) {
+        for (record, made) in g.records.iter().zip(&r.made) {
+            let (code, message) = match made {
+                Created::New { .. } | Created::Existing { .. } => {
+                    ledger.written(&record.object, &record.key);
+                    continue;
+                }
+                Created::Refused { code, message } => (code.clone(), message.clone()),
+                Created::Unknown { message } => ("OUTCOME_UNKNOWN".to_owned(), message.clone()),
+                Created::Deferred { .. } | Created::Waiting | Created::Held { .. } => continue,
+            };
+            ledger.refused(super::ledger::Refusal {
+                object: record.object.clone(),
+                key: record.key.clone(),
+                salesforce_id: Some(g.account_id.clone()),
+                payload: Value::Object(record.fields.clone()),
+                code,
+                message: format!("{message}; {}", g.note),
+                fields: record.fields.keys().cloned().collect(),
+            });
+        }
+    }
+    ledger
+}
+
 /// Characters of a key's readable part: what an external-ID value and a URL segment take
 /// without surprises.
 fn readable(c: char) -> bool {

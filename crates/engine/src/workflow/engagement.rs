@@ -2,7 +2,7 @@
 //! matching Salesforce Account, only the fields that changed, by the cheapest path the budget
 //! allows.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -16,9 +16,7 @@ use crate::matching::{Outcome, PendoSide};
 use crate::metrics;
 use crate::plan::{self, Allowance, CostModel};
 use crate::preflight::Quarantine;
-use crate::store::{
-    Action, FailureFilter, FailureStatus, FieldChange, FingerprintPut, NewFailure, RecordOutcome, RunId,
-};
+use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome, RunId};
 
 const OBJECT: &str = "Account";
 
@@ -250,7 +248,7 @@ pub(crate) async fn preflight(
 const RECORD_CHUNK: usize = 5_000;
 
 /// Keeps what happened: outcomes and fingerprints in transactions of [`RECORD_CHUNK`] records
-/// (a record counts as written only once its fingerprints are stored), then the failures.
+/// (a record counts as written only once its fingerprints are stored), then the failure ledger.
 async fn record(
     ctx: &Context,
     workflow: &str,
@@ -264,8 +262,9 @@ async fn record(
     let changes_of = |c: &Change| -> Vec<FieldChange> {
         c.fields.iter().map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() }).collect()
     };
+    let mut ledger = super::ledger::Ledger::default();
+    ledger.delivery(OBJECT, &delivery, |c| &c.key);
     let deliver::Delivery { written, failed, .. } = delivery;
-    let written_keys: HashSet<String> = written.iter().map(|c| c.key.clone()).collect();
     let mut written = written.into_iter().peekable();
     while written.peek().is_some() {
         let mut chunk_outcomes = Vec::with_capacity(RECORD_CHUNK);
@@ -329,37 +328,6 @@ async fn record(
     for chunk in outcomes.chunks(RECORD_CHUNK) {
         ctx.store.record_outcomes(run_id, chunk, &[]).await?;
     }
-    // A record written now settles any failure still open for it from an earlier run.
-    let open = ctx
-        .store
-        .list_failures(&FailureFilter {
-            workflow: Some(workflow.to_owned()),
-            status: Some(FailureStatus::Open),
-            error_code: None,
-            limit: 0,
-        })
-        .await?;
-    if !open.is_empty() {
-        for f in open.iter().filter(|f| f.object == OBJECT && written_keys.contains(&f.key)) {
-            ctx.store.resolve_failure(f.id, now).await?;
-        }
-    }
-    let failures: Vec<NewFailure> = failed
-        .iter()
-        .map(|f| NewFailure {
-            workflow: workflow.to_owned(),
-            run: run_id,
-            object: OBJECT.into(),
-            key: f.change.key.clone(),
-            salesforce_id: Some(f.change.salesforce_id.clone()),
-            payload: Value::Object(f.change.fields.iter().cloned().collect()),
-            error_code: f.code.clone(),
-            message: f.message.clone(),
-            fields: f.fields.clone(),
-        })
-        .collect();
-    if !failures.is_empty() {
-        ctx.store.add_failures(&failures).await?;
-    }
+    ledger.settle(ctx, workflow, run_id, now).await?;
     Ok(())
 }

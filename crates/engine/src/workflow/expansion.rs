@@ -294,6 +294,7 @@ async fn body(
         .collect();
     crate::testhook::crash_point("record");
     ctx.store.record_outcomes(run_id, &outs, &puts).await?;
+    create::ledger(&groups, &results).settle(ctx, &workflow.name, run_id, now).await?;
     meter.step("record", None);
     super::settle(ctx, &workflow.name, now, meter, &mut report).await?;
     Ok(report)

@@ -15,7 +15,8 @@
 //! - [`create`]: the create stage: groups of records made exactly once, never clobbering, within the budget.
 //! - `update`: the update stage: changed fields onto existing records within the reserved budget,
 //!   then read back ([`crate::verify`]).
-//! - [`replay`]: sending kept failures again.
+//! - `ledger`: the failure ledger every template settles its refused and written records in.
+//! - [`replay`]: running failed records' workflows again, re-deriving what they send.
 
 pub mod attributes;
 pub mod create;
@@ -23,6 +24,7 @@ pub mod drop_alert;
 pub mod engagement;
 pub mod expansion;
 mod lease;
+mod ledger;
 pub mod new_users;
 pub mod nps;
 pub mod replay;

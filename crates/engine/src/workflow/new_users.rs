@@ -11,7 +11,8 @@
 //! record it already made.
 //!
 //! The cursor is the newest first visit handled; it never passes a visitor that was deferred
-//! (budget, another worker's create in flight, a transient refusal), so those come back next run.
+//! (budget, another worker's create in flight, a transient refusal) or refused (kept in the
+//! failure ledger, unless a person dismissed it), so those come back next run.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -516,7 +517,9 @@ async fn body(
         })
         .collect();
     let mut prints = Vec::new();
+    let mut ledger = super::ledger::Ledger::default();
     for (w, id, action) in &written {
+        ledger.written(w.object, &w.person.visitor.visitor_id);
         let scope = scope(&workflow.name, w.object);
         prints.extend(w.fields.iter().map(|(field, value)| FingerprintPut {
             scope: scope.clone(),
@@ -537,6 +540,15 @@ async fn body(
         });
     }
     for (w, code, message) in &failed {
+        ledger.refused(super::ledger::Refusal {
+            object: w.object.into(),
+            key: w.person.visitor.visitor_id.clone(),
+            salesforce_id: w.salesforce_id.clone(),
+            payload: Value::Object(w.fields.iter().cloned().collect()),
+            code: code.clone(),
+            message: message.clone(),
+            fields: w.fields.iter().map(|(f, _)| f.clone()).collect(),
+        });
         outcomes_kept.push(RecordOutcome {
             object: w.object.into(),
             key: w.person.visitor.visitor_id.clone(),
@@ -561,12 +573,21 @@ async fn body(
         });
     }
     ctx.store.record_outcomes(run_id, &[], &prints).await?;
-    let next = cursor_after(min_first_visit(&deferred), max_first_visit);
+    let dismissed = ledger.settle(ctx, &workflow.name, run_id, now).await?;
+    // A refused visitor holds the cursor like a deferred one, so the next run (or a replay)
+    // reads it again and derives its record afresh; one whose refusal a person dismissed does not.
+    let refused = failed
+        .iter()
+        .filter(|(w, _, _)| !dismissed.contains(&(w.object.to_owned(), w.person.visitor.visitor_id.clone())))
+        .map(|(w, _, _)| w.person.visitor.first_visit_ms)
+        .min();
+    let hold = [min_first_visit(&deferred), refused].into_iter().flatten().min();
+    let next = cursor_after(hold, max_first_visit);
     finish_report(ctx, workflow, report, meter, outcomes_kept, stored.as_deref(), next, options).await
 }
 
-/// Where the cursor goes: just at the oldest deferred visitor (so it is read again), else the
-/// newest first visit read.
+/// Where the cursor goes: just at the oldest deferred or refused visitor (so it is read again),
+/// else the newest first visit read.
 fn cursor_after(hold: Option<i64>, newest: Option<i64>) -> Option<i64> {
     hold.or(newest)
 }

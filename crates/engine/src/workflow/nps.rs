@@ -25,9 +25,7 @@ use tokio::sync::{Notify, watch};
 
 use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::config::{ContactMatch, FollowUpObject, NpsConfig, OwnerSource, Template, Workflow};
-use crate::store::{
-    Action, CreateState, FieldChange, InboxEvent, NewFailure, NewRun, RecordOutcome, RunFinish, RunId, RunState,
-};
+use crate::store::{Action, CreateState, FieldChange, InboxEvent, NewRun, RecordOutcome, RunFinish, RunId, RunState};
 
 /// Events taken from the inbox per batch: keeps each SOQL `IN` list and Collections call small.
 pub const MAX_BATCH: u32 = 100;
@@ -340,23 +338,26 @@ pub async fn process(
         if !outcomes.is_empty() {
             ctx.store.record_outcomes(id, &outcomes, &[]).await?;
         }
-        if !failures.is_empty() {
-            let list: Vec<NewFailure> = failures
-                .iter()
-                .map(|(object, key, payload, code, message)| NewFailure {
-                    workflow: workflow.name.clone(),
-                    run: id,
-                    object: object.clone(),
-                    key: key.clone(),
-                    salesforce_id: None,
-                    payload: payload.clone(),
-                    error_code: code.clone(),
-                    message: message.clone(),
-                    fields: Vec::new(),
-                })
-                .collect();
-            ctx.store.add_failures(&list).await?;
+        let mut ledger = super::ledger::Ledger::default();
+        for o in outcomes.iter().filter(|o| matches!(o.action, Action::Created | Action::Updated)) {
+            ledger.written(&o.object, &o.key);
         }
+        for (object, key, payload, code, message) in &failures {
+            ledger.refused(super::ledger::Refusal {
+                object: object.clone(),
+                key: key.clone(),
+                salesforce_id: None,
+                payload: payload.clone(),
+                code: code.clone(),
+                message: message.clone(),
+                fields: payload
+                    .get("sent")
+                    .and_then(Value::as_object)
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default(),
+            });
+        }
+        ledger.settle(ctx, &workflow.name, id, now).await?;
     }
     let calls: u64 = report.api_calls.values().sum();
     if calls > 0 {
@@ -819,7 +820,40 @@ fn record_failure(
             message: message.clone(),
         });
     }
+    // The answer itself rides along: a replay queues it again and derives what to send from
+    // the config of that day, since the inbox event is marked processed and never read again.
+    let payload = json!({"sent": payload, "response": response_event(r)});
     failures.push((object.to_owned(), r.key.clone(), payload, code, message));
+}
+
+/// The answer `r` as the webhook event that carries it.
+fn response_event(r: &Response) -> Value {
+    json!({
+        "event": EVENT,
+        "visitorId": r.visitor_id,
+        "timestamp": r.time.timestamp(),
+        "uniqueId": r.key,
+        "properties": {"nps": {"rating": r.rating, "reason": r.comment}},
+    })
+}
+
+/// Queues again the answers of `failures` that kept one (see `record_failure`), under fresh
+/// inbox ids, so the next drain writes them from the current config and data; the response
+/// key is the same, so the ledger settles their failures. Returns how many were queued.
+pub(crate) async fn requeue(ctx: &Context, failures: &[crate::store::Failure]) -> Result<usize, RunError> {
+    let mut queued = 0;
+    for f in failures {
+        let Some(event) = f.payload.get("response").filter(|e| e.is_object()) else { continue };
+        let mut body = event.clone();
+        let unique_id = format!("{}:replay:{}:{}", f.key, f.id, f.attempts);
+        body["uniqueId"] = json!(unique_id);
+        let event =
+            InboxEvent { unique_id, source: "replay".into(), kind: EVENT.into(), received_at: Utc::now(), body };
+        if ctx.store.put_event(&event).await? {
+            queued += 1;
+        }
+    }
+    Ok(queued)
 }
 
 /// An Account's Contacts' NPS answers, its engagement and its current health score.

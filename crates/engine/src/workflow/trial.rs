@@ -284,8 +284,8 @@ async fn body(
             value: c.fields.iter().find(|(f, _)| f == field).map(|(_, v)| v.clone()),
         }));
     }
-    // Failures are not kept for `usagesync replay` (which replays Account updates): their
-    // fingerprints are not stored, so the next run sends them again.
+    // A refused update's fingerprints are not stored, so the next run (or `replay`) derives
+    // and sends it again.
     for f in &delivery.failed {
         outs.push(RecordOutcome {
             object: OBJECT.into(),
@@ -309,6 +309,10 @@ async fn body(
         });
     }
     ctx.store.record_outcomes(run_id, &outs, &prints).await?;
+    let mut ledger = super::ledger::Ledger::default();
+    // An account may have several trial Opportunities: each is its own record in the ledger.
+    ledger.delivery(OBJECT, &delivery, |c| &c.salesforce_id);
+    ledger.settle(ctx, &workflow.name, run_id, now).await?;
     report.written = delivery.written.len();
     report.failed = delivery.failed.len();
     report.deferred = deferred.len();

@@ -1,5 +1,5 @@
-//! `usagesync runs`, `failures` and `replay`: the run history and the records Salesforce
-//! refused, read from the state store, and sending those records again.
+//! `usagesync runs`, `failures` and `replay`: the run history and the records Salesforce or
+//! Pendo refused, read from the state store, dismissing them, and trying those records again.
 
 use anyhow::{Result, bail};
 use engine::store::{FailureFilter, FailureSelector, FailureStatus, OutcomeFilter, Run};
@@ -103,21 +103,40 @@ pub async fn failures(
     config_path: &std::path::Path,
     workflow: Option<String>,
     code: Option<String>,
+    status: FailureStatus,
     limit: u32,
     json: bool,
 ) -> Result<u8> {
     let config = context::load_config(config_path)?;
     let store = context::open_store(&config, &context::env_var).await?;
     let list = store
-        .list_failures(&FailureFilter {
-            workflow: workflow.clone(),
-            status: Some(FailureStatus::Open),
-            error_code: code,
-            limit,
-        })
+        .list_failures(&FailureFilter { workflow: workflow.clone(), status: Some(status), error_code: code, limit })
         .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(0);
+    }
+    if status != FailureStatus::Open {
+        if list.is_empty() {
+            println!("No {status} failures.");
+            return Ok(0);
+        }
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|f| {
+                vec![
+                    f.id.to_string(),
+                    f.workflow.clone(),
+                    f.object.clone(),
+                    f.key.clone(),
+                    f.error_code.clone(),
+                    f.attempts.to_string(),
+                    f.reason.clone().unwrap_or_else(|| f.message.clone()),
+                ]
+            })
+            .collect();
+        let last = if status == FailureStatus::Dismissed { "reason" } else { "message" };
+        table::print(&["id", "workflow", "object", "key", "error code", "attempts", last], &rows);
         return Ok(0);
     }
     let groups = store.failure_groups(workflow.as_deref()).await?;
@@ -129,7 +148,7 @@ pub async fn failures(
         .iter()
         .map(|(code, message, n)| vec![code.clone(), thousands(*n), message.clone(), hint(code).to_owned()])
         .collect();
-    table::print(&["error code", "records", "Salesforce said", "what to do"], &rows);
+    table::print(&["error code", "records", "Salesforce or Pendo said", "what to do"], &rows);
     println!();
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -137,15 +156,53 @@ pub async fn failures(
             vec![
                 f.id.to_string(),
                 f.workflow.clone(),
+                f.object.clone(),
                 f.key.clone(),
                 f.salesforce_id.clone().unwrap_or_default(),
                 f.error_code.clone(),
+                f.fields.join(", "),
                 f.attempts.to_string(),
             ]
         })
         .collect();
-    table::print(&["id", "workflow", "Pendo account", "Salesforce Id", "error code", "attempts"], &rows);
-    println!("Send again with `usagesync replay --all`, `--code CODE` or by id.");
+    table::print(&["id", "workflow", "object", "key", "Salesforce Id", "error code", "fields", "attempts"], &rows);
+    println!(
+        "Once the cause is fixed, try again with `usagesync replay --all`, `--code CODE` or by id; \
+         close one that needs nothing with `usagesync failures dismiss ID --reason TEXT`."
+    );
+    Ok(0)
+}
+
+/// `usagesync failures dismiss`: closes open failures with a reason kept in the store.
+pub async fn dismiss(
+    config_path: &std::path::Path,
+    ids: Vec<i64>,
+    code: Option<String>,
+    reason: &str,
+    json: bool,
+) -> Result<u8> {
+    if reason.trim().is_empty() {
+        bail!("say why with --reason: it is kept with each dismissed failure");
+    }
+    let selector = match code {
+        Some(code) => FailureSelector::Code(code),
+        None => FailureSelector::Ids(ids.clone()),
+    };
+    let config = context::load_config(config_path)?;
+    let store = context::open_store(&config, &context::env_var).await?;
+    let dismissed = store.dismiss_failures(&selector, reason.trim(), chrono::Utc::now()).await?;
+    if json {
+        println!("{}", serde_json::json!({ "dismissed": dismissed }));
+    } else {
+        println!("Dismissed {} failure{}.", dismissed.len(), if dismissed.len() == 1 { "" } else { "s" });
+    }
+    // Ids named that were not open (unknown, being replayed, or closed already) are the
+    // operator's mistake to see, not a silent success.
+    let missed: Vec<i64> = ids.iter().copied().filter(|id| !dismissed.contains(id)).collect();
+    if !missed.is_empty() {
+        let list = missed.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        bail!("not open (unknown, being replayed, or closed already): {list}");
+    }
     Ok(0)
 }
 
@@ -165,6 +222,9 @@ pub fn hint(code: &str) -> &'static str {
         "UNABLE_TO_LOCK_ROW" | "UNPROCESSED" => "lock contention or an interrupted job: replay",
         "STRING_TOO_LONG" | "NUMBER_OUTSIDE_VALID_RANGE" => "the value does not fit the field: widen the field",
         "REQUEST_LIMIT_EXCEEDED" => "the org's daily API allocation was spent: replay after it frees up",
+        "PENDO_REFUSED" => "Pendo refused the values: check the metadata field exists in Pendo with that type",
+        "PENDO_ACCOUNT_MISSING" => "Pendo has no such account: fix the Account's Pendo id, or dismiss",
+        "OUTCOME_UNKNOWN" => "the create may or may not have landed: replay (it looks the key up first)",
         _ => "read Salesforce's message, fix the cause, then replay",
     }
 }
@@ -194,6 +254,10 @@ pub async fn replay(
             "Replayed {} failures: {} written, {} failed again ({} Salesforce calls).",
             report.claimed, report.resolved, report.failed_again, report.api_calls
         );
+        for (workflow, note) in &report.notes {
+            let run = report.runs.get(workflow).map(|r| format!(" (run {r})")).unwrap_or_default();
+            println!("  {workflow}{run}: {note}");
+        }
     }
     Ok(if report.failed_again > 0 { super::sync::EXIT_FAILURES } else { 0 })
 }

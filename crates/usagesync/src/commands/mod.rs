@@ -39,7 +39,12 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Runs { id, workflow, limit, search } => {
             history::runs(config, id.as_deref(), workflow.as_deref(), limit, search, json).await
         }
-        Command::Failures { workflow, code, limit } => history::failures(config, workflow, code, limit, json).await,
+        Command::Failures { action: Some(crate::cli::FailuresAction::Dismiss { ids, code, reason }), .. } => {
+            history::dismiss(config, ids, code, &reason, json).await
+        }
+        Command::Failures { action: None, workflow, code, status, limit } => {
+            history::failures(config, workflow, code, status, limit, json).await
+        }
         Command::Pin { workflow, pendo_account, salesforce_id, unpin } => {
             history::pin(config, &workflow, &pendo_account, salesforce_id.as_deref(), unpin).await
         }

@@ -123,8 +123,11 @@ pub fn print_report(r: &RunReport) {
         println!();
         let rows: Vec<Vec<String>> =
             r.failures.iter().map(|f| vec![f.salesforce_id.clone(), f.code.clone(), f.message.clone()]).collect();
-        table::print(&["Account", "error", "message"], &rows);
-        println!("See them all with `usagesync failures`; send them again with `usagesync replay --all`.");
+        table::print(&["record", "error", "message"], &rows);
+        println!(
+            "See them all with `usagesync failures`; once the cause is fixed, `usagesync replay --all` runs \
+             the workflow again; `usagesync failures dismiss ID --reason TEXT` closes one that needs nothing."
+        );
     }
     print_preflight(r);
     print_verify(r);

@@ -1,6 +1,7 @@
-//! Failures: open failures grouped by Salesforce error code with the message Salesforce gave
-//! and what to do about it, each record below; and the replay action (one, a group or all),
-//! which sends them again through `engine::workflow::replay` and shows the replay's run.
+//! Failures: open failures grouped by Salesforce or Pendo error code with the message given and
+//! what to do about it, each record below; the replay action (one, a group or all), which runs
+//! their workflows again through `engine::workflow::replay` and shows the replay's run; and the
+//! dismiss action (one or a group, with a reason kept in the store) for failures that need nothing.
 
 use std::fmt::Write as _;
 
@@ -60,12 +61,16 @@ pub(crate) async fn page(State(st): State<ConsoleState>, headers: HeaderMap, Que
                         &[("scope", "code"), ("code", code)],
                         "Replay group",
                         &format!("replay-code-{code}"),
-                    ),
+                    ) + &dismiss_form(csrf, &[("scope", "code"), ("code", code)], &format!("dismiss-code-{code}")),
                 ]
             })
             .collect();
         body.push_str("<h2>By error code</h2>");
-        body.push_str(&html::table(&["error code", "records", "Salesforce said", "what to do", ""], &rows, "groups"));
+        body.push_str(&html::table(
+            &["error code", "records", "Salesforce or Pendo said", "what to do", ""],
+            &rows,
+            "groups",
+        ));
         body.push_str(&html::action_button(
             "/console/failures/replay",
             csrf,
@@ -93,7 +98,7 @@ pub(crate) async fn page(State(st): State<ConsoleState>, headers: HeaderMap, Que
                         &[("scope", "id"), ("id", &id)],
                         "Replay",
                         &format!("replay-{id}"),
-                    ),
+                    ) + &dismiss_form(csrf, &[("scope", "id"), ("id", &id)], &format!("dismiss-{id}")),
                 ]
             })
             .collect();
@@ -169,6 +174,65 @@ pub(crate) async fn replay(
             }
         }
         Err(e) => super::unavailable("The replay", &e),
+    }
+}
+
+/// A dismissal: one failure or a group by code, with the reason a person gives (required).
+fn dismiss_form(csrf: Option<&str>, fields: &[(&str, &str)], test_id: &str) -> String {
+    let mut hidden = csrf.map(html::csrf_field).unwrap_or_default();
+    for (k, v) in fields {
+        let _ = write!(hidden, "<input type=\"hidden\" name=\"{}\" value=\"{}\">", html::esc(k), html::esc(v));
+    }
+    format!(
+        "<form class=\"inline\" method=\"post\" action=\"/console/failures/dismiss\">{hidden}\
+         <input name=\"reason\" placeholder=\"why it needs nothing\" size=\"18\" required> \
+         <button type=\"submit\" data-test=\"{}\">Dismiss</button></form>",
+        html::esc(test_id)
+    )
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DismissForm {
+    #[serde(default)]
+    csrf: String,
+    scope: String,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    reason: String,
+}
+
+pub(crate) async fn dismiss(
+    State(st): State<ConsoleState>,
+    headers: HeaderMap,
+    Form(form): Form<DismissForm>,
+) -> Response {
+    if let Err(r) = st.auth.check_action(&headers, &form.csrf) {
+        return r.into_response();
+    }
+    let reason = form.reason.trim();
+    if reason.is_empty() {
+        return back("Say why the failure needs nothing: the reason is kept with it.");
+    }
+    let selector = match form.scope.as_str() {
+        "code" if !form.code.is_empty() => FailureSelector::Code(form.code.clone()),
+        "id" => match form.id.parse::<i64>() {
+            Ok(id) => FailureSelector::Ids(vec![id]),
+            Err(_) => return back("That is not a failure id."),
+        },
+        _ => return back("Say what to dismiss: one failure or an error code."),
+    };
+    match st.ctx.store.dismiss_failures(&selector, reason, chrono::Utc::now()).await {
+        Ok(ids) => {
+            tracing::info!(scope = %form.scope, code = %form.code, id = %form.id, dismissed = ids.len(), reason, "Console: failures dismissed");
+            if ids.is_empty() {
+                return back("Nothing dismissed: those failures are closed already or being replayed.");
+            }
+            back(&format!("Dismissed {} failure{}.", ids.len(), if ids.len() == 1 { "" } else { "s" }))
+        }
+        Err(e) => super::unavailable("The dismissal", &e),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The web console the daemon serves: server-rendered pages over the state store (overview,
 //! a run, failures, matching review, API budget, config) and the few actions an operator takes
-//! (replay failures, pin a match). It owns access (login, sessions, CSRF and Origin checks) and
+//! (replay or dismiss failures, pin a match). It owns access (login, sessions, CSRF and Origin checks) and
 //! its own listener when `console.listen` asks for one; pages live one module each.
 //!
 //! Every page reads the store on request, so it shows every worker sharing the store, and
@@ -86,6 +86,7 @@ fn router(state: ConsoleState) -> Router {
         .route("/console/runs/{id}", get(run::page))
         .route("/console/failures", get(failures::page))
         .route("/console/failures/replay", post(failures::replay))
+        .route("/console/failures/dismiss", post(failures::dismiss))
         .route("/console/matching", get(matching::page))
         .route("/console/matching/pin", post(matching::pin))
         .route("/console/budget", get(budget::page))

@@ -67,7 +67,7 @@ async fn render(st: &ConsoleState, id: RunId, params: &Params) -> Result<Option<
         vec!["took".into(), finished.unwrap_or_else(|| "—".into())],
     ];
     // Who held the run's lease tells a person which worker ran it, and for a running run how
-    // fresh its heartbeat is; runs without a lease (dry runs, replays) have none to show.
+    // fresh its heartbeat is; runs without a lease (dry runs, older replays) have none to show.
     if let Some(holder) = &run.holder {
         facts.push(vec!["worker".into(), html::esc(holder)]);
         facts.push(vec!["last heartbeat".into(), html::opt_time(run.heartbeat_at.as_ref())]);

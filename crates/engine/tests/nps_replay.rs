@@ -1,0 +1,120 @@
+//! nps-realtime in the failure ledger, against both emulators on 127.0.0.1: a follow-up Salesforce
+//! refuses is kept with its answer, and `replay` after the fix queues that answer again and
+//! writes it from the config as it is now.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use emulator::pendo::{GenConfig, PendoConfig, PendoState};
+use engine::store::{FailureFilter, FailureSelector, FailureStatus, InboxEvent};
+use engine::workflow::{Context, RunOptions};
+use serde_json::{Value, json};
+
+const CONFIG: &str = r#"
+connections:
+  salesforce:
+    login_url: "{sf}"
+    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
+  pendo:
+    base_url: "{pendo}"
+    integration_key: { env: PENDO_KEY }
+store: "sqlite://unused.db"
+budget: { daily_share: 1.0 }
+workflows:
+  nps:
+    template: nps-realtime
+    schedule: "*/15 * * * *"
+    window_days: 7
+    contact:
+      match: [visitor_id_field]
+      visitor_id_field: Pendo_Visitor_Id__c
+      score_field: NPS_Score__c
+      comment_field: NPS_Comment__c
+      date_field: NPS_Date__c
+    follow_up:
+      object: Task
+      owner: account
+      subject: "{subject}"
+      priority: High
+      due_in_days: 2
+      key_field: Usagesync_Key__c
+"#;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "SF_SECRET" => Some("emulator-secret".into()),
+        "PENDO_KEY" => Some("emulator-integration-key".into()),
+        _ => None,
+    }
+}
+
+fn context(sf: &str, pendo: &str, subject: &str, store: Arc<dyn engine::store::Store>) -> Context {
+    let text = CONFIG.replace("{sf}", sf).replace("{pendo}", pendo).replace("{subject}", subject);
+    let config = engine::config::load_str(&text, "test.yaml").unwrap();
+    Context {
+        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
+        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
+        store,
+        config: Arc::new(config),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_follow_up_is_kept_and_replay_writes_it_from_the_current_config() {
+    let gc = GenConfig { seed: 3, accounts: 5, days: 10, ..GenConfig::default() };
+    let state = PendoState::generated(PendoConfig::default(), &gc);
+    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
+    emulator::seed_matching_org(&sf.state, &state).unwrap();
+    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = engine::store::open(&format!("sqlite://{}", dir.path().join("state.db").display())).await.unwrap();
+    let http = reqwest::Client::new();
+    let admin = |path: &str| format!("{}/__emulator/{path}", sf.base_url);
+
+    let accounts: Vec<Value> = http.get(admin("records/Account")).send().await.unwrap().json().await.unwrap();
+    let account = accounts[0]["Id"].as_str().unwrap();
+    let contact = json!([{"LastName": "Detractor", "AccountId": account, "Pendo_Visitor_Id__c": "nps-v1"}]);
+    assert!(http.post(admin("records/Contact")).json(&contact).send().await.unwrap().status().is_success());
+    let rule = json!({"name": "No_Follow_Ups", "errorMessage": "Tasks are frozen", "errorField": "Subject",
+                      "condition": {"field": "Subject", "operator": "contains", "value": "NPS"}});
+    assert!(http.post(admin("validation-rules/Task")).json(&rule).send().await.unwrap().status().is_success());
+
+    let ctx = context(&sf.base_url, &pendo.base_url, "NPS detractor: follow up", store.clone());
+    let secs = Utc::now().timestamp() - 60;
+    let body = json!({"event": "npsSubmitted", "visitorId": "nps-v1", "timestamp": secs, "uniqueId": "a1b2",
+                      "properties": {"nps": {"rating": 2, "reason": "too slow"}}});
+    let event = InboxEvent {
+        unique_id: "a1b2".into(),
+        source: "pendo".into(),
+        kind: "npsSubmitted".into(),
+        received_at: Utc::now(),
+        body,
+    };
+    assert!(store.put_event(&event).await.unwrap());
+    let options = RunOptions { trigger: "test".into(), ..Default::default() };
+    let first = engine::workflow::run(&ctx, "nps", &options).await.unwrap();
+    assert_eq!(first.failed, 1, "{first:?}");
+    let open =
+        store.list_failures(&FailureFilter { status: Some(FailureStatus::Open), ..Default::default() }).await.unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!((open[0].object.as_str(), open[0].error_code.as_str()), ("Task", "FIELD_CUSTOM_VALIDATION_EXCEPTION"));
+    assert_eq!(open[0].payload["sent"]["Subject"], "NPS detractor: follow up (2/10)");
+    assert!(open[0].fields.iter().any(|f| f == "Subject"), "{open:?}");
+
+    // Fixed, and the follow-up's subject reworded since: the replay sends the new one.
+    assert!(http.delete(admin("validation-rules/Task")).send().await.unwrap().status().is_success());
+    let ctx = context(&sf.base_url, &pendo.base_url, "NPS detractor: call them today", store.clone());
+    let replay = engine::workflow::replay::replay(&ctx, &FailureSelector::All { workflow: None }, 10).await.unwrap();
+    assert_eq!((replay.claimed, replay.resolved, replay.failed_again), (1, 1, 0), "{replay:?}");
+    let tasks: Vec<Value> = http.get(admin("records/Task")).send().await.unwrap().json().await.unwrap();
+    let follow_ups: Vec<&Value> = tasks.iter().filter(|t| t["Usagesync_Key__c"].is_string()).collect();
+    assert_eq!(follow_ups.len(), 1, "{follow_ups:?}");
+    assert_eq!(follow_ups[0]["Subject"], "NPS detractor: call them today (2/10)");
+    let resolved = store
+        .list_failures(&FailureFilter { status: Some(FailureStatus::Resolved), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(resolved.len(), 1);
+}
