@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`budget`]: today's API allowance: the configured share, less what every worker spent.
+//! - [`clock`]: time as an input: the one place the engine reads the wall clock.
 //! - [`config`]: the YAML config, typed and validated, every error with file, line and key.
 //! - [`connect`]: the Salesforce and Pendo clients a config describes.
 //! - [`extract`]: per-account engagement and matching facts from Pendo aggregations.
@@ -22,6 +23,7 @@
 
 pub mod budget;
 pub mod change;
+pub mod clock;
 pub mod config;
 pub mod connect;
 pub mod deliver;

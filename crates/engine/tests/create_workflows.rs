@@ -3,7 +3,8 @@
 //! the local commit lost) is settled without a duplicate, an episode re-arms only after
 //! recovery, and the alert goes to the configured CSM when there is one.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests lay out their worlds on the wall clock; only the engine must read time through its Clock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -90,6 +91,7 @@ async fn world_with(accounts: usize, case: bool, key_field: &str) -> World {
         pendo: engine::connect::pendo_client(&config, &env).unwrap(),
         store: engine::store::open(&sqlite).await.unwrap(),
         config: Arc::new(config),
+        clock: engine::clock::Clock::system(),
     };
     World { gc, sf, ctx, http: reqwest::Client::new(), pendo, _dir: dir }
 }
@@ -377,6 +379,7 @@ async fn expansion_world(accounts: usize) -> World {
         pendo: engine::connect::pendo_client(&config, &env).unwrap(),
         store: engine::store::open(&sqlite).await.unwrap(),
         config: Arc::new(config),
+        clock: engine::clock::Clock::system(),
     };
     World { gc, sf, ctx, http, pendo, _dir: dir }
 }
@@ -525,6 +528,7 @@ async fn trial_usage_lands_on_trial_opportunities_and_stages_only_move_forward()
         pendo: engine::connect::pendo_client(&config, &env).unwrap(),
         store: engine::store::open(&sqlite).await.unwrap(),
         config: Arc::new(config),
+        clock: engine::clock::Clock::system(),
     };
     let w = World { gc, sf, ctx, http: reqwest::Client::new(), pendo, _dir: dir };
     let run = |dry_run: bool| {
@@ -757,4 +761,20 @@ async fn a_refused_alert_is_kept_and_replay_makes_it_from_the_current_config() {
     let next = w.run(false).await;
     assert_eq!((next.written, next.failed), (0, 0), "{next:?}");
     assert_eq!(w.records("Task").await.len(), tasks.len());
+}
+
+/// Time is an input: a run on a clock set to another day starts, windows and budgets on that
+/// day, whatever the wall clock says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_takes_its_time_from_the_context_clock() {
+    let w = world(50, false).await;
+    let day = chrono::DateTime::parse_from_rfc3339("2031-03-05T07:00:00Z").unwrap().with_timezone(&Utc);
+    let ctx = Context { clock: engine::clock::Clock::starting_at(day), ..w.ctx.clone() };
+    let options = RunOptions { trigger: "test".into(), ..Default::default() };
+    let report = engine::workflow::run(&ctx, "churn-alerts", &options).await.unwrap();
+    let run = w.ctx.store.get_run(report.run_id.unwrap()).await.unwrap().unwrap();
+    assert!(run.started_at >= day && run.started_at - day < chrono::Duration::minutes(1), "{}", run.started_at);
+    let ledger = w.ctx.store.budget_day(day.date_naive()).await.unwrap();
+    assert!(ledger.spent > 0, "the calls are on 2031-03-05's ledger: {ledger:?}");
+    assert_eq!(w.ctx.store.budget_day(Utc::now().date_naive()).await.unwrap().spent, 0, "and not on today's");
 }

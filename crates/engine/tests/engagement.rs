@@ -4,7 +4,8 @@
 //! and replayed, and work over budget is deferred to the next run.
 
 // Test setup helpers panic on purpose: a broken fixture should fail the test loudly.
-#![allow(clippy::unwrap_used)]
+// Tests lay out their worlds on the wall clock; only the engine must read time through its Clock.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -100,6 +101,7 @@ async fn world_full(accounts: usize, share: f64, store: Option<Arc<dyn engine::s
             Some(s) => s,
             None => engine::store::open(&sqlite).await.unwrap(),
         },
+        clock: engine::clock::Clock::system(),
         config: Arc::new(config),
     };
     World { gc, pendo_url: pendo.base_url.clone(), sf, ctx, http: reqwest::Client::new(), _pendo: pendo, _dir: dir }

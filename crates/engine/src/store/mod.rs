@@ -816,8 +816,6 @@ pub(crate) fn search_term(filter: &OutcomeFilter) -> Option<String> {
 pub mod bench {
     use std::time::{Duration, Instant};
 
-    use chrono::Utc;
-
     use super::{Action, FieldChange, FingerprintPut, NewRun, RecordOutcome, Store, StoreError};
 
     /// Fields per record, as in the engagement workflow.
@@ -827,7 +825,7 @@ pub mod bench {
     /// Returns (put, load) wall time.
     pub async fn fingerprints(store: &dyn Store, n: usize) -> Result<(Duration, Duration), StoreError> {
         let scope = format!("bench:{}", uuid::Uuid::now_v7().simple());
-        let now = Utc::now();
+        let now = crate::clock::written_at();
         let puts: Vec<FingerprintPut> = (0..n)
             .map(|i| FingerprintPut {
                 value: None,
@@ -861,7 +859,7 @@ pub mod bench {
                 workflow: "bench".into(),
                 template: "bench".into(),
                 dry_run: false,
-                started_at: Utc::now(),
+                started_at: crate::clock::written_at(),
                 trigger: "cli".into(),
             })
             .await?;

@@ -610,7 +610,7 @@ impl CursorStore for PostgresStore {
         let (workflow, name) = (workflow.to_owned(), name.to_owned());
         let (expected, new) = (expected.map(str::to_owned), new.to_owned());
         Box::pin(async move {
-            let now = Utc::now();
+            let now = crate::clock::written_at();
             let done = match expected {
                 None => {
                     sqlx::query(
@@ -718,7 +718,7 @@ impl IdMapStore for PostgresStore {
             .bind(pendo_id)
             .bind(MatchStatus::Matched.as_str())
             .bind(salesforce_id)
-            .bind(Utc::now())
+            .bind(crate::clock::written_at())
             .execute(&self.pool)
             .await
             .map_err(query_err("pin match"))?;
@@ -832,7 +832,7 @@ impl FailureStore for PostgresStore {
             failures.iter().map(|f| Ok((f.clone(), json_text("failure fields", &f.fields)?))).collect();
         Box::pin(async move {
             let rows = rows?;
-            let now = Utc::now();
+            let now = crate::clock::written_at();
             let mut tx = self.pool.begin().await.map_err(query_err("add failures"))?;
             // One statement per failure: a batch may name the same record twice, and each
             // repeat must bump the attempts of the row the first one opened.

@@ -588,7 +588,7 @@ impl CursorStore for SqliteStore {
         let (workflow, name) = (workflow.to_owned(), name.to_owned());
         let (expected, new) = (expected.map(str::to_owned), new.to_owned());
         Box::pin(async move {
-            let now = micros(Utc::now());
+            let now = micros(crate::clock::written_at());
             let done = match expected {
                 None => {
                     sqlx::query(
@@ -688,7 +688,7 @@ impl IdMapStore for SqliteStore {
             .bind(pendo_id)
             .bind(MatchStatus::Matched.as_str())
             .bind(salesforce_id)
-            .bind(micros(Utc::now()))
+            .bind(micros(crate::clock::written_at()))
             .execute(&self.pool)
             .await
             .map_err(query_err("pin match"))?;
@@ -804,7 +804,7 @@ impl FailureStore for SqliteStore {
             .collect();
         Box::pin(async move {
             let rows = rows?;
-            let now = micros(Utc::now());
+            let now = micros(crate::clock::written_at());
             let mut tx = self.begin_write("add failures").await?;
             // One statement per failure: a batch may name the same record twice, and each
             // repeat must bump the attempts of the row the first one opened.

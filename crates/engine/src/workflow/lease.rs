@@ -82,7 +82,13 @@ pub(crate) struct Heartbeat {
 }
 
 impl Heartbeat {
-    pub fn start(store: Arc<dyn Store>, run: RunId, holder: String, lease: RunLease) -> Heartbeat {
+    pub fn start(
+        store: Arc<dyn Store>,
+        clock: crate::clock::Clock,
+        run: RunId,
+        holder: String,
+        lease: RunLease,
+    ) -> Heartbeat {
         let lost = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&lost);
         let task = tokio::spawn(async move {
@@ -92,7 +98,7 @@ impl Heartbeat {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                match store.renew_run_lease(run, &holder, lease.duration, chrono::Utc::now()).await {
+                match store.renew_run_lease(run, &holder, lease.duration, clock.now()).await {
                     Ok(true) => {}
                     Ok(false) => {
                         // Someone marked the run abandoned (or closed it): renewing again

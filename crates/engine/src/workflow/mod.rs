@@ -52,6 +52,8 @@ pub struct Context {
     pub salesforce: salesforce::Client,
     pub pendo: pendo::Client,
     pub store: Arc<dyn Store>,
+    /// What time it is for every decision a run makes.
+    pub clock: crate::clock::Clock,
 }
 
 /// How to run.
@@ -334,7 +336,7 @@ where
     F: FnOnce(chrono::DateTime<chrono::Utc>, Option<RunId>) -> Fut,
     Fut: std::future::Future<Output = Result<RunReport, RunError>>,
 {
-    let now = chrono::Utc::now();
+    let now = ctx.clock.now();
     let mut heartbeat = None;
     let run_id = if options.dry_run {
         None
@@ -357,7 +359,7 @@ where
             // The store keeps both facts (abandoned, then finished): see `finish_run`.
             tracing::warn!(workflow = %workflow.name, run = %id, "The run finished after losing its lease");
         }
-        ctx.store.finish_run(id, &finish_of(&result)).await?;
+        ctx.store.finish_run(id, &finish_of(&result, ctx.clock.now())).await?;
     }
     result
 }
@@ -386,7 +388,7 @@ pub(crate) async fn claim(
     match claim {
         RunClaim::Started { id, abandoned } => {
             log_abandoned(&abandoned);
-            Ok((id, lease::Heartbeat::start(Arc::clone(&ctx.store), id, holder, run_lease)))
+            Ok((id, lease::Heartbeat::start(Arc::clone(&ctx.store), ctx.clock, id, holder, run_lease)))
         }
         RunClaim::Busy { holder, abandoned } => {
             log_abandoned(&abandoned);
@@ -409,18 +411,21 @@ fn log_abandoned(runs: &[crate::store::Run]) {
     }
 }
 
-pub(crate) fn finish_of(result: &Result<RunReport, RunError>) -> crate::store::RunFinish {
+pub(crate) fn finish_of(
+    result: &Result<RunReport, RunError>,
+    finished_at: chrono::DateTime<chrono::Utc>,
+) -> crate::store::RunFinish {
     use crate::store::{RunFinish, RunState};
     match result {
         Ok(report) => RunFinish {
             state: state_of(report),
-            finished_at: chrono::Utc::now(),
+            finished_at,
             stats: serde_json::to_value(report).unwrap_or(serde_json::Value::Null),
             error: None,
         },
         Err(e) => RunFinish {
             state: if e.is_deferral() { RunState::Deferred } else { RunState::Failed },
-            finished_at: chrono::Utc::now(),
+            finished_at,
             stats: serde_json::Value::Null,
             error: Some(e.to_string()),
         },

@@ -223,7 +223,7 @@ async fn drain_once(
     let mut events = ctx.store.pending_events(MAX_BATCH).await?;
     let Some(oldest) = events.first().map(|e| e.received_at) else { return Ok(None) };
     if let Some(stop) = stop {
-        let age = (Utc::now() - oldest).to_std().unwrap_or(Duration::ZERO);
+        let age = (ctx.clock.now() - oldest).to_std().unwrap_or(Duration::ZERO);
         if let Some(left) = config.batch_window.checked_sub(age)
             && !left.is_zero()
         {
@@ -253,7 +253,7 @@ pub async fn process(
     trigger: &str,
     run: Option<RunId>,
 ) -> Result<BatchReport, RunError> {
-    let now = Utc::now();
+    let now = ctx.clock.now();
     let mut report = BatchReport { events: events.len(), ..BatchReport::default() };
     let mut done: Vec<String> = Vec::new();
     let mut by_key: BTreeMap<String, Response> = BTreeMap::new();
@@ -321,7 +321,7 @@ pub async fn process(
         if let (Some(id), true) = (run_id, own_run) {
             let finish = RunFinish {
                 state: RunState::Failed,
-                finished_at: Utc::now(),
+                finished_at: ctx.clock.now(),
                 stats: Value::Null,
                 error: Some(e.to_string()),
             };
@@ -361,22 +361,22 @@ pub async fn process(
     }
     let calls: u64 = report.api_calls.values().sum();
     if calls > 0 {
-        ctx.store.settle_budget(now.date_naive(), &workflow.name, 0, calls, Utc::now()).await?;
+        ctx.store.settle_budget(now.date_naive(), &workflow.name, 0, calls, ctx.clock.now()).await?;
     }
     // Handled responses go into the idempotency ledger before their events are marked
     // processed, so reconciliation never feeds back what the webhook already delivered.
     for r in &responses {
         ctx.store.begin_create(&r.key, &workflow.name, now).await?;
-        ctx.store.commit_create(&r.key, "handled", Utc::now()).await?;
+        ctx.store.commit_create(&r.key, "handled", ctx.clock.now()).await?;
     }
-    ctx.store.mark_processed(&done, Utc::now()).await?;
+    ctx.store.mark_processed(&done, ctx.clock.now()).await?;
     if let Some(beat) = heartbeat.take() {
         beat.stop();
     }
     if let (Some(id), true) = (run_id, own_run) {
         let state = if report.failed == 0 { RunState::Succeeded } else { RunState::Partial };
         let stats = serde_json::to_value(&report).unwrap_or(Value::Null);
-        ctx.store.finish_run(id, &RunFinish { state, finished_at: Utc::now(), stats, error: None }).await?;
+        ctx.store.finish_run(id, &RunFinish { state, finished_at: ctx.clock.now(), stats, error: None }).await?;
     }
     Ok(report)
 }
@@ -848,7 +848,7 @@ pub(crate) async fn requeue(ctx: &Context, failures: &[crate::store::Failure]) -
         let unique_id = format!("{}:replay:{}:{}", f.key, f.id, f.attempts);
         body["uniqueId"] = json!(unique_id);
         let event =
-            InboxEvent { unique_id, source: "replay".into(), kind: EVENT.into(), received_at: Utc::now(), body };
+            InboxEvent { unique_id, source: "replay".into(), kind: EVENT.into(), received_at: ctx.clock.now(), body };
         if ctx.store.put_event(&event).await? {
             queued += 1;
         }
@@ -918,7 +918,7 @@ pub async fn reconcile(ctx: &Context, workflow: &Workflow, config: &NpsConfig) -
     let Some(rating_poll) = rating_poll else { return Ok(0) };
 
     let cursor = ctx.store.cursor(&workflow.name, CURSOR).await?;
-    let now_ms = Utc::now().timestamp_millis();
+    let now_ms = ctx.clock.now().timestamp_millis();
     let since = cursor
         .as_deref()
         .and_then(|c| c.parse::<i64>().ok())
@@ -973,7 +973,7 @@ pub async fn reconcile(ctx: &Context, workflow: &Workflow, config: &NpsConfig) -
             "properties": {"guideId": guide.id, "nps": {"rating": rating, "reason": reason.unwrap_or_default()}},
         });
         // The ledger knows every response already written; a begin here is only a look.
-        let state = ctx.store.begin_create(&key, &workflow.name, Utc::now()).await?;
+        let state = ctx.store.begin_create(&key, &workflow.name, ctx.clock.now()).await?;
         if matches!(state, CreateState::Committed { .. }) {
             continue;
         }
@@ -981,7 +981,7 @@ pub async fn reconcile(ctx: &Context, workflow: &Workflow, config: &NpsConfig) -
             unique_id: key.clone(),
             source: "pendo-poll".into(),
             kind: EVENT.into(),
-            received_at: Utc::now(),
+            received_at: ctx.clock.now(),
             body,
         };
         let stored = ctx.store.put_event(&event).await;

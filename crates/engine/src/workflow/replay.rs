@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::Utc;
 use serde::Serialize;
 
 use super::{Context, RunError, RunOptions};
@@ -45,7 +44,7 @@ const LEASE: Duration = Duration::from_secs(600);
 pub async fn replay(ctx: &Context, selector: &FailureSelector, limit: u32) -> Result<ReplayReport, RunError> {
     // Unique per replay, so a lease names who holds it.
     let worker = format!("replay:{}", crate::store::RunId::new());
-    let claimed = ctx.store.claim_failures(selector, &worker, LEASE, Utc::now(), limit).await?;
+    let claimed = ctx.store.claim_failures(selector, &worker, LEASE, ctx.clock.now(), limit).await?;
     let mut report = ReplayReport { claimed: claimed.len(), ..Default::default() };
     let mut by_workflow: BTreeMap<String, Vec<Failure>> = BTreeMap::new();
     for f in claimed {
@@ -65,7 +64,7 @@ pub async fn replay(ctx: &Context, selector: &FailureSelector, limit: u32) -> Re
                 for f in &failures {
                     // Salesforce's or Pendo's own words stay first; only the latest reason follows.
                     let own = f.message.split("; replay could not run the workflow").next().unwrap_or(&f.message);
-                    ctx.store.fail_again(f.id, &f.error_code, &format!("{own}; {why}"), Utc::now()).await?;
+                    ctx.store.fail_again(f.id, &f.error_code, &format!("{own}; {why}"), ctx.clock.now()).await?;
                 }
                 report.failed_again += failures.len();
                 report.notes.insert(workflow, why);
@@ -86,7 +85,7 @@ pub async fn replay(ctx: &Context, selector: &FailureSelector, limit: u32) -> Re
         );
         // The run settled the ledger itself: a record it wrote resolved its failure, one
         // refused again updated it (or opened a new one beside the claimed row).
-        let now = Utc::now();
+        let now = ctx.clock.now();
         let of =
             |status| FailureFilter { workflow: Some(workflow.clone()), status: Some(status), ..Default::default() };
         let replaying: BTreeMap<i64, Failure> =

@@ -68,5 +68,6 @@ pub async fn build(config: Config, env: engine::connect::Env<'_>) -> Result<Cont
     let store = open_store(&config, env).await?;
     let salesforce = engine::connect::salesforce_client(&config, env)?;
     let pendo = engine::connect::pendo_client(&config, env)?;
-    Ok(Context { config: Arc::new(config), salesforce, pendo, store })
+    let clock = engine::clock::Clock::from_env()?;
+    Ok(Context { config: Arc::new(config), salesforce, pendo, store, clock })
 }

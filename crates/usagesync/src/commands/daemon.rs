@@ -168,7 +168,7 @@ async fn cancel_abandoned(ctx: &Context, status: &Status) {
         for run in runs.into_iter().filter(|r| r.state == RunState::Running && r.started_at >= since) {
             let finish = RunFinish {
                 state: RunState::Cancelled,
-                finished_at: Utc::now(),
+                finished_at: ctx.clock.now(),
                 stats: run.stats.clone(),
                 error: Some("abandoned at shutdown after the grace period; unrecorded writes go again next run".into()),
             };
@@ -182,7 +182,7 @@ async fn cancel_abandoned(ctx: &Context, status: &Status) {
 
 /// Marks the runs whose lease lapsed (their worker died) abandoned.
 async fn sweep_abandoned(ctx: &Context) {
-    match ctx.store.sweep_expired_runs(Utc::now()).await {
+    match ctx.store.sweep_expired_runs(ctx.clock.now()).await {
         Ok(runs) => {
             for run in runs {
                 tracing::warn!(workflow = %run.workflow, run = %run.id, holder = run.holder.as_deref().unwrap_or("-"),
@@ -195,7 +195,8 @@ async fn sweep_abandoned(ctx: &Context) {
 
 /// Starts a run of every workflow whose schedule this worker claims now.
 async fn schedule_due(ctx: &Context, status: &Status, runs: &mut JoinSet<()>) {
-    let now = Utc::now();
+    // The engine's clock, so a daemon started with USAGESYNC_NOW fires its schedules then.
+    let now = ctx.clock.now();
     for (name, workflow) in ctx.config.workflows.iter().filter(|(_, w)| w.enabled) {
         if status.lock().get(name).is_some_and(|s| s.running) {
             continue;
