@@ -67,12 +67,12 @@ impl SqliteStore {
     pub async fn open(location: &str) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open { location: redact_location(location), source };
         let memory = matches!(location, "sqlite::memory:" | ":memory:" | "sqlite://:memory:");
-        let options = if memory {
-            SqliteConnectOptions::from_str("sqlite::memory:").map_err(open_err)?
-        } else {
-            let path =
-                location.strip_prefix("sqlite://").or_else(|| location.strip_prefix("sqlite:")).unwrap_or(location);
-            SqliteConnectOptions::new().filename(path)
+        let path = (!memory).then(|| {
+            location.strip_prefix("sqlite://").or_else(|| location.strip_prefix("sqlite:")).unwrap_or(location)
+        });
+        let options = match path {
+            None => SqliteConnectOptions::from_str("sqlite::memory:").map_err(open_err)?,
+            Some(path) => SqliteConnectOptions::new().filename(path),
         };
         let options = options
             .create_if_missing(true)
@@ -87,15 +87,51 @@ impl SqliteStore {
         } else {
             SqlitePoolOptions::new().max_connections(4)
         };
-        let pool =
-            pool_options.acquire_timeout(Duration::from_secs(30)).connect_with(options).await.map_err(open_err)?;
-        MIGRATOR.run(&pool).await.map_err(|source| StoreError::Migrate { backend: Backend::Sqlite, source })?;
+        let pool_options = pool_options.acquire_timeout(Duration::from_secs(30));
+        // Another process creating the same new file holds it while it switches the journal to
+        // WAL, before any busy timeout applies: wait for it rather than fail.
+        let mut attempt = 0;
+        let pool = loop {
+            match pool_options.clone().connect_with(options.clone()).await {
+                Ok(pool) => break pool,
+                Err(e) if attempt < 20 && e.to_string().contains("database is locked") => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => return Err(open_err(e)),
+            }
+        };
+        migrate(&pool, path).await?;
         Ok(SqliteStore { pool })
     }
 
     async fn begin_write(&self, operation: &'static str) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
         self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(query_err(operation))
     }
+}
+
+/// Migrates under an exclusive lock on a file beside the database (`PATH-migrate.lock`):
+/// SQLite gives sqlx's migrator no lock of its own, so two processes opening the same new file
+/// at the same moment would both apply the first migration and one would fail.
+async fn migrate(pool: &SqlitePool, path: Option<&str>) -> Result<(), StoreError> {
+    let lock = match path {
+        Some(path) => {
+            let lock_path = format!("{path}-migrate.lock");
+            let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+                let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+                file.lock()?;
+                Ok(file)
+            })
+            .await
+            .map_err(|e| StoreError::Invalid { what: "migration lock", detail: e.to_string() })?
+            .map_err(|e| StoreError::Invalid { what: "migration lock", detail: e.to_string() })?;
+            Some(file)
+        }
+        None => None,
+    };
+    let result = MIGRATOR.run(pool).await.map_err(|source| StoreError::Migrate { backend: Backend::Sqlite, source });
+    drop(lock);
+    result
 }
 
 fn run_from_row(row: &SqliteRow) -> Result<Run, StoreError> {
@@ -1305,5 +1341,24 @@ impl IdempotencyStore for SqliteStore {
                 .map_err(query_err("abandon create"))?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod concurrent_open_tests {
+    use super::*;
+
+    /// Two CLI runs (or a run and the daemon) starting together on a store that does not exist
+    /// yet both open it: neither fails on the other's half-done migration.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn processes_opening_a_new_file_together_all_get_the_store() {
+        for round in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = format!("sqlite://{}", dir.path().join(format!("new-{round}.db")).display());
+            let opens: Vec<_> = (0..6).map(|_| SqliteStore::open(&path)).collect();
+            for result in futures_util::future::join_all(opens).await {
+                assert!(result.is_ok(), "round {round}: {:?}", result.err());
+            }
+        }
     }
 }
