@@ -30,6 +30,7 @@ pub fn env_var(name: &str) -> Option<String> {
 
 /// Shortens run leases in the binary's own tests, which kill a run and must not wait a minute
 /// for its lease to lapse. Read in debug builds only, so a release binary cannot be tripped by it.
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
 pub const TEST_RUN_LEASE_ENV: &str = "USAGESYNC_TEST_RUN_LEASE_MS";
 
 /// The lease a run holds in the store: [`engine::workflow::RunLease::DEFAULT`], except in a
