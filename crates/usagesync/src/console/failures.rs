@@ -185,7 +185,7 @@ fn dismiss_form(csrf: Option<&str>, fields: &[(&str, &str)], test_id: &str) -> S
     }
     format!(
         "<form class=\"inline\" method=\"post\" action=\"/console/failures/dismiss\">{hidden}\
-         <input name=\"reason\" placeholder=\"why it needs nothing\" size=\"18\" required> \
+         <input name=\"reason\" placeholder=\"why it needs nothing\" size=\"12\" required> \
          <button type=\"submit\" data-test=\"{}\">Dismiss</button></form>",
         html::esc(test_id)
     )

@@ -56,7 +56,7 @@ button{cursor:pointer;padding:3px 10px}form.inline{display:inline}.notice{backgr
 .bar{background:#7aa7e0;height:10px;display:inline-block}.old{color:#b42318;text-decoration:line-through}.new{color:#17803d}\
 .login{margin:30px 0}.cards{display:flex;gap:12px;flex-wrap:wrap}.card{background:#fff;border:1px solid #dde2e8;padding:10px 14px;min-width:150px}\
 .card b{display:block;font-size:20px}.cols{display:flex;gap:28px;flex-wrap:wrap;align-items:flex-start}\
-table[data-test=facts] thead{display:none}";
+table[data-test=facts] thead{display:none}table[data-test=failures]{width:100%}table[data-test=failures] td{overflow-wrap:anywhere}table[data-test=failures] td:last-child form{display:block;margin:2px 0}";
 
 /// The page frame: navigation (with the logout form when there is a session), title, body.
 pub fn layout(title: &str, active: &str, csrf: Option<&str>, body: &str) -> String {
