@@ -413,12 +413,8 @@ async fn body(
     // A claim made before this run started, while no other run of the workflow is live (the
     // run lease makes this run the only one), was left by a run that died or stalled: it is
     // taken over at once, after the e-mail look-up below, instead of after PENDING_LEASE.
-    let others_live = ctx
-        .store
-        .list_runs(Some(&workflow.name), 20)
-        .await?
-        .iter()
-        .any(|r| r.state == crate::store::RunState::Running && Some(r.id) != Some(run_id));
+    // Asked of the store only when a claim older than this run is found.
+    let mut others_live: Option<bool> = None;
     let mut deferred: Vec<Pending> = Vec::new();
     let mut stale: Vec<Pending> = Vec::new();
     let mut ready: Vec<Pending> = Vec::new();
@@ -439,12 +435,15 @@ async fn body(
                 w.salesforce_id = Some(salesforce_id);
                 ready.push(w);
             }
-            CreateState::Pending { since } if now - since < PENDING_LEASE && (others_live || since >= now) => {
-                deferred.push(w)
-            }
-            CreateState::Pending { .. } => {
-                w.claim = Some(key);
-                stale.push(w);
+            CreateState::Pending { since } => {
+                let held = now - since < PENDING_LEASE
+                    && (since >= now || another_run_live(ctx, &workflow.name, run_id, &mut others_live).await?);
+                if held {
+                    deferred.push(w);
+                } else {
+                    w.claim = Some(key);
+                    stale.push(w);
+                }
             }
         }
     }
@@ -584,6 +583,22 @@ async fn body(
     let hold = [min_first_visit(&deferred), refused].into_iter().flatten().min();
     let next = cursor_after(hold, max_first_visit);
     finish_report(ctx, workflow, report, meter, outcomes_kept, stored.as_deref(), next, options).await
+}
+
+/// Whether a run of `workflow` other than `run` is live, asked of the store once per run.
+async fn another_run_live(
+    ctx: &Context,
+    workflow: &str,
+    run: RunId,
+    known: &mut Option<bool>,
+) -> Result<bool, RunError> {
+    if let Some(live) = *known {
+        return Ok(live);
+    }
+    let runs = ctx.store.list_runs(Some(workflow), 20).await?;
+    let live = runs.iter().any(|r| r.state == crate::store::RunState::Running && r.id != run);
+    *known = Some(live);
+    Ok(live)
 }
 
 /// Where the cursor goes: just at the oldest deferred or refused visitor (so it is read again),
