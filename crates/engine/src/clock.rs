@@ -18,7 +18,7 @@ pub struct Clock {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{NOW_ENV}={value:?} is not an RFC 3339 time such as 2026-12-04T06:00:00Z: {source}")]
+#[error("{NOW_ENV}={value:?} is not an RFC 3339 time such as 2026-12-04T06:00:00Z")]
 pub struct ClockError {
     value: String,
     #[source]

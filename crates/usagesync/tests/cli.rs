@@ -243,3 +243,28 @@ fn failures_dismiss_closes_them_with_a_reason_and_replay_leaves_them() {
     let o = run(&cfg, &["failures"]);
     assert!(text(&o).contains("No open failures."), "{}", text(&o));
 }
+
+/// A clock start that is not a time is refused before anything is opened: no state store is
+/// made, and the message names the variable and the form it takes.
+#[test]
+fn a_bad_usagesync_now_changes_nothing_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("usagesync.yaml");
+    let init = bin().arg("init").arg(&config).output().unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let out = bin()
+        .current_dir(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .args(["sync", "engagement"])
+        .env("USAGESYNC_NOW", "yesterday")
+        .env("SF_CLIENT_SECRET", "emulator-secret")
+        .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("USAGESYNC_NOW=\"yesterday\" is not an RFC 3339 time"), "{stderr}");
+    let made: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(made, vec![std::ffi::OsString::from("usagesync.yaml")], "nothing but the config: {made:?}");
+}

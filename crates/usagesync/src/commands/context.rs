@@ -66,9 +66,10 @@ pub async fn open_store(config: &Config, env: engine::connect::Env<'_>) -> Resul
 }
 
 pub async fn build(config: Config, env: engine::connect::Env<'_>) -> Result<Context> {
+    // Before the store is opened, so a bad value changes nothing.
+    let clock = engine::clock::Clock::from_env()?;
     let store = open_store(&config, env).await?;
     let salesforce = engine::connect::salesforce_client(&config, env)?;
     let pendo = engine::connect::pendo_client(&config, env)?;
-    let clock = engine::clock::Clock::from_env()?;
     Ok(Context { config: Arc::new(config), salesforce, pendo, store, clock })
 }
