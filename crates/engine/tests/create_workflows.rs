@@ -624,7 +624,11 @@ async fn a_key_field_the_org_does_not_keep_unique_is_looked_up_before_creating()
     };
     let options = RunOptions { trigger: "test".into(), ..Default::default() };
     let again = engine::workflow::run(&fresh, "churn-alerts", &options).await.unwrap();
-    assert_eq!((again.written, again.failed), (first.written, 0), "every alert adopted: {:?}", again.failures);
+    // Adopted, not written: the run made nothing and says so.
+    assert_eq!((again.written, again.failed), (0, 0), "every alert adopted: {:?}", again.failures);
+    let outcomes = fresh.store.run_outcomes(again.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
+    let adopted = outcomes.iter().filter(|o| o.message.as_deref().is_some_and(|m| m.contains("adopted unchanged")));
+    assert_eq!(adopted.count(), first.written, "{outcomes:?}");
     let tasks: Vec<Value> = w.records("Task").await.into_iter().filter(|t| t["Alert_Key__c"].is_string()).collect();
     assert_eq!(tasks.len(), made.len(), "nothing made twice");
     let kept = tasks.iter().find(|t| t["Id"] == made[0]["Id"]).unwrap();

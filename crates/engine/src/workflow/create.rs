@@ -168,16 +168,39 @@ pub(crate) async fn deliver(
     report: &mut RunReport,
     now: DateTime<Utc>,
 ) -> Result<Vec<GroupResult>, RunError> {
-    let mut results: Vec<GroupResult> =
-        groups.iter().map(|g| GroupResult { made: vec![Created::Waiting; g.records.len()] }).collect();
     if groups.is_empty() {
-        return Ok(results);
+        return Ok(Vec::new());
     }
     let before = ctx.salesforce.requests_sent();
     let quarantine = preflight::run(&ctx.salesforce, &ctx.config, workflow).await?;
     meter.step("preflight", Some("preflight"));
     let allowance = allowance.saturating_sub(ctx.salesforce.requests_sent().saturating_sub(before));
     report.preflight.problems = quarantine.problems().to_vec();
+    deliver_checked(ctx, workflow, groups, &quarantine, allowance, budget, meter, report, now).await
+}
+
+/// [`deliver`] for a template that ran preflight itself (it also updates records, and checks
+/// the config against the org once for both stages).
+///
+/// # Errors
+/// As [`deliver`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn deliver_checked(
+    ctx: &Context,
+    workflow: &Workflow,
+    groups: &[Group],
+    quarantine: &Quarantine,
+    allowance: u64,
+    budget: &BudgetReport,
+    meter: &mut Meter<'_>,
+    report: &mut RunReport,
+    now: DateTime<Utc>,
+) -> Result<Vec<GroupResult>, RunError> {
+    let mut results: Vec<GroupResult> =
+        groups.iter().map(|g| GroupResult { made: vec![Created::Waiting; g.records.len()] }).collect();
+    if groups.is_empty() {
+        return Ok(results);
+    }
     // Held groups stay in place (so results keep input order) but are neither counted nor sent.
     let mut sendable: Vec<usize> = Vec::new();
     let mut cleaned: Vec<Group> = Vec::new();
@@ -217,7 +240,7 @@ pub(crate) async fn deliver(
     }
     let before = ctx.salesforce.requests_sent();
     let mut sent: Vec<GroupResult> = sendable[..send].iter().map(|&g| results[g].clone()).collect();
-    let outcome = send_groups(ctx, &workflow.name, &cleaned[..send], &mut sent, &quarantine, now).await;
+    let outcome = send_groups(ctx, &workflow.name, &cleaned[..send], &mut sent, quarantine, now).await;
     let spent = ctx.salesforce.requests_sent().saturating_sub(before);
     ctx.store.settle_budget(day, &workflow.name, reserve, spent, now).await?;
     meter.step("create", Some("create"));
@@ -513,8 +536,9 @@ async fn find_many(
     Ok(found)
 }
 
-/// History rows for `groups` and the run's counts: a complete group is written, one with a
-/// spent budget deferred, any other failed (with the first refusal's code).
+/// History rows for `groups` and the run's counts: a complete group is written (unchanged when
+/// every record of it was already there), one with a spent budget deferred, any other failed
+/// (with the first refusal's code).
 pub(crate) fn history(groups: &[Group], results: &[GroupResult], report: &mut RunReport) -> Vec<RecordOutcome> {
     let mut out = Vec::new();
     for (g, r) in groups.iter().zip(results) {
@@ -538,7 +562,13 @@ pub(crate) fn history(groups: &[Group], results: &[GroupResult], report: &mut Ru
             }
         }
         if r.complete() {
-            report.written += 1;
+            // A group found whole (after a lost store, or a create whose answer was lost) wrote
+            // nothing: it is not counted as written.
+            if r.made.iter().all(|c| matches!(c, Created::Existing { .. })) {
+                report.unchanged += 1;
+            } else {
+                report.written += 1;
+            }
             continue;
         }
         let unmade = g.records.iter().zip(&r.made).find(|(_, c)| c.id().is_none() && **c != Created::Waiting);

@@ -3,16 +3,17 @@
 //! configured fields (only those whose value moved); one not found is created under the Account
 //! its Pendo account matches (or, per config, as a Lead, or skipped).
 //!
-//! Never a duplicate, at three levels: visitors with the same normalised e-mail in one batch are
-//! one person (the first seen wins, the others are reported); a create is claimed in the
-//! store's idempotency table under the e-mail before it is sent, so a second worker running at
-//! the same moment defers rather than creating the same person again; and the create itself is
-//! an upsert on the visitor-id external-ID field, so a retry after a lost response updates the
-//! record it already made.
+//! The template gathers and decides; the shared stages do the rest. Creates go through the
+//! create stage keyed by the visitor id in the visitor-id external-ID field, so they get its
+//! guarantees: made once (a retry, a second worker or a lost store finds the record by its key
+//! and adopts it unchanged), within the reserved budget, read back, failures in the ledger.
+//! Updates go through the update stage. Visitors with the same normalised e-mail in one batch
+//! are one person (the earliest first visit wins, the others are reported), and the run lease
+//! keeps one run of the workflow live at a time.
 //!
 //! The cursor is the newest first visit handled; it never passes a visitor that was deferred
-//! (budget, another worker's create in flight, a transient refusal) or refused (kept in the
-//! failure ledger, unless a person dismissed it), so those come back next run.
+//! (budget, a spent allocation, a transient refusal), held back by preflight, or refused (kept in
+//! the failure ledger, unless a person dismissed it), so those come back next run.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,20 +21,18 @@ use chrono::{DateTime, Utc};
 use salesforce::{Condition, SoqlQuery};
 use serde_json::{Map, Value, json};
 
-use super::state_of;
+use super::create::{Group, NewRecord};
 use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample};
-use crate::change::fingerprint;
+use crate::change::{Change, fingerprint};
 use crate::config::{EngagementConfig, MatchRule, NewUsersConfig, UnmatchedAccount, Workflow};
-use crate::deliver::{self, RecordRetry};
+use crate::deliver;
 use crate::extract::{AccountFacts, Extractor, NewVisitor};
 use crate::matching::Outcome;
-use crate::plan::{COLLECTION_SIZE, Plan, WritePath};
-use crate::store::{Action, CreateState, FieldChange, FingerprintPut, RecordOutcome, RunId};
+use crate::plan::{Allowance, COLLECTION_SIZE, CostModel, Plan, WritePath};
+use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome, RunId};
 
 /// The cursor's name in the CursorStore: epoch milliseconds of the newest first visit handled.
 pub const CURSOR: &str = "first_visit";
-/// A create another worker claimed longer ago than this is taken to have died with it.
-const PENDING_LEASE: chrono::Duration = chrono::Duration::minutes(10);
 /// E-mails per SOQL `IN` list: well within SOQL's 100,000-character statement limit.
 const EMAILS_PER_QUERY: usize = 200;
 
@@ -54,12 +53,6 @@ pub fn normalise_email(raw: &str, strip_plus: bool) -> Option<String> {
 /// The fingerprint scope of a workflow's records of `object`.
 pub fn scope(workflow: &str, object: &str) -> String {
     format!("{workflow}:{object}")
-}
-
-/// The idempotency key of creating a record for `email`: one per object and person, shared by
-/// every worker and every workflow.
-fn create_key(object: &str, email: &str) -> String {
-    format!("{}-email:{email}", object.to_ascii_lowercase())
 }
 
 /// One person of the batch, after de-duplication.
@@ -83,8 +76,6 @@ struct Pending<'v> {
     /// `Some` for an update of an existing record.
     salesforce_id: Option<String>,
     fields: Vec<(String, Value)>,
-    /// The idempotency key claimed for a create.
-    claim: Option<String>,
 }
 
 pub(crate) async fn run(
@@ -243,13 +234,9 @@ async fn body(
         if let Some(found) = contacts.get(&person.email) {
             match pick(found, &f.visitor_id, &vid) {
                 Ok(record) => match update_of(config, "Contact", record, person.visitor) {
-                    Some(fields) => writes.push(Pending {
-                        salesforce_id: text(record, "Id"),
-                        person,
-                        object: "Contact",
-                        fields,
-                        claim: None,
-                    }),
+                    Some(fields) => {
+                        writes.push(Pending { salesforce_id: text(record, "Id"), person, object: "Contact", fields })
+                    }
                     None => {
                         report.unchanged += 1;
                         outcomes_kept.push(RecordOutcome {
@@ -286,7 +273,7 @@ async fn body(
                 let fields = create_of(config, person.visitor, &person.email, "Contact", |m| {
                     m.push(("AccountId".into(), json!(account_id)));
                 });
-                writes.push(Pending { person, object: "Contact", salesforce_id: None, fields, claim: None });
+                writes.push(Pending { person, object: "Contact", salesforce_id: None, fields });
             }
             AccountMatch::Ambiguous(candidates) => outcomes_kept.push(skipped(
                 "Contact",
@@ -311,7 +298,6 @@ async fn body(
                                 person,
                                 object: "Lead",
                                 fields,
-                                claim: None,
                             }),
                             None => report.unchanged += 1,
                         },
@@ -339,7 +325,7 @@ async fn body(
                         m.push(("LeadSource".into(), json!(source)));
                     }
                 });
-                writes.push(Pending { person, object: "Lead", salesforce_id: None, fields, claim: None });
+                writes.push(Pending { person, object: "Lead", salesforce_id: None, fields });
             }
         }
     }
@@ -361,244 +347,145 @@ async fn body(
         })
         .collect();
 
-    // Plan: Collections calls per object and kind of write.
-    let groups = |object: &str, create: bool| {
-        writes.iter().filter(|w| w.object == object && w.salesforce_id.is_none() == create).count()
-    };
-    let write_calls: u64 = [("Contact", true), ("Contact", false), ("Lead", true), ("Lead", false)]
-        .iter()
-        .map(|(o, c)| groups(o, *c).div_ceil(COLLECTION_SIZE) as u64)
-        .sum();
-    let reads_spent: u64 = meter.calls.values().sum::<u64>() - limits_calls;
-    report.plan = Plan {
-        path: if writes.len() == 1 { WritePath::Single } else { WritePath::Collections },
-        send: writes.len(),
-        deferred: 0,
-        write_calls,
-        calls_one_by_one: writes.len() as u64,
-    };
-    let min_first_visit = |ws: &[Pending]| ws.iter().map(|w| w.person.visitor.first_visit_ms).min();
+    // The plan: creates as the create stage prices them (before preflight has said whether
+    // the key field is unique: the dearer path), updates one Collections call per 200.
     let max_first_visit = visitors.iter().map(|v| v.first_visit_ms).max();
+    let first_visit: HashMap<String, i64> =
+        writes.iter().map(|w| (w.person.visitor.visitor_id.clone(), w.person.visitor.first_visit_ms)).collect();
+    let (updates, creates): (Vec<Pending>, Vec<Pending>) = writes.into_iter().partition(|w| w.salesforce_id.is_some());
+    let groups: Vec<Group> = creates.iter().map(|w| group_of(config, w)).collect();
+    let update_calls: u64 = ["Contact", "Lead"]
+        .iter()
+        .map(|o| updates.iter().filter(|w| w.object == *o).count().div_ceil(COLLECTION_SIZE) as u64)
+        .sum();
+    let sends = groups.len() + updates.len();
+    report.plan = Plan {
+        path: if sends == 1 { WritePath::Single } else { WritePath::Collections },
+        send: sends,
+        deferred: 0,
+        write_calls: super::create::calls_for(&groups, groups.len(), &super::create::not_unique) + update_calls,
+        calls_one_by_one: sends as u64,
+    };
     if options.dry_run {
         return finish_report(ctx, workflow, report, meter, outcomes_kept, stored.as_deref(), None, options).await;
     }
     let Some(run_id) = run_id else { return Ok(report) };
-    let day = now.date_naive();
-    let available = budget.available.saturating_sub(reads_spent);
-    let reserved_ok = write_calls == 0
-        || (write_calls <= available
-            && ctx.store.reserve_budget(day, &workflow.name, write_calls, budget.cap, now).await?);
-    crate::testhook::crash_point("plan");
-    if !reserved_ok {
-        let hold = min_first_visit(&writes);
-        report.deferred = writes.len();
-        report.plan.deferred = writes.len();
-        for w in writes {
-            outcomes_kept.push(RecordOutcome {
-                object: w.object.into(),
+    let spent_since_limits = |m: &Meter<'_>| m.calls.values().sum::<u64>().saturating_sub(limits_calls);
+
+    // Preflight once for both stages: a field with a problem is never sent.
+    let quarantine = if sends > 0 {
+        crate::preflight::run(&ctx.salesforce, &ctx.config, workflow).await?
+    } else {
+        crate::preflight::Quarantine::default()
+    };
+    meter.step("preflight", Some("preflight"));
+    report.preflight.problems = quarantine.problems().to_vec();
+
+    // Creates, through the create stage (exactly once, never clobbering, within the budget).
+    let allowance = budget.available.saturating_sub(spent_since_limits(&meter));
+    let results = super::create::deliver_checked(
+        ctx,
+        workflow,
+        &groups,
+        &quarantine,
+        allowance,
+        &budget,
+        &mut meter,
+        &mut report,
+        now,
+    )
+    .await?;
+    outcomes_kept.extend(super::create::history(&groups, &results, &mut report));
+    let mut ledger = super::create::ledger(&groups, &results);
+    let mut prints = Vec::new();
+    // Visitors not done: their first visit holds the cursor (unless a person dismissed the refusal).
+    let mut unfinished: Vec<(&'static str, String)> = Vec::new();
+    for ((group, result), w) in groups.iter().zip(&results).zip(&creates) {
+        match result.made.first().and_then(|c| match c {
+            super::create::Created::New { id } => Some(id),
+            _ => None,
+        }) {
+            Some(id) => prints.extend(prints_of(&workflow.name, w.object, id, &w.fields, now)),
+            None if !result.complete() => unfinished.push((w.object, group.subject.clone())),
+            None => {}
+        }
+    }
+
+    // Updates, through the update stage (reserve, deliver, settle, read back).
+    for object in ["Contact", "Lead"] {
+        let changes: Vec<Change> = updates
+            .iter()
+            .filter(|w| w.object == object)
+            .map(|w| Change {
                 key: w.person.visitor.visitor_id.clone(),
-                salesforce_id: w.salesforce_id,
-                action: Action::Deferred,
-                changes: changes_of(&w.fields),
-                error_code: None,
-                message: Some("over the API budget: sent in a later run".into()),
-            });
-        }
-        settle(ctx, day, &workflow.name, 0, reads_spent, now).await?;
-        let next = cursor_after(hold, max_first_visit);
-        return finish_report(ctx, workflow, report, meter, outcomes_kept, stored.as_deref(), next, options).await;
-    }
-
-    // Claim every create under its e-mail, so a second worker cannot create the same person.
-    // A claim made before this run started, while no other run of the workflow is live (the
-    // run lease makes this run the only one), was left by a run that died or stalled: it is
-    // taken over at once, after the e-mail look-up below, instead of after PENDING_LEASE.
-    // Asked of the store only when a claim older than this run is found.
-    let mut others_live: Option<bool> = None;
-    let mut deferred: Vec<Pending> = Vec::new();
-    let mut stale: Vec<Pending> = Vec::new();
-    let mut ready: Vec<Pending> = Vec::new();
-    for mut w in writes {
-        if w.salesforce_id.is_some() {
-            ready.push(w);
+                salesforce_id: w.salesforce_id.clone().unwrap_or_default(),
+                fields: w.fields.clone(),
+                prints: w.fields.iter().map(|(f, v)| (f.clone(), fingerprint(v))).collect(),
+            })
+            .collect();
+        if changes.is_empty() {
             continue;
         }
-        let key = create_key(w.object, &w.person.email);
-        match ctx.store.begin_create(&key, &workflow.name, now).await? {
-            CreateState::New => {
-                w.claim = Some(key);
-                ready.push(w);
-            }
-            CreateState::Committed { salesforce_id } => {
-                // Created by another worker since our lookup: update that record instead.
-                w.fields.retain(|(f, _)| is_update_field(config, f));
-                w.salesforce_id = Some(salesforce_id);
-                ready.push(w);
-            }
-            CreateState::Pending { since } => {
-                let held = now - since < PENDING_LEASE
-                    && (since >= now || another_run_live(ctx, &workflow.name, run_id, &mut others_live).await?);
-                if held {
-                    deferred.push(w);
-                } else {
-                    w.claim = Some(key);
-                    stale.push(w);
-                }
-            }
+        let (changes, held) = deliver::hold_back(&quarantine, object, &[], changes);
+        report.preflight.records_held_back += held.len();
+        for h in &held {
+            outcomes_kept.push(h.outcome(object));
+            unfinished.push((object, h.change.key.clone()));
         }
-    }
-    // A claim left by a worker that died: it may have created the record before dying. Look
-    // again before creating (its upsert key may have been another visitor id).
-    if !stale.is_empty() {
-        let emails: Vec<&str> = stale.iter().map(|w| w.person.email.as_str()).collect();
-        let contacts = by_email(ctx, "Contact", &["Id", "Email"], &emails, config.strip_plus_addressing).await?;
-        for mut w in stale {
-            match contacts.get(&w.person.email).and_then(|found| found.first()).and_then(|r| text(r, "Id")) {
-                Some(id) if w.object == "Contact" => {
-                    if let Some(key) = w.claim.take() {
-                        ctx.store.commit_create(&key, &id, now).await?;
-                    }
-                    w.fields.retain(|(f, _)| is_update_field(config, f));
-                    w.salesforce_id = Some(id);
-                    ready.push(w);
-                }
-                _ => ready.push(w),
-            }
-        }
-    }
-
-    let (updates, creates): (Vec<Pending>, Vec<Pending>) = ready.into_iter().partition(|w| w.salesforce_id.is_some());
-    let mut written: Vec<(Pending, String, Action)> = Vec::new();
-    let mut failed: Vec<(Pending, String, String)> = Vec::new();
-    let (contact_creates, lead_creates): (Vec<Pending>, Vec<Pending>) =
-        creates.into_iter().partition(|w| w.object == "Contact");
-    for (object, list) in [("Contact", contact_creates), ("Lead", lead_creates)] {
-        if list.is_empty() {
-            continue;
-        }
-        send_creates(
+        let allowance = Allowance { calls: budget.available.saturating_sub(spent_since_limits(&meter)) };
+        let plan = crate::plan::plan(changes.len(), workflow.max_latency, allowance, &CostModel::default());
+        let super::update::Updated { delivery, deferred, verify } = super::update::deliver(
             ctx,
+            &workflow.name,
             object,
-            &config.contact_fields.visitor_id,
-            list,
+            &plan,
+            changes,
+            &budget,
+            &mut meter,
             now,
-            &mut written,
-            &mut failed,
-            &mut deferred,
+            &|_| {},
+            run_id,
         )
         .await?;
-    }
-    let (contact_updates, lead_updates): (Vec<Pending>, Vec<Pending>) =
-        updates.into_iter().partition(|w| w.object == "Contact");
-    for (object, list) in [("Contact", contact_updates), ("Lead", lead_updates)] {
-        if list.is_empty() {
-            continue;
+        report.verify.merge(verify);
+        report.written += delivery.written.len();
+        report.failed += delivery.failed.len();
+        report.deferred += deferred.len();
+        ledger.delivery(object, &delivery, |c| &c.key);
+        for c in &delivery.written {
+            prints.extend(prints_of(&workflow.name, object, &c.salesforce_id, &c.fields, now));
+            outcomes_kept.push(outcome(object, c, Action::Updated, None, None));
         }
-        send_updates(ctx, object, list, &mut written, &mut failed, &mut deferred).await;
+        for f in &delivery.failed {
+            if report.failures.len() < 10 {
+                report.failures.push(FailureSample {
+                    salesforce_id: f.change.salesforce_id.clone(),
+                    code: f.code.clone(),
+                    message: f.message.clone(),
+                });
+            }
+            unfinished.push((object, f.change.key.clone()));
+            outcomes_kept.push(outcome(object, &f.change, Action::Failed, Some(&f.code), Some(f.message.clone())));
+        }
+        for c in &deferred {
+            unfinished.push((object, c.key.clone()));
+            let why = "over the API budget, or Salesforce was busy: sent in a later run".to_owned();
+            outcomes_kept.push(outcome(object, c, Action::Deferred, None, Some(why)));
+        }
     }
-    meter.step("deliver", Some("collections"));
+    report.plan.deferred = report.deferred;
     crate::testhook::crash_point("record");
-    let spent_here: u64 = meter.calls.values().sum::<u64>() - limits_calls;
-    settle(ctx, day, &workflow.name, write_calls, spent_here, now).await?;
-
-    // Outcomes and fingerprints, then the cursor.
-    report.written = written.len();
-    report.failed = failed.len();
-    report.deferred = deferred.len();
-    report.plan.deferred = deferred.len();
-    report.failures = failed
-        .iter()
-        .take(10)
-        .map(|(w, code, message)| FailureSample {
-            salesforce_id: w.salesforce_id.clone().unwrap_or_default(),
-            code: code.clone(),
-            message: message.clone(),
-        })
-        .collect();
-    let mut prints = Vec::new();
-    let mut ledger = super::ledger::Ledger::default();
-    for (w, id, action) in &written {
-        ledger.written(w.object, &w.person.visitor.visitor_id);
-        let scope = scope(&workflow.name, w.object);
-        prints.extend(w.fields.iter().map(|(field, value)| FingerprintPut {
-            scope: scope.clone(),
-            key: id.clone(),
-            field: field.clone(),
-            fingerprint: fingerprint(value),
-            written_at: now,
-            value: Some(value.clone()),
-        }));
-        outcomes_kept.push(RecordOutcome {
-            object: w.object.into(),
-            key: w.person.visitor.visitor_id.clone(),
-            salesforce_id: Some(id.clone()),
-            action: *action,
-            changes: changes_of(&w.fields),
-            error_code: None,
-            message: None,
-        });
-    }
-    for (w, code, message) in &failed {
-        ledger.refused(super::ledger::Refusal {
-            object: w.object.into(),
-            key: w.person.visitor.visitor_id.clone(),
-            salesforce_id: w.salesforce_id.clone(),
-            payload: Value::Object(w.fields.iter().cloned().collect()),
-            code: code.clone(),
-            message: message.clone(),
-            fields: w.fields.iter().map(|(f, _)| f.clone()).collect(),
-        });
-        outcomes_kept.push(RecordOutcome {
-            object: w.object.into(),
-            key: w.person.visitor.visitor_id.clone(),
-            salesforce_id: w.salesforce_id.clone(),
-            action: Action::Failed,
-            changes: changes_of(&w.fields),
-            error_code: Some(code.clone()),
-            message: Some(message.clone()),
-        });
-    }
-    for w in &deferred {
-        outcomes_kept.push(RecordOutcome {
-            object: w.object.into(),
-            key: w.person.visitor.visitor_id.clone(),
-            salesforce_id: w.salesforce_id.clone(),
-            action: Action::Deferred,
-            changes: changes_of(&w.fields),
-            error_code: None,
-            message: Some(
-                "sent in a later run (another worker was creating this person, or Salesforce was busy)".into(),
-            ),
-        });
-    }
     ctx.store.record_outcomes(run_id, &[], &prints).await?;
     let dismissed = ledger.settle(ctx, &workflow.name, run_id, now).await?;
-    // A refused visitor holds the cursor like a deferred one, so the next run (or a replay)
-    // reads it again and derives its record afresh; one whose refusal a person dismissed does not.
-    let refused = failed
+    // A deferred, held or refused visitor holds the cursor, so the next run (or a replay) reads
+    // it again and derives its record afresh; one whose refusal a person dismissed does not.
+    let hold = unfinished
         .iter()
-        .filter(|(w, _, _)| !dismissed.contains(&(w.object.to_owned(), w.person.visitor.visitor_id.clone())))
-        .map(|(w, _, _)| w.person.visitor.first_visit_ms)
+        .filter(|(object, key)| !dismissed.contains(&((*object).to_owned(), key.clone())))
+        .filter_map(|(_, key)| first_visit.get(key).copied())
         .min();
-    let hold = [min_first_visit(&deferred), refused].into_iter().flatten().min();
     let next = cursor_after(hold, max_first_visit);
     finish_report(ctx, workflow, report, meter, outcomes_kept, stored.as_deref(), next, options).await
-}
-
-/// Whether a run of `workflow` other than `run` is live, asked of the store once per run.
-async fn another_run_live(
-    ctx: &Context,
-    workflow: &str,
-    run: RunId,
-    known: &mut Option<bool>,
-) -> Result<bool, RunError> {
-    if let Some(live) = *known {
-        return Ok(live);
-    }
-    let runs = ctx.store.list_runs(Some(workflow), 20).await?;
-    let live = runs.iter().any(|r| r.state == crate::store::RunState::Running && r.id != run);
-    *known = Some(live);
-    Ok(live)
 }
 
 /// Where the cursor goes: just at the oldest deferred or refused visitor (so it is read again),
@@ -631,27 +518,65 @@ async fn finish_report(
             }
         }
     }
-    report.budget.this_run = meter.calls.values().sum();
-    report.api_calls = meter.calls;
-    report.timings = meter.timings;
-    if !options.dry_run {
-        report.state = state_of(&report).as_str().into();
+    if options.dry_run {
+        return Ok(report.planned(meter));
     }
+    super::settle(ctx, &workflow.name, ctx.clock.now(), meter, &mut report).await?;
     Ok(report)
 }
 
-async fn settle(
-    ctx: &Context,
-    day: chrono::NaiveDate,
-    workflow: &str,
-    reserved: u64,
-    spent: u64,
-    now: DateTime<Utc>,
-) -> Result<(), RunError> {
-    if reserved > 0 || spent > 0 {
-        ctx.store.settle_budget(day, workflow, reserved, spent, now).await?;
+/// One group of one record: the person's new Contact or Lead, keyed by the visitor id in the
+/// visitor-id external-ID field (so Salesforce itself makes a repeated create find the record).
+fn group_of(config: &NewUsersConfig, w: &Pending<'_>) -> Group {
+    let key_field = &config.contact_fields.visitor_id;
+    let fields: Map<String, Value> = w.fields.iter().filter(|(f, _)| f != key_field).cloned().collect();
+    let account_id = fields.get("AccountId").and_then(Value::as_str).unwrap_or_default().to_owned();
+    Group {
+        subject: w.person.visitor.visitor_id.clone(),
+        account_id,
+        note: format!("a new {} for a person Pendo saw first", w.object),
+        records: vec![NewRecord {
+            object: w.object.to_owned(),
+            key: w.person.visitor.visitor_id.clone(),
+            key_field: key_field.clone(),
+            fields,
+            link: None,
+        }],
     }
-    Ok(())
+}
+
+/// The fingerprints of what was written to record `id`, kept as the values last sent.
+fn prints_of(
+    workflow: &str,
+    object: &str,
+    id: &str,
+    fields: &[(String, Value)],
+    now: DateTime<Utc>,
+) -> Vec<FingerprintPut> {
+    let scope = scope(workflow, object);
+    fields
+        .iter()
+        .map(|(field, value)| FingerprintPut {
+            scope: scope.clone(),
+            key: id.to_owned(),
+            field: field.clone(),
+            fingerprint: fingerprint(value),
+            written_at: now,
+            value: Some(value.clone()),
+        })
+        .collect()
+}
+
+fn outcome(object: &str, c: &Change, action: Action, code: Option<&str>, message: Option<String>) -> RecordOutcome {
+    RecordOutcome {
+        object: object.into(),
+        key: c.key.clone(),
+        salesforce_id: Some(c.salesforce_id.clone()),
+        action,
+        changes: changes_of(&c.fields),
+        error_code: code.map(str::to_owned),
+        message,
+    }
 }
 
 fn changes_of(fields: &[(String, Value)]) -> Vec<FieldChange> {
@@ -759,12 +684,6 @@ fn update_of(
     (!fields.is_empty()).then_some(fields)
 }
 
-/// Whether `field` is one an update may set (creates also set names, e-mail and the parent).
-fn is_update_field(config: &NewUsersConfig, field: &str) -> bool {
-    let f = &config.contact_fields;
-    field == f.visitor_id || Some(field) == f.last_visit.as_deref() || Some(field) == f.first_visit.as_deref()
-}
-
 /// A new record's fields: the visitor id (the upsert key), names, e-mail, visit times (Contacts
 /// only: a Lead is not assumed to have them), and what `extra` adds.
 fn create_of(
@@ -807,119 +726,6 @@ fn split_name(full: Option<&str>, email: &str) -> (Option<String>, String) {
         Some((last, [])) => (None, (*last).to_owned()),
         Some((last, rest)) => (Some(rest.join(" ")), (*last).to_owned()),
         None => (None, email.split('@').next().unwrap_or(email).to_owned()),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn send_creates<'v>(
-    ctx: &Context,
-    object: &'static str,
-    key_field: &str,
-    list: Vec<Pending<'v>>,
-    now: DateTime<Utc>,
-    written: &mut Vec<(Pending<'v>, String, Action)>,
-    failed: &mut Vec<(Pending<'v>, String, String)>,
-    deferred: &mut Vec<Pending<'v>>,
-) -> Result<(), RunError> {
-    let mut rest = list.into_iter().peekable();
-    while rest.peek().is_some() {
-        let batch: Vec<Pending> = rest.by_ref().take(COLLECTION_SIZE).collect();
-        let records: Vec<Map<String, Value>> = batch.iter().map(|w| w.fields.iter().cloned().collect()).collect();
-        let result = ctx.salesforce.upsert_many(object, key_field, &records, false).await;
-        crate::testhook::crash_point("create");
-        match result {
-            Ok(results) if results.len() == batch.len() => {
-                for (w, r) in batch.into_iter().zip(results) {
-                    match (r.success, r.id.as_ref()) {
-                        (true, Some(id)) => {
-                            if let Some(key) = &w.claim {
-                                ctx.store.commit_create(key, id.as_str(), now).await?;
-                            }
-                            let action = if r.created == Some(false) { Action::Updated } else { Action::Created };
-                            written.push((w, id.as_str().to_owned(), action));
-                        }
-                        _ => {
-                            if let Some(key) = &w.claim {
-                                ctx.store.abandon_create(key).await?;
-                            }
-                            let e = r.first_error();
-                            let retry = e.is_some_and(|e| e.retry_class().is_retryable());
-                            if retry {
-                                deferred.push(w);
-                            } else {
-                                let code =
-                                    e.map_or_else(|| "UNKNOWN".to_owned(), |e| e.status_code.as_str().to_owned());
-                                let message =
-                                    e.map_or_else(|| "refused without an error".to_owned(), |e| e.message.clone());
-                                failed.push((w, code, message));
-                            }
-                        }
-                    }
-                }
-            }
-            other => {
-                let (code, message, later) = match other {
-                    Ok(results) => (
-                        "RESULT_MISMATCH".to_owned(),
-                        format!("Salesforce returned {} results for {} records", results.len(), batch.len()),
-                        false,
-                    ),
-                    Err(e) => (
-                        e.error_code().map_or_else(|| "REQUEST_FAILED".to_owned(), |c| c.as_str().to_owned()),
-                        e.to_string(),
-                        e.retry_class() == salesforce::RetryClass::NotNow || e.retry_class().is_retryable(),
-                    ),
-                };
-                for w in batch {
-                    // The request may or may not have landed; the claim stays only if it might
-                    // have (an upsert repeated later finds the record by its key either way).
-                    if let Some(key) = &w.claim {
-                        ctx.store.abandon_create(key).await?;
-                    }
-                    if later { deferred.push(w) } else { failed.push((w, code.clone(), message.clone())) }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn send_updates<'v>(
-    ctx: &Context,
-    object: &'static str,
-    list: Vec<Pending<'v>>,
-    written: &mut Vec<(Pending<'v>, String, Action)>,
-    failed: &mut Vec<(Pending<'v>, String, String)>,
-    deferred: &mut Vec<Pending<'v>>,
-) {
-    let changes: Vec<crate::change::Change> = list
-        .iter()
-        .enumerate()
-        .map(|(i, w)| crate::change::Change {
-            key: i.to_string(),
-            salesforce_id: w.salesforce_id.clone().unwrap_or_default(),
-            fields: w.fields.clone(),
-            prints: w.fields.iter().map(|(f, v)| (f.clone(), fingerprint(v))).collect(),
-        })
-        .collect();
-    let path = if changes.len() == 1 { WritePath::Single } else { WritePath::Collections };
-    let d = deliver::deliver(&ctx.salesforce, object, path, changes, &RecordRetry::default(), &|_| {}).await;
-    let mut slots: Vec<Option<Pending<'v>>> = list.into_iter().map(Some).collect();
-    let mut take = |key: &str| key.parse::<usize>().ok().and_then(|i| slots.get_mut(i)).and_then(Option::take);
-    for c in d.written {
-        if let Some(w) = take(&c.key) {
-            written.push((w, c.salesforce_id, Action::Updated));
-        }
-    }
-    for f in d.failed {
-        if let Some(w) = take(&f.change.key) {
-            failed.push((w, f.code, f.message));
-        }
-    }
-    for c in d.deferred {
-        if let Some(w) = take(&c.key) {
-            deferred.push(w);
-        }
     }
 }
 
