@@ -674,3 +674,16 @@ async fn a_pendo_refusal_holds_the_attributes_cursor_until_it_is_dismissed() {
         .unwrap();
     assert!(still_open.is_empty(), "{still_open:?}");
 }
+
+/// Calls a run reserved and never settled (it was killed) go back to the day's share when the
+/// workflow's next run claims it, instead of shrinking the share until midnight UTC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_runs_reservation_is_released_by_the_next_run() {
+    let w = world(20, "skip").await;
+    let today = Utc::now().date_naive();
+    assert!(w.ctx.store.reserve_budget(today, "new-users", 5_000, 1_000_000, Utc::now()).await.unwrap());
+    assert_eq!(w.ctx.store.budget_day(today).await.unwrap().reserved, 5_000);
+    let report = w.run("new-users").await;
+    assert_eq!(report.failed, 0, "{:?}", report.failures);
+    assert_eq!(w.ctx.store.budget_day(today).await.unwrap().reserved, 0);
+}

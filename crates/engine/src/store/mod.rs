@@ -711,6 +711,11 @@ pub trait BudgetStore {
         spent: u64,
         now: DateTime<Utc>,
     ) -> StoreFuture<'_, ()>;
+    /// Releases every call `workflow` holds reserved on `day` and returns how many. Called when
+    /// a run of the workflow has claimed it: no other run of it is live then, so what is still
+    /// reserved was left by runs that died before settling, and would otherwise shrink the
+    /// day's share until midnight UTC.
+    fn release_reservations(&self, day: NaiveDate, workflow: &str) -> StoreFuture<'_, u64>;
     /// The org's DailyApiRequests as last read from /limits; the latest observation wins.
     fn observe_org_usage(&self, day: NaiveDate, used: u64, max: u64, now: DateTime<Utc>) -> StoreFuture<'_, ()>;
     fn budget_day(&self, day: NaiveDate) -> StoreFuture<'_, BudgetDay>;

@@ -1139,6 +1139,17 @@ impl BudgetStore for SqliteStore {
             let reserved = to_db_count("settled reservation", reserved)?;
             let spent = to_db_count("spent calls", spent)?;
             let mut tx = self.begin_write("settle budget").await?;
+            // Only what this workflow really holds is released from the day's total: a late
+            // settle of a reservation already released (its run was taken for dead) must not
+            // release other workflows' reservations.
+            let held: Option<i64> =
+                sqlx::query_scalar("SELECT reserved FROM budget_workflows WHERE day = $1 AND workflow = $2")
+                    .bind(day)
+                    .bind(workflow.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query_err("settle budget"))?;
+            let reserved = reserved.min(held.unwrap_or(0));
             // Releasing more than is reserved (a double settle) clamps at zero rather than
             // inventing negative reservations.
             sqlx::query(
@@ -1179,6 +1190,37 @@ impl BudgetStore for SqliteStore {
             }
             tx.commit().await.map_err(query_err("settle budget"))?;
             Ok(())
+        })
+    }
+
+    fn release_reservations(&self, day: NaiveDate, workflow: &str) -> StoreFuture<'_, u64> {
+        let workflow = workflow.to_owned();
+        Box::pin(async move {
+            let mut tx = self.begin_write("release reservations").await?;
+            let held: Option<i64> =
+                sqlx::query_scalar("SELECT reserved FROM budget_workflows WHERE day = $1 AND workflow = $2")
+                    .bind(day)
+                    .bind(workflow.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query_err("release reservations"))?;
+            let held = held.unwrap_or(0);
+            if held > 0 {
+                sqlx::query("UPDATE budget_workflows SET reserved = 0 WHERE day = $1 AND workflow = $2")
+                    .bind(day)
+                    .bind(workflow.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_err("release reservations"))?;
+                sqlx::query("UPDATE budget_days SET reserved = CASE WHEN reserved > $2 THEN reserved - $2 ELSE 0 END WHERE day = $1")
+                    .bind(day)
+                    .bind(held)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_err("release reservations"))?;
+            }
+            tx.commit().await.map_err(query_err("release reservations"))?;
+            from_db_count("released reservation", held)
         })
     }
 

@@ -102,6 +102,7 @@ conformance!(
     failures_dismissed_with_a_reason,
     budget_ledger,
     budget_concurrent_reservations_respect_cap,
+    budget_reservations_of_dead_runs_are_released,
     idempotent_creates,
     inbox_dedupes_and_drains,
     run_claims_conflict_per_workflow,
@@ -917,6 +918,23 @@ async fn budget_ledger(store: Arc<dyn Store>) {
     assert_eq!((empty.reserved, empty.spent, empty.org_used), (0, 0, None));
     assert!(store.spent_per_hour(other).await.unwrap().is_empty());
     assert!(store.reserve_budget(d, "wf", u64::MAX, u64::MAX, t(1, 0)).await.is_err());
+}
+
+async fn budget_reservations_of_dead_runs_are_released(store: Arc<dyn Store>) {
+    let d = day();
+    // A run of wf-a reserved 600 and died; wf-b holds 300 of its own.
+    assert!(store.reserve_budget(d, "wf-a", 600, 1000, t(1, 0)).await.unwrap());
+    assert!(store.reserve_budget(d, "wf-b", 300, 1000, t(1, 0)).await.unwrap());
+    assert!(!store.reserve_budget(d, "wf-a", 200, 1000, t(1, 5)).await.unwrap(), "the dead run's share blocks");
+    assert_eq!(store.release_reservations(d, "wf-a").await.unwrap(), 600);
+    assert_eq!(store.release_reservations(d, "wf-a").await.unwrap(), 0, "released once");
+    assert_eq!(store.release_reservations(d, "never-ran").await.unwrap(), 0);
+    assert_eq!(store.budget_day(d).await.unwrap().reserved, 300, "wf-b keeps its reservation");
+    assert!(store.reserve_budget(d, "wf-a", 700, 1000, t(1, 10)).await.unwrap());
+    // A stalled holder settling late clamps at zero rather than going negative.
+    store.settle_budget(d, "wf-a", 900, 10, t(1, 20)).await.unwrap();
+    let b = store.budget_day(d).await.unwrap();
+    assert_eq!((b.reserved, b.spent), (300, 10));
 }
 
 async fn budget_concurrent_reservations_respect_cap(store: Arc<dyn Store>) {

@@ -388,6 +388,13 @@ pub(crate) async fn claim(
     match claim {
         RunClaim::Started { id, abandoned } => {
             log_abandoned(&abandoned);
+            // This run is the workflow's only live one, so calls still reserved for it today
+            // were left by runs that died before settling: give them back to the day's share.
+            let released = ctx.store.release_reservations(now.date_naive(), &new.workflow).await?;
+            if released > 0 {
+                tracing::info!(workflow = %new.workflow, calls = released,
+                    "Released API calls reserved by a run that ended without settling");
+            }
             Ok((id, lease::Heartbeat::start(Arc::clone(&ctx.store), ctx.clock, id, holder, run_lease)))
         }
         RunClaim::Busy { holder, abandoned } => {
