@@ -79,6 +79,11 @@ fn new_contacts_survive_kills_faults_a_lost_store_and_a_spent_allocation() {
 }
 
 #[test]
+fn account_attributes_reach_pendo_through_kills_faults_a_lost_store_and_a_spent_allocation() {
+    chaos("attributes-to-pendo", &["gather", "plan", "record"]);
+}
+
+#[test]
 fn trial_usage_survives_kills_faults_a_lost_store_and_a_spent_allocation() {
     chaos("trials", &["gather", "plan", "deliver:1"]);
 }

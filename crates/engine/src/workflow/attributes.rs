@@ -146,6 +146,7 @@ async fn body(
     })?;
     let rows: Vec<Map<String, Value>> = ctx.salesforce.query_collect(soql).await.map_err(sf("changed Accounts"))?;
     meter.step("read", Some("read_accounts"));
+    crate::testhook::crash_point("gather");
 
     // Which Pendo account(s) each Account is.
     let mut from_map: HashMap<String, Vec<String>> = HashMap::new();
@@ -251,6 +252,7 @@ async fn body(
         ctx.store.settle_budget(now.date_naive(), &workflow.name, 0, reads, now).await?;
     }
 
+    crate::testhook::crash_point("plan");
     // Pendo: one bulk call per 500 accounts, each answered per id.
     let updates: Vec<pendo::metadata::MetadataUpdate> = changes
         .iter()
@@ -268,6 +270,7 @@ async fn body(
     };
     report.pendo_calls = u64::from(bulk.requests);
     meter.step("deliver", Some("pendo_metadata"));
+    crate::testhook::crash_point("record");
     let outcome_of: HashMap<&str, pendo::metadata::Outcome> =
         bulk.outcomes.iter().map(|(id, o)| (id.as_str(), *o)).collect();
     let mut prints = Vec::new();

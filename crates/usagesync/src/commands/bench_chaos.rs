@@ -74,6 +74,9 @@ enum What {
     Made(&'static [&'static str]),
     /// `fields` of every `object` record, by its `key` field (skipped when all are empty).
     Fields { object: &'static str, key: &'static str, fields: &'static [&'static str] },
+    /// `fields` of every Pendo account's metadata `group`, by account id (skipped when all are
+    /// empty): what a Salesforce → Pendo template leaves.
+    PendoMetadata { group: &'static str, fields: &'static [&'static str] },
 }
 
 /// A person's edit usagesync must never change back: `field` set to `value` on up to five
@@ -147,6 +150,12 @@ fn cases() -> Vec<Case> {
                 ],
             },
             points: &["gather", "plan", "deliver:1", "record"],
+            edit: None,
+        },
+        Case {
+            workflow: "attributes-to-pendo",
+            what: What::PendoMetadata { group: "custom", fields: &["plan", "renewaldate", "csm"] },
+            points: &["gather", "plan", "record"],
             edit: None,
         },
         Case {
@@ -592,6 +601,20 @@ impl World {
                     let parent = ["WhatId", "AccountId"].iter().find_map(|f| r[*f].as_str()).unwrap_or_default();
                     let parent = key_of.get(parent).copied().unwrap_or(parent);
                     out.entry(key.to_owned()).or_default().push(json!([object, parent]));
+                }
+            }
+            What::PendoMetadata { group, fields } => {
+                let url = format!("{}/__emulator/accounts", self.emulators.pendo);
+                let v: Value = self.http.get(url).send().await?.error_for_status()?.json().await?;
+                let list = v.as_array().cloned().or_else(|| v["accounts"].as_array().cloned()).unwrap_or_default();
+                for a in list {
+                    let Some(id) = a["accountId"].as_str().or_else(|| a["id"].as_str()) else { continue };
+                    let values: BTreeMap<&str, Value> =
+                        fields.iter().map(|f| (*f, a["metadata"][*group][*f].clone())).collect();
+                    if values.values().all(Value::is_null) {
+                        continue;
+                    }
+                    out.entry(id.to_owned()).or_default().push(json!(values));
                 }
             }
             What::Fields { object, key, fields } => {
