@@ -251,7 +251,12 @@ impl Transport {
     async fn send_inner(&self, request: ApiRequest, streaming: bool) -> Result<Received> {
         let max_attempts = self.config.retry.max_attempts.max(1);
         let mut attempt: u32 = 0;
-        let mut refreshed = false;
+        // A new token is fetched when a session expired, but never twice in a row: a token
+        // refused as soon as it is issued would loop. Once the new token has met some other
+        // answer (a 503 retried, say), a later expiry during the same call's retries is a new
+        // expiry and is refreshed again, a bounded number of times.
+        let mut refresh_allowed = true;
+        let mut refreshes: u32 = 0;
         loop {
             attempt += 1;
             let failure = match self.attempt(&request, streaming).await {
@@ -259,8 +264,9 @@ impl Transport {
                 Err(failure) => failure,
             };
             let class = failure.error.retry_class();
-            if class == RetryClass::RefreshAuth && !refreshed {
-                refreshed = true;
+            if class == RetryClass::RefreshAuth && refresh_allowed && refreshes < max_attempts {
+                refresh_allowed = false;
+                refreshes += 1;
                 if let Some(token) = &failure.token {
                     self.tokens.invalidate(token);
                 }
@@ -294,6 +300,7 @@ impl Transport {
                 "Transient Salesforce failure; retrying after a delay."
             );
             tokio::time::sleep(delay).await;
+            refresh_allowed = true;
         }
     }
 

@@ -47,6 +47,7 @@ fn chaos_with(workflow: &str, must_die_at: &[&str], extra: &[&str]) -> Value {
         assert_eq!(row[field], 0, "{field}: {row}");
     }
     assert_eq!(row["spent_exit"], 4, "{row}");
+    assert!(row["sessions_expired"].as_u64().unwrap() > 0, "runs met expired sessions: {row}");
     assert_eq!(row["problems"], serde_json::json!([]), "{row}");
     let died: Vec<&str> = row["died_at"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     for point in must_die_at {

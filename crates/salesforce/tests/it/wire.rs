@@ -197,6 +197,24 @@ async fn a_second_401_after_refresh_is_returned_not_looped() {
     assert_ne!(tokens[0], tokens[1], "the retry used the new token");
 }
 
+/// Sessions that expire twice during one call's retries (401, then a 503 retried, then 401
+/// again) are refreshed twice and the call succeeds: the second expiry is a new one.
+#[tokio::test]
+async fn a_session_expiring_again_during_a_calls_retries_is_refreshed_again() {
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = n.clone();
+    let mock = answering(move |_, _| match seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+        0 | 2 => sf_error(401, "INVALID_SESSION_ID", "Session expired or invalid"),
+        1 => sf_error(503, "SERVER_UNAVAILABLE", "Server temporarily unavailable"),
+        _ => Reply::json(200, json!({"DailyApiRequests": {"Max": 100, "Remaining": 95}})),
+    })
+    .await;
+    let client = client(&mock, config(3));
+    client.limits().await.unwrap();
+    assert_eq!(mock.data_requests().len(), 4);
+    assert_eq!(mock.requests().iter().filter(|r| is_token(r)).count(), 3, "two refreshes after the first login");
+}
+
 #[tokio::test]
 async fn creates_are_not_resent_after_500_or_timeout_but_reads_are() {
     for reply in ["500", "hang", "close"] {

@@ -4,7 +4,7 @@
 //! reference run. The second is run with this binary killed at the pipeline's named points
 //! (`USAGESYNC_TEST_CRASH_AT`: after gather, after plan, between a call and the store commit,
 //! between the records of a group, before the outcomes are recorded) under 10% transient
-//! faults, then to completion; then a person edits what usagesync made and the state store is
+//! faults and with every Salesforce session ended each second, then to completion; then a person edits what usagesync made and the state store is
 //! deleted; a third world has its allocation spent by someone else just before the run's last write
 //! calls. Each end state is compared record by record with the reference: duplicates, missing,
 //! extra and differing records, and people's edits changed back, must all be zero.
@@ -183,6 +183,9 @@ pub struct Row {
     pub kills_tried: usize,
     /// The points at which a run died, in order.
     pub died_at: Vec<String>,
+    /// Runs meant to be killed that failed under the faults before reaching their point
+    /// (tried again).
+    pub failed_before_point: usize,
     /// Runs after the kills until one exited 0 under faults.
     pub runs_to_finish: usize,
     pub duplicates: usize,
@@ -195,6 +198,8 @@ pub struct Row {
     /// `abandoned`), and how many were marked abandoned.
     pub left_running: usize,
     pub abandoned: usize,
+    /// Salesforce sessions ended under the runs while they were killed and faulted.
+    pub sessions_expired: u64,
     /// The exit code of the run whose allocation was spent mid-way (4: deferred).
     pub spent_exit: Option<i32>,
     /// With a PostgreSQL store: rounds of workers started together, runs refused because
@@ -302,11 +307,19 @@ async fn run_case(case: &Case, accounts: usize, kills: usize) -> Result<Row> {
     world
         .admin("faults", json!({"seed": 7, "unableToLockRow": 0.1, "serverUnavailable": 0.1, "dropConnection": 0.1}))
         .await?;
+    // Sessions end every second as well, so runs meet expired tokens mid-way and must log in again.
+    let expiring = world.expire_sessions_every(std::time::Duration::from_secs(1));
     for k in 0..kills {
         let point = case.points[k % case.points.len()];
-        let (code, out) = world.sync(workflow, Some(point)).await?;
-        if code != Some(0) && out.to_string().contains("aborting at point") {
-            row.died_at.push(point.to_owned());
+        // Under faults a run may fail before it reaches the point (and says so); it is tried
+        // again, up to three times, so that every point is met.
+        for _ in 0..3 {
+            let (code, out) = world.sync(workflow, Some(point)).await?;
+            if code != Some(0) && out.to_string().contains("aborting at point") {
+                row.died_at.push(point.to_owned());
+                break;
+            }
+            row.failed_before_point += usize::from(code != Some(0));
         }
     }
     let mut finished = false;
@@ -326,6 +339,8 @@ async fn run_case(case: &Case, accounts: usize, kills: usize) -> Result<Row> {
     if !finished {
         row.problems.push(format!("not finished after {} runs under faults", row.runs_to_finish));
     }
+    expiring.abort();
+    row.sessions_expired = expiring.await_count().await;
     world.admin("faults", json!({})).await?;
     let (code, out) = world.sync(workflow, None).await?;
     if code != Some(0) || out["written"].as_u64().unwrap_or(0) != 0 {
@@ -503,6 +518,23 @@ fn compare(reference: &Snapshot, got: &Snapshot, when: &str, row: &mut Row) {
     }
 }
 
+/// Sessions being ended in the background; `abort` stops it, awaiting gives how many ended.
+struct Expiring {
+    task: tokio::task::JoinHandle<()>,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Expiring {
+    fn abort(&self) {
+        self.task.abort();
+    }
+
+    async fn await_count(self) -> u64 {
+        let _ = self.task.await;
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// One emulated world with its own config and state store.
 struct World {
     emulators: super::bench_engagement::Child,
@@ -569,6 +601,28 @@ impl World {
             .context("Failed to run usagesync runs")?;
         serde_json::from_slice(&out.stdout)
             .with_context(|| format!("usagesync runs printed no JSON: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+
+    /// Ends every Salesforce session each `every` until aborted; the task's count of sessions
+    /// ended is kept in a shared cell, read once it stops.
+    fn expire_sessions_every(&self, every: std::time::Duration) -> Expiring {
+        let url = format!("{}/__emulator/sessions/expire", self.emulators.salesforce);
+        let http = self.http.clone();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = count.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Ok(r) = http.post(&url).send().await
+                    && let Ok(v) = r.json::<Value>().await
+                {
+                    counted.fetch_add(v["expired"].as_u64().unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        Expiring { task, count }
     }
 
     async fn admin(&self, path: &str, body: Value) -> Result<()> {
