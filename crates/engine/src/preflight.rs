@@ -17,10 +17,7 @@ use salesforce::{ErrorCode, FieldDescribe, SObjectDescribe};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::config::{
-    AttributeType, Config, EngagementConfig, FollowUpObject, MatchRule, Metric, MilestoneKind, Template,
-    UnmatchedAccount, Workflow,
-};
+use crate::config::{Config, EngagementConfig, MatchRule, Metric, Workflow};
 
 /// How a workflow uses a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -202,143 +199,18 @@ impl Quarantine {
 /// Every object and field workflow `w` names, in config order.
 pub fn requirements(w: &Workflow) -> Vec<Requirement> {
     let mut out = Reqs { base: format!("workflows.{}", w.name), list: Vec::new() };
-    match &w.template {
-        Template::EngagementScores(c) => out.accounts(c),
-        Template::TrialUsage(c) => {
-            out.accounts(&c.accounts);
-            let f = &c.fields;
-            for (field, leaf, expect) in [
-                (&f.active_users, "active_users", Expect::Number),
-                (&f.features_explored, "features_explored", Expect::Number),
-                (&f.guides_completed, "guides_completed", Expect::Number),
-                (&f.last_active, "last_active", Expect::Date),
-                (&f.drop_off_step, "drop_off_step", Expect::Text),
-            ] {
-                if let Some(field) = field {
-                    out.add("Opportunity", field, Use::Update, expect, &format!("trial.fields.{leaf}"));
-                }
-            }
-            for (i, rule) in c.stages.iter().enumerate() {
-                let expect = Expect::Value(rule.stage.clone());
-                out.add("Opportunity", "StageName", Use::Update, expect, &format!("trial.stages[{i}].stage"));
-            }
-        }
-        Template::EngagementDropAlert(c) => {
-            out.accounts(&c.accounts);
-            if let Some(owner) = &c.owner_field {
-                out.add("Account", owner, Use::Read, Expect::Reference, "alert.owner_field");
-            }
-            out.add("Task", &c.key_field, Use::Key, Expect::Text, "alert.key_field");
-            if c.create_case {
-                out.add("Case", &c.key_field, Use::Key, Expect::Text, "alert.key_field");
-            }
-        }
-        Template::ExpansionOpportunity(c) => {
-            out.accounts(&c.accounts);
-            for (i, m) in c.milestones.iter().enumerate() {
-                if let MilestoneKind::SeatShare { seats_field, .. } = &m.kind {
-                    let key = format!("expansion.milestones[{i}].seat_share.seats_field");
-                    out.add("Account", seats_field, Use::Read, Expect::Number, &key);
-                }
-            }
-            let o = &c.opportunity;
-            out.add("Opportunity", &c.key_field, Use::Key, Expect::Text, "expansion.key_field");
-            out.add(
-                "Opportunity",
-                "Type",
-                Use::Create,
-                Expect::Value(o.opportunity_type.clone()),
-                "expansion.opportunity.type",
-            );
-            out.add(
-                "Opportunity",
-                "StageName",
-                Use::Create,
-                Expect::Value(o.stage.clone()),
-                "expansion.opportunity.stage",
-            );
-            if o.amount_base.is_some() || o.amount_per_active_visitor.is_some() {
-                let leaf = if o.amount_base.is_some() { "amount_base" } else { "amount_per_active_visitor" };
-                out.add("Opportunity", "Amount", Use::Create, Expect::Number, &format!("expansion.opportunity.{leaf}"));
-            }
-            if let Some(field) = &o.milestone_field {
-                out.add("Opportunity", field, Use::Create, Expect::Text, "expansion.opportunity.milestone_field");
-            }
-            if c.task {
-                out.add("Task", &c.key_field, Use::Key, Expect::Text, "expansion.key_field");
-            }
-        }
-        Template::NpsRealtime(c) => {
-            let contact = &c.contact;
-            for m in &contact.match_by {
-                if let crate::config::ContactMatch::VisitorIdField(field) = m {
-                    out.add("Contact", field, Use::Read, Expect::Text, "contact.visitor_id_field");
-                }
-            }
-            out.add("Contact", &contact.score_field, Use::Update, Expect::Number, "contact.score_field");
-            out.add("Contact", &contact.comment_field, Use::Update, Expect::Text, "contact.comment_field");
-            out.add("Contact", &contact.date_field, Use::Update, Expect::Date, "contact.date_field");
-            if let Some(h) = &c.health_score {
-                out.add("Account", &h.field, Use::Update, Expect::Number, "health_score.field");
-                out.add("Account", &h.engagement_field, Use::Read, Expect::Number, "health_score.engagement_field");
-            }
-            if let Some(f) = &c.follow_up {
-                let object = f.object.name();
-                out.add(object, &f.key_field, Use::Key, Expect::Text, "follow_up.key_field");
-                let priority = Expect::Value(f.priority.clone());
-                out.add(object, "Priority", Use::Create, priority, "follow_up.priority");
-                if f.object == FollowUpObject::Task {
-                    // The due date is always set on a Task follow-up.
-                    out.add("Task", "ActivityDate", Use::Create, Expect::Date, "follow_up.due_in_days");
-                }
-            }
-        }
-        Template::NewUsersToContacts(c) => {
-            out.matching(&c.matching);
-            let mut objects = vec!["Contact"];
-            if c.unmatched_account == UnmatchedAccount::Lead {
-                objects.push("Lead");
-            }
-            let f = &c.contact_fields;
-            for object in objects {
-                out.add(object, &f.visitor_id, Use::Key, Expect::Text, "contact_fields.visitor_id");
-                for (field, leaf) in [(&f.last_visit, "last_visit"), (&f.first_visit, "first_visit")] {
-                    if let Some(field) = field {
-                        out.add(object, field, Use::Upsert, Expect::Date, &format!("contact_fields.{leaf}"));
-                    }
-                }
-            }
-            if let Some(source) = &c.lead_source
-                && c.unmatched_account == UnmatchedAccount::Lead
-            {
-                out.add("Lead", "LeadSource", Use::Create, Expect::Value(source.clone()), "lead_source");
-            }
-        }
-        Template::AccountAttributesToPendo(c) => {
-            if let Some(field) = &c.pendo_account.field {
-                out.add("Account", field, Use::Read, Expect::Text, "pendo_account.field");
-            }
-            for (i, a) in c.attributes.iter().enumerate() {
-                let expect = match a.kind {
-                    AttributeType::Auto | AttributeType::Text => Expect::Any,
-                    AttributeType::Number => Expect::Number,
-                    AttributeType::Boolean => Expect::Boolean,
-                    AttributeType::Time => Expect::Date,
-                };
-                out.add("Account", &a.salesforce, Use::Read, expect, &format!("attributes[{i}].salesforce"));
-            }
-        }
-    }
+    w.template.spec().requirements(&mut out);
     out.list
 }
 
-struct Reqs {
+/// The requirements a template names, each located at its config key.
+pub(crate) struct Reqs {
     base: String,
     list: Vec<Requirement>,
 }
 
 impl Reqs {
-    fn add(&mut self, object: &str, field: &str, usage: Use, expect: Expect, leaf: &str) {
+    pub(crate) fn add(&mut self, object: &str, field: &str, usage: Use, expect: Expect, leaf: &str) {
         self.list.push(Requirement {
             object: object.to_owned(),
             field: field.to_owned(),
@@ -350,7 +222,7 @@ impl Reqs {
 
     /// The Account side every Pendo → Salesforce template shares: matching, and (for
     /// engagement-scores) the metric fields.
-    fn accounts(&mut self, c: &EngagementConfig) {
+    pub(crate) fn accounts(&mut self, c: &EngagementConfig) {
         self.matching(&c.matching);
         for (metric, field) in c.fields.iter() {
             let expect = match metric {
@@ -361,7 +233,7 @@ impl Reqs {
         }
     }
 
-    fn matching(&mut self, rules: &[MatchRule]) {
+    pub(crate) fn matching(&mut self, rules: &[MatchRule]) {
         for (i, rule) in rules.iter().enumerate() {
             match rule {
                 MatchRule::ExternalId { field } => {

@@ -58,7 +58,7 @@ pub(crate) struct AlertWire {
     pub due_in_days: Option<u32>,
 }
 
-pub(super) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<DropAlertConfig> {
+pub(crate) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<DropAlertConfig> {
     let accounts = account_side(key, w, errors, false);
     let ak = format!("{key}.alert");
     let a = errors.required(&w.alert, &ak)?;
@@ -111,7 +111,7 @@ pub(super) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Optio
     .filter(|_| ok)
 }
 
-pub(super) fn to_wire(c: &DropAlertConfig) -> AlertWire {
+pub(crate) fn to_wire(c: &DropAlertConfig) -> AlertWire {
     AlertWire {
         below: c.below,
         drop_share: c.drop_share,

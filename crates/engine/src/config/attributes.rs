@@ -115,7 +115,7 @@ fn salesforce_path(path: &str, key: &str, errors: &mut Errors) -> Option<String>
     Some(path.to_owned())
 }
 
-pub(super) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<AttributesConfig> {
+pub(crate) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<AttributesConfig> {
     let k = |leaf: &str| format!("{key}.{leaf}");
     let pendo_account = errors.required(&w.pendo_account, &k("pendo_account")).and_then(|p| {
         let field = match &p.field {
@@ -222,7 +222,7 @@ pub(super) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Optio
     })
 }
 
-pub(super) fn to_wire(c: &AttributesConfig, out: &mut wire::Workflow) {
+pub(crate) fn to_wire(c: &AttributesConfig, out: &mut wire::Workflow) {
     out.pendo_account =
         Some(WirePendoAccount { field: c.pendo_account.field.clone(), id_map_of: c.pendo_account.id_map_of.clone() });
     out.pendo_group = Some(c.group.name().to_owned());

@@ -130,7 +130,7 @@ pub(crate) struct OpportunityWire {
     pub milestone_field: Option<String>,
 }
 
-pub(super) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<ExpansionConfig> {
+pub(crate) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<ExpansionConfig> {
     let accounts = account_side(key, w, errors, false);
     let ek = format!("{key}.expansion");
     let e = errors.required(&w.expansion, &ek)?;
@@ -282,7 +282,7 @@ fn milestone(key: &str, m: &MilestoneWire, errors: &mut Errors) -> Option<Milest
     Some(Milestone { name: name?, kind })
 }
 
-pub(super) fn to_wire(c: &ExpansionConfig) -> ExpansionWire {
+pub(crate) fn to_wire(c: &ExpansionConfig) -> ExpansionWire {
     let milestones = c
         .milestones
         .iter()

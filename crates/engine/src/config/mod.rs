@@ -9,20 +9,21 @@
 //! reading early. Secrets are references
 //! (`{env: NAME}` / `{file: PATH}`) and are not read at load time (`secret.rs`).
 
-mod alert;
-mod attributes;
+pub(crate) mod alert;
+pub(crate) mod attributes;
 mod console;
 mod duration;
 mod error;
-mod expansion;
+pub(crate) mod expansion;
 mod locate;
-mod new_users;
-mod nps;
-mod ownership;
+pub(crate) mod new_users;
+pub(crate) mod nps;
+pub(crate) mod ownership;
 mod secret;
-mod trial;
-mod validate;
-mod wire;
+pub(crate) mod template;
+pub(crate) mod trial;
+pub(crate) mod validate;
+pub(crate) mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -245,72 +246,14 @@ pub struct Workflow {
     pub template: Template,
 }
 
-/// The template names known to this build. Adding a template: a variant here and in
-/// [`Template`], its keys in the wire form, and its builder in `validate.rs`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TemplateKind {
-    EngagementScores,
-    NewUsersToContacts,
-    AccountAttributesToPendo,
-    NpsRealtime,
-    EngagementDropAlert,
-    ExpansionOpportunity,
-    TrialUsage,
-}
-
-impl TemplateKind {
-    pub const ALL: &'static [TemplateKind] = &[
-        TemplateKind::EngagementScores,
-        TemplateKind::NewUsersToContacts,
-        TemplateKind::AccountAttributesToPendo,
-        TemplateKind::NpsRealtime,
-        TemplateKind::EngagementDropAlert,
-        TemplateKind::ExpansionOpportunity,
-        TemplateKind::TrialUsage,
-    ];
-
-    /// The `template:` value.
-    pub fn name(self) -> &'static str {
-        match self {
-            TemplateKind::EngagementScores => "engagement-scores",
-            TemplateKind::NewUsersToContacts => "new-users-to-contacts",
-            TemplateKind::AccountAttributesToPendo => "account-attributes-to-pendo",
-            TemplateKind::NpsRealtime => "nps-realtime",
-            TemplateKind::EngagementDropAlert => "engagement-drop-alert",
-            TemplateKind::ExpansionOpportunity => "expansion-opportunity",
-            TemplateKind::TrialUsage => "trial-usage",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|kind| kind.name() == name)
-    }
-}
-
-/// A workflow's template with its template-specific configuration.
-#[derive(Debug, Clone)]
-pub enum Template {
-    EngagementScores(EngagementConfig),
-    NewUsersToContacts(NewUsersConfig),
-    AccountAttributesToPendo(AttributesConfig),
-    NpsRealtime(NpsConfig),
-    EngagementDropAlert(DropAlertConfig),
-    ExpansionOpportunity(ExpansionConfig),
-    TrialUsage(TrialConfig),
-}
-
-impl Template {
-    pub fn kind(&self) -> TemplateKind {
-        match self {
-            Template::EngagementScores(_) => TemplateKind::EngagementScores,
-            Template::NewUsersToContacts(_) => TemplateKind::NewUsersToContacts,
-            Template::AccountAttributesToPendo(_) => TemplateKind::AccountAttributesToPendo,
-            Template::NpsRealtime(_) => TemplateKind::NpsRealtime,
-            Template::EngagementDropAlert(_) => TemplateKind::EngagementDropAlert,
-            Template::ExpansionOpportunity(_) => TemplateKind::ExpansionOpportunity,
-            Template::TrialUsage(_) => TemplateKind::TrialUsage,
-        }
-    }
+template::templates! {
+    EngagementScores(EngagementConfig) = "engagement-scores",
+    NewUsersToContacts(NewUsersConfig) = "new-users-to-contacts",
+    AccountAttributesToPendo(AttributesConfig) = "account-attributes-to-pendo",
+    NpsRealtime(NpsConfig) = "nps-realtime",
+    EngagementDropAlert(DropAlertConfig) = "engagement-drop-alert",
+    ExpansionOpportunity(ExpansionConfig) = "expansion-opportunity",
+    TrialUsage(TrialConfig) = "trial-usage",
 }
 
 /// engagement-scores: per Pendo account usage figures and a score onto the matching

@@ -75,7 +75,7 @@ pub(crate) struct WireContactFields {
     pub first_visit: Option<String>,
 }
 
-pub(super) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<NewUsersConfig> {
+pub(crate) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<NewUsersConfig> {
     let k = |leaf: &str| format!("{key}.{leaf}");
     let matching = match_rules(key, w, errors);
     let recheck_matches_after = match &w.recheck_matches_after {
@@ -157,7 +157,7 @@ pub(super) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Optio
     })
 }
 
-pub(super) fn to_wire(c: &NewUsersConfig, out: &mut wire::Workflow) {
+pub(crate) fn to_wire(c: &NewUsersConfig, out: &mut wire::Workflow) {
     out.matching = Some(c.matching.iter().map(super::validate::rule_to_wire).collect());
     out.recheck_matches_after = Some(duration::format(c.recheck_matches_after));
     out.overlap = Some(duration::format(c.overlap));

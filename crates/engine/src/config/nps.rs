@@ -172,7 +172,7 @@ pub(crate) struct FollowUpWire {
 // ---------------------------------------------------------------------------------------------
 // Validation
 
-pub(super) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<NpsConfig> {
+pub(crate) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<NpsConfig> {
     let k = |leaf: &str| format!("{key}.{leaf}");
     let batch_window = match w.batch_window_ms {
         None => Some(DEFAULT_BATCH_WINDOW),
@@ -360,7 +360,7 @@ fn follow_up(key: &str, f: &FollowUpWire, errors: &mut Errors) -> Option<FollowU
 }
 
 /// Fills the nps-realtime keys of `out` from `c`, defaults included.
-pub(super) fn to_wire(c: &NpsConfig, out: &mut wire::Workflow) {
+pub(crate) fn to_wire(c: &NpsConfig, out: &mut wire::Workflow) {
     out.batch_window_ms = Some(u64::try_from(c.batch_window.as_millis()).unwrap_or(u64::MAX));
     out.detractors = Some(DetractorsWire { min: Some(c.detractors.0), max: Some(c.detractors.1) });
     let mut contact = ContactWire {

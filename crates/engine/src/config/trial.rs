@@ -116,7 +116,7 @@ pub(crate) struct StageRuleWire {
     pub stage: Option<String>,
 }
 
-pub(super) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<TrialConfig> {
+pub(crate) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<TrialConfig> {
     let accounts = account_side(key, w, errors, false);
     let tk = format!("{key}.trial");
     let t = errors.required(&w.trial, &tk)?;
@@ -202,7 +202,7 @@ pub(super) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Optio
     Some(TrialConfig { accounts: accounts?, select, fields, stages, stage_order, onboarding_guide }).filter(|_| ok)
 }
 
-pub(super) fn to_wire(c: &TrialConfig) -> TrialWire {
+pub(crate) fn to_wire(c: &TrialConfig) -> TrialWire {
     TrialWire {
         select: Some(c.select.clone()),
         fields: Some(TrialFieldsWire {

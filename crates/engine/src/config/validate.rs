@@ -13,12 +13,12 @@ use super::{
     Budget, Config, ConfigError, Connections, DEFAULT_API_VERSION, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_LATENCY,
     DEFAULT_MIN_REMAINING, DEFAULT_MIN_SHARE, DEFAULT_RECHECK_MATCHES_AFTER, DEFAULT_SIGNATURE_HEADER,
     DEFAULT_WEBSITE_FIELD, EngagementConfig, FieldMap, MatchRule, MetadataGroup, Metric, PendoConnection,
-    SalesforceAuth, SalesforceConnection, ScoreConfig, Secret, StoreConfig, StoreKind, Template, TemplateKind, Term,
-    Verify, WINDOW_DAYS, Webhooks, Workflow, duration, wire,
+    SalesforceAuth, SalesforceConnection, ScoreConfig, Secret, StoreConfig, StoreKind, TemplateKind, Term, Verify,
+    WINDOW_DAYS, Webhooks, Workflow, duration, wire,
 };
 
 /// Collects errors, locating each by its key path.
-pub(super) struct Errors<'a> {
+pub(crate) struct Errors<'a> {
     locations: &'a Locations,
     rejected: &'a [String],
     list: Vec<ConfigError>,
@@ -481,19 +481,7 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
     let verify = w.verify.as_ref().map(|v| verify(v, &k("verify"), errors));
     let kind = kind?;
     super::ownership::foreign_keys(&key, kind, w, errors);
-    let template = match kind {
-        TemplateKind::EngagementScores => engagement(&key, w, errors).map(Template::EngagementScores),
-        TemplateKind::NewUsersToContacts => super::new_users::build(&key, w, errors).map(Template::NewUsersToContacts),
-        TemplateKind::AccountAttributesToPendo => {
-            super::attributes::build(&key, w, errors).map(Template::AccountAttributesToPendo)
-        }
-        TemplateKind::NpsRealtime => super::nps::build(&key, w, errors).map(Template::NpsRealtime),
-        TemplateKind::EngagementDropAlert => super::alert::build(&key, w, errors).map(Template::EngagementDropAlert),
-        TemplateKind::ExpansionOpportunity => {
-            super::expansion::build(&key, w, errors).map(Template::ExpansionOpportunity)
-        }
-        TemplateKind::TrialUsage => super::trial::build(&key, w, errors).map(Template::TrialUsage),
-    };
+    let template = kind.build(&key, w, errors);
     Some(Workflow {
         name: name.to_owned(),
         enabled: w.enabled.unwrap_or(true),
@@ -532,7 +520,7 @@ pub(super) fn bounded_duration(
     }
 }
 
-fn engagement(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<EngagementConfig> {
+pub(crate) fn engagement(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<EngagementConfig> {
     account_side(key, w, errors, true)
 }
 
@@ -857,60 +845,7 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
                 verify: w.verify.map(verify_to_wire),
                 ..wire::Workflow::default()
             };
-            let e = match &w.template {
-                Template::EngagementScores(e) => Some(e),
-                Template::EngagementDropAlert(a) => {
-                    out.alert = Some(super::alert::to_wire(a));
-                    Some(&a.accounts)
-                }
-                Template::ExpansionOpportunity(x) => {
-                    out.expansion = Some(super::expansion::to_wire(x));
-                    Some(&x.accounts)
-                }
-                Template::TrialUsage(t) => {
-                    out.trial = Some(super::trial::to_wire(t));
-                    Some(&t.accounts)
-                }
-                Template::NewUsersToContacts(n) => {
-                    super::new_users::to_wire(n, &mut out);
-                    None
-                }
-                Template::AccountAttributesToPendo(a) => {
-                    super::attributes::to_wire(a, &mut out);
-                    None
-                }
-                Template::NpsRealtime(n) => {
-                    super::nps::to_wire(n, &mut out);
-                    None
-                }
-            };
-            if let Some(e) = e {
-                out.matching = Some(e.matching.iter().map(rule_to_wire).collect());
-                out.recheck_matches_after = Some(duration::format(e.recheck_matches_after));
-                out.core_features = Some(e.core_features.clone());
-                let t =
-                    |term: Option<Term>| term.map(|t| wire::Term { weight: Some(t.weight), target: Some(t.target) });
-                out.score = e.score.terms().next().is_some().then(|| wire::Score {
-                    active_visitors: t(e.score.active_visitors),
-                    active_days: t(e.score.active_days),
-                    minutes: t(e.score.minutes),
-                    events: t(e.score.events),
-                    feature_adoption: t(e.score.feature_adoption),
-                    guide_completion: t(e.score.guide_completion),
-                });
-                let g = |m: Metric| e.fields.get(m).map(str::to_owned);
-                out.fields = (!e.fields.is_empty()).then(|| wire::Fields {
-                    active_visitors: g(Metric::ActiveVisitors),
-                    active_days: g(Metric::ActiveDays),
-                    events: g(Metric::Events),
-                    minutes: g(Metric::Minutes),
-                    feature_adoption: g(Metric::FeatureAdoption),
-                    guide_completion: g(Metric::GuideCompletion),
-                    last_active: g(Metric::LastActive),
-                    score: g(Metric::Score),
-                    updated_at: g(Metric::UpdatedAt),
-                });
-            }
+            w.template.spec().to_wire(&mut out);
             (name.clone(), out)
         })
         .collect();
@@ -974,4 +909,32 @@ pub(super) fn rule_to_wire(rule: &MatchRule) -> wire::MatchRule {
             ..wire::MatchRule::default()
         },
     }
+}
+
+/// The Account side shared by the templates built on engagement figures, written back.
+pub(crate) fn accounts_to_wire(e: &EngagementConfig, out: &mut wire::Workflow) {
+    out.matching = Some(e.matching.iter().map(rule_to_wire).collect());
+    out.recheck_matches_after = Some(duration::format(e.recheck_matches_after));
+    out.core_features = Some(e.core_features.clone());
+    let t = |term: Option<Term>| term.map(|t| wire::Term { weight: Some(t.weight), target: Some(t.target) });
+    out.score = e.score.terms().next().is_some().then(|| wire::Score {
+        active_visitors: t(e.score.active_visitors),
+        active_days: t(e.score.active_days),
+        minutes: t(e.score.minutes),
+        events: t(e.score.events),
+        feature_adoption: t(e.score.feature_adoption),
+        guide_completion: t(e.score.guide_completion),
+    });
+    let g = |m: Metric| e.fields.get(m).map(str::to_owned);
+    out.fields = (!e.fields.is_empty()).then(|| wire::Fields {
+        active_visitors: g(Metric::ActiveVisitors),
+        active_days: g(Metric::ActiveDays),
+        events: g(Metric::Events),
+        minutes: g(Metric::Minutes),
+        feature_adoption: g(Metric::FeatureAdoption),
+        guide_completion: g(Metric::GuideCompletion),
+        last_active: g(Metric::LastActive),
+        score: g(Metric::Score),
+        updated_at: g(Metric::UpdatedAt),
+    });
 }

@@ -213,6 +213,40 @@ pub(crate) struct Workflow {
     pub trial: Option<super::trial::TrialWire>,
 }
 
+impl Workflow {
+    /// The template-specific keys set on this workflow, in the file format's order.
+    pub(crate) fn template_keys_set(&self) -> Vec<&'static str> {
+        [
+            ("matching", self.matching.is_some()),
+            ("recheck_matches_after", self.recheck_matches_after.is_some()),
+            ("core_features", self.core_features.is_some()),
+            ("score", self.score.is_some()),
+            ("fields", self.fields.is_some()),
+            ("overlap", self.overlap.is_some()),
+            ("contact_fields", self.contact_fields.is_some()),
+            ("strip_plus_addressing", self.strip_plus_addressing.is_some()),
+            ("unmatched_account", self.unmatched_account.is_some()),
+            ("lead_source", self.lead_source.is_some()),
+            ("pendo_account", self.pendo_account.is_some()),
+            ("pendo_group", self.pendo_group.is_some()),
+            ("integration_user", self.integration_user.is_some()),
+            ("attributes", self.attributes.is_some()),
+            ("batch_window_ms", self.batch_window_ms.is_some()),
+            ("detractors", self.detractors.is_some()),
+            ("contact", self.contact.is_some()),
+            ("health_score", self.health_score.is_some()),
+            ("follow_up", self.follow_up.is_some()),
+            ("nps_guide_id", self.nps_guide_id.is_some()),
+            ("alert", self.alert.is_some()),
+            ("expansion", self.expansion.is_some()),
+            ("trial", self.trial.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
+}
+
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MatchRule {

@@ -369,6 +369,71 @@ async fn body(
     Ok(report)
 }
 
+/// The account-attributes-to-pendo template, for the registry ([`crate::config::template`]).
+impl crate::config::template::Spec for AttributesConfig {
+    fn keys() -> &'static [&'static str] {
+        &["overlap", "pendo_account", "pendo_group", "integration_user", "attributes"]
+    }
+
+    fn build(
+        key: &str,
+        w: &crate::config::wire::Workflow,
+        errors: &mut crate::config::validate::Errors,
+    ) -> Option<Self> {
+        crate::config::attributes::build(key, w, errors)
+    }
+
+    fn to_wire(&self, out: &mut crate::config::wire::Workflow) {
+        crate::config::attributes::to_wire(self, out);
+    }
+
+    fn flows(&self, key: &dyn Fn(&str) -> String) -> crate::config::ownership::Flows {
+        use crate::config::ownership::{Direction, FieldRef, Flows};
+        let each = |side: &dyn Fn(usize, &crate::config::Attribute) -> (FieldRef, String)| {
+            self.attributes.iter().enumerate().map(|(i, at)| side(i, at)).collect()
+        };
+        Flows {
+            direction: Direction::ToPendo,
+            reads: each(&|i, at| {
+                (FieldRef::salesforce("Account", &at.salesforce), key(&format!("attributes[{i}].salesforce")))
+            }),
+            writes: each(&|i, at| {
+                (FieldRef::pendo("account", self.group.name(), &at.pendo), key(&format!("attributes[{i}].pendo")))
+            }),
+        }
+    }
+
+    fn requirements(&self, reqs: &mut crate::preflight::Reqs) {
+        use crate::config::AttributeType;
+        use crate::preflight::{Expect, Use};
+        if let Some(field) = &self.pendo_account.field {
+            reqs.add("Account", field, Use::Read, Expect::Text, "pendo_account.field");
+        }
+        for (i, a) in self.attributes.iter().enumerate() {
+            let expect = match a.kind {
+                AttributeType::Auto | AttributeType::Text => Expect::Any,
+                AttributeType::Number => Expect::Number,
+                AttributeType::Boolean => Expect::Boolean,
+                AttributeType::Time => Expect::Date,
+            };
+            reqs.add("Account", &a.salesforce, Use::Read, expect, &format!("attributes[{i}].salesforce"));
+        }
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a Context,
+        workflow: &'a Workflow,
+        options: &'a RunOptions,
+    ) -> crate::config::template::RunFuture<'a> {
+        Box::pin(run(ctx, workflow, self, options))
+    }
+
+    fn checks_itself(&self) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -441,6 +441,53 @@ async fn read_owners(
     Ok(out)
 }
 
+/// The engagement-drop-alert template, for the registry ([`crate::config::template`]).
+impl crate::config::template::Spec for DropAlertConfig {
+    fn keys() -> &'static [&'static str] {
+        &["matching", "recheck_matches_after", "core_features", "score", "fields", "alert"]
+    }
+
+    fn build(
+        key: &str,
+        w: &crate::config::wire::Workflow,
+        errors: &mut crate::config::validate::Errors,
+    ) -> Option<Self> {
+        crate::config::alert::build(key, w, errors)
+    }
+
+    fn to_wire(&self, out: &mut crate::config::wire::Workflow) {
+        out.alert = Some(crate::config::alert::to_wire(self));
+        crate::config::validate::accounts_to_wire(&self.accounts, out);
+    }
+
+    fn flows(&self, _key: &dyn Fn(&str) -> String) -> crate::config::ownership::Flows {
+        // Its Tasks, Cases and Opportunities are records it creates, each under its own key;
+        // no field of an existing record is its.
+        crate::config::ownership::Flows::to_salesforce(vec![], vec![])
+    }
+
+    fn requirements(&self, reqs: &mut crate::preflight::Reqs) {
+        use crate::preflight::{Expect, Use};
+        reqs.accounts(&self.accounts);
+        if let Some(owner) = &self.owner_field {
+            reqs.add("Account", owner, Use::Read, Expect::Reference, "alert.owner_field");
+        }
+        reqs.add("Task", &self.key_field, Use::Key, Expect::Text, "alert.key_field");
+        if self.create_case {
+            reqs.add("Case", &self.key_field, Use::Key, Expect::Text, "alert.key_field");
+        }
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a Context,
+        workflow: &'a Workflow,
+        options: &'a RunOptions,
+    ) -> crate::config::template::RunFuture<'a> {
+        Box::pin(run(ctx, workflow, self, options))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

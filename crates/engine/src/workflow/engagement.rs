@@ -331,3 +331,49 @@ async fn record(
     ledger.settle(ctx, workflow, run_id, now).await?;
     Ok(())
 }
+
+/// The engagement-scores template, for the registry ([`crate::config::template`]).
+impl crate::config::template::Spec for EngagementConfig {
+    fn keys() -> &'static [&'static str] {
+        &["matching", "recheck_matches_after", "core_features", "score", "fields"]
+    }
+
+    fn build(
+        key: &str,
+        w: &crate::config::wire::Workflow,
+        errors: &mut crate::config::validate::Errors,
+    ) -> Option<Self> {
+        crate::config::validate::engagement(key, w, errors)
+    }
+
+    fn to_wire(&self, out: &mut crate::config::wire::Workflow) {
+        crate::config::validate::accounts_to_wire(self, out);
+    }
+
+    fn flows(&self, key: &dyn Fn(&str) -> String) -> crate::config::ownership::Flows {
+        use crate::config::ownership::{FieldRef, Flows};
+        let writes = self
+            .fields
+            .iter()
+            .map(|(metric, field)| (FieldRef::salesforce("Account", field), key(&format!("fields.{}", metric.key()))))
+            .collect();
+        Flows::to_salesforce(vec![], writes)
+    }
+
+    fn requirements(&self, reqs: &mut crate::preflight::Reqs) {
+        reqs.accounts(self);
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a Context,
+        workflow: &'a Workflow,
+        options: &'a RunOptions,
+    ) -> crate::config::template::RunFuture<'a> {
+        Box::pin(run(ctx, workflow, self, options))
+    }
+
+    fn checks_itself(&self) -> bool {
+        true
+    }
+}

@@ -434,3 +434,66 @@ async fn open_opportunities(
     }
     Ok(out)
 }
+
+/// The expansion-opportunity template, for the registry ([`crate::config::template`]).
+impl crate::config::template::Spec for ExpansionConfig {
+    fn keys() -> &'static [&'static str] {
+        &["matching", "recheck_matches_after", "core_features", "score", "fields", "expansion"]
+    }
+
+    fn build(
+        key: &str,
+        w: &crate::config::wire::Workflow,
+        errors: &mut crate::config::validate::Errors,
+    ) -> Option<Self> {
+        crate::config::expansion::build(key, w, errors)
+    }
+
+    fn to_wire(&self, out: &mut crate::config::wire::Workflow) {
+        out.expansion = Some(crate::config::expansion::to_wire(self));
+        crate::config::validate::accounts_to_wire(&self.accounts, out);
+    }
+
+    fn flows(&self, _key: &dyn Fn(&str) -> String) -> crate::config::ownership::Flows {
+        // Its Tasks, Cases and Opportunities are records it creates, each under its own key;
+        // no field of an existing record is its.
+        crate::config::ownership::Flows::to_salesforce(vec![], vec![])
+    }
+
+    fn requirements(&self, reqs: &mut crate::preflight::Reqs) {
+        use crate::config::MilestoneKind;
+        use crate::preflight::{Expect, Use};
+        reqs.accounts(&self.accounts);
+        for (i, m) in self.milestones.iter().enumerate() {
+            if let MilestoneKind::SeatShare { seats_field, .. } = &m.kind {
+                let key = format!("expansion.milestones[{i}].seat_share.seats_field");
+                reqs.add("Account", seats_field, Use::Read, Expect::Number, &key);
+            }
+        }
+        let o = &self.opportunity;
+        reqs.add("Opportunity", &self.key_field, Use::Key, Expect::Text, "expansion.key_field");
+        let kind = Expect::Value(o.opportunity_type.clone());
+        reqs.add("Opportunity", "Type", Use::Create, kind, "expansion.opportunity.type");
+        let stage = Expect::Value(o.stage.clone());
+        reqs.add("Opportunity", "StageName", Use::Create, stage, "expansion.opportunity.stage");
+        if o.amount_base.is_some() || o.amount_per_active_visitor.is_some() {
+            let leaf = if o.amount_base.is_some() { "amount_base" } else { "amount_per_active_visitor" };
+            reqs.add("Opportunity", "Amount", Use::Create, Expect::Number, &format!("expansion.opportunity.{leaf}"));
+        }
+        if let Some(field) = &o.milestone_field {
+            reqs.add("Opportunity", field, Use::Create, Expect::Text, "expansion.opportunity.milestone_field");
+        }
+        if self.task {
+            reqs.add("Task", &self.key_field, Use::Key, Expect::Text, "expansion.key_field");
+        }
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a Context,
+        workflow: &'a Workflow,
+        options: &'a RunOptions,
+    ) -> crate::config::template::RunFuture<'a> {
+        Box::pin(run(ctx, workflow, self, options))
+    }
+}

@@ -277,8 +277,8 @@ impl RunReport {
 /// [`RunError`] when the run could not happen at all; per-record failures are in the report.
 pub async fn run(ctx: &Context, name: &str, options: &RunOptions) -> Result<RunReport, RunError> {
     let workflow = ctx.config.workflows.get(name).ok_or_else(|| RunError::UnknownWorkflow(name.to_owned()))?;
-    let mut report = run_template(ctx, workflow, options).await?;
-    if options.dry_run && !checks_itself(workflow.template.kind()) {
+    let mut report = workflow.template.spec().run(ctx, workflow, options).await?;
+    if options.dry_run && !workflow.template.spec().checks_itself() {
         // These templates do not run preflight themselves yet; a plan still shows its problems.
         let before = ctx.salesforce.requests_sent();
         let quarantine = crate::preflight::run(&ctx.salesforce, &ctx.config, workflow).await?;
@@ -290,35 +290,6 @@ pub async fn run(ctx: &Context, name: &str, options: &RunOptions) -> Result<RunR
         report.preflight.problems = quarantine.problems().to_vec();
     }
     Ok(report)
-}
-
-/// Templates whose runs check the config against the org (and quarantine what fails) in their
-/// own body, where the calls are metered with the rest of the run.
-fn checks_itself(kind: crate::config::TemplateKind) -> bool {
-    use crate::config::TemplateKind;
-    matches!(kind, TemplateKind::EngagementScores | TemplateKind::TrialUsage | TemplateKind::AccountAttributesToPendo)
-}
-
-async fn run_template(
-    ctx: &Context,
-    workflow: &crate::config::Workflow,
-    options: &RunOptions,
-) -> Result<RunReport, RunError> {
-    match &workflow.template {
-        crate::config::Template::EngagementScores(template) => engagement::run(ctx, workflow, template, options).await,
-        crate::config::Template::NewUsersToContacts(template) => new_users::run(ctx, workflow, template, options).await,
-        crate::config::Template::AccountAttributesToPendo(template) => {
-            attributes::run(ctx, workflow, template, options).await
-        }
-        crate::config::Template::NpsRealtime(template) => nps::run(ctx, workflow, template, options).await,
-        crate::config::Template::EngagementDropAlert(template) => {
-            drop_alert::run(ctx, workflow, template, options).await
-        }
-        crate::config::Template::ExpansionOpportunity(template) => {
-            expansion::run(ctx, workflow, template, options).await
-        }
-        crate::config::Template::TrialUsage(template) => trial::run(ctx, workflow, template, options).await,
-    }
 }
 
 /// A run's record in the store around its body: claimed under a lease unless it is a dry run

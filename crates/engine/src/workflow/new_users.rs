@@ -729,6 +729,86 @@ fn split_name(full: Option<&str>, email: &str) -> (Option<String>, String) {
     }
 }
 
+/// The new-users-to-contacts template, for the registry ([`crate::config::template`]).
+impl crate::config::template::Spec for NewUsersConfig {
+    fn keys() -> &'static [&'static str] {
+        &[
+            "matching",
+            "recheck_matches_after",
+            "overlap",
+            "contact_fields",
+            "strip_plus_addressing",
+            "unmatched_account",
+            "lead_source",
+        ]
+    }
+
+    fn build(
+        key: &str,
+        w: &crate::config::wire::Workflow,
+        errors: &mut crate::config::validate::Errors,
+    ) -> Option<Self> {
+        crate::config::new_users::build(key, w, errors)
+    }
+
+    fn to_wire(&self, out: &mut crate::config::wire::Workflow) {
+        crate::config::new_users::to_wire(self, out);
+    }
+
+    fn flows(&self, key: &dyn Fn(&str) -> String) -> crate::config::ownership::Flows {
+        use crate::config::ownership::{FieldRef, Flows};
+        let c = &self.contact_fields;
+        let mut writes = vec![(FieldRef::salesforce("Contact", &c.visitor_id), key("contact_fields.visitor_id"))];
+        if let Some(f) = &c.last_visit {
+            writes.push((FieldRef::salesforce("Contact", f), key("contact_fields.last_visit")));
+        }
+        if let Some(f) = &c.first_visit {
+            writes.push((FieldRef::salesforce("Contact", f), key("contact_fields.first_visit")));
+        }
+        if self.unmatched_account == UnmatchedAccount::Lead {
+            writes.push((FieldRef::salesforce("Lead", &c.visitor_id), key("contact_fields.visitor_id")));
+        }
+        let reads = ["lastvisit", "firstvisit"]
+            .into_iter()
+            .map(|f| (FieldRef::pendo("visitor", "auto", f), key("contact_fields")))
+            .chain(std::iter::once((FieldRef::pendo("visitor", "agent", "email"), key("contact_fields"))))
+            .collect();
+        Flows::to_salesforce(reads, writes)
+    }
+
+    fn requirements(&self, reqs: &mut crate::preflight::Reqs) {
+        use crate::preflight::{Expect, Use};
+        reqs.matching(&self.matching);
+        let mut objects = vec!["Contact"];
+        if self.unmatched_account == UnmatchedAccount::Lead {
+            objects.push("Lead");
+        }
+        let f = &self.contact_fields;
+        for object in objects {
+            reqs.add(object, &f.visitor_id, Use::Key, Expect::Text, "contact_fields.visitor_id");
+            for (field, leaf) in [(&f.last_visit, "last_visit"), (&f.first_visit, "first_visit")] {
+                if let Some(field) = field {
+                    reqs.add(object, field, Use::Upsert, Expect::Date, &format!("contact_fields.{leaf}"));
+                }
+            }
+        }
+        if let Some(source) = &self.lead_source
+            && self.unmatched_account == UnmatchedAccount::Lead
+        {
+            reqs.add("Lead", "LeadSource", Use::Create, Expect::Value(source.clone()), "lead_source");
+        }
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a Context,
+        workflow: &'a Workflow,
+        options: &'a RunOptions,
+    ) -> crate::config::template::RunFuture<'a> {
+        Box::pin(run(ctx, workflow, self, options))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

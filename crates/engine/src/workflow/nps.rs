@@ -1049,6 +1049,78 @@ pub async fn run(
     .await
 }
 
+/// The nps-realtime template, for the registry ([`crate::config::template`]).
+impl crate::config::template::Spec for NpsConfig {
+    fn keys() -> &'static [&'static str] {
+        &["batch_window_ms", "detractors", "contact", "health_score", "follow_up", "nps_guide_id"]
+    }
+
+    fn build(
+        key: &str,
+        w: &crate::config::wire::Workflow,
+        errors: &mut crate::config::validate::Errors,
+    ) -> Option<Self> {
+        crate::config::nps::build(key, w, errors)
+    }
+
+    fn to_wire(&self, out: &mut crate::config::wire::Workflow) {
+        crate::config::nps::to_wire(self, out);
+    }
+
+    fn flows(&self, key: &dyn Fn(&str) -> String) -> crate::config::ownership::Flows {
+        use crate::config::ownership::{FieldRef, Flows};
+        let c = &self.contact;
+        let mut writes = vec![
+            (FieldRef::salesforce("Contact", &c.score_field), key("contact.score_field")),
+            (FieldRef::salesforce("Contact", &c.comment_field), key("contact.comment_field")),
+            (FieldRef::salesforce("Contact", &c.date_field), key("contact.date_field")),
+        ];
+        let mut reads = Vec::new();
+        if let Some(h) = &self.health_score {
+            writes.push((FieldRef::salesforce("Account", &h.field), key("health_score.field")));
+            reads.push((FieldRef::salesforce("Account", &h.engagement_field), key("health_score.engagement_field")));
+        }
+        Flows::to_salesforce(reads, writes)
+    }
+
+    fn requirements(&self, reqs: &mut crate::preflight::Reqs) {
+        use crate::config::{ContactMatch, FollowUpObject};
+        use crate::preflight::{Expect, Use};
+        let contact = &self.contact;
+        for m in &contact.match_by {
+            if let ContactMatch::VisitorIdField(field) = m {
+                reqs.add("Contact", field, Use::Read, Expect::Text, "contact.visitor_id_field");
+            }
+        }
+        reqs.add("Contact", &contact.score_field, Use::Update, Expect::Number, "contact.score_field");
+        reqs.add("Contact", &contact.comment_field, Use::Update, Expect::Text, "contact.comment_field");
+        reqs.add("Contact", &contact.date_field, Use::Update, Expect::Date, "contact.date_field");
+        if let Some(h) = &self.health_score {
+            reqs.add("Account", &h.field, Use::Update, Expect::Number, "health_score.field");
+            reqs.add("Account", &h.engagement_field, Use::Read, Expect::Number, "health_score.engagement_field");
+        }
+        if let Some(f) = &self.follow_up {
+            let object = f.object.name();
+            reqs.add(object, &f.key_field, Use::Key, Expect::Text, "follow_up.key_field");
+            let priority = Expect::Value(f.priority.clone());
+            reqs.add(object, "Priority", Use::Create, priority, "follow_up.priority");
+            if f.object == FollowUpObject::Task {
+                // The due date is always set on a Task follow-up.
+                reqs.add("Task", "ActivityDate", Use::Create, Expect::Date, "follow_up.due_in_days");
+            }
+        }
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a Context,
+        workflow: &'a Workflow,
+        options: &'a RunOptions,
+    ) -> crate::config::template::RunFuture<'a> {
+        Box::pin(run(ctx, workflow, self, options))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

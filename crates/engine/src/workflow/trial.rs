@@ -330,6 +330,78 @@ async fn body(
     Ok(report)
 }
 
+/// The trial-usage template, for the registry ([`crate::config::template`]).
+impl crate::config::template::Spec for TrialConfig {
+    fn keys() -> &'static [&'static str] {
+        &["matching", "recheck_matches_after", "core_features", "score", "fields", "trial"]
+    }
+
+    fn build(
+        key: &str,
+        w: &crate::config::wire::Workflow,
+        errors: &mut crate::config::validate::Errors,
+    ) -> Option<Self> {
+        crate::config::trial::build(key, w, errors)
+    }
+
+    fn to_wire(&self, out: &mut crate::config::wire::Workflow) {
+        out.trial = Some(crate::config::trial::to_wire(self));
+        crate::config::validate::accounts_to_wire(&self.accounts, out);
+    }
+
+    fn flows(&self, key: &dyn Fn(&str) -> String) -> crate::config::ownership::Flows {
+        use crate::config::ownership::{FieldRef, Flows};
+        let f = &self.fields;
+        let writes = [
+            (&f.active_users, "active_users"),
+            (&f.features_explored, "features_explored"),
+            (&f.guides_completed, "guides_completed"),
+            (&f.last_active, "last_active"),
+            (&f.drop_off_step, "drop_off_step"),
+        ]
+        .into_iter()
+        .filter_map(|(field, leaf)| {
+            field.as_ref().map(|f| (FieldRef::salesforce("Opportunity", f), key(&format!("trial.fields.{leaf}"))))
+        })
+        .collect();
+        Flows::to_salesforce(vec![], writes)
+    }
+
+    fn requirements(&self, reqs: &mut crate::preflight::Reqs) {
+        use crate::preflight::{Expect, Use};
+        reqs.accounts(&self.accounts);
+        let f = &self.fields;
+        for (field, leaf, expect) in [
+            (&f.active_users, "active_users", Expect::Number),
+            (&f.features_explored, "features_explored", Expect::Number),
+            (&f.guides_completed, "guides_completed", Expect::Number),
+            (&f.last_active, "last_active", Expect::Date),
+            (&f.drop_off_step, "drop_off_step", Expect::Text),
+        ] {
+            if let Some(field) = field {
+                reqs.add("Opportunity", field, Use::Update, expect, &format!("trial.fields.{leaf}"));
+            }
+        }
+        for (i, rule) in self.stages.iter().enumerate() {
+            let expect = Expect::Value(rule.stage.clone());
+            reqs.add("Opportunity", "StageName", Use::Update, expect, &format!("trial.stages[{i}].stage"));
+        }
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a Context,
+        workflow: &'a Workflow,
+        options: &'a RunOptions,
+    ) -> crate::config::template::RunFuture<'a> {
+        Box::pin(run(ctx, workflow, self, options))
+    }
+
+    fn checks_itself(&self) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
