@@ -297,6 +297,7 @@ async fn bulk(client: &salesforce::Client, object: &str, changes: Vec<Change>, o
     let mut by_index: Vec<Option<RowStatus>> = vec![None; changes.len()];
     let result = client
         .bulk_ingest_with(&options, rows, |o| {
+            crate::testhook::crash_point("bulk");
             if let Some(slot) = o.index.and_then(|i| usize::try_from(i).ok()).and_then(|i| by_index.get_mut(i)) {
                 *slot = Some(o.status);
             }

@@ -5,7 +5,9 @@
 //! `NAME:N` on the Nth time. Points: `gather` (Pendo and Salesforce read, nothing decided),
 //! `plan` (decided and budgeted, nothing sent), `create` (a create call answered, its keys not
 //! yet committed in the store), `deliver` (an update call or Bulk job answered, nothing of it
-//! recorded), `group` (the first records of each group made, the rest not),
+//! recorded), `bulk` (a Bulk job ran and its results are being read: Salesforce has the
+//! values, the run knows none of the outcomes), `group` (the first records of each group made,
+//! the rest not),
 //! `record` (everything sent, the run's outcomes not yet recorded). The variable is read once.
 
 use std::sync::OnceLock;
