@@ -11,11 +11,13 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use super::ownership::Flows;
-use super::validate::Errors;
-use super::{Workflow, wire};
-use crate::preflight::Reqs;
-use crate::workflow::{Context, RunError, RunOptions, RunReport};
+pub(crate) use super::Workflow;
+pub(crate) use super::ownership::{FieldRef, Flows};
+pub(crate) use super::validate::Errors;
+pub(crate) use super::wire::Workflow as Wire;
+pub(crate) use crate::preflight::{Expect, Reqs, Use};
+pub(crate) use crate::workflow::{Context, RunOptions};
+use crate::workflow::{RunError, RunReport};
 
 /// A run of a template, boxed so the registry can hold every template behind one type.
 pub(crate) type RunFuture<'a> = Pin<Box<dyn Future<Output = Result<RunReport, RunError>> + Send + 'a>>;
@@ -29,12 +31,12 @@ pub(crate) trait Spec: Send + Sync {
         Self: Sized;
 
     /// Builds the config from the workflow's keys under `key`, reporting every problem.
-    fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Self>
+    fn build(key: &str, w: &Wire, errors: &mut Errors) -> Option<Self>
     where
         Self: Sized;
 
     /// Writes the config back into the wire form (`config show`, round trips).
-    fn to_wire(&self, out: &mut wire::Workflow);
+    fn to_wire(&self, out: &mut Wire);
 
     /// The fields this template reads as values and writes, each with its config key.
     fn flows(&self, key: &dyn Fn(&str) -> String) -> Flows;
@@ -43,7 +45,7 @@ pub(crate) trait Spec: Send + Sync {
     fn requirements(&self, reqs: &mut Reqs);
 
     /// One run of `workflow` (whose template this is).
-    fn run<'a>(&'a self, ctx: &'a Context, workflow: &'a Workflow, options: &'a RunOptions) -> RunFuture<'a>;
+    fn run<'a>(&'a self, ctx: &'a Context, w: &'a Workflow, options: &'a RunOptions) -> RunFuture<'a>;
 
     /// Whether the run checks the config against the org itself even when it only plans;
     /// otherwise a plan runs preflight after it, to show its problems.

@@ -9,6 +9,7 @@
 //! modified by the integration user whose configured values did move is still written, because
 //! a person may have changed them before usagesync's own write touched the record.
 
+use crate::config::template;
 use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -370,25 +371,22 @@ async fn body(
 }
 
 /// The account-attributes-to-pendo template, for the registry ([`crate::config::template`]).
-impl crate::config::template::Spec for AttributesConfig {
+impl template::Spec for AttributesConfig {
     fn keys() -> &'static [&'static str] {
         &["overlap", "pendo_account", "pendo_group", "integration_user", "attributes"]
     }
 
-    fn build(
-        key: &str,
-        w: &crate::config::wire::Workflow,
-        errors: &mut crate::config::validate::Errors,
-    ) -> Option<Self> {
+    fn build(key: &str, w: &template::Wire, errors: &mut template::Errors) -> Option<Self> {
         crate::config::attributes::build(key, w, errors)
     }
 
-    fn to_wire(&self, out: &mut crate::config::wire::Workflow) {
+    fn to_wire(&self, out: &mut template::Wire) {
         crate::config::attributes::to_wire(self, out);
     }
 
-    fn flows(&self, key: &dyn Fn(&str) -> String) -> crate::config::ownership::Flows {
-        use crate::config::ownership::{Direction, FieldRef, Flows};
+    fn flows(&self, key: &dyn Fn(&str) -> String) -> template::Flows {
+        use crate::config::ownership::Direction;
+        use template::{FieldRef, Flows};
         let each = |side: &dyn Fn(usize, &crate::config::Attribute) -> (FieldRef, String)| {
             self.attributes.iter().enumerate().map(|(i, at)| side(i, at)).collect()
         };
@@ -403,9 +401,9 @@ impl crate::config::template::Spec for AttributesConfig {
         }
     }
 
-    fn requirements(&self, reqs: &mut crate::preflight::Reqs) {
+    fn requirements(&self, reqs: &mut template::Reqs) {
         use crate::config::AttributeType;
-        use crate::preflight::{Expect, Use};
+        use template::{Expect, Use};
         if let Some(field) = &self.pendo_account.field {
             reqs.add("Account", field, Use::Read, Expect::Text, "pendo_account.field");
         }
@@ -420,13 +418,8 @@ impl crate::config::template::Spec for AttributesConfig {
         }
     }
 
-    fn run<'a>(
-        &'a self,
-        ctx: &'a Context,
-        workflow: &'a Workflow,
-        options: &'a RunOptions,
-    ) -> crate::config::template::RunFuture<'a> {
-        Box::pin(run(ctx, workflow, self, options))
+    fn run<'a>(&'a self, ctx: &'a Context, w: &'a Workflow, options: &'a RunOptions) -> template::RunFuture<'a> {
+        Box::pin(run(ctx, w, self, options))
     }
 
     fn checks_itself(&self) -> bool {

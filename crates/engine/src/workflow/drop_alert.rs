@@ -14,6 +14,7 @@
 //! stored only after its records exist, and the number comes from the stored count, so a crash
 //! anywhere re-runs with the same key and [`super::create`] finds what was already made.
 
+use crate::config::template;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
@@ -442,32 +443,28 @@ async fn read_owners(
 }
 
 /// The engagement-drop-alert template, for the registry ([`crate::config::template`]).
-impl crate::config::template::Spec for DropAlertConfig {
+impl template::Spec for DropAlertConfig {
     fn keys() -> &'static [&'static str] {
         &["matching", "recheck_matches_after", "core_features", "score", "fields", "alert"]
     }
 
-    fn build(
-        key: &str,
-        w: &crate::config::wire::Workflow,
-        errors: &mut crate::config::validate::Errors,
-    ) -> Option<Self> {
+    fn build(key: &str, w: &template::Wire, errors: &mut template::Errors) -> Option<Self> {
         crate::config::alert::build(key, w, errors)
     }
 
-    fn to_wire(&self, out: &mut crate::config::wire::Workflow) {
+    fn to_wire(&self, out: &mut template::Wire) {
         out.alert = Some(crate::config::alert::to_wire(self));
         crate::config::validate::accounts_to_wire(&self.accounts, out);
     }
 
-    fn flows(&self, _key: &dyn Fn(&str) -> String) -> crate::config::ownership::Flows {
+    fn flows(&self, _key: &dyn Fn(&str) -> String) -> template::Flows {
         // Its Tasks, Cases and Opportunities are records it creates, each under its own key;
         // no field of an existing record is its.
-        crate::config::ownership::Flows::to_salesforce(vec![], vec![])
+        template::Flows::to_salesforce(vec![], vec![])
     }
 
-    fn requirements(&self, reqs: &mut crate::preflight::Reqs) {
-        use crate::preflight::{Expect, Use};
+    fn requirements(&self, reqs: &mut template::Reqs) {
+        use template::{Expect, Use};
         reqs.accounts(&self.accounts);
         if let Some(owner) = &self.owner_field {
             reqs.add("Account", owner, Use::Read, Expect::Reference, "alert.owner_field");
@@ -478,13 +475,8 @@ impl crate::config::template::Spec for DropAlertConfig {
         }
     }
 
-    fn run<'a>(
-        &'a self,
-        ctx: &'a Context,
-        workflow: &'a Workflow,
-        options: &'a RunOptions,
-    ) -> crate::config::template::RunFuture<'a> {
-        Box::pin(run(ctx, workflow, self, options))
+    fn run<'a>(&'a self, ctx: &'a Context, w: &'a Workflow, options: &'a RunOptions) -> template::RunFuture<'a> {
+        Box::pin(run(ctx, w, self, options))
     }
 }
 

@@ -2,6 +2,7 @@
 //! matching Salesforce Account, only the fields that changed, by the cheapest path the budget
 //! allows.
 
+use crate::config::template;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
@@ -333,25 +334,21 @@ async fn record(
 }
 
 /// The engagement-scores template, for the registry ([`crate::config::template`]).
-impl crate::config::template::Spec for EngagementConfig {
+impl template::Spec for EngagementConfig {
     fn keys() -> &'static [&'static str] {
         &["matching", "recheck_matches_after", "core_features", "score", "fields"]
     }
 
-    fn build(
-        key: &str,
-        w: &crate::config::wire::Workflow,
-        errors: &mut crate::config::validate::Errors,
-    ) -> Option<Self> {
+    fn build(key: &str, w: &template::Wire, errors: &mut template::Errors) -> Option<Self> {
         crate::config::validate::engagement(key, w, errors)
     }
 
-    fn to_wire(&self, out: &mut crate::config::wire::Workflow) {
+    fn to_wire(&self, out: &mut template::Wire) {
         crate::config::validate::accounts_to_wire(self, out);
     }
 
-    fn flows(&self, key: &dyn Fn(&str) -> String) -> crate::config::ownership::Flows {
-        use crate::config::ownership::{FieldRef, Flows};
+    fn flows(&self, key: &dyn Fn(&str) -> String) -> template::Flows {
+        use template::{FieldRef, Flows};
         let writes = self
             .fields
             .iter()
@@ -360,17 +357,12 @@ impl crate::config::template::Spec for EngagementConfig {
         Flows::to_salesforce(vec![], writes)
     }
 
-    fn requirements(&self, reqs: &mut crate::preflight::Reqs) {
+    fn requirements(&self, reqs: &mut template::Reqs) {
         reqs.accounts(self);
     }
 
-    fn run<'a>(
-        &'a self,
-        ctx: &'a Context,
-        workflow: &'a Workflow,
-        options: &'a RunOptions,
-    ) -> crate::config::template::RunFuture<'a> {
-        Box::pin(run(ctx, workflow, self, options))
+    fn run<'a>(&'a self, ctx: &'a Context, w: &'a Workflow, options: &'a RunOptions) -> template::RunFuture<'a> {
+        Box::pin(run(ctx, w, self, options))
     }
 
     fn checks_itself(&self) -> bool {

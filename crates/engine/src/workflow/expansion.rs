@@ -9,6 +9,7 @@
 //! milestone still holds, the next number makes a new one; a crash before the count is stored
 //! re-runs with the same key, which [`super::create`] settles without a duplicate.
 
+use crate::config::template;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
@@ -436,33 +437,29 @@ async fn open_opportunities(
 }
 
 /// The expansion-opportunity template, for the registry ([`crate::config::template`]).
-impl crate::config::template::Spec for ExpansionConfig {
+impl template::Spec for ExpansionConfig {
     fn keys() -> &'static [&'static str] {
         &["matching", "recheck_matches_after", "core_features", "score", "fields", "expansion"]
     }
 
-    fn build(
-        key: &str,
-        w: &crate::config::wire::Workflow,
-        errors: &mut crate::config::validate::Errors,
-    ) -> Option<Self> {
+    fn build(key: &str, w: &template::Wire, errors: &mut template::Errors) -> Option<Self> {
         crate::config::expansion::build(key, w, errors)
     }
 
-    fn to_wire(&self, out: &mut crate::config::wire::Workflow) {
+    fn to_wire(&self, out: &mut template::Wire) {
         out.expansion = Some(crate::config::expansion::to_wire(self));
         crate::config::validate::accounts_to_wire(&self.accounts, out);
     }
 
-    fn flows(&self, _key: &dyn Fn(&str) -> String) -> crate::config::ownership::Flows {
+    fn flows(&self, _key: &dyn Fn(&str) -> String) -> template::Flows {
         // Its Tasks, Cases and Opportunities are records it creates, each under its own key;
         // no field of an existing record is its.
-        crate::config::ownership::Flows::to_salesforce(vec![], vec![])
+        template::Flows::to_salesforce(vec![], vec![])
     }
 
-    fn requirements(&self, reqs: &mut crate::preflight::Reqs) {
+    fn requirements(&self, reqs: &mut template::Reqs) {
         use crate::config::MilestoneKind;
-        use crate::preflight::{Expect, Use};
+        use template::{Expect, Use};
         reqs.accounts(&self.accounts);
         for (i, m) in self.milestones.iter().enumerate() {
             if let MilestoneKind::SeatShare { seats_field, .. } = &m.kind {
@@ -488,12 +485,7 @@ impl crate::config::template::Spec for ExpansionConfig {
         }
     }
 
-    fn run<'a>(
-        &'a self,
-        ctx: &'a Context,
-        workflow: &'a Workflow,
-        options: &'a RunOptions,
-    ) -> crate::config::template::RunFuture<'a> {
-        Box::pin(run(ctx, workflow, self, options))
+    fn run<'a>(&'a self, ctx: &'a Context, w: &'a Workflow, options: &'a RunOptions) -> template::RunFuture<'a> {
+        Box::pin(run(ctx, w, self, options))
     }
 }

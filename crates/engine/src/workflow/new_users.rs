@@ -15,6 +15,7 @@
 //! (budget, a spent allocation, a transient refusal), held back by preflight, or refused (kept in
 //! the failure ledger, unless a person dismissed it), so those come back next run.
 
+use crate::config::template;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
@@ -730,7 +731,7 @@ fn split_name(full: Option<&str>, email: &str) -> (Option<String>, String) {
 }
 
 /// The new-users-to-contacts template, for the registry ([`crate::config::template`]).
-impl crate::config::template::Spec for NewUsersConfig {
+impl template::Spec for NewUsersConfig {
     fn keys() -> &'static [&'static str] {
         &[
             "matching",
@@ -743,20 +744,16 @@ impl crate::config::template::Spec for NewUsersConfig {
         ]
     }
 
-    fn build(
-        key: &str,
-        w: &crate::config::wire::Workflow,
-        errors: &mut crate::config::validate::Errors,
-    ) -> Option<Self> {
+    fn build(key: &str, w: &template::Wire, errors: &mut template::Errors) -> Option<Self> {
         crate::config::new_users::build(key, w, errors)
     }
 
-    fn to_wire(&self, out: &mut crate::config::wire::Workflow) {
+    fn to_wire(&self, out: &mut template::Wire) {
         crate::config::new_users::to_wire(self, out);
     }
 
-    fn flows(&self, key: &dyn Fn(&str) -> String) -> crate::config::ownership::Flows {
-        use crate::config::ownership::{FieldRef, Flows};
+    fn flows(&self, key: &dyn Fn(&str) -> String) -> template::Flows {
+        use template::{FieldRef, Flows};
         let c = &self.contact_fields;
         let mut writes = vec![(FieldRef::salesforce("Contact", &c.visitor_id), key("contact_fields.visitor_id"))];
         if let Some(f) = &c.last_visit {
@@ -776,8 +773,8 @@ impl crate::config::template::Spec for NewUsersConfig {
         Flows::to_salesforce(reads, writes)
     }
 
-    fn requirements(&self, reqs: &mut crate::preflight::Reqs) {
-        use crate::preflight::{Expect, Use};
+    fn requirements(&self, reqs: &mut template::Reqs) {
+        use template::{Expect, Use};
         reqs.matching(&self.matching);
         let mut objects = vec!["Contact"];
         if self.unmatched_account == UnmatchedAccount::Lead {
@@ -799,13 +796,8 @@ impl crate::config::template::Spec for NewUsersConfig {
         }
     }
 
-    fn run<'a>(
-        &'a self,
-        ctx: &'a Context,
-        workflow: &'a Workflow,
-        options: &'a RunOptions,
-    ) -> crate::config::template::RunFuture<'a> {
-        Box::pin(run(ctx, workflow, self, options))
+    fn run<'a>(&'a self, ctx: &'a Context, w: &'a Workflow, options: &'a RunOptions) -> template::RunFuture<'a> {
+        Box::pin(run(ctx, w, self, options))
     }
 }
 

@@ -13,6 +13,7 @@
 //!
 //! One process consumes a store's inbox: [`consume`] and scheduled runs serialize on a lock.
 
+use crate::config::template;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -1050,25 +1051,21 @@ pub async fn run(
 }
 
 /// The nps-realtime template, for the registry ([`crate::config::template`]).
-impl crate::config::template::Spec for NpsConfig {
+impl template::Spec for NpsConfig {
     fn keys() -> &'static [&'static str] {
         &["batch_window_ms", "detractors", "contact", "health_score", "follow_up", "nps_guide_id"]
     }
 
-    fn build(
-        key: &str,
-        w: &crate::config::wire::Workflow,
-        errors: &mut crate::config::validate::Errors,
-    ) -> Option<Self> {
+    fn build(key: &str, w: &template::Wire, errors: &mut template::Errors) -> Option<Self> {
         crate::config::nps::build(key, w, errors)
     }
 
-    fn to_wire(&self, out: &mut crate::config::wire::Workflow) {
+    fn to_wire(&self, out: &mut template::Wire) {
         crate::config::nps::to_wire(self, out);
     }
 
-    fn flows(&self, key: &dyn Fn(&str) -> String) -> crate::config::ownership::Flows {
-        use crate::config::ownership::{FieldRef, Flows};
+    fn flows(&self, key: &dyn Fn(&str) -> String) -> template::Flows {
+        use template::{FieldRef, Flows};
         let c = &self.contact;
         let mut writes = vec![
             (FieldRef::salesforce("Contact", &c.score_field), key("contact.score_field")),
@@ -1083,9 +1080,9 @@ impl crate::config::template::Spec for NpsConfig {
         Flows::to_salesforce(reads, writes)
     }
 
-    fn requirements(&self, reqs: &mut crate::preflight::Reqs) {
+    fn requirements(&self, reqs: &mut template::Reqs) {
         use crate::config::{ContactMatch, FollowUpObject};
-        use crate::preflight::{Expect, Use};
+        use template::{Expect, Use};
         let contact = &self.contact;
         for m in &contact.match_by {
             if let ContactMatch::VisitorIdField(field) = m {
@@ -1111,13 +1108,8 @@ impl crate::config::template::Spec for NpsConfig {
         }
     }
 
-    fn run<'a>(
-        &'a self,
-        ctx: &'a Context,
-        workflow: &'a Workflow,
-        options: &'a RunOptions,
-    ) -> crate::config::template::RunFuture<'a> {
-        Box::pin(run(ctx, workflow, self, options))
+    fn run<'a>(&'a self, ctx: &'a Context, w: &'a Workflow, options: &'a RunOptions) -> template::RunFuture<'a> {
+        Box::pin(run(ctx, w, self, options))
     }
 }
 

@@ -8,6 +8,7 @@
 //! moves it (the decision is recorded with the stages). The value usagesync last wrote is kept
 //! with its fingerprint (scope `{workflow}:Opportunity`), as engagement-scores keeps Account values.
 
+use crate::config::template;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
@@ -331,26 +332,22 @@ async fn body(
 }
 
 /// The trial-usage template, for the registry ([`crate::config::template`]).
-impl crate::config::template::Spec for TrialConfig {
+impl template::Spec for TrialConfig {
     fn keys() -> &'static [&'static str] {
         &["matching", "recheck_matches_after", "core_features", "score", "fields", "trial"]
     }
 
-    fn build(
-        key: &str,
-        w: &crate::config::wire::Workflow,
-        errors: &mut crate::config::validate::Errors,
-    ) -> Option<Self> {
+    fn build(key: &str, w: &template::Wire, errors: &mut template::Errors) -> Option<Self> {
         crate::config::trial::build(key, w, errors)
     }
 
-    fn to_wire(&self, out: &mut crate::config::wire::Workflow) {
+    fn to_wire(&self, out: &mut template::Wire) {
         out.trial = Some(crate::config::trial::to_wire(self));
         crate::config::validate::accounts_to_wire(&self.accounts, out);
     }
 
-    fn flows(&self, key: &dyn Fn(&str) -> String) -> crate::config::ownership::Flows {
-        use crate::config::ownership::{FieldRef, Flows};
+    fn flows(&self, key: &dyn Fn(&str) -> String) -> template::Flows {
+        use template::{FieldRef, Flows};
         let f = &self.fields;
         let writes = [
             (&f.active_users, "active_users"),
@@ -367,8 +364,8 @@ impl crate::config::template::Spec for TrialConfig {
         Flows::to_salesforce(vec![], writes)
     }
 
-    fn requirements(&self, reqs: &mut crate::preflight::Reqs) {
-        use crate::preflight::{Expect, Use};
+    fn requirements(&self, reqs: &mut template::Reqs) {
+        use template::{Expect, Use};
         reqs.accounts(&self.accounts);
         let f = &self.fields;
         for (field, leaf, expect) in [
@@ -388,13 +385,8 @@ impl crate::config::template::Spec for TrialConfig {
         }
     }
 
-    fn run<'a>(
-        &'a self,
-        ctx: &'a Context,
-        workflow: &'a Workflow,
-        options: &'a RunOptions,
-    ) -> crate::config::template::RunFuture<'a> {
-        Box::pin(run(ctx, workflow, self, options))
+    fn run<'a>(&'a self, ctx: &'a Context, w: &'a Workflow, options: &'a RunOptions) -> template::RunFuture<'a> {
+        Box::pin(run(ctx, w, self, options))
     }
 
     fn checks_itself(&self) -> bool {
