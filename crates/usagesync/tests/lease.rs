@@ -14,7 +14,7 @@ use serde_json::Value;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_usagesync"));
-    c.env_remove("USAGESYNC_CONFIG").env_remove("USAGESYNC_TEST_CRASH_AFTER_CREATE");
+    c.env_remove("USAGESYNC_CONFIG").env_remove("USAGESYNC_TEST_CRASH_AT");
     c
 }
 

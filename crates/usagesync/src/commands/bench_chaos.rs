@@ -231,6 +231,12 @@ pub async fn chaos(
     workers: usize,
     json: bool,
 ) -> Result<u8> {
+    if !engine::testhook::ENABLED {
+        bail!(
+            "this build has no crash points, so the harness cannot kill runs at them: build it with \
+             `cargo build --release -p usagesync --features chaos` (test builds have them)"
+        );
+    }
     let cases: Vec<Case> =
         cases().into_iter().filter(|c| only.is_empty() || only.iter().any(|o| o == c.workflow)).collect();
     if cases.is_empty() {
