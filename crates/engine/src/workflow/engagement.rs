@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{AmbiguousSample, Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample};
+use super::{AmbiguousSample, Context, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::change::{self, Change, Desired};
 use crate::config::{EngagementConfig, MatchRule, Metric, Workflow};
 use crate::deliver;
@@ -17,7 +17,7 @@ use crate::matching::{Outcome, PendoSide};
 use crate::metrics;
 use crate::plan::{self, Allowance, CostModel};
 use crate::preflight::Quarantine;
-use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome, RunId};
+use crate::store::{Action, RecordOutcome, RunId};
 
 const OBJECT: &str = "Account";
 
@@ -202,26 +202,18 @@ async fn body(
             p.advance_to(n as u64);
         }
     };
-    let super::update::Updated { delivery, deferred, verify } =
+    let updated =
         super::update::deliver(ctx, &workflow.name, OBJECT, &plan, changes, &budget, &mut meter, now, &advance, run_id)
             .await?;
-    report.verify = verify;
-
-    report.written = delivery.written.len();
-    report.failed = delivery.failed.len();
-    report.deferred = deferred.len();
-    report.failures = delivery
-        .failed
-        .iter()
-        .take(10)
-        .map(|f| FailureSample {
-            salesforce_id: f.change.salesforce_id.clone(),
-            code: f.code.clone(),
-            message: f.message.clone(),
-        })
-        .collect();
     step("Recording the run", None);
-    record(ctx, &workflow.name, run_id, delivery, &deferred, skipped_outcomes, now).await?;
+    for chunk in skipped_outcomes.chunks(5_000) {
+        ctx.store.record_outcomes(run_id, chunk, &[]).await?;
+    }
+    // The plan's deferrals were a forecast; the record stage counts what really waits.
+    report.deferred = 0;
+    let scope = scope(&workflow.name);
+    let how = super::update::Recording { object: OBJECT, scope: &scope, ledger_key: |c| &c.key, note: &|_| None };
+    super::update::record(ctx, &workflow.name, run_id, &how, updated, &mut report, now).await?;
     meter.step("record", None);
     if let Some(p) = progress {
         p.done();
@@ -242,95 +234,6 @@ pub(crate) async fn preflight(
         return Ok(Quarantine::default());
     }
     Ok(crate::preflight::run(&ctx.salesforce, &ctx.config, workflow).await?)
-}
-
-/// Records written per store transaction: each chunk's outcomes and fingerprints commit
-/// together, and memory holds one chunk's rows at a time rather than the whole run's.
-const RECORD_CHUNK: usize = 5_000;
-
-/// Keeps what happened: outcomes and fingerprints in transactions of [`RECORD_CHUNK`] records
-/// (a record counts as written only once its fingerprints are stored), then the failure ledger.
-async fn record(
-    ctx: &Context,
-    workflow: &str,
-    run_id: RunId,
-    delivery: deliver::Delivery,
-    deferred: &[Change],
-    mut outcomes: Vec<RecordOutcome>,
-    now: DateTime<Utc>,
-) -> Result<(), RunError> {
-    let scope = scope(workflow);
-    let changes_of = |c: &Change| -> Vec<FieldChange> {
-        c.fields.iter().map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() }).collect()
-    };
-    let mut ledger = super::ledger::Ledger::default();
-    ledger.delivery(OBJECT, &delivery, |c| &c.key);
-    let deliver::Delivery { written, failed, .. } = delivery;
-    let mut written = written.into_iter().peekable();
-    while written.peek().is_some() {
-        let mut chunk_outcomes = Vec::with_capacity(RECORD_CHUNK);
-        let mut prints = Vec::new();
-        let chunk: Vec<Change> = written.by_ref().take(RECORD_CHUNK).collect();
-        let keys: Vec<String> = chunk.iter().map(|c| c.salesforce_id.clone()).collect();
-        let mut before = ctx.store.written_values(&scope, &keys).await?;
-        for c in chunk {
-            let old = before.remove(&c.salesforce_id).unwrap_or_default();
-            let changes = c
-                .fields
-                .iter()
-                .map(|(f, v)| FieldChange {
-                    field: f.clone(),
-                    before: old.iter().find(|(of, _)| of == f).map(|(_, ov)| ov.clone()),
-                    after: v.clone(),
-                })
-                .collect();
-            prints.extend(c.prints.iter().map(|(field, p)| FingerprintPut {
-                scope: scope.clone(),
-                key: c.salesforce_id.clone(),
-                field: field.clone(),
-                fingerprint: *p,
-                written_at: now,
-                value: c.fields.iter().find(|(f, _)| f == field).map(|(_, v)| v.clone()),
-            }));
-            chunk_outcomes.push(RecordOutcome {
-                object: OBJECT.into(),
-                changes,
-                key: c.key,
-                salesforce_id: Some(c.salesforce_id),
-                action: Action::Updated,
-                error_code: None,
-                message: None,
-            });
-        }
-        ctx.store.record_outcomes(run_id, &chunk_outcomes, &prints).await?;
-    }
-    for f in &failed {
-        outcomes.push(RecordOutcome {
-            object: OBJECT.into(),
-            key: f.change.key.clone(),
-            salesforce_id: Some(f.change.salesforce_id.clone()),
-            action: Action::Failed,
-            changes: changes_of(&f.change),
-            error_code: Some(f.code.clone()),
-            message: Some(f.message.clone()),
-        });
-    }
-    for c in deferred {
-        outcomes.push(RecordOutcome {
-            object: OBJECT.into(),
-            key: c.key.clone(),
-            salesforce_id: Some(c.salesforce_id.clone()),
-            action: Action::Deferred,
-            changes: changes_of(c),
-            error_code: None,
-            message: Some("over the API budget: sent in a later run".into()),
-        });
-    }
-    for chunk in outcomes.chunks(RECORD_CHUNK) {
-        ctx.store.record_outcomes(run_id, chunk, &[]).await?;
-    }
-    ledger.settle(ctx, workflow, run_id, now).await?;
-    Ok(())
 }
 
 /// The engagement-scores template, for the registry ([`crate::config::template`]).

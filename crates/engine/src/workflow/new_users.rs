@@ -23,14 +23,14 @@ use salesforce::{Condition, SoqlQuery};
 use serde_json::{Map, Value, json};
 
 use super::create::{Group, NewRecord};
-use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample};
+use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::change::{Change, fingerprint};
 use crate::config::{EngagementConfig, MatchRule, NewUsersConfig, UnmatchedAccount, Workflow};
 use crate::deliver;
 use crate::extract::{AccountFacts, Extractor, NewVisitor};
 use crate::matching::Outcome;
 use crate::plan::{Allowance, COLLECTION_SIZE, CostModel, Plan, WritePath};
-use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome, RunId};
+use crate::store::{Action, FingerprintPut, RecordOutcome, RunId};
 
 /// The cursor's name in the CursorStore: epoch milliseconds of the newest first visit handled.
 pub const CURSOR: &str = "first_visit";
@@ -397,7 +397,7 @@ async fn body(
     )
     .await?;
     outcomes_kept.extend(super::create::history(&groups, &results, &mut report));
-    let mut ledger = super::create::ledger(&groups, &results);
+    let ledger = super::create::ledger(&groups, &results);
     let mut prints = Vec::new();
     // Visitors not done: their first visit holds the cursor (unless a person dismissed the refusal).
     let mut unfinished: Vec<(&'static str, String)> = Vec::new();
@@ -412,7 +412,8 @@ async fn body(
         }
     }
 
-    // Updates, through the update stage (reserve, deliver, settle, read back).
+    // Updates, through the update and record stages (reserve, deliver, settle, read back, keep).
+    let mut dismissed = std::collections::HashSet::new();
     for object in ["Contact", "Lead"] {
         let changes: Vec<Change> = updates
             .iter()
@@ -435,7 +436,7 @@ async fn body(
         }
         let allowance = Allowance { calls: budget.available.saturating_sub(spent_since_limits(&meter)) };
         let plan = crate::plan::plan(changes.len(), workflow.max_latency, allowance, &CostModel::default());
-        let super::update::Updated { delivery, deferred, verify } = super::update::deliver(
+        let updated = super::update::deliver(
             ctx,
             &workflow.name,
             object,
@@ -448,36 +449,16 @@ async fn body(
             run_id,
         )
         .await?;
-        report.verify.merge(verify);
-        report.written += delivery.written.len();
-        report.failed += delivery.failed.len();
-        report.deferred += deferred.len();
-        ledger.delivery(object, &delivery, |c| &c.key);
-        for c in &delivery.written {
-            prints.extend(prints_of(&workflow.name, object, &c.salesforce_id, &c.fields, now));
-            outcomes_kept.push(outcome(object, c, Action::Updated, None, None));
-        }
-        for f in &delivery.failed {
-            if report.failures.len() < 10 {
-                report.failures.push(FailureSample {
-                    salesforce_id: f.change.salesforce_id.clone(),
-                    code: f.code.clone(),
-                    message: f.message.clone(),
-                });
-            }
-            unfinished.push((object, f.change.key.clone()));
-            outcomes_kept.push(outcome(object, &f.change, Action::Failed, Some(&f.code), Some(f.message.clone())));
-        }
-        for c in &deferred {
-            unfinished.push((object, c.key.clone()));
-            let why = "over the API budget, or Salesforce was busy: sent in a later run".to_owned();
-            outcomes_kept.push(outcome(object, c, Action::Deferred, None, Some(why)));
-        }
+        let waiting = updated.delivery.failed.iter().map(|f| &f.change).chain(&updated.deferred);
+        unfinished.extend(waiting.map(|c| (object, c.key.clone())));
+        let scope = scope(&workflow.name, object);
+        let how = super::update::Recording { object, scope: &scope, ledger_key: |c| &c.key, note: &|_| None };
+        dismissed.extend(super::update::record(ctx, &workflow.name, run_id, &how, updated, &mut report, now).await?);
     }
     report.plan.deferred = report.deferred;
     crate::testhook::crash_point("record");
     ctx.store.record_outcomes(run_id, &[], &prints).await?;
-    let dismissed = ledger.settle(ctx, &workflow.name, run_id, now).await?;
+    dismissed.extend(ledger.settle(ctx, &workflow.name, run_id, now).await?);
     // A deferred, held or refused visitor holds the cursor, so the next run (or a replay) reads
     // it again and derives its record afresh; one whose refusal a person dismissed does not.
     let hold = unfinished
@@ -566,22 +547,6 @@ fn prints_of(
             value: Some(value.clone()),
         })
         .collect()
-}
-
-fn outcome(object: &str, c: &Change, action: Action, code: Option<&str>, message: Option<String>) -> RecordOutcome {
-    RecordOutcome {
-        object: object.into(),
-        key: c.key.clone(),
-        salesforce_id: Some(c.salesforce_id.clone()),
-        action,
-        changes: changes_of(&c.fields),
-        error_code: code.map(str::to_owned),
-        message,
-    }
-}
-
-fn changes_of(fields: &[(String, Value)]) -> Vec<FieldChange> {
-    fields.iter().map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() }).collect()
 }
 
 fn text(record: &Map<String, Value>, field: &str) -> Option<String> {

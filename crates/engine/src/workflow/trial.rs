@@ -14,14 +14,14 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample, engagement};
+use super::{Context, Meter, RunError, RunOptions, RunReport, Sample, engagement};
 use crate::change::{self, Desired};
 use crate::config::{MatchRule, TrialConfig, TrialMetric, Workflow};
 use crate::deliver;
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
 use crate::matching::Outcome;
 use crate::plan::WritePath;
-use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome, RunId};
+use crate::store::{Action, RecordOutcome, RunId};
 
 const OBJECT: &str = "Opportunity";
 const STAGE: &str = "StageName";
@@ -250,83 +250,15 @@ async fn body(
     // Few trial Opportunities: Bulk is never worth its fixed cost here.
     let path = if plan.send.min(changes.len()) == 1 { WritePath::Single } else { WritePath::Collections };
     let plan = crate::plan::Plan { path, ..plan };
-    let super::update::Updated { delivery, deferred, verify } =
+    let updated =
         super::update::deliver(ctx, &workflow.name, OBJECT, &plan, changes, &budget, &mut meter, now, &|_| {}, run_id)
             .await?;
-    report.verify = verify;
-
-    let mut outs = Vec::new();
-    let mut prints = Vec::new();
-    for c in &delivery.written {
-        let before = last_values.get(&c.salesforce_id);
-        outs.push(RecordOutcome {
-            object: OBJECT.into(),
-            key: c.key.clone(),
-            salesforce_id: Some(c.salesforce_id.clone()),
-            action: Action::Updated,
-            changes: c
-                .fields
-                .iter()
-                .map(|(f, v)| FieldChange {
-                    field: f.clone(),
-                    before: before.and_then(|b| b.iter().find(|(bf, _)| bf == f)).map(|(_, bv)| bv.clone()),
-                    after: v.clone(),
-                })
-                .collect(),
-            error_code: None,
-            message: stage_from.get(&c.salesforce_id).map(|m| format!("stage {m}")),
-        });
-        prints.extend(c.prints.iter().map(|(field, p)| FingerprintPut {
-            scope: scope.clone(),
-            key: c.salesforce_id.clone(),
-            field: field.clone(),
-            fingerprint: *p,
-            written_at: now,
-            value: c.fields.iter().find(|(f, _)| f == field).map(|(_, v)| v.clone()),
-        }));
-    }
-    // A refused update's fingerprints are not stored, so the next run (or `replay`) derives
-    // and sends it again.
-    for f in &delivery.failed {
-        outs.push(RecordOutcome {
-            object: OBJECT.into(),
-            key: f.change.key.clone(),
-            salesforce_id: Some(f.change.salesforce_id.clone()),
-            action: Action::Failed,
-            changes: vec![],
-            error_code: Some(f.code.clone()),
-            message: Some(format!("{}; sent again next run", f.message)),
-        });
-    }
-    for c in &deferred {
-        outs.push(RecordOutcome {
-            object: OBJECT.into(),
-            key: c.key.clone(),
-            salesforce_id: Some(c.salesforce_id.clone()),
-            action: Action::Deferred,
-            changes: vec![],
-            error_code: None,
-            message: Some("over the API budget: sent in a later run".into()),
-        });
-    }
-    ctx.store.record_outcomes(run_id, &outs, &prints).await?;
-    let mut ledger = super::ledger::Ledger::default();
+    // The plan's deferrals were a forecast; the record stage counts what really waits.
+    report.deferred = 0;
+    let note = |c: &crate::change::Change| stage_from.get(&c.salesforce_id).map(|m| format!("stage {m}"));
     // An account may have several trial Opportunities: each is its own record in the ledger.
-    ledger.delivery(OBJECT, &delivery, |c| &c.salesforce_id);
-    ledger.settle(ctx, &workflow.name, run_id, now).await?;
-    report.written = delivery.written.len();
-    report.failed = delivery.failed.len();
-    report.deferred = deferred.len();
-    report.failures = delivery
-        .failed
-        .iter()
-        .take(10)
-        .map(|f| FailureSample {
-            salesforce_id: f.change.salesforce_id.clone(),
-            code: f.code.clone(),
-            message: f.message.clone(),
-        })
-        .collect();
+    let how = super::update::Recording { object: OBJECT, scope: &scope, ledger_key: |c| &c.salesforce_id, note: &note };
+    super::update::record(ctx, &workflow.name, run_id, &how, updated, &mut report, now).await?;
     super::settle(ctx, &workflow.name, now, meter, &mut report).await?;
     Ok(report)
 }

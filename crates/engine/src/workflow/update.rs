@@ -69,3 +69,124 @@ pub(crate) async fn deliver(
     let verify = verify::verify(ctx, workflow, object, &written, budget, meter, run, now).await?;
     Ok(Updated { delivery, deferred, verify })
 }
+
+/// How a template's updated records are kept: under which object and fingerprint scope, by
+/// which key in the failure ledger, and with what note on a written record's history row.
+pub(crate) struct Recording<'a> {
+    pub object: &'a str,
+    /// The fingerprint scope the written values are kept under (and read back from as "before").
+    pub scope: &'a str,
+    /// A record's key in the failure ledger: the template's key, or the record's Id where one
+    /// key has several records.
+    pub ledger_key: fn(&Change) -> &str,
+    /// A note for a written record's history row.
+    pub note: &'a (dyn Fn(&Change) -> Option<String> + Sync),
+}
+
+/// Records written per store transaction: each chunk's outcomes and fingerprints commit
+/// together, and memory holds one chunk's rows at a time rather than the whole run's.
+const RECORD_CHUNK: usize = 5_000;
+
+/// The record stage of an update: written records' history rows (with the values they had
+/// before) and fingerprints, in transactions of [`RECORD_CHUNK`] records (a record counts as
+/// written only once its fingerprints are stored; a refused one keeps none, so the next run or a
+/// replay derives and sends it again), refused and deferred records' rows, the failure ledger,
+/// and the run's counts. Returns the refused records a person dismissed (see
+/// [`super::ledger::Ledger::settle`]).
+///
+/// # Errors
+/// Store failures.
+pub(crate) async fn record(
+    ctx: &Context,
+    workflow: &str,
+    run: RunId,
+    how: &Recording<'_>,
+    updated: Updated,
+    report: &mut super::RunReport,
+    now: DateTime<Utc>,
+) -> Result<std::collections::HashSet<(String, String)>, RunError> {
+    use crate::store::{Action, FieldChange, FingerprintPut, RecordOutcome};
+    let Updated { delivery, deferred, verify } = updated;
+    report.verify.merge(verify);
+    report.written += delivery.written.len();
+    report.failed += delivery.failed.len();
+    report.deferred += deferred.len();
+    for f in &delivery.failed {
+        if report.failures.len() < 10 {
+            report.failures.push(super::FailureSample {
+                salesforce_id: f.change.salesforce_id.clone(),
+                code: f.code.clone(),
+                message: f.message.clone(),
+            });
+        }
+    }
+    let mut ledger = super::ledger::Ledger::default();
+    ledger.delivery(how.object, &delivery, how.ledger_key);
+    let deliver::Delivery { written, failed, .. } = delivery;
+    let mut written = written.into_iter().peekable();
+    while written.peek().is_some() {
+        let chunk: Vec<Change> = written.by_ref().take(RECORD_CHUNK).collect();
+        let keys: Vec<String> = chunk.iter().map(|c| c.salesforce_id.clone()).collect();
+        let mut before = ctx.store.written_values(how.scope, &keys).await?;
+        let mut outcomes = Vec::with_capacity(chunk.len());
+        let mut prints = Vec::new();
+        for c in chunk {
+            let old = before.remove(&c.salesforce_id).unwrap_or_default();
+            let changes = c
+                .fields
+                .iter()
+                .map(|(f, v)| FieldChange {
+                    field: f.clone(),
+                    before: old.iter().find(|(of, _)| of == f).map(|(_, ov)| ov.clone()),
+                    after: v.clone(),
+                })
+                .collect();
+            prints.extend(c.prints.iter().map(|(field, p)| FingerprintPut {
+                scope: how.scope.to_owned(),
+                key: c.salesforce_id.clone(),
+                field: field.clone(),
+                fingerprint: *p,
+                written_at: now,
+                value: c.fields.iter().find(|(f, _)| f == field).map(|(_, v)| v.clone()),
+            }));
+            outcomes.push(RecordOutcome {
+                object: how.object.into(),
+                message: (how.note)(&c),
+                changes,
+                key: c.key,
+                salesforce_id: Some(c.salesforce_id),
+                action: Action::Updated,
+                error_code: None,
+            });
+        }
+        ctx.store.record_outcomes(run, &outcomes, &prints).await?;
+    }
+    let changes_of = |c: &Change| -> Vec<FieldChange> {
+        c.fields.iter().map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() }).collect()
+    };
+    let mut rest: Vec<RecordOutcome> = failed
+        .iter()
+        .map(|f| RecordOutcome {
+            object: how.object.into(),
+            key: f.change.key.clone(),
+            salesforce_id: Some(f.change.salesforce_id.clone()),
+            action: Action::Failed,
+            changes: changes_of(&f.change),
+            error_code: Some(f.code.clone()),
+            message: Some(format!("{}; sent again next run", f.message)),
+        })
+        .collect();
+    rest.extend(deferred.iter().map(|c| RecordOutcome {
+        object: how.object.into(),
+        key: c.key.clone(),
+        salesforce_id: Some(c.salesforce_id.clone()),
+        action: Action::Deferred,
+        changes: changes_of(c),
+        error_code: None,
+        message: Some("over the API budget, or the allocation was spent: sent in a later run".into()),
+    }));
+    for chunk in rest.chunks(RECORD_CHUNK) {
+        ctx.store.record_outcomes(run, chunk, &[]).await?;
+    }
+    ledger.settle(ctx, workflow, run, now).await
+}
