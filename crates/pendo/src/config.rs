@@ -41,6 +41,9 @@ pub struct RetryPolicy {
     pub max_retry_after: Duration,
     /// Randomise each backoff between half and all of its value.
     pub jitter: bool,
+    /// A throttled request (429) is retried, without counting against `max_attempts`, until
+    /// it has been throttled this long: throttling delays work, it does not fail it.
+    pub max_throttled_wait: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -51,6 +54,7 @@ impl Default for RetryPolicy {
             max_backoff: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(120),
             jitter: true,
+            max_throttled_wait: Duration::from_secs(600),
         }
     }
 }

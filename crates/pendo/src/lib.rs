@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: base URL (region from the key suffix), key, timeouts, retry policy.
 //! - `transport`: the single request path with retries on 429/408/5xx honouring `Retry-After`.
+//! - `limiter`: the pace shared by every request of a client and its clones, learnt from 429s.
 //! - [`aggregation`]: pipeline builder, safe expressions, keyset paging.
 //! - [`entities`]: catalogue lists, visitors, accounts, history, metadata schema.
 //! - [`metadata`]: bulk writes in batches of 500 with per-id outcomes, single values, fields.
@@ -14,6 +15,7 @@ pub mod aggregation;
 pub mod config;
 pub mod entities;
 pub mod error;
+mod limiter;
 pub mod metadata;
 mod transport;
 pub mod webhook;

@@ -2,6 +2,10 @@
 //! type, timeout) → send → read the body under the size cap → classify the status → on 429 wait
 //! for `Retry-After` (capped) or the backoff, on 408/5xx and transport errors wait for the
 //! backoff → retry up to the policy's attempt limit. Non-retryable answers return at once.
+//! Every attempt first waits its turn in the client's shared limiter; a 429 pauses and slows
+//! the limiter for every caller, and is retried until the request has been throttled for the
+//! policy's `max_throttled_wait` (429s do not use up the attempt limit: throttling delays a
+//! request, it does not fail it).
 
 use std::time::Duration;
 
@@ -17,6 +21,7 @@ pub const KEY_HEADER: &str = "x-pendo-integration-key";
 pub(crate) struct Transport {
     http: reqwest::Client,
     pub(crate) config: ClientConfig,
+    limiter: std::sync::Arc<crate::limiter::Limiter>,
 }
 
 /// A request body and its content type.
@@ -41,7 +46,7 @@ impl Transport {
             .user_agent(config.user_agent.clone())
             .build()
             .map_err(|e| Error::Config(format!("building the HTTP client: {e}")))?;
-        Ok(Transport { http, config })
+        Ok(Transport { http, config, limiter: std::sync::Arc::default() })
     }
 
     fn url(&self, path: &str) -> String {
@@ -79,8 +84,12 @@ impl Transport {
         let endpoint = format!("{method} {path}");
         let policy = &self.config.retry;
         let mut attempt = 0u32;
+        // Tries that met a 429: they do not count against max_attempts.
+        let mut throttles = 0u32;
+        let mut throttled_since: Option<tokio::time::Instant> = None;
         loop {
             attempt += 1;
+            let started = self.limiter.acquire().await;
             let mut req = self
                 .http
                 .request(method.clone(), self.url(path))
@@ -92,7 +101,7 @@ impl Transport {
             if let Body::Json(b) = &body {
                 req = req.body(b.clone());
             }
-            let last = attempt >= policy.max_attempts.max(1);
+            let last = attempt - throttles >= policy.max_attempts.max(1);
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
@@ -106,6 +115,9 @@ impl Transport {
                 }
             };
             let status = resp.status();
+            if status != StatusCode::TOO_MANY_REQUESTS {
+                self.limiter.succeeded();
+            }
             if status.is_success() {
                 return match self.read_capped(&endpoint, resp).await {
                     Err(Error::Transport { source, .. }) if !last => {
@@ -118,12 +130,15 @@ impl Transport {
             }
             if status == StatusCode::TOO_MANY_REQUESTS {
                 let ra = retry_after(&resp);
-                if last {
+                throttles += 1;
+                let since = *throttled_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= policy.max_throttled_wait {
                     return Err(Error::Throttled { endpoint, attempts: attempt, retry_after: ra });
                 }
-                let wait = ra.map_or_else(|| policy.backoff(attempt), |d| d.min(policy.max_retry_after));
-                debug!(%endpoint, attempt, ?wait, "Throttled; waiting.");
-                tokio::time::sleep(wait).await;
+                let wait = ra.map_or_else(|| policy.backoff(throttles), |d| d.min(policy.max_retry_after));
+                debug!(%endpoint, attempt, ?wait, "Throttled; every request waits, then goes slower.");
+                // The next acquire (this request's and everyone else's) waits it out.
+                self.limiter.throttled(wait, started);
                 continue;
             }
             let bytes = self.read_capped(&endpoint, resp).await.unwrap_or_default();

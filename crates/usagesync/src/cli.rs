@@ -202,12 +202,20 @@ pub enum BenchTarget {
         #[arg(long, default_value_t = 30)]
         days: u32,
     },
-    /// nps-realtime latency: NPS webhooks at a steady rate into the daemon, p50/p95/p99 from
-    /// the webhook to the Contact updated in the Salesforce emulator.
+    /// nps-realtime latency and throughput: NPS webhooks at a steady rate, round-robin into
+    /// one or more daemons, p50/p95/p99 from the webhook to the Contact updated in the
+    /// Salesforce emulator, per worker count and rate, and each worker count's saturation point.
     Nps {
-        /// Webhooks per second.
-        #[arg(long, default_value_t = 100)]
-        rate: u32,
+        /// Webhooks per second, comma-separated for a sweep.
+        #[arg(long, value_delimiter = ',', default_values_t = [100u32])]
+        rate: Vec<u32>,
+        /// Daemons sharing the load, comma-separated (e.g. 1,2,3); more than one needs --postgres.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize])]
+        workers: Vec<usize>,
+        /// The PostgreSQL server the workers share (a schema of its own per measurement,
+        /// dropped after), e.g. postgres://postgres@127.0.0.1:5432/test.
+        #[arg(long)]
+        postgres: Option<String>,
         /// Seconds to keep posting.
         #[arg(long, default_value_t = 30)]
         seconds: u32,

@@ -11,7 +11,7 @@ use url::Url;
 use super::locate::Locations;
 use super::{
     Budget, Config, ConfigError, Connections, DEFAULT_API_VERSION, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_LATENCY,
-    DEFAULT_MIN_REMAINING, DEFAULT_MIN_SHARE, DEFAULT_RECHECK_MATCHES_AFTER, DEFAULT_SIGNATURE_HEADER,
+    DEFAULT_MAX_PENDING, DEFAULT_MIN_REMAINING, DEFAULT_MIN_SHARE, DEFAULT_RECHECK_MATCHES_AFTER, DEFAULT_SIGNATURE_HEADER,
     DEFAULT_WEBSITE_FIELD, EngagementConfig, FieldMap, MatchRule, MetadataGroup, Metric, PendoConnection,
     SalesforceAuth, SalesforceConnection, ScoreConfig, Secret, StoreConfig, StoreKind, TemplateKind, Term, Verify,
     WINDOW_DAYS, Webhooks, Workflow, duration, wire,
@@ -425,7 +425,12 @@ fn webhooks(w: Option<&wire::Webhooks>, errors: &mut Errors) -> Option<Webhooks>
         errors.push("webhooks.max_body_bytes", format!("must be between 1024 and 67108864 (got {max_body_bytes})"));
         return None;
     }
-    Some(Webhooks { secret, signature_header, max_body_bytes })
+    let max_pending = w.max_pending.unwrap_or(DEFAULT_MAX_PENDING);
+    if !(1..=100_000_000).contains(&max_pending) {
+        errors.push("webhooks.max_pending", format!("must be between 1 and 100000000 (got {max_pending})"));
+        return None;
+    }
+    Some(Webhooks { secret, signature_header, max_body_bytes, max_pending })
 }
 
 fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workflow> {
@@ -874,6 +879,7 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
             secret: config.webhooks.secret.as_ref().map(secret),
             signature_header: Some(config.webhooks.signature_header.clone()),
             max_body_bytes: Some(config.webhooks.max_body_bytes),
+            max_pending: Some(config.webhooks.max_pending),
         }),
         console: config.console.as_ref().map(|c| super::console::to_wire(c, secret)),
         workflows: Some(workflows),

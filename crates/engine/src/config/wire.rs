@@ -38,6 +38,8 @@ pub(crate) struct Webhooks {
     pub signature_header: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -185,6 +185,30 @@ pub trait InboxStore {
     fn pending_events(&self, limit: u32) -> StoreFuture<'_, Vec<InboxEvent>>;
     fn mark_processed(&self, unique_ids: &[String], now: DateTime<Utc>) -> StoreFuture<'_, ()>;
     fn inbox_counts(&self) -> StoreFuture<'_, InboxCounts>;
+    /// Claims up to `limit` pending events, oldest first, for `claimer` until `now + lease`:
+    /// events nobody holds, or whose claim lapsed (its worker died), and none whose visitor or
+    /// Pendo account has an event under another claimer's live claim, so one visitor's or
+    /// account's answers are never written by two workers at once. Atomic across processes:
+    /// concurrent claimers never share an event. Oldest first.
+    fn claim_events(
+        &self,
+        claimer: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<InboxEvent>>;
+    /// Extends the lease of `claimer`'s unprocessed events to `now + lease`; returns how many
+    /// it still holds (0: every claim lapsed and may have been taken over).
+    fn renew_event_claims(&self, claimer: &str, lease: Duration, now: DateTime<Utc>) -> StoreFuture<'_, u64>;
+    /// Gives `claimer`'s unprocessed events back at once (a batch that failed or stopped), so
+    /// any worker may take them without waiting for the lease.
+    fn release_event_claims(&self, claimer: &str) -> StoreFuture<'_, ()>;
+    /// When the oldest pending event that no live claim holds was received: the batching
+    /// window runs from it.
+    fn oldest_claimable_event(&self, now: DateTime<Utc>) -> StoreFuture<'_, Option<DateTime<Utc>>>;
+    /// Pending events, counted up to `cap` (the receiver's back-pressure check stays cheap
+    /// however deep the inbox is).
+    fn pending_depth(&self, cap: u32) -> StoreFuture<'_, u64>;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -591,6 +591,118 @@ impl InboxStore for PostgresStore {
             })
         })
     }
+
+    fn claim_events(
+        &self,
+        claimer: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<InboxEvent>> {
+        let claimer = claimer.to_owned();
+        Box::pin(async move {
+            let until = lease_until(now, lease)?;
+            let mut tx = self.pool.begin().await.map_err(query_err("claim webhook events"))?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(INBOX_CLAIM_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("claim webhook events"))?;
+            // SKIP LOCKED: an event whose row another transaction holds (being marked processed
+            // or renewed) is passed over rather than waited for.
+            let rows = sqlx::query(
+                "UPDATE inbox SET claimed_by = $1, lease_until = $2 WHERE unique_id IN ( \
+                   SELECT i.unique_id FROM inbox i \
+                   WHERE i.processed_at IS NULL AND (i.lease_until IS NULL OR i.lease_until < $3) \
+                   AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.processed_at IS NULL \
+                       AND o.lease_until >= $3 AND o.claimed_by <> $1 \
+                       AND (o.visitor_key = i.visitor_key OR o.account_key = i.account_key)) \
+                   ORDER BY i.received_at, i.unique_id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                 RETURNING unique_id, source, kind, received_at, body",
+            )
+            .bind(&claimer)
+            .bind(until)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query_err("claim webhook events"))?;
+            tx.commit().await.map_err(query_err("claim webhook events"))?;
+            let mut events = rows.iter().map(inbox_event_from_row).collect::<Result<Vec<_>, _>>()?;
+            events.sort_by(|a, b| (a.received_at, &a.unique_id).cmp(&(b.received_at, &b.unique_id)));
+            Ok(events)
+        })
+    }
+
+    fn renew_event_claims(&self, claimer: &str, lease: Duration, now: DateTime<Utc>) -> StoreFuture<'_, u64> {
+        let claimer = claimer.to_owned();
+        Box::pin(async move {
+            let until = lease_until(now, lease)?;
+            // A lapsed claim nobody took is still this claimer's: a taker rewrites claimed_by.
+            let done = sqlx::query("UPDATE inbox SET lease_until = $2 WHERE claimed_by = $1 AND processed_at IS NULL")
+                .bind(claimer)
+                .bind(until)
+                .execute(&self.pool)
+                .await
+                .map_err(query_err("renew webhook event claims"))?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn release_event_claims(&self, claimer: &str) -> StoreFuture<'_, ()> {
+        let claimer = claimer.to_owned();
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE inbox SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = $1 AND processed_at IS NULL",
+            )
+            .bind(claimer)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("release webhook event claims"))?;
+            Ok(())
+        })
+    }
+
+    fn oldest_claimable_event(&self, now: DateTime<Utc>) -> StoreFuture<'_, Option<DateTime<Utc>>> {
+        Box::pin(async move {
+            sqlx::query_scalar(
+                "SELECT min(received_at) FROM inbox WHERE processed_at IS NULL \
+                 AND (lease_until IS NULL OR lease_until < $1)",
+            )
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_err("read the oldest claimable webhook event"))
+        })
+    }
+
+    fn pending_depth(&self, cap: u32) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM inbox WHERE processed_at IS NULL LIMIT $1) p")
+                    .bind(i64::from(cap))
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(query_err("count pending webhook events"))?;
+            from_db_count("inbox depth", n)
+        })
+    }
+}
+
+/// The transaction-scoped advisory lock that serializes inbox claims across workers (a claim
+/// takes a millisecond): the visitor/account exclusion reads other rows' claims, and two
+/// claimers running side by side under READ COMMITTED would each miss the other's uncommitted
+/// claim and take two events of one visitor. The number is arbitrary, fixed ("usagesync inbox").
+const INBOX_CLAIM_LOCK: i64 = 0x7573_6167_6573_796e;
+
+fn inbox_event_from_row(row: &PgRow) -> Result<InboxEvent, StoreError> {
+    Ok(InboxEvent {
+        unique_id: get(row, "unique_id")?,
+        source: get(row, "source")?,
+        kind: get(row, "kind")?,
+        received_at: get(row, "received_at")?,
+        body: get(row, "body")?,
+    })
 }
 
 impl CursorStore for PostgresStore {

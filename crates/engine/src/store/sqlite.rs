@@ -605,6 +605,110 @@ impl InboxStore for SqliteStore {
             })
         })
     }
+
+    fn claim_events(
+        &self,
+        claimer: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<InboxEvent>> {
+        let claimer = claimer.to_owned();
+        Box::pin(async move {
+            let until = lease_until(now, lease)?;
+            // BEGIN IMMEDIATE holds the write lock from the first read, so concurrent claimers
+            // (other connections, or other processes on the same file) take turns.
+            let mut tx = self.begin_write("claim webhook events").await?;
+            let rows = sqlx::query(
+                "UPDATE inbox SET claimed_by = $1, lease_until = $2 WHERE unique_id IN ( \
+                   SELECT i.unique_id FROM inbox i \
+                   WHERE i.processed_at IS NULL AND (i.lease_until IS NULL OR i.lease_until < $3) \
+                   AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.processed_at IS NULL \
+                       AND o.lease_until >= $3 AND o.claimed_by <> $1 \
+                       AND (o.visitor_key = i.visitor_key OR o.account_key = i.account_key)) \
+                   ORDER BY i.received_at, i.unique_id LIMIT $4) \
+                 RETURNING unique_id, source, kind, received_at, body",
+            )
+            .bind(&claimer)
+            .bind(micros(until))
+            .bind(micros(now))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query_err("claim webhook events"))?;
+            tx.commit().await.map_err(query_err("claim webhook events"))?;
+            let mut events = rows.iter().map(inbox_event_from_row).collect::<Result<Vec<_>, _>>()?;
+            events.sort_by(|a, b| (a.received_at, &a.unique_id).cmp(&(b.received_at, &b.unique_id)));
+            Ok(events)
+        })
+    }
+
+    fn renew_event_claims(&self, claimer: &str, lease: Duration, now: DateTime<Utc>) -> StoreFuture<'_, u64> {
+        let claimer = claimer.to_owned();
+        Box::pin(async move {
+            let until = lease_until(now, lease)?;
+            // A lapsed claim nobody took is still this claimer's: a taker rewrites claimed_by.
+            let done = sqlx::query("UPDATE inbox SET lease_until = $2 WHERE claimed_by = $1 AND processed_at IS NULL")
+                .bind(claimer)
+                .bind(micros(until))
+                .execute(&self.pool)
+                .await
+                .map_err(query_err("renew webhook event claims"))?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn release_event_claims(&self, claimer: &str) -> StoreFuture<'_, ()> {
+        let claimer = claimer.to_owned();
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE inbox SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = $1 AND processed_at IS NULL",
+            )
+            .bind(claimer)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("release webhook event claims"))?;
+            Ok(())
+        })
+    }
+
+    fn oldest_claimable_event(&self, now: DateTime<Utc>) -> StoreFuture<'_, Option<DateTime<Utc>>> {
+        Box::pin(async move {
+            let oldest: Option<i64> = sqlx::query_scalar(
+                "SELECT min(received_at) FROM inbox WHERE processed_at IS NULL \
+                 AND (lease_until IS NULL OR lease_until < $1)",
+            )
+            .bind(micros(now))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_err("read the oldest claimable webhook event"))?;
+            opt_from_micros("inbox.received_at", oldest)
+        })
+    }
+
+    fn pending_depth(&self, cap: u32) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM inbox WHERE processed_at IS NULL LIMIT $1)")
+                    .bind(i64::from(cap))
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(query_err("count pending webhook events"))?;
+            from_db_count("inbox depth", n)
+        })
+    }
+}
+
+fn inbox_event_from_row(row: &SqliteRow) -> Result<InboxEvent, StoreError> {
+    let body: String = get(row, "body")?;
+    Ok(InboxEvent {
+        unique_id: get(row, "unique_id")?,
+        source: get(row, "source")?,
+        kind: get(row, "kind")?,
+        received_at: from_micros("inbox.received_at", get(row, "received_at")?)?,
+        body: serde_json::from_str(&body)
+            .map_err(|e| StoreError::Corrupt { what: "inbox.body", detail: e.to_string() })?,
+    })
 }
 
 impl CursorStore for SqliteStore {

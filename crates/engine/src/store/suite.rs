@@ -105,6 +105,9 @@ conformance!(
     budget_reservations_of_dead_runs_are_released,
     idempotent_creates,
     inbox_dedupes_and_drains,
+    inbox_claims_lease_and_take_over,
+    inbox_claims_keep_a_visitor_and_account_with_one_worker,
+    inbox_concurrent_claimers_never_share_an_event,
     run_claims_conflict_per_workflow,
     run_claim_marks_expired_lease_abandoned,
     run_sweep_marks_only_expired_leases,
@@ -293,6 +296,105 @@ async fn inbox_dedupes_and_drains(store: Arc<dyn Store>) {
     store.mark_processed(&["a".into(), "nope".into()], t(3, 0)).await.unwrap();
     assert_eq!(store.pending_events(10).await.unwrap().len(), 1);
     assert_eq!(store.inbox_counts().await.unwrap(), InboxCounts { received: 2, pending: 1 });
+}
+
+fn nps_event(id: &str, visitor: &str, account: Option<&str>, at: DateTime<Utc>) -> InboxEvent {
+    let mut body = serde_json::json!({"uniqueId": id, "event": "npsSubmitted", "visitorId": visitor});
+    if let Some(account) = account {
+        body["accountId"] = serde_json::json!(account);
+    }
+    InboxEvent { unique_id: id.into(), source: "pendo".into(), kind: "npsSubmitted".into(), received_at: at, body }
+}
+
+fn ids(events: &[InboxEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.unique_id.as_str()).collect()
+}
+
+async fn inbox_claims_lease_and_take_over(store: Arc<dyn Store>) {
+    for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
+        let at = t(1, u32::try_from(i).unwrap());
+        store.put_event(&nps_event(&format!("e{i}"), v, None, at)).await.unwrap();
+    }
+    assert_eq!(store.oldest_claimable_event(t(2, 0)).await.unwrap(), Some(t(1, 0)));
+    let a = store.claim_events("a", LEASE, t(2, 0), 2).await.unwrap();
+    assert_eq!(ids(&a), ["e0", "e1"], "oldest first, up to the limit");
+    assert_eq!(store.oldest_claimable_event(t(2, 0)).await.unwrap(), Some(t(1, 2)), "claimed ones do not count");
+    let b = store.claim_events("b", LEASE, t(2, 0), 10).await.unwrap();
+    assert_eq!(ids(&b), ["e2"], "a live claim is never shared");
+    assert!(store.claim_events("c", LEASE, t(2, 0), 10).await.unwrap().is_empty());
+    assert_eq!(store.pending_depth(100).await.unwrap(), 3, "claimed events are still pending");
+    assert_eq!(store.pending_depth(2).await.unwrap(), 2, "counted up to the cap");
+
+    // a renews; b dies: after its lease, c takes b's event over, and b's renewal finds nothing.
+    assert_eq!(store.renew_event_claims("a", LEASE, secs(t(2, 0), 50)).await.unwrap(), 2);
+    let later = secs(t(2, 0), 61);
+    let c = store.claim_events("c", LEASE, later, 10).await.unwrap();
+    assert_eq!(ids(&c), ["e2"], "the lapsed claim is taken over, the renewed ones are not");
+    assert_eq!(store.renew_event_claims("b", LEASE, later).await.unwrap(), 0, "b's claim was taken over");
+
+    // Processed events are no longer held or claimable; released ones are claimable at once.
+    store.mark_processed(&["e2".into()], later).await.unwrap();
+    assert_eq!(store.renew_event_claims("c", LEASE, later).await.unwrap(), 0);
+    store.release_event_claims("a").await.unwrap();
+    let d = store.claim_events("d", LEASE, later, 10).await.unwrap();
+    assert_eq!(ids(&d), ["e0", "e1"], "released, so taken at once");
+    store.mark_processed(&["e0".into(), "e1".into()], later).await.unwrap();
+    assert!(store.claim_events("d", LEASE, later, 10).await.unwrap().is_empty());
+    assert_eq!(store.oldest_claimable_event(later).await.unwrap(), None);
+    assert_eq!(store.pending_depth(100).await.unwrap(), 0);
+}
+
+async fn inbox_claims_keep_a_visitor_and_account_with_one_worker(store: Arc<dyn Store>) {
+    store.put_event(&nps_event("old", "v1", Some("acme"), t(1, 0))).await.unwrap();
+    let a = store.claim_events("a", LEASE, t(2, 0), 10).await.unwrap();
+    assert_eq!(ids(&a), ["old"]);
+    // A newer answer of v1 (from a poll row: no account), one of another visitor of acme, and
+    // one of an unrelated visitor arrive while a holds v1 and acme.
+    store.put_event(&nps_event("new", "v1", None, t(1, 1))).await.unwrap();
+    store.put_event(&nps_event("colleague", "v2", Some("acme"), t(1, 2))).await.unwrap();
+    store.put_event(&nps_event("other", "v3", Some("globex"), t(1, 3))).await.unwrap();
+    let b = store.claim_events("b", LEASE, t(2, 0), 10).await.unwrap();
+    assert_eq!(ids(&b), ["other"], "v1's and acme's events wait for a's claim to end");
+    // a may take more of what it holds the keys of.
+    let more = store.claim_events("a", LEASE, t(2, 0), 10).await.unwrap();
+    assert_eq!(ids(&more), ["new", "colleague"]);
+    store.mark_processed(&["old".into()], t(2, 1)).await.unwrap();
+    store.release_event_claims("a").await.unwrap();
+    let c = store.claim_events("c", LEASE, t(2, 1), 10).await.unwrap();
+    assert_eq!(ids(&c), ["new", "colleague"], "free once a is done with them");
+}
+
+async fn inbox_concurrent_claimers_never_share_an_event(store: Arc<dyn Store>) {
+    for i in 0..200u32 {
+        let at = t(1, 0) + chrono::Duration::milliseconds(i64::from(i));
+        let visitor = format!("v{}", i % 50);
+        store.put_event(&nps_event(&format!("e{i:03}"), &visitor, None, at)).await.unwrap();
+    }
+    let claimers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = store.claim_events(&format!("w{w}"), LEASE, t(2, 0), 7).await.unwrap();
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|e| (e.unique_id, e.body["visitorId"].clone())));
+                }
+            })
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    let mut visitors: BTreeMap<String, usize> = BTreeMap::new();
+    for (w, task) in claimers.into_iter().enumerate() {
+        for (id, visitor) in task.await.unwrap() {
+            assert!(seen.insert(id.clone()), "{id} claimed twice");
+            let owner = *visitors.entry(visitor.to_string()).or_insert(w);
+            assert_eq!(owner, w, "visitor {visitor} claimed by two workers");
+        }
+    }
+    assert_eq!(seen.len(), 200, "every event claimed once");
 }
 
 fn t(h: u32, m: u32) -> DateTime<Utc> {

@@ -3,6 +3,9 @@
 //! [`crate::store::RunStore::claim_run`] makes a run the only live one of its workflow across
 //! every process sharing the store; if the process dies, the lease lapses and the next claim
 //! (or the daemon's sweep) marks the run abandoned instead of leaving it running forever.
+//! The same lease (duration, heartbeat, holder identity) covers a worker's claim on a batch of
+//! webhook inbox events (`nps::drain_once`): a worker that dies mid-batch loses it when the
+//! lease lapses, and any other worker takes the events over.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,14 +77,22 @@ pub(crate) async fn expire_if_dead(
     store.renew_run_lease(run.id, holder, Duration::ZERO, past).await
 }
 
-/// Renews a run's lease in the background until stopped or dropped (a run aborted by the
-/// daemon's shutdown drops it, and its lease then lapses like a dead worker's).
+/// Renews a lease in the background until stopped or dropped (a run or batch aborted by the
+/// daemon's shutdown drops it, and its lease then lapses like a dead worker's). One mechanism
+/// for every lease the engine holds: a scheduled run's per-workflow lease and a worker's claim
+/// on a batch of inbox events both renew through it, at the same period and with the same
+/// meaning of a lost lease.
 pub(crate) struct Heartbeat {
     task: tokio::task::JoinHandle<()>,
     lost: Arc<AtomicBool>,
 }
 
+/// One renewal: Ok(false) when the lease is gone (taken over or closed by someone else).
+pub(crate) type Renewal =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, crate::store::StoreError>> + Send>>;
+
 impl Heartbeat {
+    /// Renews run `run`'s lease, held by `holder`.
     pub fn start(
         store: Arc<dyn Store>,
         clock: crate::clock::Clock,
@@ -89,27 +100,45 @@ impl Heartbeat {
         holder: String,
         lease: RunLease,
     ) -> Heartbeat {
+        let what = format!("run {run}");
+        Heartbeat::renewing(lease, what, move || {
+            let (store, holder) = (Arc::clone(&store), holder.clone());
+            Box::pin(async move { store.renew_run_lease(run, &holder, lease.duration, clock.now()).await })
+        })
+    }
+
+    /// Renews the claims `claimer` holds on inbox events.
+    pub fn claims(store: Arc<dyn Store>, clock: crate::clock::Clock, claimer: String, lease: RunLease) -> Heartbeat {
+        let what = format!("inbox claim {claimer}");
+        Heartbeat::renewing(lease, what, move || {
+            let (store, claimer) = (Arc::clone(&store), claimer.clone());
+            Box::pin(async move { Ok(store.renew_event_claims(&claimer, lease.duration, clock.now()).await? > 0) })
+        })
+    }
+
+    /// Calls `renew` every `lease.heartbeat` (the first time one period after the claim, which
+    /// has just set the lease).
+    pub fn renewing(lease: RunLease, what: String, renew: impl Fn() -> Renewal + Send + 'static) -> Heartbeat {
         let lost = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&lost);
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(lease.heartbeat);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // The first tick is immediate, and the claim has just set the lease.
             tick.tick().await;
             loop {
                 tick.tick().await;
-                match store.renew_run_lease(run, &holder, lease.duration, clock.now()).await {
+                match renew().await {
                     Ok(true) => {}
                     Ok(false) => {
-                        // Someone marked the run abandoned (or closed it): renewing again
-                        // would not bring the lease back, so stop and let the finish say so.
+                        // Someone took the lease over (or closed it): renewing again would not
+                        // bring it back, so stop and let the holder's finish say so.
                         flag.store(true, Ordering::SeqCst);
-                        tracing::warn!(run = %run, "The run's lease was lost: another worker marked it abandoned");
+                        tracing::warn!(lease = %what, "The lease was lost: another worker took it over");
                         return;
                     }
                     // A later renewal may still succeed within the lease; only an expiry
-                    // costs the run its lease.
-                    Err(e) => tracing::warn!(run = %run, error = %e, "Failed to renew the run's lease"),
+                    // costs the lease.
+                    Err(e) => tracing::warn!(lease = %what, error = %e, "Failed to renew the lease"),
                 }
             }
         });

@@ -11,7 +11,15 @@
 //! Salesforce write and the inbox update) changes one record, never creates a second. A Contact
 //! whose date field already holds the response's time (or a later one) is not written again.
 //!
-//! One process consumes a store's inbox: [`consume`] and scheduled runs serialize on a lock.
+//! Every worker sharing a store consumes its inbox: a batch is the events one worker claimed
+//! (`InboxStore::claim_events`) under a lease its heartbeat renews, so workers never write the
+//! same event twice at once, and the events of a worker killed mid-batch are taken over by
+//! another once its lease lapses. While one worker holds any event of a visitor or a Pendo
+//! account, no other worker claims that visitor's or account's events: the Contact's date is
+//! read and then written by one worker at a time, so an older answer never overwrites a newer
+//! one (the batch that writes second sees the newer date and skips), and an Account's health
+//! score is recomputed by one worker at a time. Within a process, the consumer and a scheduled
+//! or CLI run take turns on a lock (one batch in flight per process).
 
 use crate::config::template;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -157,7 +165,7 @@ impl VisitorEmails {
 /// Runs until `stop` turns true: waits for `wake` (a stored webhook) or the idle poll, lets the
 /// batching window fill, then writes what is pending. A batch that fails leaves its events
 /// pending for the next attempt. Returns at once when no nps-realtime workflow is enabled.
-pub async fn consume(ctx: Context, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+pub async fn consume(ctx: Context, lease: super::lease::RunLease, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
     let Some((workflow, config)) = inbox_workflow(&ctx) else { return };
     let (workflow, config) = (workflow.clone(), config.clone());
     let emails = VisitorEmails::default();
@@ -172,13 +180,12 @@ pub async fn consume(ctx: Context, wake: Arc<Notify>, mut stop: watch::Receiver<
             return;
         }
         loop {
-            // A stop drops the batch in flight: nothing of it is marked processed, and writing
-            // it again at the next start is harmless (see the module notes).
-            let mut stopped = stop.clone();
-            let result = tokio::select! {
-                r = drain_once(&ctx, &workflow, &config, &emails, "webhook", None, Some(&mut stop)) => r,
-                _ = stopped.changed() => return,
-            };
+            // A stop ends the batch in flight: nothing of it is marked processed, its claims are
+            // released, and writing it again at the next start is harmless (module notes).
+            let result = drain_once(&ctx, &workflow, &config, &emails, "webhook", None, lease, Some(&mut stop)).await;
+            if *stop.borrow() {
+                return;
+            }
             match result {
                 Ok(Some(report)) => {
                     backoff = Duration::ZERO;
@@ -189,14 +196,6 @@ pub async fn consume(ctx: Context, wake: Arc<Notify>, mut stop: watch::Receiver<
                     }
                 }
                 Ok(None) => break,
-                // Another worker (or the scheduled run) is writing answers: they stay pending
-                // and whoever holds the workflow, or this consumer shortly, writes them.
-                Err(RunError::Busy { run_id, holder, .. }) => {
-                    backoff = Duration::from_secs(1);
-                    tracing::info!(workflow = %workflow.name, run = %run_id, holder = %holder,
-                        "NPS batch left pending: another run holds the workflow");
-                    break;
-                }
                 Err(e) => {
                     backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
                     tracing::error!(workflow = %workflow.name, error = %e, retry_in = ?backoff,
@@ -208,9 +207,11 @@ pub async fn consume(ctx: Context, wake: Arc<Notify>, mut stop: watch::Receiver<
     }
 }
 
-/// Takes one batch of pending events and processes it. With `stop` (the consumer), first lets
-/// the batching window fill; a stop during the window leaves the batch pending for the next
-/// start. `None` when nothing was pending (or it stopped).
+/// Claims one batch of pending events and processes it, renewing the claim meanwhile. With
+/// `stop` (the consumer), first lets the batching window fill; a stop during the window or the
+/// batch leaves the events pending (released) for the next start. `None` when nothing was
+/// claimable (or it stopped).
+#[allow(clippy::too_many_arguments)]
 async fn drain_once(
     ctx: &Context,
     workflow: &Workflow,
@@ -218,12 +219,17 @@ async fn drain_once(
     emails: &VisitorEmails,
     trigger: &str,
     run: Option<RunId>,
+    lease: super::lease::RunLease,
     stop: Option<&mut watch::Receiver<bool>>,
 ) -> Result<Option<BatchReport>, RunError> {
     let _guard = PROCESSING.lock().await;
-    let mut events = ctx.store.pending_events(MAX_BATCH).await?;
-    let Some(oldest) = events.first().map(|e| e.received_at) else { return Ok(None) };
-    if let Some(stop) = stop {
+    let mut stop = stop;
+    if let Some(stop) = stop.as_deref_mut() {
+        // The window runs from the oldest event no worker holds, and closes before anything
+        // is claimed: workers woken by the same burst all wait it out, then the first to claim
+        // takes the whole batch, so spreading webhooks over workers does not shrink batches
+        // (and multiply Salesforce calls).
+        let Some(oldest) = ctx.store.oldest_claimable_event(ctx.clock.now()).await? else { return Ok(None) };
         let age = (ctx.clock.now() - oldest).to_std().unwrap_or(Duration::ZERO);
         if let Some(left) = config.batch_window.checked_sub(age)
             && !left.is_zero()
@@ -232,10 +238,44 @@ async fn drain_once(
                 () = tokio::time::sleep(left) => {}
                 _ = stop.changed() => return Ok(None),
             }
-            events = ctx.store.pending_events(MAX_BATCH).await?;
         }
     }
-    process(ctx, workflow, config, emails, events, trigger, run).await.map(Some)
+    // One claimer per batch: its claims are renewed, released or processed together.
+    let claimer = format!("{}:{}", super::lease::holder(), uuid::Uuid::now_v7().simple());
+    let events = ctx.store.claim_events(&claimer, lease.duration, ctx.clock.now(), MAX_BATCH).await?;
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let beat = super::lease::Heartbeat::claims(Arc::clone(&ctx.store), ctx.clock, claimer.clone(), lease);
+    let work = process(ctx, workflow, config, emails, events, trigger, run);
+    let result = match stop {
+        Some(stop) => {
+            tokio::select! {
+                r = work => Some(r),
+                _ = stop.changed() => None,
+            }
+        }
+        None => Some(work.await),
+    };
+    let lost = beat.stop();
+    if lost {
+        tracing::warn!(workflow = %workflow.name, claimer = %claimer,
+            "An NPS batch outlived its claim; another worker may have written its events too (harmless: writes are idempotent)");
+    }
+    match result {
+        Some(Ok(report)) => Ok(Some(report)),
+        // Stopped or failed: nothing of the batch was marked processed; give its events back
+        // at once rather than after the lease, so any worker (this one on restart) takes them.
+        other => {
+            if let Err(e) = ctx.store.release_event_claims(&claimer).await {
+                tracing::warn!(workflow = %workflow.name, error = %e, "Failed to release an NPS batch's claims; they lapse with the lease");
+            }
+            match other {
+                Some(Err(e)) => Err(e),
+                _ => Ok(None),
+            }
+        }
+    }
 }
 
 /// Writes one batch of inbox events to Salesforce, records the outcome (a run of its own
@@ -292,34 +332,23 @@ pub async fn process(
     let responses: Vec<Response> = by_key.into_values().collect();
     report.responses = responses.len();
     let mut meter = Meter::new(&ctx.salesforce);
-    // A batch of its own is a run like any other: it holds the workflow's lease (so it never
-    // overlaps a scheduled run or another worker's batch, and is marked abandoned if its
-    // process dies); while another run holds it, the batch stays pending (RunError::Busy).
-    let mut heartbeat = None;
-    let run_id = match run {
-        Some(id) => Some(id),
-        None if !responses.is_empty() || !failures.is_empty() => {
-            let new = NewRun {
-                workflow: workflow.name.clone(),
-                template: "nps-realtime".into(),
-                dry_run: false,
-                started_at: now,
-                trigger: trigger.to_owned(),
-            };
-            let (id, beat) = super::claim(ctx, &new, super::lease::RunLease::DEFAULT).await?;
-            heartbeat = Some(beat);
-            Some(id)
-        }
-        None => None,
-    };
+    // A batch of its own is recorded as a run once it is written, not claimed as the
+    // workflow's run before: the events' claims already keep every other worker off them, and
+    // a workflow-wide lease would let one worker write at a time. A batch killed mid-way
+    // leaves no run behind, only events whose claim lapses and which another worker takes.
     let own_run = run.is_none();
+    let new_run = NewRun {
+        workflow: workflow.name.clone(),
+        template: "nps-realtime".into(),
+        dry_run: false,
+        started_at: now,
+        trigger: trigger.to_owned(),
+    };
 
     let result = write(ctx, config, emails, &responses, &mut report, &mut outcomes, &mut failures, &mut meter).await;
     if let Err(e) = result {
-        if let Some(beat) = heartbeat.take() {
-            beat.stop();
-        }
-        if let (Some(id), true) = (run_id, own_run) {
+        if own_run {
+            let id = ctx.store.start_run(&new_run).await?;
             let finish = RunFinish {
                 state: RunState::Failed,
                 finished_at: ctx.clock.now(),
@@ -330,6 +359,11 @@ pub async fn process(
         }
         return Err(e);
     }
+    let run_id = match run {
+        Some(id) => Some(id),
+        None if !responses.is_empty() || !failures.is_empty() => Some(ctx.store.start_run(&new_run).await?),
+        None => None,
+    };
     report.api_calls = meter.calls.clone();
 
     for r in &responses {
@@ -371,9 +405,6 @@ pub async fn process(
         ctx.store.commit_create(&r.key, "handled", ctx.clock.now()).await?;
     }
     ctx.store.mark_processed(&done, ctx.clock.now()).await?;
-    if let Some(beat) = heartbeat.take() {
-        beat.stop();
-    }
     if let (Some(id), true) = (run_id, own_run) {
         let state = if report.failed == 0 { RunState::Succeeded } else { RunState::Partial };
         let stats = serde_json::to_value(&report).unwrap_or(Value::Null);
@@ -452,13 +483,18 @@ async fn write(
             .buffer_unordered(PENDO_CONCURRENCY)
             .collect()
             .await;
+        // What was fetched is kept even when another look-up failed: the batch goes again,
+        // and then asks Pendo only for the visitors still unknown. (Throttling does not fail
+        // a look-up: the client waits it out, see `pendo::Client`'s limiter.)
+        let mut failed = None;
         for (visitor, read) in looked_up {
             match read {
                 Ok(email) => emails.put(visitor, email),
-                Err(source) => {
-                    return Err(RunError::Pendo(crate::extract::ExtractError::Pendo { query: "visitor", source }));
-                }
+                Err(source) => failed = Some(source),
             }
+        }
+        if let Some(source) = failed {
+            return Err(RunError::Pendo(crate::extract::ExtractError::Pendo { query: "visitor", source }));
         }
         for visitor in visitors {
             if let Some(Some(email)) = emails.get(visitor) {
@@ -1022,7 +1058,9 @@ pub async fn run(
         let added = reconcile(ctx, workflow, config).await?;
         let reconciled_at = started.elapsed().as_secs_f64();
         let mut total = BatchReport::default();
-        while let Some(batch) = drain_once(ctx, workflow, config, &emails, &options.trigger, run_id, None).await? {
+        while let Some(batch) =
+            drain_once(ctx, workflow, config, &emails, &options.trigger, run_id, options.lease, None).await?
+        {
             let full = batch.events >= MAX_BATCH as usize;
             total.add(batch);
             if !full {

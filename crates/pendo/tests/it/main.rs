@@ -34,6 +34,7 @@ pub fn client_for(e: &Running, key: &str) -> Client {
         max_backoff: Duration::from_millis(50),
         max_retry_after: Duration::from_secs(2),
         jitter: false,
+        max_throttled_wait: Duration::from_secs(2),
     };
     c.timeout = Duration::from_secs(30);
     Client::new(c).unwrap()

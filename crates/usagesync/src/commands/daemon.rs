@@ -84,12 +84,23 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
     // nps-realtime writes the inbox continuously; a stored webhook wakes it.
     let wake = Arc::new(tokio::sync::Notify::new());
     let (stop_consumer, consumer_stop) = tokio::sync::watch::channel(false);
-    let consumer = tokio::spawn(engine::workflow::nps::consume(ctx.clone(), Arc::clone(&wake), consumer_stop));
+    let consumer = tokio::spawn(engine::workflow::nps::consume(
+        ctx.clone(),
+        context::run_lease(),
+        Arc::clone(&wake),
+        consumer_stop,
+    ));
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/webhooks/pendo", post(webhook).layer(DefaultBodyLimit::max(limit)))
-        .with_state(AppState { status: Arc::clone(&status), ctx: ctx.clone(), secret, wake: Arc::clone(&wake) })
+        .with_state(AppState {
+            status: Arc::clone(&status),
+            ctx: ctx.clone(),
+            secret,
+            wake: Arc::clone(&wake),
+            pressure: Arc::new(Pressure::new(ctx.config.webhooks.max_pending)),
+        })
         .merge(console.router());
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -263,6 +274,65 @@ struct AppState {
     /// The webhook HMAC key, resolved once at start; never logged.
     secret: Option<Arc<Vec<u8>>>,
     wake: Arc<tokio::sync::Notify>,
+    pressure: Arc<Pressure>,
+}
+
+/// Deliveries being stored at once, at most: past it the receiver answers 503 at once rather
+/// than queue requests (and their bodies) in memory behind the store's connection pool.
+const MAX_STORING: usize = 64;
+/// How long a read of the inbox depth stands for the back-pressure check, so a burst of
+/// webhooks costs one count query per interval, not one per delivery.
+const DEPTH_FRESH_FOR: Duration = Duration::from_millis(250);
+
+/// The receiver's back-pressure: the inbox depth (all workers' pending events, read from the
+/// store at most every [`DEPTH_FRESH_FOR`], plus what this process stored since) against
+/// `webhooks.max_pending`, and the deliveries in flight against [`MAX_STORING`].
+struct Pressure {
+    max_pending: u64,
+    storing: tokio::sync::Semaphore,
+    /// (when read, depth then, stored by this process since)
+    depth: Mutex<(Option<std::time::Instant>, u64, u64)>,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl Pressure {
+    fn new(max_pending: u64) -> Pressure {
+        Pressure {
+            max_pending,
+            storing: tokio::sync::Semaphore::new(MAX_STORING),
+            depth: Mutex::new((None, 0, 0)),
+            refused: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the inbox is full. A store that cannot be read counts as not full: storing the
+    /// event then fails (503) or succeeds on its own terms.
+    async fn full(&self, ctx: &Context) -> bool {
+        let stale = {
+            let d = self.depth.lock();
+            d.0.is_none_or(|at| at.elapsed() > DEPTH_FRESH_FOR)
+        };
+        if stale {
+            let cap = u32::try_from(self.max_pending).unwrap_or(u32::MAX);
+            match ctx.store.pending_depth(cap).await {
+                Ok(n) => *self.depth.lock() = (Some(std::time::Instant::now()), n, 0),
+                Err(e) => tracing::warn!(error = %e, "Failed to read the inbox depth"),
+            }
+        }
+        let d = self.depth.lock();
+        d.1 + d.2 >= self.max_pending
+    }
+
+    fn stored(&self) {
+        self.depth.lock().2 += 1;
+    }
+
+    fn refuse(&self, retry_after_secs: u64, reason: &str) -> Response {
+        self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut r = refuse(StatusCode::SERVICE_UNAVAILABLE, reason);
+        r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after_secs));
+        r
+    }
 }
 
 fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -271,7 +341,9 @@ fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
 
 /// `POST /webhooks/pendo`: verify, parse, store, then answer. Only a stored event gets a 2xx,
 /// so Pendo's retries cover every failure before that; a repeat of a stored `uniqueId` is a
-/// 200 no-op. Bodies over `webhooks.max_body_bytes` get 413 before they are read whole.
+/// 200 no-op. Bodies over `webhooks.max_body_bytes` get 413 before they are read whole. Under
+/// overload (the inbox at `webhooks.max_pending`, or [`MAX_STORING`] deliveries being stored)
+/// it answers 503 with `Retry-After` and stores nothing: the sender keeps the event.
 async fn webhook(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let config = &app.ctx.config.webhooks;
     if let Some(secret) = &app.secret {
@@ -292,6 +364,12 @@ async fn webhook(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
     let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return refuse(StatusCode::BAD_REQUEST, "the body is not JSON");
     };
+    let Ok(_permit) = app.pressure.storing.try_acquire() else {
+        return app.pressure.refuse(1, "too many deliveries are being stored at once; send it again");
+    };
+    if app.pressure.full(&app.ctx).await {
+        return app.pressure.refuse(5, "the inbox is full (webhooks.max_pending); send it again later");
+    }
     let stored = engine::store::InboxEvent {
         unique_id: event.unique_id.clone(),
         source: "pendo".into(),
@@ -301,6 +379,7 @@ async fn webhook(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
     };
     match app.ctx.store.put_event(&stored).await {
         Ok(true) => {
+            app.pressure.stored();
             app.wake.notify_one();
             (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"stored": event.unique_id}))).into_response()
         }
@@ -320,7 +399,24 @@ async fn healthz(State(app): State<AppState>) -> axum::Json<serde_json::Value> {
 async fn metrics(State(app): State<AppState>) -> Response {
     let running: Vec<String> = app.status.lock().iter().filter(|(_, s)| s.running).map(|(n, _)| n.clone()).collect();
     match super::metrics::render(&app.ctx, &running).await {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+        Ok(mut text) => {
+            use std::fmt::Write as _;
+            // This process's own count: refusals store nothing, so the store cannot sum them.
+            let _ = writeln!(
+                text,
+                "# HELP usagesync_webhook_refused_total Deliveries this process answered 503 because the inbox was full \
+                 or too many were being stored.\n# TYPE usagesync_webhook_refused_total counter\n\
+                 usagesync_webhook_refused_total {}",
+                app.pressure.refused.load(std::sync::atomic::Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                text,
+                "# HELP usagesync_webhook_max_pending The inbox depth at which deliveries are refused.\n\
+                 # TYPE usagesync_webhook_max_pending gauge\nusagesync_webhook_max_pending {}",
+                app.pressure.max_pending
+            );
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+        }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("state store unavailable: {e}\n")).into_response(),
     }
 }

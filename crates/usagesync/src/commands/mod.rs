@@ -60,8 +60,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Bench { target: BenchTarget::Engagement { accounts, days } } => {
             ok(bench_engagement::engagement(&accounts, days).await)
         }
-        Command::Bench { target: BenchTarget::Nps { rate, seconds, window_ms } } => {
-            ok(bench_nps::nps(rate, seconds, window_ms).await)
+        Command::Bench { target: BenchTarget::Nps { rate, seconds, window_ms, workers, postgres } } => {
+            ok(bench_nps::nps(&rate, seconds, window_ms, &workers, postgres.as_deref()).await)
         }
         Command::Bench { target: BenchTarget::Chaos { accounts, kills, workflows, postgres, workers } } => {
             let workers = usize::try_from(workers).unwrap_or(2);

@@ -1,0 +1,492 @@
+//! Several daemons on one PostgreSQL store share the live NPS load, through the real binary:
+//! webhooks sent round-robin to two and three daemons are each written once, at about the
+//! single daemon's Salesforce calls per answer; a daemon killed with SIGKILL mid-batch has its
+//! events taken over by another once its claim lapses (leases shortened to one second with
+//! `USAGESYNC_TEST_RUN_LEASE_MS`); two answers of one visitor sent to two daemons under slow
+//! Salesforce calls end with the newer one on the Contact every time; and `sync nps` under a
+//! 5/s Pendo throttle writes every answer. The store is a fresh schema in
+//! `USAGESYNC_TEST_POSTGRES_URL` (default the local test database), dropped afterwards;
+//! `USAGESYNC_SKIP_POSTGRES=1` skips the tests that need it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn request(base: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let host = base.trim_start_matches("http://").trim_end_matches('/');
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else { return (0, Value::Null) };
+    let body = body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let json = body
+        .find(['{', '['])
+        .and_then(|start| body.rfind(['}', ']']).map(|end| &body[start..=end]))
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_usagesync"));
+    c.env_remove("USAGESYNC_CONFIG");
+    c
+}
+
+struct Emulators {
+    child: Child,
+    sf: String,
+    pendo: String,
+}
+
+impl Drop for Emulators {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn emulators() -> Emulators {
+    let mut child = bin()
+        .args(["emulate", "--seed-salesforce", "--days", "10", "--accounts", "15"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let sf = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
+    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    Emulators { child, sf, pendo }
+}
+
+/// A fresh schema on the test server, dropped when this goes out of scope.
+struct Schema {
+    url: String,
+    name: String,
+}
+
+impl Schema {
+    fn new() -> Option<Schema> {
+        if std::env::var("USAGESYNC_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
+            eprintln!("USAGESYNC_SKIP_POSTGRES=1: skipped");
+            return None;
+        }
+        let url = std::env::var("USAGESYNC_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let name = format!("workers_{:016x}", rand::random::<u64>());
+        let schema = Schema { url, name };
+        let store = runtime().block_on(engine::store::open_postgres_schema(&schema.url, &schema.name));
+        drop(store.unwrap_or_else(|e| panic!("PostgreSQL unavailable (USAGESYNC_SKIP_POSTGRES=1 skips): {e}")));
+        Some(schema)
+    }
+
+    /// The store location every daemon gets: the schema through the connection's search_path.
+    fn location(&self) -> String {
+        let separator = if self.url.contains('?') { '&' } else { '?' };
+        format!("{}{separator}options=-c%20search_path%3D{}", self.url, self.name)
+    }
+
+    /// Contact outcomes recorded per answer key, over every nps run of every worker: (updated,
+    /// unchanged).
+    fn contact_outcomes(&self) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
+        runtime().block_on(async {
+            let store = engine::store::open_postgres_schema(&self.url, &self.name).await.unwrap();
+            let (mut per_key, mut unchanged) = (BTreeMap::new(), BTreeMap::new());
+            for run in store.list_runs(Some("nps"), 0).await.unwrap() {
+                let outcomes = store.run_outcomes(run.id, &engine::store::OutcomeFilter::default()).await.unwrap();
+                for o in outcomes {
+                    match (o.object.as_str(), o.action) {
+                        ("Contact", engine::store::Action::Updated) => *per_key.entry(o.key).or_insert(0) += 1,
+                        ("Contact", engine::store::Action::Unchanged) => *unchanged.entry(o.key).or_insert(0) += 1,
+                        _ => {}
+                    }
+                }
+            }
+            (per_key, unchanged)
+        })
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = runtime().block_on(engine::store::drop_postgres_schema(&self.url, &self.name));
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn config(dir: &Path, emu: &Emulators, store: &str) -> PathBuf {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml"))
+        .unwrap()
+        .replace("http://127.0.0.1:8443", &emu.sf)
+        .replace("http://127.0.0.1:8444", &emu.pendo)
+        .replace("sqlite://usagesync.db", store)
+        .replace("    enabled: true ", "    enabled: false ")
+        // No reconciliation during the tests: only the webhooks write.
+        .replace("schedule: \"*/15 * * * *\"", "schedule: \"0 0 1 1 *\"");
+    let path = dir.join("usagesync.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+struct Daemon {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn daemon(cfg: &Path) -> Daemon {
+    let mut child = bin()
+        .arg("--config")
+        .arg(cfg)
+        .args(["run", "--listen", "127.0.0.1:0", "--grace-seconds", "5"])
+        .env("SF_CLIENT_SECRET", "emulator-secret")
+        .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
+        .env("USAGESYNC_TEST_RUN_LEASE_MS", "1000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(child.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    Daemon { child, url }
+}
+
+/// Contacts keyed by visitor id (`{prefix}-v{i}`), over ten Accounts.
+fn contacts(emu: &Emulators, prefix: &str, n: usize) -> Vec<(String, String)> {
+    let (_, accounts) = request(&emu.sf, "GET", "/__emulator/records/Account", None);
+    let owner = accounts[0]["OwnerId"].as_str().unwrap().to_owned();
+    let rows: Vec<Value> = (0..10)
+        .map(|i| json!({"Name": format!("{prefix} Co {i}"), "OwnerId": owner, "Pendo_Engagement_Score__c": 60}))
+        .collect();
+    let (status, body) = request(&emu.sf, "POST", "/__emulator/records/Account", Some(&json!(rows)));
+    assert_eq!(status, 200, "{body}");
+    let accounts: Vec<String> = body["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
+    let visitors: Vec<String> = (0..n).map(|i| format!("{prefix}-v{i}")).collect();
+    let rows: Vec<Value> = visitors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| json!({"LastName": v, "AccountId": accounts[i % 10], "Pendo_Visitor_Id__c": v}))
+        .collect();
+    let (status, body) = request(&emu.sf, "POST", "/__emulator/records/Contact", Some(&json!(rows)));
+    assert_eq!(status, 200, "{body}");
+    let ids = body["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned());
+    visitors.into_iter().zip(ids).collect()
+}
+
+fn answer(visitor: &str, account: &str, rating: i64, timestamp: i64) -> Value {
+    json!({
+        "event": "npsSubmitted", "visitorId": visitor, "accountId": account, "timestamp": timestamp,
+        "uniqueId": format!("{visitor}-{timestamp}"),
+        "properties": {"nps": {"rating": rating, "reason": format!("said at {timestamp}")}},
+    })
+}
+
+fn post(daemon: &Daemon, body: &Value) {
+    let (status, reply) = request(&daemon.url, "POST", "/webhooks/pendo", Some(body));
+    assert_eq!(status, 202, "{reply}");
+}
+
+fn contact(emu: &Emulators, id: &str) -> Value {
+    let (_, all) = request(&emu.sf, "GET", "/__emulator/records/Contact", None);
+    all.as_array().unwrap().iter().find(|c| c["Id"] == id).cloned().unwrap_or(Value::Null)
+}
+
+/// Salesforce calls so far, logins left out (each daemon logs in once).
+fn salesforce_calls(emu: &Emulators) -> u64 {
+    let (_, usage) = request(&emu.sf, "GET", "/__emulator/usage", None);
+    let total = usage["total"].as_u64().unwrap();
+    total - usage["byKind"]["auth"].as_u64().unwrap_or(0)
+}
+
+/// Waits up to 60 s for `check`, then fails with `what`.
+fn eventually(what: &str, mut check: impl FnMut() -> Option<String>) {
+    let started = Instant::now();
+    loop {
+        match check() {
+            None => return,
+            Some(state) if started.elapsed() > Duration::from_secs(60) => panic!("{what}: {state}"),
+            Some(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn all_written(emu: &Emulators, expected: &[(String, i64)]) -> Option<String> {
+    let (_, all) = request(&emu.sf, "GET", "/__emulator/records/Contact", None);
+    let by_id: BTreeMap<&str, &Value> =
+        all.as_array().unwrap().iter().filter_map(|c| Some((c["Id"].as_str()?, c))).collect();
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|(id, rating)| by_id.get(id.as_str()).is_none_or(|c| c["NPS_Score__c"] != *rating as f64))
+        .map(|(id, _)| id)
+        .collect();
+    (!missing.is_empty()).then(|| format!("{} of {} not written: {missing:?}", missing.len(), expected.len()))
+}
+
+/// Sends one answer per contact, round-robin over `daemons`, at about 40/s.
+fn send_round_robin(daemons: &[&Daemon], people: &[(String, String)], at: i64) -> Vec<(String, i64)> {
+    people
+        .iter()
+        .enumerate()
+        .map(|(i, (visitor, id))| {
+            let rating = i64::try_from(i % 11).unwrap();
+            post(daemons[i % daemons.len()], &answer(visitor, &format!("acct-{}", i % 10), rating, at));
+            std::thread::sleep(Duration::from_millis(25));
+            (id.clone(), rating)
+        })
+        .collect()
+}
+
+#[test]
+fn two_and_three_daemons_write_each_answer_once_and_take_over_a_killed_ones_batch() {
+    let Some(schema) = Schema::new() else { return };
+    let emu = emulators();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &emu, &schema.location());
+    let now = chrono::Utc::now().timestamp();
+    const N: usize = 60;
+
+    // One daemon: the reference figure for Salesforce calls per answer.
+    let one = contacts(&emu, "one", N);
+    let a = daemon(&cfg);
+    let before = salesforce_calls(&emu);
+    let expected = send_round_robin(&[&a], &one, now);
+    eventually("one daemon writes every answer", || all_written(&emu, &expected));
+    let calls_one = salesforce_calls(&emu) - before;
+
+    // Two and three daemons, webhooks round-robin.
+    let b = daemon(&cfg);
+    let two = contacts(&emu, "two", N);
+    let before = salesforce_calls(&emu);
+    let expected = send_round_robin(&[&a, &b], &two, now);
+    eventually("two daemons write every answer", || all_written(&emu, &expected));
+    let calls_two = salesforce_calls(&emu) - before;
+
+    let c = daemon(&cfg);
+    let three = contacts(&emu, "three", N);
+    let before = salesforce_calls(&emu);
+    let expected = send_round_robin(&[&a, &b, &c], &three, now);
+    eventually("three daemons write every answer", || all_written(&emu, &expected));
+    let calls_three = salesforce_calls(&emu) - before;
+    eprintln!(
+        "Salesforce calls per answer: 1 daemon {:.3}, 2 daemons {:.3}, 3 daemons {:.3}",
+        calls_one as f64 / N as f64,
+        calls_two as f64 / N as f64,
+        calls_three as f64 / N as f64
+    );
+    // Batches stay whole when the webhooks are spread: every worker waits out the window from
+    // the oldest unclaimed answer, and the first to claim takes the batch.
+    assert!(calls_two <= calls_one * 3 / 2 + 6, "2 daemons: {calls_two} calls against {calls_one} for one");
+    assert!(calls_three <= calls_one * 3 / 2 + 6, "3 daemons: {calls_three} calls against {calls_one} for one");
+
+    // Slow Salesforce: a batch takes seconds. SIGKILL daemon `a` while it holds its batch;
+    // `b` or `c` takes the batch over once the claim lapses (one second here).
+    let (status, _) =
+        request(&emu.sf, "PUT", "/__emulator/faults", Some(&json!({"latencyMs": 1500, "latencyShare": 1.0})));
+    assert_eq!(status, 200);
+    let killed = contacts(&emu, "killed", 12);
+    let expected = send_round_robin(&[&a], &killed, now);
+    // The batching window (250 ms) has closed and `a` is in its first slow Salesforce call.
+    std::thread::sleep(Duration::from_millis(900));
+    let mut a = a;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    eventually("the killed daemon's answers are written by the others", || all_written(&emu, &expected));
+    // Recorded (and marked processed) only after the batch's last Salesforce call.
+    eventually("the inbox drains", || {
+        let text = metrics_text(&b.url);
+        (!text.lines().any(|l| l == "usagesync_webhook_queue_depth 0")).then_some(text)
+    });
+    let (status, _) = request(&emu.sf, "PUT", "/__emulator/faults", Some(&json!({})));
+    assert_eq!(status, 200);
+
+    // Every answer recorded as written exactly once across all workers. The killed daemon may
+    // have written some of its batch to Salesforce before it died without recording it: the
+    // worker that took the batch over then finds the Contact holding the answer (unchanged).
+    let (updates, unchanged) = schema.contact_outcomes();
+    let twice: Vec<_> = updates.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "answers written more than once: {twice:?}");
+    let not_killed = updates.keys().filter(|k| !k.contains(":killed-")).count();
+    assert_eq!(not_killed, 3 * N, "every answer written: {updates:?}");
+    for (visitor, _) in &killed {
+        let key = format!("nps:{now}:{visitor}");
+        assert!(
+            updates.contains_key(&key) || unchanged.contains_key(&key),
+            "the killed daemon's answer {key} was processed by another: {:?} {:?}",
+            updates.keys().filter(|k| k.contains("killed")).collect::<Vec<_>>(),
+            unchanged.keys().collect::<Vec<_>>()
+        );
+    }
+    drop((b, c));
+}
+
+#[test]
+fn the_newer_of_two_answers_wins_whichever_daemon_gets_it() {
+    let Some(schema) = Schema::new() else { return };
+    let emu = emulators();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &emu, &schema.location());
+    let (a, b) = (daemon(&cfg), daemon(&cfg));
+    // 10% of Salesforce calls take 2.5 s, so one daemon's write can land long after the other's.
+    let faults = json!({"seed": 7, "latencyMs": 2500, "latencyShare": 0.1});
+    let (status, _) = request(&emu.sf, "PUT", "/__emulator/faults", Some(&faults));
+    assert_eq!(status, 200);
+    let people = contacts(&emu, "pair", 20);
+    let now = chrono::Utc::now().timestamp();
+    for (i, (visitor, _)) in people.iter().enumerate() {
+        // The older answer to one daemon, the newer (a second later) to the other, alternating.
+        let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        post(first, &answer(visitor, "pair-acct", 2, now));
+        post(second, &answer(visitor, &format!("pair-acct-{i}"), 9, now + 1));
+    }
+    let expected: Vec<(String, i64)> = people.iter().map(|(_, id)| (id.clone(), 9)).collect();
+    eventually("every Contact holds the newer answer", || all_written(&emu, &expected));
+    // Nothing still pending could overwrite it later: both answers of every pair are processed.
+    eventually("the inbox drains", || {
+        let text = metrics_text(&a.url);
+        (!text.lines().any(|l| l == "usagesync_webhook_queue_depth 0")).then_some(text)
+    });
+    for (_, id) in &people {
+        let c = contact(&emu, id);
+        assert_eq!(c["NPS_Score__c"], 9.0, "{c}");
+        let date = chrono::DateTime::parse_from_str(c["NPS_Date__c"].as_str().unwrap(), "%Y-%m-%dT%H:%M:%S%.f%z");
+        assert_eq!(date.unwrap().timestamp(), now + 1, "{c}");
+    }
+}
+
+fn metrics_text(url: &str) -> String {
+    let host = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// A full inbox answers 503 with Retry-After and stores nothing; the depth is a metric.
+#[test]
+fn a_full_inbox_answers_503_with_retry_after() {
+    let emu = emulators();
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("state.db").display());
+    let cfg = config(dir.path(), &emu, &store);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    // Nothing consumes the inbox (nps-realtime off), and it holds three events.
+    let text = text
+        .replace("# webhooks:", "webhooks:\n  max_pending: 3\n# old webhooks:")
+        .replace("    template: nps-realtime", "    template: nps-realtime\n    enabled: false");
+    std::fs::write(&cfg, &text).unwrap();
+    let d = daemon(&cfg);
+    for i in 0..3 {
+        post(&d, &answer(&format!("full-v{i}"), "full", 5, 1_700_000_000));
+    }
+    // The depth is re-read at most every 250 ms; this process's own stores count at once.
+    let (status, reply) =
+        request(&d.url, "POST", "/webhooks/pendo", Some(&answer("full-v3", "full", 5, 1_700_000_000)));
+    assert_eq!(status, 503, "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("max_pending"), "{reply}");
+    let text = metrics_text(&d.url);
+    assert!(text.lines().any(|l| l == "usagesync_webhook_queue_depth 3"), "{text}");
+    assert!(text.lines().any(|l| l == "usagesync_webhook_refused_total 1"), "{text}");
+    assert!(text.contains("usagesync_webhook_lag_seconds"), "{text}");
+    let raw = {
+        let host = d.url.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(host).unwrap();
+        let body = serde_json::to_vec(&answer("full-v4", "full", 5, 1_700_000_000)).unwrap();
+        s.write_all(
+            format!(
+                "POST /webhooks/pendo HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    assert!(raw.to_ascii_lowercase().contains("retry-after: 5"), "{raw}");
+}
+
+/// `sync nps` under a 5/s Pendo throttle: every visitor's e-mail look-up waits its turn, none
+/// fails the batch, and every answer is written.
+#[test]
+fn sync_nps_under_a_pendo_throttle_writes_every_answer() {
+    let emu = emulators();
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("state.db").display());
+    let cfg = config(dir.path(), &emu, &store);
+    // Generated visitors whose one Contact matches by e-mail: the look-ups go to Pendo.
+    let (_, visitors) = request(&emu.pendo, "GET", "/__emulator/visitors", None);
+    let (_, all_contacts) = request(&emu.sf, "GET", "/__emulator/records/Contact", None);
+    let people: Vec<(String, String)> = visitors
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| {
+            let email = v["metadata"]["agent"]["email"].as_str()?;
+            let hits: Vec<&Value> = all_contacts
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["Email"].as_str().is_some_and(|e| e.eq_ignore_ascii_case(email)))
+                .collect();
+            (hits.len() == 1)
+                .then(|| (v["visitorId"].as_str().unwrap().to_owned(), hits[0]["Id"].as_str().unwrap().to_owned()))
+        })
+        .take(30)
+        .collect();
+    assert!(people.len() >= 20, "the generated world has visitors with one Contact each: {}", people.len());
+    // A subscription to other events only: only pollEvents has the answers, and `sync nps`
+    // reconciles them into the inbox.
+    let subscription = json!({"url": "http://127.0.0.1:9/webhooks/pendo", "events": ["guideDisplayed"]});
+    let (status, reply) = request(&emu.pendo, "PUT", "/__emulator/webhooks", Some(&subscription));
+    assert_eq!(status, 200, "{reply}");
+    for (i, (visitor, _)) in people.iter().enumerate() {
+        let rating = i64::try_from(i % 11).unwrap();
+        let body = json!({"event": "npsSubmitted", "visitorId": visitor, "accountId": "t", "rating": rating});
+        let (status, reply) = request(&emu.pendo, "POST", "/__emulator/webhooks/fire", Some(&body));
+        assert!((200..300).contains(&status), "{status} {reply}");
+    }
+    let throttle = json!({"rateLimit": {"perSecond": 5.0}});
+    let (status, reply) = request(&emu.pendo, "PUT", "/__emulator/faults", Some(&throttle));
+    assert_eq!(status, 200, "{reply}");
+    let out = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--json", "sync", "nps"])
+        .env("SF_CLIENT_SECRET", "emulator-secret")
+        .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let expected: Vec<(String, i64)> =
+        people.iter().enumerate().map(|(i, (_, id))| (id.clone(), i64::try_from(i % 11).unwrap())).collect();
+    assert_eq!(all_written(&emu, &expected), None, "{text}");
+    let (_, usage) = request(&emu.pendo, "GET", "/__emulator/usage", None);
+    assert!(usage["throttled"].as_u64().unwrap() > 0, "the throttle was met: {usage}");
+}
