@@ -17,6 +17,7 @@ mod error;
 mod expansion;
 mod locate;
 mod new_users;
+mod notify;
 mod nps;
 mod ownership;
 mod secret;
@@ -42,6 +43,7 @@ pub use console::{Console, DEFAULT_SESSION_HOURS};
 pub use error::{ConfigError, ConfigErrors};
 pub use expansion::{ExpansionConfig, Milestone, MilestoneKind, OpportunityTemplate};
 pub use new_users::{ContactFields, DEFAULT_NEW_USERS_OVERLAP, NewUsersConfig, UnmatchedAccount};
+pub use notify::{ALERT_STATES, AlertFormat, AlertWebhook, Alerts};
 pub use nps::{ContactMatch, FollowUpObject, HealthScoreConfig, NpsConfig, OwnerSource};
 pub use secret::{Secret, SecretString};
 pub use trial::{StageRule, TrialConfig, TrialFields, TrialMetric};
@@ -60,6 +62,8 @@ pub struct Config {
     pub webhooks: Webhooks,
     /// The web console; `None` serves none.
     pub console: Option<Console>,
+    /// Where the daemon sends alerts on runs that did not succeed; `None` sends none.
+    pub alerts: Option<Alerts>,
     /// In file order.
     pub workflows: IndexMap<String, Workflow>,
     /// Where the config came from, kept so checks made after loading (preflight against the
@@ -586,6 +590,11 @@ impl Config {
         }
         if let Some(console) = &self.console {
             out.push(("console.token".to_owned(), &console.token));
+        }
+        for (i, hook) in self.alerts.iter().flat_map(|a| a.webhooks.iter()).enumerate() {
+            if let Some(secret) = &hook.secret {
+                out.push((format!("alerts.webhooks[{i}].secret"), secret));
+            }
         }
         out
     }

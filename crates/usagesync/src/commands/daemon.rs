@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use super::alerts::{Notifier, RunAlert};
 use super::context;
 
 /// What `/healthz` says of each workflow.
@@ -79,6 +80,7 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
         )),
         None => None,
     };
+    let alerts = super::alerts::Notifier::new(ctx.config.alerts.as_ref(), &context::env_var)?;
     let limit = usize::try_from(ctx.config.webhooks.max_body_bytes).unwrap_or(usize::MAX);
     let mut console = crate::console::mount(&ctx, &context::env_var).await?;
     // nps-realtime writes the inbox continuously; a stored webhook wakes it.
@@ -93,7 +95,8 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
         .merge(console.router());
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
+        // The peer's address lets the console throttle wrong tokens per client.
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = server_stopped.await;
             })
@@ -114,7 +117,7 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
         tokio::select! {
             () = &mut shutdown => break,
             _ = tick.tick() => {
-                schedule_due(&ctx, &status, &mut runs).await;
+                schedule_due(&ctx, &status, alerts.as_ref(), &mut runs).await;
                 while runs.try_join_next().is_some() {}
             }
             _ = sweep.tick() => sweep_abandoned(&ctx).await,
@@ -194,7 +197,7 @@ async fn sweep_abandoned(ctx: &Context) {
 }
 
 /// Starts a run of every workflow whose schedule this worker claims now.
-async fn schedule_due(ctx: &Context, status: &Status, runs: &mut JoinSet<()>) {
+async fn schedule_due(ctx: &Context, status: &Status, alerts: Option<&Notifier>, runs: &mut JoinSet<()>) {
     // The engine's clock, so a daemon started with USAGESYNC_NOW fires its schedules then.
     let now = ctx.clock.now();
     for (name, workflow) in ctx.config.workflows.iter().filter(|(_, w)| w.enabled) {
@@ -223,10 +226,38 @@ async fn schedule_due(ctx: &Context, status: &Status, runs: &mut JoinSet<()>) {
         let ctx = ctx.clone();
         let status = Arc::clone(status);
         let name = name.clone();
+        let alerts = alerts.cloned();
         runs.spawn(async move {
             let options =
                 RunOptions { dry_run: false, trigger: "schedule".into(), progress: None, lease: context::run_lease() };
             let result = engine::workflow::run(&ctx, &name, &options).await;
+            let alert = |state: &str, error: Option<String>, report: Option<&engine::workflow::RunReport>| RunAlert {
+                workflow: name.clone(),
+                state: state.to_owned(),
+                run_id: report.and_then(|r| r.run_id).map(|id| id.to_string()),
+                trigger: "schedule".into(),
+                written: report.map_or(0, |r| r.written),
+                failed: report.map_or(0, |r| r.failed),
+                deferred: report.map_or(0, |r| r.deferred),
+                error,
+                at: ctx.clock.now(),
+            };
+            // Every scheduled run that did not succeed is logged at warn (seen at the default
+            // level) and, with `alerts:`, sent on; a busy slot is neither.
+            let outcome = match &result {
+                Ok(report) if report.state == "succeeded" => None,
+                Ok(report) => Some(alert(&report.state, None, Some(report))),
+                Err(RunError::Busy { .. }) => None,
+                Err(e) if e.is_deferral() => Some(alert("deferred", Some(e.to_string()), None)),
+                Err(e) => Some(alert("failed", Some(e.to_string()), None)),
+            };
+            if let Some(a) = outcome {
+                tracing::warn!(workflow = %a.workflow, state = %a.state, run = a.run_id.as_deref().unwrap_or("-"),
+                    written = a.written, failed = a.failed, deferred = a.deferred, "{}", a.text());
+                if let Some(alerts) = &alerts {
+                    alerts.send(a);
+                }
+            }
             let mut all = status.lock();
             let Some(s) = all.get_mut(&name) else { return };
             s.running = false;
@@ -247,8 +278,7 @@ async fn schedule_due(ctx: &Context, status: &Status, runs: &mut JoinSet<()>) {
                         "Skipped a scheduled run: another worker is running this workflow");
                 }
                 Err(e) => {
-                    tracing::error!(workflow = %name, error = %e, "Run failed");
-                    s.last_state = Some("failed".into());
+                    s.last_state = Some(if e.is_deferral() { "deferred" } else { "failed" }.into());
                     s.last_error = Some(e.to_string());
                 }
             }

@@ -2,7 +2,8 @@
 //! SameSite=Strict cookie holding a random id), and scripts may send the token as
 //! `Authorization: Bearer`. State-changing actions are POSTs that must carry the session's CSRF
 //! token and come from the console's own origin; a Bearer request carries no ambient
-//! credential, so it needs no CSRF token.
+//! credential, so it needs no CSRF token. Wrong tokens are throttled per client address by
+//! `super::throttle`, in front of every handler here.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -20,17 +21,11 @@ use super::{ConsoleState, html};
 const COOKIE: &str = "usagesync_console";
 /// Sessions kept at most; the oldest go first, so a flood of logins cannot grow memory.
 const MAX_SESSIONS: usize = 1_000;
-/// Wrong tokens tolerated per window before logins pause until the window ends, so the token
-/// cannot be guessed at network speed.
-const MAX_WRONG_LOGINS: u32 = 10;
-const WRONG_LOGIN_WINDOW: Duration = Duration::from_secs(60);
 
 pub(crate) struct Auth {
     token: SecretString,
     lifetime: Duration,
     sessions: Mutex<HashMap<String, Session>>,
-    /// (window start, wrong tokens in it), for every client together.
-    wrong_logins: Mutex<(Instant, u32)>,
 }
 
 #[derive(Clone)]
@@ -67,21 +62,7 @@ impl Auth {
             token,
             lifetime: Duration::from_secs(u64::from(session_hours) * 3_600),
             sessions: Mutex::new(HashMap::new()),
-            wrong_logins: Mutex::new((Instant::now(), 0)),
         }
-    }
-
-    /// Whether logins are paused after too many wrong tokens.
-    fn logins_paused(&self) -> bool {
-        let mut w = self.wrong_logins.lock();
-        if w.0.elapsed() >= WRONG_LOGIN_WINDOW {
-            *w = (Instant::now(), 0);
-        }
-        w.1 >= MAX_WRONG_LOGINS
-    }
-
-    fn wrong_login(&self) {
-        self.wrong_logins.lock().1 += 1;
     }
 
     fn token_matches(&self, given: &str) -> bool {
@@ -104,11 +85,10 @@ impl Auth {
         if let Some((_, s)) = self.session(headers) {
             return Ok(Access { csrf: Some(s.csrf) });
         }
-        if let Some(given) = bearer(headers) {
-            if self.token_matches(given) {
-                return Ok(Access { csrf: None });
-            }
-            tracing::warn!("Console: a request with a wrong Bearer token was refused");
+        if let Some(given) = bearer(headers)
+            && self.token_matches(given)
+        {
+            return Ok(Access { csrf: None });
         }
         Err(Denied(Box::new(denied())))
     }
@@ -205,7 +185,7 @@ fn refused(why: &str) -> Response {
     (StatusCode::FORBIDDEN, Html(body)).into_response()
 }
 
-fn login_html(error: Option<&str>) -> String {
+pub(crate) fn login_html(error: Option<&str>) -> String {
     let error = error.map(|e| format!("<p class=\"error\">{}</p>", html::esc(e))).unwrap_or_default();
     html::layout(
         "Log in",
@@ -238,13 +218,7 @@ pub(crate) async fn login(State(st): State<ConsoleState>, headers: HeaderMap, Fo
     if !same_origin(&headers) {
         return refused("log in from the console's own page (Origin check failed)");
     }
-    if st.auth.logins_paused() {
-        tracing::warn!("Console: a login was refused: too many wrong tokens in the last minute");
-        let page = login_html(Some("Too many wrong tokens: logins are paused for a minute."));
-        return (StatusCode::TOO_MANY_REQUESTS, Html(page)).into_response();
-    }
     if !st.auth.token_matches(&form.token) {
-        st.auth.wrong_login();
         tracing::warn!("Console: a login with a wrong token was refused");
         return (StatusCode::UNAUTHORIZED, Html(login_html(Some("That is not the console token.")))).into_response();
     }
@@ -308,16 +282,6 @@ mod tests {
             h.append(*k, HeaderValue::from_str(v).unwrap());
         }
         h
-    }
-
-    #[test]
-    fn wrong_logins_pause_logins() {
-        let auth = Auth::new(SecretString::new("t"), 1);
-        for _ in 0..MAX_WRONG_LOGINS {
-            assert!(!auth.logins_paused());
-            auth.wrong_login();
-        }
-        assert!(auth.logins_paused());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The web console the daemon serves: server-rendered pages over the state store (overview,
 //! a run, failures, matching review, API budget, config) and the few actions an operator takes
-//! (replay or dismiss failures, pin a match). It owns access (login, sessions, CSRF and Origin checks) and
+//! (replay or dismiss failures, pin a match). It owns access (login, sessions, CSRF and Origin
+//! checks, per-address throttling of wrong tokens) and
 //! its own listener when `console.listen` asks for one; pages live one module each.
 //!
 //! Every page reads the store on request, so it shows every worker sharing the store, and
@@ -14,6 +15,7 @@ mod html;
 mod matching;
 mod overview;
 mod run;
+mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,7 +70,7 @@ pub async fn mount(ctx: &Context, env: engine::connect::Env<'_>) -> Result<Mount
     eprintln!("usagesync console on http://{addr}/console/");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, routes)
+        axum::serve(listener, routes.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = stopped.await;
             })
@@ -91,6 +93,7 @@ fn router(state: ConsoleState) -> Router {
         .route("/console/matching/pin", post(matching::pin))
         .route("/console/budget", get(budget::page))
         .route("/console/config", get(config::page))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(throttle::Throttle::default()), throttle::layer))
         .layer(axum::middleware::map_response(auth::security_headers))
         .with_state(state)
 }

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use engine::store::{Run, RunState};
 
 use super::{ConsoleState, html};
@@ -56,13 +56,19 @@ async fn render(st: &ConsoleState) -> Result<String, engine::store::StoreError> 
     let today = ctx.store.budget_day(now.date_naive()).await?;
     let mut rows = Vec::new();
     for (name, w) in &ctx.config.workflows {
-        let last = ctx.store.list_runs(Some(name), 1).await?.into_iter().next();
+        // A replay or a dry run is not the schedule's last run: it shows on the Run pages.
+        let recent = ctx.store.list_runs(Some(name), 50).await?;
+        let last = recent.iter().find(|r| r.trigger != "replay" && !r.dry_run).cloned();
+        let last_success = recent.iter().find(|r| r.state == RunState::Succeeded && !r.dry_run).cloned();
         let open: u64 = ctx.store.failure_groups(Some(name)).await?.iter().map(|(_, _, n)| n).sum();
         // The daemon keeps the next fire time in the store; before its first sight, the cron's.
-        let next = match ctx.store.cursor(name, engine::scheduler::CURSOR).await? {
-            Some(text) => DateTime::parse_from_rfc3339(&text).ok().map(|t| t.with_timezone(&Utc)),
-            None => engine::scheduler::next_after(&w.schedule, w.timezone, now),
-        };
+        // A cursor made for another schedule (the config changed) is recomputed by the daemon.
+        let next = ctx
+            .store
+            .cursor(name, engine::scheduler::CURSOR)
+            .await?
+            .and_then(|text| engine::scheduler::stored_next(&text, &w.schedule, w.timezone, now))
+            .or_else(|| engine::scheduler::next_after(&w.schedule, w.timezone, now));
         let state = if !w.enabled {
             "disabled".to_owned()
         } else if last.as_ref().is_some_and(|r| r.state == RunState::Running) {
@@ -81,6 +87,14 @@ async fn render(st: &ConsoleState) -> Result<String, engine::store::StoreError> 
                 )
             },
         );
+        let last_cell = match &last_success {
+            Some(ok) if last.as_ref().is_none_or(|l| l.id != ok.id) => format!(
+                "{last_cell}<br><span class=\"muted\">last success <a href=\"/console/runs/{}\">{}</a></span>",
+                ok.id,
+                html::time(&ok.started_at)
+            ),
+            _ => last_cell,
+        };
         let failures = if open > 0 {
             format!("<a href=\"/console/failures\" class=\"error\">{}</a>", html::num(open))
         } else {
@@ -92,7 +106,12 @@ async fn render(st: &ConsoleState) -> Result<String, engine::store::StoreError> 
                 html::esc(name),
                 html::esc(w.template.kind().name())
             ),
-            format!("<code>{}</code> {}", html::esc(w.schedule.as_str()), html::esc(w.timezone.name())),
+            format!(
+                "{} ({})<br><code>{}</code>",
+                html::esc(&w.schedule.describe()),
+                html::esc(w.timezone.name()),
+                html::esc(w.schedule.as_str())
+            ),
             last_cell,
             if w.enabled { html::opt_time(next.as_ref()) } else { "—".to_owned() },
             state,

@@ -1,0 +1,352 @@
+//! What an operator relies on, through the real binary: the daemon honours a changed schedule
+//! after a restart, alerts a receiver (signed) and logs at the default level when a scheduled
+//! run fails, and the CLI's output and exit codes say what is true.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_usagesync"));
+    c.env_remove("USAGESYNC_CONFIG").env_remove("USAGESYNC_LOG").env_remove("USAGESYNC_NOW");
+    c
+}
+
+fn example() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml")).unwrap()
+}
+
+/// A plain HTTP/1.1 GET's body ("" when anything fails).
+fn get(base: &str, path: &str) -> String {
+    let host = base.trim_start_matches("http://");
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else { return String::new() };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+}
+
+fn get_json(base: &str, path: &str) -> serde_json::Value {
+    serde_json::from_str(&get(base, path)).unwrap_or_default()
+}
+
+/// One received request: lower-cased header names and values, and the body.
+type Received = (Vec<(String, String)>, Vec<u8>);
+
+/// An HTTP receiver on 127.0.0.1:0 answering every request with `status`; what it receives
+/// comes out of the channel.
+fn receiver(status: u16) -> (String, mpsc::Receiver<Received>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/usagesync", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut headers = Vec::new();
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.trim().split_once(':') {
+                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                }
+            }
+            let length = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok());
+            let mut body = vec![0; length.unwrap_or(0)];
+            let _ = reader.read_exact(&mut body);
+            let _ = write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = tx.send((headers, body));
+        }
+    });
+    (url, rx)
+}
+
+fn emulator(accounts: &str) -> (std::process::Child, String, String) {
+    let mut emu = bin()
+        .args(["emulate", "--seed-salesforce", "--days", "30", "--accounts", accounts])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(emu.stdout.take().unwrap()).lines();
+    let sf = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
+    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    (emu, sf, pendo)
+}
+
+/// Starts the daemon; returns it and its base URL.
+fn daemon(cfg: &std::path::Path, now: &str) -> (std::process::Child, String) {
+    let mut daemon = bin()
+        .arg("--config")
+        .arg(cfg)
+        .args(["run", "--listen", "127.0.0.1:0", "--grace-seconds", "10"])
+        .env("USAGESYNC_NOW", now)
+        // A wrong secret: every run fails at the token request, quickly.
+        .env("SF_CLIENT_SECRET", "not-the-secret")
+        .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
+        .env("ALERT_SECRET", "alert-key")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(daemon.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    (daemon, url)
+}
+
+fn stop(daemon: std::process::Child) -> String {
+    assert!(Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap().success());
+    let out = daemon.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Polls /healthz until `check` holds for the engagement workflow (30 s at most).
+fn wait_for(url: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let body = get_json(url, "/healthz");
+        let w = &body["workflows"]["engagement"];
+        if check(w) {
+            return w.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{what}: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_changed_schedule_is_honoured_after_restart_and_a_failed_run_alerts() {
+    let (mut emu, sf, pendo) = emulator("10");
+    let (hook, received) = receiver(200);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("usagesync.yaml");
+    let text = example()
+        .replace("http://127.0.0.1:8443", &sf)
+        .replace("http://127.0.0.1:8444", &pendo)
+        .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.path().join("state.db").display()))
+        + &format!("alerts:\n  webhooks:\n    - url: {hook}\n      secret: {{ env: ALERT_SECRET }}\n");
+    std::fs::write(&cfg, &text).unwrap();
+
+    // Daily at 06:00: the first daemon schedules tomorrow morning.
+    let (first, url) = daemon(&cfg, "2027-01-04T10:00:40Z");
+    wait_for(&url, "the daily schedule", |w| w["next_run"] == "2027-01-05T06:00:00Z");
+    stop(first);
+
+    // Every minute now; restarted on the same store: the next run is the coming minute, and it fires.
+    std::fs::write(&cfg, text.replace("schedule: \"0 6 * * *\"", "schedule: \"* * * * *\"")).unwrap();
+    let (second, url) = daemon(&cfg, "2027-01-04T10:00:57Z");
+    let w = wait_for(&url, "the new schedule", |w| w["next_run"].is_string());
+    assert!(
+        ["2027-01-04T10:01:00Z", "2027-01-04T10:02:00Z"].contains(&w["next_run"].as_str().unwrap()),
+        "the next run comes from the new cron, not the old one: {w}"
+    );
+    let w = wait_for(&url, "a scheduled run to end", |w| w["last_state"].is_string());
+    assert_eq!(w["last_state"], "failed", "{w}");
+
+    // The alert: signed JSON naming the workflow and what went wrong.
+    let (headers, body) = received.recv_timeout(Duration::from_secs(30)).expect("an alert");
+    let signature = headers.iter().find(|(k, _)| k == "x-usagesync-signature").map(|(_, v)| v.clone()).unwrap();
+    assert_eq!(signature, format!("sha256={}", pendo::webhook::sign(b"alert-key", &body)));
+    let alert: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(alert["run"]["workflow"], "engagement", "{alert}");
+    assert_eq!(alert["run"]["state"], "failed", "{alert}");
+    assert!(alert["text"].as_str().unwrap().starts_with("usagesync: workflow engagement failed"), "{alert}");
+    assert!(!String::from_utf8_lossy(&body).contains("not-the-secret"), "no secret in an alert");
+
+    // At the default log level the failure is on stderr, without terminal colours (not a TTY).
+    let logs = stop(second);
+    assert!(logs.contains("usagesync: workflow engagement failed"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "no ANSI escapes when stderr is not a terminal: {logs}");
+    assert!(!logs.contains("not-the-secret") && !logs.contains("alert-key"));
+    let _ = emu.kill();
+    let _ = emu.wait();
+}
+
+/// A daemon serving the console, with nothing scheduled to run during the test.
+fn console_daemon(dir: &std::path::Path) -> (std::process::Child, String) {
+    let cfg = dir.join("usagesync.yaml");
+    let text = example().replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.join("state.db").display()))
+        + "console:\n  token: { env: CONSOLE_TOKEN }\n";
+    std::fs::write(&cfg, text).unwrap();
+    let mut daemon = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .env("SF_CLIENT_SECRET", "x")
+        .env("PENDO_INTEGRATION_KEY", "x")
+        .env("CONSOLE_TOKEN", "the-right-console-token")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(daemon.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    (daemon, url)
+}
+
+/// A client whose connections come from `ip` (any 127.x.y.z reaches the daemon on Linux).
+fn client_from(ip: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(ip))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_console_tokens_are_throttled_per_address_and_never_lock_out_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, url) = console_daemon(dir.path());
+    let guesser = client_from([127, 0, 0, 2]);
+    let operator = client_from([127, 0, 0, 3]);
+    let page = format!("{url}/console/");
+    let status = |r: reqwest::Response| r.status().as_u16();
+
+    // 200 wrong Bearer tokens as fast as one client can send them: after the first few, each
+    // is refused without being checked.
+    let started = Instant::now();
+    let mut checked = 0;
+    let mut throttled = 0;
+    for i in 0..200 {
+        let r = guesser.get(&page).bearer_auth(format!("guess-{i}")).send().await.unwrap();
+        match status(r) {
+            401 => checked += 1,
+            429 => throttled += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let took = started.elapsed();
+    assert!(checked <= 8, "only the first wrong tokens are checked: {checked} of 200 in {took:?}");
+    assert_eq!(throttled, 200 - checked);
+    eprintln!("200 wrong Bearer tokens from one address: {checked} checked, {throttled} refused with 429, in {took:?}");
+
+    // The operator, from another address, is never locked out: Bearer and login both work.
+    let r = operator.get(&page).bearer_auth("the-right-console-token").send().await.unwrap();
+    assert_eq!(status(r), 200);
+    let login = |c: &reqwest::Client, token: &str| {
+        c.post(format!("{url}/console/login")).header("Origin", url.as_str()).form(&[("token", token)]).send()
+    };
+    assert_eq!(status(login(&operator, "the-right-console-token").await.unwrap()), 303);
+
+    // The guesser's logins wait too, and a waiting guesser learns nothing, even with the
+    // right token: it is refused unchecked, with Retry-After.
+    let r = login(&guesser, "another-guess").await.unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    assert_eq!(status(login(&guesser, "the-right-console-token").await.unwrap()), 429);
+
+    // A few wrong logins from the operator's address do not stop its right one.
+    for _ in 0..3 {
+        assert_eq!(status(login(&operator, "typo").await.unwrap()), 401);
+    }
+    assert_eq!(status(login(&operator, "the-right-console-token").await.unwrap()), 303);
+    stop(daemon);
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A starter config (every workflow off) with its store in `dir`.
+fn starter(dir: &std::path::Path) -> std::path::PathBuf {
+    let cfg = dir.join("usagesync.yaml");
+    let o = bin().arg("init").arg(&cfg).arg("--json").output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let reply: serde_json::Value = serde_json::from_slice(&o.stdout).expect("init --json prints JSON");
+    assert_eq!(reply["workflows_enabled"], 0);
+    let body = std::fs::read_to_string(&cfg).unwrap();
+    assert!(!body.lines().any(|l| l.trim_start().starts_with("enabled: true")), "init enables no writing workflow");
+    assert_eq!(body.lines().filter(|l| l.trim_start().starts_with("enabled: false")).count(), 7, "{body}");
+    std::fs::write(
+        &cfg,
+        body.replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.join("state.db").display())),
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn names_exit_codes_and_closed_pipes_are_handled_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = starter(dir.path());
+    let run = |args: &[&str]| {
+        bin()
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env("SF_CLIENT_SECRET", "x")
+            .env("PENDO_INTEGRATION_KEY", "x")
+            .output()
+            .unwrap()
+    };
+
+    // Every missing secret is named, and nothing is opened (exit 2).
+    let o = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["sync", "engagement"])
+        .env_remove("SF_CLIENT_SECRET")
+        .env_remove("PENDO_INTEGRATION_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("SF_CLIENT_SECRET") && text(&o).contains("PENDO_INTEGRATION_KEY"), "{}", text(&o));
+    assert!(!dir.path().join("state.db").exists(), "no store was made");
+
+    // A misspelt workflow: the list, and the nearest name.
+    let o = run(&["sync", "engagment"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("did you mean \"engagement\"?") && text(&o).contains("new-users"), "{}", text(&o));
+    let o = run(&["runs", "--workflow", "nope"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no workflow \"nope\""), "{}", text(&o));
+    let o = run(&["failures", "--workflow", "nope"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = run(&["replay", "99999"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no open failure(s) 99999"), "{}", text(&o));
+
+    // No config: a hint to write one (exit 2, the config does not load).
+    let o = bin().arg("--config").arg(dir.path().join("absent.yaml")).args(["sync", "engagement"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("usagesync init"), "{}", text(&o));
+
+    // stdout closed before anything is written (as `usagesync failures | head -0` would): no
+    // panic, the command's own exit code.
+    let mut child =
+        bin().arg("--config").arg(&cfg).arg("failures").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // Help describes every option.
+    for sub in [&["failures"][..], &["replay"], &["pin"], &["runs"], &["run"]] {
+        let o = bin().args(sub).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&o.stdout).into_owned();
+        let options: Vec<&str> = help
+            .lines()
+            .filter(|l| l.trim_start().starts_with("--") || l.trim_start().starts_with('<'))
+            .filter(|l| !l.contains("--help") && !l.contains("--version"))
+            .collect();
+        for line in options {
+            // clap prints "  --flag <VALUE>  Description" on one line, or the description
+            // on the next line when the flag is long: a bare flag line must be followed by text.
+            let described = line.trim().split("  ").filter(|p| !p.trim().is_empty()).count() > 1
+                || help.lines().skip_while(|l| *l != line).nth(1).is_some_and(|n| n.starts_with("          "));
+            assert!(described, "{sub:?}: {line:?} has no description:\n{help}");
+        }
+    }
+}
