@@ -350,3 +350,81 @@ fn names_exit_codes_and_closed_pipes_are_handled_as_documented() {
         }
     }
 }
+
+/// An admin PUT to the emulator: its status.
+fn put(base: &str, path: &str, body: &str) -> u16 {
+    let host = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn pin_checks_the_pendo_account_and_an_account_matched_elsewhere_and_a_spent_budget_exits_4() {
+    let (mut emu, sf, pendo) = emulator("40");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("usagesync.yaml");
+    let yaml = example()
+        .replace("http://127.0.0.1:8443", &sf)
+        .replace("http://127.0.0.1:8444", &pendo)
+        .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.path().join("state.db").display()));
+    std::fs::write(&cfg, yaml).unwrap();
+    let run = |args: &[&str]| {
+        bin()
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env("SF_CLIENT_SECRET", "emulator-secret")
+            .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
+            .output()
+            .unwrap()
+    };
+    let o = run(&["sync", "engagement", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = report["run_id"].as_str().unwrap().to_owned();
+    let o = run(&["runs", &id, "--json"]);
+    let records: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let written: Vec<(String, String)> = records["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| Some((r["key"].as_str()?.to_owned(), r["salesforce_id"].as_str()?.to_owned())))
+        .collect();
+    assert!(written.len() >= 2, "{records}");
+    let ((a, _), (b, b_account)) = (&written[0], &written[1]);
+
+    // An unknown Pendo account is refused (Pendo is asked), and nothing is pinned.
+    let o = run(&["pin", "engagement", "no-such-pendo-account", b_account]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("Pendo has no account \"no-such-pendo-account\""), "{}", text(&o));
+
+    // An Account already matched to another Pendo account: refused, naming it, unless --force.
+    let o = run(&["pin", "engagement", a, b_account]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains(b.as_str()) && text(&o).contains("--force"), "{}", text(&o));
+    let o = run(&["pin", "engagement", a, b_account, "--force", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let pinned: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(pinned["pinned"], b_account.as_str());
+    assert_eq!(pinned["also_matched"], serde_json::json!([b]));
+    let o = run(&["pin", "engagement", a, "--unpin", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = run(&["pin", "engagement", a, "--unpin"]);
+    assert_eq!(o.status.code(), Some(1), "unpinning what is not pinned says so: {}", text(&o));
+
+    // The day's allocation spent by others before the run reads anything: deferred, exit 4.
+    assert_eq!(put(&sf, "/__emulator/limits", r#"{"DailyApiRequests":{"Max":15000,"Remaining":0}}"#), 200);
+    let o = run(&["sync", "engagement"]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(text(&o).contains("deferred"), "{}", text(&o));
+    let _ = emu.kill();
+    let _ = emu.wait();
+}

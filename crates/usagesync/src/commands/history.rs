@@ -278,7 +278,19 @@ pub async fn replay(
         context::known_workflow(&config, name)?;
     }
     let ctx = context::build(config, &context::env_var).await?;
-    let report = engine::workflow::replay::replay(&ctx, &selector, limit).await?;
+    let report = match engine::workflow::replay::replay(&ctx, &selector, limit).await {
+        Ok(report) => report,
+        // A spent allocation: the failures stay open for the next replay; nothing is lost.
+        Err(e) if e.is_deferral() => {
+            if json {
+                outln!("{}", serde_json::json!({"state": "deferred", "error": e.to_string()}));
+            } else {
+                eprintln!("deferred: {e}");
+            }
+            return Ok(super::sync::EXIT_DEFERRED);
+        }
+        Err(e) => return Err(e.into()),
+    };
     // Asked for something and found nothing open: say so, rather than succeed silently.
     if report.claimed == 0 {
         let what = match &selector {
