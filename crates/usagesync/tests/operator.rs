@@ -85,8 +85,32 @@ fn emulator(accounts: &str) -> (std::process::Child, String, String) {
     (emu, sf, pendo)
 }
 
+/// A daemon and the lines it writes to stderr, as they come.
+struct Daemon {
+    child: std::process::Child,
+    logs: mpsc::Receiver<String>,
+    seen: String,
+}
+
+impl Daemon {
+    /// Waits (30 s at most) for a log line containing `needle`.
+    fn wait_log(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.seen.contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.logs.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push_str(&line);
+                    self.seen.push('\n');
+                }
+                Err(_) => panic!("no log line with {needle:?}:\n{}", self.seen),
+            }
+        }
+    }
+}
+
 /// Starts the daemon; returns it and its base URL.
-fn daemon(cfg: &std::path::Path, now: &str) -> (std::process::Child, String) {
+fn daemon(cfg: &std::path::Path, now: &str) -> (Daemon, String) {
     let mut daemon = bin()
         .arg("--config")
         .arg(cfg)
@@ -102,13 +126,35 @@ fn daemon(cfg: &std::path::Path, now: &str) -> (std::process::Child, String) {
         .unwrap();
     let first = BufReader::new(daemon.stdout.take().unwrap()).lines().next().unwrap().unwrap();
     let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
-    (daemon, url)
+    let (tx, logs) = mpsc::channel();
+    let stderr = daemon.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Daemon { child: daemon, logs, seen: String::new() }, url)
 }
 
-fn stop(daemon: std::process::Child) -> String {
-    assert!(Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap().success());
-    let out = daemon.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stderr).into_owned()
+fn signal(daemon: &Daemon, name: &str) {
+    assert!(
+        Command::new("kill").args([&format!("-{name}"), &daemon.child.id().to_string()]).status().unwrap().success()
+    );
+}
+
+/// SIGTERM, then everything it logged.
+fn stop(mut daemon: Daemon) -> String {
+    signal(&daemon, "TERM");
+    daemon.child.wait().unwrap();
+    let mut all = daemon.seen;
+    for line in daemon.logs.iter() {
+        all.push_str(&line);
+        all.push('\n');
+    }
+    all
 }
 
 /// Polls /healthz until `check` holds for the engagement workflow (30 s at most).
@@ -163,6 +209,22 @@ fn a_changed_schedule_is_honoured_after_restart_and_a_failed_run_alerts() {
     assert_eq!(alert["run"]["state"], "failed", "{alert}");
     assert!(alert["text"].as_str().unwrap().starts_with("usagesync: workflow engagement failed"), "{alert}");
     assert!(!String::from_utf8_lossy(&body).contains("not-the-secret"), "no secret in an alert");
+
+    // Live config: a file that does not load changes nothing and says why; a good one is
+    // taken on SIGHUP and its schedule recomputed at once.
+    let mut second = second;
+    std::fs::write(&cfg, text.replace("schedule: \"0 6 * * *\"", "schedule: \"every morning\"")).unwrap();
+    signal(&second, "HUP");
+    second.wait_log("Config not reloaded");
+    assert!(second.seen.contains("workflows.engagement.schedule"), "the reason names the key: {}", second.seen);
+    std::fs::write(&cfg, &text).unwrap();
+    signal(&second, "HUP");
+    second.wait_log("Config reloaded (SIGHUP)");
+    wait_for(&url, "the daily schedule again", |w| w["next_run"] == "2027-01-05T06:00:00Z");
+    // And without a signal, when the file changes.
+    std::fs::write(&cfg, text.replace("schedule: \"0 6 * * *\"", "schedule: \"0 7 * * *\"")).unwrap();
+    second.wait_log("Config reloaded (the file changed)");
+    wait_for(&url, "the 07:00 schedule", |w| w["next_run"] == "2027-01-05T07:00:00Z");
 
     // At the default log level the failure is on stderr, without terminal colours (not a TTY).
     let logs = stop(second);
@@ -251,7 +313,9 @@ async fn wrong_console_tokens_are_throttled_per_address_and_never_lock_out_anoth
         assert_eq!(status(login(&operator, "typo").await.unwrap()), 401);
     }
     assert_eq!(status(login(&operator, "the-right-console-token").await.unwrap()), 303);
-    stop(daemon);
+    let mut daemon = daemon;
+    assert!(Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap().success());
+    daemon.wait().unwrap();
 }
 
 fn text(o: &std::process::Output) -> String {
