@@ -27,6 +27,32 @@ pub fn next_after(cron: &croner::Cron, tz: Tz, after: DateTime<Utc>) -> Option<D
     cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&Utc))
 }
 
+/// The cursor marking a workflow's schedule paused (`paused` when it is; anything else, or
+/// none, when it is not). Kept in the store, so every worker sharing it honours a pause.
+pub const PAUSED: &str = "paused";
+
+/// Whether a person paused the workflow's schedule.
+///
+/// # Errors
+/// The store's.
+pub async fn is_paused(store: &dyn Store, workflow: &str) -> Result<bool, StoreError> {
+    Ok(store.cursor(workflow, PAUSED).await?.as_deref() == Some("paused"))
+}
+
+/// Pauses or resumes the workflow's schedule. While paused its fire times pass without a run
+/// (no catch-up on resume); `sync` and replays still run it when asked.
+///
+/// # Errors
+/// The store's.
+pub async fn set_paused(store: &dyn Store, workflow: &str, paused: bool) -> Result<(), StoreError> {
+    let stored = store.cursor(workflow, PAUSED).await?;
+    let new = if paused { "paused" } else { "running" };
+    if stored.as_deref() != Some(new) {
+        store.advance_cursor(workflow, PAUSED, stored.as_deref(), new).await?;
+    }
+    Ok(())
+}
+
 /// The schedule a cursor was made for: time zone and cron pattern.
 fn schedule_key(cron: &croner::Cron, tz: Tz) -> String {
     format!("{} {}", tz.name(), cron.as_str())
@@ -92,8 +118,12 @@ pub async fn claim(
     }
     let next = next_after(cron, tz, now);
     let new = next.map_or_else(String::new, |n| encode(n, cron, tz));
-    if store.advance_cursor(workflow, CURSOR, stored.as_deref(), &new).await? {
+    // A paused schedule lets its slot pass: moved on, not run (checked only when a slot is due).
+    let paused = is_paused(store, workflow).await?;
+    if store.advance_cursor(workflow, CURSOR, stored.as_deref(), &new).await? && !paused {
         Ok(Claim::Run { due, next })
+    } else if paused {
+        Ok(Claim::Wait { next })
     } else {
         let moved = store.cursor(workflow, CURSOR).await?;
         Ok(Claim::Wait { next: moved.as_deref().and_then(|s| stored_next(s, cron, tz, now)) })
@@ -190,6 +220,27 @@ mod tests {
             claim(store.as_ref(), "w", &daily, berlin, t3).await.unwrap(),
             Claim::Wait { next: Some(Utc.with_ymd_and_hms(2026, 11, 28, 5, 0, 0).unwrap()) }
         );
+    }
+
+    #[tokio::test]
+    async fn a_paused_schedule_lets_its_slots_pass_and_resumes_without_a_catch_up() {
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        let c = cron("* * * * *");
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 27, 10, 0, 30).unwrap();
+        claim(store.as_ref(), "w", &c, Tz::UTC, t0).await.unwrap();
+        set_paused(store.as_ref(), "w", true).await.unwrap();
+        assert!(is_paused(store.as_ref(), "w").await.unwrap());
+        let t1 = Utc.with_ymd_and_hms(2026, 11, 27, 10, 5, 5).unwrap();
+        let next = Utc.with_ymd_and_hms(2026, 11, 27, 10, 6, 0).unwrap();
+        assert_eq!(claim(store.as_ref(), "w", &c, Tz::UTC, t1).await.unwrap(), Claim::Wait { next: Some(next) });
+        set_paused(store.as_ref(), "w", false).await.unwrap();
+        assert_eq!(
+            claim(store.as_ref(), "w", &c, Tz::UTC, t1).await.unwrap(),
+            Claim::Wait { next: Some(next) },
+            "no catch-up for the slots passed while paused"
+        );
+        let t2 = Utc.with_ymd_and_hms(2026, 11, 27, 10, 6, 1).unwrap();
+        assert!(matches!(claim(store.as_ref(), "w", &c, Tz::UTC, t2).await.unwrap(), Claim::Run { .. }));
     }
 
     #[test]

@@ -492,3 +492,57 @@ fn pin_checks_the_pendo_account_and_an_account_matched_elsewhere_and_a_spent_bud
     let _ = emu.kill();
     let _ = emu.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_pauses_resumes_and_runs_a_workflow_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut daemon, url) = console_daemon(dir.path());
+    let client = client_from([127, 0, 0, 1]);
+    let post = |path: &str, form: &[(&str, &str)]| {
+        client
+            .post(format!("{url}{path}"))
+            .bearer_auth("the-right-console-token")
+            .form(&form.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>())
+            .send()
+    };
+    let overview = || async {
+        client
+            .get(format!("{url}/console/"))
+            .bearer_auth("the-right-console-token")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = overview().await;
+    assert!(before.contains("data-test=\"pause-engagement\"") && before.contains("At 06:00"), "{before}");
+
+    let r = post("/console/workflows/pause", &[("workflow", "engagement"), ("paused", "true")]).await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let page = overview().await;
+    assert!(page.contains("data-test=\"resume-engagement\"") && page.contains("— (paused)"), "{page}");
+    let r = post("/console/workflows/pause", &[("workflow", "engagement"), ("paused", "false")]).await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert!(overview().await.contains("data-test=\"pause-engagement\""));
+    let r = post("/console/workflows/pause", &[("workflow", "nope"), ("paused", "true")]).await.unwrap();
+    assert!(r.headers()["location"].to_str().unwrap().contains("No%20such%20workflow"), "{:?}", r.headers());
+
+    // Run now: a run with trigger `console` is recorded in the store.
+    let r = post("/console/workflows/run", &[("workflow", "engagement")]).await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let cfg = dir.path().join("usagesync.yaml");
+    let started = Instant::now();
+    loop {
+        let o = bin().arg("--config").arg(&cfg).args(["runs", "--json"]).output().unwrap();
+        let runs: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if runs.iter().any(|r| r["trigger"] == "console" && r["workflow"] == "engagement") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no console run: {runs:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap().success());
+    daemon.wait().unwrap();
+}

@@ -21,7 +21,7 @@ use anyhow::Result;
 
 use crate::cli::{BenchTarget, Cli, Command};
 
-pub use context::{ConfigInvalid, EXIT_CONFIG};
+pub use context::{ConfigInvalid, EXIT_CONFIG, run_lease};
 pub use table::say;
 
 /// Runs a command; the number is the process exit code (see the README's table).

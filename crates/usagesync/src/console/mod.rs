@@ -16,6 +16,7 @@ mod matching;
 mod overview;
 mod run;
 mod throttle;
+mod workflows;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -92,6 +93,8 @@ fn router(state: ConsoleState) -> Router {
         .route("/console/matching", get(matching::page))
         .route("/console/matching/pin", post(matching::pin))
         .route("/console/budget", get(budget::page))
+        .route("/console/workflows/run", post(workflows::run_now))
+        .route("/console/workflows/pause", post(workflows::pause))
         .route("/console/config", get(config::page))
         .layer(axum::middleware::from_fn_with_state(Arc::new(throttle::Throttle::default()), throttle::layer))
         .layer(axum::middleware::map_response(auth::security_headers))

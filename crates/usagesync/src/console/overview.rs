@@ -1,7 +1,7 @@
 //! The overview: each workflow's schedule, last and next run, state, records written, open
 //! failures and API calls, then the latest runs of every workflow.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
 use chrono::Utc;
@@ -12,12 +12,23 @@ use super::{ConsoleState, html};
 /// Runs listed under the workflows.
 const RECENT: u32 = 30;
 
-pub(crate) async fn page(State(st): State<ConsoleState>, headers: HeaderMap) -> Response {
+#[derive(serde::Deserialize)]
+pub(crate) struct Note {
+    /// What the last action did (run now, pause, resume), shown above the table.
+    #[serde(default)]
+    note: String,
+}
+
+pub(crate) async fn page(State(st): State<ConsoleState>, Query(q): Query<Note>, headers: HeaderMap) -> Response {
     let access = match st.auth.check(&headers) {
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    match render(&st).await {
+    match render(&st, access.csrf.as_deref()).await {
+        Ok(body) if !q.note.is_empty() => {
+            let body = format!("<p class=\"notice\" data-test=\"notice\">{}</p>{body}", html::esc(&q.note));
+            Html(html::layout("Overview", "overview", access.csrf.as_deref(), &body)).into_response()
+        }
         Ok(body) => Html(html::layout("Overview", "overview", access.csrf.as_deref(), &body)).into_response(),
         Err(e) => super::unavailable("Reading the state store", &e),
     }
@@ -50,7 +61,7 @@ fn opt(n: Option<u64>) -> String {
     n.map_or_else(|| "—".to_owned(), html::num)
 }
 
-async fn render(st: &ConsoleState) -> Result<String, engine::store::StoreError> {
+async fn render(st: &ConsoleState, csrf: Option<&str>) -> Result<String, engine::store::StoreError> {
     let ctx = &st.ctx;
     let now = Utc::now();
     let today = ctx.store.budget_day(now.date_naive()).await?;
@@ -69,8 +80,11 @@ async fn render(st: &ConsoleState) -> Result<String, engine::store::StoreError> 
             .await?
             .and_then(|text| engine::scheduler::stored_next(&text, &w.schedule, w.timezone, now))
             .or_else(|| engine::scheduler::next_after(&w.schedule, w.timezone, now));
+        let paused = engine::scheduler::is_paused(ctx.store.as_ref(), name).await?;
         let state = if !w.enabled {
             "disabled".to_owned()
+        } else if paused && !last.as_ref().is_some_and(|r| r.state == RunState::Running) {
+            "<b>paused</b>".to_owned()
         } else if last.as_ref().is_some_and(|r| r.state == RunState::Running) {
             html::state("running")
         } else {
@@ -113,7 +127,13 @@ async fn render(st: &ConsoleState) -> Result<String, engine::store::StoreError> 
                 html::esc(w.schedule.as_str())
             ),
             last_cell,
-            if w.enabled { html::opt_time(next.as_ref()) } else { "—".to_owned() },
+            if !w.enabled {
+                "—".to_owned()
+            } else if paused {
+                "— (paused)".to_owned()
+            } else {
+                html::opt_time(next.as_ref())
+            },
             state,
             opt(last.as_ref().and_then(written)),
             failures,
@@ -122,10 +142,49 @@ async fn render(st: &ConsoleState) -> Result<String, engine::store::StoreError> 
                 html::num(last.as_ref().map_or(0, api_calls)),
                 html::num(today.by_workflow.get(name).copied().unwrap_or(0))
             ),
+            {
+                let run = html::action_button(
+                    "/console/workflows/run",
+                    csrf,
+                    &[("workflow", name)],
+                    "Run now",
+                    &format!("run-{name}"),
+                );
+                let toggle = if !w.enabled {
+                    String::new()
+                } else if paused {
+                    html::action_button(
+                        "/console/workflows/pause",
+                        csrf,
+                        &[("workflow", name), ("paused", "false")],
+                        "Resume",
+                        &format!("resume-{name}"),
+                    )
+                } else {
+                    html::action_button(
+                        "/console/workflows/pause",
+                        csrf,
+                        &[("workflow", name), ("paused", "true")],
+                        "Pause",
+                        &format!("pause-{name}"),
+                    )
+                };
+                format!("{run} {toggle}")
+            },
         ]);
     }
     let mut body = html::table(
-        &["workflow", "schedule", "last run", "next run", "state", "records written", "open failures", "API calls"],
+        &[
+            "workflow",
+            "schedule",
+            "last run",
+            "next run",
+            "state",
+            "records written",
+            "open failures",
+            "API calls",
+            "actions",
+        ],
         &rows,
         "workflows",
     );
