@@ -83,7 +83,7 @@ async fn render(st: &ConsoleState, csrf: Option<&str>) -> Result<String, engine:
         let paused = engine::scheduler::is_paused(ctx.store.as_ref(), name).await?;
         let state = if !w.enabled {
             "disabled".to_owned()
-        } else if paused && !last.as_ref().is_some_and(|r| r.state == RunState::Running) {
+        } else if paused && last.as_ref().is_none_or(|r| r.state != RunState::Running) {
             "<b>paused</b>".to_owned()
         } else if last.as_ref().is_some_and(|r| r.state == RunState::Running) {
             html::state("running")
