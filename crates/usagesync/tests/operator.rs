@@ -456,6 +456,30 @@ fn pin_checks_the_pendo_account_and_an_account_matched_elsewhere_and_a_spent_bud
     let id = report["run_id"].as_str().unwrap().to_owned();
     let o = run(&["runs", &id, "--json"]);
     let records: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+
+    // /metrics: when the workflow last succeeded (what people alert on), and the build.
+    let finished = chrono::DateTime::parse_from_rfc3339(records["run"]["finished_at"].as_str().unwrap()).unwrap();
+    let mut daemon = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .env("SF_CLIENT_SECRET", "emulator-secret")
+        .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(daemon.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    let metrics = get(&url, "/metrics");
+    let line = format!(
+        "usagesync_workflow_last_success_timestamp_seconds{{workflow=\"engagement\"}} {}",
+        finished.timestamp()
+    );
+    assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    assert!(metrics.contains(&format!("usagesync_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+    assert!(Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap().success());
+    daemon.wait().unwrap();
     let written: Vec<(String, String)> = records["records"]
         .as_array()
         .unwrap()

@@ -122,7 +122,7 @@ async fn render(st: &ConsoleState, csrf: Option<&str>) -> Result<String, engine:
             ),
             format!(
                 "{} ({})<br><code>{}</code>",
-                html::esc(&w.schedule.describe()),
+                html::esc(w.schedule.describe().trim_end_matches('.')),
                 html::esc(w.timezone.name()),
                 html::esc(w.schedule.as_str())
             ),
