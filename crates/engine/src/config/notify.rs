@@ -196,6 +196,9 @@ mod tests {
         ] {
             assert!(errors.contains(needle), "{needle} not in {errors}");
         }
+        let typo = base().replace("template: engagement-scores", "template: engagement-score");
+        let errors = load_str(&typo, "t.yaml").unwrap_err().to_string();
+        assert!(errors.contains("did you mean `engagement-scores`?"), "{errors}");
         let unknown = base() + "alerts:\n  webhooks: []\n  email: ops@example.com\n";
         assert!(load_str(&unknown, "t.yaml").unwrap_err().to_string().contains("email"));
     }

@@ -449,7 +449,10 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
         let kind = TemplateKind::from_name(t);
         if kind.is_none() {
             let known: Vec<_> = TemplateKind::ALL.iter().map(|k| k.name()).collect();
-            errors.push(&k("template"), format!("unknown template `{t}`; known templates: {}", known.join(", ")));
+            let near = crate::preflight::closest(t, known.iter().copied())
+                .map(|n| format!("did you mean `{n}`? "))
+                .unwrap_or_default();
+            errors.push(&k("template"), format!("unknown template `{t}`; {near}known templates: {}", known.join(", ")));
         }
         kind
     });

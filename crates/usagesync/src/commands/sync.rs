@@ -143,6 +143,25 @@ pub fn print_report(r: &RunReport) {
     }
     print_preflight(r);
     print_verify(r);
+    print_next(r);
+}
+
+/// What to do next, after the summary.
+fn print_next(r: &RunReport) {
+    let next = if r.dry_run {
+        format!("Next: `usagesync sync {}` writes this plan.", r.workflow)
+    } else if r.failed > 0 {
+        "Next: `usagesync failures` shows why records were refused; fix the cause, then `usagesync replay --all`."
+            .to_owned()
+    } else if r.deferred > 0 {
+        "Next: nothing to do; the next run sends what was deferred when the budget allows.".to_owned()
+    } else if let Some(id) = r.run_id {
+        format!("Next: `usagesync runs {id}` lists every record written, with the values.")
+    } else {
+        return;
+    };
+    outln!();
+    say!("{next}");
 }
 
 /// Drifted values shown in the summary; all are in the run's history.
@@ -222,7 +241,8 @@ fn print_preflight(r: &RunReport) {
     outln!();
     say!("Preflight: {} problem(s) with the config against the org:", p.problems.len());
     for problem in &p.problems {
-        say!("  {problem}");
+        // Not wrapped: `file:line:column: key: message`, one per line, as editors and grep read them.
+        outln!("  {problem}");
     }
     let what = if r.dry_run { "would be" } else { "were" };
     say!(
