@@ -49,27 +49,49 @@ fn receiver(status: u16) -> (String, mpsc::Receiver<Received>) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut headers = Vec::new();
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = line.trim().split_once(':') {
-                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-                }
-            }
-            let length = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok());
-            let mut body = vec![0; length.unwrap_or(0)];
-            let _ = reader.read_exact(&mut body);
+            let (headers, body) = read_request(&mut stream);
             let _ = write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             let _ = tx.send((headers, body));
         }
     });
     (url, rx)
+}
+
+/// [`receiver`], answering 503 to the first `failures` requests and 200 after.
+fn receiver_failing_first(failures: usize) -> (String, mpsc::Receiver<Received>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/chat", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let (headers, body) = read_request(&mut stream);
+            let status = if n < failures { 503 } else { 200 };
+            let _ = write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = tx.send((headers, body));
+        }
+    });
+    (url, rx)
+}
+
+fn read_request(stream: &mut std::net::TcpStream) -> Received {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut headers = Vec::new();
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.trim().split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    let length = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok());
+    let mut body = vec![0; length.unwrap_or(0)];
+    let _ = reader.read_exact(&mut body);
+    (headers, body)
 }
 
 fn emulator(accounts: &str) -> (std::process::Child, String, String) {
@@ -175,13 +197,17 @@ fn wait_for(url: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) -
 fn a_changed_schedule_is_honoured_after_restart_and_a_failed_run_alerts() {
     let (mut emu, sf, pendo) = emulator("10");
     let (hook, received) = receiver(200);
+    // A Slack-compatible receiver that fails at first: the alert is retried until it lands.
+    let (chat, chat_received) = receiver_failing_first(1);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("usagesync.yaml");
     let text = example()
         .replace("http://127.0.0.1:8443", &sf)
         .replace("http://127.0.0.1:8444", &pendo)
         .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.path().join("state.db").display()))
-        + &format!("alerts:\n  webhooks:\n    - url: {hook}\n      secret: {{ env: ALERT_SECRET }}\n");
+        + &format!(
+            "alerts:\n  webhooks:\n    - url: {hook}\n      secret: {{ env: ALERT_SECRET }}\n    - url: {chat}\n      format: slack\n"
+        );
     std::fs::write(&cfg, &text).unwrap();
 
     // Daily at 06:00: the first daemon schedules tomorrow morning.
@@ -209,6 +235,12 @@ fn a_changed_schedule_is_honoured_after_restart_and_a_failed_run_alerts() {
     assert_eq!(alert["run"]["state"], "failed", "{alert}");
     assert!(alert["text"].as_str().unwrap().starts_with("usagesync: workflow engagement failed"), "{alert}");
     assert!(!String::from_utf8_lossy(&body).contains("not-the-secret"), "no secret in an alert");
+    let (first_try, _) = chat_received.recv_timeout(Duration::from_secs(30)).expect("a first attempt");
+    assert!(first_try.iter().all(|(k, _)| k != "x-usagesync-signature"), "no secret, no signature");
+    let (_, body) = chat_received.recv_timeout(Duration::from_secs(30)).expect("a retry after the 503");
+    let slack: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(slack.as_object().unwrap().len(), 1, "{slack}");
+    assert!(slack["text"].as_str().unwrap().starts_with("usagesync: workflow engagement failed"), "{slack}");
 
     // Live config: a file that does not load changes nothing and says why; a good one is
     // taken on SIGHUP and its schedule recomputed at once.
