@@ -142,6 +142,8 @@ fn daemon(cfg: &std::path::Path, now: &str) -> (Daemon, String) {
         .env("SF_CLIENT_SECRET", "not-the-secret")
         .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
         .env("ALERT_SECRET", "alert-key")
+        // Sweeps (and the alert checks with them) every half second instead of every 15 s.
+        .env("USAGESYNC_TEST_RUN_LEASE_MS", "2000")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -206,7 +208,7 @@ fn a_changed_schedule_is_honoured_after_restart_and_a_failed_run_alerts() {
         .replace("http://127.0.0.1:8444", &pendo)
         .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.path().join("state.db").display()))
         + &format!(
-            "alerts:\n  webhooks:\n    - url: {hook}\n      secret: {{ env: ALERT_SECRET }}\n    - url: {chat}\n      format: slack\n"
+            "alerts:\n  webhooks:\n    - url: {hook}\n      secret: {{ env: ALERT_SECRET }}\n    - url: {chat}\n      format: slack\n  no_success_for: 1s\n"
         );
     std::fs::write(&cfg, &text).unwrap();
 
@@ -226,8 +228,17 @@ fn a_changed_schedule_is_honoured_after_restart_and_a_failed_run_alerts() {
     let w = wait_for(&url, "a scheduled run to end", |w| w["last_state"].is_string());
     assert_eq!(w["last_state"], "failed", "{w}");
 
-    // The alert: signed JSON naming the workflow and what went wrong.
-    let (headers, body) = received.recv_timeout(Duration::from_secs(30)).expect("an alert");
+    // The alerts: signed JSON naming the workflow and what went wrong, and (no_success_for: 1s)
+    // that it has not succeeded since its first run, in either order.
+    let mut two: Vec<Received> =
+        (0..2).map(|_| received.recv_timeout(Duration::from_secs(30)).expect("an alert")).collect();
+    let state =
+        |(_, body): &Received| serde_json::from_slice::<serde_json::Value>(body).unwrap()["run"]["state"].clone();
+    two.sort_by_key(|r| state(r).as_str().unwrap_or_default().to_owned());
+    assert_eq!(state(&two[1]), "no_success");
+    let stale: serde_json::Value = serde_json::from_slice(&two[1].1).unwrap();
+    assert!(stale["text"].as_str().unwrap().contains("has never succeeded"), "{stale}");
+    let (headers, body) = two.remove(0);
     let signature = headers.iter().find(|(k, _)| k == "x-usagesync-signature").map(|(_, v)| v.clone()).unwrap();
     assert_eq!(signature, format!("sha256={}", pendo::webhook::sign(b"alert-key", &body)));
     let alert: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -235,12 +246,20 @@ fn a_changed_schedule_is_honoured_after_restart_and_a_failed_run_alerts() {
     assert_eq!(alert["run"]["state"], "failed", "{alert}");
     assert!(alert["text"].as_str().unwrap().starts_with("usagesync: workflow engagement failed"), "{alert}");
     assert!(!String::from_utf8_lossy(&body).contains("not-the-secret"), "no secret in an alert");
-    let (first_try, _) = chat_received.recv_timeout(Duration::from_secs(30)).expect("a first attempt");
-    assert!(first_try.iter().all(|(k, _)| k != "x-usagesync-signature"), "no secret, no signature");
-    let (_, body) = chat_received.recv_timeout(Duration::from_secs(30)).expect("a retry after the 503");
-    let slack: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(slack.as_object().unwrap().len(), 1, "{slack}");
-    assert!(slack["text"].as_str().unwrap().starts_with("usagesync: workflow engagement failed"), "{slack}");
+    // The chat receiver: both alerts as {"text": …}, unsigned; the one its 503 refused, again.
+    let chat: Vec<Received> =
+        (0..3).map(|_| chat_received.recv_timeout(Duration::from_secs(30)).expect("a chat alert")).collect();
+    let texts: Vec<String> = chat
+        .iter()
+        .map(|(headers, body)| {
+            assert!(headers.iter().all(|(k, _)| k != "x-usagesync-signature"), "no secret, no signature");
+            let slack: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(slack.as_object().unwrap().len(), 1, "{slack}");
+            slack["text"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(texts[1..].contains(&texts[0]), "the refused alert was retried: {texts:?}");
+    assert!(texts.iter().any(|t| t.starts_with("usagesync: workflow engagement failed")), "{texts:?}");
 
     // Live config: a file that does not load changes nothing and says why; a good one is
     // taken on SIGHUP and its schedule recomputed at once.

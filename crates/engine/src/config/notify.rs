@@ -26,6 +26,11 @@ pub struct Alerts {
     /// The same workflow ending in the same state again within this long sends nothing more,
     /// so a schedule failing every minute does not flood a channel.
     pub quiet_for: Duration,
+    /// Alert when an enabled workflow has had no successful run for this long (counted from
+    /// its oldest recorded run when it never succeeded).
+    pub no_success_for: Option<Duration>,
+    /// Alert when a workflow has more open failures than this.
+    pub open_failures_over: Option<u64>,
 }
 
 /// One receiver: an HTTP POST of a JSON body.
@@ -63,6 +68,10 @@ pub(crate) struct Wire {
     pub on: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quiet_for: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_success_for: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_failures_over: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -137,7 +146,24 @@ pub(super) fn build(w: Option<&Wire>, errors: &mut Errors) -> Option<Option<Aler
             }
         },
     };
-    (ok && list.is_some()).then_some(Some(Alerts { webhooks, on, quiet_for }))
+    let no_success_for = match &w.no_success_for {
+        None => None,
+        Some(text) => match super::duration::parse(text) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                errors.push("alerts.no_success_for", "must be longer than 0s");
+                ok = false;
+                None
+            }
+            Err(e) => {
+                errors.push("alerts.no_success_for", e);
+                ok = false;
+                None
+            }
+        },
+    };
+    let open_failures_over = w.open_failures_over;
+    (ok && list.is_some()).then_some(Some(Alerts { webhooks, on, quiet_for, no_success_for, open_failures_over }))
 }
 
 pub(super) fn to_wire(a: &Alerts, secret: impl Fn(&Secret) -> super::wire::Secret) -> Wire {
@@ -154,6 +180,8 @@ pub(super) fn to_wire(a: &Alerts, secret: impl Fn(&Secret) -> super::wire::Secre
         ),
         on: Some(a.on.clone()),
         quiet_for: Some(super::duration::format(a.quiet_for)),
+        no_success_for: a.no_success_for.map(super::duration::format),
+        open_failures_over: a.open_failures_over,
     }
 }
 
@@ -172,13 +200,15 @@ mod tests {
     fn absent_sends_nothing_and_a_full_section_loads() {
         assert!(load_str(&base(), "t.yaml").unwrap().alerts.is_none());
         let text = base()
-            + "alerts:\n  webhooks:\n    - url: http://127.0.0.1:9/hook\n      secret: { env: ALERT_SECRET }\n    - url: https://chat.example/hooks/x\n      format: slack\n  on: [failed, partial]\n  quiet_for: 15m\n";
+            + "alerts:\n  webhooks:\n    - url: http://127.0.0.1:9/hook\n      secret: { env: ALERT_SECRET }\n    - url: https://chat.example/hooks/x\n      format: slack\n  on: [failed, partial]\n  quiet_for: 15m\n  no_success_for: 26h\n  open_failures_over: 100\n";
         let alerts = load_str(&text, "t.yaml").unwrap().alerts.unwrap();
         assert_eq!(alerts.webhooks.len(), 2);
         assert_eq!(alerts.webhooks[0].secret, Some(Secret::Env("ALERT_SECRET".into())));
         assert_eq!(alerts.webhooks[1].format, AlertFormat::Slack);
         assert_eq!(alerts.on, ["failed", "partial"]);
         assert_eq!(alerts.quiet_for, Duration::from_secs(900));
+        assert_eq!(alerts.no_success_for, Some(Duration::from_secs(26 * 3_600)));
+        assert_eq!(alerts.open_failures_over, Some(100));
         let config = load_str(&text, "t.yaml").unwrap();
         assert!(config.secrets().iter().any(|(k, _)| k == "alerts.webhooks[0].secret"));
     }

@@ -1,5 +1,7 @@
 //! Alerts from the daemon: when a scheduled run ends in a state the config's `alerts.on` names
-//! (failed, partial, deferred by default), a JSON message is POSTed to each `alerts.webhooks`
+//! (failed, partial, deferred by default), when an enabled workflow has had no success for
+//! `alerts.no_success_for`, or has more open failures than `alerts.open_failures_over` (checked
+//! periodically by [`Notifier::check`]), a JSON message is POSTed to each `alerts.webhooks`
 //! receiver, signed with HMAC-SHA256 when a secret is given. Sending happens on a task of its
 //! own with a few retries, so a slow or dead receiver never holds a run or the scheduler; the
 //! same workflow ending in the same state again within `alerts.quiet_for` sends nothing more.
@@ -51,8 +53,12 @@ impl RunAlert {
                 self.deferred,
                 self.error.as_deref().map(|e| format!("; {e}")).unwrap_or_default()
             ),
+            "no_success" | "open_failures" => self.error.clone().unwrap_or_default(),
             other => format!("ended {other}{}", self.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()),
         };
+        if matches!(self.state.as_str(), "no_success" | "open_failures") {
+            return what;
+        }
         format!("usagesync: workflow {} {what}{run}", self.workflow)
     }
 }
@@ -107,10 +113,87 @@ impl Notifier {
     /// Sends `alert` to every receiver in the background, unless its state does not alert or
     /// the same alert went out within `quiet_for`. Never waits for the receivers.
     pub fn send(&self, alert: RunAlert) {
-        let inner = &self.inner;
-        if !inner.config.on.contains(&alert.state) {
+        if !self.inner.config.on.contains(&alert.state) {
             return;
         }
+        self.send_now(alert);
+    }
+
+    /// The periodic checks: each enabled, unpaused workflow without a successful run for
+    /// `no_success_for` (counted from its oldest recorded run when it never succeeded, so a
+    /// workflow that never ran says nothing), and each with more open failures than
+    /// `open_failures_over`. Rate-limited like run alerts.
+    pub async fn check(&self, ctx: &engine::workflow::Context) {
+        let config = &self.inner.config;
+        if config.no_success_for.is_none() && config.open_failures_over.is_none() {
+            return;
+        }
+        let now = ctx.clock.now();
+        for (name, _) in ctx.config.workflows.iter().filter(|(_, w)| w.enabled) {
+            if engine::scheduler::is_paused(ctx.store.as_ref(), name).await.unwrap_or(false) {
+                continue;
+            }
+            let alert = |state: &str, error: String| RunAlert {
+                workflow: name.clone(),
+                state: state.to_owned(),
+                run_id: None,
+                trigger: "check".into(),
+                written: 0,
+                failed: 0,
+                deferred: 0,
+                error: Some(error),
+                at: now,
+            };
+            if let Some(limit) = config.no_success_for.and_then(|d| chrono::Duration::from_std(d).ok()) {
+                match ctx.store.list_runs(Some(name), 500).await {
+                    Ok(runs) => {
+                        let real: Vec<&engine::store::Run> = runs.iter().filter(|r| !r.dry_run).collect();
+                        let success = real
+                            .iter()
+                            .find(|r| r.state == engine::store::RunState::Succeeded)
+                            .map(|r| r.finished_at.unwrap_or(r.started_at));
+                        let since = success.or_else(|| real.last().map(|r| r.started_at));
+                        if let Some(since) = since.filter(|s| now - *s > limit) {
+                            let what = match success {
+                                Some(_) => format!("has not succeeded since {}", since.format("%Y-%m-%d %H:%M UTC")),
+                                None => {
+                                    format!("has never succeeded (first run {})", since.format("%Y-%m-%d %H:%M UTC"))
+                                }
+                            };
+                            self.send_now(alert(
+                                "no_success",
+                                format!(
+                                    "usagesync: workflow {name} {what}, longer than alerts.no_success_for ({})",
+                                    span(limit)
+                                ),
+                            ));
+                        }
+                    }
+                    Err(e) => tracing::warn!(workflow = %name, error = %e, "Alerts: could not read the runs"),
+                }
+            }
+            if let Some(max) = config.open_failures_over {
+                match ctx.store.failure_groups(Some(name)).await {
+                    Ok(groups) => {
+                        let open: u64 = groups.iter().map(|(_, _, n)| n).sum();
+                        if open > max {
+                            self.send_now(alert(
+                                "open_failures",
+                                format!(
+                                    "usagesync: workflow {name} has {open} open failures, over alerts.open_failures_over ({max}); see `usagesync failures`"
+                                ),
+                            ));
+                        }
+                    }
+                    Err(e) => tracing::warn!(workflow = %name, error = %e, "Alerts: could not read the failures"),
+                }
+            }
+        }
+    }
+
+    /// Sends whatever the state, subject to `quiet_for`.
+    fn send_now(&self, alert: RunAlert) {
+        let inner = &self.inner;
         {
             let mut sent = inner.last_sent.lock();
             let key = (alert.workflow.clone(), alert.state.clone());
@@ -169,4 +252,14 @@ async fn deliver(client: &reqwest::Client, url: &str, key: Option<&[u8]>, body: 
     }
     tracing::warn!(workflow = %alert.workflow, state = %alert.state, receiver = %host, error = %last_error,
         "Alert not delivered after {ATTEMPTS} attempts");
+}
+
+/// `26h`, `90m`, `45s`: the largest unit that divides the span exactly.
+fn span(d: chrono::Duration) -> String {
+    let secs = d.num_seconds();
+    match secs {
+        s if s >= 3_600 && s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }

@@ -129,7 +129,12 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
                 schedule_due(&ctx, &status, alerts.as_ref(), &mut runs).await;
                 while runs.try_join_next().is_some() {}
             }
-            _ = sweep.tick() => sweep_abandoned(&ctx).await,
+            _ = sweep.tick() => {
+                sweep_abandoned(&ctx).await;
+                if let Some(alerts) = &alerts {
+                    alerts.check(&ctx).await;
+                }
+            }
             () = hangup.recv() => {
                 seen = modified(config_path);
                 reload(config_path, "SIGHUP", &mut ctx, &status, &mut alerts);
