@@ -52,6 +52,7 @@ async fn a_store_made_by_the_previous_schema_is_upgraded_in_place() {
     }
 
     let store = engine::store::open(&format!("sqlite://{}", path.display())).await.unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 11, 27, 10, 0, 0).unwrap();
     let open = store
         .list_failures(&FailureFilter {
             workflow: Some("engagement".into()),
@@ -64,15 +65,12 @@ async fn a_store_made_by_the_previous_schema_is_upgraded_in_place() {
     assert_eq!(open.len(), 1, "{open:?}");
     assert_eq!(open[0].key, "acme");
     // What the newest migration added works on the upgraded rows.
-    let dismissed = store
-        .dismiss_failures(&FailureSelector::Ids(vec![open[0].id]), "known data problem", Utc::now())
-        .await
-        .unwrap();
+    let dismissed =
+        store.dismiss_failures(&FailureSelector::Ids(vec![open[0].id]), "known data problem", now).await.unwrap();
     assert_eq!(dismissed, vec![open[0].id]);
 
     // The old cursor still schedules the same cron; under a changed one it is recomputed.
     let daily: croner::Cron = "0 6 * * *".parse().unwrap();
-    let now = Utc.with_ymd_and_hms(2026, 11, 27, 10, 0, 0).unwrap();
     let claim = engine::scheduler::claim(store.as_ref(), "engagement", &daily, chrono_tz::UTC, now).await.unwrap();
     assert_eq!(
         claim,
