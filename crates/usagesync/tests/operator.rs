@@ -33,6 +33,23 @@ fn get(base: &str, path: &str) -> String {
     response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
 }
 
+/// A GET with headers; the body ("" when anything fails).
+fn get_with(base: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    let host = base.trim_start_matches("http://");
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else { return String::new() };
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+}
+
 fn get_json(base: &str, path: &str) -> serde_json::Value {
     serde_json::from_str(&get(base, path)).unwrap_or_default()
 }
@@ -142,6 +159,7 @@ fn daemon(cfg: &std::path::Path, now: &str) -> (Daemon, String) {
         .env("SF_CLIENT_SECRET", "not-the-secret")
         .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
         .env("ALERT_SECRET", "alert-key")
+        .env("CONSOLE_TOKEN", "console-token")
         // Sweeps (and the alert checks with them) every half second instead of every 15 s.
         .env("USAGESYNC_TEST_RUN_LEASE_MS", "2000")
         .stdout(Stdio::piped())
@@ -208,7 +226,7 @@ fn a_changed_schedule_is_honoured_after_restart_and_a_failed_run_alerts() {
         .replace("http://127.0.0.1:8444", &pendo)
         .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.path().join("state.db").display()))
         + &format!(
-            "alerts:\n  webhooks:\n    - url: {hook}\n      secret: {{ env: ALERT_SECRET }}\n    - url: {chat}\n      format: slack\n  no_success_for: 1s\n"
+            "alerts:\n  webhooks:\n    - url: {hook}\n      secret: {{ env: ALERT_SECRET }}\n    - url: {chat}\n      format: slack\n  no_success_for: 1s\nconsole:\n  token: {{ env: CONSOLE_TOKEN }}\n"
         );
     std::fs::write(&cfg, &text).unwrap();
 
@@ -260,6 +278,20 @@ fn a_changed_schedule_is_honoured_after_restart_and_a_failed_run_alerts() {
         .collect();
     assert!(texts[1..].contains(&texts[0]), "the refused alert was retried: {texts:?}");
     assert!(texts.iter().any(|t| t.starts_with("usagesync: workflow engagement failed")), "{texts:?}");
+
+    // The console's overview lists what was sent and what each receiver answered.
+    let started = Instant::now();
+    loop {
+        let page = get_with(&url, "/console/", &[("Authorization", "Bearer console-token")]);
+        if page.contains("data-test=\"alerts\"")
+            && page.contains("delivered (attempt 2)")
+            && page.contains("usagesync: workflow engagement failed")
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no alerts on the overview: {page}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Live config: a file that does not load changes nothing and says why; a good one is
     // taken on SIGHUP and its schedule recomputed at once.

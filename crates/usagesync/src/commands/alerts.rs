@@ -7,7 +7,7 @@
 //! same workflow ending in the same state again within `alerts.quiet_for` sends nothing more.
 //! Messages carry facts about the run (names, counts, the error text), never a secret.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,31 @@ pub const SIGNATURE_HEADER: &str = "X-Usagesync-Signature";
 const ATTEMPTS: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Alerts kept for the console, newest last.
+const SENT_KEPT: usize = 50;
+
+/// What happened to one alert, for the console.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub at: DateTime<Utc>,
+    pub workflow: String,
+    pub state: String,
+    pub text: String,
+    /// Per receiver (by host): "delivered" or why not.
+    pub outcome: Vec<(String, String)>,
+}
+
+/// The alerts this daemon sent or tried, shared with the console; survives config reloads.
+pub type SentLog = Arc<Mutex<VecDeque<Sent>>>;
+
+fn log_sent(log: &SentLog, sent: Sent) {
+    let mut log = log.lock();
+    if log.len() >= SENT_KEPT {
+        log.pop_front();
+    }
+    log.push_back(sent);
+}
 
 /// What one alert says.
 #[derive(Debug, Clone, Serialize)]
@@ -77,12 +102,13 @@ struct Inner {
     /// (workflow, state) → when an alert for it was last sent.
     last_sent: Mutex<HashMap<(String, String), Instant>>,
     host: String,
+    sent: SentLog,
 }
 
 impl Notifier {
     /// `None` without an `alerts:` section. Secrets are read here, so a missing one stops the
     /// daemon at start rather than at the first failure.
-    pub fn new(config: Option<&Alerts>, env: engine::connect::Env<'_>) -> Result<Option<Notifier>> {
+    pub fn new(config: Option<&Alerts>, env: engine::connect::Env<'_>, sent: &SentLog) -> Result<Option<Notifier>> {
         let Some(config) = config else { return Ok(None) };
         let mut keys = Vec::new();
         for (i, hook) in config.webhooks.iter().enumerate() {
@@ -106,6 +132,7 @@ impl Notifier {
                 client,
                 last_sent: Mutex::new(HashMap::new()),
                 host,
+                sent: Arc::clone(sent),
             }),
         }))
     }
@@ -206,6 +233,7 @@ impl Notifier {
         }
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
+            let mut outcome = Vec::new();
             for (i, hook) in inner.config.webhooks.iter().enumerate() {
                 let body = match hook.format {
                     AlertFormat::Json => serde_json::json!({
@@ -219,15 +247,29 @@ impl Notifier {
                 };
                 let body = body.to_string();
                 let key = inner.keys.get(i).and_then(Option::as_ref);
-                deliver(&inner.client, hook.url.as_str(), key.map(Vec::as_slice), body, &alert).await;
+                outcome.push(deliver(&inner.client, hook.url.as_str(), key.map(Vec::as_slice), body, &alert).await);
             }
+            let sent = Sent {
+                at: alert.at,
+                workflow: alert.workflow.clone(),
+                state: alert.state.clone(),
+                text: alert.text(),
+                outcome,
+            };
+            log_sent(&inner.sent, sent);
         });
     }
 }
 
 /// POSTs one body with retries; logs the outcome (the URL only by host: its path may be a
 /// token, as in Slack's incoming webhooks).
-async fn deliver(client: &reqwest::Client, url: &str, key: Option<&[u8]>, body: String, alert: &RunAlert) {
+async fn deliver(
+    client: &reqwest::Client,
+    url: &str,
+    key: Option<&[u8]>,
+    body: String,
+    alert: &RunAlert,
+) -> (String, String) {
     let host = url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
     let mut backoff = FIRST_BACKOFF;
     let mut last_error = String::new();
@@ -240,7 +282,8 @@ async fn deliver(client: &reqwest::Client, url: &str, key: Option<&[u8]>, body: 
         match request.send().await {
             Ok(r) if r.status().is_success() => {
                 tracing::info!(workflow = %alert.workflow, state = %alert.state, receiver = %host, "Alert sent");
-                return;
+                let tries = if attempt == 1 { String::new() } else { format!(" (attempt {attempt})") };
+                return (host, format!("delivered{tries}"));
             }
             Ok(r) => last_error = format!("HTTP {}", r.status()),
             Err(e) => last_error = e.without_url().to_string(),
@@ -252,6 +295,7 @@ async fn deliver(client: &reqwest::Client, url: &str, key: Option<&[u8]>, body: 
     }
     tracing::warn!(workflow = %alert.workflow, state = %alert.state, receiver = %host, error = %last_error,
         "Alert not delivered after {ATTEMPTS} attempts");
+    (host, format!("not delivered after {ATTEMPTS} attempts: {last_error}"))
 }
 
 /// `26h`, `90m`, `45s`: the largest unit that divides the span exactly.

@@ -82,9 +82,10 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
         )),
         None => None,
     };
-    let mut alerts = super::alerts::Notifier::new(ctx.config.alerts.as_ref(), &context::env_var)?;
+    let sent: super::alerts::SentLog = Arc::default();
+    let mut alerts = super::alerts::Notifier::new(ctx.config.alerts.as_ref(), &context::env_var, &sent)?;
     let limit = usize::try_from(ctx.config.webhooks.max_body_bytes).unwrap_or(usize::MAX);
-    let mut console = crate::console::mount(&ctx, &context::env_var).await?;
+    let mut console = crate::console::mount(&ctx, &context::env_var, &sent).await?;
     // nps-realtime writes the inbox continuously; a stored webhook wakes it.
     let wake = Arc::new(tokio::sync::Notify::new());
     let (stop_consumer, consumer_stop) = tokio::sync::watch::channel(false);
@@ -137,13 +138,13 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
             }
             () = hangup.recv() => {
                 seen = modified(config_path);
-                reload(config_path, "SIGHUP", &mut ctx, &status, &mut alerts);
+                reload(config_path, "SIGHUP", &mut ctx, &status, &mut alerts, &sent);
             }
             _ = watch.tick() => {
                 let now = modified(config_path);
                 if now != seen {
                     seen = now;
-                    reload(config_path, "the file changed", &mut ctx, &status, &mut alerts);
+                    reload(config_path, "the file changed", &mut ctx, &status, &mut alerts, &sent);
                 }
             }
         }
@@ -213,7 +214,14 @@ impl Hangup {
 /// is refused with the same rule (restart to apply it). Otherwise the new workflows,
 /// schedules (each recomputed from its new cron by the scheduler), budget, verify and alerts
 /// apply to every run started from now on; runs in flight finish with the config they began with.
-fn reload(path: &std::path::Path, why: &str, ctx: &mut Context, status: &Status, alerts: &mut Option<Notifier>) {
+fn reload(
+    path: &std::path::Path,
+    why: &str,
+    ctx: &mut Context,
+    status: &Status,
+    alerts: &mut Option<Notifier>,
+    sent: &super::alerts::SentLog,
+) {
     let config = match context::load_config(path) {
         Ok(config) => config,
         Err(e) => {
@@ -232,7 +240,7 @@ fn reload(path: &std::path::Path, why: &str, ctx: &mut Context, status: &Status,
         );
         return;
     }
-    let notifier = match super::alerts::Notifier::new(config.alerts.as_ref(), &context::env_var) {
+    let notifier = match super::alerts::Notifier::new(config.alerts.as_ref(), &context::env_var, sent) {
         Ok(n) => n,
         Err(e) => {
             tracing::error!("Config not reloaded ({why}); the running config stays: {e:#}");

@@ -1,6 +1,6 @@
 //! One module per command.
 
-mod alerts;
+pub(crate) mod alerts;
 mod bench;
 mod bench_chaos;
 mod bench_creates;
@@ -21,6 +21,7 @@ use anyhow::Result;
 
 use crate::cli::{BenchTarget, Cli, Command};
 
+pub use alerts::SentLog;
 pub use context::{ConfigInvalid, EXIT_CONFIG, run_lease};
 pub use table::say;
 

@@ -33,6 +33,8 @@ use http::StatusCode;
 pub(crate) struct ConsoleState {
     pub ctx: Context,
     pub auth: Arc<auth::Auth>,
+    /// The alerts the daemon sent or tried (shown on the overview).
+    pub alerts: crate::commands::SentLog,
 }
 
 /// The console, ready to serve: either routes for the daemon's own router, or a server of its
@@ -58,10 +60,14 @@ impl Mounted {
 }
 
 /// Builds the console from `console:` (nothing without that section); resolves the token once.
-pub async fn mount(ctx: &Context, env: engine::connect::Env<'_>) -> Result<Mounted> {
+pub async fn mount(ctx: &Context, env: engine::connect::Env<'_>, alerts: &crate::commands::SentLog) -> Result<Mounted> {
     let Some(console) = &ctx.config.console else { return Ok(Mounted { shared: None, own: None }) };
     let token = console.token.resolve(env).map_err(|e| anyhow::anyhow!("console.token: {}", e.message))?;
-    let state = ConsoleState { ctx: ctx.clone(), auth: Arc::new(auth::Auth::new(token, console.session_hours)) };
+    let state = ConsoleState {
+        ctx: ctx.clone(),
+        auth: Arc::new(auth::Auth::new(token, console.session_hours)),
+        alerts: Arc::clone(alerts),
+    };
     let routes = router(state);
     let Some(listen) = console.listen else { return Ok(Mounted { shared: Some(routes), own: None }) };
     let listener = tokio::net::TcpListener::bind(listen)

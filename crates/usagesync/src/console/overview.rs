@@ -205,6 +205,25 @@ async fn render(st: &ConsoleState, csrf: Option<&str>) -> Result<String, engine:
             ]
         })
         .collect();
+    let sent: Vec<crate::commands::alerts::Sent> = st.alerts.lock().iter().rev().take(10).cloned().collect();
+    if !sent.is_empty() {
+        body.push_str("<h2>Alerts sent</h2>");
+        let rows: Vec<Vec<String>> = sent
+            .iter()
+            .map(|a| {
+                let outcome: Vec<String> =
+                    a.outcome.iter().map(|(host, what)| format!("{}: {}", html::esc(host), html::esc(what))).collect();
+                vec![
+                    html::time(&a.at),
+                    html::esc(&a.workflow),
+                    html::state(&a.state),
+                    html::esc(&a.text),
+                    outcome.join("<br>"),
+                ]
+            })
+            .collect();
+        body.push_str(&html::table(&["at", "workflow", "state", "message", "receivers"], &rows, "alerts"));
+    }
     body.push_str("<h2>Latest runs</h2>");
     if rows.is_empty() {
         body.push_str("<p class=\"muted\">No runs yet.</p>");
