@@ -540,6 +540,19 @@ fn pin_checks_the_pendo_account_and_an_account_matched_elsewhere_and_a_spent_bud
     let o = run(&["runs", &id, "--json"]);
     let records: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
 
+    // `runs ID` fits the output's width: 80 columns by default (not a terminal), or COLUMNS.
+    for (columns, width) in [(None, 80), (Some("60"), 60)] {
+        let mut c = bin();
+        c.arg("--config").arg(&cfg).args(["runs", &id]);
+        if let Some(columns) = columns {
+            c.env("COLUMNS", columns);
+        }
+        let out = String::from_utf8(c.output().unwrap().stdout).unwrap();
+        assert!(out.lines().count() > 10, "{out}");
+        let widest = out.lines().map(|l| l.chars().count()).max().unwrap();
+        assert!(widest <= width, "a line of {widest} columns in:\n{out}");
+    }
+
     // /metrics: when the workflow last succeeded (what people alert on), and the build.
     let finished = chrono::DateTime::parse_from_rfc3339(records["run"]["finished_at"].as_str().unwrap()).unwrap();
     let mut daemon = bin()

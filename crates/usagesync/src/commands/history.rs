@@ -55,6 +55,7 @@ pub async fn runs(
         [] => bail!("no run id starts with {id:?}"),
         more => bail!("{} runs start with {id:?}: give more of the id", more.len()),
     };
+    let searched = search.is_some();
     let outcomes = store.run_outcomes(run.id, &OutcomeFilter { search, action: None, limit, offset: 0 }).await?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&serde_json::json!({"run": run, "records": outcomes}))?);
@@ -77,31 +78,26 @@ pub async fn runs(
         say!("error: {e}");
     }
     outln!();
-    let mut rows = Vec::new();
+    // One block per record: its key, Id and action, then one line per field (a table with the
+    // field changes in one cell is several screens wide, or unreadably narrow).
     for o in &outcomes {
-        let changes: Vec<String> = o
-            .changes
-            .iter()
-            .map(|c| match &c.before {
-                Some(b) => format!("{}: {b} → {}", c.field, c.after),
-                None => format!("{} = {}", c.field, c.after),
-            })
-            .collect();
-        let detail = match (&o.error_code, &o.message) {
-            // Drift rows carry both: why, and each field as sent → as now.
-            (Some(code), Some(m)) if !changes.is_empty() => format!("{code}: {m}; {}", changes.join("; ")),
-            (Some(code), Some(m)) => format!("{code}: {m}"),
-            (None, Some(m)) => m.clone(),
-            _ => changes.join("; "),
-        };
-        rows.push(vec![
-            o.key.clone(),
-            o.salesforce_id.clone().unwrap_or_default(),
-            o.action.as_str().to_owned(),
-            detail,
-        ]);
+        let id = o.salesforce_id.as_deref().map(|id| format!(" → {id}")).unwrap_or_default();
+        say!("{}{id} ({})", o.key, o.action.as_str());
+        if let (Some(code), Some(m)) = (&o.error_code, &o.message) {
+            say!("    {code}: {m}");
+        } else if let Some(m) = &o.message {
+            say!("    {m}");
+        }
+        for c in &o.changes {
+            match &c.before {
+                Some(b) => say!("    {}: {b} → {}", c.field, c.after),
+                None => say!("    {} = {}", c.field, c.after),
+            }
+        }
     }
-    table::print(&["Pendo account", "Salesforce Id", "action", "fields / reason"], &rows);
+    if outcomes.is_empty() {
+        say!("{}", if searched { "No records of this run match the search." } else { "No records touched." });
+    }
     Ok(0)
 }
 
