@@ -424,6 +424,18 @@ fn starter(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 #[test]
+fn the_demo_fits_80_columns_says_what_it_shows_and_ends_with_a_next_step() {
+    let o = bin().args(["demo", "--accounts", "700"]).output().unwrap();
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let widest = out.lines().map(|l| l.chars().count()).max().unwrap();
+    assert!(widest <= 80, "a line of {widest} columns:\n{out}");
+    assert!(out.contains("Showing 10 of "), "{out}");
+    assert!(out.trim_end().lines().rev().take(5).any(|l| l.starts_with("Next: `usagesync init`")), "{out}");
+    assert!(!out.contains("Next: `usagesync runs"), "no next step into the demo's own store, gone when it ends");
+}
+
+#[test]
 fn names_exit_codes_and_closed_pipes_are_handled_as_documented() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = starter(dir.path());

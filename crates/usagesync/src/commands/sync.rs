@@ -41,6 +41,7 @@ pub async fn run(config_path: &std::path::Path, workflow: &str, dry_run: bool, j
         outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
+        print_next(&report);
     }
     Ok(exit_code(&report))
 }
@@ -143,10 +144,9 @@ pub fn print_report(r: &RunReport) {
     }
     print_preflight(r);
     print_verify(r);
-    print_next(r);
 }
 
-/// What to do next, after the summary.
+/// What to do next, after the summary (not in the demo, whose store is gone when it ends).
 fn print_next(r: &RunReport) {
     let next = if r.dry_run {
         format!("Next: `usagesync sync {}` writes this plan.", r.workflow)
