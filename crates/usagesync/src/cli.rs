@@ -127,6 +127,9 @@ pub enum Command {
         #[arg(long, default_value_t = 10_000)]
         limit: u32,
     },
+    /// Print an Argon2 hash of a password read from stdin, for a `console.users` entry's
+    /// `password_hash` (keep it in the file or variable that entry names).
+    ConsolePassword,
     /// Measure throughput and print a table.
     Bench {
         #[command(subcommand)]

@@ -678,3 +678,84 @@ async fn the_console_pauses_resumes_and_runs_a_workflow_now() {
     assert!(Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap().success());
     daemon.wait().unwrap();
 }
+
+/// `usagesync console-password` with `password` on stdin: the hash it prints.
+fn console_hash(password: &str) -> String {
+    let mut child = bin().arg("console-password").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_users_log_in_with_their_own_password_and_a_viewer_cannot_act() {
+    let ada = console_hash("ada's long password");
+    assert!(ada.starts_with("$argon2id$"), "{ada}");
+    let bo = console_hash("bo's long password!");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("usagesync.yaml");
+    let text = example()
+        .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.path().join("state.db").display()))
+        + "console:\n  token: { env: CONSOLE_TOKEN }\n  users:\n    - name: ada\n      password_hash: { env: ADA_HASH }\n      role: operator\n    - name: bo\n      password_hash: { env: BO_HASH }\n      role: viewer\n";
+    std::fs::write(&cfg, text).unwrap();
+    let mut daemon = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .env("SF_CLIENT_SECRET", "x")
+        .env("PENDO_INTEGRATION_KEY", "x")
+        .env("CONSOLE_TOKEN", "the-right-console-token")
+        .env("ADA_HASH", &ada)
+        .env("BO_HASH", &bo)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(daemon.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    let client = client_from([127, 0, 0, 4]);
+    let login = |user: &str, password: &str| {
+        client
+            .post(format!("{url}/console/login"))
+            .header("Origin", url.as_str())
+            .form(&[("user", user), ("token", password)])
+            .send()
+    };
+    assert_eq!(login("bo", "not bo's password").await.unwrap().status().as_u16(), 401);
+    assert_eq!(login("nobody", "bo's long password!").await.unwrap().status().as_u16(), 401);
+    let session = |r: reqwest::Response| {
+        assert_eq!(r.status().as_u16(), 303, "{:?}", r.headers());
+        r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned()
+    };
+    let viewer = session(login("bo", "bo's long password!").await.unwrap());
+    let operator = session(login("ada", "ada's long password").await.unwrap());
+    // The config page shows where the hashes come from, never the hashes.
+    let page = client.get(format!("{url}/console/config")).header("Cookie", &viewer).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("ADA_HASH") && !page.contains("$argon2id$"), "{page}");
+    let pause = |cookie: String| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let overview = client.get(format!("{url}/console/")).header("Cookie", &cookie).send().await.unwrap();
+            let html = overview.text().await.unwrap();
+            let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+            client
+                .post(format!("{url}/console/workflows/pause"))
+                .header("Cookie", &cookie)
+                .header("Origin", url.as_str())
+                .form(&[("csrf", csrf.as_str()), ("workflow", "engagement"), ("paused", "true")])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let refused = pause(viewer).await;
+    assert_eq!(refused.status().as_u16(), 403);
+    assert!(refused.text().await.unwrap().contains("viewer"));
+    assert_eq!(pause(operator).await.status().as_u16(), 303);
+    assert!(Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap().success());
+    daemon.wait().unwrap();
+}

@@ -39,7 +39,7 @@ use url::Url;
 
 pub use alert::DropAlertConfig;
 pub use attributes::{Attribute, AttributeType, AttributesConfig, DEFAULT_ATTRIBUTES_OVERLAP, PendoAccountSource};
-pub use console::{Console, DEFAULT_SESSION_HOURS};
+pub use console::{Console, ConsoleRole, ConsoleUser, DEFAULT_SESSION_HOURS};
 pub use error::{ConfigError, ConfigErrors};
 pub use expansion::{ExpansionConfig, Milestone, MilestoneKind, OpportunityTemplate};
 pub use new_users::{ContactFields, DEFAULT_NEW_USERS_OVERLAP, NewUsersConfig, UnmatchedAccount};
@@ -590,6 +590,9 @@ impl Config {
         }
         if let Some(console) = &self.console {
             out.push(("console.token".to_owned(), &console.token));
+            for (i, user) in console.users.iter().enumerate() {
+                out.push((format!("console.users[{i}].password_hash"), &user.password_hash));
+            }
         }
         for (i, hook) in self.alerts.iter().flat_map(|a| a.webhooks.iter()).enumerate() {
             if let Some(secret) = &hook.secret {

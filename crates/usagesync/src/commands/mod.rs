@@ -54,6 +54,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Replay { all, code, ids, workflow, limit } => {
             history::replay(config, all, code, ids, workflow, limit, json).await
         }
+        Command::ConsolePassword => setup::console_password(),
         Command::Bench { target: BenchTarget::Emulator { upserts, collection_records, concurrency } } => {
             ok(bench::emulator(upserts, collection_records, concurrency).await)
         }

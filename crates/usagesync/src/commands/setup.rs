@@ -73,6 +73,19 @@ pub fn starter() -> String {
     out
 }
 
+/// `usagesync console-password`: one line from stdin (the password), its Argon2 hash on stdout.
+pub fn console_password() -> Result<u8> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("Failed to read the password from stdin")?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.chars().count() < 12 {
+        bail!("the password must have at least 12 characters");
+    }
+    let hash = crate::console::hash_password(password).map_err(|e| anyhow::anyhow!("Failed to hash: {e}"))?;
+    outln!("{hash}");
+    Ok(0)
+}
+
 pub async fn validate(path: &Path, secrets: bool, remote: bool, json: bool) -> Result<u8> {
     let config = match engine::config::load(path) {
         Ok(config) => config,

@@ -8,6 +8,7 @@
 //! nothing here keeps state of its own beyond the login sessions.
 
 mod auth;
+pub(crate) use auth::hash_password;
 mod budget;
 mod config;
 mod failures;
@@ -63,9 +64,20 @@ impl Mounted {
 pub async fn mount(ctx: &Context, env: engine::connect::Env<'_>, alerts: &crate::commands::SentLog) -> Result<Mounted> {
     let Some(console) = &ctx.config.console else { return Ok(Mounted { shared: None, own: None }) };
     let token = console.token.resolve(env).map_err(|e| anyhow::anyhow!("console.token: {}", e.message))?;
+    let mut users = std::collections::HashMap::new();
+    for (i, user) in console.users.iter().enumerate() {
+        let key = format!("console.users[{i}].password_hash");
+        let hash = user.password_hash.resolve(env).map_err(|e| anyhow::anyhow!("{key}: {}", e.message))?;
+        let hash = hash.expose().trim().to_owned();
+        // Checked at start, so a bad hash stops the daemon rather than every login.
+        argon2::password_hash::phc::PasswordHash::new(&hash).map_err(|_| {
+            anyhow::anyhow!("{key}: not an Argon2 password hash (make one with `usagesync console-password`)")
+        })?;
+        users.insert(user.name.clone(), (hash, user.role));
+    }
     let state = ConsoleState {
         ctx: ctx.clone(),
-        auth: Arc::new(auth::Auth::new(token, console.session_hours)),
+        auth: Arc::new(auth::Auth::with_users(token, console.session_hours, users)),
         alerts: Arc::clone(alerts),
     };
     let routes = router(state);
