@@ -360,7 +360,7 @@ fn picklist_problem(name: &str, value: &str, f: &FieldDescribe) -> Option<(Strin
 
 /// The candidate nearest to `name` by edit distance, ignoring case, when it is near enough to be
 /// a plausible typo (at most a third of the name's length, and at least 1 or 2 edits).
-fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
+pub fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
     let target = name.to_lowercase();
     let limit = (target.chars().count() / 3).max(2);
     candidates

@@ -42,9 +42,11 @@ pub enum Command {
         #[arg(long)]
         remote: bool,
     },
-    /// The daemon: run every enabled workflow on its schedule and serve /healthz until SIGTERM.
+    /// The daemon: run every enabled workflow on its schedule and serve /healthz, /metrics, the
+    /// Pendo webhook receiver and the console until SIGTERM.
     Run {
-        /// Address for /healthz; port 0 picks a free port. Binds to 127.0.0.1 unless told otherwise.
+        /// Address for everything the daemon serves (/healthz, /metrics, POST /webhooks/pendo and
+        /// the console unless `console.listen` gives it its own); port 0 picks a free port.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// On SIGTERM, how long runs in flight may take to finish before they are abandoned.
@@ -77,6 +79,7 @@ pub enum Command {
     Failures {
         #[command(subcommand)]
         action: Option<FailuresAction>,
+        /// Only this workflow's failures.
         #[arg(long)]
         workflow: Option<String>,
         /// Only this Salesforce or Pendo error code.
@@ -85,18 +88,25 @@ pub enum Command {
         /// Which failures to list: open (the default), replaying, resolved, dismissed or abandoned.
         #[arg(long, default_value = "open", value_parser = failure_status)]
         status: engine::store::FailureStatus,
+        /// At most this many failures listed (the groups above them count every one).
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// Settle a match by hand: this Pendo account is this Salesforce Account (wins over every
     /// rule, used from the next run on), or with --unpin, back to the rules.
     Pin {
+        /// The workflow whose matches this settles (its name in the config).
         workflow: String,
+        /// The Pendo account id, as Pendo shows it (checked with Pendo before pinning).
         pendo_account: String,
         /// The Account's Id (15 or 18 characters).
         salesforce_id: Option<String>,
+        /// Back to the match rules for this Pendo account.
         #[arg(long, conflicts_with = "salesforce_id")]
         unpin: bool,
+        /// Pin even though the Account is already matched to another Pendo account.
+        #[arg(long)]
+        force: bool,
     },
     /// Try kept failures again: runs their workflows now, so what is sent is derived from the
     /// current config and data; resolves the failures whose records that run wrote.
@@ -111,12 +121,15 @@ pub enum Command {
         #[arg(conflicts_with = "code")]
         ids: Vec<i64>,
         /// Only this workflow's failures (with --all).
-        #[arg(long)]
+        #[arg(long, requires = "all")]
         workflow: Option<String>,
-        /// At most this many failures.
+        /// At most this many failures replayed.
         #[arg(long, default_value_t = 10_000)]
         limit: u32,
     },
+    /// Print an Argon2 hash of a password read from stdin, for a `console.users` entry's
+    /// `password_hash` (keep it in the file or variable that entry names).
+    ConsolePassword,
     /// Measure throughput and print a table.
     Bench {
         #[command(subcommand)]

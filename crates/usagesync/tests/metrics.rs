@@ -121,6 +121,11 @@ fn metrics_agree_with_the_runs_and_failures_in_the_store() {
     let budget = m["usagesync_api_budget_spent_today"];
     assert!(budget >= spent, "the ledger holds at least the runs' calls: {budget} < {spent}");
     assert_eq!(m["usagesync_webhook_queue_depth"], 0.0);
+    // No run of this workflow succeeded (refused records each time): no last-success time,
+    // so an alert on its age fires (tests/operator.rs checks one after a success).
+    assert!(runs.iter().all(|r| r["state"] != "succeeded"), "{runs:?}");
+    assert!(!m.keys().any(|k| k.starts_with("usagesync_workflow_last_success_timestamp_seconds")), "{m:?}");
+    assert!(m.keys().any(|k| k.starts_with("usagesync_build_info{version=")), "{m:?}");
 
     assert!(Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap().success());
     assert!(daemon.wait().unwrap().success());

@@ -19,6 +19,36 @@ pub struct Console {
     pub listen: Option<SocketAddr>,
     /// How long a login lasts.
     pub session_hours: u32,
+    /// People with logins of their own, besides the token (which acts as an operator).
+    pub users: Vec<ConsoleUser>,
+}
+
+/// A person who logs in with a name and a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleUser {
+    pub name: String,
+    /// An Argon2 PHC string (`$argon2id$…`, from `usagesync console-password`), read like any
+    /// secret so the Config page shows only where it comes from.
+    pub password_hash: Secret,
+    pub role: ConsoleRole,
+}
+
+/// What a console user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleRole {
+    /// Sees every page; takes no action.
+    Viewer,
+    /// Also replays, dismisses, pins, runs and pauses.
+    Operator,
+}
+
+impl ConsoleRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsoleRole::Viewer => "viewer",
+            ConsoleRole::Operator => "operator",
+        }
+    }
 }
 
 /// Default for [`Console::session_hours`].
@@ -32,6 +62,16 @@ pub(crate) struct Wire {
     pub listen: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_hours: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<UserWire>>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UserWire {
+    pub name: Option<String>,
+    pub password_hash: Option<super::wire::Secret>,
+    pub role: Option<String>,
 }
 
 /// Checks the section; `Some(None)` when it is absent (no console), `None` after an error.
@@ -53,7 +93,47 @@ pub(super) fn build(w: Option<&Wire>, errors: &mut Errors) -> Option<Option<Cons
         errors.push("console.session_hours", format!("must be between 1 and 720 (got {session_hours})"));
         return None;
     }
-    Some(Some(Console { token: token?, listen: listen?, session_hours }))
+    let mut users = Vec::new();
+    let mut users_ok = true;
+    for (i, u) in w.users.iter().flatten().enumerate() {
+        let key = |leaf: &str| format!("console.users[{i}].{leaf}");
+        let name = errors.required(&u.name, &key("name")).and_then(|n| {
+            let valid =
+                !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+            if !valid {
+                errors.push(&key("name"), format!("`{n}` must be 1 to 64 letters, digits, . _ - or @"));
+                return None;
+            }
+            if users.iter().any(|x: &ConsoleUser| x.name == *n) {
+                errors.push(&key("name"), format!("`{n}` is listed twice"));
+                return None;
+            }
+            Some(n.clone())
+        });
+        let hash = errors
+            .required(&u.password_hash, &key("password_hash"))
+            .and_then(|h| validate::secret(h, &key("password_hash"), errors));
+        let role = match u.role.as_deref() {
+            Some("viewer") => Some(ConsoleRole::Viewer),
+            Some("operator") => Some(ConsoleRole::Operator),
+            Some(other) => {
+                errors.push(&key("role"), format!("`{other}` is not a role: viewer or operator"));
+                None
+            }
+            None => {
+                errors.push(&key("role"), "missing: `role` is required (viewer or operator)");
+                None
+            }
+        };
+        match (name, hash, role) {
+            (Some(name), Some(password_hash), Some(role)) => users.push(ConsoleUser { name, password_hash, role }),
+            _ => users_ok = false,
+        }
+    }
+    if !users_ok {
+        return None;
+    }
+    Some(Some(Console { token: token?, listen: listen?, session_hours, users }))
 }
 
 pub(super) fn to_wire(c: &Console, secret: impl Fn(&Secret) -> super::wire::Secret) -> Wire {
@@ -61,6 +141,16 @@ pub(super) fn to_wire(c: &Console, secret: impl Fn(&Secret) -> super::wire::Secr
         token: Some(secret(&c.token)),
         listen: c.listen.map(|a| a.to_string()),
         session_hours: Some(c.session_hours),
+        users: (!c.users.is_empty()).then(|| {
+            c.users
+                .iter()
+                .map(|u| UserWire {
+                    name: Some(u.name.clone()),
+                    password_hash: Some(secret(&u.password_hash)),
+                    role: Some(u.role.as_str().to_owned()),
+                })
+                .collect()
+        }),
     }
 }
 
@@ -97,6 +187,21 @@ mod tests {
         let unknown =
             load_str(&(base() + "console:\n  token: { env: T }\n  pasword: x\n"), "t.yaml").unwrap_err().to_string();
         assert!(unknown.contains("pasword"), "{unknown}");
+    }
+
+    #[test]
+    fn users_load_with_roles_and_bad_ones_are_located() {
+        let text = base()
+            + "console:\n  token: { env: T }\n  users:\n    - name: ada\n      password_hash: { env: ADA_HASH }\n      role: operator\n    - name: bo\n      password_hash: { file: bo.hash }\n      role: viewer\n";
+        let c = load_str(&text, "t.yaml").unwrap().console.unwrap();
+        assert_eq!(c.users.len(), 2);
+        assert_eq!(c.users[0].role, super::ConsoleRole::Operator);
+        assert_eq!(c.users[1].role, super::ConsoleRole::Viewer);
+        let bad = base()
+            + "console:\n  token: { env: T }\n  users:\n    - name: ada\n      password_hash: { env: H }\n      role: admin\n    - name: ada\n      password_hash: { env: H }\n      role: viewer\n";
+        let errors = load_str(&bad, "t.yaml").unwrap_err().to_string();
+        assert!(errors.contains("console.users[0].role: `admin` is not a role"), "{errors}");
+        assert!(errors.contains("console.users[1].name: `ada` is listed twice"), "{errors}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod error;
 pub(crate) mod expansion;
 mod locate;
 pub(crate) mod new_users;
+mod notify;
 pub(crate) mod nps;
 pub(crate) mod ownership;
 mod secret;
@@ -39,10 +40,11 @@ use url::Url;
 
 pub use alert::DropAlertConfig;
 pub use attributes::{Attribute, AttributeType, AttributesConfig, DEFAULT_ATTRIBUTES_OVERLAP, PendoAccountSource};
-pub use console::{Console, DEFAULT_SESSION_HOURS};
+pub use console::{Console, ConsoleRole, ConsoleUser, DEFAULT_SESSION_HOURS};
 pub use error::{ConfigError, ConfigErrors};
 pub use expansion::{ExpansionConfig, Milestone, MilestoneKind, OpportunityTemplate};
 pub use new_users::{ContactFields, DEFAULT_NEW_USERS_OVERLAP, NewUsersConfig, UnmatchedAccount};
+pub use notify::{ALERT_STATES, AlertFormat, AlertWebhook, Alerts};
 pub use nps::{ContactMatch, FollowUpObject, HealthScoreConfig, NpsConfig, OwnerSource};
 pub use secret::{Secret, SecretString};
 pub use trial::{StageRule, TrialConfig, TrialFields, TrialMetric};
@@ -61,6 +63,8 @@ pub struct Config {
     pub webhooks: Webhooks,
     /// The web console; `None` serves none.
     pub console: Option<Console>,
+    /// Where the daemon sends alerts on runs that did not succeed; `None` sends none.
+    pub alerts: Option<Alerts>,
     /// In file order.
     pub workflows: IndexMap<String, Workflow>,
     /// Where the config came from, kept so checks made after loading (preflight against the
@@ -537,6 +541,14 @@ impl Config {
         }
         if let Some(console) = &self.console {
             out.push(("console.token".to_owned(), &console.token));
+            for (i, user) in console.users.iter().enumerate() {
+                out.push((format!("console.users[{i}].password_hash"), &user.password_hash));
+            }
+        }
+        for (i, hook) in self.alerts.iter().flat_map(|a| a.webhooks.iter()).enumerate() {
+            if let Some(secret) = &hook.secret {
+                out.push((format!("alerts.webhooks[{i}].secret"), secret));
+            }
         }
         out
     }

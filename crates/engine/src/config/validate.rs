@@ -116,6 +116,7 @@ pub(super) fn build(
     };
     let webhooks = webhooks(file.webhooks.as_ref(), &mut errors);
     let console = super::console::build(file.console.as_ref(), &mut errors);
+    let alerts = super::notify::build(file.alerts.as_ref(), &mut errors);
     let mut workflows = IndexMap::new();
     if let Some(list) = errors.required(&file.workflows, "workflows") {
         if list.is_empty() {
@@ -130,8 +131,16 @@ pub(super) fn build(
         super::ownership::check(&workflows, &names, &mut errors);
     }
     let mut list = errors.list;
-    if let (true, Some(connections), Some(store), Some(budget), Some(verify), Some(webhooks), Some(console)) =
-        (list.is_empty(), connections, store, budget, verify, webhooks, console)
+    if let (
+        true,
+        Some(connections),
+        Some(store),
+        Some(budget),
+        Some(verify),
+        Some(webhooks),
+        Some(console),
+        Some(alerts),
+    ) = (list.is_empty(), connections, store, budget, verify, webhooks, console, alerts)
     {
         return Ok(Config {
             connections,
@@ -140,6 +149,7 @@ pub(super) fn build(
             verify,
             webhooks,
             console,
+            alerts,
             workflows,
             source: Default::default(),
         });
@@ -444,7 +454,10 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
         let kind = TemplateKind::from_name(t);
         if kind.is_none() {
             let known: Vec<_> = TemplateKind::ALL.iter().map(|k| k.name()).collect();
-            errors.push(&k("template"), format!("unknown template `{t}`; known templates: {}", known.join(", ")));
+            let near = crate::preflight::closest(t, known.iter().copied())
+                .map(|n| format!("did you mean `{n}`? "))
+                .unwrap_or_default();
+            errors.push(&k("template"), format!("unknown template `{t}`; {near}known templates: {}", known.join(", ")));
         }
         kind
     });
@@ -882,6 +895,7 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
             max_pending: Some(config.webhooks.max_pending),
         }),
         console: config.console.as_ref().map(|c| super::console::to_wire(c, secret)),
+        alerts: config.alerts.as_ref().map(|a| super::notify::to_wire(a, secret)),
         workflows: Some(workflows),
     }
 }

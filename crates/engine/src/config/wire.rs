@@ -26,6 +26,8 @@ pub(crate) struct ConfigFile {
     pub webhooks: Option<Webhooks>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<super::console::Wire>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<super::notify::Wire>,
     pub workflows: Option<IndexMap<String, Workflow>>,
 }
 

@@ -44,7 +44,34 @@ pub fn run_lease() -> engine::workflow::RunLease {
 }
 
 pub fn load_config(path: &Path) -> Result<Config> {
+    if !path.exists() {
+        return Err(anyhow::Error::new(ConfigInvalid(format!(
+            "error: no config at {}: write a starter one with `usagesync init`, or name yours with \
+             --config PATH (or USAGESYNC_CONFIG)",
+            path.display()
+        ))));
+    }
     engine::config::load(path).map_err(|errors| anyhow::Error::new(ConfigInvalid(errors.to_string())))
+}
+
+/// Checks, before anything is opened, that every secret a run needs (the connections' and the
+/// store's) can be read, and names every one that cannot, not just the first.
+pub fn check_run_secrets(config: &Config, env: engine::connect::Env<'_>) -> Result<()> {
+    let Err(errors) = config.check_secrets(env) else { return Ok(()) };
+    let missing: Vec<String> = errors
+        .errors
+        .iter()
+        .filter(|e| e.key.starts_with("connections.") || e.key.starts_with("store."))
+        .map(|e| format!("{}: {}: {}", config.origin(), e.key, e.message))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(anyhow::Error::new(ConfigInvalid(format!(
+        "{}\nerror: {} secret(s) missing; set them (or fix the config), then try again.",
+        missing.join("\n"),
+        missing.len()
+    ))))
 }
 
 /// The store location with its password (kept apart in the config so the URL can be shown).
@@ -68,8 +95,21 @@ pub async fn open_store(config: &Config, env: engine::connect::Env<'_>) -> Resul
 pub async fn build(config: Config, env: engine::connect::Env<'_>) -> Result<Context> {
     // Before the store is opened, so a bad value changes nothing.
     let clock = engine::clock::Clock::from_env()?;
+    check_run_secrets(&config, env)?;
     let store = open_store(&config, env).await?;
     let salesforce = engine::connect::salesforce_client(&config, env)?;
     let pendo = engine::connect::pendo_client(&config, env)?;
     Ok(Context { config: Arc::new(config), salesforce, pendo, store, clock })
+}
+
+/// Refuses a workflow name the config does not have, listing those it has and the nearest.
+pub fn known_workflow(config: &Config, name: &str) -> Result<()> {
+    if config.workflows.contains_key(name) {
+        return Ok(());
+    }
+    let names: Vec<&str> = config.workflows.keys().map(String::as_str).collect();
+    let near = engine::preflight::closest(name, names.iter().copied())
+        .map(|n| format!("; did you mean {n:?}?"))
+        .unwrap_or_else(|| ".".into());
+    anyhow::bail!("no workflow {name:?} in {}{near} The config has: {}.", config.origin(), names.join(", "))
 }

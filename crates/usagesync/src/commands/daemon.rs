@@ -6,7 +6,9 @@
 //! webhook wakes the nps-realtime inbox consumer (`engine::workflow::nps::consume`), which runs
 //! beside the schedules. On SIGINT or SIGTERM it stops starting runs, lets the runs in flight finish within
 //! the grace period, and exits; a run still going after that is abandoned safely: nothing it had
-//! not recorded counts as written, so the next run sends it again.
+//! not recorded counts as written, so the next run sends it again. On SIGHUP, or when the
+//! config file changes, it re-reads the config and, if it loads, schedules from it (see
+//! [`reload`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,6 +30,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use super::alerts::{Notifier, RunAlert};
 use super::context;
 
 /// What `/healthz` says of each workflow.
@@ -79,8 +82,10 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
         )),
         None => None,
     };
+    let sent: super::alerts::SentLog = Arc::default();
+    let mut alerts = super::alerts::Notifier::new(ctx.config.alerts.as_ref(), &context::env_var, &sent)?;
     let limit = usize::try_from(ctx.config.webhooks.max_body_bytes).unwrap_or(usize::MAX);
-    let mut console = crate::console::mount(&ctx, &context::env_var).await?;
+    let mut console = crate::console::mount(&ctx, &context::env_var, &sent).await?;
     // nps-realtime writes the inbox continuously; a stored webhook wakes it.
     let wake = Arc::new(tokio::sync::Notify::new());
     let (stop_consumer, consumer_stop) = tokio::sync::watch::channel(false);
@@ -104,7 +109,8 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
         .merge(console.router());
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
+        // The peer's address lets the console throttle wrong tokens per client.
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = server_stopped.await;
             })
@@ -121,14 +127,37 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
     // keeps history and the console honest while no run starts for a while.
     let mut sweep = tokio::time::interval(context::run_lease().heartbeat);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The config is re-read on SIGHUP and when the file changes (checked every 2 s); the
+    // schedules below always use the latest config that loaded.
+    let mut ctx = ctx;
+    let mut hangup = Hangup::new();
+    let mut watch = tokio::time::interval(CONFIG_CHECK);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut seen = modified(config_path);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             _ = tick.tick() => {
-                schedule_due(&ctx, &status, &mut runs).await;
+                schedule_due(&ctx, &status, alerts.as_ref(), &mut runs).await;
                 while runs.try_join_next().is_some() {}
             }
-            _ = sweep.tick() => sweep_abandoned(&ctx).await,
+            _ = sweep.tick() => {
+                sweep_abandoned(&ctx).await;
+                if let Some(alerts) = &alerts {
+                    alerts.check(&ctx).await;
+                }
+            }
+            () = hangup.recv() => {
+                seen = modified(config_path);
+                reload(config_path, "SIGHUP", &mut ctx, &status, &mut alerts, &sent);
+            }
+            _ = watch.tick() => {
+                let now = modified(config_path);
+                if now != seen {
+                    seen = now;
+                    reload(config_path, "the file changed", &mut ctx, &status, &mut alerts, &sent);
+                }
+            }
         }
     }
     let _ = stop_consumer.send(true);
@@ -157,6 +186,99 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
     console.stop().await;
     eprintln!("Stopped.");
     Ok(code)
+}
+
+/// How often the daemon looks at the config file's modification time.
+const CONFIG_CHECK: Duration = Duration::from_secs(2);
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// SIGHUP, where the platform has it.
+struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    fn new() -> Self {
+        Hangup {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        }
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal {
+            signal.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Re-reads the config. A file that does not load, or whose secrets for alerts cannot be
+/// read, changes nothing: the running config stays and the log says why. Connections, the
+/// store, the webhook receiver and the console are set up once at start, so a change to them
+/// is refused with the same rule (restart to apply it). Otherwise the new workflows,
+/// schedules (each recomputed from its new cron by the scheduler), budget, verify and alerts
+/// apply to every run started from now on; runs in flight finish with the config they began with.
+fn reload(
+    path: &std::path::Path,
+    why: &str,
+    ctx: &mut Context,
+    status: &Status,
+    alerts: &mut Option<Notifier>,
+    sent: &super::alerts::SentLog,
+) {
+    let config = match context::load_config(path) {
+        Ok(config) => config,
+        Err(e) => {
+            // One line, so a log shipper keeps the reasons with the event.
+            let reasons = e.to_string().trim().replace('\n', "; ");
+            tracing::error!("Config not reloaded ({why}); the running config stays: {reasons}");
+            return;
+        }
+    };
+    let fixed =
+        |c: &engine::config::Config| format!("{:?} {:?} {:?} {:?}", c.connections, c.store, c.webhooks, c.console);
+    if fixed(&config) != fixed(&ctx.config) {
+        tracing::error!(
+            "Config not reloaded ({why}): connections, store, webhooks or console changed, and those \
+             are set up at start; restart the daemon to apply them. The running config stays."
+        );
+        return;
+    }
+    let notifier = match super::alerts::Notifier::new(config.alerts.as_ref(), &context::env_var, sent) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("Config not reloaded ({why}); the running config stays: {e:#}");
+            return;
+        }
+    };
+    {
+        let mut all = status.lock();
+        let old = std::mem::take(&mut *all);
+        for (name, w) in config.workflows.iter().filter(|(_, w)| w.enabled) {
+            let mut s = old.get(name).cloned().unwrap_or_default();
+            let schedule = w.schedule.pattern.to_string();
+            let timezone = w.timezone.name().to_owned();
+            if s.schedule != schedule || s.timezone != timezone {
+                // Computed again by the scheduler from the new cron at its next tick.
+                s.next_run = None;
+            }
+            s.schedule = schedule;
+            s.timezone = timezone;
+            all.insert(name.clone(), s);
+        }
+    }
+    *alerts = notifier;
+    let enabled = config.workflows.values().filter(|w| w.enabled).count();
+    *ctx = Context { config: Arc::new(config), ..ctx.clone() };
+    tracing::info!(enabled, "Config reloaded");
+    eprintln!("Config reloaded ({why}): {enabled} workflow(s) enabled; runs started from now on use it.");
 }
 
 /// Marks the runs aborted after the grace period `cancelled` in the store, so history and the
@@ -205,7 +327,7 @@ async fn sweep_abandoned(ctx: &Context) {
 }
 
 /// Starts a run of every workflow whose schedule this worker claims now.
-async fn schedule_due(ctx: &Context, status: &Status, runs: &mut JoinSet<()>) {
+async fn schedule_due(ctx: &Context, status: &Status, alerts: Option<&Notifier>, runs: &mut JoinSet<()>) {
     // The engine's clock, so a daemon started with USAGESYNC_NOW fires its schedules then.
     let now = ctx.clock.now();
     for (name, workflow) in ctx.config.workflows.iter().filter(|(_, w)| w.enabled) {
@@ -234,10 +356,38 @@ async fn schedule_due(ctx: &Context, status: &Status, runs: &mut JoinSet<()>) {
         let ctx = ctx.clone();
         let status = Arc::clone(status);
         let name = name.clone();
+        let alerts = alerts.cloned();
         runs.spawn(async move {
             let options =
                 RunOptions { dry_run: false, trigger: "schedule".into(), progress: None, lease: context::run_lease() };
             let result = engine::workflow::run(&ctx, &name, &options).await;
+            let alert = |state: &str, error: Option<String>, report: Option<&engine::workflow::RunReport>| RunAlert {
+                workflow: name.clone(),
+                state: state.to_owned(),
+                run_id: report.and_then(|r| r.run_id).map(|id| id.to_string()),
+                trigger: "schedule".into(),
+                written: report.map_or(0, |r| r.written),
+                failed: report.map_or(0, |r| r.failed),
+                deferred: report.map_or(0, |r| r.deferred),
+                error,
+                at: ctx.clock.now(),
+            };
+            // Every scheduled run that did not succeed is logged at warn (seen at the default
+            // level) and, with `alerts:`, sent on; a busy slot is neither.
+            let outcome = match &result {
+                Ok(report) if report.state == "succeeded" => None,
+                Ok(report) => Some(alert(&report.state, None, Some(report))),
+                Err(RunError::Busy { .. }) => None,
+                Err(e) if e.is_deferral() => Some(alert("deferred", Some(e.to_string()), None)),
+                Err(e) => Some(alert("failed", Some(e.to_string()), None)),
+            };
+            if let Some(a) = outcome {
+                tracing::warn!(workflow = %a.workflow, state = %a.state, run = a.run_id.as_deref().unwrap_or("-"),
+                    written = a.written, failed = a.failed, deferred = a.deferred, "{}", a.text());
+                if let Some(alerts) = &alerts {
+                    alerts.send(a);
+                }
+            }
             let mut all = status.lock();
             let Some(s) = all.get_mut(&name) else { return };
             s.running = false;
@@ -258,8 +408,7 @@ async fn schedule_due(ctx: &Context, status: &Status, runs: &mut JoinSet<()>) {
                         "Skipped a scheduled run: another worker is running this workflow");
                 }
                 Err(e) => {
-                    tracing::error!(workflow = %name, error = %e, "Run failed");
-                    s.last_state = Some("failed".into());
+                    s.last_state = Some(if e.is_deferral() { "deferred" } else { "failed" }.into());
                     s.last_error = Some(e.to_string());
                 }
             }

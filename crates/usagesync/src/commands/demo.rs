@@ -44,9 +44,9 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<u8> {
     let config = engine::config::load_str(&text, "demo.yaml").map_err(|e| anyhow::anyhow!("{e}"))?;
     let ctx: Context = super::context::build(config, &demo_env).await?;
     if !json {
-        println!("Salesforce emulator: {}", sf.base_url);
-        println!("Pendo emulator:      {}", pendo_emu.base_url);
-        println!("Generated {} Pendo accounts with 30 days of usage, and the matching Salesforce org.", args.accounts);
+        say!("Salesforce emulator: {}", sf.base_url);
+        say!("Pendo emulator:      {}", pendo_emu.base_url);
+        say!("Generated {} Pendo accounts with 30 days of usage, and the matching Salesforce org.", args.accounts);
     }
 
     let mut reports: Vec<RunReport> = Vec::new();
@@ -59,8 +59,8 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<u8> {
         };
         let report = engine::workflow::run(&ctx, "engagement", &options).await?;
         if !json {
-            println!();
-            println!("=== Run {run} ===");
+            outln!();
+            say!("=== Run {run} ===");
             sync::print_report(&report);
             if run == 1 {
                 print_samples(&ctx, &report).await?;
@@ -70,9 +70,9 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<u8> {
     }
     let (first, second) = (&reports[0], &reports[1]);
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"runs": reports}))?);
+        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({"runs": reports}))?);
     } else {
-        println!();
+        outln!();
         table::print(
             &["run", "written", "failed", "SF API calls", "one call per account"],
             &reports
@@ -89,10 +89,16 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<u8> {
                 })
                 .collect::<Vec<_>>(),
         );
-        println!();
-        println!(
+        outln!();
+        say!(
             "Run 2 sent no writes: all {} matched Accounts already carried their current engagement.",
             thousands(second.matched as u64)
+        );
+        outln!();
+        say!(
+            "Next: `usagesync init` writes a starter config (every writing workflow off); point it at your \
+             org, check it with `usagesync validate --remote`, see what a run would do with \
+             `usagesync sync engagement --dry-run`, then enable the workflow and start `usagesync run`."
         );
     }
     pendo_emu.shutdown().await;
@@ -135,8 +141,8 @@ async fn print_samples(ctx: &Context, report: &RunReport) -> Result<()> {
         Some(serde_json::Value::Null) | None => String::new(),
         Some(v) => v.to_string(),
     };
-    println!();
-    println!("A few Accounts as Salesforce now holds them:");
+    outln!();
+    say!("A few Accounts as Salesforce now holds them:");
     table::print(
         &["Account", "Name", "active visitors", "active days", "feature adoption %", "score"],
         &rows

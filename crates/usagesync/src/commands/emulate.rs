@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::cli::EmulateArgs;
 
-pub async fn run(args: EmulateArgs) -> Result<()> {
+pub async fn run(args: EmulateArgs, json: bool) -> Result<()> {
     let listener = TcpListener::bind(args.salesforce_addr)
         .await
         .with_context(|| format!("Failed to bind the Salesforce emulator to {}", args.salesforce_addr))?;
@@ -44,8 +44,13 @@ pub async fn run(args: EmulateArgs) -> Result<()> {
     let url = salesforce::base_url(addr, tls.is_some());
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "salesforce {url}").context("Failed to write to stdout")?;
-        writeln!(out, "pendo http://{pendo_addr}").context("Failed to write to stdout")?;
+        if json {
+            let line = serde_json::json!({"salesforce": url.to_string(), "pendo": format!("http://{pendo_addr}")});
+            writeln!(out, "{line}").context("Failed to write to stdout")?;
+        } else {
+            writeln!(out, "salesforce {url}").context("Failed to write to stdout")?;
+            writeln!(out, "pendo http://{pendo_addr}").context("Failed to write to stdout")?;
+        }
         out.flush().context("Failed to flush stdout")?;
     }
     let (stop_pendo, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -16,15 +16,36 @@ pub async fn runs(
     json: bool,
 ) -> Result<u8> {
     let config = context::load_config(config_path)?;
+    if let Some(name) = workflow {
+        context::known_workflow(&config, name)?;
+    }
     let store = context::open_store(&config, &context::env_var).await?;
     let Some(id) = id else {
         let runs = store.list_runs(workflow, limit).await?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&runs)?);
+            outln!("{}", serde_json::to_string_pretty(&runs)?);
             return Ok(0);
         }
-        let rows: Vec<Vec<String>> = runs.iter().map(run_row).collect();
+        // Ids shortened to the prefix that tells them apart (`runs ID` takes a prefix), so the
+        // table fits a terminal.
+        let short = |id: &str| -> String {
+            let len = (8..id.len())
+                .find(|&n| runs.iter().filter(|r| r.id.to_string().starts_with(&id[..n])).count() == 1)
+                .unwrap_or(id.len());
+            id[..len].to_owned()
+        };
+        let rows: Vec<Vec<String>> = runs
+            .iter()
+            .map(|r| {
+                let mut row = run_row(r);
+                row[0] = short(&row[0]);
+                row
+            })
+            .collect();
         table::print(&["run", "workflow", "trigger", "state", "started", "written", "failed", "API calls"], &rows);
+        if runs.is_empty() {
+            say!("No runs yet.");
+        }
         return Ok(0);
     };
     let candidates: Vec<Run> =
@@ -34,48 +55,49 @@ pub async fn runs(
         [] => bail!("no run id starts with {id:?}"),
         more => bail!("{} runs start with {id:?}: give more of the id", more.len()),
     };
+    let searched = search.is_some();
     let outcomes = store.run_outcomes(run.id, &OutcomeFilter { search, action: None, limit, offset: 0 }).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"run": run, "records": outcomes}))?);
+        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({"run": run, "records": outcomes}))?);
         return Ok(0);
     }
-    table::print(
-        &["run", "workflow", "trigger", "state", "started", "written", "failed", "API calls"],
-        &[run_row(&run)],
-    );
+    // One fact per line: a one-row table of eight columns is wider than a terminal.
+    let row = run_row(&run);
+    for (label, value) in ["run", "workflow", "trigger", "state", "started", "written", "failed", "API calls"]
+        .iter()
+        .zip(&row)
+        .filter(|(_, v)| !v.is_empty())
+    {
+        say!("{:<10} {value}", format!("{label}:"));
+    }
     if let Some(holder) = &run.holder {
         let at = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
-        println!("worker: {holder} (last heartbeat {}, lease until {})", at(run.heartbeat_at), at(run.lease_until));
+        say!("worker: {holder} (last heartbeat {}, lease until {})", at(run.heartbeat_at), at(run.lease_until));
     }
     if let Some(e) = &run.error {
-        println!("error: {e}");
+        say!("error: {e}");
     }
-    println!();
-    let mut rows = Vec::new();
+    outln!();
+    // One block per record: its key, Id and action, then one line per field (a table with the
+    // field changes in one cell is several screens wide, or unreadably narrow).
     for o in &outcomes {
-        let changes: Vec<String> = o
-            .changes
-            .iter()
-            .map(|c| match &c.before {
-                Some(b) => format!("{}: {b} → {}", c.field, c.after),
-                None => format!("{} = {}", c.field, c.after),
-            })
-            .collect();
-        let detail = match (&o.error_code, &o.message) {
-            // Drift rows carry both: why, and each field as sent → as now.
-            (Some(code), Some(m)) if !changes.is_empty() => format!("{code}: {m}; {}", changes.join("; ")),
-            (Some(code), Some(m)) => format!("{code}: {m}"),
-            (None, Some(m)) => m.clone(),
-            _ => changes.join("; "),
-        };
-        rows.push(vec![
-            o.key.clone(),
-            o.salesforce_id.clone().unwrap_or_default(),
-            o.action.as_str().to_owned(),
-            detail,
-        ]);
+        let id = o.salesforce_id.as_deref().map(|id| format!(" → {id}")).unwrap_or_default();
+        say!("{}{id} ({})", o.key, o.action.as_str());
+        if let (Some(code), Some(m)) = (&o.error_code, &o.message) {
+            say!("    {code}: {m}");
+        } else if let Some(m) = &o.message {
+            say!("    {m}");
+        }
+        for c in &o.changes {
+            match &c.before {
+                Some(b) => say!("    {}: {b} → {}", c.field, c.after),
+                None => say!("    {} = {}", c.field, c.after),
+            }
+        }
     }
-    table::print(&["Pendo account", "Salesforce Id", "action", "fields / reason"], &rows);
+    if outcomes.is_empty() {
+        say!("{}", if searched { "No records of this run match the search." } else { "No records touched." });
+    }
     Ok(0)
 }
 
@@ -108,17 +130,20 @@ pub async fn failures(
     json: bool,
 ) -> Result<u8> {
     let config = context::load_config(config_path)?;
+    if let Some(name) = &workflow {
+        context::known_workflow(&config, name)?;
+    }
     let store = context::open_store(&config, &context::env_var).await?;
     let list = store
         .list_failures(&FailureFilter { workflow: workflow.clone(), status: Some(status), error_code: code, limit })
         .await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(0);
     }
     if status != FailureStatus::Open {
         if list.is_empty() {
-            println!("No {status} failures.");
+            say!("No {status} failures.");
             return Ok(0);
         }
         let rows: Vec<Vec<String>> = list
@@ -141,7 +166,7 @@ pub async fn failures(
     }
     let groups = store.failure_groups(workflow.as_deref()).await?;
     if groups.is_empty() {
-        println!("No open failures.");
+        say!("No open failures.");
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = groups
@@ -149,7 +174,7 @@ pub async fn failures(
         .map(|(code, message, n)| vec![code.clone(), thousands(*n), message.clone(), hint(code).to_owned()])
         .collect();
     table::print(&["error code", "records", "Salesforce or Pendo said", "what to do"], &rows);
-    println!();
+    outln!();
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|f| {
@@ -166,7 +191,7 @@ pub async fn failures(
         })
         .collect();
     table::print(&["id", "workflow", "object", "key", "Salesforce Id", "error code", "fields", "attempts"], &rows);
-    println!(
+    say!(
         "Once the cause is fixed, try again with `usagesync replay --all`, `--code CODE` or by id; \
          close one that needs nothing with `usagesync failures dismiss ID --reason TEXT`."
     );
@@ -192,9 +217,9 @@ pub async fn dismiss(
     let store = context::open_store(&config, &context::env_var).await?;
     let dismissed = store.dismiss_failures(&selector, reason.trim(), chrono::Utc::now()).await?;
     if json {
-        println!("{}", serde_json::json!({ "dismissed": dismissed }));
+        outln!("{}", serde_json::json!({ "dismissed": dismissed }));
     } else {
-        println!("Dismissed {} failure{}.", dismissed.len(), if dismissed.len() == 1 { "" } else { "s" });
+        say!("Dismissed {} failure{}.", dismissed.len(), if dismissed.len() == 1 { "" } else { "s" });
     }
     // Ids named that were not open (unknown, being replayed, or closed already) are the
     // operator's mistake to see, not a silent success.
@@ -245,38 +270,90 @@ pub async fn replay(
         (false, None, true) => bail!("say what to replay: --all, --code CODE, or failure ids"),
     };
     let config = context::load_config(config_path)?;
+    if let FailureSelector::All { workflow: Some(name) } = &selector {
+        context::known_workflow(&config, name)?;
+    }
     let ctx = context::build(config, &context::env_var).await?;
-    let report = engine::workflow::replay::replay(&ctx, &selector, limit).await?;
+    let report = match engine::workflow::replay::replay(&ctx, &selector, limit).await {
+        Ok(report) => report,
+        // A spent allocation: the failures stay open for the next replay; nothing is lost.
+        Err(e) if e.is_deferral() => {
+            if json {
+                outln!("{}", serde_json::json!({"state": "deferred", "error": e.to_string()}));
+            } else {
+                eprintln!("deferred: {e}");
+            }
+            return Ok(super::sync::EXIT_DEFERRED);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Asked for something and found nothing open: say so, rather than succeed silently.
+    if report.claimed == 0 {
+        let what = match &selector {
+            FailureSelector::Ids(ids) => {
+                format!("failure(s) {}", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", "))
+            }
+            FailureSelector::Code(code) => format!("failures with code {code}"),
+            FailureSelector::All { workflow: Some(w) } => format!("failures of workflow {w}"),
+            FailureSelector::All { workflow: None } => "failures".to_owned(),
+        };
+        if matches!(selector, FailureSelector::All { .. }) {
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                say!("No open {what} to replay.");
+            }
+            return Ok(0);
+        }
+        bail!(
+            "no open {what} to replay (unknown ids, or already resolved, dismissed or being replayed): see `usagesync failures`"
+        );
+    }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
+        say!(
             "Replayed {} failures: {} written, {} failed again ({} Salesforce calls).",
-            report.claimed, report.resolved, report.failed_again, report.api_calls
+            report.claimed,
+            report.resolved,
+            report.failed_again,
+            report.api_calls
         );
         for (workflow, note) in &report.notes {
             let run = report.runs.get(workflow).map(|r| format!(" (run {r})")).unwrap_or_default();
-            println!("  {workflow}{run}: {note}");
+            say!("  {workflow}{run}: {note}");
         }
     }
     Ok(if report.failed_again > 0 { super::sync::EXIT_FAILURES } else { 0 })
 }
 
+/// `usagesync pin`: settles a match by hand. The Pendo account must exist (asked of Pendo),
+/// and an Account the rules or a person already matched to another Pendo account is pinned
+/// only with `--force`: two Pendo accounts on one Account make it ambiguous, and the next run
+/// would stop writing it.
 pub async fn pin(
     config_path: &std::path::Path,
     workflow: &str,
     pendo_account: &str,
     salesforce_id: Option<&str>,
     unpin: bool,
+    force: bool,
+    json: bool,
 ) -> Result<u8> {
     let config = context::load_config(config_path)?;
-    if !config.workflows.contains_key(workflow) {
-        bail!("workflow {workflow:?} is not in the config");
-    }
-    let store = context::open_store(&config, &context::env_var).await?;
+    context::known_workflow(&config, workflow)?;
     if unpin {
+        let store = context::open_store(&config, &context::env_var).await?;
+        let pinned = store.id_map(workflow).await?.into_iter().any(|e| e.pendo_id == pendo_account && e.pinned);
+        if !pinned {
+            bail!("{pendo_account:?} is not pinned in workflow {workflow:?}: nothing to unpin");
+        }
         store.unpin_match(workflow, pendo_account).await?;
-        println!("{pendo_account} is matched by the rules again from the next run on.");
+        if json {
+            outln!("{}", serde_json::json!({"workflow": workflow, "pendo_account": pendo_account, "unpinned": true}));
+        } else {
+            say!("{pendo_account} is matched by the rules again from the next run on.");
+        }
         return Ok(0);
     }
     let Some(id) = salesforce_id else { bail!("give the Salesforce Account Id to pin, or --unpin") };
@@ -284,7 +361,54 @@ pub async fn pin(
     if id.key_prefix() != "001" {
         bail!("{id} is not an Account Id (Accounts start with 001)");
     }
+    context::check_run_secrets(&config, &context::env_var)?;
+    // The Pendo account must exist: a typo would be pinned silently and never match anything.
+    let pendo = engine::connect::pendo_client(&config, &context::env_var)?;
+    match pendo.account(pendo_account).await {
+        Ok(_) => {}
+        Err(pendo::Error::NotFound { .. }) => {
+            bail!("Pendo has no account {pendo_account:?}: check the id (as Pendo shows it); nothing was pinned")
+        }
+        Err(e) => bail!("could not check that Pendo has account {pendo_account:?}: {e}; nothing was pinned"),
+    }
+    let store = context::open_store(&config, &context::env_var).await?;
+    let others: Vec<engine::store::IdMapEntry> = store
+        .id_map(workflow)
+        .await?
+        .into_iter()
+        .filter(|e| e.pendo_id != pendo_account && e.status == engine::store::MatchStatus::Matched)
+        .filter(|e| {
+            e.salesforce_id.as_deref().and_then(|s| salesforce::SalesforceId::parse(s).ok()).is_some_and(|s| s == id)
+        })
+        .collect();
+    let describe = |e: &engine::store::IdMapEntry| {
+        let how = if e.pinned {
+            "pinned by a person".to_owned()
+        } else {
+            format!("rule {}", e.rule.as_deref().unwrap_or("?"))
+        };
+        format!("{} ({how})", e.pendo_id)
+    };
+    if !others.is_empty() {
+        let list = others.iter().map(describe).collect::<Vec<_>>().join(", ");
+        if !force {
+            bail!(
+                "Account {id} is already matched to Pendo account {list}. Pinning {pendo_account} there too \
+                 would make two Pendo accounts claim one Account, and neither would be written. Pin the \
+                 other elsewhere (or unpin it) first, or pass --force to pin anyway; nothing was pinned"
+            );
+        }
+        eprintln!("warning: Account {id} is also matched to Pendo account {list}; pinned anyway (--force).");
+    }
     store.pin_match(workflow, pendo_account, id.as_str()).await?;
-    println!("{pendo_account} is pinned to Account {id}; the next run writes it there.");
+    if json {
+        let also: Vec<&str> = others.iter().map(|e| e.pendo_id.as_str()).collect();
+        outln!(
+            "{}",
+            serde_json::json!({"workflow": workflow, "pendo_account": pendo_account, "pinned": id.as_str(), "also_matched": also})
+        );
+    } else {
+        say!("{pendo_account} is pinned to Account {id}; the next run writes it there.");
+    }
     Ok(0)
 }

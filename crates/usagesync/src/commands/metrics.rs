@@ -54,6 +54,7 @@ pub async fn render(ctx: &Context, running: &[String]) -> Result<String, engine:
     for ((w, state), n) in &by_state {
         let _ = writeln!(out, "usagesync_runs_total{{workflow=\"{}\",state=\"{}\"}} {n}", label(w), label(state));
     }
+    last_success(&mut out, &runs);
     for (name, help, map) in [
         ("usagesync_records_written_total", "Records written to Salesforce.", &written),
         ("usagesync_records_failed_total", "Records Salesforce refused (kept for replay).", &failed),
@@ -134,6 +135,33 @@ pub async fn render(ctx: &Context, running: &[String]) -> Result<String, engine:
         let _ = writeln!(out, "usagesync_workflow_running{{workflow=\"{}\"}} {on}", label(name));
     }
     Ok(out)
+}
+
+/// When each workflow last succeeded (what people alert on: "no success for N hours"), and the
+/// build this process runs.
+fn last_success(out: &mut String, runs: &[Run]) {
+    let mut last: BTreeMap<&str, chrono::DateTime<Utc>> = BTreeMap::new();
+    for r in runs.iter().filter(|r| r.state == engine::store::RunState::Succeeded && !r.dry_run) {
+        let at = r.finished_at.unwrap_or(r.started_at);
+        let e = last.entry(r.workflow.as_str()).or_insert(at);
+        *e = (*e).max(at);
+    }
+    header(
+        out,
+        "usagesync_workflow_last_success_timestamp_seconds",
+        "gauge",
+        "When the workflow's last successful run finished (Unix time).",
+    );
+    for (w, at) in &last {
+        let _ = writeln!(
+            out,
+            "usagesync_workflow_last_success_timestamp_seconds{{workflow=\"{}\"}} {}",
+            label(w),
+            at.timestamp()
+        );
+    }
+    header(out, "usagesync_build_info", "gauge", "Always 1; the version of the running binary as a label.");
+    let _ = writeln!(out, "usagesync_build_info{{version=\"{}\"}} 1", label(env!("CARGO_PKG_VERSION")));
 }
 
 fn duration(r: &Run) -> Option<f64> {

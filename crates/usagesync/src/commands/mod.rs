@@ -1,5 +1,6 @@
 //! One module per command.
 
+pub(crate) mod alerts;
 mod bench;
 mod bench_chaos;
 mod bench_creates;
@@ -20,7 +21,9 @@ use anyhow::Result;
 
 use crate::cli::{BenchTarget, Cli, Command};
 
-pub use context::{ConfigInvalid, EXIT_CONFIG};
+pub use alerts::SentLog;
+pub use context::{ConfigInvalid, EXIT_CONFIG, run_lease};
+pub use table::say;
 
 /// Runs a command; the number is the process exit code (see the README's table).
 pub async fn run(cli: Cli) -> Result<u8> {
@@ -28,9 +31,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
     let json = cli.json;
     let ok = |r: Result<()>| r.map(|()| 0);
     match cli.command {
-        Command::Emulate(args) => ok(emulate::run(args).await),
+        Command::Emulate(args) => ok(emulate::run(args, json).await),
         Command::Demo(args) => demo::run(args, json).await,
-        Command::Init { path, force } => setup::init(path.as_deref().unwrap_or(config), force),
+        Command::Init { path, force } => setup::init(path.as_deref().unwrap_or(config), force, json),
         Command::Validate { secrets, remote } => setup::validate(config, secrets || remote, remote, json).await,
         Command::Run { listen, grace_seconds } => {
             daemon::run(config, listen, std::time::Duration::from_secs(grace_seconds)).await
@@ -45,12 +48,13 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Failures { action: None, workflow, code, status, limit } => {
             history::failures(config, workflow, code, status, limit, json).await
         }
-        Command::Pin { workflow, pendo_account, salesforce_id, unpin } => {
-            history::pin(config, &workflow, &pendo_account, salesforce_id.as_deref(), unpin).await
+        Command::Pin { workflow, pendo_account, salesforce_id, unpin, force } => {
+            history::pin(config, &workflow, &pendo_account, salesforce_id.as_deref(), unpin, force, json).await
         }
         Command::Replay { all, code, ids, workflow, limit } => {
             history::replay(config, all, code, ids, workflow, limit, json).await
         }
+        Command::ConsolePassword => setup::console_password(),
         Command::Bench { target: BenchTarget::Emulator { upserts, collection_records, concurrency } } => {
             ok(bench::emulator(upserts, collection_records, concurrency).await)
         }

@@ -7,12 +7,82 @@ use anyhow::{Context as _, Result, bail};
 
 use super::context::{self, EXIT_CONFIG};
 
-pub fn init(path: &Path, force: bool) -> Result<u8> {
+pub fn init(path: &Path, force: bool, json: bool) -> Result<u8> {
     if path.exists() && !force {
         bail!("{} already exists; pass --force to overwrite it", path.display());
     }
-    std::fs::write(path, engine::config::STARTER).with_context(|| format!("Failed to write {}", path.display()))?;
-    println!("Wrote {}. Edit it, then run `usagesync validate`.", path.display());
+    std::fs::write(path, starter()).with_context(|| format!("Failed to write {}", path.display()))?;
+    if json {
+        outln!("{}", serde_json::json!({"written": path.display().to_string(), "workflows_enabled": 0}));
+    } else {
+        say!(
+            "Wrote {}, with every workflow off: nothing is written to your org until you turn one on. \
+             Next: point it at your org, then `usagesync validate --remote` and `usagesync sync engagement \
+             --dry-run`; set `enabled: true` on the workflows you want, and start `usagesync run`.",
+            path.display()
+        );
+    }
+    Ok(0)
+}
+
+/// The first steps, at the top of the file `init` writes.
+const FIRST_STEPS: &str = "\
+# First steps (every workflow below starts disabled, so nothing is written to your org yet):
+#   1. point connections: at your org and set the secrets they name;
+#   2. usagesync validate --remote            # every object and field exists and takes what is sent
+#   3. usagesync sync engagement --dry-run    # what a run would write and what it would cost
+#   4. set `enabled: true` on the workflows you want, then start the daemon: usagesync run
+";
+
+/// The annotated example with every workflow disabled: each one writes to Salesforce or
+/// Pendo, so a first `usagesync run` must not write before a person has seen a dry run.
+pub fn starter() -> String {
+    const OFF: &str = "    enabled: false                  # on once validate --remote and a dry run look right";
+    let lines: Vec<&str> = engine::config::STARTER.lines().collect();
+    let workflows = lines.iter().position(|l| l.starts_with("workflows:")).unwrap_or(lines.len());
+    // Each workflow's block: from its name (two spaces in) to the next name or the end.
+    let is_name = |l: &str| l.starts_with("  ") && !l.starts_with("   ") && !l.trim_start().starts_with('#');
+    let mut out = String::from(FIRST_STEPS);
+    let mut i = 0;
+    while i < lines.len() {
+        if i <= workflows || !is_name(lines[i]) {
+            out.push_str(lines[i]);
+            out.push('\n');
+            i += 1;
+            continue;
+        }
+        let end = (i + 1..lines.len())
+            .find(|&j| is_name(lines[j]) || !lines[j].starts_with(' ') && !lines[j].is_empty())
+            .unwrap_or(lines.len());
+        let block = &lines[i..end];
+        let has_enabled = block.iter().any(|l| l.starts_with("    enabled:"));
+        for line in block {
+            if line.starts_with("    enabled:") {
+                out.push_str(OFF);
+            } else {
+                out.push_str(line);
+            }
+            out.push('\n');
+            if !has_enabled && line.starts_with("    template:") {
+                out.push_str(OFF);
+                out.push('\n');
+            }
+        }
+        i = end;
+    }
+    out
+}
+
+/// `usagesync console-password`: one line from stdin (the password), its Argon2 hash on stdout.
+pub fn console_password() -> Result<u8> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("Failed to read the password from stdin")?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.chars().count() < 12 {
+        bail!("the password must have at least 12 characters");
+    }
+    let hash = crate::console::hash_password(password).map_err(|e| anyhow::anyhow!("Failed to hash: {e}"))?;
+    outln!("{hash}");
     Ok(0)
 }
 
@@ -28,7 +98,7 @@ pub async fn validate(path: &Path, secrets: bool, remote: bool, json: bool) -> R
                         |e| serde_json::json!({"line": e.line, "column": e.column, "key": e.key, "message": e.message}),
                     )
                     .collect();
-                println!("{}", serde_json::json!({"valid": false, "file": errors.origin, "errors": list}));
+                outln!("{}", serde_json::json!({"valid": false, "file": errors.origin, "errors": list}));
             } else {
                 eprintln!("{errors}");
                 eprintln!("{} error(s) in {}.", errors.errors.len(), path.display());
@@ -40,7 +110,7 @@ pub async fn validate(path: &Path, secrets: bool, remote: bool, json: bool) -> R
         if json {
             let list: Vec<_> =
                 errors.errors.iter().map(|e| serde_json::json!({"key": e.key, "message": e.message})).collect();
-            println!("{}", serde_json::json!({"valid": false, "file": path.display().to_string(), "errors": list}));
+            outln!("{}", serde_json::json!({"valid": false, "file": path.display().to_string(), "errors": list}));
         } else {
             for e in &errors.errors {
                 eprintln!("{}: {}: {}", path.display(), e.key, e.message);
@@ -53,9 +123,9 @@ pub async fn validate(path: &Path, secrets: bool, remote: bool, json: bool) -> R
     }
     if json {
         let names: Vec<&String> = config.workflows.keys().collect();
-        println!("{}", serde_json::json!({"valid": true, "file": path.display().to_string(), "workflows": names}));
+        outln!("{}", serde_json::json!({"valid": true, "file": path.display().to_string(), "workflows": names}));
     } else {
-        println!("{} is valid: {} workflow(s): {}.", path.display(), config.workflows.len(), {
+        outln!("{} is valid: {} workflow(s): {}.", path.display(), config.workflows.len(), {
             let names: Vec<&str> = config.workflows.keys().map(String::as_str).collect();
             names.join(", ")
         });
@@ -70,7 +140,7 @@ async fn validate_remote(path: &Path, config: &engine::config::Config, json: boo
     let problems = engine::preflight::run_all(&client, config).await?;
     let calls = client.requests_sent();
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "valid": problems.is_empty(),
@@ -80,7 +150,7 @@ async fn validate_remote(path: &Path, config: &engine::config::Config, json: boo
             })
         );
     } else if problems.is_empty() {
-        println!(
+        outln!(
             "{} is valid, and the org has every object and field it names ({calls} describe call(s)).",
             path.display()
         );
@@ -91,4 +161,21 @@ async fn validate_remote(path: &Path, config: &engine::config::Config, json: boo
         eprintln!("{} problem(s) against the org in {}.", problems.len(), path.display());
     }
     Ok(if problems.is_empty() { 0 } else { EXIT_CONFIG })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    #[test]
+    fn the_starter_enables_no_workflow_and_keeps_every_other_line() {
+        let text = super::starter();
+        let config = engine::config::load_str(&text, "usagesync.yaml").unwrap();
+        assert!(config.workflows.len() >= 7);
+        for (name, w) in &config.workflows {
+            assert!(!w.enabled, "{name} starts disabled");
+        }
+        let example = engine::config::load_str(engine::config::STARTER, "example.yaml").unwrap();
+        assert_eq!(config.workflows.keys().collect::<Vec<_>>(), example.workflows.keys().collect::<Vec<_>>());
+    }
 }

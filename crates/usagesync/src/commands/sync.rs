@@ -16,6 +16,7 @@ pub const EXIT_DEFERRED: u8 = 4;
 
 pub async fn run(config_path: &std::path::Path, workflow: &str, dry_run: bool, json: bool) -> Result<u8> {
     let config = context::load_config(config_path)?;
+    context::known_workflow(&config, workflow)?;
     let ctx = context::build(config, &context::env_var).await?;
     let options = RunOptions {
         dry_run,
@@ -28,7 +29,7 @@ pub async fn run(config_path: &std::path::Path, workflow: &str, dry_run: bool, j
         // A spent allocation defers the whole run: nothing lost, the next run does it.
         Err(e) if e.is_deferral() => {
             if json {
-                println!("{}", serde_json::json!({"workflow": workflow, "state": "deferred", "error": e.to_string()}));
+                outln!("{}", serde_json::json!({"workflow": workflow, "state": "deferred", "error": e.to_string()}));
             } else {
                 eprintln!("deferred: {e}");
             }
@@ -37,9 +38,10 @@ pub async fn run(config_path: &std::path::Path, workflow: &str, dry_run: bool, j
         Err(e) => return Err(e.into()),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
+        print_next(&report);
     }
     Ok(exit_code(&report))
 }
@@ -59,12 +61,12 @@ pub fn exit_code(report: &RunReport) -> u8 {
 pub fn print_report(r: &RunReport) {
     let n = |x: usize| thousands(x as u64);
     if r.dry_run {
-        println!("Plan for workflow {} (dry run: nothing written)", r.workflow);
+        say!("Plan for workflow {} (dry run: nothing written)", r.workflow);
     } else {
         let id = r.run_id.map(|id| id.to_string()).unwrap_or_default();
-        println!("Run {id} of workflow {}: {}", r.workflow, r.state);
+        say!("Run {id} of workflow {}: {}", r.workflow, r.state);
     }
-    println!();
+    outln!();
     let mut rows = vec![
         vec!["Pendo accounts".into(), n(r.pendo_accounts)],
         vec!["matched".into(), n(r.matched)],
@@ -80,11 +82,11 @@ pub fn print_report(r: &RunReport) {
     rows.push(vec!["deferred (over budget)".into(), n(r.deferred)]);
     table::print(&["records", "count"], &rows);
     if !r.fields_changed.is_empty() {
-        println!();
+        outln!();
         let rows: Vec<Vec<String>> = r.fields_changed.iter().map(|(f, c)| vec![f.clone(), n(*c)]).collect();
         table::print(&["field", "records changed"], &rows);
     }
-    println!();
+    outln!();
     let mut rows: Vec<Vec<String>> =
         r.api_calls.iter().map(|(kind, calls)| vec![kind.clone(), thousands(*calls)]).collect();
     if r.dry_run {
@@ -94,11 +96,11 @@ pub fn print_report(r: &RunReport) {
         rows.push(vec!["(one call per changed record would be)".into(), thousands(r.plan.calls_one_by_one)]);
     }
     table::print(&["Salesforce API calls", "calls"], &rows);
-    println!();
+    outln!();
     let b = &r.budget;
     let this_run = if r.dry_run { b.this_run + r.plan.write_calls } else { b.this_run };
     let left = b.cap.saturating_sub(b.spent_before + this_run);
-    println!(
+    say!(
         "Budget: {} of {} daily calls ({:.0}% share of {}); spent today before this run {}, this run {}, left {}.",
         thousands(b.cap),
         thousands(b.org_max),
@@ -108,29 +110,58 @@ pub fn print_report(r: &RunReport) {
         thousands(this_run),
         thousands(left),
     );
-    println!("Pendo calls: {}. Time: {}.", r.pendo_calls, timings(r));
+    say!("Pendo calls: {}. Time: {}.", r.pendo_calls, timings(r));
     if !r.ambiguous_samples.is_empty() {
-        println!();
+        outln!();
         let rows: Vec<Vec<String>> = r
             .ambiguous_samples
             .iter()
             .map(|a| vec![a.pendo_account.clone(), a.candidates.join(", "), a.reason.clone()])
             .collect();
         table::print(&["ambiguous Pendo account", "candidate Accounts", "why"], &rows);
-        println!("Ambiguous accounts are never written; pin the right Account to settle one.");
+        if r.ambiguous > r.ambiguous_samples.len() {
+            say!(
+                "Showing {} of {} ambiguous accounts; the console's Matching page lists every one.",
+                n(r.ambiguous_samples.len()),
+                n(r.ambiguous)
+            );
+        }
+        say!(
+            "Ambiguous accounts are never written; pin the right Account to settle one: \
+             `usagesync pin {} PENDO-ACCOUNT 001…`.",
+            r.workflow
+        );
     }
     if !r.failures.is_empty() {
-        println!();
+        outln!();
         let rows: Vec<Vec<String>> =
             r.failures.iter().map(|f| vec![f.salesforce_id.clone(), f.code.clone(), f.message.clone()]).collect();
         table::print(&["record", "error", "message"], &rows);
-        println!(
+        say!(
             "See them all with `usagesync failures`; once the cause is fixed, `usagesync replay --all` runs \
              the workflow again; `usagesync failures dismiss ID --reason TEXT` closes one that needs nothing."
         );
     }
     print_preflight(r);
     print_verify(r);
+}
+
+/// What to do next, after the summary (not in the demo, whose store is gone when it ends).
+fn print_next(r: &RunReport) {
+    let next = if r.dry_run {
+        format!("Next: `usagesync sync {}` writes this plan.", r.workflow)
+    } else if r.failed > 0 {
+        "Next: `usagesync failures` shows why records were refused; fix the cause, then `usagesync replay --all`."
+            .to_owned()
+    } else if r.deferred > 0 {
+        "Next: nothing to do; the next run sends what was deferred when the budget allows.".to_owned()
+    } else if let Some(id) = r.run_id {
+        format!("Next: `usagesync runs {id}` lists every record written, with the values.")
+    } else {
+        return;
+    };
+    outln!();
+    say!("{next}");
 }
 
 /// Drifted values shown in the summary; all are in the run's history.
@@ -142,17 +173,17 @@ fn print_verify(r: &RunReport) {
     if r.dry_run || v.sampled_from == 0 {
         return;
     }
-    println!();
+    outln!();
     if v.checked == 0 {
         match &v.note {
-            Some(note) => println!("Verify: {note}."),
-            None => println!("Verify: off (verify: sample: 0); nothing read back."),
+            Some(note) => say!("Verify: {note}."),
+            None => say!("Verify: off (verify: sample: 0); nothing read back."),
         }
         return;
     }
     let head = format!("Verified {} of {} written", thousands(v.checked as u64), thousands(v.sampled_from as u64));
     if v.values_changed == 0 {
-        println!("{head}: every value is as usagesync wrote it.");
+        say!("{head}: every value is as usagesync wrote it.");
     } else {
         let who: Vec<String> = v
             .changed_by
@@ -172,7 +203,7 @@ fn print_verify(r: &RunReport) {
         } else {
             String::new()
         };
-        println!(
+        say!(
             "{head}: {} values changed since{gone}, by {users}: {}.",
             thousands(v.values_changed as u64),
             who.join(", ")
@@ -195,10 +226,10 @@ fn print_verify(r: &RunReport) {
             .collect();
         table::print(&["object", "record", "field", "sent", "now", "changed by", "at"], &rows);
         let id = r.run_id.map(|id| id.to_string()).unwrap_or_default();
-        println!("Every one is in the run's history as `drifted`: `usagesync runs {id}`. Nothing was written back.");
+        say!("Every one is in the run's history as `drifted`: `usagesync runs {id}`. Nothing was written back.");
     }
     if let Some(note) = &v.note {
-        println!("Verify: {note}.");
+        say!("Verify: {note}.");
     }
 }
 
@@ -207,17 +238,18 @@ fn print_preflight(r: &RunReport) {
     if p.is_clean() {
         return;
     }
-    println!();
-    println!("Preflight: {} problem(s) with the config against the org:", p.problems.len());
+    outln!();
+    say!("Preflight: {} problem(s) with the config against the org:", p.problems.len());
     for problem in &p.problems {
-        println!("  {problem}");
+        // Not wrapped: `file:line:column: key: message`, one per line, as editors and grep read them.
+        outln!("  {problem}");
     }
     let what = if r.dry_run { "would be" } else { "were" };
-    println!(
+    say!(
         "Fields with a problem {what} quarantined: never sent, while the rest of each record is; {} record(s) {what} left with nothing to send.",
         thousands(p.records_held_back as u64)
     );
-    println!("Fix the config (or the org), then check with `usagesync validate --remote`.");
+    say!("Fix the config (or the org), then check with `usagesync validate --remote`.");
 }
 
 fn timings(r: &RunReport) -> String {

@@ -2,7 +2,10 @@
 //! SameSite=Strict cookie holding a random id), and scripts may send the token as
 //! `Authorization: Bearer`. State-changing actions are POSTs that must carry the session's CSRF
 //! token and come from the console's own origin; a Bearer request carries no ambient
-//! credential, so it needs no CSRF token.
+//! credential, so it needs no CSRF token. Wrong tokens are throttled per client address by
+//! `super::throttle`, in front of every handler here. People may also have logins of their own
+//! (`console.users`: a name, an Argon2 password hash, a role): a viewer sees every page and
+//! takes no action; an operator (and the token) may act.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -11,7 +14,7 @@ use axum::Form;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use engine::config::SecretString;
+use engine::config::{ConsoleRole, SecretString};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
@@ -20,23 +23,23 @@ use super::{ConsoleState, html};
 const COOKIE: &str = "usagesync_console";
 /// Sessions kept at most; the oldest go first, so a flood of logins cannot grow memory.
 const MAX_SESSIONS: usize = 1_000;
-/// Wrong tokens tolerated per window before logins pause until the window ends, so the token
-/// cannot be guessed at network speed.
-const MAX_WRONG_LOGINS: u32 = 10;
-const WRONG_LOGIN_WINDOW: Duration = Duration::from_secs(60);
 
 pub(crate) struct Auth {
     token: SecretString,
+    /// Name → (PHC string, role).
+    users: HashMap<String, (String, ConsoleRole)>,
+    /// A hash of random bytes, checked for an unknown name so it costs what a known one does.
+    dummy: String,
     lifetime: Duration,
     sessions: Mutex<HashMap<String, Session>>,
-    /// (window start, wrong tokens in it), for every client together.
-    wrong_logins: Mutex<(Instant, u32)>,
 }
 
 #[derive(Clone)]
 struct Session {
     csrf: String,
     expires: Instant,
+    user: String,
+    role: ConsoleRole,
 }
 
 /// A refused request's answer (boxed: a response is large).
@@ -59,29 +62,27 @@ impl IntoResponse for Denied {
 /// `None` for a Bearer request.
 pub(crate) struct Access {
     pub csrf: Option<String>,
+    /// Who: a user's name, or "token".
+    pub user: String,
+    pub role: ConsoleRole,
 }
 
 impl Auth {
+    #[cfg(test)]
     pub fn new(token: SecretString, session_hours: u32) -> Self {
+        Self::with_users(token, session_hours, HashMap::new())
+    }
+
+    /// With logins of people's own: name → (Argon2 PHC string, role), each checked at start.
+    pub fn with_users(token: SecretString, session_hours: u32, users: HashMap<String, (String, ConsoleRole)>) -> Self {
+        let dummy = hash_password(&random_hex()).unwrap_or_default();
         Auth {
             token,
+            users,
+            dummy,
             lifetime: Duration::from_secs(u64::from(session_hours) * 3_600),
             sessions: Mutex::new(HashMap::new()),
-            wrong_logins: Mutex::new((Instant::now(), 0)),
         }
-    }
-
-    /// Whether logins are paused after too many wrong tokens.
-    fn logins_paused(&self) -> bool {
-        let mut w = self.wrong_logins.lock();
-        if w.0.elapsed() >= WRONG_LOGIN_WINDOW {
-            *w = (Instant::now(), 0);
-        }
-        w.1 >= MAX_WRONG_LOGINS
-    }
-
-    fn wrong_login(&self) {
-        self.wrong_logins.lock().1 += 1;
     }
 
     fn token_matches(&self, given: &str) -> bool {
@@ -102,13 +103,12 @@ impl Auth {
     /// Checks a page request: a live session or the Bearer token.
     pub fn check(&self, headers: &HeaderMap) -> Result<Access, Denied> {
         if let Some((_, s)) = self.session(headers) {
-            return Ok(Access { csrf: Some(s.csrf) });
+            return Ok(Access { csrf: Some(s.csrf), user: s.user, role: s.role });
         }
-        if let Some(given) = bearer(headers) {
-            if self.token_matches(given) {
-                return Ok(Access { csrf: None });
-            }
-            tracing::warn!("Console: a request with a wrong Bearer token was refused");
+        if let Some(given) = bearer(headers)
+            && self.token_matches(given)
+        {
+            return Ok(Access { csrf: None, user: "token".into(), role: ConsoleRole::Operator });
         }
         Err(Denied(Box::new(denied())))
     }
@@ -117,6 +117,10 @@ impl Auth {
     /// session) the CSRF token the form carried.
     pub fn check_action(&self, headers: &HeaderMap, csrf: &str) -> Result<Access, Denied> {
         let access = self.check(headers)?;
+        if access.role == ConsoleRole::Viewer {
+            tracing::warn!(user = %access.user, "Console: an action by a viewer was refused");
+            return Err(Denied::from(refused("your login is a viewer's: it sees every page but takes no action")));
+        }
         // A browser never attaches a Bearer token on its own, so only a session (a cookie the
         // browser does attach) needs proof that the request came from the console's pages.
         if access.csrf.is_none() {
@@ -139,7 +143,22 @@ impl Auth {
         Ok(access)
     }
 
-    fn start_session(&self) -> String {
+    /// Checks a person's name and password against their Argon2 hash (on a blocking thread: it
+    /// is slow by design). An unknown name costs the same as a known one.
+    async fn user_matches(&self, name: &str, password: &str) -> Option<ConsoleRole> {
+        let (hash, role) = self.users.get(name).cloned().map_or((self.dummy.clone(), None), |(h, r)| (h, Some(r)));
+        let password = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || {
+            use argon2::password_hash::PasswordVerifier;
+            argon2::password_hash::phc::PasswordHash::new(&hash)
+                .is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        })
+        .await
+        .unwrap_or(false);
+        role.filter(|_| ok)
+    }
+
+    fn start_session(&self, user: &str, role: ConsoleRole) -> String {
         let id = random_hex();
         let mut sessions = self.sessions.lock();
         let now = Instant::now();
@@ -149,9 +168,20 @@ impl Auth {
         {
             sessions.remove(&oldest);
         }
-        sessions.insert(id.clone(), Session { csrf: random_hex(), expires: now + self.lifetime });
+        sessions.insert(
+            id.clone(),
+            Session { csrf: random_hex(), expires: now + self.lifetime, user: user.to_owned(), role },
+        );
         id
     }
+}
+
+/// An Argon2id PHC string of `password` with a random salt (`usagesync console-password`).
+pub(crate) fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::PasswordHasher;
+    let hash: argon2::password_hash::phc::PasswordHash =
+        argon2::Argon2::default().hash_password(password.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(hash.to_string())
 }
 
 /// 32 random bytes as hex.
@@ -205,7 +235,7 @@ fn refused(why: &str) -> Response {
     (StatusCode::FORBIDDEN, Html(body)).into_response()
 }
 
-fn login_html(error: Option<&str>) -> String {
+pub(crate) fn login_html(error: Option<&str>) -> String {
     let error = error.map(|e| format!("<p class=\"error\">{}</p>", html::esc(e))).unwrap_or_default();
     html::layout(
         "Log in",
@@ -213,9 +243,11 @@ fn login_html(error: Option<&str>) -> String {
         None,
         &format!(
             "{error}<form method=\"post\" action=\"/console/login\" class=\"login\">\
-             <label>Console token <input type=\"password\" name=\"token\" id=\"token\" autocomplete=\"current-password\" autofocus></label> \
+             <label>Name <input name=\"user\" id=\"user\" autocomplete=\"username\" placeholder=\"empty with the token\"></label> \
+             <label>Password or console token <input type=\"password\" name=\"token\" id=\"token\" autocomplete=\"current-password\" autofocus></label> \
              <button type=\"submit\">Log in</button></form>\
-             <p class=\"muted\">The token is the one <code>console.token</code> names in the config.</p>"
+             <p class=\"muted\">Your name and password (<code>console.users</code>), or no name and the token \
+             <code>console.token</code> names in the config.</p>"
         ),
     )
 }
@@ -230,6 +262,8 @@ pub(crate) async fn login_page(State(st): State<ConsoleState>, headers: HeaderMa
 #[derive(Deserialize)]
 pub(crate) struct LoginForm {
     #[serde(default)]
+    user: String,
+    #[serde(default)]
     token: String,
 }
 
@@ -238,18 +272,26 @@ pub(crate) async fn login(State(st): State<ConsoleState>, headers: HeaderMap, Fo
     if !same_origin(&headers) {
         return refused("log in from the console's own page (Origin check failed)");
     }
-    if st.auth.logins_paused() {
-        tracing::warn!("Console: a login was refused: too many wrong tokens in the last minute");
-        let page = login_html(Some("Too many wrong tokens: logins are paused for a minute."));
-        return (StatusCode::TOO_MANY_REQUESTS, Html(page)).into_response();
-    }
-    if !st.auth.token_matches(&form.token) {
-        st.auth.wrong_login();
-        tracing::warn!("Console: a login with a wrong token was refused");
-        return (StatusCode::UNAUTHORIZED, Html(login_html(Some("That is not the console token.")))).into_response();
-    }
-    let id = st.auth.start_session();
-    tracing::info!("Console: a session started");
+    let user = form.user.trim();
+    let (name, role) = if user.is_empty() {
+        if !st.auth.token_matches(&form.token) {
+            tracing::warn!("Console: a login with a wrong token was refused");
+            return (StatusCode::UNAUTHORIZED, Html(login_html(Some("That is not the console token."))))
+                .into_response();
+        }
+        ("token".to_owned(), ConsoleRole::Operator)
+    } else {
+        match st.auth.user_matches(user, &form.token).await {
+            Some(role) => (user.to_owned(), role),
+            None => {
+                tracing::warn!("Console: a login with a wrong name or password was refused");
+                let page = login_html(Some("That name and password do not match."));
+                return (StatusCode::UNAUTHORIZED, Html(page)).into_response();
+            }
+        }
+    };
+    let id = st.auth.start_session(&name, role);
+    tracing::info!(user = %name, role = role.as_str(), "Console: a session started");
     let max_age = st.auth.lifetime.as_secs();
     let cookie = format!("{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={max_age}");
     let mut r = Redirect::to("/console/").into_response();
@@ -311,16 +353,6 @@ mod tests {
     }
 
     #[test]
-    fn wrong_logins_pause_logins() {
-        let auth = Auth::new(SecretString::new("t"), 1);
-        for _ in 0..MAX_WRONG_LOGINS {
-            assert!(!auth.logins_paused());
-            auth.wrong_login();
-        }
-        assert!(auth.logins_paused());
-    }
-
-    #[test]
     fn origin_must_name_this_host() {
         assert!(same_origin(&headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080")])));
         assert!(!same_origin(&headers(&[("host", "127.0.0.1:8080"), ("origin", "http://evil.example")])));
@@ -336,7 +368,7 @@ mod tests {
         assert!(auth.check(&headers(&[])).is_err());
         assert!(auth.check(&headers(&[("authorization", "Bearer wrong")])).is_err());
         assert!(auth.check(&headers(&[("authorization", "Bearer s3cret-token")])).unwrap().csrf.is_none());
-        let id = auth.start_session();
+        let id = auth.start_session("token", ConsoleRole::Operator);
         let cookie = format!("other=1; {COOKIE}={id}");
         let csrf = auth.check(&headers(&[("cookie", &cookie)])).unwrap().csrf.unwrap();
         let post = |token: &str| {

@@ -1,10 +1,10 @@
 //! The overview: each workflow's schedule, last and next run, state, records written, open
 //! failures and API calls, then the latest runs of every workflow.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use engine::store::{Run, RunState};
 
 use super::{ConsoleState, html};
@@ -12,12 +12,23 @@ use super::{ConsoleState, html};
 /// Runs listed under the workflows.
 const RECENT: u32 = 30;
 
-pub(crate) async fn page(State(st): State<ConsoleState>, headers: HeaderMap) -> Response {
+#[derive(serde::Deserialize)]
+pub(crate) struct Note {
+    /// What the last action did (run now, pause, resume), shown above the table.
+    #[serde(default)]
+    note: String,
+}
+
+pub(crate) async fn page(State(st): State<ConsoleState>, Query(q): Query<Note>, headers: HeaderMap) -> Response {
     let access = match st.auth.check(&headers) {
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    match render(&st).await {
+    match render(&st, access.csrf.as_deref()).await {
+        Ok(body) if !q.note.is_empty() => {
+            let body = format!("<p class=\"notice\" data-test=\"notice\">{}</p>{body}", html::esc(&q.note));
+            Html(html::layout("Overview", "overview", access.csrf.as_deref(), &body)).into_response()
+        }
         Ok(body) => Html(html::layout("Overview", "overview", access.csrf.as_deref(), &body)).into_response(),
         Err(e) => super::unavailable("Reading the state store", &e),
     }
@@ -50,21 +61,30 @@ fn opt(n: Option<u64>) -> String {
     n.map_or_else(|| "—".to_owned(), html::num)
 }
 
-async fn render(st: &ConsoleState) -> Result<String, engine::store::StoreError> {
+async fn render(st: &ConsoleState, csrf: Option<&str>) -> Result<String, engine::store::StoreError> {
     let ctx = &st.ctx;
     let now = Utc::now();
     let today = ctx.store.budget_day(now.date_naive()).await?;
     let mut rows = Vec::new();
     for (name, w) in &ctx.config.workflows {
-        let last = ctx.store.list_runs(Some(name), 1).await?.into_iter().next();
+        // A replay or a dry run is not the schedule's last run: it shows on the Run pages.
+        let recent = ctx.store.list_runs(Some(name), 50).await?;
+        let last = recent.iter().find(|r| r.trigger != "replay" && !r.dry_run).cloned();
+        let last_success = recent.iter().find(|r| r.state == RunState::Succeeded && !r.dry_run).cloned();
         let open: u64 = ctx.store.failure_groups(Some(name)).await?.iter().map(|(_, _, n)| n).sum();
         // The daemon keeps the next fire time in the store; before its first sight, the cron's.
-        let next = match ctx.store.cursor(name, engine::scheduler::CURSOR).await? {
-            Some(text) => DateTime::parse_from_rfc3339(&text).ok().map(|t| t.with_timezone(&Utc)),
-            None => engine::scheduler::next_after(&w.schedule, w.timezone, now),
-        };
+        // A cursor made for another schedule (the config changed) is recomputed by the daemon.
+        let next = ctx
+            .store
+            .cursor(name, engine::scheduler::CURSOR)
+            .await?
+            .and_then(|text| engine::scheduler::stored_next(&text, &w.schedule, w.timezone, now))
+            .or_else(|| engine::scheduler::next_after(&w.schedule, w.timezone, now));
+        let paused = engine::scheduler::is_paused(ctx.store.as_ref(), name).await?;
         let state = if !w.enabled {
             "disabled".to_owned()
+        } else if paused && last.as_ref().is_none_or(|r| r.state != RunState::Running) {
+            "<b>paused</b>".to_owned()
         } else if last.as_ref().is_some_and(|r| r.state == RunState::Running) {
             html::state("running")
         } else {
@@ -81,6 +101,14 @@ async fn render(st: &ConsoleState) -> Result<String, engine::store::StoreError> 
                 )
             },
         );
+        let last_cell = match &last_success {
+            Some(ok) if last.as_ref().is_none_or(|l| l.id != ok.id) => format!(
+                "{last_cell}<br><span class=\"muted\">last success <a href=\"/console/runs/{}\">{}</a></span>",
+                ok.id,
+                html::time(&ok.started_at)
+            ),
+            _ => last_cell,
+        };
         let failures = if open > 0 {
             format!("<a href=\"/console/failures\" class=\"error\">{}</a>", html::num(open))
         } else {
@@ -92,9 +120,20 @@ async fn render(st: &ConsoleState) -> Result<String, engine::store::StoreError> 
                 html::esc(name),
                 html::esc(w.template.kind().name())
             ),
-            format!("<code>{}</code> {}", html::esc(w.schedule.as_str()), html::esc(w.timezone.name())),
+            format!(
+                "{} ({})<br><code>{}</code>",
+                html::esc(w.schedule.describe().trim_end_matches('.')),
+                html::esc(w.timezone.name()),
+                html::esc(w.schedule.as_str())
+            ),
             last_cell,
-            if w.enabled { html::opt_time(next.as_ref()) } else { "—".to_owned() },
+            if !w.enabled {
+                "—".to_owned()
+            } else if paused {
+                "— (paused)".to_owned()
+            } else {
+                html::opt_time(next.as_ref())
+            },
             state,
             opt(last.as_ref().and_then(written)),
             failures,
@@ -103,10 +142,49 @@ async fn render(st: &ConsoleState) -> Result<String, engine::store::StoreError> 
                 html::num(last.as_ref().map_or(0, api_calls)),
                 html::num(today.by_workflow.get(name).copied().unwrap_or(0))
             ),
+            {
+                let run = html::action_button(
+                    "/console/workflows/run",
+                    csrf,
+                    &[("workflow", name)],
+                    "Run now",
+                    &format!("run-{name}"),
+                );
+                let toggle = if !w.enabled {
+                    String::new()
+                } else if paused {
+                    html::action_button(
+                        "/console/workflows/pause",
+                        csrf,
+                        &[("workflow", name), ("paused", "false")],
+                        "Resume",
+                        &format!("resume-{name}"),
+                    )
+                } else {
+                    html::action_button(
+                        "/console/workflows/pause",
+                        csrf,
+                        &[("workflow", name), ("paused", "true")],
+                        "Pause",
+                        &format!("pause-{name}"),
+                    )
+                };
+                format!("{run} {toggle}")
+            },
         ]);
     }
     let mut body = html::table(
-        &["workflow", "schedule", "last run", "next run", "state", "records written", "open failures", "API calls"],
+        &[
+            "workflow",
+            "schedule",
+            "last run",
+            "next run",
+            "state",
+            "records written",
+            "open failures",
+            "API calls",
+            "actions",
+        ],
         &rows,
         "workflows",
     );
@@ -127,6 +205,25 @@ async fn render(st: &ConsoleState) -> Result<String, engine::store::StoreError> 
             ]
         })
         .collect();
+    let sent: Vec<crate::commands::alerts::Sent> = st.alerts.lock().iter().rev().take(10).cloned().collect();
+    if !sent.is_empty() {
+        body.push_str("<h2>Alerts sent</h2>");
+        let rows: Vec<Vec<String>> = sent
+            .iter()
+            .map(|a| {
+                let outcome: Vec<String> =
+                    a.outcome.iter().map(|(host, what)| format!("{}: {}", html::esc(host), html::esc(what))).collect();
+                vec![
+                    html::time(&a.at),
+                    html::esc(&a.workflow),
+                    html::state(&a.state),
+                    html::esc(&a.text),
+                    outcome.join("<br>"),
+                ]
+            })
+            .collect();
+        body.push_str(&html::table(&["at", "workflow", "state", "message", "receivers"], &rows, "alerts"));
+    }
     body.push_str("<h2>Latest runs</h2>");
     if rows.is_empty() {
         body.push_str("<p class=\"muted\">No runs yet.</p>");

@@ -239,8 +239,8 @@ async function main() {
     assert.ok(await page.locator('svg[data-test=budget-chart] line[data-test=cap]').count() === 1);
     await snap(page, 'budget');
     await page.goto(base + '/console/config');
-    await page.waitForSelector('pre[data-test=config]');
-    const shown = await page.textContent('pre[data-test=config]');
+    await page.waitForSelector('[data-test=config] details');
+    const shown = await page.textContent('[data-test=config]');
     assert.match(shown, /CONSOLE_TOKEN/);
     assert.match(shown, /SF_CLIENT_SECRET/);
     await snap(page, 'config');

@@ -1,0 +1,235 @@
+//! The `alerts:` section: where the daemon tells people that a scheduled run did not succeed
+//! (failed, partial, deferred…). Its typed form, wire form and validation live here so the
+//! shared config files only gain a line each. Sending is the binary's job.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use super::Secret;
+use super::validate::{self, Errors};
+
+/// Run states an alert can be sent for, and the default set.
+pub const ALERT_STATES: [&str; 5] = ["failed", "partial", "deferred", "cancelled", "abandoned"];
+const DEFAULT_ON: [&str; 3] = ["failed", "partial", "deferred"];
+/// Default for [`Alerts::quiet_for`].
+pub const DEFAULT_QUIET_FOR: Duration = Duration::from_secs(3_600);
+
+/// Alerts on runs that did not succeed. Without this section nothing is sent (the daemon
+/// still logs every such run at warn level).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alerts {
+    pub webhooks: Vec<AlertWebhook>,
+    /// Run states that alert (from [`ALERT_STATES`]).
+    pub on: Vec<String>,
+    /// The same workflow ending in the same state again within this long sends nothing more,
+    /// so a schedule failing every minute does not flood a channel.
+    pub quiet_for: Duration,
+    /// Alert when an enabled workflow has had no successful run for this long (counted from
+    /// its oldest recorded run when it never succeeded).
+    pub no_success_for: Option<Duration>,
+    /// Alert when a workflow has more open failures than this.
+    pub open_failures_over: Option<u64>,
+}
+
+/// One receiver: an HTTP POST of a JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertWebhook {
+    pub url: Url,
+    /// Signs each body: `X-Usagesync-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+    pub secret: Option<Secret>,
+    pub format: AlertFormat,
+}
+
+/// The body's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertFormat {
+    /// Every fact as a JSON object (`text` holds the one-line summary).
+    Json,
+    /// `{"text": …}`, what Slack-compatible incoming webhooks (Slack, Mattermost, Rocket.Chat) take.
+    Slack,
+}
+
+impl AlertFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertFormat::Json => "json",
+            AlertFormat::Slack => "slack",
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Wire {
+    pub webhooks: Option<Vec<WebhookWire>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quiet_for: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_success_for: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_failures_over: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WebhookWire {
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<super::wire::Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
+/// Checks the section; `Some(None)` when it is absent, `None` after an error.
+pub(super) fn build(w: Option<&Wire>, errors: &mut Errors) -> Option<Option<Alerts>> {
+    let Some(w) = w else { return Some(None) };
+    let mut ok = true;
+    let mut webhooks = Vec::new();
+    let list = errors.required(&w.webhooks, "alerts.webhooks");
+    if list.is_some_and(Vec::is_empty) {
+        errors.push("alerts.webhooks", "no receivers: add one, or remove `alerts:`");
+        ok = false;
+    }
+    for (i, hook) in list.into_iter().flatten().enumerate() {
+        let key = |leaf: &str| format!("alerts.webhooks[{i}].{leaf}");
+        let url = errors.required(&hook.url, &key("url")).and_then(|text| match Url::parse(text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+            _ => {
+                errors.push(&key("url"), format!("`{text}` is not an http(s) URL"));
+                None
+            }
+        });
+        let secret = match &hook.secret {
+            None => Some(None),
+            Some(s) => validate::secret(s, &key("secret"), errors).map(Some),
+        };
+        let format = match hook.format.as_deref() {
+            None | Some("json") => Some(AlertFormat::Json),
+            Some("slack") => Some(AlertFormat::Slack),
+            Some(other) => {
+                errors.push(&key("format"), format!("`{other}` is not a format: json or slack"));
+                None
+            }
+        };
+        match (url, secret, format) {
+            (Some(url), Some(secret), Some(format)) => webhooks.push(AlertWebhook { url, secret, format }),
+            _ => ok = false,
+        }
+    }
+    let on: Vec<String> = match &w.on {
+        None => DEFAULT_ON.iter().map(|s| (*s).to_owned()).collect(),
+        Some(list) => {
+            for (i, state) in list.iter().enumerate() {
+                if !ALERT_STATES.contains(&state.as_str()) {
+                    errors.push(
+                        &format!("alerts.on[{i}]"),
+                        format!("`{state}` is not a run state that alerts: {}", ALERT_STATES.join(", ")),
+                    );
+                    ok = false;
+                }
+            }
+            list.clone()
+        }
+    };
+    let quiet_for = match &w.quiet_for {
+        None => DEFAULT_QUIET_FOR,
+        Some(text) => match super::duration::parse(text) {
+            Ok(d) => d,
+            Err(e) => {
+                errors.push("alerts.quiet_for", e);
+                ok = false;
+                Duration::ZERO
+            }
+        },
+    };
+    let no_success_for = match &w.no_success_for {
+        None => None,
+        Some(text) => match super::duration::parse(text) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                errors.push("alerts.no_success_for", "must be longer than 0s");
+                ok = false;
+                None
+            }
+            Err(e) => {
+                errors.push("alerts.no_success_for", e);
+                ok = false;
+                None
+            }
+        },
+    };
+    let open_failures_over = w.open_failures_over;
+    (ok && list.is_some()).then_some(Some(Alerts { webhooks, on, quiet_for, no_success_for, open_failures_over }))
+}
+
+pub(super) fn to_wire(a: &Alerts, secret: impl Fn(&Secret) -> super::wire::Secret) -> Wire {
+    Wire {
+        webhooks: Some(
+            a.webhooks
+                .iter()
+                .map(|h| WebhookWire {
+                    url: Some(h.url.to_string()),
+                    secret: h.secret.as_ref().map(&secret),
+                    format: Some(h.format.as_str().to_owned()),
+                })
+                .collect(),
+        ),
+        on: Some(a.on.clone()),
+        quiet_for: Some(super::duration::format(a.quiet_for)),
+        no_success_for: a.no_success_for.map(super::duration::format),
+        open_failures_over: a.open_failures_over,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::super::load_str;
+    use super::*;
+
+    fn base() -> String {
+        super::super::STARTER.to_owned()
+    }
+
+    #[test]
+    fn absent_sends_nothing_and_a_full_section_loads() {
+        assert!(load_str(&base(), "t.yaml").unwrap().alerts.is_none());
+        let text = base()
+            + "alerts:\n  webhooks:\n    - url: http://127.0.0.1:9/hook\n      secret: { env: ALERT_SECRET }\n    - url: https://chat.example/hooks/x\n      format: slack\n  on: [failed, partial]\n  quiet_for: 15m\n  no_success_for: 26h\n  open_failures_over: 100\n";
+        let alerts = load_str(&text, "t.yaml").unwrap().alerts.unwrap();
+        assert_eq!(alerts.webhooks.len(), 2);
+        assert_eq!(alerts.webhooks[0].secret, Some(Secret::Env("ALERT_SECRET".into())));
+        assert_eq!(alerts.webhooks[1].format, AlertFormat::Slack);
+        assert_eq!(alerts.on, ["failed", "partial"]);
+        assert_eq!(alerts.quiet_for, Duration::from_secs(900));
+        assert_eq!(alerts.no_success_for, Some(Duration::from_secs(26 * 3_600)));
+        assert_eq!(alerts.open_failures_over, Some(100));
+        let config = load_str(&text, "t.yaml").unwrap();
+        assert!(config.secrets().iter().any(|(k, _)| k == "alerts.webhooks[0].secret"));
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_at_its_place() {
+        let text = base()
+            + "alerts:\n  webhooks:\n    - url: ftp://x\n      format: teams\n  on: [failed, exploded]\n  quiet_for: soon\n";
+        let errors = load_str(&text, "t.yaml").unwrap_err().to_string();
+        for needle in [
+            "alerts.webhooks[0].url: `ftp://x` is not an http(s) URL",
+            "alerts.webhooks[0].format: `teams` is not a format",
+            "alerts.on[1]: `exploded` is not a run state",
+            "alerts.quiet_for:",
+        ] {
+            assert!(errors.contains(needle), "{needle} not in {errors}");
+        }
+        let typo = base().replace("template: engagement-scores", "template: engagement-score");
+        let errors = load_str(&typo, "t.yaml").unwrap_err().to_string();
+        assert!(errors.contains("did you mean `engagement-scores`?"), "{errors}");
+        let unknown = base() + "alerts:\n  webhooks: []\n  email: ops@example.com\n";
+        assert!(load_str(&unknown, "t.yaml").unwrap_err().to_string().contains("email"));
+    }
+}
