@@ -3,11 +3,14 @@
 //! parent relationships) and errors in Salesforce's codes and message format.
 //!
 //! It owns the supported subset of SOQL — field lists with parent paths (polymorphic `What`/`Who`
-//! included), `COUNT()`, `WHERE` with typed comparisons, `LIKE`, `IN`, relative date literals,
-//! `ORDER BY`, `LIMIT` and `OFFSET` — and refuses everything else with MALFORMED_QUERY rather
-//! than answering it approximately. Paging over the rows is the REST handler's job.
+//! included), parent-to-child subqueries (one level, with their own WHERE, ORDER BY and LIMIT),
+//! `COUNT()`, `WHERE` with typed comparisons, `LIKE`, `IN`, relative date literals, `ORDER BY`,
+//! `LIMIT` and `OFFSET` — and refuses everything else with MALFORMED_QUERY rather than answering
+//! it approximately; and the column metadata of a query (`columns=true`). Paging over the rows
+//! is the REST handler's job.
 
 mod ast;
+mod columns;
 mod eval;
 mod lexer;
 mod parser;
@@ -43,6 +46,11 @@ impl Query {
             ast::Select::Count => None,
             ast::Select::Fields(paths) => Some(paths.iter().map(ast::Path::text).collect()),
         }
+    }
+
+    /// Whether the SELECT list holds parent-to-child subqueries (which Bulk queries refuse).
+    pub fn has_subqueries(&self) -> bool {
+        !self.ast.subqueries.is_empty()
     }
 
     /// Whether this is a `SELECT COUNT()` query, whose answer has a size but no records.
@@ -85,6 +93,15 @@ pub fn execute(
 ) -> Result<QueryOutput, SoqlError> {
     let plan = plan::build(&q.ast, &q.src, &db.schema, today)?;
     Ok(eval::run(&plan, db, all_rows, version))
+}
+
+/// The query's column metadata, as `/query?q=...&columns=true` answers it.
+///
+/// # Errors
+/// The same errors [`execute`] reports for names that do not resolve.
+pub fn column_metadata(q: &Query, db: &Db, today: NaiveDate) -> Result<Value, SoqlError> {
+    plan::build(&q.ast, &q.src, &db.schema, today)?;
+    Ok(columns::metadata(&q.ast, &db.schema))
 }
 
 /// A query error as the REST API reports it: `[{"message": ..., "errorCode": ...}]`.
