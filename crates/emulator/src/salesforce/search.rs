@@ -92,9 +92,10 @@ pub fn handle(ctx: &CallCtx, db: &Db, req: &DataRequest<'_>) -> Resp {
                 format!("sObject type '{}' is not supported.", r.object),
             );
         };
+        let fields = searchable(&obj, search.scope);
         let ids: Vec<&str> = db
             .records(&obj.name)
-            .filter(|rec| !rec.deleted && matches(&search.terms, &obj, rec, search.scope))
+            .filter(|rec| !rec.deleted && matches(&search.terms, &fields, rec))
             .map(Record::id)
             .take(MAX_ROWS)
             .collect();
@@ -370,6 +371,7 @@ fn words_of(s: &str, pattern: bool) -> Vec<String> {
         .collect()
 }
 
+/// The fields a search group covers on one object.
 fn searchable(obj: &ObjectDef, scope: Scope) -> Vec<String> {
     obj.fields()
         .filter(|f| match scope {
@@ -387,10 +389,11 @@ fn searchable(obj: &ObjectDef, scope: Scope) -> Vec<String> {
         .collect()
 }
 
-fn matches(terms: &Terms, obj: &ObjectDef, rec: &Record, scope: Scope) -> bool {
+/// Whether a record's searchable `fields` hold the terms.
+fn matches(terms: &Terms, fields: &[String], rec: &Record) -> bool {
     let mut words: Vec<Vec<String>> = Vec::new();
-    for f in searchable(obj, scope) {
-        if let Some(s) = rec.get(&f).as_str() {
+    for f in fields {
+        if let Some(s) = rec.get(f).as_str() {
             words.push(words_of(&s.to_lowercase(), false));
         }
     }
