@@ -498,8 +498,11 @@ pub enum Order {
     Desc,
 }
 
+/// Salesforce's limit on nested parent-to-child subqueries (from API v58.0; one level before).
+pub const MAX_CHILD_LEVELS: usize = 5;
+
 /// A `SELECT … FROM … [WHERE …] [ORDER BY …] [LIMIT n] [OFFSET n]` builder, with optional
-/// parent-to-child subqueries in the SELECT list.
+/// parent-to-child subqueries in the SELECT list (nested up to [`MAX_CHILD_LEVELS`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SoqlQuery {
     fields: Vec<String>,
@@ -527,6 +530,11 @@ impl SoqlQuery {
             limit: None,
             offset: None,
         }
+    }
+
+    /// Levels of parent-to-child subqueries below this query.
+    fn depth(&self) -> usize {
+        self.children.iter().map(|c| 1 + c.depth()).max().unwrap_or(0)
     }
 
     /// Adds a parent-to-child subquery: `sub` selects from a child relationship name
@@ -578,14 +586,13 @@ impl SoqlQuery {
             return Err(SoqlError::NoFields);
         }
         let mut fields = self.fields.iter().map(|f| field(f).map(str::to_owned)).collect::<Result<Vec<_>, _>>()?;
+        if self.depth() > MAX_CHILD_LEVELS {
+            return Err(SoqlError::InvalidSubquery(self.from.clone(), "subqueries nest at most five levels"));
+        }
         for sub in &self.children {
-            // SOQL allows neither OFFSET nor a further level of subqueries inside a subquery
-            // (the emulator, like older API versions, serves one level).
+            // SOQL allows no OFFSET inside a subquery.
             if sub.offset.is_some() {
                 return Err(SoqlError::InvalidSubquery(sub.from.clone(), "OFFSET is not allowed in a subquery"));
-            }
-            if !sub.children.is_empty() {
-                return Err(SoqlError::InvalidSubquery(sub.from.clone(), "subqueries nest one level"));
             }
             fields.push(format!("({})", sub.build()?));
         }
@@ -714,10 +721,20 @@ mod tests {
         );
         let offset = SoqlQuery::select(["Id"], "Account").with_children(contacts.clone().offset(1)).build();
         assert!(matches!(offset, Err(SoqlError::InvalidSubquery(..))));
-        let deep = SoqlQuery::select(["Id"], "Account")
-            .with_children(contacts.with_children(SoqlQuery::select(["Id"], "Cases")))
-            .build();
-        assert!(matches!(deep, Err(SoqlError::InvalidSubquery(..))));
+        let two = SoqlQuery::select(["Id"], "Account")
+            .with_children(SoqlQuery::select(["Id"], "Contacts").with_children(SoqlQuery::select(["Subject"], "Cases")))
+            .build()
+            .unwrap();
+        assert_eq!(two, "SELECT Id, (SELECT Id, (SELECT Subject FROM Cases) FROM Contacts) FROM Account");
+        let nest = |levels: usize| {
+            let mut q = SoqlQuery::select(["Name"], "ChildAccounts");
+            for _ in 1..levels {
+                q = SoqlQuery::select(["Name"], "ChildAccounts").with_children(q);
+            }
+            SoqlQuery::select(["Name"], "Account").with_children(q).build()
+        };
+        assert!(nest(MAX_CHILD_LEVELS).is_ok());
+        assert!(matches!(nest(MAX_CHILD_LEVELS + 1), Err(SoqlError::InvalidSubquery(..))));
         let bad = SoqlQuery::select(["Id"], "Account").with_children(SoqlQuery::select(["Id"], "Con tacts")).build();
         assert!(matches!(bad, Err(SoqlError::InvalidIdentifier(_))));
     }

@@ -56,7 +56,7 @@ fn run(st: &SfState, ctx: &CallCtx, db: &Db, req: &DataRequest<'_>, all: bool) -
     if req.param("columns").is_some_and(|c| c.eq_ignore_ascii_case("true")) {
         // The columns the query would return, not its rows (the Salesforce CLI lays out tables
         // from this).
-        return match soql::column_metadata(&parsed, db, ctx.now.date_naive()) {
+        return match soql::column_metadata(&parsed, db, &ctx.version, ctx.now.date_naive()) {
             Ok(v) => Resp::ok(v),
             Err(e) => Resp::error(StatusCode::BAD_REQUEST, e.code, e.message),
         };

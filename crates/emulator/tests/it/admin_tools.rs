@@ -338,3 +338,46 @@ async fn sosl_finds_whole_words_in_the_chosen_fields() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
 }
+
+#[tokio::test]
+async fn subqueries_nest_five_levels_from_v58() {
+    let org = Org::start().await;
+    let acme = org.create("Account", json!({"Name": "Acme"})).await;
+    let jo = org.create("Contact", json!({"LastName": "Jo", "AccountId": acme})).await;
+    org.create("Case", json!({"Subject": "Broken", "ContactId": jo})).await;
+    org.create("Contact", json!({"LastName": "Al", "AccountId": acme})).await;
+    let soql =
+        "SELECT Name, (SELECT LastName, (SELECT Subject FROM Cases) FROM Contacts ORDER BY LastName) FROM Account";
+    let (s, v) = org.json(Method::GET, &q(soql), None).await;
+    assert_eq!(s, 200, "{v}");
+    let contacts = &v["records"][0]["Contacts"]["records"];
+    assert_eq!(contacts[0]["LastName"], json!("Al"));
+    assert_eq!(contacts[0]["Cases"], Value::Null);
+    assert_eq!(contacts[1]["Cases"]["records"][0]["Subject"], json!("Broken"));
+    let (_, cols) = org.json(Method::GET, &format!("{}&columns=true", q(soql)), None).await;
+    let inner = &cols["columnMetadata"][1]["joinColumns"];
+    assert_eq!(inner[1]["columnName"], json!("Cases"), "{cols}");
+    assert_eq!(inner[1]["aggregate"], json!(true));
+    assert_eq!(inner[1]["joinColumns"][0]["columnName"], json!("Subject"));
+
+    // Before v58.0 one level only; five at most after.
+    let resp = org
+        .http
+        .get(format!("{}/services/data/v57.0/{}", org.emu.base_url, q(soql)))
+        .bearer_auth(&org.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let nest = |levels: usize| {
+        let mut inner = "SELECT Name FROM ChildAccounts".to_string();
+        for _ in 1..levels {
+            inner = format!("SELECT Name, ({inner}) FROM ChildAccounts");
+        }
+        format!("SELECT Name, ({inner}) FROM Account")
+    };
+    let (s, v) = org.json(Method::GET, &q(&nest(5)), None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = org.json(Method::GET, &q(&nest(6)), None).await;
+    assert_eq!((s, code(&v)), (400, "MALFORMED_QUERY"), "{v}");
+}

@@ -215,24 +215,41 @@ impl Client {
         Ok(out)
     }
 
-    /// Fetches the remaining pages of one nested result, if it is a paged one.
-    async fn complete_children(&self, value: &mut serde_json::Value) -> Result<()> {
-        let Some(nested) = value.as_object_mut() else { return Ok(()) };
-        if nested.get("done") != Some(&serde_json::Value::Bool(false)) || !nested.contains_key("records") {
-            return Ok(());
-        }
-        let Some(next) = nested.get("nextRecordsUrl").and_then(serde_json::Value::as_str).map(str::to_owned) else {
-            return Ok(());
-        };
-        let pages: Vec<QueryPage<serde_json::Value>> = self.pages_from(next).try_collect().await?;
-        if let Some(serde_json::Value::Array(records)) = nested.get_mut("records") {
-            for page in pages {
-                records.extend(page.records);
+    /// Fetches the remaining pages of one nested result, if it is a paged one, then does the
+    /// same for its records' own nested results (subqueries nest up to five levels).
+    fn complete_children<'a>(
+        &'a self,
+        value: &'a mut serde_json::Value,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(nested) = value.as_object_mut() else { return Ok(()) };
+            if !nested.contains_key("records") || !nested.contains_key("done") {
+                return Ok(());
             }
-        }
-        nested.insert("done".into(), serde_json::Value::Bool(true));
-        nested.remove("nextRecordsUrl");
-        Ok(())
+            let next = nested.get("nextRecordsUrl").and_then(serde_json::Value::as_str).map(str::to_owned);
+            if nested.get("done") == Some(&serde_json::Value::Bool(false))
+                && let Some(next) = next
+            {
+                let pages: Vec<QueryPage<serde_json::Value>> = self.pages_from(next).try_collect().await?;
+                if let Some(serde_json::Value::Array(records)) = nested.get_mut("records") {
+                    for page in pages {
+                        records.extend(page.records);
+                    }
+                }
+                nested.insert("done".into(), serde_json::Value::Bool(true));
+                nested.remove("nextRecordsUrl");
+            }
+            if let Some(serde_json::Value::Array(records)) = nested.get_mut("records") {
+                for record in records {
+                    if let serde_json::Value::Object(fields) = record {
+                        for field in fields.values_mut() {
+                            self.complete_children(field).await?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Collects every row of a query into memory.

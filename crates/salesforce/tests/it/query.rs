@@ -147,6 +147,23 @@ async fn parents_come_with_their_children_in_one_call() {
     assert!(rows[1].contacts.is_none());
     assert!(salesforce::Children::of(rows[1].contacts.as_ref()).is_empty());
 
+    // Two levels: the Contacts' Cases inside each Contact.
+    let contact = client.query_collect::<Value>("SELECT Id FROM Contact WHERE LastName = 'Amy'").await.unwrap();
+    let amy = contact[0]["Id"].as_str().unwrap().to_string();
+    org.seed("Case", json!([{"Subject": "Help", "ContactId": amy}])).await;
+    let q = SoqlQuery::select(["Name"], "Account")
+        .with_children(
+            SoqlQuery::select(["LastName"], "Contacts")
+                .with_children(SoqlQuery::select(["Subject"], "Cases"))
+                .order_by("LastName", Order::Asc),
+        )
+        .filter(Condition::eq("Name", "With kids"))
+        .build()
+        .unwrap();
+    let rows: Vec<Value> = client.query_with_children(q, QueryOptions::default()).await.unwrap();
+    assert_eq!(rows[0]["Contacts"]["records"][0]["Cases"]["records"][0]["Subject"], json!("Help"));
+    assert_eq!(rows[0]["Contacts"]["records"][1]["Cases"], Value::Null);
+
     // An unknown child relationship is the query's error, typed.
     let bad = SoqlQuery::select(["Name"], "Account").with_children(SoqlQuery::select(["Id"], "Kids")).build().unwrap();
     let err = client.query_with_children::<Value>(bad, QueryOptions::default()).await.unwrap_err();

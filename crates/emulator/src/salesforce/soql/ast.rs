@@ -86,6 +86,8 @@ pub struct OrderItem {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubQuery {
     pub fields: Vec<Path>,
+    /// Grandchildren: subqueries inside this one, with the number of plain fields before each.
+    pub subqueries: Vec<(usize, SubQuery)>,
     /// The child relationship name as written (`Contacts`).
     pub relationship: String,
     pub relationship_pos: usize,

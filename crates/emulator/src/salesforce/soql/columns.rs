@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use super::ast::{Ast, Path, Select};
+use super::ast::{Ast, Path, Select, SubQuery};
 use crate::salesforce::schema::{FieldDef, FieldType, ObjectDef, Schema};
 
 /// The `columns=true` answer for a query that has already been planned (so every name resolves).
@@ -19,14 +19,14 @@ pub fn metadata(ast: &Ast, schema: &Schema) -> Value {
         let mut subs = ast.subqueries.iter().peekable();
         for (i, p) in paths.iter().enumerate() {
             while let Some((_, sub)) = subs.next_if(|(at, _)| *at == i) {
-                columns.push(subquery_column(root, &sub.relationship, &sub.fields, schema));
+                columns.push(subquery_column(root, sub, schema));
             }
             let parts = strip_root(root, p);
             id_selected |= parts.len() == 1 && parts[0].eq_ignore_ascii_case("Id");
             add_path(&mut columns, root, parts, schema);
         }
         for (_, sub) in subs {
-            columns.push(subquery_column(root, &sub.relationship, &sub.fields, schema));
+            columns.push(subquery_column(root, sub, schema));
         }
     }
     json!({
@@ -47,13 +47,21 @@ fn strip_root<'p>(root: &ObjectDef, p: &'p Path) -> &'p [String] {
     }
 }
 
-fn subquery_column(root: &ObjectDef, relationship: &str, fields: &[Path], schema: &Schema) -> Value {
-    let rel = schema.child_relationship(&root.name, relationship);
-    let name = rel.as_ref().map_or(relationship.to_string(), |r| r.name.clone());
+fn subquery_column(root: &ObjectDef, sub: &SubQuery, schema: &Schema) -> Value {
+    let (fields, subqueries) = (&sub.fields, &sub.subqueries);
+    let rel = schema.child_relationship(&root.name, &sub.relationship);
+    let name = rel.as_ref().map_or(sub.relationship.clone(), |r| r.name.clone());
     let mut joins = Vec::new();
     if let Some(child) = rel.as_ref().and_then(|r| schema.object(&r.child)) {
-        for p in fields {
+        let mut subs = subqueries.iter().peekable();
+        for (i, p) in fields.iter().enumerate() {
+            while let Some((_, sub)) = subs.next_if(|(at, _)| *at == i) {
+                joins.push(subquery_column(child, sub, schema));
+            }
             add_path(&mut joins, child, strip_root(child, p), schema);
+        }
+        for (_, sub) in subs {
+            joins.push(subquery_column(child, sub, schema));
         }
     }
     json!({

@@ -56,19 +56,19 @@ pub fn run(plan: &Plan, db: &Db, all_rows: bool, version: &str) -> QueryOutput {
     }
     let rows = order_and_cut(plan, matching, cx);
     let children = child_indexes(plan, db, all_rows, cx);
-    let records: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            let mut v = render(&plan.out, &plan.object, r, cx, version);
-            if let Value::Object(m) = &mut v {
-                for (child, index) in plan.children.iter().zip(&children) {
-                    m.insert(child.key.clone(), nested(child, index.get(r.id()), cx, version));
-                }
-            }
-            v
-        })
-        .collect();
+    let records: Vec<Value> = rows.iter().map(|r| render_row(plan, r, &children, cx, version)).collect();
     QueryOutput { total_size: records.len(), records }
+}
+
+/// One row with its subqueries' children (and theirs, level by level).
+fn render_row<'a>(plan: &Plan, rec: &'a Record, children: &[ChildIndex<'a>], cx: &Ctx<'a>, version: &str) -> Value {
+    let mut v = render(&plan.out, &plan.object, rec, cx, version);
+    if let Value::Object(m) = &mut v {
+        for (child, index) in plan.children.iter().zip(children) {
+            m.insert(child.key.clone(), nested(child, index, rec.id(), cx, version));
+        }
+    }
+    v
 }
 
 /// The rows of `matching` that the plan's ORDER BY, OFFSET and LIMIT keep, in order.
@@ -99,36 +99,40 @@ fn order_and_cut<'a>(plan: &Plan, matching: impl Iterator<Item = &'a Record>, cx
     keyed.into_iter().skip(plan.offset).take(limit).map(|(_, _, r)| r).collect()
 }
 
-/// For each subquery, its matching child records grouped by the parent Id they point at: one
-/// pass over the child object per query, not one per parent row.
-fn child_indexes<'a>(plan: &Plan, db: &'a Db, all_rows: bool, cx: &Ctx<'a>) -> Vec<HashMap<&'a str, Vec<&'a Record>>> {
+/// A subquery's matching child records grouped by the parent Id they point at (one pass over
+/// the child object per query, not one per parent row), with the same for its own subqueries.
+struct ChildIndex<'a> {
+    by_parent: HashMap<&'a str, Vec<&'a Record>>,
+    children: Vec<ChildIndex<'a>>,
+}
+
+fn child_indexes<'a>(plan: &Plan, db: &'a Db, all_rows: bool, cx: &Ctx<'a>) -> Vec<ChildIndex<'a>> {
     plan.children
         .iter()
         .map(|child| {
-            let mut index: HashMap<&str, Vec<&Record>> = HashMap::new();
+            let mut by_parent: HashMap<&str, Vec<&Record>> = HashMap::new();
             for r in db.records(&child.plan.object) {
                 if (!all_rows && r.deleted) || !child.plan.filter.as_ref().is_none_or(|c| eval(c, r, cx)) {
                     continue;
                 }
                 if let Some(parent) = r.get(&child.field).as_str() {
-                    index.entry(parent).or_default().push(r);
+                    by_parent.entry(parent).or_default().push(r);
                 }
             }
-            index
+            ChildIndex { by_parent, children: child_indexes(&child.plan, db, all_rows, cx) }
         })
         .collect()
 }
 
 /// A parent row's children as Salesforce nests them: a query result of their own, or `null`
 /// when there are none.
-fn nested<'a>(child: &ChildPlan, rows: Option<&Vec<&'a Record>>, cx: &Ctx<'a>, version: &str) -> Value {
-    let Some(rows) = rows else { return Value::Null };
+fn nested<'a>(child: &ChildPlan, index: &ChildIndex<'a>, parent: &str, cx: &Ctx<'a>, version: &str) -> Value {
+    let Some(rows) = index.by_parent.get(parent) else { return Value::Null };
     let kept = order_and_cut(&child.plan, rows.iter().copied(), cx);
     if kept.is_empty() {
         return Value::Null;
     }
-    let records: Vec<Value> =
-        kept.iter().map(|r| render(&child.plan.out, &child.plan.object, r, cx, version)).collect();
+    let records: Vec<Value> = kept.iter().map(|r| render_row(&child.plan, r, &index.children, cx, version)).collect();
     json!({"totalSize": records.len(), "done": true, "records": records})
 }
 

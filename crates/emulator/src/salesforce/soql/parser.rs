@@ -155,16 +155,27 @@ impl Parser<'_> {
     fn subquery(&mut self) -> Result<SubQuery, SoqlError> {
         self.advance();
         self.expect_kw("select")?;
+        // Each level recurses; the planner enforces Salesforce's depth limit, this only keeps
+        // hostile input off the stack.
+        self.enter()?;
         let mut fields = Vec::new();
+        let mut subqueries = Vec::new();
         loop {
+            let is_subquery = self.peek().tok == Tok::LParen
+                && matches!(self.peek_at(1), Tok::Ident(s) if s.eq_ignore_ascii_case("select"));
             match &self.peek().tok {
-                Tok::LParen => return Err(self.unsupported("a subquery inside a subquery")),
+                _ if is_subquery => {}
+                Tok::LParen => return Err(self.unexpected()),
                 Tok::Ident(_) if *self.peek_at(1) == Tok::LParen => {
                     return Err(self.unsupported("a function or aggregate in a subquery"));
                 }
                 _ => {}
             }
-            fields.push(self.path()?);
+            if is_subquery {
+                subqueries.push((fields.len(), self.subquery()?));
+            } else {
+                fields.push(self.path()?);
+            }
             match &self.peek().tok {
                 Tok::Comma => {
                     self.advance();
@@ -189,7 +200,8 @@ impl Parser<'_> {
             return Err(self.unexpected());
         }
         self.advance();
-        Ok(SubQuery { fields, relationship, relationship_pos, filter, order, limit })
+        self.depth -= 1;
+        Ok(SubQuery { fields, subqueries, relationship, relationship_pos, filter, order, limit })
     }
 
     fn select_list(&mut self) -> Result<(Select, Vec<(usize, SubQuery)>), SoqlError> {
@@ -554,7 +566,6 @@ mod tests {
             "SELECT COUNT(Id) FROM Account",
             "SELECT COUNT(), Name FROM Account",
             "SELECT FIELDS(ALL) FROM Account LIMIT 200",
-            "SELECT Id, (SELECT Id, (SELECT Id FROM Cases) FROM Contacts) FROM Account",
             "SELECT Id, (SELECT Id FROM Contacts LIMIT 1 OFFSET 1) FROM Account",
             "SELECT Id, (SELECT COUNT() FROM Contacts) FROM Account",
             "SELECT Id, (SELECT Id FROM Contacts FROM Account",

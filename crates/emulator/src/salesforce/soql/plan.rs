@@ -229,7 +229,31 @@ pub struct Plan {
     pub offset: usize,
 }
 
-pub fn build(ast: &Ast, src: &str, schema: &Schema, today: NaiveDate) -> Result<Plan, SoqlError> {
+/// How many levels of parent-to-child subqueries a query may nest at an API version: five from
+/// v58.0, one before.
+pub fn max_child_levels(version: f64) -> usize {
+    if version >= 58.0 { 5 } else { 1 }
+}
+
+/// Plans a query whose subqueries may nest `max_child_levels` deep.
+pub fn build(
+    ast: &Ast,
+    src: &str,
+    schema: &Schema,
+    today: NaiveDate,
+    max_child_levels: usize,
+) -> Result<Plan, SoqlError> {
+    build_level(ast, src, schema, today, max_child_levels, 0)
+}
+
+fn build_level(
+    ast: &Ast,
+    src: &str,
+    schema: &Schema,
+    today: NaiveDate,
+    max_levels: usize,
+    level: usize,
+) -> Result<Plan, SoqlError> {
     let obj = schema.object(&ast.object).ok_or_else(|| {
         SoqlError::at(
             "INVALID_TYPE",
@@ -283,6 +307,16 @@ pub fn build(ast: &Ast, src: &str, schema: &Schema, today: NaiveDate) -> Result<
     }
     let mut children = Vec::with_capacity(ast.subqueries.len());
     let mut seen_rel = HashSet::new();
+    if let Some((_, sub)) = ast.subqueries.first()
+        && level >= max_levels
+    {
+        return Err(SoqlError::at(
+            "MALFORMED_QUERY",
+            src,
+            sub.relationship_pos,
+            format!("parent-to-child subqueries can nest at most {max_levels} level(s) at this API version"),
+        ));
+    }
     for (_, sub) in &ast.subqueries {
         let rel = schema.child_relationship(&obj.name, &sub.relationship).ok_or_else(|| {
             SoqlError::at(
@@ -306,7 +340,7 @@ pub fn build(ast: &Ast, src: &str, schema: &Schema, today: NaiveDate) -> Result<
         // The subquery is planned as a query of its own over the child object.
         let child_ast = Ast {
             select: Select::Fields(sub.fields.clone()),
-            subqueries: Vec::new(),
+            subqueries: sub.subqueries.clone(),
             object: rel.child.clone(),
             object_pos: sub.relationship_pos,
             filter: sub.filter.clone(),
@@ -315,7 +349,7 @@ pub fn build(ast: &Ast, src: &str, schema: &Schema, today: NaiveDate) -> Result<
             offset: None,
             offset_pos: 0,
         };
-        let plan = build(&child_ast, src, schema, today)?;
+        let plan = build_level(&child_ast, src, schema, today, max_levels, level + 1)?;
         children.push(ChildPlan { key: rel.name, field: rel.field, plan });
     }
     Ok(Plan { object: obj.name.clone(), count_only, out, children, filter, order, limit: ast.limit, offset })
