@@ -67,7 +67,7 @@ pub use rest::describe::{
     DeletedRecord, DeletedRecords, FieldDescribe, GlobalDescribe, PicklistValue, SObjectDescribe, SObjectSummary,
     UpdatedRecords, VersionInfo,
 };
-pub use rest::query::{QueryOptions, QueryPage};
+pub use rest::query::{Children, QueryOptions, QueryPage};
 pub use rest::sobjects::{CreateResult, UpsertOutcome};
 pub use soql::{Condition, Literal, Order, SoqlError, SoqlQuery};
 pub use transport::CALL_OPTIONS_HEADER;

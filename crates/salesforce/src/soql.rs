@@ -30,6 +30,9 @@ pub enum SoqlError {
     /// `AND`/`OR` of nothing.
     #[error("AND/OR needs at least one condition")]
     EmptyGroup,
+    /// A parent-to-child subquery that SOQL does not allow (OFFSET, or a subquery of its own).
+    #[error("subquery on {0}: {1}")]
+    InvalidSubquery(String, &'static str),
 }
 
 /// Escapes `value` for use between single quotes in SOQL (the quotes are not added).
@@ -495,10 +498,15 @@ pub enum Order {
     Desc,
 }
 
-/// A `SELECT … FROM … [WHERE …] [ORDER BY …] [LIMIT n] [OFFSET n]` builder.
+/// Salesforce's limit on nested parent-to-child subqueries (from API v58.0; one level before).
+pub const MAX_CHILD_LEVELS: usize = 5;
+
+/// A `SELECT … FROM … [WHERE …] [ORDER BY …] [LIMIT n] [OFFSET n]` builder, with optional
+/// parent-to-child subqueries in the SELECT list (nested up to [`MAX_CHILD_LEVELS`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SoqlQuery {
     fields: Vec<String>,
+    children: Vec<SoqlQuery>,
     from: String,
     filter: Option<Condition>,
     order_by: Vec<(String, Order)>,
@@ -515,12 +523,27 @@ impl SoqlQuery {
     {
         Self {
             fields: fields.into_iter().map(Into::into).collect(),
+            children: Vec::new(),
             from: object.to_owned(),
             filter: None,
             order_by: Vec::new(),
             limit: None,
             offset: None,
         }
+    }
+
+    /// Levels of parent-to-child subqueries below this query.
+    fn depth(&self) -> usize {
+        self.children.iter().map(|c| 1 + c.depth()).max().unwrap_or(0)
+    }
+
+    /// Adds a parent-to-child subquery: `sub` selects from a child relationship name
+    /// (`SoqlQuery::select(["LastName"], "Contacts")`), with its own filter, order and limit. Each
+    /// row then carries that relationship's children (see [`crate::Children`]).
+    #[must_use]
+    pub fn with_children(mut self, sub: SoqlQuery) -> Self {
+        self.children.push(sub);
+        self
     }
 
     /// Adds a condition (ANDed with any earlier one).
@@ -562,7 +585,17 @@ impl SoqlQuery {
         if self.fields.is_empty() {
             return Err(SoqlError::NoFields);
         }
-        let fields = self.fields.iter().map(|f| field(f)).collect::<Result<Vec<_>, _>>()?;
+        let mut fields = self.fields.iter().map(|f| field(f).map(str::to_owned)).collect::<Result<Vec<_>, _>>()?;
+        if self.depth() > MAX_CHILD_LEVELS {
+            return Err(SoqlError::InvalidSubquery(self.from.clone(), "subqueries nest at most five levels"));
+        }
+        for sub in &self.children {
+            // SOQL allows no OFFSET inside a subquery.
+            if sub.offset.is_some() {
+                return Err(SoqlError::InvalidSubquery(sub.from.clone(), "OFFSET is not allowed in a subquery"));
+            }
+            fields.push(format!("({})", sub.build()?));
+        }
         let mut out = format!("SELECT {} FROM {}", fields.join(", "), object(&self.from)?);
         if let Some(filter) = &self.filter {
             out.push_str(" WHERE ");
@@ -667,6 +700,43 @@ mod tests {
              SystemModstamp > 2024-01-01T00:00:00Z AND (Type IN ('Customer', 'Partner') OR Type = null)) \
              ORDER BY Name ASC LIMIT 10"
         );
+    }
+
+    #[test]
+    fn builds_parent_to_child_subqueries() {
+        let contacts = SoqlQuery::select(["LastName", "Email"], "Contacts")
+            .filter(Condition::ne("Email", Literal::Null))
+            .order_by("LastName", Order::Asc)
+            .limit(5);
+        let q = SoqlQuery::select(["Id", "Name"], "Account")
+            .with_children(contacts.clone())
+            .with_children(SoqlQuery::select(["Name"], "Opportunities"))
+            .filter(Condition::eq("Name", "Acme"))
+            .build()
+            .unwrap();
+        assert_eq!(
+            q,
+            "SELECT Id, Name, (SELECT LastName, Email FROM Contacts WHERE Email != null ORDER BY LastName ASC LIMIT 5), \
+             (SELECT Name FROM Opportunities) FROM Account WHERE Name = 'Acme'"
+        );
+        let offset = SoqlQuery::select(["Id"], "Account").with_children(contacts.clone().offset(1)).build();
+        assert!(matches!(offset, Err(SoqlError::InvalidSubquery(..))));
+        let two = SoqlQuery::select(["Id"], "Account")
+            .with_children(SoqlQuery::select(["Id"], "Contacts").with_children(SoqlQuery::select(["Subject"], "Cases")))
+            .build()
+            .unwrap();
+        assert_eq!(two, "SELECT Id, (SELECT Id, (SELECT Subject FROM Cases) FROM Contacts) FROM Account");
+        let nest = |levels: usize| {
+            let mut q = SoqlQuery::select(["Name"], "ChildAccounts");
+            for _ in 1..levels {
+                q = SoqlQuery::select(["Name"], "ChildAccounts").with_children(q);
+            }
+            SoqlQuery::select(["Name"], "Account").with_children(q).build()
+        };
+        assert!(nest(MAX_CHILD_LEVELS).is_ok());
+        assert!(matches!(nest(MAX_CHILD_LEVELS + 1), Err(SoqlError::InvalidSubquery(..))));
+        let bad = SoqlQuery::select(["Id"], "Account").with_children(SoqlQuery::select(["Id"], "Con tacts")).build();
+        assert!(matches!(bad, Err(SoqlError::InvalidIdentifier(_))));
     }
 
     #[test]

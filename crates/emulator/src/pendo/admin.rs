@@ -372,6 +372,7 @@ async fn get_config(State(state): State<PendoState>) -> Json<PendoConfig> {
 async fn put_config(State(state): State<PendoState>, body: Bytes) -> ApiResult<Json<PendoConfig>> {
     let c: PendoConfig = parse(&body)?;
     state.inner.faults.set(c.faults.clone());
+    state.inner.store.write().set_day_timezone(i64::from(c.timezone_offset_minutes) * 60_000);
     *state.inner.config.write() = c.clone();
     Ok(Json(c))
 }

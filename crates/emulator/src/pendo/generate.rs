@@ -802,6 +802,8 @@ fn build_catalog(store: &mut Store, seed: u64, anchor: i64) {
 pub fn generate(gc: &GenConfig) -> Generated {
     let anchor = gc.anchor_day_ms.unwrap_or(0);
     let mut store = empty_store();
+    // Days are cut in the subscription's timezone, as the anchor day is.
+    store.day_tz_ms = i64::from(gc.timezone_offset_minutes) * 60_000;
     build_catalog(&mut store, gc.seed, anchor);
     let premium_features: Vec<u32> = FEATURES.iter().enumerate().filter(|f| f.1.1).map(|f| f.0 as u32).collect();
     let basic_features: Vec<u32> = FEATURES.iter().enumerate().filter(|f| !f.1.1).map(|f| f.0 as u32).collect();

@@ -145,7 +145,8 @@ impl PendoState {
         Self::with_store(config, store)
     }
 
-    pub fn with_store(config: PendoConfig, store: Store) -> Self {
+    pub fn with_store(config: PendoConfig, mut store: Store) -> Self {
+        store.set_day_timezone(i64::from(config.timezone_offset_minutes) * 60_000);
         let faults = faults::Faults::new(config.faults.clone());
         PendoState {
             inner: Arc::new(Inner {

@@ -5,7 +5,7 @@
 //! millions of them; documents are `Val` trees because clients read them whole.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::val::{Obj, Val};
 
@@ -267,6 +267,9 @@ pub struct EventTable {
     pub item: Vec<u32>,
     pub events: Vec<u32>,
     pub minutes: Vec<u32>,
+    /// Daily rollups only: the end of the last active minute of the day (a row's `lastTime`);
+    /// empty in hourly tables, whose rows end `minutes` after `ts`.
+    pub last: Vec<i64>,
 }
 
 impl EventTable {
@@ -313,7 +316,77 @@ impl EventTable {
     }
 
     pub fn bytes(&self) -> usize {
-        self.len() * (8 + 4 * 5)
+        self.len() * (8 + 4 * 5) + self.last.len() * 8
+    }
+
+    /// The end of row `i`'s last active minute.
+    pub fn last_time(&self, i: usize) -> i64 {
+        match self.last.get(i) {
+            Some(&t) => t,
+            None => self.ts[i].saturating_add(i64::from(self.minutes[i].min(59)) * 60_000),
+        }
+    }
+
+    /// One row per day × visitor × account × item (the keys Pendo sums events and minutes by;
+    /// every other column of an event row is the visitor's), each at its day's start in the
+    /// timezone `tz_ms`. `None` when the rows already are one per such key, so the caller can
+    /// serve days from this table as it is (the generator makes one active hour a day).
+    pub fn daily(&self, tz_ms: i64) -> Option<EventTable> {
+        let day = |ts: i64| ts.saturating_add(tz_ms).div_euclid(DAY_MS);
+        let key = |i: usize| {
+            (u128::from(self.visitor[i]) << 64) | (u128::from(self.account[i]) << 32) | u128::from(self.item[i])
+        };
+        // Rows are sorted by time, so each day is one run; a sorted run shows repeats as neighbours.
+        let mut keys: Vec<u128> = Vec::new();
+        let mut repeated = false;
+        let mut i = 0;
+        while i < self.len() && !repeated {
+            let d = day(self.ts[i]);
+            let mut j = i;
+            keys.clear();
+            while j < self.len() && day(self.ts[j]) == d {
+                keys.push(key(j));
+                j += 1;
+            }
+            keys.sort_unstable();
+            repeated = keys.windows(2).any(|w| w[0] == w[1]);
+            i = j;
+        }
+        if !repeated {
+            return None;
+        }
+        let mut out = EventTable::default();
+        let mut at: HashMap<u128, usize> = HashMap::new();
+        let mut i = 0;
+        while i < self.len() {
+            let d = day(self.ts[i]);
+            let start = d.saturating_mul(DAY_MS).saturating_sub(tz_ms);
+            at.clear();
+            while i < self.len() && day(self.ts[i]) == d {
+                let last = self.last_time(i);
+                match at.get(&key(i)) {
+                    Some(&k) => {
+                        out.events[k] = out.events[k].saturating_add(self.events[i]);
+                        out.minutes[k] = out.minutes[k].saturating_add(self.minutes[i]);
+                        out.last[k] = out.last[k].max(last);
+                    }
+                    None => {
+                        at.insert(key(i), out.len());
+                        out.push(
+                            start,
+                            self.visitor[i],
+                            self.account[i],
+                            self.item[i],
+                            self.events[i],
+                            self.minutes[i],
+                        );
+                        out.last.push(last);
+                    }
+                }
+                i += 1;
+            }
+        }
+        Some(out)
     }
 }
 
@@ -392,6 +465,15 @@ pub struct Store {
     pub page_rows: EventTable,
     pub feature_rows: EventTable,
     pub track_rows: EventTable,
+    /// The rollups above summed by day in `day_tz_ms` (see [`EventTable::daily`]): what
+    /// `dayRange` sources read. `None` where the hourly table already has one row per day and
+    /// key. Built by the first query that reads days, so generating or seeding costs nothing
+    /// more; [`Store::sort_events`], which every change of events ends with, drops them.
+    pub page_days: OnceLock<Option<EventTable>>,
+    pub feature_days: OnceLock<Option<EventTable>>,
+    pub track_days: OnceLock<Option<EventTable>>,
+    /// The subscription's timezone offset that days are cut in.
+    pub day_tz_ms: i64,
     /// Guide and poll events, sorted by `ts`.
     pub guide_events: Vec<GuideEvent>,
     pub segments: HashMap<String, Segment>,
@@ -406,6 +488,37 @@ impl Store {
             EventKind::Feature => &self.feature_rows,
             EventKind::Track => &self.track_rows,
         }
+    }
+
+    /// The table a source of `kind` reads: daily rows for `dayRange`, hourly for `hourRange`.
+    pub fn table_for(&self, kind: EventKind, daily: bool) -> &EventTable {
+        if !daily {
+            return self.table(kind);
+        }
+        let days = match kind {
+            EventKind::Page => &self.page_days,
+            EventKind::Feature => &self.feature_days,
+            EventKind::Track => &self.track_days,
+        };
+        match days.get_or_init(|| self.table(kind).daily(self.day_tz_ms)) {
+            Some(t) => t,
+            None => self.table(kind),
+        }
+    }
+
+    /// Cuts days in another timezone (the subscription's changed).
+    pub fn set_day_timezone(&mut self, tz_ms: i64) {
+        if tz_ms != self.day_tz_ms {
+            self.day_tz_ms = tz_ms;
+            self.rebuild_days();
+        }
+    }
+
+    /// Drops the daily tables; the next query that reads days builds them again.
+    fn rebuild_days(&mut self) {
+        self.page_days = OnceLock::new();
+        self.feature_days = OnceLock::new();
+        self.track_days = OnceLock::new();
     }
 
     pub fn items(&self, kind: EventKind) -> &[Item] {
@@ -462,6 +575,7 @@ impl Store {
         if !self.guide_events.windows(2).all(|w| w[0].ts <= w[1].ts) {
             self.guide_events.sort_by_key(|e| e.ts);
         }
+        self.rebuild_days();
     }
 
     pub fn schema(&self, kind: MetaKind) -> &SchemaGroups {
@@ -483,7 +597,12 @@ impl Store {
     }
 
     pub fn approx_bytes(&self) -> usize {
-        self.page_rows.bytes()
+        [&self.page_days, &self.feature_days, &self.track_days]
+            .iter()
+            .filter_map(|t| t.get().and_then(Option::as_ref))
+            .map(EventTable::bytes)
+            .sum::<usize>()
+            + self.page_rows.bytes()
             + self.feature_rows.bytes()
             + self.track_rows.bytes()
             + self.guide_events.len() * std::mem::size_of::<GuideEvent>()

@@ -692,3 +692,61 @@ mod fuzz {
         }
     }
 }
+
+/// Pendo's event sources sum events and minutes by day for `dayRange` (one row per visitor ×
+/// account × page × day) and by hour for `hourRange`; the stored rollups are hourly.
+#[tokio::test]
+async fn day_range_rows_are_summed_by_day_and_hour_range_rows_by_hour() {
+    let e = start_for_tests(PendoConfig::default(), &GenConfig { accounts: 2, ..gen_config() }).await.unwrap();
+    let c = reqwest::Client::new();
+    let base = &e.base_url;
+    let day = 1_700_000_000_000i64.div_euclid(store::DAY_MS) * store::DAY_MS;
+    let h = store::HOUR_MS;
+    let ev = |page: &str, visitor: &str, t: i64, n: u64, m: u64| json!({"kind": "page", "id": page, "visitorId": visitor, "accountId": "acme", "time": t, "numEvents": n, "numMinutes": m});
+    let seed = json!({
+        "accounts": [{"accountId": "acme"}],
+        "visitors": [{"visitorId": "ann", "accountId": "acme"}, {"visitorId": "bob", "accountId": "acme"}],
+        "pages": [{"id": "pageA", "name": "A"}, {"id": "pageB", "name": "B"}],
+        "events": [
+            ev("pageA", "ann", day + 9 * h, 3, 2),
+            ev("pageA", "ann", day + 14 * h + 60_000, 2, 5),
+            ev("pageB", "ann", day + 10 * h, 1, 1),
+            ev("pageA", "bob", day + 11 * h, 7, 3),
+            ev("pageA", "ann", day + 24 * h + 9 * h, 4, 1),
+        ]
+    });
+    let r = c.post(format!("{base}/__emulator/seed")).json(&seed).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let window = |period: &str, count: i64| json!({"period": period, "first": day, "count": count});
+    let source = |period: &str, count: i64| json!({"source": {"pageEvents": {"pageId": "pageA"}, "timeSeries": window(period, count)}});
+
+    let (s, out) = agg(base, json!([source("dayRange", 1), {"sort": ["visitorId"]}])).await;
+    assert_eq!(s, 200, "{out}");
+    let rows = out["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!(
+        (rows[0]["visitorId"].clone(), rows[0]["numEvents"].clone(), rows[0]["numMinutes"].clone()),
+        (json!("ann"), json!(5), json!(7))
+    );
+    assert_eq!(rows[0]["day"], json!(day));
+    // The store keeps hours: the later hour's rollup ends five minutes in.
+    assert_eq!(rows[0]["lastTime"], json!(day + 14 * h + 5 * 60_000));
+    assert_eq!(rows[1]["numEvents"], json!(7));
+
+    // Row counts, limit and min/max over raw rows see days; totals are unchanged.
+    let (_, out) = agg(base, json!([source("dayRange", 2), {"group": {"group": ["visitorId"], "fields": {"rows": {"count": null}, "most": {"max": "numEvents"}, "total": {"sum": "numEvents"}}}}, {"sort": ["visitorId"]}])).await;
+    assert_eq!(out["results"][0]["rows"], json!(2), "{out}");
+    assert_eq!(out["results"][0]["most"], json!(5));
+    assert_eq!(out["results"][0]["total"], json!(9));
+    let (_, out) = agg(base, json!([source("dayRange", 2), {"limit": 2}])).await;
+    assert_eq!(out["results"].as_array().unwrap().len(), 2);
+    let (_, out) = agg(base, json!([{"source": {"events": null, "timeSeries": window("dayRange", 1)}}])).await;
+    assert_eq!(out["results"].as_array().unwrap().len(), 3, "ann×A, ann×B, bob×A: {out}");
+
+    // hourRange keeps one row per stored hour.
+    let (_, out) = agg(base, json!([source("hourRange", 24), {"sort": ["hour"]}])).await;
+    let rows = out["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert_eq!(rows[0]["numEvents"], json!(3));
+    assert_eq!(rows[0]["hour"], json!(day + 9 * h));
+}

@@ -5,7 +5,8 @@
 //! - [`ids`], [`schema`], [`store`]: the org model and the DML rules every write path shares.
 //! - [`oauth`]: the token endpoint, userinfo, revoke, the bearer check.
 //! - [`rest`]: the entry for `/services/data/`; it authenticates, counts and dispatches to
-//!   [`sobjects`], [`collections`], [`composite`], [`query`] (over [`soql`]) and [`bulk`].
+//!   [`sobjects`], [`collections`], [`composite`], [`tree`], [`query`] (over [`soql`]),
+//!   [`search`] (SOSL) and [`bulk`].
 //! - [`accounting`], [`faults`], [`admin`]: what tests control and observe.
 
 pub mod accounting;
@@ -20,25 +21,77 @@ pub mod query;
 pub mod response;
 pub mod rest;
 pub mod schema;
+pub mod search;
 pub mod sobjects;
 pub mod soql;
 pub mod state;
 pub mod store;
+pub mod tree;
 
 use std::future::Future;
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::extract::Request;
+use axum::response::IntoResponse;
 use axum::routing::{any, get, post, put};
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 use tower_http::decompression::RequestDecompressionLayer;
 
 pub use state::{Config, SfState};
 
 use crate::server::{self, Tls};
 
-/// The emulator's routes: OAuth, the data API, admin.
+/// The emulator's routes: OAuth, the data API, admin; a path real clients send in a looser form
+/// (`//services/data/...` from an instance URL kept with a trailing slash, or a trailing slash
+/// after a resource) is tried again in its canonical form before it is answered 404.
 pub fn router(state: SfState) -> Router {
+    let strict = routes(state);
+    let again = strict.clone();
+    strict.fallback(move |req: Request| {
+        let again = again.clone();
+        async move {
+            match canonical_path(req.uri()) {
+                Some(uri) => {
+                    let (mut parts, body) = req.into_parts();
+                    parts.uri = uri;
+                    match again.oneshot(Request::from_parts(parts, body)).await {
+                        Ok(resp) => resp,
+                        Err(never) => match never {},
+                    }
+                }
+                None => response::Resp::not_found().into_response(),
+            }
+        }
+    })
+}
+
+/// The URI with runs of slashes collapsed and a trailing slash dropped, or `None` when that
+/// changes nothing (so the retry can never loop).
+fn canonical_path(uri: &http::Uri) -> Option<http::Uri> {
+    let path = uri.path();
+    let mut clean = String::with_capacity(path.len());
+    for ch in path.chars() {
+        if ch == '/' && clean.ends_with('/') {
+            continue;
+        }
+        clean.push(ch);
+    }
+    if clean.len() > 1 && clean.ends_with('/') {
+        clean.pop();
+    }
+    if clean == path {
+        return None;
+    }
+    let pq = match uri.query() {
+        Some(q) => format!("{clean}?{q}"),
+        None => clean,
+    };
+    http::Uri::builder().path_and_query(pq).build().ok()
+}
+
+fn routes(state: SfState) -> Router {
     Router::new()
         .route("/services/oauth2/token", post(oauth::token))
         .route("/services/oauth2/userinfo", get(oauth::userinfo).post(oauth::userinfo))

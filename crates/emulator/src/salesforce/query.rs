@@ -1,6 +1,7 @@
 //! SOQL over REST: `/query` and `/queryAll` (with or without a trailing slash), paging through
 //! `nextRecordsUrl` locators (`01g…-2000`) that both `/query/` and `/queryAll/` serve, and the
-//! `Sforce-Query-Options: batchSize=N` header (200 to 2,000, default 2,000).
+//! `Sforce-Query-Options: batchSize=N` header (200 to 2,000, default 2,000); with
+//! `columns=true`, the query's column metadata instead of its rows.
 
 use std::sync::Arc;
 
@@ -52,6 +53,14 @@ fn run(st: &SfState, ctx: &CallCtx, db: &Db, req: &DataRequest<'_>, all: bool) -
         Ok(p) => p,
         Err(e) => return Resp::error(StatusCode::BAD_REQUEST, e.code, e.message),
     };
+    if req.param("columns").is_some_and(|c| c.eq_ignore_ascii_case("true")) {
+        // The columns the query would return, not its rows (the Salesforce CLI lays out tables
+        // from this).
+        return match soql::column_metadata(&parsed, db, &ctx.version, ctx.now.date_naive()) {
+            Ok(v) => Resp::ok(v),
+            Err(e) => Resp::error(StatusCode::BAD_REQUEST, e.code, e.message),
+        };
+    }
     let output = match soql::execute(&parsed, db, all, &ctx.version, ctx.now.date_naive(), ctx.now) {
         Ok(o) => o,
         Err(e) => return Resp::error(StatusCode::BAD_REQUEST, e.code, e.message),

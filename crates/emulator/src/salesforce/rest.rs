@@ -1,6 +1,6 @@
 //! The REST entry point for everything under `/services/data/`: version check, bearer check,
 //! fault injection, API-call accounting, body limits, then dispatch to the API area that owns
-//! the resource. Composite subrequests re-enter at [`dispatch`], inside the caller's lock and
+//! the resource (sObjects, Collections, Composite, sObject Tree, query, search, Bulk). Composite subrequests re-enter at [`dispatch`], inside the caller's lock and
 //! without being counted again, as Salesforce counts a Composite request once.
 
 use axum::body::{Body, to_bytes};
@@ -13,7 +13,7 @@ use super::accounting::CallKind;
 use super::response::Resp;
 use super::state::SfState;
 use super::store::{Db, WriteCtx};
-use super::{bulk, collections, composite, oauth, query, sobjects};
+use super::{bulk, collections, composite, oauth, query, search, sobjects, tree};
 use crate::server::DropConnection;
 
 /// Who is calling, at which API version: what every handler needs besides the data.
@@ -247,7 +247,9 @@ pub fn dispatch(st: &SfState, ctx: &CallCtx, db: &mut Db, req: &DataRequest<'_>)
         ["limits", "recordCount"] => record_count(db, req),
         ["sobjects", ..] => sobjects::handle(st, ctx, db, req, &seg[1..]),
         ["composite", "sobjects", ..] => collections::handle(st, ctx, db, req, &seg[2..]),
+        ["composite", "tree", object] => tree::handle(ctx, db, req, object),
         ["composite"] => composite::handle(st, ctx, db, req),
+        ["search"] => search::handle(ctx, db, req),
         ["query", rest @ ..] => query::handle(st, ctx, db, req, false, rest),
         ["queryAll", rest @ ..] => query::handle(st, ctx, db, req, true, rest),
         ["jobs", rest @ ..] => bulk::handle(st, ctx, db, req, rest),
@@ -258,7 +260,7 @@ pub fn dispatch(st: &SfState, ctx: &CallCtx, db: &mut Db, req: &DataRequest<'_>)
 fn resources(st: &SfState, ctx: &CallCtx) -> Resp {
     let base = format!("/services/data/v{}", ctx.version);
     let mut m = Map::new();
-    for r in ["sobjects", "query", "queryAll", "limits", "composite", "jobs/ingest", "jobs/query"] {
+    for r in ["sobjects", "query", "queryAll", "search", "limits", "composite", "jobs/ingest", "jobs/query"] {
         m.insert(r.to_string(), json!(format!("{base}/{r}")));
     }
     m.insert("identity".into(), json!(oauth::identity_url(st, &ctx.user_id)));

@@ -105,6 +105,9 @@ pub struct FieldDef {
     pub restricted: bool,
     pub reference_to: Vec<String>,
     pub relationship_name: Option<String>,
+    /// The name the referenced objects use for this lookup's children (`Contacts` for
+    /// `Contact.AccountId`): the FROM of a parent-to-child subquery and `childRelationships`.
+    pub child_relationship_name: Option<String>,
     pub custom: bool,
     /// System-maintained (Id, CreatedDate, SystemModstamp, ...): never writable by the API.
     pub system: bool,
@@ -143,6 +146,7 @@ impl FieldDef {
             restricted: false,
             reference_to: Vec::new(),
             relationship_name: None,
+            child_relationship_name: None,
             custom: name.ends_with("__c"),
             system: false,
         }
@@ -176,6 +180,10 @@ impl FieldDef {
     fn reference(mut self, to: &[&str], relationship: &str) -> Self {
         self.reference_to = to.iter().map(|s| s.to_string()).collect();
         self.relationship_name = Some(relationship.to_string());
+        self
+    }
+    fn children(mut self, name: &str) -> Self {
+        self.child_relationship_name = Some(name.to_string());
         self
     }
     fn system(mut self) -> Self {
@@ -263,6 +271,8 @@ pub struct ObjectDef {
     relationships: IndexMap<String, String>,
     /// Whether the API may create records of this type (User is read-only here).
     pub createable: bool,
+    /// Whether the API may neither update nor delete records of this type (Organization).
+    pub read_only: bool,
 }
 
 impl ObjectDef {
@@ -277,6 +287,7 @@ impl ObjectDef {
             exact: std::collections::HashMap::new(),
             relationships: IndexMap::new(),
             createable: true,
+            read_only: false,
         };
         for f in [
             FieldDef::new("Id", FieldType::Id).system(),
@@ -330,26 +341,44 @@ impl ObjectDef {
         let base = self.url(version);
         json!({
             "activateable": false, "createable": self.createable, "custom": self.custom,
-            "customSetting": false, "deletable": self.createable, "deprecatedAndHidden": false,
+            "customSetting": false, "deletable": self.createable && !self.read_only, "deprecatedAndHidden": false,
             "feedEnabled": false, "keyPrefix": self.key_prefix, "label": self.label,
             "labelPlural": self.label_plural, "layoutable": true, "mergeable": false,
             "mruEnabled": true, "name": self.name, "queryable": true, "replicateable": true,
             "retrieveable": true, "searchable": true, "triggerable": true, "undeletable": true,
-            "updateable": self.createable,
+            "updateable": !self.read_only,
             "urls": {"sobject": base, "describe": format!("{base}/describe"),
                      "rowTemplate": format!("{base}/{{ID}}")},
         })
     }
 
-    pub fn describe(&self, version: &str) -> Value {
+    /// The object's full describe; `schema` supplies the lookups of other objects that point here.
+    pub fn describe(&self, version: &str, schema: &Schema) -> Value {
         let mut v = self.describe_global_entry(version);
         if let Some(map) = v.as_object_mut() {
             map.insert("fields".into(), Value::Array(self.fields().map(FieldDef::describe).collect()));
-            map.insert("childRelationships".into(), json!([]));
+            let children: Vec<Value> = schema
+                .child_relationships(&self.name)
+                .iter()
+                .map(|c| {
+                    json!({"cascadeDelete": false, "childSObject": c.child, "deprecatedAndHidden": false,
+                           "field": c.field, "junctionIdListNames": [], "junctionReferenceTo": [],
+                           "relationshipName": c.name, "restrictedDelete": false})
+                })
+                .collect();
+            map.insert("childRelationships".into(), Value::Array(children));
             map.insert("recordTypeInfos".into(), json!([]));
         }
         v
     }
+}
+
+/// A parent-to-child relationship: `child` records whose `field` holds the parent's Id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildRel {
+    pub child: String,
+    pub field: String,
+    pub name: String,
 }
 
 /// Every object of the org, keyed by lower-cased name. Objects sit behind `Arc` so a write can
@@ -376,6 +405,25 @@ impl Schema {
     pub fn object_for_id(&self, id: &str) -> Option<&Arc<ObjectDef>> {
         let prefix = super::ids::key_prefix(id);
         self.objects.values().find(|o| o.key_prefix == prefix)
+    }
+
+    /// Every lookup of any object that points at `parent` and names its children, in schema order.
+    pub fn child_relationships(&self, parent: &str) -> Vec<ChildRel> {
+        let mut out = Vec::new();
+        for o in self.objects() {
+            for f in o.fields() {
+                let Some(name) = &f.child_relationship_name else { continue };
+                if f.reference_to.iter().any(|t| t.eq_ignore_ascii_case(parent)) {
+                    out.push(ChildRel { child: o.name.clone(), field: f.name.clone(), name: name.clone() });
+                }
+            }
+        }
+        out
+    }
+
+    /// The child relationship of `parent` called `name` (case-insensitive).
+    pub fn child_relationship(&self, parent: &str, name: &str) -> Option<ChildRel> {
+        self.child_relationships(parent).into_iter().find(|c| c.name.eq_ignore_ascii_case(name))
     }
 
     fn insert(&mut self, obj: ObjectDef) {
@@ -448,7 +496,7 @@ impl Schema {
             FieldDef::new("Description", FieldType::TextArea),
             FieldDef::new("BillingCity", FieldType::String).len(40),
             FieldDef::new("BillingCountry", FieldType::String).len(80),
-            FieldDef::new("ParentId", FieldType::Reference).reference(&["Account"], "Parent"),
+            FieldDef::new("ParentId", FieldType::Reference).reference(&["Account"], "Parent").children("ChildAccounts"),
             owner(),
             // usagesync's template fields, preinstalled as a managed package would.
             FieldDef::new("Pendo_Account_Id__c", FieldType::String).external_unique(),
@@ -485,7 +533,7 @@ impl Schema {
             FieldDef::new("Email", FieldType::Email).len(80),
             FieldDef::new("Phone", FieldType::Phone),
             FieldDef::new("Title", FieldType::String).len(128),
-            FieldDef::new("AccountId", FieldType::Reference).reference(&["Account"], "Account"),
+            FieldDef::new("AccountId", FieldType::Reference).reference(&["Account"], "Account").children("Contacts"),
             owner(),
             FieldDef::new("Pendo_Visitor_Id__c", FieldType::String).external_unique(),
             FieldDef::new("Pendo_Last_Active__c", FieldType::DateTime),
@@ -544,8 +592,10 @@ impl Schema {
                 .restricted()
                 .default(json!("Normal")),
             FieldDef::new("ActivityDate", FieldType::Date),
-            FieldDef::new("WhatId", FieldType::Reference).reference(&["Account", "Opportunity", "Case"], "What"),
-            FieldDef::new("WhoId", FieldType::Reference).reference(&["Contact", "Lead"], "Who"),
+            FieldDef::new("WhatId", FieldType::Reference)
+                .reference(&["Account", "Opportunity", "Case"], "What")
+                .children("Tasks"),
+            FieldDef::new("WhoId", FieldType::Reference).reference(&["Contact", "Lead"], "Who").children("Tasks"),
             FieldDef::new("TaskSubtype", FieldType::Picklist).len(40).picklist(&["Task", "Email", "Call"]),
             owner(),
             usagesync_key(),
@@ -577,8 +627,8 @@ impl Schema {
                 "Instructions not clear",
                 "New problem",
             ]),
-            FieldDef::new("AccountId", FieldType::Reference).reference(&["Account"], "Account"),
-            FieldDef::new("ContactId", FieldType::Reference).reference(&["Contact"], "Contact"),
+            FieldDef::new("AccountId", FieldType::Reference).reference(&["Account"], "Account").children("Cases"),
+            FieldDef::new("ContactId", FieldType::Reference).reference(&["Contact"], "Contact").children("Cases"),
             owner(),
             usagesync_key(),
         ] {
@@ -621,7 +671,9 @@ impl Schema {
             FieldDef::new("Description", FieldType::TextArea),
             FieldDef::new("IsClosed", FieldType::Boolean).system(),
             FieldDef::new("IsWon", FieldType::Boolean).system(),
-            FieldDef::new("AccountId", FieldType::Reference).reference(&["Account"], "Account"),
+            FieldDef::new("AccountId", FieldType::Reference)
+                .reference(&["Account"], "Account")
+                .children("Opportunities"),
             owner(),
             usagesync_key(),
             FieldDef::new("Is_POC__c", FieldType::Boolean).default(json!(false)),
@@ -635,6 +687,26 @@ impl Schema {
             opp.add_field(f);
         }
         s.insert(opp);
+
+        // Read by every Salesforce CLI command (name, instance, sandbox flag); one record.
+        let mut org = ObjectDef::new("Organization", "Organizations", "00D");
+        org.createable = false;
+        org.read_only = true;
+        for f in [
+            FieldDef::new("Name", FieldType::String).len(80).system(),
+            FieldDef::new("InstanceName", FieldType::String).len(5).system(),
+            FieldDef::new("IsSandbox", FieldType::Boolean).system(),
+            FieldDef::new("TrialExpirationDate", FieldType::DateTime).system(),
+            FieldDef::new("NamespacePrefix", FieldType::String).len(15).system(),
+            FieldDef::new("OrganizationType", FieldType::Picklist).len(40).system(),
+            FieldDef::new("Country", FieldType::String).len(80).system(),
+            FieldDef::new("LanguageLocaleKey", FieldType::Picklist).len(40).system(),
+            FieldDef::new("DefaultLocaleSidKey", FieldType::Picklist).len(40).system(),
+            FieldDef::new("TimeZoneSidKey", FieldType::Picklist).len(40).system(),
+        ] {
+            org.add_field(f);
+        }
+        s.insert(org);
         s
     }
 
@@ -683,6 +755,9 @@ impl Schema {
             let rel = spec.name.trim_end_matches("__c").to_string() + "__r";
             f.reference_to = spec.reference_to;
             f.relationship_name = Some(rel);
+            // Salesforce asks for a child relationship name when a lookup is made; the plural
+            // of the field's base name, as `__r`, is what its wizard proposes.
+            f.child_relationship_name = Some(spec.name.trim_end_matches("__c").to_string() + "s__r");
         }
         if let Some(d) = spec.default_value {
             f.default = Some(d);

@@ -88,7 +88,7 @@ pub fn handle(st: &SfState, ctx: &CallCtx, db: &mut Db, req: &DataRequest<'_>, s
             _ => Resp::method_not_allowed(&req.method, "GET,HEAD,POST"),
         },
         ["describe"] => match req.method {
-            Method::GET => Resp::ok(obj.describe(v)),
+            Method::GET => Resp::ok(obj.describe(v, &db.schema)),
             _ => Resp::method_not_allowed(&req.method, "GET,HEAD"),
         },
         ["updated"] => replication(ctx, db, req, &obj, false),

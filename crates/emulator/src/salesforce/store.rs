@@ -228,6 +228,18 @@ pub struct Db {
 pub const INTEGRATION_USER_ID: &str = "0058d0000000001AAA";
 pub const INTEGRATION_USERNAME: &str = "integration@usagesync.test";
 pub const ORG_ID: &str = "00D8d0000000001EAA";
+/// The Organization record's name and instance, as `sf org display` shows them.
+pub const ORG_NAME: &str = "usagesync Emulator";
+pub const INSTANCE_NAME: &str = "EMU1";
+
+/// What Salesforce answers a write to an object the API may not change.
+fn read_only_error(object: &str) -> DmlError {
+    DmlError::new(
+        "INSUFFICIENT_ACCESS_OR_READONLY",
+        format!("insufficient access rights on object id: entity type {object} is read-only in this org"),
+        vec![],
+    )
+}
 
 impl Db {
     /// A fresh org with the standard schema and its one integration user.
@@ -264,6 +276,31 @@ impl Db {
         }
         user.modstamp = Some(epoch);
         db.table_mut("User").records.insert(INTEGRATION_USER_ID.to_string(), user);
+        db.ids.observe(ORG_ID);
+        let mut org = Record::default();
+        for (k, v) in [
+            ("Id", json!(ORG_ID)),
+            ("Name", json!(ORG_NAME)),
+            ("InstanceName", json!(INSTANCE_NAME)),
+            ("IsSandbox", json!(false)),
+            ("TrialExpirationDate", Value::Null),
+            ("NamespacePrefix", Value::Null),
+            ("OrganizationType", json!("Developer Edition")),
+            ("Country", json!("US")),
+            ("LanguageLocaleKey", json!("en_US")),
+            ("DefaultLocaleSidKey", json!("en_US")),
+            ("TimeZoneSidKey", json!("GMT")),
+            ("IsDeleted", json!(false)),
+            ("CreatedDate", json!(format_datetime(epoch))),
+            ("CreatedById", json!(INTEGRATION_USER_ID)),
+            ("LastModifiedDate", json!(format_datetime(epoch))),
+            ("LastModifiedById", json!(INTEGRATION_USER_ID)),
+            ("SystemModstamp", json!(format_datetime(epoch))),
+        ] {
+            org.fields.insert(k.to_string(), v);
+        }
+        org.modstamp = Some(epoch);
+        db.table_mut("Organization").records.insert(ORG_ID.to_string(), org);
         db
     }
 
@@ -434,11 +471,7 @@ impl Db {
     pub fn create(&mut self, object: &str, body: &Map<String, Value>, ctx: &WriteCtx) -> Result<String, Vec<DmlError>> {
         let obj = self.schema.object(object).cloned().ok_or_else(|| vec![DmlError::invalid_type(object)])?;
         if !obj.createable {
-            return Err(vec![DmlError::new(
-                "INSUFFICIENT_ACCESS_OR_READONLY",
-                format!("insufficient access rights on object id: entity type {} is read-only in this org", obj.name),
-                vec![],
-            )]);
+            return Err(vec![read_only_error(&obj.name)]);
         }
         let values = self.coerce_body(&obj, body, true)?;
         let mut rec = new_record(&obj, values, ctx);
@@ -466,6 +499,9 @@ impl Db {
     ) -> Result<(), Vec<DmlError>> {
         let obj = self.schema.object(object).cloned().ok_or_else(|| vec![DmlError::invalid_type(object)])?;
         let id = self.resolve_target(&obj, id)?;
+        if obj.read_only {
+            return Err(vec![read_only_error(&obj.name)]);
+        }
         let values = self.coerce_body(&obj, body, false)?;
         let table_key = obj.name.clone();
         let Some(current) = self.tables.get(&table_key).and_then(|t| t.records.get(&id)).cloned() else {
@@ -561,6 +597,9 @@ impl Db {
     pub fn delete(&mut self, object: &str, id: &str, ctx: &WriteCtx) -> Result<(), DmlError> {
         let obj = self.schema.object(object).cloned().ok_or_else(|| DmlError::invalid_type(object))?;
         let id = self.resolve_target(&obj, id).map_err(|mut e| e.remove(0))?;
+        if obj.read_only {
+            return Err(read_only_error(&obj.name));
+        }
         self.remember(&obj.name, &id);
         let table = self.table_mut(&obj.name);
         let Some(current) = table.records.get(&id).cloned() else {

@@ -7,6 +7,7 @@
 
 mod support;
 
+mod admin_tools;
 mod bulk;
 mod collections;
 mod composite;

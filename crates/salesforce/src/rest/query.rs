@@ -1,5 +1,7 @@
 //! SOQL `query` and `queryAll` as streams: each page is one API call, and the stream follows
-//! `nextRecordsUrl` until Salesforce reports `done`.
+//! `nextRecordsUrl` until Salesforce reports `done`. Rows of queries with parent-to-child
+//! subqueries carry each relationship's children as a nested result ([`Children`]), which
+//! [`Client::query_with_children`] completes when Salesforce pages it.
 
 use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
 use reqwest::Method;
@@ -40,6 +42,27 @@ pub struct QueryPage<T> {
     pub records: Vec<T>,
 }
 
+/// A parent-to-child subquery's result inside a row (`"Contacts": {"totalSize", "done",
+/// "records"}`). Salesforce sends `null` instead when the parent has no children, so a row type
+/// declares it as `Option<Children<T>>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Children<T> {
+    /// Children matching the subquery.
+    #[serde(rename = "totalSize")]
+    pub total_size: u64,
+    /// False when Salesforce paged the children; [`Client::query_with_children`] fetches the rest.
+    pub done: bool,
+    /// The children.
+    pub records: Vec<T>,
+}
+
+impl<T> Children<T> {
+    /// The children of an optional (null when none) nested result.
+    pub fn of(nested: Option<&Children<T>>) -> &[T] {
+        nested.map_or(&[], |c| c.records.as_slice())
+    }
+}
+
 enum Cursor {
     First(String),
     Next(String),
@@ -76,6 +99,14 @@ impl Client {
         Ok(Some(request))
     }
 
+    /// Pages from a `nextRecordsUrl` on, one API call each: the rest of a paged nested result.
+    fn pages_from<T>(&self, next: String) -> impl Stream<Item = Result<QueryPage<T>>> + Send + 'static
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        self.pages_at(Cursor::Next(next), QueryOptions::default())
+    }
+
     /// Pages of a query, one API call each, following `nextRecordsUrl`.
     ///
     /// The stream ends after the page with `done: true`, or after the first error.
@@ -87,8 +118,19 @@ impl Client {
     where
         T: DeserializeOwned + Send + 'static,
     {
+        self.pages_at(Cursor::First(soql.into()), options)
+    }
+
+    fn pages_at<T>(
+        &self,
+        first: Cursor,
+        options: QueryOptions,
+    ) -> impl Stream<Item = Result<QueryPage<T>>> + Send + 'static
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
         let client = self.clone();
-        stream::try_unfold(Cursor::First(soql.into()), move |cursor| {
+        stream::try_unfold(first, move |cursor| {
             let client = client.clone();
             async move {
                 let Some(request) = client.query_request(&cursor, options)? else {
@@ -137,6 +179,77 @@ impl Client {
         T: DeserializeOwned + Send + 'static,
     {
         self.query_pages(soql, options).map_ok(|page| stream::iter(page.records.into_iter().map(Ok))).try_flatten()
+    }
+
+    /// Rows of a query with parent-to-child subqueries (see [`crate::SoqlQuery::with_children`]),
+    /// each with its children complete: where Salesforce paged a row's children (`done: false`
+    /// with a `nextRecordsUrl` of their own), the rest are fetched, one API call per page, before
+    /// the row is decoded into `T`, whose nested fields are `Option<Children<_>>`.
+    ///
+    /// # Errors
+    /// As [`Client::query_collect`], or [`Error::Decode`] when a row does not fit `T`.
+    pub async fn query_with_children<T>(&self, soql: impl Into<String>, options: QueryOptions) -> Result<Vec<T>>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        let soql = soql.into();
+        let context = RequestContext::new(
+            Method::GET,
+            self.data_path(if options.include_deleted { "queryAll" } else { "query" }),
+        );
+        let rows: Vec<serde_json::Value> = self.query_with(soql, options).try_collect().await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for mut row in rows {
+            if let serde_json::Value::Object(fields) = &mut row {
+                for value in fields.values_mut() {
+                    self.complete_children(value).await?;
+                }
+            }
+            let decoded = serde_json::from_value(row).map_err(|source| Error::Decode {
+                context: context.clone(),
+                source,
+                snippet: String::new(),
+            })?;
+            out.push(decoded);
+        }
+        Ok(out)
+    }
+
+    /// Fetches the remaining pages of one nested result, if it is a paged one, then does the
+    /// same for its records' own nested results (subqueries nest up to five levels).
+    fn complete_children<'a>(
+        &'a self,
+        value: &'a mut serde_json::Value,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(nested) = value.as_object_mut() else { return Ok(()) };
+            if !nested.contains_key("records") || !nested.contains_key("done") {
+                return Ok(());
+            }
+            let next = nested.get("nextRecordsUrl").and_then(serde_json::Value::as_str).map(str::to_owned);
+            if nested.get("done") == Some(&serde_json::Value::Bool(false))
+                && let Some(next) = next
+            {
+                let pages: Vec<QueryPage<serde_json::Value>> = self.pages_from(next).try_collect().await?;
+                if let Some(serde_json::Value::Array(records)) = nested.get_mut("records") {
+                    for page in pages {
+                        records.extend(page.records);
+                    }
+                }
+                nested.insert("done".into(), serde_json::Value::Bool(true));
+                nested.remove("nextRecordsUrl");
+            }
+            if let Some(serde_json::Value::Array(records)) = nested.get_mut("records") {
+                for record in records {
+                    if let serde_json::Value::Object(fields) = record {
+                        for field in fields.values_mut() {
+                            self.complete_children(field).await?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Collects every row of a query into memory.

@@ -98,3 +98,74 @@ async fn query_errors_are_typed() {
         assert!(!err.is_retryable());
     }
 }
+
+#[derive(Debug, Deserialize)]
+struct Contact {
+    #[serde(rename = "LastName")]
+    last_name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct AccountWithContacts {
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "Contacts")]
+    contacts: Option<salesforce::Children<Contact>>,
+}
+
+#[tokio::test]
+async fn parents_come_with_their_children_in_one_call() {
+    let org = Org::start().await;
+    let ids = org.seed("Account", json!([{"Name": "With kids"}, {"Name": "Without"}])).await;
+    org.seed(
+        "Contact",
+        json!([
+            {"LastName": "Zed", "AccountId": ids[0]},
+            {"LastName": "Amy", "AccountId": ids[0]},
+            {"LastName": "Bob", "AccountId": ids[0]}
+        ]),
+    )
+    .await;
+    let client = org.client();
+    client.identity().await.unwrap();
+    let q = SoqlQuery::select(["Name"], "Account")
+        .with_children(SoqlQuery::select(["LastName"], "Contacts").order_by("LastName", Order::Asc).limit(2))
+        .order_by("Name", Order::Asc)
+        .build()
+        .unwrap();
+    let before = org.api_calls().await;
+    let rows: Vec<AccountWithContacts> = client.query_with_children(q, QueryOptions::default()).await.unwrap();
+    assert_eq!(org.api_calls().await - before, 1);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].name, "With kids");
+    let names: Vec<&str> =
+        salesforce::Children::of(rows[0].contacts.as_ref()).iter().map(|c| c.last_name.as_str()).collect();
+    assert_eq!(names, vec!["Amy", "Bob"]);
+    assert_eq!(rows[0].contacts.as_ref().map(|c| (c.total_size, c.done)), Some((2, true)));
+    // No children: Salesforce sends null, not an empty result.
+    assert_eq!(rows[1].name, "Without");
+    assert!(rows[1].contacts.is_none());
+    assert!(salesforce::Children::of(rows[1].contacts.as_ref()).is_empty());
+
+    // Two levels: the Contacts' Cases inside each Contact.
+    let contact = client.query_collect::<Value>("SELECT Id FROM Contact WHERE LastName = 'Amy'").await.unwrap();
+    let amy = contact[0]["Id"].as_str().unwrap().to_string();
+    org.seed("Case", json!([{"Subject": "Help", "ContactId": amy}])).await;
+    let q = SoqlQuery::select(["Name"], "Account")
+        .with_children(
+            SoqlQuery::select(["LastName"], "Contacts")
+                .with_children(SoqlQuery::select(["Subject"], "Cases"))
+                .order_by("LastName", Order::Asc),
+        )
+        .filter(Condition::eq("Name", "With kids"))
+        .build()
+        .unwrap();
+    let rows: Vec<Value> = client.query_with_children(q, QueryOptions::default()).await.unwrap();
+    assert_eq!(rows[0]["Contacts"]["records"][0]["Cases"]["records"][0]["Subject"], json!("Help"));
+    assert_eq!(rows[0]["Contacts"]["records"][1]["Cases"], Value::Null);
+
+    // An unknown child relationship is the query's error, typed.
+    let bad = SoqlQuery::select(["Name"], "Account").with_children(SoqlQuery::select(["Id"], "Kids")).build().unwrap();
+    let err = client.query_with_children::<Value>(bad, QueryOptions::default()).await.unwrap_err();
+    assert_eq!(api(&err).error_code, ErrorCode::InvalidType, "{err}");
+}

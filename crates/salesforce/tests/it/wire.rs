@@ -328,6 +328,38 @@ async fn query_follows_locators_with_batch_size_and_encoded_soql() {
     assert_eq!(names, vec![json!("a"), json!("b"), json!("c")]);
 }
 
+/// Salesforce pages a large child set inside its parent's row (`done: false` with a locator of
+/// its own); `query_with_children` fetches the rest before handing the row over.
+#[tokio::test]
+async fn paged_children_are_completed_from_their_own_locator() {
+    let mock = answering(|r, _| match r.path() {
+        "/services/data/v62.0/query" => Reply::json(
+            200,
+            json!({"totalSize": 2, "done": true, "records": [
+                {"Name": "Big", "Contacts": {"totalSize": 3, "done": false,
+                    "nextRecordsUrl": "/services/data/v62.0/query/01gKIDS-2", "records": [{"LastName": "a"}, {"LastName": "b"}]}},
+                {"Name": "None", "Contacts": null}
+            ]}),
+        ),
+        "/services/data/v62.0/query/01gKIDS-2" => {
+            Reply::json(200, json!({"totalSize": 3, "done": true, "records": [{"LastName": "c"}]}))
+        }
+        _ => sf_error(404, "NOT_FOUND", "The requested resource does not exist"),
+    })
+    .await;
+    let client = client(&mock, config(1));
+    let rows: Vec<Value> = client
+        .query_with_children("SELECT Name, (SELECT LastName FROM Contacts) FROM Account", QueryOptions::default())
+        .await
+        .unwrap();
+    let kids: Vec<&Value> = rows[0]["Contacts"]["records"].as_array().unwrap().iter().map(|c| &c["LastName"]).collect();
+    assert_eq!(kids, vec!["a", "b", "c"]);
+    assert_eq!(rows[0]["Contacts"]["done"], json!(true));
+    assert!(rows[0]["Contacts"].get("nextRecordsUrl").is_none());
+    assert_eq!(rows[1]["Contacts"], Value::Null);
+    assert_eq!(mock.data_requests().len(), 2);
+}
+
 #[tokio::test]
 async fn query_all_uses_the_query_all_resource() {
     let mock = answering(|_, _| Reply::json(200, json!({"totalSize": 0, "done": true, "records": []}))).await;

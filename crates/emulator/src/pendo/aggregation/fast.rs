@@ -83,7 +83,7 @@ impl Code {
         let store = ctx.store;
         match src {
             Src::Ev(kind) => {
-                let t = store.table(kind);
+                let t = store.table_for(kind, ctx.period == Period::Day);
                 match self {
                     Code::Visitor => i64::from(t.visitor[i]),
                     Code::Account => i64::from(t.account[i]),
@@ -305,7 +305,7 @@ fn finish(acc: &Acc, code: Option<Code>, ctx: &Ctx, src: Src) -> Val {
 /// The time of row `i`.
 fn read_ts(ctx: &Ctx, src: Src, i: usize) -> i64 {
     match src {
-        Src::Ev(kind) => ctx.store.table(kind).ts[i],
+        Src::Ev(kind) => ctx.store.table_for(kind, ctx.period == Period::Day).ts[i],
         Src::Guide => ctx.store.guide_events[i].ts,
     }
 }
@@ -342,7 +342,7 @@ fn group_codes(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggFi
         specs.push((f.agg, code));
     }
     let len = match src {
-        Src::Ev(kind) => ctx.store.table(kind).len(),
+        Src::Ev(kind) => ctx.store.table_for(kind, ctx.period == Period::Day).len(),
         Src::Guide => ctx.store.guide_events.len(),
     };
     let (nk, nf) = (key_codes.len(), specs.len());

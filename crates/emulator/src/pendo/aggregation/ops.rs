@@ -445,7 +445,7 @@ fn apply(ctx: &Ctx, st: &Stage, mut rows: Vec<Row>, opts: &Opts, scanned: &mut u
             rows.retain(|r| {
                 // Event rows: read the visitor id in place instead of cloning it out.
                 if visitor_col && let Row::Ev(kind, i) = r {
-                    let t = ctx.store.table(*kind);
+                    let t = ctx.store.table_for(*kind, ctx.period == Period::Day);
                     let known = t
                         .visitor
                         .get(*i as usize)

@@ -205,7 +205,7 @@ fn entity_get(store: &Store, kind: EntityKind, i: usize, path: &Path) -> Val {
 
 fn ev_col(ctx: &Ctx, kind: EventKind, i: usize, col: Col, name: &str) -> Val {
     let s = ctx.store;
-    let t = s.table(kind);
+    let t = s.table_for(kind, ctx.period == Period::Day);
     let (Some(&ts), Some(&v), Some(&a), Some(&item)) = (t.ts.get(i), t.visitor.get(i), t.account.get(i), t.item.get(i))
     else {
         return Val::Null;
@@ -227,7 +227,7 @@ fn ev_col(ctx: &Ctx, kind: EventKind, i: usize, col: Col, name: &str) -> Val {
         Col::RemoteIp => visitor().map_or(Val::Null, |x| Val::Str(x.remote_ip.clone())),
         Col::Server => visitor().map_or(Val::Null, |x| Val::Str(x.server.clone())),
         Col::UserAgent => visitor().map_or(Val::Null, |x| Val::Str(x.user_agent.clone())),
-        Col::LastTime => Val::Int(ts.saturating_add(i64::from(t.minutes[i].min(59)) * 60_000)),
+        Col::LastTime => Val::Int(t.last_time(i)),
         _ => {
             let _ = name;
             Val::Null

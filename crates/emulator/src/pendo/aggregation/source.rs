@@ -250,7 +250,7 @@ fn event_rows(
     apps: &Option<Vec<i64>>,
     keys: &KeyPass,
 ) -> (Vec<Row>, u64) {
-    let t = store.table(kind);
+    let t = store.table_for(kind, w.period == Period::Day);
     let range = t.range(w.start, w.end);
     let items = store.items(kind);
     let only = match id {

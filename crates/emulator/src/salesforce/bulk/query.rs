@@ -141,6 +141,13 @@ fn create(st: &SfState, ctx: &CallCtx, db: &Db, req: &DataRequest<'_>) -> Resp {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.code, e.message),
     };
+    if parsed.has_subqueries() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "API_ERROR",
+            "FeatureNotEnabled : Aggregate Relationships not supported in Bulk Query",
+        );
+    }
     let Some(columns) = parsed.select_paths() else {
         return error(
             StatusCode::BAD_REQUEST,

@@ -82,9 +82,25 @@ pub struct OrderItem {
     pub nulls_first: Option<bool>,
 }
 
+/// A parent-to-child subquery in the SELECT list: `(SELECT LastName FROM Contacts WHERE ...)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubQuery {
+    pub fields: Vec<Path>,
+    /// Grandchildren: subqueries inside this one, with the number of plain fields before each.
+    pub subqueries: Vec<(usize, SubQuery)>,
+    /// The child relationship name as written (`Contacts`).
+    pub relationship: String,
+    pub relationship_pos: usize,
+    pub filter: Option<Cond>,
+    pub order: Vec<OrderItem>,
+    pub limit: Option<usize>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ast {
     pub select: Select,
+    /// Subqueries with the number of plain fields written before each (for column order).
+    pub subqueries: Vec<(usize, SubQuery)>,
     pub object: String,
     pub object_pos: usize,
     pub filter: Option<Cond>,

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::QueryOutput;
 use super::lexer::{CmpOp, LikeTok};
-use super::plan::{Class, FieldRef, Hop, Leaf, Like, OutItem, OutNode, PCond, Plan, Test};
+use super::plan::{ChildPlan, Class, FieldRef, Hop, Leaf, Like, OutItem, OutNode, PCond, Plan, Test};
 use crate::salesforce::store::{Db, Record};
 
 /// Per-query state: the store and the parents already looked up. Many rows share a parent (an
@@ -44,42 +44,96 @@ impl<'a> Ctx<'a> {
 
 pub fn run(plan: &Plan, db: &Db, all_rows: bool, version: &str) -> QueryOutput {
     let version = version.trim_start_matches('v');
-    let limit = plan.limit.unwrap_or(usize::MAX);
     let cx = Ctx { db, parents: RefCell::new(HashMap::new()) };
     let cx = &cx;
     let matching = candidates(plan, db, all_rows)
         .filter(|r| all_rows || !r.deleted)
         .filter(|r| plan.filter.as_ref().is_none_or(|c| eval(c, r, cx)));
     if plan.count_only {
+        let limit = plan.limit.unwrap_or(usize::MAX);
         let n = matching.skip(plan.offset).take(limit).count();
         return QueryOutput { total_size: n, records: Vec::new() };
     }
-    let rows: Vec<&Record> = if plan.order.is_empty() {
-        // Unsorted: stop scanning as soon as LIMIT rows are found.
-        matching.skip(plan.offset).take(limit).collect()
-    } else {
-        let mut keyed: Vec<(Vec<Key>, usize, &Record)> = matching
-            .enumerate()
-            .map(|(seq, r)| (plan.order.iter().map(|o| sort_key(&o.field, &value(&o.field, r, cx))).collect(), seq, r))
-            .collect();
-        // Ties fall back to scan order, which makes the order total (so an unstable sort and a
-        // partial selection give exactly what a stable sort would).
-        let cmp = |a: &(Vec<Key>, usize, &Record), b: &(Vec<Key>, usize, &Record)| {
-            compare_rows(plan, &a.0, &b.0).then(a.1.cmp(&b.1))
-        };
-        let wanted = plan.offset.saturating_add(limit);
-        if wanted == 0 {
-            keyed.clear();
-        } else if wanted < keyed.len() {
-            // ORDER BY ... LIMIT n only needs the first n rows in order, not a full sort.
-            keyed.select_nth_unstable_by(wanted - 1, cmp);
-            keyed.truncate(wanted);
-        }
-        keyed.sort_unstable_by(cmp);
-        keyed.into_iter().skip(plan.offset).take(limit).map(|(_, _, r)| r).collect()
-    };
-    let records: Vec<Value> = rows.iter().map(|r| render(&plan.out, &plan.object, r, cx, version)).collect();
+    let rows = order_and_cut(plan, matching, cx);
+    let children = child_indexes(plan, db, all_rows, cx);
+    let records: Vec<Value> = rows.iter().map(|r| render_row(plan, r, &children, cx, version)).collect();
     QueryOutput { total_size: records.len(), records }
+}
+
+/// One row with its subqueries' children (and theirs, level by level).
+fn render_row<'a>(plan: &Plan, rec: &'a Record, children: &[ChildIndex<'a>], cx: &Ctx<'a>, version: &str) -> Value {
+    let mut v = render(&plan.out, &plan.object, rec, cx, version);
+    if let Value::Object(m) = &mut v {
+        for (child, index) in plan.children.iter().zip(children) {
+            m.insert(child.key.clone(), nested(child, index, rec.id(), cx, version));
+        }
+    }
+    v
+}
+
+/// The rows of `matching` that the plan's ORDER BY, OFFSET and LIMIT keep, in order.
+fn order_and_cut<'a>(plan: &Plan, matching: impl Iterator<Item = &'a Record>, cx: &Ctx<'a>) -> Vec<&'a Record> {
+    let limit = plan.limit.unwrap_or(usize::MAX);
+    if plan.order.is_empty() {
+        // Unsorted: stop scanning as soon as LIMIT rows are found.
+        return matching.skip(plan.offset).take(limit).collect();
+    }
+    let mut keyed: Vec<(Vec<Key>, usize, &Record)> = matching
+        .enumerate()
+        .map(|(seq, r)| (plan.order.iter().map(|o| sort_key(&o.field, &value(&o.field, r, cx))).collect(), seq, r))
+        .collect();
+    // Ties fall back to scan order, which makes the order total (so an unstable sort and a
+    // partial selection give exactly what a stable sort would).
+    let cmp = |a: &(Vec<Key>, usize, &Record), b: &(Vec<Key>, usize, &Record)| {
+        compare_rows(plan, &a.0, &b.0).then(a.1.cmp(&b.1))
+    };
+    let wanted = plan.offset.saturating_add(limit);
+    if wanted == 0 {
+        keyed.clear();
+    } else if wanted < keyed.len() {
+        // ORDER BY ... LIMIT n only needs the first n rows in order, not a full sort.
+        keyed.select_nth_unstable_by(wanted - 1, cmp);
+        keyed.truncate(wanted);
+    }
+    keyed.sort_unstable_by(cmp);
+    keyed.into_iter().skip(plan.offset).take(limit).map(|(_, _, r)| r).collect()
+}
+
+/// A subquery's matching child records grouped by the parent Id they point at (one pass over
+/// the child object per query, not one per parent row), with the same for its own subqueries.
+struct ChildIndex<'a> {
+    by_parent: HashMap<&'a str, Vec<&'a Record>>,
+    children: Vec<ChildIndex<'a>>,
+}
+
+fn child_indexes<'a>(plan: &Plan, db: &'a Db, all_rows: bool, cx: &Ctx<'a>) -> Vec<ChildIndex<'a>> {
+    plan.children
+        .iter()
+        .map(|child| {
+            let mut by_parent: HashMap<&str, Vec<&Record>> = HashMap::new();
+            for r in db.records(&child.plan.object) {
+                if (!all_rows && r.deleted) || !child.plan.filter.as_ref().is_none_or(|c| eval(c, r, cx)) {
+                    continue;
+                }
+                if let Some(parent) = r.get(&child.field).as_str() {
+                    by_parent.entry(parent).or_default().push(r);
+                }
+            }
+            ChildIndex { by_parent, children: child_indexes(&child.plan, db, all_rows, cx) }
+        })
+        .collect()
+}
+
+/// A parent row's children as Salesforce nests them: a query result of their own, or `null`
+/// when there are none.
+fn nested<'a>(child: &ChildPlan, index: &ChildIndex<'a>, parent: &str, cx: &Ctx<'a>, version: &str) -> Value {
+    let Some(rows) = index.by_parent.get(parent) else { return Value::Null };
+    let kept = order_and_cut(&child.plan, rows.iter().copied(), cx);
+    if kept.is_empty() {
+        return Value::Null;
+    }
+    let records: Vec<Value> = kept.iter().map(|r| render_row(&child.plan, r, &index.children, cx, version)).collect();
+    json!({"totalSize": records.len(), "done": true, "records": records})
 }
 
 /// Records that may match. When a top-level conjunct pins `Id` or an indexed external ID, only

@@ -3,11 +3,15 @@
 //! parent relationships) and errors in Salesforce's codes and message format.
 //!
 //! It owns the supported subset of SOQL — field lists with parent paths (polymorphic `What`/`Who`
-//! included), `COUNT()`, `WHERE` with typed comparisons, `LIKE`, `IN`, relative date literals,
-//! `ORDER BY`, `LIMIT` and `OFFSET` — and refuses everything else with MALFORMED_QUERY rather
-//! than answering it approximately. Paging over the rows is the REST handler's job.
+//! included), parent-to-child subqueries (five levels from v58.0, one before; each with its own
+//! WHERE, ORDER BY and LIMIT),
+//! `COUNT()`, `WHERE` with typed comparisons, `LIKE`, `IN`, relative date literals, `ORDER BY`,
+//! `LIMIT` and `OFFSET` — and refuses everything else with MALFORMED_QUERY rather than answering
+//! it approximately; and the column metadata of a query (`columns=true`). Paging over the rows
+//! is the REST handler's job.
 
 mod ast;
+mod columns;
 mod eval;
 mod lexer;
 mod parser;
@@ -43,6 +47,11 @@ impl Query {
             ast::Select::Count => None,
             ast::Select::Fields(paths) => Some(paths.iter().map(ast::Path::text).collect()),
         }
+    }
+
+    /// Whether the SELECT list holds parent-to-child subqueries (which Bulk queries refuse).
+    pub fn has_subqueries(&self) -> bool {
+        !self.ast.subqueries.is_empty()
     }
 
     /// Whether this is a `SELECT COUNT()` query, whose answer has a size but no records.
@@ -83,8 +92,22 @@ pub fn execute(
     today: NaiveDate,
     _now: DateTime<Utc>,
 ) -> Result<QueryOutput, SoqlError> {
-    let plan = plan::build(&q.ast, &q.src, &db.schema, today)?;
+    let plan = plan::build(&q.ast, &q.src, &db.schema, today, plan::max_child_levels(version_number(version)))?;
     Ok(eval::run(&plan, db, all_rows, version))
+}
+
+/// The query's column metadata, as `/query?q=...&columns=true` answers it.
+///
+/// # Errors
+/// The same errors [`execute`] reports for names that do not resolve.
+pub fn column_metadata(q: &Query, db: &Db, version: &str, today: NaiveDate) -> Result<Value, SoqlError> {
+    plan::build(&q.ast, &q.src, &db.schema, today, plan::max_child_levels(version_number(version)))?;
+    Ok(columns::metadata(&q.ast, &db.schema))
+}
+
+/// `62.0` or `v62.0` as a number; an unreadable version counts as the newest.
+fn version_number(version: &str) -> f64 {
+    version.trim_start_matches('v').parse().unwrap_or(f64::MAX)
 }
 
 /// A query error as the REST API reports it: `[{"message": ..., "errorCode": ...}]`.

@@ -3,7 +3,7 @@
 //! unsupported query never reaches evaluation and never gets a silently wrong answer.
 
 use super::SoqlError;
-use super::ast::{Ast, Cond, DateFn, LitKind, Literal, OrderItem, Path, Select};
+use super::ast::{Ast, Cond, DateFn, LitKind, Literal, OrderItem, Path, Select, SubQuery};
 use super::lexer::{Tok, Token, tokenize};
 
 /// Words SOQL reserves: never a field or object name.
@@ -90,7 +90,7 @@ impl Parser<'_> {
 
     fn query(&mut self) -> Result<Ast, SoqlError> {
         self.expect_kw("select")?;
-        let select = self.select_list()?;
+        let (select, subqueries) = self.select_list()?;
         self.expect_kw("from")?;
         let (object, object_pos) = match &self.peek().tok {
             Tok::Ident(s) if !is_reserved(s) => (s.clone(), self.peek().pos),
@@ -110,17 +110,7 @@ impl Parser<'_> {
         if self.is_kw("having") {
             return Err(self.unsupported("HAVING"));
         }
-        let mut order = Vec::new();
-        if self.is_kw("order") && matches!(self.peek_at(1), Tok::Ident(s) if s.eq_ignore_ascii_case("by")) {
-            self.i += 2;
-            loop {
-                order.push(self.order_item()?);
-                if !matches!(self.peek().tok, Tok::Comma) {
-                    break;
-                }
-                self.advance();
-            }
-        }
+        let order = self.order_by()?;
         let limit = if self.eat_kw("limit") { Some(self.count_value()?.0) } else { None };
         let (offset, offset_pos) = if self.eat_kw("offset") {
             let (n, pos) = self.count_value()?;
@@ -143,10 +133,78 @@ impl Parser<'_> {
             }
             return Err(self.unexpected());
         }
-        Ok(Ast { select, object, object_pos, filter, order, limit, offset, offset_pos })
+        Ok(Ast { select, subqueries, object, object_pos, filter, order, limit, offset, offset_pos })
     }
 
-    fn select_list(&mut self) -> Result<Select, SoqlError> {
+    fn order_by(&mut self) -> Result<Vec<OrderItem>, SoqlError> {
+        let mut order = Vec::new();
+        if self.is_kw("order") && matches!(self.peek_at(1), Tok::Ident(s) if s.eq_ignore_ascii_case("by")) {
+            self.i += 2;
+            loop {
+                order.push(self.order_item()?);
+                if !matches!(self.peek().tok, Tok::Comma) {
+                    break;
+                }
+                self.advance();
+            }
+        }
+        Ok(order)
+    }
+
+    /// `(SELECT fields FROM Relationship [WHERE ...] [ORDER BY ...] [LIMIT n])`, from the `(`.
+    fn subquery(&mut self) -> Result<SubQuery, SoqlError> {
+        self.advance();
+        self.expect_kw("select")?;
+        // Each level recurses; the planner enforces Salesforce's depth limit, this only keeps
+        // hostile input off the stack.
+        self.enter()?;
+        let mut fields = Vec::new();
+        let mut subqueries = Vec::new();
+        loop {
+            let is_subquery = self.peek().tok == Tok::LParen
+                && matches!(self.peek_at(1), Tok::Ident(s) if s.eq_ignore_ascii_case("select"));
+            match &self.peek().tok {
+                _ if is_subquery => {}
+                Tok::LParen => return Err(self.unexpected()),
+                Tok::Ident(_) if *self.peek_at(1) == Tok::LParen => {
+                    return Err(self.unsupported("a function or aggregate in a subquery"));
+                }
+                _ => {}
+            }
+            if is_subquery {
+                subqueries.push((fields.len(), self.subquery()?));
+            } else {
+                fields.push(self.path()?);
+            }
+            match &self.peek().tok {
+                Tok::Comma => {
+                    self.advance();
+                }
+                Tok::Ident(s) if s.eq_ignore_ascii_case("from") => break,
+                _ => return Err(self.unexpected()),
+            }
+        }
+        self.expect_kw("from")?;
+        let (relationship, relationship_pos) = match &self.peek().tok {
+            Tok::Ident(s) if !is_reserved(s) => (s.clone(), self.peek().pos),
+            _ => return Err(self.unexpected()),
+        };
+        self.advance();
+        let filter = if self.eat_kw("where") { Some(self.condition()?) } else { None };
+        let order = self.order_by()?;
+        let limit = if self.eat_kw("limit") { Some(self.count_value()?.0) } else { None };
+        if self.is_kw("offset") {
+            return Err(self.unsupported("OFFSET in a subquery"));
+        }
+        if self.peek().tok != Tok::RParen {
+            return Err(self.unexpected());
+        }
+        self.advance();
+        self.depth -= 1;
+        Ok(SubQuery { fields, subqueries, relationship, relationship_pos, filter, order, limit })
+    }
+
+    fn select_list(&mut self) -> Result<(Select, Vec<(usize, SubQuery)>), SoqlError> {
         if self.is_kw("count") && *self.peek_at(1) == Tok::LParen {
             if *self.peek_at(2) != Tok::RParen {
                 return Err(self.unsupported("COUNT(field)"));
@@ -155,12 +213,16 @@ impl Parser<'_> {
             if matches!(self.peek().tok, Tok::Comma) {
                 return Err(self.unsupported("COUNT() with other fields"));
             }
-            return Ok(Select::Count);
+            return Ok((Select::Count, Vec::new()));
         }
         let mut fields = Vec::new();
+        let mut subqueries = Vec::new();
         loop {
+            let is_subquery = self.peek().tok == Tok::LParen
+                && matches!(self.peek_at(1), Tok::Ident(s) if s.eq_ignore_ascii_case("select"));
             match &self.peek().tok {
-                Tok::LParen => return Err(self.unsupported("a child relationship subquery")),
+                _ if is_subquery => {}
+                Tok::LParen => return Err(self.unexpected()),
                 Tok::Ident(s) if s.eq_ignore_ascii_case("typeof") => return Err(self.unsupported("TYPEOF")),
                 Tok::Ident(s) if s.eq_ignore_ascii_case("fields") && *self.peek_at(1) == Tok::LParen => {
                     return Err(self.unsupported("FIELDS()"));
@@ -170,7 +232,11 @@ impl Parser<'_> {
                 }
                 _ => {}
             }
-            fields.push(self.path()?);
+            if is_subquery {
+                subqueries.push((fields.len(), self.subquery()?));
+            } else {
+                fields.push(self.path()?);
+            }
             match &self.peek().tok {
                 Tok::Comma => {
                     self.advance();
@@ -179,7 +245,7 @@ impl Parser<'_> {
                 _ => return Err(self.unexpected()),
             }
         }
-        Ok(Select::Fields(fields))
+        Ok((Select::Fields(fields), subqueries))
     }
 
     fn path(&mut self) -> Result<Path, SoqlError> {
@@ -500,7 +566,9 @@ mod tests {
             "SELECT COUNT(Id) FROM Account",
             "SELECT COUNT(), Name FROM Account",
             "SELECT FIELDS(ALL) FROM Account LIMIT 200",
-            "SELECT Id, (SELECT Id FROM Contacts) FROM Account",
+            "SELECT Id, (SELECT Id FROM Contacts LIMIT 1 OFFSET 1) FROM Account",
+            "SELECT Id, (SELECT COUNT() FROM Contacts) FROM Account",
+            "SELECT Id, (SELECT Id FROM Contacts FROM Account",
             "SELECT Name, MAX(Amount) FROM Opportunity GROUP BY Name",
             "SELECT Id FROM Account GROUP BY Id",
             "SELECT Id FROM Account WITH SECURITY_ENFORCED",

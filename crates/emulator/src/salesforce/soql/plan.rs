@@ -204,18 +204,56 @@ impl OutNode {
     }
 }
 
+/// A parent-to-child subquery: the children's own plan and the lookup that ties them to a row.
+#[derive(Debug, Clone)]
+pub struct ChildPlan {
+    /// The relationship name as the schema spells it: the key in each parent row.
+    pub key: String,
+    /// The child's lookup field holding the parent's Id.
+    pub field: String,
+    pub plan: Plan,
+}
+
+/// Salesforce's cap on parent-to-child relationships in one query.
+const MAX_SUBQUERIES: usize = 20;
+
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub object: String,
     pub count_only: bool,
     pub out: OutNode,
+    pub children: Vec<ChildPlan>,
     pub filter: Option<PCond>,
     pub order: Vec<POrder>,
     pub limit: Option<usize>,
     pub offset: usize,
 }
 
-pub fn build(ast: &Ast, src: &str, schema: &Schema, today: NaiveDate) -> Result<Plan, SoqlError> {
+/// How many levels of parent-to-child subqueries a query may nest at an API version: five from
+/// v58.0, one before.
+pub fn max_child_levels(version: f64) -> usize {
+    if version >= 58.0 { 5 } else { 1 }
+}
+
+/// Plans a query whose subqueries may nest `max_child_levels` deep.
+pub fn build(
+    ast: &Ast,
+    src: &str,
+    schema: &Schema,
+    today: NaiveDate,
+    max_child_levels: usize,
+) -> Result<Plan, SoqlError> {
+    build_level(ast, src, schema, today, max_child_levels, 0)
+}
+
+fn build_level(
+    ast: &Ast,
+    src: &str,
+    schema: &Schema,
+    today: NaiveDate,
+    max_levels: usize,
+    level: usize,
+) -> Result<Plan, SoqlError> {
     let obj = schema.object(&ast.object).ok_or_else(|| {
         SoqlError::at(
             "INVALID_TYPE",
@@ -261,7 +299,60 @@ pub fn build(ast: &Ast, src: &str, schema: &Schema, today: NaiveDate) -> Result<
     if offset > 2000 {
         return Err(SoqlError::new("NUMBER_OUTSIDE_VALID_RANGE", "Maximum SOQL offset allowed is 2000"));
     }
-    Ok(Plan { object: obj.name.clone(), count_only, out, filter, order, limit: ast.limit, offset })
+    if ast.subqueries.len() > MAX_SUBQUERIES {
+        return Err(SoqlError::new(
+            "MALFORMED_QUERY",
+            format!("No more than {MAX_SUBQUERIES} parent-to-child relationships can be specified in a query"),
+        ));
+    }
+    let mut children = Vec::with_capacity(ast.subqueries.len());
+    let mut seen_rel = HashSet::new();
+    if let Some((_, sub)) = ast.subqueries.first()
+        && level >= max_levels
+    {
+        return Err(SoqlError::at(
+            "MALFORMED_QUERY",
+            src,
+            sub.relationship_pos,
+            format!("parent-to-child subqueries can nest at most {max_levels} level(s) at this API version"),
+        ));
+    }
+    for (_, sub) in &ast.subqueries {
+        let rel = schema.child_relationship(&obj.name, &sub.relationship).ok_or_else(|| {
+            SoqlError::at(
+                "INVALID_TYPE",
+                src,
+                sub.relationship_pos,
+                format!(
+                    "Didn't understand relationship '{}' in FROM part of query call. {NO_SUCH_RELATIONSHIP_TAIL}",
+                    sub.relationship
+                ),
+            )
+        })?;
+        if !seen_rel.insert(rel.name.to_ascii_lowercase()) {
+            return Err(SoqlError::at(
+                "INVALID_FIELD",
+                src,
+                sub.relationship_pos,
+                format!("duplicate field selected: {}", rel.name),
+            ));
+        }
+        // The subquery is planned as a query of its own over the child object.
+        let child_ast = Ast {
+            select: Select::Fields(sub.fields.clone()),
+            subqueries: sub.subqueries.clone(),
+            object: rel.child.clone(),
+            object_pos: sub.relationship_pos,
+            filter: sub.filter.clone(),
+            order: sub.order.clone(),
+            limit: sub.limit,
+            offset: None,
+            offset_pos: 0,
+        };
+        let plan = build_level(&child_ast, src, schema, today, max_levels, level + 1)?;
+        children.push(ChildPlan { key: rel.name, field: rel.field, plan });
+    }
+    Ok(Plan { object: obj.name.clone(), count_only, out, children, filter, order, limit: ast.limit, offset })
 }
 
 struct Resolver<'a> {

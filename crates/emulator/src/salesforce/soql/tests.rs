@@ -407,7 +407,6 @@ fn syntax_errors_are_malformed_query() {
     for q in [
         "SELECT Id FROM Account;",
         "SELECT Id FROM Account WHERE Name = 'a' AND Name = 'b' OR Name = 'c'",
-        "SELECT Id, (SELECT Id FROM Contacts) FROM Account",
         "SELECT FIELDS(ALL) FROM Account LIMIT 10",
         "SELECT Industry, COUNT(Id) FROM Account GROUP BY Industry",
         "SELECT Id FROM Account WHERE CreatedDate = THIS_FISCAL_QUARTER",
