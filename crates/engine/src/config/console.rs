@@ -95,6 +95,8 @@ pub(super) fn build(w: Option<&Wire>, errors: &mut Errors) -> Option<Option<Cons
     }
     let mut users = Vec::new();
     let mut users_ok = true;
+    // Every name given, kept or not, so a repeat is reported even when the first had an error.
+    let mut names = std::collections::BTreeSet::new();
     for (i, u) in w.users.iter().flatten().enumerate() {
         let key = |leaf: &str| format!("console.users[{i}].{leaf}");
         let name = errors.required(&u.name, &key("name")).and_then(|n| {
@@ -104,7 +106,7 @@ pub(super) fn build(w: Option<&Wire>, errors: &mut Errors) -> Option<Option<Cons
                 errors.push(&key("name"), format!("`{n}` must be 1 to 64 letters, digits, . _ - or @"));
                 return None;
             }
-            if users.iter().any(|x: &ConsoleUser| x.name == *n) {
+            if !names.insert(n.clone()) {
                 errors.push(&key("name"), format!("`{n}` is listed twice"));
                 return None;
             }
