@@ -20,6 +20,7 @@ pub(crate) mod new_users;
 mod notify;
 pub(crate) mod nps;
 pub(crate) mod ownership;
+pub(crate) mod people;
 mod secret;
 pub(crate) mod template;
 pub(crate) mod trial;
@@ -46,6 +47,7 @@ pub use expansion::{ExpansionConfig, Milestone, MilestoneKind, OpportunityTempla
 pub use new_users::{ContactFields, DEFAULT_NEW_USERS_OVERLAP, NewUsersConfig, UnmatchedAccount};
 pub use notify::{ALERT_STATES, AlertFormat, AlertWebhook, Alerts};
 pub use nps::{ContactMatch, FollowUpObject, HealthScoreConfig, NpsConfig, OwnerSource};
+pub use people::{ContactEngagementConfig, PersonFields, PersonMatch};
 pub use secret::{Secret, SecretString};
 pub use trial::{StageRule, TrialConfig, TrialFields, TrialMetric};
 
@@ -266,6 +268,7 @@ template::templates! {
     EngagementDropAlert(DropAlertConfig) = "engagement-drop-alert",
     ExpansionOpportunity(ExpansionConfig) = "expansion-opportunity",
     TrialUsage(TrialConfig) = "trial-usage",
+    ContactEngagement(ContactEngagementConfig) = "contact-engagement",
 }
 
 /// engagement-scores: per Pendo account usage figures and a score onto the matching

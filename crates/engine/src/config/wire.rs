@@ -215,6 +215,9 @@ pub(crate) struct Workflow {
     // trial-usage
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trial: Option<super::trial::TrialWire>,
+    // contact-engagement
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contacts: Option<super::people::ContactsWire>,
 }
 
 impl Workflow {
@@ -244,6 +247,7 @@ impl Workflow {
             ("alert", self.alert.is_some()),
             ("expansion", self.expansion.is_some()),
             ("trial", self.trial.is_some()),
+            ("contacts", self.contacts.is_some()),
         ]
         .into_iter()
         .filter_map(|(key, set)| set.then_some(key))

@@ -242,7 +242,7 @@ impl Extractor<'_> {
     }
 
     /// Each guide's last step id (the highest `rank`; the last listed on a tie or without ranks).
-    async fn last_guide_steps(&self) -> Result<Vec<String>> {
+    pub(super) async fn last_guide_steps(&self) -> Result<Vec<String>> {
         const QUERY: &str = "guide catalogue";
         let p = Pipeline::from_source(Source::Guides { apps: Apps::All })
             .select(vec![("id", Expr::field("id")), ("steps", Expr::field("steps"))]);

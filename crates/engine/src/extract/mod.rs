@@ -20,6 +20,7 @@
 mod engagement;
 pub mod expansion;
 mod facts;
+mod people;
 mod visitors;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ use chrono::{DateTime, Utc};
 use pendo::{Expr, Pipeline, SortKey};
 use serde_json::Value;
 
+pub use people::{PersonFigures, VisitorUsage};
 pub use visitors::NewVisitor;
 
 /// Rows per aggregation page: tap-pendo's default limit. Every page costs Pendo a scan of the whole

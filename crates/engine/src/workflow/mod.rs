@@ -12,6 +12,7 @@
 //! - [`drop_alert`]: the engagement-drop-alert template.
 //! - [`expansion`]: the expansion-opportunity template.
 //! - [`trial`]: the trial-usage template.
+//! - [`people`]: the contact-engagement template (each person's usage onto their Contact).
 //! - [`create`]: the create stage: groups of records made exactly once, never clobbering, within the budget.
 //! - `update`: the update stage: changed fields onto existing records within the reserved budget,
 //!   then read back ([`crate::verify`]).
@@ -27,6 +28,7 @@ mod lease;
 mod ledger;
 pub mod new_users;
 pub mod nps;
+pub mod people;
 pub mod replay;
 pub mod trial;
 mod update;

@@ -1,0 +1,357 @@
+//! The contact-engagement template: each person's usage over the window (active days, events,
+//! minutes, last active day) onto the Contact that carries their Pendo visitor id, changed
+//! fields only. It gathers (one paged Pendo query, the Contacts with a visitor id) and decides;
+//! preflight, plan, budget, delivery, read-back and record are the shared stages.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{TimeZone, Utc};
+use serde_json::{Map, Value, json};
+
+use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
+use crate::change::{self, Change, Desired};
+use crate::config::{ContactEngagementConfig, PersonMatch, Workflow, template};
+use crate::deliver;
+use crate::extract::{Extractor, PersonFigures, VisitorUsage, Window};
+use crate::plan::{self, Allowance, CostModel};
+
+const OBJECT: &str = "Contact";
+
+/// The fingerprint scope of a workflow's Contacts.
+pub fn scope(workflow: &str) -> String {
+    format!("{workflow}:{OBJECT}")
+}
+
+pub(crate) async fn run(
+    ctx: &Context,
+    workflow: &Workflow,
+    config: &ContactEngagementConfig,
+    options: &RunOptions,
+) -> Result<RunReport, RunError> {
+    super::recorded(ctx, workflow, options, |now, run_id| async move {
+        let mut meter = Meter::new(&ctx.salesforce);
+        let budget = crate::budget::today(ctx, now).await?;
+        meter.step("budget", Some("read_limits"));
+        let limits_calls: u64 = meter.calls.values().sum();
+        if budget.available == 0 {
+            return Err(RunError::OverBudget { needed: 1, left: 0 });
+        }
+
+        // Gather: usage per visitor, and the Contacts each visitor is linked to.
+        let extractor = Extractor::new(&ctx.pendo);
+        let figures = PersonFigures {
+            features: config.fields.features_used.is_some(),
+            guides: config.fields.guides_completed.is_some(),
+        };
+        let usage = extractor.visitor_usage(&Window { end: now, days: workflow.window_days }, figures).await?;
+        let mut report = RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone());
+        let pairs = match &config.match_by {
+            PersonMatch::VisitorId(field) => {
+                meter.step("extract", None);
+                let rows = contacts(ctx, field).await?;
+                links(by_visitor_id(&rows, field), &mut report)
+            }
+            PersonMatch::Email => {
+                let visitors = extractor.visitor_emails().await?;
+                meter.step("extract", None);
+                let rows = contacts(ctx, "Email").await?;
+                links(by_email(&visitors, &rows), &mut report)
+            }
+        };
+        report.pendo_calls = u64::from(extractor.stats().pendo_calls);
+        meter.step("match", Some("read_contacts"));
+        crate::testhook::crash_point("gather");
+
+        // Decide: every linked Contact's figures; a person silent in the window has zero usage
+        // (and keeps the last active day already written).
+        let written = ctx.store.fingerprints(&scope(&workflow.name)).await?;
+        let linked: BTreeSet<String> = pairs.iter().map(|(visitor, _)| visitor.clone()).collect();
+        let mut changes: Vec<Change> = Vec::new();
+        for (visitor, id) in pairs {
+            let silent = VisitorUsage { visitor_id: visitor.clone(), ..VisitorUsage::default() };
+            let u = usage.get(&visitor).unwrap_or(&silent);
+            report.matched += 1;
+            let desired = Desired { key: visitor, salesforce_id: id, fields: values(config, u) };
+            match change::diff(&written, &desired, &[]) {
+                Some(c) => changes.push(c),
+                None => report.unchanged += 1,
+            }
+        }
+        drop(written);
+        report.pendo_accounts = usage.len();
+        report.unmatched = usage.keys().filter(|v| !linked.contains(v.as_str())).count();
+
+        let quarantine = super::engagement::preflight(ctx, workflow, &changes, options.dry_run).await?;
+        meter.step("preflight", Some("preflight"));
+        let (changes, held) = deliver::hold_back(&quarantine, OBJECT, &[], changes);
+        report.preflight =
+            super::PreflightReport { problems: quarantine.problems().to_vec(), records_held_back: held.len() };
+        let mut fields_changed: BTreeMap<String, usize> = BTreeMap::new();
+        for c in &changes {
+            for (f, _) in &c.fields {
+                *fields_changed.entry(f.clone()).or_default() += 1;
+            }
+        }
+        report.fields_changed = fields_changed;
+        report.changed = changes.len();
+        report.samples = changes
+            .iter()
+            .take(10)
+            .map(|c| Sample {
+                pendo_account: c.key.clone(),
+                salesforce_id: c.salesforce_id.clone(),
+                fields: c.fields.clone(),
+            })
+            .collect();
+        let spent = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
+        let allowance = Allowance { calls: budget.available.saturating_sub(spent) };
+        let plan = plan::plan(changes.len(), workflow.max_latency, allowance, &CostModel::default());
+        report.plan = plan.clone();
+        report.deferred = plan.deferred;
+        let Some(run_id) = run_id else { return Ok(report.planned(meter)) };
+        let skipped: Vec<_> = held.iter().map(|h| h.outcome(OBJECT)).collect();
+        ctx.store.record_outcomes(run_id, &skipped, &[]).await?;
+
+        let updated = super::update::deliver(
+            ctx,
+            &workflow.name,
+            OBJECT,
+            &plan,
+            changes,
+            &budget,
+            &mut meter,
+            now,
+            &|_| {},
+            run_id,
+        )
+        .await?;
+        // The plan's deferrals were a forecast; the record stage counts what really waits.
+        report.deferred = 0;
+        let scope = scope(&workflow.name);
+        let how = super::update::Recording { object: OBJECT, scope: &scope, ledger_key: |c| &c.key, note: &|_| None };
+        super::update::record(ctx, &workflow.name, run_id, &how, updated, &mut report, now).await?;
+        meter.step("record", None);
+        super::settle(ctx, &workflow.name, now, meter, &mut report).await?;
+        Ok(report)
+    })
+    .await
+}
+
+/// The Contacts with `field` set (`Id` and `field`), all pages.
+async fn contacts(ctx: &Context, field: &str) -> Result<Vec<Map<String, Value>>, RunError> {
+    const WHAT: &str = "Contacts to match people to";
+    salesforce::soql::field(field)
+        .map_err(|e| RunError::Salesforce { what: WHAT, source: salesforce::Error::Soql(e) })?;
+    ctx.salesforce
+        .query_collect(format!("SELECT Id, {field} FROM {OBJECT} WHERE {field} != null"))
+        .await
+        .map_err(|source| RunError::Salesforce { what: WHAT, source })
+}
+
+/// People and Contacts grouped by what links them (a visitor id, or a normalised e-mail).
+type Groups<'a> = BTreeMap<String, (Vec<&'a str>, Vec<&'a str>)>;
+
+/// Groups by the Contact field holding the visitor id.
+fn by_visitor_id<'a>(contacts: &'a [Map<String, Value>], field: &str) -> Groups<'a> {
+    let mut groups = Groups::new();
+    for row in contacts {
+        if let (Some(id), Some(visitor)) = (text(row, "Id"), text(row, field)) {
+            let (visitors, ids) = groups.entry(visitor.to_owned()).or_default();
+            visitors.clear();
+            visitors.push(visitor);
+            ids.push(id);
+        }
+    }
+    groups
+}
+
+/// Groups by e-mail address: Pendo's `agent.email` and the Contact's `Email`, normalised alike.
+fn by_email<'a>(visitors: &'a BTreeMap<String, String>, contacts: &'a [Map<String, Value>]) -> Groups<'a> {
+    let key = |raw: &str| super::new_users::normalise_email(raw, false);
+    let mut groups = Groups::new();
+    for (visitor, email) in visitors {
+        if let Some(email) = key(email) {
+            groups.entry(email).or_default().0.push(visitor);
+        }
+    }
+    for row in contacts {
+        if let (Some(id), Some(email)) = (text(row, "Id"), text(row, "Email").and_then(key)) {
+            groups.entry(email).or_default().1.push(id);
+        }
+    }
+    groups
+}
+
+/// (visitor id, Contact Id) for every group of exactly one visitor and one Contact. A group with
+/// more on either side is counted ambiguous (with a sample) and links nobody: one person's usage
+/// on another's Contact, or one Contact flipping between two people, is worse than none.
+fn links(groups: Groups<'_>, report: &mut RunReport) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (by, (visitors, ids)) in groups {
+        match (visitors.as_slice(), ids.as_slice()) {
+            ([visitor], [id]) => out.push(((*visitor).to_owned(), (*id).to_owned())),
+            (_, []) | ([], _) => {}
+            _ => {
+                report.ambiguous += visitors.len();
+                if report.ambiguous_samples.len() < 10 {
+                    report.ambiguous_samples.push(super::AmbiguousSample {
+                        pendo_account: visitors.join(", "),
+                        candidates: ids.iter().map(|&id| id.to_owned()).collect(),
+                        reason: format!("`{by}` is held by {} visitors and {} Contacts", visitors.len(), ids.len()),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn text<'r>(row: &'r Map<String, Value>, field: &str) -> Option<&'r str> {
+    row.get(field).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// The configured fields' values for one person. A last active day Pendo does not know (no
+/// event in the window) is left out rather than cleared: the day written earlier still holds.
+fn values(config: &ContactEngagementConfig, u: &VisitorUsage) -> Vec<(String, Value)> {
+    config
+        .fields
+        .iter()
+        .filter_map(|(figure, field)| {
+            let value = match figure {
+                "active_days" => json!(u.active_days),
+                "events" => json!(u.events),
+                "minutes" => json!(u.minutes),
+                "features_used" => json!(u.features_used),
+                "guides_completed" => json!(u.guides_completed),
+                _ => {
+                    let day = u.last_active_day.and_then(|ms| Utc.timestamp_millis_opt(ms).single())?;
+                    crate::metrics::timestamp(day)
+                }
+            };
+            Some((field.to_owned(), value))
+        })
+        .collect()
+}
+
+/// The contact-engagement template, for the registry ([`crate::config::template`]).
+impl template::Spec for ContactEngagementConfig {
+    fn keys() -> &'static [&'static str] {
+        &["contacts"]
+    }
+
+    fn build(key: &str, w: &template::Wire, errors: &mut template::Errors) -> Option<Self> {
+        crate::config::people::build(key, w, errors)
+    }
+
+    fn to_wire(&self, out: &mut template::Wire) {
+        out.contacts = Some(crate::config::people::to_wire(self));
+    }
+
+    fn flows(&self, key: &dyn Fn(&str) -> String) -> template::Flows {
+        use template::{FieldRef, Flows};
+        let writes = self
+            .fields
+            .iter()
+            .map(|(figure, f)| (FieldRef::salesforce(OBJECT, f), key(&format!("contacts.fields.{figure}"))));
+        Flows::to_salesforce(vec![], writes.collect())
+    }
+
+    fn requirements(&self, reqs: &mut template::Reqs) {
+        use template::{Expect, Use};
+        match &self.match_by {
+            PersonMatch::VisitorId(field) => {
+                reqs.add(OBJECT, field, Use::Read, Expect::Text, "contacts.visitor_id_field");
+            }
+            PersonMatch::Email => reqs.add(OBJECT, "Email", Use::Read, Expect::Any, "contacts.match"),
+        }
+        for (figure, field) in self.fields.iter() {
+            let expect = if figure == "last_active" { Expect::Date } else { Expect::Number };
+            reqs.add(OBJECT, field, Use::Update, expect, &format!("contacts.fields.{figure}"));
+        }
+    }
+
+    fn run<'a>(&'a self, ctx: &'a Context, w: &'a Workflow, options: &'a RunOptions) -> template::RunFuture<'a> {
+        Box::pin(run(ctx, w, self, options))
+    }
+
+    fn checks_itself(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PersonFields;
+
+    #[test]
+    fn a_silent_person_gets_zeros_and_keeps_the_last_active_day() {
+        let config = ContactEngagementConfig {
+            match_by: PersonMatch::Email,
+            fields: PersonFields {
+                active_days: Some("A__c".into()),
+                events: Some("E__c".into()),
+                last_active: Some("L__c".into()),
+                ..PersonFields::default()
+            },
+        };
+        let silent = VisitorUsage { visitor_id: "v".into(), ..VisitorUsage::default() };
+        assert_eq!(values(&config, &silent), vec![("A__c".into(), json!(0)), ("E__c".into(), json!(0))]);
+        let busy = VisitorUsage {
+            visitor_id: "v".into(),
+            active_days: 3,
+            events: 40,
+            minutes: 9,
+            features_used: 2,
+            guides_completed: 1,
+            last_active_day: Some(1_764_892_800_000),
+        };
+        assert_eq!(
+            values(&config, &busy),
+            vec![
+                ("A__c".into(), json!(3)),
+                ("E__c".into(), json!(40)),
+                ("L__c".into(), json!("2025-12-05T00:00:00.000Z"))
+            ]
+        );
+    }
+
+    #[test]
+    fn an_address_or_visitor_id_held_twice_links_nobody() {
+        let v = |id: &str, email: &str| (id.to_owned(), email.to_owned());
+        let c = |pairs: &[(&str, &str)]| -> Map<String, Value> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect()
+        };
+        let visitors: BTreeMap<_, _> = [
+            v("v1", " Ada@X.com"),
+            v("v2", "bo@x.com"),
+            v("v3", "BO@x.com"),
+            v("v4", "cy@x.com"),
+            v("v5", "dee@x.com"),
+        ]
+        .into_iter()
+        .collect();
+        let contacts = [
+            c(&[("Id", "003A"), ("Email", "ada@x.com")]),
+            c(&[("Id", "003B"), ("Email", "bo@x.com")]),
+            c(&[("Id", "003C"), ("Email", "cy@x.com")]),
+            c(&[("Id", "003D"), ("Email", "Cy@X.com")]),
+        ];
+        let mut report = RunReport::new("w", false, None, crate::budget::BudgetReport::default());
+        let pairs = links(by_email(&visitors, &contacts), &mut report);
+        // Ada alone links; Bo's address is two visitors', Cy's two Contacts'; Dee has no Contact.
+        assert_eq!(pairs, vec![("v1".to_owned(), "003A".to_owned())]);
+        assert_eq!(report.ambiguous, 3);
+        assert_eq!(report.ambiguous_samples.len(), 2);
+
+        let by_id = [
+            c(&[("Id", "003A"), ("Pendo__c", "v1")]),
+            c(&[("Id", "003B"), ("Pendo__c", "v2")]),
+            c(&[("Id", "003C"), ("Pendo__c", "v2")]),
+        ];
+        let mut report = RunReport::new("w", false, None, crate::budget::BudgetReport::default());
+        let pairs = links(by_visitor_id(&by_id, "Pendo__c"), &mut report);
+        assert_eq!(pairs, vec![("v1".to_owned(), "003A".to_owned())]);
+        assert_eq!((report.ambiguous, report.ambiguous_samples[0].candidates.len()), (1, 2));
+    }
+}

@@ -1,0 +1,226 @@
+//! contact-engagement end to end against both emulators on 127.0.0.1: each person's usage lands
+//! on their Contact (found by visitor id or by e-mail), a silent person gets zeros and keeps the
+//! last active day, an address two visitors share links nobody, and a re-run writes nothing.
+
+// Test setup helpers panic on purpose: a broken fixture should fail the test loudly.
+// Tests lay out their worlds on the wall clock; only the engine must read time through its Clock.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use emulator::pendo::{GenConfig, PendoConfig, PendoState};
+use engine::workflow::{Context, RunOptions, RunReport};
+use serde_json::{Value, json};
+
+const CONFIG: &str = r#"
+connections:
+  salesforce:
+    login_url: "{sf}"
+    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
+  pendo:
+    base_url: "{pendo}"
+    integration_key: { env: PENDO_KEY }
+store: "{store}"
+budget: { daily_share: 0.5 }
+workflows:
+  people-by-id:
+    template: contact-engagement
+    schedule: "0 6 * * *"
+    window_days: 30
+    max_latency: 1m
+    contacts:
+      visitor_id_field: Pendo_Visitor_Id__c
+      fields:
+        active_days: Person_Active_Days__c
+        events: Person_Events__c
+        minutes: Person_Minutes__c
+        features_used: Person_Features__c
+        guides_completed: Person_Guides__c
+        last_active: Pendo_Last_Active__c
+  people-by-email:
+    template: contact-engagement
+    schedule: "0 6 * * *"
+    window_days: 30
+    max_latency: 1m
+    contacts:
+      match: email
+      fields:
+        events: Person_Mail_Events__c
+"#;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "SF_SECRET" => Some("emulator-secret".into()),
+        "PENDO_KEY" => Some("emulator-integration-key".into()),
+        _ => None,
+    }
+}
+
+struct World {
+    sf: emulator::salesforce::Running,
+    ctx: Context,
+    http: reqwest::Client,
+    _pendo: emulator::pendo::Running,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn run(&self, workflow: &str) -> RunReport {
+        let options = RunOptions { trigger: "test".into(), ..Default::default() };
+        engine::workflow::run(&self.ctx, workflow, &options).await.unwrap()
+    }
+
+    async fn contacts(&self) -> HashMap<String, Value> {
+        let url = format!("{}/__emulator/records/Contact", self.sf.base_url);
+        let rows: Vec<Value> = self.http.get(url).send().await.unwrap().json().await.unwrap();
+        rows.into_iter().filter_map(|r| Some((r["LastName"].as_str()?.to_owned(), r))).collect()
+    }
+}
+
+async fn post(http: &reqwest::Client, url: String, body: Value) {
+    let r = http.post(url).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
+/// A small generated world plus five people of our own: Ada and Bo busy, Cy silent, Dee and Eve
+/// sharing one address.
+async fn world() -> World {
+    let gc = GenConfig { seed: 9, accounts: 20, days: 30, ..GenConfig::default() };
+    let state = PendoState::generated(PendoConfig::default(), &gc);
+    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
+    emulator::seed_matching_org(&sf.state, &state).unwrap();
+    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
+    let http = reqwest::Client::new();
+
+    let today = Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let at = |days_ago: i64| (today - Duration::days(days_ago) + Duration::hours(10)).timestamp_millis();
+    let person = |id: &str, email: &str| json!({"visitorId": id, "accountId": "people-co", "metadata": {"agent": {"email": email}}});
+    let page = |visitor: &str, days_ago: i64, events: u64, minutes: u64| json!({"kind": "page", "id": "page-p", "visitorId": visitor, "accountId": "people-co", "time": at(days_ago), "numEvents": events, "numMinutes": minutes});
+    let feature = |visitor: &str, id: &str, days_ago: i64| json!({"kind": "feature", "id": id, "visitorId": visitor, "accountId": "people-co", "time": at(days_ago), "numEvents": 1});
+    let guide = |visitor: &str, step: &str, days_ago: i64| json!({"guideId": "guide-p", "visitorId": visitor, "accountId": "people-co", "time": at(days_ago), "type": "guideAdvanced", "guideStepId": step});
+    let seed = json!({
+        "accounts": [{"accountId": "people-co"}],
+        "visitors": [
+            person("p-ada", "ada@people.test"),
+            person("p-bo", "bo@people.test"),
+            person("p-cy", "cy@people.test"),
+            person("p-dee", "shared@people.test"),
+            person("p-eve", "Shared@People.test"),
+        ],
+        "pages": [{"id": "page-p", "name": "Home"}],
+        "features": [{"id": "feat-a", "name": "Export"}, {"id": "feat-b", "name": "Share"}],
+        "guides": [{"id": "guide-p", "name": "Tour", "steps": [{"id": "s1", "rank": 1}, {"id": "s2", "rank": 2}]}],
+        "events": [
+            page("p-ada", 2, 5, 3), page("p-ada", 5, 7, 4),
+            feature("p-ada", "feat-a", 2), feature("p-ada", "feat-b", 5),
+            page("p-bo", 3, 2, 1),
+            feature("p-bo", "feat-a", 3), feature("p-bo", "feat-a", 4),
+            page("p-dee", 2, 9, 9), page("p-eve", 2, 9, 9),
+            // Outside the window (and today, which the window never includes).
+            page("p-cy", 40, 50, 50), page("p-cy", 0, 50, 50),
+        ],
+        "guideEvents": [guide("p-ada", "s1", 2), guide("p-ada", "s2", 2), guide("p-bo", "s1", 3)],
+    });
+    post(&http, format!("{}/__emulator/seed", pendo.base_url), seed).await;
+
+    for name in [
+        "Person_Active_Days__c",
+        "Person_Events__c",
+        "Person_Minutes__c",
+        "Person_Features__c",
+        "Person_Guides__c",
+        "Person_Mail_Events__c",
+    ] {
+        let field = json!({"name": name, "type": "double"});
+        post(&http, format!("{}/__emulator/fields/Contact", sf.base_url), field).await;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
+    let text = CONFIG.replace("{sf}", &sf.base_url).replace("{pendo}", &pendo.base_url).replace("{store}", &sqlite);
+    let config = engine::config::load_str(&text, "test.yaml").unwrap();
+    let ctx = Context {
+        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
+        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
+        store: engine::store::open(&sqlite).await.unwrap(),
+        clock: engine::clock::Clock::system(),
+        config: Arc::new(config),
+    };
+    for (last, visitor, email) in [
+        ("Ada", Some("p-ada"), None),
+        ("Bo", Some("p-bo"), None),
+        ("Cy", Some("p-cy"), None),
+        ("AdaByMail", None, Some(" ADA@People.Test")),
+        ("Shared", None, Some("shared@people.test")),
+    ] {
+        let mut c = json!({"LastName": last});
+        if let Some(v) = visitor {
+            c["Pendo_Visitor_Id__c"] = json!(v);
+        }
+        if let Some(e) = email {
+            c["Email"] = json!(e.trim());
+        }
+        ctx.salesforce.create("Contact", &c).await.unwrap();
+    }
+    World { sf, ctx, http, _pendo: pendo, _dir: dir }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_persons_usage_lands_on_their_contact_and_a_rerun_writes_nothing() {
+    let w = world().await;
+    let by_id = w.run("people-by-id").await;
+    assert_eq!((by_id.state.as_str(), by_id.failed, by_id.deferred), ("succeeded", 0, 0), "{by_id:?}");
+    assert_eq!(by_id.written, 3, "{by_id:?}");
+    let by_mail = w.run("people-by-email").await;
+    assert_eq!((by_mail.state.as_str(), by_mail.failed), ("succeeded", 0), "{by_mail:?}");
+    assert!(by_mail.ambiguous >= 2, "Dee and Eve share an address: {by_mail:?}");
+    assert!(
+        by_mail
+            .ambiguous_samples
+            .iter()
+            .any(|s| s.pendo_account.contains("p-dee") && s.pendo_account.contains("p-eve")),
+        "{:?}",
+        by_mail.ambiguous_samples
+    );
+
+    let c = w.contacts().await;
+    let figures = |name: &str| {
+        let r = &c[name];
+        ["Person_Active_Days__c", "Person_Events__c", "Person_Minutes__c", "Person_Features__c", "Person_Guides__c"]
+            .map(|f| r[f].as_f64())
+    };
+    assert_eq!(figures("Ada"), [Some(2.0), Some(12.0), Some(7.0), Some(2.0), Some(1.0)]);
+    // Bo advanced a guide but never reached its last step, and used one feature twice.
+    assert_eq!(figures("Bo"), [Some(1.0), Some(2.0), Some(1.0), Some(1.0), Some(0.0)]);
+    // Cy's events are all outside the window: zeros, and no last active day to write.
+    assert_eq!(figures("Cy"), [Some(0.0); 5]);
+    assert!(c["Cy"]["Pendo_Last_Active__c"].is_null(), "{}", c["Cy"]);
+    let two_days_ago = (Utc::now().date_naive() - Duration::days(2)).to_string();
+    let last = c["Ada"]["Pendo_Last_Active__c"].as_str().unwrap();
+    assert!(last.starts_with(&two_days_ago), "{last}");
+    assert_eq!(c["AdaByMail"]["Person_Mail_Events__c"].as_f64(), Some(12.0));
+    assert!(c["Shared"]["Person_Mail_Events__c"].is_null(), "an address two people share links nobody");
+    assert!(c["Ada"]["Person_Mail_Events__c"].is_null());
+
+    // Nothing changed: nothing is written, and only reads are spent.
+    for workflow in ["people-by-id", "people-by-email"] {
+        let again = w.run(workflow).await;
+        assert_eq!((again.written, again.changed, again.failed), (0, 0, 0), "{workflow}: {again:?}");
+        assert!(!again.api_calls.contains_key("update") && !again.api_calls.contains_key("collections"), "{again:?}");
+    }
+
+    // A person's usage changes: only their Contact is written, and only the changed fields.
+    let now = Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc() - Duration::days(1);
+    let more = json!({"events": [{"kind": "page", "id": "page-p", "visitorId": "p-bo", "accountId": "people-co", "time": now.timestamp_millis(), "numEvents": 4, "numMinutes": 0}]});
+    post(&w.http, format!("{}/__emulator/seed", w._pendo.base_url), more).await;
+    let changed = w.run("people-by-id").await;
+    assert_eq!((changed.written, changed.failed), (1, 0), "{changed:?}");
+    assert_eq!(
+        changed.fields_changed.keys().cloned().collect::<Vec<_>>(),
+        ["Pendo_Last_Active__c", "Person_Active_Days__c", "Person_Events__c"]
+    );
+    let bo = &w.contacts().await["Bo"];
+    assert_eq!((bo["Person_Active_Days__c"].as_f64(), bo["Person_Events__c"].as_f64()), (Some(2.0), Some(6.0)));
+}
