@@ -82,7 +82,7 @@ fn init_writes_a_starter_that_validates_and_refuses_to_overwrite() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains(
-            "is valid: 7 workflow(s): engagement, new-users, attributes-to-pendo, nps, churn-alerts, expansion, trials"
+            "is valid: 8 workflow(s): engagement, new-users, attributes-to-pendo, nps, churn-alerts, expansion, trials, people"
         ),
         "{}",
         text(&o)
@@ -127,7 +127,9 @@ fn validate_reports_every_error_with_line_and_key() {
     let o = bin().arg("--config").arg(&path).args(["validate", "--json"]).output().unwrap();
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["valid"], false);
-    assert_eq!(v["errors"].as_array().unwrap().len(), 3, "{v}");
+    // Both workflows with a 30-day window got 0.
+    assert_eq!(v["errors"].as_array().unwrap().len(), 4, "{v}");
+    assert!(v["errors"].as_array().unwrap().iter().any(|e| e["key"] == "workflows.people.window_days"), "{v}");
     // A config that does not load stops `sync` with the same exit code and changes nothing.
     let o = bin().arg("--config").arg(&path).args(["sync", "engagement"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
