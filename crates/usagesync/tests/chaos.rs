@@ -90,6 +90,11 @@ fn trial_usage_survives_kills_faults_a_lost_store_and_a_spent_allocation() {
 }
 
 #[test]
+fn contact_engagement_survives_kills_faults_a_lost_store_and_a_spent_allocation() {
+    chaos("chaos-people", &["gather", "plan", "deliver:1"]);
+}
+
+#[test]
 fn drop_alerts_with_three_workers_on_one_postgres_store() {
     chaos_on_postgres("chaos-alerts", CREATE_POINTS);
 }

@@ -61,7 +61,30 @@ const CREATING: &str = r#"
         amount_base: 1000
       key_field: Usagesync_Key__c
       task: true
+  chaos-people:
+    template: contact-engagement
+    schedule: "30 6 * * *"
+    window_days: 30
+    contacts:
+      match: email
+      fields:
+        active_days: Person_Active_Days__c
+        events: Person_Events__c
+        minutes: Person_Minutes__c
+        features_used: Person_Features__c
+        guides_completed: Person_Guides__c
+        last_active: Person_Last_Active__c
 "#;
+
+/// The Contact fields `chaos-people` writes, which the emulated org does not have of itself.
+const PEOPLE_FIELDS: &[(&str, &str)] = &[
+    ("Person_Active_Days__c", "double"),
+    ("Person_Events__c", "double"),
+    ("Person_Minutes__c", "double"),
+    ("Person_Features__c", "double"),
+    ("Person_Guides__c", "double"),
+    ("Person_Last_Active__c", "datetime"),
+];
 
 const EXAMPLE: &str = include_str!("../../../../examples/usagesync.yaml");
 
@@ -95,6 +118,15 @@ struct Case {
     points: &'static [&'static str],
     edit: Option<Edit>,
 }
+
+const PEOPLE_FIELD_NAMES: [&str; 6] = [
+    PEOPLE_FIELDS[0].0,
+    PEOPLE_FIELDS[1].0,
+    PEOPLE_FIELDS[2].0,
+    PEOPLE_FIELDS[3].0,
+    PEOPLE_FIELDS[4].0,
+    PEOPLE_FIELDS[5].0,
+];
 
 /// Accounts from which a first engagement run writes by Bulk API (about 1,600 changed
 /// Accounts make Bulk's fixed calls cheaper than Collections), so the `bulk` point can land.
@@ -166,6 +198,12 @@ fn cases() -> Vec<Case> {
             workflow: "attributes-to-pendo",
             what: What::PendoMetadata { group: "custom", fields: &["plan", "renewaldate", "csm"] },
             points: &["gather", "plan", "record"],
+            edit: None,
+        },
+        Case {
+            workflow: "chaos-people",
+            what: What::Fields { object: "Contact", key: "Id", fields: &PEOPLE_FIELD_NAMES },
+            points: &["gather", "plan", "deliver:1", "record"],
             edit: None,
         },
         Case {
@@ -578,7 +616,12 @@ impl World {
         let config = dir.path().join("usagesync.yaml");
         std::fs::write(&config, format!("{}\n{CREATING}", example.trim_end()))
             .with_context(|| format!("Failed to write {}", config.display()))?;
-        Ok(World { emulators, dir, config, http: reqwest::Client::new() })
+        let http = reqwest::Client::new();
+        for (name, kind) in PEOPLE_FIELDS {
+            let url = format!("{}/__emulator/fields/Contact", emulators.salesforce);
+            http.post(url).json(&json!({"name": name, "type": kind})).send().await?.error_for_status()?;
+        }
+        Ok(World { emulators, dir, config, http })
     }
 
     /// Runs `usagesync sync WORKFLOW --json` (killed at `crash_at` if given): the exit code and
