@@ -675,6 +675,53 @@ async fn a_pendo_refusal_holds_the_attributes_cursor_until_it_is_dismissed() {
     assert!(still_open.is_empty(), "{still_open:?}");
 }
 
+/// A Pendo field the config names but Pendo lacks is held back alone: the other fields are
+/// written, the run is partial and names the field where the config does, and the cursor stays;
+/// once the field exists, the next run writes it for every Account that has a value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_pendo_lacks_is_held_back_alone_until_it_exists() {
+    use engine::workflow::attributes::CURSOR;
+    let w = world(30, "skip").await;
+    let url = format!("{}/api/v1/metadata/schema/account/custom/sfcontractstage", w.pendo_url);
+    let r = w.http.delete(url).header("x-pendo-integration-key", "emulator-integration-key").send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let with_pendo = || async {
+        w.records("Account").await.into_iter().filter(|a| a["Pendo_Account_Id__c"].is_string()).collect::<Vec<_>>()
+    };
+    for a in with_pendo().await.iter().take(3) {
+        w.person_edits(a["Id"].as_str().unwrap(), json!({"Contract_Stage__c": "Active"}));
+    }
+    let with_pendo = with_pendo().await;
+    let staged: Vec<&Value> = with_pendo.iter().filter(|a| a["Contract_Stage__c"].is_string()).collect();
+    assert_eq!(staged.len(), 3);
+
+    let first = w.run("attributes").await;
+    assert_eq!((first.state.as_str(), first.failed), ("partial", 0), "{first:?}");
+    assert_eq!(first.written, with_pendo.len(), "the other fields still reach every account");
+    let problems = &first.preflight.problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].field.as_deref(), Some("custom.sfcontractstage"));
+    assert!(problems[0].line.is_some() && problems[0].message.contains("setup pendo"), "{}", problems[0]);
+    assert!(!first.fields_changed.contains_key("custom.sfcontractstage"), "{:?}", first.fields_changed);
+    assert_eq!(w.ctx.store.cursor("attributes", CURSOR).await.unwrap(), None, "the cursor stays");
+
+    let field = pendo::metadata::FieldSpec {
+        name: "sfcontractstage".into(),
+        displayname: "Contract stage".into(),
+        field_type: "string".into(),
+    };
+    w.ctx.pendo.create_fields(pendo::Kind::Account, "custom", &[field]).await.unwrap();
+    let second = w.run("attributes").await;
+    assert_eq!((second.state.as_str(), second.failed), ("succeeded", 0), "{second:?}");
+    assert_eq!(second.fields_changed, BTreeMap::from([("custom.sfcontractstage".to_owned(), staged.len())]));
+    let md = w.pendo_accounts().await;
+    let one = staged[0]["Pendo_Account_Id__c"].as_str().unwrap();
+    assert_eq!(md[one]["custom"]["sfcontractstage"], staged[0]["Contract_Stage__c"]);
+    assert!(w.ctx.store.cursor("attributes", CURSOR).await.unwrap().is_some());
+    let third = w.run("attributes").await;
+    assert_eq!((third.written, third.changed), (0, 0), "{third:?}");
+}
+
 /// Calls a run reserved and never settled (it was killed) go back to the day's share when the
 /// workflow's next run claims it, instead of shrinking the share until midnight UTC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

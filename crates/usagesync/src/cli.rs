@@ -42,6 +42,12 @@ pub enum Command {
         #[arg(long)]
         remote: bool,
     },
+    /// Prepare the other side for the config: `setup pendo` lists the Pendo metadata fields the
+    /// enabled workflows write that Pendo lacks, and creates them with `--apply`.
+    Setup {
+        #[command(subcommand)]
+        target: SetupTarget,
+    },
     /// The daemon: run every enabled workflow on its schedule and serve /healthz, /metrics, the
     /// Pendo webhook receiver and the console until SIGTERM.
     Run {
@@ -299,4 +305,14 @@ pub enum FailuresAction {
 
 fn failure_status(text: &str) -> Result<engine::store::FailureStatus, String> {
     engine::store::FailureStatus::parse(text).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SetupTarget {
+    /// The Pendo metadata fields the enabled workflows write: those missing are shown, and
+    /// created only with --apply (then read back); a field of another type is reported, never changed.
+    Pendo {
+        #[arg(long)]
+        apply: bool,
+    },
 }

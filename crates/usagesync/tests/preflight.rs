@@ -150,6 +150,47 @@ fn an_attribute_the_org_lacks_is_left_out_of_the_read_instead_of_failing_it() {
         .iter()
         .map(|p| (p["field"].as_str().unwrap(), p["did_you_mean"].as_str()))
         .collect();
-    assert_eq!(problems, [("Plan_Tierr__c", Some("Plan_Tier__c")), ("Renewal_Date__c", None)], "{report}");
+    // Numbers for Pendo's time field `renewaldate` would be refused by Pendo too: both halves say so.
+    assert_eq!(
+        problems,
+        [("Plan_Tierr__c", Some("Plan_Tier__c")), ("Renewal_Date__c", None), ("custom.renewaldate", None)],
+        "{report}"
+    );
     assert_eq!(report["failed"], 0, "{report}");
+}
+
+/// A Pendo field the config writes and Pendo lacks fails `validate --remote` (file:line);
+/// `setup pendo` shows it and writes nothing, `--apply` creates it and reads it back.
+#[test]
+fn a_pendo_field_pendo_lacks_fails_validate_remote_and_setup_pendo_creates_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_emu, _sf, good) = world(dir.path());
+    let cfg = dir.path().join("usagesync.yaml");
+    let o = run(&cfg_with(&cfg, &good), &["setup", "pendo"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("Pendo has all 3 metadata field(s)"), "{}", text(&o));
+
+    let bad = good.replace("pendo: csm }", "pendo: csmname }");
+    std::fs::write(&cfg, &bad).unwrap();
+    let line = bad.lines().position(|l| l.contains("pendo: csmname")).unwrap() + 1;
+    let o = run(&cfg, &["validate", "--remote"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains(&format!("{}:{line}:", cfg.display())) && out.contains("custom.csmname"), "{out}");
+    assert!(out.contains("1 problem(s)"), "{out}");
+
+    let o = run(&cfg, &["setup", "pendo"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("missing csmname (string)") && text(&o).contains("Nothing was written"), "{}", text(&o));
+    let o = run(&cfg, &["--json", "setup", "pendo", "--apply"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let made: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((made["created"].as_u64(), made["still_missing"].as_u64()), (Some(1), Some(0)), "{made}");
+    let o = run(&cfg, &["validate", "--remote"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+fn cfg_with(path: &Path, text: &str) -> std::path::PathBuf {
+    std::fs::write(path, text).unwrap();
+    path.to_owned()
 }

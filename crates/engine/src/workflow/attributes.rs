@@ -119,7 +119,23 @@ async fn body(
     // A field the org does not have would make Salesforce refuse the whole query: it is left
     // out (and its Pendo field left alone) rather than sent as empty.
     let usable = |field: &str| !quarantine.concerns(OBJECT, field);
-    let attributes: Vec<&Attribute> = config.attributes.iter().filter(|a| usable(&a.salesforce)).collect();
+    // Pendo's half: a field Pendo lacks (or types otherwise) would make it refuse each account's
+    // whole update, so only that field is held back.
+    let wanted = crate::pendo_fields::wanted(workflow);
+    let schema = ctx.pendo.metadata_schema(pendo::Kind::Account).await.map_err(|source| {
+        RunError::Pendo(crate::extract::ExtractError::Pendo { query: "account metadata schema", source })
+    })?;
+    report.pendo_calls = 1;
+    let pendo_problems = crate::pendo_fields::check(&ctx.config, &wanted, &schema);
+    let pendo_usable = |a: &Attribute| {
+        !pendo_problems.iter().any(|p| p.field.as_deref() == Some(&format!("{}.{}", config.group.name(), a.pendo)))
+    };
+    report.preflight.problems.extend(pendo_problems.iter().cloned());
+    let attributes: Vec<&Attribute> =
+        config.attributes.iter().filter(|a| usable(&a.salesforce) && pendo_usable(a)).collect();
+    // Held-back fields keep the cursor where it is, so the Accounts read now are read again (and
+    // their values sent) once the field is there, rather than passed over for good.
+    let held_back = attributes.len() < config.attributes.len();
     let pendo_account_field = config.pendo_account.field.as_deref().filter(|f| usable(f));
     let integration_user = match &config.integration_user {
         Some(id) => id.clone(),
@@ -269,7 +285,7 @@ async fn body(
             RunError::Pendo(crate::extract::ExtractError::Pendo { query: "account metadata write", source })
         })?
     };
-    report.pendo_calls = u64::from(bulk.requests);
+    report.pendo_calls += u64::from(bulk.requests);
     meter.step("deliver", Some("pendo_metadata"));
     crate::testhook::crash_point("record");
     let outcome_of: HashMap<&str, pendo::metadata::Outcome> =
@@ -357,7 +373,7 @@ async fn body(
         .filter(|(key, _)| !dismissed.contains(&(OBJECT.to_owned(), (*key).to_owned())))
         .filter_map(|(_, sf)| stamps.get(*sf).copied())
         .min();
-    if let Some(newest) = hold.or(newest) {
+    if let Some(newest) = hold.or(newest).filter(|_| !held_back) {
         let next = newest.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         if stored.as_deref() != Some(next.as_str()) {
             ctx.store.advance_cursor(&workflow.name, CURSOR, stored.as_deref(), &next).await?;

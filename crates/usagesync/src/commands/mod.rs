@@ -55,6 +55,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             history::replay(config, all, code, ids, workflow, limit, json).await
         }
         Command::ConsolePassword => setup::console_password(),
+        Command::Setup { target: crate::cli::SetupTarget::Pendo { apply } } => setup::pendo(config, apply, json).await,
         Command::Bench { target: BenchTarget::Emulator { upserts, collection_records, concurrency } } => {
             ok(bench::emulator(upserts, collection_records, concurrency).await)
         }

@@ -137,8 +137,11 @@ pub async fn validate(path: &Path, secrets: bool, remote: bool, json: bool) -> R
 /// config names once, writes nothing.
 async fn validate_remote(path: &Path, config: &engine::config::Config, json: bool) -> Result<u8> {
     let client = engine::connect::salesforce_client(config, &context::env_var)?;
-    let problems = engine::preflight::run_all(&client, config).await?;
+    let mut problems = engine::preflight::run_all(&client, config).await?;
     let calls = client.requests_sent();
+    let pendo = engine::connect::pendo_client(config, &context::env_var)?;
+    problems
+        .extend(engine::pendo_fields::run_all(&pendo, config).await.context("Failed to read Pendo's metadata schema")?);
     if json {
         outln!(
             "{}",
@@ -161,6 +164,97 @@ async fn validate_remote(path: &Path, config: &engine::config::Config, json: boo
         eprintln!("{} problem(s) against the org in {}.", problems.len(), path.display());
     }
     Ok(if problems.is_empty() { 0 } else { EXIT_CONFIG })
+}
+
+/// `usagesync setup pendo [--apply]`: the Pendo metadata fields the enabled workflows write and
+/// Pendo lacks; created only with `--apply`, then read back. Exit 0 when nothing is missing (or all
+/// were made), `EXIT_CONFIG` when something is left for a person: fields still missing without
+/// `--apply`, fields of another type, fields in groups the API cannot create in.
+pub async fn pendo(path: &Path, apply: bool, json: bool) -> Result<u8> {
+    let config = context::load_config(path)?;
+    let client = engine::connect::pendo_client(&config, &context::env_var)?;
+    let wanted = engine::pendo_fields::wanted_all(&config);
+    let read = |schemas: Vec<(pendo::Kind, pendo::entities::MetadataSchema)>| {
+        move |kind| schemas.iter().find(|(k, _)| *k == kind).map(|(_, s)| s.clone())
+    };
+    let schemas =
+        engine::pendo_fields::schemas(&client, &wanted).await.context("Failed to read Pendo's metadata schema")?;
+    let problems: Vec<_> = schemas
+        .iter()
+        .flat_map(|(kind, schema)| {
+            let of_kind: Vec<_> = wanted.iter().filter(|w| w.kind == *kind).cloned().collect();
+            engine::pendo_fields::check(&config, &of_kind, schema)
+        })
+        .collect();
+    let missing = engine::pendo_fields::missing(&wanted, read(schemas));
+    // Pendo's API creates fields in the agent and custom groups only.
+    let (creatable, elsewhere): (Vec<_>, Vec<_>) =
+        missing.into_iter().partition(|(_, group, _)| group == "custom" || group == "agent");
+    let names = |specs: &[pendo::metadata::FieldSpec]| {
+        specs.iter().map(|s| format!("{} ({})", s.name, s.field_type)).collect::<Vec<_>>().join(", ")
+    };
+    let mistyped: Vec<_> = problems.iter().filter(|p| p.message.contains(" holds ")).collect();
+    let mut made = 0;
+    if apply {
+        for (kind, group, specs) in &creatable {
+            client.create_fields(*kind, group, specs).await.with_context(|| {
+                format!("Failed to create Pendo {} fields in {group}: {}", kind.as_str(), names(specs))
+            })?;
+            made += specs.len();
+        }
+    }
+    // Read back: what is still missing after the writes (or now, without --apply).
+    let after =
+        engine::pendo_fields::schemas(&client, &wanted).await.context("Failed to read Pendo's metadata schema")?;
+    let still: usize = engine::pendo_fields::missing(&wanted, read(after)).iter().map(|(_, _, s)| s.len()).sum();
+    let left = still + mistyped.len();
+    if json {
+        let list = |v: &[(pendo::Kind, String, Vec<pendo::metadata::FieldSpec>)]| -> Vec<serde_json::Value> {
+            v.iter()
+                .flat_map(|(k, g, specs)| {
+                    specs.iter().map(move |s| {
+                        serde_json::json!({"kind": k.as_str(), "group": g, "field": s.name, "type": s.field_type})
+                    })
+                })
+                .collect()
+        };
+        outln!(
+            "{}",
+            serde_json::json!({
+                "missing": list(&creatable),
+                "not_creatable": list(&elsewhere),
+                "other_type": mistyped.iter().map(|p| serde_json::json!({"field": p.field, "message": p.message})).collect::<Vec<_>>(),
+                "created": made,
+                "still_missing": still,
+            })
+        );
+    } else {
+        if wanted.is_empty() {
+            outln!("No enabled workflow writes Pendo metadata.");
+        } else if creatable.is_empty() && elsewhere.is_empty() && mistyped.is_empty() {
+            outln!("Pendo has all {} metadata field(s) the enabled workflows write.", wanted.len());
+        }
+        for (kind, group, specs) in &creatable {
+            let verb = if apply { "created" } else { "missing" };
+            outln!("Pendo {} metadata, group {group}: {verb} {}", kind.as_str(), names(specs));
+        }
+        for (kind, group, specs) in &elsewhere {
+            outln!(
+                "Pendo {} metadata, group {group}: missing {} (Pendo's API creates fields in agent and custom only: create them in Pendo)",
+                kind.as_str(),
+                names(specs)
+            );
+        }
+        for p in &mistyped {
+            outln!("{p} (left alone: changing a field's type is a person's decision)");
+        }
+        if !apply && !creatable.is_empty() {
+            outln!("Nothing was written; `usagesync setup pendo --apply` creates the missing fields.");
+        } else if apply && made > 0 {
+            outln!("Read back: {} field(s) still missing.", still);
+        }
+    }
+    Ok(if left == 0 { 0 } else { EXIT_CONFIG })
 }
 
 #[cfg(test)]
