@@ -2,7 +2,8 @@
 //! webhook lands on its Contact (by visitor-id field or by email), recomputes the Account's
 //! health score and gives a detractor one follow-up Task; a response whose webhook never came is
 //! found by pollEvents reconciliation; and events pending at SIGTERM are written at the next
-//! start.
+//! start. Also new users in seconds: a `visitorFirstSeen` webhook makes the person's Contact
+//! without waiting for the new-users poll.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -259,6 +260,80 @@ fn webhooks_polls_and_restarts_each_land_exactly_once() {
     });
     stop(daemon);
     assert_eq!(follow_ups_for(&sf, &contacts[0]).len(), 1, "still one Task for the first detractor");
+    let _ = emu.kill();
+    let _ = emu.wait();
+}
+
+/// A `visitorFirstSeen` webhook starts the new-users workflow at once (its poll is set to once a
+/// year here, so only the webhook can have made the Contact); a second delivery makes no second
+/// Contact; the runs are recorded with trigger `webhook`.
+#[test]
+fn a_first_seen_webhook_makes_the_contact_without_waiting_for_the_poll() {
+    let mut emu = bin()
+        .args(["emulate", "--seed-salesforce", "--days", "10", "--accounts", "15"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(emu.stdout.take().unwrap()).lines();
+    let sf = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
+    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    let account = records(&sf, "Account").into_iter().find(|a| a["Pendo_Account_Id__c"].is_string()).unwrap();
+    let pendo_account = account["Pendo_Account_Id__c"].as_str().unwrap().to_owned();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("usagesync.yaml");
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml"))
+        .unwrap()
+        .replace("http://127.0.0.1:8443", &sf)
+        .replace("http://127.0.0.1:8444", &pendo)
+        .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.path().join("state.db").display()))
+        .replace("    enabled: true ", "    enabled: false ");
+    let yearly = example.replacen("schedule: \"*/15 * * * *\"", "schedule: \"0 0 1 1 *\"", 1);
+    assert_ne!(yearly, example, "the new-users poll is slowed down");
+    std::fs::write(&cfg, yearly).unwrap();
+    let (daemon, url) = start_daemon(&cfg);
+    subscribe(&pendo, &url, &[]);
+
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let visitor = json!({"visitors": [{"visitorId": "fresh-v1", "accountId": pendo_account, "metadata": {
+        "auto": {"firstvisit": now_ms, "lastvisit": now_ms},
+        "agent": {"email": "fresh.person@first-seen.test", "full_name": "Fresh Person"}}}]});
+    let (status, reply) = request(&pendo, "POST", "/__emulator/seed", Some(&visitor));
+    assert_eq!(status, 200, "{reply}");
+    let made = |sf: &str| -> Vec<Value> {
+        records(sf, "Contact").into_iter().filter(|c| c["Pendo_Visitor_Id__c"] == "fresh-v1").collect()
+    };
+    assert!(made(&sf).is_empty());
+    fire(&pendo, json!({"event": "visitorFirstSeen", "visitorId": "fresh-v1", "accountId": pendo_account}));
+    eventually("the first-seen visitor becomes a Contact", || {
+        let c = made(&sf);
+        (c.len() != 1).then(|| format!("{c:?}"))
+    });
+    let contact = made(&sf).remove(0);
+    assert_eq!(contact["AccountId"], account["Id"], "{contact}");
+    assert_eq!(contact["Email"], "fresh.person@first-seen.test", "{contact}");
+
+    // Delivered again (a retry, or a second webhook): the run makes nothing twice.
+    fire(&pendo, json!({"event": "visitorFirstSeen", "visitorId": "fresh-v1", "accountId": pendo_account}));
+    let runs = || -> Vec<Value> {
+        let o = bin()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--json", "runs", "--workflow", "new-users"])
+            .env("SF_CLIENT_SECRET", "emulator-secret")
+            .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
+            .output()
+            .unwrap();
+        serde_json::from_slice(&o.stdout).unwrap_or_default()
+    };
+    eventually("a second run after the second delivery", || {
+        let r = runs();
+        (r.len() < 2 || r.iter().any(|r| r["state"] == "running")).then(|| format!("{r:?}"))
+    });
+    assert!(runs().iter().all(|r| r["trigger"] == "webhook"), "{:?}", runs());
+    assert_eq!(made(&sf).len(), 1);
+    stop(daemon);
     let _ = emu.kill();
     let _ = emu.wait();
 }

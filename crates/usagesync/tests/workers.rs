@@ -259,8 +259,17 @@ fn send_round_robin(daemons: &[&Daemon], people: &[(String, String)], at: i64) -
         .collect()
 }
 
+/// These tests start several daemons each and measure batching by Salesforce calls, which two
+/// cores shared with other tests' daemons would skew (a starved worker claims late and splits a
+/// batch); they run one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn two_and_three_daemons_write_each_answer_once_and_take_over_a_killed_ones_batch() {
+    let _one_at_a_time = serial();
     let Some(schema) = Schema::new() else { return };
     let emu = emulators();
     let dir = tempfile::tempdir().unwrap();
@@ -344,6 +353,7 @@ fn two_and_three_daemons_write_each_answer_once_and_take_over_a_killed_ones_batc
 
 #[test]
 fn the_newer_of_two_answers_wins_whichever_daemon_gets_it() {
+    let _one_at_a_time = serial();
     let Some(schema) = Schema::new() else { return };
     let emu = emulators();
     let dir = tempfile::tempdir().unwrap();
@@ -388,6 +398,7 @@ fn metrics_text(url: &str) -> String {
 /// A full inbox answers 503 with Retry-After and stores nothing; the depth is a metric.
 #[test]
 fn a_full_inbox_answers_503_with_retry_after() {
+    let _one_at_a_time = serial();
     let emu = emulators();
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", dir.path().join("state.db").display());
@@ -435,6 +446,7 @@ fn a_full_inbox_answers_503_with_retry_after() {
 /// fails the batch, and every answer is written.
 #[test]
 fn sync_nps_under_a_pendo_throttle_writes_every_answer() {
+    let _one_at_a_time = serial();
     let emu = emulators();
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", dir.path().join("state.db").display());

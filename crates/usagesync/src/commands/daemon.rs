@@ -4,7 +4,8 @@
 //! `/healthz`, `/metrics`, the Pendo webhook receiver (`POST /webhooks/pendo`) and, with a
 //! `console:` section, the web console (`/console/`, see `crate::console`); a stored
 //! webhook wakes the nps-realtime inbox consumer (`engine::workflow::nps::consume`), which runs
-//! beside the schedules. On SIGINT or SIGTERM it stops starting runs, lets the runs in flight finish within
+//! beside the schedules; a stored `visitorFirstSeen` or `accountFirstSeen` webhook starts the
+//! new-users workflows within seconds ([`first_seen_runs`]). On SIGINT or SIGTERM it stops starting runs, lets the runs in flight finish within
 //! the grace period, and exits; a run still going after that is abandoned safely: nothing it had
 //! not recorded counts as written, so the next run sends it again. On SIGHUP, or when the
 //! config file changes, it re-reads the config and, if it loads, schedules from it (see
@@ -95,6 +96,13 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
         Arc::clone(&wake),
         consumer_stop,
     ));
+    let first_seen = Arc::new(tokio::sync::Notify::new());
+    let first_seen_task = tokio::spawn(first_seen_runs(
+        ctx.clone(),
+        Arc::clone(&first_seen),
+        FIRST_SEEN_SETTLE,
+        stop_consumer.subscribe(),
+    ));
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -104,6 +112,7 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
             ctx: ctx.clone(),
             secret,
             wake: Arc::clone(&wake),
+            first_seen,
             pressure: Arc::new(Pressure::new(ctx.config.webhooks.max_pending)),
         })
         .merge(console.router());
@@ -168,6 +177,7 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
     let finished = tokio::time::timeout(grace, async {
         while runs.join_next().await.is_some() {}
         let _ = consumer.await;
+        let _ = first_seen_task.await;
     })
     .await;
     let code = if finished.is_err() {
@@ -423,7 +433,79 @@ struct AppState {
     /// The webhook HMAC key, resolved once at start; never logged.
     secret: Option<Arc<Vec<u8>>>,
     wake: Arc<tokio::sync::Notify>,
+    /// Wakes [`first_seen_runs`].
+    first_seen: Arc<tokio::sync::Notify>,
     pressure: Arc<Pressure>,
+}
+
+/// How long a first-seen webhook waits before its run starts, so a burst of new people (a
+/// customer rolling out to a team) costs one run, not one per person.
+const FIRST_SEEN_SETTLE: Duration = Duration::from_secs(2);
+
+/// New users in seconds: each wake (a stored `visitorFirstSeen` or `accountFirstSeen` webhook)
+/// starts every enabled new-users-to-contacts workflow after `settle`. It is the same run the
+/// schedule makes (lease, cursor, exactly-once creates, budget), so nothing is guaranteed twice
+/// and the scheduled poll stays as reconciliation for webhooks that never came. Wakes during a
+/// run coalesce into one more run after it; a run another worker holds is waited out, since it
+/// may have read Pendo before this person existed.
+async fn first_seen_runs(
+    ctx: Context,
+    wake: Arc<tokio::sync::Notify>,
+    settle: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let workflows: Vec<String> = ctx
+        .config
+        .workflows
+        .values()
+        .filter(|w| w.enabled && matches!(w.template, engine::config::Template::NewUsersToContacts(_)))
+        .map(|w| w.name.clone())
+        .collect();
+    if workflows.is_empty() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = wake.notified() => {}
+            _ = stop.changed() => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(settle) => {}
+            _ = stop.changed() => return,
+        }
+        for name in &workflows {
+            // Busy: wait for the run in flight (bounded by its lease), then run after it.
+            for _ in 0..120 {
+                if *stop.borrow() {
+                    return;
+                }
+                let options = RunOptions {
+                    dry_run: false,
+                    trigger: "webhook".into(),
+                    progress: None,
+                    lease: context::run_lease(),
+                };
+                match engine::workflow::run(&ctx, name, &options).await {
+                    Ok(report) => {
+                        tracing::info!(workflow = %name, state = %report.state, written = report.written,
+                            failed = report.failed, "New users run after a first-seen webhook");
+                        break;
+                    }
+                    Err(RunError::Busy { .. }) => {
+                        tokio::select! {
+                            () = tokio::time::sleep(settle) => {}
+                            _ = stop.changed() => return,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(workflow = %name, error = %e,
+                            "New users run after a first-seen webhook failed; the scheduled poll catches up");
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Deliveries being stored at once, at most: past it the receiver answers 503 at once rather
@@ -530,6 +612,12 @@ async fn webhook(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
         Ok(true) => {
             app.pressure.stored();
             app.wake.notify_one();
+            if matches!(
+                event.kind(),
+                pendo::webhook::EventKind::VisitorFirstSeen | pendo::webhook::EventKind::AccountFirstSeen
+            ) {
+                app.first_seen.notify_one();
+            }
             (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"stored": event.unique_id}))).into_response()
         }
         Ok(false) => (StatusCode::OK, axum::Json(serde_json::json!({"duplicate": event.unique_id}))).into_response(),
