@@ -3,12 +3,12 @@
 //! allows.
 
 use crate::config::template;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{AmbiguousSample, Context, Meter, RunError, RunOptions, RunReport, Sample};
+use super::{AmbiguousSample, Context, Meter, RunError, RunOptions, RunReport};
 use crate::change::{self, Change, Desired};
 use crate::config::{EngagementConfig, MatchRule, Metric, Workflow};
 use crate::deliver;
@@ -154,43 +154,26 @@ async fn body(
     let riders: Vec<&str> = stamp.iter().map(|(f, _)| f.as_str()).collect();
     let (changes, held) = deliver::hold_back(&quarantine, OBJECT, &riders, changes);
     skipped_outcomes.extend(held.iter().map(|h| h.outcome(OBJECT)));
-    let mut fields_changed: BTreeMap<String, usize> = BTreeMap::new();
-    for c in &changes {
-        for (f, _) in &c.fields {
-            *fields_changed.entry(f.clone()).or_default() += 1;
-        }
-    }
     crate::testhook::crash_point("gather");
 
     let reads_spent: u64 = meter.calls.values().sum();
     // `available` was measured after the /limits read, so only later reads come off it.
     let allowance = Allowance { calls: budget.available.saturating_sub(reads_spent.saturating_sub(limits_calls)) };
     let plan = plan::plan(changes.len(), workflow.max_latency, allowance, &CostModel::default());
-    let samples = changes
-        .iter()
-        .take(10)
-        .map(|c| Sample {
-            pendo_account: c.key.clone(),
-            salesforce_id: c.salesforce_id.clone(),
-            fields: c.fields.clone(),
-        })
-        .collect();
     let mut report = RunReport {
         pendo_accounts: outcomes.len(),
         matched,
         unmatched,
         ambiguous,
         unchanged,
-        changed: changes.len(),
-        fields_changed,
         deferred: plan.deferred,
         plan: plan.clone(),
         pendo_calls,
-        samples,
         ambiguous_samples,
         preflight: super::PreflightReport { problems: quarantine.problems().to_vec(), records_held_back: held.len() },
         ..RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone())
     };
+    report.describe_changes(&changes);
     if options.dry_run {
         return Ok(report.planned(meter));
     }

@@ -206,6 +206,26 @@ pub struct FailureSample {
 
 impl RunReport {
     /// A report with nothing counted yet, for a template to fill.
+    /// What the update stage is about to change: the records, the count per field and ten samples.
+    pub(crate) fn describe_changes(&mut self, changes: &[crate::change::Change]) {
+        self.changed = changes.len();
+        self.fields_changed = BTreeMap::new();
+        for c in changes {
+            for (f, _) in &c.fields {
+                *self.fields_changed.entry(f.clone()).or_default() += 1;
+            }
+        }
+        self.samples = changes
+            .iter()
+            .take(10)
+            .map(|c| Sample {
+                pendo_account: c.key.clone(),
+                salesforce_id: c.salesforce_id.clone(),
+                fields: c.fields.clone(),
+            })
+            .collect();
+    }
+
     pub fn new(workflow: &str, dry_run: bool, run_id: Option<RunId>, budget: BudgetReport) -> Self {
         RunReport {
             run_id,

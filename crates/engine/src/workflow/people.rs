@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{TimeZone, Utc};
 use serde_json::{Map, Value, json};
 
-use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
+use super::{Context, Meter, RunError, RunOptions, RunReport};
 use crate::change::{self, Change, Desired};
 use crate::config::{ContactEngagementConfig, PersonMatch, Workflow, template};
 use crate::deliver;
@@ -86,23 +86,7 @@ pub(crate) async fn run(
         let (changes, held) = deliver::hold_back(&quarantine, OBJECT, &[], changes);
         report.preflight =
             super::PreflightReport { problems: quarantine.problems().to_vec(), records_held_back: held.len() };
-        let mut fields_changed: BTreeMap<String, usize> = BTreeMap::new();
-        for c in &changes {
-            for (f, _) in &c.fields {
-                *fields_changed.entry(f.clone()).or_default() += 1;
-            }
-        }
-        report.fields_changed = fields_changed;
-        report.changed = changes.len();
-        report.samples = changes
-            .iter()
-            .take(10)
-            .map(|c| Sample {
-                pendo_account: c.key.clone(),
-                salesforce_id: c.salesforce_id.clone(),
-                fields: c.fields.clone(),
-            })
-            .collect();
+        report.describe_changes(&changes);
         let spent = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
         let allowance = Allowance { calls: budget.available.saturating_sub(spent) };
         let plan = plan::plan(changes.len(), workflow.max_latency, allowance, &CostModel::default());

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::{Context, Meter, RunError, RunOptions, RunReport, Sample, engagement};
+use super::{Context, Meter, RunError, RunOptions, RunReport, engagement};
 use crate::change::{self, Desired};
 use crate::config::{MatchRule, TrialConfig, TrialMetric, Workflow};
 use crate::deliver;
@@ -213,12 +213,6 @@ async fn body(
     decisions.extend(held.iter().map(|h| h.outcome(OBJECT)));
     crate::testhook::crash_point("gather");
 
-    let mut fields_changed: BTreeMap<String, usize> = BTreeMap::new();
-    for c in &changes {
-        for (f, _) in &c.fields {
-            *fields_changed.entry(f.clone()).or_default() += 1;
-        }
-    }
     let reads: u64 = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
     let allowance = crate::plan::Allowance { calls: budget.available.saturating_sub(reads) };
     let plan = crate::plan::plan(changes.len(), workflow.max_latency, allowance, &Default::default());
@@ -227,23 +221,14 @@ async fn body(
         matched,
         unmatched,
         unchanged,
-        changed: changes.len(),
-        fields_changed,
+
         deferred: plan.deferred,
         plan: plan.clone(),
         pendo_calls,
-        samples: changes
-            .iter()
-            .take(10)
-            .map(|c| Sample {
-                pendo_account: c.key.clone(),
-                salesforce_id: c.salesforce_id.clone(),
-                fields: c.fields.clone(),
-            })
-            .collect(),
         preflight: super::PreflightReport { problems: quarantine.problems().to_vec(), records_held_back: held.len() },
         ..RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone())
     };
+    report.describe_changes(&changes);
     let Some(run_id) = run_id else { return Ok(report.planned(meter)) };
     ctx.store.record_outcomes(run_id, &decisions, &[]).await?;
 
