@@ -359,6 +359,8 @@ pub async fn process(
         }
         return Err(e);
     }
+    // Salesforce has the batch; the store knows nothing of it yet.
+    crate::testhook::crash_point("record");
     let run_id = match run {
         Some(id) => Some(id),
         None if !responses.is_empty() || !failures.is_empty() => Some(ctx.store.start_run(&new_run).await?),
@@ -623,6 +625,8 @@ async fn write(
     let mut failed_contacts: HashSet<String> = HashSet::new();
     if !updates.is_empty() {
         let results = ctx.salesforce.update_many("Contact", &updates, false).await.map_err(sf_err("Contact update"))?;
+        // Contacts written, their Accounts and follow-ups not yet.
+        crate::testhook::crash_point("deliver");
         for ((result, (sfid, fields)), (r, row)) in results.iter().zip(&updates).zip(&update_meta) {
             let id = sfid.to_string();
             if result.success {
@@ -1056,6 +1060,7 @@ pub async fn run(
         let mut report = RunReport::new(&workflow.name, false, run_id, super::BudgetReport::default());
         let emails = VisitorEmails::default();
         let added = reconcile(ctx, workflow, config).await?;
+        crate::testhook::crash_point("gather");
         let reconciled_at = started.elapsed().as_secs_f64();
         let mut total = BatchReport::default();
         while let Some(batch) =
