@@ -90,6 +90,11 @@ fn trial_usage_survives_kills_faults_a_lost_store_and_a_spent_allocation() {
 }
 
 #[test]
+fn nps_answers_survive_kills_faults_a_lost_store_and_a_spent_allocation() {
+    chaos("nps", &["gather", "deliver", "record"]);
+}
+
+#[test]
 fn contact_engagement_survives_kills_faults_a_lost_store_and_a_spent_allocation() {
     chaos("chaos-people", &["gather", "plan", "deliver:1"]);
 }

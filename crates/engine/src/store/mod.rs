@@ -203,6 +203,10 @@ pub trait InboxStore {
     /// Gives `claimer`'s unprocessed events back at once (a batch that failed or stopped), so
     /// any worker may take them without waiting for the lease.
     fn release_event_claims(&self, claimer: &str) -> StoreFuture<'_, ()>;
+    /// Who holds a live claim on an unprocessed event at `now`, each once: a worker that finds
+    /// one of them dead (a killed process of its own host) releases its claims rather than
+    /// waiting out the lease.
+    fn event_claimers(&self, now: DateTime<Utc>) -> StoreFuture<'_, Vec<String>>;
     /// When the oldest pending event that no live claim holds was received: the batching
     /// window runs from it.
     fn oldest_claimable_event(&self, now: DateTime<Utc>) -> StoreFuture<'_, Option<DateTime<Utc>>>;

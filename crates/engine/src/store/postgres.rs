@@ -663,6 +663,20 @@ impl InboxStore for PostgresStore {
         })
     }
 
+    fn event_claimers(&self, now: DateTime<Utc>) -> StoreFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            let rows: Vec<(String,)> = sqlx::query_as(
+                "SELECT DISTINCT claimed_by FROM inbox \
+                 WHERE processed_at IS NULL AND claimed_by IS NOT NULL AND lease_until >= $1",
+            )
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("list webhook event claimers"))?;
+            Ok(rows.into_iter().map(|(c,)| c).collect())
+        })
+    }
+
     fn oldest_claimable_event(&self, now: DateTime<Utc>) -> StoreFuture<'_, Option<DateTime<Utc>>> {
         Box::pin(async move {
             sqlx::query_scalar(

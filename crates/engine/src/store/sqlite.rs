@@ -672,6 +672,20 @@ impl InboxStore for SqliteStore {
         })
     }
 
+    fn event_claimers(&self, now: DateTime<Utc>) -> StoreFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            let rows: Vec<(String,)> = sqlx::query_as(
+                "SELECT DISTINCT claimed_by FROM inbox \
+                 WHERE processed_at IS NULL AND claimed_by IS NOT NULL AND lease_until >= $1",
+            )
+            .bind(micros(now))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("list webhook event claimers"))?;
+            Ok(rows.into_iter().map(|(c,)| c).collect())
+        })
+    }
+
     fn oldest_claimable_event(&self, now: DateTime<Utc>) -> StoreFuture<'_, Option<DateTime<Utc>>> {
         Box::pin(async move {
             let oldest: Option<i64> = sqlx::query_scalar(

@@ -321,6 +321,9 @@ async fn inbox_claims_lease_and_take_over(store: Arc<dyn Store>) {
     assert_eq!(store.oldest_claimable_event(t(2, 0)).await.unwrap(), Some(t(1, 2)), "claimed ones do not count");
     let b = store.claim_events("b", LEASE, t(2, 0), 10).await.unwrap();
     assert_eq!(ids(&b), ["e2"], "a live claim is never shared");
+    let mut claimers = store.event_claimers(t(2, 0)).await.unwrap();
+    claimers.sort();
+    assert_eq!(claimers, ["a", "b"], "each live claimer once");
     assert!(store.claim_events("c", LEASE, t(2, 0), 10).await.unwrap().is_empty());
     assert_eq!(store.pending_depth(100).await.unwrap(), 3, "claimed events are still pending");
     assert_eq!(store.pending_depth(2).await.unwrap(), 2, "counted up to the cap");
@@ -330,6 +333,9 @@ async fn inbox_claims_lease_and_take_over(store: Arc<dyn Store>) {
     let later = secs(t(2, 0), 61);
     let c = store.claim_events("c", LEASE, later, 10).await.unwrap();
     assert_eq!(ids(&c), ["e2"], "the lapsed claim is taken over, the renewed ones are not");
+    let mut claimers = store.event_claimers(later).await.unwrap();
+    claimers.sort();
+    assert_eq!(claimers, ["a", "c"], "a lapsed claim is no longer live");
     assert_eq!(store.renew_event_claims("b", LEASE, later).await.unwrap(), 0, "b's claim was taken over");
 
     // Processed events are no longer held or claimable; released ones are claimable at once.

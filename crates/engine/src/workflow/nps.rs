@@ -240,6 +240,13 @@ async fn drain_once(
             }
         }
     }
+    // A killed process of this host (a CLI run, a daemon) cannot renew its claims: give its
+    // events back now rather than a lease later, as a dead run's workflow lease is.
+    for held_by in ctx.store.event_claimers(ctx.clock.now()).await? {
+        if held_by.rsplit_once(':').is_some_and(|(holder, _)| super::lease::holder_is_dead(holder)) {
+            ctx.store.release_event_claims(&held_by).await?;
+        }
+    }
     // One claimer per batch: its claims are renewed, released or processed together.
     let claimer = format!("{}:{}", super::lease::holder(), uuid::Uuid::now_v7().simple());
     let events = ctx.store.claim_events(&claimer, lease.duration, ctx.clock.now(), MAX_BATCH).await?;
@@ -598,9 +605,18 @@ async fn write(
     }
     let mut updates: Vec<(salesforce::SalesforceId, Value)> = Vec::new();
     let mut update_meta: Vec<(&Response, &Value)> = Vec::new();
+    // Accounts whose health must be (re)computed: those of Contacts written now, and those of
+    // Contacts that already hold this very response — written by a batch that died (or ran out of
+    // allocation) before their Account, so the group is completed now. Unchanged scores are not sent.
+    let mut written_accounts: HashSet<String> = HashSet::new();
     for (id, (r, row)) in &latest {
         let current = str_field(row, &contact_cfg.date_field).and_then(parse_sf_datetime);
         if current.is_some_and(|c| c >= r.time) {
+            if current == Some(r.time)
+                && let Some(a) = str_field(row, "AccountId")
+            {
+                written_accounts.insert(a.to_owned());
+            }
             report.unchanged += 1;
             outcomes.push(RecordOutcome {
                 object: "Contact".into(),
@@ -621,7 +637,6 @@ async fn write(
         updates.push((sfid, Value::Object(fields)));
         update_meta.push((r, row));
     }
-    let mut written_accounts: HashSet<String> = HashSet::new();
     let mut failed_contacts: HashSet<String> = HashSet::new();
     if !updates.is_empty() {
         let results = ctx.salesforce.update_many("Contact", &updates, false).await.map_err(sf_err("Contact update"))?;

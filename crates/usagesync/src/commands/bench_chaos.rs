@@ -208,9 +208,6 @@ fn cases() -> Vec<Case> {
             edit: None,
             answers: false,
         },
-        // Not yet in the test suite: it finds two gaps of nps-realtime's own write path (issue 13's
-        // note): a run that cannot claim answers a killed run still holds exits 0, and a response
-        // whose Contact landed but whose Account and follow-up did not is never completed.
         Case {
             workflow: "nps",
             what: What::All(&[
