@@ -108,3 +108,8 @@ fn drop_alerts_with_three_workers_on_one_postgres_store() {
 fn engagement_scores_with_three_workers_on_one_postgres_store() {
     chaos_on_postgres("engagement", &["gather", "plan", "deliver:1", "record"]);
 }
+
+#[test]
+fn nps_answers_with_three_workers_on_one_postgres_store() {
+    chaos_on_postgres("nps", &["gather", "deliver", "record"]);
+}

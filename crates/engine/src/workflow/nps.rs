@@ -82,6 +82,12 @@ pub struct BatchReport {
     samples: Vec<Sample>,
     #[serde(skip)]
     failures: Vec<FailureSample>,
+    /// Responses a transient refusal (lock contention past the delivery stage's retries) kept
+    /// from being written: their events stay pending and a later batch writes them.
+    #[serde(skip)]
+    retry_later: HashSet<String>,
+    /// Answers left for a later batch that way.
+    pub waiting: usize,
 }
 
 impl BatchReport {
@@ -96,6 +102,7 @@ impl BatchReport {
         self.follow_ups += other.follow_ups;
         self.failed += other.failed;
         self.ignored += other.ignored;
+        self.waiting += other.waiting;
         for (k, v) in other.api_calls {
             *self.api_calls.entry(k).or_default() += v;
         }
@@ -375,7 +382,7 @@ pub async fn process(
     };
     report.api_calls = meter.calls.clone();
 
-    for r in &responses {
+    for r in responses.iter().filter(|r| !report.retry_later.contains(&r.key)) {
         done.extend(r.inbox_ids.iter().cloned());
     }
     if let Some(id) = run_id {
@@ -409,7 +416,7 @@ pub async fn process(
     }
     // Handled responses go into the idempotency ledger before their events are marked
     // processed, so reconciliation never feeds back what the webhook already delivered.
-    for r in &responses {
+    for r in responses.iter().filter(|r| !report.retry_later.contains(&r.key)) {
         ctx.store.begin_create(&r.key, &workflow.name, now).await?;
         ctx.store.commit_create(&r.key, "handled", ctx.clock.now()).await?;
     }
@@ -420,6 +427,42 @@ pub async fn process(
         ctx.store.finish_run(id, &RunFinish { state, finished_at: ctx.clock.now(), stats, error: None }).await?;
     }
     Ok(report)
+}
+
+/// Sends `updates` through the delivery stage (Collections, record-level retries of lock
+/// contention). A spent allocation defers the batch as a whole: nothing of it is marked
+/// processed, and a later batch writes it.
+async fn update_stage(
+    ctx: &Context,
+    object: &str,
+    updates: &[(salesforce::SalesforceId, Value)],
+) -> Result<crate::deliver::Delivery, RunError> {
+    let changes = updates
+        .iter()
+        .map(|(id, fields)| crate::change::Change {
+            key: id.to_string(),
+            salesforce_id: id.to_string(),
+            fields: fields
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+            prints: Vec::new(),
+        })
+        .collect();
+    let retry = crate::deliver::RecordRetry::default();
+    let delivery =
+        crate::deliver::deliver(&ctx.salesforce, object, crate::plan::WritePath::Collections, changes, &retry, &|_| {})
+            .await;
+    if !delivery.deferred.is_empty() {
+        let needed = u64::try_from(delivery.deferred.len()).unwrap_or(u64::MAX);
+        return Err(RunError::OverBudget { needed, left: 0 });
+    }
+    Ok(delivery)
+}
+
+/// A refusal worth sending again later rather than keeping as a failure.
+fn transient(code: &str) -> bool {
+    code == salesforce::ErrorCode::UnableToLockRow.as_str()
 }
 
 fn sf_err(what: &'static str) -> impl FnOnce(salesforce::Error) -> RunError {
@@ -639,12 +682,24 @@ async fn write(
     }
     let mut failed_contacts: HashSet<String> = HashSet::new();
     if !updates.is_empty() {
-        let results = ctx.salesforce.update_many("Contact", &updates, false).await.map_err(sf_err("Contact update"))?;
+        let delivery = update_stage(ctx, "Contact", &updates).await?;
         // Contacts written, their Accounts and follow-ups not yet.
         crate::testhook::crash_point("deliver");
-        for ((result, (sfid, fields)), (r, row)) in results.iter().zip(&updates).zip(&update_meta) {
+        let refused: HashMap<&str, &crate::deliver::Failed> =
+            delivery.failed.iter().map(|f| (f.change.salesforce_id.as_str(), f)).collect();
+        for ((sfid, fields), (r, row)) in updates.iter().zip(&update_meta) {
             let id = sfid.to_string();
-            if result.success {
+            if let Some(f) = refused.get(id.as_str()) {
+                failed_contacts.insert(id.clone());
+                if transient(&f.code) {
+                    report.retry_later.insert(r.key.clone());
+                    report.waiting += 1;
+                } else {
+                    report.failed += 1;
+                    let (code, message) = (f.code.clone(), f.message.clone());
+                    record_failure(report, outcomes, failures, "Contact", r, Some(id), fields.clone(), code, message);
+                }
+            } else {
                 report.contacts_updated += 1;
                 if let Some(a) = str_field(row, "AccountId") {
                     written_accounts.insert(a.to_owned());
@@ -677,14 +732,6 @@ async fn write(
                     error_code: None,
                     message: None,
                 });
-            } else {
-                let (code, message) = result
-                    .first_error()
-                    .map(|e| (e.status_code.to_string(), e.message.clone()))
-                    .unwrap_or_else(|| ("UNKNOWN".into(), "Salesforce refused the record".into()));
-                report.failed += 1;
-                failed_contacts.insert(id.clone());
-                record_failure(report, outcomes, failures, "Contact", r, Some(id), fields.clone(), code, message);
             }
         }
     }
@@ -725,13 +772,22 @@ async fn write(
             account_changes.push((account.clone(), *current, score));
         }
         if !account_updates.is_empty() {
-            let results = ctx
-                .salesforce
-                .update_many("Account", &account_updates, false)
-                .await
-                .map_err(sf_err("Account health score"))?;
-            for (result, (account, before, after)) in results.iter().zip(&account_changes) {
-                if result.success {
+            let delivery = update_stage(ctx, "Account", &account_updates).await?;
+            let refused: HashMap<&str, &crate::deliver::Failed> =
+                delivery.failed.iter().map(|f| (f.change.salesforce_id.as_str(), f)).collect();
+            for (account, before, after) in &account_changes {
+                let id = salesforce::SalesforceId::parse(account).map(|i| i.to_string()).unwrap_or_default();
+                let refusal = refused.get(id.as_str()).copied();
+                if refusal.is_some_and(|f| transient(&f.code)) {
+                    // Its answers go again later: the Contacts already hold them, so the next
+                    // batch recomputes this Account (see `written_accounts`).
+                    for (r, row) in &matched {
+                        if str_field(row, "AccountId") == Some(account.as_str()) {
+                            report.retry_later.insert(r.key.clone());
+                        }
+                    }
+                    report.waiting += 1;
+                } else if refusal.is_none() {
                     report.accounts_updated += 1;
                     outcomes.push(RecordOutcome {
                         object: "Account".into(),
@@ -746,11 +802,8 @@ async fn write(
                         error_code: None,
                         message: None,
                     });
-                } else {
-                    let (code, message) = result
-                        .first_error()
-                        .map(|e| (e.status_code.to_string(), e.message.clone()))
-                        .unwrap_or_else(|| ("UNKNOWN".into(), "Salesforce refused the record".into()));
+                } else if let Some(f) = refusal {
+                    let (code, message) = (f.code.clone(), f.message.clone());
                     report.failed += 1;
                     failures.push((
                         "Account".into(),
@@ -838,8 +891,14 @@ async fn write(
                         .first_error()
                         .map(|e| (e.status_code.to_string(), e.message.clone()))
                         .unwrap_or_else(|| ("UNKNOWN".into(), "Salesforce refused the record".into()));
-                    report.failed += 1;
-                    record_failure(report, outcomes, failures, object, r, None, record.clone(), code, message);
+                    if transient(&code) {
+                        // The answer goes again in a later batch, which upserts on the same key.
+                        report.retry_later.insert(r.key.clone());
+                        report.waiting += 1;
+                    } else {
+                        report.failed += 1;
+                        record_failure(report, outcomes, failures, object, r, None, record.clone(), code, message);
+                    }
                 }
             }
             meter.step("write_follow_ups", Some("write"));
@@ -1098,6 +1157,8 @@ pub async fn run(
         report.api_calls = total.api_calls.clone();
         report.samples = total.samples.clone();
         report.failures = total.failures.clone();
+        // Answers kept pending by lock contention go in a later batch: the run says so.
+        report.deferred = total.waiting;
         report.timings = vec![
             ("reconcile".into(), reconciled_at),
             ("write".into(), started.elapsed().as_secs_f64() - reconciled_at),
