@@ -157,6 +157,7 @@ async fn render(st: &ConsoleState, id: RunId, params: &Params) -> Result<Option<
     let mut outcomes = store.run_outcomes(id, &filter).await?;
     let more = outcomes.len() > PAGE as usize;
     outcomes.truncate(PAGE as usize);
+    let base = record_base(&st.ctx.salesforce).await;
     let rows: Vec<Vec<String>> = outcomes
         .iter()
         .map(|o| {
@@ -190,7 +191,7 @@ async fn render(st: &ConsoleState, id: RunId, params: &Params) -> Result<Option<
             vec![
                 html::esc(&o.object),
                 html::esc(&o.key),
-                o.salesforce_id.as_deref().map(html::esc).unwrap_or_default(),
+                o.salesforce_id.as_deref().map(|id| record_link(base.as_deref(), id)).unwrap_or_default(),
                 html::esc(o.action.as_str()),
                 detail,
             ]
@@ -219,4 +220,42 @@ async fn render(st: &ConsoleState, id: RunId, params: &Params) -> Result<Option<
         body.push_str(&link(params.offset + PAGE, "next →"));
     }
     Ok(Some(body))
+}
+
+/// Where records open in Salesforce: `{instance}/{Id}` takes a person to the record's page in
+/// Lightning and Classic alike. `None` while the daemon has no session and cannot get one within
+/// two seconds, so a page never waits on Salesforce.
+async fn record_base(client: &salesforce::Client) -> Option<String> {
+    let url = match client.current_token() {
+        Some(token) => token.instance_url.clone(),
+        None => tokio::time::timeout(std::time::Duration::from_secs(2), client.instance_url()).await.ok()?.ok()?,
+    };
+    Some(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// A record's Id as a link to it in Salesforce; plain text for anything that is not an Id.
+fn record_link(base: Option<&str>, id: &str) -> String {
+    match base {
+        Some(base) if salesforce::SalesforceId::parse(id).is_ok() => format!(
+            "<a href=\"{}/{}\" target=\"_blank\" rel=\"noopener\" data-test=\"record-link\">{}</a>",
+            html::esc(base),
+            html::esc(id),
+            html::esc(id)
+        ),
+        _ => html::esc(id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record_link;
+
+    #[test]
+    fn an_id_links_to_its_record_and_anything_else_stays_text() {
+        let base = Some("https://acme.my.salesforce.com");
+        let link = record_link(base, "001Dn0000000001IAA");
+        assert!(link.contains("href=\"https://acme.my.salesforce.com/001Dn0000000001IAA\""), "{link}");
+        assert_eq!(record_link(base, "<script>"), "&lt;script&gt;");
+        assert_eq!(record_link(None, "001Dn0000000001IAA"), "001Dn0000000001IAA");
+    }
 }

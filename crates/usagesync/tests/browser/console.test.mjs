@@ -173,6 +173,9 @@ async function main() {
     await page.waitForURL(/q=/);
     await page.waitForSelector('table[data-test=records] tbody tr');
     assert.equal(await page.locator('table[data-test=records] tbody tr').count(), 1);
+    // The Id opens the record in Salesforce (here the emulator: the token's instance URL).
+    const href = await page.getAttribute('table[data-test=records] a[data-test=record-link]', 'href');
+    assert.equal(href, `${sf.replace(/\/$/, '')}/${sample.salesforce_id}`);
     assert.match(await page.textContent('table[data-test=records]'), new RegExp(sample.pendo_account.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
     await page.fill('form[data-test=search] input[name=q]', 'no-such-account-anywhere');
     await page.click('form[data-test=search] button');
