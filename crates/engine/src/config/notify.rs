@@ -18,7 +18,7 @@ pub const DEFAULT_QUIET_FOR: Duration = Duration::from_secs(3_600);
 
 /// Alerts on runs that did not succeed. Without this section nothing is sent (the daemon
 /// still logs every such run at warn level).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Alerts {
     pub webhooks: Vec<AlertWebhook>,
     /// Run states that alert (from [`ALERT_STATES`]).
@@ -31,6 +31,8 @@ pub struct Alerts {
     pub no_success_for: Option<Duration>,
     /// Alert when a workflow has more open failures than this.
     pub open_failures_over: Option<u64>,
+    /// Alert when usagesync has used (or reserved) this share of its daily API allocation.
+    pub budget_used_over: Option<f64>,
 }
 
 /// One receiver: an HTTP POST of a JSON body.
@@ -72,6 +74,8 @@ pub(crate) struct Wire {
     pub no_success_for: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub open_failures_over: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_used_over: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -163,7 +167,21 @@ pub(super) fn build(w: Option<&Wire>, errors: &mut Errors) -> Option<Option<Aler
         },
     };
     let open_failures_over = w.open_failures_over;
-    (ok && list.is_some()).then_some(Some(Alerts { webhooks, on, quiet_for, no_success_for, open_failures_over }))
+    let budget_used_over = w.budget_used_over;
+    if let Some(share) = budget_used_over
+        && !(share > 0.0 && share <= 1.0)
+    {
+        errors.push("alerts.budget_used_over", format!("must be more than 0 and at most 1 (got {share})"));
+        ok = false;
+    }
+    (ok && list.is_some()).then_some(Some(Alerts {
+        webhooks,
+        on,
+        quiet_for,
+        no_success_for,
+        open_failures_over,
+        budget_used_over,
+    }))
 }
 
 pub(super) fn to_wire(a: &Alerts, secret: impl Fn(&Secret) -> super::wire::Secret) -> Wire {
@@ -182,6 +200,7 @@ pub(super) fn to_wire(a: &Alerts, secret: impl Fn(&Secret) -> super::wire::Secre
         quiet_for: Some(super::duration::format(a.quiet_for)),
         no_success_for: a.no_success_for.map(super::duration::format),
         open_failures_over: a.open_failures_over,
+        budget_used_over: a.budget_used_over,
     }
 }
 
@@ -200,7 +219,7 @@ mod tests {
     fn absent_sends_nothing_and_a_full_section_loads() {
         assert!(load_str(&base(), "t.yaml").unwrap().alerts.is_none());
         let text = base()
-            + "alerts:\n  webhooks:\n    - url: http://127.0.0.1:9/hook\n      secret: { env: ALERT_SECRET }\n    - url: https://chat.example/hooks/x\n      format: slack\n  on: [failed, partial]\n  quiet_for: 15m\n  no_success_for: 26h\n  open_failures_over: 100\n";
+            + "alerts:\n  webhooks:\n    - url: http://127.0.0.1:9/hook\n      secret: { env: ALERT_SECRET }\n    - url: https://chat.example/hooks/x\n      format: slack\n  on: [failed, partial]\n  quiet_for: 15m\n  no_success_for: 26h\n  open_failures_over: 100\n  budget_used_over: 0.9\n";
         let alerts = load_str(&text, "t.yaml").unwrap().alerts.unwrap();
         assert_eq!(alerts.webhooks.len(), 2);
         assert_eq!(alerts.webhooks[0].secret, Some(Secret::Env("ALERT_SECRET".into())));
@@ -209,6 +228,7 @@ mod tests {
         assert_eq!(alerts.quiet_for, Duration::from_secs(900));
         assert_eq!(alerts.no_success_for, Some(Duration::from_secs(26 * 3_600)));
         assert_eq!(alerts.open_failures_over, Some(100));
+        assert_eq!(alerts.budget_used_over, Some(0.9));
         let config = load_str(&text, "t.yaml").unwrap();
         assert!(config.secrets().iter().any(|(k, _)| k == "alerts.webhooks[0].secret"));
     }

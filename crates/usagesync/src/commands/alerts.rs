@@ -152,10 +152,30 @@ impl Notifier {
     /// `open_failures_over`. Rate-limited like run alerts.
     pub async fn check(&self, ctx: &engine::workflow::Context) {
         let config = &self.inner.config;
-        if config.no_success_for.is_none() && config.open_failures_over.is_none() {
+        if config.no_success_for.is_none() && config.open_failures_over.is_none() && config.budget_used_over.is_none() {
             return;
         }
         let now = ctx.clock.now();
+        if let Some(threshold) = config.budget_used_over {
+            match ctx.store.budget_day(now.date_naive()).await {
+                Ok(ledger) => {
+                    if let Some(text) = budget_alert(&ledger, ctx.config.budget.daily_share, threshold) {
+                        self.send_now(RunAlert {
+                            workflow: "(all workflows)".into(),
+                            state: "budget".into(),
+                            run_id: None,
+                            trigger: "check".into(),
+                            written: 0,
+                            failed: 0,
+                            deferred: 0,
+                            error: Some(text),
+                            at: now,
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "Alerts: could not read today's API budget"),
+            }
+        }
         for (name, _) in ctx.config.workflows.iter().filter(|(_, w)| w.enabled) {
             if engine::scheduler::is_paused(ctx.store.as_ref(), name).await.unwrap_or(false) {
                 continue;
@@ -305,5 +325,44 @@ fn span(d: chrono::Duration) -> String {
         s if s >= 3_600 && s % 3_600 == 0 => format!("{}h", s / 3_600),
         s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
+    }
+}
+
+/// The budget alert's text when usagesync has used (or reserved) `threshold` of its share of
+/// today's allocation; `None` below it, or before any run has read the org's allocation.
+fn budget_alert(ledger: &engine::store::BudgetDay, share: f64, threshold: f64) -> Option<String> {
+    // Truncated, as the engine computes its cap.
+    let cap = (ledger.org_max? as f64 * share).floor();
+    let used = (ledger.spent + ledger.reserved) as f64;
+    (cap > 0.0 && used >= cap * threshold).then(|| {
+        format!(
+            "usagesync: {used:.0} of today's {cap:.0} API calls used or reserved ({:.0}%), over alerts.budget_used_over ({:.0}%); later runs defer what does not fit",
+            used / cap * 100.0,
+            threshold * 100.0
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::budget_alert;
+
+    #[test]
+    fn the_budget_alert_fires_at_its_share_of_the_cap_and_not_before_the_allocation_is_known() {
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 12, 5).unwrap_or_default();
+        let ledger = |spent, reserved, org_max| engine::store::BudgetDay {
+            day,
+            reserved,
+            spent,
+            by_workflow: Default::default(),
+            org_used: None,
+            org_max,
+            observed_at: None,
+        };
+        // A quarter of 100,000 is 25,000; 90% of it is 22,500.
+        assert!(budget_alert(&ledger(22_000, 0, Some(100_000)), 0.25, 0.9).is_none());
+        let text = budget_alert(&ledger(22_000, 500, Some(100_000)), 0.25, 0.9).unwrap_or_default();
+        assert!(text.contains("22500 of today's 25000") && text.contains("(90%)"), "{text}");
+        assert!(budget_alert(&ledger(90_000, 0, None), 0.25, 0.9).is_none());
     }
 }
