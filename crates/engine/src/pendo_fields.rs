@@ -67,24 +67,42 @@ fn live<'s>(schema: &'s MetadataSchema, w: &Wanted) -> Option<&'s FieldDescripto
     schema.get(&w.group)?.get(&w.field).filter(|d| !deleted(d))
 }
 
+/// Why Pendo cannot take a wanted field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gap {
+    Missing,
+    /// Pendo holds the field with this other type.
+    OtherType(String),
+}
+
+/// The fields of `wanted` that `schema` (Pendo's schema of their kind) cannot take, and why.
+pub fn gaps<'w>(wanted: &'w [Wanted], schema: &MetadataSchema) -> Vec<(&'w Wanted, Gap)> {
+    wanted
+        .iter()
+        .filter_map(|w| match live(schema, w) {
+            None => Some((w, Gap::Missing)),
+            Some(d) if !takes(&d.field_type, w.value) => Some((w, Gap::OtherType(d.field_type.clone()))),
+            Some(_) => None,
+        })
+        .collect()
+}
+
 /// The problems of `wanted` against `schema` (Pendo's schema of their kind), located in the config.
 pub fn check(config: &Config, wanted: &[Wanted], schema: &MetadataSchema) -> Vec<Problem> {
     let mut problems = Vec::new();
-    for w in wanted {
-        let message = match live(schema, w) {
-            None => format!(
+    for (w, gap) in gaps(wanted, schema) {
+        let message = match gap {
+            Gap::Missing => format!(
                 "Pendo {} metadata has no field {} (`usagesync setup pendo --apply` creates it)",
                 w.kind.as_str(),
                 w.path()
             ),
-            Some(d) if !takes(&d.field_type, w.value) => format!(
-                "Pendo {} metadata field {} holds {}; the workflow sends {} values",
+            Gap::OtherType(stored) => format!(
+                "Pendo {} metadata field {} holds {stored}; the workflow sends {} values",
                 w.kind.as_str(),
                 w.path(),
-                d.field_type,
                 w.value.name()
             ),
-            Some(_) => continue,
         };
         let (line, column) = config.position(&w.key).unzip();
         let near = schema

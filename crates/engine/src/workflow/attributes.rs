@@ -126,11 +126,9 @@ async fn body(
         RunError::Pendo(crate::extract::ExtractError::Pendo { query: "account metadata schema", source })
     })?;
     report.pendo_calls = 1;
-    let pendo_problems = crate::pendo_fields::check(&ctx.config, &wanted, &schema);
-    let pendo_usable = |a: &Attribute| {
-        !pendo_problems.iter().any(|p| p.field.as_deref() == Some(&format!("{}.{}", config.group.name(), a.pendo)))
-    };
-    report.preflight.problems.extend(pendo_problems.iter().cloned());
+    let gaps = crate::pendo_fields::gaps(&wanted, &schema);
+    let pendo_usable = |a: &Attribute| !gaps.iter().any(|(w, _)| w.field == a.pendo);
+    report.preflight.problems.extend(crate::pendo_fields::check(&ctx.config, &wanted, &schema));
     let attributes: Vec<&Attribute> =
         config.attributes.iter().filter(|a| usable(&a.salesforce) && pendo_usable(a)).collect();
     // Held-back fields keep the cursor where it is, so the Accounts read now are read again (and

@@ -140,10 +140,7 @@ fn by_visitor_id<'a>(contacts: &'a [Map<String, Value>], field: &str) -> Groups<
     let mut groups = Groups::new();
     for row in contacts {
         if let (Some(id), Some(visitor)) = (text(row, "Id"), text(row, field)) {
-            let (visitors, ids) = groups.entry(visitor.to_owned()).or_default();
-            visitors.clear();
-            visitors.push(visitor);
-            ids.push(id);
+            groups.entry(visitor.to_owned()).or_insert_with(|| (vec![visitor], Vec::new())).1.push(id);
         }
     }
     groups

@@ -179,11 +179,19 @@ pub async fn pendo(path: &Path, apply: bool, json: bool) -> Result<u8> {
     };
     let schemas =
         engine::pendo_fields::schemas(&client, &wanted).await.context("Failed to read Pendo's metadata schema")?;
-    let problems: Vec<_> = schemas
+    // Fields Pendo holds with another type: reported, never changed.
+    let mistyped: Vec<_> = schemas
         .iter()
         .flat_map(|(kind, schema)| {
             let of_kind: Vec<_> = wanted.iter().filter(|w| w.kind == *kind).cloned().collect();
+            let other: Vec<String> = engine::pendo_fields::gaps(&of_kind, schema)
+                .into_iter()
+                .filter(|(_, gap)| matches!(gap, engine::pendo_fields::Gap::OtherType(_)))
+                .map(|(w, _)| w.path())
+                .collect();
             engine::pendo_fields::check(&config, &of_kind, schema)
+                .into_iter()
+                .filter(move |p| p.field.as_ref().is_some_and(|f| other.contains(f)))
         })
         .collect();
     let missing = engine::pendo_fields::missing(&wanted, read(schemas));
@@ -193,7 +201,6 @@ pub async fn pendo(path: &Path, apply: bool, json: bool) -> Result<u8> {
     let names = |specs: &[pendo::metadata::FieldSpec]| {
         specs.iter().map(|s| format!("{} ({})", s.name, s.field_type)).collect::<Vec<_>>().join(", ")
     };
-    let mistyped: Vec<_> = problems.iter().filter(|p| p.message.contains(" holds ")).collect();
     let mut made = 0;
     if apply {
         for (kind, group, specs) in &creatable {
