@@ -1,6 +1,7 @@
 //! nps-realtime in the failure ledger, against both emulators on 127.0.0.1: a follow-up Salesforce
 //! refuses is kept with its answer, and `replay` after the fix queues that answer again and
-//! writes it from the config as it is now.
+//! writes it from the config as it is now; a follow-up whose key field the org lacks is held back
+//! by preflight (never sent to fail) while the Contact is written.
 
 // Tests lay out their worlds on the wall clock; only the engine must read time through its Clock.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
@@ -40,7 +41,7 @@ workflows:
       subject: "{subject}"
       priority: High
       due_in_days: 2
-      key_field: Usagesync_Key__c
+      key_field: {key_field}
 "#;
 
 fn env(name: &str) -> Option<String> {
@@ -52,7 +53,12 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn context(sf: &str, pendo: &str, subject: &str, store: Arc<dyn engine::store::Store>) -> Context {
-    let text = CONFIG.replace("{sf}", sf).replace("{pendo}", pendo).replace("{subject}", subject);
+    context_with_key(sf, pendo, subject, "Usagesync_Key__c", store)
+}
+
+fn context_with_key(sf: &str, pendo: &str, subject: &str, key: &str, store: Arc<dyn engine::store::Store>) -> Context {
+    let text =
+        CONFIG.replace("{sf}", sf).replace("{pendo}", pendo).replace("{subject}", subject).replace("{key_field}", key);
     let config = engine::config::load_str(&text, "test.yaml").unwrap();
     Context {
         salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
@@ -119,4 +125,47 @@ async fn a_refused_follow_up_is_kept_and_replay_writes_it_from_the_current_confi
         .await
         .unwrap();
     assert_eq!(resolved.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_whose_key_field_the_org_lacks_is_held_back_and_the_contact_still_written() {
+    let gc = GenConfig { seed: 4, accounts: 5, days: 10, ..GenConfig::default() };
+    let state = PendoState::generated(PendoConfig::default(), &gc);
+    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
+    emulator::seed_matching_org(&sf.state, &state).unwrap();
+    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = engine::store::open(&format!("sqlite://{}", dir.path().join("state.db").display())).await.unwrap();
+    let http = reqwest::Client::new();
+    let admin = |path: &str| format!("{}/__emulator/{path}", sf.base_url);
+    let accounts: Vec<Value> = http.get(admin("records/Account")).send().await.unwrap().json().await.unwrap();
+    let account = accounts[0]["Id"].as_str().unwrap();
+    let contact = json!([{"LastName": "Detractor", "AccountId": account, "Pendo_Visitor_Id__c": "nps-v9"}]);
+    assert!(http.post(admin("records/Contact")).json(&contact).send().await.unwrap().status().is_success());
+
+    let ctx = context_with_key(&sf.base_url, &pendo.base_url, "NPS detractor", "Usagesync_Kee__c", store.clone());
+    let secs = Utc::now().timestamp() - 60;
+    let body = json!({"event": "npsSubmitted", "visitorId": "nps-v9", "timestamp": secs, "uniqueId": "c3d4",
+                      "properties": {"nps": {"rating": 1, "reason": "broken"}}});
+    let event = InboxEvent {
+        unique_id: "c3d4".into(),
+        source: "pendo".into(),
+        kind: "npsSubmitted".into(),
+        received_at: Utc::now(),
+        body,
+    };
+    assert!(store.put_event(&event).await.unwrap());
+    let options = RunOptions { trigger: "test".into(), ..Default::default() };
+    let report = engine::workflow::run(&ctx, "nps", &options).await.unwrap();
+    assert_eq!((report.changed, report.failed), (1, 1), "{report:?}");
+    let contacts: Vec<Value> = http.get(admin("records/Contact")).send().await.unwrap().json().await.unwrap();
+    let written = contacts.iter().find(|c| c["Pendo_Visitor_Id__c"] == "nps-v9").unwrap();
+    assert_eq!(written["NPS_Score__c"], 1.0, "{written}");
+    let open =
+        store.list_failures(&FailureFilter { status: Some(FailureStatus::Open), ..Default::default() }).await.unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!((open[0].object.as_str(), open[0].error_code.as_str()), ("Task", "QUARANTINED"));
+    assert!(open[0].message.contains("Usagesync_Kee__c"), "{open:?}");
+    let tasks: Vec<Value> = http.get(admin("records/Task")).send().await.unwrap().json().await.unwrap();
+    assert!(tasks.iter().all(|t| t["Subject"].as_str().is_none_or(|s| !s.starts_with("NPS detractor"))), "{tasks:?}");
 }

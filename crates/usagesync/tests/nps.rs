@@ -203,7 +203,7 @@ fn webhooks_polls_and_restarts_each_land_exactly_once() {
     assert_eq!(task["OwnerId"], owner.as_str(), "the account owner's");
     assert_eq!(task["WhatId"], account.as_str());
     assert_eq!(task["Priority"], "High");
-    assert!(task["Usagesync_Key__c"].as_str().unwrap().starts_with("nps:"), "{task}");
+    assert!(task["Usagesync_Key__c"].as_str().unwrap().starts_with("usagesync:nps:nps:nps-v1:"), "{task}");
     assert!(follow_ups_for(&sf, &contacts[1]).is_empty(), "a promoter gets no follow-up");
 
     // A response whose webhook never came: only pollEvents has it.

@@ -256,6 +256,43 @@ pub(crate) async fn deliver_checked(
     Ok(results)
 }
 
+/// Makes single `records` for an event-driven batch (the NPS consumer: no run plans its calls
+/// ahead, they are settled on the ledger afterwards), by the same exactly-once, adopt-never-
+/// overwrite path as [`deliver`]. A record whose object or key field preflight holds comes back
+/// `Held`; fields with a problem are left out; a spent allocation defers what was not sent.
+///
+/// # Errors
+/// Store failures.
+pub(crate) async fn make(
+    ctx: &Context,
+    workflow: &str,
+    records: &[NewRecord],
+    quarantine: &Quarantine,
+    now: DateTime<Utc>,
+) -> Result<Vec<Created>, RunError> {
+    let mut out: Vec<Created> = vec![Created::Waiting; records.len()];
+    let mut send: Vec<usize> = Vec::new();
+    let mut cleaned: Vec<NewRecord> = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        if quarantine.holds(&r.object, &r.key_field) {
+            let reason =
+                quarantine.reason(&r.object, &r.key_field).unwrap_or_else(|| format!("{} cannot be made", r.object));
+            out[i] = Created::Held { reason };
+            continue;
+        }
+        let mut r = r.clone();
+        quarantine.strip(&r.object, &mut r.fields);
+        send.push(i);
+        cleaned.push(r);
+    }
+    let mut stopped = None;
+    let made = create_many(ctx, workflow, &cleaned, quarantine, now, &mut stopped).await?;
+    for (i, c) in send.into_iter().zip(made) {
+        out[i] = c;
+    }
+    Ok(out)
+}
+
 /// Reads back the records this run made (not those adopted: usagesync set nothing on them),
 /// per object, comparing the fields it set on create: its own, the key and the group link.
 #[allow(clippy::too_many_arguments)]

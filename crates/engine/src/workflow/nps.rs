@@ -7,9 +7,11 @@
 //! after Salesforce accepted its writes (or its failure is kept in the failure store); every
 //! response has a key `nps:<seconds>:<visitor>` shared by its webhook and its poll rows, kept in
 //! the idempotency ledger once handled so reconciliation skips what the webhook delivered; and the
-//! follow-up is upserted on that key, so processing a response twice (after a crash between the
-//! Salesforce write and the inbox update) changes one record, never creates a second. A Contact
-//! whose date field already holds the response's time (or a later one) is not written again.
+//! follow-up goes through the create stage ([`super::create::make`]) under a key of its own, so
+//! processing a response twice (after a crash between the Salesforce write and the inbox update)
+//! makes one record, and a follow-up someone has worked since (Completed, reassigned) is adopted
+//! as it is, never written again. A Contact whose date field already holds the response's time
+//! (or a later one) is not written again.
 //!
 //! Every worker sharing a store consumes its inbox: a batch is the events one worker claimed
 //! (`InboxStore::claim_events`) under a lease its heartbeat renews, so workers never write the
@@ -34,6 +36,7 @@ use tokio::sync::{Notify, watch};
 
 use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::config::{ContactMatch, FollowUpObject, NpsConfig, OwnerSource, Template, Workflow};
+use crate::preflight::Quarantine;
 use crate::store::{Action, CreateState, FieldChange, InboxEvent, NewRun, RecordOutcome, RunFinish, RunId, RunState};
 
 /// Events taken from the inbox per batch: keeps each SOQL `IN` list and Collections call small.
@@ -148,24 +151,47 @@ pub fn inbox_workflow(ctx: &Context) -> Option<(&Workflow, &NpsConfig)> {
     })
 }
 
-/// Visitor id → email (lower-cased), as read from Pendo; kept for the consumer's life so a
-/// visitor answering again costs no Pendo call.
+/// What a consumer keeps between batches: visitor e-mails as read from Pendo (lower-cased; a
+/// visitor answering again costs no Pendo call), and the workflow's preflight against the org,
+/// described once per [`PREFLIGHT_TTL`] rather than once per batch.
 #[derive(Default)]
-pub struct VisitorEmails(std::sync::Mutex<HashMap<String, Option<String>>>);
+pub struct BatchCache {
+    emails: std::sync::Mutex<HashMap<String, Option<String>>>,
+    preflight: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Quarantine>)>>,
+}
 
-impl VisitorEmails {
+/// How long a preflight is trusted: a field an admin adds or fixes is picked up within this.
+const PREFLIGHT_TTL: Duration = Duration::from_secs(10 * 60);
+
+impl BatchCache {
     fn get(&self, visitor: &str) -> Option<Option<String>> {
-        self.0.lock().ok().and_then(|m| m.get(visitor).cloned())
+        self.emails.lock().ok().and_then(|m| m.get(visitor).cloned())
     }
 
     fn put(&self, visitor: String, email: Option<String>) {
-        if let Ok(mut m) = self.0.lock() {
+        if let Ok(mut m) = self.emails.lock() {
             // Bounded: a cache, not a copy of Pendo.
             if m.len() > 50_000 {
                 m.clear();
             }
             m.insert(visitor, email);
         }
+    }
+
+    /// The workflow's preflight, described again once it is older than [`PREFLIGHT_TTL`].
+    async fn quarantine(&self, ctx: &Context, workflow: &Workflow) -> Result<Arc<Quarantine>, RunError> {
+        let mut cached = self.preflight.lock().await;
+        if let Some((at, q)) = cached.as_ref()
+            && at.elapsed() < PREFLIGHT_TTL
+        {
+            return Ok(Arc::clone(q));
+        }
+        let q = Arc::new(crate::preflight::run(&ctx.salesforce, &ctx.config, workflow).await?);
+        for p in q.problems() {
+            tracing::warn!(workflow = %workflow.name, problem = %p, "Preflight: a follow-up field is left out or held");
+        }
+        *cached = Some((std::time::Instant::now(), Arc::clone(&q)));
+        Ok(q)
     }
 }
 
@@ -175,7 +201,7 @@ impl VisitorEmails {
 pub async fn consume(ctx: Context, lease: super::lease::RunLease, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
     let Some((workflow, config)) = inbox_workflow(&ctx) else { return };
     let (workflow, config) = (workflow.clone(), config.clone());
-    let emails = VisitorEmails::default();
+    let emails = BatchCache::default();
     let mut backoff = Duration::ZERO;
     loop {
         tokio::select! {
@@ -223,7 +249,7 @@ async fn drain_once(
     ctx: &Context,
     workflow: &Workflow,
     config: &NpsConfig,
-    emails: &VisitorEmails,
+    emails: &BatchCache,
     trigger: &str,
     run: Option<RunId>,
     lease: super::lease::RunLease,
@@ -303,7 +329,7 @@ pub async fn process(
     ctx: &Context,
     workflow: &Workflow,
     config: &NpsConfig,
-    emails: &VisitorEmails,
+    emails: &BatchCache,
     events: Vec<InboxEvent>,
     trigger: &str,
     run: Option<RunId>,
@@ -359,7 +385,8 @@ pub async fn process(
         trigger: trigger.to_owned(),
     };
 
-    let result = write(ctx, config, emails, &responses, &mut report, &mut outcomes, &mut failures, &mut meter).await;
+    let result =
+        write(ctx, workflow, config, emails, &responses, &mut report, &mut outcomes, &mut failures, &mut meter).await;
     if let Err(e) = result {
         if own_run {
             let id = ctx.store.start_run(&new_run).await?;
@@ -493,8 +520,9 @@ fn in_list<'a>(values: impl IntoIterator<Item = &'a String>) -> String {
 #[allow(clippy::too_many_arguments)]
 async fn write(
     ctx: &Context,
+    workflow: &Workflow,
     config: &NpsConfig,
-    emails: &VisitorEmails,
+    emails: &BatchCache,
     responses: &[Response],
     report: &mut BatchReport,
     outcomes: &mut Vec<RecordOutcome>,
@@ -820,89 +848,131 @@ async fn write(
     }
 
     if let Some(follow) = &config.follow_up {
-        let mut records: Vec<Value> = Vec::new();
-        let mut meta: Vec<&Response> = Vec::new();
-        for (r, row) in &matched {
-            let Some(contact_id) = str_field(row, "Id") else { continue };
-            if !config.is_detractor(r.rating) || failed_contacts.contains(contact_id) {
+        let now = ctx.clock.now();
+        follow_ups(ctx, workflow, config, follow, emails, &matched, &failed_contacts, report, outcomes, failures, now)
+            .await?;
+        meter.step("write_follow_ups", Some("write"));
+    }
+    Ok(())
+}
+
+/// The key of `r`'s follow-up: injective and case-insensitively unique, as every key the create
+/// stage makes (visitor ids `Bob` and `bob` are two people).
+fn follow_up_key(workflow: &str, r: &Response) -> String {
+    super::create::key(&["usagesync", workflow, "nps", &r.visitor_id, &r.time.timestamp().to_string()])
+}
+
+/// A follow-up for each detractor whose Contact was not refused, through the create stage: made
+/// once, and a record that already holds its key (a person may have worked the Task since) is
+/// adopted as it is, never written again.
+#[allow(clippy::too_many_arguments)]
+async fn follow_ups(
+    ctx: &Context,
+    workflow: &Workflow,
+    config: &NpsConfig,
+    follow: &crate::config::nps::FollowUpConfig,
+    cache: &BatchCache,
+    matched: &[(&Response, &Value)],
+    failed_contacts: &HashSet<String>,
+    report: &mut BatchReport,
+    outcomes: &mut Vec<RecordOutcome>,
+    failures: &mut Vec<(String, String, Value, String, String)>,
+    now: DateTime<Utc>,
+) -> Result<(), RunError> {
+    let object = follow.object.name();
+    let mut records: Vec<super::create::NewRecord> = Vec::new();
+    let mut meta: Vec<&Response> = Vec::new();
+    for (r, row) in matched {
+        let Some(contact_id) = str_field(row, "Id") else { continue };
+        if !config.is_detractor(r.rating) || failed_contacts.contains(contact_id) {
+            continue;
+        }
+        let owner = match follow.owner {
+            OwnerSource::Account => row.get("Account").and_then(|a| str_field(a, "OwnerId")),
+            OwnerSource::Contact => str_field(row, "OwnerId"),
+        }
+        .or_else(|| str_field(row, "OwnerId"));
+        let account = str_field(row, "AccountId");
+        let when = r.time.format("%Y-%m-%d %H:%M UTC");
+        let description = if r.comment.trim().is_empty() {
+            format!("NPS {} on {when}; no comment.", r.rating)
+        } else {
+            format!("NPS {} on {when}: {}", r.rating, r.comment)
+        };
+        let mut fields = serde_json::Map::new();
+        fields.insert("Subject".into(), json!(format!("{} ({}/10)", follow.subject, r.rating)));
+        fields.insert("Description".into(), json!(description));
+        fields.insert("Priority".into(), json!(follow.priority));
+        if let Some(o) = owner {
+            fields.insert("OwnerId".into(), json!(o));
+        }
+        match follow.object {
+            FollowUpObject::Task => {
+                let due = r.time.date_naive() + chrono::Days::new(u64::from(follow.due_in_days));
+                fields.insert("ActivityDate".into(), json!(due.format("%Y-%m-%d").to_string()));
+                fields.insert("WhoId".into(), json!(contact_id));
+                if let Some(a) = account {
+                    fields.insert("WhatId".into(), json!(a));
+                }
+            }
+            FollowUpObject::Case => {
+                fields.insert("Origin".into(), json!("Web"));
+                fields.insert("ContactId".into(), json!(contact_id));
+                if let Some(a) = account {
+                    fields.insert("AccountId".into(), json!(a));
+                }
+            }
+        }
+        records.push(super::create::NewRecord {
+            object: object.to_owned(),
+            key: follow_up_key(&workflow.name, r),
+            key_field: follow.key_field.clone(),
+            fields,
+            link: None,
+        });
+        meta.push(r);
+    }
+    if records.is_empty() {
+        return Ok(());
+    }
+    let quarantine = cache.quarantine(ctx, workflow).await?;
+    let made = super::create::make(ctx, &workflow.name, &records, &quarantine, now).await?;
+    for ((created, record), r) in made.into_iter().zip(&records).zip(&meta) {
+        use super::create::Created;
+        let created_new = matches!(created, Created::New { .. });
+        let (code, message) = match created {
+            Created::New { id } | Created::Existing { id } => {
+                let how = if created_new { "made" } else { "already there, adopted unchanged" };
+                report.follow_ups += 1;
+                outcomes.push(RecordOutcome {
+                    object: object.to_owned(),
+                    key: r.key.clone(),
+                    salesforce_id: Some(id),
+                    action: Action::Created,
+                    changes: Vec::new(),
+                    error_code: None,
+                    message: Some(format!("follow-up; key {} ({how})", record.key)),
+                });
                 continue;
             }
-            let owner = match follow.owner {
-                OwnerSource::Account => row.get("Account").and_then(|a| str_field(a, "OwnerId")),
-                OwnerSource::Contact => str_field(row, "OwnerId"),
+            // Sent again by a later batch: a spent allocation, an outcome not known (its key is
+            // looked up first then), lock contention.
+            Created::Deferred { .. } | Created::Unknown { .. } | Created::Waiting => {
+                report.retry_later.insert(r.key.clone());
+                report.waiting += 1;
+                continue;
             }
-            .or_else(|| str_field(row, "OwnerId"));
-            let account = str_field(row, "AccountId");
-            let subject = format!("{} ({}/10)", follow.subject, r.rating);
-            let description = if r.comment.trim().is_empty() {
-                format!("NPS {} on {}; no comment.", r.rating, r.time.format("%Y-%m-%d %H:%M UTC"))
-            } else {
-                format!("NPS {} on {}: {}", r.rating, r.time.format("%Y-%m-%d %H:%M UTC"), r.comment)
-            };
-            let mut rec = serde_json::Map::new();
-            rec.insert("Subject".into(), json!(subject));
-            rec.insert("Description".into(), json!(description));
-            rec.insert("Priority".into(), json!(follow.priority));
-            rec.insert(follow.key_field.clone(), json!(r.key));
-            if let Some(o) = owner {
-                rec.insert("OwnerId".into(), json!(o));
+            Created::Refused { code, .. } if transient(&code) => {
+                report.retry_later.insert(r.key.clone());
+                report.waiting += 1;
+                continue;
             }
-            match follow.object {
-                FollowUpObject::Task => {
-                    let due = r.time.date_naive() + chrono::Days::new(u64::from(follow.due_in_days));
-                    rec.insert("ActivityDate".into(), json!(due.format("%Y-%m-%d").to_string()));
-                    rec.insert("WhoId".into(), json!(contact_id));
-                    if let Some(a) = account {
-                        rec.insert("WhatId".into(), json!(a));
-                    }
-                }
-                FollowUpObject::Case => {
-                    rec.insert("Origin".into(), json!("Web"));
-                    rec.insert("ContactId".into(), json!(contact_id));
-                    if let Some(a) = account {
-                        rec.insert("AccountId".into(), json!(a));
-                    }
-                }
-            }
-            records.push(Value::Object(rec));
-            meta.push(r);
-        }
-        if !records.is_empty() {
-            let object = follow.object.name();
-            let results = ctx
-                .salesforce
-                .upsert_many(object, &follow.key_field, &records, false)
-                .await
-                .map_err(sf_err("follow-up upsert"))?;
-            for ((result, record), r) in results.iter().zip(&records).zip(&meta) {
-                if result.success {
-                    report.follow_ups += 1;
-                    outcomes.push(RecordOutcome {
-                        object: object.to_owned(),
-                        key: r.key.clone(),
-                        salesforce_id: result.id.as_ref().map(ToString::to_string),
-                        action: if result.created == Some(true) { Action::Created } else { Action::Updated },
-                        changes: Vec::new(),
-                        error_code: None,
-                        message: None,
-                    });
-                } else {
-                    let (code, message) = result
-                        .first_error()
-                        .map(|e| (e.status_code.to_string(), e.message.clone()))
-                        .unwrap_or_else(|| ("UNKNOWN".into(), "Salesforce refused the record".into()));
-                    if transient(&code) {
-                        // The answer goes again in a later batch, which upserts on the same key.
-                        report.retry_later.insert(r.key.clone());
-                        report.waiting += 1;
-                    } else {
-                        report.failed += 1;
-                        record_failure(report, outcomes, failures, object, r, None, record.clone(), code, message);
-                    }
-                }
-            }
-            meter.step("write_follow_ups", Some("write"));
-        }
+            Created::Refused { code, message } => (code, message),
+            Created::Held { reason } => ("QUARANTINED".to_owned(), format!("held back by preflight: {reason}")),
+        };
+        report.failed += 1;
+        let payload = Value::Object(record.fields.clone());
+        record_failure(report, outcomes, failures, object, r, None, payload, code, message);
     }
     Ok(())
 }
@@ -1132,7 +1202,7 @@ pub async fn run(
     super::recorded(ctx, workflow, options, |_, run_id| async move {
         let started = std::time::Instant::now();
         let mut report = RunReport::new(&workflow.name, false, run_id, super::BudgetReport::default());
-        let emails = VisitorEmails::default();
+        let emails = BatchCache::default();
         let added = reconcile(ctx, workflow, config).await?;
         crate::testhook::crash_point("gather");
         let reconciled_at = started.elapsed().as_secs_f64();

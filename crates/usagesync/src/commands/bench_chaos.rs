@@ -143,6 +143,9 @@ fn points(case: &Case, accounts: usize) -> Vec<&'static str> {
 
 const CREATE_POINTS: &[&str] = &["gather", "plan", "create:1", "group", "create:1", "record"];
 const TASK_DONE: Edit = Edit { object: "Task", made_by: "Usagesync_Key__c", field: "Status", value: "Completed" };
+/// A follow-up's priority lowered by the person working it: every field usagesync sets when it
+/// makes the Task must stay as people left it, not just the ones it never sets (Status).
+const TASK_LOWERED: Edit = Edit { object: "Task", made_by: "Usagesync_Key__c", field: "Priority", value: "Low" };
 
 fn cases() -> Vec<Case> {
     vec![
@@ -220,7 +223,7 @@ fn cases() -> Vec<Case> {
                 What::Made(&["Task"]),
             ]),
             points: &["gather", "deliver", "record"],
-            edit: Some(TASK_DONE),
+            edit: Some(TASK_LOWERED),
             answers: true,
         },
         Case {

@@ -333,7 +333,7 @@ async fn run_daemons(
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum();
     let tasks = get_json(http, &format!("{sf}/__emulator/records/Task")).await?;
-    // Follow-up keys are `nps:<seconds>:<visitor>`.
+    // Follow-up keys read `usagesync:<workflow>:nps:<visitor>:<seconds>~<hash>`.
     let mine = format!(":{prefix}-v");
     let tasks = tasks
         .as_array()
