@@ -1,7 +1,8 @@
 //! nps-realtime in the failure ledger, against both emulators on 127.0.0.1: a follow-up Salesforce
 //! refuses is kept with its answer, and `replay` after the fix queues that answer again and
 //! writes it from the config as it is now; a follow-up whose key field the org lacks is held back
-//! by preflight (never sent to fail) while the Contact is written.
+//! by preflight (never sent to fail) while the Contact is written; with usagesync's daily cap
+//! spent, answers wait (deferred) rather than being written past it.
 
 // Tests lay out their worlds on the wall clock; only the engine must read time through its Clock.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
@@ -23,7 +24,7 @@ connections:
     base_url: "{pendo}"
     integration_key: { env: PENDO_KEY }
 store: "sqlite://unused.db"
-budget: { daily_share: 1.0 }
+budget: { daily_share: {share} }
 workflows:
   nps:
     template: nps-realtime
@@ -57,8 +58,23 @@ fn context(sf: &str, pendo: &str, subject: &str, store: Arc<dyn engine::store::S
 }
 
 fn context_with_key(sf: &str, pendo: &str, subject: &str, key: &str, store: Arc<dyn engine::store::Store>) -> Context {
-    let text =
-        CONFIG.replace("{sf}", sf).replace("{pendo}", pendo).replace("{subject}", subject).replace("{key_field}", key);
+    context_with(sf, pendo, subject, key, "1.0", store)
+}
+
+fn context_with(
+    sf: &str,
+    pendo: &str,
+    subject: &str,
+    key: &str,
+    share: &str,
+    store: Arc<dyn engine::store::Store>,
+) -> Context {
+    let text = CONFIG
+        .replace("{sf}", sf)
+        .replace("{pendo}", pendo)
+        .replace("{subject}", subject)
+        .replace("{key_field}", key)
+        .replace("{share}", share);
     let config = engine::config::load_str(&text, "test.yaml").unwrap();
     Context {
         salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
@@ -168,4 +184,50 @@ async fn a_follow_up_whose_key_field_the_org_lacks_is_held_back_and_the_contact_
     assert!(open[0].message.contains("Usagesync_Kee__c"), "{open:?}");
     let tasks: Vec<Value> = http.get(admin("records/Task")).send().await.unwrap().json().await.unwrap();
     assert!(tasks.iter().all(|t| t["Subject"].as_str().is_none_or(|s| !s.starts_with("NPS detractor"))), "{tasks:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_wait_while_the_daily_cap_is_spent_and_go_once_it_allows() {
+    let gc = GenConfig { seed: 5, accounts: 5, days: 10, ..GenConfig::default() };
+    let state = PendoState::generated(PendoConfig::default(), &gc);
+    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
+    emulator::seed_matching_org(&sf.state, &state).unwrap();
+    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = engine::store::open(&format!("sqlite://{}", dir.path().join("state.db").display())).await.unwrap();
+    let http = reqwest::Client::new();
+    let admin = |path: &str| format!("{}/__emulator/{path}", sf.base_url);
+    let accounts: Vec<Value> = http.get(admin("records/Account")).send().await.unwrap().json().await.unwrap();
+    let account = accounts[0]["Id"].as_str().unwrap();
+    let contact = json!([{"LastName": "Promoter", "AccountId": account, "Pendo_Visitor_Id__c": "nps-v7"}]);
+    assert!(http.post(admin("records/Contact")).json(&contact).send().await.unwrap().status().is_success());
+    let secs = Utc::now().timestamp() - 60;
+    let body = json!({"event": "npsSubmitted", "visitorId": "nps-v7", "timestamp": secs, "uniqueId": "e5f6",
+                      "properties": {"nps": {"rating": 10, "reason": ""}}});
+    let event = InboxEvent {
+        unique_id: "e5f6".into(),
+        source: "pendo".into(),
+        kind: "npsSubmitted".into(),
+        received_at: Utc::now(),
+        body,
+    };
+    assert!(store.put_event(&event).await.unwrap());
+    let options = RunOptions { trigger: "test".into(), ..Default::default() };
+    let score = || async {
+        let contacts: Vec<Value> = http.get(admin("records/Contact")).send().await.unwrap().json().await.unwrap();
+        contacts.iter().find(|c| c["Pendo_Visitor_Id__c"] == "nps-v7").unwrap()["NPS_Score__c"].clone()
+    };
+
+    // A share of the allocation smaller than one batch's reservation.
+    let tight = context_with(&sf.base_url, &pendo.base_url, "NPS", "Usagesync_Key__c", "0.00005", store.clone());
+    let err = engine::workflow::run(&tight, "nps", &options).await.unwrap_err();
+    assert!(err.is_deferral(), "{err}");
+    assert_eq!(score().await, Value::Null, "nothing written past the cap");
+    assert_eq!(store.inbox_counts().await.unwrap().pending, 1, "the answer waits");
+
+    let roomy = context(&sf.base_url, &pendo.base_url, "NPS", store.clone());
+    let report = engine::workflow::run(&roomy, "nps", &options).await.unwrap();
+    assert_eq!(report.changed, 1, "{report:?}");
+    assert_eq!(score().await, 10.0);
+    assert_eq!(store.inbox_counts().await.unwrap().pending, 0);
 }

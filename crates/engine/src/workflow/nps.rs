@@ -158,6 +158,9 @@ pub fn inbox_workflow(ctx: &Context) -> Option<(&Workflow, &NpsConfig)> {
 pub struct BatchCache {
     emails: std::sync::Mutex<HashMap<String, Option<String>>>,
     preflight: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Quarantine>)>>,
+    /// usagesync's daily cap, from the org's `/limits`: read once per [`PREFLIGHT_TTL`], not
+    /// once per batch (the allocation changes with the org's licences, not by the minute).
+    cap: tokio::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 /// How long a preflight is trusted: a field an admin adds or fixes is picked up within this.
@@ -193,7 +196,25 @@ impl BatchCache {
         *cached = Some((std::time::Instant::now(), Arc::clone(&q)));
         Ok(q)
     }
+
+    /// usagesync's share of the org's daily allocation (see [`crate::budget`]).
+    async fn cap(&self, ctx: &Context) -> Result<u64, RunError> {
+        let mut cached = self.cap.lock().await;
+        if let Some((at, cap)) = cached.as_ref()
+            && at.elapsed() < PREFLIGHT_TTL
+        {
+            return Ok(*cap);
+        }
+        let cap = crate::budget::today(ctx, ctx.clock.now()).await?.cap;
+        *cached = Some((std::time::Instant::now(), cap));
+        Ok(cap)
+    }
 }
+
+/// Salesforce calls a batch reserves before it writes (settled to what it spent): reading and
+/// writing Contacts, reading and writing health scores, describing the follow-up's object and
+/// its fields when the preflight is stale, and making follow-ups (one look-up on a duplicate).
+const BATCH_RESERVE: u64 = 2 + 2 + 3 + 2;
 
 /// Runs until `stop` turns true: waits for `wake` (a stored webhook) or the idle poll, lets the
 /// batching window fill, then writes what is pending. A batch that fails leaves its events
@@ -231,8 +252,13 @@ pub async fn consume(ctx: Context, lease: super::lease::RunLease, wake: Arc<Noti
                 Ok(None) => break,
                 Err(e) => {
                     backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
-                    tracing::error!(workflow = %workflow.name, error = %e, retry_in = ?backoff,
-                        "NPS batch failed; its events stay pending");
+                    if e.is_deferral() {
+                        tracing::warn!(workflow = %workflow.name, error = %e, retry_in = ?backoff,
+                            "NPS batch deferred: the API allocation is spent; its events stay pending");
+                    } else {
+                        tracing::error!(workflow = %workflow.name, error = %e, retry_in = ?backoff,
+                            "NPS batch failed; its events stay pending");
+                    }
                     break;
                 }
             }
@@ -385,13 +411,41 @@ pub async fn process(
         trigger: trigger.to_owned(),
     };
 
-    let result =
-        write(ctx, workflow, config, emails, &responses, &mut report, &mut outcomes, &mut failures, &mut meter).await;
+    // The batch reserves its calls in the shared ledger first, as every run does: with
+    // usagesync's daily cap spent, its answers stay pending (deferred, never failed) until the
+    // allocation allows them.
+    let day = now.date_naive();
+    let reserve = if responses.is_empty() { 0 } else { BATCH_RESERVE };
+    let before = ctx.salesforce.requests_sent();
+    let result = match reserve {
+        0 => Ok(()),
+        _ => match emails.cap(ctx).await {
+            Ok(cap) if ctx.store.reserve_budget(day, &workflow.name, reserve, cap, now).await? => {
+                let written = write(
+                    ctx,
+                    workflow,
+                    config,
+                    emails,
+                    &responses,
+                    &mut report,
+                    &mut outcomes,
+                    &mut failures,
+                    &mut meter,
+                )
+                .await;
+                let spent = ctx.salesforce.requests_sent().saturating_sub(before);
+                ctx.store.settle_budget(day, &workflow.name, reserve, spent, ctx.clock.now()).await?;
+                written
+            }
+            Ok(_) => Err(RunError::OverBudget { needed: reserve, left: 0 }),
+            Err(e) => Err(e),
+        },
+    };
     if let Err(e) = result {
         if own_run {
             let id = ctx.store.start_run(&new_run).await?;
             let finish = RunFinish {
-                state: RunState::Failed,
+                state: if e.is_deferral() { RunState::Deferred } else { RunState::Failed },
                 finished_at: ctx.clock.now(),
                 stats: Value::Null,
                 error: Some(e.to_string()),
@@ -436,10 +490,6 @@ pub async fn process(
             });
         }
         ledger.settle(ctx, &workflow.name, id, now).await?;
-    }
-    let calls: u64 = report.api_calls.values().sum();
-    if calls > 0 {
-        ctx.store.settle_budget(now.date_naive(), &workflow.name, 0, calls, ctx.clock.now()).await?;
     }
     // Handled responses go into the idempotency ledger before their events are marked
     // processed, so reconciliation never feeds back what the webhook already delivered.
