@@ -94,6 +94,14 @@ async fn sweep_expired(tx: &mut Tx, now: DateTime<Utc>) -> Result<Vec<Run>, Stor
     Ok(abandoned)
 }
 
+/// A write that names its row by key changed nothing: the caller named a row that is not there.
+fn changed_one(changed: u64, what: &'static str, detail: impl FnOnce() -> String) -> Result<(), StoreError> {
+    if changed == 0 {
+        return Err(StoreError::Invalid { what, detail: detail() });
+    }
+    Ok(())
+}
+
 fn id_map_from_row(row: &DbRow) -> Result<IdMapEntry, StoreError> {
     Ok(IdMapEntry {
         workflow: row.get("workflow")?,
@@ -278,10 +286,7 @@ impl RunStore for SqlStore {
                 .bind(after_abandoned)
                 .execute("finish run")
                 .await?;
-            if done == 0 {
-                return Err(StoreError::Invalid { what: "finish run", detail: format!("no run with id {run}") });
-            }
-            Ok(())
+            changed_one(done, "finish run", || format!("no run with id {run}"))
         })
     }
 
@@ -1000,13 +1005,7 @@ impl FailureStore for SqlStore {
                 .bind_time(now)
                 .execute("resolve failure")
                 .await?;
-            if done == 0 {
-                return Err(StoreError::Invalid {
-                    what: "resolve failure",
-                    detail: format!("no failure with id {id}"),
-                });
-            }
-            Ok(())
+            changed_one(done, "resolve failure", || format!("no failure with id {id}"))
         })
     }
 
@@ -1369,13 +1368,7 @@ impl IdempotencyStore for SqlStore {
                 .bind_time(now)
                 .execute("commit create")
                 .await?;
-            if done == 0 {
-                return Err(StoreError::Invalid {
-                    what: "commit create",
-                    detail: format!("no create was begun for key {key:?}"),
-                });
-            }
-            Ok(())
+            changed_one(done, "commit create", || format!("no create was begun for key {key:?}"))
         })
     }
 
