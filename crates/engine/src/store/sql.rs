@@ -1,7 +1,14 @@
 //! The one implementation of the store traits, over SQLite and PostgreSQL alike: every
 //! statement is written once here, in SQL both databases accept (`$n` placeholders, `CAST`
 //! rather than `::`, `CASE` rather than `GREATEST`), and [`super::dialect`] supplies what truly
-//! differs. Opening, pooling and migrating stay with each backend (`sqlite.rs`, `postgres.rs`).
+//! differs. Opening, pooling and migrating stay with each backend (`sqlite.rs`, `postgres.rs`):
+//! the migrations stay two directories because sqlx records each applied file's checksum (an
+//! existing database must find them unchanged) and their column types differ by design.
+//!
+//! Where the two backends used to do one thing two ways, the way both databases accept was
+//! kept: one `UPDATE … WHERE id IN (SELECT … LIMIT n [FOR UPDATE SKIP LOCKED])` claim form, the
+//! retrying `begin_create`, the lock-then-merge `fail_again`, and a sweep that re-checks each
+//! lease; under SQLite's single writer these give the results the old SQLite code gave.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
