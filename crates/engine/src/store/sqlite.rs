@@ -59,6 +59,15 @@ impl SqlStore {
     }
 }
 
+/// Opens (creating) and exclusively locks the file at `path`, waiting for another holder.
+// Waiting is what this does, so it runs on a spawn_blocking thread, never on the runtime's.
+#[allow(clippy::disallowed_methods)]
+fn lock_file(path: &str) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    file.lock()?;
+    Ok(file)
+}
+
 /// Migrates under an exclusive lock on a file beside the database (`PATH-migrate.lock`):
 /// SQLite gives sqlx's migrator no lock of its own, so two processes opening the same new file
 /// at the same moment would both apply the first migration and one would fail.
@@ -66,14 +75,10 @@ async fn migrate(pool: &SqlitePool, path: Option<&str>) -> Result<(), StoreError
     let lock = match path {
         Some(path) => {
             let lock_path = format!("{path}-migrate.lock");
-            let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-                let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
-                file.lock()?;
-                Ok(file)
-            })
-            .await
-            .map_err(|e| StoreError::Invalid { what: "migration lock", detail: e.to_string() })?
-            .map_err(|e| StoreError::Invalid { what: "migration lock", detail: e.to_string() })?;
+            let file = tokio::task::spawn_blocking(move || lock_file(&lock_path))
+                .await
+                .map_err(|e| StoreError::Invalid { what: "migration lock", detail: e.to_string() })?
+                .map_err(|e| StoreError::Invalid { what: "migration lock", detail: e.to_string() })?;
             Some(file)
         }
         None => None,
