@@ -4,12 +4,16 @@
 //!
 //! The engine codes against the [`Store`] trait only; [`open`] picks SQLite (the default: a file
 //! path, `sqlite://path` or `sqlite::memory:`) or PostgreSQL (`postgres://…`) from the location
-//! and runs the embedded migrations. Both backends pass the same conformance suite (`suite.rs`).
+//! and runs the embedded migrations. One implementation, [`SqlStore`] (`sql.rs`), serves both:
+//! its SQL is written once, and `dialect.rs` holds what truly differs between the databases.
+//! Both backends pass the same conformance suite (`suite.rs`).
 //!
 //! Timestamps are kept with microsecond precision on both backends. Where a method takes `now`,
 //! the engine's clock (which tests control) decides leases and ledger times, not the database's.
 
+mod dialect;
 mod postgres;
+mod sql;
 mod sqlite;
 #[cfg(test)]
 mod suite;
@@ -26,8 +30,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use sql::SqlStore;
 
 /// The boxed future every store method returns, so that the traits stay dyn-compatible.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -89,9 +92,9 @@ pub(crate) fn query_err(operation: &'static str) -> impl Fn(sqlx::Error) -> Stor
 /// `sqlite:path` or a bare file path select SQLite (the file is created if missing).
 pub async fn open(location: &str) -> Result<Arc<dyn Store>, StoreError> {
     if location.starts_with("postgres://") || location.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::open(location, None).await?))
+        Ok(Arc::new(SqlStore::open_postgres(location, None).await?))
     } else {
-        Ok(Arc::new(SqliteStore::open(location).await?))
+        Ok(Arc::new(SqlStore::open_sqlite(location).await?))
     }
 }
 
@@ -99,7 +102,7 @@ pub async fn open(location: &str) -> Result<Arc<dyn Store>, StoreError> {
 /// several crates can each get an isolated database without creating one.
 #[doc(hidden)]
 pub async fn open_postgres_schema(url: &str, schema: &str) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(PostgresStore::open(url, Some(schema)).await?))
+    Ok(Arc::new(SqlStore::open_postgres(url, Some(schema)).await?))
 }
 
 /// Drops a schema created by [`open_postgres_schema`] and everything in it.
@@ -137,7 +140,7 @@ pub fn redact_location(location: &str) -> String {
     out
 }
 
-/// The whole store: one object per backend implements every part.
+/// The whole store: [`SqlStore`] implements every part, on either backend.
 pub trait Store:
     RunStore
     + CursorStore

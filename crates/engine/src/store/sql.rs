@@ -1,0 +1,1393 @@
+//! The one implementation of the store traits, over SQLite and PostgreSQL alike: every
+//! statement is written once here, in SQL both databases accept (`$n` placeholders, `CAST`
+//! rather than `::`, `CASE` rather than `GREATEST`), and [`super::dialect`] supplies what truly
+//! differs. Opening, pooling and migrating stay with each backend (`sqlite.rs`, `postgres.rs`):
+//! the migrations stay two directories because sqlx records each applied file's checksum (an
+//! existing database must find them unchanged) and their column types differ by design.
+//!
+//! Where the two backends used to do one thing two ways, the way both databases accept was
+//! kept: one `UPDATE … WHERE id IN (SELECT … LIMIT n [FOR UPDATE SKIP LOCKED])` claim form, the
+//! retrying `begin_create`, the lock-then-merge `fail_again`, and a sweep that re-checks each
+//! lease; under SQLite's single writer these give the results the old SQLite code gave.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use futures_util::TryStreamExt;
+use uuid::Uuid;
+
+use super::dialect::{Column, DbRow, Dialect, Pool, Stmt, Tx};
+use super::{
+    Action, Backend, BudgetDay, BudgetStore, CreateState, CursorStore, Failure, FailureFilter, FailureSelector,
+    FailureStatus, FailureStore, FingerprintPut, FingerprintStore, Fingerprints, IdMapEntry, IdMapStore,
+    IdempotencyStore, InboxCounts, InboxEvent, InboxStore, MatchStatus, NewFailure, NewRun, OutcomeFilter,
+    RecordOutcome, Run, RunClaim, RunFinish, RunId, RunState, RunStore, Store, StoreError, StoreFuture,
+    abandoned_error, finished_after_abandoned, fp_from_db, fp_to_db, from_db_count, from_json_text, json_text,
+    last_per_key, lease_until, outcome_rows, search_term, to_db_count,
+};
+
+/// The state store in an SQLite or PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: Pool,
+}
+
+impl SqlStore {
+    pub(super) fn new(pool: Pool) -> Self {
+        SqlStore { pool }
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::of(&self.pool)
+    }
+}
+
+fn run_from_row(row: &DbRow) -> Result<Run, StoreError> {
+    Ok(Run {
+        id: RunId(row.get::<Uuid>("id")?),
+        workflow: row.get("workflow")?,
+        template: row.get("template")?,
+        dry_run: row.get("dry_run")?,
+        trigger: row.get("trigger")?,
+        state: RunState::parse(&row.get::<String>("state")?)?,
+        started_at: row.time("run started_at", "started_at")?,
+        finished_at: row.opt_time("run finished_at", "finished_at")?,
+        stats: row.json("run stats", "stats")?,
+        error: row.get("error")?,
+        holder: row.get("holder")?,
+        heartbeat_at: row.opt_time("run heartbeat_at", "heartbeat_at")?,
+        lease_until: row.opt_time("run lease_until", "lease_until")?,
+    })
+}
+
+/// Marks the running runs whose lease expired before `now` abandoned, inside the caller's
+/// write transaction, and returns those it marked. Each update re-checks state and lease, so a
+/// concurrent sweep or a renewal that committed first wins, and rows are taken in id order so
+/// two sweepers never wait on each other in a cycle.
+async fn sweep_expired(tx: &mut Tx, now: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
+    const OP: &str = "sweep expired runs";
+    let rows = tx
+        .query("SELECT * FROM runs WHERE state = $1 AND lease_until < $2 ORDER BY id")
+        .bind(RunState::Running.as_str())
+        .bind_time(now)
+        .fetch_all(OP)
+        .await?;
+    let mut abandoned = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut run = run_from_row(row)?;
+        let Some(until) = run.lease_until else { continue };
+        let error = abandoned_error(run.holder.as_deref(), until);
+        let marked = tx
+            .query(
+                "UPDATE runs SET state = $1, finished_at = $2, error = $3 \
+                 WHERE id = $4 AND state = $5 AND lease_until < $2",
+            )
+            .bind(RunState::Abandoned.as_str())
+            .bind_time(now)
+            .bind(error.as_str())
+            .bind(run.id.0)
+            .bind(RunState::Running.as_str())
+            .execute(OP)
+            .await?
+            == 1;
+        if marked {
+            run.state = RunState::Abandoned;
+            run.finished_at = Some(now);
+            run.error = Some(error);
+            abandoned.push(run);
+        }
+    }
+    Ok(abandoned)
+}
+
+/// A write that names its row by key changed nothing: the caller named a row that is not there.
+fn changed_one(changed: u64, what: &'static str, detail: impl FnOnce() -> String) -> Result<(), StoreError> {
+    if changed == 0 {
+        return Err(StoreError::Invalid { what, detail: detail() });
+    }
+    Ok(())
+}
+
+fn id_map_from_row(row: &DbRow) -> Result<IdMapEntry, StoreError> {
+    Ok(IdMapEntry {
+        workflow: row.get("workflow")?,
+        pendo_id: row.get("pendo_id")?,
+        status: MatchStatus::parse(&row.get::<String>("status")?)?,
+        salesforce_id: row.get("salesforce_id")?,
+        rule: row.get("rule")?,
+        candidates: from_json_text("id map candidates", row.str("candidates")?)?,
+        pinned: row.get("pinned")?,
+        checked_at: row.time("id map checked_at", "checked_at")?,
+    })
+}
+
+fn failure_from_row(row: &DbRow) -> Result<Failure, StoreError> {
+    let attempts = row.int("attempts")?;
+    Ok(Failure {
+        id: row.get("id")?,
+        workflow: row.get("workflow")?,
+        run: RunId(row.get::<Uuid>("run_id")?),
+        object: row.get("object")?,
+        key: row.get("key")?,
+        salesforce_id: row.get("salesforce_id")?,
+        payload: row.json("failure payload", "payload")?,
+        error_code: row.get("error_code")?,
+        message: row.get("message")?,
+        fields: from_json_text("failure fields", row.str("fields")?)?,
+        status: FailureStatus::parse(&row.get::<String>("status")?)?,
+        attempts: u32::try_from(attempts)
+            .map_err(|_| StoreError::Corrupt { what: "failure attempts", detail: format!("{attempts}") })?,
+        first_failed_at: row.time("failure first_failed_at", "first_failed_at")?,
+        last_failed_at: row.time("failure last_failed_at", "last_failed_at")?,
+        leased_until: row.opt_time("failure leased_until", "leased_until")?,
+        reason: row.get("reason")?,
+    })
+}
+
+fn inbox_event_from_row(row: &DbRow) -> Result<InboxEvent, StoreError> {
+    Ok(InboxEvent {
+        unique_id: row.get("unique_id")?,
+        source: row.get("source")?,
+        kind: row.get("kind")?,
+        received_at: row.time("inbox.received_at", "received_at")?,
+        body: row.json("inbox.body", "body")?,
+    })
+}
+
+const FAILURE_COLUMNS: &str = "id, workflow, run_id, object, key, salesforce_id, payload, \
+     error_code, message, fields, status, attempts, first_failed_at, last_failed_at, leased_until, reason";
+
+/// The refusal a person dismissed, recurring: the dismissed row takes the attempt and stays
+/// dismissed, unless the record has a live failure already (which then takes it).
+const DISMISSED_AGAIN: &str = "UPDATE failures SET attempts = attempts + 1, last_failed_at = $6, run_id = $5 \
+     WHERE workflow = $1 AND object = $2 AND key = $3 AND error_code = $4 AND status = 'dismissed' \
+     AND NOT EXISTS (SELECT 1 FROM failures l WHERE l.workflow = $1 AND l.object = $2 AND l.key = $3 \
+       AND l.status IN ('open', 'replaying'))";
+
+/// The statement's condition for a failure selector, its argument bound at `param`.
+fn selector_condition(dialect: Dialect, selector: &FailureSelector, param: &str) -> String {
+    match selector {
+        FailureSelector::All { .. } => format!("(CAST({param} AS TEXT) IS NULL OR workflow = {param})"),
+        FailureSelector::Ids(_) => dialect.in_list("id", param),
+        FailureSelector::Code(_) => format!("error_code = {param}"),
+    }
+}
+
+/// Binds a failure selector's argument (see [`selector_condition`]).
+fn bind_selector<'c>(stmt: Stmt<'c>, selector: &FailureSelector) -> Result<Stmt<'c>, StoreError> {
+    Ok(match selector {
+        FailureSelector::All { workflow } => stmt.bind(workflow.as_deref()),
+        FailureSelector::Ids(ids) => stmt.bind_list(ids)?,
+        FailureSelector::Code(code) => stmt.bind(code.as_str()),
+    })
+}
+
+/// Upserts fingerprints in the caller's transaction; the last of several puts for one
+/// (scope, key, field) wins, as a multi-row upsert may not touch one row twice on PostgreSQL.
+async fn upsert_fingerprints(tx: &mut Tx, puts: &[FingerprintPut]) -> Result<(), StoreError> {
+    let puts = last_per_key(puts, |p| (&p.scope, &p.key, &p.field));
+    let values: Vec<Option<String>> = puts.iter().map(|p| p.value.as_ref().map(serde_json::Value::to_string)).collect();
+    let columns = [
+        Column::Text(puts.iter().map(|p| p.scope.as_str()).collect()),
+        Column::Text(puts.iter().map(|p| p.key.as_str()).collect()),
+        Column::Text(puts.iter().map(|p| p.field.as_str()).collect()),
+        Column::Int(puts.iter().map(|p| fp_to_db(p.fingerprint)).collect()),
+        Column::Time(puts.iter().map(|p| p.written_at).collect()),
+        Column::OptText(values.iter().map(Option::as_deref).collect()),
+    ];
+    tx.insert_batch(
+        "put fingerprints",
+        "INSERT INTO fingerprints (scope, key, field, fingerprint, written_at, value)",
+        &columns,
+        puts.len(),
+        " ON CONFLICT (scope, key, field) DO UPDATE SET fingerprint = excluded.fingerprint, \
+         written_at = excluded.written_at, value = excluded.value",
+    )
+    .await
+}
+
+impl Store for SqlStore {
+    fn backend(&self) -> Backend {
+        self.pool.backend()
+    }
+}
+
+impl RunStore for SqlStore {
+    fn start_run(&self, run: &NewRun) -> StoreFuture<'_, RunId> {
+        let run = run.clone();
+        Box::pin(async move {
+            let id = RunId::new();
+            self.pool
+                .query(
+                    "INSERT INTO runs (id, workflow, template, dry_run, trigger, state, started_at, stats) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, '{}')",
+                )
+                .bind(id.0)
+                .bind(run.workflow)
+                .bind(run.template)
+                .bind(run.dry_run)
+                .bind(run.trigger)
+                .bind(RunState::Running.as_str())
+                .bind_time(run.started_at)
+                .execute("start run")
+                .await?;
+            Ok(id)
+        })
+    }
+
+    fn record_outcomes(
+        &self,
+        run: RunId,
+        outcomes: &[RecordOutcome],
+        fingerprints: &[FingerprintPut],
+    ) -> StoreFuture<'_, ()> {
+        const OP: &str = "record outcomes";
+        let rows = outcome_rows(outcomes);
+        let fps = fingerprints.to_vec();
+        Box::pin(async move {
+            let rows = rows?;
+            let columns = [
+                Column::Same(run.0),
+                Column::Text(rows.iter().map(|r| r.object.as_str()).collect()),
+                Column::Text(rows.iter().map(|r| r.key.as_str()).collect()),
+                Column::Text(rows.iter().map(|r| r.key_lc.as_str()).collect()),
+                Column::OptText(rows.iter().map(|r| r.salesforce_id.as_deref()).collect()),
+                Column::Text(rows.iter().map(|r| r.action).collect()),
+                Column::Text(rows.iter().map(|r| r.changes.as_str()).collect()),
+                Column::OptText(rows.iter().map(|r| r.error_code.as_deref()).collect()),
+                Column::OptText(rows.iter().map(|r| r.message.as_deref()).collect()),
+            ];
+            let mut tx = self.pool.begin_write(OP).await?;
+            tx.insert_batch(
+                OP,
+                "INSERT INTO outcomes (run_id, object, key, key_lc, salesforce_id, action, changes, error_code, message)",
+                &columns,
+                rows.len(),
+                "",
+            )
+            .await?;
+            upsert_fingerprints(&mut tx, &fps).await?;
+            tx.commit(OP).await
+        })
+    }
+
+    fn finish_run(&self, run: RunId, finish: &RunFinish) -> StoreFuture<'_, ()> {
+        let finish = finish.clone();
+        Box::pin(async move {
+            let after_abandoned = finished_after_abandoned(&finish);
+            // One statement, so a concurrent sweep either precedes it (and the abandonment text
+            // is kept) or follows it (and finds the run no longer running).
+            let done = self
+                .pool
+                .query(
+                    "UPDATE runs SET state = $1, finished_at = $2, stats = $3, \
+                     error = CASE WHEN state = $6 THEN coalesce(error, '') || $7 ELSE $4 END WHERE id = $5",
+                )
+                .bind(finish.state.as_str())
+                .bind_time(finish.finished_at)
+                .bind_json(&finish.stats)
+                .bind(finish.error)
+                .bind(run.0)
+                .bind(RunState::Abandoned.as_str())
+                .bind(after_abandoned)
+                .execute("finish run")
+                .await?;
+            changed_one(done, "finish run", || format!("no run with id {run}"))
+        })
+    }
+
+    fn claim_run(&self, run: &NewRun, holder: &str, lease: Duration, now: DateTime<Utc>) -> StoreFuture<'_, RunClaim> {
+        const OP: &str = "claim run";
+        let run = run.clone();
+        let holder = holder.to_owned();
+        Box::pin(async move {
+            let until = lease_until(now, lease)?;
+            let mut tx = self.pool.begin_write(OP).await?;
+            let abandoned = sweep_expired(&mut tx, now).await?;
+            // The partial unique index makes the claim atomic: of two concurrent inserts for one
+            // workflow, the second waits for the first to commit and then does nothing.
+            let id = RunId::new();
+            let inserted = tx
+                .query(
+                    "INSERT INTO runs (id, workflow, template, dry_run, trigger, state, started_at, stats, \
+                     holder, heartbeat_at, lease_until) VALUES ($1, $2, $3, $4, $5, $6, $7, '{}', $8, $9, $10) \
+                     ON CONFLICT (workflow) WHERE state = 'running' AND holder IS NOT NULL DO NOTHING",
+                )
+                .bind(id.0)
+                .bind(run.workflow.as_str())
+                .bind(run.template.as_str())
+                .bind(run.dry_run)
+                .bind(run.trigger.as_str())
+                .bind(RunState::Running.as_str())
+                .bind_time(run.started_at)
+                .bind(holder.as_str())
+                .bind_time(now)
+                .bind_time(until)
+                .execute(OP)
+                .await?
+                == 1;
+            let claim = if inserted {
+                RunClaim::Started { id, abandoned }
+            } else {
+                // On PostgreSQL the holder may finish between the insert and this read; then the
+                // claim still reports busy (it lost the race honestly) with the run as it reads.
+                let row = tx
+                    .query(
+                        "SELECT * FROM runs WHERE workflow = $1 AND holder IS NOT NULL \
+                         ORDER BY (state = $2) DESC, started_at DESC LIMIT 1",
+                    )
+                    .bind(run.workflow.as_str())
+                    .bind(RunState::Running.as_str())
+                    .fetch_one(OP)
+                    .await?;
+                RunClaim::Busy { holder: Box::new(run_from_row(&row)?), abandoned }
+            };
+            tx.commit(OP).await?;
+            Ok(claim)
+        })
+    }
+
+    fn renew_run_lease(&self, run: RunId, holder: &str, lease: Duration, now: DateTime<Utc>) -> StoreFuture<'_, bool> {
+        let holder = holder.to_owned();
+        Box::pin(async move {
+            let until = lease_until(now, lease)?;
+            // Renewing a lapsed lease nobody has swept yet is safe: a claim sweeps before it
+            // inserts, so no other run of the workflow can have started meanwhile.
+            let renewed = self
+                .pool
+                .query(
+                    "UPDATE runs SET heartbeat_at = $1, lease_until = $2 \
+                     WHERE id = $3 AND state = $4 AND holder = $5",
+                )
+                .bind_time(now)
+                .bind_time(until)
+                .bind(run.0)
+                .bind(RunState::Running.as_str())
+                .bind(holder)
+                .execute("renew run lease")
+                .await?
+                == 1;
+            Ok(renewed)
+        })
+    }
+
+    fn sweep_expired_runs(&self, now: DateTime<Utc>) -> StoreFuture<'_, Vec<Run>> {
+        const OP: &str = "sweep expired runs";
+        Box::pin(async move {
+            let mut tx = self.pool.begin_write(OP).await?;
+            let abandoned = sweep_expired(&mut tx, now).await?;
+            tx.commit(OP).await?;
+            Ok(abandoned)
+        })
+    }
+
+    fn list_runs(&self, workflow: Option<&str>, limit: u32) -> StoreFuture<'_, Vec<Run>> {
+        let workflow = workflow.map(str::to_owned);
+        Box::pin(async move {
+            let rows = self
+                .pool
+                .query(
+                    "SELECT * FROM runs WHERE (CAST($1 AS TEXT) IS NULL OR workflow = $1) \
+                     ORDER BY started_at DESC, id DESC LIMIT $2",
+                )
+                .bind(workflow)
+                .bind_limit(limit)
+                .fetch_all("list runs")
+                .await?;
+            rows.iter().map(run_from_row).collect()
+        })
+    }
+
+    fn get_run(&self, id: RunId) -> StoreFuture<'_, Option<Run>> {
+        Box::pin(async move {
+            let row = self.pool.query("SELECT * FROM runs WHERE id = $1").bind(id.0).fetch_optional("get run").await?;
+            row.as_ref().map(run_from_row).transpose()
+        })
+    }
+
+    fn run_outcomes(&self, run: RunId, filter: &OutcomeFilter) -> StoreFuture<'_, Vec<RecordOutcome>> {
+        let search = search_term(filter);
+        let action = filter.action.map(Action::as_str);
+        let (limit, offset) = (filter.limit, i64::from(filter.offset));
+        Box::pin(async move {
+            // A position search on text the engine lowercased needs no LIKE escaping: `%`, `_`
+            // and `\` in a search are plain characters.
+            let position = self.dialect().position();
+            let sql = format!(
+                "SELECT object, key, salesforce_id, action, changes, error_code, message \
+                 FROM outcomes WHERE run_id = $1 \
+                 AND (CAST($2 AS TEXT) IS NULL OR {position}(key_lc, $2) > 0 \
+                      OR {position}(lower(coalesce(salesforce_id, '')), $2) > 0) \
+                 AND (CAST($3 AS TEXT) IS NULL OR action = $3) \
+                 ORDER BY id LIMIT $4 OFFSET $5"
+            );
+            let rows = self
+                .pool
+                .query(sqlx::AssertSqlSafe(sql))
+                .bind(run.0)
+                .bind(search)
+                .bind(action)
+                .bind_limit(limit)
+                .bind(offset)
+                .fetch_all("list run outcomes")
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(RecordOutcome {
+                        object: row.get("object")?,
+                        key: row.get("key")?,
+                        salesforce_id: row.get("salesforce_id")?,
+                        action: Action::parse(row.str("action")?)?,
+                        changes: from_json_text("outcome changes", row.str("changes")?)?,
+                        error_code: row.get("error_code")?,
+                        message: row.get("message")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn outcome_counts(&self, run: RunId) -> StoreFuture<'_, BTreeMap<Action, u64>> {
+        Box::pin(async move {
+            let rows = self
+                .pool
+                .query("SELECT action, count(*) AS n FROM outcomes WHERE run_id = $1 GROUP BY action")
+                .bind(run.0)
+                .fetch_all("count run outcomes")
+                .await?;
+            rows.iter()
+                .map(|row| Ok((Action::parse(row.str("action")?)?, from_db_count("outcome count", row.get("n")?)?)))
+                .collect()
+        })
+    }
+}
+
+impl InboxStore for SqlStore {
+    fn put_event(&self, event: &InboxEvent) -> StoreFuture<'_, bool> {
+        let e = event.clone();
+        Box::pin(async move {
+            let done = self
+                .pool
+                .query(
+                    "INSERT INTO inbox (unique_id, source, kind, received_at, body) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (unique_id) DO NOTHING",
+                )
+                .bind(e.unique_id)
+                .bind(e.source)
+                .bind(e.kind)
+                .bind_time(e.received_at)
+                .bind_json(&e.body)
+                .execute("store webhook event")
+                .await?;
+            Ok(done == 1)
+        })
+    }
+
+    fn pending_events(&self, limit: u32) -> StoreFuture<'_, Vec<InboxEvent>> {
+        Box::pin(async move {
+            let rows = self
+                .pool
+                .query(
+                    "SELECT unique_id, source, kind, received_at, body FROM inbox WHERE processed_at IS NULL \
+                     ORDER BY received_at, unique_id LIMIT $1",
+                )
+                .bind(i64::from(limit))
+                .fetch_all("read webhook events")
+                .await?;
+            rows.iter().map(inbox_event_from_row).collect()
+        })
+    }
+
+    fn mark_processed(&self, unique_ids: &[String], now: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        let ids = unique_ids.to_vec();
+        Box::pin(async move {
+            let sql = format!(
+                "UPDATE inbox SET processed_at = $1 WHERE {} AND processed_at IS NULL",
+                self.dialect().in_list("unique_id", "$2")
+            );
+            self.pool
+                .query(sqlx::AssertSqlSafe(sql))
+                .bind_time(now)
+                .bind_list(&ids)?
+                .execute("mark webhook events processed")
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn inbox_counts(&self) -> StoreFuture<'_, InboxCounts> {
+        Box::pin(async move {
+            let row = self
+                .pool
+                .query(
+                    "SELECT COUNT(*) AS received, \
+                     COALESCE(SUM(CASE WHEN processed_at IS NULL THEN 1 ELSE 0 END), 0) AS pending FROM inbox",
+                )
+                .fetch_one("count webhook events")
+                .await?;
+            Ok(InboxCounts {
+                received: from_db_count("inbox count", row.get("received")?)?,
+                pending: from_db_count("inbox pending", row.get("pending")?)?,
+            })
+        })
+    }
+
+    fn claim_events(
+        &self,
+        claimer: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<InboxEvent>> {
+        const OP: &str = "claim webhook events";
+        let claimer = claimer.to_owned();
+        Box::pin(async move {
+            let until = lease_until(now, lease)?;
+            let mut tx = self.pool.begin_write(OP).await?;
+            tx.serialize_inbox_claims(OP).await?;
+            let sql = format!(
+                "UPDATE inbox SET claimed_by = $1, lease_until = $2 WHERE unique_id IN ( \
+                   SELECT i.unique_id FROM inbox i \
+                   WHERE i.processed_at IS NULL AND (i.lease_until IS NULL OR i.lease_until < $3) \
+                   AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.processed_at IS NULL \
+                       AND o.lease_until >= $3 AND o.claimed_by <> $1 \
+                       AND (o.visitor_key = i.visitor_key OR o.account_key = i.account_key)) \
+                   ORDER BY i.received_at, i.unique_id LIMIT $4{}) \
+                 RETURNING unique_id, source, kind, received_at, body",
+                self.dialect().for_update_skip_locked()
+            );
+            let rows = tx
+                .query(sqlx::AssertSqlSafe(sql))
+                .bind(claimer.as_str())
+                .bind_time(until)
+                .bind_time(now)
+                .bind(i64::from(limit))
+                .fetch_all(OP)
+                .await?;
+            tx.commit(OP).await?;
+            let mut events = rows.iter().map(inbox_event_from_row).collect::<Result<Vec<_>, _>>()?;
+            events.sort_by(|a, b| (a.received_at, &a.unique_id).cmp(&(b.received_at, &b.unique_id)));
+            Ok(events)
+        })
+    }
+
+    fn renew_event_claims(&self, claimer: &str, lease: Duration, now: DateTime<Utc>) -> StoreFuture<'_, u64> {
+        let claimer = claimer.to_owned();
+        Box::pin(async move {
+            let until = lease_until(now, lease)?;
+            // A lapsed claim nobody took is still this claimer's: a taker rewrites claimed_by.
+            self.pool
+                .query("UPDATE inbox SET lease_until = $2 WHERE claimed_by = $1 AND processed_at IS NULL")
+                .bind(claimer)
+                .bind_time(until)
+                .execute("renew webhook event claims")
+                .await
+        })
+    }
+
+    fn release_event_claims(&self, claimer: &str) -> StoreFuture<'_, ()> {
+        let claimer = claimer.to_owned();
+        Box::pin(async move {
+            self.pool
+                .query(
+                    "UPDATE inbox SET claimed_by = NULL, lease_until = NULL \
+                     WHERE claimed_by = $1 AND processed_at IS NULL",
+                )
+                .bind(claimer)
+                .execute("release webhook event claims")
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn event_claimers(&self, now: DateTime<Utc>) -> StoreFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            let rows = self
+                .pool
+                .query(
+                    "SELECT DISTINCT claimed_by FROM inbox \
+                     WHERE processed_at IS NULL AND claimed_by IS NOT NULL AND lease_until >= $1",
+                )
+                .bind_time(now)
+                .fetch_all("list webhook event claimers")
+                .await?;
+            rows.iter().map(|row| row.get("claimed_by")).collect()
+        })
+    }
+
+    fn oldest_claimable_event(&self, now: DateTime<Utc>) -> StoreFuture<'_, Option<DateTime<Utc>>> {
+        Box::pin(async move {
+            let row = self
+                .pool
+                .query(
+                    "SELECT min(received_at) AS oldest FROM inbox WHERE processed_at IS NULL \
+                     AND (lease_until IS NULL OR lease_until < $1)",
+                )
+                .bind_time(now)
+                .fetch_one("read the oldest claimable webhook event")
+                .await?;
+            row.opt_time("inbox.received_at", "oldest")
+        })
+    }
+
+    fn pending_depth(&self, cap: u32) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let row = self
+                .pool
+                .query("SELECT count(*) AS n FROM (SELECT 1 FROM inbox WHERE processed_at IS NULL LIMIT $1) p")
+                .bind(i64::from(cap))
+                .fetch_one("count pending webhook events")
+                .await?;
+            from_db_count("inbox depth", row.get("n")?)
+        })
+    }
+}
+
+impl CursorStore for SqlStore {
+    fn cursor(&self, workflow: &str, name: &str) -> StoreFuture<'_, Option<String>> {
+        let (workflow, name) = (workflow.to_owned(), name.to_owned());
+        Box::pin(async move {
+            let row = self
+                .pool
+                .query("SELECT value FROM cursors WHERE workflow = $1 AND name = $2")
+                .bind(workflow)
+                .bind(name)
+                .fetch_optional("read cursor")
+                .await?;
+            row.map(|row| row.get("value")).transpose()
+        })
+    }
+
+    fn advance_cursor(&self, workflow: &str, name: &str, expected: Option<&str>, new: &str) -> StoreFuture<'_, bool> {
+        let (workflow, name) = (workflow.to_owned(), name.to_owned());
+        let (expected, new) = (expected.map(str::to_owned), new.to_owned());
+        Box::pin(async move {
+            let now = crate::clock::written_at();
+            let done = match expected {
+                None => {
+                    self.pool
+                        .query(
+                            "INSERT INTO cursors (workflow, name, value, updated_at) VALUES ($1, $2, $3, $4) \
+                             ON CONFLICT (workflow, name) DO NOTHING",
+                        )
+                        .bind(workflow)
+                        .bind(name)
+                        .bind(new)
+                        .bind_time(now)
+                        .execute("advance cursor")
+                        .await?
+                }
+                Some(expected) => {
+                    self.pool
+                        .query(
+                            "UPDATE cursors SET value = $1, updated_at = $2 \
+                             WHERE workflow = $3 AND name = $4 AND value = $5",
+                        )
+                        .bind(new)
+                        .bind_time(now)
+                        .bind(workflow)
+                        .bind(name)
+                        .bind(expected)
+                        .execute("advance cursor")
+                        .await?
+                }
+            };
+            Ok(done == 1)
+        })
+    }
+}
+
+impl IdMapStore for SqlStore {
+    fn id_map(&self, workflow: &str) -> StoreFuture<'_, Vec<IdMapEntry>> {
+        let workflow = workflow.to_owned();
+        Box::pin(async move {
+            let rows = self
+                .pool
+                .query("SELECT * FROM id_map WHERE workflow = $1 ORDER BY pendo_id")
+                .bind(workflow)
+                .fetch_all("read id map")
+                .await?;
+            rows.iter().map(id_map_from_row).collect()
+        })
+    }
+
+    fn put_id_map(&self, entries: &[IdMapEntry]) -> StoreFuture<'_, ()> {
+        const OP: &str = "put id map";
+        let rows: Result<Vec<_>, StoreError> = last_per_key(entries, |e| (&e.workflow, &e.pendo_id))
+            .into_iter()
+            .map(|e| Ok((e.clone(), json_text("id map candidates", &e.candidates)?)))
+            .collect();
+        Box::pin(async move {
+            let rows = rows?;
+            let columns = [
+                Column::Text(rows.iter().map(|(e, _)| e.workflow.as_str()).collect()),
+                Column::Text(rows.iter().map(|(e, _)| e.pendo_id.as_str()).collect()),
+                Column::Text(rows.iter().map(|(e, _)| e.status.as_str()).collect()),
+                Column::OptText(rows.iter().map(|(e, _)| e.salesforce_id.as_deref()).collect()),
+                Column::OptText(rows.iter().map(|(e, _)| e.rule.as_deref()).collect()),
+                Column::Text(rows.iter().map(|(_, c)| c.as_str()).collect()),
+                Column::Bool(rows.iter().map(|(e, _)| e.pinned).collect()),
+                Column::Time(rows.iter().map(|(e, _)| e.checked_at).collect()),
+            ];
+            let mut tx = self.pool.begin_write(OP).await?;
+            // A person's pin outranks automatic matching; only another pin replaces it.
+            tx.insert_batch(
+                OP,
+                "INSERT INTO id_map (workflow, pendo_id, status, salesforce_id, rule, candidates, pinned, checked_at)",
+                &columns,
+                rows.len(),
+                " ON CONFLICT (workflow, pendo_id) DO UPDATE SET status = excluded.status, \
+                 salesforce_id = excluded.salesforce_id, rule = excluded.rule, \
+                 candidates = excluded.candidates, pinned = excluded.pinned, \
+                 checked_at = excluded.checked_at \
+                 WHERE NOT id_map.pinned OR excluded.pinned",
+            )
+            .await?;
+            tx.commit(OP).await
+        })
+    }
+
+    fn pin_match(&self, workflow: &str, pendo_id: &str, salesforce_id: &str) -> StoreFuture<'_, ()> {
+        let (workflow, pendo_id, salesforce_id) = (workflow.to_owned(), pendo_id.to_owned(), salesforce_id.to_owned());
+        Box::pin(async move {
+            self.pool
+                .query(
+                    "INSERT INTO id_map (workflow, pendo_id, status, salesforce_id, rule, candidates, \
+                     pinned, checked_at) VALUES ($1, $2, $3, $4, 'pinned', '[]', TRUE, $5) \
+                     ON CONFLICT (workflow, pendo_id) DO UPDATE SET status = excluded.status, \
+                     salesforce_id = excluded.salesforce_id, rule = excluded.rule, \
+                     pinned = TRUE, checked_at = excluded.checked_at",
+                )
+                .bind(workflow)
+                .bind(pendo_id)
+                .bind(MatchStatus::Matched.as_str())
+                .bind(salesforce_id)
+                .bind_time(crate::clock::written_at())
+                .execute("pin match")
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn unpin_match(&self, workflow: &str, pendo_id: &str) -> StoreFuture<'_, ()> {
+        let (workflow, pendo_id) = (workflow.to_owned(), pendo_id.to_owned());
+        Box::pin(async move {
+            self.pool
+                .query("UPDATE id_map SET pinned = FALSE WHERE workflow = $1 AND pendo_id = $2")
+                .bind(workflow)
+                .bind(pendo_id)
+                .execute("unpin match")
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn id_map_review(&self, workflow: Option<&str>) -> StoreFuture<'_, Vec<IdMapEntry>> {
+        let workflow = workflow.map(str::to_owned);
+        Box::pin(async move {
+            let rows = self
+                .pool
+                .query(
+                    "SELECT * FROM id_map WHERE status IN ('ambiguous', 'unmatched') \
+                     AND (CAST($1 AS TEXT) IS NULL OR workflow = $1) ORDER BY workflow, pendo_id",
+                )
+                .bind(workflow)
+                .fetch_all("review id map")
+                .await?;
+            rows.iter().map(id_map_from_row).collect()
+        })
+    }
+}
+
+impl FingerprintStore for SqlStore {
+    fn fingerprints(&self, scope: &str) -> StoreFuture<'_, Fingerprints> {
+        let scope = scope.to_owned();
+        Box::pin(async move {
+            let mut out = Fingerprints::default();
+            // Streamed: a scope can hold a million rows, more than is worth holding as rows.
+            let mut rows = self
+                .pool
+                .query("SELECT key, field, fingerprint FROM fingerprints WHERE scope = $1")
+                .bind(scope)
+                .fetch();
+            while let Some(row) = rows.try_next().await.map_err(super::query_err("load fingerprints"))? {
+                out.insert(row.str("key")?, row.str("field")?, fp_from_db(row.get("fingerprint")?));
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_fingerprints(&self, puts: &[FingerprintPut]) -> StoreFuture<'_, ()> {
+        const OP: &str = "put fingerprints";
+        let puts = puts.to_vec();
+        Box::pin(async move {
+            let mut tx = self.pool.begin_write(OP).await?;
+            upsert_fingerprints(&mut tx, &puts).await?;
+            tx.commit(OP).await
+        })
+    }
+
+    fn written_values(
+        &self,
+        scope: &str,
+        keys: &[String],
+    ) -> StoreFuture<'_, HashMap<String, Vec<(String, serde_json::Value)>>> {
+        let (scope, keys) = (scope.to_owned(), keys.to_vec());
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT key, field, value FROM fingerprints WHERE scope = $1 AND value IS NOT NULL AND {}",
+                self.dialect().in_list("key", "$2")
+            );
+            let mut out: HashMap<String, Vec<(String, serde_json::Value)>> = HashMap::new();
+            for chunk in keys.chunks(10_000) {
+                let rows = self
+                    .pool
+                    .query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(scope.as_str())
+                    .bind_list(chunk)?
+                    .fetch_all("read written values")
+                    .await?;
+                for row in &rows {
+                    let value = from_json_text("fingerprints.value", row.str("value")?)?;
+                    out.entry(row.get("key")?).or_default().push((row.get("field")?, value));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn forget_fingerprints(&self, scope: &str, key: &str) -> StoreFuture<'_, ()> {
+        let (scope, key) = (scope.to_owned(), key.to_owned());
+        Box::pin(async move {
+            self.pool
+                .query("DELETE FROM fingerprints WHERE scope = $1 AND key = $2")
+                .bind(scope)
+                .bind(key)
+                .execute("forget fingerprints")
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+impl FailureStore for SqlStore {
+    fn add_failures(&self, failures: &[NewFailure]) -> StoreFuture<'_, ()> {
+        const OP: &str = "add failures";
+        let rows: Result<Vec<_>, StoreError> =
+            failures.iter().map(|f| Ok((f.clone(), json_text("failure fields", &f.fields)?))).collect();
+        Box::pin(async move {
+            let rows = rows?;
+            let now = crate::clock::written_at();
+            let mut tx = self.pool.begin_write(OP).await?;
+            // One statement per failure: a batch may name the same record twice, and each
+            // repeat must bump the attempts of the row the first one opened.
+            for (f, fields) in &rows {
+                let still_dismissed = tx
+                    .query(DISMISSED_AGAIN)
+                    .bind(f.workflow.as_str())
+                    .bind(f.object.as_str())
+                    .bind(f.key.as_str())
+                    .bind(f.error_code.as_str())
+                    .bind(f.run.0)
+                    .bind_time(now)
+                    .execute(OP)
+                    .await?;
+                if still_dismissed > 0 {
+                    continue;
+                }
+                tx.query(
+                    "INSERT INTO failures (workflow, run_id, object, key, salesforce_id, payload, \
+                     error_code, message, fields, status, attempts, first_failed_at, last_failed_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'open', 1, $10, $10) \
+                     ON CONFLICT (workflow, object, key) WHERE status = 'open' DO UPDATE SET \
+                     run_id = excluded.run_id, salesforce_id = excluded.salesforce_id, \
+                     payload = excluded.payload, error_code = excluded.error_code, \
+                     message = excluded.message, fields = excluded.fields, \
+                     attempts = failures.attempts + 1, last_failed_at = excluded.last_failed_at",
+                )
+                .bind(f.workflow.as_str())
+                .bind(f.run.0)
+                .bind(f.object.as_str())
+                .bind(f.key.as_str())
+                .bind(f.salesforce_id.as_deref())
+                .bind_json(&f.payload)
+                .bind(f.error_code.as_str())
+                .bind(f.message.as_str())
+                .bind(fields.as_str())
+                .bind_time(now)
+                .execute(OP)
+                .await?;
+            }
+            tx.commit(OP).await
+        })
+    }
+
+    fn list_failures(&self, filter: &FailureFilter) -> StoreFuture<'_, Vec<Failure>> {
+        let filter = filter.clone();
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {FAILURE_COLUMNS} FROM failures WHERE (CAST($1 AS TEXT) IS NULL OR workflow = $1) \
+                 AND (CAST($2 AS TEXT) IS NULL OR status = $2) AND (CAST($3 AS TEXT) IS NULL OR error_code = $3) \
+                 ORDER BY id LIMIT $4"
+            );
+            let rows = self
+                .pool
+                .query(sqlx::AssertSqlSafe(sql))
+                .bind(filter.workflow)
+                .bind(filter.status.map(FailureStatus::as_str))
+                .bind(filter.error_code)
+                .bind_limit(filter.limit)
+                .fetch_all("list failures")
+                .await?;
+            rows.iter().map(failure_from_row).collect()
+        })
+    }
+
+    fn failure_groups(&self, workflow: Option<&str>) -> StoreFuture<'_, Vec<(String, String, u64)>> {
+        let workflow = workflow.map(str::to_owned);
+        Box::pin(async move {
+            let rows = self
+                .pool
+                .query(
+                    "SELECT error_code, min(message) AS sample, count(*) AS n FROM failures \
+                     WHERE status = 'open' AND (CAST($1 AS TEXT) IS NULL OR workflow = $1) \
+                     GROUP BY error_code ORDER BY n DESC, error_code",
+                )
+                .bind(workflow)
+                .fetch_all("group failures")
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((row.get("error_code")?, row.get("sample")?, from_db_count("failure count", row.get("n")?)?))
+                })
+                .collect()
+        })
+    }
+
+    fn claim_failures(
+        &self,
+        selector: &FailureSelector,
+        worker: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<Failure>> {
+        const OP: &str = "claim failures";
+        let selector = selector.clone();
+        let worker = worker.to_owned();
+        Box::pin(async move {
+            let until = lease_until(now, lease)?;
+            let dialect = self.dialect();
+            // A second claimer waits for the write lock (SQLite) or passes over the rows this
+            // one locked (PostgreSQL), and then sees them Replaying: claimers never share a row.
+            let sql = format!(
+                "UPDATE failures SET status = 'replaying', leased_until = $1, leased_by = $2 \
+                 WHERE id IN (SELECT id FROM failures \
+                   WHERE (status = 'open' OR (status = 'replaying' AND leased_until <= $3)) \
+                   AND {} ORDER BY id LIMIT $5{}) \
+                 RETURNING {FAILURE_COLUMNS}",
+                selector_condition(dialect, &selector, "$4"),
+                dialect.for_update_skip_locked(),
+            );
+            let mut tx = self.pool.begin_write(OP).await?;
+            let stmt = tx.query(sqlx::AssertSqlSafe(sql)).bind_time(until).bind(worker.as_str()).bind_time(now);
+            let rows = bind_selector(stmt, &selector)?.bind(i64::from(limit)).fetch_all(OP).await?;
+            tx.commit(OP).await?;
+            let mut claimed = rows.iter().map(failure_from_row).collect::<Result<Vec<_>, _>>()?;
+            claimed.sort_by_key(|f| f.id);
+            Ok(claimed)
+        })
+    }
+
+    fn resolve_failure(&self, id: i64, now: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let done = self
+                .pool
+                .query(
+                    "UPDATE failures SET status = 'resolved', leased_until = NULL, leased_by = NULL, \
+                     resolved_at = $2 WHERE id = $1",
+                )
+                .bind(id)
+                .bind_time(now)
+                .execute("resolve failure")
+                .await?;
+            changed_one(done, "resolve failure", || format!("no failure with id {id}"))
+        })
+    }
+
+    fn fail_again(&self, id: i64, error_code: &str, message: &str, now: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        const OP: &str = "fail again";
+        let (error_code, message) = (error_code.to_owned(), message.to_owned());
+        Box::pin(async move {
+            let mut tx = self.pool.begin_write(OP).await?;
+            // Lock this failure first so the merge below sees a stable row.
+            let sql = format!("SELECT id FROM failures WHERE id = $1{}", self.dialect().for_update());
+            let exists = tx.query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(OP).await?;
+            if exists.is_none() {
+                return Err(StoreError::Invalid { what: "fail again", detail: format!("no failure with id {id}") });
+            }
+            // A newer failure of the same record may have opened while this one was replaying;
+            // fold this one into it so the record keeps a single open failure.
+            let merged = tx
+                .query(
+                    "UPDATE failures SET attempts = attempts + 1 + \
+                       (SELECT attempts FROM failures WHERE id = $1), \
+                     error_code = $2, message = $3, last_failed_at = $4 \
+                     WHERE status = 'open' AND id <> $1 AND (workflow, object, key) = \
+                       (SELECT workflow, object, key FROM failures WHERE id = $1)",
+                )
+                .bind(id)
+                .bind(error_code.as_str())
+                .bind(message.as_str())
+                .bind_time(now)
+                .execute(OP)
+                .await?;
+            if merged > 0 {
+                tx.query("DELETE FROM failures WHERE id = $1").bind(id).execute(OP).await?;
+            } else {
+                tx.query(
+                    "UPDATE failures SET status = 'open', attempts = attempts + 1, error_code = $2, \
+                     message = $3, last_failed_at = $4, leased_until = NULL, leased_by = NULL \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(error_code.as_str())
+                .bind(message.as_str())
+                .bind_time(now)
+                .execute(OP)
+                .await?;
+            }
+            tx.commit(OP).await
+        })
+    }
+
+    fn dismiss_failures(
+        &self,
+        selector: &FailureSelector,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'_, Vec<i64>> {
+        const OP: &str = "dismiss failures";
+        let selector = selector.clone();
+        let reason = reason.to_owned();
+        Box::pin(async move {
+            let sql = format!(
+                "UPDATE failures SET status = 'dismissed', reason = $1, resolved_at = $2, \
+                 leased_until = NULL, leased_by = NULL WHERE status = 'open' AND {} RETURNING id",
+                selector_condition(self.dialect(), &selector, "$3")
+            );
+            let stmt = self.pool.query(sqlx::AssertSqlSafe(sql)).bind(reason).bind_time(now);
+            let rows = bind_selector(stmt, &selector)?.fetch_all(OP).await?;
+            let mut ids = rows.iter().map(|r| r.get::<i64>("id")).collect::<Result<Vec<_>, _>>()?;
+            ids.sort_unstable();
+            Ok(ids)
+        })
+    }
+}
+
+impl BudgetStore for SqlStore {
+    fn reserve_budget(
+        &self,
+        day: NaiveDate,
+        workflow: &str,
+        calls: u64,
+        cap: u64,
+        _now: DateTime<Utc>,
+    ) -> StoreFuture<'_, bool> {
+        const OP: &str = "reserve budget";
+        let workflow = workflow.to_owned();
+        Box::pin(async move {
+            let calls = to_db_count("reserved calls", calls)?;
+            let cap = to_db_count("budget cap", cap)?;
+            let mut tx = self.pool.begin_write(OP).await?;
+            tx.query("INSERT INTO budget_days (day, reserved, spent) VALUES ($1, 0, 0) ON CONFLICT (day) DO NOTHING")
+                .bind(day)
+                .execute(OP)
+                .await?;
+            // On PostgreSQL the day's row lock serialises reservers; a waiter re-checks the
+            // condition against the committed totals (READ COMMITTED re-evaluates the WHERE).
+            let granted = tx
+                .query("UPDATE budget_days SET reserved = reserved + $2 WHERE day = $1 AND reserved + spent + $2 <= $3")
+                .bind(day)
+                .bind(calls)
+                .bind(cap)
+                .execute(OP)
+                .await?
+                == 1;
+            if granted {
+                tx.query(
+                    "INSERT INTO budget_workflows (day, workflow, reserved, spent) \
+                     VALUES ($1, $2, $3, 0) ON CONFLICT (day, workflow) \
+                     DO UPDATE SET reserved = budget_workflows.reserved + excluded.reserved",
+                )
+                .bind(day)
+                .bind(workflow)
+                .bind(calls)
+                .execute(OP)
+                .await?;
+            }
+            tx.commit(OP).await?;
+            Ok(granted)
+        })
+    }
+
+    fn settle_budget(
+        &self,
+        day: NaiveDate,
+        workflow: &str,
+        reserved: u64,
+        spent: u64,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'_, ()> {
+        const OP: &str = "settle budget";
+        let workflow = workflow.to_owned();
+        Box::pin(async move {
+            let reserved = to_db_count("settled reservation", reserved)?;
+            let spent = to_db_count("spent calls", spent)?;
+            let mut tx = self.pool.begin_write(OP).await?;
+            // Only what this workflow really holds is released from the day's total: a late
+            // settle of a reservation already released (its run was taken for dead) must not
+            // release other workflows' reservations.
+            let held = held_reservation(&mut tx, self.dialect(), day, &workflow, OP).await?;
+            let reserved = reserved.min(held);
+            // Releasing more than is reserved (a double settle) clamps at zero rather than
+            // inventing negative reservations.
+            tx.query(
+                "INSERT INTO budget_days (day, reserved, spent) VALUES ($1, 0, $3) \
+                 ON CONFLICT (day) DO UPDATE SET \
+                 reserved = CASE WHEN budget_days.reserved > $2 THEN budget_days.reserved - $2 ELSE 0 END, \
+                 spent = budget_days.spent + $3",
+            )
+            .bind(day)
+            .bind(reserved)
+            .bind(spent)
+            .execute(OP)
+            .await?;
+            tx.query(
+                "INSERT INTO budget_workflows (day, workflow, reserved, spent) VALUES ($1, $2, 0, $4) \
+                 ON CONFLICT (day, workflow) DO UPDATE SET \
+                 reserved = CASE WHEN budget_workflows.reserved > $3 \
+                   THEN budget_workflows.reserved - $3 ELSE 0 END, \
+                 spent = budget_workflows.spent + $4",
+            )
+            .bind(day)
+            .bind(workflow.as_str())
+            .bind(reserved)
+            .bind(spent)
+            .execute(OP)
+            .await?;
+            if spent > 0 {
+                tx.query("INSERT INTO budget_spend (day, workflow, calls, at) VALUES ($1, $2, $3, $4)")
+                    .bind(day)
+                    .bind(workflow.as_str())
+                    .bind(spent)
+                    .bind_time(now)
+                    .execute(OP)
+                    .await?;
+            }
+            tx.commit(OP).await
+        })
+    }
+
+    fn release_reservations(&self, day: NaiveDate, workflow: &str) -> StoreFuture<'_, u64> {
+        const OP: &str = "release reservations";
+        let workflow = workflow.to_owned();
+        Box::pin(async move {
+            let mut tx = self.pool.begin_write(OP).await?;
+            let held = held_reservation(&mut tx, self.dialect(), day, &workflow, OP).await?;
+            if held > 0 {
+                tx.query("UPDATE budget_workflows SET reserved = 0 WHERE day = $1 AND workflow = $2")
+                    .bind(day)
+                    .bind(workflow.as_str())
+                    .execute(OP)
+                    .await?;
+                tx.query(
+                    "UPDATE budget_days SET reserved = CASE WHEN reserved > $2 THEN reserved - $2 ELSE 0 END \
+                     WHERE day = $1",
+                )
+                .bind(day)
+                .bind(held)
+                .execute(OP)
+                .await?;
+            }
+            tx.commit(OP).await?;
+            from_db_count("released reservation", held)
+        })
+    }
+
+    fn observe_org_usage(&self, day: NaiveDate, used: u64, max: u64, now: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            // Observations can arrive out of order from several workers; keep the newest.
+            self.pool
+                .query(
+                    "INSERT INTO budget_org (day, used, max, observed_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (day) DO UPDATE SET used = excluded.used, max = excluded.max, \
+                     observed_at = excluded.observed_at WHERE excluded.observed_at >= budget_org.observed_at",
+                )
+                .bind(day)
+                .bind(to_db_count("org API usage", used)?)
+                .bind(to_db_count("org API maximum", max)?)
+                .bind_time(now)
+                .execute("observe org usage")
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn budget_day(&self, day: NaiveDate) -> StoreFuture<'_, BudgetDay> {
+        const OP: &str = "read budget";
+        Box::pin(async move {
+            let totals = self
+                .pool
+                .query("SELECT reserved, spent FROM budget_days WHERE day = $1")
+                .bind(day)
+                .fetch_optional(OP)
+                .await?;
+            let (reserved, spent) = match &totals {
+                Some(row) => (
+                    from_db_count("budget reserved", row.get("reserved")?)?,
+                    from_db_count("budget spent", row.get("spent")?)?,
+                ),
+                None => (0, 0),
+            };
+            let by_workflow = self
+                .pool
+                .query("SELECT workflow, spent FROM budget_workflows WHERE day = $1 AND spent > 0")
+                .bind(day)
+                .fetch_all(OP)
+                .await?
+                .iter()
+                .map(|row| Ok((row.get("workflow")?, from_db_count("budget spent", row.get("spent")?)?)))
+                .collect::<Result<BTreeMap<String, u64>, StoreError>>()?;
+            let org = self
+                .pool
+                .query("SELECT used, max, observed_at FROM budget_org WHERE day = $1")
+                .bind(day)
+                .fetch_optional(OP)
+                .await?;
+            let (org_used, org_max, observed_at) = match &org {
+                Some(row) => (
+                    Some(from_db_count("org API usage", row.get("used")?)?),
+                    Some(from_db_count("org API maximum", row.get("max")?)?),
+                    Some(row.time("org usage observed_at", "observed_at")?),
+                ),
+                None => (None, None, None),
+            };
+            Ok(BudgetDay { day, reserved, spent, by_workflow, org_used, org_max, observed_at })
+        })
+    }
+
+    fn spent_per_hour(&self, day: NaiveDate) -> StoreFuture<'_, Vec<(u32, u64)>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {} AS hour, CAST(sum(calls) AS BIGINT) AS calls FROM budget_spend \
+                 WHERE day = $1 GROUP BY 1 ORDER BY 1",
+                self.dialect().utc_hour("at")
+            );
+            let rows = self.pool.query(sqlx::AssertSqlSafe(sql)).bind(day).fetch_all("read spend per hour").await?;
+            rows.iter()
+                .map(|row| {
+                    let hour: i64 = row.get("hour")?;
+                    Ok((
+                        u32::try_from(hour)
+                            .map_err(|_| StoreError::Corrupt { what: "spend hour", detail: format!("{hour}") })?,
+                        from_db_count("spent calls", row.get("calls")?)?,
+                    ))
+                })
+                .collect()
+        })
+    }
+}
+
+/// What `workflow` holds reserved on `day` (0 when it has no row), its row locked until the
+/// transaction ends.
+async fn held_reservation(
+    tx: &mut Tx,
+    dialect: Dialect,
+    day: NaiveDate,
+    workflow: &str,
+    operation: &'static str,
+) -> Result<i64, StoreError> {
+    let sql = format!("SELECT reserved FROM budget_workflows WHERE day = $1 AND workflow = $2{}", dialect.for_update());
+    let row = tx.query(sqlx::AssertSqlSafe(sql)).bind(day).bind(workflow).fetch_optional(operation).await?;
+    Ok(match row {
+        Some(row) => row.get("reserved")?,
+        None => 0,
+    })
+}
+
+impl IdempotencyStore for SqlStore {
+    fn begin_create(&self, key: &str, workflow: &str, now: DateTime<Utc>) -> StoreFuture<'_, CreateState> {
+        const OP: &str = "begin create";
+        let (key, workflow) = (key.to_owned(), workflow.to_owned());
+        Box::pin(async move {
+            // The row found on conflict can be abandoned (deleted) before we read it; then the
+            // key is free again and the next insert wins. Bounded, because each lap means
+            // another worker made progress.
+            for _ in 0..8 {
+                let inserted = self
+                    .pool
+                    .query(
+                        "INSERT INTO idempotency (key, workflow, state, created_at, updated_at) \
+                         VALUES ($1, $2, 'pending', $3, $3) ON CONFLICT (key) DO NOTHING",
+                    )
+                    .bind(key.as_str())
+                    .bind(workflow.as_str())
+                    .bind_time(now)
+                    .execute(OP)
+                    .await?
+                    == 1;
+                if inserted {
+                    return Ok(CreateState::New);
+                }
+                let row = self
+                    .pool
+                    .query("SELECT state, salesforce_id, created_at FROM idempotency WHERE key = $1")
+                    .bind(key.as_str())
+                    .fetch_optional(OP)
+                    .await?;
+                let Some(row) = row else { continue };
+                return match (row.str("state")?, row.get::<Option<String>>("salesforce_id")?) {
+                    ("committed", Some(salesforce_id)) => Ok(CreateState::Committed { salesforce_id }),
+                    ("pending", _) => Ok(CreateState::Pending { since: row.time("create started_at", "created_at")? }),
+                    (other, _) => Err(StoreError::Corrupt {
+                        what: "idempotency state",
+                        detail: format!("{other:?} for key {key:?}"),
+                    }),
+                };
+            }
+            Err(StoreError::Invalid {
+                what: "begin create",
+                detail: format!("key {key:?} kept being created and abandoned concurrently"),
+            })
+        })
+    }
+
+    fn commit_create(&self, key: &str, salesforce_id: &str, now: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        let (key, salesforce_id) = (key.to_owned(), salesforce_id.to_owned());
+        Box::pin(async move {
+            let done = self
+                .pool
+                .query("UPDATE idempotency SET state = 'committed', salesforce_id = $2, updated_at = $3 WHERE key = $1")
+                .bind(key.as_str())
+                .bind(salesforce_id)
+                .bind_time(now)
+                .execute("commit create")
+                .await?;
+            changed_one(done, "commit create", || format!("no create was begun for key {key:?}"))
+        })
+    }
+
+    fn abandon_create(&self, key: &str) -> StoreFuture<'_, ()> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            self.pool
+                .query("DELETE FROM idempotency WHERE key = $1 AND state = 'pending'")
+                .bind(key)
+                .execute("abandon create")
+                .await?;
+            Ok(())
+        })
+    }
+}
