@@ -34,6 +34,7 @@ pub mod pendo_fields;
 pub mod plan;
 pub mod preflight;
 pub mod scheduler;
+pub mod signal;
 pub mod store;
 pub mod testhook;
 pub mod verify;

@@ -782,3 +782,46 @@ async fn a_run_takes_its_time_from_the_context_clock() {
     assert!(ledger.spent > 0, "the calls are on 2031-03-05's ledger: {ledger:?}");
     assert_eq!(w.ctx.store.budget_day(Utc::now().date_naive()).await.unwrap().spent, 0, "and not on today's");
 }
+
+/// A `when:` condition in CEL instead of the score rules: every matched account it holds for
+/// gets one Task titled by the configured subject; a re-run makes nothing; once it no longer
+/// holds the episodes close, and when it holds again each account alerts anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_written_as_a_condition_alerts_once_per_episode_through_the_create_stage() {
+    let w = world(60, false).await;
+    let rules = "      drop_share: 0.5\n      hysteresis: 10\n";
+    let holds = edited(&w, rules, "      when: \"events >= 0.0\"\n      subject: \"Signal: {account} at {score}\"\n");
+    let never = edited(&w, rules, "      when: \"events < 0.0\"\n");
+    let options = RunOptions { trigger: "test".into(), ..Default::default() };
+    let run = |ctx: &Context| {
+        let ctx = ctx.clone();
+        let options = options.clone();
+        async move { engine::workflow::run(&ctx, "churn-alerts", &options).await.unwrap() }
+    };
+
+    let first = run(&holds).await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    assert!(first.matched > 0);
+    assert_eq!(first.written, first.matched, "the condition holds for every matched account: {first:?}");
+    let tasks = w.records("Task").await;
+    assert_eq!(tasks.len(), first.matched);
+    for t in &tasks {
+        let subject = t["Subject"].as_str().unwrap();
+        assert!(subject.starts_with("Signal: ") && subject.contains(" at "), "{subject}");
+        assert!(t["Description"].as_str().unwrap().contains("signal `events >= 0.0` holds"), "{t}");
+    }
+    assert_eq!(run(&holds).await.written, 0, "one alert per episode");
+    assert_eq!(w.records("Task").await.len(), tasks.len());
+
+    let closed = run(&never).await;
+    assert_eq!(closed.written, 0);
+    let outcomes = w.ctx.store.run_outcomes(closed.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
+    let recovered = outcomes.iter().filter(|o| o.message.as_deref().unwrap_or("").starts_with("recovered")).count();
+    assert_eq!(recovered, tasks.len(), "every episode closed once the condition no longer held");
+
+    let again = run(&holds).await;
+    assert_eq!(again.written, tasks.len(), "each account alerts anew in a second episode");
+    let keys = w.keys("Task").await;
+    assert_eq!(keys.len(), 2 * tasks.len());
+    assert!(keys.values().all(|n| *n == 1), "no key twice");
+}

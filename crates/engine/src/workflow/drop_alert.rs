@@ -27,6 +27,7 @@ use crate::config::{DropAlertConfig, MetadataGroup, Workflow};
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
 use crate::matching::Outcome;
 use crate::metrics;
+use crate::signal;
 use crate::store::{Action, FingerprintPut, RecordOutcome, RunId};
 
 /// One account's alert state, kept in the store between runs.
@@ -89,6 +90,51 @@ pub fn decide(config: &DropAlertConfig, episode: &Episode, score: f64, previous:
     }
 }
 
+/// The decision of a `when:` condition: an account alerts when it holds, and the open episode
+/// closes once `rearm_when` holds (without one, once `when` no longer holds).
+pub fn decide_signal(episode: &Episode, holds: bool, rearms: bool, condition: &str) -> Decision {
+    if episode.open {
+        return if rearms {
+            Decision::Recovered { number: episode.count }
+        } else {
+            Decision::StillOpen { number: episode.count }
+        };
+    }
+    if !holds {
+        return Decision::Quiet;
+    }
+    Decision::Alert { number: episode.count + 1, reason: format!("the signal `{condition}` holds"), rearm_at: 0.0 }
+}
+
+/// Evaluates the config's `when` (and `rearm_when`) for one account: whether it holds and
+/// whether the account re-arms. An expression that fails for this account's figures alerts
+/// nothing and closes nothing (the reason goes to its history row).
+fn signal(
+    config: &DropAlertConfig,
+    current: &signal::Figures,
+    previous: &signal::Figures,
+    now: DateTime<Utc>,
+) -> Option<Result<(bool, bool), signal::SignalError>> {
+    let when = config.when.as_ref()?;
+    Some((|| {
+        let holds = when.holds(current, previous, now)?;
+        let rearms = match &config.rearm_when {
+            Some(r) => r.holds(current, previous, now)?,
+            None => !holds,
+        };
+        Ok((holds, rearms))
+    })())
+}
+
+/// How the open episode of `config` re-arms, for history rows.
+fn rearm_rule(config: &DropAlertConfig, episode: &Episode) -> String {
+    match (&config.when, &config.rearm_when) {
+        (Some(_), Some(r)) => format!("re-arms when `{}` holds", r.text()),
+        (Some(w), None) => format!("re-arms when `{}` no longer holds", w.text()),
+        (None, _) => format!("re-arms at {}", episode.rearm_at),
+    }
+}
+
 /// The fingerprint scope holding the episodes of `workflow`.
 pub fn episode_scope(workflow: &str) -> String {
     format!("{workflow}:episodes")
@@ -111,6 +157,8 @@ struct Pending {
     reason: String,
     rearm_at: f64,
     evidence: String,
+    score: f64,
+    previous_score: f64,
 }
 
 async fn body(
@@ -196,7 +244,18 @@ async fn body(
         let prev_score = metrics::score(&config.accounts.score, prev_u);
         let episode = episodes.get(pendo_id).cloned().unwrap_or_default();
         let evidence = evidence(pendo_id, prev_u, now_u, prev_score, score, days, previous_end, now);
-        match decide(config, &episode, score, prev_score) {
+        let figures = |score: f64, usage: &AccountUsage| signal::Figures { score, usage: usage.clone() };
+        let decided = match signal(config, &figures(score, now_u), &figures(prev_score, prev_u), now) {
+            None => decide(config, &episode, score, prev_score),
+            Some(Ok((holds, rearms))) => {
+                decide_signal(&episode, holds, rearms, config.when.as_ref().map_or("", |w| w.text()))
+            }
+            Some(Err(e)) => {
+                decisions.push(decision(pendo_id, account_id, Action::Skipped, format!("{e}; {evidence}")));
+                continue;
+            }
+        };
+        match decided {
             Decision::Quiet => {}
             Decision::Alert { number, reason, rearm_at } => alerts.push(Pending {
                 pendo_id: pendo_id.clone(),
@@ -205,14 +264,16 @@ async fn body(
                 reason,
                 rearm_at,
                 evidence,
+                score,
+                previous_score: prev_score,
             }),
             Decision::StillOpen { number } => decisions.push(decision(
                 pendo_id,
                 account_id,
                 Action::Unchanged,
                 format!(
-                    "episode {number} still open (score {score}, re-arms at {}): no new alert; {evidence}",
-                    episode.rearm_at
+                    "episode {number} still open (score {score}, {}): no new alert; {evidence}",
+                    rearm_rule(config, &episode)
                 ),
             )),
             Decision::Recovered { number } => {
@@ -220,10 +281,16 @@ async fn body(
                     pendo_id,
                     account_id,
                     Action::Skipped,
-                    format!(
-                        "recovered: score {score} is at or above {}; episode {number} closed, alerts re-armed; {evidence}",
-                        episode.rearm_at
-                    ),
+                    match &config.when {
+                        Some(_) => format!(
+                            "recovered ({}): episode {number} closed, alerts re-armed; {evidence}",
+                            rearm_rule(config, &episode)
+                        ),
+                        None => format!(
+                            "recovered: score {score} is at or above {}; episode {number} closed, alerts re-armed; {evidence}",
+                            episode.rearm_at
+                        ),
+                    },
                 ));
                 let closed = Episode { open: false, records: Vec::new(), ..episode };
                 episode_puts.push(episode_put(&scope, pendo_id, &closed, now));
@@ -363,7 +430,8 @@ fn evidence(
 ) -> String {
     format!(
         "Pendo account {pendo_id}: engagement score {prev_score} → {score} ({days}-day windows ending {} and {}); \
-         active visitors {} → {}, active days {} → {}, events {} → {}, minutes {} → {}",
+         active visitors {} → {}, active days {} → {}, events {} → {}, minutes {} → {}, \
+         core features used {} → {} of {}",
         previous_end.date_naive(),
         end.date_naive(),
         prev.active_visitors,
@@ -374,6 +442,9 @@ fn evidence(
         cur.events,
         prev.minutes,
         cur.minutes,
+        prev.core_features_used,
+        cur.core_features_used,
+        cur.core_features_total,
     )
 }
 
@@ -386,7 +457,7 @@ fn task_fields(
 ) -> Map<String, Value> {
     let due = (now + Duration::days(i64::from(config.due_in_days))).date_naive();
     let mut m = Map::new();
-    m.insert("Subject".into(), json!(format!("Engagement drop: {}", if name.is_empty() { &a.pendo_id } else { name })));
+    m.insert("Subject".into(), json!(subject(config, a, name)));
     m.insert("Priority".into(), json!("High"));
     m.insert("Status".into(), json!("Not Started"));
     m.insert("WhatId".into(), json!(a.account_id));
@@ -398,9 +469,15 @@ fn task_fields(
     m
 }
 
-fn case_fields(_: &DropAlertConfig, a: &Pending, owner: &str, name: &str) -> Map<String, Value> {
+/// The configured subject for `a`'s records.
+fn subject(config: &DropAlertConfig, a: &Pending, name: &str) -> String {
+    let account = if name.is_empty() { &a.pendo_id } else { name };
+    crate::config::alert::render_subject(&config.subject, account, a.score, a.previous_score)
+}
+
+fn case_fields(config: &DropAlertConfig, a: &Pending, owner: &str, name: &str) -> Map<String, Value> {
     let mut m = Map::new();
-    m.insert("Subject".into(), json!(format!("Engagement drop: {}", if name.is_empty() { &a.pendo_id } else { name })));
+    m.insert("Subject".into(), json!(subject(config, a, name)));
     m.insert("Priority".into(), json!("High"));
     m.insert("AccountId".into(), json!(a.account_id));
     m.insert("Description".into(), json!(format!("{}.\n\nEvidence: {}.", capitalised(&a.reason), a.evidence)));
@@ -495,12 +572,46 @@ mod tests {
             },
             below,
             drop_share,
+            when: None,
+            rearm_when: None,
+            subject: crate::config::alert::DEFAULT_SUBJECT.into(),
             hysteresis: 10.0,
             owner_field: None,
             key_field: "Usagesync_Key__c".into(),
             create_case: false,
             due_in_days: 3,
         }
+    }
+
+    fn figures(score: f64, used: u32) -> signal::Figures {
+        let usage = AccountUsage { core_features_used: used, core_features_total: 10, ..Default::default() };
+        signal::Figures { score, usage }
+    }
+
+    #[test]
+    fn a_signal_alerts_once_per_episode_and_rearms_by_its_rule() {
+        let mut c = config(None, None);
+        c.when = Some(signal::Condition::compile("feature_adoption <= previous.feature_adoption").unwrap());
+        let now = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        let decided = |c: &DropAlertConfig, e: &Episode, cur: u32, prev: u32| {
+            let (holds, rearms) = signal(c, &figures(50.0, cur), &figures(50.0, prev), now).unwrap().unwrap();
+            decide_signal(e, holds, rearms, c.when.as_ref().unwrap().text())
+        };
+        let mut e = Episode::default();
+        assert_eq!(decided(&c, &e, 3, 2), Decision::Quiet, "adoption rose");
+        let Decision::Alert { number, reason, .. } = decided(&c, &e, 2, 2) else { panic!() };
+        assert_eq!(number, 1);
+        assert!(reason.contains("feature_adoption <= previous.feature_adoption"), "{reason}");
+        e = Episode { count: 1, open: true, ..Episode::default() };
+        assert_eq!(decided(&c, &e, 2, 3), Decision::StillOpen { number: 1 });
+        assert_eq!(decided(&c, &e, 4, 3), Decision::Recovered { number: 1 }, "the condition no longer holds");
+        // With a re-arm rule of its own, leaving the condition is not enough.
+        c.rearm_when = Some(signal::Condition::compile("feature_adoption >= 0.5").unwrap());
+        assert_eq!(decided(&c, &e, 4, 3), Decision::StillOpen { number: 1 });
+        assert_eq!(decided(&c, &e, 5, 3), Decision::Recovered { number: 1 });
+        e.open = false;
+        let Decision::Alert { number, .. } = decided(&c, &e, 1, 5) else { panic!() };
+        assert_eq!(number, 2);
     }
 
     #[test]
