@@ -342,15 +342,7 @@ pub(super) fn build(w: Option<&Wire>, errors: &mut Errors) -> Option<Option<Aler
         errors.push("alerts.budget_used_over", format!("must be more than 0 and at most 1 (got {share})"));
         ok = false;
     }
-    ok.then_some(Some(Alerts {
-        webhooks,
-        email,
-        on,
-        quiet_for,
-        no_success_for,
-        open_failures_over,
-        budget_used_over,
-    }))
+    ok.then_some(Some(Alerts { webhooks, email, on, quiet_for, no_success_for, open_failures_over, budget_used_over }))
 }
 
 pub(super) fn to_wire(a: &Alerts, secret: impl Fn(&Secret) -> super::wire::Secret) -> Wire {
