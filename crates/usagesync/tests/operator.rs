@@ -483,6 +483,52 @@ fn a_failed_run_alerts_by_email_and_starttls_required_refuses_a_server_without_i
     let _ = emu.wait();
 }
 
+#[test]
+fn a_run_that_spends_its_share_of_a_small_daily_cap_alerts_once() {
+    let (mut emu, sf, pendo) = emulator("10");
+    let (hook, received) = receiver(200);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = every_minute(
+        dir.path(),
+        &sf,
+        &pendo,
+        &format!("alerts:\n  webhooks:\n    - url: {hook}\n  budget_used_over: 0.05\n"),
+    );
+    // 0.1% of the emulated org's 100,000 calls a day: a cap of 100, so 5 calls cross the line.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("daily_share: 0.25"), "the example's budget changed: {text}");
+    std::fs::write(&cfg, text.replace("daily_share: 0.25", "daily_share: 0.001")).unwrap();
+    let (daemon, url) = daemon_with(&cfg, "2027-01-04T10:00:57Z", &[("SF_CLIENT_SECRET", "emulator-secret")]);
+    let w = wait_for(&url, "a scheduled run to end", |w| w["last_state"].is_string());
+    assert_ne!(w["last_state"], "failed", "the run reached Salesforce: {w}");
+
+    // Run alerts may come too (a deferred run); the budget one names the cap and the threshold.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let budget = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (_, body) = received.recv_timeout(left).expect("a budget alert");
+        let alert: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if alert["run"]["state"] == "budget" {
+            break alert;
+        }
+    };
+    assert_eq!(budget["run"]["workflow"], "(all workflows)", "{budget}");
+    let text = budget["text"].as_str().unwrap();
+    assert!(text.contains("of today's 100 API calls used or reserved"), "{text}");
+    assert!(text.contains("over alerts.budget_used_over (5%)"), "{text}");
+    // Checked every sweep, but sent once within quiet_for (1h by default).
+    let later = Instant::now() + Duration::from_secs(3);
+    while let Some(left) = later.checked_duration_since(Instant::now()) {
+        if let Ok((_, body)) = received.recv_timeout(left) {
+            let again: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_ne!(again["run"]["state"], "budget", "sent twice within quiet_for: {again}");
+        }
+    }
+    stop(daemon);
+    let _ = emu.kill();
+    let _ = emu.wait();
+}
+
 /// A daemon serving the console, with nothing scheduled to run during the test.
 fn console_daemon(dir: &std::path::Path) -> (std::process::Child, String) {
     let cfg = dir.join("usagesync.yaml");
