@@ -529,6 +529,40 @@ fn a_run_that_spends_its_share_of_a_small_daily_cap_alerts_once() {
     let _ = emu.wait();
 }
 
+#[test]
+fn metrics_count_the_pendo_calls_of_this_process_by_kind() {
+    let (mut emu, sf, pendo) = emulator("10");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = every_minute(dir.path(), &sf, &pendo, "");
+    let (daemon, url) = daemon_with(&cfg, "2027-01-04T10:00:57Z", &[("SF_CLIENT_SECRET", "emulator-secret")]);
+    let series = |text: &str| -> std::collections::HashMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?))))
+            .collect()
+    };
+    // Before any run: every kind listed, at 0.
+    let before = series(&get(&url, "/metrics"));
+    assert_eq!(before.get("usagesync_pendo_calls_total{kind=\"aggregation\"}"), Some(&0.0), "{before:?}");
+    let w = wait_for(&url, "a scheduled run to end", |w| w["last_state"].is_string());
+    assert_ne!(w["last_state"], "failed", "the run reached Pendo: {w}");
+    let text = get(&url, "/metrics");
+    assert!(text.contains("# TYPE usagesync_pendo_calls_total counter"), "{text}");
+    let m = series(&text);
+    let kinds: Vec<&String> = m.keys().filter(|k| k.starts_with("usagesync_pendo_calls_total{")).collect();
+    assert_eq!(kinds.len(), 7, "{kinds:?}");
+    // engagement-scores reads usage through aggregations and writes nothing to Pendo.
+    assert!(m["usagesync_pendo_calls_total{kind=\"aggregation\"}"] > 0.0, "{text}");
+    assert_eq!(m["usagesync_pendo_calls_total{kind=\"metadata_write\"}"], 0.0, "{text}");
+    // The lag histogram is there, in the text format's shape (no webhook came: all zero).
+    assert!(text.contains("# TYPE usagesync_webhook_processing_lag_seconds histogram"), "{text}");
+    assert_eq!(m.get("usagesync_webhook_processing_lag_seconds_bucket{le=\"+Inf\"}"), Some(&0.0), "{text}");
+    assert_eq!(m.get("usagesync_webhook_processing_lag_seconds_count"), Some(&0.0), "{text}");
+    stop(daemon);
+    let _ = emu.kill();
+    let _ = emu.wait();
+}
+
 /// A daemon serving the console, with nothing scheduled to run during the test.
 fn console_daemon(dir: &std::path::Path) -> (std::process::Child, String) {
     let cfg = dir.join("usagesync.yaml");
