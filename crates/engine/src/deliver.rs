@@ -121,7 +121,7 @@ pub async fn deliver(
 ) -> Delivery {
     let mut out = Delivery::default();
     let mut pending = match path {
-        WritePath::Bulk => bulk(client, object, changes, &mut out).await,
+        WritePath::Bulk => bulk(client, object, changes, &mut out, progress).await,
         WritePath::Single | WritePath::Collections => collections(client, object, changes, &mut out, progress).await,
     };
     progress(out.written.len() + out.failed.len() + out.deferred.len());
@@ -276,7 +276,13 @@ fn bulk_row(c: &Change) -> Map<String, Value> {
     row
 }
 
-async fn bulk(client: &salesforce::Client, object: &str, changes: Vec<Change>, out: &mut Delivery) -> Pending {
+async fn bulk(
+    client: &salesforce::Client,
+    object: &str,
+    changes: Vec<Change>,
+    out: &mut Delivery,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Pending {
     let mut pending = Pending::new();
     let mut columns: Vec<String> = vec!["Id".into()];
     let mut seen = std::collections::BTreeSet::new();
@@ -295,13 +301,21 @@ async fn bulk(client: &salesforce::Client, object: &str, changes: Vec<Change>, o
     // Only each row's status is kept: the echoed input columns of 100,000 result rows would
     // cost more memory than the whole run needs otherwise.
     let mut by_index: Vec<Option<RowStatus>> = vec![None; changes.len()];
+    // While the job runs, the bar follows Salesforce's count of processed rows.
+    let settled = out.written.len() + out.failed.len() + out.deferred.len();
+    let on_progress = |processed: u64| progress(settled + usize::try_from(processed).unwrap_or(usize::MAX));
     let result = client
-        .bulk_ingest_with(&options, rows, |o| {
-            crate::testhook::crash_point("bulk");
-            if let Some(slot) = o.index.and_then(|i| usize::try_from(i).ok()).and_then(|i| by_index.get_mut(i)) {
-                *slot = Some(o.status);
-            }
-        })
+        .bulk_ingest_progress(
+            &options,
+            rows,
+            |o| {
+                crate::testhook::crash_point("bulk");
+                if let Some(slot) = o.index.and_then(|i| usize::try_from(i).ok()).and_then(|i| by_index.get_mut(i)) {
+                    *slot = Some(o.status);
+                }
+            },
+            &on_progress,
+        )
         .await;
     crate::testhook::crash_point("deliver");
     if let Err(e) = result {

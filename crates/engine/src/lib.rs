@@ -30,6 +30,7 @@ pub mod deliver;
 pub mod extract;
 pub mod matching;
 pub mod metrics;
+pub mod observe;
 pub mod pendo_fields;
 pub mod plan;
 pub mod preflight;

@@ -25,7 +25,7 @@ pub use aggregation::pipeline::{Agg, Apps, Period, Pipeline, SortKey, Source, Sp
 pub use config::{ClientConfig, IntegrationKey, RetryPolicy};
 pub use entities::Kind;
 pub use error::{Error, Fault, Result};
-pub use transport::KEY_HEADER;
+pub use transport::{CALL_KINDS, KEY_HEADER};
 
 /// The Pendo client. Cheap to clone (the connection pool is shared).
 #[derive(Clone, Debug)]
@@ -42,5 +42,12 @@ impl Client {
 
     pub fn config(&self) -> &ClientConfig {
         &self.transport.config
+    }
+
+    /// Requests this client and its clones sent, by kind ([`CALL_KINDS`]), every attempt
+    /// counted (retries and throttled tries too): the load this process put on Pendo.
+    #[must_use]
+    pub fn calls_by_kind(&self) -> Vec<(&'static str, u64)> {
+        self.transport.calls_by_kind()
     }
 }

@@ -7,6 +7,7 @@
 //! policy's `max_throttled_wait` (429s do not use up the attempt limit: throttling delays a
 //! request, it does not fail it).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -22,6 +23,28 @@ pub(crate) struct Transport {
     http: reqwest::Client,
     pub(crate) config: ClientConfig,
     limiter: std::sync::Arc<crate::limiter::Limiter>,
+    /// Requests sent, per [`CALL_KINDS`] entry; shared by the client's clones.
+    calls: std::sync::Arc<[AtomicU64; CALL_KINDS.len()]>,
+}
+
+/// What a request is for, as counted by [`crate::Client::calls_by_kind`].
+pub const CALL_KINDS: [&str; 7] =
+    ["aggregation", "catalog", "visitor", "account", "history", "metadata_read", "metadata_write"];
+
+/// The kind of a request from its method and path (relative to `/api/v1`).
+fn call_kind(method: &Method, path: &str) -> usize {
+    let mut segments = path.trim_start_matches('/').split('/');
+    let kind = match (segments.next().unwrap_or_default(), segments.nth(1)) {
+        ("aggregation", _) => "aggregation",
+        ("metadata", _) if method == Method::GET => "metadata_read",
+        ("metadata", _) => "metadata_write",
+        ("visitor", Some("history")) => "history",
+        ("visitor", _) => "visitor",
+        ("account", _) => "account",
+        // Features, pages, track types, guides, reports: the catalogue lists.
+        _ => "catalog",
+    };
+    CALL_KINDS.iter().position(|k| *k == kind).unwrap_or(1)
 }
 
 /// A request body and its content type.
@@ -46,7 +69,11 @@ impl Transport {
             .user_agent(config.user_agent.clone())
             .build()
             .map_err(|e| Error::Config(format!("building the HTTP client: {e}")))?;
-        Ok(Transport { http, config, limiter: std::sync::Arc::default() })
+        Ok(Transport { http, config, limiter: std::sync::Arc::default(), calls: std::sync::Arc::default() })
+    }
+
+    pub(crate) fn calls_by_kind(&self) -> Vec<(&'static str, u64)> {
+        CALL_KINDS.iter().zip(self.calls.iter()).map(|(k, n)| (*k, n.load(Ordering::Relaxed))).collect()
     }
 
     fn url(&self, path: &str) -> String {
@@ -87,6 +114,7 @@ impl Transport {
         // Tries that met a 429: they do not count against max_attempts.
         let mut throttles = 0u32;
         let mut throttled_since: Option<tokio::time::Instant> = None;
+        let kind = call_kind(&method, path);
         loop {
             attempt += 1;
             let started = self.limiter.acquire().await;
@@ -102,6 +130,10 @@ impl Transport {
                 req = req.body(b.clone());
             }
             let last = attempt - throttles >= policy.max_attempts.max(1);
+            // Every attempt counts: a retried or throttled request is load Pendo saw.
+            if let Some(n) = self.calls.get(kind) {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
@@ -178,4 +210,23 @@ pub(crate) fn segment(s: &str) -> String {
     const SET: &percent_encoding::AsciiSet =
         &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'@');
     percent_encoding::utf8_percent_encode(s, SET).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_endpoint_has_its_kind() {
+        let kind = |m: Method, p: &str| CALL_KINDS[call_kind(&m, p)];
+        assert_eq!(kind(Method::POST, "/aggregation"), "aggregation");
+        assert_eq!(kind(Method::GET, "/feature"), "catalog");
+        assert_eq!(kind(Method::GET, "/report"), "catalog");
+        assert_eq!(kind(Method::GET, "/visitor/v%201"), "visitor");
+        assert_eq!(kind(Method::GET, "/visitor/v1/history"), "history");
+        assert_eq!(kind(Method::GET, "/account/a1"), "account");
+        assert_eq!(kind(Method::GET, "/metadata/schema/account"), "metadata_read");
+        assert_eq!(kind(Method::POST, "/metadata/account/custom/value"), "metadata_write");
+        assert_eq!(kind(Method::PUT, "/metadata/visitor/custom/value/v1/tier"), "metadata_write");
+    }
 }

@@ -150,7 +150,13 @@ impl Daemon {
 
 /// Starts the daemon; returns it and its base URL.
 fn daemon(cfg: &std::path::Path, now: &str) -> (Daemon, String) {
-    let mut daemon = bin()
+    daemon_with(cfg, now, &[])
+}
+
+/// [`daemon`] with more (or other) environment variables.
+fn daemon_with(cfg: &std::path::Path, now: &str, env: &[(&str, &str)]) -> (Daemon, String) {
+    let mut command = bin();
+    command
         .arg("--config")
         .arg(cfg)
         .args(["run", "--listen", "127.0.0.1:0", "--grace-seconds", "10"])
@@ -160,12 +166,15 @@ fn daemon(cfg: &std::path::Path, now: &str) -> (Daemon, String) {
         .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
         .env("ALERT_SECRET", "alert-key")
         .env("CONSOLE_TOKEN", "console-token")
+        .env("SMTP_PASSWORD", "smtp-pass-word")
         // Sweeps (and the alert checks with them) every half second instead of every 15 s.
         .env("USAGESYNC_TEST_RUN_LEASE_MS", "2000")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut daemon = command.spawn().unwrap();
     let first = BufReader::new(daemon.stdout.take().unwrap()).lines().next().unwrap().unwrap();
     let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
     let (tx, logs) = mpsc::channel();
@@ -314,6 +323,242 @@ fn a_changed_schedule_is_honoured_after_restart_and_a_failed_run_alerts() {
     assert!(logs.contains("usagesync: workflow engagement failed"), "{logs}");
     assert!(!logs.contains('\u{1b}'), "no ANSI escapes when stderr is not a terminal: {logs}");
     assert!(!logs.contains("not-the-secret") && !logs.contains("alert-key"));
+    let _ = emu.kill();
+    let _ = emu.wait();
+}
+
+/// What an SMTP sink received on one connection.
+#[derive(Debug, Default)]
+struct Mail {
+    /// The AUTH command line, when the client logged in.
+    auth: Option<String>,
+    from: String,
+    to: Vec<String>,
+    /// The DATA (headers and body), dot-unstuffed.
+    data: String,
+}
+
+/// A small SMTP server on 127.0.0.1:0 (220, EHLO/HELO offering AUTH PLAIN and no STARTTLS,
+/// AUTH, MAIL FROM, RCPT TO, DATA, QUIT); each connection's mail comes out of the channel when
+/// the client quits or hangs up.
+fn smtp_sink() -> (u16, mpsc::Receiver<Mail>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut mail = Mail::default();
+                let _ = stream.write_all(b"220 sink.test ESMTP\r\n");
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let command = line.trim_end().to_owned();
+                    let verb = command.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250-sink.test\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n",
+                        "AUTH" => {
+                            mail.auth = Some(command);
+                            b"235 2.7.0 Authentication successful\r\n"
+                        }
+                        "MAIL" => {
+                            mail.from = command;
+                            b"250 2.1.0 OK\r\n"
+                        }
+                        "RCPT" => {
+                            mail.to.push(command);
+                            b"250 2.1.5 OK\r\n"
+                        }
+                        "DATA" => {
+                            let _ = stream.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n");
+                            loop {
+                                line.clear();
+                                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == ".\r\n" {
+                                    break;
+                                }
+                                mail.data.push_str(line.strip_prefix('.').unwrap_or(&line));
+                            }
+                            b"250 2.0.0 queued\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = stream.write_all(b"221 2.0.0 Bye\r\n");
+                            break;
+                        }
+                        "HELO" | "RSET" | "NOOP" => b"250 OK\r\n",
+                        _ => b"502 5.5.2 Command not recognized\r\n",
+                    };
+                    let _ = stream.write_all(reply);
+                }
+                let _ = tx.send(mail);
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// The example config on the emulators, the store in `dir`, every minute, plus `extra`.
+fn every_minute(dir: &std::path::Path, sf: &str, pendo: &str, extra: &str) -> std::path::PathBuf {
+    let cfg = dir.join("usagesync.yaml");
+    let text = example()
+        .replace("http://127.0.0.1:8443", sf)
+        .replace("http://127.0.0.1:8444", pendo)
+        .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.join("state.db").display()))
+        .replace("schedule: \"0 6 * * *\"", "schedule: \"* * * * *\"")
+        + extra;
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// Polls the console's overview until it contains every needle (30 s at most).
+fn wait_console(url: &str, needles: &[&str]) -> String {
+    let started = Instant::now();
+    loop {
+        let page = get_with(url, "/console/", &[("Authorization", "Bearer console-token")]);
+        if needles.iter().all(|n| page.contains(n)) {
+            return page;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "not all of {needles:?} on the overview: {page}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_failed_run_alerts_by_email_and_starttls_required_refuses_a_server_without_it() {
+    let (mut emu, sf, pendo) = emulator("10");
+    let (port, mails) = smtp_sink();
+    // A second server that does not offer STARTTLS either, where the config requires it.
+    let (strict_port, strict_mails) = smtp_sink();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = every_minute(
+        dir.path(),
+        &sf,
+        &pendo,
+        &format!(
+            "alerts:\n  email:\n    - server: 127.0.0.1\n      port: {port}\n      from: usagesync <usagesync@example.com>\n      to: [ops@example.com, cs@example.com]\n      username: alerts\n      password: {{ env: SMTP_PASSWORD }}\n      starttls: optional\n    - server: 127.0.0.1\n      port: {strict_port}\n      from: usagesync@example.com\n      to: [ops@example.com]\n      username: alerts\n      password: {{ env: SMTP_PASSWORD }}\nconsole:\n  token: {{ env: CONSOLE_TOKEN }}\n"
+        ),
+    );
+    // Every run fails at the token request (a wrong Salesforce secret).
+    let (daemon, url) = daemon(&cfg, "2027-01-04T10:00:57Z");
+    let w = wait_for(&url, "a scheduled run to end", |w| w["last_state"].is_string());
+    assert_eq!(w["last_state"], "failed", "{w}");
+
+    let mail = mails.recv_timeout(Duration::from_secs(30)).expect("an alert e-mail");
+    assert!(mail.from.contains("<usagesync@example.com>"), "{mail:?}");
+    assert_eq!(mail.to.len(), 2, "{mail:?}");
+    assert!(mail.to.iter().any(|t| t.contains("<cs@example.com>")), "{mail:?}");
+    // It logged in with the password from the environment, and the message does not carry it.
+    use base64::Engine as _;
+    let plain = base64::engine::general_purpose::STANDARD.encode("\0alerts\0smtp-pass-word");
+    assert_eq!(mail.auth.as_deref(), Some(format!("AUTH PLAIN {plain}").as_str()), "{mail:?}");
+    assert!(mail.data.contains("Subject: usagesync: engagement failed\r\n"), "{}", mail.data);
+    assert!(mail.data.contains("To: ops@example.com, cs@example.com\r\n"), "{}", mail.data);
+    let body = mail.data.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    assert!(body.starts_with("usagesync: workflow engagement failed"), "{body}");
+    assert!(body.contains("workflow   engagement") && body.contains("trigger    schedule"), "{body}");
+    for secret in ["smtp-pass-word", &plain, "not-the-secret", "console-token"] {
+        assert!(!mail.data.contains(secret), "no secret in an alert e-mail: {}", mail.data);
+    }
+
+    // The strict receiver: no STARTTLS offered, so no login and no message, and the console says so.
+    let page = wait_console(
+        &url,
+        &[
+            &format!("e-mail via 127.0.0.1:{port}: delivered"),
+            &format!("e-mail via 127.0.0.1:{strict_port}: not delivered"),
+        ],
+    );
+    assert!(page.contains("STARTTLS") || page.contains("TLS"), "the reason names TLS: {page}");
+    while let Ok(m) = strict_mails.try_recv() {
+        assert!(m.auth.is_none() && m.from.is_empty() && m.data.is_empty(), "sent without TLS: {m:?}");
+    }
+    let logs = stop(daemon);
+    assert!(!logs.contains("smtp-pass-word") && !logs.contains(&plain), "{logs}");
+    let _ = emu.kill();
+    let _ = emu.wait();
+}
+
+#[test]
+fn a_run_that_spends_its_share_of_a_small_daily_cap_alerts_once() {
+    let (mut emu, sf, pendo) = emulator("10");
+    let (hook, received) = receiver(200);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = every_minute(
+        dir.path(),
+        &sf,
+        &pendo,
+        &format!("alerts:\n  webhooks:\n    - url: {hook}\n  budget_used_over: 0.05\n"),
+    );
+    // 0.1% of the emulated org's 100,000 calls a day: a cap of 100, so 5 calls cross the line.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("daily_share: 0.25"), "the example's budget changed: {text}");
+    std::fs::write(&cfg, text.replace("daily_share: 0.25", "daily_share: 0.001")).unwrap();
+    let (daemon, url) = daemon_with(&cfg, "2027-01-04T10:00:57Z", &[("SF_CLIENT_SECRET", "emulator-secret")]);
+    let w = wait_for(&url, "a scheduled run to end", |w| w["last_state"].is_string());
+    assert_ne!(w["last_state"], "failed", "the run reached Salesforce: {w}");
+
+    // Run alerts may come too (a deferred run); the budget one names the cap and the threshold.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let budget = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (_, body) = received.recv_timeout(left).expect("a budget alert");
+        let alert: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if alert["run"]["state"] == "budget" {
+            break alert;
+        }
+    };
+    assert_eq!(budget["run"]["workflow"], "(all workflows)", "{budget}");
+    let text = budget["text"].as_str().unwrap();
+    assert!(text.contains("of today's 100 API calls used or reserved"), "{text}");
+    assert!(text.contains("over alerts.budget_used_over (5%)"), "{text}");
+    // Checked every sweep, but sent once within quiet_for (1h by default).
+    let later = Instant::now() + Duration::from_secs(3);
+    while let Some(left) = later.checked_duration_since(Instant::now()) {
+        if let Ok((_, body)) = received.recv_timeout(left) {
+            let again: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_ne!(again["run"]["state"], "budget", "sent twice within quiet_for: {again}");
+        }
+    }
+    stop(daemon);
+    let _ = emu.kill();
+    let _ = emu.wait();
+}
+
+#[test]
+fn metrics_count_the_pendo_calls_of_this_process_by_kind() {
+    let (mut emu, sf, pendo) = emulator("10");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = every_minute(dir.path(), &sf, &pendo, "");
+    let (daemon, url) = daemon_with(&cfg, "2027-01-04T10:00:57Z", &[("SF_CLIENT_SECRET", "emulator-secret")]);
+    let series = |text: &str| -> std::collections::HashMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?))))
+            .collect()
+    };
+    // Before any run: every kind listed, at 0.
+    let before = series(&get(&url, "/metrics"));
+    assert_eq!(before.get("usagesync_pendo_calls_total{kind=\"aggregation\"}"), Some(&0.0), "{before:?}");
+    let w = wait_for(&url, "a scheduled run to end", |w| w["last_state"].is_string());
+    assert_ne!(w["last_state"], "failed", "the run reached Pendo: {w}");
+    let text = get(&url, "/metrics");
+    assert!(text.contains("# TYPE usagesync_pendo_calls_total counter"), "{text}");
+    let m = series(&text);
+    let kinds: Vec<&String> = m.keys().filter(|k| k.starts_with("usagesync_pendo_calls_total{")).collect();
+    assert_eq!(kinds.len(), 7, "{kinds:?}");
+    // engagement-scores reads usage through aggregations and writes nothing to Pendo.
+    assert!(m["usagesync_pendo_calls_total{kind=\"aggregation\"}"] > 0.0, "{text}");
+    assert_eq!(m["usagesync_pendo_calls_total{kind=\"metadata_write\"}"], 0.0, "{text}");
+    // The lag histogram is there, in the text format's shape (no webhook came: all zero).
+    assert!(text.contains("# TYPE usagesync_webhook_processing_lag_seconds histogram"), "{text}");
+    assert_eq!(m.get("usagesync_webhook_processing_lag_seconds_bucket{le=\"+Inf\"}"), Some(&0.0), "{text}");
+    assert_eq!(m.get("usagesync_webhook_processing_lag_seconds_count"), Some(&0.0), "{text}");
+    stop(daemon);
     let _ = emu.kill();
     let _ = emu.wait();
 }

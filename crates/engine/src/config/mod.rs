@@ -45,7 +45,7 @@ pub use console::{Console, ConsoleRole, ConsoleUser, DEFAULT_SESSION_HOURS};
 pub use error::{ConfigError, ConfigErrors};
 pub use expansion::{ExpansionConfig, Milestone, MilestoneKind, OpportunityTemplate};
 pub use new_users::{ContactFields, DEFAULT_NEW_USERS_OVERLAP, NewUsersConfig, UnmatchedAccount};
-pub use notify::{ALERT_STATES, AlertFormat, AlertWebhook, Alerts};
+pub use notify::{ALERT_STATES, AlertEmail, AlertFormat, AlertWebhook, Alerts, StartTls};
 pub use nps::{ContactMatch, FollowUpObject, HealthScoreConfig, NpsConfig, OwnerSource};
 pub use people::{ContactEngagementConfig, PersonFields, PersonMatch};
 pub use secret::{Secret, SecretString};
@@ -553,6 +553,11 @@ impl Config {
                 out.push((format!("alerts.webhooks[{i}].secret"), secret));
             }
         }
+        for (i, email) in self.alerts.iter().flat_map(|a| a.email.iter()).enumerate() {
+            if let Some(password) = &email.password {
+                out.push((format!("alerts.email[{i}].password"), password));
+            }
+        }
         out
     }
 
@@ -614,6 +619,14 @@ impl Config {
         }
         if let Some(console) = &mut self.console {
             rebase(&mut console.token);
+        }
+        if let Some(alerts) = &mut self.alerts {
+            for secret in alerts.webhooks.iter_mut().filter_map(|h| h.secret.as_mut()) {
+                rebase(secret);
+            }
+            for password in alerts.email.iter_mut().filter_map(|e| e.password.as_mut()) {
+                rebase(password);
+            }
         }
     }
 }

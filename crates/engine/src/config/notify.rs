@@ -1,6 +1,7 @@
 //! The `alerts:` section: where the daemon tells people that a scheduled run did not succeed
-//! (failed, partial, deferred…). Its typed form, wire form and validation live here so the
-//! shared config files only gain a line each. Sending is the binary's job.
+//! (failed, partial, deferred…), by webhook or by e-mail over SMTP. Its typed form, wire form
+//! and validation live here so the shared config files only gain a line each. Sending is the
+//! binary's job.
 
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ pub const DEFAULT_QUIET_FOR: Duration = Duration::from_secs(3_600);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Alerts {
     pub webhooks: Vec<AlertWebhook>,
+    /// E-mail receivers; with `webhooks`, at least one receiver in all.
+    pub email: Vec<AlertEmail>,
     /// Run states that alert (from [`ALERT_STATES`]).
     pub on: Vec<String>,
     /// The same workflow ending in the same state again within this long sends nothing more,
@@ -44,6 +47,51 @@ pub struct AlertWebhook {
     pub format: AlertFormat,
 }
 
+/// One e-mail receiver: an SMTP server (submission, port 587 by default) and who gets the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertEmail {
+    /// The SMTP server's host name (also the name its TLS certificate must carry).
+    pub server: String,
+    pub port: u16,
+    /// The sender address (`ops@example.com`, or `usagesync <ops@example.com>`).
+    pub from: String,
+    /// Recipient addresses; at least one.
+    pub to: Vec<String>,
+    /// Login, when the server asks for one; the password is a secret reference.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub starttls: StartTls,
+}
+
+/// Whether the SMTP connection is upgraded to TLS with STARTTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartTls {
+    /// Refuse to send (and to log in) unless the server offers STARTTLS; the default.
+    Required,
+    /// Upgrade when the server offers it, send in the clear otherwise.
+    Optional,
+    /// Never upgrade: for a relay on the same host or network only.
+    None,
+}
+
+impl StartTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartTls::Required => "required",
+            StartTls::Optional => "optional",
+            StartTls::None => "none",
+        }
+    }
+}
+
+/// Default SMTP port: submission with STARTTLS; plain SMTP when STARTTLS is off.
+fn default_port(starttls: StartTls) -> u16 {
+    match starttls {
+        StartTls::None => 25,
+        StartTls::Required | StartTls::Optional => 587,
+    }
+}
+
 /// The body's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AlertFormat {
@@ -65,7 +113,10 @@ impl AlertFormat {
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Wire {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub webhooks: Option<Vec<WebhookWire>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<Vec<EmailWire>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -88,15 +139,132 @@ pub(crate) struct WebhookWire {
     pub format: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EmailWire {
+    pub server: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub from: Option<String>,
+    pub to: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<super::wire::Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starttls: Option<String>,
+}
+
+/// A bare address (`ops@example.com`) or one with a display name (`Ops <ops@example.com>`).
+/// Deliberately loose: the SMTP server is the judge; this catches typos and header injection.
+fn valid_address(text: &str) -> bool {
+    let addr = match text.trim().rsplit_once('<') {
+        Some((_, rest)) => match rest.strip_suffix('>') {
+            Some(inner) => inner,
+            None => return false,
+        },
+        None => text.trim(),
+    };
+    !text.contains(['\r', '\n'])
+        && addr.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !addr.contains(char::is_whitespace)
+                && !addr.contains(['<', '>', ',', ';'])
+        })
+}
+
+fn build_email(i: usize, e: &EmailWire, errors: &mut Errors) -> Option<AlertEmail> {
+    let key = |leaf: &str| format!("alerts.email[{i}].{leaf}");
+    let mut ok = true;
+    let server = errors.required(&e.server, &key("server")).and_then(|host| {
+        let valid = !host.is_empty() && !host.contains(|c: char| c.is_whitespace() || matches!(c, '/' | ':' | '@'));
+        if !valid {
+            errors.push(&key("server"), format!("`{host}` is not a host name (no scheme, port or path)"));
+        }
+        valid.then(|| host.clone())
+    });
+    let address = |text: &String, key: String, errors: &mut Errors| {
+        let valid = valid_address(text);
+        if !valid {
+            errors.push(&key, format!("`{text}` is not an e-mail address"));
+        }
+        valid
+    };
+    let from = errors.required(&e.from, &key("from")).cloned();
+    if let Some(from) = &from {
+        ok &= address(from, key("from"), errors);
+    }
+    let to = errors.required(&e.to, &key("to")).cloned();
+    if to.as_ref().is_some_and(Vec::is_empty) {
+        errors.push(&key("to"), "no recipients: add at least one address");
+        ok = false;
+    }
+    for (j, addr) in to.iter().flatten().enumerate() {
+        ok &= address(addr, format!("alerts.email[{i}].to[{j}]"), errors);
+    }
+    let starttls = match e.starttls.as_deref() {
+        None | Some("required") => StartTls::Required,
+        Some("optional") => StartTls::Optional,
+        Some("none") => StartTls::None,
+        Some(other) => {
+            errors.push(&key("starttls"), format!("`{other}` is not a STARTTLS mode: required, optional or none"));
+            ok = false;
+            StartTls::Required
+        }
+    };
+    if e.port == Some(0) {
+        errors.push(&key("port"), "must be a port number from 1 to 65535");
+        ok = false;
+    }
+    let password = match &e.password {
+        None => Some(None),
+        Some(s) => validate::secret(s, &key("password"), errors).map(Some),
+    };
+    match (&e.username, &e.password) {
+        (Some(_), None) => {
+            errors.push(&key("password"), "missing: a `username` needs a `password` ({env: NAME} or {file: PATH})");
+            ok = false;
+        }
+        (None, Some(_)) => {
+            errors.push(&key("username"), "missing: a `password` needs a `username`");
+            ok = false;
+        }
+        _ => {}
+    }
+    match (ok, server, from, to, password) {
+        (true, Some(server), Some(from), Some(to), Some(password)) => Some(AlertEmail {
+            server,
+            port: e.port.unwrap_or_else(|| default_port(starttls)),
+            from,
+            to,
+            username: e.username.clone(),
+            password,
+            starttls,
+        }),
+        _ => None,
+    }
+}
+
 /// Checks the section; `Some(None)` when it is absent, `None` after an error.
 pub(super) fn build(w: Option<&Wire>, errors: &mut Errors) -> Option<Option<Alerts>> {
     let Some(w) = w else { return Some(None) };
     let mut ok = true;
     let mut webhooks = Vec::new();
-    let list = errors.required(&w.webhooks, "alerts.webhooks");
-    if list.is_some_and(Vec::is_empty) {
-        errors.push("alerts.webhooks", "no receivers: add one, or remove `alerts:`");
+    let list = w.webhooks.as_ref();
+    let mail = w.email.as_ref();
+    if list.is_none_or(Vec::is_empty) && mail.is_none_or(Vec::is_empty) {
+        let key = if list.is_some() || mail.is_none() { "alerts.webhooks" } else { "alerts.email" };
+        errors.push(key, "no receivers: add a webhook or an e-mail receiver, or remove `alerts:`");
         ok = false;
+    }
+    let mut email = Vec::new();
+    for (i, e) in mail.into_iter().flatten().enumerate() {
+        match build_email(i, e, errors) {
+            Some(e) => email.push(e),
+            None => ok = false,
+        }
     }
     for (i, hook) in list.into_iter().flatten().enumerate() {
         let key = |leaf: &str| format!("alerts.webhooks[{i}].{leaf}");
@@ -174,19 +342,12 @@ pub(super) fn build(w: Option<&Wire>, errors: &mut Errors) -> Option<Option<Aler
         errors.push("alerts.budget_used_over", format!("must be more than 0 and at most 1 (got {share})"));
         ok = false;
     }
-    (ok && list.is_some()).then_some(Some(Alerts {
-        webhooks,
-        on,
-        quiet_for,
-        no_success_for,
-        open_failures_over,
-        budget_used_over,
-    }))
+    ok.then_some(Some(Alerts { webhooks, email, on, quiet_for, no_success_for, open_failures_over, budget_used_over }))
 }
 
 pub(super) fn to_wire(a: &Alerts, secret: impl Fn(&Secret) -> super::wire::Secret) -> Wire {
     Wire {
-        webhooks: Some(
+        webhooks: (!a.webhooks.is_empty()).then(|| {
             a.webhooks
                 .iter()
                 .map(|h| WebhookWire {
@@ -194,8 +355,22 @@ pub(super) fn to_wire(a: &Alerts, secret: impl Fn(&Secret) -> super::wire::Secre
                     secret: h.secret.as_ref().map(&secret),
                     format: Some(h.format.as_str().to_owned()),
                 })
-                .collect(),
-        ),
+                .collect()
+        }),
+        email: (!a.email.is_empty()).then(|| {
+            a.email
+                .iter()
+                .map(|e| EmailWire {
+                    server: Some(e.server.clone()),
+                    port: Some(e.port),
+                    from: Some(e.from.clone()),
+                    to: Some(e.to.clone()),
+                    username: e.username.clone(),
+                    password: e.password.as_ref().map(&secret),
+                    starttls: Some(e.starttls.as_str().to_owned()),
+                })
+                .collect()
+        }),
         on: Some(a.on.clone()),
         quiet_for: Some(super::duration::format(a.quiet_for)),
         no_success_for: a.no_success_for.map(super::duration::format),
@@ -251,5 +426,49 @@ mod tests {
         assert!(errors.contains("did you mean `engagement-scores`?"), "{errors}");
         let unknown = base() + "alerts:\n  webhooks: []\n  email: ops@example.com\n";
         assert!(load_str(&unknown, "t.yaml").unwrap_err().to_string().contains("email"));
+    }
+
+    #[test]
+    fn email_receivers_load_with_defaults_and_alone() {
+        let text = base()
+            + "alerts:\n  email:\n    - server: smtp.example.com\n      from: usagesync <usagesync@example.com>\n      to: [ops@example.com, cs@example.com]\n      username: usagesync\n      password: { env: SMTP_PASSWORD }\n    - server: relay.internal\n      from: usagesync@example.com\n      to: [ops@example.com]\n      starttls: none\n";
+        let config = load_str(&text, "t.yaml").unwrap();
+        let alerts = config.alerts.as_ref().unwrap();
+        assert!(alerts.webhooks.is_empty());
+        let [first, second] = &alerts.email[..] else { panic!("{:?}", alerts.email) };
+        assert_eq!((first.port, first.starttls), (587, StartTls::Required));
+        assert_eq!(first.to, ["ops@example.com", "cs@example.com"]);
+        assert_eq!(first.password, Some(Secret::Env("SMTP_PASSWORD".into())));
+        assert_eq!((second.port, second.starttls, second.username.as_deref()), (25, StartTls::None, None));
+        assert!(config.secrets().iter().any(|(k, _)| k == "alerts.email[0].password"));
+        // The redacted form names the secret's reference, and loads back to the same thing.
+        let yaml = config.redacted_yaml();
+        assert!(yaml.contains("SMTP_PASSWORD") && yaml.contains("starttls: none"), "{yaml}");
+        assert_eq!(load_str(&yaml, "t.yaml").unwrap().alerts, config.alerts);
+    }
+
+    #[test]
+    fn every_bad_email_key_is_reported_at_its_place() {
+        let text = base()
+            + "alerts:\n  email:\n    - server: smtp://mail.example.com\n      port: 0\n      from: usagesync\n      to: [ops@example.com, \"a b@example.com\"]\n      username: usagesync\n      starttls: sometimes\n    - server: smtp.example.com\n      from: usagesync@example.com\n      to: []\n      password: { env: SMTP_PASSWORD }\n";
+        let errors = load_str(&text, "t.yaml").unwrap_err().to_string();
+        for needle in [
+            "alerts.email[0].server: `smtp://mail.example.com` is not a host name",
+            "alerts.email[0].port: must be a port number",
+            "alerts.email[0].from: `usagesync` is not an e-mail address",
+            "alerts.email[0].to[1]: `a b@example.com` is not an e-mail address",
+            "alerts.email[0].password: missing",
+            "alerts.email[0].starttls: `sometimes` is not a STARTTLS mode",
+            "alerts.email[1].to: no recipients",
+            "alerts.email[1].username: missing",
+        ] {
+            assert!(errors.contains(needle), "{needle} not in {errors}");
+        }
+        let literal = base()
+            + "alerts:\n  email:\n    - server: smtp.example.com\n      from: a@example.com\n      to: [b@example.com]\n      username: u\n      password: hunter2\n";
+        let errors = load_str(&literal, "t.yaml").unwrap_err().to_string();
+        assert!(errors.contains("alerts.email[0].password") && !errors.contains("hunter2"), "{errors}");
+        let none = base() + "alerts:\n  email: []\n";
+        assert!(load_str(&none, "t.yaml").unwrap_err().to_string().contains("alerts.email: no receivers"));
     }
 }

@@ -82,7 +82,28 @@ impl Client {
         &self,
         options: &IngestOptions,
         records: I,
+        on_outcome: F,
+    ) -> Result<IngestSummary>
+    where
+        I: IntoIterator<Item = T>,
+        T: Serialize,
+        F: FnMut(RowOutcome) + Send,
+    {
+        self.bulk_ingest_progress(options, records, on_outcome, &|_| {}).await
+    }
+
+    /// [`Client::bulk_ingest_with`], telling `on_progress` after each status poll how many
+    /// rows Salesforce has processed so far (`numberRecordsProcessed`, summed over the jobs
+    /// before), so a long job is not a silent wait.
+    ///
+    /// # Errors
+    /// As [`Client::bulk_ingest_with`].
+    pub async fn bulk_ingest_progress<I, T, F>(
+        &self,
+        options: &IngestOptions,
+        records: I,
         mut on_outcome: F,
+        on_progress: &(dyn Fn(u64) + Sync),
     ) -> Result<IngestSummary>
     where
         I: IntoIterator<Item = T>,
@@ -109,7 +130,12 @@ impl Client {
                 rows = spool.rows,
                 "Bulk ingest job submitted."
             );
-            let info = self.wait_for_job(&job.id, false, &options.poll, spool.rows).await?;
+            let before: u64 = summary.jobs.iter().map(|j| j.number_records_processed).sum();
+            let info = self
+                .wait_for_job_with(&job.id, false, &options.poll, spool.rows, &|i: &JobInfo| {
+                    on_progress(before + i.number_records_processed);
+                })
+                .await?;
             let SpoolFile { fingerprints, .. } = spool;
             self.read_ingest_results(&info, Some(fingerprints), &mut summary, &mut on_outcome).await?;
             summary.jobs.push(info);

@@ -168,6 +168,21 @@ impl Client {
     /// Request-level failures of a poll, or [`Error::InvalidInput`] when `poll.timeout` passes
     /// first (the job keeps running).
     pub async fn wait_for_job(&self, job_id: &str, query: bool, poll: &PollPolicy, records: u64) -> Result<JobInfo> {
+        self.wait_for_job_with(job_id, query, poll, records, &|_| {}).await
+    }
+
+    /// [`Client::wait_for_job`], showing `on_poll` every status read (the last one too).
+    ///
+    /// # Errors
+    /// As [`Client::wait_for_job`].
+    pub async fn wait_for_job_with(
+        &self,
+        job_id: &str,
+        query: bool,
+        poll: &PollPolicy,
+        records: u64,
+        on_poll: &(dyn Fn(&JobInfo) + Sync),
+    ) -> Result<JobInfo> {
         let kind = if query { Kind::Query } else { Kind::Ingest };
         let started = Instant::now();
         let mut n = 0;
@@ -181,6 +196,7 @@ impl Client {
             }
             tokio::time::sleep(delay).await;
             let info = self.job_info(kind, job_id).await?;
+            on_poll(&info);
             if info.state.is_terminal() {
                 return Ok(info);
             }

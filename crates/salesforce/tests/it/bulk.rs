@@ -160,6 +160,25 @@ async fn large_inputs_split_into_jobs_and_identical_rows_match_once_each() {
 }
 
 #[tokio::test]
+async fn progress_follows_the_processed_count_across_jobs() {
+    let org = Org::start().await;
+    let client = org.client();
+    let opts = IngestOptions { max_job_bytes: 2_000, ..options("Account", BulkOperation::Insert) };
+    let seen = std::sync::Mutex::new(Vec::new());
+    let rows = (0..600).map(|i| json!({"Name": format!("Acme {i}")}));
+    let summary = client.bulk_ingest_progress(&opts, rows, |_| {}, &|n| seen.lock().unwrap().push(n)).await.unwrap();
+    assert!(summary.jobs.len() >= 2, "{} jobs", summary.jobs.len());
+    let seen = seen.into_inner().unwrap();
+    // One report per status poll, at least one per job, never going back, ending at every row.
+    assert!(seen.len() >= summary.jobs.len(), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert_eq!(seen.last(), Some(&600), "{seen:?}");
+    // A later job's reports start from the rows of the jobs before it.
+    let first_job = summary.jobs[0].number_records_processed;
+    assert!(seen.iter().any(|n| *n > first_job), "{first_job} {seen:?}");
+}
+
+#[tokio::test]
 async fn csv_options_round_trip() {
     let org = Org::start().await;
     let client = org.client();

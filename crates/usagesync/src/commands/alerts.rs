@@ -2,7 +2,8 @@
 //! (failed, partial, deferred by default), when an enabled workflow has had no success for
 //! `alerts.no_success_for`, or has more open failures than `alerts.open_failures_over` (checked
 //! periodically by [`Notifier::check`]), a JSON message is POSTed to each `alerts.webhooks`
-//! receiver, signed with HMAC-SHA256 when a secret is given. Sending happens on a task of its
+//! receiver, signed with HMAC-SHA256 when a secret is given, and an e-mail goes out through each
+//! `alerts.email` SMTP server (STARTTLS as configured). Sending happens on a task of its
 //! own with a few retries, so a slow or dead receiver never holds a run or the scheduler; the
 //! same workflow ending in the same state again within `alerts.quiet_for` sends nothing more.
 //! Messages carry facts about the run (names, counts, the error text), never a secret.
@@ -13,7 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use engine::config::{AlertFormat, Alerts};
+use engine::config::{AlertEmail, AlertFormat, Alerts, StartTls};
+use lettre::message::{Mailbox, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -34,7 +39,7 @@ pub struct Sent {
     pub workflow: String,
     pub state: String,
     pub text: String,
-    /// Per receiver (by host): "delivered" or why not.
+    /// Per receiver (a webhook by host, an e-mail by server): "delivered" or why not.
     pub outcome: Vec<(String, String)>,
 }
 
@@ -99,6 +104,8 @@ struct Inner {
     /// Each receiver's HMAC key, resolved once at start.
     keys: Vec<Option<Vec<u8>>>,
     client: reqwest::Client,
+    /// One per `alerts.email` receiver, built (password read) at start.
+    mailers: Vec<Mailer>,
     /// (workflow, state) → when an alert for it was last sent.
     last_sent: Mutex<HashMap<(String, String), Instant>>,
     host: String,
@@ -124,12 +131,14 @@ impl Notifier {
             });
         }
         let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
+        let mailers = config.email.iter().enumerate().map(|(i, e)| Mailer::new(i, e, env)).collect::<Result<_>>()?;
         let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "-".into());
         Ok(Some(Notifier {
             inner: Arc::new(Inner {
                 config: config.clone(),
                 keys,
                 client,
+                mailers,
                 last_sent: Mutex::new(HashMap::new()),
                 host,
                 sent: Arc::clone(sent),
@@ -269,6 +278,9 @@ impl Notifier {
                 let key = inner.keys.get(i).and_then(Option::as_ref);
                 outcome.push(deliver(&inner.client, hook.url.as_str(), key.map(Vec::as_slice), body, &alert).await);
             }
+            for mailer in &inner.mailers {
+                outcome.push(mailer.deliver(&alert, &inner.host).await);
+            }
             let sent = Sent {
                 at: alert.at,
                 workflow: alert.workflow.clone(),
@@ -316,6 +328,116 @@ async fn deliver(
     tracing::warn!(workflow = %alert.workflow, state = %alert.state, receiver = %host, error = %last_error,
         "Alert not delivered after {ATTEMPTS} attempts");
     (host, format!("not delivered after {ATTEMPTS} attempts: {last_error}"))
+}
+
+/// One e-mail receiver, ready to send.
+struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    to: Vec<Mailbox>,
+    /// How the console and the logs name this receiver: `e-mail via <server>:<port>`.
+    label: String,
+}
+
+impl Mailer {
+    fn new(i: usize, e: &AlertEmail, env: engine::connect::Env<'_>) -> Result<Mailer> {
+        let key = |leaf: &str| format!("alerts.email[{i}].{leaf}");
+        let mailbox = |text: &str, key: String| {
+            text.parse::<Mailbox>()
+                .map_err(|error| anyhow::anyhow!("{key}: `{text}` is not an e-mail address: {error}"))
+        };
+        let from = mailbox(&e.from, key("from"))?;
+        let to =
+            e.to.iter()
+                .enumerate()
+                .map(|(j, t)| mailbox(t, format!("alerts.email[{i}].to[{j}]")))
+                .collect::<Result<Vec<_>>>()?;
+        let tls = |required: bool| -> Result<Tls> {
+            let params = TlsParameters::new(e.server.clone())
+                .map_err(|error| anyhow::anyhow!("{}: TLS for {}: {error}", key("starttls"), e.server))?;
+            Ok(if required { Tls::Required(params) } else { Tls::Opportunistic(params) })
+        };
+        let tls = match e.starttls {
+            StartTls::Required => tls(true)?,
+            StartTls::Optional => tls(false)?,
+            StartTls::None => Tls::None,
+        };
+        // `builder_dangerous` only means "no TLS chosen for me": the line above chooses it.
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&e.server)
+            .port(e.port)
+            .tls(tls)
+            .timeout(Some(TIMEOUT));
+        if let (Some(user), Some(password)) = (&e.username, &e.password) {
+            let password =
+                password.resolve(env).map_err(|error| anyhow::anyhow!("{}: {}", key("password"), error.message))?;
+            builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
+        }
+        Ok(Mailer { transport: builder.build(), from, to, label: format!("e-mail via {}:{}", e.server, e.port) })
+    }
+
+    /// Sends one alert with retries, like [`deliver`]; the outcome for the console.
+    async fn deliver(&self, alert: &RunAlert, host: &str) -> (String, String) {
+        let message = match self.message(alert, host) {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(workflow = %alert.workflow, state = %alert.state, receiver = %self.label,
+                    error = %error, "Alert e-mail not built");
+                return (self.label.clone(), format!("not sent: {error}"));
+            }
+        };
+        let mut backoff = FIRST_BACKOFF;
+        let mut last_error = String::new();
+        for attempt in 1..=ATTEMPTS {
+            match self.transport.send(message.clone()).await {
+                Ok(_) => {
+                    tracing::info!(workflow = %alert.workflow, state = %alert.state, receiver = %self.label, "Alert sent");
+                    let tries = if attempt == 1 { String::new() } else { format!(" (attempt {attempt})") };
+                    return (self.label.clone(), format!("delivered{tries}"));
+                }
+                // A refusal that will not change (bad login, unknown recipient) is not retried.
+                Err(error) if error.is_permanent() => {
+                    last_error = error.to_string();
+                    break;
+                }
+                Err(error) => last_error = error.to_string(),
+            }
+            if attempt < ATTEMPTS {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+        }
+        tracing::warn!(workflow = %alert.workflow, state = %alert.state, receiver = %self.label, error = %last_error,
+            "Alert e-mail not delivered");
+        (self.label.clone(), format!("not delivered: {last_error}"))
+    }
+
+    /// Subject `usagesync: <workflow> <state>`; a plain-text body with the one-line summary
+    /// and the run's facts (the same ones the JSON webhook carries).
+    fn message(&self, alert: &RunAlert, host: &str) -> Result<lettre::Message> {
+        let mut builder = lettre::Message::builder()
+            .from(self.from.clone())
+            .subject(format!("usagesync: {} {}", alert.workflow, alert.state.replace('_', " ")))
+            .header(ContentType::TEXT_PLAIN);
+        for to in &self.to {
+            builder = builder.to(to.clone());
+        }
+        let mut body = format!("{}\n\n", alert.text());
+        let mut fact = |name: &str, value: &dyn std::fmt::Display| body.push_str(&format!("{name:<10} {value}\n"));
+        fact("workflow", &alert.workflow);
+        fact("state", &alert.state);
+        if let Some(run) = &alert.run_id {
+            fact("run", run);
+        }
+        fact("trigger", &alert.trigger);
+        if alert.trigger != "check" {
+            fact("written", &alert.written);
+            fact("failed", &alert.failed);
+            fact("deferred", &alert.deferred);
+        }
+        fact("at", &alert.at.format("%Y-%m-%d %H:%M:%S UTC"));
+        fact("host", &host);
+        Ok(builder.body(body)?)
+    }
 }
 
 /// `26h`, `90m`, `45s`: the largest unit that divides the span exactly.

@@ -1,6 +1,8 @@
 //! `/metrics` in the Prometheus text format, computed from the state store on each scrape: the
 //! counters then agree with `usagesync runs` by construction, survive restarts, and cover every
-//! worker sharing the store, not just this process.
+//! worker sharing the store, not just this process. Two families are this process's own,
+//! because nothing stores them: Pendo calls by kind (counted by the Pendo client) and the
+//! webhook processing-lag histogram ([`engine::observe::WEBHOOK_LAG`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -129,6 +131,9 @@ pub async fn render(ctx: &Context, running: &[String]) -> Result<String, engine:
     let lag = oldest.map_or(0.0, |e| (Utc::now() - e.received_at).num_milliseconds().max(0) as f64 / 1000.0);
     let _ = writeln!(out, "usagesync_webhook_lag_seconds {lag}");
 
+    pendo_calls(&mut out, &ctx.pendo);
+    webhook_lag(&mut out, &engine::observe::WEBHOOK_LAG.snapshot());
+
     header(&mut out, "usagesync_workflow_running", "gauge", "1 while this process runs the workflow.");
     for name in ctx.config.workflows.keys() {
         let on = u8::from(running.iter().any(|r| r == name));
@@ -162,6 +167,30 @@ fn last_success(out: &mut String, runs: &[Run]) {
     }
     header(out, "usagesync_build_info", "gauge", "Always 1; the version of the running binary as a label.");
     let _ = writeln!(out, "usagesync_build_info{{version=\"{}\"}} 1", label(env!("CARGO_PKG_VERSION")));
+}
+
+/// Requests this process sent to Pendo, every kind listed (0 included) so a rate is defined.
+fn pendo_calls(out: &mut String, pendo: &pendo::Client) {
+    header(
+        out,
+        "usagesync_pendo_calls_total",
+        "counter",
+        "Requests this process sent to Pendo (retries included), by kind.",
+    );
+    for (kind, n) in pendo.calls_by_kind() {
+        let _ = writeln!(out, "usagesync_pendo_calls_total{{kind=\"{}\"}} {n}", label(kind));
+    }
+}
+
+fn webhook_lag(out: &mut String, h: &engine::observe::Snapshot) {
+    let name = "usagesync_webhook_processing_lag_seconds";
+    header(out, name, "histogram", "From storing a webhook event to the batch in this process that processed it.");
+    for (le, n) in &h.buckets {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum {}", h.sum_seconds);
+    let _ = writeln!(out, "{name}_count {}", h.count);
 }
 
 fn duration(r: &Run) -> Option<f64> {
