@@ -226,6 +226,15 @@ fn webhooks_polls_and_restarts_each_land_exactly_once() {
     assert_eq!(follow_ups_for(&sf, &contacts[2]).len(), 1);
     let (_, metrics) = request(&url, "GET", "/healthz", None);
     assert_eq!(metrics["workflows"]["nps"]["last_state"], "succeeded", "{metrics}");
+    // The two answers that came by webhook were timed from receipt to processing (the third
+    // came by the poll: not a webhook).
+    let text = metrics_text(&url);
+    let lagged: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("usagesync_webhook_processing_lag_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no lag count in:\n{text}"));
+    assert!(lagged >= 2.0, "{text}");
     stop(daemon);
 
     // SIGTERM while a response waits in its batching window: it stays pending, and the next
@@ -239,15 +248,7 @@ fn webhooks_polls_and_restarts_each_land_exactly_once() {
     fire(&pendo, json!({"event": "npsSubmitted", "visitorId": "nps-v4", "accountId": "nps-acct", "rating": 5}));
     eventually("the webhook is stored", || {
         let (_, m) = request(&url, "GET", "/healthz", None);
-        let text = {
-            let host = url.trim_start_matches("http://");
-            let mut s = std::net::TcpStream::connect(host).unwrap();
-            s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-                .unwrap();
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            out
-        };
+        let text = metrics_text(&url);
         (!text.lines().any(|l| l == "usagesync_webhook_queue_depth 1")).then(|| format!("{m}\n{text}"))
     });
     stop(daemon);
@@ -336,4 +337,14 @@ fn a_first_seen_webhook_makes_the_contact_without_waiting_for_the_poll() {
     stop(daemon);
     let _ = emu.kill();
     let _ = emu.wait();
+}
+
+/// The daemon's /metrics text.
+fn metrics_text(url: &str) -> String {
+    let host = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }

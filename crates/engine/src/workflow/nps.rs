@@ -498,6 +498,15 @@ pub async fn process(
         ctx.store.commit_create(&r.key, "handled", ctx.clock.now()).await?;
     }
     ctx.store.mark_processed(&done, ctx.clock.now()).await?;
+    // Lag from a webhook's receipt to its processing (reconciled poll rows are not webhooks).
+    let done_ids: HashSet<&str> = done.iter().map(String::as_str).collect();
+    crate::observe::webhook_events_processed(
+        events
+            .iter()
+            .filter(|e| e.source != "pendo-poll" && done_ids.contains(e.unique_id.as_str()))
+            .map(|e| e.received_at),
+        ctx.clock.now(),
+    );
     if let (Some(id), true) = (run_id, own_run) {
         let state = if report.failed == 0 { RunState::Succeeded } else { RunState::Partial };
         let stats = serde_json::to_value(&report).unwrap_or(Value::Null);
