@@ -29,12 +29,28 @@ impl BudgetReport {
     }
 }
 
-/// Reads `/limits` (one call) and the ledger.
+/// How old an `Sforce-Limit-Info` reading may be and still stand for the org's usage: any
+/// answer from Salesforce carries one, so a run that already called it needs no `/limits` read.
+const FRESH: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// The org's allocation and use: from the latest `Sforce-Limit-Info` header this client saw when
+/// it is fresh (no call), else from `/limits` (one call); then the ledger.
 pub(crate) async fn today(ctx: &Context, now: DateTime<Utc>) -> Result<BudgetReport, RunError> {
-    let limits = ctx.salesforce.limits().await.map_err(|source| RunError::Salesforce { what: "org limits", source })?;
-    let (max, remaining) = limits
-        .daily_api_requests()
-        .map_or((0, 0), |l| (u64::try_from(l.max).unwrap_or(0), u64::try_from(l.remaining).unwrap_or(0)));
+    let seen = ctx
+        .salesforce
+        .api_usage()
+        .filter(|s| s.observed_at.elapsed().is_ok_and(|age| age <= FRESH))
+        .and_then(|s| s.info.api_usage);
+    let (max, remaining) = match seen {
+        Some(u) => (u.max, u.max.saturating_sub(u.used)),
+        None => {
+            let limits =
+                ctx.salesforce.limits().await.map_err(|source| RunError::Salesforce { what: "org limits", source })?;
+            limits
+                .daily_api_requests()
+                .map_or((0, 0), |l| (u64::try_from(l.max).unwrap_or(0), u64::try_from(l.remaining).unwrap_or(0)))
+        }
+    };
     let day = now.date_naive();
     ctx.store.observe_org_usage(day, max - remaining.min(max), max, now).await?;
     let ledger = ctx.store.budget_day(day).await?;
@@ -52,4 +68,58 @@ pub(crate) async fn today(ctx: &Context, now: DateTime<Utc>) -> Result<BudgetRep
         this_run: 0,
         available: ours.min(org),
     })
+}
+
+/// Today's budget, read when a stage first needs it, so a run that finds nothing to read from or
+/// write to Salesforce spends no call on learning it.
+pub(crate) struct Budget {
+    now: DateTime<Utc>,
+    read: tokio::sync::OnceCell<BudgetReport>,
+    /// Salesforce calls reading the budget took (0 or 1): a run's allowance is what is
+    /// available less every other call the run made (the ledger is settled when it ends).
+    own_calls: std::sync::atomic::AtomicU64,
+}
+
+impl Budget {
+    pub(crate) fn new(now: DateTime<Utc>) -> Self {
+        Budget { now, read: tokio::sync::OnceCell::new(), own_calls: Default::default() }
+    }
+
+    /// Reads the budget on first use (see [`today`]).
+    pub(crate) async fn get(&self, ctx: &Context) -> Result<&BudgetReport, RunError> {
+        self.read
+            .get_or_try_init(|| async {
+                let before = ctx.salesforce.requests_sent();
+                let report = today(ctx, self.now).await?;
+                let spent = ctx.salesforce.requests_sent().saturating_sub(before);
+                self.own_calls.store(spent, std::sync::atomic::Ordering::Relaxed);
+                Ok(report)
+            })
+            .await
+    }
+
+    /// The budget if a stage has read it; otherwise usagesync's own figures from the ledger
+    /// with the org's last reading the store holds (nothing was spent, nothing needed it).
+    pub(crate) async fn report(&self, ctx: &Context) -> Result<BudgetReport, RunError> {
+        if let Some(r) = self.read.get() {
+            return Ok(r.clone());
+        }
+        let ledger = ctx.store.budget_day(self.now.date_naive()).await?;
+        let (max, used) = (ledger.org_max.unwrap_or(0), ledger.org_used.unwrap_or(0));
+        let cap = (max as f64 * ctx.config.budget.daily_share).floor() as u64;
+        Ok(BudgetReport {
+            org_max: max,
+            org_used: used,
+            daily_share: ctx.config.budget.daily_share,
+            cap,
+            spent_before: ledger.spent,
+            this_run: 0,
+            available: cap.saturating_sub(ledger.spent + ledger.reserved + 1),
+        })
+    }
+
+    /// Calls reading the budget took (0 before it was read, or when a fresh header sufficed).
+    pub(crate) fn own_calls(&self) -> u64 {
+        self.own_calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }

@@ -185,9 +185,13 @@ async fn first_run_writes_the_right_accounts_and_a_second_run_writes_nothing() {
     assert_eq!(claimed, first.written);
 
     let usage_before = w.accounts().await;
+    let sent_before = w.ctx.salesforce.requests_sent();
     let second = w.run(false).await;
     assert_eq!((second.written, second.changed, second.write_calls()), (0, 0, 0), "{second:?}");
-    assert_eq!(second.api_calls.keys().collect::<Vec<_>>(), vec!["read_limits"], "cached matches: no Account read");
+    // Cached matches and no change: no Account read, no describe, and no /limits read either
+    // (nothing needed the budget): not one Salesforce call.
+    assert!(second.api_calls.values().all(|n| *n == 0), "{:?}", second.api_calls);
+    assert_eq!(w.ctx.salesforce.requests_sent(), sent_before, "no request reached Salesforce");
     assert_eq!(w.accounts().await, usage_before);
 }
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use super::{Accounts, FreeMail, Outcome, Rule, accounts};
-use crate::budget::BudgetReport;
+use crate::budget::Budget;
 use crate::config::{EngagementConfig, MatchRule, Workflow};
 use crate::extract::{AccountFacts, AccountUsage};
 use crate::store::{IdMapEntry, MatchStatus};
@@ -42,7 +42,7 @@ pub(crate) async fn match_accounts(
     usage: &[AccountUsage],
     now: DateTime<Utc>,
     dry_run: bool,
-    budget: &BudgetReport,
+    budget: &Budget,
 ) -> Result<BTreeMap<String, Outcome>, RunError> {
     let cached = ctx.store.id_map(&workflow.name).await?;
     let recheck = chrono::Duration::from_std(config.recheck_matches_after).unwrap_or(chrono::Duration::days(7));
@@ -69,7 +69,8 @@ pub(crate) async fn match_accounts(
         MatchRule::EmailDomain { website_field, .. } => Some(website_field.as_str()),
         _ => None,
     });
-    let rows = accounts::read(&ctx.salesforce, external, website, budget.available).await?;
+    let available = budget.get(ctx).await?.available;
+    let rows = accounts::read(&ctx.salesforce, external, website, available).await?;
     let accounts = Accounts::new(rows);
     let pins: HashMap<String, String> = cached
         .values()

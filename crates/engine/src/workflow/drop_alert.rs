@@ -170,7 +170,8 @@ async fn body(
     run_id: Option<RunId>,
 ) -> Result<RunReport, RunError> {
     let mut meter = Meter::new(&ctx.salesforce);
-    let budget = crate::budget::today(ctx, now).await?;
+    let lazy = crate::budget::Budget::new(now);
+    let budget = lazy.get(ctx).await?.clone();
     meter.step("budget", Some("read_limits"));
     let limits_calls: u64 = meter.calls.values().sum();
 
@@ -199,17 +200,9 @@ async fn body(
     let pendo_calls = u64::from(extractor.stats().pendo_calls);
     meter.step("extract", None);
 
-    let outcomes = crate::matching::match_accounts(
-        ctx,
-        workflow,
-        &config.accounts,
-        &facts,
-        &current,
-        now,
-        options.dry_run,
-        &budget,
-    )
-    .await?;
+    let outcomes =
+        crate::matching::match_accounts(ctx, workflow, &config.accounts, &facts, &current, now, options.dry_run, &lazy)
+            .await?;
     meter.step("match", Some("read_accounts"));
 
     let scope = episode_scope(&workflow.name);

@@ -65,10 +65,9 @@ async fn body(
     };
     let mut meter = Meter::new(&ctx.salesforce);
 
-    step("Reading the API budget", None);
-    let budget = crate::budget::today(ctx, now).await?;
-    meter.step("budget", Some("read_limits"));
-    let limits_calls: u64 = meter.calls.values().sum();
+    // Read when a stage first needs it: a run with nothing to read from or write to Salesforce
+    // (a warm match cache, no change) makes no call at all.
+    let lazy = crate::budget::Budget::new(now);
 
     step("Reading usage from Pendo", None);
     let extractor = Extractor::new(&ctx.pendo);
@@ -93,7 +92,7 @@ async fn body(
 
     step("Matching accounts", None);
     let outcomes =
-        crate::matching::match_accounts(ctx, workflow, config, &facts, &usage, now, options.dry_run, &budget).await?;
+        crate::matching::match_accounts(ctx, workflow, config, &facts, &usage, now, options.dry_run, &lazy).await?;
     meter.step("match", Some("read_accounts"));
 
     step("Detecting changes", None);
@@ -156,9 +155,18 @@ async fn body(
     skipped_outcomes.extend(held.iter().map(|h| h.outcome(OBJECT)));
     crate::testhook::crash_point("gather");
 
+    let budget = if changes.is_empty() && !options.dry_run {
+        lazy.report(ctx).await?
+    } else {
+        step("Reading the API budget", None);
+        let read = lazy.get(ctx).await?.clone();
+        meter.step("budget", Some("read_limits"));
+        read
+    };
+    let lazy_calls = lazy.own_calls();
     let reads_spent: u64 = meter.calls.values().sum();
-    // `available` was measured after the /limits read, so only later reads come off it.
-    let allowance = Allowance { calls: budget.available.saturating_sub(reads_spent.saturating_sub(limits_calls)) };
+    // The ledger holds none of this run's calls yet: every read but the budget's own comes off.
+    let allowance = Allowance { calls: budget.available.saturating_sub(reads_spent.saturating_sub(lazy_calls)) };
     let plan = plan::plan(changes.len(), workflow.max_latency, allowance, &CostModel::default());
     let mut report = RunReport {
         pendo_accounts: outcomes.len(),

@@ -67,7 +67,8 @@ async fn body(
     run_id: Option<RunId>,
 ) -> Result<RunReport, RunError> {
     let mut meter = Meter::new(&ctx.salesforce);
-    let budget = crate::budget::today(ctx, now).await?;
+    let lazy = crate::budget::Budget::new(now);
+    let budget = lazy.get(ctx).await?.clone();
     meter.step("budget", Some("read_limits"));
     let limits_calls: u64 = meter.calls.values().sum();
 
@@ -107,7 +108,7 @@ async fn body(
     meter.step("extract", None);
 
     let outcomes =
-        crate::matching::match_accounts(ctx, workflow, &config.accounts, &facts, &usage, now, options.dry_run, &budget)
+        crate::matching::match_accounts(ctx, workflow, &config.accounts, &facts, &usage, now, options.dry_run, &lazy)
             .await?;
     meter.step("match", Some("read_accounts"));
     let matched: Vec<(String, String)> = outcomes

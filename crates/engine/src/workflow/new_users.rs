@@ -113,7 +113,8 @@ async fn body(
     run_id: Option<RunId>,
 ) -> Result<RunReport, RunError> {
     let mut meter = Meter::new(&ctx.salesforce);
-    let budget = crate::budget::today(ctx, now).await?;
+    let lazy = crate::budget::Budget::new(now);
+    let budget = lazy.get(ctx).await?.clone();
     meter.step("budget", Some("read_limits"));
     let limits_calls: u64 = meter.calls.values().sum();
     let mut report = RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone());
@@ -155,7 +156,7 @@ async fn body(
         fields: Default::default(),
     };
     let outcomes =
-        crate::matching::match_accounts(ctx, workflow, &matcher, &facts, &[], now, options.dry_run, &budget).await?;
+        crate::matching::match_accounts(ctx, workflow, &matcher, &facts, &[], now, options.dry_run, &lazy).await?;
     meter.step("match", Some("read_accounts"));
     let account_names: HashMap<&str, &str> = facts
         .iter()

@@ -100,16 +100,25 @@ pub fn print_report(r: &RunReport) {
     let b = &r.budget;
     let this_run = if r.dry_run { b.this_run + r.plan.write_calls } else { b.this_run };
     let left = b.cap.saturating_sub(b.spent_before + this_run);
-    say!(
-        "Budget: {} of {} daily calls ({:.0}% share of {}); spent today before this run {}, this run {}, left {}.",
-        thousands(b.cap),
-        thousands(b.org_max),
-        b.daily_share * 100.0,
-        thousands(b.org_max),
-        thousands(b.spent_before),
-        thousands(this_run),
-        thousands(left),
-    );
+    if b.org_max == 0 {
+        // Nothing to read or write: the run did not spend a call on the org's limits.
+        say!(
+            "Budget: not read (no Salesforce call was needed); spent today before this run {}, this run {}.",
+            thousands(b.spent_before),
+            thousands(this_run),
+        );
+    } else {
+        say!(
+            "Budget: {} of {} daily calls ({:.0}% share of {}); spent today before this run {}, this run {}, left {}.",
+            thousands(b.cap),
+            thousands(b.org_max),
+            b.daily_share * 100.0,
+            thousands(b.org_max),
+            thousands(b.spent_before),
+            thousands(this_run),
+            thousands(left),
+        );
+    }
     say!("Pendo calls: {}. Time: {}.", r.pendo_calls, timings(r));
     if !r.ambiguous_samples.is_empty() {
         outln!();
