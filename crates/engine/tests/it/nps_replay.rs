@@ -4,25 +4,16 @@
 //! by preflight (never sent to fail) while the Contact is written; with usagesync's daily cap
 //! spent, answers wait (deferred) rather than being written past it.
 
-// Tests lay out their worlds on the wall clock; only the engine must read time through its Clock.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
-
 use std::sync::Arc;
 
 use chrono::Utc;
-use emulator::pendo::{GenConfig, PendoConfig, PendoState};
 use engine::store::{FailureFilter, FailureSelector, FailureStatus, InboxEvent};
 use engine::workflow::{Context, RunOptions};
 use serde_json::{Value, json};
 
+use crate::support::{self, Emulators};
+
 const CONFIG: &str = r#"
-connections:
-  salesforce:
-    login_url: "{sf}"
-    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
-  pendo:
-    base_url: "{pendo}"
-    integration_key: { env: PENDO_KEY }
 store: "sqlite://unused.db"
 budget: { daily_share: {share} }
 workflows:
@@ -45,57 +36,31 @@ workflows:
       key_field: {key_field}
 "#;
 
-fn env(name: &str) -> Option<String> {
-    match name {
-        "SF_SECRET" => Some("emulator-secret".into()),
-        "PENDO_KEY" => Some("emulator-integration-key".into()),
-        _ => None,
-    }
+fn context(emu: &Emulators, subject: &str, store: Arc<dyn engine::store::Store>) -> Context {
+    context_with_key(emu, subject, "Usagesync_Key__c", store)
 }
 
-fn context(sf: &str, pendo: &str, subject: &str, store: Arc<dyn engine::store::Store>) -> Context {
-    context_with_key(sf, pendo, subject, "Usagesync_Key__c", store)
-}
-
-fn context_with_key(sf: &str, pendo: &str, subject: &str, key: &str, store: Arc<dyn engine::store::Store>) -> Context {
-    context_with(sf, pendo, subject, key, "1.0", store)
+fn context_with_key(emu: &Emulators, subject: &str, key: &str, store: Arc<dyn engine::store::Store>) -> Context {
+    context_with(emu, subject, key, "1.0", store)
 }
 
 fn context_with(
-    sf: &str,
-    pendo: &str,
+    emu: &Emulators,
     subject: &str,
     key: &str,
     share: &str,
     store: Arc<dyn engine::store::Store>,
 ) -> Context {
-    let text = CONFIG
-        .replace("{sf}", sf)
-        .replace("{pendo}", pendo)
-        .replace("{subject}", subject)
-        .replace("{key_field}", key)
-        .replace("{share}", share);
-    let config = engine::config::load_str(&text, "test.yaml").unwrap();
-    Context {
-        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
-        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
-        store,
-        config: Arc::new(config),
-        clock: engine::clock::Clock::system(),
-    }
+    let text = CONFIG.replace("{subject}", subject).replace("{key_field}", key).replace("{share}", share);
+    support::context(&emu.fill(&text), store)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_follow_up_is_kept_and_replay_writes_it_from_the_current_config() {
-    let gc = GenConfig { seed: 3, accounts: 5, days: 10, ..GenConfig::default() };
-    let state = PendoState::generated(PendoConfig::default(), &gc);
-    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
-    emulator::seed_matching_org(&sf.state, &state).unwrap();
-    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = engine::store::open(&format!("sqlite://{}", dir.path().join("state.db").display())).await.unwrap();
-    let http = reqwest::Client::new();
-    let admin = |path: &str| format!("{}/__emulator/{path}", sf.base_url);
+    let emu = Emulators::start(3, 5, 10).await;
+    let store = emu.open_store().await;
+    let http = &emu.http;
+    let admin = |path: &str| format!("{}/__emulator/{path}", emu.sf.base_url);
 
     let accounts: Vec<Value> = http.get(admin("records/Account")).send().await.unwrap().json().await.unwrap();
     let account = accounts[0]["Id"].as_str().unwrap();
@@ -105,7 +70,7 @@ async fn a_refused_follow_up_is_kept_and_replay_writes_it_from_the_current_confi
                       "condition": {"field": "Subject", "operator": "contains", "value": "NPS"}});
     assert!(http.post(admin("validation-rules/Task")).json(&rule).send().await.unwrap().status().is_success());
 
-    let ctx = context(&sf.base_url, &pendo.base_url, "NPS detractor: follow up", store.clone());
+    let ctx = context(&emu, "NPS detractor: follow up", store.clone());
     let secs = Utc::now().timestamp() - 60;
     let body = json!({"event": "npsSubmitted", "visitorId": "nps-v1", "timestamp": secs, "uniqueId": "a1b2",
                       "properties": {"nps": {"rating": 2, "reason": "too slow"}}});
@@ -129,7 +94,7 @@ async fn a_refused_follow_up_is_kept_and_replay_writes_it_from_the_current_confi
 
     // Fixed, and the follow-up's subject reworded since: the replay sends the new one.
     assert!(http.delete(admin("validation-rules/Task")).send().await.unwrap().status().is_success());
-    let ctx = context(&sf.base_url, &pendo.base_url, "NPS detractor: call them today", store.clone());
+    let ctx = context(&emu, "NPS detractor: call them today", store.clone());
     let replay = engine::workflow::replay::replay(&ctx, &FailureSelector::All { workflow: None }, 10).await.unwrap();
     assert_eq!((replay.claimed, replay.resolved, replay.failed_again), (1, 1, 0), "{replay:?}");
     let tasks: Vec<Value> = http.get(admin("records/Task")).send().await.unwrap().json().await.unwrap();
@@ -145,21 +110,16 @@ async fn a_refused_follow_up_is_kept_and_replay_writes_it_from_the_current_confi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follow_up_whose_key_field_the_org_lacks_is_held_back_and_the_contact_still_written() {
-    let gc = GenConfig { seed: 4, accounts: 5, days: 10, ..GenConfig::default() };
-    let state = PendoState::generated(PendoConfig::default(), &gc);
-    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
-    emulator::seed_matching_org(&sf.state, &state).unwrap();
-    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = engine::store::open(&format!("sqlite://{}", dir.path().join("state.db").display())).await.unwrap();
-    let http = reqwest::Client::new();
-    let admin = |path: &str| format!("{}/__emulator/{path}", sf.base_url);
+    let emu = Emulators::start(4, 5, 10).await;
+    let store = emu.open_store().await;
+    let http = &emu.http;
+    let admin = |path: &str| format!("{}/__emulator/{path}", emu.sf.base_url);
     let accounts: Vec<Value> = http.get(admin("records/Account")).send().await.unwrap().json().await.unwrap();
     let account = accounts[0]["Id"].as_str().unwrap();
     let contact = json!([{"LastName": "Detractor", "AccountId": account, "Pendo_Visitor_Id__c": "nps-v9"}]);
     assert!(http.post(admin("records/Contact")).json(&contact).send().await.unwrap().status().is_success());
 
-    let ctx = context_with_key(&sf.base_url, &pendo.base_url, "NPS detractor", "Usagesync_Kee__c", store.clone());
+    let ctx = context_with_key(&emu, "NPS detractor", "Usagesync_Kee__c", store.clone());
     let secs = Utc::now().timestamp() - 60;
     let body = json!({"event": "npsSubmitted", "visitorId": "nps-v9", "timestamp": secs, "uniqueId": "c3d4",
                       "properties": {"nps": {"rating": 1, "reason": "broken"}}});
@@ -188,15 +148,10 @@ async fn a_follow_up_whose_key_field_the_org_lacks_is_held_back_and_the_contact_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_wait_while_the_daily_cap_is_spent_and_go_once_it_allows() {
-    let gc = GenConfig { seed: 5, accounts: 5, days: 10, ..GenConfig::default() };
-    let state = PendoState::generated(PendoConfig::default(), &gc);
-    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
-    emulator::seed_matching_org(&sf.state, &state).unwrap();
-    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = engine::store::open(&format!("sqlite://{}", dir.path().join("state.db").display())).await.unwrap();
-    let http = reqwest::Client::new();
-    let admin = |path: &str| format!("{}/__emulator/{path}", sf.base_url);
+    let emu = Emulators::start(5, 5, 10).await;
+    let store = emu.open_store().await;
+    let http = &emu.http;
+    let admin = |path: &str| format!("{}/__emulator/{path}", emu.sf.base_url);
     let accounts: Vec<Value> = http.get(admin("records/Account")).send().await.unwrap().json().await.unwrap();
     let account = accounts[0]["Id"].as_str().unwrap();
     let contact = json!([{"LastName": "Promoter", "AccountId": account, "Pendo_Visitor_Id__c": "nps-v7"}]);
@@ -219,13 +174,13 @@ async fn answers_wait_while_the_daily_cap_is_spent_and_go_once_it_allows() {
     };
 
     // A share of the allocation smaller than one batch's reservation.
-    let tight = context_with(&sf.base_url, &pendo.base_url, "NPS", "Usagesync_Key__c", "0.00005", store.clone());
+    let tight = context_with(&emu, "NPS", "Usagesync_Key__c", "0.00005", store.clone());
     let err = engine::workflow::run(&tight, "nps", &options).await.unwrap_err();
     assert!(err.is_deferral(), "{err}");
     assert_eq!(score().await, Value::Null, "nothing written past the cap");
     assert_eq!(store.inbox_counts().await.unwrap().pending, 1, "the answer waits");
 
-    let roomy = context(&sf.base_url, &pendo.base_url, "NPS", store.clone());
+    let roomy = context(&emu, "NPS", store.clone());
     let report = engine::workflow::run(&roomy, "nps", &options).await.unwrap();
     assert_eq!(report.changed, 1, "{report:?}");
     assert_eq!(score().await, 10.0);
