@@ -1,8 +1,10 @@
 //! The world every engine test runs in: a generated Pendo world served by the Pendo emulator, a
 //! Salesforce emulator whose org is seeded to match it, a state store in a temporary directory,
-//! and an engine `Context` over all three.
+//! and an engine `Context` over all three; plus waiting on a condition with a deadline.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use emulator::pendo::{GenConfig, PendoConfig, PendoState};
 use engine::store::Store;
@@ -157,5 +159,23 @@ impl World {
         let url = format!("{}/__emulator/seed", self.pendo.base_url);
         let r = self.http.post(url).json(&body).send().await.unwrap();
         assert!(r.status().is_success(), "seed: {}", r.text().await.unwrap());
+    }
+}
+
+/// Calls `attempt` every few milliseconds until it gives a value, failing with `what` once
+/// `deadline` has passed: a wait that ends as soon as the condition holds, and under load fails
+/// slow rather than flaky.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(v) = attempt().await {
+            return v;
+        }
+        assert!(Instant::now() < until, "waited {deadline:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use emulator::salesforce::store::{INTEGRATION_USER_ID, WriteCtx};
@@ -14,7 +15,7 @@ use engine::workflow::new_users::normalise_email;
 use engine::workflow::{Context, RunOptions, RunReport};
 use serde_json::{Map, Value, json};
 
-use crate::support::{Emulators, World, env};
+use crate::support::{self, Emulators, World, env};
 
 const HEAD: &str = r#"
 store: "{store}"
@@ -565,13 +566,20 @@ async fn a_pendo_refusal_holds_the_attributes_cursor_until_it_is_dismissed() {
     let with_pendo: Vec<Value> =
         w.live_records("Account").await.into_iter().filter(|a| a["Pendo_Account_Id__c"].is_string()).collect();
     let (ghost, later) = (with_pendo[0]["Id"].as_str().unwrap(), with_pendo[1]["Id"].as_str().unwrap());
-    w.person_edits(ghost, json!({"Pendo_Account_Id__c": "no-such-pendo-account", "Plan_Tier__c": "Growth"}));
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    w.person_edits(later, json!({"Plan_Tier__c": "Enterprise"}));
     let stamp = |id: &str, rows: &[Value]| {
         let row = rows.iter().find(|a| a["Id"] == json!(id)).unwrap();
         salesforce::rest::describe::sf_datetime::parse(row["SystemModstamp"].as_str().unwrap()).unwrap()
     };
+    w.person_edits(ghost, json!({"Pendo_Account_Id__c": "no-such-pendo-account", "Plan_Tier__c": "Growth"}));
+    // SystemModstamp is kept to the millisecond, so the second edit waits for the emulator's clock
+    // to reach the next one; only then is it stamped strictly later.
+    let first_edit = stamp(ghost, &w.live_records("Account").await);
+    let next_ms = first_edit + chrono::Duration::milliseconds(1);
+    support::eventually("the emulator's clock to pass the first edit", Duration::from_secs(10), || async {
+        (w.sf.state.clock.now() >= next_ms).then_some(())
+    })
+    .await;
+    w.person_edits(later, json!({"Plan_Tier__c": "Enterprise"}));
     let rows = w.live_records("Account").await;
     assert!(stamp(ghost, &rows) < stamp(later, &rows));
 
