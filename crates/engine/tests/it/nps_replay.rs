@@ -55,6 +55,30 @@ fn context_with(
     support::context(&emu.fill(&text), store)
 }
 
+/// A Contact of the world's first Account for the Pendo visitor `visitor`.
+async fn contact(emu: &Emulators, last_name: &str, visitor: &str) {
+    let admin = |path: &str| format!("{}/__emulator/{path}", emu.sf.base_url);
+    let accounts: Vec<Value> = emu.http.get(admin("records/Account")).send().await.unwrap().json().await.unwrap();
+    let account = accounts[0]["Id"].as_str().unwrap();
+    let contact = json!([{"LastName": last_name, "AccountId": account, "Pendo_Visitor_Id__c": visitor}]);
+    assert!(emu.http.post(admin("records/Contact")).json(&contact).send().await.unwrap().status().is_success());
+}
+
+/// `visitor`'s NPS answer, a minute old, as the webhook leaves it in the inbox.
+async fn answer(store: &Arc<dyn engine::store::Store>, visitor: &str, unique_id: &str, rating: u8, reason: &str) {
+    let secs = Utc::now().timestamp() - 60;
+    let body = json!({"event": "npsSubmitted", "visitorId": visitor, "timestamp": secs, "uniqueId": unique_id,
+                      "properties": {"nps": {"rating": rating, "reason": reason}}});
+    let event = InboxEvent {
+        unique_id: unique_id.into(),
+        source: "pendo".into(),
+        kind: "npsSubmitted".into(),
+        received_at: Utc::now(),
+        body,
+    };
+    assert!(store.put_event(&event).await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_follow_up_is_kept_and_replay_writes_it_from_the_current_config() {
     let emu = Emulators::start(3, 5, 10).await;
@@ -62,26 +86,13 @@ async fn a_refused_follow_up_is_kept_and_replay_writes_it_from_the_current_confi
     let http = &emu.http;
     let admin = |path: &str| format!("{}/__emulator/{path}", emu.sf.base_url);
 
-    let accounts: Vec<Value> = http.get(admin("records/Account")).send().await.unwrap().json().await.unwrap();
-    let account = accounts[0]["Id"].as_str().unwrap();
-    let contact = json!([{"LastName": "Detractor", "AccountId": account, "Pendo_Visitor_Id__c": "nps-v1"}]);
-    assert!(http.post(admin("records/Contact")).json(&contact).send().await.unwrap().status().is_success());
+    contact(&emu, "Detractor", "nps-v1").await;
     let rule = json!({"name": "No_Follow_Ups", "errorMessage": "Tasks are frozen", "errorField": "Subject",
                       "condition": {"field": "Subject", "operator": "contains", "value": "NPS"}});
     assert!(http.post(admin("validation-rules/Task")).json(&rule).send().await.unwrap().status().is_success());
 
     let ctx = context(&emu, "NPS detractor: follow up", store.clone());
-    let secs = Utc::now().timestamp() - 60;
-    let body = json!({"event": "npsSubmitted", "visitorId": "nps-v1", "timestamp": secs, "uniqueId": "a1b2",
-                      "properties": {"nps": {"rating": 2, "reason": "too slow"}}});
-    let event = InboxEvent {
-        unique_id: "a1b2".into(),
-        source: "pendo".into(),
-        kind: "npsSubmitted".into(),
-        received_at: Utc::now(),
-        body,
-    };
-    assert!(store.put_event(&event).await.unwrap());
+    answer(&store, "nps-v1", "a1b2", 2, "too slow").await;
     let options = RunOptions { trigger: "test".into(), ..Default::default() };
     let first = engine::workflow::run(&ctx, "nps", &options).await.unwrap();
     assert_eq!(first.failed, 1, "{first:?}");
@@ -114,23 +125,10 @@ async fn a_follow_up_whose_key_field_the_org_lacks_is_held_back_and_the_contact_
     let store = emu.open_store().await;
     let http = &emu.http;
     let admin = |path: &str| format!("{}/__emulator/{path}", emu.sf.base_url);
-    let accounts: Vec<Value> = http.get(admin("records/Account")).send().await.unwrap().json().await.unwrap();
-    let account = accounts[0]["Id"].as_str().unwrap();
-    let contact = json!([{"LastName": "Detractor", "AccountId": account, "Pendo_Visitor_Id__c": "nps-v9"}]);
-    assert!(http.post(admin("records/Contact")).json(&contact).send().await.unwrap().status().is_success());
+    contact(&emu, "Detractor", "nps-v9").await;
 
     let ctx = context_with_key(&emu, "NPS detractor", "Usagesync_Kee__c", store.clone());
-    let secs = Utc::now().timestamp() - 60;
-    let body = json!({"event": "npsSubmitted", "visitorId": "nps-v9", "timestamp": secs, "uniqueId": "c3d4",
-                      "properties": {"nps": {"rating": 1, "reason": "broken"}}});
-    let event = InboxEvent {
-        unique_id: "c3d4".into(),
-        source: "pendo".into(),
-        kind: "npsSubmitted".into(),
-        received_at: Utc::now(),
-        body,
-    };
-    assert!(store.put_event(&event).await.unwrap());
+    answer(&store, "nps-v9", "c3d4", 1, "broken").await;
     let options = RunOptions { trigger: "test".into(), ..Default::default() };
     let report = engine::workflow::run(&ctx, "nps", &options).await.unwrap();
     assert_eq!((report.changed, report.failed), (1, 1), "{report:?}");
@@ -152,21 +150,8 @@ async fn answers_wait_while_the_daily_cap_is_spent_and_go_once_it_allows() {
     let store = emu.open_store().await;
     let http = &emu.http;
     let admin = |path: &str| format!("{}/__emulator/{path}", emu.sf.base_url);
-    let accounts: Vec<Value> = http.get(admin("records/Account")).send().await.unwrap().json().await.unwrap();
-    let account = accounts[0]["Id"].as_str().unwrap();
-    let contact = json!([{"LastName": "Promoter", "AccountId": account, "Pendo_Visitor_Id__c": "nps-v7"}]);
-    assert!(http.post(admin("records/Contact")).json(&contact).send().await.unwrap().status().is_success());
-    let secs = Utc::now().timestamp() - 60;
-    let body = json!({"event": "npsSubmitted", "visitorId": "nps-v7", "timestamp": secs, "uniqueId": "e5f6",
-                      "properties": {"nps": {"rating": 10, "reason": ""}}});
-    let event = InboxEvent {
-        unique_id: "e5f6".into(),
-        source: "pendo".into(),
-        kind: "npsSubmitted".into(),
-        received_at: Utc::now(),
-        body,
-    };
-    assert!(store.put_event(&event).await.unwrap());
+    contact(&emu, "Promoter", "nps-v7").await;
+    answer(&store, "nps-v7", "e5f6", 10, "").await;
     let options = RunOptions { trigger: "test".into(), ..Default::default() };
     let score = || async {
         let contacts: Vec<Value> = http.get(admin("records/Contact")).send().await.unwrap().json().await.unwrap();
