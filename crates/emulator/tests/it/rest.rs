@@ -369,8 +369,13 @@ async fn long_running_requests_hit_the_concurrency_limit() {
         let (a, b) = tokio::join!(a, b);
         (a.map(|r| r.status().as_u16()), b.map(|r| r.status().as_u16()))
     });
-    // Let both become long-running, then a third request is refused at once.
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // Once both are in flight past the long-running threshold, a third request is refused at once.
+    let state = &org.emu.state;
+    let long = || state.in_flight.lock().values().filter(|t| t.elapsed() >= state.config.long_running_after).count();
+    eventually("two long-running requests", std::time::Duration::from_secs(10), || async {
+        (long() >= 2).then_some(())
+    })
+    .await;
     org.admin(Method::PUT, "faults", json!({})).await;
     let (s, v) = org.json(Method::GET, "limits", None).await;
     assert_eq!((s, code(&v)), (403, "REQUEST_LIMIT_EXCEEDED"));

@@ -1,4 +1,7 @@
-//! Starting an emulator and talking to it.
+//! Starting an emulator, talking to it, and waiting on a condition with a deadline.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use emulator::salesforce::{self, Config, Running};
 use reqwest::{Client, Method, Response};
@@ -93,4 +96,22 @@ pub fn code(v: &Value) -> &str {
 
 pub fn account(name: &str) -> Value {
     json!({"Name": name})
+}
+
+/// Calls `attempt` every few milliseconds until it gives a value, failing with `what` once
+/// `deadline` has passed: a wait that ends as soon as the condition holds, and under load fails
+/// slow rather than flaky.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(v) = attempt().await {
+            return v;
+        }
+        assert!(Instant::now() < until, "waited {deadline:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

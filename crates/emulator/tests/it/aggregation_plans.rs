@@ -4,7 +4,6 @@
 //! written gives. These tests run random pipelines both ways over a generated store seasoned with
 //! the awkward cases (rows without an account or visitor, a duplicated feature id, events of a
 //! missing guide, metadata already rewritten in full).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, OnceLock};
 

@@ -4,28 +4,20 @@
 //! fields reach Pendo account metadata once and then only when a person changes them; and the
 //! two directions run back to back settle to zero writes.
 
-// Tests lay out their worlds on the wall clock; only the engine must read time through its Clock.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
-use emulator::pendo::{GenConfig, PendoConfig, PendoState};
 use emulator::salesforce::store::{INTEGRATION_USER_ID, WriteCtx};
 use engine::store::Action;
 use engine::workflow::new_users::normalise_email;
 use engine::workflow::{Context, RunOptions, RunReport};
 use serde_json::{Map, Value, json};
 
+use crate::support::{self, Emulators, World, env};
+
 const HEAD: &str = r#"
-connections:
-  salesforce:
-    login_url: "{sf}"
-    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
-  pendo:
-    base_url: "{pendo}"
-    integration_key: { env: PENDO_KEY }
 store: "{store}"
 budget: { daily_share: 1.0 }
 workflows:
@@ -73,52 +65,14 @@ workflows:
       - { salesforce: Id, pendo: sfdcaccountid }
 "#;
 
-struct World {
-    sf: emulator::salesforce::Running,
-    pendo_url: String,
-    ctx: Context,
-    http: reqwest::Client,
-    _pendo: emulator::pendo::Running,
-    _dir: tempfile::TempDir,
-}
-
-fn env(name: &str) -> Option<String> {
-    match name {
-        "SF_SECRET" => Some("emulator-secret".into()),
-        "PENDO_KEY" => Some("emulator-integration-key".into()),
-        _ => None,
-    }
-}
-
 async fn world(accounts: usize, unmatched: &str) -> World {
     world_with_store(accounts, unmatched, None).await
 }
 
 /// A world whose state store is `store` (an opened store) or a fresh SQLite file.
 async fn world_with_store(accounts: usize, unmatched: &str, store: Option<Arc<dyn engine::store::Store>>) -> World {
-    let gc = GenConfig { seed: 11, accounts, days: 30, ..GenConfig::default() };
-    let state = PendoState::generated(PendoConfig::default(), &gc);
-    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
-    emulator::seed_matching_org(&sf.state, &state).unwrap();
-    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
-    let text = HEAD
-        .replace("{sf}", &sf.base_url)
-        .replace("{pendo}", &pendo.base_url)
-        .replace("{store}", &sqlite)
-        .replace("{unmatched}", unmatched);
-    let config = engine::config::load_str(&text, "test.yaml").unwrap();
-    let ctx = Context {
-        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
-        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
-        store: match store {
-            Some(s) => s,
-            None => engine::store::open(&sqlite).await.unwrap(),
-        },
-        clock: engine::clock::Clock::system(),
-        config: Arc::new(config),
-    };
+    let text = HEAD.replace("{unmatched}", unmatched);
+    let w = Emulators::start(11, accounts, 30).await.world_on(&text, store).await;
     let fields: Vec<pendo::metadata::FieldSpec> =
         [("sfplantier", "string"), ("sfrenewaldate", "time"), ("sfcontractstage", "string"), ("sfownername", "string")]
             .into_iter()
@@ -128,26 +82,15 @@ async fn world_with_store(accounts: usize, unmatched: &str, store: Option<Arc<dy
                 field_type: t.into(),
             })
             .collect();
-    ctx.pendo.create_fields(pendo::Kind::Account, "custom", &fields).await.unwrap();
-    World { pendo_url: pendo.base_url.clone(), sf, ctx, http: reqwest::Client::new(), _pendo: pendo, _dir: dir }
+    w.ctx.pendo.create_fields(pendo::Kind::Account, "custom", &fields).await.unwrap();
+    w
 }
 
 impl World {
-    async fn run(&self, name: &str) -> RunReport {
-        let options = RunOptions { dry_run: false, trigger: "test".into(), progress: None, ..Default::default() };
-        engine::workflow::run(&self.ctx, name, &options).await.unwrap()
-    }
-
-    async fn records(&self, object: &str) -> Vec<Value> {
-        let url = format!("{}/__emulator/records/{object}", self.sf.base_url);
-        let rows: Vec<Value> = self.http.get(url).send().await.unwrap().json().await.unwrap();
-        rows.into_iter().filter(|r| r["IsDeleted"] != json!(true)).collect()
-    }
-
     /// Contacts by normalised e-mail.
     async fn contacts_by_email(&self) -> HashMap<String, Vec<Value>> {
         let mut out: HashMap<String, Vec<Value>> = HashMap::new();
-        for c in self.records("Contact").await {
+        for c in self.live_records("Contact").await {
             if let Some(e) = c["Email"].as_str().and_then(|e| normalise_email(e, false)) {
                 out.entry(e).or_default().push(c);
             }
@@ -155,15 +98,9 @@ impl World {
         out
     }
 
-    async fn pendo_seed(&self, body: Value) {
-        let url = format!("{}/__emulator/seed", self.pendo_url);
-        let r = self.http.post(url).json(&body).send().await.unwrap();
-        assert!(r.status().is_success(), "seed: {}", r.text().await.unwrap());
-    }
-
     /// Pendo account metadata by account id.
     async fn pendo_accounts(&self) -> HashMap<String, Value> {
-        let url = format!("{}/__emulator/accounts", self.pendo_url);
+        let url = format!("{}/__emulator/accounts", self.pendo.base_url);
         let v: Value = self.http.get(url).send().await.unwrap().json().await.unwrap();
         let list = v.as_array().cloned().or_else(|| v["accounts"].as_array().cloned()).unwrap();
         list.into_iter()
@@ -198,7 +135,7 @@ impl World {
     async fn matched_account(&self) -> (String, String, String) {
         let map = self.ctx.store.id_map("new-users").await.unwrap();
         let accounts: HashMap<String, Value> =
-            self.records("Account").await.into_iter().map(|a| (a["Id"].as_str().unwrap().to_owned(), a)).collect();
+            self.live_records("Account").await.into_iter().map(|a| (a["Id"].as_str().unwrap().to_owned(), a)).collect();
         map.iter()
             .filter(|e| e.status == engine::store::MatchStatus::Matched)
             .find_map(|e| {
@@ -258,13 +195,13 @@ async fn new_visitors_become_contacts_once_and_only_real_changes_follow() {
         unmatched as u64,
         first.unmatched as u64 - outcomes.iter().filter(|o| o.object == "Lead").count() as u64
     );
-    assert!(w.records("Lead").await.is_empty());
-    let contacts_after_first = w.records("Contact").await.len();
+    assert!(w.live_records("Lead").await.is_empty());
+    let contacts_after_first = w.live_records("Contact").await.len();
 
     // A repeat writes nothing and creates nothing.
     let second = w.run("new-users").await;
     assert_eq!((second.written, second.failed), (0, 0), "{:?}", second.samples);
-    assert_eq!(w.records("Contact").await.len(), contacts_after_first);
+    assert_eq!(w.live_records("Contact").await.len(), contacts_after_first);
 
     // The same person twice in one batch (case and spaces differ), plus someone new.
     let (pendo_account, sf_account, domain) = w.matched_account().await;
@@ -338,11 +275,11 @@ async fn two_runs_at_once_create_no_duplicate_contact() {
     let (ca, cb) = (created(&w.counts(&a).await), 0);
     assert!(ca + cb > 0);
     // Whatever one run deferred (the other was creating it) the next run settles, creating nothing.
-    let contacts = w.records("Contact").await.len();
+    let contacts = w.live_records("Contact").await.len();
     let next = w.run("new-users").await;
     assert_eq!(created(&w.counts(&next).await), 0);
     assert_eq!(next.failed, 0, "{:?}", next.failures);
-    assert_eq!(w.records("Contact").await.len(), contacts);
+    assert_eq!(w.live_records("Contact").await.len(), contacts);
     no_duplicates(&w.contacts_by_email().await);
     // The same people from another visitor id each, in two runs at once: still one Contact each.
     let (pendo_account, _, domain) = w.matched_account().await;
@@ -382,7 +319,7 @@ async fn unmatched_accounts_become_leads_when_configured_and_only_once() {
     .await;
     let first = w.run("new-users").await;
     assert_eq!(first.failed, 0, "{:?}", first.failures);
-    let leads = w.records("Lead").await;
+    let leads = w.live_records("Lead").await;
     let nobody: Vec<&Value> = leads.iter().filter(|l| l["Pendo_Visitor_Id__c"] == json!("v-nobody")).collect();
     assert_eq!(nobody.len(), 1, "{leads:?}");
     assert_eq!(nobody[0]["Company"], json!("Nowhere Industries"));
@@ -391,13 +328,13 @@ async fn unmatched_accounts_become_leads_when_configured_and_only_once() {
     let lead_count = leads.len();
     let second = w.run("new-users").await;
     assert_eq!((second.written, second.failed), (0, 0), "{:?}", second.samples);
-    assert_eq!(w.records("Lead").await.len(), lead_count);
+    assert_eq!(w.live_records("Lead").await.len(), lead_count);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn account_fields_reach_pendo_once_then_only_real_changes_and_own_writes_are_ignored() {
     let w = world(30, "skip").await;
-    let accounts = w.records("Account").await;
+    let accounts = w.live_records("Account").await;
     let with_pendo: Vec<&Value> = accounts.iter().filter(|a| a["Pendo_Account_Id__c"].is_string()).collect();
     assert!(with_pendo.len() >= 3);
     let target = with_pendo[0]["Id"].as_str().unwrap().to_owned();
@@ -449,7 +386,7 @@ async fn account_fields_reach_pendo_once_then_only_real_changes_and_own_writes_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_directions_back_to_back_converge_to_zero_writes() {
     let w = world(40, "skip").await;
-    let target = w.records("Account").await.into_iter().find(|a| a["Pendo_Account_Id__c"].is_string()).unwrap();
+    let target = w.live_records("Account").await.into_iter().find(|a| a["Pendo_Account_Id__c"].is_string()).unwrap();
     let target = target["Id"].as_str().unwrap().to_owned();
     let mut per_round = Vec::new();
     let mut attribute_runs = Vec::new();
@@ -554,7 +491,7 @@ async fn contacts_made_by_a_dead_run_or_unknown_to_a_lost_store_are_adopted_not_
     // Only v-new is written; the adopted two count as unchanged (with the people re-read in the overlap).
     assert_eq!((first.written, first.failed, first.deferred), (1, 0, 0), "{:?}", first.samples);
     assert!(first.unchanged >= 2, "{}", first.unchanged);
-    let contacts = w.records("Contact").await;
+    let contacts = w.live_records("Contact").await;
     for vid in ["v-died", "v-lost", "v-new"] {
         let mine: Vec<&Value> = contacts.iter().filter(|c| c["Pendo_Visitor_Id__c"] == json!(vid)).collect();
         assert_eq!(mine.len(), 1, "{vid}: {mine:?}");
@@ -569,7 +506,7 @@ async fn contacts_made_by_a_dead_run_or_unknown_to_a_lost_store_are_adopted_not_
     // The claim is committed now: a repeat creates nothing and writes nothing.
     let second = w.run("new-users").await;
     assert_eq!((second.written, second.failed, second.deferred), (0, 0, 0), "{:?}", second.samples);
-    assert_eq!(w.records("Contact").await.len(), contacts.len());
+    assert_eq!(w.live_records("Contact").await.len(), contacts.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -627,16 +564,23 @@ async fn a_pendo_refusal_holds_the_attributes_cursor_until_it_is_dismissed() {
     let first = w.run("attributes").await;
     assert_eq!(first.failed, 0, "{:?}", first.failures);
     let with_pendo: Vec<Value> =
-        w.records("Account").await.into_iter().filter(|a| a["Pendo_Account_Id__c"].is_string()).collect();
+        w.live_records("Account").await.into_iter().filter(|a| a["Pendo_Account_Id__c"].is_string()).collect();
     let (ghost, later) = (with_pendo[0]["Id"].as_str().unwrap(), with_pendo[1]["Id"].as_str().unwrap());
-    w.person_edits(ghost, json!({"Pendo_Account_Id__c": "no-such-pendo-account", "Plan_Tier__c": "Growth"}));
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    w.person_edits(later, json!({"Plan_Tier__c": "Enterprise"}));
     let stamp = |id: &str, rows: &[Value]| {
         let row = rows.iter().find(|a| a["Id"] == json!(id)).unwrap();
         salesforce::rest::describe::sf_datetime::parse(row["SystemModstamp"].as_str().unwrap()).unwrap()
     };
-    let rows = w.records("Account").await;
+    w.person_edits(ghost, json!({"Pendo_Account_Id__c": "no-such-pendo-account", "Plan_Tier__c": "Growth"}));
+    // SystemModstamp is kept to the millisecond, so the second edit waits for the emulator's clock
+    // to reach the next one; only then is it stamped strictly later.
+    let first_edit = stamp(ghost, &w.live_records("Account").await);
+    let next_ms = first_edit + chrono::Duration::milliseconds(1);
+    support::eventually("the emulator's clock to pass the first edit", Duration::from_secs(10), || async {
+        (w.sf.state.clock.now() >= next_ms).then_some(())
+    })
+    .await;
+    w.person_edits(later, json!({"Plan_Tier__c": "Enterprise"}));
+    let rows = w.live_records("Account").await;
     assert!(stamp(ghost, &rows) < stamp(later, &rows));
 
     let second = w.run("attributes").await;
@@ -682,11 +626,11 @@ async fn a_pendo_refusal_holds_the_attributes_cursor_until_it_is_dismissed() {
 async fn a_field_pendo_lacks_is_held_back_alone_until_it_exists() {
     use engine::workflow::attributes::CURSOR;
     let w = world(30, "skip").await;
-    let url = format!("{}/api/v1/metadata/schema/account/custom/sfcontractstage", w.pendo_url);
+    let url = format!("{}/api/v1/metadata/schema/account/custom/sfcontractstage", w.pendo.base_url);
     let r = w.http.delete(url).header("x-pendo-integration-key", "emulator-integration-key").send().await.unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     let with_pendo = || async {
-        w.records("Account").await.into_iter().filter(|a| a["Pendo_Account_Id__c"].is_string()).collect::<Vec<_>>()
+        w.live_records("Account").await.into_iter().filter(|a| a["Pendo_Account_Id__c"].is_string()).collect::<Vec<_>>()
     };
     for a in with_pendo().await.iter().take(3) {
         w.person_edits(a["Id"].as_str().unwrap(), json!({"Contract_Stage__c": "Active"}));

@@ -3,30 +3,21 @@
 //! the local commit lost) is settled without a duplicate, an episode re-arms only after
 //! recovery, and the alert goes to the configured CSM when there is one.
 
-// Tests lay out their worlds on the wall clock; only the engine must read time through its Clock.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::Utc;
 use emulator::pendo::generate::{Trend, account_profile, sf_account_id};
-use emulator::pendo::{GenConfig, PendoConfig, PendoState};
 use engine::store::{
     Action, CreateState, FailureFilter, FailureSelector, FailureStatus, FingerprintPut, OutcomeFilter,
 };
 use engine::workflow::drop_alert::{Episode, alert_key, episode_scope};
-use engine::workflow::{Context, RunOptions, RunReport};
+use engine::workflow::{Context, RunOptions};
 use serde_json::{Value, json};
 
+use crate::support::{self, Emulators, World};
+
 const CONFIG: &str = r#"
-connections:
-  salesforce:
-    login_url: "{sf}"
-    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
-  pendo:
-    base_url: "{pendo}"
-    integration_key: { env: PENDO_KEY }
 store: "{store}"
 budget: { daily_share: 1.0 }
 workflows:
@@ -49,64 +40,17 @@ workflows:
       key_field: {key_field}
 "#;
 
-struct World {
-    gc: GenConfig,
-    sf: emulator::salesforce::Running,
-    ctx: Context,
-    http: reqwest::Client,
-    pendo: emulator::pendo::Running,
-    _dir: tempfile::TempDir,
-}
-
-fn env(name: &str) -> Option<String> {
-    match name {
-        "SF_SECRET" => Some("emulator-secret".into()),
-        "PENDO_KEY" => Some("emulator-integration-key".into()),
-        _ => None,
-    }
-}
-
 async fn world(accounts: usize, case: bool) -> World {
     world_with(accounts, case, "Usagesync_Key__c").await
 }
 
 /// A world whose alerts carry their key in `key_field`.
 async fn world_with(accounts: usize, case: bool, key_field: &str) -> World {
-    let gc = GenConfig { seed: 11, accounts, days: 30, ..GenConfig::default() };
-    let state = PendoState::generated(PendoConfig::default(), &gc);
-    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
-    emulator::seed_matching_org(&sf.state, &state).unwrap();
-    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
-    let text = CONFIG
-        .replace("{sf}", &sf.base_url)
-        .replace("{pendo}", &pendo.base_url)
-        .replace("{store}", &sqlite)
-        .replace("{case}", &case.to_string())
-        .replace("{key_field}", key_field);
-    let config = engine::config::load_str(&text, "test.yaml").unwrap();
-    let ctx = Context {
-        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
-        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
-        store: engine::store::open(&sqlite).await.unwrap(),
-        config: Arc::new(config),
-        clock: engine::clock::Clock::system(),
-    };
-    World { gc, sf, ctx, http: reqwest::Client::new(), pendo, _dir: dir }
+    let text = CONFIG.replace("{case}", &case.to_string()).replace("{key_field}", key_field);
+    Emulators::start(11, accounts, 30).await.world(&text).await
 }
 
 impl World {
-    async fn run(&self, dry_run: bool) -> RunReport {
-        let options = RunOptions { dry_run, trigger: "test".into(), progress: None, ..Default::default() };
-        engine::workflow::run(&self.ctx, "churn-alerts", &options).await.unwrap()
-    }
-
-    async fn records(&self, object: &str) -> Vec<Value> {
-        let url = format!("{}/__emulator/records/{object}", self.sf.base_url);
-        self.http.get(url).send().await.unwrap().json().await.unwrap()
-    }
-
     /// Usagesync_Key__c → how many records hold it.
     async fn keys(&self, object: &str) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
@@ -131,7 +75,7 @@ impl World {
 async fn dropped_accounts_get_one_high_priority_alert_and_a_rerun_creates_nothing() {
     let w = world(300, false).await;
 
-    let dry = w.run(true).await;
+    let dry = w.dry_run("churn-alerts").await;
     assert!(dry.changed > 0, "the world has dropping accounts: {dry:?}");
     assert!(w.keys("Task").await.is_empty(), "a dry run creates nothing");
     let sample = &dry.samples[0];
@@ -139,7 +83,7 @@ async fn dropped_accounts_get_one_high_priority_alert_and_a_rerun_creates_nothin
     assert_eq!(fields["Priority"], json!("High"));
     assert!(fields["Description"].as_str().unwrap().to_lowercase().contains("score fell"), "{fields:?}");
 
-    let first = w.run(false).await;
+    let first = w.run("churn-alerts").await;
     assert_eq!(first.failed, 0, "{:?}", first.failures);
     assert_eq!(first.written, dry.changed);
     let tasks = w.records("Task").await;
@@ -165,7 +109,7 @@ async fn dropped_accounts_get_one_high_priority_alert_and_a_rerun_creates_nothin
     let falling = alerted.iter().filter(|t| matches!(t, Trend::SharpDrop | Trend::Churned | Trend::Declining)).count();
     assert!(falling * 2 > alerted.len(), "most alerts are falling accounts: {alerted:?}");
 
-    let second = w.run(false).await;
+    let second = w.run("churn-alerts").await;
     assert_eq!(second.written, 0);
     assert_eq!(second.failed, 0);
     assert_eq!(w.records("Task").await.len(), tasks.len(), "a re-run creates nothing new");
@@ -181,7 +125,7 @@ async fn dropped_accounts_get_one_high_priority_alert_and_a_rerun_creates_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_interrupted_before_the_local_commit_is_settled_without_a_duplicate() {
     let w = world(200, true).await;
-    let dry = w.run(true).await;
+    let dry = w.dry_run("churn-alerts").await;
     let victim = dry.samples[0].clone();
     // What a crash right after the call leaves: the key pending in the store, the Task in
     // Salesforce with that key.
@@ -193,7 +137,7 @@ async fn a_create_interrupted_before_the_local_commit_is_settled_without_a_dupli
     let made = w.ctx.salesforce.upsert("Task", "Usagesync_Key__c", &key, &body).await.unwrap();
     assert!(made.created);
 
-    let run = w.run(false).await;
+    let run = w.run("churn-alerts").await;
     assert_eq!(run.failed, 0, "{:?}", run.failures);
     let keys = w.keys("Task").await;
     assert_eq!(keys.get(&key), Some(&1));
@@ -206,7 +150,7 @@ async fn a_create_interrupted_before_the_local_commit_is_settled_without_a_dupli
         w.ctx.store.begin_create(&key, "churn-alerts", now).await.unwrap(),
         CreateState::Committed { salesforce_id: made.id.unwrap().to_string() }
     );
-    let again = w.run(false).await;
+    let again = w.run("churn-alerts").await;
     assert_eq!(again.written, 0);
     assert_eq!(w.keys("Task").await.len(), keys.len());
 }
@@ -214,7 +158,7 @@ async fn a_create_interrupted_before_the_local_commit_is_settled_without_a_dupli
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_episode_rearms_after_recovery_and_alerts_go_to_the_csm() {
     let w = world(200, false).await;
-    let dry = w.run(true).await;
+    let dry = w.dry_run("churn-alerts").await;
     let (first, second) = (dry.samples[0].clone(), dry.samples[1].clone());
     // A CSM on one account: the alert goes to them.
     let users = w.records("User").await;
@@ -226,7 +170,7 @@ async fn an_episode_rearms_after_recovery_and_alerts_go_to_the_csm() {
     let account_id = salesforce::SalesforceId::parse(&first.salesforce_id).unwrap();
     w.ctx.salesforce.update("Account", &account_id, &json!({ "CSM__c": csm })).await.unwrap();
 
-    w.run(false).await;
+    w.run("churn-alerts").await;
     let tasks = w.records("Task").await;
     let to_csm = tasks.iter().find(|t| t["WhatId"] == json!(first.salesforce_id)).unwrap();
     assert_eq!(to_csm["OwnerId"], json!(csm));
@@ -250,7 +194,7 @@ async fn an_episode_rearms_after_recovery_and_alerts_go_to_the_csm() {
         }])
         .await
         .unwrap();
-    let recovered = w.run(false).await;
+    let recovered = w.run("churn-alerts").await;
     assert_eq!(recovered.written, 0);
     let outcomes = w.ctx.store.run_outcomes(recovered.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
     assert!(
@@ -261,7 +205,7 @@ async fn an_episode_rearms_after_recovery_and_alerts_go_to_the_csm() {
     assert!(!w.episodes(&ids).await[&second.pendo_account].open);
 
     // Still below its old level, so with the episode closed it alerts again: episode 2.
-    let rearmed = w.run(false).await;
+    let rearmed = w.run("churn-alerts").await;
     assert_eq!(rearmed.written, 1, "{rearmed:?}");
     let keys = w.keys("Task").await;
     assert!(keys.contains_key(&alert_key("churn-alerts", &second.pendo_account, 2, "Task")));
@@ -274,7 +218,7 @@ async fn an_episode_rearms_after_recovery_and_alerts_go_to_the_csm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_usage_recovering_closes_the_episode_without_a_new_alert() {
     let w = world(200, false).await;
-    let first = w.run(false).await;
+    let first = w.run("churn-alerts").await;
     assert!(first.written > 0, "{first:?}");
     let account = first.samples[0].pendo_account.clone();
     let ids = vec![account.clone()];
@@ -300,25 +244,18 @@ async fn real_usage_recovering_closes_the_episode_without_a_new_alert() {
     let seeded = w.http.post(format!("{}/__emulator/seed", w.pendo.base_url)).json(&body).send().await.unwrap();
     assert!(seeded.status().is_success(), "{}", seeded.text().await.unwrap());
 
-    let recovered = w.run(false).await;
+    let recovered = w.run("churn-alerts").await;
     assert_eq!(recovered.written, 0, "recovery creates nothing: {recovered:?}");
     let outcomes = w.ctx.store.run_outcomes(recovered.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
     let decision = outcomes.iter().find(|o| o.key == account).expect("a decision for the recovered account");
     assert!(decision.message.as_deref().unwrap_or("").starts_with("recovered"), "{decision:?}");
     assert!(!w.episodes(&ids).await[&account].open, "the episode is closed");
-    let quiet = w.run(false).await;
+    let quiet = w.run("churn-alerts").await;
     assert_eq!(quiet.written, 0, "a healthy account is not alerted: {quiet:?}");
     assert_eq!(w.records("Task").await.len(), tasks);
 }
 
 const EXPANSION: &str = r#"
-connections:
-  salesforce:
-    login_url: "{sf}"
-    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
-  pendo:
-    base_url: "{pendo}"
-    integration_key: { env: PENDO_KEY }
 store: "{store}"
 budget: { daily_share: 1.0 }
 workflows:
@@ -345,54 +282,21 @@ workflows:
 "#;
 
 async fn expansion_world(accounts: usize) -> World {
-    let gc = GenConfig { seed: 5, accounts, days: 30, ..GenConfig::default() };
-    let state = PendoState::generated(PendoConfig::default(), &gc);
-    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
-    emulator::seed_matching_org(&sf.state, &state).unwrap();
-    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
-    let http = reqwest::Client::new();
-    let features: Vec<Value> = http
-        .get(format!("{}/api/v1/feature", pendo.base_url))
-        .header("x-pendo-integration-key", "emulator-integration-key")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let emulators = Emulators::start(5, accounts, 30).await;
+    let features = emulators.pendo_list("feature").await;
     let premium: Vec<String> = features
         .iter()
         .filter(|f| f["group"]["id"] == "grp-premium")
         .map(|f| format!("\"{}\"", f["id"].as_str().unwrap()))
         .collect();
     assert!(!premium.is_empty());
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
-    let text = EXPANSION
-        .replace("{sf}", &sf.base_url)
-        .replace("{pendo}", &pendo.base_url)
-        .replace("{store}", &sqlite)
-        .replace("{premium}", &premium.join(", "));
-    let config = engine::config::load_str(&text, "test.yaml").unwrap();
-    let ctx = Context {
-        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
-        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
-        store: engine::store::open(&sqlite).await.unwrap(),
-        config: Arc::new(config),
-        clock: engine::clock::Clock::system(),
-    };
-    World { gc, sf, ctx, http, pendo, _dir: dir }
-}
-
-async fn run_expansion(w: &World, dry_run: bool) -> RunReport {
-    let options = RunOptions { dry_run, trigger: "test".into(), progress: None, ..Default::default() };
-    engine::workflow::run(&w.ctx, "expansion", &options).await.unwrap()
+    emulators.world(&EXPANSION.replace("{premium}", &premium.join(", "))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expansion_opportunities_appear_once_per_account_and_milestone_and_respect_peoples_own() {
     let w = expansion_world(200).await;
-    let dry = run_expansion(&w, true).await;
+    let dry = w.dry_run("expansion").await;
     assert!(dry.changed >= 3, "the world has expanding accounts: {dry:?}");
     assert!(w.records("Opportunity").await.iter().all(|o| o["Type"] == "Trial"), "a dry run creates nothing");
 
@@ -420,7 +324,7 @@ async fn expansion_opportunities_appear_once_per_account_and_milestone_and_respe
         .await
         .unwrap();
 
-    let first = run_expansion(&w, false).await;
+    let first = w.run("expansion").await;
     assert_eq!(first.failed, 0, "{:?}", first.failures);
     assert!(first.written > 0);
     let opps: Vec<Value> =
@@ -454,7 +358,7 @@ async fn expansion_opportunities_appear_once_per_account_and_milestone_and_respe
         .expect("the person's Opportunity is recorded as the reason to skip");
     assert!(respected.message.as_deref().unwrap().contains("already exists"));
 
-    let second = run_expansion(&w, false).await;
+    let second = w.run("expansion").await;
     assert_eq!(second.written, 0, "{second:?}");
     assert_eq!(second.failed, 0);
     let again: Vec<Value> =
@@ -464,13 +368,6 @@ async fn expansion_opportunities_appear_once_per_account_and_milestone_and_respe
 }
 
 const TRIAL: &str = r#"
-connections:
-  salesforce:
-    login_url: "{sf}"
-    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
-  pendo:
-    base_url: "{pendo}"
-    integration_key: { env: PENDO_KEY }
 store: "{store}"
 budget: { daily_share: 1.0 }
 workflows:
@@ -500,37 +397,10 @@ const ORDER: &[&str] = &["Prospecting", "Qualification", "Needs Analysis", "Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trial_usage_lands_on_trial_opportunities_and_stages_only_move_forward() {
-    let gc = GenConfig { seed: 3, accounts: 300, days: 30, ..GenConfig::default() };
-    let state = PendoState::generated(PendoConfig::default(), &gc);
-    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
-    emulator::seed_matching_org(&sf.state, &state).unwrap();
-    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
-    let guides: Vec<Value> = reqwest::Client::new()
-        .get(format!("{}/api/v1/guide", pendo.base_url))
-        .header("x-pendo-integration-key", "emulator-integration-key")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let emulators = Emulators::start(3, 300, 30).await;
+    let guides = emulators.pendo_list("guide").await;
     let tour = guides.iter().find(|g| g["name"] == "Welcome Tour").unwrap()["id"].as_str().unwrap().to_owned();
-    let text = TRIAL
-        .replace("{sf}", &sf.base_url)
-        .replace("{pendo}", &pendo.base_url)
-        .replace("{store}", &sqlite)
-        .replace("{guide}", &tour);
-    let config = engine::config::load_str(&text, "test.yaml").unwrap();
-    let ctx = Context {
-        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
-        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
-        store: engine::store::open(&sqlite).await.unwrap(),
-        config: Arc::new(config),
-        clock: engine::clock::Clock::system(),
-    };
-    let w = World { gc, sf, ctx, http: reqwest::Client::new(), pendo, _dir: dir };
+    let w = emulators.world(&TRIAL.replace("{guide}", &tour)).await;
     let run = |dry_run: bool| {
         let ctx = w.ctx.clone();
         async move {
@@ -607,7 +477,7 @@ async fn a_key_field_the_org_does_not_keep_unique_is_looked_up_before_creating()
     let url = format!("{}/__emulator/fields/Task", w.sf.base_url);
     w.http.post(url).json(&field).send().await.unwrap().error_for_status().unwrap();
 
-    let first = w.run(false).await;
+    let first = w.run("churn-alerts").await;
     assert_eq!(first.failed, 0, "{:?}", first.failures);
     assert!(first.written > 0);
     assert_eq!(first.api_calls["create"], 2 * (first.written as u64).div_ceil(200), "{:?}", first.api_calls);
@@ -646,7 +516,7 @@ async fn created_records_are_read_back_and_a_rules_change_is_reported_as_drift()
     let url = format!("{}/__emulator/field-updates/Task", w.sf.base_url);
     w.http.post(url).json(&rule).send().await.unwrap().error_for_status().unwrap();
 
-    let first = w.run(false).await;
+    let first = w.run("churn-alerts").await;
     assert_eq!(first.failed, 0, "{:?}", first.failures);
     assert!(first.written > 0 && first.written <= 200, "{first:?}");
     assert_eq!(first.state, "succeeded", "drift does not fail the run");
@@ -664,20 +534,15 @@ async fn created_records_are_read_back_and_a_rules_change_is_reported_as_drift()
     assert_eq!(rows.len(), first.written);
 
     // A re-run makes nothing and so reads nothing back.
-    let second = w.run(false).await;
+    let second = w.run("churn-alerts").await;
     assert_eq!((second.written, second.verify.checked), (0, 0));
     assert_eq!(second.api_calls.get("verify"), None);
 }
 
 /// `w`'s context with its config edited by a person (the store and clients stay the same).
 fn edited(w: &World, from: &str, to: &str) -> Context {
-    let text = CONFIG
-        .replace("{sf}", &w.sf.base_url)
-        .replace("{pendo}", &w.pendo.base_url)
-        .replace("{store}", "sqlite://unused.db")
-        .replace("{case}", "false")
-        .replace("{key_field}", "Usagesync_Key__c")
-        .replace(from, to);
+    let rest = CONFIG.replace("{case}", "false").replace("{key_field}", "Usagesync_Key__c");
+    let text = support::config_text(&rest, &w.sf.base_url, &w.pendo.base_url, "sqlite://unused.db").replace(from, to);
     let config = engine::config::load_str(&text, "test.yaml").unwrap();
     Context { config: Arc::new(config), ..w.ctx.clone() }
 }
@@ -699,7 +564,7 @@ async fn a_refused_alert_is_kept_and_replay_makes_it_from_the_current_config() {
     let due = |days: i64| (Utc::now() + chrono::Duration::days(days)).date_naive().to_string();
     // The run's own clock decides the date: either side of it, should the run straddle midnight.
     let before = due(3);
-    let first = w.run(false).await;
+    let first = w.run("churn-alerts").await;
     let due_3 = [before, due(3)];
     assert!(first.failed > 2 && first.written == 0, "{first:?}");
     assert!(w.keys("Task").await.is_empty());
@@ -714,7 +579,7 @@ async fn a_refused_alert_is_kept_and_replay_makes_it_from_the_current_config() {
     }
 
     // The cause still there: the next run updates the same failures rather than adding rows.
-    let again = w.run(false).await;
+    let again = w.run("churn-alerts").await;
     assert_eq!(again.failed, first.failed);
     let still = failures(&w, FailureStatus::Open).await;
     assert_eq!(still.iter().map(|f| f.id).collect::<Vec<_>>(), open.iter().map(|f| f.id).collect::<Vec<_>>());
@@ -762,7 +627,7 @@ async fn a_refused_alert_is_kept_and_replay_makes_it_from_the_current_config() {
     let runs = w.ctx.store.list_runs(Some("churn-alerts"), 0).await.unwrap();
     let replayed = runs.iter().find(|r| r.trigger == "replay").expect("a replay run");
     assert_eq!(Some(replayed.id.to_string()), replay.runs.get("churn-alerts").cloned());
-    let next = w.run(false).await;
+    let next = w.run("churn-alerts").await;
     assert_eq!((next.written, next.failed), (0, 0), "{next:?}");
     assert_eq!(w.records("Task").await.len(), tasks.len());
 }

@@ -3,8 +3,6 @@
 //! failure and a schedule cursor in the form of that release, is opened by the current code,
 //! which migrates it and reads and changes what it holds.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::borrow::Cow;
 
 use chrono::{TimeZone, Utc};

@@ -2,9 +2,6 @@
 //! computation straight from the emulator's stored data (not through the query engine), across
 //! page boundaries, at the window's edges, and with hostile visitor e-mails seeded in.
 
-// Tests lay out their worlds on the wall clock; only the engine must read time through its Clock.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
-
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
@@ -364,7 +361,7 @@ fn peak_rss_bytes() -> u64 {
 }
 
 /// Measurement, not a check: `EXTRACT_BENCH_URL=http://127.0.0.1:PORT cargo test --release -p
-/// engine --test extract -- --ignored --nocapture bench` against `cargo run --release -p pendo
+/// engine --test it -- --ignored --nocapture extract::bench` against `cargo run --release -p pendo
 /// --example pendo_emulator -- serve --accounts N --days 30` in another process, so the peak RSS
 /// printed is the extraction's alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

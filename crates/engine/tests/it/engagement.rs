@@ -3,27 +3,16 @@
 //! free-mail accounts are never written, hostile e-mails stay harmless, refused records are kept
 //! and replayed, and work over budget is deferred to the next run.
 
-// Test setup helpers panic on purpose: a broken fixture should fail the test loudly.
-// Tests lay out their worlds on the wall clock; only the engine must read time through its Clock.
-#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use emulator::pendo::generate::{AccountProfile, account_profile, sf_account_id};
-use emulator::pendo::{GenConfig, PendoConfig, PendoState};
 use engine::store::{Action, FailureFilter, FailureSelector, FailureStatus, OutcomeFilter};
-use engine::workflow::{Context, RunOptions, RunReport};
 use serde_json::{Value, json};
 
+use crate::support::{Emulators, World};
+
 const CONFIG: &str = r#"
-connections:
-  salesforce:
-    login_url: "{sf}"
-    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
-  pendo:
-    base_url: "{pendo}"
-    integration_key: { env: PENDO_KEY }
 store: "{store}"
 budget: { daily_share: {share} }
 workflows:
@@ -51,24 +40,6 @@ workflows:
       updated_at: Pendo_Engagement_Updated__c
 "#;
 
-struct World {
-    gc: GenConfig,
-    sf: emulator::salesforce::Running,
-    pendo_url: String,
-    ctx: Context,
-    http: reqwest::Client,
-    _pendo: emulator::pendo::Running,
-    _dir: tempfile::TempDir,
-}
-
-fn env(name: &str) -> Option<String> {
-    match name {
-        "SF_SECRET" => Some("emulator-secret".into()),
-        "PENDO_KEY" => Some("emulator-integration-key".into()),
-        _ => None,
-    }
-}
-
 async fn world(accounts: usize, share: f64) -> World {
     world_with_store(accounts, share, None).await
 }
@@ -80,56 +51,17 @@ async fn world_with_store(accounts: usize, share: f64, store: Option<Arc<dyn eng
 
 /// A world whose config has the top-level keys `extra` too.
 async fn world_full(accounts: usize, share: f64, store: Option<Arc<dyn engine::store::Store>>, extra: &str) -> World {
-    let gc = GenConfig { seed: 7, accounts, days: 30, ..GenConfig::default() };
-    let state = PendoState::generated(PendoConfig::default(), &gc);
-    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
-    emulator::seed_matching_org(&sf.state, &state).unwrap();
-    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
-    let text = CONFIG
-        .replace("{sf}", &sf.base_url)
-        .replace("{pendo}", &pendo.base_url)
-        .replace("{store}", &sqlite)
-        .replace("{share}", &share.to_string())
-        .replacen("workflows:\n", &format!("{extra}workflows:\n"), 1);
-    let config = engine::config::load_str(&text, "test.yaml").unwrap();
-    let ctx = Context {
-        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
-        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
-        store: match store {
-            Some(s) => s,
-            None => engine::store::open(&sqlite).await.unwrap(),
-        },
-        clock: engine::clock::Clock::system(),
-        config: Arc::new(config),
-    };
-    World { gc, pendo_url: pendo.base_url.clone(), sf, ctx, http: reqwest::Client::new(), _pendo: pendo, _dir: dir }
+    let text =
+        CONFIG.replace("{share}", &share.to_string()).replacen("workflows:\n", &format!("{extra}workflows:\n"), 1);
+    Emulators::start(7, accounts, 30).await.world_on(&text, store).await
 }
 
 impl World {
-    async fn run(&self, dry_run: bool) -> RunReport {
-        let options = RunOptions { dry_run, trigger: "test".into(), progress: None, ..Default::default() };
-        engine::workflow::run(&self.ctx, "engagement", &options).await.unwrap()
-    }
-
     /// Every Account as the emulator holds it, by Id.
     async fn accounts(&self) -> HashMap<String, Value> {
         let url = format!("{}/__emulator/records/Account", self.sf.base_url);
         let rows: Vec<Value> = self.http.get(url).send().await.unwrap().json().await.unwrap();
         rows.into_iter().map(|r| (r["Id"].as_str().unwrap().to_owned(), r)).collect()
-    }
-
-    async fn sf_admin(&self, method: reqwest::Method, path: &str, body: Value) {
-        let url = format!("{}/__emulator/{path}", self.sf.base_url);
-        let r = self.http.request(method, url).json(&body).send().await.unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.text().await.unwrap());
-    }
-
-    async fn pendo_seed(&self, body: Value) {
-        let url = format!("{}/__emulator/seed", self.pendo_url);
-        let r = self.http.post(url).json(&body).send().await.unwrap();
-        assert!(r.status().is_success(), "seed: {}", r.text().await.unwrap());
     }
 
     fn profiles(&self) -> Vec<AccountProfile> {
@@ -144,7 +76,7 @@ fn written(account: &Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_run_writes_the_right_accounts_and_a_second_run_writes_nothing() {
     let w = world(300, 1.0).await;
-    let first = w.run(false).await;
+    let first = w.run("engagement").await;
     assert_eq!(first.failed, 0, "{:?}", first.failures);
     assert!(first.ambiguous > 0 && first.unmatched > 0, "the world holds hard cases: {first:?}");
     assert_eq!(first.written, first.matched, "every matched account is new, so every one is written");
@@ -186,7 +118,7 @@ async fn first_run_writes_the_right_accounts_and_a_second_run_writes_nothing() {
 
     let usage_before = w.accounts().await;
     let sent_before = w.ctx.salesforce.requests_sent();
-    let second = w.run(false).await;
+    let second = w.run("engagement").await;
     assert_eq!((second.written, second.changed, second.write_calls()), (0, 0, 0), "{second:?}");
     // Cached matches and no change: no Account read, no describe, and no /limits read either
     // (nothing needed the budget): not one Salesforce call.
@@ -198,7 +130,7 @@ async fn first_run_writes_the_right_accounts_and_a_second_run_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_percent_change_writes_one_percent() {
     let w = world(400, 1.0).await;
-    let first = w.run(false).await;
+    let first = w.run("engagement").await;
     assert_eq!(first.failed, 0);
     // New events for 4 accounts matched by id (1%).
     // Yesterday: the window is whole days and leaves out the day in progress.
@@ -218,7 +150,7 @@ async fn a_one_percent_change_writes_one_percent() {
         })
         .collect();
     w.pendo_seed(json!({"events": events})).await;
-    let second = w.run(false).await;
+    let second = w.run("engagement").await;
     assert_eq!(second.written, 4, "{second:?}");
     assert_eq!(second.write_calls(), 1);
     let accounts = w.accounts().await;
@@ -281,7 +213,7 @@ async fn hostile_emails_neither_break_nor_widen_matching() {
     )
     .await;
     let before = w.accounts().await;
-    let report = w.run(false).await;
+    let report = w.run("engagement").await;
     assert_eq!(report.failed, 0);
     let after = w.accounts().await;
     assert_eq!(after.len(), before.len());
@@ -297,12 +229,12 @@ async fn hostile_emails_neither_break_nor_widen_matching() {
 async fn dry_run_plans_and_changes_nothing() {
     let w = world(120, 1.0).await;
     let before = w.accounts().await;
-    let plan = w.run(true).await;
+    let plan = w.dry_run("engagement").await;
     assert!(plan.changed > 0 && plan.plan.write_calls >= 1);
     assert_eq!(plan.written, 0);
     assert_eq!(w.accounts().await, before);
     assert!(w.ctx.store.list_runs(None, 10).await.unwrap().is_empty());
-    let real = w.run(false).await;
+    let real = w.run("engagement").await;
     assert_eq!(real.written, plan.changed, "the plan said what the run then did");
     assert_eq!(real.write_calls(), plan.plan.write_calls);
 }
@@ -318,7 +250,7 @@ async fn refused_records_are_kept_and_replay_sends_them() {
                "condition": {"field": "Pendo_Engagement_Score__c", "operator": "greaterThan", "value": 30}}),
     )
     .await;
-    let first = w.run(false).await;
+    let first = w.run("engagement").await;
     assert!(first.failed > 0 && first.written > 0, "{first:?}");
     let open = w
         .ctx
@@ -342,7 +274,7 @@ async fn refused_records_are_kept_and_replay_sends_them() {
     for f in &open {
         assert!(written(&accounts[f.salesforce_id.as_ref().unwrap()]));
     }
-    let next = w.run(false).await;
+    let next = w.run("engagement").await;
     assert_eq!((next.written, next.write_calls()), (0, 0), "replayed values are remembered: {next:?}");
 }
 
@@ -356,10 +288,10 @@ async fn a_later_run_that_writes_a_failed_record_settles_its_failure() {
                "condition": {"field": "Pendo_Events__c", "operator": "notNull"}}),
     )
     .await;
-    let first = w.run(false).await;
+    let first = w.run("engagement").await;
     assert_eq!((first.written, first.failed), (0, first.matched), "{first:?}");
     w.sf_admin(reqwest::Method::DELETE, "validation-rules/Account", json!({})).await;
-    let second = w.run(false).await;
+    let second = w.run("engagement").await;
     assert_eq!(second.written, first.failed, "nothing was remembered as written, so all go again");
     let open = w
         .ctx
@@ -376,15 +308,15 @@ async fn work_over_budget_is_deferred_to_the_next_run() {
     // 5 calls a day: after /limits, preflight's describe of Account and the Account read, room
     // for two Collections calls only.
     w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"Max": 5, "Remaining": 5}})).await;
-    let first = w.run(false).await;
+    let first = w.run("engagement").await;
     assert!(first.deferred > 0 && first.written > 0, "{first:?}");
     assert_eq!(first.failed, 0);
     assert_eq!((first.written, first.total_api_calls()), (400, 5), "{first:?}");
     assert_eq!(first.api_calls.get("preflight"), Some(&1), "{first:?}");
     w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"Max": 100000, "Remaining": 100000}})).await;
-    let second = w.run(false).await;
+    let second = w.run("engagement").await;
     assert_eq!(second.written, first.deferred, "the deferred records go next, none is lost");
-    let third = w.run(false).await;
+    let third = w.run("engagement").await;
     assert_eq!(third.written, 0);
 }
 
@@ -401,8 +333,8 @@ async fn the_workflow_runs_the_same_on_postgres() {
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL unavailable (USAGESYNC_SKIP_POSTGRES=1 skips): {e}"));
     let w = world_with_store(150, 1.0, Some(store)).await;
-    let first = w.run(false).await;
-    let second = w.run(false).await;
+    let first = w.run("engagement").await;
+    let second = w.run("engagement").await;
     let runs = w.ctx.store.list_runs(Some("engagement"), 10).await.unwrap();
     engine::store::drop_postgres_schema(&url, &schema).await.unwrap();
     assert!(first.written > 100 && first.failed == 0, "{first:?}");
@@ -417,16 +349,16 @@ fn uuid_suffix() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_ambiguous_account_is_written_by_the_next_run() {
     let w = world(300, 1.0).await;
-    let first = w.run(false).await;
+    let first = w.run("engagement").await;
     let sample = first.ambiguous_samples.iter().find(|a| a.candidates.len() == 2).unwrap().clone();
     let chosen = sample.candidates[1].clone();
     assert!(!written(&w.accounts().await[&chosen]), "ambiguous: not written yet");
     w.ctx.store.pin_match("engagement", &sample.pendo_account, &chosen).await.unwrap();
-    let second = w.run(false).await;
+    let second = w.run("engagement").await;
     assert_eq!((second.written, second.ambiguous), (1, first.ambiguous - 1), "{second:?}");
     assert!(written(&w.accounts().await[&chosen]));
     assert!(!written(&w.accounts().await[&sample.candidates[0]]), "the other candidate stays untouched");
-    assert_eq!(w.run(false).await.written, 0);
+    assert_eq!(w.run("engagement").await.written, 0);
 }
 
 /// Records whose values a workflow field update changed in the same save are read back and
@@ -435,7 +367,7 @@ async fn a_pinned_ambiguous_account_is_written_by_the_next_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_changed_after_writing_are_read_back_and_reported_as_drift() {
     let w = world(150, 1.0).await;
-    let first = w.run(false).await;
+    let first = w.run("engagement").await;
     assert_eq!(first.failed, 0, "{:?}", first.failures);
     assert!(first.written > 0 && first.written <= 200, "{first:?}");
     let v = &first.verify;
@@ -450,7 +382,7 @@ async fn values_changed_after_writing_are_read_back_and_reported_as_drift() {
     let rule = json!({"name": "ClearMinutes", "when": {"field": "Pendo_Minutes__c", "operator": "greaterThan", "value": 0},
                       "field": "Pendo_Minutes__c", "value": 0});
     w.sf_admin(reqwest::Method::POST, "field-updates/Account", rule).await;
-    let quiet = w.run(false).await;
+    let quiet = w.run("engagement").await;
     assert_eq!((quiet.written, quiet.verify.checked), (0, 0), "nothing written, nothing read back: {quiet:?}");
     assert_eq!(quiet.api_calls.get("verify"), None);
 
@@ -471,7 +403,7 @@ async fn values_changed_after_writing_are_read_back_and_reported_as_drift() {
         })
         .collect();
     w.pendo_seed(json!({"events": events})).await;
-    let third = w.run(false).await;
+    let third = w.run("engagement").await;
     assert_eq!((third.written, third.failed), (4, 0), "{third:?}");
     assert_eq!(third.state, "succeeded", "drift does not fail the run");
     assert_eq!(third.api_calls.get("verify"), Some(&1), "{:?}", third.api_calls);
@@ -513,7 +445,7 @@ async fn values_changed_after_writing_are_read_back_and_reported_as_drift() {
         assert_eq!(r.changes[0].after.as_f64(), Some(0.0));
     }
     // Nothing is written back over the rule: the next run sends nothing.
-    let after = w.run(false).await;
+    let after = w.run("engagement").await;
     assert_eq!((after.written, after.verify.values_changed), (0, 0), "{after:?}");
     let accounts = w.accounts().await;
     for id in &ids {
@@ -526,20 +458,20 @@ async fn values_changed_after_writing_are_read_back_and_reported_as_drift() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_read_back_costs_what_the_setting_says() {
     let off = world_full(150, 1.0, None, "verify: { sample: 0 }\n").await;
-    let r = off.run(false).await;
+    let r = off.run("engagement").await;
     assert!(r.written > 0);
     assert_eq!(r.api_calls.get("verify"), None, "{:?}", r.api_calls);
     assert_eq!((r.verify.checked, r.verify.sampled_from), (0, r.written));
 
     let default = world(700, 1.0).await;
-    let r = default.run(false).await;
+    let r = default.run("engagement").await;
     assert!(r.written > 200, "{r:?}");
     assert_eq!(r.api_calls.get("verify"), Some(&1), "{:?}", r.api_calls);
     assert_eq!((r.verify.checked, r.verify.sampled_from, r.verify.values_changed), (200, r.written, 0));
 
     // Reading every Account a page of 2,000 at a time is cheaper than a query per 200 written.
     let all = world_full(700, 1.0, None, "verify: { all: true }\n").await;
-    let r = all.run(false).await;
+    let r = all.run("engagement").await;
     assert!(r.written.div_ceil(200) >= 3, "{r:?}");
     let accounts = all.accounts().await.values().filter(|a| a["IsDeleted"] != json!(true)).count();
     assert!(accounts <= 2000);
@@ -552,7 +484,7 @@ async fn the_read_back_costs_what_the_setting_says() {
     let big = world_full(700, 1.0, None, "verify: { all: true }\n").await;
     let others: Vec<Value> = (0..10_000).map(|i| json!({"Name": format!("Unrelated {i}")})).collect();
     big.sf_admin(reqwest::Method::POST, "records/Account", Value::Array(others)).await;
-    let r = big.run(false).await;
+    let r = big.run("engagement").await;
     assert_eq!(r.api_calls.get("verify"), Some(&1), "{:?}", r.api_calls);
     assert_eq!((r.verify.checked, r.verify.values_changed, r.verify.records_gone), (r.written, 0, 0));
 }
@@ -565,7 +497,7 @@ async fn a_spent_allocation_skips_the_read_back_with_a_note() {
     // /limits, the Account read, preflight's describe and the one Collections call go through;
     // other integrations take the rest of the day before the read-back.
     w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"SpentAfter": 4}})).await;
-    let r = w.run(false).await;
+    let r = w.run("engagement").await;
     assert_eq!((r.failed, r.deferred), (0, 0), "{r:?}");
     assert!(r.written > 0);
     assert_eq!(r.state, "succeeded", "{r:?}");

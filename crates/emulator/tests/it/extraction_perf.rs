@@ -1,7 +1,6 @@
 //! Timing of the engine's extraction queries against a generated store, paged as the engine pages
-//! them. Ignored: run with `EXTRACT_ACCOUNTS=100000 cargo test --release -p emulator --test
+//! them. Ignored: run with `EXTRACT_ACCOUNTS=100000 cargo test --release -p emulator --test it
 //! extraction_perf -- --ignored --nocapture`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use emulator::pendo::GenConfig;
 use emulator::pendo::bench::extraction;

@@ -2,26 +2,14 @@
 //! on their Contact (found by visitor id or by e-mail), a silent person gets zeros and keeps the
 //! last active day, an address two visitors share links nobody, and a re-run writes nothing.
 
-// Test setup helpers panic on purpose: a broken fixture should fail the test loudly.
-// Tests lay out their worlds on the wall clock; only the engine must read time through its Clock.
-#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
-
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use chrono::{Duration, Utc};
-use emulator::pendo::{GenConfig, PendoConfig, PendoState};
-use engine::workflow::{Context, RunOptions, RunReport};
 use serde_json::{Value, json};
 
+use crate::support::{Emulators, World};
+
 const CONFIG: &str = r#"
-connections:
-  salesforce:
-    login_url: "{sf}"
-    auth: { flow: client_credentials, client_id: usagesync-emulator, client_secret: { env: SF_SECRET } }
-  pendo:
-    base_url: "{pendo}"
-    integration_key: { env: PENDO_KEY }
 store: "{store}"
 budget: { daily_share: 0.5 }
 workflows:
@@ -50,28 +38,7 @@ workflows:
         events: Person_Mail_Events__c
 "#;
 
-fn env(name: &str) -> Option<String> {
-    match name {
-        "SF_SECRET" => Some("emulator-secret".into()),
-        "PENDO_KEY" => Some("emulator-integration-key".into()),
-        _ => None,
-    }
-}
-
-struct World {
-    sf: emulator::salesforce::Running,
-    ctx: Context,
-    http: reqwest::Client,
-    _pendo: emulator::pendo::Running,
-    _dir: tempfile::TempDir,
-}
-
 impl World {
-    async fn run(&self, workflow: &str) -> RunReport {
-        let options = RunOptions { trigger: "test".into(), ..Default::default() };
-        engine::workflow::run(&self.ctx, workflow, &options).await.unwrap()
-    }
-
     async fn contacts(&self) -> HashMap<String, Value> {
         let url = format!("{}/__emulator/records/Contact", self.sf.base_url);
         let rows: Vec<Value> = self.http.get(url).send().await.unwrap().json().await.unwrap();
@@ -87,12 +54,8 @@ async fn post(http: &reqwest::Client, url: String, body: Value) {
 /// A small generated world plus five people of our own: Ada and Bo busy, Cy silent, Dee and Eve
 /// sharing one address.
 async fn world() -> World {
-    let gc = GenConfig { seed: 9, accounts: 20, days: 30, ..GenConfig::default() };
-    let state = PendoState::generated(PendoConfig::default(), &gc);
-    let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
-    emulator::seed_matching_org(&sf.state, &state).unwrap();
-    let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
-    let http = reqwest::Client::new();
+    let emulators = Emulators::start(9, 20, 30).await;
+    let (sf, pendo, http) = (&emulators.sf, &emulators.pendo, &emulators.http);
 
     let today = Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
     let at = |days_ago: i64| (today - Duration::days(days_ago) + Duration::hours(10)).timestamp_millis();
@@ -123,7 +86,7 @@ async fn world() -> World {
         ],
         "guideEvents": [guide("p-ada", "s1", 2), guide("p-ada", "s2", 2), guide("p-bo", "s1", 3)],
     });
-    post(&http, format!("{}/__emulator/seed", pendo.base_url), seed).await;
+    post(http, format!("{}/__emulator/seed", pendo.base_url), seed).await;
 
     for name in [
         "Person_Active_Days__c",
@@ -134,20 +97,10 @@ async fn world() -> World {
         "Person_Mail_Events__c",
     ] {
         let field = json!({"name": name, "type": "double"});
-        post(&http, format!("{}/__emulator/fields/Contact", sf.base_url), field).await;
+        post(http, format!("{}/__emulator/fields/Contact", sf.base_url), field).await;
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
-    let text = CONFIG.replace("{sf}", &sf.base_url).replace("{pendo}", &pendo.base_url).replace("{store}", &sqlite);
-    let config = engine::config::load_str(&text, "test.yaml").unwrap();
-    let ctx = Context {
-        salesforce: engine::connect::salesforce_client(&config, &env).unwrap(),
-        pendo: engine::connect::pendo_client(&config, &env).unwrap(),
-        store: engine::store::open(&sqlite).await.unwrap(),
-        clock: engine::clock::Clock::system(),
-        config: Arc::new(config),
-    };
+    let w = emulators.world(CONFIG).await;
     for (last, visitor, email) in [
         ("Ada", Some("p-ada"), None),
         ("Bo", Some("p-bo"), None),
@@ -162,9 +115,9 @@ async fn world() -> World {
         if let Some(e) = email {
             c["Email"] = json!(e.trim());
         }
-        ctx.salesforce.create("Contact", &c).await.unwrap();
+        w.ctx.salesforce.create("Contact", &c).await.unwrap();
     }
-    World { sf, ctx, http, _pendo: pendo, _dir: dir }
+    w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +167,7 @@ async fn each_persons_usage_lands_on_their_contact_and_a_rerun_writes_nothing() 
     // A person's usage changes: only their Contact is written, and only the changed fields.
     let now = Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc() - Duration::days(1);
     let more = json!({"events": [{"kind": "page", "id": "page-p", "visitorId": "p-bo", "accountId": "people-co", "time": now.timestamp_millis(), "numEvents": 4, "numMinutes": 0}]});
-    post(&w.http, format!("{}/__emulator/seed", w._pendo.base_url), more).await;
+    post(&w.http, format!("{}/__emulator/seed", w.pendo.base_url), more).await;
     let changed = w.run("people-by-id").await;
     assert_eq!((changed.written, changed.failed), (1, 0), "{changed:?}");
     assert_eq!(
