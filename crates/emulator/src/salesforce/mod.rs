@@ -27,6 +27,7 @@ pub mod soql;
 pub mod state;
 pub mod store;
 pub mod tree;
+pub mod world;
 
 use std::future::Future;
 use std::net::SocketAddr;
