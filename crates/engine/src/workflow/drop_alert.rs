@@ -25,8 +25,8 @@ use super::create::{self, Group, NewRecord};
 use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::config::{DropAlertConfig, MetadataGroup, Workflow};
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
+use crate::figures;
 use crate::matching::Outcome;
-use crate::metrics;
 use crate::signal;
 use crate::store::{Action, FingerprintPut, RecordOutcome, RunId};
 
@@ -233,8 +233,8 @@ async fn body(
         let zero = AccountUsage { account_id: pendo_id.clone(), ..Default::default() };
         let now_u = current.get(pendo_id).unwrap_or(&zero);
         let prev_u = previous.get(pendo_id).unwrap_or(&zero);
-        let score = metrics::score(&config.accounts.score, now_u);
-        let prev_score = metrics::score(&config.accounts.score, prev_u);
+        let score = figures::score(&config.accounts.score, now_u);
+        let prev_score = figures::score(&config.accounts.score, prev_u);
         let episode = episodes.get(pendo_id).cloned().unwrap_or_default();
         let evidence = evidence(pendo_id, prev_u, now_u, prev_score, score, days, previous_end, now);
         let figures = |score: f64, usage: &AccountUsage| signal::Figures { score, usage: usage.clone() };

@@ -13,8 +13,8 @@ use crate::change::{self, Change, Desired};
 use crate::config::{EngagementConfig, MatchRule, Metric, Workflow};
 use crate::deliver;
 use crate::extract::{AccountFacts, AccountUsage, CoreFeatures, Extractor, Window};
+use crate::figures;
 use crate::matching::{Outcome, PendoSide};
-use crate::metrics;
 use crate::plan::{self, Allowance, CostModel};
 use crate::preflight::Quarantine;
 use crate::store::{Action, RecordOutcome, RunId};
@@ -99,7 +99,7 @@ async fn body(
     let written = ctx.store.fingerprints(&scope(&workflow.name)).await?;
     let usage_by_id: HashMap<&str, &AccountUsage> = usage.iter().map(|u| (u.account_id.as_str(), u)).collect();
     let stamp: Vec<(String, Value)> =
-        config.fields.get(Metric::UpdatedAt).map(|f| vec![(f.to_owned(), metrics::timestamp(now))]).unwrap_or_default();
+        config.fields.get(Metric::UpdatedAt).map(|f| vec![(f.to_owned(), figures::timestamp(now))]).unwrap_or_default();
     let mut changes: Vec<Change> = Vec::new();
     let (mut matched, mut unmatched, mut ambiguous, mut unchanged) = (0, 0, 0, 0);
     let mut skipped_outcomes = Vec::new();
@@ -115,7 +115,7 @@ async fn body(
                 let desired = Desired {
                     key: pendo_id.clone(),
                     salesforce_id: salesforce_id.clone(),
-                    fields: metrics::field_values(&config.fields, &config.score, u),
+                    fields: figures::field_values(&config.fields, &config.score, u),
                 };
                 match change::diff(&written, &desired, &stamp) {
                     Some(c) => changes.push(c),

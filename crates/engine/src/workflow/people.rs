@@ -206,7 +206,7 @@ fn values(config: &ContactEngagementConfig, u: &VisitorUsage) -> Vec<(String, Va
                 "guides_completed" => json!(u.guides_completed),
                 _ => {
                     let day = u.last_active_day.and_then(|ms| Utc.timestamp_millis_opt(ms).single())?;
-                    crate::metrics::timestamp(day)
+                    crate::figures::timestamp(day)
                 }
             };
             Some((field.to_owned(), value))

@@ -172,7 +172,7 @@ async fn body(
             (&f.active_users, json!(u.active_visitors)),
             (&f.features_explored, json!(u.core_features_used)),
             (&f.guides_completed, json!(u.guides_completed)),
-            (&f.last_active, u.last_active.map_or(Value::Null, crate::metrics::timestamp)),
+            (&f.last_active, u.last_active.map_or(Value::Null, crate::figures::timestamp)),
             (&f.drop_off_step, drop_offs.get(pendo_id).map_or(Value::Null, |s| json!(s))),
         ] {
             if let Some(field) = field {
