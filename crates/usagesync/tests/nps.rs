@@ -220,8 +220,16 @@ fn webhooks_polls_and_restarts_each_land_exactly_once() {
         let a = record(&sf, "Account", &account);
         (a["Health_Score__c"] != 46.7).then(|| a.to_string())
     });
-    // Several more reconciliation passes re-read the same rows: still one Task per response.
-    std::thread::sleep(Duration::from_secs(5));
+    // Two more reconciliation passes re-read the same rows: still one Task per response.
+    let last_run = || request(&url, "GET", "/healthz", None).1["workflows"]["nps"]["last_run"].clone();
+    let mut runs = vec![last_run()];
+    eventually("two more reconciliation runs", || {
+        let now = last_run();
+        if runs.last() != Some(&now) {
+            runs.push(now);
+        }
+        (runs.len() < 3).then(|| format!("{runs:?}"))
+    });
     assert_eq!(follow_ups_for(&sf, &contacts[0]).len(), 1);
     assert_eq!(follow_ups_for(&sf, &contacts[2]).len(), 1);
     let (_, metrics) = request(&url, "GET", "/healthz", None);
