@@ -348,14 +348,19 @@ pub async fn salesforce(path: &Path, out: Option<&Path>, force: bool, remote: bo
             .fields
             .iter()
             .map(|f| {
-                let mut by: Vec<String> = Vec::new();
+                // Workflows grouped by what they do with the field: "nps, expansion (key)".
+                let mut by: Vec<(&str, Vec<&str>)> = Vec::new();
                 for u in &f.uses {
-                    let label = format!("{} ({})", u.workflow, u.usage.as_str());
-                    if !by.contains(&label) {
-                        by.push(label);
+                    let usage = if u.usage == engine::preflight::Use::Key { "key" } else { u.usage.as_str() };
+                    match by.iter_mut().find(|(k, _)| *k == usage) {
+                        Some((_, names)) if names.contains(&u.workflow.as_str()) => {}
+                        Some((_, names)) => names.push(&u.workflow),
+                        None => by.push((usage, vec![&u.workflow])),
                     }
                 }
-                vec![f.member(), f.describe(), by.join(", ")]
+                let by: Vec<String> =
+                    by.iter().map(|(usage, names)| format!("{} ({usage})", names.join(", "))).collect();
+                vec![f.member(), f.describe(), by.join("; ")]
             })
             .collect();
         super::table::print(&["field", "type", "used by"], &rows);
@@ -366,11 +371,16 @@ pub async fn salesforce(path: &Path, out: Option<&Path>, force: bool, remote: bo
     if !in_org.is_empty() {
         say!("Left out, the org has them ({calls} describe call(s)): {}.", in_org.join(", "));
     }
-    if !plan.skipped.is_empty() {
-        outln!("Not in the package:");
-        for s in &plan.skipped {
-            say!("  {}.{}: {}", s.object, s.field, s.reason);
+    let mut reasons: Vec<(&str, Vec<String>)> = Vec::new();
+    for s in &plan.skipped {
+        let name = format!("{}.{}", s.object, s.field);
+        match reasons.iter_mut().find(|(r, _)| *r == s.reason) {
+            Some((_, names)) => names.push(name),
+            None => reasons.push((s.reason, vec![name])),
         }
+    }
+    for (reason, names) in &reasons {
+        say!("Not in the package, {reason}: {}.", names.join(", "));
     }
     if plan.fields.is_empty() {
         return Ok(0);

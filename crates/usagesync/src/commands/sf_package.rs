@@ -133,7 +133,7 @@ fn kind_of(r: &Requirement) -> Result<Kind, &'static str> {
         Expect::Date => Kind::DateTime,
         Expect::Boolean => Kind::Checkbox,
         // A lookup's target (User, Group, a queue) is the org's design, not the config's.
-        Expect::Reference => return Err("a lookup: its target object is the org's choice; create it by hand"),
+        Expect::Reference => return Err("lookups (their target is the org's choice: create them by hand)"),
         // An NPS verbatim has no length limit, and Text stops at 255.
         Expect::Text if r.key.ends_with(".comment_field") => LONG_TEXT,
         // A fixed value (a picklist's in a standard field) fits free text; a custom picklist's
@@ -172,11 +172,11 @@ pub fn plan<'a>(workflows: impl IntoIterator<Item = (&'a str, Vec<Requirement>)>
     for (workflow, requirements) in workflows {
         for r in requirements {
             if r.field.contains('.') {
-                skip(&mut skipped, &r.object, &r.field, "a relationship path: the org's own lookup");
+                skip(&mut skipped, &r.object, &r.field, "relationship paths (the org's own lookups)");
                 continue;
             }
             if !r.field.to_ascii_lowercase().ends_with("__c") {
-                skip(&mut skipped, &r.object, &r.field, "a standard field: every org has it");
+                skip(&mut skipped, &r.object, &r.field, "standard fields (every org has them)");
                 continue;
             }
             let object = metadata_object(&r.object);
@@ -203,7 +203,7 @@ pub fn plan<'a>(workflows: impl IntoIterator<Item = (&'a str, Vec<Requirement>)>
             // The first workflow that writes the field decides its type.
             match written().next() {
                 Some((_, kind)) => *kind,
-                None => Err("only read: the org's own data, which usagesync does not write"),
+                None => Err("fields only read (the org's own data, not written by usagesync)"),
             }
         };
         match kind {
@@ -322,7 +322,6 @@ fn write_field(x: &mut Xml, f: &Field) {
     if let Kind::Number { scale, .. } = f.kind {
         x.text("scale", &scale.to_string());
     }
-    x.text("trackHistory", "false");
     x.text("type", f.kind.metadata_type());
     if matches!(f.kind, Kind::Text { .. }) {
         x.text("unique", bool_text(f.external_id));
@@ -408,7 +407,6 @@ mod tests {
         <precision>18</precision>
         <required>false</required>
         <scale>2</scale>
-        <trackHistory>false</trackHistory>
         <type>Number</type>
     </fields>
 "
@@ -447,7 +445,6 @@ mod tests {
         <label>Usagesync Key</label>
         <length>255</length>
         <required>false</required>
-        <trackHistory>false</trackHistory>
         <type>Text</type>
         <unique>true</unique>
     </fields>
