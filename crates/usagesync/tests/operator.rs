@@ -678,6 +678,24 @@ fn the_demo_fits_80_columns_says_what_it_shows_and_ends_with_a_next_step() {
     let widest = out.lines().map(|l| l.chars().count()).max().unwrap();
     assert!(widest <= 80, "a line of {widest} columns:\n{out}");
     assert!(out.contains("Showing 10 of "), "{out}");
+    // One signal -> action: the CEL condition shown, and Tasks read back from Salesforce.
+    assert!(out.contains("=== Signal → action: stalled-adoption ==="), "{out}");
+    assert!(out.contains("feature_adoption <= previous.feature_adoption"), "{out}");
+    assert!(out.contains("Adoption stalled: "), "{out}");
+    // Contact engagement, with Contacts read back.
+    assert!(out.contains("=== Contact engagement: people ==="), "{out}");
+    assert!(out.contains("active days") && out.contains("features used"), "{out}");
+    // The summary has both runs of each workflow; the second writes nothing.
+    for workflow in ["engagement", "stalled-adoption", "people"] {
+        let rows: Vec<Vec<&str>> = out
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|cells| cells.len() == 6 && cells[0] == workflow)
+            .collect();
+        assert_eq!(rows.len(), 2, "{workflow}: {out}");
+        assert_ne!(rows[0][2], "0", "{workflow} run 1 writes: {out}");
+        assert_eq!((rows[1][1], rows[1][2], rows[1][3]), ("2", "0", "0"), "{workflow} run 2 writes nothing: {out}");
+    }
     assert!(out.trim_end().lines().rev().take(5).any(|l| l.starts_with("Next: `usagesync init`")), "{out}");
     assert!(!out.contains("Next: `usagesync runs"), "no next step into the demo's own store, gone when it ends");
 }
