@@ -43,7 +43,8 @@ pub enum Command {
         remote: bool,
     },
     /// Prepare the other side for the config: `setup pendo` lists the Pendo metadata fields the
-    /// enabled workflows write that Pendo lacks, and creates them with `--apply`.
+    /// enabled workflows write that Pendo lacks, and creates them with `--apply`; `setup
+    /// salesforce` writes a metadata package of the custom fields the workflows write or key on.
     Setup {
         #[command(subcommand)]
         target: SetupTarget,
@@ -314,5 +315,19 @@ pub enum SetupTarget {
     Pendo {
         #[arg(long)]
         apply: bool,
+    },
+    /// The Salesforce custom fields every workflow of the config (enabled or not) writes or keys
+    /// on, as a Metadata API package (package.xml and objects/*.object) for
+    /// `sf project deploy start --metadata-dir DIR`: shown, and written only with --out.
+    Salesforce {
+        /// The folder to write the package into (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
+        /// Overwrite a package already in the folder.
+        #[arg(long)]
+        force: bool,
+        /// Describe the org's objects and leave out the fields it already has (one call per object).
+        #[arg(long)]
+        remote: bool,
     },
 }

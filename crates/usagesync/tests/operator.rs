@@ -678,6 +678,24 @@ fn the_demo_fits_80_columns_says_what_it_shows_and_ends_with_a_next_step() {
     let widest = out.lines().map(|l| l.chars().count()).max().unwrap();
     assert!(widest <= 80, "a line of {widest} columns:\n{out}");
     assert!(out.contains("Showing 10 of "), "{out}");
+    // One signal -> action: the CEL condition shown, and Tasks read back from Salesforce.
+    assert!(out.contains("=== Signal → action: stalled-adoption ==="), "{out}");
+    assert!(out.contains("feature_adoption <= previous.feature_adoption"), "{out}");
+    assert!(out.contains("Adoption stalled: "), "{out}");
+    // Contact engagement, with Contacts read back.
+    assert!(out.contains("=== Contact engagement: people ==="), "{out}");
+    assert!(out.contains("active days") && out.contains("features used"), "{out}");
+    // The summary has both runs of each workflow; the second writes nothing.
+    for workflow in ["engagement", "stalled-adoption", "people"] {
+        let rows: Vec<Vec<&str>> = out
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|cells| cells.len() == 6 && cells[0] == workflow)
+            .collect();
+        assert_eq!(rows.len(), 2, "{workflow}: {out}");
+        assert_ne!(rows[0][2], "0", "{workflow} run 1 writes: {out}");
+        assert_eq!((rows[1][1], rows[1][2], rows[1][3]), ("2", "0", "0"), "{workflow} run 2 writes nothing: {out}");
+    }
     assert!(out.trim_end().lines().rev().take(5).any(|l| l.starts_with("Next: `usagesync init`")), "{out}");
     assert!(!out.contains("Next: `usagesync runs"), "no next step into the demo's own store, gone when it ends");
 }
@@ -1005,4 +1023,140 @@ async fn named_users_log_in_with_their_own_password_and_a_viewer_cannot_act() {
     assert_eq!(pause(operator).await.status().as_u16(), 303);
     assert!(Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap().success());
     daemon.wait().unwrap();
+}
+
+/// Reads a written metadata package back with python3's XML parser (no XML crate is in the
+/// lockfile): every file must be well-formed, and what it holds comes back as JSON.
+fn read_package(dir: &std::path::Path) -> serde_json::Value {
+    const SCRIPT: &str = r#"
+import json, os, sys, xml.etree.ElementTree as ET
+NS = "{http://soap.sforce.com/2006/04/metadata}"
+d = sys.argv[1]
+pkg = ET.parse(os.path.join(d, "package.xml")).getroot()
+out = {"root": pkg.tag, "types": [], "version": pkg.find(NS + "version").text, "objects": {}}
+for t in pkg.findall(NS + "types"):
+    out["types"].append({"name": t.find(NS + "name").text, "members": [m.text for m in t.findall(NS + "members")]})
+for name in sorted(os.listdir(os.path.join(d, "objects"))):
+    root = ET.parse(os.path.join(d, "objects", name)).getroot()
+    fields = [{c.tag[len(NS):]: c.text for c in f} for f in root.findall(NS + "fields")]
+    out["objects"][name] = {"root": root.tag, "fields": fields}
+print(json.dumps(out))
+"#;
+    let o = Command::new("python3").arg("-c").arg(SCRIPT).arg(dir).output().expect("python3 runs");
+    assert!(o.status.success(), "the package does not parse as XML: {}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn setup_salesforce_writes_a_package_with_each_custom_field_the_preflight_names_exactly_once() {
+    use engine::preflight::{Expect, Use};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = starter(dir.path());
+    // What preflight says the workflows write or key on, every workflow counted (all are off).
+    let config = engine::config::load(&cfg).unwrap();
+    let (mut expected, mut keys) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    for w in config.workflows.values() {
+        for r in engine::preflight::requirements(w) {
+            if r.usage == Use::Read || !r.field.ends_with("__c") {
+                continue;
+            }
+            assert_ne!(r.expect, Expect::Reference, "the example writes no lookup: {r:?}");
+            let object = if r.object == "Task" || r.object == "Event" { "Activity" } else { r.object.as_str() };
+            expected.insert(format!("{object}.{}", r.field));
+            if r.usage == Use::Key {
+                keys.insert(format!("{object}.{}", r.field));
+            }
+        }
+    }
+    assert!(expected.len() >= 20 && keys.len() >= 3, "{expected:?} {keys:?}");
+    let setup =
+        |args: &[&str]| bin().arg("--config").arg(&cfg).args(["setup", "salesforce"]).args(args).output().unwrap();
+
+    // Shown first, nothing written.
+    let o = setup(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("Nothing was written"), "{}", text(&o));
+    assert!(text(&o).lines().all(|l| l.chars().count() <= 80), "{}", text(&o));
+    let o = setup(&["--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let members: Vec<String> = listed["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| format!("{}.{}", f["object"].as_str().unwrap(), f["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(members.len(), expected.len(), "{members:?}");
+    assert_eq!(members.iter().cloned().collect::<std::collections::BTreeSet<_>>(), expected);
+    assert!(listed["skipped"].as_array().unwrap().iter().any(|s| s["field"] == "StageName"), "{listed}");
+    assert_eq!(listed["written"], serde_json::json!([]));
+
+    // Written with --out: package.xml lists each field once, each object file defines it once.
+    let out = dir.path().join("pkg");
+    let o = setup(&["--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("sf project deploy start --metadata-dir"), "{}", text(&o));
+    let package = read_package(&out);
+    assert_eq!(package["root"], "{http://soap.sforce.com/2006/04/metadata}Package");
+    assert_eq!(package["version"], "62.0");
+    let types = package["types"].as_array().unwrap();
+    assert_eq!(types.len(), 1, "{package}");
+    assert_eq!(types[0]["name"], "CustomField");
+    let listed: Vec<String> =
+        types[0]["members"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().into()).collect();
+    assert_eq!(listed, expected.iter().cloned().collect::<Vec<_>>(), "each member once, sorted");
+    let mut defined = Vec::new();
+    for (file, object) in package["objects"].as_object().unwrap() {
+        assert_eq!(object["root"], "{http://soap.sforce.com/2006/04/metadata}CustomObject");
+        for f in object["fields"].as_array().unwrap() {
+            let member = format!("{}.{}", file.trim_end_matches(".object"), f["fullName"].as_str().unwrap());
+            let is_key = keys.contains(&member);
+            assert_eq!(f["externalId"], if is_key { "true" } else { "false" }, "{member}: {f}");
+            if is_key {
+                assert_eq!(
+                    (&f["type"], &f["unique"], &f["caseSensitive"]),
+                    (&"Text".into(), &"true".into(), &"false".into())
+                );
+            }
+            assert!(f["label"].as_str().is_some_and(|l| !l.is_empty() && l.len() <= 40), "{member}: {f}");
+            defined.push(member);
+        }
+    }
+    defined.sort();
+    assert_eq!(defined, listed, "each field defined exactly once");
+
+    // A package already there is kept unless --force.
+    let o = setup(&["--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("--force"), "{}", text(&o));
+    assert!(setup(&["--out", out.to_str().unwrap(), "--force"]).status.success());
+
+    // --remote leaves out what the org has: the emulated org has the Account engagement fields,
+    // not the people workflow's Contact ones.
+    let (mut emu, sf, pendo) = emulator("20");
+    let body = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, body.replace("http://127.0.0.1:8443", &sf).replace("http://127.0.0.1:8444", &pendo)).unwrap();
+    let o = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--json", "setup", "salesforce", "--remote"])
+        .env("SF_CLIENT_SECRET", "emulator-secret")
+        .output()
+        .unwrap();
+    emu.kill().unwrap();
+    emu.wait().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let remote: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|f| format!("{}.{}", f["object"].as_str().unwrap(), f["name"].as_str().unwrap()))
+            .collect()
+    };
+    let in_org: Vec<&str> = remote["in_org"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    assert!(in_org.contains(&"Account.Pendo_Active_Visitors__c"), "{remote}");
+    assert!(names(&remote["fields"]).contains(&"Contact.Pendo_Features_Used__c".to_owned()), "{remote}");
+    assert_eq!(names(&remote["fields"]).len() + in_org.len(), expected.len(), "{remote}");
+    assert!(remote["describe_calls"].as_u64().unwrap() >= 1, "{remote}");
 }

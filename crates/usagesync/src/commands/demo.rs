@@ -1,7 +1,8 @@
-//! `usagesync demo`: the main job end to end on embedded defaults. It starts both emulators on
+//! `usagesync demo`: the main jobs end to end on embedded defaults. It starts both emulators on
 //! 127.0.0.1 with one generated world (Pendo usage and the matching Salesforce org), runs the
 //! engagement workflow with a config like the shipped example, shows what it wrote and what it
-//! cost, then runs it again to show that nothing is rewritten.
+//! cost, then runs it again to show that nothing is rewritten; then the same for one risk signal
+//! turned into Tasks (stalled adoption) and for each person's usage on their Contact.
 
 use anyhow::{Context as _, Result, bail};
 use emulator::pendo::{GenConfig, PendoConfig, PendoState};
@@ -33,6 +34,7 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<u8> {
         .context("Failed to generate the demo world")?;
     let sf = sf_emulator::spawn(SfConfig::default(), false).await.context("Failed to start the Salesforce emulator")?;
     super::emulate::seed_matching_org(&sf.state, &pendo_state)?;
+    add_contact_fields(&sf.state)?;
     let pendo_emu =
         emulator::pendo::start("127.0.0.1:0", pendo_state).await.context("Failed to start the Pendo emulator")?;
     let dir = tempfile::tempdir().context("Failed to make a directory for the demo's state store")?;
@@ -49,15 +51,15 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<u8> {
         say!("Generated {} Pendo accounts with 30 days of usage, and the matching Salesforce org.", args.accounts);
     }
 
+    let options = || RunOptions {
+        dry_run: false,
+        trigger: "demo".into(),
+        progress: progress::Bars::for_terminal(json),
+        ..Default::default()
+    };
     let mut reports: Vec<RunReport> = Vec::new();
     for run in 1..=2 {
-        let options = RunOptions {
-            dry_run: false,
-            trigger: "demo".into(),
-            progress: progress::Bars::for_terminal(json),
-            ..Default::default()
-        };
-        let report = engine::workflow::run(&ctx, "engagement", &options).await?;
+        let report = engine::workflow::run(&ctx, "engagement", &options()).await?;
         if !json {
             outln!();
             say!("=== Run {run} ===");
@@ -68,31 +70,61 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<u8> {
         }
         reports.push(report);
     }
+
+    let mut signal: Vec<RunReport> = Vec::new();
+    for _ in 1..=2 {
+        signal.push(engine::workflow::run(&ctx, SIGNAL, &options()).await?);
+    }
+    if !json {
+        outln!();
+        say!("=== Signal → action: {SIGNAL} ===");
+        say!("A Task for the CSM (or the Account owner) when this condition (CEL, alert.when) holds:");
+        say!("  {}", condition(DEMO_CONFIG));
+        print_tasks(&ctx).await?;
+    }
+    let mut people: Vec<RunReport> = Vec::new();
+    for _ in 1..=2 {
+        people.push(engine::workflow::run(&ctx, PEOPLE, &options()).await?);
+    }
+    if !json {
+        outln!();
+        say!("=== Contact engagement: {PEOPLE} ===");
+        say!("Each person's usage onto their Contact, matched by e-mail:");
+        print_contacts(&ctx, &people[0]).await?;
+    }
+
     let (first, second) = (&reports[0], &reports[1]);
     if json {
-        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({"runs": reports}))?);
+        let all = serde_json::json!({"runs": reports, "signal_runs": signal, "people_runs": people});
+        outln!("{}", serde_json::to_string_pretty(&all)?);
     } else {
         outln!();
+        let runs = [("engagement", &reports), (SIGNAL, &signal), (PEOPLE, &people)];
         table::print(
-            &["run", "written", "failed", "SF API calls", "one call per account"],
-            &reports
+            &["workflow", "run", "written", "failed", "SF API calls", "matched"],
+            &runs
                 .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    vec![
-                        (i + 1).to_string(),
-                        thousands(r.written as u64),
-                        thousands(r.failed as u64),
-                        thousands(r.total_api_calls()),
-                        thousands(r.matched as u64),
-                    ]
+                .flat_map(|(name, reports)| {
+                    reports.iter().enumerate().map(move |(i, r)| {
+                        vec![
+                            (*name).to_owned(),
+                            (i + 1).to_string(),
+                            thousands(r.written as u64),
+                            thousands(r.failed as u64),
+                            thousands(r.total_api_calls()),
+                            thousands(r.matched as u64),
+                        ]
+                    })
                 })
                 .collect::<Vec<_>>(),
         );
         outln!();
         say!(
-            "Run 2 sent no writes: all {} matched Accounts already carried their current engagement.",
-            thousands(second.matched as u64)
+            "Run 2 sent no writes: all {} matched Accounts already carried their current engagement, \
+             each stalled account's Task was made once (its episode stays open until adoption \
+             recovers), and all {} matched Contacts carried their current usage.",
+            thousands(second.matched as u64),
+            thousands(people[1].matched as u64)
         );
         outln!();
         say!(
@@ -112,7 +144,124 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<u8> {
     if second.written > 0 || second.write_calls() > 0 {
         bail!("run 2 rewrote {} unchanged Accounts", second.written);
     }
+    if signal.iter().any(|r| r.failed > 0) || signal[1].written > 0 {
+        bail!(
+            "{SIGNAL} failed {} Task(s) and run 2 made {} again; the demo expects one Task per episode",
+            signal[0].failed + signal[1].failed,
+            signal[1].written
+        );
+    }
+    if people[0].written == 0 || people.iter().any(|r| r.failed > 0) || people[1].written > 0 {
+        bail!(
+            "{PEOPLE} wrote {} then {} Contacts with {} failures; the demo expects them written once",
+            people[0].written,
+            people[1].written,
+            people[0].failed + people[1].failed
+        );
+    }
     Ok(0)
+}
+
+/// The demo's signal → action and Contact engagement workflows (names in demo.yaml).
+const SIGNAL: &str = "stalled-adoption";
+const PEOPLE: &str = "people";
+
+/// The Contact fields the people workflow writes that the generated org lacks, added as an
+/// admin would before turning the workflow on (`usagesync setup salesforce` writes them).
+const CONTACT_FIELDS: [&str; 5] = [
+    "Pendo_Active_Days__c",
+    "Pendo_Events__c",
+    "Pendo_Minutes__c",
+    "Pendo_Features_Used__c",
+    "Pendo_Guides_Completed__c",
+];
+
+fn add_contact_fields(sf: &sf_emulator::SfState) -> Result<()> {
+    let mut db = sf.db.lock();
+    for name in CONTACT_FIELDS {
+        let spec = serde_json::from_value(serde_json::json!({"name": name, "type": "double"}))
+            .with_context(|| format!("Failed to describe Contact.{name} for the emulator"))?;
+        db.schema
+            .add_custom_field("Contact", spec)
+            .map_err(|e| anyhow::anyhow!("Failed to add Contact.{name} to the emulated org: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The signal workflow's `alert.when`, as demo.yaml has it, to show what made the Tasks.
+fn condition(config: &str) -> String {
+    config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("when: "))
+        .map(|c| c.trim_matches('"').to_owned())
+        .unwrap_or_default()
+}
+
+fn cell(m: &serde_json::Map<String, serde_json::Value>, f: &str) -> String {
+    match m.get(f) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => String::new(),
+        Some(v) => v.to_string(),
+    }
+}
+
+/// Reads a few of the Tasks the signal made back from Salesforce.
+async fn print_tasks(ctx: &Context) -> Result<()> {
+    let soql = salesforce::SoqlQuery::select(["Subject", "Priority", "ActivityDate"], "Task")
+        .filter(salesforce::Condition::starts_with("Usagesync_Key__c", &format!("usagesync:{SIGNAL}:")))
+        .limit(3)
+        .build()?;
+    let rows: Vec<serde_json::Map<String, serde_json::Value>> =
+        ctx.salesforce.query_collect(soql).await.context("Failed to read the Tasks back")?;
+    if rows.is_empty() {
+        say!("No account met it in this world, so no Task was made.");
+        return Ok(());
+    }
+    say!("A few of the Tasks as Salesforce now holds them:");
+    table::print(
+        &["Task subject", "priority", "due"],
+        &rows
+            .iter()
+            .map(|m| vec![cell(m, "Subject"), cell(m, "Priority"), cell(m, "ActivityDate")])
+            .collect::<Vec<_>>(),
+    );
+    Ok(())
+}
+
+/// Reads a few of the Contacts the people workflow wrote back from Salesforce.
+async fn print_contacts(ctx: &Context, report: &RunReport) -> Result<()> {
+    let ids: Vec<String> = report.samples.iter().map(|s| s.salesforce_id.clone()).collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let soql = salesforce::SoqlQuery::select(
+        ["Name", "Pendo_Active_Days__c", "Pendo_Events__c", "Pendo_Features_Used__c", "Pendo_Last_Active__c"],
+        "Contact",
+    )
+    .filter(salesforce::Condition::in_list("Id", ids.iter().map(String::as_str)))
+    .build()?;
+    let mut rows: Vec<serde_json::Map<String, serde_json::Value>> =
+        ctx.salesforce.query_collect(soql).await.context("Failed to read the written Contacts back")?;
+    // The generated world reuses names across accounts; three different people read better.
+    let mut names = std::collections::HashSet::new();
+    rows.retain(|m| names.insert(cell(m, "Name")));
+    rows.truncate(3);
+    table::print(
+        &["Contact", "active days", "events", "features used", "last active"],
+        &rows
+            .iter()
+            .map(|m| {
+                vec![
+                    cell(m, "Name"),
+                    cell(m, "Pendo_Active_Days__c"),
+                    cell(m, "Pendo_Events__c"),
+                    cell(m, "Pendo_Features_Used__c"),
+                    cell(m, "Pendo_Last_Active__c"),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    Ok(())
 }
 
 /// Reads a few written Accounts back from Salesforce, to show the values landed.
@@ -136,11 +285,6 @@ async fn print_samples(ctx: &Context, report: &RunReport) -> Result<()> {
     .build()?;
     let rows: Vec<serde_json::Map<String, serde_json::Value>> =
         ctx.salesforce.query_collect(soql).await.context("Failed to read the written Accounts back")?;
-    let cell = |m: &serde_json::Map<String, serde_json::Value>, f: &str| match m.get(f) {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Null) | None => String::new(),
-        Some(v) => v.to_string(),
-    };
     outln!();
     say!("A few Accounts as Salesforce now holds them:");
     table::print(

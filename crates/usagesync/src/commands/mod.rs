@@ -14,6 +14,7 @@ pub(crate) mod history;
 mod metrics;
 mod progress;
 mod setup;
+mod sf_package;
 mod sync;
 mod table;
 
@@ -56,6 +57,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::ConsolePassword => setup::console_password(),
         Command::Setup { target: crate::cli::SetupTarget::Pendo { apply } } => setup::pendo(config, apply, json).await,
+        Command::Setup { target: crate::cli::SetupTarget::Salesforce { out, force, remote } } => {
+            setup::salesforce(config, out.as_deref(), force, remote, json).await
+        }
         Command::Bench { target: BenchTarget::Emulator { upserts, collection_records, concurrency } } => {
             ok(bench::emulator(upserts, collection_records, concurrency).await)
         }

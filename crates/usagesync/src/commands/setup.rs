@@ -1,5 +1,6 @@
-//! `usagesync init` and `usagesync validate`: a starter config, and a check that reports every
-//! problem of a config at once (with `--remote`, also every problem the org's describe shows).
+//! `usagesync init`, `usagesync validate` and `usagesync setup`: a starter config, a check that
+//! reports every problem of a config at once (with `--remote`, also every problem the org's
+//! describe shows), and preparing Pendo and Salesforce for the fields the config writes.
 
 use std::path::Path;
 
@@ -262,6 +263,143 @@ pub async fn pendo(path: &Path, apply: bool, json: bool) -> Result<u8> {
         }
     }
     Ok(if left == 0 { 0 } else { EXIT_CONFIG })
+}
+
+/// `usagesync setup salesforce [--out DIR] [--remote]`: the custom fields every workflow of the
+/// config writes or keys on, as a Metadata API package. Every workflow counts, enabled or not:
+/// the package is deployed before a workflow is turned on. Shown first; files are written only
+/// into `--out`. Exit 0 (a package is a proposal, never a failure).
+pub async fn salesforce(path: &Path, out: Option<&Path>, force: bool, remote: bool, json: bool) -> Result<u8> {
+    let config = context::load_config(path)?;
+    let mut plan = super::sf_package::plan(
+        config.workflows.values().map(|w| (w.name.as_str(), engine::preflight::requirements(w))),
+    );
+    let mut in_org = Vec::new();
+    let mut calls = 0;
+    if remote {
+        let client = engine::connect::salesforce_client(&config, &context::env_var)?;
+        let mut objects: Vec<String> = Vec::new();
+        for o in plan.fields.iter().flat_map(|f| &f.sobjects) {
+            if !objects.iter().any(|seen| seen.eq_ignore_ascii_case(o)) {
+                objects.push(o.clone());
+            }
+        }
+        let mut describes = engine::preflight::Describes::new();
+        engine::preflight::describe(&client, &objects, &mut describes)
+            .await
+            .context("Failed to describe the org's objects")?;
+        calls = client.requests_sent();
+        plan.fields.retain(|f| {
+            let has = f.sobjects.iter().any(|o| {
+                describes
+                    .get(&o.to_ascii_lowercase())
+                    .and_then(Option::as_deref)
+                    .is_some_and(|d| d.field(&f.name).is_some())
+            });
+            if has {
+                in_org.push(f.member());
+            }
+            !has
+        });
+    }
+    let api_version = &config.connections.salesforce.api_version;
+    let files = super::sf_package::files(&plan.fields, api_version);
+    let mut written = Vec::new();
+    if let Some(dir) = out
+        && !plan.fields.is_empty()
+    {
+        if dir.join("package.xml").exists() && !force {
+            bail!("{} already holds a package.xml; pass --force to overwrite it", dir.display());
+        }
+        for (relative, text) in &files {
+            let file = dir.join(relative);
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent).with_context(|| format!("Failed to make {}", parent.display()))?;
+            }
+            std::fs::write(&file, text).with_context(|| format!("Failed to write {}", file.display()))?;
+            written.push(file.display().to_string());
+        }
+    }
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({
+                "format": "metadata",
+                "api_version": api_version,
+                "fields": plan.fields,
+                "skipped": plan.skipped,
+                "in_org": in_org,
+                "describe_calls": calls,
+                "written": written,
+            })
+        );
+        return Ok(0);
+    }
+    let objects = files.len().saturating_sub(1);
+    if plan.fields.is_empty() {
+        outln!("No custom field to create: the workflows write none the org lacks.");
+    } else {
+        say!(
+            "{} custom field(s) on {objects} object(s) that the config's {} workflow(s) write or key on:",
+            plan.fields.len(),
+            config.workflows.len()
+        );
+        let rows: Vec<Vec<String>> = plan
+            .fields
+            .iter()
+            .map(|f| {
+                // Workflows grouped by what they do with the field: "nps, expansion (key)".
+                let mut by: Vec<(&str, Vec<&str>)> = Vec::new();
+                for u in &f.uses {
+                    let usage = if u.usage == engine::preflight::Use::Key { "key" } else { u.usage.as_str() };
+                    match by.iter_mut().find(|(k, _)| *k == usage) {
+                        Some((_, names)) if names.contains(&u.workflow.as_str()) => {}
+                        Some((_, names)) => names.push(&u.workflow),
+                        None => by.push((usage, vec![&u.workflow])),
+                    }
+                }
+                let by: Vec<String> =
+                    by.iter().map(|(usage, names)| format!("{} ({usage})", names.join(", "))).collect();
+                vec![f.member(), f.describe(), by.join("; ")]
+            })
+            .collect();
+        super::table::print(&["field", "type", "used by"], &rows);
+        if plan.fields.iter().any(|f| f.object == "Activity") {
+            say!("Task and Event fields are Activity fields in Salesforce, so the package puts them there.");
+        }
+    }
+    if !in_org.is_empty() {
+        say!("Left out, the org has them ({calls} describe call(s)): {}.", in_org.join(", "));
+    }
+    let mut reasons: Vec<(&str, Vec<String>)> = Vec::new();
+    for s in &plan.skipped {
+        let name = format!("{}.{}", s.object, s.field);
+        match reasons.iter_mut().find(|(r, _)| *r == s.reason) {
+            Some((_, names)) => names.push(name),
+            None => reasons.push((s.reason, vec![name])),
+        }
+    }
+    for (reason, names) in &reasons {
+        say!("Not in the package, {reason}: {}.", names.join(", "));
+    }
+    if plan.fields.is_empty() {
+        return Ok(0);
+    }
+    if let Some(dir) = out {
+        say!(
+            "Wrote package.xml and {objects} object file(s) into {} (Metadata API format). Deploy \
+             it with `sf project deploy start --metadata-dir {}`, then give the integration user \
+             read and edit access to the new fields (field-level security, e.g. in a permission set).",
+            dir.display(),
+            dir.display()
+        );
+    } else {
+        say!(
+            "Nothing was written; `usagesync setup salesforce --out DIR` writes the package \
+             (Metadata API format, for `sf project deploy start --metadata-dir DIR`)."
+        );
+    }
+    Ok(0)
 }
 
 #[cfg(test)]
