@@ -303,15 +303,8 @@ fn prune_deletes_old_history_and_keeps_what_runs_decide_with() {
     assert_eq!(today["pruned"]["outcomes"], 0, "{today}");
 
     let later = (chrono::Utc::now() + chrono::Duration::days(40)).to_rfc3339();
-    let prune = |args: &[&str]| {
-        bin()
-            .arg("--config")
-            .arg(&cfg)
-            .args(args)
-            .env("USAGESYNC_NOW", &later)
-            .output()
-            .unwrap()
-    };
+    let prune =
+        |args: &[&str]| bin().arg("--config").arg(&cfg).args(args).env("USAGESYNC_NOW", &later).output().unwrap();
     let o = prune(&["prune", "--dry-run"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("would delete"), "{}", text(&o));

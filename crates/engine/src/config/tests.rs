@@ -474,8 +474,10 @@ fn retention_defaults_to_30_days_and_is_checked_at_its_line() {
     let without = STARTER.replace("retention:", "# retention:").replace("  history_days: 30", "");
     assert_eq!(load_ok(&without).retention.history_days, DEFAULT_HISTORY_DAYS);
     let week = example_with("  history_days: 30", "  history_days: 7");
-    assert_eq!(load_ok(&week).retention.cutoff(chrono::DateTime::UNIX_EPOCH + chrono::Duration::days(10)),
-        chrono::DateTime::UNIX_EPOCH + chrono::Duration::days(3));
+    assert_eq!(
+        load_ok(&week).retention.cutoff(chrono::DateTime::UNIX_EPOCH + chrono::Duration::days(10)),
+        chrono::DateTime::UNIX_EPOCH + chrono::Duration::days(3)
+    );
     for bad in ["0", "3651", "99999999999"] {
         let text = example_with("  history_days: 30", &format!("  history_days: {bad}"));
         let errors = load_err(&text);

@@ -13,8 +13,8 @@ use super::{
     Budget, Config, ConfigError, Connections, DEFAULT_API_VERSION, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_LATENCY,
     DEFAULT_MAX_PENDING, DEFAULT_MIN_REMAINING, DEFAULT_MIN_SHARE, DEFAULT_RECHECK_MATCHES_AFTER,
     DEFAULT_SIGNATURE_HEADER, DEFAULT_WEBSITE_FIELD, EngagementConfig, FieldMap, MatchRule, MetadataGroup, Metric,
-    PendoConnection, Retention, SalesforceAuth, SalesforceConnection, ScoreConfig, Secret, StoreConfig, StoreKind, TemplateKind,
-    Term, Verify, WINDOW_DAYS, Webhooks, Workflow, duration, wire,
+    PendoConnection, Retention, SalesforceAuth, SalesforceConnection, ScoreConfig, Secret, StoreConfig, StoreKind,
+    TemplateKind, Term, Verify, WINDOW_DAYS, Webhooks, Workflow, duration, wire,
 };
 
 /// Collects errors, locating each by its key path.

@@ -21,10 +21,10 @@ use super::dialect::{Column, DbRow, Dialect, Pool, Stmt, Tx};
 use super::{
     Action, Backend, BudgetDay, BudgetStore, CreateState, CursorStore, Failure, FailureFilter, FailureSelector,
     FailureStatus, FailureStore, FingerprintPut, FingerprintStore, Fingerprints, IdMapEntry, IdMapStore,
-    IdempotencyStore, InboxCounts, InboxEvent, InboxStore, MatchStatus, NewFailure, NewRun, OutcomeFilter,
-    Pruned, RecordOutcome, RetentionStore, Run, RunClaim, RunFinish, RunId, RunState, RunStore, Store, StoreError, StoreFuture, StoreSize,
-    abandoned_error, finished_after_abandoned, fp_from_db, fp_to_db, from_db_count, from_json_text, json_text,
-    last_per_key, lease_until, outcome_rows, search_term, to_db_count,
+    IdempotencyStore, InboxCounts, InboxEvent, InboxStore, MatchStatus, NewFailure, NewRun, OutcomeFilter, Pruned,
+    RecordOutcome, RetentionStore, Run, RunClaim, RunFinish, RunId, RunState, RunStore, Store, StoreError, StoreFuture,
+    StoreSize, abandoned_error, finished_after_abandoned, fp_from_db, fp_to_db, from_db_count, from_json_text,
+    json_text, last_per_key, lease_until, outcome_rows, search_term, to_db_count,
 };
 
 /// The state store in an SQLite or PostgreSQL database.
@@ -1537,8 +1537,13 @@ impl RetentionStore for SqlStore {
             let day = BindCutoff::Day(cutoff.date_naive());
             let mut pruned = Pruned::default();
             if dry_run {
-                pruned.runs =
-                    self.count("count prunable runs", format!("SELECT count(*) AS n FROM runs r WHERE {PRUNABLE_RUNS}"), time).await?;
+                pruned.runs = self
+                    .count(
+                        "count prunable runs",
+                        format!("SELECT count(*) AS n FROM runs r WHERE {PRUNABLE_RUNS}"),
+                        time,
+                    )
+                    .await?;
                 pruned.outcomes = self
                     .count(
                         "count prunable outcomes",
@@ -1565,7 +1570,11 @@ impl RetentionStore for SqlStore {
                     .await?;
                 for table in BUDGET_TABLES.iter().chain(&["budget_spend"]) {
                     pruned.budget_rows += self
-                        .count("count prunable budget rows", format!("SELECT count(*) AS n FROM {table} WHERE day < $1"), day)
+                        .count(
+                            "count prunable budget rows",
+                            format!("SELECT count(*) AS n FROM {table} WHERE day < $1"),
+                            day,
+                        )
                         .await?;
                 }
                 return Ok(pruned);
@@ -1574,7 +1583,9 @@ impl RetentionStore for SqlStore {
             pruned.failures = self
                 .delete_in_batches(
                     "prune failures",
-                    &format!("DELETE FROM failures WHERE id IN (SELECT id FROM failures WHERE {PRUNABLE_FAILURES} LIMIT $2)"),
+                    &format!(
+                        "DELETE FROM failures WHERE id IN (SELECT id FROM failures WHERE {PRUNABLE_FAILURES} LIMIT $2)"
+                    ),
                     time,
                     batch,
                 )

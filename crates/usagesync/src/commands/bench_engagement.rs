@@ -139,7 +139,17 @@ pub async fn engagement(sizes: &[usize], days: u32) -> Result<()> {
         child.process.kill().await.ok();
     }
     table::print(
-        &["accounts", "run", "seconds", "peak RSS MiB", "store MB", "written", "SF calls", "write calls", "calls by kind"],
+        &[
+            "accounts",
+            "run",
+            "seconds",
+            "peak RSS MiB",
+            "store MB",
+            "written",
+            "SF calls",
+            "write calls",
+            "calls by kind",
+        ],
         &rows,
     );
     println!();
