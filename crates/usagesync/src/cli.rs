@@ -134,6 +134,18 @@ pub enum Command {
         #[arg(long, default_value_t = 10_000)]
         limit: u32,
     },
+    /// Delete history older than `retention.history_days` (the daemon does this every hour):
+    /// finished runs with their outcomes, closed failures, processed webhook events and past
+    /// budget days. State later runs decide with is never deleted.
+    Prune {
+        /// Count what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// SQLite: afterwards rewrite the whole file (VACUUM), which shrinks a store created
+        /// before incremental vacuuming and switches it on; holds the write lock meanwhile.
+        #[arg(long, conflicts_with = "dry_run")]
+        vacuum: bool,
+    },
     /// Print an Argon2 hash of a password read from stdin, for a `console.users` entry's
     /// `password_hash` (keep it in the file or variable that entry names).
     ConsolePassword,

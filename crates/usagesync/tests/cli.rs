@@ -278,3 +278,65 @@ fn a_bad_usagesync_now_changes_nothing_and_says_why() {
     let made: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(made, vec![std::ffi::OsString::from("usagesync.yaml")], "nothing but the config: {made:?}");
 }
+
+/// `prune` deletes the history past `retention.history_days` and nothing a later run decides
+/// with: 40 days on (USAGESYNC_NOW), the first of two runs goes with its outcomes, the latest
+/// stays, and a run after the prune still finds nothing changed.
+#[test]
+fn prune_deletes_old_history_and_keeps_what_runs_decide_with() {
+    let emu = emulators(60);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &emu);
+    let o = run(&cfg, &["sync", "engagement", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let first: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let written = first["written"].as_u64().unwrap();
+    assert!(written > 0, "{first}");
+    let o = run(&cfg, &["sync", "engagement", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let o = run(&cfg, &["prune", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let today: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(today["history_days"], 30, "{today}");
+    assert_eq!(today["pruned"]["runs"], 0, "nothing is 30 days old yet: {today}");
+    assert_eq!(today["pruned"]["outcomes"], 0, "{today}");
+
+    let later = (chrono::Utc::now() + chrono::Duration::days(40)).to_rfc3339();
+    let prune =
+        |args: &[&str]| bin().arg("--config").arg(&cfg).args(args).env("USAGESYNC_NOW", &later).output().unwrap();
+    let o = prune(&["prune", "--dry-run"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("would delete"), "{}", text(&o));
+    let o = prune(&["prune", "--dry-run", "--json"]);
+    let dry: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["pruned"]["runs"], 1, "the latest run stays: {dry}");
+    assert!(dry["pruned"]["outcomes"].as_u64().unwrap() >= written, "{dry}");
+    assert!(dry["pruned"]["budget_rows"].as_u64().unwrap() > 0, "today's ledger is past then: {dry}");
+    let o = run(&cfg, &["runs", "--json"]);
+    assert_eq!(serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap().len(), 2, "a dry run deletes nothing");
+
+    let o = prune(&["prune", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let done: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(done["pruned"], dry["pruned"], "{done}");
+    assert!(done["released_bytes"].as_u64().unwrap() > 0, "the file gives the pages back: {done}");
+    assert!(done["store_bytes_after"].as_u64() < done["store_bytes_before"].as_u64(), "{done}");
+    let o = run(&cfg, &["runs", "--json"]);
+    let runs: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["stats"]["written"], 0, "the latest run is the one kept");
+    let o = prune(&["prune", "--json"]);
+    let again: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(again["pruned"]["runs"], 0, "{again}");
+
+    // Fingerprints are state: the next run still finds every record unchanged.
+    let o = run(&cfg, &["sync", "engagement", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let after: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((after["written"].as_u64(), after["changed"].as_u64()), (Some(0), Some(0)), "{after}");
+
+    let o = prune(&["prune", "--dry-run", "--vacuum"]);
+    assert_eq!(o.status.code(), Some(2), "--vacuum deletes, so it is no dry run: {}", text(&o));
+}

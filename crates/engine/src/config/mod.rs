@@ -67,6 +67,8 @@ pub struct Config {
     pub console: Option<Console>,
     /// Where the daemon sends alerts on runs that did not succeed; `None` sends none.
     pub alerts: Option<Alerts>,
+    /// How long run history is kept before the daemon (or `usagesync prune`) deletes it.
+    pub retention: Retention,
     /// In file order.
     pub workflows: IndexMap<String, Workflow>,
     /// Where the config came from, kept so checks made after loading (preflight against the
@@ -192,6 +194,32 @@ impl Config {
     /// The `verify:` setting that applies to `workflow`: its own, else the top-level one.
     pub fn verify_for(&self, workflow: &str) -> Verify {
         self.workflows.get(workflow).and_then(|w| w.verify).unwrap_or(self.verify)
+    }
+}
+
+/// Default days of run history kept (`retention.history_days`).
+pub const DEFAULT_HISTORY_DAYS: u32 = 30;
+
+/// How long history is kept (`retention:`): runs with their per-record outcomes, closed
+/// failures, processed webhook events and the budget ledger of past days. State that later runs
+/// decide with (fingerprints, the create ledger, cursors, the id map, open failures) is never
+/// pruned; see [`crate::store::RetentionStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// 1 to 3650.
+    pub history_days: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { history_days: DEFAULT_HISTORY_DAYS }
+    }
+}
+
+impl Retention {
+    /// History older than this, at `now`, is pruned.
+    pub fn cutoff(&self, now: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+        now - chrono::Duration::days(i64::from(self.history_days))
     }
 }
 

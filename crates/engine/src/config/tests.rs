@@ -467,3 +467,26 @@ fn verify_is_top_level_or_per_workflow_and_one_of_sample_or_all() {
     assert_eq!(errors.errors[0].key, "verify.every", "{errors}");
     assert!(errors.errors[0].message.contains("expected one of: sample, all"), "{errors}");
 }
+
+#[test]
+fn retention_defaults_to_30_days_and_is_checked_at_its_line() {
+    assert_eq!(load_ok(STARTER).retention, Retention { history_days: 30 });
+    let without = STARTER.replace("retention:", "# retention:").replace("  history_days: 30", "");
+    assert_eq!(load_ok(&without).retention.history_days, DEFAULT_HISTORY_DAYS);
+    let week = example_with("  history_days: 30", "  history_days: 7");
+    assert_eq!(
+        load_ok(&week).retention.cutoff(chrono::DateTime::UNIX_EPOCH + chrono::Duration::days(10)),
+        chrono::DateTime::UNIX_EPOCH + chrono::Duration::days(3)
+    );
+    for bad in ["0", "3651", "99999999999"] {
+        let text = example_with("  history_days: 30", &format!("  history_days: {bad}"));
+        let errors = load_err(&text);
+        assert_eq!(errors.errors.len(), 1, "{errors}");
+        let e = &errors.errors[0];
+        assert_eq!((e.key.as_str(), e.line), ("retention.history_days", Some(line_of(&text, "history_days:"))));
+        assert!(e.message.contains("between 1 and 3650"), "{e}");
+    }
+    let text = example_with("  history_days: 30", "  history_dayz: 30");
+    let errors = load_err(&text);
+    assert!(errors.to_string().contains(&format!("bad.yaml:{}:", line_of(&text, "history_dayz"))), "{errors}");
+}

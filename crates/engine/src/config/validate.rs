@@ -13,8 +13,8 @@ use super::{
     Budget, Config, ConfigError, Connections, DEFAULT_API_VERSION, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_LATENCY,
     DEFAULT_MAX_PENDING, DEFAULT_MIN_REMAINING, DEFAULT_MIN_SHARE, DEFAULT_RECHECK_MATCHES_AFTER,
     DEFAULT_SIGNATURE_HEADER, DEFAULT_WEBSITE_FIELD, EngagementConfig, FieldMap, MatchRule, MetadataGroup, Metric,
-    PendoConnection, SalesforceAuth, SalesforceConnection, ScoreConfig, Secret, StoreConfig, StoreKind, TemplateKind,
-    Term, Verify, WINDOW_DAYS, Webhooks, Workflow, duration, wire,
+    PendoConnection, Retention, SalesforceAuth, SalesforceConnection, ScoreConfig, Secret, StoreConfig, StoreKind,
+    TemplateKind, Term, Verify, WINDOW_DAYS, Webhooks, Workflow, duration, wire,
 };
 
 /// Collects errors, locating each by its key path.
@@ -117,6 +117,7 @@ pub(super) fn build(
     let webhooks = webhooks(file.webhooks.as_ref(), &mut errors);
     let console = super::console::build(file.console.as_ref(), &mut errors);
     let alerts = super::notify::build(file.alerts.as_ref(), &mut errors);
+    let retention = retention(file.retention.as_ref(), &mut errors);
     let mut workflows = IndexMap::new();
     if let Some(list) = errors.required(&file.workflows, "workflows") {
         if list.is_empty() {
@@ -140,7 +141,8 @@ pub(super) fn build(
         Some(webhooks),
         Some(console),
         Some(alerts),
-    ) = (list.is_empty(), connections, store, budget, verify, webhooks, console, alerts)
+        Some(retention),
+    ) = (list.is_empty(), connections, store, budget, verify, webhooks, console, alerts, retention)
     {
         return Ok(Config {
             connections,
@@ -150,6 +152,7 @@ pub(super) fn build(
             webhooks,
             console,
             alerts,
+            retention,
             workflows,
             source: Default::default(),
         });
@@ -441,6 +444,18 @@ fn webhooks(w: Option<&wire::Webhooks>, errors: &mut Errors) -> Option<Webhooks>
         return None;
     }
     Some(Webhooks { secret, signature_header, max_body_bytes, max_pending })
+}
+
+fn retention(r: Option<&wire::Retention>, errors: &mut Errors) -> Option<Retention> {
+    let Some(days) = r.and_then(|r| r.history_days) else { return Some(Retention::default()) };
+    match u32::try_from(days) {
+        Ok(history_days @ 1..=3_650) => Some(Retention { history_days }),
+        _ => {
+            // A day at least: a prune must never reach the runs and webhook events in flight.
+            errors.push("retention.history_days", format!("must be between 1 and 3650 days (got {days})"));
+            None
+        }
+    }
 }
 
 fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workflow> {
@@ -896,6 +911,7 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
         }),
         console: config.console.as_ref().map(|c| super::console::to_wire(c, secret)),
         alerts: config.alerts.as_ref().map(|a| super::notify::to_wire(a, secret)),
+        retention: Some(wire::Retention { history_days: Some(u64::from(config.retention.history_days)) }),
         workflows: Some(workflows),
     }
 }

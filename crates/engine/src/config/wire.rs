@@ -28,6 +28,8 @@ pub(crate) struct ConfigFile {
     pub console: Option<super::console::Wire>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<super::notify::Wire>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
     pub workflows: Option<IndexMap<String, Workflow>>,
 }
 
@@ -42,6 +44,13 @@ pub(crate) struct Webhooks {
     pub max_body_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_pending: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Retention {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -150,6 +150,7 @@ pub trait Store:
     + BudgetStore
     + IdempotencyStore
     + InboxStore
+    + RetentionStore
     + Send
     + Sync
 {
@@ -785,6 +786,70 @@ pub trait IdempotencyStore {
     /// Forgets a Pending create (the record was not created); a Committed one stays.
     fn abandon_create(&self, key: &str) -> StoreFuture<'_, ()>;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Retention
+
+/// What [`RetentionStore::prune_history`] removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pruned {
+    /// Finished runs, with their outcomes below.
+    pub runs: u64,
+    /// Per-record outcomes (history rows, drift rows) of those runs.
+    pub outcomes: u64,
+    /// Resolved (or abandoned) failures closed before the cutoff.
+    pub failures: u64,
+    /// Webhook events processed before the cutoff.
+    pub inbox_events: u64,
+    /// Budget ledger rows of UTC days before the cutoff's day (totals, per-workflow rows, spend
+    /// entries, org observations).
+    pub budget_rows: u64,
+}
+
+impl Pruned {
+    pub fn total(&self) -> u64 {
+        self.runs + self.outcomes + self.failures + self.inbox_events + self.budget_rows
+    }
+}
+
+/// How big the store is: bytes its tables take and rows per table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreSize {
+    /// SQLite: the database file's pages (free pages included); PostgreSQL: the tables of the
+    /// store's schema with their indexes and TOAST.
+    pub bytes: u64,
+    /// SQLite: pages on the free list, reused for new rows before the file grows; 0 on
+    /// PostgreSQL, whose free space is tracked per table by autovacuum.
+    pub free_bytes: u64,
+    pub rows: BTreeMap<String, u64>,
+}
+
+/// Keeps the store bounded: history older than a retention is deleted, state is never.
+///
+/// Pruned: finished runs and their outcomes, resolved or abandoned failures, processed webhook
+/// events, and the budget ledger of past days. Never pruned, because a later run decides with
+/// it: fingerprints (change detection), the create ledger (exactly-once creates), cursors, the
+/// id map, open or replaying failures, dismissed failures (a dismissal covers the refusal
+/// whenever it recurs), pending webhook events, and running runs. Each workflow's newest run
+/// and newest real (not dry-run) success are kept whatever their age, so "last run" and "no
+/// success since" still have an answer; so is a run an open or replaying failure points at.
+pub trait RetentionStore {
+    /// Deletes what is prunable and older than `cutoff`, at most `batch` rows per statement,
+    /// each statement its own short transaction: a large first prune never holds the write
+    /// lock for long. With `dry_run`, counts instead and deletes nothing.
+    fn prune_history(&self, cutoff: DateTime<Utc>, batch: u32, dry_run: bool) -> StoreFuture<'_, Pruned>;
+    /// Gives free space back to the filesystem, returning the bytes released. SQLite: an
+    /// incremental vacuum in steps when the file is in incremental auto-vacuum mode (new files
+    /// are), or with `full` a `VACUUM` that rewrites the file (holding the write lock
+    /// throughout) and switches an older file to incremental mode. PostgreSQL: nothing, 0;
+    /// autovacuum makes deleted rows' space reusable, and shrinking tables would need
+    /// `VACUUM FULL`'s exclusive lock.
+    fn reclaim_space(&self, full: bool) -> StoreFuture<'_, u64>;
+    fn store_size(&self) -> StoreFuture<'_, StoreSize>;
+}
+
+/// Rows per prune statement: a few milliseconds of write lock each.
+pub const PRUNE_BATCH: u32 = 5_000;
 
 // ---------------------------------------------------------------------------------------------
 // Shared row helpers

@@ -21,10 +21,10 @@ use super::dialect::{Column, DbRow, Dialect, Pool, Stmt, Tx};
 use super::{
     Action, Backend, BudgetDay, BudgetStore, CreateState, CursorStore, Failure, FailureFilter, FailureSelector,
     FailureStatus, FailureStore, FingerprintPut, FingerprintStore, Fingerprints, IdMapEntry, IdMapStore,
-    IdempotencyStore, InboxCounts, InboxEvent, InboxStore, MatchStatus, NewFailure, NewRun, OutcomeFilter,
-    RecordOutcome, Run, RunClaim, RunFinish, RunId, RunState, RunStore, Store, StoreError, StoreFuture,
-    abandoned_error, finished_after_abandoned, fp_from_db, fp_to_db, from_db_count, from_json_text, json_text,
-    last_per_key, lease_until, outcome_rows, search_term, to_db_count,
+    IdempotencyStore, InboxCounts, InboxEvent, InboxStore, MatchStatus, NewFailure, NewRun, OutcomeFilter, Pruned,
+    RecordOutcome, RetentionStore, Run, RunClaim, RunFinish, RunId, RunState, RunStore, Store, StoreError, StoreFuture,
+    StoreSize, abandoned_error, finished_after_abandoned, fp_from_db, fp_to_db, from_db_count, from_json_text,
+    json_text, last_per_key, lease_until, outcome_rows, search_term, to_db_count,
 };
 
 /// The state store in an SQLite or PostgreSQL database.
@@ -1388,6 +1388,301 @@ impl IdempotencyStore for SqlStore {
                 .execute("abandon create")
                 .await?;
             Ok(())
+        })
+    }
+}
+
+/// The runs a prune may delete (alias `r`, cutoff bound at `$1`): finished before the cutoff,
+/// not the newest run of their workflow, not its newest real success, and not pointed at by a
+/// failure still waiting for replay. Deleting older runs never changes this for newer ones, so
+/// a prune interrupted half-way and run again deletes the same set.
+const PRUNABLE_RUNS: &str = "r.state <> 'running' AND r.started_at < $1 \
+     AND (r.finished_at IS NULL OR r.finished_at < $1) \
+     AND EXISTS (SELECT 1 FROM runs n WHERE n.workflow = r.workflow \
+       AND (n.started_at > r.started_at OR (n.started_at = r.started_at AND n.id > r.id))) \
+     AND (r.state <> 'succeeded' OR r.dry_run OR EXISTS (SELECT 1 FROM runs n WHERE n.workflow = r.workflow \
+       AND n.state = 'succeeded' AND NOT n.dry_run \
+       AND (n.started_at > r.started_at OR (n.started_at = r.started_at AND n.id > r.id)))) \
+     AND NOT EXISTS (SELECT 1 FROM failures f WHERE f.run_id = r.id AND f.status IN ('open', 'replaying'))";
+
+/// Failures a prune may delete (cutoff at `$1`): closed by a replay (or abandoned) and not
+/// failing since. Dismissed ones stay: the dismissal is what keeps a recurring refusal closed.
+const PRUNABLE_FAILURES: &str = "status IN ('resolved', 'abandoned') AND last_failed_at < $1 \
+     AND (resolved_at IS NULL OR resolved_at < $1)";
+
+/// Webhook events a prune may delete: processed before the cutoff. Pending ones stay whatever
+/// their age. A sender redelivering an event after the retention would have it stored again.
+const PRUNABLE_EVENTS: &str = "processed_at < $1";
+
+/// Run ids taken per round of a prune.
+const PRUNE_RUNS_PER_ROUND: i64 = 100;
+
+impl SqlStore {
+    /// Repeats `delete` (a statement deleting at most `$2` rows older than `$1`) until a round
+    /// deletes fewer than `batch`; each round is its own transaction.
+    async fn delete_in_batches(
+        &self,
+        operation: &'static str,
+        delete: &str,
+        cutoff: BindCutoff,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let stmt = self.pool.query(sqlx::AssertSqlSafe(delete.to_owned()));
+            let stmt = match cutoff {
+                BindCutoff::Time(t) => stmt.bind_time(t),
+                BindCutoff::Day(d) => stmt.bind(d),
+            };
+            let n = stmt.bind(i64::from(batch)).execute(operation).await?;
+            total += n;
+            if n < u64::from(batch) {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn count(&self, operation: &'static str, sql: String, cutoff: BindCutoff) -> Result<u64, StoreError> {
+        let stmt = self.pool.query(sqlx::AssertSqlSafe(sql));
+        let stmt = match cutoff {
+            BindCutoff::Time(t) => stmt.bind_time(t),
+            BindCutoff::Day(d) => stmt.bind(d),
+        };
+        from_db_count(operation, stmt.fetch_one(operation).await?.get("n")?)
+    }
+
+    async fn prune_runs(&self, cutoff: DateTime<Utc>, batch: u32, pruned: &mut Pruned) -> Result<(), StoreError> {
+        const OP: &str = "prune runs";
+        let select = format!("SELECT r.id FROM runs r WHERE {PRUNABLE_RUNS} ORDER BY r.started_at, r.id LIMIT $2");
+        loop {
+            let ids: Vec<Uuid> = self
+                .pool
+                .query(sqlx::AssertSqlSafe(select.clone()))
+                .bind_time(cutoff)
+                .bind(PRUNE_RUNS_PER_ROUND)
+                .fetch_all(OP)
+                .await?
+                .iter()
+                .map(|row| row.get::<Uuid>("id"))
+                .collect::<Result<_, _>>()?;
+            if ids.is_empty() {
+                return Ok(());
+            }
+            // A run's outcomes go first, a batch at a time: deleting the run would cascade to
+            // all of them (100,000 rows for a large first run) in one long transaction.
+            for id in &ids {
+                loop {
+                    let n = self
+                        .pool
+                        .query(
+                            "DELETE FROM outcomes WHERE id IN \
+                             (SELECT id FROM outcomes WHERE run_id = $1 LIMIT $2)",
+                        )
+                        .bind(*id)
+                        .bind(i64::from(batch))
+                        .execute(OP)
+                        .await?;
+                    pruned.outcomes += n;
+                    if n < u64::from(batch) {
+                        break;
+                    }
+                }
+            }
+            // One by one: SQLite keeps ids as blobs, which a JSON list argument cannot name.
+            for id in ids {
+                pruned.runs += self
+                    .pool
+                    .query("DELETE FROM runs WHERE id = $1 AND state <> 'running'")
+                    .bind(id)
+                    .execute(OP)
+                    .await?;
+            }
+        }
+    }
+}
+
+/// The cutoff a prune statement compares with: a time, or a UTC day for the budget ledger.
+#[derive(Clone, Copy)]
+enum BindCutoff {
+    Time(DateTime<Utc>),
+    Day(NaiveDate),
+}
+
+/// The budget ledger's tables, by day; `budget_spend` has a row per settle and is deleted in
+/// batches, the others a row per day (and workflow).
+const BUDGET_TABLES: [&str; 3] = ["budget_days", "budget_workflows", "budget_org"];
+
+/// Every table of the store, for [`RetentionStore::store_size`].
+const TABLES: [&str; 11] = [
+    "runs",
+    "outcomes",
+    "cursors",
+    "id_map",
+    "fingerprints",
+    "failures",
+    "budget_days",
+    "budget_workflows",
+    "budget_spend",
+    "budget_org",
+    "idempotency",
+];
+
+impl RetentionStore for SqlStore {
+    fn prune_history(&self, cutoff: DateTime<Utc>, batch: u32, dry_run: bool) -> StoreFuture<'_, Pruned> {
+        Box::pin(async move {
+            if batch == 0 {
+                return Err(StoreError::Invalid { what: "prune batch", detail: "must be at least 1 row".into() });
+            }
+            let time = BindCutoff::Time(cutoff);
+            let day = BindCutoff::Day(cutoff.date_naive());
+            let mut pruned = Pruned::default();
+            if dry_run {
+                pruned.runs = self
+                    .count(
+                        "count prunable runs",
+                        format!("SELECT count(*) AS n FROM runs r WHERE {PRUNABLE_RUNS}"),
+                        time,
+                    )
+                    .await?;
+                pruned.outcomes = self
+                    .count(
+                        "count prunable outcomes",
+                        format!(
+                            "SELECT count(*) AS n FROM outcomes o \
+                             WHERE o.run_id IN (SELECT r.id FROM runs r WHERE {PRUNABLE_RUNS})"
+                        ),
+                        time,
+                    )
+                    .await?;
+                pruned.failures = self
+                    .count(
+                        "count prunable failures",
+                        format!("SELECT count(*) AS n FROM failures WHERE {PRUNABLE_FAILURES}"),
+                        time,
+                    )
+                    .await?;
+                pruned.inbox_events = self
+                    .count(
+                        "count prunable webhook events",
+                        format!("SELECT count(*) AS n FROM inbox WHERE {PRUNABLE_EVENTS}"),
+                        time,
+                    )
+                    .await?;
+                for table in BUDGET_TABLES.iter().chain(&["budget_spend"]) {
+                    pruned.budget_rows += self
+                        .count(
+                            "count prunable budget rows",
+                            format!("SELECT count(*) AS n FROM {table} WHERE day < $1"),
+                            day,
+                        )
+                        .await?;
+                }
+                return Ok(pruned);
+            }
+            self.prune_runs(cutoff, batch, &mut pruned).await?;
+            pruned.failures = self
+                .delete_in_batches(
+                    "prune failures",
+                    &format!(
+                        "DELETE FROM failures WHERE id IN (SELECT id FROM failures WHERE {PRUNABLE_FAILURES} LIMIT $2)"
+                    ),
+                    time,
+                    batch,
+                )
+                .await?;
+            pruned.inbox_events = self
+                .delete_in_batches(
+                    "prune webhook events",
+                    &format!(
+                        "DELETE FROM inbox WHERE unique_id IN \
+                         (SELECT unique_id FROM inbox WHERE {PRUNABLE_EVENTS} LIMIT $2)"
+                    ),
+                    time,
+                    batch,
+                )
+                .await?;
+            pruned.budget_rows = self
+                .delete_in_batches(
+                    "prune budget ledger",
+                    "DELETE FROM budget_spend WHERE id IN (SELECT id FROM budget_spend WHERE day < $1 LIMIT $2)",
+                    day,
+                    batch,
+                )
+                .await?;
+            // A row per day (and workflow): a year of them is a few thousand rows at most.
+            for table in BUDGET_TABLES {
+                pruned.budget_rows += self
+                    .pool
+                    .query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE day < $1")))
+                    .bind(cutoff.date_naive())
+                    .execute("prune budget ledger")
+                    .await?;
+            }
+            Ok(pruned)
+        })
+    }
+
+    fn reclaim_space(&self, full: bool) -> StoreFuture<'_, u64> {
+        const OP: &str = "reclaim space";
+        Box::pin(async move {
+            if self.backend() == Backend::Postgres {
+                return Ok(0);
+            }
+            let pages = |sql: &'static str| async move {
+                let row = self.pool.query(sql).fetch_one(OP).await?;
+                from_db_count(OP, row.get("n")?)
+            };
+            let page_size = pages("SELECT page_size AS n FROM pragma_page_size()").await?;
+            let before = pages("SELECT page_count AS n FROM pragma_page_count()").await?;
+            if full {
+                // The connection was opened asking for incremental auto-vacuum; VACUUM applies
+                // it to a file created before that, along with compacting it.
+                self.pool.query("VACUUM").execute(OP).await?;
+            } else if pages("SELECT auto_vacuum AS n FROM pragma_auto_vacuum()").await? == 2 {
+                // A step at a time (4 MB of 4 KB pages), each its own short write transaction.
+                loop {
+                    let free = pages("SELECT freelist_count AS n FROM pragma_freelist_count()").await?;
+                    if free == 0 {
+                        break;
+                    }
+                    self.pool.query("PRAGMA incremental_vacuum(1000)").execute(OP).await?;
+                    if pages("SELECT freelist_count AS n FROM pragma_freelist_count()").await? >= free {
+                        break;
+                    }
+                }
+            }
+            let after = pages("SELECT page_count AS n FROM pragma_page_count()").await?;
+            Ok(before.saturating_sub(after) * page_size)
+        })
+    }
+
+    fn store_size(&self) -> StoreFuture<'_, StoreSize> {
+        const OP: &str = "measure the store";
+        Box::pin(async move {
+            let mut size = StoreSize::default();
+            for table in TABLES.iter().chain(&["inbox"]) {
+                let row = self
+                    .pool
+                    .query(sqlx::AssertSqlSafe(format!("SELECT count(*) AS n FROM {table}")))
+                    .fetch_one(OP)
+                    .await?;
+                size.rows.insert((*table).to_owned(), from_db_count(OP, row.get("n")?)?);
+            }
+            let sql = match self.backend() {
+                Backend::Sqlite => {
+                    "SELECT p.page_count * s.page_size AS bytes, f.freelist_count * s.page_size AS free \
+                     FROM pragma_page_count() p, pragma_page_size() s, pragma_freelist_count() f"
+                }
+                Backend::Postgres => {
+                    "SELECT CAST(coalesce(sum(pg_total_relation_size(c.oid)), 0) AS BIGINT) AS bytes, \
+                     CAST(0 AS BIGINT) AS free FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace \
+                     WHERE s.nspname = current_schema() AND c.relkind = 'r'"
+                }
+            };
+            let row = self.pool.query(sql).fetch_one(OP).await?;
+            size.bytes = from_db_count(OP, row.get("bytes")?)?;
+            size.free_bytes = from_db_count(OP, row.get("free")?)?;
+            Ok(size)
         })
     }
 }

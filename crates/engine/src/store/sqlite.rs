@@ -6,7 +6,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use super::dialect::{ACQUIRE_TIMEOUT, Pool};
 use super::sql::SqlStore;
@@ -27,7 +29,11 @@ impl SqlStore {
             None => SqliteConnectOptions::from_str("sqlite::memory:").map_err(open_err)?,
             Some(path) => SqliteConnectOptions::new().filename(path),
         };
+        // Incremental auto-vacuum lets a prune give the pages it freed back to the filesystem a
+        // step at a time (`PRAGMA incremental_vacuum`). It takes effect on files created with
+        // it; an older file keeps its mode until a full VACUUM (`usagesync prune --vacuum`).
         let options = options
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)

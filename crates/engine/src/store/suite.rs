@@ -114,6 +114,8 @@ conformance!(
     run_heartbeat_renews_the_lease,
     run_finish_after_abandoned_keeps_both_facts,
     run_concurrent_claims_start_exactly_one,
+    retention_prunes_history_and_keeps_state,
+    fingerprints_one_row_per_record_and_field,
 );
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -1201,4 +1203,180 @@ async fn budget_cap_holds_across_stores_postgres() {
         reserve_from_two_stores(a, b).await;
     })
     .await;
+}
+
+/// A run of `workflow` started at `at`, finished an hour later as `state`, with `outcomes`
+/// outcomes recorded.
+async fn finished_run(
+    store: &Arc<dyn Store>,
+    workflow: &str,
+    at: DateTime<Utc>,
+    state: RunState,
+    dry_run: bool,
+    outcomes: usize,
+) -> RunId {
+    let id = store.start_run(&NewRun { dry_run, ..new_run(workflow, at) }).await.unwrap();
+    let rows: Vec<RecordOutcome> =
+        (0..outcomes).map(|i| outcome(&format!("acct-{i}"), Some(&format!("001{i:015}")), Action::Updated)).collect();
+    store.record_outcomes(id, &rows, &[]).await.unwrap();
+    let finish = RunFinish { state, finished_at: secs(at, 3_600), stats: json!({}), error: None };
+    store.finish_run(id, &finish).await.unwrap();
+    id
+}
+
+async fn retention_prunes_history_and_keeps_state(store: Arc<dyn Store>) {
+    // Failure times are written with the wall clock, so the cutoff is set from it.
+    let cutoff = crate::clock::written_at() + chrono::Duration::days(1);
+    let old = cutoff - chrono::Duration::days(10);
+    let hours = |h: i64| secs(old, h * 3_600);
+    let recent = secs(cutoff, 3_600);
+
+    let r1 = finished_run(&store, "wf", hours(0), RunState::Succeeded, false, 2_000).await;
+    let r2 = finished_run(&store, "wf", hours(2), RunState::Failed, false, 3).await;
+    let r3 = finished_run(&store, "wf", hours(4), RunState::Succeeded, false, 0).await;
+    let running = store.start_run(&new_run("wf", hours(6))).await.unwrap();
+    let cited = finished_run(&store, "wf", hours(8), RunState::Partial, false, 2).await;
+    let r5 = finished_run(&store, "wf", recent, RunState::Succeeded, false, 1).await;
+    // A workflow quiet since: its newest run and its newest real success stay, however old.
+    let q0 = finished_run(&store, "quiet", hours(0), RunState::Failed, false, 1).await;
+    let q1 = finished_run(&store, "quiet", hours(2), RunState::Succeeded, false, 1).await;
+    let d1 = finished_run(&store, "quiet", hours(4), RunState::Succeeded, true, 1).await;
+    let q2 = finished_run(&store, "quiet", hours(6), RunState::Failed, false, 1).await;
+
+    // Failures: one open (citing `cited`), one replaying, one dismissed, one resolved.
+    store
+        .add_failures(&[
+            failure("k-open", "A", cited),
+            failure("k-replaying", "A", cited),
+            failure("k-dismissed", "B", r2),
+            failure("k-resolved", "C", r2),
+        ])
+        .await
+        .unwrap();
+    let listed = store.list_failures(&FailureFilter { limit: 10, ..Default::default() }).await.unwrap();
+    let id_of = |key: &str| listed.iter().find(|f| f.key == key).map(|f| f.id).unwrap();
+    let lease = Duration::from_secs(600);
+    let now = crate::clock::written_at();
+    let claimed = store
+        .claim_failures(&FailureSelector::Ids(vec![id_of("k-replaying"), id_of("k-resolved")]), "w", lease, now, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    store.resolve_failure(id_of("k-resolved"), now).await.unwrap();
+    store.dismiss_failures(&FailureSelector::Code("B".into()), "known", now).await.unwrap();
+
+    // Webhook events: one processed long ago, one still pending from long ago.
+    store.put_event(&nps_event("done", "v1", Some("a1"), hours(0))).await.unwrap();
+    store.put_event(&nps_event("pending", "v2", Some("a2"), hours(0))).await.unwrap();
+    store.mark_processed(&["done".into()], hours(1)).await.unwrap();
+
+    // The budget ledger of an old day and of the cutoff's day.
+    let old_day = old.date_naive();
+    store.reserve_budget(old_day, "wf", 5, 100, hours(0)).await.unwrap();
+    store.settle_budget(old_day, "wf", 5, 3, hours(0)).await.unwrap();
+    store.observe_org_usage(old_day, 10, 1_000, hours(0)).await.unwrap();
+    store.settle_budget(cutoff.date_naive(), "wf", 0, 2, cutoff).await.unwrap();
+
+    // State a later run decides with: fingerprints and the create ledger.
+    let fp = FingerprintPut {
+        scope: "wf:Account".into(),
+        key: "001A".into(),
+        field: "Usage__c".into(),
+        fingerprint: 7,
+        written_at: hours(0),
+        value: Some(json!(7)),
+    };
+    store.put_fingerprints(std::slice::from_ref(&fp)).await.unwrap();
+    assert_eq!(store.begin_create("create-1", "wf", hours(0)).await.unwrap(), CreateState::New);
+    store.commit_create("create-1", "006A", hours(0)).await.unwrap();
+    assert_eq!(store.begin_create("create-2", "wf", hours(0)).await.unwrap(), CreateState::New);
+
+    let before = store.store_size().await.unwrap();
+    let expected = Pruned { runs: 5, outcomes: 2_000 + 3 + 1 + 1, failures: 1, inbox_events: 1, budget_rows: 4 };
+    let counted = store.prune_history(cutoff, 500, true).await.unwrap();
+    assert_eq!(counted, expected, "a dry run counts");
+    assert_eq!(store.store_size().await.unwrap().rows, before.rows, "and deletes nothing");
+
+    let pruned = store.prune_history(cutoff, 500, false).await.unwrap();
+    assert_eq!(pruned, expected);
+    assert_eq!(store.prune_history(cutoff, 500, false).await.unwrap(), Pruned::default(), "a second prune finds none");
+
+    let mut kept: Vec<RunId> = store.list_runs(None, 0).await.unwrap().iter().map(|r| r.id).collect();
+    kept.sort();
+    let mut want = vec![running, cited, r5, q1, q2];
+    want.sort();
+    assert_eq!(kept, want, "pruned r1 {r1}, r2 {r2}, r3 {r3}, q0 {q0}, d1 {d1}");
+    assert!(store.run_outcomes(r1, &all(0)).await.unwrap().is_empty());
+    assert_eq!(store.run_outcomes(cited, &all(0)).await.unwrap().len(), 2);
+    assert_eq!(store.get_run(running).await.unwrap().map(|r| r.state), Some(RunState::Running));
+
+    let mut statuses: Vec<(String, FailureStatus)> = store
+        .list_failures(&FailureFilter { limit: 0, ..Default::default() })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.key, f.status))
+        .collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [
+            ("k-dismissed".to_owned(), FailureStatus::Dismissed),
+            ("k-open".to_owned(), FailureStatus::Open),
+            ("k-replaying".to_owned(), FailureStatus::Replaying),
+        ]
+    );
+    assert_eq!(store.inbox_counts().await.unwrap(), InboxCounts { received: 1, pending: 1 });
+    let old_ledger = store.budget_day(old_day).await.unwrap();
+    assert_eq!((old_ledger.spent, old_ledger.org_used), (0, None));
+    assert_eq!(store.budget_day(cutoff.date_naive()).await.unwrap().spent, 2, "the cutoff's day stays");
+    assert_eq!(store.fingerprints("wf:Account").await.unwrap().get("001A", "Usage__c"), Some(7));
+    assert_eq!(
+        store.begin_create("create-1", "wf", recent).await.unwrap(),
+        CreateState::Committed { salesforce_id: "006A".into() }
+    );
+    assert!(matches!(store.begin_create("create-2", "wf", recent).await.unwrap(), CreateState::Pending { .. }));
+
+    // SQLite files are created in incremental auto-vacuum mode: the freed pages go back.
+    let released = store.reclaim_space(false).await.unwrap();
+    let after = store.store_size().await.unwrap();
+    match store.backend() {
+        Backend::Sqlite => {
+            assert!(released > 0, "2,000 outcomes freed pages");
+            assert_eq!(after.free_bytes, 0);
+            assert!(after.bytes < before.bytes, "{} < {}", after.bytes, before.bytes);
+        }
+        Backend::Postgres => assert_eq!(released, 0),
+    }
+    assert!(store.prune_history(cutoff, 0, false).await.is_err(), "a batch of no rows is refused");
+}
+
+/// Fingerprints are state, not history: a record's field keeps one row however many runs wrote
+/// it, so they grow with the records synced, never with the runs.
+async fn fingerprints_one_row_per_record_and_field(store: Arc<dyn Store>) {
+    let records = 50;
+    let fields = ["F1", "F2", "F3"];
+    for day in 0..5u64 {
+        let run = store.start_run(&new_run("wf", secs(t(1, 0), (day * 86_400) as i64))).await.unwrap();
+        let outcomes: Vec<RecordOutcome> =
+            (0..records).map(|i| outcome(&format!("a{i}"), Some(&format!("001{i}")), Action::Updated)).collect();
+        let puts: Vec<FingerprintPut> = (0..records)
+            .flat_map(|i| {
+                fields.iter().map(move |f| FingerprintPut {
+                    scope: "wf:Account".into(),
+                    key: format!("001{i}"),
+                    field: (*f).into(),
+                    fingerprint: day * 1_000 + i,
+                    written_at: t(1, 0),
+                    value: Some(json!(day)),
+                })
+            })
+            .collect();
+        store.record_outcomes(run, &outcomes, &puts).await.unwrap();
+    }
+    let size = store.store_size().await.unwrap();
+    assert_eq!(size.rows["fingerprints"], records * fields.len() as u64);
+    assert_eq!(size.rows["outcomes"], records * 5, "outcomes are per run (history)");
+    let fps = store.fingerprints("wf:Account").await.unwrap();
+    assert_eq!(fps.get("0017", "F2"), Some(4_007), "the last run's fingerprint");
 }

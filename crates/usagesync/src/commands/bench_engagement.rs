@@ -2,7 +2,8 @@
 //! the emulators in a child process (`usagesync emulate`) so that the peak RSS reported is the
 //! engine's alone. For each size: a first run, a no-change run and a run after 1% of accounts'
 //! usage changed, then the obvious script a user would otherwise write (one update call per
-//! account) on the same emulator, for the ratio of API calls.
+//! account) on the same emulator, for the ratio of API calls. The store column is the SQLite
+//! file's size after each run (free pages included).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -68,6 +69,8 @@ struct Measured {
     label: &'static str,
     seconds: f64,
     peak_mib: f64,
+    /// The SQLite store's size after the run, in MB.
+    store_mb: f64,
     report: RunReport,
 }
 
@@ -97,7 +100,10 @@ pub async fn engagement(sizes: &[usize], days: u32) -> Result<()> {
             let t = Instant::now();
             let options = RunOptions { dry_run: false, trigger: "bench".into(), progress: None, ..Default::default() };
             let report = engine::workflow::run(&ctx, "engagement", &options).await?;
-            measured.push(Measured { label, seconds: t.elapsed().as_secs_f64(), peak_mib: peak_rss_mib(), report });
+            let (seconds, peak_mib) = (t.elapsed().as_secs_f64(), peak_rss_mib());
+            // Read after the timings: counting the tables is not the run's work.
+            let store_mb = ctx.store.store_size().await?.bytes as f64 / 1e6;
+            measured.push(Measured { label, seconds, peak_mib, store_mb, report });
         }
         let (naive_calls, naive_seconds) = naive(&ctx).await?;
         for m in &measured {
@@ -108,6 +114,7 @@ pub async fn engagement(sizes: &[usize], days: u32) -> Result<()> {
                 m.label.to_owned(),
                 format!("{:.1}", m.seconds),
                 format!("{:.0}", m.peak_mib),
+                format!("{:.1}", m.store_mb),
                 thousands(r.written as u64),
                 thousands(r.total_api_calls()),
                 thousands(r.write_calls()),
@@ -132,7 +139,17 @@ pub async fn engagement(sizes: &[usize], days: u32) -> Result<()> {
         child.process.kill().await.ok();
     }
     table::print(
-        &["accounts", "run", "seconds", "peak RSS MiB", "written", "SF calls", "write calls", "calls by kind"],
+        &[
+            "accounts",
+            "run",
+            "seconds",
+            "peak RSS MiB",
+            "store MB",
+            "written",
+            "SF calls",
+            "write calls",
+            "calls by kind",
+        ],
         &rows,
     );
     println!();

@@ -9,7 +9,8 @@
 //! the grace period, and exits; a run still going after that is abandoned safely: nothing it had
 //! not recorded counts as written, so the next run sends it again. On SIGHUP, or when the
 //! config file changes, it re-reads the config and, if it loads, schedules from it (see
-//! [`reload`]).
+//! [`reload`]). Every hour it prunes history older than `retention.history_days`
+//! ([`prune_history`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -143,6 +144,10 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
     let mut watch = tokio::time::interval(CONFIG_CHECK);
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut seen = modified(config_path);
+    let (prune_first, prune_every) = prune_schedule();
+    let mut prune = tokio::time::interval_at(tokio::time::Instant::now() + prune_first, prune_every);
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut pruning: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -154,6 +159,14 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
                 sweep_abandoned(&ctx).await;
                 if let Some(alerts) = &alerts {
                     alerts.check(&ctx).await;
+                }
+            }
+            _ = prune.tick() => {
+                // In the background: a first prune of a large store takes a while, and must not
+                // hold up schedules. One at a time; workers sharing a store may overlap, which
+                // only means one of them finds less to delete.
+                if pruning.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                    pruning = Some(tokio::spawn(prune_history(ctx.clone())));
                 }
             }
             () = hangup.recv() => {
@@ -320,6 +333,42 @@ async fn cancel_abandoned(ctx: &Context, status: &Status) {
                 Err(e) => tracing::error!(workflow = %name, run = %run.id, error = %e, "Failed to cancel a run"),
             }
         }
+    }
+}
+
+/// How often the daemon prunes history, and the first time after start (not at once: a
+/// restart loop must not prune in a loop, and startup stays quick).
+const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
+const PRUNE_FIRST: Duration = Duration::from_secs(60);
+
+/// Shortens the prune interval (both delays, in ms) in the binary's own tests; read in debug
+/// builds only.
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
+pub const TEST_PRUNE_EVERY_ENV: &str = "USAGESYNC_TEST_PRUNE_EVERY_MS";
+
+fn prune_schedule() -> (Duration, Duration) {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var(TEST_PRUNE_EVERY_ENV).ok().and_then(|v| v.parse::<u64>().ok()).filter(|ms| *ms > 0)
+    {
+        return (Duration::from_millis(ms), Duration::from_millis(ms));
+    }
+    (PRUNE_FIRST, PRUNE_EVERY)
+}
+
+/// Deletes history past `retention.history_days` and logs what went.
+async fn prune_history(ctx: Context) {
+    match super::prune::prune(ctx.store.as_ref(), ctx.config.retention, ctx.clock.now(), false, false).await {
+        Ok(report) => tracing::info!(
+            runs = report.pruned.runs,
+            outcomes = report.pruned.outcomes,
+            failures = report.pruned.failures,
+            inbox_events = report.pruned.inbox_events,
+            budget_rows = report.pruned.budget_rows,
+            released_bytes = report.released_bytes,
+            cutoff = %report.cutoff,
+            "Pruned history"
+        ),
+        Err(e) => tracing::error!(error = %e, "Failed to prune history"),
     }
 }
 

@@ -13,6 +13,7 @@ mod emulate;
 pub(crate) mod history;
 mod metrics;
 mod progress;
+pub(crate) mod prune;
 mod setup;
 mod sf_package;
 mod sync;
@@ -55,6 +56,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Replay { all, code, ids, workflow, limit } => {
             history::replay(config, all, code, ids, workflow, limit, json).await
         }
+        Command::Prune { dry_run, vacuum } => prune::run(config, dry_run, vacuum, json).await,
         Command::ConsolePassword => setup::console_password(),
         Command::Setup { target: crate::cli::SetupTarget::Pendo { apply } } => setup::pendo(config, apply, json).await,
         Command::Setup { target: crate::cli::SetupTarget::Salesforce { out, force, remote } } => {
