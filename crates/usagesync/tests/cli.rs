@@ -340,3 +340,49 @@ fn prune_deletes_old_history_and_keeps_what_runs_decide_with() {
     let o = prune(&["prune", "--dry-run", "--vacuum"]);
     assert_eq!(o.status.code(), Some(2), "--vacuum deletes, so it is no dry run: {}", text(&o));
 }
+
+/// The daemon prunes on its own: with its clock 40 days on and the prune interval shortened
+/// (debug builds only), the older of two runs goes without anyone typing `prune`.
+#[test]
+fn the_daemon_prunes_old_history_by_itself() {
+    let emu = emulators(40);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &emu);
+    for _ in 0..2 {
+        let o = run(&cfg, &["sync", "engagement", "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let ids = |cfg: &std::path::Path| -> Vec<String> {
+        let o = run(cfg, &["runs", "--json"]);
+        let runs: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+        runs.iter().filter_map(|r| r["id"].as_str().map(str::to_owned)).collect()
+    };
+    let before = ids(&cfg);
+    assert_eq!(before.len(), 2);
+    let oldest = before.last().unwrap().clone();
+    let later = (chrono::Utc::now() + chrono::Duration::days(40)).to_rfc3339();
+    let mut daemon = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "--listen", "127.0.0.1:0", "--grace-seconds", "0"])
+        .env("USAGESYNC_NOW", &later)
+        .env("USAGESYNC_TEST_PRUNE_EVERY_MS", "300")
+        .env("SF_CLIENT_SECRET", "emulator-secret")
+        .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let now = ids(&cfg);
+        if !now.contains(&oldest) {
+            assert!(now.contains(&before[0]), "the latest run stays: {now:?}");
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the daemon never pruned: {now:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
