@@ -2,19 +2,13 @@
 //! `failures` and `replay` against `usagesync emulate` running in a child process on ports
 //! picked by the OS, with the exit codes a scheduler relies on.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::support::{bin, text};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 
 use serde_json::Value;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_usagesync"));
-    c.env_remove("USAGESYNC_CONFIG");
-    c
-}
 
 struct Emulators {
     child: Child,
@@ -63,10 +57,6 @@ fn run(config: &Path, args: &[&str]) -> Output {
         .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
         .output()
         .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The daemon, as a process: schedules fire, `/healthz` reports them, and SIGTERM lets the run
 //! in flight finish and record itself before the process exits 0.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::support::bin;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -55,12 +55,6 @@ fn series(text: &str) -> std::collections::HashMap<String, f64> {
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?))))
         .collect()
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_usagesync"));
-    c.env_remove("USAGESYNC_CONFIG");
-    c
 }
 
 #[test]

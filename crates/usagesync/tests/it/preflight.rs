@@ -2,19 +2,13 @@
 //! misspelt Account field fails `validate --remote` (exit 2, file:line, did you mean), and a real
 //! sync quarantines that field while writing the others (exit 3, state partial).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::support::{bin, text};
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 
 use serde_json::Value;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_usagesync"));
-    c.env_remove("USAGESYNC_CONFIG");
-    c
-}
 
 struct Emulators(Child);
 
@@ -34,10 +28,6 @@ fn run(config: &Path, args: &[&str]) -> Output {
         .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
         .output()
         .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 fn accounts(sf: &str) -> Vec<Value> {

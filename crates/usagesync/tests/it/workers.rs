@@ -8,12 +8,12 @@
 //! `USAGESYNC_TEST_POSTGRES_URL` (default the local test database), dropped afterwards;
 //! `USAGESYNC_SKIP_POSTGRES=1` skips the tests that need it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::support::bin;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -39,12 +39,6 @@ fn request(base: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, 
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or(Value::Null);
     (status, json)
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_usagesync"));
-    c.env_remove("USAGESYNC_CONFIG");
-    c
 }
 
 struct Emulators {

@@ -3,8 +3,6 @@
 //! another origin, secrets never on a page, and a listener of its own when asked. (The pages
 //! themselves, on a real run, are driven in a browser by tests/browser.)
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 

@@ -2,8 +2,6 @@
 //! agrees with the runs and failures the store recorded (read back with `usagesync runs` and
 //! `usagesync failures`), including the per-code failures and the duration histogram.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
@@ -31,10 +29,8 @@ fn series(text: &str) -> HashMap<String, f64> {
 }
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_usagesync"));
-    c.env_remove("USAGESYNC_CONFIG")
-        .env("SF_CLIENT_SECRET", "emulator-secret")
-        .env("PENDO_INTEGRATION_KEY", "emulator-integration-key");
+    let mut c = super::support::bin();
+    c.env("SF_CLIENT_SECRET", "emulator-secret").env("PENDO_INTEGRATION_KEY", "emulator-integration-key");
     c
 }
 

@@ -3,20 +3,14 @@
 //! workflow started together exactly one runs; the other exits 1 saying who holds the workflow.
 //! Leases are shortened to one second with `USAGESYNC_TEST_RUN_LEASE_MS` (read by debug builds).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::support::{bin, text};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_usagesync"));
-    c.env_remove("USAGESYNC_CONFIG").env_remove("USAGESYNC_TEST_CRASH_AT");
-    c
-}
 
 struct Emulators {
     child: Child,
@@ -81,10 +75,6 @@ fn command(config: &Path, args: &[&str]) -> Command {
         .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
         .env("USAGESYNC_TEST_RUN_LEASE_MS", "1000");
     c
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// The workflow's runs as `usagesync runs --json` lists them, newest first.

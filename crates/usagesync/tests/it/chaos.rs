@@ -5,8 +5,6 @@
 //! Here each template must come out with nothing missing, duplicated, differing or changed back,
 //! no run left `running`, and a run killed at each point its pipeline has.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::process::Command;
 
 use serde_json::Value;

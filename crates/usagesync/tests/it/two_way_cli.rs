@@ -2,19 +2,13 @@
 //! emulate` in a child process: new visitors become Contacts, Account fields reach Pendo, and a
 //! repeat of either writes nothing.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::support::bin;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 
 use serde_json::Value;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_usagesync"));
-    c.env_remove("USAGESYNC_CONFIG");
-    c
-}
 
 struct Emulators(Child);
 

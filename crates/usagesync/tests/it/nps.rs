@@ -5,7 +5,7 @@
 //! start. Also new users in seconds: a `visitorFirstSeen` webhook makes the person's Contact
 //! without waiting for the new-users poll.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::support::bin;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -76,12 +76,6 @@ fn eventually(what: &str, mut check: impl FnMut() -> Option<String>) {
             Some(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_usagesync"));
-    c.env_remove("USAGESYNC_CONFIG");
-    c
 }
 
 fn start_daemon(cfg: &Path) -> (Child, String) {

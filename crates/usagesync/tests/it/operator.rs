@@ -2,19 +2,13 @@
 //! after a restart, alerts a receiver (signed) and logs at the default level when a scheduled
 //! run fails, and the CLI's output and exit codes say what is true.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::support::{bin, text};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_usagesync"));
-    c.env_remove("USAGESYNC_CONFIG").env_remove("USAGESYNC_LOG").env_remove("USAGESYNC_NOW");
-    c
-}
 
 fn example() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml")).unwrap()
@@ -644,10 +638,6 @@ async fn wrong_console_tokens_are_throttled_per_address_and_never_lock_out_anoth
     let mut daemon = daemon;
     assert!(Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap().success());
     daemon.wait().unwrap();
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// A starter config (every workflow off) with its store in `dir`.
