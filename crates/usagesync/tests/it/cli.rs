@@ -2,11 +2,10 @@
 //! `failures` and `replay` against `usagesync emulate` running in a child process on ports
 //! picked by the OS, with the exit codes a scheduler relies on.
 
-use super::support::{bin, text};
+use super::support::{bin, emulate, text};
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 
 use serde_json::Value;
 
@@ -24,15 +23,8 @@ impl Drop for Emulators {
 }
 
 fn emulators(accounts: u32) -> Emulators {
-    let mut child = bin()
-        .args(["emulate", "--seed-salesforce", "--days", "30", "--accounts", &accounts.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let salesforce = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
-    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    let (child, salesforce, pendo) =
+        emulate(&["--seed-salesforce", "--days", "30", "--accounts", &accounts.to_string()]);
     Emulators { child, salesforce, pendo }
 }
 

@@ -1,7 +1,7 @@
 //! The daemon, as a process: schedules fire, `/healthz` reports them, and SIGTERM lets the run
 //! in flight finish and record itself before the process exits 0.
 
-use super::support::bin;
+use super::support::{bin, emulate};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -59,15 +59,7 @@ fn series(text: &str) -> std::collections::HashMap<String, f64> {
 
 #[test]
 fn schedules_fire_and_sigterm_loses_nothing() {
-    let mut emu = bin()
-        .args(["emulate", "--seed-salesforce", "--days", "30", "--accounts", "80"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(emu.stdout.take().unwrap()).lines();
-    let sf = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
-    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    let (mut emu, sf, pendo) = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "80"]);
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("usagesync.yaml");
@@ -223,15 +215,7 @@ fn webhooks_are_verified_stored_once_and_bad_ones_change_nothing() {
 /// (not left `running` forever), and the daemon exits 1 to say so.
 #[test]
 fn a_run_abandoned_after_the_grace_period_is_recorded_as_cancelled() {
-    let mut emu = bin()
-        .args(["emulate", "--seed-salesforce", "--days", "30", "--accounts", "40"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(emu.stdout.take().unwrap()).lines();
-    let sf = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
-    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    let (mut emu, sf, pendo) = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "40"]);
     // Every Salesforce answer takes 3 s: a run cannot finish inside a zero grace period.
     let faults = br#"{"latencyMs":3000,"latencyShare":1.0}"#;
     let host = sf.trim_start_matches("http://");

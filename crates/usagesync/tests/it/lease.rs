@@ -3,9 +3,8 @@
 //! workflow started together exactly one runs; the other exits 1 saying who holds the workflow.
 //! Leases are shortened to one second with `USAGESYNC_TEST_RUN_LEASE_MS` (read by debug builds).
 
-use super::support::{bin, text};
+use super::support::{bin, emulate, text};
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,15 +25,7 @@ impl Drop for Emulators {
 }
 
 fn emulators() -> Emulators {
-    let mut child = bin()
-        .args(["emulate", "--seed-salesforce", "--days", "30", "--accounts", "40"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let salesforce = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
-    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    let (child, salesforce, pendo) = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "40"]);
     Emulators { child, salesforce, pendo }
 }
 

@@ -2,6 +2,8 @@
 //! agrees with the runs and failures the store recorded (read back with `usagesync runs` and
 //! `usagesync failures`), including the per-code failures and the duration histogram.
 
+use super::support::emulate;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
@@ -36,15 +38,7 @@ fn bin() -> Command {
 
 #[test]
 fn metrics_agree_with_the_runs_and_failures_in_the_store() {
-    let mut emu = bin()
-        .args(["emulate", "--seed-salesforce", "--days", "30", "--accounts", "60"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(emu.stdout.take().unwrap()).lines();
-    let sf = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
-    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    let (mut emu, sf, pendo) = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "60"]);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("usagesync.yaml");
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml"))

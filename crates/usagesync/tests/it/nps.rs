@@ -5,7 +5,7 @@
 //! start. Also new users in seconds: a `visitorFirstSeen` webhook makes the person's Contact
 //! without waiting for the new-users poll.
 
-use super::support::bin;
+use super::support::{bin, emulate};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -105,15 +105,7 @@ fn follow_ups_for(sf: &str, contact: &str) -> Vec<Value> {
 
 #[test]
 fn webhooks_polls_and_restarts_each_land_exactly_once() {
-    let mut emu = bin()
-        .args(["emulate", "--seed-salesforce", "--days", "10", "--accounts", "15"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(emu.stdout.take().unwrap()).lines();
-    let sf = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
-    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    let (mut emu, sf, pendo) = emulate(&["--seed-salesforce", "--days", "10", "--accounts", "15"]);
 
     // A fresh Account with known engagement, and Contacts keyed by Pendo visitor id.
     let owner = records(&sf, "Account")[0]["OwnerId"].as_str().unwrap().to_owned();
@@ -272,15 +264,7 @@ fn webhooks_polls_and_restarts_each_land_exactly_once() {
 /// Contact; the runs are recorded with trigger `webhook`.
 #[test]
 fn a_first_seen_webhook_makes_the_contact_without_waiting_for_the_poll() {
-    let mut emu = bin()
-        .args(["emulate", "--seed-salesforce", "--days", "10", "--accounts", "15"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(emu.stdout.take().unwrap()).lines();
-    let sf = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
-    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    let (mut emu, sf, pendo) = emulate(&["--seed-salesforce", "--days", "10", "--accounts", "15"]);
     let account = records(&sf, "Account").into_iter().find(|a| a["Pendo_Account_Id__c"].is_string()).unwrap();
     let pendo_account = account["Pendo_Account_Id__c"].as_str().unwrap().to_owned();
 

@@ -2,7 +2,7 @@
 //! after a restart, alerts a receiver (signed) and logs at the default level when a scheduled
 //! run fails, and the CLI's output and exit codes say what is true.
 
-use super::support::{bin, text};
+use super::support::{bin, emulate, text};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -106,15 +106,7 @@ fn read_request(stream: &mut std::net::TcpStream) -> Received {
 }
 
 fn emulator(accounts: &str) -> (std::process::Child, String, String) {
-    let mut emu = bin()
-        .args(["emulate", "--seed-salesforce", "--days", "30", "--accounts", accounts])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(emu.stdout.take().unwrap()).lines();
-    let sf = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
-    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    let (emu, sf, pendo) = emulate(&["--seed-salesforce", "--days", "30", "--accounts", accounts]);
     (emu, sf, pendo)
 }
 

@@ -2,11 +2,10 @@
 //! misspelt Account field fails `validate --remote` (exit 2, file:line, did you mean), and a real
 //! sync quarantines that field while writing the others (exit 3, state partial).
 
-use super::support::{bin, text};
+use super::support::{bin, emulate, text};
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 
 use serde_json::Value;
 
@@ -40,15 +39,7 @@ fn accounts(sf: &str) -> Vec<Value> {
 /// Emulators with a seeded org, and the shipped example pointed at them and a store in `dir`;
 /// returns the Salesforce URL and the example's text.
 fn world(dir: &Path) -> (Emulators, String, String) {
-    let mut child = bin()
-        .args(["emulate", "--seed-salesforce", "--days", "30", "--accounts", "60"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let sf = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
-    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    let (child, sf, pendo) = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "60"]);
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml")).unwrap();
     let text = example

@@ -2,11 +2,10 @@
 //! emulate` in a child process: new visitors become Contacts, Account fields reach Pendo, and a
 //! repeat of either writes nothing.
 
-use super::support::bin;
+use super::support::{bin, emulate};
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 
 use serde_json::Value;
 
@@ -43,15 +42,7 @@ fn report(o: &Output) -> Value {
 
 #[test]
 fn sync_runs_new_users_and_attributes_to_pendo_and_a_repeat_writes_nothing() {
-    let mut child = bin()
-        .args(["emulate", "--seed-salesforce", "--days", "30", "--accounts", "40"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let sf = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
-    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    let (child, sf, pendo) = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "40"]);
     let _emu = Emulators(child);
 
     let dir = tempfile::tempdir().unwrap();

@@ -4,6 +4,10 @@
 //! then compares each end state record by record with a clean reference run on the same world.
 //! Here each template must come out with nothing missing, duplicated, differing or changed back,
 //! no run left `running`, and a run killed at each point its pipeline has.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+// A binary of its own, not a module of `it`: its kills under faults load the machine, and tests
+// sharing a binary run side by side.
 
 use std::process::Command;
 

@@ -7,8 +7,15 @@
 //! 5/s Pendo throttle writes every answer. The store is a fresh schema in
 //! `USAGESYNC_TEST_POSTGRES_URL` (default the local test database), dropped afterwards;
 //! `USAGESYNC_SKIP_POSTGRES=1` skips the tests that need it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use super::support::bin;
+// A binary of its own, not a module of `it`: its daemons run with leases shortened to a second,
+// which other tests loading the machine side by side would make lapse.
+#[path = "it/support.rs"]
+#[allow(dead_code)] // this binary uses part of the shared support
+mod support;
+
+use support::{bin, emulate};
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -55,15 +62,7 @@ impl Drop for Emulators {
 }
 
 fn emulators() -> Emulators {
-    let mut child = bin()
-        .args(["emulate", "--seed-salesforce", "--days", "10", "--accounts", "15"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let sf = lines.next().unwrap().unwrap().strip_prefix("salesforce ").unwrap().to_owned();
-    let pendo = lines.next().unwrap().unwrap().strip_prefix("pendo ").unwrap().to_owned();
+    let (child, sf, pendo) = emulate(&["--seed-salesforce", "--days", "10", "--accounts", "15"]);
     Emulators { child, sf, pendo }
 }
 
