@@ -170,10 +170,9 @@ async fn body(
     run_id: Option<RunId>,
 ) -> Result<RunReport, RunError> {
     let mut meter = Meter::new(&ctx.salesforce);
+    // Read when a stage first needs it: a run with no alert to make and cached matches makes
+    // no Salesforce call at all.
     let lazy = crate::budget::Budget::new(now);
-    let budget = lazy.get(ctx).await?.clone();
-    meter.step("budget", Some("read_limits"));
-    let limits_calls: u64 = meter.calls.values().sum();
 
     let extractor = Extractor::new(&ctx.pendo);
     let days = workflow.window_days;
@@ -327,7 +326,15 @@ async fn body(
             }
         })
         .collect();
-    let reads_spent: u64 = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
+    let budget = if groups.is_empty() && !options.dry_run {
+        lazy.report(ctx).await?
+    } else {
+        let read = lazy.get(ctx).await?.clone();
+        meter.step("budget", Some("read_limits"));
+        read
+    };
+    // The ledger holds none of this run's calls yet: every read but the budget's own comes off.
+    let reads_spent: u64 = meter.calls.values().sum::<u64>().saturating_sub(lazy.own_calls());
     let allowance = budget.available.saturating_sub(reads_spent);
     let send = create::fitting(&groups, allowance, &create::not_unique);
     let samples: Vec<Sample> = groups

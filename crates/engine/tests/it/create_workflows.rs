@@ -120,6 +120,17 @@ async fn dropped_accounts_get_one_high_priority_alert_and_a_rerun_creates_nothin
 
     let runs = w.ctx.store.list_runs(Some("churn-alerts"), 0).await.unwrap();
     assert_eq!(runs.len(), 2, "dry runs leave no run behind");
+
+    // A new process (a client that has seen no Salesforce answer yet, as a daily `sync` is) with
+    // nothing to make and cached matches needs not even the budget: not one Salesforce call.
+    let fresh = Context {
+        salesforce: engine::connect::salesforce_client(&w.ctx.config, &super::support::env).unwrap(),
+        ..w.ctx.clone()
+    };
+    let options = RunOptions { trigger: "test".into(), ..Default::default() };
+    let third = engine::workflow::run(&fresh, "churn-alerts", &options).await.unwrap();
+    assert_eq!((third.written, third.failed), (0, 0), "{third:?}");
+    assert_eq!(fresh.salesforce.requests_sent(), 0, "{:?}", third.api_calls);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
