@@ -92,10 +92,8 @@ async fn body(
     run_id: Option<RunId>,
 ) -> Result<RunReport, RunError> {
     let mut meter = Meter::new(&ctx.salesforce);
+    // Read when a stage first needs it: a run with nothing to write reads no /limits.
     let lazy = crate::budget::Budget::new(now);
-    let budget = lazy.get(ctx).await?.clone();
-    meter.step("budget", Some("read_limits"));
-    let limits_calls: u64 = meter.calls.values().sum();
 
     let extractor = Extractor::new(&ctx.pendo);
     let core = if config.accounts.core_features.is_empty() {
@@ -214,7 +212,15 @@ async fn body(
     decisions.extend(held.iter().map(|h| h.outcome(OBJECT)));
     crate::testhook::crash_point("gather");
 
-    let reads: u64 = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
+    let budget = if changes.is_empty() && !options.dry_run {
+        lazy.report(ctx).await?
+    } else {
+        let read = lazy.get(ctx).await?.clone();
+        meter.step("budget", Some("read_limits"));
+        read
+    };
+    // The ledger holds none of this run's calls yet: every read but the budget's own comes off.
+    let reads: u64 = meter.calls.values().sum::<u64>().saturating_sub(lazy.own_calls());
     let allowance = crate::plan::Allowance { calls: budget.available.saturating_sub(reads) };
     let plan = crate::plan::plan(changes.len(), workflow.max_latency, allowance, &Default::default());
     let mut report = RunReport {

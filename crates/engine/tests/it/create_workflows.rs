@@ -476,6 +476,17 @@ async fn trial_usage_lands_on_trial_opportunities_and_stages_only_move_forward()
     assert_eq!(second.written, 0, "nothing else changed: {second:?}");
     let third = run(false).await;
     assert_eq!(third.written, 0);
+
+    // A new process with nothing to write: the trial Opportunities are read (one query) and
+    // the budget is never needed, so no /limits read either.
+    let fresh = Context {
+        salesforce: engine::connect::salesforce_client(&w.ctx.config, &super::support::env).unwrap(),
+        ..w.ctx.clone()
+    };
+    let options = RunOptions { trigger: "test".into(), ..Default::default() };
+    let fourth = engine::workflow::run(&fresh, "trials", &options).await.unwrap();
+    assert_eq!((fourth.written, fourth.failed), (0, 0), "{fourth:?}");
+    assert_eq!(fresh.salesforce.requests_sent(), 1, "{:?}", fourth.api_calls);
 }
 
 /// Where the org does not keep the key field unique, Salesforce cannot refuse a key that
