@@ -39,6 +39,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use url::Url;
 
+pub use crate::extract::WindowLength;
 pub use alert::DropAlertConfig;
 pub use attributes::{Attribute, AttributeType, AttributesConfig, DEFAULT_ATTRIBUTES_OVERLAP, PendoAccountSource};
 pub use console::{Console, ConsoleRole, ConsoleUser, DEFAULT_SESSION_HOURS};
@@ -269,6 +270,12 @@ pub const DEFAULT_WEBSITE_FIELD: &str = "Website";
 pub const DEFAULT_MIN_SHARE: f64 = 0.5;
 /// Allowed range of [`Workflow::window_days`].
 pub const WINDOW_DAYS: std::ops::RangeInclusive<u32> = 1..=180;
+/// Allowed range of an hourly [`Workflow::window`]: past a month, days are the better unit.
+pub const WINDOW_HOURS: std::ops::RangeInclusive<u32> = 1..=720;
+/// The templates that take a window in hours: their figures (events, minutes, visitors,
+/// features, guides, first visits) mean the same over hours as over days.
+pub const HOURLY_TEMPLATES: &[TemplateKind] =
+    &[TemplateKind::EngagementScores, TemplateKind::EngagementDropAlert, TemplateKind::NewUsersToContacts];
 
 /// One named workflow: the settings every template shares, and the template with its
 /// own settings.
@@ -279,13 +286,25 @@ pub struct Workflow {
     pub enabled: bool,
     pub schedule: croner::Cron,
     pub timezone: chrono_tz::Tz,
+    /// Whole days that cover [`Workflow::window`] (hours rounded up), for what counts in days.
     pub window_days: u32,
+    /// How far back the figures look: `window_days: N` or `window: 30d | 24h`.
+    pub window: WindowLength,
+    /// The window ends with the current (partial) day or hour instead of the last whole one.
+    pub window_includes_current: bool,
     /// How long a run may take to land its writes; the planner picks Bulk only when
     /// this leaves room for it.
     pub max_latency: Duration,
     /// This workflow's own `verify:`; `None` takes the top-level one.
     pub verify: Option<Verify>,
     pub template: Template,
+}
+
+impl Workflow {
+    /// The reporting window of a run at `end`.
+    pub fn window(&self, end: chrono::DateTime<chrono::Utc>) -> crate::extract::Window {
+        crate::extract::Window { end, length: self.window, include_current: self.window_includes_current }
+    }
 }
 
 template::templates! {

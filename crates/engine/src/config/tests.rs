@@ -490,3 +490,47 @@ fn retention_defaults_to_30_days_and_is_checked_at_its_line() {
     let errors = load_err(&text);
     assert!(errors.to_string().contains(&format!("bad.yaml:{}:", line_of(&text, "history_dayz"))), "{errors}");
 }
+
+#[test]
+fn windows_are_days_or_hours_and_hours_only_where_they_mean_something() {
+    let w = |text: &str| load_ok(text).workflows["engagement"].clone();
+    let days = w(&example_with("    window_days: 30", "    window: 30d"));
+    assert_eq!((days.window, days.window_days, days.window_includes_current), (WindowLength::Days(30), 30, false));
+    // Hourly engagement scores need a score and fields without active days.
+    let hourly = STARTER
+        .replacen("    window_days: 30", "    window: 36h\n    window_includes_current: true", 1)
+        .replacen("      active_days: { weight: 0.3, target: 20 }\n", "", 1)
+        .replacen("      active_days: Pendo_Active_Days__c\n", "", 1);
+    let h = w(&hourly);
+    assert_eq!((h.window, h.window_days, h.window_includes_current), (WindowLength::Hours(36), 2, true));
+    assert_eq!(h.window(chrono::DateTime::UNIX_EPOCH).length, WindowLength::Hours(36));
+    // Written back and read again: the same window.
+    let again = load_ok(&load_ok(&hourly).redacted_yaml());
+    assert_eq!(again.workflows["engagement"].window, WindowLength::Hours(36));
+    assert!(again.workflows["engagement"].window_includes_current);
+    // The starter's hourly alert loads.
+    assert_eq!(load_ok(STARTER).workflows["usage-collapse"].window, WindowLength::Hours(6));
+
+    let cases = [
+        (example_with("    window_days: 30", "    window: 36h"), "active_days counts whole days"),
+        (example_with("    window_days: 30", "    window: 3w"), "`3w` is not a window"),
+        (example_with("    window_days: 30", "    window: 721h"), "between 1 and 720 hours (got 721h)"),
+        (example_with("    window_days: 30", "    window: 0d"), "between 1 and 180 days (got 0d)"),
+        (example_with("    window_days: 30", "    window_days: 30\n    window: 30d"), "not both"),
+        (example_with("    window_days: 14", "    window: 24h"), "counts in whole days"),
+    ];
+    for (text, message) in cases {
+        let errors = load_err(&text);
+        let key = errors.errors.iter().find(|e| e.message.contains(message));
+        let key = key.unwrap_or_else(|| panic!("no error saying `{message}` in:\n{errors}"));
+        assert!(key.key.ends_with(".window") || key.key.ends_with(".window_days"), "{}", key.key);
+        assert!(key.line.is_some(), "located: {errors}");
+    }
+    // An hourly alert whose condition names active days is refused.
+    let alert = STARTER.replacen(
+        "      when: \"previous.events >= 200.0",
+        "      when: \"active_days > 0.0 && previous.events >= 200.0",
+        1,
+    );
+    assert!(load_err(&alert).to_string().contains("active_days counts whole days"));
+}

@@ -12,9 +12,10 @@ use super::locate::Locations;
 use super::{
     Budget, Config, ConfigError, Connections, DEFAULT_API_VERSION, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_LATENCY,
     DEFAULT_MAX_PENDING, DEFAULT_MIN_REMAINING, DEFAULT_MIN_SHARE, DEFAULT_RECHECK_MATCHES_AFTER,
-    DEFAULT_SIGNATURE_HEADER, DEFAULT_WEBSITE_FIELD, EngagementConfig, FieldMap, MatchRule, MetadataGroup, Metric,
-    PendoConnection, Retention, SalesforceAuth, SalesforceConnection, ScoreConfig, Secret, StoreConfig, StoreKind,
-    TemplateKind, Term, Verify, WINDOW_DAYS, Webhooks, Workflow, duration, wire,
+    DEFAULT_SIGNATURE_HEADER, DEFAULT_WEBSITE_FIELD, EngagementConfig, FieldMap, HOURLY_TEMPLATES, MatchRule,
+    MetadataGroup, Metric, PendoConnection, Retention, SalesforceAuth, SalesforceConnection, ScoreConfig, Secret,
+    StoreConfig, StoreKind, TemplateKind, Term, Verify, WINDOW_DAYS, WINDOW_HOURS, Webhooks, WindowLength, Workflow,
+    duration, wire,
 };
 
 /// Collects errors, locating each by its key path.
@@ -458,6 +459,109 @@ fn retention(r: Option<&wire::Retention>, errors: &mut Errors) -> Option<Retenti
     }
 }
 
+/// `window_days: N` or `window: 30d | 24h`: one of them, within range; hours only for the
+/// templates whose figures make sense by the hour, and never with a figure counted in days.
+fn window(
+    w: &wire::Workflow,
+    kind: Option<TemplateKind>,
+    k: &dyn Fn(&str) -> String,
+    errors: &mut Errors,
+) -> Option<WindowLength> {
+    let length = match (&w.window_days, &w.window) {
+        (Some(_), Some(_)) => {
+            errors.push(&k("window"), "give `window` or `window_days`, not both");
+            return None;
+        }
+        (Some(d), None) => WindowLength::Days(*d),
+        (None, Some(text)) => match parse_window(text) {
+            Some(length) => length,
+            None => {
+                errors.push(
+                    &k("window"),
+                    format!("`{text}` is not a window: write a number of days or hours, e.g. 30d or 24h"),
+                );
+                return None;
+            }
+        },
+        (None, None) => {
+            errors.required(&w.window_days, &k("window_days"));
+            return None;
+        }
+    };
+    let key = if w.window.is_some() { k("window") } else { k("window_days") };
+    let ok = match length {
+        WindowLength::Days(d) => WINDOW_DAYS.contains(&d),
+        WindowLength::Hours(h) => WINDOW_HOURS.contains(&h),
+    };
+    if !ok {
+        let message = match (length, w.window.is_some()) {
+            (WindowLength::Days(d), false) => {
+                format!("must be between {} and {} (got {d})", WINDOW_DAYS.start(), WINDOW_DAYS.end())
+            }
+            (WindowLength::Days(_), true) => {
+                format!("must be between {} and {} days (got {length})", WINDOW_DAYS.start(), WINDOW_DAYS.end())
+            }
+            (WindowLength::Hours(_), _) => {
+                format!("must be between {} and {} hours (got {length})", WINDOW_HOURS.start(), WINDOW_HOURS.end())
+            }
+        };
+        errors.push(&key, message);
+        return None;
+    }
+    if let (WindowLength::Hours(_), Some(kind)) = (length, kind) {
+        if !HOURLY_TEMPLATES.contains(&kind) {
+            let takes: Vec<_> = HOURLY_TEMPLATES.iter().map(|t| t.name()).collect();
+            errors.push(
+                &key,
+                format!(
+                    "{} counts in whole days: give its window in days (e.g. 30d); windows in hours are for {}",
+                    kind.name(),
+                    takes.join(", ")
+                ),
+            );
+            return None;
+        }
+        if names_active_days(w) {
+            errors.push(
+                &key,
+                "active_days counts whole days, which an hourly window does not hold: \
+                 drop it from `score`, `fields` and `alert`, or give the window in days",
+            );
+            return None;
+        }
+    }
+    Some(length)
+}
+
+/// `30d` or `24h`.
+fn parse_window(text: &str) -> Option<WindowLength> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u32 = number.parse().ok()?;
+    match unit {
+        "d" => Some(WindowLength::Days(n)),
+        "h" => Some(WindowLength::Hours(n)),
+        _ => None,
+    }
+}
+
+/// Whether the workflow scores, writes or alerts on active days.
+fn names_active_days(w: &wire::Workflow) -> bool {
+    let in_condition = |c: &Option<String>| {
+        c.as_deref().is_some_and(|text| {
+            text.match_indices("active_days").any(|(at, word)| {
+                let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+                let before = text[..at].chars().next_back().is_some_and(ident);
+                let after = text[at + word.len()..].chars().next().is_some_and(ident);
+                !before && !after
+            })
+        })
+    };
+    w.score.as_ref().is_some_and(|s| s.active_days.is_some())
+        || w.fields.as_ref().is_some_and(|f| f.active_days.is_some())
+        || w.alert.as_ref().is_some_and(|a| in_condition(&a.when) || in_condition(&a.rearm_when))
+}
+
 fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workflow> {
     let key = format!("workflows.{name}");
     let k = |leaf: &str| format!("{key}.{leaf}");
@@ -493,17 +597,7 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
             })
             .ok(),
     };
-    let window_days = errors.required(&w.window_days, &k("window_days")).and_then(|d| {
-        if WINDOW_DAYS.contains(d) {
-            Some(*d)
-        } else {
-            errors.push(
-                &k("window_days"),
-                format!("must be between {} and {} (got {d})", WINDOW_DAYS.start(), WINDOW_DAYS.end()),
-            );
-            None
-        }
-    });
+    let window = window(w, kind, &k, errors);
     let max_latency = match &w.max_latency {
         None => Some(DEFAULT_MAX_LATENCY),
         Some(text) => {
@@ -520,7 +614,9 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
         enabled: w.enabled.unwrap_or(true),
         schedule: schedule?,
         timezone: timezone?,
-        window_days: window_days?,
+        window_days: window?.covering_days(),
+        window: window?,
+        window_includes_current: w.window_includes_current.unwrap_or(false),
         max_latency: max_latency?,
         verify: match verify {
             Some(v) => Some(v?),
@@ -873,7 +969,15 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
                 enabled: Some(w.enabled),
                 schedule: Some(w.schedule.as_str().to_owned()),
                 timezone: Some(w.timezone.name().to_owned()),
-                window_days: Some(w.window_days),
+                window_days: match w.window {
+                    WindowLength::Days(d) => Some(d),
+                    WindowLength::Hours(_) => None,
+                },
+                window: match w.window {
+                    WindowLength::Days(_) => None,
+                    hours @ WindowLength::Hours(_) => Some(hours.to_string()),
+                },
+                window_includes_current: w.window_includes_current.then_some(true),
                 max_latency: Some(duration::format(w.max_latency)),
                 verify: w.verify.map(verify_to_wire),
                 ..wire::Workflow::default()

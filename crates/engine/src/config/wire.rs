@@ -167,6 +167,10 @@ pub(crate) struct Workflow {
     pub schedule: Option<String>,
     pub timezone: Option<String>,
     pub window_days: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_includes_current: Option<bool>,
     pub max_latency: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verify: Option<Verify>,

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use pendo::{Agg, Apps, Expr, Pipeline, Source, Span, Time, TimeSeries};
 use serde_json::Value;
 
-use super::{AccountUsage, CoreFeatures, ExtractError, Extractor, Result, bad_row, count, maybe_filter, text};
+use super::{
+    AccountUsage, CoreFeatures, ExtractError, Extractor, Result, WindowLength, bad_row, count, maybe_filter, text,
+};
 
 const MAX_WINDOW_DAYS: u32 = 3650;
 
@@ -27,12 +29,29 @@ struct Acc {
 }
 
 pub(super) fn time_series(window: &super::Window) -> Result<TimeSeries> {
-    if window.days == 0 || window.days > MAX_WINDOW_DAYS {
-        return Err(ExtractError::InvalidWindow(window.days));
+    let (n, period_ms, make): (u32, i64, fn(Time, Span) -> TimeSeries) = match window.length {
+        WindowLength::Days(n) if (1..=MAX_WINDOW_DAYS).contains(&n) => (n, 86_400_000, TimeSeries::days),
+        WindowLength::Hours(n) if (1..=MAX_WINDOW_DAYS * 24).contains(&n) => (n, 3_600_000, TimeSeries::hours),
+        other => return Err(ExtractError::InvalidWindow(other)),
+    };
+    let end = window.end.timestamp_millis();
+    Ok(if window.include_current {
+        // `first` rounds down to its period's start in the subscription timezone and a positive
+        // count runs forward from there: the `n` periods ending with the one containing `end`.
+        make(Time::Millis(end - i64::from(n - 1) * period_ms), Span::Count(i64::from(n)))
+    } else {
+        // A negative count takes the periods before `first`'s: exactly "whole periods before the
+        // one containing `end`".
+        make(Time::Millis(end), Span::Count(-i64::from(n)))
+    })
+}
+
+/// The column an event row of `window`'s period carries its period start in.
+pub(super) fn period_column(window: &super::Window) -> &'static str {
+    match window.length {
+        WindowLength::Days(_) => "day",
+        WindowLength::Hours(_) => "hour",
     }
-    // `first` rounds down to its day's start in the subscription timezone and a negative count
-    // takes the days before it: exactly "whole days before the day containing `end`".
-    Ok(TimeSeries::days(Time::Millis(window.end.timestamp_millis()), Span::Count(-i64::from(window.days))))
 }
 
 /// `field == a || field == b || ...`; `None` for an empty set.
@@ -59,6 +78,7 @@ impl Extractor<'_> {
     /// As [`super::engagement`].
     pub async fn engagement(&self, window: &super::Window, core: &CoreFeatures) -> Result<Vec<AccountUsage>> {
         let ts = time_series(window)?;
+        let period = period_column(window);
         // The catalogues first (one small call each): the feature and guide queries need them.
         let core_ids = self.core_feature_ids(core).await?;
         let last_steps = self.last_guide_steps().await?;
@@ -99,22 +119,25 @@ impl Extractor<'_> {
             |cond| {
                 maybe_filter(Pipeline::events(Source::Events { apps: Apps::All }, ts.clone()), cond)
                     .group(
-                        &["accountId", "day"],
+                        &["accountId", period],
                         &[("events", Agg::Sum("numEvents".into())), ("minutes", Agg::Sum("numMinutes".into()))],
                     )
-                    // `day` is unique within each account's rows here, so distinct and non-null
-                    // counting agree.
+                    // The period is unique within each account's rows here, so distinct and
+                    // non-null counting agree.
                     .group(
                         &["accountId"],
                         &[
-                            ("days", Agg::Count(Some("day".into()))),
+                            ("days", Agg::Count(Some(period.into()))),
                             ("events", Agg::Sum("events".into())),
                             ("minutes", Agg::Sum("minutes".into())),
                         ],
                     )
             },
             |row| {
-                let (d, e, m) = (count(row, "days"), count(row, "events"), count(row, "minutes"));
+                // In an hourly window the distinct count is of hours, which is not a day count:
+                // active days stay 0 there (the config refuses them in such windows).
+                let d = if period == "day" { count(row, "days") } else { 0 };
+                let (e, m) = (count(row, "events"), count(row, "minutes"));
                 with(row, &|acc| (acc.days, acc.events, acc.minutes) = (d, e, m))
             },
         );
@@ -282,9 +305,12 @@ mod tests {
     #[test]
     fn window_bounds_and_any_of() {
         let end = DateTime::<Utc>::from_timestamp_millis(1_767_225_600_000).unwrap_or_default();
-        assert!(time_series(&super::super::Window { end, days: 0 }).is_err());
-        assert!(time_series(&super::super::Window { end, days: 3651 }).is_err());
-        assert!(time_series(&super::super::Window { end, days: 30 }).is_ok());
+        let w = |length| super::super::Window { end, length, include_current: false };
+        assert!(time_series(&w(WindowLength::Days(0))).is_err());
+        assert!(time_series(&w(WindowLength::Days(3651))).is_err());
+        assert!(time_series(&w(WindowLength::Days(30))).is_ok());
+        assert!(time_series(&w(WindowLength::Hours(0))).is_err());
+        assert!(time_series(&w(WindowLength::Hours(6))).is_ok());
         assert_eq!(any_of("f", std::iter::empty()), None);
         assert_eq!(
             any_of("f", ["a", "b\"\""]).and_then(|e| e.build().ok()).as_deref(),

@@ -9,9 +9,11 @@
 //! - `visitors`: visitors first seen since a point in time (new-users-to-contacts).
 //!
 //! # Choices the engine relies on
-//! - The window is whole days in the subscription's timezone: the `days` days before the day that
-//!   contains `end` (Pendo's `dayRange` with `first = end, count = -days`). `end` itself is
-//!   exclusive and the day it falls in is left out, because that day is still incomplete.
+//! - The window is whole days or hours in the subscription's timezone: the `n` periods before the
+//!   one that contains `end` (Pendo's `dayRange`/`hourRange` with `first = end, count = -n`), or,
+//!   when the user asks for the current period, the `n` periods ending with it (`first` at the
+//!   start of the oldest, `count = n`). Every run reads its whole window again, so events Pendo
+//!   processes late (hours late is normal) correct the figures at the next run.
 //! - Every account Pendo knows (the `accounts` source) gets an [`AccountUsage`], with zeros when
 //!   nothing happened in the window, so the engine can write 0 over a stale value.
 //! - Counts never depend on whether Pendo's `count` aggregator counts distinct or non-null values:
@@ -39,12 +41,62 @@ pub use visitors::NewVisitor;
 /// Estuary pages at 50,000 for raw event rows; ours are grouped, one or two rows per account.
 pub const DEFAULT_PAGE_ROWS: u64 = 100_000;
 
-/// A reporting window: `days` whole days ending before the day that contains `end`.
+/// How long a reporting window is: whole days or whole hours of the subscription's timezone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowLength {
+    Days(u32),
+    Hours(u32),
+}
+
+impl WindowLength {
+    /// The length as a duration (a day is 24 hours here; Pendo rounds to its own day starts).
+    pub fn duration(self) -> chrono::Duration {
+        match self {
+            WindowLength::Days(n) => chrono::Duration::days(i64::from(n)),
+            WindowLength::Hours(n) => chrono::Duration::hours(i64::from(n)),
+        }
+    }
+
+    /// Whole days that cover the length (hours rounded up), for what only counts in days.
+    pub fn covering_days(self) -> u32 {
+        match self {
+            WindowLength::Days(n) => n,
+            WindowLength::Hours(n) => n.div_ceil(24),
+        }
+    }
+}
+
+impl std::fmt::Display for WindowLength {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WindowLength::Days(n) => write!(f, "{n}d"),
+            WindowLength::Hours(n) => write!(f, "{n}h"),
+        }
+    }
+}
+
+/// A reporting window of `length` periods (days or hours). By default it is the whole periods
+/// before the one that contains `end`, because that one is still incomplete; with
+/// `include_current` it is the periods up to and including the one that contains `end`, so an
+/// event from this hour (or today) counts at once and a later run completes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Window {
     /// Exclusive; the engine passes the run time.
     pub end: DateTime<Utc>,
-    pub days: u32,
+    pub length: WindowLength,
+    pub include_current: bool,
+}
+
+impl Window {
+    /// `days` whole days before the day that contains `end`.
+    pub fn days(end: DateTime<Utc>, days: u32) -> Window {
+        Window { end, length: WindowLength::Days(days), include_current: false }
+    }
+
+    /// The window of the same length just before this one (what a drop is measured against).
+    pub fn before(&self) -> Window {
+        Window { end: self.end - self.length.duration(), ..self.clone() }
+    }
 }
 
 /// One Pendo account's engagement over a window.
@@ -133,8 +185,8 @@ pub enum ExtractError {
     Stuck { query: &'static str, key: String },
     #[error("metadata field {group:?}.{field:?} is not a valid Pendo field name")]
     InvalidField { group: String, field: String },
-    #[error("the window must cover 1 to 3650 days, got {0}")]
-    InvalidWindow(u32),
+    #[error("the window must cover 1 to 3650 days (or 1 to 87600 hours), got {0}")]
+    InvalidWindow(WindowLength),
 }
 
 impl ExtractError {

@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 use super::create::{self, Group, NewRecord};
 use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::config::{DropAlertConfig, MetadataGroup, Workflow};
-use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
+use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window, WindowLength};
 use crate::figures;
 use crate::matching::Outcome;
 use crate::signal;
@@ -175,15 +175,14 @@ async fn body(
     let lazy = crate::budget::Budget::new(now);
 
     let extractor = Extractor::new(&ctx.pendo);
-    let days = workflow.window_days;
     let core = if config.accounts.core_features.is_empty() {
         CoreFeatures::MarkedCore
     } else {
         CoreFeatures::Ids(config.accounts.core_features.clone())
     };
-    let current = extractor.engagement(&Window { end: now, days }, &core).await?;
-    let previous_end = now - Duration::days(i64::from(days));
-    let previous = extractor.engagement(&Window { end: previous_end, days }, &core).await?;
+    let window = workflow.window(now);
+    let current = extractor.engagement(&window, &core).await?;
+    let previous = extractor.engagement(&window.before(), &core).await?;
     let metadata_fields: Vec<(String, String)> = config
         .accounts
         .matching
@@ -235,7 +234,7 @@ async fn body(
         let score = figures::score(&config.accounts.score, now_u);
         let prev_score = figures::score(&config.accounts.score, prev_u);
         let episode = episodes.get(pendo_id).cloned().unwrap_or_default();
-        let evidence = evidence(pendo_id, prev_u, now_u, prev_score, score, days, previous_end, now);
+        let evidence = evidence(pendo_id, prev_u, now_u, prev_score, score, &window);
         let figures = |score: f64, usage: &AccountUsage| signal::Figures { score, usage: usage.clone() };
         let decided = match signal(config, &figures(score, now_u), &figures(prev_score, prev_u), now) {
             None => decide(config, &episode, score, prev_score),
@@ -417,23 +416,25 @@ fn episode_put(scope: &str, pendo_id: &str, e: &Episode, now: DateTime<Utc>) -> 
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn evidence(
     pendo_id: &str,
     prev: &AccountUsage,
     cur: &AccountUsage,
     prev_score: f64,
     score: f64,
-    days: u32,
-    previous_end: DateTime<Utc>,
-    end: DateTime<Utc>,
+    window: &Window,
 ) -> String {
+    let at = |t: DateTime<Utc>| match window.length {
+        WindowLength::Days(_) => t.date_naive().to_string(),
+        WindowLength::Hours(_) => t.format("%Y-%m-%d %H:%M UTC").to_string(),
+    };
     format!(
-        "Pendo account {pendo_id}: engagement score {prev_score} → {score} ({days}-day windows ending {} and {}); \
+        "Pendo account {pendo_id}: engagement score {prev_score} → {score} ({} windows ending {} and {}); \
          active visitors {} → {}, active days {} → {}, events {} → {}, minutes {} → {}, \
          core features used {} → {} of {}",
-        previous_end.date_naive(),
-        end.date_naive(),
+        window.length,
+        at(window.before().end),
+        at(window.end),
         prev.active_visitors,
         cur.active_visitors,
         prev.active_days,

@@ -12,7 +12,7 @@ use super::{AmbiguousSample, Context, Meter, RunError, RunOptions, RunReport};
 use crate::change::{self, Change, Desired};
 use crate::config::{EngagementConfig, MatchRule, Metric, Workflow};
 use crate::deliver;
-use crate::extract::{AccountFacts, AccountUsage, CoreFeatures, Extractor, Window};
+use crate::extract::{AccountFacts, AccountUsage, CoreFeatures, Extractor};
 use crate::figures;
 use crate::matching::{Outcome, PendoSide};
 use crate::plan::{self, Allowance, CostModel};
@@ -71,7 +71,7 @@ async fn body(
 
     step("Reading usage from Pendo", None);
     let extractor = Extractor::new(&ctx.pendo);
-    let window = Window { end: now, days: workflow.window_days };
+    let window = workflow.window(now);
     let core = if config.core_features.is_empty() {
         CoreFeatures::MarkedCore
     } else {

@@ -19,7 +19,7 @@ use super::create::{self, Group, Link, NewRecord};
 use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::config::{ExpansionConfig, MatchRule, Milestone, MilestoneKind, Workflow};
 use crate::extract::expansion::longest_run;
-use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
+use crate::extract::{AccountUsage, CoreFeatures, Extractor};
 use crate::matching::Outcome;
 use crate::store::{Action, FingerprintPut, RecordOutcome, RunId};
 
@@ -73,7 +73,7 @@ async fn body(
     let limits_calls: u64 = meter.calls.values().sum();
 
     let extractor = Extractor::new(&ctx.pendo);
-    let window = Window { end: now, days: workflow.window_days };
+    let window = workflow.window(now);
     let core = if config.accounts.core_features.is_empty() {
         CoreFeatures::MarkedCore
     } else {

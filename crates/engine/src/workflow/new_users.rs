@@ -119,12 +119,12 @@ async fn body(
     let limits_calls: u64 = meter.calls.values().sum();
     let mut report = RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone());
 
-    // The cursor: first visits at or after it are new. A first run looks back `window_days`.
+    // The cursor: first visits at or after it are new. A first run looks back the window.
     let stored = ctx.store.cursor(&workflow.name, CURSOR).await?;
     let cursor_ms = stored
         .as_deref()
         .and_then(|c| c.parse::<i64>().ok())
-        .unwrap_or_else(|| (now - chrono::Duration::days(i64::from(workflow.window_days))).timestamp_millis());
+        .unwrap_or_else(|| (now - workflow.window.duration()).timestamp_millis());
     let overlap_ms = i64::try_from(config.overlap.as_millis()).unwrap_or(i64::MAX);
     let extractor = Extractor::new(&ctx.pendo);
     let visitors = extractor.new_visitors(cursor_ms.saturating_sub(overlap_ms)).await?;

@@ -12,7 +12,7 @@ use super::{Context, Meter, RunError, RunOptions, RunReport};
 use crate::change::{self, Change, Desired};
 use crate::config::{ContactEngagementConfig, PersonMatch, Workflow, template};
 use crate::deliver;
-use crate::extract::{Extractor, PersonFigures, VisitorUsage, Window};
+use crate::extract::{Extractor, PersonFigures, VisitorUsage};
 use crate::plan::{self, Allowance, CostModel};
 
 const OBJECT: &str = "Contact";
@@ -43,7 +43,7 @@ pub(crate) async fn run(
             features: config.fields.features_used.is_some(),
             guides: config.fields.guides_completed.is_some(),
         };
-        let usage = extractor.visitor_usage(&Window { end: now, days: workflow.window_days }, figures).await?;
+        let usage = extractor.visitor_usage(&workflow.window(now), figures).await?;
         let mut report = RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone());
         let pairs = match &config.match_by {
             PersonMatch::VisitorId(field) => {

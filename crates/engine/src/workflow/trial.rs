@@ -18,7 +18,7 @@ use super::{Context, Meter, RunError, RunOptions, RunReport, engagement};
 use crate::change::{self, Desired};
 use crate::config::{MatchRule, TrialConfig, TrialMetric, Workflow};
 use crate::deliver;
-use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window};
+use crate::extract::{AccountUsage, CoreFeatures, Extractor};
 use crate::matching::Outcome;
 use crate::plan::WritePath;
 use crate::store::{Action, RecordOutcome, RunId};
@@ -101,7 +101,7 @@ async fn body(
     } else {
         CoreFeatures::Ids(config.accounts.core_features.clone())
     };
-    let window = Window { end: now, days: workflow.window_days };
+    let window = workflow.window(now);
     let usage = extractor.engagement(&window, &core).await?;
     let drop_offs = match (&config.fields.drop_off_step, &config.onboarding_guide) {
         (Some(_), Some(guide)) => extractor.drop_off_steps(&window, guide).await?,

@@ -84,10 +84,7 @@ async fn first_run_writes_the_right_accounts_and_a_second_run_writes_nothing() {
 
     let accounts = w.accounts().await;
     let usage = engine::extract::Extractor::new(&w.ctx.pendo)
-        .engagement(
-            &engine::extract::Window { end: chrono::Utc::now(), days: 30 },
-            &engine::extract::CoreFeatures::MarkedCore,
-        )
+        .engagement(&engine::extract::Window::days(chrono::Utc::now(), 30), &engine::extract::CoreFeatures::MarkedCore)
         .await
         .unwrap();
     let usage: HashMap<&str, &engine::extract::AccountUsage> =
@@ -504,4 +501,50 @@ async fn a_spent_allocation_skips_the_read_back_with_a_note() {
     assert_eq!((r.verify.checked, r.verify.sampled_from), (0, r.written));
     let note = r.verify.note.as_deref().unwrap_or_default();
     assert!(note.contains("allocation is spent") && note.contains("REQUEST_LIMIT_EXCEEDED"), "{note}");
+}
+
+/// `window: 24h` with the current hour: an event from this hour reaches Salesforce at the next
+/// run (a daily window leaves today out), a re-run writes nothing, and the events field holds
+/// exactly the last 24 hours' events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hourly_window_counts_this_hour_and_a_rerun_writes_nothing() {
+    let hourly = CONFIG
+        .replace("{share}", "1.0")
+        .replace("    window_days: 30\n", "    window: 24h\n    window_includes_current: true\n")
+        .replace("      active_days: { weight: 0.5, target: 20 }\n", "      events: { weight: 0.5, target: 100 }\n")
+        .replace("      active_days: Pendo_Active_Days__c\n", "");
+    let mut w = Emulators::start(7, 120, 30).await.world(&hourly).await;
+    // Twenty minutes into the hour, whenever the test runs: its runs never straddle an hour.
+    let wall = chrono::Utc::now().timestamp_millis();
+    let start = wall - wall.rem_euclid(3_600_000) + 20 * 60_000;
+    w.ctx.clock = engine::clock::Clock::starting_at(chrono::DateTime::from_timestamp_millis(start).unwrap());
+    let first = w.run("engagement").await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    assert!(first.written > 0, "{first:?}");
+    let again = w.run("engagement").await;
+    assert_eq!((again.written, again.failed), (0, 0), "a re-run writes nothing: {again:?}");
+
+    // This hour, for one account matched by id.
+    let mover = w.profiles().into_iter().find(|p| p.in_salesforce && p.has_pendo_id_in_sf && !p.visitors.is_empty());
+    let mover = mover.unwrap();
+    let id = sf_account_id(mover.index);
+    let before = w.accounts().await[&id]["Pendo_Events__c"].as_f64().unwrap_or(0.0);
+    let page = w.ctx.pendo.pages(&[]).await.unwrap().into_iter().next().unwrap().id;
+    w.pendo_seed(json!({"events": [{"kind": "page", "id": page, "visitorId": mover.visitors[0].id,
+        "accountId": mover.id, "time": start, "numEvents": 4321, "numMinutes": 5}]}))
+        .await;
+    let third = w.run("engagement").await;
+    assert!(third.written >= 1, "{third:?}");
+    let after = w.accounts().await[&id]["Pendo_Events__c"].as_f64().unwrap();
+    assert_eq!(after, before + 4321.0, "this hour's events count at once");
+
+    // The field holds the window's events, whole hours and this one, as Pendo counts them.
+    let window = w.ctx.config.workflows["engagement"].window(w.ctx.clock.now());
+    let usage = engine::extract::Extractor::new(&w.ctx.pendo)
+        .engagement(&window, &engine::extract::CoreFeatures::MarkedCore)
+        .await
+        .unwrap();
+    let mine = usage.iter().find(|u| u.account_id == mover.id).unwrap();
+    assert_eq!(mine.events as f64, after);
+    assert_eq!(mine.active_days, 0, "hourly windows hold no day count");
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use chrono::{DateTime, Utc};
 use emulator::pendo::store::{DAY_MS, GuideEventType, Store, is_anonymous};
 use emulator::pendo::{GenConfig, PendoConfig, PendoState, Running};
-use engine::extract::{AccountFacts, AccountUsage, CoreFeatures, ExtractError, Extractor, Window};
+use engine::extract::{AccountFacts, AccountUsage, CoreFeatures, ExtractError, Extractor, Window, WindowLength};
 use engine::matching::domain::email_domain;
 use serde_json::{Value, json};
 
@@ -28,7 +28,7 @@ fn client(emu: &Running) -> pendo::Client {
 
 /// Mid-morning of the anchor day: the window is the 30 whole days before it.
 fn window() -> Window {
-    Window { end: DateTime::<Utc>::from_timestamp_millis(ANCHOR + 9 * 3_600_000).unwrap(), days: DAYS }
+    Window::days(DateTime::<Utc>::from_timestamp_millis(ANCHOR + 9 * 3_600_000).unwrap(), DAYS)
 }
 
 async fn seed(emu: &Running, body: Value) {
@@ -202,10 +202,57 @@ async fn window_edges_and_idle_accounts() {
     assert_eq!((idle.feature_adoption(), idle.guide_completion()), (0.0, 0.0));
     assert!(idle.core_features_total > 0);
 
-    let err = engine::extract::engagement(&pendo, &Window { days: 0, ..window() }, &CoreFeatures::MarkedCore)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, ExtractError::InvalidWindow(0)));
+    let err = engine::extract::engagement(
+        &pendo,
+        &Window { length: WindowLength::Days(0), ..window() },
+        &CoreFeatures::MarkedCore,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ExtractError::InvalidWindow(WindowLength::Days(0))));
+    emu.shutdown().await;
+}
+
+/// Hourly windows and windows that include the current period, against the stored hourly rows:
+/// every figure but active days (a day count, which hourly windows do not hold) agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hourly_windows_and_the_current_period() {
+    const HOUR: i64 = 3_600_000;
+    let emu = start(30).await;
+    let pendo = client(&emu);
+    let core = emu.state.with_store_read(core_items);
+    // Five days before the anchor, at 15:20: inside the generated month, mid-hour.
+    let end_ms = ANCHOR - 5 * DAY_MS + 15 * HOUR + 20 * 60_000;
+    let end = DateTime::<Utc>::from_timestamp_millis(end_ms).unwrap();
+    let this_hour = end_ms - end_ms.rem_euclid(HOUR);
+    let today = end_ms - end_ms.rem_euclid(DAY_MS);
+    let expect = |from: i64, to: i64, hourly: bool| {
+        let mut e = emu.state.with_store_read(|s| expected_usage(s, from, to, &core));
+        if hourly {
+            e.values_mut().for_each(|u| u.active_days = 0);
+        }
+        e
+    };
+    let get = |w: Window| {
+        let pendo = &pendo;
+        async move { by_id(engine::extract::engagement(pendo, &w, &CoreFeatures::MarkedCore).await.unwrap()) }
+    };
+    let hours = |n, include_current| Window { end, length: WindowLength::Hours(n), include_current };
+
+    // The six whole hours before this one.
+    let six = get(hours(6, false)).await;
+    assert_eq!(six, expect(this_hour - 6 * HOUR, this_hour, true));
+    assert!(six.values().any(|u| u.events > 0), "the hours hold events");
+    // With the current hour: five whole hours and this one.
+    let six_now = get(hours(6, true)).await;
+    assert_eq!(six_now, expect(this_hour - 5 * HOUR, this_hour + HOUR, true));
+    assert_ne!(six_now, six, "the current hour's events count");
+    // The window before (what a drop compares with) is the six hours before those.
+    assert_eq!(get(hours(6, true).before()).await, expect(this_hour - 11 * HOUR, this_hour - 5 * HOUR, true));
+    // Days, with today: six whole days and today so far.
+    let week_now = get(Window { end, length: WindowLength::Days(7), include_current: true }).await;
+    assert_eq!(week_now, expect(today - 6 * DAY_MS, today + DAY_MS, false));
+    assert_ne!(week_now, get(Window::days(end, 7)).await);
     emu.shutdown().await;
 }
 
@@ -376,7 +423,7 @@ async fn bench_extraction() {
         .with_parallel_queries(std::env::var("EXTRACT_BENCH_PARALLEL").is_ok_and(|v| v == "1"));
     let end = Utc::now();
     let t = std::time::Instant::now();
-    let usage = x.engagement(&Window { end, days: 30 }, &CoreFeatures::MarkedCore).await.unwrap();
+    let usage = x.engagement(&Window::days(end, 30), &CoreFeatures::MarkedCore).await.unwrap();
     let t_usage = t.elapsed();
     let after_usage = x.stats();
     let t = std::time::Instant::now();
