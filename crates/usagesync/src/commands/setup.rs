@@ -387,11 +387,14 @@ pub async fn salesforce(path: &Path, out: Option<&Path>, force: bool, remote: bo
     }
     if let Some(dir) = out {
         say!(
-            "Wrote package.xml and {objects} object file(s) into {} (Metadata API format). Deploy \
-             it with `sf project deploy start --metadata-dir {}`, then give the integration user \
-             read and edit access to the new fields (field-level security, e.g. in a permission set).",
+            "Wrote package.xml, {objects} object file(s) and the permission set {} into {} (Metadata \
+             API format). Deploy it with `sf project deploy start --metadata-dir {}`, then assign \
+             the permission set to the integration user (`sf org assign permset --name {}`): it \
+             opens the new fields to read and edit.",
+            super::sf_package::PERMISSION_SET,
             dir.display(),
-            dir.display()
+            dir.display(),
+            super::sf_package::PERMISSION_SET
         );
     } else {
         say!(

@@ -1,7 +1,8 @@
 //! The Salesforce metadata package `usagesync setup salesforce` writes: which custom fields the
 //! config's workflows write or key on (from preflight's requirements), the type each one gets,
 //! and their Metadata API XML in the classic format `sf project deploy start --metadata-dir`
-//! deploys: `package.xml` plus `objects/<Object>.object`. It owns a small XML writer too, so
+//! deploys: `package.xml`, `objects/<Object>.object` and a permission set opening the fields to
+//! the integration user. It owns a small XML writer too, so
 //! every name and text from the config goes into the files escaped.
 
 use std::collections::BTreeMap;
@@ -342,7 +343,12 @@ pub fn object_xml(fields: &[&Field]) -> String {
     x.finish()
 }
 
-/// `package.xml`: every field as a `CustomField` member.
+/// The permission set the package grants its fields through: a deployed field is visible to
+/// nobody until field-level security opens it, so the package carries that too, for the admin to
+/// assign to the integration user (`sf org assign permset --name Usagesync_Integration`).
+pub const PERMISSION_SET: &str = "Usagesync_Integration";
+
+/// `package.xml`: every field as a `CustomField` member, and the permission set.
 pub fn package_xml(fields: &[Field], api_version: &str) -> String {
     let mut x = Xml::metadata("Package");
     x.open("types");
@@ -353,7 +359,29 @@ pub fn package_xml(fields: &[Field], api_version: &str) -> String {
     }
     x.text("name", "CustomField");
     x.close();
+    x.open("types");
+    x.text("members", PERMISSION_SET);
+    x.text("name", "PermissionSet");
+    x.close();
     x.text("version", api_version);
+    x.finish()
+}
+
+/// `permissionsets/Usagesync_Integration.permissionset`: read and edit on every field of the
+/// package (usagesync writes them all, and reads its keys back).
+pub fn permission_set_xml(fields: &[Field]) -> String {
+    let mut x = Xml::metadata("PermissionSet");
+    x.text("description", "Read and edit access to the fields usagesync writes (made by usagesync setup salesforce).");
+    let mut members: Vec<String> = fields.iter().map(Field::member).collect();
+    members.sort();
+    for m in &members {
+        x.open("fieldPermissions");
+        x.text("editable", "true");
+        x.text("field", m);
+        x.text("readable", "true");
+        x.close();
+    }
+    x.text("label", "usagesync integration");
     x.finish()
 }
 
@@ -367,6 +395,7 @@ pub fn files(fields: &[Field], api_version: &str) -> Vec<(String, String)> {
     for (object, fields) in by_object {
         out.push((format!("objects/{object}.object"), object_xml(&fields)));
     }
+    out.push((format!("permissionsets/{PERMISSION_SET}.permissionset"), permission_set_xml(fields)));
     out
 }
 
@@ -517,7 +546,15 @@ mod tests {
         )]);
         let files = files(&plan.fields, "62.0");
         let names: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(names, ["package.xml", "objects/Account.object", "objects/Contact.object"]);
+        assert_eq!(
+            names,
+            [
+                "package.xml",
+                "objects/Account.object",
+                "objects/Contact.object",
+                "permissionsets/Usagesync_Integration.permissionset"
+            ]
+        );
         assert_eq!(
             files[0].1,
             format!(
@@ -528,8 +565,34 @@ mod tests {
         <members>Contact.B__c</members>
         <name>CustomField</name>
     </types>
+    <types>
+        <members>Usagesync_Integration</members>
+        <name>PermissionSet</name>
+    </types>
     <version>62.0</version>
 </Package>
+"
+            )
+        );
+        // Read and edit on each field of the package, and nothing else.
+        assert_eq!(
+            files[3].1,
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>
+<PermissionSet xmlns=\"{METADATA_NS}\">
+    <description>Read and edit access to the fields usagesync writes (made by usagesync setup salesforce).</description>
+    <fieldPermissions>
+        <editable>true</editable>
+        <field>Account.A__c</field>
+        <readable>true</readable>
+    </fieldPermissions>
+    <fieldPermissions>
+        <editable>true</editable>
+        <field>Contact.B__c</field>
+        <readable>true</readable>
+    </fieldPermissions>
+    <label>usagesync integration</label>
+</PermissionSet>
 "
             )
         );

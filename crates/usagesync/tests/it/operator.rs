@@ -1022,6 +1022,9 @@ for name in sorted(os.listdir(os.path.join(d, "objects"))):
     root = ET.parse(os.path.join(d, "objects", name)).getroot()
     fields = [{c.tag[len(NS):]: c.text for c in f} for f in root.findall(NS + "fields")]
     out["objects"][name] = {"root": root.tag, "fields": fields}
+ps = ET.parse(os.path.join(d, "permissionsets", "Usagesync_Integration.permissionset")).getroot()
+out["permission_set"] = {"root": ps.tag, "label": ps.find(NS + "label").text,
+    "fields": [{c.tag[len(NS):]: c.text for c in f} for f in ps.findall(NS + "fieldPermissions")]}
 print(json.dumps(out))
 "#;
     let o = Command::new("python3").arg("-c").arg(SCRIPT).arg(dir).output().expect("python3 runs");
@@ -1082,8 +1085,25 @@ fn setup_salesforce_writes_a_package_with_each_custom_field_the_preflight_names_
     assert_eq!(package["root"], "{http://soap.sforce.com/2006/04/metadata}Package");
     assert_eq!(package["version"], "62.0");
     let types = package["types"].as_array().unwrap();
-    assert_eq!(types.len(), 1, "{package}");
+    assert_eq!(types.len(), 2, "{package}");
     assert_eq!(types[0]["name"], "CustomField");
+    assert_eq!(
+        (&types[1]["name"], &types[1]["members"]),
+        (&"PermissionSet".into(), &serde_json::json!(["Usagesync_Integration"]))
+    );
+    // The permission set opens every field of the package to read and edit, each once.
+    let permission_set = &package["permission_set"];
+    assert_eq!(permission_set["root"], "{http://soap.sforce.com/2006/04/metadata}PermissionSet");
+    let opened: Vec<String> = permission_set["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            assert_eq!((&f["readable"], &f["editable"]), (&"true".into(), &"true".into()), "{f}");
+            f["field"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(opened, expected.iter().cloned().collect::<Vec<_>>(), "each field once, sorted");
     let listed: Vec<String> =
         types[0]["members"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().into()).collect();
     assert_eq!(listed, expected.iter().cloned().collect::<Vec<_>>(), "each member once, sorted");
