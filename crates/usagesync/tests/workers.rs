@@ -15,55 +15,21 @@
 #[allow(dead_code)] // this binary uses part of the shared support
 mod support;
 
-use support::{bin, emulate};
+use support::{Emulators, bin, emulate, eventually, request};
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-fn request(base: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let host = base.trim_start_matches("http://").trim_end_matches('/');
-    let Ok(mut stream) = std::net::TcpStream::connect(host) else { return (0, Value::Null) };
-    let body = body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(&body).unwrap();
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    let json = body
-        .find(['{', '['])
-        .and_then(|start| body.rfind(['}', ']']).map(|end| &body[start..=end]))
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
-}
-
-struct Emulators {
-    child: Child,
-    sf: String,
-    pendo: String,
-}
-
-impl Drop for Emulators {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// How long a daemon may take to write what it was sent.
+const WAIT: Duration = Duration::from_secs(60);
 
 fn emulators() -> Emulators {
-    let (child, sf, pendo) = emulate(&["--seed-salesforce", "--days", "10", "--accounts", "15"]);
-    Emulators { child, sf, pendo }
+    emulate(&["--seed-salesforce", "--days", "10", "--accounts", "15"])
 }
 
 /// A fresh schema on the test server, dropped when this goes out of scope.
@@ -127,7 +93,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn config(dir: &Path, emu: &Emulators, store: &str) -> PathBuf {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml"))
         .unwrap()
-        .replace("http://127.0.0.1:8443", &emu.sf)
+        .replace("http://127.0.0.1:8443", &emu.salesforce)
         .replace("http://127.0.0.1:8444", &emu.pendo)
         .replace("sqlite://usagesync.db", store)
         .replace("    enabled: true ", "    enabled: false ")
@@ -169,12 +135,12 @@ fn daemon(cfg: &Path) -> Daemon {
 
 /// Contacts keyed by visitor id (`{prefix}-v{i}`), over ten Accounts.
 fn contacts(emu: &Emulators, prefix: &str, n: usize) -> Vec<(String, String)> {
-    let (_, accounts) = request(&emu.sf, "GET", "/__emulator/records/Account", None);
+    let (_, accounts) = request(&emu.salesforce, "GET", "/__emulator/records/Account", None);
     let owner = accounts[0]["OwnerId"].as_str().unwrap().to_owned();
     let rows: Vec<Value> = (0..10)
         .map(|i| json!({"Name": format!("{prefix} Co {i}"), "OwnerId": owner, "Pendo_Engagement_Score__c": 60}))
         .collect();
-    let (status, body) = request(&emu.sf, "POST", "/__emulator/records/Account", Some(&json!(rows)));
+    let (status, body) = request(&emu.salesforce, "POST", "/__emulator/records/Account", Some(&json!(rows)));
     assert_eq!(status, 200, "{body}");
     let accounts: Vec<String> = body["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
     let visitors: Vec<String> = (0..n).map(|i| format!("{prefix}-v{i}")).collect();
@@ -183,7 +149,7 @@ fn contacts(emu: &Emulators, prefix: &str, n: usize) -> Vec<(String, String)> {
         .enumerate()
         .map(|(i, v)| json!({"LastName": v, "AccountId": accounts[i % 10], "Pendo_Visitor_Id__c": v}))
         .collect();
-    let (status, body) = request(&emu.sf, "POST", "/__emulator/records/Contact", Some(&json!(rows)));
+    let (status, body) = request(&emu.salesforce, "POST", "/__emulator/records/Contact", Some(&json!(rows)));
     assert_eq!(status, 200, "{body}");
     let ids = body["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned());
     visitors.into_iter().zip(ids).collect()
@@ -203,31 +169,19 @@ fn post(daemon: &Daemon, body: &Value) {
 }
 
 fn contact(emu: &Emulators, id: &str) -> Value {
-    let (_, all) = request(&emu.sf, "GET", "/__emulator/records/Contact", None);
+    let (_, all) = request(&emu.salesforce, "GET", "/__emulator/records/Contact", None);
     all.as_array().unwrap().iter().find(|c| c["Id"] == id).cloned().unwrap_or(Value::Null)
 }
 
 /// Salesforce calls so far, logins left out (each daemon logs in once).
 fn salesforce_calls(emu: &Emulators) -> u64 {
-    let (_, usage) = request(&emu.sf, "GET", "/__emulator/usage", None);
+    let (_, usage) = request(&emu.salesforce, "GET", "/__emulator/usage", None);
     let total = usage["total"].as_u64().unwrap();
     total - usage["byKind"]["auth"].as_u64().unwrap_or(0)
 }
 
-/// Waits up to 60 s for `check`, then fails with `what`.
-fn eventually(what: &str, mut check: impl FnMut() -> Option<String>) {
-    let started = Instant::now();
-    loop {
-        match check() {
-            None => return,
-            Some(state) if started.elapsed() > Duration::from_secs(60) => panic!("{what}: {state}"),
-            Some(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
-
 fn all_written(emu: &Emulators, expected: &[(String, i64)]) -> Option<String> {
-    let (_, all) = request(&emu.sf, "GET", "/__emulator/records/Contact", None);
+    let (_, all) = request(&emu.salesforce, "GET", "/__emulator/records/Contact", None);
     let by_id: BTreeMap<&str, &Value> =
         all.as_array().unwrap().iter().filter_map(|c| Some((c["Id"].as_str()?, c))).collect();
     let missing: Vec<&String> = expected
@@ -275,7 +229,7 @@ fn two_and_three_daemons_write_each_answer_once_and_take_over_a_killed_ones_batc
     let a = daemon(&cfg);
     let before = salesforce_calls(&emu);
     let expected = send_round_robin(&[&a], &one, now);
-    eventually("one daemon writes every answer", || all_written(&emu, &expected));
+    eventually("one daemon writes every answer", WAIT, || all_written(&emu, &expected));
     let calls_one = salesforce_calls(&emu) - before;
 
     // Two and three daemons, webhooks round-robin.
@@ -283,14 +237,14 @@ fn two_and_three_daemons_write_each_answer_once_and_take_over_a_killed_ones_batc
     let two = contacts(&emu, "two", N);
     let before = salesforce_calls(&emu);
     let expected = send_round_robin(&[&a, &b], &two, now);
-    eventually("two daemons write every answer", || all_written(&emu, &expected));
+    eventually("two daemons write every answer", WAIT, || all_written(&emu, &expected));
     let calls_two = salesforce_calls(&emu) - before;
 
     let c = daemon(&cfg);
     let three = contacts(&emu, "three", N);
     let before = salesforce_calls(&emu);
     let expected = send_round_robin(&[&a, &b, &c], &three, now);
-    eventually("three daemons write every answer", || all_written(&emu, &expected));
+    eventually("three daemons write every answer", WAIT, || all_written(&emu, &expected));
     let calls_three = salesforce_calls(&emu) - before;
     eprintln!(
         "Salesforce calls per answer: 1 daemon {:.3}, 2 daemons {:.3}, 3 daemons {:.3}",
@@ -306,7 +260,7 @@ fn two_and_three_daemons_write_each_answer_once_and_take_over_a_killed_ones_batc
     // Slow Salesforce: a batch takes seconds. SIGKILL daemon `a` while it holds its batch;
     // `b` or `c` takes the batch over once the claim lapses (one second here).
     let (status, _) =
-        request(&emu.sf, "PUT", "/__emulator/faults", Some(&json!({"latencyMs": 1500, "latencyShare": 1.0})));
+        request(&emu.salesforce, "PUT", "/__emulator/faults", Some(&json!({"latencyMs": 1500, "latencyShare": 1.0})));
     assert_eq!(status, 200);
     let killed = contacts(&emu, "killed", 12);
     let expected = send_round_robin(&[&a], &killed, now);
@@ -315,13 +269,13 @@ fn two_and_three_daemons_write_each_answer_once_and_take_over_a_killed_ones_batc
     let mut a = a;
     a.child.kill().unwrap();
     a.child.wait().unwrap();
-    eventually("the killed daemon's answers are written by the others", || all_written(&emu, &expected));
+    eventually("the killed daemon's answers are written by the others", WAIT, || all_written(&emu, &expected));
     // Recorded (and marked processed) only after the batch's last Salesforce call.
-    eventually("the inbox drains", || {
+    eventually("the inbox drains", WAIT, || {
         let text = metrics_text(&b.url);
         (!text.lines().any(|l| l == "usagesync_webhook_queue_depth 0")).then_some(text)
     });
-    let (status, _) = request(&emu.sf, "PUT", "/__emulator/faults", Some(&json!({})));
+    let (status, _) = request(&emu.salesforce, "PUT", "/__emulator/faults", Some(&json!({})));
     assert_eq!(status, 200);
 
     // Every answer recorded as written exactly once across all workers. The killed daemon may
@@ -354,7 +308,7 @@ fn the_newer_of_two_answers_wins_whichever_daemon_gets_it() {
     let (a, b) = (daemon(&cfg), daemon(&cfg));
     // 10% of Salesforce calls take 2.5 s, so one daemon's write can land long after the other's.
     let faults = json!({"seed": 7, "latencyMs": 2500, "latencyShare": 0.1});
-    let (status, _) = request(&emu.sf, "PUT", "/__emulator/faults", Some(&faults));
+    let (status, _) = request(&emu.salesforce, "PUT", "/__emulator/faults", Some(&faults));
     assert_eq!(status, 200);
     let people = contacts(&emu, "pair", 20);
     let now = chrono::Utc::now().timestamp();
@@ -365,9 +319,9 @@ fn the_newer_of_two_answers_wins_whichever_daemon_gets_it() {
         post(second, &answer(visitor, &format!("pair-acct-{i}"), 9, now + 1));
     }
     let expected: Vec<(String, i64)> = people.iter().map(|(_, id)| (id.clone(), 9)).collect();
-    eventually("every Contact holds the newer answer", || all_written(&emu, &expected));
+    eventually("every Contact holds the newer answer", WAIT, || all_written(&emu, &expected));
     // Nothing still pending could overwrite it later: both answers of every pair are processed.
-    eventually("the inbox drains", || {
+    eventually("the inbox drains", WAIT, || {
         let text = metrics_text(&a.url);
         (!text.lines().any(|l| l == "usagesync_webhook_queue_depth 0")).then_some(text)
     });
@@ -446,7 +400,7 @@ fn sync_nps_under_a_pendo_throttle_writes_every_answer() {
     let cfg = config(dir.path(), &emu, &store);
     // Generated visitors whose one Contact matches by e-mail: the look-ups go to Pendo.
     let (_, visitors) = request(&emu.pendo, "GET", "/__emulator/visitors", None);
-    let (_, all_contacts) = request(&emu.sf, "GET", "/__emulator/records/Contact", None);
+    let (_, all_contacts) = request(&emu.salesforce, "GET", "/__emulator/records/Contact", None);
     let people: Vec<(String, String)> = visitors
         .as_array()
         .unwrap()

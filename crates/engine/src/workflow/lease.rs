@@ -171,4 +171,40 @@ mod tests {
         assert!(!holder_is_dead(&format!("another-host-{}:{}", host(), 4_194_304 + 17)), "elsewhere: unknown");
         assert!(!holder_is_dead("no pid here"));
     }
+
+    // Paused time: the heartbeat's period is a tokio interval, which the runtime jumps to when
+    // nothing else is ready, so a minute of renewals takes no wall time and no load can make a
+    // renewal late or early.
+    #[tokio::test(start_paused = true)]
+    async fn the_heartbeat_renews_each_period_survives_an_error_and_stops_once_the_lease_is_lost() {
+        use std::sync::atomic::AtomicUsize;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let lease = RunLease::lasting(Duration::from_secs(60));
+        let heartbeat = Heartbeat::renewing(lease, "test".into(), move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            Box::pin(async move {
+                match n {
+                    2 => Err(crate::store::StoreError::Invalid { what: "test", detail: "store unreachable".into() }),
+                    3 => Ok(false),
+                    _ => Ok(true),
+                }
+            })
+        });
+        let start = tokio::time::Instant::now();
+        let seen = Arc::clone(&calls);
+        let renewals_at = move |secs: u64| {
+            let seen = Arc::clone(&seen);
+            async move {
+                tokio::time::sleep_until(start + Duration::from_secs(secs)).await;
+                seen.load(Ordering::SeqCst)
+            }
+        };
+        assert_eq!(renewals_at(14).await, 0, "the claim has just set the lease: no renewal before one period");
+        assert_eq!(renewals_at(16).await, 1, "one renewal after 15 s");
+        assert_eq!(renewals_at(31).await, 2, "a failed renewal is retried at the next period");
+        assert_eq!(renewals_at(46).await, 3);
+        assert_eq!(renewals_at(120).await, 3, "a lost lease is not renewed again");
+        assert!(heartbeat.stop(), "the holder learns the lease was lost");
+    }
 }

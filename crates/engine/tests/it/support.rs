@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use emulator::pendo::{GenConfig, PendoConfig, PendoState};
+use emulator::pendo::GenConfig;
 use engine::store::Store;
 use engine::workflow::{Context, RunOptions, RunReport};
 use serde_json::Value;
@@ -62,10 +62,8 @@ pub struct Emulators {
 impl Emulators {
     pub async fn start(seed: u64, accounts: usize, days: u32) -> Emulators {
         let gc = GenConfig { seed, accounts, days, ..GenConfig::default() };
-        let state = PendoState::generated(PendoConfig::default(), &gc);
-        let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
-        emulator::seed_matching_org(&sf.state, &state).unwrap();
-        let pendo = emulator::pendo::start("127.0.0.1:0", state).await.unwrap();
+        let running = emulator::world::start(gc, emulator::salesforce::Config::default()).await.unwrap();
+        let emulator::world::Running { gen_config: gc, salesforce: sf, pendo } = running;
         Emulators { gc, sf, pendo, http: reqwest::Client::new(), dir: tempfile::tempdir().unwrap() }
     }
 

@@ -17,7 +17,6 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::bench_engagement::start_emulators;
 use super::table;
 
 const CRASH_ENV: &str = "USAGESYNC_TEST_CRASH_AT";
@@ -622,7 +621,7 @@ impl Expiring {
 
 /// One emulated world with its own config and state store.
 struct World {
-    emulators: super::bench_engagement::Child,
+    emulators: super::emulate::Child,
     dir: tempfile::TempDir,
     config: PathBuf,
     http: reqwest::Client,
@@ -635,7 +634,7 @@ impl World {
 
     /// A world for `case` whose state store is `store` (a SQLite file in its directory when `None`).
     async fn with_store(case: &Case, accounts: usize, store: Option<&str>) -> Result<World> {
-        let emulators = start_emulators(accounts, 30).await?;
+        let emulators = super::emulate::in_child(accounts, 30).await?;
         let dir = tempfile::tempdir().context("Failed to make a temporary directory")?;
         let store = store.map_or_else(|| format!("sqlite://{}", dir.path().join("state.db").display()), str::to_owned);
         let example = EXAMPLE

@@ -8,7 +8,6 @@ use anyhow::{Context as _, Result};
 use engine::workflow::RunOptions;
 use serde_json::Value;
 
-use super::bench_engagement::start_emulators;
 use super::table::{self, thousands};
 
 const WORKFLOWS: &str = r#"
@@ -58,7 +57,7 @@ pub async fn creates(sizes: &[usize], days: u32) -> Result<()> {
     let mut rows = Vec::new();
     for &accounts in sizes {
         eprintln!("Generating {accounts} accounts × {days} days in the emulator process…");
-        let mut child = start_emulators(accounts, days).await?;
+        let mut child = super::emulate::in_child(accounts, days).await?;
         let dir = tempfile::tempdir().context("Failed to make a temporary directory")?;
         let store = format!("sqlite://{}", dir.path().join("bench.db").display());
         let features: Vec<Value> = reqwest::Client::new()
@@ -77,12 +76,8 @@ pub async fn creates(sizes: &[usize], days: u32) -> Result<()> {
             .collect();
         let head = super::demo::DEMO_CONFIG.split("\nworkflows:").next().unwrap_or_default();
         let text = format!("{head}\nworkflows:{}", WORKFLOWS.replace("{premium}", &premium.join(", ")))
-            .replace("{salesforce_url}", &child.salesforce)
-            .replace("{pendo_url}", &child.pendo)
-            .replace("{store_url}", &store)
             .replace("daily_share: 0.25", "daily_share: 1.0");
-        let config = engine::config::load_str(&text, "bench.yaml").map_err(|e| anyhow::anyhow!("{e}"))?;
-        let ctx = super::context::build(config, &super::demo::demo_env).await?;
+        let ctx = super::demo::context(&text, "bench.yaml", [&child.salesforce, &child.pendo, &store]).await?;
         for workflow in ["churn-alerts", "expansion", "trials"] {
             for label in ["first run", "re-run"] {
                 let t = Instant::now();

@@ -5,7 +5,6 @@
 //! account) on the same emulator, for the ratio of API calls. The store column is the SQLite
 //! file's size after each run (free pages included).
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,7 +12,6 @@ use anyhow::{Context as _, Result, bail};
 use engine::workflow::{Context, RunOptions, RunReport};
 use futures_util::stream::{self, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::table::{self, thousands};
 
@@ -33,38 +31,6 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-pub(super) struct Child {
-    pub process: tokio::process::Child,
-    pub salesforce: String,
-    pub pendo: String,
-}
-
-pub(super) async fn start_emulators(accounts: usize, days: u32) -> Result<Child> {
-    let exe = std::env::current_exe().context("Failed to find this executable")?;
-    let mut process = tokio::process::Command::new(exe)
-        .args(["emulate", "--seed-salesforce", "--daily-api-requests", "10000000"])
-        .args(["--accounts", &accounts.to_string(), "--days", &days.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("Failed to start `usagesync emulate`")?;
-    let stdout = process.stdout.take().context("no stdout from the emulator process")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut salesforce, mut pendo) = (None, None);
-    while salesforce.is_none() || pendo.is_none() {
-        let Some(line) = lines.next_line().await.context("Failed to read the emulator's addresses")? else {
-            bail!("the emulator process exited before printing its addresses");
-        };
-        if let Some(url) = line.strip_prefix("salesforce ") {
-            salesforce = Some(url.to_owned());
-        } else if let Some(url) = line.strip_prefix("pendo ") {
-            pendo = Some(url.to_owned());
-        }
-    }
-    Ok(Child { process, salesforce: salesforce.unwrap_or_default(), pendo: pendo.unwrap_or_default() })
-}
-
 struct Measured {
     label: &'static str,
     seconds: f64,
@@ -80,16 +46,13 @@ pub async fn engagement(sizes: &[usize], days: u32) -> Result<()> {
     for &accounts in sizes {
         eprintln!("Generating {accounts} accounts × {days} days in the emulator process…");
         let started = Instant::now();
-        let mut child = start_emulators(accounts, days).await?;
+        let mut child = super::emulate::in_child(accounts, days).await?;
         eprintln!("  ready in {:.1}s", started.elapsed().as_secs_f64());
         let dir = tempfile::tempdir().context("Failed to make a temporary directory")?;
         let store = format!("sqlite://{}", dir.path().join("bench.db").display());
-        let text = super::demo::DEMO_CONFIG
-            .replace("{salesforce_url}", &child.salesforce)
-            .replace("{pendo_url}", &child.pendo)
-            .replace("{store_url}", &store);
-        let config = engine::config::load_str(&text, "bench.yaml").map_err(|e| anyhow::anyhow!("{e}"))?;
-        let ctx = super::context::build(config, &super::demo::demo_env).await?;
+        let ctx =
+            super::demo::context(super::demo::DEMO_CONFIG, "bench.yaml", [&child.salesforce, &child.pendo, &store])
+                .await?;
 
         let mut measured = Vec::new();
         for label in ["first run", "no change", "1% changed"] {

@@ -82,7 +82,7 @@ pub async fn nps(rates: &[u32], seconds: u32, window_ms: u64, workers: &[usize],
         );
     }
     eprintln!("Starting the emulators…");
-    let mut emulators = super::bench_engagement::start_emulators(50, 7).await?;
+    let mut emulators = super::emulate::in_child(50, 7).await?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
     let mut rows = Vec::new();
     let mut round = 0usize;
@@ -161,7 +161,7 @@ pub async fn nps(rates: &[u32], seconds: u32, window_ms: u64, workers: &[usize],
 #[allow(clippy::too_many_arguments)]
 async fn measure(
     http: &reqwest::Client,
-    emulators: &super::bench_engagement::Child,
+    emulators: &super::emulate::Child,
     round: usize,
     rate: u32,
     seconds: u32,
@@ -210,7 +210,7 @@ async fn measure(
 #[allow(clippy::too_many_arguments)]
 async fn run_daemons(
     http: &reqwest::Client,
-    emulators: &super::bench_engagement::Child,
+    emulators: &super::emulate::Child,
     store: &str,
     dir: &std::path::Path,
     prefix: &str,

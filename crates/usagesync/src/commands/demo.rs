@@ -5,7 +5,7 @@
 //! turned into Tasks (stalled adoption) and for each person's usage on their Contact.
 
 use anyhow::{Context as _, Result, bail};
-use emulator::pendo::{GenConfig, PendoConfig, PendoState};
+use emulator::pendo::GenConfig;
 use emulator::salesforce::{self as sf_emulator, Config as SfConfig};
 use engine::workflow::{Context, RunOptions, RunReport};
 
@@ -16,7 +16,7 @@ use crate::cli::DemoArgs;
 pub(super) const DEMO_CONFIG: &str = include_str!("demo.yaml");
 
 /// The demo's secrets: the emulators' well-known credentials, never the process environment.
-pub(super) fn demo_env(name: &str) -> Option<String> {
+fn demo_env(name: &str) -> Option<String> {
     match name {
         "DEMO_SF_CLIENT_SECRET" => Some("emulator-secret".into()),
         "DEMO_PENDO_INTEGRATION_KEY" => Some("emulator-integration-key".into()),
@@ -24,27 +24,28 @@ pub(super) fn demo_env(name: &str) -> Option<String> {
     }
 }
 
+/// A context for `text`, a config like the demo's named `name`, with its `{salesforce_url}`,
+/// `{pendo_url}` and `{store_url}` filled in from `urls` in that order, on the demo's secrets:
+/// the set-up the demo and the benchmarks share.
+pub(super) async fn context(text: &str, name: &str, urls: [&str; 3]) -> Result<Context> {
+    let [salesforce, pendo, store] = urls;
+    let text = text.replace("{salesforce_url}", salesforce).replace("{pendo_url}", pendo).replace("{store_url}", store);
+    let config = engine::config::load_str(&text, name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    super::context::build(config, &demo_env).await
+}
+
 pub async fn run(args: DemoArgs, json: bool) -> Result<u8> {
     if args.accounts == 0 {
         bail!("--accounts must be at least 1");
     }
     let gen_config = GenConfig { seed: 1, accounts: args.accounts, days: 30, ..GenConfig::default() };
-    let pendo_state = tokio::task::spawn_blocking(move || PendoState::generated(PendoConfig::default(), &gen_config))
-        .await
-        .context("Failed to generate the demo world")?;
-    let sf = sf_emulator::spawn(SfConfig::default(), false).await.context("Failed to start the Salesforce emulator")?;
-    super::emulate::seed_matching_org(&sf.state, &pendo_state)?;
+    let world =
+        emulator::world::start(gen_config, SfConfig::default()).await.context("Failed to start the demo world")?;
+    let (sf, pendo_emu) = (world.salesforce, world.pendo);
     add_contact_fields(&sf.state)?;
-    let pendo_emu =
-        emulator::pendo::start("127.0.0.1:0", pendo_state).await.context("Failed to start the Pendo emulator")?;
     let dir = tempfile::tempdir().context("Failed to make a directory for the demo's state store")?;
     let store_url = format!("sqlite://{}", dir.path().join("usagesync-demo.db").display());
-    let text = DEMO_CONFIG
-        .replace("{salesforce_url}", &sf.base_url)
-        .replace("{pendo_url}", &pendo_emu.base_url)
-        .replace("{store_url}", &store_url);
-    let config = engine::config::load_str(&text, "demo.yaml").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let ctx: Context = super::context::build(config, &demo_env).await?;
+    let ctx = context(DEMO_CONFIG, "demo.yaml", [&sf.base_url, &pendo_emu.base_url, &store_url]).await?;
     if !json {
         say!("Salesforce emulator: {}", sf.base_url);
         say!("Pendo emulator:      {}", pendo_emu.base_url);

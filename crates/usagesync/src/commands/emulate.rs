@@ -1,11 +1,16 @@
-//! `usagesync emulate`: serves the emulators on local addresses and prints one line per
-//! emulator, `<name> <base URL>`, once it listens, so scripts can read the URL from stdout.
+//! `usagesync emulate`: serves the emulators on one generated world ([`emulator::world`]) on
+//! local addresses and prints one line per emulator, `<name> <base URL>`, once it listens, so
+//! scripts can read the URL from stdout; and [`in_child`], the same command started by a
+//! benchmark in a child process and read back.
 
 use std::io::Write;
+use std::process::Stdio;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use emulator::salesforce::{self, Config};
 use emulator::server::Tls;
+use emulator::world::World;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 
 use crate::cli::EmulateArgs;
@@ -31,16 +36,15 @@ pub async fn run(args: EmulateArgs, json: bool) -> Result<()> {
         .await
         .with_context(|| format!("Failed to bind the Pendo emulator to {}", args.pendo_addr))?;
     let pendo_addr = pendo_listener.local_addr().context("Failed to read the bound Pendo address")?;
-    let pendo_state = tokio::task::spawn_blocking(move || {
-        emulator::pendo::PendoState::generated(emulator::pendo::PendoConfig::default(), &gen_config)
-    })
-    .await
-    .context("Failed to generate the Pendo data")?;
+    // Served here rather than by `World::serve`: on the addresses asked for, perhaps over TLS,
+    // until a shutdown signal, and with an empty org unless `--seed-salesforce`.
+    let world = World::generate_blocking(gen_config).await.context("Failed to generate the Pendo data")?;
     let config = Config { daily_api_requests: args.daily_api_requests, ..Config::default() };
     let state = salesforce::SfState::new(config);
     if args.seed_salesforce {
-        seed_matching_org(&state, &pendo_state)?;
+        world.seed_salesforce(&state).context("Failed to seed the Salesforce org")?;
     }
+    let pendo_state = world.pendo;
     let url = salesforce::base_url(addr, tls.is_some());
     {
         let mut out = std::io::stdout().lock();
@@ -63,9 +67,38 @@ pub async fn run(args: EmulateArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Loads the Salesforce records that match the generated Pendo data (same seed: Accounts whose
-/// websites match the visitors' e-mail domains, Contacts, owners, open trial Opportunities), so
-/// both emulators describe one world. All or nothing, parents before children.
-pub(crate) fn seed_matching_org(sf: &salesforce::SfState, pendo: &emulator::pendo::PendoState) -> Result<()> {
-    emulator::seed_matching_org(sf, pendo).map(|_| ()).map_err(|e| anyhow::anyhow!(e))
+/// The emulators in a child process, killed when this is dropped.
+pub(super) struct Child {
+    pub process: tokio::process::Child,
+    pub salesforce: String,
+    pub pendo: String,
+}
+
+/// `usagesync emulate` on a generated world of `accounts` × `days` with a seeded org and an
+/// allocation no benchmark spends, in a child process (so that a benchmark's memory and CPU
+/// figures are usagesync's alone), read until it has printed both addresses.
+pub(super) async fn in_child(accounts: usize, days: u32) -> Result<Child> {
+    let exe = std::env::current_exe().context("Failed to find this executable")?;
+    let mut process = tokio::process::Command::new(exe)
+        .args(["emulate", "--seed-salesforce", "--daily-api-requests", "10000000"])
+        .args(["--accounts", &accounts.to_string(), "--days", &days.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("Failed to start `usagesync emulate`")?;
+    let stdout = process.stdout.take().context("no stdout from the emulator process")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut salesforce, mut pendo) = (None, None);
+    while salesforce.is_none() || pendo.is_none() {
+        let Some(line) = lines.next_line().await.context("Failed to read the emulator's addresses")? else {
+            bail!("the emulator process exited before printing its addresses");
+        };
+        if let Some(url) = line.strip_prefix("salesforce ") {
+            salesforce = Some(url.to_owned());
+        } else if let Some(url) = line.strip_prefix("pendo ") {
+            pendo = Some(url.to_owned());
+        }
+    }
+    Ok(Child { process, salesforce: salesforce.unwrap_or_default(), pendo: pendo.unwrap_or_default() })
 }

@@ -2,30 +2,15 @@
 //! `failures` and `replay` against `usagesync emulate` running in a child process on ports
 //! picked by the OS, with the exit codes a scheduler relies on.
 
-use super::support::{bin, emulate, text};
+use super::support::{Emulators, bin, emulate, text};
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
-struct Emulators {
-    child: Child,
-    salesforce: String,
-    pendo: String,
-}
-
-impl Drop for Emulators {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn emulators(accounts: u32) -> Emulators {
-    let (child, salesforce, pendo) =
-        emulate(&["--seed-salesforce", "--days", "30", "--accounts", &accounts.to_string()]);
-    Emulators { child, salesforce, pendo }
+    emulate(&["--seed-salesforce", "--days", "30", "--accounts", &accounts.to_string()])
 }
 
 /// The shipped example, pointed at these emulators and a store in `dir`.

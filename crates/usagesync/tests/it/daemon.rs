@@ -59,7 +59,8 @@ fn series(text: &str) -> std::collections::HashMap<String, f64> {
 
 #[test]
 fn schedules_fire_and_sigterm_loses_nothing() {
-    let (mut emu, sf, pendo) = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "80"]);
+    let emu = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "80"]);
+    let (sf, pendo) = (emu.salesforce.clone(), emu.pendo.clone());
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("usagesync.yaml");
@@ -144,8 +145,6 @@ fn schedules_fire_and_sigterm_loses_nothing() {
     }
     assert!(metrics.contains_key("usagesync_api_budget_remaining"), "{metrics:?}");
     assert!(metrics.keys().any(|k| k.starts_with("usagesync_run_duration_seconds_bucket")));
-    let _ = emu.kill();
-    let _ = emu.wait();
 }
 
 #[test]
@@ -215,7 +214,8 @@ fn webhooks_are_verified_stored_once_and_bad_ones_change_nothing() {
 /// (not left `running` forever), and the daemon exits 1 to say so.
 #[test]
 fn a_run_abandoned_after_the_grace_period_is_recorded_as_cancelled() {
-    let (mut emu, sf, pendo) = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "40"]);
+    let emu = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "40"]);
+    let (sf, pendo) = (emu.salesforce.clone(), emu.pendo.clone());
     // Every Salesforce answer takes 3 s: a run cannot finish inside a zero grace period.
     let faults = br#"{"latencyMs":3000,"latencyShare":1.0}"#;
     let host = sf.trim_start_matches("http://");
@@ -280,6 +280,4 @@ fn a_run_abandoned_after_the_grace_period_is_recorded_as_cancelled() {
     let cancelled: Vec<_> = after.iter().filter(|r| r["state"] == "cancelled").collect();
     assert!(!cancelled.is_empty(), "{after:?}");
     assert!(cancelled[0]["error"].as_str().unwrap().contains("abandoned"), "{:?}", cancelled[0]);
-    let _ = emu.kill();
-    let _ = emu.wait();
 }

@@ -3,30 +3,16 @@
 //! workflow started together exactly one runs; the other exits 1 saying who holds the workflow.
 //! Leases are shortened to one second with `USAGESYNC_TEST_RUN_LEASE_MS` (read by debug builds).
 
-use super::support::{bin, emulate, text};
+use super::support::{Emulators, bin, emulate, eventually, text};
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
-struct Emulators {
-    child: Child,
-    salesforce: String,
-    pendo: String,
-}
-
-impl Drop for Emulators {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn emulators() -> Emulators {
-    let (child, salesforce, pendo) = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "40"]);
-    Emulators { child, salesforce, pendo }
+    emulate(&["--seed-salesforce", "--days", "30", "--accounts", "40"])
 }
 
 /// Every Salesforce answer takes `ms`, so a run lasts long enough to be caught mid-way.
@@ -75,14 +61,6 @@ fn runs(config: &Path) -> Vec<Value> {
     serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().cloned().unwrap_or_default()
 }
 
-fn wait_for(what: &str, timeout: Duration, describe: impl Fn() -> String, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}: {}", describe());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_killed_run_is_marked_abandoned_by_the_next_run_which_completes() {
     let emu = emulators();
@@ -95,16 +73,13 @@ fn a_killed_run_is_marked_abandoned_by_the_next_run_which_completes() {
     let mut victim =
         command(&cfg, &["sync", "engagement"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     // Running, with its heartbeat renewed at least once (every 250 ms for a 1 s lease).
-    wait_for(
-        "the run to start and renew its lease",
-        Duration::from_secs(30),
-        || format!("{:#?}", runs(&cfg)),
-        || {
-            runs(&cfg).first().is_some_and(|r| {
-                r["state"] == "running" && r["heartbeat_at"].is_string() && r["heartbeat_at"] != r["started_at"]
-            })
-        },
-    );
+    eventually("the run to start and renew its lease", Duration::from_secs(30), || {
+        let all = runs(&cfg);
+        let renewed = all.first().is_some_and(|r| {
+            r["state"] == "running" && r["heartbeat_at"].is_string() && r["heartbeat_at"] != r["started_at"]
+        });
+        (!renewed).then(|| format!("{all:#?}"))
+    });
     assert!(victim.try_wait().unwrap().is_none(), "the run was still going when killed: {:#?}", runs(&cfg));
     let killed = runs(&cfg)[0]["id"].as_str().unwrap().to_owned();
     victim.kill().unwrap();

@@ -38,7 +38,8 @@ fn bin() -> Command {
 
 #[test]
 fn metrics_agree_with_the_runs_and_failures_in_the_store() {
-    let (mut emu, sf, pendo) = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "60"]);
+    let emu = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "60"]);
+    let (sf, pendo) = (emu.salesforce.clone(), emu.pendo.clone());
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("usagesync.yaml");
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml"))
@@ -119,6 +120,4 @@ fn metrics_agree_with_the_runs_and_failures_in_the_store() {
 
     assert!(Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap().success());
     assert!(daemon.wait().unwrap().success());
-    let _ = emu.kill();
-    let _ = emu.wait();
 }

@@ -5,38 +5,17 @@
 //! start. Also new users in seconds: a `visitorFirstSeen` webhook makes the person's Contact
 //! without waiting for the new-users poll.
 
-use super::support::{bin, emulate};
+use super::support::{bin, emulate, eventually, request};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-fn request(base: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let host = base.trim_start_matches("http://").trim_end_matches('/');
-    let Ok(mut stream) = std::net::TcpStream::connect(host) else { return (0, Value::Null) };
-    let body = body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(&body).unwrap();
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    // Chunked bodies: take the JSON between the first and the last brace or bracket.
-    let json = body
-        .find(['{', '['])
-        .and_then(|start| body.rfind(['}', ']']).map(|end| &body[start..=end]))
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
-}
+/// How long the daemon may take to write what it was sent.
+const WAIT: Duration = Duration::from_secs(30);
 
 fn records(sf: &str, object: &str) -> Vec<Value> {
     let (status, body) = request(sf, "GET", &format!("/__emulator/records/{object}"), None);
@@ -66,18 +45,6 @@ fn subscribe(pendo: &str, daemon: &str, events: &[&str]) {
     assert_eq!(status, 200, "{reply}");
 }
 
-/// Waits up to 30 s for `check`, then fails with `what`.
-fn eventually(what: &str, mut check: impl FnMut() -> Option<String>) {
-    let started = Instant::now();
-    loop {
-        match check() {
-            None => return,
-            Some(state) if started.elapsed() > Duration::from_secs(30) => panic!("{what}: {state}"),
-            Some(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
 fn start_daemon(cfg: &Path) -> (Child, String) {
     let mut daemon = bin()
         .arg("--config")
@@ -105,7 +72,8 @@ fn follow_ups_for(sf: &str, contact: &str) -> Vec<Value> {
 
 #[test]
 fn webhooks_polls_and_restarts_each_land_exactly_once() {
-    let (mut emu, sf, pendo) = emulate(&["--seed-salesforce", "--days", "10", "--accounts", "15"]);
+    let emu = emulate(&["--seed-salesforce", "--days", "10", "--accounts", "15"]);
+    let (sf, pendo) = (emu.salesforce.clone(), emu.pendo.clone());
 
     // A fresh Account with known engagement, and Contacts keyed by Pendo visitor id.
     let owner = records(&sf, "Account")[0]["OwnerId"].as_str().unwrap().to_owned();
@@ -164,7 +132,7 @@ fn webhooks_polls_and_restarts_each_land_exactly_once() {
         json!({"event": "npsSubmitted", "visitorId": "nps-v2", "accountId": "nps-acct", "rating": 10, "reason": "love it", "repeat": 3}),
     );
     fire(&pendo, json!({"event": "npsSubmitted", "visitorId": by_email_visitor, "accountId": "nps-acct", "rating": 9}));
-    eventually("the webhook responses reach their Contacts", || {
+    eventually("the webhook responses reach their Contacts", WAIT, || {
         let c1 = record(&sf, "Contact", &contacts[0]);
         let c2 = record(&sf, "Contact", &contacts[1]);
         let c3 = record(&sf, "Contact", &by_email_contact);
@@ -177,11 +145,11 @@ fn webhooks_polls_and_restarts_each_land_exactly_once() {
     let date = chrono::DateTime::parse_from_str(c1["NPS_Date__c"].as_str().unwrap(), "%Y-%m-%dT%H:%M:%S%.f%z").unwrap();
     assert_eq!(date.timestamp(), sent);
     // One promoter, one detractor: NPS 0 → 50; engagement 60; equal weights.
-    eventually("the health score follows", || {
+    eventually("the health score follows", WAIT, || {
         let a = record(&sf, "Account", &account);
         (a["Health_Score__c"] != 55.0).then(|| a.to_string())
     });
-    eventually("the detractor gets a Task", || {
+    eventually("the detractor gets a Task", WAIT, || {
         let tasks = follow_ups_for(&sf, &contacts[0]);
         (tasks.len() != 1).then(|| format!("{tasks:?}"))
     });
@@ -197,19 +165,19 @@ fn webhooks_polls_and_restarts_each_land_exactly_once() {
     let silent =
         fire(&pendo, json!({"event": "npsSubmitted", "visitorId": "nps-v3", "accountId": "nps-acct", "rating": 2}));
     assert_eq!(silent["delivered"], false, "{silent}");
-    eventually("reconciliation finds the response", || {
+    eventually("reconciliation finds the response", WAIT, || {
         let c = record(&sf, "Contact", &contacts[2]);
         (c["NPS_Score__c"] != 2.0).then(|| c.to_string())
     });
     // p1, d2 of 3 → NPS -33.3 → 33.3; (33.3 + 60) / 2.
-    eventually("the health score follows the reconciled response", || {
+    eventually("the health score follows the reconciled response", WAIT, || {
         let a = record(&sf, "Account", &account);
         (a["Health_Score__c"] != 46.7).then(|| a.to_string())
     });
     // Two more reconciliation passes re-read the same rows: still one Task per response.
     let last_run = || request(&url, "GET", "/healthz", None).1["workflows"]["nps"]["last_run"].clone();
     let mut runs = vec![last_run()];
-    eventually("two more reconciliation runs", || {
+    eventually("two more reconciliation runs", WAIT, || {
         let now = last_run();
         if runs.last() != Some(&now) {
             runs.push(now);
@@ -240,7 +208,7 @@ fn webhooks_polls_and_restarts_each_land_exactly_once() {
     let (daemon, url) = start_daemon(&cfg);
     subscribe(&pendo, &url, &[]);
     fire(&pendo, json!({"event": "npsSubmitted", "visitorId": "nps-v4", "accountId": "nps-acct", "rating": 5}));
-    eventually("the webhook is stored", || {
+    eventually("the webhook is stored", WAIT, || {
         let (_, m) = request(&url, "GET", "/healthz", None);
         let text = metrics_text(&url);
         (!text.lines().any(|l| l == "usagesync_webhook_queue_depth 1")).then(|| format!("{m}\n{text}"))
@@ -249,14 +217,12 @@ fn webhooks_polls_and_restarts_each_land_exactly_once() {
     assert!(record(&sf, "Contact", &contacts[3])["NPS_Score__c"].is_null(), "written before the window closed");
     std::fs::write(&cfg, example.replace("schedule: \"*/15 * * * *\"", "schedule: \"0 0 1 1 *\"")).unwrap();
     let (daemon, _) = start_daemon(&cfg);
-    eventually("the pending response is written after the restart", || {
+    eventually("the pending response is written after the restart", WAIT, || {
         let c = record(&sf, "Contact", &contacts[3]);
         (c["NPS_Score__c"] != 5.0 || follow_ups_for(&sf, &contacts[3]).len() != 1).then(|| c.to_string())
     });
     stop(daemon);
     assert_eq!(follow_ups_for(&sf, &contacts[0]).len(), 1, "still one Task for the first detractor");
-    let _ = emu.kill();
-    let _ = emu.wait();
 }
 
 /// A `visitorFirstSeen` webhook starts the new-users workflow at once (its poll is set to once a
@@ -264,7 +230,8 @@ fn webhooks_polls_and_restarts_each_land_exactly_once() {
 /// Contact; the runs are recorded with trigger `webhook`.
 #[test]
 fn a_first_seen_webhook_makes_the_contact_without_waiting_for_the_poll() {
-    let (mut emu, sf, pendo) = emulate(&["--seed-salesforce", "--days", "10", "--accounts", "15"]);
+    let emu = emulate(&["--seed-salesforce", "--days", "10", "--accounts", "15"]);
+    let (sf, pendo) = (emu.salesforce.clone(), emu.pendo.clone());
     let account = records(&sf, "Account").into_iter().find(|a| a["Pendo_Account_Id__c"].is_string()).unwrap();
     let pendo_account = account["Pendo_Account_Id__c"].as_str().unwrap().to_owned();
 
@@ -293,7 +260,7 @@ fn a_first_seen_webhook_makes_the_contact_without_waiting_for_the_poll() {
     };
     assert!(made(&sf).is_empty());
     fire(&pendo, json!({"event": "visitorFirstSeen", "visitorId": "fresh-v1", "accountId": pendo_account}));
-    eventually("the first-seen visitor becomes a Contact", || {
+    eventually("the first-seen visitor becomes a Contact", WAIT, || {
         let c = made(&sf);
         (c.len() != 1).then(|| format!("{c:?}"))
     });
@@ -314,15 +281,13 @@ fn a_first_seen_webhook_makes_the_contact_without_waiting_for_the_poll() {
             .unwrap();
         serde_json::from_slice(&o.stdout).unwrap_or_default()
     };
-    eventually("a second run after the second delivery", || {
+    eventually("a second run after the second delivery", WAIT, || {
         let r = runs();
         (r.len() < 2 || r.iter().any(|r| r["state"] == "running")).then(|| format!("{r:?}"))
     });
     assert!(runs().iter().all(|r| r["trigger"] == "webhook"), "{:?}", runs());
     assert_eq!(made(&sf).len(), 1);
     stop(daemon);
-    let _ = emu.kill();
-    let _ = emu.wait();
 }
 
 /// The daemon's /metrics text.

@@ -2,7 +2,7 @@
 //! after a restart, alerts a receiver (signed) and logs at the default level when a scheduled
 //! run fails, and the CLI's output and exit codes say what is true.
 
-use super::support::{bin, emulate, text};
+use super::support::{Emulators, bin, emulate, text};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -105,9 +105,8 @@ fn read_request(stream: &mut std::net::TcpStream) -> Received {
     (headers, body)
 }
 
-fn emulator(accounts: &str) -> (std::process::Child, String, String) {
-    let (emu, sf, pendo) = emulate(&["--seed-salesforce", "--days", "30", "--accounts", accounts]);
-    (emu, sf, pendo)
+fn emulator(accounts: &str) -> Emulators {
+    emulate(&["--seed-salesforce", "--days", "30", "--accounts", accounts])
 }
 
 /// A daemon and the lines it writes to stderr, as they come.
@@ -210,7 +209,8 @@ fn wait_for(url: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) -
 
 #[test]
 fn a_changed_schedule_is_honoured_after_restart_and_a_failed_run_alerts() {
-    let (mut emu, sf, pendo) = emulator("10");
+    let emu = emulator("10");
+    let (sf, pendo) = (emu.salesforce.clone(), emu.pendo.clone());
     let (hook, received) = receiver(200);
     // A Slack-compatible receiver that fails at first: the alert is retried until it lands.
     let (chat, chat_received) = receiver_failing_first(1);
@@ -309,8 +309,6 @@ fn a_changed_schedule_is_honoured_after_restart_and_a_failed_run_alerts() {
     assert!(logs.contains("usagesync: workflow engagement failed"), "{logs}");
     assert!(!logs.contains('\u{1b}'), "no ANSI escapes when stderr is not a terminal: {logs}");
     assert!(!logs.contains("not-the-secret") && !logs.contains("alert-key"));
-    let _ = emu.kill();
-    let _ = emu.wait();
 }
 
 /// What an SMTP sink received on one connection.
@@ -416,7 +414,8 @@ fn wait_console(url: &str, needles: &[&str]) -> String {
 
 #[test]
 fn a_failed_run_alerts_by_email_and_starttls_required_refuses_a_server_without_it() {
-    let (mut emu, sf, pendo) = emulator("10");
+    let emu = emulator("10");
+    let (sf, pendo) = (emu.salesforce.clone(), emu.pendo.clone());
     let (port, mails) = smtp_sink();
     // A second server that does not offer STARTTLS either, where the config requires it.
     let (strict_port, strict_mails) = smtp_sink();
@@ -465,13 +464,12 @@ fn a_failed_run_alerts_by_email_and_starttls_required_refuses_a_server_without_i
     }
     let logs = stop(daemon);
     assert!(!logs.contains("smtp-pass-word") && !logs.contains(&plain), "{logs}");
-    let _ = emu.kill();
-    let _ = emu.wait();
 }
 
 #[test]
 fn a_run_that_spends_its_share_of_a_small_daily_cap_alerts_once() {
-    let (mut emu, sf, pendo) = emulator("10");
+    let emu = emulator("10");
+    let (sf, pendo) = (emu.salesforce.clone(), emu.pendo.clone());
     let (hook, received) = receiver(200);
     let dir = tempfile::tempdir().unwrap();
     let cfg = every_minute(
@@ -511,13 +509,12 @@ fn a_run_that_spends_its_share_of_a_small_daily_cap_alerts_once() {
         }
     }
     stop(daemon);
-    let _ = emu.kill();
-    let _ = emu.wait();
 }
 
 #[test]
 fn metrics_count_the_pendo_calls_of_this_process_by_kind() {
-    let (mut emu, sf, pendo) = emulator("10");
+    let emu = emulator("10");
+    let (sf, pendo) = (emu.salesforce.clone(), emu.pendo.clone());
     let dir = tempfile::tempdir().unwrap();
     let cfg = every_minute(dir.path(), &sf, &pendo, "");
     let (daemon, url) = daemon_with(&cfg, "2027-01-04T10:00:57Z", &[("SF_CLIENT_SECRET", "emulator-secret")]);
@@ -545,8 +542,6 @@ fn metrics_count_the_pendo_calls_of_this_process_by_kind() {
     assert_eq!(m.get("usagesync_webhook_processing_lag_seconds_bucket{le=\"+Inf\"}"), Some(&0.0), "{text}");
     assert_eq!(m.get("usagesync_webhook_processing_lag_seconds_count"), Some(&0.0), "{text}");
     stop(daemon);
-    let _ = emu.kill();
-    let _ = emu.wait();
 }
 
 /// A daemon serving the console, with nothing scheduled to run during the test.
@@ -774,7 +769,8 @@ fn put(base: &str, path: &str, body: &str) -> u16 {
 
 #[test]
 fn pin_checks_the_pendo_account_and_an_account_matched_elsewhere_and_a_spent_budget_exits_4() {
-    let (mut emu, sf, pendo) = emulator("40");
+    let emu = emulator("40");
+    let (sf, pendo) = (emu.salesforce.clone(), emu.pendo.clone());
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("usagesync.yaml");
     let yaml = example()
@@ -868,8 +864,6 @@ fn pin_checks_the_pendo_account_and_an_account_matched_elsewhere_and_a_spent_bud
     let o = run(&["sync", "engagement"]);
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     assert!(text(&o).contains("deferred"), "{}", text(&o));
-    let _ = emu.kill();
-    let _ = emu.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1135,7 +1129,8 @@ fn setup_salesforce_writes_a_package_with_each_custom_field_the_preflight_names_
 
     // --remote leaves out what the org has: the emulated org has the Account engagement fields,
     // not the people workflow's Contact ones.
-    let (mut emu, sf, pendo) = emulator("20");
+    let emu = emulator("20");
+    let (sf, pendo) = (emu.salesforce.clone(), emu.pendo.clone());
     let body = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, body.replace("http://127.0.0.1:8443", &sf).replace("http://127.0.0.1:8444", &pendo)).unwrap();
     let o = bin()
@@ -1145,8 +1140,7 @@ fn setup_salesforce_writes_a_package_with_each_custom_field_the_preflight_names_
         .env("SF_CLIENT_SECRET", "emulator-secret")
         .output()
         .unwrap();
-    emu.kill().unwrap();
-    emu.wait().unwrap();
+    drop(emu);
     assert!(o.status.success(), "{}", text(&o));
     let remote: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let names = |v: &serde_json::Value| -> Vec<String> {

@@ -2,21 +2,12 @@
 //! misspelt Account field fails `validate --remote` (exit 2, file:line, did you mean), and a real
 //! sync quarantines that field while writing the others (exit 3, state partial).
 
-use super::support::{bin, emulate, text};
+use super::support::{Emulators, bin, emulate, text};
 
 use std::path::Path;
-use std::process::{Child, Output};
+use std::process::Output;
 
 use serde_json::Value;
-
-struct Emulators(Child);
-
-impl Drop for Emulators {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn run(config: &Path, args: &[&str]) -> Output {
     bin()
@@ -39,14 +30,15 @@ fn accounts(sf: &str) -> Vec<Value> {
 /// Emulators with a seeded org, and the shipped example pointed at them and a store in `dir`;
 /// returns the Salesforce URL and the example's text.
 fn world(dir: &Path) -> (Emulators, String, String) {
-    let (child, sf, pendo) = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "60"]);
+    let emu = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "60"]);
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/usagesync.yaml")).unwrap();
     let text = example
-        .replace("http://127.0.0.1:8443", &sf)
-        .replace("http://127.0.0.1:8444", &pendo)
+        .replace("http://127.0.0.1:8443", &emu.salesforce)
+        .replace("http://127.0.0.1:8444", &emu.pendo)
         .replace("sqlite://usagesync.db", &format!("sqlite://{}", dir.join("state.db").display()));
-    (Emulators(child), sf, text)
+    let sf = emu.salesforce.clone();
+    (emu, sf, text)
 }
 
 #[test]

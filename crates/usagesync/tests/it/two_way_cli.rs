@@ -5,18 +5,9 @@
 use super::support::{bin, emulate};
 
 use std::path::Path;
-use std::process::{Child, Output};
+use std::process::Output;
 
 use serde_json::Value;
-
-struct Emulators(Child);
-
-impl Drop for Emulators {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn run(config: &Path, args: &[&str]) -> Output {
     bin()
@@ -42,8 +33,8 @@ fn report(o: &Output) -> Value {
 
 #[test]
 fn sync_runs_new_users_and_attributes_to_pendo_and_a_repeat_writes_nothing() {
-    let (child, sf, pendo) = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "40"]);
-    let _emu = Emulators(child);
+    let emu = emulate(&["--seed-salesforce", "--days", "30", "--accounts", "40"]);
+    let (sf, pendo) = (emu.salesforce.clone(), emu.pendo.clone());
 
     let dir = tempfile::tempdir().unwrap();
     let example =
