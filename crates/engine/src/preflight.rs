@@ -242,7 +242,10 @@ impl Reqs {
                 MatchRule::EmailDomain { website_field, .. } => {
                     self.add("Account", website_field, Use::Read, Expect::Any, &format!("matching[{i}].website_field"));
                 }
-                MatchRule::PendoMetadata { .. } => {}
+                MatchRule::ChildField { account_field, .. } => {
+                    self.add("Account", account_field, Use::Read, Expect::Any, &format!("matching[{i}].account_field"));
+                }
+                MatchRule::PendoMetadata { .. } | MatchRule::PendoParent { .. } => {}
             }
         }
     }

@@ -357,6 +357,12 @@ pub enum MatchRule {
         /// Added to the built-in free-mail list.
         extra_free_mail: Vec<String>,
     },
+    /// Pendo account metadata holding the parent Pendo account id: a child its own rules do not
+    /// place takes its parent's Account.
+    PendoParent { group: MetadataGroup, field: String },
+    /// Among Accounts of one Salesforce hierarchy found together by another rule, the one whose
+    /// `account_field` equals this Pendo metadata value (trimmed, any case).
+    ChildField { group: MetadataGroup, field: String, account_field: String },
 }
 
 /// The engagement metrics, in the order the file lists them.

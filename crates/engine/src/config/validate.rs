@@ -629,17 +629,32 @@ pub(super) fn match_rules(key: &str, w: &wire::Workflow, errors: &mut Errors) ->
         }
         let built: Vec<_> =
             rules.iter().enumerate().map(|(i, rule)| match_rule(&format!("{k}[{i}]"), rule, errors)).collect();
-        built.into_iter().collect::<Option<Vec<_>>>()
+        let built = built.into_iter().collect::<Option<Vec<_>>>()?;
+        // The hierarchy rules only refine what another rule finds.
+        let refining = |r: &MatchRule| matches!(r, MatchRule::PendoParent { .. } | MatchRule::ChildField { .. });
+        if built.iter().all(refining) {
+            errors.push(&k, "pendo_parent and child_field refine another rule's match: add pendo_metadata, external_id or email_domain");
+            return None;
+        }
+        for (i, rule) in built.iter().enumerate().filter(|(_, r)| refining(r)) {
+            let kind = std::mem::discriminant(rule);
+            if built[..i].iter().any(|r| std::mem::discriminant(r) == kind) {
+                errors.push(&format!("{k}[{i}].rule"), "this rule may appear once in the chain");
+                return None;
+            }
+        }
+        Some(built)
     })
 }
 
-const RULES: &str = "pendo_metadata, external_id, email_domain";
+const RULES: &str = "pendo_metadata, external_id, email_domain, pendo_parent, child_field";
 
 fn match_rule(key: &str, r: &wire::MatchRule, errors: &mut Errors) -> Option<MatchRule> {
     let k = |leaf: &str| format!("{key}.{leaf}");
     let rule = errors.required(&r.rule, &k("rule"))?;
     let allowed: &[&str] = match rule.as_str() {
-        "pendo_metadata" => &["group", "field"],
+        "pendo_metadata" | "pendo_parent" => &["group", "field"],
+        "child_field" => &["group", "field", "account_field"],
         "external_id" => &["field"],
         "email_domain" => &["website_field", "min_share", "extra_free_mail"],
         other => {
@@ -653,6 +668,7 @@ fn match_rule(key: &str, r: &wire::MatchRule, errors: &mut Errors) -> Option<Mat
         ("website_field", r.website_field.is_some()),
         ("min_share", r.min_share.is_some()),
         ("extra_free_mail", r.extra_free_mail.is_some()),
+        ("account_field", r.account_field.is_some()),
     ];
     for (leaf, is_present) in present {
         if is_present && !allowed.contains(&leaf) {
@@ -660,7 +676,7 @@ fn match_rule(key: &str, r: &wire::MatchRule, errors: &mut Errors) -> Option<Mat
         }
     }
     match rule.as_str() {
-        "pendo_metadata" => {
+        "pendo_metadata" | "pendo_parent" | "child_field" => {
             let group = errors.required(&r.group, &k("group")).and_then(|g| {
                 let found = MetadataGroup::ALL.iter().copied().find(|m| m.name() == g);
                 if found.is_none() {
@@ -679,7 +695,16 @@ fn match_rule(key: &str, r: &wire::MatchRule, errors: &mut Errors) -> Option<Mat
                 }
                 ok.then(|| f.clone())
             });
-            Some(MatchRule::PendoMetadata { group: group?, field: field? })
+            match rule.as_str() {
+                "pendo_metadata" => Some(MatchRule::PendoMetadata { group: group?, field: field? }),
+                "pendo_parent" => Some(MatchRule::PendoParent { group: group?, field: field? }),
+                _ => {
+                    let account_field = errors
+                        .required(&r.account_field, &k("account_field"))
+                        .and_then(|f| salesforce_field(f, &k("account_field"), errors));
+                    Some(MatchRule::ChildField { group: group?, field: field?, account_field: account_field? })
+                }
+            }
         }
         "external_id" => {
             let field = errors.required(&r.field, &k("field")).and_then(|f| {
@@ -942,6 +967,19 @@ pub(super) fn rule_to_wire(rule: &MatchRule) -> wire::MatchRule {
             website_field: Some(website_field.clone()),
             min_share: Some(*min_share),
             extra_free_mail: Some(extra_free_mail.clone()),
+            ..wire::MatchRule::default()
+        },
+        MatchRule::PendoParent { group, field } => wire::MatchRule {
+            rule: Some("pendo_parent".to_owned()),
+            group: Some(group.name().to_owned()),
+            field: Some(field.clone()),
+            ..wire::MatchRule::default()
+        },
+        MatchRule::ChildField { group, field, account_field } => wire::MatchRule {
+            rule: Some("child_field".to_owned()),
+            group: Some(group.name().to_owned()),
+            field: Some(field.clone()),
+            account_field: Some(account_field.clone()),
             ..wire::MatchRule::default()
         },
     }

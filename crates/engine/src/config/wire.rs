@@ -278,6 +278,8 @@ pub(crate) struct MatchRule {
     pub min_share: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extra_free_mail: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_field: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

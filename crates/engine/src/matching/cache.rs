@@ -28,8 +28,32 @@ pub fn rules(config: &EngagementConfig) -> Vec<Rule> {
             MatchRule::EmailDomain { min_share, extra_free_mail, .. } => {
                 Rule::EmailDomain { min_share: *min_share, free_mail: FreeMail::with_extra(extra_free_mail) }
             }
+            MatchRule::PendoParent { group, field } => {
+                Rule::PendoParent { group: group.name().to_owned(), field: field.clone() }
+            }
+            MatchRule::ChildField { group, field, .. } => {
+                Rule::ChildField { group: group.name().to_owned(), field: field.clone() }
+            }
         })
         .collect()
+}
+
+/// The Pendo account metadata fields (`group`, `field`) the rule chain reads.
+pub fn metadata_fields(rules: &[MatchRule]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for r in rules {
+        let (MatchRule::PendoMetadata { group, field }
+        | MatchRule::PendoParent { group, field }
+        | MatchRule::ChildField { group, field, .. }) = r
+        else {
+            continue;
+        };
+        let pair = (group.name().to_owned(), field.clone());
+        if !out.contains(&pair) {
+            out.push(pair);
+        }
+    }
+    out
 }
 
 /// Matches every Pendo account, reading Salesforce only when the cached matches are not enough.
@@ -56,6 +80,8 @@ pub(crate) async fn match_accounts(
     let shared = cached
         .values()
         .filter(|e| e.status == MatchStatus::Matched)
+        // A child matched through its Pendo parent shares the parent's Account by design.
+        .filter(|e| !e.rule.as_deref().is_some_and(super::hierarchy::is_via_parent))
         .filter_map(|e| e.salesforce_id.as_deref())
         .any(|sf| !claimed.insert(sf));
     if !shared && ids.iter().all(|id| fresh(id)) {
@@ -69,8 +95,13 @@ pub(crate) async fn match_accounts(
         MatchRule::EmailDomain { website_field, .. } => Some(website_field.as_str()),
         _ => None,
     });
+    let child = config.matching.iter().find_map(|r| match r {
+        MatchRule::ChildField { account_field, .. } => Some(account_field.as_str()),
+        _ => None,
+    });
     let available = budget.get(ctx).await?.available;
-    let rows = accounts::read(&ctx.salesforce, external, website, available).await?;
+    let fields = accounts::Fields { external, website, child };
+    let rows = accounts::read(&ctx.salesforce, fields, available).await?;
     let accounts = Accounts::new(rows);
     let pins: HashMap<String, String> = cached
         .values()

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{AmbiguousSample, Context, Meter, RunError, RunOptions, RunReport};
 use crate::change::{self, Change, Desired};
-use crate::config::{EngagementConfig, MatchRule, Metric, Workflow};
+use crate::config::{EngagementConfig, Metric, Workflow};
 use crate::deliver;
 use crate::extract::{AccountFacts, AccountUsage, CoreFeatures, Extractor, Window};
 use crate::figures;
@@ -78,14 +78,7 @@ async fn body(
         CoreFeatures::Ids(config.core_features.clone())
     };
     let usage = extractor.engagement(&window, &core).await?;
-    let metadata_fields: Vec<(String, String)> = config
-        .matching
-        .iter()
-        .filter_map(|r| match r {
-            MatchRule::PendoMetadata { group, field } => Some((group.name().to_owned(), field.clone())),
-            _ => None,
-        })
-        .collect();
+    let metadata_fields = crate::matching::metadata_fields(&config.matching);
     let facts = extractor.account_facts(&metadata_fields).await?;
     let pendo_calls = u64::from(extractor.stats().pendo_calls);
     meter.step("extract", None);
