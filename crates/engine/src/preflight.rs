@@ -231,6 +231,10 @@ impl Reqs {
             };
             self.add("Account", field, Use::Update, expect, &format!("fields.{}", metric.key()));
         }
+        for (metric, field) in c.rollup_fields.iter() {
+            let expect = if metric == Metric::LastActive { Expect::Date } else { Expect::Number };
+            self.add("Account", field, Use::Update, expect, &format!("rollup_fields.{}", metric.key()));
+        }
     }
 
     pub(crate) fn matching(&mut self, rules: &[MatchRule]) {

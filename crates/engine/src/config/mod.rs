@@ -310,6 +310,9 @@ pub struct EngagementConfig {
     pub core_features: Vec<String>,
     pub score: ScoreConfig,
     pub fields: FieldMap,
+    /// engagement-scores only: fields for the figures of each parent Account's whole family
+    /// (itself, its Salesforce descendants, its Pendo children); empty rolls nothing up.
+    pub rollup_fields: FieldMap,
 }
 
 /// A Pendo metadata group (`metadata.<group>.<field>`).

@@ -610,12 +610,21 @@ pub(super) fn account_side(
         }
         Some(FieldMap::default())
     };
+    let rollup_fields = match (&w.rollup_fields, fields_required) {
+        (None, _) => Some(FieldMap::default()),
+        (Some(_), false) => {
+            errors.push(&k("rollup_fields"), "not used by this template");
+            None
+        }
+        (Some(r), true) => rollup_fields(&k("rollup_fields"), r, fields.as_ref(), errors),
+    };
     Some(EngagementConfig {
         matching: matching?,
         recheck_matches_after: recheck_matches_after?,
         core_features,
         score: score?,
         fields: fields?,
+        rollup_fields: rollup_fields?,
     })
 }
 
@@ -818,6 +827,27 @@ fn score(key: &str, s: &wire::Score, errors: &mut Errors) -> Option<ScoreConfig>
     ok.then_some(config)
 }
 
+/// `rollup_fields`: shaped as `fields`, and never one of them (an Account's own figures and its
+/// family's would overwrite each other).
+fn rollup_fields(key: &str, r: &wire::Fields, own: Option<&FieldMap>, errors: &mut Errors) -> Option<FieldMap> {
+    let map = fields(key, r, errors)?;
+    let mut ok = true;
+    if map.get(Metric::UpdatedAt).is_some() {
+        ok = false;
+        errors.push(&format!("{key}.updated_at"), "a family's update is stamped by `fields.updated_at`");
+    }
+    for (metric, field) in map.iter() {
+        if own.is_some_and(|own| own.iter().any(|(_, f)| f.eq_ignore_ascii_case(field))) {
+            ok = false;
+            errors.push(
+                &format!("{key}.{}", metric.key()),
+                format!("field `{field}` is also in `fields`: the family's figures need fields of their own"),
+            );
+        }
+    }
+    ok.then_some(map)
+}
+
 fn fields(key: &str, f: &wire::Fields, errors: &mut Errors) -> Option<FieldMap> {
     let listed = [
         (Metric::ActiveVisitors, &f.active_visitors),
@@ -999,8 +1029,13 @@ pub(crate) fn accounts_to_wire(e: &EngagementConfig, out: &mut wire::Workflow) {
         feature_adoption: t(e.score.feature_adoption),
         guide_completion: t(e.score.guide_completion),
     });
-    let g = |m: Metric| e.fields.get(m).map(str::to_owned);
-    out.fields = (!e.fields.is_empty()).then(|| wire::Fields {
+    out.fields = fields_to_wire(&e.fields);
+    out.rollup_fields = fields_to_wire(&e.rollup_fields);
+}
+
+fn fields_to_wire(map: &FieldMap) -> Option<wire::Fields> {
+    let g = |m: Metric| map.get(m).map(str::to_owned);
+    (!map.is_empty()).then(|| wire::Fields {
         active_visitors: g(Metric::ActiveVisitors),
         active_days: g(Metric::ActiveDays),
         events: g(Metric::Events),
@@ -1010,5 +1045,5 @@ pub(crate) fn accounts_to_wire(e: &EngagementConfig, out: &mut wire::Workflow) {
         last_active: g(Metric::LastActive),
         score: g(Metric::Score),
         updated_at: g(Metric::UpdatedAt),
-    });
+    })
 }

@@ -181,6 +181,8 @@ pub(crate) struct Workflow {
     pub score: Option<Score>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fields: Option<Fields>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollup_fields: Option<Fields>,
     // new-users-to-contacts and account-attributes-to-pendo
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overlap: Option<String>,
@@ -238,6 +240,7 @@ impl Workflow {
             ("core_features", self.core_features.is_some()),
             ("score", self.score.is_some()),
             ("fields", self.fields.is_some()),
+            ("rollup_fields", self.rollup_fields.is_some()),
             ("overlap", self.overlap.is_some()),
             ("contact_fields", self.contact_fields.is_some()),
             ("strip_plus_addressing", self.strip_plus_addressing.is_some()),

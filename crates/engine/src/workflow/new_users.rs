@@ -147,6 +147,7 @@ async fn body(
         core_features: Vec::new(),
         score: Default::default(),
         fields: Default::default(),
+        rollup_fields: Default::default(),
     };
     let outcomes =
         crate::matching::match_accounts(ctx, workflow, &matcher, &facts, &[], now, options.dry_run, &lazy).await?;

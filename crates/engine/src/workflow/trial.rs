@@ -331,6 +331,7 @@ mod tests {
                 core_features: vec![],
                 score: Default::default(),
                 fields: Default::default(),
+                rollup_fields: Default::default(),
             },
             select: "Type = 'Trial'".into(),
             fields: TrialFields::default(),
