@@ -45,9 +45,11 @@ pub(super) fn resolve<P: PendoSide>(
                 p.metadata(group, field).and_then(|id| accounts.index_of(id)).into_iter().collect()
             }
             Rule::ChildField { group, field } => match p.metadata(group, field).map(key) {
-                Some(v) if !v.is_empty() => {
-                    candidates.iter().copied().filter(|&c| accounts.child_keys[c].as_deref() == Some(v.as_str())).collect()
-                }
+                Some(v) if !v.is_empty() => candidates
+                    .iter()
+                    .copied()
+                    .filter(|&c| accounts.child_keys[c].as_deref() == Some(v.as_str()))
+                    .collect(),
                 _ => continue,
             },
             Rule::EmailDomain { .. } | Rule::PendoParent { .. } => continue,
@@ -283,7 +285,9 @@ mod tests {
         assert!(out["acme-lab"].via_parent());
         // Without either hierarchy rule the family is claimed twice: ambiguous as before.
         let out = match_all(&chain(false, false), &pendo(), &Accounts::new(org()), &HashMap::new());
-        assert!(matches!(out["acme"], Outcome::Ambiguous { .. }) && matches!(out["acme-eu"], Outcome::Ambiguous { .. }));
+        assert!(
+            matches!(out["acme"], Outcome::Ambiguous { .. }) && matches!(out["acme-eu"], Outcome::Ambiguous { .. })
+        );
     }
 
     fn out_rule(o: &Outcome) -> String {

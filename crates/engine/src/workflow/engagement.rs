@@ -258,7 +258,8 @@ impl template::Spec for EngagementConfig {
     fn flows(&self, key: &dyn Fn(&str) -> String) -> template::Flows {
         use template::{FieldRef, Flows};
         let own = self.fields.iter().map(|(metric, field)| (field, format!("fields.{}", metric.key())));
-        let family = self.rollup_fields.iter().map(|(metric, field)| (field, format!("rollup_fields.{}", metric.key())));
+        let family =
+            self.rollup_fields.iter().map(|(metric, field)| (field, format!("rollup_fields.{}", metric.key())));
         let writes = own.chain(family).map(|(field, k)| (FieldRef::salesforce("Account", field), key(&k))).collect();
         Flows::to_salesforce(vec![], writes)
     }

@@ -29,9 +29,9 @@ pub(crate) fn families(
         let mut other = outcome.via_parent();
         let mut seen = vec![target];
         loop {
-            let entry = merged.entry(target.to_owned()).or_insert_with(|| {
-                (AccountUsage { account_id: target.to_owned(), ..Default::default() }, false)
-            });
+            let entry = merged
+                .entry(target.to_owned())
+                .or_insert_with(|| (AccountUsage { account_id: target.to_owned(), ..Default::default() }, false));
             add(&mut entry.0, u);
             entry.1 |= other;
             match parents.get(target) {

@@ -61,7 +61,11 @@ pub struct Emulators {
 
 impl Emulators {
     pub async fn start(seed: u64, accounts: usize, days: u32) -> Emulators {
-        let gc = GenConfig { seed, accounts, days, ..GenConfig::default() };
+        Emulators::start_with(GenConfig { seed, accounts, days, ..GenConfig::default() }).await
+    }
+
+    /// The world `gc` generates (for the options `start` leaves at their defaults).
+    pub async fn start_with(gc: GenConfig) -> Emulators {
         let state = PendoState::generated(PendoConfig::default(), &gc);
         let sf = emulator::salesforce::spawn(emulator::salesforce::Config::default(), false).await.unwrap();
         emulator::seed_matching_org(&sf.state, &state).unwrap();
