@@ -231,6 +231,10 @@ impl Reqs {
             };
             self.add("Account", field, Use::Update, expect, &format!("fields.{}", metric.key()));
         }
+        for (metric, field) in c.rollup_fields.iter() {
+            let expect = if metric == Metric::LastActive { Expect::Date } else { Expect::Number };
+            self.add("Account", field, Use::Update, expect, &format!("rollup_fields.{}", metric.key()));
+        }
     }
 
     pub(crate) fn matching(&mut self, rules: &[MatchRule]) {
@@ -242,7 +246,10 @@ impl Reqs {
                 MatchRule::EmailDomain { website_field, .. } => {
                     self.add("Account", website_field, Use::Read, Expect::Any, &format!("matching[{i}].website_field"));
                 }
-                MatchRule::PendoMetadata { .. } => {}
+                MatchRule::ChildField { account_field, .. } => {
+                    self.add("Account", account_field, Use::Read, Expect::Any, &format!("matching[{i}].account_field"));
+                }
+                MatchRule::PendoMetadata { .. } | MatchRule::PendoParent { .. } => {}
             }
         }
     }

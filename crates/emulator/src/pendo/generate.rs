@@ -35,11 +35,23 @@ pub struct GenConfig {
     pub timezone_offset_minutes: i32,
     /// Multiplies how often visitors are active (1.0 = realistic B2B SaaS usage).
     pub activity: f64,
+    /// The subsidiaries that share their predecessor's e-mail domain become its children:
+    /// `ParentId` in Salesforce, `custom.parentaccountid` in Pendo. Off by default, so that
+    /// the figures of existing worlds do not move.
+    pub hierarchies: bool,
 }
 
 impl Default for GenConfig {
     fn default() -> Self {
-        GenConfig { seed: 1, accounts: 50, days: 60, anchor_day_ms: None, timezone_offset_minutes: 0, activity: 1.0 }
+        GenConfig {
+            seed: 1,
+            accounts: 50,
+            days: 60,
+            anchor_day_ms: None,
+            timezone_offset_minutes: 0,
+            activity: 1.0,
+            hierarchies: false,
+        }
     }
 }
 
@@ -267,6 +279,8 @@ pub struct AccountProfile {
     pub sf_duplicate: bool,
     /// Shares its email domain with the previous account (subsidiaries).
     pub shared_domain: bool,
+    /// With [`GenConfig::hierarchies`]: the parent account's index and Pendo id.
+    pub parent: Option<(usize, String)>,
     /// Pendo account metadata carries `custom.sfdcaccountid`.
     pub has_sfdc_id_in_pendo: bool,
     /// The Salesforce Account carries `Pendo_Account_Id__c`.
@@ -298,14 +312,24 @@ fn base_name_and_domain(seed: u64, i: usize) -> (String, String) {
     (name, domain)
 }
 
+/// Whether account `i` shares its predecessor's domain: the first draw of its profile stream.
+fn shares_domain(seed: u64, i: usize) -> bool {
+    i > 0 && stream_rng(seed, STREAM_ACCOUNT, (i as u64) | (1 << 40)).random_bool(0.03)
+}
+
 /// Everything about account `i` except its events. Cheap; used by both generators.
 pub fn account_profile(gc: &GenConfig, i: usize) -> AccountProfile {
     let (mut name, base_domain) = base_name_and_domain(gc.seed, i);
     // A second stream so the profile does not shift when name generation changes.
     let mut rng = stream_rng(gc.seed, STREAM_ACCOUNT, (i as u64) | (1 << 40));
     let shared_domain = i > 0 && rng.random_bool(0.03);
+    let mut parent = None;
     let domain = if shared_domain {
         let (prev_name, prev_domain) = base_name_and_domain(gc.seed, i - 1);
+        // A predecessor that is itself a subsidiary has another's domain: no family then.
+        if gc.hierarchies && !shares_domain(gc.seed, i - 1) {
+            parent = Some((i - 1, format!("{}-{}", slug(&prev_name), i - 1)));
+        }
         name = format!("{prev_name} EMEA");
         prev_domain
     } else {
@@ -395,6 +419,7 @@ pub fn account_profile(gc: &GenConfig, i: usize) -> AccountProfile {
         in_salesforce,
         sf_duplicate,
         shared_domain,
+        parent,
         has_sfdc_id_in_pendo,
         has_pendo_id_in_sf,
         visitors,
@@ -444,6 +469,7 @@ pub fn empty_store() -> Store {
             MetaKind::Account,
             &[
                 ("sfdcaccountid", "string", "Salesforce Account ID"),
+                ("parentaccountid", "string", "Parent Account ID"),
                 ("plan", "string", "Plan"),
                 ("arr", "float", "ARR"),
                 ("trial", "boolean", "Trial"),
@@ -934,6 +960,7 @@ fn build_account(gc: &GenConfig, p: &AccountProfile, account: &Arc<str>, first: 
             name: p.name.as_str().into(),
             website: format!("https://www.{}", p.domain).into(),
             sfdc_id: p.has_sfdc_id_in_pendo.then(|| sf_account_id(p.index).into()),
+            parent: p.parent.as_ref().map(|(_, id)| id.as_str().into()),
             plan: if p.trial { "trial" } else { p.plan },
             arr: p.arr as f64,
             trial: p.trial,

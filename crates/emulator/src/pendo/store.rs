@@ -71,6 +71,8 @@ pub struct CompactAccount {
     pub name: Box<str>,
     pub website: Box<str>,
     pub sfdc_id: Option<Box<str>>,
+    /// The parent Pendo account's id (`custom.parentaccountid`).
+    pub parent: Option<Box<str>>,
     pub plan: &'static str,
     pub arr: f64,
     pub trial: bool,
@@ -149,6 +151,7 @@ impl Compact {
                 ("agent", "name") => Val::str(&c.name),
                 ("agent", "website") => Val::str(&c.website),
                 ("custom", "sfdcaccountid") => c.sfdc_id.as_deref().map_or(Val::Null, Val::str),
+                ("custom", "parentaccountid") => c.parent.as_deref().map_or(Val::Null, Val::str),
                 ("custom", "plan") => Val::str(c.plan),
                 ("custom", "arr") => Val::Float(c.arr),
                 ("custom", "trial") => Val::Bool(c.trial),
@@ -199,9 +202,12 @@ impl Compact {
                     ("idhash", Val::Int(c.idhash)),
                 ]);
                 let agent = group(vec![("name", Val::str(&c.name)), ("website", Val::str(&c.website))]);
-                let mut custom = Vec::with_capacity(5);
+                let mut custom = Vec::with_capacity(6);
                 if let Some(s) = &c.sfdc_id {
                     custom.push(("sfdcaccountid", Val::str(s)));
+                }
+                if let Some(s) = &c.parent {
+                    custom.push(("parentaccountid", Val::str(s)));
                 }
                 custom.push(("plan", Val::str(c.plan)));
                 custom.push(("arr", Val::Float(c.arr)));

@@ -93,6 +93,9 @@ pub fn salesforce_org(gc: &GenConfig) -> SalesforceOrg {
         if p.has_pendo_id_in_sf {
             acc["Pendo_Account_Id__c"] = json!(p.id);
         }
+        if let Some((parent, _)) = p.parent.as_ref().filter(|(j, _)| account_profile(gc, *j).in_salesforce) {
+            acc["ParentId"] = json!(sf_account_id(*parent));
+        }
         accounts.push(acc);
         if p.sf_duplicate {
             dup_n += 1;

@@ -298,6 +298,7 @@ fn compact_metadata_fields_read_as_the_built_document() {
         "name",
         "website",
         "sfdcaccountid",
+        "parentaccountid",
         "plan",
         "arr",
         "trial",

@@ -329,6 +329,9 @@ pub struct EngagementConfig {
     pub core_features: Vec<String>,
     pub score: ScoreConfig,
     pub fields: FieldMap,
+    /// engagement-scores only: fields for the figures of each parent Account's whole family
+    /// (itself, its Salesforce descendants, its Pendo children); empty rolls nothing up.
+    pub rollup_fields: FieldMap,
 }
 
 /// A Pendo metadata group (`metadata.<group>.<field>`).
@@ -376,6 +379,12 @@ pub enum MatchRule {
         /// Added to the built-in free-mail list.
         extra_free_mail: Vec<String>,
     },
+    /// Pendo account metadata holding the parent Pendo account id: a child its own rules do not
+    /// place takes its parent's Account.
+    PendoParent { group: MetadataGroup, field: String },
+    /// Among Accounts of one Salesforce hierarchy found together by another rule, the one whose
+    /// `account_field` equals this Pendo metadata value (trimmed, any case).
+    ChildField { group: MetadataGroup, field: String, account_field: String },
 }
 
 /// The engagement metrics, in the order the file lists them.

@@ -54,7 +54,13 @@ fn the_example_loads_with_its_values() {
     assert_eq!(w.window_days, 30);
     assert_eq!(w.max_latency, Duration::from_secs(3600));
     let Template::EngagementScores(e) = &w.template else { panic!("engagement is engagement-scores") };
-    assert_eq!(e.matching.len(), 3);
+    assert_eq!(e.matching.len(), 5);
+    assert_eq!(
+        e.matching[3],
+        MatchRule::ChildField { group: MetadataGroup::Agent, field: "name".into(), account_field: "Name".into() }
+    );
+    assert_eq!(e.matching[4], MatchRule::PendoParent { group: MetadataGroup::Custom, field: "parentaccountid".into() });
+    assert!(e.rollup_fields.is_empty(), "roll-up writes records: off in the starter");
     assert_eq!(e.matching[0], MatchRule::PendoMetadata { group: MetadataGroup::Custom, field: "sfdcaccountid".into() });
     assert_eq!(
         e.matching[2],
@@ -533,4 +539,56 @@ fn windows_are_days_or_hours_and_hours_only_where_they_mean_something() {
         1,
     );
     assert!(load_err(&alert).to_string().contains("active_days counts whole days"));
+}
+
+#[test]
+fn hierarchy_rules_and_rollup_fields_are_checked_at_their_lines() {
+    let text = STARTER.replacen("        account_field: Name\n", "        account_field: Bad Name\n", 1).replacen(
+        "    # rollup_fields:                # each parent",
+        "    rollup_fields:\n      events: Pendo_Events__c\n      updated_at: Family_Updated__c\n    # x",
+        1,
+    );
+    let errors = load_err(&text);
+    let rollup = line_of(&text, "    rollup_fields:");
+    let expect = [
+        ("workflows.engagement.matching[3].account_field", line_of(&text, "account_field: Bad Name")),
+        ("workflows.engagement.rollup_fields.events", rollup + 1),
+        ("workflows.engagement.rollup_fields.updated_at", rollup + 2),
+    ];
+    for (key, line) in expect {
+        let found =
+            errors.errors.iter().find(|e| e.key == key).unwrap_or_else(|| panic!("no error for {key} in:\n{errors}"));
+        assert_eq!(found.line, Some(line), "{key}: {errors}");
+    }
+    let own = errors.errors.iter().find(|e| e.key.ends_with("rollup_fields.events")).unwrap();
+    assert!(own.message.contains("also in `fields`"), "{}", own.message);
+
+    // A hierarchy rule twice is refused at its line.
+    let twice = STARTER.replacen(
+        "      - rule: pendo_metadata        # a Salesforce",
+        "      - rule: pendo_parent\n        group: custom\n        field: p\n      - rule: pendo_metadata        # a Salesforce",
+        1,
+    );
+    let errors = load_err(&twice);
+    let e = errors.errors.iter().find(|e| e.key == "workflows.engagement.matching[5].rule").unwrap();
+    assert!(e.message.contains("once"), "{errors}");
+    // Only refining rules: nothing would ever match.
+    let lone = STARTER.replacen(
+        "      - rule: pendo_metadata\n        group: custom\n        field: sfdcaccountid\n      - rule: external_id\n        field: Pendo_Account_Id__c\n      - rule: pendo_parent          # a subsidiary",
+        "      - rule: pendo_parent          # a subsidiary",
+        1,
+    );
+    assert_ne!(lone, STARTER);
+    let errors = load_err(&lone);
+    assert!(
+        errors.errors.iter().any(|e| e.key == "workflows.new-users.matching" && e.message.contains("refine")),
+        "{errors}"
+    );
+    // rollup_fields belongs to engagement-scores alone.
+    let alert = STARTER.replacen(
+        "template: engagement-drop-alert",
+        "template: engagement-drop-alert\n    rollup_fields: { events: X__c }",
+        1,
+    );
+    assert!(load_err(&alert).errors.iter().any(|e| e.key.ends_with("rollup_fields")), "{}", load_err(&alert));
 }

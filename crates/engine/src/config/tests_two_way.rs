@@ -25,7 +25,8 @@ fn the_example_holds_both_templates_with_their_values() {
     assert_eq!(n.unmatched_account, UnmatchedAccount::Skip);
     assert!(!n.strip_plus_addressing);
     assert_eq!(n.overlap, Duration::from_secs(600));
-    assert_eq!(n.matching.len(), 2);
+    assert_eq!(n.matching.len(), 3);
+    assert!(matches!(n.matching[2], MatchRule::PendoParent { .. }), "{:?}", n.matching);
     let Template::AccountAttributesToPendo(a) = &config.workflows["attributes-to-pendo"].template else {
         panic!("attributes-to-pendo")
     };
@@ -111,4 +112,18 @@ fn leads_need_the_lead_choice_and_a_visitor_id_is_an_external_id() {
     let config = load_str(&ok, "ok.yaml").unwrap_or_else(|e| panic!("{e}"));
     let Template::NewUsersToContacts(n) = &config.workflows["new-users"].template else { panic!() };
     assert_eq!((n.unmatched_account, n.lead_source.as_deref()), (UnmatchedAccount::Lead, Some("Product")));
+}
+
+#[test]
+fn a_family_field_written_by_another_workflow_is_refused() {
+    // nps-realtime owns Health_Score__c; a family figure may not write it too.
+    let text = STARTER.replacen(
+        "    # rollup_fields:                # each parent",
+        "    rollup_fields: { score: health_score__c }\n    # x",
+        1,
+    );
+    let errors = load_err(&text);
+    let keys: Vec<&str> = errors.errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["workflows.nps.health_score.field"], "{errors}");
+    assert!(errors.errors[0].message.contains("already written by workflow `engagement`"), "{errors}");
 }

@@ -706,12 +706,21 @@ pub(super) fn account_side(
         }
         Some(FieldMap::default())
     };
+    let rollup_fields = match (&w.rollup_fields, fields_required) {
+        (None, _) => Some(FieldMap::default()),
+        (Some(_), false) => {
+            errors.push(&k("rollup_fields"), "not used by this template");
+            None
+        }
+        (Some(r), true) => rollup_fields(&k("rollup_fields"), r, fields.as_ref(), errors),
+    };
     Some(EngagementConfig {
         matching: matching?,
         recheck_matches_after: recheck_matches_after?,
         core_features,
         score: score?,
         fields: fields?,
+        rollup_fields: rollup_fields?,
     })
 }
 
@@ -725,17 +734,32 @@ pub(super) fn match_rules(key: &str, w: &wire::Workflow, errors: &mut Errors) ->
         }
         let built: Vec<_> =
             rules.iter().enumerate().map(|(i, rule)| match_rule(&format!("{k}[{i}]"), rule, errors)).collect();
-        built.into_iter().collect::<Option<Vec<_>>>()
+        let built = built.into_iter().collect::<Option<Vec<_>>>()?;
+        // The hierarchy rules only refine what another rule finds.
+        let refining = |r: &MatchRule| matches!(r, MatchRule::PendoParent { .. } | MatchRule::ChildField { .. });
+        if built.iter().all(refining) {
+            errors.push(&k, "pendo_parent and child_field refine another rule's match: add pendo_metadata, external_id or email_domain");
+            return None;
+        }
+        for (i, rule) in built.iter().enumerate().filter(|(_, r)| refining(r)) {
+            let kind = std::mem::discriminant(rule);
+            if built[..i].iter().any(|r| std::mem::discriminant(r) == kind) {
+                errors.push(&format!("{k}[{i}].rule"), "this rule may appear once in the chain");
+                return None;
+            }
+        }
+        Some(built)
     })
 }
 
-const RULES: &str = "pendo_metadata, external_id, email_domain";
+const RULES: &str = "pendo_metadata, external_id, email_domain, pendo_parent, child_field";
 
 fn match_rule(key: &str, r: &wire::MatchRule, errors: &mut Errors) -> Option<MatchRule> {
     let k = |leaf: &str| format!("{key}.{leaf}");
     let rule = errors.required(&r.rule, &k("rule"))?;
     let allowed: &[&str] = match rule.as_str() {
-        "pendo_metadata" => &["group", "field"],
+        "pendo_metadata" | "pendo_parent" => &["group", "field"],
+        "child_field" => &["group", "field", "account_field"],
         "external_id" => &["field"],
         "email_domain" => &["website_field", "min_share", "extra_free_mail"],
         other => {
@@ -749,6 +773,7 @@ fn match_rule(key: &str, r: &wire::MatchRule, errors: &mut Errors) -> Option<Mat
         ("website_field", r.website_field.is_some()),
         ("min_share", r.min_share.is_some()),
         ("extra_free_mail", r.extra_free_mail.is_some()),
+        ("account_field", r.account_field.is_some()),
     ];
     for (leaf, is_present) in present {
         if is_present && !allowed.contains(&leaf) {
@@ -756,7 +781,7 @@ fn match_rule(key: &str, r: &wire::MatchRule, errors: &mut Errors) -> Option<Mat
         }
     }
     match rule.as_str() {
-        "pendo_metadata" => {
+        "pendo_metadata" | "pendo_parent" | "child_field" => {
             let group = errors.required(&r.group, &k("group")).and_then(|g| {
                 let found = MetadataGroup::ALL.iter().copied().find(|m| m.name() == g);
                 if found.is_none() {
@@ -775,7 +800,16 @@ fn match_rule(key: &str, r: &wire::MatchRule, errors: &mut Errors) -> Option<Mat
                 }
                 ok.then(|| f.clone())
             });
-            Some(MatchRule::PendoMetadata { group: group?, field: field? })
+            match rule.as_str() {
+                "pendo_metadata" => Some(MatchRule::PendoMetadata { group: group?, field: field? }),
+                "pendo_parent" => Some(MatchRule::PendoParent { group: group?, field: field? }),
+                _ => {
+                    let account_field = errors
+                        .required(&r.account_field, &k("account_field"))
+                        .and_then(|f| salesforce_field(f, &k("account_field"), errors));
+                    Some(MatchRule::ChildField { group: group?, field: field?, account_field: account_field? })
+                }
+            }
         }
         "external_id" => {
             let field = errors.required(&r.field, &k("field")).and_then(|f| {
@@ -887,6 +921,27 @@ fn score(key: &str, s: &wire::Score, errors: &mut Errors) -> Option<ScoreConfig>
         errors.push(key, "the weights sum to 0: give at least one metric a positive weight");
     }
     ok.then_some(config)
+}
+
+/// `rollup_fields`: shaped as `fields`, and never one of them (an Account's own figures and its
+/// family's would overwrite each other).
+fn rollup_fields(key: &str, r: &wire::Fields, own: Option<&FieldMap>, errors: &mut Errors) -> Option<FieldMap> {
+    let map = fields(key, r, errors)?;
+    let mut ok = true;
+    if map.get(Metric::UpdatedAt).is_some() {
+        ok = false;
+        errors.push(&format!("{key}.updated_at"), "a family's update is stamped by `fields.updated_at`");
+    }
+    for (metric, field) in map.iter() {
+        if own.is_some_and(|own| own.iter().any(|(_, f)| f.eq_ignore_ascii_case(field))) {
+            ok = false;
+            errors.push(
+                &format!("{key}.{}", metric.key()),
+                format!("field `{field}` is also in `fields`: the family's figures need fields of their own"),
+            );
+        }
+    }
+    ok.then_some(map)
 }
 
 fn fields(key: &str, f: &wire::Fields, errors: &mut Errors) -> Option<FieldMap> {
@@ -1048,6 +1103,19 @@ pub(super) fn rule_to_wire(rule: &MatchRule) -> wire::MatchRule {
             extra_free_mail: Some(extra_free_mail.clone()),
             ..wire::MatchRule::default()
         },
+        MatchRule::PendoParent { group, field } => wire::MatchRule {
+            rule: Some("pendo_parent".to_owned()),
+            group: Some(group.name().to_owned()),
+            field: Some(field.clone()),
+            ..wire::MatchRule::default()
+        },
+        MatchRule::ChildField { group, field, account_field } => wire::MatchRule {
+            rule: Some("child_field".to_owned()),
+            group: Some(group.name().to_owned()),
+            field: Some(field.clone()),
+            account_field: Some(account_field.clone()),
+            ..wire::MatchRule::default()
+        },
     }
 }
 
@@ -1065,8 +1133,13 @@ pub(crate) fn accounts_to_wire(e: &EngagementConfig, out: &mut wire::Workflow) {
         feature_adoption: t(e.score.feature_adoption),
         guide_completion: t(e.score.guide_completion),
     });
-    let g = |m: Metric| e.fields.get(m).map(str::to_owned);
-    out.fields = (!e.fields.is_empty()).then(|| wire::Fields {
+    out.fields = fields_to_wire(&e.fields);
+    out.rollup_fields = fields_to_wire(&e.rollup_fields);
+}
+
+fn fields_to_wire(map: &FieldMap) -> Option<wire::Fields> {
+    let g = |m: Metric| map.get(m).map(str::to_owned);
+    (!map.is_empty()).then(|| wire::Fields {
         active_visitors: g(Metric::ActiveVisitors),
         active_days: g(Metric::ActiveDays),
         events: g(Metric::Events),
@@ -1076,5 +1149,5 @@ pub(crate) fn accounts_to_wire(e: &EngagementConfig, out: &mut wire::Workflow) {
         last_active: g(Metric::LastActive),
         score: g(Metric::Score),
         updated_at: g(Metric::UpdatedAt),
-    });
+    })
 }

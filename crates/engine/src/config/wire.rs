@@ -185,6 +185,8 @@ pub(crate) struct Workflow {
     pub score: Option<Score>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fields: Option<Fields>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollup_fields: Option<Fields>,
     // new-users-to-contacts and account-attributes-to-pendo
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overlap: Option<String>,
@@ -242,6 +244,7 @@ impl Workflow {
             ("core_features", self.core_features.is_some()),
             ("score", self.score.is_some()),
             ("fields", self.fields.is_some()),
+            ("rollup_fields", self.rollup_fields.is_some()),
             ("overlap", self.overlap.is_some()),
             ("contact_fields", self.contact_fields.is_some()),
             ("strip_plus_addressing", self.strip_plus_addressing.is_some()),
@@ -282,6 +285,8 @@ pub(crate) struct MatchRule {
     pub min_share: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extra_free_mail: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_field: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

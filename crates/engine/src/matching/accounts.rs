@@ -1,4 +1,5 @@
-//! Reads the Accounts matching needs (Id, the external-ID field, the website) by the cheaper
+//! Reads the Accounts matching needs (Id, ParentId, the external-ID field, the website and the
+//! `child_field` rule's field) by the cheaper
 //! route: REST query pages of up to 2,000 rows cost one call each, a Bulk query costs about
 //! four calls whatever the size. The first REST page says how many rows there are, so a small
 //! org is read in one call and a large one switches to Bulk after that first call.
@@ -16,19 +17,32 @@ use crate::workflow::RunError;
 const BULK_QUERY_CALLS: u64 = 4;
 const PAGE: u64 = 2_000;
 
+/// The Account fields the rule chain compares, besides Id and ParentId.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Fields<'a> {
+    pub external: Option<&'a str>,
+    pub website: Option<&'a str>,
+    pub child: Option<&'a str>,
+}
+
+const PARENT: &str = "ParentId";
+
 pub(crate) async fn read(
     client: &salesforce::Client,
-    external_field: Option<&str>,
-    website_field: Option<&str>,
+    wanted: Fields<'_>,
     max_calls: u64,
 ) -> Result<Vec<AccountRow>, RunError> {
     let sf = |source| RunError::Salesforce { what: "Accounts", source };
     if max_calls == 0 {
         return Err(RunError::OverBudget { needed: 1, left: 0 });
     }
-    let mut fields = vec!["Id"];
-    fields.extend(external_field);
-    fields.extend(website_field.filter(|w| Some(*w) != external_field));
+    let Fields { external: external_field, website: website_field, child: child_field } = wanted;
+    let mut fields = vec!["Id", PARENT];
+    for f in [external_field, website_field, child_field].into_iter().flatten() {
+        if !fields.contains(&f) {
+            fields.push(f);
+        }
+    }
     let soql = salesforce::SoqlQuery::select(fields.iter().copied(), "Account")
         .build()
         .map_err(|e| sf(salesforce::Error::InvalidInput(e.to_string())))?;
@@ -41,6 +55,8 @@ pub(crate) async fn read(
             id: text(Some("Id")).unwrap_or_default(),
             external_id: text(external_field),
             website: text(website_field),
+            parent_id: text(Some(PARENT)),
+            child_key: text(child_field),
         }
     };
     let remaining_pages = if first.done { 0 } else { first.total_size.div_ceil(PAGE).saturating_sub(1) };
@@ -65,6 +81,8 @@ pub(crate) async fn read(
                 id: text(Some("Id")).unwrap_or_default(),
                 external_id: text(external_field),
                 website: text(website_field),
+                parent_id: text(Some(PARENT)),
+                child_key: text(child_field),
             }
         })
         .try_collect()

@@ -28,8 +28,32 @@ pub fn rules(config: &EngagementConfig) -> Vec<Rule> {
             MatchRule::EmailDomain { min_share, extra_free_mail, .. } => {
                 Rule::EmailDomain { min_share: *min_share, free_mail: FreeMail::with_extra(extra_free_mail) }
             }
+            MatchRule::PendoParent { group, field } => {
+                Rule::PendoParent { group: group.name().to_owned(), field: field.clone() }
+            }
+            MatchRule::ChildField { group, field, .. } => {
+                Rule::ChildField { group: group.name().to_owned(), field: field.clone() }
+            }
         })
         .collect()
+}
+
+/// The Pendo account metadata fields (`group`, `field`) the rule chain reads.
+pub fn metadata_fields(rules: &[MatchRule]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for r in rules {
+        let (MatchRule::PendoMetadata { group, field }
+        | MatchRule::PendoParent { group, field }
+        | MatchRule::ChildField { group, field, .. }) = r
+        else {
+            continue;
+        };
+        let pair = (group.name().to_owned(), field.clone());
+        if !out.contains(&pair) {
+            out.push(pair);
+        }
+    }
+    out
 }
 
 /// Matches every Pendo account, reading Salesforce only when the cached matches are not enough.
@@ -56,9 +80,14 @@ pub(crate) async fn match_accounts(
     let shared = cached
         .values()
         .filter(|e| e.status == MatchStatus::Matched)
+        // A child matched through its Pendo parent shares the parent's Account by design.
+        .filter(|e| !e.rule.as_deref().is_some_and(super::hierarchy::is_via_parent))
         .filter_map(|e| e.salesforce_id.as_deref())
         .any(|sf| !claimed.insert(sf));
-    if !shared && ids.iter().all(|id| fresh(id)) {
+    let rollup = !config.rollup_fields.is_empty();
+    // Roll-up needs the Salesforce family links, kept from the last read.
+    let links_missing = rollup && account_parents(ctx, &workflow.name).await?.is_none();
+    if !shared && !links_missing && ids.iter().all(|id| fresh(id)) {
         return Ok(ids.into_iter().filter_map(|id| cached.get(id).map(|e| (id.to_owned(), outcome_of(e)))).collect());
     }
     let external = config.matching.iter().find_map(|r| match r {
@@ -69,8 +98,15 @@ pub(crate) async fn match_accounts(
         MatchRule::EmailDomain { website_field, .. } => Some(website_field.as_str()),
         _ => None,
     });
+    let child = config.matching.iter().find_map(|r| match r {
+        MatchRule::ChildField { account_field, .. } => Some(account_field.as_str()),
+        _ => None,
+    });
     let available = budget.get(ctx).await?.available;
-    let rows = accounts::read(&ctx.salesforce, external, website, available).await?;
+    let fields = accounts::Fields { external, website, child };
+    let rows = accounts::read(&ctx.salesforce, fields, available).await?;
+    let links: BTreeMap<String, String> =
+        rows.iter().filter_map(|r| Some((r.id.clone(), r.parent_id.clone()?))).collect();
     let accounts = Accounts::new(rows);
     let pins: HashMap<String, String> = cached
         .values()
@@ -91,8 +127,33 @@ pub(crate) async fn match_accounts(
         let entries: Vec<IdMapEntry> =
             outcomes.iter().map(|(id, o)| entry_of(&workflow.name, id, o, pins.contains_key(id), now)).collect();
         ctx.store.put_id_map(&entries).await?;
+        if rollup {
+            // Parents as 18-character Ids, so that they compare with matched Ids.
+            let links: BTreeMap<&str, &str> =
+                links.iter().filter_map(|(child, parent)| Some((child.as_str(), accounts.find(parent)?))).collect();
+            // A map of strings always serialises; were it ever empty text, the next run reads again.
+            let text = serde_json::to_string(&links).unwrap_or_default();
+            let stored = ctx.store.cursor(&workflow.name, PARENTS).await?;
+            if stored.as_deref() != Some(text.as_str()) {
+                ctx.store.advance_cursor(&workflow.name, PARENTS, stored.as_deref(), &text).await?;
+            }
+        }
     }
     Ok(outcomes)
+}
+
+/// The cursor holding the Salesforce family links (child Account Id → parent Account Id) of
+/// the last Account read, for roll-up on runs that read no Account.
+const PARENTS: &str = "account_parents";
+
+/// The family links kept by the last Account read of `workflow`; `None` before the first read
+/// (or if what is kept cannot be read: the next run then reads the Accounts again).
+pub(crate) async fn account_parents(
+    ctx: &Context,
+    workflow: &str,
+) -> Result<Option<HashMap<String, String>>, RunError> {
+    let text = ctx.store.cursor(workflow, PARENTS).await?;
+    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
 }
 
 fn outcome_of(e: &IdMapEntry) -> Outcome {

@@ -6,17 +6,22 @@
 //! A second guard runs across accounts: two Pendo accounts must not both write onto one
 //! Salesforce Account, or each run would overwrite the other's figures. The stronger rule keeps
 //! the Account; equals are all reported as ambiguous. Pins made by a person beat every rule.
+//!
+//! Hierarchies ([`hierarchy`]) narrow both: candidates of one Salesforce family (`ParentId`) are
+//! one choice rather than an ambiguity, and a Pendo child account yields its parent's Account
+//! to the parent instead of contesting it.
 
 pub(crate) mod accounts;
 mod cache;
 pub mod domain;
+pub(crate) mod hierarchy;
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use cache::match_accounts;
-pub use cache::rules;
+pub(crate) use cache::{account_parents, match_accounts};
+pub use cache::{metadata_fields, rules};
 pub use domain::FreeMail;
 
 /// One rule of the chain, in the order the workflow lists them.
@@ -28,6 +33,13 @@ pub enum Rule {
     ExternalId { field: String },
     /// The account's dominant visitor e-mail domain against the Account's website domain.
     EmailDomain { min_share: f64, free_mail: FreeMail },
+    /// A Pendo metadata field holding the parent Pendo account's id: an account its own rules
+    /// do not place takes the Account its Pendo parent matched.
+    PendoParent { group: String, field: String },
+    /// A Pendo metadata value equal to an Account field ([`AccountRow::child_key`]): it picks
+    /// among the Accounts of one hierarchy that another rule found together, never on its own
+    /// (a region or a name is far from unique across an org).
+    ChildField { group: String, field: String },
 }
 
 impl Rule {
@@ -36,6 +48,8 @@ impl Rule {
             Rule::PendoMetadata { .. } => "pendo_metadata",
             Rule::ExternalId { .. } => "external_id",
             Rule::EmailDomain { .. } => "email_domain",
+            Rule::PendoParent { .. } => hierarchy::PENDO_PARENT,
+            Rule::ChildField { .. } => "child_field",
         }
     }
 }
@@ -57,6 +71,10 @@ pub struct Accounts {
     by_id15: HashMap<String, usize>,
     by_external: HashMap<String, Vec<usize>>,
     by_domain: HashMap<String, Vec<usize>>,
+    /// Each Account's parent (`ParentId`), when the parent was read too.
+    parents: Vec<Option<usize>>,
+    /// Lowercased, trimmed value of the `child_field` rule's Account field.
+    child_keys: Vec<Option<String>>,
 }
 
 /// One Account as read from Salesforce.
@@ -65,11 +83,16 @@ pub struct AccountRow {
     pub id: String,
     pub external_id: Option<String>,
     pub website: Option<String>,
+    /// `ParentId`: read with the rest, so hierarchies cost no call of their own.
+    pub parent_id: Option<String>,
+    /// The Account field a `child_field` rule compares with Pendo.
+    pub child_key: Option<String>,
 }
 
 impl Accounts {
     pub fn new(rows: impl IntoIterator<Item = AccountRow>) -> Self {
         let mut accounts = Accounts::default();
+        let mut parent_ids = Vec::new();
         for row in rows {
             let i = accounts.ids.len();
             if let Some(id15) = row.id.get(..15) {
@@ -83,8 +106,11 @@ impl Accounts {
             if let Some(d) = row.website.as_deref().and_then(domain::website_domain) {
                 accounts.by_domain.entry(d).or_default().push(i);
             }
+            accounts.child_keys.push(row.child_key.as_deref().map(hierarchy::key).filter(|k| !k.is_empty()));
+            parent_ids.push(row.parent_id);
             accounts.ids.push(row.id);
         }
+        accounts.parents = parent_ids.iter().map(|p| p.as_deref().and_then(|p| accounts.index_of(p))).collect();
         accounts
     }
 
@@ -98,27 +124,30 @@ impl Accounts {
 
     /// The Account's 18-character Id, whichever form (15 or 18) `id` is in.
     pub fn find(&self, id: &str) -> Option<&str> {
+        self.index_of(id).map(|i| self.ids[i].as_str())
+    }
+
+    fn index_of(&self, id: &str) -> Option<usize> {
         let id = id.trim();
         if id.len() != 15 && id.len() != 18 {
             return None;
         }
         let &i = self.by_id15.get(id.get(..15)?)?;
-        let found = self.ids[i].as_str();
         // An 18-character Id must agree with ours in its checksum too.
-        (id.len() == 15 || found.eq_ignore_ascii_case(id)).then_some(found)
+        (id.len() == 15 || self.ids[i].eq_ignore_ascii_case(id)).then_some(i)
     }
 
-    fn by_external(&self, pendo_id: &str) -> Vec<&str> {
-        self.by_external.get(&pendo_id.trim().to_lowercase()).map_or_else(Vec::new, |v| self.names(v))
+    fn by_external(&self, pendo_id: &str) -> Vec<usize> {
+        self.by_external.get(&pendo_id.trim().to_lowercase()).map_or_else(Vec::new, |v| self.sorted(v))
     }
 
     /// Accounts whose website domain `email_domain` belongs to, walking up its parent domains
     /// (`eu.acme.com` → `acme.com`), nearest first.
-    fn by_email_domain(&self, email_domain: &str) -> Vec<&str> {
+    fn by_email_domain(&self, email_domain: &str) -> Vec<usize> {
         let mut d = email_domain;
         loop {
             if let Some(v) = self.by_domain.get(d) {
-                return self.names(v);
+                return self.sorted(v);
             }
             match d.split_once('.') {
                 Some((_, parent)) if parent.contains('.') => d = parent,
@@ -127,9 +156,10 @@ impl Accounts {
         }
     }
 
-    fn names(&self, idx: &[usize]) -> Vec<&str> {
-        let mut v: Vec<&str> = idx.iter().map(|&i| self.ids[i].as_str()).collect();
-        v.sort_unstable();
+    /// Indexes in Id order, so that what follows never depends on the order Salesforce returned.
+    fn sorted(&self, idx: &[usize]) -> Vec<usize> {
+        let mut v = idx.to_vec();
+        v.sort_unstable_by(|&a, &b| self.ids[a].cmp(&self.ids[b]));
         v.dedup();
         v
     }
@@ -150,6 +180,11 @@ impl Outcome {
             Outcome::Matched { salesforce_id, .. } => Some(salesforce_id),
             _ => None,
         }
+    }
+
+    /// Matched through its Pendo parent: the Account is the parent's, which writes onto it.
+    pub fn via_parent(&self) -> bool {
+        matches!(self, Outcome::Matched { rule, .. } if hierarchy::is_via_parent(rule))
     }
 }
 
@@ -176,20 +211,24 @@ pub fn match_all<P: PendoSide>(
         };
         out.insert(p.pendo_id().to_owned(), verdict);
     }
-    settle_shared_accounts(&mut out);
+    let pendo_parents = hierarchy::pendo_parents(rules, pendo);
+    settle_shared_accounts(&mut out, &pendo_parents);
+    hierarchy::fall_back_to_parents(&mut out, &pendo_parents, pins);
     out.into_iter().map(|(k, (o, _))| (k, o)).collect()
 }
 
 fn match_one<P: PendoSide>(rules: &[Rule], p: &P, accounts: &Accounts) -> (Outcome, usize) {
     let mut tried = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
-        let candidates: Vec<&str> = match rule {
+        let candidates: Vec<usize> = match rule {
+            // Neither places an account by itself: see `hierarchy`.
+            Rule::PendoParent { .. } | Rule::ChildField { .. } => continue,
             Rule::PendoMetadata { group, field } => match p.metadata(group, field).map(str::trim) {
                 None | Some("") => {
                     tried.push(format!("no {group}.{field} in Pendo"));
                     continue;
                 }
-                Some(id) => match accounts.find(id) {
+                Some(id) => match accounts.index_of(id) {
                     Some(found) => vec![found],
                     None => {
                         tried.push(format!("{group}.{field} = {id:?} is not an Account in Salesforce"));
@@ -221,13 +260,18 @@ fn match_one<P: PendoSide>(rules: &[Rule], p: &P, accounts: &Accounts) -> (Outco
         match candidates.len() {
             0 => {}
             1 => {
-                return (Outcome::Matched { salesforce_id: candidates[0].to_owned(), rule: rule.name().into() }, i + 1);
+                let salesforce_id = accounts.ids[candidates[0]].clone();
+                return (Outcome::Matched { salesforce_id, rule: rule.name().into() }, i + 1);
             }
             n => {
+                if let Some((pick, why)) = hierarchy::resolve(rules, i, p, accounts, &candidates) {
+                    let salesforce_id = accounts.ids[pick].clone();
+                    return (Outcome::Matched { salesforce_id, rule: format!("{}, {why}", rule.name()) }, i + 1);
+                }
                 return (
                     Outcome::Ambiguous {
                         rule: rule.name().into(),
-                        candidates: candidates.into_iter().map(str::to_owned).collect(),
+                        candidates: candidates.iter().map(|&c| accounts.ids[c].clone()).collect(),
                         reason: format!("{n} Accounts fit rule {}", rule.name()),
                     },
                     i + 1,
@@ -264,14 +308,18 @@ fn dominant_domain<'p, P: PendoSide>(p: &'p P, min_share: f64, free_mail: &FreeM
     Ok(domain)
 }
 
-fn settle_shared_accounts(out: &mut BTreeMap<String, (Outcome, usize)>) {
+fn settle_shared_accounts(out: &mut BTreeMap<String, (Outcome, usize)>, pendo_parents: &HashMap<String, String>) {
     let mut claims: HashMap<String, Vec<(String, usize)>> = HashMap::new();
     for (pendo_id, (o, rank)) in out.iter() {
         if let Outcome::Matched { salesforce_id, .. } = o {
             claims.entry(salesforce_id.clone()).or_default().push((pendo_id.clone(), *rank));
         }
     }
-    for (sf_id, mut claimants) in claims.into_iter().filter(|(_, c)| c.len() > 1) {
+    for (sf_id, claimants) in claims.into_iter().filter(|(_, c)| c.len() > 1) {
+        let mut claimants = hierarchy::yield_to_parents(out, &sf_id, claimants, pendo_parents);
+        if claimants.len() < 2 {
+            continue;
+        }
         claimants.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
         let best = claimants[0].1;
         let tied = claimants.iter().filter(|c| c.1 == best).count();

@@ -39,9 +39,19 @@ const A3: &str = "001000000000003AAA";
 
 fn accounts() -> Accounts {
     Accounts::new([
-        AccountRow { id: A1.into(), external_id: Some("acme".into()), website: Some("https://www.acme.com".into()) },
-        AccountRow { id: A2.into(), external_id: None, website: Some("http://globex.com/".into()) },
-        AccountRow { id: A3.into(), external_id: None, website: Some("globex.com".into()) },
+        AccountRow {
+            id: A1.into(),
+            external_id: Some("acme".into()),
+            website: Some("https://www.acme.com".into()),
+            ..Default::default()
+        },
+        AccountRow {
+            id: A2.into(),
+            external_id: None,
+            website: Some("http://globex.com/".into()),
+            ..Default::default()
+        },
+        AccountRow { id: A3.into(), external_id: None, website: Some("globex.com".into()), ..Default::default() },
     ])
 }
 
@@ -76,7 +86,12 @@ fn two_websites_with_one_domain_are_ambiguous() {
 
 #[test]
 fn free_mail_never_matches() {
-    let accounts = Accounts::new([AccountRow { id: A1.into(), external_id: None, website: Some("gmail.com".into()) }]);
+    let accounts = Accounts::new([AccountRow {
+        id: A1.into(),
+        external_id: None,
+        website: Some("gmail.com".into()),
+        ..Default::default()
+    }]);
     let out = match_all(&rules(), &[p("x", None, &[("gmail.com", 9)])], &accounts, &HashMap::new());
     assert!(matches!(out["x"], Outcome::Unmatched { .. }), "{:?}", out["x"]);
 }
@@ -95,7 +110,12 @@ fn an_account_claimed_twice_goes_to_the_stronger_rule() {
     assert_eq!(out["acme"].salesforce_id(), Some(A1));
     assert!(matches!(out["acme-eu"], Outcome::Ambiguous { .. }));
     // Equal rules: neither writes.
-    let accounts = Accounts::new([AccountRow { id: A1.into(), external_id: None, website: Some("acme.com".into()) }]);
+    let accounts = Accounts::new([AccountRow {
+        id: A1.into(),
+        external_id: None,
+        website: Some("acme.com".into()),
+        ..Default::default()
+    }]);
     let out = match_all(
         &rules(),
         &[p("a", None, &[("acme.com", 2)]), p("b", None, &[("acme.com", 5)])],

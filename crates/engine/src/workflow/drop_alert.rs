@@ -570,6 +570,7 @@ mod tests {
                 core_features: vec![],
                 score: Default::default(),
                 fields: Default::default(),
+                rollup_fields: Default::default(),
             },
             below,
             drop_share,

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{AmbiguousSample, Context, Meter, RunError, RunOptions, RunReport};
 use crate::change::{self, Change, Desired};
-use crate::config::{EngagementConfig, MatchRule, Metric, Workflow};
+use crate::config::{EngagementConfig, Metric, Workflow};
 use crate::deliver;
 use crate::extract::{AccountFacts, AccountUsage, CoreFeatures, Extractor};
 use crate::figures;
@@ -78,14 +78,7 @@ async fn body(
         CoreFeatures::Ids(config.core_features.clone())
     };
     let usage = extractor.engagement(&window, &core).await?;
-    let metadata_fields: Vec<(String, String)> = config
-        .matching
-        .iter()
-        .filter_map(|r| match r {
-            MatchRule::PendoMetadata { group, field } => Some((group.name().to_owned(), field.clone())),
-            _ => None,
-        })
-        .collect();
+    let metadata_fields = crate::matching::metadata_fields(&config.matching);
     let facts = extractor.account_facts(&metadata_fields).await?;
     let pendo_calls = u64::from(extractor.stats().pendo_calls);
     meter.step("extract", None);
@@ -104,19 +97,28 @@ async fn body(
     let (mut matched, mut unmatched, mut ambiguous, mut unchanged) = (0, 0, 0, 0);
     let mut skipped_outcomes = Vec::new();
     let mut ambiguous_samples = Vec::new();
+    let mut families = if config.rollup_fields.is_empty() {
+        Default::default()
+    } else {
+        let parents = crate::matching::account_parents(ctx, &workflow.name).await?.unwrap_or_default();
+        super::rollup::families(&outcomes, &usage_by_id, &parents)
+    };
     for (pendo_id, outcome) in &outcomes {
         match outcome {
+            // Its parent's Account holds the parent's figures; this account's usage reaches it
+            // through the family figures.
+            Outcome::Matched { .. } if outcome.via_parent() => matched += 1,
             Outcome::Matched { salesforce_id, .. } => {
                 matched += 1;
                 // An account matched but silent in the window has zero engagement, and
                 // Salesforce should say so rather than keep last month's figures.
                 let zero = AccountUsage { account_id: pendo_id.clone(), ..Default::default() };
                 let u = usage_by_id.get(pendo_id.as_str()).copied().unwrap_or(&zero);
-                let desired = Desired {
-                    key: pendo_id.clone(),
-                    salesforce_id: salesforce_id.clone(),
-                    fields: figures::field_values(&config.fields, &config.score, u),
-                };
+                let mut fields = figures::field_values(&config.fields, &config.score, u);
+                if let Some(family) = families.remove(salesforce_id) {
+                    fields.extend(figures::field_values(&config.rollup_fields, &config.score, &family));
+                }
+                let desired = Desired { key: pendo_id.clone(), salesforce_id: salesforce_id.clone(), fields };
                 match change::diff(&written, &desired, &stamp) {
                     Some(c) => changes.push(c),
                     None => unchanged += 1,
@@ -142,6 +144,18 @@ async fn body(
                 });
             }
             Outcome::Unmatched { .. } => unmatched += 1,
+        }
+    }
+    // Parents no Pendo account of their own matched: the family figures alone, keyed by Account.
+    for (salesforce_id, family) in families {
+        let desired = Desired {
+            key: format!("family:{salesforce_id}"),
+            fields: figures::field_values(&config.rollup_fields, &config.score, &family),
+            salesforce_id,
+        };
+        match change::diff(&written, &desired, &stamp) {
+            Some(c) => changes.push(c),
+            None => unchanged += 1,
         }
     }
     drop(written);
@@ -230,7 +244,7 @@ pub(crate) async fn preflight(
 /// The engagement-scores template, for the registry ([`crate::config::template`]).
 impl template::Spec for EngagementConfig {
     fn keys() -> &'static [&'static str] {
-        &["matching", "recheck_matches_after", "core_features", "score", "fields"]
+        &["matching", "recheck_matches_after", "core_features", "score", "fields", "rollup_fields"]
     }
 
     fn build(key: &str, w: &template::Wire, errors: &mut template::Errors) -> Option<Self> {
@@ -243,11 +257,10 @@ impl template::Spec for EngagementConfig {
 
     fn flows(&self, key: &dyn Fn(&str) -> String) -> template::Flows {
         use template::{FieldRef, Flows};
-        let writes = self
-            .fields
-            .iter()
-            .map(|(metric, field)| (FieldRef::salesforce("Account", field), key(&format!("fields.{}", metric.key()))))
-            .collect();
+        let own = self.fields.iter().map(|(metric, field)| (field, format!("fields.{}", metric.key())));
+        let family =
+            self.rollup_fields.iter().map(|(metric, field)| (field, format!("rollup_fields.{}", metric.key())));
+        let writes = own.chain(family).map(|(field, k)| (FieldRef::salesforce("Account", field), key(&k))).collect();
         Flows::to_salesforce(vec![], writes)
     }
 

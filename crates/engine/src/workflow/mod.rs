@@ -30,6 +30,7 @@ pub mod new_users;
 pub mod nps;
 pub mod people;
 pub mod replay;
+mod rollup;
 pub mod trial;
 mod update;
 

@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 use super::create::{Group, NewRecord};
 use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::change::{Change, fingerprint};
-use crate::config::{EngagementConfig, MatchRule, NewUsersConfig, UnmatchedAccount, Workflow};
+use crate::config::{EngagementConfig, NewUsersConfig, UnmatchedAccount, Workflow};
 use crate::deliver;
 use crate::extract::{AccountFacts, Extractor, NewVisitor};
 use crate::matching::Outcome;
@@ -137,14 +137,7 @@ async fn body(
 
     // The visitors' accounts → Salesforce Accounts, with the same rule chain (and the same kind
     // of cached id map) as engagement-scores.
-    let mut metadata_fields: Vec<(String, String)> = config
-        .matching
-        .iter()
-        .filter_map(|r| match r {
-            MatchRule::PendoMetadata { group, field } => Some((group.name().to_owned(), field.clone())),
-            _ => None,
-        })
-        .collect();
+    let mut metadata_fields = crate::matching::metadata_fields(&config.matching);
     metadata_fields.push(("agent".into(), "name".into()));
     let facts = extractor.account_facts(&metadata_fields).await?;
     report.pendo_calls = u64::from(extractor.stats().pendo_calls);
@@ -154,6 +147,7 @@ async fn body(
         core_features: Vec::new(),
         score: Default::default(),
         fields: Default::default(),
+        rollup_fields: Default::default(),
     };
     let outcomes =
         crate::matching::match_accounts(ctx, workflow, &matcher, &facts, &[], now, options.dry_run, &lazy).await?;

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::{Context, Meter, RunError, RunOptions, RunReport, engagement};
 use crate::change::{self, Desired};
-use crate::config::{MatchRule, TrialConfig, TrialMetric, Workflow};
+use crate::config::{TrialConfig, TrialMetric, Workflow};
 use crate::deliver;
 use crate::extract::{AccountUsage, CoreFeatures, Extractor};
 use crate::matching::Outcome;
@@ -107,15 +107,7 @@ async fn body(
         (Some(_), Some(guide)) => extractor.drop_off_steps(&window, guide).await?,
         _ => BTreeMap::new(),
     };
-    let metadata_fields: Vec<(String, String)> = config
-        .accounts
-        .matching
-        .iter()
-        .filter_map(|r| match r {
-            MatchRule::PendoMetadata { group, field } => Some((group.name().to_owned(), field.clone())),
-            _ => None,
-        })
-        .collect();
+    let metadata_fields = crate::matching::metadata_fields(&config.accounts.matching);
     let facts = extractor.account_facts(&metadata_fields).await?;
     let pendo_calls = u64::from(extractor.stats().pendo_calls);
     meter.step("extract", None);
@@ -331,6 +323,7 @@ mod tests {
                 core_features: vec![],
                 score: Default::default(),
                 fields: Default::default(),
+                rollup_fields: Default::default(),
             },
             select: "Type = 'Trial'".into(),
             fields: TrialFields::default(),

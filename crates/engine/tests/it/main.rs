@@ -11,6 +11,7 @@ mod support;
 mod create_workflows;
 mod engagement;
 mod extract;
+mod hierarchy;
 mod nps_replay;
 mod people;
 mod two_way;

@@ -61,7 +61,11 @@ pub struct Emulators {
 
 impl Emulators {
     pub async fn start(seed: u64, accounts: usize, days: u32) -> Emulators {
-        let gc = GenConfig { seed, accounts, days, ..GenConfig::default() };
+        Emulators::start_with(GenConfig { seed, accounts, days, ..GenConfig::default() }).await
+    }
+
+    /// The world `gc` generates (for the options `start` leaves at their defaults).
+    pub async fn start_with(gc: GenConfig) -> Emulators {
         let running = emulator::world::start(gc, emulator::salesforce::Config::default()).await.unwrap();
         let emulator::world::Running { gen_config: gc, salesforce: sf, pendo } = running;
         Emulators { gc, sf, pendo, http: reqwest::Client::new(), dir: tempfile::tempdir().unwrap() }
