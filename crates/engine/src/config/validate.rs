@@ -525,7 +525,7 @@ fn window(
             errors.push(
                 &key,
                 "active_days counts whole days, which an hourly window does not hold: \
-                 drop it from `score`, `fields` and `alert`, or give the window in days",
+                 drop it from `score`, `fields`, `rollup_fields` and `alert`, or give the window in days",
             );
             return None;
         }
@@ -559,6 +559,7 @@ fn names_active_days(w: &wire::Workflow) -> bool {
     };
     w.score.as_ref().is_some_and(|s| s.active_days.is_some())
         || w.fields.as_ref().is_some_and(|f| f.active_days.is_some())
+        || w.rollup_fields.as_ref().is_some_and(|f| f.active_days.is_some())
         || w.alert.as_ref().is_some_and(|a| in_condition(&a.when) || in_condition(&a.rearm_when))
 }
 
