@@ -18,7 +18,12 @@ fn object(name: &str, fields: Vec<Value>) -> Option<Arc<SObjectDescribe>> {
 
 /// The Account the example's engagement workflow expects, with `edit` applied to its fields.
 fn account(edit: impl Fn(&mut Vec<Value>)) -> Describes {
-    let mut fields = vec![field("Id", "id"), field("Website", "url"), field("Pendo_Account_Id__c", "string")];
+    let mut fields = vec![
+        field("Id", "id"),
+        field("Name", "string"),
+        field("Website", "url"),
+        field("Pendo_Account_Id__c", "string"),
+    ];
     for name in ["Active_Visitors", "Active_Days", "Events", "Minutes", "Engagement_Score"] {
         fields.push(field(&format!("Pendo_{name}__c"), "double"));
     }
