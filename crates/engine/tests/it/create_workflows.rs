@@ -849,7 +849,7 @@ async fn a_signal_sets_account_fields_while_the_episode_is_open_and_resets_them_
     assert!(marked.iter().all(|a| a["Risk_Reason__c"].as_str().unwrap().starts_with("Risk: events at ")), "{marked:?}");
 
     // A person clears one Account's flag: the open episode does not put it back.
-    let edited_id = marked[0]["Id"].as_str().unwrap().to_owned();
+    let edited_id = salesforce::SalesforceId::parse(marked[0]["Id"].as_str().unwrap()).unwrap();
     w.ctx.salesforce.update("Account", &edited_id, &json!({"At_Risk__c": false})).await.unwrap();
     let again = run(&holds).await;
     assert_eq!((again.written, again.failed), (0, 0), "a re-run writes nothing: {again:?}");
