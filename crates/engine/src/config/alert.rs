@@ -38,8 +38,9 @@ pub const PLACEHOLDERS: &[&str] =
 /// Who owns the records an alert makes, when the Account's `owner_field` names nobody.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Owner {
+    /// The Account's owner.
     #[default]
-    AccountOwner,
+    Account,
     /// A User by Id.
     User(String),
     /// A User by username, looked up once and remembered in the store.
@@ -307,13 +308,13 @@ pub(crate) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Optio
         errors.push(&k("task"), "with `task: false`, give `create_case: true`, an `opportunity` or `set_fields`: the alert would do nothing");
     }
     let owner = match &a.owner {
-        None => Owner::AccountOwner,
+        None => Owner::Account,
         Some(o) => match owner(o, task, opportunity.is_some(), a.create_case.unwrap_or(false)) {
             Ok(owner) => owner,
             Err(m) => {
                 ok = false;
                 errors.push(&k("owner"), m);
-                Owner::AccountOwner
+                Owner::Account
             }
         },
     };
@@ -388,7 +389,7 @@ pub(crate) fn to_wire(c: &DropAlertConfig) -> AlertWire {
             amount: o.amount,
         }),
         owner: match &c.owner {
-            Owner::AccountOwner => None,
+            Owner::Account => None,
             Owner::User(id) => Some(OwnerWire { user: Some(id.clone()), ..Default::default() }),
             Owner::Username(u) => Some(OwnerWire { username: Some(u.clone()), ..Default::default() }),
             Owner::Queue(id) => Some(OwnerWire { queue: Some(id.clone()), ..Default::default() }),

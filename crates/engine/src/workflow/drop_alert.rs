@@ -597,7 +597,7 @@ async fn owner_by_rule(
     puts: &mut Vec<FingerprintPut>,
 ) -> Result<Option<String>, RunError> {
     let username = match &config.owner {
-        Owner::AccountOwner => return Ok(None),
+        Owner::Account => return Ok(None),
         Owner::User(id) | Owner::Queue(id) => return Ok(Some(id.clone())),
         Owner::Username(u) => u,
     };

@@ -143,8 +143,10 @@ async fn body(
             need_rows.insert(account_id.clone());
         }
         for m in &config.milestones {
-            let feature_counts = (&feature_visitors, &feature_names);
-            if let Some(evidence) = crossed_in_pendo(m, pendo_id, feature_counts, &daily, workflow.window_days) {
+            let names = &feature_names;
+            if let Some(evidence) =
+                crossed_in_pendo(m, pendo_id, &feature_visitors, names, &daily, workflow.window_days)
+            {
                 need_rows.insert(account_id.clone());
                 crossings.push(Crossing {
                     pendo_id: pendo_id.clone(),
@@ -313,7 +315,8 @@ async fn body(
 fn crossed_in_pendo(
     m: &Milestone,
     pendo_id: &str,
-    (feature_visitors, names): (&HashMap<&str, BTreeMap<String, u64>>, &HashMap<String, String>),
+    feature_visitors: &HashMap<&str, BTreeMap<String, u64>>,
+    names: &HashMap<String, String>,
     daily: &BTreeMap<String, BTreeMap<i64, u64>>,
     window_days: u32,
 ) -> Option<String> {
