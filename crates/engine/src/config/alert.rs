@@ -62,8 +62,9 @@ pub struct AlertOpportunity {
     pub amount: Option<f64>,
 }
 
-/// engagement-drop-alert: a high-priority Task (and optionally a Case) when an account's score
-/// falls below `below` or by `drop_share` against the previous window; one per episode.
+/// engagement-drop-alert: a high-priority Task (and as configured an Opportunity, a Case and
+/// Account field values) when an account's score falls below `below` or by `drop_share` against
+/// the previous window, or `when` holds; one per episode.
 #[derive(Debug, Clone)]
 pub struct DropAlertConfig {
     /// Matching and the score (its `fields` map is empty: this template writes no Account).

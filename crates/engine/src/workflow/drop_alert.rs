@@ -1,6 +1,8 @@
 //! The engagement-drop-alert template: an account whose engagement score falls below a threshold,
-//! or by a configured share against the previous window, gets one high-priority Task (and
-//! optionally a Case) per episode, for the account owner or the user in a configured lookup.
+//! or by a configured share against the previous window, or for which a configured signal holds,
+//! gets one alert per episode: a high-priority Task, and as configured an Opportunity, a Case and
+//! Account field values (reset when the episode closes), with templated text, for the owner the
+//! Account's lookup or the owner rule names.
 //!
 //! # Episodes
 //! An account's episode state lives in the store, in the fingerprint table under the scope
