@@ -19,6 +19,7 @@
 //! - [`scheduler`]: when each workflow runs next, claimed through the store (one worker per slot).
 //! - [`store`]: the state store (SQLite or PostgreSQL): runs, matches, fingerprints, failures, budget.
 //! - [`testhook`]: named points where tests make the process die (the chaos tests).
+//! - [`text`]: templated subjects, descriptions and values; feature lists by name.
 //! - [`workflow`]: runs, step by step, and replay.
 
 pub mod budget;
@@ -38,5 +39,6 @@ pub mod scheduler;
 pub mod signal;
 pub mod store;
 pub mod testhook;
+pub mod text;
 pub mod verify;
 pub mod workflow;

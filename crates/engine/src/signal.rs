@@ -41,6 +41,8 @@ pub const VARIABLES: &[&str] = &[
 pub struct Condition {
     text: String,
     program: Arc<cel::Program>,
+    /// The figure the condition names first: what an alert's `{metric}` shows.
+    metric: &'static str,
 }
 
 /// Why a condition could not be evaluated for one account.
@@ -112,7 +114,8 @@ impl Condition {
                 ));
             }
         }
-        let condition = Condition { text: text.to_owned(), program: Arc::new(program) };
+        let metric = first_figure(text).unwrap_or("score");
+        let condition = Condition { text: text.to_owned(), program: Arc::new(program), metric };
         // Every figure is a number, so a check with zeros finds a result of the wrong type (and
         // a `previous.` name that does not exist) before any run does.
         let zero = Figures::default();
@@ -128,6 +131,11 @@ impl Condition {
 
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// The figure the condition names first (`score` when it names none).
+    pub fn metric(&self) -> &'static str {
+        self.metric
     }
 
     /// Whether the condition holds for an account's `current` and `previous` windows.
@@ -147,6 +155,32 @@ impl Condition {
             Err(e) => Err(failed(e.to_string())),
         }
     }
+}
+
+/// The figure named earliest in `text`, as a whole word (`events` is not found in
+/// `events_total`, and `previous.events` counts as `events`).
+fn first_figure(text: &str) -> Option<&'static str> {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    VARIABLES
+        .iter()
+        .filter_map(|v| {
+            text.match_indices(v)
+                .find(|(i, _)| {
+                    let before = text[..*i].chars().next_back();
+                    let after = text[i + v.len()..].chars().next();
+                    !before.is_some_and(word) && !after.is_some_and(word)
+                })
+                .map(|(i, _)| (i, *v))
+        })
+        .min()
+        .map(|(_, v)| v)
+}
+
+/// Each figure's value by name (and `previous.<name>`) as alert text shows it.
+pub fn placeholder_values(current: &Figures, previous: &Figures, now: DateTime<Utc>) -> HashMap<String, f64> {
+    let mut out = current.values(now);
+    out.extend(previous.values(now).into_iter().map(|(k, v)| (format!("previous.{k}"), v)));
+    out
 }
 
 #[cfg(test)]
@@ -187,6 +221,13 @@ mod tests {
         assert!(!c.holds(&f, &f, now).unwrap(), "never seen is -1");
         f.usage.last_active = Some(now - chrono::Duration::days(15));
         assert!(c.holds(&f, &f, now).unwrap());
+    }
+
+    #[test]
+    fn the_metric_is_the_figure_named_first() {
+        let c = Condition::compile("previous.feature_adoption > feature_adoption && events > 0.0").unwrap();
+        assert_eq!(c.metric(), "feature_adoption");
+        assert_eq!(Condition::compile("true").unwrap().metric(), "score");
     }
 
     #[test]

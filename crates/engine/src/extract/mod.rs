@@ -19,6 +19,7 @@
 //! - Counts never depend on whether Pendo's `count` aggregator counts distinct or non-null values:
 //!   each one counts a field that is already unique within its group, or sums ones.
 
+mod catalog;
 mod engagement;
 pub mod expansion;
 mod facts;

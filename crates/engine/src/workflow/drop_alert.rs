@@ -1,6 +1,8 @@
 //! The engagement-drop-alert template: an account whose engagement score falls below a threshold,
-//! or by a configured share against the previous window, gets one high-priority Task (and
-//! optionally a Case) per episode, for the account owner or the user in a configured lookup.
+//! or by a configured share against the previous window, or for which a configured signal holds,
+//! gets one alert per episode: a high-priority Task, and as configured an Opportunity, a Case and
+//! Account field values (reset when the episode closes), with templated text, for the owner the
+//! Account's lookup or the owner rule names.
 //!
 //! # Episodes
 //! An account's episode state lives in the store, in the fingerprint table under the scope
@@ -21,12 +23,15 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::create::{self, Group, NewRecord};
+use super::create::{self, Group, Link, NewRecord};
 use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
+use crate::change::{Change, Desired};
+use crate::config::alert::{AlertOpportunity, Owner};
 use crate::config::{DropAlertConfig, MetadataGroup, Workflow};
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window, WindowLength};
 use crate::figures;
 use crate::matching::Outcome;
+use crate::preflight::Quarantine;
 use crate::signal;
 use crate::store::{Action, FingerprintPut, RecordOutcome, RunId};
 
@@ -41,6 +46,11 @@ pub struct Episode {
     pub opened_at: Option<DateTime<Utc>>,
     /// The records the open episode created.
     pub records: Vec<String>,
+    /// The Account field values the episode set (while open) or reset (once closed), as
+    /// rendered then: the next runs want the same values, so they write nothing unless
+    /// Salesforce lacks them, and a person's later edit is left alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<(String, Value)>,
 }
 
 /// What the scores say about one account this run.
@@ -157,8 +167,55 @@ struct Pending {
     reason: String,
     rearm_at: f64,
     evidence: String,
-    score: f64,
-    previous_score: f64,
+    current: signal::Figures,
+    previous: signal::Figures,
+}
+
+/// What alert text is filled from for one account.
+struct Filling<'a> {
+    config: &'a DropAlertConfig,
+    pendo_id: &'a str,
+    /// The Account's name, empty when not read.
+    name: &'a str,
+    reason: &'a str,
+    evidence: &'a str,
+    figures: HashMap<String, f64>,
+    core_features: &'a str,
+    subject: Option<String>,
+}
+
+impl Filling<'_> {
+    fn value(&self, name: &str) -> Option<String> {
+        let metric = self.config.when.as_ref().map_or("score", |w| w.metric());
+        let figure = |n: &str| self.figures.get(n).map(|v| crate::text::number(*v));
+        match name {
+            "account" => Some(if self.name.is_empty() { self.pendo_id } else { self.name }.to_owned()),
+            "previous_score" => figure("previous.score"),
+            "metric" => Some(metric.to_owned()),
+            "from" => figure(&format!("previous.{metric}")),
+            "to" => figure(metric),
+            "reason" => Some(capitalised(self.reason)),
+            "evidence" => Some(self.evidence.to_owned()),
+            "core_features" => Some(self.core_features.to_owned()),
+            "subject" => self.subject.clone(),
+            other => figure(other),
+        }
+    }
+
+    fn fill(&self, text: &str) -> String {
+        crate::text::render(text, &|n| self.value(n))
+    }
+
+    /// Field values with their text filled in.
+    fn fields(&self, fields: &[(String, Value)]) -> Vec<(String, Value)> {
+        fields
+            .iter()
+            .map(|(f, v)| match v {
+                Value::String(t) => (f.clone(), json!(self.fill(t))),
+                other => (f.clone(), other.clone()),
+            })
+            .collect()
+    }
 }
 
 async fn body(
@@ -195,7 +252,6 @@ async fn body(
         })
         .collect();
     let facts = extractor.account_facts(&metadata_fields).await?;
-    let pendo_calls = u64::from(extractor.stats().pendo_calls);
     meter.step("extract", None);
 
     let outcomes =
@@ -227,6 +283,17 @@ async fn body(
     let mut alerts = Vec::new();
     let mut decisions = Vec::new();
     let mut episode_puts = Vec::new();
+    // Account fields the episodes want, whatever this run creates.
+    let mut field_values: Vec<Desired> = Vec::new();
+    let want = |account_id: &str, pendo_id: &str, fields: &[(String, Value)], out: &mut Vec<Desired>| {
+        if !fields.is_empty() {
+            out.push(Desired {
+                key: pendo_id.to_owned(),
+                salesforce_id: account_id.to_owned(),
+                fields: fields.to_vec(),
+            });
+        }
+    };
     for (pendo_id, account_id) in &matched {
         let zero = AccountUsage { account_id: pendo_id.clone(), ..Default::default() };
         let now_u = current.get(pendo_id).unwrap_or(&zero);
@@ -247,7 +314,8 @@ async fn body(
             }
         };
         match decided {
-            Decision::Quiet => {}
+            // A closed episode's reset values stay wanted: one Salesforce refused is sent again.
+            Decision::Quiet => want(account_id, pendo_id, &episode.fields, &mut field_values),
             Decision::Alert { number, reason, rearm_at } => alerts.push(Pending {
                 pendo_id: pendo_id.clone(),
                 account_id: account_id.clone(),
@@ -255,18 +323,21 @@ async fn body(
                 reason,
                 rearm_at,
                 evidence,
-                score,
-                previous_score: prev_score,
+                current: figures(score, now_u),
+                previous: figures(prev_score, prev_u),
             }),
-            Decision::StillOpen { number } => decisions.push(decision(
-                pendo_id,
-                account_id,
-                Action::Unchanged,
-                format!(
-                    "episode {number} still open (score {score}, {}): no new alert; {evidence}",
-                    rearm_rule(config, &episode)
-                ),
-            )),
+            Decision::StillOpen { number } => {
+                want(account_id, pendo_id, &episode.fields, &mut field_values);
+                decisions.push(decision(
+                    pendo_id,
+                    account_id,
+                    Action::Unchanged,
+                    format!(
+                        "episode {number} still open (score {score}, {}): no new alert; {evidence}",
+                        rearm_rule(config, &episode)
+                    ),
+                ));
+            }
             Decision::Recovered { number } => {
                 decisions.push(decision(
                     pendo_id,
@@ -283,7 +354,21 @@ async fn body(
                         ),
                     },
                 ));
-                let closed = Episode { open: false, records: Vec::new(), ..episode };
+                // Reset values are rendered once, at closing (the Account's name is not read
+                // for it: `{account}` is the Pendo account there).
+                let filling = Filling {
+                    config,
+                    pendo_id,
+                    name: "",
+                    reason: "recovered",
+                    evidence: &evidence,
+                    figures: signal::placeholder_values(&figures(score, now_u), &figures(prev_score, prev_u), now),
+                    core_features: "",
+                    subject: None,
+                };
+                let reset = filling.fields(&config.reset_fields);
+                want(account_id, pendo_id, &reset, &mut field_values);
+                let closed = Episode { open: false, records: Vec::new(), fields: reset, ..episode };
                 episode_puts.push(episode_put(&scope, pendo_id, &closed, now));
             }
         }
@@ -291,41 +376,100 @@ async fn body(
     meter.step("decide", None);
 
     // Owners and names, only for the accounts that alert.
-    let mut owners: HashMap<String, (String, String)> = HashMap::new();
+    let mut owners: HashMap<String, (String, String, String)> = HashMap::new();
+    let mut rule_owner = None;
+    let mut core_features = String::new();
     if !alerts.is_empty() {
         let ids: Vec<&str> = alerts.iter().map(|a| a.account_id.as_str()).collect();
         owners = read_owners(ctx, config, &ids).await?;
+        rule_owner = owner_by_rule(ctx, workflow, config, now, &mut episode_puts).await?;
+        if config.names_core_features() {
+            core_features = extractor.core_feature_names(&core).await?.join(", ");
+        }
     }
+    let pendo_calls = u64::from(extractor.stats().pendo_calls);
     meter.step("read_owners", Some("read_accounts"));
     crate::testhook::crash_point("gather");
 
-    // One group per alert: the Case (when configured) and the Task, made together or completed
-    // by the next run under the same keys.
-    let groups: Vec<Group> = alerts
-        .iter()
-        .map(|a| {
-            let (owner, name) = owners.get(&a.account_id).cloned().unwrap_or_default();
-            let record = |object: &str, fields| NewRecord {
-                object: object.to_owned(),
-                key: alert_key(&workflow.name, &a.pendo_id, a.number, object),
-                key_field: config.key_field.clone(),
-                fields,
-                link: None,
-            };
-            let mut records = Vec::new();
-            if config.create_case {
-                records.push(record("Case", case_fields(config, a, &owner, &name)));
+    // One group per alert: the Opportunity, the Case and the Task as configured, made together
+    // or completed by the next run under the same keys. An alert that only sets fields has none.
+    let mut groups: Vec<Group> = Vec::new();
+    let mut group_of: Vec<Option<usize>> = Vec::new();
+    let mut set_values: Vec<Vec<(String, Value)>> = Vec::new();
+    for a in &alerts {
+        let (lookup, account_owner, name) = owners.get(&a.account_id).cloned().unwrap_or_default();
+        // The Account's own lookup first, then the configured rule, then the Account owner.
+        let owner = if lookup.is_empty() { rule_owner.clone().unwrap_or(account_owner) } else { lookup };
+        let mut filling = Filling {
+            config,
+            pendo_id: &a.pendo_id,
+            name: &name,
+            reason: &a.reason,
+            evidence: &a.evidence,
+            figures: signal::placeholder_values(&a.current, &a.previous, now),
+            core_features: &core_features,
+            subject: None,
+        };
+        let subject = filling.fill(&config.subject);
+        filling.subject = Some(subject.clone());
+        let description = match &config.description {
+            Some(d) => filling.fill(d),
+            None => format!("{}.\n\nEvidence: {}.", capitalised(&a.reason), a.evidence),
+        };
+        set_values.push(filling.fields(&config.set_fields));
+        let text = Text { subject, description, owner };
+        let record = |object: &str, fields, link| NewRecord {
+            object: object.to_owned(),
+            key: alert_key(&workflow.name, &a.pendo_id, a.number, object),
+            key_field: config.key_field.clone(),
+            fields,
+            link,
+        };
+        let mut records = Vec::new();
+        if let Some(o) = &config.opportunity {
+            records.push(record("Opportunity", opportunity_fields(o, &filling, a, &text, now), None));
+        }
+        if config.create_case {
+            records.push(record("Case", case_fields(a, &text), None));
+        }
+        if config.task {
+            // The Task points at the Opportunity it is about, as expansion's does.
+            let link = config.opportunity.as_ref().map(|_| Link { field: "WhatId".into(), to: 0 });
+            records.push(record("Task", task_fields(config, a, &text, now), link));
+        }
+        if records.is_empty() {
+            group_of.push(None);
+            continue;
+        }
+        group_of.push(Some(groups.len()));
+        groups.push(Group {
+            subject: a.pendo_id.clone(),
+            account_id: a.account_id.clone(),
+            note: format!("episode {}: {}", a.number, a.reason),
+            records,
+        });
+    }
+
+    // Account fields: what the alerts set and the episodes want, changed fields only.
+    let mut desired = field_values;
+    for (a, values) in alerts.iter().zip(&set_values) {
+        desired.push(Desired { key: a.pendo_id.clone(), salesforce_id: a.account_id.clone(), fields: values.clone() });
+    }
+    desired.retain(|d| !d.fields.is_empty());
+    let account_scope = account_scope(&workflow.name);
+    let mut changes: Vec<Change> = Vec::new();
+    if !desired.is_empty() {
+        let ids: Vec<String> = desired.iter().map(|d| d.salesforce_id.clone()).collect();
+        let mut written = crate::change::Written::default();
+        for (id, fields) in ctx.store.written_values(&account_scope, &ids).await? {
+            for (f, v) in fields {
+                written.insert(&id, &f, crate::change::fingerprint(&v));
             }
-            records.push(record("Task", task_fields(config, a, &owner, &name, now)));
-            Group {
-                subject: a.pendo_id.clone(),
-                account_id: a.account_id.clone(),
-                note: format!("episode {}: {}", a.number, a.reason),
-                records,
-            }
-        })
-        .collect();
-    let budget = if groups.is_empty() && !options.dry_run {
+        }
+        changes = desired.iter().filter_map(|d| crate::change::diff(&written, d, &[])).collect();
+    }
+
+    let budget = if groups.is_empty() && changes.is_empty() && !options.dry_run {
         lazy.report(ctx).await?
     } else {
         let read = lazy.get(ctx).await?.clone();
@@ -351,44 +495,155 @@ async fn body(
     report.count_matches(&outcomes);
     report.unchanged = matched.len() - alerts.len();
     report.changed = alerts.len();
-    report.fields_changed = BTreeMap::from([("Task".to_owned(), alerts.len())]);
-    report.deferred = alerts.len() - send;
+    report.fields_changed = BTreeMap::new();
+    for object in groups.iter().flat_map(|g| g.records.iter().map(|r| r.object.clone())) {
+        *report.fields_changed.entry(object).or_default() += 1;
+    }
+    if !changes.is_empty() {
+        report.fields_changed.insert("Account".to_owned(), changes.len());
+    }
+    report.deferred = groups.len() - send;
     report.plan =
         crate::plan::plan(0, workflow.max_latency, crate::plan::Allowance { calls: allowance }, &Default::default());
     report.pendo_calls = pendo_calls;
     report.samples = samples;
-    if config.create_case {
-        report.fields_changed.insert("Case".to_owned(), alerts.len());
-    }
     let Some(run_id) = run_id else { return Ok(report.planned(meter)) };
     ctx.store.record_outcomes(run_id, &decisions, &episode_puts).await?;
 
-    let results = create::deliver(ctx, workflow, &groups, allowance, &budget, &mut meter, &mut report, now).await?;
+    // One preflight for both stages, and only when there is something to send.
+    let quarantine = if groups.is_empty() && changes.is_empty() {
+        Quarantine::default()
+    } else {
+        let q = crate::preflight::run(&ctx.salesforce, &ctx.config, workflow).await?;
+        meter.step("preflight", Some("preflight"));
+        report.preflight.problems = q.problems().to_vec();
+        q
+    };
+    let allowance = allowance.saturating_sub(meter.calls.get("preflight").copied().unwrap_or(0));
+    let results =
+        create::deliver_checked(ctx, workflow, &groups, &quarantine, allowance, &budget, &mut meter, &mut report, now)
+            .await?;
     report.deferred = 0;
     let outcomes_out = create::history(&groups, &results, &mut report);
     // An episode opens only once all its records exist; until then the next run decides again
-    // and completes the group under the same keys.
-    let puts: Vec<FingerprintPut> = alerts
-        .iter()
-        .zip(&results)
-        .filter(|(_, r)| r.complete())
-        .map(|(a, r)| {
-            let open =
-                Episode { count: a.number, open: true, rearm_at: a.rearm_at, opened_at: Some(now), records: r.ids() };
-            episode_put(&scope, &a.pendo_id, &open, now)
-        })
-        .collect();
+    // and completes the group under the same keys (and sets the fields then).
+    let mut puts: Vec<FingerprintPut> = Vec::new();
+    for (i, a) in alerts.iter().enumerate() {
+        if !group_of[i].is_none_or(|g| results[g].complete()) {
+            changes.retain(|c| {
+                c.key != a.pendo_id || !set_values[i].iter().any(|(f, _)| c.fields.iter().any(|(x, _)| x == f))
+            });
+            continue;
+        }
+        let records = group_of[i].map(|g| results[g].ids()).unwrap_or_default();
+        let open = Episode {
+            count: a.number,
+            open: true,
+            rearm_at: a.rearm_at,
+            opened_at: Some(now),
+            records,
+            fields: set_values[i].clone(),
+        };
+        puts.push(episode_put(&scope, &a.pendo_id, &open, now));
+    }
     crate::testhook::crash_point("record");
     ctx.store.record_outcomes(run_id, &outcomes_out, &puts).await?;
     create::ledger(&groups, &results).settle(ctx, &workflow.name, run_id, now).await?;
+
+    if !changes.is_empty() {
+        let (changes, held) = crate::deliver::hold_back(&quarantine, "Account", &[], changes);
+        let held: Vec<RecordOutcome> = held.iter().map(|h| h.outcome("Account")).collect();
+        ctx.store.record_outcomes(run_id, &held, &[]).await?;
+        let spent: u64 = meter.calls.values().sum::<u64>().saturating_sub(lazy.own_calls());
+        let left = crate::plan::Allowance { calls: budget.available.saturating_sub(spent) };
+        let plan = crate::plan::plan(changes.len(), workflow.max_latency, left, &Default::default());
+        let updated = super::update::deliver(
+            ctx,
+            &workflow.name,
+            "Account",
+            &plan,
+            changes,
+            &budget,
+            &mut meter,
+            now,
+            &|_| {},
+            run_id,
+        )
+        .await?;
+        let how = super::update::Recording {
+            object: "Account",
+            scope: &account_scope,
+            ledger_key: |c| &c.key,
+            note: &|_| Some("alert fields".to_owned()),
+        };
+        super::update::record(ctx, &workflow.name, run_id, &how, updated, &mut report, now).await?;
+    }
     meter.step("record", None);
     super::settle(ctx, &workflow.name, now, meter, &mut report).await?;
     Ok(report)
 }
 
+/// The fingerprint scope of the Account fields a workflow's alerts set.
+pub fn account_scope(workflow: &str) -> String {
+    format!("{workflow}:Account")
+}
+
+/// The owner the config's `owner` rule names, when it names one: a username is looked up once
+/// and then kept in the store (scope `{workflow}:owners`), with the run's other state.
+async fn owner_by_rule(
+    ctx: &Context,
+    workflow: &Workflow,
+    config: &DropAlertConfig,
+    now: DateTime<Utc>,
+    puts: &mut Vec<FingerprintPut>,
+) -> Result<Option<String>, RunError> {
+    let username = match &config.owner {
+        Owner::Account => return Ok(None),
+        Owner::User(id) | Owner::Queue(id) => return Ok(Some(id.clone())),
+        Owner::Username(u) => u,
+    };
+    let scope = format!("{}:owners", workflow.name);
+    let key = username.to_ascii_lowercase();
+    let cached = ctx.store.written_values(&scope, std::slice::from_ref(&key)).await?;
+    if let Some(id) = cached.get(&key).and_then(|f| f.iter().find(|(n, _)| n == "user")).and_then(|(_, v)| v.as_str()) {
+        return Ok(Some(id.to_owned()));
+    }
+    let soql =
+        format!("SELECT Id FROM User WHERE Username = {} AND IsActive = true", salesforce::soql::quote(username));
+    let rows: Vec<Value> = ctx
+        .salesforce
+        .query_collect(soql)
+        .await
+        .map_err(|source| RunError::Salesforce { what: "the alert owner's User", source })?;
+    let Some(id) = rows.first().and_then(|r| r.get("Id")).and_then(Value::as_str) else {
+        return Err(RunError::UnknownOwner { workflow: workflow.name.clone(), username: username.clone() });
+    };
+    let value = json!(id);
+    puts.push(FingerprintPut {
+        scope,
+        key,
+        field: "user".into(),
+        fingerprint: crate::change::fingerprint(&value),
+        written_at: now,
+        value: Some(value),
+    });
+    Ok(Some(id.to_owned()))
+}
+
+/// An alert's filled-in text and owner, shared by its records.
+struct Text {
+    subject: String,
+    description: String,
+    owner: String,
+}
+
 /// The key of one alert record: stable for the account's episode, distinct per object.
 pub fn alert_key(workflow: &str, pendo_id: &str, episode: u64, object: &str) -> String {
-    let kind = if object == "Case" { "drop-case" } else { "drop" };
+    let kind = match object {
+        "Case" => "drop-case",
+        "Opportunity" => "drop-opportunity",
+        _ => "drop",
+    };
     create::key(&["usagesync", workflow, kind, pendo_id, &episode.to_string()])
 }
 
@@ -449,41 +704,54 @@ fn evidence(
     )
 }
 
-fn task_fields(
-    config: &DropAlertConfig,
-    a: &Pending,
-    owner: &str,
-    name: &str,
-    now: DateTime<Utc>,
-) -> Map<String, Value> {
+fn task_fields(config: &DropAlertConfig, a: &Pending, t: &Text, now: DateTime<Utc>) -> Map<String, Value> {
     let due = (now + Duration::days(i64::from(config.due_in_days))).date_naive();
     let mut m = Map::new();
-    m.insert("Subject".into(), json!(subject(config, a, name)));
+    m.insert("Subject".into(), json!(t.subject));
     m.insert("Priority".into(), json!("High"));
     m.insert("Status".into(), json!("Not Started"));
     m.insert("WhatId".into(), json!(a.account_id));
     m.insert("ActivityDate".into(), json!(due.to_string()));
-    m.insert("Description".into(), json!(format!("{}.\n\nEvidence: {}.", capitalised(&a.reason), a.evidence)));
-    if !owner.is_empty() {
-        m.insert("OwnerId".into(), json!(owner));
+    m.insert("Description".into(), json!(t.description));
+    if !t.owner.is_empty() {
+        m.insert("OwnerId".into(), json!(t.owner));
     }
     m
 }
 
-/// The configured subject for `a`'s records.
-fn subject(config: &DropAlertConfig, a: &Pending, name: &str) -> String {
-    let account = if name.is_empty() { &a.pendo_id } else { name };
-    crate::config::alert::render_subject(&config.subject, account, a.score, a.previous_score)
-}
-
-fn case_fields(config: &DropAlertConfig, a: &Pending, owner: &str, name: &str) -> Map<String, Value> {
+fn case_fields(a: &Pending, t: &Text) -> Map<String, Value> {
     let mut m = Map::new();
-    m.insert("Subject".into(), json!(subject(config, a, name)));
+    m.insert("Subject".into(), json!(t.subject));
     m.insert("Priority".into(), json!("High"));
     m.insert("AccountId".into(), json!(a.account_id));
-    m.insert("Description".into(), json!(format!("{}.\n\nEvidence: {}.", capitalised(&a.reason), a.evidence)));
-    if !owner.is_empty() {
-        m.insert("OwnerId".into(), json!(owner));
+    m.insert("Description".into(), json!(t.description));
+    if !t.owner.is_empty() {
+        m.insert("OwnerId".into(), json!(t.owner));
+    }
+    m
+}
+
+fn opportunity_fields(
+    o: &AlertOpportunity,
+    filling: &Filling<'_>,
+    a: &Pending,
+    t: &Text,
+    now: DateTime<Utc>,
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("Name".into(), json!(filling.fill(&o.name).chars().take(120).collect::<String>()));
+    m.insert("StageName".into(), json!(o.stage));
+    m.insert("CloseDate".into(), json!((now + Duration::days(i64::from(o.close_in_days))).date_naive().to_string()));
+    if let Some(kind) = &o.opportunity_type {
+        m.insert("Type".into(), json!(kind));
+    }
+    if let Some(amount) = o.amount {
+        m.insert("Amount".into(), json!(amount));
+    }
+    m.insert("AccountId".into(), json!(a.account_id));
+    m.insert("Description".into(), json!(t.description));
+    if !t.owner.is_empty() {
+        m.insert("OwnerId".into(), json!(t.owner));
     }
     m
 }
@@ -493,13 +761,13 @@ fn capitalised(s: &str) -> String {
     c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
 }
 
-/// Account id → (the alert's owner, the Account's name): the configured lookup when it is set
-/// on the Account, else the Account owner.
+/// Account id → (the configured lookup's User, empty when unset; the Account owner; the
+/// Account's name).
 async fn read_owners(
     ctx: &Context,
     config: &DropAlertConfig,
     ids: &[&str],
-) -> Result<HashMap<String, (String, String)>, RunError> {
+) -> Result<HashMap<String, (String, String, String)>, RunError> {
     let mut out = HashMap::new();
     let extra = config.owner_field.as_deref().map(|f| format!(", {f}")).unwrap_or_default();
     for chunk in ids.chunks(300) {
@@ -513,8 +781,7 @@ async fn read_owners(
         for r in rows {
             let text = |f: &str| r.get(f).and_then(Value::as_str).unwrap_or_default().to_owned();
             let lookup = config.owner_field.as_deref().map(text).unwrap_or_default();
-            let owner = if lookup.is_empty() { text("OwnerId") } else { lookup };
-            out.insert(text("Id"), (owner, text("Name")));
+            out.insert(text("Id"), (lookup, text("OwnerId"), text("Name")));
         }
     }
     Ok(out)
@@ -535,19 +802,51 @@ impl template::Spec for DropAlertConfig {
         crate::config::validate::accounts_to_wire(&self.accounts, out);
     }
 
-    fn flows(&self, _key: &dyn Fn(&str) -> String) -> template::Flows {
+    fn flows(&self, key: &dyn Fn(&str) -> String) -> template::Flows {
         // Its Tasks, Cases and Opportunities are records it creates, each under its own key;
-        // no field of an existing record is its.
-        template::Flows::to_salesforce(vec![], vec![])
+        // of existing records, only the Account fields its alerts set are its.
+        let writes = self
+            .set_fields
+            .iter()
+            .map(|(f, _)| (template::FieldRef::salesforce("Account", f), key(&format!("alert.set_fields.{f}"))))
+            .collect();
+        template::Flows::to_salesforce(vec![], writes)
     }
 
     fn requirements(&self, reqs: &mut template::Reqs) {
         use template::{Expect, Use};
         reqs.accounts(&self.accounts);
+        for (f, v) in &self.set_fields {
+            let expect = match v {
+                Value::Bool(_) => Expect::Boolean,
+                Value::Number(_) => Expect::Number,
+                Value::String(_) => Expect::Text,
+                _ => Expect::Any,
+            };
+            reqs.add("Account", f, Use::Update, expect, &format!("alert.set_fields.{f}"));
+        }
+        if let Some(o) = &self.opportunity {
+            reqs.add("Opportunity", &self.key_field, Use::Key, Expect::Text, "alert.key_field");
+            reqs.add(
+                "Opportunity",
+                "StageName",
+                Use::Create,
+                Expect::Value(o.stage.clone()),
+                "alert.opportunity.stage",
+            );
+            if let Some(kind) = &o.opportunity_type {
+                reqs.add("Opportunity", "Type", Use::Create, Expect::Value(kind.clone()), "alert.opportunity.type");
+            }
+            if o.amount.is_some() {
+                reqs.add("Opportunity", "Amount", Use::Create, Expect::Number, "alert.opportunity.amount");
+            }
+        }
         if let Some(owner) = &self.owner_field {
             reqs.add("Account", owner, Use::Read, Expect::Reference, "alert.owner_field");
         }
-        reqs.add("Task", &self.key_field, Use::Key, Expect::Text, "alert.key_field");
+        if self.task {
+            reqs.add("Task", &self.key_field, Use::Key, Expect::Text, "alert.key_field");
+        }
         if self.create_case {
             reqs.add("Case", &self.key_field, Use::Key, Expect::Text, "alert.key_field");
         }
@@ -582,6 +881,12 @@ mod tests {
             key_field: "Usagesync_Key__c".into(),
             create_case: false,
             due_in_days: 3,
+            description: None,
+            task: true,
+            opportunity: None,
+            owner: Default::default(),
+            set_fields: vec![],
+            reset_fields: vec![],
         }
     }
 

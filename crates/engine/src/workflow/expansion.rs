@@ -81,10 +81,15 @@ async fn body(
     };
     let usage = extractor.engagement(&window, &core).await?;
     let mut feature_visitors: HashMap<&str, BTreeMap<String, u64>> = HashMap::new();
+    // The features' names, so the text people read names them rather than showing Pendo ids.
+    let mut feature_names = HashMap::new();
     let mut daily = None;
     for m in &config.milestones {
         match &m.kind {
             MilestoneKind::FeatureVisitors { features, .. } => {
+                if feature_names.is_empty() {
+                    feature_names = extractor.feature_names().await?;
+                }
                 feature_visitors.insert(m.name.as_str(), extractor.feature_visitors(&window, features).await?);
             }
             MilestoneKind::SustainedUsage { .. } if daily.is_none() => {
@@ -138,7 +143,10 @@ async fn body(
             need_rows.insert(account_id.clone());
         }
         for m in &config.milestones {
-            if let Some(evidence) = crossed_in_pendo(m, pendo_id, &feature_visitors, &daily, workflow.window_days) {
+            let names = &feature_names;
+            if let Some(evidence) =
+                crossed_in_pendo(m, pendo_id, &feature_visitors, names, &daily, workflow.window_days)
+            {
                 need_rows.insert(account_id.clone());
                 crossings.push(Crossing {
                     pendo_id: pendo_id.clone(),
@@ -308,6 +316,7 @@ fn crossed_in_pendo(
     m: &Milestone,
     pendo_id: &str,
     feature_visitors: &HashMap<&str, BTreeMap<String, u64>>,
+    names: &HashMap<String, String>,
     daily: &BTreeMap<String, BTreeMap<i64, u64>>,
     window_days: u32,
 ) -> Option<String> {
@@ -317,7 +326,7 @@ fn crossed_in_pendo(
             (n >= *min_visitors).then(|| {
                 format!(
                     "{n} visitors used {} in the last {window_days} days (milestone: {min_visitors})",
-                    features.join(", ")
+                    crate::text::feature_list(features, names)
                 )
             })
         }

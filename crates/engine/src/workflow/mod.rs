@@ -92,6 +92,10 @@ pub enum RunError {
     },
     #[error("reading Pendo failed: {0}")]
     Pendo(#[from] crate::extract::ExtractError),
+    #[error(
+        "workflow {workflow:?}: no active Salesforce User has the username {username:?} (alert.owner.username); nothing was created"
+    )]
+    UnknownOwner { workflow: String, username: String },
     #[error("state store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]

@@ -362,6 +362,19 @@ async fn expansion_opportunities_appear_once_per_account_and_milestone_and_respe
     assert_eq!(tasks.len(), opps.len(), "a Task per Opportunity");
     let opp_ids: std::collections::HashSet<&str> = opps.iter().map(|o| o["Id"].as_str().unwrap()).collect();
     assert!(tasks.iter().all(|t| opp_ids.contains(t["WhatId"].as_str().unwrap())));
+    // The Task says which premium features were used, by name.
+    let premium: Vec<Value> =
+        w.ctx.pendo.features(&[]).await.unwrap().into_iter().map(|f| json!({"id": f.id, "name": f.name})).collect();
+    let premium_text: Vec<&str> = tasks
+        .iter()
+        .filter_map(|t| t["Description"].as_str())
+        .filter(|d| d.contains("the premium adoption milestone"))
+        .collect();
+    assert!(!premium_text.is_empty(), "a premium crossing: {tasks:?}");
+    for d in premium_text {
+        assert!(premium.iter().any(|f| d.contains(f["name"].as_str().unwrap())), "feature names: {d}");
+        assert!(!premium.iter().any(|f| d.contains(f["id"].as_str().unwrap())), "no feature ids: {d}");
+    }
     let outcomes = w.ctx.store.run_outcomes(first.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
     let respected = outcomes
         .iter()
@@ -711,4 +724,143 @@ async fn a_signal_written_as_a_condition_alerts_once_per_episode_through_the_cre
     let keys = w.keys("Task").await;
     assert_eq!(keys.len(), 2 * tasks.len());
     assert!(keys.values().all(|n| *n == 1), "no key twice");
+}
+
+/// The alert block of the test config, for the action tests to replace.
+const ALERT: &str = "      drop_share: 0.5\n      hysteresis: 10\n      owner_field: CSM__c\n";
+
+/// An alert that opens a renewal-risk Opportunity (the Task pointing at it) for a user named by
+/// username, its text filled from the figures and the core features' names: one Opportunity per
+/// episode, none on a re-run, the episode closes with the condition, and a second episode makes
+/// a second Opportunity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_opens_one_opportunity_per_episode_for_a_user_named_by_username() {
+    let w = world(60, false).await;
+    let users = w.records("User").await;
+    let csm = users.iter().find(|u| u["Username"].as_str().is_some_and(|n| n.ends_with(".sfdc"))).unwrap();
+    let (username, user_id) = (csm["Username"].as_str().unwrap(), csm["Id"].as_str().unwrap());
+    let holds = edited(
+        &w,
+        ALERT,
+        &format!(
+            "      when: \"events >= 0.0\"\n      subject: \"Renewal risk: {{account}}\"\n      \
+             description: \"{{account}}: {{metric}} {{from}} -> {{to}}. Core features: {{core_features}}.\"\n      \
+             opportunity: {{ stage: Qualification, close_date: \"+45d\", type: \"Existing Customer - Downgrade\", amount: 0 }}\n      \
+             owner: {{ username: \"{username}\" }}\n"
+        ),
+    );
+    let never = edited(&w, ALERT, "      when: \"events < 0.0\"\n      opportunity: {}\n");
+    let options = RunOptions { trigger: "test".into(), ..Default::default() };
+    let run = |ctx: &Context| {
+        let ctx = ctx.clone();
+        let options = options.clone();
+        async move { engine::workflow::run(&ctx, "churn-alerts", &options).await.unwrap() }
+    };
+
+    let first = run(&holds).await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    assert!(first.matched > 0);
+    let opps: Vec<Value> =
+        w.records("Opportunity").await.into_iter().filter(|o| o["Usagesync_Key__c"].is_string()).collect();
+    assert_eq!(opps.len(), first.matched, "one Opportunity per account: {first:?}");
+    let accounts: HashMap<String, String> = w
+        .records("Account")
+        .await
+        .iter()
+        .map(|a| (a["Id"].as_str().unwrap().to_owned(), a["Name"].as_str().unwrap().to_owned()))
+        .collect();
+    let close = |d: i64| (Utc::now() + chrono::Duration::days(d)).date_naive().to_string();
+    let features = w.ctx.pendo.features(&[]).await.unwrap();
+    for o in &opps {
+        let name = &accounts[o["AccountId"].as_str().unwrap()];
+        assert_eq!(o["Name"], json!(format!("Renewal risk: {name}")), "the Account's name, not the Pendo id");
+        assert_eq!((o["StageName"].as_str(), o["OwnerId"].as_str()), (Some("Qualification"), Some(user_id)));
+        assert!([close(45), close(44)].contains(&o["CloseDate"].as_str().unwrap().to_owned()), "{o}");
+        assert!(o["Usagesync_Key__c"].as_str().unwrap().contains("drop-opportunity"), "{o}");
+        let text = o["Description"].as_str().unwrap();
+        assert!(text.starts_with(&format!("{name}: events ")) && text.contains(" -> "), "{text}");
+        assert!(features.iter().any(|f| !f.name.is_empty() && text.contains(&f.name)), "feature names: {text}");
+        assert!(!features.iter().any(|f| text.contains(&f.id)), "no feature ids: {text}");
+    }
+    let tasks = w.records("Task").await;
+    assert_eq!(tasks.len(), opps.len());
+    let opp_ids: Vec<&str> = opps.iter().map(|o| o["Id"].as_str().unwrap()).collect();
+    assert!(
+        tasks.iter().all(|t| opp_ids.contains(&t["WhatId"].as_str().unwrap())),
+        "each Task points at its Opportunity"
+    );
+    assert!(tasks.iter().all(|t| t["OwnerId"] == json!(user_id)));
+
+    let again = run(&holds).await;
+    assert_eq!((again.written, again.failed), (0, 0), "one Opportunity per episode: {again:?}");
+    assert_eq!(again.api_calls.get("create"), None, "{:?}", again.api_calls);
+    let cached = w.ctx.store.written_values("churn-alerts:owners", &[username.to_ascii_lowercase()]).await.unwrap();
+    assert_eq!(cached.len(), 1, "the username was looked up once and kept");
+
+    let closed = run(&never).await;
+    assert_eq!(closed.written, 0);
+    let outcomes = w.ctx.store.run_outcomes(closed.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
+    let recovered = outcomes.iter().filter(|o| o.message.as_deref().unwrap_or("").starts_with("recovered")).count();
+    assert_eq!(recovered, opps.len(), "every episode closed");
+
+    let second = run(&holds).await;
+    assert_eq!(second.failed, 0, "{:?}", second.failures);
+    let keys = w.keys("Opportunity").await;
+    assert_eq!(keys.len(), 2 * opps.len(), "a second Opportunity per account in the second episode");
+    assert!(keys.values().all(|n| *n == 1), "no key twice");
+}
+
+/// Field updates as the action: the Account's risk fields are set when the episode opens (and
+/// nothing else is made), a re-run writes nothing, a person's edit during the episode stays,
+/// and the fields are reset once the condition no longer holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_sets_account_fields_while_the_episode_is_open_and_resets_them_after() {
+    let w = world(60, false).await;
+    let url = format!("{}/__emulator/fields/Account", w.sf.base_url);
+    let fields =
+        json!([{"name": "At_Risk__c", "type": "boolean"}, {"name": "Risk_Reason__c", "type": "string", "length": 255}]);
+    w.http.post(url).json(&fields).send().await.unwrap().error_for_status().unwrap();
+    let set = "      task: false\n      set_fields: { At_Risk__c: true, Risk_Reason__c: \"{subject}\" }\n      \
+               reset_fields: { At_Risk__c: false, Risk_Reason__c: null }\n";
+    let holds = edited(
+        &w,
+        ALERT,
+        &format!("      when: \"events >= 0.0\"\n      subject: \"Risk: {{metric}} at {{to}}\"\n{set}"),
+    );
+    let never = edited(&w, ALERT, &format!("      when: \"events < 0.0\"\n{set}"));
+    let options = RunOptions { trigger: "test".into(), ..Default::default() };
+    let run = |ctx: &Context| {
+        let ctx = ctx.clone();
+        let options = options.clone();
+        async move { engine::workflow::run(&ctx, "churn-alerts", &options).await.unwrap() }
+    };
+    let at_risk = || async {
+        let all = w.records("Account").await;
+        all.into_iter().filter(|a| a["At_Risk__c"] == json!(true)).collect::<Vec<_>>()
+    };
+
+    let first = run(&holds).await;
+    assert_eq!(first.failed, 0, "{:?}", first.failures);
+    assert!(first.matched > 0);
+    assert_eq!(first.written, first.matched, "one Account update per matched account: {first:?}");
+    assert!(w.records("Task").await.is_empty(), "fields only: no Task");
+    let marked = at_risk().await;
+    assert_eq!(marked.len(), first.matched);
+    assert!(marked.iter().all(|a| a["Risk_Reason__c"].as_str().unwrap().starts_with("Risk: events at ")), "{marked:?}");
+
+    // A person clears one Account's flag: the open episode does not put it back.
+    let edited_id = salesforce::SalesforceId::parse(marked[0]["Id"].as_str().unwrap()).unwrap();
+    w.ctx.salesforce.update("Account", &edited_id, &json!({"At_Risk__c": false})).await.unwrap();
+    let again = run(&holds).await;
+    assert_eq!((again.written, again.failed), (0, 0), "a re-run writes nothing: {again:?}");
+    assert_eq!(again.api_calls.get("deliver"), None, "{:?}", again.api_calls);
+    assert_eq!(at_risk().await.len(), first.matched - 1, "the person's edit stays");
+
+    let closed = run(&never).await;
+    assert_eq!(closed.failed, 0, "{:?}", closed.failures);
+    assert_eq!(closed.written, first.matched, "every Account reset: {closed:?}");
+    assert!(at_risk().await.is_empty());
+    let all = w.records("Account").await;
+    assert!(all.iter().all(|a| a["Risk_Reason__c"].is_null()), "reasons cleared");
+    assert_eq!(run(&never).await.written, 0, "a reset is written once");
 }

@@ -1,6 +1,7 @@
 //! `usagesync bench creates`: the record-creating workflows (engagement-drop-alert,
-//! expansion-opportunity, trial-usage) against the emulators in a child process: a first run and
-//! a re-run of each, with their time, Salesforce calls and records created or written.
+//! expansion-opportunity, trial-usage, and a signal whose actions are an Opportunity and Account
+//! fields) against the emulators in a child process: a first run and a re-run of each, with their
+//! time, Salesforce calls and records created or written.
 
 use std::time::Instant;
 
@@ -51,7 +52,28 @@ const WORKFLOWS: &str = r#"
         last_active: Trial_Last_Active__c
       stages:
         - { metric: active_users, at_least: 2, stage: Qualification }
+  renewal-risk:
+    template: engagement-drop-alert
+    schedule: "0 7 * * *"
+    window_days: 7
+    matching:
+      - { rule: pendo_metadata, group: custom, field: sfdcaccountid }
+      - { rule: external_id, field: Pendo_Account_Id__c }
+      - { rule: email_domain, website_field: Website }
+    score:
+      active_visitors: { weight: 0.5, target: 5 }
+      active_days: { weight: 0.5, target: 5 }
+    alert:
+      when: "score < 20.0"
+      subject: "Renewal risk: {account}"
+      description: "{account}: {metric} {from} -> {to}. Core features: {core_features}."
+      opportunity: { stage: Qualification, close_date: "+30d" }
+      set_fields: { At_Risk__c: true, Risk_Reason__c: "{subject}" }
 "#;
+
+/// The Account fields the renewal-risk alert sets, which the emulated org lacks.
+const RISK_FIELDS: &str =
+    r#"[{"name": "At_Risk__c", "type": "boolean"}, {"name": "Risk_Reason__c", "type": "string", "length": 255}]"#;
 
 pub async fn creates(sizes: &[usize], days: u32) -> Result<()> {
     let mut rows = Vec::new();
@@ -77,8 +99,16 @@ pub async fn creates(sizes: &[usize], days: u32) -> Result<()> {
         let head = super::demo::DEMO_CONFIG.split("\nworkflows:").next().unwrap_or_default();
         let text = format!("{head}\nworkflows:{}", WORKFLOWS.replace("{premium}", &premium.join(", ")))
             .replace("daily_share: 0.25", "daily_share: 1.0");
+        reqwest::Client::new()
+            .post(format!("{}/__emulator/fields/Account", child.salesforce))
+            .header("content-type", "application/json")
+            .body(RISK_FIELDS)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .context("Failed to add the risk fields to the emulated org")?;
         let ctx = super::demo::context(&text, "bench.yaml", [&child.salesforce, &child.pendo, &store]).await?;
-        for workflow in ["churn-alerts", "expansion", "trials"] {
+        for workflow in ["churn-alerts", "expansion", "trials", "renewal-risk"] {
             for label in ["first run", "re-run"] {
                 let t = Instant::now();
                 let options =

@@ -1120,6 +1120,11 @@ fn setup_salesforce_writes_a_package_with_each_custom_field_the_preflight_names_
     }
     defined.sort();
     assert_eq!(defined, listed, "each field defined exactly once");
+    // The renewal-risk alert's Account flags: a checkbox and a text field.
+    let account = &package["objects"]["Account.object"]["fields"];
+    let field = |name: &str| account.as_array().unwrap().iter().find(|f| f["fullName"] == name).cloned();
+    assert_eq!(field("At_Risk__c").map(|f| f["type"].clone()), Some("Checkbox".into()), "{account}");
+    assert_eq!(field("Risk_Reason__c").map(|f| f["type"].clone()), Some("Text".into()), "{account}");
 
     // A package already there is kept unless --force.
     let o = setup(&["--out", out.to_str().unwrap()]);
