@@ -27,7 +27,7 @@ use super::create::{self, Group, Link, NewRecord};
 use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::change::{Change, Desired};
 use crate::config::alert::{AlertOpportunity, Owner};
-use crate::config::{DropAlertConfig, MetadataGroup, Workflow};
+use crate::config::{DropAlertConfig, Workflow};
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window, WindowLength};
 use crate::figures;
 use crate::matching::Outcome;
@@ -240,17 +240,7 @@ async fn body(
     let window = workflow.window(now);
     let current = extractor.engagement(&window, &core).await?;
     let previous = extractor.engagement(&window.before(), &core).await?;
-    let metadata_fields: Vec<(String, String)> = config
-        .accounts
-        .matching
-        .iter()
-        .filter_map(|r| match r {
-            crate::config::MatchRule::PendoMetadata { group, field } => {
-                Some((MetadataGroup::name(*group).to_owned(), field.clone()))
-            }
-            _ => None,
-        })
-        .collect();
+    let metadata_fields = crate::matching::metadata_fields(&config.accounts.matching);
     let facts = extractor.account_facts(&metadata_fields).await?;
     meter.step("extract", None);
 

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::create::{self, Group, Link, NewRecord};
 use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
-use crate::config::{ExpansionConfig, MatchRule, Milestone, MilestoneKind, Workflow};
+use crate::config::{ExpansionConfig, Milestone, MilestoneKind, Workflow};
 use crate::extract::expansion::longest_run;
 use crate::extract::{AccountUsage, CoreFeatures, Extractor};
 use crate::matching::Outcome;
@@ -99,15 +99,7 @@ async fn body(
         }
     }
     let daily = daily.unwrap_or_default();
-    let metadata_fields: Vec<(String, String)> = config
-        .accounts
-        .matching
-        .iter()
-        .filter_map(|r| match r {
-            MatchRule::PendoMetadata { group, field } => Some((group.name().to_owned(), field.clone())),
-            _ => None,
-        })
-        .collect();
+    let metadata_fields = crate::matching::metadata_fields(&config.accounts.matching);
     let facts = extractor.account_facts(&metadata_fields).await?;
     let pendo_calls = u64::from(extractor.stats().pendo_calls);
     meter.step("extract", None);
