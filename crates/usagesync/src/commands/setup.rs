@@ -387,14 +387,13 @@ pub async fn salesforce(path: &Path, out: Option<&Path>, force: bool, remote: bo
     }
     if let Some(dir) = out {
         say!(
-            "Wrote package.xml, {objects} object file(s) and the permission set {} into {} (Metadata \
-             API format). Deploy it with `sf project deploy start --metadata-dir {}`, then assign \
-             the permission set to the integration user (`sf org assign permset --name {}`): it \
-             opens the new fields to read and edit.",
-            super::sf_package::PERMISSION_SET,
-            dir.display(),
-            dir.display(),
-            super::sf_package::PERMISSION_SET
+            "Wrote package.xml, {objects} object file(s) and the permission set {set} into {dir} \
+             (Metadata API format). Deploy it, then assign the permission set to the integration \
+             user: it opens the new fields to read and edit.\n  \
+             sf project deploy start --metadata-dir {dir}\n  \
+             sf org assign permset --name {set}",
+            set = super::sf_package::PERMISSION_SET,
+            dir = dir.display(),
         );
     } else {
         say!(

@@ -1074,7 +1074,8 @@ fn setup_salesforce_writes_a_package_with_each_custom_field_the_preflight_names_
     let out = dir.path().join("pkg");
     let o = setup(&["--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("sf project deploy start --metadata-dir"), "{}", text(&o));
+    assert!(text(&o).contains("\n  sf project deploy start --metadata-dir"), "{}", text(&o));
+    assert!(text(&o).contains("\n  sf org assign permset --name Usagesync_Integration\n"), "{}", text(&o));
     let package = read_package(&out);
     assert_eq!(package["root"], "{http://soap.sforce.com/2006/04/metadata}Package");
     assert_eq!(package["version"], "62.0");
