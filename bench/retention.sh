@@ -34,3 +34,7 @@ done
 USAGESYNC_NOW=$now "$bin" --config "$dir/usagesync.yaml" prune --dry-run --json
 USAGESYNC_NOW=$now "$bin" --config "$dir/usagesync.yaml" prune --json
 echo "after prune: store_bytes $(size)"
+# Bytes per table and index, where the sqlite3 shell has the dbstat table.
+if command -v sqlite3 >/dev/null; then
+    sqlite3 "$dir/state.db" "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC" 2>/dev/null || true
+fi

@@ -880,7 +880,9 @@ pub(crate) fn last_per_key<'a, T, K: std::hash::Hash + Eq>(items: &'a [T], key: 
 pub(crate) struct OutcomeRow {
     pub object: String,
     pub key: String,
-    pub key_lc: String,
+    /// The folded key when folding changes it; most keys are lowercase already, and the search
+    /// reads `coalesce(key_lc, key)`.
+    pub key_lc: Option<String>,
     pub salesforce_id: Option<String>,
     pub action: &'static str,
     pub changes: String,
@@ -888,20 +890,84 @@ pub(crate) struct OutcomeRow {
     pub message: Option<String>,
 }
 
-pub(crate) fn outcome_rows(outcomes: &[RecordOutcome]) -> Result<Vec<OutcomeRow>, StoreError> {
+/// The field names of `outcomes`, for interning before [`outcome_rows`].
+pub(crate) fn outcome_fields(outcomes: &[RecordOutcome]) -> Vec<String> {
+    let names: std::collections::BTreeSet<&str> =
+        outcomes.iter().flat_map(|o| o.changes.iter().map(|c| c.field.as_str())).collect();
+    names.into_iter().map(str::to_owned).collect()
+}
+
+/// Flattens outcomes to rows, their changes in the compact encoding (see [`encode_changes`])
+/// with field names replaced by their ids in `fields`.
+pub(crate) fn outcome_rows(
+    outcomes: &[RecordOutcome],
+    fields: &HashMap<String, i64>,
+) -> Result<Vec<OutcomeRow>, StoreError> {
     outcomes
         .iter()
         .map(|o| {
+            let key_lc = fold(&o.key);
             Ok(OutcomeRow {
                 object: o.object.clone(),
+                key_lc: (key_lc != o.key).then_some(key_lc),
                 key: o.key.clone(),
-                key_lc: fold(&o.key),
                 salesforce_id: o.salesforce_id.clone(),
                 action: o.action.as_str(),
-                changes: json_text("outcome changes", &o.changes)?,
+                changes: encode_changes(&o.changes, fields)?,
                 error_code: o.error_code.clone(),
                 message: o.message.clone(),
             })
+        })
+        .collect()
+}
+
+/// Field changes as stored: `[[field id, after], [field id, before, after], ...]`. Outcomes are
+/// most of the store (a row per written record per run), and spelling out `field`, `before`
+/// and `after` with each field's full name made a nine-field change about four times longer.
+pub(crate) fn encode_changes(changes: &[FieldChange], fields: &HashMap<String, i64>) -> Result<String, StoreError> {
+    let encoded = changes
+        .iter()
+        .map(|c| {
+            let id = fields.get(&c.field).copied().ok_or_else(|| StoreError::Invalid {
+                what: "outcome changes",
+                detail: format!("field {:?} has no interned id", c.field),
+            })?;
+            let mut entry = vec![serde_json::Value::from(id)];
+            entry.extend(c.before.clone());
+            entry.push(c.after.clone());
+            Ok(serde_json::Value::Array(entry))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    json_text("outcome changes", &encoded)
+}
+
+/// Reads changes in either encoding: the compact one (see [`encode_changes`]) or the list of
+/// `{field, before, after}` objects that stores migrated from older versions still hold.
+pub(crate) fn decode_changes(text: &str, fields: &HashMap<i64, String>) -> Result<Vec<FieldChange>, StoreError> {
+    const WHAT: &str = "outcome changes";
+    let corrupt = |detail: String| StoreError::Corrupt { what: WHAT, detail };
+    let entries: Vec<serde_json::Value> = from_json_text(WHAT, text)?;
+    entries
+        .into_iter()
+        .map(|entry| match entry {
+            serde_json::Value::Array(parts) => {
+                let mut parts = parts.into_iter();
+                let (Some(id), Some(first), second, None) = (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(corrupt("a change holds a field id, an optional before and an after".into()));
+                };
+                let field = id
+                    .as_i64()
+                    .and_then(|id| fields.get(&id))
+                    .ok_or_else(|| corrupt(format!("unknown field id {id}")))?
+                    .clone();
+                Ok(match second {
+                    // As with the object form, a null before reads as not known.
+                    Some(after) => FieldChange { field, before: Some(first).filter(|b| !b.is_null()), after },
+                    None => FieldChange { field, before: None, after: first },
+                })
+            }
+            legacy => serde_json::from_value(legacy).map_err(|e| corrupt(e.to_string())),
         })
         .collect()
 }
@@ -1005,7 +1071,29 @@ pub mod bench {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_location;
+    use std::collections::HashMap;
+
+    use super::{FieldChange, StoreError, decode_changes, encode_changes, redact_location};
+
+    #[test]
+    fn changes_decode_from_both_encodings() {
+        use serde_json::json;
+        let fields = HashMap::from([("Score__c".to_owned(), 7_i64), ("Events__c".to_owned(), 9)]);
+        let changes = vec![
+            FieldChange { field: "Score__c".into(), before: Some(json!(1.5)), after: json!("x") },
+            FieldChange { field: "Events__c".into(), before: None, after: json!([1]) },
+        ];
+        let text = encode_changes(&changes, &fields).unwrap();
+        assert_eq!(text, r#"[[7,1.5,"x"],[9,[1]]]"#);
+        let ids: HashMap<i64, String> = fields.iter().map(|(n, i)| (*i, n.clone())).collect();
+        assert_eq!(decode_changes(&text, &ids).unwrap(), changes);
+        // Rows recorded before the compact encoding spell each change out.
+        let legacy = serde_json::to_string(&changes).unwrap();
+        assert_eq!(decode_changes(&legacy, &HashMap::new()).unwrap(), changes);
+        assert!(matches!(decode_changes("[[3,1]]", &ids), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(decode_changes("[[7,1,2,3]]", &ids), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(encode_changes(&changes, &HashMap::new()), Err(StoreError::Invalid { .. })));
+    }
 
     #[test]
     fn redacts_passwords_in_urls() {

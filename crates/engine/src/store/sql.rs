@@ -23,8 +23,8 @@ use super::{
     FailureStatus, FailureStore, FingerprintPut, FingerprintStore, Fingerprints, IdMapEntry, IdMapStore,
     IdempotencyStore, InboxCounts, InboxEvent, InboxStore, MatchStatus, NewFailure, NewRun, OutcomeFilter, Pruned,
     RecordOutcome, RetentionStore, Run, RunClaim, RunFinish, RunId, RunState, RunStore, Store, StoreError, StoreFuture,
-    StoreSize, abandoned_error, finished_after_abandoned, fp_from_db, fp_to_db, from_db_count, from_json_text,
-    json_text, last_per_key, lease_until, outcome_rows, search_term, to_db_count,
+    StoreSize, abandoned_error, decode_changes, finished_after_abandoned, fp_from_db, fp_to_db, from_db_count,
+    from_json_text, json_text, last_per_key, lease_until, outcome_fields, outcome_rows, search_term, to_db_count,
 };
 
 /// The state store in an SQLite or PostgreSQL database.
@@ -183,6 +183,27 @@ fn bind_selector<'c>(stmt: Stmt<'c>, selector: &FailureSelector) -> Result<Stmt<
     })
 }
 
+/// The ids of field names in outcome changes, adding the names not seen before. Concurrent
+/// writers of one new name both end with the same id: the second insert does nothing.
+async fn intern_fields(tx: &mut Tx, dialect: Dialect, names: &[String]) -> Result<HashMap<String, i64>, StoreError> {
+    const OP: &str = "intern field names";
+    if names.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let columns = [Column::Text(names.iter().map(String::as_str).collect())];
+    tx.insert_batch(OP, "INSERT INTO field_names (name)", &columns, names.len(), " ON CONFLICT (name) DO NOTHING")
+        .await?;
+    let sql = format!("SELECT id, name FROM field_names WHERE {}", dialect.in_list("name", "$1"));
+    let rows = tx.query(sqlx::AssertSqlSafe(sql)).bind_list(names)?.fetch_all(OP).await?;
+    rows.iter().map(|row| Ok((row.get::<String>("name")?, row.int("id")?))).collect()
+}
+
+/// Every interned field name by id, for reading outcome changes.
+async fn field_names(pool: &Pool) -> Result<HashMap<i64, String>, StoreError> {
+    let rows = pool.query("SELECT id, name FROM field_names").fetch_all("read field names").await?;
+    rows.iter().map(|row| Ok((row.int("id")?, row.get::<String>("name")?))).collect()
+}
+
 /// Upserts fingerprints in the caller's transaction; the last of several puts for one
 /// (scope, key, field) wins, as a multi-row upsert may not touch one row twice on PostgreSQL.
 async fn upsert_fingerprints(tx: &mut Tx, puts: &[FingerprintPut]) -> Result<(), StoreError> {
@@ -243,22 +264,23 @@ impl RunStore for SqlStore {
         fingerprints: &[FingerprintPut],
     ) -> StoreFuture<'_, ()> {
         const OP: &str = "record outcomes";
-        let rows = outcome_rows(outcomes);
+        let outcomes = outcomes.to_vec();
         let fps = fingerprints.to_vec();
         Box::pin(async move {
-            let rows = rows?;
+            let mut tx = self.pool.begin_write(OP).await?;
+            let fields = intern_fields(&mut tx, self.dialect(), &outcome_fields(&outcomes)).await?;
+            let rows = outcome_rows(&outcomes, &fields)?;
             let columns = [
                 Column::Same(run.0),
                 Column::Text(rows.iter().map(|r| r.object.as_str()).collect()),
                 Column::Text(rows.iter().map(|r| r.key.as_str()).collect()),
-                Column::Text(rows.iter().map(|r| r.key_lc.as_str()).collect()),
+                Column::OptText(rows.iter().map(|r| r.key_lc.as_deref()).collect()),
                 Column::OptText(rows.iter().map(|r| r.salesforce_id.as_deref()).collect()),
                 Column::Text(rows.iter().map(|r| r.action).collect()),
                 Column::Text(rows.iter().map(|r| r.changes.as_str()).collect()),
                 Column::OptText(rows.iter().map(|r| r.error_code.as_deref()).collect()),
                 Column::OptText(rows.iter().map(|r| r.message.as_deref()).collect()),
             ];
-            let mut tx = self.pool.begin_write(OP).await?;
             tx.insert_batch(
                 OP,
                 "INSERT INTO outcomes (run_id, object, key, key_lc, salesforce_id, action, changes, error_code, message)",
@@ -417,7 +439,7 @@ impl RunStore for SqlStore {
             let sql = format!(
                 "SELECT object, key, salesforce_id, action, changes, error_code, message \
                  FROM outcomes WHERE run_id = $1 \
-                 AND (CAST($2 AS TEXT) IS NULL OR {position}(key_lc, $2) > 0 \
+                 AND (CAST($2 AS TEXT) IS NULL OR {position}(coalesce(key_lc, key), $2) > 0 \
                       OR {position}(lower(coalesce(salesforce_id, '')), $2) > 0) \
                  AND (CAST($3 AS TEXT) IS NULL OR action = $3) \
                  ORDER BY id LIMIT $4 OFFSET $5"
@@ -432,6 +454,7 @@ impl RunStore for SqlStore {
                 .bind(offset)
                 .fetch_all("list run outcomes")
                 .await?;
+            let fields = if rows.is_empty() { HashMap::new() } else { field_names(&self.pool).await? };
             rows.iter()
                 .map(|row| {
                     Ok(RecordOutcome {
@@ -439,7 +462,7 @@ impl RunStore for SqlStore {
                         key: row.get("key")?,
                         salesforce_id: row.get("salesforce_id")?,
                         action: Action::parse(row.str("action")?)?,
-                        changes: from_json_text("outcome changes", row.str("changes")?)?,
+                        changes: decode_changes(row.str("changes")?, &fields)?,
                         error_code: row.get("error_code")?,
                         message: row.get("message")?,
                     })

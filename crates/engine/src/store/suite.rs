@@ -91,6 +91,7 @@ conformance!(
     outcomes_filters_and_counts,
     outcomes_and_fingerprints_commit_together,
     outcomes_100k_batch,
+    outcomes_changes_roundtrip_compactly,
     cursors_compare_and_set,
     id_map_pin_rule_and_review,
     id_map_100k,
@@ -592,6 +593,50 @@ async fn outcomes_100k_batch(store: Arc<dyn Store>) {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].salesforce_id.as_deref(), Some("001000000000099999"));
     assert!(record < Duration::from_secs(60), "recording {n} outcomes took {record:?}");
+}
+
+/// Changes are stored as [field id, before, after] with interned names: every shape of change
+/// must read back as it was given, across calls and runs that share and add field names.
+async fn outcomes_changes_roundtrip_compactly(store: Arc<dyn Store>) {
+    let change = |field: &str, before: Option<serde_json::Value>, after: serde_json::Value| FieldChange {
+        field: field.into(),
+        before,
+        after,
+    };
+    let with = |key: &str, changes: Vec<FieldChange>| RecordOutcome {
+        changes,
+        ..outcome(key, Some("001AAA000000001"), Action::Updated)
+    };
+    let first = vec![
+        with(
+            "a",
+            vec![
+                change("Events__c", Some(json!(3)), json!(4.5)),
+                change("Score__c", None, json!("high")),
+                change("Note__c", Some(json!([1, 2])), json!(null)),
+                change("Ünïcödé__c", Some(json!({"k": "v"})), json!(true)),
+            ],
+        ),
+        with("b", vec![]),
+        with("c", vec![change("Events__c", None, json!(0))]),
+    ];
+    let a = store.start_run(&new_run("wf", t(1, 0))).await.unwrap();
+    store.record_outcomes(a, &first, &[]).await.unwrap();
+    let second =
+        vec![with("a", vec![change("Score__c", Some(json!("high")), json!("low")), change("New__c", None, json!(1))])];
+    let b = store.start_run(&new_run("wf", t(2, 0))).await.unwrap();
+    store.record_outcomes(b, &second, &[]).await.unwrap();
+    store.record_outcomes(a, &second, &[]).await.unwrap();
+
+    let mut both = first.clone();
+    both.extend(second.clone());
+    assert_eq!(store.run_outcomes(a, &all(100)).await.unwrap(), both);
+    assert_eq!(store.run_outcomes(b, &all(100)).await.unwrap(), second);
+    // A null before means "not known", as it always read.
+    let unknown = vec![with("d", vec![change("Events__c", Some(json!(null)), json!(1))])];
+    store.record_outcomes(b, &unknown, &[]).await.unwrap();
+    let read = store.run_outcomes(b, &OutcomeFilter { offset: 1, limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(read[0].changes, vec![change("Events__c", None, json!(1))]);
 }
 
 async fn cursors_compare_and_set(store: Arc<dyn Store>) {
