@@ -268,7 +268,7 @@ pub const DEFAULT_RECHECK_MATCHES_AFTER: Duration = Duration::from_secs(7 * 86_4
 pub const DEFAULT_WEBSITE_FIELD: &str = "Website";
 /// Default for [`MatchRule::EmailDomain`]'s `min_share`.
 pub const DEFAULT_MIN_SHARE: f64 = 0.5;
-/// Allowed range of [`Workflow::window_days`].
+/// Allowed range of a window in days (`window_days: N`, `window: Nd`).
 pub const WINDOW_DAYS: std::ops::RangeInclusive<u32> = 1..=180;
 /// Allowed range of an hourly [`Workflow::window`]: past a month, days are the better unit.
 pub const WINDOW_HOURS: std::ops::RangeInclusive<u32> = 1..=720;
@@ -286,8 +286,6 @@ pub struct Workflow {
     pub enabled: bool,
     pub schedule: croner::Cron,
     pub timezone: chrono_tz::Tz,
-    /// Whole days that cover [`Workflow::window`] (hours rounded up), for what counts in days.
-    pub window_days: u32,
     /// How far back the figures look: `window_days: N` or `window: 30d | 24h`.
     pub window: WindowLength,
     /// The window ends with the current (partial) day or hour instead of the last whole one.
@@ -301,6 +299,11 @@ pub struct Workflow {
 }
 
 impl Workflow {
+    /// Whole days that cover [`Workflow::window`] (hours rounded up), for what counts in days.
+    pub fn window_days(&self) -> u32 {
+        self.window.covering_days()
+    }
+
     /// The reporting window of a run at `end`.
     pub fn window(&self, end: chrono::DateTime<chrono::Utc>) -> crate::extract::Window {
         crate::extract::Window { end, length: self.window, include_current: self.window_includes_current }

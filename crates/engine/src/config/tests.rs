@@ -51,7 +51,7 @@ fn the_example_loads_with_its_values() {
     assert!(w.enabled);
     assert_eq!(w.schedule.as_str(), "0 6 * * *");
     assert_eq!(w.timezone, chrono_tz::UTC);
-    assert_eq!(w.window_days, 30);
+    assert_eq!(w.window_days(), 30);
     assert_eq!(w.max_latency, Duration::from_secs(3600));
     let Template::EngagementScores(e) = &w.template else { panic!("engagement is engagement-scores") };
     assert_eq!(e.matching.len(), 5);
@@ -501,14 +501,14 @@ fn retention_defaults_to_30_days_and_is_checked_at_its_line() {
 fn windows_are_days_or_hours_and_hours_only_where_they_mean_something() {
     let w = |text: &str| load_ok(text).workflows["engagement"].clone();
     let days = w(&example_with("    window_days: 30", "    window: 30d"));
-    assert_eq!((days.window, days.window_days, days.window_includes_current), (WindowLength::Days(30), 30, false));
+    assert_eq!((days.window, days.window_days(), days.window_includes_current), (WindowLength::Days(30), 30, false));
     // Hourly engagement scores need a score and fields without active days.
     let hourly = STARTER
         .replacen("    window_days: 30", "    window: 36h\n    window_includes_current: true", 1)
         .replacen("      active_days: { weight: 0.3, target: 20 }\n", "", 1)
         .replacen("      active_days: Pendo_Active_Days__c\n", "", 1);
     let h = w(&hourly);
-    assert_eq!((h.window, h.window_days, h.window_includes_current), (WindowLength::Hours(36), 2, true));
+    assert_eq!((h.window, h.window_days(), h.window_includes_current), (WindowLength::Hours(36), 2, true));
     assert_eq!(h.window(chrono::DateTime::UNIX_EPOCH).length, WindowLength::Hours(36));
     // Written back and read again: the same window.
     let again = load_ok(&load_ok(&hourly).redacted_yaml());

@@ -615,7 +615,6 @@ fn workflow(name: &str, w: &wire::Workflow, errors: &mut Errors) -> Option<Workf
         enabled: w.enabled.unwrap_or(true),
         schedule: schedule?,
         timezone: timezone?,
-        window_days: window?.covering_days(),
         window: window?,
         window_includes_current: w.window_includes_current.unwrap_or(false),
         max_latency: max_latency?,

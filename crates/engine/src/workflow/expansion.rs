@@ -137,7 +137,7 @@ async fn body(
         for m in &config.milestones {
             let names = &feature_names;
             if let Some(evidence) =
-                crossed_in_pendo(m, pendo_id, &feature_visitors, names, &daily, workflow.window_days)
+                crossed_in_pendo(m, pendo_id, &feature_visitors, names, &daily, workflow.window_days())
             {
                 need_rows.insert(account_id.clone());
                 crossings.push(Crossing {
@@ -166,7 +166,7 @@ async fn body(
                     milestone: m.name.clone(),
                     evidence: format!(
                         "{active} active visitors in the last {} days against {seats} contracted seats ({seats_field}): {:.0}% used, milestone at {:.0}%",
-                        workflow.window_days,
+                        workflow.window_days(),
                         100.0 * active as f64 / seats,
                         100.0 * min_share
                     ),
