@@ -520,6 +520,8 @@ fn windows_are_days_or_hours_and_hours_only_where_they_mean_something() {
     let cases = [
         (example_with("    window_days: 30", "    window: 36h"), "active_days counts whole days"),
         (example_with("    window_days: 30", "    window: 3w"), "`3w` is not a window"),
+        (example_with("    window_days: 30", "    window: 30é"), "`30é` is not a window"),
+        (example_with("    window_days: 30", "    window: h"), "`h` is not a window"),
         (example_with("    window_days: 30", "    window: 721h"), "between 1 and 720 hours (got 721h)"),
         (example_with("    window_days: 30", "    window: 0d"), "between 1 and 180 days (got 0d)"),
         (example_with("    window_days: 30", "    window_days: 30\n    window: 30d"), "not both"),

@@ -536,12 +536,10 @@ fn window(
 /// `30d` or `24h`.
 fn parse_window(text: &str) -> Option<WindowLength> {
     let text = text.trim();
-    let (number, unit) = text.split_at(text.len().checked_sub(1)?);
-    let n: u32 = number.parse().ok()?;
-    match unit {
-        "d" => Some(WindowLength::Days(n)),
-        "h" => Some(WindowLength::Hours(n)),
-        _ => None,
+    if let Some(days) = text.strip_suffix('d') {
+        days.parse().ok().map(WindowLength::Days)
+    } else {
+        text.strip_suffix('h')?.parse().ok().map(WindowLength::Hours)
     }
 }
 
