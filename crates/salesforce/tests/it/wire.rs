@@ -416,3 +416,89 @@ async fn old_api_versions_go_into_every_path() {
     let err = client.upsert_many("Account", "Ext__c", &[json!({"Ext__c": "1"})], false).await.unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "Collections upsert needs v46+");
 }
+
+/// A scripted Bulk ingest: the job completes at the first poll with `failed` of its 2 rows
+/// failed; the result files hold the second row as failed when one failed.
+async fn bulk_job_server(operation: &'static str, failed: u64) -> MockServer {
+    answering(move |r, _| {
+        let job = |state: &str| {
+            json!({"id": "750000000000001AAA", "operation": operation, "object": "Account", "state": state,
+                   "numberRecordsProcessed": 2, "numberRecordsFailed": failed})
+        };
+        let csv = |body: &str| Reply::Respond {
+            status: 200,
+            headers: vec![("Content-Type", "text/csv".into())],
+            body: body.as_bytes().to_vec(),
+        };
+        match (r.method.as_str(), r.path().rsplit('/').next().unwrap_or_default()) {
+            ("POST", "ingest") => Reply::json(200, job("Open")),
+            ("PUT", "batches") => Reply::Respond { status: 201, headers: vec![], body: vec![] },
+            ("PATCH", _) => Reply::json(200, job("UploadComplete")),
+            ("GET", "successfulResults") if failed == 0 => {
+                csv("sf__Id,sf__Created,Id,Name\n001000000000001AAA,false,001000000000001AAA,A\n001000000000002AAA,false,001000000000002AAA,B\n")
+            }
+            ("GET", "successfulResults") => csv("sf__Id,sf__Created,Id,Name\n001000000000001AAA,false,001000000000001AAA,A\n"),
+            ("GET", "failedResults") => {
+                csv("sf__Id,sf__Error,Id,Name\n001000000000002AAA,ENTITY_IS_DELETED:entity is deleted:--,001000000000002AAA,B\n")
+            }
+            ("GET", _) => Reply::json(200, job("JobComplete")),
+            _ => Reply::json(404, json!([{"message": "unexpected", "errorCode": "NOT_FOUND"}])),
+        }
+    })
+    .await
+}
+
+fn ingest_paths(mock: &MockServer) -> Vec<String> {
+    mock.data_requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path().rsplit('/').next().unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_update_job_whose_every_row_succeeded_reads_no_result_file() {
+    use salesforce::bulk::{IngestOptions, Operation, PollPolicy, RowStatus};
+    let rows =
+        || vec![json!({"Id": "001000000000001AAA", "Name": "A"}), json!({"Id": "001000000000002AAA", "Name": "B"})];
+    let poll = PollPolicy { initial: Duration::from_millis(1), ..PollPolicy::default() };
+    let options = |op| IngestOptions { poll, ..IngestOptions::new("Account", op) };
+
+    // Every row succeeded: the outcomes come from the spooled input, no result file is read.
+    let mock = bulk_job_server("update", 0).await;
+    let report = client(&mock, config(1)).bulk_ingest(&options(Operation::Update), rows()).await.unwrap();
+    assert_eq!(
+        ingest_paths(&mock),
+        ["POST ingest", "PUT batches", "PATCH 750000000000001AAA", "GET 750000000000001AAA"]
+    );
+    assert_eq!((report.summary.succeeded, report.summary.failed, report.summary.unmatched), (2, 0, 0));
+    let got: Vec<_> = report
+        .outcomes
+        .iter()
+        .map(|o| (o.index, o.id.as_ref().map(|i| i.as_str().to_owned()), o.status.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some(0), Some("001000000000001AAA".to_owned()), RowStatus::Success { created: false }),
+            (Some(1), Some("001000000000002AAA".to_owned()), RowStatus::Success { created: false }),
+        ]
+    );
+    assert_eq!(report.outcomes[1].input_value("Name"), Some("B"));
+
+    // One row failed: both result files are read, as before.
+    let mock = bulk_job_server("update", 1).await;
+    let report = client(&mock, config(1)).bulk_ingest(&options(Operation::Update), rows()).await.unwrap();
+    let paths = ingest_paths(&mock);
+    assert!(
+        paths.contains(&"GET successfulResults".to_owned()) && paths.contains(&"GET failedResults".to_owned()),
+        "{paths:?}"
+    );
+    assert_eq!((report.summary.succeeded, report.summary.failed), (1, 1));
+    assert!(matches!(&report.outcomes[1].status, RowStatus::Failed(e) if e.status_code == ErrorCode::EntityIsDeleted));
+
+    // An upsert needs the Ids Salesforce gave: it reads its successful results.
+    let mock = bulk_job_server("upsert", 0).await;
+    let upsert = IngestOptions { external_id_field: Some("Id".into()), ..options(Operation::Upsert) };
+    client(&mock, config(1)).bulk_ingest(&upsert, rows()).await.unwrap();
+    assert!(ingest_paths(&mock).contains(&"GET successfulResults".to_owned()));
+}
