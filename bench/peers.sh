@@ -30,6 +30,7 @@ py="$venv/bin/python"
 
 start_world() {
     [ -n "$emulators" ] && { kill "$emulators" 2>/dev/null || true; wait "$emulators" 2>/dev/null || true; }
+    rm -f "$dir/addresses"  # the new process truncates it only once it has started
     "$bin" emulate --seed-salesforce --daily-api-requests 10000000 --accounts "$accounts" --days 30 >"$dir/addresses" 2>/dev/null &
     emulators=$!
     until [ "$(grep -c '' "$dir/addresses" 2>/dev/null)" -ge 2 ]; do
