@@ -51,6 +51,9 @@ pub struct Episode {
     /// Salesforce lacks them, and a person's later edit is left alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<(String, Value)>,
+    /// The same for the Pendo account's metadata (`set_pendo_fields`, `reset_pendo_fields`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pendo_fields: Vec<(String, Value)>,
 }
 
 /// What the scores say about one account this run.
@@ -182,6 +185,7 @@ struct Filling<'a> {
     figures: HashMap<String, f64>,
     core_features: &'a str,
     subject: Option<String>,
+    opened_at: Option<DateTime<Utc>>,
 }
 
 impl Filling<'_> {
@@ -198,6 +202,7 @@ impl Filling<'_> {
             "evidence" => Some(self.evidence.to_owned()),
             "core_features" => Some(self.core_features.to_owned()),
             "subject" => self.subject.clone(),
+            "opened_at" => self.opened_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             other => figure(other),
         }
     }
@@ -275,6 +280,8 @@ async fn body(
     let mut episode_puts = Vec::new();
     // Account fields the episodes want, whatever this run creates.
     let mut field_values: Vec<Desired> = Vec::new();
+    // And the Pendo account's metadata, keyed by the Pendo account on both sides.
+    let mut pendo_values: Vec<Desired> = Vec::new();
     let want = |account_id: &str, pendo_id: &str, fields: &[(String, Value)], out: &mut Vec<Desired>| {
         if !fields.is_empty() {
             out.push(Desired {
@@ -305,7 +312,10 @@ async fn body(
         };
         match decided {
             // A closed episode's reset values stay wanted: one Salesforce refused is sent again.
-            Decision::Quiet => want(account_id, pendo_id, &episode.fields, &mut field_values),
+            Decision::Quiet => {
+                want(account_id, pendo_id, &episode.fields, &mut field_values);
+                want(pendo_id, pendo_id, &episode.pendo_fields, &mut pendo_values);
+            }
             Decision::Alert { number, reason, rearm_at } => alerts.push(Pending {
                 pendo_id: pendo_id.clone(),
                 account_id: account_id.clone(),
@@ -318,6 +328,7 @@ async fn body(
             }),
             Decision::StillOpen { number } => {
                 want(account_id, pendo_id, &episode.fields, &mut field_values);
+                want(pendo_id, pendo_id, &episode.pendo_fields, &mut pendo_values);
                 decisions.push(decision(
                     pendo_id,
                     account_id,
@@ -355,10 +366,14 @@ async fn body(
                     figures: signal::placeholder_values(&figures(score, now_u), &figures(prev_score, prev_u), now),
                     core_features: "",
                     subject: None,
+                    opened_at: episode.opened_at,
                 };
                 let reset = filling.fields(&config.reset_fields);
                 want(account_id, pendo_id, &reset, &mut field_values);
-                let closed = Episode { open: false, records: Vec::new(), fields: reset, ..episode };
+                let pendo_reset = filling.fields(&config.reset_pendo_fields);
+                want(pendo_id, pendo_id, &pendo_reset, &mut pendo_values);
+                let closed =
+                    Episode { open: false, records: Vec::new(), fields: reset, pendo_fields: pendo_reset, ..episode };
                 episode_puts.push(episode_put(&scope, pendo_id, &closed, now));
             }
         }
@@ -386,6 +401,7 @@ async fn body(
     let mut groups: Vec<Group> = Vec::new();
     let mut group_of: Vec<Option<usize>> = Vec::new();
     let mut set_values: Vec<Vec<(String, Value)>> = Vec::new();
+    let mut set_pendo_values: Vec<Vec<(String, Value)>> = Vec::new();
     for a in &alerts {
         let (lookup, account_owner, name) = owners.get(&a.account_id).cloned().unwrap_or_default();
         // The Account's own lookup first, then the configured rule, then the Account owner.
@@ -399,6 +415,7 @@ async fn body(
             figures: signal::placeholder_values(&a.current, &a.previous, now),
             core_features: &core_features,
             subject: None,
+            opened_at: Some(now),
         };
         let subject = filling.fill(&config.subject);
         filling.subject = Some(subject.clone());
@@ -407,6 +424,7 @@ async fn body(
             None => format!("{}.\n\nEvidence: {}.", capitalised(&a.reason), a.evidence),
         };
         set_values.push(filling.fields(&config.set_fields));
+        set_pendo_values.push(filling.fields(&config.set_pendo_fields));
         let text = Text { subject, description, owner };
         let record = |object: &str, fields, link| NewRecord {
             object: object.to_owned(),
@@ -458,6 +476,27 @@ async fn body(
         }
         changes = desired.iter().filter_map(|d| crate::change::diff(&written, d, &[])).collect();
     }
+    let mut pendo_desired = pendo_values;
+    for (a, values) in alerts.iter().zip(&set_pendo_values) {
+        pendo_desired.push(Desired {
+            key: a.pendo_id.clone(),
+            salesforce_id: a.pendo_id.clone(),
+            fields: values.clone(),
+        });
+    }
+    pendo_desired.retain(|d| !d.fields.is_empty());
+    let pendo_scope = pendo_scope(&workflow.name);
+    let mut pendo_changes: Vec<Change> = Vec::new();
+    if !pendo_desired.is_empty() {
+        let ids: Vec<String> = pendo_desired.iter().map(|d| d.key.clone()).collect();
+        let mut written = crate::change::Written::default();
+        for (id, fields) in ctx.store.written_values(&pendo_scope, &ids).await? {
+            for (f, v) in fields {
+                written.insert(&id, &f, crate::change::fingerprint(&v));
+            }
+        }
+        pendo_changes = pendo_desired.iter().filter_map(|d| crate::change::diff(&written, d, &[])).collect();
+    }
 
     let budget = if groups.is_empty() && changes.is_empty() && !options.dry_run {
         lazy.report(ctx).await?
@@ -492,6 +531,9 @@ async fn body(
     if !changes.is_empty() {
         report.fields_changed.insert("Account".to_owned(), changes.len());
     }
+    if !pendo_changes.is_empty() {
+        report.fields_changed.insert(PENDO_OBJECT.to_owned(), pendo_changes.len());
+    }
     report.deferred = groups.len() - send;
     report.plan =
         crate::plan::plan(0, workflow.max_latency, crate::plan::Allowance { calls: allowance }, &Default::default());
@@ -523,6 +565,9 @@ async fn body(
             changes.retain(|c| {
                 c.key != a.pendo_id || !set_values[i].iter().any(|(f, _)| c.fields.iter().any(|(x, _)| x == f))
             });
+            pendo_changes.retain(|c| {
+                c.key != a.pendo_id || !set_pendo_values[i].iter().any(|(f, _)| c.fields.iter().any(|(x, _)| x == f))
+            });
             continue;
         }
         let records = group_of[i].map(|g| results[g].ids()).unwrap_or_default();
@@ -533,6 +578,7 @@ async fn body(
             opened_at: Some(now),
             records,
             fields: set_values[i].clone(),
+            pendo_fields: set_pendo_values[i].clone(),
         };
         puts.push(episode_put(&scope, &a.pendo_id, &open, now));
     }
@@ -568,9 +614,69 @@ async fn body(
         };
         super::update::record(ctx, &workflow.name, run_id, &how, updated, &mut report, now).await?;
     }
+    if !pendo_changes.is_empty() {
+        pendo_write(ctx, workflow, run_id, &pendo_scope, pendo_changes, &matched, &mut report, now).await?;
+        meter.step("deliver_pendo", Some("pendo_metadata"));
+    }
     meter.step("record", None);
     super::settle(ctx, &workflow.name, now, meter, &mut report).await?;
     Ok(report)
+}
+
+/// The object history rows and the failure ledger name for the alerts' Pendo metadata writes,
+/// apart from `Account` so a Salesforce write never settles a Pendo refusal.
+pub const PENDO_OBJECT: &str = "Pendo account";
+
+/// The fingerprint scope of the Pendo account metadata a workflow's alerts set.
+pub fn pendo_scope(workflow: &str) -> String {
+    format!("{workflow}:pendo-account")
+}
+
+/// The Pendo half of preflight, then the Pendo write stage: a field Pendo lacks, or types
+/// otherwise, would make Pendo refuse the account's whole update, so only that field is held
+/// back (and reported, the run partial); the rest is written and recorded.
+#[allow(clippy::too_many_arguments)]
+async fn pendo_write(
+    ctx: &Context,
+    workflow: &Workflow,
+    run_id: RunId,
+    scope: &str,
+    mut changes: Vec<Change>,
+    matched: &[(String, String)],
+    report: &mut RunReport,
+    now: DateTime<Utc>,
+) -> Result<(), RunError> {
+    let wanted = crate::pendo_fields::wanted(workflow);
+    let schema = ctx.pendo.metadata_schema(pendo::Kind::Account).await.map_err(|source| {
+        RunError::Pendo(crate::extract::ExtractError::Pendo { query: "account metadata schema", source })
+    })?;
+    report.pendo_calls += 1;
+    let gaps = crate::pendo_fields::gaps(&wanted, &schema);
+    if !gaps.is_empty() {
+        report.preflight.problems.extend(crate::pendo_fields::check(&ctx.config, &wanted, &schema));
+        for c in &mut changes {
+            let keep = |f: &str| !gaps.iter().any(|(w, _)| w.field.eq_ignore_ascii_case(f));
+            c.prints.retain(|(f, _)| keep(f));
+            c.fields.retain(|(f, _)| keep(f));
+        }
+        changes.retain(|c| !c.fields.is_empty());
+    }
+    let accounts: HashMap<&str, &str> = matched.iter().map(|(p, a)| (p.as_str(), a.as_str())).collect();
+    let sent: Vec<(Change, String)> = changes
+        .into_iter()
+        .map(|c| {
+            let account = accounts.get(c.key.as_str()).map(|a| (*a).to_owned()).unwrap_or_default();
+            (c, account)
+        })
+        .collect();
+    let target = super::pendo_write::Target {
+        kind: pendo::Kind::Account,
+        group: crate::config::alert::PENDO_GROUP,
+        scope,
+        object: PENDO_OBJECT,
+    };
+    super::pendo_write::write(ctx, &workflow.name, run_id, &target, &sent, report, now).await?;
+    Ok(())
 }
 
 /// The fingerprint scope of the Account fields a workflow's alerts set.
@@ -795,10 +901,15 @@ impl template::Spec for DropAlertConfig {
     fn flows(&self, key: &dyn Fn(&str) -> String) -> template::Flows {
         // Its Tasks, Cases and Opportunities are records it creates, each under its own key;
         // of existing records, only the Account fields its alerts set are its.
+        let pendo = self.set_pendo_fields.iter().map(|(f, _)| {
+            let field = template::FieldRef::pendo("account", crate::config::alert::PENDO_GROUP, f);
+            (field, key(&format!("alert.set_pendo_fields.{f}")))
+        });
         let writes = self
             .set_fields
             .iter()
             .map(|(f, _)| (template::FieldRef::salesforce("Account", f), key(&format!("alert.set_fields.{f}"))))
+            .chain(pendo)
             .collect();
         template::Flows::to_salesforce(vec![], writes)
     }
@@ -877,6 +988,8 @@ mod tests {
             owner: Default::default(),
             set_fields: vec![],
             reset_fields: vec![],
+            set_pendo_fields: vec![],
+            reset_pendo_fields: vec![],
         }
     }
 
