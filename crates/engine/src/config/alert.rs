@@ -475,7 +475,7 @@ fn pendo_field(name: &str) -> Result<String, String> {
 }
 
 /// `+30d`: days after the run, 1 to 730.
-fn relative_days(text: &str) -> Result<u32, String> {
+pub(crate) fn relative_days(text: &str) -> Result<u32, String> {
     let days = text
         .trim()
         .strip_prefix('+')
@@ -489,7 +489,7 @@ fn relative_days(text: &str) -> Result<u32, String> {
 }
 
 /// The owner rule, refused where Salesforce would refuse the owner: a queue owns Cases only.
-fn owner(o: &OwnerWire, task: bool, opportunity: bool, case: bool) -> Result<Owner, String> {
+pub(crate) fn owner(o: &OwnerWire, task: bool, opportunity: bool, case: bool) -> Result<Owner, String> {
     let id_like = |id: &str, prefix: &str| {
         id.len() >= 15 && id.len() <= 18 && id.starts_with(prefix) && id.chars().all(|c| c.is_ascii_alphanumeric())
     };

@@ -5,9 +5,8 @@
 //! Account's lookup or the owner rule names.
 //!
 //! # Episodes
-//! An account's episode state lives in the store, in the fingerprint table under the scope
-//! `{workflow}:episodes` (key: the Pendo account, value: [`Episode`] as JSON), so it commits in
-//! the same transaction as the run's outcomes. An episode opens when the score drops and the
+//! An account's episode state is kept as [`super::episode`] keeps every template's (key: the
+//! Pendo account). An episode opens when the score drops and the
 //! alert exists in Salesforce; while it is open nothing new is created; it closes (re-arms) only
 //! when the score is back at or above the level fixed when it opened: the alert level plus the
 //! hysteresis band.
@@ -20,13 +19,14 @@ use crate::config::template;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::create::{self, Group, Link, NewRecord};
+use super::episode::{self, capitalised};
+pub use super::episode::{Decision, Episode, decide_signal, scope as episode_scope};
 use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::change::{Change, Desired};
-use crate::config::alert::{AlertOpportunity, Owner};
+use crate::config::alert::AlertOpportunity;
 use crate::config::{DropAlertConfig, Workflow};
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window, WindowLength};
 use crate::figures;
@@ -34,40 +34,6 @@ use crate::matching::Outcome;
 use crate::preflight::Quarantine;
 use crate::signal;
 use crate::store::{Action, FingerprintPut, RecordOutcome, RunId};
-
-/// One account's alert state, kept in the store between runs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Episode {
-    /// Episodes opened so far; the open one, if any, is this number.
-    pub count: u64,
-    pub open: bool,
-    /// The score the account must reach again to close the open episode.
-    pub rearm_at: f64,
-    pub opened_at: Option<DateTime<Utc>>,
-    /// The records the open episode created.
-    pub records: Vec<String>,
-    /// The Account field values the episode set (while open) or reset (once closed), as
-    /// rendered then: the next runs want the same values, so they write nothing unless
-    /// Salesforce lacks them, and a person's later edit is left alone.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fields: Vec<(String, Value)>,
-    /// The same for the Pendo account's metadata (`set_pendo_fields`, `reset_pendo_fields`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pendo_fields: Vec<(String, Value)>,
-}
-
-/// What the scores say about one account this run.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
-    /// Healthy and not in an episode: nothing to do or record.
-    Quiet,
-    /// Dropped: open episode `number` and alert, for `reason`.
-    Alert { number: u64, reason: String, rearm_at: f64 },
-    /// Still in the open episode: no new alert.
-    StillOpen { number: u64 },
-    /// Back above the re-arm level: the episode closes.
-    Recovered { number: u64 },
-}
 
 /// The pure decision: `score` and `previous` (0–100) against the config and the stored episode.
 pub fn decide(config: &DropAlertConfig, episode: &Episode, score: f64, previous: f64) -> Decision {
@@ -103,22 +69,6 @@ pub fn decide(config: &DropAlertConfig, episode: &Episode, score: f64, previous:
     }
 }
 
-/// The decision of a `when:` condition: an account alerts when it holds, and the open episode
-/// closes once `rearm_when` holds (without one, once `when` no longer holds).
-pub fn decide_signal(episode: &Episode, holds: bool, rearms: bool, condition: &str) -> Decision {
-    if episode.open {
-        return if rearms {
-            Decision::Recovered { number: episode.count }
-        } else {
-            Decision::StillOpen { number: episode.count }
-        };
-    }
-    if !holds {
-        return Decision::Quiet;
-    }
-    Decision::Alert { number: episode.count + 1, reason: format!("the signal `{condition}` holds"), rearm_at: 0.0 }
-}
-
 /// Evaluates the config's `when` (and `rearm_when`) for one account: whether it holds and
 /// whether the account re-arms. An expression that fails for this account's figures alerts
 /// nothing and closes nothing (the reason goes to its history row).
@@ -129,28 +79,15 @@ fn signal(
     now: DateTime<Utc>,
 ) -> Option<Result<(bool, bool), signal::SignalError>> {
     let when = config.when.as_ref()?;
-    Some((|| {
-        let holds = when.holds(current, previous, now)?;
-        let rearms = match &config.rearm_when {
-            Some(r) => r.holds(current, previous, now)?,
-            None => !holds,
-        };
-        Ok((holds, rearms))
-    })())
+    Some(episode::signal(when, config.rearm_when.as_ref(), &current.values(now), &previous.values(now)))
 }
 
 /// How the open episode of `config` re-arms, for history rows.
 fn rearm_rule(config: &DropAlertConfig, episode: &Episode) -> String {
-    match (&config.when, &config.rearm_when) {
-        (Some(_), Some(r)) => format!("re-arms when `{}` holds", r.text()),
-        (Some(w), None) => format!("re-arms when `{}` no longer holds", w.text()),
-        (None, _) => format!("re-arms at {}", episode.rearm_at),
+    match &config.when {
+        Some(w) => episode::rearm_rule(w, config.rearm_when.as_ref()),
+        None => format!("re-arms at {}", episode.rearm_at),
     }
-}
-
-/// The fingerprint scope holding the episodes of `workflow`.
-pub fn episode_scope(workflow: &str) -> String {
-    format!("{workflow}:episodes")
 }
 
 pub(crate) async fn run(
@@ -254,7 +191,6 @@ async fn body(
             .await?;
     meter.step("match", Some("read_accounts"));
 
-    let scope = episode_scope(&workflow.name);
     let matched: Vec<(String, String)> = outcomes
         .iter()
         .filter_map(|(p, o)| match o {
@@ -263,14 +199,7 @@ async fn body(
         })
         .collect();
     let keys: Vec<String> = matched.iter().map(|(p, _)| p.clone()).collect();
-    let stored = ctx.store.written_values(&scope, &keys).await?;
-    let episodes: HashMap<String, Episode> = stored
-        .into_iter()
-        .filter_map(|(k, fields)| {
-            let v = fields.into_iter().find(|(f, _)| f == "episode")?.1;
-            Some((k, serde_json::from_value(v).ok()?))
-        })
-        .collect();
+    let episodes = episode::load(ctx, &workflow.name, &keys).await?;
     let by_id = |list: &[AccountUsage]| -> HashMap<String, AccountUsage> {
         list.iter().map(|u| (u.account_id.clone(), u.clone())).collect()
     };
@@ -374,7 +303,7 @@ async fn body(
                 want(pendo_id, pendo_id, &pendo_reset, &mut pendo_values);
                 let closed =
                     Episode { open: false, records: Vec::new(), fields: reset, pendo_fields: pendo_reset, ..episode };
-                episode_puts.push(episode_put(&scope, pendo_id, &closed, now));
+                episode_puts.push(episode::put(&workflow.name, pendo_id, &closed, now));
             }
         }
     }
@@ -387,7 +316,7 @@ async fn body(
     if !alerts.is_empty() {
         let ids: Vec<&str> = alerts.iter().map(|a| a.account_id.as_str()).collect();
         owners = read_owners(ctx, config, &ids).await?;
-        rule_owner = owner_by_rule(ctx, workflow, config, now, &mut episode_puts).await?;
+        rule_owner = episode::owner_by_rule(ctx, &workflow.name, &config.owner, now, &mut episode_puts).await?;
         if config.names_core_features() {
             core_features = extractor.core_feature_names(&core).await?.join(", ");
         }
@@ -580,7 +509,7 @@ async fn body(
             fields: set_values[i].clone(),
             pendo_fields: set_pendo_values[i].clone(),
         };
-        puts.push(episode_put(&scope, &a.pendo_id, &open, now));
+        puts.push(episode::put(&workflow.name, &a.pendo_id, &open, now));
     }
     crate::testhook::crash_point("record");
     ctx.store.record_outcomes(run_id, &outcomes_out, &puts).await?;
@@ -684,48 +613,6 @@ pub fn account_scope(workflow: &str) -> String {
     format!("{workflow}:Account")
 }
 
-/// The owner the config's `owner` rule names, when it names one: a username is looked up once
-/// and then kept in the store (scope `{workflow}:owners`), with the run's other state.
-async fn owner_by_rule(
-    ctx: &Context,
-    workflow: &Workflow,
-    config: &DropAlertConfig,
-    now: DateTime<Utc>,
-    puts: &mut Vec<FingerprintPut>,
-) -> Result<Option<String>, RunError> {
-    let username = match &config.owner {
-        Owner::Account => return Ok(None),
-        Owner::User(id) | Owner::Queue(id) => return Ok(Some(id.clone())),
-        Owner::Username(u) => u,
-    };
-    let scope = format!("{}:owners", workflow.name);
-    let key = username.to_ascii_lowercase();
-    let cached = ctx.store.written_values(&scope, std::slice::from_ref(&key)).await?;
-    if let Some(id) = cached.get(&key).and_then(|f| f.iter().find(|(n, _)| n == "user")).and_then(|(_, v)| v.as_str()) {
-        return Ok(Some(id.to_owned()));
-    }
-    let soql =
-        format!("SELECT Id FROM User WHERE Username = {} AND IsActive = true", salesforce::soql::quote(username));
-    let rows: Vec<Value> = ctx
-        .salesforce
-        .query_collect(soql)
-        .await
-        .map_err(|source| RunError::Salesforce { what: "the alert owner's User", source })?;
-    let Some(id) = rows.first().and_then(|r| r.get("Id")).and_then(Value::as_str) else {
-        return Err(RunError::UnknownOwner { workflow: workflow.name.clone(), username: username.clone() });
-    };
-    let value = json!(id);
-    puts.push(FingerprintPut {
-        scope,
-        key,
-        field: "user".into(),
-        fingerprint: crate::change::fingerprint(&value),
-        written_at: now,
-        value: Some(value),
-    });
-    Ok(Some(id.to_owned()))
-}
-
 /// An alert's filled-in text and owner, shared by its records.
 struct Text {
     subject: String,
@@ -752,18 +639,6 @@ fn decision(pendo_id: &str, account_id: &str, action: Action, message: String) -
         changes: vec![],
         error_code: None,
         message: Some(message),
-    }
-}
-
-fn episode_put(scope: &str, pendo_id: &str, e: &Episode, now: DateTime<Utc>) -> FingerprintPut {
-    let value = serde_json::to_value(e).unwrap_or(Value::Null);
-    FingerprintPut {
-        scope: scope.to_owned(),
-        key: pendo_id.to_owned(),
-        field: "episode".into(),
-        fingerprint: crate::change::fingerprint(&value),
-        written_at: now,
-        value: Some(value),
     }
 }
 
@@ -850,11 +725,6 @@ fn opportunity_fields(
         m.insert("OwnerId".into(), json!(t.owner));
     }
     m
-}
-
-fn capitalised(s: &str) -> String {
-    let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
 }
 
 /// Account id → (the configured lookup's User, empty when unset; the Account owner; the

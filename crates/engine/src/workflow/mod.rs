@@ -17,6 +17,7 @@
 //! - `update`: the update stage: changed fields onto existing records within the reserved budget,
 //!   then read back ([`crate::verify`]).
 //! - `pendo_write`: the Pendo metadata write stage (bulk writes, fingerprints, ledger).
+//! - `episode`: one alert per subject per episode, for every template that alerts.
 //! - `ledger`: the failure ledger every template settles its refused and written records in.
 //! - [`replay`]: running failed records' workflows again, re-deriving what they send.
 
@@ -24,6 +25,7 @@ pub mod attributes;
 pub mod create;
 pub mod drop_alert;
 pub mod engagement;
+mod episode;
 pub mod expansion;
 mod lease;
 mod ledger;
