@@ -33,6 +33,9 @@ impl Wanted {
 
 /// The Pendo fields `workflow` writes (none for a template that writes no Pendo metadata).
 pub fn wanted(workflow: &Workflow) -> Vec<Wanted> {
+    if let Template::EngagementDropAlert(a) = &workflow.template {
+        return alert_fields(workflow, a);
+    }
     let Template::AccountAttributesToPendo(c) = &workflow.template else { return Vec::new() };
     c.attributes
         .iter()
@@ -44,6 +47,27 @@ pub fn wanted(workflow: &Workflow) -> Vec<Wanted> {
             field: a.pendo.clone(),
             value: a.kind,
             key: format!("workflows.{}.attributes[{i}].pendo", workflow.name),
+        })
+        .collect()
+}
+
+/// An alert's `set_pendo_fields`, each typed by the value configured: text (templated or not),
+/// a number, true/false; a null alone says nothing of the type.
+fn alert_fields(workflow: &Workflow, a: &crate::config::DropAlertConfig) -> Vec<Wanted> {
+    a.set_pendo_fields
+        .iter()
+        .map(|(field, v)| Wanted {
+            workflow: workflow.name.clone(),
+            kind: Kind::Account,
+            group: crate::config::alert::PENDO_GROUP.to_owned(),
+            field: field.clone(),
+            value: match v {
+                serde_json::Value::String(_) => AttributeType::Text,
+                serde_json::Value::Number(_) => AttributeType::Number,
+                serde_json::Value::Bool(_) => AttributeType::Boolean,
+                _ => AttributeType::Auto,
+            },
+            key: format!("workflows.{}.alert.set_pendo_fields.{field}", workflow.name),
         })
         .collect()
 }
@@ -202,5 +226,25 @@ mod tests {
         assert!(!takes("string", AttributeType::Number));
         assert!(!takes("boolean", AttributeType::Time));
         assert!(takes("boolean", AttributeType::Auto));
+    }
+
+    #[test]
+    fn an_alerts_pendo_fields_are_wanted_typed_by_their_values() {
+        let text = crate::config::STARTER.replace(
+            "    enabled: false                  # create At_Risk__c",
+            "    enabled: true                  # create At_Risk__c",
+        );
+        let config = crate::config::load_str(&text, "t.yaml").unwrap();
+        let wanted: Vec<Wanted> = wanted_all(&config).into_iter().filter(|w| w.workflow == "renewal-risk").collect();
+        let got: Vec<(String, AttributeType)> = wanted.iter().map(|w| (w.path(), w.value)).collect();
+        assert_eq!(
+            got,
+            [
+                ("custom.risk_flag".to_owned(), AttributeType::Text),
+                ("custom.risk_since".to_owned(), AttributeType::Text)
+            ]
+        );
+        assert_eq!(wanted[0].key, "workflows.renewal-risk.alert.set_pendo_fields.risk_flag");
+        assert!(config.position(&wanted[0].key).is_some(), "located in the file");
     }
 }

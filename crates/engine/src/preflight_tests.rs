@@ -264,3 +264,16 @@ fn delivery_holds_back_quarantined_fields_and_records_left_with_only_a_stamp() {
     let (send, held) = hold_back(&Quarantine::default(), "Account", &[], vec![change("c", &["Pendo_Minuts__c"])]);
     assert_eq!((send.len(), held.len()), (1, 0));
 }
+
+/// Salesforce's Percent and Currency fields are numbers: the figures a workflow writes
+/// (feature adoption 0–100, a score) go into them; text and dates do not.
+#[test]
+fn percent_and_currency_fields_take_numbers_only() {
+    let describe = |kind: &str| -> FieldDescribe { serde_json::from_value(field("Risk__c", kind)).unwrap() };
+    for kind in ["percent", "currency", "double", "int"] {
+        assert_eq!(type_problem("Account.Risk__c", &Expect::Number, &describe(kind)), None, "{kind}");
+    }
+    let (message, _) = type_problem("Account.Risk__c", &Expect::Text, &describe("percent")).unwrap();
+    assert_eq!(message, "Account.Risk__c is a percent field; the workflow needs text (string or textarea)");
+    assert!(type_problem("Account.Risk__c", &Expect::Date, &describe("percent")).is_some());
+}

@@ -1,6 +1,7 @@
-//! Signals: a condition over an account's usage, written by the user in CEL (the Common
-//! Expression Language of Kubernetes validation rules and Envoy: typed, side-effect free, not
-//! Turing-complete), so a team can alert on its own product's risk without a new template.
+//! Signals: a condition over an account's or a person's usage, written by the user in CEL (the
+//! Common Expression Language of Kubernetes validation rules and Envoy: typed, side-effect free,
+//! not Turing-complete), so a team can alert on its own product's risk without a new template.
+//! A person's condition names [`PERSON_VARIABLES`] instead.
 //!
 //! A condition sees the account's figures for the current window and, under `previous.`, for
 //! the window before it: `score`, `active_visitors`, `active_days`, `events`, `minutes`,
@@ -36,6 +37,12 @@ pub const VARIABLES: &[&str] = &[
     "days_since_last_active",
 ];
 
+/// The figures a condition over one person (a Pendo visitor) may name, each also under
+/// `previous.`: their usage in the window, and `days_since_last_active` (whole days since the
+/// last day with an event in this window or the one before; -1 when neither has one).
+pub const PERSON_VARIABLES: &[&str] =
+    &["active_days", "events", "minutes", "features_used", "guides_completed", "days_since_last_active"];
+
 /// A compiled condition and the text it came from.
 #[derive(Debug, Clone)]
 pub struct Condition {
@@ -65,7 +72,7 @@ impl Figures {
     /// Every figure by name, as a double: one type for all, so `previous.score - score` and
     /// `events < previous.events / 2.0` need no conversions. (CEL compares ints with doubles,
     /// but its arithmetic does not mix them: `events / 2` is an error, `events / 2.0` is not.)
-    fn values(&self, now: DateTime<Utc>) -> HashMap<String, f64> {
+    pub fn values(&self, now: DateTime<Utc>) -> HashMap<String, f64> {
         let u = &self.usage;
         let idle = u.last_active.map_or(-1.0, |t| (now - t).num_days().max(0) as f64);
         [
@@ -95,6 +102,24 @@ impl Condition {
     /// A message for the config's error list: the syntax error, an unknown name (with the
     /// closest known one), or a result that is not true/false.
     pub fn compile(text: &str) -> Result<Condition, String> {
+        let zero = Figures::default().values(DateTime::<Utc>::UNIX_EPOCH);
+        Condition::compile_over(text, VARIABLES, &zero)
+    }
+
+    /// Compiles a condition over one person's figures ([`PERSON_VARIABLES`]).
+    ///
+    /// # Errors
+    /// As [`Condition::compile`].
+    pub fn compile_for_person(text: &str) -> Result<Condition, String> {
+        let zero = PERSON_VARIABLES.iter().map(|v| ((*v).to_owned(), 0.0)).collect();
+        Condition::compile_over(text, PERSON_VARIABLES, &zero)
+    }
+
+    fn compile_over(
+        text: &str,
+        variables: &'static [&'static str],
+        zero: &HashMap<String, f64>,
+    ) -> Result<Condition, String> {
         let program = cel::Program::compile(text).map_err(|e| {
             // The parser's message starts with its own "ERROR: <input>:" prefix and draws the
             // text again: the config error already names where it is.
@@ -104,22 +129,21 @@ impl Condition {
         })?;
         let refs = program.references();
         for name in refs.variables() {
-            if name != "previous" && !VARIABLES.contains(&name) {
-                let hint = crate::preflight::closest(name, VARIABLES.iter().copied())
+            if name != "previous" && !variables.contains(&name) {
+                let hint = crate::preflight::closest(name, variables.iter().copied())
                     .map(|c| format!(" (did you mean `{c}`?)"))
                     .unwrap_or_default();
                 return Err(format!(
                     "names `{name}`, which is not a figure a condition can use{hint}; it can use {}, each also as previous.<name>",
-                    VARIABLES.join(", ")
+                    variables.join(", ")
                 ));
             }
         }
-        let metric = first_figure(text).unwrap_or("score");
+        let metric = first_figure(text, variables).unwrap_or(variables[0]);
         let condition = Condition { text: text.to_owned(), program: Arc::new(program), metric };
         // Every figure is a number, so a check with zeros finds a result of the wrong type (and
         // a `previous.` name that does not exist) before any run does.
-        let zero = Figures::default();
-        condition.holds(&zero, &zero, DateTime::<Utc>::UNIX_EPOCH).map_err(|e| match e {
+        condition.holds_values(zero, zero).map_err(|e| match e {
             SignalError::NotABool { value, .. } => format!("must be true or false, but gives {value}"),
             SignalError::Failed { message, .. } if message.contains("Unsupported binary operator") => {
                 format!("cannot be evaluated: {message} (figures are decimal numbers: write 1.0, not 1, in arithmetic)")
@@ -143,12 +167,24 @@ impl Condition {
     /// # Errors
     /// A failure of the expression itself (e.g. a name under `previous.` that does not exist).
     pub fn holds(&self, current: &Figures, previous: &Figures, now: DateTime<Utc>) -> Result<bool, SignalError> {
+        self.holds_values(&current.values(now), &previous.values(now))
+    }
+
+    /// Whether the condition holds for figures given by name, now and in the previous window.
+    ///
+    /// # Errors
+    /// As [`Condition::holds`].
+    pub fn holds_values(
+        &self,
+        current: &HashMap<String, f64>,
+        previous: &HashMap<String, f64>,
+    ) -> Result<bool, SignalError> {
         let failed = |message: String| SignalError::Failed { condition: self.text.clone(), message };
         let mut ctx = cel::Context::default();
-        for (name, value) in current.values(now) {
-            ctx.add_variable(name, value).map_err(|e| failed(e.to_string()))?;
+        for (name, value) in current {
+            ctx.add_variable(name.clone(), *value).map_err(|e| failed(e.to_string()))?;
         }
-        ctx.add_variable("previous", previous.values(now)).map_err(|e| failed(e.to_string()))?;
+        ctx.add_variable("previous", previous.clone()).map_err(|e| failed(e.to_string()))?;
         match self.program.execute(&ctx) {
             Ok(cel::Value::Bool(b)) => Ok(b),
             Ok(other) => Err(SignalError::NotABool { condition: self.text.clone(), value: format!("{other:?}") }),
@@ -159,9 +195,9 @@ impl Condition {
 
 /// The figure named earliest in `text`, as a whole word (`events` is not found in
 /// `events_total`, and `previous.events` counts as `events`).
-fn first_figure(text: &str) -> Option<&'static str> {
+fn first_figure(text: &str, variables: &'static [&'static str]) -> Option<&'static str> {
     let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    VARIABLES
+    variables
         .iter()
         .filter_map(|v| {
             text.match_indices(v)
@@ -174,6 +210,29 @@ fn first_figure(text: &str) -> Option<&'static str> {
         })
         .min()
         .map(|(_, v)| v)
+}
+
+/// One person's figures by name, for [`Condition::holds_values`]: `usage` in the window, and
+/// the days since `last_active_day` (epoch milliseconds; -1 when unknown).
+pub fn person_values(
+    usage: &crate::extract::VisitorUsage,
+    last_active_day: Option<i64>,
+    now: DateTime<Utc>,
+) -> HashMap<String, f64> {
+    let idle = last_active_day
+        .and_then(DateTime::<Utc>::from_timestamp_millis)
+        .map_or(-1.0, |t| (now - t).num_days().max(0) as f64);
+    [
+        ("active_days", usage.active_days as f64),
+        ("events", usage.events as f64),
+        ("minutes", usage.minutes as f64),
+        ("features_used", usage.features_used as f64),
+        ("guides_completed", usage.guides_completed as f64),
+        ("days_since_last_active", idle),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 /// Each figure's value by name (and `previous.<name>`) as alert text shows it.
@@ -228,6 +287,22 @@ mod tests {
         let c = Condition::compile("previous.feature_adoption > feature_adoption && events > 0.0").unwrap();
         assert_eq!(c.metric(), "feature_adoption");
         assert_eq!(Condition::compile("true").unwrap().metric(), "score");
+    }
+
+    #[test]
+    fn a_persons_condition_names_person_figures_only() {
+        let c = Condition::compile_for_person("days_since_last_active >= 14.0 && previous.active_days > 0.0").unwrap();
+        assert_eq!(c.metric(), "days_since_last_active");
+        let now = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        let usage = crate::extract::VisitorUsage { active_days: 2, ..Default::default() };
+        let old = (now - chrono::Duration::days(20)).timestamp_millis();
+        let (cur, prev) = (person_values(&usage, Some(old), now), person_values(&usage, None, now));
+        assert_eq!(cur["days_since_last_active"], 20.0);
+        assert_eq!(prev["days_since_last_active"], -1.0);
+        assert!(c.holds_values(&cur, &prev).unwrap());
+        let e = Condition::compile_for_person("score < 30.0").unwrap_err();
+        assert!(e.contains("`score`") && e.contains("days_since_last_active"), "{e}");
+        assert!(Condition::compile("features_used > 1.0").is_err(), "an account figure list of its own");
     }
 
     #[test]

@@ -31,9 +31,12 @@ pub const DEFAULT_CLOSE_IN_DAYS: u32 = 30;
 /// What alert text may name besides the figures (each figure by name, and as
 /// `previous.<figure>`): the Account's name (the Pendo account id when it has none), the score
 /// in the previous window, the figure the rule is about (`metric`, `from` → `to`), why it
-/// alerted (`reason`), the figures side by side (`evidence`) and the core features' names.
+/// alerted (`reason`), the figures side by side (`evidence`), the core features' names and when
+/// the episode opened (`opened_at`, UTC, RFC 3339 to the second).
 pub const PLACEHOLDERS: &[&str] =
-    &["account", "previous_score", "metric", "from", "to", "reason", "evidence", "core_features"];
+    &["account", "previous_score", "metric", "from", "to", "reason", "evidence", "core_features", "opened_at"];
+/// The Pendo metadata group alert values are written to.
+pub const PENDO_GROUP: &str = "custom";
 
 /// Who owns the records an alert makes, when the Account's `owner_field` names nobody.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -91,6 +94,11 @@ pub struct DropAlertConfig {
     pub set_fields: Vec<(String, Value)>,
     /// Account fields set when the episode closes (a subset of `set_fields`).
     pub reset_fields: Vec<(String, Value)>,
+    /// Pendo account metadata (group [`PENDO_GROUP`]) set when an episode opens, values
+    /// templated as `set_fields`.
+    pub set_pendo_fields: Vec<(String, Value)>,
+    /// Pendo account metadata set when the episode closes (a subset of `set_pendo_fields`).
+    pub reset_pendo_fields: Vec<(String, Value)>,
     /// Points above the alert level the score must climb back to before the account re-arms.
     pub hysteresis: f64,
     /// A User lookup on the Account (e.g. `CSM__c`) naming who gets the alert; the Account
@@ -139,6 +147,10 @@ pub(crate) struct AlertWire {
     pub set_fields: Option<IndexMap<String, Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reset_fields: Option<IndexMap<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_pendo_fields: Option<IndexMap<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset_pendo_fields: Option<IndexMap<String, Value>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -268,7 +280,12 @@ pub(crate) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Optio
         let mut out = Vec::new();
         for (field, value) in map.iter().flatten() {
             let key = format!("{ak}.{leaf}.{field}");
-            let Some(f) = salesforce_field(field, &key, errors) else {
+            let name = if leaf.contains("pendo") {
+                pendo_field(field).map_err(|m| errors.push(&key, m)).ok()
+            } else {
+                salesforce_field(field, &key, errors)
+            };
+            let Some(f) = name else {
                 *ok = false;
                 continue;
             };
@@ -294,19 +311,41 @@ pub(crate) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Optio
     };
     let set_fields = field_values("set_fields", &a.set_fields, &mut ok);
     let reset_fields = field_values("reset_fields", &a.reset_fields, &mut ok);
-    for (f, _) in &reset_fields {
-        if !set_fields.iter().any(|(s, _)| s.eq_ignore_ascii_case(f)) {
-            ok = false;
-            errors.push(
-                &format!("{ak}.reset_fields.{f}"),
-                format!("resets `{f}`, which `set_fields` does not set: an alert resets only what it set"),
-            );
+    let set_pendo_fields = field_values("set_pendo_fields", &a.set_pendo_fields, &mut ok);
+    let reset_pendo_fields = field_values("reset_pendo_fields", &a.reset_pendo_fields, &mut ok);
+    for (set, reset, leaf) in
+        [(&set_fields, &reset_fields, "set_fields"), (&set_pendo_fields, &reset_pendo_fields, "set_pendo_fields")]
+    {
+        for (f, v) in reset {
+            let reset_key = format!("{ak}.re{leaf}.{f}");
+            match set.iter().find(|(s, _)| s.eq_ignore_ascii_case(f)) {
+                None => {
+                    ok = false;
+                    errors.push(
+                        &reset_key,
+                        format!("resets `{f}`, which `{leaf}` does not set: an alert resets only what it set"),
+                    );
+                }
+                Some((_, set_to)) if !same_kind(set_to, v) => {
+                    ok = false;
+                    errors.push(
+                        &reset_key,
+                        format!("resets `{f}` to {v}, which is not the kind of value `{leaf}` sets ({set_to}): give the same kind, or null"),
+                    );
+                }
+                Some(_) => {}
+            }
         }
     }
     let task = a.task.unwrap_or(true);
-    if !task && !a.create_case.unwrap_or(false) && opportunity.is_none() && set_fields.is_empty() {
+    if !task
+        && !a.create_case.unwrap_or(false)
+        && opportunity.is_none()
+        && set_fields.is_empty()
+        && set_pendo_fields.is_empty()
+    {
         ok = false;
-        errors.push(&k("task"), "with `task: false`, give `create_case: true`, an `opportunity` or `set_fields`: the alert would do nothing");
+        errors.push(&k("task"), "with `task: false`, give `create_case: true`, an `opportunity`, `set_fields` or `set_pendo_fields`: the alert would do nothing");
     }
     let owner = match &a.owner {
         None => Owner::Account,
@@ -355,6 +394,8 @@ pub(crate) fn build(key: &str, w: &wire::Workflow, errors: &mut Errors) -> Optio
         owner,
         set_fields,
         reset_fields,
+        set_pendo_fields,
+        reset_pendo_fields,
     })
     .filter(|_| ok)
 }
@@ -363,7 +404,10 @@ impl DropAlertConfig {
     /// Whether some text names `{core_features}`: only then does a run read the feature names.
     pub fn names_core_features(&self) -> bool {
         let texts = [Some(&self.subject), self.description.as_ref(), self.opportunity.as_ref().map(|o| &o.name)];
-        let values = self.set_fields.iter().chain(&self.reset_fields).filter_map(|(_, v)| v.as_str());
+        let values = [&self.set_fields, &self.reset_fields, &self.set_pendo_fields, &self.reset_pendo_fields]
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, v)| v.as_str());
         texts.into_iter().flatten().map(String::as_str).chain(values).any(|t| t.contains("{core_features}"))
     }
 }
@@ -397,11 +441,41 @@ pub(crate) fn to_wire(c: &DropAlertConfig) -> AlertWire {
         },
         set_fields: (!c.set_fields.is_empty()).then(|| c.set_fields.iter().cloned().collect()),
         reset_fields: (!c.reset_fields.is_empty()).then(|| c.reset_fields.iter().cloned().collect()),
+        set_pendo_fields: (!c.set_pendo_fields.is_empty()).then(|| c.set_pendo_fields.iter().cloned().collect()),
+        reset_pendo_fields: (!c.reset_pendo_fields.is_empty()).then(|| c.reset_pendo_fields.iter().cloned().collect()),
     }
 }
 
+/// Whether a reset value is of the kind the set value is (null clears any field).
+fn same_kind(set: &Value, reset: &Value) -> bool {
+    matches!(
+        (set, reset),
+        (_, Value::Null)
+            | (Value::Null, _)
+            | (Value::Bool(_), Value::Bool(_))
+            | (Value::Number(_), Value::Number(_))
+            | (Value::String(_), Value::String(_))
+    )
+}
+
+/// A Pendo metadata field name as Pendo takes one: letters, digits and underscores, starting
+/// with a letter or an underscore, in lower case as Pendo keeps it.
+fn pendo_field(name: &str) -> Result<String, String> {
+    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        return Err(format!(
+            "`{name}` is not a Pendo metadata field name: letters, digits and underscores, not starting with a digit"
+        ));
+    }
+    if name.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!("Pendo keeps metadata field names in lower case: write `{}`", name.to_ascii_lowercase()));
+    }
+    Ok(name.to_owned())
+}
+
 /// `+30d`: days after the run, 1 to 730.
-fn relative_days(text: &str) -> Result<u32, String> {
+pub(crate) fn relative_days(text: &str) -> Result<u32, String> {
     let days = text
         .trim()
         .strip_prefix('+')
@@ -415,7 +489,7 @@ fn relative_days(text: &str) -> Result<u32, String> {
 }
 
 /// The owner rule, refused where Salesforce would refuse the owner: a queue owns Cases only.
-fn owner(o: &OwnerWire, task: bool, opportunity: bool, case: bool) -> Result<Owner, String> {
+pub(crate) fn owner(o: &OwnerWire, task: bool, opportunity: bool, case: bool) -> Result<Owner, String> {
     let id_like = |id: &str, prefix: &str| {
         id.len() >= 15 && id.len() <= 18 && id.starts_with(prefix) && id.chars().all(|c| c.is_ascii_alphanumeric())
     };
@@ -607,5 +681,35 @@ mod tests {
                 .any(|e| e.key == "workflows.stalled-adoption.alert.task" && e.message.contains("would do nothing")),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn pendo_metadata_actions_load_show_back_and_are_checked_like_field_updates() {
+        let config = load_str(STARTER, "example.yaml").unwrap();
+        let Template::EngagementDropAlert(a) = &config.workflows["renewal-risk"].template else { panic!() };
+        assert_eq!(a.set_pendo_fields[1], ("risk_since".to_owned(), serde_json::json!("{opened_at}")));
+        assert_eq!(a.reset_pendo_fields.len(), 2);
+        let again = load_str(&config.redacted_yaml(), "shown.yaml").unwrap();
+        let Template::EngagementDropAlert(b) = &again.workflows["renewal-risk"].template else { panic!() };
+        assert_eq!((&b.set_pendo_fields, &b.reset_pendo_fields), (&a.set_pendo_fields, &a.reset_pendo_fields));
+
+        let line = line_of("set_pendo_fields:");
+        let text = STARTER.replace("risk_since: \"{opened_at}\" }", "risk_since: \"{opend_at}\" }");
+        let errs = errors(&text);
+        let e = errs.iter().find(|e| e.key == "workflows.renewal-risk.alert.set_pendo_fields.risk_since").unwrap();
+        assert!(e.message.contains("did you mean {opened_at}?"), "{e}");
+        assert_eq!(e.line, Some(line), "{e}");
+
+        let text = STARTER.replace("{ risk_flag: \"at risk\",", "{ Risk_Flag: \"at risk\",");
+        let errs = errors(&text);
+        let e = errs.iter().find(|e| e.key == "workflows.renewal-risk.alert.set_pendo_fields.Risk_Flag").unwrap();
+        assert!(e.message.contains("write `risk_flag`"), "{e}");
+        // risk_flag is no longer set, so its reset is refused too.
+        assert!(errs.iter().any(|e| e.key == "workflows.renewal-risk.alert.reset_pendo_fields.risk_flag"), "{errs:?}");
+
+        let text = STARTER.replace("reset_pendo_fields: { risk_flag: null", "reset_pendo_fields: { risk_flag: false");
+        let errs = errors(&text);
+        let e = errs.iter().find(|e| e.key == "workflows.renewal-risk.alert.reset_pendo_fields.risk_flag").unwrap();
+        assert!(e.message.contains("not the kind of value"), "{e}");
     }
 }

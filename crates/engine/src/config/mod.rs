@@ -48,7 +48,7 @@ pub use expansion::{ExpansionConfig, Milestone, MilestoneKind, OpportunityTempla
 pub use new_users::{ContactFields, DEFAULT_NEW_USERS_OVERLAP, NewUsersConfig, UnmatchedAccount};
 pub use notify::{ALERT_STATES, AlertEmail, AlertFormat, AlertWebhook, Alerts, StartTls};
 pub use nps::{ContactMatch, FollowUpObject, HealthScoreConfig, NpsConfig, OwnerSource};
-pub use people::{ContactEngagementConfig, PersonFields, PersonMatch};
+pub use people::{ContactEngagementConfig, PersonAlert, PersonFields, PersonMatch};
 pub use secret::{Secret, SecretString};
 pub use trial::{StageRule, TrialConfig, TrialFields, TrialMetric};
 

@@ -96,6 +96,8 @@ macro_rules! templates {
         }
 
         /// A workflow's template with its template-specific configuration.
+        // Built once per load and kept behind the config's Arc: variants' sizes cost nothing.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone)]
         pub enum Template {
             $( $variant($config) ),+

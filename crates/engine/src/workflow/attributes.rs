@@ -17,10 +17,10 @@ use salesforce::{Condition, Order, SoqlQuery};
 use serde_json::{Map, Value, json};
 
 use super::state_of;
-use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample};
+use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::change::{self, Change, Desired};
 use crate::config::{Attribute, AttributeType, AttributesConfig, Workflow};
-use crate::store::{Action, FieldChange, FingerprintPut, MatchStatus, RecordOutcome, RunId};
+use crate::store::{Action, MatchStatus, RecordOutcome, RunId};
 
 /// The cursor's name: the newest `SystemModstamp` handled, RFC 3339.
 pub const CURSOR: &str = "system_modstamp";
@@ -268,104 +268,26 @@ async fn body(
     }
 
     crate::testhook::crash_point("plan");
-    // Pendo: one bulk call per 500 accounts, each answered per id.
-    let updates: Vec<pendo::metadata::MetadataUpdate> = changes
-        .iter()
-        .map(|(c, _, _)| pendo::metadata::MetadataUpdate {
-            id: c.key.clone(),
-            values: c.fields.iter().cloned().collect(),
-        })
-        .collect();
-    let bulk = if updates.is_empty() {
-        pendo::metadata::BulkReport::default()
-    } else {
-        ctx.pendo.set_metadata(pendo::Kind::Account, config.group.name(), &updates, false).await.map_err(|source| {
-            RunError::Pendo(crate::extract::ExtractError::Pendo { query: "account metadata write", source })
-        })?
-    };
-    report.pendo_calls += u64::from(bulk.requests);
-    meter.step("deliver", Some("pendo_metadata"));
-    crate::testhook::crash_point("record");
-    let outcome_of: HashMap<&str, pendo::metadata::Outcome> =
-        bulk.outcomes.iter().map(|(id, o)| (id.as_str(), *o)).collect();
-    let mut prints = Vec::new();
-    let mut ledger = super::ledger::Ledger::default();
-    let mut refused: Vec<(&str, &str)> = Vec::new();
-    for (c, sf_id, _) in &changes {
-        let o = outcome_of.get(c.key.as_str()).copied();
-        let changes_of =
-            || c.fields.iter().map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() }).collect();
-        match o {
-            Some(pendo::metadata::Outcome::Updated) => {
-                report.written += 1;
-                ledger.written(OBJECT, &c.key);
-                prints.extend(c.prints.iter().map(|(field, p)| FingerprintPut {
-                    scope: scope(&workflow.name),
-                    key: c.key.clone(),
-                    field: field.clone(),
-                    fingerprint: *p,
-                    written_at: now,
-                    value: c.fields.iter().find(|(f, _)| f == field).map(|(_, v)| v.clone()),
-                }));
-                outcomes.push(RecordOutcome {
-                    object: OBJECT.into(),
-                    key: c.key.clone(),
-                    salesforce_id: Some(sf_id.clone()),
-                    action: Action::Updated,
-                    changes: changes_of(),
-                    error_code: None,
-                    message: None,
-                });
-            }
-            other => {
-                report.failed += 1;
-                let (code, message) = match other {
-                    Some(pendo::metadata::Outcome::Missing) => {
-                        ("PENDO_ACCOUNT_MISSING", format!("Pendo has no account {:?}", c.key))
-                    }
-                    _ => (
-                        "PENDO_REFUSED",
-                        format!("Pendo refused the values for account {:?} (unknown field or wrong type)", c.key),
-                    ),
-                };
-                if report.failures.len() < 10 {
-                    report.failures.push(FailureSample {
-                        salesforce_id: sf_id.clone(),
-                        code: code.into(),
-                        message: message.clone(),
-                    });
-                }
-                refused.push((&c.key, sf_id));
-                ledger.refused(super::ledger::Refusal {
-                    object: OBJECT.into(),
-                    key: c.key.clone(),
-                    salesforce_id: Some(sf_id.clone()),
-                    payload: Value::Object(c.fields.iter().cloned().collect()),
-                    code: code.into(),
-                    message: message.clone(),
-                    fields: c.fields.iter().map(|(f, _)| f.clone()).collect(),
-                });
-                outcomes.push(RecordOutcome {
-                    object: OBJECT.into(),
-                    key: c.key.clone(),
-                    salesforce_id: Some(sf_id.clone()),
-                    action: Action::Failed,
-                    changes: changes_of(),
-                    error_code: Some(code.into()),
-                    message: Some(message),
-                });
-            }
-        }
-    }
-    if !prints.is_empty() {
-        ctx.store.record_outcomes(run_id, &[], &prints).await?;
-    }
     for chunk in outcomes.chunks(5_000) {
         ctx.store.record_outcomes(run_id, chunk, &[]).await?;
     }
+    let sent: Vec<(Change, String)> = changes.into_iter().map(|(c, sf, _)| (c, sf)).collect();
+    let target = super::pendo_write::Target {
+        kind: pendo::Kind::Account,
+        group: config.group.name(),
+        scope: &scope(&workflow.name),
+        object: OBJECT,
+    };
+    let written = super::pendo_write::write(ctx, &workflow.name, run_id, &target, &sent, &mut report, now).await?;
+    meter.step("deliver", Some("pendo_metadata"));
+    let dismissed = written.dismissed;
+    let refused: Vec<(&str, &str)> = sent
+        .iter()
+        .filter(|(c, _)| written.refused.contains(&c.key))
+        .map(|(c, sf)| (c.key.as_str(), sf.as_str()))
+        .collect();
     // The cursor stays at the oldest Account whose values Pendo refused, so the next run (or a
     // replay) reads it again and sends what it holds then; one a person dismissed lets it pass.
-    let dismissed = ledger.settle(ctx, &workflow.name, run_id, now).await?;
     let hold = refused
         .iter()
         .filter(|(key, _)| !dismissed.contains(&(OBJECT.to_owned(), (*key).to_owned())))

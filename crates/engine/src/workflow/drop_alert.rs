@@ -5,9 +5,8 @@
 //! Account's lookup or the owner rule names.
 //!
 //! # Episodes
-//! An account's episode state lives in the store, in the fingerprint table under the scope
-//! `{workflow}:episodes` (key: the Pendo account, value: [`Episode`] as JSON), so it commits in
-//! the same transaction as the run's outcomes. An episode opens when the score drops and the
+//! An account's episode state is kept as [`super::episode`] keeps every template's (key: the
+//! Pendo account). An episode opens when the score drops and the
 //! alert exists in Salesforce; while it is open nothing new is created; it closes (re-arms) only
 //! when the score is back at or above the level fixed when it opened: the alert level plus the
 //! hysteresis band.
@@ -20,13 +19,14 @@ use crate::config::template;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::create::{self, Group, Link, NewRecord};
+use super::episode::{self, capitalised};
+pub use super::episode::{Decision, Episode, decide_signal, scope as episode_scope};
 use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::change::{Change, Desired};
-use crate::config::alert::{AlertOpportunity, Owner};
+use crate::config::alert::AlertOpportunity;
 use crate::config::{DropAlertConfig, Workflow};
 use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window, WindowLength};
 use crate::figures;
@@ -34,37 +34,6 @@ use crate::matching::Outcome;
 use crate::preflight::Quarantine;
 use crate::signal;
 use crate::store::{Action, FingerprintPut, RecordOutcome, RunId};
-
-/// One account's alert state, kept in the store between runs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Episode {
-    /// Episodes opened so far; the open one, if any, is this number.
-    pub count: u64,
-    pub open: bool,
-    /// The score the account must reach again to close the open episode.
-    pub rearm_at: f64,
-    pub opened_at: Option<DateTime<Utc>>,
-    /// The records the open episode created.
-    pub records: Vec<String>,
-    /// The Account field values the episode set (while open) or reset (once closed), as
-    /// rendered then: the next runs want the same values, so they write nothing unless
-    /// Salesforce lacks them, and a person's later edit is left alone.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fields: Vec<(String, Value)>,
-}
-
-/// What the scores say about one account this run.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
-    /// Healthy and not in an episode: nothing to do or record.
-    Quiet,
-    /// Dropped: open episode `number` and alert, for `reason`.
-    Alert { number: u64, reason: String, rearm_at: f64 },
-    /// Still in the open episode: no new alert.
-    StillOpen { number: u64 },
-    /// Back above the re-arm level: the episode closes.
-    Recovered { number: u64 },
-}
 
 /// The pure decision: `score` and `previous` (0–100) against the config and the stored episode.
 pub fn decide(config: &DropAlertConfig, episode: &Episode, score: f64, previous: f64) -> Decision {
@@ -100,22 +69,6 @@ pub fn decide(config: &DropAlertConfig, episode: &Episode, score: f64, previous:
     }
 }
 
-/// The decision of a `when:` condition: an account alerts when it holds, and the open episode
-/// closes once `rearm_when` holds (without one, once `when` no longer holds).
-pub fn decide_signal(episode: &Episode, holds: bool, rearms: bool, condition: &str) -> Decision {
-    if episode.open {
-        return if rearms {
-            Decision::Recovered { number: episode.count }
-        } else {
-            Decision::StillOpen { number: episode.count }
-        };
-    }
-    if !holds {
-        return Decision::Quiet;
-    }
-    Decision::Alert { number: episode.count + 1, reason: format!("the signal `{condition}` holds"), rearm_at: 0.0 }
-}
-
 /// Evaluates the config's `when` (and `rearm_when`) for one account: whether it holds and
 /// whether the account re-arms. An expression that fails for this account's figures alerts
 /// nothing and closes nothing (the reason goes to its history row).
@@ -126,28 +79,15 @@ fn signal(
     now: DateTime<Utc>,
 ) -> Option<Result<(bool, bool), signal::SignalError>> {
     let when = config.when.as_ref()?;
-    Some((|| {
-        let holds = when.holds(current, previous, now)?;
-        let rearms = match &config.rearm_when {
-            Some(r) => r.holds(current, previous, now)?,
-            None => !holds,
-        };
-        Ok((holds, rearms))
-    })())
+    Some(episode::signal(when, config.rearm_when.as_ref(), &current.values(now), &previous.values(now)))
 }
 
 /// How the open episode of `config` re-arms, for history rows.
 fn rearm_rule(config: &DropAlertConfig, episode: &Episode) -> String {
-    match (&config.when, &config.rearm_when) {
-        (Some(_), Some(r)) => format!("re-arms when `{}` holds", r.text()),
-        (Some(w), None) => format!("re-arms when `{}` no longer holds", w.text()),
-        (None, _) => format!("re-arms at {}", episode.rearm_at),
+    match &config.when {
+        Some(w) => episode::rearm_rule(w, config.rearm_when.as_ref()),
+        None => format!("re-arms at {}", episode.rearm_at),
     }
-}
-
-/// The fingerprint scope holding the episodes of `workflow`.
-pub fn episode_scope(workflow: &str) -> String {
-    format!("{workflow}:episodes")
 }
 
 pub(crate) async fn run(
@@ -182,6 +122,7 @@ struct Filling<'a> {
     figures: HashMap<String, f64>,
     core_features: &'a str,
     subject: Option<String>,
+    opened_at: Option<DateTime<Utc>>,
 }
 
 impl Filling<'_> {
@@ -198,6 +139,7 @@ impl Filling<'_> {
             "evidence" => Some(self.evidence.to_owned()),
             "core_features" => Some(self.core_features.to_owned()),
             "subject" => self.subject.clone(),
+            "opened_at" => self.opened_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             other => figure(other),
         }
     }
@@ -249,7 +191,6 @@ async fn body(
             .await?;
     meter.step("match", Some("read_accounts"));
 
-    let scope = episode_scope(&workflow.name);
     let matched: Vec<(String, String)> = outcomes
         .iter()
         .filter_map(|(p, o)| match o {
@@ -258,14 +199,7 @@ async fn body(
         })
         .collect();
     let keys: Vec<String> = matched.iter().map(|(p, _)| p.clone()).collect();
-    let stored = ctx.store.written_values(&scope, &keys).await?;
-    let episodes: HashMap<String, Episode> = stored
-        .into_iter()
-        .filter_map(|(k, fields)| {
-            let v = fields.into_iter().find(|(f, _)| f == "episode")?.1;
-            Some((k, serde_json::from_value(v).ok()?))
-        })
-        .collect();
+    let episodes = episode::load(ctx, &workflow.name, &keys).await?;
     let by_id = |list: &[AccountUsage]| -> HashMap<String, AccountUsage> {
         list.iter().map(|u| (u.account_id.clone(), u.clone())).collect()
     };
@@ -275,6 +209,8 @@ async fn body(
     let mut episode_puts = Vec::new();
     // Account fields the episodes want, whatever this run creates.
     let mut field_values: Vec<Desired> = Vec::new();
+    // And the Pendo account's metadata, keyed by the Pendo account on both sides.
+    let mut pendo_values: Vec<Desired> = Vec::new();
     let want = |account_id: &str, pendo_id: &str, fields: &[(String, Value)], out: &mut Vec<Desired>| {
         if !fields.is_empty() {
             out.push(Desired {
@@ -305,7 +241,10 @@ async fn body(
         };
         match decided {
             // A closed episode's reset values stay wanted: one Salesforce refused is sent again.
-            Decision::Quiet => want(account_id, pendo_id, &episode.fields, &mut field_values),
+            Decision::Quiet => {
+                want(account_id, pendo_id, &episode.fields, &mut field_values);
+                want(pendo_id, pendo_id, &episode.pendo_fields, &mut pendo_values);
+            }
             Decision::Alert { number, reason, rearm_at } => alerts.push(Pending {
                 pendo_id: pendo_id.clone(),
                 account_id: account_id.clone(),
@@ -318,6 +257,7 @@ async fn body(
             }),
             Decision::StillOpen { number } => {
                 want(account_id, pendo_id, &episode.fields, &mut field_values);
+                want(pendo_id, pendo_id, &episode.pendo_fields, &mut pendo_values);
                 decisions.push(decision(
                     pendo_id,
                     account_id,
@@ -355,11 +295,15 @@ async fn body(
                     figures: signal::placeholder_values(&figures(score, now_u), &figures(prev_score, prev_u), now),
                     core_features: "",
                     subject: None,
+                    opened_at: episode.opened_at,
                 };
                 let reset = filling.fields(&config.reset_fields);
                 want(account_id, pendo_id, &reset, &mut field_values);
-                let closed = Episode { open: false, records: Vec::new(), fields: reset, ..episode };
-                episode_puts.push(episode_put(&scope, pendo_id, &closed, now));
+                let pendo_reset = filling.fields(&config.reset_pendo_fields);
+                want(pendo_id, pendo_id, &pendo_reset, &mut pendo_values);
+                let closed =
+                    Episode { open: false, records: Vec::new(), fields: reset, pendo_fields: pendo_reset, ..episode };
+                episode_puts.push(episode::put(&workflow.name, pendo_id, &closed, now));
             }
         }
     }
@@ -372,7 +316,7 @@ async fn body(
     if !alerts.is_empty() {
         let ids: Vec<&str> = alerts.iter().map(|a| a.account_id.as_str()).collect();
         owners = read_owners(ctx, config, &ids).await?;
-        rule_owner = owner_by_rule(ctx, workflow, config, now, &mut episode_puts).await?;
+        rule_owner = episode::owner_by_rule(ctx, &workflow.name, &config.owner, now, &mut episode_puts).await?;
         if config.names_core_features() {
             core_features = extractor.core_feature_names(&core).await?.join(", ");
         }
@@ -386,6 +330,7 @@ async fn body(
     let mut groups: Vec<Group> = Vec::new();
     let mut group_of: Vec<Option<usize>> = Vec::new();
     let mut set_values: Vec<Vec<(String, Value)>> = Vec::new();
+    let mut set_pendo_values: Vec<Vec<(String, Value)>> = Vec::new();
     for a in &alerts {
         let (lookup, account_owner, name) = owners.get(&a.account_id).cloned().unwrap_or_default();
         // The Account's own lookup first, then the configured rule, then the Account owner.
@@ -399,6 +344,7 @@ async fn body(
             figures: signal::placeholder_values(&a.current, &a.previous, now),
             core_features: &core_features,
             subject: None,
+            opened_at: Some(now),
         };
         let subject = filling.fill(&config.subject);
         filling.subject = Some(subject.clone());
@@ -407,6 +353,7 @@ async fn body(
             None => format!("{}.\n\nEvidence: {}.", capitalised(&a.reason), a.evidence),
         };
         set_values.push(filling.fields(&config.set_fields));
+        set_pendo_values.push(filling.fields(&config.set_pendo_fields));
         let text = Text { subject, description, owner };
         let record = |object: &str, fields, link| NewRecord {
             object: object.to_owned(),
@@ -458,6 +405,27 @@ async fn body(
         }
         changes = desired.iter().filter_map(|d| crate::change::diff(&written, d, &[])).collect();
     }
+    let mut pendo_desired = pendo_values;
+    for (a, values) in alerts.iter().zip(&set_pendo_values) {
+        pendo_desired.push(Desired {
+            key: a.pendo_id.clone(),
+            salesforce_id: a.pendo_id.clone(),
+            fields: values.clone(),
+        });
+    }
+    pendo_desired.retain(|d| !d.fields.is_empty());
+    let pendo_scope = pendo_scope(&workflow.name);
+    let mut pendo_changes: Vec<Change> = Vec::new();
+    if !pendo_desired.is_empty() {
+        let ids: Vec<String> = pendo_desired.iter().map(|d| d.key.clone()).collect();
+        let mut written = crate::change::Written::default();
+        for (id, fields) in ctx.store.written_values(&pendo_scope, &ids).await? {
+            for (f, v) in fields {
+                written.insert(&id, &f, crate::change::fingerprint(&v));
+            }
+        }
+        pendo_changes = pendo_desired.iter().filter_map(|d| crate::change::diff(&written, d, &[])).collect();
+    }
 
     let budget = if groups.is_empty() && changes.is_empty() && !options.dry_run {
         lazy.report(ctx).await?
@@ -492,6 +460,9 @@ async fn body(
     if !changes.is_empty() {
         report.fields_changed.insert("Account".to_owned(), changes.len());
     }
+    if !pendo_changes.is_empty() {
+        report.fields_changed.insert(PENDO_OBJECT.to_owned(), pendo_changes.len());
+    }
     report.deferred = groups.len() - send;
     report.plan =
         crate::plan::plan(0, workflow.max_latency, crate::plan::Allowance { calls: allowance }, &Default::default());
@@ -523,6 +494,9 @@ async fn body(
             changes.retain(|c| {
                 c.key != a.pendo_id || !set_values[i].iter().any(|(f, _)| c.fields.iter().any(|(x, _)| x == f))
             });
+            pendo_changes.retain(|c| {
+                c.key != a.pendo_id || !set_pendo_values[i].iter().any(|(f, _)| c.fields.iter().any(|(x, _)| x == f))
+            });
             continue;
         }
         let records = group_of[i].map(|g| results[g].ids()).unwrap_or_default();
@@ -533,8 +507,9 @@ async fn body(
             opened_at: Some(now),
             records,
             fields: set_values[i].clone(),
+            pendo_fields: set_pendo_values[i].clone(),
         };
-        puts.push(episode_put(&scope, &a.pendo_id, &open, now));
+        puts.push(episode::put(&workflow.name, &a.pendo_id, &open, now));
     }
     crate::testhook::crash_point("record");
     ctx.store.record_outcomes(run_id, &outcomes_out, &puts).await?;
@@ -568,56 +543,74 @@ async fn body(
         };
         super::update::record(ctx, &workflow.name, run_id, &how, updated, &mut report, now).await?;
     }
+    if !pendo_changes.is_empty() {
+        pendo_write(ctx, workflow, run_id, &pendo_scope, pendo_changes, &matched, &mut report, now).await?;
+        meter.step("deliver_pendo", Some("pendo_metadata"));
+    }
     meter.step("record", None);
     super::settle(ctx, &workflow.name, now, meter, &mut report).await?;
     Ok(report)
 }
 
+/// The object history rows and the failure ledger name for the alerts' Pendo metadata writes,
+/// apart from `Account` so a Salesforce write never settles a Pendo refusal.
+pub const PENDO_OBJECT: &str = "Pendo account";
+
+/// The fingerprint scope of the Pendo account metadata a workflow's alerts set.
+pub fn pendo_scope(workflow: &str) -> String {
+    format!("{workflow}:pendo-account")
+}
+
+/// The Pendo half of preflight, then the Pendo write stage: a field Pendo lacks, or types
+/// otherwise, would make Pendo refuse the account's whole update, so only that field is held
+/// back (and reported, the run partial); the rest is written and recorded.
+#[allow(clippy::too_many_arguments)]
+async fn pendo_write(
+    ctx: &Context,
+    workflow: &Workflow,
+    run_id: RunId,
+    scope: &str,
+    mut changes: Vec<Change>,
+    matched: &[(String, String)],
+    report: &mut RunReport,
+    now: DateTime<Utc>,
+) -> Result<(), RunError> {
+    let wanted = crate::pendo_fields::wanted(workflow);
+    let schema = ctx.pendo.metadata_schema(pendo::Kind::Account).await.map_err(|source| {
+        RunError::Pendo(crate::extract::ExtractError::Pendo { query: "account metadata schema", source })
+    })?;
+    report.pendo_calls += 1;
+    let gaps = crate::pendo_fields::gaps(&wanted, &schema);
+    if !gaps.is_empty() {
+        report.preflight.problems.extend(crate::pendo_fields::check(&ctx.config, &wanted, &schema));
+        for c in &mut changes {
+            let keep = |f: &str| !gaps.iter().any(|(w, _)| w.field.eq_ignore_ascii_case(f));
+            c.prints.retain(|(f, _)| keep(f));
+            c.fields.retain(|(f, _)| keep(f));
+        }
+        changes.retain(|c| !c.fields.is_empty());
+    }
+    let accounts: HashMap<&str, &str> = matched.iter().map(|(p, a)| (p.as_str(), a.as_str())).collect();
+    let sent: Vec<(Change, String)> = changes
+        .into_iter()
+        .map(|c| {
+            let account = accounts.get(c.key.as_str()).map(|a| (*a).to_owned()).unwrap_or_default();
+            (c, account)
+        })
+        .collect();
+    let target = super::pendo_write::Target {
+        kind: pendo::Kind::Account,
+        group: crate::config::alert::PENDO_GROUP,
+        scope,
+        object: PENDO_OBJECT,
+    };
+    super::pendo_write::write(ctx, &workflow.name, run_id, &target, &sent, report, now).await?;
+    Ok(())
+}
+
 /// The fingerprint scope of the Account fields a workflow's alerts set.
 pub fn account_scope(workflow: &str) -> String {
     format!("{workflow}:Account")
-}
-
-/// The owner the config's `owner` rule names, when it names one: a username is looked up once
-/// and then kept in the store (scope `{workflow}:owners`), with the run's other state.
-async fn owner_by_rule(
-    ctx: &Context,
-    workflow: &Workflow,
-    config: &DropAlertConfig,
-    now: DateTime<Utc>,
-    puts: &mut Vec<FingerprintPut>,
-) -> Result<Option<String>, RunError> {
-    let username = match &config.owner {
-        Owner::Account => return Ok(None),
-        Owner::User(id) | Owner::Queue(id) => return Ok(Some(id.clone())),
-        Owner::Username(u) => u,
-    };
-    let scope = format!("{}:owners", workflow.name);
-    let key = username.to_ascii_lowercase();
-    let cached = ctx.store.written_values(&scope, std::slice::from_ref(&key)).await?;
-    if let Some(id) = cached.get(&key).and_then(|f| f.iter().find(|(n, _)| n == "user")).and_then(|(_, v)| v.as_str()) {
-        return Ok(Some(id.to_owned()));
-    }
-    let soql =
-        format!("SELECT Id FROM User WHERE Username = {} AND IsActive = true", salesforce::soql::quote(username));
-    let rows: Vec<Value> = ctx
-        .salesforce
-        .query_collect(soql)
-        .await
-        .map_err(|source| RunError::Salesforce { what: "the alert owner's User", source })?;
-    let Some(id) = rows.first().and_then(|r| r.get("Id")).and_then(Value::as_str) else {
-        return Err(RunError::UnknownOwner { workflow: workflow.name.clone(), username: username.clone() });
-    };
-    let value = json!(id);
-    puts.push(FingerprintPut {
-        scope,
-        key,
-        field: "user".into(),
-        fingerprint: crate::change::fingerprint(&value),
-        written_at: now,
-        value: Some(value),
-    });
-    Ok(Some(id.to_owned()))
 }
 
 /// An alert's filled-in text and owner, shared by its records.
@@ -646,18 +639,6 @@ fn decision(pendo_id: &str, account_id: &str, action: Action, message: String) -
         changes: vec![],
         error_code: None,
         message: Some(message),
-    }
-}
-
-fn episode_put(scope: &str, pendo_id: &str, e: &Episode, now: DateTime<Utc>) -> FingerprintPut {
-    let value = serde_json::to_value(e).unwrap_or(Value::Null);
-    FingerprintPut {
-        scope: scope.to_owned(),
-        key: pendo_id.to_owned(),
-        field: "episode".into(),
-        fingerprint: crate::change::fingerprint(&value),
-        written_at: now,
-        value: Some(value),
     }
 }
 
@@ -746,11 +727,6 @@ fn opportunity_fields(
     m
 }
 
-fn capitalised(s: &str) -> String {
-    let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
-}
-
 /// Account id → (the configured lookup's User, empty when unset; the Account owner; the
 /// Account's name).
 async fn read_owners(
@@ -795,10 +771,15 @@ impl template::Spec for DropAlertConfig {
     fn flows(&self, key: &dyn Fn(&str) -> String) -> template::Flows {
         // Its Tasks, Cases and Opportunities are records it creates, each under its own key;
         // of existing records, only the Account fields its alerts set are its.
+        let pendo = self.set_pendo_fields.iter().map(|(f, _)| {
+            let field = template::FieldRef::pendo("account", crate::config::alert::PENDO_GROUP, f);
+            (field, key(&format!("alert.set_pendo_fields.{f}")))
+        });
         let writes = self
             .set_fields
             .iter()
             .map(|(f, _)| (template::FieldRef::salesforce("Account", f), key(&format!("alert.set_fields.{f}"))))
+            .chain(pendo)
             .collect();
         template::Flows::to_salesforce(vec![], writes)
     }
@@ -877,6 +858,8 @@ mod tests {
             owner: Default::default(),
             set_fields: vec![],
             reset_fields: vec![],
+            set_pendo_fields: vec![],
+            reset_pendo_fields: vec![],
         }
     }
 

@@ -16,6 +16,8 @@
 //! - [`create`]: the create stage: groups of records made exactly once, never clobbering, within the budget.
 //! - `update`: the update stage: changed fields onto existing records within the reserved budget,
 //!   then read back ([`crate::verify`]).
+//! - `pendo_write`: the Pendo metadata write stage (bulk writes, fingerprints, ledger).
+//! - `episode`: one alert per subject per episode, for every template that alerts.
 //! - `ledger`: the failure ledger every template settles its refused and written records in.
 //! - [`replay`]: running failed records' workflows again, re-deriving what they send.
 
@@ -23,11 +25,13 @@ pub mod attributes;
 pub mod create;
 pub mod drop_alert;
 pub mod engagement;
+mod episode;
 pub mod expansion;
 mod lease;
 mod ledger;
 pub mod new_users;
 pub mod nps;
+mod pendo_write;
 pub mod people;
 pub mod replay;
 mod rollup;

@@ -2,18 +2,26 @@
 //! minutes, last active day) onto the Contact that carries their Pendo visitor id, changed
 //! fields only. It gathers (one paged Pendo query, the Contacts with a visitor id) and decides;
 //! preflight, plan, budget, delivery, read-back and record are the shared stages.
+//!
+//! With `alert:`, a condition over each linked person's figures (this window and the one
+//! before) makes a Task on their Contact once per episode, through the create stage, with the
+//! episodes every alerting template keeps ([`super::episode`], keyed by the visitor id).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Map, Value, json};
 
+use super::create::{self, Group, NewRecord};
+use super::episode::{self, Decision, Episode};
 use super::{Context, Meter, RunError, RunOptions, RunReport};
 use crate::change::{self, Change, Desired};
-use crate::config::{ContactEngagementConfig, PersonMatch, Workflow, template};
+use crate::config::{ContactEngagementConfig, PersonAlert, PersonMatch, Workflow, template};
 use crate::deliver;
 use crate::extract::{Extractor, PersonFigures, VisitorUsage};
 use crate::plan::{self, Allowance, CostModel};
+use crate::signal;
+use crate::store::{Action, FingerprintPut, RecordOutcome, RunId};
 
 const OBJECT: &str = "Contact";
 
@@ -43,7 +51,13 @@ pub(crate) async fn run(
             features: config.fields.features_used.is_some(),
             guides: config.fields.guides_completed.is_some(),
         };
-        let usage = extractor.visitor_usage(&workflow.window(now), figures).await?;
+        let window = workflow.window(now);
+        let usage = extractor.visitor_usage(&window, figures).await?;
+        // A signal compares with the window before; only an alert reads it.
+        let previous = match &config.alert {
+            Some(_) => extractor.visitor_usage(&window.before(), figures).await?,
+            None => BTreeMap::new(),
+        };
         let mut report = RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone());
         let pairs = match &config.match_by {
             PersonMatch::VisitorId(field) => {
@@ -64,6 +78,10 @@ pub(crate) async fn run(
 
         // Decide: every linked Contact's figures; a person silent in the window has zero usage
         // (and keeps the last active day already written).
+        let decided = match &config.alert {
+            Some(alert) => decide(ctx, &workflow.name, alert, &pairs, &usage, &previous, now).await?,
+            None => Decided::default(),
+        };
         let written = ctx.store.fingerprints(&scope(&workflow.name)).await?;
         let linked: BTreeSet<String> = pairs.iter().map(|(visitor, _)| visitor.clone()).collect();
         let mut changes: Vec<Change> = Vec::new();
@@ -81,20 +99,25 @@ pub(crate) async fn run(
         report.pendo_accounts = usage.len();
         report.unmatched = usage.keys().filter(|v| !linked.contains(v.as_str())).count();
 
-        let quarantine = super::engagement::preflight(ctx, workflow, &changes, options.dry_run).await?;
+        let alerting = !decided.alerts.is_empty();
+        let quarantine = super::engagement::preflight(ctx, workflow, &changes, options.dry_run || alerting).await?;
         meter.step("preflight", Some("preflight"));
         let (changes, held) = deliver::hold_back(&quarantine, OBJECT, &[], changes);
         report.preflight =
             super::PreflightReport { problems: quarantine.problems().to_vec(), records_held_back: held.len() };
         report.describe_changes(&changes);
+        if alerting {
+            report.fields_changed.insert("Task".into(), decided.alerts.len());
+        }
         let spent = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
         let allowance = Allowance { calls: budget.available.saturating_sub(spent) };
         let plan = plan::plan(changes.len(), workflow.max_latency, allowance, &CostModel::default());
         report.plan = plan.clone();
         report.deferred = plan.deferred;
         let Some(run_id) = run_id else { return Ok(report.planned(meter)) };
-        let skipped: Vec<_> = held.iter().map(|h| h.outcome(OBJECT)).collect();
-        ctx.store.record_outcomes(run_id, &skipped, &[]).await?;
+        let mut skipped: Vec<_> = held.iter().map(|h| h.outcome(OBJECT)).collect();
+        skipped.extend(decided.outcomes);
+        ctx.store.record_outcomes(run_id, &skipped, &decided.puts).await?;
 
         let updated = super::update::deliver(
             ctx,
@@ -114,11 +137,252 @@ pub(crate) async fn run(
         let scope = scope(&workflow.name);
         let how = super::update::Recording { object: OBJECT, scope: &scope, ledger_key: |c| &c.key, note: &|_| None };
         super::update::record(ctx, &workflow.name, run_id, &how, updated, &mut report, now).await?;
+        if let Some(alert) = config.alert.as_ref().filter(|_| alerting) {
+            let spent = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
+            let allowance = budget.available.saturating_sub(spent);
+            let mut made = Made { quarantine: &quarantine, allowance, budget: &budget, meter: &mut meter, run_id, now };
+            alert_tasks(ctx, workflow, alert, &decided.alerts, &mut made, &mut report).await?;
+        }
         meter.step("record", None);
         super::settle(ctx, &workflow.name, now, meter, &mut report).await?;
         Ok(report)
     })
     .await
+}
+
+/// A person whose signal holds, before their Task is made.
+struct Pending {
+    visitor: String,
+    contact: String,
+    number: u64,
+    reason: String,
+    current: HashMap<String, f64>,
+    previous: HashMap<String, f64>,
+}
+
+/// What the signal says about every linked person: the alerts to make, the history rows of the
+/// others' decisions and the closed episodes.
+#[derive(Default)]
+struct Decided {
+    alerts: Vec<Pending>,
+    outcomes: Vec<RecordOutcome>,
+    puts: Vec<FingerprintPut>,
+}
+
+/// Decides each linked person's episode by `alert`'s condition over their figures now and in
+/// the window before. A last active day outside this window is taken from the one before, so
+/// `days_since_last_active` keeps counting for a person who went quiet.
+async fn decide(
+    ctx: &Context,
+    workflow: &str,
+    alert: &PersonAlert,
+    pairs: &[(String, String)],
+    usage: &BTreeMap<String, VisitorUsage>,
+    previous: &BTreeMap<String, VisitorUsage>,
+    now: DateTime<Utc>,
+) -> Result<Decided, RunError> {
+    let visitors: Vec<String> = pairs.iter().map(|(v, _)| v.clone()).collect();
+    let episodes = episode::load(ctx, workflow, &visitors).await?;
+    let mut out = Decided::default();
+    let silent = VisitorUsage::default();
+    let rule = episode::rearm_rule(&alert.when, alert.rearm_when.as_ref());
+    for (visitor, contact) in pairs {
+        let (now_u, prev_u) = (usage.get(visitor).unwrap_or(&silent), previous.get(visitor).unwrap_or(&silent));
+        let current = signal::person_values(now_u, now_u.last_active_day.or(prev_u.last_active_day), now);
+        let before = signal::person_values(prev_u, prev_u.last_active_day, now);
+        let e = episodes.get(visitor).cloned().unwrap_or_default();
+        let row = |action, message: String| RecordOutcome {
+            object: OBJECT.into(),
+            key: visitor.clone(),
+            salesforce_id: Some(contact.clone()),
+            action,
+            changes: vec![],
+            error_code: None,
+            message: Some(message),
+        };
+        let (holds, rearms) = match episode::signal(&alert.when, alert.rearm_when.as_ref(), &current, &before) {
+            Ok(v) => v,
+            Err(err) => {
+                out.outcomes.push(row(Action::Skipped, err.to_string()));
+                continue;
+            }
+        };
+        match episode::decide_signal(&e, holds, rearms, alert.when.text()) {
+            Decision::Quiet => {}
+            Decision::Alert { number, reason, .. } => out.alerts.push(Pending {
+                visitor: visitor.clone(),
+                contact: contact.clone(),
+                number,
+                reason,
+                current,
+                previous: before,
+            }),
+            Decision::StillOpen { number } => {
+                out.outcomes.push(row(Action::Unchanged, format!("episode {number} still open ({rule}): no new alert")))
+            }
+            Decision::Recovered { number } => {
+                out.outcomes.push(row(
+                    Action::Skipped,
+                    format!("recovered ({rule}): episode {number} closed, alerts re-armed"),
+                ));
+                let closed = Episode { open: false, records: Vec::new(), ..e };
+                out.puts.push(episode::put(workflow, visitor, &closed, now));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the create stage needs from the run.
+struct Made<'a, 'm> {
+    quarantine: &'a crate::preflight::Quarantine,
+    allowance: u64,
+    budget: &'a crate::budget::BudgetReport,
+    meter: &'a mut Meter<'m>,
+    run_id: RunId,
+    now: DateTime<Utc>,
+}
+
+/// The key of a person's alert Task: stable for the person's episode.
+pub fn alert_key(workflow: &str, visitor: &str, episode: u64) -> String {
+    create::key(&["usagesync", workflow, "person", visitor, &episode.to_string()])
+}
+
+/// Makes each alert's Task on its Contact (WhoId) and the Contact's Account (WhatId), for the
+/// owner rule's User or the Account's owner, through the create stage; an episode opens once
+/// its Task exists, so a refused or deferred one is made by the next run under the same key.
+async fn alert_tasks(
+    ctx: &Context,
+    workflow: &Workflow,
+    alert: &PersonAlert,
+    alerts: &[Pending],
+    made: &mut Made<'_, '_>,
+    report: &mut RunReport,
+) -> Result<(), RunError> {
+    let now = made.now;
+    let mut puts = Vec::new();
+    let rule_owner = episode::owner_by_rule(ctx, &workflow.name, &alert.owner, now, &mut puts).await?;
+    let ids: Vec<&str> = alerts.iter().map(|a| a.contact.as_str()).collect();
+    let contacts = read_contacts(ctx, &ids).await?;
+    made.meter.step("read_owners", Some("read_contacts"));
+    let due = (now + chrono::Duration::days(i64::from(alert.due_in_days))).date_naive().to_string();
+    let groups: Vec<Group> = alerts
+        .iter()
+        .map(|a| {
+            let (name, account, account_owner) = contacts.get(&a.contact).cloned().unwrap_or_default();
+            let metric = alert.when.metric();
+            let value = |n: &str| -> Option<String> {
+                let figure = |key: &str, from: &HashMap<String, f64>| from.get(key).map(|v| crate::text::number(*v));
+                match n {
+                    "person" => Some(if name.is_empty() { a.visitor.clone() } else { name.clone() }),
+                    "visitor" => Some(a.visitor.clone()),
+                    "metric" => Some(metric.to_owned()),
+                    "from" => figure(metric, &a.previous),
+                    "to" => figure(metric, &a.current),
+                    "reason" => Some(a.reason.clone()),
+                    "opened_at" => Some(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    other => match other.strip_prefix("previous.") {
+                        Some(p) => figure(p, &a.previous),
+                        None => figure(other, &a.current),
+                    },
+                }
+            };
+            let subject = crate::text::render(&alert.subject, &value);
+            let description = match &alert.description {
+                Some(d) => crate::text::render(d, &|n| if n == "subject" { Some(subject.clone()) } else { value(n) }),
+                None => format!(
+                    "{} for Pendo visitor {}.\n\nFigures: {}.",
+                    episode::capitalised(&a.reason),
+                    a.visitor,
+                    figures(a)
+                ),
+            };
+            let owner = rule_owner.clone().unwrap_or(account_owner);
+            let mut fields = Map::new();
+            fields.insert("Subject".into(), json!(subject));
+            fields.insert("Priority".into(), json!("High"));
+            fields.insert("Status".into(), json!("Not Started"));
+            fields.insert("WhoId".into(), json!(a.contact));
+            if !account.is_empty() {
+                fields.insert("WhatId".into(), json!(account));
+            }
+            fields.insert("ActivityDate".into(), json!(due));
+            fields.insert("Description".into(), json!(description));
+            if !owner.is_empty() {
+                fields.insert("OwnerId".into(), json!(owner));
+            }
+            Group {
+                subject: a.visitor.clone(),
+                account_id: if account.is_empty() { a.contact.clone() } else { account },
+                note: format!("episode {}: {}", a.number, a.reason),
+                records: vec![NewRecord {
+                    object: "Task".into(),
+                    key: alert_key(&workflow.name, &a.visitor, a.number),
+                    key_field: alert.key_field.clone(),
+                    fields,
+                    link: None,
+                }],
+            }
+        })
+        .collect();
+    // The create stage's read-back report replaces the run's; the update stage's is kept.
+    let verified = std::mem::take(&mut report.verify);
+    let results = create::deliver_checked(
+        ctx,
+        workflow,
+        &groups,
+        made.quarantine,
+        made.allowance,
+        made.budget,
+        made.meter,
+        report,
+        now,
+    )
+    .await?;
+    report.verify.merge(verified);
+    let history = create::history(&groups, &results, report);
+    for (a, r) in alerts.iter().zip(&results) {
+        if r.complete() {
+            let open =
+                Episode { count: a.number, open: true, opened_at: Some(now), records: r.ids(), ..Episode::default() };
+            puts.push(episode::put(&workflow.name, &a.visitor, &open, now));
+        }
+    }
+    ctx.store.record_outcomes(made.run_id, &history, &puts).await?;
+    create::ledger(&groups, &results).settle(ctx, &workflow.name, made.run_id, now).await?;
+    Ok(())
+}
+
+/// A person's figures side by side, this window and the one before.
+fn figures(a: &Pending) -> String {
+    signal::PERSON_VARIABLES
+        .iter()
+        .map(|v| {
+            let at = |m: &HashMap<String, f64>| m.get(*v).map_or_else(String::new, |x| crate::text::number(*x));
+            format!("{v} {} → {}", at(&a.previous), at(&a.current))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Contact Id → (its Name, its AccountId, the Account's OwnerId), empty where unset.
+async fn read_contacts(ctx: &Context, ids: &[&str]) -> Result<HashMap<String, (String, String, String)>, RunError> {
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(300) {
+        let list = chunk.iter().map(|id| salesforce::soql::quote(id)).collect::<Vec<_>>().join(", ");
+        let soql = format!("SELECT Id, Name, AccountId, Account.OwnerId FROM {OBJECT} WHERE Id IN ({list})");
+        let rows: Vec<Map<String, Value>> = ctx
+            .salesforce
+            .query_collect(soql)
+            .await
+            .map_err(|source| RunError::Salesforce { what: "alerted people's Contacts", source })?;
+        for r in rows {
+            let owner = r.get("Account").and_then(|a| a.get("OwnerId")).and_then(Value::as_str).unwrap_or_default();
+            let at = |f: &str| text(&r, f).unwrap_or_default().to_owned();
+            out.insert(at("Id"), (at("Name"), at("AccountId"), owner.to_owned()));
+        }
+    }
+    Ok(out)
 }
 
 /// The Contacts with `field` set (`Id` and `field`), all pages.
@@ -249,6 +513,9 @@ impl template::Spec for ContactEngagementConfig {
             let expect = if figure == "last_active" { Expect::Date } else { Expect::Number };
             reqs.add(OBJECT, field, Use::Update, expect, &format!("contacts.fields.{figure}"));
         }
+        if let Some(alert) = &self.alert {
+            reqs.add("Task", &alert.key_field, Use::Key, Expect::Text, "contacts.alert.key_field");
+        }
     }
 
     fn run<'a>(&'a self, ctx: &'a Context, w: &'a Workflow, options: &'a RunOptions) -> template::RunFuture<'a> {
@@ -275,6 +542,7 @@ mod tests {
                 last_active: Some("L__c".into()),
                 ..PersonFields::default()
             },
+            alert: None,
         };
         let silent = VisitorUsage { visitor_id: "v".into(), ..VisitorUsage::default() };
         assert_eq!(values(&config, &silent), vec![("A__c".into(), json!(0)), ("E__c".into(), json!(0))]);

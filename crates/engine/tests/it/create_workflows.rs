@@ -864,3 +864,146 @@ async fn a_signal_sets_account_fields_while_the_episode_is_open_and_resets_them_
     assert!(all.iter().all(|a| a["Risk_Reason__c"].is_null()), "reasons cleared");
     assert_eq!(run(&never).await.written, 0, "a reset is written once");
 }
+
+impl World {
+    /// Creates Pendo account metadata fields in the `custom` group: (name, type).
+    async fn pendo_fields(&self, fields: &[(&str, &str)]) {
+        let specs: Vec<pendo::metadata::FieldSpec> = fields
+            .iter()
+            .map(|(name, t)| pendo::metadata::FieldSpec {
+                name: (*name).into(),
+                displayname: (*name).into(),
+                field_type: (*t).into(),
+            })
+            .collect();
+        self.ctx.pendo.create_fields(pendo::Kind::Account, "custom", &specs).await.unwrap();
+    }
+
+    /// Each Pendo account's `custom` metadata, by account id.
+    async fn pendo_custom(&self) -> HashMap<String, Value> {
+        let url = format!("{}/__emulator/accounts", self.pendo.base_url);
+        let v: Value = self.http.get(url).send().await.unwrap().json().await.unwrap();
+        let list = v.as_array().cloned().or_else(|| v["accounts"].as_array().cloned()).unwrap();
+        list.into_iter()
+            .map(|a| {
+                let id = a["accountId"].as_str().or_else(|| a["id"].as_str()).unwrap().to_owned();
+                (id, a["metadata"]["custom"].clone())
+            })
+            .collect()
+    }
+}
+
+/// A Pendo metadata write as the action: the Pendo account's custom fields hold the alert's
+/// values while the episode is open (beside the Account's fields), a re-run writes nothing to
+/// either side, and once the condition no longer holds both are reset, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_writes_pendo_metadata_while_the_episode_is_open_and_resets_it_after() {
+    let w = world(60, false).await;
+    let url = format!("{}/__emulator/fields/Account", w.sf.base_url);
+    let fields = json!([{"name": "At_Risk__c", "type": "boolean"}]);
+    w.http.post(url).json(&fields).send().await.unwrap().error_for_status().unwrap();
+    w.pendo_fields(&[("risk_flag", "string"), ("risk_since", "string")]).await;
+    let set = "      task: false\n      set_fields: { At_Risk__c: true }\n      reset_fields: { At_Risk__c: false }\n      \
+               set_pendo_fields: { risk_flag: \"at risk: {metric} at {to}\", risk_since: \"{opened_at}\" }\n      \
+               reset_pendo_fields: { risk_flag: null, risk_since: null }\n";
+    let holds = edited(&w, ALERT, &format!("      when: \"events >= 0.0\"\n{set}"));
+    let never = edited(&w, ALERT, &format!("      when: \"events < 0.0\"\n{set}"));
+    let options = RunOptions { trigger: "test".into(), ..Default::default() };
+    let run = |ctx: &Context| {
+        let ctx = ctx.clone();
+        let options = options.clone();
+        async move { engine::workflow::run(&ctx, "churn-alerts", &options).await.unwrap() }
+    };
+    let flagged = || async {
+        let all = w.pendo_custom().await;
+        all.into_iter().filter(|(_, md)| md["risk_flag"].is_string()).collect::<HashMap<_, _>>()
+    };
+
+    let started = Utc::now() - chrono::Duration::seconds(1);
+    let first = run(&holds).await;
+    assert_eq!((first.failed, first.state.as_str()), (0, "succeeded"), "{:?} {:?}", first.failures, first.preflight);
+    assert!(first.matched > 0);
+    assert_eq!(first.written, 2 * first.matched, "an Account update and a Pendo write per account: {first:?}");
+    assert_eq!(first.fields_changed.get("Pendo account"), Some(&first.matched), "{:?}", first.fields_changed);
+    let marked = flagged().await;
+    assert_eq!(marked.len(), first.matched);
+    for md in marked.values() {
+        assert!(md["risk_flag"].as_str().unwrap().starts_with("at risk: events at "), "{md}");
+        let since = chrono::DateTime::parse_from_rfc3339(md["risk_since"].as_str().unwrap()).unwrap();
+        assert!(since >= started && since <= Utc::now(), "the episode's opening: {md}");
+    }
+    let ids: Vec<String> = marked.keys().cloned().collect();
+    let episodes = w.episodes(&ids).await;
+    assert!(episodes.values().all(|e| e.open && e.pendo_fields.len() == 2), "{episodes:?}");
+
+    let again = run(&holds).await;
+    assert_eq!((again.written, again.failed), (0, 0), "a re-run writes nothing to either side: {again:?}");
+    assert!(again.fields_changed.is_empty(), "{:?}", again.fields_changed);
+    assert_eq!(again.api_calls.get("deliver"), None, "{:?}", again.api_calls);
+
+    let closed = run(&never).await;
+    assert_eq!(closed.failed, 0, "{:?}", closed.failures);
+    assert_eq!(closed.written, 2 * first.matched, "both sides reset: {closed:?}");
+    assert!(flagged().await.is_empty());
+    let all = w.pendo_custom().await;
+    assert!(ids.iter().all(|id| all[id]["risk_since"].is_null()), "cleared");
+    let after = run(&never).await;
+    assert_eq!((after.written, after.failed), (0, 0), "a reset is written once: {after:?}");
+}
+
+/// A Pendo refusal is a failure, not a silent drop: every account's refused write is counted,
+/// the run is partial and the failure kept per Pendo account; once a person fixes the field's
+/// type, replay sends the episode's values and settles the failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pendo_write_is_kept_and_replay_sends_it_once_the_field_is_fixed() {
+    let w = world(60, false).await;
+    // An integer field refuses the fractional level.
+    w.pendo_fields(&[("risk_level", "integer")]).await;
+    let holds = edited(
+        &w,
+        ALERT,
+        "      when: \"events >= 0.0\"\n      task: false\n      set_pendo_fields: { risk_level: 0.5 }\n",
+    );
+    let options = RunOptions { trigger: "test".into(), ..Default::default() };
+    let first = engine::workflow::run(&holds, "churn-alerts", &options).await.unwrap();
+    assert!(first.matched > 0);
+    assert_eq!((first.failed, first.written, first.state.as_str()), (first.matched, 0, "partial"), "{first:?}");
+    assert_eq!(first.failures[0].code, "PENDO_REFUSED", "{:?}", first.failures);
+    let open = failures(&w, FailureStatus::Open).await;
+    assert_eq!(open.len(), first.matched);
+    assert!(open.iter().all(|f| f.object == "Pendo account" && f.payload == json!({"risk_level": 0.5})), "{open:?}");
+
+    let url = format!("{}/api/v1/metadata/schema/account/custom/risk_level", w.pendo.base_url);
+    let r = w.http.delete(url).header("x-pendo-integration-key", "emulator-integration-key").send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    w.pendo_fields(&[("risk_level", "float")]).await;
+    let replay =
+        engine::workflow::replay::replay(&holds, &FailureSelector::All { workflow: None }, 1000).await.unwrap();
+    assert_eq!((replay.claimed, replay.resolved, replay.failed_again), (open.len(), open.len(), 0), "{replay:?}");
+    let md = w.pendo_custom().await;
+    assert_eq!(md.values().filter(|m| m["risk_level"] == json!(0.5)).count(), first.matched);
+    let next = engine::workflow::run(&holds, "churn-alerts", &options).await.unwrap();
+    assert_eq!((next.written, next.failed), (0, 0), "{next:?}");
+}
+
+/// Preflight's Pendo half for alerts: a field Pendo does not have is held back (never sent, so
+/// never refused), the run is partial and names the field where the config does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pendo_field_pendo_lacks_is_held_back_and_named_at_its_line() {
+    let w = world(30, false).await;
+    let holds = edited(
+        &w,
+        ALERT,
+        "      when: \"events >= 0.0\"\n      task: false\n      set_pendo_fields: { risk_flag: \"at risk\" }\n",
+    );
+    let options = RunOptions { trigger: "test".into(), ..Default::default() };
+    let first = engine::workflow::run(&holds, "churn-alerts", &options).await.unwrap();
+    assert!(first.matched > 0);
+    assert_eq!((first.failed, first.written, first.state.as_str()), (0, 0, "partial"), "{first:?}");
+    let problems = &first.preflight.problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].field.as_deref(), Some("custom.risk_flag"));
+    assert_eq!(problems[0].key, "workflows.churn-alerts.alert.set_pendo_fields.risk_flag");
+    assert!(problems[0].line.is_some() && problems[0].message.contains("setup pendo"), "{}", problems[0]);
+    assert!(w.pendo_custom().await.values().all(|m| m["risk_flag"].is_null()));
+}

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};
 
-use crate::support::{Emulators, World};
+use crate::support::{self, Emulators, World};
 
 const CONFIG: &str = r#"
 store: "{store}"
@@ -36,6 +36,15 @@ workflows:
       match: email
       fields:
         events: Person_Mail_Events__c
+  people-signals:
+    template: contact-engagement
+    schedule: "0 6 * * *"
+    window_days: 30
+    contacts:
+      visitor_id_field: Pendo_Visitor_Id__c
+      alert:
+        when: "events < 10.0"
+        subject: "Low usage: {person} ({events} events, {previous.events} before)"
 "#;
 
 impl World {
@@ -176,4 +185,82 @@ async fn each_persons_usage_lands_on_their_contact_and_a_rerun_writes_nothing() 
     );
     let bo = &w.contacts().await["Bo"];
     assert_eq!((bo["Person_Active_Days__c"].as_f64(), bo["Person_Events__c"].as_f64()), (Some(2.0), Some(6.0)));
+}
+
+/// The world's config with `from` replaced by `to`, over the world's store and clients.
+fn edited(w: &World, from: &str, to: &str) -> engine::workflow::Context {
+    let text = support::config_text(CONFIG, &w.sf.base_url, &w.pendo.base_url, "sqlite://unused.db").replace(from, to);
+    let config = engine::config::load_str(&text, "test.yaml").unwrap();
+    engine::workflow::Context { config: std::sync::Arc::new(config), ..w.ctx.clone() }
+}
+
+/// A signal over each person's figures: everyone it holds for gets one Task on their Contact
+/// (and its Account, for the Account's owner); a re-run makes nothing; a person who recovers
+/// closes their episode, and alerts again in a new one once the signal holds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persons_signal_makes_one_task_per_episode_on_their_contact_and_rearms_after_recovery() {
+    use engine::store::OutcomeFilter;
+    use engine::workflow::people::alert_key;
+    let w = world().await;
+    let users = w.records("User").await;
+    let owner = users.last().unwrap()["Id"].as_str().unwrap().to_owned();
+    let account = w.ctx.salesforce.create("Account", &json!({"Name": "People Co", "OwnerId": owner})).await.unwrap();
+    let account = account.id.as_str().to_owned();
+    let c = w.contacts().await;
+    for name in ["Ada", "Bo", "Cy"] {
+        let id = salesforce::SalesforceId::parse(c[name]["Id"].as_str().unwrap()).unwrap();
+        w.ctx.salesforce.update("Contact", &id, &json!({"AccountId": account})).await.unwrap();
+    }
+    let id_of = |name: &str| c[name]["Id"].as_str().unwrap().to_owned();
+    let tasks = || async {
+        let all = w.records("Task").await;
+        all.into_iter().filter(|t| t["Usagesync_Key__c"].is_string()).collect::<Vec<_>>()
+    };
+
+    // Bo (2 events) and Cy (none in the window) are under 10; Ada (12) is not.
+    let first = w.run("people-signals").await;
+    assert_eq!((first.failed, first.state.as_str()), (0, "succeeded"), "{:?} {:?}", first.failures, first.preflight);
+    assert_eq!(first.written, 2, "{first:?}");
+    let made = tasks().await;
+    assert_eq!(made.len(), 2);
+    for t in &made {
+        let who = t["WhoId"].as_str().unwrap();
+        assert!([id_of("Bo"), id_of("Cy")].contains(&who.to_owned()), "{t}");
+        assert_eq!(
+            (t["WhatId"].as_str(), t["OwnerId"].as_str()),
+            (Some(account.as_str()), Some(owner.as_str())),
+            "{t}"
+        );
+        assert_eq!(t["Priority"], json!("High"));
+    }
+    let bo = made.iter().find(|t| t["WhoId"] == json!(id_of("Bo"))).unwrap();
+    assert_eq!(bo["Subject"], json!("Low usage: Bo (2 events, 0 before)"));
+    assert_eq!(bo["Usagesync_Key__c"], json!(alert_key("people-signals", "p-bo", 1)));
+
+    let again = w.run("people-signals").await;
+    assert_eq!((again.written, again.failed), (0, 0), "one Task per episode: {again:?}");
+    assert_eq!(again.api_calls.get("create"), None, "{:?}", again.api_calls);
+    assert_eq!(tasks().await.len(), 2);
+
+    // Bo gets busy: his episode closes; Cy's stays open.
+    let yesterday = Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc() - Duration::days(1);
+    let more = json!({"events": [{"kind": "page", "id": "page-p", "visitorId": "p-bo", "accountId": "people-co", "time": yesterday.timestamp_millis(), "numEvents": 10, "numMinutes": 1}]});
+    w.pendo_seed(more).await;
+    let recovered = w.run("people-signals").await;
+    assert_eq!((recovered.written, recovered.failed), (0, 0), "{recovered:?}");
+    let rows = w.ctx.store.run_outcomes(recovered.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
+    let said = |key: &str| rows.iter().find(|o| o.key == key).and_then(|o| o.message.clone()).unwrap_or_default();
+    assert!(said("p-bo").starts_with("recovered"), "{rows:?}");
+    assert!(said("p-cy").contains("still open"), "{rows:?}");
+
+    // A higher bar: Bo (12 events) alerts again in a second episode, Ada in her first; Cy's
+    // open episode makes nothing new.
+    let higher = edited(&w, "when: \"events < 10.0\"", "when: \"events < 20.0\"");
+    let options = engine::workflow::RunOptions { trigger: "test".into(), ..Default::default() };
+    let second = engine::workflow::run(&higher, "people-signals", &options).await.unwrap();
+    assert_eq!((second.written, second.failed), (2, 0), "{second:?}");
+    let keys: Vec<String> = tasks().await.iter().map(|t| t["Usagesync_Key__c"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(keys.len(), 4);
+    assert!(keys.contains(&alert_key("people-signals", "p-bo", 2)), "{keys:?}");
+    assert!(keys.contains(&alert_key("people-signals", "p-ada", 1)), "{keys:?}");
 }

@@ -49,7 +49,7 @@ fn init_writes_a_starter_that_validates_and_refuses_to_overwrite() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains(
-            "is valid: 11 workflow(s): engagement, new-users, attributes-to-pendo, nps, churn-alerts, stalled-adoption, usage-collapse, renewal-risk, expansion, trials, people"
+            "is valid: 12 workflow(s): engagement, new-users, attributes-to-pendo, nps, churn-alerts, stalled-adoption, usage-collapse, renewal-risk, expansion, trials, people, people-gone-quiet"
         ),
         "{}",
         text(&o)

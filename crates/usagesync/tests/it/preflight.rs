@@ -167,3 +167,34 @@ fn cfg_with(path: &Path, text: &str) -> std::path::PathBuf {
     std::fs::write(path, text).unwrap();
     path.to_owned()
 }
+
+/// An alert's `set_pendo_fields` are Pendo metadata writes like the attributes': enabled, the
+/// fields Pendo lacks fail `validate --remote` at their line, and `setup pendo --apply` creates
+/// them.
+#[test]
+fn an_alerts_pendo_fields_are_checked_by_validate_remote_and_created_by_setup_pendo() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_emu, _sf, good) = world(dir.path());
+    let cfg = dir.path().join("usagesync.yaml");
+    let enabled = good.replace(
+        "    enabled: false                  # create At_Risk__c",
+        "    enabled: true                  # create At_Risk__c",
+    );
+    std::fs::write(&cfg, &enabled).unwrap();
+    let line = enabled.lines().position(|l| l.contains("set_pendo_fields:")).unwrap() + 1;
+    let o = run(&cfg, &["validate", "--remote"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let out = text(&o);
+    for field in ["custom.risk_flag", "custom.risk_since"] {
+        assert!(
+            out.lines().any(|l| l.contains(&format!("{}:{line}:", cfg.display())) && l.contains(field)),
+            "{field}: {out}"
+        );
+    }
+    let o = run(&cfg, &["--json", "setup", "pendo", "--apply"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let made: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((made["created"].as_u64(), made["still_missing"].as_u64()), (Some(2), Some(0)), "{made}");
+    let o = run(&cfg, &["validate", "--remote"]);
+    assert!(!text(&o).contains("custom.risk_"), "{}", text(&o));
+}
