@@ -1,8 +1,9 @@
 -- The store stays small at 100,000 accounts (issue 17: ≤ 60 MB after 30 daily runs).
 --
 -- Fingerprints: one row per record and field still, but the scope and the field are numbers
--- (fingerprint_scopes, field_names) instead of text repeated on every row, and the write time
--- is kept per scope (nothing reads it per row).
+-- (fingerprint_scopes, field_names) instead of text repeated on every row, the write time is
+-- kept per scope (nothing reads it per row), and the fingerprint is NULL where it is the hash
+-- of the value kept beside it (the engine derives it; rows converted here keep theirs).
 CREATE TABLE fingerprint_scopes (
     id         serial PRIMARY KEY,
     name       text NOT NULL UNIQUE,
@@ -14,7 +15,7 @@ CREATE TABLE fingerprints_by_id (
     scope_id    integer NOT NULL,
     key         text NOT NULL,
     field_id    integer NOT NULL,
-    fingerprint bigint NOT NULL,
+    fingerprint bigint,
     value       text,
     PRIMARY KEY (scope_id, key, field_id)
 );

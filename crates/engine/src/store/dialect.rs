@@ -116,6 +116,7 @@ pub(super) enum Column<'a> {
     Text(Vec<&'a str>),
     OptText(Vec<Option<&'a str>>),
     Int(Vec<i64>),
+    OptInt(Vec<Option<i64>>),
     Bool(Vec<bool>),
     Time(Vec<DateTime<Utc>>),
 }
@@ -124,7 +125,7 @@ impl Column<'_> {
     fn array_type(&self) -> &'static str {
         match self {
             Column::Text(_) | Column::OptText(_) => "text",
-            Column::Int(_) => "int8",
+            Column::Int(_) | Column::OptInt(_) => "int8",
             Column::Bool(_) => "bool",
             Column::Time(_) => "timestamptz",
         }
@@ -156,6 +157,7 @@ impl Tx {
                                 Column::Text(v) => b.push_bind(v[row]),
                                 Column::OptText(v) => b.push_bind(v[row]),
                                 Column::Int(v) => b.push_bind(v[row]),
+                                Column::OptInt(v) => b.push_bind(v[row]),
                                 Column::Bool(v) => b.push_bind(v[row]),
                                 Column::Time(v) => b.push_bind(v[row].timestamp_micros()),
                             };
@@ -185,6 +187,7 @@ impl Tx {
                             Column::Text(v) => q.bind(&v[start..end]),
                             Column::OptText(v) => q.bind(&v[start..end]),
                             Column::Int(v) => q.bind(&v[start..end]),
+                            Column::OptInt(v) => q.bind(&v[start..end]),
                             Column::Bool(v) => q.bind(&v[start..end]),
                             Column::Time(v) => q.bind(&v[start..end]),
                         };
@@ -388,6 +391,15 @@ impl DbRow {
 
     /// Text borrowed from the row, for bulk reads that would otherwise allocate per row.
     pub(super) fn str(&self, col: &'static str) -> Result<&str, StoreError> {
+        match self {
+            DbRow::Sqlite(r) => r.try_get(col),
+            DbRow::Postgres(r) => r.try_get(col),
+        }
+        .map_err(corrupt(col))
+    }
+
+    /// Optional text borrowed from the row.
+    pub(super) fn str_opt(&self, col: &'static str) -> Result<Option<&str>, StoreError> {
         match self {
             DbRow::Sqlite(r) => r.try_get(col),
             DbRow::Postgres(r) => r.try_get(col),

@@ -245,6 +245,26 @@ async fn intern_scopes(
     rows.iter().map(|row| Ok((row.get::<String>("name")?, row.int("id")?))).collect()
 }
 
+/// A fingerprint as stored beside the value's JSON text: NULL when it is that text's hash, as
+/// it is for every value a write stores, so a row keeps the value and not both.
+fn stored_fingerprint(fingerprint: u64, value: Option<&str>) -> Option<i64> {
+    match value {
+        Some(text) if crate::change::fingerprint_text(text) == fingerprint => None,
+        _ => Some(fp_to_db(fingerprint)),
+    }
+}
+
+/// A stored fingerprint (see [`stored_fingerprint`]).
+fn read_fingerprint(row: &DbRow) -> Result<u64, StoreError> {
+    match (row.get::<Option<i64>>("fingerprint")?, row.str_opt("value")?) {
+        (Some(fp), _) => Ok(fp_from_db(fp)),
+        (None, Some(text)) => Ok(crate::change::fingerprint_text(text)),
+        (None, None) => {
+            Err(StoreError::Corrupt { what: "fingerprint", detail: "neither a fingerprint nor a value".into() })
+        }
+    }
+}
+
 /// The id of a fingerprint scope, None when nothing was ever written under it.
 async fn scope_id(pool: &Pool, scope: &str) -> Result<Option<i64>, StoreError> {
     let row = pool
@@ -258,7 +278,8 @@ async fn scope_id(pool: &Pool, scope: &str) -> Result<Option<i64>, StoreError> {
 /// Upserts fingerprints in the caller's transaction; the last of several puts for one
 /// (scope, key, field) wins, as a multi-row upsert may not touch one row twice on PostgreSQL.
 /// Rows hold the scope's and the field's ids: their names, repeated on every row, were half of
-/// a row's bytes.
+/// a row's bytes; and no fingerprint where it is the hash of the value (see
+/// [`stored_fingerprint`]).
 async fn upsert_fingerprints(tx: &mut Tx, dialect: Dialect, puts: &[FingerprintPut]) -> Result<(), StoreError> {
     let puts = last_per_key(puts, |p| (&p.scope, &p.key, &p.field));
     if puts.is_empty() {
@@ -281,7 +302,9 @@ async fn upsert_fingerprints(tx: &mut Tx, dialect: Dialect, puts: &[FingerprintP
         Column::Int(scope_ids),
         Column::Text(puts.iter().map(|p| p.key.as_str()).collect()),
         Column::Int(field_ids),
-        Column::Int(puts.iter().map(|p| fp_to_db(p.fingerprint)).collect()),
+        Column::OptInt(
+            puts.iter().zip(&values).map(|(p, v)| stored_fingerprint(p.fingerprint, v.as_deref())).collect(),
+        ),
         Column::OptText(values.iter().map(Option::as_deref).collect()),
     ];
     tx.insert_batch(
@@ -914,15 +937,11 @@ impl FingerprintStore for SqlStore {
             // Streamed: a scope can hold a million rows, more than is worth holding as rows.
             let mut rows = self
                 .pool
-                .query("SELECT key, field_id, fingerprint FROM fingerprints WHERE scope_id = $1")
+                .query("SELECT key, field_id, fingerprint, value FROM fingerprints WHERE scope_id = $1")
                 .bind(scope)
                 .fetch();
             while let Some(row) = rows.try_next().await.map_err(super::query_err("load fingerprints"))? {
-                out.insert(
-                    row.str("key")?,
-                    field_name(&fields, row.int("field_id")?)?,
-                    fp_from_db(row.get("fingerprint")?),
-                );
+                out.insert(row.str("key")?, field_name(&fields, row.int("field_id")?)?, read_fingerprint(&row)?);
             }
             Ok(out)
         })
