@@ -821,6 +821,7 @@ pub struct StoreSize {
     /// SQLite: pages on the free list, reused for new rows before the file grows; 0 on
     /// PostgreSQL, whose free space is tracked per table by autovacuum.
     pub free_bytes: u64,
+    /// Rows per table; under `outcomes`, the outcomes its pages hold.
     pub rows: BTreeMap<String, u64>,
 }
 
