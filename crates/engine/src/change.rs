@@ -12,7 +12,13 @@ use sha2::{Digest, Sha256};
 
 /// The fingerprint of a value.
 pub fn fingerprint(value: &Value) -> u64 {
-    let digest = Sha256::digest(value.to_string().as_bytes());
+    fingerprint_text(&value.to_string())
+}
+
+/// The fingerprint of a value's JSON text (as `Value::to_string` writes it): the store keeps
+/// the text and derives the fingerprint from it rather than keep both.
+pub fn fingerprint_text(json: &str) -> u64 {
+    let digest = Sha256::digest(json.as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     u64::from_be_bytes(first)

@@ -20,7 +20,6 @@ use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
 use sqlx::types::Json;
 use sqlx::{Decode, Encode, PgConnection, Postgres, QueryBuilder, Row, SqlSafeStr, Sqlite, SqliteConnection, Type};
-use uuid::Uuid;
 
 use super::{Backend, StoreError, query_err};
 
@@ -117,20 +116,18 @@ pub(super) enum Column<'a> {
     Text(Vec<&'a str>),
     OptText(Vec<Option<&'a str>>),
     Int(Vec<i64>),
+    OptInt(Vec<Option<i64>>),
     Bool(Vec<bool>),
     Time(Vec<DateTime<Utc>>),
-    /// The same id in every row (the run outcomes belong to): bound once on PostgreSQL.
-    Same(Uuid),
 }
 
 impl Column<'_> {
-    fn array_type(&self) -> Option<&'static str> {
+    fn array_type(&self) -> &'static str {
         match self {
-            Column::Text(_) | Column::OptText(_) => Some("text"),
-            Column::Int(_) => Some("int8"),
-            Column::Bool(_) => Some("bool"),
-            Column::Time(_) => Some("timestamptz"),
-            Column::Same(_) => None,
+            Column::Text(_) | Column::OptText(_) => "text",
+            Column::Int(_) | Column::OptInt(_) => "int8",
+            Column::Bool(_) => "bool",
+            Column::Time(_) => "timestamptz",
         }
     }
 }
@@ -160,9 +157,9 @@ impl Tx {
                                 Column::Text(v) => b.push_bind(v[row]),
                                 Column::OptText(v) => b.push_bind(v[row]),
                                 Column::Int(v) => b.push_bind(v[row]),
+                                Column::OptInt(v) => b.push_bind(v[row]),
                                 Column::Bool(v) => b.push_bind(v[row]),
                                 Column::Time(v) => b.push_bind(v[row].timestamp_micros()),
-                                Column::Same(id) => b.push_bind(*id),
                             };
                         }
                     });
@@ -172,26 +169,15 @@ impl Tx {
             }
             Tx::Postgres(tx) => {
                 let names: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
-                let mut select = Vec::with_capacity(columns.len());
-                let mut arrays = Vec::with_capacity(columns.len());
-                for (i, column) in columns.iter().enumerate() {
-                    let param = i + 1;
-                    match column.array_type() {
-                        Some(ty) => {
-                            arrays.push(format!("${param}::{ty}[]"));
-                            select.push(format!("t.c{i}"));
-                        }
-                        None => select.push(format!("${param}")),
-                    }
-                }
-                let unnested: Vec<&String> =
-                    names.iter().zip(columns).filter(|(_, c)| c.array_type().is_some()).map(|(n, _)| n).collect();
+                let select: Vec<String> = names.iter().map(|n| format!("t.{n}")).collect();
+                let arrays: Vec<String> =
+                    columns.iter().enumerate().map(|(i, c)| format!("${}::{}[]", i + 1, c.array_type())).collect();
                 // WITH ORDINALITY + ORDER BY keeps the rows (and serial ids) in the caller's order.
                 let sql = format!(
                     "{insert} SELECT {} FROM UNNEST({}) WITH ORDINALITY AS t({}, n) ORDER BY n{tail}",
                     select.join(", "),
                     arrays.join(", "),
-                    unnested.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+                    names.join(", "),
                 );
                 for start in (0..rows).step_by(POSTGRES_BATCH) {
                     let end = (start + POSTGRES_BATCH).min(rows);
@@ -201,9 +187,9 @@ impl Tx {
                             Column::Text(v) => q.bind(&v[start..end]),
                             Column::OptText(v) => q.bind(&v[start..end]),
                             Column::Int(v) => q.bind(&v[start..end]),
+                            Column::OptInt(v) => q.bind(&v[start..end]),
                             Column::Bool(v) => q.bind(&v[start..end]),
                             Column::Time(v) => q.bind(&v[start..end]),
-                            Column::Same(id) => q.bind(*id),
                         };
                     }
                     q.execute(&mut **tx).await.map_err(query_err(operation))?;
@@ -258,14 +244,6 @@ impl Dialect {
         match self {
             Dialect::Sqlite => format!("{value} IN (SELECT value FROM json_each({param}))"),
             Dialect::Postgres => format!("{value} = ANY({param})"),
-        }
-    }
-
-    /// Where `needle` starts in `haystack`, from 1; 0 when absent.
-    pub(super) fn position(self) -> &'static str {
-        match self {
-            Dialect::Sqlite => "instr",
-            Dialect::Postgres => "strpos",
         }
     }
 
@@ -413,6 +391,15 @@ impl DbRow {
 
     /// Text borrowed from the row, for bulk reads that would otherwise allocate per row.
     pub(super) fn str(&self, col: &'static str) -> Result<&str, StoreError> {
+        match self {
+            DbRow::Sqlite(r) => r.try_get(col),
+            DbRow::Postgres(r) => r.try_get(col),
+        }
+        .map_err(corrupt(col))
+    }
+
+    /// Optional text borrowed from the row.
+    pub(super) fn str_opt(&self, col: &'static str) -> Result<Option<&str>, StoreError> {
         match self {
             DbRow::Sqlite(r) => r.try_get(col),
             DbRow::Postgres(r) => r.try_get(col),

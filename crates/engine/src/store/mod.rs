@@ -821,6 +821,7 @@ pub struct StoreSize {
     /// SQLite: pages on the free list, reused for new rows before the file grows; 0 on
     /// PostgreSQL, whose free space is tracked per table by autovacuum.
     pub free_bytes: u64,
+    /// Rows per table; under `outcomes`, the outcomes its pages hold.
     pub rows: BTreeMap<String, u64>,
 }
 
@@ -876,55 +877,119 @@ pub(crate) fn last_per_key<'a, T, K: std::hash::Hash + Eq>(items: &'a [T], key: 
     out
 }
 
-/// An outcome flattened to its column values, prepared before any database work.
-pub(crate) struct OutcomeRow {
-    pub object: String,
-    pub key: String,
-    /// The folded key when folding changes it; most keys are lowercase already, and the search
-    /// reads `coalesce(key_lc, key)`.
-    pub key_lc: Option<String>,
-    pub salesforce_id: Option<String>,
-    pub action: &'static str,
-    pub changes: String,
-    pub error_code: Option<String>,
-    pub message: Option<String>,
+/// Outcomes per page (see [`encode_pages`]): large enough to compress well (a page of a
+/// thousand compresses about as well as a whole run), small enough that reading the first
+/// page of a run decodes a few tens of kilobytes.
+pub(crate) const OUTCOMES_PER_PAGE: usize = 1_000;
+
+/// How a page's body is stored: plain JSON (pages made from older versions' rows by the
+/// migration, which SQL cannot deflate) or deflated JSON.
+pub(crate) const CODEC_JSON: i64 = 0;
+pub(crate) const CODEC_DEFLATE: i64 = 1;
+
+/// A page of one run's outcomes, prepared before any database work.
+pub(crate) struct OutcomePage {
+    pub rows: i64,
+    /// Outcomes per action, as a JSON object (`{"updated": 950, "skipped": 50}`).
+    pub actions: String,
+    pub body: Vec<u8>,
 }
 
-/// The field names of `outcomes`, for interning before [`outcome_rows`].
+/// The field names of `outcomes`, for interning before [`encode_pages`].
 pub(crate) fn outcome_fields(outcomes: &[RecordOutcome]) -> Vec<String> {
     let names: std::collections::BTreeSet<&str> =
         outcomes.iter().flat_map(|o| o.changes.iter().map(|c| c.field.as_str())).collect();
     names.into_iter().map(str::to_owned).collect()
 }
 
-/// Flattens outcomes to rows, their changes in the compact encoding (see [`encode_changes`])
-/// with field names replaced by their ids in `fields`.
-pub(crate) fn outcome_rows(
+/// Outcomes as stored: pages of up to [`OUTCOMES_PER_PAGE`], each a deflated JSON array of
+/// `[object, key, salesforce_id, action, changes, error_code, message]` with changes in the
+/// compact encoding (see [`encode_changes`]). A row per outcome cost about 230 bytes with its
+/// index; a deflated page about 30 per outcome, since keys, field ids and the run's stamp
+/// repeat from one record to the next.
+pub(crate) fn encode_pages(
     outcomes: &[RecordOutcome],
     fields: &HashMap<String, i64>,
-) -> Result<Vec<OutcomeRow>, StoreError> {
+) -> Result<Vec<OutcomePage>, StoreError> {
+    use std::io::Write as _;
+    const WHAT: &str = "outcome page";
     outcomes
-        .iter()
-        .map(|o| {
-            let key_lc = fold(&o.key);
-            Ok(OutcomeRow {
-                object: o.object.clone(),
-                key_lc: (key_lc != o.key).then_some(key_lc),
-                key: o.key.clone(),
-                salesforce_id: o.salesforce_id.clone(),
-                action: o.action.as_str(),
-                changes: encode_changes(&o.changes, fields)?,
-                error_code: o.error_code.clone(),
-                message: o.message.clone(),
+        .chunks(OUTCOMES_PER_PAGE)
+        .map(|chunk| {
+            let mut actions: BTreeMap<&str, u64> = BTreeMap::new();
+            let entries = chunk
+                .iter()
+                .map(|o| {
+                    *actions.entry(o.action.as_str()).or_default() += 1;
+                    Ok(serde_json::json!([
+                        o.object,
+                        o.key,
+                        o.salesforce_id,
+                        o.action.as_str(),
+                        encode_changes(&o.changes, fields)?,
+                        o.error_code,
+                        o.message
+                    ]))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let json = json_text(WHAT, &entries)?;
+            let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+            let invalid = |e: std::io::Error| StoreError::Invalid { what: WHAT, detail: e.to_string() };
+            deflate.write_all(json.as_bytes()).map_err(invalid)?;
+            Ok(OutcomePage {
+                rows: i64::try_from(chunk.len()).unwrap_or(i64::MAX),
+                actions: json_text(WHAT, &actions)?,
+                body: deflate.finish().map_err(invalid)?,
             })
         })
         .collect()
 }
 
-/// Field changes as stored: `[[field id, after], [field id, before, after], ...]`. Outcomes are
-/// most of the store (a row per written record per run), and spelling out `field`, `before`
-/// and `after` with each field's full name made a nine-field change about four times longer.
-pub(crate) fn encode_changes(changes: &[FieldChange], fields: &HashMap<String, i64>) -> Result<String, StoreError> {
+/// The outcomes of a page, in recording order (see [`encode_pages`]).
+pub(crate) fn decode_page(
+    codec: i64,
+    body: &[u8],
+    fields: &HashMap<i64, String>,
+) -> Result<Vec<RecordOutcome>, StoreError> {
+    use std::io::Read as _;
+    const WHAT: &str = "outcome page";
+    let corrupt = |detail: String| StoreError::Corrupt { what: WHAT, detail };
+    let inflated;
+    let json: &[u8] = match codec {
+        CODEC_JSON => body,
+        CODEC_DEFLATE => {
+            let mut out = Vec::with_capacity(body.len() * 6);
+            flate2::read::DeflateDecoder::new(body).read_to_end(&mut out).map_err(|e| corrupt(e.to_string()))?;
+            inflated = out;
+            &inflated
+        }
+        other => return Err(corrupt(format!("unknown codec {other}"))),
+    };
+    type Entry = (String, String, Option<String>, String, Vec<serde_json::Value>, Option<String>, Option<String>);
+    let entries: Vec<Entry> = serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))?;
+    entries
+        .into_iter()
+        .map(|(object, key, salesforce_id, action, changes, error_code, message)| {
+            Ok(RecordOutcome {
+                object,
+                key,
+                salesforce_id,
+                action: Action::parse(&action)?,
+                changes: decode_change_list(changes, fields)?,
+                error_code,
+                message,
+            })
+        })
+        .collect()
+}
+
+/// Field changes as stored: `[[field id, after], [field id, before, after], ...]`. Spelling out
+/// `field`, `before` and `after` with each field's full name made a nine-field change about
+/// four times longer.
+pub(crate) fn encode_changes(
+    changes: &[FieldChange],
+    fields: &HashMap<String, i64>,
+) -> Result<serde_json::Value, StoreError> {
     let encoded = changes
         .iter()
         .map(|c| {
@@ -938,15 +1003,17 @@ pub(crate) fn encode_changes(changes: &[FieldChange], fields: &HashMap<String, i
             Ok(serde_json::Value::Array(entry))
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    json_text("outcome changes", &encoded)
+    Ok(serde_json::Value::Array(encoded))
 }
 
 /// Reads changes in either encoding: the compact one (see [`encode_changes`]) or the list of
-/// `{field, before, after}` objects that stores migrated from older versions still hold.
-pub(crate) fn decode_changes(text: &str, fields: &HashMap<i64, String>) -> Result<Vec<FieldChange>, StoreError> {
+/// `{field, before, after}` objects that rows recorded before it still hold.
+pub(crate) fn decode_change_list(
+    entries: Vec<serde_json::Value>,
+    fields: &HashMap<i64, String>,
+) -> Result<Vec<FieldChange>, StoreError> {
     const WHAT: &str = "outcome changes";
     let corrupt = |detail: String| StoreError::Corrupt { what: WHAT, detail };
-    let entries: Vec<serde_json::Value> = from_json_text(WHAT, text)?;
     entries
         .into_iter()
         .map(|entry| match entry {
@@ -970,6 +1037,16 @@ pub(crate) fn decode_changes(text: &str, fields: &HashMap<i64, String>) -> Resul
             legacy => serde_json::from_value(legacy).map_err(|e| corrupt(e.to_string())),
         })
         .collect()
+}
+
+/// Whether an outcome matches a filter's search (already folded, see [`search_term`]): a
+/// case-insensitive substring of its key or Salesforce id.
+pub(crate) fn outcome_matches(outcome: &RecordOutcome, search: Option<&str>, action: Option<Action>) -> bool {
+    action.is_none_or(|a| outcome.action == a)
+        && search.is_none_or(|term| {
+            fold(&outcome.key).contains(term)
+                || outcome.salesforce_id.as_deref().is_some_and(|id| fold(id).contains(term))
+        })
 }
 
 /// The search term as stored-side text compares it: folded, or None for no search.
@@ -1073,7 +1150,10 @@ pub mod bench {
 mod tests {
     use std::collections::HashMap;
 
-    use super::{FieldChange, StoreError, decode_changes, encode_changes, redact_location};
+    use super::{
+        Action, CODEC_DEFLATE, CODEC_JSON, FieldChange, RecordOutcome, StoreError, decode_change_list, decode_page,
+        encode_changes, encode_pages, redact_location,
+    };
 
     #[test]
     fn changes_decode_from_both_encodings() {
@@ -1083,16 +1163,49 @@ mod tests {
             FieldChange { field: "Score__c".into(), before: Some(json!(1.5)), after: json!("x") },
             FieldChange { field: "Events__c".into(), before: None, after: json!([1]) },
         ];
-        let text = encode_changes(&changes, &fields).unwrap();
-        assert_eq!(text, r#"[[7,1.5,"x"],[9,[1]]]"#);
+        let encoded = encode_changes(&changes, &fields).unwrap();
+        assert_eq!(encoded.to_string(), r#"[[7,1.5,"x"],[9,[1]]]"#);
         let ids: HashMap<i64, String> = fields.iter().map(|(n, i)| (*i, n.clone())).collect();
-        assert_eq!(decode_changes(&text, &ids).unwrap(), changes);
+        let list = |v: serde_json::Value| serde_json::from_value::<Vec<serde_json::Value>>(v).unwrap();
+        assert_eq!(decode_change_list(list(encoded), &ids).unwrap(), changes);
         // Rows recorded before the compact encoding spell each change out.
-        let legacy = serde_json::to_string(&changes).unwrap();
-        assert_eq!(decode_changes(&legacy, &HashMap::new()).unwrap(), changes);
-        assert!(matches!(decode_changes("[[3,1]]", &ids), Err(StoreError::Corrupt { .. })));
-        assert!(matches!(decode_changes("[[7,1,2,3]]", &ids), Err(StoreError::Corrupt { .. })));
+        let legacy = serde_json::to_value(&changes).unwrap();
+        assert_eq!(decode_change_list(list(legacy), &HashMap::new()).unwrap(), changes);
+        assert!(matches!(decode_change_list(list(json!([[3, 1]])), &ids), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(decode_change_list(list(json!([[7, 1, 2, 3]])), &ids), Err(StoreError::Corrupt { .. })));
         assert!(matches!(encode_changes(&changes, &HashMap::new()), Err(StoreError::Invalid { .. })));
+    }
+
+    #[test]
+    fn pages_hold_outcomes_in_order_compressed() {
+        use serde_json::json;
+        let fields = HashMap::from([("Events__c".to_owned(), 1_i64)]);
+        let outcomes: Vec<RecordOutcome> = (0..2_500)
+            .map(|i| RecordOutcome {
+                object: "Account".into(),
+                key: format!("acme-{i}"),
+                salesforce_id: Some(format!("001{i:015}")),
+                action: if i % 10 == 0 { Action::Skipped } else { Action::Updated },
+                changes: vec![FieldChange { field: "Events__c".into(), before: Some(json!(i)), after: json!(i + 1) }],
+                error_code: None,
+                message: (i % 10 == 0).then(|| "ambiguous".to_owned()),
+            })
+            .collect();
+        let pages = encode_pages(&outcomes, &fields).unwrap();
+        assert_eq!(pages.iter().map(|p| p.rows).collect::<Vec<_>>(), vec![1_000, 1_000, 500]);
+        assert_eq!(pages[2].actions, r#"{"skipped":50,"updated":450}"#);
+        let ids: HashMap<i64, String> = HashMap::from([(1, "Events__c".to_owned())]);
+        let read: Vec<RecordOutcome> =
+            pages.iter().flat_map(|p| decode_page(CODEC_DEFLATE, &p.body, &ids).unwrap()).collect();
+        assert_eq!(read, outcomes);
+        let stored: usize = pages.iter().map(|p| p.body.len()).sum();
+        assert!(stored < outcomes.len() * 40, "{stored} bytes for {} outcomes", outcomes.len());
+        // Pages the migration made from older rows are plain JSON.
+        let plain = br#"[["Account","a",null,"failed",[{"field":"Events__c","before":null,"after":2}],"E","no"]]"#;
+        let read = decode_page(CODEC_JSON, plain, &HashMap::new()).unwrap();
+        assert_eq!(read[0].changes, vec![FieldChange { field: "Events__c".into(), before: None, after: json!(2) }]);
+        assert!(matches!(decode_page(CODEC_DEFLATE, b"not deflate", &ids), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(decode_page(7, plain, &ids), Err(StoreError::Corrupt { .. })));
     }
 
     #[test]

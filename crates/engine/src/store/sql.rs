@@ -23,8 +23,9 @@ use super::{
     FailureStatus, FailureStore, FingerprintPut, FingerprintStore, Fingerprints, IdMapEntry, IdMapStore,
     IdempotencyStore, InboxCounts, InboxEvent, InboxStore, MatchStatus, NewFailure, NewRun, OutcomeFilter, Pruned,
     RecordOutcome, RetentionStore, Run, RunClaim, RunFinish, RunId, RunState, RunStore, Store, StoreError, StoreFuture,
-    StoreSize, abandoned_error, decode_changes, finished_after_abandoned, fp_from_db, fp_to_db, from_db_count,
-    from_json_text, json_text, last_per_key, lease_until, outcome_fields, outcome_rows, search_term, to_db_count,
+    StoreSize, abandoned_error, decode_page, encode_pages, finished_after_abandoned, fp_from_db, fp_to_db,
+    from_db_count, from_json_text, json_text, last_per_key, lease_until, outcome_fields, outcome_matches, search_term,
+    to_db_count,
 };
 
 /// The state store in an SQLite or PostgreSQL database.
@@ -198,32 +199,121 @@ async fn intern_fields(tx: &mut Tx, dialect: Dialect, names: &[String]) -> Resul
     rows.iter().map(|row| Ok((row.get::<String>("name")?, row.int("id")?))).collect()
 }
 
-/// Every interned field name by id, for reading outcome changes.
+/// The name of an interned field id.
+fn field_name(fields: &HashMap<i64, String>, id: i64) -> Result<&str, StoreError> {
+    fields
+        .get(&id)
+        .map(String::as_str)
+        .ok_or_else(|| StoreError::Corrupt { what: "fingerprint field", detail: format!("unknown field id {id}") })
+}
+
+/// Every interned field name by id, for reading outcome changes and fingerprints.
 async fn field_names(pool: &Pool) -> Result<HashMap<i64, String>, StoreError> {
     let rows = pool.query("SELECT id, name FROM field_names").fetch_all("read field names").await?;
     rows.iter().map(|row| Ok((row.int("id")?, row.get::<String>("name")?))).collect()
 }
 
+/// The ids of fingerprint scopes, adding the names not seen before, each scope's write time
+/// moved on to the latest of `puts`.
+async fn intern_scopes(
+    tx: &mut Tx,
+    dialect: Dialect,
+    puts: &[&FingerprintPut],
+) -> Result<HashMap<String, i64>, StoreError> {
+    const OP: &str = "intern fingerprint scopes";
+    let mut latest: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
+    for p in puts {
+        let at = latest.entry(p.scope.as_str()).or_insert(p.written_at);
+        *at = (*at).max(p.written_at);
+    }
+    if latest.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let columns = [Column::Text(latest.keys().copied().collect()), Column::Time(latest.values().copied().collect())];
+    tx.insert_batch(
+        OP,
+        "INSERT INTO fingerprint_scopes (name, written_at)",
+        &columns,
+        latest.len(),
+        " ON CONFLICT (name) DO UPDATE SET written_at = CASE WHEN excluded.written_at > fingerprint_scopes.written_at \
+         THEN excluded.written_at ELSE fingerprint_scopes.written_at END",
+    )
+    .await?;
+    let names: Vec<&str> = latest.keys().copied().collect();
+    let sql = format!("SELECT id, name FROM fingerprint_scopes WHERE {}", dialect.in_list("name", "$1"));
+    let rows = tx.query(sqlx::AssertSqlSafe(sql)).bind_list(&names)?.fetch_all(OP).await?;
+    rows.iter().map(|row| Ok((row.get::<String>("name")?, row.int("id")?))).collect()
+}
+
+/// A fingerprint as stored beside the value's JSON text: NULL when it is that text's hash, as
+/// it is for every value a write stores, so a row keeps the value and not both.
+fn stored_fingerprint(fingerprint: u64, value: Option<&str>) -> Option<i64> {
+    match value {
+        Some(text) if crate::change::fingerprint_text(text) == fingerprint => None,
+        _ => Some(fp_to_db(fingerprint)),
+    }
+}
+
+/// A stored fingerprint (see [`stored_fingerprint`]).
+fn read_fingerprint(row: &DbRow) -> Result<u64, StoreError> {
+    match (row.get::<Option<i64>>("fingerprint")?, row.str_opt("value")?) {
+        (Some(fp), _) => Ok(fp_from_db(fp)),
+        (None, Some(text)) => Ok(crate::change::fingerprint_text(text)),
+        (None, None) => {
+            Err(StoreError::Corrupt { what: "fingerprint", detail: "neither a fingerprint nor a value".into() })
+        }
+    }
+}
+
+/// The id of a fingerprint scope, None when nothing was ever written under it.
+async fn scope_id(pool: &Pool, scope: &str) -> Result<Option<i64>, StoreError> {
+    let row = pool
+        .query("SELECT id FROM fingerprint_scopes WHERE name = $1")
+        .bind(scope)
+        .fetch_optional("read fingerprint scope")
+        .await?;
+    row.map(|row| row.int("id")).transpose()
+}
+
 /// Upserts fingerprints in the caller's transaction; the last of several puts for one
 /// (scope, key, field) wins, as a multi-row upsert may not touch one row twice on PostgreSQL.
-async fn upsert_fingerprints(tx: &mut Tx, puts: &[FingerprintPut]) -> Result<(), StoreError> {
+/// Rows hold the scope's and the field's ids: their names, repeated on every row, were half of
+/// a row's bytes; and no fingerprint where it is the hash of the value (see
+/// [`stored_fingerprint`]).
+async fn upsert_fingerprints(tx: &mut Tx, dialect: Dialect, puts: &[FingerprintPut]) -> Result<(), StoreError> {
     let puts = last_per_key(puts, |p| (&p.scope, &p.key, &p.field));
+    if puts.is_empty() {
+        return Ok(());
+    }
+    let scopes = intern_scopes(tx, dialect, &puts).await?;
+    let names: std::collections::BTreeSet<&str> = puts.iter().map(|p| p.field.as_str()).collect();
+    let names: Vec<String> = names.into_iter().map(str::to_owned).collect();
+    let fields = intern_fields(tx, dialect, &names).await?;
+    let id = |map: &HashMap<String, i64>, name: &str| {
+        map.get(name).copied().ok_or_else(|| StoreError::Invalid {
+            what: "put fingerprints",
+            detail: format!("{name:?} has no interned id"),
+        })
+    };
+    let scope_ids = puts.iter().map(|p| id(&scopes, &p.scope)).collect::<Result<Vec<_>, _>>()?;
+    let field_ids = puts.iter().map(|p| id(&fields, &p.field)).collect::<Result<Vec<_>, _>>()?;
     let values: Vec<Option<String>> = puts.iter().map(|p| p.value.as_ref().map(serde_json::Value::to_string)).collect();
     let columns = [
-        Column::Text(puts.iter().map(|p| p.scope.as_str()).collect()),
+        Column::Int(scope_ids),
         Column::Text(puts.iter().map(|p| p.key.as_str()).collect()),
-        Column::Text(puts.iter().map(|p| p.field.as_str()).collect()),
-        Column::Int(puts.iter().map(|p| fp_to_db(p.fingerprint)).collect()),
-        Column::Time(puts.iter().map(|p| p.written_at).collect()),
+        Column::Int(field_ids),
+        Column::OptInt(
+            puts.iter().zip(&values).map(|(p, v)| stored_fingerprint(p.fingerprint, v.as_deref())).collect(),
+        ),
         Column::OptText(values.iter().map(Option::as_deref).collect()),
     ];
     tx.insert_batch(
         "put fingerprints",
-        "INSERT INTO fingerprints (scope, key, field, fingerprint, written_at, value)",
+        "INSERT INTO fingerprints (scope_id, key, field_id, fingerprint, value)",
         &columns,
         puts.len(),
-        " ON CONFLICT (scope, key, field) DO UPDATE SET fingerprint = excluded.fingerprint, \
-         written_at = excluded.written_at, value = excluded.value",
+        " ON CONFLICT (scope_id, key, field_id) DO UPDATE SET fingerprint = excluded.fingerprint, \
+         value = excluded.value",
     )
     .await
 }
@@ -269,27 +359,17 @@ impl RunStore for SqlStore {
         Box::pin(async move {
             let mut tx = self.pool.begin_write(OP).await?;
             let fields = intern_fields(&mut tx, self.dialect(), &outcome_fields(&outcomes)).await?;
-            let rows = outcome_rows(&outcomes, &fields)?;
-            let columns = [
-                Column::Same(run.0),
-                Column::Text(rows.iter().map(|r| r.object.as_str()).collect()),
-                Column::Text(rows.iter().map(|r| r.key.as_str()).collect()),
-                Column::OptText(rows.iter().map(|r| r.key_lc.as_deref()).collect()),
-                Column::OptText(rows.iter().map(|r| r.salesforce_id.as_deref()).collect()),
-                Column::Text(rows.iter().map(|r| r.action).collect()),
-                Column::Text(rows.iter().map(|r| r.changes.as_str()).collect()),
-                Column::OptText(rows.iter().map(|r| r.error_code.as_deref()).collect()),
-                Column::OptText(rows.iter().map(|r| r.message.as_deref()).collect()),
-            ];
-            tx.insert_batch(
-                OP,
-                "INSERT INTO outcomes (run_id, object, key, key_lc, salesforce_id, action, changes, error_code, message)",
-                &columns,
-                rows.len(),
-                "",
-            )
-            .await?;
-            upsert_fingerprints(&mut tx, &fps).await?;
+            for page in encode_pages(&outcomes, &fields)? {
+                tx.query("INSERT INTO outcome_pages (run_id, rows, actions, codec, body) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(run.0)
+                    .bind(page.rows)
+                    .bind(page.actions)
+                    .bind(super::CODEC_DEFLATE)
+                    .bind(page.body)
+                    .execute(OP)
+                    .await?;
+            }
+            upsert_fingerprints(&mut tx, self.dialect(), &fps).await?;
             tx.commit(OP).await
         })
     }
@@ -429,45 +509,60 @@ impl RunStore for SqlStore {
     }
 
     fn run_outcomes(&self, run: RunId, filter: &OutcomeFilter) -> StoreFuture<'_, Vec<RecordOutcome>> {
+        const OP: &str = "list run outcomes";
         let search = search_term(filter);
-        let action = filter.action.map(Action::as_str);
-        let (limit, offset) = (filter.limit, i64::from(filter.offset));
+        let action = filter.action;
+        let limit = if filter.limit == 0 { usize::MAX } else { filter.limit as usize };
+        let mut skip = filter.offset as usize;
         Box::pin(async move {
-            // A position search on text the engine lowercased needs no LIKE escaping: `%`, `_`
-            // and `\` in a search are plain characters.
-            let position = self.dialect().position();
-            let sql = format!(
-                "SELECT object, key, salesforce_id, action, changes, error_code, message \
-                 FROM outcomes WHERE run_id = $1 \
-                 AND (CAST($2 AS TEXT) IS NULL OR {position}(coalesce(key_lc, key), $2) > 0 \
-                      OR {position}(lower(coalesce(salesforce_id, '')), $2) > 0) \
-                 AND (CAST($3 AS TEXT) IS NULL OR action = $3) \
-                 ORDER BY id LIMIT $4 OFFSET $5"
-            );
-            let rows = self
+            let pages = self
                 .pool
-                .query(sqlx::AssertSqlSafe(sql))
+                .query("SELECT id, rows, actions FROM outcome_pages WHERE run_id = $1 ORDER BY id")
                 .bind(run.0)
-                .bind(search)
-                .bind(action)
-                .bind_limit(limit)
-                .bind(offset)
-                .fetch_all("list run outcomes")
+                .fetch_all(OP)
                 .await?;
-            let fields = if rows.is_empty() { HashMap::new() } else { field_names(&self.pool).await? };
-            rows.iter()
-                .map(|row| {
-                    Ok(RecordOutcome {
-                        object: row.get("object")?,
-                        key: row.get("key")?,
-                        salesforce_id: row.get("salesforce_id")?,
-                        action: Action::parse(row.str("action")?)?,
-                        changes: decode_changes(row.str("changes")?, &fields)?,
-                        error_code: row.get("error_code")?,
-                        message: row.get("message")?,
-                    })
-                })
-                .collect()
+            let mut out = Vec::new();
+            let mut fields = None;
+            for page in &pages {
+                if out.len() >= limit {
+                    break;
+                }
+                // Without a search, a page's counts say how many of its outcomes match: pages
+                // wholly before the offset, or holding none of the action, are not decoded.
+                if search.is_none() {
+                    let matching = match action {
+                        None => from_db_count(OP, page.int("rows")?)?,
+                        Some(a) => page_actions(page.str("actions")?)?.get(a.as_str()).copied().unwrap_or(0),
+                    };
+                    let matching = usize::try_from(matching).unwrap_or(usize::MAX);
+                    if matching <= skip {
+                        skip -= matching;
+                        continue;
+                    }
+                }
+                let fields = match &mut fields {
+                    Some(fields) => fields,
+                    None => fields.insert(field_names(&self.pool).await?),
+                };
+                let row = self
+                    .pool
+                    .query("SELECT codec, body FROM outcome_pages WHERE id = $1")
+                    .bind(page.get::<i64>("id")?)
+                    .fetch_one(OP)
+                    .await?;
+                let body: Vec<u8> = row.get("body")?;
+                for outcome in decode_page(row.int("codec")?, &body, fields)? {
+                    if !outcome_matches(&outcome, search.as_deref(), action) {
+                        continue;
+                    }
+                    if skip > 0 {
+                        skip -= 1;
+                    } else if out.len() < limit {
+                        out.push(outcome);
+                    }
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -475,15 +570,24 @@ impl RunStore for SqlStore {
         Box::pin(async move {
             let rows = self
                 .pool
-                .query("SELECT action, count(*) AS n FROM outcomes WHERE run_id = $1 GROUP BY action")
+                .query("SELECT actions FROM outcome_pages WHERE run_id = $1")
                 .bind(run.0)
                 .fetch_all("count run outcomes")
                 .await?;
-            rows.iter()
-                .map(|row| Ok((Action::parse(row.str("action")?)?, from_db_count("outcome count", row.get("n")?)?)))
-                .collect()
+            let mut counts = BTreeMap::new();
+            for row in &rows {
+                for (action, n) in page_actions(row.str("actions")?)? {
+                    *counts.entry(Action::parse(&action)?).or_default() += n;
+                }
+            }
+            Ok(counts)
         })
     }
+}
+
+/// A page's outcomes per action (see [`super::OutcomePage::actions`]).
+fn page_actions(text: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+    from_json_text("outcome page actions", text)
 }
 
 impl InboxStore for SqlStore {
@@ -828,14 +932,16 @@ impl FingerprintStore for SqlStore {
         let scope = scope.to_owned();
         Box::pin(async move {
             let mut out = Fingerprints::default();
+            let Some(scope) = scope_id(&self.pool, &scope).await? else { return Ok(out) };
+            let fields = field_names(&self.pool).await?;
             // Streamed: a scope can hold a million rows, more than is worth holding as rows.
             let mut rows = self
                 .pool
-                .query("SELECT key, field, fingerprint FROM fingerprints WHERE scope = $1")
+                .query("SELECT key, field_id, fingerprint, value FROM fingerprints WHERE scope_id = $1")
                 .bind(scope)
                 .fetch();
             while let Some(row) = rows.try_next().await.map_err(super::query_err("load fingerprints"))? {
-                out.insert(row.str("key")?, row.str("field")?, fp_from_db(row.get("fingerprint")?));
+                out.insert(row.str("key")?, field_name(&fields, row.int("field_id")?)?, read_fingerprint(&row)?);
             }
             Ok(out)
         })
@@ -846,7 +952,7 @@ impl FingerprintStore for SqlStore {
         let puts = puts.to_vec();
         Box::pin(async move {
             let mut tx = self.pool.begin_write(OP).await?;
-            upsert_fingerprints(&mut tx, &puts).await?;
+            upsert_fingerprints(&mut tx, self.dialect(), &puts).await?;
             tx.commit(OP).await
         })
     }
@@ -858,22 +964,25 @@ impl FingerprintStore for SqlStore {
     ) -> StoreFuture<'_, HashMap<String, Vec<(String, serde_json::Value)>>> {
         let (scope, keys) = (scope.to_owned(), keys.to_vec());
         Box::pin(async move {
+            let mut out: HashMap<String, Vec<(String, serde_json::Value)>> = HashMap::new();
+            let Some(scope) = scope_id(&self.pool, &scope).await? else { return Ok(out) };
+            let fields = field_names(&self.pool).await?;
             let sql = format!(
-                "SELECT key, field, value FROM fingerprints WHERE scope = $1 AND value IS NOT NULL AND {}",
+                "SELECT key, field_id, value FROM fingerprints WHERE scope_id = $1 AND value IS NOT NULL AND {}",
                 self.dialect().in_list("key", "$2")
             );
-            let mut out: HashMap<String, Vec<(String, serde_json::Value)>> = HashMap::new();
             for chunk in keys.chunks(10_000) {
                 let rows = self
                     .pool
                     .query(sqlx::AssertSqlSafe(sql.as_str()))
-                    .bind(scope.as_str())
+                    .bind(scope)
                     .bind_list(chunk)?
                     .fetch_all("read written values")
                     .await?;
                 for row in &rows {
                     let value = from_json_text("fingerprints.value", row.str("value")?)?;
-                    out.entry(row.get("key")?).or_default().push((row.get("field")?, value));
+                    let field = field_name(&fields, row.int("field_id")?)?.to_owned();
+                    out.entry(row.get("key")?).or_default().push((field, value));
                 }
             }
             Ok(out)
@@ -884,7 +993,10 @@ impl FingerprintStore for SqlStore {
         let (scope, key) = (scope.to_owned(), key.to_owned());
         Box::pin(async move {
             self.pool
-                .query("DELETE FROM fingerprints WHERE scope = $1 AND key = $2")
+                .query(
+                    "DELETE FROM fingerprints WHERE scope_id = (SELECT id FROM fingerprint_scopes WHERE name = $1) \
+                     AND key = $2",
+                )
                 .bind(scope)
                 .bind(key)
                 .execute("forget fingerprints")
@@ -1491,22 +1603,27 @@ impl SqlStore {
             if ids.is_empty() {
                 return Ok(());
             }
-            // A run's outcomes go first, a batch at a time: deleting the run would cascade to
-            // all of them (100,000 rows for a large first run) in one long transaction.
+            // A run's outcome pages go first, a batch at a time: deleting the run would cascade
+            // to all of them in one long transaction. A batch of pages holds about `batch`
+            // outcomes.
+            let per_page = u32::try_from(super::OUTCOMES_PER_PAGE).unwrap_or(u32::MAX);
+            let pages = i64::from(batch.div_ceil(per_page));
             for id in &ids {
                 loop {
-                    let n = self
+                    let deleted = self
                         .pool
                         .query(
-                            "DELETE FROM outcomes WHERE id IN \
-                             (SELECT id FROM outcomes WHERE run_id = $1 LIMIT $2)",
+                            "DELETE FROM outcome_pages WHERE id IN \
+                             (SELECT id FROM outcome_pages WHERE run_id = $1 LIMIT $2) RETURNING rows",
                         )
                         .bind(*id)
-                        .bind(i64::from(batch))
-                        .execute(OP)
+                        .bind(pages)
+                        .fetch_all(OP)
                         .await?;
-                    pruned.outcomes += n;
-                    if n < u64::from(batch) {
+                    for page in &deleted {
+                        pruned.outcomes += from_db_count(OP, page.int("rows")?)?;
+                    }
+                    if (deleted.len() as i64) < pages {
                         break;
                     }
                 }
@@ -1571,7 +1688,7 @@ impl RetentionStore for SqlStore {
                     .count(
                         "count prunable outcomes",
                         format!(
-                            "SELECT count(*) AS n FROM outcomes o \
+                            "SELECT CAST(coalesce(sum(o.rows), 0) AS BIGINT) AS n FROM outcome_pages o \
                              WHERE o.run_id IN (SELECT r.id FROM runs r WHERE {PRUNABLE_RUNS})"
                         ),
                         time,
@@ -1684,11 +1801,12 @@ impl RetentionStore for SqlStore {
         Box::pin(async move {
             let mut size = StoreSize::default();
             for table in TABLES.iter().chain(&["inbox"]) {
-                let row = self
-                    .pool
-                    .query(sqlx::AssertSqlSafe(format!("SELECT count(*) AS n FROM {table}")))
-                    .fetch_one(OP)
-                    .await?;
+                // Outcomes are counted one by one, not by the pages that hold them.
+                let count = match *table {
+                    "outcomes" => "SELECT CAST(coalesce(sum(rows), 0) AS BIGINT) AS n FROM outcome_pages".to_owned(),
+                    _ => format!("SELECT count(*) AS n FROM {table}"),
+                };
+                let row = self.pool.query(sqlx::AssertSqlSafe(count)).fetch_one(OP).await?;
                 size.rows.insert((*table).to_owned(), from_db_count(OP, row.get("n")?)?);
             }
             let sql = match self.backend() {

@@ -117,6 +117,7 @@ conformance!(
     run_concurrent_claims_start_exactly_one,
     retention_prunes_history_and_keeps_state,
     fingerprints_one_row_per_record_and_field,
+    fingerprints_derived_from_their_values,
 );
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -784,6 +785,59 @@ async fn fingerprints_roundtrip(store: Arc<dyn Store>) {
     assert_eq!(fps.get("001B", "F1"), None);
     assert_eq!(store.fingerprints("t").await.unwrap().len(), 1, "scopes are separate");
     assert!(store.fingerprints("none").await.unwrap().is_empty());
+}
+
+/// Puts whose fingerprint is the hash of the value written beside it, as every write's are,
+/// alongside puts with no value or another fingerprint.
+fn derivable_puts() -> Vec<FingerprintPut> {
+    let values = [json!(42), json!(50.5), json!(0.0), json!("Ünïcödé \"q\" \\"), json!({"b": [1, null], "a": true})];
+    let mut puts: Vec<FingerprintPut> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| FingerprintPut {
+            scope: "wf:Account".into(),
+            key: format!("001{i}"),
+            field: "F".into(),
+            fingerprint: crate::change::fingerprint(v),
+            written_at: t(1, 0),
+            value: Some(v.clone()),
+        })
+        .collect();
+    puts.push(FingerprintPut { value: None, fingerprint: 7, ..puts[0].clone() });
+    puts.push(FingerprintPut { key: "001X".into(), fingerprint: 8, ..puts[1].clone() });
+    puts
+}
+
+async fn fingerprints_derived_from_their_values(store: Arc<dyn Store>) {
+    let puts = derivable_puts();
+    store.put_fingerprints(&puts).await.unwrap();
+    let fps = store.fingerprints("wf:Account").await.unwrap();
+    assert_eq!(fps.len(), 6);
+    for p in &puts[1..] {
+        assert_eq!(fps.get(&p.key, "F"), Some(p.fingerprint), "{p:?}");
+    }
+    // A write without a value keeps the fingerprint given; so does one that is not the value's.
+    assert_eq!(fps.get("0010", "F"), Some(7));
+    assert_eq!(fps.get("001X", "F"), Some(8));
+}
+
+/// What a write stores (every value's fingerprint is its hash) takes no fingerprint column.
+#[tokio::test]
+async fn fingerprints_of_values_are_not_stored_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = open(path.to_str().unwrap()).await.unwrap();
+    store.put_fingerprints(&derivable_puts()).await.unwrap();
+    drop(store);
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    let (derived, kept): (i64, i64) =
+        sqlx::query_as("SELECT sum(fingerprint IS NULL), sum(fingerprint IS NOT NULL) FROM fingerprints")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    // 0010 was overwritten by the put without a value; 0011..0014 derive theirs.
+    assert_eq!((derived, kept), (4, 2));
 }
 
 async fn fingerprints_900k(store: Arc<dyn Store>) {
