@@ -24,6 +24,7 @@ pub mod create;
 pub mod drop_alert;
 pub mod engagement;
 pub mod expansion;
+mod expansion_open;
 mod lease;
 mod ledger;
 pub mod new_users;
