@@ -30,9 +30,11 @@ pub(crate) async fn run(
 ) -> Result<RunReport, RunError> {
     super::recorded(ctx, workflow, options, |now, run_id| async move {
         let mut meter = Meter::new(&ctx.salesforce);
-        let budget = crate::budget::today(ctx, now).await?;
+        // What the ledger and the last reading say refuses a spent day before any read; the
+        // fresh figure is read only when something is to be written.
+        let lazy = crate::budget::Budget::new(now);
+        let budget = lazy.known(ctx).await?;
         meter.step("budget", Some("read_limits"));
-        let limits_calls: u64 = meter.calls.values().sum();
         if budget.available == 0 {
             return Err(RunError::OverBudget { needed: 1, left: 0 });
         }
@@ -87,7 +89,15 @@ pub(crate) async fn run(
         report.preflight =
             super::PreflightReport { problems: quarantine.problems().to_vec(), records_held_back: held.len() };
         report.describe_changes(&changes);
-        let spent = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
+        let budget = if changes.is_empty() && !options.dry_run {
+            budget
+        } else {
+            let read = lazy.get(ctx).await?.clone();
+            meter.step("budget", Some("read_limits"));
+            report.budget = read.clone();
+            read
+        };
+        let spent = meter.calls.values().sum::<u64>().saturating_sub(lazy.own_calls());
         let allowance = Allowance { calls: budget.available.saturating_sub(spent) };
         let plan = plan::plan(changes.len(), workflow.max_latency, allowance, &CostModel::default());
         report.plan = plan.clone();

@@ -391,22 +391,6 @@ async fn expansion_opportunities_appear_once_per_account_and_milestone_and_respe
     assert_eq!(w.records("Task").await.len(), tasks.len());
 }
 
-/// A new process's context on `w`: a client that has seen no Salesforce answer yet, so its calls
-/// (the budget's included) are all counted.
-fn fresh(w: &World) -> Context {
-    Context {
-        salesforce: engine::connect::salesforce_client(&w.ctx.config, &super::support::env).unwrap(),
-        ..w.ctx.clone()
-    }
-}
-
-async fn run_fresh(w: &World, workflow: &str) -> (engine::workflow::RunReport, u64) {
-    let ctx = fresh(w);
-    let options = RunOptions { trigger: "test".into(), ..Default::default() };
-    let report = engine::workflow::run(&ctx, workflow, &options).await.unwrap();
-    (report, ctx.salesforce.requests_sent())
-}
-
 /// Live expansion Opportunities usagesync made, by (Account, milestone): (Id, key), oldest first.
 async fn our_expansions(w: &World) -> BTreeMap<(String, String), Vec<(String, String)>> {
     let mut out: BTreeMap<(String, String), Vec<(String, String)>> = BTreeMap::new();
@@ -427,7 +411,8 @@ async fn an_expansion_rerun_knows_what_exists_from_state_and_reads_only_what_cha
     let made = our_expansions(&w).await;
 
     // Nothing changed: what exists comes from the store, plus one query for what changed since.
-    let (second, calls) = run_fresh(&w, "expansion").await;
+    let (second, calls) = w.run_fresh("expansion").await;
+    let second = second.unwrap();
     assert_eq!((second.written, second.failed, second.deferred), (0, 0, 0), "{second:?}");
     assert!(calls <= 2, "{calls} Salesforce calls: {:?}", second.api_calls);
     assert!(!second.api_calls.contains_key("read_limits"), "nothing to make, no /limits read: {:?}", second.api_calls);
@@ -437,7 +422,8 @@ async fn an_expansion_rerun_knows_what_exists_from_state_and_reads_only_what_cha
     let outcomes = w.ctx.store.run_outcomes(second.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
     let skipped = outcomes.iter().filter(|o| o.action == Action::Skipped).count();
     assert!(skipped >= made.len(), "every crossing is decided, from state: {outcomes:?}");
-    let (third, calls) = run_fresh(&w, "expansion").await;
+    let (third, calls) = w.run_fresh("expansion").await;
+    let third = third.unwrap();
     assert_eq!(third.written, 0);
     assert!(calls <= 2, "{calls} Salesforce calls: {:?}", third.api_calls);
 }
@@ -471,7 +457,8 @@ async fn an_expansion_closed_or_deleted_since_reopens_its_milestone_and_only_tha
             assert_eq!(&now[pair], list, "nothing else changes");
         }
     }
-    let (third, calls) = run_fresh(&w, "expansion").await;
+    let (third, calls) = w.run_fresh("expansion").await;
+    let third = third.unwrap();
     assert_eq!(third.written, 0, "{third:?}");
     // The closed and deleted ones, read again within the overlap, were accounted for.
     assert!(calls <= 2, "{calls}: {:?}", third.api_calls);
