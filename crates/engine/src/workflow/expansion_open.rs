@@ -6,8 +6,9 @@
 //! `{workflow}:expansions`) is current at a cursor: the newest Opportunity `SystemModstamp` the
 //! workflow has accounted for (cursor `opportunity_modstamp`). A run with current knowledge reads
 //! once what changed since (a `queryAll`, so deletions show, re-reading an overlap because
-//! `SystemModstamp` is stamped when a transaction starts), and checks again, with the `existing`
-//! rule, only the accounts where an Opportunity was created, edited, closed, moved or deleted.
+//! `SystemModstamp` is stamped when a transaction starts; the cursor lists the changes within it
+//! already handled), and checks again, with the `existing` rule, only the accounts where an
+//! Opportunity was created, edited, closed, moved or deleted.
 //! An Opportunity this workflow made and nobody modified since (`LastModifiedDate` still its
 //! `CreatedDate`) is no change. Knowledge is thrown away, and the account checked again, when it
 //! is older than the cursor (the crossing was not judged by the run that moved it), was for
@@ -29,8 +30,7 @@ use super::{Context, RunError};
 use crate::config::ExpansionConfig;
 use crate::store::FingerprintPut;
 
-/// The cursor's name: the newest Opportunity `SystemModstamp` accounted for, as Salesforce
-/// formats it.
+/// The cursor's name (see [`Cursor`]).
 pub const CURSOR: &str = "opportunity_modstamp";
 /// The field, under a crossing's count key, holding what is known of its open Opportunities.
 pub const FIELD: &str = "open";
