@@ -121,7 +121,7 @@ impl Budget {
     /// The budget as far as it is known without a `/limits` read: read (no call) when a fresh
     /// `Sforce-Limit-Info` header stands for the org, else usagesync's own figures from the
     /// ledger with the org's last reading today (its floor applied). Only a day with no reading
-    /// yet costs the `/limits` call. For a refusal before a run reads anything; what a run
+    /// yet, or a last reading that found the org spent, costs the `/limits` call. For a refusal before a run reads anything; what a run
     /// writes is still weighed against [`Budget::get`].
     pub(crate) async fn known(&self, ctx: &Context) -> Result<BudgetReport, RunError> {
         let fresh = ctx
@@ -138,7 +138,12 @@ impl Budget {
             return self.get(ctx).await.cloned();
         };
         let mut report = self.report(ctx).await?;
+        // usagesync's own share is exact from the ledger; the org's reading may be old, and a
+        // spent org is read again (the allocation comes back as the 24 hours roll on).
         let org = max.saturating_sub(used).saturating_sub(ctx.config.budget.min_remaining);
+        if org == 0 && report.available > 0 {
+            return self.get(ctx).await.cloned();
+        }
         report.available = report.available.min(org);
         Ok(report)
     }
