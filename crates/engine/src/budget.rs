@@ -118,6 +118,36 @@ impl Budget {
         })
     }
 
+    /// The budget as far as it is known without a `/limits` read: read (no call) when a fresh
+    /// `Sforce-Limit-Info` header stands for the org, else usagesync's own figures from the
+    /// ledger with the org's last reading today (its floor applied). Only a day with no reading
+    /// yet, or a last reading that found the org spent, costs the `/limits` call. For a refusal before a run reads anything; what a run
+    /// writes is still weighed against [`Budget::get`].
+    pub(crate) async fn known(&self, ctx: &Context) -> Result<BudgetReport, RunError> {
+        let fresh = ctx
+            .salesforce
+            .api_usage()
+            .filter(|s| s.observed_at.elapsed().is_ok_and(|age| age <= FRESH))
+            .and_then(|s| s.info.api_usage)
+            .is_some();
+        if self.read.get().is_some() || fresh {
+            return self.get(ctx).await.cloned();
+        }
+        let ledger = ctx.store.budget_day(self.now.date_naive()).await?;
+        let (Some(max), Some(used)) = (ledger.org_max, ledger.org_used) else {
+            return self.get(ctx).await.cloned();
+        };
+        let mut report = self.report(ctx).await?;
+        // usagesync's own share is exact from the ledger; the org's reading may be old, and a
+        // spent org is read again (the allocation comes back as the 24 hours roll on).
+        let org = max.saturating_sub(used).saturating_sub(ctx.config.budget.min_remaining);
+        if org == 0 && report.available > 0 {
+            return self.get(ctx).await.cloned();
+        }
+        report.available = report.available.min(org);
+        Ok(report)
+    }
+
     /// Calls reading the budget took (0 before it was read, or when a fresh header sufficed).
     pub(crate) fn own_calls(&self) -> u64 {
         self.own_calls.load(std::sync::atomic::Ordering::Relaxed)

@@ -286,6 +286,9 @@ pub enum BenchTarget {
         /// Days of generated history.
         #[arg(long, default_value_t = 30)]
         days: u32,
+        /// Only these workflows (churn-alerts, expansion, trials, renewal-risk), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Records/s, API calls and the client's peak memory for an upsert through Bulk API 2.0.
     Bulk {

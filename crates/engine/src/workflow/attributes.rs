@@ -107,7 +107,9 @@ async fn body(
 ) -> Result<RunReport, RunError> {
     let sf = |what: &'static str| move |source| RunError::Salesforce { what, source };
     let mut meter = Meter::new(&ctx.salesforce);
-    let budget = crate::budget::today(ctx, now).await?;
+    // It writes Pendo only: what the ledger and the last reading say is enough to refuse a spent
+    // day before any read, and no run needs a `/limits` read of its own.
+    let budget = crate::budget::Budget::new(now).known(ctx).await?;
     meter.step("budget", Some("read_limits"));
     let mut report = RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone());
     if budget.available == 0 {

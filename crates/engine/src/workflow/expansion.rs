@@ -16,6 +16,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value, json};
 
 use super::create::{self, Group, Link, NewRecord};
+use super::expansion_open;
 use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::config::{ExpansionConfig, Milestone, MilestoneKind, Workflow};
 use crate::extract::expansion::longest_run;
@@ -67,10 +68,8 @@ async fn body(
     run_id: Option<RunId>,
 ) -> Result<RunReport, RunError> {
     let mut meter = Meter::new(&ctx.salesforce);
+    // Read when a stage first needs it: a run that makes nothing reads no /limits.
     let lazy = crate::budget::Budget::new(now);
-    let budget = lazy.get(ctx).await?.clone();
-    meter.step("budget", Some("read_limits"));
-    let limits_calls: u64 = meter.calls.values().sum();
 
     let extractor = Extractor::new(&ctx.pendo);
     let window = workflow.window(now);
@@ -128,18 +127,17 @@ async fn body(
         })
         .collect();
     let mut crossings = Vec::new();
-    let mut need_rows: HashSet<String> = HashSet::new();
+    let mut seat_rows: HashSet<&str> = HashSet::new();
     for (pendo_id, account_id) in &matched {
         let active = usage.get(pendo_id.as_str()).map_or(0, |u| u.active_visitors);
         if !seat_fields.is_empty() && active > 0 {
-            need_rows.insert(account_id.clone());
+            seat_rows.insert(account_id);
         }
         for m in &config.milestones {
             let names = &feature_names;
             if let Some(evidence) =
                 crossed_in_pendo(m, pendo_id, &feature_visitors, names, &daily, workflow.window_days())
             {
-                need_rows.insert(account_id.clone());
                 crossings.push(Crossing {
                     pendo_id: pendo_id.clone(),
                     account_id: account_id.clone(),
@@ -150,9 +148,9 @@ async fn body(
             }
         }
     }
-    let mut ids: Vec<&str> = need_rows.iter().map(String::as_str).collect();
+    let mut ids: Vec<&str> = seat_rows.into_iter().collect();
     ids.sort_unstable();
-    let rows = read_accounts(ctx, &seat_fields, &ids).await?;
+    let mut rows = read_accounts(ctx, &seat_fields, &ids).await?;
     for (pendo_id, account_id) in &matched {
         let active = usage.get(pendo_id.as_str()).map_or(0, |u| u.active_visitors);
         let Some(row) = rows.get(account_id) else { continue };
@@ -177,33 +175,31 @@ async fn body(
     }
     meter.step("milestones", Some("read_accounts"));
 
+    let scope = count_scope(&workflow.name);
+    let count_key = |c: &Crossing| format!("{}:{}", c.pendo_id, c.milestone);
+    let count_keys: Vec<String> = crossings.iter().map(count_key).collect();
+    let stored = ctx.store.written_values(&scope, &count_keys).await?;
+    let counts: HashMap<String, u64> = stored
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.iter().find(|(f, _)| f == "count")?.1.as_u64()?)))
+        .collect();
     // Open expansion Opportunities already there, whoever made them (with their keys, so that
-    // one this workflow made for the next number, whose group is not complete, is recognised).
-    let mut open: HashMap<(String, String), Vec<(String, String)>> = HashMap::new();
-    for m in &config.milestones {
-        let accounts: Vec<&str> =
-            crossings.iter().filter(|c| c.milestone == m.name).map(|c| c.account_id.as_str()).collect();
-        for (account, opp, key) in open_opportunities(ctx, config, &m.name, &accounts).await? {
-            open.entry((account, m.name.clone())).or_default().push((opp, key));
-        }
-    }
+    // one this workflow made for the next number, whose group is not complete, is recognised):
+    // from the store, and from Salesforce only where something changed.
+    let crossed: Vec<expansion_open::Crossed> = crossings
+        .iter()
+        .map(|c| expansion_open::Crossed { key: count_key(c), account: &c.account_id, milestone: &c.milestone })
+        .collect();
+    let mut known = expansion_open::gather(ctx, &workflow.name, config, &crossed, &stored).await?;
+    drop(crossed);
+    let open = std::mem::take(&mut known.open);
     meter.step("existing", Some("read_opportunities"));
     crate::testhook::crash_point("gather");
-
-    let scope = count_scope(&workflow.name);
-    let count_keys: Vec<String> = crossings.iter().map(|c| format!("{}:{}", c.pendo_id, c.milestone)).collect();
-    let counts: HashMap<String, u64> = ctx
-        .store
-        .written_values(&scope, &count_keys)
-        .await?
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, v.into_iter().find(|(f, _)| f == "count")?.1.as_u64()?)))
-        .collect();
 
     let mut decisions = Vec::new();
     let mut to_create = Vec::new();
     for c in crossings {
-        let number = counts.get(&format!("{}:{}", c.pendo_id, c.milestone)).copied().unwrap_or(0) + 1;
+        let number = counts.get(&count_key(&c)).copied().unwrap_or(0) + 1;
         let ours = opportunity_key(&workflow.name, &c.pendo_id, &c.milestone, number, "Opportunity");
         let found = open.get(&(c.account_id.clone(), c.milestone.clone())).map(Vec::as_slice).unwrap_or_default();
         match found.iter().find(|(_, key)| !key.eq_ignore_ascii_case(&ours)) {
@@ -225,6 +221,14 @@ async fn body(
             None => to_create.push((c, number)),
         }
     }
+    // Names and owners only of the accounts that get a group.
+    let mut missing: Vec<&str> =
+        to_create.iter().map(|(c, _)| c.account_id.as_str()).filter(|a| !rows.contains_key(*a)).collect();
+    missing.sort_unstable();
+    missing.dedup();
+    let names = read_accounts(ctx, &[], &missing).await?;
+    rows.extend(names);
+    meter.step("accounts", Some("read_accounts"));
     let groups: Vec<Group> = to_create
         .iter()
         .map(|(c, number)| {
@@ -251,7 +255,15 @@ async fn body(
             }
         })
         .collect();
-    let reads: u64 = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
+    let budget = if groups.is_empty() && !options.dry_run {
+        lazy.report(ctx).await?
+    } else {
+        let read = lazy.get(ctx).await?.clone();
+        meter.step("budget", Some("read_limits"));
+        read
+    };
+    // The ledger holds none of this run's calls yet: every read but the budget's own comes off.
+    let reads: u64 = meter.calls.values().sum::<u64>().saturating_sub(lazy.own_calls());
     let allowance = budget.available.saturating_sub(reads);
     let send = create::fitting(&groups, allowance, &create::not_unique);
     let samples: Vec<Sample> = groups
@@ -281,7 +293,7 @@ async fn body(
     let outs = create::history(&groups, &results, &mut report);
     // The count moves on only once the whole group exists, so an interrupted group is completed
     // under the same keys by the next run.
-    let puts: Vec<FingerprintPut> = to_create
+    let mut puts: Vec<FingerprintPut> = to_create
         .iter()
         .zip(&results)
         .filter(|(_, r)| r.complete())
@@ -294,8 +306,15 @@ async fn body(
             value: Some(json!(number)),
         })
         .collect();
+    let made: Vec<(String, String, String)> = to_create
+        .iter()
+        .zip(groups.iter().zip(&results))
+        .filter_map(|((c, _), (g, r))| Some((count_key(c), r.made.first()?.id()?.to_owned(), g.records[0].key.clone())))
+        .collect();
+    puts.extend(known.puts(&scope, &made, now));
     crate::testhook::crash_point("record");
     ctx.store.record_outcomes(run_id, &outs, &puts).await?;
+    known.advance(ctx, &workflow.name).await?;
     create::ledger(&groups, &results).settle(ctx, &workflow.name, run_id, now).await?;
     meter.step("record", None);
     super::settle(ctx, &workflow.name, now, meter, &mut report).await?;
@@ -401,38 +420,6 @@ async fn read_accounts(ctx: &Context, extra: &[&str], ids: &[&str]) -> Result<Ha
             let Value::Object(map) = r else { continue };
             let text = |f: &str| map.get(f).and_then(Value::as_str).unwrap_or_default().to_owned();
             out.insert(text("Id"), AccountRow { name: text("Name"), owner: text("OwnerId"), fields: map.clone() });
-        }
-    }
-    Ok(out)
-}
-
-/// (Account id, Opportunity id, its key) of the open Opportunities meeting the `existing` rule
-/// for `milestone`.
-async fn open_opportunities(
-    ctx: &Context,
-    config: &ExpansionConfig,
-    milestone: &str,
-    accounts: &[&str],
-) -> Result<Vec<(String, String, String)>, RunError> {
-    let mut out = Vec::new();
-    let rule = config.existing.replace("{milestone}", &salesforce::soql::escape_str(milestone));
-    let key_field = salesforce::soql::field(&config.key_field)
-        .map_err(|e| RunError::Salesforce { what: "open expansion Opportunities", source: e.into() })?;
-    for chunk in accounts.chunks(300) {
-        let list = chunk.iter().map(|id| salesforce::soql::quote(id)).collect::<Vec<_>>().join(", ");
-        let soql = format!(
-            "SELECT Id, AccountId, {key_field} FROM Opportunity WHERE IsClosed = false AND AccountId IN ({list}) AND ({rule})"
-        );
-        let rows: Vec<Value> = ctx
-            .salesforce
-            .query_collect(soql)
-            .await
-            .map_err(|source| RunError::Salesforce { what: "open expansion Opportunities", source })?;
-        for r in rows {
-            let text = |f: &str| r.get(f).and_then(Value::as_str).map(str::to_owned);
-            if let (Some(account), Some(id)) = (text("AccountId"), text("Id")) {
-                out.push((account, id, text(key_field).unwrap_or_default()));
-            }
         }
     }
     Ok(out)

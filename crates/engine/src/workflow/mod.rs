@@ -27,6 +27,7 @@ pub mod drop_alert;
 pub mod engagement;
 mod episode;
 pub mod expansion;
+mod expansion_open;
 mod lease;
 mod ledger;
 pub mod new_users;

@@ -113,11 +113,11 @@ async fn body(
     run_id: Option<RunId>,
 ) -> Result<RunReport, RunError> {
     let mut meter = Meter::new(&ctx.salesforce);
+    // What the ledger and the last reading say refuses a spent day before the first Salesforce
+    // read; the fresh figure is read only when something is to be written, so a run that
+    // writes nothing reads no /limits.
     let lazy = crate::budget::Budget::new(now);
-    let budget = lazy.get(ctx).await?.clone();
-    meter.step("budget", Some("read_limits"));
-    let limits_calls: u64 = meter.calls.values().sum();
-    let mut report = RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone());
+    let mut report = RunReport::new(&workflow.name, options.dry_run, run_id, Default::default());
 
     // The cursor: first visits at or after it are new. A first run looks back the window.
     let stored = ctx.store.cursor(&workflow.name, CURSOR).await?;
@@ -131,6 +131,7 @@ async fn body(
     report.pendo_accounts = visitors.len();
     meter.step("extract", None);
     if visitors.is_empty() {
+        report.budget = lazy.report(ctx).await?;
         report.pendo_calls = u64::from(extractor.stats().pendo_calls);
         return finish_report(ctx, workflow, report, meter, Vec::new(), stored.as_deref(), None, options).await;
     }
@@ -141,6 +142,9 @@ async fn body(
     metadata_fields.push(("agent".into(), "name".into()));
     let facts = extractor.account_facts(&metadata_fields).await?;
     report.pendo_calls = u64::from(extractor.stats().pendo_calls);
+    let budget = lazy.known(ctx).await?;
+    meter.step("budget", Some("read_limits"));
+    report.budget = budget.clone();
     let matcher = EngagementConfig {
         matching: config.matching.clone(),
         recheck_matches_after: config.recheck_matches_after,
@@ -198,7 +202,7 @@ async fn body(
 
     // Reads: every person's e-mail against Contacts, and the would-be Leads' against Leads.
     let reads_needed = people.len().div_ceil(EMAILS_PER_QUERY) as u64 * 2;
-    let spent: u64 = meter.calls.values().sum::<u64>() - limits_calls;
+    let spent: u64 = meter.calls.values().sum::<u64>().saturating_sub(lazy.own_calls());
     if budget.available.saturating_sub(spent) < reads_needed {
         return Err(RunError::OverBudget { needed: reads_needed, left: budget.available.saturating_sub(spent) });
     }
@@ -366,8 +370,16 @@ async fn body(
         return finish_report(ctx, workflow, report, meter, outcomes_kept, stored.as_deref(), None, options).await;
     }
     let Some(run_id) = run_id else { return Ok(report) };
-    let spent_since_limits = |m: &Meter<'_>| m.calls.values().sum::<u64>().saturating_sub(limits_calls);
+    let spent_since_limits = |m: &Meter<'_>| m.calls.values().sum::<u64>().saturating_sub(lazy.own_calls());
 
+    let budget = if sends > 0 {
+        let read = lazy.get(ctx).await?.clone();
+        meter.step("budget", Some("read_limits"));
+        report.budget = read.clone();
+        read
+    } else {
+        budget
+    };
     // Preflight once for both stages: a field with a problem is never sent.
     let quarantine = if sends > 0 {
         crate::preflight::run(&ctx.salesforce, &ctx.config, workflow).await?

@@ -38,9 +38,11 @@ pub(crate) async fn run(
 ) -> Result<RunReport, RunError> {
     super::recorded(ctx, workflow, options, |now, run_id| async move {
         let mut meter = Meter::new(&ctx.salesforce);
-        let budget = crate::budget::today(ctx, now).await?;
+        // What the ledger and the last reading say refuses a spent day before any read; the
+        // fresh figure is read only when something is to be written.
+        let lazy = crate::budget::Budget::new(now);
+        let budget = lazy.known(ctx).await?;
         meter.step("budget", Some("read_limits"));
-        let limits_calls: u64 = meter.calls.values().sum();
         if budget.available == 0 {
             return Err(RunError::OverBudget { needed: 1, left: 0 });
         }
@@ -109,7 +111,16 @@ pub(crate) async fn run(
         if alerting {
             report.fields_changed.insert("Task".into(), decided.alerts.len());
         }
-        let spent = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
+        // The fresh figure is read when anything is to be written: changed Contacts or Tasks.
+        let budget = if changes.is_empty() && !alerting && !options.dry_run {
+            budget
+        } else {
+            let read = lazy.get(ctx).await?.clone();
+            meter.step("budget", Some("read_limits"));
+            report.budget = read.clone();
+            read
+        };
+        let spent = meter.calls.values().sum::<u64>().saturating_sub(lazy.own_calls());
         let allowance = Allowance { calls: budget.available.saturating_sub(spent) };
         let plan = plan::plan(changes.len(), workflow.max_latency, allowance, &CostModel::default());
         report.plan = plan.clone();
@@ -138,7 +149,7 @@ pub(crate) async fn run(
         let how = super::update::Recording { object: OBJECT, scope: &scope, ledger_key: |c| &c.key, note: &|_| None };
         super::update::record(ctx, &workflow.name, run_id, &how, updated, &mut report, now).await?;
         if let Some(alert) = config.alert.as_ref().filter(|_| alerting) {
-            let spent = meter.calls.values().sum::<u64>().saturating_sub(limits_calls);
+            let spent = meter.calls.values().sum::<u64>().saturating_sub(lazy.own_calls());
             let allowance = budget.available.saturating_sub(spent);
             let mut made = Made { quarantine: &quarantine, allowance, budget: &budget, meter: &mut meter, run_id, now };
             alert_tasks(ctx, workflow, alert, &decided.alerts, &mut made, &mut report).await?;

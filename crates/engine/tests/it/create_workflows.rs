@@ -391,6 +391,123 @@ async fn expansion_opportunities_appear_once_per_account_and_milestone_and_respe
     assert_eq!(w.records("Task").await.len(), tasks.len());
 }
 
+/// Live expansion Opportunities usagesync made, by (Account, milestone): (Id, key), oldest first.
+async fn our_expansions(w: &World) -> BTreeMap<(String, String), Vec<(String, String)>> {
+    let mut out: BTreeMap<(String, String), Vec<(String, String)>> = BTreeMap::new();
+    for o in w.live_records("Opportunity").await {
+        let Some(key) = o["Usagesync_Key__c"].as_str() else { continue };
+        let pair =
+            (o["AccountId"].as_str().unwrap().to_owned(), o["Expansion_Milestone__c"].as_str().unwrap().to_owned());
+        out.entry(pair).or_default().push((o["Id"].as_str().unwrap().to_owned(), key.to_owned()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expansion_rerun_knows_what_exists_from_state_and_reads_only_what_changed() {
+    let w = expansion_world(200).await;
+    let first = w.run("expansion").await;
+    assert!(first.written > 2 && first.failed == 0, "{first:?}");
+    let made = our_expansions(&w).await;
+
+    // Nothing changed: what exists comes from the store, plus one query for what changed since.
+    let (second, calls) = w.run_fresh("expansion").await;
+    let second = second.unwrap();
+    assert_eq!((second.written, second.failed, second.deferred), (0, 0, 0), "{second:?}");
+    assert!(calls <= 2, "{calls} Salesforce calls: {:?}", second.api_calls);
+    assert!(!second.api_calls.contains_key("read_limits"), "nothing to make, no /limits read: {:?}", second.api_calls);
+    // The seat milestone reads contracted seats (a Salesforce fact); what exists is one query.
+    assert!(second.api_calls.get("read_opportunities").copied().unwrap_or(0) <= 1, "{:?}", second.api_calls);
+    assert_eq!(our_expansions(&w).await, made, "a re-run creates nothing");
+    let outcomes = w.ctx.store.run_outcomes(second.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
+    let skipped = outcomes.iter().filter(|o| o.action == Action::Skipped).count();
+    assert!(skipped >= made.len(), "every crossing is decided, from state: {outcomes:?}");
+    let (third, calls) = w.run_fresh("expansion").await;
+    let third = third.unwrap();
+    assert_eq!(third.written, 0);
+    assert!(calls <= 2, "{calls} Salesforce calls: {:?}", third.api_calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expansion_closed_or_deleted_since_reopens_its_milestone_and_only_that_one() {
+    let w = expansion_world(200).await;
+    let first = w.run("expansion").await;
+    assert!(first.written > 2 && first.failed == 0, "{first:?}");
+    let made = our_expansions(&w).await;
+    let mut pairs = made.keys();
+    let (closed, deleted) = (pairs.next().unwrap().clone(), pairs.next().unwrap().clone());
+    let id = |pair: &(String, String)| salesforce::SalesforceId::parse(&made[pair][0].0).unwrap();
+    w.ctx.salesforce.update("Opportunity", &id(&closed), &json!({ "StageName": "Closed Won" })).await.unwrap();
+    w.ctx.salesforce.delete("Opportunity", &id(&deleted)).await.unwrap();
+
+    let second = w.run("expansion").await;
+    assert_eq!((second.written, second.failed), (2, 0), "{second:?}");
+    let now = our_expansions(&w).await;
+    // The closed one stays; the next number is made beside it.
+    assert_eq!(now[&closed].len(), 2, "{:?}", now[&closed]);
+    assert!(
+        now[&closed][1].1.contains(&format!(":{}:2~", closed.1)),
+        "the second of the milestone: {:?}",
+        now[&closed]
+    );
+    assert_eq!(now[&deleted].len(), 1);
+    assert_ne!(now[&deleted][0].0, made[&deleted][0].0, "the deleted one is made again");
+    for (pair, list) in &made {
+        if *pair != closed && *pair != deleted {
+            assert_eq!(&now[pair], list, "nothing else changes");
+        }
+    }
+    let (third, calls) = w.run_fresh("expansion").await;
+    let third = third.unwrap();
+    assert_eq!(third.written, 0, "{third:?}");
+    // The closed and deleted ones, read again within the overlap, were accounted for.
+    assert!(calls <= 2, "{calls}: {:?}", third.api_calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expansion_a_person_opened_after_the_first_run_still_prevents_a_duplicate() {
+    let w = expansion_world(200).await;
+    let dry = w.dry_run("expansion").await;
+    let target = dry.samples[0].clone();
+    let milestone = target.fields.iter().find(|(f, _)| f == "Expansion_Milestone__c").unwrap().1.clone();
+    // Salesforce refuses the first run's Opportunity for one account, so the store knows of none
+    // open there.
+    let rule = json!({"name": "Not_Yet", "errorMessage": "Not this account yet", "errorField": "AccountId",
+                      "condition": {"field": "AccountId", "operator": "equals", "value": target.salesforce_id}});
+    let url = format!("{}/__emulator/validation-rules/Opportunity", w.sf.base_url);
+    assert!(w.http.post(&url).json(&rule).send().await.unwrap().status().is_success());
+    let first = w.run("expansion").await;
+    assert!(first.failed >= 1 && first.written > 0, "{first:?}");
+    let pair = (target.salesforce_id.clone(), milestone.as_str().unwrap().to_owned());
+    assert!(!our_expansions(&w).await.contains_key(&pair));
+    assert!(w.http.delete(&url).send().await.unwrap().status().is_success());
+
+    // Meanwhile a person opened it by hand.
+    let by_hand = w
+        .ctx
+        .salesforce
+        .create(
+            "Opportunity",
+            &json!({
+                "Name": "Expansion agreed by phone",
+                "StageName": "Qualification",
+                "CloseDate": "2027-01-31",
+                "AccountId": target.salesforce_id,
+                "Expansion_Milestone__c": milestone,
+            }),
+        )
+        .await
+        .unwrap();
+    let second = w.run("expansion").await;
+    assert_eq!((second.written, second.failed), (0, 0), "{second:?}");
+    assert!(!our_expansions(&w).await.contains_key(&pair), "no duplicate of the person's Opportunity");
+    let outcomes = w.ctx.store.run_outcomes(second.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
+    assert!(
+        outcomes.iter().any(|o| o.action == Action::Skipped && o.salesforce_id.as_deref() == Some(by_hand.id.as_str())),
+        "the person's Opportunity is the reason: {outcomes:?}"
+    );
+}
+
 const TRIAL: &str = r#"
 store: "{store}"
 budget: { daily_share: 1.0 }

@@ -173,6 +173,14 @@ async fn each_persons_usage_lands_on_their_contact_and_a_rerun_writes_nothing() 
         assert!(!again.api_calls.contains_key("update") && !again.api_calls.contains_key("collections"), "{again:?}");
     }
 
+    // A new process: nothing to write, so the budget comes from the ledger and today's last
+    // reading, not /limits.
+    let (again, calls) = w.run_fresh("people-by-id").await;
+    let again = again.unwrap();
+    assert_eq!((again.written, again.failed), (0, 0), "{again:?}");
+    assert!(!again.api_calls.contains_key("read_limits"), "{:?}", again.api_calls);
+    assert_eq!(calls, again.total_api_calls());
+
     // A person's usage changes: only their Contact is written, and only the changed fields.
     let now = Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc() - Duration::days(1);
     let more = json!({"events": [{"kind": "page", "id": "page-p", "visitorId": "p-bo", "accountId": "people-co", "time": now.timestamp_millis(), "numEvents": 4, "numMinutes": 0}]});
@@ -185,6 +193,14 @@ async fn each_persons_usage_lands_on_their_contact_and_a_rerun_writes_nothing() 
     );
     let bo = &w.contacts().await["Bo"];
     assert_eq!((bo["Person_Active_Days__c"].as_f64(), bo["Person_Events__c"].as_f64()), (Some(2.0), Some(6.0)));
+
+    // Today's share spent (the ledger): refused as deferred before any Salesforce call.
+    let today = Utc::now();
+    w.ctx.store.settle_budget(today.date_naive(), "another-workflow", 0, 10_000_000, today).await.unwrap();
+    let (refused, calls) = w.run_fresh("people-by-id").await;
+    let e = refused.expect_err("over budget");
+    assert!(matches!(e, engine::workflow::RunError::OverBudget { .. }) && e.is_deferral(), "{e}");
+    assert_eq!(calls, 0, "refused before reading anything");
 }
 
 /// The world's config with `from` replaced by `to`, over the world's store and clients.

@@ -139,6 +139,21 @@ impl World {
         engine::workflow::run(&self.ctx, workflow, &options).await.unwrap()
     }
 
+    /// A new process's context on this world: a client that has seen no Salesforce answer yet
+    /// (no fresh `Sforce-Limit-Info`), so its calls, the budget's included, are all counted.
+    pub fn fresh(&self) -> Context {
+        let salesforce = engine::connect::salesforce_client(&self.ctx.config, &env).unwrap();
+        Context { salesforce, ..self.ctx.clone() }
+    }
+
+    /// Runs `workflow` in a new process's context: its outcome and the Salesforce calls it made.
+    pub async fn run_fresh(&self, workflow: &str) -> (Result<RunReport, engine::workflow::RunError>, u64) {
+        let ctx = self.fresh();
+        let options = RunOptions { trigger: "test".into(), ..Default::default() };
+        let result = engine::workflow::run(&ctx, workflow, &options).await;
+        (result, ctx.salesforce.requests_sent())
+    }
+
     /// Every record of `object` the Salesforce emulator holds, deleted ones too.
     pub async fn records(&self, object: &str) -> Vec<Value> {
         let url = format!("{}/__emulator/records/{object}", self.sf.base_url);

@@ -239,6 +239,42 @@ async fn new_visitors_become_contacts_once_and_only_real_changes_follow() {
     assert_eq!(w.contacts_by_email().await[&email.to_lowercase()].len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_that_write_nothing_read_no_limits_and_a_spent_day_is_refused_before_any_call() {
+    let w = world(30, "skip").await;
+    for workflow in ["new-users", "attributes"] {
+        let first = w.run(workflow).await;
+        assert!(first.written > 0 && first.failed == 0, "{workflow}: {first:?}");
+    }
+    // A new process: the budget comes from the ledger and today's last reading, not /limits.
+    for workflow in ["new-users", "attributes"] {
+        let (again, calls) = w.run_fresh(workflow).await;
+        let again = again.unwrap();
+        assert_eq!((again.written, again.failed), (0, 0), "{workflow}: {again:?}");
+        assert!(!again.api_calls.contains_key("read_limits"), "{workflow}: {:?}", again.api_calls);
+        assert_eq!(calls, again.total_api_calls(), "{workflow}");
+    }
+
+    // Someone new, so new-users has something to read; then today's share spent (the ledger).
+    let (pendo_account, _, domain) = w.matched_account().await;
+    let now = Utc::now().timestamp_millis();
+    w.pendo_seed(json!({"visitors": [
+        visitor("v-late", &pendo_account, &format!("late@{domain}"), "Ada Late", now - 10_000, now - 10_000),
+    ]}))
+    .await;
+    let today = Utc::now();
+    w.ctx.store.settle_budget(today.date_naive(), "another-workflow", 0, 10_000_000, today).await.unwrap();
+    for workflow in ["new-users", "attributes"] {
+        let (refused, calls) = w.run_fresh(workflow).await;
+        let e = refused.expect_err(workflow);
+        assert!(matches!(e, engine::workflow::RunError::OverBudget { .. }) && e.is_deferral(), "{workflow}: {e}");
+        assert_eq!(calls, 0, "{workflow}: refused before reading anything");
+        let runs = w.ctx.store.list_runs(Some(workflow), 0).await.unwrap();
+        let last = runs.iter().max_by_key(|r| r.started_at).unwrap();
+        assert_eq!(last.state, engine::store::RunState::Deferred, "{workflow}: {last:?}");
+    }
+}
+
 /// Of two runs of one workflow started together, one runs and the other is refused as busy,
 /// naming the run that holds the workflow.
 fn exactly_one_runs(

@@ -75,7 +75,12 @@ const WORKFLOWS: &str = r#"
 const RISK_FIELDS: &str =
     r#"[{"name": "At_Risk__c", "type": "boolean"}, {"name": "Risk_Reason__c", "type": "string", "length": 255}]"#;
 
-pub async fn creates(sizes: &[usize], days: u32) -> Result<()> {
+pub async fn creates(sizes: &[usize], days: u32, only: &[String]) -> Result<()> {
+    const ALL: [&str; 4] = ["churn-alerts", "expansion", "trials", "renewal-risk"];
+    if let Some(unknown) = only.iter().find(|w| !ALL.contains(&w.as_str())) {
+        anyhow::bail!("--only {unknown}: the workflows are {}", ALL.join(", "));
+    }
+    let chosen: Vec<&str> = ALL.into_iter().filter(|w| only.is_empty() || only.iter().any(|o| o == w)).collect();
     let mut rows = Vec::new();
     for &accounts in sizes {
         eprintln!("Generating {accounts} accounts × {days} days in the emulator process…");
@@ -108,7 +113,7 @@ pub async fn creates(sizes: &[usize], days: u32) -> Result<()> {
             .and_then(reqwest::Response::error_for_status)
             .context("Failed to add the risk fields to the emulated org")?;
         let ctx = super::demo::context(&text, "bench.yaml", [&child.salesforce, &child.pendo, &store]).await?;
-        for workflow in ["churn-alerts", "expansion", "trials", "renewal-risk"] {
+        for &workflow in &chosen {
             for label in ["first run", "re-run"] {
                 let t = Instant::now();
                 let options =

@@ -78,8 +78,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
             let workers = usize::try_from(workers).unwrap_or(2);
             bench_chaos::chaos(accounts, kills, &workflows, postgres.as_deref(), workers, json).await
         }
-        Command::Bench { target: BenchTarget::Creates { accounts, days } } => {
-            ok(bench_creates::creates(&accounts, days).await)
+        Command::Bench { target: BenchTarget::Creates { accounts, days, only } } => {
+            ok(bench_creates::creates(&accounts, days, &only).await)
         }
         Command::Bench { target: BenchTarget::Bulk { records, salesforce_url } } => {
             ok(bench::bulk(records, salesforce_url).await)
