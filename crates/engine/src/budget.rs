@@ -98,6 +98,18 @@ impl Budget {
             .await
     }
 
+    /// [`Budget::get`] right after a call of this run whose answer carried the org's usage, so
+    /// that no `/limits` read is needed: those `calls` stand for the read the budget would have
+    /// made (the allowance already keeps one call for it), not for work on top of it.
+    pub(crate) async fn get_priced_by(&self, ctx: &Context, calls: u64) -> Result<&BudgetReport, RunError> {
+        let first = self.read.get().is_none();
+        let report = self.get(ctx).await?;
+        if first && self.own_calls() == 0 {
+            self.own_calls.store(calls.min(1), std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(report)
+    }
+
     /// The budget if a stage has read it; otherwise usagesync's own figures from the ledger
     /// with the org's last reading the store holds (nothing was spent, nothing needed it).
     pub(crate) async fn report(&self, ctx: &Context) -> Result<BudgetReport, RunError> {
@@ -121,9 +133,19 @@ impl Budget {
     /// The budget as far as it is known without a `/limits` read: read (no call) when a fresh
     /// `Sforce-Limit-Info` header stands for the org, else usagesync's own figures from the
     /// ledger with the org's last reading today (its floor applied). Only a day with no reading
-    /// yet, or a last reading that found the org spent, costs the `/limits` call. For a refusal before a run reads anything; what a run
-    /// writes is still weighed against [`Budget::get`].
+    /// yet, or a last reading that found the org spent, costs the `/limits` call. For a refusal
+    /// before a run reads anything; what a run writes is still weighed against [`Budget::get`].
     pub(crate) async fn known(&self, ctx: &Context) -> Result<BudgetReport, RunError> {
+        match self.known_free(ctx).await? {
+            Some(report) => Ok(report),
+            None => self.get(ctx).await.cloned(),
+        }
+    }
+
+    /// [`Budget::known`] where it costs no call; `None` where it would read `/limits`. A stage
+    /// whose first call is a read it makes anyway (the Account pages) makes that read instead:
+    /// its answer carries the org's usage, so [`Budget::get`] then costs nothing.
+    pub(crate) async fn known_free(&self, ctx: &Context) -> Result<Option<BudgetReport>, RunError> {
         let fresh = ctx
             .salesforce
             .api_usage()
@@ -131,21 +153,21 @@ impl Budget {
             .and_then(|s| s.info.api_usage)
             .is_some();
         if self.read.get().is_some() || fresh {
-            return self.get(ctx).await.cloned();
+            return self.get(ctx).await.cloned().map(Some);
         }
         let ledger = ctx.store.budget_day(self.now.date_naive()).await?;
         let (Some(max), Some(used)) = (ledger.org_max, ledger.org_used) else {
-            return self.get(ctx).await.cloned();
+            return Ok(None);
         };
         let mut report = self.report(ctx).await?;
         // usagesync's own share is exact from the ledger; the org's reading may be old, and a
         // spent org is read again (the allocation comes back as the 24 hours roll on).
         let org = max.saturating_sub(used).saturating_sub(ctx.config.budget.min_remaining);
         if org == 0 && report.available > 0 {
-            return self.get(ctx).await.cloned();
+            return Ok(None);
         }
         report.available = report.available.min(org);
-        Ok(report)
+        Ok(Some(report))
     }
 
     /// Calls reading the budget took (0 before it was read, or when a fresh header sufficed).

@@ -3,6 +3,11 @@
 //! route: REST query pages of up to 2,000 rows cost one call each, a Bulk query costs about
 //! four calls whatever the size. The first REST page says how many rows there are, so a small
 //! org is read in one call and a large one switches to Bulk after that first call.
+//!
+//! The first page is also what prices the run when nothing else has: its answer carries the
+//! org's usage (`Sforce-Limit-Info`), so the budget costs no `/limits` call. What the ledger
+//! already knows (usagesync's share spent today) refuses before that page; otherwise the page
+//! takes the place of the `/limits` read and spends the one call that read would have.
 
 use std::collections::HashMap;
 
@@ -10,8 +15,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use salesforce::{BulkQueryOptions, QueryOptions};
 use serde_json::{Map, Value};
 
+use crate::budget::Budget;
 use crate::matching::AccountRow;
-use crate::workflow::RunError;
+use crate::workflow::{Context, RunError};
 
 /// REST pages worth reading before Bulk is cheaper (Bulk: create, ~2 polls, 1 result page).
 const BULK_QUERY_CALLS: u64 = 4;
@@ -27,13 +33,10 @@ pub(crate) struct Fields<'a> {
 
 const PARENT: &str = "ParentId";
 
-pub(crate) async fn read(
-    client: &salesforce::Client,
-    wanted: Fields<'_>,
-    max_calls: u64,
-) -> Result<Vec<AccountRow>, RunError> {
+pub(crate) async fn read(ctx: &Context, wanted: Fields<'_>, budget: &Budget) -> Result<Vec<AccountRow>, RunError> {
+    let client = &ctx.salesforce;
     let sf = |source| RunError::Salesforce { what: "Accounts", source };
-    if max_calls == 0 {
+    if budget.known_free(ctx).await?.is_some_and(|known| known.available == 0) {
         return Err(RunError::OverBudget { needed: 1, left: 0 });
     }
     let Fields { external: external_field, website: website_field, child: child_field } = wanted;
@@ -49,6 +52,11 @@ pub(crate) async fn read(
     let options = QueryOptions { batch_size: Some(PAGE as u16), include_deleted: false };
     let mut pages = Box::pin(client.query_pages::<Map<String, Value>>(soql.clone(), options));
     let Some(first) = pages.next().await.transpose().map_err(sf)? else { return Ok(Vec::new()) };
+    // Fresh from the page's answer: no call; the page stands for the `/limits` read.
+    let max_calls = budget.get_priced_by(ctx, 1).await?.available;
+    if max_calls == 0 {
+        return Err(RunError::OverBudget { needed: 1, left: 0 });
+    }
     let row = |m: &Map<String, Value>| -> AccountRow {
         let text = |f: Option<&str>| f.and_then(|f| m.get(f)).and_then(Value::as_str).map(str::to_owned);
         AccountRow {

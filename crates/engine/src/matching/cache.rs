@@ -102,9 +102,8 @@ pub(crate) async fn match_accounts(
         MatchRule::ChildField { account_field, .. } => Some(account_field.as_str()),
         _ => None,
     });
-    let available = budget.get(ctx).await?.available;
     let fields = accounts::Fields { external, website, child };
-    let rows = accounts::read(&ctx.salesforce, fields, available).await?;
+    let rows = accounts::read(ctx, fields, budget).await?;
     let links: BTreeMap<String, String> =
         rows.iter().filter_map(|r| Some((r.id.clone(), r.parent_id.clone()?))).collect();
     let accounts = Accounts::new(rows);

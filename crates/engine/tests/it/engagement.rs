@@ -78,6 +78,11 @@ async fn first_run_writes_the_right_accounts_and_a_second_run_writes_nothing() {
     let w = world(300, 1.0).await;
     let first = w.run("engagement").await;
     assert_eq!(first.failed, 0, "{:?}", first.failures);
+    // The first Account page priced the run (its answer carries the org's usage): no /limits.
+    let usage: Value =
+        w.http.get(format!("{}/__emulator/usage", w.sf.base_url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(usage["byKind"]["limits"].as_u64().unwrap_or(0), 0, "{usage}");
+    assert!(usage["byKind"]["query"].as_u64().unwrap_or(0) >= 1, "{usage}");
     assert!(first.ambiguous > 0 && first.unmatched > 0, "the world holds hard cases: {first:?}");
     assert_eq!(first.written, first.matched, "every matched account is new, so every one is written");
     assert_eq!(first.write_calls(), first.written.div_ceil(200) as u64, "Collections: 200 records a call");
@@ -302,13 +307,13 @@ async fn a_later_run_that_writes_a_failed_record_settles_its_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_over_budget_is_deferred_to_the_next_run() {
     let w = world(500, 1.0).await;
-    // 5 calls a day: after /limits, preflight's describe of Account and the Account read, room
-    // for two Collections calls only.
-    w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"Max": 5, "Remaining": 5}})).await;
+    // 4 calls a day: after the Account read (whose answer prices the run, so no /limits read)
+    // and preflight's describe of Account, room for two Collections calls only.
+    w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"Max": 4, "Remaining": 4}})).await;
     let first = w.run("engagement").await;
     assert!(first.deferred > 0 && first.written > 0, "{first:?}");
     assert_eq!(first.failed, 0);
-    assert_eq!((first.written, first.total_api_calls()), (400, 5), "{first:?}");
+    assert_eq!((first.written, first.total_api_calls()), (400, 4), "{first:?}");
     assert_eq!(first.api_calls.get("preflight"), Some(&1), "{first:?}");
     w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"Max": 100000, "Remaining": 100000}})).await;
     let second = w.run("engagement").await;
@@ -491,9 +496,9 @@ async fn the_read_back_costs_what_the_setting_says() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spent_allocation_skips_the_read_back_with_a_note() {
     let w = world(150, 1.0).await;
-    // /limits, the Account read, preflight's describe and the one Collections call go through;
-    // other integrations take the rest of the day before the read-back.
-    w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"SpentAfter": 4}})).await;
+    // The Account read (which prices the run), preflight's describe and the one Collections
+    // call go through; other integrations take the rest of the day before the read-back.
+    w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"SpentAfter": 3}})).await;
     let r = w.run("engagement").await;
     assert_eq!((r.failed, r.deferred), (0, 0), "{r:?}");
     assert!(r.written > 0);
