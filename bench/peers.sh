@@ -6,7 +6,8 @@
 # RSS, and each contender's ratio to usagesync.
 #
 #   bench/peers.sh [BIN]        ACCOUNTS=10000 by default; NAIVE_MAX=10000 (the one-update-per-
-#                               account script only runs up to this many accounts)
+#                               account script only runs up to this many accounts); CONTENDERS
+#                               picks some of: usagesync bulk collections_diff naive
 #
 # The scripts (bench/peers/*.py) use simple-salesforce, pinned as in conformance/salesforce, from
 # PEERS_VENV, or from a virtualenv made in a temporary folder before the first world is generated
@@ -66,8 +67,12 @@ run() {
 }
 
 export SF_CLIENT_SECRET=emulator-secret PENDO_INTEGRATION_KEY=emulator-integration-key
-contenders=(usagesync bulk collections_diff)
-[ "$accounts" -le "$naive_max" ] && contenders+=(naive)
+if [ -n "${CONTENDERS:-}" ]; then
+    read -r -a contenders <<<"$CONTENDERS"
+else
+    contenders=(usagesync bulk collections_diff)
+    [ "$accounts" -le "$naive_max" ] && contenders+=(naive)
+fi
 for c in "${contenders[@]}"; do
     echo "== $c: generating $accounts accounts × 30 days" >&2
     start_world
