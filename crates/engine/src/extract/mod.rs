@@ -267,20 +267,44 @@ impl<'c> Extractor<'c> {
         loop {
             let cond = last.as_deref().map(|l| if overlap { Expr::field(key).ge(l) } else { Expr::field(key).gt(l) });
             let p = build(cond).sort(&sort_keys).limit(self.page_rows);
-            let page = self.once(query, &p).await?;
-            for row in &page {
-                fold(row)?;
-            }
-            if (page.len() as u64) < self.page_rows {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            // Rows are folded as they are parsed; only the page's last row is kept, for its key.
+            let mut last_row: Option<Value> = None;
+            let rows = self
+                .client
+                .aggregate_each(&p, |row| {
+                    fold(&row).map_err(PageStop::Fold)?;
+                    last_row = Some(row);
+                    Ok(())
+                })
+                .await
+                .map_err(|stop| match stop {
+                    PageStop::Pendo(source) => ExtractError::Pendo { query, source },
+                    PageStop::Fold(e) => e,
+                })?;
+            self.rows.fetch_add(rows, Ordering::Relaxed);
+            if rows < self.page_rows {
                 return Ok(());
             }
-            let Some(row) = page.last() else { return Ok(()) };
-            let next = text(row, key).ok_or_else(|| bad_row(query, key_name(key), row))?;
+            let Some(row) = last_row else { return Ok(()) };
+            let next = text(&row, key).ok_or_else(|| bad_row(query, key_name(key), &row))?;
             if overlap && last.as_deref() == Some(next) {
                 return Err(ExtractError::Stuck { query, key: next.to_string() });
             }
             last = Some(next.to_string());
         }
+    }
+}
+
+/// Why a streamed page stopped: the Pendo call (or its body) failed, or the fold refused a row.
+enum PageStop {
+    Pendo(pendo::Error),
+    Fold(ExtractError),
+}
+
+impl From<pendo::Error> for PageStop {
+    fn from(e: pendo::Error) -> Self {
+        PageStop::Pendo(e)
     }
 }
 
