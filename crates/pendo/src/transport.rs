@@ -53,7 +53,7 @@ pub(crate) enum Body {
     Json(Vec<u8>),
 }
 
-fn snippet(bytes: &[u8]) -> String {
+pub(crate) fn snippet(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]);
     s.trim().to_string()
 }

@@ -446,3 +446,30 @@ async fn bench_extraction() {
         peak_rss_bytes() / 1_000_000,
     );
 }
+
+/// A fake Pendo whose every aggregation answers `body` with status 200.
+async fn fake_pendo(body: &'static str) -> pendo::Client {
+    let app = axum::Router::new().route("/api/v1/aggregation", axum::routing::post(move || async move { body }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut cfg = pendo::ClientConfig::new(&format!("http://{addr}"), "k").unwrap();
+    cfg.retry.max_attempts = 1;
+    pendo::Client::new(cfg).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_pages_keep_their_errors_apart() {
+    // A row the fold refuses is the fold's error, naming the query, not a Pendo failure.
+    let pendo = fake_pendo(r#"{"results": [{"accountId": "a1"}, {"name": "no id"}, {"accountId": "a3"}]}"#).await;
+    let err = engine::extract::account_facts(&pendo, &[]).await.unwrap_err();
+    let ExtractError::BadRow { query, field, snippet } = &err else { panic!("{err}") };
+    assert_eq!((*query, *field), ("account metadata", "accountId"));
+    assert!(snippet.contains("no id"), "{snippet}");
+    // A body cut short mid-page is Pendo's failure, with the decode error inside.
+    let pendo = fake_pendo(r#"{"results": [{"accountId": "a1"}, {"accountId": "#).await;
+    let err = engine::extract::account_facts(&pendo, &[]).await.unwrap_err();
+    let ExtractError::Pendo { query, source } = &err else { panic!("{err}") };
+    assert_eq!(*query, "account metadata");
+    assert!(matches!(source, pendo::Error::Decode { .. }), "{source}");
+}

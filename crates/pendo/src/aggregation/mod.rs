@@ -4,6 +4,7 @@
 pub mod expr;
 pub mod paging;
 pub mod pipeline;
+mod rows;
 
 use reqwest::Method;
 use serde::Deserialize;
@@ -12,7 +13,7 @@ use serde_json::Value;
 
 use crate::Client;
 use crate::error::{Error, Result};
-use crate::transport::Body;
+use crate::transport::{Body, snippet};
 
 /// An aggregation response.
 #[derive(Clone, Debug, Deserialize)]
@@ -60,6 +61,30 @@ impl Client {
     pub async fn aggregate_raw(&self, body: &Value) -> Result<AggregationResponse> {
         let bytes = serde_json::to_vec(body).map_err(|e| Error::Pipeline(e.to_string()))?;
         self.transport.json(Method::POST, "/aggregation", &[], Body::Json(bytes)).await
+    }
+
+    /// Runs an aggregation pipeline and hands each result row to `each` as it is parsed, so a
+    /// large page costs its body's bytes rather than a tree of every row. Returns the number of
+    /// rows. Rows handed over before an error (a truncated body, or `each` refusing a row) stay
+    /// handed over: on an error the caller should drop what it built from them.
+    ///
+    /// # Errors
+    /// As [`Client::aggregate`], converted into `E`, plus [`Error::Decode`] for a body that is
+    /// not an aggregation response; `each`'s own error is returned unchanged.
+    pub async fn aggregate_each<E: From<Error>>(
+        &self,
+        pipeline: &pipeline::Pipeline,
+        mut each: impl FnMut(Value) -> std::result::Result<(), E>,
+    ) -> std::result::Result<u64, E> {
+        const ENDPOINT: &str = "POST /aggregation";
+        let request = serde_json::to_vec(&pipeline.body("usagesync")?).map_err(|e| Error::Pipeline(e.to_string()))?;
+        let body = self.transport.send(Method::POST, "/aggregation", &[], Body::Json(request)).await?;
+        rows::for_each_row(&body, &mut each).map_err(|stop| match stop {
+            rows::Stop::Caller(e) => e,
+            rows::Stop::Parse(source) => {
+                Error::Decode { endpoint: ENDPOINT.into(), snippet: snippet(&body), source }.into()
+            }
+        })
     }
 
     /// Pages through `base` in order of `keys` (unique together), `page_size` rows at a time.

@@ -242,3 +242,75 @@ mod escaping {
         }
     }
 }
+
+#[tokio::test]
+async fn rows_can_be_taken_one_at_a_time() {
+    let e = emulator().await;
+    let c = client(&e);
+    let p =
+        Pipeline::from_source(Source::Accounts { apps: Apps::Default }).sort(&[SortKey::asc("accountId")]).limit(50);
+    let whole = c.aggregate(&p).await.unwrap().results;
+    assert!(!whole.is_empty());
+    let mut streamed = Vec::new();
+    let n = c
+        .aggregate_each(&p, |row| {
+            streamed.push(row);
+            Ok::<(), Error>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, whole.len() as u64);
+    assert_eq!(streamed, whole);
+
+    // The client's errors arrive as the caller's error type.
+    #[derive(Debug)]
+    enum Mine {
+        Pendo(Error),
+        Refused(Value),
+    }
+    impl From<Error> for Mine {
+        fn from(e: Error) -> Self {
+            Mine::Pendo(e)
+        }
+    }
+    let r = c.aggregate_each(&p, |row| Err(Mine::Refused(row))).await;
+    assert!(matches!(&r, Err(Mine::Refused(row)) if *row == whole[0]), "{r:?}");
+    let bad =
+        Pipeline::from_source(Source::Accounts { apps: Apps::Default }).filter(Expr::field("not a path").eq(1i64));
+    let r = c.aggregate_each(&bad, |_| Ok::<(), Mine>(())).await;
+    assert!(matches!(r, Err(Mine::Pendo(Error::Pipeline(_)))), "{r:?}");
+    let wrong = crate::client_for(&e, "wrong-key");
+    let r = wrong.aggregate_each(&p, |_| Ok::<(), Mine>(())).await;
+    assert!(matches!(&r, Err(Mine::Pendo(e)) if e.status() == Some(403)), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_truncated_streamed_body_is_a_decode_error() {
+    let app = axum::Router::new().route(
+        "/api/v1/aggregation",
+        axum::routing::post(|| async {
+            r#"{"startTime": 1, "results": [{"accountId": "a1"}, {"accountId": "a"#.to_string()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let c = pendo::Client::new(pendo::ClientConfig::new(&format!("http://{addr}"), "k").unwrap()).unwrap();
+    let mut seen = 0;
+    let p = Pipeline::from_source(Source::Accounts { apps: Apps::Default });
+    let r = c
+        .aggregate_each(&p, |_| {
+            seen += 1;
+            Ok::<(), Error>(())
+        })
+        .await;
+    match r {
+        Err(e @ Error::Decode { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("POST /aggregation") && text.contains("EOF"), "{text}");
+            assert_eq!(e.fault(), pendo::Fault::Remote);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(seen, 1);
+}
