@@ -427,16 +427,8 @@ async fn body(
         pendo_changes = pendo_desired.iter().filter_map(|d| crate::change::diff(&written, d, &[])).collect();
     }
 
-    let budget = if groups.is_empty() && changes.is_empty() && !options.dry_run {
-        lazy.report(ctx).await?
-    } else {
-        let read = lazy.get(ctx).await?.clone();
-        meter.step("budget", Some("read_limits"));
-        read
-    };
-    // The ledger holds none of this run's calls yet: every read but the budget's own comes off.
-    let reads_spent: u64 = meter.calls.values().sum::<u64>().saturating_sub(lazy.own_calls());
-    let allowance = budget.available.saturating_sub(reads_spent);
+    let writing = !groups.is_empty() || !changes.is_empty() || options.dry_run;
+    let (budget, allowance) = super::weigh(ctx, &lazy, &mut meter, writing, None).await?;
     let send = create::fitting(&groups, allowance, &create::not_unique);
     let samples: Vec<Sample> = groups
         .iter()

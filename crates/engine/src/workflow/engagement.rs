@@ -169,18 +169,12 @@ async fn body(
     skipped_outcomes.extend(held.iter().map(|h| h.outcome(OBJECT)));
     crate::testhook::crash_point("gather");
 
-    let budget = if changes.is_empty() && !options.dry_run {
-        lazy.report(ctx).await?
-    } else {
+    let writing = !changes.is_empty() || options.dry_run;
+    if writing {
         step("Reading the API budget", None);
-        let read = lazy.get(ctx).await?.clone();
-        meter.step("budget", Some("read_limits"));
-        read
-    };
-    let lazy_calls = lazy.own_calls();
-    let reads_spent: u64 = meter.calls.values().sum();
-    // The ledger holds none of this run's calls yet: every read but the budget's own comes off.
-    let allowance = Allowance { calls: budget.available.saturating_sub(reads_spent.saturating_sub(lazy_calls)) };
+    }
+    let (budget, calls) = super::weigh(ctx, &lazy, &mut meter, writing, None).await?;
+    let allowance = Allowance { calls };
     let plan = plan::plan(changes.len(), workflow.max_latency, allowance, &CostModel::default());
     let mut report = RunReport {
         pendo_accounts: outcomes.len(),

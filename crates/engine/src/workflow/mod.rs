@@ -478,6 +478,32 @@ pub(crate) fn state_of(report: &RunReport) -> crate::store::RunState {
     }
 }
 
+/// The budget a run's writes are weighed against, and the calls it still allows. The budget is
+/// read (a fresh `Sforce-Limit-Info`, else `/limits`) only when the run has something to write
+/// or plans in a dry run; otherwise `unread` stands, or the ledger's figures, at no call. The
+/// ledger holds none of this run's calls yet, so every call but the budget's own comes off.
+pub(crate) async fn weigh(
+    ctx: &Context,
+    lazy: &crate::budget::Budget,
+    meter: &mut Meter<'_>,
+    writing: bool,
+    unread: Option<crate::budget::BudgetReport>,
+) -> Result<(crate::budget::BudgetReport, u64), RunError> {
+    let budget = if writing {
+        let read = lazy.get(ctx).await?.clone();
+        meter.step("budget", Some("read_limits"));
+        read
+    } else {
+        match unread {
+            Some(known) => known,
+            None => lazy.report(ctx).await?,
+        }
+    };
+    let spent = meter.calls.values().sum::<u64>().saturating_sub(lazy.own_calls());
+    let allowance = budget.available.saturating_sub(spent);
+    Ok((budget, allowance))
+}
+
 /// Times steps and prices them in Salesforce calls.
 pub(crate) struct Meter<'a> {
     client: &'a salesforce::Client,

@@ -112,16 +112,10 @@ pub(crate) async fn run(
             report.fields_changed.insert("Task".into(), decided.alerts.len());
         }
         // The fresh figure is read when anything is to be written: changed Contacts or Tasks.
-        let budget = if changes.is_empty() && !alerting && !options.dry_run {
-            budget
-        } else {
-            let read = lazy.get(ctx).await?.clone();
-            meter.step("budget", Some("read_limits"));
-            report.budget = read.clone();
-            read
-        };
-        let spent = meter.calls.values().sum::<u64>().saturating_sub(lazy.own_calls());
-        let allowance = Allowance { calls: budget.available.saturating_sub(spent) };
+        let writing = !changes.is_empty() || alerting || options.dry_run;
+        let (budget, calls) = super::weigh(ctx, &lazy, &mut meter, writing, Some(budget)).await?;
+        report.budget = budget.clone();
+        let allowance = Allowance { calls };
         let plan = plan::plan(changes.len(), workflow.max_latency, allowance, &CostModel::default());
         report.plan = plan.clone();
         report.deferred = plan.deferred;

@@ -204,16 +204,9 @@ async fn body(
     decisions.extend(held.iter().map(|h| h.outcome(OBJECT)));
     crate::testhook::crash_point("gather");
 
-    let budget = if changes.is_empty() && !options.dry_run {
-        lazy.report(ctx).await?
-    } else {
-        let read = lazy.get(ctx).await?.clone();
-        meter.step("budget", Some("read_limits"));
-        read
-    };
-    // The ledger holds none of this run's calls yet: every read but the budget's own comes off.
-    let reads: u64 = meter.calls.values().sum::<u64>().saturating_sub(lazy.own_calls());
-    let allowance = crate::plan::Allowance { calls: budget.available.saturating_sub(reads) };
+    let writing = !changes.is_empty() || options.dry_run;
+    let (budget, calls) = super::weigh(ctx, &lazy, &mut meter, writing, None).await?;
+    let allowance = crate::plan::Allowance { calls };
     let plan = crate::plan::plan(changes.len(), workflow.max_latency, allowance, &Default::default());
     let mut report = RunReport {
         pendo_accounts: outcomes.len(),
