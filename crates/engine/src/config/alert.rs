@@ -592,16 +592,7 @@ mod tests {
         );
     }
 
-    fn errors(text: &str) -> Vec<crate::config::ConfigError> {
-        match load_str(text, "t.yaml") {
-            Ok(_) => panic!("expected errors"),
-            Err(e) => e.errors,
-        }
-    }
-
-    fn line_of(needle: &str) -> usize {
-        STARTER.lines().position(|l| l.contains(needle)).unwrap() + 1
-    }
+    use crate::config::test_support::{errors, line_of};
 
     #[test]
     fn the_example_actions_load_and_show_back_as_written() {

@@ -29,6 +29,26 @@ pub(crate) mod wire;
 
 #[cfg(test)]
 mod tests;
+/// What the config modules' tests share: a load's errors, and a line of the starter.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// The errors loading `text` gives; panics if it loads.
+    pub(crate) fn errors(text: &str) -> Vec<super::ConfigError> {
+        match super::load_str(text, "t.yaml") {
+            Ok(_) => panic!("expected errors"),
+            Err(e) => e.errors,
+        }
+    }
+
+    /// The 1-based line of the starter that holds `needle`.
+    pub(crate) fn line_of(needle: &str) -> usize {
+        super::STARTER
+            .lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} is not in the starter"))
+            + 1
+    }
+}
 #[cfg(test)]
 mod tests_two_way;
 

@@ -292,16 +292,7 @@ pub(crate) fn to_wire(c: &ContactEngagementConfig) -> ContactsWire {
 mod tests {
     use super::super::{STARTER, Template, load_str};
 
-    fn errors(text: &str) -> Vec<crate::config::ConfigError> {
-        match load_str(text, "t.yaml") {
-            Ok(_) => panic!("expected errors"),
-            Err(e) => e.errors,
-        }
-    }
-
-    fn line_of(needle: &str) -> usize {
-        STARTER.lines().position(|l| l.contains(needle)).unwrap() + 1
-    }
+    use crate::config::test_support::{errors, line_of};
 
     #[test]
     fn the_example_persons_signal_loads_and_shows_back_as_written() {
