@@ -394,17 +394,7 @@ async fn body(
     }
     desired.retain(|d| !d.fields.is_empty());
     let account_scope = account_scope(&workflow.name);
-    let mut changes: Vec<Change> = Vec::new();
-    if !desired.is_empty() {
-        let ids: Vec<String> = desired.iter().map(|d| d.salesforce_id.clone()).collect();
-        let mut written = crate::change::Written::default();
-        for (id, fields) in ctx.store.written_values(&account_scope, &ids).await? {
-            for (f, v) in fields {
-                written.insert(&id, &f, crate::change::fingerprint(&v));
-            }
-        }
-        changes = desired.iter().filter_map(|d| crate::change::diff(&written, d, &[])).collect();
-    }
+    let mut changes = changed_since_written(ctx, &account_scope, &desired).await?;
     let mut pendo_desired = pendo_values;
     for (a, values) in alerts.iter().zip(&set_pendo_values) {
         pendo_desired.push(Desired {
@@ -415,17 +405,7 @@ async fn body(
     }
     pendo_desired.retain(|d| !d.fields.is_empty());
     let pendo_scope = pendo_scope(&workflow.name);
-    let mut pendo_changes: Vec<Change> = Vec::new();
-    if !pendo_desired.is_empty() {
-        let ids: Vec<String> = pendo_desired.iter().map(|d| d.key.clone()).collect();
-        let mut written = crate::change::Written::default();
-        for (id, fields) in ctx.store.written_values(&pendo_scope, &ids).await? {
-            for (f, v) in fields {
-                written.insert(&id, &f, crate::change::fingerprint(&v));
-            }
-        }
-        pendo_changes = pendo_desired.iter().filter_map(|d| crate::change::diff(&written, d, &[])).collect();
-    }
+    let mut pendo_changes = changed_since_written(ctx, &pendo_scope, &pendo_desired).await?;
 
     let writing = !groups.is_empty() || !changes.is_empty() || options.dry_run;
     let (budget, allowance) = super::weigh(ctx, &lazy, &mut meter, writing, None).await?;
@@ -598,6 +578,22 @@ async fn pendo_write(
     };
     super::pendo_write::write(ctx, &workflow.name, run_id, &target, &sent, report, now).await?;
     Ok(())
+}
+
+/// The changes of `desired` against the values last written in `scope`, which keys a record
+/// by `Desired::salesforce_id` (for Pendo accounts, their Pendo id).
+async fn changed_since_written(ctx: &Context, scope: &str, desired: &[Desired]) -> Result<Vec<Change>, RunError> {
+    if desired.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = desired.iter().map(|d| d.salesforce_id.clone()).collect();
+    let mut written = crate::change::Written::default();
+    for (id, fields) in ctx.store.written_values(scope, &ids).await? {
+        for (f, v) in fields {
+            written.insert(&id, &f, crate::change::fingerprint(&v));
+        }
+    }
+    Ok(desired.iter().filter_map(|d| crate::change::diff(&written, d, &[])).collect())
 }
 
 /// The fingerprint scope of the Account fields a workflow's alerts set.
