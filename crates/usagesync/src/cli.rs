@@ -186,6 +186,10 @@ pub struct EmulateArgs {
     /// Opportunities) generated from the same seed into the Salesforce emulator.
     #[arg(long)]
     pub seed_salesforce: bool,
+    /// Make the regional subsidiaries that share their predecessor's e-mail domain its children
+    /// (`ParentId` in Salesforce, `custom.parentaccountid` in Pendo).
+    #[arg(long)]
+    pub hierarchies: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -233,6 +237,11 @@ pub enum BenchTarget {
         /// Days of generated history.
         #[arg(long, default_value_t = 30)]
         days: u32,
+        /// Only these workflows (engagement, people, hourly, family), comma-separated; all by
+        /// default. `family` runs on a world of its own whose subsidiaries are their parents'
+        /// children.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// nps-realtime latency and throughput: NPS webhooks at a steady rate, round-robin into
     /// one or more daemons, p50/p95/p99 from the webhook to the Contact updated in the
@@ -286,7 +295,8 @@ pub enum BenchTarget {
         /// Days of generated history.
         #[arg(long, default_value_t = 30)]
         days: u32,
-        /// Only these workflows (churn-alerts, expansion, trials, renewal-risk), comma-separated.
+        /// Only these workflows (churn-alerts, expansion, trials, renewal-risk, people-quiet,
+        /// usage-collapse), comma-separated.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

@@ -109,6 +109,8 @@ pub(crate) async fn run(
             super::PreflightReport { problems: quarantine.problems().to_vec(), records_held_back: held.len() };
         report.describe_changes(&changes);
         if alerting {
+            // A Task to make is a decided change as much as a Contact to update.
+            report.changed += decided.alerts.len();
             report.fields_changed.insert("Task".into(), decided.alerts.len());
         }
         // The fresh figure is read when anything is to be written: changed Contacts or Tasks.

@@ -237,6 +237,8 @@ async fn a_persons_signal_makes_one_task_per_episode_on_their_contact_and_rearms
     let first = w.run("people-signals").await;
     assert_eq!((first.failed, first.state.as_str()), (0, "succeeded"), "{:?} {:?}", first.failures, first.preflight);
     assert_eq!(first.written, 2, "{first:?}");
+    // The report counts each Task decided (the people workflow writes no Contact field here).
+    assert_eq!((first.changed, first.fields_changed.get("Task")), (2, Some(&2)), "{first:?}");
     let made = tasks().await;
     assert_eq!(made.len(), 2);
     for t in &made {
@@ -254,7 +256,7 @@ async fn a_persons_signal_makes_one_task_per_episode_on_their_contact_and_rearms
     assert_eq!(bo["Usagesync_Key__c"], json!(alert_key("people-signals", "p-bo", 1)));
 
     let again = w.run("people-signals").await;
-    assert_eq!((again.written, again.failed), (0, 0), "one Task per episode: {again:?}");
+    assert_eq!((again.written, again.changed, again.failed), (0, 0, 0), "one Task per episode: {again:?}");
     assert_eq!(again.api_calls.get("create"), None, "{:?}", again.api_calls);
     assert_eq!(tasks().await.len(), 2);
 

@@ -1,7 +1,8 @@
 //! `usagesync bench creates`: the record-creating workflows (engagement-drop-alert,
-//! expansion-opportunity, trial-usage, and a signal whose actions are an Opportunity and Account
-//! fields) against the emulators in a child process: a first run and a re-run of each, with their
-//! time, Salesforce calls and records created or written.
+//! expansion-opportunity, trial-usage, a signal whose actions are an Opportunity and Account
+//! fields, a per-person signal that makes a Task on the Contact, and a drop alert over hourly
+//! windows) against the emulators in a child process: a first run and a re-run of each, with
+//! their time, Salesforce calls and records created or written.
 
 use std::time::Instant;
 
@@ -69,6 +70,33 @@ const WORKFLOWS: &str = r#"
       description: "{account}: {metric} {from} -> {to}. Core features: {core_features}."
       opportunity: { stage: Qualification, close_date: "+30d" }
       set_fields: { At_Risk__c: true, Risk_Reason__c: "{subject}" }
+  people-quiet:
+    template: contact-engagement
+    schedule: "45 6 * * *"
+    window_days: 14
+    contacts:
+      match: email
+      alert:
+        when: "days_since_last_active >= 14.0 && previous.active_days > 0.0"
+        rearm_when: "active_days > 0.0"
+        subject: "{person} has not used the product for {days_since_last_active} days"
+        due_in_days: 5
+  usage-collapse:
+    template: engagement-drop-alert
+    schedule: "15 * * * *"
+    window: 6h
+    window_includes_current: true
+    matching:
+      - { rule: pendo_metadata, group: custom, field: sfdcaccountid }
+      - { rule: external_id, field: Pendo_Account_Id__c }
+      - { rule: email_domain, website_field: Website }
+    score:
+      active_visitors: { weight: 0.5, target: 3 }
+      events: { weight: 0.5, target: 200 }
+    alert:
+      when: "previous.events >= 200.0 && events < previous.events / 5.0"
+      rearm_when: "events >= previous.events / 2.0"
+      subject: "Usage collapsed in the last 6 hours: {account}"
 "#;
 
 /// The Account fields the renewal-risk alert sets, which the emulated org lacks.
@@ -76,7 +104,7 @@ const RISK_FIELDS: &str =
     r#"[{"name": "At_Risk__c", "type": "boolean"}, {"name": "Risk_Reason__c", "type": "string", "length": 255}]"#;
 
 pub async fn creates(sizes: &[usize], days: u32, only: &[String]) -> Result<()> {
-    const ALL: [&str; 4] = ["churn-alerts", "expansion", "trials", "renewal-risk"];
+    const ALL: [&str; 6] = ["churn-alerts", "expansion", "trials", "renewal-risk", "people-quiet", "usage-collapse"];
     if let Some(unknown) = only.iter().find(|w| !ALL.contains(&w.as_str())) {
         anyhow::bail!("--only {unknown}: the workflows are {}", ALL.join(", "));
     }

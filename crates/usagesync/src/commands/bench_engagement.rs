@@ -1,9 +1,13 @@
-//! `usagesync bench engagement`: the engagement workflow at 10,000 and 100,000 accounts, with
+//! `usagesync bench engagement`: the engagement workflows at 10,000 and 100,000 accounts, with
 //! the emulators in a child process (`usagesync emulate`) so that the peak RSS reported is the
-//! engine's alone. For each size: a first run, a no-change run and a run after 1% of accounts'
-//! usage changed, then the obvious script a user would otherwise write (one update call per
-//! account) on the same emulator, for the ratio of API calls. The store column is the SQLite
-//! file's size after each run (free pages included).
+//! engine's alone. For each size and workflow: a first run, a no-change run and a run after 1% of
+//! accounts' usage changed; after the Account workflow, the obvious script a user would otherwise
+//! write (one update call per account) on the same emulator, for the ratio of API calls. The
+//! workflows: the demo's Account engagement, its per-person Contact engagement, the same
+//! Account figures over an hourly window that includes the current hour, and, in a world whose
+//! subsidiaries are their parents' children, Account engagement with the hierarchy rules and a
+//! family roll-up onto each parent. The store column is the SQLite file's size after each run
+//! (free pages included; the workflows of one world share a store).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,7 +35,73 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// Measured beside the demo's `engagement` and `people`.
+const HOURLY: &str = r#"
+  # The demo's Account figures over the last 24 hours, this hour included, in fields of their own.
+  hourly:
+    template: engagement-scores
+    schedule: "15 * * * *"
+    window: 24h
+    window_includes_current: true
+    matching:
+      - { rule: pendo_metadata, group: custom, field: sfdcaccountid }
+      - { rule: external_id, field: Pendo_Account_Id__c }
+      - { rule: email_domain, website_field: Website }
+    score:
+      active_visitors: { weight: 0.5, target: 5 }
+      events: { weight: 0.5, target: 200 }
+    fields:
+      active_visitors: Pendo_Visitors_24h__c
+      events: Pendo_Events_24h__c
+      score: Pendo_Score_24h__c
+"#;
+
+/// In a world of its own, under the demo's connections (its fields are the demo engagement's).
+const FAMILY: &str = r#"
+  # The demo's engagement with the hierarchy rules and each family rolled up onto its parent.
+  family:
+    template: engagement-scores
+    schedule: "0 6 * * *"
+    window_days: 30
+    matching:
+      - { rule: pendo_metadata, group: custom, field: sfdcaccountid }
+      - { rule: external_id, field: Pendo_Account_Id__c }
+      - { rule: email_domain, website_field: Website }
+      - { rule: child_field, group: agent, field: name, account_field: Name }
+      - { rule: pendo_parent, group: custom, field: parentaccountid }
+    score:
+      active_visitors: { weight: 0.3, target: 25 }
+      active_days: { weight: 0.3, target: 20 }
+      minutes: { weight: 0.1, target: 600 }
+      feature_adoption: { weight: 0.2, target: 1.0 }
+      guide_completion: { weight: 0.1, target: 1.0 }
+    fields:
+      active_visitors: Pendo_Active_Visitors__c
+      active_days: Pendo_Active_Days__c
+      events: Pendo_Events__c
+      minutes: Pendo_Minutes__c
+      score: Pendo_Engagement_Score__c
+      updated_at: Pendo_Engagement_Updated__c
+    rollup_fields:
+      active_visitors: Family_Visitors__c
+      events: Family_Events__c
+      score: Family_Score__c
+"#;
+
+/// The Account fields the extra workflows write, which the emulated org lacks.
+const EXTRA_FIELDS: [&str; 6] = [
+    "Pendo_Visitors_24h__c",
+    "Pendo_Events_24h__c",
+    "Pendo_Score_24h__c",
+    "Family_Visitors__c",
+    "Family_Events__c",
+    "Family_Score__c",
+];
+
+const ALL: [&str; 4] = ["engagement", "people", "hourly", "family"];
+
 struct Measured {
+    workflow: &'static str,
     label: &'static str,
     seconds: f64,
     peak_mib: f64,
@@ -40,70 +110,58 @@ struct Measured {
     report: RunReport,
 }
 
-pub async fn engagement(sizes: &[usize], days: u32) -> Result<()> {
+pub async fn engagement(sizes: &[usize], days: u32, only: &[String]) -> Result<()> {
+    if let Some(unknown) = only.iter().find(|w| !ALL.contains(&w.as_str())) {
+        bail!("--only {unknown}: the workflows are {}", ALL.join(", "));
+    }
+    let chosen = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
+    let head = super::demo::DEMO_CONFIG.split("\nworkflows:").next().unwrap_or_default();
+    let configs = [format!("{}{HOURLY}", super::demo::DEMO_CONFIG), format!("{head}\nworkflows:{FAMILY}")];
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for &accounts in sizes {
-        eprintln!("Generating {accounts} accounts × {days} days in the emulator process…");
-        let started = Instant::now();
-        let mut child = super::emulate::in_child(accounts, days).await?;
-        eprintln!("  ready in {:.1}s", started.elapsed().as_secs_f64());
-        let dir = tempfile::tempdir().context("Failed to make a temporary directory")?;
-        let store = format!("sqlite://{}", dir.path().join("bench.db").display());
-        let ctx =
-            super::demo::context(super::demo::DEMO_CONFIG, "bench.yaml", [&child.salesforce, &child.pendo, &store])
-                .await?;
-
-        let mut measured = Vec::new();
-        for label in ["first run", "no change", "1% changed"] {
-            if label == "1% changed" {
-                change_one_percent(&ctx, &child.pendo, accounts).await?;
+        // The family workflow needs a world of its own: hierarchies change who matches whom.
+        let worlds: [(&[&str], Vec<&'static str>, &String); 2] = [
+            (&[], ["engagement", "people", "hourly"].into_iter().filter(|w| chosen(w)).collect(), &configs[0]),
+            (&["--hierarchies"], ["family"].into_iter().filter(|w| chosen(w)).collect(), &configs[1]),
+        ];
+        for (extra, workflows, config) in worlds {
+            if workflows.is_empty() {
+                continue;
             }
-            reset_peak_rss();
-            let t = Instant::now();
-            let options = RunOptions { dry_run: false, trigger: "bench".into(), progress: None, ..Default::default() };
-            let report = engine::workflow::run(&ctx, "engagement", &options).await?;
-            let (seconds, peak_mib) = (t.elapsed().as_secs_f64(), peak_rss_mib());
-            // Read after the timings: counting the tables is not the run's work.
-            let store_mb = ctx.store.store_size().await?.bytes as f64 / 1e6;
-            measured.push(Measured { label, seconds, peak_mib, store_mb, report });
+            eprintln!("Generating {accounts} accounts × {days} days {extra:?} in the emulator process…");
+            let started = Instant::now();
+            let mut child = super::emulate::in_child_with(accounts, days, extra).await?;
+            eprintln!("  ready in {:.1}s", started.elapsed().as_secs_f64());
+            add_fields(&child.salesforce).await?;
+            let dir = tempfile::tempdir().context("Failed to make a temporary directory")?;
+            let store = format!("sqlite://{}", dir.path().join("bench.db").display());
+            let ctx = super::demo::context(config, "bench.yaml", [&child.salesforce, &child.pendo, &store]).await?;
+            for workflow in workflows {
+                let measured = measure(&ctx, &child.pendo, accounts, workflow).await?;
+                for m in &measured {
+                    rows.push(row(accounts, m));
+                    let steps: Vec<String> = m.report.timings.iter().map(|(n, t)| format!("{n} {t:.1}s")).collect();
+                    notes.push(format!(
+                        "{} accounts, {workflow}, {}: matched {}, ambiguous {}; {}",
+                        thousands(accounts as u64),
+                        m.label,
+                        thousands(m.report.matched as u64),
+                        thousands(m.report.ambiguous as u64),
+                        steps.join(", ")
+                    ));
+                }
+                if workflow == "engagement" {
+                    notes.push(naive_note(&ctx, accounts, &measured[0].report).await?);
+                }
+            }
+            child.process.kill().await.ok();
         }
-        let (naive_calls, naive_seconds) = naive(&ctx).await?;
-        for m in &measured {
-            let r = &m.report;
-            let kinds: Vec<String> = r.api_calls.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            rows.push(vec![
-                thousands(accounts as u64),
-                m.label.to_owned(),
-                format!("{:.1}", m.seconds),
-                format!("{:.0}", m.peak_mib),
-                format!("{:.1}", m.store_mb),
-                thousands(r.written as u64),
-                thousands(r.total_api_calls()),
-                thousands(r.write_calls()),
-                kinds.join(", "),
-            ]);
-        }
-        for m in &measured {
-            let steps: Vec<String> = m.report.timings.iter().map(|(n, t)| format!("{n} {t:.1}s")).collect();
-            notes.push(format!("{} accounts, {}: {}", thousands(accounts as u64), m.label, steps.join(", ")));
-        }
-        let first = &measured[0].report;
-        notes.push(format!(
-            "{} accounts: the one-call-per-account script took {} calls and {:.1}s to write the {} matched accounts; \
-             usagesync's first run took {} calls: {:.0}× fewer.",
-            thousands(accounts as u64),
-            thousands(naive_calls),
-            naive_seconds,
-            thousands(first.matched as u64),
-            thousands(first.total_api_calls()),
-            naive_calls as f64 / first.total_api_calls().max(1) as f64
-        ));
-        child.process.kill().await.ok();
     }
     table::print(
         &[
             "accounts",
+            "workflow",
             "run",
             "seconds",
             "peak RSS MiB",
@@ -122,18 +180,86 @@ pub async fn engagement(sizes: &[usize], days: u32) -> Result<()> {
     Ok(())
 }
 
-/// New usage yesterday for every 100th account, through the Pendo emulator's admin API.
+/// A first run, a no-change run and a run after 1% of accounts' usage changed.
+async fn measure(ctx: &Context, pendo_url: &str, accounts: usize, workflow: &'static str) -> Result<Vec<Measured>> {
+    let mut measured = Vec::new();
+    for label in ["first run", "no change", "1% changed"] {
+        if label == "1% changed" {
+            change_one_percent(ctx, pendo_url, accounts).await?;
+        }
+        reset_peak_rss();
+        let t = Instant::now();
+        let options = RunOptions { dry_run: false, trigger: "bench".into(), progress: None, ..Default::default() };
+        let report = engine::workflow::run(ctx, workflow, &options).await?;
+        let (seconds, peak_mib) = (t.elapsed().as_secs_f64(), peak_rss_mib());
+        // Read after the timings: counting the tables is not the run's work.
+        let store_mb = ctx.store.store_size().await?.bytes as f64 / 1e6;
+        measured.push(Measured { workflow, label, seconds, peak_mib, store_mb, report });
+    }
+    Ok(measured)
+}
+
+fn row(accounts: usize, m: &Measured) -> Vec<String> {
+    let r = &m.report;
+    let kinds: Vec<String> = r.api_calls.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    vec![
+        thousands(accounts as u64),
+        m.workflow.to_owned(),
+        m.label.to_owned(),
+        format!("{:.1}", m.seconds),
+        format!("{:.0}", m.peak_mib),
+        format!("{:.1}", m.store_mb),
+        thousands(r.written as u64),
+        thousands(r.total_api_calls()),
+        thousands(r.write_calls()),
+        kinds.join(", "),
+    ]
+}
+
+/// The one-call-per-account script against usagesync's first run, as a line for the notes.
+async fn naive_note(ctx: &Context, accounts: usize, first: &RunReport) -> Result<String> {
+    let (naive_calls, naive_seconds) = naive(ctx).await?;
+    Ok(format!(
+        "{} accounts: the one-call-per-account script took {} calls and {:.1}s to write the {} matched accounts; \
+         usagesync's first run took {} calls: {:.0}× fewer.",
+        thousands(accounts as u64),
+        thousands(naive_calls),
+        naive_seconds,
+        thousands(first.matched as u64),
+        thousands(first.total_api_calls()),
+        naive_calls as f64 / first.total_api_calls().max(1) as f64
+    ))
+}
+
+/// Adds [`EXTRA_FIELDS`] to the emulated org's Account.
+async fn add_fields(salesforce_url: &str) -> Result<()> {
+    let http = reqwest::Client::new();
+    for name in EXTRA_FIELDS {
+        http.post(format!("{salesforce_url}/__emulator/fields/Account"))
+            .json(&json!({"name": name, "type": "double"}))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("Failed to add {name} to the emulated org"))?;
+    }
+    Ok(())
+}
+
+/// New usage for every 100th account, through the Pendo emulator's admin API: yesterday (for the
+/// daily windows, which end there) and an hour ago (for the hourly window, which includes it).
 async fn change_one_percent(ctx: &Context, pendo_url: &str, accounts: usize) -> Result<()> {
     let gc = emulator::pendo::GenConfig { seed: 1, accounts, days: 1, ..Default::default() };
     let page = ctx.pendo.pages(&[]).await?.into_iter().next().context("the emulator has no pages")?.id;
-    let yesterday = chrono::Utc::now().timestamp_millis() - 25 * 3_600_000;
+    let now = chrono::Utc::now().timestamp_millis();
     let events: Vec<Value> = (0..accounts)
         .step_by(100)
         .map(|i| emulator::pendo::generate::account_profile(&gc, i))
-        .filter_map(|p| {
-            let visitor = p.visitors.first()?;
-            Some(json!({"kind": "page", "id": page, "visitorId": visitor.id, "accountId": p.id,
-                        "time": yesterday, "numEvents": 777, "numMinutes": 77}))
+        .filter_map(|p| p.visitors.first().map(|v| (p.id.clone(), v.id.clone())))
+        .flat_map(|(account, visitor)| {
+            [25, 1].map(|hours_ago| {
+                json!({"kind": "page", "id": page, "visitorId": visitor, "accountId": account,
+                       "time": now - hours_ago * 3_600_000, "numEvents": 777, "numMinutes": 77})
+            })
         })
         .collect();
     let response = reqwest::Client::new()

@@ -30,6 +30,7 @@ pub async fn run(args: EmulateArgs, json: bool) -> Result<()> {
         seed: args.seed,
         accounts: usize::try_from(args.accounts).context("--accounts is too large")?,
         days: args.days,
+        hierarchies: args.hierarchies,
         ..emulator::pendo::GenConfig::default()
     };
     let pendo_listener = TcpListener::bind(args.pendo_addr)
@@ -78,10 +79,16 @@ pub(super) struct Child {
 /// allocation no benchmark spends, in a child process (so that a benchmark's memory and CPU
 /// figures are usagesync's alone), read until it has printed both addresses.
 pub(super) async fn in_child(accounts: usize, days: u32) -> Result<Child> {
+    in_child_with(accounts, days, &[]).await
+}
+
+/// [`in_child`] with more `usagesync emulate` arguments (e.g. `--hierarchies`).
+pub(super) async fn in_child_with(accounts: usize, days: u32, extra: &[&str]) -> Result<Child> {
     let exe = std::env::current_exe().context("Failed to find this executable")?;
     let mut process = tokio::process::Command::new(exe)
         .args(["emulate", "--seed-salesforce", "--daily-api-requests", "10000000"])
         .args(["--accounts", &accounts.to_string(), "--days", &days.to_string()])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

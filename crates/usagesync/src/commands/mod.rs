@@ -68,8 +68,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Bench { target: BenchTarget::Pendo { accounts, days, runs, seed } } => {
             ok(bench::pendo(seed, accounts, days, runs).await)
         }
-        Command::Bench { target: BenchTarget::Engagement { accounts, days } } => {
-            ok(bench_engagement::engagement(&accounts, days).await)
+        Command::Bench { target: BenchTarget::Engagement { accounts, days, only } } => {
+            ok(bench_engagement::engagement(&accounts, days, &only).await)
         }
         Command::Bench { target: BenchTarget::Nps { rate, seconds, window_ms, workers, postgres } } => {
             ok(bench_nps::nps(&rate, seconds, window_ms, &workers, postgres.as_deref()).await)
