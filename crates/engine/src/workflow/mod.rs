@@ -22,6 +22,7 @@
 //! - [`replay`]: running failed records' workflows again, re-deriving what they send.
 
 pub mod attributes;
+mod contact_links;
 pub mod create;
 pub mod drop_alert;
 pub mod engagement;

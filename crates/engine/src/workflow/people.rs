@@ -61,17 +61,18 @@ pub(crate) async fn run(
             None => BTreeMap::new(),
         };
         let mut report = RunReport::new(&workflow.name, options.dry_run, run_id, budget.clone());
+        let dry_run = options.dry_run;
         let pairs = match &config.match_by {
             PersonMatch::VisitorId(field) => {
                 meter.step("extract", None);
-                let rows = contacts(ctx, field).await?;
-                links(by_visitor_id(&rows, field), &mut report)
+                let contacts = super::contact_links::gather(ctx, &workflow.name, field, now, dry_run).await?;
+                links(by_visitor_id(&contacts), &mut report)
             }
             PersonMatch::Email => {
                 let visitors = extractor.visitor_emails().await?;
                 meter.step("extract", None);
-                let rows = contacts(ctx, "Email").await?;
-                links(by_email(&visitors, &rows), &mut report)
+                let contacts = super::contact_links::gather(ctx, &workflow.name, "Email", now, dry_run).await?;
+                links(by_email(&visitors, &contacts), &mut report)
             }
         };
         report.pendo_calls = u64::from(extractor.stats().pendo_calls);
@@ -392,33 +393,21 @@ async fn read_contacts(ctx: &Context, ids: &[&str]) -> Result<HashMap<String, (S
     Ok(out)
 }
 
-/// The Contacts with `field` set (`Id` and `field`), all pages.
-async fn contacts(ctx: &Context, field: &str) -> Result<Vec<Map<String, Value>>, RunError> {
-    const WHAT: &str = "Contacts to match people to";
-    salesforce::soql::field(field)
-        .map_err(|e| RunError::Salesforce { what: WHAT, source: salesforce::Error::Soql(e) })?;
-    ctx.salesforce
-        .query_collect(format!("SELECT Id, {field} FROM {OBJECT} WHERE {field} != null"))
-        .await
-        .map_err(|source| RunError::Salesforce { what: WHAT, source })
-}
-
 /// People and Contacts grouped by what links them (a visitor id, or a normalised e-mail).
 type Groups<'a> = BTreeMap<String, (Vec<&'a str>, Vec<&'a str>)>;
 
-/// Groups by the Contact field holding the visitor id.
-fn by_visitor_id<'a>(contacts: &'a [Map<String, Value>], field: &str) -> Groups<'a> {
+/// Groups by the Contact field holding the visitor id (`contacts`: Contact Id → visitor id).
+fn by_visitor_id(contacts: &BTreeMap<String, String>) -> Groups<'_> {
     let mut groups = Groups::new();
-    for row in contacts {
-        if let (Some(id), Some(visitor)) = (text(row, "Id"), text(row, field)) {
-            groups.entry(visitor.to_owned()).or_insert_with(|| (vec![visitor], Vec::new())).1.push(id);
-        }
+    for (id, visitor) in contacts {
+        groups.entry(visitor.clone()).or_insert_with(|| (vec![visitor.as_str()], Vec::new())).1.push(id);
     }
     groups
 }
 
 /// Groups by e-mail address: Pendo's `agent.email` and the Contact's `Email`, normalised alike.
-fn by_email<'a>(visitors: &'a BTreeMap<String, String>, contacts: &'a [Map<String, Value>]) -> Groups<'a> {
+/// `contacts`: Contact Id → `Email`.
+fn by_email<'a>(visitors: &'a BTreeMap<String, String>, contacts: &'a BTreeMap<String, String>) -> Groups<'a> {
     let key = |raw: &str| super::new_users::normalise_email(raw, false);
     let mut groups = Groups::new();
     for (visitor, email) in visitors {
@@ -426,8 +415,8 @@ fn by_email<'a>(visitors: &'a BTreeMap<String, String>, contacts: &'a [Map<Strin
             groups.entry(email).or_default().0.push(visitor);
         }
     }
-    for row in contacts {
-        if let (Some(id), Some(email)) = (text(row, "Id"), text(row, "Email").and_then(key)) {
+    for (id, email) in contacts {
+        if let Some(email) = key(email) {
             groups.entry(email).or_default().1.push(id);
         }
     }
@@ -575,8 +564,8 @@ mod tests {
     #[test]
     fn an_address_or_visitor_id_held_twice_links_nobody() {
         let v = |id: &str, email: &str| (id.to_owned(), email.to_owned());
-        let c = |pairs: &[(&str, &str)]| -> Map<String, Value> {
-            pairs.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect()
+        let c = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(id, key)| ((*id).to_owned(), (*key).to_owned())).collect()
         };
         let visitors: BTreeMap<_, _> = [
             v("v1", " Ada@X.com"),
@@ -587,12 +576,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let contacts = [
-            c(&[("Id", "003A"), ("Email", "ada@x.com")]),
-            c(&[("Id", "003B"), ("Email", "bo@x.com")]),
-            c(&[("Id", "003C"), ("Email", "cy@x.com")]),
-            c(&[("Id", "003D"), ("Email", "Cy@X.com")]),
-        ];
+        let contacts = c(&[("003A", "ada@x.com"), ("003B", "bo@x.com"), ("003C", "cy@x.com"), ("003D", "Cy@X.com")]);
         let mut report = RunReport::new("w", false, None, crate::budget::BudgetReport::default());
         let pairs = links(by_email(&visitors, &contacts), &mut report);
         // Ada alone links; Bo's address is two visitors', Cy's two Contacts'; Dee has no Contact.
@@ -600,13 +584,9 @@ mod tests {
         assert_eq!(report.ambiguous, 3);
         assert_eq!(report.ambiguous_samples.len(), 2);
 
-        let by_id = [
-            c(&[("Id", "003A"), ("Pendo__c", "v1")]),
-            c(&[("Id", "003B"), ("Pendo__c", "v2")]),
-            c(&[("Id", "003C"), ("Pendo__c", "v2")]),
-        ];
+        let by_id = c(&[("003A", "v1"), ("003B", "v2"), ("003C", "v2")]);
         let mut report = RunReport::new("w", false, None, crate::budget::BudgetReport::default());
-        let pairs = links(by_visitor_id(&by_id, "Pendo__c"), &mut report);
+        let pairs = links(by_visitor_id(&by_id), &mut report);
         assert_eq!(pairs, vec![("v1".to_owned(), "003A".to_owned())]);
         assert_eq!((report.ambiguous, report.ambiguous_samples[0].candidates.len()), (1, 2));
     }

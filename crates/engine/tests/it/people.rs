@@ -203,6 +203,48 @@ async fn each_persons_usage_lands_on_their_contact_and_a_rerun_writes_nothing() 
     assert_eq!(calls, 0, "refused before reading anything");
 }
 
+/// The Contacts are read whole once; later runs ask Salesforce only for the Contacts changed
+/// since (one call after a quiet day), and follow an address moved to another Contact and a
+/// Contact deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_runs_read_only_the_contacts_changed_since_and_follow_relinks_and_deletions() {
+    let w = world().await;
+    // Two query pages of Contacts whose addresses no visitor has, stamped an hour before the
+    // rest (so the change query's overlap does not reach them).
+    let clock = format!("{}/__emulator/clock", w.sf.base_url);
+    for change in [json!({"advanceSeconds": -3_600}), json!({"live": true})] {
+        let r = w.http.put(&clock).json(&change).send().await.unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        if change["live"].is_null() {
+            let many: Vec<Value> = (0..2_500)
+                .map(|i| json!({"LastName": format!("Many {i}"), "Email": format!("nobody-{i}@else.test")}))
+                .collect();
+            post(&w.http, format!("{}/__emulator/records/Contact", w.sf.base_url), json!(many)).await;
+        }
+    }
+
+    let first = w.run("people-by-email").await;
+    assert_eq!((first.failed, first.ambiguous), (0, 2), "{first:?}");
+    assert_eq!(w.contacts().await["AdaByMail"]["Person_Mail_Events__c"].as_f64(), Some(12.0));
+    assert_eq!(first.api_calls.get("read_contacts"), Some(&2), "read whole: {:?}", first.api_calls);
+    // The Contacts written come back (their stamp moved): one page.
+    let second = w.run("people-by-email").await;
+    assert_eq!((second.written, second.failed), (0, 0), "{second:?}");
+    assert_eq!(second.api_calls.get("read_contacts"), Some(&1), "{:?}", second.api_calls);
+
+    // Ada's address moves to a new Contact; the Contact two people's address pointed at is deleted.
+    let c = w.contacts().await;
+    let id = |name: &str| salesforce::SalesforceId::parse(c[name]["Id"].as_str().unwrap()).unwrap();
+    w.ctx.salesforce.update("Contact", &id("AdaByMail"), &json!({"Email": "ada-old@people.test"})).await.unwrap();
+    w.ctx.salesforce.create("Contact", &json!({"LastName": "AdaMail2", "Email": "ada@people.test"})).await.unwrap();
+    w.ctx.salesforce.delete("Contact", &id("Shared")).await.unwrap();
+    let third = w.run("people-by-email").await;
+    let linked = (third.written, third.failed, third.matched, third.ambiguous);
+    assert_eq!(linked, (1, 0, first.matched, 0), "AdaMail2 in AdaByMail's place: {third:?}");
+    assert_eq!(third.api_calls.get("read_contacts"), Some(&1), "{:?}", third.api_calls);
+    assert_eq!(w.contacts().await["AdaMail2"]["Person_Mail_Events__c"].as_f64(), Some(12.0));
+}
+
 /// The world's config with `from` replaced by `to`, over the world's store and clients.
 fn edited(w: &World, from: &str, to: &str) -> engine::workflow::Context {
     let text = support::config_text(CONFIG, &w.sf.base_url, &w.pendo.base_url, "sqlite://unused.db").replace(from, to);
