@@ -36,6 +36,7 @@ pub mod pendo_fields;
 pub mod plan;
 pub mod preflight;
 pub mod scheduler;
+mod sf_read;
 pub mod signal;
 pub mod store;
 pub mod testhook;

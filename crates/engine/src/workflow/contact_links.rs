@@ -22,13 +22,12 @@ use std::io::{Read as _, Write as _};
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use futures_util::TryStreamExt;
 use salesforce::rest::describe::sf_datetime;
 use salesforce::{Condition, SoqlQuery};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::{Context, RunError};
+use crate::sf_read::{PricedRead, Row};
 
 /// The cursor's name.
 pub const CURSOR: &str = "contact_links";
@@ -54,17 +53,15 @@ pub struct Mirror {
 
 impl Mirror {
     /// Applies one Contact as a query returned it: gone (deleted, or the field cleared) or
-    /// linked by its current value. Returns its stamp.
-    fn apply(&mut self, row: &Value) -> Option<DateTime<Utc>> {
-        let id = row.get("Id").and_then(Value::as_str)?;
-        let key = row.get(&self.field).and_then(Value::as_str).filter(|k| !k.is_empty());
-        match key.filter(|_| row.get("IsDeleted") != Some(&Value::Bool(true))) {
+    /// linked by its current value.
+    fn apply(&mut self, row: &Row<'_>) {
+        let Some(id) = row.get("Id") else { return };
+        match row.get(&self.field).filter(|_| row.get("IsDeleted") != Some("true")) {
             Some(key) => self.links.insert(id.to_owned(), key.to_owned()),
             None => self.links.remove(id),
         };
-        let at = row.get("SystemModstamp").and_then(Value::as_str).and_then(|s| sf_datetime::parse(s).ok());
+        let at = row.get("SystemModstamp").and_then(|s| sf_datetime::parse(s).ok());
         self.at = self.at.max(at);
-        at
     }
 
     fn encode(&self) -> Option<String> {
@@ -107,11 +104,8 @@ pub(crate) async fn gather(
         Some((at, mut mirror)) => {
             let query = SoqlQuery::select(["Id", field, "IsDeleted", "SystemModstamp"], OBJECT)
                 .filter(Condition::ge("SystemModstamp", at - OVERLAP));
-            let rows = read(ctx, query, true).await?;
             let before = mirror.clone();
-            for row in &rows {
-                mirror.apply(row);
-            }
+            read(ctx, query, true, |row| mirror.apply(&row)).await?;
             if mirror == before {
                 return Ok(mirror.links);
             }
@@ -121,9 +115,7 @@ pub(crate) async fn gather(
             let query = SoqlQuery::select(["Id", field, "SystemModstamp"], OBJECT)
                 .filter(Condition::ne(field, salesforce::soql::Literal::Null));
             let mut mirror = Mirror { field: field.to_owned(), at: None, read_at: now, links: BTreeMap::new() };
-            for row in read(ctx, query, false).await? {
-                mirror.apply(&row);
-            }
+            read(ctx, query, false, |row| mirror.apply(&row)).await?;
             mirror
         }
     };
@@ -135,18 +127,20 @@ pub(crate) async fn gather(
     Ok(mirror.links)
 }
 
-async fn read(ctx: &Context, query: SoqlQuery, include_deleted: bool) -> Result<Vec<Value>, RunError> {
+/// Every row of `query`, REST pages or one Bulk query, whichever costs fewer calls.
+async fn read(
+    ctx: &Context,
+    query: SoqlQuery,
+    include_deleted: bool,
+    each: impl FnMut(Row<'_>),
+) -> Result<(), RunError> {
     let soql = query
         .build()
         .map_err(|e| RunError::Salesforce { what: WHAT, source: salesforce::Error::InvalidInput(e.to_string()) })?;
-    let options = salesforce::QueryOptions { include_deleted, ..Default::default() };
-    let pages = ctx.salesforce.query_pages::<Value>(soql, options);
-    futures_util::pin_mut!(pages);
-    let mut rows = Vec::new();
-    while let Some(page) = pages.try_next().await.map_err(|source| RunError::Salesforce { what: WHAT, source })? {
-        rows.extend(page.records);
+    match PricedRead::start(ctx, soql, include_deleted, WHAT).await? {
+        Some(read) => read.each(each).await,
+        None => Ok(()),
     }
-    Ok(rows)
 }
 
 #[cfg(test)]
@@ -167,7 +161,8 @@ mod tests {
             json!({"Id": "003C", "Email": "c@x.test", "SystemModstamp": "2026-12-01T08:00:00.000+0000"}),
         ];
         for r in rows.iter().chain(rows.iter()) {
-            m.apply(r);
+            let serde_json::Value::Object(r) = r else { unreachable!() };
+            m.apply(&Row::Json(r));
         }
         assert_eq!(m.links, BTreeMap::from([("003C".to_owned(), "c@x.test".to_owned())]));
         assert_eq!(m.at, t("2026-12-01T12:00:00.000+0000"), "the newest stamp, whatever the order");
