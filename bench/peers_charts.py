@@ -4,6 +4,7 @@ changed) per contender. Plain SVG written by hand, so the charts need nothing in
 
     python3 bench/peers_charts.py ROWS.tsv [OUT_DIR]      writes OUT_DIR/peers-calls.svg and
                                                           OUT_DIR/peers-time.svg (OUT_DIR: docs)
+                                                          and prints docs/benchmarks.md's tables
 
 Calls span 0 to thousands, so that chart's axis is logarithmic (log of 1 + calls, which keeps 0
 at the origin); seconds are linear. A contender not run at a size (the one-update-per-account
@@ -19,15 +20,15 @@ from xml.sax.saxutils import escape
 ORDER = ["usagesync", "jsforce_bulk", "bulk", "collections_diff", "naive"]
 NAMES = {
     "usagesync": "usagesync",
-    "jsforce_bulk": "jsforce Bulk + diff",
+    "jsforce_bulk": "jsforce Bulk + diff script",
     "bulk": "Bulk 2.0 script",
-    "collections_diff": "Collections + diff",
+    "collections_diff": "Collections + diff script",
     "naive": "one update per account",
 }
 RUNS = ["first run", "no change", "1% changed"]
 COLOURS = {"first run": "#3b6fb6", "no change": "#9bbbe0", "1% changed": "#e08a3c"}
 
-LABEL_W = 170  # contender names, left of the first panel
+LABEL_W = 180  # contender names, left of the first panel
 PANEL_W = 330
 PANEL_GAP = 40
 BAR_H = 11
@@ -140,6 +141,36 @@ def chart(rows, metric, title):
     return "\n".join(out) + "\n"
 
 
+def ratio(a, b):
+    """Contender / usagesync, as the docs' tables print it."""
+    a, b = float(a), float(b)
+    if b == 0:
+        return "-" if a == 0 else "∞"
+    x = a / b
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def markdown(rows):
+    """One Markdown table per size, usagesync first, ratios against its run of the same kind."""
+    out = []
+    for size in sorted(rows):
+        base = rows[size].get("usagesync", {})
+        out.append(f"{size:,} accounts:\n")
+        out.append("| contender | run | SF calls | written | seconds | peak RSS MiB | calls × | seconds × |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for c in [c for c in ORDER if c in rows[size]] + sorted(set(rows[size]) - set(ORDER)):
+            for run in RUNS:
+                r = rows[size][c].get(run)
+                if r is None:
+                    continue
+                b = base.get(run)
+                cells = [NAMES.get(c, c), run, f"{int(r['calls']):,}", f"{int(r['written']):,}", f"{float(r['seconds']):.2f}",
+                         r["rss_mib"], ratio(r["calls"], b["calls"]) if b else "-", ratio(r["seconds"], b["seconds"]) if b else "-"]
+                out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(path, out_dir="docs"):
     rows = read_rows(path)
     for metric, name, title in [
@@ -148,6 +179,7 @@ def main(path, out_dir="docs"):
     ]:
         with open(os.path.join(out_dir, name), "w") as f:
             f.write(chart(rows, metric, title))
+    print(markdown(rows))
 
 
 if __name__ == "__main__":
