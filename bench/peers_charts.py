@@ -68,8 +68,8 @@ def linear_ticks(top):
         step *= 10
 
 
-def fmt(v, metric):
-    if metric == "calls" or v == int(v) and v >= 10:
+def fmt(v, metric, tick=False):
+    if metric == "calls" or tick and v == int(v):
         return f"{int(v):,}"
     return f"{v:.1f}" if v < 100 else f"{v:,.0f}"
 
@@ -115,7 +115,7 @@ def chart(rows, metric, title):
         for t in ticks:
             tx = x0 + scale(t)
             out.append(f'<line x1="{tx:.1f}" y1="{TOP - 2}" x2="{tx:.1f}" y2="{bottom}" stroke="#ddd"/>')
-            out.append(f'<text x="{tx:.1f}" y="{bottom + 13}" text-anchor="middle" fill="#555">{fmt(t, metric)}</text>')
+            out.append(f'<text x="{tx:.1f}" y="{bottom + 13}" text-anchor="middle" fill="#555">{fmt(t, metric, tick=True)}</text>')
         axis = "Salesforce API calls (log scale)" if log else "wall seconds"
         out.append(f'<text x="{x0 + plot_w / 2:.1f}" y="{bottom + 28}" text-anchor="middle" fill="#555">{axis}</text>')
         out.append(f'<line x1="{x0}" y1="{TOP - 2}" x2="{x0}" y2="{bottom}" stroke="#888"/>')
