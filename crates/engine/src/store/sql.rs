@@ -591,23 +591,31 @@ fn page_actions(text: &str) -> Result<BTreeMap<String, u64>, StoreError> {
 }
 
 impl InboxStore for SqlStore {
-    fn put_event(&self, event: &InboxEvent) -> StoreFuture<'_, bool> {
-        let e = event.clone();
+    fn put_events(&self, events: &[InboxEvent]) -> StoreFuture<'_, Vec<bool>> {
+        const OP: &str = "store webhook events";
+        let events = events.to_vec();
         Box::pin(async move {
-            let done = self
-                .pool
-                .query(
-                    "INSERT INTO inbox (unique_id, source, kind, received_at, body) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (unique_id) DO NOTHING",
-                )
-                .bind(e.unique_id)
-                .bind(e.source)
-                .bind(e.kind)
-                .bind_time(e.received_at)
-                .bind_json(&e.body)
-                .execute("store webhook event")
-                .await?;
-            Ok(done == 1)
+            // One transaction for the group: one commit (and one sync) however many it holds.
+            // A row each, so a repeat within the group is told apart like one stored before.
+            let mut tx = self.pool.begin_write(OP).await?;
+            let mut stored = Vec::with_capacity(events.len());
+            for e in events {
+                let done = tx
+                    .query(
+                        "INSERT INTO inbox (unique_id, source, kind, received_at, body) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (unique_id) DO NOTHING",
+                    )
+                    .bind(e.unique_id)
+                    .bind(e.source)
+                    .bind(e.kind)
+                    .bind_time(e.received_at)
+                    .bind_json(&e.body)
+                    .execute(OP)
+                    .await?;
+                stored.push(done == 1);
+            }
+            tx.commit(OP).await?;
+            Ok(stored)
         })
     }
 
@@ -1511,6 +1519,36 @@ impl IdempotencyStore for SqlStore {
                 .execute("commit create")
                 .await?;
             changed_one(done, "commit create", || format!("no create was begun for key {key:?}"))
+        })
+    }
+
+    fn commit_creates(&self, workflow: &str, done: &[(String, String)], now: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        const OP: &str = "commit creates";
+        let (workflow, done) = (workflow.to_owned(), done.to_vec());
+        Box::pin(async move {
+            if done.is_empty() {
+                return Ok(());
+            }
+            let n = done.len();
+            let columns = [
+                Column::Text(done.iter().map(|(k, _)| k.as_str()).collect()),
+                Column::Text(vec![workflow.as_str(); n]),
+                Column::Text(vec!["committed"; n]),
+                Column::Text(done.iter().map(|(_, id)| id.as_str()).collect()),
+                Column::Time(vec![now; n]),
+                Column::Time(vec![now; n]),
+            ];
+            let mut tx = self.pool.begin_write(OP).await?;
+            tx.insert_batch(
+                OP,
+                "INSERT INTO idempotency (key, workflow, state, salesforce_id, created_at, updated_at)",
+                &columns,
+                n,
+                " ON CONFLICT (key) DO UPDATE SET state = 'committed', salesforce_id = excluded.salesforce_id, \
+                 updated_at = excluded.updated_at",
+            )
+            .await?;
+            tx.commit(OP).await
         })
     }
 
