@@ -792,6 +792,9 @@ pub trait IdempotencyStore {
     fn commit_create(&self, key: &str, salesforce_id: &str, now: DateTime<Utc>) -> StoreFuture<'_, ()>;
     /// Forgets a Pending create (the record was not created); a Committed one stays.
     fn abandon_create(&self, key: &str) -> StoreFuture<'_, ()>;
+    /// [`IdempotencyStore::begin_create`] for each of `keys` (distinct), in one transaction;
+    /// the states in the order of `keys`.
+    fn begin_creates(&self, keys: &[String], workflow: &str, now: DateTime<Utc>) -> StoreFuture<'_, Vec<CreateState>>;
     /// Records each `(key, salesforce_id)` as committed, begun or not, in one transaction: what
     /// a `begin_create` then `commit_create` per key leaves, for keys already settled (an
     /// answer handled, whose key only has to be known from now on).

@@ -105,7 +105,7 @@ conformance!(
     budget_concurrent_reservations_respect_cap,
     budget_reservations_of_dead_runs_are_released,
     idempotent_creates,
-    creates_committed_in_one_go,
+    creates_begun_and_committed_in_one_go,
     inbox_dedupes_and_drains,
     inbox_group_of_events_stored_in_one_go,
     inbox_claims_lease_and_take_over,
@@ -1190,14 +1190,25 @@ async fn budget_concurrent_reservations_respect_cap(store: Arc<dyn Store>) {
 }
 
 /// Keys settled in bulk read back as committed, whether they were new, begun (pending) or
-/// committed before (then with the id given now).
-async fn creates_committed_in_one_go(store: Arc<dyn Store>) {
+/// committed before (then with the id given now); keys begun in bulk get what one
+/// `begin_create` each would give, in their order.
+async fn creates_begun_and_committed_in_one_go(store: Arc<dyn Store>) {
     assert_eq!(store.begin_create("pending", "wf", t(1, 0)).await.unwrap(), CreateState::New);
     assert_eq!(store.begin_create("done", "wf", t(1, 0)).await.unwrap(), CreateState::New);
     store.commit_create("done", "00T000000000001", t(1, 0)).await.unwrap();
     let keys = ["new", "pending", "done"].map(|k| (k.to_owned(), "handled".to_owned()));
     store.commit_creates("wf", &keys, t(2, 0)).await.unwrap();
     store.commit_creates("wf", &[], t(2, 0)).await.unwrap();
+    assert_eq!(store.begin_creates(&[], "wf", t(2, 0)).await.unwrap(), []);
+    assert_eq!(store.begin_create("waiting", "wf", t(1, 0)).await.unwrap(), CreateState::New);
+    let keys = ["new", "waiting", "fresh"].map(str::to_owned);
+    let handled = CreateState::Committed { salesforce_id: "handled".into() };
+    assert_eq!(
+        store.begin_creates(&keys, "wf", t(2, 1)).await.unwrap(),
+        [handled.clone(), CreateState::Pending { since: t(1, 0) }, CreateState::New],
+        "in the order of the keys, as begin_create one by one"
+    );
+    assert_eq!(store.begin_create("fresh", "wf", t(2, 2)).await.unwrap(), CreateState::Pending { since: t(2, 1) });
     for key in ["new", "pending", "done"] {
         assert_eq!(
             store.begin_create(key, "wf", t(3, 0)).await.unwrap(),
