@@ -101,7 +101,7 @@ mod tests {
             unique_id: id.into(),
             source: "pendo".into(),
             kind: "npsSubmitted".into(),
-            received_at: chrono::Utc::now(),
+            received_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
             body: serde_json::json!({"uniqueId": id}),
         }
     }

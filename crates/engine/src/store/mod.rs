@@ -11,8 +11,8 @@
 //! Timestamps are kept with microsecond precision on both backends. Where a method takes `now`,
 //! the engine's clock (which tests control) decides leases and ledger times, not the database's.
 
-pub mod group_commit;
 mod dialect;
+pub mod group_commit;
 mod postgres;
 mod sql;
 mod sqlite;

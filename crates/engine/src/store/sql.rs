@@ -1531,8 +1531,7 @@ impl IdempotencyStore for SqlStore {
             // As `begin_create`: a row found on conflict may be abandoned before it is read, and
             // its key is then tried again.
             for _ in 0..8 {
-                let left: Vec<&str> =
-                    keys.iter().map(String::as_str).filter(|k| !states.contains_key(*k)).collect();
+                let left: Vec<&str> = keys.iter().map(String::as_str).filter(|k| !states.contains_key(*k)).collect();
                 if left.is_empty() {
                     break;
                 }

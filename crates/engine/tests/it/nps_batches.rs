@@ -43,8 +43,10 @@ async fn pendo_is_asked_only_about_visitors_the_visitor_id_field_did_not_match()
         .find_map(|v| {
             let id = v["visitorId"].as_str()?;
             let email = v["metadata"]["agent"]["email"].as_str()?;
-            let hits: Vec<&Value> =
-                contacts.iter().filter(|c| c["Email"].as_str().is_some_and(|e| e.eq_ignore_ascii_case(email))).collect();
+            let hits: Vec<&Value> = contacts
+                .iter()
+                .filter(|c| c["Email"].as_str().is_some_and(|e| e.eq_ignore_ascii_case(email)))
+                .collect();
             let by_id = contacts.iter().any(|c| c["Pendo_Visitor_Id__c"] == id);
             (hits.len() == 1 && !by_id).then(|| (id.to_owned(), hits[0]["Id"].as_str().unwrap().to_owned()))
         })

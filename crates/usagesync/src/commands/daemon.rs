@@ -583,11 +583,7 @@ struct Pressure {
 
 impl Pressure {
     fn new(max_pending: u64) -> Pressure {
-        Pressure {
-            max_pending,
-            depth: Mutex::new((None, 0, 0)),
-            refused: std::sync::atomic::AtomicU64::new(0),
-        }
+        Pressure { max_pending, depth: Mutex::new((None, 0, 0)), refused: std::sync::atomic::AtomicU64::new(0) }
     }
 
     /// Whether the inbox is full. A store that cannot be read counts as not full: storing the
