@@ -17,7 +17,7 @@ mod support;
 
 use support::{Emulators, bin, emulate, eventually, request};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -387,6 +387,56 @@ fn a_full_inbox_answers_503_with_retry_after() {
         out
     };
     assert!(raw.to_ascii_lowercase().contains("retry-after: 5"), "{raw}");
+}
+
+/// A burst of webhooks sent at once is stored in groups: each is answered 202 only once its
+/// group is committed, so every answer acknowledged before a `kill -9` is in the store after it,
+/// once, and a repeat delivery of any of them is recognised.
+#[test]
+fn every_webhook_of_a_burst_acknowledged_before_a_kill_is_kept() {
+    let _one_at_a_time = serial();
+    let emu = emulators();
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("state.db").display());
+    let cfg = config(dir.path(), &emu, &store);
+    // Nothing consumes the inbox: what the receiver stored stays pending.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("    template: nps-realtime", "    template: nps-realtime\n    enabled: false");
+    std::fs::write(&cfg, &text).unwrap();
+    let mut d = daemon(&cfg);
+    let url = d.url.clone();
+    let senders: Vec<_> = (0..8)
+        .map(|t| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                (0..40)
+                    .map(|i| {
+                        let body = answer(&format!("burst-v{t}-{i}"), "burst", 7, 1_700_000_000);
+                        let (status, _) = request(&url, "POST", "/webhooks/pendo", Some(&body));
+                        (body["uniqueId"].as_str().unwrap().to_owned(), status)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let answers: Vec<(String, u16)> = senders.into_iter().flat_map(|s| s.join().unwrap()).collect();
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    let acknowledged: BTreeSet<String> =
+        answers.iter().filter(|(_, status)| *status == 202).map(|(id, _)| id.clone()).collect();
+    assert_eq!(acknowledged.len(), 320, "a burst of 320 fits the queue: {answers:?}");
+    let kept = runtime().block_on(async {
+        let store = engine::store::open(&store).await.unwrap();
+        store.pending_events(1_000).await.unwrap()
+    });
+    let kept: BTreeSet<String> = kept.into_iter().map(|e| e.unique_id).collect();
+    assert_eq!(kept, acknowledged);
+
+    let d = daemon(&cfg);
+    let (status, reply) =
+        request(&d.url, "POST", "/webhooks/pendo", Some(&answer("burst-v3-7", "burst", 7, 1_700_000_000)));
+    assert_eq!(status, 200, "a repeat of a kept event: {reply}");
 }
 
 /// `sync nps` under a 5/s Pendo throttle: every visitor's e-mail look-up waits its turn, none

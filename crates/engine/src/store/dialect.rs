@@ -135,7 +135,7 @@ impl Column<'_> {
 impl Tx {
     /// Inserts `rows` rows given column by column, in their order, in as few statements as the
     /// backend allows: `insert` is `INSERT INTO table (columns)`, `tail` an optional
-    /// `ON CONFLICT …` clause.
+    /// `ON CONFLICT …` clause, and a `RETURNING …` clause after it, whose rows are returned.
     pub(super) async fn insert_batch(
         &mut self,
         operation: &'static str,
@@ -143,7 +143,8 @@ impl Tx {
         columns: &[Column<'_>],
         rows: usize,
         tail: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<DbRow>, StoreError> {
+        let mut returned = Vec::new();
         match self {
             Tx::Sqlite(tx) => {
                 let per_statement = (SQLITE_MAX_PARAMS / columns.len().max(1)).max(1);
@@ -164,7 +165,8 @@ impl Tx {
                         }
                     });
                     qb.push(tail);
-                    qb.build().execute(&mut **tx).await.map_err(query_err(operation))?;
+                    let rows = qb.build().fetch_all(&mut **tx).await.map_err(query_err(operation))?;
+                    returned.extend(rows.into_iter().map(DbRow::Sqlite));
                 }
             }
             Tx::Postgres(tx) => {
@@ -192,11 +194,12 @@ impl Tx {
                             Column::Time(v) => q.bind(&v[start..end]),
                         };
                     }
-                    q.execute(&mut **tx).await.map_err(query_err(operation))?;
+                    let rows = q.fetch_all(&mut **tx).await.map_err(query_err(operation))?;
+                    returned.extend(rows.into_iter().map(DbRow::Postgres));
                 }
             }
         }
-        Ok(())
+        Ok(returned)
     }
 
     pub(super) fn query(&mut self, sql: impl SqlSafeStr) -> Stmt<'_> {

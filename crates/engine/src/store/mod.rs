@@ -12,6 +12,7 @@
 //! the engine's clock (which tests control) decides leases and ledger times, not the database's.
 
 mod dialect;
+pub mod group_commit;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -184,7 +185,13 @@ pub struct InboxCounts {
 /// an event kept; a repeat delivery of the same `unique_id` is recognised and stored once.
 pub trait InboxStore {
     /// Stores the event; false when an event with its `unique_id` is already there.
-    fn put_event(&self, event: &InboxEvent) -> StoreFuture<'_, bool>;
+    fn put_event(&self, event: &InboxEvent) -> StoreFuture<'_, bool> {
+        let put = self.put_events(std::slice::from_ref(event));
+        Box::pin(async move { Ok(put.await?.first().copied().unwrap_or(false)) })
+    }
+    /// Stores `events` in one transaction (a group commit): all or none, and for each whether
+    /// it was new (false: its `unique_id` was there already, or earlier in `events`).
+    fn put_events(&self, events: &[InboxEvent]) -> StoreFuture<'_, Vec<bool>>;
     /// Unprocessed events, oldest first.
     fn pending_events(&self, limit: u32) -> StoreFuture<'_, Vec<InboxEvent>>;
     fn mark_processed(&self, unique_ids: &[String], now: DateTime<Utc>) -> StoreFuture<'_, ()>;
@@ -785,6 +792,13 @@ pub trait IdempotencyStore {
     fn commit_create(&self, key: &str, salesforce_id: &str, now: DateTime<Utc>) -> StoreFuture<'_, ()>;
     /// Forgets a Pending create (the record was not created); a Committed one stays.
     fn abandon_create(&self, key: &str) -> StoreFuture<'_, ()>;
+    /// [`IdempotencyStore::begin_create`] for each of `keys` (distinct), in one transaction;
+    /// the states in the order of `keys`.
+    fn begin_creates(&self, keys: &[String], workflow: &str, now: DateTime<Utc>) -> StoreFuture<'_, Vec<CreateState>>;
+    /// Records each `(key, salesforce_id)` as committed, begun or not, in one transaction: what
+    /// a `begin_create` then `commit_create` per key leaves, for keys already settled (an
+    /// answer handled, whose key only has to be known from now on).
+    fn commit_creates(&self, workflow: &str, done: &[(String, String)], now: DateTime<Utc>) -> StoreFuture<'_, ()>;
 }
 
 // ---------------------------------------------------------------------------------------------

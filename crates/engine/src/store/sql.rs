@@ -315,7 +315,8 @@ async fn upsert_fingerprints(tx: &mut Tx, dialect: Dialect, puts: &[FingerprintP
         " ON CONFLICT (scope_id, key, field_id) DO UPDATE SET fingerprint = excluded.fingerprint, \
          value = excluded.value",
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 impl Store for SqlStore {
@@ -591,23 +592,31 @@ fn page_actions(text: &str) -> Result<BTreeMap<String, u64>, StoreError> {
 }
 
 impl InboxStore for SqlStore {
-    fn put_event(&self, event: &InboxEvent) -> StoreFuture<'_, bool> {
-        let e = event.clone();
+    fn put_events(&self, events: &[InboxEvent]) -> StoreFuture<'_, Vec<bool>> {
+        const OP: &str = "store webhook events";
+        let events = events.to_vec();
         Box::pin(async move {
-            let done = self
-                .pool
-                .query(
-                    "INSERT INTO inbox (unique_id, source, kind, received_at, body) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (unique_id) DO NOTHING",
-                )
-                .bind(e.unique_id)
-                .bind(e.source)
-                .bind(e.kind)
-                .bind_time(e.received_at)
-                .bind_json(&e.body)
-                .execute("store webhook event")
-                .await?;
-            Ok(done == 1)
+            // One transaction for the group: one commit (and one sync) however many it holds.
+            // A row each, so a repeat within the group is told apart like one stored before.
+            let mut tx = self.pool.begin_write(OP).await?;
+            let mut stored = Vec::with_capacity(events.len());
+            for e in events {
+                let done = tx
+                    .query(
+                        "INSERT INTO inbox (unique_id, source, kind, received_at, body) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (unique_id) DO NOTHING",
+                    )
+                    .bind(e.unique_id)
+                    .bind(e.source)
+                    .bind(e.kind)
+                    .bind_time(e.received_at)
+                    .bind_json(&e.body)
+                    .execute(OP)
+                    .await?;
+                stored.push(done == 1);
+            }
+            tx.commit(OP).await?;
+            Ok(stored)
         })
     }
 
@@ -1511,6 +1520,105 @@ impl IdempotencyStore for SqlStore {
                 .execute("commit create")
                 .await?;
             changed_one(done, "commit create", || format!("no create was begun for key {key:?}"))
+        })
+    }
+
+    fn begin_creates(&self, keys: &[String], workflow: &str, now: DateTime<Utc>) -> StoreFuture<'_, Vec<CreateState>> {
+        const OP: &str = "begin creates";
+        let (keys, workflow) = (keys.to_vec(), workflow.to_owned());
+        Box::pin(async move {
+            let mut states: HashMap<String, CreateState> = HashMap::new();
+            // As `begin_create`: a row found on conflict may be abandoned before it is read, and
+            // its key is then tried again.
+            for _ in 0..8 {
+                let left: Vec<&str> = keys.iter().map(String::as_str).filter(|k| !states.contains_key(*k)).collect();
+                if left.is_empty() {
+                    break;
+                }
+                let n = left.len();
+                let columns = [
+                    Column::Text(left.clone()),
+                    Column::Text(vec![workflow.as_str(); n]),
+                    Column::Text(vec!["pending"; n]),
+                    Column::Time(vec![now; n]),
+                    Column::Time(vec![now; n]),
+                ];
+                let mut tx = self.pool.begin_write(OP).await?;
+                let inserted = tx
+                    .insert_batch(
+                        OP,
+                        "INSERT INTO idempotency (key, workflow, state, created_at, updated_at)",
+                        &columns,
+                        n,
+                        " ON CONFLICT (key) DO NOTHING RETURNING key",
+                    )
+                    .await?;
+                for row in &inserted {
+                    states.insert(row.get("key")?, CreateState::New);
+                }
+                let sql = format!(
+                    "SELECT key, state, salesforce_id, created_at FROM idempotency WHERE {}",
+                    self.dialect().in_list("key", "$1")
+                );
+                let found: Vec<&str> = left.iter().copied().filter(|k| !states.contains_key(*k)).collect();
+                let rows = tx.query(sqlx::AssertSqlSafe(sql)).bind_list(&found)?.fetch_all(OP).await?;
+                tx.commit(OP).await?;
+                for row in &rows {
+                    let key: String = row.get("key")?;
+                    if states.contains_key(&key) {
+                        continue;
+                    }
+                    let state = match (row.str("state")?, row.get::<Option<String>>("salesforce_id")?) {
+                        ("committed", Some(salesforce_id)) => CreateState::Committed { salesforce_id },
+                        ("pending", _) => CreateState::Pending { since: row.time("create started_at", "created_at")? },
+                        (other, _) => {
+                            return Err(StoreError::Corrupt {
+                                what: "idempotency state",
+                                detail: format!("{other:?} for key {key:?}"),
+                            });
+                        }
+                    };
+                    states.insert(key, state);
+                }
+            }
+            keys.iter()
+                .map(|k| {
+                    states.get(k).cloned().ok_or_else(|| StoreError::Invalid {
+                        what: "begin creates",
+                        detail: format!("key {k:?} kept being created and abandoned concurrently"),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn commit_creates(&self, workflow: &str, done: &[(String, String)], now: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        const OP: &str = "commit creates";
+        let (workflow, done) = (workflow.to_owned(), done.to_vec());
+        Box::pin(async move {
+            if done.is_empty() {
+                return Ok(());
+            }
+            let n = done.len();
+            let columns = [
+                Column::Text(done.iter().map(|(k, _)| k.as_str()).collect()),
+                Column::Text(vec![workflow.as_str(); n]),
+                Column::Text(vec!["committed"; n]),
+                Column::Text(done.iter().map(|(_, id)| id.as_str()).collect()),
+                Column::Time(vec![now; n]),
+                Column::Time(vec![now; n]),
+            ];
+            let mut tx = self.pool.begin_write(OP).await?;
+            tx.insert_batch(
+                OP,
+                "INSERT INTO idempotency (key, workflow, state, salesforce_id, created_at, updated_at)",
+                &columns,
+                n,
+                " ON CONFLICT (key) DO UPDATE SET state = 'committed', salesforce_id = excluded.salesforce_id, \
+                 updated_at = excluded.updated_at",
+            )
+            .await?;
+            tx.commit(OP).await
         })
     }
 

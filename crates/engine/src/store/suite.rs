@@ -105,7 +105,9 @@ conformance!(
     budget_concurrent_reservations_respect_cap,
     budget_reservations_of_dead_runs_are_released,
     idempotent_creates,
+    creates_begun_and_committed_in_one_go,
     inbox_dedupes_and_drains,
+    inbox_group_of_events_stored_in_one_go,
     inbox_claims_lease_and_take_over,
     inbox_claims_keep_a_visitor_and_account_with_one_worker,
     inbox_concurrent_claimers_never_share_an_event,
@@ -300,6 +302,19 @@ async fn inbox_dedupes_and_drains(store: Arc<dyn Store>) {
     store.mark_processed(&["a".into(), "nope".into()], t(3, 0)).await.unwrap();
     assert_eq!(store.pending_events(10).await.unwrap().len(), 1);
     assert_eq!(store.inbox_counts().await.unwrap(), InboxCounts { received: 2, pending: 1 });
+}
+
+/// A group of deliveries (the receiver's group commit) is stored in one call: each told whether
+/// it was new, a repeat of a stored event or of one earlier in the group stored once.
+async fn inbox_group_of_events_stored_in_one_go(store: Arc<dyn Store>) {
+    assert!(store.put_event(&nps_event("old", "v0", None, t(1, 0))).await.unwrap());
+    let group: Vec<InboxEvent> = ["a", "old", "b", "a"].iter().map(|id| nps_event(id, "v1", None, t(1, 1))).collect();
+    assert_eq!(store.put_events(&group).await.unwrap(), [true, false, true, false]);
+    assert_eq!(store.put_events(&[]).await.unwrap(), Vec::<bool>::new());
+    assert_eq!(store.inbox_counts().await.unwrap(), InboxCounts { received: 3, pending: 3 });
+    let pending = store.pending_events(10).await.unwrap();
+    assert_eq!(ids(&pending), ["old", "a", "b"]);
+    assert_eq!(pending[0].received_at, t(1, 0), "the stored event is not overwritten by its repeat");
 }
 
 fn nps_event(id: &str, visitor: &str, account: Option<&str>, at: DateTime<Utc>) -> InboxEvent {
@@ -1172,6 +1187,37 @@ async fn budget_concurrent_reservations_respect_cap(store: Arc<dyn Store>) {
     assert_eq!(b.reserved, total, "the ledger agrees with what was granted");
     assert!(total <= cap, "{total} reserved over a cap of {cap}");
     assert_eq!(total, cap / 7 * 7, "and no grant was refused while there was room");
+}
+
+/// Keys settled in bulk read back as committed, whether they were new, begun (pending) or
+/// committed before (then with the id given now); keys begun in bulk get what one
+/// `begin_create` each would give, in their order.
+async fn creates_begun_and_committed_in_one_go(store: Arc<dyn Store>) {
+    assert_eq!(store.begin_create("pending", "wf", t(1, 0)).await.unwrap(), CreateState::New);
+    assert_eq!(store.begin_create("done", "wf", t(1, 0)).await.unwrap(), CreateState::New);
+    store.commit_create("done", "00T000000000001", t(1, 0)).await.unwrap();
+    let keys = ["new", "pending", "done"].map(|k| (k.to_owned(), "handled".to_owned()));
+    store.commit_creates("wf", &keys, t(2, 0)).await.unwrap();
+    store.commit_creates("wf", &[], t(2, 0)).await.unwrap();
+    assert_eq!(store.begin_creates(&[], "wf", t(2, 0)).await.unwrap(), []);
+    assert_eq!(store.begin_create("waiting", "wf", t(1, 0)).await.unwrap(), CreateState::New);
+    let keys = ["new", "waiting", "fresh"].map(str::to_owned);
+    let handled = CreateState::Committed { salesforce_id: "handled".into() };
+    assert_eq!(
+        store.begin_creates(&keys, "wf", t(2, 1)).await.unwrap(),
+        [handled.clone(), CreateState::Pending { since: t(1, 0) }, CreateState::New],
+        "in the order of the keys, as begin_create one by one"
+    );
+    assert_eq!(store.begin_create("fresh", "wf", t(2, 2)).await.unwrap(), CreateState::Pending { since: t(2, 1) });
+    for key in ["new", "pending", "done"] {
+        assert_eq!(
+            store.begin_create(key, "wf", t(3, 0)).await.unwrap(),
+            CreateState::Committed { salesforce_id: "handled".into() },
+            "{key}"
+        );
+        store.abandon_create(key).await.unwrap();
+        assert!(matches!(store.begin_create(key, "wf", t(3, 0)).await.unwrap(), CreateState::Committed { .. }));
+    }
 }
 
 async fn idempotent_creates(store: Arc<dyn Store>) {

@@ -386,8 +386,11 @@ async fn create_many(
     let unique = |r: &NewRecord| quarantine.unique_key(&r.object, &r.key_field);
     let mut out: Vec<Option<Created>> = vec![None; records.len()];
     let (mut look_up, mut insert) = (Vec::new(), Vec::new());
-    for (i, r) in records.iter().enumerate() {
-        match store.begin_create(&r.key, workflow, now).await? {
+    // One transaction for every key, not one per record.
+    let keys: Vec<String> = records.iter().map(|r| r.key.clone()).collect();
+    let states = store.begin_creates(&keys, workflow, now).await?;
+    for ((i, r), state) in records.iter().enumerate().zip(states) {
+        match state {
             CreateState::Committed { salesforce_id } => out[i] = Some(Created::Existing { id: salesforce_id }),
             // A new key on a unique field: Salesforce refuses it if it exists after all.
             CreateState::New if unique(r) => insert.push(i),
@@ -438,13 +441,14 @@ async fn create_many(
                     continue;
                 }
             };
+            let mut committed: Vec<(String, String)> = Vec::new();
             for (&i, r) in chunk.iter().zip(results) {
                 let key = &records[i].key;
                 let error = r.errors.first();
                 out[i] = Some(match (r.success, r.id) {
                     (true, Some(id)) => {
                         let id = id.to_string();
-                        store.commit_create(key, &id, now).await?;
+                        committed.push((key.clone(), id.clone()));
                         if r.created == Some(false) { Created::Existing { id } } else { Created::New { id } }
                     }
                     (true, None) => Created::Unknown { message: "saved without an id".into() },
@@ -462,6 +466,8 @@ async fn create_many(
                     }
                 });
             }
+            // Salesforce has these: their keys are committed together, one transaction.
+            store.commit_creates(workflow, &committed, now).await?;
         }
     }
     // A duplicate not found by its key is a clash on some other unique field: refused.

@@ -24,7 +24,7 @@
 //! or CLI run take turns on a lock (one batch in flight per process).
 
 use crate::config::template;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,8 +39,10 @@ use crate::config::{ContactMatch, FollowUpObject, NpsConfig, OwnerSource, Templa
 use crate::preflight::Quarantine;
 use crate::store::{Action, CreateState, FieldChange, InboxEvent, NewRun, RecordOutcome, RunFinish, RunId, RunState};
 
-/// Events taken from the inbox per batch: keeps each SOQL `IN` list and Collections call small.
-pub const MAX_BATCH: u32 = 100;
+/// Events taken from the inbox per batch at most. A batch's queries go in `IN` lists of
+/// [`IN_CHUNK`] and its writes in Collections calls of 200, so the cap bounds a batch's
+/// duration, not a request's size; under a backlog it lets one worker write ~1,000 answers/s.
+pub const MAX_BATCH: u32 = 1_000;
 /// How often the consumer looks at the inbox without being woken (events stored by another
 /// process, or left pending by a failed batch).
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -91,6 +93,9 @@ pub struct BatchReport {
     retry_later: HashSet<String>,
     /// Answers left for a later batch that way.
     pub waiting: usize,
+    /// Seconds per step of this batch (the Pendo look-ups, each Salesforce step, recording in
+    /// the store): where an answer's time goes, in the run's stats and the log.
+    pub timings: Vec<(String, f64)>,
 }
 
 impl BatchReport {
@@ -244,7 +249,8 @@ pub async fn consume(ctx: Context, lease: super::lease::RunLease, wake: Arc<Noti
                 Ok(Some(report)) => {
                     backoff = Duration::ZERO;
                     tracing::info!(workflow = %workflow.name, events = report.events, contacts = report.contacts_updated,
-                        follow_ups = report.follow_ups, failed = report.failed, "NPS batch written");
+                        follow_ups = report.follow_ups, failed = report.failed, timings = ?report.timings,
+                        "NPS batch written");
                     if report.events < MAX_BATCH as usize || *stop.borrow() {
                         break;
                     }
@@ -306,12 +312,14 @@ async fn drain_once(
             ctx.store.release_event_claims(&held_by).await?;
         }
     }
+    let claiming = std::time::Instant::now();
     // One claimer per batch: its claims are renewed, released or processed together.
     let claimer = format!("{}:{}", super::lease::holder(), uuid::Uuid::now_v7().simple());
     let events = ctx.store.claim_events(&claimer, lease.duration, ctx.clock.now(), MAX_BATCH).await?;
     if events.is_empty() {
         return Ok(None);
     }
+    let claimed = claiming.elapsed().as_secs_f64();
     let beat = super::lease::Heartbeat::claims(Arc::clone(&ctx.store), ctx.clock, claimer.clone(), lease);
     let work = process(ctx, workflow, config, emails, events, trigger, run);
     let result = match stop {
@@ -329,7 +337,10 @@ async fn drain_once(
             "An NPS batch outlived its claim; another worker may have written its events too (harmless: writes are idempotent)");
     }
     match result {
-        Some(Ok(report)) => Ok(Some(report)),
+        Some(Ok(mut report)) => {
+            report.timings.insert(0, ("claim".into(), claimed));
+            Ok(Some(report))
+        }
         // Stopped or failed: nothing of the batch was marked processed; give its events back
         // at once rather than after the lease, so any worker (this one on restart) takes them.
         other => {
@@ -421,6 +432,7 @@ pub async fn process(
         0 => Ok(()),
         _ => match emails.cap(ctx).await {
             Ok(cap) if ctx.store.reserve_budget(day, &workflow.name, reserve, cap, now).await? => {
+                meter.step("reserve", None);
                 let written = write(
                     ctx,
                     workflow,
@@ -462,10 +474,12 @@ pub async fn process(
         None => None,
     };
     report.api_calls = meter.calls.clone();
+    report.timings = std::mem::take(&mut meter.timings);
 
     for r in responses.iter().filter(|r| !report.retry_later.contains(&r.key)) {
         done.extend(r.inbox_ids.iter().cloned());
     }
+    let recording = std::time::Instant::now();
     if let Some(id) = run_id {
         if !outcomes.is_empty() {
             ctx.store.record_outcomes(id, &outcomes, &[]).await?;
@@ -493,11 +507,14 @@ pub async fn process(
     }
     // Handled responses go into the idempotency ledger before their events are marked
     // processed, so reconciliation never feeds back what the webhook already delivered.
-    for r in responses.iter().filter(|r| !report.retry_later.contains(&r.key)) {
-        ctx.store.begin_create(&r.key, &workflow.name, now).await?;
-        ctx.store.commit_create(&r.key, "handled", ctx.clock.now()).await?;
-    }
+    let handled: Vec<(String, String)> = responses
+        .iter()
+        .filter(|r| !report.retry_later.contains(&r.key))
+        .map(|r| (r.key.clone(), "handled".to_owned()))
+        .collect();
+    ctx.store.commit_creates(&workflow.name, &handled, ctx.clock.now()).await?;
     ctx.store.mark_processed(&done, ctx.clock.now()).await?;
+    report.timings.push(("record".into(), recording.elapsed().as_secs_f64()));
     // Lag from a webhook's receipt to its processing (reconciled poll rows are not webhooks).
     let done_ids: HashSet<&str> = done.iter().map(String::as_str).collect();
     crate::observe::webhook_events_processed(
@@ -574,6 +591,103 @@ fn in_list<'a>(values: impl IntoIterator<Item = &'a String>) -> String {
     values.into_iter().map(|v| salesforce::soql::quote(v)).collect::<Vec<_>>().join(", ")
 }
 
+/// Values per SOQL `IN` list: keeps each query's URL well under Salesforce's limit.
+const IN_CHUNK: usize = 100;
+/// Queries of one step in flight at once.
+const QUERY_CONCURRENCY: usize = 4;
+
+/// The Contacts whose `id_field` is one of `visitors` or whose e-mail is one of theirs in
+/// `email_of`, in queries of [`IN_CHUNK`] visitors side by side.
+async fn contacts_of(
+    ctx: &Context,
+    select: &[String],
+    id_field: Option<&str>,
+    visitors: &[&str],
+    email_of: &HashMap<String, String>,
+) -> Result<Vec<Value>, RunError> {
+    let mut queries = Vec::new();
+    for chunk in visitors.chunks(IN_CHUNK) {
+        let mut conditions = Vec::new();
+        if let Some(f) = id_field {
+            let ids: Vec<String> = chunk.iter().map(|v| (*v).to_owned()).collect();
+            conditions.push(format!("{f} IN ({})", in_list(&ids)));
+        }
+        let set: BTreeSet<&String> = chunk.iter().filter_map(|v| email_of.get(*v)).collect();
+        if !set.is_empty() {
+            conditions.push(format!("Email IN ({})", in_list(set)));
+        }
+        if !conditions.is_empty() {
+            queries.push(format!("SELECT {} FROM Contact WHERE {}", select.join(", "), conditions.join(" OR ")));
+        }
+    }
+    let pages: Vec<Result<Vec<Value>, salesforce::Error>> = futures_util::stream::iter(queries)
+        .map(|soql| ctx.salesforce.query_collect(soql))
+        .buffered(QUERY_CONCURRENCY)
+        .collect()
+        .await;
+    let mut rows = Vec::new();
+    let mut seen = HashSet::new();
+    for page in pages {
+        // A Contact found by id in one chunk and by e-mail in another is one Contact.
+        for row in page.map_err(sf_err("Contacts"))? {
+            if str_field(&row, "Id").is_none_or(|id| seen.insert(id.to_owned())) {
+                rows.push(row);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The e-mails (lower-cased) of `visitors` that have one, from the cache or else from Pendo.
+async fn visitor_emails(
+    ctx: &Context,
+    cache: &BatchCache,
+    group: &str,
+    field: &str,
+    visitors: &[&str],
+) -> Result<HashMap<String, String>, RunError> {
+    let unknown: Vec<String> = visitors.iter().filter(|v| cache.get(v).is_none()).map(|v| (*v).to_owned()).collect();
+    // Looked up side by side: one at a time, a batch of new visitors would outlast its window.
+    let looked_up: Vec<(String, Result<Option<String>, pendo::Error>)> = futures_util::stream::iter(unknown)
+        .map(|visitor: String| {
+            let client = ctx.pendo.clone();
+            async move {
+                let read = match client.visitor(&visitor).await {
+                    Ok(v) => Ok(pendo::entities::metadata_value(&v.metadata, group, field)
+                        .and_then(Value::as_str)
+                        .map(|e| e.trim().to_ascii_lowercase())
+                        .filter(|e| e.contains('@'))),
+                    Err(pendo::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                };
+                (visitor, read)
+            }
+        })
+        .buffer_unordered(PENDO_CONCURRENCY)
+        .collect()
+        .await;
+    // What was fetched is kept even when another look-up failed: the batch goes again, and
+    // then asks Pendo only for the visitors still unknown. (Throttling does not fail a
+    // look-up: the client waits it out, see `pendo::Client`'s limiter.)
+    let mut failed = None;
+    for (visitor, read) in looked_up {
+        match read {
+            Ok(email) => cache.put(visitor, email),
+            Err(source) => failed = Some(source),
+        }
+    }
+    if let Some(source) = failed {
+        return Err(RunError::Pendo(crate::extract::ExtractError::Pendo { query: "visitor", source }));
+    }
+    Ok(visitors
+        .iter()
+        .filter_map(|v| match cache.get(v) {
+            Some(Some(email)) => Some(((*v).to_owned(), email)),
+            _ => None,
+        })
+        .collect())
+}
+
 /// The Salesforce part of a batch: find Contacts, write them, recompute health, upsert
 /// follow-ups. Per-record problems land in `outcomes`/`failures`; request-level ones are errors.
 #[allow(clippy::too_many_arguments)]
@@ -592,84 +706,53 @@ async fn write(
         return Ok(());
     }
     let contact_cfg = &config.contact;
-    // Visitor emails, from Pendo, when a rule needs them.
-    let email_rule = contact_cfg.match_by.iter().find_map(|m| match m {
-        ContactMatch::Email { group, field } => Some((*group, field.clone())),
-        ContactMatch::VisitorIdField(_) => None,
-    });
-    let mut email_of: HashMap<String, String> = HashMap::new();
-    if let Some((group, field)) = &email_rule {
-        let visitors: HashSet<&str> = responses.iter().map(|r| r.visitor_id.as_str()).collect();
-        let unknown: Vec<String> =
-            visitors.iter().filter(|v| emails.get(v).is_none()).map(|v| (*v).to_owned()).collect();
-        // Looked up side by side: one at a time, a batch of new visitors would outlast its window.
-        let looked_up: Vec<(String, Result<Option<String>, pendo::Error>)> = futures_util::stream::iter(unknown)
-            .map(|visitor: String| {
-                let client = ctx.pendo.clone();
-                let (group, field) = (group.name(), field.clone());
-                async move {
-                    let read = match client.visitor(&visitor).await {
-                        Ok(v) => Ok(pendo::entities::metadata_value(&v.metadata, group, &field)
-                            .and_then(Value::as_str)
-                            .map(|e| e.trim().to_ascii_lowercase())
-                            .filter(|e| e.contains('@'))),
-                        Err(pendo::Error::NotFound { .. }) => Ok(None),
-                        Err(e) => Err(e),
-                    };
-                    (visitor, read)
-                }
-            })
-            .buffer_unordered(PENDO_CONCURRENCY)
-            .collect()
-            .await;
-        // What was fetched is kept even when another look-up failed: the batch goes again,
-        // and then asks Pendo only for the visitors still unknown. (Throttling does not fail
-        // a look-up: the client waits it out, see `pendo::Client`'s limiter.)
-        let mut failed = None;
-        for (visitor, read) in looked_up {
-            match read {
-                Ok(email) => emails.put(visitor, email),
-                Err(source) => failed = Some(source),
-            }
-        }
-        if let Some(source) = failed {
-            return Err(RunError::Pendo(crate::extract::ExtractError::Pendo { query: "visitor", source }));
-        }
-        for visitor in visitors {
-            if let Some(Some(email)) = emails.get(visitor) {
-                email_of.insert(visitor.to_owned(), email);
-            }
-        }
-    }
-    meter.step("pendo_visitors", None);
-
-    // Contacts by visitor id and by email, in one query.
     let id_field = contact_cfg.match_by.iter().find_map(|m| match m {
         ContactMatch::VisitorIdField(f) => Some(f.clone()),
         ContactMatch::Email { .. } => None,
     });
+    let email_rule = contact_cfg.match_by.iter().find_map(|m| match m {
+        ContactMatch::Email { group, field } => Some((*group, field.clone())),
+        ContactMatch::VisitorIdField(_) => None,
+    });
+    let email_first = matches!(contact_cfg.match_by.first(), Some(ContactMatch::Email { .. }));
     let mut select: Vec<String> =
         ["Id", "Email", "AccountId", "OwnerId", "Account.OwnerId"].iter().map(|s| (*s).to_owned()).collect();
     select.push(contact_cfg.date_field.clone());
     if let Some(f) = &id_field {
         select.push(f.clone());
     }
-    let mut conditions = Vec::new();
-    if let Some(f) = &id_field {
-        let ids: HashSet<&String> = responses.iter().map(|r| &r.visitor_id).collect();
-        conditions.push(format!("{f} IN ({})", in_list(ids)));
-    }
-    if !email_of.is_empty() {
-        let set: HashSet<&String> = email_of.values().collect();
-        conditions.push(format!("Email IN ({})", in_list(set)));
-    }
-    let rows: Vec<Value> = if conditions.is_empty() {
-        Vec::new()
-    } else {
-        let soql = format!("SELECT {} FROM Contact WHERE {}", select.join(", "), conditions.join(" OR "));
-        ctx.salesforce.query_collect(soql).await.map_err(sf_err("Contacts"))?
+    let visitors: Vec<&str> = {
+        let mut seen = HashSet::new();
+        responses.iter().map(|r| r.visitor_id.as_str()).filter(|v| seen.insert(*v)).collect()
     };
-    meter.step("read_contacts", Some("read"));
+    let no_emails = HashMap::new();
+    // Contacts by visitor id first, when that rule comes first: a visitor it settles (one
+    // Contact, or several) needs no e-mail, so Pendo is asked only about the others.
+    let mut rows: Vec<Value> = Vec::new();
+    if let (Some(f), false) = (&id_field, email_first) {
+        rows = contacts_of(ctx, &select, Some(f), &visitors, &no_emails).await?;
+        meter.step("read_contacts", Some("read"));
+    }
+    let mut email_of: HashMap<String, String> = HashMap::new();
+    if let Some((group, field)) = &email_rule {
+        let need: Vec<&str> = match (&id_field, email_first) {
+            (Some(f), false) => {
+                let settled: HashSet<&str> = rows.iter().filter_map(|row| str_field(row, f)).collect();
+                visitors.iter().copied().filter(|v| !settled.contains(v)).collect()
+            }
+            _ => visitors.clone(),
+        };
+        email_of = visitor_emails(ctx, emails, group.name(), field, &need).await?;
+        meter.step("pendo_visitors", None);
+        // Then by e-mail (and, with the e-mail rule first, by visitor id in the same queries).
+        if !email_of.is_empty() || email_first {
+            let by_id = if email_first { id_field.as_deref() } else { None };
+            let more = contacts_of(ctx, &select, by_id, &need, &email_of).await?;
+            let known: HashSet<String> = rows.iter().filter_map(|r| str_field(r, "Id").map(str::to_owned)).collect();
+            rows.extend(more.into_iter().filter(|r| str_field(r, "Id").is_none_or(|id| !known.contains(id))));
+            meter.step("read_contacts", Some("read"));
+        }
+    }
 
     // Match each response: the first rule that finds exactly one Contact wins.
     let mut matched: Vec<(&Response, &Value)> = Vec::new();
@@ -827,14 +910,31 @@ async fn write(
     if let Some(health) = &config.health_score
         && !written_accounts.is_empty()
     {
-        let soql = format!(
-            "SELECT AccountId, {score}, Account.{field}, Account.{eng} FROM Contact WHERE AccountId IN ({ids})",
-            score = contact_cfg.score_field,
-            field = health.field,
-            eng = health.engagement_field,
-            ids = in_list(&written_accounts),
-        );
-        let rows: Vec<Value> = ctx.salesforce.query_collect(soql).await.map_err(sf_err("account NPS"))?;
+        // Only Contacts with an answer count, and every written Account has one (the Contact
+        // just written): the others would be read for nothing.
+        let accounts: Vec<&String> = written_accounts.iter().collect();
+        let queries: Vec<String> = accounts
+            .chunks(IN_CHUNK)
+            .map(|ids| {
+                format!(
+                    "SELECT AccountId, {score}, Account.{field}, Account.{eng} FROM Contact \
+                     WHERE AccountId IN ({ids}) AND {score} != null",
+                    score = contact_cfg.score_field,
+                    field = health.field,
+                    eng = health.engagement_field,
+                    ids = in_list(ids.iter().copied()),
+                )
+            })
+            .collect();
+        let pages: Vec<Result<Vec<Value>, salesforce::Error>> = futures_util::stream::iter(queries)
+            .map(|soql| ctx.salesforce.query_collect(soql))
+            .buffered(QUERY_CONCURRENCY)
+            .collect()
+            .await;
+        let mut rows: Vec<Value> = Vec::new();
+        for page in pages {
+            rows.extend(page.map_err(sf_err("account NPS"))?);
+        }
         meter.step("read_accounts", Some("read"));
         let mut per_account: BTreeMap<String, AccountNps> = BTreeMap::new();
         for row in &rows {

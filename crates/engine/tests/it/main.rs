@@ -12,6 +12,7 @@ mod create_workflows;
 mod engagement;
 mod extract;
 mod hierarchy;
+mod nps_batches;
 mod nps_replay;
 mod people;
 mod two_way;

@@ -240,7 +240,8 @@ async fn run_daemons(
             .args(["run", "--listen", "127.0.0.1:0"])
             .env("SF_CLIENT_SECRET", "emulator-secret")
             .env("PENDO_INTEGRATION_KEY", "emulator-integration-key")
-            .env("USAGESYNC_LOG", "warn")
+            // The daemons' log level: `USAGESYNC_BENCH_DAEMON_LOG=info` shows each batch's timings.
+            .env("USAGESYNC_LOG", std::env::var("USAGESYNC_BENCH_DAEMON_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

@@ -97,6 +97,8 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
         Arc::clone(&wake),
         consumer_stop,
     ));
+    // Webhooks are stored in groups, one transaction per group (see engine::store::group_commit).
+    let (inbox, inbox_task) = engine::store::group_commit::InboxWriter::spawn(Arc::clone(&ctx.store), MAX_QUEUED);
     let first_seen = Arc::new(tokio::sync::Notify::new());
     let first_seen_task = tokio::spawn(first_seen_runs(
         ctx.clone(),
@@ -115,6 +117,7 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
             wake: Arc::clone(&wake),
             first_seen,
             pressure: Arc::new(Pressure::new(ctx.config.webhooks.max_pending)),
+            inbox,
         })
         .merge(console.router());
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -206,6 +209,8 @@ pub async fn run(config_path: &std::path::Path, listen: SocketAddr, grace: Durat
     };
     let _ = stop_server.send(());
     let _ = server.await;
+    // The server (and with it every handle on the writer) is gone: what was queued is stored.
+    let _ = tokio::time::timeout(Duration::from_secs(5), inbox_task).await;
     console.stop().await;
     eprintln!("Stopped.");
     Ok(code)
@@ -485,6 +490,7 @@ struct AppState {
     /// Wakes [`first_seen_runs`].
     first_seen: Arc<tokio::sync::Notify>,
     pressure: Arc<Pressure>,
+    inbox: engine::store::group_commit::InboxWriter,
 }
 
 /// How long a first-seen webhook waits before its run starts, so a burst of new people (a
@@ -557,19 +563,19 @@ async fn first_seen_runs(
     }
 }
 
-/// Deliveries being stored at once, at most: past it the receiver answers 503 at once rather
-/// than queue requests (and their bodies) in memory behind the store's connection pool.
-const MAX_STORING: usize = 64;
+/// Deliveries waiting for their group's commit, at most: past it the receiver answers 503 at
+/// once rather than hold more bodies in memory (the store has stalled; a commit takes
+/// milliseconds). Two seconds of deliveries at 1,000/s.
+const MAX_QUEUED: usize = 2_048;
 /// How long a read of the inbox depth stands for the back-pressure check, so a burst of
 /// webhooks costs one count query per interval, not one per delivery.
 const DEPTH_FRESH_FOR: Duration = Duration::from_millis(250);
 
 /// The receiver's back-pressure: the inbox depth (all workers' pending events, read from the
 /// store at most every [`DEPTH_FRESH_FOR`], plus what this process stored since) against
-/// `webhooks.max_pending`, and the deliveries in flight against [`MAX_STORING`].
+/// `webhooks.max_pending`. (Deliveries waiting for their commit are bounded by [`MAX_QUEUED`].)
 struct Pressure {
     max_pending: u64,
-    storing: tokio::sync::Semaphore,
     /// (when read, depth then, stored by this process since)
     depth: Mutex<(Option<std::time::Instant>, u64, u64)>,
     refused: std::sync::atomic::AtomicU64,
@@ -577,12 +583,7 @@ struct Pressure {
 
 impl Pressure {
     fn new(max_pending: u64) -> Pressure {
-        Pressure {
-            max_pending,
-            storing: tokio::sync::Semaphore::new(MAX_STORING),
-            depth: Mutex::new((None, 0, 0)),
-            refused: std::sync::atomic::AtomicU64::new(0),
-        }
+        Pressure { max_pending, depth: Mutex::new((None, 0, 0)), refused: std::sync::atomic::AtomicU64::new(0) }
     }
 
     /// Whether the inbox is full. A store that cannot be read counts as not full: storing the
@@ -621,9 +622,12 @@ fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
 
 /// `POST /webhooks/pendo`: verify, parse, store, then answer. Only a stored event gets a 2xx,
 /// so Pendo's retries cover every failure before that; a repeat of a stored `uniqueId` is a
-/// 200 no-op. Bodies over `webhooks.max_body_bytes` get 413 before they are read whole. Under
-/// overload (the inbox at `webhooks.max_pending`, or [`MAX_STORING`] deliveries being stored)
-/// it answers 503 with `Retry-After` and stores nothing: the sender keeps the event.
+/// 200 no-op. Bodies over `webhooks.max_body_bytes` get 413 before they are read whole. Events
+/// are stored in groups (one commit for every delivery waiting), and each is answered once its
+/// group is committed. Under overload (the inbox at `webhooks.max_pending`, or [`MAX_QUEUED`]
+/// deliveries waiting for a commit) it answers 503 with `Retry-After` and stores nothing: the
+/// sender keeps the event. 503, not 429: the sender did nothing wrong, this receiver is busy,
+/// and every webhook sender retries a 5xx after a while.
 async fn webhook(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let config = &app.ctx.config.webhooks;
     if let Some(secret) = &app.secret {
@@ -644,9 +648,6 @@ async fn webhook(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
     let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return refuse(StatusCode::BAD_REQUEST, "the body is not JSON");
     };
-    let Ok(_permit) = app.pressure.storing.try_acquire() else {
-        return app.pressure.refuse(1, "too many deliveries are being stored at once; send it again");
-    };
     if app.pressure.full(&app.ctx).await {
         return app.pressure.refuse(5, "the inbox is full (webhooks.max_pending); send it again later");
     }
@@ -657,7 +658,7 @@ async fn webhook(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
         received_at: Utc::now(),
         body: json,
     };
-    match app.ctx.store.put_event(&stored).await {
+    match app.inbox.put(stored).await {
         Ok(true) => {
             app.pressure.stored();
             app.wake.notify_one();
@@ -670,6 +671,9 @@ async fn webhook(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
             (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"stored": event.unique_id}))).into_response()
         }
         Ok(false) => (StatusCode::OK, axum::Json(serde_json::json!({"duplicate": event.unique_id}))).into_response(),
+        Err(engine::store::group_commit::PutError::Full(_)) => {
+            app.pressure.refuse(1, "too many deliveries are waiting to be stored; send it again")
+        }
         Err(e) => {
             tracing::error!(error = %e, "Failed to store a webhook event");
             refuse(StatusCode::SERVICE_UNAVAILABLE, "the event could not be stored; send it again")
