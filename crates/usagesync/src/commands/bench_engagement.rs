@@ -248,6 +248,10 @@ async fn add_fields(salesforce_url: &str) -> Result<()> {
 /// New usage for every 100th account, through the Pendo emulator's admin API: yesterday (for the
 /// daily windows, which end there) and an hour ago (for the hourly window, which includes it).
 async fn change_one_percent(ctx: &Context, pendo_url: &str, accounts: usize) -> Result<()> {
+    // The emulator keeps one row per (visitor, page, hour) and a seed replaces it, so a second
+    // change within the hour (the next workflow's) must carry other figures to change anything.
+    static ROUND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let events_per_row = 777 + 100 * ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let gc = emulator::pendo::GenConfig { seed: 1, accounts, days: 1, ..Default::default() };
     let page = ctx.pendo.pages(&[]).await?.into_iter().next().context("the emulator has no pages")?.id;
     let now = chrono::Utc::now().timestamp_millis();
@@ -258,7 +262,7 @@ async fn change_one_percent(ctx: &Context, pendo_url: &str, accounts: usize) -> 
         .flat_map(|(account, visitor)| {
             [25, 1].map(|hours_ago| {
                 json!({"kind": "page", "id": page, "visitorId": visitor, "accountId": account,
-                       "time": now - hours_ago * 3_600_000, "numEvents": 777, "numMinutes": 77})
+                       "time": now - hours_ago * 3_600_000, "numEvents": events_per_row, "numMinutes": 77})
             })
         })
         .collect();
