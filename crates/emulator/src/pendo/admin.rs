@@ -15,7 +15,7 @@ use serde_json::{Value as J, json};
 
 use super::clock::ClockUpdate;
 use super::faults::FaultConfig;
-use super::store::{EventKind, GuideEvent, GuideEventType, Item, NONE_U32, Segment, Store};
+use super::store::{Channel, EventKind, GuideEvent, GuideEventType, Item, NONE_U32, Segment, Store};
 use super::val::Val;
 use super::webhooks::{FireRequest, WebhookConfig};
 use super::{ApiError, ApiResult, GenConfig, PendoConfig, PendoState};
@@ -233,7 +233,7 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
         };
         let step = pos(&gd.step_ids, "guideStepId");
         let poll = pos(&gd.poll_ids, "pollId");
-        let channel = if e.get("channel").and_then(J::as_str) == Some("email") { "email" } else { "web" };
+        let channel = if e.get("channel").and_then(J::as_str) == Some("email") { Channel::Email } else { Channel::Web };
         let ev = GuideEvent {
             ts: time(e)?,
             visitor: vi,
@@ -242,7 +242,7 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
             step,
             kind,
             poll,
-            response: e.get("response").map(Val::from).unwrap_or_default(),
+            response: store.responses.intern(e.get("response").map(Val::from).unwrap_or_default()),
             channel,
         };
         store.guide_events.push(ev);
@@ -252,7 +252,7 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
         let visitors = sg
             .get("visitors")
             .and_then(J::as_array)
-            .map(|a| a.iter().filter_map(J::as_str).map(str::to_string).collect())
+            .map(|a| a.iter().filter_map(J::as_str).map(Arc::from).collect())
             .unwrap_or_default();
         let name = sg.get("name").and_then(J::as_str).unwrap_or(&id).to_string();
         store.segments.insert(id.clone(), Segment { id, name, visitors });

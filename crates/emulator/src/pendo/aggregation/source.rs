@@ -264,7 +264,7 @@ fn event_rows(
     let mut out = Vec::with_capacity(if only.is_some() || !keys.is_empty() { range.len() / 8 } else { range.len() });
     let mut scanned = 0u64;
     for i in range {
-        let item = t.item[i];
+        let item = t.item(i);
         if only.is_some_and(|o| o != item) {
             continue;
         }
@@ -272,7 +272,7 @@ fn event_rows(
             continue;
         }
         scanned += 1;
-        if !keys.admits(t.visitor[i], t.account[i]) {
+        if !keys.admits(t.visitor(i), t.account(i)) {
             continue;
         }
         out.push(Row::Ev(kind, i as u32));
@@ -501,7 +501,7 @@ pub fn rows(store: &Store, src: &Source, scan: &Scan) -> (Vec<Row>, u64) {
                     let aid = store.accounts.get(e.account as usize).map_or(Val::Null, |a| Val::Str(a.id.clone()));
                     o.insert("visitorId".into(), vid);
                     o.insert("accountId".into(), aid);
-                    o.insert("response".into(), e.response.clone());
+                    o.insert("response".into(), store.responses.get(e.response).clone());
                     o.insert("time".into(), Val::Int(e.ts));
                     Row::Doc(Arc::new(o))
                 })
