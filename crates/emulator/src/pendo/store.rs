@@ -433,15 +433,23 @@ impl UCol {
         }
     }
 
-    /// The column in the row order `order` (row `k` of the result is row `order[k]` of this).
-    fn permuted(&self, order: &[u32]) -> UCol {
-        fn p<T: Copy>(v: &[T], order: &[u32]) -> Vec<T> {
-            order.iter().map(|&i| v[i as usize]).collect()
-        }
+    /// Puts the column in the row order `order` (row `k` becomes what row `order[k]` was), in
+    /// place: sorting a hundred million rows must not need a second copy of them.
+    fn permute(&mut self, order: &[u32], seen: &mut Vec<u64>) {
         match self {
-            UCol::U8(v) => UCol::U8(p(v, order)),
-            UCol::U16(v) => UCol::U16(p(v, order)),
-            UCol::U32(v) => UCol::U32(p(v, order)),
+            UCol::U8(v) => permute_in_place(v, order, seen),
+            UCol::U16(v) => permute_in_place(v, order, seen),
+            UCol::U32(v) => permute_in_place(v, order, seen),
+        }
+    }
+
+    /// Replaces every value `x` by `f(x)`, which must fit the column's width (it is `f`'s
+    /// caller's promise: a rank among as many values as the column already holds).
+    fn map_narrowing(&mut self, f: impl Fn(u32) -> u32) {
+        match self {
+            UCol::U8(v) => v.iter_mut().for_each(|x| *x = u8::try_from(f(u32::from(*x))).unwrap_or(u8::MAX)),
+            UCol::U16(v) => v.iter_mut().for_each(|x| *x = u16::try_from(f(u32::from(*x))).unwrap_or(u16::MAX)),
+            UCol::U32(v) => v.iter_mut().for_each(|x| *x = f(*x)),
         }
     }
 
@@ -455,6 +463,32 @@ impl UCol {
 
     pub fn to_vec(&self) -> Vec<u32> {
         (0..self.len()).map(|i| self.get(i)).collect()
+    }
+}
+
+/// Puts `v` in the order `order` (a permutation: `v[k]` becomes the old `v[order[k]]`) by
+/// following its cycles; `seen` is scratch, one bit a row.
+fn permute_in_place<T: Copy>(v: &mut [T], order: &[u32], seen: &mut Vec<u64>) {
+    seen.clear();
+    seen.resize(v.len().div_ceil(64), 0);
+    let mark = |seen: &mut Vec<u64>, i: usize| seen[i / 64] |= 1 << (i % 64);
+    let marked = |seen: &Vec<u64>, i: usize| seen[i / 64] & (1 << (i % 64)) != 0;
+    for k in 0..v.len().min(order.len()) {
+        if marked(seen, k) {
+            continue;
+        }
+        let first = v[k];
+        let mut j = k;
+        loop {
+            mark(seen, j);
+            let src = order[j] as usize;
+            if src == k {
+                v[j] = first;
+                break;
+            }
+            v[j] = v[src];
+            j = src;
+        }
     }
 }
 
@@ -594,20 +628,18 @@ impl EventTable {
             order[start[r] as usize] = i as u32;
             start[r] += 1;
         }
-        let mut time = UCol::default();
-        for &i in &order {
-            time.push(rank[self.time.get(i as usize) as usize]);
-        }
-        self.time = time;
+        // Ranks are indexes among the same number of times, so they fit the column's width.
+        self.time.map_narrowing(|t| rank[t as usize]);
         self.times = by_time.iter().map(|&t| self.times[t as usize]).collect();
         self.time_index = self.times.iter().enumerate().map(|(r, &t)| (t, r as u32)).collect();
-        self.visitor = self.visitor.permuted(&order);
-        self.account = self.account.permuted(&order);
-        self.item = self.item.permuted(&order);
-        self.events = self.events.permuted(&order);
-        self.minutes = self.minutes.permuted(&order);
+        let mut seen = Vec::new();
+        for col in
+            [&mut self.time, &mut self.visitor, &mut self.account, &mut self.item, &mut self.events, &mut self.minutes]
+        {
+            col.permute(&order, &mut seen);
+        }
         if !self.last.is_empty() {
-            self.last = order.iter().map(|&i| self.last[i as usize]).collect();
+            permute_in_place(&mut self.last, &order, &mut seen);
         }
     }
 
