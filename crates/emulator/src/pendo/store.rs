@@ -461,6 +461,14 @@ impl UCol {
         }
     }
 
+    pub fn truncate(&mut self, len: usize) {
+        match self {
+            UCol::U8(v) => v.truncate(len),
+            UCol::U16(v) => v.truncate(len),
+            UCol::U32(v) => v.truncate(len),
+        }
+    }
+
     pub fn to_vec(&self) -> Vec<u32> {
         (0..self.len()).map(|i| self.get(i)).collect()
     }
@@ -640,6 +648,24 @@ impl EventTable {
         }
         if !self.last.is_empty() {
             permute_in_place(&mut self.last, &order, &mut seen);
+        }
+    }
+
+    /// Rows and distinct times, for [`EventTable::rewind`].
+    pub fn mark(&self) -> (usize, usize) {
+        (self.len(), self.times.len())
+    }
+
+    /// Drops the rows (and their new times) pushed since `mark`, as long as nothing was
+    /// sorted in between.
+    pub fn rewind(&mut self, (rows, times): (usize, usize)) {
+        for col in
+            [&mut self.time, &mut self.visitor, &mut self.account, &mut self.item, &mut self.events, &mut self.minutes]
+        {
+            col.truncate(rows);
+        }
+        for t in self.times.drain(times.min(self.times.len())..) {
+            self.time_index.remove(&t);
         }
     }
 
@@ -962,6 +988,32 @@ impl Store {
         i
     }
 
+    /// How long the growing parts of the store are, for [`Store::rewind`].
+    pub fn mark(&self) -> StoreMark {
+        StoreMark {
+            visitors: self.visitors.len(),
+            accounts: self.accounts.len(),
+            tables: [self.page_rows.mark(), self.feature_rows.mark(), self.track_rows.mark()],
+            guide_events: self.guide_events.len(),
+        }
+    }
+
+    /// Drops the visitors, accounts and events added since `mark` (nothing may have been
+    /// sorted or removed since). Entities replaced in place are the caller's to put back.
+    pub fn rewind(&mut self, mark: StoreMark) {
+        for v in self.visitors.drain(mark.visitors.min(self.visitors.len())..) {
+            self.visitor_index.remove(&v.id);
+        }
+        for a in self.accounts.drain(mark.accounts.min(self.accounts.len())..) {
+            self.account_index.remove(&a.id);
+        }
+        let [page, feature, track] = mark.tables;
+        self.page_rows.rewind(page);
+        self.feature_rows.rewind(feature);
+        self.track_rows.rewind(track);
+        self.guide_events.truncate(mark.guide_events);
+    }
+
     pub fn sort_events(&mut self) {
         self.page_rows.sort();
         self.feature_rows.sort();
@@ -1003,6 +1055,15 @@ impl Store {
             + self.visitors.len() * 260
             + self.accounts.len() * 220
     }
+}
+
+/// See [`Store::mark`].
+#[derive(Clone, Copy, Debug)]
+pub struct StoreMark {
+    visitors: usize,
+    accounts: usize,
+    tables: [(usize, usize); 3],
+    guide_events: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
