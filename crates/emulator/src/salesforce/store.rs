@@ -68,6 +68,13 @@ impl Record {
         }
     }
 
+    /// The record without the spare room its field vector grew (a quarter of it, typically),
+    /// as it is stored for good.
+    fn compacted(mut self) -> Self {
+        self.fields.shrink_to_fit();
+        self
+    }
+
     /// The fields that have a value (`null` included when set so), by name.
     pub fn fields(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.fields.iter().map(|(k, v)| (&**k, v))
@@ -563,7 +570,7 @@ impl Db {
         let table = self.table_mut(&table_key);
         unindex(table, &obj, &current);
         index(table, &obj, &rec);
-        table.records.insert(id, rec);
+        table.records.insert(id, rec.compacted());
         Ok(())
     }
 
@@ -739,7 +746,7 @@ impl Db {
         self.remember(&obj.name, &id);
         let table = self.table_mut(&obj.name);
         index(table, obj, &rec);
-        table.records.insert(id.clone(), rec);
+        table.records.insert(id.clone(), rec.compacted());
         Ok(id)
     }
 
