@@ -127,13 +127,16 @@ fn upsert_item(list: &mut Vec<Item>, item: Item) {
     }
 }
 
+/// Features, pages, track types, reports and guides.
+type Catalog = (Vec<Item>, Vec<Item>, Vec<Item>, Vec<Item>, Vec<super::store::Guide>);
+
 /// What a seed changed, so that a body refused halfway leaves the store as it was (seeding is
 /// all-or-nothing) without first copying a store that may hold a million accounts.
 struct SeedUndo {
     mark: super::store::StoreMark,
     visitors: Vec<(u32, super::store::Visitor)>,
     accounts: Vec<(u32, super::store::Account)>,
-    catalog: (Vec<Item>, Vec<Item>, Vec<Item>, Vec<Item>, Vec<super::store::Guide>),
+    catalog: Catalog,
     segments: Vec<(String, Option<Segment>)>,
 }
 
