@@ -801,7 +801,7 @@ pub fn generate(gc: &GenConfig) -> Generated {
         }
         store.upsert_account(build_account(gc, &p, &account_id, acc_first, acc_last));
     }
-    guide_events.sort_by_key(|e| e.ts);
+    super::store::sort_guide_events(&mut guide_events);
     store.guide_events = guide_events;
     store.responses = responses;
     store.sort_events();
