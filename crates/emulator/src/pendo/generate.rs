@@ -18,7 +18,7 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::store::{
-    Account, Channel, Compact, CompactAccount, CompactVisitor, DAY_MS, DEFAULT_APP_ID, EventKind, GuideEvent,
+    Account, Channel, Compact, CompactAccount, CompactVisitor, DAY_MS, DEFAULT_APP_ID, Email, EventKind, GuideEvent,
     GuideEventType, HOUR_MS, Item, Meta, MetaKind, NONE_U32, Net, Responses, Segment, Store, Visitor, base_schema,
 };
 use super::val::{Obj, Val};
@@ -792,8 +792,9 @@ pub fn generate(gc: &GenConfig) -> Generated {
             visitor_meta.push((first_seen, last_seen));
         }
         let account_id: Arc<str> = Arc::from(p.id.as_str());
+        let domain: Arc<str> = Arc::from(p.domain.as_str());
         for (v, (first_seen, last_seen)) in p.visitors.iter().zip(visitor_meta) {
-            let visitor = build_visitor(&account_id, v, first_seen, last_seen, &mut rng);
+            let visitor = build_visitor(&account_id, &domain, v, first_seen, last_seen, &mut rng);
             if p.plan == "enterprise" && !v.anonymous {
                 enterprise_visitors.insert(visitor.id.clone());
             }
@@ -905,7 +906,30 @@ fn add_guide_events(
 
 pub(crate) const DEPARTMENTS: &[&str] = &["Engineering", "Finance", "Operations", "Sales", "Marketing"];
 
-fn build_visitor(account: &Arc<str>, v: &VisitorProfile, first: i64, last: i64, rng: &mut StdRng) -> Visitor {
+/// `v`'s e-mail as [`Email::Parts`], when it has the shape `account_profile` gives e-mails
+/// (anything else is kept as text).
+fn email_parts(v: &VisitorProfile, domain: &Arc<str>) -> Option<Email> {
+    let (local, at) = v.email.split_once('@')?;
+    let name = format!("{}.{}", v.first.to_ascii_lowercase(), v.last.to_ascii_lowercase());
+    let digits = local.strip_prefix(name.as_str())?;
+    let number: u16 = digits.parse().ok().filter(|n: &u16| n.to_string() == digits)?;
+    let mail = if at == &**domain {
+        0
+    } else {
+        FREE_MAIL.iter().position(|m| *m == at).and_then(|k| u8::try_from(k + 1).ok())?
+    };
+    let parts = Email::Parts { number, mail, domain: domain.clone() };
+    Some(parts)
+}
+
+fn build_visitor(
+    account: &Arc<str>,
+    domain: &Arc<str>,
+    v: &VisitorProfile,
+    first: i64,
+    last: i64,
+    rng: &mut StdRng,
+) -> Visitor {
     // The draws stay in the order they always had, so that later draws do not move.
     // Same types as ever too: a range of another type draws differently.
     let department = if v.anonymous { 0 } else { rng.random_range(0..5usize) as u8 };
@@ -917,7 +941,7 @@ fn build_visitor(account: &Arc<str>, v: &VisitorProfile, first: i64, last: i64, 
         id: Arc::from(v.id.as_str()),
         meta: Meta::compact(Compact::Visitor(Box::new(CompactVisitor {
             account: account.clone(),
-            email: v.email.as_str().into(),
+            email: email_parts(v, domain).unwrap_or_else(|| Email::Text(v.email.as_str().into())),
             first_name: index(FIRST, v.first),
             last_name: index(LAST, v.last),
             role: index(ROLES, v.role),

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
-use super::generate::{DEPARTMENTS, FIRST, LAST, ROLES, splitmix};
+use super::generate::{DEPARTMENTS, FIRST, FREE_MAIL, LAST, ROLES, splitmix};
 use super::val::{Obj, Val};
 
 /// Pendo's default application id; every real sample uses it.
@@ -136,7 +136,7 @@ pub enum Compact {
 #[derive(Clone, Debug)]
 pub struct CompactVisitor {
     pub account: Arc<str>,
-    pub email: Box<str>,
+    pub email: Email,
     /// Indexes into the generator's word lists ([`FIRST`], [`LAST`], [`ROLES`],
     /// [`DEPARTMENTS`]); unused for anonymous visitors, whose document has no such fields.
     pub first_name: u8,
@@ -148,7 +148,38 @@ pub struct CompactVisitor {
     pub last: i64,
 }
 
+/// A generated visitor's e-mail: `first.last{number}@` the account's domain or a free-mail
+/// one, kept as its parts (the domain shared by the account's visitors) rather than as text.
+#[derive(Clone, Debug)]
+pub enum Email {
+    /// `mail` 0 is `domain`, `k` is [`FREE_MAIL`]`[k - 1]`.
+    Parts {
+        number: u16,
+        mail: u8,
+        domain: Arc<str>,
+    },
+    Text(Box<str>),
+}
+
 impl CompactVisitor {
+    fn email(&self) -> String {
+        match &self.email {
+            Email::Text(t) => t.to_string(),
+            Email::Parts { number, mail, domain } => {
+                let word = |list: &[&'static str], i: u8| list.get(usize::from(i)).copied().unwrap_or("");
+                let domain = match mail.checked_sub(1) {
+                    None => domain,
+                    Some(k) => word(FREE_MAIL, k),
+                };
+                format!(
+                    "{}.{}{number}@{domain}",
+                    word(FIRST, self.first_name).to_ascii_lowercase(),
+                    word(LAST, self.last_name).to_ascii_lowercase()
+                )
+            }
+        }
+    }
+
     fn full_name(&self) -> String {
         let word = |list: &[&'static str], i: u8| list.get(usize::from(i)).copied().unwrap_or("");
         format!("{} {}", word(FIRST, self.first_name), word(LAST, self.last_name))
@@ -243,7 +274,7 @@ impl Compact {
                 ("auto", "lastvisit") => Val::Int(c.last),
                 ("auto", "lastupdated") => Val::Int(c.last + 1_000),
                 ("auto", "idhash") => Val::Int(c.idhash(id)),
-                ("agent", "email") if !c.anonymous => Val::str(&c.email),
+                ("agent", "email") if !c.anonymous => Val::from(c.email()),
                 ("agent", "full_name") if !c.anonymous => Val::from(c.full_name()),
                 ("agent", "role") if !c.anonymous => Val::str(c.role()),
                 ("custom", "department") if !c.anonymous => Val::str(c.department()),
@@ -287,7 +318,7 @@ impl Compact {
                 } else {
                     (
                         group(vec![
-                            ("email", Val::str(&c.email)),
+                            ("email", Val::from(c.email())),
                             ("full_name", Val::from(c.full_name())),
                             ("role", Val::str(c.role())),
                         ]),
@@ -1335,7 +1366,7 @@ mod tests {
     fn a_compact_visitor_builds_the_document_it_always_did() {
         let c = CompactVisitor {
             account: Arc::from("acme-1"),
-            email: "ava.chen0@acme.com".into(),
+            email: Email::Parts { number: 0, mail: 0, domain: Arc::from("acme.com") },
             first_name: 0,
             last_name: 2,
             role: 4,
@@ -1364,6 +1395,11 @@ mod tests {
         let mut full = meta.clone();
         assert_eq!(full.full_mut(id).to_json(), expected);
         assert!(matches!(full, Meta::Full(_)));
+        let free =
+            CompactVisitor { email: Email::Parts { number: 12, mail: 2, domain: Arc::from("x.io") }, ..c.clone() };
+        assert_eq!(free.email(), "ava.chen12@yahoo.com");
+        let odd = CompactVisitor { email: Email::Text("Odd@Mail".into()), ..c.clone() };
+        assert_eq!(odd.email(), "Odd@Mail");
         let anon = Meta::compact(Compact::Visitor(Box::new(CompactVisitor { anonymous: true, ..c })));
         assert_eq!(anon.build(id).to_json()["agent"], serde_json::json!({}));
         assert!(anon.field(id, "agent", "full_name").is_null());
