@@ -195,8 +195,8 @@ async fn history(
             items.push((ts, Val::obj(o)));
         }
     }
-    let lo = store.guide_events.partition_point(|e| e.ts < start);
-    for e in store.guide_events[lo..].iter().take_while(|e| e.ts < end) {
+    let lo = store.guide_events.first_at(start);
+    for e in store.guide_events.iter_from(lo).take_while(|e| e.ts < end) {
         if e.visitor != vidx {
             continue;
         }

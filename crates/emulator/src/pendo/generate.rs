@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{
     Account, Channel, Compact, CompactAccount, CompactVisitor, DAY_MS, DEFAULT_APP_ID, Email, EventKind, GuideEvent,
-    GuideEventType, HOUR_MS, Item, Meta, MetaKind, NONE_U32, Net, Responses, Segment, Store, Visitor, base_schema,
+    GuideEventType, GuideTable, HOUR_MS, Item, Meta, MetaKind, NONE_U32, Net, Responses, Segment, Store, Visitor,
+    base_schema,
 };
 use super::val::{Obj, Val};
 
@@ -695,7 +696,7 @@ pub fn generate(gc: &GenConfig) -> Generated {
     let n_tracks = TRACK_TYPES.len() as u32;
     let days = gc.days.max(1);
     let mut enterprise_visitors: std::collections::HashSet<Arc<str>> = std::collections::HashSet::new();
-    let mut guide_events: Vec<GuideEvent> = Vec::new();
+    let mut guide_events = GuideTable::default();
     let mut responses = Responses::default();
 
     // Rows are generated per account, then sorted once at the end.
@@ -802,7 +803,7 @@ pub fn generate(gc: &GenConfig) -> Generated {
         }
         store.upsert_account(build_account(gc, &p, &account_id, acc_first, acc_last));
     }
-    super::store::sort_guide_events(&mut guide_events);
+    guide_events.sort();
     store.guide_events = guide_events;
     store.responses = responses;
     store.sort_events();
@@ -824,7 +825,7 @@ pub fn generate(gc: &GenConfig) -> Generated {
 
 #[allow(clippy::too_many_arguments)]
 fn add_guide_events(
-    out: &mut Vec<GuideEvent>,
+    out: &mut GuideTable,
     responses: &mut Responses,
     store: &Store,
     p: &AccountProfile,

@@ -531,6 +531,69 @@ fn permute_in_place<T: Copy>(v: &mut [T], order: &[u32], seen: &mut Vec<u64>) {
     }
 }
 
+/// Rows' visitors and accounts. A row's account is nearly always its visitor's, so it is kept
+/// as the difference from the visitor's base account (zigzag-coded: a byte holds ±127).
+#[derive(Clone, Debug, Default)]
+struct Who {
+    visitor: UCol,
+    account: UCol,
+    /// Per visitor: the account of the first row pushed for it. A base, once set, never
+    /// changes, so every row's account reads back as it was pushed.
+    visitor_account: Vec<u32>,
+}
+
+impl Who {
+    #[inline]
+    fn visitor(&self, i: usize) -> u32 {
+        self.visitor.get(i)
+    }
+
+    #[inline]
+    fn account(&self, i: usize) -> u32 {
+        let base = self.visitor_account.get(self.visitor.get(i) as usize).copied().unwrap_or(0);
+        let z = self.account.get(i);
+        let d = ((z >> 1) as i32) ^ -((z & 1) as i32);
+        base.wrapping_add(d as u32)
+    }
+
+    fn push(&mut self, visitor: u32, account: u32) {
+        let base = self.base(visitor, account);
+        let d = account.wrapping_sub(base) as i32;
+        self.visitor.push(visitor);
+        self.account.push(((d << 1) ^ (d >> 31)) as u32);
+    }
+
+    /// The base account of `visitor`, set from `account` if it has none yet. Visitors far past
+    /// the last one seen (an unattributed row's `NONE_U32`) get none.
+    fn base(&mut self, visitor: u32, account: u32) -> u32 {
+        let v = visitor as usize;
+        if let Some(&base) = self.visitor_account.get(v) {
+            return base;
+        }
+        if v - self.visitor_account.len() < 1 << 16 {
+            // Visitors without rows in between take the same base: their rows, if any come,
+            // are most likely of this account or a neighbour.
+            self.visitor_account.resize(v + 1, account);
+            return account;
+        }
+        0
+    }
+
+    fn permute(&mut self, order: &[u32], seen: &mut Vec<u64>) {
+        self.visitor.permute(order, seen);
+        self.account.permute(order, seen);
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.visitor.truncate(len);
+        self.account.truncate(len);
+    }
+
+    fn bytes(&self) -> usize {
+        self.visitor.len() * (self.visitor.width() + self.account.width()) + self.visitor_account.len() * 4
+    }
+}
+
 /// One rollup table: a row is "visitor V of account A did `events` events over `minutes`
 /// minutes on item I within the hour starting at `ts`". Sorted by `ts`.
 ///
@@ -545,13 +608,7 @@ pub struct EventTable {
     time_index: HashMap<i64, u32>,
     /// Per row: its time's index in `times`.
     time: UCol,
-    visitor: UCol,
-    /// Per row: how its account differs from its visitor's base account (zigzag-coded, so a
-    /// byte holds ±127); a row's account is nearly always its visitor's.
-    account: UCol,
-    /// Per visitor: the account of the first row pushed for it (see [`EventTable::push`]). A
-    /// base, once set, never changes, so every row's account reads back as it was pushed.
-    visitor_account: Vec<u32>,
+    who: Who,
     item: UCol,
     events: UCol,
     minutes: UCol,
@@ -577,31 +634,12 @@ impl EventTable {
 
     #[inline]
     pub fn visitor(&self, i: usize) -> u32 {
-        self.visitor.get(i)
+        self.who.visitor(i)
     }
 
     #[inline]
     pub fn account(&self, i: usize) -> u32 {
-        let base = self.visitor_account.get(self.visitor.get(i) as usize).copied().unwrap_or(0);
-        let z = self.account.get(i);
-        let d = ((z >> 1) as i32) ^ -((z & 1) as i32);
-        base.wrapping_add(d as u32)
-    }
-
-    /// The base account of `visitor`, set from `account` if it has none yet. Visitors far past
-    /// the last one seen (an unattributed row's `NONE_U32`) get none.
-    fn account_base(&mut self, visitor: u32, account: u32) -> u32 {
-        let v = visitor as usize;
-        if let Some(&base) = self.visitor_account.get(v) {
-            return base;
-        }
-        if v - self.visitor_account.len() < 1 << 16 {
-            // Visitors without rows in between take the same base: their rows, if any come,
-            // are most likely of this account or a neighbour.
-            self.visitor_account.resize(v + 1, account);
-            return account;
-        }
-        0
+        self.who.account(i)
     }
 
     #[inline]
@@ -637,11 +675,8 @@ impl EventTable {
                 t
             }
         };
-        let base = self.account_base(visitor, account);
-        let d = account.wrapping_sub(base) as i32;
         self.time.push(t);
-        self.visitor.push(visitor);
-        self.account.push(((d << 1) ^ (d >> 31)) as u32);
+        self.who.push(visitor, account);
         self.item.push(item);
         self.events.push(events);
         self.minutes.push(minutes);
@@ -699,11 +734,10 @@ impl EventTable {
         self.times = by_time.iter().map(|&t| self.times[t as usize]).collect();
         self.time_index = self.times.iter().enumerate().map(|(r, &t)| (t, r as u32)).collect();
         let mut seen = Vec::new();
-        for col in
-            [&mut self.time, &mut self.visitor, &mut self.account, &mut self.item, &mut self.events, &mut self.minutes]
-        {
+        for col in [&mut self.time, &mut self.item, &mut self.events, &mut self.minutes] {
             col.permute(&order, &mut seen);
         }
+        self.who.permute(&order, &mut seen);
         if !self.last.is_empty() {
             permute_in_place(&mut self.last, &order, &mut seen);
         }
@@ -717,22 +751,21 @@ impl EventTable {
     /// Drops the rows (and their new times) pushed since `mark`, as long as nothing was
     /// sorted in between.
     pub fn rewind(&mut self, (rows, times): (usize, usize)) {
-        for col in
-            [&mut self.time, &mut self.visitor, &mut self.account, &mut self.item, &mut self.events, &mut self.minutes]
-        {
+        for col in [&mut self.time, &mut self.item, &mut self.events, &mut self.minutes] {
             col.truncate(rows);
         }
+        self.who.truncate(rows);
         for t in self.times.drain(times.min(self.times.len())..) {
             self.time_index.remove(&t);
         }
     }
 
     pub fn bytes(&self) -> usize {
-        let cols = [&self.time, &self.visitor, &self.account, &self.item, &self.events, &self.minutes];
+        let cols = [&self.time, &self.item, &self.events, &self.minutes];
         self.len() * cols.iter().map(|c| c.width()).sum::<usize>()
+            + self.who.bytes()
             + self.last.len() * 8
             + self.times.len() * 24
-            + self.visitor_account.len() * 4
     }
 
     /// The end of row `i`'s last active minute.
@@ -873,39 +906,151 @@ pub struct GuideEvent {
     pub channel: Channel,
 }
 
-/// Sorts guide events by time, keeping events of one time in the order they came. Stably, as
-/// `sort_by_key` would, but with a row order of four bytes an event as scratch rather than
-/// half a copy of the events: events are first counted into hours, then each hour is sorted.
-pub fn sort_guide_events(events: &mut [GuideEvent]) {
-    if events.windows(2).all(|w| w[0].ts <= w[1].ts) {
-        return;
+const GUIDE_EVENT_TYPES: [GuideEventType; 5] = [
+    GuideEventType::GuideSeen,
+    GuideEventType::GuideAdvanced,
+    GuideEventType::GuideDismissed,
+    GuideEventType::GuideActivity,
+    GuideEventType::PollResponse,
+];
+
+/// The guide and poll events, sorted by time once [`GuideTable::sort`] has run. Columnar and
+/// narrow like [`EventTable`] (18 bytes an event rather than the 40 of a [`GuideEvent`]); an
+/// event is read back whole with [`GuideTable::get`].
+#[derive(Clone, Debug, Default)]
+pub struct GuideTable {
+    ts: Vec<i64>,
+    who: Who,
+    guide: UCol,
+    /// Step and poll indexes plus one, so that `NONE_U32` is a zero byte.
+    step: UCol,
+    poll: UCol,
+    response: UCol,
+    /// The type's index in [`GUIDE_EVENT_TYPES`] times two, plus one for e-mail.
+    kind: Vec<u8>,
+}
+
+impl GuideTable {
+    pub fn len(&self) -> usize {
+        self.ts.len()
     }
-    let (min, max) = events.iter().fold((i64::MAX, i64::MIN), |(lo, hi), e| (lo.min(e.ts), hi.max(e.ts)));
+
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+
+    #[inline]
+    pub fn ts(&self, i: usize) -> i64 {
+        self.ts[i]
+    }
+
+    /// Event `i`; panics past the end, as indexing does.
+    #[inline]
+    pub fn at(&self, i: usize) -> GuideEvent {
+        let k = self.kind[i];
+        GuideEvent {
+            ts: self.ts[i],
+            visitor: self.who.visitor(i),
+            account: self.who.account(i),
+            guide: self.guide.get(i),
+            step: self.step.get(i).wrapping_sub(1),
+            poll: self.poll.get(i).wrapping_sub(1),
+            response: self.response.get(i),
+            kind: GUIDE_EVENT_TYPES.get(usize::from(k >> 1)).copied().unwrap_or(GuideEventType::GuideSeen),
+            channel: if k & 1 == 1 { Channel::Email } else { Channel::Web },
+        }
+    }
+
+    pub fn get(&self, i: usize) -> Option<GuideEvent> {
+        (i < self.len()).then(|| self.at(i))
+    }
+
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = GuideEvent> + ExactSizeIterator + '_ {
+        self.iter_from(0)
+    }
+
+    /// The events from index `first` on.
+    pub fn iter_from(&self, first: usize) -> impl DoubleEndedIterator<Item = GuideEvent> + ExactSizeIterator + '_ {
+        (first.min(self.len())..self.len()).map(|i| self.at(i))
+    }
+
+    /// The index of the first event at or after `ts` (the table being sorted).
+    pub fn first_at(&self, ts: i64) -> usize {
+        self.ts.partition_point(|&t| t < ts)
+    }
+
+    pub fn push(&mut self, e: GuideEvent) {
+        let kind = GUIDE_EVENT_TYPES.iter().position(|k| *k == e.kind).unwrap_or(0) as u8;
+        self.ts.push(e.ts);
+        self.who.push(e.visitor, e.account);
+        self.guide.push(e.guide);
+        self.step.push(e.step.wrapping_add(1));
+        self.poll.push(e.poll.wrapping_add(1));
+        self.response.push(e.response);
+        self.kind.push(kind << 1 | u8::from(e.channel == Channel::Email));
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        self.ts.truncate(len);
+        self.who.truncate(len);
+        for col in [&mut self.guide, &mut self.step, &mut self.poll, &mut self.response] {
+            col.truncate(len);
+        }
+        self.kind.truncate(len);
+    }
+
+    /// Sorts the events by time, keeping events of one time in the order they came (a stable
+    /// sort), with a row order of four bytes an event as scratch: events are counted into
+    /// hours, each hour sorted, and the columns permuted in place.
+    pub fn sort(&mut self) {
+        if self.ts.windows(2).all(|w| w[0] <= w[1]) {
+            return;
+        }
+        let order = stable_time_order(&self.ts);
+        let mut seen = Vec::new();
+        permute_in_place(&mut self.ts, &order, &mut seen);
+        self.who.permute(&order, &mut seen);
+        for col in [&mut self.guide, &mut self.step, &mut self.poll, &mut self.response] {
+            col.permute(&order, &mut seen);
+        }
+        permute_in_place(&mut self.kind, &order, &mut seen);
+    }
+
+    pub fn bytes(&self) -> usize {
+        let cols = [&self.guide, &self.step, &self.poll, &self.response];
+        self.len() * (8 + 1 + cols.iter().map(|c| c.width()).sum::<usize>()) + self.who.bytes()
+    }
+}
+
+/// The order that sorts `ts` stably: rows counted into hours, then each hour sorted by time.
+fn stable_time_order(ts: &[i64]) -> Vec<u32> {
+    let (min, max) = ts.iter().fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
     let hours = (i128::from(max) - i128::from(min)) / i128::from(HOUR_MS) + 1;
-    let Some(hours) = usize::try_from(hours).ok().filter(|&h| h <= events.len().max(1 << 16)) else {
+    let Some(hours) = usize::try_from(hours).ok().filter(|&h| h <= ts.len().max(1 << 16)) else {
         // Times too far apart to count by the hour (seeded oddities): a plain stable sort.
-        events.sort_by_key(|e| e.ts);
-        return;
+        let mut order: Vec<u32> = (0..ts.len() as u32).collect();
+        order.sort_by_key(|&i| ts[i as usize]);
+        return order;
     };
-    let hour = |ts: i64| ((i128::from(ts) - i128::from(min)) / i128::from(HOUR_MS)) as usize;
+    let hour = |t: i64| ((i128::from(t) - i128::from(min)) / i128::from(HOUR_MS)) as usize;
     let mut start = vec![0u32; hours + 1];
-    for e in events.iter() {
-        start[hour(e.ts) + 1] += 1;
+    for &t in ts {
+        start[hour(t) + 1] += 1;
     }
     for h in 1..start.len() {
         start[h] += start[h - 1];
     }
     let bounds = start.clone();
-    let mut order = vec![0u32; events.len()];
-    for (i, e) in events.iter().enumerate() {
-        let h = hour(e.ts);
+    let mut order = vec![0u32; ts.len()];
+    for (i, &t) in ts.iter().enumerate() {
+        let h = hour(t);
         order[start[h] as usize] = i as u32;
         start[h] += 1;
     }
     for w in bounds.windows(2) {
-        order[w[0] as usize..w[1] as usize].sort_by_key(|&i| events[i as usize].ts);
+        order[w[0] as usize..w[1] as usize].sort_by_key(|&i| ts[i as usize]);
     }
-    permute_in_place(events, &order, &mut Vec::new());
+    order
 }
 
 /// The distinct poll answers, each stored once: answers repeat (ratings 0–10, a few reasons),
@@ -989,7 +1134,7 @@ pub struct Store {
     /// The subscription's timezone offset that days are cut in.
     pub day_tz_ms: i64,
     /// Guide and poll events, sorted by `ts`.
-    pub guide_events: Vec<GuideEvent>,
+    pub guide_events: GuideTable,
     /// The poll answers guide events point at.
     pub responses: Responses,
     pub segments: HashMap<String, Segment>,
@@ -1114,7 +1259,7 @@ impl Store {
         self.page_rows.sort();
         self.feature_rows.sort();
         self.track_rows.sort();
-        sort_guide_events(&mut self.guide_events);
+        self.guide_events.sort();
         self.rebuild_days();
     }
 
@@ -1145,7 +1290,7 @@ impl Store {
             + self.page_rows.bytes()
             + self.feature_rows.bytes()
             + self.track_rows.bytes()
-            + self.guide_events.len() * std::mem::size_of::<GuideEvent>()
+            + self.guide_events.bytes()
             + self.visitors.len() * 260
             + self.accounts.len() * 220
     }
@@ -1309,12 +1454,11 @@ mod tests {
         let t = table_of(&rows);
         assert_eq!(rows_of(&t), rows.to_vec());
         let same = table_of(&[(0, 1, 400, 0, 1, 1), (0, 1, 400, 0, 1, 1), (0, 2, 401, 0, 1, 1)]);
-        assert!(matches!(same.account, UCol::U8(_)), "accounts of their visitor cost a byte");
+        assert!(matches!(same.who.account, UCol::U8(_)), "accounts of their visitor cost a byte");
     }
 
-    #[test]
-    fn guide_events_sort_stably_by_time() {
-        let ev = |ts: i64, visitor: u32| GuideEvent {
+    fn guide_event(ts: i64, visitor: u32) -> GuideEvent {
+        GuideEvent {
             ts,
             visitor,
             account: 0,
@@ -1324,18 +1468,56 @@ mod tests {
             response: 0,
             kind: GuideEventType::GuideSeen,
             channel: Channel::Web,
-        };
-        let times = [5 * HOUR_MS + 7, 3, 5 * HOUR_MS + 7, 2 * HOUR_MS, 3, -HOUR_MS, 5 * HOUR_MS + 1, 3];
-        let mut events: Vec<GuideEvent> = times.iter().enumerate().map(|(i, &t)| ev(t, i as u32)).collect();
-        let mut expected = events.clone();
-        expected.sort_by_key(|e| e.ts);
-        sort_guide_events(&mut events);
-        let key = |v: &[GuideEvent]| v.iter().map(|e| (e.ts, e.visitor)).collect::<Vec<_>>();
-        assert_eq!(key(&events), key(&expected));
-        // Times too far apart to count by the hour take the plain sort.
-        let mut wide = vec![ev(i64::MAX, 0), ev(i64::MIN, 1), ev(0, 2), ev(i64::MIN, 3)];
-        sort_guide_events(&mut wide);
-        assert_eq!(key(&wide), vec![(i64::MIN, 1), (i64::MIN, 3), (0, 2), (i64::MAX, 0)]);
+        }
+    }
+
+    fn fields(e: &GuideEvent) -> (i64, u32, u32, u32, u32, u32, u32, &'static str, &'static str) {
+        (e.ts, e.visitor, e.account, e.guide, e.step, e.poll, e.response, e.kind.as_str(), e.channel.as_str())
+    }
+
+    proptest! {
+        /// The narrow table reads every event back as it was pushed, and sorts as a stable
+        /// sort by time does.
+        #[test]
+        fn guide_table_reads_back_and_sorts_like_a_vector(
+            events in proptest::collection::vec(
+                (prop_oneof![(-3i64..40).prop_map(|h| h * HOUR_MS + 17), -3i64..5, any::<i64>()],
+                 prop_oneof![0u32..50, any::<u32>()], prop_oneof![0u32..50, any::<u32>()],
+                 prop_oneof![0u32..5, any::<u32>()], prop_oneof![Just(NONE_U32), 0u32..4, any::<u32>()],
+                 prop_oneof![Just(NONE_U32), 0u32..3], 0u32..1_000, 0usize..5, any::<bool>()),
+                0..150),
+        ) {
+            let events: Vec<GuideEvent> = events
+                .into_iter()
+                .map(|(ts, visitor, account, guide, step, poll, response, kind, email)| GuideEvent {
+                    ts, visitor, account, guide, step, poll, response,
+                    kind: GUIDE_EVENT_TYPES[kind],
+                    channel: if email { Channel::Email } else { Channel::Web },
+                })
+                .collect();
+            let mut t = GuideTable::default();
+            events.iter().for_each(|e| t.push(*e));
+            prop_assert_eq!(t.iter().map(|e| fields(&e)).collect::<Vec<_>>(), events.iter().map(fields).collect::<Vec<_>>());
+            let mut expected = events.clone();
+            expected.sort_by_key(|e| e.ts);
+            t.sort();
+            prop_assert_eq!(t.iter().map(|e| fields(&e)).collect::<Vec<_>>(), expected.iter().map(fields).collect::<Vec<_>>());
+            for probe in [-HOUR_MS, 0, 3, 7 * HOUR_MS] {
+                prop_assert_eq!(t.first_at(probe), expected.partition_point(|e| e.ts < probe));
+            }
+            prop_assert!(t.get(t.len()).is_none());
+        }
+    }
+
+    #[test]
+    fn guide_events_far_apart_sort_too() {
+        let mut t = GuideTable::default();
+        for (i, ts) in [i64::MAX, i64::MIN, 0, i64::MIN].into_iter().enumerate() {
+            t.push(guide_event(ts, i as u32));
+        }
+        t.sort();
+        let key: Vec<_> = t.iter().map(|e| (e.ts, e.visitor)).collect();
+        assert_eq!(key, vec![(i64::MIN, 1), (i64::MIN, 3), (0, 2), (i64::MAX, 0)]);
     }
 
     #[test]

@@ -99,7 +99,7 @@ impl Code {
                 }
             }
             Src::Guide => {
-                let e = &store.guide_events[i];
+                let e = store.guide_events.at(i);
                 match self {
                     Code::Visitor => i64::from(e.visitor),
                     Code::Account => i64::from(e.account),
@@ -306,7 +306,7 @@ fn finish(acc: &Acc, code: Option<Code>, ctx: &Ctx, src: Src) -> Val {
 fn read_ts(ctx: &Ctx, src: Src, i: usize) -> i64 {
     match src {
         Src::Ev(kind) => ctx.store.table_for(kind, ctx.period == Period::Day).ts(i),
-        Src::Guide => ctx.store.guide_events[i].ts,
+        Src::Guide => ctx.store.guide_events.ts(i),
     }
 }
 

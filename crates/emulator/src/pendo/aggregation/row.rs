@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::super::store::{EventKind, GuideEvent, GuideEventType, Meta, NONE_U32, Store};
+use super::super::store::{EventKind, GuideEventType, Meta, NONE_U32, Store};
 use super::super::val::{Obj, Val};
 use super::expr::{Col, Env, Fields, Path, Seg};
 
@@ -260,7 +260,7 @@ fn type_name(kind: GuideEventType) -> Val {
 
 fn guide_col(ctx: &Ctx, view: GuideView, i: usize, col: Col) -> Val {
     let s = ctx.store;
-    let Some(e): Option<&GuideEvent> = s.guide_events.get(i) else {
+    let Some(e) = s.guide_events.get(i) else {
         return Val::Null;
     };
     let visitor = || s.visitors.get(e.visitor as usize);
