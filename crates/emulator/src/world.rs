@@ -45,25 +45,28 @@ impl World {
     /// [`Error::Refused`] for the first record the emulator's validation refused (nothing is
     /// kept then).
     pub fn seed_salesforce(&self, sf: &SfState) -> Result<usize, Error> {
-        let org = self.pendo.salesforce_org();
+        let Some(gc) = self.pendo.generated_from() else { return Ok(0) };
         let ctx =
             salesforce::store::WriteCtx { user_id: salesforce::store::INTEGRATION_USER_ID.into(), now: sf.clock.now() };
         let mut db = sf.db.lock();
         db.begin();
         let mut loaded = 0;
-        for sobject in ["User", "Account", "Contact", "Opportunity"] {
-            for record in org.get(sobject).into_iter().flatten() {
-                let Some(fields) = record.as_object() else { continue };
-                if let Err(errors) = db.seed(sobject, fields, &ctx) {
-                    db.rollback();
-                    return Err(Error::Refused {
-                        sobject,
-                        id: record["Id"].to_string(),
-                        errors: format!("{errors:?}"),
-                    });
+        // Streamed: a million-account org is never held as JSON besides the records it becomes.
+        let seeded = salesforce::world::for_each_record(&gc, |sobject, record| {
+            let Some(fields) = record.as_object() else { return Ok(()) };
+            match db.seed(sobject, fields, &ctx) {
+                Ok(_) => {
+                    loaded += 1;
+                    Ok(())
                 }
-                loaded += 1;
+                Err(errors) => {
+                    Err(Error::Refused { sobject, id: record["Id"].to_string(), errors: format!("{errors:?}") })
+                }
             }
+        });
+        if let Err(e) = seeded {
+            db.rollback();
+            return Err(e);
         }
         db.commit();
         Ok(loaded)
@@ -101,4 +104,50 @@ pub struct Running {
 /// As [`World::generate_blocking`] and [`World::serve`].
 pub async fn start(gen_config: GenConfig, config: salesforce::Config) -> Result<Running, Error> {
     World::generate_blocking(gen_config).await?.serve(config).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::clock::ClockChange;
+    use crate::salesforce::store::{INTEGRATION_USER_ID, WriteCtx};
+
+    /// Seeding streams the org account by account; what it leaves must be the org
+    /// [`crate::pendo::generate::salesforce_org`] describes, loaded object by object.
+    #[test]
+    fn streamed_seeding_loads_the_org_record_for_record() {
+        let gc = GenConfig {
+            seed: 5,
+            accounts: 120,
+            days: 10,
+            anchor_day_ms: Some(1_767_225_600_000),
+            hierarchies: true,
+            ..GenConfig::default()
+        };
+        let world = World::generate(gc.clone());
+        let frozen =
+            ClockChange { now: chrono::DateTime::from_timestamp(1_767_000_000, 0), advance_seconds: None, live: false };
+        let streamed = SfState::new(salesforce::Config::default());
+        streamed.clock.apply(&frozen).unwrap();
+        let n = world.seed_salesforce(&streamed).unwrap();
+
+        let whole = SfState::new(salesforce::Config::default());
+        let ctx = WriteCtx { user_id: INTEGRATION_USER_ID.into(), now: streamed.clock.now() };
+        let org = crate::pendo::generate::salesforce_org(&gc);
+        let mut db = whole.db.lock();
+        for sobject in ["User", "Account", "Contact", "Opportunity"] {
+            for r in &org[sobject] {
+                db.seed(sobject, r.as_object().unwrap(), &ctx).unwrap();
+            }
+        }
+        assert_eq!(n, org.values().map(Vec::len).sum::<usize>());
+        let streamed = streamed.db.lock();
+        for sobject in ["User", "Account", "Contact", "Opportunity"] {
+            let a: Vec<_> = streamed.records(sobject).collect();
+            let b: Vec<_> = db.records(sobject).collect();
+            assert_eq!(a, b, "{sobject}");
+        }
+        assert!(streamed.records("Account").any(|r| !r.get("ParentId").is_null()));
+    }
 }

@@ -15,7 +15,7 @@ use serde_json::{Value as J, json};
 
 use super::clock::ClockUpdate;
 use super::faults::FaultConfig;
-use super::store::{EventKind, GuideEvent, GuideEventType, Item, NONE_U32, Segment, Store};
+use super::store::{Channel, EventKind, GuideEvent, GuideEventType, Item, NONE_U32, Segment, Store};
 use super::val::Val;
 use super::webhooks::{FireRequest, WebhookConfig};
 use super::{ApiError, ApiResult, GenConfig, PendoConfig, PendoState};
@@ -127,16 +127,80 @@ fn upsert_item(list: &mut Vec<Item>, item: Item) {
     }
 }
 
+/// Features, pages, track types, reports and guides.
+type Catalog = (Vec<Item>, Vec<Item>, Vec<Item>, Vec<Item>, Vec<super::store::Guide>);
+
+/// What a seed changed, so that a body refused halfway leaves the store as it was (seeding is
+/// all-or-nothing) without first copying a store that may hold a million accounts.
+struct SeedUndo {
+    mark: super::store::StoreMark,
+    visitors: Vec<(u32, super::store::Visitor)>,
+    accounts: Vec<(u32, super::store::Account)>,
+    catalog: Catalog,
+    segments: Vec<(String, Option<Segment>)>,
+}
+
+impl SeedUndo {
+    fn new(store: &Store) -> Self {
+        SeedUndo {
+            mark: store.mark(),
+            visitors: Vec::new(),
+            accounts: Vec::new(),
+            // The catalogue is a few dozen documents: kept whole.
+            catalog: (
+                store.features.clone(),
+                store.pages.clone(),
+                store.track_types.clone(),
+                store.reports.clone(),
+                store.guides.clone(),
+            ),
+            segments: Vec::new(),
+        }
+    }
+
+    fn restore(self, store: &mut Store) {
+        for (id, old) in self.segments.into_iter().rev() {
+            match old {
+                Some(seg) => store.segments.insert(id, seg),
+                None => store.segments.remove(&id),
+            };
+        }
+        (store.features, store.pages, store.track_types, store.reports, store.guides) = self.catalog;
+        store.rewind(self.mark);
+        // Newest first, so an entity replaced twice ends as it was before the first.
+        for (i, old) in self.visitors.into_iter().rev() {
+            store.visitors[i as usize] = old;
+        }
+        for (i, old) in self.accounts.into_iter().rev() {
+            store.accounts[i as usize] = old;
+        }
+    }
+}
+
 fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
+    let mut undo = SeedUndo::new(store);
+    match seed_into(store, body, now, &mut undo) {
+        Ok(out) => Ok(out),
+        Err(e) => {
+            undo.restore(store);
+            Err(e)
+        }
+    }
+}
+
+fn seed_into(store: &mut Store, body: SeedBody, now: i64, undo: &mut SeedUndo) -> ApiResult<J> {
     for a in &body.accounts {
         let id = s(a, "accountId").or_else(|_| s(a, "id"))?;
-        let mut acc = store.account(id).cloned().unwrap_or_else(|| super::metadata::new_account(id, now));
+        let old = store.account(id).cloned();
+        let mut acc = old.clone().unwrap_or_else(|| super::metadata::new_account(id, now));
         merge_metadata(acc.metadata_mut(), a.get("metadata"));
-        store.upsert_account(acc);
+        let i = store.upsert_account(acc);
+        undo.accounts.extend(old.map(|o| (i, o)));
     }
     for v in &body.visitors {
         let id = s(v, "visitorId").or_else(|_| s(v, "id"))?;
-        let mut vis = store.visitor(id).cloned().unwrap_or_else(|| super::metadata::new_visitor(id, now));
+        let old = store.visitor(id).cloned();
+        let mut vis = old.clone().unwrap_or_else(|| super::metadata::new_visitor(id, now));
         if let Some(acc) = v.get("accountId").and_then(J::as_str) {
             if store.account(acc).is_none() {
                 store.upsert_account(super::metadata::new_account(acc, now));
@@ -148,7 +212,8 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
             }
         }
         merge_metadata(vis.metadata_mut(), v.get("metadata"));
-        store.upsert_visitor(vis);
+        let i = store.upsert_visitor(vis);
+        undo.visitors.extend(old.map(|o| (i, o)));
     }
     for f in &body.features {
         let item = catalog(f, "Feature")?;
@@ -233,7 +298,7 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
         };
         let step = pos(&gd.step_ids, "guideStepId");
         let poll = pos(&gd.poll_ids, "pollId");
-        let channel = if e.get("channel").and_then(J::as_str) == Some("email") { "email" } else { "web" };
+        let channel = if e.get("channel").and_then(J::as_str) == Some("email") { Channel::Email } else { Channel::Web };
         let ev = GuideEvent {
             ts: time(e)?,
             visitor: vi,
@@ -242,7 +307,7 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
             step,
             kind,
             poll,
-            response: e.get("response").map(Val::from).unwrap_or_default(),
+            response: store.responses.intern(e.get("response").map(Val::from).unwrap_or_default()),
             channel,
         };
         store.guide_events.push(ev);
@@ -252,10 +317,11 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
         let visitors = sg
             .get("visitors")
             .and_then(J::as_array)
-            .map(|a| a.iter().filter_map(J::as_str).map(str::to_string).collect())
+            .map(|a| a.iter().filter_map(J::as_str).map(Arc::from).collect())
             .unwrap_or_default();
         let name = sg.get("name").and_then(J::as_str).unwrap_or(&id).to_string();
-        store.segments.insert(id.clone(), Segment { id, name, visitors });
+        let old = store.segments.insert(id.clone(), Segment { id: id.clone(), name, visitors });
+        undo.segments.push((id, old));
     }
     store.sort_events();
     Ok(json!({
@@ -266,15 +332,12 @@ fn apply_seed(store: &mut Store, body: SeedBody, now: i64) -> ApiResult<J> {
     }))
 }
 
-/// Seeding is all-or-nothing: the body is applied to a copy and swapped in only on success.
+/// Seeding is all-or-nothing: a refused body leaves the store as it was (see [`SeedUndo`]).
 async fn seed(State(state): State<PendoState>, body: Bytes) -> ApiResult<Json<J>> {
     let body: SeedBody = parse(&body)?;
     let now = state.now_ms();
     let mut guard = state.inner.store.write();
-    let mut copy = guard.clone();
-    let out = apply_seed(&mut copy, body, now)?;
-    *guard = copy;
-    Ok(Json(out))
+    Ok(Json(apply_seed(&mut guard, body, now)?))
 }
 
 fn dump<'a>(items: impl Iterator<Item = (&'a str, Val)>, key: &str) -> Json<J> {
@@ -383,4 +446,72 @@ async fn salesforce_org(State(state): State<PendoState>) -> ApiResult<Json<super
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(org))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::pendo::generate::{GenConfig, generate};
+
+    /// Everything a seed can touch, as text.
+    fn fingerprint(s: &Store) -> String {
+        let rows = |t: &super::super::store::EventTable| {
+            (0..t.len())
+                .map(|i| (t.ts(i), t.visitor(i), t.account(i), t.item(i), t.events(i), t.minutes(i)))
+                .collect::<Vec<_>>()
+        };
+        let mut segments: Vec<_> =
+            s.segments.iter().map(|(k, v)| (k.clone(), v.name.clone(), v.visitors.len())).collect();
+        segments.sort();
+        format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            s.visitors.iter().map(|v| (v.id.to_string(), v.metadata().to_json())).collect::<Vec<_>>(),
+            s.accounts.iter().map(|a| (a.id.to_string(), a.metadata().to_json())).collect::<Vec<_>>(),
+            s.visitor_index.len() + s.account_index.len(),
+            [&s.features, &s.pages, &s.track_types, &s.reports]
+                .map(|l| l.iter().map(|i| i.doc.to_json()).collect::<Vec<_>>()),
+            s.guides.iter().map(|g| g.doc.to_json()).collect::<Vec<_>>(),
+            rows(&s.page_rows),
+            rows(&s.feature_rows),
+            rows(&s.track_rows),
+            s.guide_events.iter().map(|e| (e.ts, e.visitor, e.account, e.guide, e.response)).collect::<Vec<_>>(),
+            segments,
+        )
+    }
+
+    /// A body refused at its last part leaves no trace of the parts before it, whatever they
+    /// added or replaced.
+    #[test]
+    fn a_refused_seed_leaves_the_store_as_it_was() {
+        let gc =
+            GenConfig { seed: 9, accounts: 30, days: 5, anchor_day_ms: Some(1_767_225_600_000), ..Default::default() };
+        let mut store = generate(&gc).store;
+        let before = fingerprint(&store);
+        let visitor = store.visitors[3].id.to_string();
+        let account = store.accounts[2].id.to_string();
+        let guide = store.guides[1].id.to_string();
+        let page = store.pages[0].id.to_string();
+        let body: SeedBody = serde_json::from_value(json!({
+            "accounts": [{"accountId": account, "metadata": {"custom": {"csm": "Ann"}}}, {"accountId": "brand-new"}],
+            "visitors": [{"visitorId": visitor, "accountId": "another-new", "metadata": {"agent": {"role": "x"}}},
+                         {"visitorId": "new-visitor", "accountId": "brand-new"}],
+            "pages": [{"id": page, "name": "Renamed"}, {"id": "new-page", "name": "New"}],
+            "guides": [{"id": "new-guide", "name": "G"}],
+            "events": [{"kind": "page", "id": "new-page", "visitorId": "new-visitor", "accountId": "brand-new",
+                        "time": 1_800_000_000_123i64, "numEvents": 4_000_000_000u64},
+                       {"kind": "feature", "id": store.features[0].id.to_string(), "visitorId": visitor,
+                        "accountId": account, "time": 5}],
+            "guideEvents": [{"guideId": guide, "visitorId": visitor, "accountId": account, "time": 7,
+                             "type": "pollResponse", "response": "a new answer"}],
+            "segments": [{"id": "seg-enterprise-users", "visitors": []}, {"name": "no id"}],
+        }))
+        .unwrap();
+        assert!(apply_seed(&mut store, body, 1).is_err());
+        assert_eq!(fingerprint(&store), before);
+        // The same body without the refused part is taken whole.
+        let ok: SeedBody = serde_json::from_value(json!({"accounts": [{"accountId": "brand-new"}]})).unwrap();
+        apply_seed(&mut store, ok, 1).unwrap();
+        assert!(store.account("brand-new").is_some());
+    }
 }

@@ -174,18 +174,18 @@ async fn history(
     for kind in [EventKind::Page, EventKind::Feature] {
         let t = store.table(kind);
         for i in t.range(start, end) {
-            if t.visitor[i] != vidx {
+            if t.visitor(i) != vidx {
                 continue;
             }
-            let item = store.items(kind).get(t.item[i] as usize);
+            let item = store.items(kind).get(t.item(i) as usize);
             let mut o = Obj::new();
-            let ts = t.ts[i];
-            let duration = i64::from(t.minutes[i]) * 60_000;
+            let ts = t.ts(i);
+            let duration = i64::from(t.minutes(i)) * 60_000;
             o.insert("type".into(), Val::str(if kind == EventKind::Page { "page" } else { "feature" }));
             o.insert("ts".into(), Val::Int(ts));
             o.insert("lastTs".into(), Val::Int(ts.saturating_add(duration)));
             o.insert("duration".into(), Val::Int(duration));
-            o.insert("parsedUserAgent".into(), parsed_ua(&v.user_agent));
+            o.insert("parsedUserAgent".into(), parsed_ua(&v.net.user_agent()));
             let uri = item.map(|it| it.doc.path("rules").at(0).field("designerHint").clone()).unwrap_or_default();
             o.insert("untaggedUrl".into(), Val::Null);
             o.insert("uri".into(), uri);
@@ -195,8 +195,8 @@ async fn history(
             items.push((ts, Val::obj(o)));
         }
     }
-    let lo = store.guide_events.partition_point(|e| e.ts < start);
-    for e in store.guide_events[lo..].iter().take_while(|e| e.ts < end) {
+    let lo = store.guide_events.first_at(start);
+    for e in store.guide_events.iter_from(lo).take_while(|e| e.ts < end) {
         if e.visitor != vidx {
             continue;
         }
@@ -208,7 +208,7 @@ async fn history(
         o.insert("ts".into(), Val::Int(e.ts));
         o.insert("lastTs".into(), Val::Int(e.ts));
         o.insert("duration".into(), Val::Int(0));
-        o.insert("parsedUserAgent".into(), parsed_ua(&v.user_agent));
+        o.insert("parsedUserAgent".into(), parsed_ua(&v.net.user_agent()));
         o.insert("guideId".into(), Val::Str(g.id.clone()));
         o.insert(
             "guideStepId".into(),

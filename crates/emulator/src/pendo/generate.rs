@@ -18,8 +18,9 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::store::{
-    Account, Compact, CompactAccount, CompactVisitor, DAY_MS, DEFAULT_APP_ID, EventKind, GuideEvent, GuideEventType,
-    HOUR_MS, Item, Meta, MetaKind, NONE_U32, Segment, Store, Visitor, base_schema,
+    Account, Channel, Compact, CompactAccount, CompactVisitor, DAY_MS, DEFAULT_APP_ID, Email, EventKind, GuideEvent,
+    GuideEventType, GuideTable, HOUR_MS, Item, Meta, MetaKind, NONE_U32, Net, Responses, Segment, Store, Visitor,
+    base_schema,
 };
 use super::val::{Obj, Val};
 
@@ -149,7 +150,7 @@ pub(crate) const LAST: &[&str] = &[
     "Young", "Zimmer", "Novak", "Silva",
 ];
 pub const FREE_MAIL: &[&str] = &["gmail.com", "yahoo.com", "outlook.com", "hotmail.com", "icloud.com"];
-const ROLES: &[&str] = &["admin", "user", "user", "user", "viewer", "manager"];
+pub(crate) const ROLES: &[&str] = &["admin", "user", "user", "user", "viewer", "manager"];
 const PLANS: &[&str] = &["starter", "growth", "enterprise"];
 const NPS_REASONS_GOOD: &[&str] =
     &["Keep up the great work!", "Saves my team hours every week.", "Reporting is excellent.", ""];
@@ -694,9 +695,9 @@ pub fn generate(gc: &GenConfig) -> Generated {
     let n_pages = PAGES.len() as u32;
     let n_tracks = TRACK_TYPES.len() as u32;
     let days = gc.days.max(1);
-    let mut enterprise_visitors = std::collections::HashSet::new();
-    let mut guide_events: Vec<GuideEvent> = Vec::new();
-    let shared = Shared::new();
+    let mut enterprise_visitors: std::collections::HashSet<Arc<str>> = std::collections::HashSet::new();
+    let mut guide_events = GuideTable::default();
+    let mut responses = Responses::default();
 
     // Rows are generated per account, then sorted once at the end.
     for i in 0..gc.accounts {
@@ -768,6 +769,7 @@ pub fn generate(gc: &GenConfig) -> Generated {
             if first_seen != i64::MAX && !v.anonymous {
                 add_guide_events(
                     &mut guide_events,
+                    &mut responses,
                     &store,
                     &p,
                     visitor_idx,
@@ -789,18 +791,21 @@ pub fn generate(gc: &GenConfig) -> Generated {
             acc_first = acc_first.min(first_seen);
             acc_last = acc_last.max(last_seen);
             visitor_meta.push((first_seen, last_seen));
-            if p.plan == "enterprise" && !v.anonymous {
-                enterprise_visitors.insert(v.id.clone());
-            }
         }
         let account_id: Arc<str> = Arc::from(p.id.as_str());
+        let domain: Arc<str> = Arc::from(p.domain.as_str());
         for (v, (first_seen, last_seen)) in p.visitors.iter().zip(visitor_meta) {
-            store.upsert_visitor(build_visitor(&p, &account_id, v, first_seen, last_seen, &mut rng, &shared));
+            let visitor = build_visitor(&account_id, &domain, v, first_seen, last_seen, &mut rng);
+            if p.plan == "enterprise" && !v.anonymous {
+                enterprise_visitors.insert(visitor.id.clone());
+            }
+            store.upsert_visitor(visitor);
         }
         store.upsert_account(build_account(gc, &p, &account_id, acc_first, acc_last));
     }
-    guide_events.sort_by_key(|e| e.ts);
+    guide_events.sort();
     store.guide_events = guide_events;
+    store.responses = responses;
     store.sort_events();
     store.segments.insert(
         "seg-enterprise-users".into(),
@@ -820,7 +825,8 @@ pub fn generate(gc: &GenConfig) -> Generated {
 
 #[allow(clippy::too_many_arguments)]
 fn add_guide_events(
-    out: &mut Vec<GuideEvent>,
+    out: &mut GuideTable,
+    responses: &mut Responses,
     store: &Store,
     p: &AccountProfile,
     visitor: u32,
@@ -830,8 +836,9 @@ fn add_guide_events(
     roll: f64,
     rng: &mut StdRng,
 ) {
-    let ev = |ts: i64, guide: u32, step: u32, kind: GuideEventType, poll: u32, response: Val, channel: &'static str| {
-        GuideEvent { ts, visitor, account, guide, step, kind, poll, response, channel }
+    let mut ev = |ts: i64, guide: u32, step: u32, kind: GuideEventType, poll: u32, response: Val, channel: Channel| {
+        let response = responses.intern(response);
+        GuideEvent { ts, visitor, account, guide, step, poll, response, kind, channel }
     };
     // Welcome tour (guide 0): shown on first visit; 60% finish all 4 steps, others drop off.
     if let Some(g) = store.guides.first() {
@@ -839,15 +846,23 @@ fn add_guide_events(
         let steps = g.step_ids.len() as u32;
         let reach = if roll < 0.6 { steps } else { rng.random_range(1..steps.max(2)) };
         for s in 0..reach {
-            out.push(ev(t, 0, s, GuideEventType::GuideSeen, NONE_U32, Val::Null, "web"));
+            out.push(ev(t, 0, s, GuideEventType::GuideSeen, NONE_U32, Val::Null, Channel::Web));
             t += rng.random_range(5_000..60_000);
             if s + 1 < reach || reach == steps {
-                out.push(ev(t, 0, s, GuideEventType::GuideAdvanced, NONE_U32, Val::Null, "web"));
+                out.push(ev(t, 0, s, GuideEventType::GuideAdvanced, NONE_U32, Val::Null, Channel::Web));
                 t += 1_000;
             }
         }
         if reach < steps {
-            out.push(ev(t, 0, reach.saturating_sub(1), GuideEventType::GuideDismissed, NONE_U32, Val::Null, "web"));
+            out.push(ev(
+                t,
+                0,
+                reach.saturating_sub(1),
+                GuideEventType::GuideDismissed,
+                NONE_U32,
+                Val::Null,
+                Channel::Web,
+            ));
         }
     }
     // NPS (guide 1): about a third of active visitors answer once, mood following the trend.
@@ -868,7 +883,7 @@ fn add_guide_events(
             NPS_REASONS_BAD
         };
         let reason = reasons[rng.random_range(0..reasons.len())];
-        let channel = if rng.random_bool(0.2) { "email" } else { "web" };
+        let channel = if rng.random_bool(0.2) { Channel::Email } else { Channel::Web };
         out.push(ev(t - 2_000, 1, 0, GuideEventType::GuideSeen, NONE_U32, Val::Null, channel));
         out.push(ev(t, 1, 0, GuideEventType::PollResponse, 0, Val::Int(rating), channel));
         out.push(ev(t + 50, 1, 0, GuideEventType::PollResponse, 1, Val::str(reason), channel));
@@ -877,77 +892,66 @@ fn add_guide_events(
     // Yes/no poll (guide 2).
     if rng.random_bool(0.15) && last_seen > first_seen {
         let t = rng.random_range(first_seen..=last_seen);
-        out.push(ev(t, 2, 0, GuideEventType::GuideSeen, NONE_U32, Val::Null, "web"));
+        out.push(ev(t, 2, 0, GuideEventType::GuideSeen, NONE_U32, Val::Null, Channel::Web));
         let answer = if rng.random_bool(0.7) { "yes" } else { "no" };
-        out.push(ev(t + 3_000, 2, 0, GuideEventType::PollResponse, 0, Val::str(answer), "web"));
+        out.push(ev(t + 3_000, 2, 0, GuideEventType::PollResponse, 0, Val::str(answer), Channel::Web));
     }
     // Announcement (guide 3): seen by a fifth, mostly dismissed.
     if rng.random_bool(0.2) {
         let t = last_seen - 30_000;
-        out.push(ev(t, 3, 0, GuideEventType::GuideSeen, NONE_U32, Val::Null, "web"));
+        out.push(ev(t, 3, 0, GuideEventType::GuideSeen, NONE_U32, Val::Null, Channel::Web));
         let kind = if rng.random_bool(0.7) { GuideEventType::GuideDismissed } else { GuideEventType::GuideAdvanced };
-        out.push(ev(t + 4_000, 3, 0, kind, NONE_U32, Val::Null, "web"));
+        out.push(ev(t + 4_000, 3, 0, kind, NONE_U32, Val::Null, Channel::Web));
     }
 }
 
-/// Strings many visitors share, allocated once per generation.
-struct Shared {
-    user_agents: [Arc<str>; 3],
-    server: Arc<str>,
-    countries: [Arc<str>; 5],
-}
+pub(crate) const DEPARTMENTS: &[&str] = &["Engineering", "Finance", "Operations", "Sales", "Marketing"];
 
-impl Shared {
-    fn new() -> Self {
-        Shared {
-            user_agents: [
-                Arc::from(
-                    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
-                ),
-                Arc::from(
-                    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
-                ),
-                Arc::from("Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"),
-            ],
-            server: Arc::from("app.emulator.example"),
-            countries: ["US", "GB", "DE", "FR", "CA"].map(Arc::from),
-        }
-    }
+/// `v`'s e-mail as [`Email::Parts`], when it has the shape `account_profile` gives e-mails
+/// (anything else is kept as text).
+fn email_parts(v: &VisitorProfile, domain: &Arc<str>) -> Option<Email> {
+    let (local, at) = v.email.split_once('@')?;
+    let name = format!("{}.{}", v.first.to_ascii_lowercase(), v.last.to_ascii_lowercase());
+    let digits = local.strip_prefix(name.as_str())?;
+    let number: u16 = digits.parse().ok().filter(|n: &u16| n.to_string() == digits)?;
+    let mail = if at == &**domain {
+        0
+    } else {
+        FREE_MAIL.iter().position(|m| *m == at).and_then(|k| u8::try_from(k + 1).ok())?
+    };
+    let parts = Email::Parts { number, mail, domain: domain.clone() };
+    Some(parts)
 }
-
-const DEPARTMENTS: [&str; 5] = ["Engineering", "Finance", "Operations", "Sales", "Marketing"];
 
 fn build_visitor(
-    p: &AccountProfile,
     account: &Arc<str>,
+    domain: &Arc<str>,
     v: &VisitorProfile,
     first: i64,
     last: i64,
     rng: &mut StdRng,
-    shared: &Shared,
 ) -> Visitor {
-    let department = if v.anonymous { "" } else { DEPARTMENTS[rng.random_range(0..5)] };
-    let ip = format!("203.0.{}.{}", rng.random_range(0..255), rng.random_range(1..255));
-    let ua = shared.user_agents[rng.random_range(0..3)].clone();
-    let country = shared.countries[rng.random_range(0..5)].clone();
-    let _ = p;
+    // The draws stay in the order they always had, so that later draws do not move.
+    // Same types as ever too: a range of another type draws differently.
+    let department = if v.anonymous { 0 } else { rng.random_range(0..5usize) as u8 };
+    let ip = [rng.random_range(0..255i32) as u8, rng.random_range(1..255i32) as u8];
+    let agent = rng.random_range(0..3usize) as u8;
+    let country = rng.random_range(0..5usize) as u8;
+    let index = |list: &[&str], word: &str| list.iter().position(|w| *w == word).map_or(0, |i| i as u8);
     Visitor {
         id: Arc::from(v.id.as_str()),
         meta: Meta::compact(Compact::Visitor(Box::new(CompactVisitor {
             account: account.clone(),
-            email: v.email.as_str().into(),
-            full_name: format!("{} {}", v.first, v.last).into(),
-            role: v.role,
+            email: email_parts(v, domain).unwrap_or_else(|| Email::Text(v.email.as_str().into())),
+            first_name: index(FIRST, v.first),
+            last_name: index(LAST, v.last),
+            role: index(ROLES, v.role),
             department,
             anonymous: v.anonymous,
             first,
             last,
-            idhash: (splitmix(v.id.len() as u64 ^ first as u64) % 4_294_967_296) as i64,
         }))),
-        remote_ip: Arc::from(ip.as_str()),
-        user_agent: ua,
-        server: shared.server.clone(),
-        country,
+        net: Net::Generated { ip, agent, country },
     }
 }
 
@@ -1001,11 +1005,11 @@ mod tests {
         let a = generate(&cfg(20));
         let b = generate(&cfg(20));
         assert_eq!(a.stats.page_rows, b.stats.page_rows);
-        assert_eq!(a.store.page_rows.ts, b.store.page_rows.ts);
+        assert_eq!(a.store.page_rows.ts_column(), b.store.page_rows.ts_column());
         assert_eq!(a.store.visitors.len(), b.store.visitors.len());
         assert_eq!(salesforce_org(&cfg(20)), salesforce_org(&cfg(20)));
         let c = generate(&GenConfig { seed: 43, ..cfg(20) });
-        assert_ne!(a.store.page_rows.ts, c.store.page_rows.ts);
+        assert_ne!(a.store.page_rows.ts_column(), c.store.page_rows.ts_column());
     }
 
     #[test]
@@ -1056,7 +1060,7 @@ mod tests {
         let with_sfdc =
             gc.store.accounts.iter().filter(|a| !a.metadata().path("custom.sfdcaccountid").is_null()).count();
         assert!(with_sfdc > 10, "{with_sfdc}");
-        assert!(gc.store.page_rows.ts.windows(2).all(|w| w[0] <= w[1]));
+        assert!(gc.store.page_rows.ts_column().windows(2).all(|w| w[0] <= w[1]));
         assert!(gc.store.guide_events.iter().any(|e| e.kind == GuideEventType::PollResponse));
         assert!(gc.store.visitors.iter().any(|v| v.id.starts_with("_PENDO_T_")));
     }

@@ -15,7 +15,7 @@ use axum::{Extension, Json, Router};
 use serde_json::Value as J;
 
 use super::auth::Caller;
-use super::store::{Account, Meta, MetaKind, Store, Visitor, field_descriptor};
+use super::store::{Account, GivenNet, Meta, MetaKind, Net, SERVER, Store, Visitor, field_descriptor};
 use super::val::{Obj, Val};
 use super::{ApiError, ApiResult, PendoState, UnknownFieldPolicy};
 
@@ -192,10 +192,12 @@ pub fn new_visitor(id: &str, now: i64) -> Visitor {
     Visitor {
         id: Arc::from(id),
         meta: Meta::full(Val::obj(md)),
-        remote_ip: Arc::from("198.51.100.1"),
-        user_agent: Arc::from("Mozilla/5.0"),
-        server: Arc::from("app.emulator.example"),
-        country: Arc::from("US"),
+        net: Net::Given(Box::new(GivenNet {
+            remote_ip: Arc::from("198.51.100.1"),
+            user_agent: Arc::from("Mozilla/5.0"),
+            server: Arc::from(SERVER),
+            country: Arc::from("US"),
+        })),
     }
 }
 

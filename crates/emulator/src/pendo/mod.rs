@@ -185,10 +185,15 @@ impl PendoState {
 
     /// The Salesforce records that match the current generated data (empty if none).
     pub fn salesforce_org(&self) -> generate::SalesforceOrg {
-        match self.inner.generated_from.read().clone() {
+        match self.generated_from() {
             Some(gc) => generate::salesforce_org(&gc),
             None => Default::default(),
         }
+    }
+
+    /// What the current data was generated from (anchor filled in), if it was generated.
+    pub fn generated_from(&self) -> Option<GenConfig> {
+        self.inner.generated_from.read().clone()
     }
 
     pub fn now_ms(&self) -> i64 {

@@ -121,7 +121,7 @@ async fn entity_reads() {
     // History: one day of a visitor that was active.
     let (vid, day) = e.state.with_store_read(|s| {
         let t = &s.page_rows;
-        (s.visitors[t.visitor[0] as usize].id.to_string(), generate::local_midnight(t.ts[0], 0))
+        (s.visitors[t.visitor(0) as usize].id.to_string(), generate::local_midnight(t.ts(0), 0))
     });
     let h: J = get(&e.base_url, &format!("/api/v1/visitor/{vid}/history?starttime={day}"), Some(KEY))
         .await

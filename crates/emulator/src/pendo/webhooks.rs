@@ -16,7 +16,7 @@ use serde_json::{Value as J, json};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::store::{DEFAULT_APP_ID, GuideEvent, GuideEventType, NONE_U32, Store};
+use super::store::{Channel, DEFAULT_APP_ID, GuideEvent, GuideEventType, NONE_U32, Store};
 use super::{ApiError, ApiResult, PendoState};
 
 /// A header name for the signature; Pendo documents none, so this is a default, not a fact.
@@ -232,7 +232,7 @@ pub fn fire(state: &PendoState, req: FireRequest) -> ApiResult<J> {
             }
             (NONE_U32, store.account_index.get(account.as_str()).copied().unwrap_or(NONE_U32))
         };
-        let channel: &'static str = if req.source.as_deref() == Some("email") { "email" } else { "web" };
+        let channel = if req.source.as_deref() == Some("email") { Channel::Email } else { Channel::Web };
         let guide = match &req.guide_id {
             Some(g) => {
                 Some(store.guide_index(g).ok_or_else(|| ApiError::bad_request(format!("unknown guide {g}")))? as usize)
@@ -265,7 +265,7 @@ pub fn fire(state: &PendoState, req: FireRequest) -> ApiResult<J> {
                     step: 0,
                     kind: GuideEventType::PollResponse,
                     poll,
-                    response,
+                    response: store.responses.intern(response),
                     channel,
                 });
             }
@@ -277,7 +277,8 @@ pub fn fire(state: &PendoState, req: FireRequest) -> ApiResult<J> {
                     return Err(ApiError::bad_request("rating must be 0..=10"));
                 }
                 let reason = req.reason.clone().unwrap_or_default();
-                properties.insert("nps".into(), json!({"rating": rating, "reason": reason, "source": channel}));
+                properties
+                    .insert("nps".into(), json!({"rating": rating, "reason": reason, "source": channel.as_str()}));
                 push(&mut store, 0, super::val::Val::Int(rating), now);
                 push(&mut store, 1, super::val::Val::from(reason), now.saturating_add(50));
             }

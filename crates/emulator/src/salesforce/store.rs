@@ -5,10 +5,12 @@
 //!
 //! Writes can run inside a journal so that an `allOrNone` request can be rolled back as a whole.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use indexmap::IndexMap;
+use parking_lot::RwLock;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -17,22 +19,65 @@ use super::schema::{FieldDef, FieldType, ObjectDef, Schema};
 
 /// One stored record. Field names are canonical API names; values are JSON in the wire format
 /// Salesforce returns (dates `2024-05-01`, datetimes `2024-05-01T10:00:00.000+0000`).
-#[derive(Debug, Clone, Default)]
+///
+/// The fields are a vector sorted by name, the names shared by every record ([`field_name`]):
+/// a seeded million-account org holds millions of records of a dozen fields each, and a hash
+/// map with its own copy of every name cost twice the memory for no faster reads.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Record {
-    pub fields: IndexMap<String, Value>,
+    fields: Vec<(Arc<str>, Value)>,
     pub deleted: bool,
     pub deleted_at: Option<DateTime<Utc>>,
     pub modstamp: Option<DateTime<Utc>>,
 }
 
+/// The one shared copy of a field (or object) name. Names come from the schema, so there are few.
+fn field_name(name: &str) -> Arc<str> {
+    static NAMES: OnceLock<RwLock<HashSet<Arc<str>>>> = OnceLock::new();
+    let names = NAMES.get_or_init(Default::default);
+    if let Some(n) = names.read().get(name) {
+        return n.clone();
+    }
+    let mut names = names.write();
+    if let Some(n) = names.get(name) {
+        return n.clone();
+    }
+    let n: Arc<str> = Arc::from(name);
+    names.insert(n.clone());
+    n
+}
+
 impl Record {
     pub fn id(&self) -> &str {
-        self.fields.get("Id").and_then(Value::as_str).unwrap_or("")
+        self.get("Id").as_str().unwrap_or("")
     }
 
     /// Field value by canonical name; `Value::Null` when unset.
     pub fn get(&self, field: &str) -> &Value {
-        self.fields.get(field).unwrap_or(&Value::Null)
+        match self.fields.binary_search_by(|(k, _)| (**k).cmp(field)) {
+            Ok(i) => &self.fields[i].1,
+            Err(_) => &Value::Null,
+        }
+    }
+
+    /// Sets a field, replacing its value if it has one.
+    pub fn set(&mut self, field: &str, value: Value) {
+        match self.fields.binary_search_by(|(k, _)| (**k).cmp(field)) {
+            Ok(i) => self.fields[i].1 = value,
+            Err(i) => self.fields.insert(i, (field_name(field), value)),
+        }
+    }
+
+    /// The record without the spare room its field vector grew (a quarter of it, typically),
+    /// as it is stored for good.
+    fn compacted(mut self) -> Self {
+        self.fields.shrink_to_fit();
+        self
+    }
+
+    /// The fields that have a value (`null` included when set so), by name.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.fields.iter().map(|(k, v)| (&**k, v))
     }
 }
 
@@ -207,9 +252,10 @@ struct Table {
 /// What a journal needs to undo one write: the record as it was before (None = did not exist).
 #[derive(Debug)]
 struct Undo {
-    object: String,
+    object: Arc<str>,
     id: String,
-    before: Option<Record>,
+    /// Boxed: a seeding transaction journals a million creates, whose `None` then costs a word.
+    before: Option<Box<Record>>,
 }
 
 /// The whole org's data and metadata.
@@ -272,7 +318,7 @@ impl Db {
             ("LastModifiedById", json!(INTEGRATION_USER_ID)),
             ("SystemModstamp", json!(format_datetime(epoch))),
         ] {
-            user.fields.insert(k.to_string(), v);
+            user.set(k, v);
         }
         user.modstamp = Some(epoch);
         db.table_mut("User").records.insert(INTEGRATION_USER_ID.to_string(), user);
@@ -297,7 +343,7 @@ impl Db {
             ("LastModifiedById", json!(INTEGRATION_USER_ID)),
             ("SystemModstamp", json!(format_datetime(epoch))),
         ] {
-            org.fields.insert(k.to_string(), v);
+            org.set(k, v);
         }
         org.modstamp = Some(epoch);
         db.table_mut("Organization").records.insert(ORG_ID.to_string(), org);
@@ -443,7 +489,7 @@ impl Db {
                     if !before.deleted {
                         index(table, &obj, &before);
                     }
-                    table.records.insert(undo.id, before);
+                    table.records.insert(undo.id, *before);
                 }
                 None => {
                     table.records.shift_remove(&undo.id);
@@ -456,9 +502,9 @@ impl Db {
         if self.journal.is_none() {
             return;
         }
-        let before = self.table(object).and_then(|t| t.records.get(id)).cloned();
+        let before = self.table(object).and_then(|t| t.records.get(id)).cloned().map(Box::new);
         if let Some(j) = self.journal.as_mut() {
-            j.push(Undo { object: object.to_string(), id: id.to_string(), before });
+            j.push(Undo { object: field_name(object), id: id.to_string(), before });
         }
     }
 
@@ -477,10 +523,10 @@ impl Db {
         let mut rec = new_record(&obj, values, ctx);
         check_required(&obj, &rec)?;
         let id = self.ids.next_id(&obj.key_prefix);
-        rec.fields.shift_insert(0, "Id".into(), json!(id));
+        rec.set("Id", json!(id));
         if obj.name == "Case" {
             self.case_number += 1;
-            rec.fields.insert("CaseNumber".into(), json!(format!("{:08}", self.case_number)));
+            rec.set("CaseNumber", json!(format!("{:08}", self.case_number)));
         }
         self.finish_write(&obj, &mut rec, ctx, true);
         self.insert_new(&obj, id, rec)
@@ -516,7 +562,7 @@ impl Db {
                     vec![k],
                 )]);
             }
-            rec.fields.insert(k, v);
+            rec.set(&k, v);
         }
         self.finish_write(&obj, &mut rec, ctx, false);
         self.check_rules_and_unique(&obj, &rec)?;
@@ -524,7 +570,7 @@ impl Db {
         let table = self.table_mut(&table_key);
         unindex(table, &obj, &current);
         index(table, &obj, &rec);
-        table.records.insert(id, rec);
+        table.records.insert(id, rec.compacted());
         Ok(())
     }
 
@@ -610,8 +656,8 @@ impl Db {
             rec.deleted = true;
             rec.deleted_at = Some(ctx.now);
             rec.modstamp = Some(ctx.now);
-            rec.fields.insert("IsDeleted".into(), json!(true));
-            rec.fields.insert("SystemModstamp".into(), json!(format_datetime(ctx.now)));
+            rec.set("IsDeleted", json!(true));
+            rec.set("SystemModstamp", json!(format_datetime(ctx.now)));
         }
         Ok(())
     }
@@ -676,17 +722,17 @@ impl Db {
             }
             None => self.ids.next_id(&obj.key_prefix),
         };
-        rec.fields.shift_insert(0, "Id".into(), json!(id));
+        rec.set("Id", json!(id));
         self.finish_write(&obj, &mut rec, ctx, true);
         for (k, v) in stamps {
             match k.as_str() {
                 "CreatedDate" | "LastModifiedDate" => {
                     if let Some(t) = v.as_str().and_then(parse_datetime) {
-                        rec.fields.insert(k, json!(format_datetime(t)));
+                        rec.set(&k, json!(format_datetime(t)));
                     }
                 }
                 _ => {
-                    rec.fields.insert(k, v);
+                    rec.set(&k, v);
                 }
             }
         }
@@ -700,7 +746,7 @@ impl Db {
         self.remember(&obj.name, &id);
         let table = self.table_mut(&obj.name);
         index(table, obj, &rec);
-        table.records.insert(id.clone(), rec);
+        table.records.insert(id.clone(), rec.compacted());
         Ok(id)
     }
 
@@ -727,30 +773,30 @@ impl Db {
     fn finish_write(&self, obj: &ObjectDef, rec: &mut Record, ctx: &WriteCtx, created: bool) {
         for update in self.field_updates.get(&obj.name).into_iter().flatten() {
             if update.when.as_ref().is_none_or(|c| c.holds(rec, obj)) {
-                rec.fields.insert(update.field.clone(), update.value.clone());
+                rec.set(&update.field, update.value.clone());
             }
         }
         let now = json!(format_datetime(ctx.now));
         if created {
-            rec.fields.insert("IsDeleted".into(), json!(false));
-            rec.fields.insert("CreatedDate".into(), now.clone());
-            rec.fields.insert("CreatedById".into(), json!(ctx.user_id));
+            rec.set("IsDeleted", json!(false));
+            rec.set("CreatedDate", now.clone());
+            rec.set("CreatedById", json!(ctx.user_id));
         }
-        rec.fields.insert("LastModifiedDate".into(), now.clone());
-        rec.fields.insert("LastModifiedById".into(), json!(ctx.user_id));
-        rec.fields.insert("SystemModstamp".into(), now);
+        rec.set("LastModifiedDate", now.clone());
+        rec.set("LastModifiedById", json!(ctx.user_id));
+        rec.set("SystemModstamp", now);
         rec.modstamp = Some(ctx.now);
         // Derived fields Salesforce computes itself.
         if obj.field("Name").is_some_and(|f| f.system) {
             let first = rec.get("FirstName").as_str().unwrap_or("").to_string();
             let last = rec.get("LastName").as_str().unwrap_or("").to_string();
             let name = format!("{first} {last}").trim().to_string();
-            rec.fields.insert("Name".into(), json!(name));
+            rec.set("Name", json!(name));
         }
         if obj.name == "Opportunity" {
             let stage = rec.get("StageName").as_str().unwrap_or("").to_string();
-            rec.fields.insert("IsClosed".into(), json!(stage.starts_with("Closed")));
-            rec.fields.insert("IsWon".into(), json!(stage == "Closed Won"));
+            rec.set("IsClosed", json!(stage.starts_with("Closed")));
+            rec.set("IsWon", json!(stage == "Closed Won"));
         }
     }
 
@@ -1036,13 +1082,15 @@ fn new_record(obj: &ObjectDef, values: Vec<(String, Value)>, ctx: &WriteCtx) -> 
     let mut rec = Record::default();
     for f in obj.fields() {
         if let Some(d) = &f.default {
-            rec.fields.insert(f.name.clone(), d.clone());
+            rec.set(&f.name, d.clone());
         }
     }
     if obj.field("OwnerId").is_some() {
-        rec.fields.insert("OwnerId".into(), json!(ctx.user_id));
+        rec.set("OwnerId", json!(ctx.user_id));
     }
-    rec.fields.extend(values);
+    for (k, v) in values {
+        rec.set(&k, v);
+    }
     rec
 }
 
@@ -1260,5 +1308,28 @@ mod tests {
         assert_eq!(format_datetime(t), "2024-05-01T10:00:00.000+0000");
         assert!(parse_datetime("2024-05-01T12:00:00.123+0200").is_some());
         assert!(parse_datetime("yesterday").is_none());
+    }
+
+    proptest::proptest! {
+        /// The sorted field vector answers every read as the map it replaced did.
+        #[test]
+        fn record_fields_read_back_as_a_map_holds_them(
+            writes in proptest::collection::vec((0usize..12, proptest::option::of(0i64..5)), 0..40),
+        ) {
+            const NAMES: [&str; 12] =
+                ["Id", "Name", "a", "Z", "OwnerId", "Name__c", "name", "IsDeleted", "B", "AccountId", "x_y", ""];
+            let mut rec = Record::default();
+            let mut map: IndexMap<String, Value> = IndexMap::new();
+            for (k, v) in writes {
+                let v = v.map_or(Value::Null, |n| json!(n));
+                rec.set(NAMES[k], v.clone());
+                map.insert(NAMES[k].to_string(), v);
+            }
+            for name in NAMES.iter().chain(["Missing", "id"].iter()) {
+                proptest::prop_assert_eq!(rec.get(name), map.get(*name).unwrap_or(&Value::Null));
+            }
+            proptest::prop_assert_eq!(rec.fields().count(), map.len());
+            proptest::prop_assert_eq!(rec.id(), map.get("Id").and_then(Value::as_str).unwrap_or(""));
+        }
     }
 }

@@ -34,8 +34,9 @@ fn store() -> &'static Store {
         s.feature_rows.push(t, 2, 2, 0, 1, 1);
         s.feature_rows.push(t, NONE_U32, NONE_U32, dup_index, 1, 1);
         // Guide events of a guide that is not there and of no account.
-        if let Some(e) = s.guide_events.iter().rev().find(|e| e.ts > ANCHOR - 5 * DAY_MS).cloned() {
-            let mut missing = e.clone();
+        let late = s.guide_events.iter().rev().find(|e| e.ts > ANCHOR - 5 * DAY_MS);
+        if let Some(e) = late {
+            let mut missing = e;
             missing.guide = 9_999;
             s.guide_events.push(missing);
             let mut orphan = e;

@@ -59,12 +59,12 @@ fn expected_usage(store: &Store, from: i64, to: i64, core: &BTreeSet<u32>) -> BT
     let mut days: BTreeMap<u32, HashSet<i64>> = BTreeMap::new();
     let mut visitors: BTreeMap<u32, HashSet<u32>> = BTreeMap::new();
     for i in t.range(from, to) {
-        let u = out.get_mut(&account(t.account[i])).unwrap();
-        u.events += u64::from(t.events[i]);
-        u.minutes += u64::from(t.minutes[i]);
-        days.entry(t.account[i]).or_default().insert(t.ts[i].div_euclid(DAY_MS));
-        if !is_anonymous(&store.visitors[t.visitor[i] as usize].id) {
-            visitors.entry(t.account[i]).or_default().insert(t.visitor[i]);
+        let u = out.get_mut(&account(t.account(i))).unwrap();
+        u.events += u64::from(t.events(i));
+        u.minutes += u64::from(t.minutes(i));
+        days.entry(t.account(i)).or_default().insert(t.ts(i).div_euclid(DAY_MS));
+        if !is_anonymous(&store.visitors[t.visitor(i) as usize].id) {
+            visitors.entry(t.account(i)).or_default().insert(t.visitor(i));
         }
     }
     for (a, d) in days {
@@ -76,8 +76,8 @@ fn expected_usage(store: &Store, from: i64, to: i64, core: &BTreeSet<u32>) -> BT
     let f = &store.feature_rows;
     let mut features: BTreeMap<u32, HashSet<u32>> = BTreeMap::new();
     for i in f.range(from, to) {
-        if core.contains(&f.item[i]) {
-            features.entry(f.account[i]).or_default().insert(f.item[i]);
+        if core.contains(&f.item(i)) {
+            features.entry(f.account(i)).or_default().insert(f.item(i));
         }
     }
     for (a, s) in features {

@@ -31,7 +31,7 @@ async fn catalogue_and_entities() {
 
     let (hv, day) = e.state.with_store_read(|s| {
         let t = &s.feature_rows;
-        (s.visitors[t.visitor[0] as usize].id.to_string(), t.ts[0] - t.ts[0].rem_euclid(86_400_000))
+        (s.visitors[t.visitor(0) as usize].id.to_string(), t.ts(0) - t.ts(0).rem_euclid(86_400_000))
     });
     let h = c.visitor_history(&hv, day).await.unwrap();
     assert!(h.iter().any(|i| i.feature_id.is_some()));

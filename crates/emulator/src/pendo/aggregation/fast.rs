@@ -85,21 +85,21 @@ impl Code {
             Src::Ev(kind) => {
                 let t = store.table_for(kind, ctx.period == Period::Day);
                 match self {
-                    Code::Visitor => i64::from(t.visitor[i]),
-                    Code::Account => i64::from(t.account[i]),
-                    Code::App => store.items(kind).get(t.item[i] as usize).map_or(0, |x| x.app_id),
+                    Code::Visitor => i64::from(t.visitor(i)),
+                    Code::Account => i64::from(t.account(i)),
+                    Code::App => store.items(kind).get(t.item(i) as usize).map_or(0, |x| x.app_id),
                     Code::Time => match ctx.period {
-                        Period::Day => day_index(ctx, t.ts[i]),
-                        Period::Hour => t.ts[i],
+                        Period::Day => day_index(ctx, t.ts(i)),
+                        Period::Hour => t.ts(i),
                     },
-                    Code::Events => i64::from(t.events[i]),
-                    Code::Minutes => i64::from(t.minutes[i]),
-                    Code::Item => i64::from(t.item[i]),
+                    Code::Events => i64::from(t.events(i)),
+                    Code::Minutes => i64::from(t.minutes(i)),
+                    Code::Item => i64::from(t.item(i)),
                     Code::Guide | Code::GuideType => 0,
                 }
             }
             Src::Guide => {
-                let e = &store.guide_events[i];
+                let e = store.guide_events.at(i);
                 match self {
                     Code::Visitor => i64::from(e.visitor),
                     Code::Account => i64::from(e.account),
@@ -305,8 +305,8 @@ fn finish(acc: &Acc, code: Option<Code>, ctx: &Ctx, src: Src) -> Val {
 /// The time of row `i`.
 fn read_ts(ctx: &Ctx, src: Src, i: usize) -> i64 {
     match src {
-        Src::Ev(kind) => ctx.store.table_for(kind, ctx.period == Period::Day).ts[i],
-        Src::Guide => ctx.store.guide_events[i].ts,
+        Src::Ev(kind) => ctx.store.table_for(kind, ctx.period == Period::Day).ts(i),
+        Src::Guide => ctx.store.guide_events.ts(i),
     }
 }
 

@@ -446,10 +446,10 @@ fn apply(ctx: &Ctx, st: &Stage, mut rows: Vec<Row>, opts: &Opts, scanned: &mut u
                 // Event rows: read the visitor id in place instead of cloning it out.
                 if visitor_col && let Row::Ev(kind, i) = r {
                     let t = ctx.store.table_for(*kind, ctx.period == Period::Day);
-                    let known = t
-                        .visitor
-                        .get(*i as usize)
-                        .and_then(|&v| ctx.store.visitors.get(v as usize))
+                    let i = *i as usize;
+                    let known = (i < t.len())
+                        .then(|| t.visitor(i))
+                        .and_then(|v| ctx.store.visitors.get(v as usize))
                         .is_some_and(|v| !is_anonymous(&v.id));
                     return known != *anonymous;
                 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::super::store::{EventKind, GuideEvent, GuideEventType, Meta, NONE_U32, Store};
+use super::super::store::{EventKind, GuideEventType, Meta, NONE_U32, Store};
 use super::super::val::{Obj, Val};
 use super::expr::{Col, Env, Fields, Path, Seg};
 
@@ -206,10 +206,10 @@ fn entity_get(store: &Store, kind: EntityKind, i: usize, path: &Path) -> Val {
 fn ev_col(ctx: &Ctx, kind: EventKind, i: usize, col: Col, name: &str) -> Val {
     let s = ctx.store;
     let t = s.table_for(kind, ctx.period == Period::Day);
-    let (Some(&ts), Some(&v), Some(&a), Some(&item)) = (t.ts.get(i), t.visitor.get(i), t.account.get(i), t.item.get(i))
-    else {
+    if i >= t.len() {
         return Val::Null;
-    };
+    }
+    let (ts, v, a, item) = (t.ts(i), t.visitor(i), t.account(i), t.item(i));
     let visitor = || s.visitors.get(v as usize);
     let item_doc = || s.items(kind).get(item as usize);
     match col {
@@ -218,15 +218,15 @@ fn ev_col(ctx: &Ctx, kind: EventKind, i: usize, col: Col, name: &str) -> Val {
         Col::AppId => item_doc().map_or(Val::Null, |x| Val::Int(x.app_id)),
         Col::Day if ctx.period == Period::Day => Val::Int(ctx.day_of(ts)),
         Col::Hour if ctx.period == Period::Hour => Val::Int(ts),
-        Col::NumEvents => Val::Int(i64::from(t.events[i])),
-        Col::NumMinutes => Val::Int(i64::from(t.minutes[i])),
+        Col::NumEvents => Val::Int(i64::from(t.events(i))),
+        Col::NumMinutes => Val::Int(i64::from(t.minutes(i))),
         Col::PageId if kind == EventKind::Page => item_doc().map_or(Val::Null, |x| Val::Str(x.id.clone())),
         Col::FeatureId if kind == EventKind::Feature => item_doc().map_or(Val::Null, |x| Val::Str(x.id.clone())),
         Col::TrackTypeId if kind == EventKind::Track => item_doc().map_or(Val::Null, |x| Val::Str(x.id.clone())),
         Col::Properties if kind == EventKind::Track => Val::obj(Obj::new()),
-        Col::RemoteIp => visitor().map_or(Val::Null, |x| Val::Str(x.remote_ip.clone())),
-        Col::Server => visitor().map_or(Val::Null, |x| Val::Str(x.server.clone())),
-        Col::UserAgent => visitor().map_or(Val::Null, |x| Val::Str(x.user_agent.clone())),
+        Col::RemoteIp => visitor().map_or(Val::Null, |x| x.net.remote_ip()),
+        Col::Server => visitor().map_or(Val::Null, |x| Val::Str(x.net.server())),
+        Col::UserAgent => visitor().map_or(Val::Null, |x| Val::Str(x.net.user_agent())),
         Col::LastTime => Val::Int(t.last_time(i)),
         _ => {
             let _ = name;
@@ -260,7 +260,7 @@ fn type_name(kind: GuideEventType) -> Val {
 
 fn guide_col(ctx: &Ctx, view: GuideView, i: usize, col: Col) -> Val {
     let s = ctx.store;
-    let Some(e): Option<&GuideEvent> = s.guide_events.get(i) else {
+    let Some(e) = s.guide_events.get(i) else {
         return Val::Null;
     };
     let visitor = || s.visitors.get(e.visitor as usize);
@@ -279,22 +279,22 @@ fn guide_col(ctx: &Ctx, view: GuideView, i: usize, col: Col) -> Val {
         Col::PollId => guide()
             .and_then(|g| if e.poll == NONE_U32 { None } else { g.poll_ids.get(e.poll as usize) })
             .map_or(Val::Null, |x| Val::Str(x.clone())),
-        Col::PollResponse => e.response.clone(),
+        Col::PollResponse => s.responses.get(e.response).clone(),
         Col::Type => match view {
             GuideView::Guide => type_name(e.kind),
-            GuideView::Poll => Val::str(e.channel),
+            GuideView::Poll => Val::str(e.channel.as_str()),
         },
         Col::BrowserTime | Col::GuideTimestamp => Val::Int(e.ts),
         Col::Day if ctx.period == Period::Day => Val::Int(ctx.day_of(e.ts)),
         Col::Hour if ctx.period == Period::Hour => Val::Int(e.ts.div_euclid(3_600_000).saturating_mul(3_600_000)),
         Col::Url => Val::str("https://app.emulator.example/home"),
-        Col::Country => visitor().map_or(Val::Null, |x| Val::Str(x.country.clone())),
+        Col::Country => visitor().map_or(Val::Null, |x| Val::Str(x.net.country())),
         Col::Region => Val::str(""),
         Col::Latitude | Col::Longitude => Val::Float(0.0),
         Col::LoadTime => Val::Int(0),
-        Col::RemoteIp => visitor().map_or(Val::Null, |x| Val::Str(x.remote_ip.clone())),
-        Col::ServerName | Col::Server => visitor().map_or(Val::Null, |x| Val::Str(x.server.clone())),
-        Col::UserAgent => visitor().map_or(Val::Null, |x| Val::Str(x.user_agent.clone())),
+        Col::RemoteIp => visitor().map_or(Val::Null, |x| x.net.remote_ip()),
+        Col::ServerName | Col::Server => visitor().map_or(Val::Null, |x| Val::Str(x.net.server())),
+        Col::UserAgent => visitor().map_or(Val::Null, |x| Val::Str(x.net.user_agent())),
         _ => Val::Null,
     }
 }

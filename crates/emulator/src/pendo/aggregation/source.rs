@@ -264,7 +264,7 @@ fn event_rows(
     let mut out = Vec::with_capacity(if only.is_some() || !keys.is_empty() { range.len() / 8 } else { range.len() });
     let mut scanned = 0u64;
     for i in range {
-        let item = t.item[i];
+        let item = t.item(i);
         if only.is_some_and(|o| o != item) {
             continue;
         }
@@ -272,7 +272,7 @@ fn event_rows(
             continue;
         }
         scanned += 1;
-        if !keys.admits(t.visitor[i], t.account[i]) {
+        if !keys.admits(t.visitor(i), t.account(i)) {
             continue;
         }
         out.push(Row::Ev(kind, i as u32));
@@ -407,8 +407,8 @@ pub fn rows(store: &Store, src: &Source, scan: &Scan) -> (Vec<Row>, u64) {
     let apps = &src.apps;
     let w = src.window.unwrap_or(Window { period: Period::Day, start: i64::MIN, end: i64::MAX });
     let guide_range = || {
-        let lo = store.guide_events.partition_point(|e| e.ts < w.start);
-        let hi = store.guide_events.partition_point(|e| e.ts < w.end);
+        let lo = store.guide_events.first_at(w.start);
+        let hi = store.guide_events.first_at(w.end);
         lo..hi.max(lo)
     };
     let keys = KeyPass::new(store, &scan.bounds);
@@ -446,7 +446,7 @@ pub fn rows(store: &Store, src: &Source, scan: &Scan) -> (Vec<Row>, u64) {
             };
             guide_range()
                 .filter(|&i| {
-                    let e = &store.guide_events[i];
+                    let e = store.guide_events.at(i);
                     g.is_none_or(|g| g == e.guide)
                         && store.guides.get(e.guide as usize).is_some_and(|gd| app_ok(apps, gd.app_id))
                 })
@@ -463,7 +463,7 @@ pub fn rows(store: &Store, src: &Source, scan: &Scan) -> (Vec<Row>, u64) {
             };
             guide_range()
                 .filter(|&i| {
-                    let e = &store.guide_events[i];
+                    let e = store.guide_events.at(i);
                     if e.kind != GuideEventType::PollResponse || g.is_some_and(|g| g != e.guide) {
                         return false;
                     }
@@ -495,13 +495,13 @@ pub fn rows(store: &Store, src: &Source, scan: &Scan) -> (Vec<Row>, u64) {
             latest
                 .values()
                 .map(|&i| {
-                    let e = &store.guide_events[i];
+                    let e = store.guide_events.at(i);
                     let mut o = Obj::new();
                     let vid = store.visitors.get(e.visitor as usize).map_or(Val::Null, |v| Val::Str(v.id.clone()));
                     let aid = store.accounts.get(e.account as usize).map_or(Val::Null, |a| Val::Str(a.id.clone()));
                     o.insert("visitorId".into(), vid);
                     o.insert("accountId".into(), aid);
-                    o.insert("response".into(), e.response.clone());
+                    o.insert("response".into(), store.responses.get(e.response).clone());
                     o.insert("time".into(), Val::Int(e.ts));
                     Row::Doc(Arc::new(o))
                 })
