@@ -184,7 +184,7 @@ async fn each_persons_usage_lands_on_their_contact_and_a_rerun_writes_nothing() 
     // A person's usage changes: only their Contact is written, and only the changed fields.
     let now = Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc() - Duration::days(1);
     let more = json!({"events": [{"kind": "page", "id": "page-p", "visitorId": "p-bo", "accountId": "people-co", "time": now.timestamp_millis(), "numEvents": 4, "numMinutes": 0}]});
-    post(&w.http, format!("{}/__emulator/seed", w.pendo.base_url), more).await;
+    post(&w.http, format!("{}/__emulator/seed", w.pendo.base_url), more.clone()).await;
     let changed = w.run("people-by-id").await;
     assert_eq!((changed.written, changed.failed), (1, 0), "{changed:?}");
     assert_eq!(
@@ -193,6 +193,11 @@ async fn each_persons_usage_lands_on_their_contact_and_a_rerun_writes_nothing() 
     );
     let bo = &w.contacts().await["Bo"];
     assert_eq!((bo["Person_Active_Days__c"].as_f64(), bo["Person_Events__c"].as_f64()), (Some(2.0), Some(6.0)));
+    // And again, on the same day: the new figure is written.
+    post(&w.http, format!("{}/__emulator/seed", w.pendo.base_url), more).await;
+    let again = w.run("people-by-id").await;
+    assert_eq!((again.written, again.failed), (1, 0), "{again:?}");
+    assert_eq!(w.contacts().await["Bo"]["Person_Events__c"].as_f64(), Some(10.0));
 
     // Today's share spent (the ledger): refused as deferred before any Salesforce call.
     let today = Utc::now();
