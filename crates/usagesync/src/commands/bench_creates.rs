@@ -152,6 +152,7 @@ pub async fn creates(sizes: &[usize], days: u32, only: &[String]) -> Result<()> 
                     thousands(accounts as u64),
                     workflow.to_owned(),
                     label.to_owned(),
+                    r.state.clone(),
                     format!("{:.1}", t.elapsed().as_secs_f64()),
                     thousands(r.changed as u64),
                     thousands(r.written as u64),
@@ -163,7 +164,7 @@ pub async fn creates(sizes: &[usize], days: u32, only: &[String]) -> Result<()> 
         child.process.kill().await.ok();
     }
     table::print(
-        &["accounts", "workflow", "run", "seconds", "decided", "created/written", "SF calls", "calls by kind"],
+        &["accounts", "workflow", "run", "state", "seconds", "decided", "created/written", "SF calls", "calls by kind"],
         &rows,
     );
     Ok(())

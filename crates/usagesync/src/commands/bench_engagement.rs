@@ -88,14 +88,20 @@ const FAMILY: &str = r#"
       score: Family_Score__c
 "#;
 
-/// The Account fields the extra workflows write, which the emulated org lacks.
-const EXTRA_FIELDS: [&str; 6] = [
-    "Pendo_Visitors_24h__c",
-    "Pendo_Events_24h__c",
-    "Pendo_Score_24h__c",
-    "Family_Visitors__c",
-    "Family_Events__c",
-    "Family_Score__c",
+/// The fields the workflows write that the emulated org lacks: the people workflow's Contact
+/// fields (as the demo adds them) and the extra workflows' Account fields.
+const EXTRA_FIELDS: [(&str, &str); 11] = [
+    ("Contact", "Pendo_Active_Days__c"),
+    ("Contact", "Pendo_Events__c"),
+    ("Contact", "Pendo_Minutes__c"),
+    ("Contact", "Pendo_Features_Used__c"),
+    ("Contact", "Pendo_Guides_Completed__c"),
+    ("Account", "Pendo_Visitors_24h__c"),
+    ("Account", "Pendo_Events_24h__c"),
+    ("Account", "Pendo_Score_24h__c"),
+    ("Account", "Family_Visitors__c"),
+    ("Account", "Family_Events__c"),
+    ("Account", "Family_Score__c"),
 ];
 
 const ALL: [&str; 4] = ["engagement", "people", "hourly", "family"];
@@ -163,6 +169,7 @@ pub async fn engagement(sizes: &[usize], days: u32, only: &[String]) -> Result<(
             "accounts",
             "workflow",
             "run",
+            "state",
             "seconds",
             "peak RSS MiB",
             "store MB",
@@ -206,6 +213,7 @@ fn row(accounts: usize, m: &Measured) -> Vec<String> {
         thousands(accounts as u64),
         m.workflow.to_owned(),
         m.label.to_owned(),
+        r.state.clone(),
         format!("{:.1}", m.seconds),
         format!("{:.0}", m.peak_mib),
         format!("{:.1}", m.store_mb),
@@ -231,16 +239,16 @@ async fn naive_note(ctx: &Context, accounts: usize, first: &RunReport) -> Result
     ))
 }
 
-/// Adds [`EXTRA_FIELDS`] to the emulated org's Account.
+/// Adds [`EXTRA_FIELDS`] to the emulated org.
 async fn add_fields(salesforce_url: &str) -> Result<()> {
     let http = reqwest::Client::new();
-    for name in EXTRA_FIELDS {
-        http.post(format!("{salesforce_url}/__emulator/fields/Account"))
+    for (object, name) in EXTRA_FIELDS {
+        http.post(format!("{salesforce_url}/__emulator/fields/{object}"))
             .json(&json!({"name": name, "type": "double"}))
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .with_context(|| format!("Failed to add {name} to the emulated org"))?;
+            .with_context(|| format!("Failed to add {object}.{name} to the emulated org"))?;
     }
     Ok(())
 }
