@@ -53,15 +53,17 @@ pub struct Mirror {
 
 impl Mirror {
     /// Applies one Contact as a query returned it: gone (deleted, or the field cleared) or
-    /// linked by its current value.
-    fn apply(&mut self, row: &Row<'_>) {
-        let Some(id) = row.get("Id") else { return };
-        match row.get(&self.field).filter(|_| row.get("IsDeleted") != Some("true")) {
-            Some(key) => self.links.insert(id.to_owned(), key.to_owned()),
-            None => self.links.remove(id),
+    /// linked by its current value. Returns whether the mirror changed.
+    fn apply(&mut self, row: &Row<'_>) -> bool {
+        let Some(id) = row.get("Id") else { return false };
+        let linked = match row.get(&self.field).filter(|_| row.get("IsDeleted") != Some("true")) {
+            Some(key) => self.links.insert(id.to_owned(), key.to_owned()).as_deref() != Some(key),
+            None => self.links.remove(id).is_some(),
         };
         let at = row.get("SystemModstamp").and_then(|s| sf_datetime::parse(s).ok());
+        let newer = at > self.at;
         self.at = self.at.max(at);
+        linked || newer
     }
 
     fn encode(&self) -> Option<String> {
@@ -104,9 +106,10 @@ pub(crate) async fn gather(
         Some((at, mut mirror)) => {
             let query = SoqlQuery::select(["Id", field, "IsDeleted", "SystemModstamp"], OBJECT)
                 .filter(Condition::ge("SystemModstamp", at - OVERLAP));
-            let before = mirror.clone();
-            read(ctx, query, true, |row| mirror.apply(&row)).await?;
-            if mirror == before {
+            // Stored again only when a link or the stamp moved (no copy of the mirror to compare).
+            let mut changed = false;
+            read(ctx, query, true, |row| changed |= mirror.apply(&row)).await?;
+            if !changed {
                 return Ok(mirror.links);
             }
             mirror
@@ -115,7 +118,10 @@ pub(crate) async fn gather(
             let query = SoqlQuery::select(["Id", field, "SystemModstamp"], OBJECT)
                 .filter(Condition::ne(field, salesforce::soql::Literal::Null));
             let mut mirror = Mirror { field: field.to_owned(), at: None, read_at: now, links: BTreeMap::new() };
-            read(ctx, query, false, |row| mirror.apply(&row)).await?;
+            read(ctx, query, false, |row| {
+                mirror.apply(&row);
+            })
+            .await?;
             mirror
         }
     };
@@ -160,10 +166,15 @@ mod tests {
             json!({"Id": "003A", "Email": null, "SystemModstamp": "2026-12-01T09:00:00.000+0000"}),
             json!({"Id": "003C", "Email": "c@x.test", "SystemModstamp": "2026-12-01T08:00:00.000+0000"}),
         ];
+        let mut changed = Vec::new();
         for r in rows.iter().chain(rows.iter()) {
             let serde_json::Value::Object(r) = r else { unreachable!() };
-            m.apply(&Row::Json(r));
+            changed.push(m.apply(&Row::Json(r)));
         }
+        assert!(changed[..5].iter().all(|c| *c), "{changed:?}");
+        // A row already applied, with no newer stamp, changes nothing.
+        let serde_json::Value::Object(c) = &rows[4] else { unreachable!() };
+        assert!(!m.apply(&Row::Json(c)));
         assert_eq!(m.links, BTreeMap::from([("003C".to_owned(), "c@x.test".to_owned())]));
         assert_eq!(m.at, t("2026-12-01T12:00:00.000+0000"), "the newest stamp, whatever the order");
         let text = m.encode().unwrap();
