@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use super::{Accounts, FreeMail, Outcome, Rule, accounts};
 use crate::budget::Budget;
 use crate::config::{EngagementConfig, MatchRule, Workflow};
-use crate::extract::{AccountFacts, AccountUsage};
+use crate::extract::{AccountFacts, AccountUsage, Extractor};
 use crate::store::{IdMapEntry, MatchStatus};
 use crate::workflow::{Context, RunError};
 
@@ -56,13 +56,24 @@ pub fn metadata_fields(rules: &[MatchRule]) -> Vec<(String, String)> {
     out
 }
 
+/// Where matching gets the Pendo facts its rules read.
+#[derive(Clone, Copy)]
+pub(crate) enum Facts<'a> {
+    /// Read already, by a template that needs them for more than matching.
+    Read(&'a [AccountFacts]),
+    /// Read only when a match must be made again: with every account's cached match fresh, a
+    /// run spends no Pendo query on them (the visitor e-mail scan is the largest of a run).
+    /// The accounts to match are then the ones `usage` lists, which is every Pendo account.
+    Lazy(&'a Extractor<'a>),
+}
+
 /// Matches every Pendo account, reading Salesforce only when the cached matches are not enough.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn match_accounts(
     ctx: &Context,
     workflow: &Workflow,
     config: &EngagementConfig,
-    facts: &[AccountFacts],
+    facts: Facts<'_>,
     usage: &[AccountUsage],
     now: DateTime<Utc>,
     dry_run: bool,
@@ -71,8 +82,10 @@ pub(crate) async fn match_accounts(
     let cached = ctx.store.id_map(&workflow.name).await?;
     let recheck = chrono::Duration::from_std(config.recheck_matches_after).unwrap_or(chrono::Duration::days(7));
     let cached: HashMap<&str, &IdMapEntry> = cached.iter().map(|e| (e.pendo_id.as_str(), e)).collect();
-    let mut ids: HashSet<&str> = facts.iter().map(|f| f.account_id.as_str()).collect();
-    ids.extend(usage.iter().map(|u| u.account_id.as_str()));
+    let mut ids: HashSet<&str> = usage.iter().map(|u| u.account_id.as_str()).collect();
+    if let Facts::Read(facts) = facts {
+        ids.extend(facts.iter().map(|f| f.account_id.as_str()));
+    }
     let fresh = |id: &str| cached.get(id).is_some_and(|e| e.pinned || now - e.checked_at < recheck);
     // Two cached matches onto one Account (a person pinned one of them since the last read)
     // need the full settlement, which only a fresh read applies.
@@ -103,6 +116,14 @@ pub(crate) async fn match_accounts(
         _ => None,
     });
     let fields = accounts::Fields { external, website, child };
+    let read;
+    let facts = match facts {
+        Facts::Read(facts) => facts,
+        Facts::Lazy(extractor) => {
+            read = extractor.account_facts(&metadata_fields(&config.matching)).await?;
+            &read[..]
+        }
+    };
     let rows = accounts::read(ctx, fields, budget).await?;
     let links: BTreeMap<String, String> =
         rows.iter().filter_map(|r| Some((r.id.clone(), r.parent_id.clone()?))).collect();

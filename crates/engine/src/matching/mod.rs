@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use cache::{account_parents, match_accounts};
+pub(crate) use cache::{Facts, account_parents, match_accounts};
 pub use cache::{metadata_fields, rules};
 pub use domain::FreeMail;
 

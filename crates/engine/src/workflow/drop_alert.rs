@@ -182,13 +182,19 @@ async fn body(
     let window = workflow.window(now);
     let current = extractor.engagement(&window, &core).await?;
     let previous = extractor.engagement(&window.before(), &core).await?;
-    let metadata_fields = crate::matching::metadata_fields(&config.accounts.matching);
-    let facts = extractor.account_facts(&metadata_fields).await?;
     meter.step("extract", None);
 
-    let outcomes =
-        crate::matching::match_accounts(ctx, workflow, &config.accounts, &facts, &current, now, options.dry_run, &lazy)
-            .await?;
+    let outcomes = crate::matching::match_accounts(
+        ctx,
+        workflow,
+        &config.accounts,
+        crate::matching::Facts::Lazy(&extractor),
+        &current,
+        now,
+        options.dry_run,
+        &lazy,
+    )
+    .await?;
     meter.step("match", Some("read_accounts"));
 
     let matched: Vec<(String, String)> = outcomes

@@ -78,15 +78,23 @@ async fn body(
         CoreFeatures::Ids(config.core_features.clone())
     };
     let usage = extractor.engagement(&window, &core).await?;
-    let metadata_fields = crate::matching::metadata_fields(&config.matching);
-    let facts = extractor.account_facts(&metadata_fields).await?;
-    let pendo_calls = u64::from(extractor.stats().pendo_calls);
     meter.step("extract", None);
 
     step("Matching accounts", None);
-    let outcomes =
-        crate::matching::match_accounts(ctx, workflow, config, &facts, &usage, now, options.dry_run, &lazy).await?;
+    let outcomes = crate::matching::match_accounts(
+        ctx,
+        workflow,
+        config,
+        crate::matching::Facts::Lazy(&extractor),
+        &usage,
+        now,
+        options.dry_run,
+        &lazy,
+    )
+    .await?;
     meter.step("match", Some("read_accounts"));
+    // After matching, which reads the matching facts from Pendo only when it must.
+    let pendo_calls = u64::from(extractor.stats().pendo_calls);
 
     step("Detecting changes", None);
     let written = ctx.store.fingerprints(&scope(&workflow.name)).await?;

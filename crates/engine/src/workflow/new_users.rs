@@ -153,8 +153,17 @@ async fn body(
         fields: Default::default(),
         rollup_fields: Default::default(),
     };
-    let outcomes =
-        crate::matching::match_accounts(ctx, workflow, &matcher, &facts, &[], now, options.dry_run, &lazy).await?;
+    let outcomes = crate::matching::match_accounts(
+        ctx,
+        workflow,
+        &matcher,
+        crate::matching::Facts::Read(&facts),
+        &[],
+        now,
+        options.dry_run,
+        &lazy,
+    )
+    .await?;
     meter.step("match", Some("read_accounts"));
     let account_names: HashMap<&str, &str> = facts
         .iter()

@@ -107,15 +107,22 @@ async fn body(
         (Some(_), Some(guide)) => extractor.drop_off_steps(&window, guide).await?,
         _ => BTreeMap::new(),
     };
-    let metadata_fields = crate::matching::metadata_fields(&config.accounts.matching);
-    let facts = extractor.account_facts(&metadata_fields).await?;
-    let pendo_calls = u64::from(extractor.stats().pendo_calls);
     meter.step("extract", None);
 
-    let outcomes =
-        crate::matching::match_accounts(ctx, workflow, &config.accounts, &facts, &usage, now, options.dry_run, &lazy)
-            .await?;
+    let outcomes = crate::matching::match_accounts(
+        ctx,
+        workflow,
+        &config.accounts,
+        crate::matching::Facts::Lazy(&extractor),
+        &usage,
+        now,
+        options.dry_run,
+        &lazy,
+    )
+    .await?;
     meter.step("match", Some("read_accounts"));
+    // After matching, which reads the matching facts from Pendo only when it must.
+    let pendo_calls = u64::from(extractor.stats().pendo_calls);
     let pendo_of: HashMap<String, String> = outcomes
         .iter()
         .filter_map(|(p, o)| match o {

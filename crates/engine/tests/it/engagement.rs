@@ -127,6 +127,9 @@ async fn first_run_writes_the_right_accounts_and_a_second_run_writes_nothing() {
     assert!(second.api_calls.values().all(|n| *n == 0), "{:?}", second.api_calls);
     assert_eq!(w.ctx.salesforce.requests_sent(), sent_before, "no request reached Salesforce");
     assert_eq!(w.accounts().await, usage_before);
+    // Nor are Pendo's matching facts read again (account metadata and the visitor e-mail scan):
+    // with every match cached and fresh, the run asks Pendo only for its usage.
+    assert_eq!(second.pendo_calls + 2, first.pendo_calls, "first {} second {}", first.pendo_calls, second.pendo_calls);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
