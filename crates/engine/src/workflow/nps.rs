@@ -21,7 +21,10 @@
 //! read and then written by one worker at a time, so an older answer never overwrites a newer
 //! one (the batch that writes second sees the newer date and skips), and an Account's health
 //! score is recomputed by one worker at a time. Within a process, the consumer and a scheduled
-//! or CLI run take turns on a lock (one batch in flight per process).
+//! or CLI run take turns on a lock (one batch in flight per process). A worker alive but
+//! starved past its lease may have its batch taken over: both may write (harmlessly), but the
+//! record stage records, commits and marks only the events its claimer still holds, so each
+//! answer is recorded by one of them.
 
 use crate::config::template;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
