@@ -194,7 +194,9 @@ pub trait InboxStore {
     fn put_events(&self, events: &[InboxEvent]) -> StoreFuture<'_, Vec<bool>>;
     /// Unprocessed events, oldest first.
     fn pending_events(&self, limit: u32) -> StoreFuture<'_, Vec<InboxEvent>>;
-    fn mark_processed(&self, unique_ids: &[String], now: DateTime<Utc>) -> StoreFuture<'_, ()>;
+    /// Marks those of `unique_ids` that `claimer` still holds processed; returns how many. An
+    /// event another worker took over is left to that worker, which records it.
+    fn mark_processed(&self, claimer: &str, unique_ids: &[String], now: DateTime<Utc>) -> StoreFuture<'_, u64>;
     fn inbox_counts(&self) -> StoreFuture<'_, InboxCounts>;
     /// Claims up to `limit` pending events, oldest first, for `claimer` until `now + lease`:
     /// events nobody holds, or whose claim lapsed (its worker died), and none whose visitor or
@@ -211,6 +213,17 @@ pub trait InboxStore {
     /// Extends the lease of `claimer`'s unprocessed events to `now + lease`; returns how many
     /// it still holds (0: every claim lapsed and may have been taken over).
     fn renew_event_claims(&self, claimer: &str, lease: Duration, now: DateTime<Utc>) -> StoreFuture<'_, u64>;
+    /// Re-asserts `claimer`'s claim on `unique_ids` before its batch is recorded: extends the
+    /// lease of those it still holds unprocessed to `now + lease` and returns them, in one
+    /// statement. The others were taken over (its lease lapsed, a starved heartbeat) or
+    /// processed by another worker: recording them too would record an answer twice.
+    fn hold_event_claims(
+        &self,
+        claimer: &str,
+        unique_ids: &[String],
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'_, Vec<String>>;
     /// Gives `claimer`'s unprocessed events back at once (a batch that failed or stopped), so
     /// any worker may take them without waiting for the lease.
     fn release_event_claims(&self, claimer: &str) -> StoreFuture<'_, ()>;

@@ -635,20 +635,20 @@ impl InboxStore for SqlStore {
         })
     }
 
-    fn mark_processed(&self, unique_ids: &[String], now: DateTime<Utc>) -> StoreFuture<'_, ()> {
-        let ids = unique_ids.to_vec();
+    fn mark_processed(&self, claimer: &str, unique_ids: &[String], now: DateTime<Utc>) -> StoreFuture<'_, u64> {
+        let (claimer, ids) = (claimer.to_owned(), unique_ids.to_vec());
         Box::pin(async move {
             let sql = format!(
-                "UPDATE inbox SET processed_at = $1 WHERE {} AND processed_at IS NULL",
+                "UPDATE inbox SET processed_at = $1 WHERE {} AND claimed_by = $3 AND processed_at IS NULL",
                 self.dialect().in_list("unique_id", "$2")
             );
             self.pool
                 .query(sqlx::AssertSqlSafe(sql))
                 .bind_time(now)
                 .bind_list(&ids)?
+                .bind(claimer)
                 .execute("mark webhook events processed")
-                .await?;
-            Ok(())
+                .await
         })
     }
 
@@ -719,6 +719,35 @@ impl InboxStore for SqlStore {
                 .bind_time(until)
                 .execute("renew webhook event claims")
                 .await
+        })
+    }
+
+    fn hold_event_claims(
+        &self,
+        claimer: &str,
+        unique_ids: &[String],
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'_, Vec<String>> {
+        let (claimer, ids) = (claimer.to_owned(), unique_ids.to_vec());
+        Box::pin(async move {
+            let until = lease_until(now, lease)?;
+            // As a renewal, a lapsed claim nobody took is still this claimer's: a taker rewrites
+            // claimed_by, and the check and the extension are one statement.
+            let sql = format!(
+                "UPDATE inbox SET lease_until = $1 WHERE {} AND claimed_by = $3 AND processed_at IS NULL \
+                 RETURNING unique_id",
+                self.dialect().in_list("unique_id", "$2")
+            );
+            let rows = self
+                .pool
+                .query(sqlx::AssertSqlSafe(sql))
+                .bind_time(until)
+                .bind_list(&ids)?
+                .bind(claimer)
+                .fetch_all("hold webhook event claims")
+                .await?;
+            rows.iter().map(|row| row.get("unique_id")).collect()
         })
     }
 

@@ -109,6 +109,7 @@ conformance!(
     inbox_dedupes_and_drains,
     inbox_group_of_events_stored_in_one_go,
     inbox_claims_lease_and_take_over,
+    inbox_claims_are_held_to_record_only_what_is_still_held,
     inbox_claims_keep_a_visitor_and_account_with_one_worker,
     inbox_concurrent_claimers_never_share_an_event,
     run_claims_conflict_per_workflow,
@@ -299,7 +300,9 @@ async fn inbox_dedupes_and_drains(store: Arc<dyn Store>) {
     assert_eq!(pending.iter().map(|e| e.unique_id.as_str()).collect::<Vec<_>>(), ["a", "b"], "oldest first");
     assert_eq!(pending[0], event("a", t(1, 0)), "the first delivery is the one kept, body intact");
     assert_eq!(store.inbox_counts().await.unwrap(), InboxCounts { received: 2, pending: 2 });
-    store.mark_processed(&["a".into(), "nope".into()], t(3, 0)).await.unwrap();
+    assert_eq!(ids(&store.claim_events("w", LEASE, t(3, 0), 1).await.unwrap()), ["a"]);
+    assert_eq!(store.mark_processed("other", &["a".into()], t(3, 0)).await.unwrap(), 0, "only by its claimer");
+    assert_eq!(store.mark_processed("w", &["a".into(), "nope".into()], t(3, 0)).await.unwrap(), 1);
     assert_eq!(store.pending_events(10).await.unwrap().len(), 1);
     assert_eq!(store.inbox_counts().await.unwrap(), InboxCounts { received: 2, pending: 1 });
 }
@@ -358,15 +361,50 @@ async fn inbox_claims_lease_and_take_over(store: Arc<dyn Store>) {
     assert_eq!(store.renew_event_claims("b", LEASE, later).await.unwrap(), 0, "b's claim was taken over");
 
     // Processed events are no longer held or claimable; released ones are claimable at once.
-    store.mark_processed(&["e2".into()], later).await.unwrap();
+    assert_eq!(store.mark_processed("c", &["e2".into()], later).await.unwrap(), 1);
     assert_eq!(store.renew_event_claims("c", LEASE, later).await.unwrap(), 0);
     store.release_event_claims("a").await.unwrap();
     let d = store.claim_events("d", LEASE, later, 10).await.unwrap();
     assert_eq!(ids(&d), ["e0", "e1"], "released, so taken at once");
-    store.mark_processed(&["e0".into(), "e1".into()], later).await.unwrap();
+    assert_eq!(store.mark_processed("d", &["e0".into(), "e1".into()], later).await.unwrap(), 2);
     assert!(store.claim_events("d", LEASE, later, 10).await.unwrap().is_empty());
     assert_eq!(store.oldest_claimable_event(later).await.unwrap(), None);
     assert_eq!(store.pending_depth(100).await.unwrap(), 0);
+}
+
+/// A batch re-asserts its claim right before recording: what it still holds it keeps (the
+/// lease extended), what another worker took over after its lease lapsed is not returned, and
+/// only the holder marks an event processed.
+async fn inbox_claims_are_held_to_record_only_what_is_still_held(store: Arc<dyn Store>) {
+    for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
+        let at = t(1, u32::try_from(i).unwrap());
+        store.put_event(&nps_event(&format!("e{i}"), v, None, at)).await.unwrap();
+    }
+    let all: Vec<String> = ["e0", "e1", "e2"].iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(ids(&store.claim_events("a", LEASE, t(2, 0), 10).await.unwrap()), ["e0", "e1", "e2"]);
+    let mut held = store.hold_event_claims("a", &all, LEASE, secs(t(2, 0), 50)).await.unwrap();
+    held.sort();
+    assert_eq!(held, all, "all still a's");
+    // The hold extended the lease: past the claim's own lease, nobody takes them.
+    assert!(store.claim_events("b", LEASE, secs(t(2, 0), 100), 10).await.unwrap().is_empty());
+
+    // a stalls past the extended lease; b takes two of its events over.
+    let lapsed = secs(t(2, 0), 111);
+    assert_eq!(ids(&store.claim_events("b", LEASE, lapsed, 2).await.unwrap()), ["e0", "e1"]);
+    let asked: Vec<String> = ["e0", "e1", "e2", "nope"].iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(store.hold_event_claims("a", &asked, LEASE, lapsed).await.unwrap(), ["e2"], "only what a still holds");
+    assert_eq!(store.mark_processed("a", &all, lapsed).await.unwrap(), 1, "a marks only e2");
+    let mut claimers = store.event_claimers(lapsed).await.unwrap();
+    claimers.sort();
+    assert_eq!(claimers, ["b"], "a's hold left b's claims alone");
+    assert_eq!(ids(&store.pending_events(10).await.unwrap()), ["e0", "e1"]);
+
+    let mut held = store.hold_event_claims("b", &asked, LEASE, lapsed).await.unwrap();
+    held.sort();
+    assert_eq!(held, ["e0", "e1"]);
+    assert_eq!(store.mark_processed("b", &held, lapsed).await.unwrap(), 2);
+    assert!(store.hold_event_claims("b", &asked, LEASE, lapsed).await.unwrap().is_empty(), "processed: held no more");
+    assert_eq!(store.pending_depth(10).await.unwrap(), 0);
 }
 
 async fn inbox_claims_keep_a_visitor_and_account_with_one_worker(store: Arc<dyn Store>) {
@@ -383,7 +421,7 @@ async fn inbox_claims_keep_a_visitor_and_account_with_one_worker(store: Arc<dyn 
     // a may take more of what it holds the keys of.
     let more = store.claim_events("a", LEASE, t(2, 0), 10).await.unwrap();
     assert_eq!(ids(&more), ["new", "colleague"]);
-    store.mark_processed(&["old".into()], t(2, 1)).await.unwrap();
+    assert_eq!(store.mark_processed("a", &["old".into()], t(2, 1)).await.unwrap(), 1);
     store.release_event_claims("a").await.unwrap();
     let c = store.claim_events("c", LEASE, t(2, 1), 10).await.unwrap();
     assert_eq!(ids(&c), ["new", "colleague"], "free once a is done with them");
@@ -1413,7 +1451,8 @@ async fn retention_prunes_history_and_keeps_state(store: Arc<dyn Store>) {
     // Webhook events: one processed long ago, one still pending from long ago.
     store.put_event(&nps_event("done", "v1", Some("a1"), hours(0))).await.unwrap();
     store.put_event(&nps_event("pending", "v2", Some("a2"), hours(0))).await.unwrap();
-    store.mark_processed(&["done".into()], hours(1)).await.unwrap();
+    assert_eq!(ids(&store.claim_events("w", LEASE, hours(1), 1).await.unwrap()), ["done"]);
+    assert_eq!(store.mark_processed("w", &["done".into()], hours(1)).await.unwrap(), 1);
 
     // The budget ledger of an old day and of the cutoff's day.
     let old_day = old.date_naive();

@@ -21,7 +21,10 @@
 //! read and then written by one worker at a time, so an older answer never overwrites a newer
 //! one (the batch that writes second sees the newer date and skips), and an Account's health
 //! score is recomputed by one worker at a time. Within a process, the consumer and a scheduled
-//! or CLI run take turns on a lock (one batch in flight per process).
+//! or CLI run take turns on a lock (one batch in flight per process). A worker alive but
+//! starved past its lease may have its batch taken over: both may write (harmlessly), but the
+//! record stage records, commits and marks only the events its claimer still holds, so each
+//! answer is recorded by one of them.
 
 use crate::config::template;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -93,6 +96,13 @@ pub struct BatchReport {
     retry_later: HashSet<String>,
     /// Answers left for a later batch that way.
     pub waiting: usize,
+    /// Answers whose events another worker took over before this batch recorded them (its
+    /// claim lapsed): written to Salesforce here perhaps, but recorded by the taker.
+    pub taken_over: usize,
+    /// The answers (response keys) of each Account this batch recomputes: an Account's outcome
+    /// is this batch's to record while it holds any of them.
+    #[serde(skip)]
+    answers_of_account: HashMap<String, Vec<String>>,
     /// Seconds per step of this batch (the Pendo look-ups, each Salesforce step, recording in
     /// the store): where an answer's time goes, in the run's stats and the log.
     pub timings: Vec<(String, f64)>,
@@ -111,6 +121,7 @@ impl BatchReport {
         self.failed += other.failed;
         self.ignored += other.ignored;
         self.waiting += other.waiting;
+        self.taken_over += other.taken_over;
         for (k, v) in other.api_calls {
             *self.api_calls.entry(k).or_default() += v;
         }
@@ -321,7 +332,8 @@ async fn drain_once(
     }
     let claimed = claiming.elapsed().as_secs_f64();
     let beat = super::lease::Heartbeat::claims(Arc::clone(&ctx.store), ctx.clock, claimer.clone(), lease);
-    let work = process(ctx, workflow, config, emails, events, trigger, run);
+    let batch = Claimed { claimer: claimer.clone(), lease: lease.duration, events };
+    let work = process(ctx, workflow, config, emails, batch, trigger, run);
     let result = match stop {
         Some(stop) => {
             tokio::select! {
@@ -333,8 +345,10 @@ async fn drain_once(
     };
     let lost = beat.stop();
     if lost {
+        // Writing twice is harmless (the Contact's date tells a newer answer); recording twice
+        // is not, and the record stage left what was taken over to its taker.
         tracing::warn!(workflow = %workflow.name, claimer = %claimer,
-            "An NPS batch outlived its claim; another worker may have written its events too (harmless: writes are idempotent)");
+            "An NPS batch outlived its claim; another worker may have written its events too and records them");
     }
     match result {
         Some(Ok(mut report)) => {
@@ -355,8 +369,18 @@ async fn drain_once(
     }
 }
 
+/// Inbox events one worker claimed ([`crate::store::InboxStore::claim_events`]) as one batch.
+pub struct Claimed {
+    pub claimer: String,
+    /// The claim's lease: the record stage extends it by this much while it records.
+    pub lease: Duration,
+    pub events: Vec<InboxEvent>,
+}
+
 /// Writes one batch of inbox events to Salesforce, records the outcome (a run of its own
-/// unless `run` is given) and marks the events processed.
+/// unless `run` is given) and marks the events processed: those the batch's claimer still
+/// holds when it records, since a worker that took some over once the claim lapsed records
+/// those itself.
 ///
 /// # Errors
 /// A request-level failure (Salesforce or Pendo unreachable, the store): nothing is marked
@@ -367,10 +391,11 @@ pub async fn process(
     workflow: &Workflow,
     config: &NpsConfig,
     emails: &BatchCache,
-    events: Vec<InboxEvent>,
+    batch: Claimed,
     trigger: &str,
     run: Option<RunId>,
 ) -> Result<BatchReport, RunError> {
+    let Claimed { claimer, lease, events } = batch;
     let now = ctx.clock.now();
     let mut report = BatchReport { events: events.len(), ..BatchReport::default() };
     let mut done: Vec<String> = Vec::new();
@@ -468,6 +493,39 @@ pub async fn process(
     }
     // Salesforce has the batch; the store knows nothing of it yet.
     crate::testhook::crash_point("record");
+    let recording = std::time::Instant::now();
+    // The record stage records only what this claimer still holds, and holds it a lease longer
+    // while it records (one statement: check and extend). A claim that lapsed (a heartbeat
+    // starved past the lease) may have been taken over, and the taker writes and records those
+    // answers itself: recording them here too would record each twice.
+    let all_ids: Vec<String> = events.iter().map(|e| e.unique_id.clone()).collect();
+    let held: HashSet<String> =
+        ctx.store.hold_event_claims(&claimer, &all_ids, lease, ctx.clock.now()).await?.into_iter().collect();
+    if held.len() < all_ids.len() {
+        // Answers by response key, and invalid events (their failure's key) by event id.
+        let lost_answers: Vec<&String> =
+            responses.iter().filter(|r| !r.inbox_ids.iter().all(|id| held.contains(id))).map(|r| &r.key).collect();
+        report.taken_over = lost_answers.len();
+        let lost: HashSet<&str> = lost_answers
+            .into_iter()
+            .chain(all_ids.iter().filter(|id| !held.contains(*id)))
+            .map(String::as_str)
+            .collect();
+        // An Account's outcome stays this batch's while it holds any answer of the Account: a
+        // taker finds the score it wrote current and records nothing for the Account.
+        let kept_key = |object: &str, key: &str| match object {
+            "Account" => report
+                .answers_of_account
+                .get(key)
+                .is_some_and(|answers| answers.iter().any(|k| !lost.contains(k.as_str()))),
+            _ => !lost.contains(key),
+        };
+        outcomes.retain(|o| kept_key(&o.object, &o.key));
+        failures.retain(|(object, key, ..)| kept_key(object, key));
+        done.retain(|id| held.contains(id));
+    }
+    let responses: Vec<&Response> =
+        responses.iter().filter(|r| r.inbox_ids.iter().all(|id| held.contains(id))).collect();
     let run_id = match run {
         Some(id) => Some(id),
         None if !responses.is_empty() || !failures.is_empty() => Some(ctx.store.start_run(&new_run).await?),
@@ -479,7 +537,6 @@ pub async fn process(
     for r in responses.iter().filter(|r| !report.retry_later.contains(&r.key)) {
         done.extend(r.inbox_ids.iter().cloned());
     }
-    let recording = std::time::Instant::now();
     if let Some(id) = run_id {
         if !outcomes.is_empty() {
             ctx.store.record_outcomes(id, &outcomes, &[]).await?;
@@ -513,7 +570,12 @@ pub async fn process(
         .map(|r| (r.key.clone(), "handled".to_owned()))
         .collect();
     ctx.store.commit_creates(&workflow.name, &handled, ctx.clock.now()).await?;
-    ctx.store.mark_processed(&done, ctx.clock.now()).await?;
+    let marked = ctx.store.mark_processed(&claimer, &done, ctx.clock.now()).await?;
+    if marked < u64::try_from(done.len()).unwrap_or(u64::MAX) {
+        // Taken over between the hold and now: recording stalled a whole lease.
+        tracing::warn!(workflow = %workflow.name, claimer = %claimer, marked, events = done.len(),
+            "An NPS batch lost its claim while recording; the taker may record some answers again");
+    }
     report.timings.push(("record".into(), recording.elapsed().as_secs_f64()));
     // Lag from a webhook's receipt to its processing (reconciled poll rows are not webhooks).
     let done_ids: HashSet<&str> = done.iter().map(String::as_str).collect();
@@ -785,7 +847,12 @@ async fn write(
             }
         }
         match found {
-            Some(row) => matched.push((r, row)),
+            Some(row) => {
+                if let Some(account) = str_field(row, "AccountId") {
+                    report.answers_of_account.entry(account.to_owned()).or_default().push(r.key.clone());
+                }
+                matched.push((r, row));
+            }
             None if !ambiguous.is_empty() => {
                 report.ambiguous += 1;
                 report.failed += 1;

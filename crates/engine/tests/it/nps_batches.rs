@@ -2,6 +2,8 @@
 //! email]`, Pendo is asked for the e-mail only of visitors whose Contact the visitor-id field did
 //! not find, and every answer is still written by the rule that matches it.
 
+use std::time::Duration;
+
 use chrono::Utc;
 use engine::store::InboxEvent;
 use engine::workflow::RunOptions;
@@ -94,5 +96,98 @@ async fn pendo_is_asked_only_about_visitors_the_visitor_id_field_did_not_match()
     assert_eq!(score(&|c| c["Id"] == email_contact.as_str()), 9.0);
     for i in 0..3 {
         assert_eq!(score(&|c| c["Pendo_Visitor_Id__c"] == format!("by-id-v{i}").as_str()), 9.0);
+    }
+}
+
+/// A batch whose claim lapses mid-way (a heartbeat starved past its lease) and is taken over by
+/// another worker: both write the answers to Salesforce (harmless), but only the taker records
+/// them; the first worker's record stage finds its claim gone and records, commits and marks
+/// nothing of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_taken_over_after_its_claim_lapsed_is_recorded_once_by_the_taker() {
+    let emu = Emulators::start(12, 5, 10).await;
+    let store = emu.open_store().await;
+    let admin = |base: &str, path: &str| format!("{base}/__emulator/{path}");
+    let contacts: Value =
+        emu.http.get(admin(&emu.sf.base_url, "records/Contact")).send().await.unwrap().json().await.unwrap();
+    let account = contacts[0]["AccountId"].as_str().unwrap().to_owned();
+    let rows: Vec<Value> = (0..3)
+        .map(|i| json!({"LastName": format!("Taken {i}"), "AccountId": account, "Pendo_Visitor_Id__c": format!("taken-v{i}")}))
+        .collect();
+    let made = emu.http.post(admin(&emu.sf.base_url, "records/Contact")).json(&rows).send().await.unwrap();
+    assert!(made.status().is_success());
+    let secs = Utc::now().timestamp() - 60;
+    let keys: Vec<String> = (0..3).map(|i| format!("nps:{secs}:taken-v{i}")).collect();
+    for i in 0..3 {
+        let body = json!({"event": "npsSubmitted", "visitorId": format!("taken-v{i}"), "timestamp": secs,
+                          "uniqueId": format!("t{i}"), "properties": {"nps": {"rating": 4 + i, "reason": ""}}});
+        let event = InboxEvent {
+            unique_id: format!("t{i}"),
+            source: "pendo".into(),
+            kind: "npsSubmitted".into(),
+            received_at: Utc::now(),
+            body,
+        };
+        assert!(store.put_event(&event).await.unwrap());
+    }
+    // Every Salesforce call slow: the first worker is still writing when the second takes over.
+    let faults = json!({"latencyMs": 700, "latencyShare": 1.0});
+    assert!(emu.http.put(admin(&emu.sf.base_url, "faults")).json(&faults).send().await.unwrap().status().is_success());
+
+    let config = CONFIG.replace("match: [visitor_id_field, email]", "match: [visitor_id_field]");
+    let first = support::context(&emu.fill(&config), store.clone());
+    let running = tokio::spawn(async move {
+        let options = RunOptions { trigger: "test".into(), ..Default::default() };
+        engine::workflow::run(&first, "nps", &options).await
+    });
+    let first_claimer = support::eventually("the first worker claims the batch", Duration::from_secs(30), || {
+        let store = store.clone();
+        async move { store.event_claimers(Utc::now()).await.unwrap().into_iter().next() }
+    })
+    .await;
+    // The first worker's lease looks lapsed to a claimer an hour on: as if its heartbeat had
+    // been starved for that long.
+    let lease = Duration::from_secs(60);
+    let events = store.claim_events("taker", lease, Utc::now() + chrono::Duration::hours(1), 100).await.unwrap();
+    assert_eq!(events.len(), 3, "the lapsed batch is taken over whole");
+    let second = support::context(&emu.fill(&config), store.clone());
+    let (workflow, nps) = engine::workflow::nps::inbox_workflow(&second).unwrap();
+    let batch = engine::workflow::nps::Claimed { claimer: "taker".into(), lease, events };
+    let cache = engine::workflow::nps::BatchCache::default();
+    let taken = engine::workflow::nps::process(&second, workflow, nps, &cache, batch, "test", None).await.unwrap();
+    assert_eq!(taken.taken_over, 0, "{taken:?}");
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(
+        emu.http.put(admin(&emu.sf.base_url, "faults")).json(&json!({})).send().await.unwrap().status().is_success()
+    );
+
+    // Each answer recorded by one worker: the taker, the one holding its events.
+    let mut recorded: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for run in store.list_runs(Some("nps"), 0).await.unwrap() {
+        for o in store.run_outcomes(run.id, &Default::default()).await.unwrap() {
+            if o.object == "Contact" {
+                recorded.entry(o.key).or_default().push(format!("run {} {:?}", run.id, o.action));
+            }
+        }
+    }
+    for key in &keys {
+        assert_eq!(
+            recorded.get(key).map(Vec::len),
+            Some(1),
+            "{key} recorded once (first claimer {first_claimer}): {recorded:?}"
+        );
+    }
+    assert_eq!(store.inbox_counts().await.unwrap().pending, 0, "the taker marked the batch processed");
+    for key in &keys {
+        let state = store.begin_create(key, "nps", Utc::now()).await.unwrap();
+        assert!(matches!(state, engine::store::CreateState::Committed { .. }), "{key} in the ledger: {state:?}");
+    }
+    let contacts: Value =
+        emu.http.get(admin(&emu.sf.base_url, "records/Contact")).send().await.unwrap().json().await.unwrap();
+    for i in 0..3 {
+        let c =
+            contacts.as_array().unwrap().iter().find(|c| c["Pendo_Visitor_Id__c"] == format!("taken-v{i}").as_str());
+        assert_eq!(c.unwrap()["NPS_Score__c"], f64::from(4 + i));
     }
 }
