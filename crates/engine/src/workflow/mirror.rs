@@ -307,7 +307,10 @@ impl Held {
     /// Applies what changed since the mirror's stamp. Returns whether the mirror changed.
     async fn follow_changes(&mut self) -> Result<bool, RunError> {
         let Some(at) = self.mirror.at else { return self.read_whole().await.map(|()| true) };
-        let mut window = Condition::gt("SystemModstamp", at);
+        // A SOQL datetime is whole seconds, so "after the stamp" starts at the next second; the
+        // rest of the stamp's own second is the overlap's.
+        let after = DateTime::<Utc>::from_timestamp(at.timestamp() + 1, 0).unwrap_or(at);
+        let mut window = Condition::ge("SystemModstamp", after);
         let overlap = Condition::ge("SystemModstamp", at - OVERLAP);
         window = match &self.me {
             Some(me) => window.or(overlap.and(Condition::ne("LastModifiedById", Literal::from(me.as_str())))),

@@ -703,7 +703,17 @@ async fn trial_opportunities_are_followed_from_state_a_rerun_reads_only_what_cha
     let guides = emulators.pendo_list("guide").await;
     let tour = guides.iter().find(|g| g["name"] == "Welcome Tour").unwrap()["id"].as_str().unwrap().to_owned();
     let w = emulators.world(&TRIAL.replace("{guide}", &tour)).await;
-    // 2,500 open trials on no Account: more than a query page of trial Opportunities.
+    // Salesforce's clock stands still half a second into a second, so the 2,500 open trials on
+    // no Account (more than a query page) and every write the first run makes share one stamp:
+    // a change query must start past that stamp's second, not at it.
+    let clock = format!("{}/__emulator/clock", w.sf.base_url);
+    let now = Utc::now() + chrono::Duration::hours(1);
+    let still = chrono::DateTime::from_timestamp(now.timestamp(), 500_000_000).unwrap();
+    let set = |change: Value| {
+        let (http, clock) = (w.http.clone(), clock.clone());
+        async move { assert!(http.put(clock).json(&change).send().await.unwrap().status().is_success()) }
+    };
+    set(json!({ "now": still })).await;
     let many: Vec<Value> = (0..2_500)
         .map(|i| json!({"Name": format!("Trial {i}"), "StageName": "Prospecting", "CloseDate": "2027-03-01", "Type": "Trial"}))
         .collect();
@@ -715,7 +725,9 @@ async fn trial_opportunities_are_followed_from_state_a_rerun_reads_only_what_cha
     assert_eq!((second.written, second.failed), (0, 0), "{second:?}");
     assert_eq!(calls, 1, "one change query, not the trials' pages: {:?}", second.api_calls);
 
-    // A person closes a trial that was written, and opens one on a matched account.
+    // A few seconds on, a person closes a trial that was written, and opens one on a matched
+    // account.
+    set(json!({ "advanceSeconds": 5 })).await;
     let written: Vec<Value> =
         w.live_records("Opportunity").await.into_iter().filter(|o| !o["Trial_Active_Users__c"].is_null()).collect();
     let closed = salesforce::SalesforceId::parse(written[0]["Id"].as_str().unwrap()).unwrap();
