@@ -35,6 +35,7 @@ pub(crate) async fn gather(
         fields: vec![field.to_owned()],
         membership: Membership::Field(field.to_owned()),
         out_when: None,
+        follows_own: false,
     };
     let held = mirror::gather(ctx, workflow, spec, now).await?;
     held.store(workflow, dry_run).await?;

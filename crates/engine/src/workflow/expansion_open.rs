@@ -31,6 +31,7 @@ pub(crate) fn spec(config: &ExpansionConfig) -> Spec {
         fields: vec!["AccountId".into(), config.key_field.clone()],
         membership: Membership::Rules(rules),
         out_when: Some("IsClosed"),
+        follows_own: true,
     }
 }
 

@@ -136,6 +136,7 @@ async fn body(
         fields: vec!["AccountId".into(), STAGE.into()],
         membership: Membership::Rules(vec![(String::new(), format!("IsClosed = false AND ({})", config.select))]),
         out_when: Some("IsClosed"),
+        follows_own: true,
     };
     let mut mirrored = mirror::gather(ctx, &workflow.name, spec, now).await?;
     let opps: Vec<(&str, &str, &str)> = mirrored

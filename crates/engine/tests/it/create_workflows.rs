@@ -437,6 +437,7 @@ async fn an_expansion_closed_or_deleted_since_reopens_its_milestone_and_only_tha
     let mut pairs = made.keys();
     let (closed, deleted) = (pairs.next().unwrap().clone(), pairs.next().unwrap().clone());
     let id = |pair: &(String, String)| salesforce::SalesforceId::parse(&made[pair][0].0).unwrap();
+    w.later().await;
     w.ctx.salesforce.update("Opportunity", &id(&closed), &json!({ "StageName": "Closed Won" })).await.unwrap();
     w.ctx.salesforce.delete("Opportunity", &id(&deleted)).await.unwrap();
 
@@ -483,6 +484,7 @@ async fn an_expansion_a_person_opened_after_the_first_run_still_prevents_a_dupli
     assert!(w.http.delete(&url).send().await.unwrap().status().is_success());
 
     // Meanwhile a person opened it by hand.
+    w.later().await;
     let by_hand = w
         .ctx
         .salesforce
@@ -536,6 +538,7 @@ async fn an_expansion_rerun_follows_what_people_opened_and_closed_from_state_in_
     let (replaced, reopened) = (pairs.next().unwrap().clone(), pairs.next().unwrap().clone());
     let id = |pair: &(String, String)| salesforce::SalesforceId::parse(&made[pair][0].0).unwrap();
     // A person closes ours for two milestones, and opens their own for the first of them.
+    w.later().await;
     for pair in [&replaced, &reopened] {
         w.ctx.salesforce.update("Opportunity", &id(pair), &json!({ "StageName": "Closed Lost" })).await.unwrap();
     }
@@ -572,6 +575,7 @@ async fn an_expansion_rerun_follows_what_people_opened_and_closed_from_state_in_
     assert_ne!(cursor().await, before);
 
     // The person closes their own too: the milestone is free again.
+    w.later().await;
     let theirs = salesforce::SalesforceId::parse(by_hand.id.as_str()).unwrap();
     w.ctx.salesforce.update("Opportunity", &theirs, &json!({ "StageName": "Closed Won" })).await.unwrap();
     let fourth = w.run("expansion").await;
@@ -670,6 +674,7 @@ async fn trial_usage_lands_on_trial_opportunities_and_stages_only_move_forward()
     }
 
     // A person moves one back: usagesync leaves it there from now on.
+    w.later().await;
     let id = salesforce::SalesforceId::parse(&advanced).unwrap();
     w.ctx.salesforce.update("Opportunity", &id, &json!({ "StageName": "Prospecting" })).await.unwrap();
     let second = run(false).await;
