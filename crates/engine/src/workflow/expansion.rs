@@ -16,8 +16,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value, json};
 
 use super::create::{self, Group, Link, NewRecord};
-use super::expansion_open;
 use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
+use super::{expansion_open, mirror};
 use crate::config::{ExpansionConfig, Milestone, MilestoneKind, Workflow};
 use crate::extract::expansion::longest_run;
 use crate::extract::{AccountUsage, CoreFeatures, Extractor};
@@ -192,14 +192,9 @@ async fn body(
         .collect();
     // Open expansion Opportunities already there, whoever made them (with their keys, so that
     // one this workflow made for the next number, whose group is not complete, is recognised):
-    // from the store, and from Salesforce only where something changed.
-    let crossed: Vec<expansion_open::Crossed> = crossings
-        .iter()
-        .map(|c| expansion_open::Crossed { key: count_key(c), account: &c.account_id, milestone: &c.milestone })
-        .collect();
-    let mut known = expansion_open::gather(ctx, &workflow.name, config, &crossed, &stored).await?;
-    drop(crossed);
-    let open = std::mem::take(&mut known.open);
+    // from the mirror, and from Salesforce only what changed since.
+    let mut held = mirror::gather(ctx, &workflow.name, expansion_open::spec(config), now).await?;
+    let open = expansion_open::open(&held.mirror);
     meter.step("existing", Some("read_opportunities"));
     crate::testhook::crash_point("gather");
 
@@ -292,7 +287,7 @@ async fn body(
     let outs = create::history(&groups, &results, &mut report);
     // The count moves on only once the whole group exists, so an interrupted group is completed
     // under the same keys by the next run.
-    let mut puts: Vec<FingerprintPut> = to_create
+    let puts: Vec<FingerprintPut> = to_create
         .iter()
         .zip(&results)
         .filter(|(_, r)| r.complete())
@@ -305,15 +300,19 @@ async fn body(
             value: Some(json!(number)),
         })
         .collect();
-    let made: Vec<(String, String, String)> = to_create
-        .iter()
-        .zip(groups.iter().zip(&results))
-        .filter_map(|((c, _), (g, r))| Some((count_key(c), r.made.first()?.id()?.to_owned(), g.records[0].key.clone())))
-        .collect();
-    puts.extend(known.puts(&scope, &made, now));
+    for ((c, _), (g, r)) in to_create.iter().zip(groups.iter().zip(&results)) {
+        if let Some(id) = r.made.first().and_then(|m| m.id()) {
+            held.add(id, expansion_open::values(&c.account_id, &g.records[0].key), Some(&c.milestone));
+        }
+    }
     crate::testhook::crash_point("record");
     ctx.store.record_outcomes(run_id, &outs, &puts).await?;
-    known.advance(ctx, &workflow.name).await?;
+    // What the run made is read once now, so the next run's change query starts past it.
+    if results.iter().any(|r| !r.made.is_empty()) {
+        held.follow().await?;
+        meter.step("follow", Some("read_opportunities"));
+    }
+    held.store(&workflow.name, options.dry_run).await?;
     create::ledger(&groups, &results).settle(ctx, &workflow.name, run_id, now).await?;
     meter.step("record", None);
     super::settle(ctx, &workflow.name, now, meter, &mut report).await?;

@@ -31,6 +31,7 @@ pub mod expansion;
 mod expansion_open;
 mod lease;
 mod ledger;
+mod mirror;
 pub mod new_users;
 pub mod nps;
 mod pendo_write;

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use super::mirror::{self, Membership, Spec};
 use super::{Context, Meter, RunError, RunOptions, RunReport, engagement};
 use crate::change::{self, Desired};
 use crate::config::{TrialConfig, TrialMetric, Workflow};
@@ -25,6 +26,8 @@ use crate::store::{Action, RecordOutcome, RunId};
 
 const OBJECT: &str = "Opportunity";
 const STAGE: &str = "StageName";
+/// The cursor the open trial Opportunities are mirrored under.
+pub const CURSOR: &str = "trial_opportunities";
 
 /// The fingerprint scope of a workflow's Opportunity fields.
 pub fn scope(workflow: &str) -> String {
@@ -132,25 +135,34 @@ async fn body(
         .collect();
     let usage: HashMap<&str, &AccountUsage> = usage.iter().map(|u| (u.account_id.as_str(), u)).collect();
 
-    let soql =
-        format!("SELECT Id, AccountId, StageName FROM Opportunity WHERE IsClosed = false AND ({})", config.select);
-    let opps: Vec<Value> = ctx
-        .salesforce
-        .query_collect(soql)
-        .await
-        .map_err(|source| RunError::Salesforce { what: "trial Opportunities", source })?;
+    // The open trial Opportunities: from the mirror, and from Salesforce only what changed since.
+    let spec = Spec {
+        cursor: CURSOR,
+        object: OBJECT,
+        what: "trial Opportunities",
+        fields: vec!["AccountId".into(), STAGE.into()],
+        membership: Membership::Rules(vec![(String::new(), format!("IsClosed = false AND ({})", config.select))]),
+        out_when: Some("IsClosed"),
+        follows_own: true,
+    };
+    let mut mirrored = mirror::gather(ctx, &workflow.name, spec, now).await?;
+    let opps: Vec<(&str, &str, &str)> = mirrored
+        .mirror
+        .members
+        .iter()
+        .filter_map(|(id, m)| Some((id.as_str(), m.values.first()?.as_str(), m.values.get(1)?.as_str())))
+        .collect();
     meter.step("read_opportunities", Some("read_opportunities"));
 
     let scope = scope(&workflow.name);
     let written = ctx.store.fingerprints(&scope).await?;
-    let ids: Vec<String> = opps.iter().filter_map(|o| o["Id"].as_str().map(str::to_owned)).collect();
+    let ids: Vec<String> = opps.iter().map(|(id, _, _)| (*id).to_owned()).collect();
     let last_values = ctx.store.written_values(&scope, &ids).await?;
     let mut changes = Vec::new();
     let mut decisions = Vec::new();
     let (mut matched, mut unmatched, mut unchanged) = (0, 0, 0);
     let mut stage_from: HashMap<String, String> = HashMap::new();
-    for o in &opps {
-        let (Some(id), Some(account)) = (o["Id"].as_str(), o["AccountId"].as_str()) else { continue };
+    for &(id, account, current) in &opps {
         let Some(pendo_id) = pendo_of.get(account) else {
             unmatched += 1;
             continue;
@@ -176,7 +188,6 @@ async fn body(
                 fields.push((field.clone(), value));
             }
         }
-        let current = o["StageName"].as_str().unwrap_or_default();
         let last_stage =
             last_values.get(id).and_then(|v| v.iter().find(|(f, _)| f == STAGE)).and_then(|(_, v)| v.as_str());
         if !config.stages.is_empty() {
@@ -243,6 +254,13 @@ async fn body(
     // An account may have several trial Opportunities: each is its own record in the ledger.
     let how = super::update::Recording { object: OBJECT, scope: &scope, ledger_key: |c| &c.salesforce_id, note: &note };
     super::update::record(ctx, &workflow.name, run_id, &how, updated, &mut report, now).await?;
+    drop(opps);
+    // What the run wrote is read once now, so the next run's change query starts past it.
+    if report.written > 0 {
+        mirrored.follow().await?;
+        meter.step("follow", Some("read_opportunities"));
+    }
+    mirrored.store(&workflow.name, options.dry_run).await?;
     super::settle(ctx, &workflow.name, now, meter, &mut report).await?;
     Ok(report)
 }

@@ -437,6 +437,7 @@ async fn an_expansion_closed_or_deleted_since_reopens_its_milestone_and_only_tha
     let mut pairs = made.keys();
     let (closed, deleted) = (pairs.next().unwrap().clone(), pairs.next().unwrap().clone());
     let id = |pair: &(String, String)| salesforce::SalesforceId::parse(&made[pair][0].0).unwrap();
+    w.later().await;
     w.ctx.salesforce.update("Opportunity", &id(&closed), &json!({ "StageName": "Closed Won" })).await.unwrap();
     w.ctx.salesforce.delete("Opportunity", &id(&deleted)).await.unwrap();
 
@@ -483,6 +484,7 @@ async fn an_expansion_a_person_opened_after_the_first_run_still_prevents_a_dupli
     assert!(w.http.delete(&url).send().await.unwrap().status().is_success());
 
     // Meanwhile a person opened it by hand.
+    w.later().await;
     let by_hand = w
         .ctx
         .salesforce
@@ -506,6 +508,84 @@ async fn an_expansion_a_person_opened_after_the_first_run_still_prevents_a_dupli
         outcomes.iter().any(|o| o.action == Action::Skipped && o.salesforce_id.as_deref() == Some(by_hand.id.as_str())),
         "the person's Opportunity is the reason: {outcomes:?}"
     );
+}
+
+/// What exists comes from the mirror of open expansion Opportunities: a re-run makes one call
+/// however many Opportunities the integration user itself changed within the overlap, and still
+/// follows what people did since: one they opened for a milestone is respected (no second one),
+/// one they closed makes room for the next. A dry run leaves the mirror as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expansion_rerun_follows_what_people_opened_and_closed_from_state_in_one_call() {
+    let w = expansion_world(200).await;
+    // 2,500 Opportunities the integration user loaded just now, meeting no rule (a stand-in for
+    // a large write of its own): more than one query page, all within the change query's overlap.
+    let many: Vec<Value> = (0..2_500)
+        .map(|i| json!({"Name": format!("Renewal {i}"), "StageName": "Prospecting", "CloseDate": "2027-03-01"}))
+        .collect();
+    w.sf_admin(reqwest::Method::POST, "records/Opportunity", json!(many)).await;
+    let first = w.run("expansion").await;
+    assert!(first.written > 2 && first.failed == 0, "{first:?}");
+    let made = our_expansions(&w).await;
+    let (second, calls) = w.run_fresh("expansion").await;
+    let second = second.unwrap();
+    assert_eq!((second.written, second.failed), (0, 0), "{second:?}");
+    // The seat milestone reads contracted seats (a Salesforce fact); what exists is one query.
+    let opportunity_reads = |r: &engine::workflow::RunReport| r.api_calls.get("read_opportunities").copied();
+    assert_eq!(opportunity_reads(&second), Some(1), "no page of the user's own changes: {:?}", second.api_calls);
+    assert!(calls <= 2, "{calls}: {:?}", second.api_calls);
+
+    let mut pairs = made.keys();
+    let (replaced, reopened) = (pairs.next().unwrap().clone(), pairs.next().unwrap().clone());
+    let id = |pair: &(String, String)| salesforce::SalesforceId::parse(&made[pair][0].0).unwrap();
+    // A person closes ours for two milestones, and opens their own for the first of them.
+    w.later().await;
+    for pair in [&replaced, &reopened] {
+        w.ctx.salesforce.update("Opportunity", &id(pair), &json!({ "StageName": "Closed Lost" })).await.unwrap();
+    }
+    let by_hand = w
+        .ctx
+        .salesforce
+        .create(
+            "Opportunity",
+            &json!({
+                "Name": "Expansion agreed by phone", "StageName": "Qualification", "CloseDate": "2027-01-31",
+                "AccountId": replaced.0, "Expansion_Milestone__c": replaced.1,
+            }),
+        )
+        .await
+        .unwrap();
+
+    let cursor = || async { w.ctx.store.cursor("expansion", "expansion_opportunities").await.unwrap() };
+    let before = cursor().await;
+    assert!(before.is_some());
+    let dry = w.dry_run("expansion").await;
+    assert_eq!(dry.changed, 1, "only the milestone closed and not reopened: {dry:?}");
+    assert_eq!(cursor().await, before, "a dry run leaves the mirror as it was");
+
+    let third = w.run("expansion").await;
+    assert_eq!((third.written, third.failed), (1, 0), "{third:?}");
+    let now = our_expansions(&w).await;
+    assert_eq!(now[&replaced], made[&replaced], "the person's own is respected: no second one");
+    assert_eq!(now[&reopened].len(), 2, "the next number beside the closed one: {:?}", now[&reopened]);
+    let outcomes = w.ctx.store.run_outcomes(third.run_id.unwrap(), &OutcomeFilter::default()).await.unwrap();
+    assert!(
+        outcomes.iter().any(|o| o.action == Action::Skipped && o.salesforce_id.as_deref() == Some(by_hand.id.as_str())),
+        "the person's Opportunity is the reason: {outcomes:?}"
+    );
+    assert_ne!(cursor().await, before);
+
+    // The person closes their own too: the milestone is free again.
+    w.later().await;
+    let theirs = salesforce::SalesforceId::parse(by_hand.id.as_str()).unwrap();
+    w.ctx.salesforce.update("Opportunity", &theirs, &json!({ "StageName": "Closed Won" })).await.unwrap();
+    let fourth = w.run("expansion").await;
+    assert_eq!((fourth.written, fourth.failed), (1, 0), "{fourth:?}");
+    assert_eq!(our_expansions(&w).await[&replaced].len(), 2);
+    let (fifth, calls) = w.run_fresh("expansion").await;
+    let fifth = fifth.unwrap();
+    assert_eq!(fifth.written, 0);
+    assert_eq!(opportunity_reads(&fifth), Some(1), "{:?}", fifth.api_calls);
+    assert!(calls <= 2, "{calls}: {:?}", fifth.api_calls);
 }
 
 const TRIAL: &str = r#"
@@ -594,6 +674,7 @@ async fn trial_usage_lands_on_trial_opportunities_and_stages_only_move_forward()
     }
 
     // A person moves one back: usagesync leaves it there from now on.
+    w.later().await;
     let id = salesforce::SalesforceId::parse(&advanced).unwrap();
     w.ctx.salesforce.update("Opportunity", &id, &json!({ "StageName": "Prospecting" })).await.unwrap();
     let second = run(false).await;
@@ -617,6 +698,63 @@ async fn trial_usage_lands_on_trial_opportunities_and_stages_only_move_forward()
     let fourth = engine::workflow::run(&fresh, "trials", &options).await.unwrap();
     assert_eq!((fourth.written, fourth.failed), (0, 0), "{fourth:?}");
     assert_eq!(fresh.salesforce.requests_sent(), 1, "{:?}", fourth.api_calls);
+}
+
+/// The open trial Opportunities come from their mirror: a no-change re-run makes one call
+/// however many there are, and a trial a person opened, moved or closed since is followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trial_opportunities_are_followed_from_state_a_rerun_reads_only_what_changed() {
+    let emulators = Emulators::start(3, 300, 30).await;
+    let guides = emulators.pendo_list("guide").await;
+    let tour = guides.iter().find(|g| g["name"] == "Welcome Tour").unwrap()["id"].as_str().unwrap().to_owned();
+    let w = emulators.world(&TRIAL.replace("{guide}", &tour)).await;
+    // Salesforce's clock stands still half a second into a second, so the 2,500 open trials on
+    // no Account (more than a query page) and every write the first run makes share one stamp:
+    // a change query must start past that stamp's second, not at it.
+    let clock = format!("{}/__emulator/clock", w.sf.base_url);
+    let now = Utc::now() + chrono::Duration::hours(1);
+    let still = chrono::DateTime::from_timestamp(now.timestamp(), 500_000_000).unwrap();
+    let set = |change: Value| {
+        let (http, clock) = (w.http.clone(), clock.clone());
+        async move { assert!(http.put(clock).json(&change).send().await.unwrap().status().is_success()) }
+    };
+    set(json!({ "now": still })).await;
+    let many: Vec<Value> = (0..2_500)
+        .map(|i| json!({"Name": format!("Trial {i}"), "StageName": "Prospecting", "CloseDate": "2027-03-01", "Type": "Trial"}))
+        .collect();
+    w.sf_admin(reqwest::Method::POST, "records/Opportunity", json!(many)).await;
+    let first = w.run("trials").await;
+    assert!(first.written > 0 && first.failed == 0, "{first:?}");
+    let (second, calls) = w.run_fresh("trials").await;
+    let second = second.unwrap();
+    assert_eq!((second.written, second.failed), (0, 0), "{second:?}");
+    assert_eq!(calls, 1, "one change query, not the trials' pages: {:?}", second.api_calls);
+
+    // A few seconds on, a person closes a trial that was written, and opens one on a matched
+    // account.
+    set(json!({ "advanceSeconds": 5 })).await;
+    let written: Vec<Value> =
+        w.live_records("Opportunity").await.into_iter().filter(|o| !o["Trial_Active_Users__c"].is_null()).collect();
+    let closed = salesforce::SalesforceId::parse(written[0]["Id"].as_str().unwrap()).unwrap();
+    w.ctx.salesforce.update("Opportunity", &closed, &json!({ "StageName": "Closed Lost" })).await.unwrap();
+    let account = written[1]["AccountId"].clone();
+    let opened = w
+        .ctx
+        .salesforce
+        .create(
+            "Opportunity",
+            &json!({"Name": "Second trial", "StageName": "Prospecting", "CloseDate": "2027-02-01", "Type": "Trial", "AccountId": account}),
+        )
+        .await
+        .unwrap();
+    let third = w.run("trials").await;
+    assert_eq!((third.written, third.failed), (1, 0), "only the new trial is written: {third:?}");
+    assert_eq!(third.matched, first.matched, "one trial closed, one opened: {third:?}");
+    let o = w.live_records("Opportunity").await.into_iter().find(|o| o["Id"] == json!(opened.id.as_str())).unwrap();
+    assert!(!o["Trial_Active_Users__c"].is_null(), "{o}");
+    let (fourth, calls) = w.run_fresh("trials").await;
+    assert_eq!(fourth.unwrap().written, 0);
+    assert_eq!(calls, 1);
 }
 
 /// Where the org does not keep the key field unique, Salesforce cannot refuse a key that
