@@ -202,6 +202,17 @@ async fn measure(ctx: &Context, pendo_url: &str, accounts: usize, workflow: &'st
         let (seconds, peak_mib) = (t.elapsed().as_secs_f64(), peak_rss_mib());
         // Read after the timings: counting the tables is not the run's work.
         let store_mb = ctx.store.store_size().await?.bytes as f64 / 1e6;
+        // As it happens too: a long bench that fails later keeps what it measured.
+        eprintln!(
+            "  {workflow}, {label}: {}, {seconds:.1}s, peak RSS {peak_mib:.0} MiB, store {store_mb:.1} MB, written {}, \
+             Pendo calls {}, Salesforce calls {} ({:?}), steps {:?}",
+            report.state,
+            report.written,
+            report.pendo_calls,
+            report.total_api_calls(),
+            report.api_calls,
+            report.timings
+        );
         measured.push(Measured { workflow, label, seconds, peak_mib, store_mb, report });
     }
     Ok(measured)
@@ -276,14 +287,18 @@ async fn change_one_percent(ctx: &Context, pendo_url: &str, accounts: usize) -> 
             })
         })
         .collect();
-    let response = reqwest::Client::new()
-        .post(format!("{pendo_url}/__emulator/seed"))
-        .json(&json!({"events": events}))
-        .send()
-        .await
-        .context("Failed to seed the usage change")?;
-    if !response.status().is_success() {
-        bail!("the Pendo emulator refused the usage change: {}", response.text().await.unwrap_or_default());
+    // In parts: at a million accounts one request would pass the emulator's body limit.
+    let http = reqwest::Client::new();
+    for part in events.chunks(5_000) {
+        let response = http
+            .post(format!("{pendo_url}/__emulator/seed"))
+            .json(&json!({"events": part}))
+            .send()
+            .await
+            .context("Failed to seed the usage change")?;
+        if !response.status().is_success() {
+            bail!("the Pendo emulator refused the usage change: {}", response.text().await.unwrap_or_default());
+        }
     }
     Ok(())
 }
