@@ -299,6 +299,14 @@ async fn drain_once(
     stop: Option<&mut watch::Receiver<bool>>,
 ) -> Result<Option<BatchReport>, RunError> {
     let _guard = PROCESSING.lock().await;
+    // A killed process of this host (a CLI run, a daemon) cannot renew its claims: give its
+    // events back now rather than a lease later, as a dead run's workflow lease is. Before the
+    // window: with every pending event held by the dead, nothing would look claimable.
+    for held_by in ctx.store.event_claimers(ctx.clock.now()).await? {
+        if held_by.rsplit_once(':').is_some_and(|(holder, _)| super::lease::holder_is_dead(holder)) {
+            ctx.store.release_event_claims(&held_by).await?;
+        }
+    }
     let mut stop = stop;
     if let Some(stop) = stop.as_deref_mut() {
         // The window runs from the oldest event no worker holds, and closes before anything
@@ -314,13 +322,6 @@ async fn drain_once(
                 () = tokio::time::sleep(left) => {}
                 _ = stop.changed() => return Ok(None),
             }
-        }
-    }
-    // A killed process of this host (a CLI run, a daemon) cannot renew its claims: give its
-    // events back now rather than a lease later, as a dead run's workflow lease is.
-    for held_by in ctx.store.event_claimers(ctx.clock.now()).await? {
-        if held_by.rsplit_once(':').is_some_and(|(holder, _)| super::lease::holder_is_dead(holder)) {
-            ctx.store.release_event_claims(&held_by).await?;
         }
     }
     let claiming = std::time::Instant::now();

@@ -99,25 +99,18 @@ async fn pendo_is_asked_only_about_visitors_the_visitor_id_field_did_not_match()
     }
 }
 
-/// A batch whose claim lapses mid-way (a heartbeat starved past its lease) and is taken over by
-/// another worker: both write the answers to Salesforce (harmless), but only the taker records
-/// them; the first worker's record stage finds its claim gone and records, commits and marks
-/// nothing of them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_taken_over_after_its_claim_lapsed_is_recorded_once_by_the_taker() {
-    let emu = Emulators::start(12, 5, 10).await;
-    let store = emu.open_store().await;
-    let admin = |base: &str, path: &str| format!("{base}/__emulator/{path}");
-    let contacts: Value =
-        emu.http.get(admin(&emu.sf.base_url, "records/Contact")).send().await.unwrap().json().await.unwrap();
+/// Three Contacts (`taken-v0..2`) and an answer of each in the inbox (ratings 4, 5, 6), answered
+/// a minute ago; returns the answers' timestamp.
+async fn three_answers(emu: &Emulators, store: &std::sync::Arc<dyn engine::store::Store>) -> i64 {
+    let records = format!("{}/__emulator/records/Contact", emu.sf.base_url);
+    let contacts: Value = emu.http.get(&records).send().await.unwrap().json().await.unwrap();
     let account = contacts[0]["AccountId"].as_str().unwrap().to_owned();
     let rows: Vec<Value> = (0..3)
         .map(|i| json!({"LastName": format!("Taken {i}"), "AccountId": account, "Pendo_Visitor_Id__c": format!("taken-v{i}")}))
         .collect();
-    let made = emu.http.post(admin(&emu.sf.base_url, "records/Contact")).json(&rows).send().await.unwrap();
+    let made = emu.http.post(&records).json(&rows).send().await.unwrap();
     assert!(made.status().is_success());
     let secs = Utc::now().timestamp() - 60;
-    let keys: Vec<String> = (0..3).map(|i| format!("nps:{secs}:taken-v{i}")).collect();
     for i in 0..3 {
         let body = json!({"event": "npsSubmitted", "visitorId": format!("taken-v{i}"), "timestamp": secs,
                           "uniqueId": format!("t{i}"), "properties": {"nps": {"rating": 4 + i, "reason": ""}}});
@@ -130,6 +123,64 @@ async fn a_batch_taken_over_after_its_claim_lapsed_is_recorded_once_by_the_taker
         };
         assert!(store.put_event(&event).await.unwrap());
     }
+    secs
+}
+
+/// A daemon of this host killed while it held a batch: the consumer of another gives the
+/// batch back at its next idle poll and writes it, though nothing else is pending, rather than
+/// waiting out the dead one's lease (an hour here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_consumer_takes_back_a_dead_daemons_batch_before_its_lease_ends() {
+    let emu = Emulators::start(12, 5, 10).await;
+    let store = emu.open_store().await;
+    three_answers(&emu, &store).await;
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let this_host = engine::workflow::lease_holder().rsplit_once(':').map(|(h, _)| h.to_owned()).unwrap();
+    let dead = format!("{this_host}:{}:batch", gone.id());
+    let held = store.claim_events(&dead, Duration::from_secs(3600), Utc::now(), 100).await.unwrap();
+    assert_eq!(held.len(), 3);
+
+    let config = CONFIG.replace("match: [visitor_id_field, email]", "match: [visitor_id_field]");
+    let ctx = support::context(&emu.fill(&config), store.clone());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let consumer =
+        tokio::spawn(engine::workflow::nps::consume(ctx, engine::workflow::RunLease::DEFAULT, wake, stopped));
+    support::eventually("the dead daemon's batch is written", Duration::from_secs(30), || {
+        let store = store.clone();
+        async move { (store.inbox_counts().await.unwrap().pending == 0).then_some(()) }
+    })
+    .await;
+    stop.send(true).unwrap();
+    consumer.await.unwrap();
+    let contacts: Value = emu
+        .http
+        .get(format!("{}/__emulator/records/Contact", emu.sf.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let c =
+            contacts.as_array().unwrap().iter().find(|c| c["Pendo_Visitor_Id__c"] == format!("taken-v{i}").as_str());
+        assert_eq!(c.unwrap()["NPS_Score__c"], f64::from(4 + i));
+    }
+}
+
+/// A batch whose claim lapses mid-way (a heartbeat starved past its lease) and is taken over by
+/// another worker: both write the answers to Salesforce (harmless), but only the taker records
+/// them; the first worker's record stage finds its claim gone and records, commits and marks
+/// nothing of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_taken_over_after_its_claim_lapsed_is_recorded_once_by_the_taker() {
+    let emu = Emulators::start(12, 5, 10).await;
+    let store = emu.open_store().await;
+    let admin = |base: &str, path: &str| format!("{base}/__emulator/{path}");
+    let secs = three_answers(&emu, &store).await;
+    let keys: Vec<String> = (0..3).map(|i| format!("nps:{secs}:taken-v{i}")).collect();
     // Every Salesforce call slow: the first worker is still writing when the second takes over.
     let faults = json!({"latencyMs": 700, "latencyShare": 1.0});
     assert!(emu.http.put(admin(&emu.sf.base_url, "faults")).json(&faults).send().await.unwrap().status().is_success());
