@@ -2,13 +2,14 @@
 //! use and guide completion, each grouped by Pendo to one or two rows per account and folded into
 //! one small record per account.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use pendo::{Agg, Apps, Expr, Pipeline, Source, Span, Time, TimeSeries};
 use serde_json::Value;
 
+use super::kept::{self, Accounts, DaySum, Facts, Seen, UsageState};
 use super::{
     AccountUsage, CoreFeatures, ExtractError, Extractor, Result, WindowLength, bad_row, count, maybe_filter, text,
 };
@@ -249,6 +250,197 @@ impl Extractor<'_> {
             .collect())
     }
 
+    /// Per-account engagement over `window` from the state kept since the last run (see
+    /// [`super::kept`]): Pendo is asked about the days since then, or the whole window when the
+    /// state cannot be brought up to date. Returns the figures and the state to keep (`None`
+    /// where none can be kept: hourly windows, or a window with a day no one used).
+    ///
+    /// # Errors
+    /// As [`super::engagement`].
+    pub async fn engagement_kept(
+        &self,
+        window: &super::Window,
+        core: &CoreFeatures,
+        kept: Option<UsageState>,
+    ) -> Result<(Vec<AccountUsage>, Option<UsageState>)> {
+        let WindowLength::Days(n) = window.length else {
+            return Ok((self.engagement(window, core).await?, None));
+        };
+        time_series(window)?;
+        let core_ids = self.core_feature_ids(core).await?;
+        let mut last_steps = self.last_guide_steps().await?;
+        last_steps.sort_unstable();
+        let basis = {
+            let n = n.to_string();
+            let current = if window.include_current { "current" } else { "before" };
+            let mut parts: Vec<&str> = vec![&n, current, "core"];
+            parts.extend(core_ids.iter().map(String::as_str));
+            parts.push("steps");
+            parts.extend(last_steps.iter().map(String::as_str));
+            kept::key_of(&parts)
+        };
+        let end = window.end.timestamp_millis();
+        let total = u32::try_from(core_ids.len()).unwrap_or(u32::MAX);
+        let q = PairQueries { core_ids: &core_ids, last_steps: &last_steps };
+
+        if let Some((mut state, k)) = kept.and_then(|s| s.days_to_read(basis, end, n).map(|k| (s, k))) {
+            let accounts = state.take_accounts();
+            let part = super::Window { length: WindowLength::Days(k), ..window.clone() };
+            let (accounts, facts, last_visit) = self.read_days(&part, &q, accounts).await?;
+            if let Some(state) = state.merge(accounts, facts, k, n, end) {
+                let usage = with_last_visit(state.usage(total), &last_visit);
+                return Ok((usage, Some(state)));
+            }
+            tracing::info!(days = k, "the kept engagement did not fit the days read; reading the whole window");
+        }
+        let (accounts, facts, last_visit) = self.read_days(window, &q, Accounts::default()).await?;
+        let (state, complete) = UsageState::whole(basis, end, n, accounts, facts);
+        let usage = with_last_visit(state.usage(total), &last_visit);
+        Ok((usage, complete.then_some(state)))
+    }
+
+    /// The per-day and per-thing rows of `window`'s days, and every account's last visit.
+    async fn read_days(
+        &self,
+        window: &super::Window,
+        q: &PairQueries<'_>,
+        accounts: Accounts,
+    ) -> Result<(Accounts, Facts, HashMap<u32, i64>)> {
+        let ts = time_series(window)?;
+        struct Shared {
+            accounts: Accounts,
+            facts: Facts,
+            last_visit: HashMap<u32, i64>,
+        }
+        let shared = Mutex::new(Shared { accounts, facts: Facts::default(), last_visit: HashMap::new() });
+        let with = |row: &Value, f: &mut dyn FnMut(&mut Shared, u32)| {
+            let Some(id) = text(row, "accountId").filter(|id| !id.is_empty()) else { return Ok(()) };
+            let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            let acc = s.accounts.number(id);
+            f(&mut s, acc);
+            Ok(())
+        };
+        let day = |row: &Value| row.get("day").and_then(Value::as_i64);
+
+        let accounts = self.paged(
+            "accounts",
+            &["accountId"],
+            false,
+            |cond| {
+                maybe_filter(Pipeline::from_source(Source::Accounts { apps: Apps::Default }), cond).select(vec![
+                    ("accountId", Expr::field("accountId")),
+                    ("lastvisit", Expr::field("metadata.auto.lastvisit")),
+                ])
+            },
+            |row| {
+                let last = row.get("lastvisit").and_then(Value::as_i64).filter(|t| *t > 0);
+                with(row, &mut |s, acc| {
+                    if let Some(t) = last {
+                        s.last_visit.insert(acc, t);
+                    }
+                })
+            },
+        );
+        let sums = self.paged(
+            "event totals by account and day",
+            &["accountId", "day"],
+            false,
+            |cond| {
+                maybe_filter(Pipeline::events(Source::Events { apps: Apps::All }, ts.clone()), cond).group(
+                    &["accountId", "day"],
+                    &[("events", Agg::Sum("numEvents".into())), ("minutes", Agg::Sum("numMinutes".into()))],
+                )
+            },
+            |row| {
+                let Some(d) = day(row) else { return Ok(()) };
+                let (events, minutes) = (count(row, "events"), count(row, "minutes"));
+                with(row, &mut |s, acc| s.facts.sums.push(DaySum { acc, day: d, events, minutes }))
+            },
+        );
+        let visitors = self.paged(
+            "active visitors by day last seen",
+            &["accountId", "visitorId"],
+            false,
+            |cond| {
+                maybe_filter(Pipeline::events(Source::Events { apps: Apps::All }, ts.clone()), cond)
+                    .identified("visitorId")
+                    .group(&["accountId", "visitorId"], &[("day", Agg::Max("day".into()))])
+            },
+            |row| {
+                let (Some(v), Some(d)) = (text(row, "visitorId"), day(row)) else { return Ok(()) };
+                let key = kept::key_of(&[v]);
+                with(row, &mut |s, acc| s.facts.seen[kept::VISITORS].push(Seen { acc, key, at: d }))
+            },
+        );
+        let is_core = any_of("featureId", q.core_ids.iter().map(String::as_str));
+        let features = async {
+            let Some(is_core) = &is_core else { return Ok(()) };
+            self.paged(
+                "core features by day last used",
+                &["accountId", "featureId"],
+                false,
+                |cond| {
+                    maybe_filter(
+                        Pipeline::events(Source::FeatureEvents { feature_id: None, apps: Apps::All }, ts.clone()),
+                        cond,
+                    )
+                    .filter(is_core.clone())
+                    .group(&["accountId", "featureId"], &[("day", Agg::Max("day".into()))])
+                },
+                |row| {
+                    let (Some(f), Some(d)) = (text(row, "featureId"), day(row)) else { return Ok(()) };
+                    let key = kept::key_of(&[f]);
+                    with(row, &mut |s, acc| s.facts.seen[kept::FEATURES].push(Seen { acc, key, at: d }))
+                },
+            )
+            .await
+        };
+        let seen = Expr::field("type").eq("guideSeen");
+        let relevant = match any_of("guideStepId", q.last_steps.iter().map(String::as_str)) {
+            Some(last) => seen.or(Expr::field("type").eq("guideAdvanced").and(last)),
+            None => seen,
+        };
+        let guides = self.paged(
+            "guides by time last seen and completed",
+            &["accountId", "visitorId", "guideId", "type"],
+            false,
+            |cond| {
+                maybe_filter(
+                    Pipeline::events(Source::GuideEvents { guide_id: None, apps: Apps::All }, ts.clone()),
+                    cond,
+                )
+                .identified("visitorId")
+                .filter(relevant.clone())
+                .group(&["accountId", "visitorId", "guideId", "type"], &[("at", Agg::Max("browserTime".into()))])
+            },
+            |row| {
+                let kind = match text(row, "type") {
+                    Some("guideSeen") => kept::GUIDES_SEEN,
+                    Some("guideAdvanced") => kept::GUIDES_COMPLETED,
+                    _ => return Ok(()),
+                };
+                let (Some(v), Some(g), Some(at)) =
+                    (text(row, "visitorId"), text(row, "guideId"), row.get("at").and_then(Value::as_i64))
+                else {
+                    return Ok(());
+                };
+                let key = kept::key_of(&[v, g]);
+                with(row, &mut |s, acc| s.facts.seen[kind].push(Seen { acc, key, at }))
+            },
+        );
+        if self.parallel {
+            tokio::try_join!(accounts, sums, visitors, features, guides)?;
+        } else {
+            accounts.await?;
+            sums.await?;
+            visitors.await?;
+            features.await?;
+            guides.await?;
+        }
+        let s = shared.into_inner().unwrap_or_else(PoisonError::into_inner);
+        Ok((s.accounts, s.facts, s.last_visit))
+    }
+
     /// The core feature ids, deduplicated.
     async fn core_feature_ids(&self, core: &CoreFeatures) -> Result<BTreeSet<String>> {
         match core {
@@ -284,6 +476,23 @@ impl Extractor<'_> {
             })
             .collect())
     }
+}
+
+/// What the per-thing queries filter on.
+struct PairQueries<'a> {
+    core_ids: &'a BTreeSet<String>,
+    last_steps: &'a [String],
+}
+
+/// Pendo's last visit onto figures numbered as the state numbers accounts.
+fn with_last_visit(mut usage: Vec<AccountUsage>, last_visit: &HashMap<u32, i64>) -> Vec<AccountUsage> {
+    for (acc, t) in last_visit {
+        if let Some(u) = usage.get_mut(*acc as usize) {
+            u.last_active = DateTime::<Utc>::from_timestamp_millis(*t);
+        }
+    }
+    usage.sort_unstable_by(|a, b| a.account_id.cmp(&b.account_id));
+    usage
 }
 
 #[cfg(test)]

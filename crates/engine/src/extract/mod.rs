@@ -23,6 +23,7 @@ mod catalog;
 mod engagement;
 pub mod expansion;
 mod facts;
+mod kept;
 mod people;
 mod visitors;
 
@@ -30,9 +31,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
-use pendo::{Expr, Pipeline, SortKey};
+use pendo::{Expr, Lit, Pipeline, SortKey};
 use serde_json::Value;
 
+pub use kept::UsageState;
 pub use people::{PersonFigures, VisitorUsage};
 pub use visitors::NewVisitor;
 
@@ -253,10 +255,12 @@ impl<'c> Extractor<'c> {
 
     /// Pages through a query in `sort` order and hands each row to `fold`.
     ///
-    /// `build` gets the keyset condition on `sort[0]` and must apply it right after the source,
-    /// so Pendo filters raw rows before grouping them. With `overlap`, the next page starts *at*
-    /// the last key rather than after it: for grouped results with several rows per key, where a
-    /// page may end between them; `fold` must then tolerate seeing a row twice.
+    /// `build` gets the keyset condition and must apply it right after the source, so Pendo
+    /// filters raw rows before grouping them. Without `overlap`, the sort keys must be unique
+    /// per result row (the group's keys) and the next page starts after the last row's keys,
+    /// compared in order. With `overlap`, the next page starts *at* the last row's first key:
+    /// for grouped results with several rows per first key, where a page may end between them;
+    /// `fold` must then tolerate seeing a row twice.
     async fn paged(
         &self,
         query: &'static str,
@@ -265,11 +269,10 @@ impl<'c> Extractor<'c> {
         build: impl Fn(Option<Expr>) -> Pipeline,
         mut fold: impl FnMut(&Value) -> Result<()>,
     ) -> Result<()> {
-        let key = sort.first().copied().unwrap_or("accountId");
         let sort_keys: Vec<SortKey> = sort.iter().map(|k| SortKey::asc(k)).collect();
-        let mut last: Option<String> = None;
+        let mut last: Option<Vec<Lit>> = None;
         loop {
-            let cond = last.as_deref().map(|l| if overlap { Expr::field(key).ge(l) } else { Expr::field(key).gt(l) });
+            let cond = last.as_deref().map(|l| keyset(sort, l, overlap));
             let p = build(cond).sort(&sort_keys).limit(self.page_rows);
             self.calls.fetch_add(1, Ordering::Relaxed);
             // Rows are folded as they are parsed; only the page's last row is kept, for its key.
@@ -291,13 +294,39 @@ impl<'c> Extractor<'c> {
                 return Ok(());
             }
             let Some(row) = last_row else { return Ok(()) };
-            let next = text(&row, key).ok_or_else(|| bad_row(query, key_name(key), &row))?;
-            if overlap && last.as_deref() == Some(next) {
-                return Err(ExtractError::Stuck { query, key: next.to_string() });
+            let keys = if overlap { &sort[..1.min(sort.len())] } else { sort };
+            let next = keys
+                .iter()
+                .map(|k| match row.get(*k) {
+                    Some(Value::String(s)) => Some(Lit::Str(s.clone())),
+                    Some(v) => v.as_i64().map(Lit::Int),
+                    None => None,
+                })
+                .collect::<Option<Vec<Lit>>>()
+                .ok_or_else(|| bad_row(query, keys.first().copied().unwrap_or("accountId"), &row))?;
+            if overlap && last.as_ref() == Some(&next) {
+                let key = match next.first() {
+                    Some(Lit::Str(s)) => s.clone(),
+                    other => other.map(ToString::to_string).unwrap_or_default(),
+                };
+                return Err(ExtractError::Stuck { query, key });
             }
-            last = Some(next.to_string());
+            last = Some(next);
         }
     }
+}
+
+/// The rows after `last` in `keys` order (`k1 > v1 || (k1 == v1 && (k2 > v2 || ...))`), or with
+/// `overlap` the rows at or after the first key.
+fn keyset(keys: &[&str], last: &[Lit], overlap: bool) -> Expr {
+    let mut pairs = keys.iter().zip(last).rev();
+    let Some((k, v)) = pairs.next() else { return Expr::lit(true) };
+    let first = |k: &str, v: &Lit| {
+        if overlap { Expr::field(k).ge(Expr::lit(v.clone())) } else { Expr::field(k).gt(Expr::lit(v.clone())) }
+    };
+    pairs.fold(first(k, v), |rest, (k, v)| {
+        Expr::field(k).gt(Expr::lit(v.clone())).or(Expr::field(k).eq(Expr::lit(v.clone())).and(rest))
+    })
 }
 
 /// Why a streamed page stopped: the Pendo call (or its body) failed, or the fold refused a row.
@@ -310,10 +339,6 @@ impl From<pendo::Error> for PageStop {
     fn from(e: pendo::Error) -> Self {
         PageStop::Pendo(e)
     }
-}
-
-fn key_name(key: &str) -> &'static str {
-    if key == "visitorId" { "visitorId" } else { "accountId" }
 }
 
 fn bad_row(query: &'static str, field: &'static str, row: &Value) -> ExtractError {

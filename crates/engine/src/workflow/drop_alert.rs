@@ -180,7 +180,7 @@ async fn body(
         CoreFeatures::Ids(config.accounts.core_features.clone())
     };
     let window = workflow.window(now);
-    let current = extractor.engagement(&window, &core).await?;
+    let current = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;
     let previous = extractor.engagement(&window.before(), &core).await?;
     meter.step("extract", None);
 

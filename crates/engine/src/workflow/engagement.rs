@@ -77,7 +77,7 @@ async fn body(
     } else {
         CoreFeatures::Ids(config.core_features.clone())
     };
-    let usage = extractor.engagement(&window, &core).await?;
+    let usage = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;
     meter.step("extract", None);
 
     step("Matching accounts", None);

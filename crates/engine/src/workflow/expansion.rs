@@ -78,7 +78,7 @@ async fn body(
     } else {
         CoreFeatures::Ids(config.accounts.core_features.clone())
     };
-    let usage = extractor.engagement(&window, &core).await?;
+    let usage = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;
     let mut feature_visitors: HashMap<&str, BTreeMap<String, u64>> = HashMap::new();
     // The features' names, so the text people read names them rather than showing Pendo ids.
     let mut feature_names = HashMap::new();

@@ -20,6 +20,8 @@
 //! - `episode`: one alert per subject per episode, for every template that alerts.
 //! - `ledger`: the failure ledger every template settles its refused and written records in.
 //! - [`replay`]: running failed records' workflows again, re-deriving what they send.
+//! - `usage`: the gather stage of the templates that read per-account engagement, from state kept
+//!   between runs.
 
 pub mod attributes;
 mod contact_links;
@@ -40,6 +42,7 @@ pub mod replay;
 mod rollup;
 pub mod trial;
 mod update;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

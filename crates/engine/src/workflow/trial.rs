@@ -105,7 +105,7 @@ async fn body(
         CoreFeatures::Ids(config.accounts.core_features.clone())
     };
     let window = workflow.window(now);
-    let usage = extractor.engagement(&window, &core).await?;
+    let usage = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;
     let drop_offs = match (&config.fields.drop_off_step, &config.onboarding_guide) {
         (Some(_), Some(guide)) => extractor.drop_off_steps(&window, guide).await?,
         _ => BTreeMap::new(),
