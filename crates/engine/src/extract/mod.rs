@@ -7,13 +7,15 @@
 //! - `engagement`: the engagement queries and their folding.
 //! - `facts`: account metadata and visitor e-mail domains.
 //! - `visitors`: visitors first seen since a point in time (new-users-to-contacts).
+//! - `kept`: engagement kept between runs, brought up to date from the days since the last run.
 //!
 //! # Choices the engine relies on
 //! - The window is whole days or hours in the subscription's timezone: the `n` periods before the
 //!   one that contains `end` (Pendo's `dayRange`/`hourRange` with `first = end, count = -n`), or,
 //!   when the user asks for the current period, the `n` periods ending with it (`first` at the
-//!   start of the oldest, `count = n`). Every run reads its whole window again, so events Pendo
-//!   processes late (hours late is normal) correct the figures at the next run.
+//!   start of the oldest, `count = n`). Windows of days are kept between runs (`kept`): a run
+//!   reads the days since the last one and the two before them, so events Pendo processes late
+//!   (hours late is normal) correct those days at the next run; hourly windows are read whole.
 //! - Every account Pendo knows (the `accounts` source) gets an [`AccountUsage`], with zeros when
 //!   nothing happened in the window, so the engine can write 0 over a stale value.
 //! - Counts never depend on whether Pendo's `count` aggregator counts distinct or non-null values:
