@@ -305,12 +305,12 @@ impl Extractor<'_> {
         window: &super::Window,
         q: &PairQueries<'_>,
         accounts: Accounts,
-    ) -> Result<(Accounts, Facts, HashMap<u32, i64>)> {
+    ) -> Result<(Accounts, Facts, HashMap<u32, Option<i64>>)> {
         let ts = time_series(window)?;
         struct Shared {
             accounts: Accounts,
             facts: Facts,
-            last_visit: HashMap<u32, i64>,
+            last_visit: HashMap<u32, Option<i64>>,
         }
         let shared = Mutex::new(Shared { accounts, facts: Facts::default(), last_visit: HashMap::new() });
         let with = |row: &Value, f: &mut dyn FnMut(&mut Shared, u32)| {
@@ -335,9 +335,7 @@ impl Extractor<'_> {
             |row| {
                 let last = row.get("lastvisit").and_then(Value::as_i64).filter(|t| *t > 0);
                 with(row, &mut |s, acc| {
-                    if let Some(t) = last {
-                        s.last_visit.insert(acc, t);
-                    }
+                    s.last_visit.insert(acc, last);
                 })
             },
         );
@@ -484,15 +482,33 @@ struct PairQueries<'a> {
     last_steps: &'a [String],
 }
 
-/// Pendo's last visit onto figures numbered as the state numbers accounts.
-fn with_last_visit(mut usage: Vec<AccountUsage>, last_visit: &HashMap<u32, i64>) -> Vec<AccountUsage> {
-    for (acc, t) in last_visit {
-        if let Some(u) = usage.get_mut(*acc as usize) {
-            u.last_active = DateTime::<Utc>::from_timestamp_millis(*t);
-        }
-    }
-    usage.sort_unstable_by(|a, b| a.account_id.cmp(&b.account_id));
-    usage
+/// Pendo's last visit onto figures numbered as the state numbers accounts, keeping the accounts
+/// Pendo lists now and those with anything in the window (an account deleted from Pendo stays in
+/// the state's numbering until the next whole read, but not in the figures).
+fn with_last_visit(usage: Vec<AccountUsage>, listed: &HashMap<u32, Option<i64>>) -> Vec<AccountUsage> {
+    let mut out: Vec<AccountUsage> = usage
+        .into_iter()
+        .enumerate()
+        .filter_map(|(acc, mut u)| {
+            match u32::try_from(acc).ok().and_then(|a| listed.get(&a)) {
+                Some(last) => u.last_active = last.and_then(DateTime::<Utc>::from_timestamp_millis),
+                None if idle(&u) => return None,
+                None => {}
+            }
+            Some(u)
+        })
+        .collect();
+    out.sort_unstable_by(|a, b| a.account_id.cmp(&b.account_id));
+    out
+}
+
+/// Whether nothing of the account's is in the window.
+fn idle(u: &AccountUsage) -> bool {
+    u.active_days == 0
+        && u.active_visitors == 0
+        && u.core_features_used == 0
+        && u.guides_seen == 0
+        && u.guides_completed == 0
 }
 
 #[cfg(test)]
@@ -509,6 +525,20 @@ mod tests {
         assert!(entry(&mut accs, &json!({"events": 3})).is_none());
         assert!(entry(&mut accs, &json!({"accountId": "a"})).is_some());
         assert_eq!(accs.keys().collect::<Vec<_>>(), vec!["a"]);
+    }
+
+    #[test]
+    fn kept_figures_leave_out_accounts_pendo_no_longer_lists_unless_active() {
+        let u = |id: &str, visitors| AccountUsage {
+            account_id: id.into(),
+            active_visitors: visitors,
+            ..Default::default()
+        };
+        let listed = HashMap::from([(0, Some(1_767_225_600_000)), (3, None)]);
+        let got = with_last_visit(vec![u("listed", 0), u("gone", 0), u("gone-but-active", 2), u("new", 1)], &listed);
+        let ids: Vec<&str> = got.iter().map(|u| u.account_id.as_str()).collect();
+        assert_eq!(ids, vec!["gone-but-active", "listed", "new"]);
+        assert!(got[1].last_active.is_some() && got[2].last_active.is_none());
     }
 
     #[test]
