@@ -171,6 +171,13 @@ pub enum CoreFeatures {
     MarkedCore,
 }
 
+impl CoreFeatures {
+    /// A workflow's `core_features`: the ids listed, or Pendo's own flags when none are.
+    pub fn configured(ids: &[String]) -> Self {
+        if ids.is_empty() { CoreFeatures::MarkedCore } else { CoreFeatures::Ids(ids.to_vec()) }
+    }
+}
+
 /// What an extraction cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExtractStats {

@@ -72,11 +72,7 @@ async fn body(
     step("Reading usage from Pendo", None);
     let extractor = Extractor::new(&ctx.pendo);
     let window = workflow.window(now);
-    let core = if config.core_features.is_empty() {
-        CoreFeatures::MarkedCore
-    } else {
-        CoreFeatures::Ids(config.core_features.clone())
-    };
+    let core = CoreFeatures::configured(&config.core_features);
     let usage = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;
     meter.step("extract", None);
 

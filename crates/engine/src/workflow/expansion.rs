@@ -73,11 +73,7 @@ async fn body(
 
     let extractor = Extractor::new(&ctx.pendo);
     let window = workflow.window(now);
-    let core = if config.accounts.core_features.is_empty() {
-        CoreFeatures::MarkedCore
-    } else {
-        CoreFeatures::Ids(config.accounts.core_features.clone())
-    };
+    let core = CoreFeatures::configured(&config.accounts.core_features);
     let usage = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;
     let mut feature_visitors: HashMap<&str, BTreeMap<String, u64>> = HashMap::new();
     // The features' names, so the text people read names them rather than showing Pendo ids.

@@ -99,11 +99,7 @@ async fn body(
     let lazy = crate::budget::Budget::new(now);
 
     let extractor = Extractor::new(&ctx.pendo);
-    let core = if config.accounts.core_features.is_empty() {
-        CoreFeatures::MarkedCore
-    } else {
-        CoreFeatures::Ids(config.accounts.core_features.clone())
-    };
+    let core = CoreFeatures::configured(&config.accounts.core_features);
     let window = workflow.window(now);
     let usage = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;
     let drop_offs = match (&config.fields.drop_off_step, &config.onboarding_guide) {
