@@ -276,6 +276,15 @@ impl UsageState {
         out
     }
 
+    /// Entries kept: day sums, then visitors, core features, guides seen, guides completed.
+    pub fn sizes(&self) -> [usize; 1 + KINDS] {
+        let mut out = [self.sums.len(), 0, 0, 0, 0];
+        for (o, list) in out[1..].iter_mut().zip(&self.seen) {
+            *o = list.len();
+        }
+        out
+    }
+
     /// Deflated, base64 text for a cursor: varints, ids and day numbers relative to the window.
     pub fn encode(&self) -> Option<String> {
         let mut w = Vec::with_capacity(self.sums.len() * 6 + self.seen.iter().map(Vec::len).sum::<usize>() * 11);
@@ -316,7 +325,7 @@ impl UsageState {
                 put(&mut w, day_no(s.at)?);
             }
         }
-        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         z.write_all(&w).ok()?;
         Some(base64::engine::general_purpose::STANDARD.encode(z.finish().ok()?))
     }

@@ -25,7 +25,9 @@ pub(crate) async fn gather(
     let stored = ctx.store.cursor(workflow, CURSOR).await?;
     let kept = stored.as_deref().and_then(UsageState::decode);
     let (usage, state) = extractor.engagement_kept(window, core, kept).await?;
+    let sizes = state.as_ref().map(UsageState::sizes);
     if let (false, Some(text)) = (dry_run, state.and_then(|s| s.encode())) {
+        tracing::info!(workflow, bytes = text.len(), entries = ?sizes, "keeping the engagement read");
         // A stale writer (another worker ran the workflow meanwhile) keeps nothing: the state
         // stored is as good, and the next run starts from it.
         ctx.store.advance_cursor(workflow, CURSOR, stored.as_deref(), &text).await?;
