@@ -28,9 +28,7 @@
 //! visitor count is off only if two of one account's visitors share a hash.
 
 use std::collections::HashMap;
-use std::io::{Read as _, Write as _};
-
-use base64::Engine as _;
+use std::io::Read as _;
 
 use super::AccountUsage;
 
@@ -286,110 +284,120 @@ impl UsageState {
     }
 
     /// Deflated, base64 text for a cursor: varints, ids and day numbers relative to the window.
+    /// Written as a stream (varints into deflate into base64), so the only large buffer is the
+    /// text itself.
     pub fn encode(&self) -> Option<String> {
-        let mut w = Vec::with_capacity(self.sums.len() * 6 + self.seen.iter().map(Vec::len).sum::<usize>() * 11);
-        for v in [VERSION, self.basis] {
-            put(&mut w, v);
+        let engine = &base64::engine::general_purpose::STANDARD;
+        let text = base64::write::EncoderStringWriter::new(engine);
+        let z = flate2::write::DeflateEncoder::new(text, flate2::Compression::default());
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, z);
+        self.write_to(&mut w).ok()?;
+        let z = w.into_inner().ok()?;
+        Some(z.finish().ok()?.into_inner())
+    }
+
+    fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        let bad = || std::io::Error::other("a kept day is not among the window's days");
+        for v in [VERSION, self.basis, zigzag(self.read_at), zigzag(self.end), self.days.len() as u64] {
+            put(w, v)?;
         }
-        for v in [self.read_at, self.end] {
-            put(&mut w, zigzag(v));
-        }
-        put(&mut w, self.days.len() as u64);
         let mut prev = 0i64;
         for d in &self.days {
-            put(&mut w, zigzag(d - prev));
+            put(w, zigzag(d - prev))?;
             prev = *d;
         }
-        put(&mut w, self.accounts.ids.len() as u64);
+        put(w, self.accounts.ids.len() as u64)?;
         for id in &self.accounts.ids {
-            put(&mut w, id.len() as u64);
-            w.extend_from_slice(id.as_bytes());
+            put(w, id.len() as u64)?;
+            w.write_all(id.as_bytes())?;
         }
-        let day_no = |d: i64| self.days.binary_search(&d).ok().map(|i| i as u64);
-        put(&mut w, self.sums.len() as u64);
+        let day_no = |d: i64| self.days.binary_search(&d).map(|i| i as u64).map_err(|_| bad());
+        put(w, self.sums.len() as u64)?;
         let mut prev_acc = 0u32;
         for s in &self.sums {
-            put(&mut w, u64::from(s.acc.wrapping_sub(prev_acc)));
+            put(w, u64::from(s.acc.wrapping_sub(prev_acc)))?;
             prev_acc = s.acc;
             for v in [day_no(s.day)?, s.events, s.minutes] {
-                put(&mut w, v);
+                put(w, v)?;
             }
         }
         for list in &self.seen {
-            put(&mut w, list.len() as u64);
+            put(w, list.len() as u64)?;
             let mut prev_acc = 0u32;
             for s in list {
-                put(&mut w, u64::from(s.acc.wrapping_sub(prev_acc)));
+                put(w, u64::from(s.acc.wrapping_sub(prev_acc)))?;
                 prev_acc = s.acc;
-                w.extend_from_slice(&s.key.to_le_bytes());
-                put(&mut w, day_no(s.at)?);
+                w.write_all(&s.key.to_le_bytes())?;
+                put(w, day_no(s.at)?)?;
             }
         }
-        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-        z.write_all(&w).ok()?;
-        Some(base64::engine::general_purpose::STANDARD.encode(z.finish().ok()?))
+        Ok(())
     }
 
     /// The state [`UsageState::encode`] wrote; `None` for anything unreadable (a whole read
     /// follows, so a damaged state costs time, never figures).
     pub fn decode(text: &str) -> Option<UsageState> {
-        let bytes = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
-        let mut raw = Vec::new();
-        flate2::read::DeflateDecoder::new(bytes.as_slice()).read_to_end(&mut raw).ok()?;
-        let mut r = Reader { buf: &raw, at: 0 };
-        if r.next()? != VERSION {
+        let engine = &base64::engine::general_purpose::STANDARD;
+        let b64 = base64::read::DecoderReader::new(text.as_bytes(), engine);
+        let mut r = std::io::BufReader::with_capacity(1 << 16, flate2::read::DeflateDecoder::new(b64));
+        let state = Self::read_from(&mut r)?;
+        // Nothing may follow.
+        (r.read(&mut [0u8; 1]).ok()? == 0).then_some(state)
+    }
+
+    fn read_from(r: &mut impl std::io::Read) -> Option<UsageState> {
+        if next(r)? != VERSION {
             return None;
         }
-        let basis = r.next()?;
-        let (read_at, end) = (unzigzag(r.next()?), unzigzag(r.next()?));
-        let n_days = r.len()?;
-        let mut days = Vec::with_capacity(n_days);
+        let basis = next(r)?;
+        let (read_at, end) = (unzigzag(next(r)?), unzigzag(next(r)?));
+        let n_days = len(r)?;
+        let mut days = Vec::with_capacity(n_days.min(1 << 16));
         let mut prev = 0i64;
         for _ in 0..n_days {
-            prev = prev.checked_add(unzigzag(r.next()?))?;
+            prev = prev.checked_add(unzigzag(next(r)?))?;
             days.push(prev);
         }
         if days.windows(2).any(|w| w[0] >= w[1]) {
             return None;
         }
-        let n_acc = r.len()?;
-        let mut ids = Vec::with_capacity(n_acc);
+        let n_acc = len(r)?;
+        let mut ids = Vec::with_capacity(n_acc.min(1 << 20));
         for _ in 0..n_acc {
-            let len = r.len()?;
-            ids.push(String::from_utf8(r.bytes(len)?.to_vec()).ok()?);
+            // Pendo ids are short; a longer one is damage.
+            let n = len(r)?;
+            if n > 1 << 16 {
+                return None;
+            }
+            let mut id = vec![0u8; n];
+            r.read_exact(&mut id).ok()?;
+            ids.push(String::from_utf8(id).ok()?);
         }
         let day = |i: u64| days.get(usize::try_from(i).ok()?).copied();
         let acc = |prev: u32, delta: u64| {
             let a = prev.checked_add(u32::try_from(delta).ok()?)?;
             ((a as usize) < n_acc).then_some(a)
         };
-        let n_sums = r.len()?;
-        let mut sums = Vec::with_capacity(n_sums);
+        let n_sums = len(r)?;
+        let mut sums = Vec::with_capacity(n_sums.min(1 << 20));
         let mut prev_acc = 0u32;
         for _ in 0..n_sums {
-            prev_acc = acc(prev_acc, r.next()?)?;
-            sums.push(DaySum { acc: prev_acc, day: day(r.next()?)?, events: r.next()?, minutes: r.next()? });
+            prev_acc = acc(prev_acc, next(r)?)?;
+            sums.push(DaySum { acc: prev_acc, day: day(next(r)?)?, events: next(r)?, minutes: next(r)? });
         }
         let mut seen: [Vec<Seen>; KINDS] = Default::default();
         for list in &mut seen {
-            let n = r.len()?;
-            list.reserve_exact(n);
+            let n = len(r)?;
+            list.reserve_exact(n.min(1 << 20));
             let mut prev_acc = 0u32;
             for _ in 0..n {
-                prev_acc = acc(prev_acc, r.next()?)?;
-                let key = u64::from_le_bytes(r.bytes(8)?.try_into().ok()?);
-                list.push(Seen { acc: prev_acc, key, at: day(r.next()?)? });
+                prev_acc = acc(prev_acc, next(r)?)?;
+                let mut key = [0u8; 8];
+                r.read_exact(&mut key).ok()?;
+                list.push(Seen { acc: prev_acc, key: u64::from_le_bytes(key), at: day(next(r)?)? });
             }
         }
-        (r.at == raw.len()).then(|| UsageState {
-            basis,
-            read_at,
-            end,
-            days,
-            accounts: Accounts::from_ids(ids),
-            sums,
-            seen,
-        })
+        Some(UsageState { basis, read_at, end, days, accounts: Accounts::from_ids(ids), sums, seen })
     }
 }
 
@@ -406,12 +414,36 @@ pub(super) fn key_of(parts: &[&str]) -> u64 {
     h
 }
 
-fn put(w: &mut Vec<u8>, mut v: u64) {
+fn put(w: &mut impl std::io::Write, mut v: u64) -> std::io::Result<()> {
+    let mut buf = [0u8; 10];
+    let mut n = 0;
     while v >= 0x80 {
-        w.push((v as u8) | 0x80);
+        buf[n] = (v as u8) | 0x80;
         v >>= 7;
+        n += 1;
     }
-    w.push(v as u8);
+    buf[n] = v as u8;
+    w.write_all(&buf[..=n])
+}
+
+/// A varint.
+fn next(r: &mut impl std::io::Read) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b).ok()?;
+        v |= u64::from(b[0] & 0x7f) << shift;
+        if b[0] & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// A count; capacities taken from it are capped, so a damaged count cannot ask for gigabytes
+/// before the stream runs out.
+fn len(r: &mut impl std::io::Read) -> Option<usize> {
+    usize::try_from(next(r)?).ok()
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -420,40 +452,6 @@ fn zigzag(v: i64) -> u64 {
 
 fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
-}
-
-struct Reader<'b> {
-    buf: &'b [u8],
-    at: usize,
-}
-
-impl<'b> Reader<'b> {
-    fn next(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = *self.buf.get(self.at)?;
-            self.at += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    /// A count, bounded by what the rest of the buffer could hold (so a damaged length cannot
-    /// ask for gigabytes).
-    fn len(&mut self) -> Option<usize> {
-        let n = usize::try_from(self.next()?).ok()?;
-        (n <= self.buf.len() - self.at).then_some(n)
-    }
-
-    fn bytes(&mut self, n: usize) -> Option<&'b [u8]> {
-        let end = self.at.checked_add(n)?;
-        let b = self.buf.get(self.at..end)?;
-        self.at = end;
-        Some(b)
-    }
 }
 
 #[cfg(test)]
