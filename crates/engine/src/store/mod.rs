@@ -19,7 +19,7 @@ mod sqlite;
 #[cfg(test)]
 mod suite;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -181,6 +181,39 @@ pub struct InboxCounts {
     pub pending: u64,
 }
 
+/// What [`InboxStore::record_held`] records, decided from the events the claimer still holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeldRecord {
+    /// The run `outcomes` and `failures` belong to; none when there are neither.
+    pub run: Option<RunId>,
+    /// Recorded as `run` (`Running`) first, in the same transaction: a batch that is a run of
+    /// its own leaves no run behind when everything was taken over.
+    pub start: Option<NewRun>,
+    pub outcomes: Vec<RecordOutcome>,
+    /// The records written, (object, key): their live failures are resolved.
+    pub written: Vec<(String, String)>,
+    /// The refusals to keep.
+    pub failures: Vec<NewFailure>,
+    /// `(key, salesforce_id)` committed in the idempotency ledger.
+    pub committed: Vec<(String, String)>,
+    /// The events to mark processed; only those held are.
+    pub processed: Vec<String>,
+}
+
+/// Decides what [`InboxStore::record_held`] records from the events still held. Called inside
+/// the transaction: it must not block.
+pub type DecideHeld = Box<dyn FnOnce(&HashSet<String>) -> HeldRecord + Send>;
+
+/// What [`InboxStore::record_held`] found and did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recorded {
+    /// The events the claimer still held.
+    pub held: HashSet<String>,
+    pub record: HeldRecord,
+    /// How many events it marked processed.
+    pub marked: u64,
+}
+
 /// Webhook events are stored here before the sender gets its 2xx, so an event acknowledged is
 /// an event kept; a repeat delivery of the same `unique_id` is recognised and stored once.
 pub trait InboxStore {
@@ -194,9 +227,23 @@ pub trait InboxStore {
     fn put_events(&self, events: &[InboxEvent]) -> StoreFuture<'_, Vec<bool>>;
     /// Unprocessed events, oldest first.
     fn pending_events(&self, limit: u32) -> StoreFuture<'_, Vec<InboxEvent>>;
-    /// Marks those of `unique_ids` that `claimer` still holds processed; returns how many. An
-    /// event another worker took over is left to that worker, which records it.
-    fn mark_processed(&self, claimer: &str, unique_ids: &[String], now: DateTime<Utc>) -> StoreFuture<'_, u64>;
+    /// A batch's record stage, in one transaction: finds which of `unique_ids` `claimer` still
+    /// holds unprocessed (locking them), asks `decide` what to record for those, and records it:
+    /// starts the run if asked, appends the outcomes, settles the failures
+    /// ([`FailureStore::settle_failures`]), commits the idempotency keys
+    /// ([`IdempotencyStore::commit_creates`], under `workflow`) and marks the held events of
+    /// `processed` processed. Returns the held events and what was recorded. The others were
+    /// taken over (the claim lapsed: a stalled worker) or processed by another worker, which
+    /// records them: no worker can take an event over between the check and the record, and a
+    /// crash records all of it or nothing.
+    fn record_held(
+        &self,
+        claimer: &str,
+        workflow: &str,
+        unique_ids: &[String],
+        now: DateTime<Utc>,
+        decide: DecideHeld,
+    ) -> StoreFuture<'_, Recorded>;
     fn inbox_counts(&self) -> StoreFuture<'_, InboxCounts>;
     /// Claims up to `limit` pending events, oldest first, for `claimer` until `now + lease`:
     /// events nobody holds, or whose claim lapsed (its worker died), and none whose visitor or
@@ -213,17 +260,6 @@ pub trait InboxStore {
     /// Extends the lease of `claimer`'s unprocessed events to `now + lease`; returns how many
     /// it still holds (0: every claim lapsed and may have been taken over).
     fn renew_event_claims(&self, claimer: &str, lease: Duration, now: DateTime<Utc>) -> StoreFuture<'_, u64>;
-    /// Re-asserts `claimer`'s claim on `unique_ids` before its batch is recorded: extends the
-    /// lease of those it still holds unprocessed to `now + lease` and returns them, in one
-    /// statement. The others were taken over (its lease lapsed, a starved heartbeat) or
-    /// processed by another worker: recording them too would record an answer twice.
-    fn hold_event_claims(
-        &self,
-        claimer: &str,
-        unique_ids: &[String],
-        lease: Duration,
-        now: DateTime<Utc>,
-    ) -> StoreFuture<'_, Vec<String>>;
     /// Gives `claimer`'s unprocessed events back at once (a batch that failed or stopped), so
     /// any worker may take them without waiting for the lease.
     fn release_event_claims(&self, claimer: &str) -> StoreFuture<'_, ()>;
@@ -707,6 +743,16 @@ pub trait FailureStore {
         limit: u32,
     ) -> StoreFuture<'_, Vec<Failure>>;
     fn resolve_failure(&self, id: i64, now: DateTime<Utc>) -> StoreFuture<'_, ()>;
+    /// A run's writes in one transaction: resolves the live (open or replaying) failures of
+    /// `workflow` whose (object, key) is in `written`, then adds `failures` as
+    /// [`FailureStore::add_failures`] does.
+    fn settle_failures(
+        &self,
+        workflow: &str,
+        written: &[(String, String)],
+        failures: &[NewFailure],
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'_, ()>;
     /// Back to Open with attempts + 1 and the new error.
     fn fail_again(&self, id: i64, error_code: &str, message: &str, now: DateTime<Utc>) -> StoreFuture<'_, ()>;
     /// Closes the selected Open failures as Dismissed with a person's `reason`; returns their

@@ -10,7 +10,7 @@
 //! retrying `begin_create`, the lock-then-merge `fail_again`, and a sweep that re-checks each
 //! lease; under SQLite's single writer these give the results the old SQLite code gave.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -19,13 +19,13 @@ use uuid::Uuid;
 
 use super::dialect::{Column, DbRow, Dialect, Pool, Stmt, Tx};
 use super::{
-    Action, Backend, BudgetDay, BudgetStore, CreateState, CursorStore, Failure, FailureFilter, FailureSelector,
-    FailureStatus, FailureStore, FingerprintPut, FingerprintStore, Fingerprints, IdMapEntry, IdMapStore,
-    IdempotencyStore, InboxCounts, InboxEvent, InboxStore, MatchStatus, NewFailure, NewRun, OutcomeFilter, Pruned,
-    RecordOutcome, RetentionStore, Run, RunClaim, RunFinish, RunId, RunState, RunStore, Store, StoreError, StoreFuture,
-    StoreSize, abandoned_error, decode_page, encode_pages, finished_after_abandoned, fp_from_db, fp_to_db,
-    from_db_count, from_json_text, json_text, last_per_key, lease_until, outcome_fields, outcome_matches, search_term,
-    to_db_count,
+    Action, Backend, BudgetDay, BudgetStore, CreateState, CursorStore, DecideHeld, Failure, FailureFilter,
+    FailureSelector, FailureStatus, FailureStore, FingerprintPut, FingerprintStore, Fingerprints, IdMapEntry,
+    IdMapStore, IdempotencyStore, InboxCounts, InboxEvent, InboxStore, MatchStatus, NewFailure, NewRun, OutcomeFilter,
+    Pruned, RecordOutcome, Recorded, RetentionStore, Run, RunClaim, RunFinish, RunId, RunState, RunStore, Store,
+    StoreError, StoreFuture, StoreSize, abandoned_error, decode_page, encode_pages, finished_after_abandoned,
+    fp_from_db, fp_to_db, from_db_count, from_json_text, json_text, last_per_key, lease_until, outcome_fields,
+    outcome_matches, search_term, to_db_count,
 };
 
 /// The state store in an SQLite or PostgreSQL database.
@@ -319,6 +319,152 @@ async fn upsert_fingerprints(tx: &mut Tx, dialect: Dialect, puts: &[FingerprintP
     Ok(())
 }
 
+const INSERT_RUN: &str = "INSERT INTO runs (id, workflow, template, dry_run, trigger, state, started_at, stats) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, '{}')";
+
+/// Binds a new run, `Running`, to [`INSERT_RUN`].
+fn bind_new_run<'c>(stmt: Stmt<'c>, id: RunId, run: &NewRun) -> Stmt<'c> {
+    stmt.bind(id.0)
+        .bind(run.workflow.clone())
+        .bind(run.template.clone())
+        .bind(run.dry_run)
+        .bind(run.trigger.clone())
+        .bind(RunState::Running.as_str())
+        .bind_time(run.started_at)
+}
+
+/// Appends `outcomes` to `run` in the caller's transaction, in compressed pages.
+async fn append_outcomes(
+    tx: &mut Tx,
+    dialect: Dialect,
+    run: RunId,
+    outcomes: &[RecordOutcome],
+    op: &'static str,
+) -> Result<(), StoreError> {
+    let fields = intern_fields(tx, dialect, &outcome_fields(outcomes)).await?;
+    for page in encode_pages(outcomes, &fields)? {
+        tx.query("INSERT INTO outcome_pages (run_id, rows, actions, codec, body) VALUES ($1, $2, $3, $4, $5)")
+            .bind(run.0)
+            .bind(page.rows)
+            .bind(page.actions)
+            .bind(super::CODEC_DEFLATE)
+            .bind(page.body)
+            .execute(op)
+            .await?;
+    }
+    Ok(())
+}
+
+/// [`FailureStore::settle_failures`] in the caller's transaction.
+async fn settle_failures_in(
+    tx: &mut Tx,
+    dialect: Dialect,
+    workflow: &str,
+    written: &[(String, String)],
+    failures: &[NewFailure],
+    now: DateTime<Utc>,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    if !written.is_empty() {
+        // A workflow has few live failures: read them and resolve those written (still live:
+        // unlocked, so settling batches of other workers never wait on each other here).
+        let rows = tx
+            .query("SELECT id, object, key FROM failures WHERE workflow = $1 AND status IN ('open', 'replaying')")
+            .bind(workflow)
+            .fetch_all(op)
+            .await?;
+        let written: HashSet<(&str, &str)> = written.iter().map(|(o, k)| (o.as_str(), k.as_str())).collect();
+        let mut resolved = Vec::new();
+        for row in &rows {
+            if written.contains(&(row.str("object")?, row.str("key")?)) {
+                resolved.push(row.get::<i64>("id")?);
+            }
+        }
+        if !resolved.is_empty() {
+            let sql = format!(
+                "UPDATE failures SET status = 'resolved', leased_until = NULL, leased_by = NULL, resolved_at = $1 \
+                 WHERE {} AND status IN ('open', 'replaying')",
+                dialect.in_list("id", "$2")
+            );
+            tx.query(sqlx::AssertSqlSafe(sql)).bind_time(now).bind_list(&resolved)?.execute(op).await?;
+        }
+    }
+    let stamp = crate::clock::written_at();
+    // One statement per failure: a batch may name the same record twice, and each repeat must
+    // bump the attempts of the row the first one opened.
+    for f in failures {
+        let fields = json_text("failure fields", &f.fields)?;
+        let still_dismissed = tx
+            .query(DISMISSED_AGAIN)
+            .bind(f.workflow.as_str())
+            .bind(f.object.as_str())
+            .bind(f.key.as_str())
+            .bind(f.error_code.as_str())
+            .bind(f.run.0)
+            .bind_time(stamp)
+            .execute(op)
+            .await?;
+        if still_dismissed > 0 {
+            continue;
+        }
+        tx.query(
+            "INSERT INTO failures (workflow, run_id, object, key, salesforce_id, payload, \
+             error_code, message, fields, status, attempts, first_failed_at, last_failed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'open', 1, $10, $10) \
+             ON CONFLICT (workflow, object, key) WHERE status = 'open' DO UPDATE SET \
+             run_id = excluded.run_id, salesforce_id = excluded.salesforce_id, \
+             payload = excluded.payload, error_code = excluded.error_code, \
+             message = excluded.message, fields = excluded.fields, \
+             attempts = failures.attempts + 1, last_failed_at = excluded.last_failed_at",
+        )
+        .bind(f.workflow.as_str())
+        .bind(f.run.0)
+        .bind(f.object.as_str())
+        .bind(f.key.as_str())
+        .bind(f.salesforce_id.as_deref())
+        .bind_json(&f.payload)
+        .bind(f.error_code.as_str())
+        .bind(f.message.as_str())
+        .bind(fields.as_str())
+        .bind_time(stamp)
+        .execute(op)
+        .await?;
+    }
+    Ok(())
+}
+
+/// [`IdempotencyStore::commit_creates`] in the caller's transaction.
+async fn commit_keys(
+    tx: &mut Tx,
+    workflow: &str,
+    done: &[(String, String)],
+    now: DateTime<Utc>,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    if done.is_empty() {
+        return Ok(());
+    }
+    let n = done.len();
+    let columns = [
+        Column::Text(done.iter().map(|(k, _)| k.as_str()).collect()),
+        Column::Text(vec![workflow; n]),
+        Column::Text(vec!["committed"; n]),
+        Column::Text(done.iter().map(|(_, id)| id.as_str()).collect()),
+        Column::Time(vec![now; n]),
+        Column::Time(vec![now; n]),
+    ];
+    tx.insert_batch(
+        op,
+        "INSERT INTO idempotency (key, workflow, state, salesforce_id, created_at, updated_at)",
+        &columns,
+        n,
+        " ON CONFLICT (key) DO UPDATE SET state = 'committed', salesforce_id = excluded.salesforce_id, \
+         updated_at = excluded.updated_at",
+    )
+    .await?;
+    Ok(())
+}
+
 impl Store for SqlStore {
     fn backend(&self) -> Backend {
         self.pool.backend()
@@ -330,20 +476,7 @@ impl RunStore for SqlStore {
         let run = run.clone();
         Box::pin(async move {
             let id = RunId::new();
-            self.pool
-                .query(
-                    "INSERT INTO runs (id, workflow, template, dry_run, trigger, state, started_at, stats) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, '{}')",
-                )
-                .bind(id.0)
-                .bind(run.workflow)
-                .bind(run.template)
-                .bind(run.dry_run)
-                .bind(run.trigger)
-                .bind(RunState::Running.as_str())
-                .bind_time(run.started_at)
-                .execute("start run")
-                .await?;
+            bind_new_run(self.pool.query(INSERT_RUN), id, &run).execute("start run").await?;
             Ok(id)
         })
     }
@@ -359,17 +492,7 @@ impl RunStore for SqlStore {
         let fps = fingerprints.to_vec();
         Box::pin(async move {
             let mut tx = self.pool.begin_write(OP).await?;
-            let fields = intern_fields(&mut tx, self.dialect(), &outcome_fields(&outcomes)).await?;
-            for page in encode_pages(&outcomes, &fields)? {
-                tx.query("INSERT INTO outcome_pages (run_id, rows, actions, codec, body) VALUES ($1, $2, $3, $4, $5)")
-                    .bind(run.0)
-                    .bind(page.rows)
-                    .bind(page.actions)
-                    .bind(super::CODEC_DEFLATE)
-                    .bind(page.body)
-                    .execute(OP)
-                    .await?;
-            }
+            append_outcomes(&mut tx, self.dialect(), run, &outcomes, OP).await?;
             upsert_fingerprints(&mut tx, self.dialect(), &fps).await?;
             tx.commit(OP).await
         })
@@ -635,20 +758,60 @@ impl InboxStore for SqlStore {
         })
     }
 
-    fn mark_processed(&self, claimer: &str, unique_ids: &[String], now: DateTime<Utc>) -> StoreFuture<'_, u64> {
-        let (claimer, ids) = (claimer.to_owned(), unique_ids.to_vec());
+    fn record_held(
+        &self,
+        claimer: &str,
+        workflow: &str,
+        unique_ids: &[String],
+        now: DateTime<Utc>,
+        decide: DecideHeld,
+    ) -> StoreFuture<'_, Recorded> {
+        const OP: &str = "record held webhook events";
+        let (claimer, workflow, ids) = (claimer.to_owned(), workflow.to_owned(), unique_ids.to_vec());
         Box::pin(async move {
+            let dialect = self.dialect();
+            let mut tx = self.pool.begin_write(OP).await?;
+            // Locked until the end: a claimer taking them over waits (SQLite's write lock) or
+            // passes over them (SKIP LOCKED), then finds them processed. As a renewal, a lapsed
+            // claim nobody took is still this claimer's: a taker rewrites claimed_by.
+            let sql = format!(
+                "SELECT unique_id FROM inbox WHERE {} AND claimed_by = $2 AND processed_at IS NULL{}",
+                dialect.in_list("unique_id", "$1"),
+                dialect.for_update()
+            );
+            let rows = tx.query(sqlx::AssertSqlSafe(sql)).bind_list(&ids)?.bind(claimer.as_str()).fetch_all(OP).await?;
+            let held = rows.iter().map(|row| row.get::<String>("unique_id")).collect::<Result<HashSet<_>, _>>()?;
+            crate::testhook::stall_point("record-held", &ids).await;
+            let record = decide(&held);
+            if let Some(new) = &record.start {
+                let id = record.run.ok_or_else(|| StoreError::Invalid {
+                    what: "record held webhook events",
+                    detail: "a run to start without its id".into(),
+                })?;
+                bind_new_run(tx.query(INSERT_RUN), id, new).execute(OP).await?;
+            }
+            if !record.outcomes.is_empty() || !record.failures.is_empty() {
+                let run = record.run.ok_or_else(|| StoreError::Invalid {
+                    what: "record held webhook events",
+                    detail: "outcomes or failures without a run".into(),
+                })?;
+                append_outcomes(&mut tx, dialect, run, &record.outcomes, OP).await?;
+            }
+            settle_failures_in(&mut tx, dialect, &workflow, &record.written, &record.failures, now, OP).await?;
+            commit_keys(&mut tx, &workflow, &record.committed, now, OP).await?;
             let sql = format!(
                 "UPDATE inbox SET processed_at = $1 WHERE {} AND claimed_by = $3 AND processed_at IS NULL",
-                self.dialect().in_list("unique_id", "$2")
+                dialect.in_list("unique_id", "$2")
             );
-            self.pool
+            let marked = tx
                 .query(sqlx::AssertSqlSafe(sql))
                 .bind_time(now)
-                .bind_list(&ids)?
-                .bind(claimer)
-                .execute("mark webhook events processed")
-                .await
+                .bind_list(&record.processed)?
+                .bind(claimer.as_str())
+                .execute(OP)
+                .await?;
+            tx.commit(OP).await?;
+            Ok(Recorded { held, record, marked })
         })
     }
 
@@ -719,35 +882,6 @@ impl InboxStore for SqlStore {
                 .bind_time(until)
                 .execute("renew webhook event claims")
                 .await
-        })
-    }
-
-    fn hold_event_claims(
-        &self,
-        claimer: &str,
-        unique_ids: &[String],
-        lease: Duration,
-        now: DateTime<Utc>,
-    ) -> StoreFuture<'_, Vec<String>> {
-        let (claimer, ids) = (claimer.to_owned(), unique_ids.to_vec());
-        Box::pin(async move {
-            let until = lease_until(now, lease)?;
-            // As a renewal, a lapsed claim nobody took is still this claimer's: a taker rewrites
-            // claimed_by, and the check and the extension are one statement.
-            let sql = format!(
-                "UPDATE inbox SET lease_until = $1 WHERE {} AND claimed_by = $3 AND processed_at IS NULL \
-                 RETURNING unique_id",
-                self.dialect().in_list("unique_id", "$2")
-            );
-            let rows = self
-                .pool
-                .query(sqlx::AssertSqlSafe(sql))
-                .bind_time(until)
-                .bind_list(&ids)?
-                .bind(claimer)
-                .fetch_all("hold webhook event claims")
-                .await?;
-            rows.iter().map(|row| row.get("unique_id")).collect()
         })
     }
 
@@ -1046,52 +1180,21 @@ impl FingerprintStore for SqlStore {
 
 impl FailureStore for SqlStore {
     fn add_failures(&self, failures: &[NewFailure]) -> StoreFuture<'_, ()> {
-        const OP: &str = "add failures";
-        let rows: Result<Vec<_>, StoreError> =
-            failures.iter().map(|f| Ok((f.clone(), json_text("failure fields", &f.fields)?))).collect();
+        self.settle_failures("", &[], failures, crate::clock::written_at())
+    }
+
+    fn settle_failures(
+        &self,
+        workflow: &str,
+        written: &[(String, String)],
+        failures: &[NewFailure],
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'_, ()> {
+        const OP: &str = "settle failures";
+        let (workflow, written, failures) = (workflow.to_owned(), written.to_vec(), failures.to_vec());
         Box::pin(async move {
-            let rows = rows?;
-            let now = crate::clock::written_at();
             let mut tx = self.pool.begin_write(OP).await?;
-            // One statement per failure: a batch may name the same record twice, and each
-            // repeat must bump the attempts of the row the first one opened.
-            for (f, fields) in &rows {
-                let still_dismissed = tx
-                    .query(DISMISSED_AGAIN)
-                    .bind(f.workflow.as_str())
-                    .bind(f.object.as_str())
-                    .bind(f.key.as_str())
-                    .bind(f.error_code.as_str())
-                    .bind(f.run.0)
-                    .bind_time(now)
-                    .execute(OP)
-                    .await?;
-                if still_dismissed > 0 {
-                    continue;
-                }
-                tx.query(
-                    "INSERT INTO failures (workflow, run_id, object, key, salesforce_id, payload, \
-                     error_code, message, fields, status, attempts, first_failed_at, last_failed_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'open', 1, $10, $10) \
-                     ON CONFLICT (workflow, object, key) WHERE status = 'open' DO UPDATE SET \
-                     run_id = excluded.run_id, salesforce_id = excluded.salesforce_id, \
-                     payload = excluded.payload, error_code = excluded.error_code, \
-                     message = excluded.message, fields = excluded.fields, \
-                     attempts = failures.attempts + 1, last_failed_at = excluded.last_failed_at",
-                )
-                .bind(f.workflow.as_str())
-                .bind(f.run.0)
-                .bind(f.object.as_str())
-                .bind(f.key.as_str())
-                .bind(f.salesforce_id.as_deref())
-                .bind_json(&f.payload)
-                .bind(f.error_code.as_str())
-                .bind(f.message.as_str())
-                .bind(fields.as_str())
-                .bind_time(now)
-                .execute(OP)
-                .await?;
-            }
+            settle_failures_in(&mut tx, self.dialect(), &workflow, &written, &failures, now, OP).await?;
             tx.commit(OP).await
         })
     }
@@ -1628,25 +1731,8 @@ impl IdempotencyStore for SqlStore {
             if done.is_empty() {
                 return Ok(());
             }
-            let n = done.len();
-            let columns = [
-                Column::Text(done.iter().map(|(k, _)| k.as_str()).collect()),
-                Column::Text(vec![workflow.as_str(); n]),
-                Column::Text(vec!["committed"; n]),
-                Column::Text(done.iter().map(|(_, id)| id.as_str()).collect()),
-                Column::Time(vec![now; n]),
-                Column::Time(vec![now; n]),
-            ];
             let mut tx = self.pool.begin_write(OP).await?;
-            tx.insert_batch(
-                OP,
-                "INSERT INTO idempotency (key, workflow, state, salesforce_id, created_at, updated_at)",
-                &columns,
-                n,
-                " ON CONFLICT (key) DO UPDATE SET state = 'committed', salesforce_id = excluded.salesforce_id, \
-                 updated_at = excluded.updated_at",
-            )
-            .await?;
+            commit_keys(&mut tx, &workflow, &done, now, OP).await?;
             tx.commit(OP).await
         })
     }

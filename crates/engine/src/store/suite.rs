@@ -4,7 +4,7 @@
 //! `USAGESYNC_SKIP_POSTGRES=1` skips the PostgreSQL variants; otherwise an unreachable server
 //! fails them, so CI cannot pass without having exercised PostgreSQL.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,6 +110,7 @@ conformance!(
     inbox_group_of_events_stored_in_one_go,
     inbox_claims_lease_and_take_over,
     inbox_claims_are_held_to_record_only_what_is_still_held,
+    inbox_record_of_held_events_is_never_taken_over,
     inbox_claims_keep_a_visitor_and_account_with_one_worker,
     inbox_concurrent_claimers_never_share_an_event,
     run_claims_conflict_per_workflow,
@@ -301,8 +302,8 @@ async fn inbox_dedupes_and_drains(store: Arc<dyn Store>) {
     assert_eq!(pending[0], event("a", t(1, 0)), "the first delivery is the one kept, body intact");
     assert_eq!(store.inbox_counts().await.unwrap(), InboxCounts { received: 2, pending: 2 });
     assert_eq!(ids(&store.claim_events("w", LEASE, t(3, 0), 1).await.unwrap()), ["a"]);
-    assert_eq!(store.mark_processed("other", &["a".into()], t(3, 0)).await.unwrap(), 0, "only by its claimer");
-    assert_eq!(store.mark_processed("w", &["a".into(), "nope".into()], t(3, 0)).await.unwrap(), 1);
+    assert_eq!(mark(&store, "other", &["a".into()], t(3, 0)).await, 0, "only by its claimer");
+    assert_eq!(mark(&store, "w", &["a".into(), "nope".into()], t(3, 0)).await, 1);
     assert_eq!(store.pending_events(10).await.unwrap().len(), 1);
     assert_eq!(store.inbox_counts().await.unwrap(), InboxCounts { received: 2, pending: 1 });
 }
@@ -361,49 +362,137 @@ async fn inbox_claims_lease_and_take_over(store: Arc<dyn Store>) {
     assert_eq!(store.renew_event_claims("b", LEASE, later).await.unwrap(), 0, "b's claim was taken over");
 
     // Processed events are no longer held or claimable; released ones are claimable at once.
-    assert_eq!(store.mark_processed("c", &["e2".into()], later).await.unwrap(), 1);
+    assert_eq!(mark(&store, "c", &["e2".into()], later).await, 1);
     assert_eq!(store.renew_event_claims("c", LEASE, later).await.unwrap(), 0);
     store.release_event_claims("a").await.unwrap();
     let d = store.claim_events("d", LEASE, later, 10).await.unwrap();
     assert_eq!(ids(&d), ["e0", "e1"], "released, so taken at once");
-    assert_eq!(store.mark_processed("d", &["e0".into(), "e1".into()], later).await.unwrap(), 2);
+    assert_eq!(mark(&store, "d", &["e0".into(), "e1".into()], later).await, 2);
     assert!(store.claim_events("d", LEASE, later, 10).await.unwrap().is_empty());
     assert_eq!(store.oldest_claimable_event(later).await.unwrap(), None);
     assert_eq!(store.pending_depth(100).await.unwrap(), 0);
 }
 
-/// A batch re-asserts its claim right before recording: what it still holds it keeps (the
-/// lease extended), what another worker took over after its lease lapsed is not returned, and
-/// only the holder marks an event processed.
+/// Marks those of `unique_ids` that `claimer` still holds processed, recording nothing else;
+/// returns how many.
+async fn mark(store: &Arc<dyn Store>, claimer: &str, unique_ids: &[String], now: DateTime<Utc>) -> u64 {
+    let processed = unique_ids.to_vec();
+    let decide: DecideHeld = Box::new(move |_| HeldRecord { processed, ..HeldRecord::default() });
+    store.record_held(claimer, "wf", unique_ids, now, decide).await.unwrap().marked
+}
+
+/// What a batch of `run` records for its held events: an outcome, a written record and a
+/// handled key each (the event id is the key), a refusal for `refused` if held, and the held
+/// events processed.
+fn record_for(run: RunId, refused: &'static str) -> DecideHeld {
+    Box::new(move |held| {
+        let mut keys: Vec<String> = held.iter().filter(|k| k.as_str() != refused).cloned().collect();
+        keys.sort();
+        HeldRecord {
+            run: Some(run),
+            start: Some(new_run("wf", t(2, 0))),
+            outcomes: keys.iter().map(|k| outcome(k, None, Action::Updated)).collect(),
+            written: keys.iter().map(|k| ("Account".to_owned(), k.clone())).collect(),
+            failures: held.contains(refused).then(|| failure(refused, "REFUSED", run)).into_iter().collect(),
+            committed: keys.iter().map(|k| (k.clone(), "handled".to_owned())).collect(),
+            processed: held.iter().cloned().collect(),
+        }
+    })
+}
+
+/// The record stage checks the claim and records in one transaction: of a batch whose claim
+/// lapsed and was partly taken over, its claimer records (outcomes, failures settled,
+/// idempotency keys, events processed) only what it still holds, and the taker the rest.
 async fn inbox_claims_are_held_to_record_only_what_is_still_held(store: Arc<dyn Store>) {
     for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
         let at = t(1, u32::try_from(i).unwrap());
         store.put_event(&nps_event(&format!("e{i}"), v, None, at)).await.unwrap();
     }
-    let all: Vec<String> = ["e0", "e1", "e2"].iter().map(|s| (*s).to_owned()).collect();
+    // Earlier runs left a refusal open for e0 and e2.
+    let earlier = store.start_run(&new_run("wf", t(1, 0))).await.unwrap();
+    store.add_failures(&[failure("e0", "OLD", earlier), failure("e2", "OLD", earlier)]).await.unwrap();
     assert_eq!(ids(&store.claim_events("a", LEASE, t(2, 0), 10).await.unwrap()), ["e0", "e1", "e2"]);
-    let mut held = store.hold_event_claims("a", &all, LEASE, secs(t(2, 0), 50)).await.unwrap();
-    held.sort();
-    assert_eq!(held, all, "all still a's");
-    // The hold extended the lease: past the claim's own lease, nobody takes them.
-    assert!(store.claim_events("b", LEASE, secs(t(2, 0), 100), 10).await.unwrap().is_empty());
 
-    // a stalls past the extended lease; b takes two of its events over.
-    let lapsed = secs(t(2, 0), 111);
+    // a stalls past its lease; b takes two of its events over.
+    let lapsed = secs(t(2, 0), 61);
     assert_eq!(ids(&store.claim_events("b", LEASE, lapsed, 2).await.unwrap()), ["e0", "e1"]);
     let asked: Vec<String> = ["e0", "e1", "e2", "nope"].iter().map(|s| (*s).to_owned()).collect();
-    assert_eq!(store.hold_event_claims("a", &asked, LEASE, lapsed).await.unwrap(), ["e2"], "only what a still holds");
-    assert_eq!(store.mark_processed("a", &all, lapsed).await.unwrap(), 1, "a marks only e2");
+    let (run_a, run_b) = (RunId::new(), RunId::new());
+    let a = store.record_held("a", "wf", &asked, lapsed, record_for(run_a, "e1")).await.unwrap();
+    assert_eq!(a.held, HashSet::from(["e2".to_owned()]), "only what a still holds");
+    assert_eq!(a.marked, 1, "a marks only e2");
+    let keys = |outcomes: Vec<RecordOutcome>| outcomes.into_iter().map(|o| o.key).collect::<Vec<_>>();
+    assert_eq!(keys(store.run_outcomes(run_a, &all(0)).await.unwrap()), ["e2"]);
     let mut claimers = store.event_claimers(lapsed).await.unwrap();
     claimers.sort();
-    assert_eq!(claimers, ["b"], "a's hold left b's claims alone");
+    assert_eq!(claimers, ["b"], "a left b's claims alone");
     assert_eq!(ids(&store.pending_events(10).await.unwrap()), ["e0", "e1"]);
+    let live = |status| FailureFilter { workflow: Some("wf".into()), status: Some(status), error_code: None, limit: 0 };
+    let open = store.list_failures(&live(FailureStatus::Open)).await.unwrap();
+    assert_eq!(open.iter().map(|f| f.key.as_str()).collect::<Vec<_>>(), ["e0"], "a resolved e2's refusal only");
+    for key in ["e0", "e1"] {
+        assert_eq!(store.begin_create(key, "wf", lapsed).await.unwrap(), CreateState::New, "{key} is not a's");
+        store.abandon_create(key).await.unwrap();
+    }
 
-    let mut held = store.hold_event_claims("b", &asked, LEASE, lapsed).await.unwrap();
-    held.sort();
-    assert_eq!(held, ["e0", "e1"]);
-    assert_eq!(store.mark_processed("b", &held, lapsed).await.unwrap(), 2);
-    assert!(store.hold_event_claims("b", &asked, LEASE, lapsed).await.unwrap().is_empty(), "processed: held no more");
+    // b records its two: e0 written (its refusal resolved), e1 refused.
+    let b = store.record_held("b", "wf", &asked, lapsed, record_for(run_b, "e1")).await.unwrap();
+    assert_eq!(b.held, HashSet::from(["e0".to_owned(), "e1".to_owned()]));
+    assert_eq!(b.marked, 2);
+    assert_eq!(keys(store.run_outcomes(run_b, &all(0)).await.unwrap()), ["e0"]);
+    let open = store.list_failures(&live(FailureStatus::Open)).await.unwrap();
+    assert_eq!(open.iter().map(|f| (f.key.as_str(), f.run)).collect::<Vec<_>>(), [("e1", run_b)]);
+    for key in ["e0", "e2"] {
+        let committed = CreateState::Committed { salesforce_id: "handled".into() };
+        assert_eq!(store.begin_create(key, "wf", lapsed).await.unwrap(), committed, "{key} committed once");
+    }
+    assert_eq!(store.pending_depth(10).await.unwrap(), 0);
+
+    // Processed: held no more.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let decide: DecideHeld = {
+        let seen = std::sync::Arc::clone(&seen);
+        Box::new(move |held| {
+            *seen.lock().unwrap() = Some(held.len());
+            HeldRecord::default()
+        })
+    };
+    let c = store.record_held("b", "wf", &asked, lapsed, decide).await.unwrap();
+    assert!(c.held.is_empty(), "processed: held no more");
+    assert_eq!((*seen.lock().unwrap(), c.marked), (Some(0), 0), "asked with nothing held, marks nothing");
+}
+
+/// No worker takes a batch over while its claimer is recording it, however long that takes:
+/// a takeover waits for the record (SQLite) or passes over its events (PostgreSQL), and then
+/// finds them processed.
+async fn inbox_record_of_held_events_is_never_taken_over(store: Arc<dyn Store>) {
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let events: Vec<String> = (0..3).map(|i| format!("held-{tag}-{i}")).collect();
+    for (i, id) in events.iter().enumerate() {
+        store.put_event(&nps_event(id, &format!("v{i}"), None, t(1, 0))).await.unwrap();
+    }
+    assert_eq!(store.claim_events("a", LEASE, t(2, 0), 10).await.unwrap().len(), 3);
+    let stall = crate::testhook::stall_at("record-held", &events[0]);
+    let recording = {
+        let (store, events) = (Arc::clone(&store), events.clone());
+        tokio::spawn(async move { store.record_held("a", "wf", &events, t(2, 0), record_for(RunId::new(), "")).await })
+    };
+    stall.reached().await;
+    // a is held between its check and its record, a whole lease and more.
+    let mut taking = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.claim_events("b", LEASE, t(3, 0), 10).await })
+    };
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut taking).await;
+    stall.release();
+    let taken = match early {
+        Ok(taken) => taken,
+        Err(_) => taking.await,
+    };
+    assert!(taken.unwrap().unwrap().is_empty(), "nothing taken over while a records");
+    let recorded = recording.await.unwrap().unwrap();
+    assert_eq!(recorded.held.len(), 3);
+    assert_eq!(recorded.marked, 3);
     assert_eq!(store.pending_depth(10).await.unwrap(), 0);
 }
 
@@ -421,7 +510,7 @@ async fn inbox_claims_keep_a_visitor_and_account_with_one_worker(store: Arc<dyn 
     // a may take more of what it holds the keys of.
     let more = store.claim_events("a", LEASE, t(2, 0), 10).await.unwrap();
     assert_eq!(ids(&more), ["new", "colleague"]);
-    assert_eq!(store.mark_processed("a", &["old".into()], t(2, 1)).await.unwrap(), 1);
+    assert_eq!(mark(&store, "a", &["old".into()], t(2, 1)).await, 1);
     store.release_event_claims("a").await.unwrap();
     let c = store.claim_events("c", LEASE, t(2, 1), 10).await.unwrap();
     assert_eq!(ids(&c), ["new", "colleague"], "free once a is done with them");
@@ -1452,7 +1541,7 @@ async fn retention_prunes_history_and_keeps_state(store: Arc<dyn Store>) {
     store.put_event(&nps_event("done", "v1", Some("a1"), hours(0))).await.unwrap();
     store.put_event(&nps_event("pending", "v2", Some("a2"), hours(0))).await.unwrap();
     assert_eq!(ids(&store.claim_events("w", LEASE, hours(1), 1).await.unwrap()), ["done"]);
-    assert_eq!(store.mark_processed("w", &["done".into()], hours(1)).await.unwrap(), 1);
+    assert_eq!(mark(&store, "w", &["done".into()], hours(1)).await, 1);
 
     // The budget ledger of an old day and of the cutoff's day.
     let old_day = old.date_naive();

@@ -70,9 +70,9 @@ impl Ledger {
     }
 
     /// Resolves the open (or replaying) failures of records written, then keeps the refusals
-    /// (a record with an open failure has it updated, not duplicated). Returns the refused
-    /// records a person dismissed that refusal of: a template holding its cursor at refused
-    /// records lets those pass.
+    /// (a record with an open failure has it updated, not duplicated), in one transaction.
+    /// Returns the refused records a person dismissed that refusal of: a template holding its
+    /// cursor at refused records lets those pass.
     pub async fn settle(
         self,
         ctx: &Context,
@@ -80,19 +80,28 @@ impl Ledger {
         run: RunId,
         now: DateTime<Utc>,
     ) -> Result<HashSet<(String, String)>, RunError> {
-        if !self.written.is_empty() {
-            for f in live(ctx, workflow).await? {
-                if self.written.contains(&(f.object.clone(), f.key.clone())) {
-                    ctx.store.resolve_failure(f.id, now).await?;
-                }
-            }
-        }
-        if self.refused.is_empty() {
+        let (written, failures) = self.into_store(workflow, run);
+        if written.is_empty() && failures.is_empty() {
             return Ok(HashSet::new());
         }
-        let mut refused: HashSet<(String, String)> =
-            self.refused.iter().map(|r| (r.object.clone(), r.key.clone())).collect();
-        let failures: Vec<NewFailure> = self
+        ctx.store.settle_failures(workflow, &written, &failures, now).await?;
+        if failures.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut refused: HashSet<(String, String)> = failures.into_iter().map(|f| (f.object, f.key)).collect();
+        // A refusal that opened no failure was absorbed by a dismissal of the same code.
+        for f in live(ctx, workflow).await? {
+            refused.remove(&(f.object, f.key));
+        }
+        Ok(refused)
+    }
+
+    /// What [`crate::store::FailureStore::settle_failures`] takes: the records written and the
+    /// refusals of `run`, for a template that settles inside a transaction of its own (the
+    /// inbox's record stage, [`crate::store::InboxStore::record_held`]).
+    pub fn into_store(self, workflow: &str, run: RunId) -> (Vec<(String, String)>, Vec<NewFailure>) {
+        let written = self.written.into_iter().collect();
+        let failures = self
             .refused
             .into_iter()
             .map(|r| NewFailure {
@@ -107,12 +116,7 @@ impl Ledger {
                 fields: r.fields,
             })
             .collect();
-        ctx.store.add_failures(&failures).await?;
-        // A refusal that opened no failure was absorbed by a dismissal of the same code.
-        for f in live(ctx, workflow).await? {
-            refused.remove(&(f.object, f.key));
-        }
-        Ok(refused)
+        (written, failures)
     }
 }
 

@@ -23,8 +23,9 @@
 //! score is recomputed by one worker at a time. Within a process, the consumer and a scheduled
 //! or CLI run take turns on a lock (one batch in flight per process). A worker alive but
 //! starved past its lease may have its batch taken over: both may write (harmlessly), but the
-//! record stage records, commits and marks only the events its claimer still holds, so each
-//! answer is recorded by one of them.
+//! record stage records, commits and marks only the events its claimer still holds, in the one
+//! transaction that finds which those are ([`crate::store::InboxStore::record_held`]), so each
+//! answer is recorded by exactly one of them, and a crash records a batch whole or not at all.
 
 use crate::config::template;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -40,7 +41,9 @@ use tokio::sync::{Notify, watch};
 use super::{Context, FailureSample, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::config::{ContactMatch, FollowUpObject, NpsConfig, OwnerSource, Template, Workflow};
 use crate::preflight::Quarantine;
-use crate::store::{Action, CreateState, FieldChange, InboxEvent, NewRun, RecordOutcome, RunFinish, RunId, RunState};
+use crate::store::{
+    Action, CreateState, FieldChange, HeldRecord, InboxEvent, NewRun, RecordOutcome, RunFinish, RunId, RunState,
+};
 
 /// Events taken from the inbox per batch at most. A batch's queries go in `IN` lists of
 /// [`IN_CHUNK`] and its writes in Collections calls of 200, so the cap bounds a batch's
@@ -333,7 +336,7 @@ async fn drain_once(
     }
     let claimed = claiming.elapsed().as_secs_f64();
     let beat = super::lease::Heartbeat::claims(Arc::clone(&ctx.store), ctx.clock, claimer.clone(), lease);
-    let batch = Claimed { claimer: claimer.clone(), lease: lease.duration, events };
+    let batch = Claimed { claimer: claimer.clone(), events };
     let work = process(ctx, workflow, config, emails, batch, trigger, run);
     let result = match stop {
         Some(stop) => {
@@ -373,8 +376,6 @@ async fn drain_once(
 /// Inbox events one worker claimed ([`crate::store::InboxStore::claim_events`]) as one batch.
 pub struct Claimed {
     pub claimer: String,
-    /// The claim's lease: the record stage extends it by this much while it records.
-    pub lease: Duration,
     pub events: Vec<InboxEvent>,
 }
 
@@ -396,7 +397,7 @@ pub async fn process(
     trigger: &str,
     run: Option<RunId>,
 ) -> Result<BatchReport, RunError> {
-    let Claimed { claimer, lease, events } = batch;
+    let Claimed { claimer, events } = batch;
     let now = ctx.clock.now();
     let mut report = BatchReport { events: events.len(), ..BatchReport::default() };
     let mut done: Vec<String> = Vec::new();
@@ -495,88 +496,35 @@ pub async fn process(
     // Salesforce has the batch; the store knows nothing of it yet.
     crate::testhook::crash_point("record");
     let recording = std::time::Instant::now();
-    // The record stage records only what this claimer still holds, and holds it a lease longer
-    // while it records (one statement: check and extend). A claim that lapsed (a heartbeat
-    // starved past the lease) may have been taken over, and the taker writes and records those
-    // answers itself: recording them here too would record each twice.
-    let all_ids: Vec<String> = events.iter().map(|e| e.unique_id.clone()).collect();
-    let held: HashSet<String> =
-        ctx.store.hold_event_claims(&claimer, &all_ids, lease, ctx.clock.now()).await?.into_iter().collect();
-    if held.len() < all_ids.len() {
-        // Answers by response key, and invalid events (their failure's key) by event id.
-        let lost_answers: Vec<&String> =
-            responses.iter().filter(|r| !r.inbox_ids.iter().all(|id| held.contains(id))).map(|r| &r.key).collect();
-        report.taken_over = lost_answers.len();
-        let lost: HashSet<&str> = lost_answers
-            .into_iter()
-            .chain(all_ids.iter().filter(|id| !held.contains(*id)))
-            .map(String::as_str)
-            .collect();
-        // An Account's outcome stays this batch's while it holds any answer of the Account: a
-        // taker finds the score it wrote current and records nothing for the Account.
-        let kept_key = |object: &str, key: &str| match object {
-            "Account" => report
-                .answers_of_account
-                .get(key)
-                .is_some_and(|answers| answers.iter().any(|k| !lost.contains(k.as_str()))),
-            _ => !lost.contains(key),
-        };
-        outcomes.retain(|o| kept_key(&o.object, &o.key));
-        failures.retain(|(object, key, ..)| kept_key(object, key));
-        done.retain(|id| held.contains(id));
-    }
-    let responses: Vec<&Response> =
-        responses.iter().filter(|r| r.inbox_ids.iter().all(|id| held.contains(id))).collect();
-    let run_id = match run {
-        Some(id) => Some(id),
-        None if !responses.is_empty() || !failures.is_empty() => Some(ctx.store.start_run(&new_run).await?),
-        None => None,
-    };
     report.api_calls = meter.calls.clone();
     report.timings = std::mem::take(&mut meter.timings);
-
-    for r in responses.iter().filter(|r| !report.retry_later.contains(&r.key)) {
-        done.extend(r.inbox_ids.iter().cloned());
-    }
-    if let Some(id) = run_id {
-        if !outcomes.is_empty() {
-            ctx.store.record_outcomes(id, &outcomes, &[]).await?;
-        }
-        let mut ledger = super::ledger::Ledger::default();
-        for o in outcomes.iter().filter(|o| matches!(o.action, Action::Created | Action::Updated)) {
-            ledger.written(&o.object, &o.key);
-        }
-        for (object, key, payload, code, message) in &failures {
-            ledger.refused(super::ledger::Refusal {
-                object: object.clone(),
-                key: key.clone(),
-                salesforce_id: None,
-                payload: payload.clone(),
-                code: code.clone(),
-                message: message.clone(),
-                fields: payload
-                    .get("sent")
-                    .and_then(Value::as_object)
-                    .map(|m| m.keys().cloned().collect())
-                    .unwrap_or_default(),
-            });
-        }
-        ledger.settle(ctx, &workflow.name, id, now).await?;
-    }
-    // Handled responses go into the idempotency ledger before their events are marked
-    // processed, so reconciliation never feeds back what the webhook already delivered.
-    let handled: Vec<(String, String)> = responses
-        .iter()
-        .filter(|r| !report.retry_later.contains(&r.key))
-        .map(|r| (r.key.clone(), "handled".to_owned()))
-        .collect();
-    ctx.store.commit_creates(&workflow.name, &handled, ctx.clock.now()).await?;
-    let marked = ctx.store.mark_processed(&claimer, &done, ctx.clock.now()).await?;
-    if marked < u64::try_from(done.len()).unwrap_or(u64::MAX) {
-        // Taken over between the hold and now: recording stalled a whole lease.
-        tracing::warn!(workflow = %workflow.name, claimer = %claimer, marked, events = done.len(),
-            "An NPS batch lost its claim while recording; the taker may record some answers again");
-    }
+    // The record stage records only what this claimer still holds, in the transaction that
+    // checks it: a claim that lapsed (a worker stalled past its lease) may have been taken
+    // over, and the taker writes and records those answers itself. Checking first and
+    // recording after would leave a window (a stall between the two) in which both record.
+    let answer_events: Vec<Vec<String>> = responses.iter().map(|r| r.inbox_ids.clone()).collect();
+    let all_ids: Vec<String> = events.iter().map(|e| e.unique_id.clone()).collect();
+    let to_record = ToRecord {
+        workflow: workflow.name.clone(),
+        all_ids: all_ids.clone(),
+        responses,
+        outcomes,
+        failures,
+        done,
+        answers_of_account: std::mem::take(&mut report.answers_of_account),
+        retry_later: report.retry_later.clone(),
+        run: match run {
+            Some(id) => RunTarget::Given(id),
+            None => RunTarget::Own(RunId::new(), new_run),
+        },
+    };
+    let recorded = ctx
+        .store
+        .record_held(&claimer, &workflow.name, &all_ids, ctx.clock.now(), Box::new(move |held| to_record.covered(held)))
+        .await?;
+    report.taken_over = answer_events.iter().filter(|ids| !ids.iter().all(|id| recorded.held.contains(id))).count();
+    let done = recorded.record.processed;
+    let run_id = recorded.record.run;
     report.timings.push(("record".into(), recording.elapsed().as_secs_f64()));
     // Lag from a webhook's receipt to its processing (reconciled poll rows are not webhooks).
     let done_ids: HashSet<&str> = done.iter().map(String::as_str).collect();
@@ -593,6 +541,112 @@ pub async fn process(
         ctx.store.finish_run(id, &RunFinish { state, finished_at: ctx.clock.now(), stats, error: None }).await?;
     }
     Ok(report)
+}
+
+/// The run a batch's outcomes go under: the caller's, or one of its own, started with them.
+enum RunTarget {
+    Given(RunId),
+    Own(RunId, NewRun),
+}
+
+/// Everything a batch would record, before it knows which of its events its claimer still
+/// holds: [`ToRecord::covered`] keeps what the held events cover, inside the store's record
+/// transaction.
+struct ToRecord {
+    workflow: String,
+    all_ids: Vec<String>,
+    responses: Vec<Response>,
+    outcomes: Vec<RecordOutcome>,
+    failures: Vec<(String, String, Value, String, String)>,
+    /// Events settled without an answer to write (ignored kinds, invalid events).
+    done: Vec<String>,
+    answers_of_account: HashMap<String, Vec<String>>,
+    retry_later: HashSet<String>,
+    run: RunTarget,
+}
+
+impl ToRecord {
+    /// What the claimer records while it holds `held`: an answer only if it holds all of its
+    /// events, the rest is the taker's.
+    fn covered(self, held: &HashSet<String>) -> HeldRecord {
+        let ToRecord {
+            workflow,
+            all_ids,
+            responses,
+            mut outcomes,
+            mut failures,
+            mut done,
+            answers_of_account,
+            retry_later,
+            run,
+        } = self;
+        let holds = |r: &Response| r.inbox_ids.iter().all(|id| held.contains(id));
+        if held.len() < all_ids.len() {
+            // Answers by response key, and invalid events (their failure's key) by event id.
+            let lost: HashSet<&str> = responses
+                .iter()
+                .filter(|r| !holds(r))
+                .map(|r| r.key.as_str())
+                .chain(all_ids.iter().filter(|id| !held.contains(*id)).map(String::as_str))
+                .collect();
+            // An Account's outcome stays this batch's while it holds any answer of the Account:
+            // a taker finds the score it wrote current and records nothing for the Account.
+            let kept_key = |object: &str, key: &str| match object {
+                "Account" => answers_of_account
+                    .get(key)
+                    .is_some_and(|answers| answers.iter().any(|k| !lost.contains(k.as_str()))),
+                _ => !lost.contains(key),
+            };
+            outcomes.retain(|o| kept_key(&o.object, &o.key));
+            failures.retain(|(object, key, ..)| kept_key(object, key));
+            done.retain(|id| held.contains(id));
+        }
+        let handled: Vec<&Response> = responses.iter().filter(|r| holds(r) && !retry_later.contains(&r.key)).collect();
+        done.extend(handled.iter().flat_map(|r| r.inbox_ids.iter().cloned()));
+        let anything = responses.iter().any(holds) || !failures.is_empty();
+        let (run, start) = match run {
+            RunTarget::Given(id) => (Some(id), None),
+            RunTarget::Own(id, new_run) if anything => (Some(id), Some(new_run)),
+            RunTarget::Own(..) => (None, None),
+        };
+        let mut ledger = super::ledger::Ledger::default();
+        for o in outcomes.iter().filter(|o| matches!(o.action, Action::Created | Action::Updated)) {
+            ledger.written(&o.object, &o.key);
+        }
+        for (object, key, payload, code, message) in failures {
+            ledger.refused(super::ledger::Refusal {
+                fields: payload
+                    .get("sent")
+                    .and_then(Value::as_object)
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default(),
+                object,
+                key,
+                salesforce_id: None,
+                payload,
+                code,
+                message,
+            });
+        }
+        let (written, failures) = match run {
+            Some(id) => ledger.into_store(&workflow, id),
+            None => (Vec::new(), Vec::new()),
+        };
+        // Handled responses go into the idempotency ledger with their events marked processed,
+        // so reconciliation never feeds back what the webhook already delivered.
+        let committed = handled.iter().map(|r| (r.key.clone(), "handled".to_owned())).collect();
+        // Without a run nothing is held that has an outcome (each is an answer's or an
+        // Account's of a held answer): none is dropped here.
+        HeldRecord {
+            run,
+            start,
+            outcomes: if run.is_some() { outcomes } else { Vec::new() },
+            written,
+            failures,
+            committed,
+            processed: done,
+        }
+    }
 }
 
 /// Sends `updates` through the delivery stage (Collections, record-level retries of lock

@@ -99,9 +99,9 @@ async fn pendo_is_asked_only_about_visitors_the_visitor_id_field_did_not_match()
     }
 }
 
-/// Three Contacts (`taken-v0..2`) and an answer of each in the inbox (ratings 4, 5, 6), answered
-/// a minute ago; returns the answers' timestamp.
-async fn three_answers(emu: &Emulators, store: &std::sync::Arc<dyn engine::store::Store>) -> i64 {
+/// Three Contacts (`taken-v0..2`) and an answer of each in the inbox (ratings 4, 5, 6, events
+/// `{prefix}0..2`), answered a minute ago; returns the answers' timestamp.
+async fn three_answers(emu: &Emulators, store: &std::sync::Arc<dyn engine::store::Store>, prefix: &str) -> i64 {
     let records = format!("{}/__emulator/records/Contact", emu.sf.base_url);
     let contacts: Value = emu.http.get(&records).send().await.unwrap().json().await.unwrap();
     let account = contacts[0]["AccountId"].as_str().unwrap().to_owned();
@@ -113,9 +113,9 @@ async fn three_answers(emu: &Emulators, store: &std::sync::Arc<dyn engine::store
     let secs = Utc::now().timestamp() - 60;
     for i in 0..3 {
         let body = json!({"event": "npsSubmitted", "visitorId": format!("taken-v{i}"), "timestamp": secs,
-                          "uniqueId": format!("t{i}"), "properties": {"nps": {"rating": 4 + i, "reason": ""}}});
+                          "uniqueId": format!("{prefix}{i}"), "properties": {"nps": {"rating": 4 + i, "reason": ""}}});
         let event = InboxEvent {
-            unique_id: format!("t{i}"),
+            unique_id: format!("{prefix}{i}"),
             source: "pendo".into(),
             kind: "npsSubmitted".into(),
             received_at: Utc::now(),
@@ -133,7 +133,7 @@ async fn three_answers(emu: &Emulators, store: &std::sync::Arc<dyn engine::store
 async fn an_idle_consumer_takes_back_a_dead_daemons_batch_before_its_lease_ends() {
     let emu = Emulators::start(12, 5, 10).await;
     let store = emu.open_store().await;
-    three_answers(&emu, &store).await;
+    three_answers(&emu, &store, "t").await;
     let mut gone = std::process::Command::new("true").spawn().unwrap();
     gone.wait().unwrap();
     let this_host = engine::workflow::lease_holder().rsplit_once(':').map(|(h, _)| h.to_owned()).unwrap();
@@ -179,7 +179,7 @@ async fn a_batch_taken_over_after_its_claim_lapsed_is_recorded_once_by_the_taker
     let emu = Emulators::start(12, 5, 10).await;
     let store = emu.open_store().await;
     let admin = |base: &str, path: &str| format!("{base}/__emulator/{path}");
-    let secs = three_answers(&emu, &store).await;
+    let secs = three_answers(&emu, &store, "t").await;
     let keys: Vec<String> = (0..3).map(|i| format!("nps:{secs}:taken-v{i}")).collect();
     // Every Salesforce call slow: the first worker is still writing when the second takes over.
     let faults = json!({"latencyMs": 700, "latencyShare": 1.0});
@@ -203,7 +203,7 @@ async fn a_batch_taken_over_after_its_claim_lapsed_is_recorded_once_by_the_taker
     assert_eq!(events.len(), 3, "the lapsed batch is taken over whole");
     let second = support::context(&emu.fill(&config), store.clone());
     let (workflow, nps) = engine::workflow::nps::inbox_workflow(&second).unwrap();
-    let batch = engine::workflow::nps::Claimed { claimer: "taker".into(), lease, events };
+    let batch = engine::workflow::nps::Claimed { claimer: "taker".into(), events };
     let cache = engine::workflow::nps::BatchCache::default();
     let taken = engine::workflow::nps::process(&second, workflow, nps, &cache, batch, "test", None).await.unwrap();
     assert_eq!(taken.taken_over, 0, "{taken:?}");
@@ -236,6 +236,92 @@ async fn a_batch_taken_over_after_its_claim_lapsed_is_recorded_once_by_the_taker
     }
     let contacts: Value =
         emu.http.get(admin(&emu.sf.base_url, "records/Contact")).send().await.unwrap().json().await.unwrap();
+    for i in 0..3 {
+        let c =
+            contacts.as_array().unwrap().iter().find(|c| c["Pendo_Visitor_Id__c"] == format!("taken-v{i}").as_str());
+        assert_eq!(c.unwrap()["NPS_Score__c"], f64::from(4 + i));
+    }
+}
+
+/// Every answer's Contact outcomes, by response key, across the workflow's runs.
+async fn contact_outcomes(
+    store: &std::sync::Arc<dyn engine::store::Store>,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut recorded: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for run in store.list_runs(Some("nps"), 0).await.unwrap() {
+        for o in store.run_outcomes(run.id, &Default::default()).await.unwrap() {
+            if o.object == "Contact" {
+                recorded.entry(o.key).or_default().push(format!("run {} {:?}", run.id, o.action));
+            }
+        }
+    }
+    recorded
+}
+
+/// A worker that stalls in its record stage past its lease, after it found its claim still
+/// held and before its events are marked processed: a worker taking the batch over meanwhile
+/// takes nothing (the check and the record are one transaction), and every answer is recorded
+/// exactly once, with its key in the ledger and its event processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stalled_while_recording_is_recorded_once() {
+    let emu = Emulators::start(12, 5, 10).await;
+    let store = emu.open_store().await;
+    let secs = three_answers(&emu, &store, "stalled-").await;
+    let keys: Vec<String> = (0..3).map(|i| format!("nps:{secs}:taken-v{i}")).collect();
+    let stall = engine::testhook::stall_at("record-held", "stalled-0");
+
+    let config = CONFIG.replace("match: [visitor_id_field, email]", "match: [visitor_id_field]");
+    let first = support::context(&emu.fill(&config), store.clone());
+    let running = tokio::spawn(async move {
+        let options = RunOptions { trigger: "test".into(), ..Default::default() };
+        engine::workflow::run(&first, "nps", &options).await
+    });
+    tokio::time::timeout(Duration::from_secs(60), stall.reached()).await.expect("the first worker reaches its record");
+    // The first worker's lease looks lapsed to a claimer an hour on: as if it had stalled that
+    // long. Its claim is taken over unless its record holds the events.
+    let lease = Duration::from_secs(60);
+    let mut taking = {
+        let store = store.clone();
+        tokio::spawn(
+            async move { store.claim_events("taker", lease, Utc::now() + chrono::Duration::hours(1), 100).await },
+        )
+    };
+    // A takeover that is not kept waiting has happened: the stalled worker goes on after it.
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut taking).await;
+    stall.release();
+    let events = match early {
+        Ok(taken) => taken,
+        Err(_) => taking.await,
+    };
+    let events = events.unwrap().unwrap();
+    if !events.is_empty() {
+        let second = support::context(&emu.fill(&config), store.clone());
+        let (workflow, nps) = engine::workflow::nps::inbox_workflow(&second).unwrap();
+        let batch = engine::workflow::nps::Claimed { claimer: "taker".into(), events };
+        let cache = engine::workflow::nps::BatchCache::default();
+        engine::workflow::nps::process(&second, workflow, nps, &cache, batch, "test", None).await.unwrap();
+    }
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(report.failed, 0, "{report:?}");
+
+    let recorded = contact_outcomes(&store).await;
+    for key in &keys {
+        assert_eq!(recorded.get(key).map(Vec::len), Some(1), "{key} recorded exactly once: {recorded:?}");
+    }
+    assert_eq!(store.inbox_counts().await.unwrap().pending, 0, "every event processed");
+    for key in &keys {
+        let state = store.begin_create(key, "nps", Utc::now()).await.unwrap();
+        assert!(matches!(state, engine::store::CreateState::Committed { .. }), "{key} in the ledger: {state:?}");
+    }
+    let contacts: Value = emu
+        .http
+        .get(format!("{}/__emulator/records/Contact", emu.sf.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     for i in 0..3 {
         let c =
             contacts.as_array().unwrap().iter().find(|c| c["Pendo_Visitor_Id__c"] == format!("taken-v{i}").as_str());
