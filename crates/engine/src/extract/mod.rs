@@ -284,6 +284,7 @@ impl<'c> Extractor<'c> {
             let cond = last.as_deref().map(|l| keyset(sort, l, overlap));
             let p = build(cond).sort(&sort_keys).limit(self.page_rows);
             self.calls.fetch_add(1, Ordering::Relaxed);
+            let started = std::time::Instant::now();
             // Rows are folded as they are parsed; only the page's last row is kept, for its key.
             let mut last_row: Option<Value> = None;
             let rows = self
@@ -299,6 +300,7 @@ impl<'c> Extractor<'c> {
                     PageStop::Fold(e) => e,
                 })?;
             self.rows.fetch_add(rows, Ordering::Relaxed);
+            tracing::debug!(query, rows, seconds = started.elapsed().as_secs_f64(), "Pendo page read");
             if rows < self.page_rows {
                 return Ok(());
             }
