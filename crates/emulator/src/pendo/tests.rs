@@ -519,6 +519,23 @@ fn fast_group_matches_general_group() {
     let b: Vec<J> = slow.iter().map(|r| val::Val::Obj(r.materialize(&ctx)).to_json()).collect();
     assert!(!a.is_empty());
     assert_eq!(a, b);
+
+    // Guide events, grouped by the event's own time too (the last time each visitor saw each
+    // guide, as kept engagement asks).
+    let guides = |extra: J| {
+        json!([
+            {"source": {"guideEvents": null, "timeSeries": {"period": "dayRange", "first": 1_767_225_600_000i64 - 15 * store::DAY_MS, "count": 15}}},
+            extra,
+            {"group": {"group": ["accountId", "visitorId", "guideId", "type"], "fields": {"at": {"max": "browserTime"}, "since": {"min": "guideTimestamp"}, "n": {"count": null}}}},
+            {"sort": ["accountId", "visitorId", "guideId", "type"]}
+        ])
+    };
+    let (_, fast, _, _) = aggregation::execute(&store, &guides(json!({"cat": null})), now, 0, true).unwrap();
+    let (_, slow, _, _) = aggregation::execute(&store, &guides(json!({"eval": {"z": "1"}})), now, 0, true).unwrap();
+    let a: Vec<J> = fast.iter().map(|r| val::Val::Obj(r.materialize(&ctx)).to_json()).collect();
+    let b: Vec<J> = slow.iter().map(|r| val::Val::Obj(r.materialize(&ctx)).to_json()).collect();
+    assert!(a.len() > 10 && a.iter().all(|r| r["at"].is_i64()), "{:?}", a.first());
+    assert_eq!(a, b);
 }
 
 #[tokio::test]

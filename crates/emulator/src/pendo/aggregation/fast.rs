@@ -35,6 +35,8 @@ enum Code {
     Item,
     Guide,
     GuideType,
+    /// A guide event's own time (`browserTime`), as a number.
+    EventTime,
 }
 
 const GUIDE_TYPES: [GuideEventType; 5] = [
@@ -68,13 +70,14 @@ impl Code {
                 Col::Hour if period == Period::Hour => Code::Time,
                 Col::GuideId => Code::Guide,
                 Col::Type => Code::GuideType,
+                Col::BrowserTime | Col::GuideTimestamp => Code::EventTime,
                 _ => return None,
             }),
         }
     }
 
     fn numeric(self) -> bool {
-        matches!(self, Code::Time | Code::Events | Code::Minutes | Code::App)
+        matches!(self, Code::Time | Code::Events | Code::Minutes | Code::App | Code::EventTime)
     }
 
     /// The code of row `i`, which the caller has checked is within the table.
@@ -95,7 +98,7 @@ impl Code {
                     Code::Events => i64::from(t.events(i)),
                     Code::Minutes => i64::from(t.minutes(i)),
                     Code::Item => i64::from(t.item(i)),
-                    Code::Guide | Code::GuideType => 0,
+                    Code::Guide | Code::GuideType | Code::EventTime => 0,
                 }
             }
             Src::Guide => {
@@ -109,6 +112,7 @@ impl Code {
                     },
                     Code::Guide => i64::from(e.guide),
                     Code::GuideType => GUIDE_TYPES.iter().position(|k| *k == e.kind).unwrap_or(0) as i64,
+                    Code::EventTime => e.ts,
                     Code::App | Code::Events | Code::Minutes | Code::Item => 0,
                 }
             }
