@@ -78,11 +78,23 @@ impl Extractor<'_> {
     /// # Errors
     /// As [`super::engagement`].
     pub async fn engagement(&self, window: &super::Window, core: &CoreFeatures) -> Result<Vec<AccountUsage>> {
-        let ts = time_series(window)?;
-        let period = period_column(window);
+        time_series(window)?;
         // The catalogues first (one small call each): the feature and guide queries need them.
         let core_ids = self.core_feature_ids(core).await?;
         let last_steps = self.last_guide_steps().await?;
+        self.totals(window, &core_ids, &last_steps).await
+    }
+
+    /// Per-account totals over the whole window, each query grouped by Pendo to one or two rows
+    /// per account.
+    async fn totals(
+        &self,
+        window: &super::Window,
+        core_ids: &BTreeSet<String>,
+        last_steps: &[String],
+    ) -> Result<Vec<AccountUsage>> {
+        let ts = time_series(window)?;
+        let period = period_column(window);
         // The five queries are independent, so they may run side by side (see
         // `with_parallel_queries`); folding is synchronous and short, so the one lock around the
         // map is never held across a request.
@@ -286,26 +298,40 @@ impl Extractor<'_> {
         if let Some((mut state, k)) = kept.and_then(|s| s.days_to_read(basis, end, n).map(|k| (s, k))) {
             let accounts = state.take_accounts();
             let part = super::Window { length: WindowLength::Days(k), ..window.clone() };
-            let (accounts, facts, last_visit) = self.read_days(&part, &q, accounts).await?;
-            if let Some(state) = state.merge(accounts, facts, k, n, end) {
+            // An increment is read whatever the subscription's size: its days are few.
+            let read = self.read_days(&part, &q, accounts, None).await?;
+            let merged =
+                read.and_then(|(accounts, facts, last)| Some((state.merge(accounts, facts, k, n, end)?, last)));
+            if let Some((state, last_visit)) = merged {
                 let usage = with_last_visit(state.usage(total), &last_visit);
                 return Ok((usage, Some(state)));
             }
             tracing::info!(days = k, "the kept engagement did not fit the days read; reading the whole window");
         }
-        let (accounts, facts, last_visit) = self.read_days(window, &q, Accounts::default()).await?;
-        let (state, complete) = UsageState::whole(basis, end, n, accounts, facts);
-        let usage = with_last_visit(state.usage(total), &last_visit);
-        Ok((usage, complete.then_some(state)))
+        // The whole window as per-day and per-thing rows, while they fit in a few pages: each page
+        // is a scan of the whole window for Pendo, so beyond that the per-account totals are read
+        // instead and nothing is kept.
+        let most = kept::WHOLE_READ_PAGES.saturating_mul(self.page_rows);
+        match self.read_days(window, &q, Accounts::default(), Some(most)).await? {
+            Some((accounts, facts, last_visit)) => {
+                let (state, complete) = UsageState::whole(basis, end, n, accounts, facts);
+                let usage = with_last_visit(state.usage(total), &last_visit);
+                Ok((usage, complete.then_some(state)))
+            }
+            None => Ok((self.totals(window, &core_ids, &last_steps).await?, None)),
+        }
     }
 
-    /// The per-day and per-thing rows of `window`'s days, and every account's last visit.
+    /// The per-day and per-thing rows of `window`'s days, and every account's last visit; `None`
+    /// when Pendo lists so many accounts that the day sums could pass `max_rows` (accounts ×
+    /// days, an upper bound), asked before any query of the days.
     async fn read_days(
         &self,
         window: &super::Window,
         q: &PairQueries<'_>,
         accounts: Accounts,
-    ) -> Result<(Accounts, Facts, HashMap<u32, Option<i64>>)> {
+        max_rows: Option<u64>,
+    ) -> Result<Option<(Accounts, Facts, HashMap<u32, Option<i64>>)>> {
         let ts = time_series(window)?;
         struct Shared {
             accounts: Accounts,
@@ -426,17 +452,23 @@ impl Extractor<'_> {
                 with(row, &mut |s, acc| s.facts.seen[kind].push(Seen { acc, key, at }))
             },
         );
+        // The account list first: its length decides whether the days are read at all.
+        accounts.await?;
+        let listed = shared.lock().unwrap_or_else(PoisonError::into_inner).last_visit.len() as u64;
+        if max_rows.is_some_and(|most| listed.saturating_mul(u64::from(window.length.covering_days())) > most) {
+            tracing::info!(accounts = listed, "too many accounts to keep engagement between runs; reading totals");
+            return Ok(None);
+        }
         if self.parallel {
-            tokio::try_join!(accounts, sums, visitors, features, guides)?;
+            tokio::try_join!(sums, visitors, features, guides)?;
         } else {
-            accounts.await?;
             sums.await?;
             visitors.await?;
             features.await?;
             guides.await?;
         }
         let s = shared.into_inner().unwrap_or_else(PoisonError::into_inner);
-        Ok((s.accounts, s.facts, s.last_visit))
+        Ok(Some((s.accounts, s.facts, s.last_visit)))
     }
 
     /// The core feature ids, deduplicated.

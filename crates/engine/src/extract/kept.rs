@@ -36,6 +36,10 @@ use super::AccountUsage;
 pub const TRAILING_DAYS: u32 = 2;
 /// How old a whole read may get before the window is read whole again.
 pub const REREAD_AFTER_MS: i64 = 7 * 86_400_000;
+/// Pages of day sums a whole read may take (bounded by accounts × days before it starts): every
+/// page is a scan of the whole window for Pendo, so a subscription larger than this reads
+/// per-account totals every run instead, as if nothing were kept.
+pub const WHOLE_READ_PAGES: u64 = 4;
 /// Format version of [`UsageState::encode`]; another version is read as no state.
 const VERSION: u64 = 1;
 

@@ -179,7 +179,9 @@ async fn kept_engagement_reads_only_new_days_and_agrees_with_the_data() {
     let run = |end: DateTime<Utc>, state| {
         let pendo = &pendo;
         async move {
-            let x = Extractor::new(pendo).with_page_rows(7);
+            // Pages of 120 rows: every query crosses page edges, and a whole read of 41 accounts
+            // × 10 days (at most 410 day sums) fits in the four pages it may take.
+            let x = Extractor::new(pendo).with_page_rows(120);
             let w = Window::days(end, N);
             let (usage, state) = x.engagement_kept(&w, &CoreFeatures::MarkedCore, state).await.unwrap();
             (by_id(usage), state, x.stats())
@@ -235,6 +237,17 @@ async fn kept_engagement_reads_only_new_days_and_agrees_with_the_data() {
     assert!(back.is_some());
     let (again, _, _) = run(fifth_end, back).await;
     assert_eq!(again, got);
+
+    // A subscription too large for four pages of day sums is read as totals and nothing is kept:
+    // the same figures, and no day rows asked for.
+    let small = Extractor::new(&pendo).with_page_rows(100);
+    let (usage, state) =
+        small.engagement_kept(&Window::days(fifth_end, N), &CoreFeatures::MarkedCore, None).await.unwrap();
+    assert!(state.is_none());
+    assert_eq!(by_id(usage), expect(fifth_end));
+    let totals = Extractor::new(&pendo).with_page_rows(100);
+    totals.engagement(&Window::days(fifth_end, N), &CoreFeatures::MarkedCore).await.unwrap();
+    assert_eq!(small.stats().pendo_calls, totals.stats().pendo_calls + 1, "one more: the account list read first");
     emu.shutdown().await;
 }
 
