@@ -64,7 +64,11 @@ pub(crate) async fn deliver(
     let written: Vec<Written> = delivery
         .written
         .iter()
-        .map(|c| Written { key: c.key.clone(), salesforce_id: c.salesforce_id.clone(), fields: c.fields.clone() })
+        .map(|c| Written {
+            key: (&c.key).into(),
+            salesforce_id: (&c.salesforce_id).into(),
+            fields: (&c.fields[..]).into(),
+        })
         .collect();
     let verify = verify::verify(ctx, workflow, object, &written, budget, meter, run, now).await?;
     Ok(Updated { delivery, deferred, verify })
