@@ -133,7 +133,8 @@ pub(crate) async fn record(
         let keys: Vec<String> = chunk.iter().map(|c| c.salesforce_id.clone()).collect();
         let mut before = ctx.store.written_values(how.scope, &keys).await?;
         let mut outcomes = Vec::with_capacity(chunk.len());
-        let mut prints = Vec::new();
+        // Sized exactly: the chunk's largest buffer, which growing by doubling would overshoot.
+        let mut prints = Vec::with_capacity(chunk.iter().map(|c| c.prints.len()).sum());
         for c in chunk {
             let old = before.remove(&c.salesforce_id).unwrap_or_default();
             let changes = c
