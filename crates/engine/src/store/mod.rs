@@ -546,14 +546,14 @@ pub trait RunStore {
 pub trait CursorStore {
     fn cursor(&self, workflow: &str, name: &str) -> StoreFuture<'_, Option<String>>;
     /// Compare-and-set: stores `new` only if the current value is `expected` (`None` = no
-    /// cursor yet). Returns false, changing nothing, for a stale writer. The future borrows
-    /// both values rather than copy them: a kept state is megabytes.
+    /// cursor yet). Returns false, changing nothing, for a stale writer. Both values are taken,
+    /// not copied: a kept state is megabytes, and the database driver needs them owned.
     fn advance_cursor<'a>(
         &'a self,
         workflow: &'a str,
         name: &'a str,
-        expected: Option<&'a str>,
-        new: &'a str,
+        expected: Option<String>,
+        new: String,
     ) -> StoreFuture<'a, bool>;
 }
 

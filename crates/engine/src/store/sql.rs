@@ -960,8 +960,8 @@ impl CursorStore for SqlStore {
         &'a self,
         workflow: &'a str,
         name: &'a str,
-        expected: Option<&'a str>,
-        new: &'a str,
+        expected: Option<String>,
+        new: String,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let now = crate::clock::written_at();
