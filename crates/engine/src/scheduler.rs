@@ -48,7 +48,7 @@ pub async fn set_paused(store: &dyn Store, workflow: &str, paused: bool) -> Resu
     let stored = store.cursor(workflow, PAUSED).await?;
     let new = if paused { "paused" } else { "running" };
     if stored.as_deref() != Some(new) {
-        store.advance_cursor(workflow, PAUSED, stored.as_deref(), new).await?;
+        store.advance_cursor(workflow, PAUSED, stored, new.to_owned()).await?;
     }
     Ok(())
 }
@@ -109,7 +109,7 @@ pub async fn claim(
         let next = next_after(cron, tz, now);
         let new = next.map_or_else(String::new, |n| encode(n, cron, tz));
         if stored.as_deref() != Some(new.as_str()) {
-            store.advance_cursor(workflow, CURSOR, stored.as_deref(), &new).await?;
+            store.advance_cursor(workflow, CURSOR, stored, new).await?;
         }
         return Ok(Claim::Wait { next });
     };
@@ -120,7 +120,7 @@ pub async fn claim(
     let new = next.map_or_else(String::new, |n| encode(n, cron, tz));
     // A paused schedule lets its slot pass: moved on, not run (checked only when a slot is due).
     let paused = is_paused(store, workflow).await?;
-    if store.advance_cursor(workflow, CURSOR, stored.as_deref(), &new).await? && !paused {
+    if store.advance_cursor(workflow, CURSOR, stored, new).await? && !paused {
         Ok(Claim::Run { due, next })
     } else if paused {
         Ok(Claim::Wait { next })

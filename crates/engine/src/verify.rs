@@ -19,6 +19,7 @@
 //! budget first, settled after, counted under its own kind `verify`; a spent allocation (or any
 //! failed read) skips the check with a note instead of failing the run.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
@@ -35,13 +36,14 @@ pub const BATCH: usize = 200;
 /// Drifted values kept in a report (all are counted, and all are in history).
 pub const KEPT: usize = 50;
 
-/// One record as it was written: the values usagesync sent.
+/// One record as it was written: the values usagesync sent. Borrowed where the caller still
+/// holds them (the update stage's changes), so the read-back adds no copy of a run's records.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Written {
+pub struct Written<'a> {
     /// The source key (the Pendo account, say), the key of history rows.
-    pub key: String,
-    pub salesforce_id: String,
-    pub fields: Vec<(String, Value)>,
+    pub key: Cow<'a, str>,
+    pub salesforce_id: Cow<'a, str>,
+    pub fields: Cow<'a, [(String, Value)]>,
 }
 
 /// What the read-back found.
@@ -121,7 +123,7 @@ pub(crate) async fn verify(
     ctx: &Context,
     workflow: &str,
     object: &str,
-    written: &[Written],
+    written: &[Written<'_>],
     budget: &BudgetReport,
     meter: &mut Meter<'_>,
     run: RunId,
@@ -163,7 +165,7 @@ pub(crate) async fn verify(
     }
     let before = ctx.salesforce.requests_sent();
     let describe = ctx.salesforce.describe_cached(object);
-    let records: Vec<&Written> = picked.iter().map(|&i| &written[i]).collect();
+    let records: Vec<&Written<'_>> = picked.iter().map(|&i| &written[i]).collect();
     let (read, failure) = read(&ctx.salesforce, object, &records).await;
     let mut outcomes = Vec::new();
     for (record, found) in records.iter().zip(&read) {
@@ -204,7 +206,7 @@ pub(crate) async fn verify(
 /// Indices into `written` of the records to read back: all when `size` covers them, else the
 /// `size` whose Ids hash lowest with `seed` (a spread over the whole run, not its first
 /// accounts, and the same for the same seed), in input order.
-pub fn sample(written: &[Written], size: usize, seed: &str) -> Vec<usize> {
+pub fn sample(written: &[Written<'_>], size: usize, seed: &str) -> Vec<usize> {
     if size >= written.len() {
         return (0..written.len()).collect();
     }
@@ -231,7 +233,7 @@ fn canonical(id: &str) -> String {
 async fn read(
     client: &salesforce::Client,
     object: &str,
-    records: &[&Written],
+    records: &[&Written<'_>],
 ) -> (Vec<Option<Option<Value>>>, Option<salesforce::Error>) {
     let mut out: Vec<Option<Option<Value>>> = vec![None; records.len()];
     let select = match select(object, records) {
@@ -316,10 +318,10 @@ async fn scan(
 
 /// `SELECT Id, <every field sent to any of records>, LastModifiedById, LastModifiedDate FROM
 /// object`, names checked.
-fn select(object: &str, records: &[&Written]) -> Result<String, salesforce::Error> {
+fn select(object: &str, records: &[&Written<'_>]) -> Result<String, salesforce::Error> {
     salesforce::soql::object(object)?;
     let mut fields: Vec<&str> = Vec::new();
-    for (f, _) in records.iter().flat_map(|r| &r.fields) {
+    for (f, _) in records.iter().flat_map(|r| r.fields.iter()) {
         let system = ["id", "lastmodifiedbyid", "lastmodifieddate"].contains(&f.to_ascii_lowercase().as_str());
         if !system && !fields.iter().any(|g| g.eq_ignore_ascii_case(f)) {
             fields.push(salesforce::soql::field(f)?);
@@ -343,10 +345,15 @@ fn by_id(rows: Vec<Value>) -> HashMap<String, Value> {
 
 /// The drifted values of one record: each field whose value now is not the one sent, or the
 /// record itself when `row` is `None` (it no longer exists).
-pub fn compare(object: &str, written: &Written, row: Option<&Value>, describe: Option<&SObjectDescribe>) -> Vec<Drift> {
+pub fn compare(
+    object: &str,
+    written: &Written<'_>,
+    row: Option<&Value>,
+    describe: Option<&SObjectDescribe>,
+) -> Vec<Drift> {
     let drift = |field: &str, sent: Value, now: Value| Drift {
         object: object.to_owned(),
-        salesforce_id: written.salesforce_id.clone(),
+        salesforce_id: written.salesforce_id.to_string(),
         field: field.to_owned(),
         sent,
         now,
@@ -354,10 +361,10 @@ pub fn compare(object: &str, written: &Written, row: Option<&Value>, describe: O
         last_modified_at: row.and_then(|r| text(r, "LastModifiedDate")),
     };
     let Some(row) = row.and_then(Value::as_object) else {
-        return vec![drift("Id", Value::String(written.salesforce_id.clone()), Value::Null)];
+        return vec![drift("Id", Value::String(written.salesforce_id.to_string()), Value::Null)];
     };
     let mut out = Vec::new();
-    for (field, sent) in &written.fields {
+    for (field, sent) in written.fields.iter() {
         // Salesforce answers with the describe's spelling of a name, whatever the query used.
         let now = row.iter().find(|(k, _)| k.eq_ignore_ascii_case(field)).map_or(&Value::Null, |(_, v)| v);
         let describe = describe.and_then(|d| d.fields.iter().find(|f| f.name.eq_ignore_ascii_case(field)));
@@ -497,7 +504,7 @@ fn datetime(v: &Value) -> Option<DateTime<Utc>> {
 }
 
 /// The history row of a record with drift: every drifted field as sent → now.
-fn outcome(object: &str, written: &Written, drifts: &[Drift], gone: bool) -> Option<RecordOutcome> {
+fn outcome(object: &str, written: &Written<'_>, drifts: &[Drift], gone: bool) -> Option<RecordOutcome> {
     let first = drifts.first()?;
     let message = if gone {
         "the record no longer exists (deleted or merged since usagesync wrote it)".to_owned()
@@ -510,8 +517,8 @@ fn outcome(object: &str, written: &Written, drifts: &[Drift], gone: bool) -> Opt
     };
     Some(RecordOutcome {
         object: object.to_owned(),
-        key: written.key.clone(),
-        salesforce_id: Some(written.salesforce_id.clone()),
+        key: written.key.to_string(),
+        salesforce_id: Some(written.salesforce_id.to_string()),
         action: Action::Drifted,
         changes: drifts
             .iter()
@@ -538,10 +545,10 @@ mod tests {
         f
     }
 
-    fn w(id: &str, fields: Vec<(&str, Value)>) -> Written {
+    fn w(id: &str, fields: Vec<(&str, Value)>) -> Written<'static> {
         Written {
-            key: format!("k-{id}"),
-            salesforce_id: id.into(),
+            key: format!("k-{id}").into(),
+            salesforce_id: id.to_owned().into(),
             fields: fields.into_iter().map(|(f, v)| (f.to_owned(), v)).collect(),
         }
     }

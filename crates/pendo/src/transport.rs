@@ -85,7 +85,9 @@ impl Transport {
         if resp.content_length().is_some_and(|n| n as usize > limit) {
             return Err(Error::TooLarge { endpoint: endpoint.to_string(), limit });
         }
-        let mut out = Vec::new();
+        // Sized once when the length is known: growing by doubling would hold up to twice the
+        // body (and three times while it copies), and a page is the extraction's largest buffer.
+        let mut out = Vec::with_capacity(resp.content_length().map_or(0, |n| (n as usize).min(limit)));
         loop {
             match resp.chunk().await {
                 Ok(Some(c)) => {
@@ -215,6 +217,24 @@ pub(crate) fn segment(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_body_of_known_length_is_read_into_one_buffer_of_that_size() {
+        let transport =
+            Transport::new(ClientConfig::new("http://127.0.0.1:1", "key").expect("a config")).expect("a transport");
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
+        // Over a socket, so the body arrives in many chunks, as a page does.
+        let served = body.clone();
+        let app = axum::Router::new().route("/", axum::routing::get(move || async move { served }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let addr = listener.local_addr().expect("an address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let resp = reqwest::get(format!("http://{addr}/")).await.expect("a response");
+        assert_eq!(resp.content_length(), Some(3_000_000));
+        let read = transport.read_capped("POST /aggregation", resp).await.expect("the body");
+        assert_eq!(read, body);
+        assert_eq!(read.capacity(), read.len());
+    }
 
     #[test]
     fn each_endpoint_has_its_kind() {

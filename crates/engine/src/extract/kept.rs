@@ -202,15 +202,21 @@ impl UsageState {
         self.days.drain(..drop_days);
         let window_start = *self.days.first()?;
 
-        // Day sums: the read's days are replaced whole.
+        // Day sums: the read's days are replaced whole. Grown by exactly the read (a plain
+        // append doubles the kept list's capacity, the largest list of the state), and the
+        // read's list freed as soon as it is moved.
         self.sums.retain(|s| s.day >= window_start && s.day < first);
-        self.sums.append(&mut facts.sums);
+        let read_sums = std::mem::take(&mut facts.sums);
+        self.sums.reserve_exact(read_sums.len());
+        self.sums.extend(read_sums);
         self.sums.sort_unstable_by_key(|s| (s.acc, s.day));
 
         let mut read_seen = std::mem::take(&mut facts.seen);
         self.place_days(&mut read_seen);
         for (kept, read) in self.seen.iter_mut().zip(read_seen.iter_mut()) {
-            kept.append(read);
+            let read = std::mem::take(read);
+            kept.reserve_exact(read.len());
+            kept.extend(read);
             settle_seen(kept);
             kept.retain(|s| s.at >= window_start);
         }
@@ -526,6 +532,21 @@ mod tests {
         assert_eq!((a.events, a.active_days, a.active_visitors, a.guides_completed), (7, 2, 2, 1));
         // Account b's guide seen on day 1 left the window.
         assert_eq!(merged.usage(3)[2].guides_seen, 0);
+    }
+
+    #[test]
+    fn a_merge_grows_the_day_sums_by_the_read_only() {
+        let whole = facts(0..5, &[(1, 0, 10), (1, 3, 5), (2, 4, 7)], &[]);
+        let state = UsageState::whole(1, 5 * DAY, 5, accounts(), whole).0;
+        // As a run has it: decoded, every list exactly as long as it is.
+        let state = UsageState::decode(&state.encode().unwrap_or_default()).unwrap_or_default();
+        assert_eq!(state.sums.capacity(), state.sums.len());
+        // More rows than the days leaving the window: the kept list must grow.
+        let inc = facts(3..7, &[(1, 3, 6), (2, 4, 7), (1, 5, 1), (2, 5, 1), (1, 6, 1), (2, 6, 1)], &[]);
+        let merged = state.merge(accounts(), inc, 4, 5, 7 * DAY).unwrap_or_default();
+        assert!(merged.sums.len() > 8);
+        // By exactly what it needs, not to twice its size (the largest list of a state).
+        assert_eq!(merged.sums.capacity(), merged.sums.len());
     }
 
     #[test]

@@ -155,7 +155,7 @@ pub(crate) async fn match_accounts(
             let text = serde_json::to_string(&links).unwrap_or_default();
             let stored = ctx.store.cursor(&workflow.name, PARENTS).await?;
             if stored.as_deref() != Some(text.as_str()) {
-                ctx.store.advance_cursor(&workflow.name, PARENTS, stored.as_deref(), &text).await?;
+                ctx.store.advance_cursor(&workflow.name, PARENTS, stored, text).await?;
             }
         }
     }

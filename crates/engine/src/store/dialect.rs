@@ -165,7 +165,10 @@ impl Tx {
                         }
                     });
                     qb.push(tail);
-                    let rows = qb.build().fetch_all(&mut **tx).await.map_err(query_err(operation))?;
+                    // Not kept in the connection's statement cache: a statement of thousands of
+                    // parameters compiles to megabytes, and every batch size is another entry
+                    // that would stay for the connection's life.
+                    let rows = qb.build().persistent(false).fetch_all(&mut **tx).await.map_err(query_err(operation))?;
                     returned.extend(rows.into_iter().map(DbRow::Sqlite));
                 }
             }

@@ -508,13 +508,14 @@ pub trait RunStore {
     /// Records a new run in state `Running` and returns its id.
     fn start_run(&self, run: &NewRun) -> StoreFuture<'_, RunId>;
     /// In one transaction, appends `outcomes` to the run and upserts `fingerprints`, so a write
-    /// is only considered done once the store has both.
-    fn record_outcomes(
-        &self,
+    /// is only considered done once the store has both. The future borrows the rows rather than
+    /// copy them: a chunk of a big run is tens of megabytes.
+    fn record_outcomes<'a>(
+        &'a self,
         run: RunId,
-        outcomes: &[RecordOutcome],
-        fingerprints: &[FingerprintPut],
-    ) -> StoreFuture<'_, ()>;
+        outcomes: &'a [RecordOutcome],
+        fingerprints: &'a [FingerprintPut],
+    ) -> StoreFuture<'a, ()>;
     /// Closes a run. A run already marked `Abandoned` (its lease lapsed while its worker was
     /// in fact alive) takes the finish's state and figures, and its error keeps the abandonment
     /// text followed by how it finished: history never drops either fact.
@@ -545,8 +546,15 @@ pub trait RunStore {
 pub trait CursorStore {
     fn cursor(&self, workflow: &str, name: &str) -> StoreFuture<'_, Option<String>>;
     /// Compare-and-set: stores `new` only if the current value is `expected` (`None` = no
-    /// cursor yet). Returns false, changing nothing, for a stale writer.
-    fn advance_cursor(&self, workflow: &str, name: &str, expected: Option<&str>, new: &str) -> StoreFuture<'_, bool>;
+    /// cursor yet). Returns false, changing nothing, for a stale writer. Both values are taken,
+    /// not copied: a kept state is megabytes, and the database driver needs them owned.
+    fn advance_cursor<'a>(
+        &'a self,
+        workflow: &'a str,
+        name: &'a str,
+        expected: Option<String>,
+        new: String,
+    ) -> StoreFuture<'a, bool>;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -481,19 +481,17 @@ impl RunStore for SqlStore {
         })
     }
 
-    fn record_outcomes(
-        &self,
+    fn record_outcomes<'a>(
+        &'a self,
         run: RunId,
-        outcomes: &[RecordOutcome],
-        fingerprints: &[FingerprintPut],
-    ) -> StoreFuture<'_, ()> {
+        outcomes: &'a [RecordOutcome],
+        fingerprints: &'a [FingerprintPut],
+    ) -> StoreFuture<'a, ()> {
         const OP: &str = "record outcomes";
-        let outcomes = outcomes.to_vec();
-        let fps = fingerprints.to_vec();
         Box::pin(async move {
             let mut tx = self.pool.begin_write(OP).await?;
-            append_outcomes(&mut tx, self.dialect(), run, &outcomes, OP).await?;
-            upsert_fingerprints(&mut tx, self.dialect(), &fps).await?;
+            append_outcomes(&mut tx, self.dialect(), run, outcomes, OP).await?;
+            upsert_fingerprints(&mut tx, self.dialect(), fingerprints).await?;
             tx.commit(OP).await
         })
     }
@@ -958,9 +956,13 @@ impl CursorStore for SqlStore {
         })
     }
 
-    fn advance_cursor(&self, workflow: &str, name: &str, expected: Option<&str>, new: &str) -> StoreFuture<'_, bool> {
-        let (workflow, name) = (workflow.to_owned(), name.to_owned());
-        let (expected, new) = (expected.map(str::to_owned), new.to_owned());
+    fn advance_cursor<'a>(
+        &'a self,
+        workflow: &'a str,
+        name: &'a str,
+        expected: Option<String>,
+        new: String,
+    ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let now = crate::clock::written_at();
             let done = match expected {
@@ -2048,5 +2050,42 @@ impl RetentionStore for SqlStore {
             size.free_bytes = from_db_count(OP, row.get("free")?)?;
             Ok(size)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection as _;
+
+    use super::*;
+
+    fn puts(n: usize) -> Vec<FingerprintPut> {
+        (0..n)
+            .map(|i| FingerprintPut {
+                scope: "engagement:Account".into(),
+                key: format!("001A{i:05}"),
+                field: "Events__c".into(),
+                fingerprint: i as u64,
+                written_at: DateTime::<Utc>::from_timestamp_millis(1_767_225_600_000).unwrap_or_default(),
+                value: Some(serde_json::json!(i)),
+            })
+            .collect()
+    }
+
+    /// A batch insert compiles to a statement of thousands of parameters, megabytes of SQLite's
+    /// memory, and each batch size is another statement: kept in the connection's cache, they
+    /// would stay for its life.
+    #[tokio::test]
+    async fn batch_inserts_leave_no_statement_in_the_connection_cache() {
+        let store = SqlStore::open_sqlite("sqlite::memory:").await.expect("an in-memory store");
+        let Pool::Sqlite(pool) = &store.pool else { panic!("not SQLite") };
+        // The fixed statements (scope and field names, the transaction) are cached on first use.
+        store.record_outcomes(RunId::new(), &[], &puts(1)).await.expect("recorded");
+        let cached = || async { pool.acquire().await.expect("the connection").cached_statements_size() };
+        let before = cached().await;
+        for n in [2, 3, 4] {
+            store.record_outcomes(RunId::new(), &[], &puts(n)).await.expect("recorded");
+        }
+        assert_eq!(cached().await, before);
     }
 }

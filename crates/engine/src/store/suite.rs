@@ -784,22 +784,25 @@ async fn outcomes_changes_roundtrip_compactly(store: Arc<dyn Store>) {
 
 async fn cursors_compare_and_set(store: Arc<dyn Store>) {
     assert_eq!(store.cursor("wf", "events").await.unwrap(), None);
-    assert!(!store.advance_cursor("wf", "events", Some("x"), "y").await.unwrap());
+    assert!(!store.advance_cursor("wf", "events", Some("x".into()), "y".into()).await.unwrap());
     assert_eq!(store.cursor("wf", "events").await.unwrap(), None);
-    assert!(store.advance_cursor("wf", "events", None, "2026-11-01").await.unwrap());
-    assert!(!store.advance_cursor("wf", "events", None, "2026-11-02").await.unwrap(), "a second first writer is stale");
+    assert!(store.advance_cursor("wf", "events", None, "2026-11-01".into()).await.unwrap());
     assert!(
-        !store.advance_cursor("wf", "events", Some("2026-10-01"), "2026-11-03").await.unwrap(),
+        !store.advance_cursor("wf", "events", None, "2026-11-02".into()).await.unwrap(),
+        "a second first writer is stale"
+    );
+    assert!(
+        !store.advance_cursor("wf", "events", Some("2026-10-01".into()), "2026-11-03".into()).await.unwrap(),
         "a writer that read an old value is stale"
     );
     assert_eq!(store.cursor("wf", "events").await.unwrap().as_deref(), Some("2026-11-01"));
-    assert!(store.advance_cursor("wf", "events", Some("2026-11-01"), "2026-11-02").await.unwrap());
+    assert!(store.advance_cursor("wf", "events", Some("2026-11-01".into()), "2026-11-02".into()).await.unwrap());
     assert_eq!(store.cursor("wf", "events").await.unwrap().as_deref(), Some("2026-11-02"));
     // Cursors are per workflow and name.
     assert_eq!(store.cursor("wf", "accounts").await.unwrap(), None);
     assert_eq!(store.cursor("other", "events").await.unwrap(), None);
     let odd = "it's a \"cursor\" \\ with % and _ ✓";
-    assert!(store.advance_cursor("wf", odd, None, odd).await.unwrap());
+    assert!(store.advance_cursor("wf", odd, None, odd.into()).await.unwrap());
     assert_eq!(store.cursor("wf", odd).await.unwrap().as_deref(), Some(odd));
 }
 

@@ -298,7 +298,7 @@ async fn body(
     if let Some(newest) = hold.or(newest).filter(|_| !held_back) {
         let next = newest.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         if stored.as_deref() != Some(next.as_str()) {
-            ctx.store.advance_cursor(&workflow.name, CURSOR, stored.as_deref(), &next).await?;
+            ctx.store.advance_cursor(&workflow.name, CURSOR, stored, next).await?;
         }
     }
     report.budget.this_run = meter.calls.values().sum();

@@ -307,7 +307,7 @@ async fn verify_made(
     run: crate::store::RunId,
     now: DateTime<Utc>,
 ) -> Result<VerifyReport, RunError> {
-    let mut by_object: BTreeMap<&str, Vec<Written>> = BTreeMap::new();
+    let mut by_object: BTreeMap<&str, Vec<Written<'_>>> = BTreeMap::new();
     for (group, &g) in groups.iter().zip(sendable) {
         let made = &results[g].made;
         for (record, created) in group.records.iter().zip(made) {
@@ -319,7 +319,7 @@ async fn verify_made(
             {
                 fields.push((link.field.clone(), Value::String(to.to_owned())));
             }
-            let written = Written { key: group.subject.clone(), salesforce_id: id.clone(), fields };
+            let written = Written { key: (&group.subject).into(), salesforce_id: id.into(), fields: fields.into() };
             by_object.entry(record.object.as_str()).or_default().push(written);
         }
     }

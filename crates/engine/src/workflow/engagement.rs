@@ -162,7 +162,10 @@ async fn body(
             None => unchanged += 1,
         }
     }
-    drop(written);
+    // What the diff read from is not needed again: the later stages hold only the changes.
+    let pendo_accounts = outcomes.len();
+    drop((written, usage_by_id, outcomes));
+    drop(usage);
     meter.step("diff", None);
 
     step("Checking the config against Salesforce", None);
@@ -181,7 +184,7 @@ async fn body(
     let allowance = Allowance { calls };
     let plan = plan::plan(changes.len(), workflow.max_latency, allowance, &CostModel::default());
     let mut report = RunReport {
-        pendo_accounts: outcomes.len(),
+        pendo_accounts,
         matched,
         unmatched,
         ambiguous,

@@ -251,7 +251,7 @@ impl Held {
         if let Some(text) = self.mirror.encode() {
             // A run holding the workflow's lease is the only writer; a lost race only means the
             // next run reads a little more.
-            self.ctx.store.advance_cursor(workflow, self.spec.cursor, self.stored.as_deref(), &text).await?;
+            self.ctx.store.advance_cursor(workflow, self.spec.cursor, self.stored.clone(), text).await?;
         }
         Ok(())
     }

@@ -512,7 +512,7 @@ async fn finish_report(
             if stored != Some(next.as_str()) {
                 // A stale writer (another worker advanced it meanwhile) leaves it: both read the
                 // same visitors, and whatever it holds back is read again.
-                ctx.store.advance_cursor(&workflow.name, CURSOR, stored, &next).await?;
+                ctx.store.advance_cursor(&workflow.name, CURSOR, stored.map(str::to_owned), next).await?;
             }
         }
     }

@@ -1458,7 +1458,7 @@ pub async fn reconcile(ctx: &Context, workflow: &Workflow, config: &NpsConfig) -
     }
     let new_cursor = max_seen.to_string();
     if cursor.as_deref() != Some(new_cursor.as_str()) {
-        ctx.store.advance_cursor(&workflow.name, CURSOR, cursor.as_deref(), &new_cursor).await?;
+        ctx.store.advance_cursor(&workflow.name, CURSOR, cursor, new_cursor).await?;
     }
     Ok(added)
 }

@@ -64,7 +64,11 @@ pub(crate) async fn deliver(
     let written: Vec<Written> = delivery
         .written
         .iter()
-        .map(|c| Written { key: c.key.clone(), salesforce_id: c.salesforce_id.clone(), fields: c.fields.clone() })
+        .map(|c| Written {
+            key: (&c.key).into(),
+            salesforce_id: (&c.salesforce_id).into(),
+            fields: (&c.fields[..]).into(),
+        })
         .collect();
     let verify = verify::verify(ctx, workflow, object, &written, budget, meter, run, now).await?;
     Ok(Updated { delivery, deferred, verify })
@@ -129,7 +133,8 @@ pub(crate) async fn record(
         let keys: Vec<String> = chunk.iter().map(|c| c.salesforce_id.clone()).collect();
         let mut before = ctx.store.written_values(how.scope, &keys).await?;
         let mut outcomes = Vec::with_capacity(chunk.len());
-        let mut prints = Vec::new();
+        // Sized exactly: the chunk's largest buffer, which growing by doubling would overshoot.
+        let mut prints = Vec::with_capacity(chunk.iter().map(|c| c.prints.len()).sum());
         for c in chunk {
             let old = before.remove(&c.salesforce_id).unwrap_or_default();
             let changes = c

@@ -30,7 +30,7 @@ pub(crate) async fn gather(
         tracing::info!(workflow, bytes = text.len(), entries = ?sizes, "keeping the engagement read");
         // A stale writer (another worker ran the workflow meanwhile) keeps nothing: the state
         // stored is as good, and the next run starts from it.
-        ctx.store.advance_cursor(workflow, CURSOR, stored.as_deref(), &text).await?;
+        ctx.store.advance_cursor(workflow, CURSOR, stored, text).await?;
     }
     Ok(usage)
 }
