@@ -108,21 +108,10 @@ impl Extractor<'_> {
         };
 
         const ACCOUNTS: &str = "accounts";
-        let accounts = self.paged(
-            ACCOUNTS,
-            &["accountId"],
-            false,
-            |cond| {
-                maybe_filter(Pipeline::from_source(Source::Accounts { apps: Apps::Default }), cond).select(vec![
-                    ("accountId", Expr::field("accountId")),
-                    ("lastvisit", Expr::field("metadata.auto.lastvisit")),
-                ])
-            },
-            |row| {
-                let last = row.get("lastvisit").and_then(Value::as_i64).filter(|t| *t > 0);
-                with(row, &|acc| acc.last_visit = last)
-            },
-        );
+        let accounts = self.paged(ACCOUNTS, &["accountId"], false, account_list, |row| {
+            let last = last_visit(row);
+            with(row, &|acc| acc.last_visit = last)
+        });
 
         const DAYS: &str = "event totals by day";
         let days = self.paged(
@@ -199,11 +188,7 @@ impl Extractor<'_> {
         };
 
         const GUIDES: &str = "guides seen and completed";
-        let seen = Expr::field("type").eq("guideSeen");
-        let relevant = match any_of("guideStepId", last_steps.iter().map(String::as_str)) {
-            Some(last) => seen.or(Expr::field("type").eq("guideAdvanced").and(last)),
-            None => seen,
-        };
+        let relevant = seen_or_completed(last_steps);
         let guides = self.paged(
             GUIDES,
             &["accountId", "type"],
@@ -348,23 +333,12 @@ impl Extractor<'_> {
         };
         let day = |row: &Value| row.get("day").and_then(Value::as_i64);
 
-        let accounts = self.paged(
-            "accounts",
-            &["accountId"],
-            false,
-            |cond| {
-                maybe_filter(Pipeline::from_source(Source::Accounts { apps: Apps::Default }), cond).select(vec![
-                    ("accountId", Expr::field("accountId")),
-                    ("lastvisit", Expr::field("metadata.auto.lastvisit")),
-                ])
-            },
-            |row| {
-                let last = row.get("lastvisit").and_then(Value::as_i64).filter(|t| *t > 0);
-                with(row, &mut |s, acc| {
-                    s.last_visit.insert(acc, last);
-                })
-            },
-        );
+        let accounts = self.paged("accounts", &["accountId"], false, account_list, |row| {
+            let last = last_visit(row);
+            with(row, &mut |s, acc| {
+                s.last_visit.insert(acc, last);
+            })
+        });
         let sums = self.paged(
             "event totals by account and day",
             &["accountId", "day"],
@@ -419,11 +393,7 @@ impl Extractor<'_> {
             )
             .await
         };
-        let seen = Expr::field("type").eq("guideSeen");
-        let relevant = match any_of("guideStepId", q.last_steps.iter().map(String::as_str)) {
-            Some(last) => seen.or(Expr::field("type").eq("guideAdvanced").and(last)),
-            None => seen,
-        };
+        let relevant = seen_or_completed(q.last_steps);
         let guides = self.paged(
             "guides by time last seen and completed",
             &["accountId", "visitorId", "guideId", "type"],
@@ -505,6 +475,26 @@ impl Extractor<'_> {
                     .map(str::to_owned)
             })
             .collect())
+    }
+}
+
+/// Every account Pendo lists, with its last visit.
+fn account_list(cond: Option<Expr>) -> Pipeline {
+    maybe_filter(Pipeline::from_source(Source::Accounts { apps: Apps::Default }), cond)
+        .select(vec![("accountId", Expr::field("accountId")), ("lastvisit", Expr::field("metadata.auto.lastvisit"))])
+}
+
+/// An account list row's last visit, if Pendo knows one.
+fn last_visit(row: &Value) -> Option<i64> {
+    row.get("lastvisit").and_then(Value::as_i64).filter(|t| *t > 0)
+}
+
+/// Guide events that count: any `guideSeen`, and a `guideAdvanced` on a guide's last step.
+fn seen_or_completed(last_steps: &[String]) -> Expr {
+    let seen = Expr::field("type").eq("guideSeen");
+    match any_of("guideStepId", last_steps.iter().map(String::as_str)) {
+        Some(last) => seen.or(Expr::field("type").eq("guideAdvanced").and(last)),
+        None => seen,
     }
 }
 
