@@ -524,8 +524,18 @@ pub trait RunStore {
     /// `Abandoned` (any workflow), then records `run` as `Running` under a lease held by
     /// `holder` until `now + lease` — unless another run of the workflow holds a live lease, in
     /// which case nothing is recorded and that run is returned. Atomic across processes: of
-    /// concurrent claims for one workflow, exactly one starts.
-    fn claim_run(&self, run: &NewRun, holder: &str, lease: Duration, now: DateTime<Utc>) -> StoreFuture<'_, RunClaim>;
+    /// concurrent claims for one workflow, exactly one starts. A started run's `started_at` is
+    /// read from `started` once the insert has the lease, not taken from `run`: a claim may wait
+    /// for the previous run's finish to commit, and a time read before that wait could precede
+    /// the previous run's end, so history would show two live runs at once.
+    fn claim_run<'a>(
+        &'a self,
+        run: &NewRun,
+        holder: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+        started: &'a (dyn Fn() -> DateTime<Utc> + Send + Sync),
+    ) -> StoreFuture<'a, RunClaim>;
     /// Extends the lease of a `Running` run held by `holder` to `now + lease`; false (changing
     /// nothing) when the run is no longer running under that holder (abandoned or finished).
     fn renew_run_lease(&self, run: RunId, holder: &str, lease: Duration, now: DateTime<Utc>) -> StoreFuture<'_, bool>;

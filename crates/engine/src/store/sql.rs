@@ -521,7 +521,14 @@ impl RunStore for SqlStore {
         })
     }
 
-    fn claim_run(&self, run: &NewRun, holder: &str, lease: Duration, now: DateTime<Utc>) -> StoreFuture<'_, RunClaim> {
+    fn claim_run<'a>(
+        &'a self,
+        run: &NewRun,
+        holder: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+        started: &'a (dyn Fn() -> DateTime<Utc> + Send + Sync),
+    ) -> StoreFuture<'a, RunClaim> {
         const OP: &str = "claim run";
         let run = run.clone();
         let holder = holder.to_owned();
@@ -552,6 +559,16 @@ impl RunStore for SqlStore {
                 .await?
                 == 1;
             let claim = if inserted {
+                // Read after the insert: it returns only once a concurrent finish of the
+                // workflow's run has committed, whose end was stamped before that commit.
+                let began = started().max(run.started_at);
+                if began != run.started_at {
+                    tx.query("UPDATE runs SET started_at = $1 WHERE id = $2")
+                        .bind_time(began)
+                        .bind(id.0)
+                        .execute(OP)
+                        .await?;
+                }
                 RunClaim::Started { id, abandoned }
             } else {
                 // On PostgreSQL the holder may finish between the insert and this read; then the

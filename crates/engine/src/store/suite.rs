@@ -117,6 +117,7 @@ conformance!(
     run_claim_marks_expired_lease_abandoned,
     run_sweep_marks_only_expired_leases,
     run_heartbeat_renews_the_lease,
+    run_claimed_after_a_finish_starts_after_it,
     run_finish_after_abandoned_keeps_both_facts,
     run_concurrent_claims_start_exactly_one,
     retention_prunes_history_and_keeps_state,
@@ -131,7 +132,7 @@ fn secs(at: DateTime<Utc>, s: i64) -> DateTime<Utc> {
 }
 
 async fn claim(store: &Arc<dyn Store>, workflow: &str, holder: &str, now: DateTime<Utc>) -> RunClaim {
-    store.claim_run(&new_run(workflow, now), holder, LEASE, now).await.unwrap()
+    store.claim_run(&new_run(workflow, now), holder, LEASE, now, &move || now).await.unwrap()
 }
 
 fn started(claim: RunClaim) -> (RunId, Vec<Run>) {
@@ -213,6 +214,30 @@ async fn run_sweep_marks_only_expired_leases(store: Arc<dyn Store>) {
     assert_eq!(store.get_run(unleased).await.unwrap().expect("unleased").state, RunState::Running);
     let run = store.get_run(finished).await.unwrap().expect("finished");
     assert_eq!((run.state, run.error), (RunState::Partial, None), "finished runs are left alone");
+}
+
+// A run asked for while the previous one was finishing (its time read before the finish) takes
+// the lease after that finish: history must not show it beginning before the finish it waited
+// for, which would read as two live runs at once.
+async fn run_claimed_after_a_finish_starts_after_it(store: Arc<dyn Store>) {
+    let (a, _) = started(claim(&store, "wf", "host-1:10", t(1, 0)).await);
+    let asked = secs(t(1, 0), 10);
+    let done = RunFinish { state: RunState::Succeeded, finished_at: secs(t(1, 0), 11), stats: json!({}), error: None };
+    store.finish_run(a, &done).await.unwrap();
+    let took = secs(t(1, 0), 12);
+    let claim = store.claim_run(&new_run("wf", asked), "host-2:20", LEASE, asked, &move || took).await.unwrap();
+    let (b, _) = started(claim);
+    let run = store.get_run(b).await.unwrap().expect("b");
+    assert_eq!(run.started_at, took, "stamped when the lease was taken, after a's finish");
+    assert_eq!(run.lease_until, Some(secs(t(1, 1), 10)), "the lease runs from the claim's now");
+    // A clock read that is behind the request (another process's clock) never moves it back.
+    let (c, _) = {
+        let done = RunFinish { finished_at: secs(t(1, 0), 20), ..done.clone() };
+        store.finish_run(b, &done).await.unwrap();
+        let asked = secs(t(1, 0), 30);
+        started(store.claim_run(&new_run("wf", asked), "host-2:20", LEASE, asked, &|| t(1, 0)).await.unwrap())
+    };
+    assert_eq!(store.get_run(c).await.unwrap().expect("c").started_at, secs(t(1, 0), 30));
 }
 
 async fn run_heartbeat_renews_the_lease(store: Arc<dyn Store>) {

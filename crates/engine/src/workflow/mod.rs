@@ -386,12 +386,14 @@ pub(crate) async fn claim(
     use crate::store::RunClaim;
     let now = new.started_at;
     let holder = lease::holder();
-    let mut claim = ctx.store.claim_run(new, &holder, run_lease.duration, now).await?;
+    let clock = ctx.clock;
+    let started = move || clock.now();
+    let mut claim = ctx.store.claim_run(new, &holder, run_lease.duration, now, &started).await?;
     if let RunClaim::Busy { holder: busy, .. } = &claim
         && lease::expire_if_dead(ctx.store.as_ref(), busy, now).await?
     {
         tracing::info!(workflow = %new.workflow, run = %busy.id, "The run holding the workflow belonged to a process that is gone; taking over");
-        claim = ctx.store.claim_run(new, &holder, run_lease.duration, now).await?;
+        claim = ctx.store.claim_run(new, &holder, run_lease.duration, now, &started).await?;
     }
     match claim {
         RunClaim::Started { id, abandoned } => {

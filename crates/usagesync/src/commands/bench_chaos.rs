@@ -554,9 +554,14 @@ async fn workers_phase(
         if running > 0 {
             row.problems.push(format!("workers: {running} runs left running"));
         }
-        row.overlapping = overlapping(&runs);
-        if row.overlapping > 0 {
-            row.problems.push(format!("workers: {} runs overlapped another live run", row.overlapping));
+        let overlaps = overlapping(&runs);
+        row.overlapping = overlaps.len();
+        if !overlaps.is_empty() {
+            row.problems.push(format!(
+                "workers: {} runs overlapped another live run: {}",
+                overlaps.len(),
+                overlaps.join("; ")
+            ));
         }
         if row.busy == 0 {
             row.problems.push("workers: no run was ever refused, so they never met".into());
@@ -568,16 +573,29 @@ async fn workers_phase(
     result
 }
 
-/// Runs (not abandoned ones, whose process is gone) that started before the previous one ended.
-fn overlapping(runs: &[Value]) -> usize {
+/// Runs (not abandoned ones, whose process is gone) that started before the previous one
+/// ended, each named with both runs' ids, states and times, so a failure shows by how much.
+fn overlapping(runs: &[Value]) -> Vec<String> {
     let time = |v: &Value| v.as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
     let mut spans: Vec<_> = runs
         .iter()
         .filter(|r| r["state"] != "abandoned" && r["dry_run"] != true)
-        .filter_map(|r| Some((time(&r["started_at"])?, time(&r["finished_at"])?)))
+        .filter_map(|r| Some((time(&r["started_at"])?, time(&r["finished_at"])?, r)))
         .collect();
-    spans.sort();
-    spans.windows(2).filter(|w| w[1].0 < w[0].1).count()
+    spans.sort_by_key(|(start, end, _)| (*start, *end));
+    let describe = |r: &Value| format!("{} {} {}..{}", r["id"], r["state"], r["started_at"], r["finished_at"]);
+    spans
+        .windows(2)
+        .filter(|w| w[1].0 < w[0].1)
+        .map(|w| {
+            format!(
+                "{} began {} us before {} ended",
+                describe(w[1].2),
+                (w[0].1 - w[1].0).num_microseconds().unwrap_or(i64::MAX),
+                describe(w[0].2)
+            )
+        })
+        .collect()
 }
 
 fn compare(reference: &Snapshot, got: &Snapshot, when: &str, row: &mut Row) {
