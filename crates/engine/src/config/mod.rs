@@ -165,6 +165,9 @@ pub struct PendoConnection {
     /// `None`: the client derives the host from the integration key's region.
     pub base_url: Option<Url>,
     pub integration_key: Secret,
+    /// Whether one extraction's independent aggregations go to Pendo side by side (see
+    /// [`crate::extract::Extractor::with_parallel_queries`]).
+    pub parallel_queries: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -295,6 +295,17 @@ fn http_is_only_allowed_on_loopback_and_passwords_stay_out_of_store_urls() {
 }
 
 #[test]
+fn pendo_queries_go_side_by_side_unless_configured_off() {
+    assert!(load_ok(STARTER).connections.pendo.parallel_queries);
+    let key = "integration_key: { env: PENDO_INTEGRATION_KEY }";
+    let off = example_with(key, &format!("{key}\n    parallel_queries: false"));
+    assert!(!load_ok(&off).connections.pendo.parallel_queries);
+    let bad = example_with(key, &format!("{key}\n    parallel_queries: sometimes"));
+    let errors = load_err(&bad).to_string();
+    assert!(errors.contains("parallel_queries"), "{errors}");
+}
+
+#[test]
 fn schedules_time_zones_and_field_names() {
     // croner keeps the pattern, with nicknames and day names normalised.
     for (schedule, kept) in [

@@ -350,6 +350,7 @@ fn pendo(p: &wire::Pendo, errors: &mut Errors) -> Option<PendoConnection> {
             None => None,
         },
         integration_key: integration_key?,
+        parallel_queries: p.parallel_queries.unwrap_or(true),
     })
 }
 
@@ -1049,6 +1050,7 @@ pub(super) fn to_wire(config: &Config) -> wire::ConfigFile {
             pendo: Some(wire::Pendo {
                 base_url: config.connections.pendo.base_url.as_ref().map(Url::to_string),
                 integration_key: Some(secret(&config.connections.pendo.integration_key)),
+                parallel_queries: (!config.connections.pendo.parallel_queries).then_some(false),
             }),
         }),
         store: Some(wire::Store {

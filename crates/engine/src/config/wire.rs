@@ -93,6 +93,8 @@ pub(crate) struct Pendo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
     pub integration_key: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallel_queries: Option<bool>,
 }
 
 /// `store: URL` is short for `store: {url: URL}`.

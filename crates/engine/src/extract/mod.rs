@@ -241,9 +241,10 @@ impl<'c> Extractor<'c> {
         self
     }
 
-    /// Whether an extraction's independent queries run side by side (default: one at a time).
-    /// Side by side shortens the run when Pendo has capacity to spare; one at a time is gentler
-    /// on the subscription's shared aggregation capacity and on a small emulator.
+    /// Whether an extraction's independent queries run side by side (here one at a time; runs
+    /// take `connections.pendo.parallel_queries`, on unless configured off). Side by side, a
+    /// run's wait is its longest query rather than their sum (Pendo answers them at once); one
+    /// at a time is gentler on a subscription whose aggregation capacity others share.
     pub fn with_parallel_queries(mut self, parallel: bool) -> Self {
         self.parallel = parallel;
         self

@@ -28,7 +28,7 @@ use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::change::{Change, Desired};
 use crate::config::alert::AlertOpportunity;
 use crate::config::{DropAlertConfig, Workflow};
-use crate::extract::{AccountUsage, CoreFeatures, Extractor, Window, WindowLength};
+use crate::extract::{AccountUsage, CoreFeatures, Window, WindowLength};
 use crate::figures;
 use crate::matching::Outcome;
 use crate::preflight::Quarantine;
@@ -173,7 +173,7 @@ async fn body(
     // no Salesforce call at all.
     let lazy = crate::budget::Budget::new(now);
 
-    let extractor = Extractor::new(&ctx.pendo);
+    let extractor = ctx.extractor();
     let core = CoreFeatures::configured(&config.accounts.core_features);
     let window = workflow.window(now);
     let current = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;

@@ -12,7 +12,7 @@ use super::{AmbiguousSample, Context, Meter, RunError, RunOptions, RunReport};
 use crate::change::{self, Change, Desired};
 use crate::config::{EngagementConfig, Metric, Workflow};
 use crate::deliver;
-use crate::extract::{AccountFacts, AccountUsage, CoreFeatures, Extractor};
+use crate::extract::{AccountFacts, AccountUsage, CoreFeatures};
 use crate::figures;
 use crate::matching::{Outcome, PendoSide};
 use crate::plan::{self, Allowance, CostModel};
@@ -70,7 +70,7 @@ async fn body(
     let lazy = crate::budget::Budget::new(now);
 
     step("Reading usage from Pendo", None);
-    let extractor = Extractor::new(&ctx.pendo);
+    let extractor = ctx.extractor();
     let window = workflow.window(now);
     let core = CoreFeatures::configured(&config.core_features);
     let usage = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;

@@ -20,7 +20,7 @@ use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
 use super::{expansion_open, mirror};
 use crate::config::{ExpansionConfig, Milestone, MilestoneKind, Workflow};
 use crate::extract::expansion::longest_run;
-use crate::extract::{AccountUsage, CoreFeatures, Extractor};
+use crate::extract::{AccountUsage, CoreFeatures};
 use crate::matching::Outcome;
 use crate::store::{Action, FingerprintPut, RecordOutcome, RunId};
 
@@ -71,7 +71,7 @@ async fn body(
     // Read when a stage first needs it: a run that makes nothing reads no /limits.
     let lazy = crate::budget::Budget::new(now);
 
-    let extractor = Extractor::new(&ctx.pendo);
+    let extractor = ctx.extractor();
     let window = workflow.window(now);
     let core = CoreFeatures::configured(&config.accounts.core_features);
     let usage = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;

@@ -69,6 +69,14 @@ pub struct Context {
     pub clock: crate::clock::Clock,
 }
 
+impl Context {
+    /// The extractor every template gathers from Pendo with, as the connection is configured.
+    pub fn extractor(&self) -> crate::extract::Extractor<'_> {
+        crate::extract::Extractor::new(&self.pendo)
+            .with_parallel_queries(self.config.connections.pendo.parallel_queries)
+    }
+}
+
 /// How to run.
 #[derive(Clone, Default)]
 pub struct RunOptions {

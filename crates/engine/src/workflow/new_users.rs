@@ -27,7 +27,7 @@ use super::{Context, Meter, RunError, RunOptions, RunReport, Sample};
 use crate::change::{Change, fingerprint};
 use crate::config::{EngagementConfig, NewUsersConfig, UnmatchedAccount, Workflow};
 use crate::deliver;
-use crate::extract::{AccountFacts, Extractor, NewVisitor};
+use crate::extract::{AccountFacts, NewVisitor};
 use crate::matching::Outcome;
 use crate::plan::{Allowance, COLLECTION_SIZE, CostModel, Plan, WritePath};
 use crate::store::{Action, FingerprintPut, RecordOutcome, RunId};
@@ -126,7 +126,7 @@ async fn body(
         .and_then(|c| c.parse::<i64>().ok())
         .unwrap_or_else(|| (now - workflow.window.duration()).timestamp_millis());
     let overlap_ms = i64::try_from(config.overlap.as_millis()).unwrap_or(i64::MAX);
-    let extractor = Extractor::new(&ctx.pendo);
+    let extractor = ctx.extractor();
     let visitors = extractor.new_visitors(cursor_ms.saturating_sub(overlap_ms)).await?;
     report.pendo_accounts = visitors.len();
     meter.step("extract", None);

@@ -18,7 +18,7 @@ use super::{Context, Meter, RunError, RunOptions, RunReport};
 use crate::change::{self, Change, Desired};
 use crate::config::{ContactEngagementConfig, PersonAlert, PersonMatch, Workflow, template};
 use crate::deliver;
-use crate::extract::{Extractor, PersonFigures, VisitorUsage};
+use crate::extract::{PersonFigures, VisitorUsage};
 use crate::plan::{self, Allowance, CostModel};
 use crate::signal;
 use crate::store::{Action, FingerprintPut, RecordOutcome, RunId};
@@ -48,7 +48,7 @@ pub(crate) async fn run(
         }
 
         // Gather: usage per visitor, and the Contacts each visitor is linked to.
-        let extractor = Extractor::new(&ctx.pendo);
+        let extractor = ctx.extractor();
         let figures = PersonFigures {
             features: config.fields.features_used.is_some(),
             guides: config.fields.guides_completed.is_some(),

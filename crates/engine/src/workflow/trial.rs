@@ -19,7 +19,7 @@ use super::{Context, Meter, RunError, RunOptions, RunReport, engagement};
 use crate::change::{self, Desired};
 use crate::config::{TrialConfig, TrialMetric, Workflow};
 use crate::deliver;
-use crate::extract::{AccountUsage, CoreFeatures, Extractor};
+use crate::extract::{AccountUsage, CoreFeatures};
 use crate::matching::Outcome;
 use crate::plan::WritePath;
 use crate::store::{Action, RecordOutcome, RunId};
@@ -98,7 +98,7 @@ async fn body(
     // Read when a stage first needs it: a run with nothing to write reads no /limits.
     let lazy = crate::budget::Budget::new(now);
 
-    let extractor = Extractor::new(&ctx.pendo);
+    let extractor = ctx.extractor();
     let core = CoreFeatures::configured(&config.accounts.core_features);
     let window = workflow.window(now);
     let usage = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;
