@@ -861,7 +861,7 @@ async fn kept_states_compare_and_set_on_the_version(store: Arc<dyn Store>) {
     assert_eq!(store.kept_state("other", "engagement").await.unwrap(), None);
     assert_eq!(store.cursor("wf", "engagement").await.unwrap(), None);
     // State, not history: never pruned.
-    let later = Utc::now() + chrono::Duration::days(3650);
+    let later = crate::clock::written_at() + chrono::Duration::days(3650);
     store.prune_history(later, PRUNE_BATCH, false).await.unwrap();
     assert!(read().await.is_some());
     assert_eq!(store.store_size().await.unwrap().rows["kept_states"], 1);
