@@ -226,8 +226,8 @@ pub const DEFAULT_HISTORY_DAYS: u32 = 30;
 
 /// How long history is kept (`retention:`): runs with their per-record outcomes, closed
 /// failures, processed webhook events and the budget ledger of past days. State that later runs
-/// decide with (fingerprints, the create ledger, cursors, the id map, open failures) is never
-/// pruned; see [`crate::store::RetentionStore`].
+/// decide with (fingerprints, the create ledger, cursors, kept states, the id map, open
+/// failures) is never pruned; see [`crate::store::RetentionStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// 1 to 3650.

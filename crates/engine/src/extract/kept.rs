@@ -293,17 +293,14 @@ impl UsageState {
         out
     }
 
-    /// Deflated, base64 text for a cursor: varints, ids and day numbers relative to the window.
-    /// Written as a stream (varints into deflate into base64), so the only large buffer is the
-    /// text itself.
-    pub fn encode(&self) -> Option<String> {
-        let engine = &base64::engine::general_purpose::STANDARD;
-        let text = base64::write::EncoderStringWriter::new(engine);
-        let z = flate2::write::DeflateEncoder::new(text, flate2::Compression::default());
+    /// Deflated bytes for the store: varints, ids and day numbers relative to the window.
+    /// Written as a stream (varints into deflate), so the only large buffer is the compressed
+    /// output itself.
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        let z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         let mut w = std::io::BufWriter::with_capacity(1 << 16, z);
         self.write_to(&mut w).ok()?;
-        let z = w.into_inner().ok()?;
-        Some(z.finish().ok()?.into_inner())
+        w.into_inner().ok()?.finish().ok()
     }
 
     fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
@@ -346,10 +343,8 @@ impl UsageState {
 
     /// The state [`UsageState::encode`] wrote; `None` for anything unreadable (a whole read
     /// follows, so a damaged state costs time, never figures).
-    pub fn decode(text: &str) -> Option<UsageState> {
-        let engine = &base64::engine::general_purpose::STANDARD;
-        let b64 = base64::read::DecoderReader::new(text.as_bytes(), engine);
-        let mut r = std::io::BufReader::with_capacity(1 << 16, flate2::read::DeflateDecoder::new(b64));
+    pub fn decode(bytes: &[u8]) -> Option<UsageState> {
+        let mut r = std::io::BufReader::with_capacity(1 << 16, flate2::read::DeflateDecoder::new(bytes));
         let state = Self::read_from(&mut r)?;
         // Nothing may follow.
         (r.read(&mut [0u8; 1]).ok()? == 0).then_some(state)
@@ -591,13 +586,13 @@ mod tests {
             ),
         )
         .0;
-        let text = state.encode().unwrap_or_default();
-        let back = UsageState::decode(&text).unwrap_or_default();
+        let bytes = state.encode().unwrap_or_default();
+        let back = UsageState::decode(&bytes).unwrap_or_default();
         assert_eq!(back.usage(2), state.usage(2));
         assert_eq!((back.basis, back.read_at, back.end, &back.days), (7, 5 * DAY, 5 * DAY, &state.days));
         assert_eq!(back.seen, state.seen);
-        assert!(UsageState::decode("not base64!").is_none());
-        assert!(UsageState::decode(&text[..text.len() / 2]).is_none());
+        assert!(UsageState::decode(b"not deflate!").is_none());
+        assert!(UsageState::decode(&bytes[..bytes.len() / 2]).is_none());
     }
 
     #[test]

@@ -565,6 +565,22 @@ pub trait CursorStore {
         expected: Option<String>,
         new: String,
     ) -> StoreFuture<'a, bool>;
+
+    /// A state a run keeps for the next one, too large to compare by value as a cursor is (the
+    /// engagement read: megabytes at 100,000 accounts): its version and bytes. The same rules
+    /// as cursors: per workflow and name, never pruned.
+    fn kept_state(&self, workflow: &str, name: &str) -> StoreFuture<'_, Option<(i64, Vec<u8>)>>;
+    /// Compare-and-set on the version only: stores `bytes` if the state is still at `expected`
+    /// (`None` = no state yet), so the writer need not hold the state it read nor the database
+    /// compare megabytes. Returns false, changing nothing, for a stale writer. The bytes are
+    /// taken: the database driver needs them owned, and they are the writer's largest buffer.
+    fn keep_state<'a>(
+        &'a self,
+        workflow: &'a str,
+        name: &'a str,
+        expected: Option<i64>,
+        bytes: Vec<u8>,
+    ) -> StoreFuture<'a, bool>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -920,11 +936,12 @@ pub struct StoreSize {
 ///
 /// Pruned: finished runs and their outcomes, resolved or abandoned failures, processed webhook
 /// events, and the budget ledger of past days. Never pruned, because a later run decides with
-/// it: fingerprints (change detection), the create ledger (exactly-once creates), cursors, the
-/// id map, open or replaying failures, dismissed failures (a dismissal covers the refusal
-/// whenever it recurs), pending webhook events, and running runs. Each workflow's newest run
-/// and newest real (not dry-run) success are kept whatever their age, so "last run" and "no
-/// success since" still have an answer; so is a run an open or replaying failure points at.
+/// it: fingerprints (change detection), the create ledger (exactly-once creates), cursors and
+/// kept states, the id map, open or replaying failures, dismissed failures (a dismissal covers
+/// the refusal whenever it recurs), pending webhook events, and running runs. Each workflow's
+/// newest run and newest real (not dry-run) success are kept whatever their age, so "last run"
+/// and "no success since" still have an answer; so is a run an open or replaying failure
+/// points at.
 pub trait RetentionStore {
     /// Deletes what is prunable and older than `cutoff`, at most `batch` rows per statement,
     /// each statement its own short transaction: a large first prune never holds the write

@@ -1014,6 +1014,63 @@ impl CursorStore for SqlStore {
             Ok(done == 1)
         })
     }
+
+    fn kept_state(&self, workflow: &str, name: &str) -> StoreFuture<'_, Option<(i64, Vec<u8>)>> {
+        let (workflow, name) = (workflow.to_owned(), name.to_owned());
+        Box::pin(async move {
+            let row = self
+                .pool
+                .query("SELECT version, bytes FROM kept_states WHERE workflow = $1 AND name = $2")
+                .bind(workflow)
+                .bind(name)
+                .fetch_optional("read kept state")
+                .await?;
+            row.map(|row| Ok((row.get("version")?, row.get("bytes")?))).transpose()
+        })
+    }
+
+    fn keep_state<'a>(
+        &'a self,
+        workflow: &'a str,
+        name: &'a str,
+        expected: Option<i64>,
+        bytes: Vec<u8>,
+    ) -> StoreFuture<'a, bool> {
+        const OP: &str = "keep state";
+        Box::pin(async move {
+            let now = crate::clock::written_at();
+            let done = match expected {
+                None => {
+                    self.pool
+                        .query(
+                            "INSERT INTO kept_states (workflow, name, version, bytes, written_at) \
+                             VALUES ($1, $2, 1, $3, $4) ON CONFLICT (workflow, name) DO NOTHING",
+                        )
+                        .bind(workflow)
+                        .bind(name)
+                        .bind(bytes)
+                        .bind_time(now)
+                        .execute(OP)
+                        .await?
+                }
+                Some(expected) => {
+                    self.pool
+                        .query(
+                            "UPDATE kept_states SET version = version + 1, bytes = $1, written_at = $2 \
+                             WHERE workflow = $3 AND name = $4 AND version = $5",
+                        )
+                        .bind(bytes)
+                        .bind_time(now)
+                        .bind(workflow)
+                        .bind(name)
+                        .bind(expected)
+                        .execute(OP)
+                        .await?
+                }
+            };
+            Ok(done == 1)
+        })
+    }
 }
 
 impl IdMapStore for SqlStore {
@@ -1895,10 +1952,11 @@ enum BindCutoff {
 const BUDGET_TABLES: [&str; 3] = ["budget_days", "budget_workflows", "budget_org"];
 
 /// Every table of the store, for [`RetentionStore::store_size`].
-const TABLES: [&str; 11] = [
+const TABLES: [&str; 12] = [
     "runs",
     "outcomes",
     "cursors",
+    "kept_states",
     "id_map",
     "fingerprints",
     "failures",

@@ -93,6 +93,7 @@ conformance!(
     outcomes_100k_batch,
     outcomes_changes_roundtrip_compactly,
     cursors_compare_and_set,
+    kept_states_compare_and_set_on_the_version,
     id_map_pin_rule_and_review,
     id_map_100k,
     fingerprints_roundtrip,
@@ -829,6 +830,41 @@ async fn cursors_compare_and_set(store: Arc<dyn Store>) {
     let odd = "it's a \"cursor\" \\ with % and _ ✓";
     assert!(store.advance_cursor("wf", odd, None, odd.into()).await.unwrap());
     assert_eq!(store.cursor("wf", odd).await.unwrap().as_deref(), Some(odd));
+}
+
+async fn kept_states_compare_and_set_on_the_version(store: Arc<dyn Store>) {
+    let read = || async { store.kept_state("wf", "engagement").await.unwrap() };
+    assert_eq!(read().await, None);
+    assert!(!store.keep_state("wf", "engagement", Some(1), vec![1]).await.unwrap(), "no state to be at a version");
+    assert_eq!(read().await, None);
+    assert!(store.keep_state("wf", "engagement", None, vec![0, 1, 2]).await.unwrap(), "the first write wins");
+    let (first, bytes) = read().await.unwrap();
+    assert_eq!(bytes, vec![0, 1, 2]);
+    assert!(!store.keep_state("wf", "engagement", None, vec![9]).await.unwrap(), "a second first writer is stale");
+    // Two runs read the first version: the first to write wins, the other changes nothing.
+    // Megabytes of every byte value, as a deflated state is.
+    let state: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    assert!(store.keep_state("wf", "engagement", Some(first), state.clone()).await.unwrap());
+    assert!(!store.keep_state("wf", "engagement", Some(first), vec![7]).await.unwrap(), "a stale writer loses");
+    let (second, bytes) = read().await.unwrap();
+    assert_ne!(second, first);
+    assert!(bytes == state, "the winner's bytes are kept whole");
+    // Only the version is compared: the same bytes from a writer that read an older version
+    // are still stale, and a writer at the current version wins whatever it writes.
+    assert!(store.keep_state("wf", "engagement", Some(second), state.clone()).await.unwrap());
+    assert!(!store.keep_state("wf", "engagement", Some(second), state).await.unwrap(), "same bytes, stale version");
+    let (third, _) = read().await.unwrap();
+    assert!(store.keep_state("wf", "engagement", Some(third), Vec::new()).await.unwrap());
+    assert_eq!(read().await.map(|(_, bytes)| bytes), Some(Vec::new()));
+    // Kept per workflow and name, apart from cursors of the same name.
+    assert_eq!(store.kept_state("wf", "other").await.unwrap(), None);
+    assert_eq!(store.kept_state("other", "engagement").await.unwrap(), None);
+    assert_eq!(store.cursor("wf", "engagement").await.unwrap(), None);
+    // State, not history: never pruned.
+    let later = crate::clock::written_at() + chrono::Duration::days(3650);
+    store.prune_history(later, PRUNE_BATCH, false).await.unwrap();
+    assert!(read().await.is_some());
+    assert_eq!(store.store_size().await.unwrap().rows["kept_states"], 1);
 }
 
 fn entry(workflow: &str, pendo_id: &str, status: MatchStatus, sf: Option<&str>) -> IdMapEntry {

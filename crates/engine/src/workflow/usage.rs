@@ -10,8 +10,8 @@ use crate::extract::{AccountUsage, CoreFeatures, Extractor, UsageState, Window};
 
 use super::{Context, RunError};
 
-/// The workflow cursor the state is kept under.
-const CURSOR: &str = "engagement";
+/// The name the state is kept under, per workflow.
+const KEPT: &str = "engagement";
 
 /// Per-account engagement over `window`, bringing the workflow's kept state up to date.
 pub(crate) async fn gather(
@@ -22,15 +22,20 @@ pub(crate) async fn gather(
     core: &CoreFeatures,
     dry_run: bool,
 ) -> Result<Vec<AccountUsage>, RunError> {
-    let stored = ctx.store.cursor(workflow, CURSOR).await?;
-    let kept = stored.as_deref().and_then(UsageState::decode);
+    let stored = ctx.store.kept_state(workflow, KEPT).await?;
+    let version = stored.as_ref().map(|(version, _)| *version);
+    // The stored bytes go as soon as they are decoded: the merge below is the run's peak.
+    let kept = stored.and_then(|(_, bytes)| UsageState::decode(&bytes));
     let (usage, state) = extractor.engagement_kept(window, core, kept).await?;
     let sizes = state.as_ref().map(UsageState::sizes);
-    if let (false, Some(text)) = (dry_run, state.and_then(|s| s.encode())) {
-        tracing::info!(workflow, bytes = text.len(), entries = ?sizes, "keeping the engagement read");
+    if let (false, Some(bytes)) = (dry_run, state.and_then(|s| s.encode())) {
+        let len = bytes.len();
+        tracing::info!(workflow, bytes = len, entries = ?sizes, "keeping the engagement read");
         // A stale writer (another worker ran the workflow meanwhile) keeps nothing: the state
         // stored is as good, and the next run starts from it.
-        ctx.store.advance_cursor(workflow, CURSOR, stored, text).await?;
+        if !ctx.store.keep_state(workflow, KEPT, version, bytes).await? {
+            tracing::info!(workflow, bytes = len, "another run kept its engagement read first; this one is dropped");
+        }
     }
     Ok(usage)
 }

@@ -239,9 +239,16 @@ async fn dry_run_plans_and_changes_nothing() {
     assert_eq!(plan.written, 0);
     assert_eq!(w.accounts().await, before);
     assert!(w.ctx.store.list_runs(None, 10).await.unwrap().is_empty());
+    let kept =
+        || async { w.ctx.store.kept_state("engagement", "engagement").await.unwrap().map(|(version, _)| version) };
+    assert_eq!(kept().await, None, "a dry run keeps no engagement read");
     let real = w.run("engagement").await;
     assert_eq!(real.written, plan.changed, "the plan said what the run then did");
     assert_eq!(real.write_calls(), plan.plan.write_calls);
+    let version = kept().await;
+    assert!(version.is_some(), "a real run keeps its engagement read");
+    w.dry_run("engagement").await;
+    assert_eq!(kept().await, version, "a dry run leaves the kept read as it was");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

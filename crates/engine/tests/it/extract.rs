@@ -232,8 +232,8 @@ async fn kept_engagement_reads_only_new_days_and_agrees_with_the_data() {
     let (got, state, _) = run(fifth_end, state).await;
     assert_eq!(got, expect(fifth_end));
     // The state survives its encoding.
-    let text = state.as_ref().and_then(|s| s.encode()).unwrap();
-    let back = engine::extract::UsageState::decode(&text);
+    let bytes = state.as_ref().and_then(|s| s.encode()).unwrap();
+    let back = engine::extract::UsageState::decode(&bytes);
     assert!(back.is_some());
     let (again, _, _) = run(fifth_end, back).await;
     assert_eq!(again, got);

@@ -13,13 +13,20 @@ use engine::store::{
 };
 use serde_json::json;
 
-/// The embedded migrations of a backend less the newest: the previous release's schema. (The
-/// Migrator's fields are public for `migrate!` itself; the lockfile pins sqlx.)
+/// The embedded migrations of a backend less the newest: the previous release's schema.
 fn previous(current: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
-    let count = current.migrations.len();
-    assert!(count >= 2, "at least one older schema to upgrade from");
+    let newest = current.migrations.iter().map(|m| m.version).max().unwrap_or_default();
+    before(current, newest)
+}
+
+/// The embedded migrations of a backend older than `version`: the schema a store made before
+/// that migration has. (The Migrator's fields are public for `migrate!` itself; the lockfile
+/// pins sqlx.)
+fn before(current: sqlx::migrate::Migrator, version: i64) -> sqlx::migrate::Migrator {
+    let older: Vec<_> = current.migrations.iter().filter(|m| m.version < version).cloned().collect();
+    assert!(!older.is_empty() && older.len() < current.migrations.len(), "an older schema to upgrade from");
     sqlx::migrate::Migrator {
-        migrations: Cow::Owned(current.migrations[..count - 1].to_vec()),
+        migrations: Cow::Owned(older),
         ignore_missing: false,
         locking: current.locking,
         no_tx: current.no_tx,
@@ -46,10 +53,12 @@ async fn a_store_made_by_the_previous_schema_is_upgraded_in_place() {
         .execute(&pool)
         .await
         .unwrap();
-        // A schedule cursor as that release wrote it: a bare time, not keyed to its cron.
+        // A schedule cursor as that release wrote it: a bare time, not keyed to its cron; and
+        // the engagement read it kept as base64 cursor text.
         sqlx::query(
             "INSERT INTO cursors (workflow, name, value, updated_at) \
-             VALUES ('engagement', 'schedule', '2026-11-28T06:00:00+00:00', 1764000000)",
+             VALUES ('engagement', 'schedule', '2026-11-28T06:00:00+00:00', 1764000000), \
+             ('engagement', 'engagement', 'S2VwdCBhcyB0ZXh0', 1764000000)",
         )
         .execute(&pool)
         .await
@@ -75,6 +84,12 @@ async fn a_store_made_by_the_previous_schema_is_upgraded_in_place() {
         store.dismiss_failures(&FailureSelector::Ids(vec![open[0].id]), "known data problem", now).await.unwrap();
     assert_eq!(dismissed, vec![open[0].id]);
 
+    // The engagement read kept as cursor text is forgotten, not carried over: the next run
+    // reads its window whole and keeps the state as bytes.
+    assert_eq!(store.cursor("engagement", "engagement").await.unwrap(), None);
+    assert_eq!(store.kept_state("engagement", "engagement").await.unwrap(), None);
+    assert!(store.keep_state("engagement", "engagement", None, vec![1, 2]).await.unwrap());
+
     // The old cursor still schedules the same cron; under a changed one it is recomputed.
     let daily: croner::Cron = "0 6 * * *".parse().unwrap();
     let claim = engine::scheduler::claim(store.as_ref(), "engagement", &daily, chrono_tz::UTC, now).await.unwrap();
@@ -90,7 +105,10 @@ async fn a_store_made_by_the_previous_schema_is_upgraded_in_place() {
     );
 }
 
-/// The previous release's history and fingerprints: rows per outcome (changes in the compact
+/// The migration that made outcomes pages and interned fingerprints' scopes and fields.
+const COMPACT_STORE: i64 = 8;
+
+/// The history and fingerprints of the release before [`COMPACT_STORE`]: rows per outcome (changes in the compact
 /// encoding with interned field names, or spelled out as rows older still hold them) and
 /// fingerprints keyed by scope and field names. The statements are the same on both backends
 /// but for how a run id and a time are written.
@@ -229,7 +247,7 @@ async fn sqlite_history_and_fingerprints_of_the_previous_schema_are_kept() {
     let url = format!("sqlite://{}?mode=rwc", path.display());
     {
         let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-        previous(sqlx::migrate!("migrations/sqlite")).run(&pool).await.unwrap();
+        before(sqlx::migrate!("migrations/sqlite"), COMPACT_STORE).run(&pool).await.unwrap();
         let blob = |id: &str| format!("x'{}'", id.replace('-', ""));
         for sql in previous_rows(&blob(RUN), &blob(OTHER_RUN), "1764000000000000") {
             sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
@@ -257,7 +275,7 @@ async fn postgres_history_and_fingerprints_of_the_previous_schema_are_kept() {
             admin.close().await;
             let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
             let pool = sqlx::PgPool::connect_with(options.options([("search_path", schema.as_str())])).await.unwrap();
-            previous(sqlx::migrate!("migrations/postgres")).run(&pool).await.unwrap();
+            before(sqlx::migrate!("migrations/postgres"), COMPACT_STORE).run(&pool).await.unwrap();
             let uuid = |id: &str| format!("'{id}'");
             for sql in previous_rows(&uuid(RUN), &uuid(OTHER_RUN), "'2025-11-24T16:00:00Z'") {
                 sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();

@@ -71,8 +71,8 @@ pub async fn run(config_path: &std::path::Path, dry_run: bool, vacuum: bool, jso
     let verb = if dry_run { "would delete" } else { "deleted" };
     table::print(&["history", verb], &rows);
     say!(
-        "History before {} ({} days) {verb}: {} rows. Fingerprints, the create ledger, cursors, the id map, open and \
-         dismissed failures, pending webhook events, running runs and each workflow's latest run and latest success \
+        "History before {} ({} days) {verb}: {} rows. Fingerprints, the create ledger, cursors, kept states, the id \
+         map, open and dismissed failures, pending webhook events, running runs and each workflow's latest run and latest success \
          are kept.",
         report.cutoff.format("%Y-%m-%d %H:%M UTC"),
         report.history_days,
