@@ -22,18 +22,29 @@ pub(crate) async fn gather(
     core: &CoreFeatures,
     dry_run: bool,
 ) -> Result<Vec<AccountUsage>, RunError> {
+    // Each part's seconds go in the log: the state's load and save are a re-run's fixed cost,
+    // beside Pendo's answers to the new days.
+    let start = std::time::Instant::now();
+    let secs = || start.elapsed().as_secs_f64();
     let stored = ctx.store.kept_state(workflow, KEPT).await?;
     let version = stored.as_ref().map(|(version, _)| *version);
+    let loaded = secs();
     // The stored bytes go as soon as they are decoded: the merge below is the run's peak.
     let kept = stored.and_then(|(_, bytes)| UsageState::decode(&bytes));
+    let decoded = secs();
     let (usage, state) = extractor.engagement_kept(window, core, kept).await?;
+    let read = secs();
     let sizes = state.as_ref().map(UsageState::sizes);
     if let (false, Some(bytes)) = (dry_run, state.and_then(|s| s.encode())) {
         let len = bytes.len();
-        tracing::info!(workflow, bytes = len, entries = ?sizes, "keeping the engagement read");
+        let encoded = secs();
         // A stale writer (another worker ran the workflow meanwhile) keeps nothing: the state
         // stored is as good, and the next run starts from it.
-        if !ctx.store.keep_state(workflow, KEPT, version, bytes).await? {
+        let kept = ctx.store.keep_state(workflow, KEPT, version, bytes).await?;
+        let saved = secs();
+        tracing::info!(workflow, bytes = len, entries = ?sizes, load_s = loaded, decode_s = decoded - loaded,
+            read_s = read - decoded, encode_s = encoded - read, save_s = saved - encoded, "keeping the engagement read");
+        if !kept {
             tracing::info!(workflow, bytes = len, "another run kept its engagement read first; this one is dropped");
         }
     }
