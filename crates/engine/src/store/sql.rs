@@ -1182,10 +1182,15 @@ impl FingerprintStore for SqlStore {
             let mut out = Fingerprints::default();
             let Some(scope) = scope_id(&self.pool, &scope).await? else { return Ok(out) };
             let fields = field_names(&self.pool).await?;
-            // Streamed: a scope can hold a million rows, more than is worth holding as rows.
+            // Streamed: a scope can hold a million rows, more than is worth holding as rows. The
+            // value is read only where no fingerprint was stored (rows older than fingerprints):
+            // the others would only be decoded and dropped.
             let mut rows = self
                 .pool
-                .query("SELECT key, field_id, fingerprint, value FROM fingerprints WHERE scope_id = $1")
+                .query(
+                    "SELECT key, field_id, fingerprint, CASE WHEN fingerprint IS NULL THEN value END AS value \
+                     FROM fingerprints WHERE scope_id = $1",
+                )
                 .bind(scope)
                 .fetch();
             while let Some(row) = rows.try_next().await.map_err(super::query_err("load fingerprints"))? {
