@@ -27,7 +27,7 @@
 //! Things are kept as 64-bit hashes of their ids (FNV-1a, stable across builds and machines): a
 //! visitor count is off only if two of one account's visitors share a hash.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read as _;
 
 use super::AccountUsage;
@@ -278,6 +278,25 @@ impl UsageState {
                     FEATURES => u.core_features_used = u32::try_from(*c).unwrap_or(u32::MAX).min(core_total),
                     GUIDES_SEEN => u.guides_seen = *c,
                     _ => u.guides_completed = *c,
+                }
+            }
+        }
+        out
+    }
+
+    /// Account → (day start → events), days without a row absent: what
+    /// [`super::Extractor::daily_events`] reads, here from the day sums already kept, so a
+    /// template that needs both asks Pendo for the days once.
+    pub fn daily_events(&self) -> BTreeMap<String, BTreeMap<i64, u64>> {
+        let mut out: BTreeMap<String, BTreeMap<i64, u64>> = BTreeMap::new();
+        for s in &self.sums {
+            let Some(id) = self.accounts.ids.get(s.acc as usize) else { continue };
+            match out.get_mut(id) {
+                Some(days) => {
+                    days.insert(s.day, s.events);
+                }
+                None => {
+                    out.insert(id.clone(), BTreeMap::from([(s.day, s.events)]));
                 }
             }
         }

@@ -74,7 +74,7 @@ async fn body(
     let extractor = ctx.extractor();
     let window = workflow.window(now);
     let core = CoreFeatures::configured(&config.accounts.core_features);
-    let usage = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;
+    let (usage, kept) = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;
     let mut feature_visitors: HashMap<&str, BTreeMap<String, u64>> = HashMap::new();
     // The features' names, so the text people read names them rather than showing Pendo ids.
     let mut feature_names = HashMap::new();
@@ -88,11 +88,15 @@ async fn body(
                 feature_visitors.insert(m.name.as_str(), extractor.feature_visitors(&window, features).await?);
             }
             MilestoneKind::SustainedUsage { .. } if daily.is_none() => {
-                daily = Some(extractor.daily_events(&window).await?);
+                daily = Some(match &kept {
+                    Some(state) => state.daily_events(),
+                    None => extractor.daily_events(&window).await?,
+                });
             }
             _ => {}
         }
     }
+    drop(kept);
     let daily = daily.unwrap_or_default();
     meter.step("extract", None);
 

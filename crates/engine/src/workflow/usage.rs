@@ -13,7 +13,9 @@ use super::{Context, RunError};
 /// The name the state is kept under, per workflow.
 const KEPT: &str = "engagement";
 
-/// Per-account engagement over `window`, bringing the workflow's kept state up to date.
+/// Per-account engagement over `window`, bringing the workflow's kept state up to date; the
+/// state too, when one is kept (a template that needs the day sums reads them from it rather
+/// than asking Pendo again; the others drop it at once).
 pub(crate) async fn gather(
     ctx: &Context,
     workflow: &str,
@@ -21,7 +23,7 @@ pub(crate) async fn gather(
     window: &Window,
     core: &CoreFeatures,
     dry_run: bool,
-) -> Result<Vec<AccountUsage>, RunError> {
+) -> Result<(Vec<AccountUsage>, Option<UsageState>), RunError> {
     // Each part's seconds go in the log: the state's load and save are a re-run's fixed cost,
     // beside Pendo's answers to the new days.
     let start = std::time::Instant::now();
@@ -35,7 +37,7 @@ pub(crate) async fn gather(
     let (usage, state) = extractor.engagement_kept(window, core, kept).await?;
     let read = secs();
     let sizes = state.as_ref().map(UsageState::sizes);
-    if let (false, Some(bytes)) = (dry_run, state.and_then(|s| s.encode())) {
+    if let (false, Some(bytes)) = (dry_run, state.as_ref().and_then(UsageState::encode)) {
         let len = bytes.len();
         let encoded = secs();
         // A stale writer (another worker ran the workflow meanwhile) keeps nothing: the state
@@ -48,5 +50,5 @@ pub(crate) async fn gather(
             tracing::info!(workflow, bytes = len, "another run kept its engagement read first; this one is dropped");
         }
     }
-    Ok(usage)
+    Ok((usage, state))
 }

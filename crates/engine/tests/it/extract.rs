@@ -184,6 +184,11 @@ async fn kept_engagement_reads_only_new_days_and_agrees_with_the_data() {
             let x = Extractor::new(pendo).with_page_rows(120);
             let w = Window::days(end, N);
             let (usage, state) = x.engagement_kept(&w, &CoreFeatures::MarkedCore, state).await.unwrap();
+            if let Some(s) = &state {
+                // Expansion's sustained-usage milestone takes its days from the state.
+                let read = Extractor::new(pendo).daily_events(&w).await.unwrap();
+                assert_eq!(s.daily_events(), read, "the kept day sums are the days' events");
+            }
             (by_id(usage), state, x.stats())
         }
     };
