@@ -162,7 +162,8 @@ impl Client {
 
     /// Polls a job until it is `JobComplete`, `Failed` or `Aborted`, sleeping (real time)
     /// between polls as `poll` says; `records` (the rows uploaded, if known) stretches the
-    /// first wait. Returns the final info, whatever the final state.
+    /// first wait and, once a poll shows some processed, times the next by the rate so far.
+    /// Returns the final info, whatever the final state.
     ///
     /// # Errors
     /// Request-level failures of a poll, or [`Error::InvalidInput`] when `poll.timeout` passes
@@ -186,8 +187,9 @@ impl Client {
         let kind = if query { Kind::Query } else { Kind::Ingest };
         let started = Instant::now();
         let mut n = 0;
+        let mut processed = 0;
         loop {
-            let delay = poll.delay(n, records);
+            let delay = poll.delay_after(n, records, processed, started.elapsed());
             if started.elapsed() + delay > poll.timeout {
                 return Err(Error::InvalidInput(format!(
                     "Bulk job {job_id} did not finish within {:?}; it keeps running and can be resumed",
@@ -201,6 +203,7 @@ impl Client {
                 return Ok(info);
             }
             tracing::debug!(job = %job_id, state = info.state.as_str(), processed = info.number_records_processed, "Bulk job still running.");
+            processed = info.number_records_processed;
             n += 1;
         }
     }

@@ -222,6 +222,25 @@ impl PollPolicy {
         let factor = self.factor.max(1.0).powi(i32::try_from(n).unwrap_or(i32::MAX));
         Duration::from_secs_f64((first.as_secs_f64() * factor).min(self.max.as_secs_f64()))
     }
+
+    /// The wait before poll number `n` once the last poll saw `processed` of `records` rows
+    /// done `elapsed` after the job was closed: the time the rest should take at the rate so
+    /// far, a tenth more, so a job that reports progress is polled about once more, when it
+    /// should be done, rather than on a backoff that may poll it several times before then
+    /// (every poll is an API call). Without progress to go by (nothing processed yet, or the
+    /// row count unknown), [`PollPolicy::delay`]. Never shorter than `initial` nor longer
+    /// than `max`.
+    #[must_use]
+    pub fn delay_after(&self, n: u32, records: u64, processed: u64, elapsed: Duration) -> Duration {
+        if processed == 0 || processed >= records || elapsed.is_zero() {
+            return self.delay(n, records);
+        }
+        #[allow(clippy::cast_precision_loss)] // row counts far below 2^52
+        let left = (records - processed) as f64 * elapsed.as_secs_f64() / processed as f64;
+        Duration::from_secs_f64(
+            (left * 1.1).clamp(self.initial.as_secs_f64(), self.max.as_secs_f64().max(self.initial.as_secs_f64())),
+        )
+    }
 }
 
 /// What to load and how.
@@ -394,6 +413,21 @@ mod tests {
         assert_eq!(p.delay(1, 0), Duration::from_millis(500));
         assert_eq!(p.delay(0, 100_000), Duration::from_millis(1050));
         assert_eq!(p.delay(30, 0), p.max);
+    }
+
+    #[test]
+    fn a_job_showing_progress_is_polled_when_it_should_be_done() {
+        let p = PollPolicy::default();
+        // 60,000 of 90,000 rows in 2 s: the rest takes 1 s, waited with a tenth to spare,
+        // where the backoff would poll after 2.2 s's doubling again.
+        assert_eq!(p.delay_after(1, 90_000, 60_000, Duration::from_secs(2)), Duration::from_millis(1100));
+        // Nearly done: no sooner than the first wait.
+        assert_eq!(p.delay_after(1, 90_000, 89_999, Duration::from_secs(2)), p.initial);
+        // A crawl: no longer than the cap.
+        assert_eq!(p.delay_after(1, 1_000_000, 10, Duration::from_secs(60)), p.max);
+        // Nothing to go by: the backoff.
+        assert_eq!(p.delay_after(2, 90_000, 0, Duration::from_secs(2)), p.delay(2, 90_000));
+        assert_eq!(p.delay_after(2, 0, 5_000, Duration::from_secs(2)), p.delay(2, 0));
     }
 
     #[test]
