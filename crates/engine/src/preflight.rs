@@ -7,7 +7,7 @@
 //! them in: a field with a problem is taken out of every record before sending, so one
 //! misspelt field costs that field, not the run. Each object is described once per check, and
 //! always afresh (a schema fixed by an admin is seen by the next run); those calls are the
-//! whole of preflight's cost.
+//! whole of preflight's cost, and none when the run's read already brought the describe.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -393,7 +393,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// Fetches describes for `objects` not yet in `into`, one call each, always afresh.
+/// Fetches describes for `objects` not yet in `into`, one call each, always afresh: a describe
+/// the running run already fetched (with the first page of its read) is used as it is, any
+/// older one is fetched again.
 ///
 /// # Errors
 /// A describe that failed for a reason other than the object not existing.
@@ -402,9 +404,14 @@ pub async fn describe(
     objects: &[String],
     into: &mut Describes,
 ) -> Result<(), PreflightError> {
+    let started = crate::workflow::run_started();
     for object in objects {
         let key = object.to_ascii_lowercase();
         if into.contains_key(&key) {
+            continue;
+        }
+        if let Some(fetched) = started.and_then(|t| client.describe_fetched_since(object, t)) {
+            into.insert(key, Some(fetched));
             continue;
         }
         let found = match client.describe_fresh(object).await {

@@ -53,19 +53,32 @@ pub(crate) struct PricedRead {
 }
 
 impl PricedRead {
-    /// Reads the first page of `soql` (one call).
+    /// Reads the first page of `soql`, a query of `object` (one call). Within a run that has
+    /// not yet described `object`, the page comes with its describe in one Composite call, so
+    /// the preflight that checks the object's fields before anything is written costs no call
+    /// of its own.
     ///
     /// # Errors
     /// Salesforce failures.
     pub async fn start(
         ctx: &Context,
         soql: String,
+        object: &str,
         include_deleted: bool,
         what: &'static str,
     ) -> Result<Option<PricedRead>, RunError> {
+        let sf = |source| RunError::Salesforce { what, source };
         let options = QueryOptions { batch_size: Some(PAGE as u16), include_deleted };
-        let mut pages: Pages = Box::pin(ctx.salesforce.query_pages::<Map<String, Value>>(soql.clone(), options));
-        let first = pages.next().await.transpose().map_err(|source| RunError::Salesforce { what, source })?;
+        let describe_too = crate::workflow::run_started()
+            .is_some_and(|started| ctx.salesforce.describe_fetched_since(object, started).is_none());
+        let (first, pages): (_, Pages) = if describe_too {
+            let first = ctx.salesforce.query_first_page_describing(&soql, options, object).await.map_err(sf)?;
+            let pages = Box::pin(ctx.salesforce.query_pages_after(&first));
+            (Some(first), pages)
+        } else {
+            let mut pages: Pages = Box::pin(ctx.salesforce.query_pages::<Map<String, Value>>(soql.clone(), options));
+            (pages.next().await.transpose().map_err(sf)?, pages)
+        };
         Ok(first.map(|first| PricedRead { ctx: ctx.clone(), soql, include_deleted, what, first, pages }))
     }
 

@@ -18,6 +18,21 @@ const MAX_SUBREQUESTS: usize = 25;
 /// Of the 25, at most five may be queries or sObject Collections requests.
 const MAX_QUERY_OR_COLLECTIONS: usize = 5;
 
+/// The outer request's headers with a subrequest's `httpHeaders` set over them (values that
+/// are not strings, or not valid header text, are left out).
+fn with_sub_headers(outer: &HeaderMap, sub: Option<&Map<String, Value>>) -> HeaderMap {
+    let mut headers = outer.clone();
+    for (name, value) in sub.into_iter().flatten() {
+        if let (Ok(name), Some(Ok(value))) = (
+            http::header::HeaderName::from_bytes(name.as_bytes()),
+            value.as_str().map(http::header::HeaderValue::from_str),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    headers
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct CompositeBody {
@@ -149,7 +164,10 @@ pub fn handle(st: &SfState, ctx: &CallCtx, db: &mut Db, req: &DataRequest<'_>) -
                 continue;
             }
         };
-        let resp = run_sub(st, ctx, db, &sub.method, &url, sub_body.as_ref(), req.headers);
+        // A subrequest's own headers (a query's page size, say) apply to it alone, over the
+        // outer request's.
+        let sub_headers = with_sub_headers(req.headers, sub.http_headers.as_ref());
+        let resp = run_sub(st, ctx, db, &sub.method, &url, sub_body.as_ref(), &sub_headers);
         let status = resp.status;
         let mut headers = Map::new();
         for (k, v) in &resp.headers {

@@ -37,7 +37,7 @@ pub(crate) async fn read(ctx: &Context, wanted: Fields<'_>, budget: &Budget) -> 
     let soql = salesforce::SoqlQuery::select(fields.iter().copied(), "Account")
         .build()
         .map_err(|e| sf(salesforce::Error::InvalidInput(e.to_string())))?;
-    let Some(read) = PricedRead::start(ctx, soql, false, "Accounts").await? else { return Ok(Vec::new()) };
+    let Some(read) = PricedRead::start(ctx, soql, "Account", false, "Accounts").await? else { return Ok(Vec::new()) };
     // Fresh from the page's answer: no call; the page stands for the `/limits` read.
     let max_calls = budget.get_priced_by(ctx, 1).await?.available;
     if max_calls == 0 {

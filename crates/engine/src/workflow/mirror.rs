@@ -280,7 +280,7 @@ impl Held {
         match &spec.membership {
             Membership::Field(f) => {
                 let soql = format!("{base} WHERE {f} != null");
-                read(&ctx, soql, false, spec.what, |row| {
+                read(&ctx, soql, spec.object, false, spec.what, |row| {
                     mirror.apply(spec, &row, None);
                 })
                 .await?;
@@ -288,13 +288,13 @@ impl Held {
             Membership::Rules(rules) => {
                 let soql =
                     format!("SELECT Id, SystemModstamp FROM {} ORDER BY SystemModstamp DESC LIMIT 1", spec.object);
-                read(&ctx, soql, true, spec.what, |row| {
+                read(&ctx, soql, spec.object, true, spec.what, |row| {
                     mirror.stamp(&row);
                 })
                 .await?;
                 for (tag, rule) in rules {
                     let soql = format!("{base} WHERE {rule}");
-                    read(&ctx, soql, false, spec.what, |row| {
+                    read(&ctx, soql, spec.object, false, spec.what, |row| {
                         mirror.stamp(&row);
                         if let Some(id) = row.get("Id") {
                             let member = mirror.members.entry(id.to_owned()).or_default();
@@ -329,7 +329,7 @@ impl Held {
         let (spec, mirror, me) = (&self.spec, &mut self.mirror, self.me.as_deref());
         let mut changed = false;
         let mut check: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        read(&ctx, soql, true, spec.what, |row| {
+        read(&ctx, soql, spec.object, true, spec.what, |row| {
             let (moved, undecided) = mirror.apply(spec, &row, me);
             changed |= moved;
             if undecided && let Some(id) = row.get("Id") {
@@ -348,7 +348,7 @@ impl Held {
             for chunk in ids.chunks(CHECK_CHUNK) {
                 let list = chunk.iter().map(|id| salesforce::soql::quote(id)).collect::<Vec<_>>().join(", ");
                 let soql = format!("SELECT Id FROM {} WHERE Id IN ({list}) AND ({rule})", spec.object);
-                read(&ctx, soql, false, spec.what, |row| {
+                read(&ctx, soql, spec.object, false, spec.what, |row| {
                     if let Some(id) = row.get("Id") {
                         tags.entry(id.to_owned()).or_default().insert(tag.clone());
                     }
@@ -371,11 +371,12 @@ impl Held {
 async fn read(
     ctx: &Context,
     soql: String,
+    object: &str,
     include_deleted: bool,
     what: &'static str,
     each: impl FnMut(Row<'_>),
 ) -> Result<(), RunError> {
-    match PricedRead::start(ctx, soql, include_deleted, what).await? {
+    match PricedRead::start(ctx, soql, object, include_deleted, what).await? {
         Some(read) => read.each(each).await,
         None => Ok(()),
     }

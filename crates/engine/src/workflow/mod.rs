@@ -337,6 +337,18 @@ pub async fn run(ctx: &Context, name: &str, options: &RunOptions) -> Result<RunR
     Ok(report)
 }
 
+tokio::task_local! {
+    /// When the run this task executes began (set around every run's body by [`recorded`]):
+    /// what a run fetched since then is this run's own, fresh for its checks.
+    static RUN_STARTED: std::time::Instant;
+}
+
+/// When the run executing on this task began; `None` outside a run (a test calling a stage
+/// directly, a plan's extra preflight), where nothing fetched earlier counts as fresh.
+pub(crate) fn run_started() -> Option<std::time::Instant> {
+    RUN_STARTED.try_with(|started| *started).ok()
+}
+
 /// A run's record in the store around its body: claimed under a lease unless it is a dry run
 /// (refused with [`RunError::Busy`] while another run of the workflow holds a live lease), the
 /// lease renewed while the body executes, then closed with the report's state and figures, or
@@ -368,7 +380,7 @@ where
         heartbeat = Some(beat);
         Some(id)
     };
-    let result = body(now, run_id).await;
+    let result = RUN_STARTED.scope(std::time::Instant::now(), body(now, run_id)).await;
     let lost = heartbeat.map(lease::Heartbeat::stop).unwrap_or(false);
     if let Some(id) = run_id {
         if lost {

@@ -317,14 +317,15 @@ async fn a_later_run_that_writes_a_failed_record_settles_its_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_over_budget_is_deferred_to_the_next_run() {
     let w = world(500, 1.0).await;
-    // 4 calls a day: after the Account read (whose answer prices the run, so no /limits read)
-    // and preflight's describe of Account, room for two Collections calls only.
-    w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"Max": 4, "Remaining": 4}})).await;
+    // 3 calls a day: after the Account read (whose answer prices the run, so no /limits read)
+    // with preflight's describe of Account in the same Composite call, room for two
+    // Collections calls only.
+    w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"Max": 3, "Remaining": 3}})).await;
     let first = w.run("engagement").await;
     assert!(first.deferred > 0 && first.written > 0, "{first:?}");
     assert_eq!(first.failed, 0);
-    assert_eq!((first.written, first.total_api_calls()), (400, 4), "{first:?}");
-    assert_eq!(first.api_calls.get("preflight"), Some(&1), "{first:?}");
+    assert_eq!((first.written, first.total_api_calls()), (400, 3), "{first:?}");
+    assert_eq!(first.api_calls.get("preflight"), None, "the describe came with the read: {first:?}");
     w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"Max": 100000, "Remaining": 100000}})).await;
     let second = w.run("engagement").await;
     assert_eq!(second.written, first.deferred, "the deferred records go next, none is lost");
@@ -506,9 +507,10 @@ async fn the_read_back_costs_what_the_setting_says() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spent_allocation_skips_the_read_back_with_a_note() {
     let w = world(150, 1.0).await;
-    // The Account read (which prices the run), preflight's describe and the one Collections
-    // call go through; other integrations take the rest of the day before the read-back.
-    w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"SpentAfter": 3}})).await;
+    // The Account read (which prices the run) with preflight's describe, one Composite call,
+    // and the one Collections call go through; other integrations take the rest of the day
+    // before the read-back.
+    w.sf_admin(reqwest::Method::PUT, "limits", json!({"DailyApiRequests": {"SpentAfter": 2}})).await;
     let r = w.run("engagement").await;
     assert_eq!((r.failed, r.deferred), (0, 0), "{r:?}");
     assert!(r.written > 0);

@@ -158,6 +158,29 @@ impl CompositeRequest {
         self
     }
 
+    /// Adds an sObject Describe of `object` (the body is a [`crate::SObjectDescribe`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad object name.
+    pub fn describe(&mut self, reference_id: &str, object: &str) -> Result<&mut Self> {
+        check_object(object)?;
+        self.push(Method::GET, &format!("sobjects/{object}/describe"), reference_id, None);
+        Ok(self)
+    }
+
+    /// Adds a SOQL query as [`CompositeRequest::query`] does, through `queryAll` when
+    /// `include_deleted`, asking for pages of `batch_size` rows when given.
+    pub fn query_with(&mut self, reference_id: &str, soql: &str, options: crate::QueryOptions) -> &mut Self {
+        let q = percent_encoding::utf8_percent_encode(soql, percent_encoding::NON_ALPHANUMERIC);
+        let resource = if options.include_deleted { "queryAll" } else { "query" };
+        self.push(Method::GET, &format!("{resource}?q={q}"), reference_id, None);
+        if let (Some(size), Some(last)) = (options.batch_size, self.subrequests.last_mut()) {
+            last.http_headers =
+                Some(BTreeMap::from([("Sforce-Query-Options".to_owned(), format!("batchSize={size}"))]));
+        }
+        self
+    }
+
     /// Adds a hand-built subrequest.
     pub fn raw(&mut self, subrequest: CompositeSubrequest) -> &mut Self {
         self.subrequests.push(subrequest);

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use parking_lot::RwLock;
@@ -270,7 +271,15 @@ pub struct DeletedRecords {
 #[derive(Debug, Default)]
 pub(crate) struct DescribeCache {
     global: RwLock<Option<Arc<GlobalDescribe>>>,
-    objects: RwLock<HashMap<String, Arc<SObjectDescribe>>>,
+    /// Each with when it was fetched, so a caller can tell one fetched since a moment of its
+    /// own (a run's start) from an older one.
+    objects: RwLock<HashMap<String, (Arc<SObjectDescribe>, Instant)>>,
+}
+
+impl DescribeCache {
+    pub(crate) fn insert(&self, object: &str, describe: Arc<SObjectDescribe>) {
+        self.objects.write().insert(object.to_ascii_lowercase(), (describe, Instant::now()));
+    }
 }
 
 /// `start`/`end` as getUpdated/getDeleted want them (seconds, explicit offset).
@@ -314,7 +323,7 @@ impl Client {
     pub async fn describe(&self, object: &str) -> Result<Arc<SObjectDescribe>> {
         check_object(object)?;
         let key = object.to_ascii_lowercase();
-        if let Some(cached) = self.describe_cache().objects.read().get(&key).cloned() {
+        if let Some((cached, _)) = self.describe_cache().objects.read().get(&key).cloned() {
             return Ok(cached);
         }
         self.describe_fresh(object).await
@@ -327,12 +336,11 @@ impl Client {
     /// [`crate::Error::Api`] `NOT_FOUND` for an unknown object; any request failure.
     pub async fn describe_fresh(&self, object: &str) -> Result<Arc<SObjectDescribe>> {
         check_object(object)?;
-        let key = object.to_ascii_lowercase();
         let path = self.data_path(&format!("sobjects/{object}/describe"));
         let ctx = RequestContext::new(Method::GET, &path).object(object);
         let request = ApiRequest::new(Method::GET, Target::Path(path), ctx);
         let describe: Arc<SObjectDescribe> = Arc::new(self.transport().send_json(request).await?);
-        self.describe_cache().objects.write().insert(key, Arc::clone(&describe));
+        self.describe_cache().insert(object, Arc::clone(&describe));
         Ok(describe)
     }
 
@@ -340,7 +348,17 @@ impl Client {
     /// use what an earlier step (such as a preflight check) already paid for.
     #[must_use]
     pub fn describe_cached(&self, object: &str) -> Option<Arc<SObjectDescribe>> {
-        self.describe_cache().objects.read().get(&object.to_ascii_lowercase()).cloned()
+        self.describe_cache().objects.read().get(&object.to_ascii_lowercase()).map(|(d, _)| Arc::clone(d))
+    }
+
+    /// The describe of `object` if one was fetched at or after `since`, without a request: for
+    /// a check that must see the schema as it is now but may use a describe this same run
+    /// already fetched (with the first page of a read, say).
+    #[must_use]
+    pub fn describe_fetched_since(&self, object: &str, since: Instant) -> Option<Arc<SObjectDescribe>> {
+        let objects = self.describe_cache().objects.read();
+        let (describe, fetched) = objects.get(&object.to_ascii_lowercase())?;
+        (*fetched >= since).then(|| Arc::clone(describe))
     }
 
     /// Forgets cached describes (after a schema change).

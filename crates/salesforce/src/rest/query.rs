@@ -3,6 +3,8 @@
 //! subqueries carry each relationship's children as a nested result ([`Children`]), which
 //! [`Client::query_with_children`] completes when Salesforce pages it.
 
+use std::sync::Arc;
+
 use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
 use reqwest::Method;
 use reqwest::header::{HeaderName, HeaderValue};
@@ -11,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Client;
 use crate::error::{Error, RequestContext, Result};
+use crate::rest::composite::CompositeSubresponse;
+use crate::rest::describe::SObjectDescribe;
 use crate::transport::{ApiRequest, Target};
 
 /// Request header that asks for a page size (`Sforce-Query-Options`; header names are
@@ -105,6 +109,65 @@ impl Client {
         T: DeserializeOwned + Send + 'static,
     {
         self.pages_at(Cursor::Next(next), QueryOptions::default())
+    }
+
+    /// The first page of a query and the describe of `object` in one Composite call, where
+    /// sent apart they cost two: for a read whose object's schema the same run checks next.
+    /// The describe is cached as [`Client::describe_fresh`] caches it (see
+    /// [`Client::describe_fetched_since`]); the pages after the first come from
+    /// [`Client::query_pages_after`].
+    ///
+    /// # Errors
+    /// The query's failure, as its own request would have failed; request-level failures. A
+    /// describe that failed is not an error: the cache is left as it was, and the check that
+    /// wants it asks again.
+    pub async fn query_first_page_describing<T: DeserializeOwned>(
+        &self,
+        soql: &str,
+        options: QueryOptions,
+        object: &str,
+    ) -> Result<QueryPage<T>> {
+        let mut request = self.composite_request(false);
+        request.describe("describe", object)?.query_with("page", soql, options);
+        let mut results = self.composite(&request).await?;
+        let context = RequestContext::new(Method::GET, self.data_path("query"));
+        let page = results.pop().ok_or_else(|| Error::Protocol {
+            context: context.clone(),
+            reason: "the composite answer has no query result".into(),
+        })?;
+        if !page.is_success() {
+            return Err(page.api_error(context.clone()).map_or_else(
+                || Error::Protocol {
+                    context,
+                    reason: format!("the query failed with HTTP {} and no error array", page.http_status_code),
+                },
+                Error::from,
+            ));
+        }
+        if let Some(describe) = results.pop().filter(CompositeSubresponse::is_success) {
+            match describe.body_as::<SObjectDescribe>() {
+                Ok(d) => self.describe_cache().insert(object, Arc::new(d)),
+                Err(e) => {
+                    tracing::debug!(object, error = %e, "A describe sent with a query did not decode; it will be asked for again.")
+                }
+            }
+        }
+        page.body_as()
+    }
+
+    /// The pages after `first` (none when it was the last), one API call each.
+    pub fn query_pages_after<T, U>(
+        &self,
+        first: &QueryPage<U>,
+    ) -> impl Stream<Item = Result<QueryPage<T>>> + Send + 'static
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        let cursor = match (&first.done, &first.next_records_url) {
+            (false, Some(next)) => Cursor::Next(next.clone()),
+            _ => Cursor::Finished,
+        };
+        self.pages_at(cursor, QueryOptions::default())
     }
 
     /// Pages of a query, one API call each, following `nextRecordsUrl`.

@@ -1,6 +1,8 @@
 //! Versions, describe (global and per object, cached), getUpdated and getDeleted.
 
 use chrono::{Duration, Utc};
+use futures_util::TryStreamExt;
+use salesforce::{QueryOptions, QueryPage};
 use serde_json::json;
 
 use crate::support::*;
@@ -60,4 +62,50 @@ async fn get_updated_and_get_deleted() {
     let deleted = client.get_deleted("Account", start, end).await.unwrap();
     assert!(deleted.deleted_records.iter().any(|d| d.id == gone.id), "{deleted:?}");
     assert!(deleted.earliest_date_available <= deleted.latest_date_covered);
+}
+
+#[tokio::test]
+async fn a_first_page_and_a_describe_cost_one_call_and_the_pages_go_on() {
+    let org = Org::start().await;
+    let client = org.client();
+    let rows: Vec<_> = (0..450).map(|i| json!({"Name": format!("Acct {i:03}")})).collect();
+    org.seed("Account", json!(rows)).await;
+    client.identity().await.unwrap();
+    let since = std::time::Instant::now();
+    assert!(client.describe_fetched_since("Account", since).is_none());
+
+    let before = org.api_calls().await;
+    let options = QueryOptions { batch_size: Some(200), include_deleted: false };
+    let soql = "SELECT Id, Name FROM Account ORDER BY Name";
+    let first: QueryPage<serde_json::Value> =
+        client.query_first_page_describing(soql, options, "Account").await.unwrap();
+    assert_eq!(org.api_calls().await, before + 1, "the page and the describe are one Composite call");
+    assert_eq!((first.total_size, first.done), (450, false));
+    let described = client.describe_fetched_since("Account", since).expect("the describe came with the page");
+    assert!(described.field("Pendo_Account_Id__c").is_some());
+    assert!(client.describe_fetched_since("Account", std::time::Instant::now()).is_none(), "older than a later start");
+
+    let rest: Vec<QueryPage<serde_json::Value>> = client.query_pages_after(&first).try_collect().await.unwrap();
+    let mut names: Vec<String> = first
+        .records
+        .iter()
+        .chain(rest.iter().flat_map(|p| &p.records))
+        .map(|r| r["Name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names.len(), 450);
+    names.dedup();
+    assert_eq!(names.len(), 450, "no row twice");
+    assert_eq!(org.api_calls().await, before + 1 + rest.len() as u64);
+
+    // A query Salesforce refuses is the query's error, as its own request's would be; a
+    // describe of an object the org lacks is not.
+    let err = client
+        .query_first_page_describing::<serde_json::Value>("SELECT Nope FROM Account", options, "Account")
+        .await
+        .unwrap_err();
+    assert_eq!(api(&err).status.as_u16(), 400);
+    let page: QueryPage<serde_json::Value> =
+        client.query_first_page_describing("SELECT Id FROM Account LIMIT 1", options, "Nope__c").await.unwrap();
+    assert_eq!(page.records.len(), 1);
+    assert!(client.describe_fetched_since("Nope__c", since).is_none());
 }
