@@ -565,7 +565,25 @@ impl<'a> Meter<'a> {
         if calls > 0 {
             *self.calls.entry(kind.unwrap_or(name).to_owned()).or_default() += calls;
         }
+        if tracing::enabled!(target: "engine::memory", tracing::Level::DEBUG) {
+            let (rss, peak) = memory_mib();
+            tracing::debug!(target: "engine::memory", step = name, rss_mib = rss, peak_mib = peak, "Step ended.");
+        }
     }
+}
+
+/// The process's resident and peak resident memory in MiB (Linux; zeros elsewhere): which
+/// step a run's peak memory comes from, for whoever profiles it.
+fn memory_mib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib / 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 fn round3(d: Duration) -> f64 {
