@@ -153,9 +153,7 @@ impl CompositeRequest {
 
     /// Adds a SOQL query (build it with [`crate::soql`]); `@{reference_id.records[0].Id}`.
     pub fn query(&mut self, reference_id: &str, soql: &str) -> &mut Self {
-        let q = percent_encoding::utf8_percent_encode(soql, percent_encoding::NON_ALPHANUMERIC);
-        self.push(Method::GET, &format!("query?q={q}"), reference_id, None);
-        self
+        self.query_with(reference_id, soql, crate::QueryOptions::default())
     }
 
     /// Adds an sObject Describe of `object` (the body is a [`crate::SObjectDescribe`]).
