@@ -24,6 +24,13 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
+    #[error("{endpoint}: the response broke off after {rows} rows: {source}")]
+    Interrupted {
+        endpoint: String,
+        rows: u64,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("{endpoint}: response larger than the {limit}-byte cap")]
     TooLarge { endpoint: String, limit: usize },
     #[error("{endpoint}: could not decode the response ({source}); body starts {snippet:?}")]
@@ -51,15 +58,28 @@ pub enum Fault {
 impl Error {
     /// Whether the same call may succeed later without changes (throttling, 5xx, transport).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Throttled { .. } | Error::Server { .. } | Error::Transport { .. })
+        matches!(
+            self,
+            Error::Throttled { .. } | Error::Server { .. } | Error::Transport { .. } | Error::Interrupted { .. }
+        )
     }
 
     pub fn fault(&self) -> Fault {
         match self {
-            Error::Throttled { .. } | Error::Server { .. } | Error::Transport { .. } | Error::Decode { .. } => {
-                Fault::Remote
-            }
+            Error::Throttled { .. }
+            | Error::Server { .. }
+            | Error::Transport { .. }
+            | Error::Interrupted { .. }
+            | Error::Decode { .. } => Fault::Remote,
             _ => Fault::Caller,
+        }
+    }
+
+    /// For a response that broke off ([`Error::Interrupted`]), the rows read before the break.
+    pub fn rows_before_break(&self) -> Option<u64> {
+        match self {
+            Error::Interrupted { rows, .. } => Some(*rows),
+            _ => None,
         }
     }
 

@@ -102,7 +102,8 @@ impl Transport {
         }
     }
 
-    /// Sends one logical request, retrying as the policy allows. Returns the 2xx body.
+    /// Sends one logical request, retrying as the policy allows. Returns the 2xx body; a body
+    /// that breaks off is asked for again, within the same attempts.
     pub(crate) async fn send(
         &self,
         method: Method,
@@ -113,6 +114,47 @@ impl Transport {
         let endpoint = format!("{method} {path}");
         let policy = &self.config.retry;
         let mut attempt = 0u32;
+        loop {
+            let (resp, attempts) = self.open_from(attempt, method.clone(), path, query, &body).await?;
+            attempt = attempts;
+            match self.read_capped(&endpoint, resp).await {
+                Err(Error::Transport { source, .. }) if attempt < policy.max_attempts.max(1) => {
+                    debug!(%endpoint, attempt, error = %source, "Body read failed; retrying.");
+                    tokio::time::sleep(policy.backoff(attempt)).await;
+                }
+                Err(Error::Transport { endpoint, source, .. }) => {
+                    return Err(Error::Transport { endpoint, attempts: attempt, source });
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends one logical request, retrying as the policy allows, and returns the first 2xx
+    /// response with its body unread: the caller reads it as it arrives (and a body that breaks
+    /// off is then the caller's to ask for again).
+    pub(crate) async fn open(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Body,
+    ) -> Result<reqwest::Response> {
+        Ok(self.open_from(0, method, path, query, &body).await?.0)
+    }
+
+    /// [`Transport::open`] after `attempt` earlier attempts; also returns the attempts made
+    /// (those that met a 429 left out, as they are from the policy's count).
+    async fn open_from(
+        &self,
+        mut attempt: u32,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: &Body,
+    ) -> Result<(reqwest::Response, u32)> {
+        let endpoint = format!("{method} {path}");
+        let policy = &self.config.retry;
         // Tries that met a 429: they do not count against max_attempts.
         let mut throttles = 0u32;
         let mut throttled_since: Option<tokio::time::Instant> = None;
@@ -128,7 +170,7 @@ impl Transport {
             if !query.is_empty() {
                 req = req.query(query);
             }
-            if let Body::Json(b) = &body {
+            if let Body::Json(b) = body {
                 req = req.body(b.clone());
             }
             let last = attempt - throttles >= policy.max_attempts.max(1);
@@ -153,14 +195,7 @@ impl Transport {
                 self.limiter.succeeded();
             }
             if status.is_success() {
-                return match self.read_capped(&endpoint, resp).await {
-                    Err(Error::Transport { source, .. }) if !last => {
-                        debug!(%endpoint, attempt, error = %source, "Body read failed; retrying.");
-                        tokio::time::sleep(policy.backoff(attempt)).await;
-                        continue;
-                    }
-                    other => other,
-                };
+                return Ok((resp, attempt - throttles));
             }
             if status == StatusCode::TOO_MANY_REQUESTS {
                 let ra = retry_after(&resp);

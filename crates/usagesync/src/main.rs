@@ -28,6 +28,7 @@ use clap::Parser;
 
 // The emulators and the engine allocate many small JSON values; mimalloc roughly halves the
 // time the system allocator spends on them (measured with `usagesync bench emulator`).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -50,11 +50,13 @@ fn endpoint_of(req: &Request) -> String {
 pub async fn guard(State(state): State<PendoState>, mut req: Request, next: Next) -> Response {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
+    let mut cut = None;
     match state.inner.faults.check_rules(&method, &path) {
-        Decision::Pass { delay } => {
+        Decision::Pass { delay, cut: c } => {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            cut = c;
         }
         Decision::Fail { status, body, delay } => {
             if !delay.is_zero() {
@@ -88,7 +90,48 @@ pub async fn guard(State(state): State<PendoState>, mut req: Request, next: Next
         return r;
     }
     req.extensions_mut().insert(caller);
-    next.run(req).await
+    let resp = next.run(req).await;
+    match cut {
+        Some(bytes) => cut_body(resp, bytes),
+        None => resp,
+    }
+}
+
+/// The response with its body broken off after `bytes` bytes: the headers (a `Content-Length`
+/// included) go out as they are, then the connection fails mid-body. A body no longer than that
+/// goes out whole.
+fn cut_body(resp: Response, bytes: u64) -> Response {
+    use futures_util::StreamExt as _;
+    enum Cut {
+        Sending(u64),
+        Failing,
+        Done,
+    }
+    let (parts, body) = resp.into_parts();
+    let cut = || std::io::Error::other("body cut by fault injection");
+    // A cut at 0 fails before the first byte.
+    let first = if bytes == 0 { Cut::Failing } else { Cut::Sending(bytes) };
+    let stream = futures_util::stream::unfold((body.into_data_stream(), first), move |(mut s, at)| async move {
+        match at {
+            Cut::Done => None,
+            Cut::Failing => {
+                // A moment first, so the bytes before the cut reach the client, as they would
+                // before a network failed.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                Some((Err(cut()), (s, Cut::Done)))
+            }
+            Cut::Sending(left) => match s.next().await {
+                None => None,
+                Some(Err(e)) => Some((Err(std::io::Error::other(e)), (s, Cut::Done))),
+                Some(Ok(chunk)) => {
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
+                    let next = if take < chunk.len() { Cut::Failing } else { Cut::Sending(left - take as u64) };
+                    Some((Ok(chunk.slice(..take)), (s, next)))
+                }
+            },
+        }
+    });
+    Response::from_parts(parts, Body::from_stream(stream))
 }
 
 /// Outer layer: counts every API call by endpoint and status, and renders API errors in the

@@ -28,6 +28,10 @@ pub struct FaultRule {
     pub times: Option<u32>,
     #[serde(default)]
     pub delay_ms: u64,
+    /// With `status` 0: serve the request, but break the connection off after this many bytes
+    /// of the body (a network that fails mid-response).
+    #[serde(default)]
+    pub cut_after_bytes: Option<u64>,
 }
 
 fn default_prefix() -> String {
@@ -65,9 +69,19 @@ pub struct Faults {
 
 /// What the fault layer decided for one request.
 pub enum Decision {
-    Pass { delay: Duration },
-    Fail { status: u16, body: Option<String>, delay: Duration },
-    Throttle { retry_after_secs: Option<u64> },
+    /// Serve, after `delay`; with `cut`, only that many bytes of the body.
+    Pass {
+        delay: Duration,
+        cut: Option<u64>,
+    },
+    Fail {
+        status: u16,
+        body: Option<String>,
+        delay: Duration,
+    },
+    Throttle {
+        retry_after_secs: Option<u64>,
+    },
 }
 
 impl Faults {
@@ -96,7 +110,7 @@ impl Faults {
             }
         }
         let Some(i) = hit else {
-            return Decision::Pass { delay: Duration::ZERO };
+            return Decision::Pass { delay: Duration::ZERO, cut: None };
         };
         let rule = &mut cfg.rules[i];
         if let Some(t) = rule.times.as_mut() {
@@ -104,7 +118,7 @@ impl Faults {
         }
         let delay = Duration::from_millis(rule.delay_ms);
         let decision = if rule.status == 0 {
-            Decision::Pass { delay }
+            Decision::Pass { delay, cut: rule.cut_after_bytes }
         } else {
             Decision::Fail { status: rule.status, body: rule.body.clone(), delay }
         };
@@ -148,6 +162,7 @@ mod tests {
                 body: None,
                 times: Some(2),
                 delay_ms: 0,
+                cut_after_bytes: None,
             }],
             rate_limit: None,
         });

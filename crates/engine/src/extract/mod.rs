@@ -49,6 +49,10 @@ pub use visitors::NewVisitor;
 /// e-mails) are about 170 bytes, so a full page of them is about 170 MB, under the client's 1 GiB
 /// response cap; larger subscriptions page, and that is their peak's page share.
 pub const DEFAULT_PAGE_ROWS: u64 = 1_000_000;
+/// Breaks of a page's body in a row, none bringing a new row, before the extraction gives up.
+/// A break is read on from its last row, so a flaky network costs the rest of a page, not the
+/// page, and a break that brought rows never counts against the limit.
+const MAX_STALLED_BREAKS: u32 = 3;
 
 /// How long a reporting window is: whole days or whole hours of the subscription's timezone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,42 +284,65 @@ impl<'c> Extractor<'c> {
         mut fold: impl FnMut(&Value) -> Result<()>,
     ) -> Result<()> {
         let sort_keys: Vec<SortKey> = sort.iter().map(|k| SortKey::asc(k)).collect();
-        let mut last: Option<Vec<Lit>> = None;
-        loop {
-            let cond = last.as_deref().map(|l| keyset(sort, l, overlap));
-            let p = build(cond).sort(&sort_keys).limit(self.page_rows);
-            self.calls.fetch_add(1, Ordering::Relaxed);
-            let started = std::time::Instant::now();
-            // Rows are folded as they are parsed; only the page's last row is kept, for its key.
-            let mut last_row: Option<Value> = None;
-            let rows = self
-                .client
-                .aggregate_each(&p, |row| {
-                    fold(&row).map_err(PageStop::Fold)?;
-                    last_row = Some(row);
-                    Ok(())
-                })
-                .await
-                .map_err(|stop| match stop {
-                    PageStop::Pendo(source) => ExtractError::Pendo { query, source },
-                    PageStop::Fold(e) => e,
-                })?;
-            self.rows.fetch_add(rows, Ordering::Relaxed);
-            tracing::debug!(query, rows, seconds = started.elapsed().as_secs_f64(), "Pendo page read");
-            if rows < self.page_rows {
-                return Ok(());
-            }
-            let Some(row) = last_row else { return Ok(()) };
-            let keys = if overlap { &sort[..1.min(sort.len())] } else { sort };
-            let next = keys
-                .iter()
+        let keys = if overlap { &sort[..1.min(sort.len())] } else { sort };
+        let key_of = |row: &Value| {
+            keys.iter()
                 .map(|k| match row.get(*k) {
                     Some(Value::String(s)) => Some(Lit::Str(s.clone())),
                     Some(v) => v.as_i64().map(Lit::Int),
                     None => None,
                 })
                 .collect::<Option<Vec<Lit>>>()
-                .ok_or_else(|| bad_row(query, keys.first().copied().unwrap_or("accountId"), &row))?;
+                .ok_or_else(|| bad_row(query, keys.first().copied().unwrap_or("accountId"), row))
+        };
+        let mut last: Option<Vec<Lit>> = None;
+        // Breaks in a row that brought no new row; a break is read on from its last row.
+        let mut stalled = 0u32;
+        loop {
+            let cond = last.as_deref().map(|l| keyset(sort, l, overlap));
+            let p = build(cond).sort(&sort_keys).limit(self.page_rows);
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let started = std::time::Instant::now();
+            // Rows are folded as they arrive; only the page's last row is kept, for its key.
+            let mut last_row: Option<Value> = None;
+            let read = self
+                .client
+                .aggregate_each(&p, |row| {
+                    fold(&row).map_err(PageStop::Fold)?;
+                    last_row = Some(row);
+                    Ok(())
+                })
+                .await;
+            let rows = match read {
+                Ok(rows) => rows,
+                // The rows before the break are folded: the next page starts after the last
+                // of them, as it would after a full page, so none is folded twice (or, with
+                // `overlap`, only rows `fold` tolerates twice).
+                Err(PageStop::Pendo(source))
+                    if source.rows_before_break().is_some() && stalled < MAX_STALLED_BREAKS =>
+                {
+                    self.rows.fetch_add(source.rows_before_break().unwrap_or(0), Ordering::Relaxed);
+                    let next = last_row.as_ref().map(&key_of).transpose()?;
+                    if next.is_some() && next != last {
+                        stalled = 0;
+                        last = next;
+                    } else {
+                        stalled += 1;
+                    }
+                    tracing::warn!(query, error = %source, "Pendo page broke off; reading on from its last row");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << stalled)).await;
+                    continue;
+                }
+                Err(PageStop::Pendo(source)) => return Err(ExtractError::Pendo { query, source }),
+                Err(PageStop::Fold(e)) => return Err(e),
+            };
+            self.rows.fetch_add(rows, Ordering::Relaxed);
+            tracing::debug!(query, rows, seconds = started.elapsed().as_secs_f64(), "Pendo page read");
+            if rows < self.page_rows {
+                return Ok(());
+            }
+            let Some(row) = last_row else { return Ok(()) };
+            let next = key_of(&row)?;
             if overlap && last.as_ref() == Some(&next) {
                 let key = match next.first() {
                     Some(Lit::Str(s)) => s.clone(),

@@ -565,3 +565,68 @@ async fn streamed_pages_keep_their_errors_apart() {
     assert_eq!(*query, "account metadata");
     assert!(matches!(source, pendo::Error::Decode { .. }), "{source}");
 }
+
+/// Pages whose bodies break off mid-way: the extraction reads on from the last row each one
+/// brought, and every figure (whole read and totals alike) is still the stored data's, no row
+/// counted twice or lost. Breaks past the limit in a row fail the extraction, naming the query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_that_break_off_are_read_on_from_their_last_row() {
+    let emu = start(40).await;
+    // Retries as configured for runs (the unpaged catalogue reads ask again for a broken body).
+    let mut cfg = pendo::ClientConfig::new(&emu.base_url, "emulator-integration-key").unwrap();
+    cfg.retry.initial_backoff = std::time::Duration::from_millis(10);
+    let pendo = pendo::Client::new(cfg).unwrap();
+    let from = ANCHOR - i64::from(DAYS) * DAY_MS;
+    let expected = emu.state.with_store_read(|s| expected_usage(s, from, ANCHOR, &core_items(s)));
+    let cut = |times: u32, bytes: u64| {
+        let url = format!("{}/__emulator/faults", emu.base_url);
+        async move {
+            let rules = json!({"rules": [
+                {"method": "POST", "pathPrefix": "/api/v1/aggregation", "status": 0, "cutAfterBytes": bytes, "times": times}
+            ]});
+            let resp = reqwest::Client::new().put(url).json(&rules).send().await.unwrap();
+            assert!(resp.status().is_success());
+        }
+    };
+    let calls = || emu.state.usage().by_endpoint.get("POST /api/v1/aggregation").copied().unwrap_or(0);
+
+    // Paged queries whose pages break off, each after a few rows: they read on from the last
+    // row each time, so a break costs one more call and no row (with a client that never asks
+    // twice itself, only the read-on can succeed).
+    let once = client(&emu);
+    let before = calls();
+    let clean = engine::extract::account_facts(&once, &[]).await.unwrap();
+    let one_read = calls() - before;
+    cut(5, 1_000).await;
+    let before = calls();
+    assert_eq!(engine::extract::account_facts(&once, &[]).await.unwrap(), clean);
+    // (A cut that falls on an answer shorter than 1,000 bytes leaves it whole.)
+    assert!((one_read + 1..=one_read + 5).contains(&(calls() - before)), "{} calls", calls() - before);
+
+    // The next six aggregation answers break off after 2,000 bytes, wherever they fall (the
+    // unpaged catalogue reads ask again for the whole body).
+    cut(6, 2_000).await;
+    let got =
+        Extractor::new(&pendo).with_page_rows(120).engagement(&window(), &CoreFeatures::MarkedCore).await.unwrap();
+    assert_eq!(by_id(got), expected);
+
+    let w = Window::days(DateTime::<Utc>::from_timestamp_millis(ANCHOR + 9 * 3_600_000).unwrap(), DAYS);
+    let x = Extractor::new(&pendo).with_page_rows(120);
+    let (whole, state) = x.engagement_kept(&w, &CoreFeatures::MarkedCore, None).await.unwrap();
+    cut(5, 1_000).await;
+    let x = Extractor::new(&pendo).with_page_rows(120);
+    let (broken, broken_state) = x.engagement_kept(&w, &CoreFeatures::MarkedCore, None).await.unwrap();
+    assert_eq!(by_id(broken), by_id(whole));
+    let encoded = |s: Option<engine::extract::UsageState>| s.and_then(|s| s.encode());
+    assert_eq!(encoded(broken_state), encoded(state), "the kept state is the same");
+
+    // Breaks before the first row, four in a row, are one too many (a paged query alone).
+    cut(4, 10).await;
+    let err = engine::extract::account_facts(&pendo, &[]).await.unwrap_err();
+    let ExtractError::Pendo { query, source } = &err else { panic!("{err}") };
+    assert_eq!(*query, "account metadata");
+    assert!(matches!(source, pendo::Error::Interrupted { rows: 0, .. }), "{source}");
+    cut(3, 10).await;
+    assert_eq!(engine::extract::account_facts(&pendo, &[]).await.unwrap(), clean);
+    emu.shutdown().await;
+}

@@ -63,14 +63,16 @@ impl Client {
         self.transport.json(Method::POST, "/aggregation", &[], Body::Json(bytes)).await
     }
 
-    /// Runs an aggregation pipeline and hands each result row to `each` as it is parsed, so a
-    /// large page costs its body's bytes rather than a tree of every row. Returns the number of
-    /// rows. Rows handed over before an error (a truncated body, or `each` refusing a row) stay
-    /// handed over: on an error the caller should drop what it built from them.
+    /// Runs an aggregation pipeline and hands each result row to `each` as it arrives, so a large
+    /// page costs one row's bytes at a time, not its body's. Returns the number of rows. Rows
+    /// handed over before an error (a body that breaks off, or `each` refusing a row) stay
+    /// handed over: the caller either drops what it built from them or, for a body that broke
+    /// off ([`Error::Interrupted`]), asks for the rows after the last one it got.
     ///
     /// # Errors
     /// As [`Client::aggregate`], converted into `E`, plus [`Error::Decode`] for a body that is
-    /// not an aggregation response; `each`'s own error is returned unchanged.
+    /// not an aggregation response and [`Error::Interrupted`] for one that broke off; `each`'s
+    /// own error is returned unchanged.
     pub async fn aggregate_each<E: From<Error>>(
         &self,
         pipeline: &pipeline::Pipeline,
@@ -78,13 +80,28 @@ impl Client {
     ) -> std::result::Result<u64, E> {
         const ENDPOINT: &str = "POST /aggregation";
         let request = serde_json::to_vec(&pipeline.body("usagesync")?).map_err(|e| Error::Pipeline(e.to_string()))?;
-        let body = self.transport.send(Method::POST, "/aggregation", &[], Body::Json(request)).await?;
-        rows::for_each_row(&body, &mut each).map_err(|stop| match stop {
+        let mut resp = self.transport.open(Method::POST, "/aggregation", &[], Body::Json(request)).await?;
+        let mut splitter = rows::RowSplitter::new(self.transport.config.max_response_bytes);
+        let decode = |splitter: &rows::RowSplitter, stop: rows::Stop<E>| match stop {
             rows::Stop::Caller(e) => e,
             rows::Stop::Parse(source) => {
-                Error::Decode { endpoint: ENDPOINT.into(), snippet: snippet(&body), source }.into()
+                Error::Decode { endpoint: ENDPOINT.into(), snippet: snippet(splitter.context()), source }.into()
             }
-        })
+        };
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if let Err(stop) = splitter.feed(&chunk, &mut each) {
+                        return Err(decode(&splitter, stop));
+                    }
+                }
+                Ok(None) => break,
+                Err(source) => {
+                    return Err(Error::Interrupted { endpoint: ENDPOINT.into(), rows: splitter.rows(), source }.into());
+                }
+            }
+        }
+        splitter.finish(&mut each).map_err(|stop| decode(&splitter, stop))
     }
 
     /// Pages through `base` in order of `keys` (unique together), `page_size` rows at a time.

@@ -54,7 +54,15 @@ async fn honours_retry_after_on_429() {
     // The second call was throttled once and waited for Retry-After before succeeding.
     assert!(t.elapsed().as_millis() >= 900);
     assert!(e.state.usage().throttled >= 1);
-    let _ = FaultRule { method: None, path_prefix: String::new(), status: 0, body: None, times: None, delay_ms: 0 };
+    let _ = FaultRule {
+        method: None,
+        path_prefix: String::new(),
+        status: 0,
+        body: None,
+        times: None,
+        delay_ms: 0,
+        cut_after_bytes: None,
+    };
 }
 
 #[tokio::test]
@@ -103,4 +111,47 @@ async fn concurrent_calls_under_a_throttle_all_succeed() {
     // The first burst meets 35 429s (5 of 40 fit the bucket); after it the pace is learnt.
     assert!(usage.throttled < 80, "the limiter slowed down instead of hammering: {} 429s", usage.throttled);
     assert!(t.elapsed() < Duration::from_secs(10), "paced near the throttle's 20/s: {:?}", t.elapsed());
+}
+
+/// A response that breaks off mid-body: a streamed read reports how many rows it handed over
+/// before the break (so the caller can read on from there), and a whole read asks again.
+#[tokio::test]
+async fn a_body_that_breaks_off_is_reported_or_asked_for_again() {
+    let e = emulator().await;
+    let cut = |times: u32| {
+        let url = format!("{}/__emulator/faults", e.base_url);
+        async move {
+            let rules = json!({"rules": [
+                {"method": "POST", "pathPrefix": "/api/v1/aggregation", "status": 0, "cutAfterBytes": 1500, "times": times}
+            ]});
+            let resp = reqwest::Client::new().put(url).json(&rules).send().await.unwrap();
+            assert!(resp.status().is_success());
+        }
+    };
+    let c = client(&e);
+    let p = Pipeline::from_source(Source::Accounts { apps: Apps::Default }).sort(&[pendo::SortKey::asc("accountId")]);
+    let whole = c.aggregate(&p).await.unwrap().results;
+    assert!(serde_json::to_vec(&json!({"results": whole})).unwrap().len() > 3000, "the body must outlast the cut");
+
+    cut(1).await;
+    let mut seen = Vec::new();
+    let err = c
+        .aggregate_each(&p, |row| {
+            seen.push(row);
+            Ok::<(), Error>(())
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Interrupted { rows, .. } if rows == seen.len() as u64), "{err}");
+    assert!(!seen.is_empty() && seen.len() < whole.len(), "{} of {}", seen.len(), whole.len());
+    assert_eq!(seen[..], whole[..seen.len()]);
+    assert!(err.is_retryable() && err.fault() == pendo::Fault::Remote);
+    assert_eq!(err.rows_before_break(), Some(seen.len() as u64));
+
+    // Read whole, the broken body is asked for again within the attempts.
+    cut(1).await;
+    assert_eq!(c.aggregate(&p).await.unwrap().results, whole);
+    cut(10).await;
+    let err = c.aggregate(&p).await.unwrap_err();
+    assert!(matches!(err, Error::Transport { attempts: 4, .. }), "{err}");
 }
