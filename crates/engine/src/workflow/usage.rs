@@ -13,9 +13,7 @@ use super::{Context, RunError};
 /// The name the state is kept under, per workflow.
 const KEPT: &str = "engagement";
 
-/// Per-account engagement over `window`, bringing the workflow's kept state up to date; the
-/// state too, when one is kept (a template that needs the day sums reads them from it rather
-/// than asking Pendo again; the others drop it at once).
+/// Per-account engagement over `window`, bringing the workflow's kept state up to date.
 pub(crate) async fn gather(
     ctx: &Context,
     workflow: &str,
@@ -23,6 +21,31 @@ pub(crate) async fn gather(
     window: &Window,
     core: &CoreFeatures,
     dry_run: bool,
+) -> Result<Vec<AccountUsage>, RunError> {
+    Ok(gather_state(ctx, workflow, extractor, window, core, dry_run, false).await?.0)
+}
+
+/// [`gather`], and the state too when one is kept: a template that needs the day sums reads
+/// them from it rather than asking Pendo again.
+pub(crate) async fn gather_with_state(
+    ctx: &Context,
+    workflow: &str,
+    extractor: &Extractor<'_>,
+    window: &Window,
+    core: &CoreFeatures,
+    dry_run: bool,
+) -> Result<(Vec<AccountUsage>, Option<UsageState>), RunError> {
+    gather_state(ctx, workflow, extractor, window, core, dry_run, true).await
+}
+
+async fn gather_state(
+    ctx: &Context,
+    workflow: &str,
+    extractor: &Extractor<'_>,
+    window: &Window,
+    core: &CoreFeatures,
+    dry_run: bool,
+    hold: bool,
 ) -> Result<(Vec<AccountUsage>, Option<UsageState>), RunError> {
     // Each part's seconds go in the log: the state's load and save are a re-run's fixed cost,
     // beside Pendo's answers to the new days.
@@ -37,7 +60,11 @@ pub(crate) async fn gather(
     let (usage, state) = extractor.engagement_kept(window, core, kept).await?;
     let read = secs();
     let sizes = state.as_ref().map(UsageState::sizes);
-    if let (false, Some(bytes)) = (dry_run, state.as_ref().and_then(UsageState::encode)) {
+    let encoded_state = if dry_run { None } else { state.as_ref().and_then(UsageState::encode) };
+    // Once encoded, a state no one needs goes before the save, which copies the bytes again:
+    // at 100,000 accounts the state is over 100 MB, the save the re-run's peak.
+    let state = state.filter(|_| hold);
+    if let Some(bytes) = encoded_state {
         let len = bytes.len();
         let encoded = secs();
         // A stale writer (another worker ran the workflow meanwhile) keeps nothing: the state
