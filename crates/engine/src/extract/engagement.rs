@@ -331,7 +331,7 @@ impl Extractor<'_> {
             f(&mut s, acc);
             Ok(())
         };
-        let day = |row: &Value| row.get("day").and_then(Value::as_i64);
+        let day = |row: &Value| row.get("day").and_then(Value::as_i64).and_then(kept::secs);
 
         let accounts = self.paged("accounts", &["accountId"], false, account_list, |row| {
             let last = last_visit(row);
@@ -351,7 +351,11 @@ impl Extractor<'_> {
             },
             |row| {
                 let Some(d) = day(row) else { return Ok(()) };
-                let (events, minutes) = (count(row, "events"), count(row, "minutes"));
+                let narrow = |field: &'static str| {
+                    u32::try_from(count(row, field))
+                        .map_err(|_| super::bad_row("event totals by account and day", field, row))
+                };
+                let (events, minutes) = (narrow("events")?, narrow("minutes")?);
                 with(row, &mut |s, acc| s.facts.sums.push(DaySum { acc, day: d, events, minutes }))
             },
         );
@@ -413,9 +417,11 @@ impl Extractor<'_> {
                     Some("guideAdvanced") => kept::GUIDES_COMPLETED,
                     _ => return Ok(()),
                 };
-                let (Some(v), Some(g), Some(at)) =
-                    (text(row, "visitorId"), text(row, "guideId"), row.get("at").and_then(Value::as_i64))
-                else {
+                let (Some(v), Some(g), Some(at)) = (
+                    text(row, "visitorId"),
+                    text(row, "guideId"),
+                    row.get("at").and_then(Value::as_i64).and_then(kept::secs),
+                ) else {
                     return Ok(());
                 };
                 let key = kept::key_of(&[v, g]);

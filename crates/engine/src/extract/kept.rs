@@ -40,24 +40,37 @@ pub const REREAD_AFTER_MS: i64 = 7 * 86_400_000;
 /// page is a scan of the whole window for Pendo, so a subscription larger than this reads
 /// per-account totals every run instead, as if nothing were kept.
 pub const WHOLE_READ_PAGES: u64 = 4;
-/// Format version of [`UsageState::encode`]; another version is read as no state.
-const VERSION: u64 = 1;
+/// Format version of [`UsageState::encode`]; another version is read as no state (version 1
+/// kept days in milliseconds).
+const VERSION: u64 = 2;
 
-/// One account's events and minutes on one day.
+/// One account's events and minutes on one day (its start in seconds, see [`secs`]).
+///
+/// 16 bytes: a whole read at 100,000 accounts holds 1.6 million of these, and the fields at
+/// 64 bits made them 32. An account's events or minutes on one day beyond 32 bits (four
+/// billion) are refused as a bad row rather than cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct DaySum {
     pub acc: u32,
-    pub day: i64,
-    pub events: u64,
-    pub minutes: u64,
+    pub day: u32,
+    pub events: u32,
+    pub minutes: u32,
 }
 
-/// The last time (a day start once merged) one account's thing was seen.
+/// The last time (seconds; a day start once merged) one account's thing was seen. 16 bytes
+/// (2.5 million of them at 100,000 accounts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Seen {
     pub acc: u32,
+    pub at: u32,
     pub key: u64,
-    pub at: i64,
+}
+
+/// A time as Pendo reports it (ms since the epoch) in whole seconds, as the kept rows hold
+/// it: day starts are whole seconds, so a day keeps its exact start, and an event's time
+/// floored to its second falls in the same day. `None` before 1970 or after 2106.
+pub(super) fn secs(ms: i64) -> Option<u32> {
+    u32::try_from(ms.div_euclid(1000)).ok()
 }
 
 /// The kinds of thing counted distinct, in [`Facts::seen`] order.
@@ -95,7 +108,7 @@ impl Accounts {
 #[derive(Debug, Default)]
 pub(super) struct Facts {
     /// The day starts the day sums show, ascending and distinct once [`Facts::settle`]d.
-    pub days: Vec<i64>,
+    pub days: Vec<u32>,
     pub sums: Vec<DaySum>,
     /// Guide rows carry the event's time until they are placed in a day.
     pub seen: [Vec<Seen>; KINDS],
@@ -130,8 +143,8 @@ pub struct UsageState {
     read_at: i64,
     /// The end of the window it is current to (ms).
     end: i64,
-    /// The window's day starts, ascending, every one of them present.
-    days: Vec<i64>,
+    /// The window's day starts (seconds), ascending, every one of them present.
+    days: Vec<u32>,
     accounts: Accounts,
     sums: Vec<DaySum>,
     seen: [Vec<Seen>; KINDS],
@@ -260,8 +273,8 @@ impl UsageState {
         for s in &self.sums {
             if let Some(u) = out.get_mut(s.acc as usize) {
                 u.active_days += 1;
-                u.events += s.events;
-                u.minutes += s.minutes;
+                u.events += u64::from(s.events);
+                u.minutes += u64::from(s.minutes);
             }
         }
         let mut counts = vec![0u64; n];
@@ -293,10 +306,10 @@ impl UsageState {
             let Some(id) = self.accounts.ids.get(s.acc as usize) else { continue };
             match out.get_mut(id) {
                 Some(days) => {
-                    days.insert(s.day, s.events);
+                    days.insert(i64::from(s.day) * 1000, u64::from(s.events));
                 }
                 None => {
-                    out.insert(id.clone(), BTreeMap::from([(s.day, s.events)]));
+                    out.insert(id.clone(), BTreeMap::from([(i64::from(s.day) * 1000, u64::from(s.events))]));
                 }
             }
         }
@@ -330,21 +343,21 @@ impl UsageState {
         }
         let mut prev = 0i64;
         for d in &self.days {
-            put(w, zigzag(d - prev))?;
-            prev = *d;
+            put(w, zigzag(i64::from(*d) - prev))?;
+            prev = i64::from(*d);
         }
         put(w, self.accounts.ids.len() as u64)?;
         for id in &self.accounts.ids {
             put(w, id.len() as u64)?;
             w.write_all(id.as_bytes())?;
         }
-        let day_no = |d: i64| self.days.binary_search(&d).map(|i| i as u64).map_err(|_| bad());
+        let day_no = |d: u32| self.days.binary_search(&d).map(|i| i as u64).map_err(|_| bad());
         put(w, self.sums.len() as u64)?;
         let mut prev_acc = 0u32;
         for s in &self.sums {
             put(w, u64::from(s.acc.wrapping_sub(prev_acc)))?;
             prev_acc = s.acc;
-            for v in [day_no(s.day)?, s.events, s.minutes] {
+            for v in [day_no(s.day)?, u64::from(s.events), u64::from(s.minutes)] {
                 put(w, v)?;
             }
         }
@@ -381,7 +394,7 @@ impl UsageState {
         let mut prev = 0i64;
         for _ in 0..n_days {
             prev = prev.checked_add(unzigzag(next(r)?))?;
-            days.push(prev);
+            days.push(u32::try_from(prev).ok()?);
         }
         if days.windows(2).any(|w| w[0] >= w[1]) {
             return None;
@@ -408,7 +421,9 @@ impl UsageState {
         let mut prev_acc = 0u32;
         for _ in 0..n_sums {
             prev_acc = acc(prev_acc, next(r)?)?;
-            sums.push(DaySum { acc: prev_acc, day: day(next(r)?)?, events: next(r)?, minutes: next(r)? });
+            let day = day(next(r)?)?;
+            let (events, minutes) = (u32::try_from(next(r)?).ok()?, u32::try_from(next(r)?).ok()?);
+            sums.push(DaySum { acc: prev_acc, day, events, minutes });
         }
         let mut seen: [Vec<Seen>; KINDS] = Default::default();
         for list in &mut seen {
@@ -483,9 +498,12 @@ fn unzigzag(v: u64) -> i64 {
 mod tests {
     use super::*;
 
-    const DAY: i64 = 86_400_000;
+    /// A day in seconds, as the kept rows count time.
+    const DAY: u32 = 86_400;
+    /// A day in ms, as runs give their ends.
+    const DAY_MS: i64 = 86_400_000;
 
-    fn facts(days: std::ops::Range<i64>, rows: &[(u32, i64, u64)], seen: &[(usize, u32, u64, i64)]) -> Facts {
+    fn facts(days: std::ops::Range<u32>, rows: &[(u32, u32, u32)], seen: &[(usize, u32, u64, u32)]) -> Facts {
         let mut f = Facts::default();
         // Every day shows in some account's row, as in a live subscription.
         for d in days {
@@ -518,10 +536,10 @@ mod tests {
                 (GUIDES_SEEN, 2, 9, 1),
             ],
         );
-        let (state, complete) = UsageState::whole(1, 5 * DAY, 5, accounts(), whole);
+        let (state, complete) = UsageState::whole(1, 5 * DAY_MS, 5, accounts(), whole);
         assert!(complete);
         assert_eq!(state.days.len(), 5);
-        let k = state.days_to_read(1, 7 * DAY, 5);
+        let k = state.days_to_read(1, 7 * DAY_MS, 5);
         assert_eq!(k, Some(4));
         // The read gives every row of its days again: b's day 4 too.
         let inc = facts(
@@ -529,7 +547,7 @@ mod tests {
             &[(1, 3, 6), (2, 4, 7), (1, 6, 1)],
             &[(VISITORS, 1, 100, 6 * DAY + 10), (GUIDES_COMPLETED, 1, 8, 5 * DAY)],
         );
-        let merged = state.merge(accounts(), inc, 4, 5, 7 * DAY).unwrap_or_default();
+        let merged = state.merge(accounts(), inc, 4, 5, 7 * DAY_MS).unwrap_or_default();
         let full = facts(
             2..7,
             &[(1, 3, 6), (2, 4, 7), (1, 6, 1)],
@@ -540,7 +558,7 @@ mod tests {
                 (GUIDES_COMPLETED, 1, 8, 5 * DAY),
             ],
         );
-        let expected = UsageState::whole(1, 7 * DAY, 5, accounts(), full).0;
+        let expected = UsageState::whole(1, 7 * DAY_MS, 5, accounts(), full).0;
         assert_eq!(merged.usage(3), expected.usage(3));
         let a = &merged.usage(3)[1];
         // Day 0's 10 events left the window; day 3 was replaced by its late total.
@@ -552,13 +570,13 @@ mod tests {
     #[test]
     fn a_merge_grows_the_day_sums_by_the_read_only() {
         let whole = facts(0..5, &[(1, 0, 10), (1, 3, 5), (2, 4, 7)], &[]);
-        let state = UsageState::whole(1, 5 * DAY, 5, accounts(), whole).0;
+        let state = UsageState::whole(1, 5 * DAY_MS, 5, accounts(), whole).0;
         // As a run has it: decoded, every list exactly as long as it is.
         let state = UsageState::decode(&state.encode().unwrap_or_default()).unwrap_or_default();
         assert_eq!(state.sums.capacity(), state.sums.len());
         // More rows than the days leaving the window: the kept list must grow.
         let inc = facts(3..7, &[(1, 3, 6), (2, 4, 7), (1, 5, 1), (2, 5, 1), (1, 6, 1), (2, 6, 1)], &[]);
-        let merged = state.merge(accounts(), inc, 4, 5, 7 * DAY).unwrap_or_default();
+        let merged = state.merge(accounts(), inc, 4, 5, 7 * DAY_MS).unwrap_or_default();
         assert!(merged.sums.len() > 8);
         // By exactly what it needs, not to twice its size (the largest list of a state).
         assert_eq!(merged.sums.capacity(), merged.sums.len());
@@ -566,27 +584,27 @@ mod tests {
 
     #[test]
     fn reads_that_do_not_fit_ask_for_a_whole_read() {
-        let state = UsageState::whole(1, 5 * DAY, 5, accounts(), facts(0..5, &[], &[])).0;
+        let state = UsageState::whole(1, 5 * DAY_MS, 5, accounts(), facts(0..5, &[], &[])).0;
         // Another basis, a state read whole too long ago, a clock gone back.
-        assert_eq!(state.days_to_read(2, 6 * DAY, 5), None);
-        assert_eq!(state.days_to_read(1, 5 * DAY + REREAD_AFTER_MS, 30), None);
-        assert_eq!(state.days_to_read(1, 4 * DAY, 5), None);
+        assert_eq!(state.days_to_read(2, 6 * DAY_MS, 5), None);
+        assert_eq!(state.days_to_read(1, 5 * DAY_MS + REREAD_AFTER_MS, 30), None);
+        assert_eq!(state.days_to_read(1, 4 * DAY_MS, 5), None);
         // Too many days since: the window whole.
-        assert_eq!(state.days_to_read(1, 8 * DAY, 5), None);
+        assert_eq!(state.days_to_read(1, 8 * DAY_MS, 5), None);
         // A day of the read without rows.
         let mut gap = facts(3..7, &[], &[]);
         gap.sums.retain(|s| s.day != 5 * DAY);
-        assert!(state.clone().merge(accounts(), gap, 4, 5, 7 * DAY).is_none());
+        assert!(state.clone().merge(accounts(), gap, 4, 5, 7 * DAY_MS).is_none());
         // A read that does not reach back to the kept newest day.
-        assert!(state.clone().merge(accounts(), facts(5..8, &[], &[]), 3, 5, 8 * DAY).is_none());
+        assert!(state.clone().merge(accounts(), facts(5..8, &[], &[]), 3, 5, 8 * DAY_MS).is_none());
         // Shared days cut at other hours (the subscription's timezone changed).
         let mut moved = facts(3..7, &[], &[]);
-        moved.sums.iter_mut().for_each(|s| s.day += 3_600_000);
-        assert!(state.clone().merge(accounts(), moved, 4, 5, 7 * DAY).is_none());
+        moved.sums.iter_mut().for_each(|s| s.day += 3_600);
+        assert!(state.clone().merge(accounts(), moved, 4, 5, 7 * DAY_MS).is_none());
         // A whole read with a day missing seeds nothing.
         let mut holed = facts(0..5, &[], &[]);
         holed.sums.retain(|s| s.day != 2 * DAY);
-        let (holed, complete) = UsageState::whole(1, 5 * DAY, 5, accounts(), holed);
+        let (holed, complete) = UsageState::whole(1, 5 * DAY_MS, 5, accounts(), holed);
         assert!(!complete);
         // Its figures are still the read's.
         assert_eq!(holed.usage(0)[0].active_days, 4);
@@ -596,12 +614,12 @@ mod tests {
     fn encoding_round_trips_and_damage_reads_as_none() {
         let state = UsageState::whole(
             7,
-            5 * DAY,
+            5 * DAY_MS,
             5,
             accounts(),
             facts(
                 0..5,
-                &[(1, 2, 3), (2, 4, 1 << 40)],
+                &[(1, 2, 3), (2, 4, u32::MAX)],
                 &[(FEATURES, 2, u64::MAX, 4 * DAY), (VISITORS, 1, 3, 2 * DAY + 1)],
             ),
         )
@@ -609,10 +627,21 @@ mod tests {
         let bytes = state.encode().unwrap_or_default();
         let back = UsageState::decode(&bytes).unwrap_or_default();
         assert_eq!(back.usage(2), state.usage(2));
-        assert_eq!((back.basis, back.read_at, back.end, &back.days), (7, 5 * DAY, 5 * DAY, &state.days));
+        assert_eq!((back.basis, back.read_at, back.end, &back.days), (7, 5 * DAY_MS, 5 * DAY_MS, &state.days));
         assert_eq!(back.seen, state.seen);
         assert!(UsageState::decode(b"not deflate!").is_none());
         assert!(UsageState::decode(&bytes[..bytes.len() / 2]).is_none());
+    }
+
+    #[test]
+    fn rows_are_sixteen_bytes_and_times_whole_seconds() {
+        assert_eq!(std::mem::size_of::<DaySum>(), 16);
+        assert_eq!(std::mem::size_of::<Seen>(), 16);
+        assert_eq!(secs(1_767_225_600_000), Some(1_767_225_600));
+        // An event's time is floored to its second: still in the day it fell in.
+        assert_eq!(secs(1_767_225_599_999), Some(1_767_225_599));
+        assert_eq!(secs(-1), None);
+        assert_eq!(secs((i64::from(u32::MAX) + 1) * 1000), None);
     }
 
     #[test]
