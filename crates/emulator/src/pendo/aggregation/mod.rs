@@ -111,14 +111,25 @@ fn run_sync(state: &PendoState, q: &Query) -> ApiResult<Vec<u8>> {
     }
     let app_ids: Vec<i64> = store.apps.iter().map(|(id, _)| *id).collect();
     let ctx = row::Ctx { store: &store, period, tz_ms: q.tz_ms, now: q.now, app_ids, count_distinct: q.count_distinct };
-    let results: Vec<super::val::Val> = rows.iter().map(|r| super::val::Val::Obj(r.materialize(&ctx))).collect();
+    // Each row is built as it is written and dropped after: a page of a million rows never
+    // exists as a million row objects beside its bytes.
+    struct Results<'a> {
+        rows: &'a [row::Row],
+        ctx: &'a row::Ctx<'a>,
+    }
+    impl serde::Serialize for Results<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.rows.iter().map(|r| super::val::Val::Obj(r.materialize(self.ctx))))
+        }
+    }
     #[derive(serde::Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Resp<'a> {
         start_time: i64,
-        results: &'a [super::val::Val],
+        results: Results<'a>,
     }
-    serde_json::to_vec(&Resp { start_time: start.unwrap_or(q.now), results: &results })
+    let results = Results { rows: &rows, ctx: &ctx };
+    serde_json::to_vec(&Resp { start_time: start.unwrap_or(q.now), results })
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding results: {e}")))
 }
 
