@@ -116,13 +116,11 @@ pub(crate) async fn match_accounts(
         _ => None,
     });
     let fields = accounts::Fields { external, website, child };
-    let read;
-    let facts = match facts {
-        Facts::Read(facts) => facts,
-        Facts::Lazy(extractor) => {
-            read = extractor.account_facts(&metadata_fields(&config.matching)).await?;
-            &read[..]
-        }
+    // The facts as one owned list, extended below: read lazily they are this run's own, and
+    // only facts another stage read are copied.
+    let mut all_facts: Vec<AccountFacts> = match facts {
+        Facts::Read(facts) => facts.to_vec(),
+        Facts::Lazy(extractor) => extractor.account_facts(&metadata_fields(&config.matching)).await?,
     };
     let rows = accounts::read(ctx, fields, budget).await?;
     let links: BTreeMap<String, String> =
@@ -134,14 +132,14 @@ pub(crate) async fn match_accounts(
         .filter_map(|e| Some((e.pendo_id.clone(), e.salesforce_id.clone()?)))
         .collect();
     // Accounts with usage but no facts (no visitors with metadata) still get the id rules.
-    let mut all_facts: Vec<AccountFacts> = facts.to_vec();
-    let known: HashSet<&str> = facts.iter().map(|f| f.account_id.as_str()).collect();
-    all_facts.extend(
-        usage
-            .iter()
-            .filter(|u| !known.contains(u.account_id.as_str()))
-            .map(|u| AccountFacts { account_id: u.account_id.clone(), ..Default::default() }),
-    );
+    let known: HashSet<&str> = all_facts.iter().map(|f| f.account_id.as_str()).collect();
+    let silent: Vec<AccountFacts> = usage
+        .iter()
+        .filter(|u| !known.contains(u.account_id.as_str()))
+        .map(|u| AccountFacts { account_id: u.account_id.clone(), ..Default::default() })
+        .collect();
+    drop(known);
+    all_facts.extend(silent);
     let outcomes = super::match_all(&rules(config), &all_facts, &accounts, &pins);
     if !dry_run {
         let entries: Vec<IdMapEntry> =

@@ -603,7 +603,7 @@ pub struct IdMapEntry {
 pub trait IdMapStore {
     fn id_map(&self, workflow: &str) -> StoreFuture<'_, Vec<IdMapEntry>>;
     /// Upserts; an existing pinned entry is only replaced by an incoming pinned entry.
-    fn put_id_map(&self, entries: &[IdMapEntry]) -> StoreFuture<'_, ()>;
+    fn put_id_map<'a>(&'a self, entries: &'a [IdMapEntry]) -> StoreFuture<'a, ()>;
     fn pin_match(&self, workflow: &str, pendo_id: &str, salesforce_id: &str) -> StoreFuture<'_, ()>;
     fn unpin_match(&self, workflow: &str, pendo_id: &str) -> StoreFuture<'_, ()>;
     /// Ambiguous and Unmatched entries, for a person to review.
