@@ -62,21 +62,29 @@ pub type Written = crate::store::Fingerprints;
 /// `always` names fields that ride along only when something else changed (a "last updated"
 /// stamp): they never cause a write on their own.
 pub fn diff(written: &Written, desired: &Desired, always: &[(String, Value)]) -> Option<Change> {
+    let differs = |(field, value): &(String, Value)| {
+        let print = fingerprint(value);
+        (written.get(&desired.salesforce_id, field) != Some(print)).then_some(print)
+    };
+    // Nothing is allocated for a record that needs no write, and a change's lists are sized
+    // once: grown by doubling they held half again what they used (a first run holds a change
+    // per matched record).
+    let (first, print) = desired.fields.iter().enumerate().find_map(|(i, f)| Some((i, differs(f)?)))?;
+    let room = desired.fields.len() - first + always.len();
     let mut change = Change {
         key: desired.key.clone(),
         salesforce_id: desired.salesforce_id.clone(),
-        fields: vec![],
-        prints: vec![],
+        fields: Vec::with_capacity(room),
+        prints: Vec::with_capacity(room),
     };
-    for (field, value) in &desired.fields {
-        let print = fingerprint(value);
-        if written.get(&desired.salesforce_id, field) != Some(print) {
+    let (field, value) = &desired.fields[first];
+    change.fields.push((field.clone(), value.clone()));
+    change.prints.push((field.clone(), print));
+    for f @ (field, value) in &desired.fields[first + 1..] {
+        if let Some(print) = differs(f) {
             change.fields.push((field.clone(), value.clone()));
             change.prints.push((field.clone(), print));
         }
-    }
-    if change.fields.is_empty() {
-        return None;
     }
     for (field, value) in always {
         change.prints.push((field.clone(), fingerprint(value)));
@@ -102,6 +110,22 @@ mod tests {
         for (f, p) in &change.prints {
             written.insert(&change.salesforce_id, f, *p);
         }
+    }
+
+    #[test]
+    fn a_change_is_sized_once() {
+        let written = Written::default();
+        let stamp = vec![("Updated__c".to_string(), json!("2026-12-07"))];
+        let mut d = desired(3, 0.5);
+        d.fields.extend([
+            ("Minutes__c".into(), json!(7)),
+            ("Visitors__c".into(), json!(2)),
+            ("Days__c".into(), json!(1)),
+        ]);
+        let c = diff(&written, &d, &stamp).unwrap_or_else(|| panic!("every field is new"));
+        // Grown by doubling, six entries took room for eight.
+        assert_eq!((c.fields.len(), c.fields.capacity()), (6, 6));
+        assert_eq!((c.prints.len(), c.prints.capacity()), (6, 6));
     }
 
     #[test]
