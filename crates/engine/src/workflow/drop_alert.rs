@@ -176,7 +176,8 @@ async fn body(
     let extractor = ctx.extractor();
     let core = CoreFeatures::configured(&config.accounts.core_features);
     let window = workflow.window(now);
-    let current = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;
+    let current =
+        super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run, false).await?.0;
     let previous = extractor.engagement(&window.before(), &core).await?;
     meter.step("extract", None);
 

@@ -73,7 +73,7 @@ async fn body(
     let extractor = ctx.extractor();
     let window = workflow.window(now);
     let core = CoreFeatures::configured(&config.core_features);
-    let usage = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;
+    let usage = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run, false).await?.0;
     meter.step("extract", None);
 
     step("Matching accounts", None);

@@ -75,7 +75,7 @@ async fn body(
     let window = workflow.window(now);
     let core = CoreFeatures::configured(&config.accounts.core_features);
     let (usage, kept) =
-        super::usage::gather_with_state(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;
+        super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run, true).await?;
     let mut feature_visitors: HashMap<&str, BTreeMap<String, u64>> = HashMap::new();
     // The features' names, so the text people read names them rather than showing Pendo ids.
     let mut feature_names = HashMap::new();

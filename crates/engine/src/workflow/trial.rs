@@ -101,7 +101,7 @@ async fn body(
     let extractor = ctx.extractor();
     let core = CoreFeatures::configured(&config.accounts.core_features);
     let window = workflow.window(now);
-    let usage = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run).await?;
+    let usage = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run, false).await?.0;
     let drop_offs = match (&config.fields.drop_off_step, &config.onboarding_guide) {
         (Some(_), Some(guide)) => extractor.drop_off_steps(&window, guide).await?,
         _ => BTreeMap::new(),

@@ -13,32 +13,11 @@ use super::{Context, RunError};
 /// The name the state is kept under, per workflow.
 const KEPT: &str = "engagement";
 
-/// Per-account engagement over `window`, bringing the workflow's kept state up to date.
+/// Per-account engagement over `window`, bringing the workflow's kept state up to date; with
+/// `hold`, the state too when one is kept (a template that needs the day sums reads them from it
+/// rather than asking Pendo again). Without, the state goes once encoded, before the save copies
+/// its bytes again.
 pub(crate) async fn gather(
-    ctx: &Context,
-    workflow: &str,
-    extractor: &Extractor<'_>,
-    window: &Window,
-    core: &CoreFeatures,
-    dry_run: bool,
-) -> Result<Vec<AccountUsage>, RunError> {
-    Ok(gather_state(ctx, workflow, extractor, window, core, dry_run, false).await?.0)
-}
-
-/// [`gather`], and the state too when one is kept: a template that needs the day sums reads
-/// them from it rather than asking Pendo again.
-pub(crate) async fn gather_with_state(
-    ctx: &Context,
-    workflow: &str,
-    extractor: &Extractor<'_>,
-    window: &Window,
-    core: &CoreFeatures,
-    dry_run: bool,
-) -> Result<(Vec<AccountUsage>, Option<UsageState>), RunError> {
-    gather_state(ctx, workflow, extractor, window, core, dry_run, true).await
-}
-
-async fn gather_state(
     ctx: &Context,
     workflow: &str,
     extractor: &Extractor<'_>,

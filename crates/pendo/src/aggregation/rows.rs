@@ -253,21 +253,13 @@ impl RowSplitter {
         each: &mut dyn FnMut(Value) -> Result<(), E>,
     ) -> Result<(), Stop<E>> {
         if kind == RowKind::Scalar && matches!(b, b',' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
-            self.end_row(each)?;
-            self.at = At::Between { after_row: true, after_comma: false };
+            self.row_done(each)?;
             return self.byte(b, each);
         }
         self.row.push(b);
         if self.in_str {
-            if self.escaped {
-                self.escaped = false;
-            } else if b == b'\\' {
-                self.escaped = true;
-            } else if b == b'"' {
-                self.in_str = false;
-                if kind == RowKind::Str {
-                    return self.row_done(each);
-                }
+            if self.string_ends(b) && kind == RowKind::Str {
+                return self.row_done(each);
             }
             return Ok(());
         }
@@ -298,19 +290,27 @@ impl RowSplitter {
         each(row).map_err(Stop::Caller)
     }
 
+    /// A byte inside a string: whether it closes the string.
+    fn string_ends(&mut self, b: u8) -> bool {
+        if self.escaped {
+            self.escaped = false;
+        } else if b == b'\\' {
+            self.escaped = true;
+        } else if b == b'"' {
+            self.in_str = false;
+            return true;
+        }
+        false
+    }
+
     fn rest_byte(&mut self, b: u8) {
         self.rest.push(b);
         if self.in_str {
-            if self.escaped {
-                self.escaped = false;
-            } else if b == b'\\' {
-                self.escaped = true;
-            } else if b == b'"' {
-                self.in_str = false;
-                if let Some(start) = self.key_start.take() {
-                    self.results_next = &self.rest[start..] == b"\"results\"";
-                    self.expect_key = false;
-                }
+            if self.string_ends(b)
+                && let Some(start) = self.key_start.take()
+            {
+                self.results_next = &self.rest[start..] == b"\"results\"";
+                self.expect_key = false;
             }
             return;
         }
