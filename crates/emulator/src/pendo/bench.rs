@@ -179,13 +179,20 @@ pub fn results_with(
     Ok((out.rows.iter().map(|r| super::val::Val::Obj(r.materialize(&ctx)).to_json()).collect(), out.scanned))
 }
 
-/// The pipelines the engine's extraction sends (engagement, then facts), as
-/// `(name, key, overlap, stages after the keyset filter)` plus the source stage.
-fn extraction_queries(
-    end_ms: i64,
-    core: &[String],
-    last_steps: &[String],
-) -> Vec<(String, &'static str, bool, Vec<serde_json::Value>)> {
+/// One query of the engine's extraction: its name, the keys its pages are sorted and resumed on,
+/// whether the next page starts at (rather than after) the last row's first key, and its stages
+/// after the keyset filter, the source stage first.
+struct Paged {
+    name: &'static str,
+    sort: Vec<&'static str>,
+    overlap: bool,
+    stages: Vec<serde_json::Value>,
+}
+
+/// The pipelines the engine's extraction sends: the per-day and per-thing rows a first run of
+/// engagement keeps between runs, the per-account totals it reads when it keeps nothing, then
+/// the facts matching reads.
+fn extraction_queries(end_ms: i64, core: &[String], last_steps: &[String]) -> Vec<Paged> {
     let ts = json!({"period": "dayRange", "first": end_ms, "count": -30});
     let all = json!({"appId": "expandAppIds(\"*\")"});
     let any = |field: &str, vals: &[String]| {
@@ -199,57 +206,103 @@ fn extraction_queries(
     } else {
         format!("((type == \"guideSeen\") || ((type == \"guideAdvanced\") && ({})))", any("guideStepId", last_steps))
     };
-    let mut q = vec![
-        (
-            "accounts".to_string(),
-            "accountId",
+    let q = |name, sort: &[&'static str], overlap, stages| Paged { name, sort: sort.to_vec(), overlap, stages };
+    let events = json!({"source": {"events": all, "timeSeries": ts}});
+    let features = json!({"source": {"featureEvents": all, "timeSeries": ts}});
+    let guides = json!({"source": {"guideEvents": all, "timeSeries": ts}});
+    let mut out = vec![
+        q(
+            "accounts",
+            &["accountId"],
             false,
             vec![
                 json!({"source": {"accounts": null}}),
                 json!({"select": {"accountId": "accountId", "lastvisit": "metadata.auto.lastvisit"}}),
             ],
         ),
-        (
-            "event totals by day".to_string(),
-            "accountId",
+        q(
+            "event totals by account and day",
+            &["accountId", "day"],
             false,
             vec![
-                json!({"source": {"events": all, "timeSeries": ts}}),
+                events.clone(),
                 json!({"group": {"group": ["accountId", "day"], "fields": {"events": {"sum": "numEvents"}, "minutes": {"sum": "numMinutes"}}}}),
-                json!({"group": {"group": ["accountId"], "fields": {"days": {"count": "day"}, "events": {"sum": "events"}, "minutes": {"sum": "minutes"}}}}),
             ],
         ),
-        (
-            "active visitors".to_string(),
-            "accountId",
+        q(
+            "active visitors by day last seen",
+            &["accountId", "visitorId"],
             false,
             vec![
-                json!({"source": {"events": all, "timeSeries": ts}}),
+                events.clone(),
                 json!({"identified": "visitorId"}),
-                json!({"group": {"group": ["accountId", "visitorId"], "fields": {}}}),
-                json!({"group": {"group": ["accountId"], "fields": {"visitors": {"count": "visitorId"}}}}),
+                json!({"group": {"group": ["accountId", "visitorId"], "fields": {"day": {"max": "day"}}}}),
             ],
         ),
     ];
     if !core.is_empty() {
-        q.push((
-            "core features used".to_string(),
-            "accountId",
+        out.push(q(
+            "core features by day last used",
+            &["accountId", "featureId"],
             false,
             vec![
-                json!({"source": {"featureEvents": all, "timeSeries": ts}}),
+                features.clone(),
+                json!({"filter": any("featureId", core)}),
+                json!({"group": {"group": ["accountId", "featureId"], "fields": {"day": {"max": "day"}}}}),
+            ],
+        ));
+    }
+    out.push(q(
+        "guides by time last seen and completed",
+        &["accountId", "visitorId", "guideId", "type"],
+        false,
+        vec![
+            guides.clone(),
+            json!({"identified": "visitorId"}),
+            json!({"filter": relevant.clone()}),
+            json!({"group": {"group": ["accountId", "visitorId", "guideId", "type"], "fields": {"at": {"max": "browserTime"}}}}),
+        ],
+    ));
+    out.push(q(
+        "event totals by day",
+        &["accountId"],
+        false,
+        vec![
+            events.clone(),
+            json!({"group": {"group": ["accountId", "day"], "fields": {"events": {"sum": "numEvents"}, "minutes": {"sum": "numMinutes"}}}}),
+            json!({"group": {"group": ["accountId"], "fields": {"days": {"count": "day"}, "events": {"sum": "events"}, "minutes": {"sum": "minutes"}}}}),
+        ],
+    ));
+    out.push(q(
+        "active visitors",
+        &["accountId"],
+        false,
+        vec![
+            events,
+            json!({"identified": "visitorId"}),
+            json!({"group": {"group": ["accountId", "visitorId"], "fields": {}}}),
+            json!({"group": {"group": ["accountId"], "fields": {"visitors": {"count": "visitorId"}}}}),
+        ],
+    ));
+    if !core.is_empty() {
+        out.push(q(
+            "core features used",
+            &["accountId"],
+            false,
+            vec![
+                features,
                 json!({"filter": any("featureId", core)}),
                 json!({"group": {"group": ["accountId", "featureId"], "fields": {}}}),
                 json!({"group": {"group": ["accountId"], "fields": {"features": {"count": "featureId"}}}}),
             ],
         ));
     }
-    q.push((
-        "guides seen and completed".to_string(),
-        "accountId",
+    out.push(q(
+        "guides seen and completed",
+        &["accountId", "type"],
         true,
         vec![
-            json!({"source": {"guideEvents": all, "timeSeries": ts}}),
+            guides,
             json!({"identified": "visitorId"}),
             json!({"filter": relevant}),
             json!({"group": {"group": ["accountId", "visitorId", "guideId", "type"], "fields": {}}}),
@@ -257,18 +310,18 @@ fn extraction_queries(
             json!({"group": {"group": ["accountId", "type"], "fields": {"pairs": {"sum": "one"}}}}),
         ],
     ));
-    q.push((
-        "account metadata".to_string(),
-        "accountId",
+    out.push(q(
+        "account metadata",
+        &["accountId"],
         false,
         vec![
             json!({"source": {"accounts": null}}),
             json!({"select": {"accountId": "accountId", "m0": "metadata.custom.sfdcaccountid"}}),
         ],
     ));
-    q.push((
-        "visitor e-mails".to_string(),
-        "visitorId",
+    out.push(q(
+        "visitor e-mails",
+        &["visitorId"],
         false,
         vec![
             json!({"source": {"visitors": {"identified": true}}}),
@@ -276,7 +329,16 @@ fn extraction_queries(
                 "accountIds": "metadata.auto.accountids", "email": "metadata.agent.email"}}),
         ],
     ));
-    q
+    out
+}
+
+/// The engine's keyset condition: rows after `last` on `keys` compared in order, or with
+/// `overlap` rows at or after the last row's first key.
+fn keyset(keys: &[&str], last: &[serde_json::Value], overlap: bool) -> String {
+    let mut pairs = keys.iter().zip(last).rev();
+    let Some((k, v)) = pairs.next() else { return "true".into() };
+    let first = format!("({k} {} {v})", if overlap { ">=" } else { ">" });
+    pairs.fold(first, |rest, (k, v)| format!("(({k} > {v}) || (({k} == {v}) && {rest}))"))
 }
 
 /// Runs the engine's extraction queries against `store`, keyset-paged with `page_rows` rows per
@@ -301,19 +363,18 @@ pub fn extraction(
         store.guides.iter().filter_map(|g| g.step_ids.last().map(|s| s.to_string())).collect();
     let only = std::env::var("EXTRACT_ONLY").ok();
     let mut out = Vec::new();
-    for (name, key, overlap, stages) in extraction_queries(end_ms, &core, &last_steps) {
+    for Paged { name, sort, overlap, stages } in extraction_queries(end_ms, &core, &last_steps) {
         if only.as_deref().is_some_and(|o| !name.contains(o)) {
             continue;
         }
-        let sort: Vec<&str> = if name.starts_with("guides") { vec![key, "type"] } else { vec![key] };
-        let mut last: Option<String> = None;
+        let keys = if overlap { &sort[..1] } else { &sort[..] };
+        let mut last: Option<Vec<serde_json::Value>> = None;
         let mut all_rows = Vec::new();
         let (mut pages, mut total, mut slowest) = (0, 0.0f64, 0.0f64);
         loop {
             let mut p = vec![stages[0].clone()];
             if let Some(l) = &last {
-                let op = if overlap { ">=" } else { ">" };
-                p.push(json!({"filter": format!("({key} {op} {})", serde_json::Value::from(l.as_str()))}));
+                p.push(json!({"filter": keyset(keys, l, overlap)}));
             }
             p.extend(stages[1..].iter().cloned());
             p.push(json!({"sort": sort}));
@@ -325,19 +386,23 @@ pub fn extraction(
             total += ms;
             slowest = slowest.max(ms);
             let full = page.len() >= page_rows;
-            let next = page.last().and_then(|r| r.get(key)).and_then(|v| v.as_str()).map(str::to_string);
+            let next: Option<Vec<serde_json::Value>> =
+                page.last().and_then(|r| keys.iter().map(|k| r.get(*k).cloned()).collect());
             all_rows.extend(page);
             if !full {
                 break;
             }
             let Some(next) = next else { break };
-            if overlap && last.as_deref() == Some(next.as_str()) {
-                return Err(format!("{name}: stuck at {next}"));
+            if overlap && last.as_ref() == Some(&next) {
+                return Err(format!("{name}: stuck at {next:?}"));
             }
             last = Some(next);
         }
         let rows = all_rows.len();
-        out.push((PagedTiming { name, pages, rows, total_ms: total, slowest_page_ms: slowest }, all_rows));
+        out.push((
+            PagedTiming { name: name.to_string(), pages, rows, total_ms: total, slowest_page_ms: slowest },
+            all_rows,
+        ));
     }
     Ok(out)
 }

@@ -190,6 +190,58 @@ fn grouping_pipeline(g: &Grouping) -> J {
     J::Array(p)
 }
 
+/// One group, then a sort (on its keys, mostly, either way; now and then on a field, which the
+/// fast path leaves to the general one) and perhaps a limit: a keyset page of a group.
+#[derive(Debug, Clone)]
+struct SortedGroup {
+    group: Grouping,
+    sort: Vec<(usize, bool)>,
+    on_field: bool,
+}
+
+fn sorted_group() -> impl Strategy<Value = SortedGroup> {
+    (grouping(), prop::collection::vec((0..6usize, any::<bool>()), 1..4), prop::bool::weighted(0.1))
+        .prop_map(|(group, sort, on_field)| SortedGroup { group, sort, on_field })
+}
+
+fn sorted_group_pipeline(q: &SortedGroup) -> J {
+    let mut p = match grouping_pipeline(&Grouping {
+        keys2: Vec::new(),
+        fields2: Vec::new(),
+        sort_limit: None,
+        eval: false,
+        ..q.group.clone()
+    }) {
+        J::Array(p) => p,
+        _ => unreachable!("a pipeline is a list"),
+    };
+    // Drop the second group: this is one group and its page.
+    p.pop();
+    let group = &p[p.len() - 1]["group"];
+    let keys: Vec<String> =
+        group["group"].as_array().into_iter().flatten().filter_map(|k| k.as_str().map(str::to_string)).collect();
+    let fields: Vec<String> = group["fields"].as_object().into_iter().flat_map(|f| f.keys().cloned()).collect();
+    let mut sort: Vec<J> = q
+        .sort
+        .iter()
+        .filter_map(|&(k, desc)| {
+            keys.get(k % keys.len().max(1)).map(|k| J::from(if desc { format!("-{k}") } else { k.clone() }))
+        })
+        .collect();
+    if q.on_field
+        && let Some(f) = fields.first()
+    {
+        sort.push(J::from(f.clone()));
+    }
+    if !sort.is_empty() {
+        p.push(json!({"sort": sort}));
+    }
+    if let Some(n) = q.group.sort_limit {
+        p.push(json!({"limit": n}));
+    }
+    J::Array(p)
+}
+
 #[derive(Debug, Clone)]
 struct EntityQuery {
     visitors: bool,
@@ -274,6 +326,11 @@ proptest! {
     }
 
     #[test]
+    fn sorted_pages_of_a_group_match_the_plain_path(q in sorted_group()) {
+        run_both(&sorted_group_pipeline(&q), q.group.count_distinct);
+    }
+
+    #[test]
     fn entity_queries_match_the_plain_path(q in entity_query()) {
         run_both(&entity_pipeline(&q), true);
     }
@@ -332,7 +389,7 @@ fn the_engines_paged_extraction_matches_the_plain_path_at_any_page_size() {
         let plain = extraction(s, ANCHOR, page, false);
         match (fast, plain) {
             (Ok(f), Ok(p)) => {
-                assert_eq!(f.len(), 7);
+                assert_eq!(f.len(), 11);
                 for ((tf, rf), (_, rp)) in f.iter().zip(&p) {
                     assert!(!rp.is_empty(), "{} returned nothing", tf.name);
                     assert_eq!(rf, rp, "{} at {page} rows a page", tf.name);

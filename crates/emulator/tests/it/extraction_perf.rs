@@ -1,6 +1,7 @@
 //! Timing of the engine's extraction queries against a generated store, paged as the engine pages
 //! them. Ignored: run with `EXTRACT_ACCOUNTS=100000 cargo test --release -p emulator --test it
-//! extraction_perf -- --ignored --nocapture`.
+//! extraction_perf -- --ignored --nocapture` (`EXTRACT_PAGE` rows a page, 100,000 unless set;
+//! `EXTRACT_ONLY` a part of one query's name).
 
 use emulator::pendo::GenConfig;
 use emulator::pendo::bench::extraction;
@@ -23,9 +24,10 @@ fn extraction_timing() {
         store.guide_events.len()
     );
     let repeat: usize = std::env::var("EXTRACT_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    let mut fast = extraction(&store, anchor, 100_000, true).unwrap();
+    let page: usize = std::env::var("EXTRACT_PAGE").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let mut fast = extraction(&store, anchor, page, true).unwrap();
     for _ in 1..repeat {
-        fast = extraction(&store, anchor, 100_000, true).unwrap();
+        fast = extraction(&store, anchor, page, true).unwrap();
     }
     let mut total = 0.0;
     for (t, _) in &fast {
@@ -37,7 +39,7 @@ fn extraction_timing() {
     }
     println!("all queries: {total:.1} ms");
     if compare {
-        let plain = extraction(&store, anchor, 100_000, false).unwrap();
+        let plain = extraction(&store, anchor, page, false).unwrap();
         for ((a, ra), (b, rb)) in fast.iter().zip(&plain) {
             println!("{:<28} plain total {:>9.1} ms", b.name, b.total_ms);
             assert_eq!(ra, rb, "{} differs from the plain path", a.name);

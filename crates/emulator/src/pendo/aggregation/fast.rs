@@ -5,7 +5,9 @@
 //! within a second or two; any other shape falls back to the general path in `ops`.
 //!
 //! A group of a group's result ([`group_of_group`]) is computed on the first group's codes, so
-//! the millions of intermediate rows (one per account and day, say) are never built.
+//! the millions of intermediate rows (one per account and day, say) are never built. A keyset
+//! page of a group (a sort on its keys and a limit, [`group_sorted`]) is ordered on the codes'
+//! ranks, so only the rows the page holds are built.
 
 use std::sync::Arc;
 
@@ -189,8 +191,25 @@ type Key = [i64; MAX_KEYS];
 /// small (account index by day, say), else a hash map. Group numbers are handed out in
 /// first-seen order either way.
 enum Index {
-    Dense { slots: Vec<u32>, lo: Key, mult: Key, n: usize },
-    Packed { map: FxMap<u128, u32>, lo: Key, shift: [u32; MAX_KEYS], n: usize },
+    Dense {
+        slots: Vec<u32>,
+        lo: Key,
+        mult: Key,
+        n: usize,
+    },
+    /// Keys that pack into 64 bits hash faster than into 128 (an account and a visitor index).
+    Packed64 {
+        map: FxMap<u64, u32>,
+        lo: Key,
+        shift: [u32; MAX_KEYS],
+        n: usize,
+    },
+    Packed {
+        map: FxMap<u128, u32>,
+        lo: Key,
+        shift: [u32; MAX_KEYS],
+        n: usize,
+    },
     Hash(FxMap<Key, u32>),
 }
 
@@ -223,6 +242,7 @@ impl Index {
         }
         match total {
             Some(total) => Index::Dense { slots: vec![u32::MAX; total], lo: *lo, mult, n },
+            None if bits <= 64 => Index::Packed64 { map: FxMap::default(), lo: *lo, shift, n },
             None if bits <= 128 => Index::Packed { map: FxMap::default(), lo: *lo, shift, n },
             None => Index::Hash(FxMap::default()),
         }
@@ -242,6 +262,13 @@ impl Index {
                     *s = next;
                 }
                 *s
+            }
+            Index::Packed64 { map, lo, shift, n } => {
+                let mut packed = 0u64;
+                for k in 0..*n {
+                    packed |= ((key[k] - lo[k]) as u64) << shift[k];
+                }
+                *map.entry(packed).or_insert(next)
             }
             Index::Packed { map, lo, shift, n } => {
                 let mut packed = 0u128;
@@ -286,6 +313,156 @@ pub fn group(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggFiel
         })
         .collect();
     Some(out)
+}
+
+/// A group followed by a sort on some of its keys, and perhaps a limit (a keyset page): the
+/// groups are ordered on their codes' ranks and only the rows the limit keeps are built. The
+/// rows, in the order, that building every group's row, sorting them (stably) and cutting them
+/// would give; `None` where the columnar group does not apply or the sort reads anything but
+/// the group's keys.
+pub fn group_sorted(
+    ctx: &Ctx,
+    rows: &[Row],
+    (keys, fields): (&[(String, Path)], &[AggField]),
+    sort: &[(Path, bool)],
+    limit: Option<usize>,
+) -> Option<Vec<Row>> {
+    let plain = |n: &str| !n.is_empty() && !n.contains(['.', '[', ']']);
+    let mut names: Vec<&str> =
+        keys.iter().map(|(n, _)| n.as_str()).chain(fields.iter().map(|f| f.out.as_str())).collect();
+    let width = names.len();
+    if !names.iter().all(|n| plain(n)) || sort.is_empty() || sort.len() > MAX_KEYS {
+        return None;
+    }
+    names.sort_unstable();
+    names.dedup();
+    if names.len() != width {
+        return None;
+    }
+    let on: Vec<(usize, bool)> = sort
+        .iter()
+        .map(|(p, desc)| {
+            p.rest.is_empty().then(|| keys.iter().position(|(n, _)| *n == p.head)).flatten().map(|k| (k, *desc))
+        })
+        .collect::<Option<_>>()?;
+    let g = group_codes(ctx, rows, keys, fields)?;
+    let nk = g.key_codes.len();
+    // Each sorted key's codes ranked by the values they decode to, equal values equal ranks.
+    let ranks: Vec<Ranks> = on.iter().map(|&(k, _)| Ranks::new(ctx, &g, k)).collect();
+    // Ties keep first-seen order, as a stable sort of the built rows would.
+    let mut order: Vec<([u32; MAX_KEYS], u32)> = (0..g.groups)
+        .map(|gi| {
+            let mut key = [0u32; MAX_KEYS];
+            for (slot, (&(k, desc), rank)) in key.iter_mut().zip(on.iter().zip(&ranks)) {
+                let r = rank.of(g.keys[gi * nk + k]);
+                *slot = if desc { u32::MAX - r } else { r };
+            }
+            (key, gi as u32)
+        })
+        .collect();
+    order.sort_unstable();
+    order.truncate(limit.unwrap_or(usize::MAX));
+    let nf = g.specs.len();
+    let out = order
+        .into_iter()
+        .map(|(_, gi)| {
+            let gi = gi as usize;
+            let mut o = Obj::with_capacity(keys.len() + fields.len());
+            for (((name, _), c), &k) in keys.iter().zip(&g.key_codes).zip(&g.keys[gi * nk..gi * nk + nk]) {
+                Val::set_path(&mut o, name, c.decode(ctx, g.src, k));
+            }
+            for ((f, (_, code)), acc) in fields.iter().zip(&g.specs).zip(&g.accs[gi * nf..gi * nf + nf]) {
+                o.insert(f.out.clone(), finish(acc, *code, ctx, g.src));
+            }
+            Row::Doc(Arc::new(o))
+        })
+        .collect();
+    Some(out)
+}
+
+/// One key's codes ranked by the values they decode to, equal values equal ranks: in a table
+/// over the codes' range when that is no wider than the groups (entity indexes, days), else
+/// hashed.
+enum Ranks {
+    Dense { lo: i64, ranks: Vec<u32> },
+    Hash(FxMap<i64, u32>),
+}
+
+impl Ranks {
+    fn new(ctx: &Ctx, g: &Grouped, k: usize) -> Ranks {
+        let (code, nk) = (g.key_codes[k], g.key_codes.len());
+        let (lo, hi) = (g.lo[k], g.hi[k]);
+        let span = hi.checked_sub(lo).and_then(|d| usize::try_from(d).ok()).filter(|&d| d <= g.groups.max(1 << 16) * 2);
+        let mut seen: Vec<bool> = span.map_or_else(Vec::new, |d| vec![false; d + 1]);
+        let mut seen_hashed: FxSet<i64> = FxSet::default();
+        let mut first = |c: i64| match span {
+            Some(_) => !std::mem::replace(&mut seen[(c - lo) as usize], true),
+            None => seen_hashed.insert(c),
+        };
+        let mut vals: Vec<(Val, i64)> = (0..g.groups)
+            .map(|gi| g.keys[gi * nk + k])
+            .filter(|&c| first(c))
+            .map(|c| (code.decode(ctx, g.src, c), c))
+            .collect();
+        sort_values(&mut vals);
+        let mut rank = 0u32;
+        let ranked = vals.iter().enumerate().map(|(i, (v, c))| {
+            if i > 0 && vals[i - 1].0.cmp_total(v) != std::cmp::Ordering::Equal {
+                rank += 1;
+            }
+            (*c, rank)
+        });
+        match span {
+            Some(d) => {
+                let mut ranks = vec![0; d + 1];
+                for (c, r) in ranked {
+                    ranks[(c - lo) as usize] = r;
+                }
+                Ranks::Dense { lo, ranks }
+            }
+            None => Ranks::Hash(ranked.collect()),
+        }
+    }
+
+    #[inline]
+    fn of(&self, c: i64) -> u32 {
+        match self {
+            Ranks::Dense { lo, ranks } => usize::try_from(c - lo).ok().and_then(|i| ranks.get(i)).copied().unwrap_or(0),
+            Ranks::Hash(m) => m.get(&c).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// Sorts decoded key values as [`Val::cmp_total`] orders them. Ids of hundreds of thousands of
+/// visitors are compared mostly on their first eight bytes, held beside them, instead of
+/// through a pointer each time.
+fn sort_values(vals: &mut [(Val, i64)]) {
+    let head = |v: &Val| -> Option<(u8, u64)> {
+        match v {
+            Val::Null => Some((0, 0)),
+            Val::Int(i) => Some((2, (*i as u64) ^ (1 << 63))),
+            Val::Str(s) => {
+                let mut b = [0u8; 8];
+                let n = s.len().min(8);
+                b[..n].copy_from_slice(&s.as_bytes()[..n]);
+                Some((3, u64::from_be_bytes(b)))
+            }
+            _ => None,
+        }
+    };
+    let heads: Option<Vec<(u8, u64)>> = vals.iter().map(|(v, _)| head(v)).collect();
+    let Some(heads) = heads else {
+        vals.sort_by(|(a, _), (b, _)| a.cmp_total(b));
+        return;
+    };
+    // A shorter string pads with zeros, which sort first: heads order as the whole values do,
+    // and equal heads are told apart by the whole values.
+    let mut keyed: Vec<((u8, u64), Val, i64)> =
+        heads.into_iter().zip(vals.iter_mut()).map(|(h, (v, c))| (h, std::mem::take(v), *c)).collect();
+    keyed.sort_unstable_by(|(ha, a, ca), (hb, b, cb)| ha.cmp(hb).then_with(|| a.cmp_total(b)).then(ca.cmp(cb)));
+    for (slot, (_, v, c)) in vals.iter_mut().zip(keyed) {
+        *slot = (v, c);
+    }
 }
 
 /// The value a finished accumulator puts in its group's row.

@@ -9,8 +9,9 @@
 //! - [`row`]: lazy rows over the columnar event tables.
 //! - [`ops`]: compilation and execution of the operators.
 //! - [`plan`]: moves keyset filters, id sorts and limits into the source scan.
-//! - [`fast`]: the columnar group-by used when every input is an event rollup, and a group of
-//!   its result without building the intermediate rows.
+//! - [`fast`]: the columnar group-by used when every input is an event rollup, a group of its
+//!   result without building the intermediate rows, and a sorted page of it building only the
+//!   page's rows.
 
 pub mod expr;
 pub mod fast;
@@ -99,6 +100,7 @@ pub fn execute(
 
 fn run_sync(state: &PendoState, q: &Query) -> ApiResult<Vec<u8>> {
     let store = state.inner.store.read();
+    let began = std::time::Instant::now();
     let (start, rows, period, scanned) =
         execute(&store, &q.pipeline, q.now, q.tz_ms, q.count_distinct).map_err(ApiError::bad_request)?;
     state.inner.usage.add_rows_scanned(scanned);
@@ -129,8 +131,20 @@ fn run_sync(state: &PendoState, q: &Query) -> ApiResult<Vec<u8>> {
         results: Results<'a>,
     }
     let results = Results { rows: &rows, ctx: &ctx };
-    serde_json::to_vec(&Resp { start_time: start.unwrap_or(q.now), results })
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding results: {e}")))
+    let executed = began.elapsed();
+    let bytes = serde_json::to_vec(&Resp { start_time: start.unwrap_or(q.now), results })
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding results: {e}")))?;
+    // Where a slow extraction's time goes: the scan and grouping, or writing the answer.
+    tracing::debug!(
+        source = %q.pipeline.get(0).map(J::to_string).unwrap_or_default(),
+        rows = rows.len(),
+        scanned,
+        bytes = bytes.len(),
+        execute_ms = executed.as_millis() as u64,
+        encode_ms = (began.elapsed() - executed).as_millis() as u64,
+        "aggregation answered"
+    );
+    Ok(bytes)
 }
 
 async fn run_bytes(state: &PendoState, body: J) -> ApiResult<Vec<u8>> {

@@ -346,6 +346,21 @@ pub fn run(p: &Pipeline, store: &Store, opts: &Opts) -> Result<Output, String> {
             i += used;
             continue;
         }
+        if opts.optimize
+            && streams.is_none()
+            && let Stage::Group { keys, fields } = st
+            && let Some(Stage::Sort(sort)) = stages.get(i)
+        {
+            let limit = match stages.get(i + 1) {
+                Some(Stage::Limit(n)) => Some(*n),
+                _ => None,
+            };
+            if let Some(out) = super::fast::group_sorted(&ctx, &rows, (keys, fields), sort, limit) {
+                rows = out;
+                i += 1 + usize::from(limit.is_some());
+                continue;
+            }
+        }
         if let Stage::Join { fields, width } = st {
             let s = streams.take().unwrap_or_else(|| vec![std::mem::take(&mut rows)]);
             rows = join(&ctx, s, fields, *width);
@@ -442,15 +457,22 @@ fn apply(ctx: &Ctx, st: &Stage, mut rows: Vec<Row>, opts: &Opts, scanned: &mut u
         }
         Stage::Identified { path, anonymous } => {
             let visitor_col = path.rest.is_empty() && path.col == expr::Col::VisitorId;
+            // Event rows name their visitor by index: whether each visitor is identified is
+            // worked out once, not once per row (millions of rows, a few hundred thousand
+            // visitors).
+            let identified: Vec<bool> = if visitor_col && rows.iter().any(|r| matches!(r, Row::Ev(..))) {
+                ctx.store.visitors.iter().map(|v| !is_anonymous(&v.id)).collect()
+            } else {
+                Vec::new()
+            };
             rows.retain(|r| {
-                // Event rows: read the visitor id in place instead of cloning it out.
                 if visitor_col && let Row::Ev(kind, i) = r {
                     let t = ctx.store.table_for(*kind, ctx.period == Period::Day);
                     let i = *i as usize;
                     let known = (i < t.len())
                         .then(|| t.visitor(i))
-                        .and_then(|v| ctx.store.visitors.get(v as usize))
-                        .is_some_and(|v| !is_anonymous(&v.id));
+                        .and_then(|v| identified.get(v as usize).copied())
+                        .unwrap_or(false);
                     return known != *anonymous;
                 }
                 let known = match r.get(ctx, path) {
