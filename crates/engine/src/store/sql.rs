@@ -255,8 +255,8 @@ fn stored_fingerprint(fingerprint: u64, value: Option<&str>) -> Option<i64> {
 }
 
 /// A stored fingerprint (see [`stored_fingerprint`]).
-fn read_fingerprint(row: &DbRow) -> Result<u64, StoreError> {
-    match (row.get::<Option<i64>>("fingerprint")?, row.str_opt("value")?) {
+fn read_fingerprint(fingerprint: Option<i64>, value: Option<&str>) -> Result<u64, StoreError> {
+    match (fingerprint, value) {
         (Some(fp), _) => Ok(fp_from_db(fp)),
         (None, Some(text)) => Ok(crate::change::fingerprint_text(text)),
         (None, None) => {
@@ -1184,19 +1184,24 @@ impl FingerprintStore for SqlStore {
             let mut out = Fingerprints::default();
             let Some(scope) = scope_id(&self.pool, &scope).await? else { return Ok(out) };
             let fields = field_names(&self.pool).await?;
-            // Streamed: a scope can hold a million rows, more than is worth holding as rows. The
-            // value is read only where no fingerprint was stored (rows older than fingerprints):
-            // the others would only be decoded and dropped.
-            let mut rows = self
-                .pool
-                .query(
-                    "SELECT key, field_id, fingerprint, CASE WHEN fingerprint IS NULL THEN value END AS value \
-                     FROM fingerprints WHERE scope_id = $1",
-                )
-                .bind(scope)
-                .fetch();
+            // Streamed, one row per record: a scope can hold a million fingerprints, and the
+            // drivers spend about a microsecond a row (1.3 s for 810,000 rows of nine fields,
+            // 0.3 s as 90,000 rows of nine). The value is read only where no fingerprint was
+            // stored (a value's fingerprint is its hash): the others would be decoded and
+            // dropped.
+            let sql = format!(
+                "SELECT key, {} AS fields FROM fingerprints WHERE scope_id = $1 GROUP BY key",
+                self.dialect().json_rows("field_id", "fingerprint", "CASE WHEN fingerprint IS NULL THEN value END")
+            );
+            let mut rows = self.pool.query(sqlx::AssertSqlSafe(sql)).bind(scope).fetch();
             while let Some(row) = rows.try_next().await.map_err(super::query_err("load fingerprints"))? {
-                out.insert(row.str("key")?, field_name(&fields, row.int("field_id")?)?, read_fingerprint(&row)?);
+                let key = row.str("key")?;
+                let fields_of_key: Vec<(i64, Option<i64>, Option<String>)> =
+                    serde_json::from_str(row.str("fields")?)
+                        .map_err(|e| StoreError::Corrupt { what: "fingerprint", detail: format!("{key}: {e}") })?;
+                for (field_id, fingerprint, value) in fields_of_key {
+                    out.insert(key, field_name(&fields, field_id)?, read_fingerprint(fingerprint, value.as_deref())?);
+                }
             }
             Ok(out)
         })
