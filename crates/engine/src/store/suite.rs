@@ -983,6 +983,24 @@ async fn fingerprints_roundtrip(store: Arc<dyn Store>) {
     assert_eq!(values["001B"][0].1["fp"], ((1u64 << 63) + 5).to_string(), "the last write of a batch wins");
     assert!(!values.contains_key("nope"));
 
+    // Keys as odd as text gets: SQLite keeps every character (a NUL too); PostgreSQL refuses a
+    // NUL in text, and says so.
+    let nul = store.put_fingerprints(&[put("u", "a\0b", "F1", 5), put("u", "a\0c", "F1", 6)]).await;
+    store.put_fingerprints(&[put("u", "tab\t\u{1F600}\u{1}\"\\", "F1", 7)]).await.unwrap();
+    let fps = store.fingerprints("u").await.unwrap();
+    assert_eq!(fps.get("tab\t\u{1F600}\u{1}\"\\", "F1"), Some(7));
+    match store.backend() {
+        Backend::Sqlite => {
+            nul.unwrap();
+            assert_eq!(fps.len(), 3);
+            assert_eq!((fps.get("a\0b", "F1"), fps.get("a\0c", "F1")), (Some(5), Some(6)));
+        }
+        Backend::Postgres => {
+            assert!(nul.is_err(), "{nul:?}");
+            assert_eq!(fps.len(), 1);
+        }
+    }
+
     store.put_fingerprints(&[put("s", "001A", "F1", 10)]).await.unwrap();
     store.forget_fingerprints("s", "001B").await.unwrap();
     let fps = store.fingerprints("s").await.unwrap();
