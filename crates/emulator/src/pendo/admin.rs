@@ -337,7 +337,9 @@ async fn seed(State(state): State<PendoState>, body: Bytes) -> ApiResult<Json<J>
     let body: SeedBody = parse(&body)?;
     let now = state.now_ms();
     let mut guard = state.inner.store.write();
-    Ok(Json(apply_seed(&mut guard, body, now)?))
+    let out = apply_seed(&mut guard, body, now)?;
+    guard.warm_days();
+    Ok(Json(out))
 }
 
 fn dump<'a>(items: impl Iterator<Item = (&'a str, Val)>, key: &str) -> Json<J> {

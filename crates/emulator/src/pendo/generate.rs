@@ -807,6 +807,7 @@ pub fn generate(gc: &GenConfig) -> Generated {
     store.guide_events = guide_events;
     store.responses = responses;
     store.sort_events();
+    store.warm_days();
     store.segments.insert(
         "seg-enterprise-users".into(),
         Segment { id: "seg-enterprise-users".into(), name: "Enterprise users".into(), visitors: enterprise_visitors },

@@ -1153,6 +1153,17 @@ impl Store {
         }
     }
 
+    /// Builds the daily tables now rather than in the first query that reads days, which would
+    /// otherwise wait seconds for them at a hundred thousand accounts: Pendo answers from
+    /// rollups it keeps, so a world just generated or seeded is ready when its call returns.
+    pub fn warm_days(&self) {
+        std::thread::scope(|s| {
+            for kind in [EventKind::Page, EventKind::Feature, EventKind::Track] {
+                s.spawn(move || self.table_for(kind, true).len());
+            }
+        });
+    }
+
     /// Drops the daily tables; the next query that reads days builds them again.
     fn rebuild_days(&mut self) {
         self.page_days = OnceLock::new();
