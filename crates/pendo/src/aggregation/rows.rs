@@ -174,8 +174,29 @@ impl RowSplitter {
         chunk: &[u8],
         each: &mut dyn FnMut(Value) -> Result<(), E>,
     ) -> Result<(), Stop<E>> {
-        for &b in chunk {
-            self.byte(b, each)?;
+        let mut i = 0;
+        while let Some(&b) = chunk.get(i) {
+            // Inside an object or array row most bytes change nothing but the row's length (a
+            // page is tens of megabytes): the run up to the next byte that matters is copied
+            // in one go.
+            let run = match self.at {
+                At::Row(RowKind::Nested) if !self.escaped => {
+                    let matters: fn(&u8) -> bool = if self.in_str {
+                        |b| matches!(b, b'"' | b'\\')
+                    } else {
+                        |b| matches!(b, b'"' | b'{' | b'[' | b'}' | b']')
+                    };
+                    chunk[i..].iter().position(matters).unwrap_or(chunk.len() - i)
+                }
+                _ => 0,
+            };
+            if run > 0 {
+                self.row.extend_from_slice(&chunk[i..i + run]);
+                i += run;
+            } else {
+                self.byte(b, each)?;
+                i += 1;
+            }
             if self.row.len() > self.max_bytes || self.rest.len() > self.max_bytes {
                 let message = format!("a result row, or the response around the rows, passed {} bytes", self.max_bytes);
                 return Err(Stop::Parse(parse_error(&message)));
