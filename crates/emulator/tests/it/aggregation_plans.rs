@@ -94,6 +94,13 @@ fn keyset(cols: &[&str], conds: &[(usize, usize, usize, bool)]) -> Option<J> {
             if flip { format!("{lit} {op} {col}") } else { format!("{col} {op} {lit}") }
         })
         .collect();
+    // Now and then the first two as an `||`, as a keyset on several keys is: the planner may
+    // push only the floor both sides imply.
+    let mut parts = parts;
+    if parts.len() >= 2 && conds[0].2.is_multiple_of(3) {
+        let second = parts.remove(1);
+        parts[0] = format!("({} || {second})", parts[0]);
+    }
     (!parts.is_empty()).then(|| json!({"filter": parts.join(" && ")}))
 }
 

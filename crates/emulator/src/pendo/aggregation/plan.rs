@@ -4,7 +4,8 @@
 //!
 //! - Keyset pushdown: comparisons of the row's `visitorId`/`accountId` with a string literal in
 //!   the filters right after the source become scan bounds, so event scans test an index per row
-//!   and entity scans skip the rows the filter would drop.
+//!   and entity scans skip the rows the filter would drop. A keyset on several keys stays a
+//!   filter, and the lower bound it implies on its first key becomes a scan bound besides.
 //! - Ordered entity scans: a `sort` on a `visitors`/`accounts` source's id (still the id after
 //!   the selects, evals and filters in between) is answered by the scan emitting rows in id
 //!   order, ties in insertion order as the stable sort leaves them; with only one-to-one stages
@@ -44,7 +45,12 @@ pub fn plan<'p>(src: &Source, stages: &'p [Stage], store: &Store) -> Plan<'p> {
         for c in conjuncts(e) {
             match bound(c, cols) {
                 Some(b) => scan.bounds.push(b),
-                None => kept.push(c.clone()),
+                None => {
+                    // A keyset on several keys (`a > x || (a == x && b > y)`) stays a filter,
+                    // but the floor it implies on its first key still narrows the scan.
+                    scan.bounds.extend(floor(c, cols));
+                    kept.push(c.clone());
+                }
             }
         }
         if let Some(e) = kept.into_iter().reduce(|a, b| Expr::Bin(BinOp::And, Box::new(a), Box::new(b))) {
@@ -108,6 +114,21 @@ fn bound(e: &Expr, cols: &[Col]) -> Option<Bound> {
     let supported = matches!(op, BinOp::Eq | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge);
     let head_is_col = path.rest.is_empty() && path.col != Col::Other && cols.contains(&path.col);
     (supported && head_is_col).then(|| Bound { col: path.col, op, value: Arc::clone(lit) })
+}
+
+/// A lower bound on one of `cols` that every row `e` admits must meet, as `col >= text`: from
+/// `col > text`, `col >= text` or `col == text`; from either side of an `&&`; from an `||`
+/// whose sides both imply one on the same column (the lower of the two).
+fn floor(e: &Expr, cols: &[Col]) -> Option<Bound> {
+    let at_least = |b: Bound| matches!(b.op, BinOp::Gt | BinOp::Ge | BinOp::Eq).then_some(Bound { op: BinOp::Ge, ..b });
+    match e {
+        Expr::Bin(BinOp::And, a, b) => floor(a, cols).or_else(|| floor(b, cols)),
+        Expr::Bin(BinOp::Or, a, b) => {
+            let (a, b) = (floor(a, cols)?, floor(b, cols)?);
+            (a.col == b.col).then(|| if a.value <= b.value { a } else { b })
+        }
+        _ => bound(e, cols).and_then(at_least),
+    }
 }
 
 /// Whether `stages` sort on the source's id before anything that depends on row order: the
