@@ -242,8 +242,10 @@ impl Index {
         }
         match total {
             Some(total) => Index::Dense { slots: vec![u32::MAX; total], lo: *lo, mult, n },
-            None if bits <= 64 => Index::Packed64 { map: FxMap::default(), lo: *lo, shift, n },
-            None if bits <= 128 => Index::Packed { map: FxMap::default(), lo: *lo, shift, n },
+            // Fewer bits than the word: a one-valued first key after the others' full width
+            // would be shifted by the whole word, an overflow.
+            None if bits < 64 => Index::Packed64 { map: FxMap::default(), lo: *lo, shift, n },
+            None if bits < 128 => Index::Packed { map: FxMap::default(), lo: *lo, shift, n },
             None => Index::Hash(FxMap::default()),
         }
     }
@@ -816,4 +818,27 @@ pub fn group_of_group(
         })
         .collect();
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Index, Key, MAX_KEYS};
+
+    #[test]
+    fn keys_as_wide_as_the_word_are_packed_without_overflow() {
+        // 0 + 1 + 63 bits: the first key's shift would be 64.
+        let mut lo: Key = [0; MAX_KEYS];
+        let mut hi: Key = [0; MAX_KEYS];
+        (lo[1], hi[1]) = (0, 1);
+        (lo[2], hi[2]) = (0, i64::MAX);
+        let mut index = Index::new(3, &lo, &hi, 10);
+        let key = |b: i64, c: i64| {
+            let mut k: Key = [0; MAX_KEYS];
+            (k[1], k[2]) = (b, c);
+            k
+        };
+        assert_eq!(index.get_or_insert(key(1, i64::MAX), 0), 0);
+        assert_eq!(index.get_or_insert(key(0, i64::MAX), 1), 1);
+        assert_eq!(index.get_or_insert(key(1, i64::MAX), 2), 0);
+    }
 }
