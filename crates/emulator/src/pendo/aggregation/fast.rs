@@ -298,23 +298,25 @@ struct Grouped {
     hi: Key,
 }
 
+impl Grouped {
+    /// Group `gi`'s row: its keys decoded under their names, then its fields.
+    fn row(&self, ctx: &Ctx, gi: usize, keys: &[(String, Path)], fields: &[AggField]) -> Row {
+        let (nk, nf) = (self.key_codes.len(), self.specs.len());
+        let mut o = Obj::with_capacity(keys.len() + fields.len());
+        for (((name, _), c), &k) in keys.iter().zip(&self.key_codes).zip(&self.keys[gi * nk..gi * nk + nk]) {
+            Val::set_path(&mut o, name, c.decode(ctx, self.src, k));
+        }
+        for ((f, (_, code)), acc) in fields.iter().zip(&self.specs).zip(&self.accs[gi * nf..gi * nf + nf]) {
+            o.insert(f.out.clone(), finish(acc, *code, ctx, self.src));
+        }
+        Row::Doc(Arc::new(o))
+    }
+}
+
 /// Returns `None` when the fast path does not apply.
 pub fn group(ctx: &Ctx, rows: &[Row], keys: &[(String, Path)], fields: &[AggField]) -> Option<Vec<Row>> {
     let g = group_codes(ctx, rows, keys, fields)?;
-    let (nk, nf) = (g.key_codes.len(), g.specs.len());
-    let out = (0..g.groups)
-        .map(|gi| {
-            let mut o = Obj::with_capacity(keys.len() + fields.len());
-            for (((name, _), c), &k) in keys.iter().zip(&g.key_codes).zip(&g.keys[gi * nk..gi * nk + nk]) {
-                Val::set_path(&mut o, name, c.decode(ctx, g.src, k));
-            }
-            for ((f, (_, code)), acc) in fields.iter().zip(&g.specs).zip(&g.accs[gi * nf..gi * nf + nf]) {
-                o.insert(f.out.clone(), finish(acc, *code, ctx, g.src));
-            }
-            Row::Doc(Arc::new(o))
-        })
-        .collect();
-    Some(out)
+    Some((0..g.groups).map(|gi| g.row(ctx, gi, keys, fields)).collect())
 }
 
 /// A group followed by a sort on some of its keys, and perhaps a limit (a keyset page): the
@@ -364,22 +366,7 @@ pub fn group_sorted(
         .collect();
     order.sort_unstable();
     order.truncate(limit.unwrap_or(usize::MAX));
-    let nf = g.specs.len();
-    let out = order
-        .into_iter()
-        .map(|(_, gi)| {
-            let gi = gi as usize;
-            let mut o = Obj::with_capacity(keys.len() + fields.len());
-            for (((name, _), c), &k) in keys.iter().zip(&g.key_codes).zip(&g.keys[gi * nk..gi * nk + nk]) {
-                Val::set_path(&mut o, name, c.decode(ctx, g.src, k));
-            }
-            for ((f, (_, code)), acc) in fields.iter().zip(&g.specs).zip(&g.accs[gi * nf..gi * nf + nf]) {
-                o.insert(f.out.clone(), finish(acc, *code, ctx, g.src));
-            }
-            Row::Doc(Arc::new(o))
-        })
-        .collect();
-    Some(out)
+    Some(order.into_iter().map(|(_, gi)| g.row(ctx, gi as usize, keys, fields)).collect())
 }
 
 /// One key's codes ranked by the values they decode to, equal values equal ranks: in a table
