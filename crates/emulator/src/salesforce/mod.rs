@@ -25,6 +25,7 @@ pub mod search;
 pub mod sobjects;
 pub mod soql;
 pub mod state;
+pub mod record;
 pub mod store;
 pub mod tree;
 pub mod world;

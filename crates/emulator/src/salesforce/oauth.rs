@@ -170,7 +170,7 @@ fn user_id_for(st: &SfState, username: &str) -> Option<String> {
     db.records("User")
         .find(|u| {
             u.get("Username").as_str().is_some_and(|n| n.eq_ignore_ascii_case(username))
-                && u.get("IsActive") != &Value::Bool(false)
+                && u.get("IsActive") != crate::salesforce::store::Field::Bool(false)
                 && !u.deleted
         })
         .map(|u| u.id().to_string())
@@ -267,7 +267,7 @@ pub async fn identity(
     st.accounting.lock().note(CallKind::Auth);
     let db = st.db.lock();
     let rec = db.get("User", &session.user_id);
-    let field = |f: &str| rec.map(|u| u.get(f).clone()).unwrap_or(Value::Null);
+    let field = |f: &str| rec.map(|u| u.get(f).to_value()).unwrap_or(Value::Null);
     let base = st.base_url();
     let url = |path: &str| format!("{base}{path}");
     axum::Json(json!({
@@ -310,7 +310,7 @@ pub async fn userinfo(State(st): State<SfState>, headers: HeaderMap) -> Response
     st.accounting.lock().note(CallKind::Auth);
     let db = st.db.lock();
     let user = db.get("User", &session.user_id);
-    let field = |f: &str| user.map(|u| u.get(f).clone()).unwrap_or(Value::Null);
+    let field = |f: &str| user.map(|u| u.get(f).to_value()).unwrap_or(Value::Null);
     let base = st.base_url();
     axum::Json(json!({
         "sub": format!("{base}/id/{ORG_ID}/{}", session.user_id),

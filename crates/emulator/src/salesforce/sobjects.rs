@@ -22,12 +22,12 @@ pub fn record_json(obj: &ObjectDef, rec: &Record, version: &str, fields: Option<
     match fields {
         Some(list) => {
             for f in list {
-                m.insert(f.clone(), rec.get(f).clone());
+                m.insert(f.clone(), rec.get(f).to_value());
             }
         }
         None => {
             for f in obj.fields() {
-                m.insert(f.name.clone(), rec.get(&f.name).clone());
+                m.insert(f.name.clone(), rec.get(&f.name).to_value());
             }
         }
     }

@@ -32,13 +32,38 @@ pub struct QueryJob {
     pub query: String,
     /// Result columns, in SELECT order.
     pub columns: Vec<String>,
-    /// The selected records as the SOQL engine answered them (nested parents), until the
-    /// worker has turned them into CSV rows.
-    records: Option<Arc<Vec<Value>>>,
-    /// One encoded CSV line per result row.
-    pub rows: Arc<Vec<Vec<u8>>>,
+    /// The result's CSV lines, encoded as the query ran; published once the job completes.
+    pending: Option<Arc<CsvRows>>,
+    /// The result's CSV lines, once the job is complete.
+    pub rows: Arc<CsvRows>,
     pub processed: u64,
     pub total_ms: u64,
+}
+
+/// A query's result as CSV lines (no header) in one buffer: a million rows are a million
+/// lines of text, not a million JSON records or a million small allocations.
+#[derive(Debug, Default)]
+pub struct CsvRows {
+    bytes: Vec<u8>,
+    /// Where each line ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl CsvRows {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The bytes of lines `from..to`.
+    fn lines(&self, from: usize, to: usize) -> &[u8] {
+        let start = if from == 0 { 0 } else { self.ends[from - 1] };
+        let end = if to == 0 { 0 } else { self.ends[to - 1] };
+        &self.bytes[start..end]
+    }
 }
 
 impl QueryJob {
@@ -155,10 +180,21 @@ fn create(st: &SfState, ctx: &CallCtx, db: &Db, req: &DataRequest<'_>) -> Resp {
             "FeatureNotEnabled : Aggregate queries are not supported with Bulk API 2.0",
         );
     };
-    let output = match soql::execute(&parsed, db, all_rows, &ctx.version, ctx.now.date_naive(), ctx.now) {
-        Ok(o) => o,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.code, e.message),
-    };
+    // The rows become CSV as the query renders them: holding a million-row result as JSON
+    // records first took gigabytes.
+    let started = Instant::now();
+    let mut csv = CsvRows::default();
+    let ran = soql::execute_each(&parsed, db, all_rows, &ctx.version, ctx.now.date_naive(), |rec| {
+        let mut w = RowWriter::new(delimiter, line_ending);
+        w.row(columns.iter().map(|c| cell(&rec, c)));
+        csv.bytes.extend_from_slice(&w.finish());
+        csv.ends.push(csv.bytes.len());
+    });
+    if let Err(e) = ran {
+        return error(StatusCode::BAD_REQUEST, e.code, e.message);
+    }
+    csv.bytes.shrink_to_fit();
+    csv.ends.shrink_to_fit();
     let object = db.schema.object(parsed.object()).map_or_else(|| parsed.object().to_string(), |o| o.name.clone());
     {
         let now = st.clock.now();
@@ -190,10 +226,10 @@ fn create(st: &SfState, ctx: &CallCtx, db: &Db, req: &DataRequest<'_>) -> Resp {
         object,
         query: text.to_string(),
         columns,
-        records: Some(Arc::new(output.records)),
-        rows: Arc::new(Vec::new()),
+        pending: Some(Arc::new(csv)),
+        rows: Arc::new(CsvRows::default()),
         processed: 0,
-        total_ms: 0,
+        total_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
     let v = job.json(false);
     jobs.query.insert(id.clone(), job);
@@ -203,10 +239,10 @@ fn create(st: &SfState, ctx: &CallCtx, db: &Db, req: &DataRequest<'_>) -> Resp {
     Resp::ok(v)
 }
 
-/// The worker: turns the selected records into CSV lines, then completes the job.
+/// The worker: moves the job through `InProgress` to `JobComplete` and publishes its rows, as
+/// Salesforce's query jobs run in the background after they are created.
 async fn encode(st: SfState, id: String) {
-    let started = Instant::now();
-    let work = {
+    let rows = {
         let mut jobs = st.bulk.lock();
         let Some(job) = jobs.query.get_mut(&id) else { return };
         if job.common.state != JobState::UploadComplete {
@@ -214,26 +250,19 @@ async fn encode(st: SfState, id: String) {
         }
         job.common.state = JobState::InProgress;
         job.common.modstamp = st.clock.now();
-        job.records.take().map(|r| (r, job.columns.clone(), job.common.delimiter, job.common.line_ending))
+        job.pending.take()
     };
-    let Some((records, columns, delimiter, line_ending)) = work else { return };
+    let Some(rows) = rows else { return };
     tokio::task::yield_now().await;
-    let mut rows = Vec::with_capacity(records.len());
-    for rec in records.iter() {
-        let mut w = RowWriter::new(delimiter, line_ending);
-        w.row(columns.iter().map(|c| cell(rec, c)));
-        rows.push(w.finish());
-    }
     let now = st.clock.now();
     let mut jobs = st.bulk.lock();
     if let Some(job) = jobs.query.get_mut(&id)
         && job.common.state == JobState::InProgress
     {
         job.processed = rows.len() as u64;
-        job.rows = Arc::new(rows);
+        job.rows = rows;
         job.common.state = JobState::JobComplete;
         job.common.modstamp = now;
-        job.total_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     }
 }
 
@@ -325,9 +354,7 @@ fn results(st: &SfState, req: &DataRequest<'_>, id: &str) -> Resp {
     let mut w = RowWriter::new(delimiter, line_ending);
     w.row(columns.iter());
     let mut out = w.finish();
-    for line in &rows[offset..end] {
-        out.extend_from_slice(line);
-    }
+    out.extend_from_slice(rows.lines(offset, end));
     let locator = if end < rows.len() { encode_locator(end) } else { "null".to_string() };
     let text = String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     Resp { status: StatusCode::OK, body: RespBody::Text(text, "text/csv"), headers: Vec::new() }

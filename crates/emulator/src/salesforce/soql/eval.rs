@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use super::QueryOutput;
 use super::lexer::{CmpOp, LikeTok};
 use super::plan::{ChildPlan, Class, FieldRef, Hop, Leaf, Like, OutItem, OutNode, PCond, Plan, Test};
-use crate::salesforce::store::{Db, Record};
+use crate::salesforce::store::{Db, Field, Record};
 
 /// Per-query state: the store and the parents already looked up. Many rows share a parent (an
 /// owner, an account), and a store lookup normalises the ID and allocates, so each distinct
@@ -43,6 +43,15 @@ impl<'a> Ctx<'a> {
 }
 
 pub fn run(plan: &Plan, db: &Db, all_rows: bool, version: &str) -> QueryOutput {
+    let mut records = Vec::new();
+    let total_size = run_each(plan, db, all_rows, version, |r| records.push(r));
+    QueryOutput { total_size, records }
+}
+
+/// Runs the plan, handing each result row to `row` as it is rendered (so a caller that turns
+/// rows into something smaller never holds them all as JSON). Returns the number of rows, which
+/// for `COUNT()` is the count and no row is handed over.
+pub fn run_each(plan: &Plan, db: &Db, all_rows: bool, version: &str, mut row: impl FnMut(Value)) -> usize {
     let version = version.trim_start_matches('v');
     let cx = Ctx { db, parents: RefCell::new(HashMap::new()) };
     let cx = &cx;
@@ -51,13 +60,14 @@ pub fn run(plan: &Plan, db: &Db, all_rows: bool, version: &str) -> QueryOutput {
         .filter(|r| plan.filter.as_ref().is_none_or(|c| eval(c, r, cx)));
     if plan.count_only {
         let limit = plan.limit.unwrap_or(usize::MAX);
-        let n = matching.skip(plan.offset).take(limit).count();
-        return QueryOutput { total_size: n, records: Vec::new() };
+        return matching.skip(plan.offset).take(limit).count();
     }
     let rows = order_and_cut(plan, matching, cx);
     let children = child_indexes(plan, db, all_rows, cx);
-    let records: Vec<Value> = rows.iter().map(|r| render_row(plan, r, &children, cx, version)).collect();
-    QueryOutput { total_size: records.len(), records }
+    for r in &rows {
+        row(render_row(plan, r, &children, cx, version));
+    }
+    rows.len()
 }
 
 /// One row with its subqueries' children (and theirs, level by level).
@@ -80,7 +90,7 @@ fn order_and_cut<'a>(plan: &Plan, matching: impl Iterator<Item = &'a Record>, cx
     }
     let mut keyed: Vec<(Vec<Key>, usize, &Record)> = matching
         .enumerate()
-        .map(|(seq, r)| (plan.order.iter().map(|o| sort_key(&o.field, &value(&o.field, r, cx))).collect(), seq, r))
+        .map(|(seq, r)| (plan.order.iter().map(|o| sort_key(&o.field, value(&o.field, r, cx))).collect(), seq, r))
         .collect();
     // Ties fall back to scan order, which makes the order total (so an unstable sort and a
     // partial selection give exactly what a stable sort would).
@@ -176,7 +186,7 @@ fn pinned_ids(plan: &Plan, db: &Db, all_rows: bool) -> Option<Vec<String>> {
     None
 }
 
-fn value<'a>(f: &FieldRef, rec: &'a Record, cx: &Ctx<'a>) -> Cow<'a, Value> {
+fn value<'a>(f: &FieldRef, rec: &'a Record, cx: &Ctx<'a>) -> Field<'a> {
     let mut cur = rec;
     let mut object = "";
     for hop in &f.hops {
@@ -185,12 +195,12 @@ fn value<'a>(f: &FieldRef, rec: &'a Record, cx: &Ctx<'a>) -> Cow<'a, Value> {
                 object = o;
                 cur = r;
             }
-            None => return Cow::Owned(Value::Null),
+            None => return Field::Null,
         }
     }
     match &f.leaf {
-        Leaf::Stored(name) => Cow::Borrowed(cur.get(name)),
-        Leaf::ObjectType => Cow::Owned(Value::String(object.to_string())),
+        Leaf::Stored(name) => cur.get(name),
+        Leaf::ObjectType => Field::Str(object),
     }
 }
 
@@ -199,7 +209,7 @@ fn eval<'a>(c: &PCond, rec: &'a Record, cx: &Ctx<'a>) -> bool {
         PCond::And(items) => items.iter().all(|i| eval(i, rec, cx)),
         PCond::Or(items) => items.iter().any(|i| eval(i, rec, cx)),
         PCond::Not(inner) => !eval(inner, rec, cx),
-        PCond::Test(f, t) => test(t, &value(f, rec, cx)),
+        PCond::Test(f, t) => test(t, value(f, rec, cx)),
     }
 }
 
@@ -229,7 +239,7 @@ fn apply(op: CmpOp, ord: Ordering) -> bool {
 
 /// One condition on one value. An unset value satisfies only `!=`-style tests (`!= 'x'`,
 /// `NOT IN`, `= null`), as in SOQL, and never an ordering comparison.
-fn test(t: &Test, v: &Value) -> bool {
+fn test(t: &Test, v: Field<'_>) -> bool {
     let missing = |op: &CmpOp| *op == CmpOp::Ne;
     match t {
         Test::Null(is_null) => v.is_null() == *is_null,
@@ -366,18 +376,18 @@ impl Key {
     }
 }
 
-fn sort_key(f: &FieldRef, v: &Value) -> Key {
+fn sort_key(f: &FieldRef, v: Field<'_>) -> Key {
     match (f.class, v) {
-        (_, Value::Null) => Key::Null,
-        (Class::Num, Value::Number(n)) => n.as_f64().map_or(Key::Null, Key::Num),
-        (Class::Bool, Value::Bool(b)) => Key::Bool(*b),
-        (Class::Picklist, Value::String(s)) => {
+        (_, Field::Null) => Key::Null,
+        (Class::Num, n @ (Field::U64(_) | Field::I64(_) | Field::F64(_))) => n.as_f64().map_or(Key::Null, Key::Num),
+        (Class::Bool, Field::Bool(b)) => Key::Bool(b),
+        (Class::Picklist, Field::Str(s)) => {
             let pos = f.picklist.iter().position(|p| p.eq_ignore_ascii_case(s)).unwrap_or(f.picklist.len());
             Key::Pick(pos, lower(s).into_owned())
         }
-        (Class::Text | Class::LongText, Value::String(s)) => Key::Text(lower(s).into_owned()),
-        (_, Value::String(s)) => Key::Raw(s.clone()),
-        (_, other) => Key::Raw(other.to_string()),
+        (Class::Text | Class::LongText, Field::Str(s)) => Key::Text(lower(s).into_owned()),
+        (_, Field::Str(s)) => Key::Raw(s.to_owned()),
+        (_, other) => Key::Raw(other.to_value().to_string()),
     }
 }
 
@@ -420,7 +430,7 @@ fn render<'a>(node: &OutNode, object: &str, rec: &'a Record, cx: &Ctx<'a>, versi
     for item in &node.items {
         match item {
             OutItem::Leaf { key, leaf: Leaf::Stored(name) } => {
-                m.insert(key.clone(), rec.get(name).clone());
+                m.insert(key.clone(), rec.get(name).to_value());
             }
             OutItem::Leaf { key, leaf: Leaf::ObjectType } => {
                 m.insert(key.clone(), Value::String(object.to_string()));

@@ -96,6 +96,23 @@ pub fn execute(
     Ok(eval::run(&plan, db, all_rows, version))
 }
 
+/// [`execute`], handing each result row to `row` as it is rendered instead of collecting them;
+/// returns the number of rows.
+///
+/// # Errors
+/// As [`execute`].
+pub fn execute_each(
+    q: &Query,
+    db: &Db,
+    all_rows: bool,
+    version: &str,
+    today: NaiveDate,
+    row: impl FnMut(Value),
+) -> Result<usize, SoqlError> {
+    let plan = plan::build(&q.ast, &q.src, &db.schema, today, plan::max_child_levels(version_number(version)))?;
+    Ok(eval::run_each(&plan, db, all_rows, version, row))
+}
+
 /// The query's column metadata, as `/query?q=...&columns=true` answers it.
 ///
 /// # Errors
