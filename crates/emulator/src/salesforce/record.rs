@@ -183,9 +183,7 @@ impl Record {
                 Ok(i) => cells[i].1.view(),
                 Err(_) => Field::Null,
             },
-            Repr::Packed(bytes) => {
-                Packed { bytes, at: 0 }.find(|(n, _)| *n == name).map_or(Field::Null, |(_, v)| v)
-            }
+            Repr::Packed(bytes) => Packed { bytes, at: 0 }.find(|(n, _)| *n == name).map_or(Field::Null, |(_, v)| v),
         }
     }
 
@@ -353,7 +351,6 @@ impl Packed<'_> {
         self.at += 8;
         Some(w)
     }
-
 }
 
 impl<'a> Iterator for Packed<'a> {
