@@ -183,7 +183,7 @@ impl Record {
                 Ok(i) => cells[i].1.view(),
                 Err(_) => Field::Null,
             },
-            Repr::Packed(bytes) => Packed { bytes, at: 0 }.find(|(n, _)| *n == name).map_or(Field::Null, |(_, v)| v),
+            Repr::Packed(bytes) => Packed { bytes, at: 0 }.lookup(name).unwrap_or(Field::Null),
         }
     }
 
@@ -358,9 +358,31 @@ impl<'a> Iterator for Packed<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let name = u32::try_from(self.varint()?).ok()?;
+        Some((name, self.value()?))
+    }
+}
+
+impl<'a> Packed<'a> {
+    /// The value of field `wanted`. The others are stepped over undecoded, and the scan stops at
+    /// the first larger name number (fields are in name-number order): this is every SOQL
+    /// filter's and sort's read.
+    fn lookup(mut self, wanted: u32) -> Option<Field<'a>> {
+        loop {
+            let name = u32::try_from(self.varint()?).ok()?;
+            if name == wanted {
+                return self.value();
+            }
+            if name > wanted {
+                return None;
+            }
+            self.step_over()?;
+        }
+    }
+
+    fn value(&mut self) -> Option<Field<'a>> {
         let tag = *self.bytes.get(self.at)?;
         self.at += 1;
-        let value = match tag {
+        Some(match tag {
             T_NULL => Field::Null,
             T_FALSE => Field::Bool(false),
             T_TRUE => Field::Bool(true),
@@ -371,18 +393,35 @@ impl<'a> Iterator for Packed<'a> {
             T_JSON => Field::Json(self.text()?),
             T_SHARED => Field::Str(shared().get(u32::try_from(self.varint()?).ok()?)?),
             _ => return None,
-        };
-        Some((name, value))
+        })
     }
-}
 
-impl<'a> Packed<'a> {
+    /// Steps over one value without reading it.
+    fn step_over(&mut self) -> Option<()> {
+        let tag = *self.bytes.get(self.at)?;
+        self.at += 1;
+        match tag {
+            T_NULL | T_FALSE | T_TRUE => {}
+            T_U64 | T_I64 | T_F64 => self.at = self.at.checked_add(8)?,
+            T_STR | T_JSON => {
+                let len = usize::try_from(self.varint()?).ok()?;
+                self.at = self.at.checked_add(len)?;
+            }
+            T_SHARED => {
+                self.varint()?;
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+
     /// A length-prefixed text, borrowed for as long as the record is.
     fn text(&mut self) -> Option<&'a str> {
         let len = usize::try_from(self.varint()?).ok()?;
+        let end = self.at.checked_add(len)?;
         let bytes: &'a [u8] = self.bytes;
-        let s = std::str::from_utf8(bytes.get(self.at..self.at + len)?).ok()?;
-        self.at += len;
+        let s = std::str::from_utf8(bytes.get(self.at..end)?).ok()?;
+        self.at = end;
         Some(s)
     }
 }
@@ -401,7 +440,8 @@ struct Table {
 struct Interned(RwLock<Table>);
 
 /// Shared values past this many are stored in each record: the table stays bounded however many
-/// distinct instants a long-lived emulator writes at (~60 MB at most).
+/// distinct instants a long-lived emulator writes at (about 80 MB at most with its index). The
+/// table outlives `Db::reset`: its strings may still be borrowed, and it is bounded anyway.
 const MAX_SHARED: usize = 1 << 20;
 
 impl Interned {
@@ -478,6 +518,8 @@ fn shared() -> &'static Shared {
 
 /// Datetimes (`2024-05-01T10:00:00.000+0000`), dates (`2024-05-01`) and User ids (`005…`, 18
 /// characters): the values a whole batch of records holds the same, and few of them exist.
+/// Told by shape, not by field type, so a text that merely looks like one is shared too: it
+/// reads back the same, and the table's cap bounds what such texts can cost.
 fn worth_sharing(s: &str) -> bool {
     let b = s.as_bytes();
     let dated = |b: &[u8]| b.len() >= 10 && b[4] == b'-' && b[7] == b'-' && b[..4].iter().all(u8::is_ascii_digit);

@@ -162,16 +162,22 @@ pub enum RuleOperator {
 }
 
 impl RuleCondition {
+    /// The rule's value as a field's would read; `None` for a list or an object.
+    fn scalar(&self) -> Option<Field<'_>> {
+        (!self.value.is_array() && !self.value.is_object()).then(|| Field::of(&self.value))
+    }
+
     fn holds(&self, record: &Record, obj: &ObjectDef) -> bool {
         let name = obj.field(&self.field).map(|f| f.name.as_str()).unwrap_or(&self.field);
         let v = record.get(name);
         match self.operator {
             RuleOperator::IsNull => v.is_null(),
             RuleOperator::NotNull => !v.is_null(),
-            RuleOperator::Equals => loose_eq(v, Field::of(&self.value)),
-            RuleOperator::NotEquals => !loose_eq(v, Field::of(&self.value)),
-            RuleOperator::LessThan => compare(v, Field::of(&self.value)) == Some(std::cmp::Ordering::Less),
-            RuleOperator::GreaterThan => compare(v, Field::of(&self.value)) == Some(std::cmp::Ordering::Greater),
+            // A list or object equals no stored value (every field holds a scalar).
+            RuleOperator::Equals => self.scalar().is_some_and(|b| loose_eq(v, b)),
+            RuleOperator::NotEquals => !self.scalar().is_some_and(|b| loose_eq(v, b)),
+            RuleOperator::LessThan => self.scalar().and_then(|b| compare(v, b)) == Some(std::cmp::Ordering::Less),
+            RuleOperator::GreaterThan => self.scalar().and_then(|b| compare(v, b)) == Some(std::cmp::Ordering::Greater),
             RuleOperator::Contains => match (v.as_str(), self.value.as_str()) {
                 (Some(a), Some(b)) => a.to_lowercase().contains(&b.to_lowercase()),
                 _ => false,
@@ -765,6 +771,7 @@ impl Db {
             }
         }
         if let Some(table) = self.tables.get(&obj.name) {
+            let id = rec.id();
             for f in obj.fields().filter(|f| f.unique) {
                 let v = rec.get(&f.name);
                 if v.is_null() {
@@ -775,7 +782,7 @@ impl Db {
                     .index
                     .get(&f.name)
                     .and_then(|idx| idx.get(&key))
-                    .and_then(|ids| ids.iter().find(|i| i.as_str() != rec.id()))
+                    .and_then(|ids| ids.iter().find(|i| i.as_str() != id))
                 {
                     errors.push(DmlError::new(
                         "DUPLICATE_VALUE",
@@ -1073,19 +1080,21 @@ fn index_key(f: &FieldDef, v: Field<'_>) -> String {
 }
 
 fn index(table: &mut Table, obj: &ObjectDef, rec: &Record) {
+    let id = rec.id();
     for f in obj.fields().filter(|f| f.unique || f.external_id) {
         let v = rec.get(&f.name);
         if v.is_null() {
             continue;
         }
         let ids = table.index.entry(f.name.clone()).or_default().entry(index_key(f, v)).or_default();
-        if !ids.iter().any(|i| i == rec.id()) {
-            ids.push(rec.id().to_string());
+        if !ids.iter().any(|i| i == id) {
+            ids.push(id.to_string());
         }
     }
 }
 
 fn unindex(table: &mut Table, obj: &ObjectDef, rec: &Record) {
+    let id = rec.id();
     for f in obj.fields().filter(|f| f.unique || f.external_id) {
         let v = rec.get(&f.name);
         if v.is_null() {
@@ -1094,7 +1103,7 @@ fn unindex(table: &mut Table, obj: &ObjectDef, rec: &Record) {
         if let Some(idx) = table.index.get_mut(&f.name) {
             let key = index_key(f, v);
             if let Some(ids) = idx.get_mut(&key) {
-                ids.retain(|i| i != rec.id());
+                ids.retain(|i| i != id);
                 if ids.is_empty() {
                     idx.remove(&key);
                 }
@@ -1187,6 +1196,23 @@ mod tests {
         assert_eq!(rec.get("OwnerId"), json!(INTEGRATION_USER_ID));
         assert!(rec.get("SystemModstamp").is_string());
         assert_eq!(ids::key_prefix(&id), "00T");
+    }
+
+    #[test]
+    fn a_rule_on_a_list_equals_no_value_not_even_an_unset_one() {
+        let mut db = Db::new();
+        let rule = |name: &str, operator: RuleOperator| ValidationRule {
+            name: name.into(),
+            error_message: name.into(),
+            error_field: None,
+            condition: RuleCondition { field: "Website".into(), operator, value: json!(["x"]) },
+        };
+        db.add_rule("Account", rule("equals a list", RuleOperator::Equals)).unwrap();
+        db.create("Account", &body(json!({"Name": "A"})), &ctx()).unwrap();
+        db.clear_rules("Account");
+        db.add_rule("Account", rule("differs from a list", RuleOperator::NotEquals)).unwrap();
+        let errs = db.create("Account", &body(json!({"Name": "B"})), &ctx()).unwrap_err();
+        assert_eq!(errs[0].message, "differs from a list");
     }
 
     #[test]

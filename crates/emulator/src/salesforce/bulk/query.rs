@@ -5,8 +5,9 @@
 //! which is what jsforce loops on).
 //!
 //! The query is checked and run when the job is created, under the org's lock like a REST query,
-//! so syntax and schema errors answer 400 at once; turning the rows into CSV happens in the
-//! background, as the job moves `UploadComplete → InProgress → JobComplete`.
+//! so syntax and schema errors answer 400 at once, and each row becomes a CSV line as it is
+//! rendered; the job then moves `UploadComplete → InProgress → JobComplete` in the background,
+//! where its rows are published. `totalProcessingTime` is the query's and its encoding's time.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -180,6 +181,12 @@ fn create(st: &SfState, ctx: &CallCtx, db: &Db, req: &DataRequest<'_>) -> Resp {
             "FeatureNotEnabled : Aggregate queries are not supported with Bulk API 2.0",
         );
     };
+    let quota_gone =
+        || error(StatusCode::BAD_REQUEST, "EXCEEDED_QUOTA", "ExceededQuota : DailyBulkV2QueryJobs Limit exceeded.");
+    // No rows are made for a job the quota refuses; a query that fails takes no job from it.
+    if st.accounting.lock().bulk_query_jobs.exhausted(st.clock.now()) {
+        return quota_gone();
+    }
     // The rows become CSV as the query renders them: holding a million-row result as JSON
     // records first took gigabytes.
     let started = Instant::now();
@@ -195,18 +202,10 @@ fn create(st: &SfState, ctx: &CallCtx, db: &Db, req: &DataRequest<'_>) -> Resp {
     }
     csv.bytes.shrink_to_fit();
     csv.ends.shrink_to_fit();
-    let object = db.schema.object(parsed.object()).map_or_else(|| parsed.object().to_string(), |o| o.name.clone());
-    {
-        let now = st.clock.now();
-        let mut acc = st.accounting.lock();
-        if !acc.bulk_query_jobs.try_take(now) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "EXCEEDED_QUOTA",
-                "ExceededQuota : DailyBulkV2QueryJobs Limit exceeded.",
-            );
-        }
+    if !st.accounting.lock().bulk_query_jobs.try_take(st.clock.now()) {
+        return quota_gone();
     }
+    let object = db.schema.object(parsed.object()).map_or_else(|| parsed.object().to_string(), |o| o.name.clone());
     let mut jobs = st.bulk.lock();
     jobs.prune();
     let id = jobs.next_id();
