@@ -14,7 +14,8 @@ use crate::matching::domain::email_domain;
 
 #[derive(Default)]
 struct Acc {
-    metadata: BTreeMap<String, String>,
+    /// Sorted by name (see [`AccountFacts::metadata`]).
+    metadata: Vec<(String, String)>,
     /// Few per account (usually one company domain plus free-mail ones): a vector beats a map.
     domains: Vec<(Box<str>, u32)>,
     with_email: u32,
@@ -92,7 +93,10 @@ impl Extractor<'_> {
                 let acc = entry(&mut map, id);
                 for (out, _, name) in &selected {
                     if let Some(v) = row.get(out.as_str()).and_then(as_text) {
-                        acc.metadata.insert(name.clone(), v);
+                        match acc.metadata.binary_search_by(|(k, _)| k.cmp(name)) {
+                            Ok(i) => acc.metadata[i].1 = v,
+                            Err(i) => acc.metadata.insert(i, (name.clone(), v)),
+                        }
                     }
                 }
                 Ok(())

@@ -27,7 +27,7 @@ impl PendoSide for AccountFacts {
     }
 
     fn metadata(&self, group: &str, field: &str) -> Option<&str> {
-        self.metadata.get(&format!("{group}.{field}")).map(String::as_str)
+        self.metadata_value(&format!("{group}.{field}"))
     }
 
     fn email_domains(&self) -> (&[(String, u32)], u32) {

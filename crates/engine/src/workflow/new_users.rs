@@ -167,7 +167,7 @@ async fn body(
     meter.step("match", Some("read_accounts"));
     let account_names: HashMap<&str, &str> = facts
         .iter()
-        .filter_map(|f: &AccountFacts| Some((f.account_id.as_str(), f.metadata.get("agent.name")?.as_str())))
+        .filter_map(|f: &AccountFacts| Some((f.account_id.as_str(), f.metadata_value("agent.name")?)))
         .collect();
 
     // One person per normalised e-mail: the earliest first visit wins.

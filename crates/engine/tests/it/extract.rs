@@ -365,7 +365,14 @@ fn expected_facts(store: &Store, fields: &[(&str, &str)]) -> BTreeMap<String, Ac
                 }
             }
         }
-        out.insert(a.id.to_string(), AccountFacts { account_id: a.id.to_string(), metadata, ..Default::default() });
+        out.insert(
+            a.id.to_string(),
+            AccountFacts {
+                account_id: a.id.to_string(),
+                metadata: metadata.into_iter().collect(),
+                ..Default::default()
+            },
+        );
     }
     let mut counts: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
     for v in store.visitors.iter().filter(|v| !is_anonymous(&v.id)) {
@@ -447,8 +454,8 @@ async fn facts_survive_hostile_emails_and_count_every_account() {
     );
     assert_eq!(h.visitors_with_email, 6);
     assert_eq!(got["other-acct"].email_domains, vec![("shared.example.com".to_string(), 1)]);
-    assert!(got.values().any(|f| f.metadata.contains_key("custom.sfdcaccountid")));
-    assert!(got.values().all(|f| !f.metadata.contains_key("custom.nothere")));
+    assert!(got.values().any(|f| f.metadata_value("custom.sfdcaccountid").is_some()));
+    assert!(got.values().all(|f| f.metadata_value("custom.nothere").is_none()));
     assert!(got.values().filter(|f| f.visitors_with_email > 0).count() >= 30);
 
     let parallel = Extractor::new(&pendo).with_page_rows(9).with_parallel_queries(true);
