@@ -8,7 +8,7 @@
 //! takes the place of the `/limits` read and spends the one call that read would have.
 
 use crate::budget::Budget;
-use crate::matching::AccountRow;
+use crate::matching::{AccountRow, Accounts, Building};
 use crate::sf_read::PricedRead;
 use crate::workflow::{Context, RunError};
 
@@ -22,7 +22,7 @@ pub(crate) struct Fields<'a> {
 
 const PARENT: &str = "ParentId";
 
-pub(crate) async fn read(ctx: &Context, wanted: Fields<'_>, budget: &Budget) -> Result<Vec<AccountRow>, RunError> {
+pub(crate) async fn read(ctx: &Context, wanted: Fields<'_>, budget: &Budget) -> Result<Accounts, RunError> {
     let sf = |source| RunError::Salesforce { what: "Accounts", source };
     if budget.known_free(ctx).await?.is_some_and(|known| known.available == 0) {
         return Err(RunError::OverBudget { needed: 1, left: 0 });
@@ -37,7 +37,9 @@ pub(crate) async fn read(ctx: &Context, wanted: Fields<'_>, budget: &Budget) -> 
     let soql = salesforce::SoqlQuery::select(fields.iter().copied(), "Account")
         .build()
         .map_err(|e| sf(salesforce::Error::InvalidInput(e.to_string())))?;
-    let Some(read) = PricedRead::start(ctx, soql, "Account", false, "Accounts").await? else { return Ok(Vec::new()) };
+    let Some(read) = PricedRead::start(ctx, soql, "Account", false, "Accounts").await? else {
+        return Ok(Accounts::default());
+    };
     // Fresh from the page's answer: no call; the page stands for the `/limits` read.
     let max_calls = budget.get_priced_by(ctx, 1).await?.available;
     if max_calls == 0 {
@@ -47,10 +49,10 @@ pub(crate) async fn read(ctx: &Context, wanted: Fields<'_>, budget: &Budget) -> 
     if needed > max_calls - 1 {
         return Err(RunError::OverBudget { needed: needed + 1, left: max_calls });
     }
-    let mut rows = Vec::new();
+    let mut building = Building::default();
     read.each(|r| {
         let text = |f: Option<&str>| f.and_then(|f| r.get(f)).map(str::to_owned);
-        rows.push(AccountRow {
+        building.push(AccountRow {
             id: text(Some("Id")).unwrap_or_default(),
             external_id: text(external_field),
             website: text(website_field),
@@ -59,5 +61,5 @@ pub(crate) async fn read(ctx: &Context, wanted: Fields<'_>, budget: &Budget) -> 
         });
     })
     .await?;
-    Ok(rows)
+    Ok(building.finish())
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use super::{Accounts, FreeMail, Outcome, Rule, accounts};
+use super::{FreeMail, Outcome, Rule, accounts};
 use crate::budget::Budget;
 use crate::config::{EngagementConfig, MatchRule, Workflow};
 use crate::extract::{AccountFacts, AccountUsage, Extractor};
@@ -122,10 +122,7 @@ pub(crate) async fn match_accounts(
         Facts::Read(facts) => facts.to_vec(),
         Facts::Lazy(extractor) => extractor.account_facts(&metadata_fields(&config.matching)).await?,
     };
-    let rows = accounts::read(ctx, fields, budget).await?;
-    let links: BTreeMap<String, String> =
-        rows.iter().filter_map(|r| Some((r.id.clone(), r.parent_id.clone()?))).collect();
-    let accounts = Accounts::new(rows);
+    let accounts = accounts::read(ctx, fields, budget).await?;
     let pins: HashMap<String, String> = cached
         .values()
         .filter(|e| e.pinned)
@@ -147,8 +144,7 @@ pub(crate) async fn match_accounts(
         ctx.store.put_id_map(&entries).await?;
         if rollup {
             // Parents as 18-character Ids, so that they compare with matched Ids.
-            let links: BTreeMap<&str, &str> =
-                links.iter().filter_map(|(child, parent)| Some((child.as_str(), accounts.find(parent)?))).collect();
+            let links: BTreeMap<&str, &str> = accounts.parent_links().collect();
             // A map of strings always serialises; were it ever empty text, the next run reads again.
             let text = serde_json::to_string(&links).unwrap_or_default();
             let stored = ctx.store.cursor(&workflow.name, PARENTS).await?;

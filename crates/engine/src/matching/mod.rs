@@ -89,33 +89,58 @@ pub struct AccountRow {
     pub child_key: Option<String>,
 }
 
+/// [`Accounts`] indexed one row at a time, as the rows arrive: a large org's rows are never
+/// held as a list beside the index they become.
+#[derive(Debug, Default)]
+pub struct Building {
+    accounts: Accounts,
+    /// Each row's `ParentId` as read, resolved once every row is in.
+    parent_ids: Vec<Option<String>>,
+}
+
+impl Building {
+    pub fn push(&mut self, row: AccountRow) {
+        let accounts = &mut self.accounts;
+        let i = accounts.ids.len();
+        if let Some(id15) = row.id.get(..15) {
+            accounts.by_id15.insert(id15.to_owned(), i);
+        }
+        // External IDs are case-insensitive in Salesforce unless marked otherwise; the
+        // case-insensitive comparison can only turn a miss into an ambiguity, never a wrong write.
+        if let Some(ext) = row.external_id.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
+            accounts.by_external.entry(ext.to_lowercase()).or_default().push(i);
+        }
+        if let Some(d) = row.website.as_deref().and_then(domain::website_domain) {
+            accounts.by_domain.entry(d).or_default().push(i);
+        }
+        accounts.child_keys.push(row.child_key.as_deref().map(hierarchy::key).filter(|k| !k.is_empty()));
+        self.parent_ids.push(row.parent_id);
+        accounts.ids.push(row.id);
+    }
+
+    pub fn finish(self) -> Accounts {
+        let mut accounts = self.accounts;
+        accounts.parents = self.parent_ids.iter().map(|p| p.as_deref().and_then(|p| accounts.index_of(p))).collect();
+        accounts
+    }
+}
+
 impl Accounts {
     pub fn new(rows: impl IntoIterator<Item = AccountRow>) -> Self {
-        let mut accounts = Accounts::default();
-        let mut parent_ids = Vec::new();
+        let mut building = Building::default();
         for row in rows {
-            let i = accounts.ids.len();
-            if let Some(id15) = row.id.get(..15) {
-                accounts.by_id15.insert(id15.to_owned(), i);
-            }
-            // External IDs are case-insensitive in Salesforce unless marked otherwise; the
-            // case-insensitive comparison can only turn a miss into an ambiguity, never a wrong write.
-            if let Some(ext) = row.external_id.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
-                accounts.by_external.entry(ext.to_lowercase()).or_default().push(i);
-            }
-            if let Some(d) = row.website.as_deref().and_then(domain::website_domain) {
-                accounts.by_domain.entry(d).or_default().push(i);
-            }
-            accounts.child_keys.push(row.child_key.as_deref().map(hierarchy::key).filter(|k| !k.is_empty()));
-            parent_ids.push(row.parent_id);
-            accounts.ids.push(row.id);
+            building.push(row);
         }
-        accounts.parents = parent_ids.iter().map(|p| p.as_deref().and_then(|p| accounts.index_of(p))).collect();
-        accounts
+        building.finish()
     }
 
     pub fn len(&self) -> usize {
         self.ids.len()
+    }
+
+    /// Each Account whose parent was read too, with that parent: 18-character Ids both.
+    pub fn parent_links(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.parents.iter().enumerate().filter_map(|(i, p)| Some((self.ids[i].as_str(), self.ids[(*p)?].as_str())))
     }
 
     pub fn is_empty(&self) -> bool {
