@@ -4,8 +4,9 @@
 
 use super::support::{Emulators, bin, emulate, text};
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Output, Stdio};
 
 use serde_json::Value;
 
@@ -352,4 +353,31 @@ fn the_daemon_prunes_old_history_by_itself() {
     }
     let _ = daemon.kill();
     let _ = daemon.wait();
+}
+
+/// The process gives freed memory back to the system at once: it starts itself again, under the
+/// same process id, with mimalloc's purge delay at 0, unless the operator set one.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_process_gives_freed_memory_back_at_once_unless_told_otherwise() {
+    let purge_delay = |set: Option<&str>| {
+        let mut cmd = bin();
+        cmd.env_remove("MIMALLOC_PURGE_DELAY");
+        if let Some(v) = set {
+            cmd.env("MIMALLOC_PURGE_DELAY", v);
+        }
+        let mut child =
+            cmd.args(["emulate", "--accounts", "1"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        // The first address is printed once the process runs as it will stay.
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert!(lines.next().unwrap().unwrap().starts_with("salesforce "));
+        let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        environ
+            .split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(b"MIMALLOC_PURGE_DELAY=").map(|v| String::from_utf8_lossy(v).into_owned()))
+    };
+    assert_eq!(purge_delay(None).as_deref(), Some("0"));
+    assert_eq!(purge_delay(Some("250")).as_deref(), Some("250"));
 }
