@@ -490,6 +490,12 @@ impl Names {
     }
 }
 
+/// The process's one copy of a field or object name.
+pub fn shared_name(name: &str) -> &'static str {
+    let names = names();
+    names.name(names.intern(name))
+}
+
 fn names() -> &'static Names {
     static NAMES: OnceLock<Names> = OnceLock::new();
     NAMES.get_or_init(|| Names(Interned(RwLock::new(Table::default()))))

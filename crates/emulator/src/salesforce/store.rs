@@ -5,36 +5,18 @@
 //!
 //! Writes can run inside a journal so that an `allOrNone` request can be rolled back as a whole.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use indexmap::IndexMap;
-use parking_lot::RwLock;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::ids::{self, IdGenerator};
 use super::schema::{FieldDef, FieldType, ObjectDef, Schema};
 
+use super::record::shared_name;
 pub use super::record::{Field, Record};
-
-/// The one shared copy of an object name, for the journal's entries: a seeding transaction
-/// journals a million creates of a handful of objects.
-fn object_name(name: &str) -> Arc<str> {
-    static NAMES: OnceLock<RwLock<HashSet<Arc<str>>>> = OnceLock::new();
-    let names = NAMES.get_or_init(Default::default);
-    if let Some(n) = names.read().get(name) {
-        return n.clone();
-    }
-    let mut names = names.write();
-    if let Some(n) = names.get(name) {
-        return n.clone();
-    }
-    let n: Arc<str> = Arc::from(name);
-    names.insert(n.clone());
-    n
-}
 
 /// A DML error as Salesforce reports it: the same triple serves top-level REST errors
 /// (`errorCode`) and per-record Collections/Bulk results (`statusCode`).
@@ -213,7 +195,8 @@ struct Table {
 /// What a journal needs to undo one write: the record as it was before (None = did not exist).
 #[derive(Debug)]
 struct Undo {
-    object: Arc<str>,
+    /// The process's one copy of the name: a seeding transaction journals a million creates.
+    object: &'static str,
     id: String,
     /// Boxed: a seeding transaction journals a million creates, whose `None` then costs a word.
     before: Option<Box<Record>>,
@@ -438,7 +421,7 @@ impl Db {
             return;
         };
         for undo in journal.into_iter().rev() {
-            let Some(obj) = self.schema.object(&undo.object).cloned() else {
+            let Some(obj) = self.schema.object(undo.object).cloned() else {
                 continue;
             };
             let table = self.table_mut(&obj.name);
@@ -465,7 +448,7 @@ impl Db {
         }
         let before = self.table(object).and_then(|t| t.records.get(id)).cloned().map(Box::new);
         if let Some(j) = self.journal.as_mut() {
-            j.push(Undo { object: object_name(object), id: id.to_string(), before });
+            j.push(Undo { object: shared_name(object), id: id.to_string(), before });
         }
     }
 

@@ -7,7 +7,8 @@
 //! The query is checked and run when the job is created, under the org's lock like a REST query,
 //! so syntax and schema errors answer 400 at once, and each row becomes a CSV line as it is
 //! rendered; the job then moves `UploadComplete → InProgress → JobComplete` in the background,
-//! where its rows are published. `totalProcessingTime` is the query's and its encoding's time.
+//! and its rows are served once it is complete. `totalProcessingTime` is the query's and its
+//! encoding's time.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,9 +34,7 @@ pub struct QueryJob {
     pub query: String,
     /// Result columns, in SELECT order.
     pub columns: Vec<String>,
-    /// The result's CSV lines, encoded as the query ran; published once the job completes.
-    pending: Option<Arc<CsvRows>>,
-    /// The result's CSV lines, once the job is complete.
+    /// The result's CSV lines, encoded as the query ran; served once the job is complete.
     pub rows: Arc<CsvRows>,
     pub processed: u64,
     pub total_ms: u64,
@@ -225,8 +224,7 @@ fn create(st: &SfState, ctx: &CallCtx, db: &Db, req: &DataRequest<'_>) -> Resp {
         object,
         query: text.to_string(),
         columns,
-        pending: Some(Arc::new(csv)),
-        rows: Arc::new(CsvRows::default()),
+        rows: Arc::new(csv),
         processed: 0,
         total_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
@@ -234,14 +232,14 @@ fn create(st: &SfState, ctx: &CallCtx, db: &Db, req: &DataRequest<'_>) -> Resp {
     jobs.query.insert(id.clone(), job);
     drop(jobs);
     let st = st.clone();
-    tokio::spawn(async move { encode(st, id).await });
+    tokio::spawn(async move { complete(st, id).await });
     Resp::ok(v)
 }
 
-/// The worker: moves the job through `InProgress` to `JobComplete` and publishes its rows, as
-/// Salesforce's query jobs run in the background after they are created.
-async fn encode(st: SfState, id: String) {
-    let rows = {
+/// The worker: moves the job through `InProgress` to `JobComplete`, as Salesforce's query jobs
+/// run in the background after they are created.
+async fn complete(st: SfState, id: String) {
+    {
         let mut jobs = st.bulk.lock();
         let Some(job) = jobs.query.get_mut(&id) else { return };
         if job.common.state != JobState::UploadComplete {
@@ -249,17 +247,14 @@ async fn encode(st: SfState, id: String) {
         }
         job.common.state = JobState::InProgress;
         job.common.modstamp = st.clock.now();
-        job.pending.take()
-    };
-    let Some(rows) = rows else { return };
+    }
     tokio::task::yield_now().await;
     let now = st.clock.now();
     let mut jobs = st.bulk.lock();
     if let Some(job) = jobs.query.get_mut(&id)
         && job.common.state == JobState::InProgress
     {
-        job.processed = rows.len() as u64;
-        job.rows = rows;
+        job.processed = job.rows.len() as u64;
         job.common.state = JobState::JobComplete;
         job.common.modstamp = now;
     }
