@@ -42,11 +42,32 @@ pub struct Change {
     pub salesforce_id: String,
     /// Only the fields whose fingerprint differs (or that were never written).
     pub fields: Vec<(String, Value)>,
-    /// The fingerprint of each field in `fields`, to store once Salesforce has the value.
-    pub prints: Vec<(String, u64)>,
+    /// The fingerprint of `fields[i]`, to store once Salesforce has the value; empty for a write
+    /// whose fingerprints are not kept. Numbers beside the fields rather than pairs with the name
+    /// again: a first run holds a change per matched record, and a second copy of each name was
+    /// half of a change's bytes.
+    pub prints: Vec<u64>,
 }
 
 impl Change {
+    /// Keeps the fields (and their fingerprints) `keep` accepts.
+    pub fn retain_fields(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let fields = std::mem::take(&mut self.fields);
+        let mut prints = std::mem::take(&mut self.prints).into_iter();
+        for field in fields {
+            let print = prints.next();
+            if keep(&field.0) {
+                self.fields.push(field);
+                self.prints.extend(print);
+            }
+        }
+    }
+
+    /// Each fingerprinted field with its fingerprint and the value sent.
+    pub fn printed(&self) -> impl Iterator<Item = (&str, u64, &Value)> {
+        self.fields.iter().zip(&self.prints).map(|((f, v), p)| (f.as_str(), *p, v))
+    }
+
     /// The field names, sorted: records with the same set can share a Bulk job's CSV columns.
     pub fn field_set(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.fields.iter().map(|(f, _)| f.as_str()).collect();
@@ -79,15 +100,15 @@ pub fn diff(written: &Written, desired: &Desired, always: &[(String, Value)]) ->
     };
     let (field, value) = &desired.fields[first];
     change.fields.push((field.clone(), value.clone()));
-    change.prints.push((field.clone(), print));
+    change.prints.push(print);
     for f @ (field, value) in &desired.fields[first + 1..] {
         if let Some(print) = differs(f) {
             change.fields.push((field.clone(), value.clone()));
-            change.prints.push((field.clone(), print));
+            change.prints.push(print);
         }
     }
     for (field, value) in always {
-        change.prints.push((field.clone(), fingerprint(value)));
+        change.prints.push(fingerprint(value));
         change.fields.push((field.clone(), value.clone()));
     }
     Some(change)
@@ -107,8 +128,8 @@ mod tests {
     }
 
     fn remember(written: &mut Written, change: &Change) {
-        for (f, p) in &change.prints {
-            written.insert(&change.salesforce_id, f, *p);
+        for (f, p, _) in change.printed() {
+            written.insert(&change.salesforce_id, f, p);
         }
     }
 
@@ -126,6 +147,23 @@ mod tests {
         // Grown by doubling, six entries took room for eight.
         assert_eq!((c.fields.len(), c.fields.capacity()), (6, 6));
         assert_eq!((c.prints.len(), c.prints.capacity()), (6, 6));
+    }
+
+    #[test]
+    fn fields_are_kept_with_their_fingerprints() {
+        let d = desired(3, 0.5);
+        let mut c = diff(&Written::default(), &d, &[]).unwrap_or_else(|| panic!("every field is new"));
+        let score = fingerprint(&json!(0.5));
+        c.retain_fields(|f| f != "Events__c");
+        assert_eq!(
+            c.printed().map(|(f, p, v)| (f, p, v.clone())).collect::<Vec<_>>(),
+            [("Score__c", score, json!(0.5))]
+        );
+        // A write whose fingerprints are not kept keeps none.
+        let mut unprinted =
+            Change { prints: Vec::new(), ..diff(&Written::default(), &d, &[]).unwrap_or_else(|| panic!()) };
+        unprinted.retain_fields(|f| f == "Score__c");
+        assert_eq!((unprinted.fields.len(), unprinted.printed().count()), (1, 0));
     }
 
     #[test]

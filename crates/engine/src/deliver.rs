@@ -63,8 +63,7 @@ pub fn hold_back(
     let mut held = Vec::new();
     for mut change in changes {
         let original = change.clone();
-        change.fields.retain(|(f, _)| !quarantine.holds(object, f));
-        change.prints.retain(|(f, _)| !quarantine.holds(object, f));
+        change.retain_fields(|f| !quarantine.holds(object, f));
         if change.fields.iter().any(|(f, _)| !riders.contains(&f.as_str())) {
             send.push(change);
             continue;

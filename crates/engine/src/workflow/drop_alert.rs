@@ -560,8 +560,7 @@ async fn pendo_write(
         report.preflight.problems.extend(crate::pendo_fields::check(&ctx.config, &wanted, &schema));
         for c in &mut changes {
             let keep = |f: &str| !gaps.iter().any(|(w, _)| w.field.eq_ignore_ascii_case(f));
-            c.prints.retain(|(f, _)| keep(f));
-            c.fields.retain(|(f, _)| keep(f));
+            c.retain_fields(keep);
         }
         changes.retain(|c| !c.fields.is_empty());
     }

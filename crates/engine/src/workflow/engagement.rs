@@ -97,7 +97,6 @@ async fn body(
     let usage_by_id: HashMap<&str, &AccountUsage> = usage.iter().map(|u| (u.account_id.as_str(), u)).collect();
     let stamp: Vec<(String, Value)> =
         config.fields.get(Metric::UpdatedAt).map(|f| vec![(f.to_owned(), figures::timestamp(now))]).unwrap_or_default();
-    let mut changes: Vec<Change> = Vec::new();
     let (mut matched, mut unmatched, mut ambiguous, mut unchanged) = (0, 0, 0, 0);
     let mut skipped_outcomes = Vec::new();
     let mut ambiguous_samples = Vec::new();
@@ -107,11 +106,16 @@ async fn body(
         let parents = crate::matching::account_parents(ctx, &workflow.name).await?.unwrap_or_default();
         super::rollup::families(&outcomes, &usage_by_id, &parents)
     };
-    for (pendo_id, outcome) in &outcomes {
+    // Sized once for the most the loop can push (grown by doubling, a first run's list took up to
+    // twice its room), and the outcomes consumed as it goes: each verdict is freed once decided.
+    let pendo_accounts = outcomes.len();
+    let mut changes: Vec<Change> = Vec::with_capacity(pendo_accounts);
+    for (pendo_id, outcome) in outcomes {
+        let via_parent = outcome.via_parent();
         match outcome {
             // Its parent's Account holds the parent's figures; this account's usage reaches it
             // through the family figures.
-            Outcome::Matched { .. } if outcome.via_parent() => matched += 1,
+            Outcome::Matched { .. } if via_parent => matched += 1,
             Outcome::Matched { salesforce_id, .. } => {
                 matched += 1;
                 // An account matched but silent in the window has zero engagement, and
@@ -119,10 +123,10 @@ async fn body(
                 let zero = AccountUsage { account_id: pendo_id.clone(), ..Default::default() };
                 let u = usage_by_id.get(pendo_id.as_str()).copied().unwrap_or(&zero);
                 let mut fields = figures::field_values(&config.fields, &config.score, u);
-                if let Some(family) = families.remove(salesforce_id) {
+                if let Some(family) = families.remove(&salesforce_id) {
                     fields.extend(figures::field_values(&config.rollup_fields, &config.score, &family));
                 }
-                let desired = Desired { key: pendo_id.clone(), salesforce_id: salesforce_id.clone(), fields };
+                let desired = Desired { key: pendo_id, salesforce_id, fields };
                 match change::diff(&written, &desired, &stamp) {
                     Some(c) => changes.push(c),
                     None => unchanged += 1,
@@ -139,7 +143,7 @@ async fn body(
                 }
                 skipped_outcomes.push(RecordOutcome {
                     object: OBJECT.into(),
-                    key: pendo_id.clone(),
+                    key: pendo_id,
                     salesforce_id: None,
                     action: Action::Skipped,
                     changes: vec![],
@@ -163,8 +167,7 @@ async fn body(
         }
     }
     // What the diff read from is not needed again: the later stages hold only the changes.
-    let pendo_accounts = outcomes.len();
-    drop((written, usage_by_id, outcomes));
+    drop((written, usage_by_id));
     drop(usage);
     meter.step("diff", None);
 

@@ -438,7 +438,7 @@ async fn body(
                 key: w.person.visitor.visitor_id.clone(),
                 salesforce_id: w.salesforce_id.clone().unwrap_or_default(),
                 fields: w.fields.clone(),
-                prints: w.fields.iter().map(|(f, v)| (f.clone(), fingerprint(v))).collect(),
+                prints: w.fields.iter().map(|(_, v)| fingerprint(v)).collect(),
             })
             .collect();
         if changes.is_empty() {

@@ -90,13 +90,13 @@ pub(crate) async fn write(
         if outcome_of.get(c.key.as_str()) == Some(&pendo::metadata::Outcome::Updated) {
             report.written += 1;
             ledger.written(target.object, &c.key);
-            prints.extend(c.prints.iter().map(|(field, p)| FingerprintPut {
+            prints.extend(c.printed().map(|(field, p, value)| FingerprintPut {
                 scope: target.scope.to_owned(),
                 key: c.key.clone(),
-                field: field.clone(),
-                fingerprint: *p,
+                field: field.to_owned(),
+                fingerprint: p,
                 written_at: now,
-                value: c.fields.iter().find(|(f, _)| f == field).map(|(_, v)| v.clone()),
+                value: Some(value.clone()),
             }));
             outcomes.push(outcome(Action::Updated, None, None));
             continue;

@@ -146,13 +146,13 @@ pub(crate) async fn record(
                     after: v.clone(),
                 })
                 .collect();
-            prints.extend(c.prints.iter().map(|(field, p)| FingerprintPut {
+            prints.extend(c.printed().map(|(field, p, value)| FingerprintPut {
                 scope: how.scope.to_owned(),
                 key: c.salesforce_id.clone(),
-                field: field.clone(),
-                fingerprint: *p,
+                field: field.to_owned(),
+                fingerprint: p,
                 written_at: now,
-                value: c.fields.iter().find(|(f, _)| f == field).map(|(_, v)| v.clone()),
+                value: Some(value.clone()),
             }));
             outcomes.push(RecordOutcome {
                 object: how.object.into(),
