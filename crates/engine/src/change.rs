@@ -24,6 +24,15 @@ pub fn fingerprint_text(json: &str) -> u64 {
     u64::from_be_bytes(first)
 }
 
+/// A field's API name, shared: the changes of one run name the same few fields, and a name
+/// of its own in every change was a third of a first run's changes.
+pub type FieldName = std::sync::Arc<str>;
+
+/// Fields named by owned text, as most templates build them, with shared names.
+pub fn named(fields: impl IntoIterator<Item = (String, Value)>) -> Vec<(FieldName, Value)> {
+    fields.into_iter().map(|(f, v)| (FieldName::from(f), v)).collect()
+}
+
 /// What a workflow wants one record to hold.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
@@ -32,7 +41,7 @@ pub struct Desired {
     /// The Salesforce record the values go to.
     pub salesforce_id: String,
     /// Field → value, every mapped field.
-    pub fields: Vec<(String, Value)>,
+    pub fields: Vec<(FieldName, Value)>,
 }
 
 /// The part of a [`Desired`] that differs from what was last written.
@@ -41,7 +50,7 @@ pub struct Change {
     pub key: String,
     pub salesforce_id: String,
     /// Only the fields whose fingerprint differs (or that were never written).
-    pub fields: Vec<(String, Value)>,
+    pub fields: Vec<(FieldName, Value)>,
     /// The fingerprint of `fields[i]`, to store once Salesforce has the value; empty for a write
     /// whose fingerprints are not kept. Numbers beside the fields rather than pairs with the name
     /// again: a first run holds a change per matched record, and a second copy of each name was
@@ -65,12 +74,22 @@ impl Change {
 
     /// Each fingerprinted field with its fingerprint and the value sent.
     pub fn printed(&self) -> impl Iterator<Item = (&str, u64, &Value)> {
-        self.fields.iter().zip(&self.prints).map(|((f, v), p)| (f.as_str(), *p, v))
+        self.fields.iter().zip(&self.prints).map(|((f, v), p)| (&**f, *p, v))
+    }
+
+    /// The fields as a JSON object, as a request body holds them.
+    pub fn object(&self) -> serde_json::Map<String, Value> {
+        self.fields.iter().map(|(f, v)| (f.to_string(), v.clone())).collect()
+    }
+
+    /// The field names, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.fields.iter().map(|(f, _)| f.to_string()).collect()
     }
 
     /// The field names, sorted: records with the same set can share a Bulk job's CSV columns.
     pub fn field_set(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.fields.iter().map(|(f, _)| f.as_str()).collect();
+        let mut v: Vec<&str> = self.fields.iter().map(|(f, _)| &**f).collect();
         v.sort_unstable();
         v
     }
@@ -82,8 +101,8 @@ pub type Written = crate::store::Fingerprints;
 /// The changed fields of `desired`, or `None` when Salesforce already holds every value.
 /// `always` names fields that ride along only when something else changed (a "last updated"
 /// stamp): they never cause a write on their own.
-pub fn diff(written: &Written, desired: &Desired, always: &[(String, Value)]) -> Option<Change> {
-    let differs = |(field, value): &(String, Value)| {
+pub fn diff(written: &Written, desired: &Desired, always: &[(FieldName, Value)]) -> Option<Change> {
+    let differs = |(field, value): &(FieldName, Value)| {
         let print = fingerprint(value);
         (written.get(&desired.salesforce_id, field) != Some(print)).then_some(print)
     };
@@ -136,7 +155,7 @@ mod tests {
     #[test]
     fn a_change_is_sized_once() {
         let written = Written::default();
-        let stamp = vec![("Updated__c".to_string(), json!("2026-12-07"))];
+        let stamp = vec![("Updated__c".into(), json!("2026-12-07"))];
         let mut d = desired(3, 0.5);
         d.fields.extend([
             ("Minutes__c".into(), json!(7)),
@@ -168,7 +187,7 @@ mod tests {
 
     #[test]
     fn only_changed_fields_are_sent_and_a_repeat_sends_nothing() {
-        let stamp = [("Updated__c".to_owned(), json!("2026-11-27T00:00:00Z"))];
+        let stamp = [("Updated__c".into(), json!("2026-11-27T00:00:00Z"))];
         let mut written = Written::default();
         let first = diff(&written, &desired(10, 50.5), &stamp).unwrap();
         assert_eq!(first.fields.len(), 3);

@@ -64,7 +64,7 @@ pub fn hold_back(
     for mut change in changes {
         let original = change.clone();
         change.retain_fields(|f| !quarantine.holds(object, f));
-        if change.fields.iter().any(|(f, _)| !riders.contains(&f.as_str())) {
+        if change.fields.iter().any(|(f, _)| !riders.contains(&&**f)) {
             send.push(change);
             continue;
         }
@@ -152,7 +152,7 @@ pub async fn deliver(
 type Pending = Vec<(Change, Failed)>;
 
 fn payload(change: &Change) -> Map<String, Value> {
-    change.fields.iter().cloned().collect()
+    change.object()
 }
 
 fn parse_id(change: &Change) -> Result<SalesforceId, Box<Failed>> {
@@ -175,7 +175,7 @@ fn request_failed(err: &salesforce::Error, batch: Vec<Change>, out: &mut Deliver
     let code = err.error_code().map_or_else(|| "REQUEST_FAILED".to_owned(), |c| c.as_str().to_owned());
     let message = err.to_string();
     out.failed.extend(batch.into_iter().map(|change| Failed {
-        fields: change.fields.iter().map(|(f, _)| f.clone()).collect(),
+        fields: change.names(),
         change,
         code: code.clone(),
         message: message.clone(),
@@ -287,8 +287,8 @@ async fn bulk(
     let mut seen = std::collections::BTreeSet::new();
     for c in &changes {
         for (f, _) in &c.fields {
-            if seen.insert(f.as_str()) {
-                columns.push(f.clone());
+            if seen.insert(&**f) {
+                columns.push(f.to_string());
             }
         }
     }

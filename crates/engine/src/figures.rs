@@ -7,6 +7,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
+use crate::change::FieldName;
 use crate::config::{FieldMap, Metric, ScoreConfig};
 use crate::extract::AccountUsage;
 
@@ -42,9 +43,9 @@ pub fn timestamp(t: DateTime<Utc>) -> Value {
 
 /// The mapped fields' values for one account, except the `updated_at` stamp, which only rides
 /// along with a change (see [`crate::change::diff`]).
-pub fn field_values(fields: &FieldMap, score_config: &ScoreConfig, usage: &AccountUsage) -> Vec<(String, Value)> {
+pub fn field_values(fields: &FieldMap, score_config: &ScoreConfig, usage: &AccountUsage) -> Vec<(FieldName, Value)> {
     fields
-        .iter()
+        .shared()
         .filter_map(|(metric, field)| {
             let value = match metric {
                 Metric::ActiveVisitors => json!(usage.active_visitors),
@@ -57,7 +58,26 @@ pub fn field_values(fields: &FieldMap, score_config: &ScoreConfig, usage: &Accou
                 Metric::Score => json!(score(score_config, usage)),
                 Metric::UpdatedAt => return None,
             };
-            Some((field.to_owned(), value))
+            Some((field.clone(), value))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{STARTER, Template, load_str};
+
+    #[test]
+    fn every_record_names_its_fields_with_the_configs_names() {
+        let config = load_str(STARTER, "usagesync.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let Template::EngagementScores(e) = &config.workflows["engagement"].template else { panic!("engagement") };
+        let usage = |events| AccountUsage { events, ..Default::default() };
+        let (a, b) = (field_values(&e.fields, &e.score, &usage(1)), field_values(&e.fields, &e.score, &usage(2)));
+        assert_eq!(a.len(), 8, "every mapped field but the stamp");
+        // Shared, not copied: a first run holds a change per matched record, each naming these.
+        for ((fa, _), (fb, _)) in a.iter().zip(&b) {
+            assert!(std::sync::Arc::ptr_eq(fa, fb), "{fa} is a copy");
+        }
+    }
 }

@@ -246,7 +246,7 @@ fn delivery_holds_back_quarantined_fields_and_records_left_with_only_a_stamp() {
     let change = |key: &str, fields: &[&str]| Change {
         key: key.into(),
         salesforce_id: format!("001{key}"),
-        fields: fields.iter().map(|f| ((*f).to_owned(), json!(1))).collect(),
+        fields: fields.iter().map(|f| ((*f).into(), json!(1))).collect(),
         prints: fields.iter().map(|_| 7).collect(),
     };
     let stamp = "Pendo_Engagement_Updated__c";

@@ -43,7 +43,7 @@ pub struct Written<'a> {
     /// The source key (the Pendo account, say), the key of history rows.
     pub key: Cow<'a, str>,
     pub salesforce_id: Cow<'a, str>,
-    pub fields: Cow<'a, [(String, Value)]>,
+    pub fields: Cow<'a, [(crate::change::FieldName, Value)]>,
 }
 
 /// What the read-back found.
@@ -549,7 +549,7 @@ mod tests {
         Written {
             key: format!("k-{id}").into(),
             salesforce_id: id.to_owned().into(),
-            fields: fields.into_iter().map(|(f, v)| (f.to_owned(), v)).collect(),
+            fields: fields.into_iter().map(|(f, v)| (f.into(), v)).collect(),
         }
     }
 

@@ -482,12 +482,17 @@ impl ScoreConfig {
 /// two metrics share a field.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldMap {
-    fields: Vec<(Metric, String)>,
+    fields: Vec<(Metric, crate::change::FieldName)>,
 }
 
 impl FieldMap {
     pub fn iter(&self) -> impl Iterator<Item = (Metric, &str)> + '_ {
-        self.fields.iter().map(|(metric, field)| (*metric, field.as_str()))
+        self.fields.iter().map(|(metric, field)| (*metric, &**field))
+    }
+
+    /// The names as shared handles, for values that name their field once per record.
+    pub fn shared(&self) -> impl Iterator<Item = (Metric, &crate::change::FieldName)> + '_ {
+        self.fields.iter().map(|(metric, field)| (*metric, field))
     }
 
     pub fn get(&self, metric: Metric) -> Option<&str> {

@@ -975,7 +975,7 @@ fn fields(key: &str, f: &wire::Fields, errors: &mut Errors) -> Option<FieldMap> 
             continue;
         }
         owner.insert(name.to_ascii_lowercase(), metric);
-        map.push((metric, name));
+        map.push((metric, crate::change::FieldName::from(name)));
     }
     if ok && map.iter().all(|(m, _)| *m == Metric::UpdatedAt) {
         ok = false;

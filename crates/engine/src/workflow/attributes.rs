@@ -220,8 +220,9 @@ async fn body(
         }
         for pendo_id in pendo_ids {
             // An empty value never written before has nothing to clear in Pendo.
-            let fields: Vec<(String, Value)> =
-                values.iter().filter(|(f, v)| !v.is_null() || written.get(&pendo_id, f).is_some()).cloned().collect();
+            let fields = change::named(
+                values.iter().filter(|(f, v)| !v.is_null() || written.get(&pendo_id, f).is_some()).cloned(),
+            );
             let desired = Desired { key: pendo_id.clone(), salesforce_id: pendo_id.clone(), fields };
             match change::diff(&written, &desired, &[]) {
                 Some(c) => changes.push((c, id.clone(), own)),
@@ -254,7 +255,11 @@ async fn body(
     report.samples = changes
         .iter()
         .take(10)
-        .map(|(c, sf, _)| Sample { pendo_account: c.key.clone(), salesforce_id: sf.clone(), fields: c.fields.clone() })
+        .map(|(c, sf, _)| Sample {
+            pendo_account: c.key.clone(),
+            salesforce_id: sf.clone(),
+            fields: c.object().into_iter().collect(),
+        })
         .collect();
     report.plan.send = changes.len();
     let reads: u64 = meter.calls.values().sum();

@@ -33,6 +33,7 @@ use salesforce::{ErrorCode, RetryClass};
 use serde_json::{Map, Value};
 
 use super::{BudgetReport, Context, FailureSample, Meter, RunError, RunReport};
+use crate::change::FieldName;
 use crate::config::Workflow;
 use crate::preflight::{self, Quarantine};
 use crate::store::{Action, CreateState, FieldChange, RecordOutcome};
@@ -312,12 +313,13 @@ async fn verify_made(
         let made = &results[g].made;
         for (record, created) in group.records.iter().zip(made) {
             let Created::New { id } = created else { continue };
-            let mut fields: Vec<(String, Value)> = record.fields.iter().map(|(f, v)| (f.clone(), v.clone())).collect();
-            fields.push((record.key_field.clone(), Value::String(record.key.clone())));
+            let mut fields: Vec<(FieldName, Value)> =
+                record.fields.iter().map(|(f, v)| (f.as_str().into(), v.clone())).collect();
+            fields.push((record.key_field.as_str().into(), Value::String(record.key.clone())));
             if let Some(link) = &record.link
                 && let Some(to) = made.get(link.to).and_then(Created::id)
             {
-                fields.push((link.field.clone(), Value::String(to.to_owned())));
+                fields.push((link.field.as_str().into(), Value::String(to.to_owned())));
             }
             let written = Written { key: (&group.subject).into(), salesforce_id: id.into(), fields: fields.into() };
             by_object.entry(record.object.as_str()).or_default().push(written);

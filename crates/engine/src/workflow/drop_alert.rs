@@ -219,7 +219,7 @@ async fn body(
             out.push(Desired {
                 key: pendo_id.to_owned(),
                 salesforce_id: account_id.to_owned(),
-                fields: fields.to_vec(),
+                fields: crate::change::named(fields.iter().cloned()),
             });
         }
     };
@@ -393,7 +393,11 @@ async fn body(
     // Account fields: what the alerts set and the episodes want, changed fields only.
     let mut desired = field_values;
     for (a, values) in alerts.iter().zip(&set_values) {
-        desired.push(Desired { key: a.pendo_id.clone(), salesforce_id: a.account_id.clone(), fields: values.clone() });
+        desired.push(Desired {
+            key: a.pendo_id.clone(),
+            salesforce_id: a.account_id.clone(),
+            fields: crate::change::named(values.iter().cloned()),
+        });
     }
     desired.retain(|d| !d.fields.is_empty());
     let account_scope = account_scope(&workflow.name);
@@ -403,7 +407,7 @@ async fn body(
         pendo_desired.push(Desired {
             key: a.pendo_id.clone(),
             salesforce_id: a.pendo_id.clone(),
-            fields: values.clone(),
+            fields: crate::change::named(values.iter().cloned()),
         });
     }
     pendo_desired.retain(|d| !d.fields.is_empty());
@@ -467,10 +471,11 @@ async fn body(
     for (i, a) in alerts.iter().enumerate() {
         if !group_of[i].is_none_or(|g| results[g].complete()) {
             changes.retain(|c| {
-                c.key != a.pendo_id || !set_values[i].iter().any(|(f, _)| c.fields.iter().any(|(x, _)| x == f))
+                c.key != a.pendo_id || !set_values[i].iter().any(|(f, _)| c.fields.iter().any(|(x, _)| **x == **f))
             });
             pendo_changes.retain(|c| {
-                c.key != a.pendo_id || !set_pendo_values[i].iter().any(|(f, _)| c.fields.iter().any(|(x, _)| x == f))
+                c.key != a.pendo_id
+                    || !set_pendo_values[i].iter().any(|(f, _)| c.fields.iter().any(|(x, _)| **x == **f))
             });
             continue;
         }

@@ -95,8 +95,8 @@ async fn body(
     step("Detecting changes", None);
     let written = ctx.store.fingerprints(&scope(&workflow.name)).await?;
     let usage_by_id: HashMap<&str, &AccountUsage> = usage.iter().map(|u| (u.account_id.as_str(), u)).collect();
-    let stamp: Vec<(String, Value)> =
-        config.fields.get(Metric::UpdatedAt).map(|f| vec![(f.to_owned(), figures::timestamp(now))]).unwrap_or_default();
+    let stamp: Vec<(change::FieldName, Value)> =
+        config.fields.get(Metric::UpdatedAt).map(|f| vec![(f.into(), figures::timestamp(now))]).unwrap_or_default();
     let (mut matched, mut unmatched, mut ambiguous, mut unchanged) = (0, 0, 0, 0);
     let mut skipped_outcomes = Vec::new();
     let mut ambiguous_samples = Vec::new();
@@ -174,7 +174,7 @@ async fn body(
     step("Checking the config against Salesforce", None);
     let quarantine = preflight(ctx, workflow, &changes, options.dry_run).await?;
     meter.step("preflight", Some("preflight"));
-    let riders: Vec<&str> = stamp.iter().map(|(f, _)| f.as_str()).collect();
+    let riders: Vec<&str> = stamp.iter().map(|(f, _)| &**f).collect();
     let (changes, held) = deliver::hold_back(&quarantine, OBJECT, &riders, changes);
     skipped_outcomes.extend(held.iter().map(|h| h.outcome(OBJECT)));
     crate::testhook::crash_point("gather");

@@ -57,14 +57,10 @@ impl Ledger {
                 object: object.to_owned(),
                 key: key_of(&f.change).to_owned(),
                 salesforce_id: Some(f.change.salesforce_id.clone()),
-                payload: Value::Object(f.change.fields.iter().cloned().collect()),
+                payload: Value::Object(f.change.object()),
                 code: f.code.clone(),
                 message: f.message.clone(),
-                fields: if f.fields.is_empty() {
-                    f.change.fields.iter().map(|(k, _)| k.clone()).collect()
-                } else {
-                    f.fields.clone()
-                },
+                fields: if f.fields.is_empty() { f.change.names() } else { f.fields.clone() },
             });
         }
     }

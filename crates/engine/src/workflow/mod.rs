@@ -235,7 +235,7 @@ impl RunReport {
         self.fields_changed = BTreeMap::new();
         for c in changes {
             for (f, _) in &c.fields {
-                *self.fields_changed.entry(f.clone()).or_default() += 1;
+                *self.fields_changed.entry(f.to_string()).or_default() += 1;
             }
         }
         self.samples = changes
@@ -244,7 +244,7 @@ impl RunReport {
             .map(|c| Sample {
                 pendo_account: c.key.clone(),
                 salesforce_id: c.salesforce_id.clone(),
-                fields: c.fields.clone(),
+                fields: c.fields.iter().map(|(f, v)| (f.to_string(), v.clone())).collect(),
             })
             .collect();
     }

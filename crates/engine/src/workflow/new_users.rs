@@ -437,7 +437,7 @@ async fn body(
             .map(|w| Change {
                 key: w.person.visitor.visitor_id.clone(),
                 salesforce_id: w.salesforce_id.clone().unwrap_or_default(),
-                fields: w.fields.clone(),
+                fields: crate::change::named(w.fields.iter().cloned()),
                 prints: w.fields.iter().map(|(_, v)| fingerprint(v)).collect(),
             })
             .collect();

@@ -664,7 +664,7 @@ async fn update_stage(
             salesforce_id: id.to_string(),
             fields: fields
                 .as_object()
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .map(|m| m.iter().map(|(k, v)| (k.as_str().into(), v.clone())).collect())
                 .unwrap_or_default(),
             prints: Vec::new(),
         })

@@ -54,7 +54,7 @@ pub(crate) async fn write(
     let mut out = Written::default();
     let updates: Vec<pendo::metadata::MetadataUpdate> = changes
         .iter()
-        .map(|(c, _)| pendo::metadata::MetadataUpdate { id: c.key.clone(), values: c.fields.iter().cloned().collect() })
+        .map(|(c, _)| pendo::metadata::MetadataUpdate { id: c.key.clone(), values: c.object() })
         .collect();
     let bulk = if updates.is_empty() {
         pendo::metadata::BulkReport::default()
@@ -76,8 +76,9 @@ pub(crate) async fn write(
     let mut outcomes = Vec::new();
     let mut ledger = Ledger::default();
     for (c, sf_id) in changes {
-        let changes_of =
-            || c.fields.iter().map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() }).collect();
+        let changes_of = || {
+            c.fields.iter().map(|(f, v)| FieldChange { field: f.to_string(), before: None, after: v.clone() }).collect()
+        };
         let outcome = |action, code: Option<&str>, message: Option<String>| RecordOutcome {
             object: target.object.into(),
             key: c.key.clone(),
@@ -127,10 +128,10 @@ pub(crate) async fn write(
             object: target.object.into(),
             key: c.key.clone(),
             salesforce_id: Some(sf_id.clone()),
-            payload: Value::Object(c.fields.iter().cloned().collect()),
+            payload: Value::Object(c.object()),
             code: code.into(),
             message: message.clone(),
-            fields: c.fields.iter().map(|(f, _)| f.clone()).collect(),
+            fields: c.names(),
         });
         outcomes.push(outcome(Action::Failed, Some(code), Some(message)));
     }

@@ -92,7 +92,7 @@ pub(crate) async fn run(
             let silent = VisitorUsage { visitor_id: visitor.clone(), ..VisitorUsage::default() };
             let u = usage.get(&visitor).unwrap_or(&silent);
             report.matched += 1;
-            let desired = Desired { key: visitor, salesforce_id: id, fields: values(config, u) };
+            let desired = Desired { key: visitor, salesforce_id: id, fields: change::named(values(config, u)) };
             match change::diff(&written, &desired, &[]) {
                 Some(c) => changes.push(c),
                 None => report.unchanged += 1,

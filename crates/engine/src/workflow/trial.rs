@@ -204,7 +204,7 @@ async fn body(
                 StageMove::Stay { .. } => {}
             }
         }
-        let desired = Desired { key: pendo_id.clone(), salesforce_id: id.to_owned(), fields };
+        let desired = Desired { key: pendo_id.clone(), salesforce_id: id.to_owned(), fields: change::named(fields) };
         match change::diff(&written, &desired, &[]) {
             Some(c) => changes.push(c),
             None => unchanged += 1,

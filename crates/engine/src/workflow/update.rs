@@ -141,8 +141,8 @@ pub(crate) async fn record(
                 .fields
                 .iter()
                 .map(|(f, v)| FieldChange {
-                    field: f.clone(),
-                    before: old.iter().find(|(of, _)| of == f).map(|(_, ov)| ov.clone()),
+                    field: f.to_string(),
+                    before: old.iter().find(|(of, _)| **of == **f).map(|(_, ov)| ov.clone()),
                     after: v.clone(),
                 })
                 .collect();
@@ -167,7 +167,7 @@ pub(crate) async fn record(
         ctx.store.record_outcomes(run, &outcomes, &prints).await?;
     }
     let changes_of = |c: &Change| -> Vec<FieldChange> {
-        c.fields.iter().map(|(f, v)| FieldChange { field: f.clone(), before: None, after: v.clone() }).collect()
+        c.fields.iter().map(|(f, v)| FieldChange { field: f.to_string(), before: None, after: v.clone() }).collect()
     };
     let mut rest: Vec<RecordOutcome> = failed
         .iter()
