@@ -334,13 +334,25 @@ fn dominant_domain<'p, P: PendoSide>(p: &'p P, min_share: f64, free_mail: &FreeM
 }
 
 fn settle_shared_accounts(out: &mut BTreeMap<String, (Outcome, usize)>, pendo_parents: &HashMap<String, String>) {
-    let mut claims: HashMap<String, Vec<(String, usize)>> = HashMap::new();
-    for (pendo_id, (o, rank)) in out.iter() {
-        if let Outcome::Matched { salesforce_id, .. } = o {
-            claims.entry(salesforce_id.clone()).or_default().push((pendo_id.clone(), *rank));
-        }
-    }
-    for (sf_id, claimants) in claims.into_iter().filter(|(_, c)| c.len() > 1) {
+    // Claims borrowed and sorted by Account, then Pendo id: three words a match. A map of owned
+    // claimant lists per Account was the largest part of a first run's peak at 300,000 accounts
+    // (68 MB of 390). Only the contested Accounts are copied out.
+    let contested: Vec<(String, Vec<(String, usize)>)> = {
+        let mut claims: Vec<(&str, &str, usize)> = out
+            .iter()
+            .filter_map(|(pendo_id, (o, rank))| match o {
+                Outcome::Matched { salesforce_id, .. } => Some((salesforce_id.as_str(), pendo_id.as_str(), *rank)),
+                _ => None,
+            })
+            .collect();
+        claims.sort_unstable();
+        claims
+            .chunk_by(|a, b| a.0 == b.0)
+            .filter(|c| c.len() > 1)
+            .map(|c| (c[0].0.to_owned(), c.iter().map(|(_, p, rank)| ((*p).to_owned(), *rank)).collect()))
+            .collect()
+    };
+    for (sf_id, claimants) in contested {
         let mut claimants = hierarchy::yield_to_parents(out, &sf_id, claimants, pendo_parents);
         if claimants.len() < 2 {
             continue;
