@@ -151,10 +151,6 @@ pub async fn deliver(
 /// Records refused for a transient reason, with that reason.
 type Pending = Vec<(Change, Failed)>;
 
-fn payload(change: &Change) -> Map<String, Value> {
-    change.object()
-}
-
 fn parse_id(change: &Change) -> Result<SalesforceId, Box<Failed>> {
     SalesforceId::parse(&change.salesforce_id).map_err(|e| {
         Box::new(Failed {
@@ -207,11 +203,11 @@ async fn collections(
         let result = if ok.len() == 1 {
             *out.requests.entry("single").or_default() += 1;
             let (change, id) = &ok[0];
-            client.update(object, id, &payload(change)).await.map(|()| None)
+            client.update(object, id, &change.object()).await.map(|()| None)
         } else {
             *out.requests.entry("collections").or_default() += 1;
             let records: Vec<(SalesforceId, Map<String, Value>)> =
-                ok.iter().map(|(c, id)| (id.clone(), payload(c))).collect();
+                ok.iter().map(|(c, id)| (id.clone(), c.object())).collect();
             client.update_many(object, &records, false).await.map(Some)
         };
         crate::testhook::crash_point("deliver");
@@ -270,7 +266,7 @@ fn sort_refusal(change: Change, error: Option<&salesforce::RecordError>, pending
 }
 
 fn bulk_row(c: &Change) -> Map<String, Value> {
-    let mut row = payload(c);
+    let mut row = c.object();
     row.insert("Id".into(), Value::String(c.salesforce_id.clone()));
     row
 }
