@@ -148,10 +148,8 @@ pub(crate) async fn match_accounts(
     // 300,000 accounts this took the first run's peak (in this stage) from 525 to 468 MiB.
     drop((all_facts, accounts));
     if !dry_run {
-        let entries: Vec<IdMapEntry> =
-            outcomes.iter().map(|(id, o)| entry_of(&workflow.name, id, o, pins.contains_key(id), now)).collect();
-        ctx.store.put_id_map(&entries).await?;
-        drop(entries);
+        let mut entries = outcomes.iter().map(|(id, o)| entry_of(&workflow.name, id, o, pins.contains_key(id), now));
+        ctx.store.put_id_map(&mut entries).await?;
         if let Some(text) = links {
             let stored = ctx.store.cursor(&workflow.name, PARENTS).await?;
             if stored.as_deref() != Some(text.as_str()) {

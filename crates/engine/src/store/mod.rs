@@ -602,8 +602,12 @@ pub struct IdMapEntry {
 
 pub trait IdMapStore {
     fn id_map(&self, workflow: &str) -> StoreFuture<'_, Vec<IdMapEntry>>;
-    /// Upserts; an existing pinned entry is only replaced by an incoming pinned entry.
-    fn put_id_map<'a>(&'a self, entries: &'a [IdMapEntry]) -> StoreFuture<'a, ()>;
+    /// Upserts, in one transaction; an existing pinned entry is only replaced by an incoming
+    /// pinned entry, and of two entries for one account the later wins. The entries are taken
+    /// as they are made, a few thousand at a time: a first run at a million accounts writes a
+    /// million, and all of them at once (with the columns built from them) were most of its
+    /// matching stage's peak.
+    fn put_id_map<'a>(&'a self, entries: &'a mut (dyn Iterator<Item = IdMapEntry> + Send)) -> StoreFuture<'a, ()>;
     fn pin_match(&self, workflow: &str, pendo_id: &str, salesforce_id: &str) -> StoreFuture<'_, ()>;
     fn unpin_match(&self, workflow: &str, pendo_id: &str) -> StoreFuture<'_, ()>;
     /// Ambiguous and Unmatched entries, for a person to review.

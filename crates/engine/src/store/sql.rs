@@ -319,6 +319,10 @@ async fn upsert_fingerprints(tx: &mut Tx, dialect: Dialect, puts: &[FingerprintP
     Ok(())
 }
 
+/// Id map entries made and written at a time (see [`IdMapStore::put_id_map`]): one PostgreSQL
+/// statement's batch, three SQLite statements.
+const ID_MAP_CHUNK: usize = 10_000;
+
 const INSERT_RUN: &str = "INSERT INTO runs (id, workflow, template, dry_run, trigger, state, started_at, stats) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, '{}')";
 
@@ -1089,40 +1093,47 @@ impl IdMapStore for SqlStore {
         })
     }
 
-    fn put_id_map<'a>(&'a self, entries: &'a [IdMapEntry]) -> StoreFuture<'a, ()> {
+    fn put_id_map<'a>(&'a self, entries: &'a mut (dyn Iterator<Item = IdMapEntry> + Send)) -> StoreFuture<'a, ()> {
         const OP: &str = "put id map";
-        // Borrowed, not cloned: a first run at 100,000 accounts writes 100,000 entries, and a
-        // copy of them was the largest part of matching's peak.
-        let rows: Result<Vec<_>, StoreError> = last_per_key(entries, |e| (&e.workflow, &e.pendo_id))
-            .into_iter()
-            .map(|e| Ok((e, json_text("id map candidates", &e.candidates)?)))
-            .collect();
         Box::pin(async move {
-            let rows = rows?;
-            let columns = [
-                Column::Text(rows.iter().map(|(e, _)| e.workflow.as_str()).collect()),
-                Column::Text(rows.iter().map(|(e, _)| e.pendo_id.as_str()).collect()),
-                Column::Text(rows.iter().map(|(e, _)| e.status.as_str()).collect()),
-                Column::OptText(rows.iter().map(|(e, _)| e.salesforce_id.as_deref()).collect()),
-                Column::OptText(rows.iter().map(|(e, _)| e.rule.as_deref()).collect()),
-                Column::Text(rows.iter().map(|(_, c)| c.as_str()).collect()),
-                Column::Bool(rows.iter().map(|(e, _)| e.pinned).collect()),
-                Column::Time(rows.iter().map(|(e, _)| e.checked_at).collect()),
-            ];
             let mut tx = self.pool.begin_write(OP).await?;
-            // A person's pin outranks automatic matching; only another pin replaces it.
-            tx.insert_batch(
-                OP,
-                "INSERT INTO id_map (workflow, pendo_id, status, salesforce_id, rule, candidates, pinned, checked_at)",
-                &columns,
-                rows.len(),
-                " ON CONFLICT (workflow, pendo_id) DO UPDATE SET status = excluded.status, \
-                 salesforce_id = excluded.salesforce_id, rule = excluded.rule, \
-                 candidates = excluded.candidates, pinned = excluded.pinned, \
-                 checked_at = excluded.checked_at \
-                 WHERE NOT id_map.pinned OR excluded.pinned",
-            )
-            .await?;
+            let mut chunk: Vec<IdMapEntry> = Vec::with_capacity(ID_MAP_CHUNK);
+            loop {
+                chunk.clear();
+                chunk.extend((&mut *entries).take(ID_MAP_CHUNK));
+                if chunk.is_empty() {
+                    break;
+                }
+                // Of two entries for one account in a statement the later wins (PostgreSQL
+                // refuses both in one); across statements the later statement wins anyway.
+                let rows: Vec<(&IdMapEntry, String)> = last_per_key(&chunk, |e| (&e.workflow, &e.pendo_id))
+                    .into_iter()
+                    .map(|e| Ok((e, json_text("id map candidates", &e.candidates)?)))
+                    .collect::<Result<_, StoreError>>()?;
+                let columns = [
+                    Column::Text(rows.iter().map(|(e, _)| e.workflow.as_str()).collect()),
+                    Column::Text(rows.iter().map(|(e, _)| e.pendo_id.as_str()).collect()),
+                    Column::Text(rows.iter().map(|(e, _)| e.status.as_str()).collect()),
+                    Column::OptText(rows.iter().map(|(e, _)| e.salesforce_id.as_deref()).collect()),
+                    Column::OptText(rows.iter().map(|(e, _)| e.rule.as_deref()).collect()),
+                    Column::Text(rows.iter().map(|(_, c)| c.as_str()).collect()),
+                    Column::Bool(rows.iter().map(|(e, _)| e.pinned).collect()),
+                    Column::Time(rows.iter().map(|(e, _)| e.checked_at).collect()),
+                ];
+                // A person's pin outranks automatic matching; only another pin replaces it.
+                tx.insert_batch(
+                    OP,
+                    "INSERT INTO id_map (workflow, pendo_id, status, salesforce_id, rule, candidates, pinned, checked_at)",
+                    &columns,
+                    rows.len(),
+                    " ON CONFLICT (workflow, pendo_id) DO UPDATE SET status = excluded.status, \
+                     salesforce_id = excluded.salesforce_id, rule = excluded.rule, \
+                     candidates = excluded.candidates, pinned = excluded.pinned, \
+                     checked_at = excluded.checked_at \
+                     WHERE NOT id_map.pinned OR excluded.pinned",
+                )
+                .await?;
+            }
             tx.commit(OP).await
         })
     }

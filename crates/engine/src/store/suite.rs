@@ -891,7 +891,7 @@ async fn id_map_pin_rule_and_review(store: Arc<dyn Store>) {
         entry("wf", "p'4\\%", MatchStatus::Matched, Some("001D")),
         entry("other", "p1", MatchStatus::Unmatched, None),
     ];
-    store.put_id_map(&entries).await.unwrap();
+    store.put_id_map(&mut entries.iter().cloned()).await.unwrap();
     let map = store.id_map("wf").await.unwrap();
     assert_eq!(map.len(), 4);
     assert!(map.contains(&entries[1]), "candidates round-trip");
@@ -904,7 +904,10 @@ async fn id_map_pin_rule_and_review(store: Arc<dyn Store>) {
     // A person pins p2; automatic matching must not undo it.
     store.pin_match("wf", "p2", "001PIN").await.unwrap();
     let later = IdMapEntry { checked_at: t(2, 0), ..entry("wf", "p2", MatchStatus::Unmatched, None) };
-    store.put_id_map(&[later.clone(), entry("wf", "p1", MatchStatus::Matched, Some("001A2"))]).await.unwrap();
+    store
+        .put_id_map(&mut [later.clone(), entry("wf", "p1", MatchStatus::Matched, Some("001A2"))].into_iter())
+        .await
+        .unwrap();
     let map: HashMap<String, IdMapEntry> =
         store.id_map("wf").await.unwrap().into_iter().map(|e| (e.pendo_id.clone(), e)).collect();
     assert_eq!(map["p2"].status, MatchStatus::Matched);
@@ -915,7 +918,7 @@ async fn id_map_pin_rule_and_review(store: Arc<dyn Store>) {
 
     // An incoming pinned entry does replace a pin.
     let repin = IdMapEntry { pinned: true, ..entry("wf", "p2", MatchStatus::Matched, Some("001NEW")) };
-    store.put_id_map(std::slice::from_ref(&repin)).await.unwrap();
+    store.put_id_map(&mut std::iter::once(repin.clone())).await.unwrap();
     let map = store.id_map("wf").await.unwrap();
     assert!(map.contains(&repin));
 
@@ -923,7 +926,7 @@ async fn id_map_pin_rule_and_review(store: Arc<dyn Store>) {
     store.pin_match("wf", "p9", "001NINE").await.unwrap();
     // After unpinning, automatic matching takes over again.
     store.unpin_match("wf", "p2").await.unwrap();
-    store.put_id_map(std::slice::from_ref(&later)).await.unwrap();
+    store.put_id_map(&mut std::iter::once(later.clone())).await.unwrap();
     let map: HashMap<String, IdMapEntry> =
         store.id_map("wf").await.unwrap().into_iter().map(|e| (e.pendo_id.clone(), e)).collect();
     assert_eq!(map["p2"], later);
@@ -937,8 +940,14 @@ async fn id_map_100k(store: Arc<dyn Store>) {
     let entries: Vec<IdMapEntry> = (0..n)
         .map(|i| entry("big", &format!("pendo-{i:06}"), MatchStatus::Matched, Some(&format!("001{i:015}"))))
         .collect();
+    // Two accounts given twice, the later entry the one kept: once within a statement's batch
+    // (PostgreSQL refuses two rows for one key in one statement) and once across batches.
+    let again = |i: usize, sf: &str| entry("big", &format!("pendo-{i:06}"), MatchStatus::Matched, Some(sf));
+    let mut puts = entries.clone();
+    puts.insert(6, again(5, "001SAMEBATCH"));
+    puts.push(again(0, "001LASTBATCH"));
     let started = Instant::now();
-    store.put_id_map(&entries).await.unwrap();
+    store.put_id_map(&mut puts.into_iter()).await.unwrap();
     let put = started.elapsed();
     let started = Instant::now();
     let loaded = store.id_map("big").await.unwrap();
@@ -946,6 +955,9 @@ async fn id_map_100k(store: Arc<dyn Store>) {
     eprintln!("{:?}: {n} id map entries put in {put:?}, loaded in {load:?}", store.backend());
     assert_eq!(loaded.len(), n);
     assert_eq!(loaded[n - 1], entries[n - 1]);
+    assert_eq!(loaded[0].salesforce_id.as_deref(), Some("001LASTBATCH"));
+    assert_eq!(loaded[5].salesforce_id.as_deref(), Some("001SAMEBATCH"));
+    assert_eq!(loaded[6], entries[6]);
 }
 
 async fn fingerprints_roundtrip(store: Arc<dyn Store>) {
