@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use super::{FreeMail, Outcome, Rule, accounts};
+use super::{FreeMail, Outcome, Rule, Verdicts, accounts};
 use crate::budget::Budget;
 use crate::config::{EngagementConfig, MatchRule, Workflow};
 use crate::extract::{AccountFacts, AccountUsage, Extractor};
@@ -78,7 +78,7 @@ pub(crate) async fn match_accounts(
     now: DateTime<Utc>,
     dry_run: bool,
     budget: &Budget,
-) -> Result<BTreeMap<String, Outcome>, RunError> {
+) -> Result<Verdicts, RunError> {
     let cached = ctx.store.id_map(&workflow.name).await?;
     let recheck = chrono::Duration::from_std(config.recheck_matches_after).unwrap_or(chrono::Duration::days(7));
     let cached: HashMap<&str, &IdMapEntry> = cached.iter().map(|e| (e.pendo_id.as_str(), e)).collect();

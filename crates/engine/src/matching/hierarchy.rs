@@ -5,9 +5,9 @@
 //! not place takes its parent's Account, and a child that lands on its parent's Account yields
 //! it to the parent instead of making both ambiguous.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
-use super::{Accounts, Outcome, PendoSide, Rule};
+use super::{Accounts, Outcome, PendoSide, Ranked, Rule};
 
 /// The rule name, and the prefix of the recorded rule of an account matched through its parent.
 pub const PENDO_PARENT: &str = "pendo_parent";
@@ -127,7 +127,7 @@ fn via(ancestor: &str) -> String {
 /// it too with a rule at least as strong are recorded as matched through that parent (they
 /// leave the Account's figures to it); the rest are returned to be settled as before.
 pub(super) fn yield_to_parents(
-    out: &mut BTreeMap<String, (Outcome, usize)>,
+    out: &mut Ranked,
     sf_id: &str,
     claimants: Vec<(String, usize)>,
     parents: &HashMap<String, String>,
@@ -148,8 +148,8 @@ pub(super) fn yield_to_parents(
         }
     }
     for (id, parent) in &yielded {
-        if let Some(entry) = out.get_mut(id) {
-            entry.0 = Outcome::Matched { salesforce_id: sf_id.to_owned(), rule: via(parent) };
+        if let Some(o) = out.get_mut(id) {
+            *o = Outcome::Matched { salesforce_id: sf_id.to_owned(), rule: via(parent) };
         }
     }
     claimants.into_iter().filter(|(id, _)| !yielded.iter().any(|(y, _)| y == id)).collect()
@@ -157,24 +157,24 @@ pub(super) fn yield_to_parents(
 
 /// Unmatched, unpinned accounts with a Pendo ancestor that matched take that ancestor's Account.
 pub(super) fn fall_back_to_parents(
-    out: &mut BTreeMap<String, (Outcome, usize)>,
+    out: &mut Ranked,
     parents: &HashMap<String, String>,
     pins: &HashMap<String, String>,
 ) {
     let mut decided = Vec::new();
-    for (id, (outcome, _)) in out.iter() {
+    for (id, outcome, _) in out.iter() {
         if !matches!(outcome, Outcome::Unmatched { .. }) || pins.contains_key(id) {
             continue;
         }
         let found = pendo_ancestors(id, parents)
             .into_iter()
-            .find_map(|a| Some((a, out.get(a)?.0.salesforce_id()?)))
-            .map(|(a, sf)| (id.clone(), a.to_owned(), sf.to_owned()));
+            .find_map(|a| Some((a, out.get(a)?.salesforce_id()?)))
+            .map(|(a, sf)| (id.to_owned(), a.to_owned(), sf.to_owned()));
         decided.extend(found);
     }
     for (id, ancestor, salesforce_id) in decided {
-        if let Some(entry) = out.get_mut(&id) {
-            entry.0 = Outcome::Matched { salesforce_id, rule: via(&ancestor) };
+        if let Some(o) = out.get_mut(&id) {
+            *o = Outcome::Matched { salesforce_id, rule: via(&ancestor) };
         }
     }
 }

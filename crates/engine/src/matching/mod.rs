@@ -15,14 +15,17 @@ pub(crate) mod accounts;
 mod cache;
 pub mod domain;
 pub(crate) mod hierarchy;
+mod verdicts;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 pub(crate) use cache::{Facts, account_parents, match_accounts};
 pub use cache::{metadata_fields, rules};
 pub use domain::FreeMail;
+use verdicts::Ranked;
+pub use verdicts::Verdicts;
 
 /// One rule of the chain, in the order the workflow lists them.
 #[derive(Debug, Clone)]
@@ -220,10 +223,11 @@ pub fn match_all<P: PendoSide>(
     pendo: &[P],
     accounts: &Accounts,
     pins: &HashMap<String, String>,
-) -> BTreeMap<String, Outcome> {
-    let mut out: BTreeMap<String, (Outcome, usize)> = BTreeMap::new();
-    for p in pendo {
-        let verdict = match pins.get(p.pendo_id()) {
+) -> Verdicts {
+    let ids: Vec<&str> = pendo.iter().map(PendoSide::pendo_id).collect();
+    let mut out = Ranked::decide(&ids, |i| {
+        let p = &pendo[i];
+        match pins.get(p.pendo_id()) {
             Some(pinned) => match accounts.find(pinned) {
                 Some(id) => (Outcome::Matched { salesforce_id: id.to_owned(), rule: "pinned".into() }, 0),
                 None => (
@@ -233,13 +237,13 @@ pub fn match_all<P: PendoSide>(
             },
             // Pins rank 0; rules rank from 1 in chain order.
             None => match_one(rules, p, accounts),
-        };
-        out.insert(p.pendo_id().to_owned(), verdict);
-    }
+        }
+    });
+    drop(ids);
     let pendo_parents = hierarchy::pendo_parents(rules, pendo);
     settle_shared_accounts(&mut out, &pendo_parents);
     hierarchy::fall_back_to_parents(&mut out, &pendo_parents, pins);
-    out.into_iter().map(|(k, (o, _))| (k, o)).collect()
+    out.finish()
 }
 
 fn match_one<P: PendoSide>(rules: &[Rule], p: &P, accounts: &Accounts) -> (Outcome, usize) {
@@ -333,15 +337,15 @@ fn dominant_domain<'p, P: PendoSide>(p: &'p P, min_share: f64, free_mail: &FreeM
     Ok(domain)
 }
 
-fn settle_shared_accounts(out: &mut BTreeMap<String, (Outcome, usize)>, pendo_parents: &HashMap<String, String>) {
+fn settle_shared_accounts(out: &mut Ranked, pendo_parents: &HashMap<String, String>) {
     // Claims borrowed and sorted by Account, then Pendo id: three words a match. A map of owned
     // claimant lists per Account was the largest part of a first run's peak at 300,000 accounts
     // (68 MB of 390). Only the contested Accounts are copied out.
     let contested: Vec<(String, Vec<(String, usize)>)> = {
         let mut claims: Vec<(&str, &str, usize)> = out
             .iter()
-            .filter_map(|(pendo_id, (o, rank))| match o {
-                Outcome::Matched { salesforce_id, .. } => Some((salesforce_id.as_str(), pendo_id.as_str(), *rank)),
+            .filter_map(|(pendo_id, o, rank)| match o {
+                Outcome::Matched { salesforce_id, .. } => Some((salesforce_id.as_str(), pendo_id, rank)),
                 _ => None,
             })
             .collect();
@@ -364,7 +368,7 @@ fn settle_shared_accounts(out: &mut BTreeMap<String, (Outcome, usize)>, pendo_pa
         // The winner keeps the Account only when it alone has the strongest rule.
         let skip = usize::from(tied == 1);
         for (pendo_id, _) in claimants.iter().skip(skip) {
-            if let Some((o, _)) = out.get_mut(pendo_id) {
+            if let Some(o) = out.get_mut(pendo_id) {
                 let rule = match o {
                     Outcome::Matched { rule, .. } => rule.clone(),
                     _ => continue,

@@ -55,7 +55,7 @@ fn accounts() -> Accounts {
     ])
 }
 
-fn run(pendo: &[P]) -> BTreeMap<String, Outcome> {
+fn run(pendo: &[P]) -> Verdicts {
     match_all(&rules(), pendo, &accounts(), &HashMap::new())
 }
 

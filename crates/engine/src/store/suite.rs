@@ -884,7 +884,7 @@ fn entry(workflow: &str, pendo_id: &str, status: MatchStatus, sf: Option<&str>) 
 }
 
 async fn id_map_pin_rule_and_review(store: Arc<dyn Store>) {
-    let entries = vec![
+    let entries = [
         entry("wf", "p1", MatchStatus::Matched, Some("001A")),
         entry("wf", "p2", MatchStatus::Ambiguous, None),
         entry("wf", "p3", MatchStatus::Unmatched, None),

@@ -285,7 +285,7 @@ impl RunReport {
     }
 
     /// The matching stage's counts: Pendo accounts seen, matched, unmatched and ambiguous.
-    pub(crate) fn count_matches(&mut self, outcomes: &BTreeMap<String, crate::matching::Outcome>) {
+    pub(crate) fn count_matches(&mut self, outcomes: &crate::matching::Verdicts) {
         use crate::matching::Outcome;
         self.pendo_accounts = outcomes.len();
         self.matched = outcomes.values().filter(|o| matches!(o, Outcome::Matched { .. })).count();

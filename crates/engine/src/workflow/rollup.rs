@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::extract::AccountUsage;
-use crate::matching::Outcome;
+use crate::matching::{Outcome, Verdicts};
 
 /// Deeper than any real hierarchy; a longer walk means a cycle in the data.
 const MAX_DEPTH: usize = 64;
@@ -16,7 +16,7 @@ const MAX_DEPTH: usize = 64;
 /// Salesforce Account id → its family's merged usage, for every Account whose family holds
 /// more than its own Pendo account (a leaf's family figures would only repeat its own).
 pub(crate) fn families(
-    outcomes: &BTreeMap<String, Outcome>,
+    outcomes: &Verdicts,
     usage: &HashMap<&str, &AccountUsage>,
     parents: &HashMap<String, String>,
 ) -> BTreeMap<String, AccountUsage> {
@@ -73,12 +73,14 @@ mod tests {
 
     #[test]
     fn parents_get_their_whole_family_and_leaves_nothing() {
-        let outcomes = BTreeMap::from([
+        let outcomes: Verdicts = [
             ("acme".to_owned(), matched("P", "email_domain")),
             ("acme-eu".to_owned(), matched("EU", "email_domain, hierarchy: …")),
             ("acme-lab".to_owned(), matched("P", "pendo_parent: under acme")),
             ("solo".to_owned(), matched("S", "external_id")),
-        ]);
+        ]
+        .into_iter()
+        .collect();
         let (p, eu, lab, solo) = (usage(3, 5), usage(4, 9), usage(1, 2), usage(7, 7));
         let by_id = HashMap::from([("acme", &p), ("acme-eu", &eu), ("acme-lab", &lab), ("solo", &solo)]);
         // A grandparent with no Pendo account of its own, and a cycle that must not hang.
@@ -94,7 +96,7 @@ mod tests {
         assert_eq!(fam["P"].events, 80);
         assert_eq!(fam["P"].active_days, 9, "the busiest member's days");
         assert_eq!(fam["G"].active_visitors, 8);
-        let cyclic = BTreeMap::from([("x".to_owned(), matched("X", "external_id"))]);
+        let cyclic: Verdicts = [("x".to_owned(), matched("X", "external_id"))].into_iter().collect();
         assert_eq!(families(&cyclic, &HashMap::new(), &parents).len(), 1, "Y once, and the walk ends");
     }
 }
