@@ -78,7 +78,7 @@ fn top_of(accounts: &Accounts, candidates: &[usize]) -> Option<usize> {
 fn lineage(accounts: &Accounts, c: usize) -> Option<Vec<usize>> {
     let mut out = vec![c];
     let mut cur = c;
-    while let Some(parent) = accounts.parents.get(cur).copied().flatten() {
+    while let Some(parent) = accounts.parents.get(cur).copied().flatten().map(|p| p as usize) {
         if out.contains(&parent) || out.len() > MAX_DEPTH {
             return None;
         }

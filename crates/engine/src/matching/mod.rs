@@ -68,16 +68,23 @@ pub trait PendoSide {
 }
 
 /// The Salesforce side, indexed once per run.
+///
+/// The indexes are lists of row numbers sorted by their key and searched by bisection, not
+/// hash maps: a map holding an owned key and a list per Account was about a third of a first
+/// run's matching peak at a million accounts, where a row number is four bytes.
 #[derive(Debug, Default)]
 pub struct Accounts {
     ids: Vec<String>,
-    by_id15: HashMap<String, usize>,
-    by_external: HashMap<String, Vec<usize>>,
-    by_domain: HashMap<String, Vec<usize>>,
+    /// Rows with an Id of 15 or more characters, by its first 15 (case-sensitive).
+    by_id15: Vec<u32>,
+    /// Lowercased, trimmed external ID → row, sorted by key.
+    by_external: Vec<(Box<str>, u32)>,
+    /// Website domain → row, sorted by key.
+    by_domain: Vec<(Box<str>, u32)>,
     /// Each Account's parent (`ParentId`), when the parent was read too.
-    parents: Vec<Option<usize>>,
+    parents: Vec<Option<u32>>,
     /// Lowercased, trimmed value of the `child_field` rule's Account field.
-    child_keys: Vec<Option<String>>,
+    child_keys: Vec<Option<Box<str>>>,
 }
 
 /// One Account as read from Salesforce.
@@ -101,31 +108,61 @@ pub struct Building {
     parent_ids: Vec<Option<String>>,
 }
 
+/// A row number in an index. An org has far fewer than 2^32 Accounts; rows past that are
+/// left out of the indexes (never matched) rather than numbered wrongly.
+fn row_number(i: usize) -> Option<u32> {
+    u32::try_from(i).ok()
+}
+
 impl Building {
     pub fn push(&mut self, row: AccountRow) {
         let accounts = &mut self.accounts;
-        let i = accounts.ids.len();
-        if let Some(id15) = row.id.get(..15) {
-            accounts.by_id15.insert(id15.to_owned(), i);
+        let Some(i) = row_number(accounts.ids.len()) else { return };
+        if row.id.len() >= 15 && row.id.is_char_boundary(15) {
+            accounts.by_id15.push(i);
         }
         // External IDs are case-insensitive in Salesforce unless marked otherwise; the
         // case-insensitive comparison can only turn a miss into an ambiguity, never a wrong write.
         if let Some(ext) = row.external_id.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
-            accounts.by_external.entry(ext.to_lowercase()).or_default().push(i);
+            accounts.by_external.push((ext.to_lowercase().into_boxed_str(), i));
         }
         if let Some(d) = row.website.as_deref().and_then(domain::website_domain) {
-            accounts.by_domain.entry(d).or_default().push(i);
+            accounts.by_domain.push((d.into_boxed_str(), i));
         }
-        accounts.child_keys.push(row.child_key.as_deref().map(hierarchy::key).filter(|k| !k.is_empty()));
+        accounts
+            .child_keys
+            .push(row.child_key.as_deref().map(hierarchy::key).filter(|k| !k.is_empty()).map(String::into_boxed_str));
         self.parent_ids.push(row.parent_id);
         accounts.ids.push(row.id);
     }
 
     pub fn finish(self) -> Accounts {
         let mut accounts = self.accounts;
-        accounts.parents = self.parent_ids.iter().map(|p| p.as_deref().and_then(|p| accounts.index_of(p))).collect();
+        // Stable sorts: of two rows with one key the later read stays later, and an Id read
+        // twice resolves to its last row, as a map's insert would.
+        let ids = &accounts.ids;
+        accounts.by_id15.sort_by(|&a, &b| id15(ids, a).cmp(id15(ids, b)));
+        accounts.by_external.sort_by(|a, b| a.0.cmp(&b.0));
+        accounts.by_domain.sort_by(|a, b| a.0.cmp(&b.0));
+        accounts.parents = self
+            .parent_ids
+            .iter()
+            .map(|p| p.as_deref().and_then(|p| accounts.index_of(p)).and_then(row_number))
+            .collect();
         accounts
     }
+}
+
+/// The first 15 characters of row `r`'s Id (every row in `by_id15` has them).
+fn id15(ids: &[String], r: u32) -> &str {
+    ids.get(r as usize).and_then(|id| id.get(..15)).unwrap_or_default()
+}
+
+/// The rows listed under `key` in an index sorted by key.
+fn rows_under<'a>(index: &'a [(Box<str>, u32)], key: &str) -> &'a [(Box<str>, u32)] {
+    let start = index.partition_point(|(k, _)| &**k < key);
+    let len = index[start..].partition_point(|(k, _)| &**k == key);
+    &index[start..start + len]
 }
 
 impl Accounts {
@@ -143,7 +180,10 @@ impl Accounts {
 
     /// Each Account whose parent was read too, with that parent: 18-character Ids both.
     pub fn parent_links(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.parents.iter().enumerate().filter_map(|(i, p)| Some((self.ids[i].as_str(), self.ids[(*p)?].as_str())))
+        self.parents
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((self.ids[i].as_str(), self.ids.get((*p)? as usize)?.as_str())))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -160,13 +200,19 @@ impl Accounts {
         if id.len() != 15 && id.len() != 18 {
             return None;
         }
-        let &i = self.by_id15.get(id.get(..15)?)?;
+        let key = id.get(..15)?;
+        // The last row with this key, as the map this replaced kept the last insert.
+        let end = self.by_id15.partition_point(|&r| id15(&self.ids, r) <= key);
+        let i = *self.by_id15[..end].last()? as usize;
+        if id15(&self.ids, i as u32) != key {
+            return None;
+        }
         // An 18-character Id must agree with ours in its checksum too.
         (id.len() == 15 || self.ids[i].eq_ignore_ascii_case(id)).then_some(i)
     }
 
     fn by_external(&self, pendo_id: &str) -> Vec<usize> {
-        self.by_external.get(&pendo_id.trim().to_lowercase()).map_or_else(Vec::new, |v| self.sorted(v))
+        self.sorted(rows_under(&self.by_external, &pendo_id.trim().to_lowercase()))
     }
 
     /// Accounts whose website domain `email_domain` belongs to, walking up its parent domains
@@ -174,8 +220,9 @@ impl Accounts {
     fn by_email_domain(&self, email_domain: &str) -> Vec<usize> {
         let mut d = email_domain;
         loop {
-            if let Some(v) = self.by_domain.get(d) {
-                return self.sorted(v);
+            let rows = rows_under(&self.by_domain, d);
+            if !rows.is_empty() {
+                return self.sorted(rows);
             }
             match d.split_once('.') {
                 Some((_, parent)) if parent.contains('.') => d = parent,
@@ -185,8 +232,8 @@ impl Accounts {
     }
 
     /// Indexes in Id order, so that what follows never depends on the order Salesforce returned.
-    fn sorted(&self, idx: &[usize]) -> Vec<usize> {
-        let mut v = idx.to_vec();
+    fn sorted(&self, rows: &[(Box<str>, u32)]) -> Vec<usize> {
+        let mut v: Vec<usize> = rows.iter().map(|&(_, r)| r as usize).collect();
         v.sort_unstable_by(|&a, &b| self.ids[a].cmp(&self.ids[b]));
         v.dedup();
         v
