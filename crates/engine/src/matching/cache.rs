@@ -101,7 +101,13 @@ pub(crate) async fn match_accounts(
     // Roll-up needs the Salesforce family links, kept from the last read.
     let links_missing = rollup && account_parents(ctx, &workflow.name).await?.is_none();
     if !shared && !links_missing && ids.iter().all(|id| fresh(id)) {
-        return Ok(ids.into_iter().filter_map(|id| cached.get(id).map(|e| (id.to_owned(), outcome_of(e)))).collect());
+        // In id order, so the verdicts are made sorted and sized once (collected from the set's
+        // order they were grown by doubling and sorted: ~10 MiB more at 100,000 accounts).
+        let mut ids: Vec<&str> = ids.into_iter().collect();
+        ids.sort_unstable();
+        let mut list = Vec::with_capacity(ids.len());
+        list.extend(ids.into_iter().filter_map(|id| cached.get(id).map(|e| (id.to_owned(), outcome_of(e)))));
+        return Ok(Verdicts::sorted(list));
     }
     let external = config.matching.iter().find_map(|r| match r {
         MatchRule::ExternalId { field } => Some(field.as_str()),

@@ -17,7 +17,7 @@ pub struct Verdicts {
 
 impl Verdicts {
     /// From a list already in id order without repeats (see [`Ranked`]).
-    fn sorted(list: Vec<(String, Outcome)>) -> Self {
+    pub(super) fn sorted(list: Vec<(String, Outcome)>) -> Self {
         debug_assert!(list.windows(2).all(|w| w[0].0 < w[1].0), "verdicts out of order");
         Verdicts { list }
     }
