@@ -3,7 +3,6 @@
 //! allows.
 
 use crate::config::template;
-use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -94,7 +93,8 @@ async fn body(
 
     step("Detecting changes", None);
     let written = ctx.store.fingerprints(&scope(&workflow.name)).await?;
-    let usage_by_id: HashMap<&str, &AccountUsage> = usage.iter().map(|u| (u.account_id.as_str(), u)).collect();
+    let mut usage = usage;
+    let usage_by_id = super::usage::ById::new(&mut usage);
     let stamp: Vec<(change::FieldName, Value)> =
         config.fields.get(Metric::UpdatedAt).map(|f| vec![(f.into(), figures::timestamp(now))]).unwrap_or_default();
     let (mut matched, mut unmatched, mut ambiguous, mut unchanged) = (0, 0, 0, 0);
@@ -121,7 +121,7 @@ async fn body(
                 // An account matched but silent in the window has zero engagement, and
                 // Salesforce should say so rather than keep last month's figures.
                 let zero = AccountUsage { account_id: pendo_id.clone(), ..Default::default() };
-                let u = usage_by_id.get(pendo_id.as_str()).copied().unwrap_or(&zero);
+                let u = usage_by_id.get(&pendo_id).unwrap_or(&zero);
                 let mut fields = figures::field_values(&config.fields, &config.score, u);
                 if let Some(family) = families.remove(&salesforce_id) {
                     fields.extend(figures::field_values(&config.rollup_fields, &config.score, &family));

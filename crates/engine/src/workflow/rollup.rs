@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::usage::ById;
 use crate::extract::AccountUsage;
 use crate::matching::{Outcome, Verdicts};
 
@@ -17,14 +18,14 @@ const MAX_DEPTH: usize = 64;
 /// more than its own Pendo account (a leaf's family figures would only repeat its own).
 pub(crate) fn families(
     outcomes: &Verdicts,
-    usage: &HashMap<&str, &AccountUsage>,
+    usage: &ById<'_>,
     parents: &HashMap<String, String>,
 ) -> BTreeMap<String, AccountUsage> {
     let mut merged: BTreeMap<String, (AccountUsage, bool)> = BTreeMap::new();
     for (pendo_id, outcome) in outcomes {
         let Outcome::Matched { salesforce_id, .. } = outcome else { continue };
         let zero = AccountUsage::default();
-        let u = usage.get(pendo_id.as_str()).copied().unwrap_or(&zero);
+        let u = usage.get(pendo_id).unwrap_or(&zero);
         let mut target = salesforce_id.as_str();
         let mut other = outcome.via_parent();
         let mut seen = vec![target];
@@ -81,8 +82,14 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let (p, eu, lab, solo) = (usage(3, 5), usage(4, 9), usage(1, 2), usage(7, 7));
-        let by_id = HashMap::from([("acme", &p), ("acme-eu", &eu), ("acme-lab", &lab), ("solo", &solo)]);
+        let of = |id: &str, u: AccountUsage| AccountUsage { account_id: id.into(), ..u };
+        let mut list = vec![
+            of("solo", usage(7, 7)),
+            of("acme-eu", usage(4, 9)),
+            of("acme", usage(3, 5)),
+            of("acme-lab", usage(1, 2)),
+        ];
+        let by_id = ById::new(&mut list);
         // A grandparent with no Pendo account of its own, and a cycle that must not hang.
         let parents = HashMap::from([
             ("EU".to_owned(), "P".to_owned()),
@@ -97,6 +104,6 @@ mod tests {
         assert_eq!(fam["P"].active_days, 9, "the busiest member's days");
         assert_eq!(fam["G"].active_visitors, 8);
         let cyclic: Verdicts = [("x".to_owned(), matched("X", "external_id"))].into_iter().collect();
-        assert_eq!(families(&cyclic, &HashMap::new(), &parents).len(), 1, "Y once, and the walk ends");
+        assert_eq!(families(&cyclic, &ById::new(&mut []), &parents).len(), 1, "Y once, and the walk ends");
     }
 }
