@@ -93,7 +93,7 @@ impl Index<&str> for Verdicts {
 /// Verdicts while matching settles them: each with the rank of the rule that made it (pins 0,
 /// rules from 1 in chain order, `usize::MAX` for none), kept beside the list rather than in it.
 pub(super) struct Ranked {
-    list: Vec<(String, Outcome)>,
+    verdicts: Verdicts,
     ranks: Vec<usize>,
 }
 
@@ -119,27 +119,24 @@ impl Ranked {
             list.push((ids[i].to_owned(), outcome));
             ranks.push(rank);
         }
-        Ranked { list, ranks }
+        Ranked { verdicts: Verdicts::sorted(list), ranks }
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (&str, &Outcome, usize)> {
-        self.list.iter().zip(&self.ranks).map(|((id, o), &rank)| (id.as_str(), o, rank))
+        self.verdicts.list.iter().zip(&self.ranks).map(|((id, o), &rank)| (id.as_str(), o, rank))
     }
 
     pub(super) fn get(&self, pendo_id: &str) -> Option<&Outcome> {
-        self.position(pendo_id).map(|i| &self.list[i].1)
+        self.verdicts.get(pendo_id)
     }
 
     pub(super) fn get_mut(&mut self, pendo_id: &str) -> Option<&mut Outcome> {
-        self.position(pendo_id).map(|i| &mut self.list[i].1)
-    }
-
-    fn position(&self, pendo_id: &str) -> Option<usize> {
-        self.list.binary_search_by(|(id, _)| id.as_str().cmp(pendo_id)).ok()
+        let i = self.verdicts.position(pendo_id)?;
+        Some(&mut self.verdicts.list[i].1)
     }
 
     pub(super) fn finish(self) -> Verdicts {
-        Verdicts::sorted(self.list)
+        self.verdicts
     }
 }
 

@@ -72,7 +72,8 @@ async fn body(
     let extractor = ctx.extractor();
     let window = workflow.window(now);
     let core = CoreFeatures::configured(&config.core_features);
-    let usage = super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run, false).await?.0;
+    let mut usage =
+        super::usage::gather(ctx, &workflow.name, &extractor, &window, &core, options.dry_run, false).await?.0;
     meter.step("extract", None);
 
     step("Matching accounts", None);
@@ -93,7 +94,6 @@ async fn body(
 
     step("Detecting changes", None);
     let written = ctx.store.fingerprints(&scope(&workflow.name)).await?;
-    let mut usage = usage;
     let usage_by_id = super::usage::ById::new(&mut usage);
     let stamp: Vec<(change::FieldName, Value)> =
         config.fields.get(Metric::UpdatedAt).map(|f| vec![(f.into(), figures::timestamp(now))]).unwrap_or_default();
