@@ -265,6 +265,15 @@ fn sort_refusal(change: Change, error: Option<&salesforce::RecordError>, pending
     if retry.is_retryable() { pending.push((change, failed)) } else { out.failed.push(failed) }
 }
 
+/// What a Bulk job said of one row (the error of a refused row is kept apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// No result yet, or the job never processed the row.
+    NoResult,
+    Written,
+    Refused,
+}
+
 fn bulk_row(c: &Change) -> Map<String, Value> {
     let mut row = c.object();
     row.insert("Id".into(), Value::String(c.salesforce_id.clone()));
@@ -293,9 +302,11 @@ async fn bulk(
     // higher-ranked lifetimes, and the daemon spawns runs on other threads.
     let rows = changes.iter().map(bulk_row as fn(&Change) -> Map<String, Value>);
     *out.requests.entry("bulk_job").or_default() += 1;
-    // Only each row's status is kept: the echoed input columns of 100,000 result rows would
-    // cost more memory than the whole run needs otherwise.
-    let mut by_index: Vec<Option<RowStatus>> = vec![None; changes.len()];
+    // Only each row's status is kept, a byte a row: the echoed input columns of 100,000 result
+    // rows, or a `RowStatus` a row (sized for a refusal with its duplicate result), would cost
+    // more than the whole run needs otherwise. Refusals keep their errors apart.
+    let mut settled_rows = vec![Settled::NoResult; changes.len()];
+    let mut refusals: BTreeMap<usize, salesforce::RecordError> = BTreeMap::new();
     // While the job runs, the bar follows Salesforce's count of processed rows.
     let settled = out.written.len() + out.failed.len() + out.deferred.len();
     let on_progress = |processed: u64| progress(settled + usize::try_from(processed).unwrap_or(usize::MAX));
@@ -305,9 +316,16 @@ async fn bulk(
             rows,
             |o| {
                 crate::testhook::crash_point("bulk");
-                if let Some(slot) = o.index.and_then(|i| usize::try_from(i).ok()).and_then(|i| by_index.get_mut(i)) {
-                    *slot = Some(o.status);
-                }
+                let Some(i) = o.index.and_then(|i| usize::try_from(i).ok()) else { return };
+                let Some(slot) = settled_rows.get_mut(i) else { return };
+                *slot = match o.status {
+                    RowStatus::Success { .. } => Settled::Written,
+                    RowStatus::Unprocessed => Settled::NoResult,
+                    RowStatus::Failed(e) => {
+                        refusals.insert(i, e);
+                        Settled::Refused
+                    }
+                };
             },
             &on_progress,
         )
@@ -317,12 +335,12 @@ async fn bulk(
         request_failed(&e, changes, out);
         return pending;
     }
-    for (change, outcome) in changes.into_iter().zip(by_index) {
-        match outcome {
-            Some(RowStatus::Success { .. }) => out.written.push(change),
-            Some(RowStatus::Failed(e)) => sort_refusal(change, Some(&e), &mut pending, out),
+    for (i, (change, row)) in changes.into_iter().zip(settled_rows).enumerate() {
+        match (row, refusals.remove(&i)) {
+            (Settled::Written, _) => out.written.push(change),
+            (Settled::Refused, Some(e)) => sort_refusal(change, Some(&e), &mut pending, out),
             // Never processed, or no result came back for the row: safe to send again.
-            Some(RowStatus::Unprocessed) | None => {
+            (Settled::NoResult | Settled::Refused, _) => {
                 let failed = Failed {
                     change: change.clone(),
                     code: "UNPROCESSED".into(),

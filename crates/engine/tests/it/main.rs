@@ -9,6 +9,7 @@
 mod support;
 
 mod create_workflows;
+mod deliver;
 mod engagement;
 mod extract;
 mod hierarchy;
