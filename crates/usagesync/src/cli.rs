@@ -190,6 +190,10 @@ pub struct EmulateArgs {
     /// (`ParentId` in Salesforce, `custom.parentaccountid` in Pendo).
     #[arg(long)]
     pub hierarchies: bool,
+    /// Exit as soon as stdin reaches its end. A benchmark starting the emulators holds the other
+    /// end of a pipe, so they go down with it however it ends, killed by a signal included.
+    #[arg(long)]
+    pub exit_with_stdin: bool,
 }
 
 #[derive(Debug, clap::Args)]

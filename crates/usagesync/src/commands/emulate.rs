@@ -16,6 +16,15 @@ use tokio::net::TcpListener;
 use crate::cli::EmulateArgs;
 
 pub async fn run(args: EmulateArgs, json: bool) -> Result<()> {
+    if args.exit_with_stdin {
+        // A thread, not a task: generating a large world blocks for a minute or more, and a
+        // parent gone meanwhile must not leave gigabytes behind. Nothing here needs shutting
+        // down cleanly (the emulators keep no state beyond the process).
+        std::thread::spawn(|| {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            std::process::exit(0);
+        });
+    }
     let listener = TcpListener::bind(args.salesforce_addr)
         .await
         .with_context(|| format!("Failed to bind the Salesforce emulator to {}", args.salesforce_addr))?;
@@ -68,7 +77,8 @@ pub async fn run(args: EmulateArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// The emulators in a child process, killed when this is dropped.
+/// The emulators in a child process, killed when this is dropped, and gone by themselves when
+/// this process ends some other way (its end of their stdin closes with it).
 pub(super) struct Child {
     pub process: tokio::process::Child,
     pub salesforce: String,
@@ -89,6 +99,8 @@ pub(super) async fn in_child_with(accounts: usize, days: u32, extra: &[&str]) ->
         .args(["emulate", "--seed-salesforce", "--daily-api-requests", "10000000"])
         .args(["--accounts", &accounts.to_string(), "--days", &days.to_string()])
         .args(extra)
+        .arg("--exit-with-stdin")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

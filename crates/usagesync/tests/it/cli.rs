@@ -357,6 +357,45 @@ fn the_daemon_prunes_old_history_by_itself() {
 
 /// The process gives freed memory back to the system at once: it starts itself again, under the
 /// same process id, with mimalloc's purge delay at 0, unless the operator set one.
+/// A benchmark's emulators go down with it however it ends: told `--exit-with-stdin`, the
+/// emulator process exits once the other end of its stdin is closed (as it is when the parent
+/// dies, even by SIGKILL); without it, a stdin at its end from the start (`nohup`, a shell's
+/// background job) does not stop it.
+#[test]
+fn the_emulators_exit_with_their_stdin_only_when_told_to() {
+    let start = |flag: bool, stdin: Stdio| {
+        let mut cmd = bin();
+        cmd.args(["emulate", "--accounts", "1"]);
+        if flag {
+            cmd.arg("--exit-with-stdin");
+        }
+        let mut child = cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert!(lines.next().unwrap().unwrap().starts_with("salesforce "));
+        (child, lines)
+    };
+    let (mut told, _lines) = start(true, Stdio::piped());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(told.try_wait().unwrap().is_none(), "exited while its stdin was open");
+    drop(told.stdin.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = told.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running a minute after its stdin closed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+
+    let (mut untold, _lines) = start(false, Stdio::null());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let running = untold.try_wait().unwrap().is_none();
+    let _ = untold.kill();
+    let _ = untold.wait();
+    assert!(running, "exited on a stdin at its end without --exit-with-stdin");
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn the_process_gives_freed_memory_back_at_once_unless_told_otherwise() {
