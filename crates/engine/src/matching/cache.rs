@@ -184,9 +184,7 @@ fn outcome_of(e: &IdMapEntry) -> Outcome {
     let rule = e.rule.clone().unwrap_or_default();
     match (&e.status, &e.salesforce_id) {
         (MatchStatus::Matched, Some(id)) => Outcome::Matched { salesforce_id: id.clone(), rule },
-        (MatchStatus::Ambiguous, _) => {
-            Outcome::Ambiguous { rule, candidates: e.candidates.clone(), reason: "cached: ambiguous".into() }
-        }
+        (MatchStatus::Ambiguous, _) => Outcome::ambiguous(rule, e.candidates.clone(), "cached: ambiguous".into()),
         _ => Outcome::Unmatched { reason: "cached: unmatched".into() },
     }
 }
@@ -196,8 +194,8 @@ fn entry_of(workflow: &str, pendo_id: &str, o: &Outcome, pinned: bool, now: Date
         Outcome::Matched { salesforce_id, rule } => {
             (MatchStatus::Matched, Some(salesforce_id.clone()), Some(rule.clone()), vec![])
         }
-        Outcome::Ambiguous { rule, candidates, reason } => {
-            (MatchStatus::Ambiguous, None, Some(format!("{rule}: {reason}")), candidates.clone())
+        Outcome::Ambiguous(a) => {
+            (MatchStatus::Ambiguous, None, Some(format!("{}: {}", a.rule, a.reason)), a.candidates.clone())
         }
         Outcome::Unmatched { reason } => (MatchStatus::Unmatched, None, Some(reason.clone()), vec![]),
     };

@@ -79,7 +79,7 @@ fn bad_metadata_ids_fall_through() {
 fn two_websites_with_one_domain_are_ambiguous() {
     let out = run(&[p("globex", None, &[("globex.com", 4)])]);
     match &out["globex"] {
-        Outcome::Ambiguous { candidates, .. } => assert_eq!(candidates, &vec![A2.to_owned(), A3.to_owned()]),
+        Outcome::Ambiguous(a) => assert_eq!(a.candidates, vec![A2.to_owned(), A3.to_owned()]),
         other => panic!("{other:?}"),
     }
 }
@@ -108,7 +108,7 @@ fn a_minority_domain_does_not_match() {
 fn an_account_claimed_twice_goes_to_the_stronger_rule() {
     let out = run(&[p("acme", None, &[]), p("acme-eu", None, &[("acme.com", 2)])]);
     assert_eq!(out["acme"].salesforce_id(), Some(A1));
-    assert!(matches!(out["acme-eu"], Outcome::Ambiguous { .. }));
+    assert!(matches!(out["acme-eu"], Outcome::Ambiguous(_)));
     // Equal rules: neither writes.
     let accounts = Accounts::new([AccountRow {
         id: A1.into(),
@@ -122,7 +122,7 @@ fn an_account_claimed_twice_goes_to_the_stronger_rule() {
         &accounts,
         &HashMap::new(),
     );
-    assert!(out.values().all(|o| matches!(o, Outcome::Ambiguous { .. })), "{out:?}");
+    assert!(out.values().all(|o| matches!(o, Outcome::Ambiguous(_))), "{out:?}");
 }
 
 #[test]
@@ -132,4 +132,19 @@ fn pins_beat_rules_and_must_exist() {
         match_all(&rules(), &[p("globex", None, &[("globex.com", 4)]), p("ghost", None, &[])], &accounts(), &pins);
     assert_eq!(out["globex"], Outcome::Matched { salesforce_id: A3.into(), rule: "pinned".into() });
     assert!(matches!(out["ghost"], Outcome::Unmatched { .. }));
+}
+
+/// A run holds an outcome for every Pendo account (a million at the largest): the rare
+/// ambiguous verdict is boxed, so that it does not set every outcome's size; its JSON is as
+/// it was unboxed.
+#[test]
+fn an_outcome_is_the_size_of_a_match_and_an_ambiguous_one_reads_as_before() {
+    assert_eq!(std::mem::size_of::<Outcome>(), 48);
+    let o = Outcome::ambiguous("email_domain".into(), vec![A2.to_owned(), A3.to_owned()], "2 Accounts fit".into());
+    let json = serde_json::to_value(&o).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"status": "ambiguous", "rule": "email_domain", "candidates": [A2, A3], "reason": "2 Accounts fit"})
+    );
+    assert_eq!(serde_json::from_value::<Outcome>(json).unwrap(), o);
 }

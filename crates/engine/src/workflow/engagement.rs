@@ -13,7 +13,7 @@ use crate::config::{EngagementConfig, Metric, Workflow};
 use crate::deliver;
 use crate::extract::{AccountFacts, AccountUsage, CoreFeatures};
 use crate::figures;
-use crate::matching::{Outcome, PendoSide};
+use crate::matching::{Ambiguity, Outcome, PendoSide};
 use crate::plan::{self, Allowance, CostModel};
 use crate::preflight::Quarantine;
 use crate::store::{Action, RecordOutcome, RunId};
@@ -132,7 +132,8 @@ async fn body(
                     None => unchanged += 1,
                 }
             }
-            Outcome::Ambiguous { candidates, reason, .. } => {
+            Outcome::Ambiguous(a) => {
+                let Ambiguity { candidates, reason, .. } = *a;
                 ambiguous += 1;
                 if ambiguous_samples.len() < 10 {
                     ambiguous_samples.push(AmbiguousSample {

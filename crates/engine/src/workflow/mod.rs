@@ -290,7 +290,7 @@ impl RunReport {
         self.pendo_accounts = outcomes.len();
         self.matched = outcomes.values().filter(|o| matches!(o, Outcome::Matched { .. })).count();
         self.unmatched = outcomes.values().filter(|o| matches!(o, Outcome::Unmatched { .. })).count();
-        self.ambiguous = outcomes.values().filter(|o| matches!(o, Outcome::Ambiguous { .. })).count();
+        self.ambiguous = outcomes.values().filter(|o| matches!(o, Outcome::Ambiguous(_))).count();
     }
 
     /// The report of a run that stops at its plan (a dry run): its reads' calls and timings.

@@ -198,7 +198,7 @@ async fn body(
         }
         let account = match first.account_id.as_deref().and_then(|a| outcomes.get(a)) {
             Some(Outcome::Matched { salesforce_id, .. }) => AccountMatch::Matched(salesforce_id.clone()),
-            Some(Outcome::Ambiguous { candidates, .. }) => AccountMatch::Ambiguous(candidates.clone()),
+            Some(Outcome::Ambiguous(a)) => AccountMatch::Ambiguous(a.candidates.clone()),
             Some(Outcome::Unmatched { .. }) | None => AccountMatch::Unmatched,
         };
         match &account {
