@@ -363,24 +363,32 @@ fn the_daemon_prunes_old_history_by_itself() {
 /// background job) does not stop it.
 #[test]
 fn the_emulators_exit_with_their_stdin_only_when_told_to() {
+    /// Killed when the test ends, passed or failed.
+    struct Emulator(std::process::Child);
+    impl Drop for Emulator {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let start = |flag: bool, stdin: Stdio| {
         let mut cmd = bin();
         cmd.args(["emulate", "--accounts", "1"]);
         if flag {
             cmd.arg("--exit-with-stdin");
         }
-        let mut child = cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut child = Emulator(cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
+        let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
         assert!(lines.next().unwrap().unwrap().starts_with("salesforce "));
         (child, lines)
     };
     let (mut told, _lines) = start(true, Stdio::piped());
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(told.try_wait().unwrap().is_none(), "exited while its stdin was open");
-    drop(told.stdin.take());
+    assert!(told.0.try_wait().unwrap().is_none(), "exited while its stdin was open");
+    drop(told.0.stdin.take());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let status = loop {
-        if let Some(status) = told.try_wait().unwrap() {
+        if let Some(status) = told.0.try_wait().unwrap() {
             break status;
         }
         assert!(std::time::Instant::now() < deadline, "still running a minute after its stdin closed");
@@ -390,10 +398,7 @@ fn the_emulators_exit_with_their_stdin_only_when_told_to() {
 
     let (mut untold, _lines) = start(false, Stdio::null());
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let running = untold.try_wait().unwrap().is_none();
-    let _ = untold.kill();
-    let _ = untold.wait();
-    assert!(running, "exited on a stdin at its end without --exit-with-stdin");
+    assert!(untold.0.try_wait().unwrap().is_none(), "exited on a stdin at its end without --exit-with-stdin");
 }
 
 #[cfg(target_os = "linux")]
