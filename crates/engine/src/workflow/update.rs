@@ -128,9 +128,10 @@ pub(crate) async fn record(
     ledger.delivery(how.object, &delivery, how.ledger_key);
     let deliver::Delivery { mut written, failed, .. } = delivery;
     // In the fingerprints' key order: each chunk's reads of the values before and its inserts
-    // then go to neighbouring pages of the table, not all over it (a first run's fill it as
-    // appends, pages packed full, rather than splitting pages anywhere).
-    written.sort_unstable_by(|a, b| a.salesforce_id.cmp(&b.salesforce_id));
+    // then go to neighbouring pages of the table, not all over it (a first run's record step at
+    // 300,000 accounts took 17 s instead of 28 to 38). Stable, so that of two writes to one
+    // record the later still stores its fingerprints last.
+    written.sort_by(|a, b| a.salesforce_id.cmp(&b.salesforce_id));
     let mut written = written.into_iter().peekable();
     while written.peek().is_some() {
         let chunk: Vec<Change> = written.by_ref().take(RECORD_CHUNK).collect();
