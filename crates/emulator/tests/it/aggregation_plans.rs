@@ -116,6 +116,10 @@ struct Grouping {
     fields2: Vec<(usize, usize)>,
     sort_limit: Option<usize>,
     count_distinct: bool,
+    /// A filter on columns other than the ids, before the group: `numEvents >= n || type == ..`.
+    filter: Option<usize>,
+    /// One group only (then perhaps a limit), not a group of a group.
+    single: bool,
 }
 
 fn grouping() -> impl Strategy<Value = Grouping> {
@@ -131,9 +135,10 @@ fn grouping() -> impl Strategy<Value = Grouping> {
         prop::collection::vec((0..8usize, 0..8usize), 0..3),
         prop::option::of(1..40usize),
         any::<bool>(),
+        (prop::option::of(0..4usize), prop::bool::weighted(0.2)),
     )
         .prop_map(
-            |(source, conds, identified, keys1, fields1, eval, keys2, fields2, sort_limit, count_distinct)| Grouping {
+            |(
                 source,
                 conds,
                 identified,
@@ -144,6 +149,20 @@ fn grouping() -> impl Strategy<Value = Grouping> {
                 fields2,
                 sort_limit,
                 count_distinct,
+                (filter, single),
+            )| Grouping {
+                source,
+                conds,
+                identified,
+                keys1,
+                fields1,
+                eval,
+                keys2,
+                fields2,
+                sort_limit,
+                count_distinct,
+                filter,
+                single,
             },
         )
 }
@@ -163,6 +182,9 @@ fn grouping_pipeline(g: &Grouping) -> J {
     if g.identified {
         p.push(json!({"identified": "visitorId"}));
     }
+    if let Some(n) = g.filter {
+        p.push(json!({"filter": format!("(numEvents >= {n}) || (type == \"guideSeen\")")}));
+    }
     let mut keys1: Vec<&str> = g.keys1.iter().map(|&k| cols[k]).collect();
     keys1.dedup();
     const AGGS: [&str; 8] = ["count", "sum", "first", "last", "min", "max", "avg", "list"];
@@ -172,6 +194,10 @@ fn grouping_pipeline(g: &Grouping) -> J {
         fields1.insert(format!("f{n}"), json!({ AGGS[agg % AGGS.len()]: arg }));
     }
     p.push(json!({"group": {"group": keys1, "fields": fields1}}));
+    if g.single {
+        p.extend(g.sort_limit.map(|n| json!({"limit": n})));
+        return J::Array(p);
+    }
     if g.eval {
         p.push(json!({"eval": {"one": 1}}));
     }
@@ -217,6 +243,7 @@ fn sorted_group_pipeline(q: &SortedGroup) -> J {
         fields2: Vec::new(),
         sort_limit: None,
         eval: false,
+        single: false,
         ..q.group.clone()
     }) {
         J::Array(p) => p,

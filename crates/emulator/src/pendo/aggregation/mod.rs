@@ -5,7 +5,8 @@
 //! the blocking pool so a large scan never stalls other connections.
 //!
 //! - [`expr`]: the expression language.
-//! - [`source`]: sources and timeSeries windows.
+//! - [`source`]: sources and timeSeries windows; an event scan feeding a group hands it the
+//!   rows it picked as a bitmap, filters applied, instead of listing them.
 //! - [`row`]: lazy rows over the columnar event tables.
 //! - [`ops`]: compilation and execution of the operators.
 //! - [`plan`]: moves keyset filters, id sorts and limits into the source scan.

@@ -9,6 +9,7 @@ use serde_json::Value as J;
 use super::super::store::{MetaKind, Store, is_anonymous};
 use super::super::val::{FxMap, FxSet, HKey, Obj, Val};
 use super::expr::{self, Env, Expr, Path};
+use super::fast::Input;
 use super::plan;
 use super::row::{Ctx, Period, Row, RowRef};
 use super::source::{self, Source};
@@ -311,15 +312,40 @@ pub struct Output {
 pub fn run(p: &Pipeline, store: &Store, opts: &Opts) -> Result<Output, String> {
     let mut scanned = 0u64;
     let mut stages: Cow<[Stage]> = Cow::Borrowed(&p.stages);
+    // An event scan whose rows go through filters into a group is not listed: the filters are
+    // applied as the scan picks rows and the group reads the picked set (`picked`), until a
+    // stage that needs rows listed takes them.
+    let mut picked: Option<source::Picked> = None;
+    let mut i = 0;
     let (mut rows, period, start_time, mut streams) = match &p.start {
         Start::Source(src) => {
             let planned =
                 if opts.optimize { plan::plan(src, &p.stages, store) } else { plan::Plan::as_written(&p.stages) };
             stages = planned.stages;
-            let (rows, n) = source::rows(store, src, &planned.scan);
-            scanned += n;
             let w = src.window;
-            (rows, w.map_or(Period::Day, |w| w.period), w.map(|w| w.start), None)
+            let period = w.map_or(Period::Day, |w| w.period);
+            let filters = stages.iter().take_while(|st| RowFilter::applies(st)).count();
+            let ctx = ctx_for(store, period, opts);
+            let fused = if opts.optimize && matches!(stages.get(filters), Some(Stage::Group { .. })) {
+                let kept: Vec<RowFilter> = stages[..filters].iter().filter_map(|st| RowFilter::new(&ctx, st)).collect();
+                source::picked(store, src, &planned.scan, |r| kept.iter().all(|f| f.keeps(&ctx, r)))
+            } else {
+                None
+            };
+            let rows = match fused {
+                Some((set, n)) => {
+                    scanned += n;
+                    picked = Some(set);
+                    i = filters;
+                    Vec::new()
+                }
+                None => {
+                    let (rows, n) = source::rows(store, src, &planned.scan);
+                    scanned += n;
+                    rows
+                }
+            };
+            (rows, period, w.map(|w| w.start), None)
         }
         Start::Spawn(subs) => {
             let mut streams = Vec::new();
@@ -333,16 +359,19 @@ pub fn run(p: &Pipeline, store: &Store, opts: &Opts) -> Result<Output, String> {
         }
     };
     let ctx = ctx_for(store, period, opts);
-    let mut i = 0;
     while let Some(st) = stages.get(i) {
         i += 1;
+        let input = match &picked {
+            Some(p) => Input::Picked(p),
+            None => Input::Rows(&rows),
+        };
         if opts.optimize
             && streams.is_none()
             && let Stage::Group { keys, fields } = st
             && let Some((consts, second, used)) = group_after(&stages[i..])
-            && let Some(out) = super::fast::group_of_group(&ctx, &rows, (keys, fields), &consts, second)
+            && let Some(out) = super::fast::group_of_group(&ctx, input, (keys, fields), &consts, second)
         {
-            rows = out;
+            (rows, picked) = (out, None);
             i += used;
             continue;
         }
@@ -355,11 +384,22 @@ pub fn run(p: &Pipeline, store: &Store, opts: &Opts) -> Result<Output, String> {
                 Some(Stage::Limit(n)) => Some(*n),
                 _ => None,
             };
-            if let Some(out) = super::fast::group_sorted(&ctx, &rows, (keys, fields), sort, limit) {
-                rows = out;
+            if let Some(out) = super::fast::group_sorted(&ctx, input, (keys, fields), sort, limit) {
+                (rows, picked) = (out, None);
                 i += 1 + usize::from(limit.is_some());
                 continue;
             }
+        }
+        // (Over listed rows `apply` takes the same path.)
+        if let Stage::Group { keys, fields } = st
+            && let Some(p) = &picked
+            && let Some(out) = super::fast::group(&ctx, Input::Picked(p), keys, fields)
+        {
+            (rows, picked) = (out, None);
+            continue;
+        }
+        if let Some(set) = picked.take() {
+            rows = set.rows();
         }
         if let Stage::Join { fields, width } = st {
             let s = streams.take().unwrap_or_else(|| vec![std::mem::take(&mut rows)]);
@@ -371,10 +411,78 @@ pub fn run(p: &Pipeline, store: &Store, opts: &Opts) -> Result<Output, String> {
         }
         rows = apply(&ctx, st, rows, opts, &mut scanned)?;
     }
+    if let Some(set) = picked.take() {
+        rows = set.rows();
+    }
     if let Some(s) = streams.take() {
         rows = s.into_iter().flatten().collect();
     }
     Ok(Output { rows, period, start_time, scanned })
+}
+
+/// A `filter` or `identified` stage, which keeps or drops each row on its own, ready to test
+/// rows: the same test whether it runs over listed rows or inside a source scan.
+enum RowFilter<'e> {
+    Expr(&'e Expr),
+    /// `identified` on the visitor column, over event rows: whether each visitor is identified,
+    /// worked out once rather than per row (millions of rows, a few hundred thousand visitors).
+    Visitors {
+        identified: Vec<bool>,
+        anonymous: bool,
+        path: &'e Path,
+    },
+    Identified {
+        path: &'e Path,
+        anonymous: bool,
+    },
+}
+
+impl<'e> RowFilter<'e> {
+    fn applies(st: &Stage) -> bool {
+        matches!(st, Stage::Filter(_) | Stage::Identified { .. })
+    }
+
+    fn new(ctx: &Ctx, st: &'e Stage) -> Option<RowFilter<'e>> {
+        match st {
+            Stage::Filter(e) => Some(RowFilter::Expr(e)),
+            Stage::Identified { path, anonymous } if path.rest.is_empty() && path.col == expr::Col::VisitorId => {
+                let identified = ctx.store.visitors.iter().map(|v| !is_anonymous(&v.id)).collect();
+                Some(RowFilter::Visitors { identified, anonymous: *anonymous, path })
+            }
+            Stage::Identified { path, anonymous } => Some(RowFilter::Identified { path, anonymous: *anonymous }),
+            _ => None,
+        }
+    }
+
+    fn keeps(&self, ctx: &Ctx, r: &Row) -> bool {
+        let (path, anonymous) = match self {
+            RowFilter::Expr(e) => return expr::truthy(&expr::eval(e, &RowRef { row: r, ctx }, &ctx.env())),
+            RowFilter::Visitors { identified, anonymous, path } => {
+                let visitor = match r {
+                    Row::Ev(kind, i) => {
+                        let t = ctx.store.table_for(*kind, ctx.period == Period::Day);
+                        let i = *i as usize;
+                        (i < t.len()).then(|| t.visitor(i))
+                    }
+                    Row::Guide(_, i) => ctx.store.guide_events.get(*i as usize).map(|e| e.visitor),
+                    _ => return Self::known(ctx, r, path) != *anonymous,
+                };
+                let known = visitor.and_then(|v| identified.get(v as usize).copied()).unwrap_or(false);
+                return known != *anonymous;
+            }
+            RowFilter::Identified { path, anonymous } => (*path, *anonymous),
+        };
+        Self::known(ctx, r, path) != anonymous
+    }
+
+    /// Whether `r`'s value at `path` names an identified visitor.
+    fn known(ctx: &Ctx, r: &Row, path: &Path) -> bool {
+        match r.get(ctx, path) {
+            Val::Str(s) => !is_anonymous(&s),
+            Val::Int(_) | Val::Float(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// A group right after a group, past `eval`s of constants only: the constants, the second
@@ -411,9 +519,18 @@ fn ev(ctx: &Ctx, e: &Expr, row: &Row) -> Val {
 
 fn apply(ctx: &Ctx, st: &Stage, mut rows: Vec<Row>, opts: &Opts, scanned: &mut u64) -> Result<Vec<Row>, String> {
     Ok(match st {
-        Stage::Filter(e) => {
-            let env = ctx.env();
-            rows.retain(|r| expr::truthy(&expr::eval(e, &RowRef { row: r, ctx }, &env)));
+        Stage::Filter(_) | Stage::Identified { .. } => {
+            // Working out which visitors are identified pays only over event rows.
+            let events = rows.iter().any(|r| matches!(r, Row::Ev(..) | Row::Guide(..)));
+            let f = match st {
+                Stage::Identified { path, anonymous } if !events => {
+                    Some(RowFilter::Identified { path, anonymous: *anonymous })
+                }
+                _ => RowFilter::new(ctx, st),
+            };
+            if let Some(f) = f {
+                rows.retain(|r| f.keeps(ctx, r));
+            }
             rows
         }
         Stage::Select(fields) => rows
@@ -455,36 +572,7 @@ fn apply(ctx: &Ctx, st: &Stage, mut rows: Vec<Row>, opts: &Opts, scanned: &mut u
             rows.truncate(*n);
             rows
         }
-        Stage::Identified { path, anonymous } => {
-            let visitor_col = path.rest.is_empty() && path.col == expr::Col::VisitorId;
-            // Event rows name their visitor by index: whether each visitor is identified is
-            // worked out once, not once per row (millions of rows, a few hundred thousand
-            // visitors).
-            let identified: Vec<bool> = if visitor_col && rows.iter().any(|r| matches!(r, Row::Ev(..))) {
-                ctx.store.visitors.iter().map(|v| !is_anonymous(&v.id)).collect()
-            } else {
-                Vec::new()
-            };
-            rows.retain(|r| {
-                if visitor_col && let Row::Ev(kind, i) = r {
-                    let t = ctx.store.table_for(*kind, ctx.period == Period::Day);
-                    let i = *i as usize;
-                    let known = (i < t.len())
-                        .then(|| t.visitor(i))
-                        .and_then(|v| identified.get(v as usize).copied())
-                        .unwrap_or(false);
-                    return known != *anonymous;
-                }
-                let known = match r.get(ctx, path) {
-                    Val::Str(s) => !is_anonymous(&s),
-                    Val::Int(_) | Val::Float(_) => true,
-                    _ => false,
-                };
-                known != *anonymous
-            });
-            rows
-        }
-        Stage::Group { keys, fields } => match super::fast::group(ctx, &rows, keys, fields) {
+        Stage::Group { keys, fields } => match super::fast::group(ctx, Input::Rows(&rows), keys, fields) {
             Some(out) => out,
             None => group(ctx, &rows, keys, fields),
         },
