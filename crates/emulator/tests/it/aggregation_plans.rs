@@ -116,7 +116,8 @@ struct Grouping {
     fields2: Vec<(usize, usize)>,
     sort_limit: Option<usize>,
     count_distinct: bool,
-    /// A filter on columns other than the ids, before the group: `numEvents >= n || type == ..`.
+    /// A filter on columns other than the ids, before the group: `numEvents >= n || type == ..`,
+    /// or on the item alone (`featureId == .. || appId == ..`).
     filter: Option<usize>,
     /// One group only (then perhaps a limit), not a group of a group.
     single: bool,
@@ -135,7 +136,7 @@ fn grouping() -> impl Strategy<Value = Grouping> {
         prop::collection::vec((0..8usize, 0..8usize), 0..3),
         prop::option::of(1..40usize),
         any::<bool>(),
-        (prop::option::of(0..4usize), prop::bool::weighted(0.2)),
+        (prop::option::of(0..8usize), prop::bool::weighted(0.2)),
     )
         .prop_map(
             |(
@@ -182,8 +183,22 @@ fn grouping_pipeline(g: &Grouping) -> J {
     if g.identified {
         p.push(json!({"identified": "visitorId"}));
     }
-    if let Some(n) = g.filter {
-        p.push(json!({"filter": format!("(numEvents >= {n}) || (type == \"guideSeen\")")}));
+    match g.filter {
+        Some(n @ 0..4) => p.push(json!({"filter": format!("(numEvents >= {n}) || (type == \"guideSeen\")")})),
+        Some(n) => {
+            let s = store();
+            let ids: Vec<&str> = match g.source {
+                0 => s.pages.iter().map(|x| &*x.id).collect(),
+                1 => s.features.iter().map(|x| &*x.id).collect(),
+                2 => s.track_types.iter().map(|x| &*x.id).collect(),
+                _ => s.guides.iter().map(|x| &*x.id).collect(),
+            };
+            let picked: Vec<String> =
+                ids.iter().skip(n % 3).step_by(2).map(|id| format!("({item} == {})", J::from(*id))).collect();
+            let app = if n % 2 == 0 { " || (appId == -1)" } else { "" };
+            p.push(json!({"filter": format!("({}){app}", picked.join(" || "))}));
+        }
+        None => {}
     }
     let mut keys1: Vec<&str> = g.keys1.iter().map(|&k| cols[k]).collect();
     keys1.dedup();

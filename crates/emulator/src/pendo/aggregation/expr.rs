@@ -224,6 +224,19 @@ pub enum Expr {
     Call(Func, Vec<Expr>),
 }
 
+impl Expr {
+    /// Whether every path the expression reads meets `ok`.
+    pub fn reads_only(&self, ok: &impl Fn(&Path) -> bool) -> bool {
+        match self {
+            Expr::Lit(_) => true,
+            Expr::Path(p) => ok(p),
+            Expr::Not(e) | Expr::Neg(e) => e.reads_only(ok),
+            Expr::Bin(_, a, b) => a.reads_only(ok) && b.reads_only(ok),
+            Expr::Call(_, args) => args.iter().all(|a| a.reads_only(ok)),
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // Lexer
 

@@ -56,6 +56,14 @@ impl<'a> Input<'a> {
         }
     }
 
+    /// The times of the first and last rows of a picked set, which bound every row's.
+    fn times(self, ctx: &Ctx, src: Src) -> Option<(i64, i64)> {
+        match self {
+            Input::Rows(_) => None,
+            Input::Picked(p) => p.ends().map(|(a, b)| (read_ts(ctx, src, a), read_ts(ctx, src, b))),
+        }
+    }
+
     /// The rows' indexes below `len` (the table's length), in order.
     fn indexes(self, len: usize) -> impl Iterator<Item = usize> + 'a {
         let (listed, picked) = match self {
@@ -171,6 +179,36 @@ impl Code {
                     Code::App | Code::Events | Code::Minutes | Code::Item => 0,
                 }
             }
+        }
+    }
+
+    /// Bounds on the canonical codes of rows whose times lie in `first..=last`, from the store
+    /// rather than from reading every row (wider, which only changes how groups are indexed).
+    fn bounds(self, ctx: &Ctx, src: Src, (first, last): (i64, i64)) -> (i64, i64) {
+        let store = ctx.store;
+        let upto = |n: usize| (-1, (n as i64 - 1).max(0));
+        match (self, src) {
+            (Code::Visitor, _) => upto(store.visitors.len()),
+            (Code::Account, _) => upto(store.accounts.len()),
+            (Code::Item, Src::Ev(kind)) => upto(store.items(kind).len()),
+            (Code::Guide, Src::Guide) => upto(store.guides.len()),
+            (Code::GuideType, Src::Guide) => (0, GUIDE_TYPES.len() as i64 - 1),
+            (Code::Time, _) => match (ctx.period, src) {
+                (Period::Day, _) => (day_index(ctx, first), day_index(ctx, last)),
+                (Period::Hour, Src::Ev(_)) => (first, last),
+                (Period::Hour, Src::Guide) => {
+                    let hour = |t: i64| t.div_euclid(3_600_000).saturating_mul(3_600_000);
+                    (hour(first), hour(last))
+                }
+            },
+            (Code::EventTime, Src::Guide) => (first, last),
+            (Code::App, Src::Ev(kind)) => {
+                store.items(kind).iter().fold((0, 0), |(lo, hi), x| (lo.min(x.app_id), hi.max(x.app_id)))
+            }
+            (Code::Events | Code::Minutes, Src::Ev(_)) => (0, i64::from(u32::MAX)),
+            // Columns a source does not have read as 0 (an item or guide code as its canonical
+            // form: the first item's index, or -1 where there is none).
+            _ => (-1, 0),
         }
     }
 
@@ -571,11 +609,22 @@ fn group_codes(ctx: &Ctx, rows: Input, keys: &[(String, Path)], fields: &[AggFie
     let canon = Canon::new(ctx.store, src);
     // The keys' value ranges, to see whether a direct table can index the groups.
     let (mut lo, mut hi): (Key, Key) = ([i64::MAX; MAX_KEYS], [i64::MIN; MAX_KEYS]);
-    for i in rows.indexes(len) {
-        for (k, &c) in key_codes.iter().enumerate() {
-            let v = canon.of(c, c.read(ctx, src, i));
-            lo[k] = lo[k].min(v);
-            hi[k] = hi[k].max(v);
+    match rows.times(ctx, src) {
+        // A picked set's rows are known to lie within the store's tables and its ends' times:
+        // a pass reading every row's keys (a look-up by visitor for each account) is spared.
+        Some(times) => {
+            for (k, &c) in key_codes.iter().enumerate() {
+                (lo[k], hi[k]) = c.bounds(ctx, src, times);
+            }
+        }
+        None => {
+            for i in rows.indexes(len) {
+                for (k, &c) in key_codes.iter().enumerate() {
+                    let v = canon.of(c, c.read(ctx, src, i));
+                    lo[k] = lo[k].min(v);
+                    hi[k] = hi[k].max(v);
+                }
+            }
         }
     }
     // Day numbers group and count as days only while no two name one saturated day.

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use serde_json::Value as J;
 
-use super::super::store::{MetaKind, Store, is_anonymous};
+use super::super::store::{EventKind, MetaKind, Store, is_anonymous};
 use super::super::val::{FxMap, FxSet, HKey, Obj, Val};
 use super::expr::{self, Env, Expr, Path};
 use super::fast::Input;
 use super::plan;
-use super::row::{Ctx, Period, Row, RowRef};
+use super::row::{self, Ctx, Period, Row, RowRef};
 use super::source::{self, Source};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -327,7 +327,8 @@ pub fn run(p: &Pipeline, store: &Store, opts: &Opts) -> Result<Output, String> {
             let filters = stages.iter().take_while(|st| RowFilter::applies(st)).count();
             let ctx = ctx_for(store, period, opts);
             let fused = if opts.optimize && matches!(stages.get(filters), Some(Stage::Group { .. })) {
-                let kept: Vec<RowFilter> = stages[..filters].iter().filter_map(|st| RowFilter::new(&ctx, st)).collect();
+                let kept: Vec<RowFilter> =
+                    stages[..filters].iter().filter_map(|st| RowFilter::new(&ctx, st, true)).collect();
                 source::picked(store, src, &planned.scan, |r| kept.iter().all(|f| f.keeps(&ctx, r)))
             } else {
                 None
@@ -420,10 +421,36 @@ pub fn run(p: &Pipeline, store: &Store, opts: &Opts) -> Result<Output, String> {
     Ok(Output { rows, period, start_time, scanned })
 }
 
+/// `kind`'s place in [`RowFilter::Expr`]'s verdicts.
+fn kind_slot(kind: EventKind) -> usize {
+    match kind {
+        EventKind::Page => 0,
+        EventKind::Feature => 1,
+        EventKind::Track => 2,
+    }
+}
+
+/// An event row's fields as far as its item decides them (see [`row::item_col`]).
+struct ItemFields<'c, 'a> {
+    ctx: &'c Ctx<'a>,
+    kind: EventKind,
+    item: u32,
+}
+
+impl expr::Fields for ItemFields<'_, '_> {
+    fn get(&self, path: &Path) -> Val {
+        let head = row::item_col(self.ctx.store, self.kind, self.item, path.col).unwrap_or(Val::Null);
+        if path.rest.is_empty() { head } else { path.walk(head) }
+    }
+}
+
 /// A `filter` or `identified` stage, which keeps or drops each row on its own, ready to test
 /// rows: the same test whether it runs over listed rows or inside a source scan.
 enum RowFilter<'e> {
-    Expr(&'e Expr),
+    /// With, for each kind of event row, the verdict on each item where the expression reads
+    /// only what the item decides (`featureId == ..`, tested once per feature instead of on
+    /// every row).
+    Expr(&'e Expr, [Option<Vec<bool>>; 3]),
     /// `identified` on the visitor column, over event rows: whether each visitor is identified,
     /// worked out once rather than per row (millions of rows, a few hundred thousand visitors).
     Visitors {
@@ -442,10 +469,24 @@ impl<'e> RowFilter<'e> {
         matches!(st, Stage::Filter(_) | Stage::Identified { .. })
     }
 
-    fn new(ctx: &Ctx, st: &'e Stage) -> Option<RowFilter<'e>> {
+    /// `optimize` off tests every row as written (what the planned paths are checked against).
+    fn new(ctx: &Ctx, st: &'e Stage, optimize: bool) -> Option<RowFilter<'e>> {
         match st {
-            Stage::Filter(e) => Some(RowFilter::Expr(e)),
-            Stage::Identified { path, anonymous } if path.rest.is_empty() && path.col == expr::Col::VisitorId => {
+            Stage::Filter(e) => {
+                let by_item = [EventKind::Page, EventKind::Feature, EventKind::Track].map(|kind| {
+                    let decided = |p: &Path| row::item_col(ctx.store, kind, 0, p.col).is_some();
+                    (optimize && e.reads_only(&decided)).then(|| {
+                        let items = ctx.store.items(kind).len() as u32;
+                        (0..items)
+                            .map(|item| expr::truthy(&expr::eval(e, &ItemFields { ctx, kind, item }, &ctx.env())))
+                            .collect()
+                    })
+                });
+                Some(RowFilter::Expr(e, by_item))
+            }
+            Stage::Identified { path, anonymous }
+                if optimize && path.rest.is_empty() && path.col == expr::Col::VisitorId =>
+            {
                 let identified = ctx.store.visitors.iter().map(|v| !is_anonymous(&v.id)).collect();
                 Some(RowFilter::Visitors { identified, anonymous: *anonymous, path })
             }
@@ -456,7 +497,18 @@ impl<'e> RowFilter<'e> {
 
     fn keeps(&self, ctx: &Ctx, r: &Row) -> bool {
         let (path, anonymous) = match self {
-            RowFilter::Expr(e) => return expr::truthy(&expr::eval(e, &RowRef { row: r, ctx }, &ctx.env())),
+            RowFilter::Expr(e, by_item) => {
+                if let Row::Ev(kind, i) = r
+                    && let Some(verdicts) = &by_item[kind_slot(*kind)]
+                {
+                    let t = ctx.store.table_for(*kind, ctx.period == Period::Day);
+                    let i = *i as usize;
+                    if let Some(&v) = (i < t.len()).then(|| verdicts.get(t.item(i) as usize)).flatten() {
+                        return v;
+                    }
+                }
+                return expr::truthy(&expr::eval(e, &RowRef { row: r, ctx }, &ctx.env()));
+            }
             RowFilter::Visitors { identified, anonymous, path } => {
                 let visitor = match r {
                     Row::Ev(kind, i) => {
@@ -526,7 +578,7 @@ fn apply(ctx: &Ctx, st: &Stage, mut rows: Vec<Row>, opts: &Opts, scanned: &mut u
                 Stage::Identified { path, anonymous } if !events => {
                     Some(RowFilter::Identified { path, anonymous: *anonymous })
                 }
-                _ => RowFilter::new(ctx, st),
+                _ => RowFilter::new(ctx, st, opts.optimize),
             };
             if let Some(f) = f {
                 rows.retain(|r| f.keeps(ctx, r));

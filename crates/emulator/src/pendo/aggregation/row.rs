@@ -209,20 +209,19 @@ fn ev_col(ctx: &Ctx, kind: EventKind, i: usize, col: Col, name: &str) -> Val {
     if i >= t.len() {
         return Val::Null;
     }
-    let (ts, v, a, item) = (t.ts(i), t.visitor(i), t.account(i), t.item(i));
-    let visitor = || s.visitors.get(v as usize);
-    let item_doc = || s.items(kind).get(item as usize);
+    // Each column read only when asked for: a filter on the item reads no account (which costs
+    // a look-up by visitor) on each of millions of rows.
+    let visitor = || s.visitors.get(t.visitor(i) as usize);
+    if let Some(v) = item_col(s, kind, t.item(i), col) {
+        return v;
+    }
     match col {
         Col::VisitorId => visitor().map_or(Val::Null, |x| Val::Str(x.id.clone())),
-        Col::AccountId => s.accounts.get(a as usize).map_or(Val::Null, |x| Val::Str(x.id.clone())),
-        Col::AppId => item_doc().map_or(Val::Null, |x| Val::Int(x.app_id)),
-        Col::Day if ctx.period == Period::Day => Val::Int(ctx.day_of(ts)),
-        Col::Hour if ctx.period == Period::Hour => Val::Int(ts),
+        Col::AccountId => s.accounts.get(t.account(i) as usize).map_or(Val::Null, |x| Val::Str(x.id.clone())),
+        Col::Day if ctx.period == Period::Day => Val::Int(ctx.day_of(t.ts(i))),
+        Col::Hour if ctx.period == Period::Hour => Val::Int(t.ts(i)),
         Col::NumEvents => Val::Int(i64::from(t.events(i))),
         Col::NumMinutes => Val::Int(i64::from(t.minutes(i))),
-        Col::PageId if kind == EventKind::Page => item_doc().map_or(Val::Null, |x| Val::Str(x.id.clone())),
-        Col::FeatureId if kind == EventKind::Feature => item_doc().map_or(Val::Null, |x| Val::Str(x.id.clone())),
-        Col::TrackTypeId if kind == EventKind::Track => item_doc().map_or(Val::Null, |x| Val::Str(x.id.clone())),
         Col::Properties if kind == EventKind::Track => Val::obj(Obj::new()),
         Col::RemoteIp => visitor().map_or(Val::Null, |x| x.net.remote_ip()),
         Col::Server => visitor().map_or(Val::Null, |x| Val::Str(x.net.server())),
@@ -233,6 +232,20 @@ fn ev_col(ctx: &Ctx, kind: EventKind, i: usize, col: Col, name: &str) -> Val {
             Val::Null
         }
     }
+}
+
+/// The columns of an event row that its item alone decides (`None` for the others): a filter
+/// reading only these is decided once per item (see `ops::RowFilter`).
+pub fn item_col(store: &Store, kind: EventKind, item: u32, col: Col) -> Option<Val> {
+    let item_doc = || store.items(kind).get(item as usize);
+    let id = || item_doc().map_or(Val::Null, |x| Val::Str(x.id.clone()));
+    Some(match col {
+        Col::AppId => item_doc().map_or(Val::Null, |x| Val::Int(x.app_id)),
+        Col::PageId if kind == EventKind::Page => id(),
+        Col::FeatureId if kind == EventKind::Feature => id(),
+        Col::TrackTypeId if kind == EventKind::Track => id(),
+        _ => return None,
+    })
 }
 
 /// A guide event type as a value: shared strings, as filters read `type` on every row.

@@ -374,6 +374,15 @@ impl Picked {
         })
     }
 
+    /// The first and last picked rows' indexes: the table being sorted by time, their times
+    /// bound every picked row's.
+    pub fn ends(&self) -> Option<(usize, usize)> {
+        let first = self.bits.iter().position(|&w| w != 0)?;
+        let last = self.bits.iter().rposition(|&w| w != 0)?;
+        let at = |n: usize, bit: u32| self.start + n * 64 + bit as usize;
+        Some((at(first, self.bits[first].trailing_zeros()), at(last, 63 - self.bits[last].leading_zeros())))
+    }
+
     /// The picked rows as rows, for the operators that need them listed.
     pub fn rows(&self) -> Vec<Row> {
         let mut out = Vec::with_capacity(self.len);
