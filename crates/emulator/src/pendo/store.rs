@@ -926,11 +926,17 @@ impl GuideTable {
     /// Event `i`; panics past the end, as indexing does.
     #[inline]
     pub fn at(&self, i: usize) -> GuideEvent {
+        self.event(i, self.who.account(i))
+    }
+
+    /// Event `i` with `account` as its account; panics past the end.
+    #[inline]
+    fn event(&self, i: usize, account: u32) -> GuideEvent {
         let k = self.kind[i];
         GuideEvent {
             ts: self.ts[i],
             visitor: self.who.visitor(i),
-            account: self.who.account(i),
+            account,
             guide: self.guide.get(i),
             step: self.step.get(i).wrapping_sub(1),
             poll: self.poll.get(i).wrapping_sub(1),
@@ -942,6 +948,37 @@ impl GuideTable {
 
     pub fn get(&self, i: usize) -> Option<GuideEvent> {
         (i < self.len()).then(|| self.at(i))
+    }
+
+    /// Event `i` with `account` left as `NONE_U32`, or `None` past the end: an account is a
+    /// look-up by visitor, which a filter on the type or step of millions of events need not
+    /// pay (read it with [`GuideTable::account`]).
+    pub fn peek(&self, i: usize) -> Option<GuideEvent> {
+        (i < self.len()).then(|| self.event(i, NONE_U32))
+    }
+
+    /// Event `i`'s visitor; panics past the end, as indexing does.
+    #[inline]
+    pub fn visitor(&self, i: usize) -> u32 {
+        self.who.visitor(i)
+    }
+
+    /// Event `i`'s account; panics past the end, as indexing does.
+    #[inline]
+    pub fn account(&self, i: usize) -> u32 {
+        self.who.account(i)
+    }
+
+    /// Event `i`'s guide index; panics past the end, as indexing does.
+    #[inline]
+    pub fn guide(&self, i: usize) -> u32 {
+        self.guide.get(i)
+    }
+
+    /// Event `i`'s type; panics past the end, as indexing does.
+    #[inline]
+    pub fn kind(&self, i: usize) -> GuideEventType {
+        GUIDE_EVENT_TYPES.get(usize::from(self.kind[i] >> 1)).copied().unwrap_or(GuideEventType::GuideSeen)
     }
 
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = GuideEvent> + ExactSizeIterator + '_ {

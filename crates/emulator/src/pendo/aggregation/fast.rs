@@ -165,17 +165,18 @@ impl Code {
                 }
             }
             Src::Guide => {
-                let e = store.guide_events.at(i);
+                // Column by column: a whole event reads its account, a look-up by visitor.
+                let t = &store.guide_events;
                 match self {
-                    Code::Visitor => i64::from(e.visitor),
-                    Code::Account => i64::from(e.account),
+                    Code::Visitor => i64::from(t.visitor(i)),
+                    Code::Account => i64::from(t.account(i)),
                     Code::Time => match ctx.period {
-                        Period::Day => day_index(ctx, e.ts),
-                        Period::Hour => e.ts.div_euclid(3_600_000).saturating_mul(3_600_000),
+                        Period::Day => day_index(ctx, t.ts(i)),
+                        Period::Hour => t.ts(i).div_euclid(3_600_000).saturating_mul(3_600_000),
                     },
-                    Code::Guide => i64::from(e.guide),
-                    Code::GuideType => GUIDE_TYPES.iter().position(|k| *k == e.kind).unwrap_or(0) as i64,
-                    Code::EventTime => e.ts,
+                    Code::Guide => i64::from(t.guide(i)),
+                    Code::GuideType => GUIDE_TYPES.iter().position(|k| *k == t.kind(i)).unwrap_or(0) as i64,
+                    Code::EventTime => t.ts(i),
                     Code::App | Code::Events | Code::Minutes | Code::Item => 0,
                 }
             }

@@ -516,7 +516,7 @@ impl<'e> RowFilter<'e> {
                         let i = *i as usize;
                         (i < t.len()).then(|| t.visitor(i))
                     }
-                    Row::Guide(_, i) => ctx.store.guide_events.get(*i as usize).map(|e| e.visitor),
+                    Row::Guide(_, i) => ctx.store.guide_events.peek(*i as usize).map(|e| e.visitor),
                     _ => return Self::known(ctx, r, path) != *anonymous,
                 };
                 let known = visitor.and_then(|v| identified.get(v as usize).copied()).unwrap_or(false);

@@ -273,17 +273,17 @@ fn type_name(kind: GuideEventType) -> Val {
 
 fn guide_col(ctx: &Ctx, view: GuideView, i: usize, col: Col) -> Val {
     let s = ctx.store;
-    let Some(e) = s.guide_events.get(i) else {
+    // Without its account, read only where asked for (a look-up by visitor).
+    let Some(e) = s.guide_events.peek(i) else {
         return Val::Null;
     };
     let visitor = || s.visitors.get(e.visitor as usize);
     let guide = || s.guides.get(e.guide as usize);
+    let account = || s.accounts.get(s.guide_events.account(i) as usize);
     match col {
         Col::VisitorId => visitor().map_or(Val::Null, |x| Val::Str(x.id.clone())),
-        Col::AccountId => s.accounts.get(e.account as usize).map_or(Val::Null, |x| Val::Str(x.id.clone())),
-        Col::AccountIds => {
-            s.accounts.get(e.account as usize).map_or(Val::arr(vec![]), |x| Val::arr(vec![Val::Str(x.id.clone())]))
-        }
+        Col::AccountId => account().map_or(Val::Null, |x| Val::Str(x.id.clone())),
+        Col::AccountIds => account().map_or(Val::arr(vec![]), |x| Val::arr(vec![Val::Str(x.id.clone())])),
         Col::AppId => guide().map_or(Val::Null, |g| Val::Int(g.app_id)),
         Col::GuideId => guide().map_or(Val::Null, |g| Val::Str(g.id.clone())),
         Col::GuideStepId => guide()

@@ -275,7 +275,8 @@ fn scan_events(
             continue;
         }
         scanned += 1;
-        if keys.admits(t.visitor(i), t.account(i)) {
+        // Only bounds read the ids (an account is a look-up by visitor).
+        if keys.is_empty() || keys.admits(t.visitor(i), t.account(i)) {
             visit(i);
         }
     }
@@ -302,15 +303,15 @@ fn scan_guide_events(
     let lo = store.guide_events.first_at(w.start);
     let hi = store.guide_events.first_at(w.end).max(lo);
     let mut scanned = 0u64;
+    let t = &store.guide_events;
     for i in lo..hi {
-        let e = store.guide_events.at(i);
-        if g.is_some_and(|g| g != e.guide)
-            || !store.guides.get(e.guide as usize).is_some_and(|gd| app_ok(apps, gd.app_id))
+        let guide = t.guide(i);
+        if g.is_some_and(|g| g != guide) || !store.guides.get(guide as usize).is_some_and(|gd| app_ok(apps, gd.app_id))
         {
             continue;
         }
         scanned += 1;
-        if keys.admits(e.visitor, e.account) {
+        if keys.is_empty() || keys.admits(t.visitor(i), t.account(i)) {
             visit(i);
         }
     }
