@@ -451,8 +451,9 @@ enum RowFilter<'e> {
     /// only what the item decides (`featureId == ..`, tested once per feature instead of on
     /// every row).
     Expr(&'e Expr, [Option<Vec<bool>>; 3]),
-    /// `identified` on the visitor column, over event rows: whether each visitor is identified,
-    /// worked out once rather than per row (millions of rows, a few hundred thousand visitors).
+    /// `identified` on the visitor column, over event and guide rows: whether each visitor is
+    /// identified, worked out once rather than per row (millions of rows, a few hundred thousand
+    /// visitors).
     Visitors {
         identified: Vec<bool>,
         anonymous: bool,
