@@ -932,7 +932,6 @@ impl GuideTable {
     /// Event `i` with `account` as its account; panics past the end.
     #[inline]
     fn event(&self, i: usize, account: u32) -> GuideEvent {
-        let k = self.kind[i];
         GuideEvent {
             ts: self.ts[i],
             visitor: self.who.visitor(i),
@@ -941,8 +940,8 @@ impl GuideTable {
             step: self.step.get(i).wrapping_sub(1),
             poll: self.poll.get(i).wrapping_sub(1),
             response: self.response.get(i),
-            kind: GUIDE_EVENT_TYPES.get(usize::from(k >> 1)).copied().unwrap_or(GuideEventType::GuideSeen),
-            channel: if k & 1 == 1 { Channel::Email } else { Channel::Web },
+            kind: self.kind(i),
+            channel: if self.kind[i] & 1 == 1 { Channel::Email } else { Channel::Web },
         }
     }
 
