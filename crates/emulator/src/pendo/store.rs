@@ -592,9 +592,6 @@ pub struct EventTable {
     item: UCol,
     events: UCol,
     minutes: UCol,
-    /// Daily rollups only: the end of the last active minute of the day (a row's `lastTime`);
-    /// empty in hourly tables, whose rows end `minutes` after `ts`.
-    last: Vec<i64>,
 }
 
 impl EventTable {
@@ -606,7 +603,7 @@ impl EventTable {
         self.time.is_empty()
     }
 
-    /// The start of row `i`'s hour (or day, in a daily table).
+    /// The start of row `i`'s hour.
     #[inline]
     pub fn ts(&self, i: usize) -> i64 {
         self.times[self.time.get(i) as usize]
@@ -717,9 +714,6 @@ impl EventTable {
             col.permute(&order);
         }
         self.who.permute(&order);
-        if !self.last.is_empty() {
-            permute(&mut self.last, &order);
-        }
     }
 
     /// Rows and distinct times, for [`EventTable::rewind`].
@@ -741,79 +735,142 @@ impl EventTable {
 
     pub fn bytes(&self) -> usize {
         let cols = [&self.time, &self.item, &self.events, &self.minutes];
-        self.len() * cols.iter().map(|c| c.width()).sum::<usize>()
-            + self.who.bytes()
-            + self.last.len() * 8
-            + self.times.len() * 24
+        self.len() * cols.iter().map(|c| c.width()).sum::<usize>() + self.who.bytes() + self.times.len() * 24
     }
 
     /// The end of row `i`'s last active minute.
     pub fn last_time(&self, i: usize) -> i64 {
-        match self.last.get(i) {
-            Some(&t) => t,
-            None => self.ts(i).saturating_add(i64::from(self.minutes(i).min(59)) * 60_000),
-        }
+        self.ts(i).saturating_add(i64::from(self.minutes(i).min(59)) * 60_000)
     }
 
-    /// One row per day × visitor × account × item (the keys Pendo sums events and minutes by;
-    /// every other column of an event row is the visitor's), each at its day's start in the
-    /// timezone `tz_ms`. `None` when the rows already are one per such key, so the caller can
-    /// serve days from this table as it is (the generator makes one active hour a day).
-    pub fn daily(&self, tz_ms: i64) -> Option<EventTable> {
+    /// Where the rows are not already one per day × visitor × account × item (the keys Pendo
+    /// sums events and minutes by; every other column of an event row is the visitor's) in the
+    /// timezone `tz_ms`, what makes them so: see [`Fold`]. `None` when they are (the generator
+    /// makes one active hour a day), so days are read from the hourly rows as they are.
+    pub fn fold(&self, tz_ms: i64) -> Option<Fold> {
         let day = |ts: i64| ts.saturating_add(tz_ms).div_euclid(DAY_MS);
         let key = |i: usize| {
             (u128::from(self.visitor(i)) << 64) | (u128::from(self.account(i)) << 32) | u128::from(self.item(i))
         };
-        // Rows are sorted by time, so each day is one run; a sorted run shows repeats as neighbours.
-        let mut keys: Vec<u128> = Vec::new();
-        let mut repeated = false;
-        let mut i = 0;
-        while i < self.len() && !repeated {
-            let d = day(self.ts(i));
-            let mut j = i;
-            keys.clear();
-            while j < self.len() && day(self.ts(j)) == d {
-                keys.push(key(j));
-                j += 1;
-            }
-            keys.sort_unstable();
-            repeated = keys.windows(2).any(|w| w[0] == w[1]);
-            i = j;
-        }
-        if !repeated {
-            return None;
-        }
-        // (day start, first row of the key, events, minutes, last), summed in place.
-        let mut rows: Vec<(i64, usize, u32, u32, i64)> = Vec::new();
-        let mut at: HashMap<u128, usize> = HashMap::new();
+        // Rows are sorted by time, so each day is one run; sorted by (key, row), a key's rows are
+        // neighbours and its first row leads them. One day at a time: a day at a million
+        // accounts is a few million rows, the table well over a hundred million.
+        let mut fold: Option<Fold> = None;
+        let mut keyed: Vec<(u128, u32)> = Vec::new();
         let mut i = 0;
         while i < self.len() {
             let d = day(self.ts(i));
-            let start = d.saturating_mul(DAY_MS).saturating_sub(tz_ms);
-            at.clear();
+            keyed.clear();
             while i < self.len() && day(self.ts(i)) == d {
-                let last = self.last_time(i);
-                match at.get(&key(i)) {
-                    Some(&k) => {
-                        let r = &mut rows[k];
-                        r.2 = r.2.saturating_add(self.events(i));
-                        r.3 = r.3.saturating_add(self.minutes(i));
-                        r.4 = r.4.max(last);
-                    }
-                    None => {
-                        at.insert(key(i), rows.len());
-                        rows.push((start, i, self.events(i), self.minutes(i), last));
-                    }
-                }
+                keyed.push((key(i), i as u32));
                 i += 1;
             }
+            keyed.sort_unstable();
+            for run in keyed.chunk_by(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
+                let f = fold.get_or_insert_with(|| Fold::new(self.len()));
+                let head = run[0].1 as usize;
+                let (mut events, mut minutes, mut last) = (self.events(head), self.minutes(head), self.last_time(head));
+                for &(_, r) in &run[1..] {
+                    let r = r as usize;
+                    events = events.saturating_add(self.events(r));
+                    minutes = minutes.saturating_add(self.minutes(r));
+                    last = last.max(self.last_time(r));
+                    f.folded[r / 64] |= 1 << (r % 64);
+                }
+                f.heads.insert(head as u32, (events, minutes, last));
+            }
         }
-        let mut out = EventTable::default();
-        for (start, first, events, minutes, last) in rows {
-            out.push(start, self.visitor(first), self.account(first), self.item(first), events, minutes);
-            out.last.push(last);
-        }
-        Some(out)
+        fold
+    }
+}
+
+/// What turns an hourly table's rows into daily rollups where a day has several rows of one
+/// visitor, account and item (events seeded into a generated world, webhooks fired): the later
+/// rows are left out, and the first carries the sums. Kept beside the hourly rows rather than as
+/// a table of its own: a copy of every row (a million accounts make well over a hundred
+/// million) to merge the few that repeat.
+#[derive(Clone, Debug)]
+pub struct Fold {
+    /// One bit per row: set where the row is summed into an earlier one of its day and key.
+    folded: Vec<u64>,
+    /// The rows others are summed into: events, minutes and the end of the last active minute.
+    heads: HashMap<u32, (u32, u32, i64)>,
+}
+
+impl Fold {
+    fn new(rows: usize) -> Fold {
+        Fold { folded: vec![0; rows.div_ceil(64)], heads: HashMap::new() }
+    }
+
+    fn bytes(&self) -> usize {
+        self.folded.len() * 8 + self.heads.len() * 32
+    }
+}
+
+/// An event table as a source reads it: the hourly rows, or the daily rollups those rows make
+/// (see [`Fold`]). A row of a day is at the start of its first hour: sources place it in its day.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows<'a> {
+    table: &'a EventTable,
+    fold: Option<&'a Fold>,
+}
+
+impl<'a> Rows<'a> {
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Whether row `i` is summed into an earlier row (a source skips it).
+    #[inline]
+    pub fn folded(&self, i: usize) -> bool {
+        self.fold.is_some_and(|f| f.folded.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0))
+    }
+
+    #[inline]
+    fn head(&self, i: usize) -> Option<&'a (u32, u32, i64)> {
+        self.fold.and_then(|f| f.heads.get(&u32::try_from(i).ok()?))
+    }
+
+    #[inline]
+    pub fn ts(&self, i: usize) -> i64 {
+        self.table.ts(i)
+    }
+
+    #[inline]
+    pub fn visitor(&self, i: usize) -> u32 {
+        self.table.visitor(i)
+    }
+
+    #[inline]
+    pub fn account(&self, i: usize) -> u32 {
+        self.table.account(i)
+    }
+
+    #[inline]
+    pub fn item(&self, i: usize) -> u32 {
+        self.table.item(i)
+    }
+
+    #[inline]
+    pub fn events(&self, i: usize) -> u32 {
+        self.head(i).map_or_else(|| self.table.events(i), |h| h.0)
+    }
+
+    #[inline]
+    pub fn minutes(&self, i: usize) -> u32 {
+        self.head(i).map_or_else(|| self.table.minutes(i), |h| h.1)
+    }
+
+    pub fn last_time(&self, i: usize) -> i64 {
+        self.head(i).map_or_else(|| self.table.last_time(i), |h| h.2)
+    }
+
+    pub fn range(&self, from: i64, to: i64) -> std::ops::Range<usize> {
+        self.table.range(from, to)
     }
 }
 
@@ -1138,13 +1195,13 @@ pub struct Store {
     pub page_rows: EventTable,
     pub feature_rows: EventTable,
     pub track_rows: EventTable,
-    /// The rollups above summed by day in `day_tz_ms` (see [`EventTable::daily`]): what
-    /// `dayRange` sources read. `None` where the hourly table already has one row per day and
-    /// key. Built by the first query that reads days, so generating or seeding costs nothing
-    /// more; [`Store::sort_events`], which every change of events ends with, drops them.
-    pub page_days: OnceLock<Option<EventTable>>,
-    pub feature_days: OnceLock<Option<EventTable>>,
-    pub track_days: OnceLock<Option<EventTable>>,
+    /// What makes the rollups above daily in `day_tz_ms` (see [`EventTable::fold`]), for
+    /// `dayRange` sources. `None` where the hourly table already has one row per day and key.
+    /// Built by the first query that reads days, or by [`Store::warm_days`];
+    /// [`Store::sort_events`], which every change of events ends with, drops them.
+    pub page_days: OnceLock<Option<Fold>>,
+    pub feature_days: OnceLock<Option<Fold>>,
+    pub track_days: OnceLock<Option<Fold>>,
     /// The subscription's timezone offset that days are cut in.
     pub day_tz_ms: i64,
     /// Guide and poll events, sorted by `ts`.
@@ -1165,20 +1222,18 @@ impl Store {
         }
     }
 
-    /// The table a source of `kind` reads: daily rows for `dayRange`, hourly for `hourRange`.
-    pub fn table_for(&self, kind: EventKind, daily: bool) -> &EventTable {
+    /// The rows a source of `kind` reads: daily rollups for `dayRange`, hourly for `hourRange`.
+    pub fn table_for(&self, kind: EventKind, daily: bool) -> Rows<'_> {
+        let table = self.table(kind);
         if !daily {
-            return self.table(kind);
+            return Rows { table, fold: None };
         }
         let days = match kind {
             EventKind::Page => &self.page_days,
             EventKind::Feature => &self.feature_days,
             EventKind::Track => &self.track_days,
         };
-        match days.get_or_init(|| self.table(kind).daily(self.day_tz_ms)) {
-            Some(t) => t,
-            None => self.table(kind),
-        }
+        Rows { table, fold: days.get_or_init(|| table.fold(self.day_tz_ms)).as_ref() }
     }
 
     /// Cuts days in another timezone (the subscription's changed).
@@ -1310,7 +1365,7 @@ impl Store {
         [&self.page_days, &self.feature_days, &self.track_days]
             .iter()
             .filter_map(|t| t.get().and_then(Option::as_ref))
-            .map(EventTable::bytes)
+            .map(Fold::bytes)
             .sum::<usize>()
             + self.page_rows.bytes()
             + self.feature_rows.bytes()
@@ -1548,10 +1603,27 @@ mod tests {
     #[test]
     fn daily_rollups_sum_narrow_columns_past_their_width() {
         let day = 10 * DAY_MS;
-        let t = table_of(&[(day + HOUR_MS, 1, 2, 3, 200, 40), (day + 2 * HOUR_MS, 1, 2, 3, 200, 50)]);
-        let d = t.daily(0).expect("two hours of one key make a day");
-        assert_eq!(rows_of(&d), vec![(day, 1, 2, 3, 400, 90)]);
-        assert_eq!(d.last_time(0), day + 2 * HOUR_MS + 50 * 60_000);
+        let t = table_of(&[
+            (day + HOUR_MS, 1, 2, 3, 200, 40),
+            (day + 2 * HOUR_MS, 1, 2, 4, 7, 1),
+            (day + 2 * HOUR_MS, 1, 2, 3, 200, 50),
+            (day + DAY_MS, 1, 2, 3, 1, 1),
+        ]);
+        let fold = t.fold(0).expect("two hours of one key make a day");
+        let d = Rows { table: &t, fold: Some(&fold) };
+        let rows: Vec<_> = (0..d.len())
+            .filter(|&i| !d.folded(i))
+            .map(|i| (d.ts(i), d.visitor(i), d.account(i), d.item(i), d.events(i), d.minutes(i), d.last_time(i)))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (day + HOUR_MS, 1, 2, 3, 400, 90, day + 2 * HOUR_MS + 50 * 60_000),
+                (day + 2 * HOUR_MS, 1, 2, 4, 7, 1, day + 2 * HOUR_MS + 60_000),
+                (day + DAY_MS, 1, 2, 3, 1, 1, day + DAY_MS + 60_000),
+            ]
+        );
+        assert!(table_of(&[(day, 1, 2, 3, 1, 1), (day + DAY_MS, 1, 2, 3, 1, 1)]).fold(0).is_none());
     }
 
     #[test]

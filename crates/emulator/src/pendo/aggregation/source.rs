@@ -268,7 +268,8 @@ fn scan_events(
     let mut scanned = 0u64;
     for i in range {
         let item = t.item(i);
-        if only.is_some_and(|o| o != item) {
+        // A row summed into an earlier one of its day is not a row of the daily rollups.
+        if only.is_some_and(|o| o != item) || t.folded(i) {
             continue;
         }
         if !all_apps && !items.get(item as usize).is_some_and(|it| app_ok(apps, it.app_id)) {
