@@ -121,6 +121,9 @@ struct Grouping {
     filter: Option<usize>,
     /// One group only (then perhaps a limit), not a group of a group.
     single: bool,
+    /// The second group sums the first's sums of events and its row counts (and reads of the
+    /// first's fields nothing else): what the engine's event totals ask.
+    sums: bool,
 }
 
 fn grouping() -> impl Strategy<Value = Grouping> {
@@ -136,7 +139,7 @@ fn grouping() -> impl Strategy<Value = Grouping> {
         prop::collection::vec((0..8usize, 0..8usize), 0..3),
         prop::option::of(1..40usize),
         any::<bool>(),
-        (prop::option::of(0..8usize), prop::bool::weighted(0.2)),
+        (prop::option::of(0..8usize), prop::bool::weighted(0.2), prop::bool::weighted(0.3)),
     )
         .prop_map(
             |(
@@ -150,7 +153,7 @@ fn grouping() -> impl Strategy<Value = Grouping> {
                 fields2,
                 sort_limit,
                 count_distinct,
-                (filter, single),
+                (filter, single, sums),
             )| Grouping {
                 source,
                 conds,
@@ -164,6 +167,7 @@ fn grouping() -> impl Strategy<Value = Grouping> {
                 count_distinct,
                 filter,
                 single,
+                sums,
             },
         )
 }
@@ -208,6 +212,10 @@ fn grouping_pipeline(g: &Grouping) -> J {
         let arg = if agg == 0 && col == 5 { J::Null } else { J::from(cols[col]) };
         fields1.insert(format!("f{n}"), json!({ AGGS[agg % AGGS.len()]: arg }));
     }
+    if g.sums {
+        fields1.insert("e".into(), json!({"sum": "numEvents"}));
+        fields1.insert("n".into(), json!({"count": null}));
+    }
     p.push(json!({"group": {"group": keys1, "fields": fields1}}));
     if g.single {
         p.extend(g.sort_limit.map(|n| json!({"limit": n})));
@@ -225,8 +233,16 @@ fn grouping_pipeline(g: &Grouping) -> J {
     let mut fields2 = serde_json::Map::new();
     for (n, &(agg, r)) in g.fields2.iter().enumerate() {
         let arg = if r == 7 { J::Null } else { J::from(readable[r % readable.len()].clone()) };
+        let reads_a_field = (keys1.len()..keys1.len() + g.fields1.len()).contains(&(r % readable.len()));
+        if g.sums && r != 7 && reads_a_field {
+            continue;
+        }
         let agg = if arg.is_null() { "count" } else { AGGS[agg % AGGS.len()] };
         fields2.insert(format!("g{n}"), json!({ agg: arg }));
+    }
+    if g.sums {
+        fields2.insert("se".into(), json!({"sum": "e"}));
+        fields2.insert("sn".into(), json!({"sum": "n"}));
     }
     p.push(json!({"group": {"group": keys2, "fields": fields2}}));
     if let Some(n) = g.sort_limit {

@@ -575,139 +575,185 @@ fn read_ts(ctx: &Ctx, src: Src, i: usize) -> i64 {
     }
 }
 
-fn group_codes(ctx: &Ctx, rows: Input, keys: &[(String, Path)], fields: &[AggField]) -> Option<Grouped> {
-    let src = rows.src()?;
-    if keys.len() > MAX_KEYS {
-        return None;
-    }
-    let key_codes: Vec<Code> = keys
-        .iter()
-        .map(|(_, p)| if p.rest.is_empty() { Code::of(p.col, src, ctx.period) } else { None })
-        .collect::<Option<_>>()?;
-    // (aggregator, column code or None for row counts)
-    let mut specs: Vec<(Agg, Option<Code>)> = Vec::with_capacity(fields.len());
-    for f in fields {
-        let code = match &f.arg {
-            None => None,
-            Some(e) => Some(Code::of(simple_col(e)?, src, ctx.period)?),
-        };
-        let numeric_needed = matches!(f.agg, Agg::Sum | Agg::Avg | Agg::Min | Agg::Max);
-        if numeric_needed && !code.is_some_and(Code::numeric) {
+/// A columnar group-by ready for its pass over the rows: the keys' and fields' codes and the
+/// keys' value ranges; `None` where the fast path does not apply.
+struct Pass {
+    src: Src,
+    key_codes: Vec<Code>,
+    specs: Vec<(Agg, Option<Code>)>,
+    canon: Canon,
+    len: usize,
+    lo: Key,
+    hi: Key,
+}
+
+impl Pass {
+    fn new(ctx: &Ctx, rows: Input, keys: &[(String, Path)], fields: &[AggField]) -> Option<Pass> {
+        let src = rows.src()?;
+        if keys.len() > MAX_KEYS {
             return None;
         }
-        specs.push((f.agg, code));
-    }
-    let len = match src {
-        Src::Ev(kind) => ctx.store.table_for(kind, ctx.period == Period::Day).len(),
-        Src::Guide => ctx.store.guide_events.len(),
-    };
-    let (nk, nf) = (key_codes.len(), specs.len());
-    let mut group_keys: Vec<i64> = Vec::new();
-    let mut accs: Vec<Acc> = Vec::new();
-    // One set per distinct-count field across all groups: far fewer allocations than a set per
-    // group when there are tens of thousands of groups.
-    let mut distinct: Vec<FxSet<(u32, i64)>> = specs.iter().map(|_| FxSet::default()).collect();
-    let canon = Canon::new(ctx.store, src);
-    // The keys' value ranges, to see whether a direct table can index the groups.
-    let (mut lo, mut hi): (Key, Key) = ([i64::MAX; MAX_KEYS], [i64::MIN; MAX_KEYS]);
-    match rows.times(ctx, src) {
-        // A picked set's rows are known to lie within the store's tables and its ends' times:
-        // a pass reading every row's keys (a look-up by visitor for each account) is spared.
-        Some(times) => {
-            for (k, &c) in key_codes.iter().enumerate() {
-                (lo[k], hi[k]) = c.bounds(ctx, src, times);
+        let key_codes: Vec<Code> = keys
+            .iter()
+            .map(|(_, p)| if p.rest.is_empty() { Code::of(p.col, src, ctx.period) } else { None })
+            .collect::<Option<_>>()?;
+        // (aggregator, column code or None for row counts)
+        let mut specs: Vec<(Agg, Option<Code>)> = Vec::with_capacity(fields.len());
+        for f in fields {
+            let code = match &f.arg {
+                None => None,
+                Some(e) => Some(Code::of(simple_col(e)?, src, ctx.period)?),
+            };
+            let numeric_needed = matches!(f.agg, Agg::Sum | Agg::Avg | Agg::Min | Agg::Max);
+            if numeric_needed && !code.is_some_and(Code::numeric) {
+                return None;
             }
+            specs.push((f.agg, code));
         }
-        None => {
-            for i in rows.indexes(len) {
+        let len = match src {
+            Src::Ev(kind) => ctx.store.table_for(kind, ctx.period == Period::Day).len(),
+            Src::Guide => ctx.store.guide_events.len(),
+        };
+        let canon = Canon::new(ctx.store, src);
+        // The keys' value ranges, to see whether a direct table can index the groups.
+        let (mut lo, mut hi): (Key, Key) = ([i64::MAX; MAX_KEYS], [i64::MIN; MAX_KEYS]);
+        match rows.times(ctx, src) {
+            // A picked set's rows are known to lie within the store's tables and its ends' times:
+            // a pass reading every row's keys (a look-up by visitor for each account) is spared.
+            Some(times) => {
                 for (k, &c) in key_codes.iter().enumerate() {
-                    let v = canon.of(c, c.read(ctx, src, i));
-                    lo[k] = lo[k].min(v);
-                    hi[k] = hi[k].max(v);
+                    (lo[k], hi[k]) = c.bounds(ctx, src, times);
+                }
+            }
+            None => {
+                for i in rows.indexes(len) {
+                    for (k, &c) in key_codes.iter().enumerate() {
+                        let v = canon.of(c, c.read(ctx, src, i));
+                        lo[k] = lo[k].min(v);
+                        hi[k] = hi[k].max(v);
+                    }
                 }
             }
         }
-    }
-    // Day numbers group and count as days only while no two name one saturated day.
-    let days_ok = |c: &Code, k: usize| {
-        *c != Code::Time || ctx.period != Period::Day || (lo[k] >= -MAX_DAY_INDEX && hi[k] <= MAX_DAY_INDEX)
-    };
-    if !key_codes.iter().enumerate().all(|(k, c)| days_ok(c, k)) {
-        return None;
-    }
-    if specs.iter().any(|(a, c)| *a == Agg::Count && *c == Some(Code::Time) && ctx.period == Period::Day) {
-        let far = rows.indexes(len).any(|i| day_index(ctx, read_ts(ctx, src, i)).abs() > MAX_DAY_INDEX);
-        if far {
+        // Day numbers group and count as days only while no two name one saturated day.
+        let days_ok = |c: &Code, k: usize| {
+            *c != Code::Time || ctx.period != Period::Day || (lo[k] >= -MAX_DAY_INDEX && hi[k] <= MAX_DAY_INDEX)
+        };
+        if !key_codes.iter().enumerate().all(|(k, c)| days_ok(c, k)) {
             return None;
         }
+        if specs.iter().any(|(a, c)| *a == Agg::Count && *c == Some(Code::Time) && ctx.period == Period::Day) {
+            let far = rows.indexes(len).any(|i| day_index(ctx, read_ts(ctx, src, i)).abs() > MAX_DAY_INDEX);
+            if far {
+                return None;
+            }
+        }
+        Some(Pass { src, key_codes, specs, canon, len, lo, hi })
     }
-    let mut index = Index::new(key_codes.len(), &lo, &hi, rows.len());
-    let mut n_groups: u32 = 0;
-    for i in rows.indexes(len) {
-        let mut key: Key = [0; MAX_KEYS];
-        for (slot, &c) in key.iter_mut().zip(&key_codes) {
-            *slot = canon.of(c, c.read(ctx, src, i));
+
+    /// Field `fi`'s canonical code in row `i` (`None` for a row count).
+    #[inline]
+    fn field(&self, ctx: &Ctx, fi: usize, i: usize) -> Option<i64> {
+        self.specs[fi].1.map(|c| self.canon.of(c, c.read(ctx, self.src, i)))
+    }
+
+    /// Calls `f` with each row's group (numbered in first-seen order), whether the row is its
+    /// group's first, the group's key codes and the row.
+    fn run(&self, ctx: &Ctx, rows: Input, mut f: impl FnMut(u32, bool, &Key, usize)) {
+        let mut index = Index::new(self.key_codes.len(), &self.lo, &self.hi, rows.len());
+        let mut n_groups: u32 = 0;
+        for i in rows.indexes(self.len) {
+            let mut key: Key = [0; MAX_KEYS];
+            for (slot, &c) in key.iter_mut().zip(&self.key_codes) {
+                *slot = self.canon.of(c, c.read(ctx, self.src, i));
+            }
+            let g = index.get_or_insert(key, n_groups);
+            let new = g == n_groups;
+            if new {
+                n_groups += 1;
+            }
+            f(g, new, &key, i);
         }
-        let g = index.get_or_insert(key, n_groups);
-        if g == n_groups {
-            n_groups += 1;
-            group_keys.extend_from_slice(&key[..nk]);
-            accs.extend(specs.iter().map(|(a, _)| match a {
-                Agg::Sum => Acc::Sum(0),
-                Agg::Count => Acc::Count(0),
-                Agg::First => Acc::First(None),
-                Agg::Last => Acc::Last(None),
-                Agg::Min => Acc::Min(None),
-                Agg::Max => Acc::Max(None),
-                Agg::Avg => Acc::Avg(0, 0),
-                Agg::List => Acc::List(Box::default()),
-            }));
-        }
-        let group_accs = &mut accs[g as usize * nf..g as usize * nf + nf];
-        for (fi, ((agg, code), acc)) in specs.iter().zip(group_accs.iter_mut()).enumerate() {
-            let v = code.map(|c| canon.of(c, c.read(ctx, src, i)));
-            let value = |v: i64| code.map_or(v, |c| c.num(ctx, v));
-            match acc {
-                Acc::Sum(s) => *s = s.saturating_add(v.map_or(0, value)),
-                // Counting a field counts its non-null values, as the general path does.
-                Acc::Count(n) => match (v, code) {
-                    (Some(v), Some(c)) if Canon::null(*c, v) => {}
-                    (Some(v), _) if ctx.count_distinct && *agg == Agg::Count => {
-                        if distinct[fi].insert((g, v)) {
+    }
+}
+
+fn group_codes(ctx: &Ctx, rows: Input, keys: &[(String, Path)], fields: &[AggField]) -> Option<Grouped> {
+    Some(Pass::new(ctx, rows, keys, fields)?.group(ctx, rows))
+}
+
+impl Pass {
+    /// Each group's key codes and accumulators.
+    fn group(self, ctx: &Ctx, rows: Input) -> Grouped {
+        let pass = self;
+        let (nk, nf) = (pass.key_codes.len(), pass.specs.len());
+        let mut group_keys: Vec<i64> = Vec::new();
+        let mut accs: Vec<Acc> = Vec::new();
+        // One set per distinct-count field across all groups: far fewer allocations than a set per
+        // group when there are tens of thousands of groups.
+        let mut distinct: Vec<FxSet<(u32, i64)>> = pass.specs.iter().map(|_| FxSet::default()).collect();
+        let mut n_groups = 0usize;
+        pass.run(ctx, rows, |g, new, key, i| {
+            if new {
+                n_groups += 1;
+                group_keys.extend_from_slice(&key[..nk]);
+                accs.extend(pass.specs.iter().map(|(a, _)| match a {
+                    Agg::Sum => Acc::Sum(0),
+                    Agg::Count => Acc::Count(0),
+                    Agg::First => Acc::First(None),
+                    Agg::Last => Acc::Last(None),
+                    Agg::Min => Acc::Min(None),
+                    Agg::Max => Acc::Max(None),
+                    Agg::Avg => Acc::Avg(0, 0),
+                    Agg::List => Acc::List(Box::default()),
+                }));
+            }
+            let group_accs = &mut accs[g as usize * nf..g as usize * nf + nf];
+            for (fi, ((agg, code), acc)) in pass.specs.iter().zip(group_accs.iter_mut()).enumerate() {
+                let v = pass.field(ctx, fi, i);
+                let value = |v: i64| code.map_or(v, |c| c.num(ctx, v));
+                match acc {
+                    Acc::Sum(s) => *s = s.saturating_add(v.map_or(0, value)),
+                    // Counting a field counts its non-null values, as the general path does.
+                    Acc::Count(n) => match (v, code) {
+                        (Some(v), Some(c)) if Canon::null(*c, v) => {}
+                        (Some(v), _) if ctx.count_distinct && *agg == Agg::Count => {
+                            if distinct[fi].insert((g, v)) {
+                                *n += 1;
+                            }
+                        }
+                        _ => *n += 1,
+                    },
+                    Acc::First(f) => {
+                        if f.is_none() {
+                            *f = v;
+                        }
+                    }
+                    Acc::Last(l) => *l = v,
+                    Acc::Min(m) => {
+                        *m = match (*m, v) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        }
+                    }
+                    Acc::Max(m) => {
+                        *m = match (*m, v) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            (a, b) => a.or(b),
+                        }
+                    }
+                    Acc::Avg(s, n) => {
+                        if let Some(v) = v {
+                            *s = s.saturating_add(value(v));
                             *n += 1;
                         }
                     }
-                    _ => *n += 1,
-                },
-                Acc::First(f) => {
-                    if f.is_none() {
-                        *f = v;
-                    }
+                    Acc::List(l) => l.extend(v),
                 }
-                Acc::Last(l) => *l = v,
-                Acc::Min(m) => {
-                    *m = match (*m, v) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    }
-                }
-                Acc::Max(m) => {
-                    *m = match (*m, v) {
-                        (Some(a), Some(b)) => Some(a.max(b)),
-                        (a, b) => a.or(b),
-                    }
-                }
-                Acc::Avg(s, n) => {
-                    if let Some(v) = v {
-                        *s = s.saturating_add(value(v));
-                        *n += 1;
-                    }
-                }
-                Acc::List(l) => l.extend(v),
             }
-        }
+        });
+        let Pass { src, key_codes, specs, lo, hi, .. } = pass;
+        Grouped { src, key_codes, specs, keys: group_keys, accs, groups: n_groups, lo, hi }
     }
-    Some(Grouped { src, key_codes, specs, keys: group_keys, accs, groups: n_groups as usize, lo, hi })
 }
 
 /// Where a second group reads one of its aggregated fields from the first group's result.
@@ -814,91 +860,186 @@ pub fn group_of_group(
             Some(_) => None,
         })
         .collect::<Option<_>>()?;
-    let g = group_codes(ctx, rows, keys1, fields1)?;
-    let (nk, nf) = (g.key_codes.len(), g.specs.len());
-
-    /// A second-level accumulator: counts of first-level key codes stay on codes; the rest go
-    /// through the general path's aggregator on decoded values.
-    enum St {
-        Count(u64),
-        General(AggState),
-    }
-    // Distinct counts of key codes, one set per field across all groups. A count of the one
-    // first key the second group does not group on needs none: the first group's keys are
-    // distinct, so each of its groups brings that key's value to its second group only once
-    // (the visitors of an account, the days of an account; ~10 million pairs at a million
-    // accounts).
-    let mut distinct: Vec<FxSet<(u32, i64)>> = feeds.iter().map(|_| FxSet::default()).collect();
-    let once: Vec<bool> = feeds
-        .iter()
-        .map(|feed| matches!(feed, Feed::Key(ki) if (0..nk).all(|k| k == *ki || k2.contains(&k))))
-        .collect();
-    let pick = |a: &Key| {
+    let pass = Pass::new(ctx, rows, keys1, fields1)?;
+    let nk = pass.key_codes.len();
+    let pick = |a: &[i64]| {
         let mut k: Key = [0; MAX_KEYS];
         for (slot, &ki) in k.iter_mut().zip(&k2) {
             *slot = a[ki];
         }
         k
     };
-    let mut index = Index::new(k2.len(), &pick(&g.lo), &pick(&g.hi), g.groups);
-    let mut out_keys: Vec<Key> = Vec::new();
-    let mut states: Vec<St> = Vec::new();
-    let n2 = fields2.len();
+    // Distinct counts of key codes, one set per field across all groups. A count of the one
+    // first key the second group does not group on needs none: the first group's keys are
+    // distinct, so each of its groups brings that key's value to its second group only once
+    // (the visitors of an account, the days of an account; ~10 million pairs at a million
+    // accounts).
+    let once: Vec<bool> = feeds
+        .iter()
+        .map(|feed| matches!(feed, Feed::Key(ki) if (0..nk).all(|k| k == *ki || k2.contains(&k))))
+        .collect();
+    let mut second = Second {
+        feeds: feeds.clone(),
+        index: Index::new(k2.len(), &pick(&pass.lo), &pick(&pass.hi), rows.len()),
+        keys: Vec::new(),
+        states: Vec::new(),
+        distinct: feeds.iter().map(|_| FxSet::default()).collect(),
+        once,
+    };
+    let new_state = |f: &AggField, feed: &Feed| match (f.agg, feed) {
+        (Agg::Count, Feed::Key(_)) => St::Count(0),
+        _ => St::General(AggState::new(f, ctx.count_distinct)),
+    };
+
+    // Where the second group reads of the first's fields only sums of sums of event counts or
+    // minutes (never negative, so no partial sum saturates unless the whole does) and sums of
+    // row counts, it takes them from the rows as they come: the first group is then only its
+    // index, not a key and accumulators per group (the days of each account: ~16 million groups
+    // at a million accounts, over a gigabyte).
+    let flat: Option<Vec<Option<usize>>> = fields2
+        .iter()
+        .zip(&feeds)
+        .map(|(f, feed)| match feed {
+            Feed::Field(j) => {
+                let summable =
+                    matches!(pass.specs[*j], (Agg::Sum, Some(Code::Events | Code::Minutes)) | (Agg::Count, None));
+                (f.agg == Agg::Sum && summable).then_some(Some(*j))
+            }
+            _ => Some(None),
+        })
+        .collect();
+    if let Some(flat) = flat {
+        let mut overflow = false;
+        let mut g2s: Vec<u32> = Vec::new();
+        pass.run(ctx, rows, |g, new, key, i| {
+            if new {
+                let g2 = second.group_of(&pick(key), || {
+                    fields2.iter().zip(&feeds).zip(&flat).map(|((f, feed), j)| match j {
+                        Some(_) => St::Flat(0),
+                        None => new_state(f, feed),
+                    })
+                });
+                g2s.push(g2);
+                second.add(ctx, (pass.src, &pass.key_codes), g2, key, |_| Val::Null);
+            }
+            let g2 = g2s[g as usize];
+            let n2 = flat.len();
+            for (st, j) in second.states[g2 as usize * n2..g2 as usize * n2 + n2].iter_mut().zip(&flat) {
+                if let (St::Flat(sum), Some(j)) = (st, j) {
+                    let v = match pass.specs[*j] {
+                        (_, None) => Some(1),
+                        (_, Some(c)) => pass.field(ctx, *j, i).map(|v| c.num(ctx, v)),
+                    };
+                    match sum.checked_add(v.unwrap_or(0)) {
+                        Some(s) => *sum = s,
+                        None => overflow = true,
+                    }
+                }
+            }
+        });
+        // Past i64 the general path's sums turn to floats; it answers.
+        return (!overflow).then(|| second.rows(ctx, (pass.src, &pass.key_codes), (keys2, &k2), fields2));
+    }
+
+    let g = pass.group(ctx, rows);
+    let nf = g.specs.len();
     for gi in 0..g.groups {
         let key = &g.keys[gi * nk..gi * nk + nk];
         let accs = &g.accs[gi * nf..gi * nf + nf];
-        let mut k: Key = [0; MAX_KEYS];
-        for (slot, &ki) in k.iter_mut().zip(&k2) {
-            *slot = key[ki];
-        }
-        let next = out_keys.len() as u32;
-        let g2 = index.get_or_insert(k, next);
+        let g2 = second.group_of(&pick(key), || fields2.iter().zip(&feeds).map(|(f, feed)| new_state(f, feed)));
+        second.add(ctx, (g.src, &g.key_codes), g2, key, |j| finish(&accs[j], g.specs[j].1, ctx, g.src));
+    }
+    Some(second.rows(ctx, (g.src, &g.key_codes), (keys2, &k2), fields2))
+}
+
+/// A second-level accumulator: counts of first-level key codes stay on codes; sums taken from
+/// the rows (see [`group_of_group`]) are plain sums; the rest go through the general path's
+/// aggregator on decoded values.
+enum St {
+    Count(u64),
+    Flat(i64),
+    General(AggState),
+}
+
+/// The second group of [`group_of_group`], fed one first-level group at a time.
+struct Second {
+    feeds: Vec<Feed>,
+    index: Index,
+    keys: Vec<Key>,
+    /// Per group, one state per field.
+    states: Vec<St>,
+    distinct: Vec<FxSet<(u32, i64)>>,
+    /// Per field: a count of a key that needs no set (see `group_of_group`).
+    once: Vec<bool>,
+}
+
+impl Second {
+    /// The group of the second-level key `key`, made with `states` if it is new.
+    fn group_of<I: IntoIterator<Item = St>>(&mut self, key: &Key, states: impl FnOnce() -> I) -> u32 {
+        let next = self.keys.len() as u32;
+        let g2 = self.index.get_or_insert(*key, next);
         if g2 == next {
-            out_keys.push(k);
-            states.extend(fields2.iter().zip(&feeds).map(|(f, feed)| match (f.agg, feed) {
-                (Agg::Count, Feed::Key(_)) => St::Count(0),
-                _ => St::General(AggState::new(f, ctx.count_distinct)),
-            }));
+            self.keys.push(*key);
+            self.states.extend(states());
         }
-        let sts = &mut states[g2 as usize * n2..g2 as usize * n2 + n2];
-        for (fi, (feed, st)) in feeds.iter().zip(sts.iter_mut()).enumerate() {
+        g2
+    }
+
+    /// Adds the first-level group of key codes `key1` to second-level group `g2`: its keys,
+    /// constants and row, and its fields as `field` finishes them (fields summed from the rows
+    /// are not asked for).
+    fn add(&mut self, ctx: &Ctx, (src, codes): (Src, &[Code]), g2: u32, key1: &[i64], field: impl Fn(usize) -> Val) {
+        let n2 = self.feeds.len();
+        let sts = &mut self.states[g2 as usize * n2..g2 as usize * n2 + n2];
+        for (fi, (feed, st)) in self.feeds.iter().zip(sts.iter_mut()).enumerate() {
             match (st, feed) {
                 (St::Count(n), Feed::Key(ki)) => {
-                    let c = key[*ki];
-                    if Canon::null(g.key_codes[*ki], c) {
+                    let c = key1[*ki];
+                    if Canon::null(codes[*ki], c) {
                         continue;
                     }
-                    if !ctx.count_distinct || once[fi] || distinct[fi].insert((g2, c)) {
+                    if !ctx.count_distinct || self.once[fi] || self.distinct[fi].insert((g2, c)) {
                         *n += 1;
                     }
                 }
-                (St::Count(_), _) => {}
+                (St::Count(_) | St::Flat(_), _) => {}
                 (St::General(a), Feed::Rows) => a.add(Val::Null, true),
-                (St::General(a), Feed::Key(ki)) => a.add(g.key_codes[*ki].decode(ctx, g.src, key[*ki]), false),
-                (St::General(a), Feed::Field(j)) => a.add(finish(&accs[*j], g.specs[*j].1, ctx, g.src), false),
+                (St::General(a), Feed::Key(ki)) => a.add(codes[*ki].decode(ctx, src, key1[*ki]), false),
+                (St::General(a), Feed::Field(j)) => a.add(field(*j), false),
                 (St::General(a), Feed::Const(v)) => a.add(v.clone(), false),
             }
         }
     }
-    let mut states = states.into_iter();
-    let out = out_keys
-        .into_iter()
-        .map(|key| {
-            let mut o = Obj::with_capacity(keys2.len() + fields2.len());
-            for (((name, _), &ki), &c) in keys2.iter().zip(&k2).zip(&key) {
-                Val::set_path(&mut o, name, g.key_codes[ki].decode(ctx, g.src, c));
-            }
-            for (f, st) in fields2.iter().zip(states.by_ref().take(n2)) {
-                let v = match st {
-                    St::Count(n) => Val::Int(n as i64),
-                    St::General(a) => a.finish(),
-                };
-                o.insert(f.out.clone(), v);
-            }
-            Row::Doc(Arc::new(o))
-        })
-        .collect();
-    Some(out)
+
+    /// The second group's rows, in first-seen order.
+    fn rows(
+        self,
+        ctx: &Ctx,
+        (src, codes): (Src, &[Code]),
+        (keys2, k2): (&[(String, Path)], &[usize]),
+        fields2: &[AggField],
+    ) -> Vec<Row> {
+        let n2 = fields2.len();
+        let mut states = self.states.into_iter();
+        self.keys
+            .into_iter()
+            .map(|key| {
+                let mut o = Obj::with_capacity(keys2.len() + n2);
+                for (((name, _), &ki), &c) in keys2.iter().zip(k2).zip(&key) {
+                    Val::set_path(&mut o, name, codes[ki].decode(ctx, src, c));
+                }
+                for (f, st) in fields2.iter().zip(states.by_ref().take(n2)) {
+                    let v = match st {
+                        St::Count(n) => Val::Int(n as i64),
+                        St::Flat(s) => Val::Int(s),
+                        St::General(a) => a.finish(),
+                    };
+                    o.insert(f.out.clone(), v);
+                }
+                Row::Doc(Arc::new(o))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
