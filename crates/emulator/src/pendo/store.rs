@@ -777,6 +777,7 @@ impl EventTable {
                     last = last.max(self.last_time(r));
                     f.folded[r / 64] |= 1 << (r % 64);
                 }
+                f.summed[head / 64] |= 1 << (head % 64);
                 f.heads.insert(head as u32, (events, minutes, last));
             }
         }
@@ -793,18 +794,26 @@ impl EventTable {
 pub struct Fold {
     /// One bit per row: set where the row is summed into an earlier one of its day and key.
     folded: Vec<u64>,
+    /// One bit per row: set where others are summed into the row (a bit is read on every row
+    /// of a scan; the map only for these).
+    summed: Vec<u64>,
     /// The rows others are summed into: events, minutes and the end of the last active minute.
     heads: HashMap<u32, (u32, u32, i64)>,
 }
 
 impl Fold {
     fn new(rows: usize) -> Fold {
-        Fold { folded: vec![0; rows.div_ceil(64)], heads: HashMap::new() }
+        let words = rows.div_ceil(64);
+        Fold { folded: vec![0; words], summed: vec![0; words], heads: HashMap::new() }
     }
 
     fn bytes(&self) -> usize {
-        self.folded.len() * 8 + self.heads.len() * 32
+        (self.folded.len() + self.summed.len()) * 8 + self.heads.len() * 32
     }
+}
+
+fn bit(bits: &[u64], i: usize) -> bool {
+    bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
 }
 
 /// An event table as a source reads it: the hourly rows, or the daily rollups those rows make
@@ -827,12 +836,12 @@ impl<'a> Rows<'a> {
     /// Whether row `i` is summed into an earlier row (a source skips it).
     #[inline]
     pub fn folded(&self, i: usize) -> bool {
-        self.fold.is_some_and(|f| f.folded.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0))
+        self.fold.is_some_and(|f| bit(&f.folded, i))
     }
 
     #[inline]
     fn head(&self, i: usize) -> Option<&'a (u32, u32, i64)> {
-        self.fold.and_then(|f| f.heads.get(&u32::try_from(i).ok()?))
+        self.fold.filter(|f| bit(&f.summed, i)).and_then(|f| f.heads.get(&u32::try_from(i).ok()?))
     }
 
     #[inline]

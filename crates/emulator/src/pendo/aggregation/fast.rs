@@ -910,6 +910,8 @@ pub fn group_of_group(
         .collect();
     if let Some(flat) = flat {
         let mut overflow = false;
+        // Each first-level group's second, where rows are summed.
+        let summing = flat.iter().any(Option::is_some);
         let mut g2s: Vec<u32> = Vec::new();
         pass.run(ctx, rows, |g, new, key, i| {
             if new {
@@ -919,8 +921,13 @@ pub fn group_of_group(
                         None => new_state(f, feed),
                     })
                 });
-                g2s.push(g2);
+                if summing {
+                    g2s.push(g2);
+                }
                 second.add(ctx, (pass.src, &pass.key_codes), g2, key, |_| Val::Null);
+            }
+            if !summing {
+                return;
             }
             let g2 = g2s[g as usize];
             let n2 = flat.len();
