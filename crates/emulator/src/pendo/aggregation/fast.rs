@@ -15,7 +15,7 @@ use super::super::store::{DAY_MS, EventKind, GuideEventType, Store};
 use super::super::val::{FxMap, FxSet, Obj, Val};
 use super::expr::{Col, Expr, Path};
 use super::ops::{Agg, AggField, AggState};
-use super::row::{Ctx, GuideView, Period, Row};
+use super::row::{Ctx, Grid, GuideView, Period, Row};
 use super::source::{Picked, Table};
 
 /// The rows a group reads: listed, or picked by the source scan and never listed.
@@ -394,24 +394,52 @@ struct Grouped {
 }
 
 impl Grouped {
-    /// Group `gi`'s row: its keys decoded under their names, then its fields.
-    fn row(&self, ctx: &Ctx, gi: usize, keys: &[(String, Path)], fields: &[AggField]) -> Row {
+    /// The rows of groups `gis`, in that order: each group's keys decoded under their names,
+    /// then its fields. One grid of values where the keys' names are plain; where one is a path
+    /// (`a.b` makes an object `a`), an object per row.
+    fn rows(
+        &self,
+        ctx: &Ctx,
+        gis: impl Iterator<Item = usize>,
+        keys: &[(String, Path)],
+        fields: &[AggField],
+    ) -> Vec<Row> {
         let (nk, nf) = (self.key_codes.len(), self.specs.len());
-        let mut o = Obj::with_capacity(keys.len() + fields.len());
-        for (((name, _), c), &k) in keys.iter().zip(&self.key_codes).zip(&self.keys[gi * nk..gi * nk + nk]) {
-            Val::set_path(&mut o, name, c.decode(ctx, self.src, k));
+        let key_vals = |gi: usize| {
+            self.key_codes.iter().zip(&self.keys[gi * nk..gi * nk + nk]).map(|(c, &k)| c.decode(ctx, self.src, k))
+        };
+        let field_vals = |gi: usize| {
+            self.specs
+                .iter()
+                .zip(&self.accs[gi * nf..gi * nf + nf])
+                .map(|((_, code), acc)| finish(acc, *code, ctx, self.src))
+        };
+        if keys.iter().all(|(n, _)| !n.is_empty() && !n.contains(['.', '[', ']'])) {
+            let (mut grid, slots) =
+                Grid::new(keys.iter().map(|(n, _)| n.as_str()).chain(fields.iter().map(|f| f.out.as_str())));
+            for gi in gis {
+                grid.push(&slots, key_vals(gi).chain(field_vals(gi)));
+            }
+            return grid.rows();
         }
-        for ((f, (_, code)), acc) in fields.iter().zip(&self.specs).zip(&self.accs[gi * nf..gi * nf + nf]) {
-            o.insert(f.out.clone(), finish(acc, *code, ctx, self.src));
-        }
-        Row::Doc(Arc::new(o))
+        gis.map(|gi| {
+            let mut o = Obj::with_capacity(keys.len() + fields.len());
+            for ((name, _), v) in keys.iter().zip(key_vals(gi)) {
+                Val::set_path(&mut o, name, v);
+            }
+            for (f, v) in fields.iter().zip(field_vals(gi)) {
+                o.insert(f.out.clone(), v);
+            }
+            Row::Doc(Arc::new(o))
+        })
+        .collect()
     }
 }
 
 /// Returns `None` when the fast path does not apply.
 pub fn group(ctx: &Ctx, rows: Input, keys: &[(String, Path)], fields: &[AggField]) -> Option<Vec<Row>> {
     let g = group_codes(ctx, rows, keys, fields)?;
-    Some((0..g.groups).map(|gi| g.row(ctx, gi, keys, fields)).collect())
+    Some(g.rows(ctx, 0..g.groups, keys, fields))
 }
 
 /// A group followed by a sort on some of its keys, and perhaps a limit (a keyset page): the
@@ -461,7 +489,7 @@ pub fn group_sorted(
         .collect();
     order.sort_unstable();
     order.truncate(limit.unwrap_or(usize::MAX));
-    Some(order.into_iter().map(|(_, gi)| g.row(ctx, gi as usize, keys, fields)).collect())
+    Some(g.rows(ctx, order.into_iter().map(|(_, gi)| gi as usize), keys, fields))
 }
 
 /// One key's codes ranked by the values they decode to, equal values equal ranks: in a table
@@ -825,7 +853,7 @@ pub fn group_of_group(
     let mut names: Vec<&str> =
         keys1.iter().map(|(n, _)| n.as_str()).chain(fields1.iter().map(|f| f.out.as_str())).collect();
     let width = names.len();
-    if !names.iter().all(|n| plain(n)) {
+    if !names.iter().copied().chain(keys2.iter().map(|(n, _)| n.as_str())).all(plain) {
         return None;
     }
     names.sort_unstable();
@@ -1027,25 +1055,20 @@ impl Second {
         fields2: &[AggField],
     ) -> Vec<Row> {
         let n2 = fields2.len();
+        // The keys' names are plain (see `group_of_group`), so each is one field.
+        let (mut grid, slots) =
+            Grid::new(keys2.iter().map(|(n, _)| n.as_str()).chain(fields2.iter().map(|f| f.out.as_str())));
         let mut states = self.states.into_iter();
-        self.keys
-            .into_iter()
-            .map(|key| {
-                let mut o = Obj::with_capacity(keys2.len() + n2);
-                for (((name, _), &ki), &c) in keys2.iter().zip(k2).zip(&key) {
-                    Val::set_path(&mut o, name, codes[ki].decode(ctx, src, c));
-                }
-                for (f, st) in fields2.iter().zip(states.by_ref().take(n2)) {
-                    let v = match st {
-                        St::Count(n) => Val::Int(n as i64),
-                        St::Flat(s) => Val::Int(s),
-                        St::General(a) => a.finish(),
-                    };
-                    o.insert(f.out.clone(), v);
-                }
-                Row::Doc(Arc::new(o))
-            })
-            .collect()
+        for key in self.keys {
+            let keys = k2.iter().zip(&key).map(|(&ki, &c)| codes[ki].decode(ctx, src, c));
+            let fields = states.by_ref().take(n2).map(|st| match st {
+                St::Count(n) => Val::Int(n as i64),
+                St::Flat(s) => Val::Int(s),
+                St::General(a) => a.finish(),
+            });
+            grid.push(&slots, keys.chain(fields));
+        }
+        grid.rows()
     }
 }
 
