@@ -414,7 +414,7 @@ impl Grouped {
                 .zip(&self.accs[gi * nf..gi * nf + nf])
                 .map(|((_, code), acc)| finish(acc, *code, ctx, self.src))
         };
-        if keys.iter().all(|(n, _)| !n.is_empty() && !n.contains(['.', '[', ']'])) {
+        if keys.iter().all(|(n, _)| Grid::plain(n)) {
             let (mut grid, slots) =
                 Grid::new(keys.iter().map(|(n, _)| n.as_str()).chain(fields.iter().map(|f| f.out.as_str())));
             for gi in gis {
@@ -849,7 +849,7 @@ pub fn group_of_group(
     (keys2, fields2): (&[(String, Path)], &[AggField]),
 ) -> Option<Vec<Row>> {
     // The first group's rows hold each key, field and constant under its own plain name.
-    let plain = |n: &str| !n.is_empty() && !n.contains(['.', '[', ']']);
+    let plain = Grid::plain;
     let mut names: Vec<&str> =
         keys1.iter().map(|(n, _)| n.as_str()).chain(fields1.iter().map(|f| f.out.as_str())).collect();
     let width = names.len();

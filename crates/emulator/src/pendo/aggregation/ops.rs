@@ -11,7 +11,7 @@ use super::super::val::{FxMap, FxSet, HKey, Obj, Val};
 use super::expr::{self, Env, Expr, Path};
 use super::fast::Input;
 use super::plan;
-use super::row::{self, Ctx, Period, Row, RowRef};
+use super::row::{self, Ctx, Grid, Period, Row, RowRef};
 use super::source::{self, Source};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -585,6 +585,14 @@ fn apply(ctx: &Ctx, st: &Stage, mut rows: Vec<Row>, opts: &Opts, scanned: &mut u
                 rows.retain(|r| f.keeps(ctx, r));
             }
             rows
+        }
+        // A grid where every name is one field (the account list: a row per account).
+        Stage::Select(fields) if fields.iter().all(|(n, _)| Grid::plain(n)) => {
+            let (mut grid, slots) = Grid::new(fields.iter().map(|(n, _)| n.as_str()));
+            for r in &rows {
+                grid.push(&slots, fields.iter().map(|(_, e)| ev(ctx, e, r)));
+            }
+            grid.rows()
         }
         Stage::Select(fields) => rows
             .iter()

@@ -53,6 +53,12 @@ pub struct Grid {
 }
 
 impl Grid {
+    /// Whether `name` is one field of an object (setting `a.b` makes an object `a`), so that
+    /// rows with fields of such names can be a grid.
+    pub fn plain(name: &str) -> bool {
+        !name.is_empty() && !name.contains(['.', '[', ']'])
+    }
+
     /// An empty grid whose rows get the fields `names`, and for each name its column: a name
     /// given twice is one field, in its first place, as inserting into an object makes it.
     pub fn new<'n>(names: impl IntoIterator<Item = &'n str>) -> (Grid, Vec<usize>) {
