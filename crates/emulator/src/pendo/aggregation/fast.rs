@@ -284,35 +284,52 @@ type Key = [i64; MAX_KEYS];
 
 /// Finds a group by its key codes: a direct table over the keys' value ranges when those are
 /// small (account index by day, say), else a hash map. Group numbers are handed out in
-/// first-seen order either way.
-enum Index {
+/// first-seen order either way. Made [`Index::seen`], it only tells whether a key is new (a bit
+/// per slot, a set of keys): what the first level of a group of a group that keeps nothing per
+/// group needs.
+struct Index {
+    at: Layout,
+    keep: Keep,
+}
+
+/// Where a key goes: its slot in a direct table, or its codes packed into one number.
+enum Layout {
     Dense {
-        slots: Vec<u32>,
         lo: Key,
         mult: Key,
         n: usize,
+        total: usize,
     },
     /// Keys that pack into 64 bits hash faster than into 128 (an account and a visitor index).
     Packed64 {
-        map: FxMap<u64, u32>,
         lo: Key,
         shift: [u32; MAX_KEYS],
         n: usize,
     },
     Packed {
-        map: FxMap<u128, u32>,
         lo: Key,
         shift: [u32; MAX_KEYS],
         n: usize,
     },
-    Hash(FxMap<Key, u32>),
+    Hash,
 }
 
-impl Index {
+enum Keep {
+    Dense(Vec<u32>),
+    Packed64(FxMap<u64, u32>),
+    Packed(FxMap<u128, u32>),
+    Hash(FxMap<Key, u32>),
+    DenseSeen(Vec<u64>),
+    Packed64Seen(FxSet<u64>),
+    PackedSeen(FxSet<u128>),
+    HashSeen(FxSet<Key>),
+}
+
+impl Layout {
     /// Dense when the product of the ranges is at most about twice `rows` (and bounded), so the
     /// table costs no more than the rows already do; else hashed on the keys packed into 128 bits
     /// when their ranges fit; else hashed on the keys as they are.
-    fn new(n: usize, lo: &Key, hi: &Key, rows: usize) -> Index {
+    fn new(n: usize, lo: &Key, hi: &Key, rows: usize) -> Layout {
         let limit = (rows.max(1 << 16) * 2).min(1 << 27);
         let mut mult: Key = [0; MAX_KEYS];
         let mut shift = [0u32; MAX_KEYS];
@@ -321,10 +338,10 @@ impl Index {
         for k in (0..n).rev() {
             if lo[k] > hi[k] {
                 // No rows: nothing will be looked up.
-                return Index::Hash(FxMap::default());
+                return Layout::Hash;
             }
             let Some(span) = hi[k].checked_sub(lo[k]).and_then(|d| u64::try_from(d).ok()) else {
-                return Index::Hash(FxMap::default());
+                return Layout::Hash;
             };
             let range = usize::try_from(span).ok().and_then(|d| d.checked_add(1));
             mult[k] = total.map_or(0, |t| t as i64);
@@ -336,45 +353,103 @@ impl Index {
             bits += 64 - span.leading_zeros();
         }
         match total {
-            Some(total) => Index::Dense { slots: vec![u32::MAX; total], lo: *lo, mult, n },
+            Some(total) => Layout::Dense { lo: *lo, mult, n, total },
             // Fewer bits than the word: a one-valued first key after the others' full width
             // would be shifted by the whole word, an overflow.
-            None if bits < 64 => Index::Packed64 { map: FxMap::default(), lo: *lo, shift, n },
-            None if bits < 128 => Index::Packed { map: FxMap::default(), lo: *lo, shift, n },
-            None => Index::Hash(FxMap::default()),
+            None if bits < 64 => Layout::Packed64 { lo: *lo, shift, n },
+            None if bits < 128 => Layout::Packed { lo: *lo, shift, n },
+            None => Layout::Hash,
         }
     }
 
-    /// The group of `key`, giving it number `next` if it is new.
+    #[inline]
+    fn slot(lo: &Key, mult: &Key, n: usize, key: &Key) -> usize {
+        let mut slot = 0i64;
+        for k in 0..n {
+            slot += (key[k] - lo[k]) * mult[k];
+        }
+        slot as usize
+    }
+
+    #[inline]
+    fn pack64(lo: &Key, shift: &[u32; MAX_KEYS], n: usize, key: &Key) -> u64 {
+        let mut packed = 0u64;
+        for k in 0..n {
+            packed |= ((key[k] - lo[k]) as u64) << shift[k];
+        }
+        packed
+    }
+
+    #[inline]
+    fn pack(lo: &Key, shift: &[u32; MAX_KEYS], n: usize, key: &Key) -> u128 {
+        let mut packed = 0u128;
+        for k in 0..n {
+            packed |= u128::from((key[k] - lo[k]) as u64) << shift[k];
+        }
+        packed
+    }
+}
+
+impl Index {
+    fn new(n: usize, lo: &Key, hi: &Key, rows: usize) -> Index {
+        let at = Layout::new(n, lo, hi, rows);
+        let keep = match at {
+            Layout::Dense { total, .. } => Keep::Dense(vec![u32::MAX; total]),
+            Layout::Packed64 { .. } => Keep::Packed64(FxMap::default()),
+            Layout::Packed { .. } => Keep::Packed(FxMap::default()),
+            Layout::Hash => Keep::Hash(FxMap::default()),
+        };
+        Index { at, keep }
+    }
+
+    /// An index that keeps no group numbers (see [`Index::is_new`]).
+    fn seen(n: usize, lo: &Key, hi: &Key, rows: usize) -> Index {
+        let at = Layout::new(n, lo, hi, rows);
+        let keep = match at {
+            Layout::Dense { total, .. } => Keep::DenseSeen(vec![0; total.div_ceil(64)]),
+            Layout::Packed64 { .. } => Keep::Packed64Seen(FxSet::default()),
+            Layout::Packed { .. } => Keep::PackedSeen(FxSet::default()),
+            Layout::Hash => Keep::HashSeen(FxSet::default()),
+        };
+        Index { at, keep }
+    }
+
+    /// The group of `key`, giving it number `next` if it is new; in an index made
+    /// [`Index::seen`], `next` if the key is new and `u32::MAX` if not.
     #[inline]
     fn get_or_insert(&mut self, key: Key, next: u32) -> u32 {
-        match self {
-            Index::Dense { slots, lo, mult, n } => {
-                let mut slot = 0i64;
-                for k in 0..*n {
-                    slot += (key[k] - lo[k]) * mult[k];
-                }
-                let s = &mut slots[slot as usize];
+        let new = |was_new: bool| if was_new { next } else { u32::MAX };
+        match (&self.at, &mut self.keep) {
+            (Layout::Dense { lo, mult, n, .. }, Keep::Dense(slots)) => {
+                let s = &mut slots[Layout::slot(lo, mult, *n, &key)];
                 if *s == u32::MAX {
                     *s = next;
                 }
                 *s
             }
-            Index::Packed64 { map, lo, shift, n } => {
-                let mut packed = 0u64;
-                for k in 0..*n {
-                    packed |= ((key[k] - lo[k]) as u64) << shift[k];
-                }
-                *map.entry(packed).or_insert(next)
+            (Layout::Dense { lo, mult, n, .. }, Keep::DenseSeen(bits)) => {
+                let slot = Layout::slot(lo, mult, *n, &key);
+                let (w, b) = (&mut bits[slot / 64], 1u64 << (slot % 64));
+                let was_new = *w & b == 0;
+                *w |= b;
+                new(was_new)
             }
-            Index::Packed { map, lo, shift, n } => {
-                let mut packed = 0u128;
-                for k in 0..*n {
-                    packed |= u128::from((key[k] - lo[k]) as u64) << shift[k];
-                }
-                *map.entry(packed).or_insert(next)
+            (Layout::Packed64 { lo, shift, n }, Keep::Packed64(map)) => {
+                *map.entry(Layout::pack64(lo, shift, *n, &key)).or_insert(next)
             }
-            Index::Hash(m) => *m.entry(key).or_insert(next),
+            (Layout::Packed64 { lo, shift, n }, Keep::Packed64Seen(set)) => {
+                new(set.insert(Layout::pack64(lo, shift, *n, &key)))
+            }
+            (Layout::Packed { lo, shift, n }, Keep::Packed(map)) => {
+                *map.entry(Layout::pack(lo, shift, *n, &key)).or_insert(next)
+            }
+            (Layout::Packed { lo, shift, n }, Keep::PackedSeen(set)) => {
+                new(set.insert(Layout::pack(lo, shift, *n, &key)))
+            }
+            (_, Keep::Hash(m)) => *m.entry(key).or_insert(next),
+            (_, Keep::HashSeen(set)) => new(set.insert(key)),
+            // `new` and `seen` pair each layout with its own keeping.
+            _ => u32::MAX,
         }
     }
 }
@@ -685,10 +760,12 @@ impl Pass {
         self.specs[fi].1.map(|c| self.canon.of(c, c.read(ctx, self.src, i)))
     }
 
-    /// Calls `f` with each row's group (numbered in first-seen order), whether the row is its
-    /// group's first, the group's key codes and the row.
-    fn run(&self, ctx: &Ctx, rows: Input, mut f: impl FnMut(u32, bool, &Key, usize)) {
-        let mut index = Index::new(self.key_codes.len(), &self.lo, &self.hi, rows.len());
+    /// Calls `f` with each row's group (numbered in first-seen order; with `numbered` false,
+    /// not numbered at all), whether the row is its group's first, the group's key codes and
+    /// the row.
+    fn run(&self, ctx: &Ctx, rows: Input, numbered: bool, mut f: impl FnMut(u32, bool, &Key, usize)) {
+        let (n, lo, hi) = (self.key_codes.len(), &self.lo, &self.hi);
+        let mut index = if numbered { Index::new(n, lo, hi, rows.len()) } else { Index::seen(n, lo, hi, rows.len()) };
         let mut n_groups: u32 = 0;
         for i in rows.indexes(self.len) {
             let mut key: Key = [0; MAX_KEYS];
@@ -720,7 +797,7 @@ impl Pass {
         // group when there are tens of thousands of groups.
         let mut distinct: Vec<FxSet<(u32, i64)>> = pass.specs.iter().map(|_| FxSet::default()).collect();
         let mut n_groups = 0usize;
-        pass.run(ctx, rows, |g, new, key, i| {
+        pass.run(ctx, rows, true, |g, new, key, i| {
             if new {
                 n_groups += 1;
                 group_keys.extend_from_slice(&key[..nk]);
@@ -938,26 +1015,24 @@ pub fn group_of_group(
         .collect();
     if let Some(flat) = flat {
         let mut overflow = false;
-        // Each first-level group's second, where rows are summed.
         let summing = flat.iter().any(Option::is_some);
-        let mut g2s: Vec<u32> = Vec::new();
-        pass.run(ctx, rows, |g, new, key, i| {
+        pass.run(ctx, rows, false, |_, new, key, i| {
+            if !new && !summing {
+                return;
+            }
+            // A first-level key seen before has its second group already.
+            let g2 = second.group_of(&pick(key), || {
+                fields2.iter().zip(&feeds).zip(&flat).map(|((f, feed), j)| match j {
+                    Some(_) => St::Flat(0),
+                    None => new_state(f, feed),
+                })
+            });
             if new {
-                let g2 = second.group_of(&pick(key), || {
-                    fields2.iter().zip(&feeds).zip(&flat).map(|((f, feed), j)| match j {
-                        Some(_) => St::Flat(0),
-                        None => new_state(f, feed),
-                    })
-                });
-                if summing {
-                    g2s.push(g2);
-                }
                 second.add(ctx, (pass.src, &pass.key_codes), g2, key, |_| Val::Null);
             }
             if !summing {
                 return;
             }
-            let g2 = g2s[g as usize];
             let n2 = flat.len();
             for (st, j) in second.states[g2 as usize * n2..g2 as usize * n2 + n2].iter_mut().zip(&flat) {
                 if let (St::Flat(sum), Some(j)) = (st, j) {
