@@ -61,27 +61,59 @@ fn run(st: &SfState, ctx: &CallCtx, db: &Db, req: &DataRequest<'_>, all: bool) -
             Err(e) => Resp::error(StatusCode::BAD_REQUEST, e.code, e.message),
         };
     }
-    let output = match soql::execute(&parsed, db, all, &ctx.version, ctx.now.date_naive(), ctx.now) {
-        Ok(o) => o,
+    // Each row is written as JSON as the query renders it: a cursor over every Account of a
+    // million-account org held as JSON values took over a gigabyte for its lifetime.
+    let mut rows = Rendered::default();
+    let total = match soql::execute_each(&parsed, db, all, &ctx.version, ctx.now.date_naive(), |r| rows.push(&r)) {
+        Ok(n) => n,
         Err(e) => return Resp::error(StatusCode::BAD_REQUEST, e.code, e.message),
     };
-    let batch = batch_size(req);
-    let total = output.total_size;
-    let rows = Arc::new(output.records);
-    page(st, ctx, rows, total, 0, batch, None)
+    rows.bytes.shrink_to_fit();
+    rows.ends.shrink_to_fit();
+    page(st, ctx, Arc::new(rows), total, 0, batch_size(req), None)
+}
+
+/// A query's rows as JSON text in one buffer, and where each ends.
+#[derive(Debug, Default)]
+pub struct Rendered {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Rendered {
+    fn push(&mut self, row: &Value) {
+        // Writing a `Value` into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut self.bytes, row);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Rows `from..to` (within the rows) as values again: the same values, as serde_json's
+    /// `float_roundtrip` reads back every float it wrote.
+    fn values(&self, from: usize, to: usize) -> Vec<Value> {
+        (from..to)
+            .map(|i| {
+                let start = if i == 0 { 0 } else { self.ends[i - 1] };
+                serde_json::from_slice(&self.bytes[start..self.ends[i]]).unwrap_or(Value::Null)
+            })
+            .collect()
+    }
 }
 
 fn page(
     st: &SfState,
     ctx: &CallCtx,
-    rows: Arc<Vec<Value>>,
+    rows: Arc<Rendered>,
     total: usize,
     offset: usize,
     batch: usize,
     cursor_id: Option<&str>,
 ) -> Resp {
     let end = (offset + batch).min(rows.len());
-    let records: Vec<Value> = rows.get(offset..end).map(<[Value]>::to_vec).unwrap_or_default();
+    let records = rows.values(offset.min(end), end);
     if end >= rows.len() {
         return Resp::ok(json!({"totalSize": total, "done": true, "records": records}));
     }
@@ -103,7 +135,7 @@ fn page(
     }))
 }
 
-fn remember(st: &SfState, ctx: &CallCtx, id: &str, rows: Arc<Vec<Value>>, total: usize, batch: usize) {
+fn remember(st: &SfState, ctx: &CallCtx, id: &str, rows: Arc<Rendered>, total: usize, batch: usize) {
     let mut cursors = st.cursors.lock();
     cursors.retain(|_, c| ctx.now - c.created < chrono::Duration::minutes(CURSOR_TTL_MINUTES));
     if cursors.len() >= MAX_CURSORS
@@ -127,4 +159,28 @@ fn next_page(st: &SfState, ctx: &CallCtx, locator: &str) -> Resp {
         return invalid();
     }
     page(st, ctx, rows, total, offset, batch, Some(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::Rendered;
+
+    #[test]
+    fn rendered_rows_read_back_as_the_values_written() {
+        let rows = vec![
+            json!({"attributes": {"type": "Account", "url": "/x/001"}, "Id": "001", "Score__c": 0.30000000000000004}),
+            json!({"Id": "002", "AnnualRevenue": 1.7976931348623157e308, "Tiny": 5e-324, "Name": "Åsa \"Q\"", "N": null}),
+            json!({"Id": "003", "Big": -9007199254740993i64, "Nested": {"records": [{"Id": "003a"}]}}),
+        ];
+        let mut r = Rendered::default();
+        for row in &rows {
+            r.push(row);
+        }
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.values(0, 3), rows);
+        assert_eq!(r.values(1, 2), rows[1..2].to_vec());
+        assert!(r.values(2, 2).is_empty());
+    }
 }

@@ -78,7 +78,7 @@ pub struct Session {
 /// A query's remaining rows, served page by page through `nextRecordsUrl`.
 #[derive(Debug)]
 pub struct Cursor {
-    pub rows: Arc<Vec<serde_json::Value>>,
+    pub rows: Arc<super::query::Rendered>,
     pub total_size: usize,
     pub batch: usize,
     pub created: DateTime<Utc>,
