@@ -287,42 +287,70 @@ type Key = [i64; MAX_KEYS];
 /// first-seen order either way. Made [`Index::seen`], it only tells whether a key is new (a bit
 /// per slot, a set of keys): what the first level of a group of a group that keeps nothing per
 /// group needs.
-struct Index {
-    at: Layout,
-    keep: Keep,
-}
-
-/// Where a key goes: its slot in a direct table, or its codes packed into one number.
-enum Layout {
-    Dense {
-        lo: Key,
-        mult: Key,
-        n: usize,
-        total: usize,
-    },
+enum Index {
+    Dense(Dense, Vec<u32>),
+    DenseSeen(Dense, Vec<u64>),
     /// Keys that pack into 64 bits hash faster than into 128 (an account and a visitor index).
-    Packed64 {
-        lo: Key,
-        shift: [u32; MAX_KEYS],
-        n: usize,
-    },
-    Packed {
-        lo: Key,
-        shift: [u32; MAX_KEYS],
-        n: usize,
-    },
-    Hash,
+    Packed64(Pack, FxMap<u64, u32>),
+    Packed64Seen(Pack, FxSet<u64>),
+    Packed(Pack, FxMap<u128, u32>),
+    PackedSeen(Pack, FxSet<u128>),
+    Hash(FxMap<Key, u32>),
+    HashSeen(FxSet<Key>),
 }
 
-enum Keep {
-    Dense(Vec<u32>),
-    Packed64(FxMap<u64, u32>),
-    Packed(FxMap<u128, u32>),
-    Hash(FxMap<Key, u32>),
-    DenseSeen(Vec<u64>),
-    Packed64Seen(FxSet<u64>),
-    PackedSeen(FxSet<u128>),
-    HashSeen(FxSet<Key>),
+/// A key's slot in a direct table over the keys' value ranges.
+struct Dense {
+    lo: Key,
+    mult: Key,
+    n: usize,
+    total: usize,
+}
+
+impl Dense {
+    #[inline]
+    fn slot(&self, key: &Key) -> usize {
+        let mut slot = 0i64;
+        for ((c, lo), mult) in key.iter().zip(&self.lo).zip(&self.mult).take(self.n) {
+            slot += (c - lo) * mult;
+        }
+        slot as usize
+    }
+}
+
+/// A key's codes packed into one number, each in the bits its range needs.
+struct Pack {
+    lo: Key,
+    shift: [u32; MAX_KEYS],
+    n: usize,
+}
+
+impl Pack {
+    #[inline]
+    fn pack64(&self, key: &Key) -> u64 {
+        let mut packed = 0u64;
+        for ((c, lo), shift) in key.iter().zip(&self.lo).zip(&self.shift).take(self.n) {
+            packed |= ((c - lo) as u64) << shift;
+        }
+        packed
+    }
+
+    #[inline]
+    fn pack(&self, key: &Key) -> u128 {
+        let mut packed = 0u128;
+        for ((c, lo), shift) in key.iter().zip(&self.lo).zip(&self.shift).take(self.n) {
+            packed |= u128::from((c - lo) as u64) << shift;
+        }
+        packed
+    }
+}
+
+/// Where a key goes, worked out once for both kinds of [`Index`].
+enum Layout {
+    Dense(Dense),
+    Packed64(Pack),
+    Packed(Pack),
+    Hash,
 }
 
 impl Layout {
@@ -353,65 +381,40 @@ impl Layout {
             bits += 64 - span.leading_zeros();
         }
         match total {
-            Some(total) => Layout::Dense { lo: *lo, mult, n, total },
+            Some(total) => Layout::Dense(Dense { lo: *lo, mult, n, total }),
             // Fewer bits than the word: a one-valued first key after the others' full width
             // would be shifted by the whole word, an overflow.
-            None if bits < 64 => Layout::Packed64 { lo: *lo, shift, n },
-            None if bits < 128 => Layout::Packed { lo: *lo, shift, n },
+            None if bits < 64 => Layout::Packed64(Pack { lo: *lo, shift, n }),
+            None if bits < 128 => Layout::Packed(Pack { lo: *lo, shift, n }),
             None => Layout::Hash,
         }
-    }
-
-    #[inline]
-    fn slot(lo: &Key, mult: &Key, n: usize, key: &Key) -> usize {
-        let mut slot = 0i64;
-        for k in 0..n {
-            slot += (key[k] - lo[k]) * mult[k];
-        }
-        slot as usize
-    }
-
-    #[inline]
-    fn pack64(lo: &Key, shift: &[u32; MAX_KEYS], n: usize, key: &Key) -> u64 {
-        let mut packed = 0u64;
-        for k in 0..n {
-            packed |= ((key[k] - lo[k]) as u64) << shift[k];
-        }
-        packed
-    }
-
-    #[inline]
-    fn pack(lo: &Key, shift: &[u32; MAX_KEYS], n: usize, key: &Key) -> u128 {
-        let mut packed = 0u128;
-        for k in 0..n {
-            packed |= u128::from((key[k] - lo[k]) as u64) << shift[k];
-        }
-        packed
     }
 }
 
 impl Index {
     fn new(n: usize, lo: &Key, hi: &Key, rows: usize) -> Index {
-        let at = Layout::new(n, lo, hi, rows);
-        let keep = match at {
-            Layout::Dense { total, .. } => Keep::Dense(vec![u32::MAX; total]),
-            Layout::Packed64 { .. } => Keep::Packed64(FxMap::default()),
-            Layout::Packed { .. } => Keep::Packed(FxMap::default()),
-            Layout::Hash => Keep::Hash(FxMap::default()),
-        };
-        Index { at, keep }
+        match Layout::new(n, lo, hi, rows) {
+            Layout::Dense(d) => {
+                let slots = vec![u32::MAX; d.total];
+                Index::Dense(d, slots)
+            }
+            Layout::Packed64(p) => Index::Packed64(p, FxMap::default()),
+            Layout::Packed(p) => Index::Packed(p, FxMap::default()),
+            Layout::Hash => Index::Hash(FxMap::default()),
+        }
     }
 
-    /// An index that keeps no group numbers (see [`Index::is_new`]).
+    /// An index that keeps no group numbers (see [`Index::get_or_insert`]).
     fn seen(n: usize, lo: &Key, hi: &Key, rows: usize) -> Index {
-        let at = Layout::new(n, lo, hi, rows);
-        let keep = match at {
-            Layout::Dense { total, .. } => Keep::DenseSeen(vec![0; total.div_ceil(64)]),
-            Layout::Packed64 { .. } => Keep::Packed64Seen(FxSet::default()),
-            Layout::Packed { .. } => Keep::PackedSeen(FxSet::default()),
-            Layout::Hash => Keep::HashSeen(FxSet::default()),
-        };
-        Index { at, keep }
+        match Layout::new(n, lo, hi, rows) {
+            Layout::Dense(d) => {
+                let bits = vec![0; d.total.div_ceil(64)];
+                Index::DenseSeen(d, bits)
+            }
+            Layout::Packed64(p) => Index::Packed64Seen(p, FxSet::default()),
+            Layout::Packed(p) => Index::PackedSeen(p, FxSet::default()),
+            Layout::Hash => Index::HashSeen(FxSet::default()),
+        }
     }
 
     /// The group of `key`, giving it number `next` if it is new; in an index made
@@ -419,37 +422,27 @@ impl Index {
     #[inline]
     fn get_or_insert(&mut self, key: Key, next: u32) -> u32 {
         let new = |was_new: bool| if was_new { next } else { u32::MAX };
-        match (&self.at, &mut self.keep) {
-            (Layout::Dense { lo, mult, n, .. }, Keep::Dense(slots)) => {
-                let s = &mut slots[Layout::slot(lo, mult, *n, &key)];
+        match self {
+            Index::Dense(d, slots) => {
+                let s = &mut slots[d.slot(&key)];
                 if *s == u32::MAX {
                     *s = next;
                 }
                 *s
             }
-            (Layout::Dense { lo, mult, n, .. }, Keep::DenseSeen(bits)) => {
-                let slot = Layout::slot(lo, mult, *n, &key);
+            Index::DenseSeen(d, bits) => {
+                let slot = d.slot(&key);
                 let (w, b) = (&mut bits[slot / 64], 1u64 << (slot % 64));
                 let was_new = *w & b == 0;
                 *w |= b;
                 new(was_new)
             }
-            (Layout::Packed64 { lo, shift, n }, Keep::Packed64(map)) => {
-                *map.entry(Layout::pack64(lo, shift, *n, &key)).or_insert(next)
-            }
-            (Layout::Packed64 { lo, shift, n }, Keep::Packed64Seen(set)) => {
-                new(set.insert(Layout::pack64(lo, shift, *n, &key)))
-            }
-            (Layout::Packed { lo, shift, n }, Keep::Packed(map)) => {
-                *map.entry(Layout::pack(lo, shift, *n, &key)).or_insert(next)
-            }
-            (Layout::Packed { lo, shift, n }, Keep::PackedSeen(set)) => {
-                new(set.insert(Layout::pack(lo, shift, *n, &key)))
-            }
-            (_, Keep::Hash(m)) => *m.entry(key).or_insert(next),
-            (_, Keep::HashSeen(set)) => new(set.insert(key)),
-            // `new` and `seen` pair each layout with its own keeping.
-            _ => u32::MAX,
+            Index::Packed64(p, map) => *map.entry(p.pack64(&key)).or_insert(next),
+            Index::Packed64Seen(p, set) => new(set.insert(p.pack64(&key))),
+            Index::Packed(p, map) => *map.entry(p.pack(&key)).or_insert(next),
+            Index::PackedSeen(p, set) => new(set.insert(p.pack(&key))),
+            Index::Hash(m) => *m.entry(key).or_insert(next),
+            Index::HashSeen(set) => new(set.insert(key)),
         }
     }
 }
